@@ -1,0 +1,65 @@
+"""dyngrad — an eager, define-by-run autograd on numpy with PyTorch's semantics.
+
+>>> import dyngrad as dg
+>>> x = dg.tensor([1.0, 2.0, 3.0], requires_grad=True)
+>>> (x * x).sum().backward()
+>>> x.grad
+tensor([2., 4., 6.])
+"""
+
+from __future__ import annotations
+
+from . import ops as _ops  # registers the op table and binds Tensor methods
+from . import autograd, dispatch, dtypes, special, testing  # noqa: F401
+from .autograd.grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from .dtypes import bool_, float32, float64, get_default_dtype, int64
+from .ops.creation import (arange, as_tensor, empty, empty_like, eye, from_dlpack, from_numpy,
+                           full, full_like, linspace, ones, ones_like, tensor, zeros,
+                           zeros_like)
+from .ops.elementwise import (abs, add, clamp, cos, div, eq, erf, exp, floor, floor_divide, ge,
+                              gelu, gt, le, log, log1p, logical_and, logical_not, logical_or,
+                              logical_xor, lt, masked_fill, maximum, minimum, mul, ne, neg,
+                              pow, reciprocal, relu, remainder, rsqrt, sigmoid, sign, sin,
+                              sqrt, square, sub, tanh, where)
+from .ops.indexing import index_select, one_hot, take_along_dim
+from .ops.linalg import bmm, dot, matmul, mm, outer
+from .ops.movement import (broadcast_to, cat, chunk, concat, expand, flatten, narrow, permute,
+                           reshape, split, squeeze, stack, transpose, unbind, unsqueeze)
+from .ops.random import (Generator, get_rng_state, initial_seed, manual_seed, rand, rand_like,
+                         randint, randint_like, randn, randn_like, randperm, set_rng_state)
+from .ops.reduce import (all, amax, amin, any, argmax, argmin, log_softmax, logsumexp, max,
+                         mean, min, norm, prod, softmax, std, sum, var)
+from .serialization import load, save
+from .tensor import Tensor
+
+bool = bool_  # noqa: A001 - PyTorch's name, dg.bool
+float = float32  # noqa: A001
+double = float64
+long = int64
+
+clip = clamp
+gather = take_along_dim
+fix_seed = manual_seed
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Tensor", "tensor", "as_tensor", "from_numpy", "from_dlpack", "zeros", "ones", "full",
+    "empty", "arange", "linspace", "eye", "zeros_like", "ones_like", "full_like", "empty_like",
+    "rand", "randn", "randint", "rand_like", "randn_like", "randint_like", "randperm",
+    "manual_seed", "initial_seed", "get_rng_state", "set_rng_state", "Generator",
+    "float32", "float64", "int64", "bool_", "get_default_dtype",
+    "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "save", "load",
+    "autograd", "testing", "special", "dtypes", "dispatch",
+    "add", "sub", "mul", "div", "pow", "neg", "abs", "sign", "floor", "exp", "log", "log1p",
+    "sqrt", "rsqrt", "sin", "cos", "tanh", "erf", "sigmoid", "relu", "gelu", "reciprocal",
+    "square", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge", "where", "clamp",
+    "clip", "masked_fill", "floor_divide", "remainder", "logical_and", "logical_or",
+    "logical_not", "logical_xor",
+    "sum", "mean", "var", "std", "amax", "amin", "max", "min", "argmax", "argmin", "logsumexp",
+    "norm", "prod", "softmax", "log_softmax", "all", "any",
+    "reshape", "expand", "broadcast_to", "permute", "transpose", "squeeze", "unsqueeze",
+    "flatten", "narrow", "cat", "concat", "stack", "split", "chunk", "unbind",
+    "matmul", "mm", "bmm", "dot", "outer", "gather", "take_along_dim", "index_select",
+    "one_hot",
+]

@@ -1,0 +1,218 @@
+"""The backward engine: an iterative topological walk of the backward graph.
+
+Dependencies are counted by an explicit-stack traversal from the roots, then nodes run when
+every gradient they will receive has arrived (Kahn's algorithm), newest node first among the
+ready ones — PyTorch's order. Nothing recurses, so a chain of 100,000 operations works.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+
+from ..dispatch import STATE
+from .graph import AccumulateGrad, Node
+from .grad_mode import set_grad_enabled
+
+
+def _reachable(roots: list[Node]) -> dict[Node, int]:
+    """Number of incoming edges of every node reachable from ``roots``."""
+    deps: dict[Node, int] = {}
+    seen = set()
+    stack = list(roots)
+    for r in roots:
+        seen.add(r)
+    while stack:
+        node = stack.pop()
+        for e in node.next:
+            if e is None:
+                continue
+            nxt = e[0]
+            deps[nxt] = deps.get(nxt, 0) + 1
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return deps
+
+
+def _needed(roots: list[Node], targets: set) -> set:
+    """Nodes from which some target node can be reached (for autograd.grad's pruning)."""
+    order, seen, stack = [], set(roots), [(r, False) for r in roots]
+    while stack:
+        node, done = stack.pop()
+        if done:
+            order.append(node)
+            continue
+        stack.append((node, True))
+        for e in node.next:
+            if e is not None and e[0] not in seen:
+                seen.add(e[0])
+                stack.append((e[0], False))
+    needed = set()
+    for node in order:  # post-order: children before parents
+        if node in targets or any(e is not None and e[0] in needed for e in node.next):
+            needed.add(node)
+    return needed
+
+
+def _accumulate(buf: list, i: int, g) -> None:
+    if buf[i] is None:
+        buf[i] = g
+    else:
+        buf[i] = buf[i] + g
+
+
+def _check_nan(node: Node, grads) -> None:
+    for i, g in enumerate(grads):
+        if g is not None and g.dtype.is_floating_point and np.isnan(g._data).any():
+            where = "".join(node.trace) if node.trace else "(unknown: create the graph inside " \
+                "detect_anomaly() to record where)\n"
+            raise RuntimeError(
+                f"Function '{node.name()}' returned nan values in its {i}th output.\n"
+                f"The forward operation was created at:\n{where}")
+
+
+def run_backward(roots: list, grads: list, *, retain_graph: bool, create_graph: bool,
+                 inputs: tuple | None = None, allow_unused: bool = False):
+    """Propagate ``grads`` from the ``roots`` tensors.
+
+    Without ``inputs``, gradients accumulate into leaves' ``.grad`` (``Tensor.backward``).
+    With ``inputs``, the gradient reaching each input is returned instead and no ``.grad`` is
+    touched (``autograd.grad``).
+    """
+    from ..tensor import Tensor
+
+    start: dict[Node, list] = {}
+    shared = set()  # ids of gradient tensors that other code may also hold
+    for t, g in zip(roots, grads):
+        e = t._edge()
+        if e is None:
+            continue
+        shared.add(id(g))
+        node, nr = e
+        buf = start.setdefault(node, [None] * node.n_outputs)
+        _accumulate(buf, nr, g)
+
+    capture = None
+    if inputs is not None:
+        capture = {}
+        for k, t in enumerate(inputs):
+            e = t._edge()
+            if e is None:
+                if not allow_unused:
+                    raise RuntimeError(
+                        f"One of the differentiated Tensors (input {k}) does not require grad")
+                continue
+            capture.setdefault(e, []).append(k)
+        results = [None] * len(inputs)
+
+    root_nodes = list(start)
+    deps = _reachable(root_nodes)
+    needed = None
+    if capture is not None:
+        needed = _needed(root_nodes, {n for n, _ in capture})
+
+    buffers: dict[Node, list] = dict(start)
+    ready = [(-n.seq, id(n), n) for n in root_nodes if deps.get(n, 0) == 0]
+    heapq.heapify(ready)
+    anomaly = STATE.anomaly
+    with set_grad_enabled(create_graph):
+        while ready:
+            _, _, node = heapq.heappop(ready)
+            buf = buffers.pop(node)
+            # hooks on the node's outputs, then retain_grad
+            if node.pre_hooks:
+                for nr, hooks in node.pre_hooks.items():
+                    for hook in list(hooks):
+                        if buf[nr] is not None:
+                            new = hook(buf[nr])
+                            if new is not None:
+                                buf[nr] = new
+                                shared.add(id(new))
+            if node.retained:
+                for nr, ref in node.retained.items():
+                    t = ref()
+                    if t is not None and buf[nr] is not None:
+                        t._accumulate_grad(buf[nr], create_graph, id(buf[nr]) in shared)
+                        shared.add(id(buf[nr]))
+            if capture is not None:
+                for nr in range(len(buf)):
+                    for k in capture.get((node, nr), ()):
+                        results[k] = buf[nr]
+                if node not in needed or isinstance(node, AccumulateGrad):
+                    _release_children(node, deps, buffers, ready, retain_graph, skip=True)
+                    continue
+            if isinstance(node, AccumulateGrad):
+                leaf = node.leaf()
+                if leaf is not None:
+                    g = buf[0]
+                    for hook in list(leaf._hooks or ()):
+                        new = hook(g)
+                        if new is not None:
+                            g = new
+                            shared.add(id(g))
+                    leaf._accumulate_grad(g, create_graph, id(g) in shared)
+                continue
+            if len(buf) > 1 and any(b is None for b in buf):
+                buf = [b if b is not None else _zeros_for(node, i) for i, b in enumerate(buf)]
+            in_grads = node.apply(buf, create_graph, retain_graph)
+            if anomaly and STATE.anomaly_check_nan:
+                _check_nan(node, in_grads)
+            passed = {id(b) for b in buf}
+            for i, e in enumerate(node.next):
+                if e is None:
+                    continue
+                g = in_grads[i]
+                nxt, nr = e
+                if g is not None:
+                    if isinstance(g, Tensor):
+                        if id(g) in passed or id(g) in shared:
+                            shared.add(id(g))
+                        passed.add(id(g))
+                    else:
+                        raise TypeError(f"{node.name()} returned {type(g).__name__} as a "
+                                        f"gradient; expected a Tensor or None")
+                    b = buffers.get(nxt)
+                    if b is None:
+                        b = buffers[nxt] = [None] * nxt.n_outputs
+                    _accumulate(b, nr, g)
+                deps[nxt] -= 1
+                if deps[nxt] == 0:
+                    if nxt in buffers:
+                        heapq.heappush(ready, (-nxt.seq, id(nxt), nxt))
+                    else:
+                        _release_children(nxt, deps, buffers, ready, retain_graph, skip=True)
+    if capture is not None:
+        for k, r in enumerate(results):
+            if r is None and not allow_unused:
+                raise RuntimeError(
+                    f"One of the differentiated Tensors (input {k}) appears to not have been "
+                    f"used in the graph. Set allow_unused=True if this is the desired behavior.")
+        return tuple(results)
+    return None
+
+
+def _zeros_for(node: Node, i: int):
+    shape, dtype = node.out_meta[i]
+    from ..ops.creation import zeros
+    return zeros(shape, dtype=dtype)
+
+
+def _release_children(node, deps, buffers, ready, retain_graph, skip):
+    """A node that receives no gradient: its children lose one dependency each."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if not retain_graph:
+            n.release()
+        for e in n.next:
+            if e is None:
+                continue
+            nxt = e[0]
+            deps[nxt] -= 1
+            if deps[nxt] == 0:
+                if nxt in buffers:
+                    heapq.heappush(ready, (-nxt.seq, id(nxt), nxt))
+                else:
+                    stack.append(nxt)

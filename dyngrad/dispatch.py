@@ -1,0 +1,96 @@
+"""The single dispatch point and the stack of dispatch modes.
+
+Every tensor operation ends in :func:`dispatch`. With no mode pushed (plain eager), that is
+one truthiness check of a list and a call of the primitive's numpy ``impl``. A mode — the
+tracer, forward-mode AD, a test spy — is pushed with :func:`push_mode` and then sees every
+operation (``dispatch``), every read of tensor data into Python (``on_read``) and every change
+of state a trace must replay (``on_write``: ``.grad``, ``.data``, ``requires_grad``, in-place
+updates).
+
+Note: modes form a stack. The top mode receives an operation; if it issues operations of its
+own (a jvp rule, the eager computation it wraps) while suspended with :func:`suspend`, those go
+to the mode below. Reads and writes are reported to every active mode.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+__all__ = ["DispatchMode", "dispatch", "push_mode", "suspend", "active_modes"]
+
+
+class _State(threading.local):
+    """Per-thread autograd state (like PyTorch's thread-local grad mode)."""
+
+    def __init__(self) -> None:
+        self.grad_enabled = True
+        self.modes: list[DispatchMode] = []
+        self.anomaly = False
+        self.anomaly_check_nan = True
+
+
+STATE = _State()
+
+
+class DispatchMode:
+    """Base class of dispatch modes. Override what you need."""
+
+    def dispatch(self, prim, args: tuple, params: dict):
+        """Handle one operation. The default runs it (with this mode suspended)."""
+        with suspend(self):
+            return dispatch(prim, *args, **params)
+
+    def on_read(self, tensor, kind: str) -> None:
+        """Python is reading ``tensor``'s data (``kind``: 'bool', 'item', 'numpy', ...)."""
+
+    def on_write(self, tensor, what: str, value: Any) -> None:
+        """State change: ``what`` is 'grad', 'data', 'requires_grad' or 'inplace'."""
+
+
+def dispatch(prim, *args, **params):
+    """Run primitive ``prim`` on ``args`` (Tensors or literal numbers) with ``params``."""
+    modes = STATE.modes
+    if modes:
+        return modes[-1].dispatch(prim, args, params)
+    return prim.apply(args, params)
+
+
+def report_read(tensor, kind: str) -> None:
+    for m in STATE.modes:
+        m.on_read(tensor, kind)
+
+
+def report_write(tensor, what: str, value: Any) -> None:
+    for m in STATE.modes:
+        m.on_write(tensor, what, value)
+
+
+def active_modes() -> tuple:
+    return tuple(STATE.modes)
+
+
+@contextmanager
+def push_mode(mode: DispatchMode) -> Iterator[DispatchMode]:
+    """Make ``mode`` the top of the dispatch-mode stack for the duration of the block."""
+    STATE.modes.append(mode)
+    try:
+        yield mode
+    finally:
+        if not STATE.modes or STATE.modes[-1] is not mode:
+            raise RuntimeError("dispatch modes were exited out of order")
+        STATE.modes.pop()
+
+
+@contextmanager
+def suspend(mode: DispatchMode) -> Iterator[None]:
+    """Temporarily take ``mode`` (and anything above it) off the stack."""
+    modes = STATE.modes
+    i = len(modes) - 1 - modes[::-1].index(mode)
+    saved = modes[i:]
+    del modes[i:]
+    try:
+        yield
+    finally:
+        modes.extend(saved)

@@ -1,0 +1,145 @@
+"""dtypes and PyTorch's type-promotion rules.
+
+dyngrad has four dtypes: ``float32`` (the default for Python floats), ``float64``, ``int64``
+and ``bool``. Promotion follows PyTorch, not numpy: Python scalars and 0-d tensors are
+*weak* — they only raise the result's category (bool < integer < floating), never its width
+inside a category. So ``int64_tensor + 1.5`` is float32 and ``float32_tensor + float64_0d``
+stays float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["DType", "float32", "float64", "int64", "bool_", "get_default_dtype", "as_dtype"]
+
+
+class DType:
+    """A dyngrad dtype: a name, its numpy dtype, and its promotion category."""
+
+    __slots__ = ("name", "np", "category", "itemsize", "is_floating_point")
+
+    def __init__(self, name: str, np_dtype: type, category: int) -> None:
+        self.name = name
+        self.np = np.dtype(np_dtype)
+        self.category = category  # 0 bool, 1 integer, 2 floating
+        self.itemsize = self.np.itemsize
+        self.is_floating_point = category == 2
+
+    def __repr__(self) -> str:
+        return f"dyngrad.{self.name}"
+
+    def __reduce__(self):
+        return (as_dtype, (self.name,))
+
+
+bool_ = DType("bool", np.bool_, 0)
+int64 = DType("int64", np.int64, 1)
+float32 = DType("float32", np.float32, 2)
+float64 = DType("float64", np.float64, 2)
+
+_BY_NP = {d.np: d for d in (bool_, int64, float32, float64)}
+_BY_NAME = {"bool": bool_, "int64": int64, "long": int64, "float32": float32, "float": float32,
+            "float64": float64, "double": float64}
+_default_float = float32
+
+
+def get_default_dtype() -> DType:
+    """The dtype Python floats become (float32, as in PyTorch)."""
+    return _default_float
+
+
+def as_dtype(d) -> DType:
+    """Turn a dyngrad dtype, numpy dtype, name or Python type into a :class:`DType`."""
+    if isinstance(d, DType):
+        return d
+    if d is float:
+        return _default_float
+    if d is int:
+        return int64
+    if d is bool:
+        return bool_
+    if isinstance(d, str) and d in _BY_NAME:
+        return _BY_NAME[d]
+    try:
+        npd = np.dtype(d)
+    except TypeError:
+        npd = None
+    if npd is not None and npd in _BY_NP:
+        return _BY_NP[npd]
+    raise TypeError(f"unsupported dtype {d!r}: dyngrad supports float32, float64, int64 and bool")
+
+
+def from_numpy_dtype(npd: np.dtype, *, copy: bool) -> DType:
+    """The dyngrad dtype for an array's dtype. Without ``copy`` only exact matches are allowed
+    (the memory is shared); with it, other ints become int64 and other floats float32."""
+    d = _BY_NP.get(npd)
+    if d is not None:
+        return d
+    if copy:
+        if npd.kind in "iu":
+            return int64
+        if npd.kind == "f":
+            return float32
+    raise TypeError(
+        f"numpy dtype {npd} is not supported: dyngrad supports float32, float64, int64 and bool; "
+        f"convert with arr.astype(...) first")
+
+
+def promote(a: DType, b: DType) -> DType:
+    """Promotion of two strong dtypes (same category: the wider one)."""
+    if a is b:
+        return a
+    if a.category != b.category:
+        return a if a.category > b.category else b
+    return a if a.itemsize >= b.itemsize else b
+
+
+def scalar_category(x) -> int:
+    if isinstance(x, (bool, np.bool_)):
+        return 0
+    if isinstance(x, (int, np.integer)):
+        return 1
+    if isinstance(x, (float, np.floating)):
+        return 2
+    raise TypeError(f"expected a number, got {type(x).__name__}")
+
+
+_CATEGORY_DEFAULT = {0: bool_, 1: int64}
+
+
+def default_for_category(cat: int) -> DType:
+    return _default_float if cat == 2 else _CATEGORY_DEFAULT[cat]
+
+
+def result_type(*operands) -> DType:
+    """PyTorch's result type of tensors and Python scalars (see the module docstring).
+
+    >>> result_type(int64_tensor, 1.5)   # float32
+    """
+    dim = zero = None
+    wrapped = -1
+    for x in operands:
+        dt = getattr(x, "dtype", None)
+        if isinstance(dt, DType):
+            if x.ndim:
+                dim = dt if dim is None else promote(dim, dt)
+            else:
+                zero = dt if zero is None else promote(zero, dt)
+        else:
+            wrapped = max(wrapped, scalar_category(x))
+    if dim is None:
+        dim, zero = zero, None
+    if dim is None:
+        return default_for_category(wrapped)
+    if zero is not None and zero.category > dim.category:
+        dim = promote(dim, zero)
+    if wrapped > dim.category:
+        dim = default_for_category(wrapped)
+    return dim
+
+
+def can_cast_inplace(src: DType, dst: DType) -> bool:
+    """Whether an in-place op may write a ``src`` result into a ``dst`` tensor (PyTorch:
+    not to a lower category, e.g. float into int64)."""
+    return src.category <= dst.category

@@ -1,0 +1,71 @@
+"""Forward-mode differentiation through each primitive's ``jvp`` rule.
+
+:class:`JvpMode` is a dispatch mode: it runs every operation normally and, when an input has
+a tangent, applies the primitive's jvp rule to produce the output's tangent. Jvp rules are
+written with dyngrad operations, so they may themselves be differentiated (nested modes form
+a stack, like JAX's levels).
+"""
+
+from __future__ import annotations
+
+from .dispatch import DispatchMode, dispatch, push_mode, suspend
+from .tensor import Tensor
+
+__all__ = ["JvpMode", "jvp"]
+
+
+class JvpMode(DispatchMode):
+    """Carries tangents (by tensor identity) alongside the ordinary computation."""
+
+    def __init__(self) -> None:
+        self.tangents: dict[int, tuple] = {}
+
+    def set_tangent(self, t: Tensor, tangent: Tensor) -> None:
+        self.tangents[id(t)] = (t, tangent)
+
+    def tangent(self, t) -> Tensor | None:
+        entry = self.tangents.get(id(t))
+        return entry[1] if entry is not None and entry[0] is t else None
+
+    def dispatch(self, prim, args, params):
+        with suspend(self):
+            out = dispatch(prim, *args, **params)
+            ts = [self.tangent(a) if isinstance(a, Tensor) else None for a in args]
+            if any(t is not None for t in ts):
+                if prim.jvp is None:
+                    if out.dtype.is_floating_point and prim.kind not in ("creation", "random"):
+                        raise RuntimeError(f"forward-mode AD: primitive {prim.name} has no "
+                                           f"jvp rule")
+                else:
+                    if prim.view and out._base is not None:
+                        pass  # a view is a new tensor object; its tangent is set below
+                    t_out = prim.jvp(ts, args, out, params)
+                    if t_out is not None:
+                        self.set_tangent(out, t_out)
+        return out
+
+    def on_write(self, tensor, what, value):
+        if what == "inplace" and isinstance(value, Tensor):
+            t = self.tangent(value)
+            if t is not None:
+                self.set_tangent(tensor, t)
+
+
+def jvp(fn, primals: tuple, tangents: tuple):
+    """(fn(*primals), J·tangents) by forward-mode AD.
+
+    >>> y, dy = jvp(lambda x: x.sin(), (x,), (dg.ones_like(x),))
+    """
+    mode = JvpMode()
+    with push_mode(mode):
+        for p, t in zip(primals, tangents):
+            if t.shape != p.shape:
+                raise RuntimeError(f"jvp: tangent shape {list(t.shape)} does not match primal "
+                                   f"shape {list(p.shape)}")
+            mode.set_tangent(p, t)
+        out = fn(*primals)
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    from .ops.creation import zeros_like
+    touts = tuple(mode.tangent(o) if mode.tangent(o) is not None else zeros_like(o)
+                  for o in outs)
+    return out, (touts if isinstance(out, (tuple, list)) else touts[0])

@@ -1,0 +1,10 @@
+"""The op table. Every primitive is a :class:`~dyngrad.ops.primitive.Primitive` record in
+``REGISTRY``; the modules here define them and the composites built from them."""
+
+from . import creation, elementwise, indexing, linalg, movement, random, reduce  # noqa: F401
+from . import methods as _methods
+from .primitive import REGISTRY, AbstractValue, Primitive
+
+_methods.bind()
+
+__all__ = ["REGISTRY", "Primitive", "AbstractValue"]

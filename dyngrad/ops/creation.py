@@ -1,0 +1,214 @@
+"""Creating tensors: from data (``tensor``, ``from_numpy``), and the creation primitives
+``full`` and ``iota`` behind ``zeros ones full arange linspace eye`` and ``*_like``, so a
+tracer sees a constant's shape and recipe rather than a blob of numbers."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .. import dtypes as _dt
+from ..dispatch import dispatch
+from ..tensor import Storage, Tensor
+from .primitive import Primitive
+
+
+def _shape_arg(shape, op: str) -> tuple:
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    out = []
+    for s in shape:
+        if isinstance(s, Tensor):
+            s = int(s)
+        if not isinstance(s, (int, np.integer)) or s < 0:
+            raise ValueError(f"{op}: sizes must be non-negative integers, got {list(shape)}")
+        out.append(int(s))
+    return tuple(out)
+
+
+def _full_rule(shape, value, dtype):
+    return tuple(shape), dtype
+
+
+FULL = Primitive("full", "creation",
+                 lambda shape, value, dtype: np.full(shape, value, dtype=dtype.np),
+                 _full_rule, doc="a tensor of ``shape`` filled with ``value``")
+
+
+def _iota_impl(shape, axis, start, step, dtype):
+    n = shape[axis]
+    line = (start + step * np.arange(n, dtype=np.float64)) if isinstance(step, float) or \
+        isinstance(start, float) else start + step * np.arange(n, dtype=np.int64)
+    line = line.astype(dtype.np)
+    view = [1] * len(shape)
+    view[axis] = n
+    return np.ascontiguousarray(np.broadcast_to(line.reshape(view), shape))
+
+
+IOTA = Primitive("iota", "creation", _iota_impl,
+                 lambda shape, axis, start, step, dtype: (tuple(shape), dtype),
+                 doc="start + step·i along ``axis``, broadcast over ``shape``")
+
+
+def _default(dtype, fallback=None):
+    if dtype is None:
+        return fallback or _dt.get_default_dtype()
+    return _dt.as_dtype(dtype)
+
+
+def _finish(t: Tensor, requires_grad: bool) -> Tensor:
+    if requires_grad:
+        t.requires_grad_(True)
+    return t
+
+
+def full(size, fill_value, *, dtype=None, requires_grad: bool = False) -> Tensor:
+    """A tensor of ``size`` filled with ``fill_value`` (dtype inferred from the value)."""
+    if dtype is None:
+        dtype = _dt.default_for_category(_dt.scalar_category(fill_value))
+    shape = _shape_arg((size,) if isinstance(size, int) else (tuple(size),), "full")
+    return _finish(dispatch(FULL, shape=shape, value=fill_value, dtype=_dt.as_dtype(dtype)),
+                   requires_grad)
+
+
+def zeros(*size, dtype=None, requires_grad: bool = False) -> Tensor:
+    shape = _shape_arg(size, "zeros")
+    return _finish(dispatch(FULL, shape=shape, value=0, dtype=_default(dtype)), requires_grad)
+
+
+def ones(*size, dtype=None, requires_grad: bool = False) -> Tensor:
+    shape = _shape_arg(size, "ones")
+    return _finish(dispatch(FULL, shape=shape, value=1, dtype=_default(dtype)), requires_grad)
+
+
+def empty(*size, dtype=None, requires_grad: bool = False) -> Tensor:
+    """Like ``zeros`` (dyngrad never hands out uninitialised memory)."""
+    return zeros(*size, dtype=dtype, requires_grad=requires_grad)
+
+
+def zeros_like(x: Tensor, *, dtype=None, requires_grad: bool = False) -> Tensor:
+    return zeros(x.shape, dtype=dtype or x.dtype, requires_grad=requires_grad)
+
+
+def ones_like(x: Tensor, *, dtype=None, requires_grad: bool = False) -> Tensor:
+    return ones(x.shape, dtype=dtype or x.dtype, requires_grad=requires_grad)
+
+
+def full_like(x: Tensor, fill_value, *, dtype=None, requires_grad: bool = False) -> Tensor:
+    return full(x.shape, fill_value, dtype=dtype or x.dtype, requires_grad=requires_grad)
+
+
+empty_like = zeros_like
+
+
+def iota_like(x: Tensor, axis: int, dtype=_dt.int64) -> Tensor:
+    """Indices 0..n-1 along ``axis`` of x's shape."""
+    return dispatch(IOTA, shape=tuple(x.shape), axis=axis, start=0, step=1,
+                    dtype=_dt.as_dtype(dtype))
+
+
+def arange(start, end=None, step=1, *, dtype=None, requires_grad: bool = False) -> Tensor:
+    """Values from ``start`` (inclusive) to ``end`` (exclusive) by ``step``; int64 when all
+    arguments are integers, else the default float dtype."""
+    if end is None:
+        start, end = 0, start
+    args = [float(a) if isinstance(a, Tensor) and a.dtype.is_floating_point else
+            (int(a) if isinstance(a, Tensor) else a) for a in (start, end, step)]
+    start, end, step = args
+    if step == 0:
+        raise RuntimeError("arange: step must be nonzero")
+    is_int = all(isinstance(a, numbers.Integral) for a in args)
+    if dtype is None:
+        dtype = _dt.int64 if is_int else _dt.get_default_dtype()
+    dtype = _dt.as_dtype(dtype)
+    n = max(0, int(np.ceil((end - start) / step)))
+    if not is_int:
+        start, step = float(start), float(step)
+    t = dispatch(IOTA, shape=(n,), axis=0, start=start, step=step, dtype=dtype)
+    return _finish(t, requires_grad)
+
+
+def linspace(start, end, steps: int, *, dtype=None, requires_grad: bool = False) -> Tensor:
+    """``steps`` evenly spaced values from ``start`` to ``end`` inclusive."""
+    if steps < 0:
+        raise RuntimeError("linspace: number of steps must be non-negative")
+    step = (float(end) - float(start)) / (steps - 1) if steps > 1 else 0.0
+    t = dispatch(IOTA, shape=(steps,), axis=0, start=float(start), step=step,
+                 dtype=_default(dtype))
+    return _finish(t, requires_grad)
+
+
+def eye(n: int, m: int | None = None, *, dtype=None, requires_grad: bool = False) -> Tensor:
+    """The identity matrix (n×m)."""
+    from .elementwise import cast, eq
+    m = n if m is None else m
+    rows = dispatch(IOTA, shape=(n, m), axis=0, start=0, step=1, dtype=_dt.int64)
+    cols = dispatch(IOTA, shape=(n, m), axis=1, start=0, step=1, dtype=_dt.int64)
+    return _finish(cast(eq(rows, cols), _default(dtype)), requires_grad)
+
+
+# ------------------------------------------------------------------ from data
+
+
+def _to_array(data, dtype=None) -> np.ndarray:
+    """Copy Python or numpy data into a new array with dyngrad's dtype rules."""
+    if isinstance(data, Tensor):
+        arr = data._data
+        return arr.astype(_dt.as_dtype(dtype).np if dtype is not None else arr.dtype, copy=True)
+    if isinstance(data, (np.ndarray, np.generic)):
+        arr = np.array(data, copy=True)
+        if dtype is None:
+            return arr.astype(_dt.from_numpy_dtype(arr.dtype, copy=True).np, copy=False)
+        return arr.astype(_dt.as_dtype(dtype).np)
+    try:
+        arr = np.array(data)
+    except ValueError as exc:
+        raise ValueError(f"tensor: could not build a tensor from the given data: {exc} (nested "
+                         f"lists must be rectangular)") from None
+    if arr.dtype == object or arr.dtype.kind not in "biuf":
+        raise TypeError(f"tensor: expected numbers or (nested) sequences of numbers, got "
+                        f"{type(data).__name__} holding {arr.dtype}")
+    if dtype is not None:
+        return arr.astype(_dt.as_dtype(dtype).np)
+    if arr.dtype.kind == "f":
+        # Python floats become the default dtype (float32), as in PyTorch
+        return arr.astype(_dt.get_default_dtype().np)
+    return arr.astype(_dt.from_numpy_dtype(arr.dtype, copy=True).np, copy=False)
+
+
+def tensor(data, dtype=None, requires_grad: bool = False) -> Tensor:
+    """A new tensor holding a copy of ``data`` (numbers, nested lists, arrays, tensors).
+
+    Python floats become float32, ints int64, bools bool; numpy arrays keep their dtype.
+
+    >>> x = dg.tensor([1.0, 2.0], requires_grad=True)
+    """
+    t = Tensor._fresh(_to_array(data, dtype))
+    return _finish(t, requires_grad)
+
+
+def as_tensor(data, dtype=None) -> Tensor:
+    """``data`` itself if it is a tensor of that dtype, shared numpy memory for an array of
+    a supported dtype, else a copy."""
+    if isinstance(data, Tensor) and (dtype is None or _dt.as_dtype(dtype) is data.dtype):
+        return data
+    if isinstance(data, np.ndarray) and dtype is None and data.dtype in _dt._BY_NP:
+        return from_numpy(data)
+    return tensor(data, dtype)
+
+
+def from_numpy(arr: np.ndarray) -> Tensor:
+    """A tensor sharing ``arr``'s memory: in-place changes on either side are visible on the
+    other (``A += 1`` is; ``A = A + 1`` makes a new array and is not)."""
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"from_numpy: expected np.ndarray (got {type(arr).__name__})")
+    _dt.from_numpy_dtype(arr.dtype, copy=False)  # raises for unsupported dtypes
+    return Tensor._shared(arr, Storage())
+
+
+def from_dlpack(obj) -> Tensor:
+    """A tensor sharing memory with any DLPack producer (numpy arrays, other tensors)."""
+    if isinstance(obj, Tensor):
+        return Tensor._shared(obj._data, obj._storage)
+    return from_numpy(np.from_dlpack(obj))

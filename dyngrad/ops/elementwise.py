@@ -1,0 +1,622 @@
+"""Elementwise primitives (unary, binary, comparisons, ``where``, ``cast``) and their
+front-end functions, which apply PyTorch's type promotion before dispatching."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import dtypes as _dt
+from ..dispatch import dispatch
+from ..dtypes import DType
+from ..special import erf as _np_erf
+from ..tensor import Tensor
+from . import reduce as _r
+from .primitive import Primitive
+
+# ------------------------------------------------------------------ shape rules
+
+
+def broadcast_shapes(*shapes: tuple, op: str = "broadcast") -> tuple:
+    """numpy broadcasting of shapes, with PyTorch's error message."""
+    ndim = max(len(s) for s in shapes)
+    out = []
+    for k in range(-ndim, 0):
+        size = 1
+        for s in shapes:
+            if len(s) >= -k:
+                d = s[k]
+                if d != 1:
+                    if size != 1 and d != size:
+                        a, b = size, d
+                        raise RuntimeError(
+                            f"{op}: the size of tensor a ({a}) must match the size of tensor b "
+                            f"({b}) at non-singleton dimension {ndim + k}; shapes "
+                            f"{' and '.join(str(list(x)) for x in shapes)} cannot be broadcast")
+                    size = d
+        out.append(size)
+    return tuple(out)
+
+
+def _shape_of(x) -> tuple:
+    return getattr(x, "shape", ())
+
+
+def _dtype_of(xs) -> DType:
+    for x in xs:
+        d = getattr(x, "dtype", None)
+        if isinstance(d, DType):
+            return d
+    return _dt.result_type(*xs)
+
+
+def _same_rule(name: str, float_only: bool = False, no_bool: bool = False):
+    def rule(x, **_):
+        d = _dtype_of((x,))
+        if float_only and not d.is_floating_point:
+            raise TypeError(f"{name}: expected a floating-point tensor, got {d.name}")
+        if no_bool and d is _dt.bool_:
+            raise TypeError(f"{name}: not supported for bool tensors")
+        return _shape_of(x), d
+    return rule
+
+
+def _binary_rule(name: str, out_dtype: DType | None = None, float_only: bool = False):
+    def rule(a, b, **_):
+        shape = broadcast_shapes(_shape_of(a), _shape_of(b), op=name)
+        da, db = getattr(a, "dtype", None), getattr(b, "dtype", None)
+        if isinstance(da, DType) and isinstance(db, DType) and da is not db:
+            raise TypeError(f"{name}: operands must have one dtype after promotion, got "
+                            f"{da.name} and {db.name}")
+        d = _dtype_of((a, b))
+        if float_only and not d.is_floating_point:
+            raise TypeError(f"{name}: expected floating-point operands, got {d.name}")
+        return shape, out_dtype or d
+    return rule
+
+
+# ------------------------------------------------------------------ helpers for rules
+
+def _q(fn):
+    """Run a numpy function with floating-point warnings silenced (PyTorch returns inf/nan
+    quietly; so do we)."""
+    def impl(*a, **k):
+        with np.errstate(all="ignore"):
+            return fn(*a, **k)
+    impl.__name__ = getattr(fn, "__name__", "impl")
+    return impl
+
+
+def sum_to(g: Tensor, shape: tuple) -> Tensor:
+    """Sum a broadcast gradient back to ``shape`` (the vjp of broadcasting)."""
+    return _r.sum_to(g, shape)
+
+
+def _t(ts, i):
+    return ts[i] if i < len(ts) else None
+
+
+# ------------------------------------------------------------------ unary primitives
+
+def _unary(name, impl, vjp, jvp, *, save=(), save_out=False, float_only=True, no_bool=False,
+           doc=""):
+    return Primitive(name, "elementwise", impl, _same_rule(name, float_only, no_bool),
+                     vjp=vjp, jvp=jvp, save=save, save_out=save_out, doc=doc)
+
+
+NEG = _unary("neg", np.negative, lambda n, g, xs, y: (-g,),
+             lambda ts, xs, y, p: -ts[0], float_only=False, no_bool=True)
+ABS = _unary("abs", np.abs, lambda n, g, xs, y: (g * sign(xs[0]),),
+             lambda ts, xs, y, p: ts[0] * sign(xs[0]), save=(0,), float_only=False)
+SIGN = _unary("sign", np.sign, lambda n, g, xs, y: (g * 0.0,),
+              lambda ts, xs, y, p: ts[0] * 0.0, float_only=False, no_bool=True)
+FLOOR = _unary("floor", np.floor, lambda n, g, xs, y: (g * 0.0,),
+               lambda ts, xs, y, p: ts[0] * 0.0)
+EXP = _unary("exp", _q(np.exp), lambda n, g, xs, y: (g * y,),
+             lambda ts, xs, y, p: ts[0] * y, save_out=True)
+LOG = _unary("log", _q(np.log), lambda n, g, xs, y: (g / xs[0],),
+             lambda ts, xs, y, p: ts[0] / xs[0], save=(0,))
+LOG1P = _unary("log1p", _q(np.log1p), lambda n, g, xs, y: (g / (xs[0] + 1.0),),
+               lambda ts, xs, y, p: ts[0] / (xs[0] + 1.0), save=(0,))
+SQRT = _unary("sqrt", _q(np.sqrt), lambda n, g, xs, y: (g / (y * 2.0),),
+              lambda ts, xs, y, p: ts[0] / (y * 2.0), save_out=True)
+SIN = _unary("sin", _q(np.sin), lambda n, g, xs, y: (g * cos(xs[0]),),
+             lambda ts, xs, y, p: ts[0] * cos(xs[0]), save=(0,))
+COS = _unary("cos", _q(np.cos), lambda n, g, xs, y: (-g * sin(xs[0]),),
+             lambda ts, xs, y, p: -ts[0] * sin(xs[0]), save=(0,))
+TANH = _unary("tanh", np.tanh, lambda n, g, xs, y: (g * (1.0 - y * y),),
+              lambda ts, xs, y, p: ts[0] * (1.0 - y * y), save_out=True)
+_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+ERF = _unary("erf", _np_erf,
+             lambda n, g, xs, y: (g * (exp(-(xs[0] * xs[0])) * _TWO_OVER_SQRT_PI),),
+             lambda ts, xs, y, p: ts[0] * (exp(-(xs[0] * xs[0])) * _TWO_OVER_SQRT_PI),
+             save=(0,), doc="Gauss error function, accurate to float64 (dyngrad.special.erf)")
+
+
+def _cast_impl(x, dtype):
+    return x.astype(dtype.np)
+
+
+def _cast_rule(x, dtype):
+    return _shape_of(x), dtype
+
+
+def _cast_vjp(n, g, xs, y):
+    src = n.in_dtypes[0]
+    return (cast(g, src) if src.is_floating_point else None,)
+
+
+CAST = Primitive("cast", "elementwise", _cast_impl, _cast_rule, vjp=_cast_vjp,
+                 jvp=lambda ts, xs, y, p: cast(ts[0], p["dtype"]),
+                 doc="convert to ``dtype`` (always a copy: ``clone`` is a cast to the same "
+                     "dtype)")
+
+# ------------------------------------------------------------------ binary primitives
+
+
+def _vjp_add(n, g, xs, y):
+    s = n.in_shapes
+    return (sum_to(g, s[0]) if n.needs[0] else None,
+            sum_to(g, s[1]) if n.needs[1] else None)
+
+
+def _vjp_sub(n, g, xs, y):
+    s = n.in_shapes
+    return (sum_to(g, s[0]) if n.needs[0] else None,
+            sum_to(-g, s[1]) if n.needs[1] else None)
+
+
+def _vjp_mul(n, g, xs, y):
+    a, b = xs
+    s = n.in_shapes
+    return (sum_to(g * b, s[0]) if n.needs[0] else None,
+            sum_to(g * a, s[1]) if n.needs[1] else None)
+
+
+def _vjp_div(n, g, xs, y):
+    a, b = xs
+    s = n.in_shapes
+    return (sum_to(g / b, s[0]) if n.needs[0] else None,
+            sum_to(-g * a / (b * b), s[1]) if n.needs[1] else None)
+
+
+def _vjp_pow(n, g, xs, y):
+    a, b = xs
+    s = n.in_shapes
+    ga = gb = None
+    if n.needs[0]:
+        ga = sum_to(g * (b * pow(a, b - 1.0)), s[0])
+    if n.needs[1]:
+        gb = sum_to(where(_and(eq(a, 0.0), ge(b, 0.0)), 0.0, g * (y * log(a))), s[1])
+    return ga, gb
+
+
+def _jvp_pow(ts, xs, y, p):
+    a, b = xs
+    out = None
+    if ts[0] is not None:
+        out = ts[0] * (b * pow(a, b - 1.0))
+    if _t(ts, 1) is not None:
+        tb = where(_and(eq(a, 0.0), ge(b, 0.0)), 0.0, ts[1] * (y * log(a)))
+        out = tb if out is None else out + tb
+    return out
+
+
+def _vjp_minmax(is_max):
+    def vjp(n, g, xs, y):
+        a, b = xs
+        s = n.in_shapes
+        win = gt(a, b) if is_max else lt(a, b)
+        tie = eq(a, b)
+        ga = where(tie, g * 0.5, where(win, g, 0.0))
+        gb = where(tie, g * 0.5, where(win, 0.0, g))
+        return (sum_to(ga, s[0]) if n.needs[0] else None,
+                sum_to(gb, s[1]) if n.needs[1] else None)
+
+    def jvp(ts, xs, y, p):
+        a, b = xs
+        win = gt(a, b) if is_max else lt(a, b)
+        tie = eq(a, b)
+        ta = ts[0] if ts[0] is not None else 0.0
+        tb = _t(ts, 1) if _t(ts, 1) is not None else 0.0
+        return where(tie, (ta + tb) * 0.5, where(win, ta, tb)) * 1.0
+    return vjp, jvp
+
+
+def _lin_jvp(sign_b):
+    def jvp(ts, xs, y, p):
+        ta, tb = ts[0], _t(ts, 1)
+        if tb is None:
+            return _bcast_like(ta, y)
+        tb = tb if sign_b > 0 else -tb
+        return _bcast_like(tb, y) if ta is None else _bcast_like(ta + tb, y)
+    return jvp
+
+
+def _bcast_like(t, y):
+    from . import movement
+    return t if t.shape == y.shape else movement.expand(t, y.shape)
+
+
+def _jvp_mul(ts, xs, y, p):
+    a, b = xs
+    out = None
+    if ts[0] is not None:
+        out = ts[0] * b
+    if _t(ts, 1) is not None:
+        out = a * ts[1] if out is None else out + a * ts[1]
+    return _bcast_like(out, y)
+
+
+def _jvp_div(ts, xs, y, p):
+    a, b = xs
+    out = None
+    if ts[0] is not None:
+        out = ts[0] / b
+    if _t(ts, 1) is not None:
+        tb = -ts[1] * a / (b * b)
+        out = tb if out is None else out + tb
+    return _bcast_like(out, y)
+
+
+def _binary_prim(name, impl, vjp, jvp, save=(0, 1), save_out=False, float_only=False):
+    return Primitive(name, "elementwise", impl, _binary_rule(name, float_only=float_only),
+                     vjp=vjp, jvp=jvp, save=save, save_out=save_out)
+
+
+ADD = _binary_prim("add", np.add, _vjp_add, _lin_jvp(1), save=())
+SUB = _binary_prim("sub", np.subtract, _vjp_sub, _lin_jvp(-1), save=())
+MUL = _binary_prim("mul", np.multiply, _vjp_mul, _jvp_mul)
+DIV = _binary_prim("div", _q(np.true_divide), _vjp_div, _jvp_div, float_only=True)
+POW = _binary_prim("pow", _q(np.power), _vjp_pow, _jvp_pow, save_out=True)
+_maxv, _maxj = _vjp_minmax(True)
+_minv, _minj = _vjp_minmax(False)
+MAXIMUM = _binary_prim("maximum", np.maximum, _maxv, _maxj)
+MINIMUM = _binary_prim("minimum", np.minimum, _minv, _minj)
+
+
+def _cmp(name, impl):
+    return Primitive(name, "elementwise", impl, _binary_rule(name, out_dtype=_dt.bool_))
+
+
+EQ = _cmp("eq", np.equal)
+NE = _cmp("ne", np.not_equal)
+LT = _cmp("lt", np.less)
+LE = _cmp("le", np.less_equal)
+GT = _cmp("gt", np.greater)
+GE = _cmp("ge", np.greater_equal)
+
+
+def _where_rule(c, a, b):
+    shape = broadcast_shapes(_shape_of(c), _shape_of(a), _shape_of(b), op="where")
+    if getattr(c, "dtype", _dt.bool_) is not _dt.bool_:
+        raise TypeError(f"where: condition must be a bool tensor, got {c.dtype.name}")
+    da, db = getattr(a, "dtype", None), getattr(b, "dtype", None)
+    if isinstance(da, DType) and isinstance(db, DType) and da is not db:
+        raise TypeError(f"where: expected one dtype for both branches, got {da.name} and "
+                        f"{db.name}")
+    return shape, _dtype_of((a, b))
+
+
+def _where_vjp(n, g, xs, y):
+    c = xs[0]
+    s = n.in_shapes
+    return (None,
+            sum_to(where(c, g, 0.0), s[1]) if n.needs[1] else None,
+            sum_to(where(c, 0.0, g), s[2]) if n.needs[2] else None)
+
+
+def _where_jvp(ts, xs, y, p):
+    c = xs[0]
+    ta = _t(ts, 1) if _t(ts, 1) is not None else 0.0
+    tb = _t(ts, 2) if _t(ts, 2) is not None else 0.0
+    return _bcast_like(where(c, ta, tb) * 1.0, y)
+
+
+WHERE = Primitive("where", "elementwise", np.where, _where_rule, vjp=_where_vjp,
+                  jvp=_where_jvp, save=(0,))
+
+# ------------------------------------------------------------------ front end
+
+
+def _literal(x):
+    """A Python/numpy number as a weak Python scalar, or None if ``x`` is not a number."""
+    if isinstance(x, (bool, int, float)):
+        return x
+    if isinstance(x, np.generic) and x.dtype.kind in "biuf":
+        return x.item()
+    return None
+
+
+def as_operand(x, op: str):
+    """Tensor or weak scalar for a binary op; arrays and lists become constant tensors."""
+    if isinstance(x, Tensor):
+        return x
+    lit = _literal(x)
+    if lit is not None:
+        return lit
+    if isinstance(x, (np.ndarray, list, tuple)):
+        from .creation import tensor
+        return tensor(x)
+    raise TypeError(f"{op}: unsupported operand of type {type(x).__name__}; expected a Tensor "
+                    f"or a number")
+
+
+def promote_args(op: str, *xs, floating: bool = False):
+    """Cast tensors to the PyTorch result type of ``xs`` (scalars stay weak literals)."""
+    xs = [as_operand(x, op) for x in xs]
+    dt = _dt.result_type(*xs)
+    if floating and not dt.is_floating_point:
+        dt = _dt.get_default_dtype()
+    out = []
+    for x in xs:
+        if isinstance(x, Tensor):
+            if x._data.dtype is not dt.np:
+                x = cast(x, dt)
+        elif not dt.is_floating_point and isinstance(x, float):
+            pass  # cannot happen: a float literal makes dt floating
+        out.append(x)
+    return out, dt
+
+
+def _binary(prim, a, b, floating=False):
+    if isinstance(a, Tensor) and isinstance(b, Tensor) and a._data.dtype is b._data.dtype \
+            and (not floating or a.dtype.is_floating_point):
+        return dispatch(prim, a, b)
+    (a, b), dt = promote_args(prim.name, a, b, floating=floating)
+    if not isinstance(a, Tensor) and not isinstance(b, Tensor):
+        from .creation import tensor
+        a = tensor(a, dtype=dt)
+    return dispatch(prim, a, b)
+
+
+def _float_unary(prim, x):
+    if not isinstance(x, Tensor):
+        x = as_operand(x, prim.name)
+        if not isinstance(x, Tensor):
+            from .creation import tensor
+            x = tensor(x)
+    if not x.dtype.is_floating_point:
+        x = cast(x, _dt.get_default_dtype())
+    return dispatch(prim, x)
+
+
+def add(a, b, *, alpha=1):
+    """a + alpha·b with broadcasting and PyTorch promotion."""
+    return _binary(ADD, a, b if alpha == 1 else mul(b, alpha))
+
+
+def sub(a, b, *, alpha=1):
+    return _binary(SUB, a, b if alpha == 1 else mul(b, alpha))
+
+
+def mul(a, b):
+    return _binary(MUL, a, b)
+
+
+def div(a, b, *, rounding_mode: str | None = None):
+    """True division (integers give float32, as in PyTorch); ``rounding_mode='floor'``."""
+    if rounding_mode == "floor":
+        return floor_divide(a, b)
+    if rounding_mode is not None:
+        raise ValueError(f"div: rounding_mode must be None or 'floor', got {rounding_mode!r}")
+    return _binary(DIV, a, b, floating=True)
+
+
+def pow(a, b):  # noqa: A001 - PyTorch's name
+    return _binary(POW, a, b)
+
+
+def maximum(a, b):
+    return _binary(MAXIMUM, a, b)
+
+
+def minimum(a, b):
+    return _binary(MINIMUM, a, b)
+
+
+def eq(a, b):
+    return _binary(EQ, a, b)
+
+
+def ne(a, b):
+    return _binary(NE, a, b)
+
+
+def lt(a, b):
+    return _binary(LT, a, b)
+
+
+def le(a, b):
+    return _binary(LE, a, b)
+
+
+def gt(a, b):
+    return _binary(GT, a, b)
+
+
+def ge(a, b):
+    return _binary(GE, a, b)
+
+
+def neg(x):
+    return dispatch(NEG, x)
+
+
+def abs(x):  # noqa: A001
+    return dispatch(ABS, x)
+
+
+def sign(x):
+    return dispatch(SIGN, x)
+
+
+def floor(x):
+    if not x.dtype.is_floating_point:
+        return x.clone()
+    return dispatch(FLOOR, x)
+
+
+def exp(x):
+    return _float_unary(EXP, x)
+
+
+def log(x):
+    return _float_unary(LOG, x)
+
+
+def log1p(x):
+    return _float_unary(LOG1P, x)
+
+
+def sqrt(x):
+    return _float_unary(SQRT, x)
+
+
+def sin(x):
+    return _float_unary(SIN, x)
+
+
+def cos(x):
+    return _float_unary(COS, x)
+
+
+def tanh(x):
+    return _float_unary(TANH, x)
+
+
+def erf(x):
+    return _float_unary(ERF, x)
+
+
+def cast(x, dtype) -> Tensor:
+    """Convert ``x`` to ``dtype`` (a copy, with gradient between floating dtypes)."""
+    return dispatch(CAST, x, dtype=_dt.as_dtype(dtype))
+
+
+def where(cond, a, b):
+    """Elementwise ``a if cond else b`` with broadcasting; a and b promote like a binary op."""
+    if not isinstance(cond, Tensor):
+        from .creation import tensor
+        cond = tensor(cond, dtype=_dt.bool_)
+    elif cond.dtype is not _dt.bool_:
+        cond = cast(cond, _dt.bool_)
+    (a, b), dt = promote_args("where", a, b)
+    if not isinstance(a, Tensor) and not isinstance(b, Tensor):
+        from .creation import tensor
+        a = tensor(a, dtype=dt)
+    return dispatch(WHERE, cond, a, b)
+
+
+# ------------------------------------------------------------------ composites
+
+
+def _and(a, b):
+    return mul(a, b) if a.dtype is _dt.bool_ else logical_and(a, b)
+
+
+def logical_and(a, b):
+    return mul(cast(a, _dt.bool_), cast(b, _dt.bool_))
+
+
+def logical_or(a, b):
+    return maximum(cast(a, _dt.bool_), cast(b, _dt.bool_))
+
+
+def logical_xor(a, b):
+    return ne(cast(a, _dt.bool_), cast(b, _dt.bool_))
+
+
+def logical_not(a):
+    return eq(cast(a, _dt.bool_), False)
+
+
+def floor_divide(a, b):
+    """Floor division; integers are computed exactly through float64 up to 2**53."""
+    (a, b), dt = promote_args("floor_divide", a, b)
+    if dt.is_floating_point:
+        return floor(div(a, b))
+    q = floor(div(_as_f64(a), _as_f64(b)))
+    return cast(q, dt)
+
+
+def remainder(a, b):
+    """Python's modulo (the sign of the divisor), like ``torch.remainder``."""
+    (a, b), dt = promote_args("remainder", a, b)
+    if dt.is_floating_point:
+        return sub(a, mul(floor(div(a, b)), b))
+    fa, fb = _as_f64(a), _as_f64(b)
+    return cast(sub(fa, mul(floor(div(fa, fb)), fb)), dt)
+
+
+def _as_f64(x):
+    return cast(x, _dt.float64) if isinstance(x, Tensor) else float(x)
+
+
+def reciprocal(x):
+    return div(1.0, x)
+
+
+def rsqrt(x):
+    return div(1.0, sqrt(x))
+
+
+def square(x):
+    return mul(x, x)
+
+
+def sigmoid(x):
+    """1/(1+exp(-x)), computed without overflow: exp(-|x|) is never large."""
+    x = _float_operand(x)
+    e = exp(-abs(x))
+    pos = 1.0 / (1.0 + e)
+    return where(ge(x, 0.0), pos, e * pos)
+
+
+def relu(x):
+    return maximum(x, 0.0) if not isinstance(x, Tensor) or x.dtype is not _dt.bool_ else x
+
+
+def gelu(x, approximate: str = "none"):
+    """GELU: x·Φ(x) with the exact erf form, or ``approximate='tanh'``."""
+    x = _float_operand(x)
+    if approximate == "tanh":
+        inner = (x + 0.044715 * (x * x * x)) * math.sqrt(2.0 / math.pi)
+        return 0.5 * x * (1.0 + tanh(inner))
+    if approximate != "none":
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return x * (0.5 * (1.0 + erf(x * (1.0 / math.sqrt(2.0)))))
+
+
+def _float_operand(x):
+    if not isinstance(x, Tensor):
+        from .creation import tensor
+        x = tensor(x)
+    if not x.dtype.is_floating_point:
+        x = cast(x, _dt.get_default_dtype())
+    return x
+
+
+def clamp(x, min=None, max=None):  # noqa: A002 - PyTorch's names
+    """Limit to [min, max] (either may be None or a tensor). Gradient 1 inside, 0 outside
+    (PyTorch's convention; at the boundary the gradient passes)."""
+    if min is None and max is None:
+        raise ValueError("clamp: at least one of min and max must be given")
+    out = x
+    if min is not None:
+        (out_, lo), dt = promote_args("clamp", out, min)
+        out = where(lt(out_, lo), lo, out_)
+    if max is not None:
+        (out_, hi), dt = promote_args("clamp", out, max)
+        out = where(gt(out_, hi), hi, out_)
+    return out
+
+
+def masked_fill(x, mask, value):
+    """``x`` with ``value`` where ``mask`` is true (mask broadcasts to x)."""
+    if isinstance(value, Tensor) and value.ndim:
+        raise RuntimeError(f"masked_fill: value must be a number or a 0-d tensor, got shape "
+                           f"{list(value.shape)}")
+    out = where(mask, cast(value, x.dtype) if isinstance(value, Tensor) else value, x)
+    return out if out.dtype is x.dtype else cast(out, x.dtype)

@@ -1,0 +1,407 @@
+"""Index primitives ``gather`` and ``scatter_add``, and everything built on them: integer
+and boolean indexing (``x[idx]``), ``__setitem__``, ``take_along_dim``, ``index_select``,
+``one_hot``, and the functional form of an in-place write through a view."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import dtypes as _dt
+from ..dispatch import STATE, dispatch, report_read
+from ..tensor import Tensor
+from . import elementwise as _e
+from . import movement as _m
+from .primitive import Primitive
+
+
+def _gather_shape(xshape, ishape, axis):
+    return tuple(xshape[:axis]) + tuple(ishape) + tuple(xshape[axis + 1:])
+
+
+def _gather_rule(x, idx, axis):
+    if idx.dtype is not _dt.int64:
+        raise IndexError(f"gather: indices must be int64, got {idx.dtype.name}")
+    if not 0 <= axis < max(len(x.shape), 1):
+        raise IndexError(f"gather: axis {axis} out of range for shape {list(x.shape)}")
+    if x.shape and x.shape[axis] == 0 and np.prod(idx.shape) > 0:
+        raise IndexError(f"gather: index into an empty dimension {axis} of shape "
+                         f"{list(x.shape)}")
+    return _gather_shape(x.shape, idx.shape, axis), x.dtype
+
+
+def _gather_impl(x, idx, axis):
+    try:
+        return np.take(x, idx, axis=axis)
+    except IndexError:
+        n = x.shape[axis]
+        bad = idx[(idx >= n) | (idx < -n)].ravel()[0]
+        raise IndexError(f"index {bad} is out of bounds for dimension {axis} with size {n} "
+                         f"(gather from shape {list(x.shape)})") from None
+
+
+def _gather_vjp(n, g, xs, y):
+    from .creation import zeros
+    idx = xs[1]
+    base = zeros(n.in_shapes[0], dtype=g.dtype)
+    return (dispatch(SCATTER_ADD, base, idx, g, axis=n.params["axis"]), None)
+
+
+GATHER = Primitive("gather", "index", _gather_impl, _gather_rule, vjp=_gather_vjp,
+                   jvp=lambda ts, xs, y, p: dispatch(GATHER, ts[0], xs[1], **p), save=(1,),
+                   doc="np.take along ``axis``: out.shape = x.shape[:axis] + idx.shape + "
+                       "x.shape[axis+1:]; negative indices wrap")
+
+
+def _scatter_rule(base, idx, src, axis):
+    if idx.dtype is not _dt.int64:
+        raise IndexError(f"scatter_add: indices must be int64, got {idx.dtype.name}")
+    want = _gather_shape(base.shape, idx.shape, axis)
+    if tuple(src.shape) != want:
+        raise RuntimeError(f"scatter_add: source of shape {list(src.shape)} does not match "
+                           f"{list(want)} (base {list(base.shape)}, index "
+                           f"{list(idx.shape)}, axis {axis})")
+    if src.dtype is not base.dtype:
+        raise TypeError(f"scatter_add: source dtype {src.dtype.name} differs from base dtype "
+                        f"{base.dtype.name}")
+    return tuple(base.shape), base.dtype
+
+
+def _scatter_impl(base, idx, src, axis):
+    out = base.copy()
+    n = base.shape[axis]
+    if idx.size and (idx.max() >= n or idx.min() < -n):
+        bad = idx[(idx >= n) | (idx < -n)].ravel()[0]
+        raise IndexError(f"index {bad} is out of bounds for dimension {axis} with size {n} "
+                         f"(scatter_add into shape {list(base.shape)})")
+    np.add.at(out, (slice(None),) * axis + (idx,), src)
+    return out
+
+
+def _scatter_vjp(n, g, xs, y):
+    idx = xs[1]
+    gs = dispatch(GATHER, g, idx, axis=n.params["axis"]) if n.needs[2] else None
+    return (g if n.needs[0] else None, None, gs)
+
+
+def _scatter_jvp(ts, xs, y, p):
+    from .creation import zeros
+    base, idx, src = xs
+    tb = ts[0] if ts[0] is not None else zeros(base.shape, dtype=base.dtype)
+    tsrc = ts[2] if len(ts) > 2 and ts[2] is not None else zeros(src.shape, dtype=src.dtype)
+    return dispatch(SCATTER_ADD, tb, idx, tsrc, **p)
+
+
+SCATTER_ADD = Primitive("scatter_add", "index", _scatter_impl, _scatter_rule,
+                        vjp=_scatter_vjp, jvp=_scatter_jvp, save=(1,),
+                        doc="base with src added at idx along axis (repeated indices "
+                            "accumulate); the transpose of gather")
+
+
+def gather(x: Tensor, idx: Tensor, axis: int = 0) -> Tensor:
+    """``np.take(x, idx, axis)`` with autograd."""
+    return dispatch(GATHER, x, _as_index(idx), axis=axis)
+
+
+def scatter_add(base: Tensor, idx: Tensor, src: Tensor, axis: int = 0) -> Tensor:
+    return dispatch(SCATTER_ADD, base, _as_index(idx), src, axis=axis)
+
+
+def _as_index(idx) -> Tensor:
+    if isinstance(idx, Tensor):
+        if idx.dtype is _dt.int64:
+            return idx
+        if idx.dtype is _dt.bool_ or idx.dtype.is_floating_point:
+            raise IndexError(f"tensors used as indices must be long, int or bool tensors, got "
+                             f"{idx.dtype.name}")
+    arr = np.asarray(idx)
+    if arr.dtype.kind not in "iu" and arr.size:
+        raise IndexError(f"indices must be integers, got {arr.dtype}")
+    return Tensor._fresh(arr.astype(np.int64))
+
+
+# ------------------------------------------------------------------ PyTorch-style wrappers
+
+
+def take_along_dim(x: Tensor, idx: Tensor, dim: int) -> Tensor:
+    """PyTorch's ``gather(x, dim, idx)``: out has idx's shape and, for dim=1,
+    out[i][j] = x[i][idx[i][j]]; idx may be smaller than x outside ``dim``."""
+    from .creation import iota_like
+    idx = _as_index(idx)
+    if idx.ndim != x.ndim:
+        raise RuntimeError(f"gather: index tensor must have the same number of dimensions as "
+                           f"input ({x.ndim}), got {idx.ndim}")
+    d = dim % max(x.ndim, 1)
+    if x.ndim == 0:
+        return gather(_m.reshape(x, (1,)), _m.reshape(idx, (1,)), 0).reshape(())
+    for i in range(x.ndim):
+        if i != d and idx.shape[i] > x.shape[i]:
+            raise RuntimeError(f"gather: size of index {list(idx.shape)} exceeds the input "
+                               f"{list(x.shape)} at dimension {i} (only dim {d} may differ)")
+    n = x.shape[d]
+    a = idx._data
+    if a.size and (a.max() >= n or a.min() < -n):
+        bad = a[(a >= n) | (a < -n)].ravel()[0]
+        raise IndexError(f"gather: index {bad} is out of bounds for dimension {d} with size {n}")
+    idx = _e.where(_e.lt(idx, 0), idx + n, idx)
+    flat, stride = None, 1
+    for i in range(x.ndim - 1, -1, -1):
+        part = idx if i == d else iota_like(idx, i)
+        term = part * stride if stride != 1 else part
+        flat = term if flat is None else flat + term
+        stride *= x.shape[i]
+    return gather(_m.reshape(_m.contiguous(x), (-1,)), flat, 0)
+
+
+def index_select(x: Tensor, dim: int, index: Tensor) -> Tensor:
+    """Rows (or any dim's slices) picked by a 1-d index."""
+    index = _as_index(index)
+    if index.ndim > 1:
+        raise IndexError("index_select(): Index is supposed to be a vector")
+    return gather(x, _m.reshape(index, (-1,)), dim % max(x.ndim, 1))
+
+
+def one_hot(idx: Tensor, num_classes: int = -1) -> Tensor:
+    """int64 one-hot encoding with a new last dim of ``num_classes``."""
+    from .creation import arange
+    idx = _as_index(idx)
+    if num_classes < 0:
+        if STATE.modes:
+            report_read(idx, "size")
+        num_classes = int(idx._data.max()) + 1 if idx.numel() else 0
+    if idx.numel() and (idx._data.min() < 0 or idx._data.max() >= num_classes):
+        raise RuntimeError(f"one_hot: class values must be in [0, {num_classes})")
+    return _e.cast(_e.eq(_m.unsqueeze(idx, -1), arange(num_classes)), _dt.int64)
+
+
+# ------------------------------------------------------------------ x[key]
+
+
+def _parse_key(key, ndim: int):
+    """Expand a key into one entry per consumed dim: ('none',), ('int', i), ('slice', s),
+    ('adv', int64 Tensor), ('bool', bool Tensor)."""
+    if not isinstance(key, tuple):
+        key = (key,)
+    entries = []
+    for k in key:
+        if k is None:
+            entries.append(("none", None))
+        elif k is Ellipsis:
+            entries.append(("ellipsis", None))
+        elif isinstance(k, slice):
+            entries.append(("slice", k))
+        elif isinstance(k, (bool, np.bool_)):
+            raise IndexError("indexing with a Python bool is not supported; use a bool tensor")
+        elif isinstance(k, (int, np.integer)):
+            entries.append(("int", int(k)))
+        elif isinstance(k, Tensor):
+            if k.dtype is _dt.bool_:
+                entries.append(("bool", k))
+            elif k.dtype is _dt.int64:
+                entries.append(("adv", k))
+            else:
+                raise IndexError(f"tensors used as indices must be long, int or bool tensors, "
+                                 f"got {k.dtype.name}")
+        elif isinstance(k, (list, np.ndarray)):
+            arr = np.asarray(k)
+            if arr.dtype == np.bool_:
+                entries.append(("bool", Tensor._fresh(arr)))
+            elif arr.dtype.kind in "iu" or arr.size == 0:
+                entries.append(("adv", Tensor._fresh(arr.astype(np.int64))))
+            else:
+                raise IndexError(f"indices must be integers or booleans, got {arr.dtype}")
+        else:
+            raise IndexError(f"only integers, slices (`:`), ellipsis (`...`), None and long or "
+                             f"bool tensors are valid indices (got {type(k).__name__})")
+    consumed = sum(e[1].ndim if e[0] == "bool" else (0 if e[0] in ("none", "ellipsis") else 1)
+                   for e in entries)
+    n_ell = sum(e[0] == "ellipsis" for e in entries)
+    if n_ell > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
+    if consumed > ndim:
+        raise IndexError(f"too many indices for tensor of dimension {ndim} (got {consumed})")
+    fill = [("slice", slice(None))] * (ndim - consumed)
+    if n_ell:
+        i = next(i for i, e in enumerate(entries) if e[0] == "ellipsis")
+        entries = entries[:i] + fill + entries[i + 1:]
+    else:
+        entries = entries + fill
+    return entries
+
+
+def getitem(x: Tensor, key) -> Tensor:
+    """PyTorch/numpy indexing: basic indexing gives views; integer and bool tensors gather."""
+    orig = x
+    entries = _parse_key(key, x.ndim)
+    if any(e[0] == "none" for e in entries):
+        shape, j = [], 0
+        for kind, v in entries:
+            if kind == "none":
+                shape.append(1)
+            else:
+                n = v.ndim if kind == "bool" else 1
+                shape.extend(x.shape[j:j + n])
+                j += n
+        x = _m.reshape(x, tuple(shape))
+        entries = [("slice", slice(None)) if k == "none" else (k, v) for k, v in entries]
+    if any(e[0] == "bool" for e in entries):
+        new = []
+        for kind, v in entries:
+            if kind == "bool":
+                if STATE.modes:
+                    report_read(v, "nonzero")
+                for nz in np.nonzero(v._data):
+                    new.append(("adv", Tensor._fresh(nz.astype(np.int64))))
+            else:
+                new.append((kind, v))
+        entries = new
+    has_adv = any(e[0] == "adv" for e in entries)
+    starts, stops, steps, drop = [], [], [], []
+    for d, (kind, v) in enumerate(entries):
+        n = x.shape[d]
+        if kind == "slice":
+            if v.step is not None and v.step <= 0:
+                raise ValueError("step must be greater than zero")
+            a, b, c = v.indices(n)
+            starts.append(a), stops.append(max(a, b)), steps.append(c)
+        elif kind == "int":
+            if not -n <= v < n:
+                raise IndexError(f"index {v} is out of bounds for dimension {d} with size {n}")
+            if has_adv:
+                entries[d] = ("adv", Tensor._fresh(np.array(v, dtype=np.int64)))
+                starts.append(0), stops.append(n), steps.append(1)
+            else:
+                i = v % n
+                starts.append(i), stops.append(i + 1), steps.append(1)
+                drop.append(d)
+        else:
+            starts.append(0), stops.append(n), steps.append(1)
+    if any(a != 0 or b != n or c != 1 for a, b, c, n in zip(starts, stops, steps, x.shape)):
+        x = dispatch(_m.SLICE, x, starts=tuple(starts), stops=tuple(stops), steps=tuple(steps))
+    if not has_adv:
+        if drop:
+            return _m.reshape(x, tuple(s for i, s in enumerate(x.shape) if i not in drop))
+        return x if x is not orig else _m.reshape(x, x.shape)  # always a new view
+    return _advanced(x, [(d, v) for d, (k, v) in enumerate(entries) if k == "adv"])
+
+
+def _advanced(x: Tensor, adv: list) -> Tensor:
+    dims = [d for d, _ in adv]
+    idxs = [v for _, v in adv]
+    bshape = np.broadcast_shapes(*(i.shape for i in idxs))
+    for d, i in adv:  # bounds are checked here, before any index is flattened
+        n = x.shape[d]
+        a = i._data
+        if a.size and (a.max() >= n or a.min() < -n):
+            bad = a[(a >= n) | (a < -n)].ravel()[0]
+            raise IndexError(f"index {bad} is out of bounds for dimension {d} with size {n}")
+    if len(adv) == 1:
+        return gather(x, idxs[0], dims[0])
+    adjacent = dims == list(range(dims[0], dims[0] + len(dims)))
+    rest = [d for d in range(x.ndim) if d not in dims]
+    xp = _m.permute(x, dims + rest) if dims != list(range(len(dims))) else x
+    lead = int(np.prod([x.shape[d] for d in dims]))
+    xf = _m.reshape(_m.contiguous(xp), (lead,) + tuple(x.shape[d] for d in rest))
+    flat, stride = None, 1
+    for d, i in reversed(adv):
+        n = x.shape[d]
+        i = _e.where(_e.lt(i, 0), i + n, i)
+        term = i * stride if stride != 1 else i
+        flat = term if flat is None else flat + term
+        stride *= n
+    flat = _m.expand(flat, bshape) if flat.shape != tuple(bshape) else flat
+    out = gather(xf, flat, 0)
+    if adjacent and dims[0] > 0:
+        nb = len(bshape)
+        k = dims[0]
+        perm = list(range(nb, nb + k)) + list(range(nb)) + list(range(nb + k, out.ndim))
+        out = _m.permute(out, perm)
+    return out
+
+
+# ------------------------------------------------------------------ writes
+
+
+def positions(shape: tuple) -> Tensor:
+    """An int64 tensor of ``shape`` holding each element's flat (row-major) position."""
+    from .creation import arange
+    n = int(np.prod(shape))
+    return _m.reshape(arange(n), shape)
+
+
+def index_put(x: Tensor, pos: Tensor, value: Tensor) -> Tensor:
+    """``x`` (functionally) with the flat positions ``pos`` set to ``value``; for repeated
+    positions the last write wins, as in numpy."""
+    from .creation import zeros
+    flat_pos = _m.reshape(pos, (-1,))
+    vals = _m.reshape(_m.contiguous(_m.expand(value, pos.shape)), (-1,))
+    p = flat_pos._data
+    if p.size and len(np.unique(p)) != p.size:  # keep the last occurrence of each position
+        _, first_rev = np.unique(p[::-1], return_index=True)
+        keep = np.sort(p.size - 1 - first_rev)
+        flat_pos = gather(flat_pos, Tensor._fresh(keep), 0)
+        vals = gather(vals, Tensor._fresh(keep), 0)
+    n = x.numel()
+    hit = scatter_add(zeros((n,), dtype=_dt.int64), flat_pos,
+                      _m.expand(Tensor._fresh(np.array(1, np.int64)), flat_pos.shape), 0)
+    placed = scatter_add(zeros((n,), dtype=x.dtype), flat_pos, vals, 0)
+    out = _e.where(_e.gt(hit, 0), placed, _m.reshape(x, (-1,)))
+    return _m.reshape(out, x.shape)
+
+
+def setitem(x: Tensor, key, value) -> None:
+    """``x[key] = value`` — an in-place write with autograd through it."""
+    if isinstance(value, Tensor):
+        vt = value
+    else:
+        from .creation import tensor
+        vt = tensor(value, dtype=x.dtype)
+    graph = STATE.grad_enabled and (x._requires_grad or vt._requires_grad
+                                    or (x._base is not None and x._base._requires_grad))
+    x._check_inplace("__setitem__")
+    if not graph and not STATE.modes:
+        try:
+            x._data[_np_key(key)] = vt._data
+        except (ValueError, IndexError) as exc:
+            pos = getitem(positions(x.shape), key)  # re-derive a clear message
+            raise RuntimeError(f"__setitem__: value of shape {list(vt.shape)} cannot be "
+                               f"assigned to the indexed shape {list(pos.shape)}: {exc}") \
+                from None
+        x._storage.version += 1
+        return
+    from ..autograd.grad_mode import no_grad
+    with no_grad():
+        pos = getitem(positions(x.shape), key)
+    try:
+        np.broadcast_shapes(vt.shape, pos.shape)
+    except ValueError:
+        raise RuntimeError(f"__setitem__: shape mismatch: value tensor of shape "
+                           f"{list(vt.shape)} cannot be broadcast to indexing result of shape "
+                           f"{list(pos.shape)}") from None
+    if vt.dtype is not x.dtype:
+        vt = _e.cast(vt, x.dtype)
+    x._commit(index_put(x, pos, vt), "__setitem__")
+
+
+def _np_key(key):
+    if isinstance(key, tuple):
+        return tuple(_np_key(k) for k in key)
+    if isinstance(key, Tensor):
+        return key._data
+    return key
+
+
+def replay_view(base: Tensor, chain: tuple) -> Tensor:
+    """Re-create a view of ``base`` from the movement ops that made it."""
+    out = base
+    for prim, params in chain:
+        out = dispatch(prim, out, **params)
+    return out
+
+
+def view_scatter(base: Tensor, chain: tuple, new_view: Tensor) -> Tensor:
+    """``base`` (functionally) with the region a view selects replaced by ``new_view`` —
+    how an in-place change through a view reaches the base's autograd history."""
+    from ..autograd.grad_mode import no_grad
+    with no_grad():
+        pos = replay_view(positions(base.shape), chain)
+    return index_put(base, pos, new_view)

@@ -1,0 +1,187 @@
+"""Tensor methods and operators, bound onto :class:`Tensor` from the op functions (so the
+op table stays the one place an operation is defined)."""
+
+from __future__ import annotations
+
+from ..dispatch import STATE
+from ..tensor import Tensor
+from . import creation as _c
+from . import elementwise as _e
+from . import indexing as _i
+from . import linalg as _l
+from . import movement as _m
+from . import random as _rnd
+from . import reduce as _r
+
+
+def _binop(fn, reflected=False):
+    def op(self, other):
+        try:
+            return fn(other, self) if reflected else fn(self, other)
+        except TypeError as exc:
+            if "unsupported operand" in str(exc):
+                return NotImplemented
+            raise
+    return op
+
+
+def _inplace(fn, name):
+    def op(self, *args, **kwargs):
+        self._check_inplace(name)
+        return self._commit(fn(self, *args, **kwargs), name)
+    op.__name__ = name
+    op.__doc__ = f"In-place version of ``{name.rstrip('_')}`` (autograd flows through it)."
+    return op
+
+
+def _fill(self, value):
+    if isinstance(value, Tensor):
+        if value.ndim:
+            raise RuntimeError(f"fill_ only supports 0-dimension value tensor but got tensor "
+                               f"with {value.ndim} dimensions")
+        return _m.expand(_e.cast(value, self.dtype), self.shape)
+    return _c.full(self.shape, value, dtype=self.dtype)
+
+
+def _zero(self):
+    return _c.zeros(self.shape, dtype=self.dtype)
+
+
+def _copy(self, src):
+    if not isinstance(src, Tensor):
+        src = _c.tensor(src, dtype=self.dtype)
+    if src.dtype is not self.dtype:
+        src = _e.cast(src, self.dtype)
+    return _m.expand(src, self.shape) if src.shape != self.shape else src
+
+
+def _uniform(self, a=0.0, b=1.0):
+    return _rnd.rand(self.shape, dtype=self.dtype) * (b - a) + a
+
+
+def _normal(self, mean=0.0, std=1.0):
+    return _rnd.randn(self.shape, dtype=self.dtype) * std + mean
+
+
+def _to(self, *args, **kwargs):
+    dtype = kwargs.get("dtype")
+    for a in args:
+        if isinstance(a, Tensor):
+            dtype = a.dtype
+        elif a not in ("cpu",) and not str(a).startswith("cpu"):
+            dtype = a
+    if dtype is None or _e._dt.as_dtype(dtype) is self.dtype:
+        return self
+    return _e.cast(self, dtype)
+
+
+def _type(self, dtype=None):
+    if dtype is None:
+        return f"dyngrad.{self.dtype.name}"
+    return _to(self, dtype)
+
+
+def _sum_method(self, dim=None, keepdim=False, dtype=None):
+    return _r.sum(self, dim, keepdim, dtype=dtype)
+
+
+def _view_method(self, *shape):
+    return _m.view(self, *shape)
+
+
+def _reshape_method(self, *shape):
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    return _m.reshape(self, shape)
+
+
+def _setitem(self, key, value):
+    _i.setitem(self, key, value)
+
+
+def _clone(self):
+    return _e.cast(self, self.dtype)
+
+
+def _masked_fill_(self, mask, value):
+    self._check_inplace("masked_fill_")
+    return self._commit(_e.masked_fill(self, mask, value), "masked_fill_")
+
+
+_METHODS = {
+    # arithmetic
+    "add": _e.add, "sub": _e.sub, "mul": _e.mul, "div": _e.div, "pow": _e.pow,
+    "true_divide": _e.div, "floor_divide": _e.floor_divide, "remainder": _e.remainder,
+    "maximum": _e.maximum, "minimum": _e.minimum,
+    "eq": _e.eq, "ne": _e.ne, "lt": _e.lt, "le": _e.le, "gt": _e.gt, "ge": _e.ge,
+    "neg": _e.neg, "abs": _e.abs, "sign": _e.sign, "floor": _e.floor, "exp": _e.exp,
+    "log": _e.log, "log1p": _e.log1p, "sqrt": _e.sqrt, "rsqrt": _e.rsqrt, "sin": _e.sin,
+    "cos": _e.cos, "tanh": _e.tanh, "erf": _e.erf, "sigmoid": _e.sigmoid, "relu": _e.relu,
+    "reciprocal": _e.reciprocal, "square": _e.square,
+    "clamp": _e.clamp, "clip": _e.clamp, "masked_fill": _e.masked_fill,
+    "logical_and": _e.logical_and, "logical_or": _e.logical_or, "logical_not": _e.logical_not,
+    "logical_xor": _e.logical_xor,
+    # reductions
+    "sum": _sum_method, "mean": _r.mean, "var": _r.var, "std": _r.std, "amax": _r.amax,
+    "amin": _r.amin, "max": _r.max, "min": _r.min, "argmax": _r.argmax, "argmin": _r.argmin,
+    "logsumexp": _r.logsumexp, "norm": _r.norm, "prod": _r.prod, "all": _r.all, "any": _r.any,
+    "softmax": _r.softmax, "log_softmax": _r.log_softmax,
+    # movement
+    "reshape": _reshape_method, "view": _view_method, "expand": _m.expand,
+    "expand_as": _m.expand_as, "broadcast_to": _m.expand, "permute": _m.permute,
+    "transpose": _m.transpose, "squeeze": _m.squeeze, "unsqueeze": _m.unsqueeze,
+    "flatten": _m.flatten, "narrow": _m.narrow, "split": _m.split, "chunk": _m.chunk,
+    "unbind": _m.unbind, "repeat": _m.repeat, "contiguous": _m.contiguous,
+    # indexing and linear algebra
+    "gather": lambda self, dim, index: _i.take_along_dim(self, index, dim),
+    "take_along_dim": lambda self, indices, dim: _i.take_along_dim(self, indices, dim),
+    "index_select": _i.index_select,
+    "matmul": _l.matmul, "mm": _l.mm, "bmm": _l.bmm, "dot": _l.dot, "outer": _l.outer,
+    # conversion
+    "clone": _clone, "to": _to, "type": _type,
+    "float": lambda self: _to(self, "float32"), "double": lambda self: _to(self, "float64"),
+    "long": lambda self: _to(self, "int64"), "bool": lambda self: _to(self, "bool"),
+    "__setitem__": _setitem, "__getitem__": _i.getitem,
+    "masked_fill_": _masked_fill_,
+}
+
+_INPLACE = {
+    "add_": _e.add, "sub_": _e.sub, "mul_": _e.mul, "div_": _e.div, "pow_": _e.pow,
+    "clamp_": _e.clamp, "clip_": _e.clamp, "neg_": _e.neg, "abs_": _e.abs, "exp_": _e.exp,
+    "log_": _e.log, "sqrt_": _e.sqrt, "tanh_": _e.tanh, "sigmoid_": _e.sigmoid,
+    "relu_": _e.relu, "zero_": _zero, "fill_": _fill, "copy_": _copy,
+    "uniform_": _uniform, "normal_": _normal,
+}
+
+_OPERATORS = {
+    "__add__": _binop(_e.add), "__radd__": _binop(_e.add, True),
+    "__sub__": _binop(_e.sub), "__rsub__": _binop(_e.sub, True),
+    "__mul__": _binop(_e.mul), "__rmul__": _binop(_e.mul, True),
+    "__truediv__": _binop(_e.div), "__rtruediv__": _binop(_e.div, True),
+    "__floordiv__": _binop(_e.floor_divide), "__rfloordiv__": _binop(_e.floor_divide, True),
+    "__mod__": _binop(_e.remainder), "__rmod__": _binop(_e.remainder, True),
+    "__pow__": _binop(_e.pow), "__rpow__": _binop(_e.pow, True),
+    "__matmul__": _binop(_l.matmul), "__rmatmul__": _binop(_l.matmul, True),
+    "__eq__": _binop(_e.eq), "__ne__": _binop(_e.ne), "__lt__": _binop(_e.lt),
+    "__le__": _binop(_e.le), "__gt__": _binop(_e.gt), "__ge__": _binop(_e.ge),
+    "__and__": _binop(_e.logical_and), "__or__": _binop(_e.logical_or),
+    "__xor__": _binop(_e.logical_xor),
+    "__neg__": _e.neg, "__abs__": _e.abs, "__pos__": lambda self: self,
+    "__invert__": _e.logical_not,
+    "__iadd__": _inplace(_e.add, "__iadd__"), "__isub__": _inplace(_e.sub, "__isub__"),
+    "__imul__": _inplace(_e.mul, "__imul__"), "__itruediv__": _inplace(_e.div, "__itruediv__"),
+}
+
+
+def bind() -> None:
+    for name, fn in _METHODS.items():
+        setattr(Tensor, name, fn)
+    for name, fn in _INPLACE.items():
+        setattr(Tensor, name, _inplace(fn, name))
+    for name, fn in _OPERATORS.items():
+        setattr(Tensor, name, fn)
+    Tensor.T = property(_m.T, doc="All dims reversed (matrix transpose for 2-d).")
+    Tensor.mT = property(_m.mT, doc="The last two dims swapped.")
+
+
+__all__ = ["bind", "STATE"]

@@ -1,0 +1,208 @@
+"""Counter-based random numbers: Philox-4x32-10 with the generator's state in a tensor.
+
+The ``random`` primitive maps (state, shape, distribution) to numbers with no hidden state:
+the state tensor ``[seed, offset]`` is an input, and the generator advances ``offset`` with an
+ordinary in-place op afterwards. A tracer therefore sees the state as a bound input and its
+update as a write, and compiled code can reproduce eager's numbers exactly.
+
+Each counter value yields four 32-bit words. float32 uniforms use 24 bits of one word,
+float64 uniforms 53 bits of two; normals use Box–Muller on two float64 uniforms.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import dtypes as _dt
+from ..dispatch import dispatch
+from ..tensor import Tensor
+from .primitive import Primitive
+
+_M0, _M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
+_W0, _W1 = np.uint64(0x9E3779B9), np.uint64(0xBB67AE85)
+_MASK = np.uint64(0xFFFFFFFF)
+_S32 = np.uint64(32)
+
+
+def philox4x32(counter_lo: np.ndarray, counter_hi: np.ndarray, seed: int) -> np.ndarray:
+    """Philox-4x32-10 of 64-bit counters (lo, hi words) under a 64-bit key; returns an
+    (n, 4) array of uint32 words."""
+    c0 = counter_lo & _MASK
+    c1 = counter_lo >> _S32
+    c2 = counter_hi & _MASK
+    c3 = counter_hi >> _S32
+    seed = int(seed) & 0xFFFFFFFFFFFFFFFF
+    k0, k1 = np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32)
+    for _ in range(10):
+        p0 = _M0 * c0
+        p1 = _M1 * c2
+        hi0, lo0 = p0 >> _S32, p0 & _MASK
+        hi1, lo1 = p1 >> _S32, p1 & _MASK
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0 = (k0 + _W0) & _MASK
+        k1 = (k1 + _W1) & _MASK
+    return np.stack([c0, c1, c2, c3], axis=-1).astype(np.uint32)
+
+
+_WORDS = {("uniform", "float32"): 1, ("uniform", "float64"): 2, ("normal", "float32"): 4,
+          ("normal", "float64"): 4}
+
+
+def blocks_needed(shape: tuple, dist: str, dtype) -> int:
+    """Counter values one call consumes (the generator's offset advances by this)."""
+    n = int(np.prod(shape))
+    return -(-n * _WORDS[(dist, dtype.name)] // 4)
+
+
+def _words(state: np.ndarray, n_words: int) -> np.ndarray:
+    seed, offset = int(state[0]), int(state[1])
+    blocks = -(-n_words // 4)
+    ctr = np.arange(blocks, dtype=np.uint64) + np.uint64(offset & 0xFFFFFFFFFFFFFFFF)
+    return philox4x32(ctr, np.zeros_like(ctr), seed).reshape(-1)[:n_words]
+
+
+def _u53(w: np.ndarray) -> np.ndarray:
+    a = (w[0::2] >> np.uint32(5)).astype(np.float64)
+    b = (w[1::2] >> np.uint32(6)).astype(np.float64)
+    return (a * 67108864.0 + b) * (1.0 / 9007199254740992.0)
+
+
+def _random_impl(state, shape, dist, dtype):
+    n = int(np.prod(shape))
+    w = _words(state, n * _WORDS[(dist, dtype.name)])
+    if dist == "uniform":
+        if dtype is _dt.float32:
+            out = (w >> np.uint32(8)).astype(np.float32) * np.float32(1.0 / 16777216.0)
+        else:
+            out = _u53(w)
+    else:
+        u = _u53(w)
+        u1, u2 = 1.0 - u[0::2], u[1::2]  # u1 in (0, 1]
+        out = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+    return out.astype(dtype.np, copy=False).reshape(shape)
+
+
+def _random_rule(state, shape, dist, dtype):
+    if tuple(state.shape) != (2,) or state.dtype is not _dt.int64:
+        raise TypeError("random: the state must be an int64 tensor [seed, offset]")
+    if (dist, dtype.name) not in _WORDS:
+        raise TypeError(f"random: unsupported distribution {dist!r} for {dtype.name}")
+    return tuple(shape), dtype
+
+
+RANDOM = Primitive("random", "random", _random_impl, _random_rule,
+                   doc="Philox-4x32-10 numbers from a [seed, offset] state tensor; "
+                       "dist 'uniform' in [0, 1) or 'normal'")
+
+DEFAULT_SEED = 67280421310721  # PyTorch's default seed, so fresh processes agree
+
+
+class Generator:
+    """A random generator whose whole state is an int64 tensor ``[seed, offset]``."""
+
+    def __init__(self, seed: int = DEFAULT_SEED) -> None:
+        self.state = Tensor._fresh(np.array([seed, 0], dtype=np.int64))
+
+    def manual_seed(self, seed: int) -> "Generator":
+        from ..autograd.grad_mode import no_grad
+        with no_grad():
+            self.state.copy_(Tensor._fresh(np.array([int(seed) & 0x7FFFFFFFFFFFFFFF, 0],
+                                                    dtype=np.int64)))
+        return self
+
+    def initial_seed(self) -> int:
+        return int(self.state._data[0])
+
+    def get_state(self) -> Tensor:
+        return self.state.clone()
+
+    def set_state(self, state: Tensor) -> None:
+        from ..autograd.grad_mode import no_grad
+        with no_grad():
+            self.state.copy_(state)
+
+    def sample(self, shape: tuple, dist: str, dtype) -> Tensor:
+        """Draw numbers and advance the offset (an in-place op a tracer records)."""
+        from ..autograd.grad_mode import no_grad
+        out = dispatch(RANDOM, self.state, shape=tuple(shape), dist=dist, dtype=dtype)
+        blocks = blocks_needed(shape, dist, dtype)
+        if blocks:
+            with no_grad():
+                self.state.add_(Tensor._fresh(np.array([0, blocks], dtype=np.int64)))
+        return out
+
+
+default_generator = Generator()
+
+
+def manual_seed(seed: int) -> Generator:
+    """Seed the default generator (same seed → same numbers, eager or compiled)."""
+    return default_generator.manual_seed(seed)
+
+
+def initial_seed() -> int:
+    return default_generator.initial_seed()
+
+
+def get_rng_state() -> Tensor:
+    return default_generator.get_state()
+
+
+def set_rng_state(state: Tensor) -> None:
+    default_generator.set_state(state)
+
+
+def _gen(generator):
+    return default_generator if generator is None else generator
+
+
+def _float_dtype(dtype):
+    d = _dt.as_dtype(dtype) if dtype is not None else _dt.get_default_dtype()
+    if not d.is_floating_point:
+        raise TypeError(f"random: expected a floating dtype, got {d.name}")
+    return d
+
+
+def rand(*size, dtype=None, generator=None, requires_grad: bool = False) -> Tensor:
+    """Uniform numbers in [0, 1)."""
+    from .creation import _finish, _shape_arg
+    t = _gen(generator).sample(_shape_arg(size, "rand"), "uniform", _float_dtype(dtype))
+    return _finish(t, requires_grad)
+
+
+def randn(*size, dtype=None, generator=None, requires_grad: bool = False) -> Tensor:
+    """Standard normal numbers."""
+    from .creation import _finish, _shape_arg
+    t = _gen(generator).sample(_shape_arg(size, "randn"), "normal", _float_dtype(dtype))
+    return _finish(t, requires_grad)
+
+
+def randint(low, high=None, size=(), *, dtype=None, generator=None) -> Tensor:
+    """Integers uniform in [low, high)."""
+    from .creation import _shape_arg
+    from .elementwise import cast, floor
+    if high is None:
+        low, high = 0, low
+    if high <= low:
+        raise RuntimeError(f"randint: expected low < high, got low={low}, high={high}")
+    shape = _shape_arg((tuple(size),) if not isinstance(size, int) else (size,), "randint")
+    u = _gen(generator).sample(shape, "uniform", _dt.float64)
+    return cast(floor(u * float(high - low)) + float(low), dtype or _dt.int64)
+
+
+def rand_like(x: Tensor, *, dtype=None) -> Tensor:
+    return rand(x.shape, dtype=dtype or x.dtype)
+
+
+def randn_like(x: Tensor, *, dtype=None) -> Tensor:
+    return randn(x.shape, dtype=dtype or x.dtype)
+
+
+def randint_like(x: Tensor, low, high=None, *, dtype=None) -> Tensor:
+    return randint(low, high, x.shape, dtype=dtype or x.dtype)
+
+
+def randperm(n: int, *, generator=None) -> Tensor:
+    """A random permutation of 0..n-1 (argsort of uniforms; reads them in eager)."""
+    u = _gen(generator).sample((n,), "uniform", _dt.float64)
+    return Tensor._fresh(np.argsort(u._data, kind="stable").astype(np.int64))

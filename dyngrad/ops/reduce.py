@@ -1,0 +1,318 @@
+"""Reduction primitives (``sum``, ``max`` over axes, and ``size_of``, the element count of
+some axes) and the reductions composed from them."""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numpy as np
+
+from .. import dtypes as _dt
+from ..dispatch import dispatch
+from ..tensor import Tensor
+from . import elementwise as _e
+from . import movement as _m
+from .primitive import Primitive
+
+
+def norm_axes(dim, ndim: int, op: str) -> tuple:
+    """Normalise ``dim`` (None, int or sequence) to a sorted tuple of non-negative axes."""
+    if dim is None:
+        return tuple(range(ndim))
+    dims = (dim,) if isinstance(dim, (int, np.integer)) else tuple(dim)
+    n = max(ndim, 1)
+    out = set()
+    for d in dims:
+        if not isinstance(d, (int, np.integer)):
+            raise TypeError(f"{op}: dim must be an int or a sequence of ints, got {d!r}")
+        if not -n <= d < n:
+            raise IndexError(f"{op}: Dimension out of range (expected to be in range of "
+                             f"[{-n}, {n - 1}], but got {d})")
+        if ndim:
+            out.add(int(d) % ndim)
+    return tuple(sorted(out))
+
+
+def _reduced_shape(shape, axes, keepdims):
+    if keepdims:
+        return tuple(1 if i in axes else s for i, s in enumerate(shape))
+    return tuple(s for i, s in enumerate(shape) if i not in axes)
+
+
+def _check_axes(x, axes, op):
+    for a in axes:
+        if not 0 <= a < max(len(x.shape), 1):
+            raise IndexError(f"{op}: axis {a} out of range for shape {list(x.shape)}")
+
+
+def _sum_rule(x, axes, keepdims):
+    _check_axes(x, axes, "sum")
+    d = x.dtype
+    return _reduced_shape(x.shape, axes, keepdims), (_dt.int64 if d is _dt.bool_ else d)
+
+
+def _sum_impl(x, axes, keepdims):
+    if x.dtype == np.bool_:
+        x = x.astype(np.int64)
+    return np.sum(x, axis=axes, keepdims=keepdims)
+
+
+def _expand_back(g, in_shape, axes, keepdims):
+    if not keepdims:
+        g = _m.reshape(g, _reduced_shape(in_shape, axes, True))
+    return _m.expand(g, in_shape)
+
+
+def _sum_vjp(n, g, xs, y):
+    p = n.params
+    return (_expand_back(g, n.in_shapes[0], p["axes"], p["keepdims"]),)
+
+
+SUM = Primitive("sum", "reduce", _sum_impl, _sum_rule, vjp=_sum_vjp,
+                jvp=lambda ts, xs, y, p: sum(ts[0], p["axes"], p["keepdims"]))
+
+
+def _max_rule(x, axes, keepdims):
+    _check_axes(x, axes, "max")
+    for a in axes:
+        if x.shape[a] == 0:
+            raise RuntimeError(f"max: cannot reduce over an empty dimension {a} of shape "
+                               f"{list(x.shape)}; there is no identity for max")
+    return _reduced_shape(x.shape, axes, keepdims), x.dtype
+
+
+def _max_mask(x, y, axes, keepdims):
+    yk = y if keepdims else _m.reshape(y, _reduced_shape(x.shape, axes, True))
+    mask = _e.cast(_e.eq(x, yk), x.dtype)
+    return mask / sum(mask, axes, True)
+
+
+def _max_vjp(n, g, xs, y):
+    p = n.params
+    x = xs[0]
+    w = _max_mask(x, y, p["axes"], p["keepdims"])
+    return (_expand_back(g, x.shape, p["axes"], p["keepdims"]) * w,)
+
+
+def _max_jvp(ts, xs, y, p):
+    w = _max_mask(xs[0], y, p["axes"], p["keepdims"])
+    return sum(ts[0] * w, p["axes"], p["keepdims"])
+
+
+MAX = Primitive("max", "reduce", lambda x, axes, keepdims: np.max(x, axis=axes,
+                                                                    keepdims=keepdims),
+                _max_rule, vjp=_max_vjp, jvp=_max_jvp, save=(0,), save_out=True,
+                doc="maximum over axes; the gradient is split evenly among ties (amax)")
+
+
+def _size_rule(x, axes, dtype):
+    _check_axes(x, axes, "size_of")
+    return (), dtype
+
+
+def _size_impl(x, axes, dtype):
+    return np.array(np.prod([x.shape[a] for a in axes], dtype=np.int64), dtype=dtype.np)
+
+
+SIZE_OF = Primitive("size_of", "reduce", _size_impl, _size_rule,
+                    doc="the number of elements in ``axes`` of the input, as a 0-d tensor "
+                        "(so composites like mean never read a size into Python)")
+
+
+# ------------------------------------------------------------------ front end
+
+
+def sum(x, dim=None, keepdim: bool = False, *, dtype=None):  # noqa: A001
+    """Sum over ``dim`` (all dims by default); bool and int sum to int64."""
+    axes = norm_axes(dim, x.ndim, "sum")
+    if dtype is not None:
+        x = _e.cast(x, dtype)
+    return dispatch(SUM, x, axes=axes, keepdims=bool(keepdim))
+
+
+def sum_to(g: Tensor, shape: tuple) -> Tensor:
+    """Sum a broadcast gradient back to ``shape`` (the vjp of broadcasting)."""
+    if g.shape == tuple(shape):
+        return g
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(i + lead for i, s in enumerate(shape)
+                                      if s == 1 and g.shape[i + lead] != 1)
+    out = dispatch(SUM, g, axes=axes, keepdims=True)
+    return _m.reshape(out, tuple(shape)) if out.shape != tuple(shape) else out
+
+
+def size_of(x, dim=None, dtype=None) -> Tensor:
+    """Number of elements over ``dim`` as a 0-d tensor."""
+    d = _dt.as_dtype(dtype) if dtype is not None else (
+        x.dtype if x.dtype.is_floating_point else _dt.get_default_dtype())
+    return dispatch(SIZE_OF, x, axes=norm_axes(dim, x.ndim, "size_of"), dtype=d)
+
+
+def mean(x, dim=None, keepdim: bool = False, *, dtype=None):
+    """Arithmetic mean over ``dim``."""
+    if dtype is not None:
+        x = _e.cast(x, dtype)
+    if not x.dtype.is_floating_point:
+        raise RuntimeError(f"mean(): could not infer output dtype. Input dtype must be either "
+                           f"a floating point or complex dtype. Got: {x.dtype.name}; use "
+                           f".float() first")
+    return sum(x, dim, keepdim) / size_of(x, dim)
+
+
+def var(x, dim=None, *, correction=None, unbiased=None, keepdim: bool = False):
+    """Variance with Bessel's correction by default (``correction=1``), two-pass."""
+    if correction is None:
+        correction = 1 if unbiased is None or unbiased else 0
+    m = mean(x, dim, keepdim=True)
+    d = x - m
+    return sum(d * d, dim, keepdim) / _e.maximum(size_of(x, dim) - correction, 0.0)
+
+
+def std(x, dim=None, *, correction=None, unbiased=None, keepdim: bool = False):
+    return _e.sqrt(var(x, dim, correction=correction, unbiased=unbiased, keepdim=keepdim))
+
+
+def amax(x, dim=None, keepdim: bool = False):
+    """Maximum over ``dim``; the gradient is split evenly among tied maxima."""
+    return dispatch(MAX, x, axes=norm_axes(dim, x.ndim, "amax"), keepdims=bool(keepdim))
+
+
+def amin(x, dim=None, keepdim: bool = False):
+    if x.dtype is _dt.bool_:
+        return _e.logical_not(amax(_e.logical_not(x), dim, keepdim))
+    return -amax(-x, dim, keepdim)
+
+
+MaxResult = namedtuple("MaxResult", ["values", "indices"])
+
+
+def _arg_extreme(x, dim, keepdim, largest: bool, op: str):
+    if dim is None:
+        return _arg_extreme(_m.reshape(x, (-1,)), 0, False, largest, op)
+    axis = norm_axes(dim, x.ndim, op)
+    if x.ndim == 0:
+        return _e.cast(_e.mul(x, 0), _dt.int64)
+    axis = axis[0]
+    xx = x if largest else (-x if x.dtype is not _dt.bool_ else _e.logical_not(x))
+    m = amax(xx, axis, keepdim=True)
+    hit = _e.eq(xx, m)
+    if xx.dtype.is_floating_point:  # NaN counts as the maximum, as in PyTorch
+        hit = _e.logical_or(hit, _e.logical_and(_e.ne(xx, xx), _e.ne(m, m)))
+    from .creation import iota_like
+    idx = iota_like(xx, axis)
+    big = size_of(xx, axis, dtype=_dt.int64)
+    cand = _e.where(hit, idx, big)
+    return -amax(-cand, axis, keepdim)
+
+
+def argmax(x, dim=None, keepdim: bool = False):
+    """Index of the first maximum over ``dim`` (over the flattened tensor by default)."""
+    return _arg_extreme(x, dim, keepdim, True, "argmax")
+
+
+def argmin(x, dim=None, keepdim: bool = False):
+    return _arg_extreme(x, dim, keepdim, False, "argmin")
+
+
+def _max_min(x, dim, keepdim, other, largest):
+    if isinstance(dim, Tensor) or other is not None:
+        other = dim if other is None else other
+        return _e.maximum(x, other) if largest else _e.minimum(x, other)
+    if dim is None:
+        return amax(x) if largest else amin(x)
+    from . import indexing
+    idx = _arg_extreme(x, dim, True, largest, "max" if largest else "min")
+    axis = norm_axes(dim, x.ndim, "max")[0] if x.ndim else 0
+    values = indexing.take_along_dim(x, idx, axis) if x.ndim else x
+    if not keepdim and x.ndim:
+        values = _m.squeeze(values, axis)
+        idx = _m.squeeze(idx, axis)
+    return MaxResult(values, idx)
+
+
+def max(x, dim=None, keepdim: bool = False, *, other=None):  # noqa: A001
+    """``max(x)``: the maximum; ``max(x, dim)``: (values, indices), the gradient going to the
+    returned index; ``max(x, y)``: elementwise maximum."""
+    return _max_min(x, dim, keepdim, other, True)
+
+
+def min(x, dim=None, keepdim: bool = False, *, other=None):  # noqa: A001
+    return _max_min(x, dim, keepdim, other, False)
+
+
+def logsumexp(x, dim=None, keepdim: bool = False):
+    """log(Σ exp(x)) computed stably (the maximum is subtracted first)."""
+    x = _e._float_operand(x)
+    m = amax(x, dim, keepdim=True).detach()
+    m = _e.where(_e.eq(_e.abs(m), float("inf")), 0.0, m)
+    out = _e.log(sum(_e.exp(x - m), dim, keepdim=True)) + m
+    return out if keepdim else _m.squeeze_dims(out, norm_axes(dim, x.ndim, "logsumexp"))
+
+
+def softmax(x, dim: int):
+    x = _e._float_operand(x)
+    e = _e.exp(x - amax(x, dim, keepdim=True).detach())
+    return e / sum(e, dim, keepdim=True)
+
+
+def log_softmax(x, dim: int):
+    x = _e._float_operand(x)
+    shifted = x - amax(x, dim, keepdim=True).detach()
+    return shifted - _e.log(sum(_e.exp(shifted), dim, keepdim=True))
+
+
+def norm(x, p=2, dim=None, keepdim: bool = False):
+    """Vector p-norm over ``dim`` (p = 1, 2, inf, or any positive number); the gradient of
+    the 2-norm at zero is zero, as in PyTorch."""
+    x = _e._float_operand(x)
+    if p == 2 or p == "fro":
+        s = sum(x * x, dim, keepdim)
+        zero = _e.eq(s, 0.0)
+        return _e.where(zero, 0.0, _e.sqrt(_e.where(zero, 1.0, s)))
+    if p == 1:
+        return sum(_e.abs(x), dim, keepdim)
+    if p == float("inf"):
+        return amax(_e.abs(x), dim, keepdim)
+    if p == float("-inf"):
+        return amin(_e.abs(x), dim, keepdim)
+    if isinstance(p, (int, float)) and p > 0:
+        return _e.pow(sum(_e.pow(_e.abs(x), float(p)), dim, keepdim), 1.0 / p)
+    raise ValueError(f"norm: unsupported p={p!r}; use 1, 2, inf, -inf or a positive number")
+
+
+def prod(x, dim=None, keepdim: bool = False):
+    """Product over ``dim`` by pairwise multiplication (exact gradients through zeros)."""
+    if dim is None:
+        out = prod(_m.reshape(x, (-1,)), 0)
+        return _m.reshape(out, (1,) * x.ndim) if keepdim else out
+    axis = norm_axes(dim, x.ndim, "prod")[0] if x.ndim else None
+    if axis is None:
+        return x.clone()
+    n = x.shape[axis]
+    one = 1 if not x.dtype.is_floating_point else 1.0
+    while n > 1:
+        if n % 2:
+            pad = [(0, 0)] * x.ndim
+            pad[axis] = (0, 1)
+            x = _m.pad(x, pad, value=one)
+            n += 1
+        half = n // 2
+        a = _m.narrow(x, axis, 0, half)
+        b = _m.narrow(x, axis, half, half)
+        x = a * b
+        n = half
+    if n == 0:
+        from .creation import full
+        shape = list(x.shape)
+        shape[axis] = 1
+        x = full(tuple(shape), one, dtype=x.dtype)
+    return x if keepdim else _m.squeeze(x, axis)
+
+
+def all(x, dim=None, keepdim: bool = False):  # noqa: A001
+    """True where every element over ``dim`` is non-zero."""
+    return _e.eq(sum(_e.logical_not(x), dim, keepdim), 0)
+
+
+def any(x, dim=None, keepdim: bool = False):  # noqa: A001
+    return _e.gt(sum(_e.cast(x, _dt.bool_), dim, keepdim), 0)

@@ -1,0 +1,70 @@
+"""``save``/``load`` of tensors and (nested) dicts of tensors as ``.npz`` — data only, never
+pickled code."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .tensor import Tensor
+
+_SEP = "/"
+
+
+def _flatten(obj, prefix: str, out: dict) -> None:
+    if isinstance(obj, Tensor):
+        out[prefix or "__tensor__"] = obj.detach()._data
+    elif isinstance(obj, dict):
+        if not obj:
+            out[prefix + _SEP + "__empty_dict__"] = np.zeros(0)
+        for k, v in obj.items():
+            if not isinstance(k, str) or _SEP in k or k.startswith("__"):
+                raise TypeError(f"save: dict keys must be strings without '{_SEP}' and not "
+                                f"starting with '__' (got {k!r})")
+            _flatten(v, f"{prefix}{_SEP}{k}" if prefix else k, out)
+    elif isinstance(obj, (int, float, bool)) and prefix:
+        out[prefix + _SEP + "__scalar__"] = np.array(obj)
+    else:
+        raise TypeError(f"save: can only save tensors and dicts of tensors, got "
+                        f"{type(obj).__name__} at {prefix or 'the top level'!r}")
+
+
+def save(obj, f) -> None:
+    """Write a tensor or a (nested) dict of tensors to ``f`` (a path or a binary file).
+
+    >>> dg.save({"w": w, "b": b}, "params.npz")
+    """
+    arrays: dict = {}
+    _flatten(obj, "", arrays)
+    if isinstance(f, (str, os.PathLike)):
+        with open(f, "wb") as fh:
+            np.savez(fh, **arrays)
+    else:
+        np.savez(f, **arrays)
+
+
+def load(f) -> "Tensor | dict":
+    """Read what :func:`save` wrote (arrays only: ``allow_pickle`` stays off)."""
+    with np.load(f, allow_pickle=False) as data:
+        keys = list(data.keys())
+        if keys == ["__tensor__"]:
+            return Tensor._fresh(data["__tensor__"].copy())
+        out: dict = {}
+        for key in keys:
+            parts = key.split(_SEP)
+            d = out
+            for p in parts[:-1]:
+                d = d.setdefault(p, {})
+            leaf = parts[-1]
+            if leaf == "__empty_dict__":
+                continue
+            if leaf == "__scalar__":
+                *path, = parts[:-1]
+                d_parent = out
+                for p in path[:-1]:
+                    d_parent = d_parent[p]
+                d_parent[path[-1]] = data[key].item()
+                continue
+            d[leaf] = Tensor._fresh(data[key].copy())
+        return out

@@ -1,0 +1,509 @@
+"""Tensor and Storage.
+
+A :class:`Tensor` is an ndarray (``_data``, possibly a view) plus a :class:`Storage` shared by
+every tensor viewing the same memory. The storage carries the **version counter**: every
+in-place change through any of those tensors bumps it, and tensors saved for backward check
+it, so modifying a saved value through a view is caught.
+
+Views made by movement operations (``reshape``/``view``, ``transpose``/``permute``, slicing,
+``expand``) remember their base and how they were made from it, so an in-place change through a
+view can be expressed functionally on the base for autograd (PyTorch's ``CopySlices``).
+``.data`` and ``detach()`` share storage but are not autograd views.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from . import dtypes as _dt
+from .dispatch import STATE, report_read, report_write
+from .dtypes import DType
+
+__all__ = ["Tensor", "Storage"]
+
+
+class Storage:
+    """What views of one piece of memory share: the version counter (bumped by every
+    in-place change) and a history counter (bumped when an in-place change gives the base a
+    new backward history, so views refresh theirs)."""
+
+    __slots__ = ("version", "hist", "__weakref__")
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.hist = 0
+
+
+class Tensor:
+    """An n-dimensional array with autograd. Create with :func:`dyngrad.tensor` and friends."""
+
+    __slots__ = ("_data", "_storage", "_requires_grad", "_node", "_out_nr", "_grad", "_base",
+                 "_view_chain", "_hist", "_hooks", "_accum", "_retains", "__weakref__")
+    __array_priority__ = 1000  # numpy defers binary operators to us
+
+    # ----------------------------------------------------------------- construction
+    def __init__(self, data: Any = None, dtype=None, requires_grad: bool = False) -> None:
+        from .ops.creation import _to_array
+        arr = _to_array(data if data is not None else [], dtype)
+        self._init(arr, Storage())
+        if requires_grad:
+            self.requires_grad = True
+
+    def _init(self, arr: np.ndarray, storage: Storage) -> None:
+        self._data = arr
+        self._storage = storage
+        self._requires_grad = False
+        self._node = None
+        self._out_nr = 0
+        self._grad = None
+        self._base = None
+        self._view_chain = ()
+        self._hist = 0
+        self._hooks = None
+        self._accum = None
+        self._retains = False
+
+    @classmethod
+    def _fresh(cls, arr: np.ndarray) -> "Tensor":
+        t = object.__new__(Tensor)
+        t._init(arr, Storage())
+        return t
+
+    @classmethod
+    def _shared(cls, arr: np.ndarray, storage: Storage) -> "Tensor":
+        t = object.__new__(Tensor)
+        t._init(arr, storage)
+        return t
+
+    def _view(self, arr: np.ndarray, prim, params: dict) -> "Tensor":
+        """Wrap the result of a movement op: a view sharing storage when numpy made one."""
+        if not np.may_share_memory(arr, self._data):
+            return Tensor._fresh(arr)
+        t = object.__new__(Tensor)
+        t._init(arr, self._storage)
+        base = self._base if self._base is not None else self
+        t._base = base
+        t._view_chain = self._view_chain + ((prim, params),)
+        t._hist = self._storage.hist
+        return t
+
+    # ----------------------------------------------------------------- metadata
+    @property
+    def shape(self) -> tuple:
+        return self._data.shape
+
+    @property
+    def dtype(self) -> DType:
+        return _dt._BY_NP[self._data.dtype]
+
+    @property
+    def ndim(self) -> int:
+        return self._data.ndim
+
+    @property
+    def device(self) -> str:
+        return "cpu"
+
+    def size(self, dim: int | None = None):
+        """The shape, or one dimension of it (PyTorch's ``size``)."""
+        if dim is None:
+            return self._data.shape
+        return self._data.shape[_norm_dim(dim, self.ndim, "size")]
+
+    def dim(self) -> int:
+        return self._data.ndim
+
+    def numel(self) -> int:
+        return self._data.size
+
+    nelement = numel
+
+    def element_size(self) -> int:
+        return self._data.itemsize
+
+    def stride(self, dim: int | None = None):
+        """Strides in elements (as PyTorch reports them)."""
+        st = tuple(s // self._data.itemsize for s in self._data.strides)
+        return st if dim is None else st[_norm_dim(dim, self.ndim, "stride")]
+
+    def is_contiguous(self) -> bool:
+        return bool(self._data.flags.c_contiguous)
+
+    def is_floating_point(self) -> bool:
+        return self.dtype.is_floating_point
+
+    @property
+    def _version(self) -> int:
+        return self._storage.version
+
+    @property
+    def is_leaf(self) -> bool:
+        """True for tensors not produced by a recorded operation."""
+        self._refresh_view_history() if self._base is not None else None
+        return self._node is None
+
+    @property
+    def grad_fn(self):
+        """The backward node that produced this tensor (None on leaves)."""
+        if self._base is not None:
+            self._refresh_view_history()
+        return self._node
+
+    # ----------------------------------------------------------------- requires_grad
+    @property
+    def requires_grad(self) -> bool:
+        if self._base is not None:
+            self._refresh_view_history()
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, flag: bool) -> None:
+        self._set_requires_grad(bool(flag))
+
+    def _set_requires_grad(self, flag: bool) -> None:
+        if self._node is not None:
+            if flag:
+                return
+            raise RuntimeError(
+                "you can only change requires_grad flags of leaf variables. If you want to use "
+                "a computed variable in a subgraph that doesn't require differentiation use "
+                "var_no_grad = var.detach().")
+        if flag and not self.dtype.is_floating_point:
+            raise RuntimeError(
+                f"only Tensors of floating point dtype can require gradients (this one is "
+                f"{self.dtype.name}); convert with .float() first")
+        if STATE.modes:
+            report_write(self, "requires_grad", flag)
+        self._requires_grad = flag
+
+    def requires_grad_(self, requires_grad: bool = True) -> "Tensor":
+        """Set ``requires_grad`` in place and return self."""
+        self._set_requires_grad(bool(requires_grad))
+        return self
+
+    # ----------------------------------------------------------------- grad
+    @property
+    def grad(self) -> "Tensor | None":
+        """The accumulated gradient (leaves, and non-leaves after ``retain_grad()``)."""
+        if self._grad is None and self._node is not None and not self._retains:
+            warnings.warn(
+                "The .grad attribute of a Tensor that is not a leaf Tensor is being accessed. "
+                "Its .grad attribute won't be populated during autograd.backward(). If you "
+                "indeed want the .grad field to be populated for a non-leaf Tensor, use "
+                ".retain_grad() on the non-leaf Tensor.", UserWarning, stacklevel=2)
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: "Tensor | None") -> None:
+        if value is not None:
+            if not isinstance(value, Tensor):
+                raise TypeError(f"assigned grad expected to be a Tensor or None but got "
+                                f"{type(value).__name__}")
+            if value.shape != self.shape:
+                raise RuntimeError(f"assigned grad has data of a different size: grad shape "
+                                   f"{list(value.shape)}, tensor shape {list(self.shape)}")
+            if value.dtype is not self.dtype:
+                raise RuntimeError(f"assigned grad has data of a different type: grad is "
+                                   f"{value.dtype.name}, tensor is {self.dtype.name}")
+        if STATE.modes:
+            report_write(self, "grad", value)
+        self._grad = value
+
+    def _accumulate_grad(self, g: "Tensor", create_graph: bool, shared: bool) -> None:
+        """What backward does at a leaf (or a tensor that called retain_grad)."""
+        if g.shape != self.shape:
+            raise RuntimeError(f"gradient of shape {list(g.shape)} cannot be accumulated into "
+                               f"a tensor of shape {list(self.shape)}")
+        if create_graph:
+            self.grad = g if self._grad is None else self._grad + g
+            return
+        if self._grad is None:
+            arr = g._data
+            if shared or g._base is not None or not arr.flags.c_contiguous \
+                    or not arr.flags.writeable or g._storage is self._storage:
+                g = g.clone()
+            if g._node is not None:
+                g = g.detach()
+            self.grad = g
+        elif self._grad._requires_grad:
+            self.grad = self._grad.detach() + g
+        else:
+            self._grad.add_(g)
+
+    def retain_grad(self) -> None:
+        """Keep ``.grad`` for this non-leaf tensor during backward."""
+        if self._node is None:
+            if not self._requires_grad:
+                raise RuntimeError("can't retain_grad on Tensor that has requires_grad=False")
+            return
+        import weakref
+        node = self._node
+        if node.retained is None:
+            node.retained = {}
+        node.retained[self._out_nr] = weakref.ref(self)
+        self._retains = True
+
+    @property
+    def retains_grad(self) -> bool:
+        return self._retains
+
+    def register_hook(self, hook):
+        """Call ``hook(grad)`` when this tensor's gradient is computed; a returned tensor
+        replaces the gradient. Returns a handle with ``remove()``."""
+        from .autograd.graph import RemovableHandle
+        if not self._requires_grad:
+            raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
+        if self._node is not None:
+            return self._node.register_hook_for_output(self._out_nr, hook)
+        if self._hooks is None:
+            self._hooks = []
+        self._hooks.append(hook)
+        return RemovableHandle(self._hooks, hook)
+
+    def _accumulator(self):
+        if self._accum is None:
+            from .autograd.graph import AccumulateGrad
+            self._accum = AccumulateGrad(self)
+        return self._accum
+
+    def _edge(self):
+        if self._base is not None:
+            self._refresh_view_history()
+        if self._node is not None:
+            return (self._node, self._out_nr)
+        if self._requires_grad:
+            return (self._accumulator(), 0)
+        return None
+
+    def backward(self, gradient: "Tensor | None" = None, retain_graph: bool | None = None,
+                 create_graph: bool = False, inputs=None) -> None:
+        """Accumulate d(self)/d(leaf) into every leaf's ``.grad``.
+
+        ``gradient`` is the vector v of the vector-Jacobian product vᵀ·J; it may be omitted
+        only for a tensor with one element.
+        """
+        from .autograd import backward
+        backward(self, gradient, retain_graph=retain_graph, create_graph=create_graph,
+                 inputs=inputs)
+
+    # ----------------------------------------------------------------- data and aliases
+    @property
+    def data(self) -> "Tensor":
+        """A detached tensor sharing this one's storage (changes through it are invisible to
+        autograd, as in PyTorch)."""
+        return Tensor._shared(self._data, self._storage)
+
+    @data.setter
+    def data(self, value: "Tensor") -> None:
+        if not isinstance(value, Tensor):
+            raise TypeError(f"data must be a Tensor, got {type(value).__name__}")
+        if STATE.modes:
+            report_write(self, "data", value)
+        self._data = value._data
+        self._storage = value._storage
+
+    def detach(self) -> "Tensor":
+        """A tensor sharing storage with this one, cut out of the graph."""
+        return Tensor._shared(self._data, self._storage)
+
+    def detach_(self) -> "Tensor":
+        """Cut this tensor out of the graph in place (it becomes a leaf)."""
+        if self._base is not None and self._node is not None:
+            raise RuntimeError("Can't detach views in-place. Use detach() instead.")
+        if STATE.modes:
+            report_write(self, "requires_grad", False)
+        self._node = None
+        self._requires_grad = False
+        return self
+
+    def numpy(self, *, force: bool = False) -> np.ndarray:
+        """The ndarray (sharing memory). Refuses a tensor that requires grad."""
+        if self.requires_grad and not force:
+            raise RuntimeError("Can't call numpy() on Tensor that requires grad. "
+                               "Use tensor.detach().numpy() instead.")
+        if STATE.modes:
+            report_read(self, "numpy")
+        return self._data
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        if self.requires_grad:
+            raise RuntimeError("Can't call numpy() on Tensor that requires grad. "
+                               "Use tensor.detach().numpy() instead.")
+        if STATE.modes:
+            report_read(self, "array")
+        arr = self._data
+        if dtype is not None and np.dtype(dtype) != arr.dtype:
+            return arr.astype(dtype)
+        return arr.copy() if copy else arr
+
+    def __dlpack__(self, *args, **kwargs):
+        if self.requires_grad:
+            raise RuntimeError("Can't export a tensor that requires grad with DLPack; "
+                               "use tensor.detach() first")
+        if STATE.modes:
+            report_read(self, "dlpack")
+        return self._data.__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self):
+        return self._data.__dlpack_device__()
+
+    # ----------------------------------------------------------------- value reads
+    def _scalar(self, kind: str):
+        if self._data.size != 1:
+            raise RuntimeError(f"a Tensor with {self._data.size} elements cannot be converted "
+                               f"to Scalar (shape {list(self.shape)}); use .tolist() or index it")
+        if STATE.modes:
+            report_read(self, kind)
+        return self._data.reshape(()).item()
+
+    def item(self):
+        """The value of a one-element tensor as a Python number."""
+        return self._scalar("item")
+
+    def tolist(self):
+        if STATE.modes:
+            report_read(self, "tolist")
+        return self._data.tolist()
+
+    def __bool__(self) -> bool:
+        if self._data.size != 1:
+            raise RuntimeError(f"Boolean value of Tensor with more than one value is ambiguous "
+                               f"(shape {list(self.shape)}); use .any() or .all()")
+        return bool(self._scalar("bool"))
+
+    def __float__(self) -> float:
+        return float(self._scalar("float"))
+
+    def __int__(self) -> int:
+        return int(self._scalar("int"))
+
+    def __index__(self) -> int:
+        if self.dtype.is_floating_point:
+            raise TypeError("only integer tensors of a single element can be converted to an "
+                            "index")
+        return int(self._scalar("index"))
+
+    def __len__(self) -> int:
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self._data.shape[0]
+
+    def __iter__(self):
+        if self.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(self._data.shape[0]))
+
+    def __format__(self, spec: str) -> str:
+        if self.ndim == 0 and spec:
+            return format(self._scalar("format"), spec)
+        return repr(self) if not spec else format(str(self), spec)
+
+    def __repr__(self) -> str:
+        if STATE.modes:
+            report_read(self, "format")
+        from .printing import tensor_repr
+        return tensor_repr(self)
+
+    __str__ = __repr__
+    __hash__ = object.__hash__
+
+    def __reduce_ex__(self, protocol):
+        return (_rebuild, (self._data.copy(), self._requires_grad))
+
+    def __deepcopy__(self, memo):
+        if self._node is not None:
+            raise RuntimeError("Only Tensors created explicitly by the user (graph leaves) "
+                               "support the deepcopy protocol at the moment")
+        t = Tensor._fresh(self._data.copy())
+        t._requires_grad = self._requires_grad
+        if self._grad is not None:
+            t._grad = Tensor._fresh(self._grad._data.copy())
+        memo[id(self)] = t
+        return t
+
+    # ----------------------------------------------------------------- in-place machinery
+    def _check_inplace(self, op: str) -> None:
+        if STATE.grad_enabled:
+            if self._node is None and self._requires_grad:
+                raise RuntimeError(
+                    f"{op}: a leaf Variable that requires grad is being used in an in-place "
+                    f"operation. Wrap the update in dg.no_grad() (as optimizers do) or "
+                    f"clone() the tensor first.")
+            base = self._base
+            if base is not None and base._node is None and base._requires_grad:
+                raise RuntimeError(
+                    f"{op}: a view of a leaf Variable that requires grad is being used in an "
+                    f"in-place operation. Wrap it in dg.no_grad() or clone() the leaf first.")
+        if not self._data.flags.writeable:
+            raise RuntimeError(
+                f"{op}: unsupported operation: this tensor is an expanded view (more than one "
+                f"element refers to a single memory location) or read-only memory. "
+                f"Call .clone() before writing to it.")
+
+    def _commit(self, new: "Tensor", op: str) -> "Tensor":
+        """Make ``new`` (a functional result of this tensor's shape) this tensor's value:
+        write the memory, bump the version, and move the backward history."""
+        if new.dtype is not self.dtype:
+            if not _dt.can_cast_inplace(new.dtype, self.dtype):
+                raise RuntimeError(f"{op}: result type {new.dtype.name} can't be cast to the "
+                                   f"desired output type {self.dtype.name}")
+            from .ops.elementwise import cast
+            new = cast(new, self.dtype)
+        if new.shape != self.shape:
+            raise RuntimeError(f"{op}: output with shape {list(self.shape)} doesn't match the "
+                               f"broadcast shape {list(new.shape)}")
+        graph = STATE.grad_enabled and (new._requires_grad or self._requires_grad
+                                        or (self._base is not None
+                                            and self._base._requires_grad))
+        if graph and self._base is not None:
+            from .ops.indexing import view_scatter
+            base = self._base
+            new_base = view_scatter(base, self._view_chain, new)
+            np.copyto(self._data, new._data)
+            self._storage.version += 1
+            if STATE.modes:
+                report_write(self, "inplace", new)
+            base._node, base._out_nr = new_base._node, 0
+            base._requires_grad = new_base._requires_grad
+            self._storage.hist += 1
+            return self
+        np.copyto(self._data, new._data)
+        self._storage.version += 1
+        if STATE.modes:
+            report_write(self, "inplace", new)
+        if graph:
+            self._node, self._out_nr = new._node, new._out_nr
+            self._requires_grad = new._requires_grad
+            self._storage.hist += 1
+        return self
+
+    def _refresh_view_history(self) -> None:
+        """Re-derive a view's backward history after its base changed in place."""
+        st = self._storage
+        if self._hist == st.hist:
+            return
+        self._hist = st.hist
+        base = self._base
+        if base._requires_grad and STATE.grad_enabled:
+            from .ops.indexing import replay_view
+            v = replay_view(base, self._view_chain)
+            self._node, self._out_nr, self._requires_grad = v._node, 0, v._requires_grad
+        elif base._requires_grad:
+            self._requires_grad = True
+
+
+def _rebuild(arr, requires_grad):
+    t = Tensor._fresh(arr)
+    t._requires_grad = requires_grad
+    return t
+
+
+def _norm_dim(dim: int, ndim: int, op: str) -> int:
+    n = max(ndim, 1)
+    if not -n <= dim < n:
+        raise IndexError(f"{op}: Dimension out of range (expected to be in range of "
+                         f"[{-n}, {n - 1}], but got {dim})")
+    return dim % n
