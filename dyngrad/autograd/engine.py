@@ -36,21 +36,21 @@ def _reachable(roots: list[Node]) -> dict[Node, int]:
     return deps
 
 
-def _needed(roots: list[Node], targets: set) -> set:
-    """Nodes from which some target node can be reached (for autograd.grad's pruning)."""
-    order, seen, stack = [], set(roots), [(r, False) for r in roots]
-    while stack:
-        node, done = stack.pop()
-        if done:
-            order.append(node)
-            continue
-        stack.append((node, True))
+def _needed(roots: list[Node], deps: dict, targets: set) -> set:
+    """Nodes from which some target node can be reached (for autograd.grad's pruning):
+    walk a topological order (Kahn's) backwards, so children are decided before parents."""
+    remaining = dict(deps)
+    order, queue = [], [r for r in roots if remaining.get(r, 0) == 0]
+    while queue:
+        node = queue.pop()
+        order.append(node)
         for e in node.next:
-            if e is not None and e[0] not in seen:
-                seen.add(e[0])
-                stack.append((e[0], False))
+            if e is not None:
+                remaining[e[0]] -= 1
+                if remaining[e[0]] == 0:
+                    queue.append(e[0])
     needed = set()
-    for node in order:  # post-order: children before parents
+    for node in reversed(order):
         if node in targets or any(e is not None and e[0] in needed for e in node.next):
             needed.add(node)
     return needed
@@ -111,7 +111,7 @@ def run_backward(roots: list, grads: list, *, retain_graph: bool, create_graph: 
     deps = _reachable(root_nodes)
     needed = None
     if capture is not None:
-        needed = _needed(root_nodes, {n for n, _ in capture})
+        needed = _needed(root_nodes, deps, {n for n, _ in capture})
 
     buffers: dict[Node, list] = dict(start)
     ready = [(-n.seq, id(n), n) for n in root_nodes if deps.get(n, 0) == 0]

@@ -3,6 +3,7 @@ some axes) and the reductions composed from them."""
 
 from __future__ import annotations
 
+import builtins as _py
 from collections import namedtuple
 
 import numpy as np
@@ -20,7 +21,7 @@ def norm_axes(dim, ndim: int, op: str) -> tuple:
     if dim is None:
         return tuple(range(ndim))
     dims = (dim,) if isinstance(dim, (int, np.integer)) else tuple(dim)
-    n = max(ndim, 1)
+    n = _py.max(ndim, 1)
     out = set()
     for d in dims:
         if not isinstance(d, (int, np.integer)):
@@ -41,7 +42,7 @@ def _reduced_shape(shape, axes, keepdims):
 
 def _check_axes(x, axes, op):
     for a in axes:
-        if not 0 <= a < max(len(x.shape), 1):
+        if not 0 <= a < _py.max(len(x.shape), 1):
             raise IndexError(f"{op}: axis {a} out of range for shape {list(x.shape)}")
 
 
