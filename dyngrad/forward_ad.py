@@ -45,10 +45,26 @@ class JvpMode(DispatchMode):
         return out
 
     def on_write(self, tensor, what, value):
-        if what == "inplace" and isinstance(value, Tensor):
-            t = self.tangent(value)
-            if t is not None:
-                self.set_tangent(tensor, t)
+        if what != "inplace" or not isinstance(value, Tensor):
+            return
+        t_new = self.tangent(value)
+        base = tensor._base
+        if base is None:
+            if t_new is not None:
+                self.set_tangent(tensor, t_new)
+            else:
+                self.tangents.pop(id(tensor), None)
+            return
+        t_base = self.tangent(base)
+        if t_new is None and t_base is None:
+            return
+        from .ops.creation import zeros_like
+        from .ops.indexing import view_scatter
+        with suspend(self):  # the base's tangent gets the view's region replaced
+            t_base = t_base if t_base is not None else zeros_like(base)
+            t_view = t_new if t_new is not None else zeros_like(tensor)
+            self.set_tangent(base, view_scatter(t_base, tensor._view_chain, t_view))
+            self.set_tangent(tensor, t_view)
 
 
 def jvp(fn, primals: tuple, tangents: tuple):

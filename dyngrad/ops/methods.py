@@ -25,13 +25,24 @@ def _binop(fn, reflected=False):
     return op
 
 
-def _inplace(fn, name):
+def _inplace(fn, name, reads_self=True):
     def op(self, *args, **kwargs):
         self._check_inplace(name)
-        return self._commit(fn(self, *args, **kwargs), name)
+        src = self
+        if reads_self and STATE.grad_enabled and _records(self, args):
+            # Note: the functional op may save its input for backward; give it a copy, since
+            # the write below changes this tensor's memory (PyTorch saves "original self").
+            src = _e.cast(self, self.dtype)
+        return self._commit(fn(src, *args, **kwargs), name)
     op.__name__ = name
     op.__doc__ = f"In-place version of ``{name.rstrip('_')}`` (autograd flows through it)."
     return op
+
+
+def _records(self, args) -> bool:
+    if self._requires_grad or (self._base is not None and self._base._requires_grad):
+        return True
+    return any(isinstance(a, Tensor) and a._requires_grad for a in args)
 
 
 def _fill(self, value):
@@ -153,6 +164,8 @@ _INPLACE = {
     "uniform_": _uniform, "normal_": _normal,
 }
 
+_OVERWRITES = {"zero_", "fill_", "copy_", "uniform_", "normal_"}
+
 _OPERATORS = {
     "__add__": _binop(_e.add), "__radd__": _binop(_e.add, True),
     "__sub__": _binop(_e.sub), "__rsub__": _binop(_e.sub, True),
@@ -177,7 +190,7 @@ def bind() -> None:
     for name, fn in _METHODS.items():
         setattr(Tensor, name, fn)
     for name, fn in _INPLACE.items():
-        setattr(Tensor, name, _inplace(fn, name))
+        setattr(Tensor, name, _inplace(fn, name, reads_self=name not in _OVERWRITES))
     for name, fn in _OPERATORS.items():
         setattr(Tensor, name, fn)
     Tensor.T = property(_m.T, doc="All dims reversed (matrix transpose for 2-d).")

@@ -116,6 +116,7 @@ def _size_impl(x, axes, dtype):
 
 
 SIZE_OF = Primitive("size_of", "reduce", _size_impl, _size_rule,
+                    jvp=lambda ts, xs, y, p: None,
                     doc="the number of elements in ``axes`` of the input, as a 0-d tensor "
                         "(so composites like mean never read a size into Python)")
 
