@@ -95,30 +95,40 @@ class RemovableHandle:
 class PrimNode(Node):
     """Backward of one primitive: its vjp rule applied to the saved inputs and output."""
 
-    __slots__ = ("prim", "params", "in_shapes", "in_dtypes", "needs", "saved", "versions",
-                 "saved_out", "out_meta")
+    __slots__ = ("prim", "params", "in_meta", "needs", "saved", "versions", "saved_out",
+                 "out_meta")
 
     def __init__(self, prim, params: dict, args: tuple, out, edges: tuple) -> None:
-        super().__init__(edges)
+        Node.__init__(self, edges)
         self.prim = prim
         self.params = params
-        self.in_shapes = tuple(getattr(a, "shape", ()) for a in args)
-        self.in_dtypes = tuple(getattr(a, "dtype", None) for a in args)
-        self.needs = tuple(e is not None for e in edges)
+        # (shape, numpy dtype) per input; literals are ((), None)
+        self.in_meta = [(a._data.shape, a._data.dtype) if hasattr(a, "_data") else ((), None)
+                        for a in args]
+        self.needs = [e is not None for e in edges]
         save = prim.save
         if save:
-            saved = tuple(args[i] if i in save else None for i in range(len(args)))
-            self.saved = saved
-            self.versions = tuple(s._storage.version if hasattr(s, "_storage") else 0
-                                  for s in saved)
+            saved = [None] * len(args)
+            versions = [0] * len(args)
+            for i in save:
+                a = saved[i] = args[i]
+                if hasattr(a, "_storage"):
+                    versions[i] = a._storage.version
+            self.saved, self.versions = saved, versions
         else:
-            self.saved = ()
-            self.versions = ()
-        if prim.save_out:
-            self.saved_out = (out._data, out._storage, out._storage.version)
-        else:
-            self.saved_out = None
-        self.out_meta = (out.shape, out.dtype)
+            self.saved = self.versions = ()
+        self.saved_out = (out._data, out._storage, out._storage.version) if prim.save_out \
+            else None
+        self.out_meta = (out._data.shape, out._data.dtype)
+
+    @property
+    def in_shapes(self) -> tuple:
+        return tuple(m[0] for m in self.in_meta)
+
+    @property
+    def in_dtypes(self) -> tuple:
+        from ..dtypes import _BY_NP
+        return tuple(_BY_NP[m[1]] if m[1] is not None else None for m in self.in_meta)
 
     def name(self) -> str:
         return self.prim.backward_name
@@ -148,8 +158,8 @@ class PrimNode(Node):
             self._check(out, version, "output 0")
             if create_graph:
                 out._node, out._requires_grad = self, True
-        if len(saved) < len(self.in_shapes):
-            saved = saved + (None,) * (len(self.in_shapes) - len(saved))
+        if not saved:
+            saved = (None,) * len(self.in_meta)
         return saved, out
 
     def apply(self, grads, create_graph, retain_graph):

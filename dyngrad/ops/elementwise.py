@@ -361,8 +361,15 @@ def promote_args(op: str, *xs, floating: bool = False):
 
 
 def _binary(prim, a, b, floating=False):
-    if isinstance(a, Tensor) and isinstance(b, Tensor) and a._data.dtype is b._data.dtype \
-            and (not floating or a.dtype.is_floating_point):
+    # fast paths: same-dtype tensors, or a float tensor with a Python number
+    if isinstance(a, Tensor):
+        kind = a._data.dtype.kind
+        if isinstance(b, Tensor):
+            if a._data.dtype is b._data.dtype and (kind == "f" or not floating):
+                return dispatch(prim, a, b)
+        elif kind == "f" and type(b) in (float, int):
+            return dispatch(prim, a, b)
+    elif isinstance(b, Tensor) and b._data.dtype.kind == "f" and type(a) in (float, int):
         return dispatch(prim, a, b)
     (a, b), dt = promote_args(prim.name, a, b, floating=floating)
     if not isinstance(a, Tensor) and not isinstance(b, Tensor):

@@ -228,8 +228,45 @@ def _parse_key(key, ndim: int):
     return entries
 
 
+def _basic(x: Tensor, key: tuple):
+    """Fast path for keys of ints and slices only: one slice op (and a reshape for ints)."""
+    shape = x._data.shape
+    if len(key) > len(shape):
+        return None
+    starts, stops, steps, keep = [], [], [], []
+    for d, k in enumerate(key):
+        n = shape[d]
+        if type(k) is int:
+            if not -n <= k < n:
+                raise IndexError(f"index {k} is out of bounds for dimension {d} with size {n}")
+            k %= n
+            starts.append(k), stops.append(k + 1), steps.append(1)
+        else:
+            if k.step is not None and k.step <= 0:
+                raise ValueError("step must be greater than zero")
+            a, b, c = k.indices(n)
+            starts.append(a), stops.append(max(a, b)), steps.append(c)
+            keep.append(d)
+    for d in range(len(key), len(shape)):
+        starts.append(0), stops.append(shape[d]), steps.append(1)
+        keep.append(d)
+    out = dispatch(_m.SLICE, x, starts=tuple(starts), stops=tuple(stops), steps=tuple(steps))
+    if len(keep) != len(shape):
+        out = _m.reshape(out, tuple(out._data.shape[d] for d in keep))
+    return out
+
+
 def getitem(x: Tensor, key) -> Tensor:
     """PyTorch/numpy indexing: basic indexing gives views; integer and bool tensors gather."""
+    tk = type(key)
+    if tk is int or tk is slice:
+        out = _basic(x, (key,))
+        if out is not None:
+            return out
+    elif tk is tuple and all(type(k) is int or type(k) is slice for k in key):
+        out = _basic(x, key)
+        if out is not None:
+            return out
     orig = x
     entries = _parse_key(key, x.ndim)
     if any(e[0] == "none" for e in entries):

@@ -61,6 +61,9 @@ MATMUL = Primitive("matmul", "matmul", _matmul_impl, _matmul_rule, vjp=_matmul_v
 def matmul(a: Tensor, b: Tensor) -> Tensor:
     """Matrix product with PyTorch's rules for 1-d operands (a vector is promoted to a
     matrix and the added dim removed afterwards)."""
+    if isinstance(a, Tensor) and isinstance(b, Tensor) and a._data.dtype is b._data.dtype \
+            and a._data.ndim >= 2 and b._data.ndim >= 2:
+        return dispatch(MATMUL, a, b)
     (a, b), _ = _e.promote_args("matmul", a, b)
     if not isinstance(a, Tensor) or not isinstance(b, Tensor) or a.ndim == 0 or b.ndim == 0:
         raise RuntimeError("matmul: both arguments to matmul need to be at least 1D, but they "

@@ -92,15 +92,15 @@ class Primitive:
         if STATE.grad_enabled and self.vjp is not None:
             edges = None
             for i, a in enumerate(args):
-                if isinstance(a, Tensor) and (a._requires_grad or a._node is not None):
+                if isinstance(a, Tensor):
                     if a._base is not None:
                         a._refresh_view_history()
-                    if edges is None:
-                        edges = [None] * len(args)
-                    edges[i] = a._edge()
-            if edges is not None and result.dtype.is_floating_point:
-                node = PrimNode(self, params, args, result, tuple(edges))
-                result._node = node
+                    if a._requires_grad:
+                        if edges is None:
+                            edges = [None] * len(args)
+                        edges[i] = a._edge()
+            if edges is not None and out.dtype.kind == "f":
+                result._node = PrimNode(self, params, args, result, edges)
                 result._requires_grad = True
         return result
 

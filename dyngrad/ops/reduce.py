@@ -16,10 +16,15 @@ from . import movement as _m
 from .primitive import Primitive
 
 
+_ALL_AXES = [tuple(range(n)) for n in range(8)]
+
+
 def norm_axes(dim, ndim: int, op: str) -> tuple:
     """Normalise ``dim`` (None, int or sequence) to a sorted tuple of non-negative axes."""
     if dim is None:
-        return tuple(range(ndim))
+        return _ALL_AXES[ndim] if ndim < 8 else tuple(range(ndim))
+    if type(dim) is int and -ndim <= dim < ndim:
+        return (dim % ndim,)
     dims = (dim,) if isinstance(dim, (int, np.integer)) else tuple(dim)
     n = _py.max(ndim, 1)
     out = set()
