@@ -8,7 +8,7 @@ a stack, like JAX's levels).
 
 from __future__ import annotations
 
-from .dispatch import DispatchMode, dispatch, push_mode, suspend
+from .dispatch import DispatchMode, active_modes, dispatch, push_mode, suspend
 from .tensor import Tensor
 
 __all__ = ["JvpMode", "jvp"]
@@ -19,13 +19,38 @@ class JvpMode(DispatchMode):
 
     def __init__(self) -> None:
         self.tangents: dict[int, tuple] = {}
+        self.view_tangents: dict[int, tuple] = {}  # id(view) -> (view, base tangent, tangent)
 
     def set_tangent(self, t: Tensor, tangent: Tensor) -> None:
         self.tangents[id(t)] = (t, tangent)
 
     def tangent(self, t) -> Tensor | None:
+        base = getattr(t, "_base", None)
+        if base is not None:
+            t_base = self.tangent(base)
+            if t_base is not None:
+                return self._view_tangent(t, t_base)
         entry = self.tangents.get(id(t))
         return entry[1] if entry is not None and entry[0] is t else None
+
+    def _view_tangent(self, view: Tensor, t_base: Tensor) -> Tensor:
+        """The same view of the base's tangent.
+
+        Note: a view's tangent is derived from its base's on every read (cached per base
+        tangent), because an in-place write through the base or another view replaces the
+        base's tangent without touching this view, as ``_refresh_view_history`` does for
+        the backward history."""
+        cached = self.view_tangents.get(id(view))
+        if cached is not None and cached[0] is view and cached[1] is t_base:
+            return cached[2]
+        from .ops.indexing import replay_view
+        if self in active_modes():
+            with suspend(self):
+                t_view = replay_view(t_base, view._view_chain)
+        else:
+            t_view = replay_view(t_base, view._view_chain)
+        self.view_tangents[id(view)] = (view, t_base, t_view)
+        return t_view
 
     def dispatch(self, prim, args, params):
         with suspend(self):

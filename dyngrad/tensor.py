@@ -161,6 +161,8 @@ class Tensor:
 
     @requires_grad.setter
     def requires_grad(self, flag: bool) -> None:
+        if flag and self._node is not None:  # PyTorch: only requires_grad_(True) is a no-op
+            raise RuntimeError("you can only change requires_grad flags of leaf variables.")
         self._set_requires_grad(bool(flag))
 
     def _set_requires_grad(self, flag: bool) -> None:
@@ -375,15 +377,21 @@ class Tensor:
         return bool(self._scalar("bool"))
 
     def __float__(self) -> float:
+        if self._data.size != 1:  # PyTorch's error types: ValueError here, TypeError in index
+            raise ValueError(f"only one element tensors can be converted to Python scalars "
+                             f"(shape {list(self.shape)})")
         return float(self._scalar("float"))
 
     def __int__(self) -> int:
+        if self._data.size != 1:
+            raise ValueError(f"only one element tensors can be converted to Python scalars "
+                             f"(shape {list(self.shape)})")
         return int(self._scalar("int"))
 
     def __index__(self) -> int:
-        if self.dtype.is_floating_point:
-            raise TypeError("only integer tensors of a single element can be converted to an "
-                            "index")
+        if self.dtype.is_floating_point or self._data.size != 1:
+            raise TypeError(f"only integer tensors of a single element can be converted to an "
+                            f"index (got {self.dtype.name} of shape {list(self.shape)})")
         return int(self._scalar("index"))
 
     def __len__(self) -> int:

@@ -847,7 +847,7 @@ def _modify_saved_through(kind):
         elif kind == "data":
             y.data.add_(1.0)
         elif kind == "view_of_view":
-            y.transpose(0, 1)[1:].reshape(4).add_(1.0)
+            y.transpose(0, 1)[1:][0].add_(1.0)
         elif kind == "numpy_is_not_tracked":
             y.detach().numpy()[0, 0] = 9.0
     return x, loss

@@ -43,7 +43,7 @@ def _iota_impl(shape, axis, start, step, dtype):
     line = line.astype(dtype.np)
     view = [1] * len(shape)
     view[axis] = n
-    return np.ascontiguousarray(np.broadcast_to(line.reshape(view), shape))
+    return np.broadcast_to(line.reshape(view), shape).copy()  # a writeable C-order array
 
 
 IOTA = Primitive("iota", "creation", _iota_impl,

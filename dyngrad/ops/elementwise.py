@@ -135,7 +135,7 @@ ERF = _unary("erf", _np_erf,
 
 
 def _cast_impl(x, dtype):
-    return x.astype(dtype.np)
+    return x.astype(dtype.np, order="C")  # C order, so contiguous() (a clone) is contiguous
 
 
 def _cast_rule(x, dtype):
@@ -322,10 +322,10 @@ WHERE = Primitive("where", "elementwise", np.where, _where_rule, vjp=_where_vjp,
 
 def _literal(x):
     """A Python/numpy number as a weak Python scalar, or None if ``x`` is not a number."""
+    if isinstance(x, np.generic):  # before float: np.float64 subclasses float but is strong
+        return x.item() if x.dtype.kind in "biuf" else None
     if isinstance(x, (bool, int, float)):
         return x
-    if isinstance(x, np.generic) and x.dtype.kind in "biuf":
-        return x.item()
     return None
 
 

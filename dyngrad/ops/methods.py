@@ -61,8 +61,8 @@ def _zero(self):
 def _copy(self, src):
     if not isinstance(src, Tensor):
         src = _c.tensor(src, dtype=self.dtype)
-    if src.dtype is not self.dtype:
-        src = _e.cast(src, self.dtype)
+    if src.dtype is not self.dtype or (src._requires_grad and src._node is None):
+        src = _e.cast(src, self.dtype)  # _commit adopts src's history; a leaf has none
     return _m.expand(src, self.shape) if src.shape != self.shape else src
 
 

@@ -292,6 +292,9 @@ def prod(x, dim=None, keepdim: bool = False):
     if dim is None:
         out = prod(_m.reshape(x, (-1,)), 0)
         return _m.reshape(out, (1,) * x.ndim) if keepdim else out
+    if not isinstance(dim, (int, np.integer)):  # else only the first dim would be reduced
+        raise TypeError(f"prod(): argument 'dim' must be int, not {type(dim).__name__}; "
+                        f"reduce one dim at a time")
     axis = norm_axes(dim, x.ndim, "prod")[0] if x.ndim else None
     if axis is None:
         return x.clone()

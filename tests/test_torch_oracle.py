@@ -1,0 +1,1090 @@
+"""PyTorch as an oracle: forward values, dtypes, ``requires_grad`` and gradients of dyngrad
+compared with torch on identical inputs.
+
+Every case is written once as ``fn(m, *xs)`` where ``m`` is the module (``dg`` or ``torch``),
+so the very same expression runs in both libraries. Float inputs become leaves that require
+grad; integer/bool arrays become index/mask tensors. After the forward comparison, a random
+upstream gradient is pushed through every differentiable output with ``backward`` and the
+leaves' ``.grad`` are compared.
+
+Tolerances: float64 1e-10 relative, float32 1e-5 relative (small absolute floors for values
+that are ~0, e.g. gradients that are sums of cancelling terms).
+
+torch is only an optional test oracle: the whole file skips when it is not installed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import zlib
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import dyngrad as dg  # noqa: E402
+
+F = torch.nn.functional
+
+DT = {dg.float32: torch.float32, dg.float64: torch.float64, dg.int64: torch.int64,
+      dg.bool_: torch.bool}
+TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6)}
+
+
+# ------------------------------------------------------------------ helpers
+
+
+@pytest.fixture
+def rng(request):
+    """A generator seeded from the test id, so every case is reproducible."""
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+def mirror(x: dg.Tensor) -> "torch.Tensor":
+    """The torch twin of a dyngrad tensor (same values and dtype, same requires_grad)."""
+    t = torch.from_numpy(x.detach().numpy().copy())
+    if x.requires_grad:
+        t.requires_grad_(True)
+    return t
+
+
+def _flat(out) -> list:
+    if isinstance(out, (tuple, list)):
+        return [o for x in out for o in _flat(x)]
+    return [out]
+
+
+def assert_same(d, t, what: str = "", tol: dict | None = None) -> None:
+    """dyngrad tensor ``d`` equals torch tensor ``t``: dtype, shape, values."""
+    assert isinstance(d, dg.Tensor), f"{what}: dyngrad returned {type(d).__name__}"
+    assert DT[d.dtype] == t.dtype, f"{what}: dtype {d.dtype} vs torch {t.dtype}"
+    assert tuple(d.shape) == tuple(t.shape), f"{what}: shape {d.shape} vs torch {tuple(t.shape)}"
+    a = d.detach().numpy()
+    b = t.detach().numpy()
+    if t.dtype.is_floating_point:
+        np.testing.assert_allclose(a, b, equal_nan=True, err_msg=what,
+                                   **(tol or TOL[t.dtype]))
+    else:
+        np.testing.assert_array_equal(a, b, err_msg=what)
+
+
+def leaves(arrays, grad: bool = True):
+    """dyngrad and torch inputs from numpy arrays: float arrays become leaves requiring grad
+    (when ``grad``), int/bool arrays plain tensors; anything else is passed as is."""
+    ds, ts = [], []
+    for x in arrays:
+        if isinstance(x, np.ndarray):
+            d = dg.from_numpy(x.copy())
+            if grad and x.dtype.kind == "f":
+                d.requires_grad_(True)
+            ds.append(d)
+            ts.append(mirror(d))
+        else:
+            ds.append(x)
+            ts.append(x)
+    return ds, ts
+
+
+def compare(fn, *arrays, grad: bool = True, tol: dict | None = None, seed: int = 0):
+    """Run ``fn(m, *xs)`` in both libraries; compare outputs, then gradients of the leaves
+    for a random upstream gradient. Returns the dyngrad and torch outputs."""
+    ds, ts = leaves(arrays, grad)
+    tout = fn(torch, *ts)
+    dout = fn(dg, *ds)
+    dl, tl = _flat(dout), _flat(tout)
+    assert len(dl) == len(tl), f"{len(dl)} outputs vs torch {len(tl)}"
+    for i, (d, t) in enumerate(zip(dl, tl)):
+        assert_same(d, t, f"output {i}", tol)
+        assert d.requires_grad == t.requires_grad, \
+            f"output {i}: requires_grad {d.requires_grad} vs torch {t.requires_grad}"
+    if not grad:
+        return dout, tout
+    r = np.random.default_rng(seed + 12345)
+    pairs = [(d, t) for d, t in zip(dl, tl) if t.requires_grad]
+    if not pairs:
+        return dout, tout
+    dgs, tgs = [], []
+    for d, t in pairs:
+        g = r.standard_normal(tuple(t.shape)).astype(d.detach().numpy().dtype)
+        dgs.append(dg.from_numpy(g.copy()))
+        tgs.append(torch.from_numpy(g.copy()))
+    torch.autograd.backward([t for _, t in pairs], tgs)
+    dg.autograd.backward([d for d, _ in pairs], dgs)
+    for i, (d, t) in enumerate(zip(ds, ts)):
+        if isinstance(t, torch.Tensor) and t.requires_grad:
+            if t.grad is None:
+                assert d.grad is None, f"grad of input {i}: torch has None"
+            else:
+                assert d.grad is not None, f"grad of input {i} is None, torch has one"
+                assert_same(d.grad, t.grad, f"grad of input {i}", tol)
+    return dout, tout
+
+
+def randn(rng, *shape, dtype=np.float64):
+    return np.asarray(rng.standard_normal(shape), dtype=dtype)
+
+
+def unif(rng, lo, hi, *shape, dtype=np.float64):
+    return np.asarray(rng.uniform(lo, hi, shape), dtype=dtype)
+
+
+def ints(rng, lo, hi, *shape):
+    return rng.integers(lo, hi, shape).astype(np.int64)
+
+
+def nn(m):
+    """The module holding the functional ops that torch keeps in torch.nn.functional."""
+    return F if m is torch else dg
+
+
+# ------------------------------------------------------------------ elementwise unary
+
+UNARY = {
+    "neg": (lambda m, x: m.neg(x), "real"),
+    "neg_op": (lambda m, x: -x, "real"),
+    "abs": (lambda m, x: m.abs(x), "real"),
+    "sign": (lambda m, x: m.sign(x), "real"),
+    "exp": (lambda m, x: m.exp(x), "real"),
+    "log": (lambda m, x: m.log(x), "pos"),
+    "log1p": (lambda m, x: m.log1p(x), "gt-1"),
+    "sqrt": (lambda m, x: m.sqrt(x), "pos"),
+    "sin": (lambda m, x: m.sin(x), "real"),
+    "cos": (lambda m, x: m.cos(x), "real"),
+    "tanh": (lambda m, x: m.tanh(x), "real"),
+    "erf": (lambda m, x: m.erf(x), "wide"),
+    "sigmoid": (lambda m, x: m.sigmoid(x), "wide"),
+    "relu": (lambda m, x: m.relu(x), "real"),
+    "gelu": (lambda m, x: nn(m).gelu(x), "wide"),
+    "gelu_tanh": (lambda m, x: nn(m).gelu(x, approximate="tanh"), "wide"),
+    "reciprocal": (lambda m, x: m.reciprocal(x), "pos"),
+    "rsqrt": (lambda m, x: m.rsqrt(x), "pos"),
+    "square": (lambda m, x: m.square(x), "real"),
+    "floor": (lambda m, x: m.floor(x), "real"),
+    # method spellings
+    "exp_method": (lambda m, x: x.exp(), "real"),
+    "sigmoid_method": (lambda m, x: x.sigmoid(), "wide"),
+    "abs_op": (lambda m, x: abs(x), "real"),
+}
+
+
+def _domain(rng, kind, shape, dtype):
+    if kind == "pos":
+        return unif(rng, 0.2, 3.0, *shape, dtype=dtype)
+    if kind == "gt-1":
+        return unif(rng, -0.8, 3.0, *shape, dtype=dtype)
+    if kind == "wide":
+        return np.asarray(rng.standard_normal(shape) * 4, dtype=dtype)
+    return randn(rng, *shape, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", list(UNARY))
+def test_unary(name, dtype, rng):
+    fn, kind = UNARY[name]
+    compare(fn, _domain(rng, kind, (3, 5), dtype))
+    compare(fn, _domain(rng, kind, (), dtype))  # 0-d
+
+
+def test_unary_special_values():
+    """Forward values at the edges (inf, nan, 0, large): no warnings, same as torch."""
+    x = np.array([0.0, -0.0, 1e-300, 1e300, -1e300, np.inf, -np.inf, np.nan, 40.0, -40.0,
+                  710.0, -745.0])
+    for name in ["exp", "log", "log1p", "sqrt", "tanh", "erf", "sigmoid", "relu", "gelu",
+                 "gelu_tanh", "reciprocal", "rsqrt", "abs", "sign", "floor", "square"]:
+        fn = UNARY[name][0]
+        compare(fn, x, grad=False)
+
+
+@pytest.mark.parametrize("name", ["abs", "sign", "floor", "neg", "square", "relu", "exp",
+                                  "sqrt", "sin", "sigmoid"])
+@pytest.mark.parametrize("dtype", [np.int64, np.bool_], ids=["int64", "bool"])
+def test_unary_int_and_bool_inputs(name, dtype):
+    """Integer/bool inputs: same result dtype (int ops keep int64, float ops go float32) or
+    both raise."""
+    x = np.array([3, 0, 2, 1, 5]).astype(dtype) if dtype is np.bool_ else \
+        np.array([-3, 0, 2, 1, 5], dtype=dtype)
+    fn = UNARY[name][0]
+    try:
+        tout = fn(torch, torch.from_numpy(x.copy()))
+    except Exception:  # torch refuses (e.g. neg of bool): dyngrad must refuse too
+        with pytest.raises(Exception):
+            fn(dg, dg.from_numpy(x.copy()))
+        return
+    assert_same(fn(dg, dg.from_numpy(x.copy())), tout)
+
+
+# ------------------------------------------------------------------ binary with broadcasting
+
+BINARY = {
+    "add": lambda m, a, b: a + b,
+    "sub": lambda m, a, b: a - b,
+    "mul": lambda m, a, b: a * b,
+    "div": lambda m, a, b: a / b,
+    "pow": lambda m, a, b: a ** b,
+    "maximum": lambda m, a, b: m.maximum(a, b),
+    "minimum": lambda m, a, b: m.minimum(a, b),
+    "add_fn_alpha": lambda m, a, b: m.add(a, b, alpha=2.5),
+    "sub_fn_alpha": lambda m, a, b: m.sub(a, b, alpha=-3),
+}
+
+SHAPES = [((3, 4), (3, 4)), ((3, 1), (1, 4)), ((4,), (3, 4)), ((3, 4), ()), ((), (3, 4)),
+          ((2, 1, 4), (3, 1)), ((1,), (2, 3))]
+
+
+@pytest.mark.parametrize("shapes", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("name", list(BINARY))
+def test_binary_broadcast(name, shapes, rng):
+    sa, sb = shapes
+    lo = 0.3 if name == "pow" else -2.0  # pow: positive base keeps log(a) real
+    a = unif(rng, lo, 2.0, *sa)
+    b = unif(rng, 0.3, 2.0, *sb) * (1 if name in ("pow", "div") else rng.choice([-1, 1]))
+    compare(BINARY[name], a, b)
+
+
+@pytest.mark.parametrize("name", ["add", "sub", "mul", "div", "pow", "maximum", "minimum"])
+def test_binary_float32(name, rng):
+    a = unif(rng, 0.3, 2.0, 3, 1, dtype=np.float32)
+    b = unif(rng, 0.3, 2.0, 4, dtype=np.float32)
+    compare(BINARY[name], a, b)
+
+
+SCALAR_OPS = {
+    "add_s": lambda m, x: x + 2.5,
+    "radd_s": lambda m, x: 2 + x,
+    "sub_s": lambda m, x: x - 1.5,
+    "rsub_s": lambda m, x: 1.5 - x,
+    "mul_s": lambda m, x: x * -3,
+    "rmul_s": lambda m, x: 0.5 * x,
+    "div_s": lambda m, x: x / 4.0,
+    "rdiv_s": lambda m, x: 2.0 / x,
+    "pow_s": lambda m, x: x ** 3,
+    "pow_half": lambda m, x: x ** 0.5,
+    "pow_neg": lambda m, x: x ** -1.5,
+    "rpow_s": lambda m, x: 2.0 ** x,
+    "pow_zero": lambda m, x: x ** 0,
+    "maximum_0d": lambda m, x: m.maximum(x, m.tensor(1.0, dtype=m.float64)),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", list(SCALAR_OPS))
+def test_binary_with_python_scalar(name, dtype, rng):
+    compare(SCALAR_OPS[name], unif(rng, 0.3, 2.0, 3, 4, dtype=dtype))
+
+
+def test_maximum_minimum_ties_split_gradient():
+    """At ties both libraries give each operand half of the gradient."""
+    a = np.array([1.0, 2.0, 3.0, -1.0])
+    b = np.array([1.0, 5.0, 3.0, -2.0])
+    compare(BINARY["maximum"], a, b)
+    compare(BINARY["minimum"], a, b)
+
+
+def test_pow_edge_cases():
+    """Zero base with non-negative exponent: exponent gradient 0 (not nan)."""
+    a = np.array([0.0, 0.0, 2.0, 0.5])
+    b = np.array([2.0, 0.0, 3.0, 1.0])
+    compare(BINARY["pow"], a, b)
+    compare(lambda m, x: x ** 2, np.array([0.0, -1.5, 2.0]))
+    compare(lambda m, x: x ** 2.0, np.array([0.0, -1.5, 2.0]))
+
+
+CMP = {
+    "eq": lambda m, a, b: a == b, "ne": lambda m, a, b: a != b,
+    "lt": lambda m, a, b: a < b, "le": lambda m, a, b: a <= b,
+    "gt": lambda m, a, b: a > b, "ge": lambda m, a, b: a >= b,
+    "eq_fn": lambda m, a, b: m.eq(a, b), "lt_fn": lambda m, a, b: m.lt(a, b),
+    "ge_scalar": lambda m, a, b: a >= 1.0, "lt_rscalar": lambda m, a, b: 1 < b,
+}
+
+
+@pytest.mark.parametrize("name", list(CMP))
+def test_comparisons(name, rng):
+    a = rng.integers(-2, 3, (3, 4)).astype(np.float64)  # many ties
+    b = rng.integers(-2, 3, (4,)).astype(np.float64)
+    compare(CMP[name], a, b, grad=False)
+    ai = rng.integers(-2, 3, (3, 1))
+    bi = rng.integers(-2, 3, (4,)).astype(np.float64)
+    compare(CMP[name], ai, bi, grad=False)
+
+
+WHERE = {
+    "tensors": lambda m, c, a, b: m.where(c, a, b),
+    "scalar_b": lambda m, c, a, b: m.where(c, a, 0.0) * b,
+    "scalar_a": lambda m, c, a, b: m.where(c, -1.5, b) * a,
+    "cond_from_cmp": lambda m, c, a, b: m.where(a > b, a, b),
+}
+
+
+@pytest.mark.parametrize("name", list(WHERE))
+def test_where(name, rng):
+    c = rng.random((3, 1)) > 0.5
+    c[0, 0], c[1, 0] = True, False
+    compare(WHERE[name], c, randn(rng, 1, 4), randn(rng, 3, 4))
+
+
+CLAMP = {
+    "min_max": lambda m, x, lo, hi: m.clamp(x, min=-0.5, max=0.7),
+    "min_only": lambda m, x, lo, hi: m.clamp(x, min=-0.5),
+    "max_only": lambda m, x, lo, hi: x.clamp(max=0.7),
+    "tensor_min": lambda m, x, lo, hi: m.clamp(x, min=lo),
+    "tensor_max": lambda m, x, lo, hi: m.clamp(x, max=hi),
+    "tensor_both": lambda m, x, lo, hi: m.clamp(x, lo, hi),
+    "clip": lambda m, x, lo, hi: m.clip(x, -0.5, 0.5),
+}
+
+
+@pytest.mark.parametrize("name", list(CLAMP))
+def test_clamp(name, rng):
+    x = randn(rng, 3, 4)
+    x[0, 0], x[0, 1] = -0.5, 0.7  # on the scalar boundaries: the gradient passes
+    lo = -np.abs(randn(rng, 4)) * 0.5
+    hi = np.abs(randn(rng, 3, 1)) * 0.5
+    x[1, 2] = lo[2]  # tie with the tensor bound
+    compare(CLAMP[name], x, lo, hi)
+
+
+MASKED_FILL = {
+    "scalar": lambda m, x, mask, v: x.masked_fill(mask, -2.0),
+    "fn": lambda m, x, mask, v: m.masked_fill(x, mask, 3.5),
+    "tensor_value": lambda m, x, mask, v: x.masked_fill(mask, v),
+    "int_value": lambda m, x, mask, v: x.masked_fill(mask, 7),
+}
+
+
+@pytest.mark.parametrize("name", list(MASKED_FILL))
+def test_masked_fill(name, rng):
+    mask = rng.random((1, 4)) > 0.5
+    mask[0, 0], mask[0, 1] = True, False
+    compare(MASKED_FILL[name], randn(rng, 3, 4), mask, np.array(0.25))
+
+
+# ------------------------------------------------------------------ reductions
+
+DIMS = [None, 0, 1, -1, (0, 2)]
+
+
+def _dim_kw(dim):
+    return {} if dim is None else {"dim": dim}
+
+
+REDUCE = {
+    "sum": lambda m, x, dim, k: x.sum(**_dim_kw(dim), keepdim=k),
+    "mean": lambda m, x, dim, k: m.mean(x, **_dim_kw(dim), keepdim=k),
+    "var": lambda m, x, dim, k: m.var(x, **_dim_kw(dim), keepdim=k),
+    "var_c0": lambda m, x, dim, k: m.var(x, **_dim_kw(dim), correction=0, keepdim=k),
+    "var_unbiased_false": lambda m, x, dim, k: x.var(**_dim_kw(dim), unbiased=False,
+                                                     keepdim=k),
+    "std": lambda m, x, dim, k: m.std(x, **_dim_kw(dim), keepdim=k),
+    "std_c0": lambda m, x, dim, k: x.std(**_dim_kw(dim), correction=0, keepdim=k),
+    "amax": lambda m, x, dim, k: m.amax(x, **({} if dim is None else {"dim": dim}),
+                                        keepdim=k),
+    "amin": lambda m, x, dim, k: x.amin(**({} if dim is None else {"dim": dim}), keepdim=k),
+    "logsumexp": lambda m, x, dim, k: m.logsumexp(x, dim=(0, 1, 2) if dim is None else dim,
+                                                  keepdim=k),
+    "norm1": lambda m, x, dim, k: _norm(m, x, 1, dim, k),
+    "norm2": lambda m, x, dim, k: _norm(m, x, 2, dim, k),
+    "norminf": lambda m, x, dim, k: _norm(m, x, math.inf, dim, k),
+    "all": lambda m, x, dim, k: m.all(x > 0, **_dim_kw(dim), keepdim=k),
+    "any": lambda m, x, dim, k: m.any(x > 1.0, **_dim_kw(dim), keepdim=k),
+}
+
+
+def _norm(m, x, p, dim, k):
+    if m is torch:
+        return torch.linalg.vector_norm(x, ord=p, dim=dim, keepdim=k)
+    return dg.norm(x, p=p, dim=dim, keepdim=k)
+
+
+@pytest.mark.parametrize("keepdim", [False, True], ids=["", "keep"])
+@pytest.mark.parametrize("dim", DIMS, ids=str)
+@pytest.mark.parametrize("name", list(REDUCE))
+def test_reductions(name, dim, keepdim, rng):
+    x = randn(rng, 3, 4, 5)
+    compare(lambda m, a: REDUCE[name](m, a, dim, keepdim), x)
+
+
+@pytest.mark.parametrize("name", ["sum", "mean", "var", "std", "amax", "logsumexp", "norm2"])
+def test_reductions_float32(name, rng):
+    x = randn(rng, 4, 6, dtype=np.float32)
+    compare(lambda m, a: REDUCE[name](m, a, 1, False), x)
+    compare(lambda m, a: REDUCE[name](m, a, None, False), x)
+
+
+def test_amax_amin_ties_split_gradient():
+    x = np.array([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0], [-1.0, -5.0, -5.0, 4.0]])
+    for dim in (None, 0, 1):
+        compare(lambda m, a: REDUCE["amax"](m, a, dim, False), x)
+        compare(lambda m, a: REDUCE["amin"](m, a, dim, True), x)
+        compare(lambda m, a: REDUCE["norminf"](m, a, dim, False), x)
+    compare(lambda m, a: m.max(a), x)  # full max: torch also splits among ties
+    compare(lambda m, a: a.min(), x)
+
+
+def test_norm_at_zero_and_sign():
+    x = np.array([[0.0, 0.0, 0.0], [1.0, -2.0, 0.5], [0.0, -3.0, 0.0]])
+    for p in (1, 2, math.inf):
+        compare(lambda m, a: _norm(m, a, p, 1, False), x)
+
+
+@pytest.mark.parametrize("keepdim", [False, True], ids=["", "keep"])
+@pytest.mark.parametrize("dim", [0, 1, -1])
+@pytest.mark.parametrize("which", ["max", "min"])
+def test_max_min_dim_values_and_indices(which, dim, keepdim):
+    """max(dim)/min(dim) give (values, indices); the first index among ties, and the whole
+    gradient goes to that index."""
+    x = np.array([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0], [-1.0, -5.0, -5.0, 4.0]])
+    out, tout = compare(lambda m, a: getattr(m, which)(a, dim, keepdim), x)
+    assert_same(out.indices, tout.indices)
+    out, tout = compare(lambda m, a: getattr(a, which)(dim=dim, keepdim=keepdim), x)
+    assert_same(out.values, tout.values)
+
+
+def test_max_min_binary_form():
+    a, b = np.array([1.0, 5.0, 3.0]), np.array([2.0, 5.0, 1.0])
+    compare(lambda m, x, y: m.max(x, y), a, b)
+    compare(lambda m, x, y: m.min(x, y), a, b)
+
+
+ARG = {
+    "argmax": lambda m, x, dim, k: m.argmax(x, **_dim_kw(dim), keepdim=k),
+    "argmin": lambda m, x, dim, k: x.argmin(**_dim_kw(dim), keepdim=k),
+}
+
+
+@pytest.mark.parametrize("keepdim", [False, True], ids=["", "keep"])
+@pytest.mark.parametrize("dim", [None, 0, 1, -1], ids=str)
+@pytest.mark.parametrize("name", list(ARG))
+def test_argmax_argmin_ties_first_index(name, dim, keepdim, rng):
+    x = rng.integers(-2, 3, (4, 6)).astype(np.float64)  # lots of ties
+    compare(lambda m, a: ARG[name](m, a, dim, keepdim), x, grad=False)
+    xi = rng.integers(-2, 3, (5, 3))
+    compare(lambda m, a: ARG[name](m, a, dim, keepdim), xi, grad=False)
+
+
+@pytest.mark.parametrize("name", list(ARG))
+def test_argmax_argmin_bool_and_constant(name):
+    compare(lambda m, a: ARG[name](m, a, 1, False), np.array([[True, False, True]] * 2),
+            grad=False)
+    compare(lambda m, a: ARG[name](m, a, None, False), np.zeros((3, 3)), grad=False)
+
+
+PROD_CASES = {
+    "no_zero": np.array([[1.5, -2.0, 0.5, 3.0, 1.1], [0.9, 1.2, -1.3, 2.0, 0.7]]),
+    "one_zero": np.array([[1.5, 0.0, 0.5, 3.0, 1.1], [0.9, 1.2, -1.3, 2.0, 0.7]]),
+    "two_zeros": np.array([[1.5, 0.0, 0.5, 0.0, 1.1], [0.0, 1.2, -1.3, 2.0, 0.7]]),
+    "all_zero": np.zeros((2, 5)),
+}
+
+
+@pytest.mark.parametrize("dim", [None, 0, 1, -1], ids=str)
+@pytest.mark.parametrize("case", list(PROD_CASES))
+def test_prod(case, dim):
+    x = PROD_CASES[case]
+    if dim is None:
+        compare(lambda m, a: m.prod(a), x)
+    else:
+        compare(lambda m, a: m.prod(a, dim), x)
+        compare(lambda m, a: a.prod(dim, keepdim=True), x)
+
+
+def test_prod_int_and_float32(rng):
+    compare(lambda m, a: m.prod(a, 1), ints(rng, -3, 4, 3, 5), grad=False)
+    compare(lambda m, a: m.prod(a, 1), unif(rng, 0.5, 1.5, 3, 7, dtype=np.float32))
+
+
+SOFTMAX = {
+    "softmax": lambda m, x, d: m.softmax(x, d),
+    "log_softmax": lambda m, x, d: m.log_softmax(x, d),
+    "softmax_method": lambda m, x, d: x.softmax(d),
+    "log_softmax_F": lambda m, x, d: nn(m).log_softmax(x, dim=d),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("dim", [0, 1, -1])
+@pytest.mark.parametrize("name", list(SOFTMAX))
+def test_softmax(name, dim, dtype, rng):
+    x = (rng.standard_normal((3, 4, 5)) * 3).astype(dtype)
+    x[0, 0, 0] = 60.0  # a large logit (stability)
+    compare(lambda m, a: SOFTMAX[name](m, a, dim), x)
+
+
+def test_reduction_int_and_bool_dtypes(rng):
+    """sum of bool/int is int64; mean of int raises in both."""
+    b = rng.random((3, 4)) > 0.5
+    i = ints(rng, -5, 5, 3, 4)
+    for x in (b, i):
+        compare(lambda m, a: a.sum(), x, grad=False)
+        compare(lambda m, a: a.sum(1, keepdim=True), x, grad=False)
+        compare(lambda m, a: m.amax(a, 0), x, grad=False)
+        compare(lambda m, a: m.all(a, 1), x, grad=False)
+        compare(lambda m, a: m.any(a), x, grad=False)
+    with pytest.raises(RuntimeError):
+        torch.from_numpy(i).mean()
+    with pytest.raises(RuntimeError):
+        dg.from_numpy(i).mean()
+
+
+# ------------------------------------------------------------------ movement
+
+MOVEMENT = {
+    "reshape": lambda m, x: x.reshape(4, 6),
+    "reshape_fn": lambda m, x: m.reshape(x, (-1, 3)),
+    "reshape_tuple": lambda m, x: x.reshape((2, -1)),
+    "view": lambda m, x: x.view(6, 4),
+    "view_after_mul": lambda m, x: (x * 2).view(-1),
+    "transpose": lambda m, x: x.transpose(0, 2),
+    "transpose_fn": lambda m, x: m.transpose(x, -1, 1),
+    "permute": lambda m, x: x.permute(2, 0, 1),
+    "permute_fn": lambda m, x: m.permute(x, (1, 2, 0)),
+    "T_2d": lambda m, x: x.reshape(4, 6).T,
+    "flatten": lambda m, x: x.flatten(),
+    "flatten_1": lambda m, x: m.flatten(x, 1),
+    "flatten_0_1": lambda m, x: x.flatten(0, 1),
+    "squeeze": lambda m, x: x.reshape(1, 2, 1, 12).squeeze(),
+    "squeeze_dim": lambda m, x: x.reshape(1, 2, 1, 12).squeeze(2),
+    "squeeze_noop": lambda m, x: x.squeeze(0),
+    "unsqueeze": lambda m, x: x.unsqueeze(1),
+    "unsqueeze_neg": lambda m, x: m.unsqueeze(x, -1),
+    "expand": lambda m, x: x[:, :1, :].expand(2, 5, 4),
+    "expand_new_dims": lambda m, x: x[0, 0].expand(3, 2, 4),
+    "expand_minus1": lambda m, x: x[:, 1:2].expand(-1, 3, -1),
+    "repeat": lambda m, x: x.repeat(2, 1, 3),
+    "repeat_more_dims": lambda m, x: x[0].repeat(2, 2, 1),
+    "narrow": lambda m, x: x.narrow(2, 1, 2),
+    "narrow_fn": lambda m, x: m.narrow(x, 0, 1, 1),
+    "split_size": lambda m, x: x.split(2, dim=2),
+    "split_sizes": lambda m, x: m.split(x, [1, 2], dim=1),
+    "chunk": lambda m, x: x.chunk(3, 2),
+    "chunk_uneven": lambda m, x: m.chunk(x, 2, 1),
+    "unbind": lambda m, x: x.unbind(1),
+    "unbind_fn": lambda m, x: m.unbind(x, 0),
+    "cat_self": lambda m, x: m.cat([x, x * 2], dim=1),
+    "cat_neg_dim": lambda m, x: m.cat([x, x[:, :1]], -2),
+    "stack": lambda m, x: m.stack([x, x.exp()], 1),
+    "stack_last": lambda m, x: m.stack(list(x.unbind(0)), dim=-1),
+}
+
+
+@pytest.mark.parametrize("name", list(MOVEMENT))
+def test_movement(name, rng):
+    compare(MOVEMENT[name], randn(rng, 2, 3, 4))
+
+
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_cat_stack_two_leaves(dim, rng):
+    a, b = randn(rng, 2, 3), randn(rng, 2, 3)
+    compare(lambda m, x, y: m.cat([x, y], dim), a, b)
+    compare(lambda m, x, y: m.stack([x, y, x], dim), a, b)
+
+
+def test_cat_promotes_dtypes(rng):
+    a = randn(rng, 2, 2)
+    b = unif(rng, 0, 1, 2, 2, dtype=np.float32)
+    compare(lambda m, x, y: m.cat([x, y]), a, b)
+    compare(lambda m, x, i: m.cat([i, x], 1), a, ints(rng, 0, 5, 2, 3))
+
+
+# ------------------------------------------------------------------ indexing
+
+GETITEM = {
+    "int": lambda m, x, i, j, mk: x[1],
+    "neg_int": lambda m, x, i, j, mk: x[-1, 2],
+    "scalar": lambda m, x, i, j, mk: x[1, 2, 3],
+    "slice": lambda m, x, i, j, mk: x[1:3],
+    "slice_steps": lambda m, x, i, j, mk: x[::2, 1::3, ::2],
+    "slice_neg_bounds": lambda m, x, i, j, mk: x[-3:-1, :-2],
+    "slice_out_of_range": lambda m, x, i, j, mk: x[2:100, 7:],
+    "none": lambda m, x, i, j, mk: x[None],
+    "none_mid": lambda m, x, i, j, mk: x[:, None, 1:, None],
+    "ellipsis": lambda m, x, i, j, mk: x[..., 2],
+    "ellipsis_none": lambda m, x, i, j, mk: x[None, ..., None, 1],
+    "ellipsis_front": lambda m, x, i, j, mk: x[1, ..., ::2],
+    "int_tensor": lambda m, x, i, j, mk: x[i],
+    "int_tensor_dim1": lambda m, x, i, j, mk: x[:, i],
+    "int_tensor_last": lambda m, x, i, j, mk: x[..., j],
+    "int_tensor_2d": lambda m, x, i, j, mk: x[i.reshape(2, 2)],
+    "two_adjacent_front": lambda m, x, i, j, mk: x[i, j],
+    "two_adjacent_mid": lambda m, x, i, j, mk: x[:, i[:2], j[:2]],
+    "two_non_adjacent": lambda m, x, i, j, mk: x[i, :, j],
+    "two_broadcast": lambda m, x, i, j, mk: x[i.reshape(4, 1), :, j.reshape(1, 4)],
+    "adv_and_int": lambda m, x, i, j, mk: x[i, 2],
+    "int_and_adv_mid": lambda m, x, i, j, mk: x[1, :, j],
+    "adv_with_slice_steps": lambda m, x, i, j, mk: x[i, ::2, 1:],
+    "list_index": lambda m, x, i, j, mk: x[[0, 2, 2]],
+    "bool_mask_full": lambda m, x, i, j, mk: x[mk],
+    "bool_mask_dim0": lambda m, x, i, j, mk: x[mk[:, 0, 0]],
+    "bool_mask_dim1": lambda m, x, i, j, mk: x[:, mk[0, :, 0]],
+    "bool_mask_2d": lambda m, x, i, j, mk: x[mk[:, :, 0]],
+    "bool_from_cmp": lambda m, x, i, j, mk: x[x > 0.5],
+    "bool_and_slice": lambda m, x, i, j, mk: x[mk[:, 0, 0], 1:],
+}
+
+
+@pytest.mark.parametrize("name", list(GETITEM))
+def test_getitem(name, rng):
+    x = randn(rng, 3, 4, 5)
+    i = np.array([2, 0, -1, 2])  # negative and repeated: gradients accumulate
+    j = np.array([4, 1, 1, -2])
+    mk = rng.random((3, 4, 5)) > 0.5
+    mk[0, 0, 0] = mk[1, 1, 0] = mk[2, 0, 0] = True
+    compare(GETITEM[name], x, i, j, mk)
+
+
+GATHER = {
+    "gather_dim0": lambda m, x, idx: x.gather(0, idx),
+    "gather_dim1": lambda m, x, idx: x.gather(1, idx.T[:, :3] % 5),
+    "gather_fn": lambda m, x, idx: m.gather(x, -1, idx.T % 5),
+    "index_select0": lambda m, x, idx: m.index_select(x, 0, idx[0]),
+    "index_select1": lambda m, x, idx: x.index_select(1, idx[:, 1]),
+    "index_select_neg": lambda m, x, idx: m.index_select(x, -1, idx.flatten()),
+}
+
+
+@pytest.mark.parametrize("name", list(GATHER))
+def test_gather_index_select(name, rng):
+    x = randn(rng, 4, 5)
+    idx = np.array([[0, 3, 3, 1, 2], [2, 2, 0, 3, 3], [1, 0, 0, 0, 3]])
+    compare(GATHER[name], x, idx)
+
+
+@pytest.mark.parametrize("num_classes", [-1, 6])
+def test_one_hot(num_classes):
+    idx = np.array([[0, 3, 2], [1, 1, 0]])
+    compare(lambda m, i: nn(m).one_hot(i, num_classes), idx, grad=False)
+
+
+# ------------------------------------------------------------------ __setitem__
+
+
+SETITEM = {
+    "slice": ((2, 4), lambda c, v, i, mk: c.__setitem__(slice(1, 3), v)),
+    "slice_step": ((4, 3), lambda c, v, i, mk: c.__setitem__((slice(None), slice(None, None, 2)),
+                                                            v[:, :2].T)),
+    "int_row_broadcast": ((4,), lambda c, v, i, mk: c.__setitem__(1, v)),
+    "column_broadcast": ((1,), lambda c, v, i, mk: c.__setitem__((slice(None), 2), v)),
+    "scalar_number": ((1,), lambda c, v, i, mk: c.__setitem__((0, 1), 7.5)),
+    "zero_d_tensor": ((), lambda c, v, i, mk: c.__setitem__((2, 3), v)),
+    "int_tensor": ((3, 4), lambda c, v, i, mk: c.__setitem__(i, v)),
+    "int_tensor_broadcast": ((4,), lambda c, v, i, mk: c.__setitem__(i, v)),
+    "two_int_tensors": ((3,), lambda c, v, i, mk: c.__setitem__((i, i + 1), v)),
+    "int_tensor_dim1": ((5, 3), lambda c, v, i, mk: c.__setitem__((slice(None), i), v)),
+    "mask": ((1,), lambda c, v, i, mk: c.__setitem__(mk, v)),
+    "mask_number": ((1,), lambda c, v, i, mk: c.__setitem__(mk, -1.0)),
+    "mask_rows": ((4,), lambda c, v, i, mk: c.__setitem__(mk[:, 0], v)),
+    "ellipsis": ((5,), lambda c, v, i, mk: c.__setitem__((Ellipsis, 0), v)),
+}
+
+
+@pytest.mark.parametrize("name", list(SETITEM))
+def test_setitem_gradient_flow(name, rng):
+    """c = a*1; c[key] = v; out = c*w: gradients reach both a (outside the written region)
+    and the assigned value v."""
+    vshape, assign = SETITEM[name]
+    a = randn(rng, 5, 4)
+    v = randn(rng, *vshape)
+    idx = np.array([0, 3, 2])  # distinct: repeated writes are unspecified in torch
+    mk = rng.random((5, 4)) > 0.5
+    mk[0, 0] = mk[2, 0] = True
+    mk[1, 0] = False
+
+    def fn(m, a, v, i, mk):
+        c = a * 1
+        if name == "mask":
+            v = v.expand(int(mk.sum()))
+        assign(c, v, i, mk)
+        return c * a
+
+    compare(fn, a, v, idx, mk)
+
+
+def test_setitem_on_plain_tensor_no_grad(rng):
+    def fn(m, x, i):
+        y = x.clone()
+        y[i] = 0.0
+        y[0, 1:3] = m.tensor([4.0, 5.0], dtype=m.float64)
+        y[y > 1] = 1.0
+        return y
+    compare(fn, randn(rng, 4, 3), np.array([2, 3]), grad=False)
+
+
+def test_setitem_value_dtype_cast(rng):
+    """An int value written into a float tensor (and a float one into an int tensor) is
+    cast to the target's dtype."""
+    def fn(m, x, n):
+        y, k = x * 1, n.clone()
+        y[1] = m.tensor([1, 2, 3])
+        k[0] = m.tensor([1.7, -2.2, 3.9], dtype=m.float64)
+        return y, k
+    compare(fn, randn(rng, 2, 3), ints(rng, 0, 9, 2, 3))
+
+
+# ------------------------------------------------------------------ in-place ops and views
+
+
+INPLACE = {
+    # the canonical example: an in-place op through a view of a non-leaf
+    "row_mul": lambda m, a, b: _inplace_row_mul(a),
+    "view_of_view": lambda m, a, b: _ip_view_of_view(a, b),
+    "transpose_view": lambda m, a, b: _ip_transpose_view(a, b),
+    "flat_view_step": lambda m, a, b: _ip_flat_view(a, b),
+    "copy_into_columns": lambda m, a, b: _ip_copy(a, b),
+    "base_changed_view_read": lambda m, a, b: _ip_base_changed(a, b),
+    "view_unary_then_base": lambda m, a, b: _ip_view_unary(a),
+    "chain_on_nonview": lambda m, a, b: _ip_chain(a, b),
+    "operators": lambda m, a, b: _ip_operators(a, b),
+    "setitem_imul": lambda m, a, b: _ip_setitem_imul(a),
+    "unsqueeze_view": lambda m, a, b: _ip_unsqueeze(a, b),
+    "zero_fill": lambda m, a, b: _ip_zero_fill(a, b),
+    "masked_fill_": lambda m, a, b: _ip_masked_fill(a),
+    "detach_data_write": lambda m, a, b: _ip_clamp_sigmoid(a),
+}
+
+
+def _inplace_row_mul(a):
+    c = a * 1
+    c[0].mul_(2)
+    return c * c
+
+
+def _ip_view_of_view(a, b):
+    c = a * 1
+    v = c.transpose(0, 1)[1:3]
+    v.mul_(b[:2, :3])
+    return c.exp()
+
+
+def _ip_transpose_view(a, b):
+    c = a + 0.5
+    c.t()[1].add_(b[0, :3])
+    return c * a
+
+
+def _ip_flat_view(a, b):
+    c = a * 1
+    c.view(-1)[::3].mul_(b.reshape(-1)[:4])
+    return c.sin()
+
+
+def _ip_copy(a, b):
+    c = a * 1
+    c[:, 1:3].copy_(b[:3, :2])
+    return c * c
+
+
+def _ip_base_changed(a, b):
+    c = a * 1
+    v = c[0]
+    c.mul_(b[:3, :4])
+    return v * 3, c
+
+
+def _ip_view_unary(a):
+    c = a * 2
+    v = c[1]
+    v.exp_()
+    return v * 2 + c.sum(0)
+
+
+def _ip_chain(a, b):
+    c = a.clone()
+    c.mul_(b[:3, :4]).add_(1.0)
+    c.div_(2.0)
+    c.tanh_()
+    c.pow_(2)
+    return c
+
+
+def _ip_operators(a, b):
+    c = a * 1
+    c += b[:3, :4]
+    c *= a
+    c -= 1
+    c /= 3
+    return c
+
+
+def _ip_setitem_imul(a):
+    c = a.clone()
+    c[1:, ::2] *= 2
+    return c * a
+
+
+def _ip_unsqueeze(a, b):
+    c = a * 1
+    c.unsqueeze(0)[0, :, 2].sub_(b[0, :3])
+    return c.square()
+
+
+def _ip_zero_fill(a, b):
+    c = a * b[:3, :4]
+    c[1].zero_()
+    c[:, 0].fill_(2.5)
+    return c * a
+
+
+def _ip_masked_fill(a):
+    c = a * 1
+    c.masked_fill_(c > 0.3, 0.0)
+    return c.exp()
+
+
+def _ip_clamp_sigmoid(a):
+    c = a * 1
+    c[2].sigmoid_()
+    c.clamp_(-0.5, 0.6)
+    return c * a
+
+
+@pytest.mark.parametrize("name", list(INPLACE))
+def test_inplace_through_views(name, rng):
+    compare(INPLACE[name], randn(rng, 3, 4), randn(rng, 4, 5))
+
+
+def test_inplace_self_aliasing_mul():
+    """c.mul_(c): both libraries agree (either both raise or both give 2c·g)."""
+    a = np.array([1.0, -2.0, 3.0])
+
+    def fn(m, x):
+        c = x * 1
+        c.mul_(c)
+        return c
+
+    try:
+        compare(fn, a)
+    except RuntimeError as exc:
+        if "inplace" not in str(exc):
+            raise
+        # torch raised on backward (saved 'other' modified): dyngrad must raise too
+        d = dg.from_numpy(a.copy()).requires_grad_()
+        with pytest.raises(RuntimeError):
+            fn(dg, d).sum().backward()
+
+
+def test_inplace_on_leaf_raises_in_both():
+    for m in (torch, dg):
+        x = m.ones(3, dtype=m.float64, requires_grad=True) if m is torch else \
+            dg.ones(3, dtype=dg.float64, requires_grad=True)
+        with pytest.raises(RuntimeError):
+            x.mul_(2)
+        with pytest.raises(RuntimeError):
+            x[0].add_(1)
+        with m.no_grad():
+            x.mul_(2)
+        assert x.detach().numpy().tolist() == [2.0, 2.0, 2.0]
+
+
+def test_saved_tensor_modified_raises_in_both():
+    for m in (torch, dg):
+        x = m.tensor([1.0, 2.0], dtype=m.float64, requires_grad=True)
+        y = x * 1
+        z = y.exp()  # saves its output
+        z.mul_(2)
+        with pytest.raises(RuntimeError):
+            z.sum().backward()
+
+
+# ------------------------------------------------------------------ matmul
+
+MATMUL_SHAPES = [
+    ((4,), (4,)), ((4,), (4, 3)), ((3, 4), (4,)), ((3, 4), (4, 5)),
+    ((2, 3, 4), (4,)), ((4,), (2, 4, 3)), ((2, 3, 4), (2, 4, 5)), ((2, 3, 4), (4, 5)),
+    ((3, 4), (2, 4, 5)), ((2, 1, 3, 4), (5, 4, 2)), ((1, 3, 4), (2, 4, 2)),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shapes", MATMUL_SHAPES, ids=lambda s: f"{s[0]}@{s[1]}")
+def test_matmul(shapes, dtype, rng):
+    a, b = randn(rng, *shapes[0], dtype=dtype), randn(rng, *shapes[1], dtype=dtype)
+    compare(lambda m, x, y: x @ y, a, b)
+    compare(lambda m, x, y: m.matmul(x, y), a, b)
+
+
+def test_dot_outer_bmm_mm(rng):
+    v, w = randn(rng, 5), randn(rng, 5)
+    compare(lambda m, x, y: m.dot(x, y), v, w)
+    compare(lambda m, x, y: x.dot(y), v, w)
+    compare(lambda m, x, y: m.outer(x, y[:3]), v, w)
+    compare(lambda m, x, y: m.bmm(x, y), randn(rng, 3, 2, 4), randn(rng, 3, 4, 5))
+    compare(lambda m, x, y: m.mm(x, y), randn(rng, 2, 4), randn(rng, 4, 3))
+    compare(lambda m, x, y: x.T @ y, randn(rng, 4, 2), randn(rng, 4, 3))  # non-contiguous
+
+
+def test_matmul_int(rng):
+    compare(lambda m, x, y: x @ y, ints(rng, -3, 4, 2, 3), ints(rng, -3, 4, 3, 2), grad=False)
+
+
+# ------------------------------------------------------------------ autograd machinery
+
+
+def test_gradient_accumulation(rng):
+    a = randn(rng, 3, 4)
+    d, t = leaves([a])
+    (dx,), (tx,) = d, t
+    for m, x in ((dg, dx), (torch, tx)):
+        (x * x).sum().backward()
+        (x.exp() * 2).sum().backward()
+        y = (x.sin() * x).sum()
+        y.backward(retain_graph=True)
+        y.backward()
+        z = x * x + x  # x used twice in one graph
+        z.backward(m.ones_like(z))
+    assert_same(dx.grad, tx.grad, "accumulated grad")
+
+
+def test_retain_grad(rng):
+    a, b = randn(rng, 3, 4), randn(rng, 4)
+    d, t = leaves([a, b])
+    outs = {}
+    for key, (x, w) in (("dg", d), ("torch", t)):
+        y = x * w
+        y.retain_grad()
+        v = y[1:]  # a view of an intermediate
+        v.retain_grad()
+        z = v.tanh() + y.sum(0)
+        z.retain_grad()
+        (z * z).sum().backward()
+        outs[key] = (y.grad, v.grad, z.grad, x.grad, w.grad)
+    for i, (dgr, tgr) in enumerate(zip(outs["dg"], outs["torch"])):
+        assert_same(dgr, tgr, f"retained grad {i}")
+
+
+def test_hooks(rng):
+    a, b = randn(rng, 3), randn(rng, 3)
+    d, t = leaves([a, b])
+    seen = {"dg": [], "torch": []}
+    for key, (x, w) in (("dg", d), ("torch", t)):
+        log = seen[key]
+        h1 = x.register_hook(lambda g, log=log: log.append(g.clone()) or g * 2)
+        y = x * w
+        y.register_hook(lambda g, log=log: g + 1)
+        y.register_hook(lambda g, log=log: log.append(g.clone()))  # sees the +1
+        z = y.exp()
+        z.register_hook(lambda g, log=log: log.append(g.clone()))
+        z.sum().backward()
+        h1.remove()
+        (x * 3).sum().backward()  # removed hook: no doubling, no log entry
+    assert len(seen["dg"]) == len(seen["torch"])
+    for i, (dgr, tgr) in enumerate(zip(seen["dg"], seen["torch"])):
+        assert_same(dgr, tgr, f"hook {i}")
+    assert_same(d[0].grad, t[0].grad, "x.grad")
+    assert_same(d[1].grad, t[1].grad, "w.grad")
+
+
+def test_autograd_grad_and_double_backward(rng):
+    a = randn(rng, 4)
+    (dx,), (tx,) = leaves([a])
+    res = {}
+    for key, m, x in (("dg", dg, dx), ("torch", torch, tx)):
+        y = (x.sin() * x * x).sum()
+        (g,) = m.autograd.grad(y, [x], create_graph=True)
+        (gg,) = m.autograd.grad(g.sum(), [x])
+        res[key] = (g, gg)
+    assert_same(res["dg"][0], res["torch"][0], "first derivative")
+    assert_same(res["dg"][1], res["torch"][1], "second derivative")
+
+
+def test_non_leaf_requires_grad_and_detach(rng):
+    a = randn(rng, 3)
+    compare(lambda m, x: (x.detach() * 2, x * 2, (x * 2).detach() + x), a)
+
+
+# ------------------------------------------------------------------ dtype promotion
+
+PROMO_OPERANDS = {
+    "b0": lambda m: m.tensor(True),
+    "b1": lambda m: m.tensor([True, False]),
+    "i0": lambda m: m.tensor(3),
+    "i1": lambda m: m.tensor([3, -2]),
+    "f32_0": lambda m: m.tensor(1.5, dtype=m.float32),
+    "f32_1": lambda m: m.tensor([1.5, -0.25], dtype=m.float32),
+    "f64_0": lambda m: m.tensor(2.25, dtype=m.float64),
+    "f64_1": lambda m: m.tensor([2.25, 0.75], dtype=m.float64),
+    "True": lambda m: True,
+    "2": lambda m: 2,
+    "2.5": lambda m: 2.5,
+}
+
+PROMO_OPS = {
+    "add": lambda a, b: a + b,
+    "mul": lambda a, b: a * b,
+    "div": lambda a, b: a / b,
+    "lt": lambda a, b: a < b,
+    "eq": lambda a, b: a == b,
+    "ge": lambda a, b: a >= b,
+}
+
+PROMO_PAIRS = [(a, b) for a, b in itertools.product(PROMO_OPERANDS, repeat=2)
+               if not (a in ("True", "2", "2.5") and b in ("True", "2", "2.5"))]
+
+
+@pytest.mark.parametrize("pair", PROMO_PAIRS, ids=lambda p: f"{p[0]}-{p[1]}")
+def test_promotion_table(pair):
+    """The result dtype (and value) of + * / and comparisons for every pair of bool, int64,
+    float32, float64 tensors (0-d and 1-d) and Python scalars matches torch."""
+    an, bn = pair
+    problems = []
+    for opname, op in PROMO_OPS.items():
+        ta, tb = PROMO_OPERANDS[an](torch), PROMO_OPERANDS[bn](torch)
+        da, db = PROMO_OPERANDS[an](dg), PROMO_OPERANDS[bn](dg)
+        try:
+            tout = op(ta, tb)
+        except Exception as exc:  # noqa: BLE001 - torch refuses: dyngrad must refuse too
+            try:
+                op(da, db)
+            except Exception:  # noqa: BLE001
+                continue
+            problems.append(f"{opname}: torch raises {type(exc).__name__}, dyngrad does not")
+            continue
+        try:
+            dout = op(da, db)
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"{opname}: dyngrad raises {exc!r}")
+            continue
+        if DT.get(dout.dtype) != tout.dtype:
+            problems.append(f"{opname}: dtype {dout.dtype} vs torch {tout.dtype}")
+            continue
+        try:
+            assert_same(dout, tout, opname)
+        except AssertionError as exc:
+            problems.append(f"{opname}: {exc}")
+    assert not problems, "\n".join(problems)
+
+
+def test_promotion_function_forms():
+    """The same table through the functions (and with the in-place rule: a float result
+    cannot be written into an int tensor)."""
+    for an, bn in PROMO_PAIRS:
+        for fname in ("add", "mul", "div", "maximum", "eq", "where"):
+            ta, tb = PROMO_OPERANDS[an](torch), PROMO_OPERANDS[bn](torch)
+            da, db = PROMO_OPERANDS[an](dg), PROMO_OPERANDS[bn](dg)
+            if fname in ("maximum",) and not (hasattr(ta, "dtype") and hasattr(tb, "dtype")):
+                continue  # torch.maximum takes tensors only
+            if fname == "where":
+                tc, dc = torch.tensor([True, False]), dg.tensor([True, False])
+                tf = lambda a, b: torch.where(tc, a, b)  # noqa: E731
+                df = lambda a, b: dg.where(dc, a, b)  # noqa: E731
+            else:
+                tf, df = getattr(torch, fname), getattr(dg, fname)
+            try:
+                tout = tf(ta, tb)
+            except Exception:  # noqa: BLE001
+                continue
+            dout = df(da, db)
+            assert DT[dout.dtype] == tout.dtype, (fname, an, bn, dout.dtype, tout.dtype)
+    for dst in ("i1", "b1", "f32_1"):
+        for src in ("2.5", "f64_1", "f32_0", "i0"):
+            t = PROMO_OPERANDS[dst](torch).clone()
+            d = PROMO_OPERANDS[dst](dg).clone()
+            try:
+                t.add_(PROMO_OPERANDS[src](torch))
+            except RuntimeError:
+                with pytest.raises(RuntimeError):
+                    d.add_(PROMO_OPERANDS[src](dg))
+                continue
+            d.add_(PROMO_OPERANDS[src](dg))
+            assert_same(d, t, f"{dst}.add_({src})")
