@@ -9,26 +9,121 @@ tensor([2., 4., 6.])
 
 from __future__ import annotations
 
-from . import ops as _ops  # registers the op table and binds Tensor methods
 from . import autograd, dispatch, dtypes, special, testing  # noqa: F401
+from . import ops as _ops  # registers the op table and binds Tensor methods
 from .autograd.grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .dtypes import bool_, float32, float64, get_default_dtype, int64
-from .ops.creation import (arange, as_tensor, empty, empty_like, eye, from_dlpack, from_numpy,
-                           full, full_like, linspace, ones, ones_like, tensor, zeros,
-                           zeros_like)
-from .ops.elementwise import (abs, add, clamp, cos, div, eq, erf, exp, floor, floor_divide, ge,
-                              gelu, gt, le, log, log1p, logical_and, logical_not, logical_or,
-                              logical_xor, lt, masked_fill, maximum, minimum, mul, ne, neg,
-                              pow, reciprocal, relu, remainder, rsqrt, sigmoid, sign, sin,
-                              sqrt, square, sub, tanh, where)
+from .ops.creation import (
+                           arange,
+                           as_tensor,
+                           empty,
+                           empty_like,
+                           eye,
+                           from_dlpack,
+                           from_numpy,
+                           full,
+                           full_like,
+                           linspace,
+                           ones,
+                           ones_like,
+                           tensor,
+                           zeros,
+                           zeros_like,
+)
+from .ops.elementwise import (
+                           abs,
+                           add,
+                           clamp,
+                           cos,
+                           div,
+                           eq,
+                           erf,
+                           exp,
+                           floor,
+                           floor_divide,
+                           ge,
+                           gelu,
+                           gt,
+                           le,
+                           log,
+                           log1p,
+                           logical_and,
+                           logical_not,
+                           logical_or,
+                           logical_xor,
+                           lt,
+                           masked_fill,
+                           maximum,
+                           minimum,
+                           mul,
+                           ne,
+                           neg,
+                           pow,
+                           reciprocal,
+                           relu,
+                           remainder,
+                           rsqrt,
+                           sigmoid,
+                           sign,
+                           sin,
+                           sqrt,
+                           square,
+                           sub,
+                           tanh,
+                           where,
+)
 from .ops.indexing import index_select, one_hot, take_along_dim
 from .ops.linalg import bmm, dot, matmul, mm, outer
-from .ops.movement import (broadcast_to, cat, chunk, concat, expand, flatten, narrow, permute,
-                           reshape, split, squeeze, stack, transpose, unbind, unsqueeze)
-from .ops.random import (Generator, get_rng_state, initial_seed, manual_seed, rand, rand_like,
-                         randint, randint_like, randn, randn_like, randperm, set_rng_state)
-from .ops.reduce import (all, amax, amin, any, argmax, argmin, log_softmax, logsumexp, max,
-                         mean, min, norm, prod, softmax, std, sum, var)
+from .ops.movement import (
+                           broadcast_to,
+                           cat,
+                           chunk,
+                           concat,
+                           expand,
+                           flatten,
+                           narrow,
+                           permute,
+                           reshape,
+                           split,
+                           squeeze,
+                           stack,
+                           transpose,
+                           unbind,
+                           unsqueeze,
+)
+from .ops.random import (
+                           Generator,
+                           get_rng_state,
+                           initial_seed,
+                           manual_seed,
+                           rand,
+                           rand_like,
+                           randint,
+                           randint_like,
+                           randn,
+                           randn_like,
+                           randperm,
+                           set_rng_state,
+)
+from .ops.reduce import (
+                           all,
+                           amax,
+                           amin,
+                           any,
+                           argmax,
+                           argmin,
+                           log_softmax,
+                           logsumexp,
+                           max,
+                           mean,
+                           min,
+                           norm,
+                           prod,
+                           softmax,
+                           std,
+                           sum,
+                           var,
+)
 from .serialization import load, save
 from .tensor import Tensor
 

@@ -15,8 +15,9 @@ to the mode below. Reads and writes are reported to every active mode.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 __all__ = ["DispatchMode", "dispatch", "push_mode", "suspend", "active_modes"]
 

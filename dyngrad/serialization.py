@@ -44,7 +44,7 @@ def save(obj, f) -> None:
         np.savez(f, **arrays)
 
 
-def load(f) -> "Tensor | dict":
+def load(f) -> Tensor | dict:
     """Read what :func:`save` wrote (arrays only: ``allow_pickle`` stays off)."""
     with np.load(f, allow_pickle=False) as data:
         keys = list(data.keys())

@@ -67,18 +67,18 @@ class Tensor:
         self._retains = False
 
     @classmethod
-    def _fresh(cls, arr: np.ndarray) -> "Tensor":
+    def _fresh(cls, arr: np.ndarray) -> Tensor:
         t = object.__new__(Tensor)
         t._init(arr, Storage())
         return t
 
     @classmethod
-    def _shared(cls, arr: np.ndarray, storage: Storage) -> "Tensor":
+    def _shared(cls, arr: np.ndarray, storage: Storage) -> Tensor:
         t = object.__new__(Tensor)
         t._init(arr, storage)
         return t
 
-    def _view(self, arr: np.ndarray, prim, params: dict) -> "Tensor":
+    def _view(self, arr: np.ndarray, prim, params: dict) -> Tensor:
         """Wrap the result of a movement op: a view sharing storage when numpy made one."""
         if not np.may_share_memory(arr, self._data):
             return Tensor._fresh(arr)
@@ -181,14 +181,14 @@ class Tensor:
             report_write(self, "requires_grad", flag)
         self._requires_grad = flag
 
-    def requires_grad_(self, requires_grad: bool = True) -> "Tensor":
+    def requires_grad_(self, requires_grad: bool = True) -> Tensor:
         """Set ``requires_grad`` in place and return self."""
         self._set_requires_grad(bool(requires_grad))
         return self
 
     # ----------------------------------------------------------------- grad
     @property
-    def grad(self) -> "Tensor | None":
+    def grad(self) -> Tensor | None:
         """The accumulated gradient (leaves, and non-leaves after ``retain_grad()``)."""
         if self._grad is None and self._node is not None and not self._retains:
             warnings.warn(
@@ -199,7 +199,7 @@ class Tensor:
         return self._grad
 
     @grad.setter
-    def grad(self, value: "Tensor | None") -> None:
+    def grad(self, value: Tensor | None) -> None:
         if value is not None:
             if not isinstance(value, Tensor):
                 raise TypeError(f"assigned grad expected to be a Tensor or None but got "
@@ -214,7 +214,7 @@ class Tensor:
             report_write(self, "grad", value)
         self._grad = value
 
-    def _accumulate_grad(self, g: "Tensor", create_graph: bool, shared: bool) -> None:
+    def _accumulate_grad(self, g: Tensor, create_graph: bool, shared: bool) -> None:
         """What backward does at a leaf (or a tensor that called retain_grad)."""
         if g.shape != self.shape:
             raise RuntimeError(f"gradient of shape {list(g.shape)} cannot be accumulated into "
@@ -280,7 +280,7 @@ class Tensor:
             return (self._accumulator(), 0)
         return None
 
-    def backward(self, gradient: "Tensor | None" = None, retain_graph: bool | None = None,
+    def backward(self, gradient: Tensor | None = None, retain_graph: bool | None = None,
                  create_graph: bool = False, inputs=None) -> None:
         """Accumulate d(self)/d(leaf) into every leaf's ``.grad``.
 
@@ -293,13 +293,13 @@ class Tensor:
 
     # ----------------------------------------------------------------- data and aliases
     @property
-    def data(self) -> "Tensor":
+    def data(self) -> Tensor:
         """A detached tensor sharing this one's storage (changes through it are invisible to
         autograd, as in PyTorch)."""
         return Tensor._shared(self._data, self._storage)
 
     @data.setter
-    def data(self, value: "Tensor") -> None:
+    def data(self, value: Tensor) -> None:
         if not isinstance(value, Tensor):
             raise TypeError(f"data must be a Tensor, got {type(value).__name__}")
         if STATE.modes:
@@ -307,11 +307,11 @@ class Tensor:
         self._data = value._data
         self._storage = value._storage
 
-    def detach(self) -> "Tensor":
+    def detach(self) -> Tensor:
         """A tensor sharing storage with this one, cut out of the graph."""
         return Tensor._shared(self._data, self._storage)
 
-    def detach_(self) -> "Tensor":
+    def detach_(self) -> Tensor:
         """Cut this tensor out of the graph in place (it becomes a leaf)."""
         if self._base is not None and self._node is not None:
             raise RuntimeError("Can't detach views in-place. Use detach() instead.")
@@ -451,7 +451,7 @@ class Tensor:
                 f"element refers to a single memory location) or read-only memory. "
                 f"Call .clone() before writing to it.")
 
-    def _commit(self, new: "Tensor", op: str) -> "Tensor":
+    def _commit(self, new: Tensor, op: str) -> Tensor:
         """Make ``new`` (a functional result of this tensor's shape) this tensor's value:
         write the memory, bump the version, and move the backward history."""
         if new.dtype is not self.dtype:

@@ -329,10 +329,13 @@ def test_expand_is_a_view_that_cannot_be_written():
 
 def test_views_of_views_share_the_same_storage():
     t = dg.arange(24.0).reshape(2, 3, 4)
-    v = t.permute(2, 0, 1)[1:3].transpose(0, 1)[:, 0]
+    v = t.permute(2, 0, 1)[1:3].transpose(0, 1)[:, 0]   # v[b, c] is t[b, c, 1]
+    assert v.shape == (2, 3)
     v.zero_()
     assert t._version == 1
-    assert t[:, 0, 1:3].sum().item() == 0.0
+    expected = np.arange(24.0).reshape(2, 3, 4)
+    expected[:, :, 1] = 0
+    np.testing.assert_array_equal(t.numpy(), expected)
 
 
 def test_view_on_non_contiguous_raises_and_reshape_copies():
@@ -354,6 +357,24 @@ def test_contiguous_copies_only_when_needed():
     assert np.shares_memory(t.contiguous().numpy(), t.numpy())
     c = t.T.contiguous()
     assert c.is_contiguous() and not np.shares_memory(c.numpy(), t.numpy())
+
+
+def test_contiguous_then_view_works_on_a_transposed_tensor():
+    t = dg.arange(6.0).reshape(2, 3)
+    assert t.T.contiguous().view(6).tolist() == [0.0, 3.0, 1.0, 4.0, 2.0, 5.0]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: dg.arange(4.0), lambda: dg.arange(4), lambda: dg.linspace(0, 1, 3),
+    lambda: dg.zeros(2), lambda: dg.ones(1, 3), lambda: dg.full((2,), 1.0), lambda: dg.eye(2),
+    lambda: dg.rand(2), lambda: dg.randn(2), lambda: dg.randint(0, 3, (2,)),
+    lambda: dg.tensor([1.0]), lambda: dg.ones(3).expand(3).contiguous(),
+    lambda: dg.arange(3.0).T.clone(),
+])
+def test_created_tensors_are_writeable(make):
+    t = make()
+    t.add_(1)
+    assert t._version == 1
 
 
 def test_clone_and_arithmetic_results_do_not_share_storage():

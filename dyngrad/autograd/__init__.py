@@ -3,13 +3,19 @@ grad modes and anomaly detection."""
 
 from __future__ import annotations
 
-from typing import Sequence
 
 from .engine import run_backward
 from .function import Function, FunctionCtx
+from .grad_mode import (
+    detect_anomaly,
+    enable_grad,
+    is_anomaly_enabled,
+    is_grad_enabled,
+    no_grad,
+    set_detect_anomaly,
+    set_grad_enabled,
+)
 from .graph import AccumulateGrad, Node
-from .grad_mode import (detect_anomaly, enable_grad, is_anomaly_enabled, is_grad_enabled,
-                        no_grad, set_detect_anomaly, set_grad_enabled)
 
 __all__ = ["backward", "grad", "Function", "FunctionCtx", "Node", "AccumulateGrad",
            "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "detect_anomaly",

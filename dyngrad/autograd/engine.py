@@ -12,8 +12,8 @@ import heapq
 import numpy as np
 
 from ..dispatch import STATE
-from .graph import AccumulateGrad, Node
 from .grad_mode import set_grad_enabled
+from .graph import AccumulateGrad, Node
 
 
 def _reachable(roots: list[Node]) -> dict[Node, int]:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..dispatch import STATE
-from .graph import _FREED_MSG, FREED, Node, _edge
 from .grad_mode import no_grad
+from .graph import _FREED_MSG, FREED, Node, _edge
 
 
 class FunctionCtx(Node):

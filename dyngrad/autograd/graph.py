@@ -71,7 +71,7 @@ class Node:
     def next_functions(self) -> tuple:
         return tuple((e[0], e[1]) if e is not None else (None, 0) for e in self.next)
 
-    def register_hook_for_output(self, out_nr: int, hook) -> "RemovableHandle":
+    def register_hook_for_output(self, out_nr: int, hook) -> RemovableHandle:
         if self.pre_hooks is None:
             self.pre_hooks = {}
         hooks = self.pre_hooks.setdefault(out_nr, [])

@@ -78,13 +78,20 @@ def _sum_to(g, shape):
     return sum_to(g, shape)
 
 
+def _broadcast_impl(x, shape):
+    target = _bcast_target(x.shape, shape)
+    if math.prod(target) == x.size:  # nothing repeated: a writeable view, as in PyTorch
+        return x.reshape(target)
+    return np.broadcast_to(x, target)
+
+
 BROADCAST = Primitive(
-    "broadcast", "movement",
-    lambda x, shape: np.broadcast_to(x, _bcast_target(x.shape, shape)),
+    "broadcast", "movement", _broadcast_impl,
     lambda x, shape: (_bcast_target(x.shape, shape), x.dtype),
     vjp=lambda n, g, xs, y: (_sum_to(g, n.in_shapes[0]),),
     jvp=lambda ts, xs, y, p: expand(ts[0], p["shape"]), view=True,
-    doc="numpy broadcasting to ``shape`` (-1 keeps a size); a read-only view")
+    doc="numpy broadcasting to ``shape`` (-1 keeps a size); a view, read-only when "
+                        "it repeats elements")
 
 # ------------------------------------------------------------------ permute
 

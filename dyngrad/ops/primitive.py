@@ -18,8 +18,8 @@ Rules' signatures:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from ..dtypes import DType
 
 KINDS = ("elementwise", "reduce", "movement", "index", "matmul", "creation", "random")
 
-REGISTRY: dict[str, "Primitive"] = {}
+REGISTRY: dict[str, Primitive] = {}
 
 
 class AbstractValue:

@@ -103,7 +103,7 @@ class Generator:
     def __init__(self, seed: int = DEFAULT_SEED) -> None:
         self.state = Tensor._fresh(np.array([seed, 0], dtype=np.int64))
 
-    def manual_seed(self, seed: int) -> "Generator":
+    def manual_seed(self, seed: int) -> Generator:
         from ..autograd.grad_mode import no_grad
         with no_grad():
             self.state.copy_(Tensor._fresh(np.array([int(seed) & 0x7FFFFFFFFFFFFFFF, 0],

@@ -15,7 +15,6 @@ from . import elementwise as _e
 from . import movement as _m
 from .primitive import Primitive
 
-
 _ALL_AXES = [tuple(range(n)) for n in range(8)]
 
 
