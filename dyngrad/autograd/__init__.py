@@ -3,7 +3,6 @@ grad modes and anomaly detection."""
 
 from __future__ import annotations
 
-
 from .engine import run_backward
 from .function import Function, FunctionCtx
 from .grad_mode import (
