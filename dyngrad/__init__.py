@@ -133,7 +133,13 @@ double = float64
 long = int64
 
 clip = clamp
-gather = take_along_dim
+
+
+def gather(input, dim, index):  # noqa: A002 - PyTorch's signature: gather(input, dim, index)
+    """``torch.gather``: out[i][j] = input[i][index[i][j]] for dim=1 (see Tensor.gather)."""
+    return take_along_dim(input, index, dim)
+
+
 fix_seed = manual_seed
 
 __version__ = "0.1.0"

@@ -9,27 +9,37 @@ from . import dtypes as _dt
 _DEFAULT_SHOWN = {"float32": False, "int64": False, "bool": False, "float64": True}
 
 
+def _float_formatter(arr: np.ndarray):
+    finite = arr[np.isfinite(arr)]
+    if finite.size == 0:
+        fmt = str
+    elif np.all(finite == np.round(finite)) and np.abs(finite).max() < 1e8:
+        fmt = lambda v: f"{v:.0f}."  # noqa: E731
+    else:
+        nonzero = np.abs(finite[finite != 0])
+        big = np.abs(finite).max() >= 1e8 or (nonzero.size and nonzero.min() < 1e-4)
+        fmt = (lambda v: f"{v:.4e}") if big else (lambda v: f"{v:.4f}")  # noqa: E731
+
+    def one(v):
+        if np.isnan(v):
+            return "nan"
+        if np.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return fmt(v)
+    samples = [one(v) for v in (finite.min(), finite.max())] if finite.size else []
+    samples += [one(v) for v in arr.ravel()[~np.isfinite(arr.ravel())][:2]]
+    width = max((len(x) for x in samples), default=0)
+    return lambda v: one(v).rjust(width)
+
+
 def _format_array(arr: np.ndarray, indent: int) -> str:
-    if arr.dtype.kind == "f":
-        finite = arr[np.isfinite(arr)]
-        integral = finite.size and np.all(finite == np.round(finite)) and \
-            np.abs(finite).max() < 1e8
-        if arr.size == 0:
-            formatter = None
-        elif integral:
-            formatter = {"float_kind": lambda v: f"{v:.0f}." if np.isfinite(v) else
-                         ("nan" if np.isnan(v) else ("inf" if v > 0 else "-inf"))}
-        else:
-            big = finite.size and (np.abs(finite).max() >= 1e8 or
-                                   np.abs(finite[finite != 0]).min(initial=1.0) < 1e-4)
-            formatter = {"float_kind": (lambda v: f"{v:.4e}") if big else
-                         (lambda v: f"{v:.4f}")}
-        return np.array2string(arr, separator=", ", prefix=" " * indent, formatter=formatter,
-                               threshold=1000, edgeitems=3, max_line_width=80)
-    if arr.dtype == np.bool_:
-        return np.array2string(arr, separator=", ", prefix=" " * indent, threshold=1000,
-                               formatter={"bool": lambda v: "True" if v else "False"})
-    return np.array2string(arr, separator=", ", prefix=" " * indent, threshold=1000)
+    formatter = None
+    if arr.dtype.kind == "f" and arr.size:
+        formatter = {"float_kind": _float_formatter(arr)}
+    elif arr.dtype == np.bool_:
+        formatter = {"bool": lambda v: "True" if v else "False"}
+    return np.array2string(arr, separator=", ", prefix=" " * indent, formatter=formatter,
+                           threshold=1000, edgeitems=3, max_line_width=80)
 
 
 def tensor_repr(t) -> str:

@@ -537,7 +537,7 @@ SETITEM = {
     "bool mask with tensor values": _assign(dg.tensor([[True, False, True, False],
                                                        [False, False, True, True],
                                                        [True, False, False, False]]),
-                                            lambda y: y[0, :4].sin() + y[1, :1]),
+                                            lambda y: dg.cat([y[0].sin(), y[1, :1]])),
     "bool mask with a number": _assign(dg.tensor([True, False, True]), lambda y: 0.0),
     "bool row mask with rows": _assign(dg.tensor([True, False, True]), lambda y: y[1:]),
 }
@@ -595,10 +595,35 @@ def test_second_derivative_matches_finite_differences_of_the_vjp(name):
     assert gradgradcheck(fn, (make(2, 3),))
 
 
-@pytest.mark.parametrize("name", sorted(SECOND_ORDER))
+# Note: a vjp rule that uses its primitive's saved output (exp, sqrt, tanh, pow) gets a new
+# Tensor object rebuilt by PrimNode.unpack, so a dispatch mode that tracks tensors by identity
+# (JvpMode here; a tracer later) cannot see that it is the forward output and treats it as a
+# constant. Fixing it means deciding how saved outputs keep their identity (e.g. a weakref
+# to the output in PrimNode), which is the hot path of every node.
+SAVED_OUTPUT_LOSES_ITS_TANGENT = pytest.mark.xfail(
+    strict=True, reason="forward-over-reverse: the saved output rebuilt by PrimNode.unpack "
+                        "is a new Tensor without the forward output's tangent")
+USES_A_SAVED_OUTPUT = {"exp", "sqrt", "tanh", "sigmoid", "softmax", "log_softmax",
+                       "pow tensor exponent", "pow both"}
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=SAVED_OUTPUT_LOSES_ITS_TANGENT if n in USES_A_SAVED_OUTPUT else ())
+    for n in sorted(SECOND_ORDER)])
 def test_forward_over_reverse_matches_finite_differences_of_the_vjp(name):
     fn, make = SECOND_ORDER[name]
     assert gradgradcheck(fn, (make(2, 3),), check_forward_ad=True)
+
+
+@SAVED_OUTPUT_LOSES_ITS_TANGENT
+def test_hessian_vector_product_by_forward_over_reverse_through_exp():
+    x, v = leaf(3), dg.randn(3, dtype=dg.float64)
+
+    def grad_of_sum_exp(x):
+        return dg.autograd.grad(x.exp().sum(), x, create_graph=True)[0]
+
+    _, hvp = dg.forward_ad.jvp(grad_of_sum_exp, (x,), (v,))
+    np.testing.assert_allclose(hvp.numpy(), (x.exp() * v).detach().numpy())
 
 
 def test_second_derivative_of_a_binary_op_with_respect_to_both_inputs():

@@ -166,6 +166,11 @@ def run_backward(roots: list, grads: list, *, retain_graph: bool, create_graph: 
                 g = in_grads[i]
                 nxt, nr = e
                 if g is not None:
+                    if isinstance(g, Tensor) and g._data.shape != _input_shape(node, i):
+                        raise RuntimeError(
+                            f"Function {node.name()} returned an invalid gradient at index "
+                            f"{i} - got {list(g.shape)} but expected shape compatible with "
+                            f"{list(_input_shape(node, i))}")
                     if isinstance(g, Tensor):
                         if id(g) in passed or id(g) in shared:
                             shared.add(id(g))
@@ -191,6 +196,11 @@ def run_backward(roots: list, grads: list, *, retain_graph: bool, create_graph: 
                     f"used in the graph. Set allow_unused=True if this is the desired behavior.")
         return tuple(results)
     return None
+
+
+def _input_shape(node: Node, i: int) -> tuple:
+    meta = getattr(node, "in_meta", None)
+    return meta[i][0] if meta is not None else tuple(node.in_shapes[i])
 
 
 def _zeros_for(node: Node, i: int):

@@ -181,6 +181,14 @@ def _vjp_div(n, g, xs, y):
             sum_to(-g * a / (b * b), s[1]) if n.needs[1] else None)
 
 
+def _log_base(a):
+    """log of pow's base; a Python-number base stays a full-precision Python float (a
+    tensor made from it would be float32)."""
+    if isinstance(a, Tensor):
+        return log(a)
+    return math.log(a) if a > 0 else (-math.inf if a == 0 else math.nan)
+
+
 def _vjp_pow(n, g, xs, y):
     a, b = xs
     s = n.in_shapes
@@ -188,7 +196,7 @@ def _vjp_pow(n, g, xs, y):
     if n.needs[0]:
         ga = sum_to(g * (b * pow(a, b - 1.0)), s[0])
     if n.needs[1]:
-        gb = sum_to(where(_and(eq(a, 0.0), ge(b, 0.0)), 0.0, g * (y * log(a))), s[1])
+        gb = sum_to(where(_and(eq(a, 0.0), ge(b, 0.0)), 0.0, g * (y * _log_base(a))), s[1])
     return ga, gb
 
 
@@ -198,7 +206,7 @@ def _jvp_pow(ts, xs, y, p):
     if ts[0] is not None:
         out = ts[0] * (b * pow(a, b - 1.0))
     if _t(ts, 1) is not None:
-        tb = where(_and(eq(a, 0.0), ge(b, 0.0)), 0.0, ts[1] * (y * log(a)))
+        tb = where(_and(eq(a, 0.0), ge(b, 0.0)), 0.0, ts[1] * (y * _log_base(a)))
         out = tb if out is None else out + tb
     return out
 
@@ -265,9 +273,9 @@ def _binary_prim(name, impl, vjp, jvp, save=(0, 1), save_out=False, float_only=F
                      vjp=vjp, jvp=jvp, save=save, save_out=save_out)
 
 
-ADD = _binary_prim("add", np.add, _vjp_add, _lin_jvp(1), save=())
-SUB = _binary_prim("sub", np.subtract, _vjp_sub, _lin_jvp(-1), save=())
-MUL = _binary_prim("mul", np.multiply, _vjp_mul, _jvp_mul)
+ADD = _binary_prim("add", _q(np.add), _vjp_add, _lin_jvp(1), save=())
+SUB = _binary_prim("sub", _q(np.subtract), _vjp_sub, _lin_jvp(-1), save=())
+MUL = _binary_prim("mul", _q(np.multiply), _vjp_mul, _jvp_mul)
 DIV = _binary_prim("div", _q(np.true_divide), _vjp_div, _jvp_div, float_only=True)
 POW = _binary_prim("pow", _q(np.power), _vjp_pow, _jvp_pow, save_out=True)
 _maxv, _maxj = _vjp_minmax(True)
@@ -389,13 +397,22 @@ def _float_unary(prim, x):
     return dispatch(prim, x)
 
 
+def _scaled(b, alpha):
+    """alpha·b; for a Python number b the product stays a Python number (weak, full
+    precision) instead of becoming a float32 tensor."""
+    if alpha == 1:
+        return b
+    lit = _literal(b)
+    return lit * alpha if lit is not None else mul(b, alpha)
+
+
 def add(a, b, *, alpha=1):
     """a + alpha·b with broadcasting and PyTorch promotion."""
-    return _binary(ADD, a, b if alpha == 1 else mul(b, alpha))
+    return _binary(ADD, a, _scaled(b, alpha))
 
 
 def sub(a, b, *, alpha=1):
-    return _binary(SUB, a, b if alpha == 1 else mul(b, alpha))
+    return _binary(SUB, a, _scaled(b, alpha))
 
 
 def mul(a, b):
@@ -456,6 +473,8 @@ def abs(x):  # noqa: A001
 
 
 def sign(x):
+    if x.dtype is _dt.bool_:  # sign of a bool is itself (PyTorch); numpy has no bool loop
+        return x.clone()
     return dispatch(SIGN, x)
 
 
@@ -570,6 +589,8 @@ def rsqrt(x):
 
 
 def square(x):
+    if isinstance(x, Tensor) and x.dtype is _dt.bool_:  # PyTorch: pow(bool, 2) is int64
+        x = cast(x, _dt.int64)
     return mul(x, x)
 
 
@@ -582,7 +603,9 @@ def sigmoid(x):
 
 
 def relu(x):
-    return maximum(x, 0.0) if not isinstance(x, Tensor) or x.dtype is not _dt.bool_ else x
+    if isinstance(x, Tensor) and not x.dtype.is_floating_point:
+        return x if x.dtype is _dt.bool_ else maximum(x, 0)  # int64 stays int64 (PyTorch)
+    return maximum(x, 0.0)
 
 
 def gelu(x, approximate: str = "none"):

@@ -303,22 +303,21 @@ def getitem(x: Tensor, key) -> Tensor:
         elif kind == "int":
             if not -n <= v < n:
                 raise IndexError(f"index {v} is out of bounds for dimension {d} with size {n}")
-            if has_adv:
-                entries[d] = ("adv", Tensor._fresh(np.array(v, dtype=np.int64)))
-                starts.append(0), stops.append(n), steps.append(1)
-            else:
-                i = v % n
-                starts.append(i), stops.append(i + 1), steps.append(1)
-                drop.append(d)
+            # an int selects (drops its dim) before any advanced indexing, as in PyTorch —
+            # not numpy, where it joins the advanced indices (x[1, :, idx] differs)
+            i = v % n
+            starts.append(i), stops.append(i + 1), steps.append(1)
+            drop.append(d)
         else:
             starts.append(0), stops.append(n), steps.append(1)
     if any(a != 0 or b != n or c != 1 for a, b, c, n in zip(starts, stops, steps, x.shape)):
         x = dispatch(_m.SLICE, x, starts=tuple(starts), stops=tuple(stops), steps=tuple(steps))
+    if drop:
+        x = _m.reshape(x, tuple(s for i, s in enumerate(x.shape) if i not in drop))
     if not has_adv:
-        if drop:
-            return _m.reshape(x, tuple(s for i, s in enumerate(x.shape) if i not in drop))
         return x if x is not orig else _m.reshape(x, x.shape)  # always a new view
-    return _advanced(x, [(d, v) for d, (k, v) in enumerate(entries) if k == "adv"])
+    kept = [e for d, e in enumerate(entries) if d not in drop]
+    return _advanced(x, [(d, v) for d, (k, v) in enumerate(kept) if k == "adv"])
 
 
 def _advanced(x: Tensor, adv: list) -> Tensor:

@@ -194,7 +194,8 @@ MaxResult = namedtuple("MaxResult", ["values", "indices"])
 
 def _arg_extreme(x, dim, keepdim, largest: bool, op: str):
     if dim is None:
-        return _arg_extreme(_m.reshape(x, (-1,)), 0, False, largest, op)
+        out = _arg_extreme(_m.reshape(x, (-1,)), 0, False, largest, op)
+        return _m.reshape(out, (1,) * x.ndim) if keepdim else out  # PyTorch: all dims kept
     axis = norm_axes(dim, x.ndim, op)
     if x.ndim == 0:
         return _e.cast(_e.mul(x, 0), _dt.int64)
