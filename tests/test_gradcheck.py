@@ -15,6 +15,7 @@ import pytest
 
 import dyngrad as dg
 from dyngrad.dispatch import dispatch
+from dyngrad.forward_ad import jvp
 from dyngrad.ops import REGISTRY
 from dyngrad.testing import GradcheckError, gradcheck, gradgradcheck
 
@@ -622,7 +623,7 @@ def test_hessian_vector_product_by_forward_over_reverse_through_exp():
     def grad_of_sum_exp(x):
         return dg.autograd.grad(x.exp().sum(), x, create_graph=True)[0]
 
-    _, hvp = dg.forward_ad.jvp(grad_of_sum_exp, (x,), (v,))
+    _, hvp = jvp(grad_of_sum_exp, (x,), (v,))
     np.testing.assert_allclose(hvp.numpy(), (x.exp() * v).detach().numpy())
 
 

@@ -194,7 +194,10 @@ def _vjp_pow(n, g, xs, y):
     s = n.in_shapes
     ga = gb = None
     if n.needs[0]:
-        ga = sum_to(g * (b * pow(a, b - 1.0)), s[0])
+        ga = g * (b * pow(a, b - 1.0))
+        if isinstance(b, Tensor) or b == 0:  # d(a**0)/da = 0, also at a = 0 (not 0·inf)
+            ga = where(eq(b, 0.0), 0.0, ga)
+        ga = sum_to(ga, s[0])
     if n.needs[1]:
         gb = sum_to(where(_and(eq(a, 0.0), ge(b, 0.0)), 0.0, g * (y * _log_base(a))), s[1])
     return ga, gb
@@ -205,6 +208,8 @@ def _jvp_pow(ts, xs, y, p):
     out = None
     if ts[0] is not None:
         out = ts[0] * (b * pow(a, b - 1.0))
+        if isinstance(b, Tensor) or b == 0:
+            out = where(eq(b, 0.0), 0.0, out)
     if _t(ts, 1) is not None:
         tb = where(_and(eq(a, 0.0), ge(b, 0.0)), 0.0, ts[1] * (y * _log_base(a)))
         out = tb if out is None else out + tb
