@@ -127,15 +127,15 @@ from .ops.reduce import (
 from .serialization import load, save
 from .tensor import Tensor
 
-bool = bool_  # noqa: A001 - PyTorch's name, dg.bool
-float = float32  # noqa: A001
+bool = bool_
+float = float32
 double = float64
 long = int64
 
 clip = clamp
 
 
-def gather(input, dim, index):  # noqa: A002 - PyTorch's signature: gather(input, dim, index)
+def gather(input, dim, index):
     """``torch.gather``: out[i][j] = input[i][index[i][j]] for dim=1 (see Tensor.gather)."""
     return take_along_dim(input, index, dim)
 

@@ -433,7 +433,7 @@ def div(a, b, *, rounding_mode: str | None = None):
     return _binary(DIV, a, b, floating=True)
 
 
-def pow(a, b):  # noqa: A001 - PyTorch's name
+def pow(a, b):
     return _binary(POW, a, b)
 
 
@@ -473,7 +473,7 @@ def neg(x):
     return dispatch(NEG, x)
 
 
-def abs(x):  # noqa: A001
+def abs(x):
     return dispatch(ABS, x)
 
 
@@ -633,7 +633,7 @@ def _float_operand(x):
     return x
 
 
-def clamp(x, min=None, max=None):  # noqa: A002 - PyTorch's names
+def clamp(x, min=None, max=None):
     """Limit to [min, max] (either may be None or a tensor). Gradient 1 inside, 0 outside
     (PyTorch's convention; at the boundary the gradient passes)."""
     if min is None and max is None:

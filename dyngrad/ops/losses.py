@@ -28,14 +28,14 @@ def _same_shape(a: Tensor, b: Tensor, op: str) -> None:
                          f"{list(a.shape)}")
 
 
-def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:  # noqa: A002
+def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     """Mean squared error."""
     _same_shape(input, target, "mse_loss")
     d = input - target
     return _reduce(d * d, reduction, "mse_loss")
 
 
-def l1_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:  # noqa: A002
+def l1_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     _same_shape(input, target, "l1_loss")
     return _reduce(_e.abs(input - target), reduction, "l1_loss")
 
@@ -45,7 +45,7 @@ def softplus(x: Tensor) -> Tensor:
     return _e.maximum(x, 0.0) + _e.log1p(_e.exp(-_e.abs(x)))
 
 
-def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,  # noqa: A002
+def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
                                      weight: Tensor | None = None, reduction: str = "mean",
                                      pos_weight: Tensor | None = None) -> Tensor:
     """BCE on logits, stable at any magnitude: max(z,0) − z·y + log1p(exp(−|z|))."""
@@ -59,7 +59,7 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,  # noqa: A00
     return _reduce(loss, reduction, "binary_cross_entropy_with_logits")
 
 
-def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,  # noqa: A002
+def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
                          reduction: str = "mean") -> Tensor:
     """BCE on probabilities; logs are clamped at −100 as in PyTorch."""
     _same_shape(input, target, "binary_cross_entropy")
@@ -71,7 +71,7 @@ def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = 
     return _reduce(loss, reduction, "binary_cross_entropy")
 
 
-def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,  # noqa: A002
+def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
              ignore_index: int = -100, reduction: str = "mean") -> Tensor:
     """Negative log-likelihood of integer class labels; input is (N, C) or (N, C, d1, ...)
     log-probabilities, target (N,) or (N, d1, ...)."""
@@ -102,7 +102,7 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,  # noq
     return _reduce(loss, reduction, "nll_loss")
 
 
-def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,  # noqa: A002
+def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
                   ignore_index: int = -100, reduction: str = "mean",
                   label_smoothing: float = 0.0) -> Tensor:
     """Softmax cross-entropy from logits with integer class labels (or class probabilities

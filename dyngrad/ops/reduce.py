@@ -128,7 +128,7 @@ SIZE_OF = Primitive("size_of", "reduce", _size_impl, _size_rule,
 # ------------------------------------------------------------------ front end
 
 
-def sum(x, dim=None, keepdim: bool = False, *, dtype=None):  # noqa: A001
+def sum(x, dim=None, keepdim: bool = False, *, dtype=None):
     """Sum over ``dim`` (all dims by default); bool and int sum to int64."""
     axes = norm_axes(dim, x.ndim, "sum")
     if dtype is not None:
@@ -237,13 +237,13 @@ def _max_min(x, dim, keepdim, other, largest):
     return MaxResult(values, idx)
 
 
-def max(x, dim=None, keepdim: bool = False, *, other=None):  # noqa: A001
+def max(x, dim=None, keepdim: bool = False, *, other=None):
     """``max(x)``: the maximum; ``max(x, dim)``: (values, indices), the gradient going to the
     returned index; ``max(x, y)``: elementwise maximum."""
     return _max_min(x, dim, keepdim, other, True)
 
 
-def min(x, dim=None, keepdim: bool = False, *, other=None):  # noqa: A001
+def min(x, dim=None, keepdim: bool = False, *, other=None):
     return _max_min(x, dim, keepdim, other, False)
 
 
@@ -319,10 +319,10 @@ def prod(x, dim=None, keepdim: bool = False):
     return x if keepdim else _m.squeeze(x, axis)
 
 
-def all(x, dim=None, keepdim: bool = False):  # noqa: A001
+def all(x, dim=None, keepdim: bool = False):
     """True where every element over ``dim`` is non-zero."""
     return _e.eq(sum(_e.logical_not(x), dim, keepdim), 0)
 
 
-def any(x, dim=None, keepdim: bool = False):  # noqa: A001
+def any(x, dim=None, keepdim: bool = False):
     return _e.gt(sum(_e.cast(x, _dt.bool_), dim, keepdim), 0)
