@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["DispatchMode", "dispatch", "push_mode", "suspend", "active_modes"]
+__all__ = ["DispatchMode", "dispatch", "push_mode", "suspend", "active_modes", "read_scalar",
+           "report_read", "report_write"]
 
 
 class _State(threading.local):
@@ -49,6 +50,12 @@ class DispatchMode:
     def on_write(self, tensor, what: str, value: Any) -> None:
         """State change: ``what`` is 'grad', 'data', 'requires_grad' or 'inplace'."""
 
+    def on_scalar(self, owner: Any, key: Any, value: Any) -> Any:
+        """A Python number was read from ``owner[key]`` (an optimizer hyperparameter, a
+        module attribute) through a tracked accessor. Return the value to use — a tracer may
+        substitute a runtime input for it."""
+        return value
+
 
 def dispatch(prim, *args, **params):
     """Run primitive ``prim`` on ``args`` (Tensors or literal numbers) with ``params``."""
@@ -66,6 +73,16 @@ def report_read(tensor, kind: str) -> None:
 def report_write(tensor, what: str, value: Any) -> None:
     for m in STATE.modes:
         m.on_write(tensor, what, value)
+
+
+def read_scalar(owner: Any, key: Any) -> Any:
+    """Read ``owner[key]`` and tell the active modes where the number came from
+    (optimizers read hyperparameters through this, so a tracer can guard on them or make them
+    runtime inputs instead of baking them in)."""
+    value = owner[key]
+    for m in STATE.modes:
+        value = m.on_scalar(owner, key, value)
+    return value
 
 
 def active_modes() -> tuple:

@@ -624,7 +624,7 @@ def test_hessian_vector_product_by_forward_over_reverse_through_exp():
         return dg.autograd.grad(x.exp().sum(), x, create_graph=True)[0]
 
     _, hvp = jvp(grad_of_sum_exp, (x,), (v,))
-    np.testing.assert_allclose(hvp.numpy(), (x.exp() * v).detach().numpy())
+    np.testing.assert_allclose(hvp.detach().numpy(), (x.exp() * v).detach().numpy())
 
 
 def test_second_derivative_of_a_binary_op_with_respect_to_both_inputs():

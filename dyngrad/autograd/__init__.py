@@ -55,10 +55,10 @@ def _make_grads(outputs: list, grads: list, create_graph: bool) -> list:
     return out
 
 
-def _check_outputs(outputs: list) -> None:
+def _check_outputs(outputs: list, op: str) -> None:
     for i, t in enumerate(outputs):
         if not t.requires_grad:
-            raise RuntimeError(f"element {i} of tensors does not require grad and does not "
+            raise RuntimeError(f"{op}: element {i} of tensors does not require grad and does not "
                                f"have a grad_fn (it was created under no_grad(), detached, or "
                                f"from tensors without requires_grad=True)")
 
@@ -72,7 +72,7 @@ def backward(tensors, grad_tensors=None, retain_graph: bool | None = None,
         if not hasattr(grad_tensors, "_data") else [grad_tensors]
     if len(grads) != len(outputs):
         raise RuntimeError(f"got {len(grads)} gradients for {len(outputs)} tensors")
-    _check_outputs(outputs)
+    _check_outputs(outputs, "backward")
     grads = _make_grads(outputs, grads, create_graph)
     if retain_graph is None:
         retain_graph = create_graph
@@ -96,7 +96,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph: bool | None = None,
     outs = _as_list(outputs)
     ins = _as_list(inputs)
     grads = [None] * len(outs) if grad_outputs is None else _as_list(grad_outputs)
-    _check_outputs(outs)
+    _check_outputs(outs, "autograd.grad")
     grads = _make_grads(outs, grads, create_graph)
     if retain_graph is None:
         retain_graph = create_graph

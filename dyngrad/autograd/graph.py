@@ -117,8 +117,11 @@ class PrimNode(Node):
             self.saved, self.versions = saved, versions
         else:
             self.saved = self.versions = ()
-        self.saved_out = (out._data, out._storage, out._storage.version) if prim.save_out \
-            else None
+        # the output is kept by weak reference (a strong one would be a cycle out → node →
+        # out); while it lives, backward uses the object itself, so identity-keyed state such
+        # as forward-mode tangents still applies to it
+        self.saved_out = (out._data, out._storage, out._storage.version, weakref.ref(out)) \
+            if prim.save_out else None
         self.out_meta = (out._data.shape, out._data.dtype)
 
     @property
@@ -153,11 +156,13 @@ class PrimNode(Node):
                 self._check(s, v, f"input {i}")
         out = None
         if self.saved_out is not None:
-            arr, storage, version = self.saved_out
-            out = Tensor._shared(arr, storage)
+            arr, storage, version, ref = self.saved_out
+            out = ref()
+            if out is None or out._data is not arr or out._node is not self:
+                out = Tensor._shared(arr, storage)
+                if create_graph:
+                    out._node, out._requires_grad = self, True
             self._check(out, version, "output 0")
-            if create_graph:
-                out._node, out._requires_grad = self, True
         if not saved:
             saved = (None,) * len(self.in_meta)
         return saved, out

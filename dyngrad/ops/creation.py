@@ -203,7 +203,10 @@ def from_numpy(arr: np.ndarray) -> Tensor:
     other (``A += 1`` is; ``A = A + 1`` makes a new array and is not)."""
     if not isinstance(arr, np.ndarray):
         raise TypeError(f"from_numpy: expected np.ndarray (got {type(arr).__name__})")
-    _dt.from_numpy_dtype(arr.dtype, copy=False)  # raises for unsupported dtypes
+    try:
+        _dt.from_numpy_dtype(arr.dtype, copy=False)
+    except TypeError as exc:
+        raise TypeError(f"from_numpy: {exc}") from None
     return Tensor._shared(arr, Storage())
 
 

@@ -282,7 +282,21 @@ ADD = _binary_prim("add", _q(np.add), _vjp_add, _lin_jvp(1), save=())
 SUB = _binary_prim("sub", _q(np.subtract), _vjp_sub, _lin_jvp(-1), save=())
 MUL = _binary_prim("mul", _q(np.multiply), _vjp_mul, _jvp_mul)
 DIV = _binary_prim("div", _q(np.true_divide), _vjp_div, _jvp_div, float_only=True)
-POW = _binary_prim("pow", _q(np.power), _vjp_pow, _jvp_pow, save_out=True)
+def _pow_impl(a, b):
+    """np.power, except that integer powers with negative tensor exponents follow PyTorch
+    (1/aⁿ truncated: 1 for a = 1, ±1 for a = -1, else 0) where numpy raises."""
+    if isinstance(b, np.ndarray) and b.dtype.kind == "i" and np.asarray(a).dtype.kind in "ib":
+        neg = b < 0
+        if neg.any():
+            a = np.asarray(a, dtype=np.int64)
+            out = np.power(a, np.where(neg, 0, b))
+            inv = np.where(a == 1, 1, np.where(a == -1, np.where(b % 2 == 0, 1, -1), 0))
+            return np.where(neg, inv, out).astype(np.int64)
+    with np.errstate(all="ignore"):
+        return np.power(a, b)
+
+
+POW = _binary_prim("pow", _pow_impl, _vjp_pow, _jvp_pow, save_out=True)
 _maxv, _maxj = _vjp_minmax(True)
 _minv, _minj = _vjp_minmax(False)
 MAXIMUM = _binary_prim("maximum", np.maximum, _maxv, _maxj)
@@ -416,7 +430,14 @@ def add(a, b, *, alpha=1):
     return _binary(ADD, a, _scaled(b, alpha))
 
 
+def _is_bool(x) -> bool:
+    return isinstance(x, (bool, np.bool_)) or getattr(x, "dtype", None) is _dt.bool_
+
+
 def sub(a, b, *, alpha=1):
+    if _is_bool(a) or _is_bool(b):  # PyTorch refuses any bool operand, not just two
+        raise TypeError("sub: subtraction, the `-` operator, with a bool tensor is not "
+                        "supported; to invert a mask use the `~` operator or logical_not()")
     return _binary(SUB, a, _scaled(b, alpha))
 
 
@@ -434,6 +455,8 @@ def div(a, b, *, rounding_mode: str | None = None):
 
 
 def pow(a, b):
+    if _is_bool(a) and _is_bool(b):  # numpy would make an int8 result; PyTorch refuses
+        raise TypeError("pow: not implemented for bool operands; convert with .long() first")
     return _binary(POW, a, b)
 
 
@@ -576,6 +599,8 @@ def remainder(a, b):
     """Python's modulo (the sign of the divisor), like ``torch.remainder``."""
     (a, b), dt = promote_args("remainder", a, b)
     if dt.is_floating_point:
+        if isinstance(a, (bool, np.bool_)):
+            a = float(a)  # a weak Python True/False (sub refuses bools)
         return sub(a, mul(floor(div(a, b)), b))
     fa, fb = _as_f64(a), _as_f64(b)
     return cast(sub(fa, mul(floor(div(fa, fb)), fb)), dt)
@@ -655,3 +680,24 @@ def masked_fill(x, mask, value):
                            f"{list(value.shape)}")
     out = where(mask, cast(value, x.dtype) if isinstance(value, Tensor) else value, x)
     return out if out.dtype is x.dtype else cast(out, x.dtype)
+
+
+def lerp(start, end, weight):
+    """start + weight·(end − start), evaluated from the nearer end as PyTorch does."""
+    if isinstance(weight, Tensor):
+        return where(lt(abs(weight), 0.5), start + weight * (end - start),
+                     end - (end - start) * (1.0 - weight))
+    if abs(weight) < 0.5:
+        return add(start, mul(sub(end, start), weight))
+    return sub(end, mul(sub(end, start), 1.0 - weight))
+
+
+def addcmul(x, t1, t2, *, value=1):
+    """x + value·t1·t2."""
+    return add(x, mul(mul(t1, value), t2) if value != 1 else mul(t1, t2))
+
+
+def addcdiv(x, t1, t2, *, value=1):
+    """x + value·(t1 / t2)."""
+    q = div(t1, t2)
+    return add(x, mul(q, value) if value != 1 else q)

@@ -243,7 +243,7 @@ def _basic(x: Tensor, key: tuple):
             starts.append(k), stops.append(k + 1), steps.append(1)
         else:
             if k.step is not None and k.step <= 0:
-                raise ValueError("step must be greater than zero")
+                raise ValueError(_step_error(k.step))
             a, b, c = k.indices(n)
             starts.append(a), stops.append(max(a, b)), steps.append(c)
             keep.append(d)
@@ -254,6 +254,11 @@ def _basic(x: Tensor, key: tuple):
     if len(keep) != len(shape):
         out = _m.reshape(out, tuple(out._data.shape[d] for d in keep))
     return out
+
+
+def _step_error(step) -> str:
+    return (f"indexing: step must be greater than zero (got {step}); to reverse a dim, index "
+            f"it with a tensor, e.g. x[dg.arange(n - 1, -1, -1)]")
 
 
 def getitem(x: Tensor, key) -> Tensor:
@@ -297,7 +302,7 @@ def getitem(x: Tensor, key) -> Tensor:
         n = x.shape[d]
         if kind == "slice":
             if v.step is not None and v.step <= 0:
-                raise ValueError("step must be greater than zero")
+                raise ValueError(_step_error(v.step))
             a, b, c = v.indices(n)
             starts.append(a), stops.append(max(a, b)), steps.append(c)
         elif kind == "int":
@@ -397,13 +402,14 @@ def setitem(x: Tensor, key, value) -> None:
     if not graph and not STATE.modes:
         try:
             x._data[_np_key(key)] = vt._data
-        except (ValueError, IndexError) as exc:
-            pos = getitem(positions(x.shape), key)  # re-derive a clear message
-            raise RuntimeError(f"__setitem__: value of shape {list(vt.shape)} cannot be "
-                               f"assigned to the indexed shape {list(pos.shape)}: {exc}") \
-                from None
-        x._storage.version += 1
-        return
+        except (ValueError, IndexError):
+            pass  # a clear message is derived below, outside numpy's exception context
+        else:
+            x._storage.version += 1
+            return
+        pos = getitem(positions(x.shape), key)
+        raise RuntimeError(f"__setitem__: value of shape {list(vt.shape)} cannot be assigned "
+                           f"to the indexed shape {list(pos.shape)}")
     from ..autograd.grad_mode import no_grad
     with no_grad():
         pos = getitem(positions(x.shape), key)

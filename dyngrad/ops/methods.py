@@ -131,7 +131,8 @@ _METHODS = {
     "reciprocal": _e.reciprocal, "square": _e.square,
     "clamp": _e.clamp, "clip": _e.clamp, "masked_fill": _e.masked_fill,
     "logical_and": _e.logical_and, "logical_or": _e.logical_or, "logical_not": _e.logical_not,
-    "logical_xor": _e.logical_xor,
+    "logical_xor": _e.logical_xor, "lerp": _e.lerp, "addcmul": _e.addcmul,
+    "addcdiv": _e.addcdiv,
     # reductions
     "sum": _sum_method, "mean": _r.mean, "var": _r.var, "std": _r.std, "amax": _r.amax,
     "amin": _r.amin, "max": _r.max, "min": _r.min, "argmax": _r.argmax, "argmin": _r.argmin,
@@ -160,7 +161,8 @@ _INPLACE = {
     "add_": _e.add, "sub_": _e.sub, "mul_": _e.mul, "div_": _e.div, "pow_": _e.pow,
     "clamp_": _e.clamp, "clip_": _e.clamp, "neg_": _e.neg, "abs_": _e.abs, "exp_": _e.exp,
     "log_": _e.log, "sqrt_": _e.sqrt, "tanh_": _e.tanh, "sigmoid_": _e.sigmoid,
-    "relu_": _e.relu, "zero_": _zero, "fill_": _fill, "copy_": _copy,
+    "relu_": _e.relu, "lerp_": _e.lerp, "addcmul_": _e.addcmul, "addcdiv_": _e.addcdiv,
+    "zero_": _zero, "fill_": _fill, "copy_": _copy,
     "uniform_": _uniform, "normal_": _normal,
 }
 

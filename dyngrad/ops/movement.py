@@ -246,9 +246,10 @@ def view(x: Tensor, *shape) -> Tensor:
         shape = tuple(shape[0])
     if len(shape) == 1 and isinstance(shape[0], _dt.DType):
         raise TypeError("view(dtype) is not supported; use .to(dtype)")
+    target = resolve_shape(shape, x.numel(), "view")  # so a size error names view
     if not x.is_contiguous():
         try:
-            x._data.reshape(resolve_shape(shape, x.numel(), "view"), copy=False)
+            x._data.reshape(target, copy=False)
         except ValueError:
             raise RuntimeError(
                 f"view size is not compatible with input tensor's size and stride (shape "

@@ -1,0 +1,36 @@
+"""``dyngrad.nn``: modules, layers, losses, initialisation and utilities with PyTorch's names
+and semantics, all composed from the op table."""
+
+from . import functional, init, utils
+from .containers import ModuleDict, ModuleList, Sequential
+from .layers import (
+                     GELU,
+                     BCELoss,
+                     BCEWithLogitsLoss,
+                     CrossEntropyLoss,
+                     Dropout,
+                     Embedding,
+                     Flatten,
+                     Identity,
+                     L1Loss,
+                     LayerNorm,
+                     LeakyReLU,
+                     Linear,
+                     LogSoftmax,
+                     MSELoss,
+                     NLLLoss,
+                     ReLU,
+                     Sigmoid,
+                     SiLU,
+                     Softmax,
+                     Tanh,
+)
+from .module import Module
+from .parameter import Parameter
+from .rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+
+__all__ = ["Module", "Parameter", "Linear", "Sequential", "ModuleList", "ModuleDict",
+           "Identity", "ReLU", "Tanh", "Sigmoid", "SiLU", "LeakyReLU", "GELU", "Softmax",
+           "LogSoftmax", "Flatten", "Dropout", "LayerNorm", "Embedding", "RNNCell", "GRUCell",
+           "LSTMCell", "RNN", "GRU", "LSTM", "MSELoss", "L1Loss", "CrossEntropyLoss", "NLLLoss",
+           "BCELoss", "BCEWithLogitsLoss", "functional", "init", "utils"]

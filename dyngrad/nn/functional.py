@@ -1,0 +1,132 @@
+"""``dyngrad.nn.functional`` (imported as ``F``): stateless layers and losses, each a
+composition of the op table."""
+
+from __future__ import annotations
+
+from .. import dtypes as _dt
+from ..ops import elementwise as _e
+from ..ops import indexing as _i
+from ..ops import movement as _m
+from ..ops import random as _rnd
+from ..ops import reduce as _r
+from ..ops.elementwise import gelu, relu, sigmoid, tanh
+from ..ops.indexing import one_hot
+from ..ops.losses import (
+    binary_cross_entropy,
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    l1_loss,
+    mse_loss,
+    nll_loss,
+    softplus,
+)
+from ..ops.movement import pad as _pad
+from ..tensor import Tensor
+
+__all__ = ["relu", "gelu", "sigmoid", "tanh", "softmax", "log_softmax", "linear", "dropout",
+           "embedding", "layer_norm", "mse_loss", "l1_loss", "cross_entropy", "nll_loss",
+           "binary_cross_entropy", "binary_cross_entropy_with_logits", "softplus", "one_hot",
+           "silu", "leaky_relu", "logsigmoid", "normalize", "pad"]
+
+
+def softmax(input: Tensor, dim: int, dtype=None) -> Tensor:
+    return _r.softmax(input if dtype is None else input.to(dtype), dim)
+
+
+def log_softmax(input: Tensor, dim: int, dtype=None) -> Tensor:
+    return _r.log_softmax(input if dtype is None else input.to(dtype), dim)
+
+
+def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x·Wᵀ + b with W of shape (out_features, in_features)."""
+    if input.shape[-1:] != weight.shape[-1:]:
+        raise RuntimeError(f"linear: mat1 and mat2 shapes cannot be multiplied: the input's "
+                           f"last dimension must equal in_features ({weight.shape[-1]}); "
+                           f"input {list(input.shape)}, weight {list(weight.shape)}")
+    out = input @ _m.T(weight) if weight.ndim == 2 else input @ weight
+    return out if bias is None else out + bias
+
+
+def dropout(input: Tensor, p: float = 0.5, training: bool = True,
+            inplace: bool = False) -> Tensor:
+    """Zero each element with probability ``p`` and scale the rest by 1/(1-p) (training
+    only). The mask comes from the counter-based generator, so compiled code can reproduce
+    it."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    if not training or p == 0.0:
+        return input
+    if p == 1.0:
+        return input * 0.0
+    keep = _e.ge(_rnd.rand(input.shape, dtype=input.dtype), p)
+    out = _e.where(keep, input * (1.0 / (1.0 - p)), 0.0)
+    if inplace:
+        return input.copy_(out)
+    return out
+
+
+def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None) -> Tensor:
+    """Rows of ``weight`` picked by integer ``input``; the row at ``padding_idx`` gets no
+    gradient."""
+    idx = input if isinstance(input, Tensor) else _i._as_index(input)
+    if idx.dtype is not _dt.int64:
+        raise RuntimeError(f"embedding: expected an int64 index tensor, got {idx.dtype.name}")
+    out = _i.gather(weight, idx, 0)
+    if padding_idx is not None:
+        if padding_idx < 0:
+            padding_idx += weight.shape[0]
+        pad_rows = _m.unsqueeze(_e.eq(idx, padding_idx), -1)
+        out = _e.where(pad_rows, out.detach(), out)
+    return out
+
+
+def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
+               bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """Normalise over the trailing ``normalized_shape`` dims (biased variance), then scale
+    and shift."""
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else \
+        tuple(normalized_shape)
+    if input.shape[input.ndim - len(shape):] != shape:
+        raise RuntimeError(f"layer_norm: expected input with shape [*, "
+                           f"{', '.join(map(str, shape))}], but got input of size "
+                           f"{list(input.shape)}")
+    dims = tuple(range(input.ndim - len(shape), input.ndim))
+    mean = _r.mean(input, dims, keepdim=True)
+    d = input - mean
+    var = _r.mean(d * d, dims, keepdim=True)
+    out = d * _e.rsqrt(var + eps)
+    if weight is not None:
+        out = out * weight
+    if bias is not None:
+        out = out + bias
+    return out
+
+
+def silu(input: Tensor) -> Tensor:
+    return input * sigmoid(input)
+
+
+def leaky_relu(input: Tensor, negative_slope: float = 0.01) -> Tensor:
+    return _e.where(_e.gt(input, 0.0), input, input * negative_slope)
+
+
+def logsigmoid(input: Tensor) -> Tensor:
+    return -softplus(-input)
+
+
+def normalize(input: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -> Tensor:
+    return input / _e.maximum(_r.norm(input, p, dim, keepdim=True), eps)
+
+
+def pad(input: Tensor, pad: tuple, mode: str = "constant", value: float = 0.0) -> Tensor:
+    """PyTorch's F.pad: ``pad`` lists (left, right) pairs starting from the LAST dim."""
+    if mode != "constant":
+        raise NotImplementedError(f"pad: only mode='constant' is supported, got {mode!r}")
+    if len(pad) % 2 or len(pad) // 2 > input.ndim:
+        raise ValueError(f"pad: padding length {len(pad)} must be even and at most "
+                         f"2·ndim ({2 * input.ndim})")
+    pairs = [(0, 0)] * input.ndim
+    for k in range(len(pad) // 2):
+        pairs[input.ndim - 1 - k] = (pad[2 * k], pad[2 * k + 1])
+    return _pad(input, pairs, value=value)
+

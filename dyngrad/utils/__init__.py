@@ -1,0 +1,5 @@
+"""``dyngrad.utils``: data loading."""
+
+from . import data
+
+__all__ = ["data"]
