@@ -146,9 +146,9 @@ def jvp(func: Callable, primals: tuple, tangents: tuple, has_aux: bool = False):
 
 
 def _basis(x: Tensor, k: int) -> Tensor:
-    e = _c.zeros(x.numel(), dtype=x.dtype)
-    e._data[k] = 1
-    return _m.reshape(e, x.shape)
+    """The k-th unit tensor of x's shape, built from ops (so a tracer sees how)."""
+    from .ops.elementwise import cast, eq
+    return _m.reshape(cast(eq(_c.arange(x.numel()), k), x.dtype), x.shape)
 
 
 def jacrev(func: Callable, argnums=0) -> Callable:
@@ -210,7 +210,7 @@ def hessian(func: Callable, argnums=0) -> Callable:
     return jacfwd(jacrev(func, argnums), argnums)
 
 
-def vmap(func: Callable, in_dims=0, out_dims=0) -> Callable:
+def vmap(func: Callable, in_dims=0, out_dims=0, *, randomness: str = "error") -> Callable:
     """Map ``func`` over a batch dimension (see :mod:`dyngrad.vmap`)."""
     from .vmap import vmap as _vmap
-    return _vmap(func, in_dims, out_dims)
+    return _vmap(func, in_dims, out_dims, randomness=randomness)

@@ -226,13 +226,26 @@ def test_float_tensor_used_as_index():
     check_error(IndexError, lambda: dg.index_select(t, 0, dg.tensor([0.0])), "float32")
 
 
-def test_python_bool_index_is_refused():
-    check_error(IndexError, lambda: dg.ones(3)[True], "bool")
+def test_bool_mask_of_wrong_shape_uses_pytorch_wording():
+    t = dg.ones(2, 3)
+    check_error(IndexError, lambda: t[dg.tensor([True, False, True])],
+                "The shape of the mask [3] at index 0 does not match the shape of the indexed "
+                "tensor [2, 3] at index 0")
+    check_error(IndexError, lambda: t[:, dg.tensor([True, False])],
+                "The shape of the mask [2] at index 0 does not match the shape of the indexed "
+                "tensor [2, 3] at index 1")
+
+    def write():
+        t[dg.tensor([True, False, True])] = 0.0
+    check_error(IndexError, write, "The shape of the mask [3]")
+    assert t._version == 0
 
 
-def test_bool_mask_of_wrong_shape():
-    check_error(IndexError, lambda: dg.ones(2, 3)[dg.tensor([True, False, True])], "index",
-                "size 2")
+def test_bool_mask_of_right_shape_selects():
+    t = dg.arange(6).reshape(2, 3)
+    assert t[t > 2].tolist() == [3, 4, 5]
+    assert t[:, dg.tensor([True, False, True])].tolist() == [[0, 2], [3, 5]]
+    assert t[dg.tensor([False, True])].tolist() == [[3, 4, 5]]
 
 
 # --------------------------------------------------------------------------- autograd misuse
@@ -379,9 +392,6 @@ def test_unsupported_dtype_name():
     check_error(TypeError, lambda: dg.zeros(2, dtype="int8"), "dtype", "int8",
                 "float32, float64, int64 and bool")
 
-
-def test_negative_size():
-    check_error(ValueError, lambda: dg.zeros(-1), "zeros", "non-negative")
 
 
 # --------------------------------------------------------------------------- values and dtypes

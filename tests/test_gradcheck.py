@@ -356,6 +356,34 @@ def test_composite_gradient_matches_finite_differences(name):
     assert gradcheck(fn, (make(*shape),))
 
 
+TWO_INPUT_COMPOSITES = {
+    "clamp with tensor bounds": (lambda x, y: dg.clamp(x, y - 0.5, y + 0.5), distinct, leaf),
+    "max(x, y) elementwise": (lambda x, y: dg.max(x, y), leaf, leaf),
+    "min(x, other=y)": (lambda x, y: x.min(other=y), leaf, leaf),
+    "masked_fill with a 0-d tensor value": (
+        lambda x, y: x.masked_fill(dg.tensor([False, True, True]), y[0, 0]), leaf, leaf),
+    "stack of two": (lambda x, y: dg.stack([x, y], -1), leaf, leaf),
+    "cat of two": (lambda x, y: dg.cat([x, y], 0), leaf, leaf),
+    "var of a difference": (lambda x, y: (x - y).var(0, correction=0), leaf, leaf),
+    "logsumexp of a sum": (lambda x, y: dg.logsumexp(x + y, 1), leaf, leaf),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TWO_INPUT_COMPOSITES))
+def test_two_input_composite_gradient_matches_finite_differences(name):
+    fn, make_x, make_y = TWO_INPUT_COMPOSITES[name]
+    assert gradcheck(fn, (make_x(2, 3), make_y(2, 3)))
+
+
+@pytest.mark.parametrize("fn", [dg.argmax, dg.argmin, lambda x: x.argmax(1, keepdim=True),
+                                lambda x: dg.max(x, 0).indices, lambda x: dg.min(x, 1)[1]],
+                         ids=["argmax", "argmin", "argmax dim", "max indices", "min indices"])
+def test_index_outputs_are_int64_and_carry_no_gradient(fn):
+    out = fn(leaf(2, 3))
+    assert out.dtype is dg.int64
+    assert not out.requires_grad and out.grad_fn is None
+
+
 MATMUL_SHAPES = [
     ((3,), (3,)),
     ((3,), (3, 4)),
@@ -450,6 +478,7 @@ INPLACE = {
     "-=": lambda x, y: _iop(x * 1, "__isub__", y),
     "*=": lambda x, y: _iop(x * 1, "__imul__", y),
     "/=": lambda x, y: _iop(x * 1, "__itruediv__", y.exp()),
+    "masked_fill_": lambda x, y: (x * y).masked_fill_(dg.tensor([True, False, False]), 1.5),
     "chain of in-place ops": lambda x, y: (x * 1).mul_(y).add_(x).div_(2.0).sub_(y),
     "exp_ then use": lambda x, y: _chain(x * 1, lambda c: c.exp_()) * y,
 }
@@ -596,27 +625,15 @@ def test_second_derivative_matches_finite_differences_of_the_vjp(name):
     assert gradgradcheck(fn, (make(2, 3),))
 
 
-# Note: a vjp rule that uses its primitive's saved output (exp, sqrt, tanh, pow) gets a new
-# Tensor object rebuilt by PrimNode.unpack, so a dispatch mode that tracks tensors by identity
-# (JvpMode here; a tracer later) cannot see that it is the forward output and treats it as a
-# constant. Fixing it means deciding how saved outputs keep their identity (e.g. a weakref
-# to the output in PrimNode), which is the hot path of every node.
-SAVED_OUTPUT_LOSES_ITS_TANGENT = pytest.mark.xfail(
-    strict=True, reason="forward-over-reverse: the saved output rebuilt by PrimNode.unpack "
-                        "is a new Tensor without the forward output's tangent")
-USES_A_SAVED_OUTPUT = {"exp", "sqrt", "tanh", "sigmoid", "softmax", "log_softmax",
-                       "pow tensor exponent", "pow both"}
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=SAVED_OUTPUT_LOSES_ITS_TANGENT if n in USES_A_SAVED_OUTPUT else ())
-    for n in sorted(SECOND_ORDER)])
+# Forward-over-reverse: the vjp graph built with create_graph is itself differentiated in
+# forward mode. Rules that use their primitive's saved output (exp, sqrt, tanh, pow) need it
+# to be the very tensor that carries the forward tangent.
+@pytest.mark.parametrize("name", sorted(SECOND_ORDER))
 def test_forward_over_reverse_matches_finite_differences_of_the_vjp(name):
     fn, make = SECOND_ORDER[name]
     assert gradgradcheck(fn, (make(2, 3),), check_forward_ad=True)
 
 
-@SAVED_OUTPUT_LOSES_ITS_TANGENT
 def test_hessian_vector_product_by_forward_over_reverse_through_exp():
     x, v = leaf(3), dg.randn(3, dtype=dg.float64)
 

@@ -582,6 +582,26 @@ def test_bce_with_logits_example_gradients_match_finite_differences():
     np.testing.assert_allclose(arr(w.grad), np.outer(xn, dz), rtol=1e-5)
 
 
+def test_seed_snippet_with_library_bce_with_logits_matches_the_stable_formula():
+    # the seed's code verbatim, with dg.nn.functional in place of torch.nn.functional
+    F = pytest.importorskip("dyngrad.nn.functional")
+    dg.manual_seed(0)
+    x = dg.ones(5)
+    y = dg.zeros(3)
+    w = dg.randn(5, 3, requires_grad=True)
+    b = dg.randn(3, requires_grad=True)
+    z = dg.matmul(x, w) + b
+    loss = F.binary_cross_entropy_with_logits(z, y)
+    loss.backward()
+    grads = arr(w.grad), arr(b.grad)
+    w.grad = b.grad = None
+    ref = _bce_with_logits(dg.matmul(x, w) + b, y)
+    ref.backward()
+    np.testing.assert_allclose(loss.item(), ref.item(), rtol=1e-6)
+    np.testing.assert_allclose(grads[0], arr(w.grad), rtol=1e-6)
+    np.testing.assert_allclose(grads[1], arr(b.grad), rtol=1e-6)
+
+
 def test_bce_with_logits_is_stable_for_large_logits():
     z = dg.tensor([-200.0, 0.0, 200.0], requires_grad=True)
     y = dg.tensor([1.0, 0.5, 0.0])

@@ -78,7 +78,9 @@ class _CellBase(Module):
                              f"{list(input.shape)}")
 
     def extra_repr(self) -> str:
-        return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
+        s = f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
+        nonlinearity = getattr(self, "nonlinearity", "tanh")
+        return s + (f", nonlinearity={nonlinearity}" if nonlinearity != "tanh" else "")
 
 
 class RNNCell(_CellBase):
@@ -267,11 +269,21 @@ class LSTM(_RNNBase):
 
 
 class RNN(_RNNBase):
-    """Multi-layer Elman RNN with tanh: ``output, h_n = rnn(x, h0)``."""
+    """Multi-layer Elman RNN with tanh (or relu): ``output, h_n = rnn(x, h0)``."""
 
     cell_class = RNNCell
 
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False, dtype=None) -> None:
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or "
+                             f"'relu'.")
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, dtype)
+        self.nonlinearity = nonlinearity
+
     def _step(self, x, h, params):
-        return rnn_step(x, h, *params)
+        return rnn_step(x, h, *params, self.nonlinearity)
 
     forward = GRU.forward

@@ -9,7 +9,7 @@ import numbers
 import numpy as np
 
 from .. import dtypes as _dt
-from ..dispatch import dispatch
+from ..dispatch import STATE, dispatch, report_read
 from ..tensor import Storage, Tensor
 from .primitive import Primitive
 
@@ -154,6 +154,8 @@ def eye(n: int, m: int | None = None, *, dtype=None, requires_grad: bool = False
 def _to_array(data, dtype=None) -> np.ndarray:
     """Copy Python or numpy data into a new array with dyngrad's dtype rules."""
     if isinstance(data, Tensor):
+        if STATE.modes:  # the copy's values come from data without an operation
+            report_read(data, "copy")
         arr = data._data
         return arr.astype(_dt.as_dtype(dtype).np if dtype is not None else arr.dtype, copy=True)
     if isinstance(data, (np.ndarray, np.generic)):

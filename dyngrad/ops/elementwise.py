@@ -570,20 +570,25 @@ def _and(a, b):
     return mul(a, b) if a.dtype is _dt.bool_ else logical_and(a, b)
 
 
+def _truth(x):
+    """x as bool: a cast for tensors, Python's bool() for numbers (mask & False)."""
+    return cast(x, _dt.bool_) if isinstance(x, Tensor) else bool(as_operand(x, "logical"))
+
+
 def logical_and(a, b):
-    return mul(cast(a, _dt.bool_), cast(b, _dt.bool_))
+    return mul(_truth(a), _truth(b))
 
 
 def logical_or(a, b):
-    return maximum(cast(a, _dt.bool_), cast(b, _dt.bool_))
+    return maximum(_truth(a), _truth(b))
 
 
 def logical_xor(a, b):
-    return ne(cast(a, _dt.bool_), cast(b, _dt.bool_))
+    return ne(_truth(a), _truth(b))
 
 
 def logical_not(a):
-    return eq(cast(a, _dt.bool_), False)
+    return eq(_truth(a), False)
 
 
 def floor_divide(a, b):
@@ -591,8 +596,16 @@ def floor_divide(a, b):
     (a, b), dt = promote_args("floor_divide", a, b)
     if dt.is_floating_point:
         return floor(div(a, b))
+    _check_int_divisor(b, "floor_divide")
     q = floor(div(_as_f64(a), _as_f64(b)))
     return cast(q, dt)
+
+
+def _check_int_divisor(b, op: str) -> None:
+    """Integer division by zero has no result (PyTorch raises ZeroDivisionError too)."""
+    zero = (b == 0) if not isinstance(b, Tensor) else bool((b._data == 0).any())
+    if zero:
+        raise ZeroDivisionError(f"{op}: integer division by zero")
 
 
 def remainder(a, b):
@@ -602,6 +615,7 @@ def remainder(a, b):
         if isinstance(a, (bool, np.bool_)):
             a = float(a)  # a weak Python True/False (sub refuses bools)
         return sub(a, mul(floor(div(a, b)), b))
+    _check_int_divisor(b, "remainder")
     fa, fb = _as_f64(a), _as_f64(b)
     return cast(sub(fa, mul(floor(div(fa, fb)), fb)), dt)
 
@@ -687,7 +701,7 @@ def lerp(start, end, weight):
     if isinstance(weight, Tensor):
         return where(lt(abs(weight), 0.5), start + weight * (end - start),
                      end - (end - start) * (1.0 - weight))
-    if abs(weight) < 0.5:
+    if -0.5 < weight < 0.5:  # not abs(): that is this module's tensor op
         return add(start, mul(sub(end, start), weight))
     return sub(end, mul(sub(end, start), 1.0 - weight))
 

@@ -196,8 +196,8 @@ def _parse_key(key, ndim: int):
         elif isinstance(k, Tensor):
             if k.dtype is _dt.bool_:
                 entries.append(("bool", k))
-            elif k.dtype is _dt.int64:
-                entries.append(("adv", k))
+            elif k.dtype is _dt.int64:  # a 0-d one selects like an int (PyTorch)
+                entries.append(("int", int(k)) if k.ndim == 0 else ("adv", k))
             else:
                 raise IndexError(f"tensors used as indices must be long, int or bool tensors, "
                                  f"got {k.dtype.name}")
@@ -274,6 +274,8 @@ def getitem(x: Tensor, key) -> Tensor:
             return out
     orig = x
     entries = _parse_key(key, x.ndim)
+    # a 0-d bool index (x[True], x[cond]) adds a dim of size 1 and masks it, as in PyTorch
+    entries = [("none", v) if k == "bool" and v.ndim == 0 else (k, v) for k, v in entries]
     if any(e[0] == "none" for e in entries):
         shape, j = [], 0
         for kind, v in entries:
@@ -284,17 +286,25 @@ def getitem(x: Tensor, key) -> Tensor:
                 shape.extend(x.shape[j:j + n])
                 j += n
         x = _m.reshape(x, tuple(shape))
-        entries = [("slice", slice(None)) if k == "none" else (k, v) for k, v in entries]
+        entries = [(k, v) if k != "none" else ("slice", slice(None)) if v is None
+                   else ("bool", _m.reshape(v, (1,))) for k, v in entries]
     if any(e[0] == "bool" for e in entries):
-        new = []
+        new, j = [], 0  # j: the dim of x the entry starts at
         for kind, v in entries:
             if kind == "bool":
+                for k, (m, n) in enumerate(zip(v.shape, x.shape[j:])):
+                    if m != n:
+                        raise IndexError(f"The shape of the mask {list(v.shape)} at index {k} "
+                                         f"does not match the shape of the indexed tensor "
+                                         f"{list(x.shape)} at index {j + k}")
                 if STATE.modes:
                     report_read(v, "nonzero")
                 for nz in np.nonzero(v._data):
                     new.append(("adv", Tensor._fresh(nz.astype(np.int64))))
+                j += v.ndim
             else:
                 new.append((kind, v))
+                j += 1
         entries = new
     has_adv = any(e[0] == "adv" for e in entries)
     starts, stops, steps, drop = [], [], [], []
@@ -328,7 +338,11 @@ def getitem(x: Tensor, key) -> Tensor:
 def _advanced(x: Tensor, adv: list) -> Tensor:
     dims = [d for d, _ in adv]
     idxs = [v for _, v in adv]
-    bshape = np.broadcast_shapes(*(i.shape for i in idxs))
+    try:
+        bshape = np.broadcast_shapes(*(i.shape for i in idxs))
+    except ValueError:  # PyTorch's error type and message
+        raise IndexError("shape mismatch: indexing tensors could not be broadcast together "
+                         "with shapes " + ", ".join(str(list(i.shape)) for i in idxs)) from None
     for d, i in adv:  # bounds are checked here, before any index is flattened
         n = x.shape[d]
         a = i._data
@@ -375,6 +389,8 @@ def index_put(x: Tensor, pos: Tensor, value: Tensor) -> Tensor:
     from .creation import zeros
     flat_pos = _m.reshape(pos, (-1,))
     vals = _m.reshape(_m.contiguous(_m.expand(value, pos.shape)), (-1,))
+    if STATE.modes:  # which writes are kept depends on the positions' values
+        report_read(flat_pos, "index")
     p = flat_pos._data
     if p.size and len(np.unique(p)) != p.size:  # keep the last occurrence of each position
         _, first_rev = np.unique(p[::-1], return_index=True)
@@ -399,7 +415,7 @@ def setitem(x: Tensor, key, value) -> None:
     graph = STATE.grad_enabled and (x._requires_grad or vt._requires_grad
                                     or (x._base is not None and x._base._requires_grad))
     x._check_inplace("__setitem__")
-    if not graph and not STATE.modes:
+    if not graph and not STATE.modes and _numpy_agrees(key):
         try:
             x._data[_np_key(key)] = vt._data
         except (ValueError, IndexError):
@@ -422,6 +438,22 @@ def setitem(x: Tensor, key, value) -> None:
     if vt.dtype is not x.dtype:
         vt = _e.cast(vt, x.dtype)
     x._commit(index_put(x, pos, vt), "__setitem__")
+
+
+def _numpy_agrees(key) -> bool:
+    """Whether numpy indexes like PyTorch with ``key``: not when an int (or 0-d int tensor)
+    meets an advanced index — numpy counts the int as advanced too, which can move the
+    indexed dims to the front (x[1, :, idx])."""
+    ks = key if isinstance(key, tuple) else (key,)
+    n_int = n_adv = 0
+    for k in ks:
+        if isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)):
+            n_int += 1
+        elif isinstance(k, Tensor) and k.ndim == 0 and k.dtype is _dt.int64:
+            n_int += 1
+        elif isinstance(k, (Tensor, list, np.ndarray)):
+            n_adv += 1
+    return not (n_int and n_adv)
 
 
 def _np_key(key):

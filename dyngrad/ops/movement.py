@@ -135,7 +135,8 @@ def _slice_rule(x, starts, stops, steps):
 
 
 def _slice_impl(x, starts, stops, steps):
-    return x[tuple(slice(a, b, c) for a, b, c in zip(starts, stops, steps))]
+    # the trailing ... keeps a 0-d result an array view (x[()] would be a numpy scalar copy)
+    return x[tuple(slice(a, b, c) for a, b, c in zip(starts, stops, steps)) + (Ellipsis,)]
 
 
 def _slice_vjp(n, g, xs, y):

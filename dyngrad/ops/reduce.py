@@ -247,24 +247,32 @@ def min(x, dim=None, keepdim: bool = False, *, other=None):
     return _max_min(x, dim, keepdim, other, False)
 
 
+def _shift(x, dim):
+    """The (constant) maximum subtracted for stability; 0 over an empty dim, which has no
+    maximum (PyTorch: logsumexp is -inf there, softmax empty)."""
+    if _py.any(x.shape[a] == 0 for a in norm_axes(dim, x.ndim, "softmax")):
+        return 0.0
+    return amax(x, dim, keepdim=True).detach()
+
+
 def logsumexp(x, dim=None, keepdim: bool = False):
     """log(Σ exp(x)) computed stably (the maximum is subtracted first)."""
     x = _e._float_operand(x)
-    m = amax(x, dim, keepdim=True).detach()
-    m = _e.where(_e.eq(_e.abs(m), float("inf")), 0.0, m)
+    m = _shift(x, dim)
+    m = _e.where(_e.eq(_e.abs(m), float("inf")), 0.0, m) if isinstance(m, Tensor) else m
     out = _e.log(sum(_e.exp(x - m), dim, keepdim=True)) + m
     return out if keepdim else _m.squeeze_dims(out, norm_axes(dim, x.ndim, "logsumexp"))
 
 
 def softmax(x, dim: int):
     x = _e._float_operand(x)
-    e = _e.exp(x - amax(x, dim, keepdim=True).detach())
+    e = _e.exp(x - _shift(x, dim))
     return e / sum(e, dim, keepdim=True)
 
 
 def log_softmax(x, dim: int):
     x = _e._float_operand(x)
-    shifted = x - amax(x, dim, keepdim=True).detach()
+    shifted = x - _shift(x, dim)
     return shifted - _e.log(sum(_e.exp(shifted), dim, keepdim=True))
 
 
@@ -289,6 +297,8 @@ def norm(x, p=2, dim=None, keepdim: bool = False):
 
 def prod(x, dim=None, keepdim: bool = False):
     """Product over ``dim`` by pairwise multiplication (exact gradients through zeros)."""
+    if x.dtype is _dt.bool_:  # like sum: the product of bools is int64 (PyTorch)
+        x = _e.cast(x, _dt.int64)
     if dim is None:
         out = prod(_m.reshape(x, (-1,)), 0)
         return _m.reshape(out, (1,) * x.ndim) if keepdim else out
@@ -311,11 +321,8 @@ def prod(x, dim=None, keepdim: bool = False):
         b = _m.narrow(x, axis, half, half)
         x = a * b
         n = half
-    if n == 0:
-        from .creation import full
-        shape = list(x.shape)
-        shape[axis] = 1
-        x = full(tuple(shape), one, dtype=x.dtype)
+    if n == 0:  # the empty product is 1 (as Σ∅ + 1, so the result stays in the graph)
+        x = sum(x, axis, keepdim=True) + one
     return x if keepdim else _m.squeeze(x, axis)
 
 

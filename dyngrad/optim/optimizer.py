@@ -40,8 +40,23 @@ class ParamGroup(dict):
         else:
             owner._hyper_version += 1
 
+    # dict's own update/setdefault bypass __setitem__; route them through it.
+    def update(self, *args, **kwargs) -> None:
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def setdefault(self, key, default=None):
+        if key not in self:
+            self[key] = default
+        return self[key]
+
     def __reduce__(self):
-        return (dict, (dict(self),))
+        # keep the owner, so a deep-copied or unpickled optimizer's groups still report
+        return (_rebuild_param_group, (self._owner, dict(self)))
+
+
+def _rebuild_param_group(owner: Optimizer, items: dict) -> ParamGroup:
+    return ParamGroup(owner, items)
 
 
 class Optimizer:

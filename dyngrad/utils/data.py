@@ -47,9 +47,14 @@ def default_collate(samples: list):
         return type(first)(default_collate([s[i] for s in samples]) for i in range(len(first)))
     if isinstance(first, dict):
         return {k: default_collate([s[k] for s in samples]) for k in first}
+    if isinstance(first, np.ndarray):
+        from ..ops.creation import from_numpy
+        return from_numpy(np.stack(samples))
     if isinstance(first, (int, float, bool, np.number)):
         from ..ops.creation import tensor
         return tensor(samples)
+    if isinstance(first, (str, bytes)):  # labels, file names: kept as a list, as in PyTorch
+        return list(samples)
     raise TypeError(f"default_collate: cannot batch samples of type {type(first).__name__}")
 
 
