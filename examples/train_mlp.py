@@ -143,12 +143,12 @@ def plot(path: Path, losses, accs, model, x, y) -> None:
     a1.plot(np.arange(k - 1, len(losses)), smooth, color="tab:blue",
             label=f"moving mean of {k}")
     a1.set(xlabel="step", ylabel="cross-entropy", yscale="log", title="training loss")
-    a1.legend(loc="lower left", fontsize=8)
     ax = a1.twinx()
     ax.plot(*zip(*accs), color="tab:green", marker=".", ms=3, lw=1, label="train accuracy")
     ax.set_ylabel("train accuracy (after each epoch)", color="tab:green")
     ax.set_ylim(0.4, 1.01)
-    ax.legend(loc="upper right", fontsize=8)
+    handles = a1.get_legend_handles_labels()[0] + ax.get_legend_handles_labels()[0]
+    a1.legend(handles=handles, loc="lower left", fontsize=8)
     g = np.linspace(-1.3, 1.3, 200, dtype=np.float32)
     gx, gy = np.meshgrid(g, g)
     grid = dg.from_numpy(np.stack([gx.ravel(), gy.ravel()], 1))
