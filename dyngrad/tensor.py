@@ -222,18 +222,27 @@ class Tensor:
         if create_graph:
             self.grad = g if self._grad is None else self._grad + g
             return
+        # Note: with no dispatch mode active the copy and the in-place sum below are done on
+        # the arrays directly (the same numbers as the ops, without their dispatch cost); a
+        # tracer sees them as ops.
+        modes = STATE.modes
         if self._grad is None:
             arr = g._data
             if shared or g._base is not None or not arr.flags.c_contiguous \
                     or not arr.flags.writeable or g._storage is self._storage:
-                g = g.clone()
+                g = g.clone() if modes else Tensor._fresh(np.array(arr, order="C"))
             if g._node is not None:
                 g = g.detach()
             self.grad = g
         elif self._grad._requires_grad:
             self.grad = self._grad.detach() + g
-        else:
+        elif modes or self._grad._data.dtype != g._data.dtype \
+                or not self._grad._data.flags.writeable:
             self._grad.add_(g)
+        else:
+            acc = self._grad
+            np.add(acc._data, g._data, out=acc._data)
+            acc._storage.version += 1
 
     def retain_grad(self) -> None:
         """Keep ``.grad`` for this non-leaf tensor during backward."""

@@ -154,36 +154,43 @@ def run_backward(roots: list, grads: list, *, retain_graph: bool, create_graph: 
                             shared.add(id(g))
                     leaf._accumulate_grad(g, create_graph, id(g) in shared)
                 continue
-            if len(buf) > 1 and any(b is None for b in buf):
+            if len(buf) > 1 and None in buf:
                 buf = [b if b is not None else _zeros_for(node, i) for i, b in enumerate(buf)]
             in_grads = node.apply(buf, create_graph, retain_graph)
             if anomaly and STATE.anomaly_check_nan:
                 _check_nan(node, in_grads)
-            passed = {id(b) for b in buf}
+            meta = node.in_meta
+            sent = buf[:]  # gradients this node passes on; one sent twice is shared
             for i, e in enumerate(node.next):
                 if e is None:
                     continue
+                nxt = e[0]
                 g = in_grads[i]
-                nxt, nr = e
                 if g is not None:
-                    if isinstance(g, Tensor) and g._data.shape != _input_shape(node, i):
+                    if not isinstance(g, Tensor):
+                        raise TypeError(f"{node.name()} returned {type(g).__name__} as a "
+                                        f"gradient; expected a Tensor or None")
+                    if g._data.shape != meta[i][0]:
                         raise RuntimeError(
                             f"Function {node.name()} returned an invalid gradient at index "
                             f"{i} - got {list(g.shape)} but expected shape compatible with "
-                            f"{list(_input_shape(node, i))}")
-                    if isinstance(g, Tensor):
-                        if id(g) in passed or id(g) in shared:
+                            f"{list(meta[i][0])}")
+                    for prev in sent:
+                        if prev is g:
                             shared.add(id(g))
-                        passed.add(id(g))
-                    else:
-                        raise TypeError(f"{node.name()} returned {type(g).__name__} as a "
-                                        f"gradient; expected a Tensor or None")
+                            break
+                    sent.append(g)
                     b = buffers.get(nxt)
                     if b is None:
                         b = buffers[nxt] = [None] * nxt.n_outputs
-                    _accumulate(b, nr, g)
-                deps[nxt] -= 1
-                if deps[nxt] == 0:
+                    nr = e[1]
+                    if b[nr] is None:
+                        b[nr] = g
+                    else:
+                        b[nr] = b[nr] + g
+                left = deps[nxt] - 1
+                deps[nxt] = left
+                if not left:
                     if nxt in buffers:
                         heapq.heappush(ready, (-nxt.seq, id(nxt), nxt))
                     else:
@@ -196,11 +203,6 @@ def run_backward(roots: list, grads: list, *, retain_graph: bool, create_graph: 
                     f"used in the graph. Set allow_unused=True if this is the desired behavior.")
         return tuple(results)
     return None
-
-
-def _input_shape(node: Node, i: int) -> tuple:
-    meta = getattr(node, "in_meta", None)
-    return meta[i][0] if meta is not None else tuple(node.in_shapes[i])
 
 
 def _zeros_for(node: Node, i: int):

@@ -11,7 +11,7 @@ class FunctionCtx(Node):
     """The ``ctx`` passed to ``forward``/``backward``; it is also the backward node."""
 
     __slots__ = ("fn", "to_save", "versions", "needs_input_grad", "n_out", "out_meta",
-                 "in_shapes", "materialize", "non_differentiable", "__dict__")
+                 "in_shapes", "in_meta", "materialize", "non_differentiable", "__dict__")
 
     def __init__(self, fn, needs: tuple, edges: tuple, in_shapes: tuple) -> None:
         super().__init__(edges)
@@ -22,6 +22,7 @@ class FunctionCtx(Node):
         self.n_out = 1
         self.out_meta = []
         self.in_shapes = in_shapes
+        self.in_meta = [(s, None) for s in in_shapes]
         self.materialize = True
         self.non_differentiable = set()
 

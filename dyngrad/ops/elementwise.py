@@ -13,7 +13,7 @@ from ..dtypes import DType
 from ..special import erf as _np_erf
 from ..tensor import Tensor
 from . import reduce as _r
-from .primitive import Primitive
+from .primitive import Primitive, quiet
 
 # ------------------------------------------------------------------ shape rules
 
@@ -78,14 +78,7 @@ def _binary_rule(name: str, out_dtype: DType | None = None, float_only: bool = F
 
 # ------------------------------------------------------------------ helpers for rules
 
-def _q(fn):
-    """Run a numpy function with floating-point warnings silenced (PyTorch returns inf/nan
-    quietly; so do we)."""
-    def impl(*a, **k):
-        with np.errstate(all="ignore"):
-            return fn(*a, **k)
-    impl.__name__ = getattr(fn, "__name__", "impl")
-    return impl
+_q = quiet
 
 
 def sum_to(g: Tensor, shape: tuple) -> Tensor:

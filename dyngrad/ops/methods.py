@@ -3,6 +3,8 @@ op table stays the one place an operation is defined)."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..dispatch import STATE
 from ..tensor import Tensor
 from . import creation as _c
@@ -12,6 +14,7 @@ from . import linalg as _l
 from . import movement as _m
 from . import random as _rnd
 from . import reduce as _r
+from .primitive import quiet
 
 
 def _binop(fn, reflected=False):
@@ -26,8 +29,12 @@ def _binop(fn, reflected=False):
 
 
 def _inplace(fn, name, reads_self=True):
+    ufunc = _FAST_UFUNCS.get(name)
+
     def op(self, *args, **kwargs):
         self._check_inplace(name)
+        if ufunc is not None and not STATE.modes and _fast_inplace(self, ufunc, args, kwargs):
+            return self
         src = self
         if reads_self and STATE.grad_enabled and _records(self, args):
             # Note: the functional op may save its input for backward; give it a copy, since
@@ -37,6 +44,46 @@ def _inplace(fn, name, reads_self=True):
     op.__name__ = name
     op.__doc__ = f"In-place version of ``{name.rstrip('_')}`` (autograd flows through it)."
     return op
+
+
+_FAST_UFUNCS = {name: quiet(f) for name, f in (
+    ("add_", np.add), ("sub_", np.subtract), ("mul_", np.multiply), ("__iadd__", np.add),
+    ("__isub__", np.subtract), ("__imul__", np.multiply))}
+
+
+def _fast_inplace(self, ufunc, args, kwargs) -> bool:
+    """Eager fast path of ``add_``/``sub_``/``mul_`` when nothing is recorded: the same numpy
+    operations as the op path (``alpha`` multiplies first), written straight into the tensor.
+    Returns False when the general path must run (autograd, promotion, casting, errors)."""
+    if len(args) != 1 or (kwargs and set(kwargs) != {"alpha"}):
+        return False
+    other = args[0]
+    alpha = kwargs.get("alpha", 1)
+    if STATE.grad_enabled and _records(self, args):
+        return False
+    dst = self._data
+    if isinstance(other, Tensor):
+        src = other._data
+        if src.dtype is not dst.dtype or not dst.flags.writeable:
+            return False
+    elif type(other) is float or type(other) is int:
+        if dst.dtype.kind != "f" or type(alpha) not in (int, float):
+            return False
+        src = other
+    else:
+        return False
+    if alpha != 1:
+        if type(alpha) not in (int, float):
+            return False
+        src = np.multiply(src, alpha)
+    try:
+        if np.broadcast_shapes(np.shape(src), dst.shape) != dst.shape:
+            return False  # the general path raises the shape error
+    except ValueError:
+        return False
+    ufunc(dst, src, out=dst)
+    self._storage.version += 1
+    return True
 
 
 def _records(self, args) -> bool:

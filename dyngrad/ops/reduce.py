@@ -141,9 +141,10 @@ def sum_to(g: Tensor, shape: tuple) -> Tensor:
     if g.shape == tuple(shape):
         return g
     lead = g.ndim - len(shape)
-    axes = tuple(range(lead)) + tuple(i + lead for i, s in enumerate(shape)
-                                      if s == 1 and g.shape[i + lead] != 1)
-    out = dispatch(SUM, g, axes=axes, keepdims=True)
+    inner = tuple(i + lead for i, s in enumerate(shape) if s == 1 and g.shape[i + lead] != 1)
+    if not inner:  # only leading dims were added: one sum, no reshape
+        return dispatch(SUM, g, axes=tuple(range(lead)), keepdims=False)
+    out = dispatch(SUM, g, axes=tuple(range(lead)) + inner, keepdims=True)
     return _m.reshape(out, tuple(shape)) if out.shape != tuple(shape) else out
 
 
