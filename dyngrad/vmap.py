@@ -153,7 +153,9 @@ def _concat(prim, xs, bs, out, params, size):
 
 def _matmul(prim, xs, bs, out, params, size):
     # batch dims broadcast right-aligned: give the batched operand the output's rank
-    return dispatch(prim, *(_align(x, out.ndim) if b else x for x, b in zip(xs, bs)))
+    # (transpose flags act on the last two dims, so they carry over unchanged)
+    return dispatch(prim, *(_align(x, out.ndim) if b else x for x, b in zip(xs, bs)),
+                    **params)
 
 
 def _gather(prim, xs, bs, out, params, size):

@@ -107,6 +107,8 @@ class PrimNode(Node):
                         for a in args]
         self.needs = [e is not None for e in edges]
         save = prim.save
+        if callable(save):
+            save = save(self.needs)
         if save:
             saved = [None] * len(args)
             versions = [0] * len(args)

@@ -4,6 +4,7 @@ composition of the op table."""
 from __future__ import annotations
 
 from .. import dtypes as _dt
+from ..dispatch import dispatch
 from ..ops import elementwise as _e
 from ..ops import indexing as _i
 from ..ops import movement as _m
@@ -11,6 +12,7 @@ from ..ops import random as _rnd
 from ..ops import reduce as _r
 from ..ops.elementwise import gelu, relu, sigmoid, tanh
 from ..ops.indexing import one_hot
+from ..ops.linalg import MATMUL
 from ..ops.losses import (
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
@@ -43,7 +45,11 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         raise RuntimeError(f"linear: mat1 and mat2 shapes cannot be multiplied: the input's "
                            f"last dimension must equal in_features ({weight.shape[-1]}); "
                            f"input {list(input.shape)}, weight {list(weight.shape)}")
-    out = input @ _m.T(weight) if weight.ndim == 2 else input @ weight
+    if weight.ndim == 2 and input.ndim >= 2 and input.dtype is weight.dtype:
+        # one matmul with a transposed operand: no transposed copy in forward or backward
+        out = dispatch(MATMUL, input, weight, ta=False, tb=True)
+    else:
+        out = input @ (_m.T(weight) if weight.ndim == 2 else weight)
     return out if bias is None else out + bias
 
 

@@ -266,6 +266,17 @@ def _jvp_div(ts, xs, y, p):
     return _bcast_like(out, y)
 
 
+def save_other(needs) -> tuple:
+    """For products: input i's gradient uses the other input, so save input i only when the
+    other one needs a gradient (``x * 2`` with x requiring grad saves nothing of x)."""
+    return tuple(i for i, other in ((0, 1), (1, 0)) if needs[other])
+
+
+def _save_div(needs) -> tuple:
+    """d(a/b)/da uses b; d(a/b)/db uses a and b."""
+    return (0, 1) if needs[1] else ((1,) if needs[0] else ())
+
+
 def _binary_prim(name, impl, vjp, jvp, save=(0, 1), save_out=False, float_only=False):
     return Primitive(name, "elementwise", impl, _binary_rule(name, float_only=float_only),
                      vjp=vjp, jvp=jvp, save=save, save_out=save_out)
@@ -273,8 +284,9 @@ def _binary_prim(name, impl, vjp, jvp, save=(0, 1), save_out=False, float_only=F
 
 ADD = _binary_prim("add", _q(np.add), _vjp_add, _lin_jvp(1), save=())
 SUB = _binary_prim("sub", _q(np.subtract), _vjp_sub, _lin_jvp(-1), save=())
-MUL = _binary_prim("mul", _q(np.multiply), _vjp_mul, _jvp_mul)
-DIV = _binary_prim("div", _q(np.true_divide), _vjp_div, _jvp_div, float_only=True)
+MUL = _binary_prim("mul", _q(np.multiply), _vjp_mul, _jvp_mul, save=save_other)
+DIV = _binary_prim("div", _q(np.true_divide), _vjp_div, _jvp_div, save=_save_div,
+                   float_only=True)
 def _pow_impl(a, b):
     """np.power, except that integer powers with negative tensor exponents follow PyTorch
     (1/aⁿ truncated: 1 for a = 1, ±1 for a = -1, else 0) where numpy raises."""

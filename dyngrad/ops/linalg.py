@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from .. import dtypes as _dt
 from ..dispatch import dispatch
 from ..tensor import Tensor
@@ -10,35 +12,49 @@ from . import movement as _m
 from .primitive import Primitive
 
 
-def _matmul_rule(a, b):
+def _dims(shape: tuple, transposed: bool) -> tuple:
+    """(rows, cols) of a matrix operand, after its optional transpose."""
+    return (shape[-1], shape[-2]) if transposed else (shape[-2], shape[-1])
+
+
+def _matmul_rule(a, b, ta=False, tb=False):
     if len(a.shape) < 2 or len(b.shape) < 2:
         raise RuntimeError(f"matmul primitive: operands must be at least 2-d, got "
                            f"{list(a.shape)} and {list(b.shape)}")
-    if a.shape[-1] != b.shape[-2]:
+    (m, k), (k2, n) = _dims(a.shape, ta), _dims(b.shape, tb)
+    if k != k2:
         raise RuntimeError(
-            f"matmul: mat1 and mat2 shapes cannot be multiplied ({a.shape[-2]}x{a.shape[-1]} "
-            f"and {b.shape[-2]}x{b.shape[-1]}); full shapes {list(a.shape)} @ {list(b.shape)}")
+            f"matmul: mat1 and mat2 shapes cannot be multiplied ({m}x{k} and {k2}x{n}); "
+            f"full shapes {list(a.shape)} @ {list(b.shape)}"
+            + (f" (transposed: a={ta}, b={tb})" if ta or tb else ""))
     if a.dtype is not b.dtype:
         raise TypeError(f"matmul: expected both operands to have one dtype, got "
                         f"{a.dtype.name} and {b.dtype.name}")
     if a.dtype is _dt.bool_:
         raise TypeError("matmul: not supported for bool tensors")
     batch = _e.broadcast_shapes(tuple(a.shape[:-2]), tuple(b.shape[:-2]), op="matmul")
-    return batch + (a.shape[-2], b.shape[-1]), a.dtype
+    return batch + (m, n), a.dtype
 
 
-def _matmul_impl(a, b):
-    import numpy as np
-    return np.matmul(a, b)
+def _matmul_impl(a, b, ta=False, tb=False):
+    return np.matmul(np.swapaxes(a, -1, -2) if ta else a, np.swapaxes(b, -1, -2) if tb else b)
 
 
 def _matmul_vjp(n, g, xs, y):
+    """For C = op(A)·op(B), op an optional transpose of the last two dims:
+    dA = g·op(B)ᵀ (or op(B)·gᵀ when A was transposed), dB = op(A)ᵀ·g (or gᵀ·op(A)) — each
+    one matmul with transpose flags, so backward never materialises a transposed copy."""
     a, b = xs
+    ta, tb = n.params.get("ta", False), n.params.get("tb", False)
     ga = gb = None
     if n.needs[0]:
-        ga = _e.sum_to(dispatch(MATMUL, g, _m.mT(b)), n.in_shapes[0])
+        ga = dispatch(MATMUL, b, g, ta=tb, tb=True) if ta else \
+            dispatch(MATMUL, g, b, ta=False, tb=not tb)
+        ga = _e.sum_to(ga, n.in_shapes[0])
     if n.needs[1]:
-        gb = _e.sum_to(dispatch(MATMUL, _m.mT(a), g), n.in_shapes[1])
+        gb = dispatch(MATMUL, g, a, ta=True, tb=ta) if tb else \
+            dispatch(MATMUL, a, g, ta=not ta, tb=False)
+        gb = _e.sum_to(gb, n.in_shapes[1])
     return ga, gb
 
 
@@ -46,16 +62,17 @@ def _matmul_jvp(ts, xs, y, p):
     a, b = xs
     out = None
     if ts[0] is not None:
-        out = dispatch(MATMUL, ts[0], b)
+        out = dispatch(MATMUL, ts[0], b, **p)
     if len(ts) > 1 and ts[1] is not None:
-        tb = dispatch(MATMUL, a, ts[1])
+        tb = dispatch(MATMUL, a, ts[1], **p)
         out = tb if out is None else _e.add(_m.expand(out, y.shape), _m.expand(tb, y.shape))
     return out if out.shape == y.shape else _m.expand(out, y.shape)
 
 
 MATMUL = Primitive("matmul", "matmul", _matmul_impl, _matmul_rule, vjp=_matmul_vjp,
-                   jvp=_matmul_jvp, save=(0, 1),
-                   doc="(..., m, k) @ (..., k, n) with broadcast batch dims")
+                   jvp=_matmul_jvp, save=_e.save_other,
+                   doc="op(a) @ op(b) with broadcast batch dims; ``ta``/``tb`` transpose the "
+                       "last two dims of a/b first (as BLAS does), default False")
 
 
 def matmul(a: Tensor, b: Tensor) -> Tensor:

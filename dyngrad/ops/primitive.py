@@ -80,7 +80,8 @@ class Primitive:
     shape: Callable
     vjp: Callable | None = None
     jvp: Callable | None = None
-    save: tuple = ()           # indices of inputs the vjp needs
+    save: tuple | Callable = ()  # indices of inputs the vjp needs (or a function of which
+    #                              inputs need a gradient, returning those indices)
     save_out: bool = False     # whether the vjp needs the output
     view: bool = False         # impl may return a view of input 0 (movement ops)
     doc: str = ""
