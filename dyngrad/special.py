@@ -366,6 +366,14 @@ def erfc(x: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- derivation
+def _horner_asc(coef: list, x):
+    """Σ coef[j]·xʲ (lowest power first), by Horner's rule."""
+    out = 0 * x
+    for c in reversed(coef):
+        out = out * x + c
+    return out
+
+
 def _derive_tables() -> list:
     """Re-derive the tables above with mpmath: ``python -m dyngrad.special`` prints them.
 
@@ -394,7 +402,7 @@ def _derive_tables() -> list:
                     for i, k in enumerate(ref)]
             sol = mpmath.lu_solve(mpmath.matrix(rows), mpmath.matrix([fx[k] for k in ref]))
             coef = [sol[j] for j in range(n + 1)]
-            err = [mpmath.polyval(coef[::-1], xs[k]) / fx[k] - 1 for k in range(grid)]
+            err = [_horner_asc(coef, xs[k]) / fx[k] - 1 for k in range(grid)]
             peak = max(abs(e) for e in err)
             if best is None or peak < best[1]:
                 best = (coef, peak)
