@@ -16,10 +16,14 @@ $(STAMP): pyproject.toml
 
 # PyTorch is only a test oracle: install a CPU build if one is available without
 # downloading (a local wheel pip already knows about); otherwise those tests skip.
+# (The first install must succeed offline; only then are its small dependencies fetched.)
 $(ORACLE): $(STAMP)
-	@$(PY) -m pip install --quiet --no-index 'torch==2.13.0' 2>/dev/null \
+	@if $(PY) -m pip install --quiet --no-index --no-deps 'torch==2.13.0' 2>/dev/null; then \
+		$(PY) -m pip install --quiet 'torch==2.13.0' 2>/dev/null \
 		&& echo "PyTorch found: oracle tests enabled" \
-		|| echo "PyTorch not available offline: oracle tests will be skipped"
+		|| { $(PY) -m pip uninstall --quiet -y torch; \
+		     echo "PyTorch dependencies unavailable: oracle tests will be skipped"; }; \
+	else echo "PyTorch not available offline: oracle tests will be skipped"; fi
 	@touch $(ORACLE)
 
 venv: $(STAMP)
