@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 
 __all__ = ["DispatchMode", "dispatch", "push_mode", "suspend", "active_modes", "read_scalar",
-           "report_read", "report_write"]
+           "report_read", "report_write", "report_new", "report_attr", "report_object"]
 
 
 class _State(threading.local):
@@ -50,6 +50,16 @@ class DispatchMode:
     def on_write(self, tensor, what: str, value: Any) -> None:
         """State change: ``what`` is 'grad', 'data', 'requires_grad' or 'inplace'."""
 
+    def on_new(self, tensor, shared_array=None) -> None:
+        """A tensor was made from data (``dg.tensor``, a constant inside an op), not by an op;
+        ``shared_array`` is the numpy array it shares memory with (``from_numpy``), if any."""
+
+    def on_attr(self, owner: Any, name: str, value: Any) -> None:
+        """Tensor-valued attribute ``owner.name`` was read (``p.grad``), giving ``value``."""
+
+    def on_object(self, obj: Any) -> None:
+        """A stateful object with a ``_version`` counter (a module, an optimizer) was used."""
+
     def on_scalar(self, owner: Any, key: Any, value: Any) -> Any:
         """A Python number was read from ``owner[key]`` (an optimizer hyperparameter, a
         module attribute) through a tracked accessor. Return the value to use — a tracer may
@@ -73,6 +83,21 @@ def report_read(tensor, kind: str) -> None:
 def report_write(tensor, what: str, value: Any) -> None:
     for m in STATE.modes:
         m.on_write(tensor, what, value)
+
+
+def report_new(tensor, shared_array=None) -> None:
+    for m in STATE.modes:
+        m.on_new(tensor, shared_array)
+
+
+def report_attr(owner: Any, name: str, value: Any) -> None:
+    for m in STATE.modes:
+        m.on_attr(owner, name, value)
+
+
+def report_object(obj: Any) -> None:
+    for m in STATE.modes:
+        m.on_object(obj)
 
 
 def read_scalar(owner: Any, key: Any) -> Any:

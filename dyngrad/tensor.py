@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import dtypes as _dt
-from .dispatch import STATE, report_read, report_write
+from .dispatch import STATE, report_attr, report_new, report_read, report_write
 from .dtypes import DType
 
 __all__ = ["Tensor", "Storage"]
@@ -70,6 +70,16 @@ class Tensor:
     def _fresh(cls, arr: np.ndarray) -> Tensor:
         t = object.__new__(Tensor)
         t._init(arr, Storage())
+        return t
+
+    @classmethod
+    def _constant(cls, arr: np.ndarray) -> Tensor:
+        """A fresh tensor made from data rather than by an op; an active dispatch mode is told
+        (a tracer bakes it in as a constant)."""
+        t = object.__new__(Tensor)
+        t._init(arr, Storage())
+        if STATE.modes:
+            report_new(t)
         return t
 
     @classmethod
@@ -190,6 +200,8 @@ class Tensor:
     @property
     def grad(self) -> Tensor | None:
         """The accumulated gradient (leaves, and non-leaves after ``retain_grad()``)."""
+        if STATE.modes:
+            report_attr(self, "grad", self._grad)
         if self._grad is None and self._node is not None and not self._retains:
             warnings.warn(
                 "The .grad attribute of a Tensor that is not a leaf Tensor is being accessed. "

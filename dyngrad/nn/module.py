@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..autograd.grad_mode import no_grad
+from ..dispatch import STATE, report_object
 from ..tensor import Tensor
 from .parameter import Parameter
 
@@ -114,6 +115,8 @@ class Module:
                                   f"\"forward\" function")
 
     def __call__(self, *args, **kwargs):
+        if STATE.modes:
+            report_object(self)
         out = self.forward(*args, **kwargs)
         if self._forward_hooks:
             for hook in list(self._forward_hooks.values()):

@@ -9,7 +9,7 @@ import numbers
 import numpy as np
 
 from .. import dtypes as _dt
-from ..dispatch import STATE, dispatch, report_read
+from ..dispatch import STATE, dispatch, report_new, report_read
 from ..tensor import Storage, Tensor
 from .primitive import Primitive
 
@@ -186,7 +186,7 @@ def tensor(data, dtype=None, requires_grad: bool = False) -> Tensor:
 
     >>> x = dg.tensor([1.0, 2.0], requires_grad=True)
     """
-    t = Tensor._fresh(_to_array(data, dtype))
+    t = Tensor._constant(_to_array(data, dtype))
     return _finish(t, requires_grad)
 
 
@@ -209,7 +209,10 @@ def from_numpy(arr: np.ndarray) -> Tensor:
         _dt.from_numpy_dtype(arr.dtype, copy=False)
     except TypeError as exc:
         raise TypeError(f"from_numpy: {exc}") from None
-    return Tensor._shared(arr, Storage())
+    t = Tensor._shared(arr, Storage())
+    if STATE.modes:
+        report_new(t, arr)
+    return t
 
 
 def from_dlpack(obj) -> Tensor:

@@ -116,7 +116,7 @@ def _as_index(idx) -> Tensor:
     arr = np.asarray(idx)
     if arr.dtype.kind not in "iu" and arr.size:
         raise IndexError(f"indices must be integers, got {arr.dtype}")
-    return Tensor._fresh(arr.astype(np.int64))
+    return Tensor._constant(arr.astype(np.int64))
 
 
 # ------------------------------------------------------------------ PyTorch-style wrappers
@@ -204,9 +204,9 @@ def _parse_key(key, ndim: int):
         elif isinstance(k, (list, np.ndarray)):
             arr = np.asarray(k)
             if arr.dtype == np.bool_:
-                entries.append(("bool", Tensor._fresh(arr)))
+                entries.append(("bool", Tensor._constant(arr)))
             elif arr.dtype.kind in "iu" or arr.size == 0:
-                entries.append(("adv", Tensor._fresh(arr.astype(np.int64))))
+                entries.append(("adv", Tensor._constant(arr.astype(np.int64))))
             else:
                 raise IndexError(f"indices must be integers or booleans, got {arr.dtype}")
         else:
@@ -300,7 +300,7 @@ def getitem(x: Tensor, key) -> Tensor:
                 if STATE.modes:
                     report_read(v, "nonzero")
                 for nz in np.nonzero(v._data):
-                    new.append(("adv", Tensor._fresh(nz.astype(np.int64))))
+                    new.append(("adv", Tensor._constant(nz.astype(np.int64))))
                 j += v.ndim
             else:
                 new.append((kind, v))
@@ -395,11 +395,11 @@ def index_put(x: Tensor, pos: Tensor, value: Tensor) -> Tensor:
     if p.size and len(np.unique(p)) != p.size:  # keep the last occurrence of each position
         _, first_rev = np.unique(p[::-1], return_index=True)
         keep = np.sort(p.size - 1 - first_rev)
-        flat_pos = gather(flat_pos, Tensor._fresh(keep), 0)
-        vals = gather(vals, Tensor._fresh(keep), 0)
+        flat_pos = gather(flat_pos, Tensor._constant(keep), 0)
+        vals = gather(vals, Tensor._constant(keep), 0)
     n = x.numel()
     hit = scatter_add(zeros((n,), dtype=_dt.int64), flat_pos,
-                      _m.expand(Tensor._fresh(np.array(1, np.int64)), flat_pos.shape), 0)
+                      _m.expand(Tensor._constant(np.array(1, np.int64)), flat_pos.shape), 0)
     placed = scatter_add(zeros((n,), dtype=x.dtype), flat_pos, vals, 0)
     out = _e.where(_e.gt(hit, 0), placed, _m.reshape(x, (-1,)))
     return _m.reshape(out, x.shape)

@@ -101,12 +101,12 @@ class Generator:
     """A random generator whose whole state is an int64 tensor ``[seed, offset]``."""
 
     def __init__(self, seed: int = DEFAULT_SEED) -> None:
-        self.state = Tensor._fresh(np.array([seed, 0], dtype=np.int64))
+        self.state = Tensor._constant(np.array([seed, 0], dtype=np.int64))
 
     def manual_seed(self, seed: int) -> Generator:
         from ..autograd.grad_mode import no_grad
         with no_grad():
-            self.state.copy_(Tensor._fresh(np.array([int(seed) & 0x7FFFFFFFFFFFFFFF, 0],
+            self.state.copy_(Tensor._constant(np.array([int(seed) & 0x7FFFFFFFFFFFFFFF, 0],
                                                     dtype=np.int64)))
         return self
 
@@ -128,7 +128,7 @@ class Generator:
         blocks = blocks_needed(shape, dist, dtype)
         if blocks:
             with no_grad():
-                self.state.add_(Tensor._fresh(np.array([0, blocks], dtype=np.int64)))
+                self.state.add_(Tensor._constant(np.array([0, blocks], dtype=np.int64)))
         return out
 
 
@@ -205,4 +205,4 @@ def randint_like(x: Tensor, low, high=None, *, dtype=None) -> Tensor:
 def randperm(n: int, *, generator=None) -> Tensor:
     """A random permutation of 0..n-1 (argsort of uniforms; reads them in eager)."""
     u = _gen(generator).sample((n,), "uniform", _dt.float64)
-    return Tensor._fresh(np.argsort(u._data, kind="stable").astype(np.int64))
+    return Tensor._constant(np.argsort(u._data, kind="stable").astype(np.int64))

@@ -97,7 +97,7 @@ class DataLoader:
             if self.batch_size is None:
                 yield ds[int(idx[0])]
             elif isinstance(ds, TensorDataset) and self.collate_fn is default_collate:
-                sel = Tensor._fresh(idx.astype(np.int64))
+                sel = Tensor._constant(idx.astype(np.int64))
                 yield tuple(t[sel] for t in ds.tensors)
             else:
                 yield self.collate_fn([ds[int(i)] for i in idx])
