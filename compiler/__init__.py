@@ -1,4 +1,16 @@
-"""The tracing JIT compiler for dyngrad (built in later issues; empty for now).
+"""The tracing JIT compiler for dyngrad.
 
-Layering: ``compiler`` imports ``dyngrad``; ``dyngrad`` never imports ``compiler``.
+``compile`` traces a function's first call (forward, ``backward()`` and the optimizer update
+together) into a static IR, guards every assumption it made and replays the graph on later
+calls; anything it cannot follow runs eagerly with a recorded reason. See README.md.
+
+Layering: ``compiler`` imports ``dyngrad``; ``dyngrad`` never imports ``compiler`` (except the
+lazy ``dyngrad.compile``).
 """
+
+from .api import CompiledFunction, CompileVerifyError, compile, config, disable, reset
+from .debug import explain, show
+from .ir import Graph, verify
+
+__all__ = ["compile", "CompiledFunction", "CompileVerifyError", "config", "disable", "reset",
+           "explain", "show", "Graph", "verify"]

@@ -171,6 +171,15 @@ def verify(g: Graph) -> None:
     for i, n in enumerate(g.nodes):
         if n.prim.name not in REGISTRY or REGISTRY[n.prim.name] is not n.prim:
             raise VerifyError(f"node {i}: unknown primitive {n.prim!r}")
+        if n.out.weak:  # Python-number arithmetic on scalar inputs (done in float64)
+            for v in n.inputs:
+                if isinstance(v, Value) and not v.weak:
+                    raise VerifyError(f"node {i} ({n.prim.name}): scalar op on tensor {v!r}")
+                if isinstance(v, Value) and v.const is None and id(v) not in defined:
+                    raise VerifyError(f"node {i} ({n.prim.name}): input {v!r} used before "
+                                      f"it is defined")
+            defined.add(id(n.out))
+            continue
         avals = []
         for v in n.inputs:
             if isinstance(v, Value):

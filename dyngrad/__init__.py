@@ -132,6 +132,12 @@ float = float32
 double = float64
 long = int64
 
+def compile(fn=None, **options):
+    """``compiler.compile`` (imported lazily: dyngrad itself never imports the compiler)."""
+    from compiler import compile as _compile
+    return _compile(fn, **options)
+
+
 clip = clamp
 
 

@@ -57,6 +57,9 @@ class DispatchMode:
     def on_attr(self, owner: Any, name: str, value: Any) -> None:
         """Tensor-valued attribute ``owner.name`` was read (``p.grad``), giving ``value``."""
 
+    def on_backward(self, roots: list, retain_graph: bool) -> None:
+        """The backward engine starts from ``roots``."""
+
     def on_object(self, obj: Any) -> None:
         """A stateful object with a ``_version`` counter (a module, an optimizer) was used."""
 

@@ -231,6 +231,8 @@ class Tensor:
         if g.shape != self.shape:
             raise RuntimeError(f"gradient of shape {list(g.shape)} cannot be accumulated into "
                                f"a tensor of shape {list(self.shape)}")
+        if STATE.modes:  # which branch below runs depends on .grad: a tracer must know
+            report_attr(self, "grad", self._grad)
         if create_graph:
             self.grad = g if self._grad is None else self._grad + g
             return

@@ -83,6 +83,8 @@ def run_backward(roots: list, grads: list, *, retain_graph: bool, create_graph: 
     """
     from ..tensor import Tensor
 
+    for m in STATE.modes:
+        m.on_backward(roots, retain_graph)
     start: dict[Node, list] = {}
     shared = set()  # ids of gradient tensors that other code may also hold
     for t, g in zip(roots, grads):

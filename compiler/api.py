@@ -1,0 +1,381 @@
+"""``compile``: the variant cache, the compiled call path and the fallback policy.
+
+A call checks each cached variant's guards; the first whose guards hold runs its graph and
+commits its writes. When none holds, the call is traced (running eagerly, so its result is
+eager's) into a new variant — up to ``cache_limit`` variants, after which the function stays
+eager with one warning naming the guard that kept failing.
+
+Note (the transaction rule): a compiled call writes nothing the user can see until the whole
+graph has run and every value guard in it has passed — outputs are fresh arrays, write-backs
+and ``.grad`` effects are applied last. So when a value guard fails (or anything raises), the
+call is simply rerun eagerly from untouched state, and the user sees eager's result, state
+and exceptions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dyngrad.autograd.graph import _FREED_MSG, Node
+from dyngrad.dispatch import STATE, push_mode
+from dyngrad.nn.module import Module
+from dyngrad.tensor import Tensor
+
+from . import ir
+from .backends import interp
+from .guards import GuardSet, build_guards, flatten
+from .passes import run_passes
+from .trace import Trace, Tracer, Unsupported
+
+log = logging.getLogger("dyngrad.compiler")
+
+_LOG_TOPICS = {t.strip() for t in os.environ.get("DYNGRAD_LOG", "").split(",") if t.strip()}
+if _LOG_TOPICS and not log.handlers:
+    _h = logging.StreamHandler()
+    _h.setFormatter(logging.Formatter("[dyngrad.compiler] %(message)s"))
+    log.addHandler(_h)
+    log.setLevel(logging.INFO)
+
+
+class _Config:
+    """Global switches: ``DYNGRAD_COMPILE=0`` in the environment, or :func:`disable`."""
+
+    enabled = os.environ.get("DYNGRAD_COMPILE", "1").strip().lower() not in ("0", "false",
+                                                                            "off", "no")
+
+
+config = _Config()
+_ALL: list = []  # weak references to every CompiledFunction (for reset)
+
+BACKENDS = ("interp", "llvm")
+MAX_UNSUPPORTED = 2
+
+
+def _topic(name: str) -> bool:
+    return name in _LOG_TOPICS or "all" in _LOG_TOPICS
+
+
+@contextlib.contextmanager
+def disable():
+    """Run every compiled function eagerly inside the block (no code changes needed)."""
+    prev = config.enabled
+    config.enabled = False
+    try:
+        yield
+    finally:
+        config.enabled = prev
+
+
+def reset() -> None:
+    """Drop every cached variant of every compiled function."""
+    import weakref
+    for ref in list(_ALL):
+        cf = ref()
+        if cf is None:
+            _ALL.remove(ref)
+        else:
+            cf.reset()
+    del weakref
+
+
+class CompileVerifyError(AssertionError):
+    """``verify=N``: the compiled call and the eager call disagreed."""
+
+
+@dataclass(eq=False)
+class Variant:
+    """One traced specialisation: guards, graph and the plan the backend runs."""
+
+    trace: Trace
+    guards: GuardSet
+    graph_before: str
+    graph_after: str
+    plan: Any
+    trace_seconds: float
+    compile_seconds: float
+    copy_outputs: set = field(default_factory=set)
+    calls: int = 0
+
+    def run(self, flat: list):
+        tr = self.trace
+        inputs = []
+        for b in tr.bindings:
+            obj = b.resolve(flat)
+            inputs.append(obj if isinstance(obj, np.ndarray) else obj._data)
+        scalars = [s.read() for s in tr.scalar_sources]
+        outs = interp.run(self.plan, inputs, scalars)
+        # every guard passed: commit (writes last — see the module's Note)
+        for k in self.copy_outputs:
+            outs[k] = np.array(outs[k], copy=True)
+        for b, k in tr.writebacks:
+            obj = b.resolve(flat)
+            if isinstance(obj, np.ndarray):
+                np.copyto(obj, outs[k])
+            else:
+                np.copyto(obj._data, outs[k])
+                obj._storage.version += 1
+        for b, k in tr.grad_effects:
+            owner = b.resolve(flat)
+            owner._grad = None if k is None else Tensor._fresh(outs[k])
+        self.calls += 1
+        return _build(tr.out_spec, outs, flat)
+
+
+def _build(spec, outs, flat):
+    kind = spec[0]
+    if kind == "value":
+        return Tensor._fresh(outs[spec[1]])
+    if kind == "spent":  # a loss backward already ran through, as eager would return it
+        t = Tensor._fresh(outs[spec[1]])
+        t._node, t._requires_grad = SpentGraph(spec[2]), True
+        return t
+    if kind == "scalar":
+        return float(outs[spec[1]])
+    if kind == "input":
+        return spec[1].resolve(flat)
+    if kind == "const":
+        return spec[1]
+    if kind == "tuple":
+        return tuple(_build(s, outs, flat) for s in spec[1])
+    if kind == "namedtuple":
+        return spec[1](*(_build(s, outs, flat) for s in spec[2]))
+    if kind == "list":
+        return [_build(s, outs, flat) for s in spec[1]]
+    if kind == "dict":
+        return {k: _build(s, outs, flat) for k, s in spec[1]}
+    raise AssertionError(kind)
+
+
+class SpentGraph(Node):
+    """The grad_fn of a returned tensor whose graph a backward() inside the compiled call
+    already used and freed: a second backward raises as eager's would."""
+
+    __slots__ = ("label",)
+
+    def __init__(self, label: str) -> None:
+        super().__init__(())
+        self.label = label
+
+    def name(self) -> str:
+        return self.label
+
+    def apply(self, grads, create_graph, retain_graph):
+        raise RuntimeError(_FREED_MSG)
+
+
+def _aliasing_outputs(g: ir.Graph) -> set:
+    """Outputs whose array may share memory with an input (views and inputs themselves):
+    they are copied before write-backs so no write-back reads memory another overwrote."""
+    from_input = {id(v) for v in g.inputs}
+    for n in g.nodes:
+        if n.prim.view and n.inputs and isinstance(n.inputs[0], ir.Value) \
+                and id(n.inputs[0]) in from_input:
+            from_input.add(id(n.out))
+    return {k for k, v in enumerate(g.outputs) if id(v) in from_input}
+
+
+class CompiledFunction:
+    """What :func:`compile` returns: call it like the original function."""
+
+    def __init__(self, fn: Callable, *, backend: str = "interp", mode: str | None = None,
+                 dynamic: bool | None = None, cache_limit: int = 8, verify: int = 0) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"compile: unknown backend {backend!r}; choose one of {BACKENDS}")
+        if backend == "llvm":
+            raise NotImplementedError(
+                "compile: the LLVM backend is not built yet (it is the next issue); use "
+                "backend='interp'")
+        if mode not in (None, "eager", "default"):
+            raise ValueError(f"compile: mode must be None, 'default' or 'eager', got {mode!r}")
+        if cache_limit < 1:
+            raise ValueError("compile: cache_limit must be at least 1")
+        self.fn = fn
+        self.backend, self.mode, self.dynamic = backend, mode, dynamic
+        self.cache_limit, self.verify = cache_limit, int(verify)
+        self.variants: list[Variant] = []
+        self.fallbacks: list[str] = []
+        self.recompiles: list[str] = []
+        self.eager_reason: str | None = None
+        self._unsupported_streak = 0
+        self._verified = 0
+        self.__wrapped__ = fn
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+        self.__doc__ = getattr(fn, "__doc__", None)
+        import weakref
+        _ALL.append(weakref.ref(self))
+
+    @property
+    def _code_fn(self):
+        """The function whose closure and globals hold the numbers to guard."""
+        fn = self.fn
+        if isinstance(fn, Module):
+            return type(fn).forward
+        return fn
+
+    def reset(self) -> None:
+        self.variants.clear()
+        self.eager_reason = None
+        self._unsupported_streak = 0
+
+    def __get__(self, obj, objtype=None):  # compile used as a method decorator
+        if obj is None:
+            return self
+        import functools
+        bound = self.__dict__.setdefault("_bound", {})
+        key = id(obj)
+        cf = bound.get(key)
+        if cf is None or cf[0]() is not obj:
+            import weakref
+            cf = (weakref.ref(obj), CompiledFunction(
+                functools.partial(self.fn, obj), backend=self.backend, mode=self.mode,
+                dynamic=self.dynamic, cache_limit=self.cache_limit, verify=self.verify))
+            bound[key] = cf
+        return cf[1]
+
+    # ----------------------------------------------------------------- the call path
+    def __call__(self, *args, **kwargs):
+        if not config.enabled or self.mode == "eager" or self.eager_reason is not None:
+            return self.fn(*args, **kwargs)
+        flat, spec = flatten(args, kwargs)
+        failed = []
+        for v in self.variants:
+            k = v.guards.check(flat, spec)
+            if k >= 0:
+                failed.append((v, k))
+                continue
+            if self.verify and self._verified < self.verify:
+                return self._verified_call(v, flat, args, kwargs)
+            try:
+                return v.run(flat)
+            except interp.GuardFailed as miss:
+                gd = v.trace.graph.guards[miss.index]
+                self._note(f"value guard failed: {gd.kind} at {gd.where}: traced "
+                           f"{_short(gd.expected)}, now {_short(miss.got)}", "guards")
+                failed.append((v, None))
+                break
+            except Exception as exc:  # nothing was written: let eager raise or succeed
+                self._note(f"compiled call raised {type(exc).__name__}: {exc}; running eagerly",
+                           "guards")
+                return self.fn(*args, **kwargs)
+        return self._miss(args, kwargs, flat, spec, failed)
+
+    def _miss(self, args, kwargs, flat, spec, failed):
+        if failed:
+            v, k = failed[-1]
+            if k is not None:
+                why = (f"guard '{v.guards.describe[k]}' failed: traced "
+                       f"{_short(v.guards.expected[k])}, now {_short(v.guards.current(k, flat))}")
+            else:
+                why = "a value guard failed"
+            if len(self.variants) >= self.cache_limit:
+                self.eager_reason = (f"cache_limit ({self.cache_limit}) reached; last miss: "
+                                     f"{why}")
+                warnings.warn(f"dyngrad.compile: {self.__name__} runs eagerly from now on: "
+                              f"{self.eager_reason}", stacklevel=3)
+                return self.fn(*args, **kwargs)
+            self.recompiles.append(why)
+            self._note(f"recompiling {self.__name__}: {why}", "recompiles")
+        return self._trace(args, kwargs, flat, spec)
+
+    def _trace(self, args, kwargs, flat, spec):
+        t0 = time.perf_counter()
+        tracer = Tracer(flat)
+        grad_enabled = STATE.grad_enabled
+        with push_mode(tracer):
+            result = self.fn(*args, **kwargs)
+        t1 = time.perf_counter()
+        try:
+            trace = tracer.finish(result, flat)
+            trace.grad_enabled = grad_enabled
+            before = str(trace.graph)
+            ir.verify(trace.graph)
+            trace.graph = run_passes(trace.graph)
+            after = str(trace.graph)
+            guards = build_guards(trace, self._code_fn, flat, spec, set())
+            plan = interp.compile_graph(trace.graph)
+        except Unsupported as exc:
+            self._unsupported(str(exc))
+            return result
+        t2 = time.perf_counter()
+        self._unsupported_streak = 0
+        v = Variant(trace, guards, before, after, plan, t1 - t0, t2 - t1,
+                    _aliasing_outputs(trace.graph))
+        self.variants.append(v)
+        self._note(f"traced variant {len(self.variants)} of {self.__name__}: "
+                   f"{len(trace.graph.nodes)} nodes, {len(guards.describe)} guards, "
+                   f"trace {1e3 * (t1 - t0):.1f} ms + passes {1e3 * (t2 - t1):.1f} ms", "graph")
+        if _topic("graph"):
+            log.info("%s", after)
+        return result
+
+    def _unsupported(self, reason: str) -> None:
+        self.fallbacks.append(reason)
+        self._unsupported_streak += 1
+        self._note(f"{self.__name__} ran eagerly: {reason}", "recompiles")
+        if self._unsupported_streak > MAX_UNSUPPORTED:
+            self.eager_reason = reason
+            warnings.warn(f"dyngrad.compile: {self.__name__} runs eagerly from now on: "
+                          f"{reason}", stacklevel=4)
+
+    def _note(self, msg: str, topic: str) -> None:
+        if _topic(topic):
+            log.info("%s", msg)
+
+    # ----------------------------------------------------------------- verify=N
+    def _verified_call(self, v: Variant, flat, args, kwargs):
+        from .verify import compare, snapshot
+        self._verified += 1
+        before = snapshot(v.trace, flat)
+        try:
+            compiled = v.run(flat)
+        except interp.GuardFailed:
+            before.restore()
+            return self._miss(args, kwargs, flat, flatten(args, kwargs)[1], [(v, None)])
+        after_compiled = snapshot(v.trace, flat)
+        rng = after_compiled
+        before.restore()
+        eager = self.fn(*args, **kwargs)
+        after_eager = snapshot(v.trace, flat)
+        problems = compare(compiled, eager, rng, after_eager)
+        if problems:
+            raise CompileVerifyError(f"verify: compiled {self.__name__} differs from eager: "
+                                     + "; ".join(problems[:5]))
+        return eager
+
+    def __repr__(self) -> str:
+        return f"<compiled {self.__name__}: {len(self.variants)} variant(s), backend=" \
+               f"{self.backend}>"
+
+
+def _short(x) -> str:
+    s = repr(x)
+    return s if len(s) < 80 else s[:77] + "..."
+
+
+def compile(fn: Callable | None = None, *, backend: str = "interp", mode: str | None = None,
+            dynamic: bool | None = None, cache_limit: int = 8, verify: int = 0):
+    """Compile a function (a training step, a forward, an ``nn.Module``) by tracing it.
+
+    >>> @dg.compile
+    ... def train_step(x, y):
+    ...     opt.zero_grad(); loss = F.mse_loss(model(x), y); loss.backward(); opt.step()
+    ...     return loss
+
+    Options: ``backend`` ('interp'; 'llvm' arrives with the native backend), ``mode='eager'``
+    (a debugging switch: run the function as is), ``dynamic``, ``cache_limit`` (variants kept
+    per function before it stays eager), ``verify=N`` (check the first N compiled calls
+    against eager and raise on any difference).
+    """
+    def wrap(f):
+        return CompiledFunction(f, backend=backend, mode=mode, dynamic=dynamic,
+                                cache_limit=cache_limit, verify=verify)
+    return wrap if fn is None else wrap(fn)

@@ -1,0 +1,129 @@
+"""Introspection: ``explain`` (variants, guards, baked-in numbers, fallbacks, the IR before
+and after passes, trace and compile times) and ``show`` (the graph as DOT, and PNG)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import ir
+from .api import CompiledFunction, compile
+
+
+@dataclass
+class Explanation:
+    name: str
+    variants: list = field(default_factory=list)
+    fallbacks: list = field(default_factory=list)
+    recompiles: list = field(default_factory=list)
+    eager_reason: str | None = None
+
+    def __str__(self) -> str:
+        lines = [f"=== {self.name}: {len(self.variants)} variant(s)"]
+        if self.eager_reason:
+            lines.append(f"runs eagerly: {self.eager_reason}")
+        for i, v in enumerate(self.variants):
+            lines.append(f"--- variant {i + 1}: {v['nodes']} nodes after passes "
+                         f"({v['nodes_before']} traced), {v['calls']} compiled calls, trace "
+                         f"{v['trace_ms']:.1f} ms, passes+guards {v['compile_ms']:.1f} ms")
+            lines.append("guards:")
+            lines += [f"  {g}" for g in v["guards"]]
+            if v["value_guards"]:
+                lines.append("value guards (recomputed by the compiled program):")
+                lines += [f"  {g}" for g in v["value_guards"]]
+            if v["scalars"]:
+                lines.append("runtime scalar inputs: " + ", ".join(v["scalars"]))
+            if v["baked"]:
+                lines.append("baked in (Python numbers from elsewhere; a change is NOT seen):")
+                lines += [f"  {b}" for b in v["baked"]]
+            lines.append("writes: " + (", ".join(v["writes"]) or "none"))
+            lines.append("IR before passes:")
+            lines.append(v["ir_before"])
+            lines.append("IR after passes:")
+            lines.append(v["ir_after"])
+        if self.recompiles:
+            lines.append("recompiles:")
+            lines += [f"  {r}" for r in self.recompiles]
+        if self.fallbacks:
+            lines.append("eager fallbacks:")
+            lines += [f"  {r}" for r in self.fallbacks]
+        loops = [r for r in self.recompiles if "value guard" in r or "value of" in r]
+        if len(loops) > 1:
+            lines.append("note: value guards (data-dependent control flow, such as a loop's "
+                         "trip count) are creating variants")
+        return "\n".join(lines)
+
+
+def explain(fn, *args, **kwargs) -> Explanation:
+    """Describe a compiled function; with arguments, call it first (compiling it if ``fn`` is
+    a plain function). Prints and returns the report."""
+    cf = fn if isinstance(fn, CompiledFunction) else compile(fn)
+    if args or kwargs:
+        cf(*args, **kwargs)
+    ex = Explanation(cf.__name__, fallbacks=list(cf.fallbacks), recompiles=list(cf.recompiles),
+                     eager_reason=cf.eager_reason)
+    for v in cf.variants:
+        tr = v.trace
+        g = tr.graph
+        ex.variants.append({
+            "nodes": len(g.nodes), "nodes_before": v.graph_before.count(" = "),
+            "calls": v.calls, "trace_ms": 1e3 * v.trace_seconds,
+            "compile_ms": 1e3 * v.compile_seconds,
+            "guards": [f"{d} == {e!r}" for d, e in zip(v.guards.describe, v.guards.expected)],
+            "value_guards": [f"{gd.kind} at {gd.where}: {gd.value!r} == "
+                             f"{_short(gd.expected)}" for gd in g.guards],
+            "scalars": [s.value.name for s in tr.scalar_sources],
+            "baked": [f"{w} = {val!r}" for w, val in tr.baked],
+            "writes": [b.name for b, _ in tr.writebacks] +
+                      [f"{b.name}.grad" for b, _ in tr.grad_effects],
+            "ir_before": v.graph_before, "ir_after": v.graph_after,
+        })
+    print(ex)
+    return ex
+
+
+def _short(x) -> str:
+    s = repr(x).replace("\n", " ")
+    return s if len(s) < 60 else s[:57] + "..."
+
+
+def show(fn, path, variant: int = 0) -> Path:
+    """Write variant ``variant`` of a compiled function as DOT to ``path`` (and a PNG beside
+    it when graphviz's ``dot`` or matplotlib is available). Returns the DOT path."""
+    import shutil
+    import subprocess
+    cf = fn if isinstance(fn, CompiledFunction) else None
+    if cf is None or not cf.variants:
+        raise ValueError("show: the function has no compiled variant yet; call it first")
+    g = cf.variants[variant].trace.graph
+    path = Path(path).with_suffix(".dot")
+    path.write_text(ir.to_dot(g, cf.__name__))
+    png = path.with_suffix(".png")
+    if shutil.which("dot"):
+        subprocess.run(["dot", "-Tpng", str(path), "-o", str(png)], check=False)
+    else:
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+            import networkx as nx
+            G = ir.to_networkx(g)
+            for n in G.nodes:
+                G.nodes[n]["layer"] = 0
+            for n in nx.topological_sort(G):
+                for s in G.successors(n):
+                    G.nodes[s]["layer"] = max(G.nodes[s]["layer"], G.nodes[n]["layer"] + 1)
+            pos = nx.multipartite_layout(G, subset_key="layer", align="horizontal")
+            pos = {k: (x, -y) for k, (x, y) in pos.items()}
+            colors = [ir._COLORS.get(G.nodes[n].get("kind"), "white") for n in G.nodes]
+            fig, ax = plt.subplots(figsize=(12, max(4, 0.35 * len(G))))
+            nx.draw_networkx(G, pos, ax=ax, node_color=colors, node_shape="s", font_size=6,
+                             labels={n: G.nodes[n].get("label", n) for n in G.nodes},
+                             node_size=300, arrowsize=6)
+            ax.set_axis_off()
+            fig.tight_layout()
+            fig.savefig(png, dpi=100)
+            plt.close(fig)
+        except ImportError:
+            pass
+    return path

@@ -1,0 +1,255 @@
+"""Input guards: what must be true of a call for a variant's trace to stand in for it.
+
+A variant is valid only while its guards hold: the same structure of arguments; each tensor
+argument's shape, dtype, strides and ``requires_grad``, and which arguments share storage;
+every bound tensor alive, still over the same array (a rebound ``.data`` is noticed) and with
+the same ``requires_grad``; ``.grad`` present or absent as at trace time; grad mode; module and
+optimizer version counters; Python numbers among the arguments and in the closure cells and
+globals the function's code names (following the functions it calls).
+
+The guards are compiled into one generated Python function, so checking them costs one call
+and a few attribute reads per tensor. Note: bound tensors are checked by the *identity* of
+their ndarray — an ndarray's shape, dtype and strides cannot change, and ``.data =`` is the
+only way to swap it — so one ``is`` comparison covers all three.
+"""
+
+from __future__ import annotations
+
+import types
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from dyngrad.dispatch import STATE
+from dyngrad.tensor import Tensor
+
+_MISSING = object()
+_LEAF = "leaf"
+
+
+def flatten(args: tuple, kwargs: dict) -> tuple[list, Any]:
+    """Flatten arguments into (leaves, spec). Tuples, lists and dicts are containers; the
+    spec records their types, lengths and keys, and each leaf's kind."""
+    leaves: list = []
+
+    def go(x):
+        t = type(x)
+        if t is tuple or t is list:
+            return (t, tuple(go(e) for e in x))
+        if t is dict:
+            return (dict, tuple((k, go(v)) for k, v in x.items()))
+        leaves.append(x)
+        return _LEAF
+    spec = (go(args), go(kwargs) if kwargs else None)
+    return leaves, spec
+
+
+def unflatten(spec, leaves: list):
+    it = iter(leaves)
+
+    def go(s):
+        if s is _LEAF:
+            return next(it)
+        t, items = s
+        if t is dict:
+            return {k: go(v) for k, v in items}
+        return t(go(e) for e in items)
+    args_spec, kw_spec = spec
+    return go(args_spec), (go(kw_spec) if kw_spec is not None else {})
+
+
+@dataclass
+class GuardSet:
+    """Compiled guards: ``check(flat, spec)`` returns -1 when all hold, else the index of
+    the first that failed; ``describe[i]`` says what guard i checks and ``now(i, flat)``
+    reads its current value (for recompile logs)."""
+
+    check: Callable
+    describe: list
+    expected: list
+    now: list
+
+    def current(self, i: int, flat) -> Any:
+        try:
+            return self.now[i](flat)
+        except Exception as exc:  # the object is gone, or the structure differs
+            return f"<{type(exc).__name__}>"
+
+
+def _code_numbers(fn, depth: int = 2, seen=None) -> list:
+    """(description, reader, value) for Python numbers in ``fn``'s closure cells and the
+    globals its code names, following functions (and bound methods' functions) they hold."""
+    seen = set() if seen is None else seen
+    fn = getattr(fn, "__func__", fn)
+    if not isinstance(fn, types.FunctionType) or id(fn) in seen:
+        return []
+    seen.add(id(fn))
+    out = []
+    code = fn.__code__
+    names = set(code.co_names)
+    for const in code.co_consts:  # nested functions and comprehensions name globals too
+        if isinstance(const, types.CodeType):
+            names.update(const.co_names)
+    g = fn.__globals__
+    for name in sorted(names):
+        if name in g:
+            v = g[name]
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out.append((f"global {name} of {fn.__qualname__}", _global_reader(g, name), v))
+            elif depth > 0 and isinstance(v, (types.FunctionType, types.MethodType)):
+                out.extend(_code_numbers(v, depth - 1, seen))
+    for name, cell in zip(code.co_freevars, fn.__closure__ or ()):
+        try:
+            v = cell.cell_contents
+        except ValueError:
+            continue
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out.append((f"closure variable {name} of {fn.__qualname__}", _cell_reader(cell), v))
+        elif depth > 0 and isinstance(v, (types.FunctionType, types.MethodType)):
+            out.extend(_code_numbers(v, depth - 1, seen))
+    return out
+
+
+def _global_reader(g: dict, name: str):
+    return lambda flat: g.get(name, _MISSING)
+
+
+def _cell_reader(cell):
+    def read(flat):
+        try:
+            return cell.cell_contents
+        except ValueError:
+            return _MISSING
+    return read
+
+
+def build_guards(trace, fn, flat: list, spec, dynamic_numbers: set) -> GuardSet:
+    """Generate the guard function for a trace of ``fn`` called with ``flat``/``spec``."""
+    ns: dict[str, Any] = {"STATE": STATE, "MISSING": _MISSING}
+    lines = ["def check(flat, spec):"]
+    describe, expected, now = [], [], []
+
+    def add(cond_fail: str, what: str, exp, reader) -> None:
+        k = len(describe)
+        lines.append(f"    if {cond_fail}: return {k}")
+        describe.append(what)
+        expected.append(exp)
+        now.append(reader)
+
+    ns["SPEC"] = spec
+    add("spec != SPEC", "structure of the arguments", _spec_str(spec), lambda f: "changed")
+    storages: dict[int, list] = {}
+    for i, x in enumerate(flat):
+        if isinstance(x, Tensor):
+            a = x._data
+            ns[f"S{i}"], ns[f"D{i}"], ns[f"T{i}"] = a.shape, a.dtype, a.strides
+            lines.append(f"    a = flat[{i}]._data")
+            add(f"a.shape != S{i}", f"shape of argument {i}", a.shape,
+                lambda f, i=i: f[i].shape)
+            add(f"a.dtype is not D{i}", f"dtype of argument {i}", a.dtype.name,
+                lambda f, i=i: f[i]._data.dtype.name)
+            add(f"a.strides != T{i}", f"strides of argument {i}", a.strides,
+                lambda f, i=i: f[i]._data.strides)
+            add(f"flat[{i}]._requires_grad is not {x._requires_grad}",
+                f"requires_grad of argument {i}", x._requires_grad,
+                lambda f, i=i: f[i]._requires_grad)
+            storages.setdefault(id(x._storage), []).append(i)
+        elif isinstance(x, bool) or x is None or isinstance(x, str):
+            ns[f"V{i}"] = x
+            add(f"flat[{i}] != V{i} or type(flat[{i}]) is not type(V{i})",
+                f"argument {i}", x, lambda f, i=i: f[i])
+        elif isinstance(x, (int, float)):
+            if i in dynamic_numbers:
+                add(f"type(flat[{i}]) is not {type(x).__name__}", f"type of argument {i}",
+                    type(x).__name__, lambda f, i=i: type(f[i]).__name__)
+            else:
+                ns[f"V{i}"] = x
+                add(f"flat[{i}] != V{i}", f"value of number argument {i}", x,
+                    lambda f, i=i: f[i])
+        else:
+            ns[f"O{i}"] = _ref(x)
+            add(f"flat[{i}] is not O{i}()", f"identity of argument {i} "
+                f"({type(x).__name__})", type(x).__name__, lambda f, i=i: type(f[i]).__name__)
+    tensor_args = [i for i, x in enumerate(flat) if isinstance(x, Tensor)]
+    if len(tensor_args) > 1:  # aliasing between arguments (weight tying, f(x, x))
+        groups = sorted(storages.values())
+        ns["GROUPS"] = [tuple(g) for g in groups]
+        ns["NGROUPS"] = len(groups)
+        ids = ", ".join(f"id(flat[{i}]._storage)" for i in tensor_args)
+        add(f"len({{{ids}}}) != NGROUPS or any(flat[g[0]]._storage is not flat[j]._storage "
+            f"for g in GROUPS for j in g[1:])",
+            "which arguments share storage", groups, lambda f: "changed")
+    for k, b in enumerate(trace.bindings):
+        if b.kind == "arg":
+            continue
+        ns[f"B{k}"], ns[f"A{k}"] = b.target, b.array
+        if b.kind == "ref":
+            t = b.target()
+            rg = t._requires_grad if t is not None else False
+            lines.append(f"    o = B{k}()")
+            add(f"o is None or o._data is not A{k}() or o._requires_grad is not {rg}",
+                f"bound tensor {b.name} (alive, same storage, requires_grad={rg})",
+                "same", lambda f, k=k: _describe_ref(trace.bindings[k]))
+        elif b.kind == "grad":
+            lines.append(f"    o = B{k}()")
+            add(f"o is None or o._grad is None or o._grad._data is not A{k}()",
+                f"{b.name} (the same gradient tensor)", "same",
+                lambda f, k=k: _describe_grad(trace.bindings[k]))
+        elif b.kind == "array":
+            add(f"B{k}() is None", f"{b.name} alive", "alive", lambda f: "gone")
+    for k, (ref, was_none, name) in enumerate(trace.grad_guards):
+        ns[f"G{k}"] = ref
+        lines.append(f"    o = G{k}()")
+        add(f"o is None or (o._grad is None) is not {was_none}",
+            f"{name}.grad is {'None' if was_none else 'present'}",
+            "None" if was_none else "present",
+            lambda f, ref=ref: "gone" if ref() is None else
+            ("None" if ref()._grad is None else "present"))
+    for k, (ref, version) in enumerate(trace.objects):
+        ns[f"OB{k}"] = ref
+        obj = ref()
+        what = f"{type(obj).__name__}._version" if obj is not None else "object version"
+        lines.append(f"    o = OB{k}()")
+        add(f"o is None or o._version != {version}", what, version,
+            lambda f, ref=ref: None if ref() is None else ref()._version)
+    for k, src in enumerate(trace.scalar_sources):
+        if isinstance(src.owner, weakref.ref):
+            ns[f"SC{k}"] = src.owner
+            add(f"SC{k}() is None", f"owner of scalar {src.value.name} alive", "alive",
+                lambda f: "gone")
+    add(f"STATE.grad_enabled is not {trace.grad_enabled}", "grad mode", trace.grad_enabled,
+        lambda f: STATE.grad_enabled)
+    for k, (what, reader, value) in enumerate(_code_numbers(fn)):
+        ns[f"N{k}"], ns[f"NV{k}"] = reader, value
+        add(f"N{k}(flat) != NV{k}", what, value, reader)
+    lines.append("    return -1")
+    exec("\n".join(lines), ns)  # noqa: S102 - generated from the trace, no user text
+    return GuardSet(ns["check"], describe, expected, now)
+
+
+def _ref(x):
+    try:
+        return weakref.ref(x)
+    except TypeError:
+        return lambda x=x: x
+
+
+def _spec_str(spec) -> str:
+    return repr(spec).replace("'leaf'", "·")
+
+
+def _describe_ref(b) -> str:
+    t = b.target()
+    if t is None:
+        return "gone"
+    if t._data is not b.array():
+        return "rebound (.data or storage changed)"
+    return f"requires_grad={t._requires_grad}"
+
+
+def _describe_grad(b) -> str:
+    o = b.target()
+    if o is None:
+        return "owner gone"
+    return "None" if o._grad is None else "a different tensor"

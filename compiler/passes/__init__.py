@@ -1,0 +1,26 @@
+"""IR passes: functions Graph -> Graph, each followed by :func:`compiler.ir.verify`.
+
+None reassociates or otherwise changes floating-point arithmetic, so the interpreter's
+results stay equal to eager's bit for bit."""
+
+from __future__ import annotations
+
+from ..ir import Graph, verify
+from .cse import cse
+from .dce import dce
+from .fold import fold
+
+PIPELINE = (("fold", fold), ("cse", cse), ("dce", dce))
+
+
+def run_passes(g: Graph, check: bool = True) -> Graph:
+    """The default pipeline: fold trace-time constants, merge common subexpressions, drop
+    dead code."""
+    for _, p in PIPELINE:
+        g = p(g)
+        if check:
+            verify(g)
+    return g
+
+
+__all__ = ["run_passes", "dce", "cse", "fold", "PIPELINE"]

@@ -1,0 +1,34 @@
+"""Constant folding: nodes whose inputs are all known at trace time (constants, literals,
+creation ops) are evaluated once, with the primitive's own impl, and become constants —
+except where the result would be large (kept as a node to save memory)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Graph, Value
+
+MAX_FOLD_ELEMENTS = 1 << 16
+
+
+def fold(g: Graph) -> Graph:
+    replace: dict[int, Value] = {}
+    kept = []
+    old_index = {id(n): i for i, n in enumerate(g.nodes)}
+    for n in g.nodes:
+        n.inputs = [replace.get(id(x), x) if isinstance(x, Value) else x for x in n.inputs]
+        known = all(not isinstance(x, Value) or x.const is not None for x in n.inputs)
+        if known and not n.out.weak and n.prim.kind != "random" \
+                and int(np.prod(n.out.shape)) <= MAX_FOLD_ELEMENTS:
+            args = [x.const if isinstance(x, Value) else x for x in n.inputs]
+            arr = np.asarray(n.prim.impl(*args, **n.params))
+            c = g.add_const(np.array(arr, order="C"))  # (ascontiguousarray makes 0-d 1-d)
+            replace[id(n.out)] = c
+            continue
+        kept.append(n)
+    g.outputs = [replace.get(id(v), v) for v in g.outputs]
+    for gd in g.guards:
+        gd.value = replace.get(id(gd.value), gd.value)
+        gd.after = sum(1 for n in kept if old_index[id(n)] < gd.after)
+    g.nodes = kept
+    return g

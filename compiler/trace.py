@@ -1,0 +1,593 @@
+"""The tracer: a dispatch mode that records the IR while the function runs eagerly.
+
+Because the first call runs for real, it returns the right answer whatever happens to the
+trace. What the tracer sees:
+
+- every operation (``dispatch``) — forward, the backward engine's vjp ops and the
+  optimizer's update alike, so one joint graph holds the whole step;
+- tensors it did not see created: graph inputs, *bound by reference* (an argument position,
+  a weak reference to the tensor object, or its owner's ``.grad`` attribute) and read at call
+  time, never baked;
+- in-place writes: the written tensor's storage slot gets a new value; other slots of the
+  same storage that overlap it are updated functionally (a gather/where over the
+  overlapping elements), so aliases and views stay consistent; written external slots
+  become write-backs;
+- ``.grad`` assignments: effects replayed by the runtime;
+- value reads: a ``bool()``/``int()``/mask read records a *value guard* (the compiled program
+  recomputes the value and checks it); data leaving through ``.numpy()``/``.tolist()``/
+  printing makes the trace unusable (a recorded fallback reason);
+- Python numbers read through ``dyngrad.dispatch.read_scalar`` (optimizer hyperparameters):
+  runtime scalar inputs, carried through Python arithmetic as :class:`TracedScalar`.
+
+Note: tensors are identified by *slot*: (storage, data pointer, shape, strides, dtype). Two
+tensor objects over the same memory in the same layout (``p`` and ``p.data``, ``x`` and
+``x.detach()``) are one slot, so aliases need no special casing.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import sys
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dyngrad import dtypes as _dt
+from dyngrad.dispatch import DispatchMode, dispatch, suspend
+from dyngrad.ops import REGISTRY
+from dyngrad.tensor import Tensor
+
+from .ir import Graph, Value
+
+_P = REGISTRY
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_DYNGRAD = os.path.dirname(os.path.abspath(sys.modules["dyngrad"].__file__))
+
+
+class Unsupported(Exception):
+    """The trace cannot stand in for the function; ``str(exc)`` is the reason."""
+
+
+@dataclass(eq=False)
+class Binding:
+    """How the runtime finds an external tensor at call time.
+
+    kind: 'arg' (flat argument index), 'ref' (weak reference to the tensor object),
+    'grad' (weak reference to the owner; the tensor is ``owner.grad``) or 'array' (weak
+    reference to a numpy array shared through ``from_numpy``).
+    """
+
+    kind: str
+    target: Any
+    name: str
+    array: Any = None  # weak reference to the ndarray seen at trace time (identity guard)
+    shape: tuple = ()
+    dtype: Any = None
+    strides: tuple = ()
+
+    def resolve(self, flat_args):
+        """The tensor (or ndarray) now; None when it is gone."""
+        if self.kind == "arg":
+            return flat_args[self.target]
+        obj = self.target()
+        if obj is None:
+            return None
+        if self.kind == "grad":
+            return obj._grad
+        return obj
+
+
+@dataclass(eq=False)
+class ScalarSource:
+    """A Python number the function read through ``read_scalar``: ``owner[key]`` (or its
+    ``index``-th element for tuples), fed to the graph at every call."""
+
+    owner: Any  # weak reference when possible, else the object
+    key: Any
+    index: int | None
+    value: Value
+    observed: Any
+
+    def read(self):
+        owner = self.owner() if isinstance(self.owner, weakref.ref) else self.owner
+        v = owner[self.key]
+        return v[self.index] if self.index is not None else v
+
+
+def user_frame() -> str:
+    """file:line of the innermost frame outside dyngrad and the compiler."""
+    f = sys._getframe(1)
+    while f is not None:
+        path = os.path.abspath(f.f_code.co_filename)
+        if not path.startswith(_HERE) and not path.startswith(_DYNGRAD):
+            return f"{os.path.basename(path)}:{f.f_lineno}"
+        f = f.f_back
+    return "?"
+
+
+def slot_key(t: Tensor) -> tuple:
+    a = t._data
+    return (id(t._storage), a.ctypes.data, a.shape, a.strides, a.dtype.str)
+
+
+def _offsets(key: tuple) -> np.ndarray:
+    """Byte offset of every element of a slot, in its shape."""
+    _, ptr, shape, strides, _ = key
+    off = np.zeros(shape, dtype=np.int64) + ptr
+    for d, (n, s) in enumerate(zip(shape, strides)):
+        view = [1] * len(shape)
+        view[d] = n
+        off = off + (np.arange(n, dtype=np.int64) * s).reshape(view)
+    return off
+
+
+def _byte_range(key: tuple) -> tuple:
+    _, ptr, shape, strides, dt = key
+    if 0 in shape:
+        return (ptr, ptr)
+    lo = ptr + sum(min(0, (n - 1) * s) for n, s in zip(shape, strides))
+    hi = ptr + sum(max(0, (n - 1) * s) for n, s in zip(shape, strides)) + np.dtype(dt).itemsize
+    return (lo, hi)
+
+
+class TracedScalar(float):
+    """A Python float whose origin the tracer knows (an optimizer hyperparameter): arithmetic
+    with it is recorded as scalar graph nodes; comparing or truth-testing it records a value
+    guard, since that decides Python control flow."""
+
+    __slots__ = ("_tracer", "_value")
+
+    def __new__(cls, x: float, tracer: Tracer, value: Value):
+        s = float.__new__(cls, x)
+        s._tracer, s._value = tracer, value
+        return s
+
+    def _arith(self, other, prim, reflected=False):
+        if not isinstance(other, (int, float)) or isinstance(other, bool):
+            return NotImplemented
+        a, b = (other, self) if reflected else (self, other)
+        return self._tracer.scalar_op(prim, a, b)
+
+    def __add__(self, o):
+        return self._arith(o, "add")
+
+    def __radd__(self, o):
+        return self._arith(o, "add", True)
+
+    def __sub__(self, o):
+        return self._arith(o, "sub")
+
+    def __rsub__(self, o):
+        return self._arith(o, "sub", True)
+
+    def __mul__(self, o):
+        return self._arith(o, "mul")
+
+    def __rmul__(self, o):
+        return self._arith(o, "mul", True)
+
+    def __truediv__(self, o):
+        return self._arith(o, "div")
+
+    def __rtruediv__(self, o):
+        return self._arith(o, "div", True)
+
+    def __pow__(self, o):
+        return self._arith(o, "pow")
+
+    def __rpow__(self, o):
+        return self._arith(o, "pow", True)
+
+    def __neg__(self):
+        return self._tracer.scalar_op("neg", self)
+
+    def __pos__(self):
+        return self
+
+    def _cmp(self, other, name):
+        """Record the comparison and guard its *outcome* (not the number: a changed lr that
+        compares the same way needs no new trace)."""
+        if not isinstance(other, (int, float)) or isinstance(other, bool):
+            return NotImplemented
+        return self._tracer.scalar_compare(name, self, other)
+
+    def __eq__(self, o):
+        return self._cmp(o, "eq")
+
+    def __ne__(self, o):
+        return self._cmp(o, "ne")
+
+    def __lt__(self, o):
+        return self._cmp(o, "lt")
+
+    def __le__(self, o):
+        return self._cmp(o, "le")
+
+    def __gt__(self, o):
+        return self._cmp(o, "gt")
+
+    def __ge__(self, o):
+        return self._cmp(o, "ge")
+
+    def __bool__(self):
+        return self._tracer.scalar_compare("ne", self, 0.0)
+
+    def __int__(self):
+        self._tracer.guard_scalar(self, "int")
+        return int(float(self))
+
+    __hash__ = float.__hash__
+
+
+@dataclass(eq=False)
+class Trace:
+    """What one traced call produced (input to guards and the runtime)."""
+
+    graph: Graph
+    bindings: list  # one per graph input, in order
+    scalar_sources: list
+    writebacks: list  # (binding, Value): copy the value into the bound tensor's memory
+    grad_effects: list  # (owner binding, Value or None)
+    out_spec: Any  # pytree of ('value', k) / ('input', binding) / ('const', python value)
+    objects: list  # (weakref, version) of modules and optimizers used
+    baked: list  # (where, value) Python numbers baked into the graph
+    grad_guards: list = field(default_factory=list)  # (weakref owner, was None, name)
+    grad_enabled: bool = True
+
+
+class Tracer(DispatchMode):
+    """Records one call. Use :func:`trace_call`."""
+
+    def __init__(self, flat_args: list) -> None:
+        self.graph = Graph()
+        self.slots: dict[tuple, Value] = {}
+        self.slot_tensor: dict[tuple, Tensor] = {}
+        self.by_storage: dict[int, list] = {}
+        self.input_binding: dict[tuple, Binding] = {}
+        self.input_value: dict[tuple, Value] = {}
+        self.arg_index = {id(a): i for i, a in enumerate(flat_args) if isinstance(a, Tensor)}
+        self.attr_source: dict[int, tuple] = {}
+        self.shared_arrays: dict[int, np.ndarray] = {}
+        self.const_ids: set = set()
+        self.keep: list = []  # keeps every tensor seen alive, so ids stay unique
+        self.grad_effects: list = []
+        self.objects: dict[int, tuple] = {}
+        self.scalar_sources: dict[tuple, ScalarSource] = {}
+        self.baked: list = []
+        self.created: list = []  # weak references to tensors made by traced ops
+        self.unsupported: str | None = None
+        self.names: dict[int, str] = {}
+        self.grad_state: dict[int, tuple] = {}  # id(owner) -> (owner, grad was None at entry)
+        self.backward_roots: dict[int, bool] = {}  # id(node) -> retain_graph
+
+    # ----------------------------------------------------------------- values and slots
+    def _register(self, key: tuple, t: Tensor, v: Value) -> None:
+        if key not in self.slot_tensor:
+            self.by_storage.setdefault(key[0], []).append(key)
+        self.slots[key] = v
+        self.slot_tensor[key] = t
+        self.keep.append(t)
+
+    def value_of(self, t: Tensor) -> Value:
+        key = slot_key(t)
+        v = self.slots.get(key)
+        if v is not None:
+            return v
+        if id(t) in self.const_ids:
+            v = self.graph.add_const(t._data.copy())
+            self._register(key, t, v)
+            return v
+        b = self._binding(t)
+        v = self.graph.add_input(t._data.shape, t.dtype, b.name)
+        self._register(key, t, v)
+        self.input_binding[key] = b
+        self.input_value[key] = v
+        return v
+
+    def _binding(self, t: Tensor) -> Binding:
+        a = t._data
+        meta = dict(array=weakref.ref(a), shape=a.shape, dtype=a.dtype, strides=a.strides)
+        if id(t) in self.arg_index:
+            i = self.arg_index[id(t)]
+            return Binding("arg", i, f"arg{i}", **meta)
+        if id(t) in self.attr_source:
+            owner, attr = self.attr_source[id(t)]
+            return Binding("grad", weakref.ref(owner), f"{self._name(owner)}.{attr}", **meta)
+        if id(t) in self.shared_arrays:
+            arr = self.shared_arrays[id(t)]
+            return Binding("array", weakref.ref(arr), "from_numpy array", **meta)
+        return Binding("ref", weakref.ref(t), self._name(t), **meta)
+
+    def _name(self, t) -> str:
+        name = self.names.get(id(t))
+        if name is None:
+            name = f"{type(t).__name__.lower()}{len(self.names)}"
+            self.names[id(t)] = name
+        return name
+
+    def _define(self, t: Tensor, v: Value) -> None:
+        self._register(slot_key(t), t, v)
+        self.created.append(weakref.ref(t))
+
+    # ----------------------------------------------------------------- the mode
+    def dispatch(self, prim, args, params):
+        if self.unsupported is not None:
+            with suspend(self):
+                return dispatch(prim, *args, **params)
+        ins = []
+        real = args
+        for a in args:
+            if isinstance(a, Tensor):
+                ins.append(self.value_of(a))
+            elif isinstance(a, TracedScalar) and a._tracer is self:
+                ins.append(a._value)
+                # numpy must see a plain Python float (weak), exactly as eager passes it
+                real = tuple(float(x) if isinstance(x, TracedScalar) else x for x in args)
+            else:
+                if isinstance(a, (int, float)) and not isinstance(a, bool):
+                    self.baked.append((f"{prim.name} literal", a))
+                ins.append(a)
+        for k, p in params.items():
+            if isinstance(p, TracedScalar):
+                self.guard_scalar(p, f"{prim.name}.{k}")
+        with suspend(self):
+            out = dispatch(prim, *real, **params)
+        v = self.graph.add_node(prim, ins, dict(params), out._data.shape, out.dtype)
+        self._define(out, v)
+        return out
+
+    def on_new(self, tensor, shared_array=None) -> None:
+        self.keep.append(tensor)
+        if shared_array is not None:
+            self.shared_arrays[id(tensor)] = shared_array
+        else:
+            self.const_ids.add(id(tensor))
+
+    def on_attr(self, owner, name, value) -> None:
+        if id(owner) not in self.grad_state:  # the first look at owner.grad: guard it
+            self.keep.append(owner)
+            self.grad_state[id(owner)] = (owner, value is None)
+        if isinstance(value, Tensor) and slot_key(value) not in self.slots:
+            self.keep.extend((owner, value))
+            self.attr_source[id(value)] = (owner, name)
+
+    def on_backward(self, roots, retain_graph) -> None:
+        for t in roots:
+            if t._node is not None:
+                self.backward_roots[id(t._node)] = retain_graph
+                self.keep.append(t._node)
+
+    def on_object(self, obj) -> None:
+        if id(obj) not in self.objects:
+            self.objects[id(obj)] = (weakref.ref(obj), obj._version)
+
+    def on_scalar(self, owner, key, value):
+        opt = getattr(owner, "_owner", None)
+        if opt is not None:
+            self.on_object(opt)
+        if isinstance(value, tuple):
+            return tuple(self._scalar(owner, key, i, x) for i, x in enumerate(value))
+        return self._scalar(owner, key, None, value)
+
+    def _scalar(self, owner, key, index, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return value
+        k = (id(owner), key, index)
+        src = self.scalar_sources.get(k)
+        if src is None:
+            try:
+                ref = weakref.ref(owner)
+            except TypeError:
+                ref = owner
+            name = f"{key}" if index is None else f"{key}[{index}]"
+            src = ScalarSource(ref, key, index, self.graph.add_scalar(name), value)
+            self.scalar_sources[k] = src
+            self.keep.append(owner)
+        return TracedScalar(float(value), self, src.value)
+
+    def scalar_op(self, prim_name: str, *operands) -> TracedScalar:
+        """Python arithmetic on traced scalars, recorded in float64 (what Python computes)."""
+        prim = _P[prim_name]
+        vals = [float(x) for x in operands]
+        result = {"add": operator.add, "sub": operator.sub, "mul": operator.mul,
+                  "div": operator.truediv, "pow": operator.pow,
+                  "neg": operator.neg}[prim_name](*vals)
+        ins = [x._value if isinstance(x, TracedScalar) else float(x) for x in operands]
+        out = self.graph.new_value((), _dt.float64, weak=True)
+        from .ir import Node
+        node = Node(prim, ins, {}, out)
+        out.producer = node
+        self.graph.nodes.append(node)
+        return TracedScalar(result, self, out)
+
+    def scalar_compare(self, name: str, a, b) -> bool:
+        ops = {"eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "le": operator.le,
+               "gt": operator.gt, "ge": operator.ge}
+        result = ops[name](float(a), float(b))
+        out = self.graph.new_value((), _dt.bool_, weak=True)
+        from .ir import Node
+        ins = [x._value if isinstance(x, TracedScalar) else float(x) for x in (a, b)]
+        node = Node(_P[name], ins, {}, out)
+        out.producer = node
+        self.graph.nodes.append(node)
+        self.graph.add_guard(out, result, f"{a._value.name or 'scalar'} {name} {float(b)!r}"
+                             if isinstance(a, TracedScalar) else name, user_frame())
+        return result
+
+    def guard_scalar(self, s: TracedScalar, kind: str) -> None:
+        self.graph.add_guard(s._value, float(s), kind, user_frame())
+
+    def on_read(self, tensor, kind) -> None:
+        if self.unsupported is not None:
+            return
+        if kind in ("numpy", "array", "tolist", "dlpack", "copy"):
+            self.unsupported = (f"tensor data leaves the trace through {kind} at "
+                                f"{user_frame()} (it cannot be replayed)")
+        elif kind == "format":
+            self.unsupported = (f"a tensor is printed or formatted at {user_frame()}; use "
+                                f"dg.debug_print inside compiled functions")
+        else:  # bool, item, float, int, index, nonzero, positions, size: control flow
+            v = self.value_of(tensor)
+            self.graph.add_guard(v, tensor._data.copy(), kind, user_frame())
+
+    def on_write(self, tensor, what, value) -> None:
+        if self.unsupported is not None:
+            return
+        if what == "inplace":
+            self._write(tensor, value)
+        elif what == "grad":
+            self.keep.append(tensor)
+            self.grad_state.setdefault(id(tensor), (tensor, None))  # set before any read
+            if value is not None:
+                self.keep.append(value)
+            self.grad_effects.append((tensor, value))
+        elif what == "requires_grad":
+            if slot_key(tensor) in self.input_binding or id(tensor) in self.arg_index:
+                self.unsupported = (f"requires_grad of an input is changed at {user_frame()}")
+        elif what == "data":
+            self.unsupported = f"`.data` is rebound at {user_frame()}"
+
+    # ----------------------------------------------------------------- writes
+    def _write(self, t: Tensor, new: Tensor) -> None:
+        new_v = self.value_of(new)
+        key = slot_key(t)
+        if key not in self.slots:
+            self.value_of(t)
+        self.slots[key] = new_v
+        self.slot_tensor[key] = t
+        lo, hi = _byte_range(key)
+        for other in self.by_storage.get(key[0], ()):
+            if other == key:
+                continue
+            olo, ohi = _byte_range(other)
+            if ohi <= lo or hi <= olo:
+                continue
+            self.slots[other] = self._region_update(other, key, new_v)
+
+    def _region_update(self, dst: tuple, src: tuple, src_value: Value) -> Value:
+        """dst's value after src's elements were overwritten with ``src_value``."""
+        off_d, off_s = _offsets(dst), _offsets(src)
+        flat_s = off_s.ravel()
+        order = np.argsort(flat_s, kind="stable")
+        pos = np.searchsorted(flat_s[order], off_d.ravel())
+        pos = np.minimum(pos, flat_s.size - 1)
+        hit = flat_s[order][pos] == off_d.ravel()
+        if not hit.any():
+            return self.slots[dst]
+        idx = np.where(hit, order[pos], 0).reshape(off_d.shape).astype(np.int64)
+        g = self.graph
+        flat = g.add_node(_P["reshape"], [src_value], {"shape": (-1,)}, (flat_s.size,),
+                          src_value.dtype)
+        picked = g.add_node(_P["gather"], [flat, g.add_const(idx)], {"axis": 0}, idx.shape,
+                            src_value.dtype)
+        if hit.all():
+            return picked
+        mask = g.add_const(hit.reshape(off_d.shape))
+        return g.add_node(_P["where"], [mask, picked, self.slots[dst]], {}, idx.shape,
+                          src_value.dtype)
+
+    # ----------------------------------------------------------------- finishing
+    def finish(self, result, flat_args) -> Trace:
+        """Close the trace: outputs, write-backs and effects; raises Unsupported."""
+        if self.unsupported is not None:
+            raise Unsupported(self.unsupported)
+        g = self.graph
+        outputs: list[Value] = []
+
+        def out_index(v: Value) -> int:
+            outputs.append(v)
+            return len(outputs) - 1
+
+        writebacks = []
+        for key, b in self.input_binding.items():
+            final = self.slots[key]
+            if final is not self.input_value[key]:
+                writebacks.append((b, out_index(final)))
+        effects = []
+        for owner, value in self.grad_effects:
+            okey = slot_key(owner)
+            if okey not in self.input_binding:
+                if not _is_created(owner, self.created):
+                    self.value_of(owner)
+                    okey = slot_key(owner)
+            ob = self.input_binding.get(okey)
+            if ob is None:
+                continue  # a tensor made inside the call: local
+            effects = [e for e in effects if e[0] is not ob]  # the last assignment wins
+            effects.append((ob, None if value is None else out_index(self.value_of(value))))
+        created_alive = {id(r()) for r in self.created if r() is not None}
+        returned: set = set()
+
+        def spec_of(x):
+            if isinstance(x, Tensor):
+                spent = False
+                if x._node is not None and x._requires_grad:
+                    if self.backward_roots.get(id(x._node)) is False:
+                        spent = True  # backward already ran through it inside the call
+                    else:
+                        raise Unsupported("the function returns a tensor that requires grad "
+                                          "for a backward() outside it (compiled backward "
+                                          "outside the function is not supported yet)")
+                key = slot_key(x)
+                returned.add(id(x))
+                if spent:
+                    return ("spent", out_index(self.value_of(x)), x._node.name())
+                if key in self.input_binding and self.slots[key] is self.input_value[key]:
+                    return ("input", self.input_binding[key])
+                return ("value", out_index(self.value_of(x)))
+            if isinstance(x, TracedScalar):
+                return ("scalar", out_index(x._value))
+            if isinstance(x, tuple) and not hasattr(x, "_fields"):
+                return ("tuple", [spec_of(e) for e in x])
+            if isinstance(x, tuple):
+                return ("namedtuple", type(x), [spec_of(e) for e in x])
+            if isinstance(x, list):
+                return ("list", [spec_of(e) for e in x])
+            if isinstance(x, dict):
+                return ("dict", [(k, spec_of(e)) for k, e in x.items()])
+            if x is None or isinstance(x, (bool, int, float, str)):
+                return ("const", x)
+            raise Unsupported(f"the function returns a {type(x).__name__}; compiled functions "
+                              f"return tensors, numbers, None and tuples/lists/dicts of them")
+
+        out_spec = spec_of(result)
+        g.outputs = outputs
+        by_value = {id(self.input_value[k]): b for k, b in self.input_binding.items()}
+        bindings = [by_value[id(v)] for v in g.inputs]
+        scalars = sorted(self.scalar_sources.values(), key=lambda s: s.value.id)
+        g.scalars = [s.value for s in scalars]
+        grad_guards = [(weakref.ref(o), none, self._name(o))
+                       for o, none in self.grad_state.values() if none is not None]
+        trace = Trace(g, bindings, scalars, writebacks, effects, out_spec,
+                      list(self.objects.values()), self.baked, grad_guards)
+        self._check_escapes(returned)
+        return trace
+
+    def _check_escapes(self, allowed: set) -> None:
+        """A tensor made by a traced op that is still alive once the tracer lets go of it
+        (other than the returned ones and new .grad fields) was stored into Python state —
+        e.g. optimizer state created on the first step. Replaying the trace would not
+        recreate that store, so the trace is rejected."""
+        allowed = set(allowed) | {id(v) for _, v in self.grad_effects if v is not None}
+        self.keep.clear()
+        self.slot_tensor.clear()
+        self.attr_source.clear()
+        self.grad_effects.clear()
+        alive = [r for r in self.created if r() is not None and id(r()) not in allowed]
+        if alive:
+            import gc
+            gc.collect()
+            alive = [r for r in alive if r() is not None]
+        if alive:
+            t = alive[0]()
+            raise Unsupported(f"a tensor made inside the function ({t.dtype.name}"
+                              f"{list(t.shape)}) is kept in Python state the compiled function "
+                              f"cannot update (e.g. optimizer state created on its first step); "
+                              f"the next call traces again")
+
+
+def _is_created(t: Tensor, created: list) -> bool:
+    return any(r() is t for r in created)
