@@ -518,7 +518,6 @@ class Tracer(DispatchMode):
                 continue  # a tensor made inside the call: local
             effects = [e for e in effects if e[0] is not ob]  # the last assignment wins
             effects.append((ob, None if value is None else out_index(self.value_of(value))))
-        created_alive = {id(r()) for r in self.created if r() is not None}
         returned: set = set()
 
         def spec_of(x):

@@ -77,7 +77,7 @@ def compare(compiled, eager, state_compiled: Snapshot, state_eager: Snapshot) ->
         if not _same(x, y):
             problems.append(f"state of {name} differs (max abs difference "
                             f"{np.max(np.abs(x.astype(float) - y.astype(float))):.3g})")
-    for (o, gx, x), (_, gy, y) in zip(state_compiled.grads, state_eager.grads):
+    for (o, _, x), (_, _, y) in zip(state_compiled.grads, state_eager.grads):
         if (x is None) != (y is None) or (x is not None and not _same(x, y)):
             problems.append(f".grad of a {list(o.shape)} tensor differs")
     return problems
