@@ -32,7 +32,7 @@ from dyngrad.tensor import Tensor
 
 from . import ir
 from .backends import interp
-from .guards import GuardSet, build_guards, flatten
+from .guards import GuardSet, build_guards, flatten, unflatten
 from .passes import run_passes
 from .trace import Trace, Tracer, Unsupported
 
@@ -111,7 +111,7 @@ class Variant:
         for b in tr.bindings:
             obj = b.resolve(flat)
             inputs.append(obj if isinstance(obj, np.ndarray) else obj._data)
-        scalars = [s.read() for s in tr.scalar_sources]
+        scalars = [s.read(flat) for s in tr.scalar_sources]
         outs = interp.run(self.plan, inputs, scalars)
         # every guard passed: commit (writes last — see the module's Note)
         for k in self.copy_outputs:
@@ -126,6 +126,11 @@ class Variant:
         for b, k in tr.grad_effects:
             owner = b.resolve(flat)
             owner._grad = None if k is None else Tensor._fresh(outs[k])
+        for spec, sep, end in tr.prints:
+            from dyngrad.printing import tensor_repr
+            print(sep.join(tensor_repr(Tensor._fresh(outs[k])) if kind == "tensor" else
+                           str(float(outs[k])) if kind == "scalar" else k
+                           for kind, k in spec), end=end)
         self.calls += 1
         return _build(tr.out_spec, outs, flat)
 
@@ -207,6 +212,7 @@ class CompiledFunction:
         self.eager_reason: str | None = None
         self._unsupported_streak = 0
         self._verified = 0
+        self.dynamic_numbers: set[int] = set()
         self.__wrapped__ = fn
         self.__name__ = getattr(fn, "__name__", type(fn).__name__)
         self.__doc__ = getattr(fn, "__doc__", None)
@@ -276,6 +282,9 @@ class CompiledFunction:
                        f"{_short(v.guards.expected[k])}, now {_short(v.guards.current(k, flat))}")
             else:
                 why = "a value guard failed"
+            tag = v.guards.tags[k] if k is not None else None
+            if tag is not None and tag[0] == "number" and isinstance(flat[tag[1]], float):
+                self.dynamic_numbers.add(tag[1])  # seen to change: a runtime input from now on
             if len(self.variants) >= self.cache_limit:
                 self.eager_reason = (f"cache_limit ({self.cache_limit}) reached; last miss: "
                                      f"{why}")
@@ -291,6 +300,10 @@ class CompiledFunction:
         tracer = Tracer(flat)
         grad_enabled = STATE.grad_enabled
         with push_mode(tracer):
+            if self.dynamic_numbers:
+                traced = [tracer.arg_scalar(i, x) if i in self.dynamic_numbers else x
+                          for i, x in enumerate(flat)]
+                args, kwargs = unflatten(spec, traced)
             result = self.fn(*args, **kwargs)
         t1 = time.perf_counter()
         try:
@@ -300,7 +313,7 @@ class CompiledFunction:
             ir.verify(trace.graph)
             trace.graph = run_passes(trace.graph)
             after = str(trace.graph)
-            guards = build_guards(trace, self._code_fn, flat, spec, set())
+            guards = build_guards(trace, self._code_fn, flat, spec, self.dynamic_numbers)
             plan = interp.compile_graph(trace.graph)
         except Unsupported as exc:
             self._unsupported(str(exc))

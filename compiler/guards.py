@@ -69,6 +69,7 @@ class GuardSet:
     describe: list
     expected: list
     now: list
+    tags: list  # per guard: None, or ("number", flat index) for a number argument
 
     def current(self, i: int, flat) -> Any:
         try:
@@ -128,14 +129,15 @@ def build_guards(trace, fn, flat: list, spec, dynamic_numbers: set) -> GuardSet:
     """Generate the guard function for a trace of ``fn`` called with ``flat``/``spec``."""
     ns: dict[str, Any] = {"STATE": STATE, "MISSING": _MISSING}
     lines = ["def check(flat, spec):"]
-    describe, expected, now = [], [], []
+    describe, expected, now, tags = [], [], [], []
 
-    def add(cond_fail: str, what: str, exp, reader) -> None:
+    def add(cond_fail: str, what: str, exp, reader, tag=None) -> None:
         k = len(describe)
         lines.append(f"    if {cond_fail}: return {k}")
         describe.append(what)
         expected.append(exp)
         now.append(reader)
+        tags.append(tag)
 
     ns["SPEC"] = spec
     add("spec != SPEC", "structure of the arguments", _spec_str(spec), lambda f: "changed")
@@ -166,7 +168,7 @@ def build_guards(trace, fn, flat: list, spec, dynamic_numbers: set) -> GuardSet:
             else:
                 ns[f"V{i}"] = x
                 add(f"flat[{i}] != V{i}", f"value of number argument {i}", x,
-                    lambda f, i=i: f[i])
+                    lambda f, i=i: f[i], ("number", i))
         else:
             ns[f"O{i}"] = _ref(x)
             add(f"flat[{i}] is not O{i}()", f"identity of argument {i} "
@@ -225,7 +227,7 @@ def build_guards(trace, fn, flat: list, spec, dynamic_numbers: set) -> GuardSet:
         add(f"N{k}(flat) != NV{k}", what, value, reader)
     lines.append("    return -1")
     exec("\n".join(lines), ns)  # noqa: S102 - generated from the trace, no user text
-    return GuardSet(ns["check"], describe, expected, now)
+    return GuardSet(ns["check"], describe, expected, now, tags)
 
 
 def _ref(x):

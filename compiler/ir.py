@@ -173,7 +173,7 @@ def verify(g: Graph) -> None:
             raise VerifyError(f"node {i}: unknown primitive {n.prim!r}")
         if n.out.weak:  # Python-number arithmetic on scalar inputs (done in float64)
             for v in n.inputs:
-                if isinstance(v, Value) and not v.weak:
+                if isinstance(v, Value) and not v.weak and v.shape != ():
                     raise VerifyError(f"node {i} ({n.prim.name}): scalar op on tensor {v!r}")
                 if isinstance(v, Value) and v.const is None and id(v) not in defined:
                     raise VerifyError(f"node {i} ({n.prim.name}): input {v!r} used before "

@@ -91,7 +91,9 @@ class ScalarSource:
     value: Value
     observed: Any
 
-    def read(self):
+    def read(self, flat):
+        if self.owner is None:  # a float argument
+            return flat[self.key[1]]
         owner = self.owner() if isinstance(self.owner, weakref.ref) else self.owner
         v = owner[self.key]
         return v[self.index] if self.index is not None else v
@@ -219,6 +221,21 @@ class TracedScalar(float):
         self._tracer.guard_scalar(self, "int")
         return int(float(self))
 
+    def _printed(self, spec=""):
+        self._tracer.unsupported = (f"a number read with .item() is printed or formatted at "
+                                    f"{user_frame()}; use dg.debug_print inside compiled "
+                                    f"functions")
+        return format(float(self), spec)
+
+    def __format__(self, spec):
+        return self._printed(spec)
+
+    def __str__(self):
+        return self._printed()
+
+    def __repr__(self):
+        return repr(float(self))
+
     __hash__ = float.__hash__
 
 
@@ -236,6 +253,7 @@ class Trace:
     baked: list  # (where, value) Python numbers baked into the graph
     grad_guards: list = field(default_factory=list)  # (weakref owner, was None, name)
     grad_enabled: bool = True
+    prints: list = field(default_factory=list)  # dg.debug_print effects, in order
 
 
 class Tracer(DispatchMode):
@@ -262,6 +280,7 @@ class Tracer(DispatchMode):
         self.names: dict[int, str] = {}
         self.grad_state: dict[int, tuple] = {}  # id(owner) -> (owner, grad was None at entry)
         self.backward_roots: dict[int, bool] = {}  # id(node) -> retain_graph
+        self.prints: list = []  # dg.debug_print calls: (items, sep, end)
 
     # ----------------------------------------------------------------- values and slots
     def _register(self, key: tuple, t: Tensor, v: Value) -> None:
@@ -354,6 +373,25 @@ class Tracer(DispatchMode):
             self.keep.extend((owner, value))
             self.attr_source[id(value)] = (owner, name)
 
+    def on_debug_print(self, args, sep, end) -> None:
+        items = []
+        for a in args:
+            if isinstance(a, Tensor):
+                items.append(("tensor", a))
+                self.keep.append(a)
+            elif isinstance(a, TracedScalar):
+                items.append(("scalar", a))
+            else:
+                items.append(("const", str(a)))
+        self.prints.append((items, sep, end))
+
+    def arg_scalar(self, index: int, value: float) -> TracedScalar:
+        """A float argument that changed between calls: a runtime input from now on."""
+        src = ScalarSource(None, ("arg", index), None, self.graph.add_scalar(f"arg{index}"),
+                           value)
+        self.scalar_sources[("arg", index)] = src
+        return TracedScalar(float(value), self, src.value)
+
     def on_backward(self, roots, retain_graph) -> None:
         for t in roots:
             if t._node is not None:
@@ -429,9 +467,21 @@ class Tracer(DispatchMode):
         elif kind == "format":
             self.unsupported = (f"a tensor is printed or formatted at {user_frame()}; use "
                                 f"dg.debug_print inside compiled functions")
-        else:  # bool, item, float, int, index, nonzero, positions, size: control flow
+        elif kind == "item" and tensor.dtype.is_floating_point:
+            # a number that may be logged or returned: an output, guarded only if it decides
+            # control flow (TracedScalar's comparisons and truth test)
+            v = self.value_of(tensor)
+            flat = self.graph.add_node(_P["reshape"], [v], {"shape": ()}, (), tensor.dtype)
+            out = self.graph.new_value((), _dt.float64, weak=True)
+            from .ir import Node
+            node = Node(_P["cast"], [flat], {"dtype": _dt.float64}, out)
+            out.producer = node
+            self.graph.nodes.append(node)
+            return TracedScalar(float(tensor._data.reshape(()).item()), self, out)
+        else:  # bool, float, int, index, nonzero, positions, size: control flow
             v = self.value_of(tensor)
             self.graph.add_guard(v, tensor._data.copy(), kind, user_frame())
+        return None
 
     def on_write(self, tensor, what, value) -> None:
         if self.unsupported is not None:
@@ -552,6 +602,7 @@ class Tracer(DispatchMode):
             raise Unsupported(f"the function returns a {type(x).__name__}; compiled functions "
                               f"return tensors, numbers, None and tuples/lists/dicts of them")
 
+        prints = self._print_specs(out_index)
         out_spec = spec_of(result)
         g.outputs = outputs
         by_value = {id(self.input_value[k]): b for k, b in self.input_binding.items()}
@@ -561,9 +612,25 @@ class Tracer(DispatchMode):
         grad_guards = [(weakref.ref(o), none, self._name(o))
                        for o, none in self.grad_state.values() if none is not None]
         trace = Trace(g, bindings, scalars, writebacks, effects, out_spec,
-                      list(self.objects.values()), self.baked, grad_guards)
+                      list(self.objects.values()), self.baked, grad_guards, prints=prints)
         self._check_escapes(returned)
         return trace
+
+    def _print_specs(self, out_index) -> list:
+        """debug_print effects with their tensors replaced by output indices (a method, so
+        no local variable keeps a tensor alive during the escape check)."""
+        prints = []
+        for items, sep, end in self.prints:
+            spec = []
+            for kind, x in items:
+                if kind == "tensor":
+                    spec.append(("tensor", out_index(self.value_of(x))))
+                elif kind == "scalar":
+                    spec.append(("scalar", out_index(x._value)))
+                else:
+                    spec.append(("const", x))
+            prints.append((spec, sep, end))
+        return prints
 
     def _check_escapes(self, allowed: set) -> None:
         """A tensor made by a traced op that is still alive once the tracer lets go of it
@@ -575,6 +642,7 @@ class Tracer(DispatchMode):
         self.slot_tensor.clear()
         self.attr_source.clear()
         self.grad_effects.clear()
+        self.prints.clear()
         alive = [r for r in self.created if r() is not None and id(r()) not in allowed]
         if alive:
             import gc
@@ -582,6 +650,10 @@ class Tracer(DispatchMode):
             alive = [r for r in alive if r() is not None]
         if alive:
             t = alive[0]()
+            if os.environ.get("DYNGRAD_DEBUG_ESCAPES"):
+                import gc
+                for r in gc.get_referrers(t):
+                    print("held by", type(r), str(r)[:200])
             raise Unsupported(f"a tensor made inside the function ({t.dtype.name}"
                               f"{list(t.shape)}) is kept in Python state the compiled function "
                               f"cannot update (e.g. optimizer state created on its first step); "

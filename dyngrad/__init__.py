@@ -124,6 +124,7 @@ from .ops.reduce import (
     sum,
     var,
 )
+from .printing import debug_print
 from .serialization import load, save
 from .tensor import Tensor
 
@@ -158,7 +159,7 @@ __all__ = [
     "float32", "float64", "int64", "bool_", "get_default_dtype",
     "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "save", "load",
     "autograd", "testing", "special", "dtypes", "dispatch", "nn", "optim", "utils", "func",
-    "forward_ad",
+    "forward_ad", "debug_print", "compile",
     "add", "sub", "mul", "div", "pow", "neg", "abs", "sign", "floor", "exp", "log", "log1p",
     "sqrt", "rsqrt", "sin", "cos", "tanh", "erf", "sigmoid", "relu", "gelu", "reciprocal",
     "square", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge", "where", "clamp",

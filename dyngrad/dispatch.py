@@ -44,8 +44,9 @@ class DispatchMode:
         with suspend(self):
             return dispatch(prim, *args, **params)
 
-    def on_read(self, tensor, kind: str) -> None:
-        """Python is reading ``tensor``'s data (``kind``: 'bool', 'item', 'numpy', ...)."""
+    def on_read(self, tensor, kind: str) -> Any:
+        """Python is reading ``tensor``'s data (``kind``: 'bool', 'item', 'numpy', ...).
+        For 'item' and 'float' a mode may return a number to use instead."""
 
     def on_write(self, tensor, what: str, value: Any) -> None:
         """State change: ``what`` is 'grad', 'data', 'requires_grad' or 'inplace'."""
@@ -56,6 +57,9 @@ class DispatchMode:
 
     def on_attr(self, owner: Any, name: str, value: Any) -> None:
         """Tensor-valued attribute ``owner.name`` was read (``p.grad``), giving ``value``."""
+
+    def on_debug_print(self, args: tuple, sep: str, end: str) -> None:
+        """``dg.debug_print(*args)`` is printing."""
 
     def on_backward(self, roots: list, retain_graph: bool) -> None:
         """The backward engine starts from ``roots``."""
@@ -78,9 +82,15 @@ def dispatch(prim, *args, **params):
     return prim.apply(args, params)
 
 
-def report_read(tensor, kind: str) -> None:
+def report_read(tensor, kind: str) -> Any:
+    """Tell the modes Python reads ``tensor``; a mode may return a stand-in for the number
+    read (a tracer returns a number that remembers where it came from). None: no stand-in."""
+    out = None
     for m in STATE.modes:
-        m.on_read(tensor, kind)
+        r = m.on_read(tensor, kind)
+        if r is not None:
+            out = r
+    return out
 
 
 def report_write(tensor, what: str, value: Any) -> None:

@@ -56,3 +56,21 @@ def tensor_repr(t) -> str:
     elif t._requires_grad:
         extras.append("requires_grad=True")
     return "tensor(" + body + "".join(", " + e for e in extras) + ")"
+
+
+def debug_print(*args, sep: str = " ", end: str = "\n", file=None) -> None:
+    """``print`` that also works inside compiled functions: a tracer records it and every
+    compiled call prints the values of that call (plain ``print`` of a tensor makes a compiled
+    function fall back to eager, since its data would leave the trace).
+
+    >>> dg.debug_print("loss", loss)
+    """
+    import sys
+
+    from .dispatch import STATE
+    from .tensor import Tensor
+    for m in STATE.modes:
+        m.on_debug_print(args, sep, end)
+    text = sep.join(tensor_repr(a) if isinstance(a, Tensor) else str(float(a))
+                    if type(a) is not float and isinstance(a, float) else str(a) for a in args)
+    print(text, end=end, file=file or sys.stdout)
