@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from dyngrad.autograd.graph import _FREED_MSG, Node
+from dyngrad.autograd.graph import _FREED_MSG, FREED, Node
 from dyngrad.dispatch import STATE, push_mode
 from dyngrad.nn.module import Module
 from dyngrad.tensor import Tensor
@@ -33,6 +33,7 @@ from dyngrad.tensor import Tensor
 from . import ir
 from .backends import interp
 from .guards import GuardSet, build_guards, flatten, unflatten
+from .partition import split
 from .passes import run_passes
 from .trace import Trace, Tracer, Unsupported
 
@@ -51,6 +52,8 @@ class _Config:
 
     enabled = os.environ.get("DYNGRAD_COMPILE", "1").strip().lower() not in ("0", "false",
                                                                             "off", "no")
+    # a compiled call that raises reruns eagerly; tests set this to see compiler bugs
+    raise_internal_errors = os.environ.get("DYNGRAD_COMPILE_STRICT", "") not in ("", "0")
 
 
 config = _Config()
@@ -103,6 +106,7 @@ class Variant:
     trace_seconds: float
     compile_seconds: float
     copy_outputs: set = field(default_factory=set)
+    backward: BackwardPlan | None = None
     calls: int = 0
 
     def run(self, flat: list):
@@ -113,6 +117,11 @@ class Variant:
             inputs.append(obj if isinstance(obj, np.ndarray) else obj._data)
         scalars = [s.read(flat) for s in tr.scalar_sources]
         outs = interp.run(self.plan, inputs, scalars)
+        grad_node = None
+        if self.backward is not None:
+            n = self.backward.parts.n_outputs
+            grad_node = self.backward.node(outs[n:], flat)
+            outs = outs[:n]
         # every guard passed: commit (writes last — see the module's Note)
         for k in self.copy_outputs:
             outs[k] = np.array(outs[k], copy=True)
@@ -132,13 +141,17 @@ class Variant:
                            str(float(outs[k])) if kind == "scalar" else k
                            for kind, k in spec), end=end)
         self.calls += 1
-        return _build(tr.out_spec, outs, flat)
+        return _build(tr.out_spec, outs, flat, grad_node)
 
 
-def _build(spec, outs, flat):
+def _build(spec, outs, flat, grad_node=None):
     kind = spec[0]
     if kind == "value":
         return Tensor._fresh(outs[spec[1]])
+    if kind == "grad_out":  # differentiable output: its grad_fn runs the compiled backward
+        t = Tensor._fresh(outs[spec[2]])
+        t._node, t._out_nr, t._requires_grad = grad_node, spec[1], True
+        return t
     if kind == "spent":  # a loss backward already ran through, as eager would return it
         t = Tensor._fresh(outs[spec[1]])
         t._node, t._requires_grad = SpentGraph(spec[2]), True
@@ -150,13 +163,13 @@ def _build(spec, outs, flat):
     if kind == "const":
         return spec[1]
     if kind == "tuple":
-        return tuple(_build(s, outs, flat) for s in spec[1])
+        return tuple(_build(s, outs, flat, grad_node) for s in spec[1])
     if kind == "namedtuple":
-        return spec[1](*(_build(s, outs, flat) for s in spec[2]))
+        return spec[1](*(_build(s, outs, flat, grad_node) for s in spec[2]))
     if kind == "list":
-        return [_build(s, outs, flat) for s in spec[1]]
+        return [_build(s, outs, flat, grad_node) for s in spec[1]]
     if kind == "dict":
-        return {k: _build(s, outs, flat) for k, s in spec[1]}
+        return {k: _build(s, outs, flat, grad_node) for k, s in spec[1]}
     raise AssertionError(kind)
 
 
@@ -177,7 +190,75 @@ class SpentGraph(Node):
         raise RuntimeError(_FREED_MSG)
 
 
-def _aliasing_outputs(g: ir.Graph) -> set:
+@dataclass(eq=False)
+class BackwardPlan:
+    """The backward part of a split graph, and how to connect it to autograd."""
+
+    plan: Any
+    parts: Any  # partition.Split
+    leaves: list  # bindings of the tensors that receive gradients
+    grad_shapes: list
+    bindings: list  # the forward graph's input bindings
+
+    def node(self, saved: list, flat: list) -> CompiledBackward:
+        """The grad_fn for one call's outputs: saved values are this call's fresh arrays;
+        bound inputs saved by reference are version-checked like eager's saved tensors."""
+        versions = []
+        for index in self.parts.saved_inputs:
+            if index is not None:
+                obj = self.bindings[index].resolve(flat)
+                if isinstance(obj, Tensor):
+                    versions.append((obj, obj._storage.version))
+        edges = tuple(b.resolve(flat)._edge() for b in self.leaves)
+        return CompiledBackward(self, [np.asarray(a) for a in saved], versions, edges)
+
+
+class CompiledBackward(Node):
+    """grad_fn of the outputs of a compiled forward: runs the compiled backward graph."""
+
+    __slots__ = ("bplan", "saved", "versions", "in_meta", "out_meta", "n_out")
+
+    def __init__(self, bplan: BackwardPlan, saved: list, versions: list, edges: tuple) -> None:
+        super().__init__(edges)
+        self.bplan, self.saved, self.versions = bplan, saved, versions
+        self.in_meta = [(shape, None) for shape in bplan.grad_shapes]
+        cots = bplan.parts.backward.inputs[len(saved):]
+        self.out_meta = [(v.shape, v.dtype) for v in cots]
+        self.n_out = len(cots)
+
+    @property
+    def n_outputs(self) -> int:
+        return self.n_out
+
+    def name(self) -> str:
+        return "CompiledFunctionBackward"
+
+    def release(self) -> None:
+        self.saved = FREED
+
+    def apply(self, grads, create_graph, retain_graph):
+        if create_graph:
+            raise RuntimeError(
+                "create_graph=True through a compiled backward is not supported: higher-order "
+                "gradients need the eager graph; call the function under compiler.disable() "
+                "or compile it with mode='eager'")
+        if self.saved is FREED:
+            raise RuntimeError(_FREED_MSG)
+        for t, version in self.versions:
+            if t._storage.version != version:
+                raise RuntimeError(
+                    f"one of the variables needed for gradient computation has been modified "
+                    f"by an inplace operation: [{t.dtype.name} {list(t.shape)}] is at version "
+                    f"{t._storage.version}; expected version {version} instead "
+                    f"({self.name()} saved it)")
+        cots = [g._data for g in grads]
+        res = interp.run(self.bplan.plan, self.saved + cots, [])
+        if not retain_graph:
+            self.release()
+        return tuple(Tensor._fresh(np.asarray(r)) for r in res)
+
+
+def _aliasing_outputs(g: ir.Graph, limit: int) -> set:
     """Outputs whose array may share memory with an input (views and inputs themselves):
     they are copied before write-backs so no write-back reads memory another overwrote."""
     from_input = {id(v) for v in g.inputs}
@@ -185,7 +266,7 @@ def _aliasing_outputs(g: ir.Graph) -> set:
         if n.prim.view and n.inputs and isinstance(n.inputs[0], ir.Value) \
                 and id(n.inputs[0]) in from_input:
             from_input.add(id(n.out))
-    return {k for k, v in enumerate(g.outputs) if id(v) in from_input}
+    return {k for k, v in enumerate(g.outputs[:limit]) if id(v) in from_input}
 
 
 class CompiledFunction:
@@ -267,10 +348,9 @@ class CompiledFunction:
                 self._note(f"value guard failed: {gd.kind} at {gd.where}: traced "
                            f"{_short(gd.expected)}, now {_short(miss.got)}", "guards")
                 failed.append((v, None))
-                break
+                continue  # nothing was written: another variant may hold (another trip count)
             except Exception as exc:  # nothing was written: let eager raise or succeed
-                self._note(f"compiled call raised {type(exc).__name__}: {exc}; running eagerly",
-                           "guards")
+                self._internal_error(exc)
                 return self.fn(*args, **kwargs)
         return self._miss(args, kwargs, flat, spec, failed)
 
@@ -309,19 +389,36 @@ class CompiledFunction:
         try:
             trace = tracer.finish(result, flat)
             trace.grad_enabled = grad_enabled
-            before = str(trace.graph)
-            ir.verify(trace.graph)
-            trace.graph = run_passes(trace.graph)
-            after = str(trace.graph)
+            bw = trace.backward
+            g = trace.graph
+            n_fwd = len(g.outputs)
+            if bw is not None:  # the joint graph: cotangents in, leaf gradients out
+                g.inputs = g.inputs + bw["cotangents"]
+                g.outputs = g.outputs + bw["grads"]
+            before = str(g)
+            ir.verify(g)
+            g = run_passes(g)
+            after = str(g)
+            backward = None
+            if bw is not None:
+                parts = split(g, n_fwd, bw["cotangents"])
+                ir.verify(parts.forward)
+                ir.verify(parts.backward)
+                g = parts.forward
+                backward = BackwardPlan(interp.compile_graph(parts.backward), parts,
+                                        bw["leaves"], [v.shape for v in bw["grads"]],
+                                        trace.bindings)
+                after += "\nbackward:\n" + str(parts.backward)
+            trace.graph = g
             guards = build_guards(trace, self._code_fn, flat, spec, self.dynamic_numbers)
-            plan = interp.compile_graph(trace.graph)
+            plan = interp.compile_graph(g)
         except Unsupported as exc:
             self._unsupported(str(exc))
             return result
         t2 = time.perf_counter()
         self._unsupported_streak = 0
         v = Variant(trace, guards, before, after, plan, t1 - t0, t2 - t1,
-                    _aliasing_outputs(trace.graph))
+                    _aliasing_outputs(trace.graph, n_fwd), backward=backward)
         self.variants.append(v)
         self._note(f"traced variant {len(self.variants)} of {self.__name__}: "
                    f"{len(trace.graph.nodes)} nodes, {len(guards.describe)} guards, "
@@ -329,6 +426,20 @@ class CompiledFunction:
         if _topic("graph"):
             log.info("%s", after)
         return result
+
+    def _internal_error(self, exc: Exception) -> None:
+        """A compiled call raised (a shape the guards did not foresee, or a compiler bug):
+        recorded, warned about once, and the call runs eagerly."""
+        import traceback
+        where = traceback.format_exception(type(exc), exc, exc.__traceback__)[-2].strip()
+        reason = f"compiled call raised {type(exc).__name__}: {exc} ({where})"
+        self._note(reason + "; running eagerly", "guards")
+        if reason not in self.fallbacks:
+            self.fallbacks.append(reason)
+            warnings.warn(f"dyngrad.compile: {self.__name__}: {reason}; ran eagerly",
+                          stacklevel=4)
+        if config.raise_internal_errors:
+            raise exc
 
     def _unsupported(self, reason: str) -> None:
         self.fallbacks.append(reason)

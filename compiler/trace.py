@@ -254,6 +254,8 @@ class Trace:
     grad_guards: list = field(default_factory=list)  # (weakref owner, was None, name)
     grad_enabled: bool = True
     prints: list = field(default_factory=list)  # dg.debug_print effects, in order
+    backward: dict | None = None  # for outputs differentiated after the call: see
+    #                              Tracer._trace_backward
 
 
 class Tracer(DispatchMode):
@@ -576,10 +578,11 @@ class Tracer(DispatchMode):
                 if x._node is not None and x._requires_grad:
                     if self.backward_roots.get(id(x._node)) is False:
                         spent = True  # backward already ran through it inside the call
-                    else:
-                        raise Unsupported("the function returns a tensor that requires grad "
-                                          "for a backward() outside it (compiled backward "
-                                          "outside the function is not supported yet)")
+                    else:  # backward outside: a compiled backward graph will serve it
+                        returned.add(id(x))
+                        grad_outputs.append(x)
+                        return ("grad_out", len(grad_outputs) - 1,
+                                out_index(self.value_of(x)))
                 key = slot_key(x)
                 returned.add(id(x))
                 if spent:
@@ -602,8 +605,14 @@ class Tracer(DispatchMode):
             raise Unsupported(f"the function returns a {type(x).__name__}; compiled functions "
                               f"return tensors, numbers, None and tuples/lists/dicts of them")
 
+        grad_outputs: list = []
         prints = self._print_specs(out_index)
         out_spec = spec_of(result)
+        backward = None
+        if grad_outputs:
+            backward = self._trace_backward(grad_outputs)
+            returned |= backward.pop("saved_ids")
+        del grad_outputs
         g.outputs = outputs
         by_value = {id(self.input_value[k]): b for k, b in self.input_binding.items()}
         bindings = [by_value[id(v)] for v in g.inputs]
@@ -612,9 +621,47 @@ class Tracer(DispatchMode):
         grad_guards = [(weakref.ref(o), none, self._name(o))
                        for o, none in self.grad_state.values() if none is not None]
         trace = Trace(g, bindings, scalars, writebacks, effects, out_spec,
-                      list(self.objects.values()), self.baked, grad_guards, prints=prints)
+                      list(self.objects.values()), self.baked, grad_guards, prints=prints,
+                      backward=backward)
         self._check_escapes(returned)
         return trace
+
+    def _trace_backward(self, outs: list) -> dict:
+        """Backward outside: record what ``autograd.grad(outs, leaves)`` does, with the
+        cotangents as extra graph inputs, so the runtime can split the joint graph into a
+        forward part (which also returns the values backward needs) and a backward part run
+        by the returned tensors' grad_fn. The eager graph is retained: the first call's own
+        outputs stay differentiable."""
+        from dyngrad.autograd import grad as autograd_grad
+        from dyngrad.dispatch import push_mode
+        leaves = []
+        for key, b in self.input_binding.items():
+            t = self.slot_tensor.get(key)
+            if t is not None and t._requires_grad and self.slots[key] is self.input_value[key]:
+                leaves.append((b, t))
+        n_nodes, n_guards = len(self.graph.nodes), len(self.graph.guards)
+        cots, cot_values = [], []
+        for o in outs:
+            c = Tensor._fresh(np.ones(o._data.shape, o._data.dtype))
+            v = self.graph.new_value(o._data.shape, o.dtype, "cotangent")
+            self._register(slot_key(c), c, v)
+            cots.append(c)
+            cot_values.append(v)
+        with push_mode(self):
+            grads = autograd_grad(outs, [t for _, t in leaves], grad_outputs=cots,
+                                  retain_graph=True, allow_unused=True) if leaves else ()
+        if self.unsupported is not None:
+            raise Unsupported(self.unsupported)
+        if len(self.graph.guards) != n_guards:
+            raise Unsupported("backward() of a returned tensor reads tensor values (a value "
+                              "guard after the call returned cannot be honoured)")
+        used = [(b, self.value_of(g)) for (b, _), g in zip(leaves, grads) if g is not None]
+        saved_ids = set()
+        for o in outs:  # tensors the retained eager graph keeps are not escapes
+            saved_ids |= _graph_tensor_ids(o._node)
+        return {"leaves": [b for b, _ in used], "grads": [v for _, v in used],
+                "cotangents": cot_values, "first_backward_node": n_nodes,
+                "saved_ids": saved_ids}
 
     def _print_specs(self, out_index) -> list:
         """debug_print effects with their tensors replaced by output indices (a method, so
@@ -662,3 +709,19 @@ class Tracer(DispatchMode):
 
 def _is_created(t: Tensor, created: list) -> bool:
     return any(r() is t for r in created)
+
+
+def _graph_tensor_ids(root) -> set:
+    """ids of the tensors saved by the backward nodes reachable from ``root``."""
+    ids, stack, seen = set(), [root], set()
+    while stack:
+        n = stack.pop()
+        if n is None or id(n) in seen:
+            continue
+        seen.add(id(n))
+        for attr in ("saved", "to_save"):
+            held = getattr(n, attr, ())
+            if isinstance(held, (tuple, list)):
+                ids.update(id(t) for t in held if isinstance(t, Tensor))
+        stack.extend(e[0] for e in n.next if e is not None)
+    return ids
