@@ -571,6 +571,7 @@ class Tracer(DispatchMode):
             effects = [e for e in effects if e[0] is not ob]  # the last assignment wins
             effects.append((ob, None if value is None else out_index(self.value_of(value))))
         returned: set = set()
+        grad_outputs: list = []  # returned tensors a backward() may run through later
 
         def spec_of(x):
             if isinstance(x, Tensor):
@@ -605,14 +606,12 @@ class Tracer(DispatchMode):
             raise Unsupported(f"the function returns a {type(x).__name__}; compiled functions "
                               f"return tensors, numbers, None and tuples/lists/dicts of them")
 
-        grad_outputs: list = []
         prints = self._print_specs(out_index)
         out_spec = spec_of(result)
         backward = None
         if grad_outputs:
             backward = self._trace_backward(grad_outputs)
             returned |= backward.pop("saved_ids")
-        del grad_outputs
         g.outputs = outputs
         by_value = {id(self.input_value[k]): b for k, b in self.input_binding.items()}
         bindings = [by_value[id(v)] for v in g.inputs]
