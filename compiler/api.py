@@ -35,6 +35,7 @@ from .backends import interp
 from .guards import GuardSet, build_guards, flatten, unflatten
 from .partition import split
 from .passes import run_passes
+from .symbolic import arg_dims, arg_shapes, generalize
 from .trace import Trace, Tracer, Unsupported
 
 log = logging.getLogger("dyngrad.compiler")
@@ -108,6 +109,23 @@ class Variant:
     copy_outputs: set = field(default_factory=set)
     backward: BackwardPlan | None = None
     calls: int = 0
+    arg_meta: list = field(default_factory=list)
+    sym: Any = None  # symbolic.SymbolicDims when one variant serves every size
+    templates: list | None = None
+    bw_templates: list | None = None
+    plans: dict = field(default_factory=dict)  # size -> (forward plan, backward plan)
+
+    def plans_for(self, flat: list) -> tuple:
+        if self.sym is None:
+            return self.plan, (self.backward.plan if self.backward else None)
+        d = self.sym.size(flat)
+        p = self.plans.get(d)
+        if p is None:
+            fwd = interp.compile_graph(self.trace.graph, self.templates, d)
+            bwd = interp.compile_graph(self.backward.parts.backward, self.bw_templates, d) \
+                if self.backward else None
+            p = self.plans[d] = (fwd, bwd)
+        return p
 
     def run(self, flat: list):
         tr = self.trace
@@ -116,11 +134,12 @@ class Variant:
             obj = b.resolve(flat)
             inputs.append(obj if isinstance(obj, np.ndarray) else obj._data)
         scalars = [s.read(flat) for s in tr.scalar_sources]
-        outs = interp.run(self.plan, inputs, scalars)
+        plan, bplan = self.plans_for(flat)
+        outs = interp.run(plan, inputs, scalars)
         grad_node = None
         if self.backward is not None:
             n = self.backward.parts.n_outputs
-            grad_node = self.backward.node(outs[n:], flat)
+            grad_node = self.backward.node(bplan, outs[n:], flat)
             outs = outs[:n]
         # every guard passed: commit (writes last — see the module's Note)
         for k in self.copy_outputs:
@@ -200,7 +219,7 @@ class BackwardPlan:
     grad_shapes: list
     bindings: list  # the forward graph's input bindings
 
-    def node(self, saved: list, flat: list) -> CompiledBackward:
+    def node(self, plan, saved: list, flat: list) -> CompiledBackward:
         """The grad_fn for one call's outputs: saved values are this call's fresh arrays;
         bound inputs saved by reference are version-checked like eager's saved tensors."""
         versions = []
@@ -210,18 +229,20 @@ class BackwardPlan:
                 if isinstance(obj, Tensor):
                     versions.append((obj, obj._storage.version))
         edges = tuple(b.resolve(flat)._edge() for b in self.leaves)
-        return CompiledBackward(self, [np.asarray(a) for a in saved], versions, edges)
+        return CompiledBackward(self, plan, [np.asarray(a) for a in saved], versions, edges)
 
 
 class CompiledBackward(Node):
     """grad_fn of the outputs of a compiled forward: runs the compiled backward graph."""
 
-    __slots__ = ("bplan", "saved", "versions", "in_meta", "out_meta", "n_out")
+    __slots__ = ("bplan", "plan", "saved", "versions", "in_meta", "out_meta", "n_out")
 
-    def __init__(self, bplan: BackwardPlan, saved: list, versions: list, edges: tuple) -> None:
+    def __init__(self, bplan: BackwardPlan, plan, saved: list, versions: list,
+                 edges: tuple) -> None:
         super().__init__(edges)
-        self.bplan, self.saved, self.versions = bplan, saved, versions
-        self.in_meta = [(shape, None) for shape in bplan.grad_shapes]
+        self.bplan, self.plan, self.saved, self.versions = bplan, plan, saved, versions
+        self.in_meta = [(e[0].variable.shape if hasattr(e[0], "variable") else shape, None)
+                        for e, shape in zip(edges, bplan.grad_shapes)]
         cots = bplan.parts.backward.inputs[len(saved):]
         self.out_meta = [(v.shape, v.dtype) for v in cots]
         self.n_out = len(cots)
@@ -252,7 +273,7 @@ class CompiledBackward(Node):
                     f"{t._storage.version}; expected version {version} instead "
                     f"({self.name()} saved it)")
         cots = [g._data for g in grads]
-        res = interp.run(self.bplan.plan, self.saved + cots, [])
+        res = interp.run(self.plan, self.saved + cots, [])
         if not retain_graph:
             self.release()
         return tuple(Tensor._fresh(np.asarray(r)) for r in res)
@@ -418,7 +439,10 @@ class CompiledFunction:
         t2 = time.perf_counter()
         self._unsupported_streak = 0
         v = Variant(trace, guards, before, after, plan, t1 - t0, t2 - t1,
-                    _aliasing_outputs(trace.graph, n_fwd), backward=backward)
+                    _aliasing_outputs(trace.graph, n_fwd), backward=backward,
+                    arg_meta=arg_shapes(flat))
+        if self.dynamic is not False:
+            self._generalize(v, flat, spec)
         self.variants.append(v)
         self._note(f"traced variant {len(self.variants)} of {self.__name__}: "
                    f"{len(trace.graph.nodes)} nodes, {len(guards.describe)} guards, "
@@ -426,6 +450,33 @@ class CompiledFunction:
         if _topic("graph"):
             log.info("%s", after)
         return result
+
+    def _generalize(self, v: Variant, flat, spec) -> None:
+        """If ``v`` and an earlier variant differ only in one argument dimension, affinely,
+        make ``v`` symbolic in it and drop the earlier one (see compiler/symbolic.py)."""
+        for old in self.variants:
+            if old.sym is not None or (old.backward is None) != (v.backward is None):
+                continue
+            dims = arg_dims(old.arg_meta, v.arg_meta)
+            if dims is None:
+                continue
+            (i, k) = dims.base
+            d1, d2 = old.arg_meta[i][0][k], v.arg_meta[i][0][k]
+            t = generalize(old.trace.graph, v.trace.graph, d1, d2)
+            tb = None
+            if t is not None and v.backward is not None:
+                tb = generalize(old.backward.parts.backward, v.backward.parts.backward, d1, d2)
+                if tb is None:
+                    t = None
+            if t is None:
+                continue
+            v.sym, v.templates, v.bw_templates = dims, t, tb
+            v.guards = build_guards(v.trace, self._code_fn, flat, spec, self.dynamic_numbers,
+                                    symbolic=dims)
+            self.variants.remove(old)
+            self._note(f"{self.__name__}: dimension {k} of argument {i} is symbolic (sizes "
+                       f"{d1} and {d2} share one variant)", "recompiles")
+            return
 
     def _internal_error(self, exc: Exception) -> None:
         """A compiled call raised (a shape the guards did not foresee, or a compiler bug):

@@ -125,8 +125,11 @@ def _cell_reader(cell):
     return read
 
 
-def build_guards(trace, fn, flat: list, spec, dynamic_numbers: set) -> GuardSet:
-    """Generate the guard function for a trace of ``fn`` called with ``flat``/``spec``."""
+def build_guards(trace, fn, flat: list, spec, dynamic_numbers: set,
+                 symbolic=None) -> GuardSet:
+    """Generate the guard function for a trace of ``fn`` called with ``flat``/``spec``.
+    With ``symbolic`` (a :class:`compiler.symbolic.SymbolicDims`), the symbolic dims of the
+    arguments may take any size ≥ 2, consistently with each other."""
     ns: dict[str, Any] = {"STATE": STATE, "MISSING": _MISSING}
     lines = ["def check(flat, spec):"]
     describe, expected, now, tags = [], [], [], []
@@ -142,17 +145,34 @@ def build_guards(trace, fn, flat: list, spec, dynamic_numbers: set) -> GuardSet:
     ns["SPEC"] = spec
     add("spec != SPEC", "structure of the arguments", _spec_str(spec), lambda f: "changed")
     storages: dict[int, list] = {}
+    sym_dims = symbolic.dims if symbolic is not None else {}
+    if symbolic is not None:
+        bi, bk = symbolic.base
+        lines.append(f"    d = flat[{bi}]._data.shape[{bk}] if len(flat[{bi}]._data.shape) > {bk} "
+                     f"else -1")
+        add("d < 2", f"symbolic size d = dim {bk} of argument {bi} is at least 2", ">= 2",
+            lambda f, bi=bi, bk=bk: f[bi]._data.shape[bk])
     for i, x in enumerate(flat):
         if isinstance(x, Tensor):
             a = x._data
             ns[f"S{i}"], ns[f"D{i}"], ns[f"T{i}"] = a.shape, a.dtype, a.strides
             lines.append(f"    a = flat[{i}]._data")
-            add(f"a.shape != S{i}", f"shape of argument {i}", a.shape,
-                lambda f, i=i: f[i].shape)
+            if i in sym_dims:
+                shape = [sym_dims[i].get(k, n) for k, n in enumerate(a.shape)]
+                expr = "(" + "".join(f"{n.a} * d + {n.b}, " if not isinstance(n, int)
+                                     else f"{n}, " for n in shape) + ")"
+                add(f"a.shape != {expr}", f"shape of argument {i}",
+                    tuple(map(str, shape)), lambda f, i=i: f[i].shape)
+                add(f"a.flags.c_contiguous is not {a.flags.c_contiguous}",
+                    f"contiguity of argument {i}", a.flags.c_contiguous,
+                    lambda f, i=i: f[i]._data.flags.c_contiguous)
+            else:
+                add(f"a.shape != S{i}", f"shape of argument {i}", a.shape,
+                    lambda f, i=i: f[i].shape, ("shape", i))
+                add(f"a.strides != T{i}", f"strides of argument {i}", a.strides,
+                    lambda f, i=i: f[i]._data.strides)
             add(f"a.dtype is not D{i}", f"dtype of argument {i}", a.dtype.name,
                 lambda f, i=i: f[i]._data.dtype.name)
-            add(f"a.strides != T{i}", f"strides of argument {i}", a.strides,
-                lambda f, i=i: f[i]._data.strides)
             add(f"flat[{i}]._requires_grad is not {x._requires_grad}",
                 f"requires_grad of argument {i}", x._requires_grad,
                 lambda f, i=i: f[i]._requires_grad)

@@ -24,8 +24,11 @@ def _same(expected, got) -> bool:
     return np.array_equal(np.asarray(got), expected)
 
 
-def compile_graph(g: Graph):
-    """A plan for :func:`run`: per node, its impl, params and where its inputs come from."""
+def compile_graph(g: Graph, templates: list | None = None, size: int | None = None):
+    """A plan for :func:`run`: per node, its impl, params and where its inputs come from.
+    With ``templates`` (symbolic dimensions), node k's params are ``templates[k]``
+    instantiated at ``size``."""
+    from ..symbolic import instantiate
     slot = {}
     for i, v in enumerate(g.inputs):
         slot[id(v)] = ("in", i)
@@ -45,7 +48,8 @@ def compile_graph(g: Graph):
                     srcs.append(slot[id(x)] + ((True,) if x.weak else (False,)))
             else:
                 srcs.append(("lit", x))
-        steps.append((n.prim.impl, srcs, n.params, k))
+        params = n.params if templates is None else instantiate(templates[k], size)
+        steps.append((n.prim.impl, srcs, params, k))
         slot[id(n.out)] = ("node", k)
     outs = []
     for v in g.outputs:

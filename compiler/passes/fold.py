@@ -1,6 +1,7 @@
-"""Constant folding: nodes whose inputs are all known at trace time (constants, literals,
-creation ops) are evaluated once, with the primitive's own impl, and become constants —
-except where the result would be large (kept as a node to save memory)."""
+"""Constant folding: nodes whose inputs are all known at trace time (constants and literals)
+are evaluated once, with the primitive's own impl, and become constants — except where the
+result would be large (kept as a node to save memory) and creation ops, which stay nodes so
+that their sizes can follow a symbolic dimension."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ def fold(g: Graph) -> Graph:
     for n in g.nodes:
         n.inputs = [replace.get(id(x), x) if isinstance(x, Value) else x for x in n.inputs]
         known = all(not isinstance(x, Value) or x.const is not None for x in n.inputs)
-        if known and not n.out.weak and n.prim.kind != "random" \
+        # creation ops (zeros, arange, ...) stay nodes: their shapes may follow a symbolic
+        # dimension, which a baked constant could not
+        if known and not n.out.weak and n.prim.kind not in ("random", "creation") \
                 and int(np.prod(n.out.shape)) <= MAX_FOLD_ELEMENTS:
             args = [x.const if isinstance(x, Value) else x for x in n.inputs]
             arr = np.asarray(n.prim.impl(*args, **n.params))

@@ -206,7 +206,8 @@ class Module:
         if not isinstance(mode, bool):
             raise ValueError("training mode is expected to be boolean")
         for m in self.modules():
-            m.training = mode
+            if m.training is not mode:  # model.train() every epoch must not bump versions
+                m.training = mode
         return self
 
     def eval(self) -> Module:

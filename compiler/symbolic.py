@@ -1,0 +1,199 @@
+"""Symbolic dimensions: one variant for every size of a dimension (a batch size).
+
+When a call misses only because one argument dimension changed, the new trace is compared
+with the old one node by node. If the two graphs have the same structure and every size that
+differs in a parameter is an affine function ``a·d + b`` of that dimension ``d`` (fitted from
+the two traces), the pair is replaced by a single variant whose parameters are templates;
+the plan for a concrete size is instantiated on first use and cached ("compute the plan per
+concrete size, cheap"). Anything else that differs — a constant, a literal number, a value
+guard, a different op sequence (the function read the size into Python and branched on it) —
+means the dimension is not symbolic, and the variants stay separate. Sizes 0 and 1 are never
+generalised (broadcasting and empty tensors behave differently there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dyngrad.dtypes import DType
+
+from .ir import Graph, Value
+
+
+@dataclass(frozen=True)
+class Affine:
+    """A size ``a·d + b`` of the symbolic dimension ``d``."""
+
+    a: int
+    b: int
+
+    def at(self, d: int) -> int:
+        return self.a * d + self.b
+
+    def __repr__(self) -> str:
+        return f"{self.a}·d{'+' if self.b >= 0 else '-'}{abs(self.b)}" if self.b else \
+            f"{self.a}·d"
+
+
+class NoFit(Exception):
+    """The two traces differ in a way that is not an affine function of the dimension."""
+
+
+def fit(x1, x2, d1: int, d2: int):
+    """The template of a value seen as ``x1`` at size d1 and ``x2`` at size d2."""
+    if isinstance(x1, bool) or isinstance(x2, bool):
+        if x1 is not x2:
+            raise NoFit
+        return x1
+    if isinstance(x1, (int, np.integer)) and isinstance(x2, (int, np.integer)):
+        x1, x2 = int(x1), int(x2)
+        if x1 == x2:
+            return x1
+        if (x2 - x1) % (d2 - d1):
+            raise NoFit
+        a = (x2 - x1) // (d2 - d1)
+        return Affine(a, x1 - a * d1)
+    if type(x1) is not type(x2):
+        raise NoFit
+    if isinstance(x1, (tuple, list)):
+        if len(x1) != len(x2):
+            raise NoFit
+        return type(x1)(fit(a, b, d1, d2) for a, b in zip(x1, x2))
+    if isinstance(x1, dict):
+        if x1.keys() != x2.keys():
+            raise NoFit
+        return {k: fit(x1[k], x2[k], d1, d2) for k in x1}
+    if isinstance(x1, np.ndarray):
+        if x1.shape != x2.shape or x1.dtype != x2.dtype or not np.array_equal(x1, x2):
+            raise NoFit
+        return x1
+    if isinstance(x1, DType):
+        if x1 is not x2:
+            raise NoFit
+        return x1
+    if isinstance(x1, float) and x1 != x1 and x2 != x2:
+        return x1
+    if x1 != x2:
+        raise NoFit
+    return x1
+
+
+def instantiate(x, d: int):
+    """Replace every :class:`Affine` in a template by its size at ``d``."""
+    if isinstance(x, Affine):
+        return x.at(d)
+    if isinstance(x, tuple):
+        return tuple(instantiate(e, d) for e in x)
+    if isinstance(x, list):
+        return [instantiate(e, d) for e in x]
+    if isinstance(x, dict):
+        return {k: instantiate(e, d) for k, e in x.items()}
+    return x
+
+
+def has_affine(x) -> bool:
+    if isinstance(x, Affine):
+        return True
+    if isinstance(x, (tuple, list)):
+        return any(has_affine(e) for e in x)
+    if isinstance(x, dict):
+        return any(has_affine(e) for e in x.values())
+    return False
+
+
+def generalize(g1: Graph, g2: Graph, d1: int, d2: int) -> list | None:
+    """Per node of ``g2``, its parameter template — or None when the graphs do not differ
+    only affinely in the dimension."""
+    if (len(g1.nodes), len(g1.inputs), len(g1.scalars), len(g1.outputs), len(g1.guards)) != \
+            (len(g2.nodes), len(g2.inputs), len(g2.scalars), len(g2.outputs), len(g2.guards)):
+        return None
+    pair: dict[int, int] = {}
+    for a, b in zip(g1.inputs + g1.scalars, g2.inputs + g2.scalars):
+        pair[id(a)] = id(b)
+    try:
+        templates = []
+        for n1, n2 in zip(g1.nodes, g2.nodes):
+            if n1.prim is not n2.prim or len(n1.inputs) != len(n2.inputs):
+                return None
+            for x1, x2 in zip(n1.inputs, n2.inputs):
+                if isinstance(x1, Value) != isinstance(x2, Value):
+                    return None
+                if isinstance(x1, Value):
+                    if x1.const is not None or x2.const is not None:
+                        if x1.const is None or x2.const is None:
+                            return None
+                        fit(x1.const, x2.const, d1, d2)
+                    elif pair.get(id(x1)) != id(x2):
+                        return None
+                else:
+                    fit(x1, x2, d1, d2)
+            templates.append(fit(n1.params, n2.params, d1, d2))
+            pair[id(n1.out)] = id(n2.out)
+        for v1, v2 in zip(g1.outputs, g2.outputs):
+            if v1.const is not None or v2.const is not None:
+                fit(v1.const, v2.const, d1, d2)
+            elif pair.get(id(v1)) != id(v2):
+                return None
+        for a, b in zip(g1.guards, g2.guards):
+            if pair.get(id(a.value)) != id(b.value) or a.kind != b.kind:
+                return None
+            fit(np.asarray(a.expected), np.asarray(b.expected), d1, d2)
+    except NoFit:
+        return None
+    return templates
+
+
+@dataclass
+class SymbolicDims:
+    """Which argument dims follow the symbolic size: ``base`` = (argument, dim) defines d;
+    ``dims[i]`` maps dims of argument i to their Affine."""
+
+    base: tuple
+    dims: dict
+
+    def size(self, flat) -> int:
+        i, k = self.base
+        return flat[i]._data.shape[k]
+
+
+def arg_shapes(flat: list) -> list:
+    """(shape, dtype) of each tensor argument, None for other leaves."""
+    from dyngrad.tensor import Tensor
+    return [(x._data.shape, x._data.dtype) if isinstance(x, Tensor) else None for x in flat]
+
+
+def arg_dims(meta1: list, meta2: list) -> SymbolicDims | None:
+    """The symbolic dims between two calls' arguments (from :func:`arg_shapes`), if they
+    differ only in sizes ≥ 2 that are affine in one of them."""
+    if len(meta1) != len(meta2):
+        return None
+    base = None
+    diffs = []
+    for i, (a, b) in enumerate(zip(meta1, meta2)):
+        if (a is None) != (b is None):
+            return None
+        if a is None:
+            continue
+        (sa, da), (sb, db) = a, b
+        if len(sa) != len(sb) or da != db:
+            return None
+        for k, (s1, s2) in enumerate(zip(sa, sb)):
+            if s1 != s2:
+                if min(s1, s2) < 2:
+                    return None
+                diffs.append((i, k, s1, s2))
+                if base is None:
+                    base = (i, k, s1, s2)
+    if base is None:
+        return None
+    _, _, d1, d2 = base
+    dims: dict = {}
+    for i, k, s1, s2 in diffs:
+        try:
+            aff = fit(s1, s2, d1, d2)
+        except NoFit:
+            return None
+        dims.setdefault(i, {})[k] = aff
+    return SymbolicDims((base[0], base[1]), dims)
