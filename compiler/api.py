@@ -15,6 +15,7 @@ and exceptions.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -32,7 +33,7 @@ from dyngrad.tensor import Tensor
 
 from . import ir
 from .backends import interp
-from .guards import GuardSet, build_guards, flatten, unflatten
+from .guards import GuardSet, _code_numbers, build_guards, flatten, unflatten
 from .partition import split
 from .passes import run_passes
 from .symbolic import arg_dims, arg_shapes, generalize
@@ -114,6 +115,7 @@ class Variant:
     templates: list | None = None
     bw_templates: list | None = None
     plans: dict = field(default_factory=dict)  # size -> (forward plan, backward plan)
+    inplace: dict = field(default_factory=dict)  # node -> input written in place
 
     def plans_for(self, flat: list) -> tuple:
         if self.sym is None:
@@ -121,19 +123,20 @@ class Variant:
         d = self.sym.size(flat)
         p = self.plans.get(d)
         if p is None:
-            fwd = interp.compile_graph(self.trace.graph, self.templates, d)
+            fwd = interp.compile_graph(self.trace.graph, self.templates, d, self.inplace)
             bwd = interp.compile_graph(self.backward.parts.backward, self.bw_templates, d) \
                 if self.backward else None
             p = self.plans[d] = (fwd, bwd)
         return p
 
+    def __post_init__(self) -> None:
+        self._getters = [b.array_getter() for b in self.trace.bindings]
+        self._scalar_readers = [s.read for s in self.trace.scalar_sources]
+
     def run(self, flat: list):
         tr = self.trace
-        inputs = []
-        for b in tr.bindings:
-            obj = b.resolve(flat)
-            inputs.append(obj if isinstance(obj, np.ndarray) else obj._data)
-        scalars = [s.read(flat) for s in tr.scalar_sources]
+        inputs = [get(flat) for get in self._getters]
+        scalars = [read(flat) for read in self._scalar_readers]
         plan, bplan = self.plans_for(flat)
         outs = interp.run(plan, inputs, scalars)
         grad_node = None
@@ -144,12 +147,14 @@ class Variant:
         # every guard passed: commit (writes last — see the module's Note)
         for k in self.copy_outputs:
             outs[k] = np.array(outs[k], copy=True)
-        for b, k in tr.writebacks:
+        for b, k, done in tr.writebacks:
             obj = b.resolve(flat)
             if isinstance(obj, np.ndarray):
-                np.copyto(obj, outs[k])
+                if not done:
+                    np.copyto(obj, outs[k])
             else:
-                np.copyto(obj._data, outs[k])
+                if not done:
+                    np.copyto(obj._data, outs[k])
                 obj._storage.version += 1
         for b, k in tr.grad_effects:
             owner = b.resolve(flat)
@@ -279,6 +284,51 @@ class CompiledBackward(Node):
         return tuple(Tensor._fresh(np.asarray(r)) for r in res)
 
 
+def _inplace_writes(trace: Trace, g: ir.Graph, n_fwd: int) -> dict:
+    """Write-backs the interpreter may do in place: the node computing the new value of a
+    bound input writes straight into that input's array.
+
+    Note: allowed only when no value guard is checked after that node and no later node
+    can fail on data (index ops), so the transaction rule holds; when nothing later reads
+    the input's old value; when the node is a numpy ufunc (which handles an output
+    aliasing its operands); and when no other input shares the memory. Marks each such
+    write-back done (its copy at commit is skipped)."""
+    last_guard = max((gd.after for gd in g.guards), default=0)
+    last_index = max((j for j, n in enumerate(g.nodes) if n.prim.kind == "index"), default=-1)
+    position = {id(n.out): j for j, n in enumerate(g.nodes)}
+    input_index = {id(v): i for i, v in enumerate(g.inputs)}
+    last_use: dict[int, int] = {}
+    for j, n in enumerate(g.nodes):
+        for x in n.inputs:
+            if isinstance(x, ir.Value):
+                last_use[id(x)] = j
+    out_count: dict[int, int] = {}
+    for v in g.outputs:
+        out_count[id(v)] = out_count.get(id(v), 0) + 1
+    arrays = [b.array() for b in trace.bindings]
+    inplace, marked = {}, []
+    for b, k in trace.writebacks:
+        v = g.outputs[k]
+        j = position.get(id(v))
+        done = False
+        if j is not None and k < n_fwd and j >= last_guard and j > last_index                 and out_count[id(v)] == 1 and j not in inplace:
+            node = g.nodes[j]
+            inv = next((x for x in g.inputs if trace.bindings[input_index[id(x)]] is b), None)
+            ufunc = getattr(node.prim.impl, "ufunc", None)
+            if inv is not None and ufunc is not None and last_use.get(id(inv), -1) <= j \
+                    and id(inv) not in out_count and v.shape == inv.shape \
+                    and v.dtype is inv.dtype:
+                i = input_index[id(inv)]
+                a = arrays[i]
+                if a is not None and not any(o is not None and o is not a and
+                                             np.may_share_memory(a, o) for o in arrays):
+                    inplace[j] = i
+                    done = True
+        marked.append((b, k, done))
+    trace.writebacks = marked
+    return inplace
+
+
 def _aliasing_outputs(g: ir.Graph, limit: int) -> set:
     """Outputs whose array may share memory with an input (views and inputs themselves):
     they are copied before write-backs so no write-back reads memory another overwrote."""
@@ -327,6 +377,8 @@ class CompiledFunction:
         fn = self.fn
         if isinstance(fn, Module):
             return type(fn).forward
+        while isinstance(fn, functools.partial):  # a method compiled with the decorator
+            fn = fn.func
         return fn
 
     def reset(self) -> None:
@@ -337,7 +389,6 @@ class CompiledFunction:
     def __get__(self, obj, objtype=None):  # compile used as a method decorator
         if obj is None:
             return self
-        import functools
         bound = self.__dict__.setdefault("_bound", {})
         key = id(obj)
         cf = bound.get(key)
@@ -400,6 +451,7 @@ class CompiledFunction:
         t0 = time.perf_counter()
         tracer = Tracer(flat)
         grad_enabled = STATE.grad_enabled
+        numbers = _code_numbers(self._code_fn)  # their values on entry
         with push_mode(tracer):
             if self.dynamic_numbers:
                 traced = [tracer.arg_scalar(i, x) if i in self.dynamic_numbers else x
@@ -408,6 +460,10 @@ class CompiledFunction:
             result = self.fn(*args, **kwargs)
         t1 = time.perf_counter()
         try:
+            for what, read, value in numbers:
+                if read(flat) != value:  # e.g. `global step; step += 1`: not replayable
+                    raise Unsupported(f"the function changes {what} (from {value!r} to "
+                                      f"{read(flat)!r}); a compiled call cannot replay that")
             trace = tracer.finish(result, flat)
             trace.grad_enabled = grad_enabled
             bw = trace.backward
@@ -432,7 +488,8 @@ class CompiledFunction:
                 after += "\nbackward:\n" + str(parts.backward)
             trace.graph = g
             guards = build_guards(trace, self._code_fn, flat, spec, self.dynamic_numbers)
-            plan = interp.compile_graph(g)
+            inplace = _inplace_writes(trace, g, n_fwd)
+            plan = interp.compile_graph(g, inplace=inplace)
         except Unsupported as exc:
             self._unsupported(str(exc))
             return result
@@ -440,7 +497,7 @@ class CompiledFunction:
         self._unsupported_streak = 0
         v = Variant(trace, guards, before, after, plan, t1 - t0, t2 - t1,
                     _aliasing_outputs(trace.graph, n_fwd), backward=backward,
-                    arg_meta=arg_shapes(flat))
+                    arg_meta=arg_shapes(flat), inplace=inplace)
         if self.dynamic is not False:
             self._generalize(v, flat, spec)
         self.variants.append(v)
@@ -488,7 +545,7 @@ class CompiledFunction:
         if reason not in self.fallbacks:
             self.fallbacks.append(reason)
             warnings.warn(f"dyngrad.compile: {self.__name__}: {reason}; ran eagerly",
-                          stacklevel=4)
+                          stacklevel=3)  # the user's call (via __call__)
         if config.raise_internal_errors:
             raise exc
 
@@ -499,7 +556,7 @@ class CompiledFunction:
         if self._unsupported_streak > MAX_UNSUPPORTED:
             self.eager_reason = reason
             warnings.warn(f"dyngrad.compile: {self.__name__} runs eagerly from now on: "
-                          f"{reason}", stacklevel=4)
+                          f"{reason}", stacklevel=5)  # user → __call__ → _miss → _trace → here
 
     def _note(self, msg: str, topic: str) -> None:
         if _topic(topic):

@@ -74,7 +74,7 @@ def explain(fn, *args, **kwargs) -> Explanation:
                              f"{_short(gd.expected)}" for gd in g.guards],
             "scalars": [s.value.name for s in tr.scalar_sources],
             "baked": [f"{w} = {val!r}" for w, val in tr.baked],
-            "writes": [b.name for b, _ in tr.writebacks] +
+            "writes": [b.name + (" (in place)" if done else "") for b, _, done in tr.writebacks] +
                       [f"{b.name}.grad" for b, _ in tr.grad_effects],
             "ir_before": v.graph_before, "ir_after": v.graph_after,
         })

@@ -26,11 +26,23 @@ from dyngrad.tensor import Tensor
 
 _MISSING = object()
 _LEAF = "leaf"
+_FLAT_SPECS: dict = {}
 
 
 def flatten(args: tuple, kwargs: dict) -> tuple[list, Any]:
     """Flatten arguments into (leaves, spec). Tuples, lists and dicts are containers; the
     spec records their types, lengths and keys, and each leaf's kind."""
+    if not kwargs:  # the common case: no containers, no keywords
+        for a in args:
+            t = type(a)
+            if t is tuple or t is list or t is dict:
+                break
+        else:
+            n = len(args)
+            spec = _FLAT_SPECS.get(n)
+            if spec is None:
+                spec = _FLAT_SPECS[n] = ((tuple, (_LEAF,) * n), None)
+            return list(args), spec
     leaves: list = []
 
     def go(x):

@@ -68,6 +68,17 @@ class Binding:
     dtype: Any = None
     strides: tuple = ()
 
+    def array_getter(self):
+        """A fast function flat_args -> the bound ndarray (for the compiled call path)."""
+        k, t = self.kind, self.target
+        if k == "arg":
+            return lambda flat: flat[t]._data
+        if k == "ref":
+            return lambda flat: t()._data
+        if k == "grad":
+            return lambda flat: t()._grad._data
+        return lambda flat: t()
+
     def resolve(self, flat_args):
         """The tensor (or ndarray) now; None when it is gone."""
         if self.kind == "arg":
@@ -246,7 +257,7 @@ class Trace:
     graph: Graph
     bindings: list  # one per graph input, in order
     scalar_sources: list
-    writebacks: list  # (binding, Value): copy the value into the bound tensor's memory
+    writebacks: list  # (binding, output index, done in place): a bound tensor's new value
     grad_effects: list  # (owner binding, Value or None)
     out_spec: Any  # pytree of ('value', k) / ('input', binding) / ('const', python value)
     objects: list  # (weakref, version) of modules and optimizers used

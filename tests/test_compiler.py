@@ -646,21 +646,31 @@ def test_cache_limit_keeps_the_function_eager_with_one_warning_naming_the_guard(
     assert_same(cf(x, 2), head(x, 2))
 
 
-def test_changing_batch_size_makes_a_variant_per_size_and_matches_eager():
-    eager, compiled, (m1, o1), (m2, o2) = twins(lambda ps: optim.SGD(ps, lr=0.1))
-    sizes = [8, 8, 4, 8, 4, 3, 3, 8]
+def test_changing_batch_size_including_1_matches_eager():
+    eager, compiled, (m1, o1), (m2, o2) = twins(lambda ps: optim.SGD(ps, lr=0.1,
+                                                                     momentum=0.9))
+    sizes = [8, 8, 4, 8, 4, 1, 3, 1, 8, 3]
     run_twins(eager, compiled, m1, o1, m2, o2, steps=len(sizes), sizes=sizes)
-    shapes = {v.guards.expected[1] for v in compiled.variants}
-    assert {(8, 16), (4, 16), (3, 16)} <= shapes
-    assert compiled_calls(compiled) >= 3
+    assert compiled_calls(compiled) >= 4
 
 
-@pytest.mark.xfail(strict=True, reason="symbolic (dynamic) dimensions are not built yet")
+def test_batch_size_1_stays_specialised():
+    m = mlp()
+    cf = compiler.compile(lambda x: m(x).sum())
+    with dg.no_grad():
+        for n in (4, 5, 1, 6, 1):
+            x, _ = batch(n, n=n)
+            assert_same(cf(x), m(x).sum())
+    ones = [v for v in cf.variants if v.guards.expected[1] == (1, 16)]
+    assert len(ones) == 1 and ones[0].calls == 1
+
+
 def test_one_variant_serves_every_batch_size():
-    eager, compiled, (m1, o1), (m2, o2) = twins(lambda ps: optim.SGD(ps, lr=0.1))
-    sizes = [8, 8, 4, 5, 6, 7, 9, 12]
+    eager, compiled, (m1, o1), (m2, o2) = twins(lambda ps: optim.Adam(ps, lr=1e-2))
+    sizes = [8, 8, 4, 5, 6, 7, 9, 12, 33, 8]
     run_twins(eager, compiled, m1, o1, m2, o2, steps=len(sizes), sizes=sizes)
-    assert len(compiled.variants) <= 2  # grads None on the first call, then present
+    assert len(compiled.variants) <= 2, compiled.recompiles
+    assert compiled_calls(compiled) >= len(sizes) - 4
 
 
 @pytest.mark.parametrize("schedule", ["step", "exponential", "cosine", "lambda"])
@@ -818,16 +828,15 @@ def test_branch_on_a_value_after_the_optimizer_update_leaves_eagers_state_on_a_m
     compiled = compiler.compile(step2)
     # x > 0 drives w.sum() down through 0; x < 0 drives it back up: both branches, misses
     xs = [0.1] * 5 + [-0.4] * 5 + [0.3] * 4
-    misses = 0
     for i, v in enumerate(xs):
         x = dg.tensor([v, v, v])
-        before = len(compiled.recompiles)
         assert_same(eager(x), compiled(x), f"call {i}")
-        misses += any("value guard" in r for r in compiled.recompiles[before:])
         assert_same(w1, w2, f"w after call {i}")
         assert_same(w1.grad, w2.grad)
         assert_same(o1.state[w1]["momentum_buffer"], o2.state[w2]["momentum_buffer"])
-    assert misses >= 2 and compiled_calls(compiled) >= 5
+    # a variant per branch; every flip is a value-guard miss in the one tried first
+    assert len(compiled.variants) >= 2 and compiled_calls(compiled) >= 5
+    assert any("value guard" in r for r in compiled.recompiles)
 
 
 def test_value_guard_miss_with_dropout_leaves_the_generator_where_eager_leaves_it():
@@ -881,6 +890,13 @@ def test_error_inside_a_compiled_variant_reruns_eagerly_and_raises_eagers_except
         return step
     eager, compiled = pick_after_step(w1), compiler.compile(pick_after_step(w2))
     x = dg.ones(3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _pick_calls(eager, compiled, x, w1, w2, caught)
+    assert compiled_calls(compiled) >= 2
+
+
+def _pick_calls(eager, compiled, x, w1, w2, caught):
     for idx in ([0, 1], [2, 0], [1, 1], [0, 5], [2, 2]):
         idx = dg.tensor(idx)
         r1 = r2 = None
@@ -894,11 +910,11 @@ def test_error_inside_a_compiled_variant_reruns_eagerly_and_raises_eagers_except
             r2 = exc
         if isinstance(r1, Exception):
             assert type(r1) is type(r2) and str(r1) == str(r2)
+            assert any(w.filename == __file__ for w in caught)
         else:
             assert_same(r1, r2)
         assert_same(w1, w2)
         assert_same(w1.grad, w2.grad)
-    assert compiled_calls(compiled) >= 2
 
 
 def test_exception_raised_by_the_function_itself_propagates_each_call():
@@ -974,7 +990,7 @@ def test_each_fallback_runs_eagerly_and_records_its_reason(name, capsys):
     assert cf.fallbacks and all(reason in r for r in cf.fallbacks), cf.fallbacks
     assert "test_compiler.py:" in cf.fallbacks[0]  # names the user's line
     assert cf.eager_reason is not None and reason in cf.eager_reason
-    assert len([w for w in caught if "runs eagerly" in str(w.message)]) == 1
+    assert [w.filename for w in caught if "runs eagerly" in str(w.message)] == [__file__]
     text = str(compiler.explain(cf))
     assert "eager fallbacks" in text and reason in text
     if "print" in name:  # the print happened on every call, as in eager
@@ -994,8 +1010,6 @@ def test_debug_print_prints_on_every_compiled_call(capsys):
     assert len(cf.variants) == 1 and cf.variants[0].calls == 2 and cf.fallbacks == []
 
 
-@pytest.mark.xfail(strict=True, reason="backward outside the compiled function is not built "
-                                       "yet")
 def test_backward_outside_a_compiled_forward_gives_eagers_gradients():
     m1 = mlp()
     m2 = copy.deepcopy(m1)
@@ -1014,8 +1028,6 @@ def test_backward_outside_a_compiled_forward_gives_eagers_gradients():
     assert compiled_calls(compiled) >= 2
 
 
-@pytest.mark.xfail(strict=True, reason="backward outside the compiled function is not built "
-                                       "yet")
 def test_two_compiled_forwards_then_one_backward_each_use_their_own_saved_values():
     m1 = mlp()
     m2 = copy.deepcopy(m1)

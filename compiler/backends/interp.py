@@ -1,7 +1,8 @@
 """The numpy executor of the IR: each node runs its primitive's own ``impl`` — the very
 function eager mode runs — on the same arrays in the same order, so results equal eager's bit
 for bit. Value guards are checked as soon as the value they test is computed; nothing is
-written anywhere (the runtime commits writes after the whole graph ran)."""
+written anywhere except write-backs the runtime marked safe to do in place (see
+``compiler.api._inplace_writes``)."""
 
 from __future__ import annotations
 
@@ -19,85 +20,82 @@ class GuardFailed(Exception):
 
 
 def _same(expected, got) -> bool:
-    if isinstance(expected, float):
-        return float(got) == expected
+    if isinstance(expected, (bool, int, float)):
+        return bool(got == expected)
     return np.array_equal(np.asarray(got), expected)
 
 
-def compile_graph(g: Graph, templates: list | None = None, size: int | None = None):
-    """A plan for :func:`run`: per node, its impl, params and where its inputs come from.
+def compile_graph(g: Graph, templates: list | None = None, size: int | None = None,
+                  inplace: dict | None = None):
+    """A plan for :func:`run`. Every value gets a slot in one environment list: inputs,
+    scalar inputs, constants and literals first, then node outputs; a node is (impl, input
+    slots, params, output slot, in-place target, guards to check before it).
+
     With ``templates`` (symbolic dimensions), node k's params are ``templates[k]``
-    instantiated at ``size``."""
+    instantiated at ``size``. ``inplace`` maps node k to the graph input whose array receives
+    its result directly (a write-back after the last guard)."""
     from ..symbolic import instantiate
-    slot = {}
-    for i, v in enumerate(g.inputs):
-        slot[id(v)] = ("in", i)
-    for i, v in enumerate(g.scalars):
-        slot[id(v)] = ("sc", i)
+    inplace = inplace or {}
+    slot: dict[int, int] = {}
+    base: list = []
+
+    def new_slot(value=None) -> int:
+        base.append(value)
+        return len(base) - 1
+
+    for v in g.inputs:
+        slot[id(v)] = new_slot()
+    for v in g.scalars:
+        slot[id(v)] = new_slot()
+    n_in, n_sc = len(g.inputs), len(g.scalars)
+
+    def src(x) -> int:
+        if isinstance(x, Value):
+            if x.const is not None:
+                if id(x) not in slot:
+                    slot[id(x)] = new_slot(x.const)
+                return slot[id(x)]
+            return slot[id(x)]
+        return new_slot(x)  # a literal number
+
+    by_step: dict[int, list] = {}
+    for gi, gd in enumerate(g.guards):
+        by_step.setdefault(gd.after, []).append(gi)
     steps = []
-    guards_after: dict[int, list] = {}
-    for gi, gd in enumerate(g.guards):
-        guards_after.setdefault(gd.after, []).append((gi, gd))
     for k, n in enumerate(g.nodes):
-        srcs = []
-        for x in n.inputs:
-            if isinstance(x, Value):
-                if x.const is not None:
-                    srcs.append(("const", x.const))
-                else:
-                    srcs.append(slot[id(x)] + ((True,) if x.weak else (False,)))
-            else:
-                srcs.append(("lit", x))
+        ins = tuple(src(x) for x in n.inputs)
         params = n.params if templates is None else instantiate(templates[k], size)
-        steps.append((n.prim.impl, srcs, params, k))
-        slot[id(n.out)] = ("node", k)
-    outs = []
-    for v in g.outputs:
-        outs.append(("const", v.const) if v.const is not None else slot[id(v)])
-    guard_list = []
-    for gi, gd in enumerate(g.guards):
-        guard_list.append((gi, gd.after, slot.get(id(gd.value), ("const", gd.value.const)),
-                           gd.expected))
-    return steps, outs, guard_list, len(g.nodes)
+        out = new_slot()
+        slot[id(n.out)] = out
+        checks = tuple((gi, src(g.guards[gi].value), g.guards[gi].expected)
+                       for gi in by_step.get(k, ()))
+        steps.append((n.prim.impl, ins, params, out, inplace.get(k), n.out.weak, checks))
+    tail = tuple((gi, src(gd.value), gd.expected) for gi, gd in enumerate(g.guards)
+                 if gd.after >= len(g.nodes))
+    outs = tuple(src(v) for v in g.outputs)
+    return steps, outs, tail, base, n_in, n_sc
 
 
 def run(plan, inputs: list, scalars: list) -> list:
     """Execute: returns the output arrays (raises GuardFailed)."""
-    steps, outs, guards, n = plan
-    vals = [None] * n
-    gi = 0
-    ng = len(guards)
-
-    def fetch(src):
-        kind = src[0]
-        if kind == "node":
-            a = vals[src[1]]
-        elif kind == "in":
-            a = inputs[src[1]]
-        elif kind == "sc":
-            return scalars[src[1]]
-        elif kind == "const":
-            return src[1]
+    steps, outs, tail, base, n_in, n_sc = plan
+    env = base[:]
+    env[:n_in] = inputs
+    env[n_in:n_in + n_sc] = scalars
+    for impl, ins, params, out, target, weak, checks in steps:
+        for gi, s, expected in checks:
+            if not _same(expected, env[s]):
+                raise GuardFailed(gi, expected, env[s])
+        args = [env[i] for i in ins]
+        if target is not None:
+            env[out] = impl(*args, out=inputs[target], **params)
+            continue
+        r = impl(*args, **params)
+        if weak:  # Python-number arithmetic: keep a Python number, as eager does
+            env[out] = r.item() if hasattr(r, "item") else r
         else:
-            return src[1]
-        if len(src) > 2 and src[2]:  # a weak scalar computed by a node
-            return a.item()
-        return a
-
-    for impl, srcs, params, k in steps:
-        while gi < ng and guards[gi][1] <= k:
-            _check(guards[gi], fetch)
-            gi += 1
-        out = impl(*[fetch(s) for s in srcs], **params)
-        vals[k] = out if type(out) is np.ndarray else np.asarray(out)
-    while gi < ng:
-        _check(guards[gi], fetch)
-        gi += 1
-    return [fetch(s) for s in outs]
-
-
-def _check(guard, fetch) -> None:
-    index, _, src, expected = guard
-    got = fetch(src)
-    if not _same(expected, got):
-        raise GuardFailed(index, expected, got)
+            env[out] = r if type(r) is np.ndarray else np.asarray(r)
+    for gi, s, expected in tail:
+        if not _same(expected, env[s]):
+            raise GuardFailed(gi, expected, env[s])
+    return [env[i] for i in outs]

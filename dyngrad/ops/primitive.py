@@ -41,6 +41,7 @@ try:  # numpy >= 2: set the error state directly (np.errstate costs ~4x more per
             finally:
                 _extobj_contextvar.reset(token)
         impl.__name__ = getattr(fn, "__name__", "impl")
+        impl.ufunc = fn if isinstance(fn, np.ufunc) else None  # takes out= (in-place writes)
         return impl
 except ImportError:  # pragma: no cover - older numpy
     def quiet(fn: Callable) -> Callable:
@@ -48,6 +49,7 @@ except ImportError:  # pragma: no cover - older numpy
             with np.errstate(all="ignore"):
                 return fn(*args, **kwargs)
         impl.__name__ = getattr(fn, "__name__", "impl")
+        impl.ufunc = fn if isinstance(fn, np.ufunc) else None
         return impl
 
 
