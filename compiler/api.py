@@ -311,7 +311,8 @@ def _inplace_writes(trace: Trace, g: ir.Graph, n_fwd: int) -> dict:
         v = g.outputs[k]
         j = position.get(id(v))
         done = False
-        if j is not None and k < n_fwd and j >= last_guard and j > last_index                 and out_count[id(v)] == 1 and j not in inplace:
+        if j is not None and k < n_fwd and j >= last_guard and j > last_index \
+                and out_count[id(v)] == 1 and j not in inplace:
             node = g.nodes[j]
             inv = next((x for x in g.inputs if trace.bindings[input_index[id(x)]] is b), None)
             ufunc = getattr(node.prim.impl, "ufunc", None)

@@ -214,6 +214,13 @@ def build_guards(trace, fn, flat: list, spec, dynamic_numbers: set,
         add(f"len({{{ids}}}) != NGROUPS or any(flat[g[0]]._storage is not flat[j]._storage "
             f"for g in GROUPS for j in g[1:])",
             "which arguments share storage", groups, lambda f: "changed")
+        # and where they sit in it: f(b, b[0:2]) and f(b, b[1:3]) overlap differently
+        shared = [(g[0], tuple(g[1:]), _offsets(flat, g)) for g in groups if len(g) > 1]
+        if shared:
+            ns["SHARED"], ns["OFFSETS"] = shared, _offsets
+            add("any(OFFSETS(flat, (b,) + js) != offs for b, js, offs in SHARED)",
+                "offsets of arguments that share storage", [o for *_, o in shared],
+                lambda f: [_offsets(f, (b,) + js) for b, js, _ in shared])
     for k, b in enumerate(trace.bindings):
         if b.kind == "arg":
             continue
@@ -260,6 +267,12 @@ def build_guards(trace, fn, flat: list, spec, dynamic_numbers: set,
     lines.append("    return -1")
     exec("\n".join(lines), ns)  # noqa: S102 - generated from the trace, no user text
     return GuardSet(ns["check"], describe, expected, now, tags)
+
+
+def _offsets(flat, group) -> tuple:
+    """Byte offsets of arguments ``group[1:]`` from argument ``group[0]`` (same storage)."""
+    base = flat[group[0]]._data.ctypes.data
+    return tuple(flat[j]._data.ctypes.data - base for j in group[1:])
 
 
 def _ref(x):

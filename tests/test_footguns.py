@@ -118,6 +118,7 @@ def test_a_global_counter_the_function_itself_increments_is_not_replayed_stale()
     assert any("changes global COUNTER" in r for r in cf.fallbacks)
 
 
+@pytest.mark.filterwarnings("ignore:dyngrad.compile")
 @pytest.mark.xfail(strict=True, reason="only number *arguments* that change become runtime "
                                        "inputs; a global/closure number still makes a variant "
                                        "per value")
@@ -563,9 +564,6 @@ def test_weight_tying_train_step_matches_eager_and_untying_is_noticed():
     assert compiled_calls(cf) >= 2
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the aliasing guard compares only which arguments "
-                                       "share a storage, not their offsets: f(b, b[0:2]) traced, "
-                                       "f(b, b[1:3]) replays the wrong overlap")
 def test_two_view_arguments_that_overlap_differently_are_not_confused():
     def f(a, b):
         s = a * 1.0
