@@ -130,8 +130,12 @@ class Variant:
         return p
 
     def __post_init__(self) -> None:
-        self._getters = [b.array_getter() for b in self.trace.bindings]
-        self._scalar_readers = [s.read for s in self.trace.scalar_sources]
+        tr = self.trace
+        self._getters = [b.array_getter() for b in tr.bindings]
+        self._scalar_readers = [s.read for s in tr.scalar_sources]
+        self._writes = [(b.object_getter(), k, done, b.kind == "array")
+                        for b, k, done in tr.writebacks]
+        self._grad_sets = [(b.object_getter(), k) for b, k in tr.grad_effects]
 
     def run(self, flat: list):
         tr = self.trace
@@ -147,18 +151,17 @@ class Variant:
         # every guard passed: commit (writes last — see the module's Note)
         for k in self.copy_outputs:
             outs[k] = np.array(outs[k], copy=True)
-        for b, k, done in tr.writebacks:
-            obj = b.resolve(flat)
-            if isinstance(obj, np.ndarray):
+        for get, k, done, is_array in self._writes:
+            obj = get(flat)
+            if is_array:
                 if not done:
                     np.copyto(obj, outs[k])
             else:
                 if not done:
                     np.copyto(obj._data, outs[k])
                 obj._storage.version += 1
-        for b, k in tr.grad_effects:
-            owner = b.resolve(flat)
-            owner._grad = None if k is None else Tensor._fresh(outs[k])
+        for get, k in self._grad_sets:
+            get(flat)._grad = None if k is None else Tensor._fresh(outs[k])
         for spec, sep, end in tr.prints:
             from dyngrad.printing import tensor_repr
             print(sep.join(tensor_repr(Tensor._fresh(outs[k])) if kind == "tensor" else

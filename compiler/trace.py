@@ -79,6 +79,15 @@ class Binding:
             return lambda flat: t()._grad._data
         return lambda flat: t()
 
+    def object_getter(self):
+        """A fast function flat_args -> the bound tensor (or ndarray)."""
+        k, t = self.kind, self.target
+        if k == "arg":
+            return lambda flat: flat[t]
+        if k == "grad":
+            return lambda flat: t()._grad
+        return lambda flat: t()
+
     def resolve(self, flat_args):
         """The tensor (or ndarray) now; None when it is gone."""
         if self.kind == "arg":

@@ -621,7 +621,7 @@ def test_captured_from_numpy_tensor_mutated_by_numpy_between_calls():
     w1, w2 = dg.from_numpy(a1), dg.from_numpy(a2)
     cf = compiler.compile(lambda x: w2 * x)
     x = X.double()
-    for i in range(4):
+    for _ in range(4):
         assert_same(w1 * x, cf(x))
         a1[0] += 1
         a2[0] += 1
