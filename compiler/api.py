@@ -465,9 +465,10 @@ class CompiledFunction:
         t1 = time.perf_counter()
         try:
             for what, read, value in numbers:
-                if read(flat) != value:  # e.g. `global step; step += 1`: not replayable
+                now = read(flat)  # e.g. `global step; step += 1`: not replayable
+                if now != value and not (now != now and value != value):  # (NaN stays NaN)
                     raise Unsupported(f"the function changes {what} (from {value!r} to "
-                                      f"{read(flat)!r}); a compiled call cannot replay that")
+                                      f"{now!r}); a compiled call cannot replay that")
             trace = tracer.finish(result, flat)
             trace.grad_enabled = grad_enabled
             bw = trace.backward

@@ -261,7 +261,13 @@ def build_guards(trace, fn, flat: list, spec, dynamic_numbers: set,
                 lambda f: "gone")
     add(f"STATE.grad_enabled is not {trace.grad_enabled}", "grad mode", trace.grad_enabled,
         lambda f: STATE.grad_enabled)
-    for k, (what, reader, value) in enumerate(_code_numbers(fn)):
+    seen: set = set()
+    numbers = _code_numbers(fn, seen=seen)
+    for ref, _ in trace.objects:  # the modules it called: numbers their forward reads
+        forward = getattr(type(ref()), "forward", None)
+        if forward is not None:
+            numbers += _code_numbers(forward, seen=seen)
+    for k, (what, reader, value) in enumerate(numbers):
         ns[f"N{k}"], ns[f"NV{k}"] = reader, value
         add(f"N{k}(flat) != NV{k}", what, value, reader)
     lines.append("    return -1")

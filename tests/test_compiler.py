@@ -240,6 +240,46 @@ def test_float64_model_step_matches_eager():
     assert compiled_calls(compiled) >= 3
 
 
+class Tagger(nn.Module):
+    """Embedding (with padding_idx) → 2-layer LSTM → LayerNorm → GELU → Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 8, padding_idx=0)
+        self.rnn = nn.LSTM(8, 12, num_layers=2)
+        self.norm = nn.LayerNorm(12)
+        self.out = nn.Linear(12, 5)
+
+    def forward(self, tokens):
+        h, _ = self.rnn(self.emb(tokens))
+        return self.out(F.gelu(self.norm(h)))
+
+
+def test_lstm_tagger_step_with_grad_clipping_matches_eager():
+    dg.manual_seed(0)
+    m1 = Tagger()
+    m2 = copy.deepcopy(m1)
+    o1, o2 = optim.AdamW(m1.parameters(), lr=1e-2), optim.AdamW(m2.parameters(), lr=1e-2)
+
+    def step_of(m, o):
+        def step(tokens, tags):
+            o.zero_grad()
+            loss = F.cross_entropy(m(tokens).reshape(-1, 5), tags.reshape(-1))
+            loss.backward()
+            nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+            o.step()
+            return loss
+        return step
+    eager, compiled = step_of(m1, o1), compiler.compile(step_of(m2, o2))
+    r = np.random.default_rng(0)
+    for i in range(5):
+        tokens = dg.tensor(r.integers(0, 20, size=(6, 3)))
+        tags = dg.tensor(r.integers(0, 5, size=(6, 3)))
+        assert_same(eager(tokens, tags), compiled(tokens, tags), f"loss {i}")
+        assert_same_state(m1, m2, o1, o2)
+    assert compiled_calls(compiled) >= 3
+
+
 def test_grad_accumulates_across_compiled_calls_without_zero_grad():
     m1 = mlp()
     m2 = copy.deepcopy(m1)
@@ -301,11 +341,9 @@ def test_zero_grad_set_to_none_false_zeroes_in_place_like_eager():
         if i == 3:
             grads_before = [p.grad for p in m2.parameters()]
     assert compiled_calls(compiled) >= 3
-    # zeroed in place and refilled: the .grad tensors a user holds see the new values
-    # (eager's zero_() + accumulate keeps the same tensor objects; so must compiled code)
-    grads_eager = [p.grad for p in m1.parameters()]
-    assert [g is p.grad for g, p in zip(grads_before, m2.parameters())] == \
-        [True] * len(grads_eager)
+    # zeroed in place and refilled: eager keeps the same .grad tensor objects (a user
+    # holding one sees the new values), and so must compiled code
+    assert all(g is p.grad for g, p in zip(grads_before, m2.parameters()))
 
 
 def test_dropout_train_step_draws_eagers_random_numbers():
@@ -612,6 +650,17 @@ def test_DYNGRAD_LOG_recompiles_names_the_failed_guard_with_old_and_new_values()
     assert "shape of argument 0" in r.stderr and "(2,)" in r.stderr and "(3,)" in r.stderr
 
 
+def test_DYNGRAD_LOG_graph_logs_each_traced_variant_and_its_ir():
+    code = """
+        import dyngrad as dg
+        f = dg.compile(lambda x: (x * 2).exp())
+        f(dg.ones(2))
+    """
+    r = _run_python(code, DYNGRAD_LOG="graph")
+    assert r.returncode == 0, r.stderr
+    assert "traced variant 1" in r.stderr and " = exp " in r.stderr
+
+
 def test_reset_drops_every_variant_of_every_compiled_function():
     f = compiler.compile(lambda x: x * 2)
     g = compiler.compile(lambda x: x + 1)
@@ -671,6 +720,65 @@ def test_one_variant_serves_every_batch_size():
     run_twins(eager, compiled, m1, o1, m2, o2, steps=len(sizes), sizes=sizes)
     assert len(compiled.variants) <= 2, compiled.recompiles
     assert compiled_calls(compiled) >= len(sizes) - 4
+
+
+def _divide_by_size_squared(x):
+    n = x.shape[0]
+    return x.sum() / (n * n)
+
+
+def _first_half(x):
+    n = x.shape[0]
+    return x[: n // 2].sum()
+
+
+def _times_size_mod_3(x):
+    return x * (x.shape[0] % 3)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a size read into Python (x.shape) is not seen by "
+                                       "the tracer, and two traces are generalised by an affine "
+                                       "fit through two points: sizes that are not affine in "
+                                       "the batch dimension replay wrong")
+@pytest.mark.parametrize("fn", [_divide_by_size_squared, _first_half, _times_size_mod_3])
+def test_a_size_read_into_python_is_not_made_symbolic(fn):
+    cf = compiler.compile(fn)
+    for n in (8, 4, 5, 6, 7, 9, 16):
+        x = dg.arange(float(n * 2)).reshape(n, 2)
+        assert_same(cf(x), fn(x), f"size {n}")
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: the generator's offset advance (ceil(n·3/4) blocks)"
+                                       " is not affine in the batch size, yet the variants are "
+                                       "merged: wrong random numbers for some sizes")
+def test_dropout_over_changing_batch_sizes_draws_eagers_numbers():
+    def f(x):
+        return F.dropout(x, 0.5).sum()
+    cf = compiler.compile(f, cache_limit=50)
+    for n in (4, 8, 12, 5, 6, 7, 9, 13, 2, 3, 16, 20, 21):
+        x = dg.ones(n, 3)
+        dg.manual_seed(n)
+        expected, state = f(x), dg.get_rng_state()
+        dg.manual_seed(n)
+        assert_same(cf(x), expected, f"batch {n}")
+        assert_same(dg.get_rng_state(), state, f"generator after batch {n}")
+
+
+def test_symbolic_batch_with_backward_outside_matches_eager():
+    m1 = mlp()
+    m2 = copy.deepcopy(m1)
+    compiled = compiler.compile(lambda x, y: F.mse_loss(m2(x), y))
+    for n in (8, 4, 6, 5, 8, 13, 2):
+        x, y = batch(n, n=n)
+        for m in (m1, m2):
+            for p in m.parameters():
+                p.grad = None
+        l1, l2 = F.mse_loss(m1(x), y), compiled(x, y)
+        assert_same(l1, l2, f"loss at batch {n}")
+        l1.backward()
+        l2.backward()
+        assert_same_state(m1, m2)
+    assert compiled_calls(compiled) >= 3
 
 
 @pytest.mark.parametrize("schedule", ["step", "exponential", "cosine", "lambda"])
@@ -774,8 +882,8 @@ def test_d2l_trip_counts_seen_before_reuse_their_variants():
             a2.copy_(dg.tensor(v, dtype=dg.float64))
         assert_same(eager(), cf())
         assert_same(a1.grad, a2.grad)
-    distinct = {(tuple(v[:1]), ) for v in D2L_VALUES}
-    assert len(cf.variants) <= len(distinct), [v.calls for v in cf.variants]
+    distinct_inputs = len({tuple(v) for v in D2L_VALUES})  # 4 (3 trip counts/branches)
+    assert len(cf.variants) < distinct_inputs, [v.calls for v in cf.variants]
     assert compiled_calls(cf) >= 3
 
 
@@ -807,8 +915,8 @@ def test_d2l_while_loop_is_rolled_into_one_variant_for_every_trip_count():
     assert len(cf.variants) == 1
 
 
-def branch_after_update(w):
-    opt = optim.SGD([w], lr=0.5, momentum=0.5)
+def branch_after_update(w, make_opt):
+    opt = make_opt([w])
 
     def step(x):
         opt.zero_grad()
@@ -821,19 +929,25 @@ def branch_after_update(w):
     return step, opt
 
 
-def test_branch_on_a_value_after_the_optimizer_update_leaves_eagers_state_on_a_miss():
+@pytest.mark.parametrize("make_opt", [
+    lambda ps: optim.SGD(ps, lr=0.5, momentum=0.5),
+    lambda ps: optim.Adam(ps, lr=0.2),
+], ids=["sgd_momentum", "adam"])
+def test_branch_on_a_value_after_the_optimizer_update_leaves_eagers_state_on_a_miss(make_opt):
     w1 = nn.Parameter(dg.tensor([0.3, -0.1, 0.2]))
     w2 = nn.Parameter(dg.tensor([0.3, -0.1, 0.2]))
-    (eager, o1), (step2, o2) = branch_after_update(w1), branch_after_update(w2)
+    (eager, o1), (step2, o2) = branch_after_update(w1, make_opt), \
+        branch_after_update(w2, make_opt)
     compiled = compiler.compile(step2)
     # x > 0 drives w.sum() down through 0; x < 0 drives it back up: both branches, misses
-    xs = [0.1] * 5 + [-0.4] * 5 + [0.3] * 4
+    xs = [0.1] * 5 + [-0.4] * 5 + [0.3] * 4 + [-1.0] * 6
     for i, v in enumerate(xs):
         x = dg.tensor([v, v, v])
         assert_same(eager(x), compiled(x), f"call {i}")
         assert_same(w1, w2, f"w after call {i}")
         assert_same(w1.grad, w2.grad)
-        assert_same(o1.state[w1]["momentum_buffer"], o2.state[w2]["momentum_buffer"])
+        for k in o1.state[w1]:
+            assert_same(o1.state[w1][k], o2.state[w2][k], f"optimizer state {k}")
     # a variant per branch; every flip is a value-guard miss in the one tried first
     assert len(compiled.variants) >= 2 and compiled_calls(compiled) >= 5
     assert any("value guard" in r for r in compiled.recompiles)
@@ -1024,8 +1138,120 @@ def test_backward_outside_a_compiled_forward_gives_eagers_gradients():
         l1.backward()
         l2.backward()
         assert_same_state(m1, m2)
-    assert compiler.compile is not None and compiled.fallbacks == []
+    assert compiled.fallbacks == []
     assert compiled_calls(compiled) >= 2
+
+
+def test_backward_outside_raises_like_eager_when_a_saved_tensor_was_modified_in_place():
+    w1, w2 = nn.Parameter(dg.tensor([1.0, 2.0])), nn.Parameter(dg.tensor([1.0, 2.0]))
+    eager = lambda x: (x * w1 * w1).sum()  # noqa: E731  (saves w for its backward)
+    compiled = compiler.compile(lambda x: (x * w2 * w2).sum())
+    x = dg.tensor([1.0, -1.0])
+    for _ in range(3):
+        l1, l2 = eager(x), compiled(x)
+        with dg.no_grad():
+            w1.add_(1.0)
+            w2.add_(1.0)
+        for loss in (l1, l2):
+            with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+                loss.backward()
+    assert compiled_calls(compiled) == 2
+
+
+def test_backward_outside_twice_needs_retain_graph_like_eager():
+    m1 = mlp()
+    m2 = copy.deepcopy(m1)
+    compiled = compiler.compile(lambda x: m2(x).tanh().sum())
+    for i in range(3):
+        x, _ = batch(i)
+        l1, l2 = m1(x).tanh().sum(), compiled(x)
+        l1.backward(retain_graph=True)
+        l2.backward(retain_graph=True)
+        l1.backward()
+        l2.backward()
+        assert_same_state(m1, m2)
+        for loss in (l1, l2):
+            with pytest.raises(RuntimeError, match="second time"):
+                loss.backward()
+    assert compiled_calls(compiled) == 2
+
+
+def test_create_graph_through_a_compiled_backward_is_an_error_or_eagers_answer():
+    w1, w2 = nn.Parameter(dg.tensor([1.0, 2.0])), nn.Parameter(dg.tensor([1.0, 2.0]))
+    compiled = compiler.compile(lambda x: (x * w2 ** 3).sum())
+    x = dg.tensor([1.0, -1.0])
+    for _ in range(3):
+        (g1,) = dg.autograd.grad((x * w1 ** 3).sum(), [w1], create_graph=True)
+        g1.sum().backward()
+        loss = compiled(x)
+        try:
+            (g2,) = dg.autograd.grad(loss, [w2], create_graph=True)
+        except RuntimeError as exc:
+            assert "create_graph" in str(exc)
+            continue
+        g2.sum().backward()
+        assert_same(w1.grad, w2.grad)
+
+
+def test_compiled_loss_then_backward_and_optimizer_step_outside_match_eager():
+    m1 = mlp()
+    m2 = copy.deepcopy(m1)
+    o1, o2 = optim.Adam(m1.parameters(), lr=1e-2), optim.Adam(m2.parameters(), lr=1e-2)
+    compiled = compiler.compile(lambda x, y: F.mse_loss(m2(x), y))
+    for i in range(5):
+        x, y = batch(i)
+        o1.zero_grad()
+        o2.zero_grad()
+        l1, l2 = F.mse_loss(m1(x), y), compiled(x, y)
+        assert_same(l1, l2)
+        l1.backward()
+        l2.backward()
+        o1.step()
+        o2.step()
+        assert_same_state(m1, m2, o1, o2)
+    assert compiled_calls(compiled) >= 3
+
+
+def _scale_transposed_copy_in_place(x):
+    y = x.mT * 1.0  # an intermediate with transposed (Fortran-order) memory
+    y.mul_(1.37)  # eager writes into y's memory and keeps that layout
+    loss = y.sum()  # numpy's pairwise summation follows the memory layout
+    loss.backward()
+    return loss
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: an in-place op is traced as a functional node whose"
+                                       " result is C-ordered, while eager keeps the written "
+                                       "tensor's own layout; a later reduction then sums in a "
+                                       "different order (last-bit differences)")
+def test_in_place_op_on_a_transposed_intermediate_keeps_eagers_layout_and_bits():
+    cf = compiler.compile(_scale_transposed_copy_in_place)
+    rng = np.random.default_rng(0)
+    x1 = dg.zeros(40, 30, dtype=dg.float64, requires_grad=True)
+    x2 = dg.zeros(40, 30, dtype=dg.float64, requires_grad=True)
+    for i in range(8):
+        d = dg.tensor(rng.standard_normal((40, 30)))
+        with dg.no_grad():
+            x1.copy_(d)
+            x2.copy_(d)
+        x1.grad = x2.grad = None
+        assert_same(_scale_transposed_copy_in_place(x1), cf(x2), f"loss {i}")
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a float argument made a runtime input (or an "
+                                       ".item() number) multiplying a tensor that requires grad "
+                                       "is baked into the backward with its trace-time value")
+def test_a_changing_float_argument_in_a_differentiated_op_gives_eagers_gradient():
+    def f(x, k):
+        loss = (x * k).sum()
+        loss.backward()
+        return loss
+    cf = compiler.compile(f)
+    x1, x2 = dg.tensor([1.0, 2.0], requires_grad=True), dg.tensor([1.0, 2.0], requires_grad=True)
+    for k in (1.0, 2.0, 3.0, 4.0):
+        x1.grad = x2.grad = None
+        assert_same(f(x1, k), cf(x2, k))
+        assert_same(x1.grad, x2.grad, f"grad at k={k}")
 
 
 def test_two_compiled_forwards_then_one_backward_each_use_their_own_saved_values():
@@ -1060,20 +1286,54 @@ def test_verify_passes_for_a_correct_step_and_checks_only_the_first_n_calls():
     assert compiled_calls(cf) >= 2
 
 
-def test_verify_raises_when_the_compiled_graph_is_corrupted():
+def _rebuild_plan(cf):
+    v = cf.variants[-1]
+    v.plan = interp.compile_graph(v.trace.graph, inplace=getattr(v, "inplace", None))
+
+
+def test_verify_passes_after_rebuilding_an_untouched_plan():
     cf, m = _sgd_step_compiled(verify=10)
     x, y = batch(0)
     cf(x, y)
-    cf(x, y)  # first call made the momentum buffers: this one traces the variant
-    g = cf.variants[-1].trace.graph
-    node = next(n for n in g.nodes if n.prim.name == "matmul")
-    node.params = dict(node.params, ta=not node.params["ta"], tb=not node.params["tb"]) \
-        if node.out.shape[0] == node.out.shape[1] else node.params
-    relu = next(n for n in g.nodes if n.prim.name == "maximum")
-    relu.inputs = [relu.inputs[0], -1.0]  # a leaky "relu": a deliberately wrong graph
-    cf.variants[-1].plan = interp.compile_graph(g)
+    cf(x, y)  # the first call made the momentum buffers: this one traces the variant
+    _rebuild_plan(cf)
+    cf(x, y)
+    assert cf._verified == 1
+
+
+def test_verify_raises_when_a_node_literal_of_the_step_is_corrupted():
+    cf, m = _sgd_step_compiled(verify=10)
+    x, y = batch(0)
+    cf(x, y)
+    cf(x, y)  # the first call made the momentum buffers: this one traces the variant
+    relu = next(n for n in cf.variants[-1].trace.graph.nodes if n.prim.name == "maximum")
+    relu.inputs = [relu.inputs[0], -1.0]  # relu becomes max(x, -1): deliberately wrong
+    _rebuild_plan(cf)
     with pytest.raises(compiler.CompileVerifyError, match="differs"):
         cf(x, y)
+
+
+def test_verify_raises_when_a_node_param_is_corrupted():
+    w = nn.Parameter(dg.tensor(np.arange(9.0).reshape(3, 3)))
+    opt = optim.SGD([w], lr=0.1)
+
+    def step(x):
+        opt.zero_grad()
+        loss = (x.sum(0) * w).sum()
+        loss.backward()
+        opt.step()
+        return loss
+    cf = compiler.compile(step, verify=10)
+    x = dg.tensor(np.arange(9.0).reshape(3, 3) ** 2)
+    for _ in range(3):  # traced with .grad None, traced with .grad present, verified
+        cf(x)
+    assert cf._verified == 1
+    node = next(n for n in cf.variants[-1].trace.graph.nodes
+                if n.prim.name == "sum" and n.params["axes"] == (0,))
+    node.params = dict(node.params, axes=(1,))  # sums rows instead of columns: same shape
+    _rebuild_plan(cf)
+    with pytest.raises(compiler.CompileVerifyError, match="differs"):
+        cf(x)
 
 
 def test_verify_is_silent_for_a_function_with_dropout_and_value_guards():

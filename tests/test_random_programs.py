@@ -10,7 +10,9 @@ float64 inputs that require grad. Each program ends in a scalar loss and runs ``
 The generator builds a program by running it: each step picks an op that applies to values
 already computed (so shapes are always valid), and a candidate program is kept only if it
 runs forward and backward eagerly. Some inputs are passed as arguments, others captured by
-the closure; some programs accumulate ``.grad`` across calls. Every program is compiled and
+the closure; some programs accumulate ``.grad`` across calls, and some update their inputs
+after ``backward()`` like an optimizer step (write-backs), sometimes followed by a branch on
+the updated values (a value guard after the writes). Every program is compiled and
 called three times on new data (trace, then replays); each call's loss, returned values and
 every input's ``.grad`` must equal eager's exactly.
 
@@ -334,6 +336,10 @@ class Program:
         self.captured = [bool(rng.random() < 0.3) for _ in range(self.n_inputs)]
         self.captured[0] = False  # at least one argument
         self.accumulate = bool(rng.random() < 0.25)
+        # an SGD-like update of the inputs after backward (write-backs), sometimes followed
+        # by a branch on the updated values (a value guard after the writes)
+        self.update = bool(rng.random() < 0.4)
+        self.post_branch = self.update and bool(rng.random() < 0.4)
         for attempt in range(20):
             if self._build(np.random.default_rng([seed, attempt])):
                 return
@@ -391,7 +397,16 @@ class Program:
             pool.append(fn(*[pool[i] for i in ins]))
         loss = self._loss(pool)
         loss.backward()
-        return loss, tuple(pool[i].detach() for i in self.returned)
+        outs = tuple(pool[i].detach() for i in self.returned)
+        if self.update:
+            with dg.no_grad():
+                for x in inputs:
+                    if x.grad is not None:
+                        x.sub_(x.grad * 0.125)
+            if self.post_branch:
+                first = inputs[0].detach()
+                outs += (first * 2.0 if first.sum() > 0 else first - 1.0,)
+        return loss, outs
 
     def function(self, captured_inputs):
         """The program as a Python function of its non-captured inputs."""
@@ -403,7 +418,8 @@ class Program:
 
     def listing(self) -> str:
         lines = [f"seed {self.seed}: inputs {self.shapes} (captured {self.captured}, "
-                 f"accumulate={self.accumulate})"]
+                 f"accumulate={self.accumulate}, update={self.update}, "
+                 f"post_branch={self.post_branch})"]
         for k, (name, ins, _) in enumerate(self.steps):
             lines.append(f"  %{self.n_inputs + k} = {name} " + " ".join(f"%{i}" for i in ins))
         lines.append(f"  loss = sum of {self.loss_terms} × {self.weights}; returns "
