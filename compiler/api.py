@@ -497,7 +497,7 @@ class CompiledFunction:
             plan = interp.compile_graph(g, inplace=inplace)
         except Unsupported as exc:
             self._unsupported(str(exc))
-            return result
+            return _plain_numbers(result)
         t2 = time.perf_counter()
         self._unsupported_streak = 0
         v = Variant(trace, guards, before, after, plan, t1 - t0, t2 - t1,
@@ -511,7 +511,7 @@ class CompiledFunction:
                    f"trace {1e3 * (t1 - t0):.1f} ms + passes {1e3 * (t2 - t1):.1f} ms", "graph")
         if _topic("graph"):
             log.info("%s", after)
-        return result
+        return _plain_numbers(result)
 
     def _generalize(self, v: Variant, flat, spec) -> None:
         """If ``v`` and an earlier variant differ only in one argument dimension, affinely,
@@ -591,6 +591,18 @@ class CompiledFunction:
     def __repr__(self) -> str:
         return f"<compiled {self.__name__}: {len(self.variants)} variant(s), backend=" \
                f"{self.backend}>"
+
+
+def _plain_numbers(x):
+    """The traced call's result with traced scalars (from .item()) as plain floats."""
+    from .trace import TracedScalar
+    if isinstance(x, TracedScalar):
+        return float(x)
+    if type(x) in (tuple, list):
+        return type(x)(_plain_numbers(e) for e in x)
+    if type(x) is dict:
+        return {k: _plain_numbers(e) for k, e in x.items()}
+    return x
 
 
 def _short(x) -> str:

@@ -303,6 +303,7 @@ class Tracer(DispatchMode):
         self.grad_state: dict[int, tuple] = {}  # id(owner) -> (owner, grad was None at entry)
         self.backward_roots: dict[int, bool] = {}  # id(node) -> retain_graph
         self.prints: list = []  # dg.debug_print calls: (items, sep, end)
+        self.finished = False  # traced scalars outliving the trace act as plain floats
 
     # ----------------------------------------------------------------- values and slots
     def _register(self, key: tuple, t: Tensor, v: Value) -> None:
@@ -359,14 +360,13 @@ class Tracer(DispatchMode):
             with suspend(self):
                 return dispatch(prim, *args, **params)
         ins = []
-        real = args
         for a in args:
             if isinstance(a, Tensor):
                 ins.append(self.value_of(a))
             elif isinstance(a, TracedScalar) and a._tracer is self:
+                # passed on as is: Primitive.apply gives numpy the plain float, and a backward
+                # node saving it keeps the traced scalar, so the backward graph reads it too
                 ins.append(a._value)
-                # numpy must see a plain Python float (weak), exactly as eager passes it
-                real = tuple(float(x) if isinstance(x, TracedScalar) else x for x in args)
             else:
                 if isinstance(a, (int, float)) and not isinstance(a, bool):
                     self.baked.append((f"{prim.name} literal", a))
@@ -375,7 +375,7 @@ class Tracer(DispatchMode):
             if isinstance(p, TracedScalar):
                 self.guard_scalar(p, f"{prim.name}.{k}")
         with suspend(self):
-            out = dispatch(prim, *real, **params)
+            out = dispatch(prim, *args, **params)
         v = self.graph.add_node(prim, ins, dict(params), out._data.shape, out.dtype)
         self._define(out, v)
         return out
@@ -448,13 +448,16 @@ class Tracer(DispatchMode):
             self.keep.append(owner)
         return TracedScalar(float(value), self, src.value)
 
-    def scalar_op(self, prim_name: str, *operands) -> TracedScalar:
-        """Python arithmetic on traced scalars, recorded in float64 (what Python computes)."""
+    def scalar_op(self, prim_name: str, *operands):
+        """Python arithmetic on traced scalars, recorded in float64 (what Python computes);
+        once the trace is finished, plain arithmetic."""
         prim = _P[prim_name]
         vals = [float(x) for x in operands]
         result = {"add": operator.add, "sub": operator.sub, "mul": operator.mul,
                   "div": operator.truediv, "pow": operator.pow,
                   "neg": operator.neg}[prim_name](*vals)
+        if self.finished:
+            return result
         ins = [x._value if isinstance(x, TracedScalar) else float(x) for x in operands]
         out = self.graph.new_value((), _dt.float64, weak=True)
         from .ir import Node
@@ -467,6 +470,8 @@ class Tracer(DispatchMode):
         ops = {"eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "le": operator.le,
                "gt": operator.gt, "ge": operator.ge}
         result = ops[name](float(a), float(b))
+        if self.finished:
+            return result
         out = self.graph.new_value((), _dt.bool_, weak=True)
         from .ir import Node
         ins = [x._value if isinstance(x, TracedScalar) else float(x) for x in (a, b)]
@@ -478,6 +483,8 @@ class Tracer(DispatchMode):
         return result
 
     def guard_scalar(self, s: TracedScalar, kind: str) -> None:
+        if self.finished:
+            return
         self.graph.add_guard(s._value, float(s), kind, user_frame())
 
     def on_read(self, tensor, kind) -> None:
@@ -564,6 +571,12 @@ class Tracer(DispatchMode):
     # ----------------------------------------------------------------- finishing
     def finish(self, result, flat_args) -> Trace:
         """Close the trace: outputs, write-backs and effects; raises Unsupported."""
+        try:
+            return self._finish(result, flat_args)
+        finally:
+            self.finished = True
+
+    def _finish(self, result, flat_args) -> Trace:
         if self.unsupported is not None:
             raise Unsupported(self.unsupported)
         g = self.graph

@@ -441,9 +441,6 @@ def test_returning_a_number_from_item_follows_the_input_without_recompiling():
     assert len(cf.variants) == 1 and cf.variants[0].calls == 2
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the traced (first) call returns the tracer's "
-                                       "TracedScalar to the user; arithmetic on it keeps "
-                                       "recording into the dead trace")
 def test_the_traced_call_returns_a_plain_float_from_item():
     cf = compiler.compile(lambda x: (x * 2).sum().item())
     r = cf(dg.tensor([1.0, 2.0]))
@@ -1238,9 +1235,6 @@ def test_in_place_op_on_a_transposed_intermediate_keeps_eagers_layout_and_bits()
         assert_same(_scale_transposed_copy_in_place(x1), cf(x2), f"loss {i}")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a float argument made a runtime input (or an "
-                                       ".item() number) multiplying a tensor that requires grad "
-                                       "is baked into the backward with its trace-time value")
 def test_a_changing_float_argument_in_a_differentiated_op_gives_eagers_gradient():
     def f(x, k):
         loss = (x * k).sum()

@@ -516,10 +516,6 @@ def test_one_program_by_seed(seed):
     check_program(seed)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a traced scalar (an .item() number, a float "
-                                       "argument made a runtime input) multiplying a tensor "
-                                       "that requires grad is baked into the backward graph "
-                                       "with its trace-time value")
 def test_random_programs_with_item_numbers_as_constants():
     for seed in range(40):
         check_program(seed, {**OPS, **KNOWN_BUGS})

@@ -106,7 +106,8 @@ class Primitive:
 
     def apply(self, args: tuple, params: dict):
         """Eager execution: numpy impl, wrap, and record a backward node if needed."""
-        arrays = [a._data if isinstance(a, Tensor) else a for a in args]
+        arrays = [a._data if isinstance(a, Tensor) else
+                  (a if type(a) in _PLAIN else _plain(a)) for a in args]
         try:
             out = self.impl(*arrays, **params)
         except Exception as exc:  # turn numpy's message into one naming the op and shapes
@@ -131,6 +132,19 @@ class Primitive:
                 result._node = PrimNode(self, params, args, result, edges)
                 result._requires_grad = True
         return result
+
+
+_PLAIN = {float, int, bool}
+
+
+def _plain(x):
+    """A number subclass (a tracer's scalar that remembers its source) as the plain Python
+    number numpy must see: numpy treats float subclasses as float64, not as weak scalars."""
+    if isinstance(x, float):
+        return float(x)
+    if isinstance(x, int) and not isinstance(x, bool):
+        return int(x)
+    return x
 
 
 def op_error(prim: Primitive, args: tuple, params: dict, exc: Exception) -> Exception:
