@@ -187,6 +187,11 @@ def _build(spec, outs, flat, grad_node=None):
         return float(outs[spec[1]])
     if kind == "input":
         return spec[1].resolve(flat)
+    if kind == "alias":
+        obj = spec[1].resolve(flat)
+        t = Tensor._shared(obj._data, obj._storage)
+        t._requires_grad = spec[2]
+        return t
     if kind == "const":
         return spec[1]
     if kind == "tuple":

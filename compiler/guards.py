@@ -233,20 +233,19 @@ def build_guards(trace, fn, flat: list, spec, dynamic_numbers: set,
                 f"bound tensor {b.name} (alive, same storage, requires_grad={rg})",
                 "same", lambda f, k=k: _describe_ref(trace.bindings[k]))
         elif b.kind == "grad":
-            lines.append(f"    o = B{k}()")
+            lines.append(f"    o = {_owner_expr(b.target, f'B{k}')}")
             add(f"o is None or o._grad is None or o._grad._data is not A{k}()",
                 f"{b.name} (the same gradient tensor)", "same",
-                lambda f, k=k: _describe_grad(trace.bindings[k]))
+                lambda f, k=k: _describe_grad(trace.bindings[k], f))
         elif b.kind == "array":
             add(f"B{k}() is None", f"{b.name} alive", "alive", lambda f: "gone")
     for k, (ref, was_none, name) in enumerate(trace.grad_guards):
         ns[f"G{k}"] = ref
-        lines.append(f"    o = G{k}()")
+        lines.append(f"    o = {_owner_expr(ref, f'G{k}')}")
         add(f"o is None or (o._grad is None) is not {was_none}",
             f"{name}.grad is {'None' if was_none else 'present'}",
             "None" if was_none else "present",
-            lambda f, ref=ref: "gone" if ref() is None else
-            ("None" if ref()._grad is None else "present"))
+            lambda f, ref=ref: _grad_state(ref, f))
     for k, (ref, version) in enumerate(trace.objects):
         ns[f"OB{k}"] = ref
         obj = ref()
@@ -301,8 +300,22 @@ def _describe_ref(b) -> str:
     return f"requires_grad={t._requires_grad}"
 
 
-def _describe_grad(b) -> str:
-    o = b.target()
+def _owner_expr(ref, name: str) -> str:
+    """Code reaching a .grad owner: an argument (``("arg", i)``) or a weak reference."""
+    if isinstance(ref, tuple):
+        return f"flat[{ref[1]}]"
+    return f"{name}()"
+
+
+def _grad_state(ref, flat) -> str:
+    o = flat[ref[1]] if isinstance(ref, tuple) else ref()
+    if o is None:
+        return "gone"
+    return "None" if o._grad is None else "present"
+
+
+def _describe_grad(b, flat) -> str:
+    o = b.owner(flat)
     if o is None:
         return "owner gone"
     return "None" if o._grad is None else "a different tensor"

@@ -76,6 +76,8 @@ class Binding:
         if k == "ref":
             return lambda flat: t()._data
         if k == "grad":
+            if isinstance(t, tuple):
+                return lambda flat: flat[t[1]]._grad._data
             return lambda flat: t()._grad._data
         return lambda flat: t()
 
@@ -85,18 +87,24 @@ class Binding:
         if k == "arg":
             return lambda flat: flat[t]
         if k == "grad":
+            if isinstance(t, tuple):
+                return lambda flat: flat[t[1]]._grad
             return lambda flat: t()._grad
         return lambda flat: t()
+
+    def owner(self, flat_args):
+        """For 'grad' bindings: the tensor whose .grad this is."""
+        t = self.target
+        return flat_args[t[1]] if isinstance(t, tuple) else t()
 
     def resolve(self, flat_args):
         """The tensor (or ndarray) now; None when it is gone."""
         if self.kind == "arg":
             return flat_args[self.target]
-        obj = self.target()
-        if obj is None:
-            return None
         if self.kind == "grad":
-            return obj._grad
+            owner = self.owner(flat_args)
+            return None if owner is None else owner._grad
+        obj = self.target()
         return obj
 
 
@@ -304,6 +312,7 @@ class Tracer(DispatchMode):
         self.backward_roots: dict[int, bool] = {}  # id(node) -> retain_graph
         self.prints: list = []  # dg.debug_print calls: (items, sep, end)
         self.finished = False  # traced scalars outliving the trace act as plain floats
+        self.alias_of: dict[int, Tensor] = {}  # id(alias from .data/detach()) -> its owner
 
     # ----------------------------------------------------------------- values and slots
     def _register(self, key: tuple, t: Tensor, v: Value) -> None:
@@ -329,15 +338,24 @@ class Tracer(DispatchMode):
         self.input_value[key] = v
         return v
 
+    def owner_ref(self, owner: Tensor):
+        """How to reach ``owner`` at call time: its argument index, or a weak reference."""
+        if id(owner) in self.arg_index:
+            return ("arg", self.arg_index[id(owner)])
+        return weakref.ref(owner)
+
     def _binding(self, t: Tensor) -> Binding:
         a = t._data
         meta = dict(array=weakref.ref(a), shape=a.shape, dtype=a.dtype, strides=a.strides)
+        while id(t) in self.alias_of and id(t) not in self.arg_index:
+            t = self.alias_of[id(t)]  # p.data, x.detach(): the same memory as their owner
         if id(t) in self.arg_index:
             i = self.arg_index[id(t)]
             return Binding("arg", i, f"arg{i}", **meta)
         if id(t) in self.attr_source:
             owner, attr = self.attr_source[id(t)]
-            return Binding("grad", weakref.ref(owner), f"{self._name(owner)}.{attr}", **meta)
+            return Binding("grad", self.owner_ref(owner), f"{self._name(owner)}.{attr}",
+                           **meta)
         if id(t) in self.shared_arrays:
             arr = self.shared_arrays[id(t)]
             return Binding("array", weakref.ref(arr), "from_numpy array", **meta)
@@ -388,6 +406,10 @@ class Tracer(DispatchMode):
             self.const_ids.add(id(tensor))
 
     def on_attr(self, owner, name, value) -> None:
+        if name in ("data", "detach"):  # an alias: bind it through its owner
+            self.keep.extend((owner, value))
+            self.alias_of[id(value)] = owner
+            return
         if id(owner) not in self.grad_state:  # the first look at owner.grad: guard it
             self.keep.append(owner)
             self.grad_state[id(owner)] = (owner, value is None)
@@ -617,13 +639,20 @@ class Tracer(DispatchMode):
                         grad_outputs.append(x)
                         return ("grad_out", len(grad_outputs) - 1,
                                 out_index(self.value_of(x)))
-                key = slot_key(x)
                 returned.add(id(x))
                 if spent:
                     return ("spent", out_index(self.value_of(x)), x._node.name())
-                if key in self.input_binding and self.slots[key] is self.input_value[key]:
-                    return ("input", self.input_binding[key])
-                return ("value", out_index(self.value_of(x)))
+                v = self.value_of(x)
+                key = slot_key(x)
+                if key in self.input_binding and v is self.input_value[key]:
+                    b = self.input_binding[key]
+                    same = (b.kind == "arg" and flat_args[b.target] is x) or \
+                        (b.kind == "ref" and b.target() is x)
+                    if same:  # the very tensor (an argument or captured tensor) comes back
+                        return ("input", b)
+                    if b.kind in ("arg", "ref"):  # an alias of it (x.detach(), p.data)
+                        return ("alias", b, x._requires_grad)
+                return ("value", out_index(v))
             if isinstance(x, TracedScalar):
                 return ("scalar", out_index(x._value))
             if isinstance(x, tuple) and not hasattr(x, "_fields"):
@@ -650,7 +679,7 @@ class Tracer(DispatchMode):
         bindings = [by_value[id(v)] for v in g.inputs]
         scalars = sorted(self.scalar_sources.values(), key=lambda s: s.value.id)
         g.scalars = [s.value for s in scalars]
-        grad_guards = [(weakref.ref(o), none, self._name(o))
+        grad_guards = [(self.owner_ref(o), none, self._name(o))
                        for o, none in self.grad_state.values() if none is not None]
         trace = Trace(g, bindings, scalars, writebacks, effects, out_spec,
                       list(self.objects.values()), self.baked, grad_guards, prints=prints,
@@ -722,6 +751,8 @@ class Tracer(DispatchMode):
         self.attr_source.clear()
         self.grad_effects.clear()
         self.prints.clear()
+        self.alias_of.clear()
+        self.grad_state.clear()
         alive = [r for r in self.created if r() is not None and id(r()) not in allowed]
         if alive:
             import gc
@@ -732,7 +763,9 @@ class Tracer(DispatchMode):
             if os.environ.get("DYNGRAD_DEBUG_ESCAPES"):
                 import gc
                 for r in gc.get_referrers(t):
-                    print("held by", type(r), str(r)[:200])
+                    print("held by", type(r), str(r)[:100])
+                    for r2 in gc.get_referrers(r):
+                        print("   which is held by", type(r2), str(r2)[:300].replace("\n", " "))
             raise Unsupported(f"a tensor made inside the function ({t.dtype.name}"
                               f"{list(t.shape)}) is kept in Python state the compiled function "
                               f"cannot update (e.g. optimizer state created on its first step); "

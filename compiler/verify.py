@@ -22,7 +22,8 @@ class Snapshot:
                 arr = obj if isinstance(obj, np.ndarray) else obj._data
                 self.tensors.append((b.name, arr, arr.copy()))
         self.grads = []
-        owners = [ref() for ref, _, _ in trace.grad_guards]
+        owners = [flat[ref[1]] if isinstance(ref, tuple) else ref()
+                  for ref, _, _ in trace.grad_guards]
         owners += [b.resolve(flat) for b, _ in trace.grad_effects]
         for o in owners:
             if o is not None and id(o) not in seen:

@@ -319,7 +319,10 @@ class Tensor:
     def data(self) -> Tensor:
         """A detached tensor sharing this one's storage (changes through it are invisible to
         autograd, as in PyTorch)."""
-        return Tensor._shared(self._data, self._storage)
+        alias = Tensor._shared(self._data, self._storage)
+        if STATE.modes:
+            report_attr(self, "data", alias)
+        return alias
 
     @data.setter
     def data(self, value: Tensor) -> None:
@@ -332,7 +335,10 @@ class Tensor:
 
     def detach(self) -> Tensor:
         """A tensor sharing storage with this one, cut out of the graph."""
-        return Tensor._shared(self._data, self._storage)
+        alias = Tensor._shared(self._data, self._storage)
+        if STATE.modes:
+            report_attr(self, "detach", alias)
+        return alias
 
     def detach_(self) -> Tensor:
         """Cut this tensor out of the graph in place (it becomes a leaf)."""

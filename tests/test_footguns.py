@@ -353,9 +353,6 @@ def test_returned_optimizer_updated_parameter_copy_is_not_overwritten():
     assert [k.tolist() for k in kept] == [[0.5, 1.5], [0.0, 1.0], [-0.5, 0.5], [-1.0, 0.0]]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an argument or captured tensor returned without "
-                                       "being used by any op comes back as a fresh copy (not "
-                                       "the same object; requires_grad lost)")
 def test_returning_an_argument_unchanged_returns_that_very_tensor():
     def f(x, y):
         return x, y * 2
@@ -439,9 +436,6 @@ def test_p_data_element_incremented_inside_then_used_with_grad():
         assert_same(p1.grad, p2.grad)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (speed): the temporary tensor `p.data` makes is "
-                                       "bound by weak reference, so the guard fails on every "
-                                       "call and the function retraces until the cache limit")
 def test_p_data_element_incremented_inside_compiles_once():
     p = nn.Parameter(t(1.0, 2.0, 3.0))
     cf = compiler.compile(_bump_data(p))
@@ -750,9 +744,6 @@ def _square_sum_backward(x):
     return loss
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: .grad guards and .grad bindings of an *argument* "
-                                       "refer (by weak reference) to the tensor passed at trace "
-                                       "time, not to the argument of the current call")
 def test_a_fresh_argument_with_a_grad_gets_its_own_grad_accumulated():
     cf = compiler.compile(_square_sum_backward)
     a = t(1.0, 2.0).requires_grad_()
@@ -765,9 +756,6 @@ def test_a_fresh_argument_with_a_grad_gets_its_own_grad_accumulated():
     assert_same(a.grad, t(12.0, 14.0))  # untouched by the second call
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the '.grad is None' guard of an argument checks "
-                                       "the trace-time tensor, so a new argument whose .grad is "
-                                       "present passes it and its grad is overwritten")
 def test_a_fresh_argument_with_a_grad_is_not_treated_as_grad_free():
     cf = compiler.compile(_square_sum_backward)
     a = t(1.0, 2.0).requires_grad_()
