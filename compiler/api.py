@@ -36,7 +36,7 @@ from .backends import interp
 from .guards import GuardSet, _code_numbers, build_guards, flatten, unflatten
 from .partition import split
 from .passes import run_passes
-from .symbolic import arg_dims, arg_shapes, generalize
+from .symbolic import arg_dims, arg_shapes, generalize, same_template
 from .trace import Trace, Tracer, Unsupported
 
 log = logging.getLogger("dyngrad.compiler")
@@ -519,31 +519,42 @@ class CompiledFunction:
         return _plain_numbers(result)
 
     def _generalize(self, v: Variant, flat, spec) -> None:
-        """If ``v`` and an earlier variant differ only in one argument dimension, affinely,
-        make ``v`` symbolic in it and drop the earlier one (see compiler/symbolic.py)."""
-        for old in self.variants:
+        """If ``v`` and two earlier variants differ only in one argument dimension, by the
+        same affine function of it, make ``v`` symbolic in it and drop the two (see
+        compiler/symbolic.py)."""
+        def fit(old):
             if old.sym is not None or (old.backward is None) != (v.backward is None):
-                continue
+                return None
             dims = arg_dims(old.arg_meta, v.arg_meta)
             if dims is None:
-                continue
-            (i, k) = dims.base
+                return None
+            i, k = dims.base
             d1, d2 = old.arg_meta[i][0][k], v.arg_meta[i][0][k]
             t = generalize(old.trace.graph, v.trace.graph, d1, d2)
             tb = None
             if t is not None and v.backward is not None:
                 tb = generalize(old.backward.parts.backward, v.backward.parts.backward, d1, d2)
                 if tb is None:
-                    t = None
-            if t is None:
-                continue
-            v.sym, v.templates, v.bw_templates = dims, t, tb
-            v.guards = build_guards(v.trace, self._code_fn, flat, spec, self.dynamic_numbers,
-                                    symbolic=dims)
-            self.variants.remove(old)
-            self._note(f"{self.__name__}: dimension {k} of argument {i} is symbolic (sizes "
-                       f"{d1} and {d2} share one variant)", "recompiles")
-            return
+                    return None
+            return None if t is None else (dims, t, tb)
+
+        fits = [(old, fit(old)) for old in self.variants]
+        fits = [(old, f) for old, f in fits if f is not None]
+        for a, (dims_a, ta, tba) in fits:
+            for b, (dims_b, tb_, tbb) in fits:
+                if a is b or dims_a != dims_b or not same_template(ta, tb_) or \
+                        not same_template(tba, tbb):
+                    continue
+                v.sym, v.templates, v.bw_templates = dims_a, ta, tba
+                v.guards = build_guards(v.trace, self._code_fn, flat, spec,
+                                        self.dynamic_numbers, symbolic=dims_a)
+                self.variants.remove(a)
+                self.variants.remove(b)
+                v.calls += a.calls + b.calls
+                i, k = dims_a.base
+                self._note(f"{self.__name__}: dimension {k} of argument {i} is symbolic "
+                           f"(three sizes share one variant)", "recompiles")
+                return
 
     def _internal_error(self, exc: Exception) -> None:
         """A compiled call raised (a shape the guards did not foresee, or a compiler bug):

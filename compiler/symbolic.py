@@ -1,9 +1,11 @@
 """Symbolic dimensions: one variant for every size of a dimension (a batch size).
 
 When a call misses only because one argument dimension changed, the new trace is compared
-with the old one node by node. If the two graphs have the same structure and every size that
-differs in a parameter is an affine function ``a·d + b`` of that dimension ``d`` (fitted from
-the two traces), the pair is replaced by a single variant whose parameters are templates;
+with the earlier ones node by node. If three traces at three sizes have the same structure and
+every size that differs in a parameter is one affine function ``a·d + b`` of that dimension
+``d`` (fitted from two pairs of traces, which must agree — two points alone cannot tell a line
+from ``d·d`` or ``d // 2``), they are replaced by a single variant whose parameters are
+templates;
 the plan for a concrete size is instantiated on first use and cached ("compute the plan per
 concrete size, cheap"). Anything else that differs — a constant, a literal number, a value
 guard, a different op sequence (the function read the size into Python and branched on it) —
@@ -80,6 +82,26 @@ def fit(x1, x2, d1: int, d2: int):
     return x1
 
 
+def _same_literal(a, b) -> bool:
+    if type(a) is not type(b):
+        return False
+    return a == b or (isinstance(a, float) and a != a and b != b)
+
+
+def same_template(a, b) -> bool:
+    """Whether two templates (from different pairs of sizes) are the same function of d."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and \
+            a.shape == b.shape and np.array_equal(a, b)
+    if isinstance(a, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and \
+            all(same_template(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and \
+            all(same_template(a[k], b[k]) for k in a)
+    return type(a) is type(b) and (a == b or (a != a and b != b))
+
+
 def instantiate(x, d: int):
     """Replace every :class:`Affine` in a template by its size at ``d``."""
     if isinstance(x, Affine):
@@ -127,8 +149,8 @@ def generalize(g1: Graph, g2: Graph, d1: int, d2: int) -> list | None:
                         fit(x1.const, x2.const, d1, d2)
                     elif pair.get(id(x1)) != id(x2):
                         return None
-                else:
-                    fit(x1, x2, d1, d2)
+                elif not _same_literal(x1, x2):  # numbers given to ops never vary: a
+                    return None                    # size read into Python made them
             templates.append(fit(n1.params, n2.params, d1, d2))
             pair[id(n1.out)] = id(n2.out)
         for v1, v2 in zip(g1.outputs, g2.outputs):

@@ -733,11 +733,6 @@ def _times_size_mod_3(x):
     return x * (x.shape[0] % 3)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a size read into Python (x.shape) is not seen by "
-                                       "the tracer, and two traces are generalised by an affine "
-                                       "fit through two points: sizes that are not affine in "
-                                       "the batch dimension replay wrong")
-@pytest.mark.parametrize("fn", [_divide_by_size_squared, _first_half, _times_size_mod_3])
 def test_a_size_read_into_python_is_not_made_symbolic(fn):
     cf = compiler.compile(fn)
     for n in (8, 4, 5, 6, 7, 9, 16):
@@ -745,9 +740,6 @@ def test_a_size_read_into_python_is_not_made_symbolic(fn):
         assert_same(cf(x), fn(x), f"size {n}")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the generator's offset advance (ceil(n·3/4) blocks)"
-                                       " is not affine in the batch size, yet the variants are "
-                                       "merged: wrong random numbers for some sizes")
 def test_dropout_over_changing_batch_sizes_draws_eagers_numbers():
     def f(x):
         return F.dropout(x, 0.5).sum()
