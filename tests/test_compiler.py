@@ -733,6 +733,7 @@ def _times_size_mod_3(x):
     return x * (x.shape[0] % 3)
 
 
+@pytest.mark.parametrize("fn", [_divide_by_size_squared, _first_half, _times_size_mod_3])
 def test_a_size_read_into_python_is_not_made_symbolic(fn):
     cf = compiler.compile(fn)
     for n in (8, 4, 5, 6, 7, 9, 16):
