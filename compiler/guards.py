@@ -110,6 +110,9 @@ def _code_numbers(fn, depth: int = 2, seen=None) -> list:
             v = g[name]
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 out.append((f"global {name} of {fn.__qualname__}", _global_reader(g, name), v))
+            elif isinstance(v, Tensor):  # a captured tensor: the global must still name it
+                out.append((f"global tensor {name} of {fn.__qualname__} (identity)",
+                            _global_identity(g, name), _Same(v)))
             elif depth > 0 and isinstance(v, (types.FunctionType, types.MethodType)):
                 out.extend(_code_numbers(v, depth - 1, seen))
     for name, cell in zip(code.co_freevars, fn.__closure__ or ()):
@@ -119,9 +122,47 @@ def _code_numbers(fn, depth: int = 2, seen=None) -> list:
             continue
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             out.append((f"closure variable {name} of {fn.__qualname__}", _cell_reader(cell), v))
+        elif isinstance(v, Tensor):
+            out.append((f"closure tensor {name} of {fn.__qualname__} (identity)",
+                        _cell_identity(cell), _Same(v)))
         elif depth > 0 and isinstance(v, (types.FunctionType, types.MethodType)):
             out.extend(_code_numbers(v, depth - 1, seen))
     return out
+
+
+class _Same:
+    """Compares equal to an object only while it *is* the object seen at trace time (held
+    by weak reference: the guard must not keep the old tensor alive)."""
+
+    __slots__ = ("ref",)
+
+    def __init__(self, obj) -> None:
+        self.ref = weakref.ref(obj)
+
+    def __eq__(self, other) -> bool:
+        return other is self.ref()
+
+    def __ne__(self, other) -> bool:
+        return other is not self.ref()
+
+    def __repr__(self) -> str:
+        obj = self.ref()
+        return "<gone>" if obj is None else f"<the same {type(obj).__name__}>"
+
+    __hash__ = None
+
+
+def _global_identity(g: dict, name: str):
+    return lambda flat: g.get(name, _MISSING)
+
+
+def _cell_identity(cell):
+    def read(flat):
+        try:
+            return cell.cell_contents
+        except ValueError:
+            return _MISSING
+    return read
 
 
 def _global_reader(g: dict, name: str):
@@ -221,6 +262,17 @@ def build_guards(trace, fn, flat: list, spec, dynamic_numbers: set,
             add("any(OFFSETS(flat, (b,) + js) != offs for b, js, offs in SHARED)",
                 "offsets of arguments that share storage", [o for *_, o in shared],
                 lambda f: [_offsets(f, (b,) + js) for b, js, _ in shared])
+    bound_storages = set()
+    for b in trace.bindings:
+        obj = b.resolve(flat) if b.kind in ("ref", "grad") else None
+        if isinstance(obj, Tensor):
+            bound_storages.add(id(obj._storage))
+    for i, x in enumerate(flat):  # an argument must not alias a captured tensor, unless it did
+        if isinstance(x, Tensor) and id(x._storage) not in bound_storages and bound_storages:
+            ns["BOUND_STORAGES"] = bound_storages
+            add(f"id(flat[{i}]._storage) in BOUND_STORAGES",
+                f"argument {i} shares no memory with a captured tensor", "separate",
+                lambda f, i=i: "shares memory")
     for k, b in enumerate(trace.bindings):
         if b.kind == "arg":
             continue
@@ -268,7 +320,7 @@ def build_guards(trace, fn, flat: list, spec, dynamic_numbers: set,
             numbers += _code_numbers(forward, seen=seen)
     for k, (what, reader, value) in enumerate(numbers):
         ns[f"N{k}"], ns[f"NV{k}"] = reader, value
-        add(f"N{k}(flat) != NV{k}", what, value, reader)
+        add(f"NV{k} != N{k}(flat)", what, value, reader)
     lines.append("    return -1")
     exec("\n".join(lines), ns)  # noqa: S102 - generated from the trace, no user text
     return GuardSet(ns["check"], describe, expected, now, tags)

@@ -154,6 +154,12 @@ def _offsets(key: tuple) -> np.ndarray:
     return off
 
 
+def _overlap(a: tuple, b: tuple) -> bool:
+    alo, ahi = _byte_range(a)
+    blo, bhi = _byte_range(b)
+    return alo < bhi and blo < ahi
+
+
 def _byte_range(key: tuple) -> tuple:
     _, ptr, shape, strides, dt = key
     if 0 in shape:
@@ -313,6 +319,7 @@ class Tracer(DispatchMode):
         self.prints: list = []  # dg.debug_print calls: (items, sep, end)
         self.finished = False  # traced scalars outliving the trace act as plain floats
         self.alias_of: dict[int, Tensor] = {}  # id(alias from .data/detach()) -> its owner
+        self.writes_to: dict[int, list] = {}  # id(storage) -> [(slot written, value)], in order
 
     # ----------------------------------------------------------------- values and slots
     def _register(self, key: tuple, t: Tensor, v: Value) -> None:
@@ -336,7 +343,13 @@ class Tracer(DispatchMode):
         self._register(key, t, v)
         self.input_binding[key] = b
         self.input_value[key] = v
-        return v
+        # Note: memory this trace already wrote through another slot (a captured view, an
+        # alias in another layout) must be seen here too: the call-time array is read before
+        # those writes, so apply them to the new slot's value in the order they happened.
+        for other, _ in self.writes_to.get(key[0], ()):
+            if other != key and _overlap(key, other):
+                self.slots[key] = self._region_update(key, other, self.slots[other])
+        return self.slots[key]
 
     def owner_ref(self, owner: Tensor):
         """How to reach ``owner`` at call time: its argument index, or a weak reference."""
@@ -416,6 +429,11 @@ class Tracer(DispatchMode):
         if isinstance(value, Tensor) and slot_key(value) not in self.slots:
             self.keep.extend((owner, value))
             self.attr_source[id(value)] = (owner, name)
+
+    def on_python_call(self, what: str) -> None:
+        if self.unsupported is None:
+            self.unsupported = (f"{what} runs at {user_frame()} (Python side effects cannot be "
+                                f"replayed by a compiled call)")
 
     def on_debug_print(self, args, sep, end) -> None:
         items = []
@@ -559,14 +577,11 @@ class Tracer(DispatchMode):
             self.value_of(t)
         self.slots[key] = new_v
         self.slot_tensor[key] = t
-        lo, hi = _byte_range(key)
+        writes = self.writes_to.setdefault(key[0], [])
+        writes[:] = [w for w in writes if w[0] != key] + [(key, new_v)]
         for other in self.by_storage.get(key[0], ()):
-            if other == key:
-                continue
-            olo, ohi = _byte_range(other)
-            if ohi <= lo or hi <= olo:
-                continue
-            self.slots[other] = self._region_update(other, key, new_v)
+            if other != key and _overlap(key, other):
+                self.slots[other] = self._region_update(other, key, new_v)
 
     def _region_update(self, dst: tuple, src: tuple, src_value: Value) -> Value:
         """dst's value after src's elements were overwritten with ``src_value``."""

@@ -58,6 +58,10 @@ class DispatchMode:
     def on_attr(self, owner: Any, name: str, value: Any) -> None:
         """Tensor-valued attribute ``owner.name`` was read (``p.grad``), giving ``value``."""
 
+    def on_python_call(self, what: str) -> None:
+        """User Python code runs from inside dyngrad (a tensor hook, a forward hook): a
+        tracer cannot replay its side effects."""
+
     def on_debug_print(self, args: tuple, sep: str, end: str) -> None:
         """``dg.debug_print(*args)`` is printing."""
 
@@ -96,6 +100,11 @@ def report_read(tensor, kind: str) -> Any:
 def report_write(tensor, what: str, value: Any) -> None:
     for m in STATE.modes:
         m.on_write(tensor, what, value)
+
+
+def report_python_call(what: str) -> None:
+    for m in STATE.modes:
+        m.on_python_call(what)
 
 
 def report_new(tensor, shared_array=None) -> None:

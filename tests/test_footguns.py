@@ -495,9 +495,6 @@ def _times_global_w(x):
     return x * GLOBAL_W
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a captured tensor is bound by a weak reference "
-                                       "to the object; a global rebound to a new tensor while "
-                                       "the old one is still alive is not noticed (stale)")
 def test_a_global_tensor_rebound_while_the_old_one_is_alive_is_followed():
     global GLOBAL_W
     cf = compiler.compile(_times_global_w)
@@ -602,9 +599,6 @@ def test_two_view_arguments_that_overlap_differently_are_not_confused():
         assert_same(base1, base2)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an alias of a written tensor that the trace sees "
-                                       "for the first time after the write becomes a graph "
-                                       "input read before the write (stale)")
 def test_writing_a_captured_view_then_reading_its_base():
     w1, w2 = dg.zeros(3), dg.zeros(3)
     v1, v2 = w1[0:2], w2[0:2]
@@ -620,9 +614,6 @@ def test_writing_a_captured_view_then_reading_its_base():
         assert_same(w1, w2)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: no guard that an argument does not share memory "
-                                       "with a captured (bound) tensor; traced with a separate "
-                                       "tensor, called with a view of the captured one")
 def test_an_argument_that_aliases_a_captured_tensor_on_a_later_call():
     w1, w2 = t(1.0, 2.0, 3.0), t(1.0, 2.0, 3.0)
 
@@ -799,10 +790,6 @@ def test_cross_entropy_with_class_weights_captured_and_changed_in_place():
 # ------------------------------------------------------------------ hooks and nesting
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a tensor hook with a Python side effect runs only "
-                                       "in the traced call; compiled calls skip it silently "
-                                       "(it should run, or the function fall back with a "
-                                       "reason)")
 def test_a_tensor_hook_with_a_side_effect_runs_on_every_call_or_falls_back():
     seen = []
 
@@ -820,8 +807,6 @@ def test_a_tensor_hook_with_a_side_effect_runs_on_every_call_or_falls_back():
     assert len(seen) == 4 or any("hook" in r for r in cf.fallbacks)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a module forward hook with a Python side effect "
-                                       "runs only in the traced call")
 def test_a_module_forward_hook_runs_on_every_call_or_falls_back():
     layer = nn.Linear(2, 2)
     calls = []

@@ -11,7 +11,7 @@ import heapq
 
 import numpy as np
 
-from ..dispatch import STATE
+from ..dispatch import STATE, report_python_call
 from .grad_mode import set_grad_enabled
 from .graph import AccumulateGrad, Node
 
@@ -125,6 +125,8 @@ def run_backward(roots: list, grads: list, *, retain_graph: bool, create_graph: 
             buf = buffers.pop(node)
             # hooks on the node's outputs, then retain_grad
             if node.pre_hooks:
+                if STATE.modes and any(node.pre_hooks.values()):
+                    report_python_call(f"a tensor hook on the output of {node.name()}")
                 for nr, hooks in node.pre_hooks.items():
                     for hook in list(hooks):
                         if buf[nr] is not None:
@@ -149,6 +151,8 @@ def run_backward(roots: list, grads: list, *, retain_graph: bool, create_graph: 
                 leaf = node.leaf()
                 if leaf is not None:
                     g = buf[0]
+                    if STATE.modes and leaf._hooks:
+                        report_python_call("a tensor hook on a leaf")
                     for hook in list(leaf._hooks or ()):
                         new = hook(g)
                         if new is not None:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..autograd.grad_mode import no_grad
-from ..dispatch import STATE, report_object
+from ..dispatch import STATE, report_object, report_python_call
 from ..tensor import Tensor
 from .parameter import Parameter
 
@@ -119,6 +119,8 @@ class Module:
             report_object(self)
         out = self.forward(*args, **kwargs)
         if self._forward_hooks:
+            if STATE.modes:
+                report_python_call(f"a forward hook of {type(self).__name__}")
             for hook in list(self._forward_hooks.values()):
                 res = hook(self, args, out)
                 if res is not None:
