@@ -33,7 +33,7 @@ from dyngrad.tensor import Tensor
 
 from . import ir
 from .backends import interp
-from .guards import GuardSet, _code_numbers, build_guards, flatten, unflatten
+from .guards import GuardSet, build_guards, code_numbers, flatten, unflatten
 from .partition import split
 from .passes import run_passes
 from .symbolic import arg_dims, arg_shapes, generalize, same_template
@@ -374,6 +374,7 @@ class CompiledFunction:
         self._unsupported_streak = 0
         self._verified = 0
         self.dynamic_numbers: set[int] = set()
+        self.dynamic_sources: set = set()
         self.__wrapped__ = fn
         self.__name__ = getattr(fn, "__name__", type(fn).__name__)
         self.__doc__ = getattr(fn, "__doc__", None)
@@ -446,6 +447,9 @@ class CompiledFunction:
             tag = v.guards.tags[k] if k is not None else None
             if tag is not None and tag[0] == "number" and isinstance(flat[tag[1]], float):
                 self.dynamic_numbers.add(tag[1])  # seen to change: a runtime input from now on
+            if tag is not None and tag[0] == "source" and \
+                    isinstance(v.guards.current(k, flat), float):
+                self.dynamic_sources.add(tag[1])  # a global/closure float: likewise
             if len(self.variants) >= self.cache_limit:
                 self.eager_reason = (f"cache_limit ({self.cache_limit}) reached; last miss: "
                                      f"{why}")
@@ -460,16 +464,26 @@ class CompiledFunction:
         t0 = time.perf_counter()
         tracer = Tracer(flat)
         grad_enabled = STATE.grad_enabled
-        numbers = _code_numbers(self._code_fn)  # their values on entry
+        seen_objects = [o for v in self.variants for o in v.trace.objects if o[0]() is not None]
+        numbers = code_numbers(self._code_fn, seen_objects)  # their values on entry
+        dynamic = [(what, read, value, key, write) for what, read, value, key, write in numbers
+                   if key in self.dynamic_sources and isinstance(value, float)]
+        substituted = frozenset(key for _, _, _, key, _ in dynamic)
         with push_mode(tracer):
             if self.dynamic_numbers:
                 traced = [tracer.arg_scalar(i, x) if i in self.dynamic_numbers else x
                           for i, x in enumerate(flat)]
                 args, kwargs = unflatten(spec, traced)
-            result = self.fn(*args, **kwargs)
+            for what, read, value, key, write in dynamic:  # seen to change: runtime inputs
+                write(tracer.source_scalar(key, what.split()[1], read, value))
+            try:
+                result = self.fn(*args, **kwargs)
+            finally:
+                for _, _, value, _, write in dynamic:
+                    write(value)
         t1 = time.perf_counter()
         try:
-            for what, read, value in numbers:
+            for what, read, value, _, _ in numbers:
                 now = read(flat)  # e.g. `global step; step += 1`: not replayable
                 if now != value and not (now != now and value != value):  # (NaN stays NaN)
                     raise Unsupported(f"the function changes {what} (from {value!r} to "
@@ -497,7 +511,9 @@ class CompiledFunction:
                                         trace.bindings)
                 after += "\nbackward:\n" + str(parts.backward)
             trace.graph = g
-            guards = build_guards(trace, self._code_fn, flat, spec, self.dynamic_numbers)
+            trace.substituted = substituted
+            guards = build_guards(trace, self._code_fn, flat, spec, self.dynamic_numbers,
+                                  dynamic_sources=substituted)
             inplace = _inplace_writes(trace, g, n_fwd)
             plan = interp.compile_graph(g, inplace=inplace)
         except Unsupported as exc:
@@ -547,7 +563,8 @@ class CompiledFunction:
                     continue
                 v.sym, v.templates, v.bw_templates = dims_a, ta, tba
                 v.guards = build_guards(v.trace, self._code_fn, flat, spec,
-                                        self.dynamic_numbers, symbolic=dims_a)
+                                        self.dynamic_numbers, symbolic=dims_a,
+                                        dynamic_sources=v.trace.substituted)
                 self.variants.remove(a)
                 self.variants.remove(b)
                 v.calls += a.calls + b.calls

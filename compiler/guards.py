@@ -109,10 +109,11 @@ def _code_numbers(fn, depth: int = 2, seen=None) -> list:
         if name in g:
             v = g[name]
             if isinstance(v, (int, float)) and not isinstance(v, bool):
-                out.append((f"global {name} of {fn.__qualname__}", _global_reader(g, name), v))
+                out.append((f"global {name} of {fn.__qualname__}", _global_reader(g, name), v,
+                            ("global", id(g), name), _global_setter(g, name)))
             elif isinstance(v, Tensor):  # a captured tensor: the global must still name it
                 out.append((f"global tensor {name} of {fn.__qualname__} (identity)",
-                            _global_identity(g, name), _Same(v)))
+                            _global_identity(g, name), _Same(v), None, None))
             elif depth > 0 and isinstance(v, (types.FunctionType, types.MethodType)):
                 out.extend(_code_numbers(v, depth - 1, seen))
     for name, cell in zip(code.co_freevars, fn.__closure__ or ()):
@@ -121,10 +122,11 @@ def _code_numbers(fn, depth: int = 2, seen=None) -> list:
         except ValueError:
             continue
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            out.append((f"closure variable {name} of {fn.__qualname__}", _cell_reader(cell), v))
+            out.append((f"closure variable {name} of {fn.__qualname__}", _cell_reader(cell), v,
+                        ("cell", id(cell)), _cell_setter(cell)))
         elif isinstance(v, Tensor):
             out.append((f"closure tensor {name} of {fn.__qualname__} (identity)",
-                        _cell_identity(cell), _Same(v)))
+                        _cell_identity(cell), _Same(v), None, None))
         elif depth > 0 and isinstance(v, (types.FunctionType, types.MethodType)):
             out.extend(_code_numbers(v, depth - 1, seen))
     return out
@@ -165,6 +167,18 @@ def _cell_identity(cell):
     return read
 
 
+def _global_setter(g: dict, name: str):
+    def write(value):
+        g[name] = value
+    return write
+
+
+def _cell_setter(cell):
+    def write(value):
+        cell.cell_contents = value
+    return write
+
+
 def _global_reader(g: dict, name: str):
     return lambda flat: g.get(name, _MISSING)
 
@@ -178,8 +192,20 @@ def _cell_reader(cell):
     return read
 
 
+def code_numbers(fn, objects=()) -> list:
+    """Numbers (and captured tensors) the guards check: those of ``fn`` and of the
+    ``forward`` of every module the trace used."""
+    seen: set = set()
+    numbers = _code_numbers(fn, seen=seen)
+    for ref, _ in objects:
+        forward = getattr(type(ref()), "forward", None)
+        if forward is not None:
+            numbers += _code_numbers(forward, seen=seen)
+    return numbers
+
+
 def build_guards(trace, fn, flat: list, spec, dynamic_numbers: set,
-                 symbolic=None) -> GuardSet:
+                 symbolic=None, dynamic_sources=frozenset()) -> GuardSet:
     """Generate the guard function for a trace of ``fn`` called with ``flat``/``spec``.
     With ``symbolic`` (a :class:`compiler.symbolic.SymbolicDims`), the symbolic dims of the
     arguments may take any size ≥ 2, consistently with each other."""
@@ -312,15 +338,14 @@ def build_guards(trace, fn, flat: list, spec, dynamic_numbers: set,
                 lambda f: "gone")
     add(f"STATE.grad_enabled is not {trace.grad_enabled}", "grad mode", trace.grad_enabled,
         lambda f: STATE.grad_enabled)
-    seen: set = set()
-    numbers = _code_numbers(fn, seen=seen)
-    for ref, _ in trace.objects:  # the modules it called: numbers their forward reads
-        forward = getattr(type(ref()), "forward", None)
-        if forward is not None:
-            numbers += _code_numbers(forward, seen=seen)
-    for k, (what, reader, value) in enumerate(numbers):
+    for k, (what, reader, value, key, _) in enumerate(code_numbers(fn, trace.objects)):
         ns[f"N{k}"], ns[f"NV{k}"] = reader, value
-        add(f"NV{k} != N{k}(flat)", what, value, reader)
+        if key is not None and key in dynamic_sources:  # a runtime input: only its type
+            add(f"type(N{k}(flat)) is not float", f"type of {what}", "float",
+                lambda f, reader=reader: type(reader(f)).__name__)
+        else:
+            tag = ("source", key) if isinstance(value, float) and key is not None else None
+            add(f"NV{k} != N{k}(flat)", what, value, reader, tag)
     lines.append("    return -1")
     exec("\n".join(lines), ns)  # noqa: S102 - generated from the trace, no user text
     return GuardSet(ns["check"], describe, expected, now, tags)

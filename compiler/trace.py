@@ -120,8 +120,10 @@ class ScalarSource:
     observed: Any
 
     def read(self, flat):
-        if self.owner is None:  # a float argument
-            return flat[self.key[1]]
+        if self.owner is None:
+            if self.key[0] == "arg":  # a float argument
+                return flat[self.key[1]]
+            return self.index(flat)  # a global or closure float: index holds its reader
         owner = self.owner() if isinstance(self.owner, weakref.ref) else self.owner
         v = owner[self.key]
         return v[self.index] if self.index is not None else v
@@ -288,6 +290,7 @@ class Trace:
     grad_guards: list = field(default_factory=list)  # (weakref owner, was None, name)
     grad_enabled: bool = True
     prints: list = field(default_factory=list)  # dg.debug_print effects, in order
+    substituted: frozenset = frozenset()  # global/closure floats traced as runtime inputs
     backward: dict | None = None  # for outputs differentiated after the call: see
     #                              Tracer._trace_backward
 
@@ -446,6 +449,12 @@ class Tracer(DispatchMode):
             else:
                 items.append(("const", str(a)))
         self.prints.append((items, sep, end))
+
+    def source_scalar(self, key, name: str, reader, value: float) -> TracedScalar:
+        """A global or closure float that changed between calls: a runtime input."""
+        src = ScalarSource(None, key, reader, self.graph.add_scalar(name), value)
+        self.scalar_sources[key] = src
+        return TracedScalar(float(value), self, src.value)
 
     def arg_scalar(self, index: int, value: float) -> TracedScalar:
         """A float argument that changed between calls: a runtime input from now on."""

@@ -120,9 +120,6 @@ def test_a_global_counter_the_function_itself_increments_is_not_replayed_stale()
 
 
 @pytest.mark.filterwarnings("ignore:dyngrad.compile")
-@pytest.mark.xfail(strict=True, reason="only number *arguments* that change become runtime "
-                                       "inputs; a global/closure number still makes a variant "
-                                       "per value")
 def test_a_global_step_number_that_changes_every_call_becomes_a_runtime_input():
     global SCALE
     cf = compiler.compile(_scaled)
