@@ -580,7 +580,7 @@ class Tracer(DispatchMode):
 
     # ----------------------------------------------------------------- writes
     def _write(self, t: Tensor, new: Tensor) -> None:
-        new_v = self.value_of(new)
+        new_v = self._in_layout_of(t, new, self.value_of(new))
         key = slot_key(t)
         if key not in self.slots:
             self.value_of(t)
@@ -591,6 +591,24 @@ class Tracer(DispatchMode):
         for other in self.by_storage.get(key[0], ()):
             if other != key and _overlap(key, other):
                 self.slots[other] = self._region_update(other, key, new_v)
+
+    def _in_layout_of(self, t: Tensor, new: Tensor, v: Value) -> Value:
+        """An in-place write keeps ``t``'s memory layout (eager copies into t's own memory),
+        and later reductions iterate in memory order: for a permuted layout (a transposed
+        tensor) give the value that layout too — permute, copy, permute back — so compiled
+        sums run in eager's order. Other layouts keep the value as computed."""
+        a, b = t._data, new._data
+        if a.strides == b.strides or a.ndim < 2 or a.flags.c_contiguous:
+            return v
+        perm = tuple(int(i) for i in np.argsort([-abs(s) for s in a.strides], kind="stable"))
+        if not a.transpose(perm).flags.c_contiguous:
+            return v
+        inv = tuple(int(i) for i in np.argsort(perm))
+        g = self.graph
+        shape_p = tuple(a.shape[i] for i in perm)
+        p1 = g.add_node(_P["permute"], [v], {"perm": perm}, shape_p, v.dtype)
+        c = g.add_node(_P["cast"], [p1], {"dtype": v.dtype}, shape_p, v.dtype)
+        return g.add_node(_P["permute"], [c], {"perm": inv}, a.shape, v.dtype)
 
     def _region_update(self, dst: tuple, src: tuple, src_value: Value) -> Value:
         """dst's value after src's elements were overwritten with ``src_value``."""

@@ -1210,10 +1210,6 @@ def _scale_transposed_copy_in_place(x):
     return loss
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an in-place op is traced as a functional node whose"
-                                       " result is C-ordered, while eager keeps the written "
-                                       "tensor's own layout; a later reduction then sums in a "
-                                       "different order (last-bit differences)")
 def test_in_place_op_on_a_transposed_intermediate_keeps_eagers_layout_and_bits():
     cf = compiler.compile(_scale_transposed_copy_in_place)
     rng = np.random.default_rng(0)

@@ -309,9 +309,10 @@ OPS = {
     "inplace": (1, _inplace),
     "branch": (1, _branch),
     "dropout": (1, _dropout),
+    "item_constant": (3, _item_constant),
 }
-# Ops that hit a known bug, kept out of OPS until it is fixed (see the xfail test below).
-KNOWN_BUGS = {"item_constant": (3, _item_constant)}
+# Ops that hit a known bug, kept out of OPS until it is fixed (none at the moment).
+KNOWN_BUGS: dict = {}
 
 INPUT_SHAPES = [(3, 4), (4,), (3, 1), (2, 3, 4), (1, 4), (5,), (4, 3), (2, 1, 4), (), (3, 4)]
 
