@@ -421,6 +421,9 @@ class CompiledFunction:
             if k >= 0:
                 failed.append((v, k))
                 continue
+            if failed:  # the variant that serves the calls now is checked first next time
+                self.variants.remove(v)
+                self.variants.insert(0, v)
             if self.verify and self._verified < self.verify:
                 return self._verified_call(v, flat, args, kwargs)
             try:
