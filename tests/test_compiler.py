@@ -1269,8 +1269,13 @@ def test_verify_passes_for_a_correct_step_and_checks_only_the_first_n_calls():
     assert compiled_calls(cf) >= 2
 
 
+def _serving(cf):
+    """The variant that served the latest compiled call (it is moved to the front)."""
+    return cf.variants[0]
+
+
 def _rebuild_plan(cf):
-    v = cf.variants[-1]
+    v = _serving(cf)
     v.plan = interp.compile_graph(v.trace.graph, inplace=getattr(v, "inplace", None))
 
 
@@ -1289,7 +1294,7 @@ def test_verify_raises_when_a_node_literal_of_the_step_is_corrupted():
     x, y = batch(0)
     cf(x, y)
     cf(x, y)  # the first call made the momentum buffers: this one traces the variant
-    relu = next(n for n in cf.variants[-1].trace.graph.nodes if n.prim.name == "maximum")
+    relu = next(n for n in _serving(cf).trace.graph.nodes if n.prim.name == "maximum")
     relu.inputs = [relu.inputs[0], -1.0]  # relu becomes max(x, -1): deliberately wrong
     _rebuild_plan(cf)
     with pytest.raises(compiler.CompileVerifyError, match="differs"):
@@ -1311,7 +1316,7 @@ def test_verify_raises_when_a_node_param_is_corrupted():
     for _ in range(3):  # traced with .grad None, traced with .grad present, verified
         cf(x)
     assert cf._verified == 1
-    node = next(n for n in cf.variants[-1].trace.graph.nodes
+    node = next(n for n in _serving(cf).trace.graph.nodes
                 if n.prim.name == "sum" and n.params["axes"] == (0,))
     node.params = dict(node.params, axes=(1,))  # sums rows instead of columns: same shape
     _rebuild_plan(cf)
@@ -1589,7 +1594,7 @@ def test_guard_check_of_the_mlp_sgd_step_is_cheap():
     x, y = batch(0)
     for _ in range(3):
         cf(x, y)
-    v = cf.variants[-1]
+    v = _serving(cf)
     flat, spec = flatten((x, y), {})
     assert v.guards.check(flat, spec) == -1
     n = 2000
