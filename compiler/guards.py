@@ -113,7 +113,7 @@ def _code_numbers(fn, depth: int = 2, seen=None) -> list:
                             ("global", id(g), name), _global_setter(g, name)))
             elif isinstance(v, Tensor):  # a captured tensor: the global must still name it
                 out.append((f"global tensor {name} of {fn.__qualname__} (identity)",
-                            _global_identity(g, name), _Same(v), None, None))
+                            _global_reader(g, name), _Same(v), None, None))
             elif depth > 0 and isinstance(v, (types.FunctionType, types.MethodType)):
                 out.extend(_code_numbers(v, depth - 1, seen))
     for name, cell in zip(code.co_freevars, fn.__closure__ or ()):
@@ -126,7 +126,7 @@ def _code_numbers(fn, depth: int = 2, seen=None) -> list:
                         ("cell", id(cell)), _cell_setter(cell)))
         elif isinstance(v, Tensor):
             out.append((f"closure tensor {name} of {fn.__qualname__} (identity)",
-                        _cell_identity(cell), _Same(v), None, None))
+                        _cell_reader(cell), _Same(v), None, None))
         elif depth > 0 and isinstance(v, (types.FunctionType, types.MethodType)):
             out.extend(_code_numbers(v, depth - 1, seen))
     return out
@@ -152,19 +152,6 @@ class _Same:
         return "<gone>" if obj is None else f"<the same {type(obj).__name__}>"
 
     __hash__ = None
-
-
-def _global_identity(g: dict, name: str):
-    return lambda flat: g.get(name, _MISSING)
-
-
-def _cell_identity(cell):
-    def read(flat):
-        try:
-            return cell.cell_contents
-        except ValueError:
-            return _MISSING
-    return read
 
 
 def _global_setter(g: dict, name: str):

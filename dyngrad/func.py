@@ -52,18 +52,25 @@ def _argnums(argnums, n: int) -> tuple:
     return tuple(k % n for k in nums)
 
 
+def _run_differentiable(func, args, kwargs, argnums):
+    """Call ``func`` with the ``argnums`` arguments replaced by differentiable aliases:
+    (argument indices, whether to build a graph for an outer transform, args, output)."""
+    nums = _argnums(argnums, len(args))
+    create = _nested(args)
+    args = list(args)
+    for k in nums:
+        args[k] = _alias(args[k])
+    with enable_grad():
+        out = func(*args, **kwargs)
+    return nums, create, args, out
+
+
 def grad_and_value(func: Callable, argnums=0, has_aux: bool = False) -> Callable:
     """``(∇f, f)`` of a function returning a one-element tensor (or ``(out, aux)``)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        nums = _argnums(argnums, len(args))
-        create = _nested(args)
-        args = list(args)
-        for k in nums:
-            args[k] = _alias(args[k])
-        with enable_grad():
-            out = func(*args, **kwargs)
+        nums, create, args, out = _run_differentiable(func, args, kwargs, argnums)
         aux = None
         if has_aux:
             if not (isinstance(out, tuple) and len(out) == 2):
@@ -156,13 +163,7 @@ def jacrev(func: Callable, argnums=0) -> Callable:
 
     @functools.wraps(func)
     def wrapper(*args):
-        nums = _argnums(argnums, len(args))
-        create = _nested(args)
-        args = list(args)
-        for k in nums:
-            args[k] = _alias(args[k])
-        with enable_grad():
-            out = func(*args)
+        nums, create, args, out = _run_differentiable(func, args, {}, argnums)
         rows = {k: [] for k in nums}
         for j in range(out.numel()):
             if out.requires_grad:

@@ -534,6 +534,20 @@ class Tensor:
             self._requires_grad = True
 
 
+def zero_grads(tensors, set_to_none: bool = True) -> None:
+    """Reset the ``.grad`` of each tensor: to None, or to zeros in place (what optimizers'
+    and modules' ``zero_grad`` do)."""
+    from .autograd.grad_mode import no_grad
+    for t in tensors:
+        if t.grad is None:
+            continue
+        if set_to_none:
+            t.grad = None
+        else:
+            with no_grad():
+                t.grad.zero_()
+
+
 def _rebuild(arr, requires_grad):
     t = Tensor._fresh(arr)
     t._requires_grad = requires_grad

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..autograd.grad_mode import no_grad
 from ..dispatch import STATE, report_object, report_python_call
-from ..tensor import Tensor
+from ..tensor import Tensor, zero_grads
 from .parameter import Parameter
 
 _IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
@@ -222,14 +222,7 @@ class Module:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset the gradients of all parameters (to None by default, as in PyTorch)."""
-        for p in self.parameters():
-            if p.grad is None:
-                continue
-            if set_to_none:
-                p.grad = None
-            else:
-                with no_grad():
-                    p.grad.zero_()
+        zero_grads(self.parameters(), set_to_none)
 
     def apply(self, fn) -> Module:
         for m in self.children():

@@ -40,13 +40,8 @@ class Adam(Optimizer):
             beta1, beta2 = self.hyper(group, "betas")
             eps = self.hyper(group, "eps")
             weight_decay = self.hyper(group, "weight_decay")
-            amsgrad, maximize = group["amsgrad"], group["maximize"]
-            for p in group["params"]:
-                g = p.grad
-                if g is None:
-                    continue
-                if maximize:
-                    g = -g
+            amsgrad = group["amsgrad"]
+            for p, g in self._grads(group):
                 st = self._state_for(p)
                 if not st:
                     st["step"] = _c.zeros((), dtype=_dt.float32)

@@ -17,9 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ..autograd.grad_mode import no_grad
 from ..dispatch import read_scalar
-from ..tensor import Tensor
+from ..tensor import Tensor, zero_grads
 
 
 class ParamGroup(dict):
@@ -103,15 +102,7 @@ class Optimizer:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset gradients: to None (default, as in PyTorch) or to zeros in place."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if set_to_none:
-                    p.grad = None
-                else:
-                    with no_grad():
-                        p.grad.zero_()
+        zero_grads((p for group in self.param_groups for p in group["params"]), set_to_none)
 
     def step(self, closure=None):
         raise NotImplementedError
@@ -122,6 +113,16 @@ class Optimizer:
         from ..autograd.grad_mode import enable_grad
         with enable_grad():
             return closure()
+
+    @staticmethod
+    def _grads(group: dict):
+        """(parameter, gradient) for each parameter of ``group`` that has one; the gradient
+        is negated when the group maximizes."""
+        maximize = group.get("maximize", False)
+        for p in group["params"]:
+            g = p.grad
+            if g is not None:
+                yield p, (-g if maximize else g)
 
     def _state_for(self, p: Tensor) -> dict:
         st = self.state.get(p)

@@ -34,13 +34,8 @@ class RMSprop(Optimizer):
             eps = self.hyper(group, "eps")
             weight_decay = self.hyper(group, "weight_decay")
             momentum = self.hyper(group, "momentum")
-            centered, maximize = group["centered"], group["maximize"]
-            for p in group["params"]:
-                g = p.grad
-                if g is None:
-                    continue
-                if maximize:
-                    g = -g
+            centered = group["centered"]
+            for p, g in self._grads(group):
                 st = self._state_for(p)
                 if not st:
                     st["step"] = _c.zeros(())

@@ -33,13 +33,8 @@ class SGD(Optimizer):
             momentum = self.hyper(group, "momentum")
             dampening = self.hyper(group, "dampening")
             weight_decay = self.hyper(group, "weight_decay")
-            nesterov, maximize = group["nesterov"], group["maximize"]
-            for p in group["params"]:
-                g = p.grad
-                if g is None:
-                    continue
-                if maximize:
-                    g = -g
+            nesterov = group["nesterov"]
+            for p, g in self._grads(group):
                 if weight_decay != 0:
                     g = g.add(p, alpha=weight_decay)
                 if momentum != 0:
