@@ -67,8 +67,7 @@ def main(argv=None) -> dict:
     trace_ms = (time.perf_counter() - t0) * 1e3
     v = compiled.variants[0]
     flat, spec = flatten((x, y), {})
-    inputs = [get(flat) for get in v._getters]
-    scalars = [read(flat) for read in v._scalar_readers]
+    inputs, scalars = v._gather(flat)
     plan = v.plan
     res = {
         "eager_step_us": median_us(lambda: eager(x, y), number, repeat),

@@ -130,17 +130,11 @@ class Variant:
         return p
 
     def __post_init__(self) -> None:
-        tr = self.trace
-        self._getters = [b.array_getter() for b in tr.bindings]
-        self._scalar_readers = [s.read for s in tr.scalar_sources]
-        self._writes = [(b.object_getter(), k, done, b.kind == "array")
-                        for b, k, done in tr.writebacks]
-        self._grad_sets = [(b.object_getter(), k) for b, k in tr.grad_effects]
+        self._gather, self._commit = _generate_call_path(self.trace, self.copy_outputs)
 
     def run(self, flat: list):
         tr = self.trace
-        inputs = [get(flat) for get in self._getters]
-        scalars = [read(flat) for read in self._scalar_readers]
+        inputs, scalars = self._gather(flat)
         plan, bplan = self.plans_for(flat)
         outs = interp.run(plan, inputs, scalars)
         grad_node = None
@@ -148,20 +142,7 @@ class Variant:
             n = self.backward.parts.n_outputs
             grad_node = self.backward.node(bplan, outs[n:], flat)
             outs = outs[:n]
-        # every guard passed: commit (writes last — see the module's Note)
-        for k in self.copy_outputs:
-            outs[k] = np.array(outs[k], copy=True)
-        for get, k, done, is_array in self._writes:
-            obj = get(flat)
-            if is_array:
-                if not done:
-                    np.copyto(obj, outs[k])
-            else:
-                if not done:
-                    np.copyto(obj._data, outs[k])
-                obj._storage.version += 1
-        for get, k in self._grad_sets:
-            get(flat)._grad = None if k is None else Tensor._fresh(outs[k])
+        self._commit(flat, outs)  # every guard passed: writes last (see the module's Note)
         for spec, sep, end in tr.prints:
             from dyngrad.printing import tensor_repr
             print(sep.join(tensor_repr(Tensor._fresh(outs[k])) if kind == "tensor" else
@@ -169,6 +150,53 @@ class Variant:
                            for kind, k in spec), end=end)
         self.calls += 1
         return _build(tr.out_spec, outs, flat, grad_node)
+
+
+def _binding_expr(b, name: str, array: bool) -> str:
+    """Source text reaching a binding's tensor (or its ndarray with ``array``)."""
+    if b.kind == "arg":
+        obj = f"flat[{b.target}]"
+    elif b.kind == "grad":
+        owner = f"flat[{b.target[1]}]" if isinstance(b.target, tuple) else f"{name}()"
+        obj = f"{owner}._grad"
+    else:
+        obj = f"{name}()"
+    return obj if b.kind == "array" or not array else f"{obj}._data"
+
+
+def _generate_call_path(trace: Trace, copy_outputs: set) -> tuple:
+    """Two generated functions for the compiled call: ``gather(flat) -> (inputs, scalars)``
+    reading every bound array and runtime scalar, and ``commit(flat, outs)`` doing the
+    write-backs, version bumps and ``.grad`` assignments — straight-line code, no loops."""
+    ns: dict[str, Any] = {"FRESH": Tensor._fresh, "COPYTO": np.copyto, "np": np}
+    for i, b in enumerate(trace.bindings):
+        ns[f"B{i}"] = b.target
+    ins = ", ".join(_binding_expr(b, f"B{i}", True) for i, b in enumerate(trace.bindings))
+    for i, src in enumerate(trace.scalar_sources):
+        ns[f"S{i}"] = src.read
+    scs = ", ".join(f"S{i}(flat)" for i in range(len(trace.scalar_sources)))
+    lines = ["def gather(flat):", f"    return [{ins}], [{scs}]", "",
+             "def commit(flat, outs):"]
+    for k in sorted(copy_outputs):
+        lines.append(f"    outs[{k}] = np.array(outs[{k}], copy=True)")
+    for j, (b, k, done) in enumerate(trace.writebacks):
+        ns[f"W{j}"] = b.target
+        target = _binding_expr(b, f"W{j}", False)
+        if b.kind == "array":
+            if not done:
+                lines.append(f"    COPYTO({target}, outs[{k}])")
+            continue
+        lines.append(f"    o = {target}")
+        if not done:
+            lines.append(f"    COPYTO(o._data, outs[{k}])")
+        lines.append("    o._storage.version += 1")
+    for j, (b, k) in enumerate(trace.grad_effects):
+        ns[f"G{j}"] = b.target
+        value = "None" if k is None else f"FRESH(outs[{k}])"
+        lines.append(f"    {_binding_expr(b, f'G{j}', False)}._grad = {value}")
+    lines.append("    return None")
+    exec("\n".join(lines), ns)  # noqa: S102 - generated from the trace, no user text
+    return ns["gather"], ns["commit"]
 
 
 def _build(spec, outs, flat, grad_node=None):

@@ -68,30 +68,6 @@ class Binding:
     dtype: Any = None
     strides: tuple = ()
 
-    def array_getter(self):
-        """A fast function flat_args -> the bound ndarray (for the compiled call path)."""
-        k, t = self.kind, self.target
-        if k == "arg":
-            return lambda flat: flat[t]._data
-        if k == "ref":
-            return lambda flat: t()._data
-        if k == "grad":
-            if isinstance(t, tuple):
-                return lambda flat: flat[t[1]]._grad._data
-            return lambda flat: t()._grad._data
-        return lambda flat: t()
-
-    def object_getter(self):
-        """A fast function flat_args -> the bound tensor (or ndarray)."""
-        k, t = self.kind, self.target
-        if k == "arg":
-            return lambda flat: flat[t]
-        if k == "grad":
-            if isinstance(t, tuple):
-                return lambda flat: flat[t[1]]._grad
-            return lambda flat: t()._grad
-        return lambda flat: t()
-
     def owner(self, flat_args):
         """For 'grad' bindings: the tensor whose .grad this is."""
         t = self.target
