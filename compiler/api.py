@@ -209,7 +209,10 @@ def _build(spec, outs, flat, grad_node=None):
         return t
     if kind == "spent":  # a loss backward already ran through, as eager would return it
         t = Tensor._fresh(outs[spec[1]])
-        t._node, t._requires_grad = SpentGraph(spec[2]), True
+        node = _SPENT.get(spec[2])
+        if node is None:
+            node = _SPENT[spec[2]] = SpentGraph(spec[2])  # stateless: one per name will do
+        t._node, t._requires_grad = node, True
         return t
     if kind == "scalar":
         return float(outs[spec[1]])
@@ -231,6 +234,9 @@ def _build(spec, outs, flat, grad_node=None):
     if kind == "dict":
         return {k: _build(s, outs, flat, grad_node) for k, s in spec[1]}
     raise AssertionError(kind)
+
+
+_SPENT: dict = {}
 
 
 class SpentGraph(Node):

@@ -40,8 +40,18 @@ class Storage:
 class Tensor:
     """An n-dimensional array with autograd. Create with :func:`dyngrad.tensor` and friends."""
 
-    __slots__ = ("_data", "_storage", "_requires_grad", "_node", "_out_nr", "_grad", "_base",
-                 "_view_chain", "_hist", "_hooks", "_accum", "_retains", "__weakref__")
+    # Note: no __slots__: every field but the array and the storage has a class-level default,
+    # so making a tensor (the eager hot path) sets two attributes instead of twelve.
+    _requires_grad = False
+    _node = None
+    _out_nr = 0
+    _grad = None
+    _base = None
+    _view_chain = ()
+    _hist = 0
+    _hooks = None
+    _accum = None
+    _retains = False
     __array_priority__ = 1000  # numpy defers binary operators to us
 
     # ----------------------------------------------------------------- construction
@@ -55,16 +65,6 @@ class Tensor:
     def _init(self, arr: np.ndarray, storage: Storage) -> None:
         self._data = arr
         self._storage = storage
-        self._requires_grad = False
-        self._node = None
-        self._out_nr = 0
-        self._grad = None
-        self._base = None
-        self._view_chain = ()
-        self._hist = 0
-        self._hooks = None
-        self._accum = None
-        self._retains = False
 
     @classmethod
     def _fresh(cls, arr: np.ndarray) -> Tensor:

@@ -14,7 +14,6 @@ class Parameter(Tensor):
     >>> w = dg.nn.Parameter(dg.randn(3, 2))
     """
 
-    __slots__ = ()
 
     def __new__(cls, data: Tensor | None = None, requires_grad: bool = True):
         p = object.__new__(cls)
