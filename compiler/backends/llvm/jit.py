@@ -1,0 +1,121 @@
+"""The JIT layer of the LLVM backend: LLVM IR text in, native function addresses out.
+
+Facts this relies on (measured with llvmlite 0.50 / LLVM 22, see ../shared/LLVM_NOTES.md):
+``llvm.initialize()`` raises, so only the native target, asm printer and parser are
+initialised; the optimiser is the new pass manager (``create_pipeline_tuning_options`` with
+loop and SLP vectorisation on, ``create_pass_builder``); every MCJIT engine takes ownership of
+its TargetMachine, so each gets a fresh one; every module gets a unique name (an object cache
+keyed by name would otherwise return the wrong object); object code from ``emit_object`` can
+be loaded into a fresh engine in milliseconds, which is what the disk cache will use.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import threading
+from dataclasses import dataclass
+
+import llvmlite.binding as llvm
+
+_lock = threading.Lock()
+_ready = False
+_names = itertools.count()
+
+
+def init() -> None:
+    """Initialise LLVM's native target once per process."""
+    global _ready
+    with _lock:
+        if not _ready:
+            llvm.initialize_native_target()
+            llvm.initialize_native_asmprinter()
+            llvm.initialize_native_asmparser()
+            _ready = True
+
+
+def host_cpu() -> tuple[str, str]:
+    """(cpu name, feature string) of this machine, as LLVM sees them."""
+    init()
+    return llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+
+
+def target_machine():
+    """A fresh TargetMachine for the host CPU with all its features (AVX-512 where present),
+    optimising at O3. Fresh each time: an execution engine takes ownership of it."""
+    cpu, features = host_cpu()
+    target = llvm.Target.from_default_triple()
+    return target.create_target_machine(cpu=cpu, features=features, opt=3, jit=True)
+
+
+def optimize(module, tm) -> None:
+    """Run LLVM's default O3 pipeline with loop and SLP vectorisation, unrolling and
+    interleaving on."""
+    pto = llvm.create_pipeline_tuning_options(speed_level=3)
+    pto.loop_vectorization = True
+    pto.slp_vectorization = True
+    pto.loop_unrolling = True
+    pto.loop_interleaving = True
+    pb = llvm.create_pass_builder(tm, pto)
+    pm = pb.getModulePassManager()
+    pm.run(module, pb)
+
+
+def unique_name(prefix: str = "dg") -> str:
+    return f"{prefix}_{next(_names)}"
+
+
+@dataclass(eq=False)
+class Compiled:
+    """A finalized engine and the addresses of its functions (kept alive together)."""
+
+    engine: object
+    module: object
+    object_code: bytes | None
+
+    def address(self, name: str) -> int:
+        addr = self.engine.get_function_address(name)
+        if not addr:
+            raise KeyError(f"no function {name!r} in the compiled module")
+        return addr
+
+    def cfunc(self, name: str, restype, *argtypes):
+        """The function as a ctypes callable (a call through it releases the GIL)."""
+        return ctypes.CFUNCTYPE(restype, *argtypes)(self.address(name))
+
+
+def compile_ir(ir_text: str, *, name: str | None = None, keep_object: bool = False) -> Compiled:
+    """Parse, verify, optimise and JIT-compile LLVM IR text."""
+    init()
+    mod = llvm.parse_assembly(ir_text)
+    mod.name = name or unique_name()
+    mod.verify()
+    tm = target_machine()
+    optimize(mod, tm)
+    obj = tm.emit_object(mod) if keep_object else None
+    engine = llvm.create_mcjit_compiler(mod, tm)
+    engine.finalize_object()
+    return Compiled(engine, mod, obj)
+
+
+def load_object(object_code: bytes) -> Compiled:
+    """A fresh engine running previously emitted object code (no LLVM optimisation or code
+    generation: the disk cache's fast path)."""
+    init()
+    empty = llvm.parse_assembly("")
+    empty.name = unique_name("obj")
+    engine = llvm.create_mcjit_compiler(empty, target_machine())
+    engine.add_object_file(llvm.ObjectFileRef.from_data(object_code))
+    engine.finalize_object()
+    return Compiled(engine, empty, object_code)
+
+
+def assembly(ir_text: str) -> str:
+    """The host assembly of optimised IR (tests check that kernels vectorise)."""
+    init()
+    mod = llvm.parse_assembly(ir_text)
+    mod.name = unique_name("asm")
+    mod.verify()
+    tm = target_machine()
+    optimize(mod, tm)
+    return tm.emit_assembly(mod)
