@@ -19,6 +19,9 @@ trace. What the tracer sees:
 - Python numbers read through ``dyngrad.dispatch.read_scalar`` (optimizer hyperparameters):
   runtime scalar inputs, carried through Python arithmetic as :class:`TracedScalar`.
 
+Debugging aid: ``DYNGRAD_DEBUG_ESCAPES=1`` prints what holds a tensor that made a trace
+"escape" (see ``Tracer._check_escapes``).
+
 Note: tensors are identified by *slot*: (storage, data pointer, shape, strides, dtype). Two
 tensor objects over the same memory in the same layout (``p`` and ``p.data``, ``x`` and
 ``x.detach()``) are one slot, so aliases need no special casing.

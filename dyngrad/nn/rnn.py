@@ -164,7 +164,7 @@ class _RNNBase(Module):
                 g.get(f"bias_ih_l{layer}"), g.get(f"bias_hh_l{layer}"))
 
     def _step(self, x, state, params):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement _step()")
 
     def _run(self, input: Tensor, states: list) -> tuple:
         """input (seq, batch, features) → output (seq, batch, hidden), final states."""

@@ -29,7 +29,7 @@ class LRScheduler:
         self.step()
 
     def _lr_at(self, base_lr: float, epoch: int, group_index: int) -> float:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement _lr_at()")
 
     def step(self) -> None:
         """Advance one epoch (call after ``optimizer.step()``)."""
