@@ -36,6 +36,8 @@ from .backends import interp
 from .guards import GuardSet, build_guards, code_numbers, flatten, unflatten
 from .partition import split
 from .passes import run_passes
+from .passes.fusion import FusionGroup, fuse
+from .passes.memory import MemoryPlan, plan_memory
 from .symbolic import arg_dims, arg_shapes, generalize, same_template
 from .trace import Trace, Tracer, Unsupported
 
@@ -116,6 +118,10 @@ class Variant:
     bw_templates: list | None = None
     plans: dict = field(default_factory=dict)  # size -> (forward plan, backward plan)
     inplace: dict = field(default_factory=dict)  # node -> input written in place
+    groups: list[FusionGroup] = field(default_factory=list)  # the fusion groups (kernels)
+    #                                  of trace.graph; the interpreter does not use them
+    memory: MemoryPlan | None = None  # the arena plan of trace.graph (at the traced sizes);
+    #                                   the interpreter does not use it (a native driver will)
 
     def plans_for(self, flat: list) -> tuple:
         if self.sym is None:
@@ -553,6 +559,8 @@ class CompiledFunction:
                                   dynamic_sources=substituted)
             inplace = _inplace_writes(trace, g, n_fwd)
             plan = interp.compile_graph(g, inplace=inplace)
+            groups = fuse(g)
+            memory = plan_memory(g)
         except Unsupported as exc:
             self._unsupported(str(exc))
             return _plain_numbers(result)
@@ -560,7 +568,8 @@ class CompiledFunction:
         self._unsupported_streak = 0
         v = Variant(trace, guards, before, after, plan, t1 - t0, t2 - t1,
                     _aliasing_outputs(trace.graph, n_fwd), backward=backward,
-                    arg_meta=arg_shapes(flat), inplace=inplace)
+                    arg_meta=arg_shapes(flat), inplace=inplace, memory=memory,
+                    groups=groups)
         if self.dynamic is not False:
             self._generalize(v, flat, spec)
         self.variants.append(v)

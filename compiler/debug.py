@@ -1,5 +1,6 @@
 """Introspection: ``explain`` (variants, guards, baked-in numbers, fallbacks, the IR before
-and after passes, trace and compile times) and ``show`` (the graph as DOT, and PNG)."""
+and after passes, the fusion groups, the memory plan, trace and compile times) and ``show``
+(the graph as DOT, and PNG)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 
 from . import ir
 from .api import CompiledFunction, compile
+from .passes.fusion import format_groups, fuse
+from .passes.memory import plan_memory
 
 
 @dataclass
@@ -37,6 +40,10 @@ class Explanation:
                 lines.append("baked in (Python numbers from elsewhere; a change is NOT seen):")
                 lines += [f"  {b}" for b in v["baked"]]
             lines.append("writes: " + (", ".join(v["writes"]) or "none"))
+            for part, groups in v["groups"]:
+                lines.append(f"fusion groups{part} ({len(groups)}):")
+                lines += [f"  {line}" for line in format_groups(groups).splitlines()]
+            lines += [f"memory{part}: {plan.summary()}" for part, plan in v["memory"]]
             lines.append("IR before passes:")
             lines.append(v["ir_before"])
             lines.append("IR after passes:")
@@ -77,9 +84,27 @@ def explain(fn, *args, **kwargs) -> Explanation:
             "writes": [b.name + (" (in place)" if done else "") for b, _, done in tr.writebacks] +
                       [f"{b.name}.grad" for b, _ in tr.grad_effects],
             "ir_before": v.graph_before, "ir_after": v.graph_after,
+            "groups": _fusion_groups(v),
+            "memory": _memory_plans(v),
         })
     print(ex)
     return ex
+
+
+def _fusion_groups(v) -> list:
+    """(label, groups) of the variant's graph, and of its backward part if it has one."""
+    parts = [("", v.groups or fuse(v.trace.graph))]
+    if v.backward is not None:
+        parts.append((" (backward)", fuse(v.backward.parts.backward)))
+    return parts
+
+
+def _memory_plans(v) -> list:
+    """(label, MemoryPlan) of the variant's graph, and of its backward part if it has one."""
+    plans = [("", v.memory or plan_memory(v.trace.graph))]
+    if v.backward is not None:
+        plans.append((" (backward)", plan_memory(v.backward.parts.backward)))
+    return plans
 
 
 def _short(x) -> str:

@@ -9,13 +9,14 @@ from ..ir import Graph, verify
 from .cse import cse
 from .dce import dce
 from .fold import fold
+from .guards import schedule_guards
 
-PIPELINE = (("fold", fold), ("cse", cse), ("dce", dce))
+PIPELINE = (("fold", fold), ("cse", cse), ("dce", dce), ("schedule_guards", schedule_guards))
 
 
 def run_passes(g: Graph, check: bool = True) -> Graph:
     """The default pipeline: fold trace-time constants, merge common subexpressions, drop
-    dead code."""
+    dead code, and check each value guard as early as its value exists."""
     for _, p in PIPELINE:
         g = p(g)
         if check:
@@ -23,4 +24,4 @@ def run_passes(g: Graph, check: bool = True) -> Graph:
     return g
 
 
-__all__ = ["run_passes", "dce", "cse", "fold", "PIPELINE"]
+__all__ = ["run_passes", "dce", "cse", "fold", "schedule_guards", "PIPELINE"]

@@ -1,0 +1,527 @@
+"""Fusion: partition a graph's nodes into kernels (:class:`FusionGroup` s) for a loop-nest
+code generator. :func:`fuse` is a pure function: it reads the graph and returns the groups
+in an order the driver can run them, and changes nothing (the interpreter is unaffected).
+
+Roles of nodes (:func:`_roles`):
+
+- *elementwise*: every ``elementwise`` primitive (arithmetic, ``cast``, ``where``,
+  comparisons), its inputs broadcast into its output as numpy does;
+- *reduce*: ``sum`` and ``max`` (over size-1 axes only they are elementwise: a copy);
+- *map*: ``reshape``, ``broadcast`` and unit-step ``slice`` — index maps, no arithmetic;
+- *leaf*: the constants ``full`` and ``size_of`` (``size_of`` reads only its input's
+  *shape*, so that input is not a data dependence), and maps of data no fusable node
+  computes (graph inputs, constants, a matmul's result...);
+- *own*: ``matmul``, ``gather``, ``scatter_add``, ``concat``, ``pad``, stepped ``slice``,
+  ``permute``, ``iota`` and ``random``: one group each, of kind 'matmul', 'index',
+  'movement', 'creation' or 'random';
+- *weak*: scalar arithmetic on Python-number inputs (optimizer hyperparameters).
+
+Note (what one loop group is — the rules the code generator may rely on):
+
+- *Elementwise group*: every computing node's output has the group's iteration shape, up
+  to size-1 dims (``(64, 1)`` and ``(64,)`` are one space: the same elements in the same
+  row-major order), so a reshape that only adds or drops unit dims fuses. Data from
+  outside (other groups' outputs, graph inputs, constants) is read through any chain of
+  maps — broadcast, reshape (a row-major relabelling: it assumes the buffer is
+  contiguous, as every group output is), unit-step slice (an offset) — so broadcasting
+  inputs fuse. A value of another shape is never computed inside: no recomputation across
+  a broadcast.
+- *Reduce group*: one or more ``sum``/``max`` over the same input shape ``S`` and axes
+  (siblings share the loop), a *prologue* of elementwise nodes over ``S`` computed inside
+  the reduction loop, and an *epilogue* of elementwise nodes depending on a reduction,
+  either over the reduced shape (``sum(x) / n``: once per output element) or over ``S``,
+  reading reduced values broadcast back along exactly the reduced axes (``e / s`` in
+  softmax: a second pass over the reduced axes once the reduction is done; kept axes are
+  the outer loops; prologue values it reads are kept or recomputed, the generator's
+  choice). Nothing that depends on a reduction may feed a reduction of the same group (no
+  chained reductions), and every internal edge must read its producer at the same
+  iteration point — checked by giving each dim of each value an iteration axis (so
+  ``x + s`` with ``s = x.sum(1)`` broadcast onto the *last* axis does not fuse).
+  Softmax forward is thus two groups: ``max``; then ``sub, exp, sum, div``.
+- *Outputs*: a value is a group output (materialised) only if something outside the group
+  uses it — a node of another group, a graph output, a value guard; everything else stays
+  in registers. Index maps of outside data may not be outputs (their users would sit in
+  two groups): a map read by several groups is a 'movement' group of its own (a view of
+  its input, no data moves). A constant read by several groups joins the first that can
+  take it, as one of its outputs (the others may inline it: its producer says what it
+  is).
+- *Value guards*: no group spans a guard's ``after`` position (the schedule is cut into
+  segments there), so each guard is checked between two kernels, before anything after it.
+- *Weak nodes* join the one group that uses them (computed once at the kernel's entry)
+  when their inputs come from outside it; otherwise they form a 'scalar' group.
+
+How groups form: greedily along graph edges; a merge is kept only if the union is a legal
+group (above), lies within one segment and leaves the groups acyclic. In order: (1) each
+reduction takes the producers that only it uses; (2) sibling reductions (same shape and
+axes, a shared input) merge; (3) elementwise nodes merge with their elementwise
+producers; (4) each reduction merges with the group computing its input; (5) any edge
+between loop groups, repeated to a fixpoint (epilogues); (6) leaves and weak nodes join
+their consumers.
+
+    >>> print(format_groups(fuse(graph_of_softmax)))
+    group 0 [reduce 64x32 axes (1,)] nodes 0 in %0 out %1
+    group 1 [reduce 64x32 axes (1,)] nodes 1,2,3,4 in %0 %1 out %5
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from dataclasses import dataclass
+
+from ..ir import Graph, VerifyError
+
+_OWN_KIND = {"matmul": "matmul", "index": "index", "movement": "movement",
+             "creation": "creation", "random": "random"}
+_LOOP = ("ew", "reduce", "map")
+_CONSTANTS = ("full", "size_of")  # values known from parameters and shapes alone
+
+
+@dataclass(eq=False)
+class FusionGroup:
+    """One kernel: ``kind`` ('elementwise', 'reduce', 'matmul', 'index', 'movement',
+    'creation', 'random' or 'scalar'), ``nodes`` (indices into ``graph.nodes``, in schedule
+    order), the ``inputs`` it reads and the ``outputs`` it materialises, its iteration
+    ``shape`` and, for a reduce group, the reduced ``axes`` of that shape."""
+
+    kind: str
+    nodes: list
+    inputs: list
+    outputs: list
+    shape: tuple
+    axes: tuple = ()
+    segment: int = 0  # how many value-guard cuts precede it
+
+    def describe(self) -> str:
+        space = "x".join(map(str, self.shape)) if self.shape else "()"
+        axes = f" axes {self.axes}" if self.kind == "reduce" else ""
+        return (f"[{self.kind} {space}{axes}] nodes {','.join(map(str, self.nodes))} in "
+                f"{' '.join(map(repr, self.inputs)) or '-'} out "
+                f"{' '.join(map(repr, self.outputs)) or '-'}")
+
+
+def data_inputs(n) -> list:
+    """The values a node reads the data of (``size_of`` reads only a shape)."""
+    return [] if n.prim.name == "size_of" else n.value_inputs()
+
+
+def _is_map(n) -> bool:
+    name = n.prim.name
+    return name in ("reshape", "broadcast") or (
+        name == "slice" and all(s == 1 for s in n.params["steps"]))
+
+
+def _relabels(n) -> bool:
+    """A reshape, or a reduction over size-1 axes only: the same elements in the same order."""
+    if n.prim.name in ("sum", "max"):
+        return all(n.inputs[0].shape[a] == 1 for a in n.params["axes"])
+    return n.prim.name == "reshape"
+
+
+def _roles(g: Graph, producer: dict) -> list:
+    roles = []
+    for n in g.nodes:
+        if n.out.weak:
+            role = "weak"
+        elif n.prim.kind == "elementwise":
+            role = "ew"
+        elif n.prim.name in ("sum", "max"):
+            role = "ew" if _relabels(n) else "reduce"  # over size-1 axes only: a copy
+        elif n.prim.name in ("full", "size_of"):
+            role = "leaf"
+        elif _is_map(n):
+            p = producer.get(id(n.inputs[0]))
+            role = "map" if p is not None and roles[p] in _LOOP else "leaf"
+        else:
+            role = "own"
+        roles.append(role)
+    return roles
+
+
+def _cuts(g: Graph) -> list:
+    """Schedule positions where a value guard is checked between two nodes."""
+    return sorted({gd.after for gd in g.guards if 0 < gd.after < len(g.nodes)})
+
+
+def _squeeze(shape) -> tuple:
+    return tuple(s for s in shape if s != 1)
+
+
+class _Partition:
+    """Union-find over node indices with the legality checks (internal to one fuse call)."""
+
+    def __init__(self, g: Graph) -> None:
+        self.g, self.nodes = g, g.nodes
+        n = len(g.nodes)
+        self.producer = {id(node.out): i for i, node in enumerate(g.nodes)}
+        self.roles = _roles(g, self.producer)
+        self.preds = [[self.producer[id(v)] for v in data_inputs(node)
+                       if id(v) in self.producer] for node in g.nodes]
+        self.succs = [[] for _ in range(n)]
+        for i, ps in enumerate(self.preds):
+            for p in set(ps):
+                self.succs[p].append(i)
+        self.external = [False] * n  # used by a graph output or a value guard
+        for v in list(g.outputs) + [gd.value for gd in g.guards]:
+            if id(v) in self.producer:
+                self.external[self.producer[id(v)]] = True
+        cuts = _cuts(g)
+        self.segment = [bisect.bisect_right(cuts, i) for i in range(n)]
+        self.parent = list(range(n))
+        self.members = {i: {i} for i in range(n)}
+        self.first = list(range(n))  # per root: its smallest node index
+        self.refused: set = set()  # unions found illegal
+        # per root: the groups reachable from it, as a bitset of root indices (bits of
+        # merged-away roots may stay set: no one asks about them again)
+        self.reach = [0] * n
+        for i in range(n - 1, -1, -1):
+            for s in self.succs[i]:
+                self.reach[i] |= (1 << s) | self.reach[s]
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    # ------------------------------------------------------------ legality
+    def _around(self, r: int, edges: list) -> set:
+        """The groups next to group ``r`` along ``edges`` (``self.succs`` or ``self.preds``)."""
+        find = self.find
+        return {find(x) for m in self.members[r] for x in edges[m]} - {r}
+
+    def _acyclic_root(self, a: int, b: int) -> tuple:
+        """Whether groups ``a`` and ``b`` can merge without closing a cycle (a path from one
+        to the other through a third group), and which root to keep: one whose reachability
+        set stays exact with no update (when every edge leaving one group enters the other,
+        or every edge entering one comes from the other), else None (update everyone)."""
+        succ_a, succ_b = self._around(a, self.succs), self._around(b, self.succs)
+        if succ_a == {b} or self._around(a, self.preds) == {b}:
+            return True, b
+        if succ_b == {a} or self._around(b, self.preds) == {a}:
+            return True, a
+        for succ, dst in ((succ_a, b), (succ_b, a)):
+            bit = 1 << dst
+            if any(x != dst and self.reach[x] & bit for x in succ):
+                return False, None
+        return True, None
+
+    def loop_nest(self, members: set) -> tuple | None:
+        """(kind, shape, axes) if ``members`` (loop, leaf and weak nodes) form one legal loop
+        group, else None. See the module's Note."""
+        nodes, roles, preds = self.nodes, self.roles, self.preds
+        order = sorted(i for i in members if roles[i] != "weak")
+        chain, compute = set(), []
+        for i in order:  # reads of outside data through index maps
+            if roles[i] in ("leaf", "map") and all(p in chain for p in preds[i] if p in members):
+                chain.add(i)
+            else:
+                compute.append(i)
+        if not compute:
+            kind = "creation" if any(nodes[i].prim.name in _CONSTANTS
+                                     for i in order) else "movement"
+            return kind, nodes[order[-1]].out.shape, ()
+        for i in chain:  # a shared index map would put its users in two groups
+            if roles[i] != "leaf" or nodes[i].prim.name not in _CONSTANTS:
+                if self.external[i] or any(u not in members for u in self.succs[i]):
+                    return None
+        reds = [i for i in compute if roles[i] == "reduce"]
+        if reds:
+            r0 = nodes[reds[0]]
+            s_in, axes = r0.inputs[0].shape, r0.params["axes"]
+            if any(nodes[r].inputs[0].shape != s_in or nodes[r].params["axes"] != axes
+                   for r in reds):
+                return None
+            dims = [d for d, s in enumerate(s_in) if s != 1]
+            full = tuple(s_in[d] for d in dims)
+            kept = [k for k, d in enumerate(dims) if d not in axes]
+            reduced = tuple(full[k] for k in kept)
+            shape = s_in
+        else:
+            full, reduced, kept = _squeeze(nodes[compute[0]].out.shape), None, []
+            shape = max((nodes[i].out.shape for i in compute), key=len)
+        axmap, post = {}, set()
+        for i in compute:
+            n = nodes[i]
+            out_shape = n.out.shape
+            sq = _squeeze(out_shape)
+            if sq == full:
+                its = iter(range(len(full)))
+            elif sq == reduced:
+                its = iter(kept)
+            else:
+                return None
+            ax = [next(its) if s != 1 else None for s in out_shape]
+            axmap[i] = ax
+            if roles[i] == "reduce" or any(p in post for p in preds[i]):
+                post.add(i)
+            for v in data_inputs(n):
+                p = self.producer.get(id(v))
+                if p is None or p not in axmap:  # outside, or read through an index map
+                    continue
+                if roles[i] == "reduce":
+                    if p in post:  # a chained reduction: needs the first one finished
+                        return None
+                elif _relabels(n):
+                    if [a for a in axmap[p] if a is not None] != \
+                            [a for a in ax if a is not None]:
+                        return None
+                elif n.prim.name == "slice":
+                    return None
+                else:  # numpy broadcasting (elementwise, broadcast): right-aligned dims
+                    lead = len(out_shape) - len(v.shape)
+                    for d, s in enumerate(v.shape):
+                        if s != 1 and axmap[p][d] != ax[d + lead]:
+                            return None
+        if reds:
+            return "reduce", tuple(shape), tuple(axes)
+        return "elementwise", tuple(shape), ()
+
+    # ------------------------------------------------------------ merging
+    def try_merge(self, a: int, b: int, check=True) -> bool:
+        """Merge the groups of nodes ``a`` and ``b`` if they are in one segment, the union
+        is a legal loop group (unless ``check`` is off) and the groups stay acyclic."""
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return True
+        key = (min(ra, rb), max(ra, rb), len(self.members[ra]) + len(self.members[rb]))
+        if self.segment[ra] != self.segment[rb] or key in self.refused:
+            return False
+        union = self.members[ra] | self.members[rb]
+        if check and self.loop_nest(union) is None:
+            self.refused.add(key)  # (a group only grows: the same union fails again)
+            return False
+        ok, keep = self._acyclic_root(ra, rb)
+        if not ok:
+            return False
+        general = keep is None
+        if general:
+            keep = ra if len(self.members[ra]) >= len(self.members[rb]) else rb
+        gone = rb if keep == ra else ra
+        self.parent[gone] = keep
+        self.members[keep] = union
+        del self.members[gone]
+        self.first[keep] = min(self.first[ra], self.first[rb])
+        if general:  # whoever reached either part now reaches all that the union reaches
+            both = (1 << ra) | (1 << rb)
+            merged = self.reach[keep] = (self.reach[ra] | self.reach[rb]) & ~both
+            for z in self.members:
+                if self.reach[z] & both and z != keep:
+                    self.reach[z] |= merged | (1 << keep)
+        return True
+
+    def merge_loops(self) -> None:
+        roles, preds, succs = self.roles, self.preds, self.succs
+        reduces = [i for i, role in enumerate(roles) if role == "reduce"]
+        for r in reduces:  # (1) each reduction takes the producers only it uses
+            grown = True
+            while grown:
+                grown = False
+                group = self.members[self.find(r)]
+                for p in sorted({p for m in group for p in preds[m]} - group, reverse=True):
+                    if roles[p] in ("ew", "map") and len(self.members[self.find(p)]) == 1 \
+                            and not self.external[p] and all(u in group for u in succs[p]) \
+                            and self.try_merge(p, r):
+                        grown = True
+                        break
+        loops: dict = {}  # (2) sibling reductions: same loops, a shared input
+        for r in reduces:
+            loops.setdefault((self.nodes[r].inputs[0].shape, self.nodes[r].params["axes"]),
+                             []).append(r)
+        for same in loops.values():
+            for k, a in enumerate(same):
+                for b in same[k + 1:]:
+                    if self.find(a) != self.find(b) and \
+                            self._outside_reads(a) & self._outside_reads(b):
+                        self.try_merge(a, b)
+        for i, role in enumerate(roles):  # (3) elementwise with elementwise producers
+            if role in ("ew", "map"):
+                for p in preds[i]:
+                    if roles[p] in ("ew", "map"):
+                        self.try_merge(p, i)
+        for i, role in enumerate(roles):  # (4) reductions with their prologue
+            if role == "reduce" and preds[i] and roles[preds[i][0]] in _LOOP:
+                self.try_merge(preds[i][0], i)
+        changed = True
+        while changed:  # (5) epilogues, and whatever else became legal
+            changed = False
+            for i, role in enumerate(roles):
+                if role not in _LOOP:
+                    continue
+                for p in preds[i]:
+                    if roles[p] in _LOOP and self.find(p) != self.find(i) \
+                            and self.try_merge(p, i):
+                        changed = True
+
+    def _outside_reads(self, i: int) -> set:
+        group = self.members[self.find(i)]
+        return {id(v) for m in group for v in data_inputs(self.nodes[m])
+                if self.producer.get(id(v)) not in group}
+
+    def place_leaves_and_weak(self) -> None:
+        """(6) in reverse schedule order (users are placed first): join the one group that
+        uses the node, when legal; a constant (``full``, ``size_of``) used by several groups
+        joins the first that can take it, as one of its outputs (a kernel writes the
+        constant; the others read it — or inline it, since its producer says what it is)."""
+        roles, nodes = self.roles, self.nodes
+        fusable = {"ew", "reduce", "map", "leaf", "weak"}
+        for i in range(len(nodes) - 1, -1, -1):
+            if roles[i] not in ("leaf", "weak"):
+                continue
+            users = {self.find(u) for u in self.succs[i]}
+            loops = sorted((r for r in users if {roles[m] for m in self.members[r]} <= fusable),
+                           key=lambda r: self.first[r])
+            if roles[i] == "leaf" and nodes[i].prim.name in _CONSTANTS:
+                for r in loops:
+                    if self.try_merge(i, r):
+                        break
+            elif self.external[i] or len(users) != 1 or len(loops) != 1:
+                continue  # shared, or used by a matmul, an index op...: a group of its own
+            elif roles[i] == "leaf":
+                self.try_merge(i, loops[0])
+            elif not any(p in self.members[loops[0]] for p in self.preds[i]):
+                self.try_merge(i, loops[0], check=False)  # hoisted to the kernel's entry
+
+    # ------------------------------------------------------------ result
+    def groups(self) -> list:
+        g, nodes, roles = self.g, self.nodes, self.roles
+        roots = list(self.members)
+        deps = {r: set() for r in roots}
+        for r in roots:
+            for m in self.members[r]:
+                for p in self.preds[m]:
+                    rp = self.find(p)
+                    if rp != r:
+                        deps[r].add(rp)
+        users = {r: [] for r in roots}
+        for r, ds in deps.items():
+            for d in ds:
+                users[d].append(r)
+        waiting = {r: len(ds) for r, ds in deps.items()}
+        ready = [(self.segment[r], self.first[r], r) for r in roots if not waiting[r]]
+        heapq.heapify(ready)
+        order = []  # topological; segments in order, then schedule order
+        while ready:
+            _, _, r = heapq.heappop(ready)
+            order.append(r)
+            for u in users[r]:
+                waiting[u] -= 1
+                if not waiting[u]:
+                    heapq.heappush(ready, (self.segment[u], self.first[u], u))
+        assert len(order) == len(roots), "fusion: the groups form a cycle"
+        out_ids = {id(v) for v in g.outputs} | {id(gd.value) for gd in g.guards}
+        result = []
+        for r in order:
+            idx = sorted(self.members[r])
+            inside = {id(nodes[i].out) for i in idx}
+            inputs, seen = [], set()
+            for i in idx:
+                for v in data_inputs(nodes[i]):
+                    if id(v) not in inside and id(v) not in seen:
+                        seen.add(id(v))
+                        inputs.append(v)
+            outputs = [nodes[i].out for i in idx
+                       if id(nodes[i].out) in out_ids
+                       or any(self.find(u) != r for u in self.succs[i])]
+            present = {roles[i] for i in idx}
+            if present & {"ew", "reduce", "map", "leaf"}:
+                kind, shape, axes = self.loop_nest(set(idx))
+            elif present == {"weak"}:
+                kind, shape, axes = "scalar", (), ()
+            else:
+                n = nodes[idx[-1]]
+                kind, shape, axes = _OWN_KIND[n.prim.kind], n.out.shape, ()
+            result.append(FusionGroup(kind, idx, inputs, outputs, tuple(shape), axes,
+                                      self.segment[idx[0]]))
+        return result
+
+
+def fuse(g: Graph) -> list[FusionGroup]:
+    """Partition ``g``'s nodes into fusion groups (kernels), in an order that runs them
+    correctly (topological, value-guard segments in order). The graph is not modified.
+
+    >>> cf = compiler.compile(lambda x: F.softmax(x, -1)); cf(x)
+    >>> [grp.kind for grp in fuse(cf.variants[0].trace.graph)]
+    ['reduce', 'reduce']
+    """
+    p = _Partition(g)
+    p.merge_loops()
+    p.place_leaves_and_weak()
+    return p.groups()
+
+
+def format_groups(groups: list) -> str:
+    """One line per group: ``group 3 [elementwise 32x32] nodes 12,13,14 in %4 %7 out %15``."""
+    return "\n".join(f"group {k} {grp.describe()}" for k, grp in enumerate(groups))
+
+
+def verify_groups(g: Graph, groups: list) -> None:
+    """Check a partition: every node in exactly one group, node indices in schedule order,
+    groups in a topological order with their value-guard segments in order, no group across
+    a guard's position, inputs exactly the outside values read, outputs exactly the values
+    used outside the group (another group, a graph output, a value guard), 'own' nodes
+    alone, and each elementwise or reduce group one legal loop nest with the recorded shape
+    and axes. Raises :class:`compiler.ir.VerifyError`."""
+    where: dict[int, int] = {}
+    for k, grp in enumerate(groups):
+        if list(grp.nodes) != sorted(set(grp.nodes)) or not grp.nodes:
+            raise VerifyError(f"group {k}: node indices {grp.nodes} not in schedule order")
+        for i in grp.nodes:
+            if not 0 <= i < len(g.nodes):
+                raise VerifyError(f"group {k}: no node {i}")
+            if i in where:
+                raise VerifyError(f"node {i} is in groups {where[i]} and {k}")
+            where[i] = k
+    missing = sorted(set(range(len(g.nodes))) - set(where))
+    if missing:
+        raise VerifyError(f"nodes {missing[:10]} are in no group")
+    producer = {id(n.out): i for i, n in enumerate(g.nodes)}
+    cuts = _cuts(g)
+    used_outside = {id(v) for v in g.outputs} | {id(gd.value) for gd in g.guards}
+    for k, grp in enumerate(groups):
+        segs = {sum(1 for c in cuts if c <= i) for i in grp.nodes}
+        if len(segs) > 1:
+            raise VerifyError(f"group {k} spans a value guard (nodes {grp.nodes}, guard "
+                              f"positions {cuts})")
+        if k and min(segs) < groups[k - 1].segment or grp.segment != min(segs):
+            raise VerifyError(f"group {k} runs before a value guard it must follow")
+        reads, seen = [], set()
+        for i in grp.nodes:
+            for v in data_inputs(g.nodes[i]):
+                j = producer.get(id(v))
+                if j is not None and where[j] == k:
+                    continue
+                if j is not None:
+                    if where[j] > k:
+                        raise VerifyError(f"group {k} reads {v!r} from the later group "
+                                          f"{where[j]}")
+                    used_outside.add(id(v))
+                if id(v) not in seen:
+                    seen.add(id(v))
+                    reads.append(v)
+        if [id(v) for v in grp.inputs] != [id(v) for v in reads]:
+            raise VerifyError(f"group {k}: inputs {grp.inputs} but it reads {reads}")
+    for k, grp in enumerate(groups):
+        expected = [g.nodes[i].out for i in grp.nodes if id(g.nodes[i].out) in used_outside]
+        if [id(v) for v in grp.outputs] != [id(v) for v in expected]:
+            raise VerifyError(f"group {k}: outputs {grp.outputs} but {expected} are used "
+                              f"outside it")
+    part = _Partition(g)
+    for k, grp in enumerate(groups):
+        roles = {part.roles[i] for i in grp.nodes}
+        if "own" in roles and len(grp.nodes) > 1:
+            raise VerifyError(f"group {k}: a {g.nodes[grp.nodes[0]].prim.name} node shares "
+                              f"a group (matmul, index ops, permute, pad, concat, stepped "
+                              f"slices, iota and random are groups of their own)")
+        if roles != {"weak"} and any(part.roles[i] == "weak" and p in grp.nodes
+                                     for i in grp.nodes for p in part.preds[i]):
+            raise VerifyError(f"group {k}: a scalar node reads a value computed inside the "
+                              f"group (it must be computable at the kernel's entry)")
+        if grp.kind in ("elementwise", "reduce"):
+            nest = part.loop_nest(set(grp.nodes))
+            if nest != (grp.kind, grp.shape, grp.axes):
+                raise VerifyError(f"group {k} [{grp.kind} {grp.shape} {grp.axes}] is not one "
+                                  f"loop nest: {nest or 'its nodes cannot share one'}")
+
+
+__all__ = ["FusionGroup", "fuse", "format_groups", "verify_groups", "data_inputs"]

@@ -1,0 +1,522 @@
+"""Memory planning: every intermediate buffer of a graph gets a byte offset in one arena,
+allocated once per variant and reused by every call.
+
+The schedule is the node order, or ``steps`` (one per node: fused kernels in execution order,
+the nodes of one kernel sharing a step; see :func:`plan_memory`). A *buffer* is the memory
+one value needs: every non-view node output by default, or exactly the values a fuser lists
+as ``materialised`` (the rest live in registers inside a fused kernel). Not buffers: graph
+inputs (the caller owns them), constants, weak scalars (Python numbers), and views
+(reshape/broadcast/permute/slice), which share their source's buffer and so extend its live
+range instead. Graph outputs — and any buffer a graph output is a view of — are not planned
+either: they leave the call, so a call allocates them fresh (its outputs and saved tensors)
+and nothing else.
+
+1. **Liveness.** A buffer lives from the step that defines it to the last step that reads
+   it — directly, through a view, or through values with no memory of their own (a fused
+   value is recomputed from its buffers wherever it is read). A value guard reads once every
+   node before it has run.
+2. **In place.** An elementwise node may write its output over an input buffer that dies at
+   that node, when both have the same shape and element size and the node reads that buffer
+   only directly (not through a view, a broadcast or a fused value): each output element
+   then depends only on the input element it overwrites. The two values then share one
+   buffer; the pairs are ``MemoryPlan.inplace``. When the node's output is a graph output,
+   the whole in-place chain ending in it lives in that output's memory, which the call
+   allocates anyway (``MemoryPlan.in_outputs``): an optimizer's update chain then needs no
+   arena at all.
+3. **Offsets.** Buffers (sizes rounded up to ``align``) are placed greedily, each at the
+   lowest-waste gap among the already placed buffers whose lifetimes overlap it (best fit);
+   the greedy runs in several orders — largest first (the "greedy by size" of TFLite's
+   planner), largest size × lifetime first, earliest first (a simulated best-fit malloc),
+   longest-lived first — and the smallest arena wins. ``peak_live_bytes`` (the most bytes
+   alive at once) is a lower bound for any placement, so ``arena_bytes / peak_live_bytes``
+   says how close to optimal the placement is.
+
+Note (outputs' memory): a chain in ``in_outputs`` writes the output's memory from the
+chain's first node on. A backend that writes that output straight into an input's array (an
+in-place write-back, ``compiler.api._inplace_writes``) must apply the write-back's rules —
+after the last value guard, and no later reader of the input's old value — from that first
+node (the least ``lifetimes[i][0]`` over the ``i`` with ``in_outputs[i] == o``), or plan
+with ``into_outputs=False``.
+
+Note (symbolic dimensions): a plan is for concrete shapes. For a variant that serves every
+batch size, the driver computes the plan of a size the first time it meets it — with
+:func:`plan_for_size`, from the node parameter templates (``Variant.templates``) and the
+shapes of that call's input arrays — and caches it per size, as ``Variant.plans_for`` caches
+the interpreter's plan. Planning takes a few milliseconds for a training step. Which node
+outputs need memory does not depend on the size — only where they go — so the driver takes
+the arena and an *offset table* (:meth:`MemoryPlan.table`: one int64 per node, in node
+order) as runtime arguments and is compiled once for every size. A kernel that may run in
+place (any pair in ``inplace`` at any size) must not declare its operands ``noalias``.
+
+>>> plan = plan_memory(graph)
+>>> verify_plan(graph, plan)  # raises PlanError if two live buffers share a byte
+>>> plan.offsets[value.id], plan.arena_bytes
+(0, 802816)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dyngrad.ops.primitive import AbstractValue
+
+from ..ir import Graph, Node, Value, VerifyError
+from ..symbolic import instantiate
+
+ALIGN = 64  # a cache line, and a full AVX-512 vector
+
+
+class PlanError(VerifyError):
+    """A memory plan is wrong: two live buffers share bytes, a buffer leaves the arena, an
+    offset is misaligned, a value has no buffer, or an in-place pair is illegal."""
+
+
+@dataclass(eq=False)
+class MemoryPlan:
+    """Where every intermediate buffer lives (keys are ``Value.id``): at an offset in the
+    arena, or inside the memory of a graph output its in-place chain ends in."""
+
+    offsets: dict  # value id -> byte offset in the arena (views use their source's buffer)
+    sizes: dict  # value id -> bytes reserved for it (its nbytes rounded up to ``align``)
+    lifetimes: dict  # value id -> (defining step, last step that reads it); see ``steps``
+    inplace: list  # (input value id, output value id): the output overwrites the input
+    in_outputs: dict  # value id -> id of the graph output whose memory it uses
+    arena_bytes: int
+    sum_of_intermediates: int  # every buffer its own allocation, no reuse (aligned bytes)
+    peak_live_bytes: int  # most arena bytes alive at once: no placement can do better
+    eager_peak_bytes: int  # most bytes of intermediates alive at once with each non-view
+    #                        node output its own allocation, as eager numpy runs (exact bytes)
+    output_bytes: int  # fresh outputs of a call (at most: some may be written in place)
+    align: int = ALIGN
+    materialised: frozenset | None = None  # value ids given to plan_memory (None: all)
+    steps: list | None = None  # the step of each node, when not node k at step k
+    shapes: dict | None = None  # value id -> shape, when planned for another size
+    order: str = ""  # which greedy order gave the smallest arena
+    buffers: list = field(default_factory=list)  # value ids sharing each arena buffer
+
+    def table(self, g: Graph) -> np.ndarray:
+        """The offset table the driver takes, one int64 per node in node order: an offset
+        into the arena, ``-2 - j`` when the value lives in the memory of node j's output (a
+        graph output), or -1 when it is not a buffer of its own (an output, a view, a weak
+        scalar, a fused value)."""
+        node_of = {n.out.id: j for j, n in enumerate(g.nodes)}
+        return np.array([self.offsets.get(n.out.id, -2 - node_of[self.in_outputs[n.out.id]]
+                                          if n.out.id in self.in_outputs else -1)
+                         for n in g.nodes], dtype=np.int64)
+
+    def summary(self) -> str:
+        """One line for ``explain()``."""
+        ratio = self.arena_bytes / self.eager_peak_bytes if self.eager_peak_bytes else 0.0
+        n = len(self.offsets)
+        return (f"arena {_fmt_bytes(self.arena_bytes)} for {n} buffer{'s' * (n != 1)} "
+                f"({len(self.inplace)} written in place, {len(self.in_outputs)} in their "
+                f"outputs' memory); sum of all intermediates "
+                f"{_fmt_bytes(self.sum_of_intermediates)}; eager's peak "
+                f"{_fmt_bytes(self.eager_peak_bytes)} (arena/eager {ratio:.2f}); fresh "
+                f"outputs per call ≤ {_fmt_bytes(self.output_bytes)}")
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+def _round_up(n: int, align: int) -> int:
+    return -(-n // align) * align
+
+
+def _nbytes(v: Value, shapes: dict | None) -> int:
+    shape = shapes.get(v.id, v.shape) if shapes else v.shape
+    return int(np.prod(shape, dtype=np.int64)) * v.dtype.itemsize
+
+
+def _shape(v: Value, shapes: dict | None) -> tuple:
+    return tuple(shapes.get(v.id, v.shape)) if shapes else v.shape
+
+
+def _direct(n: Node, x: Value, shapes: dict | None) -> bool:
+    """Whether node ``n`` reads buffer ``x`` element for element at its output's index."""
+    return n.prim.kind == "elementwise" and not n.out.weak and not x.weak \
+        and _shape(x, shapes) == _shape(n.out, shapes) and x.dtype.itemsize == n.out.dtype.itemsize
+
+
+def _times(g: Graph, steps) -> list:
+    """The step each node runs at: ``steps`` (one per node; a fused kernel's nodes share
+    one), or node k at step k."""
+    if steps is None:
+        return list(range(len(g.nodes)))
+    steps = [int(t) for t in steps]
+    if len(steps) != len(g.nodes):
+        raise ValueError(f"plan_memory: {len(steps)} steps for {len(g.nodes)} nodes")
+    return steps
+
+
+def _guard_times(g: Graph, times: list) -> list:
+    """(value, step) per value guard: a guard checked before node ``after`` reads its value
+    once every node before ``after`` has run."""
+    prefix, top = [], 0
+    for t in times:
+        top = max(top, t)
+        prefix.append(top)
+    return [(gd.value, prefix[min(gd.after, len(prefix)) - 1] if gd.after > 0 and prefix
+             else 0) for gd in g.guards]
+
+
+def _owners(g: Graph, materialised) -> tuple[set, set]:
+    """(ids of values that own a buffer, ids of those that leave the call as outputs)."""
+    if materialised is None:
+        owns = {n.out.id for n in g.nodes if not n.out.weak and not n.prim.view}
+    else:
+        owns = {v.id for v in materialised if v.producer is not None and not v.weak}
+    escaping = set()
+    for v in g.outputs:  # an output is memory the call hands back: its root buffer escapes
+        while v.producer is not None and not v.weak and v.id not in owns \
+                and v.producer.prim.view and isinstance(v.producer.inputs[0], Value):
+            v = v.producer.inputs[0]
+        if v.producer is not None and not v.weak:
+            owns.add(v.id)  # (an output a fuser left unlisted is still written somewhere)
+            escaping.add(v.id)
+    return owns, escaping
+
+
+def _liveness(g: Graph, owns: set, shapes: dict | None, times: list) -> tuple:
+    """Per owned value id: (defining step, last reading step), and whether every read at that
+    last step is direct (see :func:`_direct`)."""
+    deps: dict[int, frozenset] = {}  # value id -> owned buffers that reading it touches
+    start, last, clean = {}, {}, {}
+
+    def reads(x) -> frozenset:
+        return deps.get(x.id, frozenset()) if isinstance(x, Value) else frozenset()
+
+    def note(r: int, t: int, direct: bool) -> None:
+        if t > last[r]:
+            last[r], clean[r] = t, direct
+        elif t == last[r]:
+            clean[r] = clean[r] and direct
+
+    for n, t in zip(g.nodes, times):
+        for x in n.inputs:
+            for r in reads(x):
+                note(r, t, x.id == r and _direct(n, x, shapes))
+        v = n.out
+        if v.id in owns:
+            deps[v.id] = frozenset((v.id,))
+            start[v.id], last[v.id], clean[v.id] = t, t, False
+        else:  # a view, a weak scalar or a fused value: reading it reads its sources
+            deps[v.id] = frozenset().union(*(reads(x) for x in n.inputs))
+    for value, t in _guard_times(g, times):
+        for r in reads(value):
+            note(r, t, False)
+    return start, last, clean
+
+
+def _peak(intervals: list) -> int:
+    """Most bytes alive at once over (bytes, first, last) intervals, ends inclusive."""
+    events: dict[int, int] = {}
+    for size, s, e in intervals:
+        events[s] = events.get(s, 0) + size
+        events[e + 1] = events.get(e + 1, 0) - size
+    peak = live = 0
+    for t in sorted(events):
+        live += events[t]
+        peak = max(peak, live)
+    return peak
+
+
+def eager_peak_bytes(g: Graph, shapes: dict | None = None) -> int:
+    """Most bytes of intermediates alive at once when every non-view node output is its own
+    allocation, freed after its last use — what eager numpy does (outputs and inputs are not
+    intermediates; exact bytes, no rounding)."""
+    owns, escaping = _owners(g, None)
+    start, last, _ = _liveness(g, owns, shapes, _times(g, None))
+    by_id = {n.out.id: n.out for n in g.nodes}
+    return _peak([(_nbytes(by_id[i], shapes), start[i], last[i]) for i in start
+                  if i not in escaping])
+
+
+_ORDERS = {  # (size, first, last) -> sort key; each a greedy order worth trying
+    "largest first": lambda b: (-b[0], b[1], b[2]),
+    "largest size x lifetime first": lambda b: (-b[0] * (b[2] - b[1] + 1), b[1]),
+    "earliest first": lambda b: (b[1], -b[0]),
+    "longest-lived first": lambda b: (b[1] - b[2], -b[0], b[1]),
+}
+
+
+def _place(buffers: list, key) -> tuple[int, list]:
+    """Greedy best-fit placement of (size, first, last) buffers in the order ``key`` gives:
+    each goes in the smallest gap, among the buffers placed so far whose lifetimes overlap
+    its own, that holds it — or on top of them."""
+    offsets = [0] * len(buffers)
+    placed: list = []  # (offset, end, first, last)
+    for i in sorted(range(len(buffers)), key=lambda i: key(buffers[i])):
+        size, s, e = buffers[i]
+        if size == 0:
+            continue
+        busy = sorted((o, end) for o, end, s2, e2 in placed if s2 <= e and s <= e2)
+        best, best_gap, cursor = None, None, 0
+        for lo, hi in busy:
+            gap = lo - cursor
+            if gap >= size and (best_gap is None or gap < best_gap):
+                best, best_gap = cursor, gap
+            cursor = max(cursor, hi)
+        offsets[i] = cursor if best is None else best
+        placed.append((offsets[i], offsets[i] + size, s, e))
+    return max((end for _, end, _, _ in placed), default=0), offsets
+
+
+def plan_memory(g: Graph, materialised=None, align: int = ALIGN, *, steps=None,
+                shapes: dict | None = None, inplace: bool = True,
+                into_outputs: bool = True) -> MemoryPlan:
+    """Plan every intermediate buffer of ``g`` into one arena (see the module docstring).
+
+    ``materialised``: the values that need memory of their own (a fuser's group outputs);
+    None means every non-view node output. A view listed there gets its own buffer (a backend
+    that must copy it, such as a reshape of a permuted value, lists it). ``steps``: for each
+    node, the step it runs at — kernels in execution order, the nodes of one fused kernel
+    sharing a step; None means node k runs at step k. ``shapes`` maps value ids to concrete
+    shapes other than the traced ones (see :func:`plan_for_size`). ``inplace=False`` turns
+    off in-place reuse; ``into_outputs=False`` keeps in-place chains out of the outputs'
+    memory.
+
+    With fusion groups (``compiler.passes.fusion.fuse``), in the groups' order::
+
+        steps = [0] * len(g.nodes)
+        for t, group in enumerate(groups):
+            for k in group.nodes:
+                steps[k] = t
+        plan = plan_memory(g, [v for gr in groups for v in gr.outputs], steps=steps)
+
+    Note: inside one kernel, an in-place pair assumes the kernel reads each element of the
+    buffer it overwrites before writing that element — true of a loop nest that reads its
+    inputs at the iteration point it writes; a kernel that cannot promise it plans with
+    ``inplace=False``.
+
+    >>> plan = plan_memory(cf.variants[0].trace.graph)  # the W2 training step
+    >>> plan.arena_bytes, plan.peak_live_bytes, plan.eager_peak_bytes
+    (802816, 802816, 2408448)
+    """
+    if align < 1 or align & (align - 1):
+        raise ValueError(f"plan_memory: align must be a power of two, got {align}")
+    owns, escaping = _owners(g, materialised)
+    times = _times(g, steps)
+    start, last, clean = _liveness(g, owns, shapes, times)
+    by_id = {n.out.id: n.out for n in g.nodes}
+    buffer_of: dict[int, int] = {}  # value id -> index into `members` (arena candidates)
+    members: list[list[int]] = []
+    output_of: dict[int, int] = {}  # buffer index -> the output whose memory it is
+    pairs, overwritten = [], set()
+    for n, t in zip(g.nodes, times):
+        v = n.out
+        if v.id not in owns:
+            continue
+        into = None
+        if inplace and n.prim.kind == "elementwise" and (into_outputs or v.id not in escaping):
+            into = next((x for x in n.inputs if isinstance(x, Value) and x.id in buffer_of
+                         and x.id not in overwritten and last[x.id] == t and clean[x.id]
+                         and _direct(n, x, shapes)), None)
+        if into is not None:
+            b = buffer_of[into.id]
+            overwritten.add(into.id)
+            pairs.append((into.id, v.id))
+            if v.id in escaping:  # the chain lives in the output's memory from its start
+                output_of[b] = v.id
+                continue
+            buffer_of[v.id] = b
+            members[b].append(v.id)
+        elif v.id not in escaping:
+            buffer_of[v.id] = len(members)
+            members.append([v.id])
+    sizes = {i: _round_up(_nbytes(by_id[i], shapes), align) for i in buffer_of}
+    spans = [(sizes[m[0]], start[m[0]], max(last[i] for i in m)) for m in members]
+    arena_spans = [s for b, s in enumerate(spans) if b not in output_of]
+    best = None
+    for name, key in _ORDERS.items():
+        arena, offs = _place(arena_spans, key)
+        if best is None or arena < best[0]:
+            best = (arena, offs, name)
+    arena, offs, order = best
+    placed = iter(offs)
+    offset_of = {b: next(placed) for b in range(len(members)) if b not in output_of}
+    return MemoryPlan(
+        offsets={i: offset_of[b] for i, b in buffer_of.items() if b in offset_of},
+        sizes=sizes, lifetimes={i: (start[i], last[i]) for i in buffer_of}, inplace=pairs,
+        in_outputs={i: output_of[b] for i, b in buffer_of.items() if b in output_of},
+        arena_bytes=arena, sum_of_intermediates=sum(sizes.values()),
+        peak_live_bytes=_peak(arena_spans), eager_peak_bytes=eager_peak_bytes(g, shapes),
+        output_bytes=sum(_nbytes(by_id[i], shapes) for i in escaping), align=align,
+        materialised=None if materialised is None else frozenset(v.id for v in materialised),
+        steps=None if steps is None else times, shapes=shapes, order=order,
+        buffers=[m for b, m in enumerate(members) if b not in output_of])
+
+
+def shapes_at(g: Graph, templates: list, size: int, input_shapes: list) -> dict:
+    """Every value's shape at symbolic size ``size``: ``input_shapes`` are the shapes of
+    ``g.inputs`` at that size (the arrays of the call at hand), ``templates`` the node
+    parameter templates (:func:`compiler.symbolic.generalize`); each node's shape follows from
+    its primitive's own shape rule."""
+    if len(input_shapes) != len(g.inputs) or len(templates) != len(g.nodes):
+        raise ValueError(f"shapes_at: {len(input_shapes)} input shapes and {len(templates)} "
+                         f"templates for a graph of {len(g.inputs)} inputs and "
+                         f"{len(g.nodes)} nodes")
+    shapes = {v.id: tuple(s) for v, s in zip(g.inputs, input_shapes)}
+
+    def aval(x):
+        if not isinstance(x, Value):
+            return x
+        if x.weak:
+            return 1.0
+        return AbstractValue(shapes.get(x.id, x.shape), x.dtype)
+
+    for n, t in zip(g.nodes, templates):
+        if n.out.weak:
+            continue
+        shape, _ = n.prim.shape(*(aval(x) for x in n.inputs), **instantiate(t, size))
+        shapes[n.out.id] = tuple(shape)
+    return shapes
+
+
+def plan_for_size(g: Graph, templates: list, size: int, input_shapes: list,
+                  materialised=None, align: int = ALIGN, **options) -> MemoryPlan:
+    """The plan of a symbolic-size variant at one concrete size (see the module's Note);
+    ``options`` as for :func:`plan_memory`.
+
+    >>> plan = plan_for_size(v.trace.graph, v.templates, 37, [a.shape for a in inputs])
+    >>> offsets = plan.table(v.trace.graph)  # what the driver gets for size 37
+    """
+    return plan_memory(g, materialised, align,
+                       shapes=shapes_at(g, templates, size, input_shapes), **options)
+
+
+def verify_plan(g: Graph, plan: MemoryPlan) -> None:
+    """Raise :class:`PlanError` unless the plan is safe for ``g``: every arena offset aligned
+    and every buffer inside the arena and big enough; no output (or what it is a view of) in
+    the arena; every value that needs memory has it; every in-place pair legal; and no two
+    buffers whose lifetimes overlap share a byte — in the arena or in an output's memory.
+    Lifetimes are recomputed here from the graph, independently of the planner.
+
+    >>> verify_plan(g, plan_memory(g))  # silent when the plan is safe
+    """
+    sh = plan.shapes
+    times = _times(g, plan.steps)
+    when = {n.out.id: t for n, t in zip(g.nodes, times)}  # the step each value is written at
+    node_of = {n.out.id: n for n in g.nodes}
+    by_id = {n.out.id: n.out for n in g.nodes}
+    arena, in_out = plan.offsets, plan.in_outputs
+    life: dict = {}
+    for n, t in zip(g.nodes, times):
+        for x in n.value_inputs():
+            if x.id in when and when[x.id] > t:
+                raise PlanError(f"plan: the steps run {n.out!r} ({n.prim.name}, step {t}) "
+                                f"before its input {x!r} (step {when[x.id]})")
+
+    def name(i: int) -> str:
+        v = by_id[i]
+        where = f"arena [{arena[i]}, {arena[i] + plan.sizes[i]})" if i in arena else \
+            f"in %{in_out[i]}'s memory" if i in in_out else "an output"
+        first, end = life.get(i, ("?", "?"))
+        return f"%{i} ({v.dtype.name}{list(_shape(v, sh))}, {where}, steps {first}..{end})"
+
+    for i, off in arena.items():
+        if i not in by_id:
+            raise PlanError(f"plan: %{i} is not a node output of this graph")
+        size = plan.sizes.get(i)
+        if size is None or size < _nbytes(by_id[i], sh):
+            raise PlanError(f"plan: %{i} needs {_nbytes(by_id[i], sh)} bytes, has {size}")
+        if off % plan.align:
+            raise PlanError(f"plan: %{i} at offset {off} is not aligned to {plan.align}")
+        if off < 0 or off + size > plan.arena_bytes:
+            raise PlanError(f"plan: %{i} at [{off}, {off + size}) exceeds the arena of "
+                            f"{plan.arena_bytes} bytes")
+    escaping = set()  # the values whose memory the call hands back
+    for v in g.outputs:
+        while True:
+            if v.id in arena or v.id in in_out:
+                raise PlanError(f"plan: output {v!r} (or the buffer it views) lives in memory "
+                                f"that later nodes or the next call overwrite")
+            p = v.producer
+            if p is None or v.weak or not p.prim.view or (plan.materialised is not None
+                                                           and v.id in plan.materialised):
+                break
+            v = p.inputs[0]
+        if v.producer is not None and not v.weak:
+            escaping.add(v.id)
+    for i, o in in_out.items():
+        if i not in by_id or i in arena or o not in escaping:
+            raise PlanError(f"plan: %{i} is placed in %{o}'s memory, which is not a graph "
+                            f"output's (or %{i} is also in the arena)")
+        if _nbytes(by_id[i], sh) > _nbytes(by_id[o], sh):
+            raise PlanError(f"plan: %{i} does not fit in the memory of output %{o}")
+    located = set(arena) | set(in_out)
+    for n in g.nodes:
+        v = n.out
+        wanted = not v.weak and (not n.prim.view if plan.materialised is None
+                                 else v.id in plan.materialised)
+        if wanted and v.id not in located and v.id not in escaping:
+            raise PlanError(f"plan: {v!r} ({n.prim.name}) needs a buffer and has none")
+
+    def touched(x) -> set:
+        """Buffers read when ``x`` is read: itself, or through views, weak and fused values."""
+        found, stack = set(), [x]
+        while stack:
+            y = stack.pop()
+            if not isinstance(y, Value) or y.producer is None or y.id in escaping:
+                continue  # a literal, an input, a constant, or an output's own memory
+            if y.id in located:
+                found.add(y.id)
+            else:
+                stack.extend(y.producer.inputs)
+        return found
+
+    for i in located:
+        life[i] = (when[i], when[i])
+    for i in escaping:
+        life[i] = (when[i], max(times) + 1)  # handed back: alive after the last step
+    indirect: set = set()  # (buffer, step): read other than element for element at that step
+
+    def read(i: int, k: int, direct: bool) -> None:
+        life[i] = (life[i][0], max(life[i][1], k))
+        if not direct:
+            indirect.add((i, k))
+
+    for n, t in zip(g.nodes, times):
+        for x in n.inputs:
+            for i in touched(x):
+                read(i, t, x.id == i and _direct(n, x, sh))
+    for value, t in _guard_times(g, times):
+        for i in touched(value):
+            read(i, t, False)
+
+    def location(i: int):
+        return ("arena", arena[i]) if i in arena else ("output", in_out[i]) if i in in_out \
+            else ("output", i) if i in escaping else None
+
+    pairs = set()
+    for a, b in plan.inplace:
+        if a not in located or location(b) is None:
+            raise PlanError(f"plan: in-place pair (%{a}, %{b}) names a value with no buffer")
+        n = node_of[b]
+        if not any(isinstance(x, Value) and x.id == a for x in n.inputs) or \
+                not _direct(n, by_id[a], sh) or life[a][1] != when[b] or \
+                (a, when[b]) in indirect or location(a) != location(b):
+            raise PlanError(f"plan: {name(b)} ({n.prim.name}) may not overwrite {name(a)} "
+                            f"in place: that needs an elementwise node reading it element for "
+                            f"element at the same shape, as its last reader, at the same place")
+        pairs.add((a, b))
+    spaces: dict = {"arena": [(arena[i], arena[i] + plan.sizes[i], i) for i in arena]}
+    for i, o in in_out.items():
+        spaces.setdefault(o, [(0, _nbytes(by_id[o], sh), o)]).append(
+            (0, _nbytes(by_id[i], sh), i))
+    for spans in spaces.values():
+        spans = sorted(s for s in spans if s[1] > s[0])
+        for j, (_, hi, a) in enumerate(spans):
+            for lo2, _, b in spans[j + 1:]:
+                if lo2 >= hi:
+                    break
+                (s1, e1), (s2, e2) = life[a], life[b]
+                if s1 <= e2 and s2 <= e1 and (a, b) not in pairs and (b, a) not in pairs:
+                    raise PlanError(f"plan: {name(a)} and {name(b)} are alive at the same "
+                                    f"time and share bytes")
