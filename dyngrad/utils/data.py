@@ -14,10 +14,10 @@ class Dataset:
     """Anything with ``__getitem__(i)`` and ``__len__``."""
 
     def __getitem__(self, index):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement __getitem__")
 
     def __len__(self) -> int:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement __len__")
 
 
 class TensorDataset(Dataset):
