@@ -141,6 +141,13 @@ class Variant:
     def run(self, flat: list):
         tr = self.trace
         inputs, scalars = self._gather(flat)
+        if self.sym is None and self.backward is None:  # the common case, kept short
+            outs = interp.run(self.plan, inputs, scalars)
+            self._commit(flat, outs)  # every guard passed: writes last (the module's Note)
+            if tr.prints:
+                _print_effects(tr.prints, outs)
+            self.calls += 1
+            return _build(tr.out_spec, outs, flat, None)
         plan, bplan = self.plans_for(flat)
         outs = interp.run(plan, inputs, scalars)
         grad_node = None
@@ -148,14 +155,20 @@ class Variant:
             n = self.backward.parts.n_outputs
             grad_node = self.backward.node(bplan, outs[n:], flat)
             outs = outs[:n]
-        self._commit(flat, outs)  # every guard passed: writes last (see the module's Note)
-        for spec, sep, end in tr.prints:
-            from dyngrad.printing import tensor_repr
-            print(sep.join(tensor_repr(Tensor._fresh(outs[k])) if kind == "tensor" else
-                           str(float(outs[k])) if kind == "scalar" else k
-                           for kind, k in spec), end=end)
+        self._commit(flat, outs)
+        if tr.prints:
+            _print_effects(tr.prints, outs)
         self.calls += 1
         return _build(tr.out_spec, outs, flat, grad_node)
+
+
+def _print_effects(prints: list, outs: list) -> None:
+    """Replay ``dg.debug_print`` calls with this call's values."""
+    from dyngrad.printing import tensor_repr
+    for spec, sep, end in prints:
+        print(sep.join(tensor_repr(Tensor._fresh(outs[k])) if kind == "tensor" else
+                       str(float(outs[k])) if kind == "scalar" else k
+                       for kind, k in spec), end=end)
 
 
 def _binding_expr(b, name: str, array: bool) -> str:
