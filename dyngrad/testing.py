@@ -51,6 +51,17 @@ def _numerical(fn, inputs, i, eps) -> np.ndarray:
     return np.stack(cols, axis=1) if cols else np.zeros((n_out, 0))
 
 
+def _unit(tensors, which: int, k: int) -> list:
+    """Zeros shaped like ``tensors``, with a 1 at flat element ``k`` of tensor ``which``."""
+    out = []
+    for m, t in enumerate(tensors):
+        v = np.zeros(t.shape, dtype=t._data.dtype)
+        if m == which:
+            v.reshape(-1)[k] = 1
+        out.append(Tensor._fresh(v))
+    return out
+
+
 def _analytical(fn, inputs, diff) -> list:
     with enable_grad():
         outs = _outputs(fn(*inputs))
@@ -59,12 +70,7 @@ def _analytical(fn, inputs, diff) -> list:
     row = 0
     for oi, o in enumerate(outs):
         for j in range(o.numel()):
-            vs = []
-            for ok, o2 in enumerate(outs):
-                v = np.zeros(o2.shape, dtype=o2._data.dtype)
-                if ok == oi:
-                    v.reshape(-1)[j] = 1
-                vs.append(Tensor._fresh(v))
+            vs = _unit(outs, oi, j)
             live = [(o2, v) for o2, v in zip(outs, vs) if o2.requires_grad]
             if live:
                 gs = _grad([o2 for o2, _ in live], [inputs[i] for i in diff],
@@ -84,12 +90,7 @@ def _forward(fn, inputs, diff) -> list:
         x = inputs[i]
         cols = []
         for k in range(x.numel()):
-            tangents = []
-            for m, inp in enumerate(inputs):
-                t = np.zeros(inp.shape, dtype=inp._data.dtype)
-                if m == i:
-                    t.reshape(-1)[k] = 1
-                tangents.append(Tensor._fresh(t))
+            tangents = _unit(inputs, i, k)
             with no_grad():
                 out, tout = jvp(fn, tuple(inputs), tuple(tangents))
             outs = out if isinstance(out, (tuple, list)) else (out,)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..dispatch import STATE
 from .grad_mode import no_grad
-from .graph import _FREED_MSG, FREED, Node, _edge
+from .graph import _FREED_MSG, FREED, Node
 
 
 class FunctionCtx(Node):
@@ -106,7 +106,7 @@ class Function:
     def apply(cls, *args, **kwargs):
         from ..tensor import Tensor
         tensors = [a for a in args if isinstance(a, Tensor)]
-        edges = tuple(_edge(a) if isinstance(a, Tensor) else None for a in args)
+        edges = tuple(a._edge() if isinstance(a, Tensor) else None for a in args)
         needs = tuple(e is not None for e in edges)
         record = STATE.grad_enabled and any(needs)
         in_shapes = tuple(getattr(a, "shape", ()) for a in args)

@@ -31,16 +31,6 @@ _FREED_MSG = (
     "calling backward.")
 
 
-def _edge(t):
-    """The backward edge for input ``t``: (node, output index) or None."""
-    node = t._node
-    if node is not None:
-        return (node, t._out_nr)
-    if t._requires_grad:
-        return (t._accumulator(), 0)
-    return None
-
-
 class Node:
     """Base of backward nodes. Subclasses implement :meth:`apply`."""
 

@@ -127,7 +127,9 @@ class Primitive:
                     if a._requires_grad:
                         if edges is None:
                             edges = [None] * len(args)
-                        edges[i] = a._edge()
+                        node = a._node  # (a view's history was refreshed just above)
+                        edges[i] = (node, a._out_nr) if node is not None else \
+                            (a._accumulator(), 0)
             if edges is not None and out.dtype.kind == "f":
                 result._node = PrimNode(self, params, args, result, edges)
                 result._requires_grad = True
