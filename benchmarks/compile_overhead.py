@@ -4,8 +4,9 @@
 
 W1: one step (zero_grad, forward, MSE, backward, SGD) of a 16→32→32→1 tanh MLP at batch 32.
 Reports the eager step, the compiled step (backend="interp"), the guard check alone, the
-Python-side overhead of a compiled call (the call minus the interpreter's execution of the
-graph) and the trace + passes time of the step. Speed goals live here, never in unit tests.
+Python-side overhead of a compiled call (the whole call with the graph's execution replaced by
+handing back outputs computed once) and the trace + passes time of the step. Speed goals live
+here, never in unit tests.
 """
 
 from __future__ import annotations
@@ -62,9 +63,10 @@ def main(argv=None) -> dict:
     eager = w1()
     compiled = compiler.compile(w1(), backend="interp")
     t0 = time.perf_counter()
-    compiled(x, y)
-    compiled(x, y)  # the first trace is rejected (SGD state made inside), the second is kept
+    compiled(x, y)  # traced with every .grad None (the first call makes them)
+    compiled(x, y)  # traced again: now each .grad is present on entry
     trace_ms = (time.perf_counter() - t0) * 1e3
+    compiled(x, y)  # served by the second variant, which moves to the front
     v = compiled.variants[0]
     flat, spec = flatten((x, y), {})
     inputs, scalars = v._gather(flat)
@@ -79,15 +81,22 @@ def main(argv=None) -> dict:
         "nodes": len(v.trace.graph.nodes),
         "guards": len(v.guards.describe),
     }
-    res["call_overhead_us"] = res["compiled_step_us"][0] - res["graph_execution_us"][0]
+    # The Python side alone: the same compiled call with the graph's execution replaced by
+    # handing back outputs computed once (everything else — guards, gathering the bound
+    # arrays, write-backs, new .grad tensors, the result — runs as usual).
+    outs = interp.run(plan, inputs, scalars)
+    namespace = v.call.__globals__
+    namespace["RUN"] = lambda plan, inputs, scalars: list(outs)
+    try:
+        res["call_overhead_us"] = median_us(lambda: compiled(x, y), number * 10, repeat)
+    finally:
+        namespace["RUN"] = interp.run
     print("W1 (16→32→32→1 tanh MLP, batch 32, MSE + SGD), interpreter backend; µs median "
           "(IQR); timings assume an idle machine")
-    for k in ("eager_step_us", "compiled_step_us", "guard_check_us", "graph_execution_us"):
+    for k in ("eager_step_us", "compiled_step_us", "guard_check_us", "graph_execution_us",
+              "call_overhead_us"):
         print(f"  {k:<22} {res[k][0]:9.2f}  ({res[k][1]:.2f})")
-    print(f"  {'call_overhead_us':<22} {res['call_overhead_us']:9.2f}  (compiled call minus "
-          f"graph execution)")
-    print(f"  {'trace_and_passes_ms':<22} {trace_ms:9.2f}  (two calls: one rejected trace, "
-          f"one kept)")
+    print(f"  {'trace_and_passes_ms':<22} {trace_ms:9.2f}  (two traced calls)")
     print(f"  graph: {res['nodes']} nodes, {res['guards']} guards; speed-up over eager "
           f"{res['eager_step_us'][0] / res['compiled_step_us'][0]:.2f}×")
     if args.json:

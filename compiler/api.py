@@ -29,7 +29,7 @@ import numpy as np
 from dyngrad.autograd.graph import _FREED_MSG, FREED, Node
 from dyngrad.dispatch import STATE, push_mode
 from dyngrad.nn.module import Module
-from dyngrad.tensor import Tensor
+from dyngrad.tensor import Storage, Tensor
 
 from . import ir
 from .backends import interp
@@ -136,18 +136,20 @@ class Variant:
         return p
 
     def __post_init__(self) -> None:
-        self._gather, self._commit = _generate_call_path(self.trace, self.copy_outputs)
+        self._gather, self._commit, fast = _generate_call_path(self.trace, self.copy_outputs,
+                                                               self, interp.run)
+        self.call = fast if self.backward is None and not self.trace.prints else self.run
+
+    def make_symbolic(self, sym, templates, bw_templates) -> None:
+        """Serve every size of one dimension (see compiler/symbolic.py): plans per size."""
+        self.sym, self.templates, self.bw_templates = sym, templates, bw_templates
+        self.call = self.run
 
     def run(self, flat: list):
+        """The general call path (``call`` is a generated straight-line one when the variant
+        has no symbolic sizes, no backward outside and no debug prints)."""
         tr = self.trace
         inputs, scalars = self._gather(flat)
-        if self.sym is None and self.backward is None:  # the common case, kept short
-            outs = interp.run(self.plan, inputs, scalars)
-            self._commit(flat, outs)  # every guard passed: writes last (the module's Note)
-            if tr.prints:
-                _print_effects(tr.prints, outs)
-            self.calls += 1
-            return _build(tr.out_spec, outs, flat, None)
         plan, bplan = self.plans_for(flat)
         outs = interp.run(plan, inputs, scalars)
         grad_node = None
@@ -171,51 +173,97 @@ def _print_effects(prints: list, outs: list) -> None:
                        for kind, k in spec), end=end)
 
 
-def _binding_expr(b, name: str, array: bool) -> str:
-    """Source text reaching a binding's tensor (or its ndarray with ``array``)."""
+def _binding_expr(b, local: str, array: bool) -> str:
+    """Source text reaching a binding's tensor (or its ndarray with ``array``); ``local`` is
+    the local variable holding the object its weak reference points to."""
     if b.kind == "arg":
         obj = f"flat[{b.target}]"
     elif b.kind == "grad":
-        owner = f"flat[{b.target[1]}]" if isinstance(b.target, tuple) else f"{name}()"
+        owner = f"flat[{b.target[1]}]" if isinstance(b.target, tuple) else local
         obj = f"{owner}._grad"
     else:
-        obj = f"{name}()"
+        obj = local
     return obj if b.kind == "array" or not array else f"{obj}._data"
 
 
-def _generate_call_path(trace: Trace, copy_outputs: set) -> tuple:
-    """Two generated functions for the compiled call: ``gather(flat) -> (inputs, scalars)``
-    reading every bound array and runtime scalar, and ``commit(flat, outs)`` doing the
-    write-backs, version bumps and ``.grad`` assignments — straight-line code, no loops."""
-    ns: dict[str, Any] = {"FRESH": Tensor._fresh, "COPYTO": np.copyto, "np": np}
-    for i, b in enumerate(trace.bindings):
-        ns[f"B{i}"] = b.target
-    ins = ", ".join(_binding_expr(b, f"B{i}", True) for i, b in enumerate(trace.bindings))
+def _generate_call_path(trace: Trace, copy_outputs: set, variant: Variant, run) -> tuple:
+    """Three generated functions for the compiled call: ``gather(flat) -> (inputs, scalars)``
+    reading every bound array and runtime scalar; ``commit(flat, outs)`` doing the
+    write-backs, version bumps and ``.grad`` assignments; and ``fast(flat)``, the whole call
+    (gather, ``run(plan, ...)``, commit, building the result) as one straight-line function
+    — no loops, no calls beyond the graph's execution and the tensors it must make. Each
+    weakly bound object is dereferenced once per call (the guards have seen it alive)."""
+    ns: dict[str, Any] = {"COPYTO": np.copyto, "np": np, "NEW": object.__new__,
+                          "TENSOR": Tensor, "STORAGE": Storage, "RUN": run, "V": variant,
+                          "BUILD": _build, "FRESH": _fresh}
+    locals_: dict[int, str] = {}  # id(object) -> local name
+    prelude: list[str] = []
+
+    def local(b) -> str:
+        if b.kind == "arg" or isinstance(b.target, tuple):
+            return ""
+        obj = b.target()
+        key = id(b.target) if obj is None else id(obj)
+        name = locals_.get(key)
+        if name is None:
+            name = locals_[key] = f"r{len(locals_)}"
+            ns[name.upper()] = b.target
+            prelude.append(f"{name} = {name.upper()}()")
+        return name
+
+    ins = ", ".join(_binding_expr(b, local(b), True) for b in trace.bindings)
     for i, src in enumerate(trace.scalar_sources):
         ns[f"S{i}"] = src.read
     scs = ", ".join(f"S{i}(flat)" for i in range(len(trace.scalar_sources)))
-    lines = ["def gather(flat):", f"    return [{ins}], [{scs}]", "",
-             "def commit(flat, outs):"]
+    body = []
     for k in sorted(copy_outputs):
-        lines.append(f"    outs[{k}] = np.array(outs[{k}], copy=True)")
-    for j, (b, k, done) in enumerate(trace.writebacks):
-        ns[f"W{j}"] = b.target
-        target = _binding_expr(b, f"W{j}", False)
+        body.append(f"outs[{k}] = np.array(outs[{k}], copy=True)")
+    for b, k, done in trace.writebacks:
+        target = _binding_expr(b, local(b), False)
         if b.kind == "array":
             if not done:
-                lines.append(f"    COPYTO({target}, outs[{k}])")
+                body.append(f"COPYTO({target}, outs[{k}])")
             continue
-        lines.append(f"    o = {target}")
+        body.append(f"o = {target}")
         if not done:
-            lines.append(f"    COPYTO(o._data, outs[{k}])")
-        lines.append("    o._storage.version += 1")
-    for j, (b, k) in enumerate(trace.grad_effects):
-        ns[f"G{j}"] = b.target
-        value = "None" if k is None else f"FRESH(outs[{k}])"
-        lines.append(f"    {_binding_expr(b, f'G{j}', False)}._grad = {value}")
-    lines.append("    return None")
+            body.append(f"COPYTO(o._data, outs[{k}])")
+        body.append("o._storage.version += 1")
+    for b, k in trace.grad_effects:
+        owner = _binding_expr(b, local(b), False)
+        if k is None:
+            body.append(f"{owner}._grad = None")
+        else:  # Tensor._fresh, inlined
+            body += ["t = NEW(TENSOR)", f"t._data = outs[{k}]", "t._storage = STORAGE()",
+                     f"{owner}._grad = t"]
+    result = _build_expr(trace.out_spec, ns)
+    indent = [f"    {x}" for x in prelude]
+    lines = ["def gather(flat):", *indent, f"    return [{ins}], [{scs}]", "",
+             "def commit(flat, outs):", *indent, *(f"    {x}" for x in body), "    return None",
+             "", "def fast(flat):", *indent, f"    outs = RUN(PLAN, [{ins}], [{scs}])",
+             *(f"    {x}" for x in body), "    V.calls += 1", f"    return {result}"]
+    ns["PLAN"] = variant.plan
     exec("\n".join(lines), ns)  # noqa: S102 - generated from the trace, no user text
-    return ns["gather"], ns["commit"]
+    return ns["gather"], ns["commit"], ns["fast"]
+
+
+def _build_expr(spec, ns: dict) -> str:
+    """Source text building the result of ``spec`` from ``outs`` (see :func:`_build`)."""
+    kind = spec[0]
+    if kind == "value":
+        return f"FRESH(outs[{spec[1]}])"
+    if kind == "spent":
+        ns["SPENT"] = _spent_tensor
+        ns[f"N{spec[1]}"] = _spent_node(spec[2])
+        return f"SPENT(outs[{spec[1]}], N{spec[1]})"
+    if kind == "scalar":
+        return f"float(outs[{spec[1]}])"
+    if kind == "tuple" and spec[1]:
+        return "(" + "".join(_build_expr(s, ns) + ", " for s in spec[1]) + ")"
+    if kind == "list":
+        return "[" + ", ".join(_build_expr(s, ns) for s in spec[1]) + "]"
+    name = f"SPEC{len([k for k in ns if k.startswith('SPEC')])}"
+    ns[name] = spec
+    return f"BUILD({name}, outs, flat)"
 
 
 def _build(spec, outs, flat, grad_node=None):
@@ -227,12 +275,7 @@ def _build(spec, outs, flat, grad_node=None):
         t._node, t._out_nr, t._requires_grad = grad_node, spec[1], True
         return t
     if kind == "spent":  # a loss backward already ran through, as eager would return it
-        t = Tensor._fresh(outs[spec[1]])
-        node = _SPENT.get(spec[2])
-        if node is None:
-            node = _SPENT[spec[2]] = SpentGraph(spec[2])  # stateless: one per name will do
-        t._node, t._requires_grad = node, True
-        return t
+        return _spent_tensor(outs[spec[1]], _spent_node(spec[2]))
     if kind == "scalar":
         return float(outs[spec[1]])
     if kind == "input":
@@ -256,6 +299,25 @@ def _build(spec, outs, flat, grad_node=None):
 
 
 _SPENT: dict = {}
+
+
+def _spent_node(name: str) -> SpentGraph:
+    node = _SPENT.get(name)
+    if node is None:
+        node = _SPENT[name] = SpentGraph(name)  # stateless: one per name will do
+    return node
+
+
+def _spent_tensor(arr: np.ndarray, node: SpentGraph) -> Tensor:
+    t = object.__new__(Tensor)
+    t._data, t._storage, t._node, t._requires_grad = arr, Storage(), node, True
+    return t
+
+
+def _fresh(arr: np.ndarray) -> Tensor:
+    t = object.__new__(Tensor)
+    t._data, t._storage = arr, Storage()
+    return t
 
 
 class SpentGraph(Node):
@@ -480,7 +542,7 @@ class CompiledFunction:
             if self.verify and self._verified < self.verify:
                 return self._verified_call(v, flat, args, kwargs)
             try:
-                return v.run(flat)
+                return v.call(flat)
             except interp.GuardFailed as miss:
                 gd = v.trace.graph.guards[miss.index]
                 self._note(f"value guard failed: {gd.kind} at {gd.where}: traced "
@@ -620,7 +682,7 @@ class CompiledFunction:
                 if a is b or dims_a != dims_b or not same_template(ta, tb_) or \
                         not same_template(tba, tbb):
                     continue
-                v.sym, v.templates, v.bw_templates = dims_a, ta, tba
+                v.make_symbolic(dims_a, ta, tba)
                 v.guards = build_guards(v.trace, self._code_fn, flat, spec,
                                         self.dynamic_numbers, symbolic=dims_a,
                                         dynamic_sources=v.trace.substituted)

@@ -262,12 +262,16 @@ def build_guards(trace, fn, flat: list, spec, dynamic_numbers: set,
     tensor_args = [i for i, x in enumerate(flat) if isinstance(x, Tensor)]
     if len(tensor_args) > 1:  # aliasing between arguments (weight tying, f(x, x))
         groups = sorted(storages.values())
-        ns["GROUPS"] = [tuple(g) for g in groups]
-        ns["NGROUPS"] = len(groups)
-        ids = ", ".join(f"id(flat[{i}]._storage)" for i in tensor_args)
-        add(f"len({{{ids}}}) != NGROUPS or any(flat[g[0]]._storage is not flat[j]._storage "
-            f"for g in GROUPS for j in g[1:])",
-            "which arguments share storage", groups, lambda f: "changed")
+        same = [f"flat[{g[0]}]._storage is not flat[{j}]._storage" for g in groups
+                for j in g[1:]]
+        if len(groups) <= 4:  # few groups: compare their representatives pairwise
+            differ = [f"flat[{a[0]}]._storage is flat[{b[0]}]._storage"
+                      for n, a in enumerate(groups) for b in groups[n + 1:]]
+        else:
+            ids = ", ".join(f"id(flat[{g[0]}]._storage)" for g in groups)
+            differ = [f"len({{{ids}}}) != {len(groups)}"]
+        add(" or ".join(same + differ), "which arguments share storage", groups,
+            lambda f: "changed")
         # and where they sit in it: f(b, b[0:2]) and f(b, b[1:3]) overlap differently
         shared = [(g[0], tuple(g[1:]), _offsets(flat, g)) for g in groups if len(g) > 1]
         if shared:
@@ -286,6 +290,18 @@ def build_guards(trace, fn, flat: list, spec, dynamic_numbers: set,
             add(f"id(flat[{i}]._storage) in BOUND_STORAGES",
                 f"argument {i} shares no memory with a captured tensor", "separate",
                 lambda f, i=i: "shares memory")
+    def grad_guard(ref, was_none: bool, name: str) -> None:
+        add(f"o is None or (o._grad is None) is not {was_none}",
+            f"{name}.grad is {'None' if was_none else 'present'}",
+            "None" if was_none else "present", lambda f, ref=ref: _grad_state(ref, f))
+
+    # a .grad guard on a bound tensor is checked right after it, through the same `o`
+    by_owner: dict[int, list] = {}
+    for k, (ref, _, _) in enumerate(trace.grad_guards):
+        owner = ref() if isinstance(ref, weakref.ref) else None
+        if owner is not None:
+            by_owner.setdefault(id(owner), []).append(k)
+    done_grad_guards = set()
     for k, b in enumerate(trace.bindings):
         if b.kind == "arg":
             continue
@@ -297,6 +313,10 @@ def build_guards(trace, fn, flat: list, spec, dynamic_numbers: set,
             add(f"o is None or o._data is not A{k}() or o._requires_grad is not {rg}",
                 f"bound tensor {b.name} (alive, same storage, requires_grad={rg})",
                 "same", lambda f, k=k: _describe_ref(trace.bindings[k]))
+            for j in by_owner.get(id(t), ()) if t is not None else ():
+                if j not in done_grad_guards:
+                    done_grad_guards.add(j)
+                    grad_guard(*trace.grad_guards[j])
         elif b.kind == "grad":
             lines.append(f"    o = {_owner_expr(b.target, f'B{k}')}")
             add(f"o is None or o._grad is None or o._grad._data is not A{k}()",
@@ -305,12 +325,11 @@ def build_guards(trace, fn, flat: list, spec, dynamic_numbers: set,
         elif b.kind == "array":
             add(f"B{k}() is None", f"{b.name} alive", "alive", lambda f: "gone")
     for k, (ref, was_none, name) in enumerate(trace.grad_guards):
+        if k in done_grad_guards:
+            continue
         ns[f"G{k}"] = ref
         lines.append(f"    o = {_owner_expr(ref, f'G{k}')}")
-        add(f"o is None or (o._grad is None) is not {was_none}",
-            f"{name}.grad is {'None' if was_none else 'present'}",
-            "None" if was_none else "present",
-            lambda f, ref=ref: _grad_state(ref, f))
+        grad_guard(ref, was_none, name)
     for k, (ref, version) in enumerate(trace.objects):
         ns[f"OB{k}"] = ref
         obj = ref()
