@@ -31,7 +31,7 @@ from dyngrad.dispatch import STATE, push_mode
 from dyngrad.nn.module import Module
 from dyngrad.tensor import Storage, Tensor
 
-from . import ir
+from . import backends, ir
 from .backends import interp
 from .guards import GuardSet, build_guards, code_numbers, flatten, unflatten
 from .partition import split
@@ -58,6 +58,9 @@ class _Config:
                                                                             "off", "no")
     # a compiled call that raises reruns eagerly; tests set this to see compiler bugs
     raise_internal_errors = os.environ.get("DYNGRAD_COMPILE_STRICT", "") not in ("", "0")
+    # the backend of compile() calls that name none (DYNGRAD_BACKEND=llvm runs everything on
+    # the LLVM backend: how the test suite runs on both)
+    backend = os.environ.get("DYNGRAD_BACKEND", "interp").strip() or "interp"
 
 
 config = _Config()
@@ -122,6 +125,7 @@ class Variant:
     #                                  of trace.graph; the interpreter does not use them
     memory: MemoryPlan | None = None  # the arena plan of trace.graph (at the traced sizes);
     #                                   the interpreter does not use it (a native driver will)
+    execute: Any = interp.run  # the backend's run(plan, inputs, scalars) -> outputs
 
     def plans_for(self, flat: list) -> tuple:
         if self.sym is None:
@@ -137,13 +141,16 @@ class Variant:
 
     def __post_init__(self) -> None:
         self._gather, self._commit, fast = _generate_call_path(self.trace, self.copy_outputs,
-                                                               self, interp.run)
+                                                               self, self.execute)
         self.call = fast if self.backward is None and not self.trace.prints else self.run
 
     def make_symbolic(self, sym, templates, bw_templates) -> None:
         """Serve every size of one dimension (see compiler/symbolic.py): plans per size."""
         self.sym, self.templates, self.bw_templates = sym, templates, bw_templates
         self.call = self.run
+        self.execute = interp.run  # plans per size are the interpreter's (see plans_for)
+        if self.backward is not None:
+            self.backward.execute = interp.run
 
     def run(self, flat: list):
         """The general call path (``call`` is a generated straight-line one when the variant
@@ -151,7 +158,7 @@ class Variant:
         tr = self.trace
         inputs, scalars = self._gather(flat)
         plan, bplan = self.plans_for(flat)
-        outs = interp.run(plan, inputs, scalars)
+        outs = self.execute(plan, inputs, scalars)
         grad_node = None
         if self.backward is not None:
             n = self.backward.parts.n_outputs
@@ -239,9 +246,8 @@ def _generate_call_path(trace: Trace, copy_outputs: set, variant: Variant, run) 
     indent = [f"    {x}" for x in prelude]
     lines = ["def gather(flat):", *indent, f"    return [{ins}], [{scs}]", "",
              "def commit(flat, outs):", *indent, *(f"    {x}" for x in body), "    return None",
-             "", "def fast(flat):", *indent, f"    outs = RUN(PLAN, [{ins}], [{scs}])",
+             "", "def fast(flat):", *indent, f"    outs = RUN(V.plan, [{ins}], [{scs}])",
              *(f"    {x}" for x in body), "    V.calls += 1", f"    return {result}"]
-    ns["PLAN"] = variant.plan
     exec("\n".join(lines), ns)  # noqa: S102 - generated from the trace, no user text
     return ns["gather"], ns["commit"], ns["fast"]
 
@@ -346,6 +352,7 @@ class BackwardPlan:
     leaves: list  # bindings of the tensors that receive gradients
     grad_shapes: list
     bindings: list  # the forward graph's input bindings
+    execute: Any = interp.run  # the backend's run(plan, inputs, scalars)
 
     def node(self, plan, saved: list, flat: list) -> CompiledBackward:
         """The grad_fn for one call's outputs: saved values are this call's fresh arrays;
@@ -401,7 +408,7 @@ class CompiledBackward(Node):
                     f"{t._storage.version}; expected version {version} instead "
                     f"({self.name()} saved it)")
         cots = [g._data for g in grads]
-        res = interp.run(self.plan, self.saved + cots, [])
+        res = self.bplan.execute(self.plan, self.saved + cots, [])
         if not retain_graph:
             self.release()
         return tuple(Tensor._fresh(np.asarray(r)) for r in res)
@@ -467,14 +474,11 @@ def _aliasing_outputs(g: ir.Graph, limit: int) -> set:
 class CompiledFunction:
     """What :func:`compile` returns: call it like the original function."""
 
-    def __init__(self, fn: Callable, *, backend: str = "interp", mode: str | None = None,
+    def __init__(self, fn: Callable, *, backend: str | None = None, mode: str | None = None,
                  dynamic: bool | None = None, cache_limit: int = 8, verify: int = 0) -> None:
+        backend = config.backend if backend is None else backend
         if backend not in BACKENDS:
             raise ValueError(f"compile: unknown backend {backend!r}; choose one of {BACKENDS}")
-        if backend == "llvm":
-            raise NotImplementedError(
-                "compile: the LLVM backend is not built yet (it is the next issue); use "
-                "backend='interp'")
         if mode not in (None, "eager", "default"):
             raise ValueError(f"compile: mode must be None, 'default' or 'eager', got {mode!r}")
         if cache_limit < 1:
@@ -580,6 +584,7 @@ class CompiledFunction:
 
     def _trace(self, args, kwargs, flat, spec):
         t0 = time.perf_counter()
+        backend = backends.get(self.backend)
         tracer = Tracer(flat)
         grad_enabled = STATE.grad_enabled
         seen_objects = [o for v in self.variants for o in v.trace.objects if o[0]() is not None]
@@ -624,16 +629,16 @@ class CompiledFunction:
                 ir.verify(parts.forward)
                 ir.verify(parts.backward)
                 g = parts.forward
-                backward = BackwardPlan(interp.compile_graph(parts.backward), parts,
+                backward = BackwardPlan(backend.compile_graph(parts.backward), parts,
                                         bw["leaves"], [v.shape for v in bw["grads"]],
-                                        trace.bindings)
+                                        trace.bindings, backend.run)
                 after += "\nbackward:\n" + str(parts.backward)
             trace.graph = g
             trace.substituted = substituted
             guards = build_guards(trace, self._code_fn, flat, spec, self.dynamic_numbers,
                                   dynamic_sources=substituted)
             inplace = _inplace_writes(trace, g, n_fwd)
-            plan = interp.compile_graph(g, inplace=inplace)
+            plan = backend.compile_graph(g, inplace=inplace)
             groups = fuse(g)
             memory = plan_memory(g)
         except Unsupported as exc:
@@ -644,7 +649,7 @@ class CompiledFunction:
         v = Variant(trace, guards, before, after, plan, t1 - t0, t2 - t1,
                     _aliasing_outputs(trace.graph, n_fwd), backward=backward,
                     arg_meta=arg_shapes(flat), inplace=inplace, memory=memory,
-                    groups=groups)
+                    groups=groups, execute=backend.run)
         if self.dynamic is not False:
             self._generalize(v, flat, spec)
         self.variants.append(v)
@@ -764,7 +769,7 @@ def _short(x) -> str:
     return s if len(s) < 80 else s[:77] + "..."
 
 
-def compile(fn: Callable | None = None, *, backend: str = "interp", mode: str | None = None,
+def compile(fn: Callable | None = None, *, backend: str | None = None, mode: str | None = None,
             dynamic: bool | None = None, cache_limit: int = 8, verify: int = 0):
     """Compile a function (a training step, a forward, an ``nn.Module``) by tracing it.
 
@@ -773,7 +778,9 @@ def compile(fn: Callable | None = None, *, backend: str = "interp", mode: str | 
     ...     opt.zero_grad(); loss = F.mse_loss(model(x), y); loss.backward(); opt.step()
     ...     return loss
 
-    Options: ``backend`` ('interp'; 'llvm' arrives with the native backend), ``mode='eager'``
+    Options: ``backend`` ('interp', the numpy executor and default — ``DYNGRAD_BACKEND``
+    changes the default — or 'llvm': native kernels for the elementwise groups so far, see
+    compiler/backends/llvm/runner.py), ``mode='eager'``
     (a debugging switch: run the function as is), ``dynamic``, ``cache_limit`` (variants kept
     per function before it stays eager), ``verify=N`` (check the first N compiled calls
     against eager and raise on any difference).

@@ -13,6 +13,7 @@ import copy
 
 import numpy as np
 import pytest
+from conftest import close_numbers, close_to_eager
 
 import compiler
 import dyngrad as dg
@@ -37,9 +38,9 @@ def assert_same(a, b, what="value"):
         x, y = a._data, b._data
         assert x.dtype == y.dtype and x.shape == y.shape, f"{what}: {x.dtype}{x.shape} vs " \
                                                           f"{y.dtype}{y.shape}"
-        assert np.array_equal(x, y, equal_nan=True), f"{what}: {x} vs {y}"
+        assert close_to_eager(x, y), f"{what}: {x} vs {y}"
     else:
-        assert a is None and b is None or a == b, f"{what}: {a!r} vs {b!r}"
+        assert a is None and b is None or close_numbers(a, b), f"{what}: {a!r} vs {b!r}"
 
 
 def compiled_calls(cf) -> int:

@@ -1,2 +1,20 @@
 """Executors of the IR. ``interp`` (numpy) is the oracle every other backend is tested
-against."""
+against. A backend is a pair ``compile_graph(graph, inplace=None) -> plan`` and
+``run(plan, inputs, scalars) -> outputs`` (raising ``interp.GuardFailed`` on a value guard
+miss); :func:`get` returns it by name."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+
+def get(name: str) -> SimpleNamespace:
+    """The backend called ``name`` ('interp' or 'llvm'), imported on first use (llvmlite is
+    loaded only when the LLVM backend is asked for)."""
+    if name == "interp":
+        from . import interp
+        return SimpleNamespace(compile_graph=interp.compile_graph, run=interp.run)
+    if name == "llvm":
+        from .llvm import runner
+        return SimpleNamespace(compile_graph=runner.compile_graph, run=runner.run)
+    raise ValueError(f"unknown backend {name!r}; choose 'interp' or 'llvm'")

@@ -27,9 +27,16 @@ def _same(expected, got) -> bool:
 
 def compile_graph(g: Graph, templates: list | None = None, size: int | None = None,
                   inplace: dict | None = None):
-    """A plan for :func:`run`. Every value gets a slot in one environment list: inputs,
-    scalar inputs, constants and literals first, then node outputs; a node is (impl, input
-    slots, params, output slot, in-place target, guards to check before it).
+    """A plan for :func:`run` (see :func:`compile_with_slots`)."""
+    return compile_with_slots(g, templates, size, inplace)[0]
+
+
+def compile_with_slots(g: Graph, templates: list | None = None, size: int | None = None,
+                       inplace: dict | None = None) -> tuple:
+    """(plan for :func:`run`, {id(value): environment slot}). Every value gets a slot in one
+    environment list: inputs, scalar inputs, constants and literals first, then node outputs;
+    a node is (impl, input slots, params, output slot, in-place target, guards to check
+    before it).
 
     With ``templates`` (symbolic dimensions), node k's params are ``templates[k]``
     instantiated at ``size``. ``inplace`` maps node k to the graph input whose array receives
@@ -73,7 +80,7 @@ def compile_graph(g: Graph, templates: list | None = None, size: int | None = No
     tail = tuple((gi, src(gd.value), gd.expected) for gi, gd in enumerate(g.guards)
                  if gd.after >= len(g.nodes))
     outs = tuple(src(v) for v in g.outputs)
-    return steps, outs, tail, base, n_in, n_sc
+    return (steps, outs, tail, base, n_in, n_sc), slot
 
 
 def run(plan, inputs: list, scalars: list) -> list:

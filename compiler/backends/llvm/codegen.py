@@ -15,19 +15,24 @@ with numpy broadcasting gets, per (squeezed) iteration dim, a stride (0 when bro
 flat index is ``sum_k ((i / inner_k) % size_k) * stride_k`` over coalesced dims — just ``i``
 for an input of the full shape, ``0`` for a scalar / 0-d / all-broadcast one.
 
-Supported (values float32, bool stored as one byte 0/1): ``add sub mul div neg abs sqrt
-maximum minimum`` (NaN-propagating like numpy), ``exp log tanh erf sin cos`` (the vecmath
-functions, documented ulp bounds), ``eq ne lt le gt ge`` (float32 or bool operands; ``ne`` is
-true for NaN as in numpy), ``where``, ``cast`` float32->float32 / bool->bool, and as copies
-``reshape``/``broadcast`` of computed values and ``sum``/``max`` over size-1 axes; ``full``
-becomes a constant; literal numbers become constants of the operation's dtype. No fast-math
-flags. Anything else raises NotImplementedError naming the primitive and dtype.
+Supported (values float32 or float64, bool stored as one byte 0/1): ``add sub mul div neg
+abs sqrt maximum minimum`` (NaN-propagating like numpy), in float32 also ``exp log tanh erf
+sin cos`` (the vecmath functions, documented ulp bounds; float64 transcendentals are not
+lowered), ``eq ne lt le gt ge`` (float or bool operands; ``ne`` is true for NaN as in
+numpy), ``where``, ``cast`` between float32 and float64 (rounded to nearest, as numpy's
+``astype``), bool -> float and to the same dtype, and as copies ``reshape``/``broadcast`` of
+computed values and ``sum``/``max`` over size-1 axes; ``full`` becomes a constant; literal
+numbers become constants of the operation's dtype. A runtime Python number (a weak scalar
+input, e.g. an optimizer's learning rate) is passed as a float64 in a one-element buffer and
+rounded to the operation's dtype first, as numpy's weak-scalar rule does. No fast-math flags.
+Anything else raises NotImplementedError naming the primitive and dtype.
 """
 
 from __future__ import annotations
 
 import ctypes
 import math
+import struct
 
 import numpy as np
 
@@ -40,7 +45,18 @@ _FBIN = {"add": "fadd", "sub": "fsub", "mul": "fmul", "div": "fdiv"}
 _FCMP = {"eq": "oeq", "ne": "une", "lt": "olt", "le": "ole", "gt": "ogt", "ge": "oge"}
 _ICMP = {"eq": "eq", "ne": "ne"}
 _VECMATH = ("exp", "log", "tanh", "erf", "sin", "cos")
-_LLTYPE = {"float32": "float", "bool": "i1"}
+_LLTYPE = {"float32": "float", "float64": "double", "bool": "i1"}
+_MEMTYPE = {"float": "float", "double": "double", "i1": "i8"}  # how a buffer stores it
+_SUFFIX = {"float": "f32", "double": "f64"}
+
+
+def _const(x, ty: str) -> str:
+    """A literal of LLVM type ``ty`` ('float' rounds as numpy's weak-scalar rule does)."""
+    if ty == "i1":
+        return "true" if x else "false"
+    if ty == "float":
+        return vecmath.fconst(float(np.float32(x)))
+    return f"0x{struct.unpack('<Q', struct.pack('<d', float(x)))[0]:016X}"
 
 
 def _dtname(v) -> str:
@@ -50,8 +66,8 @@ def _dtname(v) -> str:
 def _unsupported(prim: str, what) -> NotImplementedError:
     return NotImplementedError(
         f"LLVM elementwise codegen: primitive {prim!r} on dtype {what} is not supported "
-        f"(supported: float32 add sub mul div neg abs sqrt maximum minimum exp log tanh erf "
-        f"sin cos, comparisons, where, cast float32->float32)")
+        f"(supported: float32/float64 add sub mul div neg abs sqrt maximum minimum, float32 "
+        f"exp log tanh erf sin cos, comparisons, where, casts between floats and from bool)")
 
 
 def _c_strides(shape) -> tuple:
@@ -161,7 +177,7 @@ class _Builder:
         if key not in self.reads:
             off = self.index(tuple(strides))
             dt = buf.dtype.name
-            ty = "float" if dt == "float32" else "i8"
+            ty = _MEMTYPE[_LLTYPE[dt]]
             p = self.emit(f"getelementptr inbounds {ty}, ptr {self.ptr[id(buf)]}, i64 {off}")
             x = self.emit(f"load {ty}, ptr {p}")
             if dt == "bool":
@@ -172,19 +188,23 @@ class _Builder:
     # ------------------------------------------------------------ computing
     def operand(self, x, out_shape, want: str) -> tuple:
         if not isinstance(x, Value):  # a literal Python number
-            if want == "i1":
-                return ("true" if x else "false"), "i1"
-            return vecmath.fconst(float(np.float32(x))), "float"
+            return _const(x, want), want
         if id(x) in self.at_i:
             return self.at_i[id(x)]
         if id(x) in self.consts:
             val, dt = self.consts[id(x)]
-            if dt == "bool":
-                return ("true" if val else "false"), "i1"
-            return vecmath.fconst(float(np.float32(val))), "float"
-        if x.weak:
-            raise NotImplementedError("LLVM elementwise codegen: scalar (Python-number) "
-                                      "inputs are not supported")
+            return _const(val, _LLTYPE[dt]), _LLTYPE[dt]
+        if x.weak:  # a runtime Python number, passed as a float64 in a one-element buffer
+            if want == "i1" or id(x) not in self.ptr:
+                raise NotImplementedError("LLVM elementwise codegen: a Python-number input "
+                                          "used as a boolean or computed inside the group")
+            key = (id(x), want)
+            if key not in self.reads:
+                r = self.emit(f"load double, ptr {self.ptr[id(x)]}")
+                if want == "float":  # numpy's weak scalar: rounded to float32 first
+                    r = self.emit(f"fptrunc double {r} to float")
+                self.reads[key] = r
+            return self.reads[key], want
         return self.read(x, out_shape)
 
     def node(self, n) -> None:
@@ -212,15 +232,15 @@ class _Builder:
                 return
             raise _unsupported(name, odt)
         ins = n.inputs
-        vals = [x for x in ins if isinstance(x, Value)]
+        vals = [x for x in ins if isinstance(x, Value) and not x.weak]
         in_dts = {x.dtype.name for x in vals if x.dtype is not None}
         if name in _FCMP:
             if not vals or len(in_dts) != 1 or next(iter(in_dts)) not in _LLTYPE:
                 raise _unsupported(name, "/".join(sorted(in_dts)) or "literals")
             ty = _LLTYPE[next(iter(in_dts))]
             (a, _), (b, _) = (self.operand(x, out.shape, ty) for x in ins)
-            if ty == "float":
-                r = self.emit(f"fcmp {_FCMP[name]} float {a}, {b}")
+            if ty != "i1":
+                r = self.emit(f"fcmp {_FCMP[name]} {ty} {a}, {b}")
             elif name in _ICMP:
                 r = self.emit(f"icmp {_ICMP[name]} i1 {a}, {b}")
             else:
@@ -230,9 +250,17 @@ class _Builder:
         if name == "cast":
             src = ins[0]
             sdt = _dtname(src)
-            if sdt != odt or odt not in _LLTYPE:
+            if sdt not in _LLTYPE or odt not in _LLTYPE or (sdt != odt and "bool" == odt):
                 raise _unsupported("cast", f"{sdt}->{odt}")
-            self.at_i[id(out)] = self.operand(src, out.shape, _LLTYPE[odt])
+            sty, oty = _LLTYPE[sdt], _LLTYPE[odt]
+            a, _ = self.operand(src, out.shape, sty)
+            if sty == oty:
+                self.at_i[id(out)] = (a, oty)
+            elif sty == "i1":  # bool -> float: 0 or 1
+                self.at_i[id(out)] = (self.emit(f"uitofp i1 {a} to {oty}"), oty)
+            else:  # float32 <-> float64, rounded to nearest as numpy's astype
+                op = "fpext" if oty == "double" else "fptrunc"
+                self.at_i[id(out)] = (self.emit(f"{op} {sty} {a} to {oty}"), oty)
             return
         if odt not in _LLTYPE:
             raise _unsupported(name, odt)
@@ -242,32 +270,36 @@ class _Builder:
             (a, _), (b, _) = (self.operand(x, out.shape, ty) for x in ins[1:])
             self.at_i[id(out)] = (self.emit(f"select i1 {c}, {ty} {a}, {ty} {b}"), ty)
             return
-        if ty != "float" or any(d != "float32" for d in in_dts):
+        if ty == "i1" or any(d != odt for d in in_dts):
             raise _unsupported(name, "/".join(sorted(in_dts | {odt})))
         args = [self.operand(x, out.shape, ty)[0] for x in ins]
+        sfx = _SUFFIX[ty]
         if name in _FBIN:
-            r = self.emit(f"{_FBIN[name]} float {args[0]}, {args[1]}")
+            r = self.emit(f"{_FBIN[name]} {ty} {args[0]}, {args[1]}")
         elif name == "neg":
-            r = self.emit(f"fneg float {args[0]}")
+            r = self.emit(f"fneg {ty} {args[0]}")
         elif name == "abs":
-            r = self.emit(f"call float @llvm.fabs.f32(float {args[0]})")
+            r = self.emit(f"call {ty} @llvm.fabs.{sfx}({ty} {args[0]})")
         elif name == "sqrt":
-            r = self.emit(f"call float @llvm.sqrt.f32(float {args[0]})")
+            r = self.emit(f"call {ty} @llvm.sqrt.{sfx}({ty} {args[0]})")
         elif name in ("maximum", "minimum"):  # numpy: NaN if either is NaN
             a, b = args
-            c = self.emit(f"fcmp {'ogt' if name == 'maximum' else 'olt'} float {a}, {b}")
-            m = self.emit(f"select i1 {c}, float {a}, float {b}")
-            nan = self.emit(f"fcmp uno float {a}, {a}")
-            r = self.emit(f"select i1 {nan}, float {a}, float {m}")
-        elif name in _VECMATH:
+            c = self.emit(f"fcmp {'ogt' if name == 'maximum' else 'olt'} {ty} {a}, {b}")
+            m = self.emit(f"select i1 {c}, {ty} {a}, {ty} {b}")
+            nan = self.emit(f"fcmp uno {ty} {a}, {a}")
+            r = self.emit(f"select i1 {nan}, {ty} {a}, {ty} {m}")
+        elif name in _VECMATH and ty == "float":
             if name not in self.vecmath:
                 self.vecmath.append(name)
             r = self.emit(f"call float @dg_{name}f(float {args[0]})")
         else:
             raise _unsupported(name, odt)
-        self.at_i[id(out)] = (r, "float")
+        self.at_i[id(out)] = (r, ty)
 
-    def build(self) -> tuple:
+    def build(self, name: str = FN_NAME, prelude: bool = True) -> tuple:
+        """(IR text, function name, arg layout); without ``prelude`` the text holds only the
+        kernel's two functions (``self.vecmath`` names the math functions it calls), for
+        :func:`module_ir` to put many kernels in one module."""
         grp = self.group
         layout = list(grp.inputs) + list(grp.outputs)
         for k, v in enumerate(grp.inputs):
@@ -276,12 +308,12 @@ class _Builder:
             self.node(self.g.nodes[i])
         params = []
         for k, v in enumerate(layout):
-            if getattr(v, "weak", False):
-                raise NotImplementedError("LLVM elementwise codegen: scalar (Python-number) "
-                                          f"buffer {v!r} is not supported")
+            if getattr(v, "weak", False) and k < len(grp.inputs):
+                params.append(f"ptr noalias %a{k}")  # one float64 (see operand)
+                continue
             if v.dtype is None or v.dtype.name not in _LLTYPE:
                 raise NotImplementedError(f"LLVM elementwise codegen: buffer {v!r} of dtype "
-                                          f"{_dtname(v)} is not supported (float32, bool)")
+                                          f"{_dtname(v)} is not supported (float32, float64, bool)")
             params.append(f"ptr noalias %a{k}")
         for k, v in enumerate(grp.outputs):
             if math.prod(v.shape) != math.prod(grp.shape):
@@ -290,7 +322,7 @@ class _Builder:
             val, ty = self.operand(v, v.shape, _LLTYPE[v.dtype.name])
             if ty == "i1":
                 val = self.emit(f"zext i1 {val} to i8")
-            st = "i8" if ty == "i1" else "float"
+            st = _MEMTYPE[ty]
             p = self.emit(f"getelementptr inbounds {st}, ptr %a{len(grp.inputs) + k}, i64 %i")
             self.lines.append(f"  store {st} {val}, ptr {p}")
         n_args = len(layout)
@@ -301,9 +333,8 @@ class _Builder:
         call_args = ", ".join([f"ptr %p{k}" for k in range(n_args)] + ["i64 %n"])
         body = "\n".join(self.lines)
         text = (
-            vecmath.module_ir(self.vecmath)
-            + "declare float @llvm.sqrt.f32(float)\n\n"
-            + f"define internal void @{FN_NAME}_body({', '.join(params + ['i64 %n'])}) "
+            (_prelude(self.vecmath) if prelude else "")
+            + f"define internal void @{name}_body({', '.join(params + ['i64 %n'])}) "
             + "alwaysinline {\n"
             + "entry:\n  %empty = icmp sle i64 %n, 0\n"
             + "  br i1 %empty, label %exit, label %loop\nloop:\n"
@@ -311,10 +342,30 @@ class _Builder:
             + body + "\n"
             + "  %i.next = add nuw nsw i64 %i, 1\n  %more = icmp slt i64 %i.next, %n\n"
             + "  br i1 %more, label %loop, label %exit\nexit:\n  ret void\n}\n\n"
-            + f"define void @{FN_NAME}(ptr %args, i64 %n) {{\nentry:\n"
+            + f"define void @{name}(ptr %args, i64 %n) {{\nentry:\n"
             + "\n".join(loads) + "\n"
-            + f"  call void @{FN_NAME}_body({call_args})\n  ret void\n}}\n")
-        return text, FN_NAME, layout
+            + f"  call void @{name}_body({call_args})\n  ret void\n}}\n")
+        return text, name, layout
+
+
+def _prelude(math_functions) -> str:
+    return (vecmath.module_ir(math_functions) + "declare float @llvm.sqrt.f32(float)\n"
+            "declare double @llvm.sqrt.f64(double)\ndeclare double @llvm.fabs.f64(double)\n\n")
+
+
+def module_ir(g, groups, prefix: str = "dg_k") -> tuple:
+    """One LLVM module holding a kernel per group (``void @<prefix><k>(ptr %args, i64 %n)``,
+    as :func:`elementwise_kernel`) and the math functions they share. Returns (IR text,
+    [(function name, arg layout) per group]). Raises NotImplementedError as
+    :func:`elementwise_kernel` does."""
+    texts, kernels, math_functions = [], [], []
+    for k, group in enumerate(groups):
+        b = _Builder(g, group)
+        text, name, layout = b.build(f"{prefix}{k}", prelude=False)
+        texts.append(text)
+        kernels.append((name, layout))
+        math_functions += [f for f in b.vecmath if f not in math_functions]
+    return _prelude(math_functions) + "\n".join(texts), kernels
 
 
 def elementwise_kernel(g, group) -> tuple:
@@ -350,4 +401,4 @@ def run_group(g, group, arrays) -> list:
     return outs
 
 
-__all__ = ["elementwise_kernel", "run_group", "FN_NAME"]
+__all__ = ["elementwise_kernel", "module_ir", "run_group", "FN_NAME"]
