@@ -8,10 +8,12 @@ from __future__ import annotations
 import numpy as np
 
 import compiler
+from compiler.verify import TOLERANCES
 
-# float32 tolerance on the LLVM backend: vecmath is within 2.4 ulp (about 3e-7 relative) of
-# the correctly rounded result per call; a few training steps compound that.
-LLVM_RTOL, LLVM_ATOL = 1e-5, 1e-6
+# tolerances on the LLVM backend (the ones verify= uses): in float32 vecmath is within 2.4
+# ulp (about 3e-7 relative) of the correctly rounded result per call, and sums add in the
+# kernel's lane order; in float64 only the summation order differs. A few steps compound it.
+(LLVM_RTOL, LLVM_ATOL), (LLVM_RTOL64, LLVM_ATOL64) = TOLERANCES.values()
 
 
 def on_llvm() -> bool:
@@ -19,12 +21,16 @@ def on_llvm() -> bool:
 
 
 def close_to_eager(x: np.ndarray, y: np.ndarray) -> bool:
-    """Equal bit for bit (NaNs included) — or, on the LLVM backend, float32 arrays within
-    (LLVM_RTOL, LLVM_ATOL)."""
+    """Equal bit for bit (NaNs included) — or, on the LLVM backend, float arrays within the
+    tolerances above."""
     if np.array_equal(x, y, equal_nan=True):
         return True
-    if on_llvm() and x.dtype == np.float32 and y.dtype == np.float32:
+    if not on_llvm() or x.dtype != y.dtype:
+        return False
+    if x.dtype == np.float32:
         return bool(np.allclose(x, y, rtol=LLVM_RTOL, atol=LLVM_ATOL, equal_nan=True))
+    if x.dtype == np.float64:
+        return bool(np.allclose(x, y, rtol=LLVM_RTOL64, atol=LLVM_ATOL64, equal_nan=True))
     return False
 
 

@@ -84,7 +84,10 @@ class _Builder:
             raise NotImplementedError(f"LLVM elementwise codegen: group kind {group.kind!r}")
         self.g, self.group = g, group
         self.full = tuple(s for s in group.shape if s != 1)
-        self.inner = _c_strides(self.full)
+        # the dims the current code enumerates, and the loop variables enumerating them
+        # (row-major each): one flat %i here; (%o kept, %r reduced) in a reduction kernel
+        self.space = self.full
+        self.loops = [("%i", tuple(range(len(self.full))))]
         self.lines: list[str] = []
         self.tmp = 0
         self.vecmath: list[str] = []
@@ -136,27 +139,29 @@ class _Builder:
         self.views[id(n.out)] = (buf, tuple(out), tuple(nst))
 
     def index(self, strides: tuple) -> str:
-        """The flat element offset, from ``i``, for per-iteration-dim ``strides``."""
-        dims = []  # coalesced (size, inner, stride)
-        for size, inner, st in zip(self.full, self.inner, strides):
-            if dims and dims[-1][2] == st * size:
-                psize, _, _ = dims[-1]
-                dims[-1] = (psize * size, inner, st)
-            else:
-                dims.append((size, inner, st))
-        key = tuple(dims)
+        """The element offset, from the loop variables, for per-space-dim ``strides``."""
+        key = (tuple(var for var, _ in self.loops), tuple(strides))
         if key in self.idx:
             return self.idx[key]
         acc = None
-        for k, (size, inner, st) in enumerate(dims):
-            if st == 0:
-                continue
-            t = "%i" if inner == 1 else self.emit(f"udiv i64 %i, {inner}")
-            if k > 0:
-                t = self.emit(f"urem i64 {t}, {size}")
-            if st != 1:
-                t = self.emit(f"mul i64 {t}, {st}")
-            acc = t if acc is None else self.emit(f"add i64 {acc}, {t}")
+        for var, dims in self.loops:
+            sizes = [self.space[d] for d in dims]
+            coalesced = []  # (size, inner, stride)
+            for size, inner, st in zip(sizes, _c_strides(sizes), (strides[d] for d in dims)):
+                if coalesced and coalesced[-1][2] == st * size:
+                    psize, _, _ = coalesced[-1]
+                    coalesced[-1] = (psize * size, inner, st)
+                else:
+                    coalesced.append((size, inner, st))
+            for k, (size, inner, st) in enumerate(coalesced):
+                if st == 0:
+                    continue
+                t = var if inner == 1 else self.emit(f"udiv i64 {var}, {inner}")
+                if k > 0:
+                    t = self.emit(f"urem i64 {t}, {size}")
+                if st != 1:
+                    t = self.emit(f"mul i64 {t}, {st}")
+                acc = t if acc is None else self.emit(f"add i64 {acc}, {t}")
         self.idx[key] = acc = acc or "0"
         return acc
 
@@ -170,10 +175,10 @@ class _Builder:
                 continue
             d = k - lead
             strides.append(st[d] if d >= 0 and shape[d] != 1 else 0)
-        if len(strides) != len(self.full):
+        if len(strides) != len(self.space):
             raise NotImplementedError(f"LLVM elementwise codegen: node of shape {out_shape} "
                                       f"outside the iteration space {self.group.shape}")
-        key = (id(buf), tuple(strides))
+        key = (id(buf), tuple(strides), tuple(var for var, _ in self.loops))
         if key not in self.reads:
             off = self.index(tuple(strides))
             dt = buf.dtype.name
@@ -212,10 +217,12 @@ class _Builder:
         if out.weak:
             raise _unsupported(name, "scalar (weak Python number)")
         odt = out.dtype.name
-        if name == "full":
+        if name in ("full", "size_of"):  # constants: a parameter, or known from a shape
             if odt not in _LLTYPE:
                 raise _unsupported(name, odt)
-            self.consts[id(out)] = (n.params["value"], odt)
+            value = n.params["value"] if name == "full" else \
+                math.prod(n.inputs[0].shape[a] for a in n.params["axes"])
+            self.consts[id(out)] = (value, odt)
             return
         if name in ("broadcast", "reshape", "sum", "max"):
             src = n.inputs[0]
@@ -301,7 +308,8 @@ class _Builder:
         kernel's two functions (``self.vecmath`` names the math functions it calls), for
         :func:`module_ir` to put many kernels in one module."""
         grp = self.group
-        layout = list(grp.inputs) + list(grp.outputs)
+        outputs = kernel_outputs(self.g, grp)
+        layout = list(grp.inputs) + outputs
         for k, v in enumerate(grp.inputs):
             self.ptr[id(v)] = f"%a{k}"
         for i in grp.nodes:
@@ -315,7 +323,7 @@ class _Builder:
                 raise NotImplementedError(f"LLVM elementwise codegen: buffer {v!r} of dtype "
                                           f"{_dtname(v)} is not supported (float32, float64, bool)")
             params.append(f"ptr noalias %a{k}")
-        for k, v in enumerate(grp.outputs):
+        for k, v in enumerate(outputs):
             if math.prod(v.shape) != math.prod(grp.shape):
                 raise NotImplementedError(f"LLVM elementwise codegen: output {v!r} of shape "
                                           f"{v.shape} is not the iteration space {grp.shape}")
@@ -348,6 +356,275 @@ class _Builder:
         return text, name, layout
 
 
+_LANES = {"float": 16, "double": 8}  # accumulators per reduction: one AVX-512 register
+
+
+class _ReduceBuilder(_Builder):
+    """A reduction group (see compiler/passes/fusion.py): ``sum``/``max`` nodes over the same
+    input shape ``S`` and axes, a prologue over ``S``, an epilogue over the reduced shape and
+    one over ``S`` reading reduced values broadcast back.
+
+    The kernel loops ``%o`` over the kept (outer) dims of ``S``; per ``o``: the kept-space
+    nodes that need no reduction; then the reduction loop, ``LANES`` lanes per iteration —
+    lane ``j`` of iteration ``c`` evaluates the prologue at reduced index ``r = c·LANES + j``
+    into its own accumulator; the ``R mod LANES`` leftover lanes run once after the loop
+    into accumulators ``0 .. R mod LANES − 1``; the lanes then combine in a fixed tree. The
+    summation order depends only on ``R``, never on a thread count. Then the kept-space
+    epilogue, and, if any, a second loop over ``r`` for the epilogue over ``S`` (prologue
+    values it reads are recomputed). Sums start from +0.0, as numpy's do; ``max`` starts
+    from -inf and propagates NaN as numpy's does."""
+
+    def __init__(self, g, group) -> None:
+        if group.kind != "reduce":
+            raise NotImplementedError(f"LLVM reduce codegen: group kind {group.kind!r}")
+        self.g, self.group = g, group
+        shape, axes = group.shape, group.axes
+        dims = [d for d, n in enumerate(shape) if n != 1]
+        self.full = tuple(shape[d] for d in dims)
+        self.kept = tuple(k for k, d in enumerate(dims) if d not in axes)
+        self.red = tuple(k for k, d in enumerate(dims) if d in axes)
+        self.reduced = tuple(self.full[k] for k in self.kept)
+        self.R = math.prod(self.full[k] for k in self.red)
+        if self.R == 0 or math.prod(self.reduced) == 0:
+            raise NotImplementedError("LLVM reduce codegen: empty reduction or output")
+        self.lines, self.tmp, self.vecmath = [], 0, []
+        self.ptr, self.at_i, self.reads, self.idx = {}, {}, {}, {}
+        self.views, self.consts = {}, {}
+        self.space, self.loops = self.reduced, [("%o", tuple(range(len(self.reduced))))]
+
+    def node(self, n) -> None:
+        src = n.inputs[0] if n.inputs else None
+        if n.prim.name == "broadcast" and isinstance(src, Value) and id(src) in self.at_i \
+                and self.space == self.full:
+            # a kept-space value broadcast back along the reduced axes (fusion's rule):
+            # the same at every reduced index
+            self.at_i[id(n.out)] = self.at_i[id(src)]
+            return
+        super().node(n)
+
+    # ------------------------------------------------------------ classifying nodes
+    def _classify(self) -> tuple:
+        nodes, grp = self.g.nodes, self.group
+        inside = {id(nodes[i].out): i for i in grp.nodes}
+        reductions, setup, kind, post = [], [], {}, set()
+        for i in grp.nodes:
+            n = nodes[i]
+            name, src = n.prim.name, n.inputs[0] if n.inputs else None
+            computed_src = isinstance(src, Value) and id(src) in inside
+            if name in ("full", "size_of") or (name in ("broadcast", "reshape")
+                                               and not computed_src):
+                setup.append(i)
+                continue
+            sq = tuple(x for x in n.out.shape if x != 1)
+            deps = [inside[id(x)] for x in n.inputs if isinstance(x, Value) and id(x) in inside]
+            if name in ("sum", "max") and tuple(n.params["axes"]) == tuple(grp.axes) and \
+                    tuple(src.shape) == tuple(grp.shape) and sq == self.reduced:
+                reductions.append(i)
+                post.add(i)
+                continue
+            if sq == self.full and sq != self.reduced:
+                kind[i] = "S"
+            elif sq == self.reduced:
+                kind[i] = "K"
+            else:
+                raise NotImplementedError(f"LLVM reduce codegen: node {name} of shape "
+                                          f"{n.out.shape} in a reduction over {grp.shape}")
+            if any(d in post for d in deps):
+                post.add(i)
+        pre_s = [i for i in grp.nodes if kind.get(i) == "S" and i not in post]
+        post_s = [i for i in grp.nodes if kind.get(i) == "S" and i in post]
+        pre_k = [i for i in grp.nodes if kind.get(i) == "K" and i not in post]
+        post_k = [i for i in grp.nodes if kind.get(i) == "K" and i in post]
+        return setup, reductions, pre_s, post_s, pre_k, post_k
+
+    # ------------------------------------------------------------ emitting
+    def _in_space_s(self, var: str) -> None:
+        self.space = self.full
+        self.loops = [("%o", self.kept), (var, self.red)]
+
+    def _in_space_k(self) -> None:
+        self.space = self.reduced
+        self.loops = [("%o", tuple(range(len(self.reduced))))]
+
+    def _store(self, v, arg: int, strides: tuple) -> None:
+        val, ty = self.operand(v, v.shape, _LLTYPE[v.dtype.name])
+        if ty == "i1":
+            val = self.emit(f"zext i1 {val} to i8")
+        st = _MEMTYPE[ty]
+        off = self.index(strides)
+        p = self.emit(f"getelementptr inbounds {st}, ptr %a{arg}, i64 {off}")
+        self.lines.append(f"  store {st} {val}, ptr {p}")
+
+    def _combine(self, op: str, ty: str, a: str, b: str) -> str:
+        if op == "sum":
+            return self.emit(f"fadd {ty} {a}, {b}")
+        gt = self.emit(f"fcmp ogt {ty} {a}, {b}")  # numpy's max: NaN wins
+        nan = self.emit(f"fcmp uno {ty} {a}, {a}")
+        keep = self.emit(f"or i1 {gt}, {nan}")
+        return self.emit(f"select i1 {keep}, {ty} {a}, {ty} {b}")
+
+    def _lane(self, var: str, reductions, pre_s, s_outputs, base) -> list:
+        """Evaluate the prologue at reduced index ``var``; returns each reduction's value."""
+        self.at_i = dict(base)
+        self._in_space_s(var)
+        for i in pre_s:
+            self.node(self.g.nodes[i])
+        for arg, v in s_outputs:
+            self._store(v, arg, _c_strides(self.full))
+        nodes = self.g.nodes
+        return [self.operand(nodes[i].inputs[0], nodes[i].inputs[0].shape,
+                             _LLTYPE[nodes[i].out.dtype.name])[0] for i in reductions]
+
+    def build(self, name: str = FN_NAME, prelude: bool = True) -> tuple:
+        grp, nodes = self.group, self.g.nodes
+        outputs = kernel_outputs(self.g, grp)
+        layout = list(grp.inputs) + outputs
+        params = []
+        for k, v in enumerate(grp.inputs):
+            self.ptr[id(v)] = f"%a{k}"
+        for k, v in enumerate(layout):
+            if not getattr(v, "weak", False) and (v.dtype is None or
+                                                  v.dtype.name not in _LLTYPE):
+                raise NotImplementedError(f"LLVM reduce codegen: buffer {v!r} of dtype "
+                                          f"{_dtname(v)} is not supported")
+            params.append(f"ptr noalias %a{k}")
+        setup, reductions, pre_s, post_s, pre_k, post_k = self._classify()
+        if not reductions:
+            raise NotImplementedError("LLVM reduce codegen: no reduction in the group")
+        tys = []
+        for i in reductions:
+            n = nodes[i]
+            dt = n.out.dtype.name
+            if dt not in ("float32", "float64") or n.inputs[0].dtype is not n.out.dtype:
+                raise NotImplementedError(f"LLVM reduce codegen: {n.prim.name} of dtype "
+                                          f"{_dtname(n.inputs[0])} -> {dt}")
+            tys.append(_LLTYPE[dt])
+        for i in setup:
+            self.node(nodes[i])
+        n_in = len(grp.inputs)
+        out_space = {}
+        for k, v in enumerate(outputs):
+            sq = tuple(x for x in v.shape if x != 1)
+            if sq not in (self.reduced, self.full):
+                raise NotImplementedError(f"LLVM reduce codegen: output {v!r} of shape "
+                                          f"{v.shape} in a reduction over {grp.shape}")
+            out_space[id(v)] = (n_in + k, "K" if sq == self.reduced else "S")
+        s_pre_out = [(a, v) for v in outputs for a, sp in [out_space[id(v)]]
+                     if sp == "S" and id(v) not in {id(nodes[i].out) for i in post_s}]
+        s_post_out = [(a, v) for v in outputs for a, sp in [out_space[id(v)]]
+                      if sp == "S" and (a, v) not in s_pre_out]
+        k_out = [(a, v) for v in outputs for a, sp in [out_space[id(v)]] if sp == "K"]
+
+        L = min(_LANES[t] for t in tys)
+        chunks, rem = divmod(self.R, L)
+        ops = [nodes[i].prim.name for i in reductions]
+        init = [_const(0.0, t) if op == "sum" else _const(-math.inf, t)
+                for op, t in zip(ops, tys)]
+        lines = self.lines
+        lines.append("entry:\n  br label %outer\nouter:")
+        lines.append("  %o = phi i64 [0, %entry], [%o.next, %outer.tail]")
+        self._in_space_k()
+        for i in pre_k:
+            self.node(nodes[i])
+        base = dict(self.at_i)
+        acc = [[init[m]] * L for m in range(len(reductions))]
+        if chunks:
+            lines.append("  br label %red\nred:")
+            lines.append("  %c = phi i64 [0, %outer], [%c.next, %red]")
+            phis = [[f"%acc{m}_{j}" for j in range(L)] for m in range(len(reductions))]
+            phi_at = len(lines)
+            nexts = [[None] * L for _ in reductions]
+            cl = self.emit(f"mul nuw nsw i64 %c, {L}")
+            for j in range(L):
+                r = self.emit(f"add nuw nsw i64 {cl}, {j}")
+                vals = self._lane(r, reductions, pre_s, s_pre_out, base)
+                for m, (op, t) in enumerate(zip(ops, tys)):
+                    nexts[m][j] = self._combine(op, t, phis[m][j], vals[m])
+            lines[phi_at:phi_at] = [
+                f"  {phis[m][j]} = phi {tys[m]} [{init[m]}, %outer], [{nexts[m][j]}, %red]"
+                for m in range(len(reductions)) for j in range(L)]
+            lines.append("  %c.next = add nuw nsw i64 %c, 1")
+            lines.append(f"  %c.more = icmp slt i64 %c.next, {chunks}")
+            lines.append("  br i1 %c.more, label %red, label %red.end\nred.end:")
+            acc = nexts
+        for j in range(rem):
+            vals = self._lane(str(chunks * L + j), reductions, pre_s, s_pre_out, base)
+            for m, (op, t) in enumerate(zip(ops, tys)):
+                acc[m][j] = self._combine(op, t, acc[m][j], vals[m])
+        self.at_i = dict(base)
+        self._in_space_k()
+        width = L if chunks else max(rem, 1)
+        for m, i in enumerate(reductions):
+            lanes = acc[m][:width]
+            while len(lanes) > 1:  # a fixed tree: pairs, then pairs of pairs
+                lanes = [self._combine(ops[m], tys[m], lanes[k], lanes[k + 1])
+                         if k + 1 < len(lanes) else lanes[k] for k in range(0, len(lanes), 2)]
+            total = lanes[0]
+            if ops[m] == "sum":  # +0.0 start, as numpy: (-0.0) + (+0.0) is +0.0
+                total = self.emit(f"fadd {tys[m]} {total}, {_const(0.0, tys[m])}")
+            self.at_i[id(nodes[i].out)] = (total, tys[m])
+        for i in post_k:
+            self.node(nodes[i])
+        for arg, v in k_out:
+            self._store(v, arg, _c_strides(self.reduced))
+        if post_s:
+            block = "red.end" if chunks else "outer"
+            kbase = dict(self.at_i)
+            lines.append("  br label %post\npost:")
+            lines.append(f"  %p = phi i64 [0, %{block}], [%p.next, %post]")
+            self.at_i = kbase
+            self._in_space_s("%p")
+            for i in pre_s + post_s:
+                if id(nodes[i].out) not in kbase:
+                    self.node(nodes[i])
+            for arg, v in s_post_out:
+                self._store(v, arg, _c_strides(self.full))
+            lines.append("  %p.next = add nuw nsw i64 %p, 1")
+            lines.append(f"  %p.more = icmp slt i64 %p.next, {self.R}")
+            lines.append("  br i1 %p.more, label %post, label %post.end\npost.end:")
+        lines.append("  br label %outer.tail\nouter.tail:")
+        lines.append("  %o.next = add nuw nsw i64 %o, 1")
+        lines.append(f"  %o.more = icmp slt i64 %o.next, {math.prod(self.reduced)}")
+        lines.append("  br i1 %o.more, label %outer, label %exit\nexit:\n  ret void")
+        n_args = len(layout)
+        loads = []
+        for k in range(n_args):
+            loads.append(f"  %q{k} = getelementptr inbounds ptr, ptr %args, i64 {k}")
+            loads.append(f"  %p{k} = load ptr, ptr %q{k}")
+        call_args = ", ".join(f"ptr %p{k}" for k in range(n_args))
+        text = (
+            (_prelude(self.vecmath) if prelude else "")
+            + f"define internal void @{name}_body({', '.join(params)}) alwaysinline {{\n"
+            + "\n".join(lines) + "\n}\n\n"
+            + f"define void @{name}(ptr %args, i64 %n) {{\nentry:\n"
+            + "\n".join(loads) + "\n"
+            + f"  call void @{name}_body({call_args})\n  ret void\n}}\n")
+        return text, name, layout
+
+
+def constant_outputs(g, group) -> list:
+    """The group's outputs that are constants (``full``, ``size_of``) it hands to other
+    groups: computed by their own primitive, not by the kernel (they need no loop)."""
+    producer = {id(g.nodes[i].out): g.nodes[i] for i in group.nodes}
+    return [v for v in group.outputs if producer[id(v)].prim.name in ("full", "size_of")]
+
+
+def kernel_outputs(g, group) -> list:
+    """The outputs a group's kernel writes (arg layout order): all but the constants."""
+    consts = {id(v) for v in constant_outputs(g, group)}
+    return [v for v in group.outputs if id(v) not in consts]
+
+
+def _builder(g, group) -> _Builder:
+    return _ReduceBuilder(g, group) if group.kind == "reduce" else _Builder(g, group)
+
+
+def reduce_kernel(g, group) -> tuple:
+    """(LLVM IR text, function name, arg layout) for a reduction fusion group, with the
+    calling convention of :func:`elementwise_kernel` (``n`` is ignored: sizes are baked)."""
+    return _ReduceBuilder(g, group).build()
+
+
 def _prelude(math_functions) -> str:
     return (vecmath.module_ir(math_functions) + "declare float @llvm.sqrt.f32(float)\n"
             "declare double @llvm.sqrt.f64(double)\ndeclare double @llvm.fabs.f64(double)\n\n")
@@ -360,7 +637,7 @@ def module_ir(g, groups, prefix: str = "dg_k") -> tuple:
     :func:`elementwise_kernel` does."""
     texts, kernels, math_functions = [], [], []
     for k, group in enumerate(groups):
-        b = _Builder(g, group)
+        b = _builder(g, group)
         text, name, layout = b.build(f"{prefix}{k}", prelude=False)
         texts.append(text)
         kernels.append((name, layout))
@@ -379,9 +656,9 @@ _COMPILED: dict[str, tuple] = {}  # ir_text -> (Compiled, ctypes function)
 
 
 def run_group(g, group, arrays) -> list:
-    """Run an elementwise group natively: ``arrays`` are the values of ``group.inputs``;
-    returns freshly allocated (C-contiguous) arrays for ``group.outputs``."""
-    text, name, layout = elementwise_kernel(g, group)
+    """Run an elementwise or reduce group natively: ``arrays`` are the values of
+    ``group.inputs``; returns freshly allocated (C-contiguous) arrays for ``group.outputs``."""
+    text, name, layout = _builder(g, group).build()
     entry = _COMPILED.get(text)
     if entry is None:
         compiled = jit.compile_ir(text)
@@ -391,14 +668,25 @@ def run_group(g, group, arrays) -> list:
     n_in = len(group.inputs)
     ins = []
     for v, a in zip(layout[:n_in], arrays):
-        a = np.asarray(a, dtype=v.dtype.np, order="C")  # (keeps 0-d)
+        a = np.asarray(a, dtype=np.float64 if v.weak else v.dtype.np, order="C")  # (0-d too)
         if a.shape != v.shape:
             raise ValueError(f"run_group: input {v!r} has shape {a.shape}, expected {v.shape}")
         ins.append(a)
     outs = [np.empty(v.shape, dtype=v.dtype.np) for v in layout[n_in:]]
     ptrs = (ctypes.c_void_p * max(len(layout), 1))(*[a.ctypes.data for a in ins + outs])
     fn(ptrs, math.prod(group.shape))
-    return outs
+    result = {id(v): a for v, a in zip(layout[n_in:], outs)}
+    producer = {id(g.nodes[i].out): g.nodes[i] for i in group.nodes}
+    for v in constant_outputs(g, group):
+        result[id(v)] = constant_value(producer[id(v)])
+    return [result[id(v)] for v in group.outputs]
 
 
-__all__ = ["elementwise_kernel", "module_ir", "run_group", "FN_NAME"]
+def constant_value(n) -> np.ndarray:
+    """The value of a ``full`` or ``size_of`` node (known from its params and shapes)."""
+    if n.prim.name == "size_of":
+        return np.asarray(n.prim.impl(np.empty(n.inputs[0].shape, np.int8), **n.params))
+    return np.asarray(n.prim.impl(**n.params))
+
+
+__all__ = ["elementwise_kernel", "reduce_kernel", "module_ir", "run_group", "FN_NAME"]

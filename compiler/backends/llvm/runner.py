@@ -1,20 +1,23 @@
-"""The LLVM backend's executor, first stage: native kernels for the elementwise fusion groups,
-numpy for everything else.
+"""The LLVM backend's executor, first stage: native kernels for the elementwise and reduce
+fusion groups, numpy for everything else.
 
 :func:`compile_graph` partitions the graph with :func:`compiler.passes.fusion.fuse`, lowers
-every elementwise group the code generator supports (float32 and bool; see ``codegen``) into
+every elementwise and reduce group the code generator supports (float32, float64 and bool;
+see ``codegen``) into
 one LLVM module per graph — a kernel per group, the vector math shared — and keeps the other
 groups as the interpreter's steps, the very ``impl`` each primitive runs eagerly. :func:`run`
 has the interpreter's interface (``run(plan, inputs, scalars) -> outputs``, raising
 ``GuardFailed``), so a variant swaps one for the other.
 
-Note (what is not native yet, and why results can differ from eager): reductions, matmul,
-indexing, movement, random and scalar groups still run their numpy steps, one Python step
+Note (what is not native yet, and why results can differ from eager): matmul, indexing,
+movement, random and scalar groups still run their numpy steps, one Python step
 each, and every call allocates its kernels' outputs (no arena yet); a single native driver
 per variant comes when every group lowers. Within a native kernel, ``+ - * /``, ``sqrt``,
 comparisons, ``where``, ``maximum``/``minimum`` are IEEE operations in numpy's order and give
 eager's bits; ``exp log tanh erf sin cos`` are the vecmath polynomials, within the ulp bounds
-documented in ``vecmath`` of the correctly rounded result — not bit-identical to numpy's.
+documented in ``vecmath`` of the correctly rounded result — not bit-identical to numpy's; sums
+add in the kernel's fixed lane order (see ``codegen._ReduceBuilder``), not numpy's pairwise
+order, so they differ from eager's by rounding.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import threading
 
 import numpy as np
 
+from ...ir import Value
 from ...passes.fusion import fuse
 from .. import interp
 from . import codegen, jit
@@ -39,10 +43,10 @@ _lock = threading.Lock()
 
 
 def _lowerable(g, group) -> bool:
-    if group.kind != "elementwise":
+    if group.kind not in ("elementwise", "reduce"):
         return False
     try:
-        codegen.elementwise_kernel(g, group)
+        codegen._builder(g, group).build()
     except NotImplementedError:
         return False
     return True
@@ -57,35 +61,24 @@ def _module(text: str) -> jit.Compiled:
     return compiled
 
 
-def _in_node_order(g, group, inplace: dict, users: dict) -> bool:
-    """Can ``group`` run as one kernel at the position of its last node, every other node
-    keeping its place? Yes when nothing outside it reads its outputs before that position and
-    no other node writes a graph input in place in between (the kernel reads the old value)."""
-    members = set(group.nodes)
-    first, last = group.nodes[0], group.nodes[-1]
-    for i in group.nodes:
-        if any(u not in members and u <= last for u in users.get(i, ())):
-            return False
-    return not any(k not in members and first < k < last for k in inplace)
-
-
 def compile_graph(g, inplace: dict | None = None):
-    """A plan for :func:`run`: the interpreter's plan — its steps in node order, so in-place
-    write-backs keep their safety — with each lowerable elementwise group's nodes replaced by
-    one native kernel call at the position of the group's last node."""
+    """A plan for :func:`run`: the fusion groups in their order, each lowerable elementwise
+    or reduce group as one native kernel call, the others as the interpreter's steps of
+    their nodes.
+
+    Note (value guards and in-place write-backs in group order): a guard is checked before
+    the first group of the segment after it (fusion keeps segments in order). A write-back
+    the runtime allows in place (``inplace``: node -> graph input) stays in place only if, in
+    this order, nothing after it reads the input's old value (directly or through a view of
+    it), checks a guard or may raise on data (an index op); otherwise it is computed into a
+    fresh array and copied into the input once everything has run."""
     inplace = inplace or {}
     iplan, slot = interp.compile_with_slots(g, inplace=inplace)
     steps, outs, tail, base, n_in, n_sc = iplan
     producer = {id(n.out): k for k, n in enumerate(g.nodes)}
-    users: dict[int, list] = {}
-    for k, n in enumerate(g.nodes):
-        for x in n.inputs:
-            if id(x) in producer:
-                users.setdefault(producer[id(x)], []).append(k)
     groups = fuse(g)
-    native = [grp for grp in groups
-              if _in_node_order(g, grp, inplace, users) and _lowerable(g, grp)]
-    kernel_at = {}
+    native = [grp for grp in groups if _lowerable(g, grp)]
+    kernels = {}
     if native:
         text, fns = codegen.module_ir(g, native)
         compiled = _module(text)
@@ -94,21 +87,81 @@ def compile_graph(g, inplace: dict | None = None):
             n_in_k = len(grp.inputs)
             ins = tuple((slot[id(v)], v.shape, np.float64 if v.weak else v.dtype.np)
                         for v in layout[:n_in_k])  # (a Python number: one float64)
-            kouts = tuple((slot[id(v)], v.shape, v.dtype.np, inplace.get(producer[id(v)]))
-                          for v in layout[n_in_k:])
-            kernel_at[grp.nodes[-1]] = (_KERNEL, fn, ins, kouts, math.prod(grp.shape),
-                                        ctypes.c_void_p * max(len(layout), 1))
-    lowered = {i for grp in native for i in grp.nodes}
-    order = []
-    for k, step in enumerate(steps):
-        if k not in lowered:
-            order.append(step)
-            continue
-        if step[6]:  # the value guards due before this node
-            order.append((_CHECKS, step[6]))
-        if k in kernel_at:
-            order.append(kernel_at[k])
-    return (order, outs, tail, base, n_in, n_sc), len(native), len(groups)
+            kouts = [[slot[id(v)], v.shape, v.dtype.np, inplace.get(producer[id(v)])]
+                     for v in layout[n_in_k:]]  # (the kernel's outputs: no constants)
+            kernels[id(grp)] = [_KERNEL, fn, ins, kouts, math.prod(grp.shape),
+                                ctypes.c_void_p * max(len(layout), 1)]
+    # value guards: due before the first group of the segment after their cut
+    cuts = sorted({gd.after for gd in g.guards if 0 < gd.after < len(g.nodes)})
+    checks_at: dict[int, list] = {}
+    for step in steps:
+        for c in step[6]:
+            a = g.guards[c[0]].after
+            checks_at.setdefault(cuts.index(a) + 1 if a in cuts else 0, []).append(c)
+    order, done_upto = [], -1
+    for grp in groups:
+        for seg in range(done_upto + 1, grp.segment + 1):
+            if checks_at.get(seg):
+                order.append([_CHECKS, tuple(checks_at[seg])])
+        done_upto = max(done_upto, grp.segment)
+        k = kernels.get(id(grp))
+        if k is not None:
+            for v in codegen.constant_outputs(g, grp):  # (no loop needed: a fresh copy)
+                value = codegen.constant_value(g.nodes[producer[id(v)]])
+                order.append([value.copy, (), {}, slot[id(v)], None, False, ()])
+            order.append(k)
+        else:
+            order += [list(steps[i][:6]) + [()] for i in grp.nodes]
+    for seg in range(done_upto + 1, len(cuts) + 1):
+        if checks_at.get(seg):
+            order.append([_CHECKS, tuple(checks_at[seg])])
+    deferred = _keep_inplace_writes_safe(g, order, slot)
+    order = [tuple(x) for x in order]
+    return (order, outs, tail, base, n_in, n_sc, tuple(deferred)), len(native), len(groups)
+
+
+def _reads(step) -> tuple:
+    if step[0] is _CHECKS:
+        return tuple(s for _, s, _ in step[1])
+    if step[0] is _KERNEL:
+        return tuple(s for s, _, _ in step[2])
+    return step[1]
+
+
+def _keep_inplace_writes_safe(g, order: list, slot: dict) -> list:
+    """Demote in-place write-backs that this order makes unsafe (see compile_graph's Note);
+    returns their (output slot, input index) pairs, copied at the end of :func:`run`."""
+    aliases = {i: {slot[id(v)]} for i, v in enumerate(g.inputs)}
+    for n in g.nodes:  # views of an input read its memory
+        if n.prim.view and n.inputs and isinstance(n.inputs[0], Value):
+            src = slot.get(id(n.inputs[0]))
+            for a in aliases.values():
+                if src in a:
+                    a.add(slot[id(n.out)])
+    index_slots = {slot[id(n.out)] for n in g.nodes if n.prim.kind == "index"}
+    deferred = []
+    for w, step in enumerate(order):
+        targets = []
+        if step[0] is _KERNEL:
+            targets = [(o, o[3]) for o in step[3] if o[3] is not None]
+        elif step[0] is not _CHECKS and step[4] is not None:
+            targets = [(None, step[4])]
+        for out, t in targets:
+            later = order[w + 1:]
+            unsafe = any(x[0] is _CHECKS or set(_reads(x)) & aliases[t] or
+                         (x[0] is not _KERNEL and x[3] in index_slots) for x in later)
+            if not unsafe:
+                continue
+            if out is None:
+                step[4] = None
+                deferred.append((step[3], t))
+            else:
+                out[3] = None
+                deferred.append((out[0], t))
+    for step in order:
+        if step[0] is _KERNEL:
+            step[3] = tuple(tuple(o) for o in step[3])
+    return deferred
 
 
 def _check(checks, env) -> None:
@@ -119,7 +172,7 @@ def _check(checks, env) -> None:
 
 def run(plan, inputs: list, scalars: list) -> list:
     """Execute: returns the output arrays (raises GuardFailed)."""
-    (steps, outs, tail, base, n_in, n_sc), _, _ = plan
+    (steps, outs, tail, base, n_in, n_sc, deferred), _, _ = plan
     env = base[:]
     env[:n_in] = inputs
     env[n_in:n_in + n_sc] = scalars
@@ -156,10 +209,14 @@ def run(plan, inputs: list, scalars: list) -> list:
         else:
             env[out] = r if type(r) is np.ndarray else np.asarray(r)
     _check(tail, env)
+    for s, target in deferred:  # write-backs this order could not do in place
+        np.copyto(inputs[target], env[s])
+        env[s] = inputs[target]
     return [env[i] for i in outs]
 
 
 def describe(plan) -> str:
     """How much of a plan runs natively."""
     _, n_native, n_groups = plan
-    return f"{n_native} of {n_groups} kernels native (elementwise); the rest run in numpy"
+    return f"{n_native} of {n_groups} kernels native (elementwise and reduce); the rest " \
+           f"run in numpy"
