@@ -1,5 +1,6 @@
-"""LLVM IR for one elementwise :class:`~compiler.passes.fusion.FusionGroup` (a building block:
-not wired into ``compiler.compile`` yet).
+"""LLVM IR for elementwise and reduce :class:`~compiler.passes.fusion.FusionGroup` s (the
+kernels ``compiler/backends/llvm/runner.py`` runs; :func:`module_ir` puts a graph's kernels in
+one module).
 
 :func:`elementwise_kernel` emits ``void @dg_ew(ptr %args, i64 %n)``: ``args`` is an array of
 buffer pointers (the group's inputs, then its outputs, in ``arg_layout`` order; one ``void**``
@@ -16,16 +17,18 @@ flat index is ``sum_k ((i / inner_k) % size_k) * stride_k`` over coalesced dims 
 for an input of the full shape, ``0`` for a scalar / 0-d / all-broadcast one.
 
 Supported (values float32 or float64, bool stored as one byte 0/1): ``add sub mul div neg
-abs sqrt maximum minimum`` (NaN-propagating like numpy), in float32 also ``exp log tanh erf
-sin cos`` (the vecmath functions, documented ulp bounds; float64 transcendentals are not
-lowered), ``eq ne lt le gt ge`` (float or bool operands; ``ne`` is true for NaN as in
+abs sqrt maximum minimum sign floor`` (NaN-propagating like numpy), ``pow`` by a literal 2,
+0.5, -1, 1 or 0 (numpy computes these exactly as x·x, √x, 1/x, x, 1), in float32 also ``exp
+log tanh erf sin cos`` (the vecmath functions, documented ulp bounds; float64 transcendentals
+are not lowered), ``eq ne lt le gt ge`` (float or bool operands; ``ne`` is true for NaN as in
 numpy), ``where``, ``cast`` between float32 and float64 (rounded to nearest, as numpy's
 ``astype``), bool -> float and to the same dtype, and as copies ``reshape``/``broadcast`` of
-computed values and ``sum``/``max`` over size-1 axes; ``full`` becomes a constant; literal
-numbers become constants of the operation's dtype. A runtime Python number (a weak scalar
-input, e.g. an optimizer's learning rate) is passed as a float64 in a one-element buffer and
-rounded to the operation's dtype first, as numpy's weak-scalar rule does. No fast-math flags.
-Anything else raises NotImplementedError naming the primitive and dtype.
+computed values and ``sum``/``max`` over size-1 axes; ``full`` and ``size_of`` become
+constants; literal numbers become constants of the operation's dtype. A runtime Python number
+(a weak scalar input, e.g. an optimizer's learning rate) is passed as a float64 in a
+one-element buffer and rounded to the operation's dtype first, as numpy's weak-scalar rule
+does. No fast-math flags. Anything else raises NotImplementedError naming the primitive and
+dtype. Reduce groups: see :class:`_ReduceBuilder`.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ _VECMATH = ("exp", "log", "tanh", "erf", "sin", "cos")
 _LLTYPE = {"float32": "float", "float64": "double", "bool": "i1"}
 _MEMTYPE = {"float": "float", "double": "double", "i1": "i8"}  # how a buffer stores it
 _SUFFIX = {"float": "f32", "double": "f64"}
+_EXACT_POW = (2.0, 0.5, -1.0, 1.0, 0.0)  # np.power computes these as x*x, sqrt, 1/x, x, 1
 
 
 def _const(x, ty: str) -> str:
@@ -66,8 +70,9 @@ def _dtname(v) -> str:
 def _unsupported(prim: str, what) -> NotImplementedError:
     return NotImplementedError(
         f"LLVM elementwise codegen: primitive {prim!r} on dtype {what} is not supported "
-        f"(supported: float32/float64 add sub mul div neg abs sqrt maximum minimum, float32 "
-        f"exp log tanh erf sin cos, comparisons, where, casts between floats and from bool)")
+        f"(supported: float32/float64 add sub mul div neg abs sqrt maximum minimum sign floor, "
+        f"pow by 2, 0.5, -1, 1 or 0, float32 exp log tanh erf sin cos, comparisons, where, "
+        f"casts between floats and from bool)")
 
 
 def _c_strides(shape) -> tuple:
@@ -279,9 +284,33 @@ class _Builder:
             return
         if ty == "i1" or any(d != odt for d in in_dts):
             raise _unsupported(name, "/".join(sorted(in_dts | {odt})))
+        if name == "pow":  # literal exponents numpy computes exactly: x², √x, 1/x, x, 1
+            e = ins[1]
+            e = self.consts[id(e)][0] if isinstance(e, Value) and id(e) in self.consts else e
+            if isinstance(e, Value) or float(e) not in _EXACT_POW:
+                raise _unsupported("pow", f"{odt} with exponent {_dtname(ins[1])} other than "
+                                          f"a literal {sorted(_EXACT_POW)}")
+            ins = [ins[0]]
         args = [self.operand(x, out.shape, ty)[0] for x in ins]
         sfx = _SUFFIX[ty]
-        if name in _FBIN:
+        if name == "pow":
+            e, a = float(e), args[0]
+            r = (self.emit(f"fmul {ty} {a}, {a}") if e == 2.0 else
+                 self.emit(f"call {ty} @llvm.sqrt.{sfx}({ty} {a})") if e == 0.5 else
+                 self.emit(f"fdiv {ty} {_const(1.0, ty)}, {a}") if e == -1.0 else
+                 self.emit(f"fadd {ty} {a}, {_const(-0.0, ty)}") if e == 1.0 else
+                 _const(1.0, ty))
+        elif name == "sign":  # numpy: NaN stays NaN, ±0 gives +0
+            a = args[0]
+            pos = self.emit(f"fcmp ogt {ty} {a}, {_const(0.0, ty)}")
+            neg = self.emit(f"fcmp olt {ty} {a}, {_const(0.0, ty)}")
+            nan = self.emit(f"fcmp uno {ty} {a}, {a}")
+            t = self.emit(f"select i1 {neg}, {ty} {_const(-1.0, ty)}, {ty} {_const(0.0, ty)}")
+            t = self.emit(f"select i1 {pos}, {ty} {_const(1.0, ty)}, {ty} {t}")
+            r = self.emit(f"select i1 {nan}, {ty} {a}, {ty} {t}")
+        elif name == "floor":
+            r = self.emit(f"call {ty} @llvm.floor.{sfx}({ty} {args[0]})")
+        elif name in _FBIN:
             r = self.emit(f"{_FBIN[name]} {ty} {args[0]}, {args[1]}")
         elif name == "neg":
             r = self.emit(f"fneg {ty} {args[0]}")
@@ -357,6 +386,7 @@ class _Builder:
 
 
 _LANES = {"float": 16, "double": 8}  # accumulators per reduction: one AVX-512 register
+_CHUNK = 16  # vectors per chunk of the reduction loop
 
 
 class _ReduceBuilder(_Builder):
@@ -365,14 +395,17 @@ class _ReduceBuilder(_Builder):
     one over ``S`` reading reduced values broadcast back.
 
     The kernel loops ``%o`` over the kept (outer) dims of ``S``; per ``o``: the kept-space
-    nodes that need no reduction; then the reduction loop, ``LANES`` lanes per iteration —
-    lane ``j`` of iteration ``c`` evaluates the prologue at reduced index ``r = c·LANES + j``
-    into its own accumulator; the ``R mod LANES`` leftover lanes run once after the loop
-    into accumulators ``0 .. R mod LANES − 1``; the lanes then combine in a fixed tree. The
-    summation order depends only on ``R``, never on a thread count. Then the kept-space
-    epilogue, and, if any, a second loop over ``r`` for the epilogue over ``S`` (prologue
-    values it reads are recomputed). Sums start from +0.0, as numpy's do; ``max`` starts
-    from -inf and propagates NaN as numpy's does."""
+    nodes that need no reduction; then the reduced index ``r`` runs in chunks of
+    ``B = _CHUNK·L`` elements (``L`` = ``_LANES``: 16 float32 or 8 float64). A plain loop —
+    which LLVM vectorises like an elementwise kernel — evaluates the prologue at each ``r``
+    of the chunk into a stack buffer; the buffer is then folded into one ``<L x ty>``
+    accumulator vector by explicit vector ops, so lane ``j`` takes elements ``j, j+L, j+2L,
+    ...`` in order. The last partial chunk pads its last vector with the identity. The lanes
+    then combine in a fixed tree. The summation order thus depends only on ``R`` — never on
+    a thread count or the machine. Then the kept-space epilogue, and, if any, a second loop
+    over ``r`` for the epilogue over ``S`` (prologue values it reads are recomputed). Sums
+    start from +0.0, as numpy's do; ``max`` starts from -inf and propagates NaN as numpy's
+    does."""
 
     def __init__(self, g, group) -> None:
         if group.kind != "reduce":
@@ -458,10 +491,11 @@ class _ReduceBuilder(_Builder):
     def _combine(self, op: str, ty: str, a: str, b: str) -> str:
         if op == "sum":
             return self.emit(f"fadd {ty} {a}, {b}")
+        mask = f"<{ty[1:].split(' x ')[0]} x i1>" if ty.startswith("<") else "i1"
         gt = self.emit(f"fcmp ogt {ty} {a}, {b}")  # numpy's max: NaN wins
         nan = self.emit(f"fcmp uno {ty} {a}, {a}")
-        keep = self.emit(f"or i1 {gt}, {nan}")
-        return self.emit(f"select i1 {keep}, {ty} {a}, {ty} {b}")
+        keep = self.emit(f"or {mask} {gt}, {nan}")
+        return self.emit(f"select {mask} {keep}, {ty} {a}, {ty} {b}")
 
     def _lane(self, var: str, reductions, pre_s, s_outputs, base) -> list:
         """Evaluate the prologue at reduced index ``var``; returns each reduction's value."""
@@ -516,49 +550,78 @@ class _ReduceBuilder(_Builder):
         k_out = [(a, v) for v in outputs for a, sp in [out_space[id(v)]] if sp == "K"]
 
         L = min(_LANES[t] for t in tys)
-        chunks, rem = divmod(self.R, L)
+        B = _CHUNK * L  # elements per chunk: computed by a plain (vectorised) loop
+        chunks, rem = divmod(self.R, B)
         ops = [nodes[i].prim.name for i in reductions]
-        init = [_const(0.0, t) if op == "sum" else _const(-math.inf, t)
-                for op, t in zip(ops, tys)]
+        ident = [0.0 if op == "sum" else -math.inf for op in ops]
+        vec = [f"<{L} x {t}>" for t in tys]
+        init = [f"<{', '.join([f'{t} {_const(e, t)}'] * L)}>" for e, t in zip(ident, tys)]
         lines = self.lines
-        lines.append("entry:\n  br label %outer\nouter:")
+        lines.append("entry:")
+        for m, t in enumerate(tys):
+            lines.append(f"  %tmp{m} = alloca [{B} x {t}], align 64")
+        lines.append("  br label %outer\nouter:")
         lines.append("  %o = phi i64 [0, %entry], [%o.next, %outer.tail]")
         self._in_space_k()
         for i in pre_k:
             self.node(nodes[i])
         base = dict(self.at_i)
-        acc = [[init[m]] * L for m in range(len(reductions))]
+        acc, block = list(init), "outer"
+
+        def values_into_tmp(r: str, k: str) -> None:
+            vals = self._lane(r, reductions, pre_s, s_pre_out, base)
+            for m, t in enumerate(tys):
+                p = self.emit(f"getelementptr inbounds {t}, ptr %tmp{m}, i64 {k}")
+                lines.append(f"  store {t} {vals[m]}, ptr {p}")
+
+        def accumulate(acc: list, n_vectors: int) -> list:
+            acc = list(acc)
+            for q in range(n_vectors):  # lane j takes elements j, j + L, j + 2L, ... in order
+                for m, t in enumerate(tys):
+                    p = self.emit(f"getelementptr inbounds {t}, ptr %tmp{m}, i64 {q * L}")
+                    v = self.emit(f"load {vec[m]}, ptr {p}, align 4")
+                    acc[m] = self._combine(ops[m], vec[m], acc[m], v)
+            return acc
+
         if chunks:
-            lines.append("  br label %red\nred:")
-            lines.append("  %c = phi i64 [0, %outer], [%c.next, %red]")
-            phis = [[f"%acc{m}_{j}" for j in range(L)] for m in range(len(reductions))]
+            lines.append("  br label %chunk\nchunk:")
+            lines.append("  %c = phi i64 [0, %outer], [%c.next, %chunk.acc]")
             phi_at = len(lines)
-            nexts = [[None] * L for _ in reductions]
-            cl = self.emit(f"mul nuw nsw i64 %c, {L}")
-            for j in range(L):
-                r = self.emit(f"add nuw nsw i64 {cl}, {j}")
-                vals = self._lane(r, reductions, pre_s, s_pre_out, base)
-                for m, (op, t) in enumerate(zip(ops, tys)):
-                    nexts[m][j] = self._combine(op, t, phis[m][j], vals[m])
-            lines[phi_at:phi_at] = [
-                f"  {phis[m][j]} = phi {tys[m]} [{init[m]}, %outer], [{nexts[m][j]}, %red]"
-                for m in range(len(reductions)) for j in range(L)]
+            cb = self.emit(f"mul nuw nsw i64 %c, {B}")
+            lines.append("  br label %inner\ninner:")
+            lines.append("  %k = phi i64 [0, %chunk], [%k.next, %inner]")
+            values_into_tmp(self.emit(f"add nuw nsw i64 {cb}, %k"), "%k")
+            lines.append("  %k.next = add nuw nsw i64 %k, 1")
+            lines.append(f"  %k.more = icmp slt i64 %k.next, {B}")
+            lines.append("  br i1 %k.more, label %inner, label %chunk.acc\nchunk.acc:")
+            nexts = accumulate([f"%acc{m}" for m in range(len(tys))], B // L)
+            lines[phi_at:phi_at] = [f"  %acc{m} = phi {vec[m]} [{init[m]}, %outer], "
+                                    f"[{nexts[m]}, %chunk.acc]" for m in range(len(tys))]
             lines.append("  %c.next = add nuw nsw i64 %c, 1")
             lines.append(f"  %c.more = icmp slt i64 %c.next, {chunks}")
-            lines.append("  br i1 %c.more, label %red, label %red.end\nred.end:")
-            acc = nexts
-        for j in range(rem):
-            vals = self._lane(str(chunks * L + j), reductions, pre_s, s_pre_out, base)
-            for m, (op, t) in enumerate(zip(ops, tys)):
-                acc[m][j] = self._combine(op, t, acc[m][j], vals[m])
+            lines.append("  br i1 %c.more, label %chunk, label %chunk.end\nchunk.end:")
+            acc, block = nexts, "chunk.end"
+        if rem:
+            lines.append(f"  br label %rinner\nrinner:\n  %j = phi i64 [0, %{block}], "
+                         f"[%j.next, %rinner]")
+            values_into_tmp(self.emit(f"add nuw nsw i64 %j, {chunks * B}"), "%j")
+            lines.append("  %j.next = add nuw nsw i64 %j, 1")
+            lines.append(f"  %j.more = icmp slt i64 %j.next, {rem}")
+            lines.append("  br i1 %j.more, label %rinner, label %rinner.end\nrinner.end:")
+            n_vec = -(-rem // L)
+            for j in range(rem, n_vec * L):  # the last vector's unused lanes: identity
+                for m, t in enumerate(tys):
+                    p = self.emit(f"getelementptr inbounds {t}, ptr %tmp{m}, i64 {j}")
+                    lines.append(f"  store {t} {_const(ident[m], t)}, ptr {p}")
+            acc = accumulate(acc, n_vec)
+            block = "rinner.end"
         self.at_i = dict(base)
         self._in_space_k()
-        width = L if chunks else max(rem, 1)
         for m, i in enumerate(reductions):
-            lanes = acc[m][:width]
+            lanes = [self.emit(f"extractelement {vec[m]} {acc[m]}, i64 {j}") for j in range(L)]
             while len(lanes) > 1:  # a fixed tree: pairs, then pairs of pairs
                 lanes = [self._combine(ops[m], tys[m], lanes[k], lanes[k + 1])
-                         if k + 1 < len(lanes) else lanes[k] for k in range(0, len(lanes), 2)]
+                         for k in range(0, len(lanes), 2)]
             total = lanes[0]
             if ops[m] == "sum":  # +0.0 start, as numpy: (-0.0) + (+0.0) is +0.0
                 total = self.emit(f"fadd {tys[m]} {total}, {_const(0.0, tys[m])}")
@@ -568,7 +631,6 @@ class _ReduceBuilder(_Builder):
         for arg, v in k_out:
             self._store(v, arg, _c_strides(self.reduced))
         if post_s:
-            block = "red.end" if chunks else "outer"
             kbase = dict(self.at_i)
             lines.append("  br label %post\npost:")
             lines.append(f"  %p = phi i64 [0, %{block}], [%p.next, %post]")
@@ -627,7 +689,8 @@ def reduce_kernel(g, group) -> tuple:
 
 def _prelude(math_functions) -> str:
     return (vecmath.module_ir(math_functions) + "declare float @llvm.sqrt.f32(float)\n"
-            "declare double @llvm.sqrt.f64(double)\ndeclare double @llvm.fabs.f64(double)\n\n")
+            "declare double @llvm.sqrt.f64(double)\ndeclare double @llvm.fabs.f64(double)\n"
+            "declare float @llvm.floor.f32(float)\ndeclare double @llvm.floor.f64(double)\n\n")
 
 
 def module_ir(g, groups, prefix: str = "dg_k") -> tuple:
