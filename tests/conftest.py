@@ -10,10 +10,14 @@ import numpy as np
 import compiler
 from compiler.verify import TOLERANCES
 
-# tolerances on the LLVM backend (the ones verify= uses): in float32 vecmath is within 2.4
-# ulp (about 3e-7 relative) of the correctly rounded result per call, and sums add in the
-# kernel's lane order; in float64 only the summation order differs. A few steps compound it.
-(LLVM_RTOL, LLVM_ATOL), (LLVM_RTOL64, LLVM_ATOL64) = TOLERANCES.values()
+# tolerances on the LLVM backend: verify= checks one call from identical state within
+# compiler.verify.TOLERANCES (float32 vecmath is within 2.4 ulp of the correctly rounded
+# result, sums and matmuls add in the kernels' own order); the compiled tests run several
+# training steps without resynchronising, and an adaptive optimizer (RMSprop's division by
+# the root of a small running mean) amplifies those differences step after step: ten times
+# the one-call tolerance.
+(LLVM_RTOL, LLVM_ATOL), (LLVM_RTOL64, LLVM_ATOL64) = (
+    (10 * r, 10 * a) for r, a in TOLERANCES.values())
 
 
 def on_llvm() -> bool:

@@ -469,7 +469,7 @@ def test_logging_loss_item_inside_a_train_step_does_not_recompile():
         totals[0] += eager(x, y)
         totals[1] += compiled(x, y)
         assert_same_state(m1, m2, o1, o2)
-    assert totals[0] == totals[1]
+    assert close_numbers(totals[1], totals[0])
     assert len(compiled.variants) <= 2 and compiled_calls(compiled) >= 4
 
 

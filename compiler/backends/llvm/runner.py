@@ -43,7 +43,7 @@ _lock = threading.Lock()
 
 
 def _lowerable(g, group) -> bool:
-    if group.kind not in ("elementwise", "reduce"):
+    if group.kind not in ("elementwise", "reduce", "matmul"):
         return False
     try:
         codegen._builder(g, group).build()
