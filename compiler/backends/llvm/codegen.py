@@ -52,6 +52,7 @@ _LLTYPE = {"float32": "float", "float64": "double", "bool": "i1"}
 _MEMTYPE = {"float": "float", "double": "double", "i1": "i8"}  # how a buffer stores it
 _SUFFIX = {"float": "f32", "double": "f64"}
 _EXACT_POW = (2.0, 0.5, -1.0, 1.0, 0.0)  # np.power computes these as x*x, sqrt, 1/x, x, 1
+_NEST_MIN = 8  # an elementwise kernel loops rows x last dim when that dim is at least this
 
 
 def _const(x, ty: str) -> str:
@@ -93,6 +94,7 @@ class _Builder:
         # (row-major each): one flat %i here; (%o kept, %r reduced) in a reduction kernel
         self.space = self.full
         self.loops = [("%i", tuple(range(len(self.full))))]
+        self.nested = False  # one flat loop; build() retries as rows x last dim if it pays
         self.lines: list[str] = []
         self.tmp = 0
         self.vecmath: list[str] = []
@@ -200,7 +202,14 @@ class _Builder:
         if not isinstance(x, Value):  # a literal Python number
             return _const(x, want), want
         if id(x) in self.at_i:
-            return self.at_i[id(x)]
+            val, ty = self.at_i[id(x)]
+            if x.weak and ty == "double" and want in ("float", "i1"):  # a computed number
+                key = (id(x), want)
+                if key not in self.reads:
+                    self.reads[key] = self.emit(f"fptrunc double {val} to float") \
+                        if want == "float" else self.emit(f"fcmp une double {val}, 0.0")
+                return self.reads[key], want
+            return val, ty
         if id(x) in self.consts:
             val, dt = self.consts[id(x)]
             return _const(val, _LLTYPE[dt]), _LLTYPE[dt]
@@ -217,10 +226,39 @@ class _Builder:
             return self.reads[key], want
         return self.read(x, out_shape)
 
+    def weak_node(self, n) -> None:
+        """Python-number arithmetic (an optimizer's hyperparameters): in float64, as numpy
+        does it on Python floats; comparisons give 0.0 or 1.0."""
+        name = n.prim.name
+        if name not in _FBIN and name not in _FCMP and name not in (
+                "neg", "abs", "sqrt", "maximum", "minimum"):
+            raise _unsupported(name, "scalar (weak Python number)")
+        for x in n.inputs:
+            if isinstance(x, Value) and not x.weak:
+                raise _unsupported(name, "scalar (weak) with a tensor operand")
+        a = [self.operand(x, (), "double")[0] for x in n.inputs]
+        if name in _FBIN:
+            r = self.emit(f"{_FBIN[name]} double {a[0]}, {a[1]}")
+        elif name in _FCMP:
+            c = self.emit(f"fcmp {_FCMP[name]} double {a[0]}, {a[1]}")
+            r = self.emit(f"uitofp i1 {c} to double")
+        elif name == "neg":
+            r = self.emit(f"fneg double {a[0]}")
+        elif name in ("abs", "sqrt"):
+            r = self.emit(f"call double @llvm.{'fabs' if name == 'abs' else 'sqrt'}.f64("
+                          f"double {a[0]})")
+        else:
+            c = self.emit(f"fcmp {'ogt' if name == 'maximum' else 'olt'} double {a[0]}, {a[1]}")
+            m = self.emit(f"select i1 {c}, double {a[0]}, double {a[1]}")
+            nan = self.emit(f"fcmp uno double {a[0]}, {a[0]}")
+            r = self.emit(f"select i1 {nan}, double {a[0]}, double {m}")
+        self.at_i[id(n.out)] = (r, "double")
+
     def node(self, n) -> None:
         name, out = n.prim.name, n.out
         if out.weak:
-            raise _unsupported(name, "scalar (weak Python number)")
+            self.weak_node(n)
+            return
         odt = out.dtype.name
         if name in ("full", "size_of"):  # constants: a parameter, or known from a shape
             if odt not in _LLTYPE:
@@ -236,7 +274,10 @@ class _Builder:
                 return
             if isinstance(src, Value) and id(src) in self.at_i and src.dtype is out.dtype \
                     and math.prod(src.shape) == math.prod(out.shape):
-                self.at_i[id(out)] = self.at_i[id(src)]  # a copy at the same point
+                val, ty = self.at_i[id(src)]  # a copy at the same point
+                if name == "sum" and ty in ("float", "double"):  # numpy's sum starts at +0.0
+                    val = self.emit(f"fadd {ty} {val}, {_const(0.0, ty)}")
+                self.at_i[id(out)] = (val, ty)
                 return
             if name in ("broadcast", "reshape") and isinstance(src, Value) and (
                     id(src) in self.ptr or id(src) in self.views):
@@ -341,6 +382,9 @@ class _Builder:
         layout = list(grp.inputs) + outputs
         for k, v in enumerate(grp.inputs):
             self.ptr[id(v)] = f"%a{k}"
+        nested = self.nested
+        if nested:  # rows x a long last dim: a broadcast read is affine in the inner index
+            self.loops = [("%o", tuple(range(len(self.full) - 1))), ("%i", (len(self.full) - 1,))]
         for i in grp.nodes:
             self.node(self.g.nodes[i])
         params = []
@@ -360,7 +404,8 @@ class _Builder:
             if ty == "i1":
                 val = self.emit(f"zext i1 {val} to i8")
             st = _MEMTYPE[ty]
-            p = self.emit(f"getelementptr inbounds {st}, ptr %a{len(grp.inputs) + k}, i64 %i")
+            off = self.index(_c_strides(self.full))
+            p = self.emit(f"getelementptr inbounds {st}, ptr %a{len(grp.inputs) + k}, i64 {off}")
             self.lines.append(f"  store {st} {val}, ptr {p}")
         n_args = len(layout)
         loads = []
@@ -369,16 +414,35 @@ class _Builder:
             loads.append(f"  %p{k} = load ptr, ptr %q{k}")
         call_args = ", ".join([f"ptr %p{k}" for k in range(n_args)] + ["i64 %n"])
         body = "\n".join(self.lines)
+        if nested:
+            rows, inner = math.prod(self.full[:-1]), self.full[-1]
+            loop = ("entry:\n  br label %outer\nouter:\n"
+                    "  %o = phi i64 [0, %entry], [%o.next, %loop.end]\n"
+                    "  br label %loop\nloop:\n"
+                    "  %i = phi i64 [0, %outer], [%i.next, %loop]\n"
+                    + body + "\n"
+                    f"  %i.next = add nuw nsw i64 %i, 1\n  %more = icmp slt i64 %i.next, {inner}\n"
+                    "  br i1 %more, label %loop, label %loop.end\nloop.end:\n"
+                    f"  %o.next = add nuw nsw i64 %o, 1\n  %o.more = icmp slt i64 %o.next, {rows}\n"
+                    "  br i1 %o.more, label %outer, label %exit\nexit:\n  ret void\n}\n\n")
+        else:
+            loop = ("entry:\n  %empty = icmp sle i64 %n, 0\n"
+                    "  br i1 %empty, label %exit, label %loop\nloop:\n"
+                    "  %i = phi i64 [0, %entry], [%i.next, %loop]\n"
+                    + body + "\n"
+                    "  %i.next = add nuw nsw i64 %i, 1\n  %more = icmp slt i64 %i.next, %n\n"
+                    "  br i1 %more, label %loop, label %exit\nexit:\n  ret void\n}\n\n")
+        if not nested and len(self.full) >= 2 and self.full[-1] >= _NEST_MIN and (
+                "udiv" in body or "urem" in body):  # broadcast reads: rows x last dim
+            b = type(self)(self.g, self.group)
+            b.nested = True
+            built = b.build(name, prelude)
+            self.vecmath = b.vecmath
+            return built
         text = (
             (_prelude(self.vecmath) if prelude else "")
             + f"define internal void @{name}_body({', '.join(params + ['i64 %n'])}) "
-            + "alwaysinline {\n"
-            + "entry:\n  %empty = icmp sle i64 %n, 0\n"
-            + "  br i1 %empty, label %exit, label %loop\nloop:\n"
-            + "  %i = phi i64 [0, %entry], [%i.next, %loop]\n"
-            + body + "\n"
-            + "  %i.next = add nuw nsw i64 %i, 1\n  %more = icmp slt i64 %i.next, %n\n"
-            + "  br i1 %more, label %loop, label %exit\nexit:\n  ret void\n}\n\n"
+            + "alwaysinline {\n" + loop
             + f"define void @{name}(ptr %args, i64 %n) {{\nentry:\n"
             + "\n".join(loads) + "\n"
             + f"  call void @{name}_body({call_args})\n  ret void\n}}\n")
@@ -443,7 +507,8 @@ class _ReduceBuilder(_Builder):
         for i in grp.nodes:
             n = nodes[i]
             name, src = n.prim.name, n.inputs[0] if n.inputs else None
-            computed_src = isinstance(src, Value) and id(src) in inside
+            computed_src = isinstance(src, Value) and id(src) in inside and \
+                inside[id(src)] not in setup  # (a map of a constant is a constant)
             if name in ("full", "size_of") or (name in ("broadcast", "reshape")
                                                and not computed_src):
                 setup.append(i)
@@ -664,7 +729,50 @@ class _ReduceBuilder(_Builder):
         return text, name, layout
 
 
+class _ScalarBuilder(_Builder):
+    """A 'scalar' group: Python-number arithmetic only (see :meth:`_Builder.weak_node`); its
+    inputs and outputs are float64 one-element buffers. No loop."""
+
+    def __init__(self, g, group) -> None:
+        if group.kind != "scalar":
+            raise NotImplementedError(f"LLVM scalar codegen: group kind {group.kind!r}")
+        self.g, self.group = g, group
+        self.full, self.space, self.loops = (), (), []
+        self.lines, self.tmp, self.vecmath = [], 0, []
+        self.ptr, self.at_i, self.reads, self.idx = {}, {}, {}, {}
+        self.views, self.consts = {}, {}
+
+    def build(self, name: str = FN_NAME, prelude: bool = True) -> tuple:
+        grp = self.group
+        layout = list(grp.inputs) + list(grp.outputs)
+        for v in layout:
+            if not v.weak:
+                raise NotImplementedError(f"LLVM scalar codegen: {v!r} is not a Python number")
+        for k, v in enumerate(grp.inputs):
+            self.ptr[id(v)] = f"%a{k}"
+        for i in grp.nodes:
+            self.weak_node(self.g.nodes[i])
+        for k, v in enumerate(grp.outputs):
+            val, _ = self.at_i[id(v)]
+            self.lines.append(f"  store double {val}, ptr %a{len(grp.inputs) + k}")
+        n_args = len(layout)
+        loads = []
+        for k in range(n_args):
+            loads.append(f"  %q{k} = getelementptr inbounds ptr, ptr %args, i64 {k}")
+            loads.append(f"  %p{k} = load ptr, ptr %q{k}")
+        params = ", ".join(f"ptr noalias %a{k}" for k in range(n_args))
+        text = (
+            (_prelude([]) if prelude else "")
+            + f"define internal void @{name}_body({params}) alwaysinline {{\nentry:\n"
+            + "\n".join(self.lines) + "\n  ret void\n}\n\n"
+            + f"define void @{name}(ptr %args, i64 %n) {{\nentry:\n" + "\n".join(loads) + "\n"
+            + f"  call void @{name}_body({', '.join(f'ptr %p{k}' for k in range(n_args))})\n"
+            + "  ret void\n}\n")
+        return text, name, layout
+
+
 BLAS_MIN_WORK = 64 * 64 * 64  # m·n·k from which a matmul calls BLAS (when numpy has one)
+_TRANSPOSE_BYTES = 256 * 1024  # a transposed B up to this size is copied to a stack buffer
 
 
 class _MatmulBuilder:
@@ -739,7 +847,7 @@ class _MatmulBuilder:
         n_batch = math.prod(n.out.shape[:-2])
         st = _MEMTYPE[ty]
         lines = self.lines
-        lines.append("entry:\n  br label %batch\nbatch:")
+        lines.append("entry:\n  br label %batch\nbatch:")  # (lines[0]: see the transpose)
         lines.append("  %bt = phi i64 [0, %entry], [%bt.next, %batch.end]")
         oa, ob, oc = self._batch_offsets("%bt")
         A = self.emit(f"getelementptr inbounds {st}, ptr {pa}, i64 {oa}")
@@ -762,8 +870,33 @@ class _MatmulBuilder:
             lines.append("  br label %batch.end")
         else:
             zero = _const(0.0, ty)
+            first = "batch"
+            if tb and K * N * (4 if ty == "float" else 8) <= _TRANSPOSE_BYTES:
+                # B is stored N x K: copy it to K x N once, so the inner loop runs along a
+                # row of it (contiguous: vector loads, no gathers)
+                lines.append("  br label %tr\ntr:")
+                lines.append("  %tk = phi i64 [0, %batch], [%tk.next, %tr.end]")
+                lines.append("  br label %tr.j\ntr.j:")
+                lines.append("  %tj = phi i64 [0, %tr], [%tj.next, %tr.j]")
+                src = self.emit("mul i64 %tj, " + str(K))
+                src = self.emit(f"add i64 {src}, %tk")
+                psrc = self.emit(f"getelementptr inbounds {st}, ptr {B}, i64 {src}")
+                val = self.emit(f"load {ty}, ptr {psrc}")
+                dst = self.emit(f"mul i64 %tk, {N}")
+                dst = self.emit(f"add i64 {dst}, %tj")
+                pdst = self.emit(f"getelementptr inbounds {st}, ptr %bt.tmp, i64 {dst}")
+                lines.append(f"  store {ty} {val}, ptr {pdst}")
+                lines.append("  %tj.next = add nuw nsw i64 %tj, 1")
+                lines.append(f"  %tj.more = icmp slt i64 %tj.next, {N}")
+                lines.append("  br i1 %tj.more, label %tr.j, label %tr.end\ntr.end:")
+                lines.append("  %tk.next = add nuw nsw i64 %tk, 1")
+                lines.append(f"  %tk.more = icmp slt i64 %tk.next, {K}")
+                lines.append("  br i1 %tk.more, label %tr, label %tr.done\ntr.done:")
+                lines[0] = (f"entry:\n  %bt.tmp = alloca [{K * N} x {ty}], align 64\n"
+                            f"  br label %batch\nbatch:")
+                B, tb, first = "%bt.tmp", False, "tr.done"
             lines.append("  br label %row\nrow:")
-            lines.append("  %i = phi i64 [0, %batch], [%i.next, %row.end]")
+            lines.append(f"  %i = phi i64 [0, %{first}], [%i.next, %row.end]")
             crow = self.emit(f"mul i64 %i, {N}")
             lines.append("  br label %zero\nzero:")
             lines.append("  %z = phi i64 [0, %row], [%z.next, %zero]")
@@ -816,7 +949,8 @@ class _MatmulBuilder:
         for k in range(n_args):
             loads.append(f"  %q{k} = getelementptr inbounds ptr, ptr %args, i64 {k}")
             loads.append(f"  %p{k} = load ptr, ptr %q{k}")
-        params = ", ".join(f"ptr %a{k}" for k in range(n_args))  # (A may be B: no noalias)
+        params = ", ".join(f"ptr noalias %a{k}" for k in range(n_args))  # (A may be B: both
+        #                                             only read, which noalias allows)
         text = (
             (_prelude([]) if prelude else "")
             + (self.declarations() if prelude else "")
@@ -848,6 +982,8 @@ def kernel_outputs(g, group) -> list:
 def _builder(g, group):
     if group.kind == "matmul":
         return _MatmulBuilder(g, group)
+    if group.kind == "scalar":
+        return _ScalarBuilder(g, group)
     return _ReduceBuilder(g, group) if group.kind == "reduce" else _Builder(g, group)
 
 

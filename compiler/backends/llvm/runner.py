@@ -32,7 +32,7 @@ import numpy as np
 from ...ir import Value
 from ...passes.fusion import fuse
 from .. import interp
-from . import codegen, jit
+from . import codegen, driver, jit
 
 GuardFailed = interp.GuardFailed
 _KERNEL = object()  # tags a native step in the plan's step list
@@ -117,7 +117,13 @@ def compile_graph(g, inplace: dict | None = None):
             order.append([_CHECKS, tuple(checks_at[seg])])
     deferred = _keep_inplace_writes_safe(g, order, slot)
     order = [tuple(x) for x in order]
-    return (order, outs, tail, base, n_in, n_sc, tuple(deferred)), len(native), len(groups)
+    plan = (order, outs, tail, base, n_in, n_sc, tuple(deferred)), len(native), len(groups)
+    if native and len(native) == len(groups) - sum(grp.kind == "scalar" for grp in groups):
+        try:  # every group native: one call runs the whole graph
+            return driver.build(g, inplace, plan)
+        except NotImplementedError:  # (NotDrivable included): the runner runs it
+            pass
+    return plan
 
 
 def _reads(step) -> tuple:
@@ -172,6 +178,8 @@ def _check(checks, env) -> None:
 
 def run(plan, inputs: list, scalars: list) -> list:
     """Execute: returns the output arrays (raises GuardFailed)."""
+    if plan.__class__ is driver.DriverPlan:
+        return plan.run(inputs, scalars)
     (steps, outs, tail, base, n_in, n_sc, deferred), _, _ = plan
     env = base[:]
     env[:n_in] = inputs
@@ -215,8 +223,18 @@ def run(plan, inputs: list, scalars: list) -> list:
     return [env[i] for i in outs]
 
 
+def native_kernels(plan) -> tuple:
+    """(kernels run natively, fusion groups) of a plan."""
+    if plan.__class__ is driver.DriverPlan:
+        return plan.n_groups, plan.n_groups
+    return plan[1], plan[2]
+
+
 def describe(plan) -> str:
     """How much of a plan runs natively."""
+    if plan.__class__ is driver.DriverPlan:
+        return (f"all {plan.n_groups} kernels native, run by one driver call; arena "
+                f"{plan.memory.arena_bytes} bytes")
     _, n_native, n_groups = plan
     return f"{n_native} of {n_groups} kernels native (elementwise and reduce); the rest " \
            f"run in numpy"

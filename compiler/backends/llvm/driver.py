@@ -1,0 +1,315 @@
+"""The LLVM backend's driver: a whole graph as one native call.
+
+When every fusion group of a graph lowers (elementwise, reduce, matmul and Python-number
+'scalar' groups; see ``codegen``), :func:`build` makes one LLVM module holding the kernels and
+a driver function ``i32 @drv(ptr %table)`` that runs them in the groups' order — each
+kernel's body is inlined into it — checks every value guard as soon as its group has run,
+and returns 0, or 1 + the index of the first guard that failed. A compiled call is then one
+ctypes call (which releases the GIL) plus the input guards.
+
+Memory: intermediates live in one arena allocated once per plan (offsets from
+``compiler.passes.memory.plan_memory`` over the groups' outputs, no in-place reuse since the
+kernels declare their pointers ``noalias``); graph outputs are fresh arrays, except that an
+output array from an earlier call that nothing else references any more (its reference count
+says so: no tensor, view or user variable holds it) is reused — a few are pooled per output,
+since a step's ``.grad`` arrays are still held when the next step starts; the pointer table
+keeps the addresses of buffers the runtime owns and refreshes an argument's address only when
+a different array arrives. Write-backs into bound
+inputs (parameters, optimizer state) are computed into a staging buffer and copied over the
+input at the end of the driver, after every guard has passed, so a failed guard leaves the
+user's tensors untouched; the runtime marks them done (no copy at commit).
+
+Calls of one plan from two threads at once: the second takes the plan's hybrid fallback (the
+runner), never the shared arena.
+
+Note (what still falls back to the runner): graphs with index, movement, creation or random
+groups, float64 transcendentals, pow by other exponents, guards on non-scalar values, and
+graph outputs that are computed Python numbers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import sys
+import threading
+
+import numpy as np
+
+from ...ir import Value
+from ...passes.fusion import fuse
+from ...passes.memory import plan_memory
+from .. import interp
+from . import codegen
+
+ALIGN = 64
+POOL = 3  # arrays kept per output for reuse: a step's .grad lives until the next step
+
+
+class NotDrivable(NotImplementedError):
+    """The graph has a group the driver cannot run natively (the runner takes it)."""
+
+
+def _memtype(v) -> str:
+    if v.weak:
+        return "double"
+    return codegen._MEMTYPE[codegen._LLTYPE[v.dtype.name]]
+
+
+class DriverPlan:
+    """Everything one graph's native call needs (see the module docstring)."""
+
+    def __init__(self, g, inplace: dict, runner_plan) -> None:
+        self.g = g
+        self.fallback = runner_plan  # (used when another thread holds the plan)
+        self.lock = threading.Lock()
+        groups = fuse(g)
+        for grp in groups:
+            if grp.kind not in ("elementwise", "reduce", "matmul", "scalar"):
+                raise NotDrivable(f"a {grp.kind} group")
+        producer = {id(n.out): k for k, n in enumerate(g.nodes)}
+        steps = [0] * len(g.nodes)
+        for t, grp in enumerate(groups):
+            for k in grp.nodes:
+                steps[k] = t
+        out_ids = {id(v) for v in g.outputs}
+        for v in g.outputs:
+            if v.weak and id(v) in producer:
+                raise NotDrivable("a computed Python number is an output")
+        materialised = [v for grp in groups for v in grp.outputs]
+        memory = plan_memory(g, materialised, ALIGN, steps=steps, inplace=False,
+                             into_outputs=False)
+        self.memory = memory
+        # ------------------------------------------------------------ the pointer table
+        slots: list = []  # per table entry: what fills it
+
+        def slot(kind, key) -> int:
+            slots.append((kind, key))
+            return len(slots) - 1
+
+        weak = [v for v in dict.fromkeys(materialised) if v.weak and id(v) not in out_ids]
+        weak_at = {id(v): memory.arena_bytes + 8 * k for k, v in enumerate(weak)}  # (numbers:
+        #                                            8 bytes each after the planned buffers)
+        self.arena = np.zeros(memory.arena_bytes + 8 * len(weak) + ALIGN, np.uint8)
+        arena_slot = slot("arena", None)
+        self.scalar_buf = np.zeros(max(len(g.scalars), 1), np.float64)
+        scalars_slot = slot("scalars", None)
+        where: dict[int, tuple] = {}  # id(value) -> ("slot", k) | ("arena", offset)
+        #                                           | ("scalar", index)
+        self.input_slots = []
+        for i, v in enumerate(g.inputs):
+            where[id(v)] = ("slot", slot("input", i))
+            self.input_slots.append(len(slots) - 1)
+        for j, v in enumerate(g.scalars):
+            where[id(v)] = ("scalar", j)
+        self.consts = []
+        self.const_outputs: dict[int, np.ndarray] = {}  # id(value) -> its constant value
+        for grp in groups:  # constants a group hands on (full, size_of): made once, here
+            for v in codegen.constant_outputs(g, grp):
+                arr = np.array(codegen.constant_value(g.nodes[producer[id(v)]]), order="C")
+                self.consts.append(arr)
+                self.const_outputs[id(v)] = arr
+                where[id(v)] = ("slot", slot("const", len(self.consts) - 1))
+        for grp in groups:
+            for v in grp.inputs:
+                if isinstance(v, Value) and v.const is not None and id(v) not in where:
+                    arr = np.ascontiguousarray(v.const, dtype=np.float64 if v.weak
+                                               else v.dtype.np)
+                    self.consts.append(arr)
+                    where[id(v)] = ("slot", slot("const", len(self.consts) - 1))
+        # graph outputs: fresh arrays (or recycled); write-backs: staged, then copied
+        self.writebacks = []  # (output index, input index, staging array)
+        self.out_slot: dict[int, int] = {}  # output index -> table slot (fresh arrays)
+        self.out_meta: dict[int, tuple] = {}
+        staged: dict[int, int] = {}  # id(value) -> staging index
+        inplace = inplace or {}
+        self.same_output: dict[int, int] = {}  # output index -> earlier index, same value
+        first: dict[int, int] = {}
+        for k, v in enumerate(g.outputs):
+            if id(v) in first:
+                self.same_output[k] = first[id(v)]
+                continue
+            first[id(v)] = k
+            if id(v) not in producer or id(v) in where:
+                continue  # an input or a constant passed through: the runtime has it
+            j = producer[id(v)]
+            if j in inplace and id(v) not in staged:
+                buf = np.empty(v.shape, v.dtype.np)
+                staged[id(v)] = len(self.writebacks)
+                self.writebacks.append((k, inplace[j], buf))
+                where[id(v)] = ("slot", slot("staged", staged[id(v)]))
+            elif id(v) not in where:
+                self.out_slot[k] = slot("output", k)
+                self.out_meta[k] = (v.shape, v.dtype.np)
+                where[id(v)] = ("slot", self.out_slot[k])
+        for v in materialised:
+            if id(v) in where:
+                continue
+            if id(v) in weak_at:
+                where[id(v)] = ("arena", weak_at[id(v)])
+                continue
+            if v.id not in memory.offsets:
+                raise NotDrivable(f"value {v!r} has no buffer in the memory plan")
+            where[id(v)] = ("arena", memory.offsets[v.id])
+        self.where = where
+        # ------------------------------------------------------------ the module
+        text, fns = codegen.module_ir(g, groups, prefix="dg_d")
+        body = ["define i32 @drv(ptr %tab) {", "entry:"]
+        for k in range(len(slots)):
+            body.append(f"  %s{k}.p = getelementptr inbounds ptr, ptr %tab, i64 {k}")
+            body.append(f"  %s{k} = load ptr, ptr %s{k}.p")
+        arena = f"%s{arena_slot}"
+        body.append(f"  %arena = getelementptr inbounds i8, ptr {arena}, i64 0")
+
+        def pointer(v) -> str:
+            kind, x = where[id(v)]
+            if kind == "slot":
+                return f"%s{x}"
+            base = "%arena" if kind == "arena" else f"%s{scalars_slot}"
+            off = x if kind == "arena" else 8 * x
+            name = f"%v{v.id}"
+            if name not in declared:
+                declared.add(name)
+                body.append(f"  {name} = getelementptr inbounds i8, ptr {base}, i64 {off}")
+            return name
+
+        declared: set = set()
+        guards_after: dict[int, list] = {}
+        for gi, gd in enumerate(g.guards):
+            p = producer.get(id(gd.value))
+            t = steps[p] if p is not None else -1
+            guards_after.setdefault(t, []).append(gi)
+        self.guard_values = []
+        fails = []
+
+        def check(gi: int) -> None:
+            gd = g.guards[gi]
+            v = gd.value
+            if not isinstance(v, Value) or math.prod(v.shape) != 1 or (
+                    not v.weak and v.dtype.name not in ("float32", "float64", "bool")):
+                raise NotDrivable(f"value guard on {v!r}")
+            exp = gd.expected
+            exp = exp.item() if isinstance(exp, np.ndarray) and exp.size == 1 else exp
+            if not isinstance(exp, (bool, int, float)):
+                raise NotDrivable("value guard with a non-scalar expected value")
+            p = pointer(v)
+            ty = _memtype(v)
+            x = f"%g{gi}"
+            body.append(f"  {x}.v = load {ty}, ptr {p}")
+            if ty == "i8":
+                body.append(f"  {x}.ok = icmp eq i8 {x}.v, {int(bool(exp))}")
+            else:  # as the interpreter compares: the expected number rounded to the dtype
+                body.append(f"  {x}.ok = fcmp oeq {ty} {x}.v, {codegen._const(float(exp), ty)}")
+            body.append(f"  br i1 {x}.ok, label %g{gi}.pass, label %fail{gi}")
+            body.append(f"g{gi}.pass:")
+            fails.append(gi)
+            self.guard_values.append((gi, v))
+
+        for gi in guards_after.get(-1, []):
+            check(gi)
+        for t, (grp, (name, layout)) in enumerate(zip(groups, fns, strict=True)):
+            args = [f"ptr {pointer(v)}" for v in layout]
+            if grp.kind == "elementwise":
+                args.append(f"i64 {math.prod(grp.shape)}")
+            body.append(f"  call void @{name}_body({', '.join(args)})")
+            for gi in guards_after.get(t, []):
+                check(gi)
+        for k, input_index, buf in self.writebacks:  # every guard passed: write back
+            v = g.outputs[k]
+            body.append(f"  call void @llvm.memcpy.p0.p0.i64(ptr %s{self.input_slots[input_index]}"
+                        f", ptr {pointer(v)}, i64 {buf.nbytes}, i1 false)")
+        body.append("  ret i32 0")
+        for gi in fails:
+            body.append(f"fail{gi}:\n  ret i32 {gi + 1}")
+        body.append("}")
+        text += ("\ndeclare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)\n"
+                 + "\n".join(body) + "\n")
+        from .runner import _module
+        self.compiled = _module(text)
+        self.fn = self.compiled.cfunc("drv", ctypes.c_int32, ctypes.c_void_p)
+        # ------------------------------------------------------------ the table itself
+        self.table = (ctypes.c_void_p * max(len(slots), 1))()
+        self.table[arena_slot] = (self.arena.ctypes.data + ALIGN - 1) // ALIGN * ALIGN
+        self.arena_base = self.table[arena_slot] - self.arena.ctypes.data
+        self.table[scalars_slot] = self.scalar_buf.ctypes.data
+        for k, (kind, key) in enumerate(slots):
+            if kind == "const":
+                self.table[k] = self.consts[key].ctypes.data
+            elif kind == "staged":
+                self.table[k] = self.writebacks[key][2].ctypes.data
+        self.last_inputs = [None] * len(g.inputs)
+        self.pools = {k: [] for k in self.out_slot}  # per output: (array, address) pairs
+        self.n_groups = len(groups)
+
+    # ------------------------------------------------------------------ a call
+    def run(self, inputs: list, scalars: list) -> list:
+        if not self.lock.acquire(blocking=False):  # another thread runs this plan now
+            from .runner import run
+            return run(self.fallback, inputs, scalars)
+        try:
+            return self._run(inputs, scalars)
+        finally:
+            self.lock.release()
+
+    def _run(self, inputs: list, scalars: list) -> list:
+        table, last = self.table, self.last_inputs
+        for i, a in enumerate(inputs):
+            if a is not last[i]:
+                if not (a.flags.c_contiguous and a.dtype == self.g.inputs[i].dtype.np):
+                    a = np.ascontiguousarray(a, dtype=self.g.inputs[i].dtype.np)
+                table[self.input_slots[i]] = a.ctypes.data
+                last[i] = a
+        for j, x in enumerate(scalars):
+            self.scalar_buf[j] = x
+        outs: dict[int, np.ndarray] = {}
+        for k, s in self.out_slot.items():
+            pool = self.pools[k]
+            for entry in pool:  # an array of an earlier call nobody else holds any more
+                if sys.getrefcount(entry[0]) == 2:  # (the pool's reference and this call's)
+                    break
+            else:
+                shape, dtype = self.out_meta[k]
+                a = np.empty(shape, dtype)
+                entry = (a, a.ctypes.data)
+                if len(pool) < POOL:
+                    pool.append(entry)
+            table[s] = entry[1]
+            outs[k] = entry[0]
+        status = self.fn(table)
+        if status:
+            gi = status - 1
+            raise interp.GuardFailed(gi, self.g.guards[gi].expected, self._guard_value(gi))
+        result = []
+        for k, v in enumerate(self.g.outputs):
+            a = outs.get(k)
+            result.append(self._passthrough(v, inputs, scalars) if a is None else a)
+        for k, input_index, _ in self.writebacks:
+            result[k] = inputs[input_index]
+        for k, j in self.same_output.items():
+            result[k] = result[j]
+        return result
+
+    def _passthrough(self, v, inputs, scalars):
+        if id(v) in self.const_outputs:  # a fresh copy: the caller may write to it
+            return self.const_outputs[id(v)].copy()
+        if v in self.g.inputs:
+            return inputs[self.g.inputs.index(v)]
+        if v in self.g.scalars:
+            return scalars[self.g.scalars.index(v)]
+        if v.const is not None:
+            return np.array(v.const, copy=True)
+        return None
+
+    def _guard_value(self, gi: int):
+        v = self.g.guards[gi].value
+        kind, x = self.where[id(v)]
+        if kind == "arena":
+            dt = np.float64 if v.weak else v.dtype.np
+            return np.frombuffer(self.arena, dt, 1, self.arena_base + x)[0]
+        return "?"
+
+
+def build(g, inplace: dict | None, runner_plan) -> DriverPlan:
+    """A :class:`DriverPlan` for ``g``, or raise :class:`NotDrivable` (or
+    NotImplementedError from the code generator)."""
+    return DriverPlan(g, inplace or {}, runner_plan)
