@@ -19,8 +19,8 @@ inputs (parameters, optimizer state) are computed into a staging buffer and copi
 input at the end of the driver, after every guard has passed, so a failed guard leaves the
 user's tensors untouched; the runtime marks them done (no copy at commit).
 
-Calls of one plan from two threads at once: the second takes the plan's hybrid fallback (the
-runner), never the shared arena.
+Calls of one plan from two threads at once: the second takes the runner's plan of the graph
+(made on first need), never the shared arena.
 
 Note (what still falls back to the runner): graphs with index, movement, creation or random
 groups, float64 transcendentals, pow by other exponents, guards on non-scalar values, and
@@ -59,10 +59,11 @@ def _memtype(v) -> str:
 class DriverPlan:
     """Everything one graph's native call needs (see the module docstring)."""
 
-    def __init__(self, g, inplace: dict, runner_plan) -> None:
+    def __init__(self, g, inplace: dict, make_fallback) -> None:
         self.g = g
-        self.fallback = runner_plan  # (used when another thread holds the plan)
-        self.lock = threading.Lock()
+        self.make_fallback = make_fallback  # the runner's plan, made when first needed: a
+        self.fallback = None  # call while another thread holds this plan
+        self.lock, self.lock_fallback = threading.Lock(), threading.Lock()
         groups = fuse(g)
         for grp in groups:
             if grp.kind not in ("elementwise", "reduce", "matmul", "scalar"):
@@ -239,55 +240,92 @@ class DriverPlan:
                 self.table[k] = self.writebacks[key][2].ctypes.data
         self.last_inputs = [None] * len(g.inputs)
         self.pools = {k: [] for k in self.out_slot}  # per output: (array, address) pairs
+        self._generate()
         self.n_groups = len(groups)
 
     # ------------------------------------------------------------------ a call
     def run(self, inputs: list, scalars: list) -> list:
-        if not self.lock.acquire(blocking=False):  # another thread runs this plan now
-            from .runner import run
-            return run(self.fallback, inputs, scalars)
-        try:
-            return self._run(inputs, scalars)
-        finally:
-            self.lock.release()
+        """A call (replaced by a generated straight-line function, see :meth:`_generate`)."""
+        return self.call(inputs, scalars)
 
-    def _run(self, inputs: list, scalars: list) -> list:
-        table, last = self.table, self.last_inputs
-        for i, a in enumerate(inputs):
-            if a is not last[i]:
-                if not (a.flags.c_contiguous and a.dtype == self.g.inputs[i].dtype.np):
-                    a = np.ascontiguousarray(a, dtype=self.g.inputs[i].dtype.np)
-                table[self.input_slots[i]] = a.ctypes.data
-                last[i] = a
-        for j, x in enumerate(scalars):
-            self.scalar_buf[j] = x
-        outs: dict[int, np.ndarray] = {}
+    def _generate(self) -> None:
+        """``self.call(inputs, scalars)``: the run as straight-line code — the inputs whose
+        array may change checked by identity, scalars stored, an output array taken from
+        each pool, the native call, the result list."""
+        g = self.g
+        ns = {"TABLE": self.table, "LAST": self.last_inputs, "SB": self.scalar_buf,
+              "FN": self.fn, "LOCK": self.lock, "REFS": sys.getrefcount, "SELF": self,
+              "NEW": self._new_output, "SLOW": self._slow_input}
+        lines = ["def call(inputs, scalars):",
+                 "    if not LOCK.acquire(False):  # another thread runs this plan now",
+                 "        return SELF.contended(inputs, scalars)",
+                 "    try:"]
+        body = []
+        for i in range(len(self.input_slots)):
+            body += [f"a = inputs[{i}]",
+                     f"if a is not LAST[{i}]: SLOW({i}, a)"]
+        for j in range(len(g.scalars)):
+            body.append(f"SB[{j}] = scalars[{j}]")
         for k, s in self.out_slot.items():
-            pool = self.pools[k]
-            for entry in pool:  # an array of an earlier call nobody else holds any more
-                if sys.getrefcount(entry[0]) == 2:  # (the pool's reference and this call's)
-                    break
-            else:
-                shape, dtype = self.out_meta[k]
-                a = np.empty(shape, dtype)
-                entry = (a, a.ctypes.data)
-                if len(pool) < POOL:
-                    pool.append(entry)
-            table[s] = entry[1]
-            outs[k] = entry[0]
-        status = self.fn(table)
-        if status:
-            gi = status - 1
-            raise interp.GuardFailed(gi, self.g.guards[gi].expected, self._guard_value(gi))
+            ns[f"P{k}"] = self.pools[k]
+            body += [f"for e in P{k}:",
+                     "    if REFS(e[0]) == 2: break",  # (the pool's reference and REFS's)
+                     f"else: e = NEW({k})",
+                     f"TABLE[{s}] = e[1]", f"o{k} = e[0]"]
+        body += ["status = FN(TABLE)", "if status: SELF.failed(status)"]
         result = []
-        for k, v in enumerate(self.g.outputs):
-            a = outs.get(k)
-            result.append(self._passthrough(v, inputs, scalars) if a is None else a)
-        for k, input_index, _ in self.writebacks:
-            result[k] = inputs[input_index]
+        wb = {k: i for k, i, _ in self.writebacks}
+        for k, v in enumerate(g.outputs):
+            if k in self.same_output:
+                result.append(None)
+            elif k in wb:
+                result.append(f"inputs[{wb[k]}]")
+            elif k in self.out_slot:
+                result.append(f"o{k}")
+            else:
+                ns[f"V{k}"] = v
+                result.append(f"SELF._passthrough(V{k}, inputs, scalars)")
+        first = {}
         for k, j in self.same_output.items():
-            result[k] = result[j]
-        return result
+            result[k] = None
+            first[k] = j
+        body.append(f"r = [{', '.join(x or 'None' for x in result)}]")
+        for k, j in first.items():
+            body.append(f"r[{k}] = r[{j}]")
+        body.append("return r")
+        lines += [f"        {x}" for x in body]
+        lines += ["    finally:", "        LOCK.release()"]
+        exec("\n".join(lines), ns)  # noqa: S102 - generated from the plan, no user text
+        self.call = ns["call"]
+
+    def _slow_input(self, i: int, a) -> None:
+        """A different array for input ``i``: refresh its address (contiguous, right dtype)."""
+        want = self.g.inputs[i].dtype.np
+        if not (a.flags.c_contiguous and a.dtype == want):
+            a = np.array(a, dtype=want, order="C")
+        self.table[self.input_slots[i]] = a.ctypes.data
+        self.last_inputs[i] = a
+
+    def _new_output(self, k: int) -> tuple:
+        shape, dtype = self.out_meta[k]
+        a = np.empty(shape, dtype)
+        entry = (a, a.ctypes.data)
+        if len(self.pools[k]) < POOL:
+            self.pools[k].append(entry)
+        return entry
+
+    def failed(self, status: int):
+        gi = status - 1
+        raise interp.GuardFailed(gi, self.g.guards[gi].expected, self._guard_value(gi))
+
+    def contended(self, inputs, scalars):
+        """Another thread is running this plan (its arena and table are busy): run the
+        graph with the runner instead (built on first need)."""
+        with self.lock_fallback:
+            if self.fallback is None:
+                self.fallback = self.make_fallback()
+        from .runner import run
+        return run(self.fallback, inputs, scalars)
 
     def _passthrough(self, v, inputs, scalars):
         if id(v) in self.const_outputs:  # a fresh copy: the caller may write to it
@@ -309,7 +347,8 @@ class DriverPlan:
         return "?"
 
 
-def build(g, inplace: dict | None, runner_plan) -> DriverPlan:
+def build(g, inplace: dict | None, make_fallback) -> DriverPlan:
     """A :class:`DriverPlan` for ``g``, or raise :class:`NotDrivable` (or
-    NotImplementedError from the code generator)."""
-    return DriverPlan(g, inplace or {}, runner_plan)
+    NotImplementedError from the code generator). ``make_fallback()`` makes the runner's
+    plan of ``g``, for calls that find the plan busy in another thread."""
+    return DriverPlan(g, inplace or {}, make_fallback)

@@ -62,9 +62,22 @@ def _module(text: str) -> jit.Compiled:
 
 
 def compile_graph(g, inplace: dict | None = None):
-    """A plan for :func:`run`: the fusion groups in their order, each lowerable elementwise
-    or reduce group as one native kernel call, the others as the interpreter's steps of
-    their nodes.
+    """A plan for :func:`run`: one native driver call when every fusion group lowers
+    (``driver``), else :func:`compile_hybrid`'s kernels-and-numpy plan."""
+    groups = fuse(g)
+    if all(grp.kind == "scalar" or _lowerable(g, grp) for grp in groups) and \
+            any(grp.kind != "scalar" for grp in groups):
+        try:
+            return driver.build(g, inplace, lambda: compile_hybrid(g, inplace))
+        except NotImplementedError:  # (NotDrivable included): the hybrid plan runs it
+            pass
+    return compile_hybrid(g, inplace)
+
+
+def compile_hybrid(g, inplace: dict | None = None):
+    """A plan for :func:`run`: the fusion groups in their order, each lowerable group
+    (elementwise, reduce, matmul) as one native kernel call, the others as the interpreter's
+    steps of their nodes.
 
     Note (value guards and in-place write-backs in group order): a guard is checked before
     the first group of the segment after it (fusion keeps segments in order). A write-back
@@ -117,13 +130,7 @@ def compile_graph(g, inplace: dict | None = None):
             order.append([_CHECKS, tuple(checks_at[seg])])
     deferred = _keep_inplace_writes_safe(g, order, slot)
     order = [tuple(x) for x in order]
-    plan = (order, outs, tail, base, n_in, n_sc, tuple(deferred)), len(native), len(groups)
-    if native and len(native) == len(groups) - sum(grp.kind == "scalar" for grp in groups):
-        try:  # every group native: one call runs the whole graph
-            return driver.build(g, inplace, plan)
-        except NotImplementedError:  # (NotDrivable included): the runner runs it
-            pass
-    return plan
+    return (order, outs, tail, base, n_in, n_sc, tuple(deferred)), len(native), len(groups)
 
 
 def _reads(step) -> tuple:
@@ -179,7 +186,7 @@ def _check(checks, env) -> None:
 def run(plan, inputs: list, scalars: list) -> list:
     """Execute: returns the output arrays (raises GuardFailed)."""
     if plan.__class__ is driver.DriverPlan:
-        return plan.run(inputs, scalars)
+        return plan.call(inputs, scalars)
     (steps, outs, tail, base, n_in, n_sc, deferred), _, _ = plan
     env = base[:]
     env[:n_in] = inputs
