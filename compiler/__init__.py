@@ -8,9 +8,17 @@ Layering: ``compiler`` imports ``dyngrad``; ``dyngrad`` never imports ``compiler
 lazy ``dyngrad.compile``).
 """
 
-from .api import CompiledFunction, CompileVerifyError, compile, config, disable, reset
+from .api import (
+    CompiledFunction,
+    CompileVerifyError,
+    clear_cache,
+    compile,
+    config,
+    disable,
+    reset,
+)
 from .debug import explain, show
 from .ir import Graph, verify
 
 __all__ = ["compile", "CompiledFunction", "CompileVerifyError", "config", "disable", "reset",
-           "explain", "show", "Graph", "verify"]
+           "clear_cache", "explain", "show", "Graph", "verify"]

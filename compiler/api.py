@@ -85,6 +85,13 @@ def disable():
         config.enabled = prev
 
 
+def clear_cache() -> int:
+    """Remove the LLVM backend's compiled modules from the disk cache (see
+    compiler/backends/llvm/cache.py); returns how many entries were removed."""
+    from .backends.llvm import cache
+    return cache.clear()
+
+
 def reset() -> None:
     """Drop every cached variant of every compiled function."""
     import weakref

@@ -5,10 +5,16 @@ differ by the vector math's few ulps, compounded over the test's steps."""
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 
 import compiler
 from compiler.verify import TOLERANCES
+
+# the LLVM backend's disk cache: one fresh directory per test session (not ~/.cache)
+os.environ.setdefault("DYNGRAD_CACHE_DIR", tempfile.mkdtemp(prefix="dyngrad-test-cache-"))
 
 # tolerances on the LLVM backend: verify= checks one call from identical state within
 # compiler.verify.TOLERANCES (float32 vecmath is within 2.4 ulp of the correctly rounded

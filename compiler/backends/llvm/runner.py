@@ -23,23 +23,19 @@ order, so they differ from eager's by rounding.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import math
-import threading
 
 import numpy as np
 
 from ...ir import Value
 from ...passes.fusion import fuse
 from .. import interp
-from . import codegen, driver, jit
+from . import cache, codegen, driver, jit
 
 GuardFailed = interp.GuardFailed
 _KERNEL = object()  # tags a native step in the plan's step list
 _CHECKS = object()  # tags a step that only checks value guards
 
-_modules: dict[str, jit.Compiled] = {}  # IR hash -> compiled module (shared by variants)
-_lock = threading.Lock()
 
 
 def _lowerable(g, group) -> bool:
@@ -53,12 +49,7 @@ def _lowerable(g, group) -> bool:
 
 
 def _module(text: str) -> jit.Compiled:
-    key = hashlib.sha256(text.encode()).hexdigest()
-    with _lock:
-        compiled = _modules.get(key)
-        if compiled is None:
-            compiled = _modules[key] = jit.compile_ir(text)
-    return compiled
+    return cache.load_or_compile(text)  # (memory, then the disk cache, then LLVM)
 
 
 def compile_graph(g, inplace: dict | None = None):

@@ -1,0 +1,144 @@
+"""Compiled modules: in memory for this process, and object code on disk for the next one.
+
+A module is keyed by its LLVM IR text, llvmlite's and LLVM's versions and the host CPU (name
+and features): object code is only ever loaded on the machine type it was made for. The
+disk cache lives in ``DYNGRAD_CACHE_DIR``, else ``$XDG_CACHE_HOME/dyngrad``, else
+``~/.cache/dyngrad``, created private to the user (mode 0700; entries 0600). An entry is
+``MAGIC, sha256(payload), len(payload), payload``; one whose header, length or hash does not
+match (truncated, corrupted, written by something else) is never loaded: it is removed and
+the module compiled again. Entries are written to a temporary file and renamed, so a reader
+never sees half an entry. ``DYNGRAD_CACHE=0`` turns the disk cache off; a directory that
+cannot be created or written turns it off for the process (the compiler still works).
+:func:`clear` removes every entry (``compiler.clear_cache()``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import tempfile
+import threading
+from pathlib import Path
+
+import llvmlite
+import llvmlite.binding as llvm
+
+from . import jit
+
+MAGIC = b"DGOBJ001"
+_HEADER = struct.Struct("<8s32sQ")
+_memory: dict[str, jit.Compiled] = {}  # key -> compiled module (this process)
+_lock = threading.Lock()
+_disabled: list = []  # a reason once the disk cache failed for this process
+stats = {"memory_hits": 0, "disk_hits": 0, "compiled": 0, "rejected": 0}
+
+
+def directory() -> Path:
+    """Where the disk cache lives (see the module docstring)."""
+    env = os.environ.get("DYNGRAD_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "dyngrad"
+
+
+def _enabled() -> bool:
+    return not _disabled and os.environ.get("DYNGRAD_CACHE", "1").strip().lower() not in (
+        "0", "off", "false", "no")
+
+
+def key(ir_text: str) -> str:
+    cpu, features = jit.host_cpu()
+    h = hashlib.sha256()
+    for part in (ir_text, llvmlite.__version__, ".".join(map(str, llvm.llvm_version_info)),
+                 cpu, features):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _path(k: str) -> Path:
+    return directory() / f"{k}.o"
+
+
+def _read(path: Path) -> bytes | None:
+    """The payload of a valid entry, or None (missing or invalid: an invalid one is
+    removed)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    ok = len(data) >= _HEADER.size
+    if ok:
+        magic, digest, length = _HEADER.unpack_from(data)
+        payload = data[_HEADER.size:]
+        ok = magic == MAGIC and length == len(payload) and \
+            hashlib.sha256(payload).digest() == digest
+    if not ok:
+        stats["rejected"] += 1
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        return None
+    return payload
+
+
+def _write(path: Path, payload: bytes) -> None:
+    d = path.parent
+    try:
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".o")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(_HEADER.pack(MAGIC, hashlib.sha256(payload).digest(), len(payload)))
+                f.write(payload)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError as exc:  # read-only home, full disk...: no disk cache this process
+        _disabled.append(f"{d}: {exc}")
+
+
+def load_or_compile(ir_text: str) -> jit.Compiled:
+    """The compiled module of ``ir_text``: from memory, from disk (no LLVM optimisation or
+    code generation), or compiled now (and stored)."""
+    k = key(ir_text)
+    with _lock:
+        compiled = _memory.get(k)
+        if compiled is not None:
+            stats["memory_hits"] += 1
+            return compiled
+        payload = _read(_path(k)) if _enabled() else None
+        if payload is not None:
+            compiled = jit.load_object(payload)
+            stats["disk_hits"] += 1
+        else:
+            compiled = jit.compile_ir(ir_text, keep_object=_enabled())
+            stats["compiled"] += 1
+            if compiled.object_code is not None:
+                _write(_path(k), compiled.object_code)
+        _memory[k] = compiled
+        return compiled
+
+
+def clear(memory: bool = False) -> int:
+    """Remove every disk cache entry (and, with ``memory``, forget this process's compiled
+    modules — running variants keep theirs). Returns the number of files removed."""
+    n = 0
+    d = directory()
+    if d.is_dir():
+        for p in d.iterdir():
+            if p.suffix == ".o" and (p.name.startswith(".tmp-") or len(p.stem) == 64):
+                try:
+                    p.unlink()
+                    n += 1
+                except OSError:
+                    pass
+    if memory:
+        with _lock:
+            _memory.clear()
+    return n
