@@ -194,6 +194,8 @@ RULES: dict[str, Callable] = {
     "pad": _pad, "concat": _concat,
     "gather": _gather, "scatter_add": _scatter_add,
     "matmul": _matmul,
+    # a bounds check looks at each index on its own: the batched indices, checked as one
+    "index_check": lambda prim, xs, bs, out, params, size: dispatch(prim, xs[0], **params),
 }
 """Batching rules by primitive name; every ``elementwise`` primitive uses ``KIND_RULES``.
 Creation primitives have no tensor inputs, so they are never batched."""

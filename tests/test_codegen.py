@@ -120,7 +120,7 @@ def test_pow_by_exact_literals_matches_numpy_bit_for_bit(exponent, dtype):
 
 def test_pow_by_other_exponents_is_left_to_numpy():
     g = Graph()
-    a = g.add_input((8,), F32)
+    a = g.add_input((100,), F32)  # (a group of at most _LIBM_MAX elements may call libm)
     op(g, "pow", a, 3.0)
     with pytest.raises(NotImplementedError, match="'pow'.*exponent"):
         elementwise_kernel(g, whole_group(g))

@@ -10,6 +10,7 @@ a stale trace. Known bugs are ``xfail(strict=True)`` with the reason; they flip 
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -883,3 +884,38 @@ def test_a_compiled_function_calling_another_compiled_function():
         assert_same(outer(x), (x * w).exp() + 1)
         assert_same(inner(x), x * w)
     assert compiled_calls(outer) >= 2
+
+
+@pytest.mark.parametrize("backend", ["interp", "llvm"])
+@pytest.mark.parametrize("case", ["cross_entropy", "take_along_dim", "two_index_tensors",
+                                  "one_hot"])
+def test_an_out_of_range_index_raises_in_a_compiled_call_as_in_eager(case, backend):
+    """Bounds checks of composites that flatten indices are traced (index_check): a compiled
+    call never silently reads another row, and leaves the state untouched."""
+    w = nn.Parameter(dg.tensor(np.arange(15.0).reshape(5, 3)))
+
+    def f(idx):
+        if case == "cross_entropy":
+            out = F.cross_entropy(w, idx.reshape(-1))
+        elif case == "take_along_dim":
+            out = dg.take_along_dim(w, idx, 1).sum()
+        elif case == "two_index_tensors":
+            out = w[idx.reshape(-1), idx.reshape(-1) % 3].sum()
+        else:
+            out = (F.one_hot(idx.reshape(-1), 3) * 1.0).sum() * w.sum()
+        out.backward()
+        return out
+    cf = compiler.compile(f, backend=backend)
+    good = dg.tensor(np.array([[0], [1], [2], [1], [0]]))
+    for _ in range(3):
+        cf(good)
+    assert compiled_calls(cf) >= 1
+    bad = dg.tensor(np.array([[0], [1], [7], [1], [0]]))
+    with pytest.raises(Exception) as eager_error:
+        f(bad)
+    w.grad = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the compiled call's note that it ran eagerly)
+        with pytest.raises(type(eager_error.value), match="out of bounds|must be in"):
+            cf(bad)
+    assert w.grad is None  # nothing of the failed call was written

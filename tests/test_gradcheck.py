@@ -63,8 +63,9 @@ def prim(name):
 # ------------------------------------------------------------------ the op table
 
 # Primitives whose result carries no derivative: comparisons give bools, size_of a count,
-# and creation/random ops have no differentiable inputs.
-NON_DIFFERENTIABLE = {"eq", "ne", "lt", "le", "gt", "ge", "size_of", "full", "iota", "random"}
+# index_check integer indices, and creation/random ops have no differentiable inputs.
+NON_DIFFERENTIABLE = {"eq", "ne", "lt", "le", "gt", "ge", "size_of", "full", "iota", "random",
+                      "index_check"}
 
 
 def test_every_primitive_has_vjp_and_jvp_rules_or_is_listed_as_non_differentiable():

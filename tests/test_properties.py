@@ -278,6 +278,16 @@ def random_case(draw):
                       "dtype": draw(st.sampled_from([dg.float32, dg.float64]))}
 
 
+@st.composite
+def index_check_case(draw):
+    size = draw(st.integers(1, 5))
+    ishape = draw(hnp.array_shapes(min_dims=0, max_dims=2, min_side=0, max_side=3))
+    op = draw(st.sampled_from(["gather", "index", "one_hot"]))
+    low = 0 if op == "one_hot" else -size
+    idx = np.random.default_rng(draw(seeds)).integers(low, size, size=ishape)
+    return (tensor(idx),), {"size": size, "dim": draw(st.integers(0, 2)), "op": op}
+
+
 VALID_INPUTS = {
     **{name: unary_float() for name in ("floor", "exp", "log", "log1p", "sqrt", "sin", "cos",
                                         "tanh", "erf")},
@@ -299,6 +309,7 @@ VALID_INPUTS = {
     "pad": pad_case(),
     "concat": concat_case(),
     "gather": gather_case(),
+    "index_check": index_check_case(),
     "scatter_add": scatter_case(),
     "matmul": matmul_case(),
     "full": full_case(),

@@ -97,6 +97,39 @@ SCATTER_ADD = Primitive("scatter_add", "index", _scatter_impl, _scatter_rule,
                             "accumulate); the transpose of gather")
 
 
+def _check_rule(idx, size, dim, op):
+    if idx.dtype is not _dt.int64:
+        raise IndexError(f"{op}: indices must be int64, got {idx.dtype.name}")
+    return tuple(idx.shape), idx.dtype
+
+
+def _check_impl(idx, size, dim, op):
+    if op == "one_hot":  # class values: no wrapping
+        if idx.size and (idx.min() < 0 or idx.max() >= size):
+            raise RuntimeError(f"one_hot: class values must be in [0, {size})")
+        return idx
+    if idx.size and (idx.max() >= size or idx.min() < -size):
+        bad = idx[(idx >= size) | (idx < -size)].ravel()[0]
+        where = "" if op == "index" else f"{op}: "  # (x[i, j] reads as numpy's message)
+        raise IndexError(f"{where}index {bad} is out of bounds for dimension {dim} with size "
+                         f"{size}")
+    return idx
+
+
+INDEX_CHECK = Primitive("index_check", "index", _check_impl, _check_rule,
+                        doc="the indices unchanged, after checking each is in [-size, size) "
+                            "(IndexError naming ``op`` and ``dim`` otherwise): a bounds "
+                            "check the tracer records, so compiled code checks it too")
+
+
+def check_index(idx: Tensor, size: int, dim: int, op: str) -> Tensor:
+    """``idx`` once every entry is known to index a dimension of ``size`` (negative
+    entries wrap; for ``op="one_hot"`` they must lie in [0, size) and a RuntimeError says
+    so): composites check bounds through this primitive, never by reading the data in
+    Python (which a compiled call would not repeat)."""
+    return dispatch(INDEX_CHECK, idx, size=int(size), dim=int(dim), op=op)
+
+
 def gather(x: Tensor, idx: Tensor, axis: int = 0) -> Tensor:
     """``np.take(x, idx, axis)`` with autograd."""
     return dispatch(GATHER, x, _as_index(idx), axis=axis)
@@ -138,10 +171,7 @@ def take_along_dim(x: Tensor, idx: Tensor, dim: int) -> Tensor:
             raise RuntimeError(f"gather: size of index {list(idx.shape)} exceeds the input "
                                f"{list(x.shape)} at dimension {i} (only dim {d} may differ)")
     n = x.shape[d]
-    a = idx._data
-    if a.size and (a.max() >= n or a.min() < -n):
-        bad = a[(a >= n) | (a < -n)].ravel()[0]
-        raise IndexError(f"gather: index {bad} is out of bounds for dimension {d} with size {n}")
+    idx = check_index(idx, n, d, "gather")
     idx = _e.where(_e.lt(idx, 0), idx + n, idx)
     flat, stride = None, 1
     for i in range(x.ndim - 1, -1, -1):
@@ -168,8 +198,7 @@ def one_hot(idx: Tensor, num_classes: int = -1) -> Tensor:
         if STATE.modes:
             report_read(idx, "size")
         num_classes = int(idx._data.max()) + 1 if idx.numel() else 0
-    if idx.numel() and (idx._data.min() < 0 or idx._data.max() >= num_classes):
-        raise RuntimeError(f"one_hot: class values must be in [0, {num_classes})")
+    idx = check_index(idx, num_classes, -1, "one_hot")
     return _e.cast(_e.eq(_m.unsqueeze(idx, -1), arange(num_classes)), _dt.int64)
 
 
@@ -343,12 +372,9 @@ def _advanced(x: Tensor, adv: list) -> Tensor:
     except ValueError:  # PyTorch's error type and message
         raise IndexError("shape mismatch: indexing tensors could not be broadcast together "
                          "with shapes " + ", ".join(str(list(i.shape)) for i in idxs)) from None
-    for d, i in adv:  # bounds are checked here, before any index is flattened
-        n = x.shape[d]
-        a = i._data
-        if a.size and (a.max() >= n or a.min() < -n):
-            bad = a[(a >= n) | (a < -n)].ravel()[0]
-            raise IndexError(f"index {bad} is out of bounds for dimension {d} with size {n}")
+    if len(adv) > 1:  # bounds are checked here, before any index is flattened
+        adv = [(d, check_index(i, x.shape[d], d, "index")) for d, i in adv]
+        idxs = [v for _, v in adv]
     if len(adv) == 1:
         return gather(x, idxs[0], dims[0])
     adjacent = dims == list(range(dims[0], dims[0] + len(dims)))

@@ -48,17 +48,25 @@ _FBIN = {"add": "fadd", "sub": "fsub", "mul": "fmul", "div": "fdiv"}
 _FCMP = {"eq": "oeq", "ne": "une", "lt": "olt", "le": "ole", "gt": "ogt", "ge": "oge"}
 _ICMP = {"eq": "eq", "ne": "ne"}
 _VECMATH = ("exp", "log", "tanh", "erf", "sin", "cos")
-_LLTYPE = {"float32": "float", "float64": "double", "bool": "i1"}
-_MEMTYPE = {"float": "float", "double": "double", "i1": "i8"}  # how a buffer stores it
+_LLTYPE = {"float32": "float", "float64": "double", "bool": "i1", "int64": "i64"}
+_MEMTYPE = {"float": "float", "double": "double", "i1": "i8", "i64": "i64"}  # in a buffer
+_SCMP = {"eq": "eq", "ne": "ne", "lt": "slt", "le": "sle", "gt": "sgt", "ge": "sge"}
+_IBIN = {"add": "add", "sub": "sub", "mul": "mul"}  # int64: wrapping, as numpy's
 _SUFFIX = {"float": "f32", "double": "f64"}
 _EXACT_POW = (2.0, 0.5, -1.0, 1.0, 0.0)  # np.power computes these as x*x, sqrt, 1/x, x, 1
 _NEST_MIN = 8  # an elementwise kernel loops rows x last dim when that dim is at least this
+_LIBM_MAX = 16  # pow may call libm in groups of at most this many elements, or on scalar
+#                operands (loop-invariant): never in a hot loop
 
 
 def _const(x, ty: str) -> str:
     """A literal of LLVM type ``ty`` ('float' rounds as numpy's weak-scalar rule does)."""
     if ty == "i1":
         return "true" if x else "false"
+    if ty == "i64":
+        if isinstance(x, float) and not x.is_integer():
+            raise NotImplementedError(f"LLVM codegen: the number {x!r} in an int64 operation")
+        return str(int(x))
     if ty == "float":
         return vecmath.fconst(float(np.float32(x)))
     return f"0x{struct.unpack('<Q', struct.pack('<d', float(x)))[0]:016X}"
@@ -222,9 +230,30 @@ class _Builder:
                 r = self.emit(f"load double, ptr {self.ptr[id(x)]}")
                 if want == "float":  # numpy's weak scalar: rounded to float32 first
                     r = self.emit(f"fptrunc double {r} to float")
+                elif want == "i64":  # (only where the result's dtype proves it an int)
+                    r = self.emit(f"fptosi double {r} to i64")
                 self.reads[key] = r
             return self.reads[key], want
         return self.read(x, out_shape)
+
+    def int_node(self, n, ins) -> None:
+        """int64 arithmetic, wrapping on overflow as numpy's does."""
+        name = n.prim.name
+        a = [self.operand(x, n.out.shape, "i64")[0] for x in ins]
+        if name in _IBIN:
+            r = self.emit(f"{_IBIN[name]} i64 {a[0]}, {a[1]}")
+        elif name == "neg":
+            r = self.emit(f"sub i64 0, {a[0]}")
+        elif name == "abs":
+            c = self.emit(f"icmp slt i64 {a[0]}, 0")
+            m = self.emit(f"sub i64 0, {a[0]}")
+            r = self.emit(f"select i1 {c}, i64 {m}, i64 {a[0]}")
+        elif name in ("maximum", "minimum"):
+            c = self.emit(f"icmp {'sgt' if name == 'maximum' else 'slt'} i64 {a[0]}, {a[1]}")
+            r = self.emit(f"select i1 {c}, i64 {a[0]}, i64 {a[1]}")
+        else:
+            raise _unsupported(name, "int64")
+        self.at_i[id(n.out)] = (r, "i64")
 
     def weak_node(self, n) -> None:
         """Python-number arithmetic (an optimizer's hyperparameters): in float64, as numpy
@@ -291,8 +320,13 @@ class _Builder:
             if not vals or len(in_dts) != 1 or next(iter(in_dts)) not in _LLTYPE:
                 raise _unsupported(name, "/".join(sorted(in_dts)) or "literals")
             ty = _LLTYPE[next(iter(in_dts))]
+            if ty == "i64" and any(isinstance(x, float) or (isinstance(x, Value) and x.weak)
+                                   for x in ins):  # numpy would compare as float64
+                raise _unsupported(name, "int64 with a float or Python-number operand")
             (a, _), (b, _) = (self.operand(x, out.shape, ty) for x in ins)
-            if ty != "i1":
+            if ty == "i64":
+                r = self.emit(f"icmp {_SCMP[name]} i64 {a}, {b}")
+            elif ty != "i1":
                 r = self.emit(f"fcmp {_FCMP[name]} {ty} {a}, {b}")
             elif name in _ICMP:
                 r = self.emit(f"icmp {_ICMP[name]} i1 {a}, {b}")
@@ -303,14 +337,20 @@ class _Builder:
         if name == "cast":
             src = ins[0]
             sdt = _dtname(src)
-            if sdt not in _LLTYPE or odt not in _LLTYPE or (sdt != odt and "bool" == odt):
+            if sdt not in _LLTYPE or odt not in _LLTYPE or (sdt != odt and "bool" == odt
+                                                             and sdt != "int64") or (
+                    odt == "int64" and sdt not in ("int64", "bool")):
                 raise _unsupported("cast", f"{sdt}->{odt}")
             sty, oty = _LLTYPE[sdt], _LLTYPE[odt]
             a, _ = self.operand(src, out.shape, sty)
             if sty == oty:
                 self.at_i[id(out)] = (a, oty)
-            elif sty == "i1":  # bool -> float: 0 or 1
-                self.at_i[id(out)] = (self.emit(f"uitofp i1 {a} to {oty}"), oty)
+            elif sty == "i1":  # bool -> number: 0 or 1
+                op = "zext" if oty == "i64" else "uitofp"
+                self.at_i[id(out)] = (self.emit(f"{op} i1 {a} to {oty}"), oty)
+            elif sty == "i64":  # int64 -> float (rounded to nearest) or -> bool
+                self.at_i[id(out)] = (self.emit(f"icmp ne i64 {a}, 0"), oty) if oty == "i1" \
+                    else (self.emit(f"sitofp i64 {a} to {oty}"), oty)
             else:  # float32 <-> float64, rounded to nearest as numpy's astype
                 op = "fpext" if oty == "double" else "fptrunc"
                 self.at_i[id(out)] = (self.emit(f"{op} {sty} {a} to {oty}"), oty)
@@ -325,16 +365,27 @@ class _Builder:
             return
         if ty == "i1" or any(d != odt for d in in_dts):
             raise _unsupported(name, "/".join(sorted(in_dts | {odt})))
+        if ty == "i64":
+            self.int_node(n, ins)
+            return
+        libm_pow = False
         if name == "pow":  # literal exponents numpy computes exactly: x², √x, 1/x, x, 1
             e = ins[1]
             e = self.consts[id(e)][0] if isinstance(e, Value) and id(e) in self.consts else e
             if isinstance(e, Value) or float(e) not in _EXACT_POW:
-                raise _unsupported("pow", f"{odt} with exponent {_dtname(ins[1])} other than "
-                                          f"a literal {sorted(_EXACT_POW)}")
-            ins = [ins[0]]
+                invariant = all(math.prod(x.shape) <= 1 for x in ins if isinstance(x, Value))
+                if math.prod(self.group.shape) > _LIBM_MAX and not invariant:
+                    raise _unsupported("pow", f"{odt} with exponent {_dtname(ins[1])} other "
+                                              f"than a literal {sorted(_EXACT_POW)}")
+                libm_pow = True  # a few elements, or one value the loop does not change
+                #                  (Adam's bias correction, hoisted by LLVM): libm, as numpy
+            else:
+                ins = [ins[0]]
         args = [self.operand(x, out.shape, ty)[0] for x in ins]
         sfx = _SUFFIX[ty]
-        if name == "pow":
+        if libm_pow:
+            r = self.emit(f"call {ty} @llvm.pow.{sfx}({ty} {args[0]}, {ty} {args[1]})")
+        elif name == "pow":
             e, a = float(e), args[0]
             r = (self.emit(f"fmul {ty} {a}, {a}") if e == 2.0 else
                  self.emit(f"call {ty} @llvm.sqrt.{sfx}({ty} {a})") if e == 0.5 else
@@ -771,6 +822,170 @@ class _ScalarBuilder(_Builder):
         return text, name, layout
 
 
+class _IndexBuilder:
+    """An 'index' group: ``gather`` (np.take along an axis) or ``scatter_add`` (np.add.at
+    along an axis, repeated indices accumulating in index order, as numpy's). Negative
+    indices wrap; an index out of range makes the kernel return 1 before writing anything
+    the caller can see (its body returns i32: 0 or 1), so the driver stops and the call runs
+    eagerly, raising eager's IndexError."""
+
+    returns_status = True
+
+    def __init__(self, g, group) -> None:
+        if group.kind != "index" or len(group.nodes) != 1:
+            raise NotImplementedError(f"LLVM index codegen: group kind {group.kind!r}")
+        self.g, self.group = g, group
+        self.n = g.nodes[group.nodes[0]]
+        if self.n.prim.name not in ("gather", "scatter_add", "index_check"):
+            raise NotImplementedError(f"LLVM index codegen: {self.n.prim.name}")
+        dt = self.n.out.dtype.name
+        if dt not in _LLTYPE or dt == "bool":
+            raise NotImplementedError(f"LLVM index codegen: dtype {dt}")
+        self.vecmath: list[str] = []
+        self.lines: list[str] = []
+        self.tmp = 0
+
+    def emit(self, text: str) -> str:
+        self.tmp += 1
+        r = f"%t{self.tmp}"
+        self.lines.append(f"  {r} = {text}")
+        return r
+
+    def declarations(self) -> str:
+        return ""
+
+    def _check(self, name: str, prelude: bool, layout: list, ptr: dict) -> tuple:
+        """``index_check``: status 1 if an index is outside [-size, size) (one_hot:
+        [0, size)), else the indices copied to the output and 0."""
+        n = self.n
+        size, m = n.params["size"], math.prod(n.out.shape)
+        low = 0 if n.params["op"] == "one_hot" else -size
+        pi, po = ptr[id(n.inputs[0])], ptr[id(n.out)]
+        L = self.lines
+        if m == 0:
+            L.append("entry:\n  ret i32 0")
+        else:
+            L.append("entry:\n  br label %chk\nchk:\n  %q = phi i64 [0, %entry], [%q.n, %ok]")
+            a = self.emit(f"getelementptr inbounds i64, ptr {pi}, i64 %q")
+            k = self.emit(f"load i64, ptr {a}")
+            lo = self.emit(f"icmp slt i64 {k}, {low}")
+            hi = self.emit(f"icmp sge i64 {k}, {size}")
+            bad = self.emit(f"or i1 {lo}, {hi}")
+            b = self.emit(f"getelementptr inbounds i64, ptr {po}, i64 %q")
+            L.append(f"  store i64 {k}, ptr {b}")
+            L.append(f"  br i1 {bad}, label %bad, label %ok\nok:")
+            L.append(f"  %q.n = add nuw nsw i64 %q, 1\n  %q.m = icmp slt i64 %q.n, {m}")
+            L.append("  br i1 %q.m, label %chk, label %done\ndone:\n  ret i32 0")
+            L.append("bad:\n  ret i32 1")
+        return self._finish(name, prelude, layout)
+
+    def _finish(self, name: str, prelude: bool, layout: list) -> tuple:
+        n_args = len(layout)
+        loads = []
+        for q in range(n_args):
+            loads.append(f"  %q{q} = getelementptr inbounds ptr, ptr %args, i64 {q}")
+            loads.append(f"  %p{q} = load ptr, ptr %q{q}")
+        params = ", ".join(f"ptr noalias %a{q}" for q in range(n_args))
+        text = (
+            (_prelude([]) if prelude else "")
+            + f"define internal i32 @{name}_body({params}) alwaysinline {{\n"
+            + "\n".join(self.lines) + "\n}\n\n"
+            + f"define i32 @{name}(ptr %args, i64 %n) {{\nentry:\n" + "\n".join(loads) + "\n"
+            + f"  %st = call i32 @{name}_body({', '.join(f'ptr %p{q}' for q in range(n_args))})\n"
+            + "  ret i32 %st\n}\n")
+        return text, name, layout
+
+    def build(self, name: str = FN_NAME, prelude: bool = True) -> tuple:
+        n, grp = self.n, self.group
+        layout = list(grp.inputs) + list(grp.outputs)
+        if len(grp.outputs) != 1 or grp.outputs[0] is not n.out:
+            raise NotImplementedError("LLVM index codegen: one output")
+        ptr = {id(v): f"%a{k}" for k, v in enumerate(layout)}
+        ty = _MEMTYPE[_LLTYPE[n.out.dtype.name]]
+        if n.prim.name == "index_check":
+            return self._check(name, prelude, layout, ptr)
+        axis = n.params["axis"]
+        if n.prim.name == "gather":
+            x, idx = n.inputs
+            xs = x.shape
+            if not xs:
+                raise NotImplementedError("LLVM index codegen: gather from a 0-d value")
+        else:
+            base, idx, src = n.inputs
+            xs = base.shape
+        pre = math.prod(xs[:axis])
+        size = xs[axis] if xs else 1
+        post = math.prod(xs[axis + 1:])
+        m = math.prod(idx.shape)
+        L = self.lines
+        px, pi, po = (ptr[id(n.inputs[0])], ptr[id(idx)], ptr[id(n.out)])
+        if n.prim.name == "scatter_add":  # out = base, then validate, then add in order
+            total = math.prod(xs)
+            L.append("entry:\n  br label %cp\ncp:\n  %c = phi i64 [0, %entry], [%c.n, %cp]")
+            a = self.emit(f"getelementptr inbounds {ty}, ptr {px}, i64 %c")
+            v = self.emit(f"load {ty}, ptr {a}")
+            b = self.emit(f"getelementptr inbounds {ty}, ptr {po}, i64 %c")
+            L.append(f"  store {ty} {v}, ptr {b}")
+            L.append(f"  %c.n = add nuw nsw i64 %c, 1\n  %c.m = icmp slt i64 %c.n, {total}")
+            L.append("  br i1 %c.m, label %cp, label %chk.pre\nchk.pre:")
+            first = "chk.pre"
+        else:
+            L.append("entry:")
+            first = "entry"
+        # every index checked first: nothing is written past a bad one... (for gather the
+        # output is fresh memory the caller discards on failure)
+        L.append(f"  br label %chk\nchk:\n  %q = phi i64 [0, %{first}], [%q.n, %chk.ok]")
+        a = self.emit(f"getelementptr inbounds i64, ptr {pi}, i64 %q")
+        k = self.emit(f"load i64, ptr {a}")
+        lo = self.emit(f"icmp slt i64 {k}, {-size}")
+        hi = self.emit(f"icmp sge i64 {k}, {size}")
+        bad = self.emit(f"or i1 {lo}, {hi}")
+        L.append(f"  br i1 {bad}, label %bad, label %chk.ok\nchk.ok:")
+        L.append(f"  %q.n = add nuw nsw i64 %q, 1\n  %q.m = icmp slt i64 %q.n, {m}")
+        L.append("  br i1 %q.m, label %chk, label %go\ngo:")
+        L.append("  br label %p.loop\np.loop:\n  %p = phi i64 [0, %go], [%p.n, %p.end]")
+        L.append("  br label %j.loop\nj.loop:\n  %j = phi i64 [0, %p.loop], [%j.n, %j.end]")
+        a = self.emit(f"getelementptr inbounds i64, ptr {pi}, i64 %j")
+        k = self.emit(f"load i64, ptr {a}")
+        neg = self.emit(f"icmp slt i64 {k}, 0")
+        kw = self.emit(f"add i64 {k}, {size}")
+        k = self.emit(f"select i1 {neg}, i64 {kw}, i64 {k}")
+        # source row (p, k) of x / destination row (p, k) of out; (p, j) of out / src
+        rowk = self.emit(f"mul i64 %p, {size}")
+        rowk = self.emit(f"add i64 {rowk}, {k}")
+        rowk = self.emit(f"mul i64 {rowk}, {post}")
+        rowj = self.emit(f"mul i64 %p, {m}")
+        rowj = self.emit(f"add i64 {rowj}, %j")
+        rowj = self.emit(f"mul i64 {rowj}, {post}")
+        L.append("  br label %r.loop\nr.loop:\n  %r = phi i64 [0, %j.loop], [%r.n, %r.loop]")
+        ik = self.emit(f"add i64 {rowk}, %r")
+        ij = self.emit(f"add i64 {rowj}, %r")
+        if n.prim.name == "gather":
+            a = self.emit(f"getelementptr inbounds {ty}, ptr {px}, i64 {ik}")
+            v = self.emit(f"load {ty}, ptr {a}")
+            b = self.emit(f"getelementptr inbounds {ty}, ptr {po}, i64 {ij}")
+            L.append(f"  store {ty} {v}, ptr {b}")
+        else:
+            psrc = ptr[id(src)]
+            a = self.emit(f"getelementptr inbounds {ty}, ptr {psrc}, i64 {ij}")
+            v = self.emit(f"load {ty}, ptr {a}")
+            b = self.emit(f"getelementptr inbounds {ty}, ptr {po}, i64 {ik}")
+            old = self.emit(f"load {ty}, ptr {b}")
+            op = "add" if ty == "i64" else "fadd"
+            new = self.emit(f"{op} {ty} {old}, {v}")
+            L.append(f"  store {ty} {new}, ptr {b}")
+        L.append(f"  %r.n = add nuw nsw i64 %r, 1\n  %r.m = icmp slt i64 %r.n, {post}")
+        L.append("  br i1 %r.m, label %r.loop, label %j.end\nj.end:")
+        L.append(f"  %j.n = add nuw nsw i64 %j, 1\n  %j.m = icmp slt i64 %j.n, {m}")
+        L.append("  br i1 %j.m, label %j.loop, label %p.end\np.end:")
+        L.append(f"  %p.n = add nuw nsw i64 %p, 1\n  %p.m = icmp slt i64 %p.n, {pre}")
+        L.append("  br i1 %p.m, label %p.loop, label %done\ndone:\n  ret i32 0")
+        L.append("bad:\n  ret i32 1")
+        if m == 0 or pre == 0 or post == 0:
+            raise NotImplementedError("LLVM index codegen: an empty dimension")
+        return self._finish(name, prelude, layout)
+
+
 BLAS_MIN_WORK = 64 * 64 * 64  # m·n·k from which a matmul calls BLAS (when numpy has one)
 _TRANSPOSE_BYTES = 256 * 1024  # a transposed B up to this size is copied to a stack buffer
 
@@ -984,6 +1199,8 @@ def _builder(g, group):
         return _MatmulBuilder(g, group)
     if group.kind == "scalar":
         return _ScalarBuilder(g, group)
+    if group.kind == "index":
+        return _IndexBuilder(g, group)
     return _ReduceBuilder(g, group) if group.kind == "reduce" else _Builder(g, group)
 
 
@@ -996,7 +1213,9 @@ def reduce_kernel(g, group) -> tuple:
 def _prelude(math_functions) -> str:
     return (vecmath.module_ir(math_functions) + "declare float @llvm.sqrt.f32(float)\n"
             "declare double @llvm.sqrt.f64(double)\ndeclare double @llvm.fabs.f64(double)\n"
-            "declare float @llvm.floor.f32(float)\ndeclare double @llvm.floor.f64(double)\n\n")
+            "declare float @llvm.floor.f32(float)\ndeclare double @llvm.floor.f64(double)\n"
+            "declare float @llvm.pow.f32(float, float)\n"
+            "declare double @llvm.pow.f64(double, double)\n\n")
 
 
 def module_ir(g, groups, prefix: str = "dg_k") -> tuple:
@@ -1011,7 +1230,7 @@ def module_ir(g, groups, prefix: str = "dg_k") -> tuple:
         texts.append(text)
         kernels.append((name, layout))
         math_functions += [f for f in b.vecmath if f not in math_functions]
-        d = b.declarations() if isinstance(b, _MatmulBuilder) else ""
+        d = b.declarations() if isinstance(b, (_MatmulBuilder, _IndexBuilder)) else ""
         if d and d not in decls:
             decls.append(d)
     return _prelude(math_functions) + "".join(decls) + "\n".join(texts), kernels

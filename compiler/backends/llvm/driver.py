@@ -66,18 +66,39 @@ class DriverPlan:
         self.lock, self.lock_fallback = threading.Lock(), threading.Lock()
         groups = fuse(g)
         for grp in groups:
-            if grp.kind not in ("elementwise", "reduce", "matmul", "scalar"):
+            if grp.kind not in ("elementwise", "reduce", "matmul", "scalar", "index",
+                                "creation", "movement"):
                 raise NotDrivable(f"a {grp.kind} group")
         producer = {id(n.out): k for k, n in enumerate(g.nodes)}
+        out_ids = {id(v) for v in g.outputs}
+        # creation groups: constants, made here by their own primitives (eager's values);
+        # movement groups: reshapes of contiguous buffers, which alias their source
+        made: dict[int, np.ndarray] = {}
+        aliases: dict[int, Value] = {}  # id(reshape output) -> the value it relabels
+        for grp in groups:
+            if grp.kind == "creation":
+                made.update(_constants(g, grp))
+            elif grp.kind == "movement":
+                for i in grp.nodes:
+                    n = g.nodes[i]
+                    if n.prim.name != "reshape" or id(n.out) in out_ids:
+                        raise NotDrivable(f"a movement group with {n.prim.name}")
+                    src = n.inputs[0]
+                    aliases[id(n.out)] = aliases.get(id(src), src) if isinstance(
+                        aliases.get(id(src), src), Value) else src
+        groups = [grp for grp in groups if grp.kind not in ("creation", "movement")]
         steps = [0] * len(g.nodes)
         for t, grp in enumerate(groups):
             for k in grp.nodes:
                 steps[k] = t
-        out_ids = {id(v) for v in g.outputs}
         for v in g.outputs:
             if v.weak and id(v) in producer:
                 raise NotDrivable("a computed Python number is an output")
         materialised = [v for grp in groups for v in grp.outputs]
+        for v in list(aliases.values()):  # a relabelled value needs memory of its own
+            if id(v) in producer and id(v) not in {id(x) for x in materialised} and \
+                    id(v) not in made:
+                materialised.append(v)
         memory = plan_memory(g, materialised, ALIGN, steps=steps, inplace=False,
                              into_outputs=False)
         self.memory = memory
@@ -105,6 +126,10 @@ class DriverPlan:
             where[id(v)] = ("scalar", j)
         self.consts = []
         self.const_outputs: dict[int, np.ndarray] = {}  # id(value) -> its constant value
+        for vid, arr in made.items():  # creation groups' values
+            self.consts.append(arr)
+            self.const_outputs[vid] = arr
+            where[vid] = ("slot", slot("const", len(self.consts) - 1))
         for grp in groups:  # constants a group hands on (full, size_of): made once, here
             for v in codegen.constant_outputs(g, grp):
                 arr = np.array(codegen.constant_value(g.nodes[producer[id(v)]]), order="C")
@@ -144,7 +169,7 @@ class DriverPlan:
                 self.out_meta[k] = (v.shape, v.dtype.np)
                 where[id(v)] = ("slot", self.out_slot[k])
         for v in materialised:
-            if id(v) in where:
+            if id(v) in where or id(v) in aliases:
                 continue
             if id(v) in weak_at:
                 where[id(v)] = ("arena", weak_at[id(v)])
@@ -152,6 +177,10 @@ class DriverPlan:
             if v.id not in memory.offsets:
                 raise NotDrivable(f"value {v!r} has no buffer in the memory plan")
             where[id(v)] = ("arena", memory.offsets[v.id])
+        for vid, src in aliases.items():  # a reshape: the same memory as its source
+            if id(src) not in where:
+                raise NotDrivable(f"the source of a reshape, {src!r}, has no buffer")
+            where[vid] = where[id(src)]
         self.where = where
         # ------------------------------------------------------------ the module
         text, fns = codegen.module_ir(g, groups, prefix="dg_d")
@@ -212,7 +241,12 @@ class DriverPlan:
             args = [f"ptr {pointer(v)}" for v in layout]
             if grp.kind == "elementwise":
                 args.append(f"i64 {math.prod(grp.shape)}")
-            body.append(f"  call void @{name}_body({', '.join(args)})")
+            if grp.kind == "index":  # an index out of range: stop, the call runs eagerly
+                body.append(f"  %st{t} = call i32 @{name}_body({', '.join(args)})")
+                body.append(f"  %st{t}.ok = icmp eq i32 %st{t}, 0")
+                body.append(f"  br i1 %st{t}.ok, label %k{t}.ok, label %index.fail\nk{t}.ok:")
+            else:
+                body.append(f"  call void @{name}_body({', '.join(args)})")
             for gi in guards_after.get(t, []):
                 check(gi)
         for k, input_index, buf in self.writebacks:  # every guard passed: write back
@@ -220,6 +254,7 @@ class DriverPlan:
             body.append(f"  call void @llvm.memcpy.p0.p0.i64(ptr %s{self.input_slots[input_index]}"
                         f", ptr {pointer(v)}, i64 {buf.nbytes}, i1 false)")
         body.append("  ret i32 0")
+        body.append("index.fail:\n  ret i32 -1")
         for gi in fails:
             body.append(f"fail{gi}:\n  ret i32 {gi + 1}")
         body.append("}")
@@ -273,6 +308,10 @@ class DriverPlan:
                      f"else: e = NEW({k})",
                      f"TABLE[{s}] = e[1]", f"o{k} = e[0]"]
         body += ["status = FN(TABLE)", "if status: SELF.failed(status)"]
+        for _, i, _ in self.writebacks:  # a strided target was given a contiguous copy: the
+            #                              driver wrote into the copy, copy it over the target
+            body.append(f"if LAST[{i}] is not inputs[{i}]: COPYTO(inputs[{i}], LAST[{i}])")
+            ns["COPYTO"] = np.copyto
         result = []
         wb = {k: i for k, i, _ in self.writebacks}
         for k, v in enumerate(g.outputs):
@@ -315,6 +354,9 @@ class DriverPlan:
         return entry
 
     def failed(self, status: int):
+        if status < 0:
+            raise IndexError("an index is out of range in a compiled call (running eagerly "
+                             "gives the error with its details)")
         gi = status - 1
         raise interp.GuardFailed(gi, self.g.guards[gi].expected, self._guard_value(gi))
 
@@ -345,6 +387,29 @@ class DriverPlan:
             dt = np.float64 if v.weak else v.dtype.np
             return np.frombuffer(self.arena, dt, 1, self.arena_base + x)[0]
         return "?"
+
+
+def _constants(g, grp) -> dict:
+    """{id(value): array} for a creation group's outputs, computed by the nodes' own impls
+    (only shapes of data outside the group are read, by ``size_of``)."""
+    inside = {id(g.nodes[i].out) for i in grp.nodes}
+    env: dict[int, np.ndarray] = {}
+    for i in grp.nodes:
+        n = g.nodes[i]
+        args = []
+        for x in n.inputs:
+            if not isinstance(x, Value):
+                args.append(x)
+            elif id(x) in env:
+                args.append(env[id(x)])
+            elif x.const is not None:
+                args.append(x.const)
+            elif n.prim.name == "size_of" and id(x) not in inside:
+                args.append(np.empty(x.shape, np.int8))  # (its shape is all size_of reads)
+            else:
+                raise NotDrivable(f"a creation group reads {x!r}")
+        env[id(n.out)] = np.array(n.prim.impl(*args, **n.params), order="C")
+    return {id(v): env[id(v)] for v in grp.outputs}
 
 
 def build(g, inplace: dict | None, make_fallback) -> DriverPlan:

@@ -56,8 +56,9 @@ def compile_graph(g, inplace: dict | None = None):
     """A plan for :func:`run`: one native driver call when every fusion group lowers
     (``driver``), else :func:`compile_hybrid`'s kernels-and-numpy plan."""
     groups = fuse(g)
-    if all(grp.kind == "scalar" or _lowerable(g, grp) for grp in groups) and \
-            any(grp.kind != "scalar" for grp in groups):
+    if all(grp.kind in ("scalar", "creation", "movement", "index") or _lowerable(g, grp)
+           for grp in groups) and any(grp.kind not in ("scalar", "creation", "movement")
+                                      for grp in groups):
         try:
             return driver.build(g, inplace, lambda: compile_hybrid(g, inplace))
         except NotImplementedError:  # (NotDrivable included): the hybrid plan runs it
