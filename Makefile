@@ -34,8 +34,13 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check dyngrad compiler tests examples benchmarks
 
+# The whole suite runs on the default (LLVM) backend; the compiled tests then run again on
+# the numpy interpreter, where compiled must equal eager bit for bit.
+COMPILED_TESTS := tests/test_compiler.py tests/test_footguns.py tests/test_random_programs.py
+
 test: lint $(ORACLE)
 	$(PY) -m pytest
+	DYNGRAD_BACKEND=interp $(PY) -m pytest $(COMPILED_TESTS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/eager_overhead.py

@@ -58,9 +58,9 @@ class _Config:
                                                                             "off", "no")
     # a compiled call that raises reruns eagerly; tests set this to see compiler bugs
     raise_internal_errors = os.environ.get("DYNGRAD_COMPILE_STRICT", "") not in ("", "0")
-    # the backend of compile() calls that name none (DYNGRAD_BACKEND=llvm runs everything on
-    # the LLVM backend: how the test suite runs on both)
-    backend = os.environ.get("DYNGRAD_BACKEND", "interp").strip() or "interp"
+    # the backend of compile() calls that name none: the LLVM backend, unless
+    # DYNGRAD_BACKEND=interp (how the test suite also runs everything on the numpy oracle)
+    backend = os.environ.get("DYNGRAD_BACKEND", "llvm").strip() or "llvm"
 
 
 config = _Config()
@@ -785,9 +785,9 @@ def compile(fn: Callable | None = None, *, backend: str | None = None, mode: str
     ...     opt.zero_grad(); loss = F.mse_loss(model(x), y); loss.backward(); opt.step()
     ...     return loss
 
-    Options: ``backend`` ('interp', the numpy executor and default — ``DYNGRAD_BACKEND``
-    changes the default — or 'llvm': native kernels for the elementwise groups so far, see
-    compiler/backends/llvm/runner.py), ``mode='eager'``
+    Options: ``backend`` ('llvm', the default: native code, see
+    compiler/backends/llvm/; or 'interp', the numpy executor, bit for bit equal to eager;
+    ``DYNGRAD_BACKEND`` changes the default), ``mode='eager'``
     (a debugging switch: run the function as is), ``dynamic``, ``cache_limit`` (variants kept
     per function before it stays eager), ``verify=N`` (check the first N compiled calls
     against eager and raise on any difference).
