@@ -40,7 +40,7 @@ import struct
 import numpy as np
 
 from ...ir import Value
-from . import jit, vecmath
+from . import jit, threads, vecmath
 
 FN_NAME = "dg_ew"
 
@@ -502,6 +502,7 @@ class _Builder:
 
 _LANES = {"float": 16, "double": 8}  # accumulators per reduction: one AVX-512 register
 _CHUNK = 16  # vectors per chunk of the reduction loop
+_BLOCK_CHUNKS = 64  # chunks per block of a reduction split across threads (see threads.py)
 
 
 class _ReduceBuilder(_Builder):
@@ -539,6 +540,7 @@ class _ReduceBuilder(_Builder):
         self.ptr, self.at_i, self.reads, self.idx = {}, {}, {}, {}
         self.views, self.consts = {}, {}
         self.space, self.loops = self.reduced, [("%o", tuple(range(len(self.reduced))))]
+        self.extra = ""  # functions of a reduction split across threads (see build)
 
     def node(self, n) -> None:
         src = n.inputs[0] if n.inputs else None
@@ -625,6 +627,48 @@ class _ReduceBuilder(_Builder):
         return [self.operand(nodes[i].inputs[0], nodes[i].inputs[0].shape,
                              _LLTYPE[nodes[i].out.dtype.name])[0] for i in reductions]
 
+    def _blocks_function(self, name, layout, tys, vec, init, NB, CB, B, chunks,
+                         chunk_loop) -> str:
+        """``@<name>_blocks(ctx, tid, nt)``: blocks tid, tid + nt, ... of CB chunks each,
+        every block's lanes (from fresh ones) stored to its partials slot; and
+        ``@<name>_omp(ctx)``, which calls it with the OpenMP thread number and team size."""
+        saved = self.lines, self.reads, self.idx
+        self.lines, self.reads, self.idx = [], {}, {}
+        out = self.lines
+        n_args = len(layout)
+        out.append("entry:")
+        for k in range(n_args + len(tys)):
+            out.append(f"  %x{k} = getelementptr inbounds ptr, ptr %ctx, i64 {k}")
+            dst = f"%a{k}" if k < n_args else f"%parts{k - n_args}"
+            out.append(f"  {dst} = load ptr, ptr %x{k}")
+        for m, t in enumerate(tys):
+            out.append(f"  %tmp{m} = alloca [{B} x {t}], align 64")
+        out.append(f"  %any = icmp slt i64 %tid, {NB}")
+        out.append("  br i1 %any, label %blk, label %exit\nblk:")
+        out.append("  %b = phi i64 [%tid, %entry], [%b.next, %chunk.end]")
+        c0 = self.emit(f"mul nuw nsw i64 %b, {CB}")
+        c1a = self.emit(f"add nuw nsw i64 {c0}, {CB}")
+        lt = self.emit(f"icmp slt i64 {c1a}, {chunks}")
+        c1 = self.emit(f"select i1 {lt}, i64 {c1a}, i64 {chunks}")
+        lanes = chunk_loop(init, c0, c1, "blk")
+        for m, v in enumerate(vec):
+            p = self.emit(f"getelementptr inbounds {v}, ptr %parts{m}, i64 %b")
+            out.append(f"  store {v} {lanes[m]}, ptr {p}, align 64")
+        out.append("  %b.next = add nuw nsw i64 %b, %nt")
+        out.append(f"  %b.more = icmp slt i64 %b.next, {NB}")
+        out.append("  br i1 %b.more, label %blk, label %exit\nexit:\n  ret void")
+        body = "\n".join(out)
+        self.lines, self.reads, self.idx = saved
+        blocks = (f"define internal void @{name}_blocks(ptr %ctx, i64 %tid, i64 %nt) {{\n"
+                  + body + "\n}\n\n")
+        if not threads.find():
+            return blocks
+        return (blocks
+                + f"define internal void @{name}_omp(ptr %ctx) {{\nentry:\n"
+                "  %t = call i32 @omp_get_thread_num()\n  %n = call i32 @omp_get_num_threads()\n"
+                "  %t64 = sext i32 %t to i64\n  %n64 = sext i32 %n to i64\n"
+                f"  call void @{name}_blocks(ptr %ctx, i64 %t64, i64 %n64)\n  ret void\n}}\n\n")
+
     def build(self, name: str = FN_NAME, prelude: bool = True) -> tuple:
         grp, nodes = self.group, self.g.nodes
         outputs = kernel_outputs(self.g, grp)
@@ -676,6 +720,18 @@ class _ReduceBuilder(_Builder):
         lines.append("entry:")
         for m, t in enumerate(tys):
             lines.append(f"  %tmp{m} = alloca [{B} x {t}], align 64")
+        blocked = not self.reduced and not post_s and self.R >= threads.PAR_MIN
+        CB = _BLOCK_CHUNKS
+        NB = -(-chunks // CB)
+        if blocked:  # one o: the chunks in fixed blocks, whose partial lanes add in order
+            for m, v in enumerate(vec):
+                lines.append(f"  %parts{m} = alloca [{NB} x {v}], align 64")
+            n_args = len(layout)
+            lines.append(f"  %ctx = alloca [{n_args + len(tys)} x ptr], align 8")
+            for k in range(n_args + len(tys)):
+                val = f"%a{k}" if k < n_args else f"%parts{k - n_args}"
+                lines.append(f"  %ctx{k} = getelementptr inbounds ptr, ptr %ctx, i64 {k}")
+                lines.append(f"  store ptr {val}, ptr %ctx{k}")
         lines.append("  br label %outer\nouter:")
         lines.append("  %o = phi i64 [0, %entry], [%o.next, %outer.tail]")
         self._in_space_k()
@@ -688,7 +744,7 @@ class _ReduceBuilder(_Builder):
             vals = self._lane(r, reductions, pre_s, s_pre_out, base)
             for m, t in enumerate(tys):
                 p = self.emit(f"getelementptr inbounds {t}, ptr %tmp{m}, i64 {k}")
-                lines.append(f"  store {t} {vals[m]}, ptr {p}")
+                self.lines.append(f"  store {t} {vals[m]}, ptr {p}")
 
         def accumulate(acc: list, n_vectors: int) -> list:
             acc = list(acc)
@@ -699,24 +755,52 @@ class _ReduceBuilder(_Builder):
                     acc[m] = self._combine(ops[m], vec[m], acc[m], v)
             return acc
 
-        if chunks:
-            lines.append("  br label %chunk\nchunk:")
-            lines.append("  %c = phi i64 [0, %outer], [%c.next, %chunk.acc]")
-            phi_at = len(lines)
+        def chunk_loop(first: list, c0: str, c1: str, pred: str) -> list:
+            """Chunks c0 <= c < c1 (at least one) from lanes ``first``; the lanes after."""
+            out = self.lines
+            out.append("  br label %chunk\nchunk:")
+            out.append(f"  %c = phi i64 [{c0}, %{pred}], [%c.next, %chunk.acc]")
+            phi_at = len(out)
             cb = self.emit(f"mul nuw nsw i64 %c, {B}")
-            lines.append("  br label %inner\ninner:")
-            lines.append("  %k = phi i64 [0, %chunk], [%k.next, %inner]")
+            out.append("  br label %inner\ninner:")
+            out.append("  %k = phi i64 [0, %chunk], [%k.next, %inner]")
             values_into_tmp(self.emit(f"add nuw nsw i64 {cb}, %k"), "%k")
-            lines.append("  %k.next = add nuw nsw i64 %k, 1")
-            lines.append(f"  %k.more = icmp slt i64 %k.next, {B}")
-            lines.append("  br i1 %k.more, label %inner, label %chunk.acc\nchunk.acc:")
+            out.append("  %k.next = add nuw nsw i64 %k, 1")
+            out.append(f"  %k.more = icmp slt i64 %k.next, {B}")
+            out.append("  br i1 %k.more, label %inner, label %chunk.acc\nchunk.acc:")
             nexts = accumulate([f"%acc{m}" for m in range(len(tys))], B // L)
-            lines[phi_at:phi_at] = [f"  %acc{m} = phi {vec[m]} [{init[m]}, %outer], "
-                                    f"[{nexts[m]}, %chunk.acc]" for m in range(len(tys))]
-            lines.append("  %c.next = add nuw nsw i64 %c, 1")
-            lines.append(f"  %c.more = icmp slt i64 %c.next, {chunks}")
-            lines.append("  br i1 %c.more, label %chunk, label %chunk.end\nchunk.end:")
-            acc, block = nexts, "chunk.end"
+            out[phi_at:phi_at] = [f"  %acc{m} = phi {vec[m]} [{first[m]}, %{pred}], "
+                                  f"[{nexts[m]}, %chunk.acc]" for m in range(len(tys))]
+            out.append("  %c.next = add nuw nsw i64 %c, 1")
+            out.append(f"  %c.more = icmp slt i64 %c.next, {c1}")
+            out.append("  br i1 %c.more, label %chunk, label %chunk.end\nchunk.end:")
+            return nexts
+
+        if blocked:
+            self.extra = self._blocks_function(name, layout, tys, vec, init, NB, CB, B,
+                                               chunks, chunk_loop)
+            if threads.find():
+                lines.append(f"  call void @GOMP_parallel(ptr @{name}_omp, ptr %ctx, i32 0, "
+                             "i32 0)")
+            else:
+                lines.append(f"  call void @{name}_blocks(ptr %ctx, i64 0, i64 1)")
+            lines.append("  br label %gather\ngather:")
+            lines.append("  %g = phi i64 [0, %outer], [%g.next, %gather]")
+            phi_at = len(lines)
+            nexts = []
+            for m, v in enumerate(vec):
+                p = self.emit(f"getelementptr inbounds {v}, ptr %parts{m}, i64 %g")
+                part = self.emit(f"load {v}, ptr {p}, align 64")
+                nexts.append(self._combine(ops[m], v, f"%gacc{m}", part))
+            lines[phi_at:phi_at] = [f"  %gacc{m} = phi {vec[m]} [{init[m]}, %outer], "
+                                    f"[{nexts[m]}, %gather]" for m in range(len(tys))]
+            lines.append("  %g.next = add nuw nsw i64 %g, 1")
+            lines.append(f"  %g.more = icmp slt i64 %g.next, {NB}")
+            lines.append("  br i1 %g.more, label %gather, label %gather.end\ngather.end:")
+            acc, block = nexts, "gather.end"
+            self.at_i = dict(base)
+        elif chunks:
+            acc, block = chunk_loop(init, "0", str(chunks), "outer"), "chunk.end"
         if rem:
             lines.append(f"  br label %rinner\nrinner:\n  %j = phi i64 [0, %{block}], "
                          f"[%j.next, %rinner]")
@@ -771,13 +855,17 @@ class _ReduceBuilder(_Builder):
             loads.append(f"  %p{k} = load ptr, ptr %q{k}")
         call_args = ", ".join(f"ptr %p{k}" for k in range(n_args))
         text = (
-            (_prelude(self.vecmath) if prelude else "")
+            (_prelude(self.vecmath) + self.declarations() if prelude else "")
+            + self.extra
             + f"define internal void @{name}_body({', '.join(params)}) alwaysinline {{\n"
             + "\n".join(lines) + "\n}\n\n"
             + f"define void @{name}(ptr %args, i64 %n) {{\nentry:\n"
             + "\n".join(loads) + "\n"
             + f"  call void @{name}_body({call_args})\n  ret void\n}}\n")
         return text, name, layout
+
+    def declarations(self) -> str:
+        return threads.DECLARATIONS if self.extra and threads.find() else ""
 
 
 class _ScalarBuilder(_Builder):
@@ -1230,7 +1318,8 @@ def module_ir(g, groups, prefix: str = "dg_k") -> tuple:
         texts.append(text)
         kernels.append((name, layout))
         math_functions += [f for f in b.vecmath if f not in math_functions]
-        d = b.declarations() if isinstance(b, (_MatmulBuilder, _IndexBuilder)) else ""
+        d = b.declarations() if isinstance(b, (_MatmulBuilder, _IndexBuilder,
+                                                 _ReduceBuilder)) else ""
         if d and d not in decls:
             decls.append(d)
     return _prelude(math_functions) + "".join(decls) + "\n".join(texts), kernels

@@ -1,0 +1,90 @@
+"""Both cores for big reductions (compiler/backends/llvm/threads.py): the blocks of a
+reduction split across OpenMP threads have boundaries fixed by the size alone, so the result
+is the same bits with 1 or 2 threads, and without the threading runtime at all."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import compiler
+import dyngrad as dg
+from compiler.backends.llvm import codegen, threads
+from compiler.passes.fusion import fuse
+
+ROOT = Path(__file__).resolve().parents[1]
+N = threads.PAR_MIN * 2 + 12345  # several blocks, a partial last block and a remainder
+
+CODE = textwrap.dedent(f"""
+    import hashlib, numpy as np, dyngrad as dg, compiler
+    x = dg.tensor(np.random.default_rng(0).standard_normal({N}).astype(np.float32),
+                  requires_grad=True)
+    def step(x):
+        x.grad = None
+        loss = ((x * 1.5 + 0.5).tanh() * x.sigmoid() - (-x * x).exp()).sum()
+        loss.backward()
+        return loss
+    cf = compiler.compile(step, backend="llvm")
+    for _ in range(3):
+        loss = cf(x)
+    h = hashlib.sha256(loss.detach().numpy().tobytes() + x.grad.numpy().tobytes())
+    print(h.hexdigest(), repr(loss.item()))
+""")
+
+
+def _run(env_extra: dict, tmp_path) -> tuple:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), DYNGRAD_CACHE_DIR=str(tmp_path), **env_extra)
+    out = subprocess.run([sys.executable, "-c", CODE], env=env, cwd=ROOT, check=True,
+                         capture_output=True, text=True, timeout=300).stdout.split()
+    return out[0], float(out[1])
+
+
+def test_a_big_reduction_gives_the_same_bits_with_any_number_of_threads(tmp_path):
+    runs = {name: _run(env, tmp_path / name) for name, env in {
+        "one thread (no runtime)": {"DYNGRAD_THREADS": "1"},
+        "OMP_NUM_THREADS=1": {"OMP_NUM_THREADS": "1"},
+        "OMP_NUM_THREADS=2": {"OMP_NUM_THREADS": "2"},
+        "OMP_NUM_THREADS=3": {"OMP_NUM_THREADS": "3"},
+    }.items()}
+    assert len({h for h, _ in runs.values()}) == 1, runs
+    # and the number is eager's, to float32 rounding
+    x = np.random.default_rng(0).standard_normal(N).astype(np.float32)
+    t = dg.tensor(x)
+    eager = ((t * 1.5 + 0.5).tanh() * t.sigmoid() - (-t * t).exp()).sum().item()
+    (_, loss), *_ = runs.values()
+    assert abs(loss - eager) <= 1e-5 * np.abs(x).sum()
+
+
+def test_the_reduction_kernel_uses_the_runtime_when_present(monkeypatch):
+    if threads.find() is None:
+        pytest.skip("no libgomp on this machine")
+    x = dg.randn(N)
+    cf = compiler.compile(lambda x: (x * x).sum(), backend="interp")
+    cf(x)
+    cf(x)
+    g = cf.variants[0].trace.graph
+    (grp,) = [gr for gr in fuse(g) if gr.kind == "reduce"]
+    text, _, _ = codegen.reduce_kernel(g, grp)
+    assert "@GOMP_parallel" in text and "_blocks" in text
+    monkeypatch.setenv("DYNGRAD_THREADS", "1")
+    monkeypatch.setattr(threads, "_found", [])
+    text1, _, _ = codegen.reduce_kernel(g, grp)
+    assert "@GOMP_parallel" not in text1 and "_blocks(ptr %ctx, i64 0, i64 1)" in text1
+
+
+def test_small_reductions_stay_on_one_thread():
+    x = dg.randn(1000)
+    cf = compiler.compile(lambda x: (x * x).sum(), backend="interp")
+    cf(x)
+    cf(x)
+    g = cf.variants[0].trace.graph
+    (grp,) = [gr for gr in fuse(g) if gr.kind == "reduce"]
+    assert "GOMP" not in codegen.reduce_kernel(g, grp)[0]
+    assert hashlib  # (imported for the subprocess code's sake)
