@@ -450,6 +450,15 @@ def check_program(seed: int, ops: dict = OPS) -> dict:
     captured = [[x if c else None for x, c in zip(xs, prog.captured)] for xs in leaves]
     eager = prog.function(captured[0])
     compiled = compiler.compile(prog.function(captured[1]), cache_limit=4)
+    strict = compiler.config.raise_internal_errors
+    compiler.config.raise_internal_errors = True  # a compiled call that raises is a bug
+    try:
+        return _run_program(prog, rng, leaves, eager, compiled, seed)
+    finally:
+        compiler.config.raise_internal_errors = strict
+
+
+def _run_program(prog, rng, leaves, eager, compiled, seed: int) -> dict:
     for call in range(3):
         data = [rng.standard_normal(s) for s in prog.shapes]
         for xs in leaves:

@@ -27,7 +27,6 @@ import math
 
 import numpy as np
 
-from ...ir import Value
 from ...passes.fusion import fuse
 from .. import interp
 from . import cache, codegen, driver, jit
@@ -71,15 +70,25 @@ def compile_hybrid(g, inplace: dict | None = None):
     (elementwise, reduce, matmul) as one native kernel call, the others as the interpreter's
     steps of their nodes.
 
-    Note (value guards and in-place write-backs in group order): a guard is checked before
-    the first group of the segment after it (fusion keeps segments in order). A write-back
-    the runtime allows in place (``inplace``: node -> graph input) stays in place only if, in
-    this order, nothing after it reads the input's old value (directly or through a view of
-    it), checks a guard or may raise on data (an index op); otherwise it is computed into a
-    fresh array and copied into the input once everything has run."""
+    Note (value guards and write-backs in group order): a guard is checked before the first
+    group of the segment after it (fusion keeps segments in order). A write-back the runtime
+    allows in place (``inplace``: node -> graph input) is computed into a fresh array and
+    copied over the input once everything has run and every guard has passed — so nothing
+    the user can see changes before the call cannot fail any more (a transaction, even if a
+    step raised unexpectedly).
+
+    ``size_of`` steps become constants: they read only a shape, and their input may be a
+    value that lives only inside a native kernel."""
     inplace = inplace or {}
-    iplan, slot = interp.compile_with_slots(g, inplace=inplace)
+    iplan, slot = interp.compile_with_slots(g, inplace={})
     steps, outs, tail, base, n_in, n_sc = iplan
+    steps = list(steps)
+    for k, n in enumerate(g.nodes):
+        if n.prim.name == "size_of":
+            value = codegen.constant_value(n)
+            steps[k] = (value.copy, (), {}, steps[k][3], None, False, steps[k][6])
+    deferred = [(slot[id(g.nodes[k].out)], t) for k, t in inplace.items()]
+    inplace = {}
     producer = {id(n.out): k for k, n in enumerate(g.nodes)}
     groups = fuse(g)
     native = [grp for grp in groups if _lowerable(g, grp)]
@@ -120,53 +129,11 @@ def compile_hybrid(g, inplace: dict | None = None):
     for seg in range(done_upto + 1, len(cuts) + 1):
         if checks_at.get(seg):
             order.append([_CHECKS, tuple(checks_at[seg])])
-    deferred = _keep_inplace_writes_safe(g, order, slot)
-    order = [tuple(x) for x in order]
-    return (order, outs, tail, base, n_in, n_sc, tuple(deferred)), len(native), len(groups)
-
-
-def _reads(step) -> tuple:
-    if step[0] is _CHECKS:
-        return tuple(s for _, s, _ in step[1])
-    if step[0] is _KERNEL:
-        return tuple(s for s, _, _ in step[2])
-    return step[1]
-
-
-def _keep_inplace_writes_safe(g, order: list, slot: dict) -> list:
-    """Demote in-place write-backs that this order makes unsafe (see compile_graph's Note);
-    returns their (output slot, input index) pairs, copied at the end of :func:`run`."""
-    aliases = {i: {slot[id(v)]} for i, v in enumerate(g.inputs)}
-    for n in g.nodes:  # views of an input read its memory
-        if n.prim.view and n.inputs and isinstance(n.inputs[0], Value):
-            src = slot.get(id(n.inputs[0]))
-            for a in aliases.values():
-                if src in a:
-                    a.add(slot[id(n.out)])
-    index_slots = {slot[id(n.out)] for n in g.nodes if n.prim.kind == "index"}
-    deferred = []
-    for w, step in enumerate(order):
-        targets = []
-        if step[0] is _KERNEL:
-            targets = [(o, o[3]) for o in step[3] if o[3] is not None]
-        elif step[0] is not _CHECKS and step[4] is not None:
-            targets = [(None, step[4])]
-        for out, t in targets:
-            later = order[w + 1:]
-            unsafe = any(x[0] is _CHECKS or set(_reads(x)) & aliases[t] or
-                         (x[0] is not _KERNEL and x[3] in index_slots) for x in later)
-            if not unsafe:
-                continue
-            if out is None:
-                step[4] = None
-                deferred.append((step[3], t))
-            else:
-                out[3] = None
-                deferred.append((out[0], t))
     for step in order:
         if step[0] is _KERNEL:
             step[3] = tuple(tuple(o) for o in step[3])
-    return deferred
+    order = [tuple(x) for x in order]
+    return (order, outs, tail, base, n_in, n_sc, tuple(deferred)), len(native), len(groups)
 
 
 def _check(checks, env) -> None:
