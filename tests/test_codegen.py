@@ -251,3 +251,18 @@ def test_simple_kernel_vectorises():
     asm = jit.assembly(text)
     assert f"{name}:" in asm
     assert any(ins in asm for ins in ("vaddps", "vmulps", "addps", "mulps"))
+
+
+@pytest.mark.parametrize("shape,axes", [((3, 1), (1,)), ((1, 4, 1), (0, 2)), ((1,), (0,)),
+                                        ((), ())])
+def test_a_sum_over_size_one_axes_of_an_input_is_a_relabelled_read(shape, axes):
+    g = Graph()
+    a = g.add_input(shape, F32)
+    s = op(g, "sum", a, axes=axes, keepdims=False)
+    b = g.add_input(s.shape, F32)
+    op(g, "mul", op(g, "add", s, b), 3.0)
+    x = randf(*shape) if shape else np.array(randf(1)[0])
+    x.reshape(-1)[0] = -0.0  # numpy's sum makes it +0.0
+    y = randf(*s.shape) if s.shape else np.array(randf(1)[0])
+    env = evaluate(g, {id(a): x, id(b): y})
+    assert check_groups(g, [whole_group(g)], env) == 1
