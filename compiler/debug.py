@@ -44,6 +44,7 @@ class Explanation:
                 lines.append(f"fusion groups{part} ({len(groups)}):")
                 lines += [f"  {line}" for line in format_groups(groups).splitlines()]
             lines += [f"memory{part}: {plan.summary()}" for part, plan in v["memory"]]
+            lines += [f"backend{part}: {text}" for part, text in v["backend"]]
             lines.append("IR before passes:")
             lines.append(v["ir_before"])
             lines.append("IR after passes:")
@@ -86,6 +87,7 @@ def explain(fn, *args, **kwargs) -> Explanation:
             "ir_before": v.graph_before, "ir_after": v.graph_after,
             "groups": _fusion_groups(v),
             "memory": _memory_plans(v),
+            "backend": _backend_plans(v),
         })
     print(ex)
     return ex
@@ -97,6 +99,34 @@ def _fusion_groups(v) -> list:
     if v.backward is not None:
         parts.append((" (backward)", fuse(v.backward.parts.backward)))
     return parts
+
+
+def _backend_plans(v) -> list:
+    """(label, text): how the backend runs the variant — the interpreter, or the LLVM plan
+    (one driver call, or which groups stay in numpy and why)."""
+    from .backends import interp
+    out = []
+    parts = [("", v.plan, v.trace.graph)]
+    if v.backward is not None:
+        parts.append((" (backward)", v.backward.plan, v.backward.parts.backward))
+    for label, plan, g in parts:
+        if v.sym is not None or v.execute is interp.run:
+            why = " (symbolic sizes: plans per size)" if v.sym is not None else ""
+            out.append((label, f"numpy interpreter{why}"))
+            continue
+        from .backends.llvm import codegen, runner
+        text = runner.describe(plan)
+        for grp in fuse(g):
+            if grp.kind in ("scalar", "creation", "movement") or runner._lowerable(g, grp):
+                continue
+            try:
+                codegen._builder(g, grp).build()
+                why = "lowers, but runs in numpy in a hybrid plan"
+            except NotImplementedError as exc:
+                why = str(exc).split(" (supported")[0]
+            text += f"\n  in numpy: {grp.describe()[:70]} — {why}"
+        out.append((label, text))
+    return out
 
 
 def _memory_plans(v) -> list:
