@@ -2,8 +2,16 @@
 returns, besides its outputs, the values the backward part needs ("saved" values, fresh
 arrays every call), and the backward part runs later from those and the cotangents.
 
-For now every value the traced backward used is saved, as eager would save it;
-rematerialisation with a cost model comes with the LLVM backend."""
+Rematerialisation (:func:`rematerialise`): a saved value whose forward node is cheap to run
+again from values the backward has anyway (other saved values, graph inputs, constants) is
+recomputed by the backward instead of being written, kept and read back — from saved values
+and constants only (never from a graph input eager would not have saved: an in-place change
+of it before ``backward()`` must not change the gradient). The cost model
+counts both sides per element: saving costs the bytes written by the forward and read by
+the backward (at memory bandwidth, ``NS_PER_BYTE``); recomputing costs the node's
+arithmetic (``OP_NS`` per operation, ``TRANSCENDENTAL_NS`` for exp/log/tanh/erf/sin/cos,
+which on this CPU are compute-bound: recomputing them is not free). A value is recomputed
+only when that is cheaper and needs no new saved value, repeated until nothing changes."""
 
 from __future__ import annotations
 
@@ -28,6 +36,48 @@ def _live(values: list, nodes: list) -> set:
     return live
 
 
+NS_PER_BYTE = 0.05  # ~20 GB/s of memory traffic
+OP_NS = 0.05  # a vectorised add/mul/compare/select per element
+TRANSCENDENTAL_NS = 1.0  # exp/log/tanh/erf/sin/cos per element (polynomials in IR)
+_TRANSCENDENTAL = {"exp", "log", "log1p", "tanh", "erf", "sin", "cos", "pow"}
+
+
+def recompute_cost_ns(node) -> float:
+    """Per element: what running ``node`` again costs."""
+    return TRANSCENDENTAL_NS if node.prim.name in _TRANSCENDENTAL else OP_NS
+
+
+def save_cost_ns(v: Value) -> float:
+    """Per element: writing ``v`` in the forward and reading it in the backward."""
+    return 2 * v.dtype.np.itemsize * NS_PER_BYTE
+
+
+def rematerialise(saved: list, producer: dict, available: set) -> tuple[list, list]:
+    """(saved values, forward nodes the backward runs again, in order). ``available``: ids
+    of other values the backward may read without saving them."""
+    saved = list(saved)
+    recompute: list = []
+    changed = True
+    while changed:
+        changed = False
+        have = {id(v) for v in saved} | available
+        for v in list(saved):
+            n = producer.get(id(v))
+            if n is None or n.prim.kind != "elementwise" or v.weak or v.dtype is None:
+                continue
+            ins = [x for x in n.inputs if isinstance(x, Value)]
+            if any(x.weak or (id(x) not in have and x.const is None) for x in ins):
+                continue  # (it would need a new saved value, or a runtime scalar)
+            if recompute_cost_ns(n) >= save_cost_ns(v):
+                continue
+            saved.remove(v)
+            recompute.append(n)
+            changed = True
+    order = {id(n): i for i, n in enumerate(producer.values())}  # (forward order)
+    recompute.sort(key=lambda n: order[id(n)])
+    return saved, recompute
+
+
 def split(g: Graph, n_forward_outputs: int, cotangents: list) -> Split:
     fwd_out, grad_out = g.outputs[:n_forward_outputs], g.outputs[n_forward_outputs:]
     need_f = _live(fwd_out + [gd.value for gd in g.guards], g.nodes)
@@ -43,6 +93,11 @@ def split(g: Graph, n_forward_outputs: int, cotangents: list) -> Split:
             seen.add(id(x))
             saved.append(x)
     index_of = {id(v): i for i, v in enumerate(v for v in g.inputs if id(v) not in cot_ids)}
+    # recompute only from what eager saves too (a graph input eager did not save is not
+    # read: an in-place change of it before backward must not change the gradient)
+    producer = {id(n.out): n for n in g.nodes}
+    saved, again = rematerialise(saved, producer, set())
+    B = again + B
     old_index = {id(n): i for i, n in enumerate(g.nodes)}
     for gd in g.guards:
         gd.after = sum(1 for n in F if old_index[id(n)] < gd.after)
