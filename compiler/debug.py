@@ -144,15 +144,17 @@ def _short(x) -> str:
 
 def show(fn, path, variant: int = 0) -> Path:
     """Write variant ``variant`` of a compiled function as DOT to ``path`` (and a PNG beside
-    it when graphviz's ``dot`` or matplotlib is available). Returns the DOT path."""
+    it when graphviz's ``dot`` or matplotlib is available), each fusion group (kernel) in a
+    colour of its own. Returns the DOT path."""
     import shutil
     import subprocess
     cf = fn if isinstance(fn, CompiledFunction) else None
     if cf is None or not cf.variants:
         raise ValueError("show: the function has no compiled variant yet; call it first")
     g = cf.variants[variant].trace.graph
+    groups = fuse(g)
     path = Path(path).with_suffix(".dot")
-    path.write_text(ir.to_dot(g, cf.__name__))
+    path.write_text(ir.to_dot(g, cf.__name__, groups))  # a cluster per kernel
     png = path.with_suffix(".png")
     if shutil.which("dot"):
         subprocess.run(["dot", "-Tpng", str(path), "-o", str(png)], check=False)
@@ -170,7 +172,10 @@ def show(fn, path, variant: int = 0) -> Path:
                     G.nodes[s]["layer"] = max(G.nodes[s]["layer"], G.nodes[n]["layer"] + 1)
             pos = nx.multipartite_layout(G, subset_key="layer", align="horizontal")
             pos = {k: (x, -y) for k, (x, y) in pos.items()}
-            colors = [ir._COLORS.get(G.nodes[n].get("kind"), "white") for n in G.nodes]
+            kernel = {g.nodes[i].out.id: k for k, grp in enumerate(groups) for i in grp.nodes}
+            palette = plt.get_cmap("tab20")
+            colors = [palette(kernel[n] % 20) if n in kernel else
+                      ir._COLORS.get(G.nodes[n].get("kind"), "white") for n in G.nodes]
             fig, ax = plt.subplots(figsize=(12, max(4, 0.35 * len(G))))
             nx.draw_networkx(G, pos, ax=ax, node_color=colors, node_shape="s", font_size=6,
                              labels={n: G.nodes[n].get("label", n) for n in G.nodes},

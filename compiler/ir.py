@@ -237,14 +237,36 @@ _COLORS = {"input": "lightblue", "const": "lightgrey", "output": "gold",
            "index": "plum", "matmul": "tomato", "creation": "white", "random": "orchid"}
 
 
-def to_dot(g: Graph, title: str = "graph") -> str:
-    """Graphviz DOT text of :func:`to_networkx`, coloured by primitive kind."""
+_GROUP_COLORS = ("#e8f4ea", "#fdebd0", "#e8eaf6", "#fce4ec", "#e0f7fa", "#f9fbe7",
+                 "#ede7f6", "#fff3e0")  # cluster backgrounds, in turn
+
+
+def to_dot(g: Graph, title: str = "graph", groups: list | None = None) -> str:
+    """Graphviz DOT text of :func:`to_networkx`, nodes coloured by primitive kind; with
+    ``groups`` (``compiler.passes.fusion.fuse(g)``), each fusion group — one kernel — is a
+    cluster of its own colour, labelled with its number, kind and iteration space."""
     G = to_networkx(g)
     lines = [f'digraph "{title}" {{', "  rankdir=TB; node [shape=box, style=filled];"]
-    for n, attrs in G.nodes(data=True):
+    member = {}
+    for k, grp in enumerate(groups or ()):
+        for i in grp.nodes:
+            member[g.nodes[i].out.id] = k
+
+    def node_line(n, attrs) -> str:
         color = _COLORS.get(attrs.get("kind"), "white")
         label = attrs.get("label", str(n)).replace('"', "'")
-        lines.append(f'  "{n}" [label="{label}", fillcolor="{color}"];')
+        return f'  "{n}" [label="{label}", fillcolor="{color}"];'
+
+    for k, grp in enumerate(groups or ()):
+        space = "x".join(map(str, grp.shape)) or "()"
+        lines.append(f'  subgraph cluster_{k} {{ label="kernel {k}: {grp.kind} {space}"; '
+                     f'style=filled; color="{_GROUP_COLORS[k % len(_GROUP_COLORS)]}";')
+        lines += ["  " + node_line(n, attrs) for n, attrs in G.nodes(data=True)
+                  if member.get(n) == k]
+        lines.append("  }")
+    for n, attrs in G.nodes(data=True):
+        if n not in member:
+            lines.append(node_line(n, attrs))
     for a, b in G.edges():
         lines.append(f'  "{a}" -> "{b}";')
     lines.append("}")

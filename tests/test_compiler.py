@@ -1384,6 +1384,9 @@ def test_show_writes_the_graph_as_dot(tmp_path):
     text = path.read_text()
     assert path.suffix == ".dot" and text.startswith("digraph")
     assert "matmul" in text and "->" in text and "output 0" in text
+    # each fusion group (kernel) is a coloured cluster: the matmul, then relu + sum
+    assert text.count("subgraph cluster_") == 2
+    assert 'label="kernel 0: matmul 2x4"' in text and "kernel 1: reduce" in text
 
 
 def test_show_without_a_variant_raises_a_clear_error(tmp_path):
