@@ -38,7 +38,7 @@ import numpy as np
 
 from ...ir import Value
 from ...passes.fusion import fuse
-from ...passes.memory import plan_memory
+from ...passes.memory import plan_memory, verify_plan
 from .. import interp
 from . import codegen
 
@@ -86,11 +86,12 @@ class DriverPlan:
                     src = n.inputs[0]
                     aliases[id(n.out)] = aliases.get(id(src), src) if isinstance(
                         aliases.get(id(src), src), Value) else src
-        groups = [grp for grp in groups if grp.kind not in ("creation", "movement")]
-        steps = [0] * len(g.nodes)
-        for t, grp in enumerate(groups):
+        steps = [0] * len(g.nodes)  # every group's place in the order (the memory plan's
+        for t, grp in enumerate(groups):  # clock: views live from their group's step)
             for k in grp.nodes:
                 steps[k] = t
+        position = {id(grp): t for t, grp in enumerate(groups)}
+        groups = [grp for grp in groups if grp.kind not in ("creation", "movement")]
         for v in g.outputs:
             if v.weak and id(v) in producer:
                 raise NotDrivable("a computed Python number is an output")
@@ -101,6 +102,7 @@ class DriverPlan:
                 materialised.append(v)
         memory = plan_memory(g, materialised, ALIGN, steps=steps, inplace=False,
                              into_outputs=False)
+        verify_plan(g, memory)  # (independent liveness: no two live buffers share a byte)
         self.memory = memory
         # ------------------------------------------------------------ the pointer table
         slots: list = []  # per table entry: what fills it
@@ -235,8 +237,14 @@ class DriverPlan:
             fails.append(gi)
             self.guard_values.append((gi, v))
 
-        for gi in guards_after.get(-1, []):
-            check(gi)
+        pending = sorted(guards_after.items())  # (step, guards) in order
+
+        def checks_up_to(step: int) -> None:
+            while pending and pending[0][0] <= step:
+                for gi in pending.pop(0)[1]:
+                    check(gi)
+
+        checks_up_to(-1)
         for t, (grp, (name, layout)) in enumerate(zip(groups, fns, strict=True)):
             args = [f"ptr {pointer(v)}" for v in layout]
             if grp.kind == "elementwise":
@@ -247,8 +255,8 @@ class DriverPlan:
                 body.append(f"  br i1 %st{t}.ok, label %k{t}.ok, label %index.fail\nk{t}.ok:")
             else:
                 body.append(f"  call void @{name}_body({', '.join(args)})")
-            for gi in guards_after.get(t, []):
-                check(gi)
+            checks_up_to(position[id(grp)])
+        checks_up_to(len(position))
         for k, input_index, buf in self.writebacks:  # every guard passed: write back
             v = g.outputs[k]
             body.append(f"  call void @llvm.memcpy.p0.p0.i64(ptr %s{self.input_slots[input_index]}"
