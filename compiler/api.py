@@ -38,7 +38,7 @@ from .partition import split
 from .passes import run_passes
 from .passes.fusion import FusionGroup, fuse
 from .passes.memory import MemoryPlan, plan_memory
-from .symbolic import arg_dims, arg_shapes, generalize, same_template
+from .symbolic import arg_dims, arg_shapes, concrete_graph, generalize, same_template
 from .trace import Trace, Tracer, Unsupported
 
 log = logging.getLogger("dyngrad.compiler")
@@ -133,17 +133,23 @@ class Variant:
     memory: MemoryPlan | None = None  # the arena plan of trace.graph (at the traced sizes);
     #                                   the interpreter does not use it (a native driver will)
     execute: Any = interp.run  # the backend's run(plan, inputs, scalars) -> outputs
+    backend_name: str = "interp"
 
-    def plans_for(self, flat: list) -> tuple:
+    def plans_for(self, flat: list, inputs: list) -> tuple:
         if self.sym is None:
             return self.plan, (self.backward.plan if self.backward else None)
         d = self.sym.size(flat)
         p = self.plans.get(d)
         if p is None:
-            fwd = interp.compile_graph(self.trace.graph, self.templates, d, self.inplace)
+            if self.execute is interp.run:
+                fwd = interp.compile_graph(self.trace.graph, self.templates, d, self.inplace)
+            else:  # a native backend compiles the graph at this size (and caches it)
+                g = concrete_graph(self.trace.graph, self.templates, d,
+                                   [np.shape(a) for a in inputs])
+                fwd = backends.get(self.backend_name).compile_graph(g, inplace=self.inplace)
             bwd = interp.compile_graph(self.backward.parts.backward, self.bw_templates, d) \
-                if self.backward else None
-            p = self.plans[d] = (fwd, bwd)
+                if self.backward else None  # (the backward part: per size on the numpy
+            p = self.plans[d] = (fwd, bwd)  # interpreter)
         return p
 
     def __post_init__(self) -> None:
@@ -155,8 +161,7 @@ class Variant:
         """Serve every size of one dimension (see compiler/symbolic.py): plans per size."""
         self.sym, self.templates, self.bw_templates = sym, templates, bw_templates
         self.call = self.run
-        self.execute = interp.run  # plans per size are the interpreter's (see plans_for)
-        if self.backward is not None:
+        if self.backward is not None:  # the backward part runs per size on the interpreter
             self.backward.execute = interp.run
 
     def run(self, flat: list):
@@ -164,7 +169,7 @@ class Variant:
         has no symbolic sizes, no backward outside and no debug prints)."""
         tr = self.trace
         inputs, scalars = self._gather(flat)
-        plan, bplan = self.plans_for(flat)
+        plan, bplan = self.plans_for(flat, inputs)
         outs = self.execute(plan, inputs, scalars)
         grad_node = None
         if self.backward is not None:
@@ -656,7 +661,7 @@ class CompiledFunction:
         v = Variant(trace, guards, before, after, plan, t1 - t0, t2 - t1,
                     _aliasing_outputs(trace.graph, n_fwd), backward=backward,
                     arg_meta=arg_shapes(flat), inplace=inplace, memory=memory,
-                    groups=groups, execute=backend.run)
+                    groups=groups, execute=backend.run, backend_name=self.backend)
         if self.dynamic is not False:
             self._generalize(v, flat, spec)
         self.variants.append(v)

@@ -110,9 +110,15 @@ def _backend_plans(v) -> list:
     if v.backward is not None:
         parts.append((" (backward)", v.backward.plan, v.backward.parts.backward))
     for label, plan, g in parts:
-        if v.sym is not None or v.execute is interp.run:
+        if v.execute is interp.run or (v.sym is not None and label):
             why = " (symbolic sizes: plans per size)" if v.sym is not None else ""
             out.append((label, f"numpy interpreter{why}"))
+            continue
+        if v.sym is not None:  # a native plan compiled per size met so far
+            from .backends.llvm import runner
+            sizes = "; ".join(f"size {d}: {runner.describe(p[0])}"
+                              for d, p in sorted(v.plans.items()))
+            out.append((label, f"compiled per symbolic size — {sizes or 'none yet'}"))
             continue
         from .backends.llvm import codegen, runner
         text = runner.describe(plan)

@@ -219,3 +219,37 @@ def arg_dims(meta1: list, meta2: list) -> SymbolicDims | None:
             return None
         dims.setdefault(i, {})[k] = aff
     return SymbolicDims((base[0], base[1]), dims)
+
+
+def concrete_graph(g: Graph, templates: list, size: int, input_shapes: list) -> Graph:
+    """A copy of ``g`` at symbolic size ``size``: node parameters instantiated from their
+    ``templates`` and every shape recomputed by the primitives' shape rules from
+    ``input_shapes`` (the shapes of ``g.inputs`` in the call at hand). Values keep their ids,
+    so node indices, in-place maps and output positions mean the same in the copy. For a
+    backend that compiles per concrete size (the LLVM backend)."""
+    from .ir import Node, ValueGuard
+    from .passes.memory import shapes_at
+    shapes = shapes_at(g, templates, size, input_shapes)
+    new: dict[int, Value] = {}
+    shared = {id(v) for v in g.scalars}
+
+    def value(v):
+        if not isinstance(v, Value):
+            return v
+        if id(v) in shared or v.const is not None:
+            return v  # Python-number inputs and constants do not depend on the size
+        if id(v) not in new:
+            new[id(v)] = Value(v.id, shapes.get(v.id, v.shape), v.dtype, v.name,
+                               weak=v.weak)
+        return new[id(v)]
+
+    out = Graph(inputs=[value(v) for v in g.inputs], scalars=list(g.scalars), _next=g._next)
+    for n, t in zip(g.nodes, templates):
+        node = Node(n.prim, [value(x) for x in n.inputs], dict(instantiate(t, size)),
+                    value(n.out))
+        node.out.producer = node
+        out.nodes.append(node)
+    out.outputs = [value(v) for v in g.outputs]
+    out.guards = [ValueGuard(value(gd.value), gd.expected, gd.kind, gd.where, gd.after)
+                  for gd in g.guards]
+    return out

@@ -650,3 +650,30 @@ def test_explain_says_how_the_llvm_backend_runs_each_variant(capsys):
     interp = compiler.compile(lambda x: x * 2, backend="interp")
     assert "backend: numpy interpreter" in str(compiler.explain(interp, x))
     capsys.readouterr()
+
+
+def test_a_symbolic_batch_size_runs_native_plans_compiled_per_size(capsys):
+    dg.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 3))
+    twin = copy.deepcopy(model)
+    o1, o2 = optim.Adam(model.parameters(), lr=1e-2), optim.Adam(twin.parameters(), lr=1e-2)
+
+    def make(m, o):
+        def step(x, y):
+            o.zero_grad()
+            loss = F.cross_entropy(m(x), y)
+            loss.backward()
+            o.step()
+            return loss
+        return step
+    eager, cf = make(twin, o2), compiler.compile(make(model, o1), backend="llvm")
+    for batch in (8, 8, 8, 12, 16, 20, 9, 20, 8):
+        x, y = dg.randn(batch, 4), dg.randint(0, 3, (batch,))
+        assert_rel(cf(x, y), eager(x, y), RTOL32)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert_rel(p, q, 10 * RTOL32)
+    (v,) = cf.variants
+    assert v.sym is not None and {20, 9, 8} <= set(v.plans)
+    assert all(isinstance(p[0], driver.DriverPlan) for p in v.plans.values())
+    assert "compiled per symbolic size" in str(compiler.explain(cf))
+    capsys.readouterr()
