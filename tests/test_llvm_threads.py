@@ -1,6 +1,7 @@
-"""Both cores for big reductions (compiler/backends/llvm/threads.py): the blocks of a
-reduction split across OpenMP threads have boundaries fixed by the size alone, so the result
-is the same bits with 1 or 2 threads, and without the threading runtime at all."""
+"""Both cores for big kernels (compiler/backends/llvm/threads.py): the blocks of a
+reduction or an elementwise kernel split across OpenMP threads have boundaries fixed by the
+size alone, so the result is the same bits with 1, 2 or 3 threads, and without the threading
+runtime at all."""
 
 from __future__ import annotations
 
@@ -31,10 +32,16 @@ CODE = textwrap.dedent(f"""
         loss = ((x * 1.5 + 0.5).tanh() * x.sigmoid() - (-x * x).exp()).sum()
         loss.backward()
         return loss
-    cf = compiler.compile(step, backend="llvm")
+    def elementwise(x):  # a big elementwise kernel, split in blocks across threads
+        return (x * 1.5 + 0.5).tanh() * x.sigmoid() - (-x * x).exp()
+    cf, ce = compiler.compile(step, backend="llvm"), compiler.compile(elementwise)
+    with dg.no_grad():
+        for _ in range(3):
+            y = ce(x)
     for _ in range(3):
         loss = cf(x)
-    h = hashlib.sha256(loss.detach().numpy().tobytes() + x.grad.numpy().tobytes())
+    h = hashlib.sha256(loss.detach().numpy().tobytes() + x.grad.numpy().tobytes()
+                       + y.numpy().tobytes())
     print(h.hexdigest(), repr(loss.item()))
 """)
 

@@ -504,6 +504,10 @@ class _Builder:
             built = b.build(name, prelude)
             self.vecmath = b.vecmath
             return built
+        n_static = math.prod(self.full)
+        if not nested and n_static >= threads.PAR_MIN and threads.find():
+            return self._parallel(name, prelude, params, body, loads, call_args, n_static), \
+                name, layout
         text = (
             (_prelude(self.vecmath) if prelude else "")
             + f"define internal void @{name}_body({', '.join(params + ['i64 %n'])}) "
@@ -513,8 +517,56 @@ class _Builder:
             + f"  call void @{name}_body({call_args})\n  ret void\n}}\n")
         return text, name, layout
 
+    def _parallel(self, name, prelude, params, body, loads, call_args, n) -> str:
+        """A big flat kernel on every OpenMP thread: blocks of ``_PAR_BLOCK`` elements,
+        thread t taking blocks t, t + T, ... (each element is computed alone, so the result
+        does not depend on the split)."""
+        k_args = len(params)
+        nb = -(-n // _PAR_BLOCK)
+        ptrs = ", ".join(f"ptr %a{k}" for k in range(k_args))
+        rng = (f"define internal void @{name}_range({', '.join(params)}, i64 %lo, i64 %hi) {{\n"
+               "entry:\n  br label %loop\nloop:\n"
+               "  %i = phi i64 [%lo, %entry], [%i.next, %loop]\n" + body + "\n"
+               "  %i.next = add nuw nsw i64 %i, 1\n  %more = icmp slt i64 %i.next, %hi\n"
+               "  br i1 %more, label %loop, label %exit\nexit:\n  ret void\n}\n\n")
+        unpack = "".join(f"  %x{k} = getelementptr inbounds ptr, ptr %ctx, i64 {k}\n"
+                         f"  %a{k} = load ptr, ptr %x{k}\n" for k in range(k_args))
+        blocks = (f"define internal void @{name}_blocks(ptr %ctx, i64 %tid, i64 %nt) {{\n"
+                  "entry:\n" + unpack
+                  + f"  %any = icmp slt i64 %tid, {nb}\n"
+                  "  br i1 %any, label %blk, label %exit\nblk:\n"
+                  "  %b = phi i64 [%tid, %entry], [%b.next, %blk]\n"
+                  f"  %lo = mul nuw nsw i64 %b, {_PAR_BLOCK}\n"
+                  f"  %hi0 = add nuw nsw i64 %lo, {_PAR_BLOCK}\n"
+                  f"  %lt = icmp slt i64 %hi0, {n}\n"
+                  f"  %hi = select i1 %lt, i64 %hi0, i64 {n}\n"
+                  f"  call void @{name}_range({ptrs}, i64 %lo, i64 %hi)\n"
+                  "  %b.next = add nuw nsw i64 %b, %nt\n"
+                  f"  %b.more = icmp slt i64 %b.next, {nb}\n"
+                  "  br i1 %b.more, label %blk, label %exit\nexit:\n  ret void\n}\n\n"
+                  f"define internal void @{name}_omp(ptr %ctx) {{\nentry:\n"
+                  "  %t = call i32 @omp_get_thread_num()\n  %n = call i32 @omp_get_num_threads()\n"
+                  "  %t64 = sext i32 %t to i64\n  %n64 = sext i32 %n to i64\n"
+                  f"  call void @{name}_blocks(ptr %ctx, i64 %t64, i64 %n64)\n  ret void\n}}\n\n")
+        pack = "".join(f"  %c{k} = getelementptr inbounds ptr, ptr %ctx, i64 {k}\n"
+                       f"  store ptr %a{k}, ptr %c{k}\n" for k in range(k_args))
+        main = (f"define internal void @{name}_body({', '.join(params + ['i64 %n'])}) "
+                f"alwaysinline {{\nentry:\n  %ctx = alloca [{k_args} x ptr], align 8\n" + pack
+                + f"  call void @GOMP_parallel(ptr @{name}_omp, ptr %ctx, i32 0, i32 0)\n"
+                "  ret void\n}\n\n")
+        self.par = True
+        return ((_prelude(self.vecmath) + threads.DECLARATIONS if prelude else "")
+                + rng + blocks + main
+                + f"define void @{name}(ptr %args, i64 %n) {{\nentry:\n"
+                + "\n".join(loads) + "\n"
+                + f"  call void @{name}_body({call_args})\n  ret void\n}}\n")
+
+    def declarations(self) -> str:
+        return threads.DECLARATIONS if getattr(self, "par", False) else ""
+
 
 _LANES = {"float": 16, "double": 8}  # accumulators per reduction: one AVX-512 register
+_PAR_BLOCK = 1 << 16  # elements per block of an elementwise kernel split across threads
 _CHUNK = 16  # vectors per chunk of the reduction loop
 _BLOCK_CHUNKS = 64  # chunks per block of a reduction split across threads (see threads.py)
 
@@ -1332,8 +1384,7 @@ def module_ir(g, groups, prefix: str = "dg_k") -> tuple:
         texts.append(text)
         kernels.append((name, layout))
         math_functions += [f for f in b.vecmath if f not in math_functions]
-        d = b.declarations() if isinstance(b, (_MatmulBuilder, _IndexBuilder,
-                                                 _ReduceBuilder)) else ""
+        d = b.declarations()
         if d and d not in decls:
             decls.append(d)
     return _prelude(math_functions) + "".join(decls) + "\n".join(texts), kernels
