@@ -650,8 +650,8 @@ class CompiledFunction:
             guards = build_guards(trace, self._code_fn, flat, spec, self.dynamic_numbers,
                                   dynamic_sources=substituted)
             inplace = _inplace_writes(trace, g, n_fwd)
-            plan = backend.compile_graph(g, inplace=inplace)
             groups = fuse(g)
+            plan = backend.compile_graph(g, inplace=inplace, groups=groups)
             memory = plan_memory(g)
         except Unsupported as exc:
             self._unsupported(str(exc))

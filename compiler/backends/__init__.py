@@ -1,5 +1,6 @@
 """Executors of the IR. ``interp`` (numpy) is the oracle every other backend is tested
-against. A backend is a pair ``compile_graph(graph, inplace=None) -> plan`` and
+against. A backend is a pair ``compile_graph(graph, inplace=None, groups=None) -> plan``
+(``groups``: the graph's fusion groups when the caller has them) and
 ``run(plan, inputs, scalars) -> outputs`` (raising ``interp.GuardFailed`` on a value guard
 miss); :func:`get` returns it by name."""
 
@@ -13,7 +14,9 @@ def get(name: str) -> SimpleNamespace:
     loaded only when the LLVM backend is asked for)."""
     if name == "interp":
         from . import interp
-        return SimpleNamespace(compile_graph=interp.compile_graph, run=interp.run)
+        return SimpleNamespace(
+            compile_graph=lambda g, inplace=None, groups=None: interp.compile_graph(
+                g, inplace=inplace), run=interp.run)
     if name == "llvm":
         from .llvm import runner
         return SimpleNamespace(compile_graph=runner.compile_graph, run=runner.run)

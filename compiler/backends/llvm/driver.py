@@ -59,12 +59,12 @@ def _memtype(v) -> str:
 class DriverPlan:
     """Everything one graph's native call needs (see the module docstring)."""
 
-    def __init__(self, g, inplace: dict, make_fallback) -> None:
+    def __init__(self, g, inplace: dict, make_fallback, groups: list | None = None) -> None:
         self.g = g
         self.make_fallback = make_fallback  # the runner's plan, made when first needed: a
         self.fallback = None  # call while another thread holds this plan
         self.lock, self.lock_fallback = threading.Lock(), threading.Lock()
-        groups = fuse(g)
+        groups = fuse(g) if groups is None else list(groups)
         for grp in groups:
             if grp.kind not in ("elementwise", "reduce", "matmul", "scalar", "index",
                                 "creation", "movement"):
@@ -420,8 +420,8 @@ def _constants(g, grp) -> dict:
     return {id(v): env[id(v)] for v in grp.outputs}
 
 
-def build(g, inplace: dict | None, make_fallback) -> DriverPlan:
+def build(g, inplace: dict | None, make_fallback, groups: list | None = None) -> DriverPlan:
     """A :class:`DriverPlan` for ``g``, or raise :class:`NotDrivable` (or
     NotImplementedError from the code generator). ``make_fallback()`` makes the runner's
     plan of ``g``, for calls that find the plan busy in another thread."""
-    return DriverPlan(g, inplace or {}, make_fallback)
+    return DriverPlan(g, inplace or {}, make_fallback, groups)

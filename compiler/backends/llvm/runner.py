@@ -51,21 +51,22 @@ def _module(text: str) -> jit.Compiled:
     return cache.load_or_compile(text)  # (memory, then the disk cache, then LLVM)
 
 
-def compile_graph(g, inplace: dict | None = None):
+def compile_graph(g, inplace: dict | None = None, groups: list | None = None):
     """A plan for :func:`run`: one native driver call when every fusion group lowers
     (``driver``), else :func:`compile_hybrid`'s kernels-and-numpy plan."""
-    groups = fuse(g)
+    groups = fuse(g) if groups is None else groups
     if all(grp.kind in ("scalar", "creation", "movement", "index") or _lowerable(g, grp)
            for grp in groups) and any(grp.kind not in ("scalar", "creation", "movement")
                                       for grp in groups):
         try:
-            return driver.build(g, inplace, lambda: compile_hybrid(g, inplace))
+            return driver.build(g, inplace, lambda: compile_hybrid(g, inplace, groups),
+                                groups)
         except NotImplementedError:  # (NotDrivable included): the hybrid plan runs it
             pass
-    return compile_hybrid(g, inplace)
+    return compile_hybrid(g, inplace, groups)
 
 
-def compile_hybrid(g, inplace: dict | None = None):
+def compile_hybrid(g, inplace: dict | None = None, groups: list | None = None):
     """A plan for :func:`run`: the fusion groups in their order, each lowerable group
     (elementwise, reduce, matmul) as one native kernel call, the others as the interpreter's
     steps of their nodes.
@@ -90,7 +91,7 @@ def compile_hybrid(g, inplace: dict | None = None):
     deferred = [(slot[id(g.nodes[k].out)], t) for k, t in inplace.items()]
     inplace = {}
     producer = {id(n.out): k for k, n in enumerate(g.nodes)}
-    groups = fuse(g)
+    groups = fuse(g) if groups is None else groups
     native = [grp for grp in groups if _lowerable(g, grp)]
     kernels = {}
     if native:
