@@ -472,12 +472,7 @@ class _Builder:
             off = self.index(_c_strides(self.full))
             p = self.emit(f"getelementptr inbounds {st}, ptr %a{len(grp.inputs) + k}, i64 {off}")
             self.lines.append(f"  store {st} {val}, ptr {p}")
-        n_args = len(layout)
-        loads = []
-        for k in range(n_args):
-            loads.append(f"  %q{k} = getelementptr inbounds ptr, ptr %args, i64 {k}")
-            loads.append(f"  %p{k} = load ptr, ptr %q{k}")
-        call_args = ", ".join([f"ptr %p{k}" for k in range(n_args)] + ["i64 %n"])
+        entry = _entry(name, len(layout), pass_n=True)
         body = "\n".join(self.lines)
         if nested:
             rows, inner = math.prod(self.full[:-1]), self.full[-1]
@@ -506,18 +501,14 @@ class _Builder:
             return built
         n_static = math.prod(self.full)
         if not nested and n_static >= threads.PAR_MIN and threads.find():
-            return self._parallel(name, prelude, params, body, loads, call_args, n_static), \
-                name, layout
+            return self._parallel(name, prelude, params, body, entry, n_static), name, layout
         text = (
             (_prelude(self.vecmath) if prelude else "")
             + f"define internal void @{name}_body({', '.join(params + ['i64 %n'])}) "
-            + "alwaysinline {\n" + loop
-            + f"define void @{name}(ptr %args, i64 %n) {{\nentry:\n"
-            + "\n".join(loads) + "\n"
-            + f"  call void @{name}_body({call_args})\n  ret void\n}}\n")
+            + "alwaysinline {\n" + loop + entry)
         return text, name, layout
 
-    def _parallel(self, name, prelude, params, body, loads, call_args, n) -> str:
+    def _parallel(self, name, prelude, params, body, entry, n) -> str:
         """A big flat kernel on every OpenMP thread: blocks of ``_PAR_BLOCK`` elements,
         thread t taking blocks t, t + T, ... (each element is computed alone, so the result
         does not depend on the split)."""
@@ -556,10 +547,7 @@ class _Builder:
                 "  ret void\n}\n\n")
         self.par = True
         return ((_prelude(self.vecmath) + threads.DECLARATIONS if prelude else "")
-                + rng + blocks + main
-                + f"define void @{name}(ptr %args, i64 %n) {{\nentry:\n"
-                + "\n".join(loads) + "\n"
-                + f"  call void @{name}_body({call_args})\n  ret void\n}}\n")
+                + rng + blocks + main + entry)
 
     def declarations(self) -> str:
         return threads.DECLARATIONS if getattr(self, "par", False) else ""
@@ -914,20 +902,11 @@ class _ReduceBuilder(_Builder):
         lines.append("  %o.next = add nuw nsw i64 %o, 1")
         lines.append(f"  %o.more = icmp slt i64 %o.next, {math.prod(self.reduced)}")
         lines.append("  br i1 %o.more, label %outer, label %exit\nexit:\n  ret void")
-        n_args = len(layout)
-        loads = []
-        for k in range(n_args):
-            loads.append(f"  %q{k} = getelementptr inbounds ptr, ptr %args, i64 {k}")
-            loads.append(f"  %p{k} = load ptr, ptr %q{k}")
-        call_args = ", ".join(f"ptr %p{k}" for k in range(n_args))
         text = (
             (_prelude(self.vecmath) + self.declarations() if prelude else "")
             + self.extra
             + f"define internal void @{name}_body({', '.join(params)}) alwaysinline {{\n"
-            + "\n".join(lines) + "\n}\n\n"
-            + f"define void @{name}(ptr %args, i64 %n) {{\nentry:\n"
-            + "\n".join(loads) + "\n"
-            + f"  call void @{name}_body({call_args})\n  ret void\n}}\n")
+            + "\n".join(lines) + "\n}\n\n" + _entry(name, len(layout)))
         return text, name, layout
 
     def declarations(self) -> str:
@@ -960,19 +939,11 @@ class _ScalarBuilder(_Builder):
         for k, v in enumerate(grp.outputs):
             val, _ = self.at_i[id(v)]
             self.lines.append(f"  store double {val}, ptr %a{len(grp.inputs) + k}")
-        n_args = len(layout)
-        loads = []
-        for k in range(n_args):
-            loads.append(f"  %q{k} = getelementptr inbounds ptr, ptr %args, i64 {k}")
-            loads.append(f"  %p{k} = load ptr, ptr %q{k}")
-        params = ", ".join(f"ptr noalias %a{k}" for k in range(n_args))
+        params = ", ".join(f"ptr noalias %a{k}" for k in range(len(layout)))
         text = (
             (_prelude([]) if prelude else "")
             + f"define internal void @{name}_body({params}) alwaysinline {{\nentry:\n"
-            + "\n".join(self.lines) + "\n  ret void\n}\n\n"
-            + f"define void @{name}(ptr %args, i64 %n) {{\nentry:\n" + "\n".join(loads) + "\n"
-            + f"  call void @{name}_body({', '.join(f'ptr %p{k}' for k in range(n_args))})\n"
-            + "  ret void\n}\n")
+            + "\n".join(self.lines) + "\n  ret void\n}\n\n" + _entry(name, len(layout)))
         return text, name, layout
 
 
@@ -1034,19 +1005,11 @@ class _IndexBuilder:
         return self._finish(name, prelude, layout)
 
     def _finish(self, name: str, prelude: bool, layout: list) -> tuple:
-        n_args = len(layout)
-        loads = []
-        for q in range(n_args):
-            loads.append(f"  %q{q} = getelementptr inbounds ptr, ptr %args, i64 {q}")
-            loads.append(f"  %p{q} = load ptr, ptr %q{q}")
-        params = ", ".join(f"ptr noalias %a{q}" for q in range(n_args))
+        params = ", ".join(f"ptr noalias %a{q}" for q in range(len(layout)))
         text = (
             (_prelude([]) if prelude else "")
             + f"define internal i32 @{name}_body({params}) alwaysinline {{\n"
-            + "\n".join(self.lines) + "\n}\n\n"
-            + f"define i32 @{name}(ptr %args, i64 %n) {{\nentry:\n" + "\n".join(loads) + "\n"
-            + f"  %st = call i32 @{name}_body({', '.join(f'ptr %p{q}' for q in range(n_args))})\n"
-            + "  ret i32 %st\n}\n")
+            + "\n".join(self.lines) + "\n}\n\n" + _entry(name, len(layout), status=True))
         return text, name, layout
 
     def build(self, name: str = FN_NAME, prelude: bool = True) -> tuple:
@@ -1313,21 +1276,13 @@ class _MatmulBuilder:
         lines.append("batch.end:\n  %bt.next = add nuw nsw i64 %bt, 1")
         lines.append(f"  %bt.more = icmp slt i64 %bt.next, {n_batch}")
         lines.append("  br i1 %bt.more, label %batch, label %exit\nexit:\n  ret void")
-        n_args = len(layout)
-        loads = []
-        for k in range(n_args):
-            loads.append(f"  %q{k} = getelementptr inbounds ptr, ptr %args, i64 {k}")
-            loads.append(f"  %p{k} = load ptr, ptr %q{k}")
-        params = ", ".join(f"ptr noalias %a{k}" for k in range(n_args))  # (A may be B: both
-        #                                             only read, which noalias allows)
+        params = ", ".join(f"ptr noalias %a{k}" for k in range(len(layout)))  # (A may be B:
+        #                                             both only read, which noalias allows)
         text = (
             (_prelude([]) if prelude else "")
             + (self.declarations() if prelude else "")
             + f"define internal void @{name}_body({params}) alwaysinline {{\n"
-            + "\n".join(lines) + "\n}\n\n"
-            + f"define void @{name}(ptr %args, i64 %n) {{\nentry:\n" + "\n".join(loads) + "\n"
-            + f"  call void @{name}_body({', '.join(f'ptr %p{k}' for k in range(n_args))})\n"
-            + "  ret void\n}\n")
+            + "\n".join(lines) + "\n}\n\n" + _entry(name, len(layout)))
         return text, name, layout
 
     def declarations(self) -> str:
@@ -1362,6 +1317,20 @@ def reduce_kernel(g, group) -> tuple:
     """(LLVM IR text, function name, arg layout) for a reduction fusion group, with the
     calling convention of :func:`elementwise_kernel` (``n`` is ignored: sizes are baked)."""
     return _ReduceBuilder(g, group).build()
+
+
+def _entry(name: str, n_args: int, pass_n: bool = False, status: bool = False) -> str:
+    """The kernel's callable entry ``@<name>(ptr %args, i64 %n)``: loads the buffer pointers
+    from ``args`` (one ``void**``: the cheapest ctypes call) and calls ``@<name>_body`` with
+    them (and ``%n`` with ``pass_n``); returns the body's i32 status with ``status``."""
+    loads = "".join(f"  %q{k} = getelementptr inbounds ptr, ptr %args, i64 {k}\n"
+                    f"  %p{k} = load ptr, ptr %q{k}\n" for k in range(n_args))
+    args = ", ".join([f"ptr %p{k}" for k in range(n_args)] + (["i64 %n"] if pass_n else []))
+    if status:
+        return (f"define i32 @{name}(ptr %args, i64 %n) {{\nentry:\n{loads}"
+                f"  %st = call i32 @{name}_body({args})\n  ret i32 %st\n}}\n")
+    return (f"define void @{name}(ptr %args, i64 %n) {{\nentry:\n{loads}"
+            f"  call void @{name}_body({args})\n  ret void\n}}\n")
 
 
 def _prelude(math_functions) -> str:
