@@ -124,18 +124,24 @@ class _Builder:
 
     # ------------------------------------------------------------ reading outside data
     def view(self, v) -> tuple:
-        """(buffer value, shape, element strides) of outside data ``v``."""
+        """(buffer value, shape, element strides, element offset) of outside data ``v``."""
         if id(v) in self.ptr:
-            return v, v.shape, _c_strides(v.shape)
+            return v, v.shape, _c_strides(v.shape), 0
         if id(v) in self.views:
             return self.views[id(v)]
         raise NotImplementedError(f"LLVM elementwise codegen: {v!r} is neither an input nor "
                                   f"a map of one")
 
     def map_view(self, n) -> None:
-        buf, shape, st = self.view(n.inputs[0])
+        buf, shape, st, off = self.view(n.inputs[0])
         name, out = n.prim.name, n.out.shape
-        if name == "broadcast":
+        if name == "slice":  # unit steps (fusion's rule): an offset, the same strides
+            p = n.params
+            if any(c != 1 for c in p["steps"]):
+                raise _unsupported("slice", "with steps (index map of outside data)")
+            off += sum(a * t for a, t in zip(p["starts"], st))
+            nst = list(st)
+        elif name == "broadcast":
             lead = len(out) - len(shape)
             nst = [0] * lead + [0 if (s == 1 and o != 1) else t
                                 for s, o, t in zip(shape, out[lead:], st)]
@@ -151,7 +157,7 @@ class _Builder:
                                           "view that merges or splits dims")
         else:
             raise _unsupported(name, f"{_dtname(n.out)} (index map of outside data)")
-        self.views[id(n.out)] = (buf, tuple(out), tuple(nst))
+        self.views[id(n.out)] = (buf, tuple(out), tuple(nst), off)
 
     def index(self, strides: tuple) -> str:
         """The element offset, from the loop variables, for per-space-dim ``strides``."""
@@ -182,7 +188,7 @@ class _Builder:
 
     def read(self, v, out_shape) -> tuple:
         """``v`` (outside data) as read by a node of shape ``out_shape`` at point ``i``."""
-        buf, shape, st = self.view(v)
+        buf, shape, st, base = self.view(v)
         lead = len(out_shape) - len(shape)
         strides = []
         for k, o in enumerate(out_shape):
@@ -193,9 +199,11 @@ class _Builder:
         if len(strides) != len(self.space):
             raise NotImplementedError(f"LLVM elementwise codegen: node of shape {out_shape} "
                                       f"outside the iteration space {self.group.shape}")
-        key = (id(buf), tuple(strides), tuple(var for var, _ in self.loops))
+        key = (id(buf), tuple(strides), base, tuple(var for var, _ in self.loops))
         if key not in self.reads:
             off = self.index(tuple(strides))
+            if base:
+                off = str(base) if off == "0" else self.emit(f"add i64 {off}, {base}")
             dt = buf.dtype.name
             ty = _MEMTYPE[_LLTYPE[dt]]
             p = self.emit(f"getelementptr inbounds {ty}, ptr {self.ptr[id(buf)]}, i64 {off}")
@@ -296,6 +304,10 @@ class _Builder:
                 math.prod(n.inputs[0].shape[a] for a in n.params["axes"])
             self.consts[id(out)] = (value, odt)
             return
+        if name == "slice" and isinstance(n.inputs[0], Value) and (
+                id(n.inputs[0]) in self.ptr or id(n.inputs[0]) in self.views):
+            self.map_view(n)  # a unit-step slice of outside data: an offset view
+            return
         if name in ("broadcast", "reshape", "sum", "max"):
             src = n.inputs[0]
             if isinstance(src, Value) and id(src) in self.consts:
@@ -317,10 +329,10 @@ class _Builder:
                     id(src) in self.ptr or id(src) in self.views) \
                     and math.prod(src.shape) == math.prod(out.shape):
                 # over size-1 axes: the same elements in the same order, read as a reshape
-                buf, shape, st = self.view(src)
+                buf, shape, st, base = self.view(src)
                 it = iter([t for d, t in zip(shape, st) if d != 1])
                 self.views[id(out)] = (buf, tuple(out.shape),
-                                       tuple(next(it) if d != 1 else 0 for d in out.shape))
+                                       tuple(next(it) if d != 1 else 0 for d in out.shape), base)
                 val, ty = self.read(out, out.shape)
                 if name == "sum":  # numpy's sum starts at +0.0
                     val = self.emit(f"fadd {ty} {val}, {_const(0.0, ty)}")
@@ -616,7 +628,7 @@ class _ReduceBuilder(_Builder):
             name, src = n.prim.name, n.inputs[0] if n.inputs else None
             computed_src = isinstance(src, Value) and id(src) in inside and \
                 inside[id(src)] not in setup  # (a map of a constant is a constant)
-            if name in ("full", "size_of") or (name in ("broadcast", "reshape")
+            if name in ("full", "size_of") or (name in ("broadcast", "reshape", "slice")
                                                and not computed_src):
                 setup.append(i)
                 continue
@@ -1103,6 +1115,136 @@ class _IndexBuilder:
         return self._finish(name, prelude, layout)
 
 
+class _MoveBuilder:
+    """A 'movement' group: data moved, none computed — ``reshape``, ``broadcast``,
+    ``permute``, ``slice``, ``pad`` and ``concat`` chained from the group's inputs to its one
+    output, written as a copy loop over the output: each output element's multi-index is
+    mapped back through the chain to the element of an input it comes from (``pad`` and
+    ``concat`` choose with a select, reading a clamped, always valid, index)."""
+
+    def __init__(self, g, group) -> None:
+        if group.kind != "movement" or len(group.outputs) != 1:
+            raise NotImplementedError(f"LLVM movement codegen: group kind {group.kind!r}")
+        self.g, self.group = g, group
+        self.producer = {id(g.nodes[i].out): g.nodes[i] for i in group.nodes}
+        for i in group.nodes:
+            n = g.nodes[i]
+            if n.prim.name not in ("reshape", "broadcast", "permute", "slice", "pad",
+                                   "concat"):
+                raise NotImplementedError(f"LLVM movement codegen: {n.prim.name}")
+        out = group.outputs[0]
+        if out.dtype is None or out.dtype.name not in _LLTYPE or math.prod(out.shape) == 0:
+            raise NotImplementedError("LLVM movement codegen: dtype or empty output")
+        self.ty = _MEMTYPE[_LLTYPE[out.dtype.name]]
+        self.vecmath: list[str] = []
+        self.lines: list[str] = []
+        self.tmp = 0
+
+    def emit(self, text: str) -> str:
+        self.tmp += 1
+        r = f"%t{self.tmp}"
+        self.lines.append(f"  {r} = {text}")
+        return r
+
+    def declarations(self) -> str:
+        return ""
+
+    def _flat(self, idx: list, shape: tuple) -> str:
+        acc = "0"
+        for i, st in zip(idx, _c_strides(shape)):
+            t = i if st == 1 else self.emit(f"mul i64 {i}, {st}")
+            acc = t if acc == "0" else self.emit(f"add i64 {acc}, {t}")
+        return acc
+
+    def _split(self, flat: str, shape: tuple) -> list:
+        out = []
+        for k, (size, st) in enumerate(zip(shape, _c_strides(shape))):
+            t = flat if st == 1 else self.emit(f"udiv i64 {flat}, {st}")
+            out.append(t if k == 0 else self.emit(f"urem i64 {t}, {size}"))
+        return out
+
+    def _const(self, value) -> str:
+        if self.ty == "i8":  # bool, stored as a byte
+            return str(int(bool(value)))
+        return _const(value, self.ty)
+
+    def value_at(self, v, idx: list) -> str:
+        """The element of ``v`` at multi-index ``idx`` (SSA i64 per dim of v)."""
+        n = self.producer.get(id(v))
+        if n is None:  # an input: C-contiguous in its own shape
+            p = self.emit(f"getelementptr inbounds {self.ty}, ptr {self.ptr[id(v)]}, "
+                          f"i64 {self._flat(idx, v.shape)}")
+            return self.emit(f"load {self.ty}, ptr {p}")
+        name, prm, src = n.prim.name, n.params, n.inputs[0]
+        if name == "reshape":  # the same row-major order
+            return self.value_at(src, self._split(self._flat(idx, v.shape), src.shape))
+        if name == "broadcast":
+            lead = len(v.shape) - len(src.shape)
+            return self.value_at(src, [idx[d + lead] if s != 1 else "0"
+                                       for d, s in enumerate(src.shape)])
+        if name == "permute":
+            inner = [None] * len(prm["perm"])
+            for d, p in enumerate(prm["perm"]):
+                inner[p] = idx[d]
+            return self.value_at(src, inner)
+        if name == "slice":
+            inner = []
+            for i, a, c in zip(idx, prm["starts"], prm["steps"]):
+                t = i if c == 1 else self.emit(f"mul i64 {i}, {c}")
+                inner.append(t if a == 0 else self.emit(f"add i64 {t}, {a}"))
+            return self.value_at(src, inner)
+        if name == "pad":
+            ok, inner = "true", []
+            for i, n_d, (lo, _, it) in zip(idx, src.shape, prm["pads"]):
+                t = self.emit(f"sub i64 {i}, {lo}")
+                q = t if it == 0 else self.emit(f"sdiv i64 {t}, {it + 1}")
+                good = self.emit(f"icmp sge i64 {t}, 0")
+                good = self.emit(f"and i1 {good}, {self.emit(f'icmp slt i64 {q}, {n_d}')}")
+                if it:
+                    r = self.emit(f"srem i64 {t}, {it + 1}")
+                    good = self.emit(f"and i1 {good}, {self.emit(f'icmp eq i64 {r}, 0')}")
+                ok = good if ok == "true" else self.emit(f"and i1 {ok}, {good}")
+                inner.append(self.emit(f"select i1 {good}, i64 {q}, i64 0"))
+            val = self.value_at(src, inner)
+            return self.emit(f"select i1 {ok}, {self.ty} {val}, {self.ty} "
+                             f"{self._const(prm['value'])}")
+        # concat: the input whose range along the axis holds the index
+        axis, start, result = prm["axis"], 0, None
+        for x in n.inputs:
+            size = x.shape[axis]
+            t = self.emit(f"sub i64 {idx[axis]}, {start}")
+            inside = self.emit(f"icmp ult i64 {t}, {size}")
+            clamped = self.emit(f"select i1 {inside}, i64 {t}, i64 0")
+            val = self.value_at(x, idx[:axis] + [clamped] + idx[axis + 1:])
+            result = val if result is None else self.emit(
+                f"select i1 {inside}, {self.ty} {val}, {self.ty} {result}")
+            start += size
+        return result
+
+    def build(self, name: str = FN_NAME, prelude: bool = True) -> tuple:
+        grp = self.group
+        out = grp.outputs[0]
+        layout = list(grp.inputs) + [out]
+        for v in grp.inputs:
+            if v.weak or v.dtype is None or v.dtype.name not in _LLTYPE or \
+                    _MEMTYPE[_LLTYPE[v.dtype.name]] != self.ty:
+                raise NotImplementedError("LLVM movement codegen: an input's dtype")
+        self.ptr = {id(v): f"%a{k}" for k, v in enumerate(layout)}
+        self.lines.append("entry:\n  br label %loop\nloop:")
+        self.lines.append("  %i = phi i64 [0, %entry], [%i.next, %loop]")
+        val = self.value_at(out, self._split("%i", out.shape))
+        p = self.emit(f"getelementptr inbounds {self.ty}, ptr %a{len(grp.inputs)}, i64 %i")
+        self.lines.append(f"  store {self.ty} {val}, ptr {p}")
+        self.lines.append("  %i.next = add nuw nsw i64 %i, 1")
+        self.lines.append(f"  %more = icmp slt i64 %i.next, {math.prod(out.shape)}")
+        self.lines.append("  br i1 %more, label %loop, label %exit\nexit:\n  ret void")
+        params = ", ".join(f"ptr noalias %a{k}" for k in range(len(layout)))
+        text = ((_prelude([]) if prelude else "")
+                + f"define internal void @{name}_body({params}) alwaysinline {{\n"
+                + "\n".join(self.lines) + "\n}\n\n" + _entry(name, len(layout)))
+        return text, name, layout
+
+
 BLAS_MIN_WORK = 64 * 64 * 64  # m·n·k from which a matmul calls BLAS (when numpy has one)
 _TRANSPOSE_BYTES = 256 * 1024  # a transposed B up to this size is copied to a stack buffer
 
@@ -1310,6 +1452,8 @@ def _builder(g, group):
         return _ScalarBuilder(g, group)
     if group.kind == "index":
         return _IndexBuilder(g, group)
+    if group.kind == "movement":
+        return _MoveBuilder(g, group)
     return _ReduceBuilder(g, group) if group.kind == "reduce" else _Builder(g, group)
 
 

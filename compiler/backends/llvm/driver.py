@@ -72,17 +72,17 @@ class DriverPlan:
         producer = {id(n.out): k for k, n in enumerate(g.nodes)}
         out_ids = {id(v) for v in g.outputs}
         # creation groups: constants, made here by their own primitives (eager's values);
-        # movement groups: reshapes of contiguous buffers, which alias their source
+        # movement groups of reshapes only: they alias their (contiguous) source
         made: dict[int, np.ndarray] = {}
         aliases: dict[int, Value] = {}  # id(reshape output) -> the value it relabels
         for grp in groups:
             if grp.kind == "creation":
                 made.update(_constants(g, grp))
-            elif grp.kind == "movement":
+            elif grp.kind == "movement" and all(
+                    g.nodes[i].prim.name == "reshape" and id(g.nodes[i].out) not in out_ids
+                    for i in grp.nodes):  # (other movement: a copy kernel, see codegen)
                 for i in grp.nodes:
                     n = g.nodes[i]
-                    if n.prim.name != "reshape" or id(n.out) in out_ids:
-                        raise NotDrivable(f"a movement group with {n.prim.name}")
                     src = n.inputs[0]
                     aliases[id(n.out)] = aliases.get(id(src), src) if isinstance(
                         aliases.get(id(src), src), Value) else src
@@ -91,7 +91,8 @@ class DriverPlan:
             for k in grp.nodes:
                 steps[k] = t
         position = {id(grp): t for t, grp in enumerate(groups)}
-        groups = [grp for grp in groups if grp.kind not in ("creation", "movement")]
+        groups = [grp for grp in groups if grp.kind != "creation" and not (
+            grp.kind == "movement" and all(id(g.nodes[i].out) in aliases for i in grp.nodes))]
         for v in g.outputs:
             if v.weak and id(v) in producer:
                 raise NotDrivable("a computed Python number is an output")
