@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import re
 import struct
 
 import numpy as np
@@ -1485,15 +1486,20 @@ def _prelude(math_functions) -> str:
             "declare double @llvm.pow.f64(double, double)\n\n")
 
 
-def module_ir(g, groups, prefix: str = "dg_k") -> tuple:
+def module_ir(g, groups, prefix: str = "dg_k", inline: bool = True) -> tuple:
     """One LLVM module holding a kernel per group (``void @<prefix><k>(ptr %args, i64 %n)``,
     as :func:`elementwise_kernel`) and the math functions they share. Returns (IR text,
     [(function name, arg layout) per group]). Raises NotImplementedError as
-    :func:`elementwise_kernel` does."""
+    :func:`elementwise_kernel` does. ``inline=False`` keeps each kernel body a function of
+    its own (``noinline``) — for a driver calling many kernels, whose compile time would
+    otherwise grow faster than the number of kernels."""
     texts, kernels, math_functions, decls = [], [], [], []
     for k, group in enumerate(groups):
         b = _builder(g, group)
         text, name, layout = b.build(f"{prefix}{k}", prelude=False)
+        if not inline:  # each kernel optimised on its own: compile time stays linear
+            text = re.sub(r"^(define internal \w+ @\w+_body\(.*\)) alwaysinline \{",
+                          r"\1 noinline {", text, flags=re.M)
         texts.append(text)
         kernels.append((name, layout))
         math_functions += [f for f in b.vecmath if f not in math_functions]

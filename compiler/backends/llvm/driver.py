@@ -44,6 +44,8 @@ from . import codegen
 
 ALIGN = 64
 POOL = 3  # arrays kept per output for reuse: a step's .grad lives until the next step
+INLINE_MAX = 48  # kernels inlined into the driver up to this many; beyond, calls (the
+#                  optimiser's time would grow faster than the module)
 
 
 class NotDrivable(NotImplementedError):
@@ -186,7 +188,8 @@ class DriverPlan:
             where[vid] = where[id(src)]
         self.where = where
         # ------------------------------------------------------------ the module
-        text, fns = codegen.module_ir(g, groups, prefix="dg_d")
+        text, fns = codegen.module_ir(g, groups, prefix="dg_d",
+                                      inline=len(groups) <= INLINE_MAX)
         body = ["define i32 @drv(ptr %tab) {", "entry:"]
         for k in range(len(slots)):
             body.append(f"  %s{k}.p = getelementptr inbounds ptr, ptr %tab, i64 {k}")
