@@ -44,6 +44,7 @@ test: lint $(ORACLE)
 
 bench: $(STAMP)
 	$(PY) benchmarks/eager_overhead.py
+	$(PY) benchmarks/workloads.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
