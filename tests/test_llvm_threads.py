@@ -95,3 +95,24 @@ def test_small_reductions_stay_on_one_thread():
     (grp,) = [gr for gr in fuse(g) if gr.kind == "reduce"]
     assert "GOMP" not in codegen.reduce_kernel(g, grp)[0]
     assert hashlib  # (imported for the subprocess code's sake)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_forked_child_runs_big_kernels_on_one_thread_with_the_same_bits(tmp_path):
+    code = textwrap.dedent(f"""
+        import os, numpy as np, dyngrad as dg, compiler
+        x = dg.tensor(np.random.default_rng(0).standard_normal({N}).astype(np.float32))
+        f = compiler.compile(lambda x: ((x * 1.5).tanh() * x).sum())
+        for _ in range(3):
+            r = f(x)
+        print(r.numpy().tobytes().hex(), flush=True)
+        pid = os.fork()
+        if pid == 0:  # libgomp's pool does not survive fork: the child must not hang
+            print(f(x).numpy().tobytes().hex(), flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+    """)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), DYNGRAD_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True,
+                         capture_output=True, text=True, timeout=120).stdout.split()
+    assert len(out) == 2 and out[0] == out[1]

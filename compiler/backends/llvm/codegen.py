@@ -556,8 +556,7 @@ class _Builder:
                        f"  store ptr %a{k}, ptr %c{k}\n" for k in range(k_args))
         main = (f"define internal void @{name}_body({', '.join(params + ['i64 %n'])}) "
                 f"alwaysinline {{\nentry:\n  %ctx = alloca [{k_args} x ptr], align 8\n" + pack
-                + f"  call void @GOMP_parallel(ptr @{name}_omp, ptr %ctx, i32 0, i32 0)\n"
-                "  ret void\n}\n\n")
+                + threads.split_call(name) + "\n  ret void\n}\n\n")
         self.par = True
         return ((_prelude(self.vecmath) + threads.DECLARATIONS if prelude else "")
                 + rng + blocks + main + entry)
@@ -846,20 +845,18 @@ class _ReduceBuilder(_Builder):
         if blocked:
             self.extra = self._blocks_function(name, layout, tys, vec, init, NB, CB, B,
                                                chunks, chunk_loop)
-            if threads.find():
-                lines.append(f"  call void @GOMP_parallel(ptr @{name}_omp, ptr %ctx, i32 0, "
-                             "i32 0)")
-            else:
-                lines.append(f"  call void @{name}_blocks(ptr %ctx, i64 0, i64 1)")
+            lines.append(threads.split_call(name) if threads.find() else
+                         f"  call void @{name}_blocks(ptr %ctx, i64 0, i64 1)\n"
+                         "  br label %par.joined\npar.joined:")
             lines.append("  br label %gather\ngather:")
-            lines.append("  %g = phi i64 [0, %outer], [%g.next, %gather]")
+            lines.append("  %g = phi i64 [0, %par.joined], [%g.next, %gather]")
             phi_at = len(lines)
             nexts = []
             for m, v in enumerate(vec):
                 p = self.emit(f"getelementptr inbounds {v}, ptr %parts{m}, i64 %g")
                 part = self.emit(f"load {v}, ptr {p}, align 64")
                 nexts.append(self._combine(ops[m], v, f"%gacc{m}", part))
-            lines[phi_at:phi_at] = [f"  %gacc{m} = phi {vec[m]} [{init[m]}, %outer], "
+            lines[phi_at:phi_at] = [f"  %gacc{m} = phi {vec[m]} [{init[m]}, %par.joined], "
                                     f"[{nexts[m]}, %gather]" for m in range(len(tys))]
             lines.append("  %g.next = add nuw nsw i64 %g, 1")
             lines.append(f"  %g.more = icmp slt i64 %g.next, {NB}")

@@ -5,7 +5,8 @@
 t + 2T, ...`` of work whose boundaries depend only on the problem size, so results are the
 same whatever the number of threads. libgomp is not on every machine: :func:`find` returns
 None when it is missing — or when ``DYNGRAD_THREADS=1`` — and kernels then stay on one
-thread (the tests run both ways).
+thread (the tests run both ways). A process forked after kernels ran runs them on one thread
+(:func:`split_call`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,32 @@ _found: list = []
 
 DECLARATIONS = ("declare void @GOMP_parallel(ptr, ptr, i32, i32)\n"
                 "declare i32 @omp_get_thread_num()\n"
-                "declare i32 @omp_get_num_threads()\n")
+                "declare i32 @omp_get_num_threads()\n"
+                "@dg_threads_on = external global i32\n")
+
+# 1 while kernels may start OpenMP teams; a forked child sets it to 0 (libgomp's thread
+# pool does not survive fork: a child starting a team would hang) and its kernels then run
+# their blocks on the calling thread — the same blocks, so the same bits.
+_on = ctypes.c_int32(1)
+
+
+def _after_fork_in_child() -> None:
+    _on.value = 0
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def split_call(name: str) -> str:
+    """IR running ``@<name>_omp`` on the team, or ``@<name>_blocks(ctx, 0, 1)`` here when
+    threads are off in this process; continues in block ``%par.joined``."""
+    return ("  %par.on = load volatile i32, ptr @dg_threads_on\n"
+            "  %par.yes = icmp ne i32 %par.on, 0\n"
+            "  br i1 %par.yes, label %par.team, label %par.here\npar.team:\n"
+            f"  call void @GOMP_parallel(ptr @{name}_omp, ptr %ctx, i32 0, i32 0)\n"
+            "  br label %par.joined\npar.here:\n"
+            f"  call void @{name}_blocks(ptr %ctx, i64 0, i64 1)\n"
+            "  br label %par.joined\npar.joined:")
 
 
 def find() -> str | None:
@@ -48,4 +74,5 @@ def _search() -> str | None:
         llvm.load_library_permanently(name)
     except OSError:
         return None
+    llvm.add_symbol("dg_threads_on", ctypes.addressof(_on))  # (resolved when code loads)
     return name
