@@ -390,7 +390,7 @@ class DriverPlan:
             return scalars[self.g.scalars.index(v)]
         if v.const is not None:
             return np.array(v.const, copy=True)
-        return None
+        raise AssertionError(f"driver: no value for the graph output {v!r}")  # (a bug)
 
     def _guard_value(self, gi: int):
         v = self.g.guards[gi].value
