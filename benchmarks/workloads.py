@@ -40,6 +40,9 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from compile_overhead import w1 as w1_step  # noqa: E402
+
 import compiler  # noqa: E402
 import dyngrad as dg  # noqa: E402
 import dyngrad.nn.functional as F  # noqa: E402
@@ -50,17 +53,7 @@ MODES = ("eager", "interp", "llvm")
 
 # ------------------------------------------------------------------ workloads
 def w1(seed: int = 0):
-    dg.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(),
-                          nn.Linear(32, 1))
-    opt = optim.SGD(model.parameters(), lr=0.01)
-
-    def step(x, y):
-        opt.zero_grad()
-        loss = F.mse_loss(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
+    step = w1_step(seed)  # (the step compile_overhead.py measures)
     r = np.random.default_rng(seed)
     args = (dg.tensor(r.standard_normal((32, 16)).astype(np.float32)),
             dg.tensor(r.standard_normal((32, 1)).astype(np.float32)))

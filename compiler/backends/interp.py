@@ -25,6 +25,14 @@ def _same(expected, got) -> bool:
     return np.array_equal(np.asarray(got), expected)
 
 
+def result(r, weak: bool):
+    """What an impl returned, as the environment keeps it: a Python number for Python-number
+    arithmetic (as eager keeps it), else an ndarray."""
+    if weak:
+        return r.item() if hasattr(r, "item") else r
+    return r if type(r) is np.ndarray else np.asarray(r)
+
+
 def compile_graph(g: Graph, templates: list | None = None, size: int | None = None,
                   inplace: dict | None = None):
     """A plan for :func:`run` (see :func:`compile_with_slots`)."""
@@ -97,11 +105,7 @@ def run(plan, inputs: list, scalars: list) -> list:
         if target is not None:
             env[out] = impl(*args, out=inputs[target], **params)
             continue
-        r = impl(*args, **params)
-        if weak:  # Python-number arithmetic: keep a Python number, as eager does
-            env[out] = r.item() if hasattr(r, "item") else r
-        else:
-            env[out] = r if type(r) is np.ndarray else np.asarray(r)
+        env[out] = result(impl(*args, **params), weak)
     for gi, s, expected in tail:
         if not _same(expected, env[s]):
             raise GuardFailed(gi, expected, env[s])

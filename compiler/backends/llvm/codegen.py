@@ -93,35 +93,45 @@ def _c_strides(shape) -> tuple:
     return tuple(reversed(st))
 
 
-class _Builder:
-    def __init__(self, g, group) -> None:
-        if group.kind != "elementwise":
-            raise NotImplementedError(f"LLVM elementwise codegen: group kind {group.kind!r}")
+class _Emitter:
+    """What every kernel builder has: its group, the IR lines written so far, fresh SSA
+    names, the vecmath functions its code calls, and no declarations unless it says so."""
+
+    def __init__(self, g, group, kind: str) -> None:
+        if group.kind != kind:
+            raise NotImplementedError(f"LLVM {kind} codegen: group kind {group.kind!r}")
         self.g, self.group = g, group
-        self.full = tuple(s for s in group.shape if s != 1)
+        self.lines: list[str] = []
+        self.tmp = 0
+        self.vecmath: list[str] = []
+
+    def emit(self, text: str) -> str:
+        self.tmp += 1
+        r = f"%t{self.tmp}"
+        self.lines.append(f"  {r} = {text}")
+        return r
+
+    def declarations(self) -> str:
+        return ""
+
+
+class _Builder(_Emitter):
+    """An elementwise group (the base of the loop builders: reduce and scalar groups)."""
+
+    def __init__(self, g, group, kind: str = "elementwise", full=None) -> None:
+        super().__init__(g, group, kind)
+        self.full = tuple(s for s in group.shape if s != 1) if full is None else full
         # the dims the current code enumerates, and the loop variables enumerating them
         # (row-major each): one flat %i here; (%o kept, %r reduced) in a reduction kernel
         self.space = self.full
         self.loops = [("%i", tuple(range(len(self.full))))]
         self.nested = False  # one flat loop; build() retries as rows x last dim if it pays
-        self.lines: list[str] = []
-        self.tmp = 0
-        self.vecmath: list[str] = []
         self.ptr: dict[int, str] = {}  # id(buffer value) -> pointer param
         self.at_i: dict[int, tuple] = {}  # id(value) -> (ssa, lltype) at iteration point i
         self.reads: dict[tuple, str] = {}
         self.idx: dict[tuple, str] = {}
-        self.views: dict[int, tuple] = {}  # id(map value) -> (buffer, shape, strides)
+        self.views: dict[int, tuple] = {}  # id(map value) -> (buffer, shape, strides, offset)
         self.consts: dict[int, tuple] = {}  # id(full value) -> (python value, dtype name)
-
-    def new(self) -> str:
-        self.tmp += 1
-        return f"%t{self.tmp}"
-
-    def emit(self, text: str) -> str:
-        r = self.new()
-        self.lines.append(f"  {r} = {text}")
-        return r
 
     # ------------------------------------------------------------ reading outside data
     def view(self, v) -> tuple:
@@ -590,21 +600,15 @@ class _ReduceBuilder(_Builder):
     does."""
 
     def __init__(self, g, group) -> None:
-        if group.kind != "reduce":
-            raise NotImplementedError(f"LLVM reduce codegen: group kind {group.kind!r}")
-        self.g, self.group = g, group
+        super().__init__(g, group, "reduce")
         shape, axes = group.shape, group.axes
         dims = [d for d, n in enumerate(shape) if n != 1]
-        self.full = tuple(shape[d] for d in dims)
         self.kept = tuple(k for k, d in enumerate(dims) if d not in axes)
         self.red = tuple(k for k, d in enumerate(dims) if d in axes)
         self.reduced = tuple(self.full[k] for k in self.kept)
         self.R = math.prod(self.full[k] for k in self.red)
         if self.R == 0 or math.prod(self.reduced) == 0:
             raise NotImplementedError("LLVM reduce codegen: empty reduction or output")
-        self.lines, self.tmp, self.vecmath = [], 0, []
-        self.ptr, self.at_i, self.reads, self.idx = {}, {}, {}, {}
-        self.views, self.consts = {}, {}
         self.space, self.loops = self.reduced, [("%o", tuple(range(len(self.reduced))))]
         self.extra = ""  # functions of a reduction split across threads (see build)
 
@@ -928,13 +932,8 @@ class _ScalarBuilder(_Builder):
     inputs and outputs are float64 one-element buffers. No loop."""
 
     def __init__(self, g, group) -> None:
-        if group.kind != "scalar":
-            raise NotImplementedError(f"LLVM scalar codegen: group kind {group.kind!r}")
-        self.g, self.group = g, group
-        self.full, self.space, self.loops = (), (), []
-        self.lines, self.tmp, self.vecmath = [], 0, []
-        self.ptr, self.at_i, self.reads, self.idx = {}, {}, {}, {}
-        self.views, self.consts = {}, {}
+        super().__init__(g, group, "scalar", full=())
+        self.loops = []
 
     def build(self, name: str = FN_NAME, prelude: bool = True) -> tuple:
         grp = self.group
@@ -957,37 +956,23 @@ class _ScalarBuilder(_Builder):
         return text, name, layout
 
 
-class _IndexBuilder:
+class _IndexBuilder(_Emitter):
     """An 'index' group: ``gather`` (np.take along an axis) or ``scatter_add`` (np.add.at
     along an axis, repeated indices accumulating in index order, as numpy's). Negative
     indices wrap; an index out of range makes the kernel return 1 before writing anything
     the caller can see (its body returns i32: 0 or 1), so the driver stops and the call runs
     eagerly, raising eager's IndexError."""
 
-    returns_status = True
-
     def __init__(self, g, group) -> None:
-        if group.kind != "index" or len(group.nodes) != 1:
-            raise NotImplementedError(f"LLVM index codegen: group kind {group.kind!r}")
-        self.g, self.group = g, group
+        super().__init__(g, group, "index")
+        if len(group.nodes) != 1:
+            raise NotImplementedError("LLVM index codegen: a group of more than one node")
         self.n = g.nodes[group.nodes[0]]
         if self.n.prim.name not in ("gather", "scatter_add", "index_check"):
             raise NotImplementedError(f"LLVM index codegen: {self.n.prim.name}")
         dt = self.n.out.dtype.name
         if dt not in _LLTYPE or dt == "bool":
             raise NotImplementedError(f"LLVM index codegen: dtype {dt}")
-        self.vecmath: list[str] = []
-        self.lines: list[str] = []
-        self.tmp = 0
-
-    def emit(self, text: str) -> str:
-        self.tmp += 1
-        r = f"%t{self.tmp}"
-        self.lines.append(f"  {r} = {text}")
-        return r
-
-    def declarations(self) -> str:
-        return ""
 
     def _check(self, name: str, prelude: bool, layout: list, ptr: dict) -> tuple:
         """``index_check``: status 1 if an index is outside [-size, size) (one_hot:
@@ -1113,7 +1098,7 @@ class _IndexBuilder:
         return self._finish(name, prelude, layout)
 
 
-class _MoveBuilder:
+class _MoveBuilder(_Emitter):
     """A 'movement' group: data moved, none computed — ``reshape``, ``broadcast``,
     ``permute``, ``slice``, ``pad`` and ``concat`` chained from the group's inputs to its one
     output, written as a copy loop over the output: each output element's multi-index is
@@ -1121,9 +1106,9 @@ class _MoveBuilder:
     ``concat`` choose with a select, reading a clamped, always valid, index)."""
 
     def __init__(self, g, group) -> None:
-        if group.kind != "movement" or len(group.outputs) != 1:
-            raise NotImplementedError(f"LLVM movement codegen: group kind {group.kind!r}")
-        self.g, self.group = g, group
+        super().__init__(g, group, "movement")
+        if len(group.outputs) != 1:
+            raise NotImplementedError("LLVM movement codegen: more than one output")
         self.producer = {id(g.nodes[i].out): g.nodes[i] for i in group.nodes}
         for i in group.nodes:
             n = g.nodes[i]
@@ -1134,18 +1119,6 @@ class _MoveBuilder:
         if out.dtype is None or out.dtype.name not in _LLTYPE or math.prod(out.shape) == 0:
             raise NotImplementedError("LLVM movement codegen: dtype or empty output")
         self.ty = _MEMTYPE[_LLTYPE[out.dtype.name]]
-        self.vecmath: list[str] = []
-        self.lines: list[str] = []
-        self.tmp = 0
-
-    def emit(self, text: str) -> str:
-        self.tmp += 1
-        r = f"%t{self.tmp}"
-        self.lines.append(f"  {r} = {text}")
-        return r
-
-    def declarations(self) -> str:
-        return ""
 
     def _flat(self, idx: list, shape: tuple) -> str:
         acc = "0"
@@ -1247,7 +1220,7 @@ BLAS_MIN_WORK = 64 * 64 * 64  # m·n·k from which a matmul calls BLAS (when num
 _TRANSPOSE_BYTES = 256 * 1024  # a transposed B up to this size is copied to a stack buffer
 
 
-class _MatmulBuilder:
+class _MatmulBuilder(_Emitter):
     """A 'matmul' group: ``C = op(A) @ op(B)`` over broadcast batch dims, float32/float64.
 
     Per batch entry, either a call into numpy's BLAS (``blas.find``; from
@@ -1258,9 +1231,9 @@ class _MatmulBuilder:
     """
 
     def __init__(self, g, group, use_blas: bool | None = None) -> None:
-        if group.kind != "matmul" or len(group.nodes) != 1:
-            raise NotImplementedError(f"LLVM matmul codegen: group kind {group.kind!r}")
-        self.g, self.group = g, group
+        super().__init__(g, group, "matmul")
+        if len(group.nodes) != 1:
+            raise NotImplementedError("LLVM matmul codegen: a group of more than one node")
         self.n = n = g.nodes[group.nodes[0]]
         a, b = n.inputs
         dt = n.out.dtype.name if n.out.dtype is not None else "?"
@@ -1275,15 +1248,6 @@ class _MatmulBuilder:
         from . import blas as _blas
         self.blas = _blas.find() if (use_blas if use_blas is not None
                                      else work >= BLAS_MIN_WORK) else None
-        self.vecmath: list[str] = []
-        self.tmp = 0
-        self.lines: list[str] = []
-
-    def emit(self, text: str) -> str:
-        self.tmp += 1
-        r = f"%t{self.tmp}"
-        self.lines.append(f"  {r} = {text}")
-        return r
 
     def _batch_offsets(self, bt: str) -> tuple:
         """Element offsets of A's, B's and C's matrix for flat batch index ``bt``."""

@@ -83,13 +83,7 @@ def compile_hybrid(g, inplace: dict | None = None, groups: list | None = None):
     inplace = inplace or {}
     iplan, slot = interp.compile_with_slots(g, inplace={})
     steps, outs, tail, base, n_in, n_sc = iplan
-    steps = list(steps)
-    for k, n in enumerate(g.nodes):
-        if n.prim.name == "size_of":
-            value = codegen.constant_value(n)
-            steps[k] = (value.copy, (), {}, steps[k][3], None, False, steps[k][6])
     deferred = [(slot[id(g.nodes[k].out)], t) for k, t in inplace.items()]
-    inplace = {}
     producer = {id(n.out): k for k, n in enumerate(g.nodes)}
     groups = fuse(g) if groups is None else groups
     native = [grp for grp in groups if _lowerable(g, grp)]
@@ -102,10 +96,10 @@ def compile_hybrid(g, inplace: dict | None = None, groups: list | None = None):
             n_in_k = len(grp.inputs)
             ins = tuple((slot[id(v)], v.shape, np.float64 if v.weak else v.dtype.np)
                         for v in layout[:n_in_k])  # (a Python number: one float64)
-            kouts = [[slot[id(v)], v.shape, v.dtype.np, inplace.get(producer[id(v)])]
-                     for v in layout[n_in_k:]]  # (the kernel's outputs: no constants)
-            kernels[id(grp)] = [_KERNEL, fn, ins, kouts, math.prod(grp.shape),
-                                ctypes.c_void_p * max(len(layout), 1)]
+            kouts = tuple((slot[id(v)], v.shape, v.dtype.np)
+                          for v in layout[n_in_k:])  # (the kernel's outputs: no constants)
+            kernels[id(grp)] = (_KERNEL, fn, ins, kouts, math.prod(grp.shape),
+                                ctypes.c_void_p * max(len(layout), 1))
     # value guards: due before the first group of the segment after their cut
     cuts = sorted({gd.after for gd in g.guards if 0 < gd.after < len(g.nodes)})
     checks_at: dict[int, list] = {}
@@ -113,27 +107,28 @@ def compile_hybrid(g, inplace: dict | None = None, groups: list | None = None):
         for c in step[6]:
             a = g.guards[c[0]].after
             checks_at.setdefault(cuts.index(a) + 1 if a in cuts else 0, []).append(c)
+    def numpy_step(k: int) -> tuple:  # (impl, input slots, params, output slot, weak)
+        n = g.nodes[k]
+        if n.prim.name == "size_of":  # a constant: a fresh copy of it
+            return (codegen.constant_value(n).copy, (), {}, steps[k][3], False)
+        impl, ins, params, out, _, weak, _ = steps[k]  # (no target, no checks: see above)
+        return impl, ins, params, out, weak
+
     order, done_upto = [], -1
     for grp in groups:
         for seg in range(done_upto + 1, grp.segment + 1):
             if checks_at.get(seg):
-                order.append([_CHECKS, tuple(checks_at[seg])])
+                order.append((_CHECKS, tuple(checks_at[seg])))
         done_upto = max(done_upto, grp.segment)
         k = kernels.get(id(grp))
         if k is not None:
-            for v in codegen.constant_outputs(g, grp):  # (no loop needed: a fresh copy)
-                value = codegen.constant_value(g.nodes[producer[id(v)]])
-                order.append([value.copy, (), {}, slot[id(v)], None, False, ()])
+            order += [numpy_step(producer[id(v)]) for v in codegen.constant_outputs(g, grp)]
             order.append(k)
         else:
-            order += [list(steps[i][:6]) + [()] for i in grp.nodes]
+            order += [numpy_step(i) for i in grp.nodes]
     for seg in range(done_upto + 1, len(cuts) + 1):
         if checks_at.get(seg):
-            order.append([_CHECKS, tuple(checks_at[seg])])
-    for step in order:
-        if step[0] is _KERNEL:
-            step[3] = tuple(tuple(o) for o in step[3])
-    order = [tuple(x) for x in order]
+            order.append((_CHECKS, tuple(checks_at[seg])))
     return (order, outs, tail, base, n_in, n_sc, tuple(deferred)), len(native), len(groups)
 
 
@@ -163,28 +158,16 @@ def run(plan, inputs: list, scalars: list) -> list:
                 if a.shape != shape:  # a Python number or a 0-d array for a (1,) buffer
                     a = np.ascontiguousarray(np.broadcast_to(a, shape))
                 arrays.append(a)
-            results = [np.empty(shape, dtype=dtype) for _, shape, dtype, _ in kouts]
+            results = [np.empty(shape, dtype=dtype) for _, shape, dtype in kouts]
             fn(ptr_array(*[a.ctypes.data for a in arrays + results]), n)  # (per call:
             #                                              thread-safe, the arrays stay alive)
-            for (s, _, _, target), r in zip(kouts, results, strict=True):
-                if target is not None:  # a write-back the runtime does in place
-                    np.copyto(inputs[target], r)
-                    r = inputs[target]
+            for (s, _, _), r in zip(kouts, results, strict=True):
                 env[s] = r
             continue
-        impl, ins, params, out, target, weak, checks = step
-        _check(checks, env)
-        args = [env[i] for i in ins]
-        if target is not None:
-            env[out] = impl(*args, out=inputs[target], **params)
-            continue
-        r = impl(*args, **params)
-        if weak:  # Python-number arithmetic: keep a Python number, as eager does
-            env[out] = r.item() if hasattr(r, "item") else r
-        else:
-            env[out] = r if type(r) is np.ndarray else np.asarray(r)
+        impl, ins, params, out, weak = step
+        env[out] = interp.result(impl(*[env[i] for i in ins], **params), weak)
     _check(tail, env)
-    for s, target in deferred:  # write-backs this order could not do in place
+    for s, target in deferred:  # every write-back, once all ran and every guard passed
         np.copyto(inputs[target], env[s])
         env[s] = inputs[target]
     return [env[i] for i in outs]
