@@ -1,4 +1,4 @@
-"""LLVM copy kernels of 'movement' groups (codegen._MoveBuilder) and unit-step slices of
+"""LLVM copy kernels of movement groups (llvm/datamove.py) and unit-step slices of
 outside data read as offset views inside loop kernels — against each primitive's impl,
 bit for bit (data is only moved)."""
 

@@ -1,4 +1,4 @@
-"""LLVM codegen of *reduce* fusion groups (``codegen._ReduceBuilder``) against the numpy oracle:
+"""LLVM codegen of *reduce* fusion groups (llvm/reduce.py) against the numpy oracle:
 every node's own primitive ``impl``, as in test_codegen.py.
 
 Tolerances: a float32 sum may differ from numpy's (pairwise) by rounding, so it is checked

@@ -1,4 +1,4 @@
-"""The LLVM matmul code generator (``codegen._MatmulBuilder``) against numpy: each node's own
+"""The LLVM matmul code generator (llvm/matmul.py) against numpy: each node's own
 ``impl`` (``P["matmul"].impl(a, b, ta=..., tb=...)``, what the interpreter runs).
 
 Both paths are checked — the generated row loops (``use_blas=False``) and the call into
@@ -25,6 +25,7 @@ import pytest
 import compiler
 import dyngrad as dg
 from compiler.backends.llvm import blas, codegen, driver, jit, runner
+from compiler.backends.llvm import matmul as llvm_matmul
 from compiler.ir import Graph, Value
 from compiler.passes.fusion import fuse
 from dyngrad import nn
@@ -158,7 +159,7 @@ def test_matmul_kernel_matches_numpy(dtype, case, ta, tb, use_blas):
     assert (gemm is not None and f"@{gemm}(" in text) == bool(use_blas)
     if tb and not use_blas:  # a transposed B is copied to a stack buffer when small enough
         k, n = sb[-2:]
-        small = k * n * np.dtype(dtype).itemsize <= codegen._TRANSPOSE_BYTES
+        small = k * n * np.dtype(dtype).itemsize <= llvm_matmul._TRANSPOSE_BYTES
         assert ("%bt.tmp = alloca" in text) == small
 
 
@@ -243,11 +244,11 @@ def test_blas_from_blas_min_work_on(dtype):
     """Below ``BLAS_MIN_WORK`` multiply-adds the generated loops (no gemm in the IR); from it
     on, a call of the gemm routine."""
     m = n = 16
-    k_at = -(-codegen.BLAS_MIN_WORK // (m * n))  # the smallest K reaching the threshold
+    k_at = -(-llvm_matmul.BLAS_MIN_WORK // (m * n))  # the smallest K reaching the threshold
     gemm = blas.find().gemm(np.dtype(dtype).name)
     rng = np.random.default_rng(2)
     for k, expect in ((k_at - 1, False), (k_at, True)):
-        assert (m * n * k >= codegen.BLAS_MIN_WORK) == expect
+        assert (m * n * k >= llvm_matmul.BLAS_MIN_WORK) == expect
         g, grp = matmul_graph((m, k), (k, n), dtype)
         b = codegen._MatmulBuilder(g, grp)
         text = b.build()[0]

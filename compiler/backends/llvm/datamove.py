@@ -1,0 +1,277 @@
+"""LLVM IR for groups that move data: indexing (gather, scatter_add, index_check) and movement
+(pad, slice, permute, broadcast, concat, reshape chains)."""
+
+from __future__ import annotations
+
+import math
+
+from .codegen import (
+    _LLTYPE,
+    _MEMTYPE,
+    FN_NAME,
+    _c_strides,
+    _const,
+    _Emitter,
+    _entry,
+    _prelude,
+)
+
+
+class _IndexBuilder(_Emitter):
+    """An 'index' group: ``gather`` (np.take along an axis) or ``scatter_add`` (np.add.at
+    along an axis, repeated indices accumulating in index order, as numpy's). Negative
+    indices wrap; an index out of range makes the kernel return 1 before writing anything
+    the caller can see (its body returns i32: 0 or 1), so the driver stops and the call runs
+    eagerly, raising eager's IndexError."""
+
+    def __init__(self, g, group) -> None:
+        super().__init__(g, group, "index")
+        if len(group.nodes) != 1:
+            raise NotImplementedError("LLVM index codegen: a group of more than one node")
+        self.n = g.nodes[group.nodes[0]]
+        if self.n.prim.name not in ("gather", "scatter_add", "index_check"):
+            raise NotImplementedError(f"LLVM index codegen: {self.n.prim.name}")
+        dt = self.n.out.dtype.name
+        if dt not in _LLTYPE or dt == "bool":
+            raise NotImplementedError(f"LLVM index codegen: dtype {dt}")
+
+    def _check(self, name: str, prelude: bool, layout: list, ptr: dict) -> tuple:
+        """``index_check``: status 1 if an index is outside [-size, size) (one_hot:
+        [0, size)), else the indices copied to the output and 0."""
+        n = self.n
+        size, m = n.params["size"], math.prod(n.out.shape)
+        low = 0 if n.params["op"] == "one_hot" else -size
+        pi, po = ptr[id(n.inputs[0])], ptr[id(n.out)]
+        L = self.lines
+        if m == 0:
+            L.append("entry:\n  ret i32 0")
+        else:
+            L.append("entry:\n  br label %chk\nchk:\n  %q = phi i64 [0, %entry], [%q.n, %ok]")
+            a = self.emit(f"getelementptr inbounds i64, ptr {pi}, i64 %q")
+            k = self.emit(f"load i64, ptr {a}")
+            lo = self.emit(f"icmp slt i64 {k}, {low}")
+            hi = self.emit(f"icmp sge i64 {k}, {size}")
+            bad = self.emit(f"or i1 {lo}, {hi}")
+            b = self.emit(f"getelementptr inbounds i64, ptr {po}, i64 %q")
+            L.append(f"  store i64 {k}, ptr {b}")
+            L.append(f"  br i1 {bad}, label %bad, label %ok\nok:")
+            L.append(f"  %q.n = add nuw nsw i64 %q, 1\n  %q.m = icmp slt i64 %q.n, {m}")
+            L.append("  br i1 %q.m, label %chk, label %done\ndone:\n  ret i32 0")
+            L.append("bad:\n  ret i32 1")
+        return self._finish(name, prelude, layout)
+
+    def _finish(self, name: str, prelude: bool, layout: list) -> tuple:
+        params = ", ".join(f"ptr noalias %a{q}" for q in range(len(layout)))
+        text = (
+            (_prelude([]) if prelude else "")
+            + f"define internal i32 @{name}_body({params}) alwaysinline {{\n"
+            + "\n".join(self.lines) + "\n}\n\n" + _entry(name, len(layout), status=True))
+        return text, name, layout
+
+    def build(self, name: str = FN_NAME, prelude: bool = True) -> tuple:
+        n, grp = self.n, self.group
+        layout = list(grp.inputs) + list(grp.outputs)
+        if len(grp.outputs) != 1 or grp.outputs[0] is not n.out:
+            raise NotImplementedError("LLVM index codegen: one output")
+        ptr = {id(v): f"%a{k}" for k, v in enumerate(layout)}
+        ty = _MEMTYPE[_LLTYPE[n.out.dtype.name]]
+        if n.prim.name == "index_check":
+            return self._check(name, prelude, layout, ptr)
+        axis = n.params["axis"]
+        if n.prim.name == "gather":
+            x, idx = n.inputs
+            xs = x.shape
+            if not xs:
+                raise NotImplementedError("LLVM index codegen: gather from a 0-d value")
+        else:
+            base, idx, src = n.inputs
+            xs = base.shape
+        pre = math.prod(xs[:axis])
+        size = xs[axis] if xs else 1
+        post = math.prod(xs[axis + 1:])
+        m = math.prod(idx.shape)
+        L = self.lines
+        px, pi, po = (ptr[id(n.inputs[0])], ptr[id(idx)], ptr[id(n.out)])
+        if n.prim.name == "scatter_add":  # out = base, then validate, then add in order
+            total = math.prod(xs)
+            L.append("entry:\n  br label %cp\ncp:\n  %c = phi i64 [0, %entry], [%c.n, %cp]")
+            a = self.emit(f"getelementptr inbounds {ty}, ptr {px}, i64 %c")
+            v = self.emit(f"load {ty}, ptr {a}")
+            b = self.emit(f"getelementptr inbounds {ty}, ptr {po}, i64 %c")
+            L.append(f"  store {ty} {v}, ptr {b}")
+            L.append(f"  %c.n = add nuw nsw i64 %c, 1\n  %c.m = icmp slt i64 %c.n, {total}")
+            L.append("  br i1 %c.m, label %cp, label %chk.pre\nchk.pre:")
+            first = "chk.pre"
+        else:
+            L.append("entry:")
+            first = "entry"
+        # every index checked first: nothing is written past a bad one... (for gather the
+        # output is fresh memory the caller discards on failure)
+        L.append(f"  br label %chk\nchk:\n  %q = phi i64 [0, %{first}], [%q.n, %chk.ok]")
+        a = self.emit(f"getelementptr inbounds i64, ptr {pi}, i64 %q")
+        k = self.emit(f"load i64, ptr {a}")
+        lo = self.emit(f"icmp slt i64 {k}, {-size}")
+        hi = self.emit(f"icmp sge i64 {k}, {size}")
+        bad = self.emit(f"or i1 {lo}, {hi}")
+        L.append(f"  br i1 {bad}, label %bad, label %chk.ok\nchk.ok:")
+        L.append(f"  %q.n = add nuw nsw i64 %q, 1\n  %q.m = icmp slt i64 %q.n, {m}")
+        L.append("  br i1 %q.m, label %chk, label %go\ngo:")
+        L.append("  br label %p.loop\np.loop:\n  %p = phi i64 [0, %go], [%p.n, %p.end]")
+        L.append("  br label %j.loop\nj.loop:\n  %j = phi i64 [0, %p.loop], [%j.n, %j.end]")
+        a = self.emit(f"getelementptr inbounds i64, ptr {pi}, i64 %j")
+        k = self.emit(f"load i64, ptr {a}")
+        neg = self.emit(f"icmp slt i64 {k}, 0")
+        kw = self.emit(f"add i64 {k}, {size}")
+        k = self.emit(f"select i1 {neg}, i64 {kw}, i64 {k}")
+        # source row (p, k) of x / destination row (p, k) of out; (p, j) of out / src
+        rowk = self.emit(f"mul i64 %p, {size}")
+        rowk = self.emit(f"add i64 {rowk}, {k}")
+        rowk = self.emit(f"mul i64 {rowk}, {post}")
+        rowj = self.emit(f"mul i64 %p, {m}")
+        rowj = self.emit(f"add i64 {rowj}, %j")
+        rowj = self.emit(f"mul i64 {rowj}, {post}")
+        L.append("  br label %r.loop\nr.loop:\n  %r = phi i64 [0, %j.loop], [%r.n, %r.loop]")
+        ik = self.emit(f"add i64 {rowk}, %r")
+        ij = self.emit(f"add i64 {rowj}, %r")
+        if n.prim.name == "gather":
+            a = self.emit(f"getelementptr inbounds {ty}, ptr {px}, i64 {ik}")
+            v = self.emit(f"load {ty}, ptr {a}")
+            b = self.emit(f"getelementptr inbounds {ty}, ptr {po}, i64 {ij}")
+            L.append(f"  store {ty} {v}, ptr {b}")
+        else:
+            psrc = ptr[id(src)]
+            a = self.emit(f"getelementptr inbounds {ty}, ptr {psrc}, i64 {ij}")
+            v = self.emit(f"load {ty}, ptr {a}")
+            b = self.emit(f"getelementptr inbounds {ty}, ptr {po}, i64 {ik}")
+            old = self.emit(f"load {ty}, ptr {b}")
+            op = "add" if ty == "i64" else "fadd"
+            new = self.emit(f"{op} {ty} {old}, {v}")
+            L.append(f"  store {ty} {new}, ptr {b}")
+        L.append(f"  %r.n = add nuw nsw i64 %r, 1\n  %r.m = icmp slt i64 %r.n, {post}")
+        L.append("  br i1 %r.m, label %r.loop, label %j.end\nj.end:")
+        L.append(f"  %j.n = add nuw nsw i64 %j, 1\n  %j.m = icmp slt i64 %j.n, {m}")
+        L.append("  br i1 %j.m, label %j.loop, label %p.end\np.end:")
+        L.append(f"  %p.n = add nuw nsw i64 %p, 1\n  %p.m = icmp slt i64 %p.n, {pre}")
+        L.append("  br i1 %p.m, label %p.loop, label %done\ndone:\n  ret i32 0")
+        L.append("bad:\n  ret i32 1")
+        if m == 0 or pre == 0 or post == 0:
+            raise NotImplementedError("LLVM index codegen: an empty dimension")
+        return self._finish(name, prelude, layout)
+
+
+class _MoveBuilder(_Emitter):
+    """A 'movement' group: data moved, none computed — ``reshape``, ``broadcast``,
+    ``permute``, ``slice``, ``pad`` and ``concat`` chained from the group's inputs to its one
+    output, written as a copy loop over the output: each output element's multi-index is
+    mapped back through the chain to the element of an input it comes from (``pad`` and
+    ``concat`` choose with a select, reading a clamped, always valid, index)."""
+
+    def __init__(self, g, group) -> None:
+        super().__init__(g, group, "movement")
+        if len(group.outputs) != 1:
+            raise NotImplementedError("LLVM movement codegen: more than one output")
+        self.producer = {id(g.nodes[i].out): g.nodes[i] for i in group.nodes}
+        for i in group.nodes:
+            n = g.nodes[i]
+            if n.prim.name not in ("reshape", "broadcast", "permute", "slice", "pad",
+                                   "concat"):
+                raise NotImplementedError(f"LLVM movement codegen: {n.prim.name}")
+        out = group.outputs[0]
+        if out.dtype is None or out.dtype.name not in _LLTYPE or math.prod(out.shape) == 0:
+            raise NotImplementedError("LLVM movement codegen: dtype or empty output")
+        self.ty = _MEMTYPE[_LLTYPE[out.dtype.name]]
+
+    def _flat(self, idx: list, shape: tuple) -> str:
+        acc = "0"
+        for i, st in zip(idx, _c_strides(shape)):
+            t = i if st == 1 else self.emit(f"mul i64 {i}, {st}")
+            acc = t if acc == "0" else self.emit(f"add i64 {acc}, {t}")
+        return acc
+
+    def _split(self, flat: str, shape: tuple) -> list:
+        out = []
+        for k, (size, st) in enumerate(zip(shape, _c_strides(shape))):
+            t = flat if st == 1 else self.emit(f"udiv i64 {flat}, {st}")
+            out.append(t if k == 0 else self.emit(f"urem i64 {t}, {size}"))
+        return out
+
+    def _const(self, value) -> str:
+        if self.ty == "i8":  # bool, stored as a byte
+            return str(int(bool(value)))
+        return _const(value, self.ty)
+
+    def value_at(self, v, idx: list) -> str:
+        """The element of ``v`` at multi-index ``idx`` (SSA i64 per dim of v)."""
+        n = self.producer.get(id(v))
+        if n is None:  # an input: C-contiguous in its own shape
+            p = self.emit(f"getelementptr inbounds {self.ty}, ptr {self.ptr[id(v)]}, "
+                          f"i64 {self._flat(idx, v.shape)}")
+            return self.emit(f"load {self.ty}, ptr {p}")
+        name, prm, src = n.prim.name, n.params, n.inputs[0]
+        if name == "reshape":  # the same row-major order
+            return self.value_at(src, self._split(self._flat(idx, v.shape), src.shape))
+        if name == "broadcast":
+            lead = len(v.shape) - len(src.shape)
+            return self.value_at(src, [idx[d + lead] if s != 1 else "0"
+                                       for d, s in enumerate(src.shape)])
+        if name == "permute":
+            inner = [None] * len(prm["perm"])
+            for d, p in enumerate(prm["perm"]):
+                inner[p] = idx[d]
+            return self.value_at(src, inner)
+        if name == "slice":
+            inner = []
+            for i, a, c in zip(idx, prm["starts"], prm["steps"]):
+                t = i if c == 1 else self.emit(f"mul i64 {i}, {c}")
+                inner.append(t if a == 0 else self.emit(f"add i64 {t}, {a}"))
+            return self.value_at(src, inner)
+        if name == "pad":
+            ok, inner = "true", []
+            for i, n_d, (lo, _, it) in zip(idx, src.shape, prm["pads"]):
+                t = self.emit(f"sub i64 {i}, {lo}")
+                q = t if it == 0 else self.emit(f"sdiv i64 {t}, {it + 1}")
+                good = self.emit(f"icmp sge i64 {t}, 0")
+                good = self.emit(f"and i1 {good}, {self.emit(f'icmp slt i64 {q}, {n_d}')}")
+                if it:
+                    r = self.emit(f"srem i64 {t}, {it + 1}")
+                    good = self.emit(f"and i1 {good}, {self.emit(f'icmp eq i64 {r}, 0')}")
+                ok = good if ok == "true" else self.emit(f"and i1 {ok}, {good}")
+                inner.append(self.emit(f"select i1 {good}, i64 {q}, i64 0"))
+            val = self.value_at(src, inner)
+            return self.emit(f"select i1 {ok}, {self.ty} {val}, {self.ty} "
+                             f"{self._const(prm['value'])}")
+        # concat: the input whose range along the axis holds the index
+        axis, start, result = prm["axis"], 0, None
+        for x in n.inputs:
+            size = x.shape[axis]
+            t = self.emit(f"sub i64 {idx[axis]}, {start}")
+            inside = self.emit(f"icmp ult i64 {t}, {size}")
+            clamped = self.emit(f"select i1 {inside}, i64 {t}, i64 0")
+            val = self.value_at(x, idx[:axis] + [clamped] + idx[axis + 1:])
+            result = val if result is None else self.emit(
+                f"select i1 {inside}, {self.ty} {val}, {self.ty} {result}")
+            start += size
+        return result
+
+    def build(self, name: str = FN_NAME, prelude: bool = True) -> tuple:
+        grp = self.group
+        out = grp.outputs[0]
+        layout = list(grp.inputs) + [out]
+        for v in grp.inputs:
+            if v.weak or v.dtype is None or v.dtype.name not in _LLTYPE or \
+                    _MEMTYPE[_LLTYPE[v.dtype.name]] != self.ty:
+                raise NotImplementedError("LLVM movement codegen: an input's dtype")
+        self.ptr = {id(v): f"%a{k}" for k, v in enumerate(layout)}
+        self.lines.append("entry:\n  br label %loop\nloop:")
+        self.lines.append("  %i = phi i64 [0, %entry], [%i.next, %loop]")
+        val = self.value_at(out, self._split("%i", out.shape))
+        p = self.emit(f"getelementptr inbounds {self.ty}, ptr %a{len(grp.inputs)}, i64 %i")
+        self.lines.append(f"  store {self.ty} {val}, ptr {p}")
+        self.lines.append("  %i.next = add nuw nsw i64 %i, 1")
+        self.lines.append(f"  %more = icmp slt i64 %i.next, {math.prod(out.shape)}")
+        self.lines.append("  br i1 %more, label %loop, label %exit\nexit:\n  ret void")
+        params = ", ".join(f"ptr noalias %a{k}" for k in range(len(layout)))
+        text = ((_prelude([]) if prelude else "")
+                + f"define internal void @{name}_body({params}) alwaysinline {{\n"
+                + "\n".join(self.lines) + "\n}\n\n" + _entry(name, len(layout)))
+        return text, name, layout

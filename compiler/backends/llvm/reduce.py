@@ -1,0 +1,370 @@
+"""LLVM IR for reduce fusion groups: :class:`_ReduceBuilder` (see its docstring)."""
+
+from __future__ import annotations
+
+import math
+
+from ...ir import Value
+from . import threads
+from .codegen import (
+    _LLTYPE,
+    _MEMTYPE,
+    FN_NAME,
+    _Builder,
+    _c_strides,
+    _const,
+    _dtname,
+    _entry,
+    _prelude,
+    kernel_outputs,
+)
+
+_LANES = {"float": 16, "double": 8}  # accumulators per reduction: one AVX-512 register
+_CHUNK = 16  # vectors per chunk of the reduction loop
+_BLOCK_CHUNKS = 64  # chunks per block of a reduction split across threads (see threads.py)
+
+
+class _ReduceBuilder(_Builder):
+    """A reduction group (see compiler/passes/fusion.py): ``sum``/``max`` nodes over the same
+    input shape ``S`` and axes, a prologue over ``S``, an epilogue over the reduced shape and
+    one over ``S`` reading reduced values broadcast back.
+
+    The kernel loops ``%o`` over the kept (outer) dims of ``S``; per ``o``: the kept-space
+    nodes that need no reduction; then the reduced index ``r`` runs in chunks of
+    ``B = _CHUNK·L`` elements (``L`` = ``_LANES``: 16 float32 or 8 float64). A plain loop —
+    which LLVM vectorises like an elementwise kernel — evaluates the prologue at each ``r``
+    of the chunk into a stack buffer; the buffer is then folded into one ``<L x ty>``
+    accumulator vector by explicit vector ops, so lane ``j`` takes elements ``j, j+L, j+2L,
+    ...`` in order. The last partial chunk pads its last vector with the identity. The lanes
+    then combine in a fixed tree. The summation order thus depends only on ``R`` — never on
+    a thread count or the machine. Then the kept-space epilogue, and, if any, a second loop
+    over ``r`` for the epilogue over ``S`` (prologue values it reads are recomputed). Sums
+    start from +0.0, as numpy's do; ``max`` starts from -inf and propagates NaN as numpy's
+    does."""
+
+    def __init__(self, g, group) -> None:
+        super().__init__(g, group, "reduce")
+        shape, axes = group.shape, group.axes
+        dims = [d for d, n in enumerate(shape) if n != 1]
+        self.kept = tuple(k for k, d in enumerate(dims) if d not in axes)
+        self.red = tuple(k for k, d in enumerate(dims) if d in axes)
+        self.reduced = tuple(self.full[k] for k in self.kept)
+        self.R = math.prod(self.full[k] for k in self.red)
+        if self.R == 0 or math.prod(self.reduced) == 0:
+            raise NotImplementedError("LLVM reduce codegen: empty reduction or output")
+        self.space, self.loops = self.reduced, [("%o", tuple(range(len(self.reduced))))]
+        self.extra = ""  # functions of a reduction split across threads (see build)
+
+    def node(self, n) -> None:
+        src = n.inputs[0] if n.inputs else None
+        if n.prim.name == "broadcast" and isinstance(src, Value) and id(src) in self.at_i \
+                and self.space == self.full:
+            # a kept-space value broadcast back along the reduced axes (fusion's rule):
+            # the same at every reduced index
+            self.at_i[id(n.out)] = self.at_i[id(src)]
+            return
+        super().node(n)
+
+    # ------------------------------------------------------------ classifying nodes
+    def _classify(self) -> tuple:
+        nodes, grp = self.g.nodes, self.group
+        inside = {id(nodes[i].out): i for i in grp.nodes}
+        reductions, setup, kind, post = [], [], {}, set()
+        for i in grp.nodes:
+            n = nodes[i]
+            name, src = n.prim.name, n.inputs[0] if n.inputs else None
+            computed_src = isinstance(src, Value) and id(src) in inside and \
+                inside[id(src)] not in setup  # (a map of a constant is a constant)
+            if name in ("full", "size_of") or (name in ("broadcast", "reshape", "slice")
+                                               and not computed_src):
+                setup.append(i)
+                continue
+            sq = tuple(x for x in n.out.shape if x != 1)
+            deps = [inside[id(x)] for x in n.inputs if isinstance(x, Value) and id(x) in inside]
+            if name in ("sum", "max") and tuple(n.params["axes"]) == tuple(grp.axes) and \
+                    tuple(src.shape) == tuple(grp.shape) and sq == self.reduced:
+                reductions.append(i)
+                post.add(i)
+                continue
+            if sq == self.full and sq != self.reduced:
+                kind[i] = "S"
+            elif sq == self.reduced:
+                kind[i] = "K"
+            else:
+                raise NotImplementedError(f"LLVM reduce codegen: node {name} of shape "
+                                          f"{n.out.shape} in a reduction over {grp.shape}")
+            if any(d in post for d in deps):
+                post.add(i)
+        pre_s = [i for i in grp.nodes if kind.get(i) == "S" and i not in post]
+        post_s = [i for i in grp.nodes if kind.get(i) == "S" and i in post]
+        pre_k = [i for i in grp.nodes if kind.get(i) == "K" and i not in post]
+        post_k = [i for i in grp.nodes if kind.get(i) == "K" and i in post]
+        return setup, reductions, pre_s, post_s, pre_k, post_k
+
+    # ------------------------------------------------------------ emitting
+    def _in_space_s(self, var: str) -> None:
+        self.space = self.full
+        self.loops = [("%o", self.kept), (var, self.red)]
+
+    def _in_space_k(self) -> None:
+        self.space = self.reduced
+        self.loops = [("%o", tuple(range(len(self.reduced))))]
+
+    def _store(self, v, arg: int, strides: tuple) -> None:
+        val, ty = self.operand(v, v.shape, _LLTYPE[v.dtype.name])
+        if ty == "i1":
+            val = self.emit(f"zext i1 {val} to i8")
+        st = _MEMTYPE[ty]
+        off = self.index(strides)
+        p = self.emit(f"getelementptr inbounds {st}, ptr %a{arg}, i64 {off}")
+        self.lines.append(f"  store {st} {val}, ptr {p}")
+
+    def _combine(self, op: str, ty: str, a: str, b: str) -> str:
+        if op == "sum":
+            return self.emit(f"fadd {ty} {a}, {b}")
+        mask = f"<{ty[1:].split(' x ')[0]} x i1>" if ty.startswith("<") else "i1"
+        gt = self.emit(f"fcmp ogt {ty} {a}, {b}")  # numpy's max: NaN wins
+        nan = self.emit(f"fcmp uno {ty} {a}, {a}")
+        keep = self.emit(f"or {mask} {gt}, {nan}")
+        return self.emit(f"select {mask} {keep}, {ty} {a}, {ty} {b}")
+
+    def _lane(self, var: str, reductions, pre_s, s_outputs, base) -> list:
+        """Evaluate the prologue at reduced index ``var``; returns each reduction's value."""
+        self.at_i = dict(base)
+        self._in_space_s(var)
+        for i in pre_s:
+            self.node(self.g.nodes[i])
+        for arg, v in s_outputs:
+            self._store(v, arg, _c_strides(self.full))
+        nodes = self.g.nodes
+        return [self.operand(nodes[i].inputs[0], nodes[i].inputs[0].shape,
+                             _LLTYPE[nodes[i].out.dtype.name])[0] for i in reductions]
+
+    def _blocks_function(self, name, layout, tys, vec, init, NB, CB, B, chunks,
+                         chunk_loop) -> str:
+        """``@<name>_blocks(ctx, tid, nt)``: blocks tid, tid + nt, ... of CB chunks each,
+        every block's lanes (from fresh ones) stored to its partials slot; and
+        ``@<name>_omp(ctx)``, which calls it with the OpenMP thread number and team size."""
+        saved = self.lines, self.reads, self.idx
+        self.lines, self.reads, self.idx = [], {}, {}
+        out = self.lines
+        n_args = len(layout)
+        out.append("entry:")
+        for k in range(n_args + len(tys)):
+            out.append(f"  %x{k} = getelementptr inbounds ptr, ptr %ctx, i64 {k}")
+            dst = f"%a{k}" if k < n_args else f"%parts{k - n_args}"
+            out.append(f"  {dst} = load ptr, ptr %x{k}")
+        for m, t in enumerate(tys):
+            out.append(f"  %tmp{m} = alloca [{B} x {t}], align 64")
+        out.append(f"  %any = icmp slt i64 %tid, {NB}")
+        out.append("  br i1 %any, label %blk, label %exit\nblk:")
+        out.append("  %b = phi i64 [%tid, %entry], [%b.next, %chunk.end]")
+        c0 = self.emit(f"mul nuw nsw i64 %b, {CB}")
+        c1a = self.emit(f"add nuw nsw i64 {c0}, {CB}")
+        lt = self.emit(f"icmp slt i64 {c1a}, {chunks}")
+        c1 = self.emit(f"select i1 {lt}, i64 {c1a}, i64 {chunks}")
+        lanes = chunk_loop(init, c0, c1, "blk")
+        for m, v in enumerate(vec):
+            p = self.emit(f"getelementptr inbounds {v}, ptr %parts{m}, i64 %b")
+            out.append(f"  store {v} {lanes[m]}, ptr {p}, align 64")
+        out.append("  %b.next = add nuw nsw i64 %b, %nt")
+        out.append(f"  %b.more = icmp slt i64 %b.next, {NB}")
+        out.append("  br i1 %b.more, label %blk, label %exit\nexit:\n  ret void")
+        body = "\n".join(out)
+        self.lines, self.reads, self.idx = saved
+        blocks = (f"define internal void @{name}_blocks(ptr %ctx, i64 %tid, i64 %nt) {{\n"
+                  + body + "\n}\n\n")
+        if not threads.find():
+            return blocks
+        return (blocks
+                + f"define internal void @{name}_omp(ptr %ctx) {{\nentry:\n"
+                "  %t = call i32 @omp_get_thread_num()\n  %n = call i32 @omp_get_num_threads()\n"
+                "  %t64 = sext i32 %t to i64\n  %n64 = sext i32 %n to i64\n"
+                f"  call void @{name}_blocks(ptr %ctx, i64 %t64, i64 %n64)\n  ret void\n}}\n\n")
+
+    def build(self, name: str = FN_NAME, prelude: bool = True) -> tuple:
+        grp, nodes = self.group, self.g.nodes
+        outputs = kernel_outputs(self.g, grp)
+        layout = list(grp.inputs) + outputs
+        params = []
+        for k, v in enumerate(grp.inputs):
+            self.ptr[id(v)] = f"%a{k}"
+        for k, v in enumerate(layout):
+            if not getattr(v, "weak", False) and (v.dtype is None or
+                                                  v.dtype.name not in _LLTYPE):
+                raise NotImplementedError(f"LLVM reduce codegen: buffer {v!r} of dtype "
+                                          f"{_dtname(v)} is not supported")
+            params.append(f"ptr noalias %a{k}")
+        setup, reductions, pre_s, post_s, pre_k, post_k = self._classify()
+        if not reductions:
+            raise NotImplementedError("LLVM reduce codegen: no reduction in the group")
+        tys = []
+        for i in reductions:
+            n = nodes[i]
+            dt = n.out.dtype.name
+            if dt not in ("float32", "float64") or n.inputs[0].dtype is not n.out.dtype:
+                raise NotImplementedError(f"LLVM reduce codegen: {n.prim.name} of dtype "
+                                          f"{_dtname(n.inputs[0])} -> {dt}")
+            tys.append(_LLTYPE[dt])
+        for i in setup:
+            self.node(nodes[i])
+        n_in = len(grp.inputs)
+        out_space = {}
+        for k, v in enumerate(outputs):
+            sq = tuple(x for x in v.shape if x != 1)
+            if sq not in (self.reduced, self.full):
+                raise NotImplementedError(f"LLVM reduce codegen: output {v!r} of shape "
+                                          f"{v.shape} in a reduction over {grp.shape}")
+            out_space[id(v)] = (n_in + k, "K" if sq == self.reduced else "S")
+        s_pre_out = [(a, v) for v in outputs for a, sp in [out_space[id(v)]]
+                     if sp == "S" and id(v) not in {id(nodes[i].out) for i in post_s}]
+        s_post_out = [(a, v) for v in outputs for a, sp in [out_space[id(v)]]
+                      if sp == "S" and (a, v) not in s_pre_out]
+        k_out = [(a, v) for v in outputs for a, sp in [out_space[id(v)]] if sp == "K"]
+
+        L = min(_LANES[t] for t in tys)
+        B = _CHUNK * L  # elements per chunk: computed by a plain (vectorised) loop
+        chunks, rem = divmod(self.R, B)
+        ops = [nodes[i].prim.name for i in reductions]
+        ident = [0.0 if op == "sum" else -math.inf for op in ops]
+        vec = [f"<{L} x {t}>" for t in tys]
+        init = [f"<{', '.join([f'{t} {_const(e, t)}'] * L)}>" for e, t in zip(ident, tys)]
+        lines = self.lines
+        lines.append("entry:")
+        for m, t in enumerate(tys):
+            lines.append(f"  %tmp{m} = alloca [{B} x {t}], align 64")
+        blocked = not self.reduced and not post_s and self.R >= threads.PAR_MIN
+        CB = _BLOCK_CHUNKS
+        NB = -(-chunks // CB)
+        if blocked:  # one o: the chunks in fixed blocks, whose partial lanes add in order
+            for m, v in enumerate(vec):
+                lines.append(f"  %parts{m} = alloca [{NB} x {v}], align 64")
+            n_args = len(layout)
+            lines.append(f"  %ctx = alloca [{n_args + len(tys)} x ptr], align 8")
+            for k in range(n_args + len(tys)):
+                val = f"%a{k}" if k < n_args else f"%parts{k - n_args}"
+                lines.append(f"  %ctx{k} = getelementptr inbounds ptr, ptr %ctx, i64 {k}")
+                lines.append(f"  store ptr {val}, ptr %ctx{k}")
+        lines.append("  br label %outer\nouter:")
+        lines.append("  %o = phi i64 [0, %entry], [%o.next, %outer.tail]")
+        self._in_space_k()
+        for i in pre_k:
+            self.node(nodes[i])
+        base = dict(self.at_i)
+        acc, block = list(init), "outer"
+
+        def values_into_tmp(r: str, k: str) -> None:
+            vals = self._lane(r, reductions, pre_s, s_pre_out, base)
+            for m, t in enumerate(tys):
+                p = self.emit(f"getelementptr inbounds {t}, ptr %tmp{m}, i64 {k}")
+                self.lines.append(f"  store {t} {vals[m]}, ptr {p}")
+
+        def accumulate(acc: list, n_vectors: int) -> list:
+            acc = list(acc)
+            for q in range(n_vectors):  # lane j takes elements j, j + L, j + 2L, ... in order
+                for m, t in enumerate(tys):
+                    p = self.emit(f"getelementptr inbounds {t}, ptr %tmp{m}, i64 {q * L}")
+                    v = self.emit(f"load {vec[m]}, ptr {p}, align 4")
+                    acc[m] = self._combine(ops[m], vec[m], acc[m], v)
+            return acc
+
+        def chunk_loop(first: list, c0: str, c1: str, pred: str) -> list:
+            """Chunks c0 <= c < c1 (at least one) from lanes ``first``; the lanes after."""
+            out = self.lines
+            out.append("  br label %chunk\nchunk:")
+            out.append(f"  %c = phi i64 [{c0}, %{pred}], [%c.next, %chunk.acc]")
+            phi_at = len(out)
+            cb = self.emit(f"mul nuw nsw i64 %c, {B}")
+            out.append("  br label %inner\ninner:")
+            out.append("  %k = phi i64 [0, %chunk], [%k.next, %inner]")
+            values_into_tmp(self.emit(f"add nuw nsw i64 {cb}, %k"), "%k")
+            out.append("  %k.next = add nuw nsw i64 %k, 1")
+            out.append(f"  %k.more = icmp slt i64 %k.next, {B}")
+            out.append("  br i1 %k.more, label %inner, label %chunk.acc\nchunk.acc:")
+            nexts = accumulate([f"%acc{m}" for m in range(len(tys))], B // L)
+            out[phi_at:phi_at] = [f"  %acc{m} = phi {vec[m]} [{first[m]}, %{pred}], "
+                                  f"[{nexts[m]}, %chunk.acc]" for m in range(len(tys))]
+            out.append("  %c.next = add nuw nsw i64 %c, 1")
+            out.append(f"  %c.more = icmp slt i64 %c.next, {c1}")
+            out.append("  br i1 %c.more, label %chunk, label %chunk.end\nchunk.end:")
+            return nexts
+
+        if blocked:
+            self.extra = self._blocks_function(name, layout, tys, vec, init, NB, CB, B,
+                                               chunks, chunk_loop)
+            lines.append(threads.split_call(name) if threads.find() else
+                         f"  call void @{name}_blocks(ptr %ctx, i64 0, i64 1)\n"
+                         "  br label %par.joined\npar.joined:")
+            lines.append("  br label %gather\ngather:")
+            lines.append("  %g = phi i64 [0, %par.joined], [%g.next, %gather]")
+            phi_at = len(lines)
+            nexts = []
+            for m, v in enumerate(vec):
+                p = self.emit(f"getelementptr inbounds {v}, ptr %parts{m}, i64 %g")
+                part = self.emit(f"load {v}, ptr {p}, align 64")
+                nexts.append(self._combine(ops[m], v, f"%gacc{m}", part))
+            lines[phi_at:phi_at] = [f"  %gacc{m} = phi {vec[m]} [{init[m]}, %par.joined], "
+                                    f"[{nexts[m]}, %gather]" for m in range(len(tys))]
+            lines.append("  %g.next = add nuw nsw i64 %g, 1")
+            lines.append(f"  %g.more = icmp slt i64 %g.next, {NB}")
+            lines.append("  br i1 %g.more, label %gather, label %gather.end\ngather.end:")
+            acc, block = nexts, "gather.end"
+            self.at_i = dict(base)
+        elif chunks:
+            acc, block = chunk_loop(init, "0", str(chunks), "outer"), "chunk.end"
+        if rem:
+            lines.append(f"  br label %rinner\nrinner:\n  %j = phi i64 [0, %{block}], "
+                         f"[%j.next, %rinner]")
+            values_into_tmp(self.emit(f"add nuw nsw i64 %j, {chunks * B}"), "%j")
+            lines.append("  %j.next = add nuw nsw i64 %j, 1")
+            lines.append(f"  %j.more = icmp slt i64 %j.next, {rem}")
+            lines.append("  br i1 %j.more, label %rinner, label %rinner.end\nrinner.end:")
+            n_vec = -(-rem // L)
+            for j in range(rem, n_vec * L):  # the last vector's unused lanes: identity
+                for m, t in enumerate(tys):
+                    p = self.emit(f"getelementptr inbounds {t}, ptr %tmp{m}, i64 {j}")
+                    lines.append(f"  store {t} {_const(ident[m], t)}, ptr {p}")
+            acc = accumulate(acc, n_vec)
+            block = "rinner.end"
+        self.at_i = dict(base)
+        self._in_space_k()
+        for m, i in enumerate(reductions):
+            lanes = [self.emit(f"extractelement {vec[m]} {acc[m]}, i64 {j}") for j in range(L)]
+            while len(lanes) > 1:  # a fixed tree: pairs, then pairs of pairs
+                lanes = [self._combine(ops[m], tys[m], lanes[k], lanes[k + 1])
+                         for k in range(0, len(lanes), 2)]
+            total = lanes[0]
+            if ops[m] == "sum":  # +0.0 start, as numpy: (-0.0) + (+0.0) is +0.0
+                total = self.emit(f"fadd {tys[m]} {total}, {_const(0.0, tys[m])}")
+            self.at_i[id(nodes[i].out)] = (total, tys[m])
+        for i in post_k:
+            self.node(nodes[i])
+        for arg, v in k_out:
+            self._store(v, arg, _c_strides(self.reduced))
+        if post_s:
+            kbase = dict(self.at_i)
+            lines.append("  br label %post\npost:")
+            lines.append(f"  %p = phi i64 [0, %{block}], [%p.next, %post]")
+            self.at_i = kbase
+            self._in_space_s("%p")
+            for i in pre_s + post_s:
+                if id(nodes[i].out) not in kbase:
+                    self.node(nodes[i])
+            for arg, v in s_post_out:
+                self._store(v, arg, _c_strides(self.full))
+            lines.append("  %p.next = add nuw nsw i64 %p, 1")
+            lines.append(f"  %p.more = icmp slt i64 %p.next, {self.R}")
+            lines.append("  br i1 %p.more, label %post, label %post.end\npost.end:")
+        lines.append("  br label %outer.tail\nouter.tail:")
+        lines.append("  %o.next = add nuw nsw i64 %o, 1")
+        lines.append(f"  %o.more = icmp slt i64 %o.next, {math.prod(self.reduced)}")
+        lines.append("  br i1 %o.more, label %outer, label %exit\nexit:\n  ret void")
+        text = (
+            (_prelude(self.vecmath) + self.declarations() if prelude else "")
+            + self.extra
+            + f"define internal void @{name}_body({', '.join(params)}) alwaysinline {{\n"
+            + "\n".join(lines) + "\n}\n\n" + _entry(name, len(layout)))
+        return text, name, layout
+
+    def declarations(self) -> str:
+        return threads.DECLARATIONS if self.extra and threads.find() else ""
