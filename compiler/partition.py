@@ -9,7 +9,7 @@ and constants only (never from a graph input eager would not have saved: an in-p
 of it before ``backward()`` must not change the gradient). The cost model
 counts both sides per element: saving costs the bytes written by the forward and read by
 the backward (at memory bandwidth, ``NS_PER_BYTE``); recomputing costs the node's
-arithmetic (``OP_NS`` per operation, ``TRANSCENDENTAL_NS`` for exp/log/tanh/erf/sin/cos,
+arithmetic (``OP_NS`` per operation, ``TRANSCENDENTAL_NS`` for exp/log/tanh/sigmoid/erf/sin/cos,
 which on this CPU are compute-bound: recomputing them is not free). A value is recomputed
 only when that is cheaper and needs no new saved value, repeated until nothing changes."""
 
@@ -39,7 +39,7 @@ def _live(values: list, nodes: list) -> set:
 NS_PER_BYTE = 0.05  # ~20 GB/s of memory traffic
 OP_NS = 0.05  # a vectorised add/mul/compare/select per element
 TRANSCENDENTAL_NS = 1.0  # exp/log/tanh/erf/sin/cos per element (polynomials in IR)
-_TRANSCENDENTAL = {"exp", "log", "log1p", "tanh", "erf", "sin", "cos", "pow"}
+_TRANSCENDENTAL = {"exp", "log", "log1p", "tanh", "sigmoid", "erf", "sin", "cos", "pow"}
 
 
 def recompute_cost_ns(node) -> float:

@@ -194,7 +194,8 @@ def test_chain_of_ten_ops_100k():
 # ------------------------------------------------------------------ transcendental
 
 @pytest.mark.parametrize("name,lo,hi", [("exp", -80.0, 80.0), ("log", 1e-30, 1e30),
-                                        ("tanh", -12.0, 12.0), ("erf", -5.0, 5.0),
+                                        ("tanh", -12.0, 12.0), ("sigmoid", -30.0, 30.0),
+                                        ("erf", -5.0, 5.0),
                                         ("sin", -100.0, 100.0), ("cos", -100.0, 100.0)])
 def test_vecmath_within_documented_ulps(name, lo, hi):
     g = Graph()

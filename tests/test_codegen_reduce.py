@@ -31,7 +31,7 @@ F32, F64 = dg.float32, dg.float64
 RNG = np.random.default_rng(1)
 SUM_RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-13}  # of sum |x|
 VM_RTOL = 8 * 2.0**-23  # a few float32 ulps: a vecmath function's result, once rounded
-VECMATH = {"exp", "log", "tanh", "erf", "sin", "cos"}
+VECMATH = {"exp", "log", "tanh", "sigmoid", "erf", "sin", "cos"}
 
 
 def rand(shape, dt) -> np.ndarray:

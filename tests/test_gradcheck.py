@@ -95,6 +95,7 @@ PRIMITIVE_CASES = {
     "cos": (lambda x: dispatch(prim("cos"), x), lambda: (leaf(2, 3),)),
     "tanh": (lambda x: dispatch(prim("tanh"), x), lambda: (leaf(2, 3),)),
     "erf": (lambda x: dispatch(prim("erf"), x), lambda: (leaf(2, 3),)),
+    "sigmoid": (lambda x: dispatch(prim("sigmoid"), x), lambda: (leaf(2, 3) * 4.0,)),
     "cast": (lambda x: dispatch(prim("cast"), x, dtype=dg.float64), lambda: (leaf(2, 3),)),
     "add": (lambda a, b: dispatch(prim("add"), a, b), lambda: (leaf(2, 3), leaf(3))),
     "sub": (lambda a, b: dispatch(prim("sub"), a, b), lambda: (leaf(2, 3), leaf(3))),

@@ -120,6 +120,19 @@ COS = _unary("cos", _q(np.cos), lambda n, g, xs, y: (-g * sin(xs[0]),),
              lambda ts, xs, y, p: -ts[0] * sin(xs[0]), save=(0,))
 TANH = _unary("tanh", np.tanh, lambda n, g, xs, y: (g * (1.0 - y * y),),
               lambda ts, xs, y, p: ts[0] * (1.0 - y * y), save_out=True)
+
+
+def _np_sigmoid(x):
+    """1/(1+exp(-x)) without overflow: exp(-|x|) is never large."""
+    with np.errstate(all="ignore"):
+        e = np.exp(-np.abs(x))
+        pos = np.divide(1.0, np.add(1.0, e, dtype=x.dtype), dtype=x.dtype)
+        return np.where(x >= 0, pos, np.multiply(e, pos, dtype=x.dtype))
+
+
+SIGMOID = _unary("sigmoid", _np_sigmoid, lambda n, g, xs, y: (g * (y * (1.0 - y)),),
+                 lambda ts, xs, y, p: ts[0] * (y * (1.0 - y)), save_out=True,
+                 doc="the logistic function; its derivative is y·(1−y), as PyTorch's")
 _TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
 ERF = _unary("erf", _np_erf,
              lambda n, g, xs, y: (g * (exp(-(xs[0] * xs[0])) * _TWO_OVER_SQRT_PI),),
@@ -645,10 +658,7 @@ def square(x):
 
 def sigmoid(x):
     """1/(1+exp(-x)), computed without overflow: exp(-|x|) is never large."""
-    x = _float_operand(x)
-    e = exp(-abs(x))
-    pos = 1.0 / (1.0 + e)
-    return where(ge(x, 0.0), pos, e * pos)
+    return _float_unary(SIGMOID, x)
 
 
 def relu(x):

@@ -50,7 +50,7 @@ FN_NAME = "dg_ew"
 _FBIN = {"add": "fadd", "sub": "fsub", "mul": "fmul", "div": "fdiv"}
 _FCMP = {"eq": "oeq", "ne": "une", "lt": "olt", "le": "ole", "gt": "ogt", "ge": "oge"}
 _ICMP = {"eq": "eq", "ne": "ne"}
-_VECMATH = ("exp", "log", "tanh", "erf", "sin", "cos")
+_VECMATH = ("exp", "log", "tanh", "sigmoid", "erf", "sin", "cos")
 _LLTYPE = {"float32": "float", "float64": "double", "bool": "i1", "int64": "i64"}
 _MEMTYPE = {"float": "float", "double": "double", "i1": "i8", "i64": "i64"}  # in a buffer
 _SCMP = {"eq": "eq", "ne": "ne", "lt": "slt", "le": "sle", "gt": "sgt", "ge": "sge"}
@@ -83,7 +83,7 @@ def _unsupported(prim: str, what) -> NotImplementedError:
     return NotImplementedError(
         f"LLVM elementwise codegen: primitive {prim!r} on dtype {what} is not supported "
         f"(supported: float32/float64 add sub mul div neg abs sqrt maximum minimum sign floor, "
-        f"pow by 2, 0.5, -1, 1 or 0, float32 exp log tanh erf sin cos, comparisons, where, "
+        f"pow by 2, 0.5, -1, 1 or 0, float32 exp log tanh sigmoid erf sin cos, comparisons, where, "
         f"casts between floats and from bool)")
 
 
