@@ -14,10 +14,10 @@ movement, random and scalar groups still run their numpy steps, one Python step
 each, and every call allocates its kernels' outputs (no arena yet); a single native driver
 per variant comes when every group lowers. Within a native kernel, ``+ - * /``, ``sqrt``,
 comparisons, ``where``, ``maximum``/``minimum`` are IEEE operations in numpy's order and give
-eager's bits; ``exp log tanh sigmoid erf sin cos`` are the vecmath polynomials, within the ulp bounds
-documented in ``vecmath`` of the correctly rounded result — not bit-identical to numpy's; sums
-add in the kernel's fixed lane order (see ``codegen._ReduceBuilder``), not numpy's pairwise
-order, so they differ from eager's by rounding.
+eager's bits; ``exp log tanh sigmoid erf sin cos`` are the vecmath polynomials, within the ulp
+bounds documented in ``vecmath`` of the correctly rounded result — not bit-identical to
+numpy's; sums add in the kernel's fixed lane order (see ``codegen._ReduceBuilder``), not
+numpy's pairwise order, so they differ from eager's by rounding.
 """
 
 from __future__ import annotations
