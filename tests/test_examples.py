@@ -1,6 +1,7 @@
 """The examples and the benchmark run end to end (each asserts its own claims)."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,39 @@ def test_train_mlp_reaches_accuracy(tmp_path):
     out = run([str(ROOT / "examples/train_mlp.py"), "--plot", str(tmp_path / "m.png")],
               tmp_path)
     assert "accuracy" in out
+
+
+def test_digits_compiled_step_reaches_accuracy_and_matches_eager(tmp_path):
+    pytest.importorskip("sklearn")
+    out = run([str(ROOT / "examples/digits.py"), "--quick", "--plot", str(tmp_path / "d.png")],
+              tmp_path)  # (the script asserts > 90% in quick mode and losses equal to eager's)
+    acc = float(re.search(r"test accuracy ([\d.]+)% compiled", out).group(1))
+    assert acc > 90.0
+    assert float(re.search(r"loss difference from eager over all steps: (\S+)",
+                           out).group(1)) < 1e-3
+    assert "compiled variants: 2" in out  # the full batches and the last, smaller one
+    assert (tmp_path / "d.png").stat().st_size > 0
+
+
+def test_control_flow_variants_agree_with_eager_and_explain_shows_value_guards(tmp_path):
+    out = run([str(ROOT / "examples/control_flow.py"), "--quick", "--plot",
+               str(tmp_path / "c.png")], tmp_path)
+    assert "value guards (recomputed by the compiled program)" in out
+    assert re.search(r"bool at control_flow\.py:\d+: %\d+ == array\(False\)", out)
+    assert "traced variant 2" in out and "cache_limit reached" in out
+    assert float(re.search(r"compiled vs eager \(f\(a\) and grad\): (\S+)", out).group(1)) \
+        < 1e-6
+    assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_char_rnn_one_variant_per_bucket(tmp_path):
+    out = run([str(ROOT / "examples/char_rnn.py"), "--quick", "--plot",
+               str(tmp_path / "r.png")], tmp_path)
+    assert "=== train_step: 2 variant(s)" in out
+    assert "shape of argument 0 == (32, 4)" in out and "shape of argument 0 == (32, 8)" in out
+    assert float(re.search(r"largest relative difference (\S+)", out).group(1)) < 1e-4
+    assert "The compiler " in out  # the sampled text
+    assert (tmp_path / "r.png").stat().st_size > 0
 
 
 @pytest.mark.slow
