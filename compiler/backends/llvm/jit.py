@@ -92,10 +92,11 @@ def compile_ir(ir_text: str, *, name: str | None = None, keep_object: bool = Fal
     mod.verify()
     tm = target_machine()
     optimize(mod, tm)
-    obj = tm.emit_object(mod) if keep_object else None
+    if keep_object:  # code generated once: the engine loads the very object that is kept
+        return load_object(tm.emit_object(mod))
     engine = llvm.create_mcjit_compiler(mod, tm)
     engine.finalize_object()
-    return Compiled(engine, mod, obj)
+    return Compiled(engine, mod, None)
 
 
 def load_object(object_code: bytes) -> Compiled:
