@@ -677,3 +677,34 @@ def test_a_symbolic_batch_size_runs_native_plans_compiled_per_size(capsys):
     assert all(isinstance(p[0], driver.DriverPlan) for p in v.plans.values())
     assert "compiled per symbolic size" in str(compiler.explain(cf))
     capsys.readouterr()
+
+
+def test_kernels_of_the_same_code_share_one_function():
+    """An unrolled loop's steps fuse into groups of identical code: the driver's module
+    holds each such kernel once (optimised once), called with each step's buffers — and the
+    step still matches eager (the shared kernel reads the buffers of the step calling it)."""
+    dg.manual_seed(0)
+    cell = nn.RNNCell(8, 16)
+    twin = copy.deepcopy(cell)
+
+    def make(c):
+        def step(x):
+            for p in c.parameters():
+                p.grad = None
+            h = dg.zeros(4, 16)
+            for t in range(6):
+                h = c(x[t], h)
+            loss = (h * h).mean()
+            loss.backward()
+            return loss
+        return step
+    eager, cf = make(twin), compiler.compile(make(cell), backend="llvm")
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        x = dg.tensor(rng.standard_normal((6, 4, 8)).astype(np.float32))
+        assert_rel(cf(x), eager(x), RTOL32)
+        for p, q in zip(cell.parameters(), twin.parameters()):
+            assert_rel(p.grad, q.grad, RTOL32, "grad")
+    plan = serving_plan(cf)
+    assert isinstance(plan, driver.DriverPlan)
+    assert plan.n_functions < plan.n_groups / 2, (plan.n_functions, plan.n_groups)

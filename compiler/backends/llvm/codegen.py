@@ -666,22 +666,37 @@ def module_ir(g, groups, prefix: str = "dg_k", inline: bool = True) -> tuple:
     """One LLVM module holding a kernel per group (``void @<prefix><k>(ptr %args, i64 %n)``,
     as :func:`elementwise_kernel`) and the math functions they share. Returns (IR text,
     [(function name, arg layout) per group]). Raises NotImplementedError as
-    :func:`elementwise_kernel` does. ``inline=False`` keeps each kernel body a function of
-    its own (``noinline``) — for a driver calling many kernels, whose compile time would
-    otherwise grow faster than the number of kernels."""
-    texts, kernels, math_functions, decls = [], [], [], []
+    :func:`elementwise_kernel` does.
+
+    Groups whose kernels are the same code (an unrolled loop's steps, layers of one shape)
+    share one function: their text, with the kernel's name taken out, is equal, and the
+    arguments carry everything else. A shared body is never inlined (it is optimised once);
+    ``inline=False`` keeps every body a function of its own (``noinline``) — for a driver
+    calling many kernels, whose compile time would otherwise grow faster than their number."""
+    built, math_functions, decls = [], [], []
+    by_code: dict[str, int] = {}  # kernel text without its name -> index of the first
     for k, group in enumerate(groups):
         b = _builder(g, group)
-        text, name, layout = b.build(f"{prefix}{k}", prelude=False)
-        if not inline:  # each kernel optimised on its own: compile time stays linear
-            text = re.sub(r"^(define internal \w+ @\w+_body\(.*\)) alwaysinline \{",
-                          r"\1 noinline {", text, flags=re.M)
-        texts.append(text)
-        kernels.append((name, layout))
+        name = f"{prefix}{k}"
+        text, name, layout = b.build(name, prelude=False)
+        code = re.sub(rf"@{name}(?=[_(\s])", "@KERNEL", text)
+        first = by_code.setdefault(code, len(built))
+        built.append((text if first == len(built) else None, name, layout, first))
         math_functions += [f for f in b.vecmath if f not in math_functions]
         d = b.declarations()
         if d and d not in decls:
             decls.append(d)
+    uses = [0] * len(built)
+    for *_, first in built:
+        uses[first] += 1
+    texts, kernels = [], []
+    for k, (text, _, layout, first) in enumerate(built):
+        if text is not None:
+            if not inline or uses[k] > 1:  # optimised on its own: compile time stays linear
+                text = re.sub(r"^(define internal \w+ @\w+_body\(.*\)) alwaysinline \{",
+                              r"\1 noinline {", text, flags=re.M)
+            texts.append(text)
+        kernels.append((built[first][1], layout))
     return _prelude(math_functions) + "".join(decls) + "\n".join(texts), kernels
 
 

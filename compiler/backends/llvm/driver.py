@@ -289,6 +289,7 @@ class DriverPlan:
         self.pools = {k: [] for k in self.out_slot}  # per output: (array, address) pairs
         self._generate()
         self.n_groups = len(groups)
+        self.n_functions = len({name for name, _ in fns})  # kernels of the same code share
 
     # ------------------------------------------------------------------ a call
     def run(self, inputs: list, scalars: list) -> list:
