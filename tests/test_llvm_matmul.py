@@ -1,37 +1,51 @@
-"""The LLVM matmul code generator (llvm/matmul.py) against numpy: each node's own
-``impl`` (``P["matmul"].impl(a, b, ta=..., tb=...)``, what the interpreter runs).
+"""The LLVM matmul code generator (llvm/matmul.py, gemm.py, tune.py) against numpy: each
+node's own ``impl`` (``P["matmul"].impl(a, b, ta=..., tb=...)``, what the interpreter runs).
 
-Both paths are checked — the generated row loops (``use_blas=False``) and the call into
-numpy's bundled OpenBLAS (``use_blas=True``, skipped when ``blas.find()`` finds none) — for
-float32 and float64, 2-d and batched operands with broadcast batch dims, row and column
-vectors as matrices, K=1, K=0, a BLAS-sized product, every transpose-flag combination. The
-products sum in another order than numpy's, so results are compared within a tolerance
-relative to max|C| (1e-5 float32, 1e-12 float64). Every kernel writes into an output with
-sentinel bytes before and after it, which must survive.
+Both paths are checked — the generated register-blocked kernel (``use_blas=False``) and the
+call into numpy's bundled OpenBLAS (``use_blas=True``, skipped when ``blas.find()`` finds
+none) — for float32 and float64, 2-d and batched operands with broadcast batch dims, row and
+column vectors as matrices, K=1, K=0, odd sizes (1, 3, 17, 65), the register tile's and the
+blocks' edges, every transpose-flag combination. The kernels are run two ways: whole graphs'
+kernels (``_MatmulBuilder``) and, for the many shapes, ``tune.product`` (the kernels behind
+one compiled module, shapes at run time). The products sum in another order than numpy's, so
+results are compared with numpy's float64 product within a tolerance relative to max|C|
+(1e-5 float32, 1e-12 float64). Every builder kernel writes into an output with sentinel bytes
+before and after it, which must survive.
 
-Also: ``DYNGRAD_BLAS=0``, the ``BLAS_MIN_WORK`` switch between the paths (seen in the IR), and
-end-to-end ``compiler.compile(..., backend="llvm")`` matmuls and a Linear layer's forward and
-backward against eager.
+The generated kernel's sum order depends on nothing but the operands: the bits are the same
+for every transpose layout, for a product cut to its first rows, and with 1, 2 or 3 threads.
+
+Also: ``DYNGRAD_BLAS=0``, ``DYNGRAD_MATMUL``, the measured choice kept in the process and in
+the cache directory's file (a corrupt file ignored), and end-to-end
+``compiler.compile(..., backend="llvm")`` matmuls and a Linear layer's forward and backward
+against eager.
 """
 
 from __future__ import annotations
 
 import copy
 import ctypes
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import compiler
 import dyngrad as dg
-from compiler.backends.llvm import blas, codegen, driver, jit, runner
-from compiler.backends.llvm import matmul as llvm_matmul
+from compiler.backends.llvm import blas, codegen, driver, gemm, jit, runner, threads, tune
 from compiler.ir import Graph, Value
 from compiler.passes.fusion import fuse
 from dyngrad import nn
 from dyngrad.dtypes import _BY_NP
 from dyngrad.ops import REGISTRY as P
 
+ROOT = Path(__file__).resolve().parents[1]
 RTOL = {np.float32: 1e-5, np.float64: 1e-12}
 PAD = 256  # sentinel bytes on each side of an output buffer
 SENTINEL = 0xA5
@@ -131,6 +145,7 @@ def assert_close(got, want, dtype):
 CASES = {
     "2d": ((5, 7), (7, 3)),
     "odd-tails": ((17, 33), (33, 19)),
+    "odd-1-3-17-65": ((65, 17), (17, 3)),
     "batched-broadcast": ((3, 1, 4, 6), (2, 6, 5)),
     "batch-a-only": ((2, 3, 4, 6), (6, 5)),
     "batch-b-only": ((4, 6), (2, 3, 6, 5)),
@@ -138,34 +153,32 @@ CASES = {
     "col-kx1": ((8, 9), (9, 1)),
     "k1": ((6, 1), (1, 5)),
     "blas-sized": ((128, 200), (200, 64)),
-    "wide-b": ((4, 300), (300, 300)),  # tb: B too big for the generated path's transposed copy
+    "wide-b": ((4, 300), (300, 300)),
 }
 FLAGS = [(False, False), (False, True), (True, False), (True, True)]
-PATHS = [pytest.param(False, id="loops"), pytest.param(True, id="blas", marks=needs_blas)]
+PATHS = [pytest.param(False, id="generated"), pytest.param(True, id="blas", marks=needs_blas)]
+DTYPES = [np.float32, np.float64]
 
 
 @pytest.mark.parametrize("use_blas", PATHS)
 @pytest.mark.parametrize("ta,tb", FLAGS, ids=["nn", "nt", "tn", "tt"])
 @pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_matmul_kernel_matches_numpy(dtype, case, ta, tb, use_blas):
     rng = np.random.default_rng([list(CASES).index(case), int(ta), int(tb)])
     sa, sb = CASES[case]
     a, b = physical(rng, sa, ta, dtype), physical(rng, sb, tb, dtype)
     got, text = run_matmul(a, b, ta, tb, use_blas=use_blas)
-    want = P["matmul"].impl(a, b, ta=ta, tb=tb)
-    assert_close(got, want, dtype)
-    gemm = blas.find().gemm(np.dtype(dtype).name) if use_blas else None
-    assert (gemm is not None and f"@{gemm}(" in text) == bool(use_blas)
-    if tb and not use_blas:  # a transposed B is copied to a stack buffer when small enough
-        k, n = sb[-2:]
-        small = k * n * np.dtype(dtype).itemsize <= llvm_matmul._TRANSPOSE_BYTES
-        assert ("%bt.tmp = alloca" in text) == small
+    want = P["matmul"].impl(a.astype(np.float64), b.astype(np.float64), ta=ta, tb=tb)
+    assert_close(got, want.astype(dtype), dtype)
+    gemm_ = blas.find().gemm(np.dtype(dtype).name) if use_blas else None
+    assert (gemm_ is not None and f"@{gemm_}(" in text) == bool(use_blas)
+    assert (f"@{gemm.name(codegen._LLTYPE[np.dtype(dtype).name])}(" in text) != bool(use_blas)
 
 
 @pytest.mark.parametrize("use_blas", PATHS)
 @pytest.mark.parametrize("tb", [False, True])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_matmul_of_one_input_with_itself(dtype, tb, use_blas):
     """``x @ x`` / ``x @ x.T``: A and B are one buffer (both only read)."""
     x = np.random.default_rng(3).standard_normal((12, 12)).astype(dtype)
@@ -173,19 +186,14 @@ def test_matmul_of_one_input_with_itself(dtype, tb, use_blas):
     assert_close(got, P["matmul"].impl(x, x, ta=False, tb=tb), dtype)
 
 
+@pytest.mark.parametrize("use_blas", PATHS)
 @pytest.mark.parametrize("ta,tb", FLAGS, ids=["nn", "nt", "tn", "tt"])
-def test_empty_inner_dimension_gives_zeros_on_the_loop_path(ta, tb):
+def test_empty_inner_dimension_gives_zeros_and_is_never_sent_to_blas(ta, tb, use_blas):
     rng = np.random.default_rng(0)
-    a, b = physical(rng, (3, 0), ta, np.float32), physical(rng, (0, 4), tb, np.float32)
-    got, _ = run_matmul(a, b, ta, tb, use_blas=False)
-    np.testing.assert_array_equal(got, np.zeros((3, 4), np.float32))
-
-
-@needs_blas
-def test_empty_inner_dimension_is_not_sent_to_blas():
-    g, grp = matmul_graph((3, 0), (0, 4), np.float32)
-    with pytest.raises(NotImplementedError, match="empty inner"):
-        codegen._MatmulBuilder(g, grp, use_blas=True).build()
+    a, b = physical(rng, (2, 3, 0), ta, np.float32), physical(rng, (0, 4), tb, np.float32)
+    got, text = run_matmul(a, b, ta, tb, use_blas=use_blas)
+    np.testing.assert_array_equal(got, np.zeros((2, 3, 4), np.float32))
+    assert "gemm64_" not in text  # (BLAS would leave C as it was)
 
 
 @pytest.mark.parametrize("use_blas", PATHS)
@@ -203,6 +211,91 @@ def test_unsupported_dtypes_are_refused():
         codegen._MatmulBuilder(g, grp)
 
 
+# ------------------------------------------------------------------ many shapes, both kernels
+
+# (M, N, K): odd sizes, every edge of the register tile (MR rows, NR columns), of the row
+# block (MC), of the k block (KC), and sizes where the product splits across threads
+MR, NR = gemm.MR, gemm.NV * gemm.lanes("float")
+SHAPES = sorted({
+    (1, 1, 1), (3, 17, 65), (65, 3, 17), (17, 65, 1), (1, 65, 3), (65, 1, 17),
+    *((m, NR, 5) for m in (1, 2, 3, 4, 5, 6, 7, MR, MR + 1, 2 * MR - 1)),
+    *((MR, n, 7) for n in (1, NR - 1, NR + 1, 2 * NR, 2 * NR + 3)),
+    (gemm.MC - 1, NR + 5, 9), (gemm.MC + 3, 2 * NR - 1, 4), (2 * gemm.MC + 1, 3, 2),
+    (9, 33, gemm.KC["float"]), (9, 33, gemm.KC["float"] + 1), (5, 3, 2 * gemm.KC["double"] + 7),
+    (130, 100, 97), (300, 130, 900),  # (from PAR_WORK multiply-adds: on the team)
+})
+
+
+@pytest.mark.parametrize("path", ["generated", pytest.param("blas", marks=needs_blas)])
+@pytest.mark.parametrize("ta,tb", FLAGS, ids=["nn", "nt", "tn", "tt"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_both_kernels_match_numpy_at_tile_and_block_edges(dtype, ta, tb, path):
+    rng = np.random.default_rng([int(ta), int(tb)])
+    for m, n, k in SHAPES:
+        a, b = physical(rng, (m, k), ta, dtype), physical(rng, (k, n), tb, dtype)
+        got = tune.product(path, a, b, ta, tb)
+        want = P["matmul"].impl(a.astype(np.float64), b.astype(np.float64), ta=ta, tb=tb)
+        assert_close(got, want.astype(dtype), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_generated_kernel_bits_depend_on_the_operands_alone(dtype):
+    """Every C element is one fused multiply-add chain over k in order: the same bits for
+    every transpose layout of the operands and for a product cut to its first rows."""
+    rng = np.random.default_rng(7)
+    for m, n, k in ((3, 17, 65), (MR + 1, NR + 1, gemm.KC["float"] + 3), (130, 100, 97)):
+        x, y = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+        ref = tune.product("generated", x, y)
+        for ta, tb in FLAGS[1:]:
+            a = np.ascontiguousarray(x.T) if ta else x
+            b = np.ascontiguousarray(y.T) if tb else y
+            assert tune.product("generated", a, b, ta, tb).tobytes() == ref.tobytes(), (ta, tb)
+        rows = m // 2 + 1
+        assert tune.product("generated", x, y, rows=rows).tobytes() == ref[:rows].tobytes()
+
+
+@pytest.mark.parametrize("path", ["generated", pytest.param("blas", marks=needs_blas)])
+def test_nan_and_inf_propagate(path):
+    rng = np.random.default_rng(8)
+    for dtype in DTYPES:
+        a = rng.standard_normal((MR + 3, 40)).astype(dtype)
+        b = rng.standard_normal((40, NR + 3)).astype(dtype)
+        a[1, 5], a[MR + 2, 0], b[7, NR + 2], b[3, 0] = np.nan, np.inf, -np.inf, np.nan
+        got = tune.product(path, a, b)
+        with np.errstate(invalid="ignore"):
+            want = a.astype(np.float64) @ b.astype(np.float64)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want))
+        np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want))
+
+
+def test_generated_kernel_gives_the_same_bits_with_any_number_of_threads(tmp_path):
+    code = textwrap.dedent("""
+        import hashlib, numpy as np
+        from compiler.backends.llvm import gemm, tune
+        rng = np.random.default_rng(0)
+        h = hashlib.sha256()
+        for m, n, k, ta, tb in ((300, 260, 520, False, False), (259, 277, 501, True, True)):
+            assert m * n * k >= gemm.PAR_WORK
+            a = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
+            b = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)
+            h.update(tune.product("generated", a, b, ta, tb).tobytes())
+        print(gemm.name("float"), h.hexdigest())
+    """)
+    runs = {}
+    for label, extra in {"no team": {"DYNGRAD_THREADS": "1"}, "1": {"OMP_NUM_THREADS": "1"},
+                         "2": {"OMP_NUM_THREADS": "2"}, "3": {"OMP_NUM_THREADS": "3"}}.items():
+        env = {k: v for k, v in os.environ.items() if k not in ("DYNGRAD_THREADS",
+                                                                  "OMP_NUM_THREADS")}
+        env.update(PYTHONPATH=str(ROOT), DYNGRAD_CACHE_DIR=str(tmp_path), **extra)
+        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True,
+                             capture_output=True, text=True, timeout=300).stdout.split()
+        runs[label] = out
+    assert len({h for _, h in runs.values()}) == 1, runs
+    if threads.find() is not None:
+        assert runs["no team"][0].endswith("f32") and runs["2"][0].endswith("_mt"), runs
+
+
 # ------------------------------------------------------------------ BLAS: found, switched off
 
 
@@ -216,11 +309,12 @@ def test_dyngrad_blas_0_turns_blas_off(monkeypatch):
         for use_blas in (None, True):
             b = codegen._MatmulBuilder(g, grp, use_blas=use_blas)
             assert b.blas is None
-            assert "gemm" not in b.build()[0]
+            assert "gemm64_" not in b.build()[0]
+        assert tune.choose("float32", 512, 512, 512, False, False) == "generated"
     rng = np.random.default_rng(1)
     a, bb = rng.standard_normal((128, 200)), rng.standard_normal((200, 64))
     got, text = run_matmul(a.astype(np.float32), bb.astype(np.float32), use_blas=True)
-    assert "gemm" not in text
+    assert "gemm64_" not in text
     assert_close(got, (a.astype(np.float32) @ bb.astype(np.float32)), np.float32)
     monkeypatch.setenv("DYNGRAD_BLAS", "1")
     found = blas.find()  # searched again, and cached
@@ -236,32 +330,100 @@ def test_found_blas_names_the_64_bit_cblas_gemms():
     assert b.sgemm in blas.declaration(b, "float32") and "float" in blas.declaration(b, "float32")
     assert b.dgemm in blas.declaration(b, "float64") and "double" in \
         blas.declaration(b, "float64")
+    assert blas.pool_threads(b) >= 1
+
+
+# ------------------------------------------------------------------ the choice
+
+
+@pytest.fixture
+def choices(monkeypatch, tmp_path):
+    """A fresh decision file and process memory; ``measure`` counted (and fast: a fixed
+    verdict, BLAS for K = 100 and the generated kernel otherwise); one BLAS thread."""
+    monkeypatch.setenv("DYNGRAD_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("DYNGRAD_CACHE", raising=False)
+    monkeypatch.delenv("DYNGRAD_MATMUL", raising=False)
+    monkeypatch.setattr(tune, "_decided", {})
+    monkeypatch.setattr(blas, "pool_threads", lambda b: 1)
+    calls = []
+
+    def measure(dt, m, n, k, ta, tb):
+        calls.append((dt, m, n, k, ta, tb))
+        choice = "blas" if k == 100 else "generated"
+        return {"blas": 1e-6, "generated": 2e-6, "rows": m, "choice": choice}
+    monkeypatch.setattr(tune, "measure", measure)
+    return calls
 
 
 @needs_blas
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-def test_blas_from_blas_min_work_on(dtype):
-    """Below ``BLAS_MIN_WORK`` multiply-adds the generated loops (no gemm in the IR); from it
-    on, a call of the gemm routine."""
-    m = n = 16
-    k_at = -(-llvm_matmul.BLAS_MIN_WORK // (m * n))  # the smallest K reaching the threshold
-    gemm = blas.find().gemm(np.dtype(dtype).name)
-    rng = np.random.default_rng(2)
-    for k, expect in ((k_at - 1, False), (k_at, True)):
-        assert (m * n * k >= llvm_matmul.BLAS_MIN_WORK) == expect
-        g, grp = matmul_graph((m, k), (k, n), dtype)
-        b = codegen._MatmulBuilder(g, grp)
-        text = b.build()[0]
-        assert (b.blas is not None) == expect
-        assert (f"call void @{gemm}(" in text) == expect
-        assert (f"declare void @{gemm}(" in text) == expect
-        x, y = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
-        got, _ = run_matmul(x, y)
-        assert_close(got, x @ y, dtype)
-    # the module of several groups declares the routine once
-    g, grp = matmul_graph((m, k_at), (k_at, n), dtype)
-    text, _ = codegen.module_ir(g, [grp, grp])
-    assert text.count(f"declare void @{gemm}(") == 1
+def test_the_measured_choice_is_kept_in_the_process_and_on_disk(choices, tmp_path):
+    args = ("float32", 128, 256, 100, False, True)
+    assert tune.choose(*args) == "blas" and len(choices) == 1
+    assert tune.choose(*args) == "blas" and len(choices) == 1  # (the process's dict)
+    data = json.loads((tmp_path / tune.FILE).read_text())
+    assert data[tune.machine_key()][tune.shape_key(*args)]["choice"] == "blas"
+    tune.forget()  # a new process, as far as the decisions go: read from the file
+    assert tune.choose(*args) == "blas" and len(choices) == 1
+    assert tune.choose("float32", 128, 256, 101, False, True) == "generated"
+    assert len(choices) == 2  # (another shape: measured, and added to the file)
+    data = json.loads((tmp_path / tune.FILE).read_text())
+    assert len(data[tune.machine_key()]) == 2
+
+
+@needs_blas
+@pytest.mark.parametrize("junk", [b"{not json", b"[1, 2]", b'{"x": 3}', b"\xff\xfe", b""])
+def test_a_corrupt_decision_file_is_ignored_and_rewritten(choices, tmp_path, junk):
+    (tmp_path / tune.FILE).write_bytes(junk)
+    args = ("float64", 64, 64, 100, True, False)
+    assert tune.choose(*args) == "blas" and len(choices) == 1
+    data = json.loads((tmp_path / tune.FILE).read_text())
+    assert data[tune.machine_key()][tune.shape_key(*args)]["choice"] == "blas"
+
+
+@needs_blas
+def test_no_decision_file_with_the_disk_cache_off(choices, tmp_path, monkeypatch):
+    monkeypatch.setenv("DYNGRAD_CACHE", "0")
+    assert tune.choose("float32", 128, 256, 100, False, False) == "blas"
+    assert not (tmp_path / tune.FILE).exists()
+
+
+@needs_blas
+def test_shapes_the_generated_kernel_clearly_wins_are_not_measured(choices, monkeypatch):
+    assert tune.choose("float32", 8, 8, 100, False, False) == "generated"  # tiny
+    assert tune.choose("float32", 128, 128, 0, False, False) == "generated"  # K = 0
+    assert tune.choose("float32", 0, 128, 100, False, False) == "generated"  # empty
+    if threads.find() is not None:  # two pools that would fight: the team's kernel
+        monkeypatch.setattr(blas, "pool_threads", lambda b: 2)
+        assert tune.choose("float32", 128, 256, 100, False, False) == "generated"
+    assert choices == []
+
+
+@needs_blas
+def test_dyngrad_matmul_forces_a_path(choices, monkeypatch):
+    g, grp = matmul_graph((2, 128, 100), (100, 64), np.float32)
+    sgemm = blas.find().sgemm
+    monkeypatch.setenv("DYNGRAD_MATMUL", "generated")
+    assert tune.choose("float32", 128, 64, 100, False, False) == "generated"
+    assert sgemm not in codegen._MatmulBuilder(g, grp).build()[0]
+    monkeypatch.setenv("DYNGRAD_MATMUL", "blas")
+    assert tune.choose("float32", 2, 2, 2, False, False) == "blas"
+    assert f"call void @{sgemm}(" in codegen._MatmulBuilder(g, grp).build()[0]
+    assert tune.choose("float32", 2, 2, 0, False, False) == "generated"  # (K = 0: never)
+    monkeypatch.setenv("DYNGRAD_MATMUL", "measure")
+    assert tune.choose("float32", 128, 64, 100, False, False) == "blas"
+    assert len(choices) == 1
+    monkeypatch.setenv("DYNGRAD_MATMUL", "fastest")
+    with pytest.raises(ValueError, match="DYNGRAD_MATMUL='fastest'.*measure, blas, generated"):
+        tune.choose("float32", 128, 64, 100, False, False)
+
+
+@needs_blas
+def test_measuring_times_both_kernels_within_a_few_milliseconds():
+    t = time.perf_counter()
+    r = tune.measure("float32", 1024, 1024, 1024, False, True)  # (timed on its first rows)
+    assert time.perf_counter() - t < 0.5
+    assert r["rows"] < 1024 and r["choice"] in ("blas", "generated")
+    assert r["blas"] > 0 and r["generated"] > 0  # (seconds per whole product)
 
 
 # ------------------------------------------------------------------ end to end

@@ -70,3 +70,10 @@ def declaration(blas: Blas, dtype_name: str) -> str:
     t = "float" if dtype_name == "float32" else "double"
     return (f"declare void @{blas.gemm(dtype_name)}(i32, i32, i32, i64, i64, i64, {t}, ptr, "
             f"i64, ptr, i64, {t}, ptr, i64)\n")
+
+
+def pool_threads(blas: Blas) -> int:
+    """The number of threads of the library's own pool (``OPENBLAS_NUM_THREADS``, else one
+    per CPU), as it reports it."""
+    fn = getattr(ctypes.CDLL(blas.path), "scipy_openblas_get_num_threads64_", None)
+    return int(fn()) if fn is not None else os.cpu_count() or 1

@@ -1,0 +1,450 @@
+"""The generated matmul kernel: a register-blocked ``C = A @ B`` in LLVM IR, shapes at run time.
+
+``void @dg_gemm_<f32|f64>(A, rsa, csa, B, rsb, csb, C, M, N, K)`` computes ``C`` (M x N,
+row-major) ``= A @ B`` where ``A[i, k]`` is at ``A + i·rsa + k·csa`` and ``B[k, j]`` at ``B +
+k·rsb + j·csb`` — a transposed operand is just other strides. Its IR depends on the dtype and
+the host only: :func:`library` compiles it once per process (or loads it from the disk
+cache) and graphs' modules call it by name (``matmul.py``: once per batch entry), as
+``tune.py`` does when it times it.
+
+The loops are Goto's: ``k`` in blocks of ``KC``; rows in blocks of ``MC``, whose ``A`` block
+is packed into ``MR``-row panels (``k``-major, missing rows zero); columns in panels of ``NR
+= NV`` vectors, each ``B`` panel packed ``KC x NR`` (missing columns zero) — contiguous,
+aligned, and free of the 4 KiB aliasing a power-of-two row length gives. The micro-kernel
+keeps an ``MR x NR`` tile of C in ``MR·NV`` vector registers and, per ``k``, loads ``NV``
+vectors of the B panel, broadcasts ``MR`` values of the A panel and does ``MR·NV``
+multiply-adds. Tiles at the bottom edge use a kernel of 1, 2 or 4 rows; tiles that still
+overhang (rows or columns) run on a stack tile copied in and out. The buffers live on the
+stack (``(MC + NR)·KC + MR·NR`` elements: about 160 KiB).
+
+Note (the sum order): every C element is the chain ``c = fma(a[i,k], b[k,j], c)`` for ``k =
+0, 1, ..., K-1`` from ``c = +0.0`` — a later ``k`` block reloads the partial sums from C and
+continues the chain. The order thus depends on nothing (not the blocking, the tile, the
+thread split): the result is a function of the operands alone. It is fused (``llvm.fma``)
+when the CPU has FMA and ``fmul`` + ``fadd`` otherwise — a property of the machine type,
+which the compiled-code cache keys on. ``K = 0`` writes zeros; NaN and inf propagate (the
+zero padding only feeds lanes that are never stored).
+
+Both cores: from ``PAR_WORK`` multiply-adds (and ``2·MR`` rows) the rows are split in
+``MR``-aligned ranges, one per OpenMP thread (``threads.py``); each thread packs its own
+panels. Since the sum order does not depend on the split, the bits do not either.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+import llvmlite.binding as llvm
+
+from . import cache, jit, threads
+
+MR = 8  # rows of the register tile
+NV = 2  # vectors of the register tile (NR = NV · lanes columns)
+KC = {"float": 256, "double": 128}  # k block: a packed B panel (KC x NR) stays in L1
+MC = 128  # row block: a packed A block (MC x KC) stays in L2
+PAR_WORK = 1 << 25  # multiply-adds from which a product is split across threads: ~150 µs
+#                    on one core. Below, a region gains tens of µs when the machine is idle
+#                    but waits for a time slice (ms) when another process holds a core
+#                    (benchmarks/threads.py's mlp: 1.2 ms a step on one thread, 38 ms split)
+EDGE_ROWS = (1, 2, 4)  # smaller kernels for the last rows of a block
+_SUFFIX = {"float": "f32", "double": "f64"}
+_SIZE = {"float": 4, "double": 8}
+_lock = threading.Lock()
+_libraries: dict[bool, jit.Compiled] = {}  # uses threads -> the compiled kernels
+
+
+def vector_bits() -> int:
+    """The width of the host's vector registers as the kernel uses them."""
+    features = jit.host_cpu()[1]
+    return 512 if "+avx512f" in features else 256 if "+avx" in features else 128
+
+
+def has_fma() -> bool:
+    return "+fma" in jit.host_cpu()[1]
+
+
+def lanes(ty: str) -> int:
+    return vector_bits() // (8 * _SIZE[ty])
+
+
+def name(ty: str) -> str:
+    """The kernel's function name for LLVM type ``ty`` ('float', 'double'): ``dg_gemm_f32``,
+    ``dg_gemm_f32_mt`` for the one splitting across threads."""
+    return f"dg_gemm_{_SUFFIX[ty]}{'_mt' if uses_threads() else ''}"
+
+
+class _Fn:
+    """One LLVM function being written: fresh names, the current block, loops."""
+
+    def __init__(self, header: str) -> None:
+        self.lines = [header, "entry:"]
+        self.n = 0
+        self.block = "entry"
+
+    def __call__(self, text: str) -> str:
+        self.n += 1
+        r = f"%v{self.n}"
+        self.lines.append(f"  {r} = {text}")
+        return r
+
+    def do(self, text: str) -> None:
+        self.lines.append(f"  {text}")
+
+    def fresh(self, stem: str) -> str:
+        self.n += 1
+        return f"{stem}{self.n}"
+
+    def label(self, block: str) -> None:
+        self.lines.append(f"{block}:")
+        self.block = block
+
+    def jump(self, block: str) -> None:
+        self.do(f"br label %{block}")
+
+    @contextmanager
+    def loop(self, start, end, step=1):
+        """``for i in range(start, end, step)`` (signed i64); yields ``i``."""
+        b = self.fresh("L")
+        i, pre = f"%{b}.i", self.block
+        self.jump(f"{b}.head")
+        self.label(f"{b}.head")
+        self.do(f"{i} = phi i64 [{start}, %{pre}], [{i}.next, %{b}.latch]")
+        more = self(f"icmp slt i64 {i}, {end}")
+        self.do(f"br i1 {more}, label %{b}.body, label %{b}.exit")
+        self.label(f"{b}.body")
+        yield i
+        self.jump(f"{b}.latch")
+        self.label(f"{b}.latch")
+        self.do(f"{i}.next = add nsw i64 {i}, {step}")
+        self.jump(f"{b}.head")
+        self.label(f"{b}.exit")
+
+    @contextmanager
+    def when(self, cond: str):
+        b = self.fresh("W")
+        self.do(f"br i1 {cond}, label %{b}.then, label %{b}.end")
+        self.label(f"{b}.then")
+        yield
+        self.jump(f"{b}.end")
+        self.label(f"{b}.end")
+
+    def min(self, a, b) -> str:
+        lt = self(f"icmp slt i64 {a}, {b}")
+        return self(f"select i1 {lt}, i64 {a}, i64 {b}")
+
+    def gep(self, ty: str, p: str, off) -> str:
+        return self(f"getelementptr inbounds {ty}, ptr {p}, i64 {off}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines + ["}"]) + "\n\n"
+
+
+def _micro(ty: str, rows: int) -> str:
+    """``@<name>_k<rows>(ap, bp, c, ldc, kc, first)``: ``C[rows x NR] (+)= Ap·Bp`` over
+    ``kc`` steps, the tile in registers (``first``: start from zero, else from C)."""
+    vl, nr, size = lanes(ty), NV * lanes(ty), _SIZE[ty]
+    vt = f"<{vl} x {ty}>"
+    f = _Fn(f"define internal void @{name(ty)}_k{rows}(ptr noalias %ap, ptr noalias %bp, "
+            f"ptr noalias %c, i64 %ldc, i64 %kc, i1 %first) noinline {{")
+    f.do("br i1 %first, label %init, label %loadc")
+    f.label("loadc")
+    loaded = {}
+    for r in range(rows):
+        row = f.gep(ty, "%c", f(f"mul i64 %ldc, {r}"))
+        for v in range(NV):
+            loaded[r, v] = f(f"load {vt}, ptr {f.gep(ty, row, v * vl)}, align {size}")
+    f.jump("init")
+    f.label("init")
+    init = {rv: f(f"phi {vt} [zeroinitializer, %entry], [{x}, %loadc]")
+            for rv, x in loaded.items()}
+    f.jump("loop")
+    f.label("loop")
+    f.do("%k = phi i64 [0, %init], [%k.next, %loop]")
+    for r in range(rows):
+        for v in range(NV):
+            f.do(f"%acc{r}.{v} = phi {vt} [{init[r, v]}, %init], [%acc{r}.{v}.n, %loop]")
+    pb = f.gep(ty, "%bp", f(f"mul i64 %k, {nr}"))
+    b = [f(f"load {vt}, ptr {f.gep(ty, pb, v * vl)}, align 64") for v in range(NV)]
+    pa = f.gep(ty, "%ap", f(f"mul i64 %k, {MR}"))
+    for r in range(rows):
+        a = f(f"load {ty}, ptr {f.gep(ty, pa, r)}")
+        a = f(f"insertelement {vt} poison, {ty} {a}, i64 0")
+        a = f(f"shufflevector {vt} {a}, {vt} poison, <{vl} x i32> zeroinitializer")
+        for v in range(NV):
+            acc = f"%acc{r}.{v}"
+            if has_fma():
+                f.do(f"{acc}.n = call {vt} @llvm.fma.v{vl}{_SUFFIX[ty]}({vt} {a}, {vt} {b[v]}, "
+                     f"{vt} {acc})")
+            else:
+                p = f(f"fmul {vt} {a}, {b[v]}")
+                f.do(f"{acc}.n = fadd {vt} {acc}, {p}")
+    f.do("%k.next = add nuw nsw i64 %k, 1")
+    f.do("%k.more = icmp slt i64 %k.next, %kc")
+    f.do("br i1 %k.more, label %loop, label %done")
+    f.label("done")
+    for r in range(rows):
+        row = f.gep(ty, "%c", f(f"mul i64 %ldc, {r}"))
+        for v in range(NV):
+            f.do(f"store {vt} %acc{r}.{v}.n, ptr {f.gep(ty, row, v * vl)}, align {size}")
+    f.do("ret void")
+    return f.text()
+
+
+def _copy(ty: str) -> str:
+    """``@<name>_copy(dst, ldd, src, lds, rows, cols)``: a rows x cols block."""
+    f = _Fn(f"define internal void @{name(ty)}_copy(ptr noalias %dst, i64 %ldd, "
+            f"ptr noalias %src, i64 %lds, i64 %rows, i64 %cols) noinline {{")
+    with f.loop(0, "%rows") as i:
+        d = f.gep(ty, "%dst", f(f"mul i64 {i}, %ldd"))
+        s = f.gep(ty, "%src", f(f"mul i64 {i}, %lds"))
+        with f.loop(0, "%cols") as j:
+            f.do(f"store {ty} {f(f'load {ty}, ptr {f.gep(ty, s, j)}')}, ptr {f.gep(ty, d, j)}")
+    f.do("ret void")
+    return f.text()
+
+
+def _edge(ty: str) -> str:
+    """``@<name>_edge(ap, bp, c, ldc, kc, first, rows, cols, ct)``: a tile of ``rows < MR``
+    or ``cols < NR``: the smallest kernel with enough rows, on C itself when the tile fits it
+    exactly, else on the stack tile ``ct`` (C's part copied in, then out)."""
+    nr = NV * lanes(ty)
+    f = _Fn(f"define internal void @{name(ty)}_edge(ptr noalias %ap, ptr noalias %bp, "
+            f"ptr noalias %c, i64 %ldc, i64 %kc, i1 %first, i64 %rows, i64 %cols, "
+            f"ptr noalias %ct) noinline {{")
+    full = f(f"icmp eq i64 %cols, {nr}")
+    sizes = [r for r in EDGE_ROWS if r < MR] + [MR]
+    for k, r in enumerate(sizes):
+        if k < len(sizes) - 1:
+            f.do(f"br i1 {f(f'icmp sle i64 %rows, {r}')}, label %e{r}, label %n{r}")
+        else:
+            f.jump(f"e{r}")
+        f.label(f"e{r}")
+        direct = f(f"and i1 {f(f'icmp eq i64 %rows, {r}')}, {full}")
+        f.do(f"br i1 {direct}, label %d{r}, label %t{r}")
+        f.label(f"d{r}")
+        f.do(f"call void @{name(ty)}_k{r}(ptr %ap, ptr %bp, ptr %c, i64 %ldc, i64 %kc, "
+             "i1 %first)")
+        f.do("ret void")
+        f.label(f"t{r}")
+        f.do(f"call void @{name(ty)}_copy(ptr %ct, i64 {nr}, ptr %c, i64 %ldc, i64 %rows, "
+             "i64 %cols)")  # (garbage on a first block: the kernel does not read it then)
+        f.do(f"call void @{name(ty)}_k{r}(ptr %ap, ptr %bp, ptr %ct, i64 {nr}, i64 %kc, "
+             "i1 %first)")
+        f.do(f"call void @{name(ty)}_copy(ptr %c, i64 %ldc, ptr %ct, i64 {nr}, i64 %rows, "
+             "i64 %cols)")
+        f.do("ret void")
+        if k < len(sizes) - 1:
+            f.label(f"n{r}")
+    return f.text()
+
+
+def _pack_a(ty: str) -> str:
+    """``@<name>_packa(ap, a, rsa, csa, mc, kc)``: ``A[0:mc, 0:kc]`` (``a`` at the block's
+    first element) as MR-row panels, ``k``-major (``ap[p·MR·kc + k·MR + r]``); the last
+    panel's missing rows zero."""
+    f = _Fn(f"define internal void @{name(ty)}_packa(ptr noalias %ap, ptr noalias %a, "
+            f"i64 %rsa, i64 %csa, i64 %mc, i64 %kc) noinline {{")
+    with f.loop(0, "%mc", MR) as ir:
+        panel = f.gep(ty, "%ap", f(f"mul i64 {ir}, %kc"))
+        rows = f.min(MR, f(f"sub i64 %mc, {ir}"))
+        with f.loop(0, rows) as r:
+            src = f.gep(ty, "%a", f(f"mul i64 {f(f'add i64 {ir}, {r}')}, %rsa"))
+            with f.loop(0, "%kc") as k:
+                x = f(f"load {ty}, ptr {f.gep(ty, src, f(f'mul i64 {k}, %csa'))}")
+                at = f(f"add i64 {f(f'mul i64 {k}, {MR}')}, {r}")
+                f.do(f"store {ty} {x}, ptr {f.gep(ty, panel, at)}")
+        with f.loop(rows, MR) as r:
+            with f.loop(0, "%kc") as k:
+                dst = f.gep(ty, panel, f(f"add i64 {f(f'mul i64 {k}, {MR}')}, {r}"))
+                f.do(f"store {ty} 0.0, ptr {dst}")
+    f.do("ret void")
+    return f.text()
+
+
+def _pack_b(ty: str) -> str:
+    """``@<name>_packb(bp, b, rsb, csb, kc, cols)``: ``B[0:kc, 0:cols]`` (``b`` at the
+    panel's first element) as ``kc x NR`` rows (``bp[k·NR + j]``), missing columns zero; whole
+    rows are vector copies when B's rows are contiguous."""
+    nr, size = NV * lanes(ty), _SIZE[ty]
+    nt = f"<{nr} x {ty}>"
+    f = _Fn(f"define internal void @{name(ty)}_packb(ptr noalias %bp, ptr noalias %b, "
+            f"i64 %rsb, i64 %csb, i64 %kc, i64 %cols) noinline {{")
+    fast = f(f"and i1 {f(f'icmp eq i64 %cols, {nr}')}, {f('icmp eq i64 %csb, 1')}")
+    f.do(f"br i1 {fast}, label %rows, label %any")
+    f.label("rows")
+    with f.loop(0, "%kc") as k:
+        x = f(f"load {nt}, ptr {f.gep(ty, '%b', f(f'mul i64 {k}, %rsb'))}, align {size}")
+        f.do(f"store {nt} {x}, ptr {f.gep(ty, '%bp', f(f'mul i64 {k}, {nr}'))}, align 64")
+    f.do("ret void")
+    f.label("any")
+    with f.loop(0, "%cols") as j:
+        src = f.gep(ty, "%b", f(f"mul i64 {j}, %csb"))
+        with f.loop(0, "%kc") as k:
+            x = f(f"load {ty}, ptr {f.gep(ty, src, f(f'mul i64 {k}, %rsb'))}")
+            at = f(f"add i64 {f(f'mul i64 {k}, {nr}')}, {j}")
+            f.do(f"store {ty} {x}, ptr {f.gep(ty, '%bp', at)}")
+    with f.loop("%cols", nr) as j:
+        with f.loop(0, "%kc") as k:
+            dst = f.gep(ty, "%bp", f(f"add i64 {f(f'mul i64 {k}, {nr}')}, {j}"))
+            f.do(f"store {ty} 0.0, ptr {dst}")
+    f.do("ret void")
+    return f.text()
+
+
+def _rows(ty: str) -> str:
+    """``@<name>_rows(A, rsa, csa, B, rsb, csb, C, N, K, r0, r1)``: rows ``[r0, r1)`` of C
+    (``K > 0``), the blocked loops of the module docstring."""
+    nr, kc_max = NV * lanes(ty), KC[ty]
+    fn = name(ty)
+    f = _Fn(f"define internal void @{fn}_rows(ptr noalias %A, i64 %rsa, i64 %csa, "
+            f"ptr noalias %B, i64 %rsb, i64 %csb, ptr noalias %C, i64 %N, i64 %K, i64 %r0, "
+            f"i64 %r1) noinline {{")
+    f.do(f"%Ap = alloca [{MC * kc_max} x {ty}], align 64")
+    f.do(f"%Bp = alloca [{kc_max * nr} x {ty}], align 64")
+    f.do(f"%Ct = alloca [{MR * nr} x {ty}], align 64")
+    with f.loop(0, "%K", kc_max) as pc:
+        kc = f.min(kc_max, f(f"sub i64 %K, {pc}"))
+        first = f(f"icmp eq i64 {pc}, 0")
+        a0 = f.gep(ty, "%A", f(f"mul i64 {pc}, %csa"))
+        b0 = f.gep(ty, "%B", f(f"mul i64 {pc}, %rsb"))
+        with f.loop("%r0", "%r1", MC) as ic:
+            mc = f.min(MC, f(f"sub i64 %r1, {ic}"))
+            a = f.gep(ty, a0, f(f"mul i64 {ic}, %rsa"))
+            f.do(f"call void @{fn}_packa(ptr %Ap, ptr {a}, i64 %rsa, i64 %csa, i64 {mc}, "
+                 f"i64 {kc})")
+            with f.loop(0, "%N", nr) as jr:
+                cols = f.min(nr, f(f"sub i64 %N, {jr}"))
+                b = f.gep(ty, b0, f(f"mul i64 {jr}, %csb"))
+                f.do(f"call void @{fn}_packb(ptr %Bp, ptr {b}, i64 %rsb, i64 %csb, i64 {kc}, "
+                     f"i64 {cols})")
+                full = f(f"icmp eq i64 {cols}, {nr}")
+                with f.loop(0, mc, MR) as ir:
+                    rows = f.min(MR, f(f"sub i64 {mc}, {ir}"))
+                    ap = f.gep(ty, "%Ap", f(f"mul i64 {ir}, {kc}"))
+                    crow = f(f"mul i64 {f(f'add i64 {ic}, {ir}')}, %N")
+                    cp = f.gep(ty, "%C", f(f"add i64 {crow}, {jr}"))
+                    whole = f(f"and i1 {f(f'icmp eq i64 {rows}, {MR}')}, {full}")
+                    t = f.fresh("T")
+                    f.do(f"br i1 {whole}, label %{t}.whole, label %{t}.edge")
+                    f.label(f"{t}.whole")
+                    f.do(f"call void @{fn}_k{MR}(ptr {ap}, ptr %Bp, ptr {cp}, i64 %N, "
+                         f"i64 {kc}, i1 {first})")
+                    f.jump(f"{t}.done")
+                    f.label(f"{t}.edge")
+                    f.do(f"call void @{fn}_edge(ptr {ap}, ptr %Bp, ptr {cp}, i64 %N, "
+                         f"i64 {kc}, i1 {first}, i64 {rows}, i64 {cols}, ptr %Ct)")
+                    f.jump(f"{t}.done")
+                    f.label(f"{t}.done")
+    f.do("ret void")
+    return f.text()
+
+
+_ARGS = ("A", "rsa", "csa", "B", "rsb", "csb", "C", "M", "N", "K")
+_PTR = ("A", "B", "C")
+
+
+def _entry(ty: str, par: bool) -> str:
+    """``@<name>(A, rsa, csa, B, rsb, csb, C, M, N, K)``, and with ``par`` its ``_blocks`` /
+    ``_omp`` functions for ``threads.split_call``."""
+    fn = name(ty)
+    params = ", ".join(f"ptr noalias %{a}" if a in _PTR else f"i64 %{a}" for a in _ARGS)
+    f = _Fn(f"define void @{fn}({params}) {{")
+    mn = f("mul i64 %M, %N")
+    f.do(f"br i1 {f(f'icmp eq i64 {mn}, 0')}, label %exit, label %nonempty")
+    f.label("nonempty")
+    f.do(f"br i1 {f('icmp eq i64 %K, 0')}, label %zero, label %product")
+    f.label("zero")
+    with f.loop(0, mn) as i:
+        f.do(f"store {ty} 0.0, ptr {f.gep(ty, '%C', i)}")
+    f.jump("exit")
+    f.label("product")
+    call_rows = (f"call void @{fn}_rows(ptr %A, i64 %rsa, i64 %csa, ptr %B, i64 %rsb, "
+                 f"i64 %csb, ptr %C, i64 %N, i64 %K, i64 0, i64 %M)")
+    if par:
+        work = f(f"mul i64 {mn}, %K")
+        big = f(f"and i1 {f(f'icmp sge i64 {work}, {PAR_WORK}')}, "
+                f"{f(f'icmp sge i64 %M, {2 * MR}')}")
+        f.do(f"br i1 {big}, label %split, label %one")
+        f.label("one")
+        f.do(call_rows)
+        f.jump("exit")
+        f.label("split")
+        f.do(f"%ctx = alloca [{len(_ARGS)} x i64], align 8")
+        for k, a in enumerate(_ARGS):
+            f.do(f"store {'ptr' if a in _PTR else 'i64'} %{a}, ptr "
+                 f"{f.gep('i64', '%ctx', k)}")
+        f.lines += threads.split_call(fn).split("\n")
+        f.block = "par.joined"
+        f.jump("exit")
+    else:
+        f.do(call_rows)
+        f.jump("exit")
+    f.label("exit")
+    f.do("ret void")
+    text = f.text()
+    if not par:
+        return text
+    b = _Fn(f"define internal void @{fn}_blocks(ptr %ctx, i64 %tid, i64 %nt) {{")
+    for k, a in enumerate(_ARGS):
+        b.do(f"%{a} = load {'ptr' if a in _PTR else 'i64'}, ptr {b.gep('i64', '%ctx', k)}")
+    panels = b(f"udiv i64 {b(f'add i64 %M, {MR - 1}')}, {MR}")  # MR-row panels per thread
+    spare = b("sub i64 %nt, 1")
+    per = b(f"udiv i64 {b(f'add i64 {panels}, {spare}')}, %nt")
+    per = b(f"mul i64 {per}, {MR}")
+    r0 = b(f"mul i64 %tid, {per}")
+    r1 = b.min("%M", b(f"add i64 {r0}, {per}"))
+    with b.when(b(f"icmp slt i64 {r0}, {r1}")):
+        b.do(f"call void @{fn}_rows(ptr %A, i64 %rsa, i64 %csa, ptr %B, i64 %rsb, i64 %csb, "
+             f"ptr %C, i64 %N, i64 %K, i64 {r0}, i64 {r1})")
+    b.do("ret void")
+    omp = (f"define internal void @{fn}_omp(ptr %ctx) {{\nentry:\n"
+           "  %t = call i32 @omp_get_thread_num()\n  %n = call i32 @omp_get_num_threads()\n"
+           "  %t64 = sext i32 %t to i64\n  %n64 = sext i32 %n to i64\n"
+           f"  call void @{fn}_blocks(ptr %ctx, i64 %t64, i64 %n64)\n  ret void\n}}\n\n")
+    return text + b.text() + omp
+
+
+def functions(ty: str) -> str:
+    """The IR defining ``@<name(ty)>`` and its helpers for LLVM type ``ty``."""
+    vl = lanes(ty)
+    fma = (f"declare <{vl} x {ty}> @llvm.fma.v{vl}{_SUFFIX[ty]}(<{vl} x {ty}>, <{vl} x {ty}>, "
+           f"<{vl} x {ty}>)\n") if has_fma() else ""
+    sizes = sorted({r for r in EDGE_ROWS if r < MR} | {MR})
+    return (fma + "".join(_micro(ty, r) for r in sizes) + _copy(ty) + _edge(ty) + _pack_a(ty)
+            + _pack_b(ty) + _rows(ty) + _entry(ty, uses_threads()))
+
+
+def uses_threads() -> bool:
+    return threads.find() is not None
+
+
+def library() -> jit.Compiled:
+    """The kernels of both dtypes in one module, compiled once per process (or loaded from
+    the disk cache), their entry symbols registered for other modules to call.
+
+    Note (one copy, called by name): a graph's module only declares ``@<name(ty)>``, so its
+    compile time does not grow with the kernel's size, and the code it calls is the very
+    code ``tune.py`` times. The name says whether the kernel splits across threads, so a
+    graph's IR — the cache key — says which kernel it runs."""
+    par = uses_threads()
+    with _lock:
+        if par not in _libraries:
+            text = ((threads.DECLARATIONS if par else "")
+                    + functions("float") + functions("double"))
+            compiled = cache.load_or_compile(text)
+            for ty in ("float", "double"):
+                llvm.add_symbol(name(ty), compiled.address(name(ty)))
+            _libraries[par] = compiled
+        return _libraries[par]
+
+
+def declaration(ty: str) -> str:
+    """The declaration of ``@<name(ty)>`` for a module calling it (see :func:`library`)."""
+    return f"declare void @{name(ty)}(ptr, i64, i64, ptr, i64, i64, ptr, i64, i64, i64)\n"
+
+
+def call(ty: str, a: str, rsa, csa, b: str, rsb, csb, c: str, m, n, k) -> str:
+    """The IR line calling the kernel."""
+    return (f"  call void @{name(ty)}(ptr {a}, i64 {rsa}, i64 {csa}, ptr {b}, i64 {rsb}, "
+            f"i64 {csb}, ptr {c}, i64 {m}, i64 {n}, i64 {k})")
