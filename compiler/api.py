@@ -87,8 +87,10 @@ def disable():
 
 def clear_cache() -> int:
     """Remove the LLVM backend's compiled modules from the disk cache (see
-    compiler/backends/llvm/cache.py); returns how many entries were removed."""
-    from .backends.llvm import cache
+    compiler/backends/llvm/cache.py) and its measured matmul choices (``tune.py``: the next
+    matmul of each shape is measured again); returns how many modules were removed."""
+    from .backends.llvm import cache, tune
+    tune.forget(disk=True)
     return cache.clear()
 
 
