@@ -12,6 +12,7 @@ be loaded into a fresh engine in milliseconds, which is what the disk cache will
 from __future__ import annotations
 
 import ctypes
+import functools
 import itertools
 import threading
 from dataclasses import dataclass
@@ -34,8 +35,10 @@ def init() -> None:
             _ready = True
 
 
+@functools.cache
 def host_cpu() -> tuple[str, str]:
-    """(cpu name, feature string) of this machine, as LLVM sees them."""
+    """(cpu name, feature string) of this machine, as LLVM sees them (asked once: LLVM takes
+    about a third of a millisecond to answer)."""
     init()
     return llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
 

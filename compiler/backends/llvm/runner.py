@@ -55,10 +55,8 @@ def compile_graph(g, inplace: dict | None = None, groups: list | None = None):
     """A plan for :func:`run`: one native driver call when every fusion group lowers
     (``driver``), else :func:`compile_hybrid`'s kernels-and-numpy plan."""
     groups = fuse(g) if groups is None else groups
-    if all(grp.kind in ("scalar", "creation", "movement", "index") or _lowerable(g, grp)
-           for grp in groups) and any(grp.kind not in ("scalar", "creation", "movement")
-                                      for grp in groups):
-        try:
+    if any(grp.kind not in ("scalar", "creation", "movement") for grp in groups):
+        try:  # (a group that does not lower raises while the driver builds its module)
             return driver.build(g, inplace, lambda: compile_hybrid(g, inplace, groups),
                                 groups)
         except NotImplementedError:  # (NotDrivable included): the hybrid plan runs it
