@@ -775,10 +775,13 @@ class Tracer(DispatchMode):
         self.alias_of.clear()
         self.grad_state.clear()
         alive = [r for r in self.created if r() is not None and id(r()) not in allowed]
-        if alive:
-            import gc
-            gc.collect()
+        if alive:  # cycles (autograd nodes and their tensors): the young generations first,
+            import gc  # which is usually enough and costs far less than a full collection
+            gc.collect(1)
             alive = [r for r in alive if r() is not None]
+            if alive:
+                gc.collect()
+                alive = [r for r in alive if r() is not None]
         if alive:
             t = alive[0]()
             if os.environ.get("DYNGRAD_DEBUG_ESCAPES"):
