@@ -1,10 +1,12 @@
 """The LLVM backend's driver: a whole graph as one native call.
 
-When every fusion group of a graph lowers (elementwise, reduce, matmul and Python-number
-'scalar' groups; see ``codegen``), :func:`build` makes one LLVM module holding the kernels and
-a driver function ``i32 @drv(ptr %table)`` that runs them in the groups' order — each
-kernel's body is inlined into it — checks every value guard as soon as its group has run,
-and returns 0, or 1 + the index of the first guard that failed. A compiled call is then one
+When every fusion group of a graph lowers (elementwise, reduce, matmul, index, movement and
+Python-number 'scalar' groups; see ``codegen``), :func:`build` makes one LLVM module holding
+the kernels and a driver function ``i32 @drv(ptr %table)`` that runs them in the groups'
+order — a kernel's body is inlined into it when the graph has at most ``INLINE_MAX`` groups
+and no other group has the same code (such groups share one function) — checks every value
+guard as soon as its group has run, and returns 0, 1 + the index of the first guard that
+failed, or -1 when an index was out of range. A compiled call is then one
 ctypes call (which releases the GIL) plus the input guards.
 
 Memory: intermediates live in one arena allocated once per plan (offsets from
@@ -22,9 +24,10 @@ user's tensors untouched; the runtime marks them done (no copy at commit).
 Calls of one plan from two threads at once: the second takes the runner's plan of the graph
 (made on first need), never the shared arena.
 
-Note (what still falls back to the runner): graphs with index, movement, creation or random
-groups, float64 transcendentals, pow by other exponents, guards on non-scalar values, and
-graph outputs that are computed Python numbers.
+Note (what still falls back to the runner): graphs with random groups, float64
+transcendentals, pow by other exponents on many elements, guards on non-scalar values, and
+graph outputs that are computed Python numbers. Creation groups become constants made once,
+and movement groups that only reshape become aliases of their source.
 """
 
 from __future__ import annotations
