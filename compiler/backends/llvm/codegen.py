@@ -18,10 +18,10 @@ with numpy broadcasting gets, per (squeezed) iteration dim, a stride (0 when bro
 flat index is ``sum_k ((i / inner_k) % size_k) * stride_k`` over coalesced dims — just ``i``
 for an input of the full shape, ``0`` for a scalar / 0-d / all-broadcast one.
 
-Supported (values float32 or float64, bool stored as one byte 0/1): ``add sub mul div neg
-abs sqrt maximum minimum sign floor`` (NaN-propagating like numpy), ``pow`` by a literal 2,
-0.5, -1, 1 or 0 (numpy computes these exactly as x·x, √x, 1/x, x, 1), in float32 also ``exp
-log tanh erf sin cos`` (the vecmath functions, documented ulp bounds; float64 transcendentals
+Supported (values float32 or float64, bool stored as one byte 0/1): ``add sub mul div neg abs
+sqrt maximum minimum sign floor`` (NaN-propagating like numpy), ``pow`` by a literal 2, 0.5,
+-1, 1 or 0 (numpy computes these exactly as x·x, √x, 1/x, x, 1), in float32 also ``exp log tanh
+sigmoid erf sin cos`` (the vecmath functions, documented ulp bounds; float64 transcendentals
 are not lowered), ``eq ne lt le gt ge`` (float or bool operands; ``ne`` is true for NaN as in
 numpy), ``where``, ``cast`` between float32 and float64 (rounded to nearest, as numpy's
 ``astype``), bool -> float and to the same dtype, and as copies ``reshape``/``broadcast`` of
