@@ -30,6 +30,7 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) examples/train_mlp.py
+	$(PY) -m benchmarks --quick
 
 lint: $(STAMP)
 	$(PY) -m ruff check dyngrad compiler tests examples benchmarks
@@ -44,7 +45,7 @@ test: lint $(ORACLE)
 
 bench: $(STAMP)
 	$(PY) benchmarks/eager_overhead.py
-	$(PY) benchmarks/workloads.py
+	$(PY) -m benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info

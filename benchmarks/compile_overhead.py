@@ -32,10 +32,12 @@ from compiler.guards import flatten  # noqa: E402
 from dyngrad import nn, optim  # noqa: E402
 
 
-def w1(seed: int = 0):
+def w1(seed: int = 0, width: int = 32):
+    """The W1 step: 16→width→width→1 tanh MLP, MSE, SGD (``step.model`` and ``step.opt``
+    are its model and optimizer; the suite's size sweep varies ``width``)."""
     dg.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(),
-                          nn.Linear(32, 1))
+    model = nn.Sequential(nn.Linear(16, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh(),
+                          nn.Linear(width, 1))
     opt = optim.SGD(model.parameters(), lr=0.01)
 
     def step(x, y):
@@ -44,6 +46,7 @@ def w1(seed: int = 0):
         loss.backward()
         opt.step()
         return loss
+    step.model, step.opt = model, opt
     return step
 
 

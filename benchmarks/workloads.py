@@ -1,66 +1,118 @@
-"""The compiler's speed goals, measured: W1–W4 on every backend, beside their bounds.
-
-    python benchmarks/workloads.py [--quick] [--json PATH] [--plot PATH]
+"""The suite's workloads, defined once in dyngrad; numpy, PyTorch and JAX mirror them.
 
 - **W1** 16→32→32→1 tanh MLP, batch 32, MSE + SGD (a whole training step).
-- **W2** 784→256→256→10 ReLU MLP, batch 128, cross-entropy + Adam. Bound: numpy's matmuls of
-  the step's shapes (three forward, five backward) plus the optimizer's bytes over copy
-  bandwidth (reading parameters, gradients and two moments, writing three).
-- **W3** ``sum(tanh(1.5x+0.5)·sigmoid(x) − exp(−x²))`` on 4M float32 with ``backward()``
-  inside the compiled function. Bound: numpy writing a fresh 4M array from the input.
+- **W2** 784→256→256→10 ReLU MLP, batch 128, cross-entropy + Adam.
+- **W3** ``sum(tanh(1.5x+0.5)·sigmoid(x) − exp(−x²))`` on 4M float32, ``backward()`` inside.
 - **W4** the d2l control-flow function (a data-dependent ``while`` and ``if``) forward and
-  backward, unchanged user code, on a fixed set of inputs.
+  backward, unchanged user code, on four inputs with different trip counts, taken in turn.
+- **W5** a GRU language-model step (embedding → GRU → linear → cross-entropy, Adam) over
+  batches whose sequence length cycles through a few buckets; the compiler unrolls the
+  Python loop over time steps, one variant per length.
+- **W6** (:func:`jacobian_problem`) ``jacfwd`` vs ``jacrev`` of ``tanh(W x)``, W m×n.
+- **sweep** (:func:`sweep_workload`) W1's step with the hidden width varied.
 
-Modes, one process: dyngrad eager, ``backend="interp"``, ``backend="llvm"`` (the default),
-a hand-written numpy step where one exists, and PyTorch eager when torch is installed. Each
-is the median over samples (IQR beside it), the modes alternating sample by sample so a
-change of machine load hits all alike; each compiled mode is checked against eager first.
-Reported too: the first call (trace + compile) of each compiled mode — cold, and from the
-disk cache in a fresh process for W2 — and each workload's ratio to its bound. Speed goals
-live here, never in unit tests; timings assume an idle machine (the load average is
-printed).
+Each builder returns an :class:`Instance` made from a fixed seed, so every call builds the
+same weights and data: the modes start from one state and are checked against each other.
+Bounds are in µs, measured on this machine by :mod:`benchmarks.measure`.
+
+``python benchmarks/workloads.py [--quick] [--json PATH] [--plot PATH]`` — the entry point
+of the W1–W4 script this module used to be — runs the suite on W1–W4 (``python -m
+benchmarks --only W1,W2,W3,W4``).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")  # before numpy loads BLAS (the LLVM backend's own
-    #                                   OpenMP threads stay: OMP_NUM_THREADS is not set)
+if __name__ == "__main__" and not __package__:  # run as a script: hand over to the suite
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.__main__ import main
+    sys.exit(main(["--only", "W1,W2,W3,W4", *sys.argv[1:]]))
+
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from compile_overhead import w1 as w1_step  # noqa: E402
-
-import compiler  # noqa: E402
 import dyngrad as dg  # noqa: E402
 import dyngrad.nn.functional as F  # noqa: E402
 from dyngrad import nn, optim  # noqa: E402
 
-MODES = ("eager", "interp", "llvm")
+from . import measure  # noqa: E402
+from .compile_overhead import w1 as w1_step  # noqa: E402
 
 
-# ------------------------------------------------------------------ workloads
-def w1(seed: int = 0):
-    step = w1_step(seed)  # (the step compile_overhead.py measures)
+@dataclass
+class Instance:
+    """One freshly built workload: ``step(*calls[i])`` for i = 0, 1, 2, ... (cycling)."""
+
+    step: Callable
+    calls: list[tuple]
+    model: nn.Module | None = None  # the mirrors copy its parameters (PyTorch's names)
+    opt: optim.Optimizer | None = None  # the mirrors copy its kind and learning rate
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A named workload: its dyngrad builder, bound and numpy step (if any)."""
+
+    name: str
+    title: str
+    build: Callable[[bool], Instance]  # build(quick) -> Instance
+    bound: Callable[[bool], float] | None = None  # bound(quick) -> µs per step, or None
+    bound_how: str = ""
+    numpy: Callable[[Instance], tuple] | None = None  # Instance -> (step, calls)
+    kind: str = ""  # which PyTorch mirror (benchmarks/torch_mirror.py MIRRORS)
+
+
+def _f32(r, shape) -> np.ndarray:
+    return r.standard_normal(shape).astype(np.float32)
+
+
+# ------------------------------------------------------------------ W1 and the sweep
+def mlp_instance(width: int = 32, seed: int = 0) -> Instance:
+    """W1's step (benchmarks/compile_overhead.py) at hidden width ``width``, batch 32."""
+    step = w1_step(seed, width)
     r = np.random.default_rng(seed)
-    args = (dg.tensor(r.standard_normal((32, 16)).astype(np.float32)),
-            dg.tensor(r.standard_normal((32, 1)).astype(np.float32)))
-    return step, args
+    x, y = dg.tensor(_f32(r, (32, 16))), dg.tensor(_f32(r, (32, 1)))
+    return Instance(step, [(x, y)], step.model, step.opt)
 
 
-def w2(seed: int = 0):
+def numpy_mlp(inst: Instance) -> tuple:
+    """The MLP step written by hand in numpy: forward, manual backward, in-place SGD."""
+    ws = [p.detach().numpy().copy() for p in inst.model.parameters()]
+    x, y = (a.numpy() for a in inst.calls[0])
+    lr = np.float32(inst.opt.param_groups[0]["lr"])
+
+    def step(x, y):
+        w0, b0, w1, b1, w2, b2 = ws
+        h0 = np.tanh(x @ w0.T + b0)
+        h1 = np.tanh(h0 @ w1.T + b1)
+        d = h1 @ w2.T + b2 - y
+        loss = np.float32(np.mean(d * d))
+        g = 2.0 * d / d.size
+        gw2, gb2 = g.T @ h1, g.sum(0)
+        g1 = (g @ w2) * (1 - h1 * h1)
+        gw1, gb1 = g1.T @ h0, g1.sum(0)
+        g0 = (g1 @ w1) * (1 - h0 * h0)
+        gw0, gb0 = g0.T @ x, g0.sum(0)
+        for w, gr in zip(ws, (gw0, gb0, gw1, gb1, gw2, gb2)):
+            w -= lr * gr
+        return loss
+    return step, [(x, y)]
+
+
+def mlp_bound(width: int) -> float:
+    """µs: the step's matmuls in numpy plus SGD's parameter traffic (read p, g; write p)."""
+    n = 16 * width + width + width * width + width + width + 1
+    return measure.step_bound_us([(32, 16, width, False), (32, width, width, True),
+                                  (32, width, 1, True)], n_params=n, passes=3)
+
+
+# ------------------------------------------------------------------ W2, W3, W4
+def w2(quick: bool = False, seed: int = 0) -> Instance:
+    """W2: 784→256→256→10 ReLU MLP, cross-entropy + Adam, batch 128."""
     dg.manual_seed(seed)
     model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
                           nn.Linear(256, 10))
@@ -73,269 +125,166 @@ def w2(seed: int = 0):
         opt.step()
         return loss
     r = np.random.default_rng(seed)
-    args = (dg.tensor(r.standard_normal((128, 784)).astype(np.float32)),
-            dg.tensor(r.integers(0, 10, 128)))
-    return step, args
+    return Instance(step, [(dg.tensor(_f32(r, (128, 784))), dg.tensor(r.integers(0, 10, 128)))],
+                    model, opt)
 
 
-def w3(seed: int = 0, n: int = 4 * 1024 * 1024):
+def w2_bound(quick: bool = False) -> float:
+    """µs: numpy's matmuls of the step's shapes (three forward, five backward) plus Adam's
+    bytes over copy bandwidth (reading parameters, gradients and two moments, writing
+    three)."""
+    n = 784 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10
+    return measure.step_bound_us([(128, 784, 256, False), (128, 256, 256, True),
+                                  (128, 256, 10, True)], n_params=n, passes=7)
+
+
+W3_SIZE = 4 * 1024 * 1024
+
+
+def w3(quick: bool = False, seed: int = 0) -> Instance:
+    """W3: the elementwise sum on 4M float32 with ``backward()`` inside."""
     r = np.random.default_rng(seed)
-    x = dg.tensor(r.standard_normal(n).astype(np.float32), requires_grad=True)
+    x = dg.tensor(_f32(r, W3_SIZE), requires_grad=True)
 
     def step(x):
         x.grad = None
         loss = ((x * 1.5 + 0.5).tanh() * x.sigmoid() - (-x * x).exp()).sum()
         loss.backward()
         return loss
-    return step, (x,)
+    return Instance(step, [(x,)])
 
 
-def w4(seed: int = 0):
-    def f(a):  # d2l.ai §2.5.4, as written there
-        b = a * 2
-        while b.norm() < 1000:
-            b = b * 2
-        if b.sum() > 0:
-            c = b
-        else:
-            c = 100 * b
-        return c
+def w3_bound(quick: bool = False) -> float:
+    """µs: numpy writing a fresh 4M float32 array from the input (one read, one write —
+    the least a fused forward + backward must move)."""
+    a = np.ones(W3_SIZE, np.float32)
+    return measure.median_us(lambda: np.multiply(a, 1.0), 10)
 
+
+def d2l_f(a):
+    """d2l.ai §2.5.4, as written there."""
+    b = a * 2
+    while b.norm() < 1000:
+        b = b * 2
+    if b.sum() > 0:
+        c = b
+    else:
+        c = 100 * b
+    return c
+
+
+W4_INPUTS = (0.7, -1.3, 2.5, 0.02)
+
+
+def w4(quick: bool = False, seed: int = 0) -> Instance:
+    """W4: :func:`d2l_f` forward and backward on four inputs, taken in turn."""
     def step(a):
         a.grad = None
-        d = f(a)
+        d = d2l_f(a)
         d.backward()
         return d
-    inputs = [(dg.tensor(np.float32(v), requires_grad=True),) for v in (0.7, -1.3, 2.5, 0.02)]
-    return step, inputs  # the fixed set of inputs, taken in turn (see ``calls``)
+    return Instance(step, [(dg.tensor(np.float32(v), requires_grad=True),) for v in W4_INPUTS])
 
 
-WORKLOADS = {"W1": w1, "W2": w2, "W3": w3, "W4": w4}
+# ------------------------------------------------------------------ W5
+VOCAB, EMBED, HIDDEN, BATCH = 64, 32, 64, 16
 
 
-# ------------------------------------------------------------------ bounds and numpy steps
-def numpy_w1():
-    """The W1 step written by hand in numpy (forward, manual backward, in-place SGD)."""
-    dg.manual_seed(0)
-    ref = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(),
-                        nn.Linear(32, 1))
-    ws = [p.detach().numpy().copy() for p in ref.parameters()]
-    _, (x, y) = w1()
-    x, y = x.numpy(), y.numpy()
+def w5_lengths(quick: bool) -> tuple:
+    """W5's sequence lengths (the buckets), taken in turn."""
+    return (3, 6) if quick else (8, 12, 16)
 
-    def step():
-        w0, b0, w1_, b1, w2_, b2 = ws
-        h0 = np.tanh(x @ w0.T + b0)
-        h1 = np.tanh(h0 @ w1_.T + b1)
-        out = h1 @ w2_.T + b2
-        d = out - y
-        loss = float(np.mean(d * d))
-        g = 2.0 * d / d.size
-        gw2, gb2 = g.T @ h1, g.sum(0)
-        g1 = (g @ w2_) * (1 - h1 * h1)
-        gw1, gb1 = g1.T @ h0, g1.sum(0)
-        g0 = (g1 @ w1_) * (1 - h0 * h0)
-        gw0, gb0 = g0.T @ x, g0.sum(0)
-        for w, gr in zip(ws, (gw0, gb0, gw1, gb1, gw2, gb2)):
-            w -= 0.01 * gr
+
+class GRULanguageModel(nn.Module):
+    """Embedding → GRU → Linear over the vocabulary (PyTorch's names and layout)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, EMBED)
+        self.rnn = nn.GRU(EMBED, HIDDEN)
+        self.out = nn.Linear(HIDDEN, VOCAB)
+
+    def forward(self, tokens):
+        h, _ = self.rnn(self.emb(tokens))
+        return self.out(h)
+
+
+def w5(quick: bool = False, seed: int = 0) -> Instance:
+    """W5: one Adam step of :class:`GRULanguageModel` per batch, lengths cycling."""
+    dg.manual_seed(seed)
+    model = GRULanguageModel()
+    opt = optim.Adam(model.parameters(), lr=1e-3)
+
+    def step(tokens, targets):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(tokens).reshape(-1, VOCAB), targets.reshape(-1))
+        loss.backward()
+        opt.step()
         return loss
-    return step
+    r = np.random.default_rng(seed)
+    calls = [(dg.tensor(r.integers(0, VOCAB, (n, BATCH))),
+              dg.tensor(r.integers(0, VOCAB, (n, BATCH)))) for n in w5_lengths(quick)]
+    return Instance(step, calls, model, opt)
 
 
-def bound_w2() -> float:
-    """µs: the step's matmuls in numpy plus Adam's bytes over copy bandwidth."""
-    r = np.random.default_rng(0)
-    f = np.float32
-    x, w0, w1, w2 = (r.standard_normal(s).astype(f) for s in
-                     ((128, 784), (256, 784), (256, 256), (10, 256)))
-    h0, h1, g2 = (r.standard_normal(s).astype(f) for s in ((128, 256), (128, 256), (128, 10)))
-
-    def mm():
-        x @ w0.T, h0 @ w1.T, h1 @ w2.T  # forward
-        g2 @ w2, g2.T @ h1, h1 @ w1, h1.T @ h0, h0.T @ x  # backward (no dx)
-    t_mm = _median(mm, 20)
-    n = 784 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10
-    big = np.ones(8 * 1024 * 1024, f)
-    t_copy = _median(lambda: big.copy(), 10)
-    gbps = big.nbytes * 2 / (t_copy * 1e-6)  # read + write
-    return t_mm + (7 * n * 4) / gbps * 1e6
+def w5_bound(quick: bool = False) -> float:
+    """µs, averaged over the lengths: the step's matmuls in numpy (per time step the input
+    and hidden projections; the output layer over all steps; backward) plus Adam's bytes."""
+    g = 3 * HIDDEN
+    n = VOCAB * EMBED + 2 * g * (EMBED + HIDDEN + 1) + HIDDEN * VOCAB + VOCAB
+    lengths = w5_lengths(quick)
+    return sum(measure.step_bound_us(
+        [(BATCH, EMBED, g, True), (BATCH, HIDDEN, g, True)] * n_steps
+        + [(n_steps * BATCH, HIDDEN, VOCAB, True)], n_params=n, passes=7)
+        for n_steps in lengths) / len(lengths)
 
 
-def bound_w3() -> float:
-    """µs: numpy writing a fresh 4M float32 array from the input."""
-    a = np.ones(4 * 1024 * 1024, np.float32)
-    return _median(lambda: np.multiply(a, 1.0), 10)
+MATMUL_BOUND = "numpy matmuls of the step's shapes + optimizer bytes / copy bandwidth"
+
+WORKLOADS = {
+    "W1": Workload("W1", "16→32→32→1 tanh MLP, batch 32, MSE + SGD",
+                   lambda quick: mlp_instance(32), lambda quick: mlp_bound(32), MATMUL_BOUND,
+                   numpy=numpy_mlp, kind="mlp"),
+    "W2": Workload("W2", "784→256→256→10 ReLU MLP, batch 128, cross-entropy + Adam",
+                   w2, w2_bound, MATMUL_BOUND, kind="mlp"),
+    "W3": Workload("W3", "sum(tanh(1.5x+0.5)·sigmoid(x) − exp(−x²)), 4M float32, fwd + bwd",
+                   w3, w3_bound, "numpy writing a fresh 4M array from the input",
+                   kind="elementwise"),
+    "W4": Workload("W4", "d2l control flow (data-dependent while and if), fwd + bwd, 4 inputs",
+                   w4, None, "none (scalar work)", kind="control_flow"),
+    "W5": Workload("W5", "GRU language model, vocabulary 64, 32→64, batch 16, Adam, "
+                   "sequence lengths cycling", w5, w5_bound, MATMUL_BOUND,
+                   kind="language_model"),
+}
 
 
-def _median(fn, n: int) -> float:
-    fn()
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts)) * 1e6
+def sweep_workload(width: int) -> Workload:
+    """W1's step at hidden width ``width`` (16→width→width→1)."""
+    return Workload(f"MLP {width}", f"16→{width}→{width}→1 tanh MLP, batch 32, MSE + SGD",
+                    lambda quick: mlp_instance(width), lambda quick: mlp_bound(width),
+                    MATMUL_BOUND, numpy=numpy_mlp, kind="mlp")
 
 
-# ------------------------------------------------------------------ measuring
-def calls(args):
-    """The argument tuples of successive calls: one tuple, or (W4) a list taken in turn."""
-    if isinstance(args, list):
-        while True:
-            yield from args
-    while True:
-        yield args
+# ------------------------------------------------------------------ W6
+def jacobian_problem(n: int, m: int, seed: int = 0) -> tuple:
+    """``(f, x, w, J)``: f(x) = tanh(W x) with W m×n (float32; ``w`` its array), a point x
+    and the Jacobian at x, diag(1 − tanh²(W x)) W, computed in float64 as the reference."""
+    r = np.random.default_rng(seed)
+    w = (_f32(r, (m, n)) / np.sqrt(n)).astype(np.float32)
+    x = _f32(r, n)
+    wt = dg.tensor(w)
+
+    def f(x):
+        return (wt @ x).tanh()
+    t = np.tanh(w.astype(np.float64) @ x.astype(np.float64))
+    return f, dg.tensor(x), w, (1 - t * t)[:, None] * w.astype(np.float64)
 
 
-def make(name: str, mode: str):
-    step, args = WORKLOADS[name]()
-    if mode == "eager":
-        return step, args, None
-    t0 = time.perf_counter()
-    cf = compiler.compile(step, backend=mode)
-    it = calls(args)
-    for _ in range(3 if not isinstance(args, list) else 2 * len(args)):  # trace, compile
-        cf(*next(it))
-    return cf, args, (time.perf_counter() - t0) * 1e3
+def jacobian_sizes(quick: bool) -> tuple:
+    """W6's grid: every (n, m) with n and m from these."""
+    return (4, 64) if quick else (4, 16, 64)
 
 
-def agree(name: str, mode: str) -> float:
-    """Max relative difference of the compiled mode's losses from eager's over 3 steps."""
-    e, ea = WORKLOADS[name]()
-    c, ca = WORKLOADS[name]()
-    cf = compiler.compile(c, backend=mode)
-    worst = 0.0
-    ie, ic = calls(ea), calls(ca)
-    for _ in range(8):
-        a = np.asarray(e(*next(ie)).detach().numpy(), np.float64)
-        b = np.asarray(cf(*next(ic)).detach().numpy(), np.float64)
-        worst = max(worst, float(np.max(np.abs(a - b) / np.maximum(np.abs(a), 1e-30))))
-    return worst
-
-
-def measure(name: str, samples: int, inner: int) -> dict:
-    fns = {}
-    first = {}
-    for mode in MODES:
-        fn, args, t_first = make(name, mode)
-        fns[mode] = (fn, args)
-        first[mode] = t_first
-    if name == "W1":
-        fns["numpy"] = (numpy_w1(), ())
-    times = {m: [] for m in fns}
-    its = {m: calls(args) for m, (_, args) in fns.items()}
-    for _ in range(samples):  # alternate the modes sample by sample
-        for m, (fn, _) in fns.items():
-            batch = [next(its[m]) for _ in range(inner)]
-            t = time.perf_counter()
-            for a in batch:
-                fn(*a)
-            times[m].append((time.perf_counter() - t) / inner * 1e6)
-    out = {}
-    for m, ts in times.items():
-        q1, med, q3 = np.percentile(ts, [25, 50, 75])
-        out[m] = {"us": float(med), "iqr": float(q3 - q1), "first_ms": first.get(m)}
-    return out
-
-
-def cache_load_ms() -> float:
-    """W2's first three calls in a fresh process whose disk cache holds the module."""
-    code = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); "
-            f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\n"
-            "import workloads as W, compiler\n"
-            "step, args = W.w2()\n"
-            "t = time.perf_counter(); cf = compiler.compile(step)\n"
-            "[cf(*args) for _ in range(3)]\n"
-            "print((time.perf_counter() - t) * 1e3)\n")
-    with tempfile.TemporaryDirectory() as d:
-        env = dict(os.environ, DYNGRAD_CACHE_DIR=d)
-        runs = [float(subprocess.run([sys.executable, "-c", code], env=env, check=True,
-                                     capture_output=True, text=True).stdout.split()[-1])
-                for _ in range(2)]
-    return runs[1]
-
-
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
-    ap.add_argument("--json", type=Path)
-    ap.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "workloads.png")
-    args = ap.parse_args(argv)
-    samples = 5 if args.quick else 15
-    inner = {"W1": 200, "W2": 5, "W3": 2, "W4": 100}
-    if args.quick:
-        inner = {k: max(1, v // 5) for k, v in inner.items()}
-    print(f"load average {os.getloadavg()[0]:.2f}; BLAS threads "
-          f"{os.environ.get('OPENBLAS_NUM_THREADS')}", flush=True)
-    results = {}
-    for name in WORKLOADS:
-        print(f"{name}: checking the compiled modes against eager...", flush=True)
-        diffs = {m: agree(name, m) for m in ("interp", "llvm")}
-        print(f"{name}: timing {', '.join(MODES)}{' and numpy' if name == 'W1' else ''}...",
-              flush=True)
-        r = measure(name, samples, inner[name])
-        r["agreement"] = diffs
-        results[name] = r
-    results["bounds_us"] = {"W2": bound_w2(), "W3": bound_w3()}
-    print("W2 from the disk cache in a new process...", flush=True)
-    results["W2"]["llvm"]["cache_first_ms"] = cache_load_ms()
-    report(results)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
-    plot(results, args.plot)
-    return results
-
-
-def report(results: dict) -> None:
-    print("\nµs per step, median (IQR); speed-up over dyngrad eager; first 3 calls (trace + "
-          "compile)")
-    print(f"{'':4} {'mode':7} {'µs/step':>10} {'IQR':>8} {'× eager':>8} {'first ms':>9}")
-    for name in WORKLOADS:
-        r = results[name]
-        e = r["eager"]["us"]
-        for m in [*MODES, "numpy"]:
-            if m not in r:
-                continue
-            x = r[m]
-            first = f"{x['first_ms']:9.0f}" if x.get("first_ms") is not None else " " * 9
-            print(f"{name:4} {m:7} {x['us']:10.1f} {x['iqr']:8.1f} {e / x['us']:8.2f} {first}")
-        print(f"{'':4} compiled vs eager, max relative difference: "
-              + ", ".join(f"{m} {d:.1e}" for m, d in r["agreement"].items()))
-    b = results["bounds_us"]
-    print(f"\nW2 bound {b['W2']:.0f} µs: llvm at {results['W2']['llvm']['us'] / b['W2']:.2f}× "
-          f"(aim ≤ 1.15×); first calls from the disk cache "
-          f"{results['W2']['llvm']['cache_first_ms']:.0f} ms (aim < 50 ms)")
-    print(f"W3 bound {b['W3']:.0f} µs: llvm at {results['W3']['llvm']['us'] / b['W3']:.2f}× "
-          f"(goal ≤ 2.5×, aim 1.5×)")
-    w4 = results["W4"]
-    print(f"W4 llvm speed-up over eager {w4['eager']['us'] / w4['llvm']['us']:.1f}× "
-          f"(goal ≥ 5×)")
-
-
-def plot(results: dict, path: Path) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("(matplotlib not installed: no plot)")
-        return
-    names = list(WORKLOADS)
-    fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.2
-    for k, m in enumerate(MODES):
-        ax.bar(np.arange(len(names)) + k * width,
-               [results[n]["eager"]["us"] / results[n][m]["us"] for n in names], width,
-               label=m)
-    ax.set_xticks(np.arange(len(names)) + width, names)
-    ax.set_ylabel("speed-up over dyngrad eager")
-    ax.set_yscale("log")
-    ax.legend()
-    ax.set_title("dyngrad: compiled vs eager (this machine)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"plot: {path}")
-
-
-if __name__ == "__main__":
-    main()
+def sweep_widths(quick: bool) -> tuple:
+    """The size sweep's hidden widths."""
+    return (16, 256, 1024) if quick else (16, 64, 256, 1024, 2048)

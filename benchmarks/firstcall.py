@@ -1,0 +1,59 @@
+"""First calls of a compiled workload, in a fresh process.
+
+    python -m benchmarks.firstcall W2 --modes interp,llvm [--quick]
+
+Builds the workload, compiles its step and times the warm-up — the first three passes over
+its inputs, which trace and compile every variant and run each once — from ``compile()``
+on, in each mode. Prints one JSON line: per mode the milliseconds, the variants made and the
+LLVM disk cache's counters. The suite runs it twice with one empty ``DYNGRAD_CACHE_DIR``:
+the first process is cold (trace, passes and LLVM compile), the second loads the compiled
+modules from the disk cache (trace and passes still run: variants are not cached on disk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+
+
+def warm_calls(n_inputs: int) -> int:
+    """Calls until every variant of a step has been traced and run once: three passes over
+    its inputs (the first call traces with every ``.grad`` None, the second traces again
+    with them present, the third runs compiled)."""
+    return 3 * n_inputs
+
+
+def first_calls(name: str, mode: str, quick: bool) -> dict:
+    """The warm-up of workload ``name`` in ``mode``: ms, variants, cache counters."""
+    import compiler
+    from compiler.backends.llvm import cache
+
+    from .measure import Runner
+    from .workloads import WORKLOADS
+
+    inst = WORKLOADS[name].build(quick)
+    before = dict(cache.stats)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (fallbacks are counted by the suite)
+        t = time.perf_counter()
+        cf = compiler.compile(inst.step, backend=mode)
+        Runner(cf, inst.calls).run(warm_calls(len(inst.calls)))
+        ms = (time.perf_counter() - t) * 1e3
+    return {"ms": ms, "variants": len(cf.variants),
+            **{f"cache_{k}": cache.stats[k] - before[k] for k in ("compiled", "disk_hits")}}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("workload")
+    ap.add_argument("--modes", default="llvm")
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    print(json.dumps({m: first_calls(args.workload, m, args.quick)
+                      for m in args.modes.split(",")}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""The workloads written in JAX, each step one ``jax.jit``, from the dyngrad instance's
+weights and data.
+
+Optional: :func:`available` is False when jax does not import, and the suite leaves the
+mode out. XLA runs on one thread (``XLA_FLAGS``, unless already set), like numpy's BLAS and
+PyTorch in the suite. A step keeps its parameters and optimizer state between calls and
+waits for its result (``block_until_ready``: JAX dispatches asynchronously). W4's Python
+``while``/``if`` on values cannot be traced by ``jit``: it is rewritten with
+``lax.while_loop``/``lax.cond``, and differentiated in forward mode (reverse mode does not
+go through ``while_loop``); the step returns the function's value, like the others.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .workloads import VOCAB, Instance
+
+_jax: list = []
+
+
+def jax():
+    """The jax module, imported on first use (None when it is not installed)."""
+    if not _jax:
+        os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false "
+                              "intra_op_parallelism_threads=1")
+        try:
+            import jax as j
+            _jax.append(j)
+        except ImportError:
+            _jax.append(None)
+    return _jax[0]
+
+
+def available() -> bool:
+    """Whether jax imports."""
+    return jax() is not None
+
+
+def version() -> str | None:
+    j = jax()
+    return None if j is None else j.__version__
+
+
+def _array(x):
+    return jax().numpy.asarray(x.detach().numpy())
+
+
+def _params(model) -> dict:
+    return {name: _array(p) for name, p in model.named_parameters()}
+
+
+def _optimizer(opt):
+    """(init, update) of the dyngrad optimizer's kind (SGD or Adam, PyTorch's defaults)."""
+    j = jax()
+    jnp = j.numpy
+    lr = opt.param_groups[0]["lr"]
+    kind = type(opt).__name__
+    if kind == "SGD":
+        return (lambda p: ()), (lambda p, g, s: (j.tree.map(lambda w, d: w - lr * d, p, g), s))
+    if kind != "Adam":
+        raise NotImplementedError(f"no JAX mirror for optimizer {kind}")
+    b1, b2, eps = 0.9, 0.999, 1e-8
+
+    def init(p):
+        zeros = j.tree.map(jnp.zeros_like, p)
+        return (jnp.zeros((), jnp.float32), zeros, zeros)
+
+    def update(p, g, s):
+        t, m, v = s
+        t = t + 1
+        m = j.tree.map(lambda m, g: b1 * m + (1 - b1) * g, m, g)
+        v = j.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, v, g)
+        step = lr / (1 - b1 ** t)
+        root = jnp.sqrt(1 - b2 ** t)
+        p = j.tree.map(lambda w, m, v: w - step * m / (jnp.sqrt(v) / root + eps), p, m, v)
+        return p, (t, m, v)
+    return init, update
+
+
+def _train(loss_fn, params: dict, opt, calls: list) -> tuple:
+    """A stateful step around one jitted (loss, grad, update)."""
+    j = jax()
+    init, update = _optimizer(opt)
+
+    @j.jit
+    def jitted(p, s, *args):
+        loss, g = j.value_and_grad(loss_fn)(p, *args)
+        p, s = update(p, g, s)
+        return p, s, loss
+    state = {"p": params, "s": init(params)}
+
+    def step(*args):
+        state["p"], state["s"], loss = jitted(state["p"], state["s"], *args)
+        return loss.block_until_ready()
+    step.jitted = jitted
+    return step, calls
+
+
+def mlp(inst: Instance) -> tuple:
+    """W1, W2 and the sweep: the Sequential's Linear layers with Tanh or ReLU between."""
+    j = jax()
+    jnp = j.numpy
+    layers = []
+    for i, m in enumerate(inst.model):
+        kind = type(m).__name__
+        layers.append((str(i), kind))
+    calls = [tuple(_array(a) for a in c) for c in inst.calls]
+    classes = not jnp.issubdtype(calls[0][1].dtype, jnp.floating)
+
+    def loss(p, x, y):
+        h = x
+        for name, kind in layers:
+            if kind == "Linear":
+                h = h @ p[f"{name}.weight"].T + p[f"{name}.bias"]
+            else:
+                h = jnp.tanh(h) if kind == "Tanh" else j.nn.relu(h)
+        if classes:
+            return -jnp.mean(jnp.take_along_axis(j.nn.log_softmax(h), y[:, None], 1))
+        return jnp.mean((h - y) ** 2)
+    return _train(loss, _params(inst.model), inst.opt, calls)
+
+
+def elementwise(inst: Instance) -> tuple:
+    """W3: value and gradient of the sum."""
+    j = jax()
+    jnp = j.numpy
+
+    def f(x):
+        return jnp.sum(jnp.tanh(x * 1.5 + 0.5) * j.nn.sigmoid(x) - jnp.exp(-x * x))
+    jitted = j.jit(j.value_and_grad(f))
+
+    def step(x):
+        loss, g = jitted(x)
+        g.block_until_ready()
+        return loss
+    step.jitted = jitted
+    return step, [tuple(_array(a) for a in c) for c in inst.calls]
+
+
+def control_flow(inst: Instance) -> tuple:
+    """W4 with ``lax.while_loop`` and ``lax.cond``; the derivative by ``jax.jvp``."""
+    j = jax()
+    jnp, lax = j.numpy, j.lax
+
+    def f(a):
+        b = lax.while_loop(lambda b: jnp.sqrt(jnp.sum(b * b)) < 1000, lambda b: b * 2, a * 2)
+        return lax.cond(jnp.sum(b) > 0, lambda b: b, lambda b: 100 * b, b)
+    jitted = j.jit(lambda a: j.jvp(f, (a,), (jnp.ones_like(a),)))
+
+    def step(a):
+        d, grad = jitted(a)
+        grad.block_until_ready()
+        return d
+    step.jitted = jitted
+    return step, [tuple(_array(a) for a in c) for c in inst.calls]
+
+
+def language_model(inst: Instance) -> tuple:
+    """W5: embedding → GRU (PyTorch's gate order r, z, n) → linear, cross-entropy, Adam; the
+    loop over time steps unrolled by ``jit`` (one compilation per length)."""
+    j = jax()
+    jnp = j.numpy
+    hidden = inst.model.rnn.hidden_size
+
+    def loss(p, tokens, targets):
+        x = p["emb.weight"][tokens]
+        h = jnp.zeros((tokens.shape[1], hidden), x.dtype)
+        outs = []
+        for t in range(tokens.shape[0]):
+            gi = x[t] @ p["rnn.weight_ih_l0"].T + p["rnn.bias_ih_l0"]
+            gh = h @ p["rnn.weight_hh_l0"].T + p["rnn.bias_hh_l0"]
+            i_r, i_z, i_n = jnp.split(gi, 3, -1)
+            h_r, h_z, h_n = jnp.split(gh, 3, -1)
+            r, z = j.nn.sigmoid(i_r + h_r), j.nn.sigmoid(i_z + h_z)
+            n = jnp.tanh(i_n + r * h_n)
+            h = (1 - z) * n + z * h
+            outs.append(h)
+        logits = jnp.stack(outs) @ p["out.weight"].T + p["out.bias"]
+        logp = j.nn.log_softmax(logits.reshape(-1, VOCAB))
+        return -jnp.mean(jnp.take_along_axis(logp, targets.reshape(-1)[:, None], 1))
+    calls = [tuple(_array(a) for a in c) for c in inst.calls]
+    return _train(loss, _params(inst.model), inst.opt, calls)
+
+
+MIRRORS = {"mlp": mlp, "elementwise": elementwise, "control_flow": control_flow,
+           "language_model": language_model}  # by Workload.kind
+
+
+def variants(step) -> int | None:
+    """How many specialisations ``jit`` compiled for the step (None if jax hides it)."""
+    size = getattr(getattr(step, "jitted", None), "_cache_size", None)
+    return size() if callable(size) else None
+
+
+def jacobian(kind: str, w, x) -> tuple:
+    """W6: ``jax.jit(jax.jacfwd/jacrev)`` of tanh(W x); returns ``(fn, calls)``."""
+    j = jax()
+    wj = j.numpy.asarray(w)
+    jitted = j.jit(getattr(j, kind)(lambda x: j.numpy.tanh(wj @ x)))
+    return (lambda x: jitted(x).block_until_ready()), [(_array(x),)]

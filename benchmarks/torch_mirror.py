@@ -1,0 +1,191 @@
+"""The workloads written in PyTorch, from the dyngrad instance's weights and data.
+
+Optional: :func:`available` is False when torch does not import, and the suite then leaves
+the PyTorch modes out. PyTorch runs on one intra-op thread, like numpy's BLAS in the suite
+(with two OpenMP threads on this shared 2-core machine its W3 step was 7× slower than on
+one: spinning workers contend with everything else). ``torch.compile`` uses the default
+backend (inductor); the suite points its cache at a fresh directory, so the first call of
+each workload is cold (but later workloads find inductor's modules already imported).
+"""
+
+from __future__ import annotations
+
+from .workloads import VOCAB, W4_INPUTS, Instance
+
+_torch: list = []  # [module or None] once imported
+
+
+def torch():
+    """The torch module, imported on first use (None when it is not installed)."""
+    if not _torch:
+        try:
+            import torch as t
+            t.set_num_threads(1)
+            _torch.append(t)
+        except ImportError:
+            _torch.append(None)
+    return _torch[0]
+
+
+def available() -> bool:
+    """Whether torch imports."""
+    return torch() is not None
+
+
+def version() -> str | None:
+    t = torch()
+    return None if t is None else t.__version__
+
+
+def tensor(x):
+    """A dyngrad tensor as a torch tensor (copied; requires_grad kept)."""
+    t = torch()
+    out = t.from_numpy(x.detach().numpy().copy())
+    return out.requires_grad_() if x.requires_grad else out
+
+
+def _copy_model(model, tmodel):
+    """Copy the dyngrad model's parameters into ``tmodel``, matched by name."""
+    t = torch()
+    ours = dict(model.named_parameters())
+    theirs = dict(tmodel.named_parameters())
+    if set(ours) != set(theirs):
+        raise AssertionError(f"parameter names differ: {sorted(ours)} vs {sorted(theirs)}")
+    with t.no_grad():
+        for name, p in theirs.items():
+            p.copy_(t.from_numpy(ours[name].detach().numpy().copy()))
+    return tmodel
+
+
+def _optimizer(opt, params):
+    """The dyngrad optimizer's kind (SGD or Adam, default settings) and learning rate."""
+    t = torch()
+    kind = type(opt).__name__
+    if kind not in ("SGD", "Adam"):
+        raise NotImplementedError(f"no PyTorch mirror for optimizer {kind}")
+    return getattr(t.optim, kind)(params, lr=opt.param_groups[0]["lr"])
+
+
+def _train_step(model, opt, loss_fn):
+    def step(*args):
+        opt.zero_grad()
+        loss = loss_fn(model, *args)
+        loss.backward()
+        opt.step()
+        return loss
+    return step
+
+
+def _sequential(model):
+    """nn.Sequential of Linear / Tanh / ReLU, layer for layer."""
+    t = torch()
+    layers = []
+    for m in model:
+        kind = type(m).__name__
+        if kind == "Linear":
+            layers.append(t.nn.Linear(m.in_features, m.out_features))
+        else:
+            layers.append(getattr(t.nn, kind)())
+    return _copy_model(model, t.nn.Sequential(*layers))
+
+
+def mlp(inst: Instance) -> tuple:
+    """W1, W2 and the sweep: an nn.Sequential MLP step (MSE + SGD, or cross-entropy +
+    Adam when the targets are class indices)."""
+    t = torch()
+    tm = _sequential(inst.model)
+    calls = [tuple(tensor(a) for a in c) for c in inst.calls]
+    classes = not calls[0][1].is_floating_point()
+    loss = (lambda m, x, y: t.nn.functional.cross_entropy(m(x), y)) if classes else \
+        (lambda m, x, y: t.nn.functional.mse_loss(m(x), y))
+    return _train_step(tm, _optimizer(inst.opt, tm.parameters()), loss), calls
+
+
+def elementwise(inst: Instance) -> tuple:
+    """W3."""
+    def step(x):
+        x.grad = None
+        loss = ((x * 1.5 + 0.5).tanh() * x.sigmoid() - (-x * x).exp()).sum()
+        loss.backward()
+        return loss
+    return step, [tuple(tensor(a) for a in c) for c in inst.calls]
+
+
+def control_flow(inst: Instance) -> tuple:
+    """W4: the same d2l function, in torch."""
+    t = torch()
+
+    def f(a):
+        b = a * 2
+        while b.norm() < 1000:
+            b = b * 2
+        if b.sum() > 0:
+            c = b
+        else:
+            c = 100 * b
+        return c
+
+    def step(a):
+        a.grad = None
+        d = f(a)
+        d.backward()
+        return d
+    assert len(inst.calls) == len(W4_INPUTS)
+    return step, [(t.tensor(float(v), requires_grad=True),) for v in W4_INPUTS]
+
+
+def language_model(inst: Instance) -> tuple:
+    """W5: Embedding → GRU → Linear, cross-entropy, Adam."""
+    t = torch()
+    m = inst.model
+
+    class LM(t.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = t.nn.Embedding(m.emb.num_embeddings, m.emb.embedding_dim)
+            self.rnn = t.nn.GRU(m.rnn.input_size, m.rnn.hidden_size)
+            self.out = t.nn.Linear(m.out.in_features, m.out.out_features)
+
+        def forward(self, tokens):
+            h, _ = self.rnn(self.emb(tokens))
+            return self.out(h)
+    tm = _copy_model(m, LM())
+
+    def loss(model, tokens, targets):
+        return t.nn.functional.cross_entropy(model(tokens).reshape(-1, VOCAB),
+                                             targets.reshape(-1))
+    calls = [tuple(tensor(a) for a in c) for c in inst.calls]
+    return _train_step(tm, _optimizer(inst.opt, tm.parameters()), loss), calls
+
+
+MIRRORS = {"mlp": mlp, "elementwise": elementwise, "control_flow": control_flow,
+           "language_model": language_model}  # by Workload.kind
+
+
+def compiled(step):
+    """``torch.compile(step)`` (the default backend)."""
+    return torch().compile(step)
+
+
+def reset_compiler() -> None:
+    """Forget torch.compile's caches and counters (between workloads)."""
+    t = torch()
+    t._dynamo.reset()
+    from torch._dynamo.utils import counters
+    counters.clear()
+
+
+def compile_counts() -> dict:
+    """torch.compile's graphs (its variants) and graph breaks (its fallbacks to Python)
+    since :func:`reset_compiler`."""
+    from torch._dynamo.utils import counters
+    return {"variants": int(counters["stats"].get("unique_graphs", 0)),
+            "fallbacks": int(sum(counters["graph_break"].values()))}
+
+
+def jacobian(kind: str, w, x) -> tuple:
+    """W6: ``torch.func.jacfwd``/``jacrev`` of tanh(W x) (``w`` an array, ``x`` a dyngrad
+    tensor); returns ``(fn, calls)``."""
+    t = torch()
+    wt = t.from_numpy(w)
+    return getattr(t.func, kind)(lambda x: t.tanh(wt @ x)), [(tensor(x),)]

@@ -1,0 +1,105 @@
+"""``python -m benchmarks --quick`` is the suite's CI smoke test: every workload runs in
+every mode and agrees with eager, the sweep covers its sizes — never a timing asserted."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5")
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """The quick run's JSON (one run for every test here), in a fresh cache directory."""
+    tmp = tmp_path_factory.mktemp("bench")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg", TMPDIR=str(tmp),
+               DYNGRAD_CACHE_DIR=str(tmp / "cache"))
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--json",
+                           str(tmp / "quick.json"), "--plot", str(tmp / "quick.png")],
+                          cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads((tmp / "quick.json").read_text()), proc.stdout, tmp
+
+
+def test_quick_run_reports_no_problems_and_prints_the_table(quick):
+    results, out, tmp = quick
+    assert results["problems"] == []
+    assert "every mode ran and agreed with eager" in out
+    for name in WORKLOADS:
+        assert f"\n{name}  " in out
+    assert (tmp / "quick.png").exists()
+
+
+def expected_modes(name: str) -> set:
+    modes = {"eager", "interp", "llvm"}
+    if name == "W1":
+        modes.add("numpy")  # (the hand-written step)
+    if HAS_TORCH:
+        modes.add("torch")  # (torch.compile only in the full run)
+    return modes
+
+
+@pytest.mark.parametrize("name", list(WORKLOADS))
+def test_every_mode_of_every_workload_ran_and_agreed_with_eager(quick, name):
+    modes = quick[0]["workloads"][name]["modes"]
+    assert set(modes) == expected_modes(name)
+    for mode, e in modes.items():
+        assert e["ran"], (mode, e.get("error"))
+        assert e["us"] > 0 and e["samples"] >= 1
+        if mode != "eager":
+            assert e["agreed"] and e["max_rel_diff"] <= e["tolerance"], mode
+
+
+@pytest.mark.parametrize("name", list(WORKLOADS))
+def test_compiled_modes_ran_compiled_with_variants_and_first_call_figures(quick, name):
+    modes = quick[0]["workloads"][name]["modes"]
+    for mode in ("interp", "llvm"):
+        e = modes[mode]
+        assert e["compiled_calls"] > 0 and e["variants"] >= 1 and e["eager_reason"] is None
+        assert e["fallbacks"] >= 0 and e["recompiles"] >= 0
+        assert "first_cold_ms" in e
+    assert "first_disk_ms" in modes["llvm"]
+    assert "peak_mb" in modes["eager"] and "peak_mb" in modes["llvm"]
+
+
+def test_w5_makes_one_variant_per_sequence_length(quick):
+    w5 = quick[0]["workloads"]["W5"]
+    lengths = {shapes[0][0] for shapes in w5["inputs"]}
+    assert len(lengths) == len(w5["inputs"]) >= 2
+    assert w5["modes"]["llvm"]["variants"] >= len(lengths)
+
+
+def test_w6_measures_both_modes_at_every_size_and_says_what_the_compiler_cannot_trace(quick):
+    w6 = quick[0]["W6"]
+    sizes = w6["sizes"]
+    assert len(sizes) >= 2 and sizes[0] < sizes[-1]
+    assert {(p["n"], p["m"]) for p in w6["points"]} == {(n, m) for n in sizes for m in sizes}
+    for p in w6["points"]:
+        for kind in ("jacfwd", "jacrev"):
+            assert p["modes"][kind]["agreed"] and p["modes"][kind]["us"] > 0
+    for kind, c in w6["compiled"].items():
+        assert c["supported"] or c["reason"], kind
+
+
+def test_the_size_sweep_covers_its_widths_in_eager_and_compiled(quick):
+    sweep = quick[0]["sweep"]
+    assert [p["width"] for p in sweep["points"]] == sweep["widths"]
+    assert sweep["widths"][0] == 16 and sweep["widths"][-1] >= 1024
+    for p in sweep["points"]:
+        for mode in ("eager", "llvm", "numpy"):
+            assert p["modes"][mode]["ran"], (p["width"], mode)
+        assert p["modes"]["llvm"]["agreed"]
+        assert isinstance(p["compiled_slower"], bool)  # flagged, never asserted
+
+
+def test_the_machine_limits_are_measured_in_the_same_run(quick):
+    m = quick[0]["machine"]
+    assert m["copy_gbps"] > 0 and m["matmul_gflops"] > 0
+    assert quick[0]["workloads"]["W2"]["bound_us"] > 0
