@@ -1,9 +1,10 @@
 """``compile``: the variant cache, the compiled call path and the fallback policy.
 
-A call checks each cached variant's guards; the first whose guards hold runs its graph and
-commits its writes. When none holds, the call is traced (running eagerly, so its result is
-eager's) into a new variant — up to ``cache_limit`` variants, after which the function stays
-eager with one warning naming the guard that kept failing.
+A call checks each cached variant's guards, the most recently used first (a newly traced
+variant counts as used); the first whose guards hold runs its graph and commits its writes.
+When none holds, the call is traced (running eagerly, so its result is eager's) into a new
+variant — up to ``cache_limit`` variants, after which the function stays eager with one
+warning naming the guard that kept failing.
 
 Note (the transaction rule): a compiled call writes nothing the user can see until the whole
 graph has run and every value guard in it has passed — outputs are fresh arrays, write-backs
@@ -136,6 +137,8 @@ class Variant:
     #                                   the interpreter does not use it (a native driver will)
     execute: Any = interp.run  # the backend's run(plan, inputs, scalars) -> outputs
     backend_name: str = "interp"
+    number: int = 0  # 1, 2, ... in trace order: explain's "variant N", stable while the
+    #                  lookup order (CompiledFunction.variants) changes
 
     def plans_for(self, flat: list, inputs: list) -> tuple:
         if self.sym is None:
@@ -500,9 +503,10 @@ class CompiledFunction:
         self.fn = fn
         self.backend, self.mode, self.dynamic = backend, mode, dynamic
         self.cache_limit, self.verify = cache_limit, int(verify)
-        self.variants: list[Variant] = []
+        self.variants: list[Variant] = []  # in lookup order: the most recently used first
         self.fallbacks: list[str] = []
-        self.recompiles: list[str] = []
+        self.misses: list[Miss] = []  # per recompile, the guard that failed (see recompiles)
+        self._traced = 0  # variants traced so far (their numbers)
         self.eager_reason: str | None = None
         self._unsupported_streak = 0
         self._verified = 0
@@ -524,8 +528,16 @@ class CompiledFunction:
             fn = fn.func
         return fn
 
+    @property
+    def recompiles(self) -> list[str]:
+        """Why each recompile happened: the guard that failed in the most recently used
+        variant, with its traced and new values (``misses`` holds the facts; they are
+        formatted here, when read)."""
+        return [str(m) for m in self.misses]
+
     def reset(self) -> None:
         self.variants.clear()
+        self._traced = 0
         self.eager_reason = None
         self._unsupported_streak = 0
 
@@ -554,46 +566,59 @@ class CompiledFunction:
             if k >= 0:
                 failed.append((v, k))
                 continue
-            if failed:  # the variant that serves the calls now is checked first next time
-                self.variants.remove(v)
-                self.variants.insert(0, v)
             if self.verify and self._verified < self.verify:
+                if failed:
+                    self._tried_first(v)
                 return self._verified_call(v, flat, args, kwargs)
             try:
-                return v.call(flat)
+                out = v.call(flat)
             except interp.GuardFailed as miss:
-                gd = v.trace.graph.guards[miss.index]
-                self._note(f"value guard failed: {gd.kind} at {gd.where}: traced "
-                           f"{_short(gd.expected)}, now {_short(miss.got)}", "guards")
-                failed.append((v, None))
+                failed.append((v, (miss.index, miss.got)))  # (raw facts: formatted if used)
+                if _LOG_TOPICS and _topic("guards"):
+                    log.info("%s", _value_miss(v, miss.index, miss.got))
                 continue  # nothing was written: another variant may hold (another trip count)
             except Exception as exc:  # nothing was written: let eager raise or succeed
                 self._internal_error(exc)
                 return self.fn(*args, **kwargs)
+            if failed:  # the variant that served this call is tried first by the next
+                self._tried_first(v)
+            return out
         return self._miss(args, kwargs, flat, spec, failed)
 
+    def _tried_first(self, v: Variant) -> None:
+        """Move ``v`` to the front of the lookup order (``variants``: the most recently used
+        first), once it has served a call — not when its input guards held but a value
+        guard then failed: a full miss leaves the order as it was."""
+        self.variants.remove(v)
+        self.variants.insert(0, v)
+
     def _miss(self, args, kwargs, flat, spec, failed):
+        """No variant held: trace a new one, or stay eager once ``cache_limit`` is reached.
+        ``failed`` lists (variant, why) per variant tried, in lookup order: ``why`` is the
+        index of the input guard that failed, or (value guard index, the value it saw) for a
+        value guard. The record names the miss of the first, the most recently used variant:
+        what changed since the path the calls were on."""
         if failed:
-            v, k = failed[-1]
-            if k is not None:
-                why = (f"guard '{v.guards.describe[k]}' failed: traced "
-                       f"{_short(v.guards.expected[k])}, now {_short(v.guards.current(k, flat))}")
+            v, why = failed[0]
+            if isinstance(why, int):
+                miss = Miss(v.number, v.guards.describe[why], v.guards.expected[why],
+                            v.guards.current(why, flat))
+                tag = v.guards.tags[why]
+                if tag is not None and tag[0] == "number" and isinstance(flat[tag[1]], float):
+                    self.dynamic_numbers.add(tag[1])  # seen to change: a runtime input now
+                if tag is not None and tag[0] == "source" and isinstance(miss.got, float):
+                    self.dynamic_sources.add(tag[1])  # a global/closure float: likewise
             else:
-                why = "a value guard failed"
-            tag = v.guards.tags[k] if k is not None else None
-            if tag is not None and tag[0] == "number" and isinstance(flat[tag[1]], float):
-                self.dynamic_numbers.add(tag[1])  # seen to change: a runtime input from now on
-            if tag is not None and tag[0] == "source" and \
-                    isinstance(v.guards.current(k, flat), float):
-                self.dynamic_sources.add(tag[1])  # a global/closure float: likewise
+                miss = _value_miss(v, *why)
             if len(self.variants) >= self.cache_limit:
                 self.eager_reason = (f"cache_limit ({self.cache_limit}) reached; last miss: "
-                                     f"{why}")
+                                     f"{miss}")
                 warnings.warn(f"dyngrad.compile: {self.__name__} runs eagerly from now on: "
                               f"{self.eager_reason}", stacklevel=3)
                 return self.fn(*args, **kwargs)
-            self.recompiles.append(why)
-            self._note(f"recompiling {self.__name__}: {why}", "recompiles")
+            self.misses.append(miss)
+            if _LOG_TOPICS and _topic("recompiles"):
+                log.info("recompiling %s: %s", self.__name__, miss)
         return self._trace(args, kwargs, flat, spec)
 
     def _trace(self, args, kwargs, flat, spec):
@@ -664,10 +689,12 @@ class CompiledFunction:
                     _aliasing_outputs(trace.graph, n_fwd), backward=backward,
                     arg_meta=arg_shapes(flat), inplace=inplace, memory=memory,
                     groups=groups, execute=backend.run, backend_name=self.backend)
+        self._traced += 1
+        v.number = self._traced
         if self.dynamic is not False:
             self._generalize(v, flat, spec)
-        self.variants.append(v)
-        self._note(f"traced variant {len(self.variants)} of {self.__name__}: "
+        self.variants.insert(0, v)  # the next call on this path finds it first
+        self._note(f"traced variant {v.number} of {self.__name__}: "
                    f"{len(trace.graph.nodes)} nodes, {len(guards.describe)} guards, "
                    f"trace {1e3 * (t1 - t0):.1f} ms + passes {1e3 * (t2 - t1):.1f} ms", "graph")
         if _topic("graph"):
@@ -747,9 +774,10 @@ class CompiledFunction:
         before = snapshot(v.trace, flat)
         try:
             compiled = v.run(flat)
-        except interp.GuardFailed:
+        except interp.GuardFailed as miss:
             before.restore()
-            return self._miss(args, kwargs, flat, flatten(args, kwargs)[1], [(v, None)])
+            return self._miss(args, kwargs, flat, flatten(args, kwargs)[1],
+                              [(v, (miss.index, miss.got))])
         after_compiled = snapshot(v.trace, flat)
         rng = after_compiled
         before.restore()
@@ -778,9 +806,44 @@ def _plain_numbers(x):
     return x
 
 
-def _short(x) -> str:
-    s = repr(x)
-    return s if len(s) < 80 else s[:77] + "..."
+def _short(x, width: int = 80) -> str:
+    s = repr(x).replace("\n", " ")
+    return s if len(s) < width else s[:width - 3] + "..."
+
+
+def describe_value_guard(gd: ir.ValueGuard) -> str:
+    """A value guard as explain lists it: what Python read, where, and the traced value,
+    e.g. ``bool at control_flow.py:42: %7 == array(False)``."""
+    return f"{gd.kind} at {gd.where}: {gd.value!r} == {_short(gd.expected, 60)}"
+
+
+@dataclass(frozen=True, eq=False)
+class Miss:
+    """Why a call traced again (or, at ``cache_limit``, stayed eager): the guard that failed
+    in the first variant it tried (the most recently used) — an input guard's description,
+    or the ir.ValueGuard — with the traced value and the one seen. Raw facts, formatted by
+    ``str`` when read (``recompiles``, the cache-limit warning, ``DYNGRAD_LOG``)."""
+
+    variant: int  # the variant's number (explain's "variant N")
+    guard: Any  # str (an input guard's description) or ir.ValueGuard
+    expected: Any
+    got: Any
+
+    def __str__(self) -> str:
+        if isinstance(self.guard, str):
+            return (f"guard '{self.guard}' of variant {self.variant} failed: traced "
+                    f"{_short(self.expected)}, now {_short(self.got)}")
+        return (f"value guard '{describe_value_guard(self.guard)}' of variant "
+                f"{self.variant} failed: now {_short(self.got)}")
+
+
+def _value_miss(v: Variant, index: int, got) -> Miss:
+    """The record of variant ``v``'s value guard ``index`` seeing ``got`` (as an array copy:
+    it may be a buffer the next call reuses, and the backends hand arrays or numpy scalars)."""
+    if isinstance(got, (np.ndarray, np.generic)):
+        got = np.array(got)
+    return Miss(v.number, v.trace.graph.guards[index], v.trace.graph.guards[index].expected,
+                got)
 
 
 def compile(fn: Callable | None = None, *, backend: str | None = None, mode: str | None = None,

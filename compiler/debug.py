@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import ir
-from .api import CompiledFunction, compile
+from .api import CompiledFunction, compile, describe_value_guard
 from .passes.fusion import format_groups, fuse
 from .passes.memory import plan_memory
 
@@ -20,13 +20,17 @@ class Explanation:
     fallbacks: list = field(default_factory=list)
     recompiles: list = field(default_factory=list)
     eager_reason: str | None = None
+    order: list = field(default_factory=list)  # variant numbers in the order calls try them
 
     def __str__(self) -> str:
         lines = [f"=== {self.name}: {len(self.variants)} variant(s)"]
         if self.eager_reason:
             lines.append(f"runs eagerly: {self.eager_reason}")
-        for i, v in enumerate(self.variants):
-            lines.append(f"--- variant {i + 1}: {v['nodes']} nodes after passes "
+        if len(self.order) > 1:
+            lines.append("lookup order: variant " + ", ".join(map(str, self.order)) +
+                         " (a call tries the most recently used first)")
+        for v in self.variants:
+            lines.append(f"--- variant {v['number']}: {v['nodes']} nodes after passes "
                          f"({v['nodes_before']} traced), {v['calls']} compiled calls, trace "
                          f"{v['trace_ms']:.1f} ms, passes+guards {v['compile_ms']:.1f} ms")
             lines.append("guards:")
@@ -68,20 +72,20 @@ def explain(fn, *args, **kwargs) -> Explanation:
     cf = fn if isinstance(fn, CompiledFunction) else compile(fn)
     if args or kwargs:
         cf(*args, **kwargs)
-    ex = Explanation(cf.__name__, fallbacks=list(cf.fallbacks), recompiles=list(cf.recompiles),
-                     eager_reason=cf.eager_reason)
-    for v in cf.variants:
+    ex = Explanation(cf.__name__, fallbacks=list(cf.fallbacks), recompiles=cf.recompiles,
+                     eager_reason=cf.eager_reason, order=[v.number for v in cf.variants])
+    for v in sorted(cf.variants, key=lambda v: v.number):  # numbered in trace order
         tr = v.trace
         g = tr.graph
         ex.variants.append({
-            "nodes": len(g.nodes), "nodes_before": v.graph_before.count(" = "),
+            "number": v.number, "nodes": len(g.nodes),
+            "nodes_before": v.graph_before.count(" = "),
             "calls": v.calls, "trace_ms": 1e3 * v.trace_seconds,
             "compile_ms": 1e3 * v.compile_seconds,
             "guards": [f"{d} == {e!r}" for d, e in zip(v.guards.describe, v.guards.expected)],
-            "value_guards": [f"{gd.kind} at {gd.where}: {gd.value!r} == "
-                             f"{_short(gd.expected)}" for gd in g.guards],
+            "value_guards": [describe_value_guard(gd) for gd in g.guards],
             "scalars": [s.value.name for s in tr.scalar_sources],
-            "baked": [f"{w} = {val!r}" for w, val in tr.baked],
+            "baked": _counted(f"{w} = {val!r}" for w, val in tr.baked),
             "writes": [b.name + (" (in place)" if done else "") for b, _, done in tr.writebacks] +
                       [f"{b.name}.grad" for b, _ in tr.grad_effects],
             "ir_before": v.graph_before, "ir_after": v.graph_after,
@@ -91,6 +95,15 @@ def explain(fn, *args, **kwargs) -> Explanation:
         })
     print(ex)
     return ex
+
+
+def _counted(lines) -> list[str]:
+    """Identical lines once each, in the order of first appearance, with their count:
+    ``mul literal = 2 (×23)``."""
+    counts: dict[str, int] = {}
+    for line in lines:
+        counts[line] = counts.get(line, 0) + 1
+    return [line if n == 1 else f"{line} (×{n})" for line, n in counts.items()]
 
 
 def _fusion_groups(v) -> list:
@@ -106,10 +119,10 @@ def _backend_plans(v) -> list:
     (one driver call, or which groups stay in numpy and why)."""
     from .backends import interp
     out = []
-    parts = [("", v.plan, v.trace.graph)]
+    parts = [("", v.plan, v.trace.graph, v.groups)]
     if v.backward is not None:
-        parts.append((" (backward)", v.backward.plan, v.backward.parts.backward))
-    for label, plan, g in parts:
+        parts.append((" (backward)", v.backward.plan, v.backward.parts.backward, None))
+    for label, plan, g, groups in parts:
         if v.execute is interp.run or (v.sym is not None and label):
             why = " (symbolic sizes: plans per size)" if v.sym is not None else ""
             out.append((label, f"numpy interpreter{why}"))
@@ -122,9 +135,7 @@ def _backend_plans(v) -> list:
             continue
         from .backends.llvm import codegen, runner
         text = runner.describe(plan)
-        for grp in fuse(g):
-            if grp.kind in ("scalar", "creation", "movement") or runner._lowerable(g, grp):
-                continue
+        for grp in _numpy_groups(plan, g, groups or fuse(g)):
             try:
                 codegen._builder(g, grp).build()
                 why = "lowers, but runs in numpy in a hybrid plan"
@@ -135,6 +146,19 @@ def _backend_plans(v) -> list:
     return out
 
 
+def _numpy_groups(plan, g, groups: list) -> list:
+    """The fusion groups an LLVM plan runs in numpy, as the plan that was built decides:
+    none for a driver plan (its one native call runs every group, index groups included);
+    for a hybrid plan, those ``runner.compile_hybrid`` kept as numpy steps (the groups
+    ``runner._lowerable`` rejects), leaving out the trivial ones (scalar arithmetic,
+    constants, views)."""
+    from .backends.llvm import driver, runner
+    if isinstance(plan, driver.DriverPlan):
+        return []
+    return [grp for grp in groups if grp.kind not in ("scalar", "creation", "movement")
+            and not runner._lowerable(g, grp)]
+
+
 def _memory_plans(v) -> list:
     """(label, MemoryPlan) of the variant's graph, and of its backward part if it has one."""
     plans = [("", v.memory or plan_memory(v.trace.graph))]
@@ -143,15 +167,11 @@ def _memory_plans(v) -> list:
     return plans
 
 
-def _short(x) -> str:
-    s = repr(x).replace("\n", " ")
-    return s if len(s) < 60 else s[:57] + "..."
-
-
 def show(fn, path, variant: int = 0) -> Path:
-    """Write variant ``variant`` of a compiled function as DOT to ``path`` (and a PNG beside
-    it when graphviz's ``dot`` or matplotlib is available), each fusion group (kernel) in a
-    colour of its own. Returns the DOT path."""
+    """Write ``fn.variants[variant]`` (in lookup order: 0 is the most recently used) of a
+    compiled function as DOT to ``path`` (and a PNG beside it when graphviz's ``dot`` or
+    matplotlib is available), each fusion group (kernel) in a colour of its own. Returns the
+    DOT path."""
     import shutil
     import subprocess
     cf = fn if isinstance(fn, CompiledFunction) else None

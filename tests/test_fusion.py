@@ -76,7 +76,7 @@ def prims(g: Graph, grp: FusionGroup) -> list:
 
 
 def ten_ops(x):
-    """mul add tanh sigmoid mul neg mul exp sub sin (sigmoid alone is 7 primitives)."""
+    """mul add tanh sigmoid mul neg mul exp sub sin: ten primitives."""
     return dg.sin(dg.tanh(x * 1.5 + 0.5) * dg.sigmoid(x) - dg.exp(-x * x))
 
 
@@ -92,7 +92,7 @@ def test_ten_op_chain_with_backward_inside_is_one_kernel():
         return loss
 
     g, groups = traced(step, x)
-    assert len(g.nodes) > 40
+    assert len(g.nodes) > 30  # the ten, the loss's sum and the backward of each
     assert len(groups) == 1
     (grp,) = groups
     assert (grp.kind, grp.shape, grp.axes) == ("reduce", (64, 32), (0, 1))
