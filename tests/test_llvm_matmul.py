@@ -38,7 +38,7 @@ import pytest
 
 import compiler
 import dyngrad as dg
-from compiler.backends.llvm import blas, codegen, driver, gemm, jit, runner, threads, tune
+from compiler.backends.llvm import blas, codegen, driver, gemm, jit, matmul, runner, threads, tune
 from compiler.ir import Graph, Value
 from compiler.passes.fusion import fuse
 from dyngrad import nn
@@ -521,3 +521,27 @@ def test_linear_layer_forward_and_backward_match_eager(dtype, width):
     assert v.calls >= 1 and v.backward is not None
     assert isinstance(v.plan, driver.DriverPlan), runner.describe(v.plan)
     assert isinstance(v.backward.plan, driver.DriverPlan), runner.describe(v.backward.plan)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+@pytest.mark.parametrize("sa,sb", [((32, 16), (16, 32)), ((3, 5), (5, 17)), ((1, 1), (1, 1)),
+                                   ((2, 4, 7), (7, 9)), ((32, 32), (32, 32)), ((4, 0), (0, 6))])
+def test_small_products_are_loops_of_their_shape_with_the_generated_kernels_bits(
+        dtype, ta, tb, sa, sb, monkeypatch):
+    """Up to SMALL_WORK multiply-adds a product is written out for its shape (no call into
+    the general kernel); each element is the same fma chain over k, so the bits are the
+    generated kernel's."""
+    monkeypatch.delenv("DYNGRAD_MATMUL", raising=False)
+    rng = np.random.default_rng(5)
+    a = physical(rng, sa, ta, dtype)
+    b = physical(rng, sb, tb, dtype)
+    small, text = run_matmul(a, b, ta, tb)
+    assert matmul.SMALL_WORK >= sa[-2] * sb[-1] * sa[-1]
+    assert f"@{gemm.name(codegen._LLTYPE[np.dtype(dtype).name])}(" not in text
+    general, text_g = run_matmul(a, b, ta, tb, use_blas=False)
+    assert f"@{gemm.name(codegen._LLTYPE[np.dtype(dtype).name])}(" in text_g
+    np.testing.assert_array_equal(small, general)
+    want = np.matmul(np.swapaxes(a, -1, -2) if ta else a, np.swapaxes(b, -1, -2) if tb else b)
+    assert_close(small, want, dtype)

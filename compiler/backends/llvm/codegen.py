@@ -657,6 +657,7 @@ def _entry(name: str, n_args: int, pass_n: bool = False, status: bool = False) -
 def _prelude(math_functions) -> str:
     return (vecmath.module_ir(math_functions) + "declare float @llvm.sqrt.f32(float)\n"
             "declare double @llvm.sqrt.f64(double)\ndeclare double @llvm.fabs.f64(double)\n"
+            "declare double @llvm.fma.f64(double, double, double)\n"
             "declare float @llvm.floor.f32(float)\ndeclare double @llvm.floor.f64(double)\n"
             "declare float @llvm.pow.f32(float, float)\n"
             "declare double @llvm.pow.f64(double, double)\n\n")
