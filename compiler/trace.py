@@ -277,6 +277,8 @@ class Trace:
 class Tracer(DispatchMode):
     """Records one call. Use :func:`trace_call`."""
 
+    transparent = True  # (it records eager's operations: func transforms run as in eager)
+
     def __init__(self, flat_args: list) -> None:
         self.graph = Graph()
         self.slots: dict[tuple, Value] = {}
@@ -551,8 +553,10 @@ class Tracer(DispatchMode):
             if value is not None:
                 self.keep.append(value)
             self.grad_effects.append((tensor, value))
-        elif what == "requires_grad":
-            if slot_key(tensor) in self.input_binding or id(tensor) in self.arg_index:
+        elif what == "requires_grad":  # (a view made inside, e.g. func.jacrev's alias of its
+            #                             argument, is a new leaf: as in eager, no input changes)
+            if (slot_key(tensor) in self.input_binding or id(tensor) in self.arg_index) \
+                    and not _is_created(tensor, self.created):
                 self.unsupported = (f"requires_grad of an input is changed at {user_frame()}")
         elif what == "data":
             self.unsupported = f"`.data` is rebound at {user_frame()}"
@@ -651,6 +655,8 @@ class Tracer(DispatchMode):
 
         def spec_of(x):
             if isinstance(x, Tensor):
+                if x._base is not None:  # a returned view keeps its base alive, as in eager
+                    returned.add(id(x._base))
                 spent = False
                 if x._node is not None and x._requires_grad:
                     if self.backward_roots.get(id(x._node)) is False:

@@ -39,6 +39,8 @@ STATE = _State()
 class DispatchMode:
     """Base class of dispatch modes. Override what you need."""
 
+    transparent = False  # True: the mode only records or observes operations (a tracer, a
+    #                      spy), so a function transform under it builds no graph for it
     def dispatch(self, prim, args: tuple, params: dict):
         """Handle one operation. The default runs it (with this mode suspended)."""
         with suspend(self):

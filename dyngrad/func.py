@@ -41,7 +41,8 @@ def _alias(x: Tensor) -> Tensor:
 
 def _nested(args) -> bool:
     """Whether an outer transform may differentiate through this one."""
-    return bool(STATE.modes) or any(isinstance(a, Tensor) and a.requires_grad for a in args)
+    return any(not m.transparent for m in STATE.modes) or any(
+        isinstance(a, Tensor) and a.requires_grad for a in args)
 
 
 def _argnums(argnums, n: int) -> tuple:

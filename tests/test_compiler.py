@@ -1607,3 +1607,49 @@ def test_guard_check_of_the_mlp_sgd_step_is_cheap():
     n = 2000
     best = min(timeit.repeat(lambda: v.guards.check(flat, spec), number=n, repeat=5)) / n
     assert best < 20e-6, f"guard check takes {best * 1e6:.1f} µs"
+
+
+# ------------------------------------------------------------------ function transforms
+
+
+@pytest.mark.parametrize("transform", ["jacrev", "jacfwd", "grad", "hessian", "vjp"])
+def test_function_transforms_compile_and_equal_eager(transform):
+    """jacrev / jacfwd / grad / hessian / vjp of a function, compiled whole: one variant, no
+    fallback, eager's numbers over several inputs, and the argument's requires_grad left as
+    it was (jacrev differentiates through an alias it makes inside)."""
+    W = dg.tensor(np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32))
+
+    def f(x):
+        return (W @ x).tanh()
+
+    def scalar(x):
+        return (f(x) ** 2).sum()
+
+    fn = {"jacrev": dg.func.jacrev(f), "jacfwd": dg.func.jacfwd(f),
+          "grad": dg.func.grad(scalar), "hessian": dg.func.hessian(scalar),
+          "vjp": lambda x: dg.func.vjp(f, x)[1](dg.ones(5))[0]}[transform]
+    cf = compiler.compile(fn)
+    for seed in range(4):
+        x = dg.tensor(np.random.default_rng(seed + 1).standard_normal(3).astype(np.float32))
+        got, want = cf(x), fn(x)
+        assert not x.requires_grad and not got.requires_grad
+        assert_same(got, want, transform)
+    assert len(cf.variants) == 1 and not cf.fallbacks, cf.fallbacks
+    assert cf.variants[0].calls >= 2  # served compiled, not traced every time
+
+
+def test_the_tracer_is_transparent_to_transforms_and_nested_transforms_still_work():
+    """Under the tracer a function transform builds no graph for an outer transform (as in
+    eager), while a transform nested in another still differentiates through."""
+    from dyngrad.dispatch import STATE
+    from dyngrad.func import _nested
+    seen = []
+
+    def f(x):
+        seen.append((bool(STATE.modes), _nested((x,))))
+        return x * 2
+    cf = compiler.compile(f)
+    for _ in range(3):
+        cf(dg.zeros(2))
+    assert (True, False) in seen and len(cf.variants) == 1  # traced, and not nested there
+    assert dg.func.jacfwd(dg.func.jacrev(lambda x: (x ** 3).sum()))(dg.ones(2)).shape == (2, 2)
