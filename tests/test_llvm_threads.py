@@ -116,3 +116,48 @@ def test_a_forked_child_runs_big_kernels_on_one_thread_with_the_same_bits(tmp_pa
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True,
                          capture_output=True, text=True, timeout=120).stdout.split()
     assert len(out) == 2 and out[0] == out[1]
+
+
+TEAM_CODE = textwrap.dedent("""
+    import ctypes, sys
+    from compiler.backends.llvm import jit, threads
+    lib = threads.find()
+    if sys.argv[1] == "lowered":  # another library sharing the runtime lowers its default
+        ctypes.CDLL(lib).omp_set_num_threads(1)  # (as torch.set_num_threads(1) does)
+    ir = (threads.DECLARATIONS + '''
+    define void @k_omp(ptr %ctx) {
+      %n = call i32 @omp_get_num_threads()
+      store i32 %n, ptr %ctx
+      ret void
+    }
+    define void @k_blocks(ptr %ctx, i64 %a, i64 %b) {
+      store i32 -1, ptr %ctx
+      ret void
+    }
+    define void @run(ptr %ctx) {
+    entry:
+    ''' + threads.split_call("k") + '''
+      ret void
+    }
+    ''')
+    c = jit.compile_ir(ir)
+    seen = ctypes.c_int32(0)
+    c.cfunc("run", None, ctypes.c_void_p)(ctypes.addressof(seen))
+    print(seen.value, threads.team_size())
+""")
+
+
+@pytest.mark.skipif(threads.find() is None, reason="no OpenMP runtime (libgomp) here")
+@pytest.mark.parametrize("case,env", [("default", {}), ("lowered", {}),
+                                      ("default", {"OMP_NUM_THREADS": "3"})])
+def test_the_team_size_is_the_processes_own_not_the_runtimes_current_default(case, env):
+    """Kernels ask for ``team_size()`` threads explicitly: OMP_NUM_THREADS when set, else the
+    CPUs the process may use — a library lowering the shared runtime's default (PyTorch's
+    ``set_num_threads(1)``) does not put dyngrad's kernels on one thread."""
+    run_env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    run_env.update(PYTHONPATH=str(ROOT), **env)
+    out = subprocess.run([sys.executable, "-c", TEAM_CODE, case], env=run_env, cwd=ROOT,
+                         check=True, capture_output=True, text=True, timeout=120).stdout.split()
+    seen, size = int(out[0]), int(out[1])
+    want = 3 if env else len(os.sched_getaffinity(0))
+    assert size == want and seen == want, (seen, size)
