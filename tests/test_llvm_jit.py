@@ -1,6 +1,7 @@
 """The LLVM JIT layer: compile, call, vectorise, reload object code."""
 
 import ctypes
+import re
 
 import numpy as np
 import pytest
@@ -68,3 +69,32 @@ def test_missing_function_is_a_clear_error():
     c = llvm_jit.compile_ir(SAXPY)
     with pytest.raises(KeyError, match="nope"):
         c.address("nope")
+
+
+def test_loop_marks_become_distinct_interleaving_loop_ids():
+    """Kernels mark a loop's back edge with ``!DG_INTERLEAVE`` (the same text in equal
+    kernels); compiling numbers each mark as a loop ID of its own asking for interleaving,
+    and the marked saxpy still computes the same."""
+    two = SAXPY.replace("label %exit\n", "label %exit, !llvm.loop !DG_INTERLEAVE\n") + \
+        SAXPY.replace("@saxpy", "@saxpy2").replace(
+            "label %exit\n", "label %exit, !llvm.loop !DG_INTERLEAVE\n")
+    text = llvm_jit.number_loop_metadata(two)
+    assert "DG_INTERLEAVE" not in text
+    ids = re.findall(r"!llvm\.loop !(\d+)", text)
+    assert len(ids) == 2 and ids[0] != ids[1]
+    for i in ids:
+        assert f"!{i} = distinct !{{!{i}, " in text
+    assert f'i32 {llvm_jit.INTERLEAVE}}}' in text and "llvm.loop.interleave.count" in text
+    assert llvm_jit.number_loop_metadata(SAXPY) == SAXPY
+    c = llvm_jit.compile_ir(two)
+    x, y = np.arange(1000, dtype=np.float32), np.ones(1000, np.float32)
+    c.cfunc("saxpy2", None, PTR, PTR, ctypes.c_float, ctypes.c_int64)(
+        x.ctypes.data, y.ctypes.data, 2.0, 1000)
+    np.testing.assert_array_equal(y, 2 * np.arange(1000, dtype=np.float32) + 1)
+
+
+def test_long_loops_calling_vector_math_are_interleaved_and_others_are_not():
+    from compiler.backends.llvm import codegen
+    assert codegen._interleaved(["tanh"], 4096) and codegen._interleaved(["exp"], 256)
+    assert not codegen._interleaved([], 1 << 20)  # plain arithmetic: LLVM's own choice
+    assert not codegen._interleaved(["tanh"], 64)  # short: the remainder would do the work

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import itertools
+import re
 import threading
 from dataclasses import dataclass
 
@@ -87,10 +88,31 @@ class Compiled:
         return ctypes.CFUNCTYPE(restype, *argtypes)(self.address(name))
 
 
+LOOP_TOKEN = "!DG_INTERLEAVE"
+INTERLEAVE = 4
+
+
+def number_loop_metadata(ir_text: str) -> str:
+    """The IR with each ``!DG_INTERLEAVE`` (codegen's mark on a loop's back edge) made a loop
+    ID of its own asking for ``INTERLEAVE``-fold interleaving (LLVM needs a distinct
+    numbered node per loop; kernels write the mark so that equal kernels stay equal text)."""
+    n = ir_text.count(LOOP_TOKEN)
+    if not n:
+        return ir_text
+    base = 1 + max((int(m) for m in re.findall(r"!(\d+)\b", ir_text)), default=-1)
+    parts = ir_text.split(LOOP_TOKEN)
+    out = [parts[0]]
+    for k, part in enumerate(parts[1:]):
+        out += [f"!{base + 1 + k}", part]
+    defs = [f'!{base} = !{{!"llvm.loop.interleave.count", i32 {INTERLEAVE}}}']
+    defs += [f"!{base + 1 + k} = distinct !{{!{base + 1 + k}, !{base}}}" for k in range(n)]
+    return "".join(out) + "\n" + "\n".join(defs) + "\n"
+
+
 def compile_ir(ir_text: str, *, name: str | None = None, keep_object: bool = False) -> Compiled:
     """Parse, verify, optimise and JIT-compile LLVM IR text."""
     init()
-    mod = llvm.parse_assembly(ir_text)
+    mod = llvm.parse_assembly(number_loop_metadata(ir_text))
     mod.name = name or unique_name()
     mod.verify()
     tm = target_machine()
@@ -117,7 +139,7 @@ def load_object(object_code: bytes) -> Compiled:
 def assembly(ir_text: str) -> str:
     """The host assembly of optimised IR (tests check that kernels vectorise)."""
     init()
-    mod = llvm.parse_assembly(ir_text)
+    mod = llvm.parse_assembly(number_loop_metadata(ir_text))
     mod.name = unique_name("asm")
     mod.verify()
     tm = target_machine()

@@ -15,6 +15,7 @@ from .codegen import (
     _const,
     _dtname,
     _entry,
+    _interleaved,
     _prelude,
     kernel_outputs,
 )
@@ -280,7 +281,8 @@ class _ReduceBuilder(_Builder):
             values_into_tmp(self.emit(f"add nuw nsw i64 {cb}, %k"), "%k")
             out.append("  %k.next = add nuw nsw i64 %k, 1")
             out.append(f"  %k.more = icmp slt i64 %k.next, {B}")
-            out.append("  br i1 %k.more, label %inner, label %chunk.acc\nchunk.acc:")
+            out.append(f"  br i1 %k.more, label %inner, label %chunk.acc"
+                       f"{_interleaved(self.vecmath, B)}\nchunk.acc:")
             nexts = accumulate([f"%acc{m}" for m in range(len(tys))], B // L)
             out[phi_at:phi_at] = [f"  %acc{m} = phi {vec[m]} [{first[m]}, %{pred}], "
                                   f"[{nexts[m]}, %chunk.acc]" for m in range(len(tys))]
