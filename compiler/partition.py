@@ -2,16 +2,18 @@
 returns, besides its outputs, the values the backward part needs ("saved" values, fresh
 arrays every call), and the backward part runs later from those and the cotangents.
 
-Rematerialisation (:func:`rematerialise`): a saved value whose forward node is cheap to run
-again from values the backward has anyway (other saved values, graph inputs, constants) is
-recomputed by the backward instead of being written, kept and read back — from saved values
-and constants only (never from a graph input eager would not have saved: an in-place change
-of it before ``backward()`` must not change the gradient). The cost model
-counts both sides per element: saving costs the bytes written by the forward and read by
-the backward (at memory bandwidth, ``NS_PER_BYTE``); recomputing costs the node's
-arithmetic (``OP_NS`` per operation, ``TRANSCENDENTAL_NS`` for exp/log/tanh/sigmoid/erf/sin/cos,
-which on this CPU are compute-bound: recomputing them is not free). A value is recomputed
-only when that is cheaper and needs no new saved value, repeated until nothing changes."""
+Rematerialisation (:func:`rematerialise`): a saved value whose forward nodes are cheap to run
+again from values the backward has anyway (other saved values, constants) is recomputed by
+the backward instead of being written, kept and read back — from saved values and constants
+only (never from a graph input eager would not have saved: an in-place change of it before
+``backward()`` must not change the gradient). The nodes run again are the value's producer
+and, back to saved values, the elementwise nodes it needs (at most ``CONE_MAX``). The cost
+model counts both sides per element: saving costs the bytes written by the forward (into a
+fresh array: its pages are faulted in too) and read by the backward (``NS_PER_BYTE``);
+recomputing costs the nodes' arithmetic (``OP_NS`` per operation, ``TRANSCENDENTAL_NS`` per
+dtype for exp/log/tanh/sigmoid/erf/sin/cos — float32 ones are vector polynomials in the
+LLVM backend's kernels, float64 ones numpy's). A value is recomputed only when that is
+cheaper, repeated until nothing changes."""
 
 from __future__ import annotations
 
@@ -36,15 +38,20 @@ def _live(values: list, nodes: list) -> set:
     return live
 
 
-NS_PER_BYTE = 0.05  # ~20 GB/s of memory traffic
+NS_PER_BYTE = 0.045  # written to a fresh array (~40 GB/s and a page fault per 4 KiB), read back
 OP_NS = 0.05  # a vectorised add/mul/compare/select per element
-TRANSCENDENTAL_NS = 1.0  # exp/log/tanh/erf/sin/cos per element (polynomials in IR)
+CONE_MAX = 8  # nodes recomputed for one saved value at most
+# per element, one core: a vecmath polynomial (float32, interleaved: measured ~0.15 ns on the
+# 2-core Zen machine), numpy's libm loop (float64)
+TRANSCENDENTAL_NS = {"float32": 0.2, "float64": 2.0}
 _TRANSCENDENTAL = {"exp", "log", "log1p", "tanh", "sigmoid", "erf", "sin", "cos", "pow"}
 
 
 def recompute_cost_ns(node) -> float:
     """Per element: what running ``node`` again costs."""
-    return TRANSCENDENTAL_NS if node.prim.name in _TRANSCENDENTAL else OP_NS
+    if node.prim.name in _TRANSCENDENTAL:
+        return TRANSCENDENTAL_NS.get(node.out.dtype.name if node.out.dtype else "", 2.0)
+    return OP_NS
 
 
 def save_cost_ns(v: Value) -> float:
@@ -57,25 +64,49 @@ def rematerialise(saved: list, producer: dict, available: set) -> tuple[list, li
     of other values the backward may read without saving them."""
     saved = list(saved)
     recompute: list = []
+    again: set = set()  # ids of the nodes run again
     changed = True
     while changed:
         changed = False
         have = {id(v) for v in saved} | available
         for v in list(saved):
-            n = producer.get(id(v))
-            if n is None or n.prim.kind != "elementwise" or v.weak or v.dtype is None:
+            cone = _cone(v, producer, have, again)
+            if cone is None or not cone:
                 continue
-            ins = [x for x in n.inputs if isinstance(x, Value)]
-            if any(x.weak or (id(x) not in have and x.const is None) for x in ins):
-                continue  # (it would need a new saved value, or a runtime scalar)
-            if recompute_cost_ns(n) >= save_cost_ns(v):
+            if sum(recompute_cost_ns(n) for n in cone) >= save_cost_ns(v):
                 continue
             saved.remove(v)
-            recompute.append(n)
+            recompute += cone
+            again.update(id(n) for n in cone)
             changed = True
     order = {id(n): i for i, n in enumerate(producer.values())}  # (forward order)
     recompute.sort(key=lambda n: order[id(n)])
     return saved, recompute
+
+
+def _cone(v: Value, producer: dict, have: set, again: set) -> list | None:
+    """The elementwise nodes (not yet run again) computing ``v`` from values in ``have``
+    and constants, or None: a node that is not elementwise, a runtime scalar, an unsaved
+    graph input, or more than ``CONE_MAX`` nodes."""
+    cone: list = []
+    seen: set = set()
+
+    def visit(x) -> bool:
+        if id(x) in seen or (id(x) in have and x is not v) or x.const is not None:
+            return True
+        n = producer.get(id(x))
+        if n is None or n.prim.kind != "elementwise" or x.weak or x.dtype is None:
+            return False
+        seen.add(id(x))
+        if id(n) in again:
+            return True
+        for y in n.inputs:
+            if isinstance(y, Value) and not visit(y):
+                return False
+        cone.append(n)
+        return len(cone) <= CONE_MAX
+
+    return cone if visit(v) else None
 
 
 def split(g: Graph, n_forward_outputs: int, cotangents: list) -> Split:
