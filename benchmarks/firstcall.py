@@ -39,7 +39,7 @@ def first_calls(name: str, mode: str, quick: bool) -> dict:
         warnings.simplefilter("ignore")  # (fallbacks are counted by the suite)
         t = time.perf_counter()
         cf = compiler.compile(inst.step, backend=mode)
-        Runner(cf, inst.calls).run(warm_calls(len(inst.calls)))
+        Runner(inst.runnable(cf), inst.calls).run(warm_calls(len(inst.calls)))
         ms = (time.perf_counter() - t) * 1e3
     return {"ms": ms, "variants": len(cf.variants),
             **{f"cache_{k}": cache.stats[k] - before[k] for k in ("compiled", "disk_hits")}}

@@ -76,10 +76,10 @@ def build(wl: Workload, mode: str, quick: bool) -> Runner:
     """A fresh instance of ``wl`` in ``mode`` (same seed, so the same weights and data)."""
     inst = wl.build(quick)
     if mode == "eager":
-        return Runner(inst.step, inst.calls)
+        return Runner(inst.runnable(), inst.calls)
     if mode in COMPILED:
         cf = compiler.compile(inst.step, backend=mode)
-        return Runner(cf, inst.calls, cf)
+        return Runner(inst.runnable(cf), inst.calls, cf)
     if mode == "numpy":
         return Runner(*wl.numpy(inst))
     if mode == "jax":

@@ -51,6 +51,13 @@ class Instance:
     calls: list[tuple]
     model: nn.Module | None = None  # the mirrors copy its parameters (PyTorch's names)
     opt: optim.Optimizer | None = None  # the mirrors copy its kind and learning rate
+    around: Callable | None = None  # around(f) -> the step calling f: what is compiled is
+    #                                 ``step`` alone, the rest (a backward()) stays outside
+
+    def runnable(self, f: Callable | None = None) -> Callable:
+        """The step as a mode runs it, with ``f`` (e.g. the compiled ``step``) inside."""
+        f = self.step if f is None else f
+        return self.around(f) if self.around is not None else f
 
 
 @dataclass(frozen=True)
@@ -154,6 +161,25 @@ def w3(quick: bool = False, seed: int = 0) -> Instance:
     return Instance(step, [(x,)])
 
 
+def w3_outside(quick: bool = False, seed: int = 0) -> Instance:
+    """W3 with the forward compiled and ``backward()`` called outside it (the compiled
+    forward saves what the compiled backward needs, or the backward recomputes it)."""
+    r = np.random.default_rng(seed)
+    x = dg.tensor(_f32(r, W3_SIZE), requires_grad=True)
+
+    def forward(x):
+        return ((x * 1.5 + 0.5).tanh() * x.sigmoid() - (-x * x).exp()).sum()
+
+    def around(f):
+        def step(x):
+            x.grad = None
+            loss = f(x)
+            loss.backward()
+            return loss
+        return step
+    return Instance(forward, [(x,)], around=around)
+
+
 def w3_bound(quick: bool = False) -> float:
     """µs: numpy writing a fresh 4M float32 array from the input (one read, one write —
     the least a fused forward + backward must move)."""
@@ -250,6 +276,9 @@ WORKLOADS = {
     "W3": Workload("W3", "sum(tanh(1.5x+0.5)·sigmoid(x) − exp(−x²)), 4M float32, fwd + bwd",
                    w3, w3_bound, "numpy writing a fresh 4M array from the input",
                    kind="elementwise"),
+    "W3o": Workload("W3o", "W3 with backward() outside the compiled forward",
+                    w3_outside, w3_bound, "numpy writing a fresh 4M array from the input",
+                    kind="elementwise"),
     "W4": Workload("W4", "d2l control flow (data-dependent while and if), fwd + bwd, 4 inputs",
                    w4, None, "none (scalar work)", kind="control_flow"),
     "W5": Workload("W5", "GRU language model, vocabulary 64, 32→64, batch 16, Adam, "

@@ -664,7 +664,7 @@ class CompiledFunction:
             after = str(g)
             backward = None
             if bw is not None:
-                parts = split(g, n_fwd, bw["cotangents"])
+                parts = split(g, n_fwd, bw["cotangents"], vector_math=self.backend != "interp")
                 ir.verify(parts.forward)
                 ir.verify(parts.backward)
                 g = parts.forward

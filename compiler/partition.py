@@ -12,8 +12,8 @@ model counts both sides per element: saving costs the bytes written by the forwa
 fresh array: its pages are faulted in too) and read by the backward (``NS_PER_BYTE``);
 recomputing costs the nodes' arithmetic (``OP_NS`` per operation, ``TRANSCENDENTAL_NS`` per
 dtype for exp/log/tanh/sigmoid/erf/sin/cos — float32 ones are vector polynomials in the
-LLVM backend's kernels, float64 ones numpy's). A value is recomputed only when that is
-cheaper, repeated until nothing changes."""
+LLVM backend's kernels, float64 ones and the interpreter's are numpy's). A value is
+recomputed only when that is cheaper, repeated until nothing changes."""
 
 from __future__ import annotations
 
@@ -41,16 +41,19 @@ def _live(values: list, nodes: list) -> set:
 NS_PER_BYTE = 0.045  # written to a fresh array (~40 GB/s and a page fault per 4 KiB), read back
 OP_NS = 0.05  # a vectorised add/mul/compare/select per element
 CONE_MAX = 8  # nodes recomputed for one saved value at most
-# per element, one core: a vecmath polynomial (float32, interleaved: measured ~0.15 ns on the
-# 2-core Zen machine), numpy's libm loop (float64)
+# per element, one core: a vecmath polynomial (float32 in LLVM kernels, interleaved: measured
+# ~0.15 ns on the 2-core Zen machine), numpy's loops (float32 on the interpreter, float64)
 TRANSCENDENTAL_NS = {"float32": 0.2, "float64": 2.0}
+NUMPY_TRANSCENDENTAL_NS = {"float32": 1.0, "float64": 2.0}
 _TRANSCENDENTAL = {"exp", "log", "log1p", "tanh", "sigmoid", "erf", "sin", "cos", "pow"}
 
 
-def recompute_cost_ns(node) -> float:
-    """Per element: what running ``node`` again costs."""
+def recompute_cost_ns(node, vector_math: bool = True) -> float:
+    """Per element: what running ``node`` again costs (``vector_math``: the backend computes
+    float32 transcendentals as vector polynomials — the LLVM backend; else numpy does)."""
     if node.prim.name in _TRANSCENDENTAL:
-        return TRANSCENDENTAL_NS.get(node.out.dtype.name if node.out.dtype else "", 2.0)
+        table = TRANSCENDENTAL_NS if vector_math else NUMPY_TRANSCENDENTAL_NS
+        return table.get(node.out.dtype.name if node.out.dtype else "", 2.0)
     return OP_NS
 
 
@@ -59,7 +62,8 @@ def save_cost_ns(v: Value) -> float:
     return 2 * v.dtype.np.itemsize * NS_PER_BYTE
 
 
-def rematerialise(saved: list, producer: dict, available: set) -> tuple[list, list]:
+def rematerialise(saved: list, producer: dict, available: set,
+                  vector_math: bool = True) -> tuple[list, list]:
     """(saved values, forward nodes the backward runs again, in order). ``available``: ids
     of other values the backward may read without saving them."""
     saved = list(saved)
@@ -73,7 +77,7 @@ def rematerialise(saved: list, producer: dict, available: set) -> tuple[list, li
             cone = _cone(v, producer, have, again)
             if cone is None or not cone:
                 continue
-            if sum(recompute_cost_ns(n) for n in cone) >= save_cost_ns(v):
+            if sum(recompute_cost_ns(n, vector_math) for n in cone) >= save_cost_ns(v):
                 continue
             saved.remove(v)
             recompute += cone
@@ -109,7 +113,8 @@ def _cone(v: Value, producer: dict, have: set, again: set) -> list | None:
     return cone if visit(v) else None
 
 
-def split(g: Graph, n_forward_outputs: int, cotangents: list) -> Split:
+def split(g: Graph, n_forward_outputs: int, cotangents: list,
+          vector_math: bool = True) -> Split:
     fwd_out, grad_out = g.outputs[:n_forward_outputs], g.outputs[n_forward_outputs:]
     need_f = _live(fwd_out + [gd.value for gd in g.guards], g.nodes)
     need_b = _live(grad_out, g.nodes)
@@ -127,7 +132,7 @@ def split(g: Graph, n_forward_outputs: int, cotangents: list) -> Split:
     # recompute only from what eager saves too (a graph input eager did not save is not
     # read: an in-place change of it before backward must not change the gradient)
     producer = {id(n.out): n for n in g.nodes}
-    saved, again = rematerialise(saved, producer, set())
+    saved, again = rematerialise(saved, producer, set(), vector_math)
     B = again + B
     old_index = {id(n): i for i, n in enumerate(g.nodes)}
     for gd in g.guards:
