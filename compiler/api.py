@@ -35,7 +35,7 @@ from dyngrad.tensor import Storage, Tensor
 from . import backends, ir
 from .backends import interp
 from .guards import GuardSet, build_guards, code_numbers, flatten, unflatten
-from .partition import split
+from .partition import precompute, split
 from .passes import run_passes
 from .passes.fusion import FusionGroup, fuse
 from .passes.memory import MemoryPlan, plan_memory
@@ -375,7 +375,8 @@ class BackwardPlan:
         """The grad_fn for one call's outputs: saved values are this call's fresh arrays;
         bound inputs saved by reference are version-checked like eager's saved tensors."""
         versions = []
-        for index in self.parts.saved_inputs:
+        checked = self.parts.checked_inputs
+        for index in self.parts.saved_inputs if checked is None else checked:
             if index is not None:
                 obj = self.bindings[index].resolve(flat)
                 if isinstance(obj, Tensor):
@@ -425,7 +426,10 @@ class CompiledBackward(Node):
                     f"{t._storage.version}; expected version {version} instead "
                     f"({self.name()} saved it)")
         cots = [g._data for g in grads]
-        res = self.bplan.execute(self.plan, self.saved + cots, [])
+        if self.bplan.parts.precomputed and cots[0] == 1.0:  # the gradients themselves:
+            res = self.saved if not retain_graph else [a.copy() for a in self.saved]  # x·1 = x
+        else:
+            res = self.bplan.execute(self.plan, self.saved + cots, [])
         if not retain_graph:
             self.release()
         return tuple(Tensor._fresh(np.asarray(r)) for r in res)
@@ -665,6 +669,8 @@ class CompiledFunction:
             backward = None
             if bw is not None:
                 parts = split(g, n_fwd, bw["cotangents"], vector_math=self.backend != "interp")
+                if self.backend != "interp":  # (the interpreter: eager's order, bit for bit)
+                    parts = precompute(g, n_fwd, bw["cotangents"], parts) or parts
                 ir.verify(parts.forward)
                 ir.verify(parts.backward)
                 g = parts.forward

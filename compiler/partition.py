@@ -1,6 +1,8 @@
 """Splitting a joint forward+backward graph for *backward outside*: the compiled forward
 returns, besides its outputs, the values the backward part needs ("saved" values, fresh
 arrays every call), and the backward part runs later from those and the cotangents.
+:func:`precompute` goes further for one scalar loss (the LLVM backend uses it): the forward
+computes the gradients themselves, and the backward scales them by the cotangent.
 
 Rematerialisation (:func:`rematerialise`): a saved value whose forward nodes are cheap to run
 again from values the backward has anyway (other saved values, constants) is recomputed by
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from .ir import Graph, Value
 
 
@@ -28,6 +32,9 @@ class Split:
     backward: Graph
     n_outputs: int  # forward outputs before the saved values
     saved_inputs: list  # for each saved value: index of the graph input it is, or None
+    checked_inputs: list | None = None  # graph inputs version-checked at backward() (None:
+    #                                     the saved ones, as eager checks its saved tensors)
+    precomputed: bool = False  # the forward computed the gradients (see precompute)
 
 
 def _live(values: list, nodes: list) -> set:
@@ -143,3 +150,44 @@ def split(g: Graph, n_forward_outputs: int, cotangents: list,
     backward = Graph(inputs=saved + list(cotangents), scalars=[], nodes=B,
                      outputs=list(grad_out), guards=[], _next=g._next)
     return Split(forward, backward, len(fwd_out), [index_of.get(id(v)) for v in saved])
+
+
+def precompute(g: Graph, n_forward_outputs: int, cotangents: list, normal: Split) -> Split | None:
+    """Backward outside, computed inside: for one scalar loss, the forward graph is the whole
+    joint graph with the loss's cotangent taken as 1.0, so the forward call returns the
+    gradients too (one fused pass, as with ``backward()`` inside); ``backward()`` then scales
+    them by the cotangent it is given (``x * 1.0`` is ``x``, so ``loss.backward()`` gets the
+    fused pass's bits; any other cotangent, its product — the backward is linear in it).
+    The inputs ``normal`` would have saved are version-checked at ``backward()`` as eager
+    checks its saved tensors. None when it does not apply: not one scalar cotangent, or a
+    gradient of another dtype."""
+    if len(cotangents) != 1 or cotangents[0].shape != () or cotangents[0].dtype is None:
+        return None
+    cot = cotangents[0]
+    fwd_out, grad_out = g.outputs[:n_forward_outputs], g.outputs[n_forward_outputs:]
+    if not grad_out or any(v.dtype is not cot.dtype or v.weak for v in grad_out):
+        return None
+    if any(v is cot for v in grad_out) or any(v is cot for v in fwd_out):
+        return None
+    one = g.new_value((), cot.dtype, "cotangent 1", const=np.ones((), cot.dtype.np))
+    nodes = []
+    for n in g.nodes:
+        if any(x is cot for x in n.inputs):
+            n = type(n)(n.prim, [one if x is cot else x for x in n.inputs], dict(n.params),
+                        n.out)
+            n.out.producer = n
+        nodes.append(n)
+    inputs = [v for v in g.inputs if v is not cot]
+    forward = Graph(inputs=inputs, scalars=list(g.scalars), nodes=nodes,
+                    outputs=list(fwd_out) + list(grad_out), guards=list(g.guards),
+                    _next=g._next)
+    saved = [forward.new_value(v.shape, v.dtype, "gradient at 1") for v in grad_out]
+    bcot = forward.new_value((), cot.dtype, "cotangent")
+    backward = Graph(inputs=saved + [bcot], scalars=[], nodes=[], outputs=[],
+                     guards=[], _next=forward._next)
+    from dyngrad.ops import REGISTRY
+    backward.outputs = [backward.add_node(REGISTRY["mul"], [s, bcot], {}, s.shape, s.dtype)
+                        for s in saved]
+    forward._next = backward._next
+    checked = [i for i in normal.saved_inputs if i is not None]
+    return Split(forward, backward, len(fwd_out), [None] * len(saved), checked, True)

@@ -87,9 +87,11 @@ def test_a_chain_back_to_saved_values_is_recomputed_when_cheaper():
 
 
 @pytest.mark.parametrize("backend", ["llvm", "interp"])
-def test_w3_with_backward_outside_recomputes_vector_math_on_llvm_only(backend):
-    """On the LLVM backend the float32 transcendentals are cheaper to run again than to keep:
-    only x is saved. The interpreter computes them with numpy, slower: it saves them."""
+def test_w3_with_backward_outside_keeps_its_gradient_on_llvm_and_transcendentals_on_interp(
+        backend):
+    """On the LLVM backend one scalar loss's forward computes the gradient too (see
+    partition.precompute): the backward gets it and the cotangent. The interpreter keeps
+    eager's order and computes transcendentals with numpy: it saves them."""
     x = dg.tensor(np.random.default_rng(0).standard_normal(4096).astype(np.float32),
                   requires_grad=True)
 
@@ -104,8 +106,8 @@ def test_w3_with_backward_outside_recomputes_vector_math_on_llvm_only(backend):
         cf(x).backward()
         np.testing.assert_allclose(x.grad.numpy(), want, rtol=1e-5, atol=1e-6)
     parts = _split_of(cf)
-    if backend == "llvm":  # x and the loss's cotangent: nothing else kept
-        assert len(parts.backward.inputs) == 2
+    if backend == "llvm":  # the gradient, computed by the forward (see precompute), and
+        assert parts.precomputed and len(parts.backward.inputs) == 2  # the cotangent
     else:  # tanh, sigmoid and exp kept too
         assert len(parts.backward.inputs) == 5
 
@@ -119,3 +121,105 @@ def test_a_value_needing_an_unsaved_input_is_saved():
     nodes = {id(n.out): n for n in g.nodes}
     saved, again = partition.rematerialise([a, b], nodes, set())  # w is not saved
     assert saved == [a, b] and again == []
+
+
+# ------------------------------------------------------------------ precomputed gradients
+
+
+def _w3_pair(n=4096, seed=0):
+    x = dg.tensor(np.random.default_rng(seed).standard_normal(n).astype(np.float32),
+                  requires_grad=True)
+
+    def f(x):
+        return ((x * 1.5 + 0.5).tanh() * x.sigmoid() - (-x * x).exp()).sum()
+    return x, f, compiler.compile(f, backend="llvm")
+
+
+def _eager_grad(f, x, cot=None):
+    x.grad = None
+    f(x).backward(cot)
+    return x.grad.numpy().copy()
+
+
+def test_one_scalar_loss_has_its_gradient_computed_by_the_forward_on_llvm():
+    """Backward outside, on LLVM: the forward graph is the whole joint graph with the
+    cotangent 1.0, the backward scales by the cotangent (the interpreter keeps eager's
+    order); a kept .grad is never overwritten by a later call (the forward's output pool)."""
+    x, f, cf = _w3_pair()
+    kept = []
+    for _ in range(3):
+        want = _eager_grad(f, x)
+        x.grad = None
+        cf(x).backward()
+        np.testing.assert_allclose(x.grad.numpy(), want, rtol=1e-5, atol=1e-6)
+        kept.append((x.grad, x.grad.numpy().copy()))
+    for g, snapshot in kept:
+        np.testing.assert_array_equal(g.numpy(), snapshot)
+    parts = _split_of(cf)
+    assert parts.precomputed and parts.checked_inputs == [0]  # x, as eager saves it
+    assert not _split_of(_interp_twin(f, x)).precomputed
+
+
+def _interp_twin(f, x):
+    ci = compiler.compile(f, backend="interp")
+    for _ in range(2):
+        x.grad = None
+        ci(x).backward()
+    return ci
+
+
+def test_precomputed_gradients_scale_by_another_cotangent_and_survive_retain_graph():
+    x, f, cf = _w3_pair(seed=1)
+    want = _eager_grad(f, x)
+    for _ in range(2):  # (traced on a call, then compiled)
+        x.grad = None
+        cf(x).backward(dg.tensor(2.5))
+    np.testing.assert_allclose(x.grad.numpy(), 2.5 * want, rtol=1e-5, atol=1e-6)
+    x.grad = None
+    loss = cf(x)
+    loss.backward(retain_graph=True)
+    loss.backward()  # the same saved gradient, accumulated twice
+    np.testing.assert_allclose(x.grad.numpy(), 2 * want, rtol=1e-5, atol=1e-6)
+    x.grad = None
+    (cf(x) * 3.0).backward()  # a cotangent from eager code after the call
+    np.testing.assert_allclose(x.grad.numpy(), 3 * want, rtol=1e-5, atol=1e-6)
+
+
+def test_an_inplace_change_before_backward_raises_as_in_eager():
+    x, f, cf = _w3_pair(seed=2)
+    for _ in range(2):
+        x.grad = None
+        cf(x).backward()
+    loss = cf(x)
+    with dg.no_grad():
+        x.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    eager_loss = f(x)
+    with dg.no_grad():
+        x.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        eager_loss.backward()
+
+
+def test_a_training_loop_with_backward_outside_matches_eager():
+    dg.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
+    m2 = copy.deepcopy(m)
+    o1 = dg.optim.SGD(m.parameters(), lr=0.05)
+    o2 = dg.optim.SGD(m2.parameters(), lr=0.05)
+    cf = compiler.compile(lambda x, y: F.mse_loss(m2(x), y), backend="llvm")
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        x = dg.tensor(rng.standard_normal((16, 8)).astype(np.float32))
+        y = dg.tensor(rng.standard_normal((16, 1)).astype(np.float32))
+        o1.zero_grad()
+        F.mse_loss(m(x), y).backward()
+        o1.step()
+        o2.zero_grad()
+        cf(x, y).backward()
+        o2.step()
+        for p, q in zip(m.parameters(), m2.parameters()):
+            np.testing.assert_allclose(q.detach().numpy(), p.detach().numpy(), rtol=1e-4,
+                                       atol=1e-5)
+    assert _split_of(cf).precomputed
