@@ -32,10 +32,15 @@ def test_d2l_exercises_run(tmp_path):
     assert "reverse" in out.lower()
 
 
-def test_train_mlp_reaches_accuracy(tmp_path):
+def test_train_mlp_trains_eager_and_compiled_twins_to_the_same_losses(tmp_path):
     out = run([str(ROOT / "examples/train_mlp.py"), "--plot", str(tmp_path / "m.png")],
-              tmp_path)
-    assert "accuracy" in out
+              tmp_path)  # (the script asserts > 95% accuracy and equal losses itself)
+    worst = float(re.search(r"largest relative difference (\S+)", out).group(1))
+    assert worst < 1e-3
+    eager = float(re.search(r"^  eager\s+(\d+)", out, re.M).group(1))
+    compiled = float(re.search(r"^  compiled \(llvm\)\s+(\d+)", out, re.M).group(1))
+    assert eager > 0 and compiled > 0  # (the table is there; timings are not asserted)
+    assert (tmp_path / "m.png").stat().st_size > 0
 
 
 def test_digits_compiled_step_reaches_accuracy_and_matches_eager(tmp_path):
