@@ -223,3 +223,20 @@ def test_a_training_loop_with_backward_outside_matches_eager():
             np.testing.assert_allclose(q.detach().numpy(), p.detach().numpy(), rtol=1e-4,
                                        atol=1e-5)
     assert _split_of(cf).precomputed
+
+
+def test_precomputed_gradients_with_a_symbolic_batch_size_match_eager():
+    dg.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 3))
+    m2 = copy.deepcopy(m)
+    cf = compiler.compile(lambda x, y: F.cross_entropy(m2(x), y), backend="llvm")
+    for b in (8, 8, 12, 16, 20, 9, 20, 8):
+        x, y = dg.randn(b, 4), dg.randint(0, 3, (b,))
+        for p, q in zip(m.parameters(), m2.parameters()):
+            p.grad = q.grad = None
+        F.cross_entropy(m(x), y).backward()
+        cf(x, y).backward()
+        for p, q in zip(m.parameters(), m2.parameters()):
+            np.testing.assert_allclose(q.grad.numpy(), p.grad.numpy(), rtol=1e-4, atol=1e-6)
+    (v,) = cf.variants
+    assert v.sym is not None and v.backward.parts.precomputed and {8, 9, 20} <= set(v.plans)
