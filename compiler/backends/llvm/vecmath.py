@@ -314,20 +314,31 @@ def _exp_body(b: _Fn, x: str, nonpositive: bool = False) -> str:
     return b.select(isnan, x, res)
 
 
-def _exp_scalef(b: _Fn, x: str, nonpositive: bool = False) -> str:
-    """exp as :func:`_exp_body`, the same bits, in fewer vector instructions: the clamps let a
-    NaN through (one vminps/vmaxps each), n = lrint (one vcvtps2dq; for a NaN some integer,
-    never used for the result), and p * 2**n is one vscalefps, rounded once (denormals
-    included) — a NaN stays NaN through all of it, so no select is needed."""
+def _reduce_scalef(b: _Fn, x: str, nonpositive: bool) -> tuple:
+    """(n as i32, e**r - 1) with x = n*ln2 + r, |r| <= ln2/2, for the AVX-512 forms: the
+    clamps let a NaN through (one vminps/vmaxps each; ``nonpositive`` needs no upper one),
+    n = lrint (one vcvtps2dq; for a NaN some integer, never used for the result), and
+    e**r - 1 = r + r^2*q(r), the exp polynomial without its 1."""
     xc = x if nonpositive else b.select(b.fcmp("ogt", x, b.c(89.0)), b.c(89.0), x)
     xc = b.select(b.fcmp("olt", xc, b.c(-104.0)), b.c(-104.0), xc)
     ni = b._t(f"call i32 @llvm.lrint.i32.f32(float {b.fmul(xc, b.c(LOG2E))})")
     n = b._t(f"sitofp i32 {ni} to float")
     r = b.fma(n, b.c(-LN2_HI), xc)
     r = b.fma(n, b.c(-LN2_LO), r)
-    q = b.horner(r, COEFFS["exp"])
-    p = b.fadd(b.c(1.0), b.fma(b.fmul(r, r), q, r))
-    return b._t(f"call float @llvm.ldexp.f32.i32(float {p}, i32 {ni})")
+    return ni, b.fma(b.fmul(r, r), b.horner(r, COEFFS["exp"]), r)
+
+
+def _ldexp(b: _Fn, v: str, ni: str) -> str:
+    """v * 2**n rounded once (one vscalefps, denormal results included)."""
+    return b._t(f"call float @llvm.ldexp.f32.i32(float {v}, i32 {ni})")
+
+
+def _exp_scalef(b: _Fn, x: str, nonpositive: bool = False) -> str:
+    """exp as :func:`_exp_body`, the same bits, in fewer vector instructions
+    (:func:`_reduce_scalef`, then (1 + (e**r - 1)) * 2**n) — a NaN stays NaN through all of
+    it, so no select is needed."""
+    ni, em1 = _reduce_scalef(b, x, nonpositive)
+    return _ldexp(b, b.fadd(b.c(1.0), em1), ni)
 
 
 def expf_ir() -> str:
@@ -365,18 +376,10 @@ def logf_ir() -> str:
 
 
 def _expm1_scalef(b: _Fn, y: str) -> str:
-    """e**y - 1 for y <= 0 (AVX-512 hosts): with y = n*ln2 + r as in :func:`_exp_scalef`,
-    e**r - 1 = r + r^2*q(r) (the exp polynomial, without its 1), then
-    2**n * (e**r - 1) + (2**n - 1), both terms by vscalefps and 2**n - 1 exact."""
-    yc = b.select(b.fcmp("olt", y, b.c(-104.0)), b.c(-104.0), y)
-    ni = b._t(f"call i32 @llvm.lrint.i32.f32(float {b.fmul(yc, b.c(LOG2E))})")
-    n = b._t(f"sitofp i32 {ni} to float")
-    r = b.fma(n, b.c(-LN2_HI), yc)
-    r = b.fma(n, b.c(-LN2_LO), r)
-    em1 = b.fma(b.fmul(r, r), b.horner(r, COEFFS["exp"]), r)
-    scaled = b._t(f"call float @llvm.ldexp.f32.i32(float {em1}, i32 {ni})")
-    two_n = b._t(f"call float @llvm.ldexp.f32.i32(float {b.c(1.0)}, i32 {ni})")
-    return b.fadd(scaled, b.fsub(two_n, b.c(1.0)))
+    """e**y - 1 for y <= 0 (AVX-512 hosts): 2**n * (e**r - 1) + (2**n - 1), with n and
+    e**r - 1 from :func:`_reduce_scalef`, both terms by vscalefps and 2**n - 1 exact."""
+    ni, em1 = _reduce_scalef(b, y, nonpositive=True)
+    return b.fadd(_ldexp(b, em1, ni), b.fsub(_ldexp(b, b.c(1.0), ni), b.c(1.0)))
 
 
 def tanhf_ir() -> str:
