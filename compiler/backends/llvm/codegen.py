@@ -649,6 +649,9 @@ def _builder(g, group):
         return _IndexBuilder(g, group)
     if group.kind == "movement":
         return _MoveBuilder(g, group)
+    if group.kind == "random":
+        from .randomgen import _RandomBuilder
+        return _RandomBuilder(g, group)
     return _ReduceBuilder(g, group) if group.kind == "reduce" else _Builder(g, group)
 
 

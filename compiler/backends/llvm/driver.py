@@ -24,9 +24,10 @@ user's tensors untouched; the runtime marks them done (no copy at commit).
 Calls of one plan from two threads at once: the second takes the runner's plan of the graph
 (made on first need), never the shared arena.
 
-Note (what still falls back to the runner): graphs with random groups, float64
+Note (what still falls back to the runner): graphs with normal random numbers, float64
 transcendentals, pow by other exponents on many elements, guards on non-scalar values, and
-graph outputs that are computed Python numbers. Creation groups become constants made once,
+graph outputs that are computed Python numbers. Uniform random numbers are drawn natively
+(``randomgen.py``, eager's bits). Creation groups become constants made once,
 and movement groups that only reshape become aliases of their source.
 """
 
@@ -72,7 +73,7 @@ class DriverPlan:
         groups = fuse(g) if groups is None else list(groups)
         for grp in groups:
             if grp.kind not in ("elementwise", "reduce", "matmul", "scalar", "index",
-                                "creation", "movement"):
+                                "creation", "movement", "random"):
                 raise NotDrivable(f"a {grp.kind} group")
         producer = {id(n.out): k for k, n in enumerate(g.nodes)}
         out_ids = {id(v) for v in g.outputs}

@@ -9,10 +9,11 @@ groups as the interpreter's steps, the very ``impl`` each primitive runs eagerly
 has the interpreter's interface (``run(plan, inputs, scalars) -> outputs``, raising
 ``GuardFailed``), so a variant swaps one for the other.
 
-Note (what is not native yet, and why results can differ from eager): matmul, indexing,
-movement, random and scalar groups still run their numpy steps, one Python step
-each, and every call allocates its kernels' outputs (no arena yet); a single native driver
-per variant comes when every group lowers. Within a native kernel, ``+ - * /``, ``sqrt``,
+Note (what the hybrid plan runs in numpy, and why results can differ from eager): the groups
+that do not lower (normal random numbers, float64 transcendentals, pow by a runtime
+exponent; see ``driver.py``) and the index, movement, random and scalar groups, one Python
+step each; every call allocates its kernels' outputs. A graph whose groups all lower runs
+as one native driver call instead. Within a native kernel, ``+ - * /``, ``sqrt``,
 comparisons, ``where``, ``maximum``/``minimum`` are IEEE operations in numpy's order and give
 eager's bits; ``exp log tanh sigmoid erf sin cos`` are the vecmath polynomials, within the ulp
 bounds documented in ``vecmath`` of the correctly rounded result — not bit-identical to
