@@ -44,6 +44,8 @@ class Explanation:
                 lines.append("baked in (Python numbers from elsewhere; a change is NOT seen):")
                 lines += [f"  {b}" for b in v["baked"]]
             lines.append("writes: " + (", ".join(v["writes"]) or "none"))
+            if v["backward"]:
+                lines.append("backward outside: " + v["backward"])
             for part, groups in v["groups"]:
                 lines.append(f"fusion groups{part} ({len(groups)}):")
                 lines += [f"  {line}" for line in format_groups(groups).splitlines()]
@@ -92,9 +94,23 @@ def explain(fn, *args, **kwargs) -> Explanation:
             "groups": _fusion_groups(v),
             "memory": _memory_plans(v),
             "backend": _backend_plans(v),
+            "backward": _backward_outside(v),
         })
     print(ex)
     return ex
+
+
+def _backward_outside(v) -> str:
+    """How a variant whose result is differentiated after the call serves ``backward()``."""
+    if v.backward is None:
+        return ""
+    parts = v.backward.parts
+    if parts.precomputed:
+        return ("the forward computes the gradients too (one scalar loss, cotangent 1); "
+                "backward() hands them over, or scales them by another cotangent")
+    by_reference = sum(i is not None for i in parts.saved_inputs)
+    return (f"the forward saves {len(parts.saved_inputs)} value(s) for it ({by_reference} of "
+            f"them inputs, kept by reference)")
 
 
 def _counted(lines) -> list[str]:

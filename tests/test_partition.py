@@ -240,3 +240,17 @@ def test_precomputed_gradients_with_a_symbolic_batch_size_match_eager():
             np.testing.assert_allclose(q.grad.numpy(), p.grad.numpy(), rtol=1e-4, atol=1e-6)
     (v,) = cf.variants
     assert v.sym is not None and v.backward.parts.precomputed and {8, 9, 20} <= set(v.plans)
+
+
+@pytest.mark.parametrize("backend,says", [
+    ("llvm", "the forward computes the gradients too"),
+    ("interp", "the forward saves 1 value(s) for it (0 of them inputs")])
+def test_explain_says_how_backward_outside_is_served(backend, says, capsys):
+    x = dg.tensor(np.random.default_rng(0).standard_normal(64).astype(np.float32),
+                  requires_grad=True)
+    cf = compiler.compile(lambda x: (x.tanh() * 2).sum(), backend=backend)
+    for _ in range(3):
+        x.grad = None
+        cf(x).backward()
+    compiler.explain(cf)
+    assert f"backward outside: {says}" in capsys.readouterr().out
