@@ -36,9 +36,7 @@ about 8 s.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import io
 import os
 import sys
 import time
@@ -51,6 +49,8 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from _common import explain_text, progress  # noqa: E402
+
 import compiler  # noqa: E402
 import dyngrad as dg  # noqa: E402
 import dyngrad.nn.functional as F  # noqa: E402
@@ -148,44 +148,6 @@ def sample(model: CharGRU, corpus: Corpus, prompt: str, n: int, temperature: flo
     return prompt + "".join(corpus.chars[t - 1] for t in out)
 
 
-def explain_text(cf, full: bool = False) -> str:
-    """``compiler.explain(cf)``'s report; unless ``full``, with the long sections (the IR,
-    the fusion groups, the baked literals) reduced to their line counts, and of the guards
-    only those on the arguments' shapes (the ones that tell the variants apart) and on
-    numbers (the rest — parameters, optimizer state and modules unchanged — counted)."""
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        compiler.explain(cf)
-    if full:
-        return buf.getvalue()
-    long = ("baked in", "fusion groups", "IR before passes", "IR after passes", "guards:")
-    headers = long + ("===", "---", "value guards", "runtime scalar", "writes:", "memory",
-                      "backend", "recompiles:", "eager fallbacks:", "note:")
-    shown = ("  shape of argument", "  global", "  closure")
-    out, skipped, eliding, section = [], 0, False, ""
-    for line in buf.getvalue().splitlines() + ["==="]:
-        if line.startswith(headers):
-            if skipped:
-                out.append(f"  … {skipped} {'more ' * (section == 'guards:')}lines "
-                           f"(--explain-full prints them)")
-            skipped, section = 0, line
-            out.append(line)
-            eliding = line.startswith(long)
-        elif eliding and not (section == "guards:" and line.startswith(shown)):
-            skipped += 1
-        else:
-            out.append(line)
-    return "\n".join(out[:-1])
-
-
-def progress(iterable, total: int):
-    try:
-        from tqdm import tqdm
-        return tqdm(iterable, total=total, ncols=88, unit="step")
-    except ImportError:
-        return iterable
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=600)
@@ -225,7 +187,7 @@ def main(argv=None) -> dict:
     t_first = {}
     twin_alive = True
     seen = {b: 0 for b in args.buckets}
-    bar = progress(corpus.batches(args.steps, args.batch, args.seed), args.steps)
+    bar = progress(corpus.batches(args.steps, args.batch, args.seed), args.steps, "step")
     for b, x, y in bar:
         n_var = len(step.variants)
         t0 = time.perf_counter()
@@ -262,7 +224,7 @@ def main(argv=None) -> dict:
           f"difference {max(diffs):.1e}")
 
     print("\ncompiler.explain(step):")
-    print(explain_text(step, args.explain_full))
+    print(explain_text(step, args.explain_full, ("  shape of argument", "  global", "  closure")))
     print("\nsampled (temperature 0.7):")
     print(sample(model, corpus, "The compiler ", 80 if args.quick else 300, seed=args.seed))
 

@@ -30,8 +30,6 @@ calls that traced a new variant and those that ran eagerly.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
 import sys
 import time
@@ -44,6 +42,8 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import explain_text, progress  # noqa: E402
+
 import compiler  # noqa: E402
 import dyngrad as dg  # noqa: E402
 
@@ -85,40 +85,6 @@ def inputs(n_known: int, n_new: int, seed: int = 0) -> list[float]:
     return [float(np.float32(v)) for v in known + new]
 
 
-def explain_text(cf, full: bool = False) -> str:
-    """``compiler.explain(cf)``'s report; unless ``full``, with the long sections (the IR,
-    the fusion groups, the baked literals) reduced to their line counts."""
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        compiler.explain(cf)
-    if full:
-        return buf.getvalue()
-    long = ("baked in", "fusion groups", "IR before passes", "IR after passes")
-    headers = long + ("===", "---", "guards:", "value guards", "runtime scalar", "writes:",
-                      "memory", "backend", "recompiles:", "eager fallbacks:", "note:")
-    out, skipped, eliding = [], 0, False
-    for line in buf.getvalue().splitlines() + ["==="]:
-        if line.startswith(headers):
-            if skipped:
-                out.append(f"  … {skipped} lines (--explain-full prints them)")
-            skipped = 0
-            out.append(line)
-            eliding = line.startswith(long)
-        elif eliding:
-            skipped += 1
-        else:
-            out.append(line)
-    return "\n".join(out[:-1])
-
-
-def progress(iterable, total: int):
-    try:
-        from tqdm import tqdm
-        return tqdm(iterable, total=total, ncols=88, unit="call")
-    except ImportError:
-        return iterable
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=40, help="calls on the four known paths")
@@ -135,7 +101,7 @@ def main(argv=None) -> dict:
     rows = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for v in progress(inputs(n_known, n_new), n_known + n_new):
+        for v in progress(inputs(n_known, n_new), n_known + n_new, "call"):
             a_eager = dg.tensor(v, requires_grad=True)
             a_comp = dg.tensor(v, requires_grad=True)
             t0 = time.perf_counter()

@@ -37,6 +37,8 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import progress  # noqa: E402
+
 import compiler  # noqa: E402
 import dyngrad as dg  # noqa: E402
 import dyngrad.nn.functional as F  # noqa: E402
@@ -76,14 +78,6 @@ def predict(model: nn.Module, x: dg.Tensor) -> np.ndarray:
         return model(x).argmax(1).numpy()
 
 
-def progress(iterable, total: int):
-    try:
-        from tqdm import tqdm
-        return tqdm(iterable, total=total, ncols=88, unit="epoch")
-    except ImportError:
-        return iterable
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=30)
@@ -107,7 +101,7 @@ def main(argv=None) -> dict:
     eager_step = make_step(twin, twin_opt)
 
     losses, eager_losses, t_compiled, t_eager, n = [], [], [], [], 0
-    bar = progress(range(epochs), epochs)
+    bar = progress(range(epochs), epochs, "epoch")
     for _ in bar:
         for xb, yb in loader:
             t0 = time.perf_counter()

@@ -43,6 +43,8 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import progress  # noqa: E402
+
 import dyngrad as dg  # noqa: E402
 import dyngrad.nn.functional as F  # noqa: E402
 from dyngrad import nn, optim  # noqa: E402
@@ -69,14 +71,6 @@ def make_model(seed: int = 0) -> nn.Module:
 def accuracy(model: nn.Module, x: dg.Tensor, y: dg.Tensor) -> float:
     with dg.no_grad():
         return (model(x).argmax(1) == y).float().mean().item()
-
-
-def progress(iterable, total: int):
-    try:
-        from tqdm import tqdm
-        return tqdm(iterable, total=total, ncols=88, unit="epoch")
-    except ImportError:
-        return iterable
 
 
 def main(argv=None) -> float:
@@ -117,7 +111,7 @@ def main(argv=None) -> float:
     losses, twin_losses, accs, steps = [], [], [], 0
     times = {"eager": [], "compiled": []}
     worst = 0.0  # largest relative difference of the two losses
-    bar = progress(range(args.epochs), args.epochs)
+    bar = progress(range(args.epochs), args.epochs, "epoch")
     for epoch in bar:
         for xb, yb in loader:
             for name, fn, out in (("eager", eager_step, losses),
