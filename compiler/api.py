@@ -98,14 +98,12 @@ def clear_cache() -> int:
 
 def reset() -> None:
     """Drop every cached variant of every compiled function."""
-    import weakref
     for ref in list(_ALL):
         cf = ref()
         if cf is None:
             _ALL.remove(ref)
         else:
             cf.reset()
-    del weakref
 
 
 class CompileVerifyError(AssertionError):
@@ -237,7 +235,7 @@ def _generate_call_path(trace: Trace, copy_outputs: set, variant: Variant, run) 
         return name
 
     ins = ", ".join(_binding_expr(b, local(b), True) for b in trace.bindings)
-    scs = ", ".join(_scalar_expr(i, src, ns) for i, src in enumerate(trace.scalar_sources))
+    scs = ", ".join(src.source(i, ns) for i, src in enumerate(trace.scalar_sources))
     body = []
     for k in sorted(copy_outputs):
         body.append(f"outs[{k}] = np.array(outs[{k}], copy=True)")
@@ -266,24 +264,6 @@ def _generate_call_path(trace: Trace, copy_outputs: set, variant: Variant, run) 
              *(f"    {x}" for x in body), "    V.calls += 1", f"    return {result}"]
     exec("\n".join(lines), ns)  # noqa: S102 - generated from the trace, no user text
     return ns["gather"], ns["commit"], ns["fast"]
-
-
-def _scalar_expr(i: int, src, ns: dict) -> str:
-    """Source text reading scalar source ``src`` (``ScalarSource.read``, inlined: an
-    argument, ``owner[key]`` through its weak or strong reference, maybe ``[index]``)."""
-    if src.owner is None:
-        if src.key[0] == "arg":
-            return f"flat[{src.key[1]}]"
-        ns[f"S{i}"] = src.read
-        return f"S{i}(flat)"
-    ns[f"SK{i}"] = src.key
-    if isinstance(src.owner, weakref.ref):
-        ns[f"SW{i}"] = src.owner
-        expr = f"SW{i}()[SK{i}]"
-    else:
-        ns[f"SO{i}"] = src.owner
-        expr = f"SO{i}[SK{i}]"
-    return expr if src.index is None else f"{expr}[{int(src.index)}]"
 
 
 def _build_expr(spec, ns: dict) -> str:
@@ -536,7 +516,6 @@ class CompiledFunction:
         self.__wrapped__ = fn
         self.__name__ = getattr(fn, "__name__", type(fn).__name__)
         self.__doc__ = getattr(fn, "__doc__", None)
-        import weakref
         _ALL.append(weakref.ref(self))
 
     @property

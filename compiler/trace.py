@@ -107,6 +107,23 @@ class ScalarSource:
         v = owner[self.key]
         return v[self.index] if self.index is not None else v
 
+    def source(self, i: int, ns: dict) -> str:
+        """:meth:`read` as source text for a generated call path (``flat`` in scope; the
+        objects it needs put in ``ns`` under names ending in ``i``): no method call."""
+        if self.owner is None:
+            if self.key[0] == "arg":
+                return f"flat[{self.key[1]}]"
+            ns[f"S{i}"] = self.read
+            return f"S{i}(flat)"
+        ns[f"SK{i}"] = self.key
+        if isinstance(self.owner, weakref.ref):
+            ns[f"SW{i}"] = self.owner
+            expr = f"SW{i}()[SK{i}]"
+        else:
+            ns[f"SO{i}"] = self.owner
+            expr = f"SO{i}[SK{i}]"
+        return expr if self.index is None else f"{expr}[{int(self.index)}]"
+
 
 def user_frame() -> str:
     """file:line of the innermost frame outside dyngrad and the compiler."""
