@@ -129,6 +129,7 @@ class Variant:
     templates: list | None = None
     bw_templates: list | None = None
     plans: dict = field(default_factory=dict)  # size -> (forward plan, backward plan)
+    family: Any = None  # the native backend's module family of the sizes (llvm/sizes.py)
     inplace: dict = field(default_factory=dict)  # node -> input written in place
     groups: list[FusionGroup] = field(default_factory=list)  # the fusion groups (kernels)
     #                                  of trace.graph; the interpreter does not use them
@@ -147,14 +148,40 @@ class Variant:
         if p is None:
             if self.execute is interp.run:
                 fwd = interp.compile_graph(self.trace.graph, self.templates, d, self.inplace)
-            else:  # a native backend compiles the graph at this size (and caches it)
-                g = concrete_graph(self.trace.graph, self.templates, d,
-                                   [np.shape(a) for a in inputs])
-                fwd = backends.get(self.backend_name).compile_graph(g, inplace=self.inplace)
+            else:  # a native backend plans the graph at this size (its sizes may share
+                shapes = [np.shape(a) for a in inputs]  # one module)
+                g = concrete_graph(self.trace.graph, self.templates, d, shapes)
+                backend = backends.get(self.backend_name)
+                if self.family is None and hasattr(backend, "family"):
+                    self.family = backend.family(self.inplace)
+                if self.family is not None:
+                    self.family.near = lambda: self._graphs_near(d, shapes)
+                fwd = backend.compile_graph(g, inplace=self.inplace, family=self.family)
             bwd = interp.compile_graph(self.backward.parts.backward, self.bw_templates, d) \
                 if self.backward else None  # (the backward part: per size on the numpy
             p = self.plans[d] = (fwd, bwd)  # interpreter)
         return p
+
+    PROBES = (1, 17, 257)  # sizes d + these probe which numbers of the code follow d
+
+    def _graphs_near(self, d: int, shapes: list) -> list:
+        """Concrete graphs at sizes near ``d`` (``PROBES``), for the native backend to learn
+        which numbers of its code vary with the size (``llvm/sizes.py``). An argument's
+        symbolic dims take their affine size there; every other input keeps its shape at
+        ``d``. Probes are never run, and a graph that cannot be made is skipped."""
+        g0, dims = self.trace.graph, self.sym.dims
+        out = []
+        for step in self.PROBES:
+            try:
+                probe = []
+                for b, s in zip(self.trace.bindings, shapes, strict=True):
+                    affine = dims.get(b.target, {}) if b.kind == "arg" else {}
+                    probe.append(tuple(affine[k].at(d + step) if k in affine else n
+                                       for k, n in enumerate(s)))
+                out.append(concrete_graph(g0, self.templates, d + step, probe))
+            except Exception:  # noqa: BLE001 - a probe that cannot be made is skipped
+                continue
+        return out
 
     def __post_init__(self) -> None:
         self._gather, self._commit, fast = _generate_call_path(self.trace, self.copy_outputs,
@@ -167,6 +194,9 @@ class Variant:
         self.call = self.run
         if self.backward is not None:  # the backward part runs per size on the interpreter
             self.backward.execute = interp.run
+        elif not self.trace.prints:  # straight-line, the plan looked up by size
+            _, _, self.call = _generate_call_path(self.trace, self.copy_outputs, self,
+                                                  self.execute)
 
     def run(self, flat: list):
         """The general call path (``call`` is a generated straight-line one when the variant
@@ -215,7 +245,9 @@ def _generate_call_path(trace: Trace, copy_outputs: set, variant: Variant, run) 
     write-backs, version bumps and ``.grad`` assignments; and ``fast(flat)``, the whole call
     (gather, ``run(plan, ...)``, commit, building the result) as one straight-line function
     — no loops, no calls beyond the graph's execution and the tensors it must make. Each
-    weakly bound object is dereferenced once per call (the guards have seen it alive)."""
+    weakly bound object is dereferenced once per call (the guards have seen it alive). For
+    a symbolic variant, ``fast`` takes the plan of the call's size from ``variant.plans``
+    (``plans_for`` makes it on first use)."""
     ns: dict[str, Any] = {"COPYTO": np.copyto, "np": np, "NEW": object.__new__,
                           "TENSOR": Tensor, "STORAGE": Storage, "RUN": run, "V": variant,
                           "BUILD": _build, "FRESH": _fresh}
@@ -258,9 +290,17 @@ def _generate_call_path(trace: Trace, copy_outputs: set, variant: Variant, run) 
                      f"{owner}._grad = t"]
     result = _build_expr(trace.out_spec, ns)
     indent = [f"    {x}" for x in prelude]
+    if variant.sym is None:
+        run_lines = [f"    outs = RUN(V.plan, [{ins}], [{scs}])"]
+    else:
+        i, k = variant.sym.base
+        ns["PLANS"] = variant.plans
+        run_lines = [f"    ins = [{ins}]", f"    p = PLANS.get(flat[{i}]._data.shape[{k}])",
+                     "    if p is None: p = V.plans_for(flat, ins)",
+                     f"    outs = RUN(p[0], ins, [{scs}])"]
     lines = ["def gather(flat):", *indent, f"    return [{ins}], [{scs}]", "",
              "def commit(flat, outs):", *indent, *(f"    {x}" for x in body), "    return None",
-             "", "def fast(flat):", *indent, f"    outs = RUN(V.plan, [{ins}], [{scs}])",
+             "", "def fast(flat):", *indent, *run_lines,
              *(f"    {x}" for x in body), "    V.calls += 1", f"    return {result}"]
     exec("\n".join(lines), ns)  # noqa: S102 - generated from the trace, no user text
     return ns["gather"], ns["commit"], ns["fast"]

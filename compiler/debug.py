@@ -143,11 +143,17 @@ def _backend_plans(v) -> list:
             why = " (symbolic sizes: plans per size)" if v.sym is not None else ""
             out.append((label, f"numpy interpreter{why}"))
             continue
-        if v.sym is not None:  # a native plan compiled per size met so far
+        if v.sym is not None:  # a native plan per size met so far (maybe one module)
             from .backends.llvm import runner
             sizes = "; ".join(f"size {d}: {runner.describe(p[0])}"
                               for d, p in sorted(v.plans.items()))
-            out.append((label, f"compiled per symbolic size — {sizes or 'none yet'}"))
+            text = f"planned per symbolic size — {sizes or 'none yet'}"
+            fam = v.family
+            if fam is not None and (fam.shared or fam.own):
+                text += (f"\n  native code: {fam.shared} size(s) run one module whose "
+                         f"{len(fam.positions)} size-dependent numbers are run-time values "
+                         f"({fam.templates} compiled), {fam.own} size(s) compiled on their own")
+            out.append((label, text))
             continue
         from .backends.llvm import codegen, runner
         text = runner.describe(plan)

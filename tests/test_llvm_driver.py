@@ -652,7 +652,7 @@ def test_explain_says_how_the_llvm_backend_runs_each_variant(capsys):
     capsys.readouterr()
 
 
-def test_a_symbolic_batch_size_runs_native_plans_compiled_per_size(capsys):
+def test_a_symbolic_batch_size_runs_native_plans_made_per_size(capsys):
     dg.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 3))
     twin = copy.deepcopy(model)
@@ -675,7 +675,7 @@ def test_a_symbolic_batch_size_runs_native_plans_compiled_per_size(capsys):
     (v,) = cf.variants
     assert v.sym is not None and {20, 9, 8} <= set(v.plans)
     assert all(isinstance(p[0], driver.DriverPlan) for p in v.plans.values())
-    assert "compiled per symbolic size" in str(compiler.explain(cf))
+    assert "planned per symbolic size" in str(compiler.explain(cf))
     capsys.readouterr()
 
 

@@ -2,7 +2,9 @@
 against. A backend is a pair ``compile_graph(graph, inplace=None, groups=None) -> plan``
 (``groups``: the graph's fusion groups when the caller has them) and
 ``run(plan, inputs, scalars) -> outputs`` (raising ``interp.GuardFailed`` on a value guard
-miss); :func:`get` returns it by name."""
+miss); a native backend may add ``family()``, an object that ``compile_graph(...,
+family=)`` is given for every size of one symbolic variant (the LLVM backend's serves them
+from one module); :func:`get` returns it by name."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ def get(name: str) -> SimpleNamespace:
             compile_graph=lambda g, inplace=None, groups=None: interp.compile_graph(
                 g, inplace=inplace), run=interp.run)
     if name == "llvm":
-        from .llvm import runner
-        return SimpleNamespace(compile_graph=runner.compile_graph, run=runner.run)
+        from .llvm import runner, sizes
+        return SimpleNamespace(compile_graph=runner.compile_graph, run=runner.run,
+                               family=sizes.Family)
     raise ValueError(f"unknown backend {name!r}; choose 'interp' or 'llvm'")

@@ -43,9 +43,10 @@ batch size, the driver computes the plan of a size the first time it meets it �
 :func:`plan_for_size`, from the node parameter templates (``Variant.templates``) and the
 shapes of that call's input arrays — and caches it per size, as ``Variant.plans_for`` caches
 the interpreter's plan. Planning takes a few milliseconds for a training step. Which node
-outputs need memory does not depend on the size — only where they go — so the driver takes
-the arena and an *offset table* (:meth:`MemoryPlan.table`: one int64 per node, in node
-order) as runtime arguments and is compiled once for every size. A kernel that may run in
+outputs need memory does not depend on the size — only where they go — so the LLVM driver's
+arena offsets are among the numbers its sizes pass at run time to one shared module
+(``compiler/backends/llvm/sizes.py``); :meth:`MemoryPlan.table` gives them as one int64 per
+node, in node order. A kernel that may run in
 place (any pair in ``inplace`` at any size) must not declare its operands ``noalias``.
 
 >>> plan = plan_memory(graph)

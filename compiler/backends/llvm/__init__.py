@@ -1,4 +1,6 @@
-"""The LLVM backend, in progress: ``jit.py`` (LLVM IR text to native code), ``vecmath.py``
-(exp, log, tanh, sigmoid, erf, sin, cos written in IR so loops vectorise) and ``codegen.py``
-(one vectorised kernel per elementwise fusion group). ``backend="llvm"`` in ``compile`` still
-raises until reductions, matmul and the driver function exist."""
+"""The LLVM backend (``backend="llvm"``, the default): ``runner.py`` (the entry: one driver
+call, or a hybrid plan), ``driver.py`` (a whole graph as one native call), ``codegen.py``
+with ``reduce.py``, ``matmul.py``/``gemm.py``, ``datamove.py`` and ``randomgen.py`` (a
+kernel per fusion group), ``vecmath.py`` (math functions in IR), ``sizes.py`` (one module for
+every size of a symbolic variant), ``jit.py`` and ``cache.py`` (LLVM and the disk cache),
+``blas.py``/``tune.py`` and ``threads.py``. See docs/compiler.md."""

@@ -65,7 +65,8 @@ def _memtype(v) -> str:
 class DriverPlan:
     """Everything one graph's native call needs (see the module docstring)."""
 
-    def __init__(self, g, inplace: dict, make_fallback, groups: list | None = None) -> None:
+    def __init__(self, g, inplace: dict, make_fallback, groups: list | None = None,
+                 family=None) -> None:
         self.g = g
         self.make_fallback = make_fallback  # the runner's plan, made when first needed: a
         self.fallback = None  # call while another thread holds this plan
@@ -276,9 +277,17 @@ class DriverPlan:
         body.append("}")
         text += ("\ndeclare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)\n"
                  + "\n".join(body) + "\n")
-        from .runner import _module
-        self.compiled = _module(text)
-        self.fn = self.compiled.cfunc("drv", ctypes.c_int32, ctypes.c_void_p)
+        self.text = text
+        if family is None:
+            from .runner import _module
+            self.compiled, self.sizes = _module(text), None
+        else:  # one symbolic variant's sizes: maybe one module for all (sizes.py)
+            self.compiled, self.sizes = family.module(text)
+            if self.sizes is not None:
+                self.lock = family.lock  # (the sizes share the module's global)
+        self.fn = self.compiled.cfunc("drv", ctypes.c_int32, ctypes.c_void_p) \
+            if self.sizes is None else \
+            self.compiled.cfunc("drv_sized", ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p)
         # ------------------------------------------------------------ the table itself
         self.table = (ctypes.c_void_p * max(len(slots), 1))()
         self.table[arena_slot] = (self.arena.ctypes.data + ALIGN - 1) // ALIGN * ALIGN
@@ -324,7 +333,12 @@ class DriverPlan:
                      "    if REFS(e[0]) == 2: break",  # (the pool's reference and REFS's)
                      f"else: e = NEW({k})",
                      f"TABLE[{s}] = e[1]", f"o{k} = e[0]"]
-        body += ["status = FN(TABLE)", "if status: SELF.failed(status)"]
+        if self.sizes is None:
+            body.append("status = FN(TABLE)")
+        else:  # the family's module, with this size's numbers
+            ns["SIZES"] = self.sizes.ctypes.data
+            body.append("status = FN(TABLE, SIZES)")
+        body.append("if status: SELF.failed(status)")
         for _, i, _ in self.writebacks:  # a strided target was given a contiguous copy: the
             #                              driver wrote into the copy, copy it over the target
             body.append(f"if LAST[{i}] is not inputs[{i}]: COPYTO(inputs[{i}], LAST[{i}])")
@@ -429,8 +443,34 @@ def _constants(g, grp) -> dict:
     return {id(v): env[id(v)] for v in grp.outputs}
 
 
-def build(g, inplace: dict | None, make_fallback, groups: list | None = None) -> DriverPlan:
+class _Text(Exception):
+    """Carries a driver's IR text out of :func:`text_of`."""
+
+
+class _TextOnly:
+    """A family that compiles nothing: it hands the text back (``text_of``)."""
+
+    def module(self, text: str):
+        raise _Text(text)
+
+
+def text_of(g, inplace: dict | None) -> str | None:
+    """The driver module's IR text for ``g`` without compiling it (None when the graph
+    does not make one driver): how ``sizes.Family`` probes other sizes."""
+    try:
+        DriverPlan(g, inplace or {}, None, None, _TextOnly())
+    except _Text as t:
+        return t.args[0]
+    except NotImplementedError:
+        return None
+    raise AssertionError("text_of: the plan was built without asking for its module")
+
+
+def build(g, inplace: dict | None, make_fallback, groups: list | None = None,
+          family=None) -> DriverPlan:
     """A :class:`DriverPlan` for ``g``, or raise :class:`NotDrivable` (or
     NotImplementedError from the code generator). ``make_fallback()`` makes the runner's
-    plan of ``g``, for calls that find the plan busy in another thread."""
-    return DriverPlan(g, inplace or {}, make_fallback, groups)
+    plan of ``g``, for calls that find the plan busy in another thread. ``family``: the
+    :class:`~compiler.backends.llvm.sizes.Family` of a symbolic variant's sizes, which may
+    serve this size from one module with the others."""
+    return DriverPlan(g, inplace or {}, make_fallback, groups, family)

@@ -238,8 +238,9 @@ class _ReduceBuilder(_Builder):
         CB = _BLOCK_CHUNKS
         NB = -(-chunks // CB)
         if blocked:  # one o: the chunks in fixed blocks, whose partial lanes add in order
-            for m, v in enumerate(vec):
-                lines.append(f"  %parts{m} = alloca [{NB} x {v}], align 64")
+            for m, v in enumerate(vec):  # (a count, not an array type: a number the
+                #                             driver may pass at run time, see sizes.py)
+                lines.append(f"  %parts{m} = alloca {v}, i64 {NB}, align 64")
             n_args = len(layout)
             lines.append(f"  %ctx = alloca [{n_args + len(tys)} x ptr], align 8")
             for k in range(n_args + len(tys)):
@@ -255,10 +256,12 @@ class _ReduceBuilder(_Builder):
         acc, block = list(init), "outer"
 
         def values_into_tmp(r: str, k: str) -> None:
-            vals = self._lane(r, reductions, pre_s, s_pre_out, base)
-            for m, t in enumerate(tys):
+            saved = dict(self.reads), dict(self.idx)  # (what this loop reads is read in
+            vals = self._lane(r, reductions, pre_s, s_pre_out, base)  # it: the loop may be
+            for m, t in enumerate(tys):  #                              skipped at run time)
                 p = self.emit(f"getelementptr inbounds {t}, ptr %tmp{m}, i64 {k}")
                 self.lines.append(f"  store {t} {vals[m]}, ptr {p}")
+            self.reads, self.idx = saved
 
         def accumulate(acc: list, n_vectors: int) -> list:
             acc = list(acc)
@@ -269,10 +272,15 @@ class _ReduceBuilder(_Builder):
                     acc[m] = self._combine(ops[m], vec[m], acc[m], v)
             return acc
 
-        def chunk_loop(first: list, c0: str, c1: str, pred: str) -> list:
-            """Chunks c0 <= c < c1 (at least one) from lanes ``first``; the lanes after."""
+        def chunk_loop(first: list, c0: str, c1: str, pred: str, guard: bool = False) -> list:
+            """Chunks c0 <= c < c1 from lanes ``first``; the lanes after. At least one unless
+            ``guard`` (then the loop is skipped when there is none)."""
             out = self.lines
-            out.append("  br label %chunk\nchunk:")
+            if guard:
+                out.append(f"  %c.any = icmp slt i64 {c0}, {c1}")
+                out.append("  br i1 %c.any, label %chunk, label %chunk.end\nchunk:")
+            else:
+                out.append("  br label %chunk\nchunk:")
             out.append(f"  %c = phi i64 [{c0}, %{pred}], [%c.next, %chunk.acc]")
             phi_at = len(out)
             cb = self.emit(f"mul nuw nsw i64 %c, {B}")
@@ -289,6 +297,9 @@ class _ReduceBuilder(_Builder):
             out.append("  %c.next = add nuw nsw i64 %c, 1")
             out.append(f"  %c.more = icmp slt i64 %c.next, {c1}")
             out.append("  br i1 %c.more, label %chunk, label %chunk.end\nchunk.end:")
+            if guard:  # the lanes from the loop, or as they came when it was skipped
+                return [self.emit(f"phi {vec[m]} [{first[m]}, %{pred}], "
+                                  f"[{nexts[m]}, %chunk.acc]") for m in range(len(tys))]
             return nexts
 
         if blocked:
@@ -312,22 +323,10 @@ class _ReduceBuilder(_Builder):
             lines.append("  br i1 %g.more, label %gather, label %gather.end\ngather.end:")
             acc, block = nexts, "gather.end"
             self.at_i = dict(base)
-        elif chunks:
-            acc, block = chunk_loop(init, "0", str(chunks), "outer"), "chunk.end"
-        if rem:
-            lines.append(f"  br label %rinner\nrinner:\n  %j = phi i64 [0, %{block}], "
-                         f"[%j.next, %rinner]")
-            values_into_tmp(self.emit(f"add nuw nsw i64 %j, {chunks * B}"), "%j")
-            lines.append("  %j.next = add nuw nsw i64 %j, 1")
-            lines.append(f"  %j.more = icmp slt i64 %j.next, {rem}")
-            lines.append("  br i1 %j.more, label %rinner, label %rinner.end\nrinner.end:")
-            n_vec = -(-rem // L)
-            for j in range(rem, n_vec * L):  # the last vector's unused lanes: identity
-                for m, t in enumerate(tys):
-                    p = self.emit(f"getelementptr inbounds {t}, ptr %tmp{m}, i64 {j}")
-                    lines.append(f"  store {t} {_const(ident[m], t)}, ptr {p}")
-            acc = accumulate(acc, n_vec)
-            block = "rinner.end"
+        else:  # (skipped at run time when R < B: the code has one form for every R)
+            acc, block = chunk_loop(init, "0", str(chunks), "outer", guard=True), "chunk.end"
+        acc, block = self._remainder(acc, block, values_into_tmp, rem, chunks * B, L, tys,
+                                     vec, ops, ident)
         self.at_i = dict(base)
         self._in_space_k()
         for m, i in enumerate(reductions):
@@ -367,6 +366,49 @@ class _ReduceBuilder(_Builder):
             + f"define internal void @{name}_body({', '.join(params)}) alwaysinline {{\n"
             + "\n".join(lines) + "\n}\n\n" + _entry(name, len(layout)))
         return text, name, layout
+
+    def _remainder(self, acc, block, values_into_tmp, rem, start, L, tys, vec, ops,
+                   ident) -> tuple:
+        """The last partial chunk: its ``rem`` values (from element ``start``) into the
+        stack buffer, the last vector's unused lanes set to the identity, then
+        ``ceil(rem / L)`` vectors folded into the lanes in order — loops whose trip counts
+        are numbers in the code (LLVM unrolls them when they are literals), so the kernel's
+        form is the same for every R; skipped when ``rem`` is 0. Returns (lanes, block)."""
+        lines = self.lines
+        n_vec = -(-rem // L)
+        lines.append(f"  %r.any = icmp sgt i64 {rem}, 0")
+        lines.append("  br i1 %r.any, label %rinner, label %r.done\nrinner:")
+        lines.append(f"  %j = phi i64 [0, %{block}], [%j.next, %rinner]")
+        values_into_tmp(self.emit(f"add nuw nsw i64 %j, {start}"), "%j")
+        lines.append("  %j.next = add nuw nsw i64 %j, 1")
+        lines.append(f"  %j.more = icmp slt i64 %j.next, {rem}")
+        lines.append("  br i1 %j.more, label %rinner, label %rpad.pre\nrpad.pre:")
+        lines.append(f"  %pad.any = icmp slt i64 {rem}, {n_vec * L}")
+        lines.append("  br i1 %pad.any, label %rpad, label %racc.pre\nrpad:")
+        lines.append(f"  %u = phi i64 [{rem}, %rpad.pre], [%u.next, %rpad]")
+        for m, t in enumerate(tys):  # the last vector's unused lanes: identity
+            p = self.emit(f"getelementptr inbounds {t}, ptr %tmp{m}, i64 %u")
+            lines.append(f"  store {t} {_const(ident[m], t)}, ptr {p}")
+        lines.append("  %u.next = add nuw nsw i64 %u, 1")
+        lines.append(f"  %u.more = icmp slt i64 %u.next, {n_vec * L}")
+        lines.append("  br i1 %u.more, label %rpad, label %racc.pre\nracc.pre:")
+        lines.append("  br label %racc\nracc:")
+        lines.append("  %q = phi i64 [0, %racc.pre], [%q.next, %racc]")
+        phi_at = len(lines)
+        qe = self.emit(f"mul nuw nsw i64 %q, {L}")
+        nexts = []
+        for m, t in enumerate(tys):  # lane j takes elements j, j + L, ... in order
+            p = self.emit(f"getelementptr inbounds {t}, ptr %tmp{m}, i64 {qe}")
+            v = self.emit(f"load {vec[m]}, ptr {p}, align 4")
+            nexts.append(self._combine(ops[m], vec[m], f"%racc{m}", v))
+        lines[phi_at:phi_at] = [f"  %racc{m} = phi {vec[m]} [{acc[m]}, %racc.pre], "
+                                f"[{nexts[m]}, %racc]" for m in range(len(tys))]
+        lines.append("  %q.next = add nuw nsw i64 %q, 1")
+        lines.append(f"  %q.more = icmp slt i64 %q.next, {n_vec}")
+        lines.append("  br i1 %q.more, label %racc, label %r.done\nr.done:")
+        merged = [self.emit(f"phi {vec[m]} [{acc[m]}, %{block}], [{nexts[m]}, %racc]")
+                  for m in range(len(tys))]
+        return merged, "r.done"
 
     def declarations(self) -> str:
         return threads.DECLARATIONS if self.extra and threads.find() else ""

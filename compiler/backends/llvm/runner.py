@@ -52,14 +52,16 @@ def _module(text: str) -> jit.Compiled:
     return cache.load_or_compile(text)  # (memory, then the disk cache, then LLVM)
 
 
-def compile_graph(g, inplace: dict | None = None, groups: list | None = None):
+def compile_graph(g, inplace: dict | None = None, groups: list | None = None,
+                  family=None):
     """A plan for :func:`run`: one native driver call when every fusion group lowers
-    (``driver``), else :func:`compile_hybrid`'s kernels-and-numpy plan."""
+    (``driver``), else :func:`compile_hybrid`'s kernels-and-numpy plan. ``family``: see
+    ``sizes.py`` (a symbolic variant's sizes)."""
     groups = fuse(g) if groups is None else groups
     if any(grp.kind not in ("scalar", "creation", "movement") for grp in groups):
         try:  # (a group that does not lower raises while the driver builds its module)
             return driver.build(g, inplace, lambda: compile_hybrid(g, inplace, groups),
-                                groups)
+                                groups, family)
         except NotImplementedError:  # (NotDrivable included): the hybrid plan runs it
             pass
     return compile_hybrid(g, inplace, groups)
