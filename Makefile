@@ -46,6 +46,7 @@ test: lint $(ORACLE)
 bench: $(STAMP)
 	$(PY) benchmarks/eager_overhead.py
 	$(PY) -m benchmarks
+	$(PY) benchmarks/symbolic_sizes.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -103,3 +103,19 @@ def test_the_machine_limits_are_measured_in_the_same_run(quick):
     m = quick[0]["machine"]
     assert m["copy_gbps"] > 0 and m["matmul_gflops"] > 0
     assert quick[0]["workloads"]["W2"]["bound_us"] > 0
+
+
+def test_symbolic_sizes_quick_run_shares_modules_and_agrees_with_eager(tmp_path):
+    """``benchmarks/symbolic_sizes.py --quick``: every new batch size's first two steps agree
+    with eager on both paths, and the symbolic one ran them on shared template modules."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
+    out = tmp_path / "sizes.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "symbolic_sizes.py"),
+                           "--quick", "--json", str(out), "--plot", str(tmp_path / "s.png")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["rows"] and all(r["shared_agrees"] and r["alone_agrees"] for r in res["rows"])
+    assert res["templates"] >= 1 and res["own_sizes"] == 0
+    assert res["shared_sizes"] >= len(res["rows"])
+    assert "first ms" in proc.stdout

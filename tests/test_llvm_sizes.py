@@ -311,3 +311,17 @@ def test_two_threads_calling_two_sizes_of_one_family():
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_a_template_llvm_refuses_leaves_the_sizes_to_their_own_modules(monkeypatch):
+    """Should a number the scanner lets through be one LLVM needs constant after all, the
+    template fails to compile: the sizes are compiled on their own, still right."""
+    def text(n):
+        return sum_driver(n, 1.0, extra=f"\n  %buf = alloca double, i64 2, align {8 * n}")
+    monkeypatch.setattr(sizes, "literal_type", lambda parts, k: "i64")
+    fam = sizes.Family()
+    for n in (1, 2, 4):
+        compiled, numbers = fam.module(text(n))
+        assert numbers is None
+        assert run_sum(compiled, None) == sum(range(n))
+    assert fam.templates == 0 and fam.own == 3

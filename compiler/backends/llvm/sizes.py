@@ -200,7 +200,10 @@ class Family:
         from .driver import text_of
         differ: set[int] = set()
         for g in (self.near() if self.near is not None else ()):
-            text = text_of(g, self.inplace)
+            try:
+                text = text_of(g, self.inplace)
+            except Exception:  # noqa: BLE001 - a probe that fails teaches nothing
+                continue
             if text is None:
                 continue
             sk, vals = split(text)
@@ -219,6 +222,9 @@ class Family:
             if ty is None:
                 return
             types[p] = ty
-        form.compiled = cache.load_or_compile(template(text, positions, types))
-        form.positions, form.types = positions, types
+        try:
+            compiled = cache.load_or_compile(template(text, positions, types))
+        except RuntimeError:  # LLVM refused it (a number it needs constant after all):
+            return            # the sizes compile on their own
+        form.compiled, form.positions, form.types = compiled, positions, types
         self.templates += 1
