@@ -299,6 +299,7 @@ class DriverPlan:
             elif kind == "staged":
                 self.table[k] = self.writebacks[key][2].ctypes.data
         self.last_inputs = [None] * len(g.inputs)
+        self.copied: set = set()  # inputs whose table entry is a contiguous copy
         self.pools = {k: [] for k in self.out_slot}  # per output: (array, address) pairs
         self._generate()
         self.n_groups = len(groups)
@@ -339,10 +340,9 @@ class DriverPlan:
             ns["SIZES"] = self.sizes.ctypes.data
             body.append("status = FN(TABLE, SIZES)")
         body.append("if status: SELF.failed(status)")
-        for _, i, _ in self.writebacks:  # a strided target was given a contiguous copy: the
-            #                              driver wrote into the copy, copy it over the target
-            body.append(f"if LAST[{i}] is not inputs[{i}]: COPYTO(inputs[{i}], LAST[{i}])")
-            ns["COPYTO"] = np.copyto
+        if self.writebacks:  # a strided target was given a contiguous copy: the driver
+            ns["COPIED"] = self.copied  # wrote into the copy, copy it over the target
+            body.append("if COPIED: SELF._copy_back(inputs)")
         result = []
         wb = {k: i for k, i, _ in self.writebacks}
         for k, v in enumerate(g.outputs):
@@ -373,8 +373,18 @@ class DriverPlan:
         want = self.g.inputs[i].dtype.np
         if not (a.flags.c_contiguous and a.dtype == want):
             a = np.array(a, dtype=want, order="C")
+            self.copied.add(i)
+        else:
+            self.copied.discard(i)
         self.table[self.input_slots[i]] = a.ctypes.data
         self.last_inputs[i] = a
+
+    def _copy_back(self, inputs: list) -> None:
+        """Write-back targets that were given contiguous copies (``copied``): the driver
+        wrote into the copies; copy them over the targets."""
+        for _, i, _ in self.writebacks:
+            if i in self.copied:
+                np.copyto(inputs[i], self.last_inputs[i])
 
     def _new_output(self, k: int) -> tuple:
         shape, dtype = self.out_meta[k]
