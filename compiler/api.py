@@ -130,6 +130,7 @@ class Variant:
     bw_templates: list | None = None
     plans: dict = field(default_factory=dict)  # size -> (forward plan, backward plan)
     family: Any = None  # the native backend's module family of the sizes (llvm/sizes.py)
+    bw_family: Any = None  # and of the backward part's sizes (backward outside)
     inplace: dict = field(default_factory=dict)  # node -> input written in place
     groups: list[FusionGroup] = field(default_factory=list)  # the fusion groups (kernels)
     #                                  of trace.graph; the interpreter does not use them
@@ -157,9 +158,13 @@ class Variant:
                 if self.family is not None:
                     self.family.near = lambda: self._graphs_near(d, shapes)
                 fwd = backend.compile_graph(g, inplace=self.inplace, family=self.family)
-            bwd = interp.compile_graph(self.backward.parts.backward, self.bw_templates, d) \
-                if self.backward else None  # (the backward part: per size on the numpy
-            p = self.plans[d] = (fwd, bwd)  # interpreter)
+            if self.backward is None:
+                bwd = None
+            elif self.execute is interp.run:
+                bwd = interp.compile_graph(self.backward.parts.backward, self.bw_templates, d)
+            else:  # planned at the first backward() at this size, given its arrays
+                bwd = _SizedBackward(self, d)
+            p = self.plans[d] = (fwd, bwd)
         return p
 
     PROBES = (1, 17, 257)  # sizes d + these probe which numbers of the code follow d
@@ -192,8 +197,9 @@ class Variant:
         """Serve every size of one dimension (see compiler/symbolic.py): plans per size."""
         self.sym, self.templates, self.bw_templates = sym, templates, bw_templates
         self.call = self.run
-        if self.backward is not None:  # the backward part runs per size on the interpreter
-            self.backward.execute = interp.run
+        if self.backward is not None:  # the backward part: a plan per size (_SizedBackward
+            self.backward.execute = interp.run if self.execute is interp.run else \
+                _run_sized_backward  # on a native backend)
         elif not self.trace.prints:  # straight-line, the plan looked up by size
             _, _, self.call = _generate_call_path(self.trace, self.copy_outputs, self,
                                                   self.execute)
@@ -215,6 +221,31 @@ class Variant:
             _print_effects(tr.prints, outs)
         self.calls += 1
         return _build(tr.out_spec, outs, flat, grad_node)
+
+
+class _SizedBackward:
+    """The backward part of a symbolic variant at one size, on a native backend: planned at
+    the first ``backward()`` of that size — the arrays it is given (saved values and
+    cotangents) have the shapes to plan with — and run natively; the sizes' modules form
+    a family as the forward's do."""
+
+    def __init__(self, variant: Variant, d: int) -> None:
+        self.variant, self.d, self.plan = variant, d, None
+
+    def run(self, inputs: list, scalars: list) -> list:
+        v = self.variant
+        backend = backends.get(v.backend_name)
+        if self.plan is None:
+            g = concrete_graph(v.backward.parts.backward, v.bw_templates, self.d,
+                               [np.shape(a) for a in inputs])
+            if v.bw_family is None and hasattr(backend, "family"):
+                v.bw_family = backend.family({})
+            self.plan = backend.compile_graph(g, family=v.bw_family)
+        return backend.run(self.plan, inputs, scalars)
+
+
+def _run_sized_backward(plan: _SizedBackward, inputs: list, scalars: list) -> list:
+    return plan.run(inputs, scalars)
 
 
 def _print_effects(prints: list, outs: list) -> None:

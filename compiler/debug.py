@@ -139,9 +139,17 @@ def _backend_plans(v) -> list:
     if v.backward is not None:
         parts.append((" (backward)", v.backward.plan, v.backward.parts.backward, None))
     for label, plan, g, groups in parts:
-        if v.execute is interp.run or (v.sym is not None and label):
+        if v.execute is interp.run:
             why = " (symbolic sizes: plans per size)" if v.sym is not None else ""
             out.append((label, f"numpy interpreter{why}"))
+            continue
+        if v.sym is not None and label:  # the backward part: planned per size at backward()
+            from .backends.llvm import runner
+            made = [(d, p[1].plan) for d, p in sorted(v.plans.items())
+                    if p[1] is not None and p[1].plan is not None]
+            sizes = "; ".join(f"size {d}: {runner.describe(p)}" for d, p in made)
+            out.append((label, f"planned per symbolic size at the first backward() — "
+                               f"{sizes or 'none yet'}"))
             continue
         if v.sym is not None:  # a native plan per size met so far (maybe one module)
             from .backends.llvm import runner

@@ -325,3 +325,30 @@ def test_a_template_llvm_refuses_leaves_the_sizes_to_their_own_modules(monkeypat
         assert numbers is None
         assert run_sum(compiled, None) == sum(range(n))
     assert fam.templates == 0 and fam.own == 3
+
+
+def test_backward_outside_a_symbolic_variant_runs_natively_per_size(capsys):
+    """A compiled model whose output's loss is taken outside (a non-scalar output: the
+    backward part runs at backward()), over changing batch sizes: every .grad equals
+    eager's, the backward part of each size is a native plan made at its first backward(),
+    and the sizes' backward modules form a family too."""
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+    twin = copy.deepcopy(model)
+    cf = compiler.compile(lambda x: model(x), backend="llvm")
+    for b in (5, 6, 7, 9, 11, 13, 16, 9):
+        x, target = dg.randn(b, 6), dg.randn(b, 3)
+        for m in (model, twin):
+            for p in m.parameters():
+                p.grad = None
+        out = cf(x)
+        ((out - target) ** 2).sum().backward()
+        ((twin(x) - target) ** 2).sum().backward()
+        for p, q in zip(model.parameters(), twin.parameters()):
+            np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=1e-4, atol=1e-5)
+    (v,) = cf.variants
+    assert v.sym is not None and v.backward is not None
+    made = {d: p[1].plan for d, p in v.plans.items() if p[1] is not None}
+    assert all(isinstance(p, driver.DriverPlan) for p in made.values()), made
+    assert len(made) >= 4 and v.bw_family is not None and v.bw_family.shared >= 2
+    assert "at the first backward()" in str(compiler.explain(cf))
+    capsys.readouterr()
