@@ -2,7 +2,8 @@
 
 The ``random`` primitive maps (state, shape, distribution) to numbers with no hidden state:
 the state tensor ``[seed, offset]`` is an input, and the generator advances ``offset`` with an
-ordinary in-place op afterwards. A tracer therefore sees the state as a bound input and its
+ordinary in-place op afterwards (by one counter value per 32-bit word drawn: see
+:func:`advance`). A tracer therefore sees the state as a bound input and its
 update as a write, and compiled code can reproduce eager's numbers exactly.
 
 Each counter value yields four 32-bit words. float32 uniforms use 24 bits of one word,
@@ -49,9 +50,17 @@ _WORDS = {("uniform", "float32"): 1, ("uniform", "float64"): 2, ("normal", "floa
 
 
 def blocks_needed(shape: tuple, dist: str, dtype) -> int:
-    """Counter values one call consumes (the generator's offset advances by this)."""
+    """Counter values one call reads (four words each)."""
     n = int(np.prod(shape))
     return -(-n * _WORDS[(dist, dtype.name)] // 4)
+
+
+def advance(shape: tuple, dist: str, dtype) -> int:
+    """How far one call moves the generator's offset: one counter value per word drawn —
+    more than the call reads (:func:`blocks_needed`), so that the step is linear in the
+    number of elements: a compiled function whose batch size changes keeps one variant
+    (``compiler/symbolic.py`` fits sizes that are affine in the size)."""
+    return int(np.prod(shape)) * _WORDS[(dist, dtype.name)]
 
 
 def _words(state: np.ndarray, n_words: int) -> np.ndarray:
@@ -124,11 +133,13 @@ class Generator:
     def sample(self, shape: tuple, dist: str, dtype) -> Tensor:
         """Draw numbers and advance the offset (an in-place op a tracer records)."""
         from ..autograd.grad_mode import no_grad
+        from .creation import full
         out = dispatch(RANDOM, self.state, shape=tuple(shape), dist=dist, dtype=dtype)
-        blocks = blocks_needed(shape, dist, dtype)
-        if blocks:
-            with no_grad():
-                self.state.add_(Tensor._constant(np.array([0, blocks], dtype=np.int64)))
+        step = advance(shape, dist, dtype)
+        if step:
+            with no_grad():  # [0, 1] · step: the step a parameter (a traced `full`)
+                self.state.add_(Tensor._constant(np.array([0, 1], dtype=np.int64))
+                                * full((), step, dtype=_dt.int64))
         return out
 
 

@@ -2,28 +2,32 @@
 
 A variant made symbolic (``compiler/symbolic.py``) gets a graph, a memory plan and a driver
 per concrete size, cheaply, in Python. Their LLVM IR texts differ only in numbers — trip
-counts, strides, arena offsets, BLAS arguments — when the code generator made the same
+counts, strides, arena offsets, BLAS arguments — where the code generator made the same
 choices at both sizes (the same kernels, vector widths, loop forms and paths). A
-:class:`Family` keeps the first size's text split into its *skeleton* (the text with every
-numeric literal taken out) and its literals. When a second size brings the same skeleton, the
-literal positions whose numbers differ become run-time values: each such position in a
-function reads its slot of a module global ``@dg_sizes`` (loaded once, in the function's entry
-block) instead of the literal, and ``i32 @drv_sized(ptr %tab, ptr %sizes)`` copies a size's
-numbers into the global and runs the driver. That template is compiled once (and cached on
-disk like any module); every later size whose skeleton matches and whose other literals are
-the first size's runs the template with its own numbers — read from its own IR text, so
-nothing is extrapolated: the template computes at that size exactly what the size's own text
-would. No LLVM at a new size, only the Python that writes its IR.
+:class:`Family` splits each size's text into its *skeleton* (the text with every numeric
+literal taken out) and its literals; sizes with the same skeleton are one *form*. The literal
+positions whose numbers differ between a form's sizes become run-time values: each such
+position in a function reads its slot of a module global ``@dg_sizes`` (loaded once, in the
+function's entry block) instead of the literal, and ``i32 @drv_sized(ptr %tab, ptr %sizes)``
+copies a size's numbers into the global and runs the driver. That *template* is compiled once
+(and cached on disk like any module); every size of the form runs it with its own numbers —
+read from its own IR text, so nothing is extrapolated: the template computes at that size
+exactly what the size's own text would, bit for bit. A new size costs only the Python that
+writes its IR.
 
-A size whose text differs otherwise (a reduction crossing the threshold to split across
-threads, a product crossing from inline loops to the register-blocked kernel, a number that
-varies where LLVM needs a constant: a type's element count, an alignment, a vector constant,
-an intrinsic's argument) is compiled on its own — as every size was before — and the family
-is unchanged. If a later size varies a literal the template keeps constant, a template
-covering both is compiled and used from then on (plans already made keep theirs).
+Which numbers vary is learnt from *probes*: when a form's first size arrives, the family asks
+``near()`` (set by the caller) for graphs at nearby sizes and compares their texts, so the
+first size already runs a template. A probe is never run; one of another form teaches
+nothing. A later size varying a number the template kept constant gets a wider template
+(plans already made keep theirs).
 
-Sizes share the module's global, so every plan of a family shares one lock
-(:attr:`Family.lock`): one call of the family's native code at a time, as for one plan.
+A number that varies where LLVM needs a constant (a type's element count, an alignment, a
+vector constant, an intrinsic's argument) keeps the sizes apart: such sizes are compiled on
+their own, as is a size of a new form once ``FORMS`` forms exist, and so is every size if
+LLVM refuses the template.
+
+Sizes share the module's global, so every plan of a family's templates shares one lock
+(:attr:`Family.lock`): one call of that native code at a time, as for one plan.
 """
 
 from __future__ import annotations
