@@ -290,8 +290,9 @@ def build_guards(trace, fn, flat: list, spec, dynamic_numbers: set,
             add(f"id(flat[{i}]._storage) in BOUND_STORAGES",
                 f"argument {i} shares no memory with a captured tensor", "separate",
                 lambda f, i=i: "shares memory")
-    def grad_guard(ref, was_none: bool, name: str) -> None:
-        add(f"o is None or (o._grad is None) is not {was_none}",
+    def grad_guard(ref, was_none: bool, name: str, alive: bool = False) -> None:
+        # (alive: right after the guard that returned if ``o`` is gone)
+        add(f"{'' if alive else 'o is None or '}(o._grad is None) is not {was_none}",
             f"{name}.grad is {'None' if was_none else 'present'}",
             "None" if was_none else "present", lambda f, ref=ref: _grad_state(ref, f))
 
@@ -316,7 +317,7 @@ def build_guards(trace, fn, flat: list, spec, dynamic_numbers: set,
             for j in by_owner.get(id(t), ()) if t is not None else ():
                 if j not in done_grad_guards:
                     done_grad_guards.add(j)
-                    grad_guard(*trace.grad_guards[j])
+                    grad_guard(*trace.grad_guards[j], alive=True)
         elif b.kind == "grad":
             lines.append(f"    o = {_owner_expr(b.target, f'B{k}')}")
             add(f"o is None or o._grad is None or o._grad._data is not A{k}()",
