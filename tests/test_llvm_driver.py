@@ -182,7 +182,7 @@ def test_a_kept_grad_and_loss_are_not_overwritten_by_later_steps():
         np.testing.assert_array_equal(arr(loss), loss_copy, err_msg=f"loss of step {i}")
         for j, (g, c) in enumerate(zip(grads, grad_copies)):
             np.testing.assert_array_equal(arr(g), c, err_msg=f".grad {j} of step {i}")
-    assert plan.pools and all(len(p) <= driver.POOL for p in plan.pools.values())
+    assert plan.pools and all(len(p) <= driver.BLOCKS for p in plan.pools.values())
 
 
 def test_dropped_outputs_are_reused_and_the_pools_stay_bounded():
@@ -201,21 +201,21 @@ def test_dropped_outputs_are_reused_and_the_pools_stay_bounded():
         assert_rel(out, want, 1e-5)
         addresses.add(arr(out).ctypes.data)
         del out
-    assert len(addresses) <= driver.POOL
+    assert len(addresses) <= driver.BLOCKS
     pooled = {e[1] for p in plan.pools.values() for e in p}
     assert addresses <= pooled
     # held results: each a fresh array, the pool still bounded, every value kept
     others = [dg.tensor(rng.standard_normal((8, 12)).astype(np.float32)) for _ in range(12)]
     held = [f(x, b) for x in others]
     assert len({id(arr(t)) for t in held}) == len(held)
-    assert all(len(p) <= driver.POOL for p in plan.pools.values())
+    assert all(len(p) <= driver.BLOCKS for p in plan.pools.values())
     for x, t in zip(others, held):
         assert_rel(t, dg.tanh(x @ b) + 1.0, 1e-5)
     # a view of a result keeps its array alive, and out of the pool's reach
     view = arr(f(others[0], b))[:2]
     row = f(others[1], b)[0]  # a dyngrad view
     keep_view, keep_row = view.copy(), arr(row).copy()
-    for _ in range(2 * driver.POOL):
+    for _ in range(2 * driver.BLOCKS):
         f(a, b)
     np.testing.assert_array_equal(view, keep_view)
     np.testing.assert_array_equal(arr(row), keep_row)
@@ -407,7 +407,7 @@ def test_two_threads_calling_one_plan():
         t.join()
     assert not errors, errors[0]
     assert not plan.lock.locked()
-    assert all(len(p) <= driver.POOL for p in plan.pools.values())
+    assert all(len(p) <= driver.BLOCKS for p in plan.pools.values())
     print(f"contended calls: {contended[0]} of 300")
 
 

@@ -11,15 +11,17 @@ ctypes call (which releases the GIL) plus the input guards.
 
 Memory: intermediates live in one arena allocated once per plan (offsets from
 ``compiler.passes.memory.plan_memory`` over the groups' outputs, no in-place reuse since the
-kernels declare their pointers ``noalias``); graph outputs are fresh arrays, except that an
-output array from an earlier call that nothing else references any more (its reference count
-says so: no tensor, view or user variable holds it) is reused — a few are pooled per output,
-since a step's ``.grad`` arrays are still held when the next step starts; the pointer table
-keeps the addresses of buffers the runtime owns and refreshes an argument's address only when
-a different array arrives. Write-backs into bound
-inputs (parameters, optimizer state) are computed into a staging buffer and copied over the
-input at the end of the driver, after every guard has passed, so a failed guard leaves the
-user's tensors untouched; the runtime marks them done (no copy at commit).
+kernels declare their pointers ``noalias``). Graph outputs alternate between two *blocks*:
+each block is a pointer table with an array per output, and calls take the blocks in turn —
+a step's ``.grad`` arrays are still held while the next step runs, and free again by the one
+after. An output array is reused only when nothing else references it (its reference count
+says so: no tensor, view or user variable holds it); one still held is replaced in its block
+by a fresh array (the holder keeps the old one). The tables keep the addresses of buffers the
+runtime owns and refresh an argument's address only when a different array arrives.
+Write-backs into bound inputs (parameters, optimizer state) are computed into a staging
+buffer and copied over the input at the end of the driver, after every guard has passed,
+so a failed guard leaves the user's tensors untouched; the runtime marks them done (no copy
+at commit).
 
 Calls of one plan from two threads at once: the second takes the runner's plan of the graph
 (made on first need), never the shared arena.
@@ -47,7 +49,7 @@ from .. import interp
 from . import codegen
 
 ALIGN = 64
-POOL = 3  # arrays kept per output for reuse: a step's .grad lives until the next step
+BLOCKS = 2  # output arrays kept per output (see the module docstring)
 INLINE_MAX = 48  # kernels inlined into the driver up to this many; beyond, calls (the
 #                  optimiser's time would grow faster than the module)
 
@@ -300,7 +302,11 @@ class DriverPlan:
                 self.table[k] = self.writebacks[key][2].ctypes.data
         self.last_inputs = [None] * len(g.inputs)
         self.copied: set = set()  # inputs whose table entry is a contiguous copy
-        self.pools = {k: [] for k in self.out_slot}  # per output: (array, address) pairs
+        self.out_keys = list(self.out_slot)  # output index per block position
+        self.tables = [self.table] + [type(self.table).from_buffer_copy(self.table)
+                                      for _ in range(BLOCKS - 1)]
+        self.blocks: list[list] = [[None] * len(self.out_keys) for _ in range(BLOCKS)]
+        self.parity = [0]  # the block the next call takes
         self._generate()
         self.n_groups = len(groups)
         self.n_functions = len({name for name, _ in fns})  # kernels of the same code share
@@ -312,12 +318,13 @@ class DriverPlan:
 
     def _generate(self) -> None:
         """``self.call(inputs, scalars)``: the run as straight-line code — the inputs whose
-        array may change checked by identity, scalars stored, an output array taken from
-        each pool, the native call, the result list."""
+        array may change checked by identity, scalars stored, the next block of output
+        arrays (each free one kept, each held one replaced), the native call, the result
+        list."""
         g = self.g
-        ns = {"TABLE": self.table, "LAST": self.last_inputs, "SB": self.scalar_buf,
+        ns = {"LAST": self.last_inputs, "SB": self.scalar_buf, "PAR": self.parity,
               "FN": self.fn, "LOCK": self.lock, "REFS": sys.getrefcount, "SELF": self,
-              "NEW": self._new_output, "SLOW": self._slow_input}
+              "FRESH": self._fresh_output, "SLOW": self._slow_input}
         lines = ["def call(inputs, scalars):",
                  "    if not LOCK.acquire(False):  # another thread runs this plan now",
                  "        return SELF.contended(inputs, scalars)",
@@ -328,12 +335,12 @@ class DriverPlan:
                      f"if a is not LAST[{i}]: SLOW({i}, a)"]
         for j in range(len(g.scalars)):
             body.append(f"SB[{j}] = scalars[{j}]")
-        for k, s in self.out_slot.items():
-            ns[f"P{k}"] = self.pools[k]
-            body += [f"for e in P{k}:",
-                     "    if REFS(e[0]) == 2: break",  # (the pool's reference and REFS's)
-                     f"else: e = NEW({k})",
-                     f"TABLE[{s}] = e[1]", f"o{k} = e[0]"]
+        body += ["b = PAR[0]", f"PAR[0] = b + 1 if b < {BLOCKS - 1} else 0",
+                 "TABLE = TABLES[b]", "BL = BLOCKS_[b]"]
+        ns["TABLES"], ns["BLOCKS_"] = self.tables, self.blocks
+        for i, k in enumerate(self.out_keys):  # free: the block's list, o{k} and REFS's
+            body += [f"o{k} = BL[{i}]",  #        references, no other
+                     f"if REFS(o{k}) != 3: o{k} = FRESH(b, {i})"]
         if self.sizes is None:
             body.append("status = FN(TABLE)")
         else:  # the family's module, with this size's numbers
@@ -376,7 +383,9 @@ class DriverPlan:
             self.copied.add(i)
         else:
             self.copied.discard(i)
-        self.table[self.input_slots[i]] = a.ctypes.data
+        address = a.ctypes.data
+        for table in self.tables:
+            table[self.input_slots[i]] = address
         self.last_inputs[i] = a
 
     def _copy_back(self, inputs: list) -> None:
@@ -386,13 +395,21 @@ class DriverPlan:
             if i in self.copied:
                 np.copyto(inputs[i], self.last_inputs[i])
 
-    def _new_output(self, k: int) -> tuple:
+    def _fresh_output(self, b: int, i: int) -> np.ndarray:
+        """A new array for position ``i`` of block ``b`` (the one there is held elsewhere,
+        or none was made yet): kept in the block, its address in the block's table."""
+        k = self.out_keys[i]
         shape, dtype = self.out_meta[k]
         a = np.empty(shape, dtype)
-        entry = (a, a.ctypes.data)
-        if len(self.pools[k]) < POOL:
-            self.pools[k].append(entry)
-        return entry
+        self.blocks[b][i] = a
+        self.tables[b][self.out_slot[k]] = a.ctypes.data
+        return a
+
+    @property
+    def pools(self) -> dict:
+        """Per output index: the (array, address) pairs its blocks hold now."""
+        return {k: [(blk[i], blk[i].ctypes.data) for blk in self.blocks if blk[i] is not None]
+                for i, k in enumerate(self.out_keys)}
 
     def failed(self, status: int):
         if status < 0:
