@@ -199,7 +199,7 @@ class Variant:
         self.call = self.run
         if self.backward is not None:  # the backward part: a plan per size (_SizedBackward
             self.backward.execute = interp.run if self.execute is interp.run else \
-                _run_sized_backward  # on a native backend)
+                _SizedBackward.run  # on a native backend: execute(plan, inputs, scalars))
         elif not self.trace.prints:  # straight-line, the plan looked up by size
             _, _, self.call = _generate_call_path(self.trace, self.copy_outputs, self,
                                                   self.execute)
@@ -242,10 +242,6 @@ class _SizedBackward:
                 v.bw_family = backend.family({})
             self.plan = backend.compile_graph(g, family=v.bw_family)
         return backend.run(self.plan, inputs, scalars)
-
-
-def _run_sized_backward(plan: _SizedBackward, inputs: list, scalars: list) -> list:
-    return plan.run(inputs, scalars)
 
 
 def _print_effects(prints: list, outs: list) -> None:

@@ -279,7 +279,6 @@ class DriverPlan:
         body.append("}")
         text += ("\ndeclare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)\n"
                  + "\n".join(body) + "\n")
-        self.text = text
         if family is None:
             from .runner import _module
             self.compiled, self.sizes = _module(text), None
