@@ -397,3 +397,54 @@ def test_programs_over_many_batch_sizes_give_their_own_modules_bits(name):
     (v,) = sym.variants
     assert v.sym is not None and v.family is not None
     assert v.family.shared >= 4, (v.family.shared, v.family.own, len(v.family.forms))
+
+
+def test_two_functions_of_the_same_code_share_the_template_and_its_lock():
+    """Two closures of one function over their own weights make the same template text:
+    the memory cache gives both one module — one global of numbers — so their plans share
+    the module's lock, and two threads calling different sizes of each get their own
+    answers (the blocked reduction's worker threads read the numbers late in the call)."""
+    import threading
+
+    def make():
+        w = dg.randn(1031)
+
+        def g(x):
+            return (x * w).sum()
+        return g
+    g1, g2 = make(), make()
+    f1, f2 = (compiler.compile(g, backend="llvm") for g in (g1, g2))
+    xs = {b: dg.randn(b, 1031) for b in (4, 5, 6, 300, 700)}
+    for f, sizes_ in ((f1, (4, 5, 6, 300)), (f2, (4, 5, 6, 700))):
+        for b in sizes_:
+            f(xs[b]), f(xs[b])
+    p1, p2 = f1.variants[0].plans[300][0], f2.variants[0].plans[700][0]
+    assert p1.sizes is not None and p2.sizes is not None
+    assert p1.compiled is p2.compiled and p1.lock is p2.lock
+    errors = []
+
+    def work(f, g, b):
+        want = float(g(xs[b]))
+        for _ in range(300):
+            got = float(f(xs[b]))
+            if not abs(got - want) <= 1e-3 * max(1.0, abs(want)):
+                errors.append((b, got, want))
+    threads = [threading.Thread(target=work, args=(f1, g1, 300)),
+               threading.Thread(target=work, args=(f2, g2, 700))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+
+
+def test_the_output_blocks_reference_count_is_measured_for_this_interpreter():
+    """A block's array is reused only when the generated call sees no holder but the
+    block and itself: the count it compares with is measured at import, for the
+    interpreter running it (a held array must never count as free)."""
+    import sys
+    ns = {"REFS": sys.getrefcount}
+    exec("def probe(BL):\n    o = BL[0]\n    return REFS(o)", ns)
+    held = object()  # (this local holds it)
+    assert ns["probe"]([object()]) == driver.FREE_REFS
+    assert ns["probe"]([held]) == driver.FREE_REFS + 1

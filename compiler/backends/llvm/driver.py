@@ -50,6 +50,19 @@ from . import codegen
 
 ALIGN = 64
 BLOCKS = 2  # output arrays kept per output (see the module docstring)
+
+
+def _free_refs() -> int:
+    """The reference count the generated call sees for a block's array that nothing else
+    holds: the block's list, the local and the call's argument — as this interpreter counts
+    them (whether loading a local takes a reference is the interpreter's choice), measured
+    with code of the generated call's shape."""
+    ns = {"REFS": sys.getrefcount}
+    exec("def probe(BL):\n    o = BL[0]\n    return REFS(o)", ns)  # noqa: S102
+    return ns["probe"]([object()])
+
+
+FREE_REFS = _free_refs()
 INLINE_MAX = 48  # kernels inlined into the driver up to this many; beyond, calls (the
 #                  optimiser's time would grow faster than the module)
 
@@ -284,8 +297,8 @@ class DriverPlan:
             self.compiled, self.sizes = _module(text), None
         else:  # one symbolic variant's sizes: maybe one module for all (sizes.py)
             self.compiled, self.sizes = family.module(text)
-            if self.sizes is not None:
-                self.lock = family.lock  # (the sizes share the module's global)
+            if self.sizes is not None:  # the module's global of numbers: one call of it at
+                self.lock = self.compiled.lock  # a time, whichever plan or family calls
         self.fn = self.compiled.cfunc("drv", ctypes.c_int32, ctypes.c_void_p) \
             if self.sizes is None else \
             self.compiled.cfunc("drv_sized", ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p)
@@ -337,9 +350,9 @@ class DriverPlan:
         body += ["b = PAR[0]", f"PAR[0] = b + 1 if b < {BLOCKS - 1} else 0",
                  "TABLE = TABLES[b]", "BL = BLOCKS_[b]"]
         ns["TABLES"], ns["BLOCKS_"] = self.tables, self.blocks
-        for i, k in enumerate(self.out_keys):  # free: the block's list, o{k} and REFS's
-            body += [f"o{k} = BL[{i}]",  #        references, no other
-                     f"if REFS(o{k}) != 3: o{k} = FRESH(b, {i})"]
+        for i, k in enumerate(self.out_keys):  # free: only the block's list and this
+            body += [f"o{k} = BL[{i}]",  #        code hold it (FREE_REFS)
+                     f"if REFS(o{k}) != {FREE_REFS}: o{k} = FRESH(b, {i})"]
         if self.sizes is None:
             body.append("status = FN(TABLE)")
         else:  # the family's module, with this size's numbers

@@ -16,7 +16,7 @@ import functools
 import itertools
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import llvmlite.binding as llvm
 
@@ -76,6 +76,9 @@ class Compiled:
     engine: object
     module: object
     object_code: bytes | None
+    lock: threading.Lock = field(default_factory=threading.Lock)  # held by a call of code
+    #   with module state (a template's @dg_sizes, see sizes.py): one module, one lock,
+    #   whoever shares it (the memory cache hands one module to every equal text)
 
     def address(self, name: str) -> int:
         addr = self.engine.get_function_address(name)

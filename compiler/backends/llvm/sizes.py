@@ -26,8 +26,10 @@ vector constant, an intrinsic's argument) keeps the sizes apart: such sizes are 
 their own, as is a size of a new form once ``FORMS`` forms exist, and so is every size if
 LLVM refuses the template.
 
-Sizes share the module's global, so every plan of a family's templates shares one lock
-(:attr:`Family.lock`): one call of that native code at a time, as for one plan.
+The sizes running a template share its global, so they share the module's lock
+(``jit.Compiled.lock``): one call of that native code at a time, as for one plan. The lock
+belongs to the module, not to the family: two functions of the same code (two models, two
+closures) make the same template text, and the memory cache gives both the one module.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ import numpy as np
 from . import cache
 
 # a numeric literal: not part of a name (%t12, @dg_d3, !7, #0, i64, label k3.ok)
-LITERAL = re.compile(r"""(?<![\w%@!#.$"\-])(-?(?:0x[0-9A-Fa-f]+|\d+(?:\.\d+)?(?:[eE][+-]?\d+)?))"""
-                     r"""(?![\w.])""")
+LITERAL = re.compile(r"""(?<![\w%@!#.$"\-])(0x[0-9A-Fa-f]+|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)"""
+                     r"""(?![\w.])""")  # (hex: a float's bits, never signed)
 _TYPE = re.compile(r"(?<![%@\w.])(i8|i16|i32|i64|float|double)(?![\w.])")
 _INTS = ("i8", "i16", "i32", "i64")
 
@@ -92,8 +94,8 @@ def encode(value: str, ty: str) -> int:
     bits in the low half: the slot is read as a ``float`` there)."""
     if ty in _INTS:
         return int(value)
-    x = struct.unpack("<d", struct.pack("<Q", int(value, 16)))[0] if value.lower().startswith(
-        ("0x", "-0x")) else float(value)
+    x = struct.unpack("<d", struct.pack("<Q", int(value, 16)))[0] \
+        if value.lower().startswith("0x") else float(value)
     if ty == "float":
         return int(np.float32(x).view(np.uint32))
     return int(np.float64(x).view(np.int64))
@@ -157,7 +159,6 @@ class Family:
     FORMS = 8  # skeletons kept per family (beyond, a size of a new form compiles alone)
 
     def __init__(self, inplace: dict | None = None) -> None:
-        self.lock = threading.Lock()  # one call of the family's native code at a time
         self._build = threading.Lock()
         self.inplace = inplace or {}
         self.near = None  # () -> graphs at other sizes near the one being planned (probes)
