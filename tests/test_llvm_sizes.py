@@ -448,3 +448,26 @@ def test_the_output_blocks_reference_count_is_measured_for_this_interpreter():
     held = object()  # (this local holds it)
     assert ns["probe"]([object()]) == driver.FREE_REFS
     assert ns["probe"]([held]) == driver.FREE_REFS + 1
+
+
+def test_probes_guess_matmul_choices_without_measuring(monkeypatch):
+    """Probes plan products at sizes that may never run: under ``tune.guessing()`` an
+    undecided shape takes the nearest decided shape's choice, is not timed and not kept."""
+    from compiler.backends.llvm import tune
+
+    def measured(*args):
+        raise AssertionError("a probe's product was timed")
+    monkeypatch.setattr(tune, "measure", measured)
+    monkeypatch.setattr(tune, "_load", lambda: {})
+    monkeypatch.setattr(tune.blas, "pool_threads", lambda b: 1)  # (BLAS on one thread)
+    known = (tune.machine_key(), tune.shape_key("float32", 500, 300, 700, False, False))
+    monkeypatch.setitem(tune._decided, known, "blas")
+    if tune.choose("float32", 500, 300, 700, False, False) != "blas":
+        pytest.skip("this machine or setting decides products without timing them")
+    with tune.guessing():
+        assert tune.choose("float32", 517, 300, 700, False, False) == "blas"
+        assert tune.choose("float64", 517, 300, 700, False, False) == "generated"
+    assert (tune.machine_key(), tune.shape_key("float32", 517, 300, 700, False, False)) \
+        not in tune._decided
+    with pytest.raises(AssertionError, match="timed"):  # (outside: measured as ever)
+        tune.choose("float32", 517, 300, 700, False, False)

@@ -202,11 +202,13 @@ class Family:
         (one LLVM compile for the form, not one for its first size and one per number that
         first varies later). Probes are only read for which numbers vary — never run — so
         a probe of a wrong shape costs a template a run-time number too many at worst."""
+        from . import tune
         from .driver import text_of
         differ: set[int] = set()
         for g in (self.near() if self.near is not None else ()):
             try:
-                text = text_of(g, self.inplace)
+                with tune.guessing():  # (no timing of products that may never run)
+                    text = text_of(g, self.inplace)
             except Exception:  # noqa: BLE001 - a probe that fails teaches nothing
                 continue
             if text is None:
