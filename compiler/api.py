@@ -164,9 +164,12 @@ class Variant:
                 bwd = interp.compile_graph(self.backward.parts.backward, self.bw_templates, d)
             else:  # planned at the first backward() at this size, given its arrays
                 bwd = _SizedBackward(self, d)
-            p = self.plans[d] = (fwd, bwd)
+            if len(self.plans) >= self.PLANS_KEPT:  # the oldest size's plan goes (its
+                self.plans.pop(next(iter(self.plans)))  # arena, its outputs): made again
+            p = self.plans[d] = (fwd, bwd)  #               in milliseconds if it returns
         return p
 
+    PLANS_KEPT = 64  # sizes whose plans a symbolic variant keeps
     PROBES = (1, 17, 257)  # sizes d + these probe which numbers of the code follow d
 
     def _graphs_near(self, d: int, shapes: list) -> list:

@@ -471,3 +471,22 @@ def test_probes_guess_matmul_choices_without_measuring(monkeypatch):
         not in tune._decided
     with pytest.raises(AssertionError, match="timed"):  # (outside: measured as ever)
         tune.choose("float32", 517, 300, 700, False, False)
+
+
+def test_a_symbolic_variant_keeps_the_plans_of_a_bounded_number_of_sizes(monkeypatch):
+    """Every size's plan holds an arena and output arrays: past ``PLANS_KEPT`` sizes the
+    oldest is dropped (and made again, from the shared module, if it returns)."""
+    from compiler.api import Variant
+    monkeypatch.setattr(Variant, "PLANS_KEPT", 4)
+    w = dg.randn(5, 3)
+
+    def g(x):
+        return (x @ w).tanh().sum(dim=0)
+    f = compiler.compile(g, backend="llvm")
+    for b in (3, 4, 5, 6, 7, 8, 9, 10, 11, 3, 12, 4):
+        x = dg.randn(b, 5)
+        f(x)
+        np.testing.assert_allclose(f(x).numpy(), g(x).numpy(), rtol=1e-5, atol=1e-6)
+    (v,) = f.variants
+    assert len(v.plans) <= 4 and {12, 4} <= set(v.plans)
+    assert v.family.templates == 1  # (the returning sizes ran the template again)
