@@ -40,7 +40,15 @@ from .partition import precompute, split
 from .passes import run_passes
 from .passes.fusion import FusionGroup, fuse
 from .passes.memory import MemoryPlan, plan_memory
-from .symbolic import arg_dims, arg_shapes, concrete_graph, generalize, same_template
+from .symbolic import (
+    SizedBackward,
+    arg_dims,
+    arg_shapes,
+    concrete_graph,
+    generalize,
+    graphs_near,
+    same_template,
+)
 from .trace import Trace, Tracer, Unsupported
 
 log = logging.getLogger("dyngrad.compiler")
@@ -163,7 +171,7 @@ class Variant:
             elif self.execute is interp.run:
                 bwd = interp.compile_graph(self.backward.parts.backward, self.bw_templates, d)
             else:  # planned at the first backward() at this size, given its arrays
-                bwd = _SizedBackward(self, d)
+                bwd = SizedBackward(self, d)
             if len(self.plans) >= self.PLANS_KEPT:  # the oldest size's plan goes (its
                 self.plans.pop(next(iter(self.plans)))  # arena, its outputs): made again
             p = self.plans[d] = (fwd, bwd)  #               in milliseconds if it returns
@@ -173,23 +181,9 @@ class Variant:
     PROBES = (1, 17, 257)  # sizes d + these probe which numbers of the code follow d
 
     def _graphs_near(self, d: int, shapes: list) -> list:
-        """Concrete graphs at sizes near ``d`` (``PROBES``), for the native backend to learn
-        which numbers of its code vary with the size (``llvm/sizes.py``). An argument's
-        symbolic dims take their affine size there; every other input keeps its shape at
-        ``d``. Probes are never run, and a graph that cannot be made is skipped."""
-        g0, dims = self.trace.graph, self.sym.dims
-        out = []
-        for step in self.PROBES:
-            try:
-                probe = []
-                for b, s in zip(self.trace.bindings, shapes, strict=True):
-                    affine = dims.get(b.target, {}) if b.kind == "arg" else {}
-                    probe.append(tuple(affine[k].at(d + step) if k in affine else n
-                                       for k, n in enumerate(s)))
-                out.append(concrete_graph(g0, self.templates, d + step, probe))
-            except Exception:  # noqa: BLE001 - a probe that cannot be made is skipped
-                continue
-        return out
+        """Concrete graphs at sizes ``d`` + ``PROBES`` (symbolic.graphs_near)."""
+        return graphs_near(self.trace.graph, self.templates, self.trace.bindings,
+                           self.sym.dims, d, shapes, self.PROBES)
 
     def __post_init__(self) -> None:
         self._gather, self._commit, fast = _generate_call_path(self.trace, self.copy_outputs,
@@ -200,9 +194,9 @@ class Variant:
         """Serve every size of one dimension (see compiler/symbolic.py): plans per size."""
         self.sym, self.templates, self.bw_templates = sym, templates, bw_templates
         self.call = self.run
-        if self.backward is not None:  # the backward part: a plan per size (_SizedBackward
+        if self.backward is not None:  # the backward part: a plan per size (SizedBackward
             self.backward.execute = interp.run if self.execute is interp.run else \
-                _SizedBackward.run  # on a native backend: execute(plan, inputs, scalars))
+                SizedBackward.run  # on a native backend: execute(plan, inputs, scalars))
         elif not self.trace.prints:  # straight-line, the plan looked up by size
             _, _, self.call = _generate_call_path(self.trace, self.copy_outputs, self,
                                                   self.execute)
@@ -224,27 +218,6 @@ class Variant:
             _print_effects(tr.prints, outs)
         self.calls += 1
         return _build(tr.out_spec, outs, flat, grad_node)
-
-
-class _SizedBackward:
-    """The backward part of a symbolic variant at one size, on a native backend: planned at
-    the first ``backward()`` of that size — the arrays it is given (saved values and
-    cotangents) have the shapes to plan with — and run natively; the sizes' modules form
-    a family as the forward's do."""
-
-    def __init__(self, variant: Variant, d: int) -> None:
-        self.variant, self.d, self.plan = variant, d, None
-
-    def run(self, inputs: list, scalars: list) -> list:
-        v = self.variant
-        backend = backends.get(v.backend_name)
-        if self.plan is None:
-            g = concrete_graph(v.backward.parts.backward, v.bw_templates, self.d,
-                               [np.shape(a) for a in inputs])
-            if v.bw_family is None and hasattr(backend, "family"):
-                v.bw_family = backend.family({})
-            self.plan = backend.compile_graph(g, family=v.bw_family)
-        return backend.run(self.plan, inputs, scalars)
 
 
 def _print_effects(prints: list, outs: list) -> None:

@@ -253,3 +253,47 @@ def concrete_graph(g: Graph, templates: list, size: int, input_shapes: list) -> 
     out.guards = [ValueGuard(value(gd.value), gd.expected, gd.kind, gd.where, gd.after)
                   for gd in g.guards]
     return out
+
+
+def graphs_near(g: Graph, templates: list, bindings: list, dims: dict, d: int,
+                shapes: list, steps: tuple) -> list:
+    """Concrete copies of ``g`` at sizes ``d + step`` for the native backend to learn which
+    numbers of its code vary with the size (``compiler/backends/llvm/sizes.py``). ``shapes``
+    are the inputs' shapes at ``d``; an argument's symbolic ``dims`` (``bindings`` say which
+    input is which argument) take their affine size at the probe, every other input keeps
+    its shape. Probes are never run, and a graph that cannot be made is skipped."""
+    out = []
+    for step in steps:
+        try:
+            probe = []
+            for b, s in zip(bindings, shapes, strict=True):
+                affine = dims.get(b.target, {}) if b.kind == "arg" else {}
+                probe.append(tuple(affine[k].at(d + step) if k in affine else n
+                                   for k, n in enumerate(s)))
+            out.append(concrete_graph(g, templates, d + step, probe))
+        except Exception:  # noqa: BLE001 - a probe that cannot be made is skipped
+            continue
+    return out
+
+
+class SizedBackward:
+    """The backward part of a symbolic variant at one size, on a native backend: planned at
+    the first ``backward()`` of that size — the arrays it is given (saved values and
+    cotangents) have the shapes to plan with — and run natively; the sizes' modules form a
+    family as the forward's do. ``SizedBackward.run`` is the variant's backward executor
+    (``execute(plan, inputs, scalars)``)."""
+
+    def __init__(self, variant, d: int) -> None:
+        self.variant, self.d, self.plan = variant, d, None
+
+    def run(self, inputs: list, scalars: list) -> list:
+        from .backends import get
+        v = self.variant
+        backend = get(v.backend_name)
+        if self.plan is None:
+            g = concrete_graph(v.backward.parts.backward, v.bw_templates, self.d,
+                               [np.shape(a) for a in inputs])
+            if v.bw_family is None and hasattr(backend, "family"):
+                v.bw_family = backend.family({})
+            self.plan = backend.compile_graph(g, family=v.bw_family)
+        return backend.run(self.plan, inputs, scalars)
