@@ -130,6 +130,17 @@ def _fusion_groups(v) -> list:
     return parts
 
 
+def _by_plan(plans: dict, part: int) -> str:
+    """'sizes 5, 9: <how the plan runs>; size 300: ...' — the sizes grouped by what
+    ``runner.describe`` says of their plans (``plans[d][part]``)."""
+    from .backends.llvm import runner
+    groups: dict[str, list] = {}
+    for d, p in sorted(plans.items()):
+        groups.setdefault(runner.describe(p[part]), []).append(d)
+    return "; ".join(f"size{'s' if len(ds) > 1 else ''} {', '.join(map(str, ds))}: {what}"
+                     for what, ds in groups.items())
+
+
 def _backend_plans(v) -> list:
     """(label, text): how the backend runs the variant — the interpreter, or the LLVM plan
     (one driver call, or which groups stay in numpy and why)."""
@@ -145,17 +156,14 @@ def _backend_plans(v) -> list:
             continue
         if v.sym is not None and label:  # the backward part: planned per size at backward()
             from .backends.llvm import runner
-            made = [(d, p[1].plan) for d, p in sorted(v.plans.items())
-                    if p[1] is not None and p[1].plan is not None]
-            sizes = "; ".join(f"size {d}: {runner.describe(p)}" for d, p in made)
+            made = {d: (p[1].plan,) for d, p in v.plans.items()
+                    if p[1] is not None and p[1].plan is not None}
             out.append((label, f"planned per symbolic size at the first backward() — "
-                               f"{sizes or 'none yet'}"))
+                               f"{_by_plan(made, 0) or 'none yet'}"))
             continue
         if v.sym is not None:  # a native plan per size met so far (maybe one module)
             from .backends.llvm import runner
-            sizes = "; ".join(f"size {d}: {runner.describe(p[0])}"
-                              for d, p in sorted(v.plans.items()))
-            text = f"planned per symbolic size — {sizes or 'none yet'}"
+            text = f"planned per symbolic size — {_by_plan(v.plans, 0) or 'none yet'}"
             fam = v.family
             if fam is not None and (fam.shared or fam.own):
                 text += (f"\n  native code: {fam.shared} size(s) run one module whose "

@@ -490,3 +490,32 @@ def test_a_symbolic_variant_keeps_the_plans_of_a_bounded_number_of_sizes(monkeyp
     (v,) = f.variants
     assert len(v.plans) <= 4 and {12, 4} <= set(v.plans)
     assert v.family.templates == 1  # (the returning sizes ran the template again)
+
+
+@pytest.mark.parametrize("name", ["float64_tanh", "randn_noise"])
+def test_hybrid_plans_of_a_symbolic_variant_share_a_template_too(name):
+    """A graph with a group in numpy (float64 tanh; normal random numbers) runs a hybrid
+    plan: its kernels' module is a family template as well — the run holds the module's
+    lock and gives it the size's numbers first — with the bits of a module per size."""
+    w = dg.tensor(np.random.default_rng(5).standard_normal((6, 4)))
+    fn = {"float64_tanh": lambda x: ((x @ w).tanh() * 2.0 + 1.0).sum(dim=0),
+          "randn_noise": lambda x: (x @ w + dg.randn(x.shape[0], 4, dtype=dg.float64))
+          .relu().sum(dim=0)}[name]
+    sym = compiler.compile(fn, backend="llvm")
+    alone = compiler.compile(fn, backend="llvm", dynamic=False, cache_limit=64)
+    r = np.random.default_rng(6)
+    for b in (3, 4, 5, 9, 300, 17, 2, 40):
+        x = dg.tensor(r.standard_normal((b, 6)))
+        for f in (sym, alone):
+            dg.manual_seed(1)
+            f(x)
+        results = []
+        for f in (sym, alone, fn):
+            dg.manual_seed(1)
+            results.append(f(x).numpy())
+        np.testing.assert_array_equal(results[0], results[1], err_msg=f"batch {b}")
+        np.testing.assert_allclose(results[0], results[2], rtol=1e-12, atol=1e-12)
+    (v,) = sym.variants
+    assert all(isinstance(p[0], tuple) for p in v.plans.values())  # (hybrid plans)
+    assert sum(p[0][0][7] is not None for p in v.plans.values()) >= 4
+    assert v.family.templates >= 1 and v.family.shared >= 4

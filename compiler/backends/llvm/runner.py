@@ -64,10 +64,22 @@ def compile_graph(g, inplace: dict | None = None, groups: list | None = None,
                                 groups, family)
         except NotImplementedError:  # (NotDrivable included): the hybrid plan runs it
             pass
-    return compile_hybrid(g, inplace, groups)
+    return compile_hybrid(g, inplace, groups, family)
 
 
-def compile_hybrid(g, inplace: dict | None = None, groups: list | None = None):
+def module_text(g, inplace: dict | None = None) -> str | None:
+    """The IR text :func:`compile_graph` would compile for ``g`` — the driver's module, else
+    the hybrid plan's kernels — without compiling it (None: no native code). How
+    ``sizes.Family`` probes other sizes."""
+    text = driver.text_of(g, inplace)
+    if text is not None:
+        return text
+    native = [grp for grp in fuse(g) if _lowerable(g, grp)]
+    return codegen.module_ir(g, native)[0] if native else None
+
+
+def compile_hybrid(g, inplace: dict | None = None, groups: list | None = None,
+                   family=None):
     """A plan for :func:`run`: the fusion groups in their order, each lowerable group
     (elementwise, reduce, matmul) as one native kernel call, the others as the interpreter's
     steps of their nodes.
@@ -80,7 +92,11 @@ def compile_hybrid(g, inplace: dict | None = None, groups: list | None = None):
     step raised unexpectedly).
 
     ``size_of`` steps become constants: they read only a shape, and their input may be a
-    value that lives only inside a native kernel."""
+    value that lives only inside a native kernel.
+
+    ``family`` (a symbolic variant's sizes, ``sizes.py``): the kernels' module may be the
+    family's template; a run then holds the module's lock and first gives the module this
+    size's numbers (``dg_set_sizes``)."""
     inplace = inplace or {}
     iplan, slot = interp.compile_with_slots(g, inplace={})
     steps, outs, tail, base, n_in, n_sc = iplan
@@ -88,10 +104,17 @@ def compile_hybrid(g, inplace: dict | None = None, groups: list | None = None):
     producer = {id(n.out): k for k, n in enumerate(g.nodes)}
     groups = fuse(g) if groups is None else groups
     native = [grp for grp in groups if _lowerable(g, grp)]
-    kernels = {}
+    kernels, sized = {}, None
     if native:
         text, fns = codegen.module_ir(g, native)
-        compiled = _module(text)
+        numbers = None
+        if family is None:
+            compiled = _module(text)
+        else:
+            compiled, numbers = family.module(text)
+        if numbers is not None:
+            setter = compiled.cfunc("dg_set_sizes", None, ctypes.c_void_p)
+            sized = (setter, numbers, compiled.lock)
         for grp, (name, layout) in zip(native, fns, strict=True):
             fn = compiled.cfunc(name, None, ctypes.c_void_p, ctypes.c_int64)
             n_in_k = len(grp.inputs)
@@ -130,7 +153,8 @@ def compile_hybrid(g, inplace: dict | None = None, groups: list | None = None):
     for seg in range(done_upto + 1, len(cuts) + 1):
         if checks_at.get(seg):
             order.append((_CHECKS, tuple(checks_at[seg])))
-    return (order, outs, tail, base, n_in, n_sc, tuple(deferred)), len(native), len(groups)
+    return (order, outs, tail, base, n_in, n_sc, tuple(deferred), sized), len(native), \
+        len(groups)
 
 
 def _check(checks, env) -> None:
@@ -143,7 +167,17 @@ def run(plan, inputs: list, scalars: list) -> list:
     """Execute: returns the output arrays (raises GuardFailed)."""
     if plan.__class__ is driver.DriverPlan:
         return plan.call(inputs, scalars)
-    (steps, outs, tail, base, n_in, n_sc, deferred), _, _ = plan
+    sized = plan[0][7]
+    if sized is None:
+        return _run_steps(plan[0], inputs, scalars)
+    set_sizes, numbers, lock = sized
+    with lock:  # (the template's global of numbers: this size's, until the run ends)
+        set_sizes(numbers.ctypes.data)
+        return _run_steps(plan[0], inputs, scalars)
+
+
+def _run_steps(plan, inputs: list, scalars: list) -> list:
+    steps, outs, tail, base, n_in, n_sc, deferred, _ = plan
     env = base[:]
     env[:n_in] = inputs
     env[n_in:n_in + n_sc] = scalars

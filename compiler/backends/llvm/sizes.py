@@ -9,8 +9,10 @@ literal taken out) and its literals; sizes with the same skeleton are one *form*
 positions whose numbers differ between a form's sizes become run-time values: each such
 position in a function reads its slot of a module global ``@dg_sizes`` (loaded once, in the
 function's entry block) instead of the literal, and ``i32 @drv_sized(ptr %tab, ptr %sizes)``
-copies a size's numbers into the global and runs the driver. That *template* is compiled once
-(and cached on disk like any module); every size of the form runs it with its own numbers —
+copies a size's numbers into the global and runs the driver (a hybrid plan's kernels' module,
+which has no driver, gets ``void @dg_set_sizes(ptr %sizes)``, called before its kernels).
+That *template* is compiled once (and cached on disk like any module); every size of the
+form runs it with its own numbers —
 read from its own IR text, so nothing is extrapolated: the template computes at that size
 exactly what the size's own text would, bit for bit. A new size costs only the Python that
 writes its IR.
@@ -103,7 +105,7 @@ def encode(value: str, ty: str) -> int:
 
 def template(text: str, positions: list[int], types: dict[int, str]) -> str:
     """The module of ``text`` with the literals at ``positions`` read from ``@dg_sizes``
-    (slot s for the s-th position), and ``@drv_sized``."""
+    (slot s for the s-th position), ``@dg_set_sizes`` and, for a driver, ``@drv_sized``."""
     parts = LITERAL.split(text)
     slot = {p: s for s, p in enumerate(positions)}
     for p, s in slot.items():
@@ -132,10 +134,15 @@ def template(text: str, positions: list[int], types: dict[int, str]) -> str:
         out += body[:at] + loads + body[at:]
         k = end
     n = max(len(positions), 1)
+    copy = (f"  call void @llvm.memcpy.p0.p0.i64(ptr @dg_sizes, ptr %sizes, i64 {8 * n}, "
+            "i1 false)\n")
     out.append(f"@dg_sizes = internal global [{n} x i64] zeroinitializer, align 8")
-    out.append("define i32 @drv_sized(ptr %tab, ptr %sizes) {\nentry:\n"
-               f"  call void @llvm.memcpy.p0.p0.i64(ptr @dg_sizes, ptr %sizes, i64 {8 * n}, "
-               "i1 false)\n  %st = call i32 @drv(ptr %tab)\n  ret i32 %st\n}")
+    if "declare void @llvm.memcpy.p0.p0.i64(" not in text:
+        out.append("declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)")
+    out.append("define void @dg_set_sizes(ptr %sizes) {\nentry:\n" + copy + "  ret void\n}")
+    if re.search(r"^define i32 @drv\(", text, re.M):
+        out.append("define i32 @drv_sized(ptr %tab, ptr %sizes) {\nentry:\n" + copy
+                   + "  %st = call i32 @drv(ptr %tab)\n  ret i32 %st\n}")
     return "\n".join(out) + "\n"
 
 
@@ -203,12 +210,12 @@ class Family:
         first varies later). Probes are only read for which numbers vary — never run — so
         a probe of a wrong shape costs a template a run-time number too many at worst."""
         from . import tune
-        from .driver import text_of
+        from .runner import module_text
         differ: set[int] = set()
         for g in (self.near() if self.near is not None else ()):
             try:
                 with tune.guessing():  # (no timing of products that may never run)
-                    text = text_of(g, self.inplace)
+                    text = module_text(g, self.inplace)
             except Exception:  # noqa: BLE001 - a probe that fails teaches nothing
                 continue
             if text is None:
