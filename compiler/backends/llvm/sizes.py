@@ -12,10 +12,9 @@ function's entry block) instead of the literal, and ``i32 @drv_sized(ptr %tab, p
 copies a size's numbers into the global and runs the driver (a hybrid plan's kernels' module,
 which has no driver, gets ``void @dg_set_sizes(ptr %sizes)``, called before its kernels).
 That *template* is compiled once (and cached on disk like any module); every size of the
-form runs it with its own numbers —
-read from its own IR text, so nothing is extrapolated: the template computes at that size
-exactly what the size's own text would, bit for bit. A new size costs only the Python that
-writes its IR.
+form runs it with its own numbers — read from its own IR text, so nothing is extrapolated:
+the template computes at that size exactly what the size's own text would, bit for bit. A
+new size costs only the Python that writes its IR.
 
 Which numbers vary is learnt from *probes*: when a form's first size arrives, the family asks
 ``near()`` (set by the caller) for graphs at nearby sizes and compares their texts, so the
