@@ -194,8 +194,8 @@ class Family:
             if form is not None:
                 if differ and not set(differ) <= set(form.positions):
                     self._retemplate(form, text, differ)
-                if differ and set(differ) <= set(form.positions):
-                    self.shared += 1
+                if form.compiled is not None and set(differ) <= set(form.positions):
+                    self.shared += 1  # (differ empty: a size met again, or the first)
                     numbers = np.array([encode(values[p], form.types[p])
                                         for p in form.positions], np.int64)
                     return form.compiled, numbers
