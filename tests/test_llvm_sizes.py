@@ -229,6 +229,32 @@ def pure(x, w1, w2):
     return (s * x.sum(dim=1, keepdim=True)).sum(dim=0), h.T @ x, (h @ w2).amax(dim=0)
 
 
+def _outputs(result) -> list:
+    return [t.numpy() for t in (result if isinstance(result, tuple) else (result,))]
+
+
+def against_modules_per_size(fn, args_at, sizes, rtol, atol, seed=0):
+    """``fn`` compiled as users get it (symbolic after three sizes: template modules) and
+    with ``dynamic=False`` (a module per size), called with ``args_at(b)`` at each size:
+    the same bits, and eager's values within ``rtol``/``atol`` (random draws from
+    ``manual_seed(seed)`` in all three). Returns the symbolic compiled function."""
+    sym = compiler.compile(fn, backend="llvm")
+    alone = compiler.compile(fn, backend="llvm", dynamic=False, cache_limit=64)
+    for b in sizes:
+        args = args_at(b)
+        for f in (sym, alone):  # (a new trace's first call returns eager's result)
+            dg.manual_seed(seed)
+            f(*args)
+        results = []
+        for f in (sym, alone, fn):
+            dg.manual_seed(seed)
+            results.append(_outputs(f(*args)))
+        for got, own, want in zip(*results, strict=True):
+            np.testing.assert_array_equal(got, own, err_msg=f"batch {b}")
+            np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=f"batch {b}")
+    return sym
+
+
 def test_the_template_gives_the_bits_of_each_sizes_own_module():
     """One symbolic variant (sizes after the first two of its family run the template)
     against a ``dynamic=False`` twin compiling every size alone: the same bits. (float32:
@@ -237,16 +263,9 @@ def test_the_template_gives_the_bits_of_each_sizes_own_module():
     r = np.random.default_rng(0)
     w1 = dg.tensor(r.standard_normal((6, 8)).astype(dtype))
     w2 = dg.tensor(r.standard_normal((8, 3)).astype(dtype))
-    sym = compiler.compile(pure, backend="llvm")
-    alone = compiler.compile(pure, backend="llvm", dynamic=False, cache_limit=64)
-    for b in (4, 5, 6, 7, 255, 256, 257, 300, 513, 2, 31):
-        x = dg.tensor(r.standard_normal((b, 6)).astype(dtype))
-        sym(x, w1, w2), alone(x, w1, w2)  # (a new trace's first call returns eager's)
-        for got, want in zip(sym(x, w1, w2), alone(x, w1, w2), strict=True):
-            np.testing.assert_array_equal(got.numpy(), want.numpy())
-        eager = pure(x, w1, w2)
-        for got, want in zip(sym(x, w1, w2), eager, strict=True):
-            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-4)
+    sym = against_modules_per_size(
+        pure, lambda b: (dg.tensor(r.standard_normal((b, 6)).astype(dtype)), w1, w2),
+        (4, 5, 6, 7, 255, 256, 257, 300, 513, 2, 31), rtol=1e-4, atol=1e-4)
     (v,) = sym.variants
     assert v.family.shared >= 4, (v.family.own, v.family.shared)
 
@@ -375,25 +394,11 @@ def test_programs_over_many_batch_sizes_give_their_own_modules_bits(name):
     """Each program compiled as users get it (symbolic after three sizes: template modules)
     and with ``dynamic=False`` (a module per size): at every size the same bits, and
     eager's values within float32 tolerance; the later sizes ran on shared modules."""
-    fn = _programs()[name]
-    sym = compiler.compile(fn, backend="llvm")
-    alone = compiler.compile(fn, backend="llvm", dynamic=False, cache_limit=64)
     r = np.random.default_rng(11)
-    for b in (3, 4, 5, 9, 300, 17, 2, 64):
-        x = dg.tensor(r.standard_normal((b, 6)).astype(np.float32))
-        i = dg.tensor(r.integers(0, 5, b))
-        for f in (sym, alone):  # (a new trace's first call returns eager's result)
-            dg.manual_seed(0)
-            f(x, i)
-        dg.manual_seed(0)
-        got = sym(x, i)
-        dg.manual_seed(0)
-        own = alone(x, i)
-        dg.manual_seed(0)
-        want = fn(x, i)
-        np.testing.assert_array_equal(got.numpy(), own.numpy(), err_msg=f"batch {b}")
-        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-5,
-                                   err_msg=f"batch {b}")
+    sym = against_modules_per_size(
+        _programs()[name], lambda b: (dg.tensor(r.standard_normal((b, 6)).astype(np.float32)),
+                                      dg.tensor(r.integers(0, 5, b))),
+        (3, 4, 5, 9, 300, 17, 2, 64), rtol=1e-4, atol=1e-5)
     (v,) = sym.variants
     assert v.sym is not None and v.family is not None
     assert v.family.shared >= 4, (v.family.shared, v.family.own, len(v.family.forms))
@@ -502,20 +507,10 @@ def test_hybrid_plans_of_a_symbolic_variant_share_a_template_too(name):
     fn = {"float64_tanh": lambda x: ((x @ w).tanh() * 2.0 + 1.0).sum(dim=0),
           "randn_noise": lambda x: (x @ w + dg.randn(x.shape[0], 4, dtype=dg.float64))
           .relu().sum(dim=0)}[name]
-    sym = compiler.compile(fn, backend="llvm")
-    alone = compiler.compile(fn, backend="llvm", dynamic=False, cache_limit=64)
     r = np.random.default_rng(6)
-    for b in (3, 4, 5, 9, 300, 17, 2, 40):
-        x = dg.tensor(r.standard_normal((b, 6)))
-        for f in (sym, alone):
-            dg.manual_seed(1)
-            f(x)
-        results = []
-        for f in (sym, alone, fn):
-            dg.manual_seed(1)
-            results.append(f(x).numpy())
-        np.testing.assert_array_equal(results[0], results[1], err_msg=f"batch {b}")
-        np.testing.assert_allclose(results[0], results[2], rtol=1e-12, atol=1e-12)
+    sym = against_modules_per_size(fn, lambda b: (dg.tensor(r.standard_normal((b, 6))),),
+                                   (3, 4, 5, 9, 300, 17, 2, 40), rtol=1e-12, atol=1e-12,
+                                   seed=1)
     (v,) = sym.variants
     assert all(isinstance(p[0], tuple) for p in v.plans.values())  # (hybrid plans)
     assert sum(p[0][0][7] is not None for p in v.plans.values()) >= 4
