@@ -97,10 +97,12 @@ def disable():
 
 def clear_cache() -> int:
     """Remove the LLVM backend's compiled modules from the disk cache (see
-    compiler/backends/llvm/cache.py) and its measured matmul choices (``tune.py``: the next
-    matmul of each shape is measured again); returns how many modules were removed."""
-    from .backends.llvm import cache, tune
+    compiler/backends/llvm/cache.py) and its measured choices (``tune.py``'s matmul kernels,
+    ``widths.py``'s loop vector width: measured again when next needed, in a new process for
+    the width); returns how many modules were removed."""
+    from .backends.llvm import cache, tune, widths
     tune.forget(disk=True)
+    widths.forget(disk=True)
     return cache.clear()
 
 

@@ -21,9 +21,12 @@ class Explanation:
     recompiles: list = field(default_factory=list)
     eager_reason: str | None = None
     order: list = field(default_factory=list)  # variant numbers in the order calls try them
+    target: str = ""  # the machine the LLVM backend generates code for (target.py)
 
     def __str__(self) -> str:
         lines = [f"=== {self.name}: {len(self.variants)} variant(s)"]
+        if self.target:
+            lines.append(f"native code for: {self.target}")
         if self.eager_reason:
             lines.append(f"runs eagerly: {self.eager_reason}")
         if len(self.order) > 1:
@@ -76,6 +79,9 @@ def explain(fn, *args, **kwargs) -> Explanation:
         cf(*args, **kwargs)
     ex = Explanation(cf.__name__, fallbacks=list(cf.fallbacks), recompiles=cf.recompiles,
                      eager_reason=cf.eager_reason, order=[v.number for v in cf.variants])
+    if cf.backend == "llvm":
+        from .backends.llvm import target
+        ex.target = target.current().describe()
     for v in sorted(cf.variants, key=lambda v: v.number):  # numbered in trace order
         tr = v.trace
         g = tr.graph

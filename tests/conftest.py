@@ -6,6 +6,7 @@ differ by the vector math's few ulps, compounded over the test's steps."""
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 
 import numpy as np
@@ -50,3 +51,17 @@ def close_numbers(a, b) -> bool:
         return True
     return on_llvm() and isinstance(a, float) and isinstance(b, float) and \
         abs(a - b) <= LLVM_ATOL + LLVM_RTOL * abs(b)
+
+
+_REGISTER_BITS = {"x": 128, "y": 256, "z": 512}
+
+
+def packed_bits(asm: str, mnemonic: str) -> set[int]:
+    """The register widths (128, 256, 512) that the packed instruction ``mnemonic``
+    ('mulps' also matches its VEX/EVEX form 'vmulps') uses in x86 assembly."""
+    bits: set[int] = set()
+    for line in asm.splitlines():
+        m = re.match(rf"\s*v?{mnemonic}\s+(.*)", line)
+        if m:
+            bits |= {_REGISTER_BITS[r] for r in re.findall(r"%([xyz])mm\d+", m.group(1))}
+    return bits

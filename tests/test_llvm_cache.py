@@ -4,6 +4,7 @@ loaded; a second process skips LLVM."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import subprocess
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 import compiler
-from compiler.backends.llvm import cache, jit
+from compiler.backends.llvm import cache, target
 
 IR = """
 define void @add1(ptr noalias %x, ptr noalias %y, i64 %n) {
@@ -104,8 +105,12 @@ def test_an_invalid_entry_is_never_loaded_but_removed_and_rebuilt(fresh_cache, d
 def test_the_key_changes_with_the_cpu_and_the_ir(fresh_cache, monkeypatch):
     k = cache.key(_ir("c"))
     assert cache.key(_ir("c2")) != k
-    monkeypatch.setattr(jit, "host_cpu", lambda: ("some-other-cpu", "+sse2"))
-    assert cache.key(_ir("c")) != k
+    t = target.current()
+    for other in (dataclasses.replace(t, cpu="some-other-cpu"),
+                  dataclasses.replace(t, host="some-other-host"),
+                  dataclasses.replace(t, features=t.features + ",-avx2")):
+        monkeypatch.setattr(target, "current", lambda other=other: other)
+        assert cache.key(_ir("c")) != k
 
 
 def test_clear_cache_removes_every_entry(fresh_cache):

@@ -1,7 +1,9 @@
 """Compiled modules: in memory for this process, and object code on disk for the next one.
 
-A module is keyed by its LLVM IR text, llvmlite's and LLVM's versions and the host CPU (name
-and features): object code is only ever loaded on the machine type it was made for. The
+A module is keyed by its LLVM IR text, llvmlite's and LLVM's versions and the target it was
+made for (``target.py``: the CPU names, the host's and the target's, and every feature, the
+loop vector width included): object code is only ever loaded for the target it was made
+for, and never on a CPU that lacks a feature it may use. The
 disk cache lives in ``DYNGRAD_CACHE_DIR``, else ``$XDG_CACHE_HOME/dyngrad``, else
 ``~/.cache/dyngrad``, created private to the user (mode 0700; entries 0600). An entry is
 ``MAGIC, sha256(payload), len(payload), payload``; one whose header, length or hash does not
@@ -24,7 +26,7 @@ from pathlib import Path
 import llvmlite
 import llvmlite.binding as llvm
 
-from . import jit
+from . import jit, target
 
 MAGIC = b"DGOBJ001"
 _HEADER = struct.Struct("<8s32sQ")
@@ -49,10 +51,10 @@ def _enabled() -> bool:
 
 
 def key(ir_text: str) -> str:
-    cpu, features = jit.host_cpu()
+    t = target.current()
     h = hashlib.sha256()
     for part in (ir_text, llvmlite.__version__, ".".join(map(str, llvm.llvm_version_info)),
-                 cpu, features):
+                 t.cpu, t.host, t.features):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()

@@ -43,7 +43,7 @@ import struct
 import numpy as np
 
 from ...ir import Value
-from . import jit, threads, vecmath
+from . import jit, target, threads, vecmath
 
 FN_NAME = "dg_ew"
 
@@ -729,18 +729,19 @@ def elementwise_kernel(g, group) -> tuple:
     return _Builder(g, group).build()
 
 
-_COMPILED: dict[str, tuple] = {}  # ir_text -> (Compiled, ctypes function)
+_COMPILED: dict[tuple, tuple] = {}  # (ir_text, target) -> (Compiled, ctypes function)
 
 
 def run_group(g, group, arrays) -> list:
     """Run an elementwise or reduce group natively: ``arrays`` are the values of
     ``group.inputs``; returns freshly allocated (C-contiguous) arrays for ``group.outputs``."""
     text, name, layout = _builder(g, group).build()
-    entry = _COMPILED.get(text)
+    key = (text, target.current())
+    entry = _COMPILED.get(key)
     if entry is None:
         compiled = jit.compile_ir(text)
         fn = compiled.cfunc(name, None, ctypes.c_void_p, ctypes.c_int64)
-        entry = _COMPILED[text] = (compiled, fn)
+        entry = _COMPILED[key] = (compiled, fn)
     fn = entry[1]
     n_in = len(group.inputs)
     ins = []

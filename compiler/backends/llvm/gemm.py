@@ -37,7 +37,7 @@ from contextlib import contextmanager
 
 import llvmlite.binding as llvm
 
-from . import cache, jit, threads
+from . import cache, jit, target, threads
 
 MR = 8  # rows of the register tile
 NV = 2  # vectors of the register tile (NR = NV · lanes columns)
@@ -51,17 +51,17 @@ EDGE_ROWS = (1, 2, 4)  # smaller kernels for the last rows of a block
 _SUFFIX = {"float": "f32", "double": "f64"}
 _SIZE = {"float": 4, "double": 8}
 _lock = threading.Lock()
-_libraries: dict[bool, jit.Compiled] = {}  # uses threads -> the compiled kernels
+_libraries: dict[tuple, jit.Compiled] = {}  # (uses threads, target) -> the kernels
 
 
 def vector_bits() -> int:
-    """The width of the host's vector registers as the kernel uses them."""
-    features = jit.host_cpu()[1]
-    return 512 if "+avx512f" in features else 256 if "+avx" in features else 128
+    """The width of the target's widest vector registers, which the kernel uses (the
+    register tile is sized for them; ``target.py``)."""
+    return target.base().vector_bits
 
 
 def has_fma() -> bool:
-    return "+fma" in jit.host_cpu()[1]
+    return target.base().fma
 
 
 def lanes(ty: str) -> int:
@@ -428,15 +428,16 @@ def library() -> jit.Compiled:
     code ``tune.py`` times. The name says whether the kernel splits across threads, so a
     graph's IR — the cache key — says which kernel it runs."""
     par = uses_threads()
+    key = (par, target.current())
     with _lock:
-        if par not in _libraries:
+        if key not in _libraries:
             text = ((threads.DECLARATIONS if par else "")
                     + functions("float") + functions("double"))
             compiled = cache.load_or_compile(text)
             for ty in ("float", "double"):
                 llvm.add_symbol(name(ty), compiled.address(name(ty)))
-            _libraries[par] = compiled
-        return _libraries[par]
+            _libraries[key] = compiled
+        return _libraries[key]
 
 
 def declaration(ty: str) -> str:

@@ -12,13 +12,14 @@ be loaded into a fresh engine in milliseconds, which is what the disk cache will
 from __future__ import annotations
 
 import ctypes
-import functools
 import itertools
 import re
 import threading
 from dataclasses import dataclass, field
 
 import llvmlite.binding as llvm
+
+from .target import current as current_target
 
 _lock = threading.Lock()
 _ready = False
@@ -36,20 +37,13 @@ def init() -> None:
             _ready = True
 
 
-@functools.cache
-def host_cpu() -> tuple[str, str]:
-    """(cpu name, feature string) of this machine, as LLVM sees them (asked once: LLVM takes
-    about a third of a millisecond to answer)."""
-    init()
-    return llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
-
-
-def target_machine():
-    """A fresh TargetMachine for the host CPU with all its features (AVX-512 where present),
-    optimising at O3. Fresh each time: an execution engine takes ownership of it."""
-    cpu, features = host_cpu()
-    target = llvm.Target.from_default_triple()
-    return target.create_target_machine(cpu=cpu, features=features, opt=3, jit=True)
+def target_machine(t=None):
+    """A fresh TargetMachine for ``t`` (a ``target.Target``; default ``target.current()``:
+    the host CPU with its features, or what ``DYNGRAD_TARGET`` names), optimising at O3.
+    Fresh each time: an execution engine takes ownership of it."""
+    t = current_target() if t is None else t
+    return llvm.Target.from_default_triple().create_target_machine(
+        cpu=t.cpu, features=t.features, opt=3, jit=True)
 
 
 def optimize(module, tm) -> None:
@@ -112,13 +106,15 @@ def number_loop_metadata(ir_text: str) -> str:
     return "".join(out) + "\n" + "\n".join(defs) + "\n"
 
 
-def compile_ir(ir_text: str, *, name: str | None = None, keep_object: bool = False) -> Compiled:
-    """Parse, verify, optimise and JIT-compile LLVM IR text."""
+def compile_ir(ir_text: str, *, name: str | None = None, keep_object: bool = False,
+               target=None) -> Compiled:
+    """Parse, verify, optimise and JIT-compile LLVM IR text (for ``target``, default
+    ``target.current()``)."""
     init()
     mod = llvm.parse_assembly(number_loop_metadata(ir_text))
     mod.name = name or unique_name()
     mod.verify()
-    tm = target_machine()
+    tm = target_machine(target)
     optimize(mod, tm)
     if keep_object:  # code generated once: the engine loads the very object that is kept
         return load_object(tm.emit_object(mod))
@@ -127,24 +123,25 @@ def compile_ir(ir_text: str, *, name: str | None = None, keep_object: bool = Fal
     return Compiled(engine, mod, None)
 
 
-def load_object(object_code: bytes) -> Compiled:
+def load_object(object_code: bytes, target=None) -> Compiled:
     """A fresh engine running previously emitted object code (no LLVM optimisation or code
     generation: the disk cache's fast path)."""
     init()
     empty = llvm.parse_assembly("")
     empty.name = unique_name("obj")
-    engine = llvm.create_mcjit_compiler(empty, target_machine())
+    engine = llvm.create_mcjit_compiler(empty, target_machine(target))
     engine.add_object_file(llvm.ObjectFileRef.from_data(object_code))
     engine.finalize_object()
     return Compiled(engine, empty, object_code)
 
 
-def assembly(ir_text: str) -> str:
-    """The host assembly of optimised IR (tests check that kernels vectorise)."""
+def assembly(ir_text: str, target=None) -> str:
+    """The assembly of optimised IR for ``target`` (default ``target.current()``; tests
+    check that kernels vectorise, ``target._probe`` what a named CPU has)."""
     init()
     mod = llvm.parse_assembly(number_loop_metadata(ir_text))
     mod.name = unique_name("asm")
     mod.verify()
-    tm = target_machine()
+    tm = target_machine(target)
     optimize(mod, tm)
     return tm.emit_assembly(mod)

@@ -38,16 +38,13 @@ only where it can run — for tests and debugging.
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import json
 import os
-import tempfile
 import threading
 import time
 
 import numpy as np
 
-from . import blas, cache, gemm, jit, threads
+from . import blas, choices, gemm, jit, target, threads
 
 GENERATED_BELOW = 32 * 32 * 32  # m·n·k under which the generated kernel is taken unmeasured
 WORK_CAP = 1 << 23  # m·n·k timed at most (larger products: their first rows)
@@ -135,11 +132,10 @@ def shape_key(dtype_name: str, m: int, n: int, k: int, ta: bool, tb: bool) -> st
 
 def machine_key() -> str:
     """The CPU, the BLAS library and the thread settings the timings hold for."""
-    cpu, features = jit.host_cpu()
     b = blas.find()
     env = ",".join(f"{v}={os.environ.get(v, '')}" for v in (
         "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "DYNGRAD_THREADS"))
-    return (f"{cpu} {hashlib.sha256(features.encode()).hexdigest()[:12]} "
+    return (f"{target.current().machine_key()} "
             f"{os.path.basename(b.path) if b else '-'} cpus={os.cpu_count()} {env}")
 
 
@@ -153,7 +149,7 @@ def _timing_module() -> jit.Compiled:
     very code graphs' modules call."""
     gemm.library()
     b = blas.find()
-    key = (gemm.name("float"), b)
+    key = (gemm.name("float"), b, target.current())
     if key in _timers:
         return _timers[key]
     parts = []
@@ -256,47 +252,16 @@ def measure(dtype_name: str, m: int, n: int, k: int, ta: bool, tb: bool) -> dict
 # ------------------------------------------------------------------ the file
 
 
-def _path():
-    return cache.directory() / FILE
-
-
 def _load() -> dict:
-    """The stored decisions (``{machine key: {shape key: entry}}``), or {} (none, disabled,
-    unreadable, not ours)."""
-    if not cache._enabled():
-        return {}
-    try:
-        data = json.loads(_path().read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    """The stored decisions (``{machine key: {shape key: entry}}``), or {}."""
+    return choices.load(FILE)
 
 
 def _store(key: tuple, timing: dict) -> None:
-    """Add one decision to the file (merged with what other processes wrote; atomic)."""
-    if not cache._enabled():
-        return
-    data = _load()
-    machine = data.get(key[0])
-    if not isinstance(machine, dict):
-        machine = data[key[0]] = {}
-    machine[key[1]] = {"choice": timing["choice"],
-                       "blas_us": round(timing["blas"] * 1e6, 2),
-                       "generated_us": round(timing["generated"] * 1e6, 2)}
-    d = _path().parent
-    try:
-        d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, _path())
-        except BaseException:
-            os.unlink(tmp)
-            raise
-    except OSError:
-        pass  # (a read-only directory: the decision holds for this process)
+    """Add one decision to the file (``choices.store``: merged, atomic)."""
+    choices.store(FILE, key[0], key[1], {"choice": timing["choice"],
+                                          "blas_us": round(timing["blas"] * 1e6, 2),
+                                          "generated_us": round(timing["generated"] * 1e6, 2)})
 
 
 def forget(disk: bool = False) -> None:
@@ -304,7 +269,4 @@ def forget(disk: bool = False) -> None:
     with _lock:
         _decided.clear()
     if disk:
-        try:
-            _path().unlink()
-        except OSError:
-            pass
+        choices.remove(FILE)

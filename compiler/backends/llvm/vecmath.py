@@ -491,16 +491,16 @@ declare i32 @llvm.lrint.i32.f32(float)
 
 
 def scalef() -> bool:
-    """Whether exp scales by 2**n with ``llvm.ldexp`` (one ``vscalefps``: AVX-512 hosts);
-    elsewhere LLVM would lower it to a libm call per element, so two multiplies do it."""
-    global _SCALEF
-    if _SCALEF is None:
-        from . import jit
-        _SCALEF = "+avx512f" in jit.host_cpu()[1].split(",")
-    return _SCALEF
+    """Whether exp scales by 2**n with ``llvm.ldexp`` (one ``vscalefps``: AVX-512 targets,
+    ``target.py``); elsewhere LLVM would lower it to a libm call per element, so two
+    multiplies do it."""
+    if _SCALEF is not None:
+        return _SCALEF
+    from . import target
+    return target.base().scalef
 
 
-_SCALEF: bool | None = None
+_SCALEF: bool | None = None  # tests set it to build the other form
 
 FUNCTIONS = {
     "exp": expf_ir,

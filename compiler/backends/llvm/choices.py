@@ -1,0 +1,73 @@
+"""Decisions measured once per machine, kept beside the compiled-code cache.
+
+A decision file is JSON, ``{machine key: {decision key: entry}}``, in ``cache.directory()``
+(``matmul-choices.json`` of ``tune.py``, ``vector-width.json`` of ``widths.py``), so a later
+process on the same machine takes the same decisions without measuring — and its results,
+where a decision could change them, stay reproducible. Nothing is read or written with the
+disk cache off (``DYNGRAD_CACHE=0``). A file that cannot be read or parsed counts as empty
+(and is rewritten by the next decision); writes merge with what other processes wrote and
+replace the file atomically; a directory that cannot be written keeps the decision for this
+process only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from . import cache
+
+
+def path(file: str) -> Path:
+    return cache.directory() / file
+
+
+def load(file: str) -> dict:
+    """Every stored decision of ``file``, or {} (none, disabled, unreadable, not ours)."""
+    if not cache._enabled():
+        return {}
+    try:
+        data = json.loads(path(file).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def lookup(file: str, machine: str, key: str) -> dict | None:
+    """The stored entry of one decision, or None."""
+    entry = load(file).get(machine, {})
+    entry = entry.get(key) if isinstance(entry, dict) else None
+    return entry if isinstance(entry, dict) else None
+
+
+def store(file: str, machine: str, key: str, entry: dict) -> None:
+    """Add one decision to ``file`` (merged with what is there; atomic)."""
+    if not cache._enabled():
+        return
+    data = load(file)
+    if not isinstance(data.get(machine), dict):
+        data[machine] = {}
+    data[machine][key] = entry
+    d = path(file).parent
+    try:
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, path(file))
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError:
+        pass  # (a read-only directory: the decision holds for this process)
+
+
+def remove(file: str) -> None:
+    try:
+        path(file).unlink()
+    except OSError:
+        pass
