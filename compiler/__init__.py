@@ -19,6 +19,7 @@ from .api import (
 )
 from .debug import explain, show
 from .ir import Graph, verify
+from .profile import Profile, profile
 
 __all__ = ["compile", "CompiledFunction", "CompileVerifyError", "config", "disable", "reset",
-           "clear_cache", "explain", "show", "Graph", "verify"]
+           "clear_cache", "explain", "show", "profile", "Profile", "Graph", "verify"]

@@ -194,13 +194,13 @@ def _numpy_groups(plan, g, groups: list) -> list:
     """The fusion groups an LLVM plan runs in numpy, as the plan that was built decides:
     none for a driver plan (its one native call runs every group, index groups included);
     for a hybrid plan, those ``runner.compile_hybrid`` kept as numpy steps (the groups
-    ``runner._lowerable`` rejects), leaving out the trivial ones (scalar arithmetic,
+    ``runner.lowerable`` rejects), leaving out the trivial ones (scalar arithmetic,
     constants, views)."""
     from .backends.llvm import driver, runner
     if isinstance(plan, driver.DriverPlan):
         return []
     return [grp for grp in groups if grp.kind not in ("scalar", "creation", "movement")
-            and not runner._lowerable(g, grp)]
+            and not runner.lowerable(g, grp)]
 
 
 def _memory_plans(v) -> list:

@@ -81,7 +81,7 @@ class DriverPlan:
     """Everything one graph's native call needs (see the module docstring)."""
 
     def __init__(self, g, inplace: dict, make_fallback, groups: list | None = None,
-                 family=None) -> None:
+                 family=None, profile: bool = False) -> None:
         self.g = g
         self.make_fallback = make_fallback  # the runner's plan, made when first needed: a
         self.fallback = None  # call while another thread holds this plan
@@ -216,6 +216,9 @@ class DriverPlan:
             body.append(f"  %s{k} = load ptr, ptr %s{k}.p")
         arena = f"%s{arena_slot}"
         body.append(f"  %arena = getelementptr inbounds i8, ptr {arena}, i64 0")
+        ticks = _Ticks(len(groups)) if profile else None
+        if ticks:
+            body += ticks.read(len(groups), 0)
 
         def pointer(v) -> str:
             kind, x = where[id(v)]
@@ -273,25 +276,31 @@ class DriverPlan:
             args = [f"ptr {pointer(v)}" for v in layout]
             if grp.kind == "elementwise":
                 args.append(f"i64 {math.prod(grp.shape)}")
+            if ticks:
+                body += ticks.read(t, 0)
             if grp.kind == "index":  # an index out of range: stop, the call runs eagerly
                 body.append(f"  %st{t} = call i32 @{name}_body({', '.join(args)})")
+                body += ticks.read(t, 1) if ticks else []
                 body.append(f"  %st{t}.ok = icmp eq i32 %st{t}, 0")
                 body.append(f"  br i1 %st{t}.ok, label %k{t}.ok, label %index.fail\nk{t}.ok:")
             else:
                 body.append(f"  call void @{name}_body({', '.join(args)})")
+                body += ticks.read(t, 1) if ticks else []
             checks_up_to(position[id(grp)])
         checks_up_to(len(position))
         for k, input_index, buf in self.writebacks:  # every guard passed: write back
             v = g.outputs[k]
             body.append(f"  call void @llvm.memcpy.p0.p0.i64(ptr %s{self.input_slots[input_index]}"
                         f", ptr {pointer(v)}, i64 {buf.nbytes}, i1 false)")
+        if ticks:
+            body += ticks.read(len(groups), 1)
         body.append("  ret i32 0")
         body.append("index.fail:\n  ret i32 -1")
         for gi in fails:
             body.append(f"fail{gi}:\n  ret i32 {gi + 1}")
         body.append("}")
         text += ("\ndeclare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)\n"
-                 + "\n".join(body) + "\n")
+                 + "\n".join(body) + "\n" + (ticks.definitions() if ticks else ""))
         if family is None:
             from .runner import _module
             self.compiled, self.sizes = _module(text), None
@@ -299,6 +308,8 @@ class DriverPlan:
             self.compiled, self.sizes = family.module(text)
             if self.sizes is not None:  # the module's global of numbers: one call of it at
                 self.lock = self.compiled.lock  # a time, whichever plan or family calls
+        self.groups = groups  # (the kernels, in the driver's order)
+        self.ticks = ticks.counters(self.compiled) if ticks else None
         self.fn = self.compiled.cfunc("drv", ctypes.c_int32, ctypes.c_void_p) \
             if self.sizes is None else \
             self.compiled.cfunc("drv_sized", ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p)
@@ -459,6 +470,35 @@ class DriverPlan:
         return "?"
 
 
+class _Ticks:
+    """A profiled driver's clock (``compiler.profile``): the time-stamp counter read into a
+    module global before and after each of ``n`` kernels, and at the driver's entry and
+    exit (``[start, end]`` pairs, the driver's own last). Only a plan built with
+    ``profile=True`` has it: a normal call pays nothing."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def read(self, k: int, end: int) -> list:
+        """IR storing the counter as pair ``k``'s start (``end`` 0) or end (1)."""
+        r = f"%tick.{k}.{end}"
+        return [f"  {r} = call i64 @llvm.readcyclecounter()",
+                f"  {r}.p = getelementptr inbounds [{2 * self.n + 2} x i64], ptr @dg_ticks, "
+                f"i64 0, i64 {2 * k + end}",
+                f"  store volatile i64 {r}, ptr {r}.p"]
+
+    def definitions(self) -> str:
+        return (f"@dg_ticks = global [{2 * self.n + 2} x i64] zeroinitializer, align 64\n"
+                "declare i64 @llvm.readcyclecounter()\n"
+                "define ptr @dg_ticks_at() {\nentry:\n  ret ptr @dg_ticks\n}\n")
+
+    def counters(self, compiled) -> np.ndarray:
+        """The global as an array, (kernels + 1, 2) int64 (the driver's pair last)."""
+        address = compiled.cfunc("dg_ticks_at", ctypes.c_void_p)()
+        buf = (ctypes.c_int64 * (2 * self.n + 2)).from_address(address)
+        return np.frombuffer(buf, np.int64).reshape(self.n + 1, 2)
+
+
 def _constants(g, grp) -> dict:
     """{id(value): array} for a creation group's outputs, computed by the nodes' own impls
     (only shapes of data outside the group are read, by ``size_of``)."""
@@ -506,10 +546,11 @@ def text_of(g, inplace: dict | None) -> str | None:
 
 
 def build(g, inplace: dict | None, make_fallback, groups: list | None = None,
-          family=None) -> DriverPlan:
+          family=None, profile: bool = False) -> DriverPlan:
     """A :class:`DriverPlan` for ``g``, or raise :class:`NotDrivable` (or
     NotImplementedError from the code generator). ``make_fallback()`` makes the runner's
     plan of ``g``, for calls that find the plan busy in another thread. ``family``: the
     :class:`~compiler.backends.llvm.sizes.Family` of a symbolic variant's sizes, which may
-    serve this size from one module with the others."""
-    return DriverPlan(g, inplace or {}, make_fallback, groups, family)
+    serve this size from one module with the others. ``profile``: a module of its own whose
+    driver also reads the clock around every kernel (``plan.ticks``, see ``_Ticks``)."""
+    return DriverPlan(g, inplace or {}, make_fallback, groups, family, profile)

@@ -24,13 +24,17 @@ numpy's pairwise order, so they differ from eager's by rounding.
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
+import time
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ...passes.fusion import fuse
 from .. import interp
-from . import cache, codegen, driver, jit
+from . import cache, codegen, driver, jit, machine
 
 GuardFailed = interp.GuardFailed
 _KERNEL = object()  # tags a native step in the plan's step list
@@ -38,7 +42,7 @@ _CHECKS = object()  # tags a step that only checks value guards
 
 
 
-def _lowerable(g, group) -> bool:
+def lowerable(g, group) -> bool:
     if group.kind not in ("elementwise", "reduce", "matmul"):
         return False
     try:
@@ -74,12 +78,52 @@ def module_text(g, inplace: dict | None = None) -> str | None:
     text = driver.text_of(g, inplace)
     if text is not None:
         return text
-    native = [grp for grp in fuse(g) if _lowerable(g, grp)]
+    native = [grp for grp in fuse(g) if lowerable(g, grp)]
     return codegen.module_ir(g, native)[0] if native else None
 
 
+@dataclass
+class Profiled:
+    """A plan that times its kernels (``compiler.profile``): ``plan`` runs as the variant's
+    plan would, and after each call :meth:`seconds` gives every kernel's (start, end) in
+    seconds — ``groups[k]`` for row ``k``, the whole run's last — or None when the call did
+    not get to its end (a guard failed: the call runs eagerly)."""
+
+    plan: Any
+    groups: list  # the fusion groups in the order they run (a numpy group is one entry)
+    native: bool  # one driver call (the clock read in the native code), else a hybrid plan
+    _clock: np.ndarray  # (len(groups) + 1, 2): ticks of the native clock, or seconds
+
+    def seconds(self) -> np.ndarray | None:
+        c = self._clock.copy()
+        self._clock[:] = 0
+        if not c[-1, 1]:
+            return None
+        return c / machine.tsc_hz() if self.native else c
+
+
+def profiled(g, inplace: dict | None = None, groups: list | None = None) -> Profiled:
+    """``g``'s plan as :func:`compile_graph` makes it, with a clock around every kernel: the
+    driver's module built again with the time-stamp counter read in it (``driver._Ticks``),
+    or the hybrid plan with clock readings between its groups."""
+    groups = fuse(g) if groups is None else groups
+    try:
+        plan = driver.build(g, inplace, lambda: compile_hybrid(g, inplace, groups), groups,
+                            profile=True)
+        return Profiled(plan, plan.groups, True, plan.ticks)
+    except NotImplementedError:
+        pass
+    timed = [grp for grp in groups if grp.kind != "creation"]
+    clock = np.zeros((len(timed) + 1, 2))
+    return Profiled(compile_hybrid(g, inplace, groups, clock=clock), timed, False, clock)
+
+
+def _tick(clock: np.ndarray, k: int, end: int) -> None:
+    clock[k, end] = time.perf_counter()
+
+
 def compile_hybrid(g, inplace: dict | None = None, groups: list | None = None,
-                   family=None):
+                   family=None, clock: np.ndarray | None = None):
     """A plan for :func:`run`: the fusion groups in their order, each lowerable group
     (elementwise, reduce, matmul) as one native kernel call, the others as the interpreter's
     steps of their nodes.
@@ -96,14 +140,23 @@ def compile_hybrid(g, inplace: dict | None = None, groups: list | None = None,
 
     ``family`` (a symbolic variant's sizes, ``sizes.py``): the kernels' module may be the
     family's template; a run then holds the module's lock and first gives the module this
-    size's numbers (``dg_set_sizes``)."""
+    size's numbers (``dg_set_sizes``).
+
+    ``clock`` (profiling: :func:`profiled`): an array the plan writes ``perf_counter``
+    readings into, around every group but creation groups (in order) and the whole run
+    (last row) — readings taken by numpy-style steps of their own, so a plan made without
+    it runs no timing code."""
     inplace = inplace or {}
     iplan, slot = interp.compile_with_slots(g, inplace={})
     steps, outs, tail, base, n_in, n_sc = iplan
+    if clock is not None:  # (the readings' results go to a slot of their own)
+        base = [*base, None]
+        tick = lambda k, end: (functools.partial(_tick, clock, k, end), (), {},  # noqa: E731
+                               len(base) - 1, True)
     deferred = [(slot[id(g.nodes[k].out)], t) for k, t in inplace.items()]
     producer = {id(n.out): k for k, n in enumerate(g.nodes)}
     groups = fuse(g) if groups is None else groups
-    native = [grp for grp in groups if _lowerable(g, grp)]
+    native = [grp for grp in groups if lowerable(g, grp)]
     kernels, sized = {}, None
     if native:
         text, fns = codegen.module_ir(g, native)
@@ -139,20 +192,30 @@ def compile_hybrid(g, inplace: dict | None = None, groups: list | None = None,
         return impl, ins, params, out, weak
 
     order, done_upto = [], -1
+    timed = [grp for grp in groups if grp.kind != "creation"]
+    if clock is not None:
+        order.append(tick(len(timed), 0))
     for grp in groups:
         for seg in range(done_upto + 1, grp.segment + 1):
             if checks_at.get(seg):
                 order.append((_CHECKS, tuple(checks_at[seg])))
         done_upto = max(done_upto, grp.segment)
+        t = timed.index(grp) if clock is not None and grp.kind != "creation" else None
+        if t is not None:
+            order.append(tick(t, 0))
         k = kernels.get(id(grp))
         if k is not None:
             order += [numpy_step(producer[id(v)]) for v in codegen.constant_outputs(g, grp)]
             order.append(k)
         else:
             order += [numpy_step(i) for i in grp.nodes]
+        if t is not None:
+            order.append(tick(t, 1))
     for seg in range(done_upto + 1, len(cuts) + 1):
         if checks_at.get(seg):
             order.append((_CHECKS, tuple(checks_at[seg])))
+    if clock is not None:
+        order.append(tick(len(timed), 1))
     return (order, outs, tail, base, n_in, n_sc, tuple(deferred), sized), len(native), \
         len(groups)
 

@@ -57,6 +57,7 @@ output): exp 0.74 ms (numpy 1.39), log 1.06 (1.07), tanh 1.21 (0.77), sigmoid 0.
 from __future__ import annotations
 
 import math
+import re
 import struct
 from fractions import Fraction
 
@@ -522,6 +523,15 @@ MAX_ULPS: dict[str, tuple[float, str]] = {
     "sin": (2.5, "[-6000, 6000] (Cody-Waite reduction exact for |k| < 2**12; beyond, inaccurate)"),
     "cos": (2.5, "[-6000, 6000] (as sin)"),
 }
+
+
+def flops(name: str) -> int:
+    """Floating-point operations of one element of vecmath function ``name``, counted in
+    its IR (a multiply-add counts two; selects, compares and bit operations none) — what
+    the profiler counts for a kernel's GFLOP/s. Example: ``flops("exp")``."""
+    text = FUNCTIONS[name]()
+    return (len(re.findall(r"= (?:fadd|fsub|fmul|fdiv|fneg) ", text))
+            + 2 * text.count("@llvm.fma.") + text.count("@llvm.sqrt."))
 
 
 def module_ir(names=None) -> str:
