@@ -1,7 +1,8 @@
 """Both cores for big kernels (compiler/backends/llvm/threads.py): the blocks of a
-reduction or an elementwise kernel split across OpenMP threads have boundaries fixed by the
-size alone, so the result is the same bits with 1, 2 or 3 threads, and without the threading
-runtime at all."""
+reduction or an elementwise kernel split across the pool's threads have boundaries fixed by
+the size alone, so the result is the same bits with 1, 2 or 3 threads, and without the pool
+at all; the pool runs every part of every job exactly once, whoever takes it, and a caller
+never waits for a thread that has not started."""
 
 from __future__ import annotations
 
@@ -69,9 +70,9 @@ def test_a_big_reduction_gives_the_same_bits_with_any_number_of_threads(tmp_path
     assert abs(loss - eager) <= 1e-5 * np.abs(x).sum()
 
 
-def test_the_reduction_kernel_uses_the_runtime_when_present(monkeypatch):
+def test_the_reduction_kernel_uses_the_pool_when_present(monkeypatch):
     if threads.find() is None:
-        pytest.skip("no libgomp on this machine")
+        pytest.skip("no thread pool on this platform")
     x = dg.randn(N)
     cf = compiler.compile(lambda x: (x * x).sum(), backend="interp")
     cf(x)
@@ -79,11 +80,11 @@ def test_the_reduction_kernel_uses_the_runtime_when_present(monkeypatch):
     g = cf.variants[0].trace.graph
     (grp,) = [gr for gr in fuse(g) if gr.kind == "reduce"]
     text, _, _ = codegen.reduce_kernel(g, grp)
-    assert "@GOMP_parallel" in text and "_blocks" in text
+    assert "@dg_parallel" in text and "_blocks" in text
     monkeypatch.setenv("DYNGRAD_THREADS", "1")
     monkeypatch.setattr(threads, "_found", [])
     text1, _, _ = codegen.reduce_kernel(g, grp)
-    assert "@GOMP_parallel" not in text1 and "_blocks(ptr %ctx, i64 0, i64 1)" in text1
+    assert "@dg_parallel" not in text1 and "_blocks(ptr %ctx, i64 0, i64 1)" in text1
 
 
 def test_small_reductions_stay_on_one_thread():
@@ -93,7 +94,7 @@ def test_small_reductions_stay_on_one_thread():
     cf(x)
     g = cf.variants[0].trace.graph
     (grp,) = [gr for gr in fuse(g) if gr.kind == "reduce"]
-    assert "GOMP" not in codegen.reduce_kernel(g, grp)[0]
+    assert "dg_parallel" not in codegen.reduce_kernel(g, grp)[0]
     assert hashlib  # (imported for the subprocess code's sake)
 
 
@@ -107,7 +108,7 @@ def test_a_forked_child_runs_big_kernels_on_one_thread_with_the_same_bits(tmp_pa
             r = f(x)
         print(r.numpy().tobytes().hex(), flush=True)
         pid = os.fork()
-        if pid == 0:  # libgomp's pool does not survive fork: the child must not hang
+        if pid == 0:  # the pool's threads do not survive fork: the child must not hang
             print(f(x).numpy().tobytes().hex(), flush=True)
             os._exit(0)
         os.waitpid(pid, 0)
@@ -118,46 +119,138 @@ def test_a_forked_child_runs_big_kernels_on_one_thread_with_the_same_bits(tmp_pa
     assert len(out) == 2 and out[0] == out[1]
 
 
-TEAM_CODE = textwrap.dedent("""
-    import ctypes, sys
+POOL_KERNEL = threads.DECLARATIONS + """
+declare i64 @syscall(i64, ...)
+define void @k_blocks(ptr %ctx, i64 %i, i64 %n) {
+entry:
+  %tid = call i64 (i64, ...) @syscall(i64 186)
+  %slot = getelementptr i64, ptr %ctx, i64 %i
+  %c = load i64, ptr %slot
+  %c1 = add i64 %c, 1
+  store i64 %c1, ptr %slot
+  %w = add i64 %i, 4096
+  %who = getelementptr i64, ptr %ctx, i64 %w
+  store i64 %tid, ptr %who
+  %spin = mul i64 %i, 0
+  br label %loop
+loop:
+  %k = phi i64 [0, %entry], [%k1, %loop]
+  %k1 = add i64 %k, 1
+  %z = getelementptr i64, ptr %ctx, i64 8192
+  store volatile i64 %k1, ptr %z
+  %more = icmp slt i64 %k1, 2000
+  br i1 %more, label %loop, label %exit
+exit:
+  ret void
+}
+define void @run(ptr %ctx, i64 %n) {
+entry:
+  call void @dg_parallel(ptr @k_blocks, ptr %ctx, i64 %n)
+  ret void
+}
+"""
+
+
+def _pool_runner():
+    import ctypes
+
+    from compiler.backends.llvm import jit
+    if threads.find() is None:
+        pytest.skip("no thread pool on this platform")
+    compiled = jit.compile_ir(POOL_KERNEL)  # (kept alive by the closure: its code runs)
+    run = compiled.cfunc("run", None, ctypes.c_void_p, ctypes.c_int64)
+
+    def job(parts: int, keep=compiled) -> np.ndarray:
+        buf = np.zeros(8193, np.int64)  # per part: its run count, then the thread's id
+        run(buf.ctypes.data, parts)
+        return buf
+    return job
+
+
+def test_the_pool_runs_every_part_of_every_job_exactly_once():
+    job = _pool_runner()
+    rng = np.random.default_rng(0)
+    for parts in [1, 2, 3, 64, 1000, *rng.integers(1, 300, 200)]:
+        buf = job(int(parts))
+        assert (buf[:parts] == 1).all() and not buf[parts:4096].any(), parts
+
+
+def test_the_pool_spreads_parts_over_its_threads():
+    job = _pool_runner()
+    if threads.team_size() < 2:
+        pytest.skip("one CPU: a team of one")
+    seen = set()
+    for _ in range(50):  # (on a busy machine the caller may take every part of one job)
+        buf = job(256)
+        seen |= set(buf[4096:4096 + 256].tolist())
+    assert len(seen) >= 2
+
+
+def test_jobs_from_several_python_threads_at_once_all_complete():
+    """One job at a time in the pool: a caller finding it busy runs its parts alone."""
+    import threading
+    job = _pool_runner()
+    errors = []
+
+    def worker():
+        for parts in (5, 50, 500) * 20:
+            buf = job(parts)
+            if not (buf[:parts] == 1).all():
+                errors.append(parts)
+    ts = [threading.Thread(target=worker) for _ in range(3)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=120)
+    assert not errors and not any(t.is_alive() for t in ts)
+
+
+POOL_FORK = textwrap.dedent("""
+    import os, ctypes, numpy as np
     from compiler.backends.llvm import jit, threads
-    lib = threads.find()
-    if sys.argv[1] == "lowered":  # another library sharing the runtime lowers its default
-        ctypes.CDLL(lib).omp_set_num_threads(1)  # (as torch.set_num_threads(1) does)
-    ir = (threads.DECLARATIONS + '''
-    define void @k_omp(ptr %ctx) {
-      %n = call i32 @omp_get_num_threads()
-      store i32 %n, ptr %ctx
-      ret void
-    }
-    define void @k_blocks(ptr %ctx, i64 %a, i64 %b) {
-      store i32 -1, ptr %ctx
-      ret void
-    }
-    define void @run(ptr %ctx) {
-    entry:
-    ''' + threads.split_call("k") + '''
-      ret void
-    }
-    ''')
-    c = jit.compile_ir(ir)
-    seen = ctypes.c_int32(0)
-    c.cfunc("run", None, ctypes.c_void_p)(ctypes.addressof(seen))
-    print(seen.value, threads.team_size())
+    import test_llvm_threads as T
+    assert threads.find() is not None  # (the pool's symbols, before a module calls them)
+    compiled = jit.compile_ir(T.POOL_KERNEL)
+    run = compiled.cfunc("run", None, ctypes.c_void_p, ctypes.c_int64)
+    buf = np.zeros(8193, np.int64)
+    run(buf.ctypes.data, 100)
+    pid = os.fork()
+    if pid == 0:
+        threads._on.value = 4  # a team of four, and no worker at all (none survived)
+        buf = np.zeros(8193, np.int64)
+        run(buf.ctypes.data, 100)
+        print("child", int((buf[:100] == 1).all()), len(set(buf[4096:4196].tolist())),
+              flush=True)
+        os._exit(0)
+    os.waitpid(pid, 0)
 """)
 
 
-@pytest.mark.skipif(threads.find() is None, reason="no OpenMP runtime (libgomp) here")
-@pytest.mark.parametrize("case,env", [("default", {}), ("lowered", {}),
-                                      ("default", {"OMP_NUM_THREADS": "3"})])
-def test_the_team_size_is_the_processes_own_not_the_runtimes_current_default(case, env):
-    """Kernels ask for ``team_size()`` threads explicitly: OMP_NUM_THREADS when set, else the
-    CPUs the process may use — a library lowering the shared runtime's default (PyTorch's
-    ``set_num_threads(1)``) does not put dyngrad's kernels on one thread."""
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_caller_never_waits_for_a_thread_that_has_not_started():
+    """A team of four with no worker running (a forked child): the caller takes every part
+    and returns — a job never waits for threads, only for parts they took."""
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}")
+    out = subprocess.run([sys.executable, "-c", POOL_FORK], env=env, cwd=ROOT, check=True,
+                         capture_output=True, text=True, timeout=120).stdout.split()
+    assert out == ["child", "1", "1"]
+
+
+TEAM_CODE = textwrap.dedent("""
+    from compiler.backends.llvm import threads
+    threads.find()
+    print(threads._on.value, threads.team_size(), len(threads._workers) - 1)
+""")
+
+
+@pytest.mark.parametrize("env", [{}, {"OMP_NUM_THREADS": "3"}, {"OMP_NUM_THREADS": "1"}])
+def test_the_team_size_is_the_processes_own(env):
+    """Kernels use ``team_size()`` threads: OMP_NUM_THREADS when set, else the CPUs the
+    process may use; the pool starts one worker fewer (the caller is the first)."""
     run_env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     run_env.update(PYTHONPATH=str(ROOT), **env)
-    out = subprocess.run([sys.executable, "-c", TEAM_CODE, case], env=run_env, cwd=ROOT,
+    out = subprocess.run([sys.executable, "-c", TEAM_CODE], env=run_env, cwd=ROOT,
                          check=True, capture_output=True, text=True, timeout=120).stdout.split()
-    seen, size = int(out[0]), int(out[1])
-    want = 3 if env else len(os.sched_getaffinity(0))
-    assert size == want and seen == want, (seen, size)
+    on, size, workers = map(int, out)
+    want = int(env["OMP_NUM_THREADS"]) if env else len(os.sched_getaffinity(0))
+    assert on == size == want and workers == want - 1

@@ -551,8 +551,8 @@ class _Builder(_Emitter):
         return text, name, layout
 
     def _parallel(self, name, prelude, params, body, entry, n) -> str:
-        """A big flat kernel on every OpenMP thread: blocks of ``_PAR_BLOCK`` elements,
-        thread t taking blocks t, t + T, ... (each element is computed alone, so the result
+        """A big flat kernel on the thread pool (``threads.py``): blocks of ``_PAR_BLOCK``
+        elements, each a part of its own (each element is computed alone, so the result
         does not depend on the split)."""
         k_args = len(params)
         nb = -(-n // _PAR_BLOCK)
@@ -577,16 +577,12 @@ class _Builder(_Emitter):
                   f"  call void @{name}_range({ptrs}, i64 %lo, i64 %hi)\n"
                   "  %b.next = add nuw nsw i64 %b, %nt\n"
                   f"  %b.more = icmp slt i64 %b.next, {nb}\n"
-                  "  br i1 %b.more, label %blk, label %exit\nexit:\n  ret void\n}\n\n"
-                  f"define internal void @{name}_omp(ptr %ctx) {{\nentry:\n"
-                  "  %t = call i32 @omp_get_thread_num()\n  %n = call i32 @omp_get_num_threads()\n"
-                  "  %t64 = sext i32 %t to i64\n  %n64 = sext i32 %n to i64\n"
-                  f"  call void @{name}_blocks(ptr %ctx, i64 %t64, i64 %n64)\n  ret void\n}}\n\n")
+                  "  br i1 %b.more, label %blk, label %exit\nexit:\n  ret void\n}\n\n")
         pack = "".join(f"  %c{k} = getelementptr inbounds ptr, ptr %ctx, i64 {k}\n"
                        f"  store ptr %a{k}, ptr %c{k}\n" for k in range(k_args))
         main = (f"define internal void @{name}_body({', '.join(params + ['i64 %n'])}) "
                 f"alwaysinline {{\nentry:\n  %ctx = alloca [{k_args} x ptr], align 8\n" + pack
-                + threads.split_call(name) + "\n  ret void\n}\n\n")
+                + threads.split_call(name, nb) + "\n  ret void\n}\n\n")
         self.par = True
         return ((_prelude(self.vecmath) + threads.DECLARATIONS if prelude else "")
                 + rng + blocks + main + entry)

@@ -26,8 +26,8 @@ which the compiled-code cache keys on. ``K = 0`` writes zeros; NaN and inf propa
 zero padding only feeds lanes that are never stored).
 
 Both cores: from ``PAR_WORK`` multiply-adds (and ``2·MR`` rows) the rows are split in
-``MR``-aligned ranges, one per OpenMP thread (``threads.py``); each thread packs its own
-panels. Since the sum order does not depend on the split, the bits do not either.
+``MR``-aligned ranges, one part per thread of the pool (``threads.py``); each part packs
+its own panels. Since the sum order does not depend on the split, the bits do not either.
 """
 
 from __future__ import annotations
@@ -43,10 +43,9 @@ MR = 8  # rows of the register tile
 NV = 2  # vectors of the register tile (NR = NV · lanes columns)
 KC = {"float": 256, "double": 128}  # k block: a packed B panel (KC x NR) stays in L1
 MC = 128  # row block: a packed A block (MC x KC) stays in L2
-PAR_WORK = 1 << 25  # multiply-adds from which a product is split across threads: ~150 µs
-#                    on one core. Below, a region gains tens of µs when the machine is idle
-#                    but waits for a time slice (ms) when another process holds a core
-#                    (benchmarks/threads.py's mlp: 1.2 ms a step on one thread, 38 ms split)
+PAR_WORK = 1 << 20  # multiply-adds from which a product is split across threads (~10 µs
+#                    on one core, a few times the pool's cost of a part; a busy machine
+#                    costs nothing more: the caller takes every part a thread does not)
 EDGE_ROWS = (1, 2, 4)  # smaller kernels for the last rows of a block
 _SUFFIX = {"float": "f32", "double": "f64"}
 _SIZE = {"float": 4, "double": 8}
@@ -345,8 +344,8 @@ _PTR = ("A", "B", "C")
 
 
 def _entry(ty: str, par: bool) -> str:
-    """``@<name>(A, rsa, csa, B, rsb, csb, C, M, N, K)``, and with ``par`` its ``_blocks`` /
-    ``_omp`` functions for ``threads.split_call``."""
+    """``@<name>(A, rsa, csa, B, rsb, csb, C, M, N, K)``, and with ``par`` its ``_blocks``
+    function for ``threads.split_call``."""
     fn = name(ty)
     params = ", ".join(f"ptr noalias %{a}" if a in _PTR else f"i64 %{a}" for a in _ARGS)
     f = _Fn(f"define void @{fn}({params}) {{")
@@ -374,7 +373,7 @@ def _entry(ty: str, par: bool) -> str:
         for k, a in enumerate(_ARGS):
             f.do(f"store {'ptr' if a in _PTR else 'i64'} %{a}, ptr "
                  f"{f.gep('i64', '%ctx', k)}")
-        f.lines += threads.split_call(fn).split("\n")
+        f.lines += threads.split_call(fn, 0).split("\n")  # (a part per thread)
         f.block = "par.joined"
         f.jump("exit")
     else:
@@ -398,11 +397,7 @@ def _entry(ty: str, par: bool) -> str:
         b.do(f"call void @{fn}_rows(ptr %A, i64 %rsa, i64 %csa, ptr %B, i64 %rsb, i64 %csb, "
              f"ptr %C, i64 %N, i64 %K, i64 {r0}, i64 {r1})")
     b.do("ret void")
-    omp = (f"define internal void @{fn}_omp(ptr %ctx) {{\nentry:\n"
-           "  %t = call i32 @omp_get_thread_num()\n  %n = call i32 @omp_get_num_threads()\n"
-           "  %t64 = sext i32 %t to i64\n  %n64 = sext i32 %n to i64\n"
-           f"  call void @{fn}_blocks(ptr %ctx, i64 %t64, i64 %n64)\n  ret void\n}}\n\n")
-    return text + b.text() + omp
+    return text + b.text()
 
 
 def functions(ty: str) -> str:

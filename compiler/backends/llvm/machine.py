@@ -6,7 +6,7 @@ benchmarks hold kernels against.
   rate on the CPUs this runs on), against ``time.perf_counter`` over about 20 ms.
 - :func:`peak_flops`: float32 FLOP/s of a loop of independent vector multiply-adds (12
   register accumulators of the target's widest vectors, so neither latency nor memory
-  limits it; two FLOPs per lane), on one thread or on the backend's OpenMP team
+  limits it; two FLOPs per lane), on one thread or on the backend's thread pool
   (``threads.py``). Without FMA instructions, a multiply and an add.
 - :func:`copy_bandwidth`: bytes per second read plus written by numpy copying 64 MiB (one
   thread, out of cache).
@@ -74,13 +74,7 @@ def _module() -> jit.Compiled:
              "  store volatile float %lane, ptr %slot", "  ret void", "}", ""]
     run = ["define void @dg_peak(ptr %ctx) {", "entry:"]
     if par:
-        run += [threads.split_call("dg_peak")]
-        body += ["define internal void @dg_peak_omp(ptr %ctx) {", "entry:",
-                 "  %t = call i32 @omp_get_thread_num()",
-                 "  %n = call i32 @omp_get_num_threads()",
-                 "  %t64 = sext i32 %t to i64", "  %n64 = sext i32 %n to i64",
-                 "  call void @dg_peak_blocks(ptr %ctx, i64 %t64, i64 %n64)",
-                 "  ret void", "}", ""]
+        run += [threads.split_call("dg_peak", 0)]
     else:
         run.append("  call void @dg_peak_blocks(ptr %ctx, i64 0, i64 1)")
     run += ["  ret void", "}", "",
@@ -125,7 +119,7 @@ def tsc_hz() -> float:
 
 
 def team_threads() -> int:
-    """Threads the backend's big kernels run on (the OpenMP team, or one)."""
+    """Threads the backend's big kernels run on (the thread pool, or one)."""
     return threads.team_size() if threads.find() is not None and threads._on.value else 1
 
 

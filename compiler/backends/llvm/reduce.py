@@ -144,8 +144,8 @@ class _ReduceBuilder(_Builder):
     def _blocks_function(self, name, layout, tys, vec, init, NB, CB, B, chunks,
                          chunk_loop) -> str:
         """``@<name>_blocks(ctx, tid, nt)``: blocks tid, tid + nt, ... of CB chunks each,
-        every block's lanes (from fresh ones) stored to its partials slot; and
-        ``@<name>_omp(ctx)``, which calls it with the OpenMP thread number and team size."""
+        every block's lanes (from fresh ones) stored to its partials slot (the thread pool
+        calls it once per block: ``nt`` = NB)."""
         saved = self.lines, self.reads, self.idx
         self.lines, self.reads, self.idx = [], {}, {}
         out = self.lines
@@ -173,15 +173,8 @@ class _ReduceBuilder(_Builder):
         out.append("  br i1 %b.more, label %blk, label %exit\nexit:\n  ret void")
         body = "\n".join(out)
         self.lines, self.reads, self.idx = saved
-        blocks = (f"define internal void @{name}_blocks(ptr %ctx, i64 %tid, i64 %nt) {{\n"
-                  + body + "\n}\n\n")
-        if not threads.find():
-            return blocks
-        return (blocks
-                + f"define internal void @{name}_omp(ptr %ctx) {{\nentry:\n"
-                "  %t = call i32 @omp_get_thread_num()\n  %n = call i32 @omp_get_num_threads()\n"
-                "  %t64 = sext i32 %t to i64\n  %n64 = sext i32 %n to i64\n"
-                f"  call void @{name}_blocks(ptr %ctx, i64 %t64, i64 %n64)\n  ret void\n}}\n\n")
+        return (f"define internal void @{name}_blocks(ptr %ctx, i64 %tid, i64 %nt) {{\n"
+                + body + "\n}\n\n")
 
     def build(self, name: str = FN_NAME, prelude: bool = True) -> tuple:
         grp, nodes = self.group, self.g.nodes
@@ -305,7 +298,7 @@ class _ReduceBuilder(_Builder):
         if blocked:
             self.extra = self._blocks_function(name, layout, tys, vec, init, NB, CB, B,
                                                chunks, chunk_loop)
-            lines.append(threads.split_call(name) if threads.find() else
+            lines.append(threads.split_call(name, NB) if threads.find() else
                          f"  call void @{name}_blocks(ptr %ctx, i64 0, i64 1)\n"
                          "  br label %par.joined\npar.joined:")
             lines.append("  br label %gather\ngather:")

@@ -19,7 +19,7 @@ file is replaced atomically; one that cannot be read or parsed is ignored (and r
 the next decision). A forked child whose threads are off (``threads.py``) decides for itself
 but does not write its decisions: its timings are of one thread.
 
-Note (one thread pool at a time): BLAS's pool and the backend's OpenMP team (``threads.py``)
+Note (one thread pool at a time): BLAS's pool and the backend's own (``threads.py``)
 each keep their threads spinning for a while after a parallel region; on a machine with as
 many cores as threads, a graph alternating BLAS calls and big elementwise kernels then runs
 each pool's work against the other's spinning threads. ``benchmarks/threads.py`` measured it
@@ -29,7 +29,7 @@ pool alone and 3–16 ms with the generated kernel on the team. So
 when the team is on and BLAS's pool has more than one thread, the generated kernel (on the
 team) is taken without measuring; BLAS is measured only when its pool is one thread
 (``OPENBLAS_NUM_THREADS=1``, as the benchmarks and examples set) or the team is off
-(``DYNGRAD_THREADS=1``, no libgomp).
+(``DYNGRAD_THREADS=1``, or no pool on the platform).
 
 ``DYNGRAD_MATMUL=blas|generated|measure`` (default ``measure``) forces a path — BLAS still
 only where it can run — for tests and debugging.
