@@ -2,6 +2,7 @@
 
     python -m benchmarks [--quick] [--json PATH] [--plot PATH] [--only W1,W5,W6,sweep]
                          [--no-torch] [--no-torch-compile] [--no-jax] [--samples N]
+                         [--threads N]
 
 Workloads W1–W5 (training steps and control flow), W6 (jacfwd vs jacrev) and the size sweep
 of the MLP step; modes dyngrad eager, ``backend="interp"``, ``backend="llvm"``, a numpy step
@@ -45,6 +46,9 @@ def parse(argv) -> argparse.Namespace:
     ap.add_argument("--no-jax", action="store_true", help="leave JAX out")
     ap.add_argument("--samples", type=int, help="timed samples per mode (default 21; "
                     "quick 5)")
+    ap.add_argument("--threads", type=int, default=suite.default_threads(),
+                    help="threads for every framework: numpy's BLAS, dyngrad's kernels, "
+                    "PyTorch, XLA (default: the CPUs this process may use)")
     args = ap.parse_args(argv)
     args.parts = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = [p for p in args.parts if p not in PARTS]
@@ -59,7 +63,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     opts = suite.Options(args.quick, torch=not args.no_torch,
                          torch_compile=not args.no_torch_compile, jax=not args.no_jax,
-                         samples=args.samples)
+                         samples=args.samples, threads=args.threads)
     workloads = [p for p in args.parts if p in WORKLOADS]
     total = 1 + len(workloads) + ("W6" in args.parts) * len(jacobian_sizes(args.quick)) ** 2 \
         + ("sweep" in args.parts) * len(sweep_widths(args.quick))
@@ -69,7 +73,7 @@ def main(argv=None) -> int:
         results = {"options": {"run": "quick" if args.quick else "full",
                                "samples": opts.samples, "parts": args.parts,
                                "torch": opts.torch, "torch_compile": opts.torch_compile,
-                               "jax": opts.jax},
+                               "jax": opts.jax, "threads": opts.threads},
                    "machine": suite.machine_info(opts), "workloads": {}}
         progress.advance()
         for name in workloads:

@@ -2,10 +2,11 @@
 weights and data.
 
 Optional: :func:`available` is False when jax does not import, and the suite leaves the
-mode out. XLA runs on one thread (``XLA_FLAGS``, unless already set), like numpy's BLAS and
-PyTorch in the suite. A step keeps its parameters and optimizer state between calls and
-waits for its result (``block_until_ready``: JAX dispatches asynchronously). W4's Python
-``while``/``if`` on values cannot be traced by ``jit``: it is rewritten with
+mode out. XLA runs on ``THREADS[0]`` threads (``XLA_FLAGS``, unless already set), as every
+framework in the suite does (``--threads``). A step keeps its parameters and optimizer
+state between calls and waits for its result (``block_until_ready``: JAX dispatches
+asynchronously). W4's Python ``while``/``if`` on values cannot be traced by ``jit``: it is
+rewritten with
 ``lax.while_loop``/``lax.cond``, and differentiated in forward mode (reverse mode does not
 go through ``while_loop``); the step returns the function's value, like the others.
 """
@@ -17,13 +18,15 @@ import os
 from .workloads import VOCAB, Instance
 
 _jax: list = []
+THREADS = [1]  # XLA's threads (the suite sets it before the first import)
 
 
 def jax():
     """The jax module, imported on first use (None when it is not installed)."""
     if not _jax:
-        os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false "
-                              "intra_op_parallelism_threads=1")
+        n = THREADS[0]
+        os.environ.setdefault("XLA_FLAGS", f"--xla_cpu_multi_thread_eigen={str(n > 1).lower()} "
+                              f"intra_op_parallelism_threads={n}")
         try:
             import jax as j
             _jax.append(j)

@@ -84,12 +84,18 @@ def calibrate(runner: Runner, target_s: float, cap: int = 20000) -> None:
     runner.inner = min(passes * cycle, max(cap // cycle, 1) * cycle)
 
 
+SETTLE_S = 0.004  # a pause between two modes' samples: the last one's idle threads (dyngrad's
+#                  pool, OpenBLAS's, PyTorch's OpenMP team) stop spinning before the next runs
+
+
 def time_alternating(runners: dict, samples: int, target_s: float) -> dict:
-    """Median µs per call of each runner, the modes taking turns sample by sample."""
+    """Median µs per call of each runner, the modes taking turns sample by sample (with
+    ``SETTLE_S`` between them)."""
     for r in runners.values():
         calibrate(r, target_s)
     for _ in range(samples):
         for r in runners.values():
+            time.sleep(SETTLE_S)
             r.sample()
     return {m: summary(r.times, r.inner) for m, r in runners.items()}
 
@@ -159,6 +165,13 @@ def matmul_gflops(n: int = 1024, reps: int = 5) -> float:
 
 
 _BANDWIDTH: list = []
+
+
+def step_flops(matmuls: list) -> float:
+    """FLOPs of a training step's matmuls, each ``(M, K, N, needs_dx)`` as in
+    :func:`step_bound_us`: the forward product, the weight gradient, and the input gradient
+    when the input needs one (2·M·K·N each)."""
+    return sum(2 * m * k * n * (3 if needs_dx else 2) for m, k, n, needs_dx in matmuls)
 
 
 def step_bound_us(matmuls: list, n_params: int = 0, passes: int = 0, reps: int = 20) -> float:

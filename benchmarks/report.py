@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 
 LEGEND = ("µs/step: median over samples (IQR); × eager: speed-up over dyngrad eager; × bound: "
-          "time / the bound; cold / disk ms: the warm-up (3 passes over the inputs) in a new "
-          "process with an empty cache / loading the compiled modules from the disk cache; "
-          "peak MB: tracemalloc (numpy buffers + Python objects); var / fb: variants / "
-          "fallbacks (torch.compile: graphs / graph breaks); vs eager: max relative "
-          "difference of the outputs over the first calls")
+          "time / the bound; × floor: time / the FLOP floor (the step's matmuls at the "
+          "machine's measured peak multiply-add rate); cold / disk ms: the warm-up (3 "
+          "passes over the inputs) in a new process with an empty cache / loading the "
+          "compiled modules from the disk cache; peak MB: tracemalloc (numpy buffers + "
+          "Python objects); var / fb: variants / fallbacks (torch.compile: graphs / graph "
+          "breaks); vs eager: max relative difference of the outputs over the first calls")
 
 
 def _num(x, fmt: str, width: int) -> str:
@@ -32,21 +33,28 @@ def header(results: dict) -> list[str]:
         f"load average {m['load_average_start']:.2f} at the start, "
         f"{m.get('load_average_end', float('nan')):.2f} at the end (timings assume an "
         f"otherwise idle machine)",
-        f"threads: BLAS {th['blas']}, LLVM kernels {th['llvm_kernels']} (OpenMP)"
+        f"threads: BLAS {th['blas']}, LLVM kernels {th['llvm_kernels']}"
         + (f", PyTorch {th['torch']}" if th.get("torch") else "")
         + (f", XLA {th['xla']}" if th.get("xla") else ""),
-        f"this machine: copy {m['copy_gbps']:.1f} GB/s (read + write), matmul "
-        f"{m['matmul_gflops']:.0f} GFLOP/s (numpy float32 1024², one BLAS thread)",
+        f"code generated for: {m.get('target', '?')}",
+        f"this machine: peak {m.get('peak_gflops', float('nan')):.0f} GFLOP/s on "
+        f"{th['llvm_kernels']} thread(s) ({m.get('peak_gflops_one', float('nan')):.0f} on one; "
+        f"float32 multiply-adds), copy {m['copy_gbps']:.1f} GB/s (read + write), numpy "
+        f"matmul {m['matmul_gflops']:.0f} GFLOP/s (float32 1024², {th['blas']} BLAS "
+        f"thread(s))",
     ]
 
 
 def workload_lines(name: str, w: dict) -> list[str]:
     """One row per mode, then the fallbacks' reasons."""
-    bound = w.get("bound_us")
+    bound, floor = w.get("bound_us"), w.get("floor_us")
     lines = [f"{name}  {w['title']}" + (f"  [bound {bound:.1f} µs: {w['bound_how']}]"
                                          if bound else "")]
+    if floor:
+        lines.append(f"  FLOP floor {floor:.1f} µs: the step's matmuls, {w['flops'] / 1e6:.1f} "
+                     f"MFLOP, at the measured peak")
     lines.append(f"  {'mode':<14}{'µs/step':>10}{'IQR':>9}{'× eager':>9}{'× bound':>9}"
-                 f"{'cold ms':>9}{'disk ms':>9}{'peak MB':>9}{'var':>5}{'fb':>4}"
+                 f"{'× floor':>9}{'cold ms':>9}{'disk ms':>9}{'peak MB':>9}{'var':>5}{'fb':>4}"
                  f"  {'vs eager'}")
     notes: dict[str, list] = {}  # note -> the modes it concerns
     for mode, e in w["modes"].items():
@@ -59,7 +67,8 @@ def workload_lines(name: str, w: dict) -> list[str]:
         lines.append(
             f"  {mode:<14}{_num(e.get('us'), '.1f', 10)}{_num(e.get('iqr'), '.1f', 9)}"
             f"{_num(e.get('speedup'), '.2f', 9)}{_num(e.get('x_bound'), '.2f', 9)}"
-            f"{_num(e.get('first_cold_ms'), '.0f', 9)}{_num(e.get('first_disk_ms'), '.0f', 9)}"
+            f"{_num(e.get('x_floor'), '.2f', 9)}{_num(e.get('first_cold_ms'), '.0f', 9)}"
+            f"{_num(e.get('first_disk_ms'), '.0f', 9)}"
             f"{_num(e.get('peak_mb'), '.2f', 9)}{_num(e.get('variants'), 'd', 5)}"
             f"{_num(e.get('fallbacks'), 'd', 4)}  {agree}")
         if e.get("eager_reason"):

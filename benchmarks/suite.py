@@ -46,8 +46,10 @@ class Options:
     """What to run and how long to measure."""
 
     def __init__(self, quick: bool, torch: bool = True, torch_compile: bool = True,
-                 jax: bool = True, samples: int | None = None):
+                 jax: bool = True, samples: int | None = None, threads: int | None = None):
         self.quick = quick
+        self.threads = threads or default_threads()
+        set_threads(self.threads)  # (before torch and jax are imported)
         self.work = Path(tempfile.mkdtemp(prefix="dyngrad-bench-"))  # cache directories
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self.work / "inductor")  # (before torch)
         self.torch = torch and torch_mirror.available()
@@ -69,6 +71,27 @@ class Options:
         if self.jax:
             modes.append("jax")
         return modes
+
+
+def default_threads() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def set_threads(n: int) -> None:
+    """Every framework on ``n`` threads: numpy's BLAS (its pool, now), dyngrad's kernels
+    (the backend's pool), PyTorch and XLA (when they are imported: the mirrors read
+    ``THREADS``), and the fresh processes of the first calls (the environment)."""
+    from compiler.backends.llvm import blas, threads
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+    if blas.find() is not None:
+        blas.set_pool_threads(blas.find(), n)
+    threads.set_team(n)
+    torch_mirror.THREADS[0] = jax_mirror.THREADS[0] = n
 
 
 # ------------------------------------------------------------------ one workload
@@ -210,6 +233,13 @@ def run_workload(wl: Workload, opts: Options, progress: Progress,
             entry["variants"] = jax_mirror.variants(runners[mode].fn)
     runners.clear()
 
+    if wl.flops is not None:  # the FLOP floor: the step's matmuls at the measured peak
+        from compiler.backends.llvm import machine
+        res["flops"] = wl.flops(opts.quick)
+        res["floor_us"] = res["flops"] / machine.peak_flops() * 1e6
+        for entry in res["modes"].values():
+            if "us" in entry:
+                entry["x_floor"] = entry["us"] / res["floor_us"]
     if wl.bound is not None:
         progress.phase(f"{wl.name}: bound")
         res["bound_us"] = wl.bound(opts.quick)
@@ -309,7 +339,7 @@ def machine_info(opts: Options) -> dict:
     import llvmlite.binding as llvm
     import numpy as np
 
-    from compiler.backends.llvm import threads
+    from compiler.backends.llvm import blas, machine, target, threads
     cpu = platform.processor() or "?"
     try:
         with open("/proc/cpuinfo") as fh:
@@ -324,9 +354,13 @@ def machine_info(opts: Options) -> dict:
             "jax": jax_mirror.version() if opts.jax else None,
             "date": time.strftime("%Y-%m-%d %H:%M"),
             "load_average_start": os.getloadavg()[0],
-            "threads": {"blas": os.environ.get("OPENBLAS_NUM_THREADS"),
-                        "llvm_kernels": os.cpu_count() if threads.find() else 1,
-                        "torch": 1 if opts.torch else None, "xla": 1 if opts.jax else None},
+            "threads": {"blas": blas.pool_threads(blas.find()) if blas.find() else None,
+                        "llvm_kernels": threads._on.value if threads.find() else 1,
+                        "torch": torch_mirror.torch().get_num_threads() if opts.torch
+                        else None, "xla": opts.threads if opts.jax else None},
+            "target": target.current().describe(),
+            "peak_gflops": machine.peak_flops() / 1e9,
+            "peak_gflops_one": machine.peak_flops(threads=1) / 1e9,
             "copy_gbps": measure.copy_bandwidth_gbps(reps=5 if opts.quick else 15),
             "matmul_gflops": measure.matmul_gflops(reps=3 if opts.quick else 7)}
 

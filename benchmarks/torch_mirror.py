@@ -1,9 +1,8 @@
 """The workloads written in PyTorch, from the dyngrad instance's weights and data.
 
 Optional: :func:`available` is False when torch does not import, and the suite then leaves
-the PyTorch modes out. PyTorch runs on one intra-op thread, like numpy's BLAS in the suite
-(with two OpenMP threads on this shared 2-core machine its W3 step was 7× slower than on
-one: spinning workers contend with everything else). ``torch.compile`` uses the default
+the PyTorch modes out. PyTorch runs on ``THREADS[0]`` intra-op threads, as every framework
+in the suite does (``--threads``). ``torch.compile`` uses the default
 backend (inductor); the suite points its cache at a fresh directory, so the first call of
 each workload is cold (but later workloads find inductor's modules already imported).
 """
@@ -13,6 +12,7 @@ from __future__ import annotations
 from .workloads import VOCAB, W4_INPUTS, Instance
 
 _torch: list = []  # [module or None] once imported
+THREADS = [1]  # intra-op threads (the suite sets it before the first import)
 
 
 def torch():
@@ -20,7 +20,7 @@ def torch():
     if not _torch:
         try:
             import torch as t
-            t.set_num_threads(1)
+            t.set_num_threads(THREADS[0])
             _torch.append(t)
         except ImportError:
             _torch.append(None)

@@ -71,6 +71,8 @@ class Workload:
     bound_how: str = ""
     numpy: Callable[[Instance], tuple] | None = None  # Instance -> (step, calls)
     kind: str = ""  # which PyTorch mirror (benchmarks/torch_mirror.py MIRRORS)
+    flops: Callable[[bool], float] | None = None  # flops(quick) -> FLOPs per step (its
+    #                                             matmuls), for the floor at the peak rate
 
 
 def _f32(r, shape) -> np.ndarray:
@@ -110,11 +112,15 @@ def numpy_mlp(inst: Instance) -> tuple:
     return step, [(x, y)]
 
 
+def mlp_matmuls(width: int) -> list:
+    """W1's matmuls at hidden width ``width``: ``(M, K, N, needs_dx)``."""
+    return [(32, 16, width, False), (32, width, width, True), (32, width, 1, True)]
+
+
 def mlp_bound(width: int) -> float:
     """µs: the step's matmuls in numpy plus SGD's parameter traffic (read p, g; write p)."""
     n = 16 * width + width + width * width + width + width + 1
-    return measure.step_bound_us([(32, 16, width, False), (32, width, width, True),
-                                  (32, width, 1, True)], n_params=n, passes=3)
+    return measure.step_bound_us(mlp_matmuls(width), n_params=n, passes=3)
 
 
 # ------------------------------------------------------------------ W2, W3, W4
@@ -136,13 +142,15 @@ def w2(quick: bool = False, seed: int = 0) -> Instance:
                     model, opt)
 
 
+W2_MATMULS = [(128, 784, 256, False), (128, 256, 256, True), (128, 256, 10, True)]
+
+
 def w2_bound(quick: bool = False) -> float:
     """µs: numpy's matmuls of the step's shapes (three forward, five backward) plus Adam's
     bytes over copy bandwidth (reading parameters, gradients and two moments, writing
     three)."""
     n = 784 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10
-    return measure.step_bound_us([(128, 784, 256, False), (128, 256, 256, True),
-                                  (128, 256, 10, True)], n_params=n, passes=7)
+    return measure.step_bound_us(W2_MATMULS, n_params=n, passes=7)
 
 
 W3_SIZE = 4 * 1024 * 1024
@@ -253,16 +261,27 @@ def w5(quick: bool = False, seed: int = 0) -> Instance:
     return Instance(step, calls, model, opt)
 
 
+def w5_matmuls(n_steps: int) -> list:
+    """W5's matmuls at one sequence length: per time step the input and hidden
+    projections, then the output layer over all steps."""
+    g = 3 * HIDDEN
+    return [(BATCH, EMBED, g, True), (BATCH, HIDDEN, g, True)] * n_steps \
+        + [(n_steps * BATCH, HIDDEN, VOCAB, True)]
+
+
 def w5_bound(quick: bool = False) -> float:
     """µs, averaged over the lengths: the step's matmuls in numpy (per time step the input
     and hidden projections; the output layer over all steps; backward) plus Adam's bytes."""
     g = 3 * HIDDEN
     n = VOCAB * EMBED + 2 * g * (EMBED + HIDDEN + 1) + HIDDEN * VOCAB + VOCAB
     lengths = w5_lengths(quick)
-    return sum(measure.step_bound_us(
-        [(BATCH, EMBED, g, True), (BATCH, HIDDEN, g, True)] * n_steps
-        + [(n_steps * BATCH, HIDDEN, VOCAB, True)], n_params=n, passes=7)
-        for n_steps in lengths) / len(lengths)
+    return sum(measure.step_bound_us(w5_matmuls(n_steps), n_params=n, passes=7)
+               for n_steps in lengths) / len(lengths)
+
+
+def w5_flops(quick: bool = False) -> float:
+    lengths = w5_lengths(quick)
+    return sum(measure.step_flops(w5_matmuls(n)) for n in lengths) / len(lengths)
 
 
 MATMUL_BOUND = "numpy matmuls of the step's shapes + optimizer bytes / copy bandwidth"
@@ -270,9 +289,11 @@ MATMUL_BOUND = "numpy matmuls of the step's shapes + optimizer bytes / copy band
 WORKLOADS = {
     "W1": Workload("W1", "16→32→32→1 tanh MLP, batch 32, MSE + SGD",
                    lambda quick: mlp_instance(32), lambda quick: mlp_bound(32), MATMUL_BOUND,
-                   numpy=numpy_mlp, kind="mlp"),
+                   numpy=numpy_mlp, kind="mlp",
+                   flops=lambda quick: measure.step_flops(mlp_matmuls(32))),
     "W2": Workload("W2", "784→256→256→10 ReLU MLP, batch 128, cross-entropy + Adam",
-                   w2, w2_bound, MATMUL_BOUND, kind="mlp"),
+                   w2, w2_bound, MATMUL_BOUND, kind="mlp",
+                   flops=lambda quick: measure.step_flops(W2_MATMULS)),
     "W3": Workload("W3", "sum(tanh(1.5x+0.5)·sigmoid(x) − exp(−x²)), 4M float32, fwd + bwd",
                    w3, w3_bound, "numpy writing a fresh 4M array from the input",
                    kind="elementwise"),
@@ -283,7 +304,7 @@ WORKLOADS = {
                    w4, None, "none (scalar work)", kind="control_flow"),
     "W5": Workload("W5", "GRU language model, vocabulary 64, 32→64, batch 16, Adam, "
                    "sequence lengths cycling", w5, w5_bound, MATMUL_BOUND,
-                   kind="language_model"),
+                   kind="language_model", flops=w5_flops),
 }
 
 
@@ -291,7 +312,8 @@ def sweep_workload(width: int) -> Workload:
     """W1's step at hidden width ``width`` (16→width→width→1)."""
     return Workload(f"MLP {width}", f"16→{width}→{width}→1 tanh MLP, batch 32, MSE + SGD",
                     lambda quick: mlp_instance(width), lambda quick: mlp_bound(width),
-                    MATMUL_BOUND, numpy=numpy_mlp, kind="mlp")
+                    MATMUL_BOUND, numpy=numpy_mlp, kind="mlp",
+                    flops=lambda quick: measure.step_flops(mlp_matmuls(width)))
 
 
 # ------------------------------------------------------------------ W6

@@ -6,8 +6,9 @@ within 1e-5 of the sum of ``|x|`` (float64: 1e-13); ``max`` and every IEEE-exact
 exact values are compared bit for bit (NaNs at the same places); values computed with the
 vecmath functions within a few float32 ulps; composite epilogues (softmax, layer norm) within
 stated tolerances. Also checks the documented summation order (lane ``j`` takes elements
-``j, j+L, ...``; a fixed tree) bit for bit, reproducibility, vectorisation, and the LLVM
-backend end to end (forward and backward) against eager."""
+``j, j+L, ...``; a fixed tree; in the column form, four partials over the rows in order)
+bit for bit, reproducibility, vectorisation, and the LLVM backend end to end (forward and
+backward) against eager."""
 
 from __future__ import annotations
 
@@ -133,6 +134,8 @@ CASES = [
     ((3, 1, 20), (0, 1)), ((4, 1, 9), (1, 2)),      # a size-1 axis among the reduced
     ((1, 3), (0, 1)), ((2, 1, 5), (0,)),            # tiny
     ((2, 300), (1,)), ((300, 2), (0,)),             # above a chunk (16 vectors) of lanes
+    ((50, 40), (0,)), ((7, 3, 33), (0,)), ((5, 6, 20), (0, 1)),  # the column form
+    ((129, 16), (0,)), ((3, 17), (0,)),
 ]
 
 
@@ -194,6 +197,66 @@ def test_summation_order_is_the_documented_one(dt, lanes):
         s = op(g, "sum", a, axes=(0,), keepdims=False)
         (got_t,) = run_group(g, only_reduce_group(g, [s]), [np.ascontiguousarray(x.T)])
         np.testing.assert_array_equal(got_t, want)
+
+
+def _column_order_sum(x, partials=4):
+    """The column form's order (reduce.py ``_build_columns``) for one column ``x``: row r
+    into partial r mod 4, rows in order; then (p0 + p1) + (p2 + p3), plus +0.0."""
+    t = x.dtype.type
+    acc = [t(0.0)] * partials
+    for r, v in enumerate(x):
+        acc[r % partials] = t(acc[r % partials] + v)
+    while len(acc) > 1:
+        acc = [t(acc[k] + acc[k + 1]) for k in range(0, len(acc), 2)]
+    return t(acc[0] + t(0.0))
+
+
+@pytest.mark.parametrize("dt", [F32, F64], ids=["f32", "f64"])
+def test_column_form_sums_rows_in_order_into_four_partials(dt):
+    """Reducing the leading axis of an array with at least 16 kept elements (a bias
+    gradient) runs the rows in order, each a vectorised loop over the columns: bit for bit
+    :func:`_column_order_sum`, for R below, at and above the partial count."""
+    for R in (2, 3, 4, 5, 17, 128, 129):
+        for n in (16, 37, 256):
+            x = (rand((R, n), dt) * np.exp(rand((R, n), dt) * 4)).astype(dt.np)
+            g = Graph()
+            a = g.add_input((R, n), dt)
+            s = op(g, "sum", a, axes=(0,), keepdims=False)
+            grp = only_reduce_group(g, [s])
+            assert "%cols0" in reduce_kernel(g, grp)[0]  # (the column form)
+            (got,) = run_group(g, grp, [x])
+            want = np.array([_column_order_sum(col) for col in x.T], dtype=dt.np)
+            np.testing.assert_array_equal(got, want, err_msg=f"R={R} n={n}")
+
+
+@pytest.mark.parametrize("shape,axes,column", [
+    ((128, 256), (0,), True), ((3, 4, 40), (0, 1), True), ((5, 6, 20), (0,), True),
+    ((128, 8), (0,), False),   # fewer kept elements than a vector's lanes
+    ((256, 128), (1,), False),  # the last axis: contiguous rows already
+    ((4, 40, 6), (0, 2), False),  # a kept axis between reduced ones
+    ((2, 70000), (0,), False),  # a column buffer over COLUMNS_MAX_BYTES
+])
+def test_the_column_form_is_taken_only_for_leading_reduced_axes(shape, axes, column):
+    g = Graph()
+    a = g.add_input(shape, F32)
+    s = op(g, "sum", a, axes=axes, keepdims=False)
+    assert ("%cols0" in reduce_kernel(g, only_reduce_group(g, [s]))[0]) == column
+
+
+@pytest.mark.parametrize("dt", [F32, F64], ids=["f32", "f64"])
+def test_column_form_nan_inf_and_signed_zero(dt):
+    """The special rows of :func:`_special_rows`, as columns (the column form)."""
+    x = np.ascontiguousarray(_special_rows(40, dt).T)  # (40, 10)... kept 10: widen it
+    x = np.ascontiguousarray(np.concatenate([x, x], axis=1))  # 20 kept columns
+    g, a, s, m = sum_max_graph(x.shape, dt, (0,), False)
+    grp = only_reduce_group(g, [s, m])
+    assert "%cols0" in reduce_kernel(g, grp)[0]
+    env = oracle(g, {id(a): x})
+    got_s, got_m = run_group(g, grp, [x])
+    np.testing.assert_array_equal(got_m, env[id(m)])
+    assert_sum_close(got_s, env[id(s)], x, (0,), False)
+    assert np.isnan(got_s[[0, 1, 4, 6, 7]]).all() and not np.isnan(got_s[[2, 3, 5, 8, 9]]).any()
+    assert got_s[5] == 0.0 and not np.signbit(got_s[5])
 
 
 def test_sibling_sums_of_mixed_dtypes_use_the_narrower_lane_count():

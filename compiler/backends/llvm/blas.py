@@ -77,3 +77,12 @@ def pool_threads(blas: Blas) -> int:
     per CPU), as it reports it."""
     fn = getattr(ctypes.CDLL(blas.path), "scipy_openblas_get_num_threads64_", None)
     return int(fn()) if fn is not None else os.cpu_count() or 1
+
+
+def set_pool_threads(blas: Blas, n: int) -> None:
+    """Give the library's own pool ``n`` threads (what ``OPENBLAS_NUM_THREADS`` sets when
+    it loads; the benchmarks' ``--threads``)."""
+    fn = getattr(ctypes.CDLL(blas.path), "scipy_openblas_set_num_threads64_", None)
+    if fn is None:
+        raise RuntimeError(f"{os.path.basename(blas.path)} cannot set its thread count")
+    fn(int(n))
