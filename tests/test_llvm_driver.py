@@ -464,6 +464,76 @@ def test_in_place_update_of_a_strided_input_is_written_back():
     np.testing.assert_array_equal(arr(base), want)
 
 
+def direct_and_staged(plan) -> tuple:
+    """(write-backs done in place by their kernel, write-backs staged and copied at the
+    end) of a DriverPlan."""
+    direct = sum(buf is None for _, _, buf in plan.writebacks)
+    return direct, len(plan.writebacks) - direct
+
+
+def test_write_backs_go_straight_into_the_parameters_when_nothing_can_fail_after():
+    """An Adam step: no guard or index kernel after the updates, nothing reads the old
+    parameters after them: every write-back is done in place by its kernel (no staging
+    copy), and the step still equals eager's, state included."""
+    eager, comp, m1, o1, m2, o2 = twins(OPTIMIZERS["adam"])
+    run_twins(eager, comp, m1, o1, m2, o2, steps=6)
+    plan = serving_plan(comp)
+    assert isinstance(plan, driver.DriverPlan)
+    direct, staged = direct_and_staged(plan)
+    assert direct >= 3 * 6 and staged == 0  # parameters and both moments of six tensors
+
+
+def test_a_guard_after_the_update_stages_the_write_backs_and_a_failure_leaves_them():
+    """``if w.sum() > 0`` after ``opt.step()`` reads the new parameters: the writes are
+    staged, and a call whose guard fails changes nothing before it reruns eagerly."""
+    def make(m, o):
+        def step(x, y):
+            o.zero_grad()
+            F.mse_loss(m(x), y).backward()
+            o.step()
+            if m[4].bias.sum() > 0:  # the output bias, which follows the targets' sign
+                return m[4].bias.sum() * 2
+            return m[4].bias.sum() * 3
+        return step
+    m1 = w1_model(0)
+    m2 = copy.deepcopy(m1)
+    o1, o2 = optim.SGD(m1.parameters(), lr=0.2), optim.SGD(m2.parameters(), lr=0.2)
+    eager, comp = make(m1, o1), compiler.compile(make(m2, o2), backend="llvm")
+    rng = np.random.default_rng(3)
+    for i in range(8):  # targets of alternating sign, two steps each: the bias follows
+        x, y = data(rng)
+        y = dg.tensor(np.full((32, 1), 2.0 if i // 2 % 2 else -2.0, np.float32))
+        assert_rel(comp(x, y), eager(x, y), RTOL32, f"result at step {i}")
+        assert_state(m1, m2, RTOL32, o1, o2)
+    assert len(comp.variants) >= 2 and compiled_calls(comp) >= 3  # both branches ran
+    for v in comp.variants:
+        if isinstance(v.plan, driver.DriverPlan) and v.plan.guard_values:
+            assert direct_and_staged(v.plan)[0] == 0, "a write before the guard"
+
+
+def test_a_copy_of_the_old_parameter_read_after_the_update_keeps_it_staged():
+    """``prev = p.clone()`` before ``opt.step()`` may be scheduled after the update's kernel
+    (nothing orders them): that write-back is staged, and the delta is eager's."""
+    def make(p, o):
+        def step(x):
+            o.zero_grad()
+            prev = p.detach().clone()
+            ((p * x).sum() ** 2).backward()
+            o.step()
+            return (p.detach() - prev).abs().sum()
+        return step
+    p1 = nn.Parameter(dg.tensor(np.linspace(-1, 1, 64, dtype=np.float32)))
+    p2 = nn.Parameter(dg.tensor(np.linspace(-1, 1, 64, dtype=np.float32)))
+    o1, o2 = optim.SGD([p1], lr=0.01), optim.SGD([p2], lr=0.01)
+    eager, comp = make(p1, o1), compiler.compile(make(p2, o2), backend="llvm")
+    rng = np.random.default_rng(5)
+    for i in range(5):
+        x = dg.tensor(rng.standard_normal(64).astype(np.float32))
+        assert_rel(comp(x), eager(x), RTOL32, f"delta at step {i}")
+        assert_rel(p2, p1, RTOL32, f"parameter at step {i}")
+    assert compiled_calls(comp) >= 3
+
+
 # ------------------------------------------------------------------ (f) canaries
 
 
@@ -499,7 +569,8 @@ def slot_kinds(plan) -> dict:
     for j, c in enumerate(plan.consts):
         known.setdefault(c.ctypes.data, ("const", j))
     for j, (_, _, buf) in enumerate(plan.writebacks):
-        known[buf.ctypes.data] = ("staged", j)
+        if buf is not None:  # (None: written in place by its kernel)
+            known[buf.ctypes.data] = ("staged", j)
     for s in range(len(plan.table)):
         if s not in kinds:
             assert plan.table[s] in known, f"slot {s}: unknown address"
