@@ -36,12 +36,17 @@ lint: $(STAMP)
 	$(PY) -m ruff check dyngrad compiler tests examples benchmarks
 
 # The whole suite runs on the default (LLVM) backend; the compiled tests then run again on
-# the numpy interpreter, where compiled must equal eager bit for bit.
+# the numpy interpreter, where compiled must equal eager bit for bit; and the LLVM tests run
+# once more for an AVX2-only CPU (DYNGRAD_TARGET, emulated on this one), so the paths for
+# machines without AVX-512 stay tested whatever CPU runs the suite.
 COMPILED_TESTS := tests/test_compiler.py tests/test_footguns.py tests/test_random_programs.py
+LLVM_TESTS := tests/test_llvm_*.py tests/test_vecmath.py tests/test_codegen*.py \
+	tests/test_target.py tests/test_profile.py $(COMPILED_TESTS)
 
 test: lint $(ORACLE)
 	$(PY) -m pytest
 	DYNGRAD_BACKEND=interp $(PY) -m pytest $(COMPILED_TESTS)
+	DYNGRAD_TARGET=x86-64-v3 $(PY) -m pytest $(LLVM_TESTS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/eager_overhead.py
