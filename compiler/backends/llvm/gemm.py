@@ -3,8 +3,8 @@
 ``void @dg_gemm_<f32|f64>(A, rsa, csa, B, rsb, csb, C, M, N, K)`` computes ``C`` (M x N,
 row-major) ``= A @ B`` where ``A[i, k]`` is at ``A + i·rsa + k·csa`` and ``B[k, j]`` at ``B +
 k·rsb + j·csb`` — a transposed operand is just other strides. Its IR depends on the dtype and
-the host only: :func:`library` compiles it once per process (or loads it from the disk
-cache) and graphs' modules call it by name (``matmul.py``: once per batch entry), as
+the host only: :func:`library` compiles it once per process and dtype (or loads it from
+the disk cache) and graphs' modules call it by name (``matmul.py``: once per batch entry), as
 ``tune.py`` does when it times it.
 
 The loops are Goto's: ``k`` in blocks of ``KC``; rows in blocks of ``MC``, whose ``A`` block
@@ -50,7 +50,7 @@ EDGE_ROWS = (1, 2, 4)  # smaller kernels for the last rows of a block
 _SUFFIX = {"float": "f32", "double": "f64"}
 _SIZE = {"float": 4, "double": 8}
 _lock = threading.Lock()
-_libraries: dict[tuple, jit.Compiled] = {}  # (uses threads, target) -> the kernels
+_libraries: dict[tuple, jit.Compiled] = {}  # (type, uses threads, target) -> the kernel
 
 
 def vector_bits() -> int:
@@ -414,23 +414,23 @@ def uses_threads() -> bool:
     return threads.find() is not None
 
 
-def library() -> jit.Compiled:
-    """The kernels of both dtypes in one module, compiled once per process (or loaded from
-    the disk cache), their entry symbols registered for other modules to call.
+def library(ty: str) -> jit.Compiled:
+    """The kernel of LLVM type ``ty`` ('float' or 'double') in a module of its own,
+    compiled once per process (or loaded from the disk cache), its entry symbol registered
+    for other modules to call.
 
     Note (one copy, called by name): a graph's module only declares ``@<name(ty)>``, so its
     compile time does not grow with the kernel's size, and the code it calls is the very
     code ``tune.py`` times. The name says whether the kernel splits across threads, so a
-    graph's IR — the cache key — says which kernel it runs."""
+    graph's IR — the cache key — says which kernel it runs. One dtype per module: a float32
+    model never waits for the float64 kernel to compile (~150 ms each)."""
     par = uses_threads()
-    key = (par, target.current())
+    key = (ty, par, target.current())
     with _lock:
         if key not in _libraries:
-            text = ((threads.DECLARATIONS if par else "")
-                    + functions("float") + functions("double"))
+            text = (threads.DECLARATIONS if par else "") + functions(ty)
             compiled = cache.load_or_compile(text)
-            for ty in ("float", "double"):
-                llvm.add_symbol(name(ty), compiled.address(name(ty)))
+            llvm.add_symbol(name(ty), compiled.address(name(ty)))
             _libraries[key] = compiled
         return _libraries[key]
 

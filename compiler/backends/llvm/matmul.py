@@ -62,7 +62,7 @@ class _MatmulBuilder(_Emitter):
         self.small = path == "small"
         self.blas = blas.find() if path == "blas" else None
         if self.blas is None and not self.small and self.M * self.N:
-            gemm.library()  # (compiled or loaded now: the graph's module links to it)
+            gemm.library(self.ty)  # (compiled or loaded now: the graph's module links to it)
 
     def _batch_offsets(self, bt: str) -> tuple:
         """Element offsets of A's, B's and C's matrix for flat batch index ``bt``."""

@@ -142,18 +142,18 @@ def machine_key() -> str:
 # ------------------------------------------------------------------ timing
 
 
-def _timing_module() -> jit.Compiled:
-    """Both kernels behind ``void @dg_time_<gen|blas>_<f32|f64>(ptr %args)``, ``args`` the
-    i64s (A, B, C, M, N, K, ta, tb, lda, ldb, reps): the product run ``reps`` times (the
-    BLAS entries only when BLAS is found). The generated kernel is ``gemm.library``'s, the
-    very code graphs' modules call."""
-    gemm.library()
+def _timing_module(dtype_name: str) -> jit.Compiled:
+    """Both kernels of a dtype behind ``void @dg_time_<gen|blas>_<f32|f64>(ptr %args)``,
+    ``args`` the i64s (A, B, C, M, N, K, ta, tb, lda, ldb, reps): the product run ``reps``
+    times (the BLAS entry only when BLAS is found). The generated kernel is
+    ``gemm.library``'s, the very code graphs' modules call."""
+    gemm.library(_LL[dtype_name])
     b = blas.find()
-    key = (gemm.name("float"), b, target.current())
+    key = (gemm.name(_LL[dtype_name]), b, target.current())
     if key in _timers:
         return _timers[key]
     parts = []
-    for dt, s in _SUFFIX.items():
+    for dt, s in [(dtype_name, _SUFFIX[dtype_name])]:
         ty = _LL[dt]
         parts.append(gemm.declaration(ty))
         for path in ("gen", "blas") if b else ("gen",):
@@ -212,7 +212,7 @@ def product(path: str, a: np.ndarray, b: np.ndarray, ta: bool = False, tb: bool 
     out = np.empty((rows, n), a.dtype) if out is None else out
     if out.shape != (rows, n) or out.dtype != a.dtype or not out.flags.c_contiguous:
         raise ValueError(f"tune.product: out must be a C-contiguous {a.dtype} {(rows, n)}")
-    fn = _timing_module().cfunc(f"dg_time_{'gen' if path == 'generated' else 'blas'}_"
+    fn = _timing_module(a.dtype.name).cfunc(f"dg_time_{'gen' if path == 'generated' else 'blas'}_"
                                 f"{_SUFFIX[a.dtype.name]}", None, ctypes.c_void_p)
     if rows * n:
         fn((ctypes.c_int64 * 11)(a.ctypes.data, b.ctypes.data, out.ctypes.data, rows, n, k,
