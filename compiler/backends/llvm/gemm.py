@@ -47,6 +47,8 @@ PAR_WORK = 1 << 20  # multiply-adds from which a product is split across threads
 #                    on one core, a few times the pool's cost of a part; a busy machine
 #                    costs nothing more: the caller takes every part a thread does not)
 EDGE_ROWS = (1, 2, 4)  # smaller kernels for the last rows of a block
+TRANSPOSE = 8  # the packing's in-register transposes: 8 x 8 blocks (16 x 16 ran no faster
+#                and cost LLVM twice the time)
 _SUFFIX = {"float": "f32", "double": "f64"}
 _SIZE = {"float": 4, "double": 8}
 _lock = threading.Lock()
@@ -102,8 +104,9 @@ class _Fn:
         self.do(f"br label %{block}")
 
     @contextmanager
-    def loop(self, start, end, step=1):
-        """``for i in range(start, end, step)`` (signed i64); yields ``i``."""
+    def loop(self, start, end, step=1, scalar=False):
+        """``for i in range(start, end, step)`` (signed i64); yields ``i``. ``scalar``: LLVM
+        does not vectorise it (code already written with vectors, or not worth it)."""
         b = self.fresh("L")
         i, pre = f"%{b}.i", self.block
         self.jump(f"{b}.head")
@@ -116,7 +119,7 @@ class _Fn:
         self.jump(f"{b}.latch")
         self.label(f"{b}.latch")
         self.do(f"{i}.next = add nsw i64 {i}, {step}")
-        self.jump(f"{b}.head")
+        self.do(f"br label %{b}.head" + (f", !llvm.loop {jit.SCALAR_LOOP}" if scalar else ""))
         self.label(f"{b}.exit")
 
     @contextmanager
@@ -238,25 +241,79 @@ def _edge(ty: str) -> str:
     return f.text()
 
 
+def _transpose(f: _Fn, ty: str, vecs: list) -> list:
+    """The n x n transpose of ``n`` vectors ``<n x ty>``: result ``k`` holds element ``k`` of
+    every input, in order. log2(n) stages of two-input shuffles; stage ``s`` swaps bit ``s``
+    of the row index with bit ``s`` of the column index."""
+    n, v, s = len(vecs), list(vecs), 1
+    vt = f"<{n} x {ty}>"
+    while s < n:
+        lo = ", ".join(f"i32 {t if t & s == 0 else t - s + n}" for t in range(n))
+        hi = ", ".join(f"i32 {t + s if t & s == 0 else t + n}" for t in range(n))
+        new = list(v)
+        for i in range(n):
+            if not i & s:
+                new[i] = f(f"shufflevector {vt} {v[i]}, {vt} {v[i + s]}, <{n} x i32> <{lo}>")
+                new[i + s] = f(f"shufflevector {vt} {v[i]}, {vt} {v[i + s]}, "
+                               f"<{n} x i32> <{hi}>")
+        v, s = new, 2 * s
+    return v
+
+
 def _pack_a(ty: str) -> str:
     """``@<name>_packa(ap, a, rsa, csa, mc, kc)``: ``A[0:mc, 0:kc]`` (``a`` at the block's
     first element) as MR-row panels, ``k``-major (``ap[p·MR·kc + k·MR + r]``); the last
-    panel's missing rows zero."""
+    panel's missing rows zero. A whole panel of a row-major A (``csa`` 1) is read as
+    ``MR``-element vectors of each row, ``MR`` columns at a time, transposed in registers; of
+    a column-major A (``rsa`` 1, a transposed operand) as one vector per column. The loops
+    left (the rest of the columns, a last panel, other strides) are scalar code."""
+    size, vt = _SIZE[ty], f"<{MR} x {ty}>"
     f = _Fn(f"define internal void @{name(ty)}_packa(ptr noalias %ap, ptr noalias %a, "
             f"i64 %rsa, i64 %csa, i64 %mc, i64 %kc) noinline {{")
+    row_major, col_major = f("icmp eq i64 %csa, 1"), f("icmp eq i64 %rsa, 1")
+    kb = f(f"and i64 %kc, {-MR}")  # the columns in whole blocks of MR
     with f.loop(0, "%mc", MR) as ir:
         panel = f.gep(ty, "%ap", f(f"mul i64 {ir}, %kc"))
         rows = f.min(MR, f(f"sub i64 %mc, {ir}"))
-        with f.loop(0, rows) as r:
+        full = f(f"icmp eq i64 {rows}, {MR}")
+        b = f.fresh("P")
+        f.do(f"br i1 {f(f'and i1 {full}, {row_major}')}, label %{b}.rm, label %{b}.x")
+        f.label(f"{b}.rm")
+        starts = [f.gep(ty, "%a", f(f"mul i64 {f(f'add i64 {ir}, {r}')}, %rsa"))
+                  for r in range(MR)]
+        with f.loop(0, kb, MR, scalar=True) as k0:
+            vs = [f(f"load {vt}, ptr {f.gep(ty, p, k0)}, align {size}") for p in starts]
+            for k, t in enumerate(_transpose(f, ty, vs)):
+                at = f(f"mul i64 {f(f'add i64 {k0}, {k}')}, {MR}")
+                f.do(f"store {vt} {t}, ptr {f.gep(ty, panel, at)}, align {size}")
+        with f.loop(kb, "%kc", scalar=True) as k:
+            for r, p in enumerate(starts):
+                x = f(f"load {ty}, ptr {f.gep(ty, p, k)}")
+                at = f(f"add i64 {f(f'mul i64 {k}, {MR}')}, {r}")
+                f.do(f"store {ty} {x}, ptr {f.gep(ty, panel, at)}")
+        f.jump(f"{b}.end")
+        f.label(f"{b}.x")
+        f.do(f"br i1 {f(f'and i1 {full}, {col_major}')}, label %{b}.cm, label %{b}.any")
+        f.label(f"{b}.cm")
+        first = f.gep(ty, "%a", ir)
+        with f.loop(0, "%kc", scalar=True) as k:
+            x = f(f"load {vt}, ptr {f.gep(ty, first, f(f'mul i64 {k}, %csa'))}, align {size}")
+            f.do(f"store {vt} {x}, ptr {f.gep(ty, panel, f(f'mul i64 {k}, {MR}'))}, "
+                 f"align {size}")
+        f.jump(f"{b}.end")
+        f.label(f"{b}.any")
+        with f.loop(0, rows, scalar=True) as r:
             src = f.gep(ty, "%a", f(f"mul i64 {f(f'add i64 {ir}, {r}')}, %rsa"))
-            with f.loop(0, "%kc") as k:
+            with f.loop(0, "%kc", scalar=True) as k:
                 x = f(f"load {ty}, ptr {f.gep(ty, src, f(f'mul i64 {k}, %csa'))}")
                 at = f(f"add i64 {f(f'mul i64 {k}, {MR}')}, {r}")
                 f.do(f"store {ty} {x}, ptr {f.gep(ty, panel, at)}")
-        with f.loop(rows, MR) as r:
-            with f.loop(0, "%kc") as k:
+        with f.loop(rows, MR, scalar=True) as r:
+            with f.loop(0, "%kc", scalar=True) as k:
                 dst = f.gep(ty, panel, f(f"add i64 {f(f'mul i64 {k}, {MR}')}, {r}"))
                 f.do(f"store {ty} 0.0, ptr {dst}")
+        f.jump(f"{b}.end")
+        f.label(f"{b}.end")
     f.do("ret void")
     return f.text()
 
@@ -264,27 +321,51 @@ def _pack_a(ty: str) -> str:
 def _pack_b(ty: str) -> str:
     """``@<name>_packb(bp, b, rsb, csb, kc, cols)``: ``B[0:kc, 0:cols]`` (``b`` at the
     panel's first element) as ``kc x NR`` rows (``bp[k·NR + j]``), missing columns zero; whole
-    rows are vector copies when B's rows are contiguous."""
+    rows are vector copies when B's rows are contiguous; when its columns are (``rsb`` 1: a
+    transposed operand, the forward's ``x @ Wᵀ``), ``VL x VL`` blocks are read as vectors
+    of each column and transposed in registers. The loops left are scalar code."""
     nr, size = NV * lanes(ty), _SIZE[ty]
-    nt = f"<{nr} x {ty}>"
+    vl = min(lanes(ty), TRANSPOSE)
+    nt, vt = f"<{nr} x {ty}>", f"<{vl} x {ty}>"
     f = _Fn(f"define internal void @{name(ty)}_packb(ptr noalias %bp, ptr noalias %b, "
             f"i64 %rsb, i64 %csb, i64 %kc, i64 %cols) noinline {{")
-    fast = f(f"and i1 {f(f'icmp eq i64 %cols, {nr}')}, {f('icmp eq i64 %csb, 1')}")
-    f.do(f"br i1 {fast}, label %rows, label %any")
+    whole = f(f"icmp eq i64 %cols, {nr}")
+    fast = f(f"and i1 {whole}, {f('icmp eq i64 %csb, 1')}")
+    f.do(f"br i1 {fast}, label %rows, label %x")
     f.label("rows")
-    with f.loop(0, "%kc") as k:
+    with f.loop(0, "%kc", scalar=True) as k:
         x = f(f"load {nt}, ptr {f.gep(ty, '%b', f(f'mul i64 {k}, %rsb'))}, align {size}")
         f.do(f"store {nt} {x}, ptr {f.gep(ty, '%bp', f(f'mul i64 {k}, {nr}'))}, align 64")
     f.do("ret void")
+    f.label("x")
+    trans = f(f"and i1 {whole}, {f('icmp eq i64 %rsb, 1')}")
+    f.do(f"br i1 {trans}, label %bycol, label %any")
+    f.label("bycol")
+    starts = [f.gep(ty, "%b", f(f"mul i64 {j}, %csb")) for j in range(nr)]
+    kb = f(f"and i64 %kc, {-vl}")
+    with f.loop(0, kb, vl, scalar=True) as k0:
+        for h in range(nr // vl):
+            vs = [f(f"load {vt}, ptr {f.gep(ty, p, k0)}, align {size}")
+                  for p in starts[h * vl:(h + 1) * vl]]
+            for k, t in enumerate(_transpose(f, ty, vs)):
+                row = f(f"mul i64 {f(f'add i64 {k0}, {k}')}, {nr}")
+                at = f(f"add i64 {row}, {h * vl}")
+                f.do(f"store {vt} {t}, ptr {f.gep(ty, '%bp', at)}, align {size}")
+    with f.loop(kb, "%kc", scalar=True) as k:
+        row = f(f"mul i64 {k}, {nr}")
+        for j, p in enumerate(starts):
+            x = f(f"load {ty}, ptr {f.gep(ty, p, k)}")
+            f.do(f"store {ty} {x}, ptr {f.gep(ty, '%bp', f(f'add i64 {row}, {j}'))}")
+    f.do("ret void")
     f.label("any")
-    with f.loop(0, "%cols") as j:
+    with f.loop(0, "%cols", scalar=True) as j:
         src = f.gep(ty, "%b", f(f"mul i64 {j}, %csb"))
-        with f.loop(0, "%kc") as k:
+        with f.loop(0, "%kc", scalar=True) as k:
             x = f(f"load {ty}, ptr {f.gep(ty, src, f(f'mul i64 {k}, %rsb'))}")
             at = f(f"add i64 {f(f'mul i64 {k}, {nr}')}, {j}")
             f.do(f"store {ty} {x}, ptr {f.gep(ty, '%bp', at)}")
-    with f.loop("%cols", nr) as j:
-        with f.loop(0, "%kc") as k:
+    with f.loop("%cols", nr, scalar=True) as j:
+        with f.loop(0, "%kc", scalar=True) as k:
             dst = f.gep(ty, "%bp", f(f"add i64 {f(f'mul i64 {k}, {nr}')}, {j}"))
             f.do(f"store {ty} 0.0, ptr {dst}")
     f.do("ret void")

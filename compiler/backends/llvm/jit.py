@@ -86,23 +86,31 @@ class Compiled:
 
 
 LOOP_TOKEN = "!DG_INTERLEAVE"
+SCALAR_LOOP = "!DG_SCALAR"
 INTERLEAVE = 4
+_LOOP_HINTS = {LOOP_TOKEN: f'!{{!"llvm.loop.interleave.count", i32 {INTERLEAVE}}}',
+               SCALAR_LOOP: '!{!"llvm.loop.vectorize.enable", i1 false}'}
 
 
 def number_loop_metadata(ir_text: str) -> str:
-    """The IR with each ``!DG_INTERLEAVE`` (codegen's mark on a loop's back edge) made a loop
-    ID of its own asking for ``INTERLEAVE``-fold interleaving (LLVM needs a distinct
-    numbered node per loop; kernels write the mark so that equal kernels stay equal text)."""
-    n = ir_text.count(LOOP_TOKEN)
-    if not n:
+    """The IR with each loop mark on a back edge made a loop ID of its own: ``!DG_INTERLEAVE``
+    (codegen's) asks for ``INTERLEAVE``-fold interleaving, ``!DG_SCALAR`` (gemm's packing,
+    written with explicit vectors) for no vectorisation — LLVM needs a distinct numbered node
+    per loop; kernels write the marks so that equal kernels stay equal text."""
+    marks = [m for m in _LOOP_HINTS if m in ir_text]
+    if not marks:
         return ir_text
     base = 1 + max((int(m) for m in re.findall(r"!(\d+)\b", ir_text)), default=-1)
-    parts = ir_text.split(LOOP_TOKEN)
-    out = [parts[0]]
-    for k, part in enumerate(parts[1:]):
-        out += [f"!{base + 1 + k}", part]
-    defs = [f'!{base} = !{{!"llvm.loop.interleave.count", i32 {INTERLEAVE}}}']
-    defs += [f"!{base + 1 + k} = distinct !{{!{base + 1 + k}, !{base}}}" for k in range(n)]
+    hint = {m: base + k for k, m in enumerate(marks)}
+    defs = [f"!{hint[m]} = {_LOOP_HINTS[m]}" for m in marks]
+    out, n = [], base + len(marks)
+    for piece in re.split(f"({'|'.join(map(re.escape, marks))})", ir_text):
+        if piece in hint:
+            out.append(f"!{n}")
+            defs.append(f"!{n} = distinct !{{!{n}, !{hint[piece]}}}")
+            n += 1
+        else:
+            out.append(piece)
     return "".join(out) + "\n" + "\n".join(defs) + "\n"
 
 
