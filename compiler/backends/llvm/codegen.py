@@ -544,7 +544,7 @@ class _Builder(_Emitter):
             self.vecmath = b.vecmath
             return built
         n_static = math.prod(self.full)
-        if not nested and n_static >= threads.PAR_MIN and threads.find():
+        if not nested and n_static >= 2 * _PAR_BLOCK and threads.find():
             return self._parallel(name, prelude, params, body, entry, n_static), name, layout
         text = (
             (_prelude(self.vecmath) if prelude else "")
@@ -593,7 +593,8 @@ class _Builder(_Emitter):
         return threads.DECLARATIONS if getattr(self, "par", False) else ""
 
 
-_PAR_BLOCK = 1 << 16  # elements per block of an elementwise kernel split across threads
+_PAR_BLOCK = 1 << 14  # elements per block (a part for the pool) of an elementwise kernel of
+#                      two blocks or more: ~10 µs of streaming each, far above a part's cost
 
 
 class _ScalarBuilder(_Builder):
