@@ -355,7 +355,7 @@ def machine_info(opts: Options) -> dict:
             "date": time.strftime("%Y-%m-%d %H:%M"),
             "load_average_start": os.getloadavg()[0],
             "threads": {"blas": blas.pool_threads(blas.find()) if blas.find() else None,
-                        "llvm_kernels": threads._on.value if threads.find() else 1,
+                        "llvm_kernels": threads.team() if threads.find() else 1,
                         "torch": torch_mirror.torch().get_num_threads() if opts.torch
                         else None, "xla": opts.threads if opts.jax else None},
             "target": target.current().describe(),

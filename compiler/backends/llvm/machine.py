@@ -120,7 +120,7 @@ def tsc_hz() -> float:
 
 def team_threads() -> int:
     """Threads the backend's big kernels run on (the thread pool, or one)."""
-    return threads.team_size() if threads.find() is not None and threads._on.value else 1
+    return max(threads.team(), 1) if threads.find() is not None else 1
 
 
 def peak_flops(threads: int | None = None) -> float:

@@ -72,6 +72,12 @@ def team_size() -> int:
 _on = ctypes.c_int32(team_size())
 
 
+def team() -> int:
+    """The threads kernels run on now: the team size, or 0 in a forked child (every part on
+    the calling thread)."""
+    return _on.value
+
+
 def _after_fork_in_child() -> None:
     _on.value = 0
 

@@ -120,7 +120,7 @@ def choose(dtype_name: str, m: int, n: int, k: int, ta: bool, tb: bool) -> str:
             if choice not in ("blas", "generated"):
                 t = measure(dtype_name, m, n, k, ta, tb)
                 choice = t["choice"]
-                if threads._on.value:  # (a forked child's timings are of one thread)
+                if threads.team():  # (a forked child's timings are of one thread)
                     _store(key, t)
             _decided[key] = choice
     return choice
