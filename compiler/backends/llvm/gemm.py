@@ -32,8 +32,10 @@ its own panels. Since the sum order does not depend on the split, the bits do no
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 
 import llvmlite.binding as llvm
 
@@ -53,6 +55,17 @@ _SUFFIX = {"float": "f32", "double": "f64"}
 _SIZE = {"float": 4, "double": 8}
 _lock = threading.Lock()
 _libraries: dict[tuple, jit.Compiled] = {}  # (type, uses threads, target) -> the kernel
+
+
+def version() -> str:
+    """A digest of this module's source: decisions measured against the kernel
+    (``tune.py``'s matmul choices) are taken again when its code changes."""
+    if not _version:
+        _version.append(hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12])
+    return _version[0]
+
+
+_version: list = []
 
 
 def vector_bits() -> int:

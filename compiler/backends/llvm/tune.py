@@ -131,11 +131,12 @@ def shape_key(dtype_name: str, m: int, n: int, k: int, ta: bool, tb: bool) -> st
 
 
 def machine_key() -> str:
-    """The CPU, the BLAS library and the thread settings the timings hold for."""
+    """The CPU, the generated kernel's version, the BLAS library and the thread settings the
+    timings hold for."""
     b = blas.find()
     env = ",".join(f"{v}={os.environ.get(v, '')}" for v in (
         "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "DYNGRAD_THREADS"))
-    return (f"{target.current().machine_key()} "
+    return (f"{target.current().machine_key()} gemm {gemm.version()} "
             f"{os.path.basename(b.path) if b else '-'} cpus={os.cpu_count()} {env}")
 
 
