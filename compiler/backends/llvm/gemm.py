@@ -118,8 +118,9 @@ class _Fn:
 
     @contextmanager
     def loop(self, start, end, step=1, scalar=False):
-        """``for i in range(start, end, step)`` (signed i64); yields ``i``. ``scalar``: LLVM
-        does not vectorise it (code already written with vectors, or not worth it)."""
+        """``for i in range(start, end, step)`` (signed i64); yields ``i``. LLVM does not
+        unroll it (see ``jit.ROLLED_LOOP``), nor, with ``scalar``, vectorise it (code
+        already written with vectors, or not worth it)."""
         b = self.fresh("L")
         i, pre = f"%{b}.i", self.block
         self.jump(f"{b}.head")
@@ -132,7 +133,8 @@ class _Fn:
         self.jump(f"{b}.latch")
         self.label(f"{b}.latch")
         self.do(f"{i}.next = add nsw i64 {i}, {step}")
-        self.do(f"br label %{b}.head" + (f", !llvm.loop {jit.SCALAR_LOOP}" if scalar else ""))
+        mark = jit.SCALAR_LOOP if scalar else jit.ROLLED_LOOP
+        self.do(f"br label %{b}.head, !llvm.loop {mark}")
         self.label(f"{b}.exit")
 
     @contextmanager
@@ -196,7 +198,7 @@ def _micro(ty: str, rows: int) -> str:
                 f.do(f"{acc}.n = fadd {vt} {acc}, {p}")
     f.do("%k.next = add nuw nsw i64 %k, 1")
     f.do("%k.more = icmp slt i64 %k.next, %kc")
-    f.do("br i1 %k.more, label %loop, label %done")
+    f.do(f"br i1 %k.more, label %loop, label %done, !llvm.loop {jit.ROLLED_LOOP}")
     f.label("done")
     for r in range(rows):
         row = f.gep(ty, "%c", f(f"mul i64 %ldc, {r}"))

@@ -87,27 +87,34 @@ class Compiled:
 
 LOOP_TOKEN = "!DG_INTERLEAVE"
 SCALAR_LOOP = "!DG_SCALAR"
+ROLLED_LOOP = "!DG_ROLLED"
 INTERLEAVE = 4
-_LOOP_HINTS = {LOOP_TOKEN: f'!{{!"llvm.loop.interleave.count", i32 {INTERLEAVE}}}',
-               SCALAR_LOOP: '!{!"llvm.loop.vectorize.enable", i1 false}'}
+_NO_UNROLL = '!{!"llvm.loop.unroll.disable"}'
+_LOOP_HINTS = {LOOP_TOKEN: [f'!{{!"llvm.loop.interleave.count", i32 {INTERLEAVE}}}'],
+               SCALAR_LOOP: ['!{!"llvm.loop.vectorize.enable", i1 false}', _NO_UNROLL],
+               ROLLED_LOOP: [_NO_UNROLL]}
 
 
 def number_loop_metadata(ir_text: str) -> str:
     """The IR with each loop mark on a back edge made a loop ID of its own: ``!DG_INTERLEAVE``
-    (codegen's) asks for ``INTERLEAVE``-fold interleaving, ``!DG_SCALAR`` (gemm's packing,
-    written with explicit vectors) for no vectorisation — LLVM needs a distinct numbered node
-    per loop; kernels write the marks so that equal kernels stay equal text."""
+    (codegen's) asks for ``INTERLEAVE``-fold interleaving; ``!DG_SCALAR`` for no
+    vectorisation and no unrolling, ``!DG_ROLLED`` for no unrolling (gemm's loops, written
+    with explicit vectors: unrolling them gained nothing and cost a quarter of the module's
+    compile time) — LLVM needs a distinct numbered node per loop; kernels write the marks so
+    that equal kernels stay equal text."""
     marks = [m for m in _LOOP_HINTS if m in ir_text]
     if not marks:
         return ir_text
     base = 1 + max((int(m) for m in re.findall(r"!(\d+)\b", ir_text)), default=-1)
-    hint = {m: base + k for k, m in enumerate(marks)}
-    defs = [f"!{hint[m]} = {_LOOP_HINTS[m]}" for m in marks]
-    out, n = [], base + len(marks)
+    nodes = list(dict.fromkeys(h for m in marks for h in _LOOP_HINTS[m]))
+    node = {h: base + k for k, h in enumerate(nodes)}
+    defs = [f"!{node[h]} = {h}" for h in nodes]
+    out, n = [], base + len(nodes)
     for piece in re.split(f"({'|'.join(map(re.escape, marks))})", ir_text):
-        if piece in hint:
+        if piece in _LOOP_HINTS:
             out.append(f"!{n}")
-            defs.append(f"!{n} = distinct !{{!{n}, !{hint[piece]}}}")
+            refs = "".join(f", !{node[h]}" for h in _LOOP_HINTS[piece])
+            defs.append(f"!{n} = distinct !{{!{n}{refs}}}")
             n += 1
         else:
             out.append(piece)
