@@ -524,8 +524,9 @@ def library(ty: str) -> jit.Compiled:
     key = (ty, par, target.current())
     with _lock:
         if key not in _libraries:
-            text = (threads.DECLARATIONS if par else "") + functions(ty)
-            compiled = cache.load_or_compile(text)
+            compiled = cache.load_or_compile(
+                lambda: (threads.DECLARATIONS if par else "") + functions(ty),
+                f"{name(ty)} {version()} {vector_bits()} {has_fma()} {threads.split_call('')}")
             llvm.add_symbol(name(ty), compiled.address(name(ty)))
             _libraries[key] = compiled
         return _libraries[key]

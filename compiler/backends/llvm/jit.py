@@ -95,6 +95,12 @@ _LOOP_HINTS = {LOOP_TOKEN: [f'!{{!"llvm.loop.interleave.count", i32 {INTERLEAVE}
                ROLLED_LOOP: [_NO_UNROLL]}
 
 
+def pipeline() -> str:
+    """How a module's text becomes code besides the text itself (the loop hints, the
+    optimisation level): part of the disk cache's key."""
+    return f"O3 vectorise+slp+unroll+interleave {sorted(_LOOP_HINTS.items())}"
+
+
 def number_loop_metadata(ir_text: str) -> str:
     """The IR with each loop mark on a back edge made a loop ID of its own: ``!DG_INTERLEAVE``
     (codegen's) asks for ``INTERLEAVE``-fold interleaving; ``!DG_SCALAR`` for no
