@@ -28,12 +28,15 @@ def warm_calls(n_inputs: int) -> int:
 def first_calls(name: str, mode: str, quick: bool) -> dict:
     """The warm-up of workload ``name`` in ``mode``: ms, variants, cache counters."""
     import compiler
+    from compiler import backends
     from compiler.backends.llvm import cache
 
     from .measure import Runner
     from .workloads import WORKLOADS
 
     inst = WORKLOADS[name].build(quick)
+    backends.get(mode)  # (the backend's modules imported before the clock starts, as
+    #                     ``import jax`` and ``import torch`` import theirs)
     before = dict(cache.stats)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # (fallbacks are counted by the suite)

@@ -50,8 +50,8 @@ def _enabled() -> bool:
         "0", "off", "false", "no")
 
 
-def key(ir_text: str) -> str:
-    t = target.current()
+def key(ir_text: str, t=None) -> str:
+    t = target.current() if t is None else t
     h = hashlib.sha256()
     for part in (ir_text, llvmlite.__version__, ".".join(map(str, llvm.llvm_version_info)),
                  jit.pipeline(), t.cpu, t.host, t.features):
@@ -105,13 +105,14 @@ def _write(path: Path, payload: bytes) -> None:
         _disabled.append(f"{d}: {exc}")
 
 
-def load_or_compile(ir_text, name: str | None = None) -> jit.Compiled:
+def load_or_compile(ir_text, name: str | None = None, t=None) -> jit.Compiled:
     """The compiled module of ``ir_text``: from memory, from disk (no LLVM optimisation or
     code generation), or compiled now (and stored). ``ir_text`` may be a function making
     the text, with ``name`` a string that stands for it in the key (everything the text
     depends on besides the target): then the text is made only when the module is compiled
-    — ``gemm.library``'s ~20 ms of building its text are saved on a disk hit."""
-    k = key(name if callable(ir_text) else ir_text)
+    — ``gemm.library``'s ~20 ms of building its text are saved on a disk hit. ``t``: the
+    target (default ``target.current()``)."""
+    k = key(name if callable(ir_text) else ir_text, t)
     with _lock:
         compiled = _memory.get(k)
         if compiled is not None:
@@ -119,11 +120,11 @@ def load_or_compile(ir_text, name: str | None = None) -> jit.Compiled:
             return compiled
         payload = _read(_path(k)) if _enabled() else None
         if payload is not None:
-            compiled = jit.load_object(payload)
+            compiled = jit.load_object(payload, target=t)
             stats["disk_hits"] += 1
         else:
             compiled = jit.compile_ir(ir_text() if callable(ir_text) else ir_text,
-                                      keep_object=_enabled())
+                                      keep_object=_enabled(), target=t)
             stats["compiled"] += 1
             if compiled.object_code is not None:
                 _write(_path(k), compiled.object_code)

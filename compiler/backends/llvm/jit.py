@@ -138,7 +138,7 @@ def compile_ir(ir_text: str, *, name: str | None = None, keep_object: bool = Fal
     tm = target_machine(target)
     optimize(mod, tm)
     if keep_object:  # code generated once: the engine loads the very object that is kept
-        return load_object(tm.emit_object(mod))
+        return load_object(tm.emit_object(mod), target)
     engine = llvm.create_mcjit_compiler(mod, tm)
     engine.finalize_object()
     return Compiled(engine, mod, None)

@@ -118,9 +118,9 @@ def set_team(n: int) -> None:
 def _start() -> str | None:
     if not sys.platform.startswith("linux") or os.uname().machine not in ("x86_64", "AMD64"):
         return None  # (the pool sleeps on a Linux futex and spins with x86's pause)
-    from . import jit
+    from . import cache
     llvm.add_symbol("dg_threads_on", ctypes.addressof(_on))
-    compiled = jit.compile_ir(POOL_IR, target=_generic_target())
+    compiled = cache.load_or_compile(POOL_IR, t=_generic_target())
     llvm.add_symbol("dg_parallel", compiled.address("dg_parallel"))
     _workers.append(compiled)  # (kept alive with its threads)
     _spawn(max(_on.value - 1, 0))
