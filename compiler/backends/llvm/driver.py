@@ -514,11 +514,14 @@ def _direct_writes(g, groups, steps, position, producer, inplace, aliases) -> se
     Note (the transaction rule, in place): a kernel writing a bound input in place is the
     write the user sees. It is allowed only when every value guard is checked and every
     index kernel (which can fail) has run before that kernel — so a call that fails has
-    written nothing — and when no kernel after it reads the input's old value; a reader in
-    the kernel itself must be an elementwise node of the input's own shape, which reads each
-    element before the element is written (the kernel's pointers stay ``noalias``: the load
-    of element ``i`` feeds the store of element ``i``). W2's Adam step saved a 3 MB copy
-    (~190 µs) this way."""
+    written nothing — and when no kernel after it reads the input's old value. A reader in
+    the kernel itself must read element by element in the pass that writes: an elementwise
+    node of the input's own shape, in an elementwise kernel, or in a reduction's pass over
+    its kept shape when that is the input's shape (a reduction's second pass over the
+    reduced shape would read elements the first pass wrote: random programs found it); each
+    element is then read before it is written (the kernel's pointers stay ``noalias``: the
+    load of element ``i`` feeds the store of element ``i``). W2's Adam step saved a 3 MB
+    copy (~190 µs) this way."""
     fails = [steps[producer[id(gd.value)]] for gd in g.guards if id(gd.value) in producer]
     fails += [position[id(grp)] for grp in groups if grp.kind == "index"]
     if any(id(gd.value) not in producer for gd in g.guards):
@@ -529,24 +532,48 @@ def _direct_writes(g, groups, steps, position, producer, inplace, aliases) -> se
         for x in n.inputs:
             if isinstance(x, Value):
                 readers.setdefault(id(x), []).append(k)
-    kernels = {i for grp in groups for i in grp.nodes}  # (not creation or alias groups)
+    group_of = {i: grp for grp in groups for i in grp.nodes}  # (not creation or alias groups)
 
-    def read_late(v, t: int, shape, aligned: bool) -> bool:
+    def squeezed(shape) -> tuple:
+        return tuple(x for x in shape if x != 1)
+
+    def one_pass(grp) -> tuple | None:
+        """The shape over which kernel ``grp`` reads and writes each element once, in one
+        pass: an elementwise kernel's; a reduction's kept shape (its epilogue runs once per
+        kept element, after every read of it — while its reduced shape is read twice when
+        an epilogue over it needs the result); else None."""
+        if grp.kind == "elementwise":
+            return squeezed(grp.shape)
+        if grp.kind == "reduce":
+            return tuple(x for d, x in enumerate(grp.shape) if d not in grp.axes and x != 1)
+        return None
+
+    def read_late(v, t: int, pass_shape, aligned: bool) -> bool:
         """Whether a kernel at or after ``t`` reads ``v``'s memory other than element by
-        element in kernel ``t`` (relabellings of it — aliases — read the same memory)."""
+        element in kernel ``t``'s one pass (relabellings of it — aliases — read the same
+        memory)."""
         for r in readers.get(id(v), []):
             n = g.nodes[r]
             if id(n.out) in aliases:
-                if read_late(n.out, t, shape, False):
+                if read_late(n.out, t, pass_shape, False):
                     return True
-            elif r in kernels and steps[r] >= t and not (
+            elif r in group_of and steps[r] >= t and not (
                     aligned and steps[r] == t and n.prim.kind == "elementwise"
-                    and n.out.shape == shape):
+                    and pass_shape is not None and squeezed(n.out.shape) == pass_shape):
                 return True
         return False
 
-    return {j for j, i in inplace.items() if j in kernels and steps[j] > last_fail
-            and not read_late(g.inputs[i], steps[j], g.inputs[i].shape, True)}
+    direct = set()
+    for j, i in inplace.items():
+        inv = g.inputs[i]
+        if j not in group_of or steps[j] <= last_fail:
+            continue
+        pass_shape = one_pass(group_of[j])
+        if pass_shape != squeezed(inv.shape):
+            pass_shape = None  # (written outside the kernel's one pass: no reader in it)
+        if not read_late(inv, steps[j], pass_shape, True):
+            direct.add(j)
+    return direct
 
 
 def _constants(g, grp) -> dict:
