@@ -1,4 +1,4 @@
-"""Do OpenBLAS's thread pool and the LLVM backend's OpenMP team fight? Measured.
+"""Do OpenBLAS's thread pool and the LLVM backend's own pool fight? Measured.
 
     python benchmarks/threads.py [--quick] [--json PATH]
 
@@ -7,7 +7,7 @@ Two compiled (``backend="llvm"``) workloads, each in a fresh subprocess per conf
 
 - **big**: ``y = x @ w`` (512x1024 @ 1024x1024 float32) then ``(tanh(1.5y+0.5)·sigmoid(y) −
   exp(−y²)).sum()``: one large matmul followed by large elementwise and reduction kernels
-  (those run on the OpenMP team from 2^18 elements).
+  (those run on the backend's pool from 32K elements).
 - **mlp**: W2's training step (784→256→256→10 ReLU MLP, batch 128, cross-entropy, Adam):
   medium matmuls (forward and backward) between small kernels.
 

@@ -88,8 +88,8 @@ def _unsupported(prim: str, what) -> NotImplementedError:
 
 
 INTERLEAVE_MIN = 256  # iterations from which a loop calling vecmath functions is interleaved
-INLINE_ELEMENTS = 4096  # kernels with more elements stay functions of their own (module_ir)
-INLINE_LINES = 120  # and kernels of more IR lines (a reduction's chunk and remainder loops)
+INLINE_LINES = 120  # kernels of more IR lines stay functions of their own (module_ir): a
+#                    reduction's chunk and remainder loops, not an elementwise loop
 
 
 def _interleaved(vecmath_used, trip: int) -> str:
@@ -694,10 +694,11 @@ def module_ir(g, groups, prefix: str = "dg_k", inline: bool = True) -> tuple:
     arguments carry everything else. A shared body is never inlined (it is optimised once);
     ``inline=False`` keeps every body a function of its own (``noinline``) — for a driver
     calling many kernels, whose compile time would otherwise grow faster than their number.
-    Even then, only kernels of at most ``INLINE_ELEMENTS`` elements and ``INLINE_LINES``
-    lines of IR are inlined: a big kernel's call costs nothing next to its loop, while
-    inlining every kernel into the driver made LLVM work on one huge function (W2's module:
-    335 ms inlined, 193 ms not)."""
+    Even then, only kernels of at most ``INLINE_LINES`` lines of IR are inlined (the
+    number of elements does not enter: it would make sizes of a symbolic variant differ in
+    form): a long kernel's call costs nothing next to its loops, while inlining every kernel
+    into the driver made LLVM work on one huge function (W2's module: 335 ms inlined, 280
+    ms so)."""
     built, math_functions, decls = [], [], []
     by_code: dict[str, int] = {}  # kernel text without its name -> index of the first
     for k, group in enumerate(groups):
@@ -717,8 +718,7 @@ def module_ir(g, groups, prefix: str = "dg_k", inline: bool = True) -> tuple:
     texts, kernels = [], []
     for k, (text, _, layout, first) in enumerate(built):
         if text is not None:
-            big = math.prod(groups[k].shape) > INLINE_ELEMENTS or \
-                text.count("\n") > INLINE_LINES
+            big = text.count("\n") > INLINE_LINES
             if not inline or uses[k] > 1 or big:  # optimised on its own: compile time
                 #                                    stays linear in the kernels
                 text = re.sub(r"^(define internal \w+ @\w+_body\(.*\)) alwaysinline \{",
