@@ -2,7 +2,7 @@
 
     python -m benchmarks [--quick] [--json PATH] [--plot PATH] [--only W1,W5,W6,sweep]
                          [--no-torch] [--no-torch-compile] [--no-jax] [--samples N]
-                         [--threads N]
+                         [--threads N] [--modes llvm,jax]
 
 Workloads W1–W5 (training steps and control flow), W6 (jacfwd vs jacrev) and the size sweep
 of the MLP step; modes dyngrad eager, ``backend="interp"``, ``backend="llvm"``, a numpy step
@@ -46,6 +46,9 @@ def parse(argv) -> argparse.Namespace:
     ap.add_argument("--no-jax", action="store_true", help="leave JAX out")
     ap.add_argument("--samples", type=int, help="timed samples per mode (default 21; "
                     "quick 5)")
+    ap.add_argument("--modes", help="comma-separated modes to run besides eager (the "
+                    "reference), of interp, llvm, numpy, torch, torch.compile, jax — e.g. "
+                    "'--modes jax' to time JAX in a process of its own")
     ap.add_argument("--threads", type=int, default=suite.default_threads(),
                     help="threads for every framework: numpy's BLAS, dyngrad's kernels, "
                     "PyTorch, XLA (default: the CPUs this process may use)")
@@ -63,7 +66,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     opts = suite.Options(args.quick, torch=not args.no_torch,
                          torch_compile=not args.no_torch_compile, jax=not args.no_jax,
-                         samples=args.samples, threads=args.threads)
+                         samples=args.samples, threads=args.threads,
+                         only=args.modes.split(",") if args.modes else None)
     workloads = [p for p in args.parts if p in WORKLOADS]
     total = 1 + len(workloads) + ("W6" in args.parts) * len(jacobian_sizes(args.quick)) ** 2 \
         + ("sweep" in args.parts) * len(sweep_widths(args.quick))

@@ -46,8 +46,10 @@ class Options:
     """What to run and how long to measure."""
 
     def __init__(self, quick: bool, torch: bool = True, torch_compile: bool = True,
-                 jax: bool = True, samples: int | None = None, threads: int | None = None):
+                 jax: bool = True, samples: int | None = None, threads: int | None = None,
+                 only: list | None = None):
         self.quick = quick
+        self.only = only  # the modes to run besides eager (None: every mode available)
         self.threads = threads or default_threads()
         set_threads(self.threads)  # (before torch and jax are imported)
         self.work = Path(tempfile.mkdtemp(prefix="dyngrad-bench-"))  # cache directories
@@ -60,7 +62,8 @@ class Options:
         self.first_call_repeats = 1 if quick else 3  # fresh processes per figure
 
     def modes(self, wl: Workload) -> list[str]:
-        """The modes ``wl`` runs in, eager first (the reference)."""
+        """The modes ``wl`` runs in, eager first (the reference); with ``only`` (``--modes``)
+        eager and those."""
         modes = ["eager", *COMPILED]
         if wl.numpy is not None:
             modes.append("numpy")
@@ -70,7 +73,7 @@ class Options:
             modes.append("torch.compile")
         if self.jax:
             modes.append("jax")
-        return modes
+        return [m for m in modes if self.only is None or m == "eager" or m in self.only]
 
 
 def default_threads() -> int:

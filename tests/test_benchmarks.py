@@ -119,3 +119,17 @@ def test_symbolic_sizes_quick_run_shares_modules_and_agrees_with_eager(tmp_path)
     assert res["templates"] >= 1 and res["own_sizes"] == 0
     assert res["shared_sizes"] >= len(res["rows"])
     assert "first ms" in proc.stdout
+
+
+def test_profiles_quick_run_prints_a_table_and_writes_a_trace_per_workload(tmp_path):
+    """``benchmarks/profiles.py --quick``: compiler.profile of each workload's compiled
+    step, its table printed, its Chrome trace written (never a timing asserted)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profiles.py"), "--quick",
+                           "--only", "W1,W2", "--steps", "2", "--out", str(tmp_path)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("=== profile of step: one native driver call") == 2
+    for name in ("W1", "W2"):
+        trace = json.loads((tmp_path / f"{name}.json").read_text())
+        assert any(e["cat"] == "matmul" for e in trace["traceEvents"])
