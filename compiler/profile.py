@@ -215,7 +215,7 @@ def profile(fn, *args, steps: int = 20, warmup: int = 3, **kwargs) -> Profile:
         cf(*args, **kwargs)
     variant = _serving(cf, args, kwargs)
     step = _median_wall(cf, args, kwargs, steps)
-    swaps = _profiled_plans(variant)
+    swaps = _profiled_plans(variant, args, kwargs)
     prof_plan = swaps[0][2]
     kernels = [_stats(k, prof_plan.plan.g if prof_plan.native else variant.trace.graph, grp,
                       prof_plan.native, prof_plan)
@@ -274,17 +274,17 @@ def _median_wall(cf, args, kwargs, steps: int) -> float:
     return float(np.median(times))
 
 
-def _profiled_plans(v) -> list:
+def _profiled_plans(v, args, kwargs) -> list:
     """[(put(plan), original plan, runner.Profiled)] for the variant's forward plan at
     the size these arguments have."""
     from .backends.llvm import driver, runner
+    from .guards import flatten
     if v.sym is None:
         def put(plan):
             v.plan = plan
         return [(put, v.plan, runner.profiled(v.trace.graph, v.inplace, v.groups))]
-    # a symbolic variant: the plan of the size last used (plans keep their order of use)
-    size = next(reversed(v.plans))
-    fwd, bwd = v.plans[size]
+    size = v.sym.size(flatten(args, kwargs)[0])  # (a symbolic variant: this size's plan,
+    fwd, bwd = v.plans[size]  #                     made by the calls before)
     if fwd.__class__ is not driver.DriverPlan:
         raise NotImplementedError("profile: a variant with symbolic sizes whose plan is not "
                                   "one native driver call (compile with dynamic=False)")

@@ -243,6 +243,23 @@ def test_the_column_form_is_taken_only_for_leading_reduced_axes(shape, axes, col
     assert ("%cols0" in reduce_kernel(g, only_reduce_group(g, [s]))[0]) == column
 
 
+def test_many_sibling_column_reductions_stay_within_the_stack_budget():
+    """Every reduction of a group has its own column buffers: their sum is what counts
+    against COLUMNS_MAX_BYTES (40 sums over (8, 16384) used to overflow the stack)."""
+    from compiler.backends.llvm.reduce import COLUMNS_MAX_BYTES
+    g = Graph()
+    a = g.add_input((8, 4096), F32)
+    outs = [op(g, "sum", op(g, "mul", a, float(k)), axes=(0,), keepdims=False)
+            for k in range(8)]
+    grp = only_reduce_group(g, outs)
+    text = reduce_kernel(g, grp)[0]
+    assert "%cols0" not in text and 8 * 4 * 4096 * 4 > COLUMNS_MAX_BYTES
+    x = rand((8, 4096), F32)
+    got = run_group(g, grp, [x])
+    for k, o in enumerate(got):
+        assert_sum_close(o, (x * np.float32(k)).sum(0), x * np.float32(k), (0,), False)
+
+
 @pytest.mark.parametrize("dt", [F32, F64], ids=["f32", "f64"])
 def test_column_form_nan_inf_and_signed_zero(dt):
     """The special rows of :func:`_special_rows`, as columns (the column form)."""

@@ -534,6 +534,59 @@ def test_a_copy_of_the_old_parameter_read_after_the_update_keeps_it_staged():
     assert compiled_calls(comp) >= 3
 
 
+def test_a_guard_on_a_reshaped_argument_is_checked_before_an_in_place_write():
+    """The guard's value comes from a group that makes no kernel (a reshape: an alias); it
+    must be checked before the next kernel, which writes ``p`` in place — else a failing
+    guard leaves ``p`` updated and the eager rerun updates it again (found in review)."""
+    def make():
+        p = dg.tensor(np.zeros(8, np.float32))
+
+        def step(flag):
+            if flag.reshape(()):
+                p.add_(1.0)
+            else:
+                p.sub_(1.0)
+            return p * 2
+        return p, step
+    p1, eager = make()
+    p2, step = make()
+    comp = compiler.compile(step, backend="llvm")
+    for i, f in enumerate([1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0]):
+        flag = np.array([f], np.float32)
+        assert_rel(comp(dg.tensor(flag)), eager(dg.tensor(flag)), 0.0, f"result {i}")
+        np.testing.assert_array_equal(arr(p2), arr(p1), err_msg=f"p after call {i}")
+    assert compiled_calls(comp) >= 3
+
+
+def test_an_in_place_target_sharing_memory_with_another_argument_is_written_after_reads():
+    """Two tensors over one numpy array (``from_numpy`` of overlapping slices: two storages,
+    so no guard tells them apart): the call must read ``q`` before ``p``'s write reaches its
+    memory, as eager does — the direct write-back gives way to the staged plan."""
+    def f(p, q):
+        s = q * 3.0
+        p.mul_(2.0)
+        return s + p
+    n = 1000
+    comp = compiler.compile(f, backend="llvm")
+    for _ in range(3):  # compiled with separate arrays
+        comp(dg.tensor(np.arange(n, dtype=np.float32)),
+             dg.tensor(np.arange(n, dtype=np.float32)))
+    plan = serving_plan(comp)
+    assert isinstance(plan, driver.DriverPlan) and direct_and_staged(plan)[0] == 1
+    for _ in range(2):
+        a = np.arange(n + 1, dtype=np.float32)
+        b = a.copy()
+        got = comp(dg.from_numpy(a[1:]), dg.from_numpy(a[:-1]))
+        want = f(dg.from_numpy(b[1:]), dg.from_numpy(b[:-1]))
+        np.testing.assert_array_equal(arr(got), arr(want))
+        np.testing.assert_array_equal(a, b)
+    x, y = (dg.tensor(np.arange(n, dtype=np.float32)) for _ in range(2))  # apart again
+    x2, y2 = (dg.tensor(np.arange(n, dtype=np.float32)) for _ in range(2))
+    np.testing.assert_array_equal(arr(comp(x, y)), arr(f(x2, y2)))
+    np.testing.assert_array_equal(arr(x), arr(x2))
+    assert not plan.overlapping[0]
+
+
 # ------------------------------------------------------------------ (f) canaries
 
 

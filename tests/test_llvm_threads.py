@@ -254,3 +254,57 @@ def test_the_team_size_is_the_processes_own(env):
     on, size, workers = map(int, out)
     want = int(env["OMP_NUM_THREADS"]) if env else len(os.sched_getaffinity(0))
     assert on == size == want and workers == want - 1
+
+
+def test_the_pool_s_generation_wraps_without_losing_a_job():
+    """The ticket holds the job's generation in 32 bits; after 2^32 - 1 jobs it wraps to 1
+    (never 0: the generation of no job). A copy of the pool's IR started two jobs before
+    the wrap runs every part of the jobs across it (found in review: it used to hang)."""
+    import ctypes
+
+    from compiler.backends.llvm import jit
+    if threads.find() is None:
+        pytest.skip("no thread pool on this platform")
+    near = (0xFFFFFFFE << 32)
+    ir = (threads.POOL_IR.replace("@dg_pool_ticket = internal global i64 0",
+                                  f"@dg_pool_ticket = internal global i64 {near}")
+          .replace("@dg_parallel", "@wrap_parallel")
+          .replace("@dg_pool_worker", "@wrap_pool_worker"))
+    kernel = (POOL_KERNEL.replace(threads.DECLARATIONS, "")
+              .replace("declare i64 @syscall(i64, ...)\n", "")
+              .replace("@dg_parallel", "@wrap_parallel"))
+    compiled = jit.compile_ir(ir + kernel)  # (no workers: the caller takes every part)
+    run = compiled.cfunc("run", None, ctypes.c_void_p, ctypes.c_int64)
+    counts = []
+
+    def jobs():  # (in a thread: a pool that lost its job would hang here, not the suite)
+        for _ in range(4):
+            buf = np.zeros(8193, np.int64)
+            run(buf.ctypes.data, 7)
+            counts.append(buf[:7].tolist())
+    import threading
+    t = threading.Thread(target=jobs, daemon=True)
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive(), "a job across the wrap never finished"
+    assert counts == [[1] * 7] * 4
+
+
+def test_workers_have_stacks_for_the_kernels_whatever_the_program_set():
+    """Kernels keep buffers on the stack (gemm's packed panels: ~160 KiB); a program that
+    set a small ``threading.stack_size`` before the pool started must not crash it."""
+    code = textwrap.dedent("""
+        import threading
+        threading.stack_size(128 * 1024)
+        import numpy as np, dyngrad as dg, compiler
+        x = dg.tensor(np.ones((256, 256), np.float32))
+        f = compiler.compile(lambda a, b: a @ b, backend="llvm")
+        for _ in range(3):
+            y = f(x, x)
+        print(float(y.numpy()[0, 0]))
+    """)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["256.0"]

@@ -116,6 +116,9 @@ def test_a_symbolic_variant_profiles_the_size_it_serves():
     prof = compiler.profile(cf, dg.ones(9, 8), steps=2)
     mm = [k for k in prof.kernels if k.kind == "matmul"]
     assert mm and mm[0].flops == 2 * 9 * 8 * 3
+    cf(dg.ones(11, 8))  # a size planned after 9's: profiling 9 again still finds 9's plan
+    prof = compiler.profile(cf, dg.ones(9, 8), steps=2)
+    assert [k.flops for k in prof.kernels if k.kind == "matmul"][0] == 2 * 9 * 8 * 3
 
 
 def test_chrome_trace_has_a_slice_per_call_and_kernel(tmp_path):

@@ -210,8 +210,9 @@ def test_a_forced_width_is_used_and_an_impossible_one_refused(retarget):
         assert max(packed_bits(jit.assembly(KERNEL), "mulps")) == bits
     with pytest.raises(target.TargetError, match="256-bit vectors at most"):
         retarget("x86-64-v3", width="512")
-    with pytest.raises(target.TargetError, match="expected 256 or 512"):
-        retarget(width="wide")
+    for bad in ("wide", "128"):
+        with pytest.raises(target.TargetError, match="expected 256 or 512"):
+            retarget(width=bad)
 
 
 def test_the_loop_width_never_changes_a_result(retarget):

@@ -279,6 +279,9 @@ class DriverPlan:
 
         checks_up_to(-1)
         for t, (grp, (name, layout)) in enumerate(zip(groups, fns, strict=True)):
+            # guards on values of groups that make no kernel (aliases, constants): before
+            # the next kernel, which may write a bound input in place (_direct_writes)
+            checks_up_to(position[id(grp)] - 1)
             args = [f"ptr {pointer(v)}" for v in layout]
             if grp.kind == "elementwise":
                 args.append(f"i64 {math.prod(grp.shape)}")
@@ -333,6 +336,14 @@ class DriverPlan:
                 self.table[k] = self.writebacks[key][2].ctypes.data
         self.last_inputs = [None] * len(g.inputs)
         self.copied: set = set()  # inputs whose table entry is a contiguous copy
+        # inputs written in place (direct write-backs) and every input's bytes: a direct
+        # target whose memory overlaps another input's (two tensors over one numpy array:
+        # guards compare storages, not memory) runs the call on the runner's plan instead,
+        # whose write-backs come after every read
+        self.direct_targets = {i for _, i, buf in self.writebacks if buf is None}
+        self.ranges: list = [None] * len(g.inputs)
+        self.overlaps: set = set()  # (input, input) pairs whose bytes overlap
+        self.overlapping = [False]
         self.out_keys = list(self.out_slot)  # output index per block position
         self.tables = [self.table] + [type(self.table).from_buffer_copy(self.table)
                                       for _ in range(BLOCKS - 1)]
@@ -364,6 +375,9 @@ class DriverPlan:
         for i in range(len(self.input_slots)):
             body += [f"a = inputs[{i}]",
                      f"if a is not LAST[{i}]: SLOW({i}, a)"]
+        if self.direct_targets:  # (see _overlap)
+            ns["OVERLAP"] = self.overlapping
+            body.append("if OVERLAP[0]: return SELF.staged(inputs, scalars)")
         for j in range(len(g.scalars)):
             body.append(f"SB[{j}] = scalars[{j}]")
         body += ["b = PAR[0]", f"PAR[0] = b + 1 if b < {BLOCKS - 1} else 0",
@@ -418,6 +432,20 @@ class DriverPlan:
         for table in self.tables:
             table[self.input_slots[i]] = address
         self.last_inputs[i] = a
+        if self.direct_targets:
+            self._overlap(i, address, address + a.nbytes)
+
+    def _overlap(self, i: int, lo: int, hi: int) -> None:
+        """Input ``i`` now spans bytes [lo, hi): does it overlap a direct target's (or, as a
+        target, any other input's)?"""
+        self.ranges[i] = (lo, hi)
+        self.overlaps = {p for p in self.overlaps if i not in p}
+        others = range(len(self.ranges)) if i in self.direct_targets else self.direct_targets
+        for j in others:
+            r = self.ranges[j]
+            if j != i and r is not None and r[0] < hi and lo < r[1]:
+                self.overlaps.add((min(i, j), max(i, j)))
+        self.overlapping[0] = bool(self.overlaps)
 
     def _copy_back(self, inputs: list) -> None:
         """Write-back targets that were given contiguous copies (``copied``): the driver
@@ -448,6 +476,11 @@ class DriverPlan:
                              "gives the error with its details)")
         gi = status - 1
         raise interp.GuardFailed(gi, self.g.guards[gi].expected, self._guard_value(gi))
+
+    def staged(self, inputs, scalars):
+        """A call whose direct write-back target overlaps another input's memory: the
+        runner's plan, which writes back after every read (as the staged driver would)."""
+        return self.contended(inputs, scalars)
 
     def contended(self, inputs, scalars):
         """Another thread is running this plan (its arena and table are busy): run the

@@ -96,9 +96,16 @@ _LOOP_HINTS = {LOOP_TOKEN: [f'!{{!"llvm.loop.interleave.count", i32 {INTERLEAVE}
 
 
 def pipeline() -> str:
-    """How a module's text becomes code besides the text itself (the loop hints, the
-    optimisation level): part of the disk cache's key."""
-    return f"O3 vectorise+slp+unroll+interleave {sorted(_LOOP_HINTS.items())}"
+    """How a module's text becomes code besides the text itself — this module's source: the
+    passes, the loop hints, the target machine's options; part of the disk cache's key."""
+    if not _pipeline:
+        import hashlib
+        from pathlib import Path
+        _pipeline.append(hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16])
+    return _pipeline[0]
+
+
+_pipeline: list = []
 
 
 def number_loop_metadata(ir_text: str) -> str:

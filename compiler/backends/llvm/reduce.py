@@ -24,7 +24,8 @@ _LANES = {"float": 16, "double": 8}  # accumulators per reduction: one AVX-512 r
 _CHUNK = 16  # vectors per chunk of the reduction loop
 _BLOCK_CHUNKS = 64  # chunks per block of a reduction split across threads (see threads.py)
 _PARTIALS = 4  # running partials per kept element in the column form (a power of two)
-COLUMNS_MAX_BYTES = 1 << 18  # the column form's stack buffer at most (per reduction)
+COLUMNS_MAX_BYTES = 1 << 16  # the column form's stack buffers at most (all its reductions'):
+#                              a worker thread's stack holds them, beside gemm's panels
 
 
 class _ReduceBuilder(_Builder):
@@ -374,14 +375,14 @@ class _ReduceBuilder(_Builder):
     def _columns(self, post_s, tys) -> bool:
         """Whether the group reduces over leading dims only, keeping trailing ones that are
         contiguous (a bias gradient: ``sum`` over the batch of a (batch, features) array),
-        with no second pass over ``S`` and a column buffer of at most ``COLUMNS_MAX_BYTES``:
+        with no second pass over ``S`` and column buffers of at most ``COLUMNS_MAX_BYTES``:
         then :meth:`_build_columns` runs the rows in order, each a vectorised loop over the
         kept elements, instead of a strided walk down every column."""
         if post_s or not self.red or not self.kept or max(self.red) > min(self.kept):
             return False
         n_cols = math.prod(self.reduced)
-        size = max(8 if t == "double" else 4 for t in tys)
-        return n_cols >= _LANES["float"] and _PARTIALS * n_cols * size <= COLUMNS_MAX_BYTES
+        stack = sum(_PARTIALS * n_cols * (8 if t == "double" else 4) for t in tys)
+        return n_cols >= _LANES["float"] and stack <= COLUMNS_MAX_BYTES
 
     def _build_columns(self, name, prelude, params, layout, reductions, pre_s, pre_k,
                        post_k, s_pre_out, k_out, tys, ops, ident) -> tuple:

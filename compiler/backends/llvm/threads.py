@@ -134,15 +134,24 @@ def _generic_target():
     return target.base()
 
 
+WORKER_STACK = 8 << 20  # bytes of stack per worker: kernels keep buffers on the stack
+#                         (gemm's packed panels, ~160 KiB; reductions' partials)
+
+
 def _spawn(n: int) -> None:
-    """Start workers until the pool has ``n`` (called with ``_lock`` held)."""
+    """Start workers until the pool has ``n`` (called with ``_lock`` held), each with a
+    stack of ``WORKER_STACK`` bytes whatever ``threading.stack_size`` the program set."""
     compiled = _workers[0]
     worker = compiled.cfunc("dg_pool_worker", None)
-    while len(_workers) - 1 < n:
-        t = threading.Thread(target=worker, name=f"dyngrad-pool-{len(_workers)}",
-                             daemon=True)
-        t.start()
-        _workers.append(t)
+    previous = threading.stack_size(WORKER_STACK)
+    try:
+        while len(_workers) - 1 < n:
+            t = threading.Thread(target=worker, name=f"dyngrad-pool-{len(_workers)}",
+                                 daemon=True)
+            t.start()
+            _workers.append(t)
+    finally:
+        threading.stack_size(previous)
 
 
 POOL_IR = r"""
@@ -175,7 +184,9 @@ exit:
 }
 
 ; Claim and run parts until the ticket gives none: a part counts only if the job read
-; around it (a seqlock on @dg_pool_jobgen) is the ticket's own generation.
+; around it (a seqlock on @dg_pool_jobgen) is the ticket's own generation, never 0 (the
+; generation of no job yet, and the mark of a job being written); generations run 1 ..
+; 2^32 - 1 and wrap to 1, so the ticket's 32 bits always hold them.
 define internal void @dg_pool_claim() {
 entry:
   br label %claim
@@ -190,8 +201,10 @@ claim:
   %g2 = load atomic i64, ptr @dg_pool_jobgen seq_cst, align 8
   %same1 = icmp eq i64 %g1, %tg
   %same2 = icmp eq i64 %g2, %tg
+  %real = icmp ne i64 %tg, 0
   %left = icmp slt i64 %i, %n
-  %ok1 = and i1 %same1, %same2
+  %ok0 = and i1 %same1, %same2
+  %ok1 = and i1 %ok0, %real
   %ok = and i1 %ok1, %left
   br i1 %ok, label %run, label %exit
 run:
@@ -224,7 +237,8 @@ inline:
 publish:
   %old = load atomic i64, ptr @dg_pool_ticket seq_cst, align 8
   %og = lshr i64 %old, 32
-  %g = add i64 %og, 1
+  %wrap = urem i64 %og, 4294967295
+  %g = add i64 %wrap, 1
   store atomic i64 0, ptr @dg_pool_jobgen seq_cst, align 8
   store atomic ptr %fn, ptr @dg_pool_fn seq_cst, align 8
   store atomic ptr %ctx, ptr @dg_pool_ctx seq_cst, align 8

@@ -56,7 +56,7 @@ def decide(t: Target) -> tuple[int, str]:
     """(loop vector bits, how it was decided) for target ``t`` (see the module docstring)."""
     forced = os.environ.get(WIDTH_ENV, "").strip()
     if forced:
-        if forced not in ("128", "256", "512"):
+        if forced not in ("256", "512"):
             raise TargetError(f"{WIDTH_ENV}={forced!r}: expected 256 or 512")
         if int(forced) > t.vector_bits:
             raise TargetError(f"{WIDTH_ENV}={forced}: the target ({t.cpu}) has "
