@@ -18,10 +18,13 @@ after. An output array is reused only when nothing else references it (its refer
 says so: no tensor, view or user variable holds it); one still held is replaced in its block
 by a fresh array (the holder keeps the old one). The tables keep the addresses of buffers the
 runtime owns and refresh an argument's address only when a different array arrives.
-Write-backs into bound inputs (parameters, optimizer state) are computed into a staging
-buffer and copied over the input at the end of the driver, after every guard has passed,
-so a failed guard leaves the user's tensors untouched; the runtime marks them done (no copy
-at commit).
+Write-backs into bound inputs (parameters, optimizer state) go straight into the input's
+array when nothing can fail or read the old value after their kernel (``_direct_writes``;
+every guard is checked before the next kernel runs), else they are computed into a staging
+buffer and copied over the input at the end of the driver, after every guard has passed —
+either way a failed guard leaves the user's tensors untouched; the runtime marks them done
+(no copy at commit). A call whose in-place target overlaps another input's memory runs
+the runner's plan instead.
 
 Calls of one plan from two threads at once: the second takes the runner's plan of the graph
 (made on first need), never the shared arena.
