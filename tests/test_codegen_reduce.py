@@ -199,23 +199,12 @@ def test_summation_order_is_the_documented_one(dt, lanes):
         np.testing.assert_array_equal(got_t, want)
 
 
-def _column_order_sum(x, partials=4):
-    """The column form's order (reduce.py ``_build_columns``) for one column ``x``: row r
-    into partial r mod 4, rows in order; then (p0 + p1) + (p2 + p3), plus +0.0."""
-    t = x.dtype.type
-    acc = [t(0.0)] * partials
-    for r, v in enumerate(x):
-        acc[r % partials] = t(acc[r % partials] + v)
-    while len(acc) > 1:
-        acc = [t(acc[k] + acc[k + 1]) for k in range(0, len(acc), 2)]
-    return t(acc[0] + t(0.0))
-
-
 @pytest.mark.parametrize("dt", [F32, F64], ids=["f32", "f64"])
 def test_column_form_sums_rows_in_order_into_four_partials(dt):
     """Reducing the leading axis of an array with at least 16 kept elements (a bias
-    gradient) runs the rows in order, each a vectorised loop over the columns: bit for bit
-    :func:`_column_order_sum`, for R below, at and above the partial count."""
+    gradient) runs the rows in order, each a vectorised loop over the columns: each column
+    bit for bit as :func:`_lane_order_sum` with four lanes (row r into partial r mod 4, then
+    the fixed tree), for R below, at and above the partial count."""
     for R in (2, 3, 4, 5, 17, 128, 129):
         for n in (16, 37, 256):
             x = (rand((R, n), dt) * np.exp(rand((R, n), dt) * 4)).astype(dt.np)
@@ -225,7 +214,7 @@ def test_column_form_sums_rows_in_order_into_four_partials(dt):
             grp = only_reduce_group(g, [s])
             assert "%cols0" in reduce_kernel(g, grp)[0]  # (the column form)
             (got,) = run_group(g, grp, [x])
-            want = np.array([_column_order_sum(col) for col in x.T], dtype=dt.np)
+            want = np.array([_lane_order_sum(col, 4) for col in x.T], dtype=dt.np)
             np.testing.assert_array_equal(got, want, err_msg=f"R={R} n={n}")
 
 

@@ -4,3 +4,5 @@ with ``reduce.py``, ``matmul.py``/``gemm.py``, ``datamove.py`` and ``randomgen.p
 kernel per fusion group), ``vecmath.py`` (math functions in IR), ``sizes.py`` (one module for
 every size of a symbolic variant), ``jit.py`` and ``cache.py`` (LLVM and the disk cache),
 ``blas.py``/``tune.py`` and ``threads.py``. See docs/compiler.md."""
+
+from . import widths  # noqa: F401,E402 - registers the loop-width decider (target.py)

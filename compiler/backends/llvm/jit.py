@@ -19,29 +19,21 @@ from dataclasses import dataclass, field
 
 import llvmlite.binding as llvm
 
-from .target import current as current_target
+from . import target
 
-_lock = threading.Lock()
-_ready = False
 _names = itertools.count()
 
 
 def init() -> None:
     """Initialise LLVM's native target once per process."""
-    global _ready
-    with _lock:
-        if not _ready:
-            llvm.initialize_native_target()
-            llvm.initialize_native_asmprinter()
-            llvm.initialize_native_asmparser()
-            _ready = True
+    target.init_llvm()
 
 
 def target_machine(t=None):
     """A fresh TargetMachine for ``t`` (a ``target.Target``; default ``target.current()``:
     the host CPU with its features, or what ``DYNGRAD_TARGET`` names), optimising at O3.
     Fresh each time: an execution engine takes ownership of it."""
-    t = current_target() if t is None else t
+    t = target.current() if t is None else t
     return llvm.Target.from_default_triple().create_target_machine(
         cpu=t.cpu, features=t.features, opt=3, jit=True)
 

@@ -174,8 +174,7 @@ def _probe(cpu: str, features: str, spec: str) -> tuple[int, bool]:
 
 def _resolve() -> Target:
     """The target without its loop width: the host, or what ``DYNGRAD_TARGET`` names."""
-    from . import jit
-    jit.init()
+    init_llvm()
     host_name = llvm.get_host_cpu_name()
     host = _host_features()
     spec = os.environ.get(ENV, "").strip()
@@ -212,18 +211,44 @@ def with_loop_bits(t: Target, bits: int, how: str) -> Target:
 
 
 def current() -> Target:
-    """The target every module is compiled for, loop width included (decided on first use:
-    ``widths.decide``)."""
+    """The target every module is compiled for, loop width included (decided on first use by
+    the width decider, ``widths.decide``)."""
     t = _resolved.get("current")
     if t is not None:
         return t
     with _lock:
         if "current" not in _resolved:
-            from . import widths
+            if not _decider:
+                raise RuntimeError("target.current(): no loop-width decider registered "
+                                   "(importing compiler.backends.llvm registers widths.py's)")
             b = base()
-            bits, how = widths.decide(b)
+            bits, how = _decider[0](b)
             _resolved["current"] = with_loop_bits(b, bits, how)
         return _resolved["current"]
+
+
+_decider: list = []  # the function (Target -> (bits, how)) deciding the loop width
+
+
+def register_width_decider(decide) -> None:
+    """Install the function deciding the loop width of a base target (``widths.py`` does, at
+    import: the decision needs compiled code, which needs a target — so the policy plugs in
+    here rather than this module importing the compiler)."""
+    _decider[:] = [decide]
+
+
+def init_llvm() -> None:
+    """Initialise LLVM's native target (idempotent; ``jit.init`` calls it)."""
+    if not _llvm_ready:
+        with _lock:
+            if not _llvm_ready:
+                llvm.initialize_native_target()
+                llvm.initialize_native_asmprinter()
+                llvm.initialize_native_asmparser()
+                _llvm_ready.append(True)
+
+
+_llvm_ready: list = []
 
 
 def reset() -> None:

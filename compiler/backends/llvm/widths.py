@@ -38,7 +38,7 @@ import time
 
 import numpy as np
 
-from . import choices, jit, vecmath
+from . import choices, jit, target, vecmath
 from .target import WIDTH_ENV, Target, TargetError
 
 FILE = "vector-width.json"
@@ -255,3 +255,6 @@ def choose(seconds: dict) -> dict:
     return {"bits": 256 if ratio > 1 + MARGIN else 512, "ratio": round(ratio, 4),
             **{f"{c}_us": {str(b): round(seconds[c, b] * 1e6, 2) for b in WIDTHS}
                for c in CLASSES}}
+
+
+target.register_width_decider(decide)  # (see target.register_width_decider)
