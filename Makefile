@@ -39,7 +39,8 @@ lint: $(STAMP)
 # the numpy interpreter, where compiled must equal eager bit for bit; and the LLVM tests run
 # once more for an AVX2-only CPU (DYNGRAD_TARGET, emulated on this one), so the paths for
 # machines without AVX-512 stay tested whatever CPU runs the suite.
-COMPILED_TESTS := tests/test_compiler.py tests/test_footguns.py tests/test_random_programs.py
+COMPILED_TESTS := tests/test_compiler.py tests/test_footguns.py tests/test_soundness.py \
+	tests/test_random_programs.py
 LLVM_TESTS := tests/test_llvm_*.py tests/test_vecmath.py tests/test_codegen*.py \
 	tests/test_target.py tests/test_profile.py $(COMPILED_TESTS)
 

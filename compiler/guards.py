@@ -1,7 +1,9 @@
 """Input guards: what must be true of a call for a variant's trace to stand in for it.
 
 A variant is valid only while its guards hold: the same structure of arguments; each tensor
-argument's shape, dtype, strides and ``requires_grad``, and which arguments share storage;
+argument's shape, dtype, strides and ``requires_grad`` (and, when the call writes it, that it
+is writable: a read-only array makes eager raise, so the call goes to eager), and which
+arguments share storage;
 every bound tensor alive, still over the same array (a rebound ``.data`` is noticed) and with
 the same ``requires_grad``; ``.grad`` present or absent as at trace time; grad mode; module and
 optimizer version counters; Python numbers among the arguments and in the closure cells and
@@ -212,6 +214,8 @@ def build_guards(trace, fn, flat: list, spec, dynamic_numbers: set,
     add("spec != SPEC", "structure of the arguments", _spec_str(spec), lambda f: "changed")
     storages: dict[int, list] = {}
     sym_dims = symbolic.dims if symbolic is not None else {}
+    written = {id(w[0]) for w in trace.writebacks}  # bindings the call writes in place
+    written_args = {w[0].target for w in trace.writebacks if w[0].kind == "arg"}
     if symbolic is not None:
         bi, bk = symbolic.base
         lines.append(f"    d = flat[{bi}]._data.shape[{bk}] if len(flat[{bi}]._data.shape) > {bk} "
@@ -239,6 +243,9 @@ def build_guards(trace, fn, flat: list, spec, dynamic_numbers: set,
                     lambda f, i=i: f[i]._data.strides)
             add(f"a.dtype is not D{i}", f"dtype of argument {i}", a.dtype.name,
                 lambda f, i=i: f[i]._data.dtype.name)
+            if i in written_args:  # (a read-only array: eager raises, so must the call)
+                add("not a.flags.writeable", f"argument {i} is writable (the function "
+                    f"writes it)", True, lambda f, i=i: f[i]._data.flags.writeable)
             add(f"flat[{i}]._requires_grad is not {x._requires_grad}",
                 f"requires_grad of argument {i}", x._requires_grad,
                 lambda f, i=i: f[i]._requires_grad)
@@ -314,6 +321,9 @@ def build_guards(trace, fn, flat: list, spec, dynamic_numbers: set,
             add(f"o is None or o._data is not A{k}() or o._requires_grad is not {rg}",
                 f"bound tensor {b.name} (alive, same storage, requires_grad={rg})",
                 "same", lambda f, k=k: _describe_ref(trace.bindings[k]))
+            if id(b) in written:
+                add("not o._data.flags.writeable", f"bound tensor {b.name} is writable (the "
+                    f"function writes it)", True, lambda f, k=k: _writable(trace.bindings[k]))
             for j in by_owner.get(id(t), ()) if t is not None else ():
                 if j not in done_grad_guards:
                     done_grad_guards.add(j)
@@ -325,6 +335,9 @@ def build_guards(trace, fn, flat: list, spec, dynamic_numbers: set,
                 lambda f, k=k: _describe_grad(trace.bindings[k], f))
         elif b.kind == "array":
             add(f"B{k}() is None", f"{b.name} alive", "alive", lambda f: "gone")
+            if id(b) in written:
+                add(f"not B{k}().flags.writeable", f"{b.name} is writable (the function "
+                    f"writes it)", True, lambda f, k=k: _writable(trace.bindings[k]))
     for k, (ref, was_none, name) in enumerate(trace.grad_guards):
         if k in done_grad_guards:
             continue
@@ -373,6 +386,12 @@ def _ref(x):
 
 def _spec_str(spec) -> str:
     return repr(spec).replace("'leaf'", "·")
+
+
+def _writable(b):
+    obj = b.target()
+    arr = obj._data if isinstance(obj, Tensor) else obj
+    return None if arr is None else arr.flags.writeable
 
 
 def _describe_ref(b) -> str:
