@@ -33,9 +33,10 @@ from dyngrad.dispatch import STATE, push_mode
 from dyngrad.nn.module import Module
 from dyngrad.tensor import Storage, Tensor
 
-from . import backends, ir
+from . import backends, capture, ir
 from .backends import interp
-from .guards import GuardSet, build_guards, code_numbers, flatten, unflatten
+from .generated import exec_generated
+from .guards import GuardSet, build_guards, flatten, unflatten
 from .partition import precompute, split
 from .passes import run_passes
 from .passes.fusion import FusionGroup, fuse
@@ -307,7 +308,7 @@ def _generate_call_path(trace: Trace, copy_outputs: set, variant: Variant, run) 
              "def commit(flat, outs):", *indent, *(f"    {x}" for x in body), "    return None",
              "", "def fast(flat):", *indent, *run_lines,
              *(f"    {x}" for x in body), "    V.calls += 1", f"    return {result}"]
-    exec("\n".join(lines), ns)  # noqa: S102 - generated from the trace, no user text
+    exec_generated("\n".join(lines), ns)
     return ns["gather"], ns["commit"], ns["fast"]
 
 
@@ -671,31 +672,20 @@ class CompiledFunction:
         backend = backends.get(self.backend)
         tracer = Tracer(flat)
         grad_enabled = STATE.grad_enabled
-        seen_objects = [o for v in self.variants for o in v.trace.objects if o[0]() is not None]
-        numbers = code_numbers(self._code_fn, seen_objects)  # their values on entry
-        dynamic = [(what, read, value, key, write) for what, read, value, key, write in numbers
-                   if key in self.dynamic_sources and isinstance(value, float)]
-        substituted = frozenset(key for _, _, _, key, _ in dynamic)
         with push_mode(tracer):
             if self.dynamic_numbers:
                 traced = [tracer.arg_scalar(i, x) if i in self.dynamic_numbers else x
                           for i, x in enumerate(flat)]
                 args, kwargs = unflatten(spec, traced)
-            for what, read, value, key, write in dynamic:  # seen to change: runtime inputs
-                write(tracer.source_scalar(key, what.split()[1], read, value))
-            try:
-                result = self.fn(*args, **kwargs)
-            finally:
-                for _, _, value, _, write in dynamic:
-                    write(value)
+            result, cap = capture.run(tracer, self.fn, args, kwargs, self.dynamic_sources)
         t1 = time.perf_counter()
         try:
-            for what, read, value, _, _ in numbers:
-                now = read(flat)  # e.g. `global step; step += 1`: not replayable
-                if now != value and not (now != now and value != value):  # (NaN stays NaN)
-                    raise Unsupported(f"the function changes {what} (from {value!r} to "
-                                      f"{now!r}); a compiled call cannot replay that")
+            if cap.refused is not None:
+                raise Unsupported(cap.refused)
             trace = tracer.finish(result, flat)
+            for e in cap.effects:  # (replay comes next: until then, they are refused)
+                raise Unsupported(f"the function changes {e.what} at {e.where}; a compiled "
+                                  f"call cannot replay that yet")
             trace.grad_enabled = grad_enabled
             bw = trace.backward
             g = trace.graph
@@ -720,9 +710,8 @@ class CompiledFunction:
                                         trace.bindings, backend.run)
                 after += "\nbackward:\n" + str(parts.backward)
             trace.graph = g
-            trace.substituted = substituted
-            guards = build_guards(trace, self._code_fn, flat, spec, self.dynamic_numbers,
-                                  dynamic_sources=substituted)
+            trace.checks = list(cap.checks.values())
+            guards = build_guards(trace, flat, spec, self.dynamic_numbers)
             inplace = _inplace_writes(trace, g, n_fwd)
             groups = fuse(g)
             plan = backend.compile_graph(g, inplace=inplace, groups=groups)
@@ -776,9 +765,8 @@ class CompiledFunction:
                         not same_template(tba, tbb):
                     continue
                 v.make_symbolic(dims_a, ta, tba)
-                v.guards = build_guards(v.trace, self._code_fn, flat, spec,
-                                        self.dynamic_numbers, symbolic=dims_a,
-                                        dynamic_sources=v.trace.substituted)
+                v.guards = build_guards(v.trace, flat, spec, self.dynamic_numbers,
+                                        symbolic=dims_a)
                 self.variants.remove(a)
                 self.variants.remove(b)
                 v.calls += a.calls + b.calls

@@ -17,7 +17,7 @@ only way to swap it — so one ``is`` comparison covers all three.
 
 from __future__ import annotations
 
-import types
+import math
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +25,8 @@ from typing import Any
 
 from dyngrad.dispatch import STATE
 from dyngrad.tensor import Tensor
+
+from .generated import exec_generated
 
 _MISSING = object()
 _LEAF = "leaf"
@@ -92,48 +94,6 @@ class GuardSet:
             return f"<{type(exc).__name__}>"
 
 
-def _code_numbers(fn, depth: int = 2, seen=None) -> list:
-    """(description, reader, value) for Python numbers in ``fn``'s closure cells and the
-    globals its code names, following functions (and bound methods' functions) they hold."""
-    seen = set() if seen is None else seen
-    fn = getattr(fn, "__func__", fn)
-    if not isinstance(fn, types.FunctionType) or id(fn) in seen:
-        return []
-    seen.add(id(fn))
-    out = []
-    code = fn.__code__
-    names = set(code.co_names)
-    for const in code.co_consts:  # nested functions and comprehensions name globals too
-        if isinstance(const, types.CodeType):
-            names.update(const.co_names)
-    g = fn.__globals__
-    for name in sorted(names):
-        if name in g:
-            v = g[name]
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                out.append((f"global {name} of {fn.__qualname__}", _global_reader(g, name), v,
-                            ("global", id(g), name), _global_setter(g, name)))
-            elif isinstance(v, Tensor):  # a captured tensor: the global must still name it
-                out.append((f"global tensor {name} of {fn.__qualname__} (identity)",
-                            _global_reader(g, name), _Same(v), None, None))
-            elif depth > 0 and isinstance(v, (types.FunctionType, types.MethodType)):
-                out.extend(_code_numbers(v, depth - 1, seen))
-    for name, cell in zip(code.co_freevars, fn.__closure__ or ()):
-        try:
-            v = cell.cell_contents
-        except ValueError:
-            continue
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            out.append((f"closure variable {name} of {fn.__qualname__}", _cell_reader(cell), v,
-                        ("cell", id(cell)), _cell_setter(cell)))
-        elif isinstance(v, Tensor):
-            out.append((f"closure tensor {name} of {fn.__qualname__} (identity)",
-                        _cell_reader(cell), _Same(v), None, None))
-        elif depth > 0 and isinstance(v, (types.FunctionType, types.MethodType)):
-            out.extend(_code_numbers(v, depth - 1, seen))
-    return out
-
-
 class _Same:
     """Compares equal to an object only while it *is* the object seen at trace time (held
     by weak reference: the guard must not keep the old tensor alive)."""
@@ -156,55 +116,17 @@ class _Same:
     __hash__ = None
 
 
-def _global_setter(g: dict, name: str):
-    def write(value):
-        g[name] = value
-    return write
-
-
-def _cell_setter(cell):
-    def write(value):
-        cell.cell_contents = value
-    return write
-
-
-def _global_reader(g: dict, name: str):
-    return lambda flat: g.get(name, _MISSING)
-
-
-def _cell_reader(cell):
-    def read(flat):
-        try:
-            return cell.cell_contents
-        except ValueError:
-            return _MISSING
-    return read
-
-
-def code_numbers(fn, objects=()) -> list:
-    """Numbers (and captured tensors) the guards check: those of ``fn`` and of the
-    ``forward`` of every module the trace used."""
-    seen: set = set()
-    numbers = _code_numbers(fn, seen=seen)
-    for ref, _ in objects:
-        forward = getattr(type(ref()), "forward", None)
-        if forward is not None:
-            numbers += _code_numbers(forward, seen=seen)
-    return numbers
-
-
-def build_guards(trace, fn, flat: list, spec, dynamic_numbers: set,
-                 symbolic=None, dynamic_sources=frozenset()) -> GuardSet:
+def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None) -> GuardSet:
     """Generate the guard function for a trace of ``fn`` called with ``flat``/``spec``.
     With ``symbolic`` (a :class:`compiler.symbolic.SymbolicDims`), the symbolic dims of the
     arguments may take any size ≥ 2, consistently with each other."""
-    ns: dict[str, Any] = {"STATE": STATE, "MISSING": _MISSING}
+    ns: dict[str, Any] = {"STATE": STATE, "MISSING": _MISSING, "COPYSIGN": math.copysign}
     lines = ["def check(flat, spec):"]
     describe, expected, now, tags = [], [], [], []
 
-    def add(cond_fail: str, what: str, exp, reader, tag=None) -> None:
+    def add(cond_fail: str, what: str, exp, reader, tag=None, indent: int = 4) -> None:
         k = len(describe)
-        lines.append(f"    if {cond_fail}: return {k}")
+        lines.append(f"{' ' * indent}if {cond_fail}: return {k}")
         describe.append(what)
         expected.append(exp)
         now.append(reader)
@@ -358,17 +280,30 @@ def build_guards(trace, fn, flat: list, spec, dynamic_numbers: set,
                 lambda f: "gone")
     add(f"STATE.grad_enabled is not {trace.grad_enabled}", "grad mode", trace.grad_enabled,
         lambda f: STATE.grad_enabled)
-    for k, (what, reader, value, key, _) in enumerate(code_numbers(fn, trace.objects)):
-        ns[f"N{k}"], ns[f"NV{k}"] = reader, value
-        if key is not None and key in dynamic_sources:  # a runtime input: only its type
-            add(f"type(N{k}(flat)) is not float", f"type of {what}", "float",
-                lambda f, reader=reader: type(reader(f)).__name__)
-        else:
-            tag = ("source", key) if isinstance(value, float) and key is not None else None
-            add(f"NV{k} != N{k}(flat)", what, value, reader, tag)
+    _source_guards(trace.checks, ns, lines, add)
     lines.append("    return -1")
-    exec("\n".join(lines), ns)  # noqa: S102 - generated from the trace, no user text
+    exec_generated("\n".join(lines), ns)
     return GuardSet(ns["check"], describe, expected, now, tags)
+
+
+def _source_guards(checks: list, ns: dict, lines: list, add) -> None:
+    """The capture's checks on the sources the trace read (see compiler/capture): one line
+    each, inside one ``try`` — a source that can no longer be read (a key removed, an
+    attribute deleted) fails the guard listed last."""
+    if not checks:
+        return
+    from .capture import guard_lines
+    from .capture.checks import Equals
+    lines.append("    try:")
+    for cond, pre, check, reader in guard_lines(checks, ns):
+        lines.extend(f"        {p}" for p in pre)
+        tag = ("source", check.source.describe()) if isinstance(check, Equals) and \
+            type(check.value) is float else None
+        add(cond, check.describe(), check.expected(),
+            lambda f, reader=reader, check=check: check.now(reader(f)), tag, indent=8)
+    lines.append("    except Exception:")
+    add("True", "every source the trace read can still be read", "readable",
+        lambda f: "an error", indent=8)
 
 
 def _offsets(flat, group) -> tuple:

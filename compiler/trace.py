@@ -126,7 +126,12 @@ class ScalarSource:
 
 
 def user_frame() -> str:
-    """file:line of the innermost frame outside dyngrad and the compiler."""
+    """file:line of the innermost frame outside dyngrad and the compiler (of the capture's
+    interpreted code, while one runs)."""
+    from .capture import location
+    loc = location()
+    if loc is not None:
+        return loc
     f = sys._getframe(1)
     while f is not None:
         path = os.path.abspath(f.f_code.co_filename)
@@ -286,7 +291,7 @@ class Trace:
     grad_guards: list = field(default_factory=list)  # (weakref owner, was None, name)
     grad_enabled: bool = True
     prints: list = field(default_factory=list)  # dg.debug_print effects, in order
-    substituted: frozenset = frozenset()  # global/closure floats traced as runtime inputs
+    checks: list = field(default_factory=list)  # the capture's checks on Python sources
     backward: dict | None = None  # for outputs differentiated after the call: see
     #                              Tracer._trace_backward
 

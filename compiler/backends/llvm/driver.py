@@ -45,6 +45,7 @@ import threading
 
 import numpy as np
 
+from ...generated import exec_generated
 from ...ir import Value
 from ...passes.fusion import fuse
 from ...passes.memory import plan_memory, verify_plan
@@ -61,7 +62,7 @@ def _free_refs() -> int:
     them (whether loading a local takes a reference is the interpreter's choice), measured
     with code of the generated call's shape."""
     ns = {"REFS": sys.getrefcount}
-    exec("def probe(BL):\n    o = BL[0]\n    return REFS(o)", ns)  # noqa: S102
+    exec_generated("def probe(BL):\n    o = BL[0]\n    return REFS(o)", ns)
     return ns["probe"]([object()])
 
 
@@ -420,7 +421,7 @@ class DriverPlan:
         body.append("return r")
         lines += [f"        {x}" for x in body]
         lines += ["    finally:", "        LOCK.release()"]
-        exec("\n".join(lines), ns)  # noqa: S102 - generated from the plan, no user text
+        exec_generated("\n".join(lines), ns)
         self.call = ns["call"]
 
     def _slow_input(self, i: int, a) -> None:

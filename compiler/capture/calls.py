@@ -1,0 +1,903 @@
+"""Calls, iteration and operators under the capture: what is interpreted, what runs natively,
+and what a native call is told about the sources of its arguments.
+
+- A Python function of the user's is interpreted in a new :class:`Frame` (its arguments keep
+  their sources; its defaults are read from ``__defaults__`` as sources). So is a library
+  function that calls user code (see :func:`compiler.capture.library.calls_user_code`).
+- Bound methods, ``functools.partial`` objects, classes of the user's and objects with a
+  ``__call__`` of the user's are unwrapped to the function they run.
+- Anything else runs natively. A container from before the call that native code reads is
+  guarded whole first (``Capture.contents_used``); a method that changes such a container is
+  a side effect; a float read from a tensor (``.item()``) that reaches ``math.*`` is a
+  recorded operation where the operation is exact in float64, and a guarded value otherwise.
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import math
+import operator as _op
+import types
+
+from dyngrad.tensor import Tensor
+
+from .frame import CO_VARARGS, CO_VARKEYWORDS, NULL, Code, Frame, NotInterpretable, Raised, user
+from .library import calls_user_code, is_library_code, is_library_type, is_user_callable
+from .sources import ArgTree, Attr, Call, Held, Item, literal_key
+
+_MAX_DEPTH = 200  # interpreted frames (deeper recursion runs natively and is refused)
+
+
+# ----------------------------------------------------------------- generators
+
+
+class InterpGenerator:
+    """A generator of interpreted code: each ``next`` resumes its frame. Native code (``sum``,
+    ``list``, a library loop) may drive it too; the frame still runs under the capture."""
+
+    def __init__(self, cap, frame: Frame) -> None:
+        self.cap = cap
+        self.frame = frame
+        self.__name__ = frame.code.co_name
+        self.__qualname__ = frame.code.co_qualname
+
+    def __iter__(self):
+        return self
+
+    def resume(self, value=None, src=None):
+        """(done, value, source); the program's exceptions come out as :class:`Raised`."""
+        f = self.frame
+        if f.done:
+            return True, None, None
+        self.cap.frames.append(f)
+        try:
+            v, s = f.run(value, src)
+        finally:
+            self.cap.frames.pop()
+        if f.done:
+            return True, v, s
+        return False, v, s
+
+    def send(self, value):
+        try:
+            done, v, _ = self.resume(value)
+        except Raised as r:
+            raise r.exc from None
+        if done:
+            raise StopIteration(v)
+        return v
+
+    def __next__(self):
+        return self.send(None)
+
+    def close(self) -> None:
+        self.frame.done = True
+
+    def throw(self, exc, *args):
+        self.frame.done = True
+        raise exc if isinstance(exc, BaseException) else exc(*args)
+
+
+# ----------------------------------------------------------------- calling
+
+
+def _unwrap(cap, fn, fs, args, asrc, kwargs, ksrc):
+    """Bound methods and partials: the function they run, with its full arguments."""
+    while True:
+        if type(fn) is types.MethodType:
+            self_ = fn.__self__
+            if isinstance(fs, Attr) and cap.objects.get(fs.base) is self_:
+                ss = fs.base  # obj.method: self is obj, read from its own source
+            elif fs is not None:
+                ss = Attr(fs, "__self__")
+                cap.read(self_, ss, fn)
+            else:
+                ss = cap.source_of(self_)
+            fn, fs = fn.__func__, (Attr(fs, "__func__") if fs is not None else None)
+            args, asrc = [self_, *args], [ss, *asrc]
+        elif type(fn) is functools.partial:
+            p = fn
+            psrc = fs
+            pargs = list(p.args)
+            pa_src = [Item(Attr(psrc, "args"), i) if psrc is not None else None
+                      for i in range(len(pargs))]
+            for v, s in zip(pargs, pa_src):
+                cap.read(v, s, p.args)
+            kw = dict(p.keywords)
+            if psrc is not None:
+                ks = Attr(psrc, "keywords")
+                cap.read(p.keywords, ks, p)
+                cap.structure_used(p.keywords, ks)
+                kw_src = {k: Item(ks, k) for k in kw}
+                kw = {k: cap.read(v, kw_src[k], p.keywords) for k, v in kw.items()}
+            else:
+                kw_src = {k: None for k in kw}
+            fn, fs = p.func, (Attr(psrc, "func") if psrc is not None else None)
+            if fs is not None:
+                cap.read(fn, fs, p)
+            args, asrc = [*pargs, *args], [*pa_src, *asrc]
+            kwargs, ksrc = {**kw, **kwargs}, {**kw_src, **ksrc}
+        else:
+            return fn, fs, args, asrc, kwargs, ksrc
+
+
+def call(cap, f: Frame | None, fn, fs, args: list, asrc: list, kwargs: dict, ksrc: dict):
+    """Call ``fn`` under the capture: (result, its source)."""
+    if fn is NULL:
+        raise Raised(TypeError("'NoneType' object is not callable"))
+    fn, fs, args, asrc, kwargs, ksrc = _unwrap(cap, fn, fs, args, asrc, kwargs, ksrc)
+    from ..api import CompiledFunction
+    if isinstance(fn, CompiledFunction):  # inside a trace, a compiled function is traced
+        inner = fn.fn  # through (its variants are for calls made outside)
+        fs = Attr(fs, "fn") if fs is not None else None
+        if fs is not None:
+            cap.read(inner, fs, fn)
+        return call(cap, f, inner, fs, args, asrc, kwargs, ksrc)
+    if isinstance(fn, types.FunctionType):
+        library = is_library_code(fn.__code__)
+        if not library or calls_user_code(fn, args, kwargs):
+            return run_function(cap, fn, fs, args, asrc, kwargs, ksrc, library)
+        return native(cap, f, fn, args, asrc, kwargs, ksrc)
+    if fn is builtins.super and not args and f is not None:
+        return _zero_arg_super(f), None
+    if isinstance(fn, type):
+        return instantiate(cap, f, fn, args, asrc, kwargs, ksrc)
+    special = _BUILTINS.get(id(fn))
+    if special is not None and special[0] is fn:
+        return special[1](cap, f, args, asrc, kwargs, ksrc)
+    self_ = getattr(fn, "__self__", None)
+    if isinstance(fn, (types.BuiltinMethodType, types.MethodWrapperType)) and \
+            isinstance(self_, (list, dict, set)):
+        return _container_method(cap, f, fn, self_, fs, args, asrc, kwargs, ksrc)
+    if not isinstance(fn, (types.BuiltinFunctionType, types.BuiltinMethodType)):
+        method = _class_attr(type(fn), "__call__")
+        if isinstance(method, types.FunctionType) and \
+                (not is_library_code(method.__code__) or
+                 calls_user_code(method, [fn, *args], kwargs)):
+            return run_function(cap, method, None, [fn, *args], [fs, *asrc], kwargs, ksrc,
+                                is_library_code(method.__code__))
+    return native(cap, f, fn, args, asrc, kwargs, ksrc)
+
+
+def run_function(cap, fn: types.FunctionType, fs, args, asrc, kwargs, ksrc, library: bool):
+    code = Code.of(fn.__code__)
+    if code.refused is not None or len(cap.frames) >= _MAX_DEPTH:
+        why = code.refused or "recursion deeper than the capture follows"
+        if not library:
+            cap.refuse(f"{fn.__qualname__} uses {why} at "
+                       f"{fn.__code__.co_filename}:{fn.__code__.co_firstlineno}, which the "
+                       f"capture does not follow")
+        return native(cap, None, fn, args, asrc, kwargs, ksrc, refused=True)
+    loc, lsrc = bind(cap, fn, fs, args, asrc, kwargs, ksrc, library)
+    frame = Frame(cap, fn, loc, lsrc, library)
+    if code.generator:
+        g = InterpGenerator(cap, frame)
+        cap.keep.append(g)
+        return g, None
+    cap.frames.append(frame)
+    try:
+        return frame.run()
+    except NotInterpretable as exc:
+        raise RuntimeError(f"dyngrad.compile: the capture met {exc} after it had started "
+                           f"running {fn.__qualname__}; please report this") from None
+    finally:
+        cap.frames.pop()
+
+
+def native(cap, f, fn, args, asrc, kwargs, ksrc, refused: bool = False):
+    """Run ``fn`` natively: containers from before the call that it reads are guarded whole;
+    the result is a fresh value, or the source of the object it returned if that object
+    existed before the call."""
+    library = is_library_code(fn.__code__) if isinstance(fn, types.FunctionType) else \
+        _is_library_callable(fn)
+    if not refused:
+        for v, s in zip(args, asrc):
+            _native_arg(cap, v, s, library)
+        for k, v in kwargs.items():
+            _native_arg(cap, v, ksrc.get(k), library)
+    if any(isinstance(a, _TracedScalar()) for a in args) and not library:
+        args = [_plain_scalar(cap, a, getattr(fn, "__name__", "a function")) for a in args]
+    if _drives(fn):  # a builtin that iterates its arguments or calls back: keep them seen
+        args = [_interpreted(cap, f, a, asrc[i] if i < len(asrc) else None)
+                for i, a in enumerate(args)]
+        kwargs = {k: _interpreted(cap, f, v, ksrc.get(k)) for k, v in kwargs.items()}
+    value = user(fn, *args, **kwargs)
+    return value, cap.source_of(value)
+
+
+_DRIVERS: set = set()
+
+
+def _drives(fn) -> bool:
+    """Builtins that iterate their arguments or call the callables they are given."""
+    if not _DRIVERS:
+        import itertools
+        for x in (sum, list, tuple, set, frozenset, sorted, min, max, any, all, enumerate,
+                  zip, map, filter, reversed, dict, functools.reduce, itertools.chain,
+                  itertools.accumulate, itertools.starmap, itertools.takewhile,
+                  itertools.dropwhile, itertools.groupby, itertools.islice, itertools.product,
+                  itertools.zip_longest, itertools.filterfalse, "".join):
+            _DRIVERS.add(id(x))
+    if id(fn) in _DRIVERS:
+        return True
+    return getattr(fn, "__name__", None) in ("sort", "join", "extend", "update") and \
+        isinstance(fn, types.BuiltinMethodType)
+
+
+def _interpreted(cap, f, x, s):
+    """``x`` as native code may use it: a user callable becomes a shim that interprets it,
+    an object with a user ``__iter__`` the iterator the interpreter drives."""
+    if isinstance(x, (InterpGenerator, SourcedIter, ArgIter, Tensor)) or type(x) in \
+            (list, tuple, dict, set, str, range):
+        return x
+    if isinstance(x, (types.FunctionType, types.MethodType, functools.partial)) and \
+            is_user_callable(x):
+        return _Shim(cap, f, x)
+    if _user_dunder(type(x), "__iter__") is not None:
+        it, its = get_iter(cap, f, x, s)
+        return it if isinstance(it, (InterpGenerator, SourcedIter)) else _Driven(cap, f, it)
+    return x
+
+
+class _Shim:
+    """A user function handed to native code that calls it: each call is interpreted."""
+
+    def __init__(self, cap, f, fn) -> None:
+        self.cap, self.f, self.fn = cap, f, fn
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return call(self.cap, self.f, self.fn, None, list(args), [None] * len(args),
+                        kwargs, {k: None for k in kwargs})[0]
+        except Raised as r:
+            raise r.exc from None
+
+
+class _Driven:
+    """An iterator of the user's handed to native code: each step is interpreted."""
+
+    def __init__(self, cap, f, it) -> None:
+        self.cap, self.f, self.it = cap, f, it
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            ok, v, _ = next_item(self.cap, self.f, self.it, None)
+        except Raised as r:
+            raise r.exc from None
+        if not ok:
+            raise StopIteration
+        return v
+
+
+def _is_library_callable(fn) -> bool:
+    mod = getattr(fn, "__module__", None)
+    if isinstance(fn, (types.BuiltinFunctionType, types.BuiltinMethodType)):
+        self_ = getattr(fn, "__self__", None)
+        if self_ is not None and not isinstance(self_, types.ModuleType):
+            return is_library_type(type(self_))
+        return mod is None or mod in ("builtins", "math", "operator", "_operator") or \
+            mod.split(".")[0] in ("numpy", "dyngrad", "compiler", "_functools", "functools",
+                                  "itertools")
+    return is_library_type(type(fn))
+
+
+def _native_arg(cap, v, s, library: bool) -> None:
+    if s is None:
+        s = cap.source_of(v)
+    view = cap.views.get(id(v))
+    if view is not None and view[0] is v:
+        cap.contents_used(view[1], view[2])
+    elif s is not None and isinstance(v, (list, tuple, dict, set, frozenset)):
+        cap.contents_used(v, s)
+
+
+def _TracedScalar():
+    from ..trace import TracedScalar
+    return TracedScalar
+
+
+def _plain_scalar(cap, x, what: str):
+    """A traced number passed to code that reads it as a plain float: guarded."""
+    if isinstance(x, _TracedScalar()):
+        x._tracer.guard_scalar(x, what)
+        return float(x)
+    return x
+
+
+def bind(cap, fn, fs, args, asrc, kwargs, ksrc, library: bool):
+    """Bind a call's arguments to ``fn``'s parameters: (locals, their sources)."""
+    code = fn.__code__
+    names = code.co_varnames
+    nargs, nkw = code.co_argcount, code.co_kwonlyargcount
+    npos_only = code.co_posonlyargcount
+    pos, kwonly = names[:nargs], names[nargs:nargs + nkw]
+    k = nargs + nkw
+    varargs = names[k] if code.co_flags & CO_VARARGS else None
+    varkw = names[k + (varargs is not None)] if code.co_flags & CO_VARKEYWORDS else None
+    loc: dict = {}
+    src: dict = {}
+    qual = fn.__qualname__
+    for i, (v, s) in enumerate(zip(args, asrc)):
+        if i >= nargs:
+            break
+        loc[pos[i]], src[pos[i]] = v, s
+    extra = args[nargs:]
+    if extra and varargs is None:
+        raise Raised(TypeError(f"{qual}() takes {nargs} positional argument"
+                               f"{'s' if nargs != 1 else ''} but {len(args)} were given"))
+    if varargs is not None:
+        t = tuple(extra)
+        cap.built(t, list(asrc[nargs:]))
+        loc[varargs] = t
+    more: dict = {}
+    for name, v in kwargs.items():
+        if name in kwonly or (name in pos and pos.index(name) >= npos_only):
+            if name in loc:
+                raise Raised(TypeError(f"{qual}() got multiple values for argument {name!r}"))
+            loc[name], src[name] = v, ksrc.get(name)
+        elif varkw is not None:
+            more[name] = v
+        else:
+            raise Raised(TypeError(f"{qual}() got an unexpected keyword argument {name!r}"))
+    if varkw is not None:
+        loc[varkw] = more
+    made = cap.fn_parts.get(id(fn))
+    made = made[1] if made is not None and made[0] is fn else None
+    defaults = fn.__defaults__ or ()
+    first = nargs - len(defaults)
+    missing = []
+    for i, name in enumerate(pos):
+        if name in loc:
+            continue
+        if i < first:
+            missing.append(name)
+            continue
+        d = defaults[i - first]
+        loc[name], src[name] = d, _default_source(cap, fn, fs, made, "__defaults__",
+                                                  i - first, d, library)
+    kwd = fn.__kwdefaults__ or {}
+    for name in kwonly:
+        if name in loc:
+            continue
+        if name not in kwd:
+            missing.append(name)
+            continue
+        loc[name], src[name] = kwd[name], _default_source(cap, fn, fs, made, "__kwdefaults__",
+                                                          name, kwd[name], library)
+    if missing:
+        raise Raised(TypeError(f"{qual}() missing {len(missing)} required argument"
+                               f"{'s' if len(missing) > 1 else ''}: "
+                               f"{', '.join(repr(m) for m in missing)}"))
+    return loc, src
+
+
+def _default_source(cap, fn, fs, made, attr: str, key, value, library: bool):
+    if library:
+        return None
+    if made is not None:  # a function made in this call: the default's source at creation
+        part = made.get(attr)
+        if part is None:
+            return None
+        container, csrc = part
+        if attr == "__defaults__":
+            built = cap.tuple_src.get(id(container))
+            return built[1][key] if built is not None and built[0] is container else None
+        return None
+    base = fs if fs is not None else Held(fn, fn.__qualname__)
+    s = Item(Attr(base, attr), key)
+    cap.read(value, s, getattr(fn, attr))
+    return s
+
+
+def _zero_arg_super(f: Frame):
+    cell = f.cells.get("__class__")
+    if cell is None or not f.code.co_varnames:
+        raise Raised(RuntimeError("super(): no arguments"))
+    first = f.code.co_varnames[0]
+    obj = f.locals.get(first)
+    if obj is None and first in f.cells:
+        obj = f.cells[first].cell_contents
+    return super(cell.cell_contents, obj)
+
+
+def instantiate(cap, f, cls: type, args, asrc, kwargs, ksrc):
+    """``cls(...)``: a class of the user's runs its ``__new__``/``__init__`` interpreted."""
+    if is_library_type(cls) or type(cls) is not type and not is_library_type(type(cls)):
+        init = getattr(cls, "__init__", None)
+        if isinstance(init, types.FunctionType) and is_library_code(init.__code__) and \
+                calls_user_code(init, args, kwargs) and type(cls) is type:
+            pass  # a library class given user callables: interpreted below
+        else:
+            value, _ = native(cap, f, cls, args, asrc, kwargs, ksrc)
+            return value, None
+    new = _class_attr(cls, "__new__")
+    if isinstance(new, staticmethod):
+        new = new.__func__
+    if new is object.__new__:
+        obj = object.__new__(cls)
+    elif isinstance(new, types.FunctionType):
+        obj, _ = call(cap, f, new, None, [cls, *args], [None, *asrc], kwargs, ksrc)
+    else:
+        obj = user(new, cls, *args, **kwargs)
+    cap.fresh_ids.add(id(obj))
+    cap.keep.append(obj)
+    if isinstance(obj, cls):
+        init = _class_attr(cls, "__init__")
+        if isinstance(init, types.FunctionType):
+            call(cap, f, init, None, [obj, *args], [None, *asrc], kwargs, ksrc)
+        elif init is not object.__init__:
+            user(init, obj, *args, **kwargs)
+    return obj, None
+
+
+def _class_attr(t: type, name: str):
+    for k in t.__mro__:
+        if name in k.__dict__:
+            return k.__dict__[name]
+    return None
+
+
+# ----------------------------------------------------------------- containers
+
+
+_QUERY = {"get", "keys", "values", "items", "copy", "index", "count", "__contains__",
+          "__len__", "__getitem__", "__iter__", "__reversed__"}
+
+
+def _container_method(cap, f, fn, c, fs, args, asrc, kwargs, ksrc):
+    """A method of a list, dict or set: a query of one from before the call is guarded by
+    what it reads; a change to one is a side effect."""
+    name = fn.__name__
+    cs = fs.base if isinstance(fs, Attr) else cap.source_of(c)
+    if cs is None or id(c) in cap.fresh_ids or isinstance(cs, ArgTree) and name in _QUERY:
+        return native(cap, f, fn, args, asrc, kwargs, ksrc)
+    if name == "get" and isinstance(c, dict) and not kwargs and args and \
+            literal_key(args[0]) and (len(args) == 1 or literal_key(args[1])):
+        value = user(fn, *args)
+        s = Call("get", cs, tuple(args), method=True)
+        return cap.read(value, s, c), s
+    if name in ("keys", "values", "items") and isinstance(c, dict) and not args:
+        view = user(fn)
+        cap.views[id(view)] = (view, c, cs)
+        cap.keep.append(view)
+        return view, None
+    if name in _QUERY:
+        cap.contents_used(c, cs)
+        return native(cap, f, fn, args, asrc, kwargs, ksrc)
+    # a change: guarded by what it reads (pop, setdefault), recorded to replay
+    cap.contents_used(c, cs)
+    from .session import Effect
+    cap._effect(Effect("method", c, name, (tuple(args), dict(kwargs)), f.where() if f else "?",
+                       f"{cs}.{name}(...)"))
+    return native(cap, f, fn, args, asrc, kwargs, ksrc)
+
+
+# ----------------------------------------------------------------- builtins
+
+
+def _b_len(cap, f, args, asrc, kwargs, ksrc):
+    if len(args) == 1 and not kwargs:
+        v, s = args[0], asrc[0] or cap.source_of(args[0])
+        if s is not None and not isinstance(v, Tensor):
+            if isinstance(s, ArgTree):
+                return user(len, v), None
+            cap.structure_used(v, s)
+            return user(len, v), None
+        length = _class_attr(type(v), "__len__")
+        if isinstance(length, types.FunctionType) and not is_library_code(length.__code__):
+            return call(cap, f, length, None, [v], [s], {}, {})
+    return native(cap, f, len, args, asrc, kwargs, ksrc)
+
+
+def _b_getattr(cap, f, args, asrc, kwargs, ksrc):
+    if len(args) in (2, 3) and type(args[1]) is str and not kwargs:
+        obj, name = args[0], args[1]
+        try:
+            return cap.load_attr(f, obj, asrc[0], name)
+        except Raised as r:
+            if len(args) == 3 and isinstance(r.exc, AttributeError):
+                os_ = asrc[0] or cap.source_of(obj)
+                if os_ is not None:
+                    cap.guard_absent(obj, os_, name)
+                return args[2], asrc[2]
+            raise
+    return native(cap, f, getattr, args, asrc, kwargs, ksrc)
+
+
+def _b_hasattr(cap, f, args, asrc, kwargs, ksrc):
+    if len(args) == 2 and type(args[1]) is str and not kwargs:
+        try:
+            cap.load_attr(f, args[0], asrc[0], args[1])
+            return True, None
+        except Raised as r:
+            if isinstance(r.exc, AttributeError):
+                s = asrc[0] or cap.source_of(args[0])
+                if s is not None:
+                    cap.guard_absent(args[0], s, args[1])
+                return False, None
+            raise
+    return native(cap, f, hasattr, args, asrc, kwargs, ksrc)
+
+
+def _b_iter(cap, f, args, asrc, kwargs, ksrc):
+    if len(args) == 1 and not kwargs:
+        return get_iter(cap, f, args[0], asrc[0])
+    return native(cap, f, iter, args, asrc, kwargs, ksrc)
+
+
+def _b_next(cap, f, args, asrc, kwargs, ksrc):
+    if len(args) in (1, 2) and not kwargs:
+        ok, v, s = next_item(cap, f, args[0], asrc[0])
+        if ok:
+            return v, s
+        if len(args) == 2:
+            return args[1], asrc[1]
+        raise Raised(StopIteration())
+    return native(cap, f, next, args, asrc, kwargs, ksrc)
+
+
+def _b_print(cap, f, args, asrc, kwargs, ksrc):
+    for a in args:
+        if isinstance(a, (Tensor, _TracedScalar())):
+            str(a)  # (the tracer refuses printed tensor data: use dg.debug_print)
+    from .session import Effect
+    cap._effect(Effect("print", None, "print", (tuple(args), dict(kwargs)),
+                       f.where() if f else "?", "print(...)"))
+    return user(print, *args, **kwargs), None
+
+
+def _b_float(cap, f, args, asrc, kwargs, ksrc):
+    if len(args) == 1 and not kwargs and isinstance(args[0], _TracedScalar()):
+        return args[0], None  # float() of a traced number: the same traced number
+    return native(cap, f, float, args, asrc, kwargs, ksrc)
+
+
+def _scalar_fn(name: str, exact: bool):
+    """math.<name> / abs of a traced number: a recorded float64 operation when numpy's is
+    the same correctly rounded result (sqrt, abs), else a guarded value."""
+    pyfn = getattr(math, name) if name != "abs" else builtins.abs
+
+    def run(cap, f, args, asrc, kwargs, ksrc):
+        ts = _TracedScalar()
+        if len(args) == 1 and not kwargs and isinstance(args[0], ts):
+            x = args[0]
+            if exact:
+                return x._tracer.scalar_op({"fabs": "abs"}.get(name, name), x), None
+            x._tracer.guard_scalar(x, f"math.{name}")
+            return pyfn(float(x)), None
+        return native(cap, f, pyfn, args, asrc, kwargs, ksrc)
+    return pyfn, run
+
+
+_BUILTINS: dict = {}
+
+
+def _register_builtins() -> None:
+    table = [(len, _b_len), (getattr, _b_getattr), (hasattr, _b_hasattr), (iter, _b_iter),
+             (next, _b_next), (print, _b_print), (float, _b_float)]
+    for name in ("sqrt", "fabs"):
+        table.append(_scalar_fn(name, True))
+    table.append(_scalar_fn("abs", True))
+    for name in ("exp", "log", "log2", "log10", "log1p", "expm1", "sin", "cos", "tan",
+                 "tanh", "sinh", "cosh", "atan", "asin", "acos", "erf", "erfc", "floor",
+                 "ceil", "trunc", "gamma", "lgamma"):
+        table.append(_scalar_fn(name, False))
+    for fn, handler in table:
+        _BUILTINS[id(fn)] = (fn, handler)
+
+
+_register_builtins()
+
+
+# ----------------------------------------------------------------- operators and truth
+
+_DUNDERS = {
+    "+": ("__add__", "__radd__"), "-": ("__sub__", "__rsub__"), "*": ("__mul__", "__rmul__"),
+    "/": ("__truediv__", "__rtruediv__"), "//": ("__floordiv__", "__rfloordiv__"),
+    "%": ("__mod__", "__rmod__"), "**": ("__pow__", "__rpow__"),
+    "@": ("__matmul__", "__rmatmul__"), "&": ("__and__", "__rand__"),
+    "|": ("__or__", "__ror__"), "^": ("__xor__", "__rxor__"),
+    "<<": ("__lshift__", "__rlshift__"), ">>": ("__rshift__", "__rrshift__"),
+    "<": ("__lt__", "__gt__"), "<=": ("__le__", "__ge__"), ">": ("__gt__", "__lt__"),
+    ">=": ("__ge__", "__le__"), "==": ("__eq__", "__eq__"), "!=": ("__ne__", "__ne__"),
+}
+_UNARY = {"-": "__neg__", "+": "__pos__", "~": "__invert__"}
+
+
+def _user_dunder(t: type, name: str):
+    d = _class_attr(t, name)
+    if isinstance(d, types.FunctionType) and not is_library_code(d.__code__):
+        return d
+    return None
+
+
+def operator(cap, f, fn, args, srcs, sym: str):
+    """An operator on values: dunders of the user's are interpreted (Python's protocol for
+    reflected operands), containers from before the call are guarded by what it reads."""
+    if sym == "in":  # args = [container, item]
+        return _contains(cap, f, args, srcs)
+    if len(args) == 1:
+        d = _user_dunder(type(args[0]), _UNARY[sym])
+        if d is not None:
+            return call(cap, f, d, None, args, srcs, {}, {})
+        return user(fn, *args), None
+    a, b = args
+    sa, sb = srcs
+    base = sym[:-1] if sym.endswith("=") and sym not in ("==", "!=", "<=", ">=") else sym
+    ta, tb = type(a), type(b)
+    names = _DUNDERS.get(base)
+    if names is not None and (_user_dunder(ta, names[0]) or _user_dunder(tb, names[1]) or
+                              base != sym and _user_dunder(ta, "__i" + names[0][2:])):
+        return _binary_protocol(cap, f, a, b, sa, sb, base, sym, names)
+    for v, s in ((a, sa), (b, sb)):
+        if isinstance(v, (list, tuple, dict, set)):
+            _native_arg(cap, v, s, False)
+    ts = _TracedScalar()
+    if base in ("//", "%") and (isinstance(a, ts) or isinstance(b, ts)):
+        a, b = _plain_scalar(cap, a, sym), _plain_scalar(cap, b, sym)
+    return user(fn, a, b), None
+
+
+def _binary_protocol(cap, f, a, b, sa, sb, base, sym, names):
+    fwd, rev = names
+    ta, tb = type(a), type(b)
+    if base != sym:  # a += b: __iadd__ first
+        d = _class_attr(ta, "__i" + fwd[2:])
+        if d is not None:
+            r = _call_dunder(cap, f, d, a, b, sa, sb)
+            if r[0] is not NotImplemented:
+                return r
+    reflected_first = tb is not ta and issubclass(tb, ta) and _class_attr(tb, rev) is not \
+        _class_attr(ta, rev)
+    order = [(tb, rev, b, a, sb, sa), (ta, fwd, a, b, sa, sb)] if reflected_first else \
+        [(ta, fwd, a, b, sa, sb), (tb, rev, b, a, sb, sa)]
+    for t, name, x, y, sx, sy in order:
+        if name == rev and t is ta and tb is ta and base not in COMPARE_SYMS:
+            continue  # (no reflected call between operands of the same type)
+        d = _class_attr(t, name)
+        if d is None:
+            continue
+        r = _call_dunder(cap, f, d, x, y, sx, sy)
+        if r[0] is not NotImplemented:
+            return r
+    if base == "==":
+        return a is b, None
+    if base == "!=":
+        return a is not b, None
+    raise Raised(TypeError(f"unsupported operand type(s) for {sym}: '{ta.__name__}' and "
+                           f"'{tb.__name__}'"))
+
+
+COMPARE_SYMS = {"<", "<=", ">", ">=", "==", "!="}
+
+
+def _call_dunder(cap, f, d, x, y, sx, sy):
+    if isinstance(d, types.FunctionType):
+        return call(cap, f, d, None, [x, y], [sx, sy], {}, {})
+    return user(d.__get__(x, type(x)), y), None
+
+
+def _contains(cap, f, args, srcs):
+    c, item = args
+    cs, _ = srcs
+    d = _user_dunder(type(c), "__contains__")
+    if d is not None:
+        return call(cap, f, d, None, [c, item], srcs, {}, {})
+    if cs is None:
+        cs = cap.source_of(c)
+    if cs is not None and not isinstance(c, Tensor) and not isinstance(cs, ArgTree):
+        if isinstance(c, (dict, set, frozenset)) and literal_key(item):
+            v = user(_op.contains, c, item)
+            cap.read(v, Call("__contains__", cs, (item,), method=True), c)
+            return v, None
+        if isinstance(c, (list, tuple, dict, set, frozenset)):
+            cap.contents_used(c, cs)
+    return user(_op.contains, c, item), None
+
+
+def truth(cap, f, v, s) -> bool:
+    t = type(v)
+    if t is bool:
+        return v
+    if v is None or t in (int, float, str):
+        return bool(v)
+    d = _user_dunder(t, "__bool__")
+    if d is None and _class_attr(t, "__bool__") is None:
+        d = _user_dunder(t, "__len__")
+    if d is not None:
+        r, _ = call(cap, f, d, None, [v], [s], {}, {})
+        return bool(r)
+    if s is None and not isinstance(v, Tensor):
+        s = cap.source_of(v)
+    if s is not None and isinstance(v, (list, tuple, dict, set, frozenset)) and \
+            not isinstance(s, ArgTree):
+        r = user(bool, v)
+        cap.read(r, Call("bool", s), v)
+        return r
+    return user(bool, v)
+
+
+# ----------------------------------------------------------------- iteration
+
+
+class SourcedIter:
+    """Iteration over a container from before the call: each item keeps its source."""
+
+    def __init__(self, container, src, kind: str) -> None:
+        self.c = container
+        self.src = src
+        self.kind = kind  # 'seq', 'keys', 'values', 'items'
+        self.keys = list(container) if kind != "seq" else None
+        self.i = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        ok, v, _ = self.step(None)
+        if not ok:
+            raise StopIteration
+        return v
+
+    def step(self, cap):
+        i = self.i
+        if self.kind == "seq":
+            if i >= len(self.c):
+                return False, None, None
+            self.i += 1
+            v, s = self.c[i], Item(self.src, i)
+            return True, (cap.read(v, s, self.c) if cap is not None else v), s
+        if i >= len(self.keys):
+            return False, None, None
+        self.i += 1
+        k = self.keys[i]
+        if self.kind == "keys":
+            return True, k, None
+        v = self.c[k]
+        s = Item(self.src, k) if literal_key(k) or not isinstance(self.src, ArgTree) \
+            else None
+        if cap is not None and s is not None:
+            v = cap.read(v, s, self.c)
+        if self.kind == "values":
+            return True, v, s
+        pair = (k, v)
+        if cap is not None:
+            cap.built(pair, [None, s])
+        return True, pair, None
+
+
+def get_iter(cap, f, v, s):
+    t = type(v)
+    d = _user_dunder(t, "__iter__")
+    if d is not None:
+        return call(cap, f, d, None, [v], [s], {}, {})
+    if isinstance(v, (InterpGenerator, SourcedIter)):
+        return v, s
+    view = cap.views.get(id(v))
+    if view is not None and view[0] is v:
+        _, c, cs = view
+        cap.structure_used(c, cs)
+        kind = "keys" if "keys" in t.__name__ else "values" if "values" in t.__name__ else \
+            "items"
+        return SourcedIter(c, cs, kind), None
+    if s is None and not isinstance(v, Tensor):
+        s = cap.source_of(v)
+    if s is not None and not isinstance(s, ArgTree) and t in (list, tuple, dict):
+        cap.structure_used(v, s)
+        return SourcedIter(v, s, "keys" if t is dict else "seq"), None
+    if isinstance(s, ArgTree) and t in (list, tuple):
+        it = ArgIter(cap, v, s)
+        return it, None
+    if isinstance(v, (set, frozenset)) and s is not None:
+        cap.contents_used(v, s)
+    return user(iter, v), None
+
+
+class ArgIter:
+    """Iteration over an argument's list or tuple: items map to the argument leaves."""
+
+    def __init__(self, cap, c, src) -> None:
+        self.items = [(x, cap.arg_paths.get(src.path + (i,))) for i, x in enumerate(c)]
+        self.i = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        ok, v, _ = self.step(None)
+        if not ok:
+            raise StopIteration
+        return v
+
+    def step(self, cap):
+        if self.i >= len(self.items):
+            return False, None, None
+        self.i += 1
+        v, s = self.items[self.i - 1]
+        return True, v, s
+
+
+def next_item(cap, f, it, s):
+    """(has a value, value, source)."""
+    if isinstance(it, (SourcedIter, ArgIter)):
+        return it.step(cap)
+    if isinstance(it, InterpGenerator):
+        done, v, vs = it.resume()
+        return (False, None, None) if done else (True, v, vs)
+    d = _user_dunder(type(it), "__next__")
+    if d is not None:
+        try:
+            v, vs = call(cap, f, d, None, [it], [s], {}, {})
+        except Raised as r:
+            if isinstance(r.exc, StopIteration):
+                return False, None, None
+            raise
+        return True, v, vs
+    try:
+        v = next(it)
+    except StopIteration:
+        return False, None, None
+    except BaseException as exc:  # noqa: BLE001 - the program's
+        raise Raised(exc) from None
+    return True, v, cap.source_of(v)
+
+
+def unpack(cap, f, v, s, n):
+    """The items of ``v`` (for ``a, b = v``, ``*v``): [(item, source)]."""
+    built = cap.tuple_src.get(id(v))
+    if built is not None and built[0] is v:
+        return list(zip(v, built[1]))
+    if type(v) is tuple and s is None:
+        return [(x, None) for x in v]
+    if isinstance(s, ArgTree) and type(v) in (list, tuple):
+        return [(x, cap.arg_paths.get(s.path + (i,))) for i, x in enumerate(v)]
+    it, its = get_iter(cap, f, v, s)
+    out = []
+    while True:
+        ok, x, xs = next_item(cap, f, it, its)
+        if not ok:
+            return out
+        out.append((x, xs))
+
+
+# ----------------------------------------------------------------- formatting, with
+
+
+def format_value(cap, f, v, s, conv: int, spec):
+    if conv:
+        name = {1: "__str__", 2: "__repr__", 3: "__repr__"}[conv]
+        d = _user_dunder(type(v), name)
+        if d is not None:
+            v, _ = call(cap, f, d, None, [v], [s], {}, {})
+        else:
+            v = user({1: str, 2: repr, 3: ascii}[conv], v)
+        s = None
+    if spec is None:
+        return v
+    d = _user_dunder(type(v), "__format__")
+    if d is not None:
+        return call(cap, f, d, None, [v, spec], [s, None], {}, {})[0]
+    if not isinstance(v, str) and spec == "":
+        d = _user_dunder(type(v), "__str__")
+        if d is not None and _class_attr(type(v), "__format__") is object.__format__:
+            return call(cap, f, d, None, [v], [s], {}, {})[0]
+    return user(format, v, spec)
+
+
+def enter(cap, f, mgr, ms):
+    """``with mgr:`` — ((bound __exit__, None), (what __enter__ returned, its source))."""
+    t = type(mgr)
+    ent, ex = _class_attr(t, "__enter__"), _class_attr(t, "__exit__")
+    if ent is None or ex is None:
+        raise Raised(TypeError(f"'{t.__name__}' object does not support the context "
+                               f"manager protocol"))
+    bound_exit = user(ex.__get__, mgr, t)
+    if isinstance(ent, types.FunctionType):
+        r = call(cap, f, ent, None, [mgr], [ms], {}, {})
+    else:
+        r = (user(ent.__get__(mgr, t)), None)
+    return (bound_exit, None), r

@@ -1,0 +1,102 @@
+"""The watchdog: user code that runs outside the interpreter during a capture.
+
+The capture interprets the user's code; the library runs natively. If native code calls
+back into user code the capture does not see — a tensor hook the backward engine calls, a
+user ``__eq__`` a dict lookup calls, code the interpreter refused — that code's reads are not
+guarded, so the trace must not be used. This module notices: on Python 3.12+ through
+``sys.monitoring`` (``PY_START``, disabled per library code object after its first start, so
+it costs nothing in steady state), on 3.11 through ``sys.setprofile`` on the capturing
+thread.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+from .library import is_library_code
+
+_ACTIVE: list = []  # the watchdogs of running captures (innermost last)
+
+
+class Watchdog:
+    """Within ``with Watchdog(report):``, ``report(code)`` is called for each user code
+    object that starts running natively on this thread."""
+
+    def __init__(self, report) -> None:
+        self.report = report
+        self.thread = threading.get_ident()
+        self.paused = 0
+
+    def __enter__(self) -> Watchdog:
+        _ACTIVE.append(self)
+        if len(_ACTIVE) == 1:
+            _install()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _ACTIVE.remove(self)
+        if not _ACTIVE:
+            _uninstall()
+
+
+# The import system's protocol: finders and loaders installed by tools (setuptools' hooks)
+# run when the library imports lazily; what they return is a module.
+_IMPORT_PROTOCOL = frozenset({"find_spec", "find_module", "exec_module", "create_module",
+                              "load_module", "invalidate_caches", "get_code", "get_source"})
+
+
+def _seen(code) -> bool:
+    """Whether a start of ``code`` is an escape to report (and reports it)."""
+    if is_library_code(code) or code.co_name in _IMPORT_PROTOCOL:
+        return False
+    w = _ACTIVE[-1] if _ACTIVE else None
+    if w is None or w.paused or threading.get_ident() != w.thread:
+        return False
+    w.report(code)
+    return True
+
+
+if sys.version_info >= (3, 12):
+    _mon = sys.monitoring
+    _TOOL = None
+
+    def _on_start(code, offset):
+        if is_library_code(code) or code.co_name in _IMPORT_PROTOCOL:
+            return _mon.DISABLE
+        _seen(code)
+        return None
+
+    def _install() -> None:
+        global _TOOL
+        if _TOOL is None:
+            for tool in (4, 3, 5):
+                if _mon.get_tool(tool) is None:
+                    _mon.use_tool_id(tool, "dyngrad capture")
+                    _mon.register_callback(tool, _mon.events.PY_START, _on_start)
+                    _TOOL = tool
+                    break
+            else:
+                raise RuntimeError("dyngrad.compile: no sys.monitoring tool id is free for "
+                                   "the capture's watchdog")
+        _mon.restart_events()
+        _mon.set_events(_TOOL, _mon.events.PY_START)
+
+    def _uninstall() -> None:
+        if _TOOL is not None:
+            _mon.set_events(_TOOL, 0)
+else:
+    _previous: list = []
+
+    def _profile(frame, event, arg):
+        if event == "call":
+            _seen(frame.f_code)
+        if _previous and _previous[-1] is not None:
+            _previous[-1](frame, event, arg)
+
+    def _install() -> None:
+        _previous.append(sys.getprofile())
+        sys.setprofile(_profile)
+
+    def _uninstall() -> None:
+        sys.setprofile(_previous.pop() if _previous else None)
