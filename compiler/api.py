@@ -49,7 +49,7 @@ from .symbolic import (
     graphs_near,
     same_template,
 )
-from .trace import Trace, Tracer, Unsupported
+from .trace import Trace, Tracer, Unsupported, replay_view_array
 
 log = logging.getLogger("dyngrad.compiler")
 
@@ -293,7 +293,8 @@ def _generate_call_path(trace: Trace, copy_outputs: set, variant: Variant, run) 
         else:  # Tensor._fresh, inlined
             body += ["t = NEW(TENSOR)", f"t._data = outs[{k}]", "t._storage = STORAGE()",
                      f"{owner}._grad = t"]
-    result = _build_expr(trace.out_spec, ns)
+    result_lines: list[str] = []
+    result = _build_expr(trace.out_spec, ns, result_lines)
     indent = [f"    {x}" for x in prelude]
     if variant.sym is None:
         run_lines = [f"    outs = RUN(V.plan, [{ins}], [{scs}])"]
@@ -306,13 +307,15 @@ def _generate_call_path(trace: Trace, copy_outputs: set, variant: Variant, run) 
     lines = ["def gather(flat):", *indent, f"    return [{ins}], [{scs}]", "",
              "def commit(flat, outs):", *indent, *(f"    {x}" for x in body), "    return None",
              "", "def fast(flat):", *indent, *run_lines,
-             *(f"    {x}" for x in body), "    V.calls += 1", f"    return {result}"]
+             *(f"    {x}" for x in body), "    V.calls += 1",
+             *(f"    {x}" for x in result_lines), f"    return {result}"]
     exec("\n".join(lines), ns)  # noqa: S102 - generated from the trace, no user text
     return ns["gather"], ns["commit"], ns["fast"]
 
 
-def _build_expr(spec, ns: dict) -> str:
-    """Source text building the result of ``spec`` from ``outs`` (see :func:`_build`)."""
+def _build_expr(spec, ns: dict, lines: list) -> str:
+    """Source text building the result of ``spec`` from ``outs`` (see :func:`_build`);
+    ``lines`` receives the statements building its slots (``e0 = ...``) first."""
     kind = spec[0]
     if kind == "value":
         return f"FRESH(outs[{spec[1]}])"
@@ -322,16 +325,33 @@ def _build_expr(spec, ns: dict) -> str:
         return f"SPENT(outs[{spec[1]}], N{spec[1]})"
     if kind == "scalar":
         return f"float(outs[{spec[1]}])"
-    if kind == "tuple" and spec[1]:
-        return "(" + "".join(_build_expr(s, ns) + ", " for s in spec[1]) + ")"
+    if kind == "tuple":
+        return "(" + "".join(_build_expr(s, ns, lines) + ", " for s in spec[1]) + ")"
     if kind == "list":
-        return "[" + ", ".join(_build_expr(s, ns) for s in spec[1]) + "]"
+        return "[" + ", ".join(_build_expr(s, ns, lines) for s in spec[1]) + "]"
+    if kind == "let":
+        for n, s in enumerate(spec[1]):
+            lines.append(f"e{n} = {_build_expr(s, ns, lines)}")
+        return _build_expr(spec[2], ns, lines)
+    if kind == "ref":
+        return f"e{spec[1]}"
     name = f"SPEC{len([k for k in ns if k.startswith('SPEC')])}"
     ns[name] = spec
+    if kind == "view":
+        ns["VIEW"] = _view_of
+        return f"VIEW({_build_expr(spec[1], ns, lines)}, {name}[2], {name}[3])"
+    if kind == "namedtuple":
+        return f"{name}[1](" + "".join(_build_expr(s, ns, lines) + ", " for s in spec[2]) + ")"
+    if kind == "dict":
+        return "{" + ", ".join(f"{name}[1][{i}][0]: {_build_expr(s, ns, lines)}"
+                               for i, (_, s) in enumerate(spec[1])) + "}"
     return f"BUILD({name}, outs, flat)"
 
 
-def _build(spec, outs, flat, grad_node=None):
+def _build(spec, outs, flat, grad_node=None, env=None):
+    """The result of one call from its spec (``Tracer._result_spec``): fresh tensors over
+    ``outs``, arguments and captured tensors themselves, views of them; ``env`` holds the
+    slots of a ``("let", ...)`` spec."""
     kind = spec[0]
     if kind == "value":
         return Tensor._fresh(outs[spec[1]])
@@ -352,15 +372,60 @@ def _build(spec, outs, flat, grad_node=None):
         return t
     if kind == "const":
         return spec[1]
+    if kind == "let":
+        env = []
+        for s in spec[1]:
+            env.append(_build(s, outs, flat, grad_node, env))
+        return _build(spec[2], outs, flat, grad_node, env)
+    if kind == "ref":
+        return env[spec[1]]
+    if kind == "view":
+        return _view_of(_build(spec[1], outs, flat, grad_node, env), spec[2], spec[3],
+                        grad_node)
+    if kind == "grad_of":  # (the guards have seen the owner alive)
+        owner = flat[spec[1][1]] if isinstance(spec[1], tuple) else spec[1]()
+        return owner._grad
     if kind == "tuple":
-        return tuple(_build(s, outs, flat, grad_node) for s in spec[1])
+        return tuple(_build(s, outs, flat, grad_node, env) for s in spec[1])
     if kind == "namedtuple":
-        return spec[1](*(_build(s, outs, flat, grad_node) for s in spec[2]))
+        return spec[1](*(_build(s, outs, flat, grad_node, env) for s in spec[2]))
     if kind == "list":
-        return [_build(s, outs, flat, grad_node) for s in spec[1]]
+        return [_build(s, outs, flat, grad_node, env) for s in spec[1]]
     if kind == "dict":
-        return {k: _build(s, outs, flat, grad_node) for k, s in spec[1]}
+        return {k: _build(s, outs, flat, grad_node, env) for k, s in spec[1]}
     raise AssertionError(kind)
+
+
+def _view_of(base: Tensor, ops: tuple, role: tuple, grad_node=None) -> Tensor:
+    """The view of ``base`` that ``ops`` (movement ops) make, as eager makes it: over
+    ``base``'s storage, with its root as ``_base``. ``role``: ("plain", requires_grad),
+    ("grad", output number of the compiled backward ``grad_node``) or ("spent", name)."""
+    t = Tensor._shared(replay_view_array(base._data, ops), base._storage)
+    t._base = base._base if base._base is not None else base
+    t._view_chain = base._view_chain + ops
+    t._hist = base._storage.hist
+    if role[0] == "grad":
+        t._node, t._out_nr, t._requires_grad = grad_node, role[1], True
+    elif role[0] == "spent":
+        t._node, t._requires_grad = _spent_node(role[1]), True
+    else:
+        t._requires_grad = role[1]
+    return t
+
+
+def _holds_views(spec) -> bool:
+    """Whether a result spec rebuilds a view (its movement ops hold the traced sizes)."""
+    if spec[0] == "view":
+        return True
+    if spec[0] == "let":
+        return any(_holds_views(s) for s in spec[1]) or _holds_views(spec[2])
+    if spec[0] in ("tuple", "list"):
+        return any(_holds_views(s) for s in spec[1])
+    if spec[0] == "namedtuple":
+        return any(_holds_views(s) for s in spec[2])
+    if spec[0] == "dict":
+        return any(_holds_views(s) for _, s in spec[1])
+    return False
 
 
 _SPENT: dict = {}
@@ -751,7 +816,11 @@ class CompiledFunction:
     def _generalize(self, v: Variant, flat, spec) -> None:
         """If ``v`` and two earlier variants differ only in one argument dimension, by the
         same affine function of it, make ``v`` symbolic in it and drop the two (see
-        compiler/symbolic.py)."""
+        compiler/symbolic.py). Not when the result rebuilds a view: its movement ops hold
+        the traced sizes."""
+        if _holds_views(v.trace.out_spec):
+            return
+
         def fit(old):
             if old.sym is not None or (old.backward is None) != (v.backward is None):
                 return None

@@ -121,3 +121,166 @@ def test_a_captured_tensor_made_read_only_between_calls_raises_like_eager():
     with pytest.raises(kind):
         cf(dg.tensor([1.0, 1.0, 1.0]))
     assert same(arr, [3, 3, 3])
+
+
+# ------------------------------------------------------------------ output aliasing
+
+
+def _tensors_in(x) -> list:
+    if isinstance(x, dg.Tensor):
+        return [x]
+    if isinstance(x, (tuple, list)):
+        return [t for e in x for t in _tensors_in(e)]
+    if isinstance(x, dict):
+        return [t for e in x.values() for t in _tensors_in(e)]
+    return []
+
+
+def _alias_pattern(tensors: list) -> list:
+    """For every ordered pair: the same object, memory shared, the second's ``_base`` is
+    the first, the same storage (version counter)."""
+    return [(i, j, a is b, bool(np.shares_memory(a._data, b._data)), b._base is a,
+             a._storage is b._storage)
+            for i, a in enumerate(tensors) for j, b in enumerate(tensors) if i != j]
+
+
+def _check_aliasing(fn, make_args, calls: int = 4, write=None):
+    """Run ``fn`` eagerly and compiled on fresh arguments from ``make_args`` (state is in
+    the arguments); compare values and the alias pattern among the arguments and the
+    result; then ``write(args, result)`` (an in-place write through one returned tensor)
+    and compare everything again."""
+    cf = compiler.compile(fn)
+    for _ in range(calls):
+        results = []
+        for f in (fn, cf):
+            args = make_args()
+            out = f(*args)
+            results.append((args, out, _tensors_in(out)))
+        (ea, eo, et), (ca, co, ct) = results
+        assert len(et) == len(ct)
+        for a, b in zip(et, ct):
+            assert same(a._data, b._data)
+        assert _alias_pattern(list(ea) + et) == _alias_pattern(list(ca) + ct)
+        if write is not None:
+            write(ea, eo)
+            write(ca, co)
+            for a, b in zip(list(ea) + et, list(ca) + ct):
+                assert same(a._data, b._data)
+                assert a._version == b._version
+    assert sum(v.calls for v in cf.variants) >= calls - 1, "the calls should run compiled"
+    return cf
+
+
+def _ones(*shape):
+    return lambda: (dg.tensor(np.arange(np.prod(shape), dtype=np.float32).reshape(shape)),)
+
+
+def _write_first(args, out):
+    with dg.no_grad():
+        _tensors_in(out)[0].add_(100.0)
+
+
+def test_a_tensor_returned_twice_is_one_object():
+    def f(x):
+        y = x * 2
+        return y, y, {"again": y}
+    _check_aliasing(f, _ones(3), write=_write_first)
+
+
+def test_a_returned_view_of_a_returned_tensor_is_a_view_of_it():
+    def f(x):
+        y = x * 2
+        return y[1:], y, y.T, y.reshape(-1)[2:5]
+    _check_aliasing(f, _ones(3, 4), write=_write_first)
+
+
+def test_a_returned_view_of_an_argument_is_a_view_of_it():
+    def f(x):
+        return x[1:, ::2], (x * 2).sum(), x.T
+    _check_aliasing(f, _ones(3, 4), write=_write_first)
+
+
+def test_a_returned_view_of_an_argument_written_in_place_sees_the_write():
+    def f(x):
+        with dg.no_grad():
+            x.mul_(3.0)
+        return x[0], x
+    _check_aliasing(f, _ones(2, 3), write=_write_first)
+
+
+def test_an_argument_written_in_place_and_returned_is_that_very_tensor():
+    def f(x):
+        with dg.no_grad():
+            x.add_(1.0)
+        return x
+    cf = _check_aliasing(f, _ones(4), write=_write_first)
+    x = dg.ones(4)
+    assert cf(x) is x and same(x._data, np.full(4, 2.0, np.float32))
+
+
+def test_a_returned_view_of_a_captured_tensor_is_a_view_of_it():
+    def make():
+        w = dg.tensor(np.arange(6, dtype=np.float32).reshape(2, 3))
+
+        def f(x):
+            return w[1], (w * x).sum()
+        return w, f
+    w1, f1 = make()
+    w2, f2 = make()
+    cf = compiler.compile(f2)
+    for i in range(4):
+        x = dg.tensor(float(i))
+        e, c = f1(x), cf(x)
+        assert same(e[0]._data, c[0]._data) and same(e[1]._data, c[1]._data)
+        assert c[0]._base is w2 and np.shares_memory(c[0]._data, w2._data)
+        with dg.no_grad():
+            e[0].add_(1.0)
+            c[0].add_(1.0)
+        assert same(w1._data, w2._data) and w1._version == w2._version
+    assert sum(v.calls for v in cf.variants) >= 3
+
+
+def test_a_returned_grad_is_the_grad_itself():
+    def make():
+        dg.manual_seed(0)
+        model = dg.nn.Linear(3, 2)
+        opt = dg.optim.SGD(model.parameters(), lr=0.1)
+
+        def step(x, zero):
+            if zero:
+                opt.zero_grad()
+            model(x).pow(2).sum().backward()
+            return model.weight.grad, model.bias.grad.view(-1)
+        return model, step
+    (m1, f1), (m2, f2) = make(), make()
+    cf = compiler.compile(f2)
+    for i in range(8):
+        zero = i < 4  # .grad set afresh on every call, then accumulated in place
+        x = dg.tensor(np.full((4, 3), 0.5 + i, np.float32))
+        (g1, b1), (g2, b2) = f1(x, zero), cf(x, zero)
+        assert g1 is m1.weight.grad and g2 is m2.weight.grad
+        assert (b1._base is m1.bias.grad) == (b2._base is m2.bias.grad)
+        assert same(g1._data, g2._data) and same(b1._data, b2._data)
+        assert same(m1.bias.grad._data, m2.bias.grad._data)
+    assert sum(v.calls for v in cf.variants) >= 5
+
+
+def test_a_returned_view_of_a_differentiable_output_backpropagates_like_eager():
+    def make():
+        w = dg.tensor(np.arange(6, dtype=np.float32).reshape(2, 3) / 4, requires_grad=True)
+
+        def f(x):
+            y = (w * x).tanh()
+            return y, y[0]
+        return w, f
+    (w1, f1), (w2, f2) = make(), make()
+    cf = compiler.compile(f2)
+    for i in range(4):
+        x = dg.tensor(np.full((2, 3), 0.1 * (i + 1), np.float32))
+        (y1, v1), (y2, v2) = f1(x), cf(x)
+        assert v1._base is y1 and v2._base is y2
+        assert same(v1._data, v2._data) and v2.requires_grad
+        (v1.sum() * 3 + y1.sum()).backward()
+        (v2.sum() * 3 + y2.sum()).backward()
+        assert same(w1.grad._data, w2.grad._data)
+    assert sum(v.calls for v in cf.variants) >= 3
