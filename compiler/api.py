@@ -667,7 +667,14 @@ class CompiledFunction:
 
     # ----------------------------------------------------------------- the call path
     def __call__(self, *args, **kwargs):
-        if not config.enabled or self.mode == "eager" or self.eager_reason is not None:
+        # Note (calls under a dispatch mode): a variant runs native code or numpy that no
+        # mode sees, so under an outer compiled function's tracer the call would be left
+        # out of the outer trace, and under vmap/jvp/jacfwd (forward AD) it would give no
+        # tangents and one row for the batch. With a mode active the function itself runs:
+        # an outer tracer records its operations (inlined into the outer trace), and a
+        # transform gets eager's answer.
+        if not config.enabled or self.mode == "eager" or self.eager_reason is not None \
+                or STATE.modes:
             return self.fn(*args, **kwargs)
         flat, spec = flatten(args, kwargs)
         failed = []

@@ -286,3 +286,90 @@ def test_a_returned_view_of_a_differentiable_output_backpropagates_like_eager():
         (v2.sum() * 3 + y2.sum()).backward()
         assert same(w1.grad._data, w2.grad._data)
     assert sum(v.calls for v in cf.variants) >= 3
+
+
+# ------------------------------------------------------------------ calls under active modes
+
+
+def _linear_and_sgd(seed=0):
+    dg.manual_seed(seed)
+    model = dg.nn.Sequential(dg.nn.Linear(3, 4), dg.nn.Tanh(), dg.nn.Linear(4, 1))
+    return model, dg.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+
+def _assert_same_params(m1, m2):
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        assert same(a._data, b._data)
+        assert (a.grad is None) == (b.grad is None)
+        if a.grad is not None:
+            assert same(a.grad._data, b.grad._data)
+
+
+def test_a_warm_compiled_step_called_inside_another_compiled_function_trains():
+    def make(compile_them):
+        model, opt = _linear_and_sgd()
+
+        def inner(x, y):
+            opt.zero_grad()
+            loss = ((model(x) - y) ** 2).mean()
+            loss.backward()
+            opt.step()
+            return loss
+
+        inner = compiler.compile(inner) if compile_them else inner
+
+        def outer(xs, ys):
+            return inner(xs[0], ys[0]) + inner(xs[1], ys[1])
+        return model, inner, compiler.compile(outer) if compile_them else outer
+
+    m1, inner1, outer1 = make(False)
+    m2, inner2, outer2 = make(True)
+    r = np.random.default_rng(0)
+    batch = [(dg.tensor(r.standard_normal((5, 3)).astype(np.float32)),
+              dg.tensor(r.standard_normal((5, 1)).astype(np.float32))) for _ in range(2)]
+    for _ in range(5):  # the inner step alone: warm, running compiled
+        assert same(inner1(*batch[0])._data, inner2(*batch[0])._data)
+    assert sum(v.calls for v in inner2.variants) >= 2
+    xs, ys = [b[0] for b in batch], [b[1] for b in batch]
+    for _ in range(5):
+        assert same(outer1(xs, ys)._data, outer2(xs, ys)._data)
+        _assert_same_params(m1, m2)
+    assert sum(v.calls for v in outer2.variants) >= 3, "the outer step should run compiled"
+
+
+def _mlp_fn():
+    w = dg.tensor(np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4))
+
+    def f(x):
+        return (x @ w).tanh().sum(0) * 2
+    return f
+
+
+@pytest.mark.parametrize("transform", ["jvp", "jacfwd", "jacrev", "vmap", "vmap of jvp"])
+def test_a_transform_around_a_warm_compiled_function_gives_eager_answers(transform):
+    from dyngrad import func
+    f = _mlp_fn()
+    cf = compiler.compile(f)
+    x = dg.tensor(np.linspace(0, 1, 6, dtype=np.float32).reshape(2, 3))
+    for _ in range(3):
+        assert same(cf(x)._data, f(x)._data)
+    assert sum(v.calls for v in cf.variants) >= 2
+
+    def run(fn, x):
+        if transform == "jvp":
+            return func.jvp(fn, (x,), (dg.ones(2, 3),))
+        if transform == "jacfwd":
+            return (func.jacfwd(fn)(x),)
+        if transform == "jacrev":
+            return (func.jacrev(fn)(x),)
+        if transform == "vmap":
+            return (func.vmap(fn)(dg.stack([x, 2 * x, -x])),)
+        return (func.vmap(lambda v: func.jvp(fn, (x,), (v,))[1])(dg.stack([x, -x])),)
+
+    for k in range(3):
+        xk = x * (k + 1)
+        for a, b in zip(run(f, xk), run(cf, xk)):
+            assert same(a._data, b._data)
+    before = sum(v.calls for v in cf.variants)
+    assert same(cf(x)._data, f(x)._data)  # and outside the transform: compiled again
+    assert sum(v.calls for v in cf.variants) == before + 1
