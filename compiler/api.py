@@ -715,6 +715,11 @@ class CompiledFunction:
         index of the input guard that failed, or (value guard index, the value it saw) for a
         value guard. The record names the miss of the first, the most recently used variant:
         what changed since the path the calls were on."""
+        if STATE.anomaly:  # Note: detect_anomaly() checks each backward output for NaN by
+            # reading its array in numpy, which no trace can follow; so calls under it run
+            # eagerly (the variants, traced without it, fail their anomaly-mode guard)
+            self._note(f"{self.__name__} ran eagerly: anomaly mode is on", "guards")
+            return self.fn(*args, **kwargs)
         if failed:
             v, why = failed[0]
             if isinstance(why, int):

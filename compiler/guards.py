@@ -5,9 +5,9 @@ argument's shape, dtype, strides and ``requires_grad`` (and, when the call write
 is writable: a read-only array makes eager raise, so the call goes to eager), and which
 arguments share storage;
 every bound tensor alive, still over the same array (a rebound ``.data`` is noticed) and with
-the same ``requires_grad``; ``.grad`` present or absent as at trace time; grad mode; module and
-optimizer version counters; Python numbers among the arguments and in the closure cells and
-globals the function's code names (following the functions it calls).
+the same ``requires_grad``; ``.grad`` present or absent as at trace time; grad mode; anomaly
+mode; module and optimizer version counters; Python numbers among the arguments and in the
+closure cells and globals the function's code names (following the functions it calls).
 
 The guards are compiled into one generated Python function, so checking them costs one call
 and a few attribute reads per tensor. Note: bound tensors are checked by the *identity* of
@@ -358,6 +358,8 @@ def build_guards(trace, fn, flat: list, spec, dynamic_numbers: set,
                 lambda f: "gone")
     add(f"STATE.grad_enabled is not {trace.grad_enabled}", "grad mode", trace.grad_enabled,
         lambda f: STATE.grad_enabled)
+    add(f"STATE.anomaly is not {trace.anomaly}", "anomaly mode (detect_anomaly)",
+        trace.anomaly, lambda f: STATE.anomaly)
     for k, (what, reader, value, key, _) in enumerate(code_numbers(fn, trace.objects)):
         ns[f"N{k}"], ns[f"NV{k}"] = reader, value
         if key is not None and key in dynamic_sources:  # a runtime input: only its type

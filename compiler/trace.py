@@ -285,6 +285,7 @@ class Trace:
     baked: list  # (where, value) Python numbers baked into the graph
     grad_guards: list = field(default_factory=list)  # (weakref owner, was None, name)
     grad_enabled: bool = True
+    anomaly: bool = False  # detect_anomaly() was on (never: such calls run eagerly)
     prints: list = field(default_factory=list)  # dg.debug_print effects, in order
     substituted: frozenset = frozenset()  # global/closure floats traced as runtime inputs
     backward: dict | None = None  # for outputs differentiated after the call: see

@@ -9,9 +9,11 @@ guard that traces again, a runtime input, or an eager fallback that says why. Co
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import tempfile
+import warnings
 
 import numpy as np
 import pytest
@@ -373,3 +375,63 @@ def test_a_transform_around_a_warm_compiled_function_gives_eager_answers(transfo
     before = sum(v.calls for v in cf.variants)
     assert same(cf(x)._data, f(x)._data)  # and outside the transform: compiled again
     assert sum(v.calls for v in cf.variants) == before + 1
+
+
+# ------------------------------------------------------------------ anomaly mode
+
+
+def _sqrt_step():
+    """A step whose gradient is NaN when an element of ``x`` is 0 (0 · ∞ in SqrtBackward)."""
+    w = dg.tensor([1.0, 2.0, 4.0], requires_grad=True)
+
+    def step(x):
+        w.grad = None
+        ((w * x).sqrt() * (x.sum() - 3.0)).sum().backward()
+        return w.grad
+    return step
+
+
+def _run(fn, x, anomaly: bool):
+    """(gradient, None) or (None, (exception type, message)) of ``fn(x)``."""
+    ctx = dg.autograd.detect_anomaly() if anomaly else contextlib.nullcontext()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (detect_anomaly warns that it is slow)
+            with ctx:
+                return fn(x)._data.copy(), None
+    except RuntimeError as exc:
+        return None, (type(exc), str(exc).split("\n")[0])
+
+
+def _same_outcome(a, b) -> bool:
+    (ga, ea), (gb, eb) = a, b
+    return ea == eb and (ga is None) == (gb is None) and (ga is None or same(ga, gb))
+
+
+def test_a_variant_traced_without_anomaly_mode_does_not_run_under_detect_anomaly():
+    f1, f2 = _sqrt_step(), _sqrt_step()
+    cf = compiler.compile(f2)
+    ok, nan = dg.tensor([1.0, 2.0, 3.0]), dg.tensor([0.0, 2.0, 4.0])
+    for x in (ok, ok, ok, nan):  # without anomaly mode: NaN gradients, no error
+        assert _same_outcome(_run(f1, x, False), _run(cf, x, False))
+    assert sum(v.calls for v in cf.variants) >= 3
+    for x in (nan, ok, nan):  # under it: eager's error for NaN, eager's result otherwise
+        eager = _run(f1, x, True)
+        assert _same_outcome(eager, _run(cf, x, True))
+    assert eager[1] is not None and "returned nan values" in eager[1][1]
+    before = sum(v.calls for v in cf.variants)
+    assert _same_outcome(_run(f1, nan, False), _run(cf, nan, False))  # and off again
+    assert sum(v.calls for v in cf.variants) == before + 1, "compiled again once it is off"
+
+
+def test_calls_under_detect_anomaly_leave_no_variant_that_runs_without_it():
+    f1, f2 = _sqrt_step(), _sqrt_step()
+    cf = compiler.compile(f2)
+    ok, nan = dg.tensor([1.0, 2.0, 3.0]), dg.tensor([0.0, 2.0, 4.0])
+    for x in (ok, ok, nan, ok):
+        assert _same_outcome(_run(f1, x, True), _run(cf, x, True))
+    assert cf.eager_reason is None
+    for x in (ok, ok, nan, nan, ok):  # off: compiled, NaN gradients come back as in eager
+        assert _same_outcome(_run(f1, x, False), _run(cf, x, False))
+    assert sum(v.calls for v in cf.variants) >= 3
+    assert all(not v.trace.anomaly for v in cf.variants)
