@@ -435,3 +435,64 @@ def test_calls_under_detect_anomaly_leave_no_variant_that_runs_without_it():
         assert _same_outcome(_run(f1, x, False), _run(cf, x, False))
     assert sum(v.calls for v in cf.variants) >= 3
     assert all(not v.trace.anomaly for v in cf.variants)
+
+
+# ------------------------------------------------------------------ randperm
+
+
+def _shuffle_step():
+    w = dg.tensor(np.linspace(-1, 1, 8, dtype=np.float32))
+
+    def step(x):
+        p = dg.randperm(x.shape[0])
+        return (x[p] * w).exp() - x, p
+    return step
+
+
+def _draws(fn, calls: int, seed: int = 7) -> tuple:
+    dg.manual_seed(seed)
+    x = dg.tensor(np.arange(8, dtype=np.float32) ** 2)
+    outs = [fn(x) for _ in range(calls)]
+    return outs, dg.get_rng_state()._data.copy()
+
+
+def test_randperm_inside_a_compiled_function_draws_eager_permutations():
+    f = _shuffle_step()
+    cf = compiler.compile(_shuffle_step())
+    eager, eager_state = _draws(f, 6)
+    compiled, compiled_state = _draws(cf, 6)
+    assert np.array_equal(eager_state, compiled_state)
+    perms = set()
+    for (ey, ep), (cy, cp) in zip(eager, compiled):
+        assert np.array_equal(ep._data, cp._data) and ep.dtype == cp.dtype
+        assert same(ey._data, cy._data)
+        perms.add(tuple(ep._data.tolist()))
+    assert len(perms) > 1, "the permutations should differ from call to call"
+    assert sum(v.calls for v in cf.variants) >= 4
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 16, 257])
+def test_the_traced_argsort_of_randperm_is_numpys_stable_argsort(n):
+    from dyngrad.ops.random import stable_argsort
+    r = np.random.default_rng(n)
+    for u in (r.random(n), np.round(r.random(n) * 4) / 4, np.zeros(n)):  # ties included
+        assert np.array_equal(stable_argsort(dg.tensor(u))._data,
+                              np.argsort(u, kind="stable"))
+
+
+def test_a_randperm_too_long_to_trace_runs_eagerly_and_says_why():
+    from dyngrad.ops.random import TRACED_RANDPERM_MAX
+    n = TRACED_RANDPERM_MAX + 1
+
+    def f():
+        return dg.randperm(n)[:5] * 1
+    cf = compiler.compile(f)
+    for seed in range(4):
+        dg.manual_seed(seed)
+        e = f()._data
+        dg.manual_seed(seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ("runs eagerly from now on")
+            c = cf()._data
+        assert np.array_equal(e, c)
+    assert cf.fallbacks and "randperm" in cf.fallbacks[0]
