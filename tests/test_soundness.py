@@ -496,3 +496,53 @@ def test_a_randperm_too_long_to_trace_runs_eagerly_and_says_why():
             c = cf()._data
         assert np.array_equal(e, c)
     assert cf.fallbacks and "randperm" in cf.fallbacks[0]
+
+
+# ------------------------------------------------------------------ integer division by zero
+
+
+def _int_div(a, b):
+    return a // b, a % b, (a * 3) // (b + 0)
+
+
+def _div_outcome(fn, a, b):
+    try:
+        with warnings.catch_warnings():  # (as by default: numpy's RuntimeWarnings are not
+            warnings.simplefilter("ignore", RuntimeWarning)  # errors that stop the call)
+            q, r, q3 = fn(a, b)
+        return [q._data.tolist(), r._data.tolist(), q3._data.tolist()], None
+    except ZeroDivisionError as exc:
+        return None, str(exc)
+
+
+@pytest.mark.parametrize("dtype", ["int64", "int32"])
+def test_integer_floor_division_and_modulo_by_a_zero_element_raise_like_eager(dtype):
+    cf = compiler.compile(_int_div)
+    a = dg.tensor(np.array([7, -7, 5, -9], dtype=dtype))
+    divisors = ([1, 2, 3, -4], [2, 2, 2, 2], [1, 0, 3, 4], [3, -5, 2, 7], [0, 0, 0, 0],
+                [-1, 1, -1, 1], [5, 5, 0, 5], [2, 3, 4, 5])
+    for d in divisors:
+        b = dg.tensor(np.array(d, dtype=dtype))
+        eager = _div_outcome(_int_div, a, b)
+        assert _div_outcome(cf, a, b) == eager, f"divisor {d}"
+        assert (eager[1] is not None) == (0 in d)
+    assert sum(v.calls for v in cf.variants) >= 4, "the calls without a zero run compiled"
+    assert not cf.fallbacks, "a zero divisor is noticed by a guard, not by the kernels failing"
+
+
+def test_integer_division_by_a_python_number_that_becomes_zero_raises_like_eager():
+    def f(a, k):
+        return a // k + a % k
+    cf = compiler.compile(f)
+    a = dg.tensor([7, -7, 5])
+    for k in (2, 2, 3, 0, 2, 0):
+        outcomes = []
+        for fn in (f, cf):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    outcomes.append(fn(a, k)._data.tolist())
+            except ZeroDivisionError as exc:
+                outcomes.append(str(exc))
+        assert outcomes[0] == outcomes[1]
+    assert not cf.fallbacks
