@@ -599,6 +599,51 @@ def _aliasing_outputs(g: ir.Graph, limit: int) -> set:
     return {k for k, v in enumerate(g.outputs[:limit]) if id(v) in from_input}
 
 
+class BoundMethod:
+    """``func`` bound to an instance held by weak reference: what a compiled method's
+    per-instance compiled function calls (a bound method or a ``functools.partial`` would
+    keep the instance alive as long as the compiled function).
+
+    >>> m = BoundMethod(Model.step, model); m(x)   # Model.step(model, x)
+    """
+
+    def __init__(self, func: Callable, obj: Any) -> None:
+        try:
+            self.ref = weakref.ref(obj)
+        except TypeError:
+            raise TypeError(
+                f"compile: {getattr(func, '__qualname__', func)} is compiled as a method, but "
+                f"{type(obj).__name__} instances take no weak reference (__slots__ without "
+                f"'__weakref__'); add '__weakref__' to its __slots__, or compile a function "
+                f"taking the instance as an argument") from None
+        self.func = func
+        self.__name__ = getattr(func, "__name__", type(func).__name__)
+        self.__qualname__ = getattr(func, "__qualname__", self.__name__)
+        self.__doc__ = getattr(func, "__doc__", None)
+
+    @property
+    def __self__(self) -> Any:
+        """The instance (None once it is gone)."""
+        return self.ref()
+
+    def __call__(self, *args, **kwargs):
+        obj = self.ref()
+        if obj is None:
+            raise ReferenceError(f"{self.__qualname__}: the instance this compiled method was "
+                                 f"bound to no longer exists")
+        return self.func(obj, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<compiled method {self.__qualname__} of {self.ref()!r}>"
+
+
+def _forget_bound(bound: dict, key: int, ref: weakref.ref) -> None:
+    """An instance with a compiled method died: drop its compiled function."""
+    entry = bound.get(key)
+    if entry is not None and entry[0] is ref:
+        del bound[key]
+
+
 class CompiledFunction:
     """What :func:`compile` returns: call it like the original function."""
 
@@ -634,8 +679,8 @@ class CompiledFunction:
         fn = self.fn
         if isinstance(fn, Module):
             return type(fn).forward
-        while isinstance(fn, functools.partial):  # a method compiled with the decorator
-            fn = fn.func
+        while isinstance(fn, (functools.partial, BoundMethod)):  # a method compiled with
+            fn = fn.func  #                                          the decorator
         return fn
 
     @property
@@ -651,19 +696,25 @@ class CompiledFunction:
         self.eager_reason = None
         self._unsupported_streak = 0
 
-    def __get__(self, obj, objtype=None):  # compile used as a method decorator
+    def __get__(self, obj, objtype=None):
+        """``compile`` used as a method decorator: one compiled function per instance (its
+        own variants), kept in ``_bound`` while the instance lives. It calls a
+        :class:`BoundMethod`, which holds the instance weakly, and the entry is dropped when
+        the instance dies: compiling a method keeps no instance alive."""
         if obj is None:
             return self
         bound = self.__dict__.setdefault("_bound", {})
         key = id(obj)
-        cf = bound.get(key)
-        if cf is None or cf[0]() is not obj:
-            import weakref
-            cf = (weakref.ref(obj), CompiledFunction(
-                functools.partial(self.fn, obj), backend=self.backend, mode=self.mode,
-                dynamic=self.dynamic, cache_limit=self.cache_limit, verify=self.verify))
-            bound[key] = cf
-        return cf[1]
+        entry = bound.get(key)
+        if entry is not None and entry[0]() is obj:
+            return entry[1]
+        method = BoundMethod(self.fn, obj)
+        cf = CompiledFunction(method, backend=self.backend, mode=self.mode,
+                              dynamic=self.dynamic, cache_limit=self.cache_limit,
+                              verify=self.verify)
+        bound[key] = (method.ref, cf)
+        weakref.finalize(obj, _forget_bound, bound, key, method.ref)
+        return cf
 
     # ----------------------------------------------------------------- the call path
     def __call__(self, *args, **kwargs):

@@ -10,10 +10,12 @@ guard that traces again, a runtime input, or an eager fallback that says why. Co
 from __future__ import annotations
 
 import contextlib
+import gc
 import mmap
 import os
 import tempfile
 import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -546,3 +548,48 @@ def test_integer_division_by_a_python_number_that_becomes_zero_raises_like_eager
                 outcomes.append(str(exc))
         assert outcomes[0] == outcomes[1]
     assert not cf.fallbacks
+
+
+# ------------------------------------------------------------------ no leaks
+
+
+class _Trainer(dg.nn.Module):
+    """A module whose training step is a compiled method."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        dg.manual_seed(seed)
+        self.lin = dg.nn.Linear(3, 2)
+        self.opt = dg.optim.SGD(self.parameters(), lr=0.1)
+
+    @compiler.compile
+    def step(self, x):
+        self.opt.zero_grad()
+        loss = self.lin(x).pow(2).mean()
+        loss.backward()
+        self.opt.step()
+        return loss
+
+
+def test_a_compiled_method_keeps_no_instance_alive():
+    x = dg.tensor(np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3))
+    instances, params = [], []
+    for seed in range(100):
+        m = _Trainer(seed)
+        for _ in range(2):
+            m.step(x)
+        instances.append(weakref.ref(m))
+        params.append(weakref.ref(m.lin.weight))
+        del m
+    gc.collect()
+    assert not any(r() is not None for r in instances), "dropped instances stay alive"
+    assert not any(r() is not None for r in params), "their parameters stay alive"
+    assert _Trainer.__dict__["step"]._bound == {}
+    # a live instance still trains compiled, as eager does
+    m1, m2 = _Trainer(7), _Trainer(7)
+    for _ in range(4):
+        eager = _Trainer.step.fn(m1, x)
+        assert same(eager._data, m2.step(x)._data)
+        _assert_same_params(m1, m2)
+    assert sum(v.calls for v in m2.step.variants) >= 2
+    assert len(_Trainer.__dict__["step"]._bound) == 1
