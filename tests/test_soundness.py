@@ -593,3 +593,48 @@ def test_a_compiled_method_keeps_no_instance_alive():
         _assert_same_params(m1, m2)
     assert sum(v.calls for v in m2.step.variants) >= 2
     assert len(_Trainer.__dict__["step"]._bound) == 1
+
+
+def _plan_module(cf):
+    """The native module a variant's plan runs (the driver's), or None."""
+    return getattr(cf.variants[0].plan, "compiled", None)
+
+
+def test_the_native_module_cache_is_bounded_and_keeps_the_modules_in_use(monkeypatch):
+    from compiler.backends.llvm import cache
+    monkeypatch.setattr(cache, "MEMORY_MODULES", 3)
+
+    def make(c):
+        def f(x):
+            return (x * c + 1.0).tanh().sum()
+        return f, compiler.compile(f, backend="llvm")
+    x = dg.tensor(np.linspace(-2, 2, 40, dtype=np.float32))
+    f_kept, kept = make(0.25)
+    for _ in range(3):
+        kept(x)
+    module = _plan_module(kept)
+    assert module is not None
+    many = [make(1.0 + k / 8) for k in range(12)]
+    for _, cf in many:
+        for _ in range(2):
+            cf(x)
+    modules = [weakref.ref(_plan_module(cf)) for _, cf in many]
+    assert len({id(r()) for r in modules}) == 12 and module not in [r() for r in modules]
+    del many, cf
+    gc.collect()
+    alive = [r for r in modules if r() is not None]
+    assert len(alive) <= cache.MEMORY_MODULES, "the modules of dropped functions are freed"
+    assert len(cache._recent) <= cache.MEMORY_MODULES
+    assert all(r() in cache._recent.values() for r in alive)
+    # the module in use stayed: the function runs compiled on it, nothing is compiled again
+    stats = dict(cache.stats)
+    calls = sum(v.calls for v in kept.variants)
+    for _ in range(3):
+        assert same(kept(x)._data, f_kept(x)._data)
+    assert sum(v.calls for v in kept.variants) == calls + 3 and _plan_module(kept) is module
+    _, again = make(0.25)  # the same code again: served by the module in use
+    for _ in range(3):
+        again(x)
+    assert _plan_module(again) is module
+    assert cache.stats["compiled"] == stats["compiled"]
+    assert cache.stats["disk_hits"] == stats["disk_hits"]
