@@ -16,7 +16,6 @@ and exceptions.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import time
@@ -30,7 +29,6 @@ import numpy as np
 
 from dyngrad.autograd.graph import _FREED_MSG, FREED, Node
 from dyngrad.dispatch import STATE, push_mode
-from dyngrad.nn.module import Module
 from dyngrad.tensor import Storage, Tensor
 
 from . import backends, capture, ir
@@ -50,7 +48,7 @@ from .symbolic import (
     graphs_near,
     same_template,
 )
-from .trace import Trace, Tracer, Unsupported
+from .trace import Trace, Tracer, Unsupported, replay_view_array
 
 log = logging.getLogger("dyngrad.compiler")
 
@@ -294,7 +292,8 @@ def _generate_call_path(trace: Trace, copy_outputs: set, variant: Variant, run) 
         else:  # Tensor._fresh, inlined
             body += ["t = NEW(TENSOR)", f"t._data = outs[{k}]", "t._storage = STORAGE()",
                      f"{owner}._grad = t"]
-    result = _build_expr(trace.out_spec, ns)
+    result_lines: list[str] = []
+    result = _build_expr(trace.out_spec, ns, result_lines)
     indent = [f"    {x}" for x in prelude]
     if variant.sym is None:
         run_lines = [f"    outs = RUN(V.plan, [{ins}], [{scs}])"]
@@ -307,13 +306,15 @@ def _generate_call_path(trace: Trace, copy_outputs: set, variant: Variant, run) 
     lines = ["def gather(flat):", *indent, f"    return [{ins}], [{scs}]", "",
              "def commit(flat, outs):", *indent, *(f"    {x}" for x in body), "    return None",
              "", "def fast(flat):", *indent, *run_lines,
-             *(f"    {x}" for x in body), "    V.calls += 1", f"    return {result}"]
+             *(f"    {x}" for x in body), "    V.calls += 1",
+             *(f"    {x}" for x in result_lines), f"    return {result}"]
     exec_generated("\n".join(lines), ns)
     return ns["gather"], ns["commit"], ns["fast"]
 
 
-def _build_expr(spec, ns: dict) -> str:
-    """Source text building the result of ``spec`` from ``outs`` (see :func:`_build`)."""
+def _build_expr(spec, ns: dict, lines: list) -> str:
+    """Source text building the result of ``spec`` from ``outs`` (see :func:`_build`);
+    ``lines`` receives the statements building its slots (``e0 = ...``) first."""
     kind = spec[0]
     if kind == "value":
         return f"FRESH(outs[{spec[1]}])"
@@ -323,16 +324,33 @@ def _build_expr(spec, ns: dict) -> str:
         return f"SPENT(outs[{spec[1]}], N{spec[1]})"
     if kind == "scalar":
         return f"float(outs[{spec[1]}])"
-    if kind == "tuple" and spec[1]:
-        return "(" + "".join(_build_expr(s, ns) + ", " for s in spec[1]) + ")"
+    if kind == "tuple":
+        return "(" + "".join(_build_expr(s, ns, lines) + ", " for s in spec[1]) + ")"
     if kind == "list":
-        return "[" + ", ".join(_build_expr(s, ns) for s in spec[1]) + "]"
+        return "[" + ", ".join(_build_expr(s, ns, lines) for s in spec[1]) + "]"
+    if kind == "let":
+        for n, s in enumerate(spec[1]):
+            lines.append(f"e{n} = {_build_expr(s, ns, lines)}")
+        return _build_expr(spec[2], ns, lines)
+    if kind == "ref":
+        return f"e{spec[1]}"
     name = f"SPEC{len([k for k in ns if k.startswith('SPEC')])}"
     ns[name] = spec
+    if kind == "view":
+        ns["VIEW"] = _view_of
+        return f"VIEW({_build_expr(spec[1], ns, lines)}, {name}[2], {name}[3])"
+    if kind == "namedtuple":
+        return f"{name}[1](" + "".join(_build_expr(s, ns, lines) + ", " for s in spec[2]) + ")"
+    if kind == "dict":
+        return "{" + ", ".join(f"{name}[1][{i}][0]: {_build_expr(s, ns, lines)}"
+                               for i, (_, s) in enumerate(spec[1])) + "}"
     return f"BUILD({name}, outs, flat)"
 
 
-def _build(spec, outs, flat, grad_node=None):
+def _build(spec, outs, flat, grad_node=None, env=None):
+    """The result of one call from its spec (``Tracer._result_spec``): fresh tensors over
+    ``outs``, arguments and captured tensors themselves, views of them; ``env`` holds the
+    slots of a ``("let", ...)`` spec."""
     kind = spec[0]
     if kind == "value":
         return Tensor._fresh(outs[spec[1]])
@@ -353,15 +371,60 @@ def _build(spec, outs, flat, grad_node=None):
         return t
     if kind == "const":
         return spec[1]
+    if kind == "let":
+        env = []
+        for s in spec[1]:
+            env.append(_build(s, outs, flat, grad_node, env))
+        return _build(spec[2], outs, flat, grad_node, env)
+    if kind == "ref":
+        return env[spec[1]]
+    if kind == "view":
+        return _view_of(_build(spec[1], outs, flat, grad_node, env), spec[2], spec[3],
+                        grad_node)
+    if kind == "grad_of":  # (the guards have seen the owner alive)
+        owner = flat[spec[1][1]] if isinstance(spec[1], tuple) else spec[1]()
+        return owner._grad
     if kind == "tuple":
-        return tuple(_build(s, outs, flat, grad_node) for s in spec[1])
+        return tuple(_build(s, outs, flat, grad_node, env) for s in spec[1])
     if kind == "namedtuple":
-        return spec[1](*(_build(s, outs, flat, grad_node) for s in spec[2]))
+        return spec[1](*(_build(s, outs, flat, grad_node, env) for s in spec[2]))
     if kind == "list":
-        return [_build(s, outs, flat, grad_node) for s in spec[1]]
+        return [_build(s, outs, flat, grad_node, env) for s in spec[1]]
     if kind == "dict":
-        return {k: _build(s, outs, flat, grad_node) for k, s in spec[1]}
+        return {k: _build(s, outs, flat, grad_node, env) for k, s in spec[1]}
     raise AssertionError(kind)
+
+
+def _view_of(base: Tensor, ops: tuple, role: tuple, grad_node=None) -> Tensor:
+    """The view of ``base`` that ``ops`` (movement ops) make, as eager makes it: over
+    ``base``'s storage, with its root as ``_base``. ``role``: ("plain", requires_grad),
+    ("grad", output number of the compiled backward ``grad_node``) or ("spent", name)."""
+    t = Tensor._shared(replay_view_array(base._data, ops), base._storage)
+    t._base = base._base if base._base is not None else base
+    t._view_chain = base._view_chain + ops
+    t._hist = base._storage.hist
+    if role[0] == "grad":
+        t._node, t._out_nr, t._requires_grad = grad_node, role[1], True
+    elif role[0] == "spent":
+        t._node, t._requires_grad = _spent_node(role[1]), True
+    else:
+        t._requires_grad = role[1]
+    return t
+
+
+def _holds_views(spec) -> bool:
+    """Whether a result spec rebuilds a view (its movement ops hold the traced sizes)."""
+    if spec[0] == "view":
+        return True
+    if spec[0] == "let":
+        return any(_holds_views(s) for s in spec[1]) or _holds_views(spec[2])
+    if spec[0] in ("tuple", "list"):
+        return any(_holds_views(s) for s in spec[1])
+    if spec[0] == "namedtuple":
+        return any(_holds_views(s) for s in spec[2])
+    if spec[0] == "dict":
+        return any(_holds_views(s) for _, s in spec[1])
+    return False
 
 
 _SPENT: dict = {}
@@ -535,6 +598,51 @@ def _aliasing_outputs(g: ir.Graph, limit: int) -> set:
     return {k for k, v in enumerate(g.outputs[:limit]) if id(v) in from_input}
 
 
+class BoundMethod:
+    """``func`` bound to an instance held by weak reference: what a compiled method's
+    per-instance compiled function calls (a bound method or a ``functools.partial`` would
+    keep the instance alive as long as the compiled function).
+
+    >>> m = BoundMethod(Model.step, model); m(x)   # Model.step(model, x)
+    """
+
+    def __init__(self, func: Callable, obj: Any) -> None:
+        try:
+            self.ref = weakref.ref(obj)
+        except TypeError:
+            raise TypeError(
+                f"compile: {getattr(func, '__qualname__', func)} is compiled as a method, but "
+                f"{type(obj).__name__} instances take no weak reference (__slots__ without "
+                f"'__weakref__'); add '__weakref__' to its __slots__, or compile a function "
+                f"taking the instance as an argument") from None
+        self.func = func
+        self.__name__ = getattr(func, "__name__", type(func).__name__)
+        self.__qualname__ = getattr(func, "__qualname__", self.__name__)
+        self.__doc__ = getattr(func, "__doc__", None)
+
+    @property
+    def __self__(self) -> Any:
+        """The instance (None once it is gone)."""
+        return self.ref()
+
+    def __call__(self, *args, **kwargs):
+        obj = self.ref()
+        if obj is None:
+            raise ReferenceError(f"{self.__qualname__}: the instance this compiled method was "
+                                 f"bound to no longer exists")
+        return self.func(obj, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<compiled method {self.__qualname__} of {self.ref()!r}>"
+
+
+def _forget_bound(bound: dict, key: int, ref: weakref.ref) -> None:
+    """An instance with a compiled method died: drop its compiled function."""
+    entry = bound.get(key)
+    if entry is not None and entry[0] is ref:
+        del bound[key]
+
+
 class CompiledFunction:
     """What :func:`compile` returns: call it like the original function."""
 
@@ -565,16 +673,6 @@ class CompiledFunction:
         _ALL.append(weakref.ref(self))
 
     @property
-    def _code_fn(self):
-        """The function whose closure and globals hold the numbers to guard."""
-        fn = self.fn
-        if isinstance(fn, Module):
-            return type(fn).forward
-        while isinstance(fn, functools.partial):  # a method compiled with the decorator
-            fn = fn.func
-        return fn
-
-    @property
     def recompiles(self) -> list[str]:
         """Why each recompile happened: the guard that failed in the most recently used
         variant, with its traced and new values (``misses`` holds the facts; they are
@@ -587,23 +685,36 @@ class CompiledFunction:
         self.eager_reason = None
         self._unsupported_streak = 0
 
-    def __get__(self, obj, objtype=None):  # compile used as a method decorator
+    def __get__(self, obj, objtype=None):
+        """``compile`` used as a method decorator: one compiled function per instance (its
+        own variants), kept in ``_bound`` while the instance lives. It calls a
+        :class:`BoundMethod`, which holds the instance weakly, and the entry is dropped when
+        the instance dies: compiling a method keeps no instance alive."""
         if obj is None:
             return self
         bound = self.__dict__.setdefault("_bound", {})
         key = id(obj)
-        cf = bound.get(key)
-        if cf is None or cf[0]() is not obj:
-            import weakref
-            cf = (weakref.ref(obj), CompiledFunction(
-                functools.partial(self.fn, obj), backend=self.backend, mode=self.mode,
-                dynamic=self.dynamic, cache_limit=self.cache_limit, verify=self.verify))
-            bound[key] = cf
-        return cf[1]
+        entry = bound.get(key)
+        if entry is not None and entry[0]() is obj:
+            return entry[1]
+        method = BoundMethod(self.fn, obj)
+        cf = CompiledFunction(method, backend=self.backend, mode=self.mode,
+                              dynamic=self.dynamic, cache_limit=self.cache_limit,
+                              verify=self.verify)
+        bound[key] = (method.ref, cf)
+        weakref.finalize(obj, _forget_bound, bound, key, method.ref)
+        return cf
 
     # ----------------------------------------------------------------- the call path
     def __call__(self, *args, **kwargs):
-        if not config.enabled or self.mode == "eager" or self.eager_reason is not None:
+        # Note (calls under a dispatch mode): a variant runs native code or numpy that no
+        # mode sees, so under an outer compiled function's tracer the call would be left
+        # out of the outer trace, and under vmap/jvp/jacfwd (forward AD) it would give no
+        # tangents and one row for the batch. With a mode active the function itself runs:
+        # an outer tracer records its operations (inlined into the outer trace), and a
+        # transform gets eager's answer.
+        if not config.enabled or self.mode == "eager" or self.eager_reason is not None \
+                or STATE.modes:
             return self.fn(*args, **kwargs)
         flat, spec = flatten(args, kwargs)
         failed = []
@@ -644,6 +755,11 @@ class CompiledFunction:
         index of the input guard that failed, or (value guard index, the value it saw) for a
         value guard. The record names the miss of the first, the most recently used variant:
         what changed since the path the calls were on."""
+        if STATE.anomaly:  # Note: detect_anomaly() checks each backward output for NaN by
+            # reading its array in numpy, which no trace can follow; so calls under it run
+            # eagerly (the variants, traced without it, fail their anomaly-mode guard)
+            self._note(f"{self.__name__} ran eagerly: anomaly mode is on", "guards")
+            return self.fn(*args, **kwargs)
         if failed:
             v, why = failed[0]
             if isinstance(why, int):
@@ -740,7 +856,11 @@ class CompiledFunction:
     def _generalize(self, v: Variant, flat, spec) -> None:
         """If ``v`` and two earlier variants differ only in one argument dimension, by the
         same affine function of it, make ``v`` symbolic in it and drop the two (see
-        compiler/symbolic.py)."""
+        compiler/symbolic.py). Not when the result rebuilds a view: its movement ops hold
+        the traced sizes."""
+        if _holds_views(v.trace.out_spec):
+            return
+
         def fit(old):
             if old.sym is not None or (old.backward is None) != (v.backward is None):
                 return None

@@ -5,9 +5,9 @@ argument's shape, dtype, strides and ``requires_grad`` (and, when the call write
 is writable: a read-only array makes eager raise, so the call goes to eager), and which
 arguments share storage;
 every bound tensor alive, still over the same array (a rebound ``.data`` is noticed) and with
-the same ``requires_grad``; ``.grad`` present or absent as at trace time; grad mode; module and
-optimizer version counters; Python numbers among the arguments and in the closure cells and
-globals the function's code names (following the functions it calls).
+the same ``requires_grad``; ``.grad`` present or absent as at trace time; grad mode; anomaly
+mode; module and optimizer version counters; Python numbers among the arguments and in the
+closure cells and globals the function's code names (following the functions it calls).
 
 The guards are compiled into one generated Python function, so checking them costs one call
 and a few attribute reads per tensor. Note: bound tensors are checked by the *identity* of
@@ -280,6 +280,8 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None) -
                 lambda f: "gone")
     add(f"STATE.grad_enabled is not {trace.grad_enabled}", "grad mode", trace.grad_enabled,
         lambda f: STATE.grad_enabled)
+    add(f"STATE.anomaly is not {trace.anomaly}", "anomaly mode (detect_anomaly)",
+        trace.anomaly, lambda f: STATE.anomaly)
     _source_guards(trace.checks, ns, lines, add)
     lines.append("    return -1")
     exec_generated("\n".join(lines), ns)

@@ -290,6 +290,7 @@ class Trace:
     baked: list  # (where, value) Python numbers baked into the graph
     grad_guards: list = field(default_factory=list)  # (weakref owner, was None, name)
     grad_enabled: bool = True
+    anomaly: bool = False  # detect_anomaly() was on (never: such calls run eagerly)
     prints: list = field(default_factory=list)  # dg.debug_print effects, in order
     checks: list = field(default_factory=list)  # the capture's checks on Python sources
     backward: dict | None = None  # for outputs differentiated after the call: see
@@ -548,6 +549,12 @@ class Tracer(DispatchMode):
         elif kind == "format":
             self.unsupported = (f"a tensor is printed or formatted at {user_frame()}; use "
                                 f"dg.debug_print inside compiled functions")
+        elif kind == "randperm":  # (dyngrad/ops/random.py: the traced sort is quadratic)
+            from dyngrad.ops.random import TRACED_RANDPERM_MAX
+            self.unsupported = (f"randperm({tensor.shape[0]}) at {user_frame()} sorts its "
+                                f"random numbers in numpy (traced up to "
+                                f"{TRACED_RANDPERM_MAX} elements); draw the permutation "
+                                f"outside the compiled function and pass it in")
         elif kind == "item" and tensor.dtype.is_floating_point:
             # a number that may be logged or returned: an output, guarded only if it decides
             # control flow (TracedScalar's comparisons and truth test)
@@ -674,51 +681,8 @@ class Tracer(DispatchMode):
             effects.append((ob, None if value is None else out_index(self.value_of(value))))
         returned: set = set()
         grad_outputs: list = []  # returned tensors a backward() may run through later
-
-        def spec_of(x):
-            if isinstance(x, Tensor):
-                if x._base is not None:  # a returned view keeps its base alive, as in eager
-                    returned.add(id(x._base))
-                spent = False
-                if x._node is not None and x._requires_grad:
-                    if self.backward_roots.get(id(x._node)) is False:
-                        spent = True  # backward already ran through it inside the call
-                    else:  # backward outside: a compiled backward graph will serve it
-                        returned.add(id(x))
-                        grad_outputs.append(x)
-                        return ("grad_out", len(grad_outputs) - 1,
-                                out_index(self.value_of(x)))
-                returned.add(id(x))
-                if spent:
-                    return ("spent", out_index(self.value_of(x)), x._node.name())
-                v = self.value_of(x)
-                key = slot_key(x)
-                if key in self.input_binding and v is self.input_value[key]:
-                    b = self.input_binding[key]
-                    same = (b.kind == "arg" and flat_args[b.target] is x) or \
-                        (b.kind == "ref" and b.target() is x)
-                    if same:  # the very tensor (an argument or captured tensor) comes back
-                        return ("input", b)
-                    if b.kind in ("arg", "ref"):  # an alias of it (x.detach(), p.data)
-                        return ("alias", b, x._requires_grad)
-                return ("value", out_index(v))
-            if isinstance(x, TracedScalar):
-                return ("scalar", out_index(x._value))
-            if isinstance(x, tuple) and not hasattr(x, "_fields"):
-                return ("tuple", [spec_of(e) for e in x])
-            if isinstance(x, tuple):
-                return ("namedtuple", type(x), [spec_of(e) for e in x])
-            if isinstance(x, list):
-                return ("list", [spec_of(e) for e in x])
-            if isinstance(x, dict):
-                return ("dict", [(k, spec_of(e)) for k, e in x.items()])
-            if x is None or isinstance(x, (bool, int, float, str)):
-                return ("const", x)
-            raise Unsupported(f"the function returns a {type(x).__name__}; compiled functions "
-                              f"return tensors, numbers, None and tuples/lists/dicts of them")
-
         prints = self._print_specs(out_index)
-        out_spec = spec_of(result)
+        out_spec = self._result_spec(result, flat_args, out_index, grad_outputs, returned)
         backward = None
         if grad_outputs:
             backward = self._trace_backward(grad_outputs)
@@ -735,6 +699,148 @@ class Tracer(DispatchMode):
                       backward=backward)
         self._check_escapes(returned)
         return trace
+
+    def _result_spec(self, result, flat_args, out_index, grad_outputs: list,
+                     returned: set):
+        """The spec the runtime builds each call's result from (``api._build``).
+
+        Note (the result aliases as eager's does): a tensor returned twice is one object
+        (``return y, y``); a returned view of another returned tensor, or of an argument or
+        captured tensor, is made again at call time by replaying its movement ops (its
+        ``_view_chain``) on that tensor's array, so it shares its storage and writes through
+        one are seen by the other; an argument or captured tensor comes back as itself
+        (written in place or not), and a returned ``.grad`` as its owner's ``.grad`` after
+        the call's effects. Tensors returned twice or viewed by another returned tensor are
+        built first, into slots: ``("let", [spec, ...], body)``, with ``("ref", n)`` for
+        slot n in ``body``. The common result, distinct fresh tensors, has no slots.
+        """
+        tensors: list = []
+        count: dict[int, int] = {}
+
+        def collect(x) -> None:
+            if isinstance(x, Tensor):
+                if id(x) not in count:
+                    tensors.append(x)
+                    self.value_of(x)  # (an argument or captured tensor not read yet: bound)
+                count[id(x)] = count.get(id(x), 0) + 1
+            elif isinstance(x, (tuple, list)):
+                for e in x:
+                    collect(e)
+            elif isinstance(x, dict):
+                for e in x.values():
+                    collect(e)
+
+        collect(result)
+        # a view's source comes earlier in this order (fewer movement ops), so the slots
+        # can be built in it
+        order = {id(t): (len(t._view_chain), k) for k, t in enumerate(tensors)}
+        sources: dict[int, tuple] = {}  # id(view) -> (returned tensor or spec, ops)
+        for x in tensors:
+            if x._base is not None and self._bound_binding(x, flat_args) is None:
+                src = self._view_source(x, tensors, order, flat_args)
+                if src is not None:
+                    sources[id(x)] = src
+        viewed = {id(src) for src, _ in sources.values() if isinstance(src, Tensor)}
+        shared = sorted((t for t in tensors if count[id(t)] > 1 or id(t) in viewed),
+                        key=lambda t: order[id(t)])
+        slot: dict[int, int] = {}
+
+        def tensor_spec(x: Tensor):
+            if x._base is not None:  # a returned view keeps its base alive, as in eager
+                returned.add(id(x._base))
+            returned.add(id(x))
+            b = self._bound_binding(x, flat_args)
+            if b is not None:  # the very tensor (an argument or captured tensor) comes back
+                return ("input", b)
+            owner = self._grad_owner(x)
+            if owner is not None:  # a .grad: the owner's, once the call's effects are done
+                return ("grad_of", self.owner_ref(owner))
+            role = ("plain", x._requires_grad)
+            if x._node is not None and x._requires_grad:
+                if self.backward_roots.get(id(x._node)) is False:
+                    role = ("spent", x._node.name())  # backward already ran through it
+                else:  # backward outside: a compiled backward graph will serve it
+                    grad_outputs.append(x)
+                    role = ("grad", len(grad_outputs) - 1)
+            src = sources.get(id(x))
+            if src is not None:
+                base, ops = src
+                base_spec = ("ref", slot[id(base)]) if isinstance(base, Tensor) else base
+                return ("view", base_spec, ops, role)
+            v = self.value_of(x)
+            if role[0] == "grad":
+                return ("grad_out", role[1], out_index(v))
+            if role[0] == "spent":
+                return ("spent", out_index(v), role[1])
+            b = self.input_binding.get(slot_key(x))
+            if b is not None and b.kind in ("arg", "ref"):  # an alias (x.detach(), p.data)
+                return ("alias", b, x._requires_grad)
+            return ("value", out_index(v))
+
+        lets = []
+        for t in shared:
+            lets.append(tensor_spec(t))
+            slot[id(t)] = len(lets) - 1
+
+        def spec_of(x):
+            if isinstance(x, Tensor):
+                n = slot.get(id(x))
+                return ("ref", n) if n is not None else tensor_spec(x)
+            if isinstance(x, TracedScalar):
+                return ("scalar", out_index(x._value))
+            if isinstance(x, tuple) and not hasattr(x, "_fields"):
+                return ("tuple", [spec_of(e) for e in x])
+            if isinstance(x, tuple):
+                return ("namedtuple", type(x), [spec_of(e) for e in x])
+            if isinstance(x, list):
+                return ("list", [spec_of(e) for e in x])
+            if isinstance(x, dict):
+                return ("dict", [(k, spec_of(e)) for k, e in x.items()])
+            if x is None or isinstance(x, (bool, int, float, str)):
+                return ("const", x)
+            raise Unsupported(f"the function returns a {type(x).__name__}; compiled functions "
+                              f"return tensors, numbers, None and tuples/lists/dicts of them")
+
+        body = spec_of(result)
+        return ("let", lets, body) if lets else body
+
+    def _bound_binding(self, x: Tensor, flat_args) -> Binding | None:
+        """The binding of ``x`` when ``x`` is the very argument or captured tensor bound."""
+        b = self.input_binding.get(slot_key(x))
+        if b is not None and ((b.kind == "arg" and flat_args[b.target] is x) or
+                              (b.kind == "ref" and b.target() is x)):
+            return b
+        return None
+
+    def _grad_owner(self, x: Tensor) -> Tensor | None:
+        """The tensor from outside the call whose ``.grad`` is ``x`` now, if any."""
+        for owner, _ in self.grad_state.values():
+            if owner._grad is x and not _is_created(owner, self.created):
+                return owner
+        return None
+
+    def _view_source(self, x: Tensor, tensors: list, order: dict, flat_args):
+        """(source, movement ops) that make view ``x`` again at call time: the nearest
+        returned tensor earlier in ``order``, or (as the spec reaching it) an argument, a
+        captured tensor or a ``.grad``, whose view chain starts ``x``'s; None when there is
+        none, or when the ops replayed on the source's array do not give ``x``'s very
+        memory and layout."""
+        cands = [t for t in tensors if t is not x and order[id(t)] < order[id(x)]]
+        bound = []  # (tensor, the spec reaching it at call time)
+        for b in self.input_binding.values():
+            t = flat_args[b.target] if b.kind == "arg" else \
+                b.target() if b.kind == "ref" else None
+            if t is not None:
+                bound.append((t, ("input", b)))
+        for owner, _ in self.grad_state.values():
+            if owner._grad is not None and not _is_created(owner, self.created):
+                bound.append((owner._grad, ("grad_of", self.owner_ref(owner))))
+        best = None
+        for t, src in [(t, t) for t in cands] + bound:
+            ops = _view_suffix(x, t)
+            if ops is not None and (best is None or len(ops) < len(best[1])):
+                best = (src, ops)
+        return best
 
     def _trace_backward(self, outs: list) -> dict:
         """Backward outside: record what ``autograd.grad(outs, leaves)`` does, with the
@@ -822,6 +928,41 @@ class Tracer(DispatchMode):
                               f"{list(t.shape)}) is kept in Python state the compiled function "
                               f"cannot update (e.g. optimizer state created on its first step); "
                               f"the next call traces again")
+
+
+def replay_view_array(arr: np.ndarray, ops: tuple) -> np.ndarray:
+    """``arr`` through the movement ops of a view chain (``Tensor._view_chain``), as their
+    numpy impls give it: the same view eager made when ``arr`` has the layout it had."""
+    for prim, params in ops:
+        arr = prim.impl(arr, **params)
+        if type(arr) is not np.ndarray:
+            arr = np.asarray(arr)
+    return arr
+
+
+def _view_suffix(x: Tensor, t: Tensor) -> tuple | None:
+    """The movement ops making view ``x`` from ``t`` (a tensor over the same root, whose
+    chain starts ``x``'s), checked to give ``x``'s memory and layout; else None."""
+    rt, chain_t = (t._base, t._view_chain) if t._base is not None else (t, ())
+    chain_x = x._view_chain
+    if len(chain_t) > len(chain_x) or slot_key(rt) != slot_key(x._base):
+        return None
+    for (p, a), (q, b) in zip(chain_t, chain_x):
+        try:
+            if p is not q or not bool(a == b):
+                return None
+        except (ValueError, TypeError):  # (parameters that do not compare)
+            return None
+    ops = chain_x[len(chain_t):]
+    try:
+        arr = replay_view_array(t._data, ops)
+    except Exception:  # noqa: BLE001 - no replay: the view is returned as a fresh tensor
+        return None
+    a = x._data
+    if arr.shape != a.shape or arr.strides != a.strides or arr.dtype != a.dtype or \
+            arr.ctypes.data != a.ctypes.data:
+        return None
+    return ops
 
 
 def _is_created(t: Tensor, created: list) -> bool:

@@ -96,6 +96,13 @@ def _unwrap(cap, fn, fs, args, asrc, kwargs, ksrc):
                 ss = cap.source_of(self_)
             fn, fs = fn.__func__, (Attr(fs, "__func__") if fs is not None else None)
             args, asrc = [self_, *args], [ss, *asrc]
+        elif type(fn) is _bound_method_type():  # a compiled method's instance, held weakly
+            self_ = fn.__self__
+            ss = Attr(fs, "__self__") if fs is not None else None
+            if ss is not None:
+                cap.note_root(self_, ss)
+            fn, fs = fn.func, (Attr(fs, "func") if fs is not None else None)
+            args, asrc = [self_, *args], [ss, *asrc]
         elif type(fn) is functools.partial:
             p = fn
             psrc = fs
@@ -120,6 +127,11 @@ def _unwrap(cap, fn, fs, args, asrc, kwargs, ksrc):
             kwargs, ksrc = {**kw, **kwargs}, {**kw_src, **ksrc}
         else:
             return fn, fs, args, asrc, kwargs, ksrc
+
+
+def _bound_method_type():
+    from ..api import BoundMethod
+    return BoundMethod
 
 
 def call(cap, f: Frame | None, fn, fs, args: list, asrc: list, kwargs: dict, ksrc: dict):

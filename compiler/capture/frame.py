@@ -999,11 +999,8 @@ def _check_exc_match(f, inst):
 
 @op("RERAISE")
 def _reraise(f, inst):
-    exc, _ = f.pop()
-    offset = f.offset
-    if inst.arg:
-        offset = f.stack[-inst.arg]
-    f.unwind(Raised(exc), offset)
+    exc, _ = f.pop()  # (the handler is the one covering RERAISE itself: CPython's lasti
+    f.unwind(Raised(exc), f.offset)  # operand only sets the traceback's line)
 
 
 @op("RAISE_VARARGS")

@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from .. import dtypes as _dt
-from ..dispatch import dispatch
+from ..dispatch import STATE, dispatch
 from ..dtypes import DType
 from ..special import erf as _np_erf
 from ..tensor import Tensor
@@ -620,8 +620,15 @@ def floor_divide(a, b):
 
 
 def _check_int_divisor(b, op: str) -> None:
-    """Integer division by zero has no result (PyTorch raises ZeroDivisionError too)."""
-    zero = (b == 0) if not isinstance(b, Tensor) else bool((b._data == 0).any())
+    """Integer division by zero has no result (PyTorch raises ZeroDivisionError too). Under
+    a dispatch mode the check is made with ops and ``bool()``, so a tracer sees the read
+    (a value guard: a compiled call whose divisor has a zero runs eagerly and raises)."""
+    if not isinstance(b, Tensor):
+        zero = b == 0
+    elif STATE.modes:
+        zero = bool(_r.any(eq(b, 0)))
+    else:
+        zero = bool((b._data == 0).any())
     if zero:
         raise ZeroDivisionError(f"{op}: integer division by zero")
 

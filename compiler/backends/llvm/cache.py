@@ -12,6 +12,14 @@ the module compiled again. Entries are written to a temporary file and renamed, 
 never sees half an entry. ``DYNGRAD_CACHE=0`` turns the disk cache off; a directory that
 cannot be created or written turns it off for the process (the compiler still works).
 :func:`clear` removes every entry (``compiler.clear_cache()``).
+
+Note (the memory cache is bounded): a module is found in memory while anything still holds
+it — the plans of live variants hold their modules (a driver plan its ``jit.Compiled``,
+every native function pointer its module: ``jit.Compiled.cfunc``) — and one module serves
+every equal text, so sizes of a symbolic family that share a template share its lock and
+its ``@dg_sizes`` (sizes.py). Beyond that the cache keeps only the ``MEMORY_MODULES`` most
+recently used modules (at most ``MEMORY_BYTES`` of object code) alive on its own: the
+modules of dropped functions are freed, and come back from disk if needed again.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ import os
 import struct
 import tempfile
 import threading
+import weakref
+from collections import OrderedDict
 from pathlib import Path
 
 import llvmlite
@@ -30,7 +40,11 @@ from . import jit, target
 
 MAGIC = b"DGOBJ001"
 _HEADER = struct.Struct("<8s32sQ")
-_memory: dict[str, jit.Compiled] = {}  # key -> compiled module (this process)
+MEMORY_MODULES = 64  # modules the memory cache keeps alive on its own (least recently used
+MEMORY_BYTES = 256 << 20  # go first), and at most this much of their object code
+_memory: weakref.WeakValueDictionary[str, jit.Compiled] = weakref.WeakValueDictionary()
+#         key -> every module of this process still alive (held by a plan, or by _recent)
+_recent: OrderedDict[str, jit.Compiled] = OrderedDict()  # the most recently used, last
 _lock = threading.Lock()
 _disabled: list = []  # a reason once the disk cache failed for this process
 stats = {"memory_hits": 0, "disk_hits": 0, "compiled": 0, "rejected": 0}
@@ -117,6 +131,7 @@ def load_or_compile(ir_text, name: str | None = None, t=None) -> jit.Compiled:
         compiled = _memory.get(k)
         if compiled is not None:
             stats["memory_hits"] += 1
+            _used(k, compiled)
             return compiled
         payload = _read(_path(k)) if _enabled() else None
         if payload is not None:
@@ -129,7 +144,20 @@ def load_or_compile(ir_text, name: str | None = None, t=None) -> jit.Compiled:
             if compiled.object_code is not None:
                 _write(_path(k), compiled.object_code)
         _memory[k] = compiled
+        _used(k, compiled)
         return compiled
+
+
+def _used(k: str, compiled: jit.Compiled) -> None:
+    """Mark ``compiled`` the most recently used module; let the least recently used beyond
+    ``MEMORY_MODULES`` modules or ``MEMORY_BYTES`` bytes go (they live on while a plan holds
+    them). Called with ``_lock`` held."""
+    _recent[k] = compiled
+    _recent.move_to_end(k)
+    size = sum(len(c.object_code or b"") for c in _recent.values())
+    while len(_recent) > 1 and (len(_recent) > MEMORY_MODULES or size > MEMORY_BYTES):
+        _, old = _recent.popitem(last=False)
+        size -= len(old.object_code or b"")
 
 
 def clear(memory: bool = False) -> int:
@@ -148,4 +176,5 @@ def clear(memory: bool = False) -> int:
     if memory:
         with _lock:
             _memory.clear()
+            _recent.clear()
     return n

@@ -73,8 +73,12 @@ class Compiled:
         return addr
 
     def cfunc(self, name: str, restype, *argtypes):
-        """The function as a ctypes callable (a call through it releases the GIL)."""
-        return ctypes.CFUNCTYPE(restype, *argtypes)(self.address(name))
+        """The function as a ctypes callable (a call through it releases the GIL). It holds
+        this module: the code stays while the callable lives, whoever else drops the
+        module (the memory cache keeps only the recently used ones: cache.py)."""
+        fn = ctypes.CFUNCTYPE(restype, *argtypes)(self.address(name))
+        fn.module = self
+        return fn
 
 
 LOOP_TOKEN = "!DG_INTERLEAVE"
