@@ -218,7 +218,11 @@ class Variant:
         if tr.prints:
             _print_effects(tr.prints, outs)
         self.calls += 1
-        return _build(tr.out_spec, outs, flat, grad_node)
+        result = _build(tr.out_spec, outs, flat, grad_node)
+        if tr.effects:
+            _replay(tr, result[1])
+            return result[0]
+        return result
 
 
 def _print_effects(prints: list, outs: list) -> None:
@@ -261,6 +265,13 @@ def _generate_call_path(trace: Trace, copy_outputs: set, variant: Variant, run) 
     def local(b) -> str:
         if b.kind == "arg" or isinstance(b.target, tuple):
             return ""
+        if b.kind == "source":  # read from its Python location (see Binding)
+            name = locals_.get(id(b))
+            if name is None:
+                name = locals_[id(b)] = f"q{len(locals_)}"
+                ns[name.upper()] = b.target
+                prelude.append(f"{name} = {name.upper()}(flat)")
+            return name
         obj = b.target()
         key = id(b.target) if obj is None else id(obj)
         name = locals_.get(key)
@@ -307,7 +318,10 @@ def _generate_call_path(trace: Trace, copy_outputs: set, variant: Variant, run) 
              "def commit(flat, outs):", *indent, *(f"    {x}" for x in body), "    return None",
              "", "def fast(flat):", *indent, *run_lines,
              *(f"    {x}" for x in body), "    V.calls += 1",
-             *(f"    {x}" for x in result_lines), f"    return {result}"]
+             *(f"    {x}" for x in result_lines),
+             *([f"    r = {result}", "    REPLAY(TR, r[1])", "    return r[0]"]
+               if trace.effects else [f"    return {result}"])]
+    ns["REPLAY"], ns["TR"] = _replay, trace
     exec_generated("\n".join(lines), ns)
     return ns["gather"], ns["commit"], ns["fast"]
 
@@ -795,13 +809,15 @@ class CompiledFunction:
                 args, kwargs = unflatten(spec, traced)
             result, cap = capture.run(tracer, self.fn, args, kwargs, self.dynamic_sources)
         t1 = time.perf_counter()
+        _plain_effects(cap.effects)
         try:
             if cap.refused is not None:
                 raise Unsupported(cap.refused)
-            trace = tracer.finish(result, flat)
-            for e in cap.effects:  # (replay comes next: until then, they are refused)
-                raise Unsupported(f"the function changes {e.what} at {e.where}; a compiled "
-                                  f"call cannot replay that yet")
+            if cap.effects:  # their values come out of the graph with the result
+                trace = tracer.finish((result, [e.payload for e in cap.effects]), flat)
+                _plan_effects(trace, cap, tracer)
+            else:
+                trace = tracer.finish(result, flat)
             trace.grad_enabled = grad_enabled
             bw = trace.backward
             g = trace.graph
@@ -947,6 +963,131 @@ class CompiledFunction:
     def __repr__(self) -> str:
         return f"<compiled {self.__name__}: {len(self.variants)} variant(s), backend=" \
                f"{self.backend}>"
+
+
+# ----------------------------------------------------------------- effect replay
+#
+# Note: the capture records the changes a call makes to Python state from before it —
+# attribute and item stores, globals, closure cells, list/dict/set mutators, print — with
+# the values stored; those values leave the graph beside the result (the out_spec is
+# ``(result, [payloads])``), and after each compiled call the changes are made again, in
+# order, with this call's values. A location the call writes that it also read at entry is
+# not covered by its owner's version: a tensor there is re-read each call (a 'source'
+# binding: ``self.hidden = h.detach()``), a number is guarded by value (or is a runtime
+# input once it changed), anything else by identity. A module the call stores attributes
+# on has its version bumped as in eager; its guards expect the version after the call's own
+# stores (the delta is checked at trace time to be exactly those stores).
+
+
+def _plan_effects(trace: Trace, cap, tracer: Tracer) -> None:
+    from .capture.checks import Equals, Identity, is_plain
+    from .trace import slot_key
+    entries = []
+    stores: dict = {}
+    for e in cap.effects:
+        target = e.target
+        if e.kind in ("setattr", "delattr"):
+            stores[id(target)] = stores.get(id(target), 0) + 1
+            try:
+                target = weakref.ref(target)
+            except TypeError:
+                pass
+        entries.append((e.kind, target, e.key))
+        if e.entry is None or e.kind in ("method", "print"):
+            continue
+        value, src = e.entry
+        if isinstance(value, Tensor):
+            b = tracer.input_binding.get(slot_key(value))
+            if b is not None and b.kind == "ref" and b.target() is value:
+                b.kind, b.target, b.name = "source", _source_reader(src), str(src)
+                b.requires_grad = value._requires_grad
+                cap.checks.pop(("id", src), None)
+                continue
+        if src.describe() in cap.dynamic and type(value) is float:
+            continue  # a runtime input: read each call
+        key = ("eq", src) if is_plain(value) else ("id", src)
+        if key not in cap.checks:  # (a module attribute is otherwise covered by the version)
+            cap.guard(Equals(src, value) if is_plain(value) else Identity(src, value))
+    trace.effects = entries
+    for check, ref, n in cap.version_objects:
+        obj = ref()
+        if obj is not None and obj._version - check.version == n:
+            check.box[0] = obj._version
+            trace.version_updates.append((check.box, ref))
+    for k, (ref, version) in enumerate(trace.objects):  # modules the tracer saw called
+        obj = ref()
+        n = stores.get(id(obj), 0) if obj is not None else 0
+        if n and obj._version - version == n:
+            box = [obj._version]
+            trace.objects[k] = (ref, box)
+            trace.version_updates.append((box, ref))
+
+
+def _source_reader(src):
+    """A function of ``flat`` reading ``src``'s current value (None when it cannot)."""
+    from .capture.sources import Namer
+    ns: dict = {}
+    e = src.expr(Namer(ns))
+    exec_generated(f"def read(flat):\n    try:\n        return {e}\n"
+                   f"    except Exception:\n        return None", ns)
+    return ns["read"]
+
+
+def _replay(trace: Trace, values: list) -> None:
+    """Make the call's Python effects again with this call's values (see above)."""
+    for (kind, target, key), v in zip(trace.effects, values):
+        if type(target) is weakref.ref:
+            target = target()
+        if kind == "setattr":
+            setattr(target, key, v)
+        elif kind in ("setitem", "global"):
+            target[key] = v
+        elif kind == "cell":
+            target.cell_contents = v
+        elif kind == "delcell":
+            del target.cell_contents
+        elif kind == "method":
+            getattr(target, key)(*v[0], **v[1])
+        elif kind == "print":
+            print(*v[0], **v[1])
+        elif kind == "delattr":
+            delattr(target, key)
+        elif kind in ("delitem", "delglobal"):
+            del target[key]
+        else:
+            raise AssertionError(kind)
+    for box, ref in trace.version_updates:
+        o = ref()
+        if o is not None:
+            box[0] = o._version
+
+
+def _plain_effects(effects: list) -> None:
+    """Values the traced call stored in Python state hold traced scalars (``.item()``
+    results): replace them by plain floats, as eager stores (without bumping versions)."""
+    from .trace import TracedScalar
+
+    def plain(x):
+        return isinstance(x, TracedScalar)
+    for e in effects:
+        t, k, v = e.target, e.key, e.value
+        try:
+            if e.kind == "setattr" and plain(v):
+                d = getattr(t, "__dict__", None)
+                if d is not None and d.get(k) is v:
+                    d[k] = float(v)
+                elif getattr(t, k, None) is v:
+                    setattr(t, k, float(v))
+            elif e.kind in ("setitem", "global") and plain(v) and t[k] is v:
+                t[k] = float(v)
+            elif e.kind == "cell" and plain(v) and t.cell_contents is v:
+                t.cell_contents = float(v)
+            elif e.kind == "method" and isinstance(t, list):
+                for i, x in enumerate(t):
+                    if plain(x):
+                        t[i] = float(x)
+        except Exception:  # noqa: BLE001 - (the location changed again: leave it)
+            continue
 
 
 def _plain_numbers(x):

@@ -250,6 +250,18 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None) -
                 if j not in done_grad_guards:
                     done_grad_guards.add(j)
                     grad_guard(*trace.grad_guards[j], alive=True)
+        elif b.kind == "source":  # re-read from its location each call (effect replay)
+            ns[f"BS{k}"], ns[f"BT{k}"], ns[f"BD{k}"] = b.shape, b.strides, b.dtype
+            ns["TENSOR"] = Tensor
+            lines.append(f"    o = B{k}(flat)")
+            add(f"not isinstance(o, TENSOR) or o._data.shape != BS{k} or o._data.strides != "
+                f"BT{k} or o._data.dtype is not BD{k} or o._requires_grad is not "
+                f"{b.requires_grad}", f"{b.name} is a tensor of shape {b.shape}, dtype "
+                f"{b.dtype}, requires_grad={b.requires_grad}", "such a tensor",
+                lambda f, k=k: _describe_source(trace.bindings[k], f))
+            if id(b) in written:
+                add("not o._data.flags.writeable", f"{b.name} is writable (the function "
+                    f"writes it)", True, lambda f, k=k: _writable_at(trace.bindings[k], f))
         elif b.kind == "grad":
             lines.append(f"    o = {_owner_expr(b.target, f'B{k}')}")
             add(f"o is None or o._grad is None or o._grad._data is not A{k}()",
@@ -271,8 +283,13 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None) -
         obj = ref()
         what = f"{type(obj).__name__}._version" if obj is not None else "object version"
         lines.append(f"    o = OB{k}()")
-        add(f"o is None or o._version != {version}", what, version,
-            lambda f, ref=ref: None if ref() is None else ref()._version)
+        if isinstance(version, list):  # (moved on by effect replay: see compiler/api.py)
+            ns[f"OV{k}"] = version
+            add(f"o is None or o._version != OV{k}[0]", what, version[0],
+                lambda f, ref=ref: None if ref() is None else ref()._version)
+        else:
+            add(f"o is None or o._version != {version}", what, version,
+                lambda f, ref=ref: None if ref() is None else ref()._version)
     for k, src in enumerate(trace.scalar_sources):
         if isinstance(src.owner, weakref.ref):
             ns[f"SC{k}"] = src.owner
@@ -329,6 +346,18 @@ def _writable(b):
     obj = b.target()
     arr = obj._data if isinstance(obj, Tensor) else obj
     return None if arr is None else arr.flags.writeable
+
+
+def _describe_source(b, flat) -> str:
+    t = b.target(flat)
+    if not isinstance(t, Tensor):
+        return f"a {type(t).__name__}"
+    return f"shape {t.shape}, dtype {t._data.dtype}, requires_grad={t._requires_grad}"
+
+
+def _writable_at(b, flat):
+    t = b.target(flat)
+    return t._data.flags.writeable if isinstance(t, Tensor) else None
 
 
 def _describe_ref(b) -> str:

@@ -59,8 +59,10 @@ class Binding:
     """How the runtime finds an external tensor at call time.
 
     kind: 'arg' (flat argument index), 'ref' (weak reference to the tensor object),
-    'grad' (weak reference to the owner; the tensor is ``owner.grad``) or 'array' (weak
-    reference to a numpy array shared through ``from_numpy``).
+    'grad' (weak reference to the owner; the tensor is ``owner.grad``), 'array' (weak
+    reference to a numpy array shared through ``from_numpy``) or 'source' (``target(flat)``
+    reads it from the Python location it was read from, such as ``self.hidden``: a location
+    the call itself stores a new tensor in, so each call reads whatever is there now).
     """
 
     kind: str
@@ -70,6 +72,7 @@ class Binding:
     shape: tuple = ()
     dtype: Any = None
     strides: tuple = ()
+    requires_grad: bool = False  # ('source' bindings: as at trace time)
 
     def owner(self, flat_args):
         """For 'grad' bindings: the tensor whose .grad this is."""
@@ -83,6 +86,8 @@ class Binding:
         if self.kind == "grad":
             owner = self.owner(flat_args)
             return None if owner is None else owner._grad
+        if self.kind == "source":
+            return self.target(flat_args)
         obj = self.target()
         return obj
 
@@ -123,6 +128,16 @@ class ScalarSource:
             ns[f"SO{i}"] = self.owner
             expr = f"SO{i}[SK{i}]"
         return expr if self.index is None else f"{expr}[{int(self.index)}]"
+
+
+class Kept:
+    """An object a side effect stores that existed before the call (or is immutable): effect
+    replay stores the object itself (a ``("const", obj)`` spec)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj) -> None:
+        self.obj = obj
 
 
 def user_frame() -> str:
@@ -293,6 +308,10 @@ class Trace:
     anomaly: bool = False  # detect_anomaly() was on (never: such calls run eagerly)
     prints: list = field(default_factory=list)  # dg.debug_print effects, in order
     checks: list = field(default_factory=list)  # the capture's checks on Python sources
+    effects: list = field(default_factory=list)  # (kind, target, key): replayed Python
+    #   effects (see compiler/api.py); their values are the out_spec's second half
+    version_updates: list = field(default_factory=list)  # (box, weak ref): expected
+    #   versions moved on after each replay
     backward: dict | None = None  # for outputs differentiated after the call: see
     #                              Tracer._trace_backward
 
@@ -798,6 +817,8 @@ class Tracer(DispatchMode):
                 return ("dict", [(k, spec_of(e)) for k, e in x.items()])
             if x is None or isinstance(x, (bool, int, float, str)):
                 return ("const", x)
+            if isinstance(x, Kept):
+                return ("const", x.obj)
             raise Unsupported(f"the function returns a {type(x).__name__}; compiled functions "
                               f"return tensors, numbers, None and tuples/lists/dicts of them")
 

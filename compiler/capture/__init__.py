@@ -96,6 +96,7 @@ def run(tracer, fn: Callable, args: tuple, kwargs: dict, dynamic=frozenset()):
     try:
         with Watchdog(cap.escaped):
             result, _ = cap.call(None, fn, top, list(args), asrc, dict(kwargs), ksrc)
+        cap.summarize()
     except Raised as r:
         raise r.exc from None
     finally:

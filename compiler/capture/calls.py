@@ -481,8 +481,9 @@ def _container_method(cap, f, fn, c, fs, args, asrc, kwargs, ksrc):
         cap.contents_used(c, cs)
         return native(cap, f, fn, args, asrc, kwargs, ksrc)
     # a change: guarded by what it reads (pop, setdefault), recorded to replay
-    cap.contents_used(c, cs)
-    from .session import Effect
+    from .session import BLIND_MUTATORS, Effect
+    if name not in BLIND_MUTATORS:
+        cap.contents_used(c, cs)
     cap._effect(Effect("method", c, name, (tuple(args), dict(kwargs)), f.where() if f else "?",
                        f"{cs}.{name}(...)"))
     return native(cap, f, fn, args, asrc, kwargs, ksrc)

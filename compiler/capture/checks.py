@@ -140,22 +140,29 @@ class Identity(Check):
 
 @dataclass(frozen=True, eq=False)
 class Version(Check):
-    """The source's ``_version`` counter (a module's: every attribute assignment bumps it)."""
+    """The source's ``_version`` counter (a module's: every attribute assignment bumps it).
+
+    The expected version sits in a one-element list: a variant that replays attribute
+    stores on the object (which bump its version as in eager) moves it on after each call
+    by exactly its own stores (see ``compiler.api``'s effect replay)."""
 
     source: Source
     version: int
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "box", [self.version])
+
     def condition(self, e: str, namer: Namer) -> str:
-        return f"{e}._version != {self.version}"
+        return f"{e}._version != {namer.name(self.box, 'VB')}[0]"
 
     def describe(self) -> str:
-        return f"{self.source}._version == {self.version}"
+        return f"{self.source}._version == {self.box[0]}"
 
     def key(self) -> tuple:
         return ("version", self.source)
 
     def expected(self) -> Any:
-        return self.version
+        return self.box[0]
 
     def now(self, value: Any) -> Any:
         return getattr(value, "_version", None)

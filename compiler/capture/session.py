@@ -27,8 +27,11 @@ from __future__ import annotations
 
 import operator
 import types
+import weakref
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from dyngrad.nn.module import Module
 from dyngrad.tensor import Tensor
@@ -75,6 +78,17 @@ class Effect:
     value: Any  # the value stored (or the method's arguments)
     where: str
     what: str  # the target's source, for messages
+    src: Source | None = None  # the location written (its value at entry may be read)
+    entry: Any = None  # (value, source) the location held at entry, if the call read it
+    payload: Any = None  # the value (or the method's/print's arguments) to replay, made by
+    #                      :meth:`Capture.summarize`: containers made in the call rebuilt,
+    #                      objects from before the call as Kept
+
+
+# the mutators of builtin containers whose result tells nothing of the contents: replayed
+# without a guard on what the container holds
+BLIND_MUTATORS = frozenset({"append", "extend", "insert", "clear", "add", "update",
+                            "discard", "appendleft", "extendleft"})
 
 
 class Capture:
@@ -99,16 +113,65 @@ class Capture:
         self.frames: list[Frame] = []
         self.arg_paths: dict = {}  # argument path -> Flat / ArgTree source
         self.written: dict = {}  # (id(target), key) -> source of the value the call stored
+        self.entry: dict = {}  # (id(target), key) -> (target, value, source): first reads
 
     def release(self) -> None:
         """Drop the objects the capture held during the call (so that tensors the call made
         die with it: the tracer checks none is kept in Python state)."""
         for d in (self.objects, self.registry, self.cell_src, self.fn_parts, self.tuple_src,
-                  self.views, self.written, self.scalars):
+                  self.views, self.written, self.scalars, self.entry):
             d.clear()
         self.keep.clear()
         self.frames.clear()
         self.fresh_ids.clear()
+
+    def summarize(self) -> None:
+        """Before :meth:`release`: what effect replay needs once the objects are let go —
+        each effect's value at entry and its payload (see :class:`Effect`), and the
+        ``version_objects``: (Version check, weak reference, stores) for each versioned
+        object the call stores attributes on. Refuses an effect that cannot be replayed."""
+        from ..trace import Kept
+        stores: dict = {}
+        for e in self.effects:
+            if e.kind in ("setattr", "delattr"):
+                stores[id(e.target)] = stores.get(id(e.target), 0) + 1
+            ent = self.entry.get((id(e.target), e.key)) if e.target is not None else None
+            if ent is not None and ent[0] is e.target:
+                e.entry = (ent[1], ent[2])
+            try:
+                e.payload = self._replayable(e.value, Kept)
+            except TypeError as exc:
+                self.refuse(f"the function stores {exc} in {e.what} at {e.where}; a "
+                            f"compiled call cannot make that object again (store a tensor, "
+                            f"a number, a string or a tuple/list/dict of them)")
+        self.version_objects = []
+        for c in self.checks.values():
+            if isinstance(c, Version):
+                obj = self.objects.get(c.source)
+                if obj is not None and id(obj) in stores:
+                    self.version_objects.append((c, weakref.ref(obj), stores[id(obj)]))
+
+    def _replayable(self, x, kept):
+        """``x`` as effect replay makes it each call (see :meth:`summarize`)."""
+        from ..trace import TracedScalar
+        t = type(x)
+        if isinstance(x, (Tensor, TracedScalar)) or x is None or t in (bool, int, float, str):
+            return x
+        if id(x) in self.registry and self.registry[id(x)][0] is x or \
+                isinstance(x, np.generic) or t in (bytes, complex, range, slice) or \
+                isinstance(x, (types.FunctionType, types.BuiltinFunctionType, type,
+                               types.ModuleType, Module)) or x is Ellipsis:
+            return kept(x)  # from before the call, or immutable: the object itself
+        if t is tuple or t is list:
+            made = [self._replayable(e, kept) for e in x]
+            return tuple(made) if t is tuple else made
+        if isinstance(x, tuple) and hasattr(x, "_fields"):
+            return t(*(self._replayable(e, kept) for e in x))
+        if t is dict and all(type(k) in (int, str, bool) for k in x):
+            return {k: self._replayable(v, kept) for k, v in x.items()}
+        if id(x) not in self.fresh_ids and type(x).__module__ in ("io", "_io"):
+            return kept(x)  # (print's file=sys.stderr)
+        raise TypeError(f"a {t.__name__}")
 
     # ----------------------------------------------------------------- messages
     def where(self) -> str:
@@ -309,14 +372,22 @@ class Capture:
             raise Raised(NameError(f"name {name!r} is not defined"))
         if f.library:
             return value, None
+        self._entry(g, name, value, src)
         return self.read(value, src), src
+
+    def _entry(self, target, key, value, src) -> None:
+        """A location read before the call wrote it: its value at entry, by source."""
+        k = (id(target), key)
+        if k not in self.entry and k not in self.written:
+            self.entry[k] = (target, value, src)
 
     def _module_label(self, g: dict) -> str:
         top = self.frames[0].globals if self.frames else None
         return "" if g is top else str(g.get("__name__", "?"))
 
     def store_global(self, f: Frame, name: str, value, vsrc) -> None:
-        self._effect(Effect("global", f.globals, name, value, f.where(), f"G[{name!r}]"))
+        self._effect(Effect("global", f.globals, name, value, f.where(), f"G[{name!r}]",
+                            Global(f.globals, name, self._module_label(f.globals))))
         f.globals[name] = value
         self.written[(id(f.globals), name)] = (vsrc,)
 
@@ -341,6 +412,7 @@ class Capture:
         if f.library:
             return value, None
         src = Cell(cell, name, f.code.co_qualname)
+        self._entry(cell, name, value, src)
         return self.read(value, src), src
 
     def store_cell(self, f: Frame, cell, name: str, value, vsrc) -> None:
@@ -348,12 +420,13 @@ class Capture:
         if made is not None:
             self.cell_src[id(cell)] = (cell, vsrc)
         else:
-            self._effect(Effect("cell", cell, name, value, f.where(), f"nonlocal {name}"))
+            self._effect(Effect("cell", cell, name, value, f.where(), f"nonlocal {name}",
+                                Cell(cell, name, f.code.co_qualname)))
         cell.cell_contents = value
 
     def delete_cell(self, f: Frame, cell, name: str) -> None:
         if id(cell) not in self.cell_src:
-            self._effect(Effect("cell", cell, name, None, f.where(), f"nonlocal {name}"))
+            self._effect(Effect("delcell", cell, name, None, f.where(), f"nonlocal {name}"))
         try:
             del cell.cell_contents
         except ValueError:
@@ -400,6 +473,7 @@ class Capture:
                 self.known.get(osrc) is None:
             return value, None
         src = Attr(osrc, name)
+        self._entry(obj, name, value, src)
         return self.read(value, src, obj), src
 
     def _super_attr(self, f: Frame, sup: super, name: str):
@@ -419,7 +493,8 @@ class Capture:
         if osrc is None:
             osrc = self.source_of(obj)
         if not isinstance(obj, Tensor) and osrc is not None and id(obj) not in self.fresh_ids:
-            self._effect(Effect("setattr", obj, name, value, f.where(), f"{osrc}.{name}"))
+            self._effect(Effect("setattr", obj, name, value, f.where(), f"{osrc}.{name}",
+                                Attr(osrc, name)))
         user(setattr, obj, name, value)
         if osrc is not None:
             self.written[(id(obj), name)] = (vsrc,)
@@ -458,6 +533,8 @@ class Capture:
         if isinstance(k, slice):
             self.structure_used(c, cs)
         src = Item(cs, k)
+        if literal_key(k):
+            self._entry(c, k, value, src)
         return self.read(value, src, c), src
 
     def set_item(self, f: Frame, c, cs, k, value, vsrc) -> None:
@@ -471,7 +548,8 @@ class Capture:
         if cs is None:
             cs = self.source_of(c)
         if cs is not None and id(c) not in self.fresh_ids:
-            self._effect(Effect("setitem", c, k, value, f.where(), f"{cs}[{k!r}]"))
+            self._effect(Effect("setitem", c, k, value, f.where(), f"{cs}[{k!r}]",
+                                Item(cs, k) if literal_key(k) else None))
         user(operator.setitem, c, k, value)
         if cs is not None and literal_key(k):
             self.written[(id(c), k)] = (vsrc,)

@@ -30,6 +30,8 @@ class Namer:
         n = self._names.get(key)
         if n is None:
             n = f"{hint or self.prefix}{len(self._names)}"
+            while n in self.ns:  # never shadow a name the guard function already uses
+                n += "_"
             self._names[key] = n
             self.ns[n] = obj
         return n
