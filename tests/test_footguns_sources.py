@@ -703,6 +703,41 @@ def test_arithmetic_on_an_item_result_used_in_tensor_math(name):
         assert_same(f(x), cf(x), f"x = {v}")
 
 
+def _scaled_by_math_of(op):
+    def f(x, k):
+        return x * op(k)
+    return f
+
+
+RUNTIME_MATH = "arithmetic on `.item()` results through math.sqrt, math.exp, round, abs, //, %, " \
+               "np.float32 (not listed: also on a float argument or global that became a " \
+               "runtime input after changing once)"
+
+
+@pytest.mark.parametrize("name", [
+    *(pytest.param(n, marks=xfail13(f"{RUNTIME_MATH}: {n}")) for n in ITEM_MATH),
+    *ITEM_MATH_HANDLED])
+def test_arithmetic_on_a_float_argument_that_became_a_runtime_input(name):
+    f = _scaled_by_math_of({**ITEM_MATH, **ITEM_MATH_HANDLED}[name])
+    cf = compiler.compile(f)
+    for k in (2.0, 1.5, 3.25, 4.5, -2.5, 7.0):
+        assert_same(f(X, k), cf(X, k), f"k = {k}")
+
+
+SQRT_OF = 2.0
+
+
+def _times_sqrt_of_global(x):
+    return x * math.sqrt(SQRT_OF)
+
+
+@xfail13(f"{RUNTIME_MATH}: math.sqrt of a global")
+def test_math_on_a_global_float_that_became_a_runtime_input(monkeypatch):
+    cf = compiler.compile(_times_sqrt_of_global)
+    follow(_times_sqrt_of_global, cf, (2.0, 1.5, 3.0, 4.0),
+           lambda v: monkeypatch.setitem(globals(), "SQRT_OF", v))
+
+
 # ------------------------------------------------------------------ defaults, partials, methods
 
 
