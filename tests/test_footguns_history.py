@@ -265,9 +265,9 @@ def test_detect_anomaly_after_tracing_raises_like_eager():
     _warm(cf, t(1.0, 2.0).requires_grad_())
     x1, x2 = t(0.0, 2.0).requires_grad_(), t(0.0, 2.0).requires_grad_()
     with dg.autograd.detect_anomaly():
-        with pytest.raises(RuntimeError) as eager:
+        with pytest.raises(RuntimeError, match="returned nan values"):
             _sqrt_of_square_backward(x1)
-        with pytest.raises(RuntimeError, match=str(eager.value).split("'")[1]):
+        with pytest.raises(RuntimeError, match="returned nan values"):
             cf(x2)
 
 
