@@ -40,7 +40,8 @@ lint: $(STAMP)
 # once more for an AVX2-only CPU (DYNGRAD_TARGET, emulated on this one), so the paths for
 # machines without AVX-512 stay tested whatever CPU runs the suite.
 COMPILED_TESTS := tests/test_compiler.py tests/test_footguns.py tests/test_soundness.py \
-	tests/test_random_programs.py
+	tests/test_random_programs.py tests/test_footguns_sources.py tests/test_footguns_history.py \
+	tests/test_random_sources.py
 LLVM_TESTS := tests/test_llvm_*.py tests/test_vecmath.py tests/test_codegen*.py \
 	tests/test_target.py tests/test_profile.py $(COMPILED_TESTS)
 

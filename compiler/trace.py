@@ -130,6 +130,11 @@ class ScalarSource:
         return expr if self.index is None else f"{expr}[{int(self.index)}]"
 
 
+def _sqrt(x: float) -> float:
+    import math
+    return math.sqrt(x)  # (ValueError for x < 0, as in eager)
+
+
 class Kept:
     """An object a side effect stores that existed before the call (or is immutable): effect
     replay stores the object itself (a ``("const", obj)`` spec)."""
@@ -527,7 +532,7 @@ class Tracer(DispatchMode):
         vals = [float(x) for x in operands]
         result = {"add": operator.add, "sub": operator.sub, "mul": operator.mul,
                   "div": operator.truediv, "pow": operator.pow,
-                  "neg": operator.neg}[prim_name](*vals)
+                  "neg": operator.neg, "abs": operator.abs, "sqrt": _sqrt}[prim_name](*vals)
         if self.finished:
             return result
         ins = [x._value if isinstance(x, TracedScalar) else float(x) for x in operands]

@@ -158,7 +158,6 @@ def _train_step_of(model, opt):
     return step
 
 
-@xfail13("nesting and modes: a warm compiled step called inside another compiled function")
 def test_a_warm_compiled_step_called_inside_another_compiled_function_trains():
     m1 = nn.Linear(3, 1)
     m2 = copy.deepcopy(m1)
@@ -237,12 +236,9 @@ def _grad_of(f):
 
 
 @pytest.mark.parametrize("transform", [
-    pytest.param(_jvp_of, id="jvp", marks=xfail13(
-        "nesting and modes: `jvp` around a warm compiled function")),
-    pytest.param(_vmap_of, id="vmap", marks=xfail13(
-        "nesting and modes: `vmap` around a warm compiled function")),
-    pytest.param(_jacfwd_of, id="jacfwd", marks=xfail13(
-        "nesting and modes: `jacfwd` around a warm compiled function")),
+    pytest.param(_jvp_of, id="jvp"),
+    pytest.param(_vmap_of, id="vmap"),
+    pytest.param(_jacfwd_of, id="jacfwd"),
     pytest.param(_jacrev_of, id="jacrev"),
     pytest.param(_grad_of, id="grad"),
 ])
@@ -258,7 +254,6 @@ def _sqrt_of_square_backward(x):
     return loss
 
 
-@xfail13("nesting and modes: `detect_anomaly()` is not part of the guards")
 @pytest.mark.filterwarnings("ignore:Anomaly Detection")
 def test_detect_anomaly_after_tracing_raises_like_eager():
     cf = compiler.compile(_sqrt_of_square_backward)
@@ -329,7 +324,6 @@ def _shuffled(x):
     return x[dg.randperm(x.shape[0])] * 2
 
 
-@xfail13("`randperm` is computed outside the tracer and baked in")
 def test_randperm_is_drawn_on_every_call_like_eager():
     x = dg.tensor(np.arange(16.0, dtype=np.float32))
     cf = compiler.compile(_shuffled)
@@ -340,7 +334,6 @@ def test_randperm_is_drawn_on_every_call_like_eager():
         assert_same(expected, cf(x), f"seed {seed}")
 
 
-@xfail13("`randperm` is computed outside the tracer and baked in (the RNG stream)")
 def test_randperm_over_several_calls_follows_the_rng_stream():
     x = dg.tensor(np.arange(16.0, dtype=np.float32))
     cf = compiler.compile(_shuffled)
@@ -373,7 +366,6 @@ def _twice(x):
     return y, y
 
 
-@xfail13(f"{ALIASING}: `return y, y` gives two objects")
 def test_returning_the_same_tensor_twice_returns_one_object():
     cf = compiler.compile(_twice)
     for k in range(3):
@@ -386,7 +378,6 @@ def _and_a_view(x):
     return y, y[1:]
 
 
-@xfail13(f"{ALIASING}: returned views do not alias their base", on_llvm())
 def test_a_returned_view_aliases_its_base():
     cf = compiler.compile(_and_a_view)
     for k in range(3):
@@ -400,7 +391,6 @@ def _view_of_argument(x):
     return x[1:]
 
 
-@xfail13(f"{ALIASING}: returned views do not alias their base (a view of an argument)")
 def test_a_returned_view_of_an_argument_aliases_the_argument():
     cf = compiler.compile(_view_of_argument)
     for k in range(3):
@@ -419,7 +409,6 @@ def _grad_of_w(w):
     return f
 
 
-@xfail13(f"{ALIASING}: a returned `w.grad` is not `w.grad`")
 def test_a_returned_grad_is_the_grad():
     w = nn.Parameter(t(1.0, 2.0, 3.0))
     cf = compiler.compile(_grad_of_w(w))
@@ -452,7 +441,6 @@ def test_an_argument_that_views_a_captured_tensor_at_another_offset():
 # ------------------------------------------------------------------ other
 
 
-@xfail13("integer `//` and `%` by zero read data behind the tracer's back")
 @pytest.mark.parametrize("op", ["//", "%"])
 def test_integer_division_by_zero_raises_like_eager(op):
     def f(a, b):
@@ -482,7 +470,6 @@ class Net(nn.Module):
             return self.lin(x).tanh()
 
 
-@xfail13("a compiled method keeps its instance alive")
 def test_a_compiled_method_does_not_keep_its_instance_alive():
     refs = []
     for _ in range(20):
@@ -497,7 +484,6 @@ def test_a_compiled_method_does_not_keep_its_instance_alive():
 
 
 @pytest.mark.skipif(not on_llvm(), reason="the interpreter compiles no native modules")
-@xfail13("the in-process cache of compiled modules is never evicted")
 def test_the_in_process_module_cache_drops_modules_of_dropped_functions():
     from compiler.backends.llvm import cache
     assert hasattr(cache, "_memory"), "the in-process module cache moved: update this test"

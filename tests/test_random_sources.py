@@ -265,13 +265,7 @@ def run(prog: Program) -> None:
 
 # programs that fail today on both backends (a value baked in at a source the guards miss);
 # each flips to XPASS(strict), a failure, when its sources are guarded: remove it then
-KNOWN_FAILING: set[int] = {
-    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
-    24, 25, 26, 28, 29, 30, 31, 32, 33, 35, 36, 37, 38, 39, 41, 42, 43, 44, 45, 46, 48, 49,
-    50, 51, 52, 53, 54, 55, 56, 58, 59, 60, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73,
-    74, 75, 76, 77, 78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91, 92, 93, 94, 95,
-    1007, 1019, 1037,
-}
+KNOWN_FAILING: set[int] = set()
 
 
 def _case(seed: int):

@@ -208,14 +208,27 @@ def native(cap, f, fn, args, asrc, kwargs, ksrc, refused: bool = False):
             _native_arg(cap, v, s, library)
         for k, v in kwargs.items():
             _native_arg(cap, v, ksrc.get(k), library)
-    if any(isinstance(a, _TracedScalar()) for a in args) and not library:
-        args = [_plain_scalar(cap, a, getattr(fn, "__name__", "a function")) for a in args]
+    ts = _TracedScalar()
+    if (any(isinstance(a, ts) for a in args) or any(isinstance(v, ts) for v in
+                                                     kwargs.values())) and not _traces(fn):
+        what = getattr(fn, "__name__", "a function")  # (round, np.float32: a guarded value)
+        args = [_plain_scalar(cap, a, what) for a in args]
+        kwargs = {k: _plain_scalar(cap, v, what) for k, v in kwargs.items()}
     if _drives(fn):  # a builtin that iterates its arguments or calls back: keep them seen
         args = [_interpreted(cap, f, a, asrc[i] if i < len(asrc) else None)
                 for i, a in enumerate(args)]
         kwargs = {k: _interpreted(cap, f, v, ksrc.get(k)) for k, v in kwargs.items()}
     value = user(fn, *args, **kwargs)
     return value, cap.source_of(value)
+
+
+def _traces(fn) -> bool:
+    """Code that takes traced numbers as they are (dyngrad's and the compiler's own: its
+    tensor operations record them); anything else reads them as plain floats."""
+    mod = getattr(fn, "__module__", None)
+    if not isinstance(mod, str):
+        mod = getattr(type(fn), "__module__", "") or ""
+    return mod.split(".")[0] in ("dyngrad", "compiler")
 
 
 _DRIVERS: set = set()
