@@ -171,6 +171,9 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None) -
             add(f"flat[{i}]._requires_grad is not {x._requires_grad}",
                 f"requires_grad of argument {i}", x._requires_grad,
                 lambda f, i=i: f[i]._requires_grad)
+            if x._requires_grad and not x._hooks:  # (a hook registered later: runs eagerly)
+                add(f"flat[{i}]._hooks", f"argument {i} has no gradient hooks", "none",
+                    lambda f, i=i: f"{len(f[i]._hooks or ())} hook(s)")
             storages.setdefault(id(x._storage), []).append(i)
         elif isinstance(x, bool) or x is None or isinstance(x, str):
             ns[f"V{i}"] = x
@@ -243,6 +246,9 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None) -
             add(f"o is None or o._data is not A{k}() or o._requires_grad is not {rg}",
                 f"bound tensor {b.name} (alive, same storage, requires_grad={rg})",
                 "same", lambda f, k=k: _describe_ref(trace.bindings[k]))
+            if rg and not t._hooks:  # (a hook registered later: runs eagerly)
+                add("o._hooks", f"bound tensor {b.name} has no gradient hooks", "none",
+                    lambda f, k=k: _hooks_of(trace.bindings[k].target()))
             if id(b) in written:
                 add("not o._data.flags.writeable", f"bound tensor {b.name} is writable (the "
                     f"function writes it)", True, lambda f, k=k: _writable(trace.bindings[k]))
@@ -346,6 +352,10 @@ def _writable(b):
     obj = b.target()
     arr = obj._data if isinstance(obj, Tensor) else obj
     return None if arr is None else arr.flags.writeable
+
+
+def _hooks_of(t) -> str:
+    return "gone" if t is None else f"{len(t._hooks or ())} hook(s)"
 
 
 def _describe_source(b, flat) -> str:

@@ -109,8 +109,7 @@ def _unwrap(cap, fn, fs, args, asrc, kwargs, ksrc):
             pargs = list(p.args)
             pa_src = [Item(Attr(psrc, "args"), i) if psrc is not None else None
                       for i in range(len(pargs))]
-            for v, s in zip(pargs, pa_src):
-                cap.read(v, s, p.args)
+            pargs = [cap.read(v, s, p.args) for v, s in zip(pargs, pa_src)]
             kw = dict(p.keywords)
             if psrc is not None:
                 ks = Attr(psrc, "keywords")
@@ -382,8 +381,8 @@ def bind(cap, fn, fs, args, asrc, kwargs, ksrc, library: bool):
             missing.append(name)
             continue
         d = defaults[i - first]
-        loc[name], src[name] = d, _default_source(cap, fn, fs, made, "__defaults__",
-                                                  i - first, d, library)
+        loc[name], src[name] = _default_source(cap, fn, fs, made, "__defaults__", i - first,
+                                               d, library)
     kwd = fn.__kwdefaults__ or {}
     for name in kwonly:
         if name in loc:
@@ -391,8 +390,8 @@ def bind(cap, fn, fs, args, asrc, kwargs, ksrc, library: bool):
         if name not in kwd:
             missing.append(name)
             continue
-        loc[name], src[name] = kwd[name], _default_source(cap, fn, fs, made, "__kwdefaults__",
-                                                          name, kwd[name], library)
+        loc[name], src[name] = _default_source(cap, fn, fs, made, "__kwdefaults__", name,
+                                               kwd[name], library)
     if missing:
         raise Raised(TypeError(f"{qual}() missing {len(missing)} required argument"
                                f"{'s' if len(missing) > 1 else ''}: "
@@ -401,21 +400,22 @@ def bind(cap, fn, fs, args, asrc, kwargs, ksrc, library: bool):
 
 
 def _default_source(cap, fn, fs, made, attr: str, key, value, library: bool):
+    """(the value the call sees, its source) for a parameter left to its default."""
     if library:
-        return None
+        return value, None
     if made is not None:  # a function made in this call: the default's source at creation
         part = made.get(attr)
         if part is None:
-            return None
+            return value, None
         container, csrc = part
         if attr == "__defaults__":
             built = cap.tuple_src.get(id(container))
-            return built[1][key] if built is not None and built[0] is container else None
-        return None
+            return value, (built[1][key] if built is not None and built[0] is container
+                           else None)
+        return value, None
     base = fs if fs is not None else Held(fn, fn.__qualname__)
     s = Item(Attr(base, attr), key)
-    cap.read(value, s, getattr(fn, attr))
-    return s
+    return cap.read(value, s, getattr(fn, attr)), s
 
 
 def _zero_arg_super(f: Frame):

@@ -21,6 +21,43 @@ from ..dispatch import read_scalar
 from ..tensor import Tensor, zero_grads
 
 
+class _Versioned(list):
+    """A list that tells its optimizer when it changes (a group's ``params``, and
+    ``param_groups`` itself), so that guards on ``_version`` see in-place changes too."""
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, owner: Optimizer, items=()) -> None:
+        super().__init__(items)
+        self._owner = owner
+
+    def __reduce__(self):
+        return (_rebuild_versioned, (type(self), self._owner, list(self)))
+
+
+def _rebuild_versioned(cls, owner, items):
+    return cls(owner, items)
+
+
+def _bumps(name: str):
+    base = getattr(list, name)
+
+    def method(self, *args, **kwargs):
+        out = base(self, *args, **kwargs)
+        owner = getattr(self, "_owner", None)
+        if owner is not None:
+            owner._version += 1
+        return out
+    method.__name__ = name
+    method.__doc__ = base.__doc__
+    return method
+
+
+for _name in ("append", "extend", "insert", "remove", "pop", "clear", "sort", "reverse",
+              "__setitem__", "__delitem__", "__iadd__", "__imul__"):
+    setattr(_Versioned, _name, _bumps(_name))
+
+
 class ParamGroup(dict):
     """A parameter group: a dict that tells its optimizer when it changes."""
 
@@ -32,6 +69,8 @@ class ParamGroup(dict):
 
     def __setitem__(self, key, value) -> None:
         structural = key == "params" or key not in self
+        if key == "params" and isinstance(value, list):
+            value = _Versioned(self._owner, value)
         super().__setitem__(key, value)
         owner = self._owner
         if structural:
@@ -64,7 +103,7 @@ class Optimizer:
     def __init__(self, params: Iterable, defaults: dict) -> None:
         self.defaults = dict(defaults)
         self.state: dict = {}
-        self.param_groups: list[ParamGroup] = []
+        self.param_groups: list[ParamGroup] = _Versioned(self)
         self._version = 0
         self._hyper_version = 0
         params = list(params)
@@ -92,9 +131,8 @@ class Optimizer:
             raise ValueError("some parameters appear in more than one parameter group")
         group = ParamGroup(self, self.defaults)
         dict.update(group, param_group)
-        dict.__setitem__(group, "params", params)
-        self.param_groups.append(group)
-        self._version += 1
+        dict.__setitem__(group, "params", _Versioned(self, params))
+        self.param_groups.append(group)  # (bumps _version)
 
     def hyper(self, group: dict, name: str) -> Any:
         """Read hyperparameter ``name`` of ``group``, observably for a tracer."""
