@@ -26,6 +26,9 @@ from typing import Any
 from dyngrad.dispatch import STATE
 from dyngrad.tensor import Tensor
 
+from .capture.checks import is_plain
+from .capture.checks import same_plain_conditions as plain_conditions
+from .capture.sources import Namer
 from .generated import exec_generated
 
 _MISSING = object()
@@ -132,6 +135,7 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None) -
         now.append(reader)
         tags.append(tag)
 
+    namer = Namer(ns, "P")
     ns["SPEC"] = spec
     add("spec != SPEC", "structure of the arguments", _spec_str(spec), lambda f: "changed")
     storages: dict[int, list] = {}
@@ -175,18 +179,14 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None) -
                 add(f"flat[{i}]._hooks", f"argument {i} has no gradient hooks", "none",
                     lambda f, i=i: f"{len(f[i]._hooks or ())} hook(s)")
             storages.setdefault(id(x._storage), []).append(i)
-        elif isinstance(x, bool) or x is None or isinstance(x, str):
-            ns[f"V{i}"] = x
-            add(f"flat[{i}] != V{i} or type(flat[{i}]) is not type(V{i})",
-                f"argument {i}", x, lambda f, i=i: f[i])
-        elif isinstance(x, (int, float)):
-            if i in dynamic_numbers:
-                add(f"type(flat[{i}]) is not {type(x).__name__}", f"type of argument {i}",
-                    type(x).__name__, lambda f, i=i: type(f[i]).__name__)
-            else:
-                ns[f"V{i}"] = x
-                add(f"flat[{i}] != V{i}", f"value of number argument {i}", x,
-                    lambda f, i=i: f[i], ("number", i))
+        elif type(x) in (int, float) and i in dynamic_numbers:  # a runtime input
+            add(f"type(flat[{i}]) is not {type(x).__name__}", f"type of argument {i}",
+                type(x).__name__, lambda f, i=i: type(f[i]).__name__)
+        elif is_plain(x):  # type and value: 2 is not 2.0, -0.0 is not 0.0, np.float32(2)
+            cond = " or ".join(plain_conditions(f"flat[{i}]", x, namer))
+            tag = ("number", i) if type(x) in (int, float) else None
+            add(cond, f"argument {i} == {x!r} ({type(x).__name__})", x,
+                lambda f, i=i: f[i], tag)
         else:
             ns[f"O{i}"] = _ref(x)
             add(f"flat[{i}] is not O{i}()", f"identity of argument {i} "

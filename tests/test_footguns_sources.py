@@ -427,14 +427,17 @@ def test_a_global_numpy_scalar_changed_between_calls(monkeypatch, kind):
     assert compiled_calls(cf) >= 2
 
 
-@xfail13("numpy scalars (as arguments: np.float64 that changed twice raises NameError in "
-         "the guard; np.float32 and np.int64 are guarded by identity and trace every call)")
 @pytest.mark.parametrize("kind", [np.float32, np.float64, np.int64])
 def test_a_numpy_scalar_argument_changed_between_calls(kind):
+    """A numpy scalar argument is guarded by type and value (not by identity, which would
+    trace every call; not a runtime input, since the program may use it as a numpy
+    object): one variant per value."""
     cf = compiler.compile(_scale_by)
     for v in (2, 2, 3, 3, 4, 4, 5, 5):
         assert_same(_scale_by(X, kind(v)), cf(X, kind(v)), f"k = {kind(v)!r}")
-    assert len(cf.variants) <= 3 and compiled_calls(cf) >= 4
+    assert len(cf.variants) == 4 and compiled_calls(cf) == 4
+    assert_same(_scale_by(X, 2.0), cf(X, 2.0), "a float of the same value")
+    assert len(cf.variants) == 5
 
 
 # ------------------------------------------------------------------ globals read far away

@@ -34,7 +34,7 @@ def is_plain(x: Any) -> bool:
     return False
 
 
-def _same_plain_conditions(e: str, value: Any, namer: Namer) -> list[str]:
+def same_plain_conditions(e: str, value: Any, namer: Namer) -> list[str]:
     """Conditions (any true = different) that ``e`` differs from ``value`` in type or value:
     ``2`` is not ``2.0``, ``-0.0`` is not ``0.0``, NaN equals NaN."""
     t = type(value)
@@ -46,11 +46,11 @@ def _same_plain_conditions(e: str, value: Any, namer: Namer) -> list[str]:
     if t is tuple:
         conds.append(f"len({e}) != {len(value)}")
         for i, x in enumerate(value):
-            conds += _same_plain_conditions(f"{e}[{i}]", x, namer)
+            conds += same_plain_conditions(f"{e}[{i}]", x, namer)
         return conds
     if t is slice:
         for part in ("start", "stop", "step"):
-            conds += _same_plain_conditions(f"{e}.{part}", getattr(value, part), namer)
+            conds += same_plain_conditions(f"{e}.{part}", getattr(value, part), namer)
         return conds
     if isinstance(value, (float, np.floating)) or t is complex:
         if value != value:  # NaN: equal to NaN only
@@ -94,7 +94,7 @@ class Equals(Check):
     value: Any
 
     def condition(self, e: str, namer: Namer) -> str:
-        return " or ".join(_same_plain_conditions(e, self.value, namer))
+        return " or ".join(same_plain_conditions(e, self.value, namer))
 
     def describe(self) -> str:
         return f"{self.source} == {self.value!r} ({type(self.value).__name__})"
