@@ -218,6 +218,8 @@ class Variant:
         if tr.prints:
             _print_effects(tr.prints, outs)
         self.calls += 1
+        if tr.continuation is not None:
+            _continue_backward(tr.continuation, flat, outs)
         result = _build(tr.out_spec, outs, flat, grad_node)
         if tr.effects:
             _replay(tr, result[1])
@@ -318,10 +320,11 @@ def _generate_call_path(trace: Trace, copy_outputs: set, variant: Variant, run) 
              "def commit(flat, outs):", *indent, *(f"    {x}" for x in body), "    return None",
              "", "def fast(flat):", *indent, *run_lines,
              *(f"    {x}" for x in body), "    V.calls += 1",
+             *(["    CONTINUE(TR.continuation, flat, outs)"] if trace.continuation else []),
              *(f"    {x}" for x in result_lines),
              *([f"    r = {result}", "    REPLAY(TR, r[1])", "    return r[0]"]
                if trace.effects else [f"    return {result}"])]
-    ns["REPLAY"], ns["TR"] = _replay, trace
+    ns["REPLAY"], ns["TR"], ns["CONTINUE"] = _replay, trace, _continue_backward
     exec_generated("\n".join(lines), ns)
     return ns["gather"], ns["commit"], ns["fast"]
 
@@ -808,6 +811,7 @@ class CompiledFunction:
                           for i, x in enumerate(flat)]
                 args, kwargs = unflatten(spec, traced)
             result, cap = capture.run(tracer, self.fn, args, kwargs, self.dynamic_sources)
+        tracer.continue_backward_now(flat)  # (into the arguments' history: Tracer note)
         t1 = time.perf_counter()
         _plain_effects(cap.effects)
         try:
@@ -1031,6 +1035,15 @@ def _source_reader(src):
     exec_generated(f"def read(flat):\n    try:\n        return {e}\n"
                    f"    except Exception:\n        return None", ns)
     return ns["read"]
+
+
+def _continue_backward(continuation, flat: list, outs: list) -> None:
+    """The backward a call ran inside, continued eagerly into its arguments' autograd
+    history with the gradients the compiled graph computed for them (Tracer note)."""
+    from dyngrad.autograd import backward
+    roots, retain = continuation
+    backward([flat[i] for i, _ in roots], [Tensor._fresh(outs[k]) for _, k in roots],
+             retain_graph=retain)
 
 
 def _replay(trace: Trace, values: list) -> None:

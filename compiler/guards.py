@@ -175,6 +175,12 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None) -
             add(f"flat[{i}]._requires_grad is not {x._requires_grad}",
                 f"requires_grad of argument {i}", x._requires_grad,
                 lambda f, i=i: f[i]._requires_grad)
+            if x._requires_grad and x._node is None and trace.backward_inside:
+                # a leaf at trace time: its gradient was accumulated in the graph; with
+                # autograd history, backward must go on into it (a trace of that kind)
+                add(f"flat[{i}]._node is not None", f"argument {i} is a leaf (no grad_fn)",
+                    "a leaf", lambda f, i=i: "has a grad_fn" if f[i]._node is not None
+                    else "a leaf")
             if x._requires_grad and not x._hooks:  # (a hook registered later: runs eagerly)
                 add(f"flat[{i}]._hooks", f"argument {i} has no gradient hooks", "none",
                     lambda f, i=i: f"{len(f[i]._hooks or ())} hook(s)")

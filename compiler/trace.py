@@ -315,6 +315,9 @@ class Trace:
     checks: list = field(default_factory=list)  # the capture's checks on Python sources
     effects: list = field(default_factory=list)  # (kind, target, key): replayed Python
     #   effects (see compiler/api.py); their values are the out_spec's second half
+    continuation: Any = None  # ([(argument index, output index)], retain_graph): the
+    #   backward into the arguments' autograd history, run after each call (Tracer note)
+    backward_inside: bool = False  # the call runs backward() itself
     version_updates: list = field(default_factory=list)  # (box, weak ref): expected
     #   versions moved on after each replay
     backward: dict | None = None  # for outputs differentiated after the call: see
@@ -351,6 +354,14 @@ class Tracer(DispatchMode):
         self.finished = False  # traced scalars outliving the trace act as plain floats
         self.alias_of: dict[int, Tensor] = {}  # id(alias from .data/detach()) -> its owner
         self.writes_to: dict[int, list] = {}  # id(storage) -> [(slot written, value)], in order
+        # Note (argument history): a backward() inside the call stops at the autograd nodes
+        # its arguments bring (the engine hands their gradients over: on_boundary); those
+        # gradients leave the graph, and the backward continues eagerly into the arguments'
+        # history after each compiled call (and after this tracing call: api._trace), so it
+        # reaches the leaves that history has now, not the ones it had at trace time.
+        self.backward_boundary = {id(a._node): a._node for a in flat_args
+                                  if isinstance(a, Tensor) and a._node is not None}
+        self.boundary_hits: list = []  # (node, gradient buffer, retain_graph)
 
     # ----------------------------------------------------------------- values and slots
     def _register(self, key: tuple, t: Tensor, v: Value) -> None:
@@ -496,6 +507,63 @@ class Tracer(DispatchMode):
             if t._node is not None:
                 self.backward_roots[id(t._node)] = retain_graph
                 self.keep.append(t._node)
+
+    def on_boundary(self, node, buf, retain_graph) -> None:
+        self.boundary_hits.append((node, list(buf), retain_graph))
+
+    def continue_backward_now(self, flat_args) -> None:
+        """This (tracing) call's own continuation into its arguments' history, eagerly
+        (outside the tracer): what the engine stopped at during the call."""
+        roots, grads, retain = self._continuation_roots(flat_args)
+        if roots:
+            from dyngrad.autograd import backward
+            backward(roots, grads, retain_graph=retain)
+
+    def _continuation_roots(self, flat_args):
+        roots, grads, retain = [], [], False
+        for node, buf, rg in self.boundary_hits:
+            retain = retain or bool(rg)
+            for nr, g in enumerate(buf):
+                if g is None:
+                    continue
+                for a in flat_args:
+                    if isinstance(a, Tensor) and a._node is node and a._out_nr == nr:
+                        roots.append(a)
+                        grads.append(g)
+                        break
+        return roots, grads, retain
+
+    def _continuation(self, flat_args, out_index):
+        """(roots as (argument index, output index), retain_graph) for the runtime; raises
+        Unsupported when continuing after the call could differ from eager's order."""
+        if not self.boundary_hits:
+            return None
+        nodes = [h[0] for h in self.boundary_hits]
+        if len({id(n) for n in nodes}) != len(nodes) or \
+                len({bool(h[2]) for h in self.boundary_hits}) > 1:
+            raise Unsupported("backward() runs more than once through the autograd history of "
+                              "an argument; a compiled call continues into that history once, "
+                              "after the call")
+        leaves = _history_leaves(nodes)
+        for owner, _ in self.grad_state.values():
+            if id(owner) in leaves:
+                raise Unsupported(f"the function reads or sets {self._name(owner)}.grad, "
+                                  f"which backward() reaches through the autograd history of an "
+                                  f"argument; a compiled call continues into that history only "
+                                  f"after the call")
+        roots = []
+        index = {id(a): i for i, a in enumerate(flat_args) if isinstance(a, Tensor)}
+        for node, buf, _ in self.boundary_hits:
+            for nr, g in enumerate(buf):
+                if g is None:
+                    continue
+                i = next((index[id(a)] for a in flat_args if isinstance(a, Tensor) and
+                          a._node is node and a._out_nr == nr), None)
+                if i is None:
+                    raise Unsupported("backward() reaches an argument's history at an output "
+                                      "no argument is")
+                roots.append((i, out_index(self.value_of(g))))
+        return roots, bool(self.boundary_hits[0][2])
 
     def on_object(self, obj) -> None:
         if id(obj) not in self.objects:
@@ -703,6 +771,8 @@ class Tracer(DispatchMode):
                 continue  # a tensor made inside the call: local
             effects = [e for e in effects if e[0] is not ob]  # the last assignment wins
             effects.append((ob, None if value is None else out_index(self.value_of(value))))
+        continuation = self._continuation(flat_args, out_index)
+        self.boundary_hits.clear()
         returned: set = set()
         grad_outputs: list = []  # returned tensors a backward() may run through later
         prints = self._print_specs(out_index)
@@ -721,6 +791,8 @@ class Tracer(DispatchMode):
         trace = Trace(g, bindings, scalars, writebacks, effects, out_spec,
                       list(self.objects.values()), self.baked, grad_guards, prints=prints,
                       backward=backward)
+        trace.continuation = continuation
+        trace.backward_inside = bool(self.backward_roots)
         self._check_escapes(returned)
         return trace
 
@@ -781,7 +853,8 @@ class Tracer(DispatchMode):
                 return ("grad_of", self.owner_ref(owner))
             role = ("plain", x._requires_grad)
             if x._node is not None and x._requires_grad:
-                if self.backward_roots.get(id(x._node)) is False:
+                if self.backward_roots.get(id(x._node)) is False or \
+                        self._reaches_spent(x._node):
                     role = ("spent", x._node.name())  # backward already ran through it
                 else:  # backward outside: a compiled backward graph will serve it
                     grad_outputs.append(x)
@@ -829,6 +902,23 @@ class Tracer(DispatchMode):
 
         body = spec_of(result)
         return ("let", lets, body) if lets else body
+
+    def _reaches_spent(self, node) -> bool:
+        """Whether ``node``'s graph reaches a root a backward() inside the call freed (so a
+        backward through it raises in eager, as it must through the spent result)."""
+        spent = {k for k, retain in self.backward_roots.items() if retain is False}
+        if not spent:
+            return False
+        stack, seen = [node], set()
+        while stack:
+            n = stack.pop()
+            if n is None or id(n) in seen:
+                continue
+            if id(n) in spent:
+                return True
+            seen.add(id(n))
+            stack.extend(e[0] for e in n.next if e is not None)
+        return False
 
     def _bound_binding(self, x: Tensor, flat_args) -> Binding | None:
         """The binding of ``x`` when ``x`` is the very argument or captured tensor bound."""
@@ -989,6 +1079,24 @@ def _view_suffix(x: Tensor, t: Tensor) -> tuple | None:
             arr.ctypes.data != a.ctypes.data:
         return None
     return ops
+
+
+def _history_leaves(nodes: list) -> set:
+    """ids of the leaf tensors the autograd graph below ``nodes`` accumulates into."""
+    from dyngrad.autograd.graph import AccumulateGrad
+    ids, stack, seen = set(), list(nodes), set()
+    while stack:
+        n = stack.pop()
+        if n is None or id(n) in seen:
+            continue
+        seen.add(id(n))
+        if isinstance(n, AccumulateGrad):
+            leaf = n.leaf()
+            if leaf is not None:
+                ids.add(id(leaf))
+            continue
+        stack.extend(e[0] for e in n.next if e is not None)
+    return ids
 
 
 def _is_created(t: Tensor, created: list) -> bool:

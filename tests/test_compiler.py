@@ -689,7 +689,7 @@ def test_cache_limit_keeps_the_function_eager_with_one_warning_naming_the_guard(
             assert_same(cf(x, n), head(x, n))
     msgs = [str(w.message) for w in caught if "dyngrad.compile" in str(w.message)]
     assert len(msgs) == 1, msgs
-    assert "cache_limit (3)" in msgs[0] and "value of number argument 1" in msgs[0]
+    assert "cache_limit (3)" in msgs[0] and "argument 1 == 3 (int)" in msgs[0]
     assert "traced 3" in msgs[0] and "now 4" in msgs[0]
     assert len(cf.variants) == 3 and cf.eager_reason is not None
     assert caught[0].filename == __file__, "the warning should point at the caller"

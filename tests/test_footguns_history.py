@@ -66,7 +66,6 @@ def _loss_step(out, y):
     return loss
 
 
-@xfail13(f"{HISTORY}: `loss_step(model(x), y)` compiled, with the batches in a list")
 def test_a_non_leaf_argument_whose_graph_changes_every_batch():
     m1 = nn.Linear(3, 1)
     m2 = copy.deepcopy(m1)
@@ -104,7 +103,6 @@ def _square_sum_backward(h):
     return loss
 
 
-@xfail13(f"{HISTORY}: traced with `w*2` and called with `v*3`")
 def test_traced_with_one_non_leaf_and_called_with_another_the_gradient_lands_on_the_new_leaf():
     def leaves():
         return nn.Parameter(t(1.0, 2.0)), nn.Parameter(t(-1.0, 0.5))
@@ -189,9 +187,6 @@ def _step_returning_a_function_of_the_spent_loss(w):
     return step
 
 
-@xfail13("not listed: a step that calls backward() inside and returns arithmetic on the "
-         "spent loss raises 'Trying to backward through the graph a second time' on its "
-         "tracing call")
 def test_returning_arithmetic_on_the_loss_after_backward_inside():
     w1, w2 = nn.Parameter(t(1.0, 2.0)), nn.Parameter(t(1.0, 2.0))
     eager = _step_returning_a_function_of_the_spent_loss(w1)

@@ -209,7 +209,11 @@ def native(cap, f, fn, args, asrc, kwargs, ksrc, refused: bool = False):
             _native_arg(cap, v, ksrc.get(k), library)
     ts = _TracedScalar()
     if (any(isinstance(a, ts) for a in args) or any(isinstance(v, ts) for v in
-                                                     kwargs.values())) and not _traces(fn):
+                                                     kwargs.values())) and not _traces(fn) \
+            and not (isinstance(getattr(fn, "__self__", None), (list, dict)) and
+                     getattr(fn, "__name__", "") in _STORES):
+        # (a container method stores the traced number as it is: effect replay makes the
+        # store again with each call's value)
         what = getattr(fn, "__name__", "a function")  # (round, np.float32: a guarded value)
         args = [_plain_scalar(cap, a, what) for a in args]
         kwargs = {k: _plain_scalar(cap, v, what) for k, v in kwargs.items()}
@@ -219,6 +223,9 @@ def native(cap, f, fn, args, asrc, kwargs, ksrc, refused: bool = False):
         kwargs = {k: _interpreted(cap, f, v, ksrc.get(k)) for k, v in kwargs.items()}
     value = user(fn, *args, **kwargs)
     return value, cap.source_of(value)
+
+
+_STORES = frozenset({"append", "insert", "__setitem__"})  # (store a value, never read it)
 
 
 def _traces(fn) -> bool:

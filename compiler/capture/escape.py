@@ -42,8 +42,11 @@ class Watchdog:
 
 # The import system's protocol: finders and loaders installed by tools (setuptools' hooks)
 # run when the library imports lazily; what they return is a module.
+# And finalizers: ``__del__`` runs when the collector frees something, whatever the call is
+# doing; it is no part of what the call computes.
 _IMPORT_PROTOCOL = frozenset({"find_spec", "find_module", "exec_module", "create_module",
-                              "load_module", "invalidate_caches", "get_code", "get_source"})
+                              "load_module", "invalidate_caches", "get_code", "get_source",
+                              "__del__"})
 
 
 def _seen(code) -> bool:

@@ -129,7 +129,9 @@ class Code:
     @classmethod
     def of(cls, code: types.CodeType) -> Code:
         c = cls._cache.get(code)
-        if c is None:
+        if c is None or c.code is not code:  # (equal code objects may differ in filename)
+            if len(cls._cache) >= 4096:  # bounded: programs that exec new code keep coming
+                cls._cache.clear()
             c = cls._cache[code] = Code(code)
         return c
 

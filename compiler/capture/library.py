@@ -15,6 +15,7 @@ reads are seen: see :func:`calls_user_code`.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import sys
 import sysconfig
@@ -31,10 +32,10 @@ def _dirs() -> tuple:
     packages = {os.path.dirname(dyngrad.__file__),
                 os.path.dirname(os.path.dirname(os.path.abspath(__file__))),  # compiler/
                 os.path.dirname(np.__file__)}
-    for name in ("llvmlite", "networkx"):
-        mod = sys.modules.get(name)
-        if mod is not None and getattr(mod, "__file__", None):
-            packages.add(os.path.dirname(mod.__file__))
+    for name in ("llvmlite", "networkx"):  # (found without importing them)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin:
+            packages.add(os.path.dirname(spec.origin))
     stdlib = {sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib")} - {None}
     return tuple(os.path.realpath(p) + os.sep for p in packages), \
         tuple(os.path.realpath(p) + os.sep for p in stdlib)

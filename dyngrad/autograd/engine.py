@@ -115,6 +115,14 @@ def run_backward(roots: list, grads: list, *, retain_graph: bool, create_graph: 
     if capture is not None:
         needed = _needed(root_nodes, deps, {n for n, _ in capture})
 
+    # A mode may stop the walk at nodes it does not own (a tracer, at the graph its
+    # arguments bring): such a node gets its gradients handed over instead of running.
+    boundary = None
+    if capture is None:
+        for m in STATE.modes:
+            at = getattr(m, "backward_boundary", None)
+            if at:
+                boundary = (m, at)
     buffers: dict[Node, list] = dict(start)
     ready = [(-n.seq, id(n), n) for n in root_nodes if deps.get(n, 0) == 0]
     heapq.heapify(ready)
@@ -123,6 +131,10 @@ def run_backward(roots: list, grads: list, *, retain_graph: bool, create_graph: 
         while ready:
             _, _, node = heapq.heappop(ready)
             buf = buffers.pop(node)
+            if boundary is not None and id(node) in boundary[1]:
+                boundary[0].on_boundary(node, buf, retain_graph)
+                _release_children(node, deps, buffers, ready, True, skip=True)
+                continue
             # hooks on the node's outputs, then retain_grad
             if node.pre_hooks:
                 if STATE.modes and any(node.pre_hooks.values()):

@@ -40,7 +40,7 @@ from . import jit, target
 
 MAGIC = b"DGOBJ001"
 _HEADER = struct.Struct("<8s32sQ")
-MEMORY_MODULES = 64  # modules the memory cache keeps alive on its own (least recently used
+MEMORY_MODULES = 4  # modules the memory cache keeps alive on its own (least recently used
 MEMORY_BYTES = 256 << 20  # go first), and at most this much of their object code
 _memory: weakref.WeakValueDictionary[str, jit.Compiled] = weakref.WeakValueDictionary()
 #         key -> every module of this process still alive (held by a plan, or by _recent)
