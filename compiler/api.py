@@ -341,6 +341,8 @@ def _build_expr(spec, ns: dict, lines: list) -> str:
         return f"SPENT(outs[{spec[1]}], N{spec[1]})"
     if kind == "scalar":
         return f"float(outs[{spec[1]}])"
+    if kind == "int":
+        return f"int(outs[{spec[1]}])"
     if kind == "tuple":
         return "(" + "".join(_build_expr(s, ns, lines) + ", " for s in spec[1]) + ")"
     if kind == "list":
@@ -379,6 +381,8 @@ def _build(spec, outs, flat, grad_node=None, env=None):
         return _spent_tensor(outs[spec[1]], _spent_node(spec[2]))
     if kind == "scalar":
         return float(outs[spec[1]])
+    if kind == "int":
+        return int(outs[spec[1]])
     if kind == "input":
         return spec[1].resolve(flat)
     if kind == "alias":
@@ -783,12 +787,15 @@ class CompiledFunction:
                 miss = Miss(v.number, v.guards.describe[why], v.guards.expected[why],
                             v.guards.current(why, flat))
                 tag = v.guards.tags[why]
-                if tag is not None and tag[0] == "number" and isinstance(flat[tag[1]], float):
+                if tag is not None and tag[0] == "number" and \
+                        type(flat[tag[1]]) is type(miss.expected) and \
+                        type(miss.expected) in (int, float):
                     self.dynamic_numbers.add(tag[1])  # seen to change: a runtime input now
-                if tag is not None and tag[0] == "source" and isinstance(miss.got, float):
-                    self.dynamic_sources.add(tag[1])  # a global/closure float: likewise
+                if tag is not None and tag[0] == "source" and \
+                        type(miss.got) is type(miss.expected) and type(miss.got) in (int, float):
+                    self.dynamic_sources.add(tag[1])  # a global/closure number: likewise
             else:
-                miss = _value_miss(v, *why)
+                miss = _value_miss(v, *why, flat=flat)
             if len(self.variants) >= self.cache_limit:
                 self.eager_reason = (f"cache_limit ({self.cache_limit}) reached; last miss: "
                                      f"{miss}")
@@ -1007,7 +1014,7 @@ def _plan_effects(trace: Trace, cap, tracer: Tracer) -> None:
                 b.requires_grad = value._requires_grad
                 cap.checks.pop(("id", src), None)
                 continue
-        if src.describe() in cap.dynamic and type(value) is float:
+        if src.describe() in cap.dynamic and type(value) in (int, float):
             continue  # a runtime input: read each call
         key = ("eq", src) if is_plain(value) else ("id", src)
         if key not in cap.checks:  # (a module attribute is otherwise covered by the version)
@@ -1078,36 +1085,38 @@ def _replay(trace: Trace, values: list) -> None:
 def _plain_effects(effects: list) -> None:
     """Values the traced call stored in Python state hold traced scalars (``.item()``
     results): replace them by plain floats, as eager stores (without bumping versions)."""
-    from .trace import TracedScalar
+    from .trace import TracedInt, TracedScalar, _raw
 
     def plain(x):
-        return isinstance(x, TracedScalar)
+        return isinstance(x, TracedScalar) or type(x) is TracedInt
     for e in effects:
         t, k, v = e.target, e.key, e.value
         try:
             if e.kind == "setattr" and plain(v):
                 d = getattr(t, "__dict__", None)
                 if d is not None and d.get(k) is v:
-                    d[k] = float(v)
+                    d[k] = _raw(v)
                 elif getattr(t, k, None) is v:
-                    setattr(t, k, float(v))
+                    setattr(t, k, _raw(v))
             elif e.kind in ("setitem", "global") and plain(v) and t[k] is v:
-                t[k] = float(v)
+                t[k] = _raw(v)
             elif e.kind == "cell" and plain(v) and t.cell_contents is v:
-                t.cell_contents = float(v)
-            elif e.kind == "method" and isinstance(t, list):
-                for i, x in enumerate(t):
+                t.cell_contents = _raw(v)
+            elif e.kind == "method" and isinstance(t, (list, dict)):
+                for i, x in (enumerate(t) if isinstance(t, list) else list(t.items())):
                     if plain(x):
-                        t[i] = float(x)
+                        t[i] = _raw(x)
         except Exception:  # noqa: BLE001 - (the location changed again: leave it)
             continue
 
 
 def _plain_numbers(x):
     """The traced call's result with traced scalars (from .item()) as plain floats."""
-    from .trace import TracedScalar
+    from .trace import TracedInt, TracedScalar
     if isinstance(x, TracedScalar):
         return float(x)
+    if type(x) is TracedInt:
+        return x._v
     if type(x) in (tuple, list):
         return type(x)(_plain_numbers(e) for e in x)
     if type(x) is dict:
@@ -1146,13 +1155,24 @@ class Miss:
                 f"{self.variant} failed: now {_short(self.got)}")
 
 
-def _value_miss(v: Variant, index: int, got) -> Miss:
+def _value_miss(v: Variant, index: int, got, flat=None) -> Miss:
     """The record of variant ``v``'s value guard ``index`` seeing ``got`` (as an array copy:
-    it may be a buffer the next call reuses, and the backends hand arrays or numpy scalars)."""
+    it may be a buffer the next call reuses, and the backends hand arrays or numpy scalars).
+    A guard on a runtime input itself names its source and reads its value now."""
+    guard = v.trace.graph.guards[index]
     if isinstance(got, (np.ndarray, np.generic)):
         got = np.array(got)
-    return Miss(v.number, v.trace.graph.guards[index], v.trace.graph.guards[index].expected,
-                got)
+    scalars = v.trace.graph.scalars
+    if flat is not None and any(guard.value is sc for sc in scalars):
+        j = next(j for j, sc in enumerate(scalars) if guard.value is sc)
+        try:
+            got = v.trace.scalar_sources[j].read(flat)
+            if type(guard.expected) is int and float(got).is_integer():
+                got = int(got)
+        except Exception:  # noqa: BLE001 - (a message only)
+            pass
+        guard = f"{guard.value.name} == {guard.expected!r} ({guard.kind} at {guard.where})"
+    return Miss(v.number, guard, v.trace.graph.guards[index].expected, got)
 
 
 def compile(fn: Callable | None = None, *, backend: str | None = None, mode: str | None = None,

@@ -44,7 +44,7 @@ class Explanation:
             if v["scalars"]:
                 lines.append("runtime scalar inputs: " + ", ".join(v["scalars"]))
             if v["baked"]:
-                lines.append("baked in (Python numbers from elsewhere; a change is NOT seen):")
+                lines.append("numbers in the graph (code constants, or values guarded above):")
                 lines += [f"  {b}" for b in v["baked"]]
             lines.append("writes: " + (", ".join(v["writes"]) or "none"))
             if v["backward"]:
@@ -90,7 +90,7 @@ def explain(fn, *args, **kwargs) -> Explanation:
             "nodes_before": v.graph_before.count(" = "),
             "calls": v.calls, "trace_ms": 1e3 * v.trace_seconds,
             "compile_ms": 1e3 * v.compile_seconds,
-            "guards": [f"{d} == {e!r}" for d, e in zip(v.guards.describe, v.guards.expected)],
+            "guards": [v.guards.text(i) for i in range(len(v.guards.describe))],
             "value_guards": [describe_value_guard(gd) for gd in g.guards],
             "scalars": [s.value.name for s in tr.scalar_sources],
             "baked": _counted(f"{w} = {val!r}" for w, val in tr.baked),

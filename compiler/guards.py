@@ -89,6 +89,12 @@ class GuardSet:
     expected: list
     now: list
     tags: list  # per guard: None, or ("number", flat index) for a number argument
+    full: set = frozenset()  # guards whose description names the expected value itself
+
+    def text(self, i: int) -> str:
+        """Guard ``i`` as ``explain()`` lists it."""
+        d = self.describe[i]
+        return d if i in self.full else f"{d} == {self.expected[i]!r}"
 
     def current(self, i: int, flat) -> Any:
         try:
@@ -127,8 +133,13 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None) -
     lines = ["def check(flat, spec):"]
     describe, expected, now, tags = [], [], [], []
 
-    def add(cond_fail: str, what: str, exp, reader, tag=None, indent: int = 4) -> None:
+    full: set = set()
+
+    def add(cond_fail: str, what: str, exp, reader, tag=None, indent: int = 4,
+            names_value: bool = False) -> None:
         k = len(describe)
+        if names_value:
+            full.add(k)
         lines.append(f"{' ' * indent}if {cond_fail}: return {k}")
         describe.append(what)
         expected.append(exp)
@@ -192,7 +203,7 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None) -
             cond = " or ".join(plain_conditions(f"flat[{i}]", x, namer))
             tag = ("number", i) if type(x) in (int, float) else None
             add(cond, f"argument {i} == {x!r} ({type(x).__name__})", x,
-                lambda f, i=i: f[i], tag)
+                lambda f, i=i: f[i], tag, names_value=True)
         else:
             ns[f"O{i}"] = _ref(x)
             add(f"flat[{i}] is not O{i}()", f"identity of argument {i} "
@@ -314,7 +325,7 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None) -
     _source_guards(trace.checks, ns, lines, add)
     lines.append("    return -1")
     exec_generated("\n".join(lines), ns)
-    return GuardSet(ns["check"], describe, expected, now, tags)
+    return GuardSet(ns["check"], describe, expected, now, tags, full)
 
 
 def _source_guards(checks: list, ns: dict, lines: list, add) -> None:
@@ -329,9 +340,10 @@ def _source_guards(checks: list, ns: dict, lines: list, add) -> None:
     for cond, pre, check, reader in guard_lines(checks, ns):
         lines.extend(f"        {p}" for p in pre)
         tag = ("source", check.source.describe()) if isinstance(check, Equals) and \
-            type(check.value) is float else None
+            type(check.value) in (int, float) else None
         add(cond, check.describe(), check.expected(),
-            lambda f, reader=reader, check=check: check.now(reader(f)), tag, indent=8)
+            lambda f, reader=reader, check=check: check.now(reader(f)), tag, indent=8,
+            names_value=True)
     lines.append("    except Exception:")
     add("True", "every source the trace read can still be read", "readable",
         lambda f: "an error", indent=8)

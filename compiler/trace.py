@@ -105,9 +105,9 @@ class ScalarSource:
 
     def read(self, flat):
         if self.owner is None:
-            if self.key[0] == "arg":  # a float argument
-                return flat[self.key[1]]
-            return self.index(flat)  # a global or closure float: index holds its reader
+            if self.key[0] == "arg":  # a float (or int) argument
+                return float(flat[self.key[1]])
+            return float(self.index(flat))  # a global or closure number: index holds its reader
         owner = self.owner() if isinstance(self.owner, weakref.ref) else self.owner
         v = owner[self.key]
         return v[self.index] if self.index is not None else v
@@ -117,7 +117,8 @@ class ScalarSource:
         objects it needs put in ``ns`` under names ending in ``i``): no method call."""
         if self.owner is None:
             if self.key[0] == "arg":
-                return f"flat[{self.key[1]}]"
+                return f"flat[{self.key[1]}]" if type(self.observed) is float else \
+                    f"float(flat[{self.key[1]}])"  # (an int: the graph's scalars are float64)
             ns[f"S{i}"] = self.read
             return f"S{i}(flat)"
         ns[f"SK{i}"] = self.key
@@ -296,6 +297,154 @@ class TracedScalar(float):
     __hash__ = float.__hash__
 
 
+def _raw(x):
+    """A traced number's value, without a guard."""
+    return x._v if type(x) is TracedInt else float(x) if isinstance(x, TracedScalar) else x
+
+
+class TracedInt:
+    """An int that is a runtime input of the graph (an int source or argument seen to
+    change, such as a step counter). Not an ``int`` subclass on purpose: native code that
+    uses its value (an index, a range, a shape, a hash, a format) must go through a dunder,
+    and each such dunder guards the value (the trace then holds for that value only). ``+ -
+    *`` with ints are recorded (exact in the graph's float64 up to 2**53), with floats give
+    a :class:`TracedScalar`; comparisons and truth record a guard on their outcome; the
+    capture shows it to the program as an ``int`` (``isinstance``, ``type``)."""
+
+    __slots__ = ("_v", "_tracer", "_value")
+
+    def __init__(self, v: int, tracer: Tracer, value: Value) -> None:
+        self._v, self._tracer, self._value = v, tracer, value
+
+    def _pin(self, what: str) -> int:
+        self._tracer.guard_scalar(self, what)
+        return self._v
+
+    def _arith(self, other, prim, reflected=False):
+        t = type(other)
+        if t is bool or not (t is int or t is TracedInt or isinstance(other, float)):
+            return NotImplemented
+        a, b = (other, self) if reflected else (self, other)
+        r = self._tracer.scalar_op(prim, a, b)
+        if prim == "div" or isinstance(other, float):
+            return r
+        v = {"add": operator.add, "sub": operator.sub, "mul": operator.mul}[prim](
+            _raw(a), _raw(b))
+        if not isinstance(r, TracedScalar):  # (the trace is finished: plain arithmetic)
+            return v
+        if abs(v) >= 1 << 53:  # not exact in float64: the value is guarded instead
+            self._tracer.guard_scalar(r, prim)
+            return v
+        return TracedInt(v, self._tracer, r._value)
+
+    def __add__(self, o):
+        return self._arith(o, "add")
+
+    def __radd__(self, o):
+        return self._arith(o, "add", True)
+
+    def __sub__(self, o):
+        return self._arith(o, "sub")
+
+    def __rsub__(self, o):
+        return self._arith(o, "sub", True)
+
+    def __mul__(self, o):
+        return self._arith(o, "mul")
+
+    def __rmul__(self, o):
+        return self._arith(o, "mul", True)
+
+    def __truediv__(self, o):
+        return self._arith(o, "div")
+
+    def __rtruediv__(self, o):
+        return self._arith(o, "div", True)
+
+    def __neg__(self):
+        r = self._tracer.scalar_op("neg", self)
+        return TracedInt(-self._v, self._tracer, r._value) if isinstance(r, TracedScalar) \
+            else -self._v
+
+    def __pos__(self):
+        return self
+
+    def __abs__(self):
+        r = self._tracer.scalar_op("abs", self)
+        return TracedInt(abs(self._v), self._tracer, r._value) if isinstance(r, TracedScalar) \
+            else abs(self._v)
+
+    def _cmp(self, other, name):
+        t = type(other)
+        if t is not int and t is not bool and t is not TracedInt and \
+                not isinstance(other, float):
+            return NotImplemented
+        return self._tracer.scalar_compare(name, self, other)
+
+    def __eq__(self, o):
+        return self._cmp(o, "eq")
+
+    def __ne__(self, o):
+        return self._cmp(o, "ne")
+
+    def __lt__(self, o):
+        return self._cmp(o, "lt")
+
+    def __le__(self, o):
+        return self._cmp(o, "le")
+
+    def __gt__(self, o):
+        return self._cmp(o, "gt")
+
+    def __ge__(self, o):
+        return self._cmp(o, "ge")
+
+    def __bool__(self):
+        return self._tracer.scalar_compare("ne", self, 0)
+
+    # every other use reads the value: guarded
+    def __index__(self):
+        return self._pin("used as an index")
+
+    def __int__(self):
+        return self._pin("int")
+
+    def __float__(self):
+        return float(self._pin("float"))
+
+    def __hash__(self):
+        return hash(self._pin("hashed"))
+
+    def __format__(self, spec):
+        return format(self._pin("formatted"), spec)
+
+    def __str__(self):
+        return str(self._pin("str"))
+
+    def __repr__(self):
+        return repr(self._pin("repr"))
+
+    def __getattr__(self, name):  # int's other methods (bit_length, to_bytes, ...)
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._pin(name), name)
+
+
+def _pinned(op: str):
+    def method(self, *others):
+        return getattr(self._pin(op), op)(*(_raw(o) if type(o) is TracedInt else o
+                                            for o in others))
+    method.__name__ = op
+    return method
+
+
+for _op in ("__floordiv__", "__rfloordiv__", "__mod__", "__rmod__", "__pow__", "__rpow__",
+            "__divmod__", "__rdivmod__", "__lshift__", "__rlshift__", "__rshift__",
+            "__rrshift__", "__and__", "__rand__", "__or__", "__ror__", "__xor__", "__rxor__",
+            "__invert__", "__round__", "__trunc__", "__floor__", "__ceil__"):
+    setattr(TracedInt, _op, _pinned(_op))
+
+
 @dataclass(eq=False)
 class Trace:
     """What one traced call produced (input to guards and the runtime)."""
@@ -432,6 +581,11 @@ class Tracer(DispatchMode):
         if self.unsupported is not None:
             with suspend(self):
                 return dispatch(prim, *args, **params)
+        if any(type(a) is TracedInt for a in args) or \
+                any(type(p) is TracedInt for p in params.values()):
+            args = [a._pin(prim.name) if type(a) is TracedInt else a for a in args]
+            params = {k: p._pin(f"{prim.name}.{k}") if type(p) is TracedInt else p
+                      for k, p in params.items()}
         ins = []
         for a in args:
             if isinstance(a, Tensor):
@@ -493,6 +647,8 @@ class Tracer(DispatchMode):
         """A global or closure float that changed between calls: a runtime input."""
         src = ScalarSource(None, key, reader, self.graph.add_scalar(name), value)
         self.scalar_sources[key] = src
+        if type(value) is int:
+            return TracedInt(value, self, src.value)
         return TracedScalar(float(value), self, src.value)
 
     def arg_scalar(self, index: int, value: float) -> TracedScalar:
@@ -500,6 +656,8 @@ class Tracer(DispatchMode):
         src = ScalarSource(None, ("arg", index), None, self.graph.add_scalar(f"arg{index}"),
                            value)
         self.scalar_sources[("arg", index)] = src
+        if type(value) is int:
+            return TracedInt(value, self, src.value)
         return TracedScalar(float(value), self, src.value)
 
     def on_backward(self, roots, retain_graph) -> None:
@@ -597,13 +755,14 @@ class Tracer(DispatchMode):
         """Python arithmetic on traced scalars, recorded in float64 (what Python computes);
         once the trace is finished, plain arithmetic."""
         prim = _P[prim_name]
-        vals = [float(x) for x in operands]
+        vals = [float(_raw(x)) for x in operands]
         result = {"add": operator.add, "sub": operator.sub, "mul": operator.mul,
                   "div": operator.truediv, "pow": operator.pow,
                   "neg": operator.neg, "abs": operator.abs, "sqrt": _sqrt}[prim_name](*vals)
         if self.finished:
             return result
-        ins = [x._value if isinstance(x, TracedScalar) else float(x) for x in operands]
+        ins = [x._value if isinstance(x, (TracedScalar, TracedInt)) else float(x)
+               for x in operands]
         out = self.graph.new_value((), _dt.float64, weak=True)
         from .ir import Node
         node = Node(prim, ins, {}, out)
@@ -614,23 +773,26 @@ class Tracer(DispatchMode):
     def scalar_compare(self, name: str, a, b) -> bool:
         ops = {"eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "le": operator.le,
                "gt": operator.gt, "ge": operator.ge}
-        result = ops[name](float(a), float(b))
+        result = ops[name](_raw(a), _raw(b))
         if self.finished:
             return result
         out = self.graph.new_value((), _dt.bool_, weak=True)
         from .ir import Node
-        ins = [x._value if isinstance(x, TracedScalar) else float(x) for x in (a, b)]
+        ins = [x._value if isinstance(x, (TracedScalar, TracedInt)) else float(x)
+               for x in (a, b)]
         node = Node(_P[name], ins, {}, out)
         out.producer = node
         self.graph.nodes.append(node)
-        self.graph.add_guard(out, result, f"{a._value.name or 'scalar'} {name} {float(b)!r}"
-                             if isinstance(a, TracedScalar) else name, user_frame())
+        self.graph.add_guard(out, result, f"{a._value.name or 'scalar'} {name} {_raw(b)!r}"
+                             if isinstance(a, (TracedScalar, TracedInt)) else name,
+                             user_frame())
         return result
 
     def guard_scalar(self, s: TracedScalar, kind: str) -> None:
         if self.finished:
             return
-        self.graph.add_guard(s._value, float(s), kind, user_frame())
+        self.graph.add_guard(s._value, s._v if type(s) is TracedInt else float(s), kind,
+                             user_frame())
 
     def on_read(self, tensor, kind) -> None:
         if self.unsupported is not None:
@@ -680,6 +842,8 @@ class Tracer(DispatchMode):
                     and not _is_created(tensor, self.created):
                 self.unsupported = (f"requires_grad of an input is changed at {user_frame()}")
         elif what == "data":
+            if value._data is tensor._data and value._storage is tensor._storage:
+                return  # `p.data -= u`: the alias written in place, stored back (a no-op)
             self.unsupported = f"`.data` is rebound at {user_frame()}"
 
     # ----------------------------------------------------------------- writes
@@ -782,6 +946,9 @@ class Tracer(DispatchMode):
             backward = self._trace_backward(grad_outputs)
             returned |= backward.pop("saved_ids")
         g.outputs = outputs
+        # (a module or optimizer made inside the call and gone now — `nn.MSELoss()(out, y)`
+        # — is made again by the next call: its version needs no guard)
+        objects = [(r, v) for r, v in self.objects.values() if r() is not None]
         by_value = {id(self.input_value[k]): b for k, b in self.input_binding.items()}
         bindings = [by_value[id(v)] for v in g.inputs]
         scalars = sorted(self.scalar_sources.values(), key=lambda s: s.value.id)
@@ -789,7 +956,7 @@ class Tracer(DispatchMode):
         grad_guards = [(self.owner_ref(o), none, self._name(o))
                        for o, none in self.grad_state.values() if none is not None]
         trace = Trace(g, bindings, scalars, writebacks, effects, out_spec,
-                      list(self.objects.values()), self.baked, grad_guards, prints=prints,
+                      objects, self.baked, grad_guards, prints=prints,
                       backward=backward)
         trace.continuation = continuation
         trace.backward_inside = bool(self.backward_roots)
@@ -885,6 +1052,8 @@ class Tracer(DispatchMode):
                 return ("ref", n) if n is not None else tensor_spec(x)
             if isinstance(x, TracedScalar):
                 return ("scalar", out_index(x._value))
+            if type(x) is TracedInt:
+                return ("int", out_index(x._value))
             if isinstance(x, tuple) and not hasattr(x, "_fields"):
                 return ("tuple", [spec_of(e) for e in x])
             if isinstance(x, tuple):

@@ -680,7 +680,7 @@ def test_reset_drops_every_variant_of_every_compiled_function():
 
 def test_cache_limit_keeps_the_function_eager_with_one_warning_naming_the_guard():
     def head(x, n):
-        return x[:n] * 2  # n is a size: specialised, never a runtime input
+        return x[:n] * 2  # n is a size: a runtime input once it changed, but guarded
     cf = compiler.compile(head, cache_limit=3)
     x = dg.arange(10.0)
     with warnings.catch_warnings(record=True) as caught:
@@ -689,7 +689,7 @@ def test_cache_limit_keeps_the_function_eager_with_one_warning_naming_the_guard(
             assert_same(cf(x, n), head(x, n))
     msgs = [str(w.message) for w in caught if "dyngrad.compile" in str(w.message)]
     assert len(msgs) == 1, msgs
-    assert "cache_limit (3)" in msgs[0] and "argument 1 == 3 (int)" in msgs[0]
+    assert "cache_limit (3)" in msgs[0] and "arg1 == 3 (a tensor index at" in msgs[0]
     assert "traced 3" in msgs[0] and "now 4" in msgs[0]
     assert len(cf.variants) == 3 and cf.eager_reason is not None
     assert caught[0].filename == __file__, "the warning should point at the caller"
@@ -1353,7 +1353,7 @@ def test_explain_shows_guards_scalars_baked_numbers_writes_and_the_ir(capsys):
     assert "guards:" in text and "shape of argument 0 == (8, 16)" in text
     assert "grad mode == True" in text and "Sequential._version" in text
     assert "runtime scalar inputs: lr" in text and "momentum" in text
-    assert "baked in" in text and "maximum literal = 0.0" in text
+    assert "numbers in the graph" in text and "maximum literal = 0.0" in text
     assert "writes: parameter" in text
     assert "IR before passes:" in text and "IR after passes:" in text
     before = text.split("IR before passes:")[1].split("IR after passes:")[0]
@@ -1369,13 +1369,14 @@ def test_explain_of_a_plain_function_compiles_and_calls_it(capsys):
     assert "exp" in capsys.readouterr().out
 
 
-def test_explain_lists_a_number_from_a_plain_object_as_baked_in():
+def test_explain_lists_a_number_from_a_plain_object_with_its_guard():
     class Config:
         scale = 2.5
     cfg = Config()
     cf = compiler.compile(lambda x: x * cfg.scale)
     text = str(compiler.explain(cf, dg.tensor([1.0])))
-    assert "mul literal = 2.5" in text.split("baked in")[1]
+    assert "C['cfg'].scale == 2.5 (float)" in text  # guarded by source, not baked in
+    assert "mul literal = 2.5" in text.split("numbers in the graph")[1]
 
 
 def test_show_writes_the_graph_as_dot(tmp_path):

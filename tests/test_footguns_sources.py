@@ -862,7 +862,6 @@ def test_a_global_counter_incremented_inside_matches_eager():
     assert_same(_run_counting(_counting), _run_counting(compiler.compile(_counting)))
 
 
-@xfail13("side-effect replay: global counters (`step += 1`) must compile")
 @pytest.mark.filterwarnings("ignore:dyngrad.compile")
 def test_a_global_counter_incremented_inside_compiles():
     cf = compiler.compile(_counting)
@@ -899,8 +898,6 @@ def test_a_trainer_counting_batches_on_itself_matches_eager():
         assert_same_model(tr1.model, tr2.model)
 
 
-@xfail13("side-effect replay: a trainer that counts batches in `self.train_batch_idx` must "
-         "compile")
 @pytest.mark.filterwarnings("ignore:dyngrad.compile")
 def test_a_trainer_counting_batches_on_itself_compiles():
     tr = Trainer(nn.Linear(3, 1))
@@ -922,8 +919,6 @@ def _logging_step_of(w, log):
     return step
 
 
-@xfail13("side-effect replay: appends of Python values to lists "
-         "(`losses.append(loss.item())`)")
 def test_appends_of_python_values_match_eager():
     w1, w2 = nn.Parameter(t(1.0, -2.0)), nn.Parameter(t(1.0, -2.0))
     log1, log2 = [], []
@@ -938,8 +933,6 @@ def test_appends_of_python_values_match_eager():
 # ------------------------------------------------------------------ runtime inputs and reach
 
 
-@xfail13("an int argument that only feeds arithmetic becomes a runtime input after it "
-         "changes once")
 @pytest.mark.filterwarnings("ignore:dyngrad.compile")
 def test_an_int_argument_that_only_feeds_arithmetic_becomes_a_runtime_input():
     def f(x, k):
@@ -969,7 +962,6 @@ def _loss_module_step_of(model, opt):
     return step
 
 
-@xfail13("a loss module constructed inside the step (`nn.MSELoss()(out, y)`) compiles once")
 def test_a_loss_module_constructed_inside_the_step_compiles_once():
     m1 = nn.Linear(3, 1)
     m2 = copy.deepcopy(m1)
@@ -991,7 +983,6 @@ def _manual_sgd_of(w, lr=0.1):
     return step
 
 
-@xfail13("`p.data -= lr * p.grad` compiles (the same tensor re-bound)")
 @pytest.mark.filterwarnings("ignore:dyngrad.compile")
 def test_p_data_minus_equals_lr_times_grad_compiles():
     w1, w2 = nn.Parameter(t(1.0, -2.0, 0.5)), nn.Parameter(t(1.0, -2.0, 0.5))
@@ -1011,7 +1002,6 @@ def _masked_fill_of(buf):
     return f
 
 
-@xfail13("`X[~mask] = v` does not guard the mask's contents")
 def test_assigning_through_a_negated_mask_does_not_guard_its_contents():
     b1, b2 = dg.zeros(6), dg.zeros(6)
     eager, cf = _masked_fill_of(b1), compiler.compile(_masked_fill_of(b2))
@@ -1027,7 +1017,6 @@ def test_assigning_through_a_negated_mask_does_not_guard_its_contents():
 # ------------------------------------------------------------------ what the user is told
 
 
-@xfail13("`explain()` lists each guard with its source expression")
 def test_explain_lists_a_guard_on_a_closure_container_item():
     scale = [2.0]
     cf = compiler.compile(lambda x: x * scale[0])
@@ -1036,8 +1025,6 @@ def test_explain_lists_a_guard_on_a_closure_container_item():
     assert "['scale'][0]" in text and "baked in" not in text
 
 
-@xfail13("a float attribute of the module whose bound `forward` is compiled (the recompile "
-         "message names the attribute and the old and new value)")
 def test_a_recompile_message_names_the_attribute_and_both_values():
     m = Tempered()
     cf = compiler.compile(m.forward)

@@ -207,6 +207,12 @@ def native(cap, f, fn, args, asrc, kwargs, ksrc, refused: bool = False):
             _native_arg(cap, v, s, library)
         for k, v in kwargs.items():
             _native_arg(cap, v, ksrc.get(k), library)
+    stores = isinstance(getattr(fn, "__self__", None), (list, dict)) and \
+        getattr(fn, "__name__", "") in _STORES
+    if not stores:
+        what = getattr(fn, "__name__", "a function")
+        args = [_plain_ints(a, what) for a in args]
+        kwargs = {k: _plain_ints(v, what) for k, v in kwargs.items()}
     ts = _TracedScalar()
     if (any(isinstance(a, ts) for a in args) or any(isinstance(v, ts) for v in
                                                      kwargs.values())) and not _traces(fn) \
@@ -324,6 +330,30 @@ def _native_arg(cap, v, s, library: bool) -> None:
         cap.contents_used(view[1], view[2])
     elif s is not None and isinstance(v, (list, tuple, dict, set, frozenset)):
         cap.contents_used(v, s)
+
+
+def _TracedInt():
+    from ..trace import TracedInt
+    return TracedInt
+
+
+def _plain_ints(x, what: str):
+    """``x`` with its traced ints (deep in tuples, lists, dicts and slices) as plain ints,
+    their values guarded: what code outside the interpreter gets."""
+    ti = _TracedInt()
+    t = type(x)
+    if t is ti:
+        return x._pin(what)
+    if t is tuple or t is list:
+        if any(type(e) is ti or type(e) in (tuple, list, dict, slice) for e in x):
+            return t(_plain_ints(e, what) for e in x)
+        return x
+    if t is dict and any(type(e) is ti for e in x.values()):
+        return {k: _plain_ints(e, what) for k, e in x.items()}
+    if t is slice and ti in (type(x.start), type(x.stop), type(x.step)):
+        return slice(_plain_ints(x.start, what), _plain_ints(x.stop, what),
+                     _plain_ints(x.step, what))
+    return x
 
 
 def _TracedScalar():
@@ -504,6 +534,8 @@ def _container_method(cap, f, fn, c, fs, args, asrc, kwargs, ksrc):
     from .session import BLIND_MUTATORS, Effect
     if name not in BLIND_MUTATORS:
         cap.contents_used(c, cs)
+    else:
+        cap.will_mutate(c, cs)
     cap._effect(Effect("method", c, name, (tuple(args), dict(kwargs)), f.where() if f else "?",
                        f"{cs}.{name}(...)"))
     return native(cap, f, fn, args, asrc, kwargs, ksrc)
@@ -515,6 +547,9 @@ def _container_method(cap, f, fn, c, fs, args, asrc, kwargs, ksrc):
 def _b_len(cap, f, args, asrc, kwargs, ksrc):
     if len(args) == 1 and not kwargs:
         v, s = args[0], asrc[0] or cap.source_of(args[0])
+        n = cap.changed_len(v)
+        if n is not None:
+            return n, None
         if s is not None and not isinstance(v, Tensor):
             if isinstance(s, ArgTree):
                 return user(len, v), None
@@ -580,12 +615,34 @@ def _b_print(cap, f, args, asrc, kwargs, ksrc):
     from .session import Effect
     cap._effect(Effect("print", None, "print", (tuple(args), dict(kwargs)),
                        f.where() if f else "?", "print(...)"))
-    return user(print, *args, **kwargs), None
+    ti = _TracedInt()
+    return user(print, *(a._v if type(a) is ti else a for a in args), **kwargs), None
+
+
+def _b_isinstance(cap, f, args, asrc, kwargs, ksrc):
+    if len(args) == 2 and not kwargs and type(args[0]) is _TracedInt():
+        return isinstance(args[0]._v, args[1]), None  # (an int, to the program)
+    return native(cap, f, isinstance, args, asrc, kwargs, ksrc)
+
+
+def _b_type(cap, f, args, asrc, kwargs, ksrc):
+    if len(args) == 1 and not kwargs and type(args[0]) is _TracedInt():
+        return int, None
+    return native(cap, f, type, args, asrc, kwargs, ksrc)
+
+
+def _b_int(cap, f, args, asrc, kwargs, ksrc):
+    if len(args) == 1 and not kwargs and type(args[0]) is _TracedInt():
+        return args[0], None  # int() of a traced int: itself
+    return native(cap, f, int, args, asrc, kwargs, ksrc)
 
 
 def _b_float(cap, f, args, asrc, kwargs, ksrc):
     if len(args) == 1 and not kwargs and isinstance(args[0], _TracedScalar()):
         return args[0], None  # float() of a traced number: the same traced number
+    if len(args) == 1 and not kwargs and type(args[0]) is _TracedInt():
+        x = args[0]  # float() of a traced int: its float twin (the same graph value)
+        return _TracedScalar()(float(x._v), x._tracer, x._value), None
     return native(cap, f, float, args, asrc, kwargs, ksrc)
 
 
@@ -611,7 +668,8 @@ _BUILTINS: dict = {}
 
 def _register_builtins() -> None:
     table = [(len, _b_len), (getattr, _b_getattr), (hasattr, _b_hasattr), (iter, _b_iter),
-             (next, _b_next), (print, _b_print), (float, _b_float)]
+             (next, _b_next), (print, _b_print), (float, _b_float),
+             (isinstance, _b_isinstance), (type, _b_type), (int, _b_int)]
     for name in ("sqrt", "fabs"):
         table.append(_scalar_fn(name, True))
     table.append(_scalar_fn("abs", True))
@@ -672,7 +730,25 @@ def operator(cap, f, fn, args, srcs, sym: str):
     ts = _TracedScalar()
     if base in ("//", "%") and (isinstance(a, ts) or isinstance(b, ts)):
         a, b = _plain_scalar(cap, a, sym), _plain_scalar(cap, b, sym)
+    ti = _TracedInt()
+    if ti in (ta, tb):
+        a, b = _int_operand(a, b, sym), _int_operand(b, a, sym)
     return user(fn, a, b), None
+
+
+def _int_operand(x, other, sym: str):
+    """A traced int meeting ``other`` in an operator: kept with numbers; with a floating
+    tensor, its float twin (the same graph value: a float32 tensor times 3 or 3.0 is the
+    same); with anything else, its guarded value."""
+    ti = _TracedInt()
+    if type(x) is not ti:
+        return x
+    if type(other) in (int, float, ti) or isinstance(other, _TracedScalar()):
+        return x
+    if isinstance(other, Tensor) and other.dtype.is_floating_point and \
+            sym not in ("//", "%", "//=", "%="):
+        return _TracedScalar()(float(x._v), x._tracer, x._value)
+    return x._pin(sym)
 
 
 def _binary_protocol(cap, f, a, b, sa, sb, base, sym, names):

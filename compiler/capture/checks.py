@@ -151,6 +151,7 @@ class Version(Check):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "box", [self.version])
+        object.__setattr__(self, "seen", {})  # attribute -> value the trace read (messages)
 
     def condition(self, e: str, namer: Namer) -> str:
         return f"{e}._version != {namer.name(self.box, 'VB')}[0]"
@@ -165,7 +166,23 @@ class Version(Check):
         return self.box[0]
 
     def now(self, value: Any) -> Any:
-        return getattr(value, "_version", None)
+        """The version now, with the attributes the trace read that changed since."""
+        v = getattr(value, "_version", None)
+        d = getattr(value, "__dict__", {})
+        changed = [f"{self.source}.{k}: {old!r} -> {d.get(k, '<deleted>')!r}"
+                   for k, old in self.seen.items()
+                   if d.get(k, _GONE) is not old and not _same_value(d.get(k, _GONE), old)]
+        return f"{v} ({'; '.join(changed)})" if changed else v
+
+
+_GONE = object()
+
+
+def _same_value(a, b) -> bool:
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:  # noqa: BLE001 - (arrays, odd __eq__: not the same)
+        return False
 
 
 def _what(obj: Any) -> str:

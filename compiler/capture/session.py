@@ -114,12 +114,15 @@ class Capture:
         self.arg_paths: dict = {}  # argument path -> Flat / ArgTree source
         self.written: dict = {}  # (id(target), key) -> source of the value the call stored
         self.entry: dict = {}  # (id(target), key) -> (target, value, source): first reads
+        # containers from before the call it changed with a blind mutator (append, ...):
+        # id -> [container, source, entry length, entry items, pinned]; see `changed_read`
+        self.mutated: dict = {}
 
     def release(self) -> None:
         """Drop the objects the capture held during the call (so that tensors the call made
         die with it: the tracer checks none is kept in Python state)."""
         for d in (self.objects, self.registry, self.cell_src, self.fn_parts, self.tuple_src,
-                  self.views, self.written, self.scalars, self.entry):
+                  self.views, self.written, self.scalars, self.entry, self.mutated):
             d.clear()
         self.keep.clear()
         self.frames.clear()
@@ -153,9 +156,10 @@ class Capture:
 
     def _replayable(self, x, kept):
         """``x`` as effect replay makes it each call (see :meth:`summarize`)."""
-        from ..trace import TracedScalar
+        from ..trace import TracedInt, TracedScalar
         t = type(x)
-        if isinstance(x, (Tensor, TracedScalar)) or x is None or t in (bool, int, float, str):
+        if isinstance(x, (Tensor, TracedScalar, TracedInt)) or x is None or \
+                t in (bool, int, float, str):
             return x
         if id(x) in self.registry and self.registry[id(x)][0] is x or \
                 isinstance(x, np.generic) or t in (bytes, complex, range, slice) or \
@@ -256,13 +260,17 @@ class Capture:
         if src in self.known:
             return self.scalars.get(src, value)
         covered = self.covered(src, value, owner)
+        if covered and isinstance(src, Attr) and isinstance(owner, Module):
+            v = self.checks.get(("version", src.base))  # (named if the version guard fails)
+            if v is not None:
+                v.seen.setdefault(src.name, value)
         self.objects[src] = value
         state = self.known.get(getattr(src, "base", None))
         if covered and state == FROZEN:
             self.known[src] = FROZEN
             return value
         if is_plain(value):
-            if not covered and type(value) is float and self.tracer is not None and \
+            if not covered and type(value) in (int, float) and self.tracer is not None and \
                     src.describe() in self.dynamic:
                 return self._runtime_input(value, src)
             if not covered:
@@ -307,7 +315,7 @@ class Capture:
         expr = src.expr(Namer(ns))
         reader = eval_generated(f"lambda flat: {expr}", ns)
         s = self.tracer.source_scalar(("source", src.describe()), src.describe(), reader, value)
-        self.guard(Identity(Call("type", src), float))
+        self.guard(Identity(Call("type", src), type(value)))
         self.scalars[src] = s
         self.known[src] = VALUE
         return s
@@ -316,8 +324,68 @@ class Capture:
         """``getattr(obj, name, default)`` found no attribute: it must stay absent."""
         self.guard(Equals(Call("hasattr", src, (name,)), False))
 
+    # Note (reads after the call's own changes): a container the call appended to (or
+    # changed otherwise without reading it) no longer holds what its source names at the
+    # next call's entry. Its first change snapshots it; a later read guards the snapshot
+    # (entry length and items), after which the container's state is determined by the
+    # guards and the replayed changes, and what the program reads of it needs no source.
+    # ``len()`` alone guards only the entry length — or, once that changed between calls,
+    # is a runtime input plus the call's own additions (``log.append(len(log))``).
+    def will_mutate(self, c, cs) -> None:
+        if cs is not None and id(c) not in self.mutated and id(c) not in self.fresh_ids:
+            items = list(c.items()) if isinstance(c, dict) else list(c) \
+                if isinstance(c, (list, set)) else None
+            self.mutated[id(c)] = [c, cs, len(c), items, False]
+
+    def changed_read(self, c) -> bool:
+        """Whether ``c`` is a container the call changed blindly (then its entry snapshot is
+        guarded now, once): the caller reads it without a source."""
+        m = self.mutated.get(id(c))
+        if m is None or m[0] is not c:
+            return False
+        if not m[4]:
+            m[4] = True
+            _, cs, n, items, _ = m
+            self.guard(Equals(Call("len", cs), n))
+            if isinstance(c, set):
+                if not is_plain(tuple(sorted(items, key=repr))):
+                    self.refuse(f"a set of objects {cs} is read after the call changed it "
+                                f"at {self.where()}")
+                else:
+                    self.guard(Equals(Call("frozenset", cs), frozenset(items)))
+            elif items is not None:
+                for k, x in (items if isinstance(c, dict) else enumerate(items)):
+                    if not literal_key(k):
+                        self.refuse(f"{cs} has a key that cannot be guarded, and is read after "
+                                    f"the call changed it at {self.where()}")
+                        break
+                    src = Item(cs, k)
+                    if is_plain(x):
+                        self.guard(Equals(src, x))
+                    else:
+                        self.guard(Identity(src, x))
+        return True
+
+    def changed_len(self, c):
+        """``len(c)`` of a container the call changed blindly (see the note above), or None
+        for any other container."""
+        m = self.mutated.get(id(c))
+        if m is None or m[0] is not c or m[4]:
+            return None if m is None or m[0] is not c else len(c)
+        _, cs, n, _, _ = m
+        key = Call("len", cs)
+        delta = len(c) - n
+        if self.tracer is not None and key.describe() in self.dynamic and key not in self.known:
+            return self._runtime_input(n, key) + delta
+        if key in self.scalars:
+            return self.scalars[key] + delta
+        self.guard(Equals(key, n))
+        return len(c)
+
     def structure_used(self, value, src: Source | None) -> None:
         """The program read ``value``'s length or keys (to iterate, unpack, test truth)."""
+        if self.changed_read(value):
+            return
         if src is None or self.known.get(src) in (VALUE, FROZEN) or \
                 self.covered(src, value) and not isinstance(value, _MUTABLE):
             return
@@ -335,6 +403,8 @@ class Capture:
     def contents_used(self, value, src: Source | None, depth: int = 3) -> None:
         """Native code reads all of ``value`` (a container passed to it): guard its length
         and every item, to ``depth`` levels; deeper than that the trace is refused."""
+        if self.changed_read(value):
+            return
         if src is None or self.known.get(src) in (VALUE, FROZEN) or isinstance(src, ArgTree):
             return
         if not isinstance(value, (list, tuple, dict, set, frozenset)):
@@ -513,11 +583,13 @@ class Capture:
             if w is not None:
                 return user(operator.getitem, c, k), w[0]
         if isinstance(c, Tensor):
-            return user(operator.getitem, c, k), None
+            return user(operator.getitem, c, calls._plain_ints(k, "a tensor index")), None
         getitem = _class_lookup(type(c), "__getitem__")
         if isinstance(getitem, types.FunctionType) and \
                 not is_library_type(type(c)):
             return calls.call(self, f, getitem, None, [c, k], [cs, ks], {}, {})
+        if self.changed_read(c):
+            return user(operator.getitem, c, k), None
         value = user(operator.getitem, c, k)
         if cs is None:
             cs = self.source_of(c) if not f.library else None
@@ -539,7 +611,8 @@ class Capture:
 
     def set_item(self, f: Frame, c, cs, k, value, vsrc) -> None:
         if isinstance(c, Tensor):
-            user(operator.setitem, c, k, value)
+            user(operator.setitem, c, calls._plain_ints(k, "a tensor index"),
+                 calls._plain_ints(value, "a tensor store"))
             return
         setitem = _class_lookup(type(c), "__setitem__")
         if isinstance(setitem, types.FunctionType) and not is_library_type(type(c)):
@@ -550,6 +623,8 @@ class Capture:
         if cs is not None and id(c) not in self.fresh_ids:
             self._effect(Effect("setitem", c, k, value, f.where(), f"{cs}[{k!r}]",
                                 Item(cs, k) if literal_key(k) else None))
+            if not isinstance(c, dict) or k not in c:  # (a list position, or a new key)
+                self.will_mutate(c, cs)
         user(operator.setitem, c, k, value)
         if cs is not None and literal_key(k):
             self.written[(id(c), k)] = (vsrc,)

@@ -172,7 +172,7 @@ class Cell(_ByIdentity):
         return f"{namer.name(self.cell, 'C')}.cell_contents"
 
     def describe(self) -> str:
-        return f"L[{self.name!r}] (closure of {self.owner})"
+        return f"C[{self.name!r}]"  # (a closure cell of {owner})
 
 
 @dataclass(frozen=True, eq=False)

@@ -452,6 +452,14 @@ def setitem(x: Tensor, key, value) -> None:
         pos = getitem(positions(x.shape), key)
         raise RuntimeError(f"__setitem__: value of shape {list(vt.shape)} cannot be assigned "
                            f"to the indexed shape {list(pos.shape)}")
+    if isinstance(key, Tensor) and key.dtype is _dt.bool_ and key.shape == x.shape and \
+            vt.numel() == 1 and vt.ndim <= x.ndim:
+        # x[mask] = v with one value: a select, whose result never depends on how many
+        # elements the mask holds (so a tracer need not read the mask)
+        if vt.dtype is not x.dtype:
+            vt = _e.cast(vt, x.dtype)
+        x._commit(_e.where(key, _m.reshape(vt, ()), x), "__setitem__")
+        return
     from ..autograd.grad_mode import no_grad
     with no_grad():
         pos = getitem(positions(x.shape), key)
