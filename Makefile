@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ORACLE := $(VENV)/.oracle
 
-.PHONY: demo test lint bench clean venv
+.PHONY: demo test test-pythons lint bench clean venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,10 +45,33 @@ COMPILED_TESTS := tests/test_compiler.py tests/test_footguns.py tests/test_sound
 LLVM_TESTS := tests/test_llvm_*.py tests/test_vecmath.py tests/test_codegen*.py \
 	tests/test_target.py tests/test_profile.py $(COMPILED_TESTS)
 
+# The capture (compiler/capture/) interprets CPython bytecode: its tests run again on every
+# other CPython it understands that pyenv has on the machine (3.12, 3.13), each in a venv of
+# its own (.venv-3.12, .venv-3.13), made on first use.
+CAPTURE_TESTS := tests/test_capture.py tests/test_soundness.py tests/test_footguns.py \
+	tests/test_footguns_sources.py tests/test_footguns_history.py tests/test_footguns_replay.py \
+	tests/test_random_sources.py
+OTHER_PYTHONS := $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3 \
+	$(HOME)/.pyenv/versions/3.13*/bin/python3)
+
 test: lint $(ORACLE)
 	$(PY) -m pytest
 	DYNGRAD_BACKEND=interp $(PY) -m pytest $(COMPILED_TESTS)
 	DYNGRAD_TARGET=x86-64-v3 $(PY) -m pytest $(LLVM_TESTS)
+	$(MAKE) --no-print-directory test-pythons
+
+test-pythons:
+	@for py in $(OTHER_PYTHONS); do \
+		v=$$($$py -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+		env=.venv-$$v; \
+		if [ ! -f $$env/.installed ]; then \
+			$$py -m venv $$env && $$env/bin/python -m pip install --quiet --upgrade pip && \
+			$$env/bin/python -m pip install --quiet -e '.[test]' && touch $$env/.installed \
+			|| exit 1; \
+		fi; \
+		echo "capture tests on Python $$v ($$py)"; \
+		$$env/bin/python -m pytest -q -p no:cacheprovider $(CAPTURE_TESTS) || exit 1; \
+	done
 
 bench: $(STAMP)
 	$(PY) benchmarks/eager_overhead.py
@@ -56,4 +79,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/symbolic_sizes.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-3.* build *.egg-info

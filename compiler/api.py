@@ -135,6 +135,7 @@ class Variant:
     calls: int = 0
     arg_meta: list = field(default_factory=list)
     sym: Any = None  # symbolic.SymbolicDims when one variant serves every size
+    sizes: set = field(default_factory=set)  # the sizes a symbolic variant serves (traced)
     templates: list | None = None
     bw_templates: list | None = None
     plans: dict = field(default_factory=dict)  # size -> (forward plan, backward plan)
@@ -664,6 +665,9 @@ def _forget_bound(bound: dict, key: int, ref: weakref.ref) -> None:
         del bound[key]
 
 
+_WARNED_VERSIONS: set = set()  # (compile warns once per process on an unknown Python)
+
+
 class CompiledFunction:
     """What :func:`compile` returns: call it like the original function."""
 
@@ -684,6 +688,7 @@ class CompiledFunction:
         self.misses: list[Miss] = []  # per recompile, the guard that failed (see recompiles)
         self._traced = 0  # variants traced so far (their numbers)
         self.eager_reason: str | None = None
+        self._verify_size = None  # (symbolic variant, size): the next trace checks the size
         self._unsupported_streak = 0
         self._verified = 0
         self.dynamic_numbers: set[int] = set()
@@ -692,6 +697,17 @@ class CompiledFunction:
         self.__name__ = getattr(fn, "__name__", type(fn).__name__)
         self.__doc__ = getattr(fn, "__doc__", None)
         _ALL.append(weakref.ref(self))
+        if not capture.available():  # (bytecode the capture was not written for)
+            v = ".".join(map(str, capture.frame.PY))
+            known = ", ".join(".".join(map(str, p)) for p in capture.SUPPORTED)
+            self.eager_reason = (f"the capture understands CPython {known}; this is {v}, so "
+                                 f"{self.__name__} runs eagerly")
+            if config.raise_internal_errors:
+                raise RuntimeError(f"dyngrad.compile: {self.eager_reason} "
+                                   f"(DYNGRAD_COMPILE_STRICT is set)")
+            if v not in _WARNED_VERSIONS:
+                _WARNED_VERSIONS.add(v)
+                warnings.warn(f"dyngrad.compile: {self.eager_reason}", stacklevel=3)
 
     @property
     def recompiles(self) -> list[str]:
@@ -787,6 +803,8 @@ class CompiledFunction:
                 miss = Miss(v.number, v.guards.describe[why], v.guards.expected[why],
                             v.guards.current(why, flat))
                 tag = v.guards.tags[why]
+                if tag is not None and tag[0] == "size":  # a new size: verified by a trace
+                    self._verify_size = (v, miss.got)
                 if tag is not None and tag[0] == "number" and \
                         type(flat[tag[1]]) is type(miss.expected) and \
                         type(miss.expected) in (int, float):
@@ -796,7 +814,7 @@ class CompiledFunction:
                     self.dynamic_sources.add(tag[1])  # a global/closure number: likewise
             else:
                 miss = _value_miss(v, *why, flat=flat)
-            if len(self.variants) >= self.cache_limit:
+            if len(self.variants) >= self.cache_limit and self._verify_size is None:
                 self.eager_reason = (f"cache_limit ({self.cache_limit}) reached; last miss: "
                                      f"{miss}")
                 warnings.warn(f"dyngrad.compile: {self.__name__} runs eagerly from now on: "
@@ -841,6 +859,7 @@ class CompiledFunction:
             g = run_passes(g)
             after = str(g)
             backward = None
+            parts = None
             if bw is not None:
                 parts = split(g, n_fwd, bw["cotangents"], vector_math=self.backend != "interp")
                 if self.backend != "interp":  # (the interpreter: eager's order, bit for bit)
@@ -848,6 +867,10 @@ class CompiledFunction:
                 ir.verify(parts.forward)
                 ir.verify(parts.backward)
                 g = parts.forward
+            if self._verify_size is not None and \
+                    self._size_verified(self._verify_size, g, parts, flat):
+                return _plain_numbers(result)  # (this call was the trace: its result stands)
+            if bw is not None:
                 backward = BackwardPlan(backend.compile_graph(parts.backward), parts,
                                         bw["leaves"], [v.shape for v in bw["grads"]],
                                         trace.bindings, backend.run)
@@ -879,6 +902,30 @@ class CompiledFunction:
         if _topic("graph"):
             log.info("%s", after)
         return _plain_numbers(result)
+
+    def _size_verified(self, pending, g, parts, flat) -> bool:
+        """A symbolic variant missed only because the size was new: this call's trace at
+        that size is compared with its templates; when they agree, the size is added to the
+        ones it serves (no new variant, nothing compiled). Otherwise a variant of its own."""
+        self._verify_size = None
+        sv, d = pending
+        if sv not in self.variants:
+            return False
+        i, k = sv.sym.base
+        d0 = sv.arg_meta[i][0][k]
+        t = generalize(sv.trace.graph, g, d0, d)
+        if t is None or not same_template(t, sv.templates):
+            return False
+        if (parts is None) != (sv.backward is None):
+            return False
+        if parts is not None:
+            tb = generalize(sv.backward.parts.backward, parts.backward, d0, d)
+            if tb is None or not same_template(tb, sv.bw_templates):
+                return False
+        sv.sizes.add(d)
+        self._note(f"{self.__name__}: size {d} traced and found to match the symbolic variant "
+                   f"{sv.number}", "recompiles")
+        return True
 
     def _generalize(self, v: Variant, flat, spec) -> None:
         """If ``v`` and two earlier variants differ only in one argument dimension, by the
@@ -912,8 +959,10 @@ class CompiledFunction:
                         not same_template(tba, tbb):
                     continue
                 v.make_symbolic(dims_a, ta, tba)
+                i, k = dims_a.base
+                v.sizes = {a.arg_meta[i][0][k], b.arg_meta[i][0][k], v.arg_meta[i][0][k]}
                 v.guards = build_guards(v.trace, flat, spec, self.dynamic_numbers,
-                                        symbolic=dims_a)
+                                        symbolic=dims_a, sizes=v.sizes)
                 self.variants.remove(a)
                 self.variants.remove(b)
                 v.calls += a.calls + b.calls

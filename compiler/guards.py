@@ -125,7 +125,8 @@ class _Same:
     __hash__ = None
 
 
-def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None) -> GuardSet:
+def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None,
+                 sizes=None) -> GuardSet:
     """Generate the guard function for a trace of ``fn`` called with ``flat``/``spec``.
     With ``symbolic`` (a :class:`compiler.symbolic.SymbolicDims`), the symbolic dims of the
     arguments may take any size ≥ 2, consistently with each other."""
@@ -157,8 +158,11 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None) -
         bi, bk = symbolic.base
         lines.append(f"    d = flat[{bi}]._data.shape[{bk}] if len(flat[{bi}]._data.shape) > {bk} "
                      f"else -1")
-        add("d < 2", f"symbolic size d = dim {bk} of argument {bi} is at least 2", ">= 2",
-            lambda f, bi=bi, bk=bk: f[bi]._data.shape[bk])
+        # (a size is served once a trace at it matched the templates: the function may read
+        # the size into Python — min(n, 5), n > 3 — in ways three sizes cannot reveal)
+        ns["SIZES"] = sizes if sizes is not None else set()
+        add("d not in SIZES", f"symbolic size d = dim {bk} of argument {bi} is one traced",
+            sorted(ns["SIZES"]), lambda f, bi=bi, bk=bk: f[bi]._data.shape[bk], ("size",))
     for i, x in enumerate(flat):
         if isinstance(x, Tensor):
             a = x._data
@@ -233,6 +237,18 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None) -
         obj = b.resolve(flat) if b.kind in ("ref", "grad") else None
         if isinstance(obj, Tensor):
             bound_storages.add(id(obj._storage))
+    for k, b in enumerate(trace.bindings):  # an argument that views a captured tensor: at
+        t = b.target() if b.kind == "ref" else None  # the same place in it as at trace time
+        if not isinstance(t, Tensor):
+            continue
+        for i, x in enumerate(flat):
+            if isinstance(x, Tensor) and x._storage is t._storage:
+                ns[f"AB{k}"] = b.target
+                off = x._data.ctypes.data - t._data.ctypes.data
+                add(f"AB{k}() is None or flat[{i}]._storage is not AB{k}()._storage or "
+                    f"flat[{i}]._data.ctypes.data - AB{k}()._data.ctypes.data != {off}",
+                    f"argument {i} views {b.name} at byte offset {off}", off,
+                    lambda f, i=i, b=b: _view_offset(f[i], b.target()))
     for i, x in enumerate(flat):  # an argument must not alias a captured tensor, unless it did
         if isinstance(x, Tensor) and id(x._storage) not in bound_storages and bound_storages:
             ns["BOUND_STORAGES"] = bound_storages
@@ -370,6 +386,12 @@ def _writable(b):
     obj = b.target()
     arr = obj._data if isinstance(obj, Tensor) else obj
     return None if arr is None else arr.flags.writeable
+
+
+def _view_offset(x, t):
+    if t is None or x._storage is not t._storage:
+        return "another memory"
+    return x._data.ctypes.data - t._data.ctypes.data
 
 
 def _hooks_of(t) -> str:

@@ -718,10 +718,13 @@ def test_batch_size_1_stays_specialised():
 
 def test_one_variant_serves_every_batch_size():
     eager, compiled, (m1, o1), (m2, o2) = twins(lambda ps: optim.Adam(ps, lr=1e-2))
-    sizes = [8, 8, 4, 5, 6, 7, 9, 12, 33, 8]
+    sizes = [8, 8, 4, 5, 6, 7, 9, 12, 33, 8, 6, 7, 9, 12, 33]
     run_twins(eager, compiled, m1, o1, m2, o2, steps=len(sizes), sizes=sizes)
     assert len(compiled.variants) <= 2, compiled.recompiles
-    assert compiled_calls(compiled) >= len(sizes) - 4
+    # each new size is traced once (checked against the templates, nothing compiled), then
+    # served by the one variant
+    assert compiled.variants[0].sizes == {4, 5, 6, 7, 8, 9, 12, 33}
+    assert compiled_calls(compiled) >= 6
 
 
 def _divide_by_size_squared(x):
@@ -763,7 +766,7 @@ def test_symbolic_batch_with_backward_outside_matches_eager():
     m1 = mlp()
     m2 = copy.deepcopy(m1)
     compiled = compiler.compile(lambda x, y: F.mse_loss(m2(x), y))
-    for n in (8, 4, 6, 5, 8, 13, 2):
+    for n in (8, 4, 6, 5, 8, 13, 2, 13, 5):
         x, y = batch(n, n=n)
         for m in (m1, m2):
             for p in m.parameters():
@@ -1654,3 +1657,22 @@ def test_the_tracer_is_transparent_to_transforms_and_nested_transforms_still_wor
     cf(dg.zeros(2))
     assert seen == [(True, False)] and len(cf.variants) == 1  # traced, and not nested there
     assert dg.func.jacfwd(dg.func.jacrev(lambda x: (x ** 3).sum()))(dg.ones(2)).shape == (2, 2)
+
+
+def test_an_unknown_python_version_warns_once_and_runs_eagerly(monkeypatch):
+    from compiler.capture import frame
+    monkeypatch.setattr(frame, "PY", (3, 99))
+    monkeypatch.setattr(compiler.api, "_WARNED_VERSIONS", set())
+    with pytest.warns(UserWarning, match=r"understands CPython 3\.11, 3\.12, 3\.13; this is "
+                                         r"3\.99"):
+        cf = compiler.compile(lambda x: x * 2)
+    x = dg.tensor([1.0, 2.0])
+    for _ in range(3):
+        assert_same(cf(x), x * 2)
+    assert not cf.variants and "3.99" in cf.eager_reason
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process
+        compiler.compile(lambda x: x + 1)
+    monkeypatch.setattr(compiler.api.config, "raise_internal_errors", True)
+    with pytest.raises(RuntimeError, match="DYNGRAD_COMPILE_STRICT"):
+        compiler.compile(lambda x: x * 3)

@@ -299,11 +299,9 @@ def _sized(n):
 
 
 @pytest.mark.parametrize("fn, sizes", [
-    pytest.param(_head_min_5, (2, 3, 4, 6, 7, 5, 8), id="min(n, 5)", marks=xfail13(
-        "symbolic sizes: `w[:min(n, 5)]` seen at n = 2, 3, 4")),
+    pytest.param(_head_min_5, (2, 3, 4, 6, 7, 5, 8), id="min(n, 5)"),
     pytest.param(_first_half, (2, 4, 6, 3, 5, 7, 9), id="n // 2"),
-    pytest.param(_branch_on_size, (4, 5, 6, 2, 3, 7), id="if n > 3", marks=xfail13(
-        "symbolic sizes: `if n > 3:` (sizes fitted from observed values)")),
+    pytest.param(_branch_on_size, (4, 5, 6, 2, 3, 7), id="if n > 3"),
     pytest.param(_head_min_5, (2, 3, 4, 3, 2), id="min(n, 5) seen sizes"),
 ])
 def test_a_size_read_into_python(fn, sizes):
@@ -420,8 +418,6 @@ def _scale_then_read(w):
     return f
 
 
-@xfail13(f"{ALIASING}: an argument that views a captured tensor at another offset than at "
-         "trace time corrupts the captured tensor")
 def test_an_argument_that_views_a_captured_tensor_at_another_offset():
     w1, w2 = t(1.0, 2.0, 3.0, 4.0), t(1.0, 2.0, 3.0, 4.0)
     eager, cf = _scale_then_read(w1), compiler.compile(_scale_then_read(w2))

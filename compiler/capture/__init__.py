@@ -22,7 +22,7 @@ from typing import Any
 from ..generated import eval_generated
 from .checks import Check
 from .escape import Watchdog
-from .frame import PY, SUPPORTED, Raised
+from .frame import PY, SUPPORTED, Raised  # noqa: F401 - (PY: for messages)
 from .session import Capture, Effect
 from .sources import ArgTree, Flat, Held, Namer
 
@@ -33,7 +33,8 @@ _local = threading.local()
 
 def available() -> bool:
     """Whether this interpreter's bytecode is one the capture understands."""
-    return PY in SUPPORTED
+    from . import frame
+    return frame.PY in SUPPORTED
 
 
 def location() -> str | None:
