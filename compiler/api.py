@@ -807,7 +807,8 @@ class CompiledFunction:
                     self._verify_size = (v, miss.got)
                 if tag is not None and tag[0] == "number" and \
                         type(flat[tag[1]]) is type(miss.expected) and \
-                        type(miss.expected) in (int, float):
+                        (type(miss.expected) is float or type(miss.expected) is int and
+                         abs(miss.expected) < 1 << 52 and abs(flat[tag[1]]) < 1 << 52):
                     self.dynamic_numbers.add(tag[1])  # seen to change: a runtime input now
                 if tag is not None and tag[0] == "source" and \
                         type(miss.got) is type(miss.expected) and type(miss.got) in (int, float):
@@ -836,15 +837,13 @@ class CompiledFunction:
                           for i, x in enumerate(flat)]
                 args, kwargs = unflatten(spec, traced)
             result, cap = capture.run(tracer, self.fn, args, kwargs, self.dynamic_sources)
-        tracer.continue_backward_now(flat)  # (into the arguments' history: Tracer note)
         t1 = time.perf_counter()
-        _plain_effects(cap.effects)
         try:
             if cap.refused is not None:
                 raise Unsupported(cap.refused)
             if cap.effects:  # their values come out of the graph with the result
                 trace = tracer.finish((result, [e.payload for e in cap.effects]), flat)
-                _plan_effects(trace, cap, tracer)
+                _plan_effects(trace, cap, tracer, self.dynamic_sources)
             else:
                 trace = tracer.finish(result, flat)
             trace.grad_enabled = grad_enabled
@@ -1039,7 +1038,7 @@ class CompiledFunction:
 # stores (the delta is checked at trace time to be exactly those stores).
 
 
-def _plan_effects(trace: Trace, cap, tracer: Tracer) -> None:
+def _plan_effects(trace: Trace, cap, tracer: Tracer, dynamic: set) -> None:
     from .capture.checks import Equals, Identity, is_plain
     from .trace import slot_key
     entries = []
@@ -1058,16 +1057,20 @@ def _plan_effects(trace: Trace, cap, tracer: Tracer) -> None:
         value, src = e.entry
         if isinstance(value, Tensor):
             b = tracer.input_binding.get(slot_key(value))
-            if b is not None and b.kind == "ref" and b.target() is value:
+            if b is not None and b.kind == "ref" and b.target() is value and \
+                    not value._requires_grad:  # (one with autograd history stays bound by
+                #                                 identity: a new one traces again)
                 b.kind, b.target, b.name = "source", _source_reader(src), str(src)
                 b.requires_grad = value._requires_grad
                 cap.checks.pop(("id", src), None)
                 continue
-        if src.describe() in cap.dynamic and type(value) in (int, float):
+        if e.runtime:
             continue  # a runtime input: read each call
         key = ("eq", src) if is_plain(value) else ("id", src)
         if key not in cap.checks:  # (a module attribute is otherwise covered by the version)
             cap.guard(Equals(src, value) if is_plain(value) else Identity(src, value))
+        if type(value) in (int, float) and type(value) is type(e.value) and e.value != value:
+            dynamic.add(src.describe())  # a counter: a runtime input from the next trace
     trace.effects = entries
     for check, ref, n in cap.version_objects:
         obj = ref()
@@ -1129,34 +1132,6 @@ def _replay(trace: Trace, values: list) -> None:
         o = ref()
         if o is not None:
             box[0] = o._version
-
-
-def _plain_effects(effects: list) -> None:
-    """Values the traced call stored in Python state hold traced scalars (``.item()``
-    results): replace them by plain floats, as eager stores (without bumping versions)."""
-    from .trace import TracedInt, TracedScalar, _raw
-
-    def plain(x):
-        return isinstance(x, TracedScalar) or type(x) is TracedInt
-    for e in effects:
-        t, k, v = e.target, e.key, e.value
-        try:
-            if e.kind == "setattr" and plain(v):
-                d = getattr(t, "__dict__", None)
-                if d is not None and d.get(k) is v:
-                    d[k] = _raw(v)
-                elif getattr(t, k, None) is v:
-                    setattr(t, k, _raw(v))
-            elif e.kind in ("setitem", "global") and plain(v) and t[k] is v:
-                t[k] = _raw(v)
-            elif e.kind == "cell" and plain(v) and t.cell_contents is v:
-                t.cell_contents = _raw(v)
-            elif e.kind == "method" and isinstance(t, (list, dict)):
-                for i, x in (enumerate(t) if isinstance(t, list) else list(t.items())):
-                    if plain(x):
-                        t[i] = _raw(x)
-        except Exception:  # noqa: BLE001 - (the location changed again: leave it)
-            continue
 
 
 def _plain_numbers(x):

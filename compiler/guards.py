@@ -203,6 +203,9 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None,
         elif type(x) in (int, float) and i in dynamic_numbers:  # a runtime input
             add(f"type(flat[{i}]) is not {type(x).__name__}", f"type of argument {i}",
                 type(x).__name__, lambda f, i=i: type(f[i]).__name__)
+            if type(x) is int:  # (exact in the graph's float64)
+                add(f"not -{1 << 52} < flat[{i}] < {1 << 52}", f"|argument {i}| < 2**52",
+                    "< 2**52", lambda f, i=i: f[i])
         elif is_plain(x):  # type and value: 2 is not 2.0, -0.0 is not 0.0, np.float32(2)
             cond = " or ".join(plain_conditions(f"flat[{i}]", x, namer))
             tag = ("number", i) if type(x) in (int, float) else None

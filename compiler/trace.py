@@ -302,6 +302,9 @@ def _raw(x):
     return x._v if type(x) is TracedInt else float(x) if isinstance(x, TracedScalar) else x
 
 
+_EXACT = 1 << 52  # ints below this (and their sums) are exact in float64
+
+
 class TracedInt:
     """An int that is a runtime input of the graph (an int source or argument seen to
     change, such as a step counter). Not an ``int`` subclass on purpose: native code that
@@ -325,6 +328,11 @@ class TracedInt:
         if t is bool or not (t is int or t is TracedInt or isinstance(other, float)):
             return NotImplemented
         a, b = (other, self) if reflected else (self, other)
+        if max(abs(_raw(a)), abs(_raw(b))) >= _EXACT and not isinstance(other, float):
+            # float64 is not exact this far out: the values are guarded, the result plain
+            va, vb = (x._pin(prim) if type(x) is TracedInt else x for x in (a, b))
+            return {"add": operator.add, "sub": operator.sub, "mul": operator.mul,
+                    "div": operator.truediv}[prim](va, vb)
         r = self._tracer.scalar_op(prim, a, b)
         if prim == "div" or isinstance(other, float):
             return r
@@ -332,8 +340,10 @@ class TracedInt:
             _raw(a), _raw(b))
         if not isinstance(r, TracedScalar):  # (the trace is finished: plain arithmetic)
             return v
-        if abs(v) >= 1 << 53:  # not exact in float64: the value is guarded instead
-            self._tracer.guard_scalar(r, prim)
+        if abs(v) >= _EXACT:  # not exact in float64: the operands are guarded instead
+            for x in (a, b):
+                if type(x) is TracedInt:
+                    x._pin(prim)
             return v
         return TracedInt(v, self._tracer, r._value)
 
@@ -425,8 +435,8 @@ class TracedInt:
         return repr(self._pin("repr"))
 
     def __getattr__(self, name):  # int's other methods (bit_length, to_bytes, ...)
-        if name.startswith("__"):
-            raise AttributeError(name)
+        if name.startswith("__") or not hasattr(int, name):
+            raise AttributeError(f"'int' object has no attribute {name!r}")
         return getattr(self._pin(name), name)
 
 
@@ -506,11 +516,15 @@ class Tracer(DispatchMode):
         # Note (argument history): a backward() inside the call stops at the autograd nodes
         # its arguments bring (the engine hands their gradients over: on_boundary); those
         # gradients leave the graph, and the backward continues eagerly into the arguments'
-        # history after each compiled call (and after this tracing call: api._trace), so it
-        # reaches the leaves that history has now, not the ones it had at trace time.
+        # history after each compiled call (this tracing call continues at once: on_boundary),
+        # so it reaches the leaves that history has now, not the ones it had at trace time.
         self.backward_boundary = {id(a._node): a._node for a in flat_args
                                   if isinstance(a, Tensor) and a._node is not None}
+        self.boundary_args = {(id(a._node), a._out_nr): a for a in flat_args
+                              if isinstance(a, Tensor) and a._node is not None}
         self.boundary_hits: list = []  # (node, gradient buffer, retain_graph)
+        self.boundary_pending: list = []  # this backward's, until boundary_done
+        self.capture = None  # the capture running the call (compiler/capture)
 
     # ----------------------------------------------------------------- values and slots
     def _register(self, key: tuple, t: Tensor, v: Value) -> None:
@@ -667,29 +681,31 @@ class Tracer(DispatchMode):
                 self.keep.append(t._node)
 
     def on_boundary(self, node, buf, retain_graph) -> None:
+        """The engine stopped at an argument's autograd node: record the gradients (they
+        leave the graph), and continue this tracing call's backward into the history right
+        away, outside the tracer, as eager's backward would (compiled calls continue after
+        the call: see :meth:`_continuation`)."""
         self.boundary_hits.append((node, list(buf), retain_graph))
+        self.boundary_pending.append((node, buf))
 
-    def continue_backward_now(self, flat_args) -> None:
-        """This (tracing) call's own continuation into its arguments' history, eagerly
-        (outside the tracer): what the engine stopped at during the call."""
-        roots, grads, retain = self._continuation_roots(flat_args)
+    def boundary_done(self, retain_graph) -> None:
+        """The end of a backward that stopped at arguments' nodes: continue it into their
+        history now, in one pass (as eager's single backward), outside the tracer and the
+        capture's watchdog (hooks there run eagerly, and again after each compiled call)."""
+        roots, grads = [], []
+        for node, buf in self.boundary_pending:
+            for nr, g in enumerate(buf):
+                a = self.boundary_args.get((id(node), nr))
+                if g is not None and a is not None:
+                    roots.append(a)
+                    grads.append(g)
+        self.boundary_pending.clear()
         if roots:
             from dyngrad.autograd import backward
-            backward(roots, grads, retain_graph=retain)
 
-    def _continuation_roots(self, flat_args):
-        roots, grads, retain = [], [], False
-        for node, buf, rg in self.boundary_hits:
-            retain = retain or bool(rg)
-            for nr, g in enumerate(buf):
-                if g is None:
-                    continue
-                for a in flat_args:
-                    if isinstance(a, Tensor) and a._node is node and a._out_nr == nr:
-                        roots.append(a)
-                        grads.append(g)
-                        break
-        return roots, grads, retain
+            from .capture import escape
+            with suspend(self), escape.paused():
+                backward(roots, grads, retain_graph=retain_graph)
 
     def _continuation(self, flat_args, out_index):
         """(roots as (argument index, output index), retain_graph) for the runtime; raises
@@ -738,6 +754,12 @@ class Tracer(DispatchMode):
     def _scalar(self, owner, key, index, value):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return value
+        if isinstance(value, TracedScalar) or type(value) is TracedInt:
+            return value  # (stored by the call itself: already a value of the graph)
+        cap = self.capture
+        if cap is not None and (id(owner), key) in cap.written:
+            return value  # stored by the call itself (a guarded or constant value), not the
+            #               entry value a runtime input would read
         k = (id(owner), key, index)
         src = self.scalar_sources.get(k)
         if src is None:
@@ -1075,6 +1097,7 @@ class Tracer(DispatchMode):
     def _reaches_spent(self, node) -> bool:
         """Whether ``node``'s graph reaches a root a backward() inside the call freed (so a
         backward through it raises in eager, as it must through the spent result)."""
+        from dyngrad.autograd.graph import FREED
         spent = {k for k, retain in self.backward_roots.items() if retain is False}
         if not spent:
             return False
@@ -1083,7 +1106,7 @@ class Tracer(DispatchMode):
             n = stack.pop()
             if n is None or id(n) in seen:
                 continue
-            if id(n) in spent:
+            if id(n) in spent or getattr(n, "saved", None) is FREED:  # (freed by it)
                 return True
             seen.add(id(n))
             stack.extend(e[0] for e in n.next if e is not None)

@@ -102,6 +102,7 @@ def run(tracer, fn: Callable, args: tuple, kwargs: dict, dynamic=frozenset()):
         raise r.exc from None
     finally:
         stack.pop()
+        cap.plain_effects()
         cap.release()
     return result, cap
 

@@ -20,9 +20,21 @@ import math
 import operator as _op
 import types
 
+from dyngrad.nn.module import Module
 from dyngrad.tensor import Tensor
 
-from .frame import CO_VARARGS, CO_VARKEYWORDS, NULL, Code, Frame, NotInterpretable, Raised, user
+from .frame import (
+    CO_VARARGS,
+    CO_VARKEYWORDS,
+    NULL,
+    PY,
+    Code,
+    Frame,
+    NotInterpretable,
+    Raised,
+    program,
+    user,
+)
 from .library import calls_user_code, is_library_code, is_library_type, is_user_callable
 from .sources import ArgTree, Attr, Call, Held, Item, literal_key
 
@@ -30,6 +42,11 @@ _MAX_DEPTH = 200  # interpreted frames (deeper recursion runs natively and is re
 
 
 # ----------------------------------------------------------------- generators
+
+
+def stop_iteration(value) -> StopIteration:
+    """What a finished generator raises (``return None``: a StopIteration without arguments)."""
+    return StopIteration() if value is None else StopIteration(value)
 
 
 class InterpGenerator:
@@ -45,14 +62,21 @@ class InterpGenerator:
     def __iter__(self):
         return self
 
-    def resume(self, value=None, src=None):
-        """(done, value, source); the program's exceptions come out as :class:`Raised`."""
+    def resume(self, value=None, src=None, throw=None):
+        """(done, value, source); the program's exceptions come out as :class:`Raised`.
+        ``throw``: an exception raised where the generator is suspended instead."""
         f = self.frame
         if f.done:
             return True, None, None
         self.cap.frames.append(f)
         try:
-            v, s = f.run(value, src)
+            v, s = f.run(value, src, throw)
+        except Raised as r:  # (3.11 turns an escaping StopIteration into an error here;
+            if PY == (3, 11) and isinstance(r.exc, StopIteration):  # 3.12+ in bytecode)
+                exc = RuntimeError("generator raised StopIteration")
+                exc.__cause__ = exc.__context__ = r.exc
+                raise Raised(exc) from None
+            raise
         finally:
             self.cap.frames.pop()
         if f.done:
@@ -60,23 +84,36 @@ class InterpGenerator:
         return False, v, s
 
     def send(self, value):
-        try:
-            done, v, _ = self.resume(value)
-        except Raised as r:
-            raise r.exc from None
+        if value is not None and self.frame.pc == 0 and not self.frame.done:
+            raise TypeError("can't send non-None value to a just-started generator")
+        done, v, _ = program(self.resume, value)
         if done:
-            raise StopIteration(v)
+            raise stop_iteration(v)
         return v
 
     def __next__(self):
         return self.send(None)
 
     def close(self) -> None:
-        self.frame.done = True
+        if not self.frame.yielded:  # (not started, or finished)
+            self.frame.done = True
+            return
+        try:
+            done, _, _ = program(self.resume, None, None, GeneratorExit())
+        except (GeneratorExit, StopIteration):
+            return
+        if not done:
+            raise RuntimeError("generator ignored GeneratorExit")
 
     def throw(self, exc, *args):
-        self.frame.done = True
-        raise exc if isinstance(exc, BaseException) else exc(*args)
+        exc = exc if isinstance(exc, BaseException) else exc(*args)
+        if not self.frame.yielded:  # (not started, or finished: raised as it is)
+            self.frame.done = True
+            raise exc
+        done, v, _ = program(self.resume, None, None, exc)
+        if done:
+            raise stop_iteration(v)
+        return v
 
 
 # ----------------------------------------------------------------- calling
@@ -223,12 +260,37 @@ def native(cap, f, fn, args, asrc, kwargs, ksrc, refused: bool = False):
         what = getattr(fn, "__name__", "a function")  # (round, np.float32: a guarded value)
         args = [_plain_scalar(cap, a, what) for a in args]
         kwargs = {k: _plain_scalar(cap, v, what) for k, v in kwargs.items()}
-    if _drives(fn):  # a builtin that iterates its arguments or calls back: keep them seen
-        args = [_interpreted(cap, f, a, asrc[i] if i < len(asrc) else None)
-                for i, a in enumerate(args)]
-        kwargs = {k: _interpreted(cap, f, v, ksrc.get(k)) for k, v in kwargs.items()}
+    iterated = _drives(fn, len(args))
+    if iterated is not None:  # a builtin that iterates its arguments or calls back: keep
+        args = [_interpreted(cap, f, a, asrc[i] if i < len(asrc) else None,  # them seen
+                             i in iterated) for i, a in enumerate(args)]
+        kwargs = {k: _interpreted(cap, f, v, ksrc.get(k), False) for k, v in kwargs.items()}
+    owner = getattr(fn, "__self__", None)
+    watched = _watched_state(owner)
     value = user(fn, *args, **kwargs)
+    if watched is not None and _state_of(owner) != watched:
+        cap.refuse(f"{type(owner).__name__}.{getattr(fn, '__name__', '?')}() at {cap.where()} "
+                   f"changes the state of a library {type(owner).__name__}, which a compiled "
+                   f"call would not repeat: call it outside the compiled function")
     return value, cap.source_of(value)
+
+
+def _watched_state(obj):
+    """The attributes of a library object (other than tensors, modules and optimizers,
+    whose state the tracer and the version counters follow) a native method may change:
+    compared after the call (an lr scheduler's ``step()`` advances ``last_epoch``)."""
+    if obj is None or isinstance(obj, (Tensor, Module, types.ModuleType, type)) or \
+            hasattr(obj, "_hyper_version"):
+        return None
+    d = getattr(obj, "__dict__", None)
+    if not d or type(obj).__module__.split(".")[0] != "dyngrad":
+        return None
+    return _state_of(obj)
+
+
+def _state_of(obj) -> dict:
+    return {k: (id(v), v if type(v) in (int, float, bool, str) else None)
+            for k, v in vars(obj).items()}
 
 
 _STORES = frozenset({"append", "insert", "__setitem__"})  # (store a value, never read it)
@@ -243,35 +305,48 @@ def _traces(fn) -> bool:
     return mod.split(".")[0] in ("dyngrad", "compiler")
 
 
-_DRIVERS: set = set()
+_DRIVERS: dict = {}  # id(builtin) -> (builtin, the positions of the arguments it iterates)
 
 
-def _drives(fn) -> bool:
-    """Builtins that iterate their arguments or call the callables they are given."""
+def _drives(fn, nargs: int) -> range | None:
+    """For builtins that iterate their arguments or call the callables they are given: the
+    positions of the arguments they iterate (``sum(xs, start)`` does not iterate ``start``,
+    ``max(a, b)`` compares its arguments); None for other callables."""
     if not _DRIVERS:
         import itertools
-        for x in (sum, list, tuple, set, frozenset, sorted, min, max, any, all, enumerate,
-                  zip, map, filter, reversed, dict, functools.reduce, itertools.chain,
-                  itertools.accumulate, itertools.starmap, itertools.takewhile,
-                  itertools.dropwhile, itertools.groupby, itertools.islice, itertools.product,
-                  itertools.zip_longest, itertools.filterfalse, "".join):
-            _DRIVERS.add(id(x))
-    if id(fn) in _DRIVERS:
-        return True
-    return getattr(fn, "__name__", None) in ("sort", "join", "extend", "update") and \
-        isinstance(fn, types.BuiltinMethodType)
+        first, every, after_fn = range(1), range(1 << 16), range(1, 1 << 16)
+        for x, which in (
+                (sum, first), (list, first), (tuple, first), (set, first), (frozenset, first),
+                (sorted, first), (min, first), (max, first), (any, first), (all, first),
+                (enumerate, first), (dict, first), (itertools.accumulate, first),
+                (itertools.groupby, first), (itertools.islice, first), (zip, every),
+                (itertools.chain, every), (itertools.product, every),
+                (itertools.zip_longest, every), (map, after_fn), (filter, after_fn),
+                (itertools.starmap, after_fn), (itertools.takewhile, after_fn),
+                (itertools.dropwhile, after_fn), (itertools.filterfalse, after_fn),
+                (functools.reduce, range(1, 2))):
+            _DRIVERS[id(x)] = (x, which)
+    d = _DRIVERS.get(id(fn))
+    if d is not None and d[0] is fn:
+        return range(0) if fn in (min, max) and nargs > 1 else d[1]
+    if getattr(fn, "__name__", None) in ("sort", "join", "extend", "update") and \
+            isinstance(fn, types.BuiltinMethodType):
+        return range(1)
+    return None
 
 
-def _interpreted(cap, f, x, s):
+def _interpreted(cap, f, x, s, iterated: bool):
     """``x`` as native code may use it: a user callable becomes a shim that interprets it,
-    an object with a user ``__iter__`` the iterator the interpreter drives."""
+    an object with a user ``__iter__`` that the builtin iterates the iterator the
+    interpreter drives (not a mapping: ``dict()`` and ``update`` read its keys)."""
     if isinstance(x, (InterpGenerator, SourcedIter, ArgIter, Tensor)) or type(x) in \
             (list, tuple, dict, set, str, range):
         return x
     if isinstance(x, (types.FunctionType, types.MethodType, functools.partial)) and \
             is_user_callable(x):
         return _Shim(cap, f, x)
-    if _user_dunder(type(x), "__iter__") is not None:
+    if iterated and _user_dunder(type(x), "__iter__") is not None and \
+            not hasattr(type(x), "keys"):
         it, its = get_iter(cap, f, x, s)
         return it if isinstance(it, (InterpGenerator, SourcedIter)) else _Driven(cap, f, it)
     return x
@@ -284,11 +359,8 @@ class _Shim:
         self.cap, self.f, self.fn = cap, f, fn
 
     def __call__(self, *args, **kwargs):
-        try:
-            return call(self.cap, self.f, self.fn, None, list(args), [None] * len(args),
-                        kwargs, {k: None for k in kwargs})[0]
-        except Raised as r:
-            raise r.exc from None
+        return program(call, self.cap, self.f, self.fn, None, list(args), [None] * len(args),
+                       kwargs, {k: None for k in kwargs})[0]
 
 
 class _Driven:
@@ -301,10 +373,7 @@ class _Driven:
         return self
 
     def __next__(self):
-        try:
-            ok, v, _ = next_item(self.cap, self.f, self.it, None)
-        except Raised as r:
-            raise r.exc from None
+        ok, v, _ = program(next_item, self.cap, self.f, self.it, None)
         if not ok:
             raise StopIteration
         return v
@@ -386,12 +455,8 @@ def bind(cap, fn, fs, args, asrc, kwargs, ksrc, library: bool):
         if i >= nargs:
             break
         loc[pos[i]], src[pos[i]] = v, s
-    extra = args[nargs:]
-    if extra and varargs is None:
-        raise Raised(TypeError(f"{qual}() takes {nargs} positional argument"
-                               f"{'s' if nargs != 1 else ''} but {len(args)} were given"))
     if varargs is not None:
-        t = tuple(extra)
+        t = tuple(args[nargs:])
         cap.built(t, list(asrc[nargs:]))
         loc[varargs] = t
     more: dict = {}
@@ -402,38 +467,59 @@ def bind(cap, fn, fs, args, asrc, kwargs, ksrc, library: bool):
             loc[name], src[name] = v, ksrc.get(name)
         elif varkw is not None:
             more[name] = v
+        elif name in pos:
+            raise Raised(TypeError(f"{qual}() got some positional-only arguments passed as "
+                                   f"keyword arguments: {name!r}"))
         else:
             raise Raised(TypeError(f"{qual}() got an unexpected keyword argument {name!r}"))
     if varkw is not None:
         loc[varkw] = more
+    if len(args) > nargs and varargs is None:
+        raise Raised(TypeError(_too_many_positional(fn, len(args), kwargs)))
     made = cap.fn_parts.get(id(fn))
     made = made[1] if made is not None and made[0] is fn else None
     defaults = fn.__defaults__ or ()
     first = nargs - len(defaults)
-    missing = []
-    for i, name in enumerate(pos):
-        if name in loc:
-            continue
-        if i < first:
-            missing.append(name)
-            continue
-        d = defaults[i - first]
-        loc[name], src[name] = _default_source(cap, fn, fs, made, "__defaults__", i - first,
-                                               d, library)
-    kwd = fn.__kwdefaults__ or {}
-    for name in kwonly:
-        if name in loc:
-            continue
-        if name not in kwd:
-            missing.append(name)
-            continue
-        loc[name], src[name] = _default_source(cap, fn, fs, made, "__kwdefaults__", name,
-                                               kwd[name], library)
+    missing = [name for name in pos[:first] if name not in loc]
     if missing:
-        raise Raised(TypeError(f"{qual}() missing {len(missing)} required argument"
-                               f"{'s' if len(missing) > 1 else ''}: "
-                               f"{', '.join(repr(m) for m in missing)}"))
+        raise Raised(TypeError(_missing(qual, "positional", missing)))
+    for i, name in enumerate(pos[first:]):
+        if name not in loc:
+            loc[name], src[name] = _default_source(cap, fn, fs, made, "__defaults__", i,
+                                                   defaults[i], library)
+    kwd = fn.__kwdefaults__ or {}
+    missing = [name for name in kwonly if name not in loc and name not in kwd]
+    if missing:
+        raise Raised(TypeError(_missing(qual, "keyword-only", missing)))
+    for name in kwonly:
+        if name not in loc:
+            loc[name], src[name] = _default_source(cap, fn, fs, made, "__kwdefaults__",
+                                                   name, kwd[name], library)
     return loc, src
+
+
+def _missing(qual: str, kind: str, names: list) -> str:
+    """CPython's message for missing arguments."""
+    quoted = [repr(n) for n in names]
+    listed = quoted[0] if len(quoted) == 1 else f"{quoted[0]} and {quoted[1]}" \
+        if len(quoted) == 2 else f"{', '.join(quoted[:-1])}, and {quoted[-1]}"
+    return f"{qual}() missing {len(names)} required {kind} argument" \
+        f"{'s' if len(names) > 1 else ''}: {listed}"
+
+
+def _too_many_positional(fn, given: int, kwargs: dict) -> str:
+    """CPython's message for a call with more positional arguments than ``fn`` takes."""
+    code = fn.__code__
+    nargs, ndefaults = code.co_argcount, len(fn.__defaults__ or ())
+    kwonly = code.co_varnames[nargs:nargs + code.co_kwonlyargcount]
+    sig = f"from {nargs - ndefaults} to {nargs}" if ndefaults else str(nargs)
+    plural = "s" if ndefaults or nargs != 1 else ""
+    nkw = sum(1 for k in kwargs if k in kwonly)
+    kw = f" positional argument{'s' if given != 1 else ''} (and {nkw} keyword-only " \
+        f"argument{'s' if nkw != 1 else ''})" if nkw else ""
+    verb = "was" if given == 1 and not nkw else "were"
+    return f"{fn.__qualname__}() takes {sig} positional argument{plural} but {given}{kw} " \
+        f"{verb} given"
 
 
 def _default_source(cap, fn, fs, made, attr: str, key, value, library: bool):
@@ -604,7 +690,7 @@ def _b_next(cap, f, args, asrc, kwargs, ksrc):
             return v, s
         if len(args) == 2:
             return args[1], asrc[1]
-        raise Raised(StopIteration())
+        raise Raised(v if isinstance(v, StopIteration) else StopIteration())
     return native(cap, f, next, args, asrc, kwargs, ksrc)
 
 
@@ -722,7 +808,9 @@ def operator(cap, f, fn, args, srcs, sym: str):
     ta, tb = type(a), type(b)
     names = _DUNDERS.get(base)
     if names is not None and (_user_dunder(ta, names[0]) or _user_dunder(tb, names[1]) or
-                              base != sym and _user_dunder(ta, "__i" + names[0][2:])):
+                              base != sym and _user_dunder(ta, "__i" + names[0][2:]) or
+                              base == "!=" and (_user_dunder(ta, "__eq__") or
+                                                _user_dunder(tb, "__eq__"))):
         return _binary_protocol(cap, f, a, b, sa, sb, base, sym, names)
     for v, s in ((a, sa), (b, sb)):
         if isinstance(v, (list, tuple, dict, set)):
@@ -787,6 +875,10 @@ COMPARE_SYMS = {"<", "<=", ">", ">=", "==", "!="}
 def _call_dunder(cap, f, d, x, y, sx, sy):
     if isinstance(d, types.FunctionType):
         return call(cap, f, d, None, [x, y], [sx, sy], {}, {})
+    eq = _user_dunder(type(x), "__eq__")
+    if d is object.__ne__ and eq is not None:  # (object's != inverts the user's ==)
+        r, _ = call(cap, f, eq, None, [x, y], [sx, sy], {}, {})
+        return (r if r is NotImplemented else not truth(cap, f, r, None)), None
     return user(d.__get__(x, type(x)), y), None
 
 
@@ -879,6 +971,16 @@ class SourcedIter:
         return True, pair, None
 
 
+def _plain_iteration(t: type) -> bool:
+    """A list, tuple or dict, or a library subclass iterating as one (an optimizer's
+    ``param_groups``)."""
+    if t in (list, tuple, dict):
+        return True
+    return is_library_type(t) and any(
+        issubclass(t, b) and t.__iter__ is b.__iter__ and t.__getitem__ is b.__getitem__
+        for b in (list, tuple, dict))
+
+
 def get_iter(cap, f, v, s):
     t = type(v)
     d = _user_dunder(t, "__iter__")
@@ -895,9 +997,9 @@ def get_iter(cap, f, v, s):
         return SourcedIter(c, cs, kind), None
     if s is None and not isinstance(v, Tensor):
         s = cap.source_of(v)
-    if s is not None and not isinstance(s, ArgTree) and t in (list, tuple, dict):
+    if s is not None and not isinstance(s, ArgTree) and _plain_iteration(t):
         cap.structure_used(v, s)
-        return SourcedIter(v, s, "keys" if t is dict else "seq"), None
+        return SourcedIter(v, s, "keys" if issubclass(t, dict) else "seq"), None
     if isinstance(s, ArgTree) and t in (list, tuple):
         it = ArgIter(cap, v, s)
         return it, None
@@ -931,25 +1033,27 @@ class ArgIter:
 
 
 def next_item(cap, f, it, s):
-    """(has a value, value, source)."""
+    """(has a value, value, source); at the end, (False, the StopIteration if there was one,
+    None): ``next()`` raises it again, with the generator's return value. (Without its
+    traceback: that would keep the frames it went through, and their objects, alive.)"""
     if isinstance(it, (SourcedIter, ArgIter)):
         return it.step(cap)
     if isinstance(it, InterpGenerator):
         done, v, vs = it.resume()
-        return (False, None, None) if done else (True, v, vs)
+        return (False, stop_iteration(v), None) if done else (True, v, vs)
     d = _user_dunder(type(it), "__next__")
     if d is not None:
         try:
             v, vs = call(cap, f, d, None, [it], [s], {}, {})
         except Raised as r:
             if isinstance(r.exc, StopIteration):
-                return False, None, None
+                return False, r.exc.with_traceback(None), None
             raise
         return True, v, vs
     try:
         v = next(it)
-    except StopIteration:
-        return False, None, None
+    except StopIteration as stop:
+        return False, stop.with_traceback(None), None
     except BaseException as exc:  # noqa: BLE001 - the program's
         raise Raised(exc) from None
     return True, v, cap.source_of(v)

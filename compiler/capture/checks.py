@@ -185,6 +185,28 @@ def _same_value(a, b) -> bool:
         return False
 
 
+EXACT = 1 << 52  # an int runtime input must stay below this: exact in the graph's float64
+
+
+@dataclass(frozen=True, eq=False)
+class SmallInt(Check):
+    """An int runtime input stays within float64's exact range."""
+
+    source: Source
+
+    def condition(self, e: str, namer: Namer) -> str:
+        return f"not -{EXACT} < {e} < {EXACT}"
+
+    def describe(self) -> str:
+        return f"|{self.source}| < 2**52 (an int runtime input: exact in float64)"
+
+    def key(self) -> tuple:
+        return ("small", self.source)
+
+    def expected(self) -> Any:
+        return "< 2**52"
+
+
 def _what(obj: Any) -> str:
     name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
     t = type(obj).__name__

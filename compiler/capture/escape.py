@@ -5,12 +5,12 @@ back into user code the capture does not see — a tensor hook the backward engi
 user ``__eq__`` a dict lookup calls, code the interpreter refused — that code's reads are not
 guarded, so the trace must not be used. This module notices: on Python 3.12+ through
 ``sys.monitoring`` (``PY_START``, disabled per library code object after its first start, so
-it costs nothing in steady state), on 3.11 through ``sys.setprofile`` on the capturing
-thread.
+it costs nothing in steady state), on 3.11 through ``sys.settrace`` on the capturing thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 
@@ -38,6 +38,19 @@ class Watchdog:
         _ACTIVE.remove(self)
         if not _ACTIVE:
             _uninstall()
+
+
+@contextlib.contextmanager
+def paused():
+    """Code the capture runs natively on purpose (eager work outside the trace): no escape."""
+    w = _ACTIVE[-1] if _ACTIVE else None
+    if w is not None:
+        w.paused += 1
+    try:
+        yield
+    finally:
+        if w is not None:
+            w.paused -= 1
 
 
 # The import system's protocol: finders and loaders installed by tools (setuptools' hooks)
@@ -89,17 +102,27 @@ if sys.version_info >= (3, 12):
         if _TOOL is not None:
             _mon.set_events(_TOOL, 0)
 else:
+    # sys.settrace rather than sys.setprofile: its global function sees only the start of
+    # each Python frame (no C calls, no returns), and returning None asks for no line
+    # events — a third of the callbacks. A debugger's tracer keeps running underneath.
     _previous: list = []
+    _library: dict = {}  # code -> whether it is the library's (a start to ignore)
 
-    def _profile(frame, event, arg):
-        if event == "call":
-            _seen(frame.f_code)
-        if _previous and _previous[-1] is not None:
-            _previous[-1](frame, event, arg)
+    def _trace(frame, event, arg):
+        code = frame.f_code
+        lib = _library.get(code)
+        if lib is None:
+            if len(_library) > 1 << 16:  # (bounded: programs that exec new code)
+                _library.clear()
+            lib = _library[code] = is_library_code(code) or code.co_name in _IMPORT_PROTOCOL
+        if not lib:
+            _seen(code)
+        prev = _previous[-1] if _previous else None
+        return prev(frame, event, arg) if prev is not None else None
 
     def _install() -> None:
-        _previous.append(sys.getprofile())
-        sys.setprofile(_profile)
+        _previous.append(sys.gettrace())
+        sys.settrace(_trace)
 
     def _uninstall() -> None:
-        sys.setprofile(_previous.pop() if _previous else None)
+        sys.settrace(_previous.pop() if _previous else None)

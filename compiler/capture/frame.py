@@ -62,6 +62,30 @@ def user(fn, *args, **kwargs):
         raise Raised(exc) from None
 
 
+def program(fn, *args, **kwargs):
+    """The other way round, for interpreter code that native code calls (a generator's
+    ``next``, a user callback): the program's exceptions come out as themselves, raised
+    outside the handler so that their cause and context stay the program's."""
+    try:
+        return fn(*args, **kwargs)
+    except Raised as r:
+        exc = r.exc
+    try:
+        raise exc
+    finally:
+        del exc  # (no cycle through this frame, which the traceback holds)
+
+
+def function_str(fn) -> str:
+    """How CPython's messages name a callable: ``module.qualname()``."""
+    qual = getattr(fn, "__qualname__", None)
+    if not isinstance(qual, str):
+        return str(fn)
+    mod = getattr(fn, "__module__", None)
+    return f"{qual}()" if not isinstance(mod, str) or mod == "builtins" else \
+        f"{mod}.{qual}()"
+
+
 # ----------------------------------------------------------------- decoded code objects
 
 _BINARY = {}
@@ -214,11 +238,15 @@ class Frame:
         return where(self.code, self.offset)
 
     # -- the loop
-    def run(self, send=None, send_src=None):
-        """Run until return (or, for a generator, the next yield): the value and source."""
+    def run(self, send=None, send_src=None, throw=None):
+        """Run until return (or, for a generator, the next yield): the value and source.
+        ``throw``: an exception to raise at the yield the generator is suspended at."""
         if self.yielded:  # resumed generator: the sent value is the yield's result
-            self.push(send, send_src)
             self.yielded = False
+            if throw is not None:
+                self.unwind(Raised(throw), self.offset)
+            else:
+                self.push(send, send_src)
         insts = self.insts
         handlers = _HANDLERS
         while True:
@@ -233,7 +261,24 @@ class Frame:
             except Returned:
                 return self.result, self.result_src
             except Raised as r:
+                self.chain(r.exc)
                 self.unwind(r, self.offset)
+
+    def chain(self, exc: BaseException) -> None:
+        """Set a new exception's ``__context__`` to the one the program is handling (the
+        innermost running frame's), as CPython does when it is raised; without a cycle."""
+        if exc.__context__ is not None:
+            return
+        ctx = next((f.exc_info[-1] for f in reversed(self.cap.frames) if f.exc_info), None)
+        if ctx is None or ctx is exc:
+            return
+        o = ctx
+        while o is not None:  # (CPython cuts the chain where it would loop back to exc)
+            if o.__context__ is exc:
+                o.__context__ = None
+                break
+            o = o.__context__
+        exc.__context__ = ctx
 
     def unwind(self, r: Raised, offset: int) -> None:
         """Route a program exception raised at ``offset`` to its handler, or out."""
@@ -599,7 +644,7 @@ def _call_intrinsic_1(f, inst):
         exc = a
         if isinstance(a, StopIteration):
             exc = RuntimeError("generator raised StopIteration")
-            exc.__cause__ = a
+            exc.__cause__ = exc.__context__ = a
         raise Raised(exc)
     else:
         raise NotInterpretable(f"{name} at {f.where()}")
@@ -798,9 +843,17 @@ def _map_add(f, inst):
     user(f.stack[-inst.arg].__setitem__, k, v)
 
 
+def _iterable(v) -> bool:
+    """Whether ``*v`` can unpack ``v`` (CPython's check before its message)."""
+    t = type(v)
+    return hasattr(t, "__iter__") or hasattr(t, "__getitem__") and not isinstance(v, dict)
+
+
 @op("LIST_EXTEND")
 def _list_extend(f, inst):
     v, s = f.pop()
+    if not _iterable(v):
+        raise Raised(TypeError(f"Value after * must be an iterable, not {type(v).__name__}"))
     items = f.cap.unpack(f, v, s, None)
     f.stack[-inst.arg].extend(x for x, _ in items)
 
@@ -816,10 +869,17 @@ def _set_update(f, inst):
 def _dict_update(f, inst):
     v, s = f.pop()
     target = f.stack[-inst.arg]
+    merge = inst.opname == "DICT_MERGE"  # (f(**v): the call's callable is below its args)
+    fn = f.stack[-inst.arg - (3 if PY >= (3, 13) else 2)] if merge else None
+    if not hasattr(v, "keys"):
+        raise Raised(TypeError(f"{function_str(fn)} argument after ** must be a mapping, not "
+                               f"{type(v).__name__}" if merge else
+                               f"{type(v).__name__!r} object is not a mapping"))
     items = f.cap.mapping_items(f, v, s)
     for k, x in items:
-        if inst.opname == "DICT_MERGE" and k in target:
-            raise Raised(TypeError(f"got multiple values for keyword argument {k!r}"))
+        if merge and k in target:
+            raise Raised(TypeError(f"{function_str(fn)} got multiple values for keyword "
+                                   f"argument {k!r}"))
         target[k] = x
 
 
@@ -950,6 +1010,9 @@ def _call_function_ex(f, inst):
         fn, fs, extra = b, sb, []
     else:
         fn, fs, extra = a, sa, [(b, sb)]
+    if not _iterable(args):
+        raise Raised(TypeError(f"{function_str(fn)} argument after * must be an iterable, "
+                               f"not {type(args).__name__}"))
     items = extra + f.cap.unpack(f, args, asrc, None)
     kwargs, ksrc = {}, {}
     for k, (v, s) in f.cap.mapping_sourced_items(f, kw, ks):

@@ -38,7 +38,7 @@ from dyngrad.tensor import Tensor
 
 from ..generated import eval_generated
 from . import calls
-from .checks import Equals, Identity, Version, is_plain
+from .checks import EXACT, Equals, Identity, SmallInt, Version, is_plain
 from .frame import NULL, Frame, Raised, user, where
 from .library import is_library_module, is_library_type
 from .sources import (
@@ -80,6 +80,7 @@ class Effect:
     what: str  # the target's source, for messages
     src: Source | None = None  # the location written (its value at entry may be read)
     entry: Any = None  # (value, source) the location held at entry, if the call read it
+    runtime: bool = False  # that entry value is a runtime input of the trace
     payload: Any = None  # the value (or the method's/print's arguments) to replay, made by
     #                      :meth:`Capture.summarize`: containers made in the call rebuilt,
     #                      objects from before the call as Kept
@@ -117,12 +118,16 @@ class Capture:
         # containers from before the call it changed with a blind mutator (append, ...):
         # id -> [container, source, entry length, entry items, pinned]; see `changed_read`
         self.mutated: dict = {}
+        self.hyper_seen: dict = {}  # id(optimizer) -> (optimizer, _hyper_version at first sight)
+        if tracer is not None:
+            tracer.capture = self
 
     def release(self) -> None:
         """Drop the objects the capture held during the call (so that tensors the call made
         die with it: the tracer checks none is kept in Python state)."""
         for d in (self.objects, self.registry, self.cell_src, self.fn_parts, self.tuple_src,
-                  self.views, self.written, self.scalars, self.entry, self.mutated):
+                  self.views, self.written, self.scalars, self.entry, self.mutated,
+                  self.hyper_seen):
             d.clear()
         self.keep.clear()
         self.frames.clear()
@@ -141,18 +146,80 @@ class Capture:
             ent = self.entry.get((id(e.target), e.key)) if e.target is not None else None
             if ent is not None and ent[0] is e.target:
                 e.entry = (ent[1], ent[2])
+                e.runtime = ent[2] in self.scalars  # (its entry value is a runtime input)
             try:
                 e.payload = self._replayable(e.value, Kept)
             except TypeError as exc:
                 self.refuse(f"the function stores {exc} in {e.what} at {e.where}; a "
                             f"compiled call cannot make that object again (store a tensor, "
                             f"a number, a string or a tuple/list/dict of them)")
+        for opt, seen in self.hyper_seen.values():  # hyperparameters changed natively
+            n = sum(1 for e in self.effects if e.kind == "setitem" and
+                    getattr(e.target, "_owner", None) is opt)
+            if opt._hyper_version - seen != n:
+                self.refuse(f"the hyperparameters of a {type(opt).__name__} change inside the "
+                            f"function, in library code the compiled call would not repeat (a "
+                            f"learning-rate scheduler's step(), for one): call it outside the "
+                            f"compiled function")
         self.version_objects = []
         for c in self.checks.values():
             if isinstance(c, Version):
                 obj = self.objects.get(c.source)
                 if obj is not None and id(obj) in stores:
                     self.version_objects.append((c, weakref.ref(obj), stores[id(obj)]))
+
+    def plain_effects(self) -> None:
+        """Numbers the traced call stored in Python state are traced numbers (``.item()``
+        results, runtime inputs): put plain ones in their place — deep in the containers
+        stored — as eager stores, without bumping versions. Runs whether the call returned
+        or raised."""
+        from ..trace import TracedInt, TracedScalar, _raw
+
+        def traced(x):
+            return isinstance(x, TracedScalar) or type(x) is TracedInt
+
+        def plain(x):  # (x, or a plain copy of it; lists and dicts are fixed in place)
+            if traced(x):
+                return _raw(x)
+            t = type(x)
+            if t is list:
+                for i, e in enumerate(x):
+                    p = plain(e)
+                    if p is not e:
+                        x[i] = p
+            elif t is dict:
+                for k, e in list(x.items()):
+                    p = plain(e)
+                    if p is not e:
+                        x[k] = p
+            elif t is tuple and any(traced(e) or type(e) in (tuple, list, dict) for e in x):
+                made = tuple(plain(e) for e in x)
+                if any(a is not b for a, b in zip(made, x)):
+                    return made
+            return x
+
+        for e in self.effects:
+            t, k, v = e.target, e.key, e.value
+            try:
+                if e.kind == "setattr":
+                    p = plain(v)
+                    d = getattr(t, "__dict__", None)
+                    if p is not v and d is not None and d.get(k) is v:
+                        d[k] = p
+                    elif p is not v and getattr(t, k, None) is v:
+                        object.__setattr__(t, k, p)
+                elif e.kind in ("setitem", "global"):
+                    p = plain(v)
+                    if p is not v and t[k] is v:
+                        t[k] = p
+                elif e.kind == "cell":
+                    p = plain(v)
+                    if p is not v and t.cell_contents is v:
+                        t.cell_contents = p
+                elif e.kind == "method" and isinstance(t, (list, dict)):
+                    plain(t)
+            except Exception:  # noqa: BLE001 - (the location changed again: leave it)
+                continue
 
     def _replayable(self, x, kept):
         """``x`` as effect replay makes it each call (see :meth:`summarize`)."""
@@ -225,6 +292,8 @@ class Capture:
         return IDENTITY
 
     def _register(self, value, src) -> None:
+        if hasattr(value, "_hyper_version") and id(value) not in self.hyper_seen:
+            self.hyper_seen[id(value)] = (value, value._hyper_version)
         if isinstance(value, _MUTABLE) or hasattr(value, "__dict__") and \
                 not isinstance(value, (type, types.ModuleType, types.FunctionType)):
             self.registry.setdefault(id(value), (value, src))
@@ -270,8 +339,9 @@ class Capture:
             self.known[src] = FROZEN
             return value
         if is_plain(value):
-            if not covered and type(value) in (int, float) and self.tracer is not None and \
-                    src.describe() in self.dynamic:
+            if type(value) in (int, float) and self.tracer is not None and \
+                    src.describe() in self.dynamic and \
+                    (type(value) is float or -EXACT < value < EXACT):  # (read at each call)
                 return self._runtime_input(value, src)
             if not covered:
                 self.guard(Equals(src, value))
@@ -316,6 +386,8 @@ class Capture:
         reader = eval_generated(f"lambda flat: {expr}", ns)
         s = self.tracer.source_scalar(("source", src.describe()), src.describe(), reader, value)
         self.guard(Identity(Call("type", src), type(value)))
+        if type(value) is int:
+            self.guard(SmallInt(src))
         self.scalars[src] = s
         self.known[src] = VALUE
         return s
@@ -479,6 +551,9 @@ class Capture:
         made = self.cell_src.get(id(cell))
         if made is not None:
             return value, made[1]
+        w = self.written.get((id(cell), name))
+        if w is not None:  # (stored by the call itself: that value, not the entry one)
+            return value, w[0]
         if f.library:
             return value, None
         src = Cell(cell, name, f.code.co_qualname)
@@ -492,9 +567,11 @@ class Capture:
         else:
             self._effect(Effect("cell", cell, name, value, f.where(), f"nonlocal {name}",
                                 Cell(cell, name, f.code.co_qualname)))
+            self.written[(id(cell), name)] = (vsrc,)
         cell.cell_contents = value
 
     def delete_cell(self, f: Frame, cell, name: str) -> None:
+        self.written.pop((id(cell), name), None)
         if id(cell) not in self.cell_src:
             self._effect(Effect("delcell", cell, name, None, f.where(), f"nonlocal {name}"))
         try:

@@ -213,6 +213,8 @@ def run_backward(roots: list, grads: list, *, retain_graph: bool, create_graph: 
                         heapq.heappush(ready, (-nxt.seq, id(nxt), nxt))
                     else:
                         _release_children(nxt, deps, buffers, ready, retain_graph, skip=True)
+    if boundary is not None:
+        boundary[0].boundary_done(retain_graph)
     if capture is not None:
         for k, r in enumerate(results):
             if r is None and not allow_unused:
