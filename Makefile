@@ -41,7 +41,7 @@ lint: $(STAMP)
 # machines without AVX-512 stay tested whatever CPU runs the suite.
 COMPILED_TESTS := tests/test_compiler.py tests/test_footguns.py tests/test_soundness.py \
 	tests/test_random_programs.py tests/test_footguns_sources.py tests/test_footguns_history.py \
-	tests/test_random_sources.py
+	tests/test_random_sources.py tests/test_footguns_replay.py
 LLVM_TESTS := tests/test_llvm_*.py tests/test_vecmath.py tests/test_codegen*.py \
 	tests/test_target.py tests/test_profile.py $(COMPILED_TESTS)
 
@@ -50,7 +50,7 @@ LLVM_TESTS := tests/test_llvm_*.py tests/test_vecmath.py tests/test_codegen*.py 
 # its own (.venv-3.12, .venv-3.13), made on first use.
 CAPTURE_TESTS := tests/test_capture.py tests/test_soundness.py tests/test_footguns.py \
 	tests/test_footguns_sources.py tests/test_footguns_history.py tests/test_footguns_replay.py \
-	tests/test_random_sources.py
+	tests/test_random_sources.py tests/test_footguns_replay.py
 OTHER_PYTHONS := $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3 \
 	$(HOME)/.pyenv/versions/3.13*/bin/python3)
 

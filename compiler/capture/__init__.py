@@ -94,16 +94,23 @@ def run(tracer, fn: Callable, args: tuple, kwargs: dict, dynamic=frozenset()):
     if stack is None:
         stack = _local.captures = []
     stack.append(cap)
+    exc = None
     try:
         with Watchdog(cap.escaped):
             result, _ = cap.call(None, fn, top, list(args), asrc, dict(kwargs), ksrc)
         cap.summarize()
     except Raised as r:
-        raise r.exc from None
+        exc = r.exc  # (raised below, outside the handler: its cause and context stay the
+        #             program's)
     finally:
         stack.pop()
         cap.plain_effects()
         cap.release()
+    if exc is not None:
+        try:
+            raise exc
+        finally:
+            del exc
     return result, cap
 
 

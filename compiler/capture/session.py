@@ -143,7 +143,8 @@ class Capture:
         for e in self.effects:
             if e.kind in ("setattr", "delattr"):
                 stores[id(e.target)] = stores.get(id(e.target), 0) + 1
-            ent = self.entry.get((id(e.target), e.key)) if e.target is not None else None
+            ent = self.entry.get((id(e.target), e.key)) if e.target is not None and \
+                literal_key(e.key) else None
             if ent is not None and ent[0] is e.target:
                 e.entry = (ent[1], ent[2])
                 e.runtime = ent[2] in self.scalars  # (its entry value is a runtime input)
@@ -678,7 +679,7 @@ class Capture:
         if isinstance(cs, ArgTree):
             if type(k) is int and k < 0:
                 k += len(c)
-            return value, self.arg_paths.get(cs.path + (k,))
+            return value, (self.arg_paths.get(cs.path + (k,)) if literal_key(k) else None)
         if isinstance(k, slice):
             self.structure_used(c, cs)
         src = Item(cs, k)
