@@ -239,7 +239,8 @@ def test_precomputed_gradients_with_a_symbolic_batch_size_match_eager():
         for p, q in zip(m.parameters(), m2.parameters()):
             np.testing.assert_allclose(q.grad.numpy(), p.grad.numpy(), rtol=1e-4, atol=1e-6)
     (v,) = cf.variants
-    assert v.sym is not None and v.backward.parts.precomputed and {8, 9, 20} <= set(v.plans)
+    assert v.sym is not None and v.backward.parts.precomputed and {8, 9, 20} <= v.sizes
+    assert {8, 20} <= set(v.plans)  # (9 came once: traced to verify it, no plan made)
 
 
 @pytest.mark.parametrize("backend,says", [

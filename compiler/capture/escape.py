@@ -11,6 +11,7 @@ it costs nothing in steady state), on 3.11 through ``sys.settrace`` on the captu
 from __future__ import annotations
 
 import contextlib
+import gc
 import sys
 import threading
 
@@ -62,9 +63,17 @@ _IMPORT_PROTOCOL = frozenset({"find_spec", "find_module", "exec_module", "create
                               "__del__"})
 
 
+def _gc_callbacks() -> set:
+    """The code of the collector's callbacks (``gc.callbacks``: a test framework's timer,
+    say): they run when the collector does, whatever the call is doing."""
+    return {getattr(cb, "__code__", None) for cb in gc.callbacks} - {None}
+
+
 def _seen(code) -> bool:
     """Whether a start of ``code`` is an escape to report (and reports it)."""
     if is_library_code(code) or code.co_name in _IMPORT_PROTOCOL:
+        return False
+    if code in _gc_callbacks():
         return False
     w = _ACTIVE[-1] if _ACTIVE else None
     if w is None or w.paused or threading.get_ident() != w.thread:

@@ -78,9 +78,11 @@ def _generated_library_code() -> set:
     methods ``dataclasses`` wrote for its dataclasses (found by scanning its modules once
     each)."""
     for name, mod in list(sys.modules.items()):
-        if name in _SCANNED or mod is None or not is_library_module(mod):
+        if name in _SCANNED or mod is None:
             continue
-        _SCANNED.add(name)
+        _SCANNED.add(name)  # (once each, library or not)
+        if not is_library_module(mod):
+            continue
         for cls in list(vars(mod).values()):
             if not isinstance(cls, type) or getattr(cls, "__module__", None) != name:
                 continue
@@ -93,9 +95,11 @@ def _generated_library_code() -> set:
 
 
 def is_library_module(mod: types.ModuleType) -> bool:
-    f = getattr(mod, "__file__", None)
-    if f is None:  # built-in and namespace modules
-        return mod.__name__ in sys.builtin_module_names or mod.__name__.split(".")[0] in \
+    d = getattr(mod, "__dict__", None)  # (not getattr: a module may define __getattr__)
+    f = d.get("__file__") if isinstance(d, dict) else None
+    name = d.get("__name__", "") if isinstance(d, dict) else ""
+    if not isinstance(f, str):  # built-in and namespace modules
+        return name in sys.builtin_module_names or str(name).split(".")[0] in \
             ("dyngrad", "compiler", "numpy")
     return is_library_file(f)
 
