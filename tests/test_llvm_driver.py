@@ -791,7 +791,7 @@ def test_a_symbolic_batch_size_runs_native_plans_made_per_size(capsys):
             return loss
         return step
     eager, cf = make(twin, o2), compiler.compile(make(model, o1), backend="llvm")
-    for batch in (8, 8, 8, 12, 16, 20, 9, 20, 8):
+    for batch in (8, 8, 8, 12, 16, 20, 9, 20, 8, 9):  # (a new size: traced, then planned)
         x, y = dg.randn(batch, 4), dg.randint(0, 3, (batch,))
         assert_rel(cf(x, y), eager(x, y), RTOL32)
     for p, q in zip(model.parameters(), twin.parameters()):

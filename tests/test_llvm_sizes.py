@@ -276,7 +276,7 @@ def test_a_product_crossing_to_the_blocked_kernel_starts_a_form_of_its_own():
     w = dg.randn(16, 16)
     f = compiler.compile(lambda x: (x @ w).relu().sum(dim=1), backend="llvm")
     big = 2 * matmul.SMALL_WORK // 256
-    for b in (4, 5, 6, 7, 9, big, 10):
+    for b in (4, 5, 6, 7, 9, big, 10, 9, big, 10):  # (a new size: traced, then planned)
         x = dg.randn(b, 16)
         np.testing.assert_allclose(f(x).numpy(), (x @ w).relu().sum(dim=1).numpy(),
                                    rtol=1e-4, atol=1e-4)
@@ -291,7 +291,7 @@ def test_probes_template_a_form_at_its_first_size():
     it already runs a template, and so does every later size — one LLVM compile."""
     w = dg.randn(8, 4)
     f = compiler.compile(lambda x: ((x @ w).tanh() - 0.5).square().mean(), backend="llvm")
-    for b in (6, 7, 9, 10, 21, 33, 64, 11):
+    for b in (6, 7, 9, 10, 21, 33, 64, 11, 10, 21, 33, 64, 11):  # (traced, then planned)
         x = dg.randn(b, 8)
         want = float(((x @ w).tanh() - 0.5).square().mean())
         assert abs(float(f(x)) - want) <= RTOL32 * max(1.0, abs(want))
@@ -312,7 +312,7 @@ def test_two_threads_calling_two_sizes_of_one_family():
         return (x @ w).relu().sum(dim=0)
     f = compiler.compile(g, backend="llvm")
     xs = {b: dg.randn(b, 8) for b in (5, 6, 7, 10, 12)}
-    for b in (5, 6, 7, 10, 12):
+    for b in (5, 6, 7, 10, 12, 10, 12):  # (a new size: traced, then planned)
         f(xs[b])
     (v,) = f.variants
     assert v.plans[10][0].lock is v.plans[12][0].lock
@@ -354,7 +354,7 @@ def test_backward_outside_a_symbolic_variant_runs_natively_per_size(capsys):
     model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
     twin = copy.deepcopy(model)
     cf = compiler.compile(lambda x: model(x), backend="llvm")
-    for b in (5, 6, 7, 9, 11, 13, 16, 9):
+    for b in (5, 6, 7, 9, 11, 13, 16, 9, 11, 13, 16):  # (a new size: traced, then planned)
         x, target = dg.randn(b, 6), dg.randn(b, 3)
         for m in (model, twin):
             for p in m.parameters():
