@@ -66,7 +66,7 @@ test-pythons:
 		env=.venv-$$v; \
 		if [ ! -f $$env/.installed ]; then \
 			$$py -m venv $$env && $$env/bin/python -m pip install --quiet --upgrade pip && \
-			$$env/bin/python -m pip install --quiet -e '.[test]' && touch $$env/.installed \
+			$$env/bin/python -m pip install --quiet -e . pytest && touch $$env/.installed \
 			|| exit 1; \
 		fi; \
 		echo "capture tests on Python $$v ($$py)"; \
