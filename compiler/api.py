@@ -33,6 +33,7 @@ from dyngrad.tensor import Storage, Tensor
 
 from . import backends, capture, ir
 from .backends import interp
+from .effects import continue_backward, plan_effects, replay
 from .generated import exec_generated
 from .guards import GuardSet, build_guards, flatten, unflatten
 from .partition import precompute, split
@@ -220,10 +221,10 @@ class Variant:
             _print_effects(tr.prints, outs)
         self.calls += 1
         if tr.continuation is not None:
-            _continue_backward(tr.continuation, flat, outs)
+            continue_backward(tr.continuation, flat, outs)
         result = _build(tr.out_spec, outs, flat, grad_node)
         if tr.effects:
-            _replay(tr, result[1])
+            replay(tr, result[1])
             return result[0]
         return result
 
@@ -325,7 +326,7 @@ def _generate_call_path(trace: Trace, copy_outputs: set, variant: Variant, run) 
              *(f"    {x}" for x in result_lines),
              *([f"    r = {result}", "    REPLAY(TR, r[1])", "    return r[0]"]
                if trace.effects else [f"    return {result}"])]
-    ns["REPLAY"], ns["TR"], ns["CONTINUE"] = _replay, trace, _continue_backward
+    ns["REPLAY"], ns["TR"], ns["CONTINUE"] = replay, trace, continue_backward
     exec_generated("\n".join(lines), ns)
     return ns["gather"], ns["commit"], ns["fast"]
 
@@ -843,7 +844,7 @@ class CompiledFunction:
                 raise Unsupported(cap.refused)
             if cap.effects:  # their values come out of the graph with the result
                 trace = tracer.finish((result, [e.payload for e in cap.effects]), flat)
-                _plan_effects(trace, cap, tracer, self.dynamic_sources)
+                plan_effects(trace, cap, tracer, self.dynamic_sources)
             else:
                 trace = tracer.finish(result, flat)
             trace.grad_enabled = grad_enabled
@@ -876,6 +877,9 @@ class CompiledFunction:
                 after += "\nbackward:\n" + str(parts.backward)
             trace.graph = g
             trace.checks = list(cap.checks.values())
+            versioned = {c.obj_id for c in trace.checks if hasattr(c, "box")}
+            trace.objects = [(r, v) for r, v in trace.objects if id(r()) not in versioned]
+            #  (the capture guards those objects' versions by source already)
             guards = build_guards(trace, flat, spec, self.dynamic_numbers)
             inplace = _inplace_writes(trace, g, n_fwd)
             groups = fuse(g)
@@ -1022,116 +1026,6 @@ class CompiledFunction:
     def __repr__(self) -> str:
         return f"<compiled {self.__name__}: {len(self.variants)} variant(s), backend=" \
                f"{self.backend}>"
-
-
-# ----------------------------------------------------------------- effect replay
-#
-# Note: the capture records the changes a call makes to Python state from before it —
-# attribute and item stores, globals, closure cells, list/dict/set mutators, print — with
-# the values stored; those values leave the graph beside the result (the out_spec is
-# ``(result, [payloads])``), and after each compiled call the changes are made again, in
-# order, with this call's values. A location the call writes that it also read at entry is
-# not covered by its owner's version: a tensor there is re-read each call (a 'source'
-# binding: ``self.hidden = h.detach()``), a number is guarded by value (or is a runtime
-# input once it changed), anything else by identity. A module the call stores attributes
-# on has its version bumped as in eager; its guards expect the version after the call's own
-# stores (the delta is checked at trace time to be exactly those stores).
-
-
-def _plan_effects(trace: Trace, cap, tracer: Tracer, dynamic: set) -> None:
-    from .capture.checks import Equals, Identity, is_plain
-    from .trace import slot_key
-    entries = []
-    stores: dict = {}
-    for e in cap.effects:
-        target = e.target
-        if e.kind in ("setattr", "delattr"):
-            stores[id(target)] = stores.get(id(target), 0) + 1
-            try:
-                target = weakref.ref(target)
-            except TypeError:
-                pass
-        entries.append((e.kind, target, e.key))
-        if e.entry is None or e.kind in ("method", "print"):
-            continue
-        value, src = e.entry
-        if isinstance(value, Tensor):
-            b = tracer.input_binding.get(slot_key(value))
-            if b is not None and b.kind == "ref" and b.target() is value and \
-                    not value._requires_grad:  # (one with autograd history stays bound by
-                #                                 identity: a new one traces again)
-                b.kind, b.target, b.name = "source", _source_reader(src), str(src)
-                b.requires_grad = value._requires_grad
-                cap.checks.pop(("id", src), None)
-                continue
-        if e.runtime:
-            continue  # a runtime input: read each call
-        key = ("eq", src) if is_plain(value) else ("id", src)
-        if key not in cap.checks:  # (a module attribute is otherwise covered by the version)
-            cap.guard(Equals(src, value) if is_plain(value) else Identity(src, value))
-        if type(value) in (int, float) and type(value) is type(e.value) and e.value != value:
-            dynamic.add(src.describe())  # a counter: a runtime input from the next trace
-    trace.effects = entries
-    for check, ref, n in cap.version_objects:
-        obj = ref()
-        if obj is not None and obj._version - check.version == n:
-            check.box[0] = obj._version
-            trace.version_updates.append((check.box, ref))
-    for k, (ref, version) in enumerate(trace.objects):  # modules the tracer saw called
-        obj = ref()
-        n = stores.get(id(obj), 0) if obj is not None else 0
-        if n and obj._version - version == n:
-            box = [obj._version]
-            trace.objects[k] = (ref, box)
-            trace.version_updates.append((box, ref))
-
-
-def _source_reader(src):
-    """A function of ``flat`` reading ``src``'s current value (None when it cannot)."""
-    from .capture.sources import Namer
-    ns: dict = {}
-    e = src.expr(Namer(ns))
-    exec_generated(f"def read(flat):\n    try:\n        return {e}\n"
-                   f"    except Exception:\n        return None", ns)
-    return ns["read"]
-
-
-def _continue_backward(continuation, flat: list, outs: list) -> None:
-    """The backward a call ran inside, continued eagerly into its arguments' autograd
-    history with the gradients the compiled graph computed for them (Tracer note)."""
-    from dyngrad.autograd import backward
-    roots, retain = continuation
-    backward([flat[i] for i, _ in roots], [Tensor._fresh(outs[k]) for _, k in roots],
-             retain_graph=retain)
-
-
-def _replay(trace: Trace, values: list) -> None:
-    """Make the call's Python effects again with this call's values (see above)."""
-    for (kind, target, key), v in zip(trace.effects, values):
-        if type(target) is weakref.ref:
-            target = target()
-        if kind == "setattr":
-            setattr(target, key, v)
-        elif kind in ("setitem", "global"):
-            target[key] = v
-        elif kind == "cell":
-            target.cell_contents = v
-        elif kind == "delcell":
-            del target.cell_contents
-        elif kind == "method":
-            getattr(target, key)(*v[0], **v[1])
-        elif kind == "print":
-            print(*v[0], **v[1])
-        elif kind == "delattr":
-            delattr(target, key)
-        elif kind in ("delitem", "delglobal"):
-            del target[key]
-        else:
-            raise AssertionError(kind)
-    for box, ref in trace.version_updates:
-        o = ref()
-        if o is not None:
-            box[0] = o._version
 
 
 def _plain_numbers(x):

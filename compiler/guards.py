@@ -279,15 +279,14 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None,
             t = b.target()
             rg = t._requires_grad if t is not None else False
             lines.append(f"    o = B{k}()")
-            add(f"o is None or o._data is not A{k}() or o._requires_grad is not {rg}",
-                f"bound tensor {b.name} (alive, same storage, requires_grad={rg})",
+            # (and no gradient hook registered since: a hook runs eagerly; and still writable
+            # if the call writes it: eager raises on a read-only array)
+            hooks = " or o._hooks" if rg and t is not None and not t._hooks else ""
+            ro = " or not o._data.flags.writeable" if id(b) in written else ""
+            add(f"o is None or o._data is not A{k}() or o._requires_grad is not {rg}{hooks}"
+                f"{ro}", f"bound tensor {b.name} (alive, same storage, requires_grad={rg}"
+                f"{', no gradient hooks' if hooks else ''}{', writable' if ro else ''})",
                 "same", lambda f, k=k: _describe_ref(trace.bindings[k]))
-            if rg and not t._hooks:  # (a hook registered later: runs eagerly)
-                add("o._hooks", f"bound tensor {b.name} has no gradient hooks", "none",
-                    lambda f, k=k: _hooks_of(trace.bindings[k].target()))
-            if id(b) in written:
-                add("not o._data.flags.writeable", f"bound tensor {b.name} is writable (the "
-                    f"function writes it)", True, lambda f, k=k: _writable(trace.bindings[k]))
             for j in by_owner.get(id(t), ()) if t is not None else ():
                 if j not in done_grad_guards:
                     done_grad_guards.add(j)
@@ -397,10 +396,6 @@ def _view_offset(x, t):
     return x._data.ctypes.data - t._data.ctypes.data
 
 
-def _hooks_of(t) -> str:
-    return "gone" if t is None else f"{len(t._hooks or ())} hook(s)"
-
-
 def _describe_source(b, flat) -> str:
     t = b.target(flat)
     if not isinstance(t, Tensor):
@@ -419,6 +414,10 @@ def _describe_ref(b) -> str:
         return "gone"
     if t._data is not b.array():
         return "rebound (.data or storage changed)"
+    if t._hooks:
+        return f"requires_grad={t._requires_grad}, {len(t._hooks)} gradient hook(s)"
+    if not t._data.flags.writeable:
+        return "read-only"
     return f"requires_grad={t._requires_grad}"
 
 

@@ -1354,7 +1354,7 @@ def test_explain_shows_guards_scalars_baked_numbers_writes_and_the_ir(capsys):
     assert capsys.readouterr().out.strip() == text.strip()
     assert "1 variant(s)" in text
     assert "guards:" in text and "shape of argument 0 == (8, 16)" in text
-    assert "grad mode == True" in text and "Sequential._version" in text
+    assert "grad mode == True" in text and "._version == " in text  # (the model, by its source)
     assert "runtime scalar inputs: lr" in text and "momentum" in text
     assert "numbers in the graph" in text and "maximum literal = 0.0" in text
     assert "writes: parameter" in text

@@ -149,12 +149,17 @@ class Version(Check):
     source: Source
     version: int
 
+    obj_id: int = 0  # id() of the object at trace time (compiler.api drops the tracer's
+    #                   own version guard on the same object)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "box", [self.version])
         object.__setattr__(self, "seen", {})  # attribute -> value the trace read (messages)
 
     def condition(self, e: str, namer: Namer) -> str:
-        return f"{e}._version != {namer.name(self.box, 'VB')}[0]"
+        if getattr(self, "moving", False):  # (set by effect replay: see the docstring)
+            return f"{e}._version != {namer.name(self.box, 'VB')}[0]"
+        return f"{e}._version != {self.box[0]}"
 
     def describe(self) -> str:
         return f"{self.source}._version == {self.box[0]}"

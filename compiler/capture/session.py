@@ -272,7 +272,7 @@ class Capture:
             return
         self.objects[src] = value
         if isinstance(value, Module):
-            self.guard(Version(src, value._version))
+            self.guard(Version(src, value._version, id(value)))
             self.known[src] = CONTENTS
         elif is_plain(value):
             self.known[src] = VALUE
@@ -318,7 +318,8 @@ class Capture:
             if src.name in _MODULE_REGISTRIES:
                 return True
             return not isinstance(value, _MUTABLE)
-        if p == CONTENTS and isinstance(src, Item):  # a module registry's item
+        if p == CONTENTS and isinstance(src, (Item, Call)):  # a module registry's item,
+            #   length, keys or truth: the module's version counts every change to them
             return isinstance(parent, Attr) and parent.name in _MODULE_REGISTRIES
         return False
 
@@ -359,10 +360,12 @@ class Capture:
         if not covered:
             self.guard(Identity(src, value))
         if isinstance(value, Module):
-            self.guard(Version(src, value._version))
+            self.guard(Version(src, value._version, id(value)))
             self.known[src] = CONTENTS
         elif isinstance(value, Tensor):
             self.known[src] = IDENTITY
+        elif covered and isinstance(src, Attr) and src.name in _MODULE_REGISTRIES:
+            self.known[src] = CONTENTS  # (a module's registry: covered by its version)
         else:
             self.known[src] = self._state_of(value)
         self._register(value, src)
@@ -457,7 +460,8 @@ class Capture:
 
     def structure_used(self, value, src: Source | None) -> None:
         """The program read ``value``'s length or keys (to iterate, unpack, test truth)."""
-        if self.changed_read(value):
+        if self.changed_read(value) or self.known.get(src) == CONTENTS and \
+                not isinstance(value, Module):  # (a module's registry: its version)
             return
         if src is None or self.known.get(src) in (VALUE, FROZEN) or \
                 self.covered(src, value) and not isinstance(value, _MUTABLE):

@@ -132,10 +132,12 @@ class Module:
         output. Returns a handle with ``remove()``."""
         key = object()
         self._forward_hooks[key] = hook
+        self.__dict__["_version"] += 1  # (a compiled call guards the version, not the hooks)
 
         class _Handle:
             def remove(_self):
-                self._forward_hooks.pop(key, None)
+                if self._forward_hooks.pop(key, None) is not None:
+                    self.__dict__["_version"] += 1
         return _Handle()
 
     # ----------------------------------------------------------------- traversal

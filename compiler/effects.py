@@ -1,0 +1,125 @@
+"""Effect replay: the Python side effects of a traced call, made again by each compiled call.
+
+The capture records the changes a call makes to Python state from before it —
+attribute and item stores, globals, closure cells, list/dict/set mutators, print — with
+the values stored; those values leave the graph beside the result (the out_spec is
+``(result, [payloads])``), and after each compiled call the changes are made again, in
+order, with this call's values. A location the call writes that it also read at entry is
+not covered by its owner's version: a tensor there is re-read each call (a 'source'
+binding: ``self.hidden = h.detach()``), a number is guarded by value (or is a runtime
+input once it changed), anything else by identity. A module the call stores attributes
+on has its version bumped as in eager; its guards expect the version after the call's own
+stores (the delta is checked at trace time to be exactly those stores).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING
+
+from dyngrad.tensor import Tensor
+
+from .generated import exec_generated
+
+if TYPE_CHECKING:
+    from .trace import Trace, Tracer
+
+
+def plan_effects(trace: Trace, cap, tracer: Tracer, dynamic: set) -> None:
+    """After ``tracer.finish``: the trace's effect entries, its bindings of re-read
+    locations, the guards on the locations' entry values, and the version boxes to move on;
+    counters found are added to ``dynamic`` (runtime inputs from the next trace)."""
+    from .capture.checks import Equals, Identity, is_plain
+    from .trace import slot_key
+    entries = []
+    stores: dict = {}
+    for e in cap.effects:
+        target = e.target
+        if e.kind in ("setattr", "delattr"):
+            stores[id(target)] = stores.get(id(target), 0) + 1
+            try:
+                target = weakref.ref(target)
+            except TypeError:
+                pass
+        entries.append((e.kind, target, e.key))
+        if e.entry is None or e.kind in ("method", "print"):
+            continue
+        value, src = e.entry
+        if isinstance(value, Tensor):
+            b = tracer.input_binding.get(slot_key(value))
+            if b is not None and b.kind == "ref" and b.target() is value and \
+                    not value._requires_grad:  # (one with autograd history stays bound by
+                #                                 identity: a new one traces again)
+                b.kind, b.target, b.name = "source", _source_reader(src), str(src)
+                b.requires_grad = value._requires_grad
+                cap.checks.pop(("id", src), None)
+                continue
+        if e.runtime:
+            continue  # a runtime input: read each call
+        key = ("eq", src) if is_plain(value) else ("id", src)
+        if key not in cap.checks:  # (a module attribute is otherwise covered by the version)
+            cap.guard(Equals(src, value) if is_plain(value) else Identity(src, value))
+        if type(value) in (int, float) and type(value) is type(e.value) and e.value != value:
+            dynamic.add(src.describe())  # a counter: a runtime input from the next trace
+    trace.effects = entries
+    for check, ref, n in cap.version_objects:
+        obj = ref()
+        if obj is not None and obj._version - check.version == n:
+            check.box[0] = obj._version
+            object.__setattr__(check, "moving", True)  # (its guard reads the box)
+            trace.version_updates.append((check.box, ref))
+    for k, (ref, version) in enumerate(trace.objects):  # modules the tracer saw called
+        obj = ref()
+        n = stores.get(id(obj), 0) if obj is not None else 0
+        if n and obj._version - version == n:
+            box = [obj._version]
+            trace.objects[k] = (ref, box)
+            trace.version_updates.append((box, ref))
+
+
+def _source_reader(src):
+    """A function of ``flat`` reading ``src``'s current value (None when it cannot)."""
+    from .capture.sources import Namer
+    ns: dict = {}
+    e = src.expr(Namer(ns))
+    exec_generated(f"def read(flat):\n    try:\n        return {e}\n"
+                   f"    except Exception:\n        return None", ns)
+    return ns["read"]
+
+
+def continue_backward(continuation, flat: list, outs: list) -> None:
+    """The backward a call ran inside, continued eagerly into its arguments' autograd
+    history with the gradients the compiled graph computed for them (Tracer note)."""
+    from dyngrad.autograd import backward
+    roots, retain = continuation
+    backward([flat[i] for i, _ in roots], [Tensor._fresh(outs[k]) for _, k in roots],
+             retain_graph=retain)
+
+
+def replay(trace: Trace, values: list) -> None:
+    """Make the call's Python effects again with this call's values (see above)."""
+    for (kind, target, key), v in zip(trace.effects, values):
+        if type(target) is weakref.ref:
+            target = target()
+        if kind == "setattr":
+            setattr(target, key, v)
+        elif kind in ("setitem", "global"):
+            target[key] = v
+        elif kind == "cell":
+            target.cell_contents = v
+        elif kind == "delcell":
+            del target.cell_contents
+        elif kind == "method":
+            getattr(target, key)(*v[0], **v[1])
+        elif kind == "print":
+            print(*v[0], **v[1])
+        elif kind == "delattr":
+            delattr(target, key)
+        elif kind in ("delitem", "delglobal"):
+            del target[key]
+        else:
+            raise AssertionError(kind)
+    for box, ref in trace.version_updates:
+        o = ref()
+        if o is not None:
+            box[0] = o._version
