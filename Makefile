@@ -43,7 +43,8 @@ COMPILED_TESTS := tests/test_compiler.py tests/test_footguns.py tests/test_sound
 	tests/test_random_programs.py tests/test_footguns_sources.py tests/test_footguns_history.py \
 	tests/test_random_sources.py tests/test_footguns_replay.py
 LLVM_TESTS := tests/test_llvm_*.py tests/test_vecmath.py tests/test_codegen*.py \
-	tests/test_target.py tests/test_profile.py $(COMPILED_TESTS)
+	tests/test_target.py tests/test_profile.py tests/test_compiler.py tests/test_footguns.py \
+	tests/test_soundness.py tests/test_random_programs.py
 
 # The capture (compiler/capture/) interprets CPython bytecode: its tests run again on every
 # other CPython it understands that pyenv has on the machine (3.12, 3.13), each in a venv of
