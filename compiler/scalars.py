@@ -20,23 +20,11 @@ def user_frame() -> str:
     return where()
 
 
-class TracedScalar(float):
-    """A Python float whose origin the tracer knows (an optimizer hyperparameter): arithmetic
-    with it is recorded as scalar graph nodes; comparing or truth-testing it records a value
-    guard, since that decides Python control flow."""
+class _Recorded:
+    """The operators both traced numbers record: ``+ - * /`` through ``_arith`` and the
+    comparisons through ``_cmp`` (each class says what it records and what it guards)."""
 
-    __slots__ = ("_tracer", "_value")
-
-    def __new__(cls, x: float, tracer: Tracer, value: Value):
-        s = float.__new__(cls, x)
-        s._tracer, s._value = tracer, value
-        return s
-
-    def _arith(self, other, prim, reflected=False):
-        if not isinstance(other, (int, float)) or isinstance(other, bool):
-            return NotImplemented
-        a, b = (other, self) if reflected else (self, other)
-        return self._tracer.scalar_op(prim, a, b)
+    __slots__ = ()
 
     def __add__(self, o):
         return self._arith(o, "add")
@@ -62,6 +50,43 @@ class TracedScalar(float):
     def __rtruediv__(self, o):
         return self._arith(o, "div", True)
 
+    def __eq__(self, o):
+        return self._cmp(o, "eq")
+
+    def __ne__(self, o):
+        return self._cmp(o, "ne")
+
+    def __lt__(self, o):
+        return self._cmp(o, "lt")
+
+    def __le__(self, o):
+        return self._cmp(o, "le")
+
+    def __gt__(self, o):
+        return self._cmp(o, "gt")
+
+    def __ge__(self, o):
+        return self._cmp(o, "ge")
+
+
+class TracedScalar(_Recorded, float):
+    """A Python float whose origin the tracer knows (an optimizer hyperparameter): arithmetic
+    with it is recorded as scalar graph nodes; comparing or truth-testing it records a value
+    guard, since that decides Python control flow."""
+
+    __slots__ = ("_tracer", "_value")
+
+    def __new__(cls, x: float, tracer: Tracer, value: Value):
+        s = float.__new__(cls, x)
+        s._tracer, s._value = tracer, value
+        return s
+
+    def _arith(self, other, prim, reflected=False):
+        if not isinstance(other, (int, float)) or isinstance(other, bool):
+            return NotImplemented
+        a, b = (other, self) if reflected else (self, other)
+        return self._tracer.scalar_op(prim, a, b)
+
     def __pow__(self, o):
         return self._arith(o, "pow")
 
@@ -80,24 +105,6 @@ class TracedScalar(float):
         if not isinstance(other, (int, float)) or isinstance(other, bool):
             return NotImplemented
         return self._tracer.scalar_compare(name, self, other)
-
-    def __eq__(self, o):
-        return self._cmp(o, "eq")
-
-    def __ne__(self, o):
-        return self._cmp(o, "ne")
-
-    def __lt__(self, o):
-        return self._cmp(o, "lt")
-
-    def __le__(self, o):
-        return self._cmp(o, "le")
-
-    def __gt__(self, o):
-        return self._cmp(o, "gt")
-
-    def __ge__(self, o):
-        return self._cmp(o, "ge")
 
     def __bool__(self):
         return self._tracer.scalar_compare("ne", self, 0.0)
@@ -132,7 +139,7 @@ def _raw(x):
 _EXACT = 1 << 52  # ints below this (and their sums) are exact in float64
 
 
-class TracedInt:
+class TracedInt(_Recorded):
     """An int that is a runtime input of the graph (an int source or argument seen to
     change, such as a step counter). Not an ``int`` subclass on purpose: native code that
     uses its value (an index, a range, a shape, a hash, a format) must go through a dunder,
@@ -174,30 +181,6 @@ class TracedInt:
             return v
         return TracedInt(v, self._tracer, r._value)
 
-    def __add__(self, o):
-        return self._arith(o, "add")
-
-    def __radd__(self, o):
-        return self._arith(o, "add", True)
-
-    def __sub__(self, o):
-        return self._arith(o, "sub")
-
-    def __rsub__(self, o):
-        return self._arith(o, "sub", True)
-
-    def __mul__(self, o):
-        return self._arith(o, "mul")
-
-    def __rmul__(self, o):
-        return self._arith(o, "mul", True)
-
-    def __truediv__(self, o):
-        return self._arith(o, "div")
-
-    def __rtruediv__(self, o):
-        return self._arith(o, "div", True)
-
     def __neg__(self):
         r = self._tracer.scalar_op("neg", self)
         return TracedInt(-self._v, self._tracer, r._value) if isinstance(r, TracedScalar) \
@@ -217,24 +200,6 @@ class TracedInt:
                 not isinstance(other, float):
             return NotImplemented
         return self._tracer.scalar_compare(name, self, other)
-
-    def __eq__(self, o):
-        return self._cmp(o, "eq")
-
-    def __ne__(self, o):
-        return self._cmp(o, "ne")
-
-    def __lt__(self, o):
-        return self._cmp(o, "lt")
-
-    def __le__(self, o):
-        return self._cmp(o, "le")
-
-    def __gt__(self, o):
-        return self._cmp(o, "gt")
-
-    def __ge__(self, o):
-        return self._cmp(o, "ge")
 
     def __bool__(self):
         return self._tracer.scalar_compare("ne", self, 0)
