@@ -66,9 +66,10 @@ test-pythons:
 		v=$$($$py -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
 		env=.venv-$$v; \
 		if [ ! -f $$env/.installed ]; then \
-			$$py -m venv $$env && $$env/bin/python -m pip install --quiet --upgrade pip && \
-			$$env/bin/python -m pip install --quiet -e . pytest && touch $$env/.installed \
-			|| exit 1; \
+			{ $$py -m venv $$env && $$env/bin/python -m pip install --quiet --upgrade pip && \
+			  $$env/bin/python -m pip install --quiet -e . pytest && touch $$env/.installed; } \
+			|| { echo "WARNING: could not set up $$env (no network?): the capture tests" \
+			          "do not run on Python $$v"; continue; }; \
 		fi; \
 		echo "capture tests on Python $$v ($$py)"; \
 		$$env/bin/python -m pytest -q -p no:cacheprovider $(CAPTURE_TESTS) || exit 1; \
