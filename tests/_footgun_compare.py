@@ -1,5 +1,5 @@
-"""Comparisons shared by the footgun corpora (``test_footguns_sources.py``,
-``test_footguns_history.py``, ``test_random_sources.py``): compiled results against eager ones,
+"""Comparisons shared by the compiled-versus-eager tests (``test_compiler.py``, the footgun
+corpora ``test_footguns_*.py``, ``test_random_sources.py``): compiled results against eager ones,
 within :func:`conftest.close_to_eager` (bit for bit on the interpreter)."""
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ def assert_same(a, b, what="value"):
         assert close_to_eager(np.asarray(x), np.asarray(y)), f"{what}: {x} vs {y}"
     elif a is None or b is None:
         assert a is None and b is None, f"{what}: {a!r} vs {b!r}"
+    elif isinstance(a, float) and a != a:  # NaN: NaN of the same type
+        assert type(b) is type(a) and b != b, f"{what}: {a!r} vs {b!r}"
     else:
         assert type(a) is type(b), f"{what}: {type(a).__name__} vs {type(b).__name__}"
         assert close_numbers(a, b), f"{what}: {a!r} vs {b!r}"

@@ -16,7 +16,6 @@ Not-yet-built features are ``xfail(strict=True)``: they flip to failures when do
 from __future__ import annotations
 
 import copy
-import math
 import os
 import subprocess
 import sys
@@ -27,7 +26,8 @@ from collections import namedtuple
 
 import numpy as np
 import pytest
-from conftest import close_numbers, close_to_eager
+from _footgun_compare import assert_same
+from conftest import close_numbers
 
 import compiler
 import dyngrad as dg
@@ -73,30 +73,6 @@ def batch(seed, n=8):
 
 def _array(t):
     return t._data if isinstance(t, dg.Tensor) else t
-
-
-def assert_same(a, b, what="value"):
-    """Bit-for-bit equality of tensors (dtype, shape, values, NaNs), numbers, None and
-    nested tuples/lists/dicts of them."""
-    if isinstance(a, (tuple, list)):
-        assert type(a) is type(b) and len(a) == len(b), f"{what}: {a!r} vs {b!r}"
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{what}[{i}]")
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and list(a) == list(b), f"{what}: keys differ"
-        for k in a:
-            assert_same(a[k], b[k], f"{what}[{k!r}]")
-    elif isinstance(a, dg.Tensor):
-        assert isinstance(b, dg.Tensor), f"{what}: tensor vs {type(b).__name__}"
-        x, y = a._data, b._data
-        assert x.dtype == y.dtype and x.shape == y.shape, \
-            f"{what}: {x.dtype}{list(x.shape)} vs {y.dtype}{list(y.shape)}"
-        assert close_to_eager(x, y), \
-            f"{what} differs (max abs diff {np.nanmax(np.abs(x.astype(float) - y)):.3g})"
-    elif isinstance(a, float) and math.isnan(a):
-        assert isinstance(b, float) and math.isnan(b), f"{what}: {a!r} vs {b!r}"
-    else:
-        assert type(a) is type(b) and close_numbers(a, b), f"{what}: {a!r} vs {b!r}"
 
 
 def assert_same_state(m1, m2, o1=None, o2=None):

@@ -925,15 +925,9 @@ def truth(cap, f, v, s) -> bool:
 # ----------------------------------------------------------------- iteration
 
 
-class SourcedIter:
-    """Iteration over a container from before the call: each item keeps its source."""
-
-    def __init__(self, container, src, kind: str) -> None:
-        self.c = container
-        self.src = src
-        self.kind = kind  # 'seq', 'keys', 'values', 'items'
-        self.keys = list(container) if kind != "seq" else None
-        self.i = 0
+class _Stepped:
+    """An iterator the interpreter steps with ``step(cap) -> (ok, value, source)``; native
+    code iterating it directly gets the values."""
 
     def __iter__(self):
         return self
@@ -943,6 +937,17 @@ class SourcedIter:
         if not ok:
             raise StopIteration
         return v
+
+
+class SourcedIter(_Stepped):
+    """Iteration over a container from before the call: each item keeps its source."""
+
+    def __init__(self, container, src, kind: str) -> None:
+        self.c = container
+        self.src = src
+        self.kind = kind  # 'seq', 'keys', 'values', 'items'
+        self.keys = list(container) if kind != "seq" else None
+        self.i = 0
 
     def step(self, cap):
         i = self.i
@@ -1008,21 +1013,12 @@ def get_iter(cap, f, v, s):
     return user(iter, v), None
 
 
-class ArgIter:
+class ArgIter(_Stepped):
     """Iteration over an argument's list or tuple: items map to the argument leaves."""
 
     def __init__(self, cap, c, src) -> None:
         self.items = [(x, cap.arg_paths.get(src.path + (i,))) for i, x in enumerate(c)]
         self.i = 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        ok, v, _ = self.step(None)
-        if not ok:
-            raise StopIteration
-        return v
 
     def step(self, cap):
         if self.i >= len(self.items):
