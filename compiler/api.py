@@ -801,6 +801,7 @@ class CompiledFunction:
         if failed:
             v, why = failed[0]
             if isinstance(why, int):
+                why = v.guards.which(why, flat, spec)
                 miss = Miss(v.number, v.guards.describe[why], v.guards.expected[why],
                             v.guards.current(why, flat))
                 tag = v.guards.tags[why]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dyngrad.dispatch import STATE
-from dyngrad.tensor import Tensor
+from dyngrad.tensor import HOOK_EPOCH, Tensor, guard_hooks
 
 from .capture.checks import is_plain
 from .capture.checks import same_plain_conditions as plain_conditions
@@ -90,6 +90,15 @@ class GuardSet:
     now: list
     tags: list  # per guard: None, or ("number", flat index) for a number argument
     full: set = frozenset()  # guards whose description names the expected value itself
+    exact: Callable | None = None  # check() with one line per guard, where ``check`` tests
+    #     some guards on one line (it returns that line's first guard): see :meth:`which`
+
+    def which(self, k: int, flat, spec) -> int:
+        """The guard that failed, given that ``check`` returned ``k`` (a miss: slow path)."""
+        if self.exact is None:
+            return k
+        j = self.exact(flat, spec)
+        return k if j < 0 else j
 
     def text(self, i: int) -> str:
         """Guard ``i`` as ``explain()`` lists it."""
@@ -135,12 +144,15 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None,
     describe, expected, now, tags = [], [], [], []
 
     full: set = set()
+    merged: list[int] = []  # line numbers whose guard ``check`` tests on the line before
 
     def add(cond_fail: str, what: str, exp, reader, tag=None, indent: int = 4,
-            names_value: bool = False) -> None:
+            names_value: bool = False, merge: bool = False) -> None:
         k = len(describe)
         if names_value:
             full.add(k)
+        if merge:  # (tested as `or cond` on the previous line by check, on its own by exact)
+            merged.append(len(lines))
         lines.append(f"{' ' * indent}if {cond_fail}: return {k}")
         describe.append(what)
         expected.append(exp)
@@ -235,11 +247,11 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None,
             add("any(OFFSETS(flat, (b,) + js) != offs for b, js, offs in SHARED)",
                 "offsets of arguments that share storage", [o for *_, o in shared],
                 lambda f: [_offsets(f, (b,) + js) for b, js, _ in shared])
-    bound_storages = set()
-    for b in trace.bindings:
+    bound_storages = set()  # (the Storage objects themselves, small and array-free: a
+    for b in trace.bindings:  # set of them answers `in` without an id() call)
         obj = b.resolve(flat) if b.kind in ("ref", "grad") else None
         if isinstance(obj, Tensor):
-            bound_storages.add(id(obj._storage))
+            bound_storages.add(obj._storage)
     for k, b in enumerate(trace.bindings):  # an argument that views a captured tensor: at
         t = b.target() if b.kind == "ref" else None  # the same place in it as at trace time
         if not isinstance(t, Tensor):
@@ -253,16 +265,18 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None,
                     f"argument {i} views {b.name} at byte offset {off}", off,
                     lambda f, i=i, b=b: _view_offset(f[i], b.target()))
     for i, x in enumerate(flat):  # an argument must not alias a captured tensor, unless it did
-        if isinstance(x, Tensor) and id(x._storage) not in bound_storages and bound_storages:
-            ns["BOUND_STORAGES"] = bound_storages
-            add(f"id(flat[{i}]._storage) in BOUND_STORAGES",
+        if isinstance(x, Tensor) and x._storage not in bound_storages and bound_storages:
+            ns["BOUND_STORAGES"] = frozenset(bound_storages)
+            add(f"flat[{i}]._storage in BOUND_STORAGES",
                 f"argument {i} shares no memory with a captured tensor", "separate",
                 lambda f, i=i: "shares memory")
     def grad_guard(ref, was_none: bool, name: str, alive: bool = False) -> None:
-        # (alive: right after the guard that returned if ``o`` is gone)
-        add(f"{'' if alive else 'o is None or '}(o._grad is None) is not {was_none}",
+        # (alive: right after the guard that returned if ``o`` is gone; then it shares
+        # that guard's line in ``check``)
+        add(f"{'' if alive else 'o is None or '}o._grad is {'not ' if was_none else ''}None",
             f"{name}.grad is {'None' if was_none else 'present'}",
-            "None" if was_none else "present", lambda f, ref=ref: _grad_state(ref, f))
+            "None" if was_none else "present", lambda f, ref=ref: _grad_state(ref, f),
+            merge=alive)
 
     # a .grad guard on a bound tensor is checked right after it, through the same `o`
     by_owner: dict[int, list] = {}
@@ -271,6 +285,7 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None,
         if owner is not None:
             by_owner.setdefault(id(owner), []).append(k)
     done_grad_guards = set()
+    hook_guarded: list[str] = []  # bound leaves assumed to have no gradient hook
     for k, b in enumerate(trace.bindings):
         if b.kind == "arg":
             continue
@@ -279,13 +294,14 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None,
             t = b.target()
             rg = t._requires_grad if t is not None else False
             lines.append(f"    o = B{k}()")
-            # (and no gradient hook registered since: a hook runs eagerly; and still writable
-            # if the call writes it: eager raises on a read-only array)
-            hooks = " or o._hooks" if rg and t is not None and not t._hooks else ""
-            ro = " or not o._data.flags.writeable" if id(b) in written else ""
-            add(f"o is None or o._data is not A{k}() or o._requires_grad is not {rg}{hooks}"
-                f"{ro}", f"bound tensor {b.name} (alive, same storage, requires_grad={rg}"
-                f"{', no gradient hooks' if hooks else ''}{', writable' if ro else ''})",
+            # (the same array object: its writability cannot have changed since the trace
+            # wrote it, see Note [the tensor's array] in dyngrad/tensor.py; and no gradient
+            # hook registered since, which one comparison of HOOK_EPOCH below covers)
+            if rg and t is not None and not t._hooks:
+                guard_hooks(t)
+                hook_guarded.append(b.name)
+            add(f"o is None or o._data is not A{k}() or o._requires_grad is not {rg}",
+                f"bound tensor {b.name} (alive, same storage, requires_grad={rg})",
                 "same", lambda f, k=k: _describe_ref(trace.bindings[k]))
             for j in by_owner.get(id(t), ()) if t is not None else ():
                 if j not in done_grad_guards:
@@ -313,6 +329,12 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None,
             if id(b) in written:
                 add(f"not B{k}().flags.writeable", f"{b.name} is writable (the function "
                     f"writes it)", True, lambda f, k=k: _writable(trace.bindings[k]))
+    if hook_guarded:  # (any hook registered on a _hook_guarded leaf moves the epoch)
+        ns["HOOK_EPOCH"], epoch = HOOK_EPOCH, HOOK_EPOCH[0]
+        names = ", ".join(hook_guarded[:3]) + (", ..." if len(hook_guarded) > 3 else "")
+        add(f"HOOK_EPOCH[0] != {epoch}", f"no gradient hook registered since tracing on a "
+            f"captured leaf ({names}): hooks registered on such leaves", epoch,
+            lambda f: HOOK_EPOCH[0])
     for k, (ref, was_none, name) in enumerate(trace.grad_guards):
         if k in done_grad_guards:
             continue
@@ -342,8 +364,17 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None,
         trace.anomaly, lambda f: STATE.anomaly)
     _source_guards(trace.checks, ns, lines, add)
     lines.append("    return -1")
+    exact = None
+    if merged:  # the exact check, one line per guard, runs only to name a miss
+        exec_generated("\n".join(lines).replace("def check(", "def exact(", 1), ns)
+        exact = ns["exact"]
+        for n in reversed(merged):  # `if a: return k` + `if b: return j` -> `if a or b: ...`
+            head, ret = lines[n - 1].rsplit(": return ", 1)
+            lines[n - 1] = f"{head} or {lines[n].strip()[3:].rsplit(': return ', 1)[0]}" \
+                f": return {ret}"
+            del lines[n]
     exec_generated("\n".join(lines), ns)
-    return GuardSet(ns["check"], describe, expected, now, tags, full)
+    return GuardSet(ns["check"], describe, expected, now, tags, full, exact)
 
 
 def _source_guards(checks: list, ns: dict, lines: list, add) -> None:

@@ -14,6 +14,7 @@ view can be expressed functionally on the base for autograd (PyTorch's ``CopySli
 from __future__ import annotations
 
 import warnings
+import weakref
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,36 @@ class Storage:
     def __init__(self) -> None:
         self.version = 0
         self.hist = 0
+
+
+# Note [the tensor's array]: a tensor's ndarray (``_data``) is never handed to user code:
+# ``numpy()``, ``__array__`` and ``from_numpy`` give or take a *view* of the same memory.
+# So nothing outside dyngrad can change that array object's flags (``flags.writeable =
+# False`` on a user's array leaves the tensor's own view as it was, as numpy's views do),
+# and a compiled variant that checked at trace time that a captured tensor's array is
+# writable needs only to check, per call, that it is still the same array object.
+#
+# HOOK_EPOCH[0] counts gradient hooks registered on leaves a compiled variant's guards
+# assumed to have none (``guard_hooks``): one comparison per variant instead of one per
+# captured parameter. The leaves are kept by id with a weak reference, not marked by an
+# attribute: a new instance attribute would slow every attribute load on a parameter.
+HOOK_EPOCH = [0]
+_HOOK_GUARDED: dict[int, weakref.ref] = {}
+
+
+def guard_hooks(t: Tensor) -> None:
+    """A compiled variant assumes leaf ``t`` has no gradient hook: registering one on it
+    moves ``HOOK_EPOCH``."""
+    k = id(t)
+    r = _HOOK_GUARDED.get(k)
+    if r is None or r() is not t:
+        _HOOK_GUARDED[k] = weakref.ref(t, lambda _, k=k: _forget_hook_guard(k))
+
+
+def _forget_hook_guard(k: int) -> None:
+    r = _HOOK_GUARDED.get(k)
+    if r is not None and r() is None:
+        del _HOOK_GUARDED[k]
 
 
 class Tensor:
@@ -286,6 +317,9 @@ class Tensor:
         if self._hooks is None:
             self._hooks = []
         self._hooks.append(hook)
+        r = _HOOK_GUARDED.get(id(self))
+        if r is not None and r() is self:  # (a compiled variant assumed it has no hook)
+            HOOK_EPOCH[0] += 1
         return RemovableHandle(self._hooks, hook)
 
     def _accumulator(self):
@@ -351,13 +385,14 @@ class Tensor:
         return self
 
     def numpy(self, *, force: bool = False) -> np.ndarray:
-        """The ndarray (sharing memory). Refuses a tensor that requires grad."""
+        """An ndarray sharing the tensor's memory (a new view each call, as PyTorch returns a
+        new array object). Refuses a tensor that requires grad."""
         if self.requires_grad and not force:
             raise RuntimeError("Can't call numpy() on Tensor that requires grad. "
                                "Use tensor.detach().numpy() instead.")
         if STATE.modes:
             report_read(self, "numpy")
-        return self._data
+        return self._data.view()  # (never the array itself: see Note [the tensor's array])
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         if self.requires_grad:
@@ -368,7 +403,7 @@ class Tensor:
         arr = self._data
         if dtype is not None and np.dtype(dtype) != arr.dtype:
             return arr.astype(dtype)
-        return arr.copy() if copy else arr
+        return arr.copy() if copy else arr.view()  # (see Note [the tensor's array])
 
     def __dlpack__(self, *args, **kwargs):
         if self.requires_grad:

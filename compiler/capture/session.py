@@ -295,7 +295,10 @@ class Capture:
     def _register(self, value, src) -> None:
         if hasattr(value, "_hyper_version") and id(value) not in self.hyper_seen:
             self.hyper_seen[id(value)] = (value, value._hyper_version)
-        if isinstance(value, _MUTABLE) or hasattr(value, "__dict__") and \
+        # (an instance dict is asked of the type: reading ``value.__dict__`` would make
+        # CPython 3.11/3.12 materialise it, after which every attribute load on the object
+        # — a tensor argument's ``_data`` in each compiled call — takes a slower path)
+        if isinstance(value, _MUTABLE) or type(value).__dictoffset__ and \
                 not isinstance(value, (type, types.ModuleType, types.FunctionType)):
             self.registry.setdefault(id(value), (value, src))
 

@@ -209,7 +209,7 @@ def from_numpy(arr: np.ndarray) -> Tensor:
         _dt.from_numpy_dtype(arr.dtype, copy=False)
     except TypeError as exc:
         raise TypeError(f"from_numpy: {exc}") from None
-    t = Tensor._shared(arr, Storage())
+    t = Tensor._shared(arr.view(), Storage())  # (a view: see Note [the tensor's array])
     if STATE.modes:
         report_new(t, arr)
     return t
