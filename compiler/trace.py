@@ -382,7 +382,8 @@ class Tracer(DispatchMode):
     def on_python_call(self, what: str) -> None:
         if self.unsupported is None:
             self.unsupported = (f"{what} runs at {user_frame()} (Python side effects cannot be "
-                                f"replayed by a compiled call)")
+                                f"replayed by a compiled call): remove it while the function "
+                                f"is compiled, or call the function eagerly when it must run")
 
     def on_debug_print(self, args, sep, end) -> None:
         items = []
@@ -456,14 +457,16 @@ class Tracer(DispatchMode):
                 len({bool(h[2]) for h in self.boundary_hits}) > 1:
             raise Unsupported("backward() runs more than once through the autograd history of "
                               "an argument; a compiled call continues into that history once, "
-                              "after the call")
+                              "after the call: call backward() once per call, or pass the "
+                              "argument detached (x.detach().requires_grad_())")
         leaves = _history_leaves(nodes)
         for owner, _ in self.grad_state.values():
             if id(owner) in leaves:
                 raise Unsupported(f"the function reads or sets {self._name(owner)}.grad, "
                                   f"which backward() reaches through the autograd history of an "
                                   f"argument; a compiled call continues into that history only "
-                                  f"after the call")
+                                  f"after the call: read or reset that .grad outside the "
+                                  f"compiled function")
         roots = []
         index = {id(a): i for i, a in enumerate(flat_args) if isinstance(a, Tensor)}
         for node, buf, _ in self.boundary_hits:
@@ -474,7 +477,8 @@ class Tracer(DispatchMode):
                           a._node is node and a._out_nr == nr), None)
                 if i is None:
                     raise Unsupported("backward() reaches an argument's history at an output "
-                                      "no argument is")
+                                      "no argument is: pass the tensor whose history it is as "
+                                      "the argument, or detach it before the call")
                 roots.append((i, out_index(self.value_of(g))))
         return roots, bool(self.boundary_hits[0][2])
 
@@ -560,7 +564,8 @@ class Tracer(DispatchMode):
             return
         if kind in ("numpy", "array", "tolist", "dlpack", "copy"):
             self.unsupported = (f"tensor data leaves the trace through {kind} at "
-                                f"{user_frame()} (it cannot be replayed)")
+                                f"{user_frame()} (it cannot be replayed): return the tensor "
+                                f"and convert it outside the compiled function")
         elif kind == "format":
             self.unsupported = (f"a tensor is printed or formatted at {user_frame()}; use "
                                 f"dg.debug_print inside compiled functions")
@@ -601,11 +606,14 @@ class Tracer(DispatchMode):
             #                             argument, is a new leaf: as in eager, no input changes)
             if (slot_key(tensor) in self.input_binding or id(tensor) in self.arg_index) \
                     and not _is_created(tensor, self.created):
-                self.unsupported = (f"requires_grad of an input is changed at {user_frame()}")
+                self.unsupported = (f"requires_grad of an input is changed at {user_frame()}: "
+                                    f"set it before calling the compiled function")
         elif what == "data":
             if value._data is tensor._data and value._storage is tensor._storage:
                 return  # `p.data -= u`: the alias written in place, stored back (a no-op)
-            self.unsupported = f"`.data` is rebound at {user_frame()}"
+            self.unsupported = (f"`.data` is rebound at {user_frame()}: update it in place "
+                                f"(p.data.copy_(new), p.data -= u) or rebind it outside the "
+                                f"compiled function")
 
     # ----------------------------------------------------------------- writes
     def _write(self, t: Tensor, new: Tensor) -> None:
@@ -828,7 +836,8 @@ class Tracer(DispatchMode):
             if isinstance(x, Kept):
                 return ("const", x.obj)
             raise Unsupported(f"the function returns a {type(x).__name__}; compiled functions "
-                              f"return tensors, numbers, None and tuples/lists/dicts of them")
+                              f"return tensors, numbers, None and tuples/lists/dicts of them: "
+                              f"return those, and build the {type(x).__name__} outside")
 
         body = spec_of(result)
         return ("let", lets, body) if lets else body
@@ -910,14 +919,25 @@ class Tracer(DispatchMode):
             self._register(slot_key(c), c, v)
             cots.append(c)
             cot_values.append(v)
-        with push_mode(self):
-            grads = autograd_grad(outs, [t for _, t in leaves], grad_outputs=cots,
-                                  retain_graph=True, allow_unused=True) if leaves else ()
+        try:
+            with push_mode(self):
+                grads = autograd_grad(outs, [t for _, t in leaves], grad_outputs=cots,
+                                      retain_graph=True, allow_unused=True) if leaves else ()
+        except RuntimeError as exc:  # (the retained graph saw an in-place change since, as
+            # when the call's own optimizer step updated what it saved: a backward() of these
+            # tensors would raise in eager too, so there is nothing to record; this call's
+            # result stands, as eager's)
+            raise Unsupported(f"the backward of the tensors the call returns or keeps cannot "
+                              f"be recorded: {exc} To compile the call, detach the tensors it "
+                              f"keeps between calls (self.hidden = h.detach()), or do not "
+                              f"retain the graph its optimizer step changes") from None
         if self.unsupported is not None:
             raise Unsupported(self.unsupported)
         if len(self.graph.guards) != n_guards:
             raise Unsupported("backward() of a returned tensor reads tensor values (a value "
-                              "guard after the call returned cannot be honoured)")
+                              "guard after the call returned cannot be honoured): call "
+                              "backward() inside the compiled function, or avoid data-dependent "
+                              "Python control flow in its gradient (hooks, custom functions)")
         used = [(b, self.value_of(g)) for (b, _), g in zip(leaves, grads) if g is not None]
         saved_ids = set()
         for o in outs:  # tensors the retained eager graph keeps are not escapes

@@ -215,7 +215,9 @@ def run_function(cap, fn: types.FunctionType, fs, args, asrc, kwargs, ksrc, libr
         if not library:
             cap.refuse(f"{fn.__qualname__} uses {why} at "
                        f"{fn.__code__.co_filename}:{fn.__code__.co_firstlineno}, which the "
-                       f"capture does not follow")
+                       f"capture does not follow: rewrite that part (a for loop for `yield "
+                       f"from`, if/elif for a match on values, a class defined outside), or "
+                       f"call {fn.__name__} outside the compiled function")
         return native(cap, None, fn, args, asrc, kwargs, ksrc, refused=True)
     loc, lsrc = bind(cap, fn, fs, args, asrc, kwargs, ksrc, library)
     frame = Frame(cap, fn, loc, lsrc, library)

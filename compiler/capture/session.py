@@ -257,7 +257,8 @@ class Capture:
     def escaped(self, code) -> None:
         self.refuse(f"{code.co_qualname} ({code.co_filename}:{code.co_firstlineno}) ran "
                     f"outside the capture, called by native code at {self.where()}, so what "
-                    f"it reads cannot be guarded")
+                    f"it reads cannot be guarded: call it from Python code directly, or "
+                    f"register it (a hook) and run it outside the compiled function")
 
     # ----------------------------------------------------------------- guards
     def guard(self, check) -> None:
@@ -429,14 +430,17 @@ class Capture:
             if isinstance(c, set):
                 if not is_plain(tuple(sorted(items, key=repr))):
                     self.refuse(f"a set of objects {cs} is read after the call changed it "
-                                f"at {self.where()}")
+                                f"at {self.where()}: keep numbers or strings in it, or pass "
+                                f"what the function needs as an argument")
                 else:
                     self.guard(Equals(Call("frozenset", cs), frozenset(items)))
             elif items is not None:
                 for k, x in (items if isinstance(c, dict) else enumerate(items)):
                     if not literal_key(k):
                         self.refuse(f"{cs} has a key that cannot be guarded, and is read after "
-                                    f"the call changed it at {self.where()}")
+                                    f"the call changed it at {self.where()}: key it by numbers "
+                                    f"or strings, or pass what the function needs as an "
+                                    f"argument")
                         break
                     src = Item(cs, k)
                     if is_plain(x):
@@ -491,12 +495,15 @@ class Capture:
             return
         if depth == 0:
             self.refuse(f"{src} is nested too deeply to guard its contents (read by native "
-                        f"code at {self.where()})")
+                        f"code at {self.where()}): flatten it, or pass what the function "
+                        f"needs as an argument")
             return
         self.structure_used(value, src)
         if isinstance(value, (set, frozenset)):
             if not is_plain(tuple(sorted(value, key=repr))):
-                self.refuse(f"a set of objects {src} is read by native code at {self.where()}")
+                self.refuse(f"a set of objects {src} is read by native code at "
+                            f"{self.where()}: keep numbers or strings in it, or pass what the "
+                            f"function needs as an argument")
             else:
                 self.guard(Equals(Call("frozenset", src), frozenset(value)))
             return
