@@ -13,6 +13,7 @@ import contextlib
 import gc
 import mmap
 import os
+import sys
 import tempfile
 import warnings
 import weakref
@@ -23,6 +24,7 @@ from conftest import close_to_eager
 
 import compiler
 import dyngrad as dg
+from dyngrad import nn, optim
 
 
 @pytest.fixture(autouse=True)
@@ -143,6 +145,32 @@ def test_the_tensors_array_is_never_handed_out():
         assert a is not t._data and np.shares_memory(a, t._data)
     assert dg.from_numpy(arr)._data is not arr
     assert np.shares_memory(dg.from_numpy(arr)._data, arr)
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 13), reason="3.13 shares a materialised "
+                    "instance dict's values: nothing to observe, nothing slowed")
+def test_compiled_calls_leave_tensor_instance_dicts_unmaterialised():
+    """Reading ``obj.__dict__`` makes CPython 3.11/3.12 materialise the instance dict, after
+    which every attribute load on the object takes a slower path. The capture and the guards
+    must not do that to argument tensors or parameters: the guard check and the call path
+    read their ``_data`` on every call (``gc.get_referents`` shows a materialised dict)."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    opt = optim.SGD(model.parameters(), lr=0.1)
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+        opt.step()
+        return loss
+    cf = compiler.compile(step)
+    x, y = dg.randn(5, 4), dg.randn(5, 1)
+    for _ in range(4):
+        cf(x, y)
+    assert sum(v.calls for v in cf.variants) >= 2
+    for t in [x, y, *model.parameters()]:
+        assert not any(type(r) is dict for r in gc.get_referents(t)), \
+            f"a {type(t).__name__}'s instance dict was materialised"
 
 
 # ------------------------------------------------------------------ output aliasing
