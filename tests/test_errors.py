@@ -417,3 +417,14 @@ def test_negating_a_bool_tensor():
 def test_binary_op_with_unsupported_operand():
     check_error(TypeError, lambda: dg.ones(2) + "x", "Tensor", "str")
     check_error(TypeError, lambda: dg.add(dg.ones(2), object()), "add", "object")
+
+
+@pytest.mark.parametrize("decimals", [1.5, True, "2", None])
+def test_round_decimals_that_is_not_an_int_names_round_and_the_type(decimals):
+    check_error(TypeError, lambda: dg.round(dg.ones(2), decimals=decimals), "round()",
+                "'decimals' must be int", type(decimals).__name__)
+
+
+def test_round_with_decimals_of_an_integer_tensor_says_to_convert_it():
+    check_error(TypeError, lambda: dg.tensor([15, 25]).round(decimals=-1), "round",
+                "decimals=-1", "floating-point", "int64", ".double()")

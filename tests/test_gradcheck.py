@@ -3,7 +3,8 @@
 ``dg.testing.gradcheck`` compares both the reverse-mode (vjp) and the forward-mode (jvp)
 Jacobian with finite differences, so each case below pins two rules at once. Inputs are kept
 away from the points where a function is not differentiable (0 for abs/sqrt/log, ties for
-max/min, integers for floor), since finite differences are meaningless there.
+max/min, integers for floor and ceil, halves for round), since finite differences are
+meaningless there.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ def away_from_zero(*shape):
 
 
 def distinct(*shape):
-    """A random arrangement of values 0.1 apart, none near 0 or an integer and no two with
-    equal absolute value: no ties for max/min/norm(inf), no kinks for abs/floor."""
+    """A random arrangement of values 0.1 apart, none near 0, an integer or a half and no two
+    with equal absolute value: no ties for max/min/norm(inf), no kinks for abs/floor/round."""
     n = math.prod(shape)
     perm = dg.randperm(n).double()
     return (perm.reshape(shape) * 0.1 - (n * 0.1 / 3 - 0.013)).requires_grad_()
@@ -87,6 +88,8 @@ PRIMITIVE_CASES = {
     "abs": (lambda x: dispatch(prim("abs"), x), lambda: (away_from_zero(2, 3),)),
     "sign": (lambda x: dispatch(prim("sign"), x), lambda: (away_from_zero(2, 3),)),
     "floor": (lambda x: dispatch(prim("floor"), x), lambda: (distinct(2, 3),)),
+    "round": (lambda x: dispatch(prim("round"), x), lambda: (distinct(2, 3),)),
+    "ceil": (lambda x: dispatch(prim("ceil"), x), lambda: (distinct(2, 3),)),
     "exp": (lambda x: dispatch(prim("exp"), x), lambda: (leaf(2, 3),)),
     "log": (lambda x: dispatch(prim("log"), x), lambda: (positive(2, 3),)),
     "log1p": (lambda x: dispatch(prim("log1p"), x), lambda: (positive(2, 3) - 1.2,)),
@@ -319,6 +322,8 @@ COMPOSITES = {
     "reciprocal": (dg.reciprocal, away_from_zero, (2, 3)),
     "rsqrt": (dg.rsqrt, positive, (2, 3)),
     "square": (dg.square, leaf, (2, 3)),
+    "round decimals 2": (lambda x: dg.round(x, decimals=2), distinct, (2, 3)),
+    "round decimals -1": (lambda x: (x * 100.0).round(decimals=-1), distinct, (2, 3)),
     "mean all": (lambda x: x.mean(), leaf, (2, 3)),
     "amin dim": (lambda x: x.amin(1), distinct, (2, 3)),
     "flatten": (lambda x: dg.flatten(x, 1), leaf, (2, 3, 4)),
@@ -602,6 +607,7 @@ def test_setitem_through_a_view_reaches_the_base():
 SECOND_ORDER = {
     **{f"{u}": (lambda x, u=u: getattr(dg, u)(x), make) for u, make in [
         ("neg", leaf), ("abs", away_from_zero), ("sign", away_from_zero), ("floor", distinct),
+        ("round", distinct), ("ceil", distinct),
         ("exp", leaf), ("log", positive), ("log1p", positive), ("sqrt", positive),
         ("sin", leaf), ("cos", leaf), ("tanh", leaf), ("erf", leaf), ("sigmoid", leaf)]},
     "mul": (lambda x: x * x.cos(), leaf),

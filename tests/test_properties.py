@@ -289,8 +289,8 @@ def index_check_case(draw):
 
 
 VALID_INPUTS = {
-    **{name: unary_float() for name in ("floor", "exp", "log", "log1p", "sqrt", "sin", "cos",
-                                        "tanh", "sigmoid", "erf")},
+    **{name: unary_float() for name in ("floor", "ceil", "round", "exp", "log", "log1p",
+                                        "sqrt", "sin", "cos", "tanh", "sigmoid", "erf")},
     **{name: unary_signed() for name in ("neg", "abs", "sign")},
     "cast": cast_case(),
     **{name: binary_case(("float32", "float64", "int64"))

@@ -266,6 +266,37 @@ def test_unary_float_ops_promote_integers_to_float32():
     assert dg.tensor([1.0], dtype=dg.float64).exp().dtype is dg.float64
 
 
+def test_round_sends_halves_to_the_even_neighbour_and_keeps_the_sign_of_zero():
+    r = dg.round(dg.tensor([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, -0.3], dtype=dg.float64))
+    assert r.tolist() == [-2.0, -2.0, -0.0, 0.0, 2.0, 2.0, -0.0]
+    assert np.signbit(r.numpy()).tolist() == [True, True, True, False, False, False, True]
+
+
+def test_ceil_of_a_negative_fraction_is_negative_zero():
+    c = dg.tensor([-0.3, 0.3, -1.0, 2.5]).ceil()
+    assert c.dtype is dg.float32 and c.tolist() == [-0.0, 1.0, -1.0, 3.0]
+    assert np.signbit(c.numpy()).tolist() == [True, False, True, False]
+
+
+def test_round_with_decimals_rounds_the_scaled_value_in_the_tensor_dtype():
+    x = dg.tensor([0.25, 2.675, 1234.5678, -0.04], dtype=dg.float64)
+    assert x.round(decimals=1).tolist() == [0.2, 2.7, 1234.6, -0.0]
+    # 2.675 is stored just below 2.675, but its product with 100 rounds to 267.5 and then to
+    # the even 268, as in PyTorch (Python's round(2.675, 2), exact in decimal, gives 2.67)
+    assert x.round(decimals=2).tolist() == [0.25, 2.68, 1234.57, -0.04]
+    assert x.round(decimals=-2).tolist() == [0.0, 0.0, 1200.0, -0.0]
+    assert x.round(decimals=np.int64(1)).tolist() == x.round(decimals=1).tolist()
+
+
+@pytest.mark.parametrize("op", [dg.round, dg.ceil, dg.floor], ids=["round", "ceil", "floor"])
+@pytest.mark.parametrize("dtype", [dg.int64, dg.bool_], ids=["int64", "bool"])
+def test_rounding_an_integer_or_bool_tensor_gives_an_unchanged_copy(op, dtype):
+    x = dg.tensor([3, 0, 1], dtype=dtype)
+    r = op(x)
+    assert r.dtype is dtype and r.tolist() == x.tolist()
+    assert not np.shares_memory(r.numpy(), x.numpy())
+
+
 def test_numpy_scalars_are_weak_like_python_scalars():
     assert (dg.tensor([1.0]) + np.float64(2.0)).dtype is dg.float32
     assert (dg.tensor([1]) + np.int32(2)).dtype is dg.int64

@@ -218,8 +218,15 @@ UNARY = {
     "rsqrt": (lambda m, x: m.rsqrt(x), "pos"),
     "square": (lambda m, x: m.square(x), "real"),
     "floor": (lambda m, x: m.floor(x), "real"),
+    "round": (lambda m, x: m.round(x), "real"),
+    "ceil": (lambda m, x: m.ceil(x), "real"),
+    "round_decimals": (lambda m, x: m.round(x, decimals=2), "wide"),
+    "round_negative_decimals": (lambda m, x: m.round(x * 100, decimals=-1), "wide"),
     # method spellings
     "exp_method": (lambda m, x: x.exp(), "real"),
+    "round_method": (lambda m, x: x.round(), "wide"),
+    "round_decimals_method": (lambda m, x: x.round(decimals=1), "wide"),
+    "ceil_method": (lambda m, x: x.ceil(), "wide"),
     "sigmoid_method": (lambda m, x: x.sigmoid(), "wide"),
     "abs_op": (lambda m, x: abs(x), "real"),
 }
@@ -259,15 +266,16 @@ def test_unary_special_values():
     x = np.array([0.0, -0.0, 1e-300, 1e300, -1e300, np.inf, -np.inf, np.nan, 40.0, -40.0,
                   710.0, -745.0])
     for name in ["exp", "log", "log1p", "sqrt", "tanh", "erf", "sigmoid", "relu", "gelu",
-                 "gelu_tanh", "reciprocal", "rsqrt", "abs", "sign", "floor", "square"]:
+                 "gelu_tanh", "reciprocal", "rsqrt", "abs", "sign", "floor", "round", "ceil",
+                 "square"]:
         fn = UNARY[name][0]
         # Intentional difference: sign(nan) is nan in dyngrad (numpy's np.sign, NaN
         # propagates) but 0 in torch; leave nan out for sign only.
         compare(fn, x[~np.isnan(x)] if name == "sign" else x, grad=False)
 
 
-@pytest.mark.parametrize("name", ["abs", "sign", "floor", "neg", "square", "relu", "exp",
-                                  "sqrt", "sin", "sigmoid"])
+@pytest.mark.parametrize("name", ["abs", "sign", "floor", "round", "ceil", "neg", "square",
+                                  "relu", "exp", "sqrt", "sin", "sigmoid"])
 @pytest.mark.parametrize("dtype", [np.int64, np.bool_], ids=["int64", "bool"])
 def test_unary_int_and_bool_inputs(name, dtype):
     """Integer/bool inputs: same result dtype (int ops keep int64, float ops go float32) or
@@ -278,9 +286,10 @@ def test_unary_int_and_bool_inputs(name, dtype):
     try:
         tout = fn(torch, torch.from_numpy(x.copy()))
     except Exception:  # noqa: BLE001
-        # torch refuses. Intentional difference: dyngrad is permissive for abs/floor/relu
-        # of a bool tensor (the identity on bools); anything else must be refused too.
-        if dtype is np.bool_ and name in ("abs", "floor", "relu"):
+        # torch refuses. Intentional difference: dyngrad is permissive for abs, floor,
+        # round, ceil and relu of a bool tensor (the identity on bools); anything else must
+        # be refused too.
+        if dtype is np.bool_ and name in ("abs", "floor", "round", "ceil", "relu"):
             assert fn(dg, dg.from_numpy(x.copy())).tolist() == x.tolist()
             return
         with pytest.raises(Exception):  # noqa: B017
@@ -289,6 +298,101 @@ def test_unary_int_and_bool_inputs(name, dtype):
     with ErrorBound() as eb:
         out = fn(dg, dg.from_numpy(x.copy()))
     assert_same(out, tout, eb=eb)
+
+
+# ------------------------------------------------------------------ round and ceil, bit for bit
+
+
+def assert_same_bits(d, t, what: str = "") -> None:
+    """dyngrad ``d`` and torch ``t`` hold the same floats bit for bit, so -0.0 differs from
+    0.0; any NaN equals any NaN (neither library specifies a NaN's sign or payload)."""
+    assert DT[d.dtype] == t.dtype, f"{what}: dtype {d.dtype} vs torch {t.dtype}"
+    a, b = d.detach().numpy(), t.detach().numpy()
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=f"{what}: NaN positions")
+    bits = np.uint64 if a.dtype == np.float64 else np.uint32
+    canon = [np.where(np.isnan(v), 0, v).astype(v.dtype).view(bits) for v in (a, b)]
+    np.testing.assert_array_equal(*canon, err_msg=what)
+
+
+# halves (to even), signed zeros, the largest float below 0.5 (floor(x + 0.5) gets it wrong),
+# the last fractional floats of each dtype, and non-finite values
+ROUNDING_EDGES = [-3.5, -2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5, -0.7, -0.3, 0.3, 0.7, -0.0, 0.0,
+                  -1e-30, np.nextafter(0.5, 0.0), np.nextafter(np.float32(0.5), np.float32(0)),
+                  8388607.5, -8388609.0, 4503599627370495.5, 1e30, -1e30, np.inf, -np.inf,
+                  np.nan]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", ["round", "ceil"])
+def test_rounding_of_halves_signed_zeros_and_non_finite_values_is_torch_s_bit_for_bit(
+        name, dtype):
+    x = np.array(ROUNDING_EDGES, dtype=np.float64).astype(dtype)
+    t = getattr(torch, name)(torch.from_numpy(x.copy()))
+    assert_same_bits(getattr(dg, name)(dg.from_numpy(x.copy())), t, name)
+    assert_same_bits(getattr(dg.from_numpy(x.copy()), name)(), t, f"Tensor.{name}")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("decimals", [1, 2, 3, 6, -1, -2, -4])
+def test_round_with_decimals_is_torch_s_bit_for_bit(decimals, dtype, rng):
+    """PyTorch scales by 10**|decimals| in the tensor's dtype, rounds half to even and
+    scales back; dyngrad composes the same three steps, each rounded alike, so the results
+    agree also where the scaling's rounding makes a half (2.675·100 is 267.5 in float64)."""
+    mags = 10.0 ** rng.integers(-4, 6, 300)
+    x = np.concatenate([rng.standard_normal(300) * mags, np.round(rng.standard_normal(100) * 1e4)
+                        / 10 ** rng.integers(0, 4, 100) + 5 * 10.0 ** -(1 + decimals),
+                        ROUNDING_EDGES, [0.25, -0.25, 2.675, 1234.5678, -1250.0, 150.0]])
+    x = x.astype(dtype)
+    t = torch.round(torch.from_numpy(x.copy()), decimals=decimals)
+    assert_same_bits(dg.round(dg.from_numpy(x.copy()), decimals=decimals), t, "dg.round")
+    assert_same_bits(dg.from_numpy(x.copy()).round(decimals=decimals), t, "Tensor.round")
+
+
+@pytest.mark.parametrize("dtype, decimals", [(np.float64, 308), (np.float64, 400),
+                                             (np.float64, -400), (np.float32, 39),
+                                             (np.float32, -39)])
+def test_round_with_decimals_beyond_the_dtype_s_range_is_torch_s(dtype, decimals):
+    """10**|decimals| overflows to inf in the tensor's dtype: every element becomes nan (or
+    ±inf at 308, where only the product overflows), in both libraries."""
+    x = np.array([0.0, -0.0, 1.5, -2.25, 3e-5, 1e30, np.inf, np.nan], dtype=dtype)
+    t = torch.round(torch.from_numpy(x.copy()), decimals=decimals)
+    assert_same_bits(dg.round(dg.from_numpy(x.copy()), decimals=decimals), t)
+
+
+@pytest.mark.parametrize("name", ["round", "ceil", "round_decimals", "round_negative_decimals"])
+def test_rounding_gradients_are_zero_like_torch_s(name):
+    """Both libraries give a zero gradient, also at the jumps, and keep ``requires_grad``."""
+    x = np.array(ROUNDING_EDGES[:-3], dtype=np.float64)  # finite: inf·0 would be nan
+    compare(UNARY[name][0], x)
+    compare(UNARY[name][0], x.astype(np.float32))
+
+
+def test_round_with_decimals_of_an_integer_tensor_is_refused_like_torch():
+    """torch has no integer kernel for round with decimals; dyngrad says to convert. With
+    decimals=0 dyngrad gives the plain round (the input, unchanged). Intentional difference:
+    torch.round(int64_tensor, decimals=0) takes the decimals overload and refuses too."""
+    x = np.array([15, 25, -15])
+    for decimals in (1, -1):
+        with pytest.raises((NotImplementedError, RuntimeError)):
+            torch.round(torch.from_numpy(x.copy()), decimals=decimals)
+        with pytest.raises(TypeError, match="round"):
+            dg.round(dg.from_numpy(x.copy()), decimals=decimals)
+    assert_same(dg.round(dg.from_numpy(x.copy()), decimals=0), torch.round(torch.from_numpy(x)))
+
+
+@pytest.mark.parametrize("decimals", [1.5, True, None])
+def test_round_decimals_that_is_not_an_int_is_refused_like_torch(decimals):
+    for m in (torch, dg):
+        with pytest.raises(TypeError):
+            m.round(m.ones(2), decimals=decimals)
+
+
+def test_python_round_of_a_tensor_is_refused_like_torch():
+    """Neither defines ``Tensor.__round__`` (pytorch/pytorch#42671): ``round(t)`` raises
+    rather than silently returning a Python number or a tensor; use ``t.round()``."""
+    for m in (torch, dg):
+        with pytest.raises(TypeError, match="__round__"):
+            round(m.tensor(2.5))
 
 
 # ------------------------------------------------------------------ binary with broadcasting

@@ -34,8 +34,9 @@ of floats at the computed result ``y``, ``e_x`` the bound carried by operand ``x
   its rounding counts as an operand error; so does a float64 → float32 cast;
 - data movement, gather and max are exact (the bound moves with the data; a max is off by
   at most its operands' largest bound); scatter_add sums like a sum;
-- comparisons, ``where``, ``floor``, ``sign``: exact, unless an operand's interval straddles
-  the decision; then the bound covers either outcome (a bool's bound is 1 where it may flip).
+- comparisons, ``where``, ``floor``, ``ceil``, ``round``, ``sign``: exact, unless an
+  operand's interval straddles the decision; then the bound covers either outcome (a bool's
+  bound is 1 where it may flip).
 
 Second-order terms (products of two errors) are dropped except in ``×``, where they are
 kept; they are below float32's resolution wherever the first-order bound is meaningful.
@@ -288,9 +289,12 @@ def _sign(eb, y, v, e, p):
     return np.where((np.abs(x) <= e[0]) & (e[0] > 0), 2.0, 0.0)
 
 
-def _floor(eb, y, v, e, p):
-    x = _f64(v[0])
-    return np.where((np.floor(x - e[0]) != np.floor(x + e[0])), 1.0, 0.0)
+def _step(fn):
+    """floor, ceil, round: exact, unless the operand's interval holds a jump (of 1)."""
+    def rule(eb, y, v, e, p):
+        x = _f64(v[0])
+        return np.where(fn(x - e[0]) != fn(x + e[0]), 1.0, 0.0)
+    return rule
 
 
 def _sqrt(eb, y, v, e, p):
@@ -424,7 +428,8 @@ def _matmul(eb, y, v, e, p):
 _TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
 
 RULES = {
-    "neg": _exact_unary, "abs": _exact_unary, "sign": _sign, "floor": _floor,
+    "neg": _exact_unary, "abs": _exact_unary, "sign": _sign, "floor": _step(np.floor),
+    "ceil": _step(np.ceil), "round": _step(np.rint),
     "exp": _unary("exp", lambda x, y: y),
     "log": _unary("log", lambda x, y: 1.0 / x),
     "log1p": _unary("log1p", lambda x, y: 1.0 / (1.0 + x)),

@@ -106,6 +106,11 @@ SIGN = _unary("sign", np.sign, lambda n, g, xs, y: (g * 0.0,),
               lambda ts, xs, y, p: ts[0] * 0.0, float_only=False, no_bool=True)
 FLOOR = _unary("floor", np.floor, lambda n, g, xs, y: (g * 0.0,),
                lambda ts, xs, y, p: ts[0] * 0.0)
+ROUND = _unary("round", np.rint, lambda n, g, xs, y: (g * 0.0,),
+               lambda ts, xs, y, p: ts[0] * 0.0,
+               doc="round to the nearest integer, halves to even (np.rint, torch.round)")
+CEIL = _unary("ceil", np.ceil, lambda n, g, xs, y: (g * 0.0,),
+              lambda ts, xs, y, p: ts[0] * 0.0)
 EXP = _unary("exp", _q(np.exp), lambda n, g, xs, y: (g * y,),
              lambda ts, xs, y, p: ts[0] * y, save_out=True)
 LOG = _unary("log", _q(np.log), lambda n, g, xs, y: (g / xs[0],),
@@ -528,6 +533,49 @@ def floor(x):
     if not x.dtype.is_floating_point:
         return x.clone()
     return dispatch(FLOOR, x)
+
+
+def ceil(x):
+    """The smallest integer not below each element (a float result for a float tensor;
+    integer and bool tensors come back unchanged, as a copy). The gradient is zero.
+
+    >>> dg.ceil(dg.tensor([-1.5, -0.3, 0.2, 2.0]))
+    tensor([-1., -0.,  1.,  2.])
+    """
+    if not x.dtype.is_floating_point:
+        return x.clone()
+    return dispatch(CEIL, x)
+
+
+def round(x, *, decimals: int = 0):
+    """Round to the nearest integer, halves to even (``np.rint``; ``torch.round`` too), or
+    to ``decimals`` decimal places exactly as PyTorch does: ``round(x·10ᵈ) / 10ᵈ``, and for
+    ``decimals < 0`` ``round(x / 10⁻ᵈ) · 10⁻ᵈ``, each step rounded in ``x``'s dtype (so
+    ``round(x, decimals=1)`` of 0.25 is 0.2). Integer and bool tensors come back unchanged
+    (a copy) when ``decimals`` is 0. The gradient is zero.
+
+    >>> dg.round(dg.tensor([-1.5, -0.5, 0.5, 1.5, 2.5]))
+    tensor([-2., -0.,  0.,  2.,  2.])
+    >>> dg.round(dg.tensor([1234.5678], dtype=dg.float64), decimals=-2)
+    tensor([1200.], dtype=dyngrad.float64)
+    """
+    if not isinstance(decimals, (int, np.integer)) or isinstance(decimals, (bool, np.bool_)):
+        raise TypeError(f"round(): argument 'decimals' must be int, not "
+                        f"{type(decimals).__name__}")
+    if not x.dtype.is_floating_point:
+        if decimals == 0:
+            return x.clone()
+        raise TypeError(f"round: decimals={decimals} needs a floating-point tensor, got "
+                        f"{x.dtype.name}; convert it first (x.double().round(decimals=...))")
+    if decimals == 0:
+        return dispatch(ROUND, x)
+    # Note: 10**|d| is a weak Python number, rounded to x's dtype like PyTorch's constant;
+    # beyond float64's range it is inf, which makes every element nan, as in PyTorch.
+    places = int(decimals) if decimals > 0 else -int(decimals)
+    scale = 10.0 ** places if places <= 308 else math.inf
+    if decimals > 0:
+        return div(dispatch(ROUND, mul(x, scale)), scale)
+    return mul(dispatch(ROUND, div(x, scale)), scale)
 
 
 def exp(x):
