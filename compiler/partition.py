@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .ir import Graph, Value
+from .prims import MUL, traits
 
 
 @dataclass(eq=False)
@@ -52,13 +53,12 @@ CONE_MAX = 8  # nodes recomputed for one saved value at most
 # ~0.15 ns on the 2-core Zen machine), numpy's loops (float32 on the interpreter, float64)
 TRANSCENDENTAL_NS = {"float32": 0.2, "float64": 2.0}
 NUMPY_TRANSCENDENTAL_NS = {"float32": 1.0, "float64": 2.0}
-_TRANSCENDENTAL = {"exp", "log", "log1p", "tanh", "sigmoid", "erf", "sin", "cos", "pow"}
 
 
 def recompute_cost_ns(node, vector_math: bool = True) -> float:
     """Per element: what running ``node`` again costs (``vector_math``: the backend computes
     float32 transcendentals as vector polynomials — the LLVM backend; else numpy does)."""
-    if node.prim.name in _TRANSCENDENTAL:
+    if traits(node.prim).transcendental:
         table = TRANSCENDENTAL_NS if vector_math else NUMPY_TRANSCENDENTAL_NS
         return table.get(node.out.dtype.name if node.out.dtype else "", 2.0)
     return OP_NS
@@ -185,8 +185,7 @@ def precompute(g: Graph, n_forward_outputs: int, cotangents: list, normal: Split
     bcot = forward.new_value((), cot.dtype, "cotangent")
     backward = Graph(inputs=saved + [bcot], scalars=[], nodes=[], outputs=[],
                      guards=[], _next=forward._next)
-    from dyngrad.ops import REGISTRY
-    backward.outputs = [backward.add_node(REGISTRY["mul"], [s, bcot], {}, s.shape, s.dtype)
+    backward.outputs = [backward.add_node(MUL, [s, bcot], {}, s.shape, s.dtype)
                         for s in saved]
     forward._next = backward._next
     checked = [i for i in normal.saved_inputs if i is not None]

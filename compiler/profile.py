@@ -340,7 +340,8 @@ def _work(g, grp) -> tuple[float, float]:
         elif n.prim.kind == "reduce":
             flops += math.prod(n.inputs[0].shape)
         elif n.prim.kind == "elementwise":
-            vector_math = n.prim.name in vecmath.FUNCTIONS and n.out.dtype is not None \
+            fn = vecmath.PRIMITIVES.get(n.prim)
+            vector_math = fn is not None and n.out.dtype is not None \
                 and n.out.dtype.np == np.float32  # (float32 only: vecmath's functions)
-            flops += out * (vecmath.flops(n.prim.name) if vector_math else 1)
+            flops += out * (vecmath.flops(fn) if vector_math else 1)
     return flops, traffic

@@ -7,8 +7,10 @@ Arithmetic on them is recorded as scalar graph nodes by their tracer
 
 from __future__ import annotations
 
-import operator
 from typing import TYPE_CHECKING
+
+from . import prims as P
+from .prims import traits
 
 if TYPE_CHECKING:
     from .ir import Value
@@ -27,46 +29,46 @@ class _Recorded:
     __slots__ = ()
 
     def __add__(self, o):
-        return self._arith(o, "add")
+        return self._arith(o, P.ADD)
 
     def __radd__(self, o):
-        return self._arith(o, "add", True)
+        return self._arith(o, P.ADD, True)
 
     def __sub__(self, o):
-        return self._arith(o, "sub")
+        return self._arith(o, P.SUB)
 
     def __rsub__(self, o):
-        return self._arith(o, "sub", True)
+        return self._arith(o, P.SUB, True)
 
     def __mul__(self, o):
-        return self._arith(o, "mul")
+        return self._arith(o, P.MUL)
 
     def __rmul__(self, o):
-        return self._arith(o, "mul", True)
+        return self._arith(o, P.MUL, True)
 
     def __truediv__(self, o):
-        return self._arith(o, "div")
+        return self._arith(o, P.DIV)
 
     def __rtruediv__(self, o):
-        return self._arith(o, "div", True)
+        return self._arith(o, P.DIV, True)
 
     def __eq__(self, o):
-        return self._cmp(o, "eq")
+        return self._cmp(o, P.EQ)
 
     def __ne__(self, o):
-        return self._cmp(o, "ne")
+        return self._cmp(o, P.NE)
 
     def __lt__(self, o):
-        return self._cmp(o, "lt")
+        return self._cmp(o, P.LT)
 
     def __le__(self, o):
-        return self._cmp(o, "le")
+        return self._cmp(o, P.LE)
 
     def __gt__(self, o):
-        return self._cmp(o, "gt")
+        return self._cmp(o, P.GT)
 
     def __ge__(self, o):
-        return self._cmp(o, "ge")
+        return self._cmp(o, P.GE)
 
 
 class TracedScalar(_Recorded, float):
@@ -88,26 +90,26 @@ class TracedScalar(_Recorded, float):
         return self._tracer.scalar_op(prim, a, b)
 
     def __pow__(self, o):
-        return self._arith(o, "pow")
+        return self._arith(o, P.POW)
 
     def __rpow__(self, o):
-        return self._arith(o, "pow", True)
+        return self._arith(o, P.POW, True)
 
     def __neg__(self):
-        return self._tracer.scalar_op("neg", self)
+        return self._tracer.scalar_op(P.NEG, self)
 
     def __pos__(self):
         return self
 
-    def _cmp(self, other, name):
+    def _cmp(self, other, prim):
         """Record the comparison and guard its *outcome* (not the number: a changed lr that
         compares the same way needs no new trace)."""
         if not isinstance(other, (int, float)) or isinstance(other, bool):
             return NotImplemented
-        return self._tracer.scalar_compare(name, self, other)
+        return self._tracer.scalar_compare(prim, self, other)
 
     def __bool__(self):
-        return self._tracer.scalar_compare("ne", self, 0.0)
+        return self._tracer.scalar_compare(P.NE, self, 0.0)
 
     def __int__(self):
         self._tracer.guard_scalar(self, "int")
@@ -164,25 +166,23 @@ class TracedInt(_Recorded):
         a, b = (other, self) if reflected else (self, other)
         if max(abs(_raw(a)), abs(_raw(b))) >= _EXACT and not isinstance(other, float):
             # float64 is not exact this far out: the values are guarded, the result plain
-            va, vb = (x._pin(prim) if type(x) is TracedInt else x for x in (a, b))
-            return {"add": operator.add, "sub": operator.sub, "mul": operator.mul,
-                    "div": operator.truediv}[prim](va, vb)
+            va, vb = (x._pin(prim.name) if type(x) is TracedInt else x for x in (a, b))
+            return traits(prim).python(va, vb)
         r = self._tracer.scalar_op(prim, a, b)
-        if prim == "div" or isinstance(other, float):
+        if prim is P.DIV or isinstance(other, float):
             return r
-        v = {"add": operator.add, "sub": operator.sub, "mul": operator.mul}[prim](
-            _raw(a), _raw(b))
+        v = traits(prim).python(_raw(a), _raw(b))
         if not isinstance(r, TracedScalar):  # (the trace is finished: plain arithmetic)
             return v
         if abs(v) >= _EXACT:  # not exact in float64: the operands are guarded instead
             for x in (a, b):
                 if type(x) is TracedInt:
-                    x._pin(prim)
+                    x._pin(prim.name)
             return v
         return TracedInt(v, self._tracer, r._value)
 
     def __neg__(self):
-        r = self._tracer.scalar_op("neg", self)
+        r = self._tracer.scalar_op(P.NEG, self)
         return TracedInt(-self._v, self._tracer, r._value) if isinstance(r, TracedScalar) \
             else -self._v
 
@@ -190,19 +190,19 @@ class TracedInt(_Recorded):
         return self
 
     def __abs__(self):
-        r = self._tracer.scalar_op("abs", self)
+        r = self._tracer.scalar_op(P.ABS, self)
         return TracedInt(abs(self._v), self._tracer, r._value) if isinstance(r, TracedScalar) \
             else abs(self._v)
 
-    def _cmp(self, other, name):
+    def _cmp(self, other, prim):
         t = type(other)
         if t is not int and t is not bool and t is not TracedInt and \
                 not isinstance(other, float):
             return NotImplemented
-        return self._tracer.scalar_compare(name, self, other)
+        return self._tracer.scalar_compare(prim, self, other)
 
     def __bool__(self):
-        return self._tracer.scalar_compare("ne", self, 0)
+        return self._tracer.scalar_compare(P.NE, self, 0)
 
     # every other use reads the value: guarded
     def __index__(self):

@@ -29,7 +29,6 @@ tensor objects over the same memory in the same layout (``p`` and ``p.data``, ``
 
 from __future__ import annotations
 
-import operator
 import os
 import sys
 import weakref
@@ -40,13 +39,13 @@ import numpy as np
 
 from dyngrad import dtypes as _dt
 from dyngrad.dispatch import DispatchMode, dispatch, suspend
-from dyngrad.ops import REGISTRY
 from dyngrad.tensor import Tensor
 
+from . import prims as P
 from .ir import Graph, Value
+from .prims import Primitive, traits
 from .scalars import TracedInt, TracedScalar, _raw  # noqa: F401 - (the tracer's numbers)
 
-_P = REGISTRY
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _DYNGRAD = os.path.dirname(os.path.abspath(sys.modules["dyngrad"].__file__))
 
@@ -130,11 +129,6 @@ class ScalarSource:
             ns[f"SO{i}"] = self.owner
             expr = f"SO{i}[SK{i}]"
         return expr if self.index is None else f"{expr}[{int(self.index)}]"
-
-
-def _sqrt(x: float) -> float:
-    import math
-    return math.sqrt(x)  # (ValueError for x < 0, as in eager)
 
 
 class Kept:
@@ -367,8 +361,8 @@ class Tracer(DispatchMode):
         else:
             self.const_ids.add(id(tensor))
 
-    def on_attr(self, owner, name, value) -> None:
-        if name in ("data", "detach"):  # an alias: bind it through its owner
+    def on_attr(self, owner, attr, value) -> None:
+        if attr in ("data", "detach"):  # an alias: bind it through its owner
             self.keep.extend((owner, value))
             self.alias_of[id(value)] = owner
             return
@@ -377,7 +371,7 @@ class Tracer(DispatchMode):
             self.grad_state[id(owner)] = (owner, value is None)
         if isinstance(value, Tensor) and slot_key(value) not in self.slots:
             self.keep.extend((owner, value))
-            self.attr_source[id(value)] = (owner, name)
+            self.attr_source[id(value)] = (owner, attr)
 
     def on_python_call(self, what: str) -> None:
         if self.unsupported is None:
@@ -516,14 +510,11 @@ class Tracer(DispatchMode):
             self.keep.append(owner)
         return TracedScalar(float(value), self, src.value)
 
-    def scalar_op(self, prim_name: str, *operands):
+    def scalar_op(self, prim: Primitive, *operands):
         """Python arithmetic on traced scalars, recorded in float64 (what Python computes);
         once the trace is finished, plain arithmetic."""
-        prim = _P[prim_name]
         vals = [float(_raw(x)) for x in operands]
-        result = {"add": operator.add, "sub": operator.sub, "mul": operator.mul,
-                  "div": operator.truediv, "pow": operator.pow,
-                  "neg": operator.neg, "abs": operator.abs, "sqrt": _sqrt}[prim_name](*vals)
+        result = traits(prim).python(*vals)
         if self.finished:
             return result
         ins = [x._value if isinstance(x, (TracedScalar, TracedInt)) else float(x)
@@ -535,21 +526,20 @@ class Tracer(DispatchMode):
         self.graph.nodes.append(node)
         return TracedScalar(result, self, out)
 
-    def scalar_compare(self, name: str, a, b) -> bool:
-        ops = {"eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "le": operator.le,
-               "gt": operator.gt, "ge": operator.ge}
-        result = ops[name](_raw(a), _raw(b))
+    def scalar_compare(self, prim: Primitive, a, b) -> bool:
+        result = traits(prim).python(_raw(a), _raw(b))
         if self.finished:
             return result
         out = self.graph.new_value((), _dt.bool_, weak=True)
         from .ir import Node
         ins = [x._value if isinstance(x, (TracedScalar, TracedInt)) else float(x)
                for x in (a, b)]
-        node = Node(_P[name], ins, {}, out)
+        node = Node(prim, ins, {}, out)
         out.producer = node
         self.graph.nodes.append(node)
-        self.graph.add_guard(out, result, f"{a._value.name or 'scalar'} {name} {_raw(b)!r}"
-                             if isinstance(a, (TracedScalar, TracedInt)) else name,
+        self.graph.add_guard(out, result, f"{a._value.name or 'scalar'} {prim.name} "
+                             f"{_raw(b)!r}" if isinstance(a, (TracedScalar, TracedInt))
+                             else prim.name,
                              user_frame())
         return result
 
@@ -579,10 +569,10 @@ class Tracer(DispatchMode):
             # a number that may be logged or returned: an output, guarded only if it decides
             # control flow (TracedScalar's comparisons and truth test)
             v = self.value_of(tensor)
-            flat = self.graph.add_node(_P["reshape"], [v], {"shape": ()}, (), tensor.dtype)
+            flat = self.graph.add_node(P.RESHAPE, [v], {"shape": ()}, (), tensor.dtype)
             out = self.graph.new_value((), _dt.float64, weak=True)
             from .ir import Node
-            node = Node(_P["cast"], [flat], {"dtype": _dt.float64}, out)
+            node = Node(P.CAST, [flat], {"dtype": _dt.float64}, out)
             out.producer = node
             self.graph.nodes.append(node)
             return TracedScalar(float(tensor._data.reshape(()).item()), self, out)
@@ -643,9 +633,9 @@ class Tracer(DispatchMode):
         inv = tuple(int(i) for i in np.argsort(perm))
         g = self.graph
         shape_p = tuple(a.shape[i] for i in perm)
-        p1 = g.add_node(_P["permute"], [v], {"perm": perm}, shape_p, v.dtype)
-        c = g.add_node(_P["cast"], [p1], {"dtype": v.dtype}, shape_p, v.dtype)
-        return g.add_node(_P["permute"], [c], {"perm": inv}, a.shape, v.dtype)
+        p1 = g.add_node(P.PERMUTE, [v], {"perm": perm}, shape_p, v.dtype)
+        c = g.add_node(P.CAST, [p1], {"dtype": v.dtype}, shape_p, v.dtype)
+        return g.add_node(P.PERMUTE, [c], {"perm": inv}, a.shape, v.dtype)
 
     def _region_update(self, dst: tuple, src: tuple, src_value: Value) -> Value:
         """dst's value after src's elements were overwritten with ``src_value``."""
@@ -659,14 +649,14 @@ class Tracer(DispatchMode):
             return self.slots[dst]
         idx = np.where(hit, order[pos], 0).reshape(off_d.shape).astype(np.int64)
         g = self.graph
-        flat = g.add_node(_P["reshape"], [src_value], {"shape": (-1,)}, (flat_s.size,),
+        flat = g.add_node(P.RESHAPE, [src_value], {"shape": (-1,)}, (flat_s.size,),
                           src_value.dtype)
-        picked = g.add_node(_P["gather"], [flat, g.add_const(idx)], {"axis": 0}, idx.shape,
+        picked = g.add_node(P.GATHER, [flat, g.add_const(idx)], {"axis": 0}, idx.shape,
                             src_value.dtype)
         if hit.all():
             return picked
         mask = g.add_const(hit.reshape(off_d.shape))
-        return g.add_node(_P["where"], [mask, picked, self.slots[dst]], {}, idx.shape,
+        return g.add_node(P.WHERE, [mask, picked, self.slots[dst]], {}, idx.shape,
                           src_value.dtype)
 
     # ----------------------------------------------------------------- finishing

@@ -11,16 +11,16 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 
-def get(name: str) -> SimpleNamespace:
-    """The backend called ``name`` ('interp' or 'llvm'), imported on first use (llvmlite is
-    loaded only when the LLVM backend is asked for)."""
-    if name == "interp":
+def get(backend: str) -> SimpleNamespace:
+    """The backend called ``backend`` ('interp' or 'llvm'), imported on first use (llvmlite
+    is loaded only when the LLVM backend is asked for)."""
+    if backend == "interp":
         from . import interp
         return SimpleNamespace(
             compile_graph=lambda g, inplace=None, groups=None: interp.compile_graph(
                 g, inplace=inplace), run=interp.run)
-    if name == "llvm":
+    if backend == "llvm":
         from .llvm import runner, sizes
         return SimpleNamespace(compile_graph=runner.compile_graph, run=runner.run,
                                family=sizes.Family)
-    raise ValueError(f"unknown backend {name!r}; choose 'interp' or 'llvm'")
+    raise ValueError(f"unknown backend {backend!r}; choose 'interp' or 'llvm'")

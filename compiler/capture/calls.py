@@ -23,6 +23,7 @@ import types
 from dyngrad.nn.module import Module
 from dyngrad.tensor import Tensor
 
+from .. import prims as P
 from .frame import (
     CO_VARARGS,
     CO_VARKEYWORDS,
@@ -601,31 +602,31 @@ _QUERY = {"get", "keys", "values", "items", "copy", "index", "count", "__contain
 def _container_method(cap, f, fn, c, fs, args, asrc, kwargs, ksrc):
     """A method of a list, dict or set: a query of one from before the call is guarded by
     what it reads; a change to one is a side effect."""
-    name = fn.__name__
+    method = fn.__name__
     cs = fs.base if isinstance(fs, Attr) else cap.source_of(c)
-    if cs is None or id(c) in cap.fresh_ids or isinstance(cs, ArgTree) and name in _QUERY:
+    if cs is None or id(c) in cap.fresh_ids or isinstance(cs, ArgTree) and method in _QUERY:
         return native(cap, f, fn, args, asrc, kwargs, ksrc)
-    if name == "get" and isinstance(c, dict) and not kwargs and args and \
+    if method == "get" and isinstance(c, dict) and not kwargs and args and \
             literal_key(args[0]) and (len(args) == 1 or literal_key(args[1])):
         value = user(fn, *args)
         s = Call("get", cs, tuple(args), method=True)
         return cap.read(value, s, c), s
-    if name in ("keys", "values", "items") and isinstance(c, dict) and not args:
+    if method in ("keys", "values", "items") and isinstance(c, dict) and not args:
         view = user(fn)
         cap.views[id(view)] = (view, c, cs)
         cap.keep.append(view)
         return view, None
-    if name in _QUERY:
+    if method in _QUERY:
         cap.contents_used(c, cs)
         return native(cap, f, fn, args, asrc, kwargs, ksrc)
     # a change: guarded by what it reads (pop, setdefault), recorded to replay
     from .session import BLIND_MUTATORS, Effect
-    if name not in BLIND_MUTATORS:
+    if method not in BLIND_MUTATORS:
         cap.contents_used(c, cs)
     else:
         cap.will_mutate(c, cs)
-    cap._effect(Effect("method", c, name, (tuple(args), dict(kwargs)), f.where() if f else "?",
-                       f"{cs}.{name}(...)"))
+    cap._effect(Effect("method", c, method, (tuple(args), dict(kwargs)), f.where() if f else "?",
+                       f"{cs}.{method}(...)"))
     return native(cap, f, fn, args, asrc, kwargs, ksrc)
 
 
@@ -734,18 +735,18 @@ def _b_float(cap, f, args, asrc, kwargs, ksrc):
     return native(cap, f, float, args, asrc, kwargs, ksrc)
 
 
-def _scalar_fn(name: str, exact: bool):
-    """math.<name> / abs of a traced number: a recorded float64 operation when numpy's is
-    the same correctly rounded result (sqrt, abs), else a guarded value."""
-    pyfn = getattr(math, name) if name != "abs" else builtins.abs
+def _scalar_fn(pyfn, prim=None):
+    """``pyfn`` (a ``math`` function or ``abs``) of a traced number: a recorded float64
+    operation ``prim`` when numpy's is the same correctly rounded result (sqrt, abs), else
+    a guarded value."""
 
     def run(cap, f, args, asrc, kwargs, ksrc):
         ts = _TracedScalar()
         if len(args) == 1 and not kwargs and isinstance(args[0], ts):
             x = args[0]
-            if exact:
-                return x._tracer.scalar_op({"fabs": "abs"}.get(name, name), x), None
-            x._tracer.guard_scalar(x, f"math.{name}")
+            if prim is not None:
+                return x._tracer.scalar_op(prim, x), None
+            x._tracer.guard_scalar(x, f"math.{pyfn.__name__}")
             return pyfn(float(x)), None
         return native(cap, f, pyfn, args, asrc, kwargs, ksrc)
     return pyfn, run
@@ -758,13 +759,13 @@ def _register_builtins() -> None:
     table = [(len, _b_len), (getattr, _b_getattr), (hasattr, _b_hasattr), (iter, _b_iter),
              (next, _b_next), (print, _b_print), (float, _b_float),
              (isinstance, _b_isinstance), (type, _b_type), (int, _b_int)]
-    for name in ("sqrt", "fabs"):
-        table.append(_scalar_fn(name, True))
-    table.append(_scalar_fn("abs", True))
-    for name in ("exp", "log", "log2", "log10", "log1p", "expm1", "sin", "cos", "tan",
-                 "tanh", "sinh", "cosh", "atan", "asin", "acos", "erf", "erfc", "floor",
-                 "ceil", "trunc", "gamma", "lgamma"):
-        table.append(_scalar_fn(name, False))
+    for fn, prim in ((math.sqrt, P.SQRT), (math.fabs, P.ABS), (builtins.abs, P.ABS)):
+        table.append(_scalar_fn(fn, prim))
+    m = math
+    for fn in (m.exp, m.log, m.log2, m.log10, m.log1p, m.expm1, m.sin, m.cos, m.tan, m.tanh,
+               m.sinh, m.cosh, m.atan, m.asin, m.acos, m.erf, m.erfc, m.floor, m.ceil,
+               m.trunc, m.gamma, m.lgamma):
+        table.append(_scalar_fn(fn))
     for fn, handler in table:
         _BUILTINS[id(fn)] = (fn, handler)
 

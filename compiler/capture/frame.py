@@ -634,20 +634,20 @@ def _to_bool(f, inst):
 
 @op("CALL_INTRINSIC_1")
 def _call_intrinsic_1(f, inst):
-    name = _INTRINSIC1[inst.arg]
+    intrinsic = _INTRINSIC1[inst.arg]
     a, s = f.pop()
-    if name == "INTRINSIC_UNARY_POSITIVE":
+    if intrinsic == "INTRINSIC_UNARY_POSITIVE":
         f.push(*f.cap.operator(f, operator.pos, [a], [s], "+"))
-    elif name == "INTRINSIC_LIST_TO_TUPLE":
+    elif intrinsic == "INTRINSIC_LIST_TO_TUPLE":
         f.push(tuple(a))
-    elif name == "INTRINSIC_STOPITERATION_ERROR":  # a generator let StopIteration escape
+    elif intrinsic == "INTRINSIC_STOPITERATION_ERROR":  # a generator let StopIteration escape
         exc = a
         if isinstance(a, StopIteration):
             exc = RuntimeError("generator raised StopIteration")
             exc.__cause__ = exc.__context__ = a
         raise Raised(exc)
     else:
-        raise NotInterpretable(f"{name} at {f.where()}")
+        raise NotInterpretable(f"{intrinsic} at {f.where()}")
 
 
 @op("LIST_TO_TUPLE")
@@ -932,9 +932,9 @@ def _make_function(f, inst):
     fn = types.FunctionType(code, f.globals, code.co_name,
                             parts.get("__defaults__", (None,))[0], closure)
     fn.__qualname__ = code.co_qualname
-    for name in ("__kwdefaults__", "__annotations__"):
-        if name in parts:
-            setattr(fn, name, parts[name][0])
+    for attr in ("__kwdefaults__", "__annotations__"):
+        if attr in parts:
+            setattr(fn, attr, parts[attr][0])
     f.cap.new_function(fn, parts)
     f.push(fn)
 
@@ -943,8 +943,8 @@ def _make_function(f, inst):
 def _set_function_attribute(f, inst):
     fn, _ = f.pop()
     v, s = f.pop()
-    name = dict(_FLAGS)[inst.arg]
-    if name == "__closure__":  # a new function's closure is fixed at creation
+    flag = dict(_FLAGS)[inst.arg]
+    if flag == "__closure__":  # a new function's closure is fixed at creation
         old = fn
         fn = types.FunctionType(old.__code__, old.__globals__, old.__name__, old.__defaults__,
                                 v)
@@ -955,8 +955,8 @@ def _set_function_attribute(f, inst):
         if parts is not None and parts[0] is old:
             f.cap.new_function(fn, parts[1])
     else:
-        setattr(fn, name, v)
-    f.cap.new_function(fn, {name: (v, s)})
+        setattr(fn, flag, v)
+    f.cap.new_function(fn, {flag: (v, s)})
     f.push(fn)
 
 

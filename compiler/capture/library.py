@@ -32,8 +32,8 @@ def _dirs() -> tuple:
     packages = {os.path.dirname(dyngrad.__file__),
                 os.path.dirname(os.path.dirname(os.path.abspath(__file__))),  # compiler/
                 os.path.dirname(np.__file__)}
-    for name in ("llvmlite", "networkx"):  # (found without importing them)
-        spec = importlib.util.find_spec(name)
+    for package in ("llvmlite", "networkx"):  # (found without importing them)
+        spec = importlib.util.find_spec(package)
         if spec is not None and spec.origin:
             packages.add(os.path.dirname(spec.origin))
     stdlib = {sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib")} - {None}

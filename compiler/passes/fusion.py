@@ -70,11 +70,16 @@ import heapq
 from dataclasses import dataclass
 
 from ..ir import Graph, VerifyError
+from ..prims import CONSTANT, ELEMENTWISE, REDUCTION, traits
 
 _OWN_KIND = {"matmul": "matmul", "index": "index", "movement": "movement",
              "creation": "creation", "random": "random"}
 _LOOP = ("ew", "reduce", "map")
-_CONSTANTS = ("full", "size_of")  # values known from parameters and shapes alone
+
+
+def _constant(n) -> bool:
+    """A value known from its parameters and shapes alone (full, size_of)."""
+    return traits(n.prim).role == CONSTANT
 
 
 @dataclass(eq=False)
@@ -102,20 +107,19 @@ class FusionGroup:
 
 def data_inputs(n) -> list:
     """The values a node reads the data of (``size_of`` reads only a shape)."""
-    return [] if n.prim.name == "size_of" else n.value_inputs()
+    return n.value_inputs() if traits(n.prim).reads_data else []
 
 
 def _is_map(n) -> bool:
-    name = n.prim.name
-    return name in ("reshape", "broadcast") or (
-        name == "slice" and all(s == 1 for s in n.params["steps"]))
+    return traits(n.prim).maps(n)
 
 
 def _relabels(n) -> bool:
     """A reshape, or a reduction over size-1 axes only: the same elements in the same order."""
-    if n.prim.name in ("sum", "max"):
+    t = traits(n.prim)
+    if t.role == REDUCTION:
         return all(n.inputs[0].shape[a] == 1 for a in n.params["axes"])
-    return n.prim.name == "reshape"
+    return t.relabels
 
 
 def _roles(g: Graph, producer: dict) -> list:
@@ -123,11 +127,11 @@ def _roles(g: Graph, producer: dict) -> list:
     for n in g.nodes:
         if n.out.weak:
             role = "weak"
-        elif n.prim.kind == "elementwise":
+        elif traits(n.prim).role == ELEMENTWISE:
             role = "ew"
-        elif n.prim.name in ("sum", "max"):
+        elif traits(n.prim).role == REDUCTION:
             role = "ew" if _relabels(n) else "reduce"  # over size-1 axes only: a copy
-        elif n.prim.name in ("full", "size_of"):
+        elif _constant(n):
             role = "leaf"
         elif _is_map(n):
             p = producer.get(id(n.inputs[0]))
@@ -218,11 +222,10 @@ class _Partition:
             else:
                 compute.append(i)
         if not compute:
-            kind = "creation" if any(nodes[i].prim.name in _CONSTANTS
-                                     for i in order) else "movement"
+            kind = "creation" if any(_constant(nodes[i]) for i in order) else "movement"
             return kind, nodes[order[-1]].out.shape, ()
         for i in chain:  # a shared index map would put its users in two groups
-            if roles[i] != "leaf" or nodes[i].prim.name not in _CONSTANTS:
+            if roles[i] != "leaf" or not _constant(nodes[i]):
                 if self.external[i] or any(u not in members for u in self.succs[i]):
                     return None
         reds = [i for i in compute if roles[i] == "reduce"]
@@ -266,7 +269,7 @@ class _Partition:
                     if [a for a in axmap[p] if a is not None] != \
                             [a for a in ax if a is not None]:
                         return None
-                elif n.prim.name == "slice":
+                elif traits(n.prim).window:  # (a slice: its positions shift)
                     return None
                 else:  # numpy broadcasting (elementwise, broadcast): right-aligned dims
                     lead = len(out_shape) - len(v.shape)
@@ -371,7 +374,7 @@ class _Partition:
             users = {self.find(u) for u in self.succs[i]}
             loops = sorted((r for r in users if {roles[m] for m in self.members[r]} <= fusable),
                            key=lambda r: self.first[r])
-            if roles[i] == "leaf" and nodes[i].prim.name in _CONSTANTS:
+            if roles[i] == "leaf" and _constant(nodes[i]):
                 for r in loops:
                     if self.try_merge(i, r):
                         break

@@ -64,6 +64,7 @@ import numpy as np
 from dyngrad.ops.primitive import AbstractValue
 
 from ..ir import Graph, Node, Value, VerifyError
+from ..prims import traits
 from ..symbolic import instantiate
 
 ALIGN = 64  # a cache line, and a full AVX-512 vector
@@ -410,7 +411,7 @@ def verify_plan(g: Graph, plan: MemoryPlan) -> None:
     life: dict = {}
     for n, t in zip(g.nodes, times):
         for x in n.value_inputs():
-            if n.prim.name == "size_of":
+            if not traits(n.prim).reads_data:
                 continue  # reads only its input's shape, known before anything runs
             if x.id in when and when[x.id] > t:
                 raise PlanError(f"plan: the steps run {n.out!r} ({n.prim.name}, step {t}) "

@@ -42,19 +42,15 @@ import struct
 
 import numpy as np
 
+from ... import prims as P
 from ...ir import Value
+from ...prims import CONSTANT, Lowerings, traits
 from . import jit, target, threads, vecmath
 
 FN_NAME = "dg_ew"
 
-_FBIN = {"add": "fadd", "sub": "fsub", "mul": "fmul", "div": "fdiv"}
-_FCMP = {"eq": "oeq", "ne": "une", "lt": "olt", "le": "ole", "gt": "ogt", "ge": "oge"}
-_ICMP = {"eq": "eq", "ne": "ne"}
-_VECMATH = ("exp", "log", "tanh", "sigmoid", "erf", "sin", "cos")
 _LLTYPE = {"float32": "float", "float64": "double", "bool": "i1", "int64": "i64"}
 _MEMTYPE = {"float": "float", "double": "double", "i1": "i8", "i64": "i64"}  # in a buffer
-_SCMP = {"eq": "eq", "ne": "ne", "lt": "slt", "le": "sle", "gt": "sgt", "ge": "sge"}
-_IBIN = {"add": "add", "sub": "sub", "mul": "mul"}  # int64: wrapping, as numpy's
 _SUFFIX = {"float": "f32", "double": "f64"}
 _EXACT_POW = (2.0, 0.5, -1.0, 1.0, 0.0)  # np.power computes these as x*x, sqrt, 1/x, x, 1
 _NEST_MIN = 8  # an elementwise kernel loops rows x last dim when that dim is at least this
@@ -161,31 +157,13 @@ class _Builder(_Emitter):
                                   f"a map of one")
 
     def map_view(self, n) -> None:
+        """Outside data read through an index map (see :data:`_VIEWS`): a strided view."""
         buf, shape, st, off = self.view(n.inputs[0])
-        name, out = n.prim.name, n.out.shape
-        if name == "slice":  # unit steps (fusion's rule): an offset, the same strides
-            p = n.params
-            if any(c != 1 for c in p["steps"]):
-                raise _unsupported("slice", "with steps (index map of outside data)")
-            off += sum(a * t for a, t in zip(p["starts"], st))
-            nst = list(st)
-        elif name == "broadcast":
-            lead = len(out) - len(shape)
-            nst = [0] * lead + [0 if (s == 1 and o != 1) else t
-                                for s, o, t in zip(shape, out[lead:], st)]
-        elif name == "reshape":
-            nz = [(s, t) for s, t in zip(shape, st) if s != 1]
-            if tuple(t for _, t in nz) == _c_strides(tuple(s for s, _ in nz)):
-                nst = list(_c_strides(out))  # contiguous: a row-major relabelling
-            elif tuple(s for s, _ in nz) == tuple(s for s in out if s != 1):
-                it = iter(t for _, t in nz)
-                nst = [next(it) if s != 1 else 0 for s in out]
-            else:
-                raise NotImplementedError("LLVM elementwise codegen: reshape of a broadcast "
-                                          "view that merges or splits dims")
-        else:
-            raise _unsupported(name, f"{_dtname(n.out)} (index map of outside data)")
-        self.views[id(n.out)] = (buf, tuple(out), tuple(nst), off)
+        rule = _VIEWS.get(n.prim)
+        if rule is None:
+            raise _unsupported(n.prim.name, f"{_dtname(n.out)} (index map of outside data)")
+        nst, off = rule(n, shape, st, off)
+        self.views[id(n.out)] = (buf, tuple(n.out.shape), tuple(nst), off)
 
     def index(self, strides: tuple) -> str:
         """The element offset, from the loop variables, for per-space-dim ``strides``."""
@@ -272,211 +250,47 @@ class _Builder(_Emitter):
             return self.reads[key], want
         return self.read(x, out_shape)
 
-    def int_node(self, n, ins) -> None:
-        """int64 arithmetic, wrapping on overflow as numpy's does."""
-        name = n.prim.name
-        a = [self.operand(x, n.out.shape, "i64")[0] for x in ins]
-        if name in _IBIN:
-            r = self.emit(f"{_IBIN[name]} i64 {a[0]}, {a[1]}")
-        elif name == "neg":
-            r = self.emit(f"sub i64 0, {a[0]}")
-        elif name == "abs":
-            c = self.emit(f"icmp slt i64 {a[0]}, 0")
-            m = self.emit(f"sub i64 0, {a[0]}")
-            r = self.emit(f"select i1 {c}, i64 {m}, i64 {a[0]}")
-        elif name in ("maximum", "minimum"):
-            c = self.emit(f"icmp {'sgt' if name == 'maximum' else 'slt'} i64 {a[0]}, {a[1]}")
-            r = self.emit(f"select i1 {c}, i64 {a[0]}, i64 {a[1]}")
-        else:
-            raise _unsupported(name, "int64")
-        self.at_i[id(n.out)] = (r, "i64")
+    def args(self, n, ty: str) -> list:
+        """The node's operands at point ``i``, as LLVM values of type ``ty``."""
+        return [self.operand(x, n.out.shape, ty)[0] for x in n.inputs]
 
     def weak_node(self, n) -> None:
         """Python-number arithmetic (an optimizer's hyperparameters): in float64, as numpy
         does it on Python floats; comparisons give 0.0 or 1.0."""
         name = n.prim.name
-        if name not in _FBIN and name not in _FCMP and name not in (
-                "neg", "abs", "sqrt", "maximum", "minimum"):
+        if n.prim not in _WEAK and n.prim not in _FCMP:
             raise _unsupported(name, "scalar (weak Python number)")
         for x in n.inputs:
             if isinstance(x, Value) and not x.weak:
                 raise _unsupported(name, "scalar (weak) with a tensor operand")
-        a = [self.operand(x, (), "double")[0] for x in n.inputs]
-        if name in _FBIN:
-            r = self.emit(f"{_FBIN[name]} double {a[0]}, {a[1]}")
-        elif name in _FCMP:
-            c = self.emit(f"fcmp {_FCMP[name]} double {a[0]}, {a[1]}")
+        if n.prim in _FCMP:
+            a = self.args(n, "double")
+            c = self.emit(f"fcmp {_FCMP[n.prim]} double {a[0]}, {a[1]}")
             r = self.emit(f"uitofp i1 {c} to double")
-        elif name == "neg":
-            r = self.emit(f"fneg double {a[0]}")
-        elif name in ("abs", "sqrt"):
-            r = self.emit(f"call double @llvm.{'fabs' if name == 'abs' else 'sqrt'}.f64("
-                          f"double {a[0]})")
         else:
-            c = self.emit(f"fcmp {'ogt' if name == 'maximum' else 'olt'} double {a[0]}, {a[1]}")
-            m = self.emit(f"select i1 {c}, double {a[0]}, double {a[1]}")
-            nan = self.emit(f"fcmp uno double {a[0]}, {a[0]}")
-            r = self.emit(f"select i1 {nan}, double {a[0]}, double {m}")
+            r = _ARITH[n.prim](self, n, "double")
         self.at_i[id(n.out)] = (r, "double")
 
     def node(self, n) -> None:
-        name, out = n.prim.name, n.out
-        if out.weak:
+        """Lower node ``n`` at point ``i``: its own rule (:data:`_NODES`), or an arithmetic
+        rule (:data:`_ARITH`) on operands of the output's dtype."""
+        if n.out.weak:
             self.weak_node(n)
             return
-        odt = out.dtype.name
-        if name in ("full", "size_of"):  # constants: a parameter, or known from a shape
-            if odt not in _LLTYPE:
-                raise _unsupported(name, odt)
-            value = n.params["value"] if name == "full" else \
-                math.prod(n.inputs[0].shape[a] for a in n.params["axes"])
-            self.consts[id(out)] = (value, odt)
+        rule = _NODES.get(n.prim)
+        if rule is not None:
+            rule(self, n)
             return
-        if name == "slice" and isinstance(n.inputs[0], Value) and (
-                id(n.inputs[0]) in self.ptr or id(n.inputs[0]) in self.views):
-            self.map_view(n)  # a unit-step slice of outside data: an offset view
-            return
-        if name in ("broadcast", "reshape", "sum", "max"):
-            src = n.inputs[0]
-            if isinstance(src, Value) and id(src) in self.consts:
-                self.consts[id(out)] = self.consts[id(src)]
-                return
-            if isinstance(src, Value) and id(src) in self.at_i and src.dtype is out.dtype \
-                    and math.prod(src.shape) == math.prod(out.shape):
-                val, ty = self.at_i[id(src)]  # a copy at the same point
-                if name == "sum" and ty in ("float", "double"):  # numpy's sum starts at +0.0
-                    val = self.emit(f"fadd {ty} {val}, {_const(0.0, ty)}")
-                self.at_i[id(out)] = (val, ty)
-                return
-            if name in ("broadcast", "reshape") and isinstance(src, Value) and (
-                    id(src) in self.ptr or id(src) in self.views):
-                self.map_view(n)
-                return
-            if name in ("sum", "max") and isinstance(src, Value) and src.dtype is out.dtype \
-                    and odt in ("float32", "float64") and (
-                    id(src) in self.ptr or id(src) in self.views) \
-                    and math.prod(src.shape) == math.prod(out.shape):
-                # over size-1 axes: the same elements in the same order, read as a reshape
-                buf, shape, st, base = self.view(src)
-                it = iter([t for d, t in zip(shape, st) if d != 1])
-                self.views[id(out)] = (buf, tuple(out.shape),
-                                       tuple(next(it) if d != 1 else 0 for d in out.shape), base)
-                val, ty = self.read(out, out.shape)
-                if name == "sum":  # numpy's sum starts at +0.0
-                    val = self.emit(f"fadd {ty} {val}, {_const(0.0, ty)}")
-                self.at_i[id(out)] = (val, ty)
-                return
-            raise _unsupported(name, odt)
-        ins = n.inputs
-        vals = [x for x in ins if isinstance(x, Value) and not x.weak]
-        in_dts = {x.dtype.name for x in vals if x.dtype is not None}
-        if name in _FCMP:
-            if not vals or len(in_dts) != 1 or next(iter(in_dts)) not in _LLTYPE:
-                raise _unsupported(name, "/".join(sorted(in_dts)) or "literals")
-            ty = _LLTYPE[next(iter(in_dts))]
-            if ty == "i64" and any(isinstance(x, float) or (isinstance(x, Value) and x.weak)
-                                   for x in ins):  # numpy would compare as float64
-                raise _unsupported(name, "int64 with a float or Python-number operand")
-            (a, _), (b, _) = (self.operand(x, out.shape, ty) for x in ins)
-            if ty == "i64":
-                r = self.emit(f"icmp {_SCMP[name]} i64 {a}, {b}")
-            elif ty != "i1":
-                r = self.emit(f"fcmp {_FCMP[name]} {ty} {a}, {b}")
-            elif name in _ICMP:
-                r = self.emit(f"icmp {_ICMP[name]} i1 {a}, {b}")
-            else:
-                raise _unsupported(name, "bool")
-            self.at_i[id(out)] = (r, "i1")
-            return
-        if name == "cast":
-            src = ins[0]
-            sdt = _dtname(src)
-            if sdt not in _LLTYPE or odt not in _LLTYPE or (sdt != odt and "bool" == odt
-                                                             and sdt != "int64") or (
-                    odt == "int64" and sdt not in ("int64", "bool")):
-                raise _unsupported("cast", f"{sdt}->{odt}")
-            sty, oty = _LLTYPE[sdt], _LLTYPE[odt]
-            a, _ = self.operand(src, out.shape, sty)
-            if sty == oty:
-                self.at_i[id(out)] = (a, oty)
-            elif sty == "i1":  # bool -> number: 0 or 1
-                op = "zext" if oty == "i64" else "uitofp"
-                self.at_i[id(out)] = (self.emit(f"{op} i1 {a} to {oty}"), oty)
-            elif sty == "i64":  # int64 -> float (rounded to nearest) or -> bool
-                self.at_i[id(out)] = (self.emit(f"icmp ne i64 {a}, 0"), oty) if oty == "i1" \
-                    else (self.emit(f"sitofp i64 {a} to {oty}"), oty)
-            else:  # float32 <-> float64, rounded to nearest as numpy's astype
-                op = "fpext" if oty == "double" else "fptrunc"
-                self.at_i[id(out)] = (self.emit(f"{op} {sty} {a} to {oty}"), oty)
-            return
-        if odt not in _LLTYPE:
-            raise _unsupported(name, odt)
+        arith = _ARITH.get(n.prim)
+        odt = n.out.dtype.name
+        if arith is None or odt not in _LLTYPE:
+            raise _unsupported(n.prim.name, odt)
         ty = _LLTYPE[odt]
-        if name == "where":
-            c, _ = self.operand(ins[0], out.shape, "i1")
-            (a, _), (b, _) = (self.operand(x, out.shape, ty) for x in ins[1:])
-            self.at_i[id(out)] = (self.emit(f"select i1 {c}, {ty} {a}, {ty} {b}"), ty)
-            return
+        in_dts = {x.dtype.name for x in n.inputs
+                  if isinstance(x, Value) and not x.weak and x.dtype is not None}
         if ty == "i1" or any(d != odt for d in in_dts):
-            raise _unsupported(name, "/".join(sorted(in_dts | {odt})))
-        if ty == "i64":
-            self.int_node(n, ins)
-            return
-        libm_pow = False
-        if name == "pow":  # literal exponents numpy computes exactly: x², √x, 1/x, x, 1
-            e = ins[1]
-            e = self.consts[id(e)][0] if isinstance(e, Value) and id(e) in self.consts else e
-            if isinstance(e, Value) or float(e) not in _EXACT_POW:
-                invariant = all(math.prod(x.shape) <= 1 for x in ins if isinstance(x, Value))
-                if math.prod(self.group.shape) > _LIBM_MAX and not invariant:
-                    raise _unsupported("pow", f"{odt} with exponent {_dtname(ins[1])} other "
-                                              f"than a literal {sorted(_EXACT_POW)}")
-                libm_pow = True  # a few elements, or one value the loop does not change
-                #                  (Adam's bias correction, hoisted by LLVM): libm, as numpy
-            else:
-                ins = [ins[0]]
-        args = [self.operand(x, out.shape, ty)[0] for x in ins]
-        sfx = _SUFFIX[ty]
-        if libm_pow:
-            r = self.emit(f"call {ty} @llvm.pow.{sfx}({ty} {args[0]}, {ty} {args[1]})")
-        elif name == "pow":
-            e, a = float(e), args[0]
-            r = (self.emit(f"fmul {ty} {a}, {a}") if e == 2.0 else
-                 self.emit(f"call {ty} @llvm.sqrt.{sfx}({ty} {a})") if e == 0.5 else
-                 self.emit(f"fdiv {ty} {_const(1.0, ty)}, {a}") if e == -1.0 else
-                 self.emit(f"fadd {ty} {a}, {_const(-0.0, ty)}") if e == 1.0 else
-                 _const(1.0, ty))
-        elif name == "sign":  # numpy: NaN stays NaN, ±0 gives +0
-            a = args[0]
-            pos = self.emit(f"fcmp ogt {ty} {a}, {_const(0.0, ty)}")
-            neg = self.emit(f"fcmp olt {ty} {a}, {_const(0.0, ty)}")
-            nan = self.emit(f"fcmp uno {ty} {a}, {a}")
-            t = self.emit(f"select i1 {neg}, {ty} {_const(-1.0, ty)}, {ty} {_const(0.0, ty)}")
-            t = self.emit(f"select i1 {pos}, {ty} {_const(1.0, ty)}, {ty} {t}")
-            r = self.emit(f"select i1 {nan}, {ty} {a}, {ty} {t}")
-        elif name == "floor":
-            r = self.emit(f"call {ty} @llvm.floor.{sfx}({ty} {args[0]})")
-        elif name in _FBIN:
-            r = self.emit(f"{_FBIN[name]} {ty} {args[0]}, {args[1]}")
-        elif name == "neg":
-            r = self.emit(f"fneg {ty} {args[0]}")
-        elif name == "abs":
-            r = self.emit(f"call {ty} @llvm.fabs.{sfx}({ty} {args[0]})")
-        elif name == "sqrt":
-            r = self.emit(f"call {ty} @llvm.sqrt.{sfx}({ty} {args[0]})")
-        elif name in ("maximum", "minimum"):  # numpy: NaN if either is NaN
-            a, b = args
-            c = self.emit(f"fcmp {'ogt' if name == 'maximum' else 'olt'} {ty} {a}, {b}")
-            m = self.emit(f"select i1 {c}, {ty} {a}, {ty} {b}")
-            nan = self.emit(f"fcmp uno {ty} {a}, {a}")
-            r = self.emit(f"select i1 {nan}, {ty} {a}, {ty} {m}")
-        elif name in _VECMATH and ty == "float":
-            if name not in self.vecmath:
-                self.vecmath.append(name)
-            r = self.emit(f"call float @dg_{name}f(float {args[0]})")
-        else:
-            raise _unsupported(name, odt)
-        self.at_i[id(out)] = (r, ty)
+            raise _unsupported(n.prim.name, "/".join(sorted(in_dts | {odt})))
+        self.at_i[id(n.out)] = (arith(self, n, ty), ty)
 
     def build(self, name: str = FN_NAME, prelude: bool = True) -> tuple:
         """(IR text, function name, arg layout); without ``prelude`` the text holds only the
@@ -593,6 +407,285 @@ class _Builder(_Emitter):
         return threads.DECLARATIONS if getattr(self, "par", False) else ""
 
 
+# ------------------------------------------------------------------ lowering rules
+# How each primitive becomes LLVM IR in a loop kernel, keyed by its record. A new
+# elementwise primitive needs one rule in _ARITH (its dtypes dispatched inside the rule;
+# a new float32 transcendental also its vecmath function).
+
+_VIEWS = Lowerings("LLVM index map of outside data")  # (node, shape, strides, offset)
+#                                                       -> (strides, offset) of the view
+_NODES = Lowerings("LLVM elementwise codegen")  # rule(builder, node): sets at_i or consts
+_ARITH = Lowerings("LLVM elementwise codegen")  # rule(builder, node, lltype) -> SSA value
+_WEAK = (P.ADD, P.SUB, P.MUL, P.DIV, P.NEG, P.ABS, P.SQRT, P.MAXIMUM, P.MINIMUM)  # on Python
+#                                                   numbers too (float64: weak_node)
+_FCMP = {P.EQ: "oeq", P.NE: "une", P.LT: "olt", P.LE: "ole", P.GT: "ogt", P.GE: "oge"}
+_SCMP = {P.EQ: "eq", P.NE: "ne", P.LT: "slt", P.LE: "sle", P.GT: "sgt", P.GE: "sge"}
+_ICMP = {P.EQ: "eq", P.NE: "ne"}  # bool operands
+_FBIN = {P.ADD: "fadd", P.SUB: "fsub", P.MUL: "fmul", P.DIV: "fdiv"}
+_IBIN = {P.ADD: "add", P.SUB: "sub", P.MUL: "mul"}  # int64: wrapping, as numpy's
+
+
+@_VIEWS(P.SLICE)
+def _slice_view(n, shape, st, off):  # unit steps (fusion's rule): an offset, same strides
+    p = n.params
+    if any(c != 1 for c in p["steps"]):
+        raise _unsupported(n.prim.name, "with steps (index map of outside data)")
+    return list(st), off + sum(a * t for a, t in zip(p["starts"], st))
+
+
+@_VIEWS(P.BROADCAST)
+def _broadcast_view(n, shape, st, off):
+    out = n.out.shape
+    lead = len(out) - len(shape)
+    return [0] * lead + [0 if (s == 1 and o != 1) else t
+                         for s, o, t in zip(shape, out[lead:], st)], off
+
+
+@_VIEWS(P.RESHAPE)
+def _reshape_view(n, shape, st, off):
+    out = n.out.shape
+    nz = [(s, t) for s, t in zip(shape, st) if s != 1]
+    if tuple(t for _, t in nz) == _c_strides(tuple(s for s, _ in nz)):
+        return list(_c_strides(out)), off  # contiguous: a row-major relabelling
+    if tuple(s for s, _ in nz) == tuple(s for s in out if s != 1):
+        it = iter(t for _, t in nz)
+        return [next(it) if s != 1 else 0 for s in out], off
+    raise NotImplementedError("LLVM elementwise codegen: reshape of a broadcast view that "
+                              "merges or splits dims")
+
+
+@_NODES(P.FULL)
+def _full(b: _Builder, n) -> None:  # a constant: a parameter
+    _constant(b, n, n.params["value"])
+
+
+@_NODES(P.SIZE_OF)
+def _size_of(b: _Builder, n) -> None:  # a constant: known from a shape
+    _constant(b, n, math.prod(n.inputs[0].shape[a] for a in n.params["axes"]))
+
+
+def _constant(b: _Builder, n, value) -> None:
+    if n.out.dtype.name not in _LLTYPE:
+        raise _unsupported(n.prim.name, n.out.dtype.name)
+    b.consts[id(n.out)] = (value, n.out.dtype.name)
+
+
+def _outside(b: _Builder, v) -> bool:
+    return isinstance(v, Value) and (id(v) in b.ptr or id(v) in b.views)
+
+
+@_NODES(P.SLICE)
+def _slice(b: _Builder, n) -> None:
+    if not _outside(b, n.inputs[0]):
+        raise _unsupported(n.prim.name, n.out.dtype.name)
+    b.map_view(n)  # a unit-step slice of outside data: an offset view
+
+
+@_NODES(P.BROADCAST, P.RESHAPE)
+def _map(b: _Builder, n) -> None:
+    if not _copy(b, n, plus_zero=False):
+        if not _outside(b, n.inputs[0]):
+            raise _unsupported(n.prim.name, n.out.dtype.name)
+        b.map_view(n)
+
+
+@_NODES(P.SUM, P.MAX)
+def _relabelled_reduction(b: _Builder, n) -> None:
+    """A reduction over size-1 axes (fusion's rule): the same elements in the same order,
+    read as a reshape. numpy's sum starts at +0.0 (so -0.0 becomes +0.0); max is a copy."""
+    plus_zero = n.prim is P.SUM
+    if _copy(b, n, plus_zero):
+        return
+    src, out, odt = n.inputs[0], n.out, n.out.dtype.name
+    if not (_outside(b, src) and src.dtype is out.dtype and odt in ("float32", "float64")
+            and math.prod(src.shape) == math.prod(out.shape)):
+        raise _unsupported(n.prim.name, odt)
+    buf, shape, st, base = b.view(src)
+    it = iter([t for d, t in zip(shape, st) if d != 1])
+    b.views[id(out)] = (buf, tuple(out.shape),
+                        tuple(next(it) if d != 1 else 0 for d in out.shape), base)
+    val, ty = b.read(out, out.shape)
+    if plus_zero:
+        val = b.emit(f"fadd {ty} {val}, {_const(0.0, ty)}")
+    b.at_i[id(out)] = (val, ty)
+
+
+def _copy(b: _Builder, n, plus_zero: bool) -> bool:
+    """A map or relabelling of a constant or of a value computed at the same point: the
+    same value (True), else False."""
+    src, out = n.inputs[0], n.out
+    if isinstance(src, Value) and id(src) in b.consts:
+        b.consts[id(out)] = b.consts[id(src)]
+        return True
+    if isinstance(src, Value) and id(src) in b.at_i and src.dtype is out.dtype \
+            and math.prod(src.shape) == math.prod(out.shape):
+        val, ty = b.at_i[id(src)]  # a copy at the same point
+        if plus_zero and ty in ("float", "double"):
+            val = b.emit(f"fadd {ty} {val}, {_const(0.0, ty)}")
+        b.at_i[id(out)] = (val, ty)
+        return True
+    return False
+
+
+@_NODES(*_FCMP)
+def _compare(b: _Builder, n) -> None:
+    ins = n.inputs
+    vals = [x for x in ins if isinstance(x, Value) and not x.weak]
+    in_dts = {x.dtype.name for x in vals if x.dtype is not None}
+    if not vals or len(in_dts) != 1 or next(iter(in_dts)) not in _LLTYPE:
+        raise _unsupported(n.prim.name, "/".join(sorted(in_dts)) or "literals")
+    ty = _LLTYPE[next(iter(in_dts))]
+    if ty == "i64" and any(isinstance(x, float) or (isinstance(x, Value) and x.weak)
+                           for x in ins):  # numpy would compare as float64
+        raise _unsupported(n.prim.name, "int64 with a float or Python-number operand")
+    a, c = b.args(n, ty)
+    if ty == "i64":
+        r = b.emit(f"icmp {_SCMP[n.prim]} i64 {a}, {c}")
+    elif ty != "i1":
+        r = b.emit(f"fcmp {_FCMP[n.prim]} {ty} {a}, {c}")
+    elif n.prim in _ICMP:
+        r = b.emit(f"icmp {_ICMP[n.prim]} i1 {a}, {c}")
+    else:
+        raise _unsupported(n.prim.name, "bool")
+    b.at_i[id(n.out)] = (r, "i1")
+
+
+@_NODES(P.CAST)
+def _cast(b: _Builder, n) -> None:
+    src, odt = n.inputs[0], n.out.dtype.name
+    sdt = _dtname(src)
+    if sdt not in _LLTYPE or odt not in _LLTYPE or (sdt != odt and "bool" == odt
+                                                    and sdt != "int64") or (
+            odt == "int64" and sdt not in ("int64", "bool")):
+        raise _unsupported(n.prim.name, f"{sdt}->{odt}")
+    sty, oty = _LLTYPE[sdt], _LLTYPE[odt]
+    a, _ = b.operand(src, n.out.shape, sty)
+    if sty == oty:
+        r = a
+    elif sty == "i1":  # bool -> number: 0 or 1
+        r = b.emit(f"{'zext' if oty == 'i64' else 'uitofp'} i1 {a} to {oty}")
+    elif sty == "i64":  # int64 -> float (rounded to nearest) or -> bool
+        r = b.emit(f"icmp ne i64 {a}, 0") if oty == "i1" else b.emit(f"sitofp i64 {a} to {oty}")
+    else:  # float32 <-> float64, rounded to nearest as numpy's astype
+        r = b.emit(f"{'fpext' if oty == 'double' else 'fptrunc'} {sty} {a} to {oty}")
+    b.at_i[id(n.out)] = (r, oty)
+
+
+@_NODES(P.WHERE)
+def _where(b: _Builder, n) -> None:
+    odt = n.out.dtype.name
+    if odt not in _LLTYPE:
+        raise _unsupported(n.prim.name, odt)
+    ty = _LLTYPE[odt]
+    c, _ = b.operand(n.inputs[0], n.out.shape, "i1")
+    (x, _), (y, _) = (b.operand(v, n.out.shape, ty) for v in n.inputs[1:])
+    b.at_i[id(n.out)] = (b.emit(f"select i1 {c}, {ty} {x}, {ty} {y}"), ty)
+
+
+def _float_only(n, ty: str) -> None:
+    if ty == "i64":
+        raise _unsupported(n.prim.name, "int64")
+
+
+@_ARITH(*_FBIN)
+def _binary(b: _Builder, n, ty: str) -> str:
+    a, c = b.args(n, ty)
+    if ty == "i64":
+        if n.prim not in _IBIN:
+            raise _unsupported(n.prim.name, "int64")
+        return b.emit(f"{_IBIN[n.prim]} i64 {a}, {c}")
+    return b.emit(f"{_FBIN[n.prim]} {ty} {a}, {c}")
+
+
+@_ARITH(P.NEG)
+def _neg(b: _Builder, n, ty: str) -> str:
+    a, = b.args(n, ty)
+    return b.emit(f"sub i64 0, {a}") if ty == "i64" else b.emit(f"fneg {ty} {a}")
+
+
+@_ARITH(P.ABS)
+def _abs(b: _Builder, n, ty: str) -> str:
+    a, = b.args(n, ty)
+    if ty == "i64":
+        c = b.emit(f"icmp slt i64 {a}, 0")
+        m = b.emit(f"sub i64 0, {a}")
+        return b.emit(f"select i1 {c}, i64 {m}, i64 {a}")
+    return b.emit(f"call {ty} @llvm.fabs.{_SUFFIX[ty]}({ty} {a})")
+
+
+@_ARITH(P.MAXIMUM, P.MINIMUM)
+def _extremum(b: _Builder, n, ty: str) -> str:
+    a, c = b.args(n, ty)
+    bigger = n.prim is P.MAXIMUM
+    if ty == "i64":
+        gt = b.emit(f"icmp {'sgt' if bigger else 'slt'} i64 {a}, {c}")
+        return b.emit(f"select i1 {gt}, i64 {a}, i64 {c}")
+    gt = b.emit(f"fcmp {'ogt' if bigger else 'olt'} {ty} {a}, {c}")  # numpy: NaN if either
+    m = b.emit(f"select i1 {gt}, {ty} {a}, {ty} {c}")                # is NaN
+    nan = b.emit(f"fcmp uno {ty} {a}, {a}")
+    return b.emit(f"select i1 {nan}, {ty} {a}, {ty} {m}")
+
+
+_INTRINSICS = {P.SQRT: "sqrt", P.FLOOR: "floor"}  # LLVM intrinsics numpy agrees with bit for bit
+
+
+@_ARITH(*_INTRINSICS)
+def _intrinsic(b: _Builder, n, ty: str) -> str:
+    _float_only(n, ty)
+    a, = b.args(n, ty)
+    return b.emit(f"call {ty} @llvm.{_INTRINSICS[n.prim]}.{_SUFFIX[ty]}({ty} {a})")
+
+
+@_ARITH(P.SIGN)
+def _sign(b: _Builder, n, ty: str) -> str:  # numpy: NaN stays NaN, ±0 gives +0
+    _float_only(n, ty)
+    a, = b.args(n, ty)
+    pos = b.emit(f"fcmp ogt {ty} {a}, {_const(0.0, ty)}")
+    neg = b.emit(f"fcmp olt {ty} {a}, {_const(0.0, ty)}")
+    nan = b.emit(f"fcmp uno {ty} {a}, {a}")
+    t = b.emit(f"select i1 {neg}, {ty} {_const(-1.0, ty)}, {ty} {_const(0.0, ty)}")
+    t = b.emit(f"select i1 {pos}, {ty} {_const(1.0, ty)}, {ty} {t}")
+    return b.emit(f"select i1 {nan}, {ty} {a}, {ty} {t}")
+
+
+@_ARITH(P.POW)
+def _pow(b: _Builder, n, ty: str) -> str:
+    """Literal exponents numpy computes exactly: x², √x, 1/x, x, 1; otherwise libm's pow,
+    only on a few elements or a value the loop does not change (Adam's bias correction,
+    hoisted by LLVM), never in a hot loop."""
+    _float_only(n, ty)
+    x, e = n.inputs
+    e = b.consts[id(e)][0] if isinstance(e, Value) and id(e) in b.consts else e
+    sfx = _SUFFIX[ty]
+    if isinstance(e, Value) or float(e) not in _EXACT_POW:
+        invariant = all(math.prod(v.shape) <= 1 for v in n.inputs if isinstance(v, Value))
+        if math.prod(b.group.shape) > _LIBM_MAX and not invariant:
+            raise _unsupported(n.prim.name, f"{_dtname(n.out)} with exponent "
+                                            f"{_dtname(n.inputs[1])} other than a literal "
+                                            f"{sorted(_EXACT_POW)}")
+        a, p = b.args(n, ty)
+        return b.emit(f"call {ty} @llvm.pow.{sfx}({ty} {a}, {ty} {p})")
+    a, _ = b.operand(x, n.out.shape, ty)
+    e = float(e)
+    return (b.emit(f"fmul {ty} {a}, {a}") if e == 2.0 else
+            b.emit(f"call {ty} @llvm.sqrt.{sfx}({ty} {a})") if e == 0.5 else
+            b.emit(f"fdiv {ty} {_const(1.0, ty)}, {a}") if e == -1.0 else
+            b.emit(f"fadd {ty} {a}, {_const(-0.0, ty)}") if e == 1.0 else
+            _const(1.0, ty))
+
+
+@_ARITH(*vecmath.PRIMITIVES)
+def _vecmath(b: _Builder, n, ty: str) -> str:
+    """A float32 transcendental: the vecmath polynomial (vecmath.py: its ulp bound)."""
+    if ty != "float":
+        raise _unsupported(n.prim.name, _dtname(n.out))
+    a, = b.args(n, ty)
+    fn = vecmath.PRIMITIVES[n.prim]
+    if fn not in b.vecmath:
+        b.vecmath.append(fn)
+    return b.emit(f"call float @dg_{fn}f(float {a})")
+
+
 _PAR_BLOCK = 1 << 14  # elements per block (a part for the pool) of an elementwise kernel of
 #                      two blocks or more: ~10 µs of streaming each, far above a part's cost
 
@@ -630,7 +723,7 @@ def constant_outputs(g, group) -> list:
     """The group's outputs that are constants (``full``, ``size_of``) it hands to other
     groups: computed by their own primitive, not by the kernel (they need no loop)."""
     producer = {id(g.nodes[i].out): g.nodes[i] for i in group.nodes}
-    return [v for v in group.outputs if producer[id(v)].prim.name in ("full", "size_of")]
+    return [v for v in group.outputs if traits(producer[id(v)].prim).role == CONSTANT]
 
 
 def kernel_outputs(g, group) -> list:
@@ -768,7 +861,7 @@ def run_group(g, group, arrays) -> list:
 
 def constant_value(n) -> np.ndarray:
     """The value of a ``full`` or ``size_of`` node (known from its params and shapes)."""
-    if n.prim.name == "size_of":
+    if not traits(n.prim).reads_data:  # (size_of: only its input's shape)
         return np.asarray(n.prim.impl(np.empty(n.inputs[0].shape, np.int8), **n.params))
     return np.asarray(n.prim.impl(**n.params))
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+from ... import prims as P
+from ...prims import Lowerings
 from .codegen import (
     _LLTYPE,
     _MEMTYPE,
@@ -29,7 +31,7 @@ class _IndexBuilder(_Emitter):
         if len(group.nodes) != 1:
             raise NotImplementedError("LLVM index codegen: a group of more than one node")
         self.n = g.nodes[group.nodes[0]]
-        if self.n.prim.name not in ("gather", "scatter_add", "index_check"):
+        if self.n.prim not in (P.GATHER, P.SCATTER_ADD, P.INDEX_CHECK):
             raise NotImplementedError(f"LLVM index codegen: {self.n.prim.name}")
         dt = self.n.out.dtype.name
         if dt not in _LLTYPE or dt == "bool":
@@ -75,10 +77,11 @@ class _IndexBuilder(_Emitter):
             raise NotImplementedError("LLVM index codegen: one output")
         ptr = {id(v): f"%a{k}" for k, v in enumerate(layout)}
         ty = _MEMTYPE[_LLTYPE[n.out.dtype.name]]
-        if n.prim.name == "index_check":
+        if n.prim is P.INDEX_CHECK:
             return self._check(name, prelude, layout, ptr)
         axis = n.params["axis"]
-        if n.prim.name == "gather":
+        gather = n.prim is P.GATHER  # (else scatter_add)
+        if gather:
             x, idx = n.inputs
             xs = x.shape
             if not xs:
@@ -92,7 +95,7 @@ class _IndexBuilder(_Emitter):
         m = math.prod(idx.shape)
         L = self.lines
         px, pi, po = (ptr[id(n.inputs[0])], ptr[id(idx)], ptr[id(n.out)])
-        if n.prim.name == "scatter_add":  # out = base, then validate, then add in order
+        if not gather:  # scatter_add: out = base, then validate, then add in order
             total = math.prod(xs)
             L.append("entry:\n  br label %cp\ncp:\n  %c = phi i64 [0, %entry], [%c.n, %cp]")
             a = self.emit(f"getelementptr inbounds {ty}, ptr {px}, i64 %c")
@@ -133,7 +136,7 @@ class _IndexBuilder(_Emitter):
         L.append("  br label %r.loop\nr.loop:\n  %r = phi i64 [0, %j.loop], [%r.n, %r.loop]")
         ik = self.emit(f"add i64 {rowk}, %r")
         ij = self.emit(f"add i64 {rowj}, %r")
-        if n.prim.name == "gather":
+        if gather:
             a = self.emit(f"getelementptr inbounds {ty}, ptr {px}, i64 {ik}")
             v = self.emit(f"load {ty}, ptr {a}")
             b = self.emit(f"getelementptr inbounds {ty}, ptr {po}, i64 {ij}")
@@ -172,10 +175,7 @@ class _MoveBuilder(_Emitter):
             raise NotImplementedError("LLVM movement codegen: more than one output")
         self.producer = {id(g.nodes[i].out): g.nodes[i] for i in group.nodes}
         for i in group.nodes:
-            n = g.nodes[i]
-            if n.prim.name not in ("reshape", "broadcast", "permute", "slice", "pad",
-                                   "concat"):
-                raise NotImplementedError(f"LLVM movement codegen: {n.prim.name}")
+            _MOVES.of(g.nodes[i].prim)
         out = group.outputs[0]
         if out.dtype is None or out.dtype.name not in _LLTYPE or math.prod(out.shape) == 0:
             raise NotImplementedError("LLVM movement codegen: dtype or empty output")
@@ -207,51 +207,7 @@ class _MoveBuilder(_Emitter):
             p = self.emit(f"getelementptr inbounds {self.ty}, ptr {self.ptr[id(v)]}, "
                           f"i64 {self._flat(idx, v.shape)}")
             return self.emit(f"load {self.ty}, ptr {p}")
-        name, prm, src = n.prim.name, n.params, n.inputs[0]
-        if name == "reshape":  # the same row-major order
-            return self.value_at(src, self._split(self._flat(idx, v.shape), src.shape))
-        if name == "broadcast":
-            lead = len(v.shape) - len(src.shape)
-            return self.value_at(src, [idx[d + lead] if s != 1 else "0"
-                                       for d, s in enumerate(src.shape)])
-        if name == "permute":
-            inner = [None] * len(prm["perm"])
-            for d, p in enumerate(prm["perm"]):
-                inner[p] = idx[d]
-            return self.value_at(src, inner)
-        if name == "slice":
-            inner = []
-            for i, a, c in zip(idx, prm["starts"], prm["steps"]):
-                t = i if c == 1 else self.emit(f"mul i64 {i}, {c}")
-                inner.append(t if a == 0 else self.emit(f"add i64 {t}, {a}"))
-            return self.value_at(src, inner)
-        if name == "pad":
-            ok, inner = "true", []
-            for i, n_d, (lo, _, it) in zip(idx, src.shape, prm["pads"]):
-                t = self.emit(f"sub i64 {i}, {lo}")
-                q = t if it == 0 else self.emit(f"sdiv i64 {t}, {it + 1}")
-                good = self.emit(f"icmp sge i64 {t}, 0")
-                good = self.emit(f"and i1 {good}, {self.emit(f'icmp slt i64 {q}, {n_d}')}")
-                if it:
-                    r = self.emit(f"srem i64 {t}, {it + 1}")
-                    good = self.emit(f"and i1 {good}, {self.emit(f'icmp eq i64 {r}, 0')}")
-                ok = good if ok == "true" else self.emit(f"and i1 {ok}, {good}")
-                inner.append(self.emit(f"select i1 {good}, i64 {q}, i64 0"))
-            val = self.value_at(src, inner)
-            return self.emit(f"select i1 {ok}, {self.ty} {val}, {self.ty} "
-                             f"{self._const(prm['value'])}")
-        # concat: the input whose range along the axis holds the index
-        axis, start, result = prm["axis"], 0, None
-        for x in n.inputs:
-            size = x.shape[axis]
-            t = self.emit(f"sub i64 {idx[axis]}, {start}")
-            inside = self.emit(f"icmp ult i64 {t}, {size}")
-            clamped = self.emit(f"select i1 {inside}, i64 {t}, i64 0")
-            val = self.value_at(x, idx[:axis] + [clamped] + idx[axis + 1:])
-            result = val if result is None else self.emit(
-                f"select i1 {inside}, {self.ty} {val}, {self.ty} {result}")
-            start += size
-        return result
+        return _MOVES.of(n.prim)(self, n, v, idx)
 
     def build(self, name: str = FN_NAME, prelude: bool = True) -> tuple:
         grp = self.group
@@ -275,3 +231,71 @@ class _MoveBuilder(_Emitter):
                 + f"define internal void @{name}_body({params}) alwaysinline {{\n"
                 + "\n".join(self.lines) + "\n}\n\n" + _entry(name, len(layout)))
         return text, name, layout
+
+
+# Each movement primitive maps an output multi-index back to its input's (see _MoveBuilder).
+_MOVES = Lowerings("LLVM movement codegen")
+
+
+@_MOVES(P.RESHAPE)
+def _reshape(b: _MoveBuilder, n, v, idx: list) -> str:  # the same row-major order
+    src = n.inputs[0]
+    return b.value_at(src, b._split(b._flat(idx, v.shape), src.shape))
+
+
+@_MOVES(P.BROADCAST)
+def _broadcast(b: _MoveBuilder, n, v, idx: list) -> str:
+    src = n.inputs[0]
+    lead = len(v.shape) - len(src.shape)
+    return b.value_at(src, [idx[d + lead] if s != 1 else "0" for d, s in enumerate(src.shape)])
+
+
+@_MOVES(P.PERMUTE)
+def _permute(b: _MoveBuilder, n, v, idx: list) -> str:
+    inner = [None] * len(n.params["perm"])
+    for d, p in enumerate(n.params["perm"]):
+        inner[p] = idx[d]
+    return b.value_at(n.inputs[0], inner)
+
+
+@_MOVES(P.SLICE)
+def _slice(b: _MoveBuilder, n, v, idx: list) -> str:
+    inner = []
+    for i, a, c in zip(idx, n.params["starts"], n.params["steps"]):
+        t = i if c == 1 else b.emit(f"mul i64 {i}, {c}")
+        inner.append(t if a == 0 else b.emit(f"add i64 {t}, {a}"))
+    return b.value_at(n.inputs[0], inner)
+
+
+@_MOVES(P.PAD)
+def _pad(b: _MoveBuilder, n, v, idx: list) -> str:
+    src, prm = n.inputs[0], n.params
+    ok, inner = "true", []
+    for i, n_d, (lo, _, it) in zip(idx, src.shape, prm["pads"]):
+        t = b.emit(f"sub i64 {i}, {lo}")
+        q = t if it == 0 else b.emit(f"sdiv i64 {t}, {it + 1}")
+        good = b.emit(f"icmp sge i64 {t}, 0")
+        good = b.emit(f"and i1 {good}, {b.emit(f'icmp slt i64 {q}, {n_d}')}")
+        if it:
+            r = b.emit(f"srem i64 {t}, {it + 1}")
+            good = b.emit(f"and i1 {good}, {b.emit(f'icmp eq i64 {r}, 0')}")
+        ok = good if ok == "true" else b.emit(f"and i1 {ok}, {good}")
+        inner.append(b.emit(f"select i1 {good}, i64 {q}, i64 0"))
+    val = b.value_at(src, inner)
+    return b.emit(f"select i1 {ok}, {b.ty} {val}, {b.ty} {b._const(prm['value'])}")
+
+
+@_MOVES(P.CONCAT)
+def _concat(b: _MoveBuilder, n, v, idx: list) -> str:
+    """The input whose range along the axis holds the index (clamped reads, a select)."""
+    axis, start, result = n.params["axis"], 0, None
+    for x in n.inputs:
+        size = x.shape[axis]
+        t = b.emit(f"sub i64 {idx[axis]}, {start}")
+        inside = b.emit(f"icmp ult i64 {t}, {size}")
+        clamped = b.emit(f"select i1 {inside}, i64 {t}, i64 0")
+        val = b.value_at(x, idx[:axis] + [clamped] + idx[axis + 1:])
+        result = val if result is None else b.emit(
+            f"select i1 {inside}, {b.ty} {val}, {b.ty} {result}")
+        start += size
+    return result

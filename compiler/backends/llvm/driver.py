@@ -45,10 +45,13 @@ import threading
 
 import numpy as np
 
+from dyngrad import dtypes as _dt
+
 from ...generated import exec_generated
 from ...ir import Value
 from ...passes.fusion import fuse
 from ...passes.memory import plan_memory, verify_plan
+from ...prims import traits
 from .. import interp
 from . import codegen
 
@@ -105,7 +108,7 @@ class DriverPlan:
             if grp.kind == "creation":
                 made.update(_constants(g, grp))
             elif grp.kind == "movement" and all(
-                    g.nodes[i].prim.name == "reshape" and id(g.nodes[i].out) not in out_ids
+                    traits(g.nodes[i].prim).relabels and id(g.nodes[i].out) not in out_ids
                     for i in grp.nodes):  # (other movement: a copy kernel, see codegen)
                 for i in grp.nodes:
                     n = g.nodes[i]
@@ -255,7 +258,7 @@ class DriverPlan:
             gd = g.guards[gi]
             v = gd.value
             if not isinstance(v, Value) or math.prod(v.shape) != 1 or (
-                    not v.weak and v.dtype.name not in ("float32", "float64", "bool")):
+                    not v.weak and v.dtype not in (_dt.float32, _dt.float64, _dt.bool_)):
                 raise NotDrivable(f"value guard on {v!r}")
             exp = gd.expected
             exp = exp.item() if isinstance(exp, np.ndarray) and exp.size == 1 else exp
@@ -628,7 +631,7 @@ def _constants(g, grp) -> dict:
                 args.append(env[id(x)])
             elif x.const is not None:
                 args.append(x.const)
-            elif n.prim.name == "size_of" and id(x) not in inside:
+            elif not traits(n.prim).reads_data and id(x) not in inside:
                 args.append(np.empty(x.shape, np.int8))  # (its shape is all size_of reads)
             else:
                 raise NotDrivable(f"a creation group reads {x!r}")

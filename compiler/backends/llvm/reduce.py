@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
+from ... import prims
 from ...ir import Value
+from ...prims import CONSTANT, MAP, REDUCTION, Lowerings, traits
 from . import threads
 from .codegen import (
     _LLTYPE,
@@ -66,7 +68,7 @@ class _ReduceBuilder(_Builder):
 
     def node(self, n) -> None:
         src = n.inputs[0] if n.inputs else None
-        if n.prim.name == "broadcast" and isinstance(src, Value) and id(src) in self.at_i \
+        if n.prim is prims.BROADCAST and isinstance(src, Value) and id(src) in self.at_i \
                 and self.space == self.full:
             # a kept-space value broadcast back along the reduced axes (fusion's rule):
             # the same at every reduced index
@@ -81,16 +83,15 @@ class _ReduceBuilder(_Builder):
         reductions, setup, kind, post = [], [], {}, set()
         for i in grp.nodes:
             n = nodes[i]
-            name, src = n.prim.name, n.inputs[0] if n.inputs else None
+            role, src = traits(n.prim).role, n.inputs[0] if n.inputs else None
             computed_src = isinstance(src, Value) and id(src) in inside and \
                 inside[id(src)] not in setup  # (a map of a constant is a constant)
-            if name in ("full", "size_of") or (name in ("broadcast", "reshape", "slice")
-                                               and not computed_src):
+            if role == CONSTANT or (role == MAP and not computed_src):
                 setup.append(i)
                 continue
             sq = tuple(x for x in n.out.shape if x != 1)
             deps = [inside[id(x)] for x in n.inputs if isinstance(x, Value) and id(x) in inside]
-            if name in ("sum", "max") and tuple(n.params["axes"]) == tuple(grp.axes) and \
+            if role == REDUCTION and tuple(n.params["axes"]) == tuple(grp.axes) and \
                     tuple(src.shape) == tuple(grp.shape) and sq == self.reduced:
                 reductions.append(i)
                 post.add(i)
@@ -100,7 +101,7 @@ class _ReduceBuilder(_Builder):
             elif sq == self.reduced:
                 kind[i] = "K"
             else:
-                raise NotImplementedError(f"LLVM reduce codegen: node {name} of shape "
+                raise NotImplementedError(f"LLVM reduce codegen: node {n.prim.name} of shape "
                                           f"{n.out.shape} in a reduction over {grp.shape}")
             if any(d in post for d in deps):
                 post.add(i)
@@ -128,14 +129,9 @@ class _ReduceBuilder(_Builder):
         p = self.emit(f"getelementptr inbounds {st}, ptr %a{arg}, i64 {off}")
         self.lines.append(f"  store {st} {val}, ptr {p}")
 
-    def _combine(self, op: str, ty: str, a: str, b: str) -> str:
-        if op == "sum":
-            return self.emit(f"fadd {ty} {a}, {b}")
-        mask = f"<{ty[1:].split(' x ')[0]} x i1>" if ty.startswith("<") else "i1"
-        gt = self.emit(f"fcmp ogt {ty} {a}, {b}")  # numpy's max: NaN wins
-        nan = self.emit(f"fcmp uno {ty} {a}, {a}")
-        keep = self.emit(f"or {mask} {gt}, {nan}")
-        return self.emit(f"select {mask} {keep}, {ty} {a}, {ty} {b}")
+    def _combine(self, op, ty: str, a: str, b: str) -> str:
+        """Combine two partial results of reduction ``op`` (a primitive: :data:`_COMBINE`)."""
+        return _COMBINE.of(op)(self, ty, a, b)
 
     def _lane(self, var: str, reductions, pre_s, s_outputs, base) -> list:
         """Evaluate the prologue at reduced index ``var``; returns each reduction's value."""
@@ -224,8 +220,8 @@ class _ReduceBuilder(_Builder):
                       if sp == "S" and (a, v) not in s_pre_out]
         k_out = [(a, v) for v in outputs for a, sp in [out_space[id(v)]] if sp == "K"]
 
-        ops = [nodes[i].prim.name for i in reductions]
-        ident = [0.0 if op == "sum" else -math.inf for op in ops]
+        ops = [nodes[i].prim for i in reductions]
+        ident = [traits(op).identity for op in ops]
         if self._columns(post_s, tys):
             return self._build_columns(name, prelude, params, layout, reductions, pre_s,
                                        pre_k, post_k, s_pre_out, k_out, tys, ops, ident)
@@ -339,7 +335,7 @@ class _ReduceBuilder(_Builder):
                 lanes = [self._combine(ops[m], tys[m], lanes[k], lanes[k + 1])
                          for k in range(0, len(lanes), 2)]
             total = lanes[0]
-            if ops[m] == "sum":  # +0.0 start, as numpy: (-0.0) + (+0.0) is +0.0
+            if ops[m] is prims.SUM:  # +0.0 start, as numpy: (-0.0) + (+0.0) is +0.0
                 total = self.emit(f"fadd {tys[m]} {total}, {_const(0.0, tys[m])}")
             self.at_i[id(nodes[i].out)] = (total, tys[m])
         for i in post_k:
@@ -445,7 +441,7 @@ class _ReduceBuilder(_Builder):
                 parts = [self._combine(ops[m], t, parts[k], parts[k + 1])
                          for k in range(0, len(parts), 2)]
             total = parts[0]
-            if ops[m] == "sum":  # +0.0 start, as numpy: (-0.0) + (+0.0) is +0.0
+            if ops[m] is prims.SUM:  # +0.0 start, as numpy: (-0.0) + (+0.0) is +0.0
                 total = self.emit(f"fadd {t} {total}, {_const(0.0, t)}")
             self.at_i[id(nodes[i].out)] = (total, t)
         for i in post_k:
@@ -505,3 +501,21 @@ class _ReduceBuilder(_Builder):
 
     def declarations(self) -> str:
         return threads.DECLARATIONS if self.extra and threads.find() else ""
+
+
+# How partial results of each reduction combine (scalars or vectors of lanes).
+_COMBINE = Lowerings("LLVM reduce codegen")
+
+
+@_COMBINE(prims.SUM)
+def _add(b: _ReduceBuilder, ty: str, x: str, y: str) -> str:
+    return b.emit(f"fadd {ty} {x}, {y}")
+
+
+@_COMBINE(prims.MAX)
+def _max(b: _ReduceBuilder, ty: str, x: str, y: str) -> str:  # numpy's max: NaN wins
+    mask = f"<{ty[1:].split(' x ')[0]} x i1>" if ty.startswith("<") else "i1"
+    gt = b.emit(f"fcmp ogt {ty} {x}, {y}")
+    nan = b.emit(f"fcmp uno {ty} {x}, {x}")
+    keep = b.emit(f"or {mask} {gt}, {nan}")
+    return b.emit(f"select {mask} {keep}, {ty} {x}, {ty} {y}")

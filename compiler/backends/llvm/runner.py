@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ...passes.fusion import fuse
+from ...prims import traits
 from .. import interp
 from . import cache, codegen, driver, jit, machine
 
@@ -186,7 +187,7 @@ def compile_hybrid(g, inplace: dict | None = None, groups: list | None = None,
             checks_at.setdefault(cuts.index(a) + 1 if a in cuts else 0, []).append(c)
     def numpy_step(k: int) -> tuple:  # (impl, input slots, params, output slot, weak)
         n = g.nodes[k]
-        if n.prim.name == "size_of":  # a constant: a fresh copy of it
+        if not traits(n.prim).reads_data:  # size_of, a constant: a fresh copy of it
             return (codegen.constant_value(n).copy, (), {}, steps[k][3], False)
         impl, ins, params, out, _, weak, _ = steps[k]  # (no target, no checks: see above)
         return impl, ins, params, out, weak

@@ -63,6 +63,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from ... import prims as P
+
 # ---------------------------------------------------------------------------------------------
 # coefficient derivation
 
@@ -512,6 +514,10 @@ FUNCTIONS = {
     "sin": sinf_ir,
     "cos": cosf_ir,
 }
+
+# the primitive each function computes (codegen's lowering rule calls @dg_<name>f)
+PRIMITIVES = {P.EXP: "exp", P.LOG: "log", P.TANH: "tanh", P.SIGMOID: "sigmoid", P.ERF: "erf",
+              P.SIN: "sin", P.COS: "cos"}
 
 # documented maximum errors in float32 ulps and the domain they hold on (tested)
 MAX_ULPS: dict[str, tuple[float, str]] = {

@@ -1,0 +1,170 @@
+"""The primitives as the compiler sees them: every primitive record of ``dyngrad.ops`` under
+one name here, and the traits the passes and backends ask of them, in one table.
+
+Nothing else in ``compiler/`` names a primitive by a string: a pass asks a trait
+(``traits(n.prim).role``), a backend looks its lowering rule up by the record itself (see
+``compiler/backends/llvm/lowering.py``), and code that builds a node names the record
+(``prims.RESHAPE``). A new elementwise primitive needs no entry here unless it is costly to
+recompute (``transcendental``) or has a Python-number form the tracer records (``python``);
+:data:`TRAITS` gives every registered primitive a default from its kind.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dyngrad.ops import REGISTRY
+from dyngrad.ops.creation import FULL, IOTA
+from dyngrad.ops.elementwise import (
+    ABS,
+    ADD,
+    CAST,
+    COS,
+    DIV,
+    EQ,
+    ERF,
+    EXP,
+    FLOOR,
+    GE,
+    GT,
+    LE,
+    LOG,
+    LOG1P,
+    LT,
+    MAXIMUM,
+    MINIMUM,
+    MUL,
+    NE,
+    NEG,
+    POW,
+    SIGMOID,
+    SIGN,
+    SIN,
+    SQRT,
+    SUB,
+    TANH,
+    WHERE,
+)
+from dyngrad.ops.indexing import GATHER, INDEX_CHECK, SCATTER_ADD
+from dyngrad.ops.linalg import MATMUL
+from dyngrad.ops.movement import BROADCAST, CONCAT, PAD, PERMUTE, RESHAPE, SLICE
+from dyngrad.ops.primitive import Primitive
+from dyngrad.ops.random import RANDOM
+from dyngrad.ops.reduce import MAX, SIZE_OF, SUM
+
+__all__ = [
+    "Traits", "TRAITS", "traits", "Primitive", "Lowerings",
+    "FULL", "IOTA", "ABS", "ADD", "CAST", "COS", "DIV", "EQ", "ERF", "EXP", "FLOOR", "GE", "GT",
+    "LE", "LOG", "LOG1P", "LT", "MAXIMUM", "MINIMUM", "MUL", "NE", "NEG", "POW", "SIGMOID",
+    "SIGN", "SIN", "SQRT", "SUB", "TANH", "WHERE", "GATHER", "INDEX_CHECK", "SCATTER_ADD",
+    "MATMUL", "BROADCAST", "CONCAT", "PAD", "PERMUTE", "RESHAPE", "SLICE", "RANDOM", "MAX",
+    "SIZE_OF", "SUM",
+]
+
+# Fusion roles (compiler/passes/fusion.py): what a node is to a loop over its shape.
+ELEMENTWISE = "elementwise"  # one element out per element in: fuses into any loop
+REDUCTION = "reduction"  # combines elements along axes (a relabelling over size-1 axes)
+CONSTANT = "constant"  # known from its parameters and shapes alone (no data read)
+MAP = "map"  # an index map of its input (reshape, broadcast, a unit-step slice)
+OWN = "own"  # a kernel of its own kind (matmul, index, movement, random, creation)
+
+
+@dataclass(frozen=True)
+class Traits:
+    """What the compiler needs to know of a primitive besides its record."""
+
+    role: str
+    transcendental: bool = False  # costly to recompute per element (partition.py)
+    reads_data: bool = True  # False: reads only its input's shape (size_of)
+    relabels: bool = False  # a reshape: the same elements in the same order
+    window: bool = False  # reads a window of its input: positions shift (slice)
+    map_if: Callable | None = None  # role MAP only for nodes passing this test
+    python: Callable | None = None  # the operation on Python floats (the tracer's numbers)
+    identity: float | None = None  # a reduction's identity element
+
+    def maps(self, node) -> bool:
+        """Whether ``node`` is an index map of its input (fusion reads it through one)."""
+        return self.role == MAP and (self.map_if is None or self.map_if(node))
+
+
+def _unit_steps(node) -> bool:
+    return all(s == 1 for s in node.params["steps"])
+
+
+_OWN_TRAITS: dict[Primitive, Traits] = {
+    FULL: Traits(CONSTANT),
+    SIZE_OF: Traits(CONSTANT, reads_data=False),
+    SUM: Traits(REDUCTION, identity=0.0),
+    MAX: Traits(REDUCTION, identity=-math.inf),
+    RESHAPE: Traits(MAP, relabels=True),
+    BROADCAST: Traits(MAP),
+    SLICE: Traits(MAP, window=True, map_if=_unit_steps),
+    EXP: Traits(ELEMENTWISE, transcendental=True),
+    LOG: Traits(ELEMENTWISE, transcendental=True),
+    LOG1P: Traits(ELEMENTWISE, transcendental=True),
+    TANH: Traits(ELEMENTWISE, transcendental=True),
+    SIGMOID: Traits(ELEMENTWISE, transcendental=True),
+    ERF: Traits(ELEMENTWISE, transcendental=True),
+    SIN: Traits(ELEMENTWISE, transcendental=True),
+    COS: Traits(ELEMENTWISE, transcendental=True),
+    POW: Traits(ELEMENTWISE, transcendental=True, python=operator.pow),
+    ADD: Traits(ELEMENTWISE, python=operator.add),
+    SUB: Traits(ELEMENTWISE, python=operator.sub),
+    MUL: Traits(ELEMENTWISE, python=operator.mul),
+    DIV: Traits(ELEMENTWISE, python=operator.truediv),
+    NEG: Traits(ELEMENTWISE, python=operator.neg),
+    ABS: Traits(ELEMENTWISE, python=operator.abs),
+    SQRT: Traits(ELEMENTWISE, python=math.sqrt),  # (ValueError below 0, as eager's)
+    EQ: Traits(ELEMENTWISE, python=operator.eq),
+    NE: Traits(ELEMENTWISE, python=operator.ne),
+    LT: Traits(ELEMENTWISE, python=operator.lt),
+    LE: Traits(ELEMENTWISE, python=operator.le),
+    GT: Traits(ELEMENTWISE, python=operator.gt),
+    GE: Traits(ELEMENTWISE, python=operator.ge),
+}
+
+
+def _default(prim: Primitive) -> Traits:
+    return Traits(ELEMENTWISE if prim.kind == "elementwise" else OWN)
+
+
+TRAITS: dict[Primitive, Traits] = {p: _OWN_TRAITS.get(p) or _default(p)
+                                   for p in REGISTRY.values()}
+
+
+def traits(prim: Primitive) -> Traits:
+    """The traits of ``prim`` (a primitive registered after this module was imported gets
+    its kind's default)."""
+    t = TRAITS.get(prim)
+    if t is None:
+        t = TRAITS[prim] = _default(prim)
+    return t
+
+
+class Lowerings(dict):
+    """A backend's lowering rules for one kind of kernel, keyed by primitive record:
+    ``@rules(prims.EXP)`` registers a rule; ``rules.of(prim)`` finds it or raises
+    NotImplementedError naming the primitive (the group then runs in numpy)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__()
+        self.what = what
+
+    def __call__(self, *prims: Primitive):
+        def register(rule):
+            for p in prims:
+                if p in self:
+                    raise ValueError(f"{self.what}: a second lowering of {p.name}")
+                self[p] = rule
+            return rule
+        return register
+
+    def of(self, prim: Primitive, what: str = ""):
+        rule = self.get(prim)
+        if rule is None:
+            raise NotImplementedError(f"{self.what}: no lowering of primitive {prim.name!r}"
+                                      f"{' ' + what if what else ''}")
+        return rule
