@@ -22,6 +22,7 @@ from dyngrad.ops.elementwise import (
     ABS,
     ADD,
     CAST,
+    CEIL,
     COS,
     DIV,
     EQ,
@@ -40,6 +41,7 @@ from dyngrad.ops.elementwise import (
     NE,
     NEG,
     POW,
+    ROUND,
     SIGMOID,
     SIGN,
     SIN,
@@ -56,12 +58,11 @@ from dyngrad.ops.random import RANDOM
 from dyngrad.ops.reduce import MAX, SIZE_OF, SUM
 
 __all__ = [
-    "Traits", "TRAITS", "traits", "Primitive", "Lowerings",
-    "FULL", "IOTA", "ABS", "ADD", "CAST", "COS", "DIV", "EQ", "ERF", "EXP", "FLOOR", "GE", "GT",
-    "LE", "LOG", "LOG1P", "LT", "MAXIMUM", "MINIMUM", "MUL", "NE", "NEG", "POW", "SIGMOID",
-    "SIGN", "SIN", "SQRT", "SUB", "TANH", "WHERE", "GATHER", "INDEX_CHECK", "SCATTER_ADD",
-    "MATMUL", "BROADCAST", "CONCAT", "PAD", "PERMUTE", "RESHAPE", "SLICE", "RANDOM", "MAX",
-    "SIZE_OF", "SUM",
+    "Traits", "TRAITS", "traits", "Primitive", "Lowerings", "ABS", "ADD", "BROADCAST", "CAST",
+    "CEIL", "CONCAT", "COS", "DIV", "EQ", "ERF", "EXP", "FLOOR", "FULL", "GATHER", "GE", "GT",
+    "INDEX_CHECK", "IOTA", "LE", "LOG", "LOG1P", "LT", "MATMUL", "MAX", "MAXIMUM", "MINIMUM",
+    "MUL", "NE", "NEG", "PAD", "PERMUTE", "POW", "RANDOM", "RESHAPE", "ROUND", "SCATTER_ADD",
+    "SIGMOID", "SIGN", "SIN", "SIZE_OF", "SLICE", "SQRT", "SUB", "SUM", "TANH", "WHERE",
 ]
 
 # Fusion roles (compiler/passes/fusion.py): what a node is to a loop over its shape.

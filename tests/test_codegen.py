@@ -95,13 +95,15 @@ def test_binary_exact(name):
     assert check_groups(g, [grp], env) == 1
 
 
-@pytest.mark.parametrize("name", ["neg", "abs", "sqrt", "sign", "floor"])
-def test_unary_exact(name):
+@pytest.mark.parametrize("dtype", [F32, dg.float64])
+@pytest.mark.parametrize("name", ["neg", "abs", "sqrt", "sign", "floor", "ceil", "round"])
+def test_unary_exact(name, dtype):
     g = Graph()
-    a = g.add_input((100,), F32)
+    a = g.add_input((100,), dtype)
     op(g, name, a)
-    x = randf(100)
+    x = (randf(100) * 4).astype(dtype.np)
     x[:3] = [np.nan, -np.inf, -0.0]
+    x[3:11] = [-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, -0.3, 0.49999997]  # halves go to even
     env = evaluate(g, {id(a): x})
     assert check_groups(g, [whole_group(g)], env) == 1
 

@@ -626,7 +626,8 @@ def _extremum(b: _Builder, n, ty: str) -> str:
     return b.emit(f"select i1 {nan}, {ty} {a}, {ty} {m}")
 
 
-_INTRINSICS = {P.SQRT: "sqrt", P.FLOOR: "floor"}  # LLVM intrinsics numpy agrees with bit for bit
+_INTRINSICS = {P.SQRT: "sqrt", P.FLOOR: "floor", P.CEIL: "ceil",  # LLVM intrinsics numpy
+               P.ROUND: "roundeven"}  # agrees with bit for bit (np.rint: half to even)
 
 
 @_ARITH(*_INTRINSICS)

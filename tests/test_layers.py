@@ -1,0 +1,154 @@
+"""The compiler's structure, read from its source (nothing is run): primitives are never
+switched on by name, passes never import backends, and the import cycles inside compiler/
+only shrink (issue 14 is removing the ones listed here)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from dyngrad.ops import REGISTRY
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPILER = ROOT / "compiler"
+
+# import cycles (strongly connected components) still present, each being taken apart;
+# a new one, or a module joining one, fails the test
+KNOWN_CYCLES = [
+    {"compiler.backends.llvm.codegen", "compiler.backends.llvm.datamove",
+     "compiler.backends.llvm.matmul", "compiler.backends.llvm.randomgen",
+     "compiler.backends.llvm.reduce"},
+    {"compiler.backends", "compiler.backends.interp", "compiler.backends.llvm.driver",
+     "compiler.backends.llvm.runner", "compiler.backends.llvm.sizes", "compiler.passes.memory",
+     "compiler.symbolic"},
+    {"compiler.api", "compiler.capture", "compiler.capture.calls", "compiler.capture.session",
+     "compiler.effects", "compiler.guards", "compiler.scalars", "compiler.trace"},
+]
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for p in COMPILER.rglob("*.py"):
+        parts = list(p.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = p
+    return out
+
+
+def _imports(mod: str, path: Path, known: dict) -> set:
+    is_pkg = path.name == "__init__.py"
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = mod.split(".") if is_pkg else mod.split(".")[:-1]
+            if node.level:
+                base = base[:len(base) - (node.level - 1)] if node.level > 1 else base
+                base = ".".join(base + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base
+                     for a in node.names]
+        for t in names:
+            while t and t not in known:
+                t = t.rpartition(".")[0]
+            if t and t != mod:
+                found.add(t)
+    return found
+
+
+def _cycles(graph: dict) -> list[set]:
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = set()
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.add(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(comp)
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def _graph() -> dict:
+    mods = _modules()
+    return {m: _imports(m, p, mods) for m, p in mods.items()}
+
+
+def test_no_new_import_cycle_inside_the_compiler():
+    for comp in _cycles(_graph()):
+        assert any(comp <= known for known in KNOWN_CYCLES), f"a new import cycle: {comp}"
+
+
+def test_passes_never_import_backends():
+    for m, deps in _graph().items():
+        if m.startswith("compiler.passes"):
+            assert not [d for d in deps if d.startswith("compiler.backends")], m
+
+
+def _prim_name(node) -> bool:
+    """``<x>.prim.name`` or ``prim.name``."""
+    return isinstance(node, ast.Attribute) and node.attr == "name" and (
+        isinstance(node.value, ast.Attribute) and node.value.attr == "prim"
+        or isinstance(node.value, ast.Name) and node.value.id == "prim")
+
+
+def test_no_switch_on_primitive_names_in_the_compiler():
+    """Passes ask a primitive's traits (compiler/prims.py); backends look rules up by the
+    record. No compare, lookup or registry access by a primitive's name."""
+    names = set(REGISTRY)
+    bad = []
+    for path in _modules().values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.Compare) and any(
+                    _prim_name(x) for x in [node.left, *node.comparators]):
+                bad.append(f"{where}: compares a primitive's name")
+            if isinstance(node, ast.Subscript) and _prim_name(node.slice):
+                bad.append(f"{where}: looks up by a primitive's name")
+            if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and \
+                    node.value.id in ("REGISTRY", "_P", "P") and \
+                    isinstance(node.slice, ast.Constant) and node.slice.value in names:
+                bad.append(f"{where}: REGISTRY[{node.slice.value!r}]")
+            if isinstance(node, ast.Compare) and isinstance(node.left, ast.Name) and \
+                    node.left.id == "name" and any(
+                        isinstance(c, ast.Constant) and c.value in names
+                        or isinstance(c, (ast.Tuple, ast.Set, ast.List)) and any(
+                            isinstance(e, ast.Constant) and e.value in names for e in c.elts)
+                        for c in node.comparators):
+                bad.append(f"{where}: compares `name` with a primitive's name")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_switch_test_catches_a_name_compare():
+    """(The AST rule above is not vacuous.)"""
+    tree = ast.parse("if n.prim.name == 'exp':\n    pass\n")
+    cmp = next(x for x in ast.walk(tree) if isinstance(x, ast.Compare))
+    assert _prim_name(cmp.left)
+
+
+def test_every_registered_primitive_has_traits():
+    from compiler import prims
+    assert set(prims.TRAITS) >= set(REGISTRY.values())
+    for p in REGISTRY.values():
+        assert getattr(prims, p.name.upper()) is p, f"compiler.prims.{p.name.upper()}"
