@@ -181,7 +181,7 @@ def _backend_plans(v) -> list:
         text = runner.describe(plan)
         for grp in _numpy_groups(plan, g, groups or fuse(g)):
             try:
-                codegen._builder(g, grp).build()
+                codegen.builder(g, grp).build()
                 why = "lowers, but runs in numpy in a hybrid plan"
             except NotImplementedError as exc:
                 why = str(exc).split(" (supported")[0]

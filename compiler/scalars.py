@@ -133,7 +133,7 @@ class TracedScalar(_Recorded, float):
     __hash__ = float.__hash__
 
 
-def _raw(x):
+def raw_number(x):
     """A traced number's value, without a guard."""
     return x._v if type(x) is TracedInt else float(x) if isinstance(x, TracedScalar) else x
 
@@ -164,14 +164,14 @@ class TracedInt(_Recorded):
         if t is bool or not (t is int or t is TracedInt or isinstance(other, float)):
             return NotImplemented
         a, b = (other, self) if reflected else (self, other)
-        if max(abs(_raw(a)), abs(_raw(b))) >= _EXACT and not isinstance(other, float):
+        if max(abs(raw_number(a)), abs(raw_number(b))) >= _EXACT and not isinstance(other, float):
             # float64 is not exact this far out: the values are guarded, the result plain
             va, vb = (x._pin(prim.name) if type(x) is TracedInt else x for x in (a, b))
             return traits(prim).python(va, vb)
         r = self._tracer.scalar_op(prim, a, b)
         if prim is P.DIV or isinstance(other, float):
             return r
-        v = traits(prim).python(_raw(a), _raw(b))
+        v = traits(prim).python(raw_number(a), raw_number(b))
         if not isinstance(r, TracedScalar):  # (the trace is finished: plain arithmetic)
             return v
         if abs(v) >= _EXACT:  # not exact in float64: the operands are guarded instead
@@ -234,7 +234,7 @@ class TracedInt(_Recorded):
 
 def _pinned(op: str):
     def method(self, *others):
-        return getattr(self._pin(op), op)(*(_raw(o) if type(o) is TracedInt else o
+        return getattr(self._pin(op), op)(*(raw_number(o) if type(o) is TracedInt else o
                                             for o in others))
     method.__name__ = op
     return method

@@ -44,7 +44,7 @@ from dyngrad.tensor import Tensor
 from . import prims as P
 from .ir import Graph, Value
 from .prims import Primitive, traits
-from .scalars import TracedInt, TracedScalar, _raw  # noqa: F401 - (the tracer's numbers)
+from .scalars import TracedInt, TracedScalar, raw_number  # noqa: F401 - (the tracer's numbers)
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _DYNGRAD = os.path.dirname(os.path.abspath(sys.modules["dyngrad"].__file__))
@@ -513,7 +513,7 @@ class Tracer(DispatchMode):
     def scalar_op(self, prim: Primitive, *operands):
         """Python arithmetic on traced scalars, recorded in float64 (what Python computes);
         once the trace is finished, plain arithmetic."""
-        vals = [float(_raw(x)) for x in operands]
+        vals = [float(raw_number(x)) for x in operands]
         result = traits(prim).python(*vals)
         if self.finished:
             return result
@@ -527,7 +527,7 @@ class Tracer(DispatchMode):
         return TracedScalar(result, self, out)
 
     def scalar_compare(self, prim: Primitive, a, b) -> bool:
-        result = traits(prim).python(_raw(a), _raw(b))
+        result = traits(prim).python(raw_number(a), raw_number(b))
         if self.finished:
             return result
         out = self.graph.new_value((), _dt.bool_, weak=True)
@@ -538,7 +538,7 @@ class Tracer(DispatchMode):
         out.producer = node
         self.graph.nodes.append(node)
         self.graph.add_guard(out, result, f"{a._value.name or 'scalar'} {prim.name} "
-                             f"{_raw(b)!r}" if isinstance(a, (TracedScalar, TracedInt))
+                             f"{raw_number(b)!r}" if isinstance(a, (TracedScalar, TracedInt))
                              else prim.name,
                              user_frame())
         return result

@@ -9,7 +9,7 @@ import pytest
 from test_codegen import evaluate, op
 
 import dyngrad as dg
-from compiler.backends.llvm.codegen import _builder, run_group
+from compiler.backends.llvm.codegen import builder, run_group
 from compiler.ir import Graph
 from compiler.passes.fusion import fuse
 
@@ -74,7 +74,7 @@ def test_a_unit_step_slice_of_an_input_is_read_in_place_by_a_loop_kernel():
     g.outputs = [out]
     groups = fuse(g)
     assert [grp.kind for grp in groups] == ["elementwise"]  # no copy of the slice
-    assert "getelementptr" in _builder(g, groups[0]).build()[0]
+    assert "getelementptr" in builder(g, groups[0]).build()[0]
     env = evaluate(g, {id(a): data((6, 8), dg.float32)})
     got = run_group(g, groups[0], [env[id(a)]])[0]
     np.testing.assert_allclose(got, env[id(out)], rtol=3e-7)

@@ -98,7 +98,7 @@ def test_loop_marks_become_distinct_interleaving_loop_ids():
 
 
 def test_long_loops_calling_vector_math_are_interleaved_and_others_are_not():
-    from compiler.backends.llvm import codegen
-    assert codegen._interleaved(["tanh"], 4096) and codegen._interleaved(["exp"], 256)
-    assert not codegen._interleaved([], 1 << 20)  # plain arithmetic: LLVM's own choice
-    assert not codegen._interleaved(["tanh"], 64)  # short: the remainder would do the work
+    from compiler.backends.llvm import emit
+    assert emit.interleaved(["tanh"], 4096) and emit.interleaved(["exp"], 256)
+    assert not emit.interleaved([], 1 << 20)  # plain arithmetic: LLVM's own choice
+    assert not emit.interleaved(["tanh"], 64)  # short: the remainder would do the work

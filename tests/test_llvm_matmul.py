@@ -6,7 +6,7 @@ call into numpy's bundled OpenBLAS (``use_blas=True``, skipped when ``blas.find(
 none) — for float32 and float64, 2-d and batched operands with broadcast batch dims, row and
 column vectors as matrices, K=1, K=0, odd sizes (1, 3, 17, 65), the register tile's and the
 blocks' edges, every transpose-flag combination. The kernels are run two ways: whole graphs'
-kernels (``_MatmulBuilder``) and, for the many shapes, ``tune.product`` (the kernels behind
+kernels (``MatmulBuilder``) and, for the many shapes, ``tune.product`` (the kernels behind
 one compiled module, shapes at run time). The products sum in another order than numpy's, so
 results are compared with numpy's float64 product within a tolerance relative to max|C|
 (1e-5 float32, 1e-12 float64). Every builder kernel writes into an output with sentinel bytes
@@ -38,7 +38,7 @@ import pytest
 
 import compiler
 import dyngrad as dg
-from compiler.backends.llvm import blas, codegen, driver, gemm, jit, matmul, runner, threads, tune
+from compiler.backends.llvm import blas, driver, emit, gemm, jit, matmul, runner, threads, tune
 from compiler.ir import Graph, Value
 from compiler.passes.fusion import fuse
 from dyngrad import nn
@@ -112,7 +112,7 @@ class Guarded:
 def run_matmul(a, b, ta=False, tb=False, use_blas=None, same=False):
     """(result, IR text): the generated kernel run on ``a``, ``b`` (physical layouts)."""
     g, grp = matmul_graph(a.shape, b.shape, a.dtype, ta, tb, same)
-    builder = codegen._MatmulBuilder(g, grp, use_blas=use_blas)
+    builder = matmul.MatmulBuilder(g, grp, use_blas=use_blas)
     text, name, layout = builder.build()
     fn = compile_kernel(text, name)
     out = Guarded(g.outputs[0].shape, a.dtype)
@@ -173,7 +173,7 @@ def test_matmul_kernel_matches_numpy(dtype, case, ta, tb, use_blas):
     assert_close(got, want.astype(dtype), dtype)
     gemm_ = blas.find().gemm(np.dtype(dtype).name) if use_blas else None
     assert (gemm_ is not None and f"@{gemm_}(" in text) == bool(use_blas)
-    assert (f"@{gemm.name(codegen._LLTYPE[np.dtype(dtype).name])}(" in text) != bool(use_blas)
+    assert (f"@{gemm.name(emit.LLTYPE[np.dtype(dtype).name])}(" in text) != bool(use_blas)
 
 
 @pytest.mark.parametrize("use_blas", PATHS)
@@ -208,7 +208,7 @@ def test_empty_output_writes_nothing(use_blas):
 def test_unsupported_dtypes_are_refused():
     g, grp = matmul_graph((3, 4), (4, 5), np.int64)
     with pytest.raises(NotImplementedError, match="dtype"):
-        codegen._MatmulBuilder(g, grp)
+        matmul.MatmulBuilder(g, grp)
 
 
 # ------------------------------------------------------------------ many shapes, both kernels
@@ -307,7 +307,7 @@ def test_dyngrad_blas_0_turns_blas_off(monkeypatch):
         assert blas._found == [], "DYNGRAD_BLAS=0 should not even search"
         g, grp = matmul_graph((128, 200), (200, 64), np.float32)
         for use_blas in (None, True):
-            b = codegen._MatmulBuilder(g, grp, use_blas=use_blas)
+            b = matmul.MatmulBuilder(g, grp, use_blas=use_blas)
             assert b.blas is None
             assert "gemm64_" not in b.build()[0]
         assert tune.choose("float32", 512, 512, 512, False, False) == "generated"
@@ -404,10 +404,10 @@ def test_dyngrad_matmul_forces_a_path(choices, monkeypatch):
     sgemm = blas.find().sgemm
     monkeypatch.setenv("DYNGRAD_MATMUL", "generated")
     assert tune.choose("float32", 128, 64, 100, False, False) == "generated"
-    assert sgemm not in codegen._MatmulBuilder(g, grp).build()[0]
+    assert sgemm not in matmul.MatmulBuilder(g, grp).build()[0]
     monkeypatch.setenv("DYNGRAD_MATMUL", "blas")
     assert tune.choose("float32", 2, 2, 2, False, False) == "blas"
-    assert f"call void @{sgemm}(" in codegen._MatmulBuilder(g, grp).build()[0]
+    assert f"call void @{sgemm}(" in matmul.MatmulBuilder(g, grp).build()[0]
     assert tune.choose("float32", 2, 2, 0, False, False) == "generated"  # (K = 0: never)
     monkeypatch.setenv("DYNGRAD_MATMUL", "measure")
     assert tune.choose("float32", 128, 64, 100, False, False) == "blas"
@@ -539,9 +539,9 @@ def test_small_products_are_loops_of_their_shape_with_the_generated_kernels_bits
     b = physical(rng, sb, tb, dtype)
     small, text = run_matmul(a, b, ta, tb)
     assert matmul.SMALL_WORK >= sa[-2] * sb[-1] * sa[-1]
-    assert f"@{gemm.name(codegen._LLTYPE[np.dtype(dtype).name])}(" not in text
+    assert f"@{gemm.name(emit.LLTYPE[np.dtype(dtype).name])}(" not in text
     general, text_g = run_matmul(a, b, ta, tb, use_blas=False)
-    assert f"@{gemm.name(codegen._LLTYPE[np.dtype(dtype).name])}(" in text_g
+    assert f"@{gemm.name(emit.LLTYPE[np.dtype(dtype).name])}(" in text_g
     np.testing.assert_array_equal(small, general)
     want = np.matmul(np.swapaxes(a, -1, -2) if ta else a, np.swapaxes(b, -1, -2) if tb else b)
     assert_close(small, want, dtype)

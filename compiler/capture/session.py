@@ -174,14 +174,14 @@ class Capture:
         results, runtime inputs): put plain ones in their place — deep in the containers
         stored — as eager stores, without bumping versions. Runs whether the call returned
         or raised."""
-        from ..trace import TracedInt, TracedScalar, _raw
+        from ..trace import TracedInt, TracedScalar, raw_number
 
         def traced(x):
             return isinstance(x, TracedScalar) or type(x) is TracedInt
 
         def plain(x):  # (x, or a plain copy of it; lists and dicts are fixed in place)
             if traced(x):
-                return _raw(x)
+                return raw_number(x)
             t = type(x)
             if t is list:
                 for i, e in enumerate(x):

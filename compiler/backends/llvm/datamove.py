@@ -7,19 +7,21 @@ import math
 
 from ... import prims as P
 from ...prims import Lowerings
-from .codegen import (
-    _LLTYPE,
-    _MEMTYPE,
+from .emit import (
     FN_NAME,
-    _c_strides,
-    _const,
-    _Emitter,
-    _entry,
-    _prelude,
+    LLTYPE,
+    MEMTYPE,
+    Emitter,
+    builds,
+    c_strides,
+    entry_ir,
+    literal,
+    prelude_ir,
 )
 
 
-class _IndexBuilder(_Emitter):
+@builds("index")
+class IndexBuilder(Emitter):
     """An 'index' group: ``gather`` (np.take along an axis) or ``scatter_add`` (np.add.at
     along an axis, repeated indices accumulating in index order, as numpy's). Negative
     indices wrap; an index out of range makes the kernel return 1 before writing anything
@@ -34,7 +36,7 @@ class _IndexBuilder(_Emitter):
         if self.n.prim not in (P.GATHER, P.SCATTER_ADD, P.INDEX_CHECK):
             raise NotImplementedError(f"LLVM index codegen: {self.n.prim.name}")
         dt = self.n.out.dtype.name
-        if dt not in _LLTYPE or dt == "bool":
+        if dt not in LLTYPE or dt == "bool":
             raise NotImplementedError(f"LLVM index codegen: dtype {dt}")
 
     def _check(self, name: str, prelude: bool, layout: list, ptr: dict) -> tuple:
@@ -65,9 +67,9 @@ class _IndexBuilder(_Emitter):
     def _finish(self, name: str, prelude: bool, layout: list) -> tuple:
         params = ", ".join(f"ptr noalias %a{q}" for q in range(len(layout)))
         text = (
-            (_prelude([]) if prelude else "")
+            (prelude_ir([]) if prelude else "")
             + f"define internal i32 @{name}_body({params}) alwaysinline {{\n"
-            + "\n".join(self.lines) + "\n}\n\n" + _entry(name, len(layout), status=True))
+            + "\n".join(self.lines) + "\n}\n\n" + entry_ir(name, len(layout), status=True))
         return text, name, layout
 
     def build(self, name: str = FN_NAME, prelude: bool = True) -> tuple:
@@ -76,7 +78,7 @@ class _IndexBuilder(_Emitter):
         if len(grp.outputs) != 1 or grp.outputs[0] is not n.out:
             raise NotImplementedError("LLVM index codegen: one output")
         ptr = {id(v): f"%a{k}" for k, v in enumerate(layout)}
-        ty = _MEMTYPE[_LLTYPE[n.out.dtype.name]]
+        ty = MEMTYPE[LLTYPE[n.out.dtype.name]]
         if n.prim is P.INDEX_CHECK:
             return self._check(name, prelude, layout, ptr)
         axis = n.params["axis"]
@@ -162,7 +164,8 @@ class _IndexBuilder(_Emitter):
         return self._finish(name, prelude, layout)
 
 
-class _MoveBuilder(_Emitter):
+@builds("movement")
+class MoveBuilder(Emitter):
     """A 'movement' group: data moved, none computed — ``reshape``, ``broadcast``,
     ``permute``, ``slice``, ``pad`` and ``concat`` chained from the group's inputs to its one
     output, written as a copy loop over the output: each output element's multi-index is
@@ -177,28 +180,28 @@ class _MoveBuilder(_Emitter):
         for i in group.nodes:
             _MOVES.of(g.nodes[i].prim)
         out = group.outputs[0]
-        if out.dtype is None or out.dtype.name not in _LLTYPE or math.prod(out.shape) == 0:
+        if out.dtype is None or out.dtype.name not in LLTYPE or math.prod(out.shape) == 0:
             raise NotImplementedError("LLVM movement codegen: dtype or empty output")
-        self.ty = _MEMTYPE[_LLTYPE[out.dtype.name]]
+        self.ty = MEMTYPE[LLTYPE[out.dtype.name]]
 
     def _flat(self, idx: list, shape: tuple) -> str:
         acc = "0"
-        for i, st in zip(idx, _c_strides(shape)):
+        for i, st in zip(idx, c_strides(shape)):
             t = i if st == 1 else self.emit(f"mul i64 {i}, {st}")
             acc = t if acc == "0" else self.emit(f"add i64 {acc}, {t}")
         return acc
 
     def _split(self, flat: str, shape: tuple) -> list:
         out = []
-        for k, (size, st) in enumerate(zip(shape, _c_strides(shape))):
+        for k, (size, st) in enumerate(zip(shape, c_strides(shape))):
             t = flat if st == 1 else self.emit(f"udiv i64 {flat}, {st}")
             out.append(t if k == 0 else self.emit(f"urem i64 {t}, {size}"))
         return out
 
-    def _const(self, value) -> str:
+    def element(self, value) -> str:
         if self.ty == "i8":  # bool, stored as a byte
             return str(int(bool(value)))
-        return _const(value, self.ty)
+        return literal(value, self.ty)
 
     def value_at(self, v, idx: list) -> str:
         """The element of ``v`` at multi-index ``idx`` (SSA i64 per dim of v)."""
@@ -214,8 +217,8 @@ class _MoveBuilder(_Emitter):
         out = grp.outputs[0]
         layout = list(grp.inputs) + [out]
         for v in grp.inputs:
-            if v.weak or v.dtype is None or v.dtype.name not in _LLTYPE or \
-                    _MEMTYPE[_LLTYPE[v.dtype.name]] != self.ty:
+            if v.weak or v.dtype is None or v.dtype.name not in LLTYPE or \
+                    MEMTYPE[LLTYPE[v.dtype.name]] != self.ty:
                 raise NotImplementedError("LLVM movement codegen: an input's dtype")
         self.ptr = {id(v): f"%a{k}" for k, v in enumerate(layout)}
         self.lines.append("entry:\n  br label %loop\nloop:")
@@ -227,31 +230,31 @@ class _MoveBuilder(_Emitter):
         self.lines.append(f"  %more = icmp slt i64 %i.next, {math.prod(out.shape)}")
         self.lines.append("  br i1 %more, label %loop, label %exit\nexit:\n  ret void")
         params = ", ".join(f"ptr noalias %a{k}" for k in range(len(layout)))
-        text = ((_prelude([]) if prelude else "")
+        text = ((prelude_ir([]) if prelude else "")
                 + f"define internal void @{name}_body({params}) alwaysinline {{\n"
-                + "\n".join(self.lines) + "\n}\n\n" + _entry(name, len(layout)))
+                + "\n".join(self.lines) + "\n}\n\n" + entry_ir(name, len(layout)))
         return text, name, layout
 
 
-# Each movement primitive maps an output multi-index back to its input's (see _MoveBuilder).
+# Each movement primitive maps an output multi-index back to its input's (see MoveBuilder).
 _MOVES = Lowerings("LLVM movement codegen")
 
 
 @_MOVES(P.RESHAPE)
-def _reshape(b: _MoveBuilder, n, v, idx: list) -> str:  # the same row-major order
+def _reshape(b: MoveBuilder, n, v, idx: list) -> str:  # the same row-major order
     src = n.inputs[0]
     return b.value_at(src, b._split(b._flat(idx, v.shape), src.shape))
 
 
 @_MOVES(P.BROADCAST)
-def _broadcast(b: _MoveBuilder, n, v, idx: list) -> str:
+def _broadcast(b: MoveBuilder, n, v, idx: list) -> str:
     src = n.inputs[0]
     lead = len(v.shape) - len(src.shape)
     return b.value_at(src, [idx[d + lead] if s != 1 else "0" for d, s in enumerate(src.shape)])
 
 
 @_MOVES(P.PERMUTE)
-def _permute(b: _MoveBuilder, n, v, idx: list) -> str:
+def _permute(b: MoveBuilder, n, v, idx: list) -> str:
     inner = [None] * len(n.params["perm"])
     for d, p in enumerate(n.params["perm"]):
         inner[p] = idx[d]
@@ -259,7 +262,7 @@ def _permute(b: _MoveBuilder, n, v, idx: list) -> str:
 
 
 @_MOVES(P.SLICE)
-def _slice(b: _MoveBuilder, n, v, idx: list) -> str:
+def _slice(b: MoveBuilder, n, v, idx: list) -> str:
     inner = []
     for i, a, c in zip(idx, n.params["starts"], n.params["steps"]):
         t = i if c == 1 else b.emit(f"mul i64 {i}, {c}")
@@ -268,7 +271,7 @@ def _slice(b: _MoveBuilder, n, v, idx: list) -> str:
 
 
 @_MOVES(P.PAD)
-def _pad(b: _MoveBuilder, n, v, idx: list) -> str:
+def _pad(b: MoveBuilder, n, v, idx: list) -> str:
     src, prm = n.inputs[0], n.params
     ok, inner = "true", []
     for i, n_d, (lo, _, it) in zip(idx, src.shape, prm["pads"]):
@@ -282,11 +285,11 @@ def _pad(b: _MoveBuilder, n, v, idx: list) -> str:
         ok = good if ok == "true" else b.emit(f"and i1 {ok}, {good}")
         inner.append(b.emit(f"select i1 {good}, i64 {q}, i64 0"))
     val = b.value_at(src, inner)
-    return b.emit(f"select i1 {ok}, {b.ty} {val}, {b.ty} {b._const(prm['value'])}")
+    return b.emit(f"select i1 {ok}, {b.ty} {val}, {b.ty} {b.element(prm['value'])}")
 
 
 @_MOVES(P.CONCAT)
-def _concat(b: _MoveBuilder, n, v, idx: list) -> str:
+def _concat(b: MoveBuilder, n, v, idx: list) -> str:
     """The input whose range along the axis holds the index (clamped reads, a select)."""
     axis, start, result = n.params["axis"], 0, None
     for x in n.inputs:

@@ -53,7 +53,7 @@ from ...passes.fusion import fuse
 from ...passes.memory import plan_memory, verify_plan
 from ...prims import traits
 from .. import interp
-from . import codegen
+from . import codegen, emit
 
 ALIGN = 64
 BLOCKS = 2  # output arrays kept per output (see the module docstring)
@@ -81,7 +81,7 @@ class NotDrivable(NotImplementedError):
 def _memtype(v) -> str:
     if v.weak:
         return "double"
-    return codegen._MEMTYPE[codegen._LLTYPE[v.dtype.name]]
+    return emit.MEMTYPE[emit.LLTYPE[v.dtype.name]]
 
 
 class DriverPlan:
@@ -271,7 +271,7 @@ class DriverPlan:
             if ty == "i8":
                 body.append(f"  {x}.ok = icmp eq i8 {x}.v, {int(bool(exp))}")
             else:  # as the interpreter compares: the expected number rounded to the dtype
-                body.append(f"  {x}.ok = fcmp oeq {ty} {x}.v, {codegen._const(float(exp), ty)}")
+                body.append(f"  {x}.ok = fcmp oeq {ty} {x}.v, {emit.literal(float(exp), ty)}")
             body.append(f"  br i1 {x}.ok, label %g{gi}.pass, label %fail{gi}")
             body.append(f"g{gi}.pass:")
             fails.append(gi)
@@ -320,8 +320,8 @@ class DriverPlan:
         text += ("\ndeclare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)\n"
                  + "\n".join(body) + "\n" + (ticks.definitions() if ticks else ""))
         if family is None:
-            from .runner import _module
-            self.compiled, self.sizes = _module(text), None
+            from .runner import cached_module
+            self.compiled, self.sizes = cached_module(text), None
         else:  # one symbolic variant's sizes: maybe one module for all (sizes.py)
             self.compiled, self.sizes = family.module(text)
             if self.sizes is not None:  # the module's global of numbers: one call of it at

@@ -6,21 +6,23 @@ from __future__ import annotations
 import math
 
 from . import blas, gemm, tune
-from .codegen import (
-    _LLTYPE,
-    _MEMTYPE,
+from .emit import (
     FN_NAME,
-    _c_strides,
-    _const,
-    _Emitter,
-    _entry,
-    _prelude,
+    LLTYPE,
+    MEMTYPE,
+    Emitter,
+    builds,
+    c_strides,
+    entry_ir,
+    literal,
+    prelude_ir,
 )
 
 SMALL_WORK = 32 * 32 * 32  # m·n·k up to which a product is loops of its own shape, inline
 
 
-class _MatmulBuilder(_Emitter):
+@builds("matmul")
+class MatmulBuilder(Emitter):
     """A 'matmul' group: ``C = op(A) @ op(B)`` over broadcast batch dims, float32/float64.
 
     Per batch entry, one call: either numpy's BLAS gemm (``blas.find``) or the generated
@@ -49,7 +51,7 @@ class _MatmulBuilder(_Emitter):
         if dt not in ("float32", "float64") or a.dtype is not b.dtype:
             raise NotImplementedError(f"LLVM matmul codegen: dtype {dt} is not supported "
                                       f"(float32, float64)")
-        self.ty = _LLTYPE[dt]
+        self.ty = LLTYPE[dt]
         self.ta, self.tb = n.params.get("ta", False), n.params.get("tb", False)
         self.M, self.N = n.out.shape[-2], n.out.shape[-1]
         self.K = a.shape[-2] if self.ta else a.shape[-1]
@@ -72,10 +74,10 @@ class _MatmulBuilder(_Emitter):
         for v in (a, b, self.n.out):
             vb = v.shape[:-2]
             mat = v.shape[-2] * v.shape[-1]
-            st = _c_strides(vb) if vb else ()
+            st = c_strides(vb) if vb else ()
             lead = len(batch) - len(vb)
             acc = "0"
-            inner = _c_strides(batch)
+            inner = c_strides(batch)
             for d, size in enumerate(batch):
                 k = d - lead
                 if k < 0 or vb[k] == 1 or size == 1:
@@ -96,7 +98,7 @@ class _MatmulBuilder(_Emitter):
         ptr = {id(v): f"%a{k}" for k, v in enumerate(layout)}
         pa, pb, pc = ptr[id(n.inputs[0])], ptr[id(n.inputs[1])], ptr[id(n.out)]
         n_batch = math.prod(n.out.shape[:-2])
-        st = _MEMTYPE[ty]
+        st = MEMTYPE[ty]
         lines = self.lines
         lines.append("entry:\n  br label %batch\nbatch:")
         lines.append("  %bt = phi i64 [0, %entry], [%bt.next, %batch.end]")
@@ -113,8 +115,8 @@ class _MatmulBuilder(_Emitter):
                 f"  call void @{self.blas.gemm(n.out.dtype.name)}(i32 {blas.ROW_MAJOR}, "
                 f"i32 {blas.TRANS if ta else blas.NO_TRANS}, "
                 f"i32 {blas.TRANS if tb else blas.NO_TRANS}, i64 {M}, i64 {N}, i64 {K}, "
-                f"{ty} {_const(1.0, ty)}, ptr {A}, i64 {lda}, ptr {B}, i64 {ldb}, "
-                f"{ty} {_const(0.0, ty)}, ptr {C}, i64 {N})")
+                f"{ty} {literal(1.0, ty)}, ptr {A}, i64 {lda}, ptr {B}, i64 {ldb}, "
+                f"{ty} {literal(0.0, ty)}, ptr {C}, i64 {N})")
             lines.append("  br label %batch.end")
         elif self.small:
             self._small_loops(A, B, C)
@@ -129,10 +131,10 @@ class _MatmulBuilder(_Emitter):
         params = ", ".join(f"ptr noalias %a{k}" for k in range(len(layout)))  # (A may be B:
         #                                             both only read, which noalias allows)
         text = (
-            (_prelude([]) if prelude else "")
+            (prelude_ir([]) if prelude else "")
             + (self.declarations() if prelude else "")
             + f"define internal void @{name}_body({params}) alwaysinline {{\n"
-            + "\n".join(lines) + "\n}\n\n" + _entry(name, len(layout)))
+            + "\n".join(lines) + "\n}\n\n" + entry_ir(name, len(layout)))
         return text, name, layout
 
     def _small_loops(self, A: str, B: str, C: str) -> None:
@@ -141,7 +143,7 @@ class _MatmulBuilder(_Emitter):
         vectorises; a transposed B is first copied to a K x N stack buffer, so that loop
         reads a row of it (contiguous: vector loads, no gathers)."""
         M, N, K, ta, tb, ty = self.M, self.N, self.K, self.ta, self.tb, self.ty
-        st, lines = _MEMTYPE[ty], self.lines
+        st, lines = MEMTYPE[ty], self.lines
         sfx = "f32" if ty == "float" else "f64"
         first = "batch"
         if tb and K:
@@ -171,7 +173,7 @@ class _MatmulBuilder(_Emitter):
         lines.append("  %z = phi i64 [0, %row], [%z.next, %zero]")
         pz = self.emit(f"getelementptr inbounds {st}, ptr {C}, i64 "
                        f"{self.emit(f'add i64 {crow}, %z')}")
-        lines.append(f"  store {ty} {_const(0.0, ty)}, ptr {pz}")
+        lines.append(f"  store {ty} {literal(0.0, ty)}, ptr {pz}")
         lines.append("  %z.next = add nuw nsw i64 %z, 1")
         lines.append(f"  %z.more = icmp slt i64 %z.next, {N}")
         lines.append("  br i1 %z.more, label %zero, label %kloop.pre\nkloop.pre:")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from .codegen import FN_NAME, _Emitter, _entry, _prelude
+from .emit import FN_NAME, Emitter, builds, entry_ir, prelude_ir
 
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57  # Philox multipliers
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85  # key increments (Weyl sequence)
@@ -25,7 +25,8 @@ def _i32(v: int) -> str:
     return str(v - (1 << 32) if v >= 1 << 31 else v)
 
 
-class _RandomBuilder(_Emitter):
+@builds("random")
+class RandomBuilder(Emitter):
     """A 'random' group: one ``random`` node, uniform float32 or float64. The state input is
     int64 ``[seed, offset]``; the kernel writes the numbers, the generator's offset update is
     an ordinary (int64 elementwise) group of its own."""
@@ -125,7 +126,7 @@ class _RandomBuilder(_Emitter):
             self._store_block(words, str(full), rest)
         L.append("  ret void")
         text = (
-            (_prelude([]) if prelude else "") + self._philox(name)
+            (prelude_ir([]) if prelude else "") + self._philox(name)
             + f"define internal void @{name}_body(ptr noalias %a0, ptr noalias %a1) "
-            + "alwaysinline {\n" + "\n".join(L) + "\n}\n\n" + _entry(name, len(layout)))
+            + "alwaysinline {\n" + "\n".join(L) + "\n}\n\n" + entry_ir(name, len(layout)))
         return text, name, layout

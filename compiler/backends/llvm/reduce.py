@@ -1,4 +1,4 @@
-"""LLVM IR for reduce fusion groups: :class:`_ReduceBuilder` (see its docstring)."""
+"""LLVM IR for reduce fusion groups: :class:`ReduceBuilder` (see its docstring)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,20 @@ from ... import prims
 from ...ir import Value
 from ...prims import CONSTANT, MAP, REDUCTION, Lowerings, traits
 from . import threads
-from .codegen import (
-    _LLTYPE,
-    _MEMTYPE,
+from .emit import (
     FN_NAME,
-    _Builder,
-    _c_strides,
-    _const,
-    _dtname,
-    _entry,
-    _interleaved,
-    _prelude,
+    LLTYPE,
+    MEMTYPE,
+    builds,
+    c_strides,
+    dtname,
+    entry_ir,
+    interleaved,
     kernel_outputs,
+    literal,
+    prelude_ir,
 )
+from .loops import LoopBuilder
 
 _LANES = {"float": 16, "double": 8}  # accumulators per reduction: one AVX-512 register
 _CHUNK = 16  # vectors per chunk of the reduction loop
@@ -30,7 +31,8 @@ COLUMNS_MAX_BYTES = 1 << 16  # the column form's stack buffers at most (all its 
 #                              a worker thread's stack holds them, beside gemm's panels
 
 
-class _ReduceBuilder(_Builder):
+@builds("reduce")
+class ReduceBuilder(LoopBuilder):
     """A reduction group (see compiler/passes/fusion.py): ``sum``/``max`` nodes over the same
     input shape ``S`` and axes, a prologue over ``S``, an epilogue over the reduced shape and
     one over ``S`` reading reduced values broadcast back.
@@ -121,10 +123,10 @@ class _ReduceBuilder(_Builder):
         self.loops = [("%o", tuple(range(len(self.reduced))))]
 
     def _store(self, v, arg: int, strides: tuple) -> None:
-        val, ty = self.operand(v, v.shape, _LLTYPE[v.dtype.name])
+        val, ty = self.operand(v, v.shape, LLTYPE[v.dtype.name])
         if ty == "i1":
             val = self.emit(f"zext i1 {val} to i8")
-        st = _MEMTYPE[ty]
+        st = MEMTYPE[ty]
         off = self.index(strides)
         p = self.emit(f"getelementptr inbounds {st}, ptr %a{arg}, i64 {off}")
         self.lines.append(f"  store {st} {val}, ptr {p}")
@@ -140,10 +142,10 @@ class _ReduceBuilder(_Builder):
         for i in pre_s:
             self.node(self.g.nodes[i])
         for arg, v in s_outputs:
-            self._store(v, arg, _c_strides(self.full))
+            self._store(v, arg, c_strides(self.full))
         nodes = self.g.nodes
         return [self.operand(nodes[i].inputs[0], nodes[i].inputs[0].shape,
-                             _LLTYPE[nodes[i].out.dtype.name])[0] for i in reductions]
+                             LLTYPE[nodes[i].out.dtype.name])[0] for i in reductions]
 
     def _blocks_function(self, name, layout, tys, vec, init, NB, CB, B, chunks,
                          chunk_loop) -> str:
@@ -189,9 +191,9 @@ class _ReduceBuilder(_Builder):
             self.ptr[id(v)] = f"%a{k}"
         for k, v in enumerate(layout):
             if not getattr(v, "weak", False) and (v.dtype is None or
-                                                  v.dtype.name not in _LLTYPE):
+                                                  v.dtype.name not in LLTYPE):
                 raise NotImplementedError(f"LLVM reduce codegen: buffer {v!r} of dtype "
-                                          f"{_dtname(v)} is not supported")
+                                          f"{dtname(v)} is not supported")
             params.append(f"ptr noalias %a{k}")
         setup, reductions, pre_s, post_s, pre_k, post_k = self._classify()
         if not reductions:
@@ -202,8 +204,8 @@ class _ReduceBuilder(_Builder):
             dt = n.out.dtype.name
             if dt not in ("float32", "float64") or n.inputs[0].dtype is not n.out.dtype:
                 raise NotImplementedError(f"LLVM reduce codegen: {n.prim.name} of dtype "
-                                          f"{_dtname(n.inputs[0])} -> {dt}")
-            tys.append(_LLTYPE[dt])
+                                          f"{dtname(n.inputs[0])} -> {dt}")
+            tys.append(LLTYPE[dt])
         for i in setup:
             self.node(nodes[i])
         n_in = len(grp.inputs)
@@ -229,7 +231,7 @@ class _ReduceBuilder(_Builder):
         B = _CHUNK * L  # elements per chunk: computed by a plain (vectorised) loop
         chunks, rem = divmod(self.R, B)
         vec = [f"<{L} x {t}>" for t in tys]
-        init = [f"<{', '.join([f'{t} {_const(e, t)}'] * L)}>" for e, t in zip(ident, tys)]
+        init = [f"<{', '.join([f'{t} {literal(e, t)}'] * L)}>" for e, t in zip(ident, tys)]
         lines = self.lines
         lines.append("entry:")
         for m, t in enumerate(tys):
@@ -290,7 +292,7 @@ class _ReduceBuilder(_Builder):
             out.append("  %k.next = add nuw nsw i64 %k, 1")
             out.append(f"  %k.more = icmp slt i64 %k.next, {B}")
             out.append(f"  br i1 %k.more, label %inner, label %chunk.acc"
-                       f"{_interleaved(self.vecmath, B)}\nchunk.acc:")
+                       f"{interleaved(self.vecmath, B)}\nchunk.acc:")
             nexts = accumulate([f"%acc{m}" for m in range(len(tys))], B // L)
             out[phi_at:phi_at] = [f"  %acc{m} = phi {vec[m]} [{first[m]}, %{pred}], "
                                   f"[{nexts[m]}, %chunk.acc]" for m in range(len(tys))]
@@ -336,12 +338,12 @@ class _ReduceBuilder(_Builder):
                          for k in range(0, len(lanes), 2)]
             total = lanes[0]
             if ops[m] is prims.SUM:  # +0.0 start, as numpy: (-0.0) + (+0.0) is +0.0
-                total = self.emit(f"fadd {tys[m]} {total}, {_const(0.0, tys[m])}")
+                total = self.emit(f"fadd {tys[m]} {total}, {literal(0.0, tys[m])}")
             self.at_i[id(nodes[i].out)] = (total, tys[m])
         for i in post_k:
             self.node(nodes[i])
         for arg, v in k_out:
-            self._store(v, arg, _c_strides(self.reduced))
+            self._store(v, arg, c_strides(self.reduced))
         if post_s:
             kbase = dict(self.at_i)
             lines.append("  br label %post\npost:")
@@ -352,7 +354,7 @@ class _ReduceBuilder(_Builder):
                 if id(nodes[i].out) not in kbase:
                     self.node(nodes[i])
             for arg, v in s_post_out:
-                self._store(v, arg, _c_strides(self.full))
+                self._store(v, arg, c_strides(self.full))
             lines.append("  %p.next = add nuw nsw i64 %p, 1")
             lines.append(f"  %p.more = icmp slt i64 %p.next, {self.R}")
             lines.append("  br i1 %p.more, label %post, label %post.end\npost.end:")
@@ -361,10 +363,10 @@ class _ReduceBuilder(_Builder):
         lines.append(f"  %o.more = icmp slt i64 %o.next, {math.prod(self.reduced)}")
         lines.append("  br i1 %o.more, label %outer, label %exit\nexit:\n  ret void")
         text = (
-            (_prelude(self.vecmath) + self.declarations() if prelude else "")
+            (prelude_ir(self.vecmath) + self.declarations() if prelude else "")
             + self.extra
             + f"define internal void @{name}_body({', '.join(params)}) alwaysinline {{\n"
-            + "\n".join(lines) + "\n}\n\n" + _entry(name, len(layout)))
+            + "\n".join(lines) + "\n}\n\n" + entry_ir(name, len(layout)))
         return text, name, layout
 
     # ------------------------------------------------------------ the column form
@@ -399,7 +401,7 @@ class _ReduceBuilder(_Builder):
         lines.append("  %j = phi i64 [0, %entry], [%j.next, %init]")
         for m, t in enumerate(tys):
             p = self.emit(f"getelementptr inbounds {t}, ptr %cols{m}, i64 %j")
-            lines.append(f"  store {t} {_const(ident[m], t)}, ptr {p}")
+            lines.append(f"  store {t} {literal(ident[m], t)}, ptr {p}")
         lines.append("  %j.next = add nuw nsw i64 %j, 1")
         lines.append(f"  %j.more = icmp slt i64 %j.next, {P * n_cols}")
         lines.append("  br i1 %j.more, label %init, label %rows\nrows:")
@@ -421,7 +423,7 @@ class _ReduceBuilder(_Builder):
         lines.append("  %o.next = add nuw nsw i64 %o, 1")
         lines.append(f"  %o.more = icmp slt i64 %o.next, {n_cols}")
         lines.append(f"  br i1 %o.more, label %cols, label %rows.tail"
-                     f"{_interleaved(self.vecmath, n_cols)}\nrows.tail:")
+                     f"{interleaved(self.vecmath, n_cols)}\nrows.tail:")
         lines.append("  %r.next = add nuw nsw i64 %r, 1")
         lines.append(f"  %r.more = icmp slt i64 %r.next, {self.R}")
         lines.append("  br i1 %r.more, label %rows, label %fin\nfin:")
@@ -442,18 +444,18 @@ class _ReduceBuilder(_Builder):
                          for k in range(0, len(parts), 2)]
             total = parts[0]
             if ops[m] is prims.SUM:  # +0.0 start, as numpy: (-0.0) + (+0.0) is +0.0
-                total = self.emit(f"fadd {t} {total}, {_const(0.0, t)}")
+                total = self.emit(f"fadd {t} {total}, {literal(0.0, t)}")
             self.at_i[id(nodes[i].out)] = (total, t)
         for i in post_k:
             self.node(nodes[i])
         for arg, v in k_out:
-            self._store(v, arg, _c_strides(self.reduced))
+            self._store(v, arg, c_strides(self.reduced))
         lines.append("  %q.next = add nuw nsw i64 %q, 1")
         lines.append(f"  %q.more = icmp slt i64 %q.next, {n_cols}")
         lines.append("  br i1 %q.more, label %fin, label %exit\nexit:\n  ret void")
-        text = ((_prelude(self.vecmath) + self.declarations() if prelude else "")
+        text = ((prelude_ir(self.vecmath) + self.declarations() if prelude else "")
                 + f"define internal void @{name}_body({', '.join(params)}) alwaysinline {{\n"
-                + "\n".join(lines) + "\n}\n\n" + _entry(name, len(layout)))
+                + "\n".join(lines) + "\n}\n\n" + entry_ir(name, len(layout)))
         return text, name, layout
 
     def _remainder(self, acc, block, values_into_tmp, rem, start, L, tys, vec, ops,
@@ -477,7 +479,7 @@ class _ReduceBuilder(_Builder):
         lines.append(f"  %u = phi i64 [{rem}, %rpad.pre], [%u.next, %rpad]")
         for m, t in enumerate(tys):  # the last vector's unused lanes: identity
             p = self.emit(f"getelementptr inbounds {t}, ptr %tmp{m}, i64 %u")
-            lines.append(f"  store {t} {_const(ident[m], t)}, ptr {p}")
+            lines.append(f"  store {t} {literal(ident[m], t)}, ptr {p}")
         lines.append("  %u.next = add nuw nsw i64 %u, 1")
         lines.append(f"  %u.more = icmp slt i64 %u.next, {n_vec * L}")
         lines.append("  br i1 %u.more, label %rpad, label %racc.pre\nracc.pre:")
@@ -508,12 +510,12 @@ _COMBINE = Lowerings("LLVM reduce codegen")
 
 
 @_COMBINE(prims.SUM)
-def _add(b: _ReduceBuilder, ty: str, x: str, y: str) -> str:
+def _add(b: ReduceBuilder, ty: str, x: str, y: str) -> str:
     return b.emit(f"fadd {ty} {x}, {y}")
 
 
 @_COMBINE(prims.MAX)
-def _max(b: _ReduceBuilder, ty: str, x: str, y: str) -> str:  # numpy's max: NaN wins
+def _max(b: ReduceBuilder, ty: str, x: str, y: str) -> str:  # numpy's max: NaN wins
     mask = f"<{ty[1:].split(' x ')[0]} x i1>" if ty.startswith("<") else "i1"
     gt = b.emit(f"fcmp ogt {ty} {x}, {y}")
     nan = b.emit(f"fcmp uno {ty} {x}, {x}")

@@ -17,7 +17,7 @@ as one native driver call instead. Within a native kernel, ``+ - * /``, ``sqrt``
 comparisons, ``where``, ``maximum``/``minimum`` are IEEE operations in numpy's order and give
 eager's bits; ``exp log tanh sigmoid erf sin cos`` are the vecmath polynomials, within the ulp
 bounds documented in ``vecmath`` of the correctly rounded result — not bit-identical to
-numpy's; sums add in the kernel's fixed lane order (see ``codegen._ReduceBuilder``), not
+numpy's; sums add in the kernel's fixed lane order (see ``codegen.ReduceBuilder``), not
 numpy's pairwise order, so they differ from eager's by rounding.
 """
 
@@ -47,13 +47,13 @@ def lowerable(g, group) -> bool:
     if group.kind not in ("elementwise", "reduce", "matmul"):
         return False
     try:
-        codegen._builder(g, group).build()
+        codegen.builder(g, group).build()
     except NotImplementedError:
         return False
     return True
 
 
-def _module(text: str) -> jit.Compiled:
+def cached_module(text: str) -> jit.Compiled:
     return cache.load_or_compile(text)  # (memory, then the disk cache, then LLVM)
 
 
@@ -163,7 +163,7 @@ def compile_hybrid(g, inplace: dict | None = None, groups: list | None = None,
         text, fns = codegen.module_ir(g, native)
         numbers = None
         if family is None:
-            compiled = _module(text)
+            compiled = cached_module(text)
         else:
             compiled, numbers = family.module(text)
         if numbers is not None:

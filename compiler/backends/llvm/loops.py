@@ -1,0 +1,664 @@
+"""The loop kernels of elementwise fusion groups (and of Python-number scalar groups), and
+the lowering rule of each primitive in them (:data:`_NODES`, :data:`_ARITH`); reduction
+kernels (``reduce.py``) build on :class:`LoopBuilder`.
+
+:func:`elementwise_kernel` emits ``void @dg_ew(ptr %args, i64 %n)``: ``args`` is an array of
+buffer pointers (the group's inputs, then its outputs, in ``arg_layout`` order; one ``void**``
+is the cheapest ctypes call, see LLVM_NOTES) and the kernel loops ``i`` over the flattened
+iteration space (``n`` elements). The entry function loads the pointers and calls an
+``alwaysinline`` body whose pointer parameters are ``noalias`` (inputs and outputs are
+distinct buffers), so after inlining LLVM still knows the stores do not alias the loads and
+vectorises the loop.
+
+Reads of outside data: every input buffer is C-contiguous in its own shape; maps of it inside
+the group (``broadcast``, ``reshape``) are folded into a strided view, and a node reading it
+with numpy broadcasting gets, per (squeezed) iteration dim, a stride (0 when broadcast). Its
+flat index is ``sum_k ((i / inner_k) % size_k) * stride_k`` over coalesced dims — just ``i``
+for an input of the full shape, ``0`` for a scalar / 0-d / all-broadcast one.
+
+Supported (values float32 or float64, bool stored as one byte 0/1): ``add sub mul div neg abs
+sqrt maximum minimum sign floor`` (NaN-propagating like numpy), ``pow`` by a literal 2, 0.5,
+-1, 1 or 0 (numpy computes these exactly as x·x, √x, 1/x, x, 1), in float32 also ``exp log tanh
+sigmoid erf sin cos`` (the vecmath functions, documented ulp bounds; float64 transcendentals
+are not lowered), ``eq ne lt le gt ge`` (float or bool operands; ``ne`` is true for NaN as in
+numpy), ``where``, ``cast`` between float32 and float64 (rounded to nearest, as numpy's
+``astype``), bool -> float and to the same dtype, and as copies ``reshape``/``broadcast`` of
+computed values and ``sum``/``max`` over size-1 axes; ``full`` and ``size_of`` become
+constants; literal numbers become constants of the operation's dtype. A runtime Python number
+(a weak scalar input, e.g. an optimizer's learning rate) is passed as a float64 in a
+one-element buffer and rounded to the operation's dtype first, as numpy's weak-scalar rule
+does. No fast-math flags. Anything else raises NotImplementedError naming the primitive and
+dtype. Reduce groups: see :class:`_ReduceBuilder`.
+"""
+
+
+from __future__ import annotations
+
+import math
+
+from ... import prims as P
+from ...ir import Value
+from ...prims import Lowerings
+from . import threads, vecmath
+from .emit import (
+    FN_NAME,
+    LLTYPE,
+    MEMTYPE,
+    SUFFIX,
+    Emitter,
+    builds,
+    c_strides,
+    dtname,
+    entry_ir,
+    interleaved,
+    kernel_outputs,
+    literal,
+    prelude_ir,
+)
+
+_EXACT_POW = (2.0, 0.5, -1.0, 1.0, 0.0)  # np.power computes these as x*x, sqrt, 1/x, x, 1
+_NEST_MIN = 8  # an elementwise kernel loops rows x last dim when that dim is at least this
+_LIBM_MAX = 16  # pow may call libm in groups of at most this many elements, or on scalar
+#                operands (loop-invariant): never in a hot loop
+
+
+def _unsupported(prim: str, what) -> NotImplementedError:
+    return NotImplementedError(
+        f"LLVM elementwise codegen: primitive {prim!r} on dtype {what} is not supported "
+        f"(supported: float32/float64 add sub mul div neg abs sqrt maximum minimum sign floor, "
+        f"pow by 2, 0.5, -1, 1 or 0, float32 exp log tanh sigmoid erf sin cos, comparisons, where, "
+        f"casts between floats and from bool)")
+
+
+@builds("elementwise")
+class LoopBuilder(Emitter):
+    """An elementwise group (the base of the loop builders: reduce and scalar groups)."""
+
+    def __init__(self, g, group, kind: str = "elementwise", full=None) -> None:
+        super().__init__(g, group, kind)
+        self.full = tuple(s for s in group.shape if s != 1) if full is None else full
+        # the dims the current code enumerates, and the loop variables enumerating them
+        # (row-major each): one flat %i here; (%o kept, %r reduced) in a reduction kernel
+        self.space = self.full
+        self.loops = [("%i", tuple(range(len(self.full))))]
+        self.nested = False  # one flat loop; build() retries as rows x last dim if it pays
+        self.ptr: dict[int, str] = {}  # id(buffer value) -> pointer param
+        self.at_i: dict[int, tuple] = {}  # id(value) -> (ssa, lltype) at iteration point i
+        self.reads: dict[tuple, str] = {}
+        self.idx: dict[tuple, str] = {}
+        self.views: dict[int, tuple] = {}  # id(map value) -> (buffer, shape, strides, offset)
+        self.consts: dict[int, tuple] = {}  # id(full value) -> (python value, dtype name)
+
+    # ------------------------------------------------------------ reading outside data
+    def view(self, v) -> tuple:
+        """(buffer value, shape, element strides, element offset) of outside data ``v``."""
+        if id(v) in self.ptr:
+            return v, v.shape, c_strides(v.shape), 0
+        if id(v) in self.views:
+            return self.views[id(v)]
+        raise NotImplementedError(f"LLVM elementwise codegen: {v!r} is neither an input nor "
+                                  f"a map of one")
+
+    def map_view(self, n) -> None:
+        """Outside data read through an index map (see :data:`_VIEWS`): a strided view."""
+        buf, shape, st, off = self.view(n.inputs[0])
+        rule = _VIEWS.get(n.prim)
+        if rule is None:
+            raise _unsupported(n.prim.name, f"{dtname(n.out)} (index map of outside data)")
+        nst, off = rule(n, shape, st, off)
+        self.views[id(n.out)] = (buf, tuple(n.out.shape), tuple(nst), off)
+
+    def index(self, strides: tuple) -> str:
+        """The element offset, from the loop variables, for per-space-dim ``strides``."""
+        key = (tuple(var for var, _ in self.loops), tuple(strides))
+        if key in self.idx:
+            return self.idx[key]
+        acc = None
+        for var, dims in self.loops:
+            sizes = [self.space[d] for d in dims]
+            coalesced = []  # (size, inner, stride)
+            for size, inner, st in zip(sizes, c_strides(sizes), (strides[d] for d in dims)):
+                if coalesced and coalesced[-1][2] == st * size:
+                    psize, _, _ = coalesced[-1]
+                    coalesced[-1] = (psize * size, inner, st)
+                else:
+                    coalesced.append((size, inner, st))
+            for k, (size, inner, st) in enumerate(coalesced):
+                if st == 0:
+                    continue
+                t = var if inner == 1 else self.emit(f"udiv i64 {var}, {inner}")
+                if k > 0:
+                    t = self.emit(f"urem i64 {t}, {size}")
+                if st != 1:
+                    t = self.emit(f"mul i64 {t}, {st}")
+                acc = t if acc is None else self.emit(f"add i64 {acc}, {t}")
+        self.idx[key] = acc = acc or "0"
+        return acc
+
+    def read(self, v, out_shape) -> tuple:
+        """``v`` (outside data) as read by a node of shape ``out_shape`` at point ``i``."""
+        buf, shape, st, base = self.view(v)
+        lead = len(out_shape) - len(shape)
+        strides = []
+        for k, o in enumerate(out_shape):
+            if o == 1:
+                continue
+            d = k - lead
+            strides.append(st[d] if d >= 0 and shape[d] != 1 else 0)
+        if len(strides) != len(self.space):
+            raise NotImplementedError(f"LLVM elementwise codegen: node of shape {out_shape} "
+                                      f"outside the iteration space {self.group.shape}")
+        key = (id(buf), tuple(strides), base, tuple(var for var, _ in self.loops))
+        if key not in self.reads:
+            off = self.index(tuple(strides))
+            if base:
+                off = str(base) if off == "0" else self.emit(f"add i64 {off}, {base}")
+            dt = buf.dtype.name
+            ty = MEMTYPE[LLTYPE[dt]]
+            p = self.emit(f"getelementptr inbounds {ty}, ptr {self.ptr[id(buf)]}, i64 {off}")
+            x = self.emit(f"load {ty}, ptr {p}")
+            if dt == "bool":
+                x = self.emit(f"icmp ne i8 {x}, 0")
+            self.reads[key] = x
+        return self.reads[key], LLTYPE[buf.dtype.name]
+
+    # ------------------------------------------------------------ computing
+    def operand(self, x, out_shape, want: str) -> tuple:
+        if not isinstance(x, Value):  # a literal Python number
+            return literal(x, want), want
+        if id(x) in self.at_i:
+            val, ty = self.at_i[id(x)]
+            if x.weak and ty == "double" and want in ("float", "i1"):  # a computed number
+                key = (id(x), want)
+                if key not in self.reads:
+                    self.reads[key] = self.emit(f"fptrunc double {val} to float") \
+                        if want == "float" else self.emit(f"fcmp une double {val}, 0.0")
+                return self.reads[key], want
+            return val, ty
+        if id(x) in self.consts:
+            val, dt = self.consts[id(x)]
+            return literal(val, LLTYPE[dt]), LLTYPE[dt]
+        if x.weak:  # a runtime Python number, passed as a float64 in a one-element buffer
+            if want == "i1" or id(x) not in self.ptr:
+                raise NotImplementedError("LLVM elementwise codegen: a Python-number input "
+                                          "used as a boolean or computed inside the group")
+            key = (id(x), want)
+            if key not in self.reads:
+                r = self.emit(f"load double, ptr {self.ptr[id(x)]}")
+                if want == "float":  # numpy's weak scalar: rounded to float32 first
+                    r = self.emit(f"fptrunc double {r} to float")
+                elif want == "i64":  # (only where the result's dtype proves it an int)
+                    r = self.emit(f"fptosi double {r} to i64")
+                self.reads[key] = r
+            return self.reads[key], want
+        return self.read(x, out_shape)
+
+    def args(self, n, ty: str) -> list:
+        """The node's operands at point ``i``, as LLVM values of type ``ty``."""
+        return [self.operand(x, n.out.shape, ty)[0] for x in n.inputs]
+
+    def weak_node(self, n) -> None:
+        """Python-number arithmetic (an optimizer's hyperparameters): in float64, as numpy
+        does it on Python floats; comparisons give 0.0 or 1.0."""
+        name = n.prim.name
+        if n.prim not in _WEAK and n.prim not in _FCMP:
+            raise _unsupported(name, "scalar (weak Python number)")
+        for x in n.inputs:
+            if isinstance(x, Value) and not x.weak:
+                raise _unsupported(name, "scalar (weak) with a tensor operand")
+        if n.prim in _FCMP:
+            a = self.args(n, "double")
+            c = self.emit(f"fcmp {_FCMP[n.prim]} double {a[0]}, {a[1]}")
+            r = self.emit(f"uitofp i1 {c} to double")
+        else:
+            r = _ARITH[n.prim](self, n, "double")
+        self.at_i[id(n.out)] = (r, "double")
+
+    def node(self, n) -> None:
+        """Lower node ``n`` at point ``i``: its own rule (:data:`_NODES`), or an arithmetic
+        rule (:data:`_ARITH`) on operands of the output's dtype."""
+        if n.out.weak:
+            self.weak_node(n)
+            return
+        rule = _NODES.get(n.prim)
+        if rule is not None:
+            rule(self, n)
+            return
+        arith = _ARITH.get(n.prim)
+        odt = n.out.dtype.name
+        if arith is None or odt not in LLTYPE:
+            raise _unsupported(n.prim.name, odt)
+        ty = LLTYPE[odt]
+        in_dts = {x.dtype.name for x in n.inputs
+                  if isinstance(x, Value) and not x.weak and x.dtype is not None}
+        if ty == "i1" or any(d != odt for d in in_dts):
+            raise _unsupported(n.prim.name, "/".join(sorted(in_dts | {odt})))
+        self.at_i[id(n.out)] = (arith(self, n, ty), ty)
+
+    def build(self, name: str = FN_NAME, prelude: bool = True) -> tuple:
+        """(IR text, function name, arg layout); without ``prelude`` the text holds only the
+        kernel's two functions (``self.vecmath`` names the math functions it calls), for
+        :func:`module_ir` to put many kernels in one module."""
+        grp = self.group
+        outputs = kernel_outputs(self.g, grp)
+        layout = list(grp.inputs) + outputs
+        for k, v in enumerate(grp.inputs):
+            self.ptr[id(v)] = f"%a{k}"
+        nested = self.nested
+        if nested:  # rows x a long last dim: a broadcast read is affine in the inner index
+            self.loops = [("%o", tuple(range(len(self.full) - 1))), ("%i", (len(self.full) - 1,))]
+        for i in grp.nodes:
+            self.node(self.g.nodes[i])
+        params = []
+        for k, v in enumerate(layout):
+            if getattr(v, "weak", False) and k < len(grp.inputs):
+                params.append(f"ptr noalias %a{k}")  # one float64 (see operand)
+                continue
+            if v.dtype is None or v.dtype.name not in LLTYPE:
+                raise NotImplementedError(f"LLVM elementwise codegen: buffer {v!r} of dtype "
+                                          f"{dtname(v)} is not supported (float32, float64, bool)")
+            params.append(f"ptr noalias %a{k}")
+        for k, v in enumerate(outputs):
+            if math.prod(v.shape) != math.prod(grp.shape):
+                raise NotImplementedError(f"LLVM elementwise codegen: output {v!r} of shape "
+                                          f"{v.shape} is not the iteration space {grp.shape}")
+            val, ty = self.operand(v, v.shape, LLTYPE[v.dtype.name])
+            if ty == "i1":
+                val = self.emit(f"zext i1 {val} to i8")
+            st = MEMTYPE[ty]
+            off = self.index(c_strides(self.full))
+            p = self.emit(f"getelementptr inbounds {st}, ptr %a{len(grp.inputs) + k}, i64 {off}")
+            self.lines.append(f"  store {st} {val}, ptr {p}")
+        entry = entry_ir(name, len(layout), pass_n=True)
+        body = "\n".join(self.lines)
+        if nested:
+            rows, inner = math.prod(self.full[:-1]), self.full[-1]
+            loop = ("entry:\n  br label %outer\nouter:\n"
+                    "  %o = phi i64 [0, %entry], [%o.next, %loop.end]\n"
+                    "  br label %loop\nloop:\n"
+                    "  %i = phi i64 [0, %outer], [%i.next, %loop]\n"
+                    + body + "\n"
+                    f"  %i.next = add nuw nsw i64 %i, 1\n  %more = icmp slt i64 %i.next, {inner}\n"
+                    f"  br i1 %more, label %loop, label %loop.end"
+                    f"{interleaved(self.vecmath, inner)}\n"
+                    "loop.end:\n"
+                    f"  %o.next = add nuw nsw i64 %o, 1\n  %o.more = icmp slt i64 %o.next, {rows}\n"
+                    "  br i1 %o.more, label %outer, label %exit\nexit:\n  ret void\n}\n\n")
+        else:
+            loop = ("entry:\n  %empty = icmp sle i64 %n, 0\n"
+                    "  br i1 %empty, label %exit, label %loop\nloop:\n"
+                    "  %i = phi i64 [0, %entry], [%i.next, %loop]\n"
+                    + body + "\n"
+                    "  %i.next = add nuw nsw i64 %i, 1\n  %more = icmp slt i64 %i.next, %n\n"
+                    f"  br i1 %more, label %loop, label %exit"
+                    f"{interleaved(self.vecmath, math.prod(self.full))}\n"
+                    "exit:\n  ret void\n}\n\n")
+        if not nested and len(self.full) >= 2 and self.full[-1] >= _NEST_MIN and (
+                "udiv" in body or "urem" in body):  # broadcast reads: rows x last dim
+            b = type(self)(self.g, self.group)
+            b.nested = True
+            built = b.build(name, prelude)
+            self.vecmath = b.vecmath
+            return built
+        n_static = math.prod(self.full)
+        if not nested and n_static >= 2 * _PAR_BLOCK and threads.find():
+            return self._parallel(name, prelude, params, body, entry, n_static), name, layout
+        text = (
+            (prelude_ir(self.vecmath) if prelude else "")
+            + f"define internal void @{name}_body({', '.join(params + ['i64 %n'])}) "
+            + "alwaysinline {\n" + loop + entry)
+        return text, name, layout
+
+    def _parallel(self, name, prelude, params, body, entry, n) -> str:
+        """A big flat kernel on the thread pool (``threads.py``): blocks of ``_PAR_BLOCK``
+        elements, each a part of its own (each element is computed alone, so the result
+        does not depend on the split)."""
+        k_args = len(params)
+        nb = -(-n // _PAR_BLOCK)
+        ptrs = ", ".join(f"ptr %a{k}" for k in range(k_args))
+        rng = (f"define internal void @{name}_range({', '.join(params)}, i64 %lo, i64 %hi) {{\n"
+               "entry:\n  br label %loop\nloop:\n"
+               "  %i = phi i64 [%lo, %entry], [%i.next, %loop]\n" + body + "\n"
+               "  %i.next = add nuw nsw i64 %i, 1\n  %more = icmp slt i64 %i.next, %hi\n"
+               f"  br i1 %more, label %loop, label %exit{interleaved(self.vecmath, n)}\n"
+               "exit:\n  ret void\n}\n\n")
+        unpack = "".join(f"  %x{k} = getelementptr inbounds ptr, ptr %ctx, i64 {k}\n"
+                         f"  %a{k} = load ptr, ptr %x{k}\n" for k in range(k_args))
+        blocks = (f"define internal void @{name}_blocks(ptr %ctx, i64 %tid, i64 %nt) {{\n"
+                  "entry:\n" + unpack
+                  + f"  %any = icmp slt i64 %tid, {nb}\n"
+                  "  br i1 %any, label %blk, label %exit\nblk:\n"
+                  "  %b = phi i64 [%tid, %entry], [%b.next, %blk]\n"
+                  f"  %lo = mul nuw nsw i64 %b, {_PAR_BLOCK}\n"
+                  f"  %hi0 = add nuw nsw i64 %lo, {_PAR_BLOCK}\n"
+                  f"  %lt = icmp slt i64 %hi0, {n}\n"
+                  f"  %hi = select i1 %lt, i64 %hi0, i64 {n}\n"
+                  f"  call void @{name}_range({ptrs}, i64 %lo, i64 %hi)\n"
+                  "  %b.next = add nuw nsw i64 %b, %nt\n"
+                  f"  %b.more = icmp slt i64 %b.next, {nb}\n"
+                  "  br i1 %b.more, label %blk, label %exit\nexit:\n  ret void\n}\n\n")
+        pack = "".join(f"  %c{k} = getelementptr inbounds ptr, ptr %ctx, i64 {k}\n"
+                       f"  store ptr %a{k}, ptr %c{k}\n" for k in range(k_args))
+        main = (f"define internal void @{name}_body({', '.join(params + ['i64 %n'])}) "
+                f"alwaysinline {{\nentry:\n  %ctx = alloca [{k_args} x ptr], align 8\n" + pack
+                + threads.split_call(name, nb) + "\n  ret void\n}\n\n")
+        self.par = True
+        return ((prelude_ir(self.vecmath) + threads.DECLARATIONS if prelude else "")
+                + rng + blocks + main + entry)
+
+    def declarations(self) -> str:
+        return threads.DECLARATIONS if getattr(self, "par", False) else ""
+
+
+# ------------------------------------------------------------------ lowering rules
+# How each primitive becomes LLVM IR in a loop kernel, keyed by its record. A new
+# elementwise primitive needs one rule in _ARITH (its dtypes dispatched inside the rule;
+# a new float32 transcendental also its vecmath function).
+
+_VIEWS = Lowerings("LLVM index map of outside data")  # (node, shape, strides, offset)
+#                                                       -> (strides, offset) of the view
+_NODES = Lowerings("LLVM elementwise codegen")  # rule(builder, node): sets at_i or consts
+_ARITH = Lowerings("LLVM elementwise codegen")  # rule(builder, node, lltype) -> SSA value
+_WEAK = (P.ADD, P.SUB, P.MUL, P.DIV, P.NEG, P.ABS, P.SQRT, P.MAXIMUM, P.MINIMUM)  # on Python
+#                                                   numbers too (float64: weak_node)
+_FCMP = {P.EQ: "oeq", P.NE: "une", P.LT: "olt", P.LE: "ole", P.GT: "ogt", P.GE: "oge"}
+_SCMP = {P.EQ: "eq", P.NE: "ne", P.LT: "slt", P.LE: "sle", P.GT: "sgt", P.GE: "sge"}
+_ICMP = {P.EQ: "eq", P.NE: "ne"}  # bool operands
+_FBIN = {P.ADD: "fadd", P.SUB: "fsub", P.MUL: "fmul", P.DIV: "fdiv"}
+_IBIN = {P.ADD: "add", P.SUB: "sub", P.MUL: "mul"}  # int64: wrapping, as numpy's
+
+
+@_VIEWS(P.SLICE)
+def _slice_view(n, shape, st, off):  # unit steps (fusion's rule): an offset, same strides
+    p = n.params
+    if any(c != 1 for c in p["steps"]):
+        raise _unsupported(n.prim.name, "with steps (index map of outside data)")
+    return list(st), off + sum(a * t for a, t in zip(p["starts"], st))
+
+
+@_VIEWS(P.BROADCAST)
+def _broadcast_view(n, shape, st, off):
+    out = n.out.shape
+    lead = len(out) - len(shape)
+    return [0] * lead + [0 if (s == 1 and o != 1) else t
+                         for s, o, t in zip(shape, out[lead:], st)], off
+
+
+@_VIEWS(P.RESHAPE)
+def _reshape_view(n, shape, st, off):
+    out = n.out.shape
+    nz = [(s, t) for s, t in zip(shape, st) if s != 1]
+    if tuple(t for _, t in nz) == c_strides(tuple(s for s, _ in nz)):
+        return list(c_strides(out)), off  # contiguous: a row-major relabelling
+    if tuple(s for s, _ in nz) == tuple(s for s in out if s != 1):
+        it = iter(t for _, t in nz)
+        return [next(it) if s != 1 else 0 for s in out], off
+    raise NotImplementedError("LLVM elementwise codegen: reshape of a broadcast view that "
+                              "merges or splits dims")
+
+
+@_NODES(P.FULL)
+def _full(b: LoopBuilder, n) -> None:  # a constant: a parameter
+    _constant(b, n, n.params["value"])
+
+
+@_NODES(P.SIZE_OF)
+def _size_of(b: LoopBuilder, n) -> None:  # a constant: known from a shape
+    _constant(b, n, math.prod(n.inputs[0].shape[a] for a in n.params["axes"]))
+
+
+def _constant(b: LoopBuilder, n, value) -> None:
+    if n.out.dtype.name not in LLTYPE:
+        raise _unsupported(n.prim.name, n.out.dtype.name)
+    b.consts[id(n.out)] = (value, n.out.dtype.name)
+
+
+def _outside(b: LoopBuilder, v) -> bool:
+    return isinstance(v, Value) and (id(v) in b.ptr or id(v) in b.views)
+
+
+@_NODES(P.SLICE)
+def _slice(b: LoopBuilder, n) -> None:
+    if not _outside(b, n.inputs[0]):
+        raise _unsupported(n.prim.name, n.out.dtype.name)
+    b.map_view(n)  # a unit-step slice of outside data: an offset view
+
+
+@_NODES(P.BROADCAST, P.RESHAPE)
+def _map(b: LoopBuilder, n) -> None:
+    if not _copy(b, n, plus_zero=False):
+        if not _outside(b, n.inputs[0]):
+            raise _unsupported(n.prim.name, n.out.dtype.name)
+        b.map_view(n)
+
+
+@_NODES(P.SUM, P.MAX)
+def _relabelled_reduction(b: LoopBuilder, n) -> None:
+    """A reduction over size-1 axes (fusion's rule): the same elements in the same order,
+    read as a reshape. numpy's sum starts at +0.0 (so -0.0 becomes +0.0); max is a copy."""
+    plus_zero = n.prim is P.SUM
+    if _copy(b, n, plus_zero):
+        return
+    src, out, odt = n.inputs[0], n.out, n.out.dtype.name
+    if not (_outside(b, src) and src.dtype is out.dtype and odt in ("float32", "float64")
+            and math.prod(src.shape) == math.prod(out.shape)):
+        raise _unsupported(n.prim.name, odt)
+    buf, shape, st, base = b.view(src)
+    it = iter([t for d, t in zip(shape, st) if d != 1])
+    b.views[id(out)] = (buf, tuple(out.shape),
+                        tuple(next(it) if d != 1 else 0 for d in out.shape), base)
+    val, ty = b.read(out, out.shape)
+    if plus_zero:
+        val = b.emit(f"fadd {ty} {val}, {literal(0.0, ty)}")
+    b.at_i[id(out)] = (val, ty)
+
+
+def _copy(b: LoopBuilder, n, plus_zero: bool) -> bool:
+    """A map or relabelling of a constant or of a value computed at the same point: the
+    same value (True), else False."""
+    src, out = n.inputs[0], n.out
+    if isinstance(src, Value) and id(src) in b.consts:
+        b.consts[id(out)] = b.consts[id(src)]
+        return True
+    if isinstance(src, Value) and id(src) in b.at_i and src.dtype is out.dtype \
+            and math.prod(src.shape) == math.prod(out.shape):
+        val, ty = b.at_i[id(src)]  # a copy at the same point
+        if plus_zero and ty in ("float", "double"):
+            val = b.emit(f"fadd {ty} {val}, {literal(0.0, ty)}")
+        b.at_i[id(out)] = (val, ty)
+        return True
+    return False
+
+
+@_NODES(*_FCMP)
+def _compare(b: LoopBuilder, n) -> None:
+    ins = n.inputs
+    vals = [x for x in ins if isinstance(x, Value) and not x.weak]
+    in_dts = {x.dtype.name for x in vals if x.dtype is not None}
+    if not vals or len(in_dts) != 1 or next(iter(in_dts)) not in LLTYPE:
+        raise _unsupported(n.prim.name, "/".join(sorted(in_dts)) or "literals")
+    ty = LLTYPE[next(iter(in_dts))]
+    if ty == "i64" and any(isinstance(x, float) or (isinstance(x, Value) and x.weak)
+                           for x in ins):  # numpy would compare as float64
+        raise _unsupported(n.prim.name, "int64 with a float or Python-number operand")
+    a, c = b.args(n, ty)
+    if ty == "i64":
+        r = b.emit(f"icmp {_SCMP[n.prim]} i64 {a}, {c}")
+    elif ty != "i1":
+        r = b.emit(f"fcmp {_FCMP[n.prim]} {ty} {a}, {c}")
+    elif n.prim in _ICMP:
+        r = b.emit(f"icmp {_ICMP[n.prim]} i1 {a}, {c}")
+    else:
+        raise _unsupported(n.prim.name, "bool")
+    b.at_i[id(n.out)] = (r, "i1")
+
+
+@_NODES(P.CAST)
+def _cast(b: LoopBuilder, n) -> None:
+    src, odt = n.inputs[0], n.out.dtype.name
+    sdt = dtname(src)
+    if sdt not in LLTYPE or odt not in LLTYPE or (sdt != odt and "bool" == odt
+                                                    and sdt != "int64") or (
+            odt == "int64" and sdt not in ("int64", "bool")):
+        raise _unsupported(n.prim.name, f"{sdt}->{odt}")
+    sty, oty = LLTYPE[sdt], LLTYPE[odt]
+    a, _ = b.operand(src, n.out.shape, sty)
+    if sty == oty:
+        r = a
+    elif sty == "i1":  # bool -> number: 0 or 1
+        r = b.emit(f"{'zext' if oty == 'i64' else 'uitofp'} i1 {a} to {oty}")
+    elif sty == "i64":  # int64 -> float (rounded to nearest) or -> bool
+        r = b.emit(f"icmp ne i64 {a}, 0") if oty == "i1" else b.emit(f"sitofp i64 {a} to {oty}")
+    else:  # float32 <-> float64, rounded to nearest as numpy's astype
+        r = b.emit(f"{'fpext' if oty == 'double' else 'fptrunc'} {sty} {a} to {oty}")
+    b.at_i[id(n.out)] = (r, oty)
+
+
+@_NODES(P.WHERE)
+def _where(b: LoopBuilder, n) -> None:
+    odt = n.out.dtype.name
+    if odt not in LLTYPE:
+        raise _unsupported(n.prim.name, odt)
+    ty = LLTYPE[odt]
+    c, _ = b.operand(n.inputs[0], n.out.shape, "i1")
+    (x, _), (y, _) = (b.operand(v, n.out.shape, ty) for v in n.inputs[1:])
+    b.at_i[id(n.out)] = (b.emit(f"select i1 {c}, {ty} {x}, {ty} {y}"), ty)
+
+
+def _float_only(n, ty: str) -> None:
+    if ty == "i64":
+        raise _unsupported(n.prim.name, "int64")
+
+
+@_ARITH(*_FBIN)
+def _binary(b: LoopBuilder, n, ty: str) -> str:
+    a, c = b.args(n, ty)
+    if ty == "i64":
+        if n.prim not in _IBIN:
+            raise _unsupported(n.prim.name, "int64")
+        return b.emit(f"{_IBIN[n.prim]} i64 {a}, {c}")
+    return b.emit(f"{_FBIN[n.prim]} {ty} {a}, {c}")
+
+
+@_ARITH(P.NEG)
+def _neg(b: LoopBuilder, n, ty: str) -> str:
+    a, = b.args(n, ty)
+    return b.emit(f"sub i64 0, {a}") if ty == "i64" else b.emit(f"fneg {ty} {a}")
+
+
+@_ARITH(P.ABS)
+def _abs(b: LoopBuilder, n, ty: str) -> str:
+    a, = b.args(n, ty)
+    if ty == "i64":
+        c = b.emit(f"icmp slt i64 {a}, 0")
+        m = b.emit(f"sub i64 0, {a}")
+        return b.emit(f"select i1 {c}, i64 {m}, i64 {a}")
+    return b.emit(f"call {ty} @llvm.fabs.{SUFFIX[ty]}({ty} {a})")
+
+
+@_ARITH(P.MAXIMUM, P.MINIMUM)
+def _extremum(b: LoopBuilder, n, ty: str) -> str:
+    a, c = b.args(n, ty)
+    bigger = n.prim is P.MAXIMUM
+    if ty == "i64":
+        gt = b.emit(f"icmp {'sgt' if bigger else 'slt'} i64 {a}, {c}")
+        return b.emit(f"select i1 {gt}, i64 {a}, i64 {c}")
+    gt = b.emit(f"fcmp {'ogt' if bigger else 'olt'} {ty} {a}, {c}")  # numpy: NaN if either
+    m = b.emit(f"select i1 {gt}, {ty} {a}, {ty} {c}")                # is NaN
+    nan = b.emit(f"fcmp uno {ty} {a}, {a}")
+    return b.emit(f"select i1 {nan}, {ty} {a}, {ty} {m}")
+
+
+_INTRINSICS = {P.SQRT: "sqrt", P.FLOOR: "floor", P.CEIL: "ceil",  # LLVM intrinsics numpy
+               P.ROUND: "roundeven"}  # agrees with bit for bit (np.rint: half to even)
+
+
+@_ARITH(*_INTRINSICS)
+def _intrinsic(b: LoopBuilder, n, ty: str) -> str:
+    _float_only(n, ty)
+    a, = b.args(n, ty)
+    return b.emit(f"call {ty} @llvm.{_INTRINSICS[n.prim]}.{SUFFIX[ty]}({ty} {a})")
+
+
+@_ARITH(P.SIGN)
+def _sign(b: LoopBuilder, n, ty: str) -> str:  # numpy: NaN stays NaN, ±0 gives +0
+    _float_only(n, ty)
+    a, = b.args(n, ty)
+    pos = b.emit(f"fcmp ogt {ty} {a}, {literal(0.0, ty)}")
+    neg = b.emit(f"fcmp olt {ty} {a}, {literal(0.0, ty)}")
+    nan = b.emit(f"fcmp uno {ty} {a}, {a}")
+    t = b.emit(f"select i1 {neg}, {ty} {literal(-1.0, ty)}, {ty} {literal(0.0, ty)}")
+    t = b.emit(f"select i1 {pos}, {ty} {literal(1.0, ty)}, {ty} {t}")
+    return b.emit(f"select i1 {nan}, {ty} {a}, {ty} {t}")
+
+
+@_ARITH(P.POW)
+def _pow(b: LoopBuilder, n, ty: str) -> str:
+    """Literal exponents numpy computes exactly: x², √x, 1/x, x, 1; otherwise libm's pow,
+    only on a few elements or a value the loop does not change (Adam's bias correction,
+    hoisted by LLVM), never in a hot loop."""
+    _float_only(n, ty)
+    x, e = n.inputs
+    e = b.consts[id(e)][0] if isinstance(e, Value) and id(e) in b.consts else e
+    sfx = SUFFIX[ty]
+    if isinstance(e, Value) or float(e) not in _EXACT_POW:
+        invariant = all(math.prod(v.shape) <= 1 for v in n.inputs if isinstance(v, Value))
+        if math.prod(b.group.shape) > _LIBM_MAX and not invariant:
+            raise _unsupported(n.prim.name, f"{dtname(n.out)} with exponent "
+                                            f"{dtname(n.inputs[1])} other than a literal "
+                                            f"{sorted(_EXACT_POW)}")
+        a, p = b.args(n, ty)
+        return b.emit(f"call {ty} @llvm.pow.{sfx}({ty} {a}, {ty} {p})")
+    a, _ = b.operand(x, n.out.shape, ty)
+    e = float(e)
+    return (b.emit(f"fmul {ty} {a}, {a}") if e == 2.0 else
+            b.emit(f"call {ty} @llvm.sqrt.{sfx}({ty} {a})") if e == 0.5 else
+            b.emit(f"fdiv {ty} {literal(1.0, ty)}, {a}") if e == -1.0 else
+            b.emit(f"fadd {ty} {a}, {literal(-0.0, ty)}") if e == 1.0 else
+            literal(1.0, ty))
+
+
+@_ARITH(*vecmath.PRIMITIVES)
+def _vecmath(b: LoopBuilder, n, ty: str) -> str:
+    """A float32 transcendental: the vecmath polynomial (vecmath.py: its ulp bound)."""
+    if ty != "float":
+        raise _unsupported(n.prim.name, dtname(n.out))
+    a, = b.args(n, ty)
+    fn = vecmath.PRIMITIVES[n.prim]
+    if fn not in b.vecmath:
+        b.vecmath.append(fn)
+    return b.emit(f"call float @dg_{fn}f(float {a})")
+
+
+_PAR_BLOCK = 1 << 14  # elements per block (a part for the pool) of an elementwise kernel of
+#                      two blocks or more: ~10 µs of streaming each, far above a part's cost
+
+
+@builds("scalar")
+class ScalarBuilder(LoopBuilder):
+    """A 'scalar' group: Python-number arithmetic only (see :meth:`LoopBuilder.weak_node`); its
+    inputs and outputs are float64 one-element buffers. No loop."""
+
+    def __init__(self, g, group) -> None:
+        super().__init__(g, group, "scalar", full=())
+        self.loops = []
+
+    def build(self, name: str = FN_NAME, prelude: bool = True) -> tuple:
+        grp = self.group
+        layout = list(grp.inputs) + list(grp.outputs)
+        for v in layout:
+            if not v.weak:
+                raise NotImplementedError(f"LLVM scalar codegen: {v!r} is not a Python number")
+        for k, v in enumerate(grp.inputs):
+            self.ptr[id(v)] = f"%a{k}"
+        for i in grp.nodes:
+            self.weak_node(self.g.nodes[i])
+        for k, v in enumerate(grp.outputs):
+            val, _ = self.at_i[id(v)]
+            self.lines.append(f"  store double {val}, ptr %a{len(grp.inputs) + k}")
+        params = ", ".join(f"ptr noalias %a{k}" for k in range(len(layout)))
+        text = (
+            (prelude_ir([]) if prelude else "")
+            + f"define internal void @{name}_body({params}) alwaysinline {{\nentry:\n"
+            + "\n".join(self.lines) + "\n  ret void\n}\n\n" + entry_ir(name, len(layout)))
+        return text, name, layout
