@@ -33,6 +33,7 @@ from dyngrad.tensor import Storage, Tensor
 
 from . import backends, capture, ir
 from .backends import interp
+from .backends.base import GuardFailed
 from .effects import continue_backward, plan_effects, replay
 from .generated import exec_generated
 from .guards import GuardSet, build_guards, flatten, unflatten
@@ -41,7 +42,6 @@ from .passes import run_passes
 from .passes.fusion import FusionGroup, fuse
 from .passes.memory import MemoryPlan, plan_memory
 from .symbolic import (
-    SizedBackward,
     arg_dims,
     arg_shapes,
     concrete_graph,
@@ -158,21 +158,22 @@ class Variant:
         d = self.sym.size(flat)
         p = self.plans.get(d)
         if p is None:
-            if self.execute is interp.run:
-                fwd = interp.compile_graph(self.trace.graph, self.templates, d, self.inplace)
-            else:  # a native backend plans the graph at this size (its sizes may share
+            backend = backends.get(self.backend_name)
+            if backend.compile_at_size is not None:
+                fwd = backend.compile_at_size(self.trace.graph, self.templates, d, self.inplace)
+            else:  # the backend plans a concrete graph at this size (its sizes may share
                 shapes = [np.shape(a) for a in inputs]  # one module)
                 g = concrete_graph(self.trace.graph, self.templates, d, shapes)
-                backend = backends.get(self.backend_name)
-                if self.family is None and hasattr(backend, "family"):
+                if self.family is None and backend.family is not None:
                     self.family = backend.family(self.inplace)
                 if self.family is not None:
                     self.family.near = lambda: self._graphs_near(d, shapes)
                 fwd = backend.compile_graph(g, inplace=self.inplace, family=self.family)
             if self.backward is None:
                 bwd = None
-            elif self.execute is interp.run:
-                bwd = interp.compile_graph(self.backward.parts.backward, self.bw_templates, d)
+            elif backend.compile_at_size is not None:
+                bwd = backend.compile_at_size(self.backward.parts.backward, self.bw_templates,
+                                              d, None)
             else:  # planned at the first backward() at this size, given its arrays
                 bwd = SizedBackward(self, d)
             if len(self.plans) >= self.PLANS_KEPT:  # the oldest size's plan goes (its
@@ -198,8 +199,9 @@ class Variant:
         self.sym, self.templates, self.bw_templates = sym, templates, bw_templates
         self.call = self.run
         if self.backward is not None:  # the backward part: a plan per size (SizedBackward
-            self.backward.execute = interp.run if self.execute is interp.run else \
-                SizedBackward.run  # on a native backend: execute(plan, inputs, scalars))
+            backend = backends.get(self.backend_name)  # on a backend without
+            self.backward.execute = backend.run if backend.compile_at_size is not None \
+                else SizedBackward.run  # compile_at_size: execute(plan, inputs, scalars))
         elif not self.trace.prints:  # straight-line, the plan looked up by size
             _, _, self.call = _generate_call_path(self.trace, self.copy_outputs, self,
                                                   self.execute)
@@ -489,6 +491,28 @@ class SpentGraph(Node):
         raise RuntimeError(_FREED_MSG)
 
 
+class SizedBackward:
+    """The backward part of a symbolic variant at one size, on a native backend: planned at
+    the first ``backward()`` of that size — the arrays it is given (saved values and
+    cotangents) have the shapes to plan with — and run natively; the sizes' modules form a
+    family as the forward's do. ``SizedBackward.run`` is the variant's backward executor
+    (``execute(plan, inputs, scalars)``)."""
+
+    def __init__(self, variant, d: int) -> None:
+        self.variant, self.d, self.plan = variant, d, None
+
+    def run(self, inputs: list, scalars: list) -> list:
+        v = self.variant
+        backend = backends.get(v.backend_name)
+        if self.plan is None:
+            g = concrete_graph(v.backward.parts.backward, v.bw_templates, self.d,
+                               [np.shape(a) for a in inputs])
+            if v.bw_family is None and backend.family is not None:
+                v.bw_family = backend.family({})
+            self.plan = backend.compile_graph(g, family=v.bw_family)
+        return backend.run(self.plan, inputs, scalars)
+
+
 @dataclass(eq=False)
 class BackwardPlan:
     """The backward part of a split graph, and how to connect it to autograd."""
@@ -767,7 +791,7 @@ class CompiledFunction:
                 return self._verified_call(v, flat, args, kwargs)
             try:
                 out = v.call(flat)
-            except interp.GuardFailed as miss:
+            except GuardFailed as miss:
                 failed.append((v, (miss.index, miss.got)))  # (raw facts: formatted if used)
                 if _LOG_TOPICS and _topic("guards"):
                     log.info("%s", _value_miss(v, miss.index, miss.got))
@@ -1009,7 +1033,7 @@ class CompiledFunction:
         before = snapshot(v.trace, flat)
         try:
             compiled = v.run(flat)
-        except interp.GuardFailed as miss:
+        except GuardFailed as miss:
             before.restore()
             return self._miss(args, kwargs, flat, flatten(args, kwargs)[1],
                               [(v, (miss.index, miss.got))])

@@ -150,13 +150,14 @@ def _by_plan(plans: dict, part: int) -> str:
 def _backend_plans(v) -> list:
     """(label, text): how the backend runs the variant — the interpreter, or the LLVM plan
     (one driver call, or which groups stay in numpy and why)."""
-    from .backends import interp
+    from .backends import get
+    numpy = get(v.backend_name).compile_at_size is not None  # (the interpreter)
     out = []
     parts = [("", v.plan, v.trace.graph, v.groups)]
     if v.backward is not None:
         parts.append((" (backward)", v.backward.plan, v.backward.parts.backward, None))
     for label, plan, g, groups in parts:
-        if v.execute is interp.run:
+        if numpy:
             why = " (symbolic sizes: plans per size)" if v.sym is not None else ""
             out.append((label, f"numpy interpreter{why}"))
             continue
@@ -194,13 +195,13 @@ def _numpy_groups(plan, g, groups: list) -> list:
     """The fusion groups an LLVM plan runs in numpy, as the plan that was built decides:
     none for a driver plan (its one native call runs every group, index groups included);
     for a hybrid plan, those ``runner.compile_hybrid`` kept as numpy steps (the groups
-    ``runner.lowerable`` rejects), leaving out the trivial ones (scalar arithmetic,
+    ``codegen.lowerable`` rejects), leaving out the trivial ones (scalar arithmetic,
     constants, views)."""
-    from .backends.llvm import driver, runner
+    from .backends.llvm import codegen, driver
     if isinstance(plan, driver.DriverPlan):
         return []
     return [grp for grp in groups if grp.kind not in ("scalar", "creation", "movement")
-            and not runner.lowerable(g, grp)]
+            and not codegen.lowerable(g, grp)]
 
 
 def _memory_plans(v) -> list:

@@ -297,8 +297,8 @@ def _profiled_plans(v, args, kwargs) -> list:
 def _stats(k: int, g, grp, native: bool, prof) -> KernelStats:
     flops, nbytes = _work(g, grp)
     if not prof.native:
-        from .backends.llvm import runner
-        native = runner.lowerable(g, grp)
+        from .backends.llvm import codegen
+        native = codegen.lowerable(g, grp)
     return KernelStats(k, grp.kind, _label(g, grp), native, flops, nbytes)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dyngrad.dtypes import DType
+from dyngrad.ops.primitive import AbstractValue
 
 from .ir import Graph, Value
 
@@ -228,7 +229,6 @@ def concrete_graph(g: Graph, templates: list, size: int, input_shapes: list) -> 
     so node indices, in-place maps and output positions mean the same in the copy. For a
     backend that compiles per concrete size (the LLVM backend)."""
     from .ir import Node, ValueGuard
-    from .passes.memory import shapes_at
     shapes = shapes_at(g, templates, size, input_shapes)
     new: dict[int, Value] = {}
     shared = {id(v) for v in g.scalars}
@@ -276,24 +276,27 @@ def graphs_near(g: Graph, templates: list, bindings: list, dims: dict, d: int,
     return out
 
 
-class SizedBackward:
-    """The backward part of a symbolic variant at one size, on a native backend: planned at
-    the first ``backward()`` of that size — the arrays it is given (saved values and
-    cotangents) have the shapes to plan with — and run natively; the sizes' modules form a
-    family as the forward's do. ``SizedBackward.run`` is the variant's backward executor
-    (``execute(plan, inputs, scalars)``)."""
+def shapes_at(g: Graph, templates: list, size: int, input_shapes: list) -> dict:
+    """Every value's shape at symbolic size ``size``: ``input_shapes`` are the shapes of
+    ``g.inputs`` at that size (the arrays of the call at hand), ``templates`` the node
+    parameter templates (:func:`compiler.symbolic.generalize`); each node's shape follows from
+    its primitive's own shape rule."""
+    if len(input_shapes) != len(g.inputs) or len(templates) != len(g.nodes):
+        raise ValueError(f"shapes_at: {len(input_shapes)} input shapes and {len(templates)} "
+                         f"templates for a graph of {len(g.inputs)} inputs and "
+                         f"{len(g.nodes)} nodes")
+    shapes = {v.id: tuple(s) for v, s in zip(g.inputs, input_shapes)}
 
-    def __init__(self, variant, d: int) -> None:
-        self.variant, self.d, self.plan = variant, d, None
+    def aval(x):
+        if not isinstance(x, Value):
+            return x
+        if x.weak:
+            return 1.0
+        return AbstractValue(shapes.get(x.id, x.shape), x.dtype)
 
-    def run(self, inputs: list, scalars: list) -> list:
-        from .backends import get
-        v = self.variant
-        backend = get(v.backend_name)
-        if self.plan is None:
-            g = concrete_graph(v.backward.parts.backward, v.bw_templates, self.d,
-                               [np.shape(a) for a in inputs])
-            if v.bw_family is None and hasattr(backend, "family"):
-                v.bw_family = backend.family({})
-            self.plan = backend.compile_graph(g, family=v.bw_family)
-        return backend.run(self.plan, inputs, scalars)
+    for n, t in zip(g.nodes, templates):
+        if n.out.weak:
+            continue
+        shape, _ = n.prim.shape(*(aval(x) for x in n.inputs), **instantiate(t, size))
+        shapes[n.out.id] = tuple(shape)
+    return shapes

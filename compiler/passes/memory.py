@@ -61,11 +61,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dyngrad.ops.primitive import AbstractValue
-
 from ..ir import Graph, Node, Value, VerifyError
 from ..prims import traits
-from ..symbolic import instantiate
+from ..symbolic import shapes_at
 
 ALIGN = 64  # a cache line, and a full AVX-512 vector
 
@@ -353,32 +351,6 @@ def plan_memory(g: Graph, materialised=None, align: int = ALIGN, *, steps=None,
         materialised=None if materialised is None else frozenset(v.id for v in materialised),
         steps=None if steps is None else times, shapes=shapes, order=order,
         buffers=[m for b, m in enumerate(members) if b not in output_of])
-
-
-def shapes_at(g: Graph, templates: list, size: int, input_shapes: list) -> dict:
-    """Every value's shape at symbolic size ``size``: ``input_shapes`` are the shapes of
-    ``g.inputs`` at that size (the arrays of the call at hand), ``templates`` the node
-    parameter templates (:func:`compiler.symbolic.generalize`); each node's shape follows from
-    its primitive's own shape rule."""
-    if len(input_shapes) != len(g.inputs) or len(templates) != len(g.nodes):
-        raise ValueError(f"shapes_at: {len(input_shapes)} input shapes and {len(templates)} "
-                         f"templates for a graph of {len(g.inputs)} inputs and "
-                         f"{len(g.nodes)} nodes")
-    shapes = {v.id: tuple(s) for v, s in zip(g.inputs, input_shapes)}
-
-    def aval(x):
-        if not isinstance(x, Value):
-            return x
-        if x.weak:
-            return 1.0
-        return AbstractValue(shapes.get(x.id, x.shape), x.dtype)
-
-    for n, t in zip(g.nodes, templates):
-        if n.out.weak:
-            continue
-        shape, _ = n.prim.shape(*(aval(x) for x in n.inputs), **instantiate(t, size))
-        shapes[n.out.id] = tuple(shape)
-    return shapes
 
 
 def plan_for_size(g: Graph, templates: list, size: int, input_shapes: list,

@@ -123,4 +123,14 @@ def constant_value(n) -> np.ndarray:
 
 
 __all__ = ["elementwise_kernel", "reduce_kernel", "module_ir", "run_group", "builder",
-           "FN_NAME"]
+           "lowerable", "FN_NAME"]
+
+
+def lowerable(g, group) -> bool:
+    if group.kind not in ("elementwise", "reduce", "matmul"):
+        return False
+    try:
+        builder(g, group).build()
+    except NotImplementedError:
+        return False
+    return True

@@ -52,8 +52,8 @@ from ...ir import Value
 from ...passes.fusion import fuse
 from ...passes.memory import plan_memory, verify_plan
 from ...prims import traits
-from .. import interp
-from . import codegen, emit
+from .. import base
+from . import cache, codegen, emit
 
 ALIGN = 64
 BLOCKS = 2  # output arrays kept per output (see the module docstring)
@@ -90,7 +90,7 @@ class DriverPlan:
     def __init__(self, g, inplace: dict, make_fallback, groups: list | None = None,
                  family=None, profile: bool = False) -> None:
         self.g = g
-        self.make_fallback = make_fallback  # the runner's plan, made when first needed: a
+        self.make_fallback = make_fallback  # the runner's plan as a callable, made when first
         self.fallback = None  # call while another thread holds this plan
         self.lock, self.lock_fallback = threading.Lock(), threading.Lock()
         groups = fuse(g) if groups is None else list(groups)
@@ -320,8 +320,7 @@ class DriverPlan:
         text += ("\ndeclare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)\n"
                  + "\n".join(body) + "\n" + (ticks.definitions() if ticks else ""))
         if family is None:
-            from .runner import cached_module
-            self.compiled, self.sizes = cached_module(text), None
+            self.compiled, self.sizes = cache.load_or_compile(text), None
         else:  # one symbolic variant's sizes: maybe one module for all (sizes.py)
             self.compiled, self.sizes = family.module(text)
             if self.sizes is not None:  # the module's global of numbers: one call of it at
@@ -482,7 +481,7 @@ class DriverPlan:
             raise IndexError("an index is out of range in a compiled call (running eagerly "
                              "gives the error with its details)")
         gi = status - 1
-        raise interp.GuardFailed(gi, self.g.guards[gi].expected, self._guard_value(gi))
+        raise base.GuardFailed(gi, self.g.guards[gi].expected, self._guard_value(gi))
 
     def staged(self, inputs, scalars):
         """A call whose direct write-back target overlaps another input's memory: the
@@ -495,8 +494,7 @@ class DriverPlan:
         with self.lock_fallback:
             if self.fallback is None:
                 self.fallback = self.make_fallback()
-        from .runner import run
-        return run(self.fallback, inputs, scalars)
+        return self.fallback(inputs, scalars)
 
     def _passthrough(self, v, inputs, scalars):
         if id(v) in self.const_outputs:  # a fresh copy: the caller may write to it
@@ -671,3 +669,14 @@ def build(g, inplace: dict | None, make_fallback, groups: list | None = None,
     serve this size from one module with the others. ``profile``: a module of its own whose
     driver also reads the clock around every kernel (``plan.ticks``, see ``_Ticks``)."""
     return DriverPlan(g, inplace or {}, make_fallback, groups, family, profile)
+
+
+def module_text(g, inplace: dict | None = None) -> str | None:
+    """The IR text :func:`compile_graph` would compile for ``g`` — the driver's module, else
+    the hybrid plan's kernels — without compiling it (None: no native code). How
+    ``sizes.Family`` probes other sizes."""
+    text = text_of(g, inplace)
+    if text is not None:
+        return text
+    native = [grp for grp in fuse(g) if codegen.lowerable(g, grp)]
+    return codegen.module_ir(g, native)[0] if native else None

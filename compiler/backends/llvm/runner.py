@@ -34,27 +34,18 @@ import numpy as np
 
 from ...passes.fusion import fuse
 from ...prims import traits
-from .. import interp
-from . import cache, codegen, driver, jit, machine
+from ..base import GuardFailed, result, same_value, step_plan
+from . import cache, codegen, driver, machine
 
-GuardFailed = interp.GuardFailed
 _KERNEL = object()  # tags a native step in the plan's step list
 _CHECKS = object()  # tags a step that only checks value guards
 
 
 
-def lowerable(g, group) -> bool:
-    if group.kind not in ("elementwise", "reduce", "matmul"):
-        return False
-    try:
-        codegen.builder(g, group).build()
-    except NotImplementedError:
-        return False
-    return True
-
-
-def cached_module(text: str) -> jit.Compiled:
-    return cache.load_or_compile(text)  # (memory, then the disk cache, then LLVM)
+def _hybrid_runner(g, inplace, groups):
+    """The hybrid plan of ``g`` as a callable ``(inputs, scalars) -> outputs``: what a
+    driver plan runs when another thread holds its arena."""
+    return functools.partial(run, compile_hybrid(g, inplace, groups))
 
 
 def compile_graph(g, inplace: dict | None = None, groups: list | None = None,
@@ -65,22 +56,11 @@ def compile_graph(g, inplace: dict | None = None, groups: list | None = None,
     groups = fuse(g) if groups is None else groups
     if any(grp.kind not in ("scalar", "creation", "movement") for grp in groups):
         try:  # (a group that does not lower raises while the driver builds its module)
-            return driver.build(g, inplace, lambda: compile_hybrid(g, inplace, groups),
+            return driver.build(g, inplace, lambda: _hybrid_runner(g, inplace, groups),
                                 groups, family)
         except NotImplementedError:  # (NotDrivable included): the hybrid plan runs it
             pass
     return compile_hybrid(g, inplace, groups, family)
-
-
-def module_text(g, inplace: dict | None = None) -> str | None:
-    """The IR text :func:`compile_graph` would compile for ``g`` — the driver's module, else
-    the hybrid plan's kernels — without compiling it (None: no native code). How
-    ``sizes.Family`` probes other sizes."""
-    text = driver.text_of(g, inplace)
-    if text is not None:
-        return text
-    native = [grp for grp in fuse(g) if lowerable(g, grp)]
-    return codegen.module_ir(g, native)[0] if native else None
 
 
 @dataclass
@@ -109,7 +89,7 @@ def profiled(g, inplace: dict | None = None, groups: list | None = None) -> Prof
     or the hybrid plan with clock readings between its groups."""
     groups = fuse(g) if groups is None else groups
     try:
-        plan = driver.build(g, inplace, lambda: compile_hybrid(g, inplace, groups), groups,
+        plan = driver.build(g, inplace, lambda: _hybrid_runner(g, inplace, groups), groups,
                             profile=True)
         return Profiled(plan, plan.groups, True, plan.ticks)
     except NotImplementedError:
@@ -148,7 +128,7 @@ def compile_hybrid(g, inplace: dict | None = None, groups: list | None = None,
     (last row) — readings taken by numpy-style steps of their own, so a plan made without
     it runs no timing code."""
     inplace = inplace or {}
-    iplan, slot = interp.compile_with_slots(g, inplace={})
+    iplan, slot = step_plan(g, inplace={})
     steps, outs, tail, base, n_in, n_sc = iplan
     if clock is not None:  # (the readings' results go to a slot of their own)
         base = [*base, None]
@@ -157,13 +137,13 @@ def compile_hybrid(g, inplace: dict | None = None, groups: list | None = None,
     deferred = [(slot[id(g.nodes[k].out)], t) for k, t in inplace.items()]
     producer = {id(n.out): k for k, n in enumerate(g.nodes)}
     groups = fuse(g) if groups is None else groups
-    native = [grp for grp in groups if lowerable(g, grp)]
+    native = [grp for grp in groups if codegen.lowerable(g, grp)]
     kernels, sized = {}, None
     if native:
         text, fns = codegen.module_ir(g, native)
         numbers = None
         if family is None:
-            compiled = cached_module(text)
+            compiled = cache.load_or_compile(text)  # (memory, the disk cache, LLVM)
         else:
             compiled, numbers = family.module(text)
         if numbers is not None:
@@ -223,7 +203,7 @@ def compile_hybrid(g, inplace: dict | None = None, groups: list | None = None,
 
 def _check(checks, env) -> None:
     for gi, s, expected in checks:
-        if not interp._same(expected, env[s]):
+        if not same_value(expected, env[s]):
             raise GuardFailed(gi, expected, env[s])
 
 
@@ -264,7 +244,7 @@ def _run_steps(plan, inputs: list, scalars: list) -> list:
                 env[s] = r
             continue
         impl, ins, params, out, weak = step
-        env[out] = interp.result(impl(*[env[i] for i in ins], **params), weak)
+        env[out] = result(impl(*[env[i] for i in ins], **params), weak)
     _check(tail, env)
     for s, target in deferred:  # every write-back, once all ran and every guard passed
         np.copyto(inputs[target], env[s])

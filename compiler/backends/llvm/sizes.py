@@ -209,7 +209,7 @@ class Family:
         first varies later). Probes are only read for which numbers vary — never run — so
         a probe of a wrong shape costs a template a run-time number too many at worst."""
         from . import tune
-        from .runner import module_text
+        from .driver import module_text
         differ: set[int] = set()
         for g in (self.near() if self.near is not None else ()):
             try:
