@@ -34,6 +34,7 @@ from dyngrad.tensor import Storage, Tensor
 from . import backends, capture, ir
 from .backends import interp
 from .backends.base import GuardFailed
+from .capture.calls import trace_through
 from .effects import continue_backward, plan_effects, replay
 from .generated import exec_generated
 from .guards import GuardSet, build_guards, flatten, unflatten
@@ -1138,3 +1139,6 @@ def compile(fn: Callable | None = None, *, backend: str | None = None, mode: str
         return CompiledFunction(f, backend=backend, mode=mode, dynamic=dynamic,
                                 cache_limit=cache_limit, verify=verify)
     return wrap if fn is None else wrap(fn)
+
+
+trace_through(CompiledFunction, BoundMethod)  # (the capture traces compiled functions through)

@@ -7,19 +7,9 @@ Arithmetic on them is recorded as scalar graph nodes by their tracer
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from . import prims as P
+from .ir import Value
 from .prims import traits
-
-if TYPE_CHECKING:
-    from .ir import Value
-    from .trace import Tracer
-
-
-def user_frame() -> str:
-    from .trace import user_frame as where
-    return where()
 
 
 class _Recorded:
@@ -78,7 +68,7 @@ class TracedScalar(_Recorded, float):
 
     __slots__ = ("_tracer", "_value")
 
-    def __new__(cls, x: float, tracer: Tracer, value: Value):
+    def __new__(cls, x: float, tracer, value: Value):  # (tracer: a compiler.trace.Tracer)
         s = float.__new__(cls, x)
         s._tracer, s._value = tracer, value
         return s
@@ -117,7 +107,7 @@ class TracedScalar(_Recorded, float):
 
     def _printed(self, spec=""):
         self._tracer.unsupported = (f"a number read with .item() is printed or formatted at "
-                                    f"{user_frame()}; use dg.debug_print inside compiled "
+                                    f"{self._tracer.where()}; use dg.debug_print inside compiled "
                                     f"functions")
         return format(float(self), spec)
 
@@ -152,7 +142,7 @@ class TracedInt(_Recorded):
 
     __slots__ = ("_v", "_tracer", "_value")
 
-    def __init__(self, v: int, tracer: Tracer, value: Value) -> None:
+    def __init__(self, v: int, tracer, value: Value) -> None:
         self._v, self._tracer, self._value = v, tracer, value
 
     def _pin(self, what: str) -> int:

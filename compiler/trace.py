@@ -29,6 +29,7 @@ tensor objects over the same memory in the same layout (``p`` and ``p.data``, ``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import weakref
@@ -141,11 +142,10 @@ class Kept:
         self.obj = obj
 
 
-def user_frame() -> str:
-    """file:line of the innermost frame outside dyngrad and the compiler (of the capture's
-    interpreted code, while one runs)."""
-    from .capture import location
-    loc = location()
+def user_frame(capture=None) -> str:
+    """file:line of the innermost frame outside dyngrad and the compiler (of ``capture``'s
+    interpreted code, while it runs: ``Capture.where_now``)."""
+    loc = capture.where_now() if capture is not None else None
     if loc is not None:
         return loc
     f = sys._getframe(1)
@@ -323,6 +323,10 @@ class Tracer(DispatchMode):
         self._register(slot_key(t), t, v)
         self.created.append(weakref.ref(t))
 
+    def where(self) -> str:
+        """file:line of the user's code running now (the capture's frame, if it runs)."""
+        return user_frame(self.capture)
+
     # ----------------------------------------------------------------- the mode
     def dispatch(self, prim, args, params):
         if self.unsupported is not None:
@@ -375,7 +379,7 @@ class Tracer(DispatchMode):
 
     def on_python_call(self, what: str) -> None:
         if self.unsupported is None:
-            self.unsupported = (f"{what} runs at {user_frame()} (Python side effects cannot be "
+            self.unsupported = (f"{what} runs at {self.where()} (Python side effects cannot be "
                                 f"replayed by a compiled call): remove it while the function "
                                 f"is compiled, or call the function eagerly when it must run")
 
@@ -436,9 +440,9 @@ class Tracer(DispatchMode):
         self.boundary_pending.clear()
         if roots:
             from dyngrad.autograd import backward
-
-            from .capture import escape
-            with suspend(self), escape.paused():
+            paused = self.capture.paused() if self.capture is not None else \
+                contextlib.nullcontext()
+            with suspend(self), paused:
                 backward(roots, grads, retain_graph=retain_graph)
 
     def _continuation(self, flat_args, out_index):
@@ -540,28 +544,28 @@ class Tracer(DispatchMode):
         self.graph.add_guard(out, result, f"{a._value.name or 'scalar'} {prim.name} "
                              f"{raw_number(b)!r}" if isinstance(a, (TracedScalar, TracedInt))
                              else prim.name,
-                             user_frame())
+                             self.where())
         return result
 
     def guard_scalar(self, s: TracedScalar, kind: str) -> None:
         if self.finished:
             return
         self.graph.add_guard(s._value, s._v if type(s) is TracedInt else float(s), kind,
-                             user_frame())
+                             self.where())
 
     def on_read(self, tensor, kind) -> None:
         if self.unsupported is not None:
             return
         if kind in ("numpy", "array", "tolist", "dlpack", "copy"):
             self.unsupported = (f"tensor data leaves the trace through {kind} at "
-                                f"{user_frame()} (it cannot be replayed): return the tensor "
+                                f"{self.where()} (it cannot be replayed): return the tensor "
                                 f"and convert it outside the compiled function")
         elif kind == "format":
-            self.unsupported = (f"a tensor is printed or formatted at {user_frame()}; use "
+            self.unsupported = (f"a tensor is printed or formatted at {self.where()}; use "
                                 f"dg.debug_print inside compiled functions")
         elif kind == "randperm":  # (dyngrad/ops/random.py: the traced sort is quadratic)
             from dyngrad.ops.random import TRACED_RANDPERM_MAX
-            self.unsupported = (f"randperm({tensor.shape[0]}) at {user_frame()} sorts its "
+            self.unsupported = (f"randperm({tensor.shape[0]}) at {self.where()} sorts its "
                                 f"random numbers in numpy (traced up to "
                                 f"{TRACED_RANDPERM_MAX} elements); draw the permutation "
                                 f"outside the compiled function and pass it in")
@@ -578,7 +582,7 @@ class Tracer(DispatchMode):
             return TracedScalar(float(tensor._data.reshape(()).item()), self, out)
         else:  # bool, float, int, index, nonzero, positions, size: control flow
             v = self.value_of(tensor)
-            self.graph.add_guard(v, tensor._data.copy(), kind, user_frame())
+            self.graph.add_guard(v, tensor._data.copy(), kind, self.where())
         return None
 
     def on_write(self, tensor, what, value) -> None:
@@ -596,12 +600,12 @@ class Tracer(DispatchMode):
             #                             argument, is a new leaf: as in eager, no input changes)
             if (slot_key(tensor) in self.input_binding or id(tensor) in self.arg_index) \
                     and not _is_created(tensor, self.created):
-                self.unsupported = (f"requires_grad of an input is changed at {user_frame()}: "
+                self.unsupported = (f"requires_grad of an input is changed at {self.where()}: "
                                     f"set it before calling the compiled function")
         elif what == "data":
             if value._data is tensor._data and value._storage is tensor._storage:
                 return  # `p.data -= u`: the alias written in place, stored back (a no-op)
-            self.unsupported = (f"`.data` is rebound at {user_frame()}: update it in place "
+            self.unsupported = (f"`.data` is rebound at {self.where()}: update it in place "
                                 f"(p.data.copy_(new), p.data -= u) or rebind it outside the "
                                 f"compiled function")
 

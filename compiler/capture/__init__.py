@@ -14,7 +14,6 @@ warns once at decoration time and the function runs eagerly (strict mode raises)
 from __future__ import annotations
 
 import inspect
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +25,7 @@ from .frame import PY, SUPPORTED, Raised  # noqa: F401 - (PY: for messages)
 from .session import Capture, Effect
 from .sources import ArgTree, Flat, Held, Namer
 
-__all__ = ["Capture", "Effect", "SUPPORTED", "available", "run", "location", "guard_lines"]
+__all__ = ["Capture", "Effect", "SUPPORTED", "available", "run", "guard_lines"]
 
 _local = threading.local()
 
@@ -35,18 +34,6 @@ def available() -> bool:
     """Whether this interpreter's bytecode is one the capture understands."""
     from . import frame
     return frame.PY in SUPPORTED
-
-
-def location() -> str | None:
-    """``file:line (function)`` the innermost running capture is at, if any."""
-    stack = getattr(_local, "captures", None)
-    if not stack:
-        return None
-    cap = stack[-1]
-    if not cap.frames:
-        return None
-    f = cap.frames[-1]
-    return f"{os.path.basename(f.code.co_filename)}:{f.decoded.line(f.offset)}"
 
 
 def _arg_sources(cap: Capture, fn, args: tuple, kwargs: dict):

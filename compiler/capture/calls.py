@@ -24,6 +24,7 @@ from dyngrad.nn.module import Module
 from dyngrad.tensor import Tensor
 
 from .. import prims as P
+from .effect import BLIND_MUTATORS, Effect
 from .frame import (
     CO_VARARGS,
     CO_VARKEYWORDS,
@@ -134,7 +135,8 @@ def _unwrap(cap, fn, fs, args, asrc, kwargs, ksrc):
                 ss = cap.source_of(self_)
             fn, fs = fn.__func__, (Attr(fs, "__func__") if fs is not None else None)
             args, asrc = [self_, *args], [ss, *asrc]
-        elif type(fn) is _bound_method_type():  # a compiled method's instance, held weakly
+        elif _COMPILED and type(fn) is _COMPILED[0][1]:  # a compiled method's instance,
+            #                                               held weakly
             self_ = fn.__self__
             ss = Attr(fs, "__self__") if fs is not None else None
             if ss is not None:
@@ -166,9 +168,16 @@ def _unwrap(cap, fn, fs, args, asrc, kwargs, ksrc):
             return fn, fs, args, asrc, kwargs, ksrc
 
 
-def _bound_method_type():
-    from ..api import BoundMethod
-    return BoundMethod
+# The compiler's own callables the capture traces through, registered by compiler/api.py
+# (the capture does not import it): a compiled function, traced through to the function it
+# compiles (its variants are for calls made outside), and a compiled method's weakly bound
+# instance.
+_COMPILED: list = []  # [(compiled function type, bound method type)]
+
+
+def trace_through(compiled_type: type, bound_type: type) -> None:
+    """Register the compiler's compiled-function and bound-method types."""
+    _COMPILED[:] = [(compiled_type, bound_type)]
 
 
 def call(cap, f: Frame | None, fn, fs, args: list, asrc: list, kwargs: dict, ksrc: dict):
@@ -176,9 +185,8 @@ def call(cap, f: Frame | None, fn, fs, args: list, asrc: list, kwargs: dict, ksr
     if fn is NULL:
         raise Raised(TypeError("'NoneType' object is not callable"))
     fn, fs, args, asrc, kwargs, ksrc = _unwrap(cap, fn, fs, args, asrc, kwargs, ksrc)
-    from ..api import CompiledFunction
-    if isinstance(fn, CompiledFunction):  # inside a trace, a compiled function is traced
-        inner = fn.fn  # through (its variants are for calls made outside)
+    if _COMPILED and isinstance(fn, _COMPILED[0][0]):  # inside a trace, a compiled
+        inner = fn.fn  # function is traced through (its variants are for calls made outside)
         fs = Attr(fs, "fn") if fs is not None else None
         if fs is not None:
             cap.read(inner, fs, fn)
@@ -620,7 +628,6 @@ def _container_method(cap, f, fn, c, fs, args, asrc, kwargs, ksrc):
         cap.contents_used(c, cs)
         return native(cap, f, fn, args, asrc, kwargs, ksrc)
     # a change: guarded by what it reads (pop, setdefault), recorded to replay
-    from .session import BLIND_MUTATORS, Effect
     if method not in BLIND_MUTATORS:
         cap.contents_used(c, cs)
     else:
@@ -701,7 +708,6 @@ def _b_print(cap, f, args, asrc, kwargs, ksrc):
     for a in args:
         if isinstance(a, (Tensor, _TracedScalar())):
             str(a)  # (the tracer refuses printed tensor data: use dg.debug_print)
-    from .session import Effect
     cap._effect(Effect("print", None, "print", (tuple(args), dict(kwargs)),
                        f.where() if f else "?", "print(...)"))
     ti = _TracedInt()

@@ -26,10 +26,9 @@ argument guards).
 from __future__ import annotations
 
 import operator
+import os
 import types
 import weakref
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -37,8 +36,9 @@ from dyngrad.nn.module import Module
 from dyngrad.tensor import Tensor
 
 from ..generated import eval_generated
-from . import calls
+from . import calls, escape
 from .checks import EXACT, Equals, Identity, SmallInt, Version, is_plain
+from .effect import BLIND_MUTATORS, Effect  # noqa: F401 - (Effect: the package's)
 from .frame import NULL, Frame, Raised, user, where
 from .library import is_library_module, is_library_type
 from .sources import (
@@ -65,31 +65,6 @@ _MODULE_REGISTRIES = frozenset({"_parameters", "_buffers", "_modules", "_forward
                                 "_non_persistent"})
 _MUTABLE = (list, dict, set, bytearray)
 _BUILTIN_METHODS = (types.BuiltinMethodType, types.MethodWrapperType)
-
-
-@dataclass
-class Effect:
-    """A change the call made to Python state that existed before it (replayed after every
-    compiled call, or the reason the trace is refused)."""
-
-    kind: str  # 'setattr', 'delattr', 'setitem', 'delitem', 'global', 'cell', 'method'
-    target: Any  # the object (or globals dict, or cell)
-    key: Any  # attribute name, item key, global name, method name
-    value: Any  # the value stored (or the method's arguments)
-    where: str
-    what: str  # the target's source, for messages
-    src: Source | None = None  # the location written (its value at entry may be read)
-    entry: Any = None  # (value, source) the location held at entry, if the call read it
-    runtime: bool = False  # that entry value is a runtime input of the trace
-    payload: Any = None  # the value (or the method's/print's arguments) to replay, made by
-    #                      :meth:`Capture.summarize`: containers made in the call rebuilt,
-    #                      objects from before the call as Kept
-
-
-# the mutators of builtin containers whose result tells nothing of the contents: replayed
-# without a guard on what the container holds
-BLIND_MUTATORS = frozenset({"append", "extend", "insert", "clear", "add", "update",
-                            "discard", "appendleft", "extendleft"})
 
 
 class Capture:
@@ -248,6 +223,18 @@ class Capture:
     # ----------------------------------------------------------------- messages
     def where(self) -> str:
         return self.frames[-1].where() if self.frames else "?"
+
+    def where_now(self) -> str | None:
+        """``file:line`` of the innermost frame the capture interprets now, if any."""
+        if not self.frames:
+            return None
+        f = self.frames[-1]
+        return f"{os.path.basename(f.code.co_filename)}:{f.decoded.line(f.offset)}"
+
+    def paused(self):
+        """A context for native code run on purpose (eager work outside the trace): the
+        watchdog does not count it as an escape (``escape.paused``)."""
+        return escape.paused()
 
     def refuse(self, reason: str) -> None:
         """The trace cannot stand for the function (the first reason is kept)."""
