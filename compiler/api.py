@@ -42,6 +42,7 @@ from .partition import precompute, split
 from .passes import run_passes
 from .passes.fusion import FusionGroup, fuse
 from .passes.memory import MemoryPlan, plan_memory
+from .results import fresh
 from .symbolic import (
     arg_dims,
     arg_shapes,
@@ -50,7 +51,7 @@ from .symbolic import (
     graphs_near,
     same_template,
 )
-from .trace import Trace, Tracer, Unsupported, replay_view_array
+from .trace import Trace, Tracer, Unsupported
 
 log = logging.getLogger("dyngrad.compiler")
 
@@ -225,7 +226,7 @@ class Variant:
         self.calls += 1
         if tr.continuation is not None:
             continue_backward(tr.continuation, flat, outs)
-        result = _build(tr.out_spec, outs, flat, grad_node)
+        result = tr.out_spec.build(outs, flat, grad_node)
         if tr.effects:
             replay(tr, result[1])
             return result[0]
@@ -254,6 +255,11 @@ def _binding_expr(b, local: str, array: bool) -> str:
     return obj if b.kind == "array" or not array else f"{obj}._data"
 
 
+def _build(spec, outs, flat):
+    """(The generated call path's ``BUILD``: a part of the result without a fast form.)"""
+    return spec.build(outs, flat)
+
+
 def _generate_call_path(trace: Trace, copy_outputs: set, variant: Variant, run) -> tuple:
     """Three generated functions for the compiled call: ``gather(flat) -> (inputs, scalars)``
     reading every bound array and runtime scalar; ``commit(flat, outs)`` doing the
@@ -265,7 +271,7 @@ def _generate_call_path(trace: Trace, copy_outputs: set, variant: Variant, run) 
     (``plans_for`` makes it on first use)."""
     ns: dict[str, Any] = {"COPYTO": np.copyto, "np": np, "NEW": object.__new__,
                           "TENSOR": Tensor, "STORAGE": Storage, "RUN": run, "V": variant,
-                          "BUILD": _build, "FRESH": _fresh}
+                          "BUILD": _build, "FRESH": fresh}
     locals_: dict[int, str] = {}  # id(object) -> local name
     prelude: list[str] = []
 
@@ -311,7 +317,7 @@ def _generate_call_path(trace: Trace, copy_outputs: set, variant: Variant, run) 
             body += ["t = NEW(TENSOR)", f"t._data = outs[{k}]", "t._storage = STORAGE()",
                      f"{owner}._grad = t"]
     result_lines: list[str] = []
-    result = _build_expr(trace.out_spec, ns, result_lines)
+    result = trace.out_spec.expr(ns, result_lines)
     indent = [f"    {x}" for x in prelude]
     if variant.sym is None:
         run_lines = [f"    outs = RUN(V.plan, [{ins}], [{scs}])"]
@@ -332,164 +338,6 @@ def _generate_call_path(trace: Trace, copy_outputs: set, variant: Variant, run) 
     ns["REPLAY"], ns["TR"], ns["CONTINUE"] = replay, trace, continue_backward
     exec_generated("\n".join(lines), ns)
     return ns["gather"], ns["commit"], ns["fast"]
-
-
-def _build_expr(spec, ns: dict, lines: list) -> str:
-    """Source text building the result of ``spec`` from ``outs`` (see :func:`_build`);
-    ``lines`` receives the statements building its slots (``e0 = ...``) first."""
-    kind = spec[0]
-    if kind == "value":
-        return f"FRESH(outs[{spec[1]}])"
-    if kind == "spent":
-        ns["SPENT"] = _spent_tensor
-        ns[f"N{spec[1]}"] = _spent_node(spec[2])
-        return f"SPENT(outs[{spec[1]}], N{spec[1]})"
-    if kind == "scalar":
-        return f"float(outs[{spec[1]}])"
-    if kind == "int":
-        return f"int(outs[{spec[1]}])"
-    if kind == "tuple":
-        return "(" + "".join(_build_expr(s, ns, lines) + ", " for s in spec[1]) + ")"
-    if kind == "list":
-        return "[" + ", ".join(_build_expr(s, ns, lines) for s in spec[1]) + "]"
-    if kind == "let":
-        for n, s in enumerate(spec[1]):
-            lines.append(f"e{n} = {_build_expr(s, ns, lines)}")
-        return _build_expr(spec[2], ns, lines)
-    if kind == "ref":
-        return f"e{spec[1]}"
-    name = f"SPEC{len([k for k in ns if k.startswith('SPEC')])}"
-    ns[name] = spec
-    if kind == "view":
-        ns["VIEW"] = _view_of
-        return f"VIEW({_build_expr(spec[1], ns, lines)}, {name}[2], {name}[3])"
-    if kind == "namedtuple":
-        return f"{name}[1](" + "".join(_build_expr(s, ns, lines) + ", " for s in spec[2]) + ")"
-    if kind == "dict":
-        return "{" + ", ".join(f"{name}[1][{i}][0]: {_build_expr(s, ns, lines)}"
-                               for i, (_, s) in enumerate(spec[1])) + "}"
-    return f"BUILD({name}, outs, flat)"
-
-
-def _build(spec, outs, flat, grad_node=None, env=None):
-    """The result of one call from its spec (``Tracer._result_spec``): fresh tensors over
-    ``outs``, arguments and captured tensors themselves, views of them; ``env`` holds the
-    slots of a ``("let", ...)`` spec."""
-    kind = spec[0]
-    if kind == "value":
-        return Tensor._fresh(outs[spec[1]])
-    if kind == "grad_out":  # differentiable output: its grad_fn runs the compiled backward
-        t = Tensor._fresh(outs[spec[2]])
-        t._node, t._out_nr, t._requires_grad = grad_node, spec[1], True
-        return t
-    if kind == "spent":  # a loss backward already ran through, as eager would return it
-        return _spent_tensor(outs[spec[1]], _spent_node(spec[2]))
-    if kind == "scalar":
-        return float(outs[spec[1]])
-    if kind == "int":
-        return int(outs[spec[1]])
-    if kind == "input":
-        return spec[1].resolve(flat)
-    if kind == "alias":
-        obj = spec[1].resolve(flat)
-        t = Tensor._shared(obj._data, obj._storage)
-        t._requires_grad = spec[2]
-        return t
-    if kind == "const":
-        return spec[1]
-    if kind == "let":
-        env = []
-        for s in spec[1]:
-            env.append(_build(s, outs, flat, grad_node, env))
-        return _build(spec[2], outs, flat, grad_node, env)
-    if kind == "ref":
-        return env[spec[1]]
-    if kind == "view":
-        return _view_of(_build(spec[1], outs, flat, grad_node, env), spec[2], spec[3],
-                        grad_node)
-    if kind == "grad_of":  # (the guards have seen the owner alive)
-        owner = flat[spec[1][1]] if isinstance(spec[1], tuple) else spec[1]()
-        return owner._grad
-    if kind == "tuple":
-        return tuple(_build(s, outs, flat, grad_node, env) for s in spec[1])
-    if kind == "namedtuple":
-        return spec[1](*(_build(s, outs, flat, grad_node, env) for s in spec[2]))
-    if kind == "list":
-        return [_build(s, outs, flat, grad_node, env) for s in spec[1]]
-    if kind == "dict":
-        return {k: _build(s, outs, flat, grad_node, env) for k, s in spec[1]}
-    raise AssertionError(kind)
-
-
-def _view_of(base: Tensor, ops: tuple, role: tuple, grad_node=None) -> Tensor:
-    """The view of ``base`` that ``ops`` (movement ops) make, as eager makes it: over
-    ``base``'s storage, with its root as ``_base``. ``role``: ("plain", requires_grad),
-    ("grad", output number of the compiled backward ``grad_node``) or ("spent", name)."""
-    t = Tensor._shared(replay_view_array(base._data, ops), base._storage)
-    t._base = base._base if base._base is not None else base
-    t._view_chain = base._view_chain + ops
-    t._hist = base._storage.hist
-    if role[0] == "grad":
-        t._node, t._out_nr, t._requires_grad = grad_node, role[1], True
-    elif role[0] == "spent":
-        t._node, t._requires_grad = _spent_node(role[1]), True
-    else:
-        t._requires_grad = role[1]
-    return t
-
-
-def _holds_views(spec) -> bool:
-    """Whether a result spec rebuilds a view (its movement ops hold the traced sizes)."""
-    if spec[0] == "view":
-        return True
-    if spec[0] == "let":
-        return any(_holds_views(s) for s in spec[1]) or _holds_views(spec[2])
-    if spec[0] in ("tuple", "list"):
-        return any(_holds_views(s) for s in spec[1])
-    if spec[0] == "namedtuple":
-        return any(_holds_views(s) for s in spec[2])
-    if spec[0] == "dict":
-        return any(_holds_views(s) for _, s in spec[1])
-    return False
-
-
-_SPENT: dict = {}
-
-
-def _spent_node(name: str) -> SpentGraph:
-    node = _SPENT.get(name)
-    if node is None:
-        node = _SPENT[name] = SpentGraph(name)  # stateless: one per name will do
-    return node
-
-
-def _spent_tensor(arr: np.ndarray, node: SpentGraph) -> Tensor:
-    t = object.__new__(Tensor)
-    t._data, t._storage, t._node, t._requires_grad = arr, Storage(), node, True
-    return t
-
-
-def _fresh(arr: np.ndarray) -> Tensor:
-    t = object.__new__(Tensor)
-    t._data, t._storage = arr, Storage()
-    return t
-
-
-class SpentGraph(Node):
-    """The grad_fn of a returned tensor whose graph a backward() inside the compiled call
-    already used and freed: a second backward raises as eager's would."""
-
-    __slots__ = ("label",)
-
-    def __init__(self, label: str) -> None:
-        super().__init__(())
-        self.label = label
-
-    def name(self) -> str:
-        return self.label
-
-    def apply(self, grads, create_graph, retain_graph):
-        raise RuntimeError(_FREED_MSG)
 
 
 class SizedBackward:
@@ -961,7 +809,7 @@ class CompiledFunction:
         same affine function of it, make ``v`` symbolic in it and drop the two (see
         compiler/symbolic.py). Not when the result rebuilds a view: its movement ops hold
         the traced sizes."""
-        if _holds_views(v.trace.out_spec):
+        if v.trace.out_spec.holds_views():
             return
 
         def fit(old):

@@ -43,8 +43,10 @@ from dyngrad.dispatch import DispatchMode, dispatch, suspend
 from dyngrad.tensor import Tensor
 
 from . import prims as P
+from . import results as R
 from .ir import Graph, Value
 from .prims import Primitive, traits
+from .results import replay_view_array
 from .scalars import TracedInt, TracedScalar, raw_number  # noqa: F401 - (the tracer's numbers)
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -197,7 +199,7 @@ class Trace:
     scalar_sources: list
     writebacks: list  # (binding, output index, done in place): a bound tensor's new value
     grad_effects: list  # (owner binding, Value or None)
-    out_spec: Any  # pytree of ('value', k) / ('input', binding) / ('const', python value)
+    out_spec: Any  # results.Spec: how each call's result is built from the outputs
     objects: list  # (weakref, version) of modules and optimizers used
     baked: list  # (where, value) Python numbers baked into the graph
     grad_guards: list = field(default_factory=list)  # (weakref owner, was None, name)
@@ -728,7 +730,7 @@ class Tracer(DispatchMode):
 
     def _result_spec(self, result, flat_args, out_index, grad_outputs: list,
                      returned: set):
-        """The spec the runtime builds each call's result from (``api._build``).
+        """The spec the runtime builds each call's result from (``compiler/results.py``).
 
         Note (the result aliases as eager's does): a tensor returned twice is one object
         (``return y, y``); a returned view of another returned tensor, or of an argument or
@@ -737,8 +739,8 @@ class Tracer(DispatchMode):
         one are seen by the other; an argument or captured tensor comes back as itself
         (written in place or not), and a returned ``.grad`` as its owner's ``.grad`` after
         the call's effects. Tensors returned twice or viewed by another returned tensor are
-        built first, into slots: ``("let", [spec, ...], body)``, with ``("ref", n)`` for
-        slot n in ``body``. The common result, distinct fresh tensors, has no slots.
+        built first, into slots: ``Let(slots, body)``, with ``Ref(n)`` for slot n in
+        ``body``. The common result, distinct fresh tensors, has no slots.
         """
         tensors: list = []
         count: dict[int, int] = {}
@@ -777,10 +779,10 @@ class Tracer(DispatchMode):
             returned.add(id(x))
             b = self._bound_binding(x, flat_args)
             if b is not None:  # the very tensor (an argument or captured tensor) comes back
-                return ("input", b)
+                return R.Input(b)
             owner = self._grad_owner(x)
             if owner is not None:  # a .grad: the owner's, once the call's effects are done
-                return ("grad_of", self.owner_ref(owner))
+                return R.GradOf(self.owner_ref(owner))
             role = ("plain", x._requires_grad)
             if x._node is not None and x._requires_grad:
                 if self.backward_roots.get(id(x._node)) is False or \
@@ -792,17 +794,17 @@ class Tracer(DispatchMode):
             src = sources.get(id(x))
             if src is not None:
                 base, ops = src
-                base_spec = ("ref", slot[id(base)]) if isinstance(base, Tensor) else base
-                return ("view", base_spec, ops, role)
+                base_spec = R.Ref(slot[id(base)]) if isinstance(base, Tensor) else base
+                return R.View(base_spec, ops, role)
             v = self.value_of(x)
             if role[0] == "grad":
-                return ("grad_out", role[1], out_index(v))
+                return R.GradOut(role[1], out_index(v))
             if role[0] == "spent":
-                return ("spent", out_index(v), role[1])
+                return R.Spent(out_index(v), role[1])
             b = self.input_binding.get(slot_key(x))
             if b is not None and b.kind in ("arg", "ref"):  # an alias (x.detach(), p.data)
-                return ("alias", b, x._requires_grad)
-            return ("value", out_index(v))
+                return R.Alias(b, x._requires_grad)
+            return R.Fresh(out_index(v))
 
         lets = []
         for t in shared:
@@ -812,29 +814,29 @@ class Tracer(DispatchMode):
         def spec_of(x):
             if isinstance(x, Tensor):
                 n = slot.get(id(x))
-                return ("ref", n) if n is not None else tensor_spec(x)
+                return R.Ref(n) if n is not None else tensor_spec(x)
             if isinstance(x, TracedScalar):
-                return ("scalar", out_index(x._value))
+                return R.Number(out_index(x._value), float)
             if type(x) is TracedInt:
-                return ("int", out_index(x._value))
+                return R.Number(out_index(x._value), int)
             if isinstance(x, tuple) and not hasattr(x, "_fields"):
-                return ("tuple", [spec_of(e) for e in x])
+                return R.Seq(tuple, tuple(spec_of(e) for e in x))
             if isinstance(x, tuple):
-                return ("namedtuple", type(x), [spec_of(e) for e in x])
+                return R.NamedTuple(type(x), tuple(spec_of(e) for e in x))
             if isinstance(x, list):
-                return ("list", [spec_of(e) for e in x])
+                return R.Seq(list, tuple(spec_of(e) for e in x))
             if isinstance(x, dict):
-                return ("dict", [(k, spec_of(e)) for k, e in x.items()])
+                return R.Dict(tuple(x), tuple(spec_of(e) for e in x.values()))
             if x is None or isinstance(x, (bool, int, float, str)):
-                return ("const", x)
+                return R.Const(x)
             if isinstance(x, Kept):
-                return ("const", x.obj)
+                return R.Const(x.obj)
             raise Unsupported(f"the function returns a {type(x).__name__}; compiled functions "
                               f"return tensors, numbers, None and tuples/lists/dicts of them: "
                               f"return those, and build the {type(x).__name__} outside")
 
         body = spec_of(result)
-        return ("let", lets, body) if lets else body
+        return R.Let(tuple(lets), body) if lets else body
 
     def _reaches_spent(self, node) -> bool:
         """Whether ``node``'s graph reaches a root a backward() inside the call freed (so a
@@ -881,10 +883,10 @@ class Tracer(DispatchMode):
             t = flat_args[b.target] if b.kind == "arg" else \
                 b.target() if b.kind == "ref" else None
             if t is not None:
-                bound.append((t, ("input", b)))
+                bound.append((t, R.Input(b)))
         for owner, _ in self.grad_state.values():
             if owner._grad is not None and not _is_created(owner, self.created):
-                bound.append((owner._grad, ("grad_of", self.owner_ref(owner))))
+                bound.append((owner._grad, R.GradOf(self.owner_ref(owner))))
         best = None
         for t, src in [(t, t) for t in cands] + bound:
             ops = _view_suffix(x, t)
@@ -989,16 +991,6 @@ class Tracer(DispatchMode):
                               f"{list(t.shape)}) is kept in Python state the compiled function "
                               f"cannot update (e.g. optimizer state created on its first step); "
                               f"the next call traces again")
-
-
-def replay_view_array(arr: np.ndarray, ops: tuple) -> np.ndarray:
-    """``arr`` through the movement ops of a view chain (``Tensor._view_chain``), as their
-    numpy impls give it: the same view eager made when ``arr`` has the layout it had."""
-    for prim, params in ops:
-        arr = prim.impl(arr, **params)
-        if type(arr) is not np.ndarray:
-            arr = np.asarray(arr)
-    return arr
 
 
 def _view_suffix(x: Tensor, t: Tensor) -> tuple | None:
