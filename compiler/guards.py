@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dyngrad.dispatch import STATE
-from dyngrad.tensor import HOOK_EPOCH, Tensor, guard_hooks
+from dyngrad.tensor import HookEpoch, Tensor, guard_hooks
 
 from .capture.checks import is_plain
 from .capture.checks import same_plain_conditions as plain_conditions
@@ -285,7 +285,8 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None,
         if owner is not None:
             by_owner.setdefault(id(owner), []).append(k)
     done_grad_guards = set()
-    hook_guarded: list[str] = []  # bound leaves assumed to have no gradient hook
+    hook_guarded: list = []  # bound leaves assumed to have no gradient hook
+    epoch = HookEpoch()  # (moved by a hook registered on any of them)
     for k, b in enumerate(trace.bindings):
         if b.kind == "arg":
             continue
@@ -297,9 +298,16 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None,
             # (the same array object: its writability cannot have changed since the trace
             # wrote it, see Note [the tensor's array] in dyngrad/tensor.py; and no gradient
             # hook registered since, which one comparison of HOOK_EPOCH below covers)
-            if rg and t is not None and not t._hooks:
-                guard_hooks(t)
-                hook_guarded.append(b.name)
+            if rg and t is not None and t._node is None and not t._hooks:
+                guard_hooks(t, epoch)
+                hook_guarded.append((weakref.ref(t), b.name))
+            if rg and t is not None and t._node is not None:  # a captured non-leaf: no hook
+                ns[f"NODE{k}"], ns[f"NR{k}"] = weakref.ref(t._node), t._out_nr  # nor
+                add(f"o._node is not NODE{k}() or o._node.pre_hooks is not None and "  # retain
+                    f"o._node.pre_hooks.get(NR{k}) or o._node.retained is not None and "
+                    f"NR{k} in o._node.retained", f"bound tensor {b.name} has the same "
+                    f"grad_fn, no gradient hooks and no retain_grad()", "none",
+                    lambda f, k=k: _describe_node(trace.bindings[k]))
             add(f"o is None or o._data is not A{k}() or o._requires_grad is not {rg}",
                 f"bound tensor {b.name} (alive, same storage, requires_grad={rg})",
                 "same", lambda f, k=k: _describe_ref(trace.bindings[k]))
@@ -329,12 +337,10 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None,
             if id(b) in written:
                 add(f"not B{k}().flags.writeable", f"{b.name} is writable (the function "
                     f"writes it)", True, lambda f, k=k: _writable(trace.bindings[k]))
-    if hook_guarded:  # (any hook registered on a _hook_guarded leaf moves the epoch)
-        ns["HOOK_EPOCH"], epoch = HOOK_EPOCH, HOOK_EPOCH[0]
-        names = ", ".join(hook_guarded[:3]) + (", ..." if len(hook_guarded) > 3 else "")
-        add(f"HOOK_EPOCH[0] != {epoch}", f"no gradient hook registered since tracing on a "
-            f"captured leaf ({names}): hooks registered on such leaves", epoch,
-            lambda f: HOOK_EPOCH[0])
+    if hook_guarded:  # (a hook registered on any of them moves the variant's epoch)
+        ns["HOOKS"] = epoch
+        add("HOOKS.n", "no gradient hook registered since tracing on a captured leaf",
+            "none", lambda f: _hooked(hook_guarded))
     for k, (ref, was_none, name) in enumerate(trace.grad_guards):
         if k in done_grad_guards:
             continue
@@ -437,6 +443,24 @@ def _describe_source(b, flat) -> str:
 def _writable_at(b, flat):
     t = b.target(flat)
     return t._data.flags.writeable if isinstance(t, Tensor) else None
+
+
+def _hooked(leaves: list) -> str:
+    """Which of a variant's hook-guarded leaves have gradient hooks now."""
+    named = [f"{name} ({len(t._hooks)} hook(s))" for ref, name in leaves
+             for t in [ref()] if t is not None and t._hooks]
+    return ", ".join(named) or "a hook registered and removed since"
+
+
+def _describe_node(b) -> str:
+    t = b.target()
+    if t is None:
+        return "gone"
+    node = t._node
+    hooks = len((node.pre_hooks or {}).get(t._out_nr, ())) if node is not None else 0
+    retained = node is not None and node.retained is not None and t._out_nr in node.retained
+    return f"grad_fn {type(node).__name__ if node is not None else None}, {hooks} hook(s)" \
+        f"{', retain_grad()' if retained else ''}"
 
 
 def _describe_ref(b) -> str:

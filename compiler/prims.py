@@ -118,7 +118,7 @@ _OWN_TRAITS: dict[Primitive, Traits] = {
     DIV: Traits(ELEMENTWISE, python=operator.truediv),
     NEG: Traits(ELEMENTWISE, python=operator.neg),
     ABS: Traits(ELEMENTWISE, python=operator.abs),
-    SQRT: Traits(ELEMENTWISE, python=math.sqrt),  # (ValueError below 0, as eager's)
+    SQRT: Traits(ELEMENTWISE, python=math.sqrt),  # (the tracer guards x >= 0)
     EQ: Traits(ELEMENTWISE, python=operator.eq),
     NE: Traits(ELEMENTWISE, python=operator.ne),
     LT: Traits(ELEMENTWISE, python=operator.lt),

@@ -44,7 +44,7 @@ from dyngrad.tensor import Tensor
 
 from . import prims as P
 from . import results as R
-from .ir import Graph, Value
+from .ir import Graph, Value, VerifyError
 from .prims import Primitive, traits
 from .results import replay_view_array
 from .scalars import TracedInt, TracedScalar, raw_number  # noqa: F401 - (the tracer's numbers)
@@ -523,6 +523,7 @@ class Tracer(DispatchMode):
         result = traits(prim).python(*vals)
         if self.finished:
             return result
+        self._scalar_domain(prim, operands, vals)
         ins = [x._value if isinstance(x, (TracedScalar, TracedInt)) else float(x)
                for x in operands]
         out = self.graph.new_value((), _dt.float64, weak=True)
@@ -531,6 +532,23 @@ class Tracer(DispatchMode):
         out.producer = node
         self.graph.nodes.append(node)
         return TracedScalar(result, self, out)
+
+    def _scalar_domain(self, prim: Primitive, operands, vals) -> None:
+        """Where Python raises (``math.sqrt`` of a negative, a division by zero, ``0.0 **
+        -1``) the recorded float64 node would give nan or inf: the trace guards that the
+        operands stay where they were, so such a call runs eagerly and raises as eager's."""
+        traced = [isinstance(x, (TracedScalar, TracedInt)) for x in operands]
+        if prim is P.SQRT and traced[0]:
+            self.scalar_compare(P.GE, operands[0], 0.0)
+        elif prim is P.DIV and traced[1]:
+            self.scalar_compare(P.NE, operands[1], 0.0)
+        elif prim is P.POW and any(traced):
+            if traced[0]:
+                positive = self.scalar_compare(P.GT, operands[0], 0.0)
+            else:
+                positive = vals[0] > 0
+            if not positive and traced[1]:  # (0 ** e, a negative base: the exponent pinned)
+                self.guard_scalar(operands[1], "pow exponent")
 
     def scalar_compare(self, prim: Primitive, a, b) -> bool:
         result = traits(prim).python(raw_number(a), raw_number(b))
@@ -919,6 +937,8 @@ class Tracer(DispatchMode):
             with push_mode(self):
                 grads = autograd_grad(outs, [t for _, t in leaves], grad_outputs=cots,
                                       retain_graph=True, allow_unused=True) if leaves else ()
+        except VerifyError:  # (the compiler's own error: not the user's graph)
+            raise
         except RuntimeError as exc:  # (the retained graph saw an in-place change since, as
             # when the call's own optimizer step updated what it saved: a backward() of these
             # tensors would raise in eager too, so there is nothing to record; this call's

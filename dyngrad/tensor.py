@@ -45,26 +45,83 @@ class Storage:
 # and a compiled variant that checked at trace time that a captured tensor's array is
 # writable needs only to check, per call, that it is still the same array object.
 #
-# HOOK_EPOCH[0] counts gradient hooks registered on leaves a compiled variant's guards
-# assumed to have none (``guard_hooks``): one comparison per variant instead of one per
-# captured parameter. The leaves are kept by id with a weak reference, not marked by an
-# attribute: a new instance attribute would slow every attribute load on a parameter.
-HOOK_EPOCH = [0]
-_HOOK_GUARDED: dict[int, weakref.ref] = {}
+# The same memory handed out and taken back (``dg.from_numpy(p.numpy())``, the usual idiom)
+# is the same Storage — one version counter, so autograd and compiled variants see the two
+# tensors alias. numpy collapses view chains, so ``arr.base`` (or ``arr``) is the object
+# owning the memory; :func:`share_storage` remembers which Storage is over it.
+_OWNERS: dict[int, tuple] = {}  # id(memory owner) -> (weakref to it, weakref to a Storage)
 
 
-def guard_hooks(t: Tensor) -> None:
+def _owner(arr: np.ndarray):
+    return arr.base if arr.base is not None else arr
+
+
+def share_storage(arr: np.ndarray, storage: Storage) -> None:
+    """``storage`` is over ``arr``'s memory: a tensor made from it again shares it."""
+    owner = _owner(arr)
+    k = id(owner)
+    entry = _OWNERS.get(k)
+    if entry is not None and entry[0]() is owner and entry[1]() is storage:
+        return
+    try:
+        ref = weakref.ref(owner, lambda _, k=k: _forget_owner(k))
+    except TypeError:  # (bytes, and other owners without weak references: not shared)
+        return
+    _OWNERS[k] = (ref, weakref.ref(storage))
+
+
+def storage_over(arr: np.ndarray) -> Storage:
+    """The Storage of a tensor over ``arr``'s memory handed out before, or a new one."""
+    owner = _owner(arr)
+    entry = _OWNERS.get(id(owner))
+    if entry is not None and entry[0]() is owner:
+        storage = entry[1]()
+        if storage is not None:
+            return storage
+    storage = Storage()
+    share_storage(arr, storage)
+    return storage
+
+
+def _forget_owner(k: int) -> None:
+    entry = _OWNERS.get(k)
+    if entry is not None and entry[0]() is None:
+        del _OWNERS[k]
+
+
+# A compiled variant that assumed its captured leaves have no gradient hook holds one
+# HookEpoch for them all (``guard_hooks``): registering a hook on any of those leaves moves
+# it, so the variant's guard is one comparison instead of one per captured parameter. The
+# leaves are kept by id with a weak reference, not marked by an attribute: a new instance
+# attribute would slow every attribute load on a parameter.
+
+
+class HookEpoch:
+    """Hooks registered since tracing on the leaves one compiled variant guards."""
+
+    __slots__ = ("n", "__weakref__")
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
+_HOOK_GUARDED: dict[int, tuple] = {}  # id(leaf) -> (weakref to it, WeakSet of HookEpochs)
+
+
+def guard_hooks(t: Tensor, epoch: HookEpoch) -> None:
     """A compiled variant assumes leaf ``t`` has no gradient hook: registering one on it
-    moves ``HOOK_EPOCH``."""
+    moves ``epoch``."""
     k = id(t)
-    r = _HOOK_GUARDED.get(k)
-    if r is None or r() is not t:
-        _HOOK_GUARDED[k] = weakref.ref(t, lambda _, k=k: _forget_hook_guard(k))
+    entry = _HOOK_GUARDED.get(k)
+    if entry is None or entry[0]() is not t:
+        entry = _HOOK_GUARDED[k] = (weakref.ref(t, lambda _, k=k: _forget_hook_guard(k)),
+                                    weakref.WeakSet())
+    entry[1].add(epoch)
 
 
 def _forget_hook_guard(k: int) -> None:
-    r = _HOOK_GUARDED.get(k)
-    if r is not None and r() is None:
+    entry = _HOOK_GUARDED.get(k)
+    if entry is not None and entry[0]() is None:
         del _HOOK_GUARDED[k]
 
 
@@ -317,9 +374,10 @@ class Tensor:
         if self._hooks is None:
             self._hooks = []
         self._hooks.append(hook)
-        r = _HOOK_GUARDED.get(id(self))
-        if r is not None and r() is self:  # (a compiled variant assumed it has no hook)
-            HOOK_EPOCH[0] += 1
+        entry = _HOOK_GUARDED.get(id(self))
+        if entry is not None and entry[0]() is self:  # (compiled variants assumed none)
+            for epoch in list(entry[1]):
+                epoch.n += 1
         return RemovableHandle(self._hooks, hook)
 
     def _accumulator(self):
@@ -392,6 +450,7 @@ class Tensor:
                                "Use tensor.detach().numpy() instead.")
         if STATE.modes:
             report_read(self, "numpy")
+        share_storage(self._data, self._storage)
         return self._data.view()  # (never the array itself: see Note [the tensor's array])
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
@@ -403,7 +462,10 @@ class Tensor:
         arr = self._data
         if dtype is not None and np.dtype(dtype) != arr.dtype:
             return arr.astype(dtype)
-        return arr.copy() if copy else arr.view()  # (see Note [the tensor's array])
+        if copy:
+            return arr.copy()
+        share_storage(arr, self._storage)
+        return arr.view()  # (see Note [the tensor's array])
 
     def __dlpack__(self, *args, **kwargs):
         if self.requires_grad:

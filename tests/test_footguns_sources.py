@@ -625,6 +625,92 @@ def test_a_hook_on_an_unrelated_tensor_keeps_the_variant():
     assert_same(w.grad, t(3.0, 4.0))
 
 
+def test_a_hook_on_another_functions_leaf_never_evicts_this_variant():
+    """Each variant has its own hook counter: hooks registered (and removed) on a leaf only
+    another compiled function captured leave this one's variant alone."""
+    w, q = nn.Parameter(t(1.0, 2.0)), nn.Parameter(t(1.0))
+    cf = compiler.compile(lambda x: x * w)
+    cg = compiler.compile(lambda x: (x * q).sum())
+    x = t(1.0, 1.0)
+    cf(x), cg(x)
+    for _ in range(12):
+        q.register_hook(lambda g: g).remove()
+        assert_same(cf(x), x * w)
+    assert cf.eager_reason is None and len(cf.variants) == 1
+    assert compiled_calls(cf) == 12
+
+
+@pytest.mark.parametrize("how", ["hook", "retain_grad"])
+def test_a_hook_or_retain_grad_on_a_captured_non_leaf_after_tracing(how):
+    def make():
+        w = nn.Parameter(t(1.0, 2.0))
+        h = w * 2.0  # a captured tensor with autograd history
+
+        def f(x):
+            w.grad = None
+            (h * x).sum().backward(retain_graph=True)
+            return w.grad.clone()
+        return w, h, f
+    (_, h1, eager), (_, h2, f2) = make(), make()
+    cf = compiler.compile(f2)
+    x = t(1.0, 3.0)
+    for step in range(5):
+        if step == 2:
+            for h in (h1, h2):
+                if how == "hook":
+                    h.register_hook(lambda g: g * 10)
+                else:
+                    h.retain_grad()
+        assert_same(eager(x), cf(x), f"call {step}")
+        assert_same(h1.grad, h2.grad, f"h.grad after call {step}")
+
+
+def test_an_argument_made_from_a_captured_tensors_numpy_array():
+    """``dg.from_numpy(p.numpy())`` is the same memory and the same Storage as ``p``: the
+    compiled call sees the argument alias the tensor it writes."""
+    def make():
+        arr = np.ones(4, np.float32)
+        p = dg.from_numpy(arr)
+
+        def f(x):
+            p.add_(1.0)
+            return x * 2.0
+        return arr, p, f
+    (_, p1, eager), (_, p2, f2) = make(), make()
+    cf = compiler.compile(f2)
+    for step in range(4):
+        x1 = dg.from_numpy(p1.numpy()) if step >= 2 else dg.ones(4)
+        x2 = dg.from_numpy(p2.numpy()) if step >= 2 else dg.ones(4)
+        assert_same(eager(x1), cf(x2), f"call {step}")
+        assert_same(p1, p2, f"p after call {step}")
+    assert dg.from_numpy(p2.numpy())._storage is p2._storage
+
+
+@pytest.mark.parametrize("expr,bad", [
+    ("x * math.sqrt(s)", (-1.0, -3.0)),     # math domain error
+    ("x * (1.0 / s)", (1.0, -1.0)),         # division by zero
+    ("x * (s ** -1.0)", (1.0, -1.0)),       # 0.0 ** -1
+    ("x * (s ** 0.5)", (-1.0, -3.0)),       # a negative base, a fractional exponent
+])
+def test_scalar_math_outside_its_domain_raises_as_eager(expr, bad):
+    """A number read with .item() meets math the recorded float64 node would answer with
+    nan or inf: the trace guards the operand's domain, so such a call runs eagerly."""
+    src = f"def f(x):\n    s = x.sum().item()\n    return {expr}\n"
+    ns = {"math": math}
+    exec(src, ns)  # noqa: S102 - the test's own source
+    f = ns["f"]
+    cf = compiler.compile(f)
+    for good in ((1.0, 3.0), (2.0, 7.0), (4.0, 1.0)):
+        assert_same(f(t(*good)), cf(t(*good)))
+    try:
+        want = f(t(*bad))
+    except Exception as exc:
+        with pytest.raises(type(exc)):
+            cf(t(*bad))
+    else:
+        assert_same(want, cf(t(*bad)))
+
+
 # ------------------------------------------------------------------ optimizer state
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import dtypes as _dt
 from ..dispatch import STATE, dispatch, report_new, report_read
-from ..tensor import Storage, Tensor
+from ..tensor import Tensor, storage_over
 from .primitive import Primitive
 
 
@@ -209,7 +209,8 @@ def from_numpy(arr: np.ndarray) -> Tensor:
         _dt.from_numpy_dtype(arr.dtype, copy=False)
     except TypeError as exc:
         raise TypeError(f"from_numpy: {exc}") from None
-    t = Tensor._shared(arr.view(), Storage())  # (a view: see Note [the tensor's array])
+    t = Tensor._shared(arr.view(), storage_over(arr))  # (a view: see Note [the tensor's
+    #                                                    array]; one Storage per memory)
     if STATE.modes:
         report_new(t, arr)
     return t
