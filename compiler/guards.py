@@ -297,20 +297,20 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None,
             lines.append(f"    o = B{k}()")
             # (the same array object: its writability cannot have changed since the trace
             # wrote it, see Note [the tensor's array] in dyngrad/tensor.py; and no gradient
-            # hook registered since, which one comparison of HOOK_EPOCH below covers)
+            # hook registered since: the variant's HookEpoch, below, counts those)
             if rg and t is not None and t._node is None and not t._hooks:
                 guard_hooks(t, epoch)
                 hook_guarded.append((weakref.ref(t), b.name))
-            if rg and t is not None and t._node is not None:  # a captured non-leaf: no hook
-                ns[f"NODE{k}"], ns[f"NR{k}"] = weakref.ref(t._node), t._out_nr  # nor
-                add(f"o._node is not NODE{k}() or o._node.pre_hooks is not None and "  # retain
+            add(f"o is None or o._data is not A{k}() or o._requires_grad is not {rg}",
+                f"bound tensor {b.name} (alive, same storage, requires_grad={rg})",
+                "same", lambda f, k=k: _describe_ref(trace.bindings[k]))
+            if rg and t is not None and t._node is not None:  # a captured non-leaf: the same
+                ns[f"NODE{k}"], ns[f"NR{k}"] = weakref.ref(t._node), t._out_nr  # grad_fn, and
+                add(f"o._node is not NODE{k}() or o._node.pre_hooks is not None and "  # no hook
                     f"o._node.pre_hooks.get(NR{k}) or o._node.retained is not None and "
                     f"NR{k} in o._node.retained", f"bound tensor {b.name} has the same "
                     f"grad_fn, no gradient hooks and no retain_grad()", "none",
                     lambda f, k=k: _describe_node(trace.bindings[k]))
-            add(f"o is None or o._data is not A{k}() or o._requires_grad is not {rg}",
-                f"bound tensor {b.name} (alive, same storage, requires_grad={rg})",
-                "same", lambda f, k=k: _describe_ref(trace.bindings[k]))
             for j in by_owner.get(id(t), ()) if t is not None else ():
                 if j not in done_grad_guards:
                     done_grad_guards.add(j)
