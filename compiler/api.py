@@ -726,8 +726,8 @@ class CompiledFunction:
             g = trace.graph
             n_fwd = len(g.outputs)
             if bw is not None:  # the joint graph: cotangents in, leaf gradients out
-                g.inputs = g.inputs + bw["cotangents"]
-                g.outputs = g.outputs + bw["grads"]
+                g.inputs = g.inputs + list(bw.cotangents)
+                g.outputs = g.outputs + list(bw.grads)
             before = str(g)
             ir.verify(g)
             g = run_passes(g)
@@ -735,9 +735,10 @@ class CompiledFunction:
             backward = None
             parts = None
             if bw is not None:
-                parts = split(g, n_fwd, bw["cotangents"], vector_math=self.backend != "interp")
+                parts = split(g, n_fwd, list(bw.cotangents),
+                              vector_math=self.backend != "interp")
                 if self.backend != "interp":  # (the interpreter: eager's order, bit for bit)
-                    parts = precompute(g, n_fwd, bw["cotangents"], parts) or parts
+                    parts = precompute(g, n_fwd, list(bw.cotangents), parts) or parts
                 ir.verify(parts.forward)
                 ir.verify(parts.backward)
                 g = parts.forward
@@ -746,7 +747,7 @@ class CompiledFunction:
                 return _plain_numbers(result)  # (this call was the trace: its result stands)
             if bw is not None:
                 backward = BackwardPlan(backend.compile_graph(parts.backward), parts,
-                                        bw["leaves"], [v.shape for v in bw["grads"]],
+                                        list(bw.leaves), [v.shape for v in bw.grads],
                                         trace.bindings, backend.run)
                 after += "\nbackward:\n" + str(parts.backward)
             trace.graph = g

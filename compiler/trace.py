@@ -214,8 +214,18 @@ class Trace:
     backward_inside: bool = False  # the call runs backward() itself
     version_updates: list = field(default_factory=list)  # (box, weak ref): expected
     #   versions moved on after each replay
-    backward: dict | None = None  # for outputs differentiated after the call: see
-    #                              Tracer._trace_backward
+    backward: BackwardOutside | None = None  # for outputs differentiated after the call
+
+
+@dataclass(frozen=True)
+class BackwardOutside:
+    """The backward of the returned tensors, recorded for ``backward()`` after the call
+    (:meth:`Tracer._trace_backward`): the joint graph takes ``cotangents`` as extra inputs
+    and gives ``grads``, the gradients of the tensors ``leaves`` bind, as extra outputs."""
+
+    leaves: tuple  # Bindings of the tensors receiving gradients
+    grads: tuple  # their gradients' Values
+    cotangents: tuple  # the cotangent inputs' Values, one per differentiable output
 
 
 class Tracer(DispatchMode):
@@ -726,8 +736,8 @@ class Tracer(DispatchMode):
         out_spec = self._result_spec(result, flat_args, out_index, grad_outputs, returned)
         backward = None
         if grad_outputs:
-            backward = self._trace_backward(grad_outputs)
-            returned |= backward.pop("saved_ids")
+            backward, saved_ids = self._trace_backward(grad_outputs)
+            returned |= saved_ids
         g.outputs = outputs
         # (a module or optimizer made inside the call and gone now — `nn.MSELoss()(out, y)`
         # — is made again by the next call: its version needs no guard)
@@ -912,7 +922,7 @@ class Tracer(DispatchMode):
                 best = (src, ops)
         return best
 
-    def _trace_backward(self, outs: list) -> dict:
+    def _trace_backward(self, outs: list) -> tuple:
         """Backward outside: record what ``autograd.grad(outs, leaves)`` does, with the
         cotangents as extra graph inputs, so the runtime can split the joint graph into a
         forward part (which also returns the values backward needs) and a backward part run
@@ -925,7 +935,7 @@ class Tracer(DispatchMode):
             t = self.slot_tensor.get(key)
             if t is not None and t._requires_grad and self.slots[key] is self.input_value[key]:
                 leaves.append((b, t))
-        n_nodes, n_guards = len(self.graph.nodes), len(self.graph.guards)
+        n_guards = len(self.graph.guards)
         cots, cot_values = [], []
         for o in outs:
             c = Tensor._fresh(np.ones(o._data.shape, o._data.dtype))
@@ -958,9 +968,8 @@ class Tracer(DispatchMode):
         saved_ids = set()
         for o in outs:  # tensors the retained eager graph keeps are not escapes
             saved_ids |= _graph_tensor_ids(o._node)
-        return {"leaves": [b for b, _ in used], "grads": [v for _, v in used],
-                "cotangents": cot_values, "first_backward_node": n_nodes,
-                "saved_ids": saved_ids}
+        return BackwardOutside(tuple(b for b, _ in used), tuple(v for _, v in used),
+                               tuple(cot_values)), saved_ids
 
     def _print_specs(self, out_index) -> list:
         """debug_print effects with their tensors replaced by output indices (a method, so
