@@ -28,7 +28,7 @@ constants; literal numbers become constants of the operation's dtype. A runtime 
 (a weak scalar input, e.g. an optimizer's learning rate) is passed as a float64 in a
 one-element buffer and rounded to the operation's dtype first, as numpy's weak-scalar rule
 does. No fast-math flags. Anything else raises NotImplementedError naming the primitive and
-dtype. Reduce groups: see :class:`_ReduceBuilder`.
+dtype. Reduce groups: see ``reduce.ReduceBuilder``.
 """
 
 
