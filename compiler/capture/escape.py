@@ -11,6 +11,7 @@ it costs nothing in steady state), on 3.11 through ``sys.settrace`` on the captu
 from __future__ import annotations
 
 import contextlib
+import dis
 import gc
 import sys
 import threading
@@ -114,8 +115,19 @@ else:
     # sys.settrace rather than sys.setprofile: its global function sees only the start of
     # each Python frame (no C calls, no returns), and returning None asks for no line
     # events — a third of the callbacks. A debugger's tracer keeps running underneath.
+    # Unlike PY_START, settrace's 'call' also comes when a generator is resumed — by the
+    # collector closing one a test framework left behind, say: only a start counts (the
+    # frame at a RESUME with oparg 0), as on 3.12+.
     _previous: list = []
     _library: dict = {}  # code -> whether it is the library's (a start to ignore)
+    _GENERATORS = 0x20 | 0x80 | 0x200  # CO_GENERATOR, CO_COROUTINE, CO_ASYNC_GENERATOR
+    _RESUME = dis.opmap["RESUME"]
+
+    def _resumed(frame) -> bool:
+        if not frame.f_code.co_flags & _GENERATORS:
+            return False
+        c, i = frame.f_code.co_code, frame.f_lasti
+        return not (c[i] == _RESUME and c[i + 1] == 0)
 
     def _trace(frame, event, arg):
         code = frame.f_code
@@ -124,7 +136,7 @@ else:
             if len(_library) > 1 << 16:  # (bounded: programs that exec new code)
                 _library.clear()
             lib = _library[code] = is_library_code(code) or code.co_name in _IMPORT_PROTOCOL
-        if not lib:
+        if not lib and not _resumed(frame):
             _seen(code)
         prev = _previous[-1] if _previous else None
         return prev(frame, event, arg) if prev is not None else None
