@@ -255,11 +255,6 @@ def _binding_expr(b, local: str, array: bool) -> str:
     return obj if b.kind == "array" or not array else f"{obj}._data"
 
 
-def _build(spec, outs, flat):
-    """(The generated call path's ``BUILD``: a part of the result without a fast form.)"""
-    return spec.build(outs, flat)
-
-
 def _generate_call_path(trace: Trace, copy_outputs: set, variant: Variant, run) -> tuple:
     """Three generated functions for the compiled call: ``gather(flat) -> (inputs, scalars)``
     reading every bound array and runtime scalar; ``commit(flat, outs)`` doing the
@@ -271,7 +266,7 @@ def _generate_call_path(trace: Trace, copy_outputs: set, variant: Variant, run) 
     (``plans_for`` makes it on first use)."""
     ns: dict[str, Any] = {"COPYTO": np.copyto, "np": np, "NEW": object.__new__,
                           "TENSOR": Tensor, "STORAGE": Storage, "RUN": run, "V": variant,
-                          "BUILD": _build, "FRESH": fresh}
+                          "FRESH": fresh}
     locals_: dict[int, str] = {}  # id(object) -> local name
     prelude: list[str] = []
 

@@ -469,10 +469,6 @@ def _describe_ref(b) -> str:
         return "gone"
     if t._data is not b.array():
         return "rebound (.data or storage changed)"
-    if t._hooks:
-        return f"requires_grad={t._requires_grad}, {len(t._hooks)} gradient hook(s)"
-    if not t._data.flags.writeable:
-        return "read-only"
     return f"requires_grad={t._requires_grad}"
 
 

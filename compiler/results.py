@@ -32,10 +32,8 @@ class Spec:
 
     def expr(self, ns: dict, lines: list) -> str:
         """Source text building this part in the generated call path; ``lines`` receives
-        statements that must run first (slots). By default: ``BUILD(spec, outs, flat)``."""
-        name = f"SPEC{sum(1 for k in ns if k.startswith('SPEC'))}"
-        ns[name] = self
-        return f"BUILD({name}, outs, flat)"
+        statements that must run first (slots). By default, a call of :meth:`build`."""
+        return f"{bind(ns, 'SPEC', self)}.build(outs, flat)"
 
     def children(self) -> tuple:
         return ()
@@ -85,8 +83,7 @@ class Spent(Spec):
 
     def expr(self, ns, lines):
         ns["SPENT"] = spent_tensor
-        ns[f"N{self.k}"] = spent_node(self.name)
-        return f"SPENT(outs[{self.k}], N{self.k})"
+        return f"SPENT(outs[{self.k}], {bind(ns, 'GRAPH', spent_node(self.name))})"
 
 
 @dataclass(frozen=True)
@@ -199,8 +196,8 @@ class View(Spec):
                        grad_node)
 
     def expr(self, ns, lines):
-        name = f"VSPEC{sum(1 for k in ns if k.startswith('VSPEC'))}"
-        ns[name], ns["VIEW"] = self, view_of
+        name = bind(ns, "VSPEC", self)
+        ns["VIEW"] = view_of
         return f"VIEW({self.base.expr(ns, lines)}, {name}.ops, {name}.role)"
 
     def children(self):
@@ -237,9 +234,8 @@ class NamedTuple(Spec):
         return self.type(*(s.build(outs, flat, grad_node, env) for s in self.items))
 
     def expr(self, ns, lines):
-        name = f"NT{sum(1 for k in ns if k.startswith('NT'))}"
-        ns[name] = self.type
-        return f"{name}(" + "".join(s.expr(ns, lines) + ", " for s in self.items) + ")"
+        return f"{bind(ns, 'NT', self.type)}(" + "".join(s.expr(ns, lines) + ", "
+                                                        for s in self.items) + ")"
 
     def children(self):
         return self.items
@@ -256,13 +252,21 @@ class Dict(Spec):
         return {k: s.build(outs, flat, grad_node, env) for k, s in zip(self.keys, self.items)}
 
     def expr(self, ns, lines):
-        name = f"KEYS{sum(1 for k in ns if k.startswith('KEYS'))}"
-        ns[name] = self.keys
+        name = bind(ns, "KEYS", self.keys)
         return "{" + ", ".join(f"{name}[{i}]: {s.expr(ns, lines)}"
                                for i, s in enumerate(self.items)) + "}"
 
     def children(self):
         return self.items
+
+
+def bind(ns: dict, prefix: str, value) -> str:
+    """A new name in the generated code's namespace ``ns`` for ``value``."""
+    k = 0
+    while f"{prefix}{k}" in ns:
+        k += 1
+    ns[f"{prefix}{k}"] = value
+    return f"{prefix}{k}"
 
 
 # ------------------------------------------------------------------ the tensors made

@@ -45,11 +45,39 @@ class Storage:
 # and a compiled variant that checked at trace time that a captured tensor's array is
 # writable needs only to check, per call, that it is still the same array object.
 #
+class _WeakById:
+    """A map from live objects (held weakly, keyed by identity: ndarrays and tensors do not
+    hash by identity) to values; an entry goes when its object does."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple] = {}  # id(obj) -> (weakref to obj, value)
+
+    def get(self, obj):
+        entry = self._entries.get(id(obj))
+        return entry[1] if entry is not None and entry[0]() is obj else None
+
+    def set(self, obj, value) -> bool:
+        """False when ``obj`` cannot be held weakly (then nothing is kept)."""
+        k = id(obj)
+        try:
+            ref = weakref.ref(obj, lambda r, k=k: self._forget(k, r))
+        except TypeError:
+            return False
+        self._entries[k] = (ref, value)
+        return True
+
+    def _forget(self, k: int, ref) -> None:
+        entry = self._entries.get(k)
+        if entry is not None and entry[0] is ref:
+            del self._entries[k]
+
+
 # The same memory handed out and taken back (``dg.from_numpy(p.numpy())``, the usual idiom)
 # is the same Storage — one version counter, so autograd and compiled variants see the two
 # tensors alias. numpy collapses view chains, so ``arr.base`` (or ``arr``) is the object
-# owning the memory; :func:`share_storage` remembers which Storage is over it.
-_OWNERS: dict[int, tuple] = {}  # id(memory owner) -> (weakref to it, weakref to a Storage)
+# owning the memory; :func:`share_storage` remembers which Storage is over it (bytes and
+# other owners without weak references are not shared).
+_OWNERS = _WeakById()  # memory owner -> weakref to a Storage over it
 
 
 def _owner(arr: np.ndarray):
@@ -59,41 +87,26 @@ def _owner(arr: np.ndarray):
 def share_storage(arr: np.ndarray, storage: Storage) -> None:
     """``storage`` is over ``arr``'s memory: a tensor made from it again shares it."""
     owner = _owner(arr)
-    k = id(owner)
-    entry = _OWNERS.get(k)
-    if entry is not None and entry[0]() is owner and entry[1]() is storage:
-        return
-    try:
-        ref = weakref.ref(owner, lambda _, k=k: _forget_owner(k))
-    except TypeError:  # (bytes, and other owners without weak references: not shared)
-        return
-    _OWNERS[k] = (ref, weakref.ref(storage))
+    known = _OWNERS.get(owner)
+    if known is None or known() is not storage:
+        _OWNERS.set(owner, weakref.ref(storage))
 
 
 def storage_over(arr: np.ndarray) -> Storage:
     """The Storage of a tensor over ``arr``'s memory handed out before, or a new one."""
-    owner = _owner(arr)
-    entry = _OWNERS.get(id(owner))
-    if entry is not None and entry[0]() is owner:
-        storage = entry[1]()
-        if storage is not None:
-            return storage
-    storage = Storage()
-    share_storage(arr, storage)
+    known = _OWNERS.get(_owner(arr))
+    storage = known() if known is not None else None
+    if storage is None:
+        storage = Storage()
+        share_storage(arr, storage)
     return storage
-
-
-def _forget_owner(k: int) -> None:
-    entry = _OWNERS.get(k)
-    if entry is not None and entry[0]() is None:
-        del _OWNERS[k]
 
 
 # A compiled variant that assumed its captured leaves have no gradient hook holds one
 # HookEpoch for them all (``guard_hooks``): registering a hook on any of those leaves moves
 # it, so the variant's guard is one comparison instead of one per captured parameter. The
-# leaves are kept by id with a weak reference, not marked by an attribute: a new instance
-# attribute would slow every attribute load on a parameter.
+# leaves are kept by identity, weakly, not marked by an attribute: a new instance attribute
+# would slow every attribute load on a parameter.
 
 
 class HookEpoch:
@@ -105,24 +118,17 @@ class HookEpoch:
         self.n = 0
 
 
-_HOOK_GUARDED: dict[int, tuple] = {}  # id(leaf) -> (weakref to it, WeakSet of HookEpochs)
+_HOOK_GUARDED = _WeakById()  # leaf -> WeakSet of the HookEpochs guarding it
 
 
 def guard_hooks(t: Tensor, epoch: HookEpoch) -> None:
     """A compiled variant assumes leaf ``t`` has no gradient hook: registering one on it
     moves ``epoch``."""
-    k = id(t)
-    entry = _HOOK_GUARDED.get(k)
-    if entry is None or entry[0]() is not t:
-        entry = _HOOK_GUARDED[k] = (weakref.ref(t, lambda _, k=k: _forget_hook_guard(k)),
-                                    weakref.WeakSet())
-    entry[1].add(epoch)
-
-
-def _forget_hook_guard(k: int) -> None:
-    entry = _HOOK_GUARDED.get(k)
-    if entry is not None and entry[0]() is None:
-        del _HOOK_GUARDED[k]
+    epochs = _HOOK_GUARDED.get(t)
+    if epochs is None:
+        epochs = weakref.WeakSet()
+        _HOOK_GUARDED.set(t, epochs)
+    epochs.add(epoch)
 
 
 class Tensor:
@@ -374,10 +380,8 @@ class Tensor:
         if self._hooks is None:
             self._hooks = []
         self._hooks.append(hook)
-        entry = _HOOK_GUARDED.get(id(self))
-        if entry is not None and entry[0]() is self:  # (compiled variants assumed none)
-            for epoch in list(entry[1]):
-                epoch.n += 1
+        for epoch in list(_HOOK_GUARDED.get(self) or ()):  # (compiled variants assumed none)
+            epoch.n += 1
         return RemovableHandle(self._hooks, hook)
 
     def _accumulator(self):

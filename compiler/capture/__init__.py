@@ -14,7 +14,6 @@ warns once at decoration time and the function runs eagerly (strict mode raises)
 from __future__ import annotations
 
 import inspect
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +26,6 @@ from .sources import ArgTree, Flat, Held, Namer
 
 __all__ = ["Capture", "Effect", "SUPPORTED", "available", "run", "guard_lines"]
 
-_local = threading.local()
 
 
 def available() -> bool:
@@ -77,10 +75,6 @@ def run(tracer, fn: Callable, args: tuple, kwargs: dict, dynamic=frozenset()):
     asrc, ksrc = _arg_sources(cap, fn, args, kwargs)
     top = Held(fn, getattr(fn, "__qualname__", "the compiled function"))
     cap.note_root(fn, top)
-    stack = getattr(_local, "captures", None)
-    if stack is None:
-        stack = _local.captures = []
-    stack.append(cap)
     exc = None
     try:
         with Watchdog(cap.escaped):
@@ -90,7 +84,6 @@ def run(tracer, fn: Callable, args: tuple, kwargs: dict, dynamic=frozenset()):
         exc = r.exc  # (raised below, outside the handler: its cause and context stay the
         #             program's)
     finally:
-        stack.pop()
         cap.plain_effects()
         cap.release()
     if exc is not None:
