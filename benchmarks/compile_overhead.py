@@ -27,7 +27,6 @@ import numpy as np  # noqa: E402
 import compiler  # noqa: E402
 import dyngrad as dg  # noqa: E402
 import dyngrad.nn.functional as F  # noqa: E402
-from compiler.backends import interp  # noqa: E402
 from compiler.guards import flatten  # noqa: E402
 from dyngrad import nn, optim  # noqa: E402
 
@@ -78,8 +77,7 @@ def main(argv=None) -> dict:
         "eager_step_us": median_us(lambda: eager(x, y), number, repeat),
         "compiled_step_us": median_us(lambda: compiled(x, y), number, repeat),
         "guard_check_us": median_us(lambda: v.guards.check(flat, spec), number * 10, repeat),
-        "graph_execution_us": median_us(lambda: interp.run(plan, inputs, scalars), number,
-                                        repeat),
+        "graph_execution_us": median_us(lambda: plan.run(inputs, scalars), number, repeat),
         "trace_and_passes_ms": trace_ms,
         "nodes": len(v.trace.graph.nodes),
         "guards": len(v.guards.describe),
@@ -87,13 +85,13 @@ def main(argv=None) -> dict:
     # The Python side alone: the same compiled call with the graph's execution replaced by
     # handing back outputs computed once (everything else — guards, gathering the bound
     # arrays, write-backs, new .grad tensors, the result — runs as usual).
-    outs = interp.run(plan, inputs, scalars)
+    outs = plan.run(inputs, scalars)
     namespace = v.call.__globals__
-    namespace["RUN"] = lambda plan, inputs, scalars: list(outs)
+    namespace["RUN"] = lambda inputs, scalars: list(outs)
     try:
         res["call_overhead_us"] = median_us(lambda: compiled(x, y), number * 10, repeat)
     finally:
-        namespace["RUN"] = interp.run
+        namespace["RUN"] = plan.run
     print("W1 (16→32→32→1 tanh MLP, batch 32, MSE + SGD), interpreter backend; µs median "
           "(IQR); timings assume an idle machine")
     for k in ("eager_step_us", "compiled_step_us", "guard_check_us", "graph_execution_us",

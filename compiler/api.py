@@ -32,16 +32,15 @@ from dyngrad.dispatch import STATE, push_mode
 from dyngrad.tensor import Storage, Tensor
 
 from . import backends, capture, ir
-from .backends import interp
-from .backends.base import GuardFailed
+from .backends.base import Executable, GuardFailed
 from .capture.calls import trace_through
 from .effects import continue_backward, plan_effects, replay
 from .generated import exec_generated
 from .guards import GuardSet, build_guards, flatten, unflatten
 from .partition import precompute, split
 from .passes import run_passes
-from .passes.fusion import FusionGroup, fuse
-from .passes.memory import MemoryPlan, plan_memory
+from .passes.fusion import FusionGroup
+from .passes.memory import MemoryPlan
 from .results import fresh
 from .symbolic import (
     arg_dims,
@@ -141,18 +140,31 @@ class Variant:
     sizes: set = field(default_factory=set)  # the sizes a symbolic variant serves (traced)
     templates: list | None = None
     bw_templates: list | None = None
-    plans: dict = field(default_factory=dict)  # size -> (forward plan, backward plan)
+    plans: dict = field(default_factory=dict)  # size -> (forward, backward) executables
     family: Any = None  # the native backend's module family of the sizes (llvm/sizes.py)
     bw_family: Any = None  # and of the backward part's sizes (backward outside)
     inplace: dict = field(default_factory=dict)  # node -> input written in place
-    groups: list[FusionGroup] = field(default_factory=list)  # the fusion groups (kernels)
-    #                                  of trace.graph; the interpreter does not use them
-    memory: MemoryPlan | None = None  # the arena plan of trace.graph (at the traced sizes);
-    #                                   the interpreter does not use it (a native driver will)
-    execute: Any = interp.run  # the backend's run(plan, inputs, scalars) -> outputs
     backend_name: str = "interp"
     number: int = 0  # 1, 2, ... in trace order: explain's "variant N", stable while the
     #                  lookup order (CompiledFunction.variants) changes
+
+    @property
+    def groups(self) -> list[FusionGroup] | None:
+        """The fusion groups the executable runs (None on the interpreter)."""
+        return self.plan.groups
+
+    @property
+    def memory(self) -> MemoryPlan | None:
+        """The arena plan the executable runs with (None when numpy allocates)."""
+        return self.plan.memory
+
+    def use_plan(self, plan: Executable) -> None:
+        """Run ``plan`` from now on (the profiler's timed twin, a test's rebuilt plan)."""
+        self.plan = plan
+        self._gather, self._commit, fast = _generate_call_path(self.trace, self.copy_outputs,
+                                                               self)
+        if self.call is not self.run:
+            self.call = fast
 
     def plans_for(self, flat: list, inputs: list) -> tuple:
         if self.sym is None:
@@ -170,7 +182,7 @@ class Variant:
                     self.family = backend.family(self.inplace)
                 if self.family is not None:
                     self.family.near = lambda: self._graphs_near(d, shapes)
-                fwd = backend.compile_graph(g, inplace=self.inplace, family=self.family)
+                fwd = backend.compile(g, inplace=self.inplace, family=self.family)
             if self.backward is None:
                 bwd = None
             elif backend.compile_at_size is not None:
@@ -193,20 +205,16 @@ class Variant:
 
     def __post_init__(self) -> None:
         self._gather, self._commit, fast = _generate_call_path(self.trace, self.copy_outputs,
-                                                               self, self.execute)
+                                                               self)
         self.call = fast if self.backward is None and not self.trace.prints else self.run
 
     def make_symbolic(self, sym, templates, bw_templates) -> None:
         """Serve every size of one dimension (see compiler/symbolic.py): plans per size."""
         self.sym, self.templates, self.bw_templates = sym, templates, bw_templates
         self.call = self.run
-        if self.backward is not None:  # the backward part: a plan per size (SizedBackward
-            backend = backends.get(self.backend_name)  # on a backend without
-            self.backward.execute = backend.run if backend.compile_at_size is not None \
-                else SizedBackward.run  # compile_at_size: execute(plan, inputs, scalars))
-        elif not self.trace.prints:  # straight-line, the plan looked up by size
-            _, _, self.call = _generate_call_path(self.trace, self.copy_outputs, self,
-                                                  self.execute)
+        if self.backward is None and not self.trace.prints:  # straight-line, the plan
+            _, _, self.call = _generate_call_path(self.trace, self.copy_outputs, self)
+            #                                                    looked up by size
 
     def run(self, flat: list):
         """The general call path (``call`` is a generated straight-line one when the variant
@@ -214,7 +222,7 @@ class Variant:
         tr = self.trace
         inputs, scalars = self._gather(flat)
         plan, bplan = self.plans_for(flat, inputs)
-        outs = self.execute(plan, inputs, scalars)
+        outs = plan.run(inputs, scalars)
         grad_node = None
         if self.backward is not None:
             n = self.backward.parts.n_outputs
@@ -255,17 +263,17 @@ def _binding_expr(b, local: str, array: bool) -> str:
     return obj if b.kind == "array" or not array else f"{obj}._data"
 
 
-def _generate_call_path(trace: Trace, copy_outputs: set, variant: Variant, run) -> tuple:
+def _generate_call_path(trace: Trace, copy_outputs: set, variant: Variant) -> tuple:
     """Three generated functions for the compiled call: ``gather(flat) -> (inputs, scalars)``
     reading every bound array and runtime scalar; ``commit(flat, outs)`` doing the
     write-backs, version bumps and ``.grad`` assignments; and ``fast(flat)``, the whole call
-    (gather, ``run(plan, ...)``, commit, building the result) as one straight-line function
+    (gather, the executable's ``run``, commit, building the result) as one straight-line function
     — no loops, no calls beyond the graph's execution and the tensors it must make. Each
     weakly bound object is dereferenced once per call (the guards have seen it alive). For
     a symbolic variant, ``fast`` takes the plan of the call's size from ``variant.plans``
     (``plans_for`` makes it on first use)."""
     ns: dict[str, Any] = {"COPYTO": np.copyto, "np": np, "NEW": object.__new__,
-                          "TENSOR": Tensor, "STORAGE": Storage, "RUN": run, "V": variant,
+                          "TENSOR": Tensor, "STORAGE": Storage, "V": variant,
                           "FRESH": fresh}
     locals_: dict[int, str] = {}  # id(object) -> local name
     prelude: list[str] = []
@@ -315,13 +323,14 @@ def _generate_call_path(trace: Trace, copy_outputs: set, variant: Variant, run) 
     result = trace.out_spec.expr(ns, result_lines)
     indent = [f"    {x}" for x in prelude]
     if variant.sym is None:
-        run_lines = [f"    outs = RUN(V.plan, [{ins}], [{scs}])"]
+        ns["RUN"] = variant.plan.run
+        run_lines = [f"    outs = RUN([{ins}], [{scs}])"]
     else:
         i, k = variant.sym.base
         ns["PLANS"] = variant.plans
         run_lines = [f"    ins = [{ins}]", f"    p = PLANS.get(flat[{i}]._data.shape[{k}])",
                      "    if p is None: p = V.plans_for(flat, ins)",
-                     f"    outs = RUN(p[0], ins, [{scs}])"]
+                     f"    outs = p[0].run(ins, [{scs}])"]
     lines = ["def gather(flat):", *indent, f"    return [{ins}], [{scs}]", "",
              "def commit(flat, outs):", *indent, *(f"    {x}" for x in body), "    return None",
              "", "def fast(flat):", *indent, *run_lines,
@@ -335,38 +344,40 @@ def _generate_call_path(trace: Trace, copy_outputs: set, variant: Variant, run) 
     return ns["gather"], ns["commit"], ns["fast"]
 
 
-class SizedBackward:
-    """The backward part of a symbolic variant at one size, on a native backend: planned at
-    the first ``backward()`` of that size — the arrays it is given (saved values and
-    cotangents) have the shapes to plan with — and run natively; the sizes' modules form a
-    family as the forward's do. ``SizedBackward.run`` is the variant's backward executor
-    (``execute(plan, inputs, scalars)``)."""
+class SizedBackward(Executable):
+    """The backward part of a symbolic variant at one size, on a native backend: compiled
+    at the first ``backward()`` of that size — the arrays it is given (saved values and
+    cotangents) have the shapes to plan with — into ``plan``, the executable it runs from
+    then on; the sizes' modules form a family as the forward's do."""
 
     def __init__(self, variant, d: int) -> None:
         self.variant, self.d, self.plan = variant, d, None
 
     def run(self, inputs: list, scalars: list) -> list:
-        v = self.variant
-        backend = backends.get(v.backend_name)
         if self.plan is None:
+            v = self.variant
+            backend = backends.get(v.backend_name)
             g = concrete_graph(v.backward.parts.backward, v.bw_templates, self.d,
                                [np.shape(a) for a in inputs])
             if v.bw_family is None and backend.family is not None:
                 v.bw_family = backend.family({})
-            self.plan = backend.compile_graph(g, family=v.bw_family)
-        return backend.run(self.plan, inputs, scalars)
+            self.plan = backend.compile(g, family=v.bw_family)
+        return self.plan.run(inputs, scalars)
+
+    def describe(self) -> str:
+        return "compiled at the first backward() of its size" if self.plan is None else \
+            self.plan.describe()
 
 
 @dataclass(eq=False)
 class BackwardPlan:
     """The backward part of a split graph, and how to connect it to autograd."""
 
-    plan: Any
+    plan: Executable  # (of the traced sizes; a symbolic variant's others: Variant.plans)
     parts: Any  # partition.Split
     leaves: list  # bindings of the tensors that receive gradients
     grad_shapes: list
     bindings: list  # the forward graph's input bindings
-    execute: Any = interp.run  # the backend's run(plan, inputs, scalars)
 
     def node(self, plan, saved: list, flat: list) -> CompiledBackward:
         """The grad_fn for one call's outputs: saved values are this call's fresh arrays;
@@ -426,7 +437,7 @@ class CompiledBackward(Node):
         if self.bplan.parts.precomputed and cots[0] == 1.0:  # the gradients themselves:
             res = self.saved if not retain_graph else [a.copy() for a in self.saved]  # x·1 = x
         else:
-            res = self.bplan.execute(self.plan, self.saved + cots, [])
+            res = self.plan.run(self.saved + cots, [])
         if not retain_graph:
             self.release()
         return tuple(Tensor._fresh(np.asarray(r)) for r in res)
@@ -741,9 +752,9 @@ class CompiledFunction:
                     self._size_verified(self._verify_size, g, parts, flat):
                 return _plain_numbers(result)  # (this call was the trace: its result stands)
             if bw is not None:
-                backward = BackwardPlan(backend.compile_graph(parts.backward), parts,
+                backward = BackwardPlan(backend.compile(parts.backward), parts,
                                         list(bw.leaves), [v.shape for v in bw.grads],
-                                        trace.bindings, backend.run)
+                                        trace.bindings)
                 after += "\nbackward:\n" + str(parts.backward)
             trace.graph = g
             trace.checks = list(cap.checks.values())
@@ -752,9 +763,7 @@ class CompiledFunction:
             #  (the capture guards those objects' versions by source already)
             guards = build_guards(trace, flat, spec, self.dynamic_numbers)
             inplace = _inplace_writes(trace, g, n_fwd)
-            groups = fuse(g)
-            plan = backend.compile_graph(g, inplace=inplace, groups=groups)
-            memory = plan_memory(g)
+            plan = backend.compile(g, inplace=inplace)
         except Unsupported as exc:
             self._unsupported(str(exc))
             return _plain_numbers(result)
@@ -762,8 +771,7 @@ class CompiledFunction:
         self._unsupported_streak = 0
         v = Variant(trace, guards, before, after, plan, t1 - t0, t2 - t1,
                     _aliasing_outputs(trace.graph, n_fwd), backward=backward,
-                    arg_meta=arg_shapes(flat), inplace=inplace, memory=memory,
-                    groups=groups, execute=backend.run, backend_name=self.backend)
+                    arg_meta=arg_shapes(flat), inplace=inplace, backend_name=self.backend)
         self._traced += 1
         v.number = self._traced
         if self.dynamic is not False:

@@ -10,7 +10,6 @@ from pathlib import Path
 from . import ir
 from .api import CompiledFunction, compile, describe_value_guard
 from .passes.fusion import format_groups, fuse
-from .passes.memory import plan_memory
 
 
 @dataclass
@@ -52,7 +51,7 @@ class Explanation:
             for part, groups in v["groups"]:
                 lines.append(f"fusion groups{part} ({len(groups)}):")
                 lines += [f"  {line}" for line in format_groups(groups).splitlines()]
-            lines += [f"memory{part}: {plan.summary()}" for part, plan in v["memory"]]
+            lines += [f"memory{part}: {text}" for part, text in v["memory"]]
             lines += [f"backend{part}: {text}" for part, text in v["backend"]]
             lines.append("IR before passes:")
             lines.append(v["ir_before"])
@@ -128,48 +127,55 @@ def _counted(lines) -> list[str]:
     return [line if n == 1 else f"{line} (×{n})" for line, n in counts.items()]
 
 
-def _fusion_groups(v) -> list:
-    """(label, groups) of the variant's graph, and of its backward part if it has one."""
-    parts = [("", v.groups or fuse(v.trace.graph))]
+def _parts(v) -> list:
+    """(label, executable) of the variant's graph, and of its backward part if it has one."""
+    parts = [("", v.plan)]
     if v.backward is not None:
-        parts.append((" (backward)", fuse(v.backward.parts.backward)))
+        parts.append((" (backward)", v.backward.plan))
     return parts
 
 
+def _fusion_groups(v) -> list:
+    """(label, groups) of the fusion groups each part's executable runs (none on the
+    interpreter, which runs node by node)."""
+    return [(label, plan.groups) for label, plan in _parts(v) if plan.groups is not None]
+
+
+def _memory_plans(v) -> list:
+    """(label, text): the arena plan each part's executable runs with, or what it does
+    instead."""
+    return [(label, plan.memory.summary() if plan.memory is not None else
+             "no arena: numpy allocates each value, as eager does") for label, plan in _parts(v)]
+
+
 def _by_plan(plans: dict, part: int) -> str:
-    """'sizes 5, 9: <how the plan runs>; size 300: ...' — the sizes grouped by what
-    ``runner.describe`` says of their plans (``plans[d][part]``)."""
-    from .backends.llvm import runner
+    """'sizes 5, 9: <how the plan runs>; size 300: ...' — the sizes grouped by what their
+    executables (``plans[d][part]``) say of themselves."""
     groups: dict[str, list] = {}
     for d, p in sorted(plans.items()):
-        groups.setdefault(runner.describe(p[part]), []).append(d)
+        groups.setdefault(p[part].describe(), []).append(d)
     return "; ".join(f"size{'s' if len(ds) > 1 else ''} {', '.join(map(str, ds))}: {what}"
                      for what, ds in groups.items())
 
 
 def _backend_plans(v) -> list:
-    """(label, text): how the backend runs the variant — the interpreter, or the LLVM plan
-    (one driver call, or which groups stay in numpy and why)."""
+    """(label, text): how each part runs, as its executable describes itself — the
+    interpreter, one native driver call, or which groups stay in numpy and why; for a
+    symbolic variant, per size."""
     from .backends import get
     numpy = get(v.backend_name).compile_at_size is not None  # (the interpreter)
     out = []
-    parts = [("", v.plan, v.trace.graph, v.groups)]
-    if v.backward is not None:
-        parts.append((" (backward)", v.backward.plan, v.backward.parts.backward, None))
-    for label, plan, g, groups in parts:
-        if numpy:
-            why = " (symbolic sizes: plans per size)" if v.sym is not None else ""
-            out.append((label, f"numpy interpreter{why}"))
-            continue
-        if v.sym is not None and label:  # the backward part: planned per size at backward()
-            from .backends.llvm import runner
-            made = {d: (p[1].plan,) for d, p in v.plans.items()
+    for label, plan in _parts(v):
+        if v.sym is None:
+            out.append((label, plan.describe()))
+        elif numpy:
+            out.append((label, f"{plan.describe()} (symbolic sizes: plans per size)"))
+        elif label:  # the backward part: planned per size at backward()
+            made = {d: (p[1],) for d, p in v.plans.items()
                     if p[1] is not None and p[1].plan is not None}
             out.append((label, f"planned per symbolic size at the first backward() — "
                                f"{_by_plan(made, 0) or 'none yet'}"))
-            continue
-        if v.sym is not None:  # a native plan per size met so far (maybe one module)
-            from .backends.llvm import runner
+        else:  # a native plan per size met so far (maybe one module)
             text = f"planned per symbolic size — {_by_plan(v.plans, 0) or 'none yet'}"
             fam = v.family
             if fam is not None and (fam.shared or fam.own):
@@ -177,39 +183,7 @@ def _backend_plans(v) -> list:
                          f"{len(fam.positions)} size-dependent numbers are run-time values "
                          f"({fam.templates} compiled), {fam.own} size(s) compiled on their own")
             out.append((label, text))
-            continue
-        from .backends.llvm import codegen, runner
-        text = runner.describe(plan)
-        for grp in _numpy_groups(plan, g, groups or fuse(g)):
-            try:
-                codegen.builder(g, grp).build()
-                why = "lowers, but runs in numpy in a hybrid plan"
-            except NotImplementedError as exc:
-                why = str(exc).split(" (supported")[0]
-            text += f"\n  in numpy: {grp.describe()[:70]} — {why}"
-        out.append((label, text))
     return out
-
-
-def _numpy_groups(plan, g, groups: list) -> list:
-    """The fusion groups an LLVM plan runs in numpy, as the plan that was built decides:
-    none for a driver plan (its one native call runs every group, index groups included);
-    for a hybrid plan, those ``runner.compile_hybrid`` kept as numpy steps (the groups
-    ``codegen.lowerable`` rejects), leaving out the trivial ones (scalar arithmetic,
-    constants, views)."""
-    from .backends.llvm import codegen, driver
-    if isinstance(plan, driver.DriverPlan):
-        return []
-    return [grp for grp in groups if grp.kind not in ("scalar", "creation", "movement")
-            and not codegen.lowerable(g, grp)]
-
-
-def _memory_plans(v) -> list:
-    """(label, MemoryPlan) of the variant's graph, and of its backward part if it has one."""
-    plans = [("", v.memory or plan_memory(v.trace.graph))]
-    if v.backward is not None:
-        plans.append((" (backward)", plan_memory(v.backward.parts.backward)))
-    return plans
 
 
 def show(fn, path, variant: int = 0) -> Path:
@@ -222,8 +196,10 @@ def show(fn, path, variant: int = 0) -> Path:
     cf = fn if isinstance(fn, CompiledFunction) else None
     if cf is None or not cf.variants:
         raise ValueError("show: the function has no compiled variant yet; call it first")
-    g = cf.variants[variant].trace.graph
-    groups = fuse(g)
+    v = cf.variants[variant]
+    g = v.trace.graph
+    groups = v.groups if v.groups is not None else fuse(g)  # (the interpreter runs none:
+    #                                                          the groups LLVM would run)
     path = Path(path).with_suffix(".dot")
     path.write_text(ir.to_dot(g, cf.__name__, groups))  # a cluster per kernel
     png = path.with_suffix(".png")

@@ -280,9 +280,7 @@ def _profiled_plans(v, args, kwargs) -> list:
     from .backends.llvm import driver, runner
     from .guards import flatten
     if v.sym is None:
-        def put(plan):
-            v.plan = plan
-        return [(put, v.plan, runner.profiled(v.trace.graph, v.inplace, v.groups))]
+        return [(v.use_plan, v.plan, runner.profiled(v.trace.graph, v.inplace, v.groups))]
     size = v.sym.size(flatten(args, kwargs)[0])  # (a symbolic variant: this size's plan,
     fwd, bwd = v.plans[size]  #                     made by the calls before)
     if fwd.__class__ is not driver.DriverPlan:

@@ -23,7 +23,7 @@ from test_codegen import evaluate, op, randf
 import compiler
 import dyngrad as dg
 import dyngrad.nn.functional as F
-from compiler.backends.llvm import codegen, jit, runner
+from compiler.backends.llvm import codegen, jit
 from compiler.backends.llvm.codegen import reduce_kernel, run_group
 from compiler.ir import Graph
 from compiler.passes.fusion import fuse, verify_groups
@@ -753,7 +753,7 @@ END_TO_END = {
 def native_kernels(plan) -> int:
     """How many kernels of a plan run natively, as runner.describe says ("N of M kernels
     native", or "all N kernels native" when one driver call runs them all)."""
-    text = runner.describe(plan)
+    text = plan.describe()
     m = re.search(r"(?:all )?(\d+) (?:of \d+ )?kernels native", text)
     assert m, text
     return int(m.group(1))
@@ -789,7 +789,7 @@ def test_llvm_backend_matches_eager(name, monkeypatch):
             else:
                 np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     v = cf.variants[0]  # the variant serving the latest call
-    text = runner.describe(v.plan)
+    text = v.plan.describe()
     assert native_kernels(v.plan) >= 1, text
     assert any(grp.kind == "reduce" for grp in native), text
 

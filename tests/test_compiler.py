@@ -543,9 +543,8 @@ def test_llvm_backend_matches_eager_and_runs_native_kernels(monkeypatch):
     o2 = optim.SGD(m2.parameters(), lr=0.1)
     compiled = compiler.compile(train_step(m2, o2), backend="llvm")
     run_twins(eager, compiled, m1, o1, m2, o2, steps=4)
-    from compiler.backends.llvm import runner
     plan = _serving(compiled).plan
-    assert runner.native_kernels(plan)[0] >= 2, runner.describe(plan)
+    assert plan.native_kernels()[0] >= 2, plan.describe()
 
 
 # ------------------------------------------------------------------ switches
@@ -1261,7 +1260,7 @@ def _serving(cf):
 
 def _rebuild_plan(cf):
     v = _serving(cf)
-    v.plan = backends.get(cf.backend).compile_graph(v.trace.graph, inplace=v.inplace)
+    v.use_plan(backends.get(cf.backend).compile(v.trace.graph, inplace=v.inplace))
 
 
 def test_verify_passes_after_rebuilding_an_untouched_plan():
@@ -1397,7 +1396,7 @@ def small_graph():
 
 
 def run_graph(g, *inputs, scalars=()):
-    return interp.run(interp.compile_graph(g), list(inputs), list(scalars))
+    return interp.compile_graph(g).run(list(inputs), list(scalars))
 
 
 def test_ir_prints_one_line_per_node_like_a_jaxpr():
@@ -1497,9 +1496,9 @@ def test_dce_keeps_a_node_only_a_value_guard_reads():
     ir.verify(g)
     assert [n.prim.name for n in g.nodes] == ["sum", "gt", "exp"]
     plan = interp.compile_graph(g)
-    interp.run(plan, [np.ones(3)], [])
+    plan.run([np.ones(3)], [])
     with pytest.raises(GuardFailed):
-        interp.run(plan, [-np.ones(3)], [])
+        plan.run([-np.ones(3)], [])
 
 
 def test_cse_merges_identical_nodes_and_keeps_ones_with_other_params_or_literals():

@@ -18,7 +18,7 @@ import compiler
 import dyngrad as dg
 import dyngrad.nn.functional as F
 from compiler import api
-from compiler.backends.llvm import driver, runner
+from compiler.backends.llvm import driver
 
 
 @pytest.fixture(autouse=True)
@@ -225,7 +225,7 @@ def test_explain_lists_no_numpy_group_when_one_driver_call_runs_the_index_ops(ca
     ex = compiler.explain(cf)
     capsys.readouterr()
     (text,) = [t for label, t in ex.variants[0]["backend"] if label == ""]
-    assert text == runner.describe(v.plan) and "in numpy" not in text
+    assert text == v.plan.describe() and "in numpy" not in text
 
 
 def test_explain_lists_the_numpy_groups_of_a_hybrid_plan_with_the_reason(capsys):

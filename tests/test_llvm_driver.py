@@ -142,9 +142,9 @@ def test_w1_train_step_matches_eager(name):
     assert compiled_calls(comp) >= 3, (comp.fallbacks, comp.recompiles)
     plan = serving_plan(comp)
     if name in ON_DRIVER:
-        assert isinstance(plan, driver.DriverPlan), runner.describe(plan)
-        n, total = runner.native_kernels(plan)
-        assert n == total and "one driver call" in runner.describe(plan)
+        assert isinstance(plan, driver.DriverPlan), plan.describe()
+        n, total = plan.native_kernels()
+        assert n == total and "one driver call" in plan.describe()
 
 
 def test_adam_step_runs_on_the_driver():
@@ -274,7 +274,7 @@ def run_guarded(item):
 def test_value_guard_is_checked_natively_and_a_failure_reruns_as_eager():
     comp, _ = run_guarded(item=False)
     for v in comp.variants:
-        assert isinstance(v.plan, driver.DriverPlan), runner.describe(v.plan)
+        assert isinstance(v.plan, driver.DriverPlan), v.plan.describe()
         assert v.plan.guard_values, "the guard is not checked by the driver"
 
 
@@ -336,7 +336,8 @@ def test_contended_call_runs_the_hybrid_plan():
     try:
         for _ in range(2):
             assert_rel(f(a, b), want, 1e-5)
-        assert plan.fallback is not None and plan.fallback.func is runner.run, \
+        assert plan.fallback is not None and \
+            isinstance(plan.fallback.__self__, runner.HybridPlan), \
             "the contended call did not use the runner's hybrid plan"
     finally:
         plan.lock.release()
@@ -361,7 +362,7 @@ def test_contended_training_step_matches_eager():
                 plan.lock.release()
         assert_rel(l2, l1, RTOL32)
         assert_state(m1, m2, RTOL32, o1, o2)
-    assert plan.fallback is not None and plan.fallback.func is runner.run
+    assert plan.fallback is not None and isinstance(plan.fallback.__self__, runner.HybridPlan)
 
 
 def test_two_threads_calling_one_plan():
@@ -745,7 +746,7 @@ def test_driver_writes_only_inside_its_buffers(name):
         plan, inplace, scalars = v.backward.plan, {}, []
     else:
         plan, inplace, scalars = v.plan, v.inplace, v._gather(flatten(args, {})[0])[1]
-    assert isinstance(plan, driver.DriverPlan), runner.describe(plan)
+    assert isinstance(plan, driver.DriverPlan), plan.describe()
     fresh = canary(plan.g, inplace, scalars)
     assert fresh.out_slot or fresh.writebacks
 
@@ -761,7 +762,7 @@ def test_float64_model_step_on_the_driver_matches_eager():
     run_twins(eager, comp, m1, o1, m2, o2, steps=6, rtol=RTOL64, dtype=np.float64)
     assert compiled_calls(comp) >= 3
     plan = serving_plan(comp)
-    assert isinstance(plan, driver.DriverPlan), runner.describe(plan)
+    assert isinstance(plan, driver.DriverPlan), plan.describe()
     assert all(p.dtype == dg.float64 for p in m2.parameters())
 
 

@@ -38,7 +38,7 @@ import pytest
 
 import compiler
 import dyngrad as dg
-from compiler.backends.llvm import blas, driver, emit, gemm, jit, matmul, runner, threads, tune
+from compiler.backends.llvm import blas, driver, emit, gemm, jit, matmul, threads, tune
 from compiler.ir import Graph, Value
 from compiler.passes.fusion import fuse
 from dyngrad import nn
@@ -451,8 +451,8 @@ def test_compiled_matmul_matches_eager(sa, sb, dtype):
     a = dg.tensor(rng.standard_normal(sa).astype(dtype))
     b = dg.tensor(rng.standard_normal(sb).astype(dtype))
     out, v = compiled_matmul(a, b)
-    assert isinstance(v.plan, driver.DriverPlan), runner.describe(v.plan)
-    assert runner.native_kernels(v.plan) == (1, 1)
+    assert isinstance(v.plan, driver.DriverPlan), v.plan.describe()
+    assert v.plan.native_kernels() == (1, 1)
     want = (a @ b).numpy()
     assert_close(out.numpy(), want, dtype)
 
@@ -503,7 +503,7 @@ def test_linear_layer_forward_and_backward_match_eager(dtype, width):
             assert_close(p2.grad.numpy(), p1.grad.numpy(), dtype)
     v = comp.variants[0]
     assert v.calls >= 1
-    assert isinstance(v.plan, driver.DriverPlan), runner.describe(v.plan)
+    assert isinstance(v.plan, driver.DriverPlan), v.plan.describe()
 
     # forward compiled, backward outside (the backward plan runs on .backward())
     fwd = compiler.compile(lambda x: lin2(x), backend="llvm")
@@ -519,8 +519,8 @@ def test_linear_layer_forward_and_backward_match_eager(dtype, width):
             assert_close(p2.grad.numpy(), p1.grad.numpy(), dtype)
     v = fwd.variants[0]
     assert v.calls >= 1 and v.backward is not None
-    assert isinstance(v.plan, driver.DriverPlan), runner.describe(v.plan)
-    assert isinstance(v.backward.plan, driver.DriverPlan), runner.describe(v.backward.plan)
+    assert isinstance(v.plan, driver.DriverPlan), v.plan.describe()
+    assert isinstance(v.backward.plan, driver.DriverPlan), v.backward.plan.describe()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

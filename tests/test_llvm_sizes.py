@@ -26,7 +26,7 @@ import pytest
 import compiler
 import dyngrad as dg
 import dyngrad.nn.functional as F
-from compiler.backends.llvm import driver, jit, matmul, sizes
+from compiler.backends.llvm import driver, jit, matmul, runner, sizes
 from dyngrad import nn, optim
 
 RTOL32 = 1e-4
@@ -512,6 +512,6 @@ def test_hybrid_plans_of_a_symbolic_variant_share_a_template_too(name):
                                    (3, 4, 5, 9, 300, 17, 2, 40), rtol=1e-12, atol=1e-12,
                                    seed=1)
     (v,) = sym.variants
-    assert all(isinstance(p[0], tuple) for p in v.plans.values())  # (hybrid plans)
-    assert sum(p[0][0][7] is not None for p in v.plans.values()) >= 4
+    assert all(isinstance(p[0], runner.HybridPlan) for p in v.plans.values())
+    assert sum(p[0].sized is not None for p in v.plans.values()) >= 4
     assert v.family.templates >= 1 and v.family.shared >= 4

@@ -43,7 +43,7 @@ def test_profile_reports_every_kernel_of_the_driver_with_its_work(capsys):
     assert "one native driver call" in out and "Python side" in out
     plan = cf.variants[0].plan
     assert plan.__class__ is driver.DriverPlan
-    assert len(prof.kernels) == len(plan.groups)
+    assert len(prof.kernels) == len(plan.kernels)
     assert all(k.calls == 4 and all(s >= 0 for s in k.seconds) for k in prof.kernels)
     matmuls = [k for k in prof.kernels if k.kind == "matmul"]
     assert matmuls  # forward, input gradient and weight gradients

@@ -1,9 +1,8 @@
 """Executors of the IR. ``interp`` (numpy) is the oracle every other backend is tested
-against. A backend is a :class:`base.Backend`: ``compile_graph(graph, inplace=None, groups=None) ->
-plan`` (``groups``: the graph's fusion groups when the caller has them) and ``run(plan,
-inputs, scalars) -> outputs`` (raising ``base.GuardFailed`` on a value guard miss), and
-what it does with symbolic sizes (``compile_at_size`` or ``family``); :func:`get` returns it
-by name."""
+against. A backend is a :class:`base.Backend`: ``compile(graph, inplace=None) ->``
+:class:`base.Executable`, whose ``run(inputs, scalars) -> outputs`` raises
+``base.GuardFailed`` on a value guard miss, and what it does with symbolic sizes
+(``compile_at_size`` or ``family``); :func:`get` returns it by name."""
 
 from __future__ import annotations
 
@@ -20,11 +19,11 @@ def get(backend: str) -> Backend:
         return made
     if backend == "interp":
         from . import interp
-        made = Backend("interp", lambda g, inplace=None, groups=None: interp.compile_graph(
-            g, inplace=inplace), interp.run, compile_at_size=interp.compile_graph)
+        made = Backend("interp", lambda g, inplace=None: interp.compile_graph(
+            g, inplace=inplace), compile_at_size=interp.compile_graph)
     elif backend == "llvm":
         from .llvm import runner, sizes
-        made = Backend("llvm", runner.compile_graph, runner.run, family=sizes.Family)
+        made = Backend("llvm", runner.compile_graph, family=sizes.Family)
     else:
         raise ValueError(f"unknown backend {backend!r}; choose 'interp' or 'llvm'")
     _MADE[backend] = made

@@ -1,7 +1,8 @@
-"""What both backends share: a value guard's failure (:class:`GuardFailed`), how a value is
-compared with a guard's expected one, how a primitive's numpy result is kept, and the step
-plan that runs a graph node by node with each primitive's own ``impl`` — the interpreter's
-whole plan, and the numpy steps of the LLVM backend's hybrid plans."""
+"""What both backends share: the :class:`Backend` record the pipeline sees, the
+:class:`Executable` every compile returns, a value guard's failure (:class:`GuardFailed`),
+how a value is compared with a guard's expected one, how a primitive's numpy result is kept,
+and the step plan that runs a graph node by node with each primitive's own ``impl`` — the
+interpreter's whole plan, and the numpy steps of the LLVM backend's hybrid plans."""
 
 from __future__ import annotations
 
@@ -19,13 +20,41 @@ class Backend:
     """A backend as the pipeline sees it (``compiler.backends.get(name)``)."""
 
     name: str
-    compile_graph: Callable  # (graph, inplace=None, groups=None[, family=]) -> plan
-    run: Callable  # (plan, inputs, scalars) -> outputs; raises GuardFailed before any write
-    compile_at_size: Callable | None = None  # (graph, templates, size, inplace) -> plan: a
-    #   backend that plans a symbolic variant's parameter templates at each size itself (the
-    #   interpreter); without it, the pipeline hands it concrete graphs per size
+    compile: Callable  # (graph, inplace=None[, family=]) -> Executable
+    compile_at_size: Callable | None = None  # (graph, templates, size, inplace) ->
+    #   Executable: a backend that plans a symbolic variant's parameter templates at each
+    #   size itself (the interpreter); without it, the pipeline hands it concrete graphs per
+    #   size
     family: Callable | None = None  # (inplace) -> an object every size of one symbolic
     #   variant is compiled with (the LLVM backend serves them from one module)
+
+
+class Executable:
+    """What a backend's ``compile`` returns: a graph made ready to run.
+
+    ``run(inputs, scalars) -> outputs`` executes it (the graph's input arrays and runtime
+    scalars in its order; raises :class:`GuardFailed` before writing anything the caller can
+    see). ``describe()`` says in a line or a few how it runs, for ``explain``. ``groups`` are
+    the fusion groups it runs as kernels, in their order, and ``memory`` the arena plan it
+    actually uses — None for a backend that has neither (the interpreter allocates each
+    value in numpy, as eager does). ``native_kernels()`` is (kernels run natively, kernels
+    in all); ``numpy_groups()`` the groups it runs in numpy although they compute something
+    (not views, constants or scalar arithmetic)."""
+
+    groups: list | None = None
+    memory = None  # passes.memory.MemoryPlan | None
+
+    def run(self, inputs: list, scalars: list) -> list:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def native_kernels(self) -> tuple[int, int]:
+        return 0, 0
+
+    def numpy_groups(self) -> list:
+        return []
 
 
 class GuardFailed(Exception):

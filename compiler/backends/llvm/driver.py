@@ -84,8 +84,9 @@ def _memtype(v) -> str:
     return emit.MEMTYPE[emit.LLTYPE[v.dtype.name]]
 
 
-class DriverPlan:
-    """Everything one graph's native call needs (see the module docstring)."""
+class DriverPlan(base.Executable):
+    """Everything one graph's native call needs (see the module docstring): the executable
+    of a graph whose every fusion group lowers."""
 
     def __init__(self, g, inplace: dict, make_fallback, groups: list | None = None,
                  family=None, profile: bool = False) -> None:
@@ -94,6 +95,7 @@ class DriverPlan:
         self.fallback = None  # call while another thread holds this plan
         self.lock, self.lock_fallback = threading.Lock(), threading.Lock()
         groups = fuse(g) if groups is None else list(groups)
+        self.groups = groups  # every fusion group of g, in order (Executable.groups)
         for grp in groups:
             if grp.kind not in ("elementwise", "reduce", "matmul", "scalar", "index",
                                 "creation", "movement", "random"):
@@ -325,7 +327,7 @@ class DriverPlan:
             self.compiled, self.sizes = family.module(text)
             if self.sizes is not None:  # the module's global of numbers: one call of it at
                 self.lock = self.compiled.lock  # a time, whichever plan or family calls
-        self.groups = groups  # (the kernels, in the driver's order)
+        self.kernels = groups  # (the groups that run code, in the driver's order)
         self.ticks = ticks.counters(self.compiled) if ticks else None
         self.fn = self.compiled.cfunc("drv", ctypes.c_int32, ctypes.c_void_p) \
             if self.sizes is None else \
@@ -361,8 +363,16 @@ class DriverPlan:
 
     # ------------------------------------------------------------------ a call
     def run(self, inputs: list, scalars: list) -> list:
-        """A call (replaced by a generated straight-line function, see :meth:`_generate`)."""
+        """A call (the instance's ``run`` is the generated straight-line function, see
+        :meth:`_generate`)."""
         return self.call(inputs, scalars)
+
+    def describe(self) -> str:
+        return (f"all {self.n_groups} kernels native, run by one driver call; arena "
+                f"{self.memory.arena_bytes} bytes")
+
+    def native_kernels(self) -> tuple[int, int]:
+        return self.n_groups, self.n_groups
 
     def _generate(self) -> None:
         """``self.call(inputs, scalars)``: the run as straight-line code — the inputs whose
@@ -424,7 +434,7 @@ class DriverPlan:
         lines += [f"        {x}" for x in body]
         lines += ["    finally:", "        LOCK.release()"]
         exec_generated("\n".join(lines), ns)
-        self.call = ns["call"]
+        self.call = self.run = ns["call"]
 
     def _slow_input(self, i: int, a) -> None:
         """A different array for input ``i``: refresh its address (contiguous, right dtype)."""

@@ -34,7 +34,7 @@ import numpy as np
 
 from ...passes.fusion import fuse
 from ...prims import traits
-from ..base import GuardFailed, result, same_value, step_plan
+from ..base import Executable, GuardFailed, result, same_value, step_plan
 from . import cache, codegen, driver, machine
 
 _KERNEL = object()  # tags a native step in the plan's step list
@@ -45,14 +45,14 @@ _CHECKS = object()  # tags a step that only checks value guards
 def _hybrid_runner(g, inplace, groups):
     """The hybrid plan of ``g`` as a callable ``(inputs, scalars) -> outputs``: what a
     driver plan runs when another thread holds its arena."""
-    return functools.partial(run, compile_hybrid(g, inplace, groups))
+    return compile_hybrid(g, inplace, groups).run
 
 
-def compile_graph(g, inplace: dict | None = None, groups: list | None = None,
-                  family=None):
-    """A plan for :func:`run`: one native driver call when every fusion group lowers
-    (``driver``), else :func:`compile_hybrid`'s kernels-and-numpy plan. ``family``: see
-    ``sizes.py`` (a symbolic variant's sizes)."""
+def compile_graph(g, inplace: dict | None = None, family=None, groups: list | None = None):
+    """The executable of ``g``: one native driver call when every fusion group lowers
+    (``driver.DriverPlan``), else :func:`compile_hybrid`'s kernels-and-numpy
+    :class:`HybridPlan`. ``family``: see ``sizes.py`` (a symbolic variant's sizes);
+    ``groups``: ``g``'s fusion groups when the caller has them (made here otherwise)."""
     groups = fuse(g) if groups is None else groups
     if any(grp.kind not in ("scalar", "creation", "movement") for grp in groups):
         try:  # (a group that does not lower raises while the driver builds its module)
@@ -91,7 +91,7 @@ def profiled(g, inplace: dict | None = None, groups: list | None = None) -> Prof
     try:
         plan = driver.build(g, inplace, lambda: _hybrid_runner(g, inplace, groups), groups,
                             profile=True)
-        return Profiled(plan, plan.groups, True, plan.ticks)
+        return Profiled(plan, plan.kernels, True, plan.ticks)
     except NotImplementedError:
         pass
     timed = [grp for grp in groups if grp.kind != "creation"]
@@ -104,8 +104,8 @@ def _tick(clock: np.ndarray, k: int, end: int) -> None:
 
 
 def compile_hybrid(g, inplace: dict | None = None, groups: list | None = None,
-                   family=None, clock: np.ndarray | None = None):
-    """A plan for :func:`run`: the fusion groups in their order, each lowerable group
+                   family=None, clock: np.ndarray | None = None) -> HybridPlan:
+    """A :class:`HybridPlan`: the fusion groups in their order, each lowerable group
     (elementwise, reduce, matmul) as one native kernel call, the others as the interpreter's
     steps of their nodes.
 
@@ -197,8 +197,8 @@ def compile_hybrid(g, inplace: dict | None = None, groups: list | None = None,
             order.append((_CHECKS, tuple(checks_at[seg])))
     if clock is not None:
         order.append(tick(len(timed), 1))
-    return (order, outs, tail, base, n_in, n_sc, tuple(deferred), sized), len(native), \
-        len(groups)
+    return HybridPlan(g, groups, native, order, outs, tail, base, n_in, n_sc, tuple(deferred),
+                      sized)
 
 
 def _check(checks, env) -> None:
@@ -207,63 +207,79 @@ def _check(checks, env) -> None:
             raise GuardFailed(gi, expected, env[s])
 
 
-def run(plan, inputs: list, scalars: list) -> list:
-    """Execute: returns the output arrays (raises GuardFailed)."""
-    if plan.__class__ is driver.DriverPlan:
-        return plan.call(inputs, scalars)
-    sized = plan[0][7]
-    if sized is None:
-        return _run_steps(plan[0], inputs, scalars)
-    set_sizes, numbers, lock = sized
-    with lock:  # (the template's global of numbers: this size's, until the run ends)
-        set_sizes(numbers.ctypes.data)
-        return _run_steps(plan[0], inputs, scalars)
+class HybridPlan(Executable):
+    """The kernels-and-numpy executable of :func:`compile_hybrid`: ``order`` is its steps
+    (a native kernel, a numpy step of one node, or value checks); the environment list
+    starts as ``base`` with the inputs and scalars in front; ``deferred`` are the write-backs
+    done once everything ran; ``sized`` is (set sizes, numbers, lock) when the kernels'
+    module is a symbolic family's template (``sizes.py``)."""
 
+    def __init__(self, g, groups, native, order, outs, tail, base, n_in, n_sc, deferred,
+                 sized) -> None:
+        self.g, self.groups, self.native = g, groups, native
+        self.order, self.outs, self.tail, self.base = order, outs, tail, base
+        self.n_in, self.n_sc, self.deferred, self.sized = n_in, n_sc, deferred, sized
+        self.memory = None  # (numpy allocates every value, kernel outputs included)
 
-def _run_steps(plan, inputs: list, scalars: list) -> list:
-    steps, outs, tail, base, n_in, n_sc, deferred, _ = plan
-    env = base[:]
-    env[:n_in] = inputs
-    env[n_in:n_in + n_sc] = scalars
-    for step in steps:
-        if step[0] is _CHECKS:
-            _check(step[1], env)
-            continue
-        if step[0] is _KERNEL:
-            _, fn, ins, kouts, n, ptr_array = step
-            arrays = []
-            for s, shape, dtype in ins:
-                a = np.asarray(env[s], dtype=dtype, order="C")  # (0-d stays 0-d)
-                if a.shape != shape:  # a Python number or a 0-d array for a (1,) buffer
-                    a = np.ascontiguousarray(np.broadcast_to(a, shape))
-                arrays.append(a)
-            results = [np.empty(shape, dtype=dtype) for _, shape, dtype in kouts]
-            fn(ptr_array(*[a.ctypes.data for a in arrays + results]), n)  # (per call:
-            #                                              thread-safe, the arrays stay alive)
-            for (s, _, _), r in zip(kouts, results, strict=True):
-                env[s] = r
-            continue
-        impl, ins, params, out, weak = step
-        env[out] = result(impl(*[env[i] for i in ins], **params), weak)
-    _check(tail, env)
-    for s, target in deferred:  # every write-back, once all ran and every guard passed
-        np.copyto(inputs[target], env[s])
-        env[s] = inputs[target]
-    return [env[i] for i in outs]
+    def run(self, inputs: list, scalars: list) -> list:
+        """Execute: returns the output arrays (raises GuardFailed)."""
+        if self.sized is None:
+            return self._run(inputs, scalars)
+        set_sizes, numbers, lock = self.sized
+        with lock:  # (the template's global of numbers: this size's, until the run ends)
+            set_sizes(numbers.ctypes.data)
+            return self._run(inputs, scalars)
 
+    def _run(self, inputs: list, scalars: list) -> list:
+        env = self.base[:]
+        env[:self.n_in] = inputs
+        env[self.n_in:self.n_in + self.n_sc] = scalars
+        for step in self.order:
+            if step[0] is _CHECKS:
+                _check(step[1], env)
+                continue
+            if step[0] is _KERNEL:
+                _, fn, ins, kouts, n, ptr_array = step
+                arrays = []
+                for s, shape, dtype in ins:
+                    a = np.asarray(env[s], dtype=dtype, order="C")  # (0-d stays 0-d)
+                    if a.shape != shape:  # a Python number or a 0-d array for a (1,) buffer
+                        a = np.ascontiguousarray(np.broadcast_to(a, shape))
+                    arrays.append(a)
+                results = [np.empty(shape, dtype=dtype) for _, shape, dtype in kouts]
+                fn(ptr_array(*[a.ctypes.data for a in arrays + results]), n)  # (per call:
+                #                                          thread-safe, the arrays stay alive)
+                for (s, _, _), r in zip(kouts, results, strict=True):
+                    env[s] = r
+                continue
+            impl, ins, params, out, weak = step
+            env[out] = result(impl(*[env[i] for i in ins], **params), weak)
+        _check(self.tail, env)
+        for s, target in self.deferred:  # every write-back, once all ran and every guard
+            np.copyto(inputs[target], env[s])  # passed
+            env[s] = inputs[target]
+        return [env[i] for i in self.outs]
 
-def native_kernels(plan) -> tuple:
-    """(kernels run natively, fusion groups) of a plan."""
-    if plan.__class__ is driver.DriverPlan:
-        return plan.n_groups, plan.n_groups
-    return plan[1], plan[2]
+    def native_kernels(self) -> tuple[int, int]:
+        return len(self.native), len(self.groups)
 
+    def describe(self) -> str:
+        """How much runs natively, and per group run in numpy, why (what the code generator
+        says of it)."""
+        text = f"{len(self.native)} of {len(self.groups)} kernels native (elementwise and " \
+               f"reduce); the rest run in numpy"
+        for grp in self.numpy_groups():
+            try:
+                codegen.builder(self.g, grp).build()
+                why = "lowers, but runs in numpy in a hybrid plan"
+            except NotImplementedError as exc:
+                why = str(exc).split(" (supported")[0]
+            text += f"\n  in numpy: {grp.describe()[:70]} — {why}"
+        return text
 
-def describe(plan) -> str:
-    """How much of a plan runs natively."""
-    if plan.__class__ is driver.DriverPlan:
-        return (f"all {plan.n_groups} kernels native, run by one driver call; arena "
-                f"{plan.memory.arena_bytes} bytes")
-    _, n_native, n_groups = plan
-    return f"{n_native} of {n_groups} kernels native (elementwise and reduce); the rest " \
-           f"run in numpy"
+    def numpy_groups(self) -> list:
+        """The groups run as numpy steps (those ``codegen.lowerable`` rejects), leaving out
+        the trivial ones (scalar arithmetic, constants, views)."""
+        native = {id(grp) for grp in self.native}
+        return [grp for grp in self.groups if id(grp) not in native
+                and grp.kind not in ("scalar", "creation", "movement")]
