@@ -37,10 +37,9 @@ from .capture.calls import trace_through
 from .effects import continue_backward, plan_effects, replay
 from .generated import exec_generated
 from .guards import GuardSet, build_guards, flatten, unflatten
-from .partition import precompute, split
-from .passes import run_passes
 from .passes.fusion import FusionGroup
 from .passes.memory import MemoryPlan
+from .pipeline import compile_trace, lower
 from .results import fresh
 from .symbolic import (
     arg_dims,
@@ -443,63 +442,6 @@ class CompiledBackward(Node):
         return tuple(Tensor._fresh(np.asarray(r)) for r in res)
 
 
-def _inplace_writes(trace: Trace, g: ir.Graph, n_fwd: int) -> dict:
-    """Write-backs the interpreter may do in place: the node computing the new value of a
-    bound input writes straight into that input's array.
-
-    Note: allowed only when no value guard is checked after that node and no later node
-    can fail on data (index ops), so the transaction rule holds; when nothing later reads
-    the input's old value; when the node is a numpy ufunc (which handles an output
-    aliasing its operands); and when no other input shares the memory. Marks each such
-    write-back done (its copy at commit is skipped)."""
-    last_guard = max((gd.after for gd in g.guards), default=0)
-    last_index = max((j for j, n in enumerate(g.nodes) if n.prim.kind == "index"), default=-1)
-    position = {id(n.out): j for j, n in enumerate(g.nodes)}
-    input_index = {id(v): i for i, v in enumerate(g.inputs)}
-    last_use: dict[int, int] = {}
-    for j, n in enumerate(g.nodes):
-        for x in n.inputs:
-            if isinstance(x, ir.Value):
-                last_use[id(x)] = j
-    out_count: dict[int, int] = {}
-    for v in g.outputs:
-        out_count[id(v)] = out_count.get(id(v), 0) + 1
-    arrays = [b.array() for b in trace.bindings]
-    inplace, marked = {}, []
-    for b, k in trace.writebacks:
-        v = g.outputs[k]
-        j = position.get(id(v))
-        done = False
-        if j is not None and k < n_fwd and j >= last_guard and j > last_index \
-                and out_count[id(v)] == 1 and j not in inplace:
-            node = g.nodes[j]
-            inv = next((x for x in g.inputs if trace.bindings[input_index[id(x)]] is b), None)
-            ufunc = getattr(node.prim.impl, "ufunc", None)
-            if inv is not None and ufunc is not None and last_use.get(id(inv), -1) <= j \
-                    and id(inv) not in out_count and v.shape == inv.shape \
-                    and v.dtype is inv.dtype:
-                i = input_index[id(inv)]
-                a = arrays[i]
-                if a is not None and not any(o is not None and o is not a and
-                                             np.may_share_memory(a, o) for o in arrays):
-                    inplace[j] = i
-                    done = True
-        marked.append((b, k, done))
-    trace.writebacks = marked
-    return inplace
-
-
-def _aliasing_outputs(g: ir.Graph, limit: int) -> set:
-    """Outputs whose array may share memory with an input (views and inputs themselves):
-    they are copied before write-backs so no write-back reads memory another overwrote."""
-    from_input = {id(v) for v in g.inputs}
-    for n in g.nodes:
-        if n.prim.view and n.inputs and isinstance(n.inputs[0], ir.Value) \
-                and id(n.inputs[0]) in from_input:
-            from_input.add(id(n.out))
-    return {k for k, v in enumerate(g.outputs[:limit]) if id(v) in from_input}
-
-
 class BoundMethod:
     """``func`` bound to an instance held by weak reference: what a compiled method's
     per-instance compiled function calls (a bound method or a ``functools.partial`` would
@@ -711,7 +653,6 @@ class CompiledFunction:
         t0 = time.perf_counter()
         backend = backends.get(self.backend)
         tracer = Tracer(flat)
-        grad_enabled = STATE.grad_enabled
         with push_mode(tracer):
             if self.dynamic_numbers:
                 traced = [tracer.arg_scalar(i, x) if i in self.dynamic_numbers else x
@@ -724,64 +665,37 @@ class CompiledFunction:
                 raise Unsupported(cap.refused)
             if cap.effects:  # their values come out of the graph with the result
                 trace = tracer.finish((result, [e.payload for e in cap.effects]), flat)
-                plan_effects(trace, cap, tracer, self.dynamic_sources)
+                trace = plan_effects(trace, cap, tracer, self.dynamic_sources)
             else:
                 trace = tracer.finish(result, flat)
-            trace.grad_enabled = grad_enabled
-            bw = trace.backward
-            g = trace.graph
-            n_fwd = len(g.outputs)
-            if bw is not None:  # the joint graph: cotangents in, leaf gradients out
-                g.inputs = g.inputs + list(bw.cotangents)
-                g.outputs = g.outputs + list(bw.grads)
-            before = str(g)
-            ir.verify(g)
-            g = run_passes(g)
-            after = str(g)
-            backward = None
-            parts = None
-            if bw is not None:
-                parts = split(g, n_fwd, list(bw.cotangents),
-                              vector_math=self.backend != "interp")
-                if self.backend != "interp":  # (the interpreter: eager's order, bit for bit)
-                    parts = precompute(g, n_fwd, list(bw.cotangents), parts) or parts
-                ir.verify(parts.forward)
-                ir.verify(parts.backward)
-                g = parts.forward
+            lowered = lower(trace, backend.vector_math)
             if self._verify_size is not None and \
-                    self._size_verified(self._verify_size, g, parts, flat):
+                    self._size_verified(self._verify_size, lowered.graph, lowered.parts, flat):
                 return _plain_numbers(result)  # (this call was the trace: its result stands)
-            if bw is not None:
-                backward = BackwardPlan(backend.compile(parts.backward), parts,
-                                        list(bw.leaves), [v.shape for v in bw.grads],
-                                        trace.bindings)
-                after += "\nbackward:\n" + str(parts.backward)
-            trace.graph = g
-            trace.checks = list(cap.checks.values())
-            versioned = {c.obj_id for c in trace.checks if hasattr(c, "box")}
-            trace.objects = [(r, v) for r, v in trace.objects if id(r()) not in versioned]
-            #  (the capture guards those objects' versions by source already)
-            guards = build_guards(trace, flat, spec, self.dynamic_numbers)
-            inplace = _inplace_writes(trace, g, n_fwd)
-            plan = backend.compile(g, inplace=inplace)
+            made = compile_trace(trace, lowered, backend, flat, spec, self.dynamic_numbers,
+                                 list(cap.checks.values()))
         except Unsupported as exc:
             self._unsupported(str(exc))
             return _plain_numbers(result)
         t2 = time.perf_counter()
         self._unsupported_streak = 0
-        v = Variant(trace, guards, before, after, plan, t1 - t0, t2 - t1,
-                    _aliasing_outputs(trace.graph, n_fwd), backward=backward,
-                    arg_meta=arg_shapes(flat), inplace=inplace, backend_name=self.backend)
+        trace, bw = made.trace, trace.backward
+        backward = None if bw is None else BackwardPlan(
+            made.backward, lowered.parts, list(bw.leaves), [v.shape for v in bw.grads],
+            trace.bindings)
+        v = Variant(trace, made.guards, lowered.before, lowered.after, made.plan, t1 - t0,
+                    t2 - t1, made.copy_outputs, backward=backward, arg_meta=arg_shapes(flat),
+                    inplace=made.inplace, backend_name=self.backend)
         self._traced += 1
         v.number = self._traced
         if self.dynamic is not False:
             self._generalize(v, flat, spec)
         self.variants.insert(0, v)  # the next call on this path finds it first
         self._note(f"traced variant {v.number} of {self.__name__}: "
-                   f"{len(trace.graph.nodes)} nodes, {len(guards.describe)} guards, "
+                   f"{len(trace.graph.nodes)} nodes, {len(v.guards.describe)} guards, "
                    f"trace {1e3 * (t1 - t0):.1f} ms + passes {1e3 * (t2 - t1):.1f} ms", "graph")
         if _topic("graph"):
-            log.info("%s", after)
+            log.info("%s", lowered.after)
         return _plain_numbers(result)
 
     def _size_verified(self, pending, g, parts, flat) -> bool:

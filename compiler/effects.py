@@ -15,6 +15,7 @@ stores (the delta is checked at trace time to be exactly those stores).
 from __future__ import annotations
 
 import weakref
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from dyngrad.tensor import Tensor
@@ -25,10 +26,11 @@ if TYPE_CHECKING:
     from .trace import Trace, Tracer
 
 
-def plan_effects(trace: Trace, cap, tracer: Tracer, dynamic: set) -> None:
-    """After ``tracer.finish``: the trace's effect entries, its bindings of re-read
-    locations, the guards on the locations' entry values, and the version boxes to move on;
-    counters found are added to ``dynamic`` (runtime inputs from the next trace)."""
+def plan_effects(trace: Trace, cap, tracer: Tracer, dynamic: set) -> Trace:
+    """After ``tracer.finish``: the trace with its effect entries and the version boxes to
+    move on (a new Trace: the finished one is not changed); the bindings of re-read
+    locations and the guards on the locations' entry values are set up on the way. Counters
+    found are added to ``dynamic`` (runtime inputs from the next trace)."""
     from .capture.checks import Equals, Identity, is_plain
     from .trace import slot_key
     entries = []
@@ -61,20 +63,22 @@ def plan_effects(trace: Trace, cap, tracer: Tracer, dynamic: set) -> None:
             cap.guard(Equals(src, value) if is_plain(value) else Identity(src, value))
         if type(value) in (int, float) and type(value) is type(e.value) and e.value != value:
             dynamic.add(src.describe())  # a counter: a runtime input from the next trace
-    trace.effects = entries
+    updates = list(trace.version_updates)
+    objects = list(trace.objects)
     for check, ref, n in cap.version_objects:
         obj = ref()
         if obj is not None and obj._version - check.version == n:
             check.box[0] = obj._version
             object.__setattr__(check, "moving", True)  # (its guard reads the box)
-            trace.version_updates.append((check.box, ref))
-    for k, (ref, version) in enumerate(trace.objects):  # modules the tracer saw called
+            updates.append((check.box, ref))
+    for k, (ref, version) in enumerate(objects):  # modules the tracer saw called
         obj = ref()
         n = stores.get(id(obj), 0) if obj is not None else 0
         if n and obj._version - version == n:
             box = [obj._version]
-            trace.objects[k] = (ref, box)
-            trace.version_updates.append((box, ref))
+            objects[k] = (ref, box)
+            updates.append((box, ref))
+    return replace(trace, effects=entries, version_updates=updates, objects=objects)
 
 
 def _source_reader(src):

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from dyngrad import dtypes as _dt
-from dyngrad.dispatch import DispatchMode, dispatch, suspend
+from dyngrad.dispatch import STATE, DispatchMode, dispatch, suspend
 from dyngrad.tensor import Tensor
 
 from . import prims as P
@@ -190,9 +190,11 @@ def _byte_range(key: tuple) -> tuple:
     return (lo, hi)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, frozen=True)
 class Trace:
-    """What one traced call produced (input to guards and the runtime)."""
+    """What one traced call produced (input to guards and the runtime). Never changed once
+    made: the pipeline (``compiler/pipeline.py``) derives new traces from it
+    (``dataclasses.replace``), the compiled graph and the write-backs it may do in place."""
 
     graph: Graph
     bindings: list  # one per graph input, in order
@@ -235,6 +237,7 @@ class Tracer(DispatchMode):
 
     def __init__(self, flat_args: list) -> None:
         self.graph = Graph()
+        self.grad_enabled = STATE.grad_enabled  # (at the call's entry: a guard)
         self.slots: dict[tuple, Value] = {}
         self.slot_tensor: dict[tuple, Tensor] = {}
         self.by_storage: dict[int, list] = {}
@@ -749,10 +752,9 @@ class Tracer(DispatchMode):
         grad_guards = [(self.owner_ref(o), none, self._name(o))
                        for o, none in self.grad_state.values() if none is not None]
         trace = Trace(g, bindings, scalars, writebacks, effects, out_spec,
-                      objects, self.baked, grad_guards, prints=prints,
-                      backward=backward)
-        trace.continuation = continuation
-        trace.backward_inside = bool(self.backward_roots)
+                      objects, self.baked, grad_guards, grad_enabled=self.grad_enabled,
+                      prints=prints, backward=backward, continuation=continuation,
+                      backward_inside=bool(self.backward_roots))
         self._check_escapes(returned)
         return trace
 

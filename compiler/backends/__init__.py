@@ -20,7 +20,7 @@ def get(backend: str) -> Backend:
     if backend == "interp":
         from . import interp
         made = Backend("interp", lambda g, inplace=None: interp.compile_graph(
-            g, inplace=inplace), compile_at_size=interp.compile_graph)
+            g, inplace=inplace), compile_at_size=interp.compile_graph, vector_math=False)
     elif backend == "llvm":
         from .llvm import runner, sizes
         made = Backend("llvm", runner.compile_graph, family=sizes.Family)

@@ -27,6 +27,8 @@ class Backend:
     #   size
     family: Callable | None = None  # (inplace) -> an object every size of one symbolic
     #   variant is compiled with (the LLVM backend serves them from one module)
+    vector_math: bool = True  # transcendentals in vector code (else numpy's, in eager's
+    #   order, bit for bit: the interpreter), so the pipeline may recompute them
 
 
 class Executable:
