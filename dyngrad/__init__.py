@@ -9,8 +9,28 @@ tensor([2., 4., 6.])
 
 from __future__ import annotations
 
-from . import autograd, dispatch, dtypes, forward_ad, func, nn, optim, special, testing, utils  # noqa: F401  # noqa: E402  (they use the names above)
-from . import ops as _ops  # registers the op table and binds Tensor methods
+# Note [the layers]: each module imports only the layers below it (tests/test_layers.py):
+# the tensor core (dtypes, dispatch, autograd.graph and autograd.grad_mode, tensor), the op
+# table (primitives and the composites on them), autograd's backward and printing, and last
+# the methods layer, which attaches Tensor's methods generated from its table and binds the
+# core's upward calls (dyngrad/methods.py). `autograd` is imported first: the package spans
+# two layers (its graph and grad modes are below the tensor core, backward above the ops), so
+# it must be entered from the top, not from the tensor core importing its graph.
+from . import (
+    autograd,
+    dispatch,
+    dtypes,
+    forward_ad,
+    func,
+    nn,
+    optim,
+    printing,
+    special,
+    testing,
+    utils,
+)
+from . import methods as _methods
+from . import ops as _ops
 from .autograd.grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .dtypes import bool_, float32, float64, get_default_dtype, int64
 from .ops.creation import (
@@ -18,7 +38,6 @@ from .ops.creation import (
     as_tensor,
     empty,
     empty_like,
-    eye,
     from_dlpack,
     from_numpy,
     full,
@@ -74,7 +93,7 @@ from .ops.elementwise import (
     tanh,
     where,
 )
-from .ops.indexing import index_select, one_hot, take_along_dim
+from .ops.indexing import eye, index_select, one_hot, take_along_dim
 from .ops.linalg import bmm, dot, matmul, mm, outer
 from .ops.movement import (
     broadcast_to,
@@ -129,6 +148,8 @@ from .ops.reduce import (
 from .printing import debug_print
 from .serialization import load, save
 from .tensor import Tensor
+
+_methods.install()
 
 bool = bool_
 float = float32

@@ -9,6 +9,8 @@ a stack, like JAX's levels).
 from __future__ import annotations
 
 from .dispatch import DispatchMode, active_modes, dispatch, push_mode, suspend
+from .ops.creation import zeros_like
+from .ops.indexing import replay_view, view_scatter
 from .tensor import Tensor
 
 __all__ = ["JvpMode", "jvp"]
@@ -43,7 +45,6 @@ class JvpMode(DispatchMode):
         cached = self.view_tangents.get(id(view))
         if cached is not None and cached[0] is view and cached[1] is t_base:
             return cached[2]
-        from .ops.indexing import replay_view
         if self in active_modes():
             with suspend(self):
                 t_view = replay_view(t_base, view._view_chain)
@@ -83,8 +84,6 @@ class JvpMode(DispatchMode):
         t_base = self.tangent(base)
         if t_new is None and t_base is None:
             return
-        from .ops.creation import zeros_like
-        from .ops.indexing import view_scatter
         with suspend(self):  # the base's tangent gets the view's region replaced
             t_base = t_base if t_base is not None else zeros_like(base)
             t_view = t_new if t_new is not None else zeros_like(tensor)
@@ -106,7 +105,6 @@ def jvp(fn, primals: tuple, tangents: tuple):
             mode.set_tangent(p, t)
         out = fn(*primals)
     outs = out if isinstance(out, (tuple, list)) else (out,)
-    from .ops.creation import zeros_like
     touts = tuple(mode.tangent(o) if mode.tangent(o) is not None else zeros_like(o)
                   for o in outs)
     return out, (touts if isinstance(out, (tuple, list)) else touts[0])

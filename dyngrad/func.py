@@ -19,7 +19,9 @@ from .dispatch import STATE
 from .forward_ad import jvp as _forward_jvp
 from .ops import creation as _c
 from .ops import movement as _m
+from .ops.elementwise import cast, eq
 from .tensor import Tensor
+from .vmap import vmap as _vmap
 
 __all__ = ["grad", "grad_and_value", "vjp", "jvp", "jacrev", "jacfwd", "hessian", "vmap"]
 
@@ -155,7 +157,6 @@ def jvp(func: Callable, primals: tuple, tangents: tuple, has_aux: bool = False):
 
 def _basis(x: Tensor, k: int) -> Tensor:
     """The k-th unit tensor of x's shape, built from ops (so a tracer sees how)."""
-    from .ops.elementwise import cast, eq
     return _m.reshape(cast(eq(_c.arange(x.numel()), k), x.dtype), x.shape)
 
 
@@ -214,5 +215,4 @@ def hessian(func: Callable, argnums=0) -> Callable:
 
 def vmap(func: Callable, in_dims=0, out_dims=0, *, randomness: str = "error") -> Callable:
     """Map ``func`` over a batch dimension (see :mod:`dyngrad.vmap`)."""
-    from .vmap import vmap as _vmap
     return _vmap(func, in_dims, out_dims, randomness=randomness)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from . import dtypes as _dt
+from .dispatch import STATE
+from .tensor import Tensor
 
 _DEFAULT_SHOWN = {"float32": False, "int64": False, "bool": False, "float64": True}
 
@@ -65,10 +69,6 @@ def debug_print(*args, sep: str = " ", end: str = "\n", file=None) -> None:
 
     >>> dg.debug_print("loss", loss)
     """
-    import sys
-
-    from .dispatch import STATE
-    from .tensor import Tensor
     for m in STATE.modes:
         m.on_debug_print(args, sep, end)
     text = sep.join(tensor_repr(a) if isinstance(a, Tensor) else str(float(a))

@@ -42,6 +42,8 @@ and bool input gives float64. NaN → NaN; erf(±inf) = ±1, erfc(+inf) = 0, erf
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 __all__ = ["erf", "erfc"]
@@ -383,9 +385,7 @@ def _derive_tables() -> list:
     the interval at which the function is nearest to a double, so that the constant term is
     exact to about 1e-4 ulp. Returns (name, value, comment) triples in source order.
     """
-    import math
-
-    import mpmath
+    import mpmath  # (a development-time dependency only: the tables below are checked in)
     from mpmath import mpf
 
     mpmath.mp.dps = 50

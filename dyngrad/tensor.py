@@ -20,10 +20,38 @@ from typing import Any
 import numpy as np
 
 from . import dtypes as _dt
+from .autograd.grad_mode import no_grad
+from .autograd.graph import AccumulateGrad, RemovableHandle
 from .dispatch import STATE, report_attr, report_new, report_read, report_write
 from .dtypes import DType
 
-__all__ = ["Tensor", "Storage"]
+__all__ = ["Tensor", "Storage", "UPWARD", "to_array"]
+
+
+class Upward:
+    """The calls the tensor core makes into the layers above it, bound once by
+    :func:`dyngrad.methods.install` (imported last by ``dyngrad/__init__``).
+
+    Note [calls up from the tensor core]: the core (this module) sits below the ops, autograd
+    and printing, and imports none of them, so the layers form no cycle. A few of its methods
+    must still call up, and each does so through a slot here rather than an import inside
+    the method:
+
+    - ``backward``: ``Tensor.backward`` runs the backward engine (``dyngrad.autograd``), which
+      is built from ops;
+    - ``tensor_repr``: ``repr`` formats with ``dyngrad.printing``;
+    - ``cast``, ``view_scatter``, ``replay_view``: an in-place change is expressed functionally
+      (a dtype cast, a scatter into a view's base, a view's history replayed on its base),
+      which are ops. ``dyngrad.ops.movement.cat`` uses ``cast`` too (movement sits below
+      elementwise, whose rules sum broadcast gradients with movement's ``SUM``).
+
+    None of them is on the eager arithmetic path.
+    """
+
+    __slots__ = ("backward", "tensor_repr", "cast", "view_scatter", "replay_view")
+
+
+UPWARD = Upward()
 
 
 class Storage:
@@ -150,8 +178,7 @@ class Tensor:
 
     # ----------------------------------------------------------------- construction
     def __init__(self, data: Any = None, dtype=None, requires_grad: bool = False) -> None:
-        from .ops.creation import _to_array
-        arr = _to_array(data if data is not None else [], dtype)
+        arr = to_array(data if data is not None else [], dtype)
         self._init(arr, Storage())
         if requires_grad:
             self.requires_grad = True
@@ -358,7 +385,6 @@ class Tensor:
             if not self._requires_grad:
                 raise RuntimeError("can't retain_grad on Tensor that has requires_grad=False")
             return
-        import weakref
         node = self._node
         if node.retained is None:
             node.retained = {}
@@ -372,7 +398,6 @@ class Tensor:
     def register_hook(self, hook):
         """Call ``hook(grad)`` when this tensor's gradient is computed; a returned tensor
         replaces the gradient. Returns a handle with ``remove()``."""
-        from .autograd.graph import RemovableHandle
         if not self._requires_grad:
             raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
         if self._node is not None:
@@ -386,7 +411,6 @@ class Tensor:
 
     def _accumulator(self):
         if self._accum is None:
-            from .autograd.graph import AccumulateGrad
             self._accum = AccumulateGrad(self)
         return self._accum
 
@@ -406,8 +430,7 @@ class Tensor:
         ``gradient`` is the vector v of the vector-Jacobian product vᵀ·J; it may be omitted
         only for a tensor with one element.
         """
-        from .autograd import backward
-        backward(self, gradient, retain_graph=retain_graph, create_graph=create_graph,
+        UPWARD.backward(self, gradient, retain_graph=retain_graph, create_graph=create_graph,
                  inputs=inputs)
 
     # ----------------------------------------------------------------- data and aliases
@@ -544,8 +567,7 @@ class Tensor:
     def __repr__(self) -> str:
         if STATE.modes:
             report_read(self, "format")
-        from .printing import tensor_repr
-        return tensor_repr(self)
+        return UPWARD.tensor_repr(self)
 
     __str__ = __repr__
     __hash__ = object.__hash__
@@ -590,8 +612,7 @@ class Tensor:
             if not _dt.can_cast_inplace(new.dtype, self.dtype):
                 raise RuntimeError(f"{op}: result type {new.dtype.name} can't be cast to the "
                                    f"desired output type {self.dtype.name}")
-            from .ops.elementwise import cast
-            new = cast(new, self.dtype)
+            new = UPWARD.cast(new, self.dtype)
         if new.shape != self.shape:
             raise RuntimeError(f"{op}: output with shape {list(self.shape)} doesn't match the "
                                f"broadcast shape {list(new.shape)}")
@@ -599,9 +620,8 @@ class Tensor:
                                         or (self._base is not None
                                             and self._base._requires_grad))
         if graph and self._base is not None:
-            from .ops.indexing import view_scatter
             base = self._base
-            new_base = view_scatter(base, self._view_chain, new)
+            new_base = UPWARD.view_scatter(base, self._view_chain, new)
             np.copyto(self._data, new._data)
             self._storage.version += 1
             if STATE.modes:
@@ -628,17 +648,45 @@ class Tensor:
         self._hist = st.hist
         base = self._base
         if base._requires_grad and STATE.grad_enabled:
-            from .ops.indexing import replay_view
-            v = replay_view(base, self._view_chain)
+            v = UPWARD.replay_view(base, self._view_chain)
             self._node, self._out_nr, self._requires_grad = v._node, 0, v._requires_grad
         elif base._requires_grad:
             self._requires_grad = True
+def to_array(data, dtype=None) -> np.ndarray:
+    """Copy Python or numpy data into a new array with dyngrad's dtype rules.
+
+    >>> to_array([1.0, 2.0]).dtype
+    dtype('float32')
+    """
+    if isinstance(data, Tensor):
+        if STATE.modes:  # the copy's values come from data without an operation
+            report_read(data, "copy")
+        arr = data._data
+        return arr.astype(_dt.as_dtype(dtype).np if dtype is not None else arr.dtype, copy=True)
+    if isinstance(data, (np.ndarray, np.generic)):
+        arr = np.array(data, copy=True)
+        if dtype is None:
+            return arr.astype(_dt.from_numpy_dtype(arr.dtype, copy=True).np, copy=False)
+        return arr.astype(_dt.as_dtype(dtype).np)
+    try:
+        arr = np.array(data)
+    except ValueError as exc:
+        raise ValueError(f"tensor: could not build a tensor from the given data: {exc} (nested "
+                         f"lists must be rectangular)") from None
+    if arr.dtype == object or arr.dtype.kind not in "biuf":
+        raise TypeError(f"tensor: expected numbers or (nested) sequences of numbers, got "
+                        f"{type(data).__name__} holding {arr.dtype}")
+    if dtype is not None:
+        return arr.astype(_dt.as_dtype(dtype).np)
+    if arr.dtype.kind == "f":
+        # Python floats become the default dtype (float32), as in PyTorch
+        return arr.astype(_dt.get_default_dtype().np)
+    return arr.astype(_dt.from_numpy_dtype(arr.dtype, copy=True).np, copy=False)
 
 
 def zero_grads(tensors, set_to_none: bool = True) -> None:
     """Reset the ``.grad`` of each tensor: to None, or to zeros in place (what optimizers'
     and modules' ``zero_grad`` do)."""
-    from .autograd.grad_mode import no_grad
     for t in tensors:
         if t.grad is None:
             continue

@@ -7,10 +7,13 @@ True
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .autograd import grad as _grad
 from .autograd.grad_mode import enable_grad, no_grad
+from .forward_ad import jvp
 from .tensor import Tensor
 
 __all__ = ["gradcheck", "gradgradcheck", "GradcheckError", "assert_close"]
@@ -84,7 +87,6 @@ def _analytical(fn, inputs, diff) -> list:
 
 
 def _forward(fn, inputs, diff) -> list:
-    from .forward_ad import jvp
     jac = []
     for i in diff:
         x = inputs[i]
@@ -114,7 +116,6 @@ def gradcheck(fn, inputs, *, eps: float = 1e-6, atol: float = 1e-5, rtol: float 
         raise ValueError("gradcheck expects at least one input tensor to require gradient")
     for i in diff:
         if inputs[i].dtype.name != "float64":
-            import warnings
             warnings.warn(f"gradcheck: input {i} is {inputs[i].dtype.name}, not float64; "
                           f"finite differences will be imprecise", stacklevel=2)
     numerical = [_numerical(fn, inputs, i, eps) for i in diff]

@@ -157,3 +157,119 @@ def test_no_private_name_is_imported_across_compiler_modules():
                         if a.name.startswith("_") and not a.name.startswith("__")
                         and base in mods]
     assert not bad, bad
+
+
+# ------------------------------------------------------------------ dyngrad's own layers
+
+DYNGRAD = ROOT / "dyngrad"
+# dyngrad/ has no import inside a function but these: the lazy `compile` re-export and
+# mpmath, a development-time dependency of `python -m dyngrad.special` (was 81 before the
+# layering; the tensor core's upward calls go through tensor.UPWARD instead).
+MAX_FUNCTION_LEVEL_IMPORTS = 3
+
+
+def _package_modules(pkg: Path) -> dict[str, Path]:
+    out = {}
+    for p in pkg.rglob("*.py"):
+        parts = list(p.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = p
+    return out
+
+
+def _import_sites(path: Path):
+    """(import node, whether it runs at import time) for every import in the file; one
+    inside a function body (or lambda) runs later."""
+    def walk(node, nested):
+        for ch in ast.iter_child_nodes(node):
+            if isinstance(ch, (ast.Import, ast.ImportFrom)):
+                yield ch, nested
+            yield from walk(ch, nested or isinstance(
+                ch, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+    yield from walk(ast.parse(path.read_text()), False)
+
+
+def _dyngrad_graph() -> tuple[dict, list]:
+    """Module-level import edges between dyngrad's modules, and the function-level imports
+    (module, line, source) anywhere in dyngrad/."""
+    known = _package_modules(DYNGRAD) | _modules()
+    graph, late = {}, []
+    for m, path in _package_modules(DYNGRAD).items():
+        graph[m] = set()
+        for node, nested in _import_sites(path):
+            if nested:
+                late.append((m, node.lineno, ast.unparse(node)))
+                continue
+            graph[m] |= {t for t in _targets(m, path, node, known) if t.startswith("dyngrad")}
+    return graph, late
+
+
+def _targets(mod: str, path: Path, node, known: dict) -> set:
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+    else:
+        base = mod.split(".") if path.name == "__init__.py" else mod.split(".")[:-1]
+        if node.level:
+            base = base[:len(base) - (node.level - 1)] if node.level > 1 else base
+            base = ".".join(base + ([node.module] if node.module else []))
+        else:
+            base = node.module or ""
+        names = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base
+                 for a in node.names]
+    out = set()
+    for t in names:
+        while t and t not in known:
+            t = t.rpartition(".")[0]
+        if t and t != mod:
+            out.add(t)
+    return out
+
+
+def test_dyngrad_has_no_import_cycle_and_few_function_level_imports():
+    """tensor core -> primitives -> composites -> methods: no cycle between dyngrad's modules
+    (module-level imports), and an import inside a function is a reviewed exception."""
+    graph, late = _dyngrad_graph()
+    assert not _cycles(graph), f"import cycles in dyngrad/: {_cycles(graph)}"
+    assert len(late) <= MAX_FUNCTION_LEVEL_IMPORTS, "function-level imports in dyngrad/:\n" + \
+        "\n".join(f"  {m}:{line}: {src}" for m, line, src in late)
+
+
+def test_the_tensor_core_imports_no_layer_above_it():
+    """Note [calls up from the tensor core] (dyngrad/tensor.py): the core calls up only
+    through tensor.UPWARD."""
+    graph, _ = _dyngrad_graph()
+    core = {"dyngrad.dtypes", "dyngrad.dispatch", "dyngrad.autograd.graph",
+            "dyngrad.autograd.grad_mode", "dyngrad.tensor"}
+    for m in core:
+        assert graph[m] <= core, f"{m} imports {sorted(graph[m] - core)}"
+
+
+def test_dyngrad_imports_the_compiler_only_in_the_lazy_compile_re_export():
+    known = _package_modules(DYNGRAD) | _modules()
+    sites = []
+    for m, path in _package_modules(DYNGRAD).items():
+        tree = ast.parse(path.read_text())
+        for node, nested in _import_sites(path):
+            if any(t.startswith("compiler") for t in _targets(m, path, node, known)):
+                fn = next(f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
+                          and f.lineno <= node.lineno <= f.end_lineno) if nested else None
+                sites.append((m, fn))
+    assert sites == [("dyngrad", "compile")], sites
+
+
+def test_the_dyngrad_cycle_check_sees_a_cycle(tmp_path, monkeypatch):
+    """(Not vacuous: a module-level import back up the layers is a cycle.)"""
+    pkg = tmp_path / "dyngrad"
+    (pkg / "ops").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "tensor.py").write_text("from .ops.creation import tensor\n")
+    (pkg / "ops" / "__init__.py").write_text("")
+    (pkg / "ops" / "creation.py").write_text(
+        "from ..tensor import Tensor\n\ndef f():\n    import numpy\n")
+    monkeypatch.setitem(globals(), "ROOT", tmp_path)
+    monkeypatch.setitem(globals(), "DYNGRAD", pkg)
+    monkeypatch.setitem(globals(), "COMPILER", tmp_path / "compiler")
+    graph, late = _dyngrad_graph()
+    assert _cycles(graph) == [{"dyngrad.tensor", "dyngrad.ops.creation"}]
+    assert [(m, src) for m, _, src in late] == [("dyngrad.ops.creation", "import numpy")]

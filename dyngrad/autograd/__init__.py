@@ -3,6 +3,9 @@ grad modes and anomaly detection."""
 
 from __future__ import annotations
 
+from ..ops.creation import ones_like, tensor
+from ..ops.elementwise import cast
+from ..tensor import Tensor
 from .engine import run_backward
 from .function import Function, FunctionCtx
 from .grad_mode import (
@@ -22,15 +25,12 @@ __all__ = ["backward", "grad", "Function", "FunctionCtx", "Node", "AccumulateGra
 
 
 def _as_list(x) -> list:
-    from ..tensor import Tensor
     if isinstance(x, Tensor):
         return [x]
     return list(x)
 
 
 def _make_grads(outputs: list, grads: list, create_graph: bool) -> list:
-    from ..ops.creation import ones_like
-    from ..tensor import Tensor
     out = []
     for i, (t, g) in enumerate(zip(outputs, grads)):
         if g is None:
@@ -42,14 +42,12 @@ def _make_grads(outputs: list, grads: list, create_graph: bool) -> list:
             g = ones_like(t)
         else:
             if not isinstance(g, Tensor):
-                from ..ops.creation import tensor
                 g = tensor(g, dtype=t.dtype)
             if g.shape != t.shape:
                 raise RuntimeError(f"Mismatch in shape: grad_output[{i}] has a shape of "
                                    f"{list(g.shape)} and output[{i}] has a shape of "
                                    f"{list(t.shape)}.")
             if g.dtype is not t.dtype:
-                from ..ops.elementwise import cast
                 g = cast(g, t.dtype)
         out.append(g)
     return out

@@ -12,6 +12,8 @@ import heapq
 import numpy as np
 
 from ..dispatch import STATE, report_python_call
+from ..ops.creation import zeros
+from ..tensor import Tensor
 from .grad_mode import set_grad_enabled
 from .graph import AccumulateGrad, Node
 
@@ -81,8 +83,6 @@ def run_backward(roots: list, grads: list, *, retain_graph: bool, create_graph: 
     With ``inputs``, the gradient reaching each input is returned instead and no ``.grad`` is
     touched (``autograd.grad``).
     """
-    from ..tensor import Tensor
-
     for m in STATE.modes:
         m.on_backward(roots, retain_graph)
     start: dict[Node, list] = {}
@@ -227,7 +227,6 @@ def run_backward(roots: list, grads: list, *, retain_graph: bool, create_graph: 
 
 def _zeros_for(node: Node, i: int):
     shape, dtype = node.out_meta[i]
-    from ..ops.creation import zeros
     return zeros(shape, dtype=dtype)
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from ..dispatch import STATE
+from ..tensor import Tensor
 from .grad_mode import no_grad
-from .graph import _FREED_MSG, FREED, Node
+from .graph import FREED, FREED_MSG, Node
 
 
 class FunctionCtx(Node):
@@ -35,7 +36,6 @@ class FunctionCtx(Node):
 
     def save_for_backward(self, *tensors) -> None:
         """Keep tensors for backward; in-place changes to them before backward are caught."""
-        from ..tensor import Tensor
         for t in tensors:
             if t is not None and not isinstance(t, Tensor):
                 raise TypeError(f"save_for_backward can only save tensors, but argument was "
@@ -46,7 +46,7 @@ class FunctionCtx(Node):
     @property
     def saved_tensors(self) -> tuple:
         if self.to_save is FREED:
-            raise RuntimeError(_FREED_MSG)
+            raise RuntimeError(FREED_MSG)
         for i, (t, v) in enumerate(zip(self.to_save, self.versions)):
             if t is not None and t._storage.version != v:
                 raise RuntimeError(
@@ -104,7 +104,6 @@ class Function:
 
     @classmethod
     def apply(cls, *args, **kwargs):
-        from ..tensor import Tensor
         tensors = [a for a in args if isinstance(a, Tensor)]
         edges = tuple(a._edge() if isinstance(a, Tensor) else None for a in args)
         needs = tuple(e is not None for e in edges)

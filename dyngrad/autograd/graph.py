@@ -1,4 +1,6 @@
-"""Backward-graph nodes: one per recorded operation, plus one gradient accumulator per leaf.
+"""Backward-graph nodes: the base :class:`Node`, and one gradient accumulator per leaf (the
+node of a recorded primitive, ``PrimNode``, lives beside the primitive record in
+``dyngrad/ops/primitive.py``; this module sits below the tensor core and knows no Tensor).
 
 A node knows the edges to the nodes that produced its inputs (``next``), the tensors its
 backward rule needs (``saved``, with the storage version each had when saved) and the hooks
@@ -23,12 +25,13 @@ _seq = itertools.count()
 
 FREED = object()
 
-_FREED_MSG = (
+FREED_MSG = (
     "Trying to backward through the graph a second time (or directly access saved tensors "
     "after they have already been freed). Saved intermediate values of the graph are freed "
     "when you call .backward() or autograd.grad(). Specify retain_graph=True if you need to "
     "backward through the graph a second time or if you need to access saved tensors after "
     "calling backward.")
+_FREED_MSG = FREED_MSG  # (the name compiler/ imports)
 
 
 class Node:
@@ -82,93 +85,6 @@ class RemovableHandle:
             self._hooks.remove(self._hook)
 
 
-class PrimNode(Node):
-    """Backward of one primitive: its vjp rule applied to the saved inputs and output."""
-
-    __slots__ = ("prim", "params", "in_meta", "needs", "saved", "versions", "saved_out",
-                 "out_meta")
-
-    def __init__(self, prim, params: dict, args: tuple, out, edges: tuple) -> None:
-        Node.__init__(self, edges)
-        self.prim = prim
-        self.params = params
-        # (shape, numpy dtype) per input; literals are ((), None)
-        self.in_meta = [(a._data.shape, a._data.dtype) if hasattr(a, "_data") else ((), None)
-                        for a in args]
-        self.needs = [e is not None for e in edges]
-        save = prim.save
-        if callable(save):
-            save = save(self.needs)
-        if save:
-            saved = [None] * len(args)
-            versions = [0] * len(args)
-            for i in save:
-                a = saved[i] = args[i]
-                if hasattr(a, "_storage"):
-                    versions[i] = a._storage.version
-            self.saved, self.versions = saved, versions
-        else:
-            self.saved = self.versions = ()
-        # the output is kept by weak reference (a strong one would be a cycle out → node →
-        # out); while it lives, backward uses the object itself, so identity-keyed state such
-        # as forward-mode tangents still applies to it
-        self.saved_out = (out._data, out._storage, out._storage.version, weakref.ref(out)) \
-            if prim.save_out else None
-        self.out_meta = (out._data.shape, out._data.dtype)
-
-    @property
-    def in_shapes(self) -> tuple:
-        return tuple(m[0] for m in self.in_meta)
-
-    @property
-    def in_dtypes(self) -> tuple:
-        from ..dtypes import _BY_NP
-        return tuple(_BY_NP[m[1]] if m[1] is not None else None for m in self.in_meta)
-
-    def name(self) -> str:
-        return self.prim.backward_name
-
-    def _check(self, t, version, what):
-        if t._storage.version != version:
-            shape = list(t.shape)
-            raise RuntimeError(
-                f"one of the variables needed for gradient computation has been modified by an "
-                f"inplace operation: [{t.dtype.name} {shape}], which is {what} of "
-                f"{self.name()}, is at version {t._storage.version}; expected version {version} "
-                f"instead. Hint: clone() the tensor before modifying it in place, or do the "
-                f"in-place change after backward().")
-
-    def unpack(self, create_graph: bool):
-        from ..tensor import Tensor
-        saved = self.saved
-        if saved is FREED:
-            raise RuntimeError(_FREED_MSG)
-        for i, (s, v) in enumerate(zip(saved, self.versions)):
-            if isinstance(s, Tensor):
-                self._check(s, v, f"input {i}")
-        out = None
-        if self.saved_out is not None:
-            arr, storage, version, ref = self.saved_out
-            out = ref()
-            if out is None or out._data is not arr or out._node is not self:
-                out = Tensor._shared(arr, storage)
-                if create_graph:
-                    out._node, out._requires_grad = self, True
-            self._check(out, version, "output 0")
-        if not saved:
-            saved = (None,) * len(self.in_meta)
-        return saved, out
-
-    def apply(self, grads, create_graph, retain_graph):
-        xs, out = self.unpack(create_graph)
-        if not retain_graph:
-            self.release()
-        return self.prim.vjp(self, grads[0], xs, out)
-
-    def release(self) -> None:
-        if self.saved or self.saved_out is not None:
-            self.saved = FREED
-            self.saved_out = None
 
 
 class AccumulateGrad(Node):

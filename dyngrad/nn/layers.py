@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from .. import dtypes as _dt
+from ..autograd.grad_mode import no_grad
 from ..ops import creation as _c
 from ..tensor import Tensor
 from . import functional as F
@@ -191,7 +192,6 @@ class Embedding(Module):
     def reset_parameters(self) -> None:
         init.normal_(self.weight)
         if self.padding_idx is not None:
-            from ..autograd.grad_mode import no_grad
             with no_grad():
                 self.weight[self.padding_idx] = 0.0
 

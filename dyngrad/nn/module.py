@@ -9,6 +9,8 @@ from typing import Any
 
 from ..autograd.grad_mode import no_grad
 from ..dispatch import STATE, report_object, report_python_call
+from ..dtypes import as_dtype
+from ..ops import creation as _c
 from ..tensor import Tensor, zero_grads
 from .parameter import Parameter
 
@@ -234,7 +236,6 @@ class Module:
 
     def to(self, dtype=None) -> Module:
         """Convert floating parameters and buffers to ``dtype`` in place."""
-        from ..dtypes import as_dtype
         if dtype is None or isinstance(dtype, str) and dtype.startswith("cpu"):
             return self
         dt = as_dtype(dtype)
@@ -279,8 +280,7 @@ class Module:
             if k in state_dict:
                 src = state_dict[k]
                 if not isinstance(src, Tensor):
-                    from ..ops.creation import tensor
-                    src = tensor(src)
+                    src = _c.tensor(src)
                 if src.shape != t.shape:
                     errors.append(f"size mismatch for {k}: copying a param with shape "
                                   f"{list(src.shape)} from checkpoint, the shape in current "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ops import creation as _c
 from ..tensor import Storage, Tensor
 
 
@@ -22,8 +23,7 @@ class Parameter(Tensor):
         elif isinstance(data, Tensor):
             p._init(data._data, data._storage)
         else:
-            from ..ops.creation import tensor
-            t = tensor(data)
+            t = _c.tensor(data)
             p._init(t._data, t._storage)
         if requires_grad:
             p._set_requires_grad(True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..autograd.grad_mode import no_grad
+from ..ops import creation as _c
 from ..ops import elementwise as _e
 from ..ops import movement as _m
 from ..ops import reduce as _r
@@ -29,8 +30,7 @@ def clip_grad_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float,
     """
     grads = _grads(parameters)
     if not grads:
-        from ..ops.creation import tensor
-        return tensor(0.0)
+        return _c.tensor(0.0)
     norm_type = float(norm_type)
     with no_grad():
         norms = _m.stack([_r.norm(g, norm_type) for g in grads])

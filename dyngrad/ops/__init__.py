@@ -2,9 +2,6 @@
 ``REGISTRY``; the modules here define them and the composites built from them."""
 
 from . import creation, elementwise, indexing, linalg, losses, movement, random, reduce  # noqa: F401
-from . import methods as _methods
 from .primitive import REGISTRY, AbstractValue, Primitive
-
-_methods.bind()
 
 __all__ = ["REGISTRY", "Primitive", "AbstractValue"]

@@ -1,6 +1,6 @@
 """Creating tensors: from data (``tensor``, ``from_numpy``), and the creation primitives
-``full`` and ``iota`` behind ``zeros ones full arange linspace eye`` and ``*_like``, so a
-tracer sees a constant's shape and recipe rather than a blob of numbers."""
+``full`` and ``iota`` behind ``zeros ones full arange linspace`` and ``*_like`` (``eye`` is
+in ``indexing``), so a tracer sees a constant's shape and recipe rather than a blob of numbers."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import numbers
 import numpy as np
 
 from .. import dtypes as _dt
-from ..dispatch import STATE, dispatch, report_new, report_read
-from ..tensor import Tensor, storage_over
+from ..dispatch import STATE, dispatch, report_new
+from ..tensor import Tensor, storage_over, to_array
 from .primitive import Primitive
 
 
-def _shape_arg(shape, op: str) -> tuple:
+def shape_arg(shape, op: str) -> tuple:
+    """The sizes of a creation function (``zeros(2, 3)`` or ``zeros((2, 3))``) as a tuple."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
     out = []
@@ -51,13 +52,15 @@ IOTA = Primitive("iota", "creation", _iota_impl,
                  doc="start + step·i along ``axis``, broadcast over ``shape``")
 
 
-def _default(dtype, fallback=None):
+def dtype_or_default(dtype, fallback=None):
+    """``dtype`` as a DType, or the fallback (the default float dtype) when it is None."""
     if dtype is None:
         return fallback or _dt.get_default_dtype()
     return _dt.as_dtype(dtype)
 
 
-def _finish(t: Tensor, requires_grad: bool) -> Tensor:
+def maybe_requires_grad(t: Tensor, requires_grad: bool) -> Tensor:
+    """``t``, made to require grad if asked (the ``requires_grad=`` of creation functions)."""
     if requires_grad:
         t.requires_grad_(True)
     return t
@@ -67,19 +70,21 @@ def full(size, fill_value, *, dtype=None, requires_grad: bool = False) -> Tensor
     """A tensor of ``size`` filled with ``fill_value`` (dtype inferred from the value)."""
     if dtype is None:
         dtype = _dt.default_for_category(_dt.scalar_category(fill_value))
-    shape = _shape_arg((size,) if isinstance(size, int) else (tuple(size),), "full")
-    return _finish(dispatch(FULL, shape=shape, value=fill_value, dtype=_dt.as_dtype(dtype)),
-                   requires_grad)
+    shape = shape_arg((size,) if isinstance(size, int) else (tuple(size),), "full")
+    t = dispatch(FULL, shape=shape, value=fill_value, dtype=_dt.as_dtype(dtype))
+    return maybe_requires_grad(t, requires_grad)
 
 
 def zeros(*size, dtype=None, requires_grad: bool = False) -> Tensor:
-    shape = _shape_arg(size, "zeros")
-    return _finish(dispatch(FULL, shape=shape, value=0, dtype=_default(dtype)), requires_grad)
+    shape = shape_arg(size, "zeros")
+    t = dispatch(FULL, shape=shape, value=0, dtype=dtype_or_default(dtype))
+    return maybe_requires_grad(t, requires_grad)
 
 
 def ones(*size, dtype=None, requires_grad: bool = False) -> Tensor:
-    shape = _shape_arg(size, "ones")
-    return _finish(dispatch(FULL, shape=shape, value=1, dtype=_default(dtype)), requires_grad)
+    shape = shape_arg(size, "ones")
+    t = dispatch(FULL, shape=shape, value=1, dtype=dtype_or_default(dtype))
+    return maybe_requires_grad(t, requires_grad)
 
 
 def empty(*size, dtype=None, requires_grad: bool = False) -> Tensor:
@@ -126,7 +131,7 @@ def arange(start, end=None, step=1, *, dtype=None, requires_grad: bool = False) 
     if not is_int:
         start, step = float(start), float(step)
     t = dispatch(IOTA, shape=(n,), axis=0, start=start, step=step, dtype=dtype)
-    return _finish(t, requires_grad)
+    return maybe_requires_grad(t, requires_grad)
 
 
 def linspace(start, end, steps: int, *, dtype=None, requires_grad: bool = False) -> Tensor:
@@ -135,48 +140,14 @@ def linspace(start, end, steps: int, *, dtype=None, requires_grad: bool = False)
         raise RuntimeError("linspace: number of steps must be non-negative")
     step = (float(end) - float(start)) / (steps - 1) if steps > 1 else 0.0
     t = dispatch(IOTA, shape=(steps,), axis=0, start=float(start), step=step,
-                 dtype=_default(dtype))
-    return _finish(t, requires_grad)
+                 dtype=dtype_or_default(dtype))
+    return maybe_requires_grad(t, requires_grad)
 
-
-def eye(n: int, m: int | None = None, *, dtype=None, requires_grad: bool = False) -> Tensor:
-    """The identity matrix (n×m)."""
-    from .elementwise import cast, eq
-    m = n if m is None else m
-    rows = dispatch(IOTA, shape=(n, m), axis=0, start=0, step=1, dtype=_dt.int64)
-    cols = dispatch(IOTA, shape=(n, m), axis=1, start=0, step=1, dtype=_dt.int64)
-    return _finish(cast(eq(rows, cols), _default(dtype)), requires_grad)
 
 
 # ------------------------------------------------------------------ from data
 
 
-def _to_array(data, dtype=None) -> np.ndarray:
-    """Copy Python or numpy data into a new array with dyngrad's dtype rules."""
-    if isinstance(data, Tensor):
-        if STATE.modes:  # the copy's values come from data without an operation
-            report_read(data, "copy")
-        arr = data._data
-        return arr.astype(_dt.as_dtype(dtype).np if dtype is not None else arr.dtype, copy=True)
-    if isinstance(data, (np.ndarray, np.generic)):
-        arr = np.array(data, copy=True)
-        if dtype is None:
-            return arr.astype(_dt.from_numpy_dtype(arr.dtype, copy=True).np, copy=False)
-        return arr.astype(_dt.as_dtype(dtype).np)
-    try:
-        arr = np.array(data)
-    except ValueError as exc:
-        raise ValueError(f"tensor: could not build a tensor from the given data: {exc} (nested "
-                         f"lists must be rectangular)") from None
-    if arr.dtype == object or arr.dtype.kind not in "biuf":
-        raise TypeError(f"tensor: expected numbers or (nested) sequences of numbers, got "
-                        f"{type(data).__name__} holding {arr.dtype}")
-    if dtype is not None:
-        return arr.astype(_dt.as_dtype(dtype).np)
-    if arr.dtype.kind == "f":
-        # Python floats become the default dtype (float32), as in PyTorch
-        return arr.astype(_dt.get_default_dtype().np)
-    return arr.astype(_dt.from_numpy_dtype(arr.dtype, copy=True).np, copy=False)
 
 
 def tensor(data, dtype=None, requires_grad: bool = False) -> Tensor:
@@ -186,8 +157,8 @@ def tensor(data, dtype=None, requires_grad: bool = False) -> Tensor:
 
     >>> x = dg.tensor([1.0, 2.0], requires_grad=True)
     """
-    t = Tensor._constant(_to_array(data, dtype))
-    return _finish(t, requires_grad)
+    t = Tensor._constant(to_array(data, dtype))
+    return maybe_requires_grad(t, requires_grad)
 
 
 def as_tensor(data, dtype=None) -> Tensor:

@@ -12,7 +12,9 @@ from ..dispatch import STATE, dispatch
 from ..dtypes import DType
 from ..special import erf as _np_erf
 from ..tensor import Tensor
-from . import reduce as _r
+from . import movement
+from .creation import tensor
+from .movement import SUM, norm_axes, sum_to
 from .primitive import Primitive, quiet
 
 # ------------------------------------------------------------------ shape rules
@@ -79,11 +81,6 @@ def _binary_rule(name: str, out_dtype: DType | None = None, float_only: bool = F
 # ------------------------------------------------------------------ helpers for rules
 
 _q = quiet
-
-
-def sum_to(g: Tensor, shape: tuple) -> Tensor:
-    """Sum a broadcast gradient back to ``shape`` (the vjp of broadcasting)."""
-    return _r.sum_to(g, shape)
 
 
 def _t(ts, i):
@@ -259,7 +256,6 @@ def _lin_jvp(sign_b):
 
 
 def _bcast_like(t, y):
-    from . import movement
     return t if t.shape == y.shape else movement.expand(t, y.shape)
 
 
@@ -387,7 +383,6 @@ def as_operand(x, op: str):
     if lit is not None:
         return lit
     if isinstance(x, (np.ndarray, list, tuple)):
-        from .creation import tensor
         return tensor(x)
     raise TypeError(f"{op}: unsupported operand of type {type(x).__name__}; expected a Tensor "
                     f"or a number")
@@ -423,7 +418,6 @@ def _binary(prim, a, b, floating=False):
         return dispatch(prim, a, b)
     (a, b), dt = promote_args(prim.name, a, b, floating=floating)
     if not isinstance(a, Tensor) and not isinstance(b, Tensor):
-        from .creation import tensor
         a = tensor(a, dtype=dt)
     return dispatch(prim, a, b)
 
@@ -432,7 +426,6 @@ def _float_unary(prim, x):
     if not isinstance(x, Tensor):
         x = as_operand(x, prim.name)
         if not isinstance(x, Tensor):
-            from .creation import tensor
             x = tensor(x)
     if not x.dtype.is_floating_point:
         x = cast(x, _dt.get_default_dtype())
@@ -618,13 +611,11 @@ def cast(x, dtype) -> Tensor:
 def where(cond, a, b):
     """Elementwise ``a if cond else b`` with broadcasting; a and b promote like a binary op."""
     if not isinstance(cond, Tensor):
-        from .creation import tensor
         cond = tensor(cond, dtype=_dt.bool_)
     elif cond.dtype is not _dt.bool_:
         cond = cast(cond, _dt.bool_)
     (a, b), dt = promote_args("where", a, b)
     if not isinstance(a, Tensor) and not isinstance(b, Tensor):
-        from .creation import tensor
         a = tensor(a, dtype=dt)
     return dispatch(WHERE, cond, a, b)
 
@@ -674,7 +665,10 @@ def _check_int_divisor(b, op: str) -> None:
     if not isinstance(b, Tensor):
         zero = b == 0
     elif STATE.modes:
-        zero = bool(_r.any(eq(b, 0)))
+        # (``reduce.any``, spelled with the primitives below the reductions)
+        hit = cast(eq(b, 0), _dt.bool_)
+        n_zero = dispatch(SUM, hit, axes=norm_axes(None, hit.ndim, "sum"), keepdims=False)
+        zero = bool(gt(n_zero, 0))
     else:
         zero = bool((b._data == 0).any())
     if zero:
@@ -735,7 +729,6 @@ def gelu(x, approximate: str = "none"):
 
 def _float_operand(x):
     if not isinstance(x, Tensor):
-        from .creation import tensor
         x = tensor(x)
     if not x.dtype.is_floating_point:
         x = cast(x, _dt.get_default_dtype())

@@ -7,10 +7,20 @@ from __future__ import annotations
 import numpy as np
 
 from .. import dtypes as _dt
+from ..autograd.grad_mode import no_grad
 from ..dispatch import STATE, dispatch, report_read
 from ..tensor import Tensor
 from . import elementwise as _e
 from . import movement as _m
+from .creation import (
+    IOTA,
+    arange,
+    dtype_or_default,
+    iota_like,
+    maybe_requires_grad,
+    tensor,
+    zeros,
+)
 from .primitive import Primitive
 
 
@@ -40,7 +50,6 @@ def _gather_impl(x, idx, axis):
 
 
 def _gather_vjp(n, g, xs, y):
-    from .creation import zeros
     idx = xs[1]
     base = zeros(n.in_shapes[0], dtype=g.dtype)
     return (dispatch(SCATTER_ADD, base, idx, g, axis=n.params["axis"]), None)
@@ -84,7 +93,6 @@ def _scatter_vjp(n, g, xs, y):
 
 
 def _scatter_jvp(ts, xs, y, p):
-    from .creation import zeros
     base, idx, src = xs
     tb = ts[0] if ts[0] is not None else zeros(base.shape, dtype=base.dtype)
     tsrc = ts[2] if len(ts) > 2 and ts[2] is not None else zeros(src.shape, dtype=src.dtype)
@@ -158,7 +166,6 @@ def _as_index(idx) -> Tensor:
 def take_along_dim(x: Tensor, idx: Tensor, dim: int) -> Tensor:
     """PyTorch's ``gather(x, dim, idx)``: out has idx's shape and, for dim=1,
     out[i][j] = x[i][idx[i][j]]; idx may be smaller than x outside ``dim``."""
-    from .creation import iota_like
     idx = _as_index(idx)
     if idx.ndim != x.ndim:
         raise RuntimeError(f"gather: index tensor must have the same number of dimensions as "
@@ -192,7 +199,6 @@ def index_select(x: Tensor, dim: int, index: Tensor) -> Tensor:
 
 def one_hot(idx: Tensor, num_classes: int = -1) -> Tensor:
     """int64 one-hot encoding with a new last dim of ``num_classes``."""
-    from .creation import arange
     idx = _as_index(idx)
     if num_classes < 0:
         if STATE.modes:
@@ -200,6 +206,20 @@ def one_hot(idx: Tensor, num_classes: int = -1) -> Tensor:
         num_classes = int(idx._data.max()) + 1 if idx.numel() else 0
     idx = check_index(idx, num_classes, -1, "one_hot")
     return _e.cast(_e.eq(_m.unsqueeze(idx, -1), arange(num_classes)), _dt.int64)
+
+
+def eye(n: int, m: int | None = None, *, dtype=None, requires_grad: bool = False) -> Tensor:
+    """The identity matrix (n×m): the one-hot rows of ``arange(n)`` (so it lives beside
+    ``one_hot``, above the comparisons it is made of).
+
+    >>> dg.eye(2)
+    tensor([[1., 0.],
+            [0., 1.]])
+    """
+    m = n if m is None else m
+    rows = dispatch(IOTA, shape=(n, m), axis=0, start=0, step=1, dtype=_dt.int64)
+    cols = dispatch(IOTA, shape=(n, m), axis=1, start=0, step=1, dtype=_dt.int64)
+    return maybe_requires_grad(_e.cast(_e.eq(rows, cols), dtype_or_default(dtype)), requires_grad)
 
 
 # ------------------------------------------------------------------ x[key]
@@ -404,7 +424,6 @@ def _advanced(x: Tensor, adv: list) -> Tensor:
 
 def positions(shape: tuple) -> Tensor:
     """An int64 tensor of ``shape`` holding each element's flat (row-major) position."""
-    from .creation import arange
     n = int(np.prod(shape))
     return _m.reshape(arange(n), shape)
 
@@ -412,7 +431,6 @@ def positions(shape: tuple) -> Tensor:
 def index_put(x: Tensor, pos: Tensor, value: Tensor) -> Tensor:
     """``x`` (functionally) with the flat positions ``pos`` set to ``value``; for repeated
     positions the last write wins, as in numpy."""
-    from .creation import zeros
     flat_pos = _m.reshape(pos, (-1,))
     vals = _m.reshape(_m.contiguous(_m.expand(value, pos.shape)), (-1,))
     if STATE.modes:  # which writes are kept depends on the positions' values
@@ -436,7 +454,6 @@ def setitem(x: Tensor, key, value) -> None:
     if isinstance(value, Tensor):
         vt = value
     else:
-        from .creation import tensor
         vt = tensor(value, dtype=x.dtype)
     graph = STATE.grad_enabled and (x._requires_grad or vt._requires_grad
                                     or (x._base is not None and x._base._requires_grad))
@@ -460,7 +477,6 @@ def setitem(x: Tensor, key, value) -> None:
             vt = _e.cast(vt, x.dtype)
         x._commit(_e.where(key, _m.reshape(vt, ()), x), "__setitem__")
         return
-    from ..autograd.grad_mode import no_grad
     with no_grad():
         pos = getitem(positions(x.shape), key)
     try:
@@ -509,7 +525,6 @@ def replay_view(base: Tensor, chain: tuple) -> Tensor:
 def view_scatter(base: Tensor, chain: tuple, new_view: Tensor) -> Tensor:
     """``base`` (functionally) with the region a view selects replaced by ``new_view`` —
     how an in-place change through a view reaches the base's autograd history."""
-    from ..autograd.grad_mode import no_grad
     with no_grad():
         pos = replay_view(positions(base.shape), chain)
     return index_put(base, pos, new_view)

@@ -1,5 +1,6 @@
 """Movement primitives — ``reshape``, ``broadcast``, ``permute``, ``slice`` (views of their
-input), ``pad`` and ``concat`` — and the shape functions composed from them."""
+input), ``pad`` and ``concat`` — the shape functions composed from them, and ``sum``, the
+transpose of broadcasting (see Note [SUM lives with the movement ops])."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import numpy as np
 
 from .. import dtypes as _dt
 from ..dispatch import dispatch
-from ..tensor import Tensor, _norm_dim
+from ..tensor import UPWARD, Tensor, _norm_dim
+from .creation import zeros
 from .primitive import Primitive
 
 # ------------------------------------------------------------------ reshape
@@ -73,9 +75,95 @@ def _bcast_target(xshape, shape, op="expand"):
     return tuple(out)
 
 
-def _sum_to(g, shape):
-    from .reduce import sum_to
-    return sum_to(g, shape)
+# ------------------------------------------------------------------ SUM, broadcasting's transpose
+#
+# Note [SUM lives with the movement ops]: summing a broadcast gradient back (``sum_to``) is
+# the vjp of ``expand``, and ``expand`` is the vjp of ``sum``: the two primitives are each
+# other's transpose, so they are defined in one module. The reductions module
+# (``dyngrad.ops.reduce``) re-exports ``SUM`` and builds the other reductions on it; keeping
+# SUM here is what lets elementwise (whose rules sum broadcast gradients) sit above movement
+# and below the reductions, with no import cycle.
+
+_ALL_AXES = [tuple(range(n)) for n in range(8)]
+
+
+def norm_axes(dim, ndim: int, op: str) -> tuple:
+    """Normalise ``dim`` (None, int or sequence) to a sorted tuple of non-negative axes."""
+    if dim is None:
+        return _ALL_AXES[ndim] if ndim < 8 else tuple(range(ndim))
+    if type(dim) is int and -ndim <= dim < ndim:
+        return (dim % ndim,)
+    dims = (dim,) if isinstance(dim, (int, np.integer)) else tuple(dim)
+    n = max(ndim, 1)
+    out = set()
+    for d in dims:
+        if not isinstance(d, (int, np.integer)):
+            raise TypeError(f"{op}: dim must be an int or a sequence of ints, got {d!r}")
+        if not -n <= d < n:
+            raise IndexError(f"{op}: Dimension out of range (expected to be in range of "
+                             f"[{-n}, {n - 1}], but got {d})")
+        if ndim:
+            out.add(int(d) % ndim)
+    return tuple(sorted(out))
+
+
+def reduced_shape(shape, axes, keepdims):
+    """The shape left after reducing ``axes`` (kept as 1s with ``keepdims``)."""
+    if keepdims:
+        return tuple(1 if i in axes else s for i, s in enumerate(shape))
+    return tuple(s for i, s in enumerate(shape) if i not in axes)
+
+
+def check_axes(x, axes, op):
+    """A reduction's shape rule: each of ``axes`` is a dimension of ``x``."""
+    for a in axes:
+        if not 0 <= a < max(len(x.shape), 1):
+            raise IndexError(f"{op}: axis {a} out of range for shape {list(x.shape)}")
+
+
+def _sum_rule(x, axes, keepdims):
+    check_axes(x, axes, "sum")
+    d = x.dtype
+    return reduced_shape(x.shape, axes, keepdims), (_dt.int64 if d is _dt.bool_ else d)
+
+
+def _sum_impl(x, axes, keepdims):
+    if x.dtype == np.bool_:
+        x = x.astype(np.int64)
+    return np.sum(x, axis=axes, keepdims=keepdims)
+
+
+def expand_back(g, in_shape, axes, keepdims):
+    """A reduction's gradient ``g`` broadcast back over the reduced ``axes`` of ``in_shape``."""
+    if not keepdims:
+        g = reshape(g, reduced_shape(in_shape, axes, True))
+    return expand(g, in_shape)
+
+
+def _sum_vjp(n, g, xs, y):
+    p = n.params
+    return (expand_back(g, n.in_shapes[0], p["axes"], p["keepdims"]),)
+
+
+def _sum_jvp(ts, xs, y, p):
+    t = ts[0]
+    return dispatch(SUM, t, axes=norm_axes(p["axes"], t.ndim, "sum"),
+                    keepdims=bool(p["keepdims"]))
+
+
+SUM = Primitive("sum", "reduce", _sum_impl, _sum_rule, vjp=_sum_vjp, jvp=_sum_jvp)
+
+
+def sum_to(g: Tensor, shape: tuple) -> Tensor:
+    """Sum a broadcast gradient back to ``shape`` (the vjp of broadcasting)."""
+    if g.shape == tuple(shape):
+        return g
+    lead = g.ndim - len(shape)
+    inner = tuple(i + lead for i, s in enumerate(shape) if s == 1 and g.shape[i + lead] != 1)
+    if not inner:  # only leading dims were added: one sum, no reshape
+        return dispatch(SUM, g, axes=tuple(range(lead)), keepdims=False)
+    out = dispatch(SUM, g, axes=tuple(range(lead)) + inner, keepdims=True)
+    return reshape(out, tuple(shape)) if out.shape != tuple(shape) else out
 
 
 def _broadcast_impl(x, shape):
@@ -88,7 +176,7 @@ def _broadcast_impl(x, shape):
 BROADCAST = Primitive(
     "broadcast", "movement", _broadcast_impl,
     lambda x, shape: (_bcast_target(x.shape, shape), x.dtype),
-    vjp=lambda n, g, xs, y: (_sum_to(g, n.in_shapes[0]),),
+    vjp=lambda n, g, xs, y: (sum_to(g, n.in_shapes[0]),),
     jvp=lambda ts, xs, y, p: expand(ts[0], p["shape"]), view=True,
     doc="numpy broadcasting to ``shape`` (-1 keeps a size); a view, read-only when "
                         "it repeats elements")
@@ -223,7 +311,6 @@ def _concat_vjp(n, g, xs, y):
 
 
 def _concat_jvp(ts, xs, y, p):
-    from .creation import zeros
     parts = [t if t is not None else zeros(x.shape, dtype=x.dtype) for t, x in zip(ts, xs)]
     return dispatch(CONCAT, *parts, axis=p["axis"])
 
@@ -383,8 +470,7 @@ def cat(tensors, dim: int = 0) -> Tensor:
     for t in tensors[1:]:
         dt = _dt.promote(dt, t.dtype)
     if any(t.dtype is not dt for t in tensors):
-        from .elementwise import cast
-        tensors = [t if t.dtype is dt else cast(t, dt) for t in tensors]
+        tensors = [t if t.dtype is dt else UPWARD.cast(t, dt) for t in tensors]
     d = _norm_dim(dim, tensors[0].ndim, "cat")
     return dispatch(CONCAT, *tensors, axis=d)
 

@@ -1,4 +1,5 @@
-"""The primitive record and the eager interpreter of it.
+"""The primitive record, the eager interpreter of it, and its backward node
+(:class:`PrimNode`).
 
 A :class:`Primitive` is defined once and read by every interpreter: eager execution
 (:meth:`Primitive.apply`), the backward engine (``vjp``), forward mode (``jvp``), and later the
@@ -18,13 +19,17 @@ Rules' signatures:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import dtypes as _dt
+from ..autograd.graph import FREED, FREED_MSG, Node
 from ..dispatch import STATE
 from ..dtypes import DType
+from ..tensor import Tensor
 
 try:  # numpy >= 2: set the error state directly (np.errstate costs ~4x more per call)
     from numpy._core._ufunc_config import _extobj_contextvar, _make_extobj
@@ -162,5 +167,88 @@ def op_error(prim: Primitive, args: tuple, params: dict, exc: Exception) -> Exce
     return kind(f"{prim.name}: failed on inputs ({desc}) with {params or 'no parameters'}: {exc}")
 
 
-from ..autograd.graph import PrimNode  # noqa: E402
-from ..tensor import Tensor  # noqa: E402
+class PrimNode(Node):
+    """Backward of one primitive: its vjp rule applied to the saved inputs and output."""
+
+    __slots__ = ("prim", "params", "in_meta", "needs", "saved", "versions", "saved_out",
+                 "out_meta")
+
+    def __init__(self, prim, params: dict, args: tuple, out, edges: tuple) -> None:
+        Node.__init__(self, edges)
+        self.prim = prim
+        self.params = params
+        # (shape, numpy dtype) per input; literals are ((), None)
+        self.in_meta = [(a._data.shape, a._data.dtype) if hasattr(a, "_data") else ((), None)
+                        for a in args]
+        self.needs = [e is not None for e in edges]
+        save = prim.save
+        if callable(save):
+            save = save(self.needs)
+        if save:
+            saved = [None] * len(args)
+            versions = [0] * len(args)
+            for i in save:
+                a = saved[i] = args[i]
+                if hasattr(a, "_storage"):
+                    versions[i] = a._storage.version
+            self.saved, self.versions = saved, versions
+        else:
+            self.saved = self.versions = ()
+        # the output is kept by weak reference (a strong one would be a cycle out → node →
+        # out); while it lives, backward uses the object itself, so identity-keyed state such
+        # as forward-mode tangents still applies to it
+        self.saved_out = (out._data, out._storage, out._storage.version, weakref.ref(out)) \
+            if prim.save_out else None
+        self.out_meta = (out._data.shape, out._data.dtype)
+
+    @property
+    def in_shapes(self) -> tuple:
+        return tuple(m[0] for m in self.in_meta)
+
+    @property
+    def in_dtypes(self) -> tuple:
+        return tuple(_dt._BY_NP[m[1]] if m[1] is not None else None for m in self.in_meta)
+
+    def name(self) -> str:
+        return self.prim.backward_name
+
+    def _check(self, t, version, what):
+        if t._storage.version != version:
+            shape = list(t.shape)
+            raise RuntimeError(
+                f"one of the variables needed for gradient computation has been modified by an "
+                f"inplace operation: [{t.dtype.name} {shape}], which is {what} of "
+                f"{self.name()}, is at version {t._storage.version}; expected version {version} "
+                f"instead. Hint: clone() the tensor before modifying it in place, or do the "
+                f"in-place change after backward().")
+
+    def unpack(self, create_graph: bool):
+        saved = self.saved
+        if saved is FREED:
+            raise RuntimeError(FREED_MSG)
+        for i, (s, v) in enumerate(zip(saved, self.versions)):
+            if isinstance(s, Tensor):
+                self._check(s, v, f"input {i}")
+        out = None
+        if self.saved_out is not None:
+            arr, storage, version, ref = self.saved_out
+            out = ref()
+            if out is None or out._data is not arr or out._node is not self:
+                out = Tensor._shared(arr, storage)
+                if create_graph:
+                    out._node, out._requires_grad = self, True
+            self._check(out, version, "output 0")
+        if not saved:
+            saved = (None,) * len(self.in_meta)
+        return saved, out
+
+    def apply(self, grads, create_graph, retain_graph):
+        xs, out = self.unpack(create_graph)
+        if not retain_graph:
+            self.release()
+        return self.prim.vjp(self, grads[0], xs, out)
+
+    def release(self) -> None:
+        if self.saved or self.saved_out is not None:
+            self.saved = FREED
+            self.saved_out = None

@@ -15,9 +15,15 @@ from __future__ import annotations
 import numpy as np
 
 from .. import dtypes as _dt
-from ..dispatch import dispatch
+from ..autograd.grad_mode import no_grad
+from ..dispatch import STATE, dispatch, report_read
 from ..tensor import Tensor
+from .creation import arange, full, maybe_requires_grad, shape_arg, zeros
+from .elementwise import cast, eq, floor, lt, where
+from .indexing import scatter_add
+from .movement import reshape
 from .primitive import Primitive
+from .reduce import sum as _sum
 
 _M0, _M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
 _W0, _W1 = np.uint64(0x9E3779B9), np.uint64(0xBB67AE85)
@@ -113,7 +119,6 @@ class Generator:
         self.state = Tensor._constant(np.array([seed, 0], dtype=np.int64))
 
     def manual_seed(self, seed: int) -> Generator:
-        from ..autograd.grad_mode import no_grad
         with no_grad():
             self.state.copy_(Tensor._constant(np.array([int(seed) & 0x7FFFFFFFFFFFFFFF, 0],
                                                     dtype=np.int64)))
@@ -126,14 +131,11 @@ class Generator:
         return self.state.clone()
 
     def set_state(self, state: Tensor) -> None:
-        from ..autograd.grad_mode import no_grad
         with no_grad():
             self.state.copy_(state)
 
     def sample(self, shape: tuple, dist: str, dtype) -> Tensor:
         """Draw numbers and advance the offset (an in-place op a tracer records)."""
-        from ..autograd.grad_mode import no_grad
-        from .creation import full
         out = dispatch(RANDOM, self.state, shape=tuple(shape), dist=dist, dtype=dtype)
         step = advance(shape, dist, dtype)
         if step:
@@ -176,27 +178,23 @@ def _float_dtype(dtype):
 
 def rand(*size, dtype=None, generator=None, requires_grad: bool = False) -> Tensor:
     """Uniform numbers in [0, 1)."""
-    from .creation import _finish, _shape_arg
-    t = _gen(generator).sample(_shape_arg(size, "rand"), "uniform", _float_dtype(dtype))
-    return _finish(t, requires_grad)
+    t = _gen(generator).sample(shape_arg(size, "rand"), "uniform", _float_dtype(dtype))
+    return maybe_requires_grad(t, requires_grad)
 
 
 def randn(*size, dtype=None, generator=None, requires_grad: bool = False) -> Tensor:
     """Standard normal numbers."""
-    from .creation import _finish, _shape_arg
-    t = _gen(generator).sample(_shape_arg(size, "randn"), "normal", _float_dtype(dtype))
-    return _finish(t, requires_grad)
+    t = _gen(generator).sample(shape_arg(size, "randn"), "normal", _float_dtype(dtype))
+    return maybe_requires_grad(t, requires_grad)
 
 
 def randint(low, high=None, size=(), *, dtype=None, generator=None) -> Tensor:
     """Integers uniform in [low, high)."""
-    from .creation import _shape_arg
-    from .elementwise import cast, floor
     if high is None:
         low, high = 0, low
     if high <= low:
         raise RuntimeError(f"randint: expected low < high, got low={low}, high={high}")
-    shape = _shape_arg((tuple(size),) if not isinstance(size, int) else (size,), "randint")
+    shape = shape_arg((tuple(size),) if not isinstance(size, int) else (size,), "randint")
     u = _gen(generator).sample(shape, "uniform", _dt.float64)
     return cast(floor(u * float(high - low)) + float(low), dtype or _dt.int64)
 
@@ -229,7 +227,6 @@ def randperm(n: int, *, generator=None) -> Tensor:
 
     >>> dg.manual_seed(0); p = dg.randperm(5)   # a permutation of 0..4, int64
     """
-    from ..dispatch import STATE, report_read
     n = int(n)
     if n < 0:
         raise RuntimeError(f"randperm: n must be non-negative, got {n}")
@@ -246,12 +243,6 @@ def stable_argsort(u: Tensor) -> Tensor:
     """``np.argsort(u, kind="stable")`` of a 1-d tensor without NaNs, from ops (no data read
     into Python): element i's rank counts the j with (u[j], j) < (u[i], i); the permutation
     puts i at its rank. Quadratic in ``len(u)``: for randperm under a tracer."""
-    from ..autograd.grad_mode import no_grad
-    from .creation import arange, zeros
-    from .elementwise import cast, eq, lt, where
-    from .indexing import scatter_add
-    from .movement import reshape
-    from .reduce import sum as _sum
     n = u.shape[0]
     with no_grad():  # (counts up to n are exact in float64)
         f = arange(n, dtype=_dt.float64)

@@ -12,82 +12,24 @@ from .. import dtypes as _dt
 from ..dispatch import dispatch
 from ..tensor import Tensor
 from . import elementwise as _e
+from . import indexing
 from . import movement as _m
+from .creation import iota_like
+from .movement import SUM, check_axes, expand_back, norm_axes, reduced_shape
 from .primitive import Primitive
-
-_ALL_AXES = [tuple(range(n)) for n in range(8)]
-
-
-def norm_axes(dim, ndim: int, op: str) -> tuple:
-    """Normalise ``dim`` (None, int or sequence) to a sorted tuple of non-negative axes."""
-    if dim is None:
-        return _ALL_AXES[ndim] if ndim < 8 else tuple(range(ndim))
-    if type(dim) is int and -ndim <= dim < ndim:
-        return (dim % ndim,)
-    dims = (dim,) if isinstance(dim, (int, np.integer)) else tuple(dim)
-    n = _py.max(ndim, 1)
-    out = set()
-    for d in dims:
-        if not isinstance(d, (int, np.integer)):
-            raise TypeError(f"{op}: dim must be an int or a sequence of ints, got {d!r}")
-        if not -n <= d < n:
-            raise IndexError(f"{op}: Dimension out of range (expected to be in range of "
-                             f"[{-n}, {n - 1}], but got {d})")
-        if ndim:
-            out.add(int(d) % ndim)
-    return tuple(sorted(out))
-
-
-def _reduced_shape(shape, axes, keepdims):
-    if keepdims:
-        return tuple(1 if i in axes else s for i, s in enumerate(shape))
-    return tuple(s for i, s in enumerate(shape) if i not in axes)
-
-
-def _check_axes(x, axes, op):
-    for a in axes:
-        if not 0 <= a < _py.max(len(x.shape), 1):
-            raise IndexError(f"{op}: axis {a} out of range for shape {list(x.shape)}")
-
-
-def _sum_rule(x, axes, keepdims):
-    _check_axes(x, axes, "sum")
-    d = x.dtype
-    return _reduced_shape(x.shape, axes, keepdims), (_dt.int64 if d is _dt.bool_ else d)
-
-
-def _sum_impl(x, axes, keepdims):
-    if x.dtype == np.bool_:
-        x = x.astype(np.int64)
-    return np.sum(x, axis=axes, keepdims=keepdims)
-
-
-def _expand_back(g, in_shape, axes, keepdims):
-    if not keepdims:
-        g = _m.reshape(g, _reduced_shape(in_shape, axes, True))
-    return _m.expand(g, in_shape)
-
-
-def _sum_vjp(n, g, xs, y):
-    p = n.params
-    return (_expand_back(g, n.in_shapes[0], p["axes"], p["keepdims"]),)
-
-
-SUM = Primitive("sum", "reduce", _sum_impl, _sum_rule, vjp=_sum_vjp,
-                jvp=lambda ts, xs, y, p: sum(ts[0], p["axes"], p["keepdims"]))
 
 
 def _max_rule(x, axes, keepdims):
-    _check_axes(x, axes, "max")
+    check_axes(x, axes, "max")
     for a in axes:
         if x.shape[a] == 0:
             raise RuntimeError(f"max: cannot reduce over an empty dimension {a} of shape "
                                f"{list(x.shape)}; there is no identity for max")
-    return _reduced_shape(x.shape, axes, keepdims), x.dtype
+    return reduced_shape(x.shape, axes, keepdims), x.dtype
 
 
 def _max_mask(x, y, axes, keepdims):
-    yk = y if keepdims else _m.reshape(y, _reduced_shape(x.shape, axes, True))
+    yk = y if keepdims else _m.reshape(y, reduced_shape(x.shape, axes, True))
     mask = _e.cast(_e.eq(x, yk), x.dtype)
     return mask / sum(mask, axes, True)
 
@@ -96,7 +38,7 @@ def _max_vjp(n, g, xs, y):
     p = n.params
     x = xs[0]
     w = _max_mask(x, y, p["axes"], p["keepdims"])
-    return (_expand_back(g, x.shape, p["axes"], p["keepdims"]) * w,)
+    return (expand_back(g, x.shape, p["axes"], p["keepdims"]) * w,)
 
 
 def _max_jvp(ts, xs, y, p):
@@ -111,7 +53,7 @@ MAX = Primitive("max", "reduce", lambda x, axes, keepdims: np.max(x, axis=axes,
 
 
 def _size_rule(x, axes, dtype):
-    _check_axes(x, axes, "size_of")
+    check_axes(x, axes, "size_of")
     return (), dtype
 
 
@@ -134,18 +76,6 @@ def sum(x, dim=None, keepdim: bool = False, *, dtype=None):
     if dtype is not None:
         x = _e.cast(x, dtype)
     return dispatch(SUM, x, axes=axes, keepdims=bool(keepdim))
-
-
-def sum_to(g: Tensor, shape: tuple) -> Tensor:
-    """Sum a broadcast gradient back to ``shape`` (the vjp of broadcasting)."""
-    if g.shape == tuple(shape):
-        return g
-    lead = g.ndim - len(shape)
-    inner = tuple(i + lead for i, s in enumerate(shape) if s == 1 and g.shape[i + lead] != 1)
-    if not inner:  # only leading dims were added: one sum, no reshape
-        return dispatch(SUM, g, axes=tuple(range(lead)), keepdims=False)
-    out = dispatch(SUM, g, axes=tuple(range(lead)) + inner, keepdims=True)
-    return _m.reshape(out, tuple(shape)) if out.shape != tuple(shape) else out
 
 
 def size_of(x, dim=None, dtype=None) -> Tensor:
@@ -206,7 +136,6 @@ def _arg_extreme(x, dim, keepdim, largest: bool, op: str):
     hit = _e.eq(xx, m)
     if xx.dtype.is_floating_point:  # NaN counts as the maximum, as in PyTorch
         hit = _e.logical_or(hit, _e.logical_and(_e.ne(xx, xx), _e.ne(m, m)))
-    from .creation import iota_like
     idx = iota_like(xx, axis)
     big = size_of(xx, axis, dtype=_dt.int64)
     cand = _e.where(hit, idx, big)
@@ -228,7 +157,6 @@ def _max_min(x, dim, keepdim, other, largest):
         return _e.maximum(x, other) if largest else _e.minimum(x, other)
     if dim is None:
         return amax(x) if largest else amin(x)
-    from . import indexing
     idx = _arg_extreme(x, dim, True, largest, "max" if largest else "min")
     axis = norm_axes(dim, x.ndim, "max")[0] if x.ndim else 0
     values = indexing.take_along_dim(x, idx, axis) if x.ndim else x

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ..autograd.grad_mode import enable_grad
 from ..dispatch import read_scalar
 from ..tensor import Tensor, zero_grads
 
@@ -148,7 +149,6 @@ class Optimizer:
     def _closure(self, closure):
         if closure is None:
             return None
-        from ..autograd.grad_mode import enable_grad
         with enable_grad():
             return closure()
 

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from ..ops import creation as _c
 from ..ops import movement as _m
 from ..tensor import Tensor
 
@@ -48,11 +49,9 @@ def default_collate(samples: list):
     if isinstance(first, dict):
         return {k: default_collate([s[k] for s in samples]) for k in first}
     if isinstance(first, np.ndarray):
-        from ..ops.creation import from_numpy
-        return from_numpy(np.stack(samples))
+        return _c.from_numpy(np.stack(samples))
     if isinstance(first, (int, float, bool, np.number)):
-        from ..ops.creation import tensor
-        return tensor(samples)
+        return _c.tensor(samples)
     if isinstance(first, (str, bytes)):  # labels, file names: kept as a list, as in PyTorch
         return list(samples)
     raise TypeError(f"default_collate: cannot batch samples of type {type(first).__name__}")
