@@ -11,17 +11,17 @@ from .emit import (
     FN_NAME,
     LLTYPE,
     MEMTYPE,
-    Emitter,
+    KernelBuilder,
     builds,
     c_strides,
     entry_ir,
     literal,
-    prelude_ir,
 )
+from .vecmath import prelude_ir
 
 
 @builds("index")
-class IndexBuilder(Emitter):
+class IndexBuilder(KernelBuilder):
     """An 'index' group: ``gather`` (np.take along an axis) or ``scatter_add`` (np.add.at
     along an axis, repeated indices accumulating in index order, as numpy's). Negative
     indices wrap; an index out of range makes the kernel return 1 before writing anything
@@ -165,7 +165,7 @@ class IndexBuilder(Emitter):
 
 
 @builds("movement")
-class MoveBuilder(Emitter):
+class MoveBuilder(KernelBuilder):
     """A 'movement' group: data moved, none computed — ``reshape``, ``broadcast``,
     ``permute``, ``slice``, ``pad`` and ``concat`` chained from the group's inputs to its one
     output, written as a copy loop over the output: each output element's multi-index is

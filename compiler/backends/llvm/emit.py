@@ -1,25 +1,37 @@
-"""What every LLVM kernel builder shares: the dtype tables, literals, the kernel's entry
-function and prelude, the base :class:`Emitter`, and the registry of builders by fusion-group
-kind (:func:`builds`, :func:`builder`). The builders live beside it: ``loops.py``
-(elementwise and Python-number groups), ``reduce.py``, ``matmul.py``, ``datamove.py``
-(indexing and movement) and ``randomgen.py``; ``codegen.py`` puts a graph's kernels in one
-module."""
+"""What every LLVM kernel builder shares: the dtype tables and literals, the public
+:class:`Emitter` (one LLVM function being written: fresh SSA names, blocks, counted loops),
+the kernel's entry function, the base :class:`KernelBuilder`, and the registry of builders
+by fusion-group kind (:func:`builds`, :func:`builder`). The builders live beside it:
+``loops.py`` (elementwise and Python-number groups), ``reduce.py``, ``matmul.py``,
+``datamove.py`` (indexing and movement) and ``randomgen.py``; ``codegen.py`` puts a graph's
+kernels in one module."""
 
 from __future__ import annotations
 
+import math
 import struct
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ...ir import Value
 from ...prims import CONSTANT, traits
-from . import jit, vecmath
+from . import jit
 
 FN_NAME = "dg_ew"
 
 LLTYPE = {"float32": "float", "float64": "double", "bool": "i1", "int64": "i64"}
 MEMTYPE = {"float": "float", "double": "double", "i1": "i8", "i64": "i64"}  # in a buffer
 SUFFIX = {"float": "f32", "double": "f64"}
+
+
+def fconst(v: float) -> str:
+    """An LLVM IR float literal: the double-precision hex of an exactly representable float."""
+    f = np.float32(v)
+    if not (np.isnan(f) or float(f) == v or (np.isinf(f) and math.isinf(v))):
+        raise ValueError(f"{v!r} is not a float32 value")
+    return f"0x{struct.unpack('<Q', struct.pack('<d', float(f)))[0]:016X}"
 
 
 def literal(x, ty: str) -> str:
@@ -31,7 +43,7 @@ def literal(x, ty: str) -> str:
             raise NotImplementedError(f"LLVM codegen: the number {x!r} in an int64 operation")
         return str(int(x))
     if ty == "float":
-        return vecmath.fconst(float(np.float32(x)))
+        return fconst(float(np.float32(x)))
     return f"0x{struct.unpack('<Q', struct.pack('<d', float(x)))[0]:016X}"
 
 
@@ -60,23 +72,124 @@ def c_strides(shape) -> tuple:
     return tuple(reversed(st))
 
 
-class Emitter:
-    """What every kernel builder has: its group, the IR lines written so far, fresh SSA
-    names, the vecmath functions its code calls, and no declarations unless it says so."""
+@dataclass
+class Loop:
+    """A counted loop being written (:meth:`Emitter.loop`): its induction register ``i``, the
+    registers of the values it carries from one iteration to the next (``carried``), and
+    ``next``: the values the body leaves for the next iteration, one per carried register
+    (the body sets it)."""
 
-    def __init__(self, g, group, kind: str) -> None:
-        if group.kind != kind:
-            raise NotImplementedError(f"LLVM {kind} codegen: group kind {group.kind!r}")
-        self.g, self.group = g, group
+    i: str
+    carried: list[str]
+    next: list[str] = field(default_factory=list)
+
+
+class Emitter:
+    """One LLVM function body being written: its lines, fresh SSA names (``%t1``, ``%t2``,
+    ...), the block being written, and counted loops (:meth:`loop`, :meth:`parallel_for`).
+
+    Example: ``e = Emitter(); e.label("entry"); with e.loop("%i", 8, block="loop",
+    exit="done"): e.line("call void @f(i64 %i)")``, then ``e.line("ret void")``."""
+
+    def __init__(self) -> None:
         self.lines: list[str] = []
         self.tmp = 0
-        self.vecmath: list[str] = []
+        self.block = ""  # the block being written (its label)
 
     def emit(self, text: str) -> str:
+        """Write ``%tN = text``; returns ``%tN``."""
         self.tmp += 1
         r = f"%t{self.tmp}"
         self.lines.append(f"  {r} = {text}")
         return r
+
+    def line(self, text: str) -> None:
+        """Write an instruction that names no new value (or names its own)."""
+        self.lines.append(f"  {text}")
+
+    def label(self, block: str) -> None:
+        """Start block ``block``."""
+        self.lines.append(f"{block}:")
+        self.block = block
+
+    def jump(self, block: str) -> None:
+        self.line(f"br label %{block}")
+
+    def branch(self, cond: str, then: str, other: str) -> None:
+        self.line(f"br i1 {cond}, label %{then}, label %{other}")
+
+    @contextmanager
+    def loop(self, i: str, stop, *, block: str, exit: str, start=0, step=1,
+             latch: str | None = None, entered: bool = False, carry=(), hint: str = "",
+             flags: str = "nuw nsw", next: str | None = None, more: str | None = None):
+        """``for i in range(start, stop, step)`` (signed i64), run at least once: the body
+        is block ``block`` (and the blocks it starts); the loop leaves to block ``exit``,
+        which it starts. Yields the :class:`Loop`.
+
+        The test is at the bottom, after the increment (``i.next``; ``i.more`` the
+        comparison; ``next``/``more`` rename them), in the block the body ends in — or in
+        ``latch``, started (and branched to) unless the body ends there. A loop that may
+        run no time is guarded by the caller, who branches to ``block`` or past it and
+        passes ``entered``. ``carry``: (register, type, initial value) of each value the
+        loop carries; its ``phi`` takes the body's ``Loop.next``. ``hint``: text after the
+        back branch (loop metadata: :func:`interleaved`, ``jit.ROLLED_LOOP``); ``flags``:
+        of the increment's ``add``.
+
+        Example (``%acc`` the sum of ``%x`` over ``%i < 8``)::
+
+            with e.loop("%i", 8, block="sum", exit="done",
+                        carry=[("%acc", "float", "0.0")]) as lp:
+                lp.next = [e.emit("fadd float %acc, %x")]
+        """
+        pre, lines = self.block, self.lines
+        if not entered:
+            self.jump(block)
+        self.label(block)
+        at = len(lines)
+        lines.append("")  # the phi of i, once the latch is known
+        lp = Loop(i, [reg for reg, _, _ in carry])
+        yield lp
+        if self.lines is not lines:
+            raise RuntimeError(f"Emitter.loop {i}: the body left another list of lines")
+        if latch is not None and self.block != latch:
+            self.jump(latch)
+            self.label(latch)
+        if len(lp.next) != len(carry):
+            raise ValueError(f"Emitter.loop {i}: the body set {len(lp.next)} next values "
+                             f"for {len(carry)} carried ones")
+        nxt, more = next or f"{i}.next", more or f"{i}.more"
+        lines[at:at + 1] = [f"  {i} = phi i64 [{start}, %{pre}], [{nxt}, %{self.block}]"] + [
+            f"  {reg} = phi {ty} [{first}, %{pre}], [{val}, %{self.block}]"
+            for (reg, ty, first), val in zip(carry, lp.next)]
+        self.line(f"{nxt} = add {flags + ' ' if flags else ''}i64 {i}, {step}")
+        self.line(f"{more} = icmp slt i64 {nxt}, {stop}")
+        self.line(f"br i1 {more}, label %{block}, label %{exit}{hint}")
+        self.label(exit)
+
+    @contextmanager
+    def parallel_for(self, parts):
+        """The blocks ``%b`` = ``%tid``, ``%tid + %nt``, ... below ``parts`` — the body of a
+        ``@<name>_blocks(ptr %ctx, i64 %tid, i64 %nt)`` function, which the thread pool
+        calls for every part (``threads.split_call``); the function returns after it.
+        Yields the :class:`Loop` (block ``blk``)."""
+        self.line(f"%any = icmp slt i64 %tid, {parts}")
+        self.branch("%any", "blk", "exit")
+        with self.loop("%b", parts, start="%tid", step="%nt", block="blk", exit="exit",
+                       entered=True) as lp:
+            yield lp
+        self.line("ret void")
+
+
+class KernelBuilder(Emitter):
+    """What every kernel builder has: an :class:`Emitter`, its group, the vecmath functions
+    its code calls, and no declarations unless it says so."""
+
+    def __init__(self, g, group, kind: str) -> None:
+        if group.kind != kind:
+            raise NotImplementedError(f"LLVM {kind} codegen: group kind {group.kind!r}")
+        super().__init__()
+        self.g, self.group = g, group
+        self.vecmath: list[str] = []
 
     def declarations(self) -> str:
         return ""
@@ -94,15 +207,6 @@ def entry_ir(name: str, n_args: int, pass_n: bool = False, status: bool = False)
                 f"  %st = call i32 @{name}_body({args})\n  ret i32 %st\n}}\n")
     return (f"define void @{name}(ptr %args, i64 %n) {{\nentry:\n{loads}"
             f"  call void @{name}_body({args})\n  ret void\n}}\n")
-
-
-def prelude_ir(math_functions) -> str:
-    return (vecmath.module_ir(math_functions) + "declare float @llvm.sqrt.f32(float)\n"
-            "declare double @llvm.sqrt.f64(double)\ndeclare double @llvm.fabs.f64(double)\n"
-            "declare double @llvm.fma.f64(double, double, double)\n"
-            "declare float @llvm.floor.f32(float)\ndeclare double @llvm.floor.f64(double)\n"
-            "declare float @llvm.pow.f32(float, float)\n"
-            "declare double @llvm.pow.f64(double, double)\n\n")
 
 
 BUILDERS: dict[str, type] = {}  # fusion-group kind -> the class building its kernel

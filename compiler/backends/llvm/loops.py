@@ -45,7 +45,7 @@ from .emit import (
     LLTYPE,
     MEMTYPE,
     SUFFIX,
-    Emitter,
+    KernelBuilder,
     builds,
     c_strides,
     dtname,
@@ -53,8 +53,8 @@ from .emit import (
     interleaved,
     kernel_outputs,
     literal,
-    prelude_ir,
 )
+from .vecmath import prelude_ir
 
 _EXACT_POW = (2.0, 0.5, -1.0, 1.0, 0.0)  # np.power computes these as x*x, sqrt, 1/x, x, 1
 _NEST_MIN = 8  # an elementwise kernel loops rows x last dim when that dim is at least this
@@ -71,7 +71,7 @@ def _unsupported(prim: str, what) -> NotImplementedError:
 
 
 @builds("elementwise")
-class LoopBuilder(Emitter):
+class LoopBuilder(KernelBuilder):
     """An elementwise group (the base of the loop builders: reduce and scalar groups)."""
 
     def __init__(self, g, group, kind: str = "elementwise", full=None) -> None:

@@ -10,19 +10,19 @@ from .emit import (
     FN_NAME,
     LLTYPE,
     MEMTYPE,
-    Emitter,
+    KernelBuilder,
     builds,
     c_strides,
     entry_ir,
     literal,
-    prelude_ir,
 )
+from .vecmath import prelude_ir
 
 SMALL_WORK = 32 * 32 * 32  # m·n·k up to which a product is loops of its own shape, inline
 
 
 @builds("matmul")
-class MatmulBuilder(Emitter):
+class MatmulBuilder(KernelBuilder):
     """A 'matmul' group: ``C = op(A) @ op(B)`` over broadcast batch dims, float32/float64.
 
     Per batch entry, one call: either numpy's BLAS gemm (``blas.find``) or the generated

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 
-from .emit import FN_NAME, Emitter, builds, entry_ir, prelude_ir
+from .emit import FN_NAME, KernelBuilder, builds, entry_ir
+from .vecmath import prelude_ir
 
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57  # Philox multipliers
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85  # key increments (Weyl sequence)
@@ -26,7 +27,7 @@ def _i32(v: int) -> str:
 
 
 @builds("random")
-class RandomBuilder(Emitter):
+class RandomBuilder(KernelBuilder):
     """A 'random' group: one ``random`` node, uniform float32 or float64. The state input is
     int64 ``[seed, offset]``; the kernel writes the numbers, the generator's offset update is
     an ordinary (int64 elementwise) group of its own."""

@@ -19,9 +19,9 @@ from .emit import (
     interleaved,
     kernel_outputs,
     literal,
-    prelude_ir,
 )
 from .loops import LoopBuilder
+from .vecmath import prelude_ir
 
 _LANES = {"float": 16, "double": 8}  # accumulators per reduction: one AVX-512 register
 _CHUNK = 16  # vectors per chunk of the reduction loop
