@@ -118,6 +118,10 @@ class Emitter:
     def branch(self, cond: str, then: str, other: str) -> None:
         self.line(f"br i1 {cond}, label %{then}, label %{other}")
 
+    def function(self, signature: str) -> str:
+        """The function written: ``signature {``, the lines, ``}``."""
+        return f"{signature} {{\n" + "\n".join(self.lines) + "\n}\n\n"
+
     @contextmanager
     def loop(self, i: str, stop, *, block: str, exit: str, start=0, step=1,
              latch: str | None = None, entered: bool = False, carry=(), hint: str = "",
