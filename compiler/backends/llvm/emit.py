@@ -75,13 +75,15 @@ def c_strides(shape) -> tuple:
 @dataclass
 class Loop:
     """A counted loop being written (:meth:`Emitter.loop`): its induction register ``i``, the
-    registers of the values it carries from one iteration to the next (``carried``), and
+    registers of the values it carries from one iteration to the next (``carried``),
     ``next``: the values the body leaves for the next iteration, one per carried register
-    (the body sets it)."""
+    (the body sets it), and ``hint``: the text after the back branch (loop metadata; the
+    body may set it when it depends on what the body calls, as :func:`interleaved`)."""
 
     i: str
     carried: list[str]
     next: list[str] = field(default_factory=list)
+    hint: str = ""
 
 
 class Emitter:
@@ -124,8 +126,9 @@ class Emitter:
 
     @contextmanager
     def loop(self, i: str, stop, *, block: str, exit: str, start=0, step=1,
-             latch: str | None = None, entered: bool = False, carry=(), hint: str = "",
-             flags: str = "nuw nsw", next: str | None = None, more: str | None = None):
+             latch: str | None = None, entered: bool = False, exit_is_loop: bool = False,
+             carry=(), hint: str = "", flags: str = "nuw nsw", next: str | None = None,
+             more: str | None = None):
         """``for i in range(start, stop, step)`` (signed i64), run at least once: the body
         is block ``block`` (and the blocks it starts); the loop leaves to block ``exit``,
         which it starts. Yields the :class:`Loop`.
@@ -134,10 +137,12 @@ class Emitter:
         comparison; ``next``/``more`` rename them), in the block the body ends in — or in
         ``latch``, started (and branched to) unless the body ends there. A loop that may
         run no time is guarded by the caller, who branches to ``block`` or past it and
-        passes ``entered``. ``carry``: (register, type, initial value) of each value the
-        loop carries; its ``phi`` takes the body's ``Loop.next``. ``hint``: text after the
-        back branch (loop metadata: :func:`interleaved`, ``jit.ROLLED_LOOP``); ``flags``:
-        of the increment's ``add``.
+        passes ``entered``; when ``exit`` is the header of the loop written next (which
+        passes ``entered``), ``exit_is_loop`` leaves it for that loop to start.
+        ``carry``: (register, type, initial value) of each value the loop carries; its
+        ``phi`` takes the body's ``Loop.next``. ``hint``: text after the back branch (loop
+        metadata, or ``Loop.hint`` set by the body); ``flags``: of the increment's
+        ``add``.
 
         Example (``%acc`` the sum of ``%x`` over ``%i < 8``)::
 
@@ -151,7 +156,7 @@ class Emitter:
         self.label(block)
         at = len(lines)
         lines.append("")  # the phi of i, once the latch is known
-        lp = Loop(i, [reg for reg, _, _ in carry])
+        lp = Loop(i, [reg for reg, _, _ in carry], hint=hint)
         yield lp
         if self.lines is not lines:
             raise RuntimeError(f"Emitter.loop {i}: the body left another list of lines")
@@ -167,8 +172,9 @@ class Emitter:
             for (reg, ty, first), val in zip(carry, lp.next)]
         self.line(f"{nxt} = add {flags + ' ' if flags else ''}i64 {i}, {step}")
         self.line(f"{more} = icmp slt i64 {nxt}, {stop}")
-        self.line(f"br i1 {more}, label %{block}, label %{exit}{hint}")
-        self.label(exit)
+        self.line(f"br i1 {more}, label %{block}, label %{exit}{lp.hint}")
+        if not exit_is_loop:
+            self.label(exit)
 
     @contextmanager
     def parallel_for(self, parts):
