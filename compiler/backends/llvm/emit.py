@@ -88,20 +88,22 @@ class Loop:
 
 class Emitter:
     """One LLVM function body being written: its lines, fresh SSA names (``%t1``, ``%t2``,
-    ...), the block being written, and counted loops (:meth:`loop`, :meth:`parallel_for`).
+    ...: ``prefix`` and a number), the block being written, and counted loops
+    (:meth:`loop`, :meth:`parallel_for`).
 
     Example: ``e = Emitter(); e.label("entry"); with e.loop("%i", 8, block="loop",
     exit="done"): e.line("call void @f(i64 %i)")``, then ``e.line("ret void")``."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "t") -> None:
         self.lines: list[str] = []
         self.tmp = 0
+        self.prefix = prefix
         self.block = ""  # the block being written (its label)
 
     def emit(self, text: str) -> str:
         """Write ``%tN = text``; returns ``%tN``."""
         self.tmp += 1
-        r = f"%t{self.tmp}"
+        r = f"%{self.prefix}{self.tmp}"
         self.lines.append(f"  {r} = {text}")
         return r
 
