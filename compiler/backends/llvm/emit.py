@@ -89,7 +89,7 @@ class Loop:
 class Emitter:
     """One LLVM function body being written: its lines, fresh SSA names (``%t1``, ``%t2``,
     ...: ``prefix`` and a number), the block being written, and counted loops
-    (:meth:`loop`, :meth:`parallel_for`).
+    (:meth:`loop`, :meth:`parallel_for`, :meth:`rolled_loop`).
 
     Example: ``e = Emitter(); e.label("entry"); with e.loop("%i", 8, block="loop",
     exit="done"): e.line("call void @f(i64 %i)")``, then ``e.line("ret void")``."""
@@ -107,6 +107,11 @@ class Emitter:
         self.lines.append(f"  {r} = {text}")
         return r
 
+    def fresh(self, stem: str) -> str:
+        """A fresh name ``stem`` and a number (for labels of blocks written many times)."""
+        self.tmp += 1
+        return f"{stem}{self.tmp}"
+
     def line(self, text: str) -> None:
         """Write an instruction that names no new value (or names its own)."""
         self.lines.append(f"  {text}")
@@ -121,6 +126,15 @@ class Emitter:
 
     def branch(self, cond: str, then: str, other: str) -> None:
         self.line(f"br i1 {cond}, label %{then}, label %{other}")
+
+    def min(self, a, b) -> str:
+        """The smaller of two i64 (signed)."""
+        lt = self.emit(f"icmp slt i64 {a}, {b}")
+        return self.emit(f"select i1 {lt}, i64 {a}, i64 {b}")
+
+    def gep(self, ty: str, p: str, off) -> str:
+        """The address of element ``off`` of type ``ty`` from pointer ``p``."""
+        return self.emit(f"getelementptr inbounds {ty}, ptr {p}, i64 {off}")
 
     def function(self, signature: str) -> str:
         """The function written: ``signature {``, the lines, ``}``."""
@@ -177,6 +191,38 @@ class Emitter:
         self.line(f"br i1 {more}, label %{block}, label %{exit}{lp.hint}")
         if not exit_is_loop:
             self.label(exit)
+
+    @contextmanager
+    def rolled_loop(self, start, end, step=1, scalar: bool = False):
+        """``for i in range(start, end, step)`` (signed i64) with bounds known at run time
+        only (it may run no time: the test is at the top), its blocks named afresh; yields
+        ``i``. LLVM does not unroll it (see ``jit.ROLLED_LOOP``), nor, with ``scalar``,
+        vectorise it (code already written with vectors, or not worth it)."""
+        b = self.fresh("L")
+        i, pre = f"%{b}.i", self.block
+        self.jump(f"{b}.head")
+        self.label(f"{b}.head")
+        self.line(f"{i} = phi i64 [{start}, %{pre}], [{i}.next, %{b}.latch]")
+        more = self.emit(f"icmp slt i64 {i}, {end}")
+        self.branch(more, f"{b}.body", f"{b}.exit")
+        self.label(f"{b}.body")
+        yield i
+        self.jump(f"{b}.latch")
+        self.label(f"{b}.latch")
+        self.line(f"{i}.next = add nsw i64 {i}, {step}")
+        mark = jit.SCALAR_LOOP if scalar else jit.ROLLED_LOOP
+        self.line(f"br label %{b}.head, !llvm.loop {mark}")
+        self.label(f"{b}.exit")
+
+    @contextmanager
+    def when(self, cond: str):
+        """Code run only when ``cond`` (i1) holds."""
+        b = self.fresh("W")
+        self.branch(cond, f"{b}.then", f"{b}.end")
+        self.label(f"{b}.then")
+        yield
+        self.jump(f"{b}.end")
+        self.label(f"{b}.end")
 
     @contextmanager
     def parallel_for(self, parts):
