@@ -20,7 +20,8 @@ from ...prims import traits
 from . import datamove, jit, loops, matmul, randomgen, reduce, target, threads  # noqa: F401
 
 #            (importing the builder modules registers their builders)
-from .emit import FN_NAME, builder, constant_outputs, kernel_outputs, prelude_ir  # noqa: F401
+from .emit import FN_NAME, builder, constant_outputs, kernel_outputs  # noqa: F401
+from .vecmath import prelude_ir
 
 INLINE_LINES = 120  # kernels of more IR lines stay functions of their own (module_ir): a
 #                    reduction's chunk and remainder loops, not an elementwise loop

@@ -11,17 +11,17 @@ from .emit import (
     FN_NAME,
     LLTYPE,
     MEMTYPE,
-    Emitter,
+    KernelBuilder,
     builds,
     c_strides,
     entry_ir,
     literal,
-    prelude_ir,
 )
+from .vecmath import prelude_ir
 
 
 @builds("index")
-class IndexBuilder(Emitter):
+class IndexBuilder(KernelBuilder):
     """An 'index' group: ``gather`` (np.take along an axis) or ``scatter_add`` (np.add.at
     along an axis, repeated indices accumulating in index order, as numpy's). Negative
     indices wrap; an index out of range makes the kernel return 1 before writing anything
@@ -46,30 +46,35 @@ class IndexBuilder(Emitter):
         size, m = n.params["size"], math.prod(n.out.shape)
         low = 0 if n.params["op"] == "one_hot" else -size
         pi, po = ptr[id(n.inputs[0])], ptr[id(n.out)]
-        L = self.lines
+        self.label("entry")
         if m == 0:
-            L.append("entry:\n  ret i32 0")
+            self.line("ret i32 0")
         else:
-            L.append("entry:\n  br label %chk\nchk:\n  %q = phi i64 [0, %entry], [%q.n, %ok]")
-            a = self.emit(f"getelementptr inbounds i64, ptr {pi}, i64 %q")
-            k = self.emit(f"load i64, ptr {a}")
-            lo = self.emit(f"icmp slt i64 {k}, {low}")
-            hi = self.emit(f"icmp sge i64 {k}, {size}")
-            bad = self.emit(f"or i1 {lo}, {hi}")
-            b = self.emit(f"getelementptr inbounds i64, ptr {po}, i64 %q")
-            L.append(f"  store i64 {k}, ptr {b}")
-            L.append(f"  br i1 {bad}, label %bad, label %ok\nok:")
-            L.append(f"  %q.n = add nuw nsw i64 %q, 1\n  %q.m = icmp slt i64 %q.n, {m}")
-            L.append("  br i1 %q.m, label %chk, label %done\ndone:\n  ret i32 0")
-            L.append("bad:\n  ret i32 1")
+            with self._loop("%q", m, block="chk", exit="done"):
+                a = self.emit(f"getelementptr inbounds i64, ptr {pi}, i64 %q")
+                k = self.emit(f"load i64, ptr {a}")
+                lo = self.emit(f"icmp slt i64 {k}, {low}")
+                hi = self.emit(f"icmp sge i64 {k}, {size}")
+                bad = self.emit(f"or i1 {lo}, {hi}")
+                b = self.emit(f"getelementptr inbounds i64, ptr {po}, i64 %q")
+                self.line(f"store i64 {k}, ptr {b}")
+                self.branch(bad, "bad", "ok")
+                self.label("ok")
+            self.line("ret i32 0")
+            self.label("bad")
+            self.line("ret i32 1")
         return self._finish(name, prelude, layout)
+
+    def _loop(self, i: str, stop, **kw):
+        """:meth:`Emitter.loop`, the increment and test named ``i.n`` and ``i.m``."""
+        return self.loop(i, stop, next=f"{i}.n", more=f"{i}.m", **kw)
 
     def _finish(self, name: str, prelude: bool, layout: list) -> tuple:
         params = ", ".join(f"ptr noalias %a{q}" for q in range(len(layout)))
         text = (
             (prelude_ir([]) if prelude else "")
-            + f"define internal i32 @{name}_body({params}) alwaysinline {{\n"
-            + "\n".join(self.lines) + "\n}\n\n" + entry_ir(name, len(layout), status=True))
+            + self.function(f"define internal i32 @{name}_body({params}) alwaysinline")
+            + entry_ir(name, len(layout), status=True))
         return text, name, layout
 
     def build(self, name: str = FN_NAME, prelude: bool = True) -> tuple:
@@ -95,77 +100,65 @@ class IndexBuilder(Emitter):
         size = xs[axis] if xs else 1
         post = math.prod(xs[axis + 1:])
         m = math.prod(idx.shape)
-        L = self.lines
         px, pi, po = (ptr[id(n.inputs[0])], ptr[id(idx)], ptr[id(n.out)])
+        self.label("entry")
         if not gather:  # scatter_add: out = base, then validate, then add in order
-            total = math.prod(xs)
-            L.append("entry:\n  br label %cp\ncp:\n  %c = phi i64 [0, %entry], [%c.n, %cp]")
-            a = self.emit(f"getelementptr inbounds {ty}, ptr {px}, i64 %c")
-            v = self.emit(f"load {ty}, ptr {a}")
-            b = self.emit(f"getelementptr inbounds {ty}, ptr {po}, i64 %c")
-            L.append(f"  store {ty} {v}, ptr {b}")
-            L.append(f"  %c.n = add nuw nsw i64 %c, 1\n  %c.m = icmp slt i64 %c.n, {total}")
-            L.append("  br i1 %c.m, label %cp, label %chk.pre\nchk.pre:")
-            first = "chk.pre"
-        else:
-            L.append("entry:")
-            first = "entry"
+            with self._loop("%c", math.prod(xs), block="cp", exit="chk.pre"):
+                a = self.emit(f"getelementptr inbounds {ty}, ptr {px}, i64 %c")
+                v = self.emit(f"load {ty}, ptr {a}")
+                b = self.emit(f"getelementptr inbounds {ty}, ptr {po}, i64 %c")
+                self.line(f"store {ty} {v}, ptr {b}")
         # every index checked first: nothing is written past a bad one... (for gather the
         # output is fresh memory the caller discards on failure)
-        L.append(f"  br label %chk\nchk:\n  %q = phi i64 [0, %{first}], [%q.n, %chk.ok]")
-        a = self.emit(f"getelementptr inbounds i64, ptr {pi}, i64 %q")
-        k = self.emit(f"load i64, ptr {a}")
-        lo = self.emit(f"icmp slt i64 {k}, {-size}")
-        hi = self.emit(f"icmp sge i64 {k}, {size}")
-        bad = self.emit(f"or i1 {lo}, {hi}")
-        L.append(f"  br i1 {bad}, label %bad, label %chk.ok\nchk.ok:")
-        L.append(f"  %q.n = add nuw nsw i64 %q, 1\n  %q.m = icmp slt i64 %q.n, {m}")
-        L.append("  br i1 %q.m, label %chk, label %go\ngo:")
-        L.append("  br label %p.loop\np.loop:\n  %p = phi i64 [0, %go], [%p.n, %p.end]")
-        L.append("  br label %j.loop\nj.loop:\n  %j = phi i64 [0, %p.loop], [%j.n, %j.end]")
-        a = self.emit(f"getelementptr inbounds i64, ptr {pi}, i64 %j")
-        k = self.emit(f"load i64, ptr {a}")
-        neg = self.emit(f"icmp slt i64 {k}, 0")
-        kw = self.emit(f"add i64 {k}, {size}")
-        k = self.emit(f"select i1 {neg}, i64 {kw}, i64 {k}")
-        # source row (p, k) of x / destination row (p, k) of out; (p, j) of out / src
-        rowk = self.emit(f"mul i64 %p, {size}")
-        rowk = self.emit(f"add i64 {rowk}, {k}")
-        rowk = self.emit(f"mul i64 {rowk}, {post}")
-        rowj = self.emit(f"mul i64 %p, {m}")
-        rowj = self.emit(f"add i64 {rowj}, %j")
-        rowj = self.emit(f"mul i64 {rowj}, {post}")
-        L.append("  br label %r.loop\nr.loop:\n  %r = phi i64 [0, %j.loop], [%r.n, %r.loop]")
-        ik = self.emit(f"add i64 {rowk}, %r")
-        ij = self.emit(f"add i64 {rowj}, %r")
-        if gather:
-            a = self.emit(f"getelementptr inbounds {ty}, ptr {px}, i64 {ik}")
-            v = self.emit(f"load {ty}, ptr {a}")
-            b = self.emit(f"getelementptr inbounds {ty}, ptr {po}, i64 {ij}")
-            L.append(f"  store {ty} {v}, ptr {b}")
-        else:
-            psrc = ptr[id(src)]
-            a = self.emit(f"getelementptr inbounds {ty}, ptr {psrc}, i64 {ij}")
-            v = self.emit(f"load {ty}, ptr {a}")
-            b = self.emit(f"getelementptr inbounds {ty}, ptr {po}, i64 {ik}")
-            old = self.emit(f"load {ty}, ptr {b}")
-            op = "add" if ty == "i64" else "fadd"
-            new = self.emit(f"{op} {ty} {old}, {v}")
-            L.append(f"  store {ty} {new}, ptr {b}")
-        L.append(f"  %r.n = add nuw nsw i64 %r, 1\n  %r.m = icmp slt i64 %r.n, {post}")
-        L.append("  br i1 %r.m, label %r.loop, label %j.end\nj.end:")
-        L.append(f"  %j.n = add nuw nsw i64 %j, 1\n  %j.m = icmp slt i64 %j.n, {m}")
-        L.append("  br i1 %j.m, label %j.loop, label %p.end\np.end:")
-        L.append(f"  %p.n = add nuw nsw i64 %p, 1\n  %p.m = icmp slt i64 %p.n, {pre}")
-        L.append("  br i1 %p.m, label %p.loop, label %done\ndone:\n  ret i32 0")
-        L.append("bad:\n  ret i32 1")
+        with self._loop("%q", m, block="chk", exit="go"):
+            a = self.emit(f"getelementptr inbounds i64, ptr {pi}, i64 %q")
+            k = self.emit(f"load i64, ptr {a}")
+            lo = self.emit(f"icmp slt i64 {k}, {-size}")
+            hi = self.emit(f"icmp sge i64 {k}, {size}")
+            bad = self.emit(f"or i1 {lo}, {hi}")
+            self.branch(bad, "bad", "chk.ok")
+            self.label("chk.ok")
+        with self._loop("%p", pre, block="p.loop", exit="done", latch="p.end"):
+            with self._loop("%j", m, block="j.loop", exit="p.end", latch="j.end"):
+                a = self.emit(f"getelementptr inbounds i64, ptr {pi}, i64 %j")
+                k = self.emit(f"load i64, ptr {a}")
+                neg = self.emit(f"icmp slt i64 {k}, 0")
+                kw = self.emit(f"add i64 {k}, {size}")
+                k = self.emit(f"select i1 {neg}, i64 {kw}, i64 {k}")
+                # source row (p, k) of x / destination row (p, k) of out; (p, j) of out / src
+                rowk = self.emit(f"mul i64 %p, {size}")
+                rowk = self.emit(f"add i64 {rowk}, {k}")
+                rowk = self.emit(f"mul i64 {rowk}, {post}")
+                rowj = self.emit(f"mul i64 %p, {m}")
+                rowj = self.emit(f"add i64 {rowj}, %j")
+                rowj = self.emit(f"mul i64 {rowj}, {post}")
+                with self._loop("%r", post, block="r.loop", exit="j.end"):
+                    ik = self.emit(f"add i64 {rowk}, %r")
+                    ij = self.emit(f"add i64 {rowj}, %r")
+                    if gather:
+                        a = self.emit(f"getelementptr inbounds {ty}, ptr {px}, i64 {ik}")
+                        v = self.emit(f"load {ty}, ptr {a}")
+                        b = self.emit(f"getelementptr inbounds {ty}, ptr {po}, i64 {ij}")
+                        self.line(f"store {ty} {v}, ptr {b}")
+                    else:
+                        psrc = ptr[id(src)]
+                        a = self.emit(f"getelementptr inbounds {ty}, ptr {psrc}, i64 {ij}")
+                        v = self.emit(f"load {ty}, ptr {a}")
+                        b = self.emit(f"getelementptr inbounds {ty}, ptr {po}, i64 {ik}")
+                        old = self.emit(f"load {ty}, ptr {b}")
+                        op = "add" if ty == "i64" else "fadd"
+                        new = self.emit(f"{op} {ty} {old}, {v}")
+                        self.line(f"store {ty} {new}, ptr {b}")
+        self.line("ret i32 0")
+        self.label("bad")
+        self.line("ret i32 1")
         if m == 0 or pre == 0 or post == 0:
             raise NotImplementedError("LLVM index codegen: an empty dimension")
         return self._finish(name, prelude, layout)
 
 
 @builds("movement")
-class MoveBuilder(Emitter):
+class MoveBuilder(KernelBuilder):
     """A 'movement' group: data moved, none computed — ``reshape``, ``broadcast``,
     ``permute``, ``slice``, ``pad`` and ``concat`` chained from the group's inputs to its one
     output, written as a copy loop over the output: each output element's multi-index is
@@ -221,18 +214,16 @@ class MoveBuilder(Emitter):
                     MEMTYPE[LLTYPE[v.dtype.name]] != self.ty:
                 raise NotImplementedError("LLVM movement codegen: an input's dtype")
         self.ptr = {id(v): f"%a{k}" for k, v in enumerate(layout)}
-        self.lines.append("entry:\n  br label %loop\nloop:")
-        self.lines.append("  %i = phi i64 [0, %entry], [%i.next, %loop]")
-        val = self.value_at(out, self._split("%i", out.shape))
-        p = self.emit(f"getelementptr inbounds {self.ty}, ptr %a{len(grp.inputs)}, i64 %i")
-        self.lines.append(f"  store {self.ty} {val}, ptr {p}")
-        self.lines.append("  %i.next = add nuw nsw i64 %i, 1")
-        self.lines.append(f"  %more = icmp slt i64 %i.next, {math.prod(out.shape)}")
-        self.lines.append("  br i1 %more, label %loop, label %exit\nexit:\n  ret void")
+        self.label("entry")
+        with self.loop("%i", math.prod(out.shape), block="loop", exit="exit", more="%more"):
+            val = self.value_at(out, self._split("%i", out.shape))
+            p = self.emit(f"getelementptr inbounds {self.ty}, ptr %a{len(grp.inputs)}, i64 %i")
+            self.line(f"store {self.ty} {val}, ptr {p}")
+        self.line("ret void")
         params = ", ".join(f"ptr noalias %a{k}" for k in range(len(layout)))
         text = ((prelude_ir([]) if prelude else "")
-                + f"define internal void @{name}_body({params}) alwaysinline {{\n"
-                + "\n".join(self.lines) + "\n}\n\n" + entry_ir(name, len(layout)))
+                + self.function(f"define internal void @{name}_body({params}) alwaysinline")
+                + entry_ir(name, len(layout)))
         return text, name, layout
 
 

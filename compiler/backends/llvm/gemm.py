@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 import llvmlite.binding as llvm
 
 from . import cache, jit, target, threads
+from .emit import Emitter
 
 MR = 8  # rows of the register tile
 NV = 2  # vectors of the register tile (NR = NV · lanes columns)
@@ -88,73 +88,17 @@ def name(ty: str) -> str:
     return f"dg_gemm_{_SUFFIX[ty]}{'_mt' if uses_threads() else ''}"
 
 
-class _Fn:
-    """One LLVM function being written: fresh names, the current block, loops."""
+class _Function(Emitter):
+    """One of the kernel's functions being written (fresh names ``%v1``, ``%v2``, ...),
+    from its header (``define ... {``) and entry block."""
 
     def __init__(self, header: str) -> None:
-        self.lines = [header, "entry:"]
-        self.n = 0
-        self.block = "entry"
-
-    def __call__(self, text: str) -> str:
-        self.n += 1
-        r = f"%v{self.n}"
-        self.lines.append(f"  {r} = {text}")
-        return r
-
-    def do(self, text: str) -> None:
-        self.lines.append(f"  {text}")
-
-    def fresh(self, stem: str) -> str:
-        self.n += 1
-        return f"{stem}{self.n}"
-
-    def label(self, block: str) -> None:
-        self.lines.append(f"{block}:")
-        self.block = block
-
-    def jump(self, block: str) -> None:
-        self.do(f"br label %{block}")
-
-    @contextmanager
-    def loop(self, start, end, step=1, scalar=False):
-        """``for i in range(start, end, step)`` (signed i64); yields ``i``. LLVM does not
-        unroll it (see ``jit.ROLLED_LOOP``), nor, with ``scalar``, vectorise it (code
-        already written with vectors, or not worth it)."""
-        b = self.fresh("L")
-        i, pre = f"%{b}.i", self.block
-        self.jump(f"{b}.head")
-        self.label(f"{b}.head")
-        self.do(f"{i} = phi i64 [{start}, %{pre}], [{i}.next, %{b}.latch]")
-        more = self(f"icmp slt i64 {i}, {end}")
-        self.do(f"br i1 {more}, label %{b}.body, label %{b}.exit")
-        self.label(f"{b}.body")
-        yield i
-        self.jump(f"{b}.latch")
-        self.label(f"{b}.latch")
-        self.do(f"{i}.next = add nsw i64 {i}, {step}")
-        mark = jit.SCALAR_LOOP if scalar else jit.ROLLED_LOOP
-        self.do(f"br label %{b}.head, !llvm.loop {mark}")
-        self.label(f"{b}.exit")
-
-    @contextmanager
-    def when(self, cond: str):
-        b = self.fresh("W")
-        self.do(f"br i1 {cond}, label %{b}.then, label %{b}.end")
-        self.label(f"{b}.then")
-        yield
-        self.jump(f"{b}.end")
-        self.label(f"{b}.end")
-
-    def min(self, a, b) -> str:
-        lt = self(f"icmp slt i64 {a}, {b}")
-        return self(f"select i1 {lt}, i64 {a}, i64 {b}")
-
-    def gep(self, ty: str, p: str, off) -> str:
-        return self(f"getelementptr inbounds {ty}, ptr {p}, i64 {off}")
+        super().__init__(prefix="v")
+        self.header = header
+        self.label("entry")
 
     def text(self) -> str:
-        return "\n".join(self.lines + ["}"]) + "\n\n"
+        return "\n".join([self.header] + self.lines + ["}"]) + "\n\n"
 
 
 def _micro(ty: str, rows: int) -> str:
@@ -162,62 +106,57 @@ def _micro(ty: str, rows: int) -> str:
     ``kc`` steps, the tile in registers (``first``: start from zero, else from C)."""
     vl, nr, size = lanes(ty), NV * lanes(ty), _SIZE[ty]
     vt = f"<{vl} x {ty}>"
-    f = _Fn(f"define internal void @{name(ty)}_k{rows}(ptr noalias %ap, ptr noalias %bp, "
-            f"ptr noalias %c, i64 %ldc, i64 %kc, i1 %first) noinline {{")
-    f.do("br i1 %first, label %init, label %loadc")
+    f = _Function(f"define internal void @{name(ty)}_k{rows}(ptr noalias %ap, ptr noalias %bp, "
+                  f"ptr noalias %c, i64 %ldc, i64 %kc, i1 %first) noinline {{")
+    f.line("br i1 %first, label %init, label %loadc")
     f.label("loadc")
     loaded = {}
     for r in range(rows):
-        row = f.gep(ty, "%c", f(f"mul i64 %ldc, {r}"))
+        row = f.gep(ty, "%c", f.emit(f"mul i64 %ldc, {r}"))
         for v in range(NV):
-            loaded[r, v] = f(f"load {vt}, ptr {f.gep(ty, row, v * vl)}, align {size}")
+            loaded[r, v] = f.emit(f"load {vt}, ptr {f.gep(ty, row, v * vl)}, align {size}")
     f.jump("init")
     f.label("init")
-    init = {rv: f(f"phi {vt} [zeroinitializer, %entry], [{x}, %loadc]")
+    init = {rv: f.emit(f"phi {vt} [zeroinitializer, %entry], [{x}, %loadc]")
             for rv, x in loaded.items()}
-    f.jump("loop")
-    f.label("loop")
-    f.do("%k = phi i64 [0, %init], [%k.next, %loop]")
+    tile = [(r, v) for r in range(rows) for v in range(NV)]
+    with f.loop("%k", "%kc", block="loop", exit="done", hint=f", !llvm.loop {jit.ROLLED_LOOP}",
+                carry=[(f"%acc{r}.{v}", vt, init[r, v]) for r, v in tile]) as loop:
+        pb = f.gep(ty, "%bp", f.emit(f"mul i64 %k, {nr}"))
+        b = [f.emit(f"load {vt}, ptr {f.gep(ty, pb, v * vl)}, align 64") for v in range(NV)]
+        pa = f.gep(ty, "%ap", f.emit(f"mul i64 %k, {MR}"))
+        for r in range(rows):
+            a = f.emit(f"load {ty}, ptr {f.gep(ty, pa, r)}")
+            a = f.emit(f"insertelement {vt} poison, {ty} {a}, i64 0")
+            a = f.emit(f"shufflevector {vt} {a}, {vt} poison, <{vl} x i32> zeroinitializer")
+            for v in range(NV):
+                acc = f"%acc{r}.{v}"
+                if has_fma():
+                    f.line(f"{acc}.n = call {vt} @llvm.fma.v{vl}{_SUFFIX[ty]}({vt} {a}, "
+                           f"{vt} {b[v]}, {vt} {acc})")
+                else:
+                    p = f.emit(f"fmul {vt} {a}, {b[v]}")
+                    f.line(f"{acc}.n = fadd {vt} {acc}, {p}")
+        loop.next = [f"%acc{r}.{v}.n" for r, v in tile]
     for r in range(rows):
+        row = f.gep(ty, "%c", f.emit(f"mul i64 %ldc, {r}"))
         for v in range(NV):
-            f.do(f"%acc{r}.{v} = phi {vt} [{init[r, v]}, %init], [%acc{r}.{v}.n, %loop]")
-    pb = f.gep(ty, "%bp", f(f"mul i64 %k, {nr}"))
-    b = [f(f"load {vt}, ptr {f.gep(ty, pb, v * vl)}, align 64") for v in range(NV)]
-    pa = f.gep(ty, "%ap", f(f"mul i64 %k, {MR}"))
-    for r in range(rows):
-        a = f(f"load {ty}, ptr {f.gep(ty, pa, r)}")
-        a = f(f"insertelement {vt} poison, {ty} {a}, i64 0")
-        a = f(f"shufflevector {vt} {a}, {vt} poison, <{vl} x i32> zeroinitializer")
-        for v in range(NV):
-            acc = f"%acc{r}.{v}"
-            if has_fma():
-                f.do(f"{acc}.n = call {vt} @llvm.fma.v{vl}{_SUFFIX[ty]}({vt} {a}, {vt} {b[v]}, "
-                     f"{vt} {acc})")
-            else:
-                p = f(f"fmul {vt} {a}, {b[v]}")
-                f.do(f"{acc}.n = fadd {vt} {acc}, {p}")
-    f.do("%k.next = add nuw nsw i64 %k, 1")
-    f.do("%k.more = icmp slt i64 %k.next, %kc")
-    f.do(f"br i1 %k.more, label %loop, label %done, !llvm.loop {jit.ROLLED_LOOP}")
-    f.label("done")
-    for r in range(rows):
-        row = f.gep(ty, "%c", f(f"mul i64 %ldc, {r}"))
-        for v in range(NV):
-            f.do(f"store {vt} %acc{r}.{v}.n, ptr {f.gep(ty, row, v * vl)}, align {size}")
-    f.do("ret void")
+            f.line(f"store {vt} %acc{r}.{v}.n, ptr {f.gep(ty, row, v * vl)}, align {size}")
+    f.line("ret void")
     return f.text()
 
 
 def _copy(ty: str) -> str:
     """``@<name>_copy(dst, ldd, src, lds, rows, cols)``: a rows x cols block."""
-    f = _Fn(f"define internal void @{name(ty)}_copy(ptr noalias %dst, i64 %ldd, "
-            f"ptr noalias %src, i64 %lds, i64 %rows, i64 %cols) noinline {{")
-    with f.loop(0, "%rows") as i:
-        d = f.gep(ty, "%dst", f(f"mul i64 {i}, %ldd"))
-        s = f.gep(ty, "%src", f(f"mul i64 {i}, %lds"))
-        with f.loop(0, "%cols") as j:
-            f.do(f"store {ty} {f(f'load {ty}, ptr {f.gep(ty, s, j)}')}, ptr {f.gep(ty, d, j)}")
-    f.do("ret void")
+    f = _Function(f"define internal void @{name(ty)}_copy(ptr noalias %dst, i64 %ldd, "
+                  f"ptr noalias %src, i64 %lds, i64 %rows, i64 %cols) noinline {{")
+    with f.rolled_loop(0, "%rows") as i:
+        d = f.gep(ty, "%dst", f.emit(f"mul i64 {i}, %ldd"))
+        s = f.gep(ty, "%src", f.emit(f"mul i64 {i}, %lds"))
+        with f.rolled_loop(0, "%cols") as j:
+            x = f.emit(f"load {ty}, ptr {f.gep(ty, s, j)}")
+            f.line(f"store {ty} {x}, ptr {f.gep(ty, d, j)}")
+    f.line("ret void")
     return f.text()
 
 
@@ -226,37 +165,37 @@ def _edge(ty: str) -> str:
     or ``cols < NR``: the smallest kernel with enough rows, on C itself when the tile fits it
     exactly, else on the stack tile ``ct`` (C's part copied in, then out)."""
     nr = NV * lanes(ty)
-    f = _Fn(f"define internal void @{name(ty)}_edge(ptr noalias %ap, ptr noalias %bp, "
-            f"ptr noalias %c, i64 %ldc, i64 %kc, i1 %first, i64 %rows, i64 %cols, "
-            f"ptr noalias %ct) noinline {{")
-    full = f(f"icmp eq i64 %cols, {nr}")
+    f = _Function(f"define internal void @{name(ty)}_edge(ptr noalias %ap, ptr noalias %bp, "
+                  f"ptr noalias %c, i64 %ldc, i64 %kc, i1 %first, i64 %rows, i64 %cols, "
+                  f"ptr noalias %ct) noinline {{")
+    full = f.emit(f"icmp eq i64 %cols, {nr}")
     sizes = [r for r in EDGE_ROWS if r < MR] + [MR]
     for k, r in enumerate(sizes):
         if k < len(sizes) - 1:
-            f.do(f"br i1 {f(f'icmp sle i64 %rows, {r}')}, label %e{r}, label %n{r}")
+            f.line(f"br i1 {f.emit(f'icmp sle i64 %rows, {r}')}, label %e{r}, label %n{r}")
         else:
             f.jump(f"e{r}")
         f.label(f"e{r}")
-        direct = f(f"and i1 {f(f'icmp eq i64 %rows, {r}')}, {full}")
-        f.do(f"br i1 {direct}, label %d{r}, label %t{r}")
+        direct = f.emit(f"and i1 {f.emit(f'icmp eq i64 %rows, {r}')}, {full}")
+        f.line(f"br i1 {direct}, label %d{r}, label %t{r}")
         f.label(f"d{r}")
-        f.do(f"call void @{name(ty)}_k{r}(ptr %ap, ptr %bp, ptr %c, i64 %ldc, i64 %kc, "
-             "i1 %first)")
-        f.do("ret void")
+        f.line(f"call void @{name(ty)}_k{r}(ptr %ap, ptr %bp, ptr %c, i64 %ldc, i64 %kc, "
+               "i1 %first)")
+        f.line("ret void")
         f.label(f"t{r}")
-        f.do(f"call void @{name(ty)}_copy(ptr %ct, i64 {nr}, ptr %c, i64 %ldc, i64 %rows, "
-             "i64 %cols)")  # (garbage on a first block: the kernel does not read it then)
-        f.do(f"call void @{name(ty)}_k{r}(ptr %ap, ptr %bp, ptr %ct, i64 {nr}, i64 %kc, "
-             "i1 %first)")
-        f.do(f"call void @{name(ty)}_copy(ptr %c, i64 %ldc, ptr %ct, i64 {nr}, i64 %rows, "
-             "i64 %cols)")
-        f.do("ret void")
+        f.line(f"call void @{name(ty)}_copy(ptr %ct, i64 {nr}, ptr %c, i64 %ldc, i64 %rows, "
+               "i64 %cols)")  # (garbage on a first block: the kernel does not read it then)
+        f.line(f"call void @{name(ty)}_k{r}(ptr %ap, ptr %bp, ptr %ct, i64 {nr}, i64 %kc, "
+               "i1 %first)")
+        f.line(f"call void @{name(ty)}_copy(ptr %c, i64 %ldc, ptr %ct, i64 {nr}, i64 %rows, "
+               "i64 %cols)")
+        f.line("ret void")
         if k < len(sizes) - 1:
             f.label(f"n{r}")
     return f.text()
 
 
-def _transpose(f: _Fn, ty: str, vecs: list) -> list:
+def _transpose(f: _Function, ty: str, vecs: list) -> list:
     """The n x n transpose of ``n`` vectors ``<n x ty>``: result ``k`` holds element ``k`` of
     every input, in order. log2(n) stages of two-input shuffles; stage ``s`` swaps bit ``s``
     of the row index with bit ``s`` of the column index."""
@@ -268,8 +207,8 @@ def _transpose(f: _Fn, ty: str, vecs: list) -> list:
         new = list(v)
         for i in range(n):
             if not i & s:
-                new[i] = f(f"shufflevector {vt} {v[i]}, {vt} {v[i + s]}, <{n} x i32> <{lo}>")
-                new[i + s] = f(f"shufflevector {vt} {v[i]}, {vt} {v[i + s]}, "
+                new[i] = f.emit(f"shufflevector {vt} {v[i]}, {vt} {v[i + s]}, <{n} x i32> <{lo}>")
+                new[i + s] = f.emit(f"shufflevector {vt} {v[i]}, {vt} {v[i + s]}, "
                                f"<{n} x i32> <{hi}>")
         v, s = new, 2 * s
     return v
@@ -283,53 +222,54 @@ def _pack_a(ty: str) -> str:
     a column-major A (``rsa`` 1, a transposed operand) as one vector per column. The loops
     left (the rest of the columns, a last panel, other strides) are scalar code."""
     size, vt = _SIZE[ty], f"<{MR} x {ty}>"
-    f = _Fn(f"define internal void @{name(ty)}_packa(ptr noalias %ap, ptr noalias %a, "
-            f"i64 %rsa, i64 %csa, i64 %mc, i64 %kc) noinline {{")
-    row_major, col_major = f("icmp eq i64 %csa, 1"), f("icmp eq i64 %rsa, 1")
-    kb = f(f"and i64 %kc, {-MR}")  # the columns in whole blocks of MR
-    with f.loop(0, "%mc", MR) as ir:
-        panel = f.gep(ty, "%ap", f(f"mul i64 {ir}, %kc"))
-        rows = f.min(MR, f(f"sub i64 %mc, {ir}"))
-        full = f(f"icmp eq i64 {rows}, {MR}")
+    f = _Function(f"define internal void @{name(ty)}_packa(ptr noalias %ap, ptr noalias %a, "
+                  f"i64 %rsa, i64 %csa, i64 %mc, i64 %kc) noinline {{")
+    row_major, col_major = f.emit("icmp eq i64 %csa, 1"), f.emit("icmp eq i64 %rsa, 1")
+    kb = f.emit(f"and i64 %kc, {-MR}")  # the columns in whole blocks of MR
+    with f.rolled_loop(0, "%mc", MR) as ir:
+        panel = f.gep(ty, "%ap", f.emit(f"mul i64 {ir}, %kc"))
+        rows = f.min(MR, f.emit(f"sub i64 %mc, {ir}"))
+        full = f.emit(f"icmp eq i64 {rows}, {MR}")
         b = f.fresh("P")
-        f.do(f"br i1 {f(f'and i1 {full}, {row_major}')}, label %{b}.rm, label %{b}.x")
+        f.line(f"br i1 {f.emit(f'and i1 {full}, {row_major}')}, label %{b}.rm, label %{b}.x")
         f.label(f"{b}.rm")
-        starts = [f.gep(ty, "%a", f(f"mul i64 {f(f'add i64 {ir}, {r}')}, %rsa"))
+        starts = [f.gep(ty, "%a", f.emit(f"mul i64 {f.emit(f'add i64 {ir}, {r}')}, %rsa"))
                   for r in range(MR)]
-        with f.loop(0, kb, MR, scalar=True) as k0:
-            vs = [f(f"load {vt}, ptr {f.gep(ty, p, k0)}, align {size}") for p in starts]
+        with f.rolled_loop(0, kb, MR, scalar=True) as k0:
+            vs = [f.emit(f"load {vt}, ptr {f.gep(ty, p, k0)}, align {size}") for p in starts]
             for k, t in enumerate(_transpose(f, ty, vs)):
-                at = f(f"mul i64 {f(f'add i64 {k0}, {k}')}, {MR}")
-                f.do(f"store {vt} {t}, ptr {f.gep(ty, panel, at)}, align {size}")
-        with f.loop(kb, "%kc", scalar=True) as k:
+                at = f.emit(f"mul i64 {f.emit(f'add i64 {k0}, {k}')}, {MR}")
+                f.line(f"store {vt} {t}, ptr {f.gep(ty, panel, at)}, align {size}")
+        with f.rolled_loop(kb, "%kc", scalar=True) as k:
             for r, p in enumerate(starts):
-                x = f(f"load {ty}, ptr {f.gep(ty, p, k)}")
-                at = f(f"add i64 {f(f'mul i64 {k}, {MR}')}, {r}")
-                f.do(f"store {ty} {x}, ptr {f.gep(ty, panel, at)}")
+                x = f.emit(f"load {ty}, ptr {f.gep(ty, p, k)}")
+                at = f.emit(f"add i64 {f.emit(f'mul i64 {k}, {MR}')}, {r}")
+                f.line(f"store {ty} {x}, ptr {f.gep(ty, panel, at)}")
         f.jump(f"{b}.end")
         f.label(f"{b}.x")
-        f.do(f"br i1 {f(f'and i1 {full}, {col_major}')}, label %{b}.cm, label %{b}.any")
+        f.line(f"br i1 {f.emit(f'and i1 {full}, {col_major}')}, label %{b}.cm, label %{b}.any")
         f.label(f"{b}.cm")
         first = f.gep(ty, "%a", ir)
-        with f.loop(0, "%kc", scalar=True) as k:
-            x = f(f"load {vt}, ptr {f.gep(ty, first, f(f'mul i64 {k}, %csa'))}, align {size}")
-            f.do(f"store {vt} {x}, ptr {f.gep(ty, panel, f(f'mul i64 {k}, {MR}'))}, "
-                 f"align {size}")
+        with f.rolled_loop(0, "%kc", scalar=True) as k:
+            p = f.gep(ty, first, f.emit(f"mul i64 {k}, %csa"))
+            x = f.emit(f"load {vt}, ptr {p}, align {size}")
+            f.line(f"store {vt} {x}, ptr {f.gep(ty, panel, f.emit(f'mul i64 {k}, {MR}'))}, "
+                   f"align {size}")
         f.jump(f"{b}.end")
         f.label(f"{b}.any")
-        with f.loop(0, rows, scalar=True) as r:
-            src = f.gep(ty, "%a", f(f"mul i64 {f(f'add i64 {ir}, {r}')}, %rsa"))
-            with f.loop(0, "%kc", scalar=True) as k:
-                x = f(f"load {ty}, ptr {f.gep(ty, src, f(f'mul i64 {k}, %csa'))}")
-                at = f(f"add i64 {f(f'mul i64 {k}, {MR}')}, {r}")
-                f.do(f"store {ty} {x}, ptr {f.gep(ty, panel, at)}")
-        with f.loop(rows, MR, scalar=True) as r:
-            with f.loop(0, "%kc", scalar=True) as k:
-                dst = f.gep(ty, panel, f(f"add i64 {f(f'mul i64 {k}, {MR}')}, {r}"))
-                f.do(f"store {ty} 0.0, ptr {dst}")
+        with f.rolled_loop(0, rows, scalar=True) as r:
+            src = f.gep(ty, "%a", f.emit(f"mul i64 {f.emit(f'add i64 {ir}, {r}')}, %rsa"))
+            with f.rolled_loop(0, "%kc", scalar=True) as k:
+                x = f.emit(f"load {ty}, ptr {f.gep(ty, src, f.emit(f'mul i64 {k}, %csa'))}")
+                at = f.emit(f"add i64 {f.emit(f'mul i64 {k}, {MR}')}, {r}")
+                f.line(f"store {ty} {x}, ptr {f.gep(ty, panel, at)}")
+        with f.rolled_loop(rows, MR, scalar=True) as r:
+            with f.rolled_loop(0, "%kc", scalar=True) as k:
+                dst = f.gep(ty, panel, f.emit(f"add i64 {f.emit(f'mul i64 {k}, {MR}')}, {r}"))
+                f.line(f"store {ty} 0.0, ptr {dst}")
         f.jump(f"{b}.end")
         f.label(f"{b}.end")
-    f.do("ret void")
+    f.line("ret void")
     return f.text()
 
 
@@ -342,48 +282,48 @@ def _pack_b(ty: str) -> str:
     nr, size = NV * lanes(ty), _SIZE[ty]
     vl = min(lanes(ty), TRANSPOSE)
     nt, vt = f"<{nr} x {ty}>", f"<{vl} x {ty}>"
-    f = _Fn(f"define internal void @{name(ty)}_packb(ptr noalias %bp, ptr noalias %b, "
-            f"i64 %rsb, i64 %csb, i64 %kc, i64 %cols) noinline {{")
-    whole = f(f"icmp eq i64 %cols, {nr}")
-    fast = f(f"and i1 {whole}, {f('icmp eq i64 %csb, 1')}")
-    f.do(f"br i1 {fast}, label %rows, label %x")
+    f = _Function(f"define internal void @{name(ty)}_packb(ptr noalias %bp, ptr noalias %b, "
+                  f"i64 %rsb, i64 %csb, i64 %kc, i64 %cols) noinline {{")
+    whole = f.emit(f"icmp eq i64 %cols, {nr}")
+    fast = f.emit(f"and i1 {whole}, {f.emit('icmp eq i64 %csb, 1')}")
+    f.line(f"br i1 {fast}, label %rows, label %x")
     f.label("rows")
-    with f.loop(0, "%kc", scalar=True) as k:
-        x = f(f"load {nt}, ptr {f.gep(ty, '%b', f(f'mul i64 {k}, %rsb'))}, align {size}")
-        f.do(f"store {nt} {x}, ptr {f.gep(ty, '%bp', f(f'mul i64 {k}, {nr}'))}, align 64")
-    f.do("ret void")
+    with f.rolled_loop(0, "%kc", scalar=True) as k:
+        x = f.emit(f"load {nt}, ptr {f.gep(ty, '%b', f.emit(f'mul i64 {k}, %rsb'))}, align {size}")
+        f.line(f"store {nt} {x}, ptr {f.gep(ty, '%bp', f.emit(f'mul i64 {k}, {nr}'))}, align 64")
+    f.line("ret void")
     f.label("x")
-    trans = f(f"and i1 {whole}, {f('icmp eq i64 %rsb, 1')}")
-    f.do(f"br i1 {trans}, label %bycol, label %any")
+    trans = f.emit(f"and i1 {whole}, {f.emit('icmp eq i64 %rsb, 1')}")
+    f.line(f"br i1 {trans}, label %bycol, label %any")
     f.label("bycol")
-    starts = [f.gep(ty, "%b", f(f"mul i64 {j}, %csb")) for j in range(nr)]
-    kb = f(f"and i64 %kc, {-vl}")
-    with f.loop(0, kb, vl, scalar=True) as k0:
+    starts = [f.gep(ty, "%b", f.emit(f"mul i64 {j}, %csb")) for j in range(nr)]
+    kb = f.emit(f"and i64 %kc, {-vl}")
+    with f.rolled_loop(0, kb, vl, scalar=True) as k0:
         for h in range(nr // vl):
-            vs = [f(f"load {vt}, ptr {f.gep(ty, p, k0)}, align {size}")
+            vs = [f.emit(f"load {vt}, ptr {f.gep(ty, p, k0)}, align {size}")
                   for p in starts[h * vl:(h + 1) * vl]]
             for k, t in enumerate(_transpose(f, ty, vs)):
-                row = f(f"mul i64 {f(f'add i64 {k0}, {k}')}, {nr}")
-                at = f(f"add i64 {row}, {h * vl}")
-                f.do(f"store {vt} {t}, ptr {f.gep(ty, '%bp', at)}, align {size}")
-    with f.loop(kb, "%kc", scalar=True) as k:
-        row = f(f"mul i64 {k}, {nr}")
+                row = f.emit(f"mul i64 {f.emit(f'add i64 {k0}, {k}')}, {nr}")
+                at = f.emit(f"add i64 {row}, {h * vl}")
+                f.line(f"store {vt} {t}, ptr {f.gep(ty, '%bp', at)}, align {size}")
+    with f.rolled_loop(kb, "%kc", scalar=True) as k:
+        row = f.emit(f"mul i64 {k}, {nr}")
         for j, p in enumerate(starts):
-            x = f(f"load {ty}, ptr {f.gep(ty, p, k)}")
-            f.do(f"store {ty} {x}, ptr {f.gep(ty, '%bp', f(f'add i64 {row}, {j}'))}")
-    f.do("ret void")
+            x = f.emit(f"load {ty}, ptr {f.gep(ty, p, k)}")
+            f.line(f"store {ty} {x}, ptr {f.gep(ty, '%bp', f.emit(f'add i64 {row}, {j}'))}")
+    f.line("ret void")
     f.label("any")
-    with f.loop(0, "%cols", scalar=True) as j:
-        src = f.gep(ty, "%b", f(f"mul i64 {j}, %csb"))
-        with f.loop(0, "%kc", scalar=True) as k:
-            x = f(f"load {ty}, ptr {f.gep(ty, src, f(f'mul i64 {k}, %rsb'))}")
-            at = f(f"add i64 {f(f'mul i64 {k}, {nr}')}, {j}")
-            f.do(f"store {ty} {x}, ptr {f.gep(ty, '%bp', at)}")
-    with f.loop("%cols", nr, scalar=True) as j:
-        with f.loop(0, "%kc", scalar=True) as k:
-            dst = f.gep(ty, "%bp", f(f"add i64 {f(f'mul i64 {k}, {nr}')}, {j}"))
-            f.do(f"store {ty} 0.0, ptr {dst}")
-    f.do("ret void")
+    with f.rolled_loop(0, "%cols", scalar=True) as j:
+        src = f.gep(ty, "%b", f.emit(f"mul i64 {j}, %csb"))
+        with f.rolled_loop(0, "%kc", scalar=True) as k:
+            x = f.emit(f"load {ty}, ptr {f.gep(ty, src, f.emit(f'mul i64 {k}, %rsb'))}")
+            at = f.emit(f"add i64 {f.emit(f'mul i64 {k}, {nr}')}, {j}")
+            f.line(f"store {ty} {x}, ptr {f.gep(ty, '%bp', at)}")
+    with f.rolled_loop("%cols", nr, scalar=True) as j:
+        with f.rolled_loop(0, "%kc", scalar=True) as k:
+            dst = f.gep(ty, "%bp", f.emit(f"add i64 {f.emit(f'mul i64 {k}, {nr}')}, {j}"))
+            f.line(f"store {ty} 0.0, ptr {dst}")
+    f.line("ret void")
     return f.text()
 
 
@@ -392,46 +332,46 @@ def _rows(ty: str) -> str:
     (``K > 0``), the blocked loops of the module docstring."""
     nr, kc_max = NV * lanes(ty), KC[ty]
     fn = name(ty)
-    f = _Fn(f"define internal void @{fn}_rows(ptr noalias %A, i64 %rsa, i64 %csa, "
-            f"ptr noalias %B, i64 %rsb, i64 %csb, ptr noalias %C, i64 %N, i64 %K, i64 %r0, "
-            f"i64 %r1) noinline {{")
-    f.do(f"%Ap = alloca [{MC * kc_max} x {ty}], align 64")
-    f.do(f"%Bp = alloca [{kc_max * nr} x {ty}], align 64")
-    f.do(f"%Ct = alloca [{MR * nr} x {ty}], align 64")
-    with f.loop(0, "%K", kc_max) as pc:
-        kc = f.min(kc_max, f(f"sub i64 %K, {pc}"))
-        first = f(f"icmp eq i64 {pc}, 0")
-        a0 = f.gep(ty, "%A", f(f"mul i64 {pc}, %csa"))
-        b0 = f.gep(ty, "%B", f(f"mul i64 {pc}, %rsb"))
-        with f.loop("%r0", "%r1", MC) as ic:
-            mc = f.min(MC, f(f"sub i64 %r1, {ic}"))
-            a = f.gep(ty, a0, f(f"mul i64 {ic}, %rsa"))
-            f.do(f"call void @{fn}_packa(ptr %Ap, ptr {a}, i64 %rsa, i64 %csa, i64 {mc}, "
-                 f"i64 {kc})")
-            with f.loop(0, "%N", nr) as jr:
-                cols = f.min(nr, f(f"sub i64 %N, {jr}"))
-                b = f.gep(ty, b0, f(f"mul i64 {jr}, %csb"))
-                f.do(f"call void @{fn}_packb(ptr %Bp, ptr {b}, i64 %rsb, i64 %csb, i64 {kc}, "
-                     f"i64 {cols})")
-                full = f(f"icmp eq i64 {cols}, {nr}")
-                with f.loop(0, mc, MR) as ir:
-                    rows = f.min(MR, f(f"sub i64 {mc}, {ir}"))
-                    ap = f.gep(ty, "%Ap", f(f"mul i64 {ir}, {kc}"))
-                    crow = f(f"mul i64 {f(f'add i64 {ic}, {ir}')}, %N")
-                    cp = f.gep(ty, "%C", f(f"add i64 {crow}, {jr}"))
-                    whole = f(f"and i1 {f(f'icmp eq i64 {rows}, {MR}')}, {full}")
+    f = _Function(f"define internal void @{fn}_rows(ptr noalias %A, i64 %rsa, i64 %csa, "
+                  f"ptr noalias %B, i64 %rsb, i64 %csb, ptr noalias %C, i64 %N, i64 %K, i64 %r0, "
+                  f"i64 %r1) noinline {{")
+    f.line(f"%Ap = alloca [{MC * kc_max} x {ty}], align 64")
+    f.line(f"%Bp = alloca [{kc_max * nr} x {ty}], align 64")
+    f.line(f"%Ct = alloca [{MR * nr} x {ty}], align 64")
+    with f.rolled_loop(0, "%K", kc_max) as pc:
+        kc = f.min(kc_max, f.emit(f"sub i64 %K, {pc}"))
+        first = f.emit(f"icmp eq i64 {pc}, 0")
+        a0 = f.gep(ty, "%A", f.emit(f"mul i64 {pc}, %csa"))
+        b0 = f.gep(ty, "%B", f.emit(f"mul i64 {pc}, %rsb"))
+        with f.rolled_loop("%r0", "%r1", MC) as ic:
+            mc = f.min(MC, f.emit(f"sub i64 %r1, {ic}"))
+            a = f.gep(ty, a0, f.emit(f"mul i64 {ic}, %rsa"))
+            f.line(f"call void @{fn}_packa(ptr %Ap, ptr {a}, i64 %rsa, i64 %csa, i64 {mc}, "
+                   f"i64 {kc})")
+            with f.rolled_loop(0, "%N", nr) as jr:
+                cols = f.min(nr, f.emit(f"sub i64 %N, {jr}"))
+                b = f.gep(ty, b0, f.emit(f"mul i64 {jr}, %csb"))
+                f.line(f"call void @{fn}_packb(ptr %Bp, ptr {b}, i64 %rsb, i64 %csb, i64 {kc}, "
+                       f"i64 {cols})")
+                full = f.emit(f"icmp eq i64 {cols}, {nr}")
+                with f.rolled_loop(0, mc, MR) as ir:
+                    rows = f.min(MR, f.emit(f"sub i64 {mc}, {ir}"))
+                    ap = f.gep(ty, "%Ap", f.emit(f"mul i64 {ir}, {kc}"))
+                    crow = f.emit(f"mul i64 {f.emit(f'add i64 {ic}, {ir}')}, %N")
+                    cp = f.gep(ty, "%C", f.emit(f"add i64 {crow}, {jr}"))
+                    whole = f.emit(f"and i1 {f.emit(f'icmp eq i64 {rows}, {MR}')}, {full}")
                     t = f.fresh("T")
-                    f.do(f"br i1 {whole}, label %{t}.whole, label %{t}.edge")
+                    f.line(f"br i1 {whole}, label %{t}.whole, label %{t}.edge")
                     f.label(f"{t}.whole")
-                    f.do(f"call void @{fn}_k{MR}(ptr {ap}, ptr %Bp, ptr {cp}, i64 %N, "
-                         f"i64 {kc}, i1 {first})")
+                    f.line(f"call void @{fn}_k{MR}(ptr {ap}, ptr %Bp, ptr {cp}, i64 %N, "
+                           f"i64 {kc}, i1 {first})")
                     f.jump(f"{t}.done")
                     f.label(f"{t}.edge")
-                    f.do(f"call void @{fn}_edge(ptr {ap}, ptr %Bp, ptr {cp}, i64 %N, "
-                         f"i64 {kc}, i1 {first}, i64 {rows}, i64 {cols}, ptr %Ct)")
+                    f.line(f"call void @{fn}_edge(ptr {ap}, ptr %Bp, ptr {cp}, i64 %N, "
+                           f"i64 {kc}, i1 {first}, i64 {rows}, i64 {cols}, ptr %Ct)")
                     f.jump(f"{t}.done")
                     f.label(f"{t}.done")
-    f.do("ret void")
+    f.line("ret void")
     return f.text()
 
 
@@ -444,55 +384,55 @@ def _entry(ty: str, par: bool) -> str:
     function for ``threads.split_call``."""
     fn = name(ty)
     params = ", ".join(f"ptr noalias %{a}" if a in _PTR else f"i64 %{a}" for a in _ARGS)
-    f = _Fn(f"define void @{fn}({params}) {{")
-    mn = f("mul i64 %M, %N")
-    f.do(f"br i1 {f(f'icmp eq i64 {mn}, 0')}, label %exit, label %nonempty")
+    f = _Function(f"define void @{fn}({params}) {{")
+    mn = f.emit("mul i64 %M, %N")
+    f.line(f"br i1 {f.emit(f'icmp eq i64 {mn}, 0')}, label %exit, label %nonempty")
     f.label("nonempty")
-    f.do(f"br i1 {f('icmp eq i64 %K, 0')}, label %zero, label %product")
+    f.line(f"br i1 {f.emit('icmp eq i64 %K, 0')}, label %zero, label %product")
     f.label("zero")
-    with f.loop(0, mn) as i:
-        f.do(f"store {ty} 0.0, ptr {f.gep(ty, '%C', i)}")
+    with f.rolled_loop(0, mn) as i:
+        f.line(f"store {ty} 0.0, ptr {f.gep(ty, '%C', i)}")
     f.jump("exit")
     f.label("product")
     call_rows = (f"call void @{fn}_rows(ptr %A, i64 %rsa, i64 %csa, ptr %B, i64 %rsb, "
                  f"i64 %csb, ptr %C, i64 %N, i64 %K, i64 0, i64 %M)")
     if par:
-        work = f(f"mul i64 {mn}, %K")
-        big = f(f"and i1 {f(f'icmp sge i64 {work}, {PAR_WORK}')}, "
-                f"{f(f'icmp sge i64 %M, {2 * MR}')}")
-        f.do(f"br i1 {big}, label %split, label %one")
+        work = f.emit(f"mul i64 {mn}, %K")
+        big = f.emit(f"and i1 {f.emit(f'icmp sge i64 {work}, {PAR_WORK}')}, "
+                f"{f.emit(f'icmp sge i64 %M, {2 * MR}')}")
+        f.line(f"br i1 {big}, label %split, label %one")
         f.label("one")
-        f.do(call_rows)
+        f.line(call_rows)
         f.jump("exit")
         f.label("split")
-        f.do(f"%ctx = alloca [{len(_ARGS)} x i64], align 8")
+        f.line(f"%ctx = alloca [{len(_ARGS)} x i64], align 8")
         for k, a in enumerate(_ARGS):
-            f.do(f"store {'ptr' if a in _PTR else 'i64'} %{a}, ptr "
-                 f"{f.gep('i64', '%ctx', k)}")
+            f.line(f"store {'ptr' if a in _PTR else 'i64'} %{a}, ptr "
+                   f"{f.gep('i64', '%ctx', k)}")
         f.lines += threads.split_call(fn, 0).split("\n")  # (a part per thread)
         f.block = "par.joined"
         f.jump("exit")
     else:
-        f.do(call_rows)
+        f.line(call_rows)
         f.jump("exit")
     f.label("exit")
-    f.do("ret void")
+    f.line("ret void")
     text = f.text()
     if not par:
         return text
-    b = _Fn(f"define internal void @{fn}_blocks(ptr %ctx, i64 %tid, i64 %nt) {{")
+    b = _Function(f"define internal void @{fn}_blocks(ptr %ctx, i64 %tid, i64 %nt) {{")
     for k, a in enumerate(_ARGS):
-        b.do(f"%{a} = load {'ptr' if a in _PTR else 'i64'}, ptr {b.gep('i64', '%ctx', k)}")
-    panels = b(f"udiv i64 {b(f'add i64 %M, {MR - 1}')}, {MR}")  # MR-row panels per thread
-    spare = b("sub i64 %nt, 1")
-    per = b(f"udiv i64 {b(f'add i64 {panels}, {spare}')}, %nt")
-    per = b(f"mul i64 {per}, {MR}")
-    r0 = b(f"mul i64 %tid, {per}")
-    r1 = b.min("%M", b(f"add i64 {r0}, {per}"))
-    with b.when(b(f"icmp slt i64 {r0}, {r1}")):
-        b.do(f"call void @{fn}_rows(ptr %A, i64 %rsa, i64 %csa, ptr %B, i64 %rsb, i64 %csb, "
-             f"ptr %C, i64 %N, i64 %K, i64 {r0}, i64 {r1})")
-    b.do("ret void")
+        b.line(f"%{a} = load {'ptr' if a in _PTR else 'i64'}, ptr {b.gep('i64', '%ctx', k)}")
+    panels = b.emit(f"udiv i64 {b.emit(f'add i64 %M, {MR - 1}')}, {MR}")  # MR-row panels per thread
+    spare = b.emit("sub i64 %nt, 1")
+    per = b.emit(f"udiv i64 {b.emit(f'add i64 {panels}, {spare}')}, %nt")
+    per = b.emit(f"mul i64 {per}, {MR}")
+    r0 = b.emit(f"mul i64 %tid, {per}")
+    r1 = b.min("%M", b.emit(f"add i64 {r0}, {per}"))
+    with b.when(b.emit(f"icmp slt i64 {r0}, {r1}")):
+        b.line(f"call void @{fn}_rows(ptr %A, i64 %rsa, i64 %csa, ptr %B, i64 %rsb, i64 %csb, "
+               f"ptr %C, i64 %N, i64 %K, i64 {r0}, i64 {r1})")
+    b.line("ret void")
     return text + b.text()
 
 

@@ -46,6 +46,7 @@ from .emit import (
     MEMTYPE,
     SUFFIX,
     Emitter,
+    KernelBuilder,
     builds,
     c_strides,
     dtname,
@@ -53,8 +54,8 @@ from .emit import (
     interleaved,
     kernel_outputs,
     literal,
-    prelude_ir,
 )
+from .vecmath import prelude_ir
 
 _EXACT_POW = (2.0, 0.5, -1.0, 1.0, 0.0)  # np.power computes these as x*x, sqrt, 1/x, x, 1
 _NEST_MIN = 8  # an elementwise kernel loops rows x last dim when that dim is at least this
@@ -71,7 +72,7 @@ def _unsupported(prim: str, what) -> NotImplementedError:
 
 
 @builds("elementwise")
-class LoopBuilder(Emitter):
+class LoopBuilder(KernelBuilder):
     """An elementwise group (the base of the loop builders: reduce and scalar groups)."""
 
     def __init__(self, g, group, kind: str = "elementwise", full=None) -> None:
@@ -271,28 +272,21 @@ class LoopBuilder(Emitter):
             self.lines.append(f"  store {st} {val}, ptr {p}")
         entry = entry_ir(name, len(layout), pass_n=True)
         body = "\n".join(self.lines)
+        loop = Emitter()
+        loop.label("entry")
         if nested:
             rows, inner = math.prod(self.full[:-1]), self.full[-1]
-            loop = ("entry:\n  br label %outer\nouter:\n"
-                    "  %o = phi i64 [0, %entry], [%o.next, %loop.end]\n"
-                    "  br label %loop\nloop:\n"
-                    "  %i = phi i64 [0, %outer], [%i.next, %loop]\n"
-                    + body + "\n"
-                    f"  %i.next = add nuw nsw i64 %i, 1\n  %more = icmp slt i64 %i.next, {inner}\n"
-                    f"  br i1 %more, label %loop, label %loop.end"
-                    f"{interleaved(self.vecmath, inner)}\n"
-                    "loop.end:\n"
-                    f"  %o.next = add nuw nsw i64 %o, 1\n  %o.more = icmp slt i64 %o.next, {rows}\n"
-                    "  br i1 %o.more, label %outer, label %exit\nexit:\n  ret void\n}\n\n")
+            with loop.loop("%o", rows, block="outer", exit="exit"):
+                with loop.loop("%i", inner, block="loop", exit="loop.end", more="%more",
+                               hint=interleaved(self.vecmath, inner)):
+                    loop.lines.append(body)
         else:
-            loop = ("entry:\n  %empty = icmp sle i64 %n, 0\n"
-                    "  br i1 %empty, label %exit, label %loop\nloop:\n"
-                    "  %i = phi i64 [0, %entry], [%i.next, %loop]\n"
-                    + body + "\n"
-                    "  %i.next = add nuw nsw i64 %i, 1\n  %more = icmp slt i64 %i.next, %n\n"
-                    f"  br i1 %more, label %loop, label %exit"
-                    f"{interleaved(self.vecmath, math.prod(self.full))}\n"
-                    "exit:\n  ret void\n}\n\n")
+            loop.line("%empty = icmp sle i64 %n, 0")
+            loop.branch("%empty", "exit", "loop")
+            with loop.loop("%i", "%n", block="loop", exit="exit", entered=True, more="%more",
+                           hint=interleaved(self.vecmath, math.prod(self.full))):
+                loop.lines.append(body)
+        loop.line("ret void")
         if not nested and len(self.full) >= 2 and self.full[-1] >= _NEST_MIN and (
                 "udiv" in body or "urem" in body):  # broadcast reads: rows x last dim
             b = type(self)(self.g, self.group)
@@ -305,8 +299,8 @@ class LoopBuilder(Emitter):
             return self._parallel(name, prelude, params, body, entry, n_static), name, layout
         text = (
             (prelude_ir(self.vecmath) if prelude else "")
-            + f"define internal void @{name}_body({', '.join(params + ['i64 %n'])}) "
-            + "alwaysinline {\n" + loop + entry)
+            + loop.function(f"define internal void @{name}_body({', '.join(params + ['i64 %n'])}) "
+                            "alwaysinline") + entry)
         return text, name, layout
 
     def _parallel(self, name, prelude, params, body, entry, n) -> str:
@@ -316,27 +310,23 @@ class LoopBuilder(Emitter):
         k_args = len(params)
         nb = -(-n // _PAR_BLOCK)
         ptrs = ", ".join(f"ptr %a{k}" for k in range(k_args))
-        rng = (f"define internal void @{name}_range({', '.join(params)}, i64 %lo, i64 %hi) {{\n"
-               "entry:\n  br label %loop\nloop:\n"
-               "  %i = phi i64 [%lo, %entry], [%i.next, %loop]\n" + body + "\n"
-               "  %i.next = add nuw nsw i64 %i, 1\n  %more = icmp slt i64 %i.next, %hi\n"
-               f"  br i1 %more, label %loop, label %exit{interleaved(self.vecmath, n)}\n"
-               "exit:\n  ret void\n}\n\n")
-        unpack = "".join(f"  %x{k} = getelementptr inbounds ptr, ptr %ctx, i64 {k}\n"
-                         f"  %a{k} = load ptr, ptr %x{k}\n" for k in range(k_args))
-        blocks = (f"define internal void @{name}_blocks(ptr %ctx, i64 %tid, i64 %nt) {{\n"
-                  "entry:\n" + unpack
-                  + f"  %any = icmp slt i64 %tid, {nb}\n"
-                  "  br i1 %any, label %blk, label %exit\nblk:\n"
-                  "  %b = phi i64 [%tid, %entry], [%b.next, %blk]\n"
-                  f"  %lo = mul nuw nsw i64 %b, {_PAR_BLOCK}\n"
-                  f"  %hi0 = add nuw nsw i64 %lo, {_PAR_BLOCK}\n"
-                  f"  %lt = icmp slt i64 %hi0, {n}\n"
-                  f"  %hi = select i1 %lt, i64 %hi0, i64 {n}\n"
-                  f"  call void @{name}_range({ptrs}, i64 %lo, i64 %hi)\n"
-                  "  %b.next = add nuw nsw i64 %b, %nt\n"
-                  f"  %b.more = icmp slt i64 %b.next, {nb}\n"
-                  "  br i1 %b.more, label %blk, label %exit\nexit:\n  ret void\n}\n\n")
+        rng = Emitter()
+        rng.label("entry")
+        with rng.loop("%i", "%hi", start="%lo", block="loop", exit="exit", more="%more",
+                      hint=interleaved(self.vecmath, n)):
+            rng.lines.append(body)
+        rng.line("ret void")
+        blocks = Emitter()
+        blocks.label("entry")
+        for k in range(k_args):
+            blocks.line(f"%x{k} = getelementptr inbounds ptr, ptr %ctx, i64 {k}")
+            blocks.line(f"%a{k} = load ptr, ptr %x{k}")
+        with blocks.parallel_for(nb):
+            blocks.line(f"%lo = mul nuw nsw i64 %b, {_PAR_BLOCK}")
+            blocks.line(f"%hi0 = add nuw nsw i64 %lo, {_PAR_BLOCK}")
+            blocks.line(f"%lt = icmp slt i64 %hi0, {n}")
+            blocks.line(f"%hi = select i1 %lt, i64 %hi0, i64 {n}")
+            blocks.line(f"call void @{name}_range({ptrs}, i64 %lo, i64 %hi)")
         pack = "".join(f"  %c{k} = getelementptr inbounds ptr, ptr %ctx, i64 {k}\n"
                        f"  store ptr %a{k}, ptr %c{k}\n" for k in range(k_args))
         main = (f"define internal void @{name}_body({', '.join(params + ['i64 %n'])}) "
@@ -344,7 +334,11 @@ class LoopBuilder(Emitter):
                 + threads.split_call(name, nb) + "\n  ret void\n}\n\n")
         self.par = True
         return ((prelude_ir(self.vecmath) + threads.DECLARATIONS if prelude else "")
-                + rng + blocks + main + entry)
+                + rng.function(f"define internal void @{name}_range({', '.join(params)}, "
+                               "i64 %lo, i64 %hi)")
+                + blocks.function(f"define internal void @{name}_blocks(ptr %ctx, i64 %tid, "
+                                  "i64 %nt)")
+                + main + entry)
 
     def declarations(self) -> str:
         return threads.DECLARATIONS if getattr(self, "par", False) else ""

@@ -30,6 +30,7 @@ import time
 import numpy as np
 
 from . import jit, target, threads
+from .emit import Emitter
 
 _lock = threading.Lock()
 _cache: dict = {}
@@ -47,31 +48,33 @@ def _module() -> jit.Compiled:
     lanes = t.vector_bits // 32
     vt = f"<{lanes} x float>"
     par = threads.find() is not None
-    body = ["define internal void @dg_peak_blocks(ptr %ctx, i64 %tid, i64 %nt) {",
-            "entry:", "  %iters = load i64, ptr %ctx",
-            "  %xp = getelementptr inbounds i64, ptr %ctx, i64 1",
-            "  %x = load float, ptr %xp",
-            f"  %xv0 = insertelement {vt} poison, float %x, i64 0",
-            f"  %xv = shufflevector {vt} %xv0, {vt} poison, <{lanes} x i32> zeroinitializer",
-            "  br label %loop", "loop:", "  %i = phi i64 [0, %entry], [%i.n, %loop]"]
-    for a in range(ACCUMULATORS):
-        body.append(f"  %a{a} = phi {vt} [%xv, %entry], [%a{a}.n, %loop]")
-    for a in range(ACCUMULATORS):
-        if t.fma:
-            body.append(f"  %a{a}.n = call {vt} @llvm.fma.v{lanes}f32({vt} %a{a}, {vt} %xv, "
-                        f"{vt} %xv)")
-        else:
-            body += [f"  %a{a}.m = fmul {vt} %a{a}, %xv", f"  %a{a}.n = fadd {vt} %a{a}.m, %xv"]
-    body += ["  %i.n = add i64 %i, 1", "  %more = icmp slt i64 %i.n, %iters",
-             "  br i1 %more, label %loop, label %done", "done:"]
+    f = Emitter()
+    f.label("entry")
+    f.line("%iters = load i64, ptr %ctx")
+    f.line("%xp = getelementptr inbounds i64, ptr %ctx, i64 1")
+    f.line("%x = load float, ptr %xp")
+    f.line(f"%xv0 = insertelement {vt} poison, float %x, i64 0")
+    f.line(f"%xv = shufflevector {vt} %xv0, {vt} poison, <{lanes} x i32> zeroinitializer")
+    with f.loop("%i", "%iters", block="loop", exit="done", flags="", next="%i.n",
+                more="%more", carry=[(f"%a{a}", vt, "%xv") for a in range(ACCUMULATORS)]
+                ) as loop:
+        for a in range(ACCUMULATORS):
+            if t.fma:
+                f.line(f"%a{a}.n = call {vt} @llvm.fma.v{lanes}f32({vt} %a{a}, {vt} %xv, "
+                       f"{vt} %xv)")
+            else:
+                f.line(f"%a{a}.m = fmul {vt} %a{a}, %xv")
+                f.line(f"%a{a}.n = fadd {vt} %a{a}.m, %xv")
+        loop.next = [f"%a{a}.n" for a in range(ACCUMULATORS)]
     total = "%a0.n"
     for a in range(1, ACCUMULATORS):
-        body.append(f"  %s{a} = fadd {vt} {total}, %a{a}.n")
+        f.line(f"%s{a} = fadd {vt} {total}, %a{a}.n")
         total = f"%s{a}"
-    body += [f"  %lane = extractelement {vt} {total}, i64 0",
-             "  %outp = getelementptr inbounds i64, ptr %ctx, i64 2",
-             "  %slot = getelementptr inbounds float, ptr %outp, i64 %tid",
-             "  store volatile float %lane, ptr %slot", "  ret void", "}", ""]
+    f.line(f"%lane = extractelement {vt} {total}, i64 0")
+    f.line("%outp = getelementptr inbounds i64, ptr %ctx, i64 2")
+    f.line("%slot = getelementptr inbounds float, ptr %outp, i64 %tid")
+    f.line("store volatile float %lane, ptr %slot")
+    f.line("ret void")
     run = ["define void @dg_peak(ptr %ctx) {", "entry:"]
     if par:
         run += [threads.split_call("dg_peak", 0)]
@@ -84,7 +87,9 @@ def _module() -> jit.Compiled:
             "  %t = call i64 @llvm.readcyclecounter()", "  ret i64 %t", "}", "",
             "declare i64 @llvm.readcyclecounter()",
             f"declare {vt} @llvm.fma.v{lanes}f32({vt}, {vt}, {vt})"]
-    text = (threads.DECLARATIONS if par else "") + "\n".join(body + run) + "\n"
+    text = ((threads.DECLARATIONS if par else "")
+            + f.function("define internal void @dg_peak_blocks(ptr %ctx, i64 %tid, i64 %nt)")
+            + "\n".join(run) + "\n")
     compiled = jit.compile_ir(text)
     with _lock:
         _cache.setdefault("module", compiled)

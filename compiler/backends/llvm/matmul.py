@@ -10,19 +10,19 @@ from .emit import (
     FN_NAME,
     LLTYPE,
     MEMTYPE,
-    Emitter,
+    KernelBuilder,
     builds,
     c_strides,
     entry_ir,
     literal,
-    prelude_ir,
 )
+from .vecmath import prelude_ir
 
 SMALL_WORK = 32 * 32 * 32  # m·n·k up to which a product is loops of its own shape, inline
 
 
 @builds("matmul")
-class MatmulBuilder(Emitter):
+class MatmulBuilder(KernelBuilder):
     """A 'matmul' group: ``C = op(A) @ op(B)`` over broadcast batch dims, float32/float64.
 
     Per batch entry, one call: either numpy's BLAS gemm (``blas.find``) or the generated
@@ -99,42 +99,39 @@ class MatmulBuilder(Emitter):
         pa, pb, pc = ptr[id(n.inputs[0])], ptr[id(n.inputs[1])], ptr[id(n.out)]
         n_batch = math.prod(n.out.shape[:-2])
         st = MEMTYPE[ty]
-        lines = self.lines
-        lines.append("entry:\n  br label %batch\nbatch:")
-        lines.append("  %bt = phi i64 [0, %entry], [%bt.next, %batch.end]")
-        oa, ob, oc = self._batch_offsets("%bt")
-        A = self.emit(f"getelementptr inbounds {st}, ptr {pa}, i64 {oa}")
-        B = self.emit(f"getelementptr inbounds {st}, ptr {pb}, i64 {ob}")
-        C = self.emit(f"getelementptr inbounds {st}, ptr {pc}, i64 {oc}")
-        if M * N == 0:
-            lines.append("  br label %batch.end")
-        elif self.blas is not None:
-            lda = M if ta else K
-            ldb = K if tb else N
-            lines.append(
-                f"  call void @{self.blas.gemm(n.out.dtype.name)}(i32 {blas.ROW_MAJOR}, "
-                f"i32 {blas.TRANS if ta else blas.NO_TRANS}, "
-                f"i32 {blas.TRANS if tb else blas.NO_TRANS}, i64 {M}, i64 {N}, i64 {K}, "
-                f"{ty} {literal(1.0, ty)}, ptr {A}, i64 {lda}, ptr {B}, i64 {ldb}, "
-                f"{ty} {literal(0.0, ty)}, ptr {C}, i64 {N})")
-            lines.append("  br label %batch.end")
-        elif self.small:
-            self._small_loops(A, B, C)
-        else:
-            rs_a, cs_a = (1, M) if ta else (K, 1)  # A[i, k] at i·rs_a + k·cs_a
-            rs_b, cs_b = (1, K) if tb else (N, 1)
-            lines.append(gemm.call(ty, A, rs_a, cs_a, B, rs_b, cs_b, C, M, N, K))
-            lines.append("  br label %batch.end")
-        lines.append("batch.end:\n  %bt.next = add nuw nsw i64 %bt, 1")
-        lines.append(f"  %bt.more = icmp slt i64 %bt.next, {n_batch}")
-        lines.append("  br i1 %bt.more, label %batch, label %exit\nexit:\n  ret void")
+        self.label("entry")
+        if self.small and tb and K:  # (see _small_loops)
+            self.line(f"%bt.tmp = alloca [{K * N} x {ty}], align 64")
+        with self.loop("%bt", n_batch, block="batch", exit="exit", latch="batch.end"):
+            oa, ob, oc = self._batch_offsets("%bt")
+            A = self.emit(f"getelementptr inbounds {st}, ptr {pa}, i64 {oa}")
+            B = self.emit(f"getelementptr inbounds {st}, ptr {pb}, i64 {ob}")
+            C = self.emit(f"getelementptr inbounds {st}, ptr {pc}, i64 {oc}")
+            if M * N == 0:
+                pass  # (nothing to compute)
+            elif self.blas is not None:
+                lda = M if ta else K
+                ldb = K if tb else N
+                self.line(
+                    f"call void @{self.blas.gemm(n.out.dtype.name)}(i32 {blas.ROW_MAJOR}, "
+                    f"i32 {blas.TRANS if ta else blas.NO_TRANS}, "
+                    f"i32 {blas.TRANS if tb else blas.NO_TRANS}, i64 {M}, i64 {N}, i64 {K}, "
+                    f"{ty} {literal(1.0, ty)}, ptr {A}, i64 {lda}, ptr {B}, i64 {ldb}, "
+                    f"{ty} {literal(0.0, ty)}, ptr {C}, i64 {N})")
+            elif self.small:
+                self._small_loops(A, B, C)
+            else:
+                rs_a, cs_a = (1, M) if ta else (K, 1)  # A[i, k] at i·rs_a + k·cs_a
+                rs_b, cs_b = (1, K) if tb else (N, 1)
+                self.lines.append(gemm.call(ty, A, rs_a, cs_a, B, rs_b, cs_b, C, M, N, K))
+        self.line("ret void")
         params = ", ".join(f"ptr noalias %a{k}" for k in range(len(layout)))  # (A may be B:
         #                                             both only read, which noalias allows)
         text = (
             (prelude_ir([]) if prelude else "")
             + (self.declarations() if prelude else "")
-            + f"define internal void @{name}_body({params}) alwaysinline {{\n"
-            + "\n".join(lines) + "\n}\n\n" + entry_ir(name, len(layout)))
+            + self.function(f"define internal void @{name}_body({params}) alwaysinline")
+            + entry_ir(name, len(layout)))
         return text, name, layout
 
     def _small_loops(self, A: str, B: str, C: str) -> None:
@@ -143,73 +140,43 @@ class MatmulBuilder(Emitter):
         vectorises; a transposed B is first copied to a K x N stack buffer, so that loop
         reads a row of it (contiguous: vector loads, no gathers)."""
         M, N, K, ta, tb, ty = self.M, self.N, self.K, self.ta, self.tb, self.ty
-        st, lines = MEMTYPE[ty], self.lines
+        st = MEMTYPE[ty]
         sfx = "f32" if ty == "float" else "f64"
-        first = "batch"
-        if tb and K:
-            lines[0] = (f"entry:\n  %bt.tmp = alloca [{K * N} x {ty}], align 64\n"
-                        f"  br label %batch\nbatch:")
-            lines.append("  br label %tr\ntr:")
-            lines.append("  %tk = phi i64 [0, %batch], [%tk.next, %tr.end]")
-            lines.append("  br label %tr.j\ntr.j:")
-            lines.append("  %tj = phi i64 [0, %tr], [%tj.next, %tr.j]")
-            src = self.emit(f"add i64 {self.emit(f'mul i64 %tj, {K}')}, %tk")
-            val = self.emit(f"load {ty}, ptr "
-                            f"{self.emit(f'getelementptr inbounds {st}, ptr {B}, i64 {src}')}")
-            dst = self.emit(f"add i64 {self.emit(f'mul i64 %tk, {N}')}, %tj")
-            pdst = self.emit(f"getelementptr inbounds {st}, ptr %bt.tmp, i64 {dst}")
-            lines.append(f"  store {ty} {val}, ptr {pdst}")
-            lines.append("  %tj.next = add nuw nsw i64 %tj, 1")
-            lines.append(f"  %tj.more = icmp slt i64 %tj.next, {N}")
-            lines.append("  br i1 %tj.more, label %tr.j, label %tr.end\ntr.end:")
-            lines.append("  %tk.next = add nuw nsw i64 %tk, 1")
-            lines.append(f"  %tk.more = icmp slt i64 %tk.next, {K}")
-            lines.append("  br i1 %tk.more, label %tr, label %tr.done\ntr.done:")
-            B, tb, first = "%bt.tmp", False, "tr.done"
-        lines.append("  br label %row\nrow:")
-        lines.append(f"  %i = phi i64 [0, %{first}], [%i.next, %row.end]")
-        crow = self.emit(f"mul i64 %i, {N}")
-        lines.append("  br label %zero\nzero:")
-        lines.append("  %z = phi i64 [0, %row], [%z.next, %zero]")
-        pz = self.emit(f"getelementptr inbounds {st}, ptr {C}, i64 "
-                       f"{self.emit(f'add i64 {crow}, %z')}")
-        lines.append(f"  store {ty} {literal(0.0, ty)}, ptr {pz}")
-        lines.append("  %z.next = add nuw nsw i64 %z, 1")
-        lines.append(f"  %z.more = icmp slt i64 %z.next, {N}")
-        lines.append("  br i1 %z.more, label %zero, label %kloop.pre\nkloop.pre:")
-        if K == 0:
-            lines.append("  br label %row.end")
-        else:
-            lines.append("  br label %kloop\nkloop:")
-            lines.append("  %k = phi i64 [0, %kloop.pre], [%k.next, %kloop.end]")
-            ia = self.emit(f"mul i64 %k, {M}") if ta else self.emit(f"mul i64 %i, {K}")
-            ia = self.emit(f"add i64 {ia}, {'%i' if ta else '%k'}")
-            aik = self.emit(f"load {ty}, ptr "
-                            f"{self.emit(f'getelementptr inbounds {st}, ptr {A}, i64 {ia}')}")
-            brow = None if tb else self.emit(f"mul i64 %k, {N}")
-            lines.append("  br label %jloop\njloop:")
-            lines.append("  %j = phi i64 [0, %kloop], [%j.next, %jloop]")
-            ib = (self.emit(f"add i64 {self.emit(f'mul i64 %j, {K}')}, %k") if tb
-                  else self.emit(f"add i64 {brow}, %j"))
-            bkj = self.emit(f"load {ty}, ptr "
-                            f"{self.emit(f'getelementptr inbounds {st}, ptr {B}, i64 {ib}')}")
-            pc = self.emit(f"getelementptr inbounds {st}, ptr {C}, i64 "
-                           f"{self.emit(f'add i64 {crow}, %j')}")
-            c0 = self.emit(f"load {ty}, ptr {pc}")
-            c1 = (self.emit(f"call {ty} @llvm.fma.{sfx}({ty} {aik}, {ty} {bkj}, {ty} {c0})")
-                  if gemm.has_fma() else
-                  self.emit(f"fadd {ty} {c0}, {self.emit(f'fmul {ty} {aik}, {bkj}')}"))
-            lines.append(f"  store {ty} {c1}, ptr {pc}")
-            lines.append("  %j.next = add nuw nsw i64 %j, 1")
-            lines.append(f"  %j.more = icmp slt i64 %j.next, {N}")
-            lines.append("  br i1 %j.more, label %jloop, label %kloop.end\nkloop.end:")
-            lines.append("  %k.next = add nuw nsw i64 %k, 1")
-            lines.append(f"  %k.more = icmp slt i64 %k.next, {K}")
-            lines.append("  br i1 %k.more, label %kloop, label %row.end")
-        lines.append("row.end:")
-        lines.append("  %i.next = add nuw nsw i64 %i, 1")
-        lines.append(f"  %i.more = icmp slt i64 %i.next, {M}")
-        lines.append("  br i1 %i.more, label %row, label %batch.end")
+        if tb and K:  # (%bt.tmp: allocated in the entry block by build)
+            with self.loop("%tk", K, block="tr", exit="tr.done"):
+                with self.loop("%tj", N, block="tr.j", exit="tr.end"):
+                    src = self.emit(f"add i64 {self.emit(f'mul i64 %tj, {K}')}, %tk")
+                    psrc = self.emit(f"getelementptr inbounds {st}, ptr {B}, i64 {src}")
+                    val = self.emit(f"load {ty}, ptr {psrc}")
+                    dst = self.emit(f"add i64 {self.emit(f'mul i64 %tk, {N}')}, %tj")
+                    pdst = self.emit(f"getelementptr inbounds {st}, ptr %bt.tmp, i64 {dst}")
+                    self.line(f"store {ty} {val}, ptr {pdst}")
+            B, tb = "%bt.tmp", False
+        with self.loop("%i", M, block="row", exit="batch.end", latch="row.end"):
+            crow = self.emit(f"mul i64 %i, {N}")
+            with self.loop("%z", N, block="zero", exit="kloop.pre"):
+                pz = self.emit(f"getelementptr inbounds {st}, ptr {C}, i64 "
+                               f"{self.emit(f'add i64 {crow}, %z')}")
+                self.line(f"store {ty} {literal(0.0, ty)}, ptr {pz}")
+            if K:
+                with self.loop("%k", K, block="kloop", exit="row.end"):
+                    ia = self.emit(f"mul i64 %k, {M}") if ta else self.emit(f"mul i64 %i, {K}")
+                    ia = self.emit(f"add i64 {ia}, {'%i' if ta else '%k'}")
+                    pa = self.emit(f"getelementptr inbounds {st}, ptr {A}, i64 {ia}")
+                    aik = self.emit(f"load {ty}, ptr {pa}")
+                    brow = None if tb else self.emit(f"mul i64 %k, {N}")
+                    with self.loop("%j", N, block="jloop", exit="kloop.end"):
+                        ib = (self.emit(f"add i64 {self.emit(f'mul i64 %j, {K}')}, %k") if tb
+                              else self.emit(f"add i64 {brow}, %j"))
+                        pb = self.emit(f"getelementptr inbounds {st}, ptr {B}, i64 {ib}")
+                        bkj = self.emit(f"load {ty}, ptr {pb}")
+                        pc = self.emit(f"getelementptr inbounds {st}, ptr {C}, i64 "
+                                       f"{self.emit(f'add i64 {crow}, %j')}")
+                        c0 = self.emit(f"load {ty}, ptr {pc}")
+                        c1 = (self.emit(f"call {ty} @llvm.fma.{sfx}({ty} {aik}, {ty} {bkj}, "
+                                        f"{ty} {c0})") if gemm.has_fma() else
+                              self.emit(f"fadd {ty} {c0}, {self.emit(f'fmul {ty} {aik}, {bkj}')}"))
+                        self.line(f"store {ty} {c1}, ptr {pc}")
 
     def declarations(self) -> str:
         """The declaration of the BLAS routine or of the generated kernel it calls."""

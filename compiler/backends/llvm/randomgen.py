@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 
-from .emit import FN_NAME, Emitter, builds, entry_ir, prelude_ir
+from .emit import FN_NAME, Emitter, KernelBuilder, builds, entry_ir
+from .vecmath import prelude_ir
 
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57  # Philox multipliers
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85  # key increments (Weyl sequence)
@@ -26,7 +27,7 @@ def _i32(v: int) -> str:
 
 
 @builds("random")
-class RandomBuilder(Emitter):
+class RandomBuilder(KernelBuilder):
     """A 'random' group: one ``random`` node, uniform float32 or float64. The state input is
     int64 ``[seed, offset]``; the kernel writes the numbers, the generator's offset update is
     an ordinary (int64 elementwise) group of its own."""
@@ -44,13 +45,9 @@ class RandomBuilder(Emitter):
 
     def _philox(self, name: str) -> str:
         """``<4 x i32> @<name>_px(i64 %ctr, i64 %seed)``: one block of four words."""
-        b = []
-        t = [0]
-
-        def emit(expr: str) -> str:
-            t[0] += 1
-            b.append(f"  %x{t[0]} = {expr}")
-            return f"%x{t[0]}"
+        f = Emitter(prefix="x")
+        f.label("entry")
+        emit = f.emit
         c0 = emit("trunc i64 %ctr to i32")
         c1 = emit(f"trunc i64 {emit('lshr i64 %ctr, 32')} to i32")
         c2 = c3 = "0"
@@ -72,12 +69,13 @@ class RandomBuilder(Emitter):
         v = "undef"
         for j, c in enumerate((c0, c1, c2, c3)):
             v = emit(f"insertelement <4 x i32> {v}, i32 {c}, i64 {j}")
-        return (f"define internal <4 x i32> @{name}_px(i64 %ctr, i64 %seed) alwaysinline {{\n"
-                "entry:\n" + "\n".join(b) + f"\n  ret <4 x i32> {v}\n}}\n\n")
+        f.line(f"ret <4 x i32> {v}")
+        return f.function(f"define internal <4 x i32> @{name}_px(i64 %ctr, i64 %seed) "
+                          "alwaysinline")
 
     def _store_block(self, words: str, blk: str, count: int) -> None:
         """The first ``count`` numbers of block ``blk`` (4 float32 or 2 float64 per block)."""
-        L, per = self.lines, 4 if self.f32 else 2
+        per = 4 if self.f32 else 2
         base = self.emit(f"mul nuw nsw i64 {blk}, {per}")
         w = [self.emit(f"extractelement <4 x i32> {words}, i64 {j}") for j in range(4)]
         for j in range(count):
@@ -96,7 +94,7 @@ class RandomBuilder(Emitter):
                 ty = "double"
             idx = self.emit(f"add nuw nsw i64 {base}, {j}")
             p = self.emit(f"getelementptr inbounds {ty}, ptr %a1, i64 {idx}")
-            L.append(f"  store {ty} {val}, ptr {p}")
+            self.line(f"store {ty} {val}, ptr {p}")
 
     def build(self, name: str = FN_NAME, prelude: bool = True) -> tuple:
         grp, n = self.group, self.n
@@ -106,27 +104,23 @@ class RandomBuilder(Emitter):
         count = math.prod(n.out.shape)
         per = 4 if self.f32 else 2
         full, rest = divmod(count, per)
-        L = self.lines
-        L.append("entry:")
-        L.append("  %seed = load i64, ptr %a0")
-        L.append("  %offp = getelementptr inbounds i64, ptr %a0, i64 1")
-        L.append("  %off = load i64, ptr %offp")
+        self.label("entry")
+        self.line("%seed = load i64, ptr %a0")
+        self.line("%offp = getelementptr inbounds i64, ptr %a0, i64 1")
+        self.line("%off = load i64, ptr %offp")
         if full:
-            L.append("  br label %blk\nblk:")
-            L.append("  %b = phi i64 [0, %entry], [%b.next, %blk]")
-            ctr = self.emit("add i64 %off, %b")  # (wraps as eager's uint64 counter)
-            words = self.emit(f"call <4 x i32> @{name}_px(i64 {ctr}, i64 %seed)")
-            self._store_block(words, "%b", per)
-            L.append("  %b.next = add nuw nsw i64 %b, 1")
-            L.append(f"  %b.more = icmp slt i64 %b.next, {full}")
-            L.append("  br i1 %b.more, label %blk, label %tail\ntail:")
+            with self.loop("%b", full, block="blk", exit="tail"):
+                ctr = self.emit("add i64 %off, %b")  # (wraps as eager's uint64 counter)
+                words = self.emit(f"call <4 x i32> @{name}_px(i64 {ctr}, i64 %seed)")
+                self._store_block(words, "%b", per)
         if rest:
             ctr = self.emit(f"add i64 %off, {full}")
             words = self.emit(f"call <4 x i32> @{name}_px(i64 {ctr}, i64 %seed)")
             self._store_block(words, str(full), rest)
-        L.append("  ret void")
+        self.line("ret void")
         text = (
             (prelude_ir([]) if prelude else "") + self._philox(name)
-            + f"define internal void @{name}_body(ptr noalias %a0, ptr noalias %a1) "
-            + "alwaysinline {\n" + "\n".join(L) + "\n}\n\n" + entry_ir(name, len(layout)))
+            + self.function(f"define internal void @{name}_body(ptr noalias %a0, "
+                            "ptr noalias %a1) alwaysinline")
+            + entry_ir(name, len(layout)))
         return text, name, layout

@@ -19,9 +19,9 @@ from .emit import (
     interleaved,
     kernel_outputs,
     literal,
-    prelude_ir,
 )
 from .loops import LoopBuilder
+from .vecmath import prelude_ir
 
 _LANES = {"float": 16, "double": 8}  # accumulators per reduction: one AVX-512 register
 _CHUNK = 16  # vectors per chunk of the reduction loop
@@ -152,35 +152,28 @@ class ReduceBuilder(LoopBuilder):
         """``@<name>_blocks(ctx, tid, nt)``: blocks tid, tid + nt, ... of CB chunks each,
         every block's lanes (from fresh ones) stored to its partials slot (the thread pool
         calls it once per block: ``nt`` = NB)."""
-        saved = self.lines, self.reads, self.idx
+        saved = self.lines, self.block, self.reads, self.idx
         self.lines, self.reads, self.idx = [], {}, {}
-        out = self.lines
         n_args = len(layout)
-        out.append("entry:")
+        self.label("entry")
         for k in range(n_args + len(tys)):
-            out.append(f"  %x{k} = getelementptr inbounds ptr, ptr %ctx, i64 {k}")
+            self.line(f"%x{k} = getelementptr inbounds ptr, ptr %ctx, i64 {k}")
             dst = f"%a{k}" if k < n_args else f"%parts{k - n_args}"
-            out.append(f"  {dst} = load ptr, ptr %x{k}")
+            self.line(f"{dst} = load ptr, ptr %x{k}")
         for m, t in enumerate(tys):
-            out.append(f"  %tmp{m} = alloca [{B} x {t}], align 64")
-        out.append(f"  %any = icmp slt i64 %tid, {NB}")
-        out.append("  br i1 %any, label %blk, label %exit\nblk:")
-        out.append("  %b = phi i64 [%tid, %entry], [%b.next, %chunk.end]")
-        c0 = self.emit(f"mul nuw nsw i64 %b, {CB}")
-        c1a = self.emit(f"add nuw nsw i64 {c0}, {CB}")
-        lt = self.emit(f"icmp slt i64 {c1a}, {chunks}")
-        c1 = self.emit(f"select i1 {lt}, i64 {c1a}, i64 {chunks}")
-        lanes = chunk_loop(init, c0, c1, "blk")
-        for m, v in enumerate(vec):
-            p = self.emit(f"getelementptr inbounds {v}, ptr %parts{m}, i64 %b")
-            out.append(f"  store {v} {lanes[m]}, ptr {p}, align 64")
-        out.append("  %b.next = add nuw nsw i64 %b, %nt")
-        out.append(f"  %b.more = icmp slt i64 %b.next, {NB}")
-        out.append("  br i1 %b.more, label %blk, label %exit\nexit:\n  ret void")
-        body = "\n".join(out)
-        self.lines, self.reads, self.idx = saved
-        return (f"define internal void @{name}_blocks(ptr %ctx, i64 %tid, i64 %nt) {{\n"
-                + body + "\n}\n\n")
+            self.line(f"%tmp{m} = alloca [{B} x {t}], align 64")
+        with self.parallel_for(NB):
+            c0 = self.emit(f"mul nuw nsw i64 %b, {CB}")
+            c1a = self.emit(f"add nuw nsw i64 {c0}, {CB}")
+            lt = self.emit(f"icmp slt i64 {c1a}, {chunks}")
+            c1 = self.emit(f"select i1 {lt}, i64 {c1a}, i64 {chunks}")
+            lanes = chunk_loop(init, c0, c1)
+            for m, v in enumerate(vec):
+                p = self.emit(f"getelementptr inbounds {v}, ptr %parts{m}, i64 %b")
+                self.line(f"store {v} {lanes[m]}, ptr {p}, align 64")
+        text = self.function(f"define internal void @{name}_blocks(ptr %ctx, i64 %tid, i64 %nt)")
+        self.lines, self.block, self.reads, self.idx = saved
+        return text
 
     def build(self, name: str = FN_NAME, prelude: bool = True) -> tuple:
         grp, nodes = self.group, self.g.nodes
@@ -232,37 +225,29 @@ class ReduceBuilder(LoopBuilder):
         chunks, rem = divmod(self.R, B)
         vec = [f"<{L} x {t}>" for t in tys]
         init = [f"<{', '.join([f'{t} {literal(e, t)}'] * L)}>" for e, t in zip(ident, tys)]
-        lines = self.lines
-        lines.append("entry:")
+        self.label("entry")
         for m, t in enumerate(tys):
-            lines.append(f"  %tmp{m} = alloca [{B} x {t}], align 64")
+            self.line(f"%tmp{m} = alloca [{B} x {t}], align 64")
         blocked = not self.reduced and not post_s and self.R >= threads.PAR_MIN
         CB = _BLOCK_CHUNKS
         NB = -(-chunks // CB)
         if blocked:  # one o: the chunks in fixed blocks, whose partial lanes add in order
             for m, v in enumerate(vec):  # (a count, not an array type: a number the
                 #                             driver may pass at run time, see sizes.py)
-                lines.append(f"  %parts{m} = alloca {v}, i64 {NB}, align 64")
+                self.line(f"%parts{m} = alloca {v}, i64 {NB}, align 64")
             n_args = len(layout)
-            lines.append(f"  %ctx = alloca [{n_args + len(tys)} x ptr], align 8")
+            self.line(f"%ctx = alloca [{n_args + len(tys)} x ptr], align 8")
             for k in range(n_args + len(tys)):
                 val = f"%a{k}" if k < n_args else f"%parts{k - n_args}"
-                lines.append(f"  %ctx{k} = getelementptr inbounds ptr, ptr %ctx, i64 {k}")
-                lines.append(f"  store ptr {val}, ptr %ctx{k}")
-        lines.append("  br label %outer\nouter:")
-        lines.append("  %o = phi i64 [0, %entry], [%o.next, %outer.tail]")
-        self._in_space_k()
-        for i in pre_k:
-            self.node(nodes[i])
-        base = dict(self.at_i)
-        acc, block = list(init), "outer"
+                self.line(f"%ctx{k} = getelementptr inbounds ptr, ptr %ctx, i64 {k}")
+                self.line(f"store ptr {val}, ptr %ctx{k}")
 
         def values_into_tmp(r: str, k: str) -> None:
             saved = dict(self.reads), dict(self.idx)  # (what this loop reads is read in
             vals = self._lane(r, reductions, pre_s, s_pre_out, base)  # it: the loop may be
             for m, t in enumerate(tys):  #                              skipped at run time)
                 p = self.emit(f"getelementptr inbounds {t}, ptr %tmp{m}, i64 {k}")
-                self.lines.append(f"  store {t} {vals[m]}, ptr {p}")
+                self.line(f"store {t} {vals[m]}, ptr {p}")
             self.reads, self.idx = saved
 
         def accumulate(acc: list, n_vectors: int) -> list:
@@ -274,99 +259,85 @@ class ReduceBuilder(LoopBuilder):
                     acc[m] = self._combine(ops[m], vec[m], acc[m], v)
             return acc
 
-        def chunk_loop(first: list, c0: str, c1: str, pred: str, guard: bool = False) -> list:
+        def chunk_loop(first: list, c0: str, c1: str, guard: bool = False) -> list:
             """Chunks c0 <= c < c1 from lanes ``first``; the lanes after. At least one unless
             ``guard`` (then the loop is skipped when there is none)."""
-            out = self.lines
             if guard:
-                out.append(f"  %c.any = icmp slt i64 {c0}, {c1}")
-                out.append("  br i1 %c.any, label %chunk, label %chunk.end\nchunk:")
-            else:
-                out.append("  br label %chunk\nchunk:")
-            out.append(f"  %c = phi i64 [{c0}, %{pred}], [%c.next, %chunk.acc]")
-            phi_at = len(out)
-            cb = self.emit(f"mul nuw nsw i64 %c, {B}")
-            out.append("  br label %inner\ninner:")
-            out.append("  %k = phi i64 [0, %chunk], [%k.next, %inner]")
-            values_into_tmp(self.emit(f"add nuw nsw i64 {cb}, %k"), "%k")
-            out.append("  %k.next = add nuw nsw i64 %k, 1")
-            out.append(f"  %k.more = icmp slt i64 %k.next, {B}")
-            out.append(f"  br i1 %k.more, label %inner, label %chunk.acc"
-                       f"{interleaved(self.vecmath, B)}\nchunk.acc:")
-            nexts = accumulate([f"%acc{m}" for m in range(len(tys))], B // L)
-            out[phi_at:phi_at] = [f"  %acc{m} = phi {vec[m]} [{first[m]}, %{pred}], "
-                                  f"[{nexts[m]}, %chunk.acc]" for m in range(len(tys))]
-            out.append("  %c.next = add nuw nsw i64 %c, 1")
-            out.append(f"  %c.more = icmp slt i64 %c.next, {c1}")
-            out.append("  br i1 %c.more, label %chunk, label %chunk.end\nchunk.end:")
+                self.line(f"%c.any = icmp slt i64 {c0}, {c1}")
+                self.branch("%c.any", "chunk", "chunk.end")
+            pred = self.block
+            with self.loop("%c", c1, start=c0, block="chunk", exit="chunk.end", entered=guard,
+                           carry=[(f"%acc{m}", vec[m], first[m]) for m in range(len(tys))]
+                           ) as chunk:
+                cb = self.emit(f"mul nuw nsw i64 %c, {B}")
+                with self.loop("%k", B, block="inner", exit="chunk.acc") as inner:
+                    values_into_tmp(self.emit(f"add nuw nsw i64 {cb}, %k"), "%k")
+                    inner.hint = interleaved(self.vecmath, B)
+                chunk.next = accumulate(chunk.carried, B // L)
             if guard:  # the lanes from the loop, or as they came when it was skipped
                 return [self.emit(f"phi {vec[m]} [{first[m]}, %{pred}], "
-                                  f"[{nexts[m]}, %chunk.acc]") for m in range(len(tys))]
-            return nexts
+                                  f"[{chunk.next[m]}, %chunk.acc]") for m in range(len(tys))]
+            return chunk.next
 
-        if blocked:
-            self.extra = self._blocks_function(name, layout, tys, vec, init, NB, CB, B,
-                                               chunks, chunk_loop)
-            lines.append(threads.split_call(name, NB) if threads.find() else
-                         f"  call void @{name}_blocks(ptr %ctx, i64 0, i64 1)\n"
-                         "  br label %par.joined\npar.joined:")
-            lines.append("  br label %gather\ngather:")
-            lines.append("  %g = phi i64 [0, %par.joined], [%g.next, %gather]")
-            phi_at = len(lines)
-            nexts = []
-            for m, v in enumerate(vec):
-                p = self.emit(f"getelementptr inbounds {v}, ptr %parts{m}, i64 %g")
-                part = self.emit(f"load {v}, ptr {p}, align 64")
-                nexts.append(self._combine(ops[m], v, f"%gacc{m}", part))
-            lines[phi_at:phi_at] = [f"  %gacc{m} = phi {vec[m]} [{init[m]}, %par.joined], "
-                                    f"[{nexts[m]}, %gather]" for m in range(len(tys))]
-            lines.append("  %g.next = add nuw nsw i64 %g, 1")
-            lines.append(f"  %g.more = icmp slt i64 %g.next, {NB}")
-            lines.append("  br i1 %g.more, label %gather, label %gather.end\ngather.end:")
-            acc, block = nexts, "gather.end"
+        with self.loop("%o", math.prod(self.reduced), block="outer", exit="exit",
+                       latch="outer.tail"):
+            self._in_space_k()
+            for i in pre_k:
+                self.node(nodes[i])
+            base = dict(self.at_i)
+            if blocked:
+                self.extra = self._blocks_function(name, layout, tys, vec, init, NB, CB, B,
+                                                   chunks, chunk_loop)
+                self.lines.append(threads.split_call(name, NB) if threads.find() else
+                                  f"  call void @{name}_blocks(ptr %ctx, i64 0, i64 1)\n"
+                                  "  br label %par.joined\npar.joined:")
+                self.block = "par.joined"  # (where both continue)
+                with self.loop("%g", NB, block="gather", exit="gather.end",
+                               carry=[(f"%gacc{m}", vec[m], init[m]) for m in range(len(tys))]
+                               ) as gather:
+                    for m, v in enumerate(vec):
+                        p = self.emit(f"getelementptr inbounds {v}, ptr %parts{m}, i64 %g")
+                        part = self.emit(f"load {v}, ptr {p}, align 64")
+                        gather.next.append(self._combine(ops[m], v, f"%gacc{m}", part))
+                acc = gather.next
+                self.at_i = dict(base)
+            else:  # (skipped at run time when R < B: the code has one form for every R)
+                acc = chunk_loop(init, "0", str(chunks), guard=True)
+            acc = self._remainder(acc, values_into_tmp, rem, chunks * B, L, tys, vec, ops,
+                                  ident)
             self.at_i = dict(base)
-        else:  # (skipped at run time when R < B: the code has one form for every R)
-            acc, block = chunk_loop(init, "0", str(chunks), "outer", guard=True), "chunk.end"
-        acc, block = self._remainder(acc, block, values_into_tmp, rem, chunks * B, L, tys,
-                                     vec, ops, ident)
-        self.at_i = dict(base)
-        self._in_space_k()
-        for m, i in enumerate(reductions):
-            lanes = [self.emit(f"extractelement {vec[m]} {acc[m]}, i64 {j}") for j in range(L)]
-            while len(lanes) > 1:  # a fixed tree: pairs, then pairs of pairs
-                lanes = [self._combine(ops[m], tys[m], lanes[k], lanes[k + 1])
-                         for k in range(0, len(lanes), 2)]
-            total = lanes[0]
-            if ops[m] is prims.SUM:  # +0.0 start, as numpy: (-0.0) + (+0.0) is +0.0
-                total = self.emit(f"fadd {tys[m]} {total}, {literal(0.0, tys[m])}")
-            self.at_i[id(nodes[i].out)] = (total, tys[m])
-        for i in post_k:
-            self.node(nodes[i])
-        for arg, v in k_out:
-            self._store(v, arg, c_strides(self.reduced))
-        if post_s:
-            kbase = dict(self.at_i)
-            lines.append("  br label %post\npost:")
-            lines.append(f"  %p = phi i64 [0, %{block}], [%p.next, %post]")
-            self.at_i = kbase
-            self._in_space_s("%p")
-            for i in pre_s + post_s:
-                if id(nodes[i].out) not in kbase:
-                    self.node(nodes[i])
-            for arg, v in s_post_out:
-                self._store(v, arg, c_strides(self.full))
-            lines.append("  %p.next = add nuw nsw i64 %p, 1")
-            lines.append(f"  %p.more = icmp slt i64 %p.next, {self.R}")
-            lines.append("  br i1 %p.more, label %post, label %post.end\npost.end:")
-        lines.append("  br label %outer.tail\nouter.tail:")
-        lines.append("  %o.next = add nuw nsw i64 %o, 1")
-        lines.append(f"  %o.more = icmp slt i64 %o.next, {math.prod(self.reduced)}")
-        lines.append("  br i1 %o.more, label %outer, label %exit\nexit:\n  ret void")
+            self._in_space_k()
+            for m, i in enumerate(reductions):
+                lanes = [self.emit(f"extractelement {vec[m]} {acc[m]}, i64 {j}")
+                         for j in range(L)]
+                while len(lanes) > 1:  # a fixed tree: pairs, then pairs of pairs
+                    lanes = [self._combine(ops[m], tys[m], lanes[k], lanes[k + 1])
+                             for k in range(0, len(lanes), 2)]
+                total = lanes[0]
+                if ops[m] is prims.SUM:  # +0.0 start, as numpy: (-0.0) + (+0.0) is +0.0
+                    total = self.emit(f"fadd {tys[m]} {total}, {literal(0.0, tys[m])}")
+                self.at_i[id(nodes[i].out)] = (total, tys[m])
+            for i in post_k:
+                self.node(nodes[i])
+            for arg, v in k_out:
+                self._store(v, arg, c_strides(self.reduced))
+            if post_s:
+                kbase = dict(self.at_i)
+                with self.loop("%p", self.R, block="post", exit="post.end"):
+                    self.at_i = kbase
+                    self._in_space_s("%p")
+                    for i in pre_s + post_s:
+                        if id(nodes[i].out) not in kbase:
+                            self.node(nodes[i])
+                    for arg, v in s_post_out:
+                        self._store(v, arg, c_strides(self.full))
+        self.line("ret void")
         text = (
             (prelude_ir(self.vecmath) + self.declarations() if prelude else "")
             + self.extra
-            + f"define internal void @{name}_body({', '.join(params)}) alwaysinline {{\n"
-            + "\n".join(lines) + "\n}\n\n" + entry_ir(name, len(layout)))
+            + self.function(f"define internal void @{name}_body({', '.join(params)}) "
+                            "alwaysinline")
+            + entry_ir(name, len(layout)))
         return text, name, layout
 
     # ------------------------------------------------------------ the column form
@@ -392,114 +363,88 @@ class ReduceBuilder(LoopBuilder):
         partial, the partials in a fixed tree — never on a thread count or the machine."""
         nodes = self.g.nodes
         n_cols, P = math.prod(self.reduced), _PARTIALS
-        lines = self.lines
         setup_at = dict(self.at_i)
-        lines.append("entry:")
+        self.label("entry")
         for m, t in enumerate(tys):  # (a count, not an array type: see sizes.py)
-            lines.append(f"  %cols{m} = alloca {t}, i64 {P * n_cols}, align 64")
-        lines.append("  br label %init\ninit:")
-        lines.append("  %j = phi i64 [0, %entry], [%j.next, %init]")
-        for m, t in enumerate(tys):
-            p = self.emit(f"getelementptr inbounds {t}, ptr %cols{m}, i64 %j")
-            lines.append(f"  store {t} {literal(ident[m], t)}, ptr {p}")
-        lines.append("  %j.next = add nuw nsw i64 %j, 1")
-        lines.append(f"  %j.more = icmp slt i64 %j.next, {P * n_cols}")
-        lines.append("  br i1 %j.more, label %init, label %rows\nrows:")
-        lines.append("  %r = phi i64 [0, %init], [%r.next, %rows.tail]")
-        part = self.emit(f"and i64 %r, {P - 1}")
-        pbase = self.emit(f"mul nuw nsw i64 {part}, {n_cols}")
-        lines.append("  br label %cols\ncols:")
-        lines.append("  %o = phi i64 [0, %rows], [%o.next, %cols]")
-        self.reads, self.idx, self.at_i = {}, {}, dict(setup_at)
-        self._in_space_k()
-        for i in pre_k:
-            self.node(nodes[i])
-        vals = self._lane("%r", reductions, pre_s, s_pre_out, dict(self.at_i))
-        at = self.emit(f"add nuw nsw i64 {pbase}, %o")
-        for m, t in enumerate(tys):
-            p = self.emit(f"getelementptr inbounds {t}, ptr %cols{m}, i64 {at}")
-            old = self.emit(f"load {t}, ptr {p}")
-            lines.append(f"  store {t} {self._combine(ops[m], t, old, vals[m])}, ptr {p}")
-        lines.append("  %o.next = add nuw nsw i64 %o, 1")
-        lines.append(f"  %o.more = icmp slt i64 %o.next, {n_cols}")
-        lines.append(f"  br i1 %o.more, label %cols, label %rows.tail"
-                     f"{interleaved(self.vecmath, n_cols)}\nrows.tail:")
-        lines.append("  %r.next = add nuw nsw i64 %r, 1")
-        lines.append(f"  %r.more = icmp slt i64 %r.next, {self.R}")
-        lines.append("  br i1 %r.more, label %rows, label %fin\nfin:")
-        lines.append("  %q = phi i64 [0, %rows.tail], [%q.next, %fin]")
-        self.reads, self.idx, self.at_i = {}, {}, dict(setup_at)
-        self.space, self.loops = self.reduced, [("%q", tuple(range(len(self.reduced))))]
-        for i in pre_k:
-            self.node(nodes[i])
-        for m, i in enumerate(reductions):
-            t = tys[m]
-            parts = []
-            for k in range(P):
-                at = self.emit(f"add nuw nsw i64 %q, {k * n_cols}")
-                p = self.emit(f"getelementptr inbounds {t}, ptr %cols{m}, i64 {at}")
-                parts.append(self.emit(f"load {t}, ptr {p}"))
-            while len(parts) > 1:  # a fixed tree: pairs, then pairs of pairs
-                parts = [self._combine(ops[m], t, parts[k], parts[k + 1])
-                         for k in range(0, len(parts), 2)]
-            total = parts[0]
-            if ops[m] is prims.SUM:  # +0.0 start, as numpy: (-0.0) + (+0.0) is +0.0
-                total = self.emit(f"fadd {t} {total}, {literal(0.0, t)}")
-            self.at_i[id(nodes[i].out)] = (total, t)
-        for i in post_k:
-            self.node(nodes[i])
-        for arg, v in k_out:
-            self._store(v, arg, c_strides(self.reduced))
-        lines.append("  %q.next = add nuw nsw i64 %q, 1")
-        lines.append(f"  %q.more = icmp slt i64 %q.next, {n_cols}")
-        lines.append("  br i1 %q.more, label %fin, label %exit\nexit:\n  ret void")
+            self.line(f"%cols{m} = alloca {t}, i64 {P * n_cols}, align 64")
+        with self.loop("%j", P * n_cols, block="init", exit="rows", exit_is_loop=True):
+            for m, t in enumerate(tys):
+                p = self.emit(f"getelementptr inbounds {t}, ptr %cols{m}, i64 %j")
+                self.line(f"store {t} {literal(ident[m], t)}, ptr {p}")
+        with self.loop("%r", self.R, block="rows", exit="fin", entered=True, exit_is_loop=True):
+            part = self.emit(f"and i64 %r, {P - 1}")
+            pbase = self.emit(f"mul nuw nsw i64 {part}, {n_cols}")
+            with self.loop("%o", n_cols, block="cols", exit="rows.tail") as cols:
+                self.reads, self.idx, self.at_i = {}, {}, dict(setup_at)
+                self._in_space_k()
+                for i in pre_k:
+                    self.node(nodes[i])
+                vals = self._lane("%r", reductions, pre_s, s_pre_out, dict(self.at_i))
+                at = self.emit(f"add nuw nsw i64 {pbase}, %o")
+                for m, t in enumerate(tys):
+                    p = self.emit(f"getelementptr inbounds {t}, ptr %cols{m}, i64 {at}")
+                    old = self.emit(f"load {t}, ptr {p}")
+                    self.line(f"store {t} {self._combine(ops[m], t, old, vals[m])}, ptr {p}")
+                cols.hint = interleaved(self.vecmath, n_cols)
+        with self.loop("%q", n_cols, block="fin", exit="exit", entered=True):
+            self.reads, self.idx, self.at_i = {}, {}, dict(setup_at)
+            self.space, self.loops = self.reduced, [("%q", tuple(range(len(self.reduced))))]
+            for i in pre_k:
+                self.node(nodes[i])
+            for m, i in enumerate(reductions):
+                t = tys[m]
+                parts = []
+                for k in range(P):
+                    at = self.emit(f"add nuw nsw i64 %q, {k * n_cols}")
+                    p = self.emit(f"getelementptr inbounds {t}, ptr %cols{m}, i64 {at}")
+                    parts.append(self.emit(f"load {t}, ptr {p}"))
+                while len(parts) > 1:  # a fixed tree: pairs, then pairs of pairs
+                    parts = [self._combine(ops[m], t, parts[k], parts[k + 1])
+                             for k in range(0, len(parts), 2)]
+                total = parts[0]
+                if ops[m] is prims.SUM:  # +0.0 start, as numpy: (-0.0) + (+0.0) is +0.0
+                    total = self.emit(f"fadd {t} {total}, {literal(0.0, t)}")
+                self.at_i[id(nodes[i].out)] = (total, t)
+            for i in post_k:
+                self.node(nodes[i])
+            for arg, v in k_out:
+                self._store(v, arg, c_strides(self.reduced))
+        self.line("ret void")
         text = ((prelude_ir(self.vecmath) + self.declarations() if prelude else "")
-                + f"define internal void @{name}_body({', '.join(params)}) alwaysinline {{\n"
-                + "\n".join(lines) + "\n}\n\n" + entry_ir(name, len(layout)))
+                + self.function(f"define internal void @{name}_body({', '.join(params)}) "
+                                "alwaysinline")
+                + entry_ir(name, len(layout)))
         return text, name, layout
 
-    def _remainder(self, acc, block, values_into_tmp, rem, start, L, tys, vec, ops,
-                   ident) -> tuple:
+    def _remainder(self, acc, values_into_tmp, rem, start, L, tys, vec, ops, ident) -> list:
         """The last partial chunk: its ``rem`` values (from element ``start``) into the
         stack buffer, the last vector's unused lanes set to the identity, then
         ``ceil(rem / L)`` vectors folded into the lanes in order — loops whose trip counts
         are numbers in the code (LLVM unrolls them when they are literals), so the kernel's
-        form is the same for every R; skipped when ``rem`` is 0. Returns (lanes, block)."""
-        lines = self.lines
+        form is the same for every R; skipped when ``rem`` is 0. Returns the lanes (in block
+        ``r.done``)."""
         n_vec = -(-rem // L)
-        lines.append(f"  %r.any = icmp sgt i64 {rem}, 0")
-        lines.append("  br i1 %r.any, label %rinner, label %r.done\nrinner:")
-        lines.append(f"  %j = phi i64 [0, %{block}], [%j.next, %rinner]")
-        values_into_tmp(self.emit(f"add nuw nsw i64 %j, {start}"), "%j")
-        lines.append("  %j.next = add nuw nsw i64 %j, 1")
-        lines.append(f"  %j.more = icmp slt i64 %j.next, {rem}")
-        lines.append("  br i1 %j.more, label %rinner, label %rpad.pre\nrpad.pre:")
-        lines.append(f"  %pad.any = icmp slt i64 {rem}, {n_vec * L}")
-        lines.append("  br i1 %pad.any, label %rpad, label %racc.pre\nrpad:")
-        lines.append(f"  %u = phi i64 [{rem}, %rpad.pre], [%u.next, %rpad]")
-        for m, t in enumerate(tys):  # the last vector's unused lanes: identity
-            p = self.emit(f"getelementptr inbounds {t}, ptr %tmp{m}, i64 %u")
-            lines.append(f"  store {t} {literal(ident[m], t)}, ptr {p}")
-        lines.append("  %u.next = add nuw nsw i64 %u, 1")
-        lines.append(f"  %u.more = icmp slt i64 %u.next, {n_vec * L}")
-        lines.append("  br i1 %u.more, label %rpad, label %racc.pre\nracc.pre:")
-        lines.append("  br label %racc\nracc:")
-        lines.append("  %q = phi i64 [0, %racc.pre], [%q.next, %racc]")
-        phi_at = len(lines)
-        qe = self.emit(f"mul nuw nsw i64 %q, {L}")
-        nexts = []
-        for m, t in enumerate(tys):  # lane j takes elements j, j + L, ... in order
-            p = self.emit(f"getelementptr inbounds {t}, ptr %tmp{m}, i64 {qe}")
-            v = self.emit(f"load {vec[m]}, ptr {p}, align 4")
-            nexts.append(self._combine(ops[m], vec[m], f"%racc{m}", v))
-        lines[phi_at:phi_at] = [f"  %racc{m} = phi {vec[m]} [{acc[m]}, %racc.pre], "
-                                f"[{nexts[m]}, %racc]" for m in range(len(tys))]
-        lines.append("  %q.next = add nuw nsw i64 %q, 1")
-        lines.append(f"  %q.more = icmp slt i64 %q.next, {n_vec}")
-        lines.append("  br i1 %q.more, label %racc, label %r.done\nr.done:")
-        merged = [self.emit(f"phi {vec[m]} [{acc[m]}, %{block}], [{nexts[m]}, %racc]")
-                  for m in range(len(tys))]
-        return merged, "r.done"
+        block = self.block
+        self.line(f"%r.any = icmp sgt i64 {rem}, 0")
+        self.branch("%r.any", "rinner", "r.done")
+        with self.loop("%j", rem, block="rinner", exit="rpad.pre", entered=True):
+            values_into_tmp(self.emit(f"add nuw nsw i64 %j, {start}"), "%j")
+        self.line(f"%pad.any = icmp slt i64 {rem}, {n_vec * L}")
+        self.branch("%pad.any", "rpad", "racc.pre")
+        with self.loop("%u", n_vec * L, start=rem, block="rpad", exit="racc.pre",
+                       entered=True):
+            for m, t in enumerate(tys):  # the last vector's unused lanes: identity
+                p = self.emit(f"getelementptr inbounds {t}, ptr %tmp{m}, i64 %u")
+                self.line(f"store {t} {literal(ident[m], t)}, ptr {p}")
+        with self.loop("%q", n_vec, block="racc", exit="r.done",
+                       carry=[(f"%racc{m}", vec[m], acc[m]) for m in range(len(tys))]) as racc:
+            qe = self.emit(f"mul nuw nsw i64 %q, {L}")
+            for m, t in enumerate(tys):  # lane j takes elements j, j + L, ... in order
+                p = self.emit(f"getelementptr inbounds {t}, ptr %tmp{m}, i64 {qe}")
+                v = self.emit(f"load {vec[m]}, ptr {p}, align 4")
+                racc.next.append(self._combine(ops[m], vec[m], f"%racc{m}", v))
+        return [self.emit(f"phi {vec[m]} [{acc[m]}, %{block}], [{racc.next[m]}, %racc]")
+                for m in range(len(tys))]
 
     def declarations(self) -> str:
         return threads.DECLARATIONS if self.extra and threads.find() else ""

@@ -45,6 +45,7 @@ import time
 import numpy as np
 
 from . import blas, choices, gemm, jit, target, threads
+from .emit import Emitter
 
 GENERATED_BELOW = 32 * 32 * 32  # m·n·k under which the generated kernel is taken unmeasured
 WORK_CAP = 1 << 23  # m·n·k timed at most (larger products: their first rows)
@@ -158,33 +159,34 @@ def _timing_module(dtype_name: str) -> jit.Compiled:
         ty = _LL[dt]
         parts.append(gemm.declaration(ty))
         for path in ("gen", "blas") if b else ("gen",):
-            body = ["entry:"]
+            f = Emitter()
+            f.label("entry")
             names = ("A", "B", "C", "M", "N", "K", "ta", "tb", "lda", "ldb", "reps")
             for i, a in enumerate(names):
                 kind = "ptr" if a in ("A", "B", "C") else "i64"
-                body.append(f"  %{a}.p = getelementptr inbounds i64, ptr %args, i64 {i}")
-                body.append(f"  %{a} = load {kind}, ptr %{a}.p")
-            body.append("  br label %loop\nloop:\n  %r = phi i64 [0, %entry], [%r.next, %loop]")
-            if path == "gen":  # A[i, k] at i·rs_a + k·cs_a: (lda, 1), or (1, lda) when ta
-                body += ["  %ta1 = icmp ne i64 %ta, 0", "  %tb1 = icmp ne i64 %tb, 0",
-                         "  %rsa = select i1 %ta1, i64 1, i64 %lda",
-                         "  %csa = select i1 %ta1, i64 %lda, i64 1",
-                         "  %rsb = select i1 %tb1, i64 1, i64 %ldb",
-                         "  %csb = select i1 %tb1, i64 %ldb, i64 1",
-                         gemm.call(ty, "%A", "%rsa", "%csa", "%B", "%rsb", "%csb", "%C", "%M",
-                                   "%N", "%K")]
-            else:
-                parts.append(blas.declaration(b, dt))
-                body += ["  %ta32 = trunc i64 %ta to i32", "  %tb32 = trunc i64 %tb to i32",
-                         f"  %opa = add i32 %ta32, {blas.NO_TRANS}",
-                         f"  %opb = add i32 %tb32, {blas.NO_TRANS}",
-                         f"  call void @{b.gemm(dt)}(i32 {blas.ROW_MAJOR}, i32 %opa, i32 %opb, "
-                         f"i64 %M, i64 %N, i64 %K, {ty} 1.0, ptr %A, i64 %lda, ptr %B, "
-                         f"i64 %ldb, {ty} 0.0, ptr %C, i64 %N)"]
-            body += ["  %r.next = add i64 %r, 1", "  %more = icmp slt i64 %r.next, %reps",
-                     "  br i1 %more, label %loop, label %exit\nexit:\n  ret void"]
-            parts.append(f"define void @dg_time_{path}_{s}(ptr %args) {{\n"
-                         + "\n".join(body) + "\n}\n\n")
+                f.line(f"%{a}.p = getelementptr inbounds i64, ptr %args, i64 {i}")
+                f.line(f"%{a} = load {kind}, ptr %{a}.p")
+            with f.loop("%r", "%reps", block="loop", exit="exit", flags="", more="%more"):
+                if path == "gen":  # A[i, k] at i·rs_a + k·cs_a: (lda, 1), or (1, lda) when ta
+                    for line in ("%ta1 = icmp ne i64 %ta, 0", "%tb1 = icmp ne i64 %tb, 0",
+                                 "%rsa = select i1 %ta1, i64 1, i64 %lda",
+                                 "%csa = select i1 %ta1, i64 %lda, i64 1",
+                                 "%rsb = select i1 %tb1, i64 1, i64 %ldb",
+                                 "%csb = select i1 %tb1, i64 %ldb, i64 1"):
+                        f.line(line)
+                    f.lines.append(gemm.call(ty, "%A", "%rsa", "%csa", "%B", "%rsb", "%csb",
+                                             "%C", "%M", "%N", "%K"))
+                else:
+                    parts.append(blas.declaration(b, dt))
+                    f.line("%ta32 = trunc i64 %ta to i32")
+                    f.line("%tb32 = trunc i64 %tb to i32")
+                    f.line(f"%opa = add i32 %ta32, {blas.NO_TRANS}")
+                    f.line(f"%opb = add i32 %tb32, {blas.NO_TRANS}")
+                    f.line(f"call void @{b.gemm(dt)}(i32 {blas.ROW_MAJOR}, i32 %opa, i32 %opb, "
+                           f"i64 %M, i64 %N, i64 %K, {ty} 1.0, ptr %A, i64 %lda, ptr %B, "
+                           f"i64 %ldb, {ty} 0.0, ptr %C, i64 %N)")
+            f.line("ret void")
+            parts.append(f.function(f"define void @dg_time_{path}_{s}(ptr %args)"))
     _timers[key] = jit.compile_ir("".join(parts))  # (small, and needed only to measure)
     return _timers[key]
 

@@ -64,6 +64,7 @@ from fractions import Fraction
 import numpy as np
 
 from ... import prims as P
+from .emit import Emitter, fconst
 
 # ---------------------------------------------------------------------------------------------
 # coefficient derivation
@@ -205,37 +206,20 @@ COEFFS: dict[str, list[float]] = {
 # IR building
 
 
-def fconst(v: float) -> str:
-    """An LLVM IR float literal: the double-precision hex of an exactly representable float."""
-    f = np.float32(v)
-    if not (np.isnan(f) or float(f) == v or (np.isinf(f) and math.isinf(v))):
-        raise ValueError(f"{v!r} is not a float32 value")
-    return f"0x{struct.unpack('<Q', struct.pack('<d', float(f)))[0]:016X}"
-
-
 def _bits(v: float) -> int:
     return struct.unpack("<i", struct.pack("<f", v))[0]
 
 
-class _Fn:
-    """Straight-line SSA builder for one ``float -> float`` function."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.n = 0
-
-    def _t(self, expr: str) -> str:
-        self.n += 1
-        name = f"%t{self.n}"
-        self.lines.append(f"  {name} = {expr}")
-        return name
+class MathEmitter(Emitter):
+    """An :class:`~.emit.Emitter` writing one straight-line ``float -> float`` function,
+    with the float32 vocabulary the functions below are written in."""
 
     @staticmethod
     def c(v: float) -> str:
         return fconst(v)
 
     def bin(self, op: str, a: str, b: str, ty: str = "float") -> str:
-        return self._t(f"{op} {ty} {a}, {b}")
+        return self.emit(f"{op} {ty} {a}, {b}")
 
     def fadd(self, a: str, b: str) -> str:
         return self.bin("fadd", a, b)
@@ -251,25 +235,25 @@ class _Fn:
 
     def call(self, name: str, *args: str, ty: str = "float") -> str:
         a = ", ".join(f"{ty} {x}" for x in args)
-        return self._t(f"call {ty} @llvm.{name}.f32({a})")
+        return self.emit(f"call {ty} @llvm.{name}.f32({a})")
 
     def fma(self, a: str, b: str, c: str) -> str:
         return self.call("fma", a, b, c)
 
     def fcmp(self, pred: str, a: str, b: str) -> str:
-        return self._t(f"fcmp {pred} float {a}, {b}")
+        return self.emit(f"fcmp {pred} float {a}, {b}")
 
     def icmp(self, pred: str, a: str, b: str) -> str:
-        return self._t(f"icmp {pred} i32 {a}, {b}")
+        return self.emit(f"icmp {pred} i32 {a}, {b}")
 
     def select(self, cond: str, a: str, b: str, ty: str = "float") -> str:
-        return self._t(f"select i1 {cond}, {ty} {a}, {ty} {b}")
+        return self.emit(f"select i1 {cond}, {ty} {a}, {ty} {b}")
 
     def to_int(self, a: str) -> str:
-        return self._t(f"bitcast float {a} to i32")
+        return self.emit(f"bitcast float {a} to i32")
 
     def to_float(self, a: str) -> str:
-        return self._t(f"bitcast i32 {a} to float")
+        return self.emit(f"bitcast i32 {a} to float")
 
     def horner(self, x: str, coeffs: list[float]) -> str:
         """c0 + x*(c1 + x*(c2 + ...)) with fma."""
@@ -293,7 +277,7 @@ _NAN = float("nan")
 _INF = float("inf")
 
 
-def _exp_body(b: _Fn, x: str, nonpositive: bool = False) -> str:
+def _exp_body(b: MathEmitter, x: str, nonpositive: bool = False) -> str:
     """e**x in float32; NaN propagates, +inf/overflow -> inf, -inf/underflow -> 0.
     ``nonpositive``: x <= 0 or NaN is known (no clamp from above needed)."""
     if scalef():
@@ -305,7 +289,7 @@ def _exp_body(b: _Fn, x: str, nonpositive: bool = False) -> str:
     r = b.fma(n, b.c(-LN2_LO), r)
     q = b.horner(r, COEFFS["exp"])
     p = b.fadd(b.c(1.0), b.fma(b.fmul(r, r), q, r))
-    ni = b._t(f"fptosi float {n} to i32")
+    ni = b.emit(f"fptosi float {n} to i32")
     # 2**n as two factors 2**n1 * 2**n2 (each a normal float) so that denormal results are
     # rounded once, by the last multiply
     n1 = b.bin("ashr", ni, "1", "i32")
@@ -317,26 +301,26 @@ def _exp_body(b: _Fn, x: str, nonpositive: bool = False) -> str:
     return b.select(isnan, x, res)
 
 
-def _reduce_scalef(b: _Fn, x: str, nonpositive: bool) -> tuple:
+def _reduce_scalef(b: MathEmitter, x: str, nonpositive: bool) -> tuple:
     """(n as i32, e**r - 1) with x = n*ln2 + r, |r| <= ln2/2, for the AVX-512 forms: the
     clamps let a NaN through (one vminps/vmaxps each; ``nonpositive`` needs no upper one),
     n = lrint (one vcvtps2dq; for a NaN some integer, never used for the result), and
     e**r - 1 = r + r^2*q(r), the exp polynomial without its 1."""
     xc = x if nonpositive else b.select(b.fcmp("ogt", x, b.c(89.0)), b.c(89.0), x)
     xc = b.select(b.fcmp("olt", xc, b.c(-104.0)), b.c(-104.0), xc)
-    ni = b._t(f"call i32 @llvm.lrint.i32.f32(float {b.fmul(xc, b.c(LOG2E))})")
-    n = b._t(f"sitofp i32 {ni} to float")
+    ni = b.emit(f"call i32 @llvm.lrint.i32.f32(float {b.fmul(xc, b.c(LOG2E))})")
+    n = b.emit(f"sitofp i32 {ni} to float")
     r = b.fma(n, b.c(-LN2_HI), xc)
     r = b.fma(n, b.c(-LN2_LO), r)
     return ni, b.fma(b.fmul(r, r), b.horner(r, COEFFS["exp"]), r)
 
 
-def _ldexp(b: _Fn, v: str, ni: str) -> str:
+def _ldexp(b: MathEmitter, v: str, ni: str) -> str:
     """v * 2**n rounded once (one vscalefps, denormal results included)."""
-    return b._t(f"call float @llvm.ldexp.f32.i32(float {v}, i32 {ni})")
+    return b.emit(f"call float @llvm.ldexp.f32.i32(float {v}, i32 {ni})")
 
 
-def _exp_scalef(b: _Fn, x: str, nonpositive: bool = False) -> str:
+def _exp_scalef(b: MathEmitter, x: str, nonpositive: bool = False) -> str:
     """exp as :func:`_exp_body`, the same bits, in fewer vector instructions
     (:func:`_reduce_scalef`, then (1 + (e**r - 1)) * 2**n) — a NaN stays NaN through all of
     it, so no select is needed."""
@@ -345,13 +329,13 @@ def _exp_scalef(b: _Fn, x: str, nonpositive: bool = False) -> str:
 
 
 def expf_ir() -> str:
-    b = _Fn()
+    b = MathEmitter()
     return b.define("dg_expf", _exp_body(b, "%x"))
 
 
 def logf_ir() -> str:
     """Natural log: x = 2**e * m, m in [sqrt(1/2), sqrt(2)), f = m - 1, s = f/(2+f)."""
-    b = _Fn()
+    b = MathEmitter()
     x = "%x"
     # denormals: scale by 2**23 first
     tiny = b.fcmp("olt", x, b.c(2.0**-126))
@@ -365,7 +349,7 @@ def logf_ir() -> str:
     z = b.fmul(s, s)
     rr = b.fmul(z, b.horner(z, COEFFS["log"]))
     hfsq = b.fmul(b.c(0.5), b.fmul(f, f))
-    ef = b._t(f"sitofp i32 {e} to float")
+    ef = b.emit(f"sitofp i32 {e} to float")
     # f - hfsq + s*(hfsq + R) + e*ln2
     t = b.fma(s, b.fadd(hfsq, rr), b.fmul(ef, b.c(LN2_LO)))
     t = b.fadd(b.fsub(t, hfsq), f)
@@ -378,7 +362,7 @@ def logf_ir() -> str:
     return b.define("dg_logf", res)
 
 
-def _expm1_scalef(b: _Fn, y: str) -> str:
+def _expm1_scalef(b: MathEmitter, y: str) -> str:
     """e**y - 1 for y <= 0 (AVX-512 hosts): 2**n * (e**r - 1) + (2**n - 1), with n and
     e**r - 1 from :func:`_reduce_scalef`, both terms by vscalefps and 2**n - 1 exact."""
     ni, em1 = _reduce_scalef(b, y, nonpositive=True)
@@ -386,12 +370,12 @@ def _expm1_scalef(b: _Fn, y: str) -> str:
 
 
 def tanhf_ir() -> str:
-    b = _Fn()
+    b = MathEmitter()
     x = "%x"
     ax = b.call("fabs", x)
     if scalef():  # tanh|x| = -m/(2+m), m = expm1(-2|x|): no cancellation, no polynomial
         m = _expm1_scalef(b, b.fmul(ax, b.c(-2.0)))
-        mag = b.fdiv(b._t(f"fneg float {m}"), b.fadd(b.c(2.0), m))
+        mag = b.fdiv(b.emit(f"fneg float {m}"), b.fadd(b.c(2.0), m))
         return b.define("dg_tanhf", b.call("copysign", mag, x))
     x2 = b.fmul(x, x)
     small = b.fma(b.fmul(x2, ax), b.horner(x2, COEFFS["tanh"]), ax)
@@ -402,7 +386,7 @@ def tanhf_ir() -> str:
 
 
 def sigmoidf_ir() -> str:
-    b = _Fn()
+    b = MathEmitter()
     x = "%x"
     t = _exp_body(b, b.fsub(b.c(-0.0), b.call("fabs", x)), nonpositive=True)
     num = b.select(b.fcmp("olt", x, b.c(0.0)), t, b.c(1.0))
@@ -410,7 +394,7 @@ def sigmoidf_ir() -> str:
 
 
 def erff_ir() -> str:
-    b = _Fn()
+    b = MathEmitter()
     x = "%x"
     ax = b.call("fabs", x)
     small = b.fma(ax, b.horner(b.fmul(x, x), COEFFS["erf_small"]), ax)
@@ -444,7 +428,7 @@ TWO_OVER_PI = _f32(2 / np.pi)
 SINCOS_CLAMP = 2.0**30  # keeps the quadrant number an i32; far beyond the accurate domain
 
 
-def _sincos_body(b: _Fn, x: str, quadrant_offset: int) -> str:
+def _sincos_body(b: MathEmitter, x: str, quadrant_offset: int) -> str:
     """sin(x + quadrant_offset * pi/2): x = k*pi/2 + r, |r| <= pi/4, pick sin/cos of r by
     (k + offset) & 1 and negate when (k + offset) & 2."""
     xc = b.call("maxnum", b.call("minnum", x, b.c(SINCOS_CLAMP)), b.c(-SINCOS_CLAMP))
@@ -459,7 +443,7 @@ def _sincos_body(b: _Fn, x: str, quadrant_offset: int) -> str:
     # sin(r + lo) ~ sin(r) + lo*cos(r); cos(r + lo) ~ cos(r) - lo*r
     s = b.fadd(r, b.fma(b.fmul(z, r), b.horner(z, COEFFS["sin"]), b.fmul(lo, c)))
     c = b.fma(b.fsub(b.c(-0.0), r), lo, c)
-    q = b.bin("add", b._t(f"fptosi float {k} to i32"), str(quadrant_offset), "i32")
+    q = b.bin("add", b.emit(f"fptosi float {k} to i32"), str(quadrant_offset), "i32")
     odd = b.icmp("ne", b.bin("and", q, "1", "i32"), "0")
     v = b.select(odd, c, s)
     flip = b.bin("shl", b.bin("and", q, "2", "i32"), "30", "i32")
@@ -471,14 +455,14 @@ def _sincos_body(b: _Fn, x: str, quadrant_offset: int) -> str:
 
 
 def sinf_ir() -> str:
-    b = _Fn()
+    b = MathEmitter()
     res = _sincos_body(b, "%x", 0)
     # sin(+-0) = +-0
     return b.define("dg_sinf", b.select(b.fcmp("oeq", "%x", b.c(0.0)), "%x", res))
 
 
 def cosf_ir() -> str:
-    b = _Fn()
+    b = MathEmitter()
     return b.define("dg_cosf", _sincos_body(b, "%x", 1))
 
 
@@ -544,6 +528,17 @@ def module_ir(names=None) -> str:
     """Declarations plus the definitions of the named functions (all by default)."""
     names = list(FUNCTIONS) if names is None else list(names)
     return DECLS + "\n" + "\n".join(FUNCTIONS[n]() for n in names)
+
+
+def prelude_ir(math_functions) -> str:
+    """What a kernel module starts with: the named vecmath functions (:func:`module_ir`)
+    and the declarations of the LLVM intrinsics the kernels' lowerings call."""
+    return (module_ir(math_functions) + "declare float @llvm.sqrt.f32(float)\n"
+            "declare double @llvm.sqrt.f64(double)\ndeclare double @llvm.fabs.f64(double)\n"
+            "declare double @llvm.fma.f64(double, double, double)\n"
+            "declare float @llvm.floor.f32(float)\ndeclare double @llvm.floor.f64(double)\n"
+            "declare float @llvm.pow.f32(float, float)\n"
+            "declare double @llvm.pow.f64(double, double)\n\n")
 
 
 def kernel_ir(fn_name: str) -> str:
