@@ -4,7 +4,8 @@
 
 The W2 step (784→256→256→10 ReLU MLP, cross-entropy, Adam) compiled twice on the LLVM
 backend, in a fresh disk cache: once as users get it (the batch dimension becomes symbolic
-after three sizes, and its sizes share one native module: ``compiler/backends/llvm/sizes.py``)
+after three sizes, and its sizes share one native module per form of their code:
+``compiler/backends/llvm/forms.py``)
 and once with ``dynamic=False`` (a variant, and a module, per size). For every new batch size:
 the first call (ms: planning, plus LLVM when the size needs a module) and the step time
 after (µs, median), for both; the first two steps at each size must agree with eager's
@@ -108,9 +109,8 @@ def run(quick: bool) -> dict:
     progress.close()
     (v,) = shared.variants
     fam = v.family
-    return {"width": width, "rows": rows, "forms": len(fam.forms), "templates": fam.templates,
+    return {"width": width, "rows": rows, "templates": fam.templates,
             "shared_sizes": fam.shared, "own_sizes": fam.own,
-            "run_time_numbers": len(fam.positions),
             "alone_variants": len(alone.variants), "fallbacks": list(shared.fallbacks)}
 
 
@@ -124,9 +124,8 @@ def report(res: dict) -> str:
                    f"{row['shared_step_us']:7.0f}   {row['alone_first_ms']:16.1f}  "
                    f"{row['alone_step_us']:7.0f}   {ok}")
     out.append(f"  shared: {res['shared_sizes']} size(s) on {res['templates']} template "
-               f"module(s) ({res['forms']} form(s), {res['run_time_numbers']} run-time "
-               f"numbers), {res['own_sizes']} compiled alone; per size: "
-               f"{res['alone_variants']} variants")
+               f"module(s) (one per form of the code), {res['own_sizes']} compiled alone; "
+               f"per size: {res['alone_variants']} variants")
     return "\n".join(out)
 
 

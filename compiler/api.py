@@ -31,8 +31,8 @@ from dyngrad.autograd.graph import _FREED_MSG, FREED, Node
 from dyngrad.dispatch import STATE, push_mode
 from dyngrad.tensor import Storage, Tensor
 
-from . import backends, capture, ir
-from .backends.base import Executable, GuardFailed
+from . import backends, capture, dims, ir
+from .backends.base import Executable, GuardFailed, Untemplatable
 from .capture.calls import trace_through
 from .effects import continue_backward, plan_effects, replay
 from .generated import exec_generated
@@ -44,10 +44,10 @@ from .results import fresh
 from .symbolic import (
     arg_dims,
     arg_shapes,
-    concrete_graph,
     generalize,
-    graphs_near,
+    input_templates,
     same_template,
+    symbolic_graph,
 )
 from .trace import Trace, Tracer, Unsupported
 
@@ -139,8 +139,10 @@ class Variant:
     sizes: set = field(default_factory=set)  # the sizes a symbolic variant serves (traced)
     templates: list | None = None
     bw_templates: list | None = None
+    shape_templates: list | None = None  # per graph input, its shape's template
+    bw_shape_templates: list | None = None  # (symbolic.input_templates), and the backward's
     plans: dict = field(default_factory=dict)  # size -> (forward, backward) executables
-    family: Any = None  # the native backend's module family of the sizes (llvm/sizes.py)
+    family: Any = None  # the native backend's forms of the sizes (llvm/forms.py)
     bw_family: Any = None  # and of the backward part's sizes (backward outside)
     inplace: dict = field(default_factory=dict)  # node -> input written in place
     backend_name: str = "interp"
@@ -174,14 +176,12 @@ class Variant:
             backend = backends.get(self.backend_name)
             if backend.compile_at_size is not None:
                 fwd = backend.compile_at_size(self.trace.graph, self.templates, d, self.inplace)
-            else:  # the backend plans a concrete graph at this size (its sizes may share
-                shapes = [np.shape(a) for a in inputs]  # one module)
-                g = concrete_graph(self.trace.graph, self.templates, d, shapes)
-                if self.family is None and backend.family is not None:
-                    self.family = backend.family(self.inplace)
-                if self.family is not None:
-                    self.family.near = lambda: self._graphs_near(d, shapes)
-                fwd = backend.compile(g, inplace=self.inplace, family=self.family)
+            else:  # the backend compiles the graph at this size, with d a Dim (its form's
+                if self.family is None and backend.family is not None:  # one module)
+                    self.family = backend.family()
+                fwd = self.compile_sized(backend, self.trace.graph, self.templates, d,
+                                         [np.shape(a) for a in inputs], self.shape_templates,
+                                         self.inplace, self.family)
             if self.backward is None:
                 bwd = None
             elif backend.compile_at_size is not None:
@@ -195,21 +195,39 @@ class Variant:
         return p
 
     PLANS_KEPT = 64  # sizes whose plans a symbolic variant keeps
-    PROBES = (1, 17, 257)  # sizes d + these probe which numbers of the code follow d
 
-    def _graphs_near(self, d: int, shapes: list) -> list:
-        """Concrete graphs at sizes ``d`` + ``PROBES`` (symbolic.graphs_near)."""
-        return graphs_near(self.trace.graph, self.templates, self.trace.bindings,
-                           self.sym.dims, d, shapes, self.PROBES)
+    def compile_sized(self, backend, g, templates, d: int, shapes: list, shape_templates,
+                      inplace, family):
+        """The executable of ``g`` at size ``d`` (``shapes``: its inputs' shapes in the
+        call at hand), built with the symbolic dimension a ``compiler.dims.Dim``: every
+        size-dependent number of its IR is a placeholder, and ``family`` (the backend's,
+        e.g. ``llvm/forms.Forms``) runs the size from its form's one module. When its IR
+        cannot be a template, it is written with this size's numbers: a module of its own."""
+        sym = symbolic_graph(g, templates, d, shapes, shape_templates)
+        with dims.recording():
+            try:
+                return backend.compile(sym, inplace=inplace, family=family)
+            except Untemplatable:
+                pass
+        if family is not None:
+            family.own += 1
+        return backend.compile(sym, inplace=inplace)
 
     def __post_init__(self) -> None:
         self._gather, self._commit, fast = _generate_call_path(self.trace, self.copy_outputs,
                                                                self)
         self.call = fast if self.backward is None and not self.trace.prints else self.run
 
-    def make_symbolic(self, sym, templates, bw_templates) -> None:
-        """Serve every size of one dimension (see compiler/symbolic.py): plans per size."""
+    def make_symbolic(self, sym, templates, bw_templates, old: Variant) -> None:
+        """Serve every size of one dimension (see compiler/symbolic.py): plans per size.
+        ``old``: a variant at another size, the templates were fitted with."""
         self.sym, self.templates, self.bw_templates = sym, templates, bw_templates
+        i, k = sym.base
+        d1, d2 = old.arg_meta[i][0][k], self.arg_meta[i][0][k]
+        self.shape_templates = input_templates(old.trace.graph, self.trace.graph, d1, d2)
+        if self.backward is not None:
+            self.bw_shape_templates = input_templates(
+                old.backward.parts.backward, self.backward.parts.backward, d1, d2)
         self.call = self.run
         if self.backward is None and not self.trace.prints:  # straight-line, the plan
             _, _, self.call = _generate_call_path(self.trace, self.copy_outputs, self)
@@ -347,7 +365,7 @@ class SizedBackward(Executable):
     """The backward part of a symbolic variant at one size, on a native backend: compiled
     at the first ``backward()`` of that size — the arrays it is given (saved values and
     cotangents) have the shapes to plan with — into ``plan``, the executable it runs from
-    then on; the sizes' modules form a family as the forward's do."""
+    then on; its sizes share modules by form as the forward's do."""
 
     def __init__(self, variant, d: int) -> None:
         self.variant, self.d, self.plan = variant, d, None
@@ -356,11 +374,11 @@ class SizedBackward(Executable):
         if self.plan is None:
             v = self.variant
             backend = backends.get(v.backend_name)
-            g = concrete_graph(v.backward.parts.backward, v.bw_templates, self.d,
-                               [np.shape(a) for a in inputs])
             if v.bw_family is None and backend.family is not None:
-                v.bw_family = backend.family({})
-            self.plan = backend.compile(g, family=v.bw_family)
+                v.bw_family = backend.family()
+            self.plan = v.compile_sized(backend, v.backward.parts.backward, v.bw_templates,
+                                        self.d, [np.shape(a) for a in inputs],
+                                        v.bw_shape_templates, None, v.bw_family)
         return self.plan.run(inputs, scalars)
 
     def describe(self) -> str:
@@ -753,7 +771,7 @@ class CompiledFunction:
                 if a is b or dims_a != dims_b or not same_template(ta, tb_) or \
                         not same_template(tba, tbb):
                     continue
-                v.make_symbolic(dims_a, ta, tba)
+                v.make_symbolic(dims_a, ta, tba, a)
                 i, k = dims_a.base
                 v.sizes = {a.arg_meta[i][0][k], b.arg_meta[i][0][k], v.arg_meta[i][0][k]}
                 v.guards = build_guards(v.trace, flat, spec, self.dynamic_numbers,

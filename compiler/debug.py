@@ -179,9 +179,9 @@ def _backend_plans(v) -> list:
             text = f"planned per symbolic size — {_by_plan(v.plans, 0) or 'none yet'}"
             fam = v.family
             if fam is not None and (fam.shared or fam.own):
-                text += (f"\n  native code: {fam.shared} size(s) run one module whose "
-                         f"{len(fam.positions)} size-dependent numbers are run-time values "
-                         f"({fam.templates} compiled), {fam.own} size(s) compiled on their own")
+                text += (f"\n  native code: {fam.shared} size(s) ran from "
+                         f"{fam.templates} module(s), one per form of the code, the sizes "
+                         f"read at run time; {fam.own} size(s) compiled on their own")
             out.append((label, text))
     return out
 

@@ -255,25 +255,35 @@ def concrete_graph(g: Graph, templates: list, size: int, input_shapes: list) -> 
     return out
 
 
-def graphs_near(g: Graph, templates: list, bindings: list, dims: dict, d: int,
-                shapes: list, steps: tuple) -> list:
-    """Concrete copies of ``g`` at sizes ``d + step`` for the native backend to learn which
-    numbers of its code vary with the size (``compiler/backends/llvm/sizes.py``). ``shapes``
-    are the inputs' shapes at ``d``; an argument's symbolic ``dims`` (``bindings`` say which
-    input is which argument) take their affine size at the probe, every other input keeps
-    its shape. Probes are never run, and a graph that cannot be made is skipped."""
+def input_templates(g1: Graph, g2: Graph, d1: int, d2: int) -> list:
+    """Per input of ``g2``, its shape's template between two traces at sizes d1 and d2
+    (:func:`fit`: each dim an int or an :class:`Affine`), or None when it does not fit."""
     out = []
-    for step in steps:
+    for a, b in zip(g1.inputs, g2.inputs, strict=True):
         try:
-            probe = []
-            for b, s in zip(bindings, shapes, strict=True):
-                affine = dims.get(b.target, {}) if b.kind == "arg" else {}
-                probe.append(tuple(affine[k].at(d + step) if k in affine else n
-                                   for k, n in enumerate(s)))
-            out.append(concrete_graph(g, templates, d + step, probe))
-        except Exception:  # noqa: BLE001 - a probe that cannot be made is skipped
-            continue
+            out.append(fit(tuple(a.shape), tuple(b.shape), d1, d2))
+        except NoFit:
+            out.append(None)
     return out
+
+
+def symbolic_graph(g: Graph, templates: list, d: int, input_shapes: list,
+                   shape_templates: list) -> Graph:
+    """:func:`concrete_graph` at size ``d`` with the dimension a ``compiler.dims.Dim``: the
+    node parameters' affine sizes are Dims, and so is each input dim whose template
+    (``shape_templates``, from :func:`input_templates`) is affine — where the template
+    gives this call's shape (``input_shapes``); any other input keeps its numbers. Every
+    Dim equals the size it stands for at ``d``, so the graph is ``d``'s; shapes follow by
+    the primitives' rules."""
+    from . import dims as D
+    x = D.dim(d)
+    shapes = []
+    for s, t in zip(input_shapes, shape_templates, strict=True):
+        s = tuple(s)
+        if t is not None and len(t) == len(s) and instantiate(t, d) == s:
+            s = tuple(instantiate(t, x))
+        shapes.append(s)
+    return concrete_graph(g, templates, x, shapes)
 
 
 def shapes_at(g: Graph, templates: list, size: int, input_shapes: list) -> dict:

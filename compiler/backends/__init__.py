@@ -22,8 +22,8 @@ def get(backend: str) -> Backend:
         made = Backend("interp", lambda g, inplace=None: interp.compile_graph(
             g, inplace=inplace), compile_at_size=interp.compile_graph, vector_math=False)
     elif backend == "llvm":
-        from .llvm import runner, sizes
-        made = Backend("llvm", runner.compile_graph, family=sizes.Family)
+        from .llvm import forms, runner
+        made = Backend("llvm", runner.compile_graph, family=forms.Forms)
     else:
         raise ValueError(f"unknown backend {backend!r}; choose 'interp' or 'llvm'")
     _MADE[backend] = made

@@ -25,8 +25,9 @@ class Backend:
     #   Executable: a backend that plans a symbolic variant's parameter templates at each
     #   size itself (the interpreter); without it, the pipeline hands it concrete graphs per
     #   size
-    family: Callable | None = None  # (inplace) -> an object every size of one symbolic
-    #   variant is compiled with (the LLVM backend serves them from one module)
+    family: Callable | None = None  # () -> an object every size of one symbolic variant is
+    #   compiled with (``family=``, the graph built with ``compiler.dims.Dim`` sizes inside
+    #   ``dims.recording()``): the LLVM backend serves a form's sizes from one module
     vector_math: bool = True  # transcendentals in vector code (else numpy's, in eager's
     #   order, bit for bit: the interpreter), so the pipeline may recompute them
 
@@ -57,6 +58,12 @@ class Executable:
 
     def numpy_groups(self) -> list:
         return []
+
+
+class Untemplatable(Exception):
+    """A symbolic variant's size whose code cannot run from its form's shared module (a
+    size where the backend's code needs a constant): the pipeline compiles the size with
+    its numbers instead."""
 
 
 class GuardFailed(Exception):

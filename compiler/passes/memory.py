@@ -57,6 +57,7 @@ place (any pair in ``inplace`` at any size) must not declare its operands ``noal
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -131,7 +132,7 @@ def _round_up(n: int, align: int) -> int:
 
 def _nbytes(v: Value, shapes: dict | None) -> int:
     shape = shapes.get(v.id, v.shape) if shapes else v.shape
-    return int(np.prod(shape, dtype=np.int64)) * v.dtype.itemsize
+    return math.prod(shape) * v.dtype.itemsize  # (a symbolic variant's sizes: Dims)
 
 
 def _shape(v: Value, shapes: dict | None) -> tuple:

@@ -4,6 +4,7 @@ transpose of broadcasting (see Note [SUM lives with the movement ops])."""
 
 from __future__ import annotations
 
+import abc
 import math
 
 import numpy as np
@@ -17,9 +18,20 @@ from .primitive import Primitive
 # ------------------------------------------------------------------ reshape
 
 
+class SymbolicSize(abc.ABC):  # noqa: B024 - (a registry for isinstance, nothing to implement)
+    """An int-like size that is not an int — a compiler's symbolic size
+    (``compiler.dims.Dim`` registers itself): shape rules keep it as it is, where they make
+    every other size an int, so sizes computed from it stay symbolic."""
+
+
+def as_size(s):
+    """``s`` as a size: an int, or a :class:`SymbolicSize` kept as it is."""
+    return s if type(s) is int or isinstance(s, SymbolicSize) else int(s)
+
+
 def resolve_shape(shape: tuple, numel: int, op: str = "reshape") -> tuple:
     """Replace one -1 in ``shape`` so that it holds ``numel`` elements."""
-    shape = tuple(int(s) for s in shape)
+    shape = tuple(as_size(s) for s in shape)
     neg = [i for i, s in enumerate(shape) if s == -1]
     if len(neg) > 1:
         raise RuntimeError(f"{op}: only one dimension can be inferred (got shape {list(shape)})")
@@ -49,7 +61,7 @@ RESHAPE = Primitive(
 
 
 def _bcast_target(xshape, shape, op="expand"):
-    shape = tuple(int(s) for s in shape)
+    shape = tuple(as_size(s) for s in shape)
     lead = len(shape) - len(xshape)
     if lead < 0:
         raise RuntimeError(f"{op}: the number of sizes provided ({len(shape)}) must be greater "
@@ -350,7 +362,7 @@ def expand(x: Tensor, *shape) -> Tensor:
     """Broadcast to a larger shape without copying (-1 keeps a size)."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
-    return dispatch(BROADCAST, x, shape=tuple(int(s) for s in shape))
+    return dispatch(BROADCAST, x, shape=tuple(as_size(s) for s in shape))
 
 
 def expand_as(x: Tensor, other: Tensor) -> Tensor:

@@ -16,6 +16,7 @@ import re
 
 import numpy as np
 
+from ...dims import concrete
 from ...prims import traits
 from . import datamove, jit, loops, matmul, randomgen, reduce, target, threads  # noqa: F401
 
@@ -118,9 +119,11 @@ def run_group(g, group, arrays) -> list:
 
 def constant_value(n) -> np.ndarray:
     """The value of a ``full`` or ``size_of`` node (known from its params and shapes)."""
+    params = concrete(n.params)  # (a symbolic variant's sizes: their numbers)
     if not traits(n.prim).reads_data:  # (size_of: only its input's shape)
-        return np.asarray(n.prim.impl(np.empty(n.inputs[0].shape, np.int8), **n.params))
-    return np.asarray(n.prim.impl(**n.params))
+        return np.asarray(n.prim.impl(np.empty(concrete(n.inputs[0].shape), np.int8),
+                                      **params))
+    return np.asarray(n.prim.impl(**params))
 
 
 __all__ = ["elementwise_kernel", "reduce_kernel", "module_ir", "run_group", "builder",

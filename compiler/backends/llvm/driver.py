@@ -47,6 +47,7 @@ import numpy as np
 
 from dyngrad import dtypes as _dt
 
+from ...dims import concrete
 from ...generated import exec_generated
 from ...ir import Value
 from ...passes.fusion import fuse
@@ -206,7 +207,7 @@ class DriverPlan(base.Executable):
                 where[id(v)] = ("slot", slot("staged", staged[id(v)]))
             elif id(v) not in where:
                 self.out_slot[k] = slot("output", k)
-                self.out_meta[k] = (v.shape, v.dtype.np)
+                self.out_meta[k] = (concrete(v.shape), v.dtype.np)
                 where[id(v)] = ("slot", self.out_slot[k])
         for v in materialised:
             if id(v) in where or id(v) in aliases:
@@ -311,7 +312,8 @@ class DriverPlan(base.Executable):
                 continue
             v = g.outputs[k]
             body.append(f"  call void @llvm.memcpy.p0.p0.i64(ptr %s{self.input_slots[input_index]}"
-                        f", ptr {pointer(v)}, i64 {buf.nbytes}, i1 false)")
+                        f", ptr {pointer(v)}, i64 {math.prod(v.shape) * v.dtype.itemsize}, "
+                        "i1 false)")
         if ticks:
             body += ticks.read(len(groups), 1)
         body.append("  ret i32 0")
@@ -323,7 +325,7 @@ class DriverPlan(base.Executable):
                  + "\n".join(body) + "\n" + (ticks.definitions() if ticks else ""))
         if family is None:
             self.compiled, self.sizes = cache.load_or_compile(text), None
-        else:  # one symbolic variant's sizes: maybe one module for all (sizes.py)
+        else:  # one symbolic variant's sizes: one module for all of a form (forms.py)
             self.compiled, self.sizes = family.module(text)
             if self.sizes is not None:  # the module's global of numbers: one call of it at
                 self.lock = self.compiled.lock  # a time, whichever plan or family calls
@@ -640,34 +642,12 @@ def _constants(g, grp) -> dict:
             elif x.const is not None:
                 args.append(x.const)
             elif not traits(n.prim).reads_data and id(x) not in inside:
-                args.append(np.empty(x.shape, np.int8))  # (its shape is all size_of reads)
+                args.append(np.empty(concrete(x.shape), np.int8))  # (its shape is all
+                #                                                      size_of reads)
             else:
                 raise NotDrivable(f"a creation group reads {x!r}")
-        env[id(n.out)] = np.array(n.prim.impl(*args, **n.params), order="C")
+        env[id(n.out)] = np.array(n.prim.impl(*args, **concrete(n.params)), order="C")
     return {id(v): env[id(v)] for v in grp.outputs}
-
-
-class _Text(Exception):
-    """Carries a driver's IR text out of :func:`text_of`."""
-
-
-class _TextOnly:
-    """A family that compiles nothing: it hands the text back (``text_of``)."""
-
-    def module(self, text: str):
-        raise _Text(text)
-
-
-def text_of(g, inplace: dict | None) -> str | None:
-    """The driver module's IR text for ``g`` without compiling it (None when the graph
-    does not make one driver): how ``sizes.Family`` probes other sizes."""
-    try:
-        DriverPlan(g, inplace or {}, None, None, _TextOnly())
-    except _Text as t:
-        return t.args[0]
-    except NotImplementedError:
-        return None
-    raise AssertionError("text_of: the plan was built without asking for its module")
 
 
 def build(g, inplace: dict | None, make_fallback, groups: list | None = None,
@@ -675,18 +655,8 @@ def build(g, inplace: dict | None, make_fallback, groups: list | None = None,
     """A :class:`DriverPlan` for ``g``, or raise :class:`NotDrivable` (or
     NotImplementedError from the code generator). ``make_fallback()`` makes the runner's
     plan of ``g``, for calls that find the plan busy in another thread. ``family``: the
-    :class:`~compiler.backends.llvm.sizes.Family` of a symbolic variant's sizes, which may
-    serve this size from one module with the others. ``profile``: a module of its own whose
+    :class:`~compiler.backends.llvm.forms.Forms` of a symbolic variant's sizes (``g`` built
+    with a ``compiler.dims.Dim``, its IR written inside ``dims.recording()``): the size
+    runs its form's template with its own numbers. ``profile``: a module of its own whose
     driver also reads the clock around every kernel (``plan.ticks``, see ``_Ticks``)."""
     return DriverPlan(g, inplace or {}, make_fallback, groups, family, profile)
-
-
-def module_text(g, inplace: dict | None = None) -> str | None:
-    """The IR text :func:`compile_graph` would compile for ``g`` — the driver's module, else
-    the hybrid plan's kernels — without compiling it (None: no native code). How
-    ``sizes.Family`` probes other sizes."""
-    text = text_of(g, inplace)
-    if text is not None:
-        return text
-    native = [grp for grp in fuse(g) if codegen.lowerable(g, grp)]
-    return codegen.module_ir(g, native)[0] if native else None

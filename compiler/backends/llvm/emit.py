@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ...dims import Dim
 from ...ir import Value
 from ...prims import CONSTANT, traits
 from . import jit
@@ -35,7 +36,11 @@ def fconst(v: float) -> str:
 
 
 def literal(x, ty: str) -> str:
-    """A literal of LLVM type ``ty`` ('float' rounds as numpy's weak-scalar rule does)."""
+    """A literal of LLVM type ``ty`` ('float' rounds as numpy's weak-scalar rule does). A
+    size of a symbolic variant (``compiler.dims.Dim``) is written as itself: a placeholder
+    the template reads at run time as ``ty`` (``forms.py``), else its number."""
+    if isinstance(x, Dim) and ty != "i1":
+        return format(x)
     if ty == "i1":
         return "true" if x else "false"
     if ty == "i64":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from ...dims import Dim
 from . import blas, gemm, tune
 from .emit import (
     FN_NAME,
@@ -100,8 +101,10 @@ class MatmulBuilder(KernelBuilder):
         n_batch = math.prod(n.out.shape[:-2])
         st = MEMTYPE[ty]
         self.label("entry")
-        if self.small and tb and K:  # (see _small_loops)
-            self.line(f"%bt.tmp = alloca [{K * N} x {ty}], align 64")
+        if self.small and tb and K:  # (see _small_loops; a symbolic variant's size: an
+            count = K * N  #                      alloca of a run-time count)
+            self.line(f"%bt.tmp = alloca {ty}, i64 {count}, align 64" if isinstance(count, Dim)
+                      else f"%bt.tmp = alloca [{count} x {ty}], align 64")
         with self.loop("%bt", n_batch, block="batch", exit="exit", latch="batch.end"):
             oa, ob, oc = self._batch_offsets("%bt")
             A = self.emit(f"getelementptr inbounds {st}, ptr {pa}, i64 {oa}")

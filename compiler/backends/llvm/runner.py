@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ...dims import concrete
 from ...passes.fusion import fuse
 from ...prims import traits
 from ..base import Executable, GuardFailed, result, same_value, step_plan
@@ -51,7 +52,7 @@ def _hybrid_runner(g, inplace, groups):
 def compile_graph(g, inplace: dict | None = None, family=None, groups: list | None = None):
     """The executable of ``g``: one native driver call when every fusion group lowers
     (``driver.DriverPlan``), else :func:`compile_hybrid`'s kernels-and-numpy
-    :class:`HybridPlan`. ``family``: see ``sizes.py`` (a symbolic variant's sizes);
+    :class:`HybridPlan`. ``family``: a symbolic variant's ``forms.Forms``;
     ``groups``: ``g``'s fusion groups when the caller has them (made here otherwise)."""
     groups = fuse(g) if groups is None else groups
     if any(grp.kind not in ("scalar", "creation", "movement") for grp in groups):
@@ -119,9 +120,9 @@ def compile_hybrid(g, inplace: dict | None = None, groups: list | None = None,
     ``size_of`` steps become constants: they read only a shape, and their input may be a
     value that lives only inside a native kernel.
 
-    ``family`` (a symbolic variant's sizes, ``sizes.py``): the kernels' module may be the
-    family's template; a run then holds the module's lock and first gives the module this
-    size's numbers (``dg_set_sizes``).
+    ``family`` (a symbolic variant's sizes: ``forms.Forms``): the kernels' module may be
+    the template of the size's form; a run then holds the module's lock and first gives the
+    module this size's numbers (``dg_set_sizes``).
 
     ``clock`` (profiling: :func:`profiled`): an array the plan writes ``perf_counter``
     readings into, around every group but creation groups (in order) and the whole run
@@ -152,11 +153,11 @@ def compile_hybrid(g, inplace: dict | None = None, groups: list | None = None,
         for grp, (name, layout) in zip(native, fns, strict=True):
             fn = compiled.cfunc(name, None, ctypes.c_void_p, ctypes.c_int64)
             n_in_k = len(grp.inputs)
-            ins = tuple((slot[id(v)], v.shape, np.float64 if v.weak else v.dtype.np)
+            ins = tuple((slot[id(v)], concrete(v.shape), np.float64 if v.weak else v.dtype.np)
                         for v in layout[:n_in_k])  # (a Python number: one float64)
-            kouts = tuple((slot[id(v)], v.shape, v.dtype.np)
+            kouts = tuple((slot[id(v)], concrete(v.shape), v.dtype.np)
                           for v in layout[n_in_k:])  # (the kernel's outputs: no constants)
-            kernels[id(grp)] = (_KERNEL, fn, ins, kouts, math.prod(grp.shape),
+            kernels[id(grp)] = (_KERNEL, fn, ins, kouts, concrete(math.prod(grp.shape)),
                                 ctypes.c_void_p * max(len(layout), 1))
     # value guards: due before the first group of the segment after their cut
     cuts = sorted({gd.after for gd in g.guards if 0 < gd.after < len(g.nodes)})
@@ -170,7 +171,7 @@ def compile_hybrid(g, inplace: dict | None = None, groups: list | None = None,
         if not traits(n.prim).reads_data:  # size_of, a constant: a fresh copy of it
             return (codegen.constant_value(n).copy, (), {}, steps[k][3], False)
         impl, ins, params, out, _, weak, _ = steps[k]  # (no target, no checks: see above)
-        return impl, ins, params, out, weak
+        return impl, ins, concrete(params), out, weak
 
     order, done_upto = [], -1
     timed = [grp for grp in groups if grp.kind != "creation"]
@@ -212,7 +213,7 @@ class HybridPlan(Executable):
     (a native kernel, a numpy step of one node, or value checks); the environment list
     starts as ``base`` with the inputs and scalars in front; ``deferred`` are the write-backs
     done once everything ran; ``sized`` is (set sizes, numbers, lock) when the kernels'
-    module is a symbolic family's template (``sizes.py``)."""
+    module is the template of a symbolic variant's form (``forms.py``)."""
 
     def __init__(self, g, groups, native, order, outs, tail, base, n_in, n_sc, deferred,
                  sized) -> None:

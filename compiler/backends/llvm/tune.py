@@ -56,35 +56,8 @@ FILE = "matmul-choices.json"
 
 _decided: dict[tuple, str] = {}  # (machine key, shape key) -> "blas" | "generated"
 _lock = threading.Lock()
-_guess = threading.local()  # .on: choose() guesses instead of measuring (see guessing)
 
 
-class guessing:
-    """Within ``with tune.guessing():`` (this thread), a shape never decided is not
-    measured: it takes the decision of the nearest decided shape of its dtype and operand
-    layout (else "generated"), and nothing is stored — for code that is only looked at, as
-    ``sizes.Family``'s probes at sizes that may never run."""
-
-    def __enter__(self):
-        self.was = getattr(_guess, "on", False)
-        _guess.on = True
-        return self
-
-    def __exit__(self, *exc) -> None:
-        _guess.on = self.was
-
-
-def _nearest(key: tuple, m: int, n: int, k: int) -> str:
-    prefix = key[1].rsplit(" ", 1)[0]
-    best, choice = None, "generated"
-    for (machine, shape), c in _decided.items():
-        if machine != key[0] or shape.rsplit(" ", 1)[0] != prefix:
-            continue
-        dm, dn, dk = (int(x) for x in shape.rsplit(" ", 1)[1].split("x"))
-        d = abs(dm - m) + abs(dn - n) + abs(dk - k)
-        if best is None or d < best:
-            best, choice = d, c
-    return choice
 _timers: dict = {}  # (kernel name, Blas) -> the compiled timing module
 _SUFFIX = {"float32": "f32", "float64": "f64"}
 _LL = {"float32": "float", "float64": "double"}
@@ -100,7 +73,9 @@ def mode() -> str:
 
 def choose(dtype_name: str, m: int, n: int, k: int, ta: bool, tb: bool) -> str:
     """``"blas"`` or ``"generated"`` for one product ``C[m x n] = op(A) @ op(B)`` (see the
-    module docstring). Example: ``choose("float32", 128, 256, 784, False, True)``."""
+    module docstring). Example: ``choose("float32", 128, 256, 784, False, True)``. (Sizes
+    of a symbolic variant, ``compiler.dims.Dim``, are decided by their numbers.)"""
+    m, n, k = int(m), int(n), int(k)
     forced = mode()
     if blas.find() is None or k == 0 or m * n == 0 or forced == "generated":
         return "generated"
@@ -116,8 +91,6 @@ def choose(dtype_name: str, m: int, n: int, k: int, ta: bool, tb: bool) -> str:
         if choice is None:
             entry = _load().get(key[0], {}).get(key[1])
             choice = entry.get("choice") if isinstance(entry, dict) else None
-            if choice not in ("blas", "generated") and getattr(_guess, "on", False):
-                return _nearest(key, m, n, k)  # (not measured, not kept)
             if choice not in ("blas", "generated"):
                 t = measure(dtype_name, m, n, k, ta, tb)
                 choice = t["choice"]
