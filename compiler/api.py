@@ -49,7 +49,7 @@ from .symbolic import (
     same_template,
     symbolic_graph,
 )
-from .trace import Trace, Tracer, Unsupported
+from .trace import Trace, Tracer, Unsupported, Via
 
 log = logging.getLogger("dyngrad.compiler")
 
@@ -270,14 +270,14 @@ def _print_effects(prints: list, outs: list) -> None:
 def _binding_expr(b, local: str, array: bool) -> str:
     """Source text reaching a binding's tensor (or its ndarray with ``array``); ``local`` is
     the local variable holding the object its weak reference points to."""
-    if b.kind == "arg":
+    if b.kind is Via.ARG:
         obj = f"flat[{b.target}]"
-    elif b.kind == "grad":
+    elif b.kind is Via.GRAD:
         owner = f"flat[{b.target[1]}]" if isinstance(b.target, tuple) else local
         obj = f"{owner}._grad"
     else:
         obj = local
-    return obj if b.kind == "array" or not array else f"{obj}._data"
+    return obj if b.kind is Via.ARRAY or not array else f"{obj}._data"
 
 
 def _generate_call_path(trace: Trace, copy_outputs: set, variant: Variant) -> tuple:
@@ -296,9 +296,9 @@ def _generate_call_path(trace: Trace, copy_outputs: set, variant: Variant) -> tu
     prelude: list[str] = []
 
     def local(b) -> str:
-        if b.kind == "arg" or isinstance(b.target, tuple):
+        if b.kind is Via.ARG or isinstance(b.target, tuple):
             return ""
-        if b.kind == "source":  # read from its Python location (see Binding)
+        if b.kind is Via.SOURCE:  # read from its Python location (see Binding)
             name = locals_.get(id(b))
             if name is None:
                 name = locals_[id(b)] = f"q{len(locals_)}"
@@ -321,7 +321,7 @@ def _generate_call_path(trace: Trace, copy_outputs: set, variant: Variant) -> tu
         body.append(f"outs[{k}] = np.array(outs[{k}], copy=True)")
     for b, k, done in trace.writebacks:
         target = _binding_expr(b, local(b), False)
-        if b.kind == "array":
+        if b.kind is Via.ARRAY:
             if not done:
                 body.append(f"COPYTO({target}, outs[{k}])")
             continue

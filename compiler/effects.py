@@ -32,7 +32,7 @@ def plan_effects(trace: Trace, cap, tracer: Tracer, dynamic: set) -> Trace:
     locations and the guards on the locations' entry values are set up on the way. Counters
     found are added to ``dynamic`` (runtime inputs from the next trace)."""
     from .capture.checks import Equals, Identity, is_plain
-    from .trace import slot_key
+    from .trace import Via, slot_key
     entries = []
     stores: dict = {}
     for e in cap.effects:
@@ -49,11 +49,10 @@ def plan_effects(trace: Trace, cap, tracer: Tracer, dynamic: set) -> Trace:
         value, src = e.entry
         if isinstance(value, Tensor):
             b = tracer.input_binding.get(slot_key(value))
-            if b is not None and b.kind == "ref" and b.target() is value and \
+            if b is not None and b.kind is Via.REF and b.target() is value and \
                     not value._requires_grad:  # (one with autograd history stays bound by
                 #                                 identity: a new one traces again)
-                b.kind, b.target, b.name = "source", _source_reader(src), str(src)
-                b.requires_grad = value._requires_grad
+                b.now_at(_source_reader(src), str(src), value._requires_grad)
                 cap.checks.pop(("id", src), None)
                 continue
         if e.runtime:

@@ -30,6 +30,7 @@ from .capture.checks import is_plain
 from .capture.checks import same_plain_conditions as plain_conditions
 from .capture.sources import Namer
 from .generated import exec_generated
+from .trace import Via
 
 _MISSING = object()
 _LEAF = "leaf"
@@ -165,7 +166,7 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None,
     storages: dict[int, list] = {}
     sym_dims = symbolic.dims if symbolic is not None else {}
     written = {id(w[0]) for w in trace.writebacks}  # bindings the call writes in place
-    written_args = {w[0].target for w in trace.writebacks if w[0].kind == "arg"}
+    written_args = {w[0].target for w in trace.writebacks if w[0].kind is Via.ARG}
     if symbolic is not None:
         bi, bk = symbolic.base
         lines.append(f"    d = flat[{bi}]._data.shape[{bk}] if len(flat[{bi}]._data.shape) > {bk} "
@@ -249,11 +250,11 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None,
                 lambda f: [_offsets(f, (b,) + js) for b, js, _ in shared])
     bound_storages = set()  # (the Storage objects themselves, small and array-free: a
     for b in trace.bindings:  # set of them answers `in` without an id() call)
-        obj = b.resolve(flat) if b.kind in ("ref", "grad") else None
+        obj = b.resolve(flat) if b.kind in (Via.REF, Via.GRAD) else None
         if isinstance(obj, Tensor):
             bound_storages.add(obj._storage)
     for k, b in enumerate(trace.bindings):  # an argument that views a captured tensor: at
-        t = b.target() if b.kind == "ref" else None  # the same place in it as at trace time
+        t = b.target() if b.kind is Via.REF else None  # the same place in it as at trace time
         if not isinstance(t, Tensor):
             continue
         for i, x in enumerate(flat):
@@ -288,10 +289,10 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None,
     hook_guarded: list = []  # bound leaves assumed to have no gradient hook
     epoch = HookEpoch()  # (moved by a hook registered on any of them)
     for k, b in enumerate(trace.bindings):
-        if b.kind == "arg":
+        if b.kind is Via.ARG:
             continue
         ns[f"B{k}"], ns[f"A{k}"] = b.target, b.array
-        if b.kind == "ref":
+        if b.kind is Via.REF:
             t = b.target()
             rg = t._requires_grad if t is not None else False
             lines.append(f"    o = B{k}()")
@@ -315,7 +316,7 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None,
                 if j not in done_grad_guards:
                     done_grad_guards.add(j)
                     grad_guard(*trace.grad_guards[j], alive=True)
-        elif b.kind == "source":  # re-read from its location each call (effect replay)
+        elif b.kind is Via.SOURCE:  # re-read from its location each call (effect replay)
             ns[f"BS{k}"], ns[f"BT{k}"], ns[f"BD{k}"] = b.shape, b.strides, b.dtype
             ns["TENSOR"] = Tensor
             lines.append(f"    o = B{k}(flat)")
@@ -327,12 +328,12 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None,
             if id(b) in written:
                 add("not o._data.flags.writeable", f"{b.name} is writable (the function "
                     f"writes it)", True, lambda f, k=k: _writable_at(trace.bindings[k], f))
-        elif b.kind == "grad":
+        elif b.kind is Via.GRAD:
             lines.append(f"    o = {_owner_expr(b.target, f'B{k}')}")
             add(f"o is None or o._grad is None or o._grad._data is not A{k}()",
                 f"{b.name} (the same gradient tensor)", "same",
                 lambda f, k=k: _describe_grad(trace.bindings[k], f))
-        elif b.kind == "array":
+        elif b.kind is Via.ARRAY:
             add(f"B{k}() is None", f"{b.name} alive", "alive", lambda f: "gone")
             if id(b) in written:
                 add(f"not B{k}().flags.writeable", f"{b.name} is writable (the function "

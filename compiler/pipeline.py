@@ -5,8 +5,8 @@
      immutable)       after passes, split   place, the forward and backward
                       forward/backward)     executables)
 
-:func:`lower` is the backend-independent half: it joins a backward outside onto the recorded
-graph (cotangents in, gradients out), runs the passes and splits the joint graph again. The
+:func:`lower` is the backend-independent half: it takes the trace's joint graph (a backward
+outside joined on, ``Trace.joint``), runs the passes and splits it again. The
 caller may stop there — ``api.CompiledFunction`` compares a lowered trace at a new size with
 a symbolic variant's templates and compiles nothing when they agree. :func:`compile_trace`
 builds the guards and hands each part to the backend, whose ``compile`` fuses, plans memory
@@ -56,24 +56,13 @@ class Compiled:
     copy_outputs: set  # outputs that may alias an input: copied before write-backs
 
 
-def joint_graph(trace: Trace) -> ir.Graph:
-    """The recorded graph, with a backward outside the call joined on: its cotangents as
-    extra inputs, the gradients as extra outputs. A new Graph over the same nodes."""
-    g, bw = trace.graph, trace.backward
-    if bw is None:
-        return g
-    return ir.Graph(inputs=g.inputs + list(bw.cotangents), scalars=list(g.scalars),
-                    nodes=list(g.nodes), outputs=g.outputs + list(bw.grads),
-                    guards=list(g.guards), _next=g._next)
-
-
 def lower(trace: Trace, vector_math: bool) -> Lowered:
     """Passes over the joint graph, then (a backward outside) its split into forward and
     backward parts. ``vector_math``: the backend computes transcendentals in vector code,
     not with numpy's functions — the split may then recompute them and may precompute the
     gradients of a scalar loss in the forward; the interpreter keeps eager's order."""
     n_fwd = len(trace.graph.outputs)
-    g = joint_graph(trace)
+    g = trace.joint
     before = str(g)
     ir.verify(g)
     g = run_passes(g)

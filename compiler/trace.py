@@ -30,6 +30,7 @@ tensor objects over the same memory in the same layout (``p`` and ``p.data``, ``
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 import sys
 import weakref
@@ -57,42 +58,55 @@ class Unsupported(Exception):
     """The trace cannot stand in for the function; ``str(exc)`` is the reason."""
 
 
+class Via(enum.StrEnum):
+    """How the runtime reaches a bound tensor at call time (:class:`Binding`)."""
+
+    ARG = "arg"  # target: its index in the flattened arguments
+    REF = "ref"  # target: a weak reference to the tensor object
+    GRAD = "grad"  # target: the owner (a weak reference, or ("arg", index)); the tensor
+    #                is ``owner.grad``
+    ARRAY = "array"  # target: a weak reference to a numpy array shared through from_numpy
+    SOURCE = "source"  # target(flat) reads it from the Python location it was read from,
+    #                    such as ``self.hidden``: a location the call itself stores a new
+    #                    tensor in, so each call reads whatever is there now
+
+
 @dataclass(eq=False)
 class Binding:
-    """How the runtime finds an external tensor at call time.
+    """How the runtime finds an external tensor at call time: ``kind`` (a :class:`Via`)
+    says what ``target`` is."""
 
-    kind: 'arg' (flat argument index), 'ref' (weak reference to the tensor object),
-    'grad' (weak reference to the owner; the tensor is ``owner.grad``), 'array' (weak
-    reference to a numpy array shared through ``from_numpy``) or 'source' (``target(flat)``
-    reads it from the Python location it was read from, such as ``self.hidden``: a location
-    the call itself stores a new tensor in, so each call reads whatever is there now).
-    """
-
-    kind: str
+    kind: Via
     target: Any
     name: str
     array: Any = None  # weak reference to the ndarray seen at trace time (identity guard)
     shape: tuple = ()
     dtype: Any = None
     strides: tuple = ()
-    requires_grad: bool = False  # ('source' bindings: as at trace time)
+    requires_grad: bool = False  # (SOURCE bindings: as at trace time)
 
     def owner(self, flat_args):
-        """For 'grad' bindings: the tensor whose .grad this is."""
+        """For GRAD bindings: the tensor whose .grad this is."""
         t = self.target
         return flat_args[t[1]] if isinstance(t, tuple) else t()
 
     def resolve(self, flat_args):
         """The tensor (or ndarray) now; None when it is gone."""
-        if self.kind == "arg":
+        if self.kind is Via.ARG:
             return flat_args[self.target]
-        if self.kind == "grad":
+        if self.kind is Via.GRAD:
             owner = self.owner(flat_args)
             return None if owner is None else owner._grad
-        if self.kind == "source":
+        if self.kind is Via.SOURCE:
             return self.target(flat_args)
-        obj = self.target()
-        return obj
+        return self.target()
+
+    def now_at(self, reader, where: str, requires_grad: bool) -> None:
+        """Make a REF binding a SOURCE one: from now on the tensor is read through
+        ``reader(flat)`` (effect replay: the call stores a new tensor there each time).
+        Changed in place, as result specs that reach the tensor hold this very binding."""
+        self.kind, self.target, self.name = Via.SOURCE, reader, where
+        self.requires_grad = requires_grad
 
 
 @dataclass(eq=False)
@@ -218,6 +232,18 @@ class Trace:
     #   versions moved on after each replay
     backward: BackwardOutside | None = None  # for outputs differentiated after the call
 
+    @property
+    def joint(self) -> Graph:
+        """The graph with the backward outside the call joined on: its cotangents as extra
+        inputs, the gradients as extra outputs (a new Graph over the same nodes; the graph
+        itself when there is no backward outside)."""
+        g, bw = self.graph, self.backward
+        if bw is None:
+            return g
+        return Graph(inputs=g.inputs + list(bw.cotangents), scalars=list(g.scalars),
+                     nodes=list(g.nodes), outputs=g.outputs + list(bw.grads),
+                     guards=list(g.guards), _next=g._next)
+
 
 @dataclass(frozen=True)
 class BackwardOutside:
@@ -317,15 +343,15 @@ class Tracer(DispatchMode):
             t = self.alias_of[id(t)]  # p.data, x.detach(): the same memory as their owner
         if id(t) in self.arg_index:
             i = self.arg_index[id(t)]
-            return Binding("arg", i, f"arg{i}", **meta)
+            return Binding(Via.ARG, i, f"arg{i}", **meta)
         if id(t) in self.attr_source:
             owner, attr = self.attr_source[id(t)]
-            return Binding("grad", self.owner_ref(owner), f"{self._name(owner)}.{attr}",
+            return Binding(Via.GRAD, self.owner_ref(owner), f"{self._name(owner)}.{attr}",
                            **meta)
         if id(t) in self.shared_arrays:
             arr = self.shared_arrays[id(t)]
-            return Binding("array", weakref.ref(arr), "from_numpy array", **meta)
-        return Binding("ref", weakref.ref(t), self._name(t), **meta)
+            return Binding(Via.ARRAY, weakref.ref(arr), "from_numpy array", **meta)
+        return Binding(Via.REF, weakref.ref(t), self._name(t), **meta)
 
     def _name(self, t) -> str:
         name = self.names.get(id(t))
@@ -832,7 +858,7 @@ class Tracer(DispatchMode):
             if role[0] == "spent":
                 return R.Spent(out_index(v), role[1])
             b = self.input_binding.get(slot_key(x))
-            if b is not None and b.kind in ("arg", "ref"):  # an alias (x.detach(), p.data)
+            if b is not None and b.kind in (Via.ARG, Via.REF):  # an alias (x.detach(), p.data)
                 return R.Alias(b, x._requires_grad)
             return R.Fresh(out_index(v))
 
@@ -889,8 +915,8 @@ class Tracer(DispatchMode):
     def _bound_binding(self, x: Tensor, flat_args) -> Binding | None:
         """The binding of ``x`` when ``x`` is the very argument or captured tensor bound."""
         b = self.input_binding.get(slot_key(x))
-        if b is not None and ((b.kind == "arg" and flat_args[b.target] is x) or
-                              (b.kind == "ref" and b.target() is x)):
+        if b is not None and ((b.kind is Via.ARG and flat_args[b.target] is x) or
+                              (b.kind is Via.REF and b.target() is x)):
             return b
         return None
 
@@ -910,8 +936,8 @@ class Tracer(DispatchMode):
         cands = [t for t in tensors if t is not x and order[id(t)] < order[id(x)]]
         bound = []  # (tensor, the spec reaching it at call time)
         for b in self.input_binding.values():
-            t = flat_args[b.target] if b.kind == "arg" else \
-                b.target() if b.kind == "ref" else None
+            t = flat_args[b.target] if b.kind is Via.ARG else \
+                b.target() if b.kind is Via.REF else None
             if t is not None:
                 bound.append((t, R.Input(b)))
         for owner, _ in self.grad_state.values():

@@ -136,6 +136,19 @@ def test_the_switch_test_catches_a_name_compare():
     assert _prim_name(cmp.left)
 
 
+def test_a_new_elementwise_primitive_is_its_record_and_one_llvm_rule():
+    """``round`` and ``ceil`` were added to show what a new elementwise primitive costs: its
+    record (dyngrad/ops/elementwise.py) and, in compiler/, its name where prims.py
+    re-exports the records plus one entry in the LLVM backend's rule table (loops.py). The
+    interpreter runs the record's own impl; no trait was needed (elementwise is what a
+    record's kind says)."""
+    import re
+    for name in ("ROUND", "CEIL"):
+        files = {p.relative_to(ROOT).as_posix() for p in COMPILER.rglob("*.py")
+                 if re.search(rf"\b{name}\b", p.read_text())}
+        assert files == {"compiler/prims.py", "compiler/backends/llvm/loops.py"}, files
+
+
 def test_every_registered_primitive_has_traits():
     from compiler import prims
     assert set(prims.TRAITS) >= set(REGISTRY.values())

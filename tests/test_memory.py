@@ -18,15 +18,14 @@ import pytest
 import compiler
 import dyngrad as dg
 import dyngrad.nn.functional as F
-from compiler import ir
+from compiler import dims, ir
 from compiler.passes.memory import (
     PlanError,
     eager_peak_bytes,
-    plan_for_size,
     plan_memory,
-    shapes_at,
     verify_plan,
 )
+from compiler.symbolic import symbolic_graph
 from dyngrad import nn, optim
 from dyngrad.ops import REGISTRY as P
 
@@ -634,32 +633,33 @@ def test_plans_of_random_programs_verify_and_simulate():
 # ------------------------------------------------------------------ symbolic sizes
 
 
-def test_the_plan_for_a_new_batch_size_equals_the_plan_of_a_trace_at_that_size():
-    """One variant serves every batch size; its plan at size 7, from the templates and the
-    input shapes, is the plan of a fresh trace at size 7 — same offset table."""
+def test_the_plan_at_a_new_batch_size_is_a_function_of_the_size():
+    """One variant serves every batch size. Its graph at size 7, built with the dimension a
+    ``compiler.dims.Dim`` (as the LLVM backend builds it), has a memory plan whose arena
+    size and offsets are Dims — expressions of the size — and whose numbers are the plan of
+    a fresh trace at size 7: the same offset table."""
     step = mlp_step(lambda ps: optim.Adam(ps, lr=1e-2))
-    cf = compiler.compile(step, backend="interp")
+    cf = compiler.compile(step, backend="llvm")
     for n in (8, 4, 5, 6):
         cf(*batch(n, n=n))
     v = next(v for v in cf.variants if v.sym is not None)
     g = v.trace.graph
     inputs = [(7,) + x.shape[1:] if b.kind == "arg" else x.shape
               for x, b in zip(g.inputs, v.trace.bindings)]
-    plan = plan_for_size(g, v.templates, 7, inputs)
-    check_plan(g, plan)
-    at_traced = plan_for_size(g, v.templates, g.inputs[0].shape[0], [x.shape for x in g.inputs])
-    assert np.array_equal(at_traced.table(g), plan_memory(g).table(g))
+    g_sym = symbolic_graph(g, v.templates, 7, inputs, v.shape_templates)
+    plan = check_plan(g_sym)
+    assert isinstance(plan.arena_bytes, dims.Dim)
+    assert any(isinstance(o, dims.Dim) for o in plan.offsets.values())
 
-    fresh = compiler.compile(mlp_step(lambda ps: optim.Adam(ps, lr=1e-2)), backend="interp",
+    fresh = compiler.compile(mlp_step(lambda ps: optim.Adam(ps, lr=1e-2)), backend="llvm",
                              dynamic=False)
     fresh(*batch(0, n=7))
     fresh(*batch(1, n=7))
     g7 = fresh.variants[0].trace.graph
     expected = plan_memory(g7)
-    assert [n.prim.name for n in g7.nodes] == [n.prim.name for n in g.nodes]
-    shapes = shapes_at(g, v.templates, 7, inputs)
-    assert [shapes.get(n.out.id, ()) for n in g.nodes if not n.out.weak] == \
+    assert [n.prim.name for n in g7.nodes] == [n.prim.name for n in g_sym.nodes]
+    assert [dims.concrete(n.out.shape) for n in g_sym.nodes if not n.out.weak] == \
         [n.out.shape for n in g7.nodes if not n.out.weak]
     assert plan.arena_bytes == expected.arena_bytes
-    assert np.array_equal(plan.table(g), expected.table(g7))
+    assert np.array_equal(plan.table(g_sym), expected.table(g7))
     assert plan.eager_peak_bytes == expected.eager_peak_bytes

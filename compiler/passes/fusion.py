@@ -66,14 +66,40 @@ their consumers.
 from __future__ import annotations
 
 import bisect
+import enum
 import heapq
 from dataclasses import dataclass
 
 from ..ir import Graph, VerifyError
 from ..prims import CONSTANT, ELEMENTWISE, REDUCTION, traits
 
-_OWN_KIND = {"matmul": "matmul", "index": "index", "movement": "movement",
-             "creation": "creation", "random": "random"}
+
+class GroupKind(enum.StrEnum):
+    """What a fusion group is, each kind named once here (a str: ``grp.kind == "reduce"``
+    holds)."""
+
+    ELEMENTWISE = "elementwise"
+    REDUCE = "reduce"
+    MATMUL = "matmul"
+    INDEX = "index"
+    MOVEMENT = "movement"
+    CREATION = "creation"
+    RANDOM = "random"
+    SCALAR = "scalar"
+
+    @property
+    def trivial(self) -> bool:
+        """Python-number arithmetic, constants and views: nothing worth a kernel of its own
+        when it is all a graph has."""
+        return self in (GroupKind.SCALAR, GroupKind.CREATION, GroupKind.MOVEMENT)
+
+    @property
+    def stands_alone(self) -> bool:
+        """A kernel a hybrid plan can call on its own (its inputs in, its outputs out)."""
+        return self in (GroupKind.ELEMENTWISE, GroupKind.REDUCE, GroupKind.MATMUL)
+
+
+_OWN_KIND = {k: GroupKind(k) for k in ("matmul", "index", "movement", "creation", "random")}
 _LOOP = ("ew", "reduce", "map")
 
 
@@ -84,18 +110,21 @@ def _constant(n) -> bool:
 
 @dataclass(eq=False)
 class FusionGroup:
-    """One kernel: ``kind`` ('elementwise', 'reduce', 'matmul', 'index', 'movement',
-    'creation', 'random' or 'scalar'), ``nodes`` (indices into ``graph.nodes``, in schedule
-    order), the ``inputs`` it reads and the ``outputs`` it materialises, its iteration
-    ``shape`` and, for a reduce group, the reduced ``axes`` of that shape."""
+    """One kernel: ``kind`` (a :class:`GroupKind`), ``nodes`` (indices into
+    ``graph.nodes``, in schedule order), the ``inputs`` it reads and the ``outputs`` it
+    materialises, its iteration ``shape`` and, for a reduce group, the reduced ``axes`` of
+    that shape."""
 
-    kind: str
+    kind: GroupKind
     nodes: list
     inputs: list
     outputs: list
     shape: tuple
     axes: tuple = ()
     segment: int = 0  # how many value-guard cuts precede it
+
+    def __post_init__(self) -> None:
+        self.kind = GroupKind(self.kind)  # (a kind's name is accepted: ValueError if none)
 
     def describe(self) -> str:
         space = "x".join(map(str, self.shape)) if self.shape else "()"
@@ -222,7 +251,8 @@ class _Partition:
             else:
                 compute.append(i)
         if not compute:
-            kind = "creation" if any(_constant(nodes[i]) for i in order) else "movement"
+            kind = GroupKind.CREATION if any(_constant(nodes[i]) for i in order) else \
+                GroupKind.MOVEMENT
             return kind, nodes[order[-1]].out.shape, ()
         for i in chain:  # a shared index map would put its users in two groups
             if roles[i] != "leaf" or not _constant(nodes[i]):
@@ -277,8 +307,8 @@ class _Partition:
                         if s != 1 and axmap[p][d] != ax[d + lead]:
                             return None
         if reds:
-            return "reduce", tuple(shape), tuple(axes)
-        return "elementwise", tuple(shape), ()
+            return GroupKind.REDUCE, tuple(shape), tuple(axes)
+        return GroupKind.ELEMENTWISE, tuple(shape), ()
 
     # ------------------------------------------------------------ merging
     def try_merge(self, a: int, b: int, check=True) -> bool:
@@ -430,7 +460,7 @@ class _Partition:
             if present & {"ew", "reduce", "map", "leaf"}:
                 kind, shape, axes = self.loop_nest(set(idx))
             elif present == {"weak"}:
-                kind, shape, axes = "scalar", (), ()
+                kind, shape, axes = GroupKind.SCALAR, (), ()
             else:
                 n = nodes[idx[-1]]
                 kind, shape, axes = _OWN_KIND[n.prim.kind], n.out.shape, ()

@@ -38,16 +38,14 @@ after the last value guard, and no later reader of the input's old value — fro
 node (the least ``lifetimes[i][0]`` over the ``i`` with ``in_outputs[i] == o``), or plan
 with ``into_outputs=False``.
 
-Note (symbolic dimensions): a plan is for concrete shapes. For a variant that serves every
-batch size, the driver computes the plan of a size the first time it meets it — with
-:func:`plan_for_size`, from the node parameter templates (``Variant.templates``) and the
-shapes of that call's input arrays — and caches it per size, as ``Variant.plans_for`` caches
-the interpreter's plan. Planning takes a few milliseconds for a training step. Which node
-outputs need memory does not depend on the size — only where they go — so the LLVM driver's
-arena offsets are among the numbers its sizes pass at run time to one shared module
-(``compiler/backends/llvm/sizes.py``); :meth:`MemoryPlan.table` gives them as one int64 per
-node, in node order. A kernel that may run in
-place (any pair in ``inplace`` at any size) must not declare its operands ``noalias``.
+Note (symbolic dimensions): a plan is for the shapes it is given. For a variant that serves
+every batch size, the LLVM driver plans each size the first time it meets it, over the
+size's graph built with a ``compiler.dims.Dim``: the byte counts and offsets are Dims too —
+functions of the size — written into the driver's IR as run-time numbers
+(``compiler/dims.py``). Which node outputs need memory does not depend on the size, only
+where they go. :meth:`MemoryPlan.table` gives the offsets as one int64 per node, in node
+order. A kernel that may run in place (any pair in ``inplace`` at any size) must not
+declare its operands ``noalias``.
 
 >>> plan = plan_memory(graph)
 >>> verify_plan(graph, plan)  # raises PlanError if two live buffers share a byte
@@ -64,7 +62,6 @@ import numpy as np
 
 from ..ir import Graph, Node, Value, VerifyError
 from ..prims import traits
-from ..symbolic import shapes_at
 
 ALIGN = 64  # a cache line, and a full AVX-512 vector
 
@@ -279,7 +276,7 @@ def plan_memory(g: Graph, materialised=None, align: int = ALIGN, *, steps=None,
     that must copy it, such as a reshape of a permuted value, lists it). ``steps``: for each
     node, the step it runs at — kernels in execution order, the nodes of one fused kernel
     sharing a step; None means node k runs at step k. ``shapes`` maps value ids to concrete
-    shapes other than the traced ones (see :func:`plan_for_size`). ``inplace=False`` turns
+    shapes other than the graph's own. ``inplace=False`` turns
     off in-place reuse; ``into_outputs=False`` keeps in-place chains out of the outputs'
     memory.
 
@@ -352,18 +349,6 @@ def plan_memory(g: Graph, materialised=None, align: int = ALIGN, *, steps=None,
         materialised=None if materialised is None else frozenset(v.id for v in materialised),
         steps=None if steps is None else times, shapes=shapes, order=order,
         buffers=[m for b, m in enumerate(members) if b not in output_of])
-
-
-def plan_for_size(g: Graph, templates: list, size: int, input_shapes: list,
-                  materialised=None, align: int = ALIGN, **options) -> MemoryPlan:
-    """The plan of a symbolic-size variant at one concrete size (see the module's Note);
-    ``options`` as for :func:`plan_memory`.
-
-    >>> plan = plan_for_size(v.trace.graph, v.templates, 37, [a.shape for a in inputs])
-    >>> offsets = plan.table(v.trace.graph)  # what the driver gets for size 37
-    """
-    return plan_memory(g, materialised, align,
-                       shapes=shapes_at(g, templates, size, input_shapes), **options)
 
 
 def verify_plan(g: Graph, plan: MemoryPlan) -> None:

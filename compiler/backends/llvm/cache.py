@@ -16,8 +16,8 @@ cannot be created or written turns it off for the process (the compiler still wo
 Note (the memory cache is bounded): a module is found in memory while anything still holds
 it — the plans of live variants hold their modules (a driver plan its ``jit.Compiled``,
 every native function pointer its module: ``jit.Compiled.cfunc``) — and one module serves
-every equal text, so sizes of a symbolic family that share a template share its lock and
-its ``@dg_sizes`` (sizes.py). Beyond that the cache keeps only the ``MEMORY_MODULES`` most
+every equal text, so sizes of a symbolic variant that share a template share its lock and
+its ``@dg_sizes`` (forms.py). Beyond that the cache keeps only the ``MEMORY_MODULES`` most
 recently used modules (at most ``MEMORY_BYTES`` of object code) alive on its own: the
 modules of dropped functions are freed, and come back from disk if needed again.
 """

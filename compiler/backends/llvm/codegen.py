@@ -131,7 +131,7 @@ __all__ = ["elementwise_kernel", "reduce_kernel", "module_ir", "run_group", "bui
 
 
 def lowerable(g, group) -> bool:
-    if group.kind not in ("elementwise", "reduce", "matmul"):
+    if not group.kind.stands_alone:
         return False
     try:
         builder(g, group).build()

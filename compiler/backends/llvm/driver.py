@@ -95,12 +95,17 @@ class DriverPlan(base.Executable):
         self.make_fallback = make_fallback  # the runner's plan as a callable, made when first
         self.fallback = None  # call while another thread holds this plan
         self.lock, self.lock_fallback = threading.Lock(), threading.Lock()
+        self._layout(g, inplace, groups)
+        self._load(self._ir(g, profile), family)
+        self.n_groups = len(self.kernels)
+        self._runtime()
+
+    def _layout(self, g, inplace: dict, groups) -> None:
+        """Where everything lives: the groups that run code, the constants, the memory plan
+        (offsets in one arena), the pointer table's slots, each value's place (``where``)
+        and the write-backs."""
         groups = fuse(g) if groups is None else list(groups)
         self.groups = groups  # every fusion group of g, in order (Executable.groups)
-        for grp in groups:
-            if grp.kind not in ("elementwise", "reduce", "matmul", "scalar", "index",
-                                "creation", "movement", "random"):
-                raise NotDrivable(f"a {grp.kind} group")
         producer = {id(n.out): k for k, n in enumerate(g.nodes)}
         out_ids = {id(v) for v in g.outputs}
         # creation groups: constants, made here by their own primitives (eager's values);
@@ -147,10 +152,9 @@ class DriverPlan(base.Executable):
         weak = [v for v in dict.fromkeys(materialised) if v.weak and id(v) not in out_ids]
         weak_at = {id(v): memory.arena_bytes + 8 * k for k, v in enumerate(weak)}  # (numbers:
         #                                            8 bytes each after the planned buffers)
-        self.arena = np.zeros(memory.arena_bytes + 8 * len(weak) + ALIGN, np.uint8)
-        arena_slot = slot("arena", None)
-        self.scalar_buf = np.zeros(max(len(g.scalars), 1), np.float64)
-        scalars_slot = slot("scalars", None)
+        self.arena_bytes = memory.arena_bytes + 8 * len(weak)
+        self.arena_slot = slot("arena", None)
+        self.scalars_slot = slot("scalars", None)
         where: dict[int, tuple] = {}  # id(value) -> ("slot", k) | ("arena", offset)
         #                                           | ("scalar", index)
         self.input_slots = []
@@ -181,7 +185,8 @@ class DriverPlan(base.Executable):
         # graph outputs: fresh arrays (or recycled); write-backs: in place when nothing can
         # fail or read the old value after their kernel, else staged, then copied
         direct = _direct_writes(g, groups, steps, position, producer, inplace, aliases)
-        self.writebacks = []  # (output index, input index, staging array or None: direct)
+        self.writebacks = []  # (output index, input index, staging buffer's (shape, dtype)
+        #                        or None: direct; the runtime puts the buffer in its place)
         self.out_slot: dict[int, int] = {}  # output index -> table slot (fresh arrays)
         self.out_meta: dict[int, tuple] = {}
         staged: dict[int, int] = {}  # id(value) -> staging index
@@ -201,9 +206,8 @@ class DriverPlan(base.Executable):
                 self.writebacks.append((k, inplace[j], None))
                 where[id(v)] = ("slot", self.input_slots[inplace[j]])
             elif j in inplace and id(v) not in staged:
-                buf = np.empty(v.shape, v.dtype.np)
                 staged[id(v)] = len(self.writebacks)
-                self.writebacks.append((k, inplace[j], buf))
+                self.writebacks.append((k, inplace[j], (concrete(v.shape), v.dtype.np)))
                 where[id(v)] = ("slot", slot("staged", staged[id(v)]))
             elif id(v) not in where:
                 self.out_slot[k] = slot("output", k)
@@ -223,7 +227,16 @@ class DriverPlan(base.Executable):
                 raise NotDrivable(f"the source of a reshape, {src!r}, has no buffer")
             where[vid] = where[id(src)]
         self.where = where
-        # ------------------------------------------------------------ the module
+        self.slots, self.kernels = slots, groups  # (the groups that run code, in order)
+        self.steps, self.producer, self.position = steps, producer, position
+
+    def _ir(self, g, profile: bool) -> str:
+        """The module's IR: the kernels of the groups that run code and ``i32 @drv(ptr
+        %tab)`` calling them in order, checking each value guard as soon as its group ran,
+        and writing back staged values at the end."""
+        groups, slots, where = self.kernels, self.slots, self.where
+        steps, producer, position = self.steps, self.producer, self.position
+        arena_slot, scalars_slot = self.arena_slot, self.scalars_slot
         text, fns = codegen.module_ir(g, groups, prefix="dg_d",
                                       inline=len(groups) <= INLINE_MAX)
         body = ["define i32 @drv(ptr %tab) {", "entry:"]
@@ -232,7 +245,7 @@ class DriverPlan(base.Executable):
             body.append(f"  %s{k} = load ptr, ptr %s{k}.p")
         arena = f"%s{arena_slot}"
         body.append(f"  %arena = getelementptr inbounds i8, ptr {arena}, i64 0")
-        ticks = _Ticks(len(groups)) if profile else None
+        self.ticks = ticks = _Ticks(len(groups)) if profile else None
         if ticks:
             body += ticks.read(len(groups), 0)
 
@@ -323,22 +336,33 @@ class DriverPlan(base.Executable):
         body.append("}")
         text += ("\ndeclare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)\n"
                  + "\n".join(body) + "\n" + (ticks.definitions() if ticks else ""))
+        self.n_functions = len({name for name, _ in fns})  # kernels of the same code share
+        return text
+
+    def _load(self, text: str, family) -> None:
+        """Compile the module (or take its form's template: ``family``), and its driver."""
         if family is None:
             self.compiled, self.sizes = cache.load_or_compile(text), None
         else:  # one symbolic variant's sizes: one module for all of a form (forms.py)
             self.compiled, self.sizes = family.module(text)
             if self.sizes is not None:  # the module's global of numbers: one call of it at
                 self.lock = self.compiled.lock  # a time, whichever plan or family calls
-        self.kernels = groups  # (the groups that run code, in the driver's order)
-        self.ticks = ticks.counters(self.compiled) if ticks else None
+        self.ticks = self.ticks.counters(self.compiled) if self.ticks else None
         self.fn = self.compiled.cfunc("drv", ctypes.c_int32, ctypes.c_void_p) \
             if self.sizes is None else \
             self.compiled.cfunc("drv_sized", ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p)
-        # ------------------------------------------------------------ the table itself
+    def _runtime(self) -> None:
+        """What a call uses: the arena, the scalars' buffer, the staging buffers, the
+        pointer tables and output blocks, and the generated call (:meth:`_generate`)."""
+        g, slots, arena_slot = self.g, self.slots, self.arena_slot
+        self.arena = np.zeros(self.arena_bytes + ALIGN, np.uint8)
+        self.scalar_buf = np.zeros(max(len(g.scalars), 1), np.float64)
+        self.writebacks = [(k, i, None if meta is None else np.empty(*meta))
+                           for k, i, meta in self.writebacks]
         self.table = (ctypes.c_void_p * max(len(slots), 1))()
         self.table[arena_slot] = (self.arena.ctypes.data + ALIGN - 1) // ALIGN * ALIGN
         self.arena_base = self.table[arena_slot] - self.arena.ctypes.data
-        self.table[scalars_slot] = self.scalar_buf.ctypes.data
+        self.table[self.scalars_slot] = self.scalar_buf.ctypes.data
         for k, (kind, key) in enumerate(slots):
             if kind == "const":
                 self.table[k] = self.consts[key].ctypes.data
@@ -360,8 +384,6 @@ class DriverPlan(base.Executable):
         self.blocks: list[list] = [[None] * len(self.out_keys) for _ in range(BLOCKS)]
         self.parity = [0]  # the block the next call takes
         self._generate()
-        self.n_groups = len(groups)
-        self.n_functions = len({name for name, _ in fns})  # kernels of the same code share
 
     # ------------------------------------------------------------------ a call
     def run(self, inputs: list, scalars: list) -> list:

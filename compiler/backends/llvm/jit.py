@@ -63,7 +63,7 @@ class Compiled:
     module: object
     object_code: bytes | None
     lock: threading.Lock = field(default_factory=threading.Lock)  # held by a call of code
-    #   with module state (a template's @dg_sizes, see sizes.py): one module, one lock,
+    #   with module state (a template's @dg_sizes, see forms.py): one module, one lock,
     #   whoever shares it (the memory cache hands one module to every equal text)
 
     def address(self, name: str) -> int:

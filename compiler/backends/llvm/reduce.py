@@ -233,7 +233,7 @@ class ReduceBuilder(LoopBuilder):
         NB = -(-chunks // CB)
         if blocked:  # one o: the chunks in fixed blocks, whose partial lanes add in order
             for m, v in enumerate(vec):  # (a count, not an array type: a number the
-                #                             driver may pass at run time, see sizes.py)
+                #                             driver may pass at run time, see forms.py)
                 self.line(f"%parts{m} = alloca {v}, i64 {NB}, align 64")
             n_args = len(layout)
             self.line(f"%ctx = alloca [{n_args + len(tys)} x ptr], align 8")
@@ -365,7 +365,7 @@ class ReduceBuilder(LoopBuilder):
         n_cols, P = math.prod(self.reduced), _PARTIALS
         setup_at = dict(self.at_i)
         self.label("entry")
-        for m, t in enumerate(tys):  # (a count, not an array type: see sizes.py)
+        for m, t in enumerate(tys):  # (a count, not an array type: see forms.py)
             self.line(f"%cols{m} = alloca {t}, i64 {P * n_cols}, align 64")
         with self.loop("%j", P * n_cols, block="init", exit="rows", exit_is_loop=True):
             for m, t in enumerate(tys):

@@ -55,7 +55,7 @@ def compile_graph(g, inplace: dict | None = None, family=None, groups: list | No
     :class:`HybridPlan`. ``family``: a symbolic variant's ``forms.Forms``;
     ``groups``: ``g``'s fusion groups when the caller has them (made here otherwise)."""
     groups = fuse(g) if groups is None else groups
-    if any(grp.kind not in ("scalar", "creation", "movement") for grp in groups):
+    if any(not grp.kind.trivial for grp in groups):
         try:  # (a group that does not lower raises while the driver builds its module)
             return driver.build(g, inplace, lambda: _hybrid_runner(g, inplace, groups),
                                 groups, family)
@@ -283,4 +283,4 @@ class HybridPlan(Executable):
         the trivial ones (scalar arithmetic, constants, views)."""
         native = {id(grp) for grp in self.native}
         return [grp for grp in self.groups if id(grp) not in native
-                and grp.kind not in ("scalar", "creation", "movement")]
+                and not grp.kind.trivial]
