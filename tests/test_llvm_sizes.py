@@ -490,3 +490,43 @@ def test_hybrid_plans_of_a_symbolic_variant_share_a_template_too(name):
     assert all(isinstance(p[0], runner.HybridPlan) for p in v.plans.values())
     assert sum(p[0].sized is not None for p in v.plans.values()) >= 4
     assert v.family.templates >= 1 and v.family.shared >= 4
+
+
+def test_sizes_called_in_turn_each_run_the_shared_module_with_their_own_numbers():
+    """Two sizes of one form, called alternately (the template's global holds the last
+    call's numbers): every call gives its own size's answer."""
+    w = dg.randn(8, 4)
+
+    def g(x):
+        return ((x @ w).tanh() * x.sum(dim=1, keepdim=True)).mean(dim=0)
+    f = compiler.compile(g, backend="llvm")
+    xs = {b: dg.randn(b, 8) for b in (5, 6, 7, 10, 12)}
+    for b in (5, 6, 7, 10, 12):  # (symbolic from the third size; each new size traced)
+        f(xs[b])
+    for _ in range(3):
+        for b in (10, 12):
+            np.testing.assert_allclose(f(xs[b]).numpy(), g(xs[b]).numpy(), rtol=1e-5,
+                                       atol=1e-6)
+    (v,) = f.variants
+    assert v.plans[10][0].compiled is v.plans[12][0].compiled
+    assert v.plans[10][0].sizes is not None and \
+        not np.array_equal(v.plans[10][0].sizes, v.plans[12][0].sizes)
+
+
+def test_a_size_whose_code_cannot_be_a_template_is_compiled_with_its_numbers(monkeypatch):
+    """When a size's IR cannot be a template (here: every placeholder refused), the size is
+    compiled with its numbers — a module of its own — and is still right."""
+    def refuse(line, start, end):
+        raise Untemplatable("refused by the test")
+    monkeypatch.setattr(forms, "_type_at", refuse)
+    w = dg.randn(8, 4)
+
+    def g(x):
+        return (x @ w).relu().sum(dim=0)
+    f = compiler.compile(g, backend="llvm")
+    for b in (5, 6, 7, 10, 10, 12, 12):
+        x = dg.randn(b, 8)
+        np.testing.assert_allclose(f(x).numpy(), g(x).numpy(), rtol=1e-5, atol=1e-6)
+    (v,) = f.variants
+    assert v.family.own >= 2 and v.family.templates == 0
+    assert all(p[0].sizes is None for p in v.plans.values())
