@@ -204,13 +204,12 @@ class Variant:
         e.g. ``llvm/forms.Forms``) runs the size from its form's one module. When its IR
         cannot be a template, it is written with this size's numbers: a module of its own."""
         sym = symbolic_graph(g, templates, d, shapes, shape_templates)
-        with dims.recording():
-            try:
-                return backend.compile(sym, inplace=inplace, family=family)
-            except Untemplatable:
-                pass
         if family is not None:
-            family.own += 1
+            with dims.recording():
+                try:
+                    return backend.compile(sym, inplace=inplace, family=family)
+                except Untemplatable:
+                    family.compiled_alone()
         return backend.compile(sym, inplace=inplace)
 
     def __post_init__(self) -> None:
@@ -228,6 +227,13 @@ class Variant:
         if self.backward is not None:
             self.bw_shape_templates = input_templates(
                 old.backward.parts.backward, self.backward.parts.backward, d1, d2)
+        bwd = None  # this trace's own size keeps the executables compiled for it
+        if self.backward is not None:
+            bwd = self.backward.plan
+            if backends.get(self.backend_name).compile_at_size is None:
+                bwd = SizedBackward(self, d2)
+                bwd.plan = self.backward.plan
+        self.plans[d2] = (self.plan, bwd)
         self.call = self.run
         if self.backward is None and not self.trace.prints:  # straight-line, the plan
             _, _, self.call = _generate_call_path(self.trace, self.copy_outputs, self)

@@ -128,10 +128,15 @@ def _counted(lines) -> list[str]:
 
 
 def _parts(v) -> list:
-    """(label, executable) of the variant's graph, and of its backward part if it has one."""
-    parts = [("", v.plan)]
+    """(label, executable) of the variant's graph, and of its backward part if it has one
+    (for a symbolic variant: those of the size it was traced at)."""
+    at = ""
+    if v.sym is not None:
+        i, k = v.sym.base
+        at = f" (at size {v.arg_meta[i][0][k]})"
+    parts = [(at, v.plan)]
     if v.backward is not None:
-        parts.append((" (backward)", v.backward.plan))
+        parts.append((f" (backward){at}", v.backward.plan))
     return parts
 
 
@@ -165,12 +170,13 @@ def _backend_plans(v) -> list:
     from .backends import get
     numpy = get(v.backend_name).compile_at_size is not None  # (the interpreter)
     out = []
-    for label, plan in _parts(v):
+    for (label, plan), backward in zip(_parts(v), (False, True)):
+        label = " (backward)" if backward else ""
         if v.sym is None:
             out.append((label, plan.describe()))
         elif numpy:
             out.append((label, f"{plan.describe()} (symbolic sizes: plans per size)"))
-        elif label:  # the backward part: planned per size at backward()
+        elif backward:  # the backward part: planned per size at backward()
             made = {d: (p[1],) for d, p in v.plans.items()
                     if p[1] is not None and p[1].plan is not None}
             out.append((label, f"planned per symbolic size at the first backward() — "

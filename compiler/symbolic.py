@@ -116,16 +116,6 @@ def instantiate(x, d: int):
     return x
 
 
-def has_affine(x) -> bool:
-    if isinstance(x, Affine):
-        return True
-    if isinstance(x, (tuple, list)):
-        return any(has_affine(e) for e in x)
-    if isinstance(x, dict):
-        return any(has_affine(e) for e in x.values())
-    return False
-
-
 def generalize(g1: Graph, g2: Graph, d1: int, d2: int) -> list | None:
     """Per node of ``g2``, its parameter template — or None when the graphs do not differ
     only affinely in the dimension."""

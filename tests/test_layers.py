@@ -95,6 +95,21 @@ def test_passes_never_import_backends():
             assert not [d for d in deps if d.startswith("compiler.backends")], m
 
 
+USER_SIDE = ("compiler.api", "compiler.capture", "compiler.trace", "compiler.guards",
+             "compiler.effects", "compiler.pipeline", "compiler.debug", "compiler.profile",
+             "compiler.verify", "compiler.results", "compiler.scalars")
+
+
+def test_backends_take_ir_and_never_the_user_side():
+    """Backends are given graphs: they never import what deals with user functions and
+    their Python state (the call path, the capture, the tracer, guards, effects, the
+    pipeline that feeds them)."""
+    for m, deps in _graph().items():
+        if m.startswith("compiler.backends"):
+            bad = [d for d in deps if d.startswith(USER_SIDE)]
+            assert not bad, (m, bad)
+
+
 def _prim_name(node) -> bool:
     """``<x>.prim.name`` or ``prim.name``."""
     return isinstance(node, ast.Attribute) and node.attr == "name" and (

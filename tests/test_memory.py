@@ -46,7 +46,7 @@ def simulate(g: ir.Graph, plan) -> None:
     mat = plan.materialised
     steps = plan.steps if plan.steps is not None else list(range(len(g.nodes)))
     step_of = {n.out.id: t for n, t in zip(g.nodes, steps)}
-    nbytes = {i: int(np.prod(plan.shapes.get(i, v.shape) if plan.shapes else v.shape))
+    nbytes = {i: int(np.prod(dims.concrete(v.shape)))
               * v.dtype.itemsize for i, v in by_id.items() if not v.weak}
     roots = set()
     for v in g.outputs:

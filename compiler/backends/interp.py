@@ -2,7 +2,7 @@
 function eager mode runs — on the same arrays in the same order, so results equal eager's bit
 for bit. Value guards are checked as soon as the value they test is computed; nothing is
 written anywhere except write-backs the runtime marked safe to do in place (see
-``compiler.api._inplace_writes``)."""
+``compiler.pipeline.inplace_writes``)."""
 
 from __future__ import annotations
 

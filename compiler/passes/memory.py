@@ -33,7 +33,7 @@ and nothing else.
 
 Note (outputs' memory): a chain in ``in_outputs`` writes the output's memory from the
 chain's first node on. A backend that writes that output straight into an input's array (an
-in-place write-back, ``compiler.api._inplace_writes``) must apply the write-back's rules —
+in-place write-back, ``compiler.pipeline.inplace_writes``) must apply the write-back's rules —
 after the last value guard, and no later reader of the input's old value — from that first
 node (the least ``lifetimes[i][0]`` over the ``i`` with ``in_outputs[i] == o``), or plan
 with ``into_outputs=False``.
@@ -43,9 +43,9 @@ every batch size, the LLVM driver plans each size the first time it meets it, ov
 size's graph built with a ``compiler.dims.Dim``: the byte counts and offsets are Dims too —
 functions of the size — written into the driver's IR as run-time numbers
 (``compiler/dims.py``). Which node outputs need memory does not depend on the size, only
-where they go. :meth:`MemoryPlan.table` gives the offsets as one int64 per node, in node
-order. A kernel that may run in place (any pair in ``inplace`` at any size) must not
-declare its operands ``noalias``.
+where they go. :meth:`MemoryPlan.table` gives the offsets (their numbers at the size) as
+one int64 per node, in node order. A kernel that may run in place (any pair in ``inplace``
+at any size) must not declare its operands ``noalias``.
 
 >>> plan = plan_memory(graph)
 >>> verify_plan(graph, plan)  # raises PlanError if two live buffers share a byte
@@ -90,12 +90,11 @@ class MemoryPlan:
     align: int = ALIGN
     materialised: frozenset | None = None  # value ids given to plan_memory (None: all)
     steps: list | None = None  # the step of each node, when not node k at step k
-    shapes: dict | None = None  # value id -> shape, when planned for another size
     order: str = ""  # which greedy order gave the smallest arena
     buffers: list = field(default_factory=list)  # value ids sharing each arena buffer
 
     def table(self, g: Graph) -> np.ndarray:
-        """The offset table the driver takes, one int64 per node in node order: an offset
+        """The offsets as one table, one int64 per node in node order: an offset
         into the arena, ``-2 - j`` when the value lives in the memory of node j's output (a
         graph output), or -1 when it is not a buffer of its own (an output, a view, a weak
         scalar, a fused value)."""
@@ -127,19 +126,19 @@ def _round_up(n: int, align: int) -> int:
     return -(-n // align) * align
 
 
-def _nbytes(v: Value, shapes: dict | None) -> int:
-    shape = shapes.get(v.id, v.shape) if shapes else v.shape
+def _nbytes(v: Value) -> int:
+    shape = v.shape
     return math.prod(shape) * v.dtype.itemsize  # (a symbolic variant's sizes: Dims)
 
 
-def _shape(v: Value, shapes: dict | None) -> tuple:
-    return tuple(shapes.get(v.id, v.shape)) if shapes else v.shape
+def _shape(v: Value) -> tuple:
+    return v.shape
 
 
-def _direct(n: Node, x: Value, shapes: dict | None) -> bool:
+def _direct(n: Node, x: Value) -> bool:
     """Whether node ``n`` reads buffer ``x`` element for element at its output's index."""
     return n.prim.kind == "elementwise" and not n.out.weak and not x.weak \
-        and _shape(x, shapes) == _shape(n.out, shapes) and x.dtype.itemsize == n.out.dtype.itemsize
+        and _shape(x) == _shape(n.out) and x.dtype.itemsize == n.out.dtype.itemsize
 
 
 def _times(g: Graph, steps) -> list:
@@ -181,7 +180,7 @@ def _owners(g: Graph, materialised) -> tuple[set, set]:
     return owns, escaping
 
 
-def _liveness(g: Graph, owns: set, shapes: dict | None, times: list) -> tuple:
+def _liveness(g: Graph, owns: set, times: list) -> tuple:
     """Per owned value id: (defining step, last reading step), and whether every read at that
     last step is direct (see :func:`_direct`)."""
     deps: dict[int, frozenset] = {}  # value id -> owned buffers that reading it touches
@@ -199,7 +198,7 @@ def _liveness(g: Graph, owns: set, shapes: dict | None, times: list) -> tuple:
     for n, t in zip(g.nodes, times):
         for x in n.inputs:
             for r in reads(x):
-                note(r, t, x.id == r and _direct(n, x, shapes))
+                note(r, t, x.id == r and _direct(n, x))
         v = n.out
         if v.id in owns:
             deps[v.id] = frozenset((v.id,))
@@ -225,14 +224,14 @@ def _peak(intervals: list) -> int:
     return peak
 
 
-def eager_peak_bytes(g: Graph, shapes: dict | None = None) -> int:
+def eager_peak_bytes(g: Graph) -> int:
     """Most bytes of intermediates alive at once when every non-view node output is its own
     allocation, freed after its last use — what eager numpy does (outputs and inputs are not
     intermediates; exact bytes, no rounding)."""
     owns, escaping = _owners(g, None)
-    start, last, _ = _liveness(g, owns, shapes, _times(g, None))
+    start, last, _ = _liveness(g, owns, _times(g, None))
     by_id = {n.out.id: n.out for n in g.nodes}
-    return _peak([(_nbytes(by_id[i], shapes), start[i], last[i]) for i in start
+    return _peak([(_nbytes(by_id[i]), start[i], last[i]) for i in start
                   if i not in escaping])
 
 
@@ -267,7 +266,7 @@ def _place(buffers: list, key) -> tuple[int, list]:
 
 
 def plan_memory(g: Graph, materialised=None, align: int = ALIGN, *, steps=None,
-                shapes: dict | None = None, inplace: bool = True,
+                inplace: bool = True,
                 into_outputs: bool = True) -> MemoryPlan:
     """Plan every intermediate buffer of ``g`` into one arena (see the module docstring).
 
@@ -275,10 +274,10 @@ def plan_memory(g: Graph, materialised=None, align: int = ALIGN, *, steps=None,
     None means every non-view node output. A view listed there gets its own buffer (a backend
     that must copy it, such as a reshape of a permuted value, lists it). ``steps``: for each
     node, the step it runs at — kernels in execution order, the nodes of one fused kernel
-    sharing a step; None means node k runs at step k. ``shapes`` maps value ids to concrete
-    shapes other than the graph's own. ``inplace=False`` turns
-    off in-place reuse; ``into_outputs=False`` keeps in-place chains out of the outputs'
-    memory.
+    sharing a step; None means node k runs at step k. ``inplace=False`` turns off in-place
+    reuse; ``into_outputs=False`` keeps in-place chains out of the outputs' memory. Shapes
+    may hold ``compiler.dims.Dim`` sizes (a symbolic variant's): byte counts and offsets
+    are then Dims too.
 
     With fusion groups (``compiler.passes.fusion.fuse``), in the groups' order::
 
@@ -301,7 +300,7 @@ def plan_memory(g: Graph, materialised=None, align: int = ALIGN, *, steps=None,
         raise ValueError(f"plan_memory: align must be a power of two, got {align}")
     owns, escaping = _owners(g, materialised)
     times = _times(g, steps)
-    start, last, clean = _liveness(g, owns, shapes, times)
+    start, last, clean = _liveness(g, owns, times)
     by_id = {n.out.id: n.out for n in g.nodes}
     buffer_of: dict[int, int] = {}  # value id -> index into `members` (arena candidates)
     members: list[list[int]] = []
@@ -315,7 +314,7 @@ def plan_memory(g: Graph, materialised=None, align: int = ALIGN, *, steps=None,
         if inplace and n.prim.kind == "elementwise" and (into_outputs or v.id not in escaping):
             into = next((x for x in n.inputs if isinstance(x, Value) and x.id in buffer_of
                          and x.id not in overwritten and last[x.id] == t and clean[x.id]
-                         and _direct(n, x, shapes)), None)
+                         and _direct(n, x)), None)
         if into is not None:
             b = buffer_of[into.id]
             overwritten.add(into.id)
@@ -328,7 +327,7 @@ def plan_memory(g: Graph, materialised=None, align: int = ALIGN, *, steps=None,
         elif v.id not in escaping:
             buffer_of[v.id] = len(members)
             members.append([v.id])
-    sizes = {i: _round_up(_nbytes(by_id[i], shapes), align) for i in buffer_of}
+    sizes = {i: _round_up(_nbytes(by_id[i]), align) for i in buffer_of}
     spans = [(sizes[m[0]], start[m[0]], max(last[i] for i in m)) for m in members]
     arena_spans = [s for b, s in enumerate(spans) if b not in output_of]
     best = None
@@ -344,10 +343,10 @@ def plan_memory(g: Graph, materialised=None, align: int = ALIGN, *, steps=None,
         sizes=sizes, lifetimes={i: (start[i], last[i]) for i in buffer_of}, inplace=pairs,
         in_outputs={i: output_of[b] for i, b in buffer_of.items() if b in output_of},
         arena_bytes=arena, sum_of_intermediates=sum(sizes.values()),
-        peak_live_bytes=_peak(arena_spans), eager_peak_bytes=eager_peak_bytes(g, shapes),
-        output_bytes=sum(_nbytes(by_id[i], shapes) for i in escaping), align=align,
+        peak_live_bytes=_peak(arena_spans), eager_peak_bytes=eager_peak_bytes(g),
+        output_bytes=sum(_nbytes(by_id[i]) for i in escaping), align=align,
         materialised=None if materialised is None else frozenset(v.id for v in materialised),
-        steps=None if steps is None else times, shapes=shapes, order=order,
+        steps=None if steps is None else times, order=order,
         buffers=[m for b, m in enumerate(members) if b not in output_of])
 
 
@@ -360,7 +359,6 @@ def verify_plan(g: Graph, plan: MemoryPlan) -> None:
 
     >>> verify_plan(g, plan_memory(g))  # silent when the plan is safe
     """
-    sh = plan.shapes
     times = _times(g, plan.steps)
     when = {n.out.id: t for n, t in zip(g.nodes, times)}  # the step each value is written at
     node_of = {n.out.id: n for n in g.nodes}
@@ -380,14 +378,14 @@ def verify_plan(g: Graph, plan: MemoryPlan) -> None:
         where = f"arena [{arena[i]}, {arena[i] + plan.sizes[i]})" if i in arena else \
             f"in %{in_out[i]}'s memory" if i in in_out else "an output"
         first, end = life.get(i, ("?", "?"))
-        return f"%{i} ({v.dtype.name}{list(_shape(v, sh))}, {where}, steps {first}..{end})"
+        return f"%{i} ({v.dtype.name}{list(_shape(v))}, {where}, steps {first}..{end})"
 
     for i, off in arena.items():
         if i not in by_id:
             raise PlanError(f"plan: %{i} is not a node output of this graph")
         size = plan.sizes.get(i)
-        if size is None or size < _nbytes(by_id[i], sh):
-            raise PlanError(f"plan: %{i} needs {_nbytes(by_id[i], sh)} bytes, has {size}")
+        if size is None or size < _nbytes(by_id[i]):
+            raise PlanError(f"plan: %{i} needs {_nbytes(by_id[i])} bytes, has {size}")
         if off % plan.align:
             raise PlanError(f"plan: %{i} at offset {off} is not aligned to {plan.align}")
         if off < 0 or off + size > plan.arena_bytes:
@@ -410,7 +408,7 @@ def verify_plan(g: Graph, plan: MemoryPlan) -> None:
         if i not in by_id or i in arena or o not in escaping:
             raise PlanError(f"plan: %{i} is placed in %{o}'s memory, which is not a graph "
                             f"output's (or %{i} is also in the arena)")
-        if _nbytes(by_id[i], sh) > _nbytes(by_id[o], sh):
+        if _nbytes(by_id[i]) > _nbytes(by_id[o]):
             raise PlanError(f"plan: %{i} does not fit in the memory of output %{o}")
     located = set(arena) | set(in_out)
     for n in g.nodes:
@@ -447,7 +445,7 @@ def verify_plan(g: Graph, plan: MemoryPlan) -> None:
     for n, t in zip(g.nodes, times):
         for x in n.inputs:
             for i in touched(x):
-                read(i, t, x.id == i and _direct(n, x, sh))
+                read(i, t, x.id == i and _direct(n, x))
     for value, t in _guard_times(g, times):
         for i in touched(value):
             read(i, t, False)
@@ -462,7 +460,7 @@ def verify_plan(g: Graph, plan: MemoryPlan) -> None:
             raise PlanError(f"plan: in-place pair (%{a}, %{b}) names a value with no buffer")
         n = node_of[b]
         if not any(isinstance(x, Value) and x.id == a for x in n.inputs) or \
-                not _direct(n, by_id[a], sh) or life[a][1] != when[b] or \
+                not _direct(n, by_id[a]) or life[a][1] != when[b] or \
                 (a, when[b]) in indirect or location(a) != location(b):
             raise PlanError(f"plan: {name(b)} ({n.prim.name}) may not overwrite {name(a)} "
                             f"in place: that needs an elementwise node reading it element for "
@@ -470,8 +468,8 @@ def verify_plan(g: Graph, plan: MemoryPlan) -> None:
         pairs.add((a, b))
     spaces: dict = {"arena": [(arena[i], arena[i] + plan.sizes[i], i) for i in arena]}
     for i, o in in_out.items():
-        spaces.setdefault(o, [(0, _nbytes(by_id[o], sh), o)]).append(
-            (0, _nbytes(by_id[i], sh), i))
+        spaces.setdefault(o, [(0, _nbytes(by_id[o]), o)]).append(
+            (0, _nbytes(by_id[i]), i))
     for spans in spaces.values():
         spans = sorted(s for s in spans if s[1] > s[0])
         for j, (_, hi, a) in enumerate(spans):

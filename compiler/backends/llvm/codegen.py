@@ -30,7 +30,8 @@ INLINE_LINES = 120  # kernels of more IR lines stay functions of their own (modu
 
 def reduce_kernel(g, group) -> tuple:
     """(LLVM IR text, function name, arg layout) for a reduction fusion group, with the
-    calling convention of :func:`elementwise_kernel` (``n`` is ignored: sizes are baked)."""
+    calling convention of :func:`elementwise_kernel` (``n`` is ignored: its sizes are in
+    its code — numbers, or a symbolic variant's run-time numbers, see ``forms.py``)."""
     return reduce.ReduceBuilder(g, group).build()
 
 

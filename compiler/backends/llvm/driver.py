@@ -47,7 +47,8 @@ import numpy as np
 
 from dyngrad import dtypes as _dt
 
-from ...dims import concrete
+from ...dims import Dim, concrete
+from ...dims import describe as describe_dim
 from ...generated import exec_generated
 from ...ir import Value
 from ...passes.fusion import fuse
@@ -392,8 +393,9 @@ class DriverPlan(base.Executable):
         return self.call(inputs, scalars)
 
     def describe(self) -> str:
-        return (f"all {self.n_groups} kernels native, run by one driver call; arena "
-                f"{self.memory.arena_bytes} bytes")
+        arena = self.memory.arena_bytes  # (a symbolic variant's: a function of the size)
+        arena = describe_dim(arena.key) if isinstance(arena, Dim) else arena
+        return f"all {self.n_groups} kernels native, run by one driver call; arena {arena} bytes"
 
     def native_kernels(self) -> tuple[int, int]:
         return self.n_groups, self.n_groups

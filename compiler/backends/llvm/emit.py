@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...dims import Dim
+from ...dims import Dim, current
 from ...ir import Value
 from ...prims import CONSTANT, traits
 from . import jit
@@ -39,8 +39,10 @@ def literal(x, ty: str) -> str:
     """A literal of LLVM type ``ty`` ('float' rounds as numpy's weak-scalar rule does). A
     size of a symbolic variant (``compiler.dims.Dim``) is written as itself: a placeholder
     the template reads at run time as ``ty`` (``forms.py``), else its number."""
-    if isinstance(x, Dim) and ty != "i1":
-        return format(x)
+    if isinstance(x, Dim):
+        if ty != "i1" and current() is not None:
+            return format(x)  # (a placeholder, read at run time as ty)
+        x = x.value  # (no recording: the number, written as any number of its type)
     if ty == "i1":
         return "true" if x else "false"
     if ty == "i64":

@@ -154,6 +154,11 @@ class Forms:
             self.served[t] = self.served.get(t, 0) + 1
         return compiled, numbers
 
+    def compiled_alone(self) -> None:
+        """Count a size whose IR could not be a template (compiled with its numbers)."""
+        with self._lock:
+            self.own += 1
+
     @property
     def shared(self) -> int:
         """Sizes served by a template."""

@@ -5,9 +5,9 @@ fusion groups, numpy for everything else.
 every elementwise and reduce group the code generator supports (float32, float64 and bool;
 see ``codegen``) into
 one LLVM module per graph — a kernel per group, the vector math shared — and keeps the other
-groups as the interpreter's steps, the very ``impl`` each primitive runs eagerly. :func:`run`
-has the interpreter's interface (``run(plan, inputs, scalars) -> outputs``, raising
-``GuardFailed``), so a variant swaps one for the other.
+groups as the interpreter's steps, the very ``impl`` each primitive runs eagerly. Either way
+it returns a ``base.Executable`` (``run(inputs, scalars) -> outputs``, raising
+``GuardFailed``), as the interpreter does, so a variant runs either.
 
 Note (what the hybrid plan runs in numpy, and why results can differ from eager): the groups
 that do not lower (normal random numbers, float64 transcendentals, pow by a runtime
