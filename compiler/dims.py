@@ -43,7 +43,7 @@ _D = ("d",)  # the symbolic dimension's atom
 
 
 def _mono_key(mono: tuple) -> tuple:
-    return tuple(sorted(mono, key=repr))
+    return mono if len(mono) < 2 else tuple(sorted(mono, key=hash))
 
 
 def _poly_of(x) -> dict:
@@ -55,7 +55,10 @@ def _poly_of(x) -> dict:
 
 def _make(poly: dict, value):
     """A Dim for ``poly`` (an int when it is constant)."""
-    terms = tuple(sorted(((m, c) for m, c in poly.items() if c), key=repr))
+    terms = [(m, c) for m, c in poly.items() if c]
+    if len(terms) > 1:  # (an order of its own: the same polynomial, the same key; hash is
+        terms.sort(key=_term_order)  # as good as any within a process, and keys never leave it)
+    terms = tuple(terms)
     if not terms:
         return 0
     if len(terms) == 1 and terms[0][0] == ():
@@ -70,11 +73,20 @@ def _atom(op: str, a, b, value):
     return Dim((((((op, ka, kb),), 1),)), value)
 
 
+def _term_order(term) -> int:
+    return hash(term[0])
+
+
 _INTLIKE = (int, np.integer)
+_OK = (int, np.integer)
 
 
 def _ok(o) -> bool:
-    return isinstance(o, (Dim, *_INTLIKE)) and not isinstance(o, (bool, np.bool_))
+    """A Dim or an integer (not a bool): what size arithmetic takes."""
+    t = type(o)
+    if t is int or t is Dim:
+        return True
+    return isinstance(o, _OK) and not isinstance(o, (bool, np.bool_)) or isinstance(o, Dim)
 
 
 class Dim:
@@ -105,8 +117,16 @@ class Dim:
     __radd__ = __add__
 
     def __sub__(self, o):
-        return self + (-o) if _ok(o) else self._float("-", o) if isinstance(o, float) \
-            else NotImplemented
+        if isinstance(o, float) or isinstance(self.value, float) or \
+                isinstance(_value(o), float):
+            return _atom("-", self, o, self.value - _value(o)) \
+                if _ok(o) or isinstance(o, float) else NotImplemented
+        if not _ok(o):
+            return NotImplemented
+        p = _poly_of(self)
+        for m, c in _poly_of(o).items():
+            p[m] = p.get(m, 0) - int(c)
+        return _make(p, self.value - int(_value(o)))
 
     def __rsub__(self, o):
         return (-self) + o if _ok(o) else _atom("-", o, self, o - self.value) \
@@ -208,23 +228,24 @@ class Dim:
     def __bool__(self) -> bool:
         return bool(self.value)
 
+    # comparisons: as its number would compare (with anything)
     def __eq__(self, o):
-        return self.value == _value(o) if _ok(o) or isinstance(o, float) else NotImplemented
+        return self.value == (o.value if type(o) is Dim else o)
 
     def __ne__(self, o):
-        return self.value != _value(o) if _ok(o) or isinstance(o, float) else NotImplemented
+        return self.value != (o.value if type(o) is Dim else o)
 
     def __lt__(self, o):
-        return self.value < _value(o) if _ok(o) or isinstance(o, float) else NotImplemented
+        return self.value < (o.value if type(o) is Dim else o)
 
     def __le__(self, o):
-        return self.value <= _value(o) if _ok(o) or isinstance(o, float) else NotImplemented
+        return self.value <= (o.value if type(o) is Dim else o)
 
     def __gt__(self, o):
-        return self.value > _value(o) if _ok(o) or isinstance(o, float) else NotImplemented
+        return self.value > (o.value if type(o) is Dim else o)
 
     def __ge__(self, o):
-        return self.value >= _value(o) if _ok(o) or isinstance(o, float) else NotImplemented
+        return self.value >= (o.value if type(o) is Dim else o)
 
     def __hash__(self) -> int:
         return hash(self.value)  # (equal to its number: dict keys behave as with ints)
