@@ -26,6 +26,17 @@ from .layers import (
                      Tanh,
 )
 from .module import Module
+from .normalization import (
+    BatchNorm1d,
+    BatchNorm2d,
+    Dropout1d,
+    Dropout2d,
+    GroupNorm,
+    LazyLinear,
+    RMSNorm,
+    Unflatten,
+    Upsample,
+)
 from .parameter import Parameter
 from .rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
@@ -33,4 +44,6 @@ __all__ = ["Module", "Parameter", "Linear", "Sequential", "ModuleList", "ModuleD
            "Identity", "ReLU", "Tanh", "Sigmoid", "SiLU", "LeakyReLU", "GELU", "Softmax",
            "LogSoftmax", "Flatten", "Dropout", "LayerNorm", "Embedding", "RNNCell", "GRUCell",
            "LSTMCell", "RNN", "GRU", "LSTM", "MSELoss", "L1Loss", "CrossEntropyLoss", "NLLLoss",
-           "BCELoss", "BCEWithLogitsLoss", "functional", "init", "utils"]
+           "BCELoss", "BCEWithLogitsLoss", "BatchNorm1d", "BatchNorm2d", "GroupNorm", "RMSNorm",
+           "Dropout1d", "Dropout2d", "Upsample", "Unflatten", "LazyLinear", "functional",
+           "init", "utils"]

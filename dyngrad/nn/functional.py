@@ -24,11 +24,20 @@ from ..ops.losses import (
 )
 from ..ops.movement import pad as _pad
 from ..tensor import Tensor
+from .functional_norm import (
+    batch_norm,
+    dropout1d,
+    dropout2d,
+    group_norm,
+    interpolate,
+    rms_norm,
+)
 
 __all__ = ["relu", "gelu", "sigmoid", "tanh", "softmax", "log_softmax", "linear", "dropout",
            "embedding", "layer_norm", "mse_loss", "l1_loss", "cross_entropy", "nll_loss",
            "binary_cross_entropy", "binary_cross_entropy_with_logits", "softplus", "one_hot",
-           "silu", "leaky_relu", "logsigmoid", "normalize", "pad"]
+           "silu", "leaky_relu", "logsigmoid", "normalize", "pad", "batch_norm", "group_norm",
+           "rms_norm", "dropout1d", "dropout2d", "interpolate"]
 
 
 def softmax(input: Tensor, dim: int, dtype=None) -> Tensor:
