@@ -14,6 +14,7 @@ import numpy as np
 
 from ..ops import creation as _c
 from ..ops import movement as _m
+from ..ops.random import manual_seed
 from ..tensor import Tensor
 
 
@@ -98,7 +99,6 @@ def _worker_loop(dataset, batched, collate_fn, tasks, results, worker_id, num_wo
     too), ``worker_init_fn(worker_id)``, then (task id, indices) in, (task id, batch, error
     text) out, until None."""
     global _worker_info
-    from ..ops.random import manual_seed
     _worker_info = WorkerInfo(worker_id, num_workers, seed, dataset)
     manual_seed(seed)
     np.random.seed(seed % 2**32)
