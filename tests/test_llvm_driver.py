@@ -755,8 +755,8 @@ def test_driver_writes_only_inside_its_buffers(name):
 
 
 def test_float64_model_step_on_the_driver_matches_eager():
-    """float64 ReLU MLP (float64 tanh is not lowered: the driver's docstring lists float64
-    transcendentals among what falls back) with SGD momentum."""
+    """float64 ReLU MLP with SGD momentum on the driver (float64 tanh too: see
+    tests/test_vecmath64.py)."""
     eager, comp, m1, o1, m2, o2 = twins(
         lambda ps: optim.SGD(ps, lr=0.01, momentum=0.9), act=nn.ReLU, dtype=np.float64)
     run_twins(eager, comp, m1, o1, m2, o2, steps=6, rtol=RTOL64, dtype=np.float64)

@@ -30,7 +30,7 @@ Calls of one plan from two threads at once: the second takes the runner's plan o
 (made on first need), never the shared arena.
 
 Note (what still falls back to the runner): graphs with normal random numbers, float64
-transcendentals, pow by other exponents on many elements, guards on non-scalar values, and
+erf/sin/cos, pow by other exponents on many elements, guards on non-scalar values, and
 graph outputs that are computed Python numbers. Uniform random numbers are drawn natively
 (``randomgen.py``, eager's bits). Creation groups become constants made once,
 and movement groups that only reshape become aliases of their source.

@@ -19,8 +19,8 @@ for an input of the full shape, ``0`` for a scalar / 0-d / all-broadcast one.
 Supported (values float32 or float64, bool stored as one byte 0/1): ``add sub mul div neg abs
 sqrt maximum minimum sign floor`` (NaN-propagating like numpy), ``pow`` by a literal 2, 0.5,
 -1, 1 or 0 (numpy computes these exactly as x·x, √x, 1/x, x, 1), in float32 also ``exp log tanh
-sigmoid erf sin cos`` (the vecmath functions, documented ulp bounds; float64 transcendentals
-are not lowered), ``eq ne lt le gt ge`` (float or bool operands; ``ne`` is true for NaN as in
+sigmoid erf sin cos`` and in float64 ``exp log tanh sigmoid`` (the vecmath and vecmath64
+functions, documented ulp bounds; float64 erf, sin and cos are not lowered), ``eq ne lt le gt ge`` (float or bool operands; ``ne`` is true for NaN as in
 numpy), ``where``, ``cast`` between float32 and float64 (rounded to nearest, as numpy's
 ``astype``), bool -> float and to the same dtype, and as copies ``reshape``/``broadcast`` of
 computed values and ``sum``/``max`` over size-1 axes; ``full`` and ``size_of`` become
@@ -39,7 +39,7 @@ import math
 from ... import prims as P
 from ...ir import Value
 from ...prims import Lowerings
-from . import threads, vecmath
+from . import threads, vecmath, vecmath64
 from .emit import (
     FN_NAME,
     LLTYPE,
@@ -67,7 +67,8 @@ def _unsupported(prim: str, what) -> NotImplementedError:
     return NotImplementedError(
         f"LLVM elementwise codegen: primitive {prim!r} on dtype {what} is not supported "
         f"(supported: float32/float64 add sub mul div neg abs sqrt maximum minimum sign floor, "
-        f"pow by 2, 0.5, -1, 1 or 0, float32 exp log tanh sigmoid erf sin cos, comparisons, where, "
+        f"pow by 2, 0.5, -1, 1 or 0, float32 exp log tanh sigmoid erf sin cos, float64 exp log "
+        f"tanh sigmoid, comparisons, where, "
         f"casts between floats, bool and int64, bool and/or as mul/add/maximum/minimum)")
 
 
@@ -624,14 +625,17 @@ def _pow(b: LoopBuilder, n, ty: str) -> str:
 
 @_ARITH(*vecmath.PRIMITIVES)
 def _vecmath(b: LoopBuilder, n, ty: str) -> str:
-    """A float32 transcendental: the vecmath polynomial (vecmath.py: its ulp bound)."""
-    if ty != "float":
+    """A transcendental: the vecmath polynomial (vecmath.py, vecmath64.py for float64: their
+    ulp bounds)."""
+    fn = vecmath.PRIMITIVES[n.prim]
+    name = fn if ty == "float" else f"{fn}64"
+    if ty not in ("float", "double") or (name not in vecmath.FUNCTIONS
+                                          and name not in vecmath64.FUNCTIONS):
         raise _unsupported(n.prim.name, dtname(n.out))
     a, = b.args(n, ty)
-    fn = vecmath.PRIMITIVES[n.prim]
-    if fn not in b.vecmath:
-        b.vecmath.append(fn)
-    return b.emit(f"call float @dg_{fn}f(float {a})")
+    if name not in b.vecmath:
+        b.vecmath.append(name)
+    return b.emit(f"call {ty} @dg_{fn}{'f' if ty == 'float' else '64'}({ty} {a})")
 
 
 _PAR_BLOCK = 1 << 14  # elements per block (a part for the pool) of an elementwise kernel of

@@ -10,7 +10,7 @@ it returns a ``base.Executable`` (``run(inputs, scalars) -> outputs``, raising
 ``GuardFailed``), as the interpreter does, so a variant runs either.
 
 Note (what the hybrid plan runs in numpy, and why results can differ from eager): the groups
-that do not lower (normal random numbers, float64 transcendentals, pow by a runtime
+that do not lower (normal random numbers, float64 erf, sin and cos, pow by a runtime
 exponent; see ``driver.py``) and the index, movement, random and scalar groups, one Python
 step each; every call allocates its kernels' outputs. A graph whose groups all lower runs
 as one native driver call instead. Within a native kernel, ``+ - * /``, ``sqrt``,

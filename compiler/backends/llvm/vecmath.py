@@ -64,6 +64,7 @@ from fractions import Fraction
 import numpy as np
 
 from ... import prims as P
+from . import vecmath64
 from .emit import Emitter, fconst
 
 # ---------------------------------------------------------------------------------------------
@@ -498,6 +499,7 @@ FUNCTIONS = {
     "sin": sinf_ir,
     "cos": cosf_ir,
 }
+# (and vecmath64.FUNCTIONS: exp64, log64, tanh64, sigmoid64, as @dg_<name> on doubles)
 
 # the primitive each function computes (codegen's lowering rule calls @dg_<name>f)
 PRIMITIVES = {P.EXP: "exp", P.LOG: "log", P.TANH: "tanh", P.SIGMOID: "sigmoid", P.ERF: "erf",
@@ -519,15 +521,22 @@ def flops(name: str) -> int:
     """Floating-point operations of one element of vecmath function ``name``, counted in
     its IR (a multiply-add counts two; selects, compares and bit operations none) — what
     the profiler counts for a kernel's GFLOP/s. Example: ``flops("exp")``."""
-    text = FUNCTIONS[name]()
+    text = ir_of(name)
     return (len(re.findall(r"= (?:fadd|fsub|fmul|fdiv|fneg) ", text))
             + 2 * text.count("@llvm.fma.") + text.count("@llvm.sqrt."))
 
 
+def ir_of(name: str) -> str:
+    """The IR of math function ``name``: a float32 one of :data:`FUNCTIONS`, or a float64 one
+    of ``vecmath64.FUNCTIONS``."""
+    return (FUNCTIONS.get(name) or vecmath64.FUNCTIONS[name])()
+
+
 def module_ir(names=None) -> str:
-    """Declarations plus the definitions of the named functions (all by default)."""
+    """Declarations plus the definitions of the named functions (all float32 ones by
+    default)."""
     names = list(FUNCTIONS) if names is None else list(names)
-    return DECLS + "\n" + "\n".join(FUNCTIONS[n]() for n in names)
+    return DECLS + "\n" + "\n".join(ir_of(n) for n in names)
 
 
 def prelude_ir(math_functions) -> str:
