@@ -25,8 +25,8 @@ gt ge`` (float or bool operands; ``ne`` is true for NaN as in numpy), ``where``,
 between float32 and float64 (rounded to nearest, as numpy's ``astype``), bool -> number,
 int64 <-> float (float -> int64 toward zero, NaN and out of range INT64_MIN as numpy on
 x86-64) and to the same dtype; bool ``mul add maximum minimum`` as and/or; and as copies
-``reshape``/``broadcast`` of computed values and ``sum``/``max`` over size-1 axes; ``full`` and ``size_of`` become
-constants; literal numbers become constants of the operation's dtype. A runtime Python number
+``reshape``/``broadcast`` of computed values and ``sum``/``max`` over size-1 axes; ``full``
+and ``size_of`` become constants; literal numbers become constants of the operation's dtype. A runtime Python number
 (a weak scalar input, e.g. an optimizer's learning rate) is passed as a float64 in a
 one-element buffer and rounded to the operation's dtype first, as numpy's weak-scalar rule
 does. No fast-math flags. Anything else raises NotImplementedError naming the primitive and
