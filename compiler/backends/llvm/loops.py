@@ -16,21 +16,21 @@ with numpy broadcasting gets, per (squeezed) iteration dim, a stride (0 when bro
 flat index is ``sum_k ((i / inner_k) % size_k) * stride_k`` over coalesced dims — just ``i``
 for an input of the full shape, ``0`` for a scalar / 0-d / all-broadcast one.
 
-Supported (values float32 or float64, bool stored as one byte 0/1): ``add sub mul div neg abs
-sqrt maximum minimum sign floor`` (NaN-propagating like numpy), ``pow`` by a literal 2, 0.5,
--1, 1 or 0 (numpy computes these exactly as x·x, √x, 1/x, x, 1), in float32 also ``exp log tanh
-sigmoid erf sin cos`` and in float64 ``exp log tanh sigmoid`` (the vecmath and vecmath64
-functions, documented ulp bounds; float64 erf, sin and cos are not lowered), ``eq ne lt le
-gt ge`` (float or bool operands; ``ne`` is true for NaN as in numpy), ``where``, ``cast``
-between float32 and float64 (rounded to nearest, as numpy's ``astype``), bool -> number,
-int64 <-> float (float -> int64 toward zero, NaN and out of range INT64_MIN as numpy on
-x86-64) and to the same dtype; bool ``mul add maximum minimum`` as and/or; and as copies
+Supported (values float32 or float64, bool stored as one byte 0/1): ``add sub mul div neg
+abs sqrt maximum minimum sign floor`` (NaN-propagating like numpy), ``pow`` by a literal 2,
+0.5, -1, 1 or 0 (numpy computes these exactly as x·x, √x, 1/x, x, 1), in float32 also ``exp
+log tanh sigmoid erf sin cos`` and in float64 ``exp log tanh sigmoid`` (the vecmath and
+vecmath64 functions, documented ulp bounds; float64 erf, sin and cos are not lowered), ``eq
+ne lt le gt ge`` (float or bool operands; ``ne`` is true for NaN as in numpy), ``where``,
+``cast`` between float32 and float64 (rounded to nearest, as numpy's ``astype``), bool ->
+number, int64 <-> float (float -> int64 toward zero, NaN and out of range INT64_MIN as numpy
+on x86-64) and to the same dtype; bool ``mul add maximum minimum`` as and/or; and as copies
 ``reshape``/``broadcast`` of computed values and ``sum``/``max`` over size-1 axes; ``full``
-and ``size_of`` become constants; literal numbers become constants of the operation's dtype. A runtime Python number
-(a weak scalar input, e.g. an optimizer's learning rate) is passed as a float64 in a
-one-element buffer and rounded to the operation's dtype first, as numpy's weak-scalar rule
-does. No fast-math flags. Anything else raises NotImplementedError naming the primitive and
-dtype. Reduce groups: see ``reduce.ReduceBuilder``.
+and ``size_of`` become constants; literal numbers become constants of the operation's dtype.
+A runtime Python number (a weak scalar input, e.g. an optimizer's learning rate) is passed
+as a float64 in a one-element buffer and rounded to the operation's dtype first, as numpy's
+weak-scalar rule does. No fast-math flags. Anything else raises NotImplementedError naming
+the primitive and dtype. Reduce groups: see ``reduce.ReduceBuilder``.
 """
 
 
