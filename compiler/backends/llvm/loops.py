@@ -235,7 +235,7 @@ class LoopBuilder(KernelBuilder):
         ty = LLTYPE[odt]
         in_dts = {x.dtype.name for x in n.inputs
                   if isinstance(x, Value) and not x.weak and x.dtype is not None}
-        if (ty == "i1" and n.prim not in _BBIN) or any(d != odt for d in in_dts):
+        if (ty == "i1" and n.prim not in _BOOL_RULES) or any(d != odt for d in in_dts):
             raise _unsupported(n.prim.name, "/".join(sorted(in_dts | {odt})))
         self.at_i[id(n.out)] = (arith(self, n, ty), ty)
 
@@ -360,10 +360,12 @@ _WEAK = (P.ADD, P.SUB, P.MUL, P.DIV, P.NEG, P.ABS, P.SQRT, P.MAXIMUM, P.MINIMUM)
 #                                                   numbers too (float64: weak_node)
 _FCMP = {P.EQ: "oeq", P.NE: "une", P.LT: "olt", P.LE: "ole", P.GT: "ogt", P.GE: "oge"}
 _SCMP = {P.EQ: "eq", P.NE: "ne", P.LT: "slt", P.LE: "sle", P.GT: "sgt", P.GE: "sge"}
-_ICMP = {P.EQ: "eq", P.NE: "ne"}  # bool operands
+_ICMP = {P.EQ: "eq", P.NE: "ne", P.LT: "ult", P.LE: "ule", P.GT: "ugt", P.GE: "uge"}  # bool
+#                                                                 operands (False < True)
 _FBIN = {P.ADD: "fadd", P.SUB: "fsub", P.MUL: "fmul", P.DIV: "fdiv"}
 _IBIN = {P.ADD: "add", P.SUB: "sub", P.MUL: "mul"}  # int64: wrapping, as numpy's
 _BBIN = {P.ADD: "or", P.MUL: "and", P.MAXIMUM: "or", P.MINIMUM: "and"}  # bool, as numpy's
+_BOOL_RULES = frozenset({*_BBIN, P.ABS})  # the arithmetic rules that take bools
 
 
 @_VIEWS(P.SLICE)
@@ -554,6 +556,8 @@ def _neg(b: LoopBuilder, n, ty: str) -> str:
 @_ARITH(P.ABS)
 def _abs(b: LoopBuilder, n, ty: str) -> str:
     a, = b.args(n, ty)
+    if ty == "i1":
+        return a
     if ty == "i64":
         c = b.emit(f"icmp slt i64 {a}, 0")
         m = b.emit(f"sub i64 0, {a}")
@@ -587,10 +591,32 @@ def _intrinsic(b: LoopBuilder, n, ty: str) -> str:
     return b.emit(f"call {ty} @llvm.{_INTRINSICS[n.prim]}.{SUFFIX[ty]}({ty} {a})")
 
 
-@_ARITH(P.SIGN)
-def _sign(b: LoopBuilder, n, ty: str) -> str:  # numpy: NaN stays NaN, ±0 gives +0
+@_ARITH(P.LOG1P)
+def _log1p(b: LoopBuilder, n, ty: str) -> str:
+    """log(1 + x) as log(u)·x/(u − 1) with u = 1 + x (exact where u − 1 is 0: x itself), so
+    the rounding of 1 + x cancels: within a few ulps of numpy's log1p, with the vecmath log
+    (float32) or vecmath64's (float64); +inf stays +inf."""
     _float_only(n, ty)
     a, = b.args(n, ty)
+    name = "log" if ty == "float" else "log64"
+    if name not in b.vecmath:
+        b.vecmath.append(name)
+    u = b.emit(f"fadd {ty} {literal(1.0, ty)}, {a}")
+    lu = b.emit(f"call {ty} @dg_{'logf' if ty == 'float' else 'log64'}({ty} {u})")
+    d = b.emit(f"fsub {ty} {u}, {literal(1.0, ty)}")
+    r = b.emit(f"fmul {ty} {lu}, {b.emit(f'fdiv {ty} {a}, {d}')}")
+    keep = b.emit(f"or i1 {b.emit(f'fcmp oeq {ty} {d}, {literal(0.0, ty)}')}, "
+                  f"{b.emit(f'fcmp oeq {ty} {a}, {literal(math.inf, ty)}')}")
+    return b.emit(f"select i1 {keep}, {ty} {a}, {ty} {r}")
+
+
+@_ARITH(P.SIGN)
+def _sign(b: LoopBuilder, n, ty: str) -> str:  # numpy: NaN stays NaN, ±0 gives +0
+    a, = b.args(n, ty)
+    if ty == "i64":  # -1, 0 or 1
+        pos = b.emit(f"zext i1 {b.emit(f'icmp sgt i64 {a}, 0')} to i64")
+        neg = b.emit(f"zext i1 {b.emit(f'icmp slt i64 {a}, 0')} to i64")
+        return b.emit(f"sub i64 {pos}, {neg}")
     pos = b.emit(f"fcmp ogt {ty} {a}, {literal(0.0, ty)}")
     neg = b.emit(f"fcmp olt {ty} {a}, {literal(0.0, ty)}")
     nan = b.emit(f"fcmp uno {ty} {a}, {a}")
