@@ -91,3 +91,53 @@ def test_log1p_lowers_within_three_ulps(dtype):
     assert err.max() <= 3.0, (err.max(), xs[fin][err.argmax()])
     np.testing.assert_array_equal(got[~fin], want[~fin])
     assert isinstance(f.variants[0].plan, driver.DriverPlan)
+
+
+def test_reshaped_strides_agree_with_numpys_no_copy_reshape():
+    """For random broadcast and transposed views and random target shapes: the strides
+    given exist exactly when numpy can reshape without a copy, and address the same
+    elements."""
+    from compiler.backends.llvm.loops import reshaped_strides
+    r = np.random.default_rng(3)
+    for _ in range(600):
+        base = tuple(int(s) for s in r.integers(1, 4, r.integers(1, 4)))
+        lead = tuple(int(s) for s in r.integers(1, 4, r.integers(0, 2)))
+        a = np.arange(int(np.prod(base))).reshape(base)
+        v = np.broadcast_to(a, lead + tuple(s if s != 1 else int(r.integers(1, 4))
+                                            for s in base)).transpose(r.permutation(
+                                                len(lead) + len(base)))
+        n, factors = v.size, []
+        for d in (2, 3, 4, 6):
+            while n % d == 0 and r.random() < 0.5:
+                factors.append(d)
+                n //= d
+        out = tuple(int(f) for f in r.permutation(factors + [n]))
+        got = reshaped_strides(v.shape, tuple(s // v.itemsize for s in v.strides), out)
+        try:
+            w = v.view()
+            w.shape = out  # (numpy: only without a copy)
+            possible = True
+        except AttributeError:
+            possible = False
+        assert (got is not None) == possible, (v.shape, v.strides, out)
+        if got is not None:
+            idx = np.indices(out).reshape(len(out), -1)
+            offsets = (np.array(got)[:, None] * idx).sum(0)
+            np.testing.assert_array_equal(a.reshape(-1)[offsets], v.reshape(-1))
+
+
+@pytest.mark.parametrize("name", ["merge_inner_of_broadcast", "split_of_transposed",
+                                  "merge_of_permuted_pairs"])
+def test_reshapes_of_strided_views_lower(name):
+    b = dg.tensor(np.random.default_rng(4).standard_normal((4, 5)).astype(np.float32))
+    fn = {"merge_inner_of_broadcast": lambda x: (b.expand(6, 4, 5).reshape(6, 20) * x).sum(1),
+          "split_of_transposed": lambda x: (b.T.reshape(5, 2, 2) * x).amax(0),
+          "merge_of_permuted_pairs": lambda x: (b.reshape(2, 2, 5).permute(2, 0, 1)
+                                                 .reshape(5, 4) + x).exp()}[name]
+    shape = {"merge_inner_of_broadcast": (6, 20), "split_of_transposed": (5, 2, 2),
+             "merge_of_permuted_pairs": (5, 4)}[name]
+    x = dg.tensor(np.random.default_rng(5).standard_normal(shape).astype(np.float32))
+    f = compiler.compile(fn, backend="llvm")
+    for _ in range(2):
+        np.testing.assert_allclose(f(x).numpy(), fn(x).numpy(), rtol=1e-6, atol=1e-6)
+    assert isinstance(f.variants[0].plan, driver.DriverPlan), f.variants[0].plan.describe()

@@ -393,8 +393,42 @@ def _reshape_view(n, shape, st, off):
     if tuple(s for s, _ in nz) == tuple(s for s in out if s != 1):
         it = iter(t for _, t in nz)
         return [next(it) if s != 1 else 0 for s in out], off
-    raise NotImplementedError("LLVM elementwise codegen: reshape of a broadcast view that "
-                              "merges or splits dims")
+    strides = reshaped_strides(shape, st, out)
+    if strides is None:
+        raise NotImplementedError("LLVM elementwise codegen: reshape of a strided (broadcast "
+                                  "or permuted) view that merges dims no stride can step "
+                                  "over")
+    return strides, off
+
+
+def reshaped_strides(shape, strides, out) -> list | None:
+    """The strides of ``out`` as a view of a strided (shape, strides) array when the reshape
+    needs no copy — each run of dims merged or split into another is one evenly strided run
+    (a broadcast run of stride 0 included) — else None. Size-1 dims are dropped first and
+    get stride 0."""
+    old = [(s, t) for s, t in zip(shape, strides) if s != 1]
+    new = [k for k, s in enumerate(out) if s != 1]
+    result = [0] * len(out)
+    i = j = 0
+    while i < len(old) and j < len(new):
+        i0, j0 = i, j
+        a, b = old[i][0], out[new[j]]
+        while a != b:  # (grow the smaller side until the two runs hold the same elements)
+            if a < b:
+                i += 1
+                a *= old[i][0]
+            else:
+                j += 1
+                b *= out[new[j]]
+        for k in range(i0, i):  # the old run must be evenly strided to be stepped through
+            if old[k][1] != old[k + 1][1] * old[k + 1][0]:
+                return None
+        step = old[i][1]  # (the innermost stride of the run)
+        for k in range(j, j0 - 1, -1):
+            result[new[k]] = step
+            step *= out[new[k]]
+        i, j = i + 1, j + 1
+    return result if i == len(old) and j == len(new) else None
 
 
 @_NODES(P.FULL)
