@@ -20,8 +20,6 @@ from dyngrad.ops import REGISTRY
 DTYPES = {"float32": dg.float32, "float64": dg.float64, "int64": dg.int64, "bool": dg.bool}
 
 NOT_NATIVE = {
-    ("sin", "float64"): "no float64 sin in vecmath64 yet",
-    ("cos", "float64"): "no float64 cos in vecmath64 yet",
     ("erf", "float64"): "no float64 erf in vecmath64 yet",
     ("pow", "float32"): "pow by a tensor exponent: exp(y·log x) would not give numpy's values",
     ("pow", "float64"): "pow by a tensor exponent: exp(y·log x) would not give numpy's values",
