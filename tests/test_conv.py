@@ -215,6 +215,32 @@ def test_max_pool_of_minus_infinity_points_inside_the_input_as_torch():
 
 
 @needs_torch
+def test_max_pools_propagate_nan_with_torch_s_index():
+    x = np.array([[[[1.0, np.nan, 3.0, np.nan], [0.0, 5.0, np.nan, 2.0]]]])
+    for fn in (lambda m, t: m.max_pool2d(t, 2, return_indices=True),
+               lambda m, t: m.adaptive_max_pool2d(t, (1, 2), return_indices=True)):
+        yd, idd = fn(F, dg.tensor(x))
+        yt, idt = fn(torch.nn.functional, torch.tensor(x))
+        assert np.array_equal(idd.numpy(), idt.numpy())
+        np.testing.assert_array_equal(yd.numpy(), yt.numpy())
+
+
+@needs_torch
+def test_empty_batches_and_integer_inputs_as_torch():
+    tf = torch.nn.functional
+    for fn in (lambda m, z: m.conv2d(z((0, 2, 5, 5)), z((3, 2, 3, 3))),
+               lambda m, z: m.conv_transpose2d(z((0, 2, 5, 5)), z((2, 3, 3, 3))),
+               lambda m, z: m.max_pool2d(z((0, 2, 5, 5)), 2),
+               lambda m, z: m.adaptive_max_pool2d(z((0, 2, 5, 5)), 2)):
+        assert fn(F, dg.zeros).shape == tuple(fn(tf, torch.zeros).shape)
+    x, w = np.arange(50).reshape(1, 2, 5, 5), np.arange(36).reshape(2, 2, 3, 3) % 5
+    out = F.conv2d(dg.tensor(x), dg.tensor(w), stride=2)
+    assert out.dtype is dg.int64
+    assert np.array_equal(out.numpy(), tf.conv2d(torch.tensor(x), torch.tensor(w),
+                                                 stride=2).numpy())
+
+
+@needs_torch
 @pytest.mark.parametrize("kw", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
                                 dict(kernel_size=2, ceil_mode=True), dict(kernel_size=4,
                                                                           dilation=2)])
@@ -306,6 +332,18 @@ def test_kernel_larger_than_input_says_what_to_do():
         F.conv2d(dg.randn(1, 1, 2, 2), dg.randn(1, 1, 3, 3))
     with pytest.raises(RuntimeError, match="output size is too small"):
         F.max_pool2d(dg.randn(1, 1, 2, 2), 3)
+
+
+def test_bias_and_groups_errors_as_torch():
+    with pytest.raises(RuntimeError, match=r"Given weight of size \[3, 2, 3, 3\], expected bias "
+                                           r"to be 1-dimensional with 3 elements, but got bias "
+                                           r"of size \[4\] instead"):
+        F.conv2d(dg.zeros(1, 2, 5, 5), dg.zeros(3, 2, 3, 3), dg.zeros(4))
+    with pytest.raises(RuntimeError, match=r"Given groups=2, expected weight to be divisible "
+                                           r"by 2 at dimension 0"):
+        F.conv2d(dg.zeros(1, 4, 5, 5), dg.zeros(3, 2, 3, 3), groups=2)
+    with pytest.raises(RuntimeError, match="stride should not be zero"):
+        F.max_pool2d(dg.zeros(1, 1, 4, 4), 2, 0)
 
 
 def test_argument_errors():

@@ -24,6 +24,7 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from .. import dtypes as _dt
 from ..dispatch import dispatch
 from ..tensor import Tensor
 from . import elementwise as _e
@@ -83,7 +84,8 @@ def _conv_impl(x, w, stride, padding, dilation, groups):
 def _conv_transpose_impl(y, w, stride, padding, dilation, groups, size):
     n, o, nd = y.shape[0], y.shape[1], w.ndim - 2
     og, cg, kernel, out = o // groups, w.shape[1], w.shape[2:], y.shape[2:]
-    ym = y.reshape(n, groups, og, -1).transpose(1, 0, 3, 2).reshape(groups, -1, og)
+    p = math.prod(out)
+    ym = y.reshape(n, groups, og, p).transpose(1, 0, 3, 2).reshape(groups, n * p, og)
     cols = np.matmul(ym, w.reshape(groups, og, -1))  # (G, N·P, C/G·K)
     cols = cols.reshape((groups, n) + out + (cg,) + kernel)
     cols = cols.transpose(1, 0, nd + 2, *range(nd + 3, 2 * nd + 3), *range(2, nd + 2))
@@ -101,8 +103,9 @@ def _conv_transpose_impl(y, w, stride, padding, dilation, groups, size):
 def _conv_weight_grad_impl(x, g, stride, padding, dilation, groups, kernel):
     n, o, out = g.shape[0], g.shape[1], g.shape[2:]
     cols = _columns(x, padding, out, kernel, stride, dilation, groups)
-    gm = g.reshape(n, groups, o // groups, -1).transpose(1, 2, 0, 3).reshape(
-        groups, o // groups, -1)
+    p = math.prod(out)
+    gm = g.reshape(n, groups, o // groups, p).transpose(1, 2, 0, 3).reshape(
+        groups, o // groups, n * p)
     return np.matmul(gm, cols).reshape((o, x.shape[1] // groups) + tuple(kernel))
 
 
@@ -110,8 +113,8 @@ def _conv_weight_grad_impl(x, g, stride, padding, dilation, groups, kernel):
 
 
 def _float_pair(op: str, a, b) -> None:
-    if a.dtype is not b.dtype or not a.dtype.is_floating_point:
-        raise RuntimeError(f"{op}: expected floating-point operands of one dtype, got "
+    if a.dtype is not b.dtype or a.dtype is _dt.bool_:
+        raise RuntimeError(f"{op}: expected numeric operands of one dtype, got "
                            f"{a.dtype.name} and {b.dtype.name}")
 
 
@@ -243,9 +246,13 @@ def _check_input(op: str, input: Tensor, weight: Tensor, nd: int) -> bool:
     return input.ndim == nd + 1
 
 
-def _with_bias(out: Tensor, bias: Tensor | None, nd: int) -> Tensor:
+def _with_bias(out: Tensor, bias: Tensor | None, nd: int, weight: Tensor) -> Tensor:
     if bias is None:
         return out
+    if bias.ndim != 1 or bias.shape[0] != out.shape[1]:
+        raise RuntimeError(f"Given weight of size {list(weight.shape)}, expected bias to be "
+                           f"1-dimensional with {out.shape[1]} elements, but got bias of size "
+                           f"{list(bias.shape)} instead")
     return out + _m.reshape(bias, (-1,) + (1,) * nd)
 
 
@@ -253,8 +260,8 @@ def _promote(op: str, input: Tensor, weight: Tensor) -> None:
     if input.dtype is not weight.dtype:
         raise RuntimeError(f"{op}: Input type ({input.dtype.name}) and weight type "
                            f"({weight.dtype.name}) should be the same")
-    if not input.dtype.is_floating_point:
-        raise RuntimeError(f"{op}: expected a floating-point input, got {input.dtype.name}")
+    if input.dtype is _dt.bool_:
+        raise RuntimeError(f"{op}: \"{op}\" not implemented for 'Bool'")
 
 
 def conv(input: Tensor, weight: Tensor, bias: Tensor | None, stride, padding, dilation,
@@ -267,9 +274,12 @@ def conv(input: Tensor, weight: Tensor, bias: Tensor | None, stride, padding, di
     _promote(op, input, weight)
     stride = ntuple(stride, nd, "stride", op)
     dilation = ntuple(dilation, nd, "dilation", op)
-    if groups < 1 or weight.shape[0] % groups:
-        raise RuntimeError(f"{op}: groups must be a positive integer dividing out_channels "
-                           f"({weight.shape[0]}), got groups={groups}")
+    if groups < 1:
+        raise RuntimeError(f"{op}: non-positive groups is not supported")
+    if weight.shape[0] % groups:
+        raise RuntimeError(f"Given groups={groups}, expected weight to be divisible by "
+                           f"{groups} at dimension 0, but got weight of size "
+                           f"{list(weight.shape)} instead")
     kernel = tuple(weight.shape[2:])
     if isinstance(padding, str):
         if padding == "valid":
@@ -305,7 +315,7 @@ def conv(input: Tensor, weight: Tensor, bias: Tensor | None, stride, padding, di
                 f"smaller kernel)")
     out = dispatch(CONV, input, weight, stride=stride, padding=pairs, dilation=dilation,
                    groups=groups)
-    out = _with_bias(out, bias, nd)
+    out = _with_bias(out, bias, nd, weight)
     return _m.squeeze_dims(out, (0,)) if unbatched else out
 
 
@@ -362,7 +372,7 @@ def conv_transpose(input: Tensor, weight: Tensor, bias, stride, padding, output_
     out = dispatch(CONV_TRANSPOSE, input, weight, stride=stride,
                    padding=tuple((p, p) for p in padding), dilation=dilation, groups=groups,
                    size=size)
-    out = _with_bias(out, bias, nd)
+    out = _with_bias(out, bias, nd, weight)
     return _m.squeeze_dims(out, (0,)) if unbatched else out
 
 

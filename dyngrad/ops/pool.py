@@ -26,6 +26,16 @@ from .primitive import Primitive
 # ------------------------------------------------------------------ primitives
 
 
+def window_argmax(flat: np.ndarray) -> np.ndarray:
+    """Position of each row's maximum along the last axis as PyTorch's kernels choose it:
+    the first maximum, or the last NaN when the row has one (NaN propagates)."""
+    at = flat.argmax(-1)
+    if flat.dtype.kind == "f" and np.isnan(flat).any():
+        nan = np.isnan(flat)
+        at = np.where(nan.any(-1), flat.shape[-1] - 1 - nan[..., ::-1].argmax(-1), at)
+    return at
+
+
 def _plane_index(spatial: tuple, padding: tuple) -> np.ndarray:
     """Flat positions within a plane of size ``spatial``, padded with -1."""
     flat = np.arange(math.prod(spatial), dtype=np.int64).reshape(spatial)
@@ -39,10 +49,11 @@ def _max_pool_indices_impl(x, kernel, stride, padding, dilation):
                 in zip(spatial, padding, kernel, stride, dilation))
     low = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
     win = windows(padded(x, padding, low), out, kernel, stride, dilation)
-    at = win.reshape(win.shape[:-nd] + (-1,)).argmax(-1)  # (the first maximum, as PyTorch)
+    at = window_argmax(win.reshape(win.shape[:-nd] + (math.prod(kernel),)))
     where = windows(_plane_index(spatial, padding), out, kernel, stride, dilation)
-    where = where.reshape((1,) + out + (-1,))
-    idx = np.take_along_axis(where, at.reshape((-1,) + out + (1,)), -1)[..., 0]
+    where = where.reshape((1,) + out + (math.prod(kernel),))
+    lead = math.prod(at.shape[:-nd])
+    idx = np.take_along_axis(where, at.reshape((lead,) + out + (1,)), -1)[..., 0]
     # a window of -inf only: PyTorch keeps its first position inside the input, not a pad
     first = np.where(where >= 0, where, np.iinfo(np.int64).max).min(-1)[0]
     return np.where(idx < 0, first, idx).reshape(at.shape)
@@ -71,7 +82,8 @@ def _adaptive_max_indices_impl(x, output_size):
     for pos in np.ndindex(*output_size):  # (one vectorised argmax per output position)
         box = tuple(slice(*_adaptive_bounds(s, o)[i])
                     for s, o, i in zip(spatial, output_size, pos))
-        at = x[(Ellipsis,) + box].reshape(lead + (-1,)).argmax(-1)
+        part = x[(Ellipsis,) + box]
+        at = window_argmax(part.reshape(lead + (math.prod(part.shape[-nd:]),)))
         res[(Ellipsis,) + pos] = plane[box].reshape(-1)[at]
     return res
 
@@ -95,8 +107,8 @@ ADAPTIVE_MAX_INDICES = Primitive(
 def _gather_planes(x: Tensor, idx: Tensor, nd: int) -> Tensor:
     """``x``'s values at plane indices ``idx`` (PyTorch's gather over the flattened planes)."""
     lead = tuple(x.shape[:-nd])
-    xf = _m.reshape(x, lead + (-1,))
-    flat = _i.take_along_dim(xf, _m.reshape(idx, lead + (-1,)), -1)
+    xf = _m.reshape(x, lead + (math.prod(x.shape[-nd:]),))
+    flat = _i.take_along_dim(xf, _m.reshape(idx, lead + (math.prod(idx.shape[-nd:]),)), -1)
     return _m.reshape(flat, tuple(idx.shape))
 
 
@@ -131,6 +143,8 @@ def _pool_args(op, input, kernel_size, stride, padding, dilation, nd):
         ntuple(stride, nd, "stride", op)
     padding = ntuple(padding, nd, "padding", op)
     dilation = ntuple(dilation, nd, "dilation", op)
+    if any(s == 0 for s in stride):
+        raise RuntimeError(f"{op}: stride should not be zero")
     if any(s <= 0 for s in stride) or any(k <= 0 for k in kernel) or any(d <= 0 for d in dilation):
         raise RuntimeError(f"{op}: kernel_size, stride and dilation must be greater than "
                            f"zero, got kernel_size={list(kernel)}, stride={list(stride)}, "
