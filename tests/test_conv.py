@@ -302,6 +302,39 @@ def test_layers_initialise_as_torch_does():
 
 
 @needs_torch
+@pytest.mark.parametrize("make", [
+    lambda m: m.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=1, dilation=(1, 2), groups=2),
+    lambda m: m.Conv2d(4, 4, 4, padding="same", groups=4, bias=False),
+    lambda m: m.Conv1d(4, 6, 3, padding="valid"),
+    lambda m: m.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2),
+    lambda m: m.MaxPool2d(3, 2, 1, ceil_mode=True),
+    lambda m: m.MaxPool1d(2),
+    lambda m: m.AvgPool2d(3, 2, 1, count_include_pad=False),
+    lambda m: m.AdaptiveAvgPool2d((3, None)),
+    lambda m: m.AdaptiveMaxPool2d(2),
+])
+def test_layers_compute_as_torch_s_in_float32(make):
+    """Float32, the parameters copied from PyTorch's layer: outputs and gradients to float32
+    rounding."""
+    dl, tl = make(nn), make(torch.nn)
+    with dg.no_grad():
+        for (name, p), (_, q) in zip(dl.named_parameters(), tl.named_parameters(), strict=True):
+            assert p.shape == tuple(q.shape), name
+            p.copy_(dg.tensor(q.detach().numpy()))
+    ndim = 3 if isinstance(dl, (nn.Conv1d, nn.MaxPool1d)) else 4
+    x = np.random.default_rng(0).standard_normal((2, 4, 9, 8)[:ndim]).astype(np.float32)
+    xd, xt = dg.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    yd, yt = dl(xd), tl(xt)
+    np.testing.assert_allclose(yd.detach().numpy(), yt.detach().numpy(), rtol=1e-5, atol=1e-5)
+    (yd * yd).sum().backward()
+    (yt * yt).sum().backward()
+    np.testing.assert_allclose(xd.grad.numpy(), xt.grad.numpy(), rtol=1e-4, atol=1e-4)
+    for p, q in zip(dl.parameters(), tl.parameters(), strict=True):
+        np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=1e-4, atol=1e-4)
+    assert repr(dl) == repr(tl)
+
+
+@needs_torch
 def test_conv_transpose2d_output_size_argument_as_torch():
     layer = nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1)
     assert layer(dg.randn(1, 2, 4, 4), output_size=(8, 8)).shape == (1, 3, 8, 8)
