@@ -59,54 +59,66 @@ def out_size(size: int, lo: int, hi: int, k: int, stride: int, dilation: int) ->
     return (size + lo + hi - dilation * (k - 1) - 1) // stride + 1
 
 
+def _offsets(kernel: tuple, dilation: tuple, stride: tuple, out: tuple):
+    """Each kernel offset and the strided slices of the padded input it reads."""
+    for k in np.ndindex(*kernel):
+        yield k, tuple(slice(ki * d, ki * d + st * (p - 1) + 1, st)
+                       for ki, d, st, p in zip(k, dilation, stride, out))
+
+
 def _columns(x, padding, out, kernel, stride, dilation, groups) -> np.ndarray:
-    """The (groups, N·P, C/groups·K) column matrix of x's windows (a temporary)."""
+    """The (groups, C/groups·K, N·P) column matrix of x's windows (a temporary), copied one
+    kernel offset at a time: each copy moves whole rows of the input."""
     n, c, nd = x.shape[0], x.shape[1], len(kernel)
-    win = windows(padded(x, padding), out, kernel, stride, dilation)
-    win = win.reshape((n, groups, c // groups) + win.shape[2:])
-    axes = (1, 0, *range(3, 3 + nd), 2, *range(3 + nd, 3 + 2 * nd))
-    return win.transpose(axes).reshape(groups, n * math.prod(out),
-                                       c // groups * math.prod(kernel))
+    xp = padded(x, padding)
+    xp = xp.reshape((n, groups, c // groups) + xp.shape[2:])
+    cols = np.empty((groups, c // groups) + tuple(kernel) + (n,) + tuple(out), x.dtype)
+    to_cols = (1, 2, 0, *range(3, 3 + nd))
+    for k, at in _offsets(kernel, dilation, stride, out):
+        cols[(slice(None), slice(None)) + k] = xp[(slice(None),) * 3 + at].transpose(to_cols)
+    return cols.reshape(groups, c // groups * math.prod(kernel), n * math.prod(out))
+
+
+def _by_group(g: np.ndarray, groups: int) -> np.ndarray:
+    """(N, O, *P) as the (groups, O/groups, N·P) matrix the column products use."""
+    n, o = g.shape[:2]
+    p = math.prod(g.shape[2:])
+    return g.reshape(n, groups, o // groups, p).transpose(1, 2, 0, 3).reshape(
+        groups, o // groups, n * p)
 
 
 def _conv_impl(x, w, stride, padding, dilation, groups):
-    kernel, nd = w.shape[2:], w.ndim - 2
+    kernel, nd, n = w.shape[2:], w.ndim - 2, x.shape[0]
     out = tuple(out_size(s, lo, hi, k, st, d) for s, (lo, hi), k, st, d
                 in zip(x.shape[2:], padding, kernel, stride, dilation))
     cols = _columns(x, padding, out, kernel, stride, dilation, groups)
     og = w.shape[0] // groups
-    res = np.matmul(cols, w.reshape(groups, og, -1).transpose(0, 2, 1))  # (G, N·P, O/G)
-    res = res.reshape((groups, x.shape[0]) + out + (og,))
-    res = res.transpose(1, 0, nd + 2, *range(2, nd + 2))
-    return np.ascontiguousarray(res).reshape((x.shape[0], w.shape[0]) + out)
+    res = np.matmul(w.reshape(groups, og, -1), cols)  # (G, O/G, N·P)
+    res = res.reshape((groups, og, n) + out).transpose(2, 0, 1, *range(3, nd + 3))
+    return np.ascontiguousarray(res).reshape((n, w.shape[0]) + out)
 
 
 def _conv_transpose_impl(y, w, stride, padding, dilation, groups, size):
-    n, o, nd = y.shape[0], y.shape[1], w.ndim - 2
-    og, cg, kernel, out = o // groups, w.shape[1], w.shape[2:], y.shape[2:]
-    p = math.prod(out)
-    ym = y.reshape(n, groups, og, p).transpose(1, 0, 3, 2).reshape(groups, n * p, og)
-    cols = np.matmul(ym, w.reshape(groups, og, -1))  # (G, N·P, C/G·K)
-    cols = cols.reshape((groups, n) + out + (cg,) + kernel)
-    cols = cols.transpose(1, 0, nd + 2, *range(nd + 3, 2 * nd + 3), *range(2, nd + 2))
+    n, nd = y.shape[0], w.ndim - 2
+    og, cg, kernel, out = y.shape[1] // groups, w.shape[1], w.shape[2:], y.shape[2:]
+    wm = w.reshape(groups, og, -1).transpose(0, 2, 1)
+    cols = np.matmul(wm, _by_group(y, groups))  # (G, C/G·K, N·P)
+    cols = cols.reshape((groups, cg) + kernel + (n,) + out)
     full = tuple(max(lo + s + hi, (p - 1) * st + d * (k - 1) + 1) for s, (lo, hi), p, st, d, k
                  in zip(size, padding, out, stride, dilation, kernel))
     xp = np.zeros((n, groups, cg) + full, dtype=y.dtype)
-    for k in np.ndindex(*kernel):  # col2im: each kernel offset adds its strided plane
-        at = tuple(slice(ki * d, ki * d + st * (p - 1) + 1, st)
-                   for ki, d, st, p in zip(k, dilation, stride, out))
-        xp[(slice(None),) * 3 + at] += cols[(slice(None),) * 3 + k]
+    for k, at in _offsets(kernel, dilation, stride, out):  # col2im: offsets add their planes
+        xp[(slice(None),) * 3 + at] += cols[(slice(None), slice(None)) + k].transpose(
+            (2, 0, 1, *range(3, nd + 3)))
     crop = tuple(slice(lo, lo + s) for (lo, _), s in zip(padding, size))
     return np.ascontiguousarray(xp[(Ellipsis,) + crop]).reshape((n, groups * cg) + tuple(size))
 
 
 def _conv_weight_grad_impl(x, g, stride, padding, dilation, groups, kernel):
-    n, o, out = g.shape[0], g.shape[1], g.shape[2:]
+    o, out = g.shape[1], g.shape[2:]
     cols = _columns(x, padding, out, kernel, stride, dilation, groups)
-    p = math.prod(out)
-    gm = g.reshape(n, groups, o // groups, p).transpose(1, 2, 0, 3).reshape(
-        groups, o // groups, n * p)
-    return np.matmul(gm, cols).reshape((o, x.shape[1] // groups) + tuple(kernel))
+    dw = np.matmul(_by_group(g, groups), cols.transpose(0, 2, 1))
+    return dw.reshape((o, x.shape[1] // groups) + tuple(kernel))
 
 
 # ------------------------------------------------------------------ shape rules
