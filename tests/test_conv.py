@@ -477,3 +477,52 @@ def test_a_compiled_cnn_training_step_equals_eager(backend):
                 assert np.array_equal(e, c)
             else:
                 np.testing.assert_allclose(c, e, rtol=1e-5, atol=1e-6)
+
+
+class EveryLayer(nn.Module):
+    """Every new function in one model: grouped 'same' conv, avg pool (ceil_mode, padding
+    not counted), transposed conv with output_padding, both adaptive pools, conv1d and
+    max_pool1d."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(2, 4, 3, padding="same", groups=2)
+        self.t = nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1)
+        self.c3 = nn.Conv1d(3, 2, 2)
+        self.fc = nn.Linear(40, 5)
+
+    def forward(self, x):
+        h = F.avg_pool2d(F.relu(self.c1(x)), 3, 2, 1, ceil_mode=True, count_include_pad=False)
+        h = self.t(h)
+        a = F.adaptive_avg_pool2d(h, (2, 2)).flatten(1)
+        m, _ = F.adaptive_max_pool2d(h, (2, 2), return_indices=True)
+        s = F.max_pool1d(self.c3(F.max_pool1d(h.flatten(2), 4, ceil_mode=True)), 3)
+        return self.fc(dg.cat([s.flatten(1), a, m.flatten(1)], 1))
+
+
+@pytest.mark.parametrize("backend", ["interp", "llvm"])
+def test_every_conv_and_pool_function_compiles_and_equals_eager(backend):
+    def train(backend):
+        dg.manual_seed(0)
+        model = EveryLayer()
+        opt = dg.optim.SGD(model.parameters(), lr=0.1)
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+
+        fn = step if backend is None else dg.compile(step, backend=backend)
+        dg.manual_seed(1)
+        seen = [[fn(dg.randn(3, 2, 8, 8), dg.randint(0, 5, (3,))).detach().numpy().copy()] +
+                [p.detach().numpy().copy() for p in model.parameters()] for _ in range(4)]
+        return seen, fn
+
+    eager, _ = train(None)
+    compiled, fn = train(backend)
+    assert sum(v.calls for v in fn.variants) >= 2, fn.fallbacks
+    for e, c in zip(sum(eager, []), sum(compiled, []), strict=True):
+        np.testing.assert_allclose(c, e, rtol=0 if backend == "interp" else 1e-5,
+                                   atol=0 if backend == "interp" else 1e-6)
