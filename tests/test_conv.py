@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import dyngrad as dg
 import dyngrad.nn as nn
@@ -339,6 +341,79 @@ def test_conv_transpose2d_output_size_argument_as_torch():
     layer = nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1)
     assert layer(dg.randn(1, 2, 4, 4), output_size=(8, 8)).shape == (1, 3, 8, 8)
     assert layer(dg.randn(1, 2, 4, 4)).shape == (1, 3, 7, 7)
+
+
+# ------------------------------------------------------------------ properties (vs PyTorch)
+
+SOME = settings(max_examples=25, deadline=None)
+_small = st.integers(1, 3)
+
+
+@needs_torch
+@SOME
+@given(groups=_small, cin=_small, cout=_small, h=st.integers(1, 9), w=st.integers(1, 9),
+       kh=_small, kw=_small, stride=st.tuples(_small, _small), dilation=st.tuples(_small, _small),
+       padding=st.one_of(st.tuples(st.integers(0, 2), st.integers(0, 2)),
+                         st.sampled_from(["same", "valid"])))
+def test_conv2d_any_geometry_matches_torch(groups, cin, cout, h, w, kh, kw, stride, dilation,
+                                           padding):
+    if padding == "same":
+        stride = (1, 1)
+    pads = (0, 0) if padding == "valid" else padding
+    assume(padding == "same" or all(s + 2 * p >= d * (k - 1) + 1 for s, p, d, k in
+                                    zip((h, w), pads, dilation, (kh, kw))))
+    rng = np.random.default_rng(0)
+    kw_ = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    _both(lambda x, wt, b: F.conv2d(x, wt, b, **kw_),
+          lambda x, wt, b: torch.nn.functional.conv2d(x, wt, b, **kw_),
+          ((2, cin * groups, h, w), (cout * groups, cin, kh, kw), (cout * groups,)), rng)
+
+
+@needs_torch
+@SOME
+@given(groups=_small, cin=_small, cout=_small, h=st.integers(1, 5), w=st.integers(1, 5),
+       kh=_small, kw=_small, stride=st.tuples(_small, _small), dilation=st.tuples(_small, _small),
+       padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+       extra=st.tuples(st.integers(0, 2), st.integers(0, 2)))
+def test_conv_transpose2d_any_geometry_matches_torch(groups, cin, cout, h, w, kh, kw, stride,
+                                                     dilation, padding, extra):
+    output_padding = tuple(min(e, max(s, d) - 1) for e, s, d in zip(extra, stride, dilation))
+    assume(all((i - 1) * s - 2 * p + d * (k - 1) + 1 + o >= 1 for i, s, p, d, k, o in
+               zip((h, w), stride, padding, dilation, (kh, kw), output_padding)))
+    rng = np.random.default_rng(0)
+    kw_ = dict(stride=stride, padding=padding, output_padding=output_padding, groups=groups,
+               dilation=dilation)
+    _both(lambda x, wt, b: F.conv_transpose2d(x, wt, b, **kw_),
+          lambda x, wt, b: torch.nn.functional.conv_transpose2d(x, wt, b, **kw_),
+          ((2, cin * groups, h, w), (cin * groups, cout, kh, kw), (cout * groups,)), rng)
+
+
+@needs_torch
+@SOME
+@given(h=st.integers(1, 9), w=st.integers(1, 9), kh=st.integers(1, 4), kw=st.integers(1, 4),
+       stride=st.tuples(_small, _small), pad=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+       dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)), ceil_mode=st.booleans(),
+       count_include_pad=st.booleans())
+def test_pools_any_geometry_match_torch(h, w, kh, kw, stride, pad, dilation, ceil_mode,
+                                        count_include_pad):
+    assume(2 * pad[0] <= kh and 2 * pad[1] <= kw)
+    tf = torch.nn.functional
+    x = np.round(np.random.default_rng(0).standard_normal((2, 2, h, w)) * 2)  # ties
+    kw_ = dict(kernel_size=(kh, kw), stride=stride, padding=pad, ceil_mode=ceil_mode)
+    try:
+        yt, it = tf.max_pool2d(torch.tensor(x), dilation=dilation, return_indices=True, **kw_)
+    except RuntimeError:
+        with pytest.raises(RuntimeError):
+            F.max_pool2d(dg.tensor(x), dilation=dilation, **kw_)
+        return
+    yd, idd = F.max_pool2d(dg.tensor(x), dilation=dilation, return_indices=True, **kw_)
+    _same(yd, yt)
+    assert np.array_equal(idd.numpy(), it.numpy())
+    try:
+        at = tf.avg_pool2d(torch.tensor(x), count_include_pad=count_include_pad, **kw_)
+    except RuntimeError:
+        return
+    _same(F.avg_pool2d(dg.tensor(x), count_include_pad=count_include_pad, **kw_), at)
 
 
 # ------------------------------------------------------------------ errors

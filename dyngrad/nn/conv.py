@@ -73,7 +73,7 @@ class _ConvNd(Module):
         """kaiming_uniform(a=√5) for the weight and U(±1/√fan_in) for the bias, as PyTorch."""
         init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         if self.bias is not None:
-            fan_in, _ = init._calculate_fan_in_and_fan_out(self.weight)
+            fan_in = self.weight.shape[1] * math.prod(self.kernel_size)
             if fan_in:
                 bound = 1 / math.sqrt(fan_in)
                 init.uniform_(self.bias, -bound, bound)
