@@ -217,6 +217,23 @@ def test_max_pool_of_minus_infinity_points_inside_the_input_as_torch():
 
 
 @needs_torch
+def test_a_dilated_window_of_padding_only_gives_minus_infinity_and_torch_s_index():
+    for x, kw in ((np.full((1, 1, 1, 1), 3.0), dict(kernel_size=2, stride=1, padding=1,
+                                                    dilation=(1, 2))),
+                  (np.arange(6.0).reshape(1, 1, 2, 3), dict(kernel_size=2, stride=1, padding=1,
+                                                            dilation=(1, 2)))):
+        xd = dg.tensor(x, requires_grad=True)
+        yd, idd = F.max_pool2d(xd, return_indices=True, **kw)
+        yt, idt = torch.nn.functional.max_pool2d(torch.tensor(x), return_indices=True, **kw)
+        _same(yd, yt)
+        assert np.array_equal(idd.numpy(), idt.numpy())
+        (yd * (yd > -np.inf)).sum().backward()
+        assert np.isfinite(xd.grad.numpy()).all()
+    assert np.isneginf(F.max_pool2d(
+        dg.full((1, 1, 1, 1), 3.0), 2, 1, 1, (1, 2)).numpy()).all()
+
+
+@needs_torch
 def test_max_pools_propagate_nan_with_torch_s_index():
     x = np.array([[[[1.0, np.nan, 3.0, np.nan], [0.0, 5.0, np.nan, 2.0]]]])
     for fn in (lambda m, t: m.max_pool2d(t, 2, return_indices=True),

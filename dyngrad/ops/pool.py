@@ -18,6 +18,7 @@ from .. import dtypes as _dt
 from ..dispatch import dispatch
 from ..tensor import Tensor
 from . import creation as _c
+from . import elementwise as _e
 from . import indexing as _i
 from . import movement as _m
 from .conv import CONV, ntuple, out_size, padded, windows
@@ -56,7 +57,26 @@ def _max_pool_indices_impl(x, kernel, stride, padding, dilation):
     idx = np.take_along_axis(where, at.reshape((lead,) + out + (1,)), -1)[..., 0]
     # a window of -inf only: PyTorch keeps its first position inside the input, not a pad
     first = np.where(where >= 0, where, np.iinfo(np.int64).max).min(-1)[0]
+    empty = empty_windows(spatial, kernel, stride, padding, dilation)
+    if empty is not None:  # (only padding: PyTorch's index of its clipped window start)
+        starts = [np.arange(o) * st - lo for o, st, (lo, _) in zip(out, stride, padding)]
+        starts = [np.where(s0 < 0, s0 + -(s0 // d) * d, s0) for s0, d in zip(starts, dilation)]
+        flat = np.zeros(out, dtype=np.int64)
+        for i, (s0, size) in enumerate(zip(starts, spatial)):
+            flat = flat * size + s0.reshape((-1,) + (1,) * (nd - 1 - i))
+        first = np.where(empty, flat, first)
     return np.where(idx < 0, first, idx).reshape(at.shape)
+
+
+def empty_windows(spatial: tuple, kernel: tuple, stride: tuple, padding: tuple,
+                  dilation: tuple) -> np.ndarray | None:
+    """Which windows (a bool array of the output's spatial shape) read only padding — a
+    dilated window can step over the input — or None when none does."""
+    where = windows(_plane_index(spatial, padding), tuple(
+        out_size(s, lo, hi, k, st, d) for s, (lo, hi), k, st, d
+        in zip(spatial, padding, kernel, stride, dilation)), kernel, stride, dilation)
+    empty = (where < 0).reshape(where.shape[:len(kernel)] + (-1,)).all(-1)
+    return empty if empty.any() else None
 
 
 def _max_pool_indices_rule(x, kernel, stride, padding, dilation):
@@ -168,7 +188,12 @@ def max_pool(input: Tensor, kernel_size, stride, padding, dilation, ceil_mode: b
                   for s, k, st, p, d, o in zip(spatial, kernel, stride, padding, dilation, out))
     idx = dispatch(MAX_POOL_INDICES, input, kernel=kernel, stride=stride, padding=pairs,
                    dilation=dilation)
-    values = _gather_planes(input, idx, nd)
+    empty = empty_windows(spatial, kernel, stride, pairs, dilation)
+    if empty is None:
+        values = _gather_planes(input, idx, nd)
+    else:  # windows of padding only: -inf (and PyTorch's index, which is outside the input)
+        mask = Tensor._constant(empty)
+        values = _e.where(mask, -math.inf, _gather_planes(input, _e.where(mask, 0, idx), nd))
     return (values, idx) if return_indices else values
 
 
