@@ -264,6 +264,7 @@ class Tracer(DispatchMode):
     def __init__(self, flat_args: list) -> None:
         self.graph = Graph()
         self.grad_enabled = STATE.grad_enabled  # (at the call's entry: a guard)
+        self.saved_bases: dict[int, set] = {}  # id(base) -> ids of the saved views of it
         self.slots: dict[tuple, Value] = {}
         self.slot_tensor: dict[tuple, Tensor] = {}
         self.by_storage: dict[int, list] = {}
@@ -994,8 +995,8 @@ class Tracer(DispatchMode):
                               "Python control flow in its gradient (hooks, custom functions)")
         used = [(b, self.value_of(g)) for (b, _), g in zip(leaves, grads) if g is not None]
         saved_ids = set()
-        for o in outs:  # tensors the retained eager graph keeps are not escapes
-            saved_ids |= _graph_tensor_ids(o._node)
+        for o in outs:  # tensors the retained eager graph keeps are not escapes, nor the
+            saved_ids |= _graph_tensor_ids(o._node, self.saved_bases)  # bases of its views
         return BackwardOutside(tuple(b for b, _ in used), tuple(v for _, v in used),
                                tuple(cot_values)), saved_ids
 
@@ -1014,6 +1015,14 @@ class Tracer(DispatchMode):
                     spec.append(("const", x))
             prints.append((spec, sep, end))
         return prints
+
+    def _held_by_saved_views(self, ref) -> bool:
+        """Whether the tensor is the base of views the returned result's graph saved, and
+        nothing else refers to it: each such view holds its base once (``_base``); the
+        count's other two are this frame's local and getrefcount's argument."""
+        t = ref()
+        views = self.saved_bases.get(id(t))
+        return views is not None and sys.getrefcount(t) - 2 == len(views)
 
     def _check_escapes(self, allowed: set) -> None:
         """A tensor made by a traced op that is still alive once the tracer lets go of it
@@ -1036,6 +1045,8 @@ class Tracer(DispatchMode):
             if alive:
                 gc.collect()
                 alive = [r for r in alive if r() is not None]
+        if alive:  # the base of views the retained graph saved is held by them alone
+            alive = [r for r in alive if not self._held_by_saved_views(r)]
         if alive:
             t = alive[0]()
             if os.environ.get("DYNGRAD_DEBUG_ESCAPES"):
@@ -1097,8 +1108,9 @@ def _is_created(t: Tensor, created: list) -> bool:
     return any(r() is t for r in created)
 
 
-def _graph_tensor_ids(root) -> set:
-    """ids of the tensors saved by the backward nodes reachable from ``root``."""
+def _graph_tensor_ids(root, bases: dict) -> set:
+    """ids of the tensors saved by the backward nodes reachable from ``root``; ``bases``
+    gets, per base of a saved view, the set of ids of those views."""
     ids, stack, seen = set(), [root], set()
     while stack:
         n = stack.pop()
@@ -1108,6 +1120,10 @@ def _graph_tensor_ids(root) -> set:
         for attr in ("saved", "to_save"):
             held = getattr(n, attr, ())
             if isinstance(held, (tuple, list)):
-                ids.update(id(t) for t in held if isinstance(t, Tensor))
+                for t in held:
+                    if isinstance(t, Tensor):
+                        ids.add(id(t))
+                        if t._base is not None:
+                            bases.setdefault(id(t._base), set()).add(id(t))
         stack.extend(e[0] for e in n.next if e is not None)
     return ids

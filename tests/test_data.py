@@ -254,3 +254,92 @@ def test_a_training_loop_over_the_loader():
             dg.nn.functional.mse_loss(model(xb), yb).backward()
             opt.step()
     np.testing.assert_allclose(model.weight.detach().numpy(), [[1.0, -2.0, 0.5]], atol=1e-3)
+
+
+# ------------------------------------------------------------------ worker processes
+
+
+class _Indexed(Dataset):
+    """Sample i: (i as a 1-element tensor, the worker's id, the worker's first random)."""
+
+    def __len__(self):
+        return 22
+
+    def __getitem__(self, i):
+        from dyngrad.utils.data import get_worker_info
+        info = get_worker_info()
+        return dg.tensor([float(i)]), (-1 if info is None else info.id), float(dg.rand(1))
+
+
+class _Failing(_Indexed):
+    def __getitem__(self, i):
+        if i == 5:
+            raise ValueError("sample 5 is corrupt")
+        return dg.tensor([float(i)])
+
+
+def _values(loader):
+    out = []
+    for batch in loader:
+        first = batch[0] if isinstance(batch, (tuple, list)) else batch
+        out.append(first.numpy().tolist())
+    return out
+
+
+@pytest.mark.parametrize("num_workers", [1, 3])
+def test_worker_processes_give_the_same_batches_in_order(num_workers):
+    x, y = dg.arange(60.0).reshape(30, 2), dg.arange(30)
+    plain = DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True, seed=3)
+    workers = DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True, seed=3,
+                         num_workers=num_workers)
+    for _ in range(2):  # (two epochs: new permutations, the same in both)
+        assert _values(workers) == _values(plain)
+
+
+def test_workers_are_seeded_apart_and_see_their_worker_info():
+    loader = DataLoader(_Indexed(), batch_size=2, num_workers=2)
+    batches = list(loader)
+    ids = sorted({int(b[1][0]) for b in batches})
+    assert ids == [0, 1]  # (batches alternate between the two workers)
+    draws = [float(b[2][0]) for b in batches]
+    assert len(set(draws)) == len(draws)  # (each worker its own generator state)
+    assert [b[0].reshape(-1).numpy().tolist() for b in batches][:2] == [[0.0, 1.0],
+                                                                         [2.0, 3.0]]
+    seen = []
+    list(DataLoader(_Indexed(), batch_size=2, num_workers=2,
+                    worker_init_fn=lambda i: seen.append(i)))  # (runs in the children)
+    assert seen == []
+
+
+def test_an_error_in_a_worker_is_raised_with_its_traceback():
+    with pytest.raises(RuntimeError, match=r"Caught ValueError in DataLoader worker process "
+                                           r"0\.\nOriginal Traceback(.|\n)*sample 5 is corrupt"):
+        list(DataLoader(_Failing(), batch_size=2, num_workers=2))
+
+
+def test_persistent_workers_early_break_and_pin_memory():
+    loader = DataLoader(_Indexed(), batch_size=4, num_workers=2, persistent_workers=True)
+    first, second = list(loader), list(loader)
+    assert len(first) == len(second) == 6 and loader._pool is not None
+    workers = loader._pool[0]
+    assert all(p.is_alive() for p in workers)
+    for _ in DataLoader(_Indexed(), batch_size=4, num_workers=2):
+        break  # (the workers are stopped when the iterator goes)
+    with pytest.warns(UserWarning, match="'pin_memory' argument is set as true but no "
+                                         "accelerator is found"):
+        list(DataLoader(TensorDataset(dg.ones(4, 2)), batch_size=2, pin_memory=True))
+
+
+def test_worker_argument_errors_are_pytorchs():
+    ds = TensorDataset(dg.ones(4, 2))
+    with pytest.raises(ValueError, match="num_workers option should be non-negative"):
+        DataLoader(ds, num_workers=-1)
+    with pytest.raises(ValueError, match="prefetch_factor option could only be specified"):
+        DataLoader(ds, prefetch_factor=2)
+
+
+def test_a_spawned_worker_gives_the_same_batches():
+    x = dg.arange(20.0).reshape(10, 2)
+    loader = DataLoader(TensorDataset(x), batch_size=3, num_workers=1,
+                        multiprocessing_context="spawn")
+    assert _values(loader) == _values(DataLoader(TensorDataset(x), batch_size=3))

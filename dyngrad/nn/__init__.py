@@ -27,6 +27,17 @@ from .layers import (
                      Tanh,
 )
 from .module import Module
+from .normalization import (
+    BatchNorm1d,
+    BatchNorm2d,
+    Dropout1d,
+    Dropout2d,
+    GroupNorm,
+    LazyLinear,
+    RMSNorm,
+    Unflatten,
+    Upsample,
+)
 from .parameter import Parameter
 from .pooling import (
     AdaptiveAvgPool2d,
@@ -41,6 +52,8 @@ __all__ = ["Module", "Parameter", "Linear", "Sequential", "ModuleList", "ModuleD
            "Identity", "ReLU", "Tanh", "Sigmoid", "SiLU", "LeakyReLU", "GELU", "Softmax",
            "LogSoftmax", "Flatten", "Dropout", "LayerNorm", "Embedding", "RNNCell", "GRUCell",
            "LSTMCell", "RNN", "GRU", "LSTM", "MSELoss", "L1Loss", "CrossEntropyLoss", "NLLLoss",
-           "BCELoss", "BCEWithLogitsLoss", "Conv1d", "Conv2d", "ConvTranspose2d", "MaxPool1d",
-           "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "functional",
+           "BCELoss", "BCEWithLogitsLoss", "BatchNorm1d", "BatchNorm2d", "GroupNorm", "RMSNorm",
+           "Dropout1d", "Dropout2d", "Upsample", "Unflatten", "LazyLinear", "Conv1d", "Conv2d",
+           "ConvTranspose2d", "MaxPool1d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
+           "AdaptiveMaxPool2d", "functional",
            "init", "utils"]

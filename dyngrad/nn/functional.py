@@ -32,11 +32,20 @@ from ..ops.pool import (
     max_pool2d,
 )
 from ..tensor import Tensor
+from .functional_norm import (
+    batch_norm,
+    dropout1d,
+    dropout2d,
+    group_norm,
+    interpolate,
+    rms_norm,
+)
 
 __all__ = ["relu", "gelu", "sigmoid", "tanh", "softmax", "log_softmax", "linear", "dropout",
            "embedding", "layer_norm", "mse_loss", "l1_loss", "cross_entropy", "nll_loss",
            "binary_cross_entropy", "binary_cross_entropy_with_logits", "softplus", "one_hot",
-           "silu", "leaky_relu", "logsigmoid", "normalize", "pad", "conv1d", "conv2d",
+           "silu", "leaky_relu", "logsigmoid", "normalize", "pad", "batch_norm", "group_norm",
+           "rms_norm", "dropout1d", "dropout2d", "interpolate", "conv1d", "conv2d",
            "conv_transpose2d", "max_pool1d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
            "adaptive_max_pool2d"]
 

@@ -68,7 +68,7 @@ def _unsupported(prim: str, what) -> NotImplementedError:
         f"LLVM elementwise codegen: primitive {prim!r} on dtype {what} is not supported "
         f"(supported: float32/float64 add sub mul div neg abs sqrt maximum minimum sign floor, "
         f"pow by 2, 0.5, -1, 1 or 0, float32 exp log tanh sigmoid erf sin cos, comparisons, where, "
-        f"casts between floats and from bool)")
+        f"casts between floats, bool and int64, bool and/or as mul/add/maximum/minimum)")
 
 
 @builds("elementwise")
@@ -232,7 +232,7 @@ class LoopBuilder(KernelBuilder):
         ty = LLTYPE[odt]
         in_dts = {x.dtype.name for x in n.inputs
                   if isinstance(x, Value) and not x.weak and x.dtype is not None}
-        if ty == "i1" or any(d != odt for d in in_dts):
+        if (ty == "i1" and n.prim not in _BBIN) or any(d != odt for d in in_dts):
             raise _unsupported(n.prim.name, "/".join(sorted(in_dts | {odt})))
         self.at_i[id(n.out)] = (arith(self, n, ty), ty)
 
@@ -360,6 +360,7 @@ _SCMP = {P.EQ: "eq", P.NE: "ne", P.LT: "slt", P.LE: "sle", P.GT: "sgt", P.GE: "s
 _ICMP = {P.EQ: "eq", P.NE: "ne"}  # bool operands
 _FBIN = {P.ADD: "fadd", P.SUB: "fsub", P.MUL: "fmul", P.DIV: "fdiv"}
 _IBIN = {P.ADD: "add", P.SUB: "sub", P.MUL: "mul"}  # int64: wrapping, as numpy's
+_BBIN = {P.ADD: "or", P.MUL: "and", P.MAXIMUM: "or", P.MINIMUM: "and"}  # bool, as numpy's
 
 
 @_VIEWS(P.SLICE)
@@ -492,8 +493,7 @@ def _cast(b: LoopBuilder, n) -> None:
     src, odt = n.inputs[0], n.out.dtype.name
     sdt = dtname(src)
     if sdt not in LLTYPE or odt not in LLTYPE or (sdt != odt and "bool" == odt
-                                                    and sdt != "int64") or (
-            odt == "int64" and sdt not in ("int64", "bool")):
+                                                    and sdt != "int64"):
         raise _unsupported(n.prim.name, f"{sdt}->{odt}")
     sty, oty = LLTYPE[sdt], LLTYPE[odt]
     a, _ = b.operand(src, n.out.shape, sty)
@@ -503,6 +503,12 @@ def _cast(b: LoopBuilder, n) -> None:
         r = b.emit(f"{'zext' if oty == 'i64' else 'uitofp'} i1 {a} to {oty}")
     elif sty == "i64":  # int64 -> float (rounded to nearest) or -> bool
         r = b.emit(f"icmp ne i64 {a}, 0") if oty == "i1" else b.emit(f"sitofp i64 {a} to {oty}")
+    elif oty == "i64":  # float -> int64 toward zero, as numpy's astype on x86-64: NaN and
+        sat = b.emit(f"call i64 @llvm.fptosi.sat.i64.{SUFFIX[sty]}({sty} {a})")  # numbers out
+        lo = b.emit(f"fcmp oge {sty} {a}, {literal(-2.0 ** 63, sty)}")  # of range give
+        hi = b.emit(f"fcmp olt {sty} {a}, {literal(2.0 ** 63, sty)}")   # INT64_MIN (its
+        ok = b.emit(f"and i1 {lo}, {hi}")                                  # "indefinite")
+        r = b.emit(f"select i1 {ok}, i64 {sat}, i64 {-(1 << 63)}")
     else:  # float32 <-> float64, rounded to nearest as numpy's astype
         r = b.emit(f"{'fpext' if oty == 'double' else 'fptrunc'} {sty} {a} to {oty}")
     b.at_i[id(n.out)] = (r, oty)
@@ -527,6 +533,8 @@ def _float_only(n, ty: str) -> None:
 @_ARITH(*_FBIN)
 def _binary(b: LoopBuilder, n, ty: str) -> str:
     a, c = b.args(n, ty)
+    if ty == "i1":  # (only _BBIN's primitives reach here with bools)
+        return b.emit(f"{_BBIN[n.prim]} i1 {a}, {c}")
     if ty == "i64":
         if n.prim not in _IBIN:
             raise _unsupported(n.prim.name, "int64")
@@ -554,6 +562,8 @@ def _abs(b: LoopBuilder, n, ty: str) -> str:
 def _extremum(b: LoopBuilder, n, ty: str) -> str:
     a, c = b.args(n, ty)
     bigger = n.prim is P.MAXIMUM
+    if ty == "i1":
+        return b.emit(f"{_BBIN[n.prim]} i1 {a}, {c}")
     if ty == "i64":
         gt = b.emit(f"icmp {'sgt' if bigger else 'slt'} i64 {a}, {c}")
         return b.emit(f"select i1 {gt}, i64 {a}, i64 {c}")

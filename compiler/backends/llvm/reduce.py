@@ -23,7 +23,8 @@ from .emit import (
 from .loops import LoopBuilder
 from .vecmath import prelude_ir
 
-_LANES = {"float": 16, "double": 8}  # accumulators per reduction: one AVX-512 register
+_LANES = {"float": 16, "double": 8, "i64": 8}  # accumulators per reduction: one AVX-512
+#                                                 register
 _CHUNK = 16  # vectors per chunk of the reduction loop
 _BLOCK_CHUNKS = 64  # chunks per block of a reduction split across threads (see threads.py)
 _PARTIALS = 4  # running partials per kept element in the column form (a power of two)
@@ -195,7 +196,7 @@ class ReduceBuilder(LoopBuilder):
         for i in reductions:
             n = nodes[i]
             dt = n.out.dtype.name
-            if dt not in ("float32", "float64") or n.inputs[0].dtype is not n.out.dtype:
+            if dt not in ("float32", "float64", "int64") or n.inputs[0].dtype is not n.out.dtype:
                 raise NotImplementedError(f"LLVM reduce codegen: {n.prim.name} of dtype "
                                           f"{dtname(n.inputs[0])} -> {dt}")
             tys.append(LLTYPE[dt])
@@ -224,7 +225,7 @@ class ReduceBuilder(LoopBuilder):
         B = _CHUNK * L  # elements per chunk: computed by a plain (vectorised) loop
         chunks, rem = divmod(self.R, B)
         vec = [f"<{L} x {t}>" for t in tys]
-        init = [f"<{', '.join([f'{t} {literal(e, t)}'] * L)}>" for e, t in zip(ident, tys)]
+        init = [f"<{', '.join([f'{t} {_identity(e, t)}'] * L)}>" for e, t in zip(ident, tys)]
         self.label("entry")
         for m, t in enumerate(tys):
             self.line(f"%tmp{m} = alloca [{B} x {t}], align 64")
@@ -314,8 +315,9 @@ class ReduceBuilder(LoopBuilder):
                     lanes = [self._combine(ops[m], tys[m], lanes[k], lanes[k + 1])
                              for k in range(0, len(lanes), 2)]
                 total = lanes[0]
-                if ops[m] is prims.SUM:  # +0.0 start, as numpy: (-0.0) + (+0.0) is +0.0
-                    total = self.emit(f"fadd {tys[m]} {total}, {literal(0.0, tys[m])}")
+                if ops[m] is prims.SUM and tys[m] != "i64":  # +0.0 start, as numpy:
+                    total = self.emit(f"fadd {tys[m]} {total}, {literal(0.0, tys[m])}")  # (-0.0)
+                #                                                           + (+0.0) is +0.0
                 self.at_i[id(nodes[i].out)] = (total, tys[m])
             for i in post_k:
                 self.node(nodes[i])
@@ -350,7 +352,7 @@ class ReduceBuilder(LoopBuilder):
         if post_s or not self.red or not self.kept or max(self.red) > min(self.kept):
             return False
         n_cols = math.prod(self.reduced)
-        stack = sum(_PARTIALS * n_cols * (8 if t == "double" else 4) for t in tys)
+        stack = sum(_PARTIALS * n_cols * (4 if t == "float" else 8) for t in tys)
         return n_cols >= _LANES["float"] and stack <= COLUMNS_MAX_BYTES
 
     def _build_columns(self, name, prelude, params, layout, reductions, pre_s, pre_k,
@@ -370,7 +372,7 @@ class ReduceBuilder(LoopBuilder):
         with self.loop("%j", P * n_cols, block="init", exit="rows", exit_is_loop=True):
             for m, t in enumerate(tys):
                 p = self.emit(f"getelementptr inbounds {t}, ptr %cols{m}, i64 %j")
-                self.line(f"store {t} {literal(ident[m], t)}, ptr {p}")
+                self.line(f"store {t} {_identity(ident[m], t)}, ptr {p}")
         with self.loop("%r", self.R, block="rows", exit="fin", entered=True, exit_is_loop=True):
             part = self.emit(f"and i64 %r, {P - 1}")
             pbase = self.emit(f"mul nuw nsw i64 {part}, {n_cols}")
@@ -402,8 +404,8 @@ class ReduceBuilder(LoopBuilder):
                     parts = [self._combine(ops[m], t, parts[k], parts[k + 1])
                              for k in range(0, len(parts), 2)]
                 total = parts[0]
-                if ops[m] is prims.SUM:  # +0.0 start, as numpy: (-0.0) + (+0.0) is +0.0
-                    total = self.emit(f"fadd {t} {total}, {literal(0.0, t)}")
+                if ops[m] is prims.SUM and t != "i64":  # +0.0 start, as numpy: (-0.0) +
+                    total = self.emit(f"fadd {t} {total}, {literal(0.0, t)}")  # (+0.0) is +0.0
                 self.at_i[id(nodes[i].out)] = (total, t)
             for i in post_k:
                 self.node(nodes[i])
@@ -435,7 +437,7 @@ class ReduceBuilder(LoopBuilder):
                        entered=True):
             for m, t in enumerate(tys):  # the last vector's unused lanes: identity
                 p = self.emit(f"getelementptr inbounds {t}, ptr %tmp{m}, i64 %u")
-                self.line(f"store {t} {literal(ident[m], t)}, ptr {p}")
+                self.line(f"store {t} {_identity(ident[m], t)}, ptr {p}")
         with self.loop("%q", n_vec, block="racc", exit="r.done",
                        carry=[(f"%racc{m}", vec[m], acc[m]) for m in range(len(tys))]) as racc:
             qe = self.emit(f"mul nuw nsw i64 %q, {L}")
@@ -454,14 +456,24 @@ class ReduceBuilder(LoopBuilder):
 _COMBINE = Lowerings("LLVM reduce codegen")
 
 
+def _identity(e: float, t: str) -> str:
+    """A reduction's identity as a literal of type ``t`` (int64: the extreme ints for ±inf)."""
+    if t == "i64":
+        return str(-(1 << 63) if e == -math.inf else (1 << 63) - 1 if e == math.inf else int(e))
+    return literal(e, t)
+
+
 @_COMBINE(prims.SUM)
 def _add(b: ReduceBuilder, ty: str, x: str, y: str) -> str:
-    return b.emit(f"fadd {ty} {x}, {y}")
+    return b.emit(f"{'add' if ty.endswith('i64') or ty.endswith('i64>') else 'fadd'} {ty} "
+                  f"{x}, {y}")
 
 
 @_COMBINE(prims.MAX)
 def _max(b: ReduceBuilder, ty: str, x: str, y: str) -> str:  # numpy's max: NaN wins
     mask = f"<{ty[1:].split(' x ')[0]} x i1>" if ty.startswith("<") else "i1"
+    if ty.endswith("i64") or ty.endswith("i64>"):
+        return b.emit(f"select {mask} {b.emit(f'icmp sgt {ty} {x}, {y}')}, {ty} {x}, {ty} {y}")
     gt = b.emit(f"fcmp ogt {ty} {x}, {y}")
     nan = b.emit(f"fcmp uno {ty} {x}, {x}")
     keep = b.emit(f"or {mask} {gt}, {nan}")

@@ -1,0 +1,215 @@
+"""Functional forms of normalisation, channel dropout and resizing, with PyTorch's
+semantics (re-exported by ``dyngrad.nn.functional``): ``batch_norm``, ``group_norm``,
+``rms_norm``, ``dropout1d``, ``dropout2d`` and ``interpolate`` (nearest, bilinear). All are
+compositions of the op table, so they differentiate, trace and compile as their parts do.
+
+Note [batch norm's running statistics]: in training mode the batch is normalised with its
+own mean and *biased* variance, and the running statistics move by ``momentum`` towards the
+batch mean and the *unbiased* variance (n/(n-1)), as PyTorch does (the module's
+``momentum=None`` makes the factor 1/num_batches_tracked: a cumulative average). The update
+is an in-place write under no_grad into the buffers, so a compiled training step writes them
+back like any other bound tensor it changes. Eval mode normalises with the running
+statistics.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import dtypes as _dt
+from ..autograd.grad_mode import no_grad
+from ..ops import creation as _c
+from ..ops import elementwise as _e
+from ..ops import indexing as _i
+from ..ops import random as _rnd
+from ..ops import reduce as _r
+from ..tensor import Tensor
+
+
+def _per_channel(t: Tensor | None, ndim: int) -> Tensor | None:
+    """A (C,) tensor shaped to broadcast along dim 1 of an ``ndim``-d input."""
+    return None if t is None else t.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+               weight: Tensor | None = None, bias: Tensor | None = None,
+               training: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """Normalise each channel (dim 1) over the batch and spatial dims (see Note [batch
+    norm's running statistics])."""
+    if input.ndim < 2:
+        raise ValueError(f"batch_norm: expected an input of at least 2 dims (N, C, ...), got "
+                         f"shape {list(input.shape)}")
+    dims = (0,) + tuple(range(2, input.ndim))
+    if training:
+        n = math.prod(input.shape[d] for d in dims)
+        if n <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got "
+                             f"input size {list(input.shape)}")
+        mean = _r.mean(input, dims, keepdim=True)
+        d = input - mean
+        var = _r.mean(d * d, dims, keepdim=True)
+        if running_mean is not None and running_var is not None:
+            with no_grad():
+                flat_mean = mean.reshape(-1)
+                unbiased = var.reshape(-1) * (n / (n - 1))
+                running_mean.mul_(1.0 - momentum).add_(flat_mean * momentum)
+                running_var.mul_(1.0 - momentum).add_(unbiased * momentum)
+        out = d * _e.rsqrt(var + eps)
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError("batch_norm: running_mean and running_var are needed in eval "
+                             "mode (training=False)")
+        mean = _per_channel(running_mean, input.ndim)
+        var = _per_channel(running_var, input.ndim)
+        out = (input - mean) * _e.rsqrt(var + eps)
+    if weight is not None:
+        out = out * _per_channel(weight, input.ndim)
+    if bias is not None:
+        out = out + _per_channel(bias, input.ndim)
+    return out
+
+
+def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
+               bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """Normalise each of ``num_groups`` groups of channels over its channels and spatial
+    dims (biased variance), then scale and shift per channel."""
+    if input.ndim < 2:
+        raise ValueError(f"group_norm: expected an input of at least 2 dims (N, C, ...), got "
+                         f"shape {list(input.shape)}")
+    n, c = input.shape[0], input.shape[1]
+    if c % num_groups:
+        raise RuntimeError(f"group_norm: expected the number of channels ({c}) to be "
+                           f"divisible by num_groups ({num_groups})")
+    g = input.reshape(n, num_groups, -1)
+    mean = _r.mean(g, 2, keepdim=True)
+    d = g - mean
+    var = _r.mean(d * d, 2, keepdim=True)
+    out = (d * _e.rsqrt(var + eps)).reshape(input.shape)
+    if weight is not None:
+        out = out * _per_channel(weight, input.ndim)
+    if bias is not None:
+        out = out + _per_channel(bias, input.ndim)
+    return out
+
+
+def rms_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
+             eps: float | None = None) -> Tensor:
+    """x / sqrt(mean(x², trailing dims) + eps), times ``weight``; ``eps=None`` is the
+    machine epsilon of the input's dtype, as in PyTorch."""
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else \
+        tuple(normalized_shape)
+    if input.shape[input.ndim - len(shape):] != shape:
+        raise RuntimeError(f"rms_norm: expected input with shape [*, "
+                           f"{', '.join(map(str, shape))}], but got input of size "
+                           f"{list(input.shape)}")
+    if eps is None:
+        eps = float(np.finfo(input.dtype.np).eps)
+    dims = tuple(range(input.ndim - len(shape), input.ndim))
+    out = input * _e.rsqrt(_r.mean(input * input, dims, keepdim=True) + eps)
+    return out if weight is None else out * weight
+
+
+def _channel_dropout(input: Tensor, p: float, training: bool, inplace: bool, batched: int,
+                     op: str) -> Tensor:
+    """Zero whole channels with probability ``p`` (one draw per (sample, channel)), scaling
+    the rest by 1/(1-p). ``batched``: the input's rank with a batch dim."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    if input.ndim not in (batched - 1, batched):
+        raise RuntimeError(f"{op}: Expected {batched - 1}D or {batched}D input, but received "
+                           f"a {input.ndim}D input. Note that {op} exists to provide channel-"
+                           f"wise dropout on inputs with {batched - 2} spatial dimension(s)")
+    if not training or p == 0.0:
+        return input
+    lead = 2 if input.ndim == batched else 1
+    mask_shape = tuple(input.shape[:lead]) + (1,) * (input.ndim - lead)
+    if p == 1.0:
+        out = input * 0.0
+    else:
+        keep = _e.ge(_rnd.rand(mask_shape, dtype=input.dtype), p)
+        out = _e.where(keep, input * (1.0 / (1.0 - p)), 0.0)
+    return input.copy_(out) if inplace else out
+
+
+def dropout1d(input: Tensor, p: float = 0.5, training: bool = True,
+              inplace: bool = False) -> Tensor:
+    """Channel dropout of (N, C, L) or (C, L) inputs."""
+    return _channel_dropout(input, p, training, inplace, 3, "dropout1d")
+
+
+def dropout2d(input: Tensor, p: float = 0.5, training: bool = True,
+              inplace: bool = False) -> Tensor:
+    """Channel dropout of (N, C, H, W) or (C, H, W) inputs."""
+    return _channel_dropout(input, p, training, inplace, 4, "dropout2d")
+
+
+def _out_sizes(input: Tensor, size, scale_factor, spatial: int) -> tuple[tuple, tuple]:
+    """(output sizes, the scale each source index is computed with) of ``interpolate``."""
+    if (size is None) == (scale_factor is None):
+        raise ValueError("only one of size or scale_factor should be defined")
+    ins = tuple(input.shape[2:])
+    if size is not None:
+        outs = (size,) * spatial if isinstance(size, int) else tuple(size)
+        if len(outs) != spatial:
+            raise ValueError(f"Input and output must have the same number of spatial "
+                             f"dimensions, but got input with spatial dimensions of "
+                             f"{list(ins)} and output size of {list(outs)}. Please provide "
+                             f"input tensor in (N, C, d1, d2, ...,dK) format and output size "
+                             f"in (o1, o2, ...,oK) format.")
+        return outs, tuple(i / o for i, o in zip(ins, outs))
+    sf = (scale_factor,) * spatial if isinstance(scale_factor, (int, float)) else \
+        tuple(scale_factor)
+    outs = tuple(int(math.floor(i * s)) for i, s in zip(ins, sf))
+    return outs, tuple(1.0 / s for s in sf)  # (PyTorch: the given factor, not in/out)
+
+
+def _source_index(out: int, size_in: int, scale: float, mode: str, align_corners: bool):
+    """Per output position: (lower source index, upper, weight of the upper) as lists."""
+    lo, hi, w = [], [], []
+    for o in range(out):
+        if mode == "nearest":
+            s = min(int(math.floor(o * scale)), size_in - 1)
+            lo.append(s), hi.append(s), w.append(0.0)
+            continue
+        if align_corners:
+            src = o * (size_in - 1) / (out - 1) if out > 1 else 0.0
+        else:
+            src = max((o + 0.5) * scale - 0.5, 0.0)
+        i0 = min(int(math.floor(src)), size_in - 1)
+        i1 = min(i0 + 1, size_in - 1)
+        lo.append(i0), hi.append(i1), w.append(src - i0)
+    return lo, hi, w
+
+
+def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "nearest",
+                align_corners: bool | None = None,
+                recompute_scale_factor: bool | None = None) -> Tensor:
+    """Resize the spatial dims of (N, C, ...) ``input``: ``mode`` 'nearest' (any number of
+    spatial dims) or 'bilinear' (4-D input; ``align_corners`` as PyTorch)."""
+    if mode not in ("nearest", "bilinear"):
+        raise NotImplementedError(f"interpolate: mode {mode!r} is not supported yet "
+                                  f"('nearest' and 'bilinear' are)")
+    if mode == "bilinear" and input.ndim != 4:
+        raise ValueError(f"interpolate: bilinear mode expects a 4-D input (N, C, H, W), got "
+                         f"{input.ndim}-D")
+    if mode == "nearest" and align_corners is not None:
+        raise ValueError("align_corners option can only be set with the interpolating modes: "
+                         "linear | bilinear | bicubic | trilinear")
+    spatial = input.ndim - 2
+    outs, scales = _out_sizes(input, size, scale_factor, spatial)
+    if recompute_scale_factor:
+        scales = tuple(i / o for i, o in zip(input.shape[2:], outs))
+    out = input
+    for k, (o, s) in enumerate(zip(outs, scales)):
+        dim = 2 + k
+        lo, hi, w = _source_index(o, input.shape[dim], s, mode, bool(align_corners))
+        low = _i.index_select(out, dim, _c.tensor(lo, dtype=_dt.int64))
+        if mode == "nearest":
+            out = low
+            continue
+        high = _i.index_select(out, dim, _c.tensor(hi, dtype=_dt.int64))
+        wt = _c.tensor(w, dtype=input.dtype).reshape((-1,) + (1,) * (input.ndim - 1 - dim))
+        out = low + (high - low) * wt
+    return out

@@ -1,0 +1,238 @@
+"""Normalisation, channel dropout, resizing and shape layers, with PyTorch's semantics:
+``BatchNorm1d``/``BatchNorm2d``, ``GroupNorm``, ``RMSNorm``, ``Dropout1d``/``Dropout2d``,
+``Upsample``, ``Unflatten`` and ``LazyLinear``. The computations are the functional forms
+of ``functional_norm.py`` (see Note [batch norm's running statistics] there)."""
+
+from __future__ import annotations
+
+from .. import dtypes as _dt
+from ..autograd.grad_mode import no_grad
+from ..ops import creation as _c
+from ..tensor import Tensor
+from . import init
+from .functional_norm import batch_norm, dropout1d, dropout2d, group_norm, interpolate, rms_norm
+from .layers import Linear
+from .module import Module
+from .parameter import Parameter
+
+
+class _BatchNorm(Module):
+    """BatchNorm over dim 1 (see Note [batch norm's running statistics])."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, device=None,
+                 dtype=None, *, bias: bool = True) -> None:
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.affine, self.track_running_stats = affine, track_running_stats
+        dtype = dtype or _dt.get_default_dtype()
+        if affine:
+            self.weight = Parameter(_c.ones(num_features, dtype=dtype))
+        else:
+            self.register_parameter("weight", None)
+        if affine and bias:
+            self.bias = Parameter(_c.zeros(num_features, dtype=dtype))
+        else:
+            self.register_parameter("bias", None)
+        if track_running_stats:
+            self.register_buffer("running_mean", _c.zeros(num_features, dtype=dtype))
+            self.register_buffer("running_var", _c.ones(num_features, dtype=dtype))
+            self.register_buffer("num_batches_tracked", _c.tensor(0, dtype=_dt.int64))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            with no_grad():
+                self.running_mean.zero_()
+                self.running_var.fill_(1.0)
+                self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        if self.weight is not None:
+            init.ones_(self.weight)
+        if self.bias is not None:
+            init.zeros_(self.bias)
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        raise NotImplementedError
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        if input.shape[1] != self.num_features:
+            raise RuntimeError(f"running_mean should contain {input.shape[1]} elements not "
+                               f"{self.num_features}")
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            with no_grad():
+                self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # a cumulative moving average
+                factor = 1.0 / float(self.num_batches_tracked)
+        use_batch = self.training or self.running_mean is None
+        track = not self.training or self.track_running_stats
+        return batch_norm(input, self.running_mean if track else None,
+                          self.running_var if track else None, self.weight, self.bias,
+                          use_batch, factor, self.eps)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, bias={self.bias is not None}, "
+                f"track_running_stats={self.track_running_stats}")
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch norm of (N, C) or (N, C, L) inputs."""
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.ndim not in (2, 3):
+            raise ValueError(f"expected 2D or 3D input (got {input.ndim}D input)")
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch norm of (N, C, H, W) inputs."""
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.ndim != 4:
+            raise ValueError(f"expected 4D input (got {input.ndim}D input)")
+
+
+class GroupNorm(Module):
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5,
+                 affine: bool = True, device=None, dtype=None, *, bias: bool = True) -> None:
+        super().__init__()
+        if num_channels % num_groups:
+            raise ValueError("num_channels must be divisible by num_groups")
+        self.num_groups, self.num_channels, self.eps, self.affine = (num_groups, num_channels,
+                                                                      eps, affine)
+        dtype = dtype or _dt.get_default_dtype()
+        if affine:
+            self.weight = Parameter(_c.ones(num_channels, dtype=dtype))
+        else:
+            self.register_parameter("weight", None)
+        if affine and bias:
+            self.bias = Parameter(_c.zeros(num_channels, dtype=dtype))
+        else:
+            self.register_parameter("bias", None)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
+                f"bias={self.bias is not None}")
+
+
+class RMSNorm(Module):
+    def __init__(self, normalized_shape, eps: float | None = None,
+                 elementwise_affine: bool = True, device=None, dtype=None) -> None:
+        super().__init__()
+        shape = (normalized_shape,) if isinstance(normalized_shape, int) else \
+            tuple(normalized_shape)
+        self.normalized_shape, self.eps = shape, eps
+        self.elementwise_affine = elementwise_affine
+        if elementwise_affine:
+            self.weight = Parameter(_c.ones(shape, dtype=dtype or _dt.get_default_dtype()))
+        else:
+            self.register_parameter("weight", None)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return rms_norm(input, self.normalized_shape, self.weight, self.eps)
+
+    def extra_repr(self) -> str:
+        return (f"{self.normalized_shape}, eps={self.eps}, "
+                f"elementwise_affine={self.elementwise_affine}")
+
+
+class _ChannelDropout(Module):
+    _fn = staticmethod(dropout1d)
+
+    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+        self.p, self.inplace = p, inplace
+
+    def forward(self, input: Tensor) -> Tensor:
+        return self._fn(input, self.p, self.training, self.inplace)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, inplace={self.inplace}"
+
+
+class Dropout1d(_ChannelDropout):
+    _fn = staticmethod(dropout1d)
+
+
+class Dropout2d(_ChannelDropout):
+    _fn = staticmethod(dropout2d)
+
+
+class Upsample(Module):
+    def __init__(self, size=None, scale_factor=None, mode: str = "nearest",
+                 align_corners: bool | None = None,
+                 recompute_scale_factor: bool | None = None) -> None:
+        super().__init__()
+        self.size, self.scale_factor, self.mode = size, scale_factor, mode
+        self.align_corners, self.recompute_scale_factor = align_corners, recompute_scale_factor
+
+    def forward(self, input: Tensor) -> Tensor:
+        return interpolate(input, self.size, self.scale_factor, self.mode, self.align_corners,
+                           self.recompute_scale_factor)
+
+    def extra_repr(self) -> str:
+        sf = self.scale_factor
+        sf = float(sf) if isinstance(sf, (int, float)) else sf
+        what = f"size={self.size}" if self.size is not None else f"scale_factor={sf}"
+        return f"{what}, mode='{self.mode}'"
+
+
+class Unflatten(Module):
+    """Expand dim ``dim`` into ``unflattened_size``."""
+
+    def __init__(self, dim: int, unflattened_size) -> None:
+        super().__init__()
+        self.dim, self.unflattened_size = dim, tuple(unflattened_size)
+
+    def forward(self, input: Tensor) -> Tensor:
+        dim = self.dim % input.ndim
+        return input.reshape(tuple(input.shape[:dim]) + self.unflattened_size
+                             + tuple(input.shape[dim + 1:]))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, unflattened_size={self.unflattened_size}"
+
+
+class LazyLinear(Linear):
+    """A Linear whose ``in_features`` is the last dim of its first input: its parameters are
+    empty until then, and are made (with Linear's initialisation) in place on the first
+    call — the same Parameter objects, so an optimizer made before keeps them — after
+    which the module is a :class:`Linear`."""
+
+    def __init__(self, out_features: int, bias: bool = True, dtype=None) -> None:
+        Module.__init__(self)
+        self.in_features, self.out_features = 0, out_features
+        self._dtype = dtype or _dt.get_default_dtype()
+        self.weight = Parameter(_c.zeros((0,), dtype=self._dtype))
+        self.bias = Parameter(_c.zeros((0,), dtype=self._dtype)) if bias else None
+        if not bias:
+            self.register_parameter("bias", None)
+
+    def reset_parameters(self) -> None:
+        if self.in_features:
+            super().reset_parameters()
+
+    def forward(self, input: Tensor) -> Tensor:
+        if self.in_features == 0:
+            self.in_features = input.shape[-1]
+            with no_grad():
+                self.weight.data = _c.zeros((self.out_features, self.in_features),
+                                            dtype=self._dtype)
+                if self.bias is not None:
+                    self.bias.data = _c.zeros((self.out_features,), dtype=self._dtype)
+            super().reset_parameters()
+            object.__setattr__(self, "__class__", Linear)  # (Module.__setattr__ would keep it)
+            del self._dtype
+        return Linear.forward(self, input)
