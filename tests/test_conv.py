@@ -109,6 +109,34 @@ def test_avg_pools_gradcheck(kw):
     assert gradcheck(lambda x: F.adaptive_avg_pool2d(x, (3, None)), (leaf(1, 2, 7, 4),))
 
 
+# ------------------------------------------------------------------ backward memory
+
+
+def _saved(t) -> list:
+    """Every tensor the backward graph of ``t`` holds, as (node name, dtype, shape)."""
+    seen, out, stack = set(), [], [t._node]
+    while stack:
+        n = stack.pop()
+        if n is None or id(n) in seen:
+            continue
+        seen.add(id(n))
+        out += [(n.name(), s.dtype.name, s.shape) for s in getattr(n, "saved", ()) or ()
+                if isinstance(s, dg.Tensor)]
+        stack += [e[0] for e in n.next if e is not None]
+    return out
+
+
+def test_conv_backward_saves_its_input_and_weight_and_no_columns():
+    x, w = leaf(2, 3, 8, 8), leaf(4, 3, 3, 3)
+    assert _saved(F.conv2d(x, w, leaf(4))) == [
+        ("ConvBackward0", "float64", (2, 3, 8, 8)), ("ConvBackward0", "float64", (4, 3, 3, 3))]
+
+
+def test_max_pool_backward_saves_only_integer_indices():
+    saved = _saved(F.max_pool2d(leaf(2, 3, 8, 8), 2))
+    assert saved and all(dtype == "int64" for _, dtype, _ in saved), saved
+
+
 # ------------------------------------------------------------------ PyTorch as the oracle
 
 
