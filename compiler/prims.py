@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dyngrad.ops import REGISTRY
+from dyngrad.ops.conv import CONV, CONV_TRANSPOSE, CONV_WEIGHT_GRAD
 from dyngrad.ops.creation import FULL, IOTA
 from dyngrad.ops.elementwise import (
     ABS,
@@ -53,16 +54,18 @@ from dyngrad.ops.elementwise import (
 from dyngrad.ops.indexing import GATHER, INDEX_CHECK, SCATTER_ADD
 from dyngrad.ops.linalg import MATMUL
 from dyngrad.ops.movement import BROADCAST, CONCAT, PAD, PERMUTE, RESHAPE, SLICE
+from dyngrad.ops.pool import ADAPTIVE_MAX_INDICES, MAX_POOL_INDICES
 from dyngrad.ops.primitive import Primitive
 from dyngrad.ops.random import RANDOM
 from dyngrad.ops.reduce import MAX, SIZE_OF, SUM
 
 __all__ = [
-    "Traits", "TRAITS", "traits", "Primitive", "Lowerings", "ABS", "ADD", "BROADCAST", "CAST",
-    "CEIL", "CONCAT", "COS", "DIV", "EQ", "ERF", "EXP", "FLOOR", "FULL", "GATHER", "GE", "GT",
-    "INDEX_CHECK", "IOTA", "LE", "LOG", "LOG1P", "LT", "MATMUL", "MAX", "MAXIMUM", "MINIMUM",
-    "MUL", "NE", "NEG", "PAD", "PERMUTE", "POW", "RANDOM", "RESHAPE", "ROUND", "SCATTER_ADD",
-    "SIGMOID", "SIGN", "SIN", "SIZE_OF", "SLICE", "SQRT", "SUB", "SUM", "TANH", "WHERE",
+    "Traits", "TRAITS", "traits", "Primitive", "Lowerings", "ABS", "ADD", "ADAPTIVE_MAX_INDICES",
+    "BROADCAST", "CAST", "CEIL", "CONCAT", "CONV", "CONV_TRANSPOSE", "CONV_WEIGHT_GRAD", "COS",
+    "DIV", "EQ", "ERF", "EXP", "FLOOR", "FULL", "GATHER", "GE", "GT", "INDEX_CHECK", "IOTA", "LE",
+    "LOG", "LOG1P", "LT", "MATMUL", "MAX", "MAX_POOL_INDICES", "MAXIMUM", "MINIMUM", "MUL", "NE",
+    "NEG", "PAD", "PERMUTE", "POW", "RANDOM", "RESHAPE", "ROUND", "SCATTER_ADD", "SIGMOID", "SIGN",
+    "SIN", "SIZE_OF", "SLICE", "SQRT", "SUB", "SUM", "TANH", "WHERE",
 ]
 
 # Fusion roles (compiler/passes/fusion.py): what a node is to a loop over its shape.
@@ -70,7 +73,7 @@ ELEMENTWISE = "elementwise"  # one element out per element in: fuses into any lo
 REDUCTION = "reduction"  # combines elements along axes (a relabelling over size-1 axes)
 CONSTANT = "constant"  # known from its parameters and shapes alone (no data read)
 MAP = "map"  # an index map of its input (reshape, broadcast, a unit-step slice)
-OWN = "own"  # a kernel of its own kind (matmul, index, movement, random, creation)
+OWN = "own"  # a kernel of its own kind (matmul, index, movement, random, creation, window)
 
 
 @dataclass(frozen=True)

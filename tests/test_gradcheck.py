@@ -64,9 +64,10 @@ def prim(name):
 # ------------------------------------------------------------------ the op table
 
 # Primitives whose result carries no derivative: comparisons give bools, size_of a count,
-# index_check integer indices, and creation/random ops have no differentiable inputs.
+# index_check and the max-pool argmaxes integer indices, and creation/random ops have no
+# differentiable inputs.
 NON_DIFFERENTIABLE = {"eq", "ne", "lt", "le", "gt", "ge", "size_of", "full", "iota", "random",
-                      "index_check"}
+                      "index_check", "max_pool_indices", "adaptive_max_indices"}
 
 
 def test_every_primitive_has_vjp_and_jvp_rules_or_is_listed_as_non_differentiable():
@@ -80,6 +81,8 @@ def test_non_differentiable_allow_list_names_only_existing_primitives_without_vj
     assert NON_DIFFERENTIABLE <= set(REGISTRY)
     assert all(REGISTRY[name].vjp is None for name in NON_DIFFERENTIABLE)
 
+
+_CONV = dict(stride=(2, 1), padding=((1, 0), (1, 1)), dilation=(1, 1), groups=2)
 
 # One case per differentiable primitive, dispatched directly (no front-end promotion or
 # composites in between). Each entry: name -> (fn, make_inputs).
@@ -131,6 +134,15 @@ PRIMITIVE_CASES = {
                                                index([0, 2, 0]), src, axis=1),
                     lambda: (leaf(2, 3), leaf(2, 3))),
     "matmul": (lambda a, b: dispatch(prim("matmul"), a, b), lambda: (leaf(2, 3, 4), leaf(4, 2))),
+    # (every stride/padding/dilation/groups variant: tests/test_conv.py)
+    "conv": (lambda x, w: dispatch(prim("conv"), x, w, **_CONV), lambda: (leaf(1, 4, 5, 6),
+                                                                          leaf(2, 2, 2, 3))),
+    "conv_transpose": (lambda y, w: dispatch(prim("conv_transpose"), y, w, size=(5, 6),
+                                             **_CONV), lambda: (leaf(1, 2, 3, 5),
+                                                                leaf(2, 2, 2, 3))),
+    "conv_weight_grad": (lambda x, g: dispatch(prim("conv_weight_grad"), x, g, kernel=(2, 3),
+                                               **_CONV), lambda: (leaf(1, 4, 5, 6),
+                                                                  leaf(1, 2, 3, 5))),
 }
 
 

@@ -85,6 +85,7 @@ class GroupKind(enum.StrEnum):
     MOVEMENT = "movement"
     CREATION = "creation"
     RANDOM = "random"
+    WINDOW = "window"  # convolution and pooling: numpy steps until they have lowerings
     SCALAR = "scalar"
 
     @property
@@ -99,7 +100,8 @@ class GroupKind(enum.StrEnum):
         return self in (GroupKind.ELEMENTWISE, GroupKind.REDUCE, GroupKind.MATMUL)
 
 
-_OWN_KIND = {k: GroupKind(k) for k in ("matmul", "index", "movement", "creation", "random")}
+_OWN_KIND = {k: GroupKind(k) for k in ("matmul", "index", "movement", "creation", "random",
+                                        "window")}
 _LOOP = ("ew", "reduce", "map")
 
 

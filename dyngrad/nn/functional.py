@@ -10,6 +10,7 @@ from ..ops import indexing as _i
 from ..ops import movement as _m
 from ..ops import random as _rnd
 from ..ops import reduce as _r
+from ..ops.conv import conv1d, conv2d, conv_transpose2d
 from ..ops.elementwise import gelu, relu, sigmoid, tanh
 from ..ops.indexing import one_hot
 from ..ops.linalg import MATMUL
@@ -23,6 +24,13 @@ from ..ops.losses import (
     softplus,
 )
 from ..ops.movement import pad as _pad
+from ..ops.pool import (
+    adaptive_avg_pool2d,
+    adaptive_max_pool2d,
+    avg_pool2d,
+    max_pool1d,
+    max_pool2d,
+)
 from ..tensor import Tensor
 from .functional_norm import (
     batch_norm,
@@ -37,7 +45,9 @@ __all__ = ["relu", "gelu", "sigmoid", "tanh", "softmax", "log_softmax", "linear"
            "embedding", "layer_norm", "mse_loss", "l1_loss", "cross_entropy", "nll_loss",
            "binary_cross_entropy", "binary_cross_entropy_with_logits", "softplus", "one_hot",
            "silu", "leaky_relu", "logsigmoid", "normalize", "pad", "batch_norm", "group_norm",
-           "rms_norm", "dropout1d", "dropout2d", "interpolate"]
+           "rms_norm", "dropout1d", "dropout2d", "interpolate", "conv1d", "conv2d",
+           "conv_transpose2d", "max_pool1d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
+           "adaptive_max_pool2d"]
 
 
 def softmax(input: Tensor, dim: int, dtype=None) -> Tensor:

@@ -58,7 +58,8 @@ except ImportError:  # pragma: no cover - older numpy
         return impl
 
 
-KINDS = ("elementwise", "reduce", "movement", "index", "matmul", "creation", "random")
+KINDS = ("elementwise", "reduce", "movement", "index", "matmul", "creation", "random",
+         "window")  # window: reads windows of its input (convolution, pooling)
 
 REGISTRY: dict[str, Primitive] = {}
 
