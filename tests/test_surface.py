@@ -1,0 +1,274 @@
+"""The PyTorch surface around a model, as in a CPU-only PyTorch build: devices, ``cuda``,
+``accelerator``, ``backends``, ``amp``, ``load(weights_only=)``; the losses, optimizers and
+learning-rate schedulers of issue 15. Where torch is installed it is the oracle (the
+oracle tests skip without it)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import dyngrad as dg
+
+try:
+    import torch
+except ImportError:  # torch is an optional oracle
+    torch = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="torch (the oracle) is not installed")
+
+
+def _error(fn):
+    """(type name, message) of what ``fn()`` raises, or None."""
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - the point is to compare whatever is raised
+        return type(exc).__name__, str(exc)
+    return None
+
+
+def _warnings(fn):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = fn()
+    return out, [(w.category.__name__, str(w.message)) for w in caught]
+
+
+def _ours(text: str) -> str:
+    """PyTorch's message with dyngrad's name where PyTorch names itself."""
+    return text.replace("torch", "dyngrad").replace("Torch", "dyngrad")
+
+
+# ------------------------------------------------------------------ devices
+
+
+def test_device_parses_compares_and_prints_as_torch():
+    for args in [("cpu",), ("cpu:0",), ("cpu", 0), ("cuda",), ("cuda:1",), ("cuda", 2),
+                 ("mps",), ("meta",)]:
+        d = dg.device(*args)
+        assert (d.type, d.index) in [("cpu", None), ("cpu", 0), ("cuda", None), ("cuda", 1),
+                                     ("cuda", 2), ("mps", None), ("meta", None)]
+        if torch is not None:
+            t = torch.device(*args)
+            assert (repr(d), str(d), d.type, d.index) == (repr(t), str(t), t.type, t.index)
+    assert dg.device("cpu") == dg.device(dg.device("cpu"))
+    assert dg.device("cpu") != dg.device("cpu:0") and dg.device("cpu") != "cpu"
+    assert len({dg.device("cpu"), dg.device("cpu")}) == 1
+    with pytest.raises(AttributeError):
+        dg.device("cpu").type = "cuda"
+
+
+@needs_torch
+def test_device_errors_are_torchs():
+    for bad in ["foo", 0]:
+        assert _error(lambda b=bad: dg.device(b)) == _error(lambda b=bad: torch.device(b))
+
+
+def test_a_tensor_is_on_the_cpu():
+    x = dg.ones(2)
+    assert x.device == dg.device("cpu") and x.device.type == "cpu"
+    assert x.is_cuda is False and x.is_cpu is True
+    assert x.cpu() is x and x.to("cpu") is x and x.to(dg.device("cpu")) is x and x.to(x) is x
+
+
+def test_creation_functions_take_device():
+    cpu = dg.device("cpu")
+    x = dg.ones(2, 3)
+    made = [
+        dg.tensor([1.0], device="cpu"), dg.as_tensor([1.0], device=cpu),
+        dg.zeros(2, device="cpu"), dg.ones(2, device=cpu), dg.full((2,), 3.0, device="cpu"),
+        dg.empty(2, device="cpu"), dg.arange(3, device="cpu"),
+        dg.linspace(0, 1, 3, device="cpu"), dg.eye(2, device="cpu"),
+        dg.rand(2, device="cpu"), dg.randn(2, device=cpu), dg.randint(0, 3, (2,), device="cpu"),
+        dg.randperm(3, device="cpu"), dg.zeros_like(x, device="cpu"),
+        dg.ones_like(x, device=cpu), dg.full_like(x, 2.0, device="cpu"),
+        dg.empty_like(x, device="cpu"), dg.rand_like(x, device="cpu"),
+        dg.randn_like(x, device="cpu"), dg.randint_like(x, 3, device="cpu"),
+    ]
+    assert all(t.device == cpu for t in made)
+
+
+@needs_torch
+def test_asking_for_cuda_raises_torchs_assertion():
+    cases = [
+        (lambda: dg.zeros(2, device="cuda"), lambda: torch.zeros(2, device="cuda")),
+        (lambda: dg.tensor([1.0], device="cuda:0"), lambda: torch.tensor([1.0], device="cuda:0")),
+        (lambda: dg.randn(2, device=dg.device("cuda")),
+         lambda: torch.randn(2, device=torch.device("cuda"))),
+        (lambda: dg.ones(2).to("cuda"), lambda: torch.ones(2).to("cuda")),
+        (lambda: dg.ones(2).cuda(), lambda: torch.ones(2).cuda()),
+        (lambda: dg.nn.Linear(2, 2).to("cuda"), lambda: torch.nn.Linear(2, 2).to("cuda")),
+        (lambda: dg.nn.Linear(2, 2).cuda(), lambda: torch.nn.Linear(2, 2).cuda()),
+        (lambda: dg.cuda.current_device(), lambda: torch.cuda.current_device()),
+    ]
+    for ours, theirs in cases:
+        kind, message = _error(theirs)
+        assert _error(ours) == (kind, _ours(message))
+    assert _error(lambda: dg.ones(2).to(0)) == _error(lambda: torch.ones(2).to(0))
+
+
+def test_another_device_type_is_refused_naming_the_cpu():
+    assert _error(lambda: dg.zeros(2, device="mps")) == (
+        "RuntimeError", "device 'mps' is not available: dyngrad computes on the CPU only "
+        "(use device='cpu')")
+
+
+def test_tensor_to_takes_every_torch_form():
+    x = dg.ones(2)
+    assert x.to(dg.float64).dtype is dg.float64
+    assert x.to("cpu", dg.float64).dtype is dg.float64
+    assert x.to(device="cpu", dtype=dg.float64, non_blocking=True).dtype is dg.float64
+    assert x.to(dg.device("cpu"), non_blocking=True) is x
+    assert x.to(dg.zeros(1, dtype=dg.float64)).dtype is dg.float64
+    assert x.to("float64").dtype is dg.float64
+    y = x.to("cpu", copy=True)
+    assert y is not x and np.array_equal(y.numpy(), x.numpy())
+
+
+def test_module_to_takes_every_torch_form():
+    m = dg.nn.Linear(2, 2)
+    assert m.to("cpu") is m and m.cpu() is m and m.to(dg.device("cpu"), non_blocking=True) is m
+    assert m.to("cpu", dg.float64).weight.dtype is dg.float64
+    assert m.to(dg.zeros(1)).weight.dtype is dg.float32
+    assert m.to(dtype=dg.float64, device="cpu").bias.dtype is dg.float64
+
+
+@needs_torch
+def test_module_to_an_integer_dtype_raises_as_torch():
+    ours = _error(lambda: dg.nn.Linear(2, 2).to(dg.int64))
+    theirs = _error(lambda: torch.nn.Linear(2, 2).to(torch.int64))
+    assert ours == (theirs[0], theirs[1].replace("torch.int64", "dyngrad.int64"))
+
+
+@needs_torch
+def test_cuda_and_accelerator_answer_as_torch_without_them():
+    assert dg.cuda.is_available() is torch.cuda.is_available() is False
+    assert dg.cuda.device_count() == torch.cuda.device_count() == 0
+    assert dg.cuda.is_initialized() is False
+    assert dg.cuda.manual_seed(0) is None and dg.cuda.manual_seed_all(0) is None
+    assert dg.cuda.empty_cache() is None
+    assert dg.accelerator.is_available() is torch.accelerator.is_available()
+    assert dg.accelerator.current_accelerator() is torch.accelerator.current_accelerator()
+    assert dg.accelerator.device_count() == torch.accelerator.device_count()
+    for name in ["current_device_index", "synchronize"]:
+        assert _error(getattr(dg.accelerator, name)) == \
+            _error(getattr(torch.accelerator, name))
+
+
+def test_the_idiomatic_device_line_picks_the_cpu():
+    dev = dg.device("cuda" if dg.cuda.is_available() else "cpu")
+    acc = dg.accelerator.current_accelerator() if dg.accelerator.is_available() else "cpu"
+    model = dg.nn.Linear(3, 1).to(dev)
+    assert model(dg.randn(4, 3, device=dev).to(acc)).device == dev
+
+
+@needs_torch
+def test_backends_flags_read_as_torchs_and_can_be_set():
+    for ours, theirs in [(dg.backends.cudnn, torch.backends.cudnn)]:
+        for flag in ["enabled", "benchmark", "deterministic", "allow_tf32"]:
+            assert getattr(ours, flag) == getattr(theirs, flag), flag
+        assert ours.is_available() == theirs.is_available()
+    assert dg.backends.cuda.matmul.allow_tf32 == torch.backends.cuda.matmul.allow_tf32
+    assert dg.backends.mps.is_available() == torch.backends.mps.is_available()
+    assert dg.backends.mps.is_built() == torch.backends.mps.is_built()
+    assert dg.backends.cuda.is_built() == torch.backends.cuda.is_built()
+    old = dg.backends.cudnn.benchmark, dg.backends.cudnn.deterministic
+    try:
+        dg.backends.cudnn.benchmark = True
+        dg.backends.cudnn.deterministic = True
+        assert dg.backends.cudnn.benchmark and dg.backends.cudnn.deterministic
+    finally:
+        dg.backends.cudnn.benchmark, dg.backends.cudnn.deterministic = old
+
+
+# ------------------------------------------------------------------ amp
+
+
+def test_autocast_on_the_cpu_keeps_float32_as_context_and_decorator():
+    m = dg.nn.Linear(3, 2)
+    x = dg.randn(4, 3)
+    with dg.amp.autocast(device_type="cpu", dtype=dg.float32):
+        assert dg.is_autocast_enabled("cpu")
+        y = m(x)
+    assert not dg.is_autocast_enabled("cpu")
+    assert y.dtype is dg.float32 and np.array_equal(y.detach().numpy(), m(x).detach().numpy())
+
+    @dg.autocast("cpu", enabled=False)
+    def f(v):
+        return m(v)
+    assert np.array_equal(f(x).detach().numpy(), m(x).detach().numpy())
+
+
+@needs_torch
+def test_autocast_for_cuda_warns_and_disables_itself():
+    def enter(mod):
+        with mod.amp.autocast("cuda"):
+            return mod.is_autocast_enabled()
+    ours, ours_w = _warnings(lambda: enter(dg))
+    theirs, theirs_w = _warnings(lambda: enter(torch))
+    assert ours is theirs is False
+    assert ours_w == [("UserWarning", "CUDA is not available. Disabling autocast.")]
+    assert theirs_w[0][0] == "UserWarning" and "Disabling autocast" in theirs_w[0][1]
+
+
+@needs_torch
+@pytest.mark.parametrize("make", [
+    lambda m: m.amp.GradScaler(),
+    lambda m: m.amp.GradScaler("cuda"),
+    lambda m: m.cuda.amp.GradScaler(),
+])
+def test_a_cuda_grad_scaler_warns_as_torch_and_passes_through(make):
+    ours, ours_w = _warnings(lambda: make(dg))
+    theirs, theirs_w = _warnings(lambda: make(torch))
+    assert ours_w == [(kind, _ours(text)) for kind, text in theirs_w]
+    assert ours.is_enabled() is theirs.is_enabled() is False
+    assert ours.get_scale() == theirs.get_scale() == 1.0
+    assert ours.state_dict() == theirs.state_dict() == {}
+    p = dg.nn.Parameter(dg.ones(2))
+    opt = dg.optim.SGD([p], lr=0.5)
+    loss = (p * p).sum()
+    assert ours.scale(loss) is loss
+    loss.backward()
+    ours.step(opt)
+    ours.update()
+    assert np.array_equal(p.detach().numpy(), [0.0, 0.0])
+
+
+@needs_torch
+def test_a_cpu_grad_scaler_scales_unscales_and_skips_as_torch():
+    def run(m):
+        p = m.nn.Parameter(m.tensor([1.0, -2.0]))
+        opt = m.optim.SGD([p], lr=0.1)
+        scaler = m.amp.GradScaler("cpu", init_scale=4.0, growth_interval=2)
+        history = []
+        for k in range(5):
+            opt.zero_grad()
+            loss = (p * p).sum() * (float("inf") if k == 2 else 1.0)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            history.append((scaler.get_scale(), p.detach().numpy().tolist()))
+        return history, scaler.state_dict()
+    assert run(dg) == run(torch)
+
+
+# ------------------------------------------------------------------ load
+
+
+def test_load_accepts_weights_only_and_map_location(tmp_path):
+    m = dg.nn.Linear(3, 2)
+    path = tmp_path / "m.npz"
+    dg.save(m.state_dict(), path)
+    for kwargs in [dict(weights_only=True), dict(weights_only=False),
+                   dict(map_location="cpu", weights_only=True),
+                   dict(map_location=dg.device("cpu")),
+                   dict(map_location=lambda storage, loc: storage), dict(map_location={})]:
+        state = dg.load(path, **kwargs)
+        assert np.array_equal(state["weight"].numpy(), m.weight.detach().numpy())
+    m2 = dg.nn.Linear(3, 2)
+    m2.load_state_dict(dg.load(path, map_location="cpu", weights_only=True))
+    assert np.array_equal(m2.bias.detach().numpy(), m.bias.detach().numpy())
+    assert _error(lambda: dg.load(path, map_location="cuda")) == \
+        ("AssertionError", "dyngrad not compiled with CUDA enabled")
