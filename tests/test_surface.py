@@ -5,6 +5,7 @@ oracle tests skip without it)."""
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -39,6 +40,11 @@ def _warnings(fn):
 def _ours(text: str) -> str:
     """PyTorch's message with dyngrad's name where PyTorch names itself."""
     return text.replace("torch", "dyngrad").replace("Torch", "dyngrad")
+
+
+def _plain_sizes(text: str) -> str:
+    """PyTorch's message with ``torch.Size([2, 3])`` written as dyngrad's ``[2, 3]``."""
+    return re.sub(r"torch\.Size\((\[[^\]]*\])\)", r"\1", text)
 
 
 # ------------------------------------------------------------------ devices
@@ -272,3 +278,147 @@ def test_load_accepts_weights_only_and_map_location(tmp_path):
     assert np.array_equal(m2.bias.detach().numpy(), m.bias.detach().numpy())
     assert _error(lambda: dg.load(path, map_location="cuda")) == \
         ("AssertionError", "dyngrad not compiled with CUDA enabled")
+
+
+# ------------------------------------------------------------------ losses
+
+F = dg.nn.functional
+
+
+def _pair(shape, seed=0, low=-2.0, high=2.0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(low, high, shape), rng.uniform(low, high, shape)
+
+
+def _probs(shape, seed):
+    p = np.random.default_rng(seed).uniform(0.1, 1.0, shape)
+    return p / p.sum(-1, keepdims=True)
+
+
+LOSS_CASES = {
+    # name: (fn(F, a, b, extra), inputs as numpy float64, where `a` (and `b`) get gradients)
+    "smooth_l1": (lambda f, a, b: f.smooth_l1_loss(a, b), _pair((4, 3), 1)),
+    "smooth_l1_beta_sum": (lambda f, a, b: f.smooth_l1_loss(a, b, reduction="sum", beta=0.7),
+                           _pair((4, 3), 2)),
+    "smooth_l1_beta0": (lambda f, a, b: f.smooth_l1_loss(a, b, beta=0.0), _pair((5,), 3)),
+    "smooth_l1_none": (lambda f, a, b: f.smooth_l1_loss(a, b, reduction="none", beta=2.0),
+                       _pair((2, 3), 4)),
+    "huber": (lambda f, a, b: f.huber_loss(a, b), _pair((4, 3), 5)),
+    "huber_delta_sum": (lambda f, a, b: f.huber_loss(a, b, reduction="sum", delta=0.6),
+                        _pair((4, 3), 6)),
+    "kl_batchmean": (lambda f, a, b: f.kl_div(a.log_softmax(1), b, reduction="batchmean"),
+                     (np.random.default_rng(7).normal(size=(3, 4)), _probs((3, 4), 8))),
+    "kl_sum_zero_target": (lambda f, a, b: f.kl_div(a, b * (b > 0.25), reduction="sum"),
+                           (np.random.default_rng(9).normal(size=(3, 4)), _probs((3, 4), 10))),
+    "kl_none_log_target": (lambda f, a, b: f.kl_div(a, b.log(), reduction="none",
+                                                    log_target=True),
+                           (np.random.default_rng(11).normal(size=(3, 4)),
+                            _probs((3, 4), 12))),
+    "cosine": (lambda f, a, b: f.cosine_similarity(a, b), _pair((4, 5), 13)),
+    "cosine_dim0_broadcast": (lambda f, a, b: f.cosine_similarity(a, b[:1], dim=0, eps=1e-6),
+                              _pair((3, 4), 14)),
+    "margin_ranking": (lambda f, a, b: f.margin_ranking_loss(a, b, _sign_of(f, a), margin=0.3),
+                       _pair((6,), 15)),
+    "margin_ranking_sum": (lambda f, a, b: f.margin_ranking_loss(
+        a, b, _sign_of(f, a), reduction="sum"), _pair((6,), 16)),
+}
+
+
+def _sign_of(f, a):
+    """A fixed ±1 target of a's length, in a's library."""
+    mod = dg if f is dg.nn.functional else torch
+    return mod.tensor([1.0, -1.0, 1.0, 1.0, -1.0, -1.0], dtype=a.dtype)
+
+
+@needs_torch
+@pytest.mark.parametrize("name", sorted(LOSS_CASES))
+def test_loss_value_and_gradients_match_torch_in_float64(name):
+    fn, (a, b) = LOSS_CASES[name]
+    da, db = (dg.tensor(v, requires_grad=True) for v in (a, b))
+    ta, tb = (torch.tensor(v, requires_grad=True) for v in (a, b))
+    ours, theirs = fn(dg.nn.functional, da, db), fn(torch.nn.functional, ta, tb)
+    np.testing.assert_allclose(ours.detach().numpy(), theirs.detach().numpy(), rtol=1e-12,
+                               atol=1e-14)
+    up = np.random.default_rng(0).normal(size=theirs.shape)
+    ours.backward(dg.tensor(up))
+    theirs.backward(torch.tensor(up))
+    for d, t in [(da, ta), (db, tb)]:
+        assert (d.grad is None) == (t.grad is None)
+        if t.grad is not None:
+            theirs_grad = t.grad.numpy()
+            if name == "kl_sum_zero_target":  # a zero target's gradient: 0 here, nan in torch
+                theirs_grad = np.where(np.isnan(theirs_grad), 0.0, theirs_grad)
+            np.testing.assert_allclose(d.grad.numpy(), theirs_grad, rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", sorted(LOSS_CASES))
+def test_loss_gradcheck(name):
+    fn, (a, b) = LOSS_CASES[name]
+    if "kl" in name:  # target probabilities stay fixed (their log has a kink at 0)
+        b = dg.tensor(b)
+        assert dg.testing.gradcheck(lambda x: fn(F, x, b), (dg.tensor(a, requires_grad=True),))
+        return
+    assert dg.testing.gradcheck(lambda x, y: fn(F, x, y),
+                                (dg.tensor(a, requires_grad=True),
+                                 dg.tensor(b, requires_grad=True)))
+
+
+@needs_torch
+def test_loss_modules_match_the_functions():
+    a, b = _pair((4, 3), 20)
+    da, db, ta, tb = dg.tensor(a), dg.tensor(b), torch.tensor(a), torch.tensor(b)
+    for make in [lambda m: m.nn.SmoothL1Loss(beta=0.5), lambda m: m.nn.HuberLoss(delta=0.4),
+                 lambda m: m.nn.SmoothL1Loss(reduction="none")]:
+        np.testing.assert_allclose(make(dg)(da, db).numpy(), make(torch)(ta, tb).numpy(),
+                                   rtol=1e-12)
+    kl = (lambda m: m.nn.KLDivLoss(reduction="batchmean", log_target=True))
+    np.testing.assert_allclose(kl(dg)(da, db).numpy(), kl(torch)(ta, tb).numpy(), rtol=1e-12)
+    cs = (lambda m: m.nn.CosineSimilarity(dim=0))
+    np.testing.assert_allclose(cs(dg)(da, db).numpy(), cs(torch)(ta, tb).numpy(), rtol=1e-12)
+    y = np.array([1.0, -1.0, 1.0])
+    mr = (lambda m: m.nn.MarginRankingLoss(margin=0.2))
+    np.testing.assert_allclose(mr(dg)(da[0], db[0], dg.tensor(y)).numpy(),
+                               mr(torch)(ta[0], tb[0], torch.tensor(y)).numpy(), rtol=1e-12)
+
+
+@needs_torch
+@pytest.mark.parametrize("loss", ["mse_loss", "smooth_l1_loss", "huber_loss"])
+def test_a_broadcasting_target_is_allowed_with_torchs_warning(loss):
+    a, b = np.arange(2.0).reshape(2, 1), np.array([0.5, 3.0])
+    ours, ours_w = _warnings(lambda: getattr(F, loss)(dg.tensor(a), dg.tensor(b)))
+    theirs, theirs_w = _warnings(
+        lambda: getattr(torch.nn.functional, loss)(torch.tensor(a), torch.tensor(b)))
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-12)
+    assert ours_w == [(k, _plain_sizes(t)) for k, t in theirs_w]
+
+
+def test_the_broadcast_warning_points_at_the_caller():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        F.mse_loss(dg.zeros(2, 1), dg.zeros(2))
+    assert caught[0].filename == __file__
+
+
+@needs_torch
+def test_kl_div_mean_warns_and_legacy_arguments_map_as_torch():
+    a, b = np.log(_probs((2, 3), 1)), _probs((2, 3), 2)
+    for kwargs in [dict(), dict(reduction="mean"), dict(size_average=False),
+                   dict(reduce=False)]:
+        ours, ours_w = _warnings(lambda k=kwargs: F.kl_div(dg.tensor(a), dg.tensor(b), **k))
+        theirs, theirs_w = _warnings(
+            lambda k=kwargs: torch.nn.functional.kl_div(torch.tensor(a), torch.tensor(b), **k))
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-12)
+        assert ours_w == theirs_w
+
+
+@needs_torch
+def test_loss_argument_errors_are_torchs():
+    x = np.ones(3)
+    assert _error(lambda: F.smooth_l1_loss(dg.tensor(x), dg.tensor(x), beta=-1.0)) == \
+        _error(lambda: torch.nn.functional.smooth_l1_loss(torch.tensor(x), torch.tensor(x),
+                                                           beta=-1.0))
+    m = np.ones((2, 3))
+    kind, text = _error(lambda: torch.nn.functional.margin_ranking_loss(
+        torch.tensor(m), torch.tensor(m), torch.tensor(x)))
+    assert _error(lambda: F.margin_ranking_loss(dg.tensor(m), dg.tensor(m), dg.tensor(x))) == \
+        (kind, _plain_sizes(text))

@@ -16,10 +16,15 @@ from ..ops.linalg import MATMUL
 from ..ops.losses import (
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
+    cosine_similarity,
     cross_entropy,
+    huber_loss,
+    kl_div,
     l1_loss,
+    margin_ranking_loss,
     mse_loss,
     nll_loss,
+    smooth_l1_loss,
     softplus,
 )
 from ..ops.movement import pad as _pad
@@ -28,7 +33,8 @@ from ..tensor import Tensor
 __all__ = ["relu", "gelu", "sigmoid", "tanh", "softmax", "log_softmax", "linear", "dropout",
            "embedding", "layer_norm", "mse_loss", "l1_loss", "cross_entropy", "nll_loss",
            "binary_cross_entropy", "binary_cross_entropy_with_logits", "softplus", "one_hot",
-           "silu", "leaky_relu", "logsigmoid", "normalize", "pad"]
+           "silu", "leaky_relu", "logsigmoid", "normalize", "pad", "smooth_l1_loss",
+           "huber_loss", "kl_div", "cosine_similarity", "margin_ranking_loss"]
 
 
 def softmax(input: Tensor, dim: int, dtype=None) -> Tensor:
