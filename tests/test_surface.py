@@ -560,3 +560,156 @@ def test_compiled_training_step_equals_eager(name, backend):
             for k in s1:
                 same(s1[k].numpy(), s2[k].numpy(), f"state {k} of parameter {j} at step {i}")
     assert sum(v.calls for v in compiled.variants) >= 3, compiled.fallbacks
+
+
+# ------------------------------------------------------------------ schedulers
+
+
+def _lr_sequence(mod, make_opt, make_sched, steps, metrics=None):
+    """(lr of every group, momentum or β₁ of group 0) after construction and each step."""
+    params = [mod.nn.Parameter(mod.ones(2)), mod.nn.Parameter(mod.ones(1))]
+    opt = make_opt(mod, [{"params": params[:1]}, {"params": params[1:], "lr": 0.05}])
+    sched = make_sched(mod.optim.lr_scheduler, opt)
+
+    def now():
+        g = opt.param_groups[0]
+        momentum = g["betas"][0] if "betas" in g else g.get("momentum")
+        return [g["lr"] for g in opt.param_groups], momentum, sched.get_last_lr()
+    out = [now()]
+    for k in range(steps):
+        opt.step()
+        sched.step(metrics[k]) if metrics is not None else sched.step()
+        out.append(now())
+    return out
+
+
+def _sgd(mod, groups):
+    return mod.optim.SGD(groups, lr=0.1, momentum=0.9)
+
+
+def _adam(mod, groups):
+    return mod.optim.Adam(groups, lr=0.1)
+
+
+SCHEDULES = {
+    "multistep": (_sgd, lambda s, o: s.MultiStepLR(o, milestones=[2, 5, 5, 9], gamma=0.3), 12),
+    "linear_warmup": (_sgd, lambda s, o: s.LinearLR(o, start_factor=0.1, total_iters=4), 8),
+    "linear_decay": (_sgd, lambda s, o: s.LinearLR(o, start_factor=1.0, end_factor=0.2,
+                                                   total_iters=6), 9),
+    "linear_default": (_adam, lambda s, o: s.LinearLR(o), 7),
+    "onecycle_cos_sgd": (_sgd, lambda s, o: s.OneCycleLR(o, max_lr=[0.5, 0.2],
+                                                         total_steps=20), 20),
+    "onecycle_linear_adam": (_adam, lambda s, o: s.OneCycleLR(
+        o, max_lr=0.3, epochs=3, steps_per_epoch=5, anneal_strategy="linear",
+        pct_start=0.25, base_momentum=0.8, max_momentum=0.9), 15),
+    "onecycle_three_phase": (_sgd, lambda s, o: s.OneCycleLR(
+        o, max_lr=0.4, total_steps=17, three_phase=True, div_factor=10.0,
+        final_div_factor=100.0), 17),
+    "onecycle_no_momentum": (_sgd, lambda s, o: s.OneCycleLR(
+        o, max_lr=0.4, total_steps=10, cycle_momentum=False), 10),
+    "sequential": (_sgd, lambda s, o: s.SequentialLR(
+        o, [s.LinearLR(o, start_factor=0.1, total_iters=3), s.ExponentialLR(o, gamma=0.5)],
+        milestones=[3]), 10),
+    "sequential_three": (_adam, lambda s, o: s.SequentialLR(
+        o, [s.LinearLR(o, start_factor=0.5, total_iters=2),
+            s.MultiStepLR(o, milestones=[1, 3], gamma=0.3), s.StepLR(o, 2, gamma=0.5)],
+        milestones=[2, 6]), 12),
+}
+
+
+@needs_torch
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_scheduler_lr_sequence_equals_torchs_exactly(name):
+    """(ExponentialLR and StepLR, older and closed-form, appear inside SequentialLR with
+    γ = 0.5, whose powers are exact either way.)"""
+    make_opt, make_sched, steps = SCHEDULES[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's about the order of the two step()s
+        theirs = _lr_sequence(torch, make_opt, make_sched, steps)
+    assert _lr_sequence(dg, make_opt, make_sched, steps) == theirs
+
+
+PLATEAUS = {
+    "min_rel": dict(patience=2),
+    "min_abs_patience": dict(patience=1, threshold=0.05, threshold_mode="abs", factor=0.5),
+    "max_rel_cooldown": dict(mode="max", patience=0, cooldown=2, factor=0.5),
+    "max_abs_min_lr": dict(mode="max", patience=1, threshold_mode="abs", factor=0.2,
+                           min_lr=[0.004, 0.01]),
+    "eps_stops_tiny_changes": dict(patience=0, factor=0.5, eps=0.02),
+}
+
+
+@needs_torch
+@pytest.mark.parametrize("name", sorted(PLATEAUS))
+def test_reduce_lr_on_plateau_equals_torchs(name):
+    metrics = [1.0, 0.9, 0.95, 0.95, 0.9, 0.97, 0.85, 0.85, 0.86, 0.86, 0.9, 0.84, 0.849,
+               0.9, 0.9, 0.9]
+    make = (lambda s, o: s.ReduceLROnPlateau(o, **PLATEAUS[name]))
+    ours = _lr_sequence(dg, _sgd, make, len(metrics), metrics)
+    theirs = _lr_sequence(torch, _sgd, make, len(metrics), metrics)
+    assert ours == theirs
+    assert len({tuple(lrs) for lrs, _, _ in ours}) > 1, "the schedule never reduced"
+
+
+def test_reduce_lr_on_plateau_takes_a_tensor_metric_and_round_trips_its_state():
+    opt = dg.optim.SGD([dg.nn.Parameter(dg.ones(1))], lr=1.0)
+    s = dg.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0, factor=0.5)
+    s.step(dg.tensor(1.0))
+    s.step(dg.tensor(2.0))
+    assert s.get_last_lr() == [0.5]
+    state = s.state_dict()
+    s2 = dg.optim.lr_scheduler.ReduceLROnPlateau(opt)
+    s2.load_state_dict(state)
+    assert (s2.best, s2.patience, s2.factor) == (1.0, 0, 0.5)
+
+
+@needs_torch
+@pytest.mark.parametrize("make", [
+    lambda s, o: s.LinearLR(o, start_factor=0.0),
+    lambda s, o: s.LinearLR(o, end_factor=1.5),
+    lambda s, o: s.OneCycleLR(o, max_lr=0.1),
+    lambda s, o: s.OneCycleLR(o, max_lr=0.1, total_steps=0),
+    lambda s, o: s.OneCycleLR(o, max_lr=0.1, total_steps=5, pct_start=1),
+    lambda s, o: s.OneCycleLR(o, max_lr=0.1, total_steps=5, anneal_strategy="exp"),
+    lambda s, o: s.OneCycleLR(o, max_lr=[0.1, 0.2], total_steps=5),
+    lambda s, o: s.SequentialLR(o, [s.LinearLR(o)], milestones=[2]),
+    lambda s, o: s.ReduceLROnPlateau(o, factor=1.0),
+    lambda s, o: s.ReduceLROnPlateau(o, mode="up"),
+    lambda s, o: s.ReduceLROnPlateau(o, min_lr=[0.1, 0.2]),
+])
+def test_scheduler_argument_errors_are_torchs(make):
+    def build(mod):
+        return make(mod.optim.lr_scheduler,
+                    mod.optim.SGD([mod.nn.Parameter(mod.ones(1))], lr=0.1))
+    assert _error(lambda: build(dg)) == _error(lambda: build(torch))
+
+
+@needs_torch
+def test_onecycle_past_its_total_steps_raises_as_torch():
+    def run(mod):
+        opt = mod.optim.SGD([mod.nn.Parameter(mod.ones(1))], lr=0.1, momentum=0.9)
+        s = mod.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=3)
+        for _ in range(4):
+            opt.step()
+            s.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert _error(lambda: run(dg)) == _error(lambda: run(torch))
+
+
+def test_a_compiled_step_sees_each_new_learning_rate():
+    """A schedule's rate reaches a compiled training step (a hyperparameter read through
+    the optimizer's tracked accessor), so compiled equals eager along the schedule."""
+    eager, compiled, (m1, o1), (m2, o2) = _compiled_twins(
+        lambda ps: dg.optim.SGD(ps, lr=0.1, momentum=0.9), "interp")
+    s1 = dg.optim.lr_scheduler.OneCycleLR(o1, max_lr=0.2, total_steps=6)
+    s2 = dg.optim.lr_scheduler.OneCycleLR(o2, max_lr=0.2, total_steps=6)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        x = dg.tensor(rng.normal(size=(4, 6)).astype(np.float32))
+        y = dg.tensor(rng.normal(size=(4, 1)).astype(np.float32))
+        assert eager(x, y).item() == compiled(x, y).item(), f"loss {i}"
+        s1.step()
+        s2.step()
+        for p1, p2 in zip(m1.parameters(), m2.parameters()):
+            assert np.array_equal(p1.detach().numpy(), p2.detach().numpy())
