@@ -713,3 +713,78 @@ def test_a_compiled_step_sees_each_new_learning_rate():
         s2.step()
         for p1, p2 in zip(m1.parameters(), m2.parameters()):
             assert np.array_equal(p1.detach().numpy(), p2.detach().numpy())
+
+
+# ------------------------------------------------------------------ LBFGS (eager only)
+
+
+def _lbfgs_run(mod, line_search_fn, steps=4):
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(8, 3)), rng.normal(size=8)
+    w = mod.tensor(np.zeros(3), requires_grad=True)
+    c = mod.tensor([0.5], dtype=w.dtype, requires_grad=True)
+    opt = mod.optim.LBFGS([w, c], lr=0.8, max_iter=5, history_size=3,
+                          line_search_fn=line_search_fn)
+
+    def closure():
+        opt.zero_grad()
+        loss = ((mod.tanh(mod.tensor(a) @ w + c) - mod.tensor(b)) ** 2).mean()
+        loss.backward()
+        return loss
+    losses = [float(opt.step(closure).detach()) for _ in range(steps)]
+    st = opt.state[w]
+    return losses, [w.detach().numpy().copy(), c.detach().numpy().copy()], \
+        (st["func_evals"], st["n_iter"])
+
+
+@needs_torch
+@pytest.mark.parametrize("line_search_fn", [None, "strong_wolfe"])
+def test_lbfgs_matches_torch_in_float64(line_search_fn):
+    ours, theirs = _lbfgs_run(dg, line_search_fn), _lbfgs_run(torch, line_search_fn)
+    np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-12)
+    for a, b in zip(ours[1], theirs[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    assert ours[2] == theirs[2]
+
+
+@needs_torch
+def test_lbfgs_refuses_groups_and_unknown_line_searches_as_torch():
+    def groups(mod):
+        return mod.optim.LBFGS([{"params": [mod.nn.Parameter(mod.ones(1))]},
+                                {"params": [mod.nn.Parameter(mod.ones(1))]}])
+    assert _error(lambda: groups(dg)) == _error(lambda: groups(torch))
+
+    def bad_search(mod):
+        p = mod.nn.Parameter(mod.ones(1))
+        opt = mod.optim.LBFGS([p], line_search_fn="armijo")
+
+        def closure():
+            opt.zero_grad()
+            loss = (p * p).sum()
+            loss.backward()
+            return loss
+        opt.step(closure)
+    assert _error(lambda: bad_search(dg)) == _error(lambda: bad_search(torch))
+
+
+def test_a_compiled_function_calling_lbfgs_step_runs_eagerly_naming_it():
+    dg.manual_seed(0)
+    model = dg.nn.Linear(3, 1)
+    opt = dg.optim.LBFGS(model.parameters(), max_iter=3)
+    x, y = dg.randn(8, 3), dg.randn(8, 1)
+
+    def train():
+        def closure():
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            return loss
+        return opt.step(closure)
+    compiled = compiler.compile(train)
+    first = float(F.mse_loss(model(x), y).detach())
+    with pytest.warns(UserWarning, match=r"runs eagerly from now on: optim\.LBFGS\.step"):
+        losses = [float(compiled().detach()) for _ in range(3)]
+    assert losses[0] == pytest.approx(first) and losses[-1] < first
+    assert compiled.variants == []
+    assert any("optim.LBFGS.step" in reason and "not compilable" in reason
+               for reason in compiled.fallbacks), compiled.fallbacks
