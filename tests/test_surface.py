@@ -788,3 +788,18 @@ def test_a_compiled_function_calling_lbfgs_step_runs_eagerly_naming_it():
     assert compiled.variants == []
     assert any("optim.LBFGS.step" in reason and "not compilable" in reason
                for reason in compiled.fallbacks), compiled.fallbacks
+
+
+def test_device_code_compiles_to_the_same_result():
+    """``.to(device)``, ``device=x.device`` and ``.cpu()`` inside a compiled function are
+    checks, not ops: the function still compiles and equals eager."""
+    dev = dg.device("cuda" if dg.cuda.is_available() else "cpu")
+
+    def f(x):
+        y = x.to(dev, non_blocking=True) * 2 + dg.ones(x.shape, device=x.device)
+        return (y.cpu() + dg.zeros_like(y, device="cpu")).sum()
+    cf = compiler.compile(f, backend="interp")
+    for k in range(4):
+        x = dg.tensor(np.arange(6.0, dtype=np.float32).reshape(2, 3) + k)
+        assert f(x).item() == cf(x).item()
+    assert sum(v.calls for v in cf.variants) >= 2, cf.fallbacks
