@@ -8,7 +8,9 @@
   disables itself: ``scale()`` returns its argument, ``step()`` calls ``optimizer.step()``,
   ``update()`` does nothing. ``GradScaler('cpu')`` scales as PyTorch's does: the loss is
   multiplied by the scale, ``step()`` unscales the gradients and skips the step when one is
-  not finite, and ``update()`` grows or backs off the scale.
+  not finite, and ``update()`` grows or backs off the scale. As in PyTorch, the scale and
+  the growth tracker are tensors updated by tensor ops, so a compiled training step
+  carries them from call to call; whether to skip is one bool read (a guard).
 
 >>> scaler = dg.amp.GradScaler("cpu")
 >>> with dg.amp.autocast("cpu", dtype=dg.float32):
@@ -21,9 +23,12 @@ from __future__ import annotations
 import functools
 import warnings
 
-import numpy as np
-
+from . import dtypes as _dt
 from .autograd.grad_mode import no_grad
+from .ops import creation as _c
+from .ops import elementwise as _e
+from .ops import movement as _m
+from .ops import reduce as _r
 from .tensor import Tensor
 
 __all__ = ["autocast", "GradScaler", "is_autocast_available"]
@@ -88,9 +93,13 @@ def _map(fn, obj):
 
 
 class GradScaler:
-    """Loss scaling for mixed precision (see the module docstring for what CUDA's does)."""
+    """Loss scaling for mixed precision (see the module docstring for what CUDA's does).
 
-    _NAME = "dyngrad.amp.GradScaler"
+    Note [the scaler's state is tensors]: the scale and the growth tracker are 0-d tensors
+    changed in place by ``update()`` with tensor ops (no Python branch on their values), as
+    PyTorch's ``_amp_update_scale_`` does: a compiled step replays those writes, where Python
+    numbers changed inside it would keep the values of the call that was traced.
+    """
 
     def __init__(self, device: str = "cuda", init_scale: float = 2.0 ** 16,
                  growth_factor: float = 2.0, backoff_factor: float = 0.5,
@@ -106,24 +115,34 @@ class GradScaler:
                 raise AssertionError("The growth factor must be > 1.0.")
             if backoff_factor >= 1.0:
                 raise AssertionError("The backoff factor must be < 1.0.")
-        self._scale = float(init_scale)
+        self._init_scale = float(init_scale)
+        self._scale = _c.full((), float(init_scale), dtype=_dt.float32)
+        self._growth_tracker = _c.zeros((), dtype=_dt.int64)
         self._growth_factor = growth_factor
         self._backoff_factor = backoff_factor
         self._growth_interval = growth_interval
-        self._growth_tracker = 0
-        self._found_inf: dict = {}  # id(optimizer) -> whether its gradients had an inf/nan
+        self._found_inf: dict = {}  # id(optimizer) -> 0-d float32: 1.0 if a grad was inf/nan
 
     def is_enabled(self) -> bool:
         return self._enabled
 
     def get_scale(self) -> float:
-        return self._scale if self._enabled else 1.0
+        return float(self._scale) if self._enabled else 1.0
+
+    def get_growth_factor(self) -> float:
+        return self._growth_factor
+
+    def get_backoff_factor(self) -> float:
+        return self._backoff_factor
+
+    def get_growth_interval(self) -> int:
+        return self._growth_interval
 
     def scale(self, outputs):
         """``outputs`` (a tensor or nested lists/tuples/dicts of them) times the scale."""
         if not self._enabled:
             return outputs
-        return _map(lambda t: t * self._scale, outputs)
+        return _map(lambda t: t * self._scale.to(t.dtype), outputs)
 
     def unscale_(self, optimizer) -> None:
         """Divide ``optimizer``'s gradients by the scale (once per step) and note whether
@@ -133,15 +152,16 @@ class GradScaler:
         if id(optimizer) in self._found_inf:
             raise RuntimeError("unscale_() has already been called on this optimizer since "
                                "the last update().")
-        inv = 1.0 / self._scale
-        found = False
+        inv = self._scale.double().reciprocal().float()  # (PyTorch's rounding)
+        finite = []
         with no_grad():
             for group in optimizer.param_groups:
                 for p in group["params"]:
                     if p.grad is not None:
-                        p.grad.mul_(inv)
-                        found = found or not np.isfinite(p.grad.numpy()).all()
-        self._found_inf[id(optimizer)] = found
+                        p.grad.mul_(inv.to(p.grad.dtype))
+                        finite.append(_r.all(_e.eq(p.grad - p.grad, 0.0)))  # inf, nan: False
+        ok = _r.all(_m.stack(finite)) if finite else _c.ones((), dtype=_dt.bool_)
+        self._found_inf[id(optimizer)] = 1.0 - ok.float()
 
     def step(self, optimizer, *args, **kwargs):
         """``optimizer.step()``, after unscaling; skipped when a gradient is not finite."""
@@ -149,34 +169,35 @@ class GradScaler:
             return optimizer.step(*args, **kwargs)
         if id(optimizer) not in self._found_inf:
             self.unscale_(optimizer)
-        if self._found_inf[id(optimizer)]:
+        if bool(self._found_inf[id(optimizer)]):  # one bool read: a guard when compiled
             return None
         return optimizer.step(*args, **kwargs)
 
     def update(self, new_scale=None) -> None:
         """Back off the scale after a skipped step; grow it after ``growth_interval`` clean
-        steps in a row."""
+        steps in a row (see Note [the scaler's state is tensors])."""
         if not self._enabled:
             return
-        if new_scale is not None:
-            self._scale = float(new_scale)
-        elif any(self._found_inf.values()):
-            self._scale *= self._backoff_factor
-            self._growth_tracker = 0
-        else:
-            self._growth_tracker += 1
-            if self._growth_tracker == self._growth_interval:
-                self._scale *= self._growth_factor
-                self._growth_tracker = 0
+        with no_grad():
+            if new_scale is not None:
+                self._scale.fill_(float(new_scale))
+            elif self._found_inf:
+                found = _r.sum(_m.stack(list(self._found_inf.values()))) > 0
+                grown = self._growth_tracker + 1
+                hit = _e.eq(grown, self._growth_interval)
+                self._scale.copy_(_e.where(found, self._scale * self._backoff_factor,
+                                           _e.where(hit, self._scale * self._growth_factor,
+                                                    self._scale)))
+                self._growth_tracker.copy_(_e.where(found | hit, 0, grown))
         self._found_inf = {}
 
     def state_dict(self) -> dict:
         if not self._enabled:
             return {}
-        return {"scale": self._scale, "growth_factor": self._growth_factor,
+        return {"scale": self.get_scale(), "growth_factor": self._growth_factor,
                 "backoff_factor": self._backoff_factor,
                 "growth_interval": self._growth_interval,
-                "_growth_tracker": self._growth_tracker}
+                "_growth_tracker": int(self._growth_tracker)}
 
     def load_state_dict(self, state_dict: dict) -> None:
         if not self._enabled:
@@ -184,8 +205,8 @@ class GradScaler:
         if len(state_dict) == 0:
             raise RuntimeError("The source state dict is empty, possibly because it was saved "
                                "from a disabled instance of GradScaler.")
-        self._scale = float(state_dict["scale"])
+        self._scale.fill_(float(state_dict["scale"]))
         self._growth_factor = state_dict["growth_factor"]
         self._backoff_factor = state_dict["backoff_factor"]
         self._growth_interval = state_dict["growth_interval"]
-        self._growth_tracker = state_dict["_growth_tracker"]
+        self._growth_tracker.fill_(int(state_dict["_growth_tracker"]))

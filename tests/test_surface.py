@@ -803,3 +803,38 @@ def test_device_code_compiles_to_the_same_result():
         x = dg.tensor(np.arange(6.0, dtype=np.float32).reshape(2, 3) + k)
         assert f(x).item() == cf(x).item()
     assert sum(v.calls for v in cf.variants) >= 2, cf.fallbacks
+
+
+def test_a_compiled_step_with_a_cpu_grad_scaler_equals_eager_and_sees_each_scale():
+    """The scale is read as a tracked number and the skip decision is one bool read (a
+    guard): the compiled step follows eager through a skipped (inf) step and the backoff."""
+    def make():
+        p = dg.nn.Parameter(dg.tensor([0.1, -0.2, 0.3]))
+        m = dg.nn.Module()
+        m.p = p
+        o = dg.optim.SGD([p], lr=0.1)
+        s = dg.amp.GradScaler("cpu", init_scale=8.0, growth_interval=2)
+
+        def step(x, w):  # (no matmul: numpy's warns on inf operands)
+            o.zero_grad()
+            loss = (p * x).exp().mean() * w
+            s.scale(loss).backward()
+            s.step(o)
+            s.update()
+            return loss
+        return m, s, step
+    m1, s1, eager = make()
+    m2, s2, step2 = make()
+    compiled = compiler.compile(step2, backend="interp")
+    rng = np.random.default_rng(0)
+    for i in range(7):  # (positive x and an exp: the inf step's gradients are all +inf, and
+        #                   no sum meets inf − inf)
+        x = dg.tensor(np.abs(rng.normal(size=(4, 3))).astype(np.float32))
+        w = dg.tensor(float("inf") if i == 3 else 1.0)
+        assert np.array_equal(eager(x, w).detach().numpy(),
+                              compiled(x, w).detach().numpy()), f"loss {i}"
+        assert s1.get_scale() == s2.get_scale()
+        for p1, p2 in zip(m1.parameters(), m2.parameters()):
+            assert np.array_equal(p1.detach().numpy(), p2.detach().numpy()), f"step {i}"
+    assert s1.get_scale() != 8.0
+    assert sum(v.calls for v in compiled.variants) >= 2, compiled.fallbacks
