@@ -154,7 +154,7 @@ from .ops.reduce import (
 )
 from .printing import debug_print
 from .serialization import load, save
-from .tensor import Tensor, device
+from .tensor import Tensor, device, get_default_device, set_default_device
 
 _methods.install()
 
@@ -190,7 +190,8 @@ __all__ = [
     "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "save", "load",
     "autograd", "testing", "special", "dtypes", "dispatch", "nn", "optim", "utils", "func",
     "forward_ad", "debug_print", "compile",
-    "device", "cuda", "accelerator", "backends", "amp", "autocast", "is_autocast_enabled",
+    "device", "get_default_device", "set_default_device", "cuda", "accelerator", "backends",
+    "amp", "autocast", "is_autocast_enabled",
     "add", "sub", "mul", "div", "pow", "neg", "abs", "sign", "floor", "ceil", "round", "exp",
     "log", "log1p", "sqrt", "rsqrt", "sin", "cos", "tanh", "erf", "sigmoid", "relu", "gelu",
     "reciprocal", "square", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge", "where",

@@ -25,7 +25,8 @@ from .autograd.graph import AccumulateGrad, RemovableHandle
 from .dispatch import STATE, report_attr, report_new, report_read, report_write
 from .dtypes import DType
 
-__all__ = ["Tensor", "Storage", "UPWARD", "to_array", "device", "CPU", "check_device"]
+__all__ = ["Tensor", "Storage", "UPWARD", "to_array", "device", "CPU", "check_device",
+           "get_default_device", "set_default_device"]
 
 # Note [devices]: dyngrad runs on the CPU only and answers as a CPU-only PyTorch build does:
 # ``device`` parses and compares every device string PyTorch knows, but a tensor can only be
@@ -107,6 +108,21 @@ def check_device(dev) -> None:
     if d.type != "cpu":
         raise RuntimeError(f"device '{d}' is not available: dyngrad computes on the CPU "
                            f"only (use device='cpu')")
+
+
+def get_default_device() -> device:
+    """The device new tensors are made on: always the CPU.
+
+    >>> dg.get_default_device()
+    device(type='cpu')
+    """
+    return CPU
+
+
+def set_default_device(dev) -> None:
+    """Accept the CPU (or None); any other device raises at once, as making a tensor there
+    would in a CPU-only PyTorch build (PyTorch raises at the first tensor made)."""
+    check_device(dev)
 
 
 class Upward:

@@ -116,6 +116,16 @@ def test_asking_for_cuda_raises_torchs_assertion():
     assert _error(lambda: dg.ones(2).to(0)) == _error(lambda: torch.ones(2).to(0))
 
 
+@needs_torch
+def test_the_default_device_is_the_cpu_and_cuda_cannot_be_made_the_default():
+    assert dg.get_default_device() == dg.device("cpu")
+    assert repr(dg.get_default_device()) == repr(torch.get_default_device())
+    dg.set_default_device("cpu")
+    dg.set_default_device(None)
+    assert _error(lambda: dg.set_default_device("cuda")) == \
+        ("AssertionError", "dyngrad not compiled with CUDA enabled")
+
+
 def test_another_device_type_is_refused_naming_the_cpu():
     assert _error(lambda: dg.zeros(2, device="mps")) == (
         "RuntimeError", "device 'mps' is not available: dyngrad computes on the CPU only "
@@ -218,6 +228,18 @@ def test_autocast_for_cuda_warns_and_disables_itself():
     assert ours is theirs is False
     assert ours_w == [("UserWarning", "CUDA is not available. Disabling autocast.")]
     assert theirs_w[0][0] == "UserWarning" and "Disabling autocast" in theirs_w[0][1]
+
+
+@needs_torch
+def test_the_deprecated_cuda_autocast_warns_as_torch_and_disables_itself():
+    def enter(mod):
+        with mod.cuda.amp.autocast():
+            return mod.is_autocast_enabled()
+    ours, ours_w = _warnings(lambda: enter(dg))
+    theirs, theirs_w = _warnings(lambda: enter(torch))
+    assert ours is theirs is False
+    assert ours_w[0] == ("FutureWarning", _ours(theirs_w[0][1]))
+    assert [k for k, _ in ours_w] == [k for k, _ in theirs_w]
 
 
 @needs_torch
