@@ -59,12 +59,17 @@ class device:
                             f"({_builtin_type(type).__name__})")
         else:
             kind, sep, idx = type.partition(":")
+            if not type:
+                raise RuntimeError("Device string must not be empty")
             if kind not in DEVICE_TYPES:
                 raise RuntimeError(f"Expected one of {', '.join(DEVICE_TYPES)} device type at "
                                    f"start of device string: {type}")
             if sep:
-                if index is not None or not idx.isdigit():
+                if not idx.isdigit():
                     raise RuntimeError(f"Invalid device string: '{type}'")
+                if index is not None:
+                    raise RuntimeError(f"type (string) must not include an index because "
+                                       f"index was passed explicitly: {type}")
                 index = int(idx)
             type = kind
         if index is not None and index < 0:

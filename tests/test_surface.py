@@ -69,8 +69,8 @@ def test_device_parses_compares_and_prints_as_torch():
 
 @needs_torch
 def test_device_errors_are_torchs():
-    for bad in ["foo", 0]:
-        assert _error(lambda b=bad: dg.device(b)) == _error(lambda b=bad: torch.device(b))
+    for bad in [("foo",), (0,), ("cuda:0", 1), ("cuda:x",), ("cpu:-1",), ("",)]:
+        assert _error(lambda b=bad: dg.device(*b)) == _error(lambda b=bad: torch.device(*b))
 
 
 def test_a_tensor_is_on_the_cpu():
