@@ -828,12 +828,12 @@ def test_device_code_compiles_to_the_same_result():
 
 
 def test_a_compiled_step_with_a_cpu_grad_scaler_equals_eager_and_sees_each_scale():
-    """The scale is read as a tracked number and the skip decision is one bool read (a
-    guard): the compiled step follows eager through a skipped (inf) step and the backoff."""
+    """The scale and the growth tracker are tensors written in place and the skip decision
+    is one bool read (a guard): the compiled step follows eager through two growths, a
+    skipped (inf) step and its backoff."""
     def make():
-        p = dg.nn.Parameter(dg.tensor([0.1, -0.2, 0.3]))
         m = dg.nn.Module()
-        m.p = p
+        m.p = p = dg.nn.Parameter(dg.tensor([0.1, -0.2, 0.3]))
         o = dg.optim.SGD([p], lr=0.1)
         s = dg.amp.GradScaler("cpu", init_scale=8.0, growth_interval=2)
 
@@ -858,5 +858,5 @@ def test_a_compiled_step_with_a_cpu_grad_scaler_equals_eager_and_sees_each_scale
         assert s1.get_scale() == s2.get_scale()
         for p1, p2 in zip(m1.parameters(), m2.parameters()):
             assert np.array_equal(p1.detach().numpy(), p2.detach().numpy()), f"step {i}"
-    assert s1.get_scale() != 8.0
+        assert s2.get_scale() == [8.0, 16.0, 16.0, 8.0, 8.0, 16.0, 16.0][i]
     assert sum(v.calls for v in compiled.variants) >= 2, compiled.fallbacks
