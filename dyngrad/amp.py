@@ -3,7 +3,9 @@
 - ``autocast(device_type, dtype=None, enabled=True)`` is a context manager and a decorator.
   Not emulated: no op runs in a lower precision — inside it, computations keep their dtypes
   (float32 stays float32), so results equal those outside it. ``device_type='cuda'`` warns
-  and disables itself, as PyTorch does without CUDA.
+  and disables itself, as PyTorch does without CUDA, and so does a CPU region asking for a
+  dtype dyngrad has (PyTorch's CPU autocast takes only bfloat16 and float16, which dyngrad
+  lacks; the default, ``dtype=None``, enables the region).
 - ``GradScaler('cuda')`` (the default, and ``dyngrad.cuda.amp.GradScaler``) warns and
   disables itself: ``scale()`` returns its argument, ``step()`` calls ``optimizer.step()``,
   ``update()`` does nothing. ``GradScaler('cpu')`` scales as PyTorch's does: the loss is
@@ -13,7 +15,7 @@
   carries them from call to call; whether to skip is one bool read (a guard).
 
 >>> scaler = dg.amp.GradScaler("cpu")
->>> with dg.amp.autocast("cpu", dtype=dg.float32):
+>>> with dg.amp.autocast("cpu"):
 ...     loss = model(x).sum()
 >>> scaler.scale(loss).backward(); scaler.step(opt); scaler.update()
 """
@@ -29,7 +31,7 @@ from .ops import creation as _c
 from .ops import elementwise as _e
 from .ops import movement as _m
 from .ops import reduce as _r
-from .tensor import Tensor
+from .tensor import Tensor, device
 
 __all__ = ["autocast", "GradScaler", "is_autocast_available"]
 
@@ -59,10 +61,17 @@ class autocast:
                  cache_enabled: bool | None = None) -> None:
         if not isinstance(device_type, str):
             raise ValueError(f"Expected `device_type` of type `str`, got: `{type(device_type)}`")
+        device(device_type)  # PyTorch's error for an unknown device type
         if device_type == "cuda" and enabled:
             warnings.warn("CUDA is not available. Disabling autocast.", UserWarning,
                           stacklevel=2)
             enabled = False
+        elif device_type == "cpu" and enabled and dtype is not None:
+            warnings.warn("In CPU autocast, but the target dtype is not supported. Disabling "
+                          "autocast.\nCPU Autocast only supports dtypes of bfloat16, float16 "
+                          "currently.", UserWarning, stacklevel=2)
+            enabled = False  # (dyngrad has neither: any dtype it has is refused, as PyTorch
+            #                  refuses float32)
         self.device = device_type
         self.fast_dtype = dtype
         self._enabled = enabled

@@ -206,7 +206,7 @@ def test_backends_flags_read_as_torchs_and_can_be_set():
 def test_autocast_on_the_cpu_keeps_float32_as_context_and_decorator():
     m = dg.nn.Linear(3, 2)
     x = dg.randn(4, 3)
-    with dg.amp.autocast(device_type="cpu", dtype=dg.float32):
+    with dg.amp.autocast(device_type="cpu"):
         assert dg.is_autocast_enabled("cpu")
         y = m(x)
     assert not dg.is_autocast_enabled("cpu")
@@ -216,6 +216,18 @@ def test_autocast_on_the_cpu_keeps_float32_as_context_and_decorator():
     def f(v):
         return m(v)
     assert np.array_equal(f(x).detach().numpy(), m(x).detach().numpy())
+
+
+@needs_torch
+def test_cpu_autocast_to_a_full_precision_dtype_warns_and_disables_itself_as_torch():
+    def enter(mod):
+        with mod.autocast("cpu", dtype=mod.float32):
+            return mod.is_autocast_enabled("cpu")
+    ours, ours_w = _warnings(lambda: enter(dg))
+    theirs, theirs_w = _warnings(lambda: enter(torch))
+    assert ours is theirs is False
+    assert ours_w == [(k, t.replace("torch.", "")) for k, t in theirs_w]
+    assert _error(lambda: dg.autocast("tpu")) == _error(lambda: torch.autocast("tpu"))
 
 
 @needs_torch
