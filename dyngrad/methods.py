@@ -32,7 +32,7 @@ from .ops import movement as _m
 from .ops import random as _rnd
 from .ops import reduce as _r
 from .ops.primitive import quiet
-from .tensor import DEVICE_TYPES, UPWARD, Tensor, check_device, device
+from .tensor import UPWARD, Tensor, to_arguments
 
 
 def _binop(fn, reflected=False):
@@ -135,24 +135,7 @@ def _normal(self, mean=0.0, std=1.0):
 def _to(self, *args, **kwargs):
     """``Tensor.to``: ``to(dtype)``, ``to(device, dtype=None)``, ``to(other)``, with
     ``non_blocking=`` (no effect) and ``copy=`` (a new tensor even when nothing changes)."""
-    dtype = kwargs.pop("dtype", None)
-    dev = kwargs.pop("device", None)
-    copy = kwargs.pop("copy", False)
-    kwargs.pop("non_blocking", None)
-    kwargs.pop("memory_format", None)
-    if kwargs:
-        raise TypeError(f"to() got an unexpected keyword argument '{next(iter(kwargs))}'")
-    for a in args:
-        if isinstance(a, Tensor):
-            dtype = a.dtype
-        elif isinstance(a, bool):
-            pass  # non_blocking or copy, given positionally
-        elif isinstance(a, (device, int)) or \
-                isinstance(a, str) and a.partition(":")[0] in DEVICE_TYPES:
-            dev = a
-        else:
-            dtype = a
-    check_device(dev)
+    dtype, copy = to_arguments(args, kwargs)
     if dtype is None or _e._dt.as_dtype(dtype) is self.dtype:
         return _clone(self) if copy else self
     return _e.cast(self, dtype)

@@ -26,7 +26,7 @@ from .dispatch import STATE, report_attr, report_new, report_read, report_write
 from .dtypes import DType
 
 __all__ = ["Tensor", "Storage", "UPWARD", "to_array", "device", "CPU", "check_device",
-           "get_default_device", "set_default_device"]
+           "get_default_device", "set_default_device", "to_arguments"]
 
 # Note [devices]: dyngrad runs on the CPU only and answers as a CPU-only PyTorch build does:
 # ``device`` parses and compares every device string PyTorch knows, but a tensor can only be
@@ -113,6 +113,32 @@ def check_device(dev) -> None:
     if d.type != "cpu":
         raise RuntimeError(f"device '{d}' is not available: dyngrad computes on the CPU "
                            f"only (use device='cpu')")
+
+
+def to_arguments(args: tuple, kwargs: dict) -> tuple:
+    """(dtype or None, copy) of a ``.to(...)`` call in any of PyTorch's forms —
+    ``to(dtype)``, ``to(device, dtype=None, non_blocking=False, copy=False)``,
+    ``to(other_tensor)`` — after checking the device is the CPU (``Tensor.to`` and
+    ``Module.to`` share it). A string names a device when it starts with a device type."""
+    dtype = kwargs.pop("dtype", None)
+    dev = kwargs.pop("device", None)
+    copy = kwargs.pop("copy", False)
+    kwargs.pop("non_blocking", None)
+    kwargs.pop("memory_format", None)
+    if kwargs:
+        raise TypeError(f"to() got an unexpected keyword argument '{next(iter(kwargs))}'")
+    for a in args:
+        if isinstance(a, Tensor):
+            dtype = a.dtype
+        elif isinstance(a, bool):
+            continue  # non_blocking or copy, given positionally
+        elif isinstance(a, (device, int)) or \
+                isinstance(a, str) and a.partition(":")[0] in DEVICE_TYPES:
+            dev = a
+        elif a is not None:
+            dtype = a
+    check_device(dev)
+    return dtype, copy
 
 
 def get_default_device() -> device:

@@ -11,7 +11,7 @@ from ..autograd.grad_mode import no_grad
 from ..dispatch import STATE, report_object, report_python_call
 from ..dtypes import as_dtype
 from ..ops import creation as _c
-from ..tensor import DEVICE_TYPES, NO_CUDA, Tensor, check_device, device, zero_grads
+from ..tensor import NO_CUDA, Tensor, to_arguments, zero_grads
 from .parameter import Parameter
 
 _IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
@@ -241,23 +241,7 @@ class Module:
 
         >>> model.to("cpu").to(dg.float64)
         """
-        dtype = kwargs.pop("dtype", None)
-        dev = kwargs.pop("device", None)
-        kwargs.pop("non_blocking", None)
-        kwargs.pop("memory_format", None)
-        if kwargs:
-            raise TypeError(f"to() got an unexpected keyword argument '{next(iter(kwargs))}'")
-        for a in args:
-            if isinstance(a, Tensor):
-                dtype = a.dtype
-            elif isinstance(a, bool):
-                continue  # non_blocking, given positionally
-            elif isinstance(a, (device, int)) or \
-                    isinstance(a, str) and a.partition(":")[0] in DEVICE_TYPES:
-                dev = a
-            elif a is not None:
-                dtype = a
-        check_device(dev)
+        dtype, _ = to_arguments(args, dict(kwargs))
         if dtype is None:
             return self
         dt = as_dtype(dtype)
