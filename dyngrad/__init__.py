@@ -16,8 +16,14 @@ from __future__ import annotations
 # core's upward calls (dyngrad/methods.py). `autograd` is imported first: the package spans
 # two layers (its graph and grad modes are below the tensor core, backward above the ops), so
 # it must be entered from the top, not from the tensor core importing its graph.
+from . import autograd
+
+# isort: split
 from . import (
-    autograd,
+    accelerator,
+    amp,
+    backends,
+    cuda,
     dispatch,
     dtypes,
     forward_ad,
@@ -31,6 +37,7 @@ from . import (
 )
 from . import methods as _methods
 from . import ops as _ops
+from .amp import autocast, is_autocast_enabled
 from .autograd.grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .dtypes import bool_, float32, float64, get_default_dtype, int64
 from .ops.creation import (
@@ -147,7 +154,7 @@ from .ops.reduce import (
 )
 from .printing import debug_print
 from .serialization import load, save
-from .tensor import Tensor
+from .tensor import Tensor, device, get_default_device, set_default_device
 
 _methods.install()
 
@@ -183,6 +190,8 @@ __all__ = [
     "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "save", "load",
     "autograd", "testing", "special", "dtypes", "dispatch", "nn", "optim", "utils", "func",
     "forward_ad", "debug_print", "compile",
+    "device", "get_default_device", "set_default_device", "cuda", "accelerator", "backends",
+    "amp", "autocast", "is_autocast_enabled",
     "add", "sub", "mul", "div", "pow", "neg", "abs", "sign", "floor", "ceil", "round", "exp",
     "log", "log1p", "sqrt", "rsqrt", "sin", "cos", "tanh", "erf", "sigmoid", "relu", "gelu",
     "reciprocal", "square", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge", "where",

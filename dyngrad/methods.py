@@ -32,7 +32,7 @@ from .ops import movement as _m
 from .ops import random as _rnd
 from .ops import reduce as _r
 from .ops.primitive import quiet
-from .tensor import UPWARD, Tensor
+from .tensor import UPWARD, Tensor, to_arguments
 
 
 def _binop(fn, reflected=False):
@@ -133,14 +133,11 @@ def _normal(self, mean=0.0, std=1.0):
 
 
 def _to(self, *args, **kwargs):
-    dtype = kwargs.get("dtype")
-    for a in args:
-        if isinstance(a, Tensor):
-            dtype = a.dtype
-        elif a not in ("cpu",) and not str(a).startswith("cpu"):
-            dtype = a
+    """``Tensor.to``: ``to(dtype)``, ``to(device, dtype=None)``, ``to(other)``, with
+    ``non_blocking=`` (no effect) and ``copy=`` (a new tensor even when nothing changes)."""
+    dtype, copy = to_arguments(args, kwargs)
     if dtype is None or _e._dt.as_dtype(dtype) is self.dtype:
-        return self
+        return _clone(self) if copy else self
     return _e.cast(self, dtype)
 
 

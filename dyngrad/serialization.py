@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from .tensor import Tensor
+from .tensor import Tensor, check_device, device
 
 _SEP = "/"
 
@@ -44,8 +44,19 @@ def save(obj, f) -> None:
         np.savez(f, **arrays)
 
 
-def load(f) -> Tensor | dict:
-    """Read what :func:`save` wrote (arrays only: ``allow_pickle`` stays off)."""
+def load(f, map_location=None, *, weights_only: bool | None = None, mmap=None,
+         **pickle_load_args) -> Tensor | dict:
+    """Read what :func:`save` wrote (arrays only: ``allow_pickle`` stays off).
+
+    PyTorch's keywords are accepted: the file never holds code, so ``weights_only`` (True,
+    False or None) reads the same data; ``map_location`` may name the CPU (a string or a
+    device; another device raises as ``.to`` does) or be a dict or a function, which have
+    nothing to remap.
+
+    >>> model.load_state_dict(dg.load("params.npz", map_location="cpu", weights_only=True))
+    """
+    if isinstance(map_location, (str, device)):
+        check_device(map_location)
     with np.load(f, allow_pickle=False) as data:
         keys = list(data.keys())
         if keys == ["__tensor__"]:

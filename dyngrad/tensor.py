@@ -25,7 +25,135 @@ from .autograd.graph import AccumulateGrad, RemovableHandle
 from .dispatch import STATE, report_attr, report_new, report_read, report_write
 from .dtypes import DType
 
-__all__ = ["Tensor", "Storage", "UPWARD", "to_array"]
+__all__ = ["Tensor", "Storage", "UPWARD", "to_array", "device", "CPU", "check_device",
+           "get_default_device", "set_default_device", "to_arguments"]
+
+# Note [devices]: dyngrad runs on the CPU only and answers as a CPU-only PyTorch build does:
+# ``device`` parses and compares every device string PyTorch knows, but a tensor can only be
+# made on (or moved to) the CPU. Asking for CUDA raises the AssertionError a CPU-only PyTorch
+# raises ("... not compiled with CUDA enabled"), so scripts that probe for it behave alike.
+# The type lives in the tensor core because ``Tensor.device`` returns it.
+DEVICE_TYPES = ("cpu", "cuda", "ipu", "xpu", "mkldnn", "opengl", "opencl", "ideep", "hip",
+                "ve", "fpga", "maia", "xla", "lazy", "vulkan", "mps", "meta", "hpu", "mtia",
+                "privateuseone")
+NO_CUDA = "dyngrad not compiled with CUDA enabled"
+NO_ACCELERATOR = "Cannot access accelerator device when none is available."
+
+
+class device:
+    """A device, as ``torch.device``: a type (``'cpu'``, ``'cuda'``, …) and an optional index.
+
+    >>> dg.device("cpu"), dg.device("cuda:1"), dg.device("cuda", 0).index
+    (device(type='cpu'), device(type='cuda', index=1), 0)
+    """
+
+    __slots__ = ("type", "index")
+
+    def __init__(self, type, index: int | None = None) -> None:
+        if isinstance(type, device):
+            type, index = type.type, type.index
+        elif isinstance(type, (int, np.integer)) and not isinstance(type, bool):
+            raise RuntimeError(NO_ACCELERATOR)  # a bare index means the accelerator's
+        elif not isinstance(type, str):
+            raise TypeError(f"device() received an invalid combination of arguments - got "
+                            f"({_builtin_type(type).__name__})")
+        else:
+            kind, sep, idx = type.partition(":")
+            if not type:
+                raise RuntimeError("Device string must not be empty")
+            if kind not in DEVICE_TYPES:
+                raise RuntimeError(f"Expected one of {', '.join(DEVICE_TYPES)} device type at "
+                                   f"start of device string: {type}")
+            if sep:
+                if not idx.isdigit():
+                    raise RuntimeError(f"Invalid device string: '{type}'")
+                if index is not None:
+                    raise RuntimeError(f"type (string) must not include an index because "
+                                       f"index was passed explicitly: {type}")
+                index = int(idx)
+            type = kind
+        if index is not None and index < 0:
+            raise RuntimeError(f"Device index must not be negative, got {index}")
+        object.__setattr__(self, "type", type)
+        object.__setattr__(self, "index", None if index is None else int(index))
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"attribute '{name}' of 'device' objects is not writable")
+
+    def __repr__(self) -> str:
+        if self.index is None:
+            return f"device(type='{self.type}')"
+        return f"device(type='{self.type}', index={self.index})"
+
+    def __str__(self) -> str:
+        return self.type if self.index is None else f"{self.type}:{self.index}"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, device) and (self.type, self.index) == (other.type, other.index)
+
+    def __hash__(self) -> int:
+        return hash((self.type, self.index))
+
+    def __reduce__(self):
+        return (device, (self.type, self.index))
+
+
+_builtin_type = type
+CPU = device("cpu")
+
+
+def check_device(dev) -> None:
+    """Accept ``dev`` (None, a string, an index or a :class:`device`) if it names the CPU;
+    raise as a CPU-only PyTorch does for any other device (see Note [devices])."""
+    if dev is None or dev is CPU or dev == "cpu":
+        return
+    d = device(dev)
+    if d.type == "cuda":
+        raise AssertionError(NO_CUDA)
+    if d.type != "cpu":
+        raise RuntimeError(f"device '{d}' is not available: dyngrad computes on the CPU "
+                           f"only (use device='cpu')")
+
+
+def to_arguments(args: tuple, kwargs: dict) -> tuple:
+    """(dtype or None, copy) of a ``.to(...)`` call in any of PyTorch's forms —
+    ``to(dtype)``, ``to(device, dtype=None, non_blocking=False, copy=False)``,
+    ``to(other_tensor)`` — after checking the device is the CPU (``Tensor.to`` and
+    ``Module.to`` share it). A string names a device when it starts with a device type."""
+    dtype = kwargs.pop("dtype", None)
+    dev = kwargs.pop("device", None)
+    copy = kwargs.pop("copy", False)
+    kwargs.pop("non_blocking", None)
+    kwargs.pop("memory_format", None)
+    if kwargs:
+        raise TypeError(f"to() got an unexpected keyword argument '{next(iter(kwargs))}'")
+    for a in args:
+        if isinstance(a, Tensor):
+            dtype = a.dtype
+        elif isinstance(a, bool):
+            continue  # non_blocking or copy, given positionally
+        elif isinstance(a, (device, int)) or \
+                isinstance(a, str) and a.partition(":")[0] in DEVICE_TYPES:
+            dev = a
+        elif a is not None:
+            dtype = a
+    check_device(dev)
+    return dtype, copy
+
+
+def get_default_device() -> device:
+    """The device new tensors are made on: always the CPU.
+
+    >>> dg.get_default_device()
+    device(type='cpu')
+    """
+    return CPU
+
+
+def set_default_device(dev) -> None:
+    """Accept the CPU (or None); any other device raises at once, as making a tensor there
+    would in a CPU-only PyTorch build (PyTorch raises at the first tensor made)."""
+    check_device(dev)
 
 
 class Upward:
@@ -235,8 +363,24 @@ class Tensor:
         return self._data.ndim
 
     @property
-    def device(self) -> str:
-        return "cpu"
+    def device(self) -> device:
+        return CPU
+
+    @property
+    def is_cuda(self) -> bool:
+        return False
+
+    @property
+    def is_cpu(self) -> bool:
+        return True
+
+    def cpu(self) -> Tensor:
+        """This tensor (it is on the CPU already)."""
+        return self
+
+    def cuda(self, device=None, non_blocking: bool = False) -> Tensor:
+        """Raises, as a CPU-only PyTorch does (see Note [devices])."""
+        raise AssertionError(NO_CUDA)
 
     def size(self, dim: int | None = None):
         """The shape, or one dimension of it (PyTorch's ``size``)."""

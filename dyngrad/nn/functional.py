@@ -17,10 +17,15 @@ from ..ops.linalg import MATMUL
 from ..ops.losses import (
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
+    cosine_similarity,
     cross_entropy,
+    huber_loss,
+    kl_div,
     l1_loss,
+    margin_ranking_loss,
     mse_loss,
     nll_loss,
+    smooth_l1_loss,
     softplus,
 )
 from ..ops.movement import pad as _pad
@@ -47,7 +52,8 @@ __all__ = ["relu", "gelu", "sigmoid", "tanh", "softmax", "log_softmax", "linear"
            "silu", "leaky_relu", "logsigmoid", "normalize", "pad", "batch_norm", "group_norm",
            "rms_norm", "dropout1d", "dropout2d", "interpolate", "conv1d", "conv2d",
            "conv_transpose2d", "max_pool1d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
-           "adaptive_max_pool2d"]
+           "adaptive_max_pool2d", "smooth_l1_loss", "huber_loss", "kl_div", "cosine_similarity",
+           "margin_ranking_loss"]
 
 
 def softmax(input: Tensor, dim: int, dtype=None) -> Tensor:

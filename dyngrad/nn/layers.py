@@ -254,3 +254,65 @@ class BCEWithLogitsLoss(_Loss):
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(input, target, reduction=self.reduction,
                                                   pos_weight=self.pos_weight)
+
+
+class SmoothL1Loss(_Loss):
+    """``F.smooth_l1_loss`` with ``beta`` (quadratic below β, linear above)."""
+
+    def __init__(self, size_average=None, reduce=None, reduction: str = "mean",
+                 beta: float = 1.0) -> None:
+        super().__init__(reduction)
+        self.size_average, self.reduce, self.beta = size_average, reduce, beta
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.smooth_l1_loss(input, target, self.size_average, self.reduce, self.reduction,
+                                self.beta)
+
+
+class HuberLoss(_Loss):
+    """``F.huber_loss`` with ``delta`` (quadratic below δ, δ-sloped linear above)."""
+
+    def __init__(self, reduction: str = "mean", delta: float = 1.0) -> None:
+        super().__init__(reduction)
+        self.delta = delta
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.huber_loss(input, target, reduction=self.reduction, delta=self.delta)
+
+
+class KLDivLoss(_Loss):
+    """``F.kl_div``: input log-probabilities, target probabilities (or log-probabilities
+    with ``log_target``); ``reduction='batchmean'`` is the KL divergence."""
+
+    def __init__(self, size_average=None, reduce=None, reduction: str = "mean",
+                 log_target: bool = False) -> None:
+        super().__init__(reduction)
+        self.size_average, self.reduce, self.log_target = size_average, reduce, log_target
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.kl_div(input, target, self.size_average, self.reduce, self.reduction,
+                        self.log_target)
+
+
+class MarginRankingLoss(_Loss):
+    """``F.margin_ranking_loss``: max(0, −y·(x1 − x2) + margin)."""
+
+    def __init__(self, margin: float = 0.0, size_average=None, reduce=None,
+                 reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        self.margin, self.size_average, self.reduce = margin, size_average, reduce
+
+    def forward(self, input1: Tensor, input2: Tensor, target: Tensor) -> Tensor:
+        return F.margin_ranking_loss(input1, input2, target, self.margin, self.size_average,
+                                     self.reduce, self.reduction)
+
+
+class CosineSimilarity(Module):
+    """``F.cosine_similarity`` over ``dim``."""
+
+    def __init__(self, dim: int = 1, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.dim, self.eps = dim, eps
+
+    def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
+        return F.cosine_similarity(x1, x2, self.dim, self.eps)

@@ -11,7 +11,7 @@ from ..autograd.grad_mode import no_grad
 from ..dispatch import STATE, report_object, report_python_call
 from ..dtypes import as_dtype
 from ..ops import creation as _c
-from ..tensor import Tensor, zero_grads
+from ..tensor import NO_CUDA, Tensor, to_arguments, zero_grads
 from .parameter import Parameter
 
 _IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
@@ -234,11 +234,20 @@ class Module:
         fn(self)
         return self
 
-    def to(self, dtype=None) -> Module:
-        """Convert floating parameters and buffers to ``dtype`` in place."""
-        if dtype is None or isinstance(dtype, str) and dtype.startswith("cpu"):
+    def to(self, *args, **kwargs) -> Module:
+        """Convert floating parameters and buffers in place: ``to(dtype)``, ``to(device)``,
+        ``to(device, dtype)``, ``to(tensor)`` (its dtype), with ``non_blocking=`` accepted.
+        Only the CPU is a device (see Note [devices] in dyngrad/tensor.py).
+
+        >>> model.to("cpu").to(dg.float64)
+        """
+        dtype, _ = to_arguments(args, dict(kwargs))
+        if dtype is None:
             return self
         dt = as_dtype(dtype)
+        if not dt.is_floating_point:
+            raise TypeError(f"nn.Module.to only accepts floating point or complex dtypes, but got "
+                            f"desired dtype={dt!r}")
         with no_grad():
             for t in list(self.parameters()) + list(self.buffers()):
                 if t.dtype.is_floating_point and t.dtype is not dt:
@@ -246,6 +255,14 @@ class Module:
                     if t.grad is not None:
                         t.grad = t.grad.to(dt)
         return self
+
+    def cpu(self) -> Module:
+        """This module (its tensors are on the CPU already)."""
+        return self
+
+    def cuda(self, device=None) -> Module:
+        """Raises, as in a CPU-only PyTorch build (see Note [devices] in dyngrad/tensor.py)."""
+        raise AssertionError(NO_CUDA)
 
     def float(self) -> Module:
         return self.to("float32")

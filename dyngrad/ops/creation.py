@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import dtypes as _dt
 from ..dispatch import STATE, dispatch, report_new
-from ..tensor import Tensor, storage_over, to_array
+from ..tensor import Tensor, check_device, storage_over, to_array
 from .primitive import Primitive
 
 
@@ -59,49 +59,59 @@ def dtype_or_default(dtype, fallback=None):
     return _dt.as_dtype(dtype)
 
 
-def maybe_requires_grad(t: Tensor, requires_grad: bool) -> Tensor:
-    """``t``, made to require grad if asked (the ``requires_grad=`` of creation functions)."""
+def maybe_requires_grad(t: Tensor, requires_grad: bool, device=None) -> Tensor:
+    """``t``, made to require grad if asked (the ``requires_grad=`` of creation functions);
+    ``device`` is checked to be the CPU (see Note [devices] in dyngrad/tensor.py)."""
+    check_device(device)
     if requires_grad:
         t.requires_grad_(True)
     return t
 
 
-def full(size, fill_value, *, dtype=None, requires_grad: bool = False) -> Tensor:
+def full(size, fill_value, *, dtype=None, requires_grad: bool = False,
+         device=None) -> Tensor:
     """A tensor of ``size`` filled with ``fill_value`` (dtype inferred from the value)."""
     if dtype is None:
         dtype = _dt.default_for_category(_dt.scalar_category(fill_value))
     shape = shape_arg((size,) if isinstance(size, int) else (tuple(size),), "full")
     t = dispatch(FULL, shape=shape, value=fill_value, dtype=_dt.as_dtype(dtype))
-    return maybe_requires_grad(t, requires_grad)
+    return maybe_requires_grad(t, requires_grad, device)
 
 
-def zeros(*size, dtype=None, requires_grad: bool = False) -> Tensor:
+def zeros(*size, dtype=None, requires_grad: bool = False,
+          device=None) -> Tensor:
     shape = shape_arg(size, "zeros")
     t = dispatch(FULL, shape=shape, value=0, dtype=dtype_or_default(dtype))
-    return maybe_requires_grad(t, requires_grad)
+    return maybe_requires_grad(t, requires_grad, device)
 
 
-def ones(*size, dtype=None, requires_grad: bool = False) -> Tensor:
+def ones(*size, dtype=None, requires_grad: bool = False,
+         device=None) -> Tensor:
     shape = shape_arg(size, "ones")
     t = dispatch(FULL, shape=shape, value=1, dtype=dtype_or_default(dtype))
-    return maybe_requires_grad(t, requires_grad)
+    return maybe_requires_grad(t, requires_grad, device)
 
 
-def empty(*size, dtype=None, requires_grad: bool = False) -> Tensor:
+def empty(*size, dtype=None, requires_grad: bool = False,
+          device=None) -> Tensor:
     """Like ``zeros`` (dyngrad never hands out uninitialised memory)."""
-    return zeros(*size, dtype=dtype, requires_grad=requires_grad)
+    return zeros(*size, dtype=dtype, requires_grad=requires_grad, device=device)
 
 
-def zeros_like(x: Tensor, *, dtype=None, requires_grad: bool = False) -> Tensor:
-    return zeros(x.shape, dtype=dtype or x.dtype, requires_grad=requires_grad)
+def zeros_like(x: Tensor, *, dtype=None, requires_grad: bool = False,
+               device=None) -> Tensor:
+    return zeros(x.shape, dtype=dtype or x.dtype, requires_grad=requires_grad, device=device)
 
 
-def ones_like(x: Tensor, *, dtype=None, requires_grad: bool = False) -> Tensor:
-    return ones(x.shape, dtype=dtype or x.dtype, requires_grad=requires_grad)
+def ones_like(x: Tensor, *, dtype=None, requires_grad: bool = False,
+              device=None) -> Tensor:
+    return ones(x.shape, dtype=dtype or x.dtype, requires_grad=requires_grad, device=device)
 
 
-def full_like(x: Tensor, fill_value, *, dtype=None, requires_grad: bool = False) -> Tensor:
-    return full(x.shape, fill_value, dtype=dtype or x.dtype, requires_grad=requires_grad)
+def full_like(x: Tensor, fill_value, *, dtype=None, requires_grad: bool = False,
+              device=None) -> Tensor:
+    return full(x.shape, fill_value, dtype=dtype or x.dtype, requires_grad=requires_grad,
+                device=device)
 
 
 empty_like = zeros_like
@@ -113,7 +123,8 @@ def iota_like(x: Tensor, axis: int, dtype=_dt.int64) -> Tensor:
                     dtype=_dt.as_dtype(dtype))
 
 
-def arange(start, end=None, step=1, *, dtype=None, requires_grad: bool = False) -> Tensor:
+def arange(start, end=None, step=1, *, dtype=None, requires_grad: bool = False,
+           device=None) -> Tensor:
     """Values from ``start`` (inclusive) to ``end`` (exclusive) by ``step``; int64 when all
     arguments are integers, else the default float dtype."""
     if end is None:
@@ -131,17 +142,18 @@ def arange(start, end=None, step=1, *, dtype=None, requires_grad: bool = False) 
     if not is_int:
         start, step = float(start), float(step)
     t = dispatch(IOTA, shape=(n,), axis=0, start=start, step=step, dtype=dtype)
-    return maybe_requires_grad(t, requires_grad)
+    return maybe_requires_grad(t, requires_grad, device)
 
 
-def linspace(start, end, steps: int, *, dtype=None, requires_grad: bool = False) -> Tensor:
+def linspace(start, end, steps: int, *, dtype=None, requires_grad: bool = False,
+             device=None) -> Tensor:
     """``steps`` evenly spaced values from ``start`` to ``end`` inclusive."""
     if steps < 0:
         raise RuntimeError("linspace: number of steps must be non-negative")
     step = (float(end) - float(start)) / (steps - 1) if steps > 1 else 0.0
     t = dispatch(IOTA, shape=(steps,), axis=0, start=float(start), step=step,
                  dtype=dtype_or_default(dtype))
-    return maybe_requires_grad(t, requires_grad)
+    return maybe_requires_grad(t, requires_grad, device)
 
 
 
@@ -150,7 +162,8 @@ def linspace(start, end, steps: int, *, dtype=None, requires_grad: bool = False)
 
 
 
-def tensor(data, dtype=None, requires_grad: bool = False) -> Tensor:
+def tensor(data, dtype=None, requires_grad: bool = False, *, device=None,
+           pin_memory: bool = False) -> Tensor:
     """A new tensor holding a copy of ``data`` (numbers, nested lists, arrays, tensors).
 
     Python floats become float32, ints int64, bools bool; numpy arrays keep their dtype.
@@ -158,12 +171,13 @@ def tensor(data, dtype=None, requires_grad: bool = False) -> Tensor:
     >>> x = dg.tensor([1.0, 2.0], requires_grad=True)
     """
     t = Tensor._constant(to_array(data, dtype))
-    return maybe_requires_grad(t, requires_grad)
+    return maybe_requires_grad(t, requires_grad, device)
 
 
-def as_tensor(data, dtype=None) -> Tensor:
+def as_tensor(data, dtype=None, device=None) -> Tensor:
     """``data`` itself if it is a tensor of that dtype, shared numpy memory for an array of
     a supported dtype, else a copy."""
+    check_device(device)
     if isinstance(data, Tensor) and (dtype is None or _dt.as_dtype(dtype) is data.dtype):
         return data
     if isinstance(data, np.ndarray) and dtype is None and data.dtype in _dt._BY_NP:

@@ -208,7 +208,8 @@ def one_hot(idx: Tensor, num_classes: int = -1) -> Tensor:
     return _e.cast(_e.eq(_m.unsqueeze(idx, -1), arange(num_classes)), _dt.int64)
 
 
-def eye(n: int, m: int | None = None, *, dtype=None, requires_grad: bool = False) -> Tensor:
+def eye(n: int, m: int | None = None, *, dtype=None, requires_grad: bool = False,
+        device=None) -> Tensor:
     """The identity matrix (n×m): the one-hot rows of ``arange(n)`` (so it lives beside
     ``one_hot``, above the comparisons it is made of).
 
@@ -219,7 +220,8 @@ def eye(n: int, m: int | None = None, *, dtype=None, requires_grad: bool = False
     m = n if m is None else m
     rows = dispatch(IOTA, shape=(n, m), axis=0, start=0, step=1, dtype=_dt.int64)
     cols = dispatch(IOTA, shape=(n, m), axis=1, start=0, step=1, dtype=_dt.int64)
-    return maybe_requires_grad(_e.cast(_e.eq(rows, cols), dtype_or_default(dtype)), requires_grad)
+    return maybe_requires_grad(_e.cast(_e.eq(rows, cols), dtype_or_default(dtype)), requires_grad,
+                               device)
 
 
 # ------------------------------------------------------------------ x[key]

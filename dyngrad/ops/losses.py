@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from .. import dtypes as _dt
 from ..tensor import Tensor
 from . import elementwise as _e
@@ -28,9 +30,33 @@ def _same_shape(a: Tensor, b: Tensor, op: str) -> None:
                          f"{list(a.shape)}")
 
 
+def _warn_broadcast(input: Tensor, target: Tensor) -> None:
+    """PyTorch's warning when a pointwise regression loss broadcasts target against input
+    (a (N, 1) prediction against (N,) targets gives an (N, N) loss): allowed, but warned."""
+    if input.shape != target.shape:
+        warnings.warn(f"Using a target size ({list(target.shape)}) that is different to the "
+                      f"input size ({list(input.shape)}). This will likely lead to incorrect "
+                      f"results due to broadcasting. Please ensure they have the same size.",
+                      UserWarning, stacklevel=3)
+
+
+def _legacy_reduction(size_average, reduce, reduction: str) -> str:
+    """The reduction named by PyTorch's deprecated ``size_average``/``reduce`` pair, if
+    either is given."""
+    if size_average is None and reduce is None:
+        return reduction
+    size_average = True if size_average is None else size_average
+    reduce = True if reduce is None else reduce
+    out = "none" if not reduce else "mean" if size_average else "sum"
+    warnings.warn(f"size_average and reduce args will be deprecated, please use "
+                  f"reduction='{out}' instead.", UserWarning, stacklevel=3)
+    return out
+
+
 def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
-    """Mean squared error."""
-    _same_shape(input, target, "mse_loss")
+    """Mean squared error; a target of another shape broadcasts against the input, with
+    PyTorch's warning."""
+    _warn_broadcast(input, target)
     d = input - target
     return _reduce(d * d, reduction, "mse_loss")
 
@@ -138,3 +164,105 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
     else:
         smooth = _reduce(smooth, reduction, "cross_entropy")
     return nll * (1 - label_smoothing) + smooth * (label_smoothing / n_classes)
+
+
+# ------------------------------------------------------------------ regression and ranking
+
+
+def smooth_l1_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
+                   reduction: str = "mean", beta: float = 1.0) -> Tensor:
+    """0.5·d²/β where |d| < β, else |d| − 0.5·β (d = input − target); β = 0 is the L1 loss.
+
+    >>> F.smooth_l1_loss(dg.tensor([0.5, 3.0]), dg.zeros(2))   # (0.125 + 2.5) / 2
+    tensor(1.3125)
+    """
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    if beta < 0:
+        raise RuntimeError("smooth_l1_loss does not support negative values for beta.")
+    _warn_broadcast(input, target)
+    z = _e.abs(input - target)
+    if beta == 0:
+        return _reduce(z, reduction, "smooth_l1_loss")
+    loss = _e.where(_e.lt(z, beta), z * z * (0.5 / beta), z - 0.5 * beta)
+    return _reduce(loss, reduction, "smooth_l1_loss")
+
+
+def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean", delta: float = 1.0,
+               weight: Tensor | None = None) -> Tensor:
+    """0.5·d² where |d| < δ, else δ·(|d| − 0.5·δ): ``smooth_l1_loss`` times δ.
+
+    >>> F.huber_loss(dg.tensor([0.5, 3.0]), dg.zeros(2), delta=2.0)   # (0.125 + 4) / 2
+    tensor(2.0625)
+    """
+    if delta <= 0:
+        raise RuntimeError(f"huber_loss does not support non-positive values for delta, got "
+                           f"{delta}")
+    _warn_broadcast(input, target)
+    z = _e.abs(input - target)
+    loss = _e.where(_e.lt(z, delta), z * z * 0.5, (z - 0.5 * delta) * delta)
+    if weight is not None:
+        loss = loss * weight
+    return _reduce(loss, reduction, "huber_loss")
+
+
+def kl_div(input: Tensor, target: Tensor, size_average=None, reduce=None,
+           reduction: str = "mean", log_target: bool = False) -> Tensor:
+    """KL(target ‖ exp(input)) pointwise: target·(log target − input), 0 where target is 0
+    (with ``log_target``, exp(target)·(target − input)). ``input`` holds log-probabilities.
+    ``reduction='batchmean'`` divides the sum by the batch size (the mathematical KL
+    divergence); ``'mean'`` divides by every element and warns, as PyTorch does. The
+    gradient with respect to a target element that is 0 is −input here (PyTorch: nan).
+
+    >>> F.kl_div(F.log_softmax(logits, 1), probs, reduction="batchmean")
+    """
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    if log_target:
+        loss = _e.exp(target) * (target - input)
+    else:
+        positive = _e.gt(target, 0.0)
+        loss = _e.where(positive, target * _e.log(_e.where(positive, target, 1.0)), 0.0) - \
+            target * input
+    if reduction == "batchmean":
+        return _r.sum(loss) / input.shape[0] if input.ndim else _r.sum(loss)
+    if reduction == "mean":
+        warnings.warn("reduction: 'mean' divides the total loss by both the batch size and "
+                      "the support size.'batchmean' divides only by the batch size, and "
+                      "aligns with the KL div math definition.'mean' will be changed to "
+                      "behave the same as 'batchmean' in the next major release.",
+                      UserWarning, stacklevel=2)
+    return _reduce(loss, reduction, "kl_div")
+
+
+def cosine_similarity(x1: Tensor, x2: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
+    """Σ (x1/‖x1‖)·(x2/‖x2‖) over ``dim``, each norm at least ``eps`` (after broadcasting).
+
+    As in PyTorch, the clamp to ``eps`` changes the norm's value but not its gradient (it is
+    applied outside autograd).
+
+    >>> F.cosine_similarity(dg.tensor([[1.0, 0.0]]), dg.tensor([[1.0, 1.0]]))
+    tensor([0.7071])
+    """
+    shape = _e.broadcast_shapes(x1.shape, x2.shape, op="cosine_similarity")
+    x1, x2 = _m.expand(x1, shape), _m.expand(x2, shape)
+    n1 = _r.norm(x1, 2, dim, keepdim=True)
+    n2 = _r.norm(x2, 2, dim, keepdim=True)
+    n1 = n1 + (_e.maximum(n1, eps) - n1).detach()
+    n2 = n2 + (_e.maximum(n2, eps) - n2).detach()
+    return _r.sum((x1 / n1) * (x2 / n2), dim)
+
+
+def margin_ranking_loss(input1: Tensor, input2: Tensor, target: Tensor, margin: float = 0.0,
+                        size_average=None, reduce=None, reduction: str = "mean") -> Tensor:
+    """max(0, −target·(input1 − input2) + margin): input1 should rank above input2 where
+    target is 1, below where it is −1.
+
+    >>> F.margin_ranking_loss(dg.tensor([1.0]), dg.tensor([2.0]), dg.tensor([1.0]))
+    tensor(1.)
+    """
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    if not (input1.ndim == input2.ndim == target.ndim):
+        raise RuntimeError(f"margin_ranking_loss : All input tensors should have same "
+                           f"dimension but got sizes: input1: {list(input1.shape)}, input2: "
+                           f"{list(input2.shape)}, target: {list(target.shape)} ")
+    loss = _e.clamp(-target * (input1 - input2) + margin, min=0.0)
+    return _reduce(loss, reduction, "margin_ranking_loss")

@@ -17,7 +17,7 @@ import numpy as np
 from .. import dtypes as _dt
 from ..autograd.grad_mode import no_grad
 from ..dispatch import STATE, dispatch, report_read
-from ..tensor import Tensor
+from ..tensor import Tensor, check_device
 from .creation import arange, full, maybe_requires_grad, shape_arg, zeros
 from .elementwise import cast, eq, floor, lt, where
 from .indexing import scatter_add
@@ -176,20 +176,23 @@ def _float_dtype(dtype):
     return d
 
 
-def rand(*size, dtype=None, generator=None, requires_grad: bool = False) -> Tensor:
+def rand(*size, dtype=None, generator=None, requires_grad: bool = False,
+         device=None) -> Tensor:
     """Uniform numbers in [0, 1)."""
     t = _gen(generator).sample(shape_arg(size, "rand"), "uniform", _float_dtype(dtype))
-    return maybe_requires_grad(t, requires_grad)
+    return maybe_requires_grad(t, requires_grad, device)
 
 
-def randn(*size, dtype=None, generator=None, requires_grad: bool = False) -> Tensor:
+def randn(*size, dtype=None, generator=None, requires_grad: bool = False,
+          device=None) -> Tensor:
     """Standard normal numbers."""
     t = _gen(generator).sample(shape_arg(size, "randn"), "normal", _float_dtype(dtype))
-    return maybe_requires_grad(t, requires_grad)
+    return maybe_requires_grad(t, requires_grad, device)
 
 
-def randint(low, high=None, size=(), *, dtype=None, generator=None) -> Tensor:
+def randint(low, high=None, size=(), *, dtype=None, generator=None, device=None) -> Tensor:
     """Integers uniform in [low, high)."""
+    check_device(device)
     if high is None:
         low, high = 0, low
     if high <= low:
@@ -199,23 +202,23 @@ def randint(low, high=None, size=(), *, dtype=None, generator=None) -> Tensor:
     return cast(floor(u * float(high - low)) + float(low), dtype or _dt.int64)
 
 
-def rand_like(x: Tensor, *, dtype=None) -> Tensor:
-    return rand(x.shape, dtype=dtype or x.dtype)
+def rand_like(x: Tensor, *, dtype=None, device=None) -> Tensor:
+    return rand(x.shape, dtype=dtype or x.dtype, device=device)
 
 
-def randn_like(x: Tensor, *, dtype=None) -> Tensor:
-    return randn(x.shape, dtype=dtype or x.dtype)
+def randn_like(x: Tensor, *, dtype=None, device=None) -> Tensor:
+    return randn(x.shape, dtype=dtype or x.dtype, device=device)
 
 
-def randint_like(x: Tensor, low, high=None, *, dtype=None) -> Tensor:
-    return randint(low, high, x.shape, dtype=dtype or x.dtype)
+def randint_like(x: Tensor, low, high=None, *, dtype=None, device=None) -> Tensor:
+    return randint(low, high, x.shape, dtype=dtype or x.dtype, device=device)
 
 
 TRACED_RANDPERM_MAX = 512  # n up to which randperm under a dispatch mode is a composition
 #                            (n² comparisons: ~1 ms at 512, ~3 ms at 1024, a compiled call)
 
 
-def randperm(n: int, *, generator=None) -> Tensor:
+def randperm(n: int, *, generator=None, dtype=None, device=None) -> Tensor:
     """A random permutation of 0..n-1: the stable argsort of n float64 uniforms.
 
     Note (the same permutation eager or compiled): with no dispatch mode active the argsort
@@ -227,6 +230,9 @@ def randperm(n: int, *, generator=None) -> Tensor:
 
     >>> dg.manual_seed(0); p = dg.randperm(5)   # a permutation of 0..4, int64
     """
+    check_device(device)
+    if dtype is not None and _dt.as_dtype(dtype) is not _dt.int64:
+        return cast(randperm(n, generator=generator), dtype)
     n = int(n)
     if n < 0:
         raise RuntimeError(f"randperm: n must be non-negative, got {n}")
