@@ -56,9 +56,11 @@ from dyngrad.ops.movement import BROADCAST, CONCAT, PAD, PERMUTE, RESHAPE, SLICE
 from dyngrad.ops.primitive import Primitive
 from dyngrad.ops.random import RANDOM
 from dyngrad.ops.reduce import MAX, SIZE_OF, SUM
+from dyngrad.ops.scan import ARGSORT, CUMPROD, CUMSUM
 
 __all__ = [
-    "Traits", "TRAITS", "traits", "Primitive", "Lowerings", "ABS", "ADD", "BROADCAST", "CAST",
+    "Traits", "TRAITS", "traits", "Primitive", "Lowerings", "ABS", "ADD", "ARGSORT", "BROADCAST",
+    "CAST", "CUMPROD", "CUMSUM",
     "CEIL", "CONCAT", "COS", "DIV", "EQ", "ERF", "EXP", "FLOOR", "FULL", "GATHER", "GE", "GT",
     "INDEX_CHECK", "IOTA", "LE", "LOG", "LOG1P", "LT", "MATMUL", "MAX", "MAXIMUM", "MINIMUM",
     "MUL", "NE", "NEG", "PAD", "PERMUTE", "POW", "RANDOM", "RESHAPE", "ROUND", "SCATTER_ADD",
@@ -125,6 +127,11 @@ _OWN_TRAITS: dict[Primitive, Traits] = {
     LE: Traits(ELEMENTWISE, python=operator.le),
     GT: Traits(ELEMENTWISE, python=operator.gt),
     GE: Traits(ELEMENTWISE, python=operator.ge),
+    # scans and sorting: kernels of their own (kind 'index'); no LLVM lowering yet, so a
+    # compiled plan runs them as numpy steps
+    CUMSUM: Traits(OWN),
+    CUMPROD: Traits(OWN),
+    ARGSORT: Traits(OWN),
 }
 
 

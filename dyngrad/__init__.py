@@ -33,6 +33,19 @@ from . import methods as _methods
 from . import ops as _ops
 from .autograd.grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .dtypes import bool_, float32, float64, get_default_dtype, int64
+from .ops.composites import (
+    cosh,
+    fix,
+    meshgrid,
+    repeat_interleave,
+    sinh,
+    swapaxes,
+    swapdims,
+    t,
+    tril,
+    triu,
+    trunc,
+)
 from .ops.creation import (
     arange,
     as_tensor,
@@ -49,6 +62,7 @@ from .ops.creation import (
     zeros,
     zeros_like,
 )
+from .ops.einsum import einsum
 from .ops.elementwise import (
     abs,
     add,
@@ -145,6 +159,7 @@ from .ops.reduce import (
     sum,
     var,
 )
+from .ops.scan import argsort, cumprod, cumsum, msort, sort, topk
 from .printing import debug_print
 from .serialization import load, save
 from .tensor import Tensor
@@ -172,6 +187,11 @@ def gather(input, dim, index):
 
 fix_seed = manual_seed
 
+
+def numel(input) -> int:
+    """The number of elements of ``input`` (``Tensor.numel``)."""
+    return input.numel()
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -194,4 +214,7 @@ __all__ = [
     "flatten", "narrow", "cat", "concat", "stack", "split", "chunk", "unbind",
     "matmul", "mm", "bmm", "dot", "outer", "gather", "take_along_dim", "index_select",
     "one_hot",
+    "tril", "triu", "t", "swapaxes", "swapdims", "meshgrid", "sinh", "cosh", "trunc", "fix",
+    "repeat_interleave", "einsum", "cumsum", "cumprod", "sort", "argsort", "topk", "msort",
+    "numel",
 ]

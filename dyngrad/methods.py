@@ -24,6 +24,7 @@ import numpy as np
 
 from . import autograd, printing
 from .dispatch import STATE
+from .ops import composites as _cf
 from .ops import creation as _c
 from .ops import elementwise as _e
 from .ops import indexing as _i
@@ -31,6 +32,7 @@ from .ops import linalg as _l
 from .ops import movement as _m
 from .ops import random as _rnd
 from .ops import reduce as _r
+from .ops import scan as _s
 from .ops.primitive import quiet
 from .tensor import UPWARD, Tensor
 
@@ -144,12 +146,7 @@ def _to(self, *args, **kwargs):
     return _e.cast(self, dtype)
 
 
-def _type(self, dtype=None):
-    if dtype is None:
-        return f"dyngrad.{self.dtype.name}"
-    return _to(self, dtype)
-
-
+@_r.keepdims_alias
 def _sum_method(self, dim=None, keepdim=False, dtype=None):
     return _r.sum(self, dim, keepdim, dtype=dtype)
 
@@ -249,8 +246,16 @@ METHODS: tuple[Method, ...] = (
         take_along_dim=lambda self, indices, dim: _i.take_along_dim(self, indices, dim),
         index_select=_i.index_select,
         matmul=_l.matmul, mm=_l.mm, bmm=_l.bmm, dot=_l.dot, outer=_l.outer,
+        # tensor functions (dyngrad/ops/composites.py, scan.py)
+        tril=_cf.tril, triu=_cf.triu, t=_cf.t, swapaxes=_cf.swapaxes, swapdims=_cf.swapdims,
+        sinh=_cf.sinh, cosh=_cf.cosh, trunc=_cf.trunc, fix=_cf.trunc,
+        repeat_interleave=_cf.repeat_interleave,
+        new_zeros=_cf.new_zeros, new_ones=_cf.new_ones, new_full=_cf.new_full,
+        new_empty=_cf.new_empty, new_tensor=_cf.new_tensor,
+        cumsum=_s.cumsum, cumprod=_s.cumprod, sort=_s.sort, argsort=_s.argsort,
+        topk=_s.topk, msort=_s.msort,
         # conversion
-        clone=_clone, to=_to, type=_type,
+        clone=_clone, to=_to, type=_cf.type_,
         float=lambda self: _to(self, "float32"), double=lambda self: _to(self, "float64"),
         long=lambda self: _to(self, "int64"), bool=lambda self: _to(self, "bool"),
         __setitem__=_setitem, __getitem__=_i.getitem,
@@ -286,6 +291,8 @@ METHODS: tuple[Method, ...] = (
         clamp_=_e.clamp, clip_=_e.clamp, neg_=_e.neg, abs_=_e.abs, exp_=_e.exp,
         log_=_e.log, sqrt_=_e.sqrt, tanh_=_e.tanh, sigmoid_=_e.sigmoid,
         relu_=_e.relu, lerp_=_e.lerp, addcmul_=_e.addcmul, addcdiv_=_e.addcdiv,
+        tril_=_cf.tril, triu_=_cf.triu, trunc_=_cf.trunc, fix_=_cf.trunc,
+        cumsum_=_s.cumsum,
     ),
     *_rows(
         Kind.OVERWRITE,

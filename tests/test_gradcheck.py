@@ -66,7 +66,7 @@ def prim(name):
 # Primitives whose result carries no derivative: comparisons give bools, size_of a count,
 # index_check integer indices, and creation/random ops have no differentiable inputs.
 NON_DIFFERENTIABLE = {"eq", "ne", "lt", "le", "gt", "ge", "size_of", "full", "iota", "random",
-                      "index_check"}
+                      "index_check", "argsort"}
 
 
 def test_every_primitive_has_vjp_and_jvp_rules_or_is_listed_as_non_differentiable():
@@ -131,6 +131,9 @@ PRIMITIVE_CASES = {
                                                index([0, 2, 0]), src, axis=1),
                     lambda: (leaf(2, 3), leaf(2, 3))),
     "matmul": (lambda a, b: dispatch(prim("matmul"), a, b), lambda: (leaf(2, 3, 4), leaf(4, 2))),
+    "cumsum": (lambda x: dispatch(prim("cumsum"), x, axis=1, reverse=False),
+               lambda: (leaf(2, 3, 4),)),
+    "cumprod": (lambda x: dispatch(prim("cumprod"), x, axis=2), lambda: (leaf(2, 3, 4),)),
 }
 
 

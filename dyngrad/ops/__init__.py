@@ -1,7 +1,19 @@
 """The op table. Every primitive is a :class:`~dyngrad.ops.primitive.Primitive` record in
 ``REGISTRY``; the modules here define them and the composites built from them."""
 
-from . import creation, elementwise, indexing, linalg, losses, movement, random, reduce  # noqa: F401
+from . import (  # noqa: F401
+    composites,
+    creation,
+    einsum,
+    elementwise,
+    indexing,
+    linalg,
+    losses,
+    movement,
+    random,
+    reduce,
+    scan,
+)
 from .primitive import REGISTRY, AbstractValue, Primitive
 
 __all__ = ["REGISTRY", "Primitive", "AbstractValue"]
