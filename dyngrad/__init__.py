@@ -32,7 +32,17 @@ from . import (
 from . import methods as _methods
 from . import ops as _ops
 from .autograd.grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
-from .dtypes import bool_, float32, float64, get_default_dtype, int64
+from .dtypes import (
+    bool_,
+    float32,
+    float64,
+    get_default_dtype,
+    int8,
+    int16,
+    int32,
+    int64,
+    uint8,
+)
 from .ops.composites import (
     cosh,
     fix,
@@ -170,6 +180,8 @@ bool = bool_
 float = float32
 double = float64
 long = int64
+int = int32
+short = int16
 
 def compile(fn=None, **options):
     """``compiler.compile`` (imported lazily: dyngrad itself never imports the compiler)."""
@@ -199,7 +211,8 @@ __all__ = [
     "empty", "arange", "linspace", "eye", "zeros_like", "ones_like", "full_like", "empty_like",
     "rand", "randn", "randint", "rand_like", "randn_like", "randint_like", "randperm",
     "manual_seed", "initial_seed", "get_rng_state", "set_rng_state", "Generator",
-    "float32", "float64", "int64", "bool_", "get_default_dtype",
+    "float32", "float64", "int64", "int32", "int16", "int8", "uint8", "bool_",
+    "get_default_dtype",
     "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "save", "load",
     "autograd", "testing", "special", "dtypes", "dispatch", "nn", "optim", "utils", "func",
     "forward_ad", "debug_print", "compile",

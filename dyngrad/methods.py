@@ -258,6 +258,8 @@ METHODS: tuple[Method, ...] = (
         clone=_clone, to=_to, type=_cf.type_,
         float=lambda self: _to(self, "float32"), double=lambda self: _to(self, "float64"),
         long=lambda self: _to(self, "int64"), bool=lambda self: _to(self, "bool"),
+        int=lambda self: _to(self, "int32"), short=lambda self: _to(self, "int16"),
+        char=lambda self: _to(self, "int8"), byte=lambda self: _to(self, "uint8"),
         __setitem__=_setitem, __getitem__=_i.getitem,
         masked_fill_=_masked_fill_,
         # unary operators

@@ -471,3 +471,109 @@ def test_composites_compiled_equal_eager(backend):
     a, b = dg.randn(2, 3, 3), dg.randn(2, 3, 3)
     for got, want in zip(c(a, b), f(a, b)):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ the small integer dtypes
+
+ALL_DTYPES = ["bool", "uint8", "int8", "int16", "int32", "int64", "float32", "float64"]
+
+
+def test_small_integer_dtypes_exist_and_are_named():
+    assert dg.int32 is dg.dtypes.int32 and dg.int is dg.int32 and dg.short is dg.int16
+    for name in ("int32", "int16", "int8", "uint8"):
+        d = getattr(dg, name)
+        assert dg.dtypes.as_dtype(name) is d and dg.dtypes.as_dtype(np.dtype(name)) is d
+        t = dg.zeros(2, 3, dtype=d)
+        assert t.dtype is d and t.numpy().dtype == np.dtype(name)
+        assert repr(dg.tensor([1, 2], dtype=d)) == f"tensor([1, 2], dtype=dyngrad.{name})"
+    assert dg.tensor(np.array([1, 2], np.int32)).dtype is dg.int32
+    assert dg.from_numpy(np.array([1, 2], np.uint8)).dtype is dg.uint8
+
+
+@needs_torch
+@pytest.mark.parametrize("a", ALL_DTYPES)
+@pytest.mark.parametrize("b", ALL_DTYPES)
+def test_promotion_table_equals_torch(a, b):
+    x, y = np.array([1, 0, 1]).astype(a), np.array([1, 1, 0]).astype(b)
+    for lhs, rhs in [(x, y), (x, y[0]), (x[0], y)]:
+        got = (dg.tensor(lhs) + dg.tensor(rhs)).dtype.name
+        want = str((torch.tensor(lhs) + torch.tensor(rhs)).dtype)[6:]
+        if a == b == "bool":
+            got = (dg.tensor(lhs) * dg.tensor(rhs)).dtype.name
+            want = str((torch.tensor(lhs) * torch.tensor(rhs)).dtype)[6:]
+        assert got == want, (lhs.dtype, np.shape(lhs), rhs.dtype, np.shape(rhs))
+    for scalar in (2, 2.5, True):
+        got = (dg.tensor(x) * scalar).dtype.name
+        assert got == str((torch.tensor(x) * scalar).dtype)[6:], scalar
+
+
+@needs_torch
+@pytest.mark.parametrize("name", ["int32", "int16", "int8", "uint8"])
+def test_small_integer_arithmetic_and_reductions_equal_torch(name):
+    x = np.array([[3, 100, 7], [120, 5, 0]]).astype(name)
+    y = np.array([[2, 3, 1], [4, 7, 5]]).astype(name)
+    a, b = dg.tensor(x), dg.tensor(y)
+    s, t = torch.tensor(x), torch.tensor(y)
+    cases = [lambda m, p, q: p + q, lambda m, p, q: p * q + 3, lambda m, p, q: p // q,
+             lambda m, p, q: p % q, lambda m, p, q: p / q, lambda m, p, q: p.sum(),
+             lambda m, p, q: p.sum(1), lambda m, p, q: p.prod(0), lambda m, p, q: p.amax(1),
+             lambda m, p, q: p.argmax(1), lambda m, p, q: m.cumsum(p, 1),
+             lambda m, p, q: p.float() * 0.5, lambda m, p, q: p == q, lambda m, p, q: -q
+             if name != "uint8" else q, lambda m, p, q: m.where(p > q, p, q),
+             lambda m, p, q: p.to(m.int64), lambda m, p, q: m.sort(p, 1).values,
+             lambda m, p, q: m.maximum(p, q), lambda m, p, q: p.abs()]
+    for k, case in enumerate(cases):
+        u, v = case(dg, a, b), case(torch, s, t)
+        assert u.dtype.name == str(v.dtype)[6:], k
+        np.testing.assert_array_equal(u.numpy(), v.numpy(), err_msg=str(k))
+
+
+def test_indexing_with_int16_is_refused_as_in_torch():
+    with pytest.raises(IndexError, match="must be long, int or bool tensors"):
+        dg.arange(5)[dg.tensor([1], dtype=dg.int16)]
+
+
+@needs_torch
+@pytest.mark.parametrize("name", ["int32"])
+def test_indexing_with_small_integer_tensors_equals_torch(name):
+    x = np.arange(24.0).reshape(4, 6)
+    i = np.array([3, 0, -1]).astype(name)
+    a, s = dg.tensor(x), torch.tensor(x)
+    ia, it = dg.tensor(i), torch.tensor(i)
+    np.testing.assert_array_equal(a[ia].numpy(), s[it].numpy())
+    np.testing.assert_array_equal(a[1, ia].numpy(), s[1, it].numpy())
+    np.testing.assert_array_equal(a[dg.tensor(2, dtype=getattr(dg, name))].numpy(),
+                                  s[torch.tensor(2, dtype=getattr(torch, name))].numpy())
+    np.testing.assert_array_equal(a.index_select(1, ia % 6).numpy(),
+                                  s.index_select(1, it % 6).numpy())
+    a[ia, 0] = 100.0
+    s[it, 0] = 100.0
+    np.testing.assert_array_equal(a.numpy(), s.numpy())
+
+
+@needs_torch
+def test_conversion_methods_and_type_names_of_small_integers_equal_torch():
+    x = np.array([1.7, -2.2, 300.0])
+    a, s = dg.tensor(x), torch.tensor(x)
+    for meth in ("int", "short", "long", "char", "byte", "bool", "float", "double"):
+        if meth in ("char", "byte"):
+            a2, s2 = dg.tensor(x[:2] if meth == "char" else np.abs(x[:2])), \
+                torch.tensor(x[:2] if meth == "char" else np.abs(x[:2]))
+        else:
+            a2, s2 = a, s
+        u, v = getattr(a2, meth)(), getattr(s2, meth)()
+        assert u.dtype.name == str(v.dtype)[6:] and u.type() == v.type()
+        np.testing.assert_array_equal(u.numpy(), v.numpy())
+
+
+@pytest.mark.parametrize("backend", ["interp", "llvm"])
+def test_small_integer_dtypes_compiled_equal_eager(backend):
+    def f(i, x):
+        return (i * 2 + 1).sum(), x[i.long()] * 2.0, i.float() * x[:3], dg.cumsum(i, 0)
+
+    c = dg.compile(f, backend=backend)
+    for dtype in (dg.int32, dg.int16, dg.uint8):
+        i, x = dg.tensor([0, 2, 1], dtype=dtype), dg.randn(5)
+        for got, want in zip(c(i, x), f(i, x)):
+            assert got.dtype is want.dtype
+            np.testing.assert_array_equal(got.numpy(), want.numpy())

@@ -253,8 +253,8 @@ def norm(x, p=2, dim=None, keepdim: bool = False):
 @keepdims_alias
 def prod(x, dim=None, keepdim: bool = False):
     """Product over ``dim`` by pairwise multiplication (exact gradients through zeros)."""
-    if x.dtype is _dt.bool_:  # like sum: the product of bools is int64 (PyTorch)
-        x = _e.cast(x, _dt.int64)
+    if x.dtype.category < 2 and x.dtype is not _dt.int64:  # like sum: the product of
+        x = _e.cast(x, _dt.int64)                           # bools and ints is int64
     if dim is None:
         out = prod(_m.reshape(x, (-1,)), 0)
         return _m.reshape(out, (1,) * x.ndim) if keepdim else out
