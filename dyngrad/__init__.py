@@ -138,9 +138,12 @@ from .ops.movement import (
 )
 from .ops.random import (
     Generator,
+    bernoulli,
     get_rng_state,
     initial_seed,
     manual_seed,
+    multinomial,
+    normal,
     rand,
     rand_like,
     randint,
@@ -211,8 +214,7 @@ __all__ = [
     "empty", "arange", "linspace", "eye", "zeros_like", "ones_like", "full_like", "empty_like",
     "rand", "randn", "randint", "rand_like", "randn_like", "randint_like", "randperm",
     "manual_seed", "initial_seed", "get_rng_state", "set_rng_state", "Generator",
-    "float32", "float64", "int64", "int32", "int16", "int8", "uint8", "bool_",
-    "get_default_dtype",
+    "float32", "float64", "int64", "bool_", "get_default_dtype",
     "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "save", "load",
     "autograd", "testing", "special", "dtypes", "dispatch", "nn", "optim", "utils", "func",
     "forward_ad", "debug_print", "compile",
@@ -229,5 +231,5 @@ __all__ = [
     "one_hot",
     "tril", "triu", "t", "swapaxes", "swapdims", "meshgrid", "sinh", "cosh", "trunc", "fix",
     "repeat_interleave", "einsum", "cumsum", "cumprod", "sort", "argsort", "topk", "msort",
-    "numel",
+    "numel", "normal", "bernoulli", "multinomial", "int32", "int16", "int8", "uint8",
 ]

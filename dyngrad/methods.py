@@ -130,6 +130,14 @@ def _uniform(self, a=0.0, b=1.0):
     return _rnd.rand(self.shape, dtype=self.dtype) * (b - a) + a
 
 
+def _bernoulli_fill(self, p=0.5, *, generator=None):
+    return _rnd.bernoulli(self, p, generator=generator)
+
+
+def _bernoulli_method(self, p=None, *, generator=None):
+    return _rnd.bernoulli(self, p, generator=generator)
+
+
 def _normal(self, mean=0.0, std=1.0):
     return _rnd.randn(self.shape, dtype=self.dtype) * std + mean
 
@@ -254,6 +262,7 @@ METHODS: tuple[Method, ...] = (
         new_empty=_cf.new_empty, new_tensor=_cf.new_tensor,
         cumsum=_s.cumsum, cumprod=_s.cumprod, sort=_s.sort, argsort=_s.argsort,
         topk=_s.topk, msort=_s.msort,
+        bernoulli=_bernoulli_method, multinomial=_rnd.multinomial,
         # conversion
         clone=_clone, to=_to, type=_cf.type_,
         float=lambda self: _to(self, "float32"), double=lambda self: _to(self, "float64"),
@@ -299,6 +308,7 @@ METHODS: tuple[Method, ...] = (
     *_rows(
         Kind.OVERWRITE,
         zero_=_zero, fill_=_fill, copy_=_copy, uniform_=_uniform, normal_=_normal,
+        bernoulli_=_bernoulli_fill,
     ),
     Method("T", _m.T, Kind.PROPERTY, doc="All dims reversed (matrix transpose for 2-d)."),
     Method("mT", _m.mT, Kind.PROPERTY, doc="The last two dims swapped."),

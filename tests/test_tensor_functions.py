@@ -438,6 +438,7 @@ def test_new_primitives_compiled_equal_eager(backend):
                 np.testing.assert_array_equal(a.numpy(), b.numpy())
             else:
                 np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-6)
+    assert not f.fallbacks and sum(v.calls for v in f.variants) >= 1
 
 
 @pytest.mark.parametrize("backend", ["interp", "llvm"])
@@ -577,3 +578,91 @@ def test_small_integer_dtypes_compiled_equal_eager(backend):
         for got, want in zip(c(i, x), f(i, x)):
             assert got.dtype is want.dtype
             np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+# ------------------------------------------------------------------ random distributions
+
+
+def test_normal_forms_shapes_and_dtypes():
+    assert dg.normal(0.0, 1.0, size=(2, 3)).shape == (2, 3)
+    assert dg.normal(0.0, 1.0, (4,)).dtype is dg.float32
+    assert dg.normal(dg.zeros(3, dtype=dg.float64), 2.0).dtype is dg.float64
+    assert dg.normal(2.0, dg.ones(3)).shape == (3,)
+    assert dg.normal(dg.zeros(2, 1), dg.ones(3)).shape == (2, 3)
+    x = dg.normal(dg.full((20000,), 3.0), dg.full((20000,), 2.0)).numpy()
+    assert abs(x.mean() - 3.0) < 0.05 and abs(x.std() - 2.0) < 0.05
+
+
+def test_normal_requires_grad_with_a_zero_gradient_as_in_torch():
+    m = dg.tensor([0.0, float("inf")], requires_grad=True)
+    s = dg.ones(2, requires_grad=True)
+    y = dg.normal(m, s)
+    assert y.requires_grad
+    y.sum().backward()
+    assert m.grad.tolist() == [0.0, 0.0] and s.grad.tolist() == [0.0, 0.0]
+
+
+def test_bernoulli_frequencies_and_forms():
+    p = dg.tensor([0.0, 0.2, 0.7, 1.0], dtype=dg.float64)
+    draws = dg.bernoulli(p.expand(20000, 4))
+    assert draws.dtype is dg.float64
+    freq = draws.numpy().mean(0)
+    assert freq[0] == 0.0 and freq[3] == 1.0
+    np.testing.assert_allclose(freq[1:3], [0.2, 0.7], atol=0.02)
+    assert abs(dg.zeros(10000).bernoulli_(0.3).numpy().mean() - 0.3) < 0.02
+    assert abs(dg.zeros(10000).bernoulli(0.6).numpy().mean() - 0.6) < 0.02
+
+
+def test_multinomial_frequencies_with_and_without_replacement():
+    w = dg.tensor([1.0, 0.0, 3.0, 6.0])
+    s = dg.multinomial(w, 20000, replacement=True)
+    assert s.dtype is dg.int64 and s.shape == (20000,)
+    np.testing.assert_allclose(np.bincount(s.numpy(), minlength=4) / 20000,
+                               [0.1, 0.0, 0.3, 0.6], atol=0.015)
+    first = dg.multinomial(w.expand(20000, 4), 1)
+    assert first.shape == (20000, 1)
+    np.testing.assert_allclose(np.bincount(first.numpy()[:, 0], minlength=4) / 20000,
+                               [0.1, 0.0, 0.3, 0.6], atol=0.015)
+    rows = dg.multinomial(dg.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 1.0, 1.0]]), 4).numpy()
+    assert all(sorted(r) == [0, 1, 2, 3] for r in rows)  # without replacement: a permutation
+    assert set(rows[1, :2]) == {2, 3}                     # zero weights come last
+
+
+@pytest.mark.parametrize("fn, text", [
+    (lambda: dg.normal(dg.zeros(2), -dg.ones(2)), "normal expects all elements of std >= 0.0"),
+    (lambda: dg.normal(0.0, -1.0, size=(2,)), "normal expects std >= 0.0, but found std -1"),
+    (lambda: dg.bernoulli(dg.tensor([1.5])), "0 <= p <= 1"),
+    (lambda: dg.multinomial(dg.ones(3), 4), "cannot sample n_sample > prob_dist.size(-1)"),
+    (lambda: dg.multinomial(dg.tensor([-1.0, 0.0]), 1),
+     "probability tensor contains either `inf`, `nan` or element < 0"),
+    (lambda: dg.multinomial(dg.zeros(2), 1),
+     "invalid multinomial distribution (sum of probabilities <= 0)"),
+    (lambda: dg.multinomial(dg.ones(2, 2, 2), 1), "prob_dist must be 1 or 2 dim"),
+])
+def test_random_argument_errors(fn, text):
+    with pytest.raises(RuntimeError) as info:
+        fn()
+    assert text in str(info.value)
+
+
+def _draws(mean, w):
+    return (dg.normal(mean, 0.5), dg.normal(1.0, 2.0, size=(3,)), dg.bernoulli(w),
+            dg.multinomial(w, 3, replacement=True), dg.multinomial(w, 2), dg.randperm(5),
+            dg.zeros(4).bernoulli_(0.5))
+
+
+@pytest.mark.parametrize("backend", ["interp", "llvm"])
+def test_random_draws_are_traced_fresh_per_call_and_equal_eager(backend):
+    mean, w = dg.randn(4), dg.tensor([0.2, 0.5, 0.1, 0.9])
+    dg.manual_seed(7)
+    eager = [_draws(mean, w) for _ in range(3)]
+    f = dg.compile(_draws, backend=backend)
+    dg.manual_seed(7)
+    compiled = [f(mean, w) for _ in range(3)]
+    for want, got in zip(eager, compiled):
+        for a, b in zip(want, got):
+            assert a.dtype is b.dtype
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert not np.array_equal(compiled[0][0].numpy(), compiled[1][0].numpy())
+    assert not np.array_equal(compiled[0][1].numpy(), compiled[2][1].numpy())
+    assert not f.fallbacks and sum(v.calls for v in f.variants) >= 2
