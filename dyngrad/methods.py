@@ -7,10 +7,11 @@ The layers of dyngrad, each importing only those below it:
 
 1. the tensor core: ``dtypes``, ``dispatch``, ``autograd.graph``/``grad_mode``, ``tensor``;
 2. primitives: ``ops.primitive`` and the records of ``ops.creation``, ``ops.movement``,
-   ``ops.elementwise``, ``ops.indexing``, ``ops.reduce``, ``ops.linalg``, ``ops.random``
-   (in that order, each with the front-end functions and composites built on it);
-3. composites: ``ops.losses``, ``autograd`` (backward, grad, Function), ``printing``,
-   ``forward_ad``, ``vmap``, ``func``, ``nn``, ``optim``;
+   ``ops.elementwise``, ``ops.indexing``, ``ops.reduce``, ``ops.linalg``, ``ops.scan``,
+   ``ops.random`` (in that order, each with the front-end functions and composites built
+   on it);
+3. composites: ``ops.composites``, ``ops.einsum``, ``ops.losses``, ``autograd`` (backward,
+   grad, Function), ``printing``, ``forward_ad``, ``vmap``, ``func``, ``nn``, ``optim``;
 4. this module, which ``dyngrad/__init__`` imports last and runs once (:func:`install`).
 """
 

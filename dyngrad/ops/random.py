@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import dtypes as _dt
 from ..autograd.grad_mode import no_grad
-from ..dispatch import STATE, dispatch, report_read
+from ..dispatch import STATE, dispatch
 from ..tensor import Tensor
 from .creation import arange, full, maybe_requires_grad, shape_arg, zeros
 from .elementwise import cast, eq, floor, le, log1p, lt, minimum, where
@@ -24,7 +24,7 @@ from .indexing import scatter_add
 from .movement import reshape
 from .primitive import Primitive
 from .reduce import sum as _sum
-from .scan import cumsum, topk
+from .scan import argsort, cumsum, topk
 
 _M0, _M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
 _W0, _W1 = np.uint64(0x9E3779B9), np.uint64(0xBB67AE85)
@@ -212,19 +212,12 @@ def randint_like(x: Tensor, low, high=None, *, dtype=None) -> Tensor:
     return randint(low, high, x.shape, dtype=dtype or x.dtype)
 
 
-TRACED_RANDPERM_MAX = 512  # n up to which randperm under a dispatch mode is a composition
-#                            (n² comparisons: ~1 ms at 512, ~3 ms at 1024, a compiled call)
-
-
-def randperm(n: int, *, generator=None) -> Tensor:
+def randperm(n: int, *, generator=None, dtype=None, requires_grad: bool = False) -> Tensor:
     """A random permutation of 0..n-1: the stable argsort of n float64 uniforms.
 
-    Note (the same permutation eager or compiled): with no dispatch mode active the argsort
-    is numpy's. Under a mode (a tracer) it is built from ops — each element's rank is how
-    many elements sort before it, an n×n comparison, and the permutation is scattered from
-    the ranks — so a compiled call draws new uniforms and sorts them as eager does. The
-    comparison is quadratic: beyond ``TRACED_RANDPERM_MAX`` elements the uniforms are read
-    in numpy, and the read is reported (a tracer falls back to eager naming randperm).
+    Note (the same permutation eager or compiled): the sort is the ``argsort`` primitive
+    (dyngrad/ops/scan.py), numpy's stable argsort, so a tracer records it like any op — a
+    compiled call draws new uniforms and sorts them as eager does, at any ``n``.
 
     >>> dg.manual_seed(0); p = dg.randperm(5)   # a permutation of 0..4, int64
     """
@@ -232,18 +225,17 @@ def randperm(n: int, *, generator=None) -> Tensor:
     if n < 0:
         raise RuntimeError(f"randperm: n must be non-negative, got {n}")
     u = _gen(generator).sample((n,), "uniform", _dt.float64)
-    if STATE.modes:
-        if n <= TRACED_RANDPERM_MAX:
-            return stable_argsort(u)
-        report_read(u, "randperm")
-        return Tensor._constant(np.argsort(u._data, kind="stable").astype(np.int64))
-    return Tensor._fresh(np.argsort(u._data, kind="stable").astype(np.int64))
+    perm = argsort(u)
+    if dtype is not None and _dt.as_dtype(dtype) is not _dt.int64:
+        perm = cast(perm, dtype)
+    return maybe_requires_grad(perm, requires_grad)
 
 
 def stable_argsort(u: Tensor) -> Tensor:
-    """``np.argsort(u, kind="stable")`` of a 1-d tensor without NaNs, from ops (no data read
-    into Python): element i's rank counts the j with (u[j], j) < (u[i], i); the permutation
-    puts i at its rank. Quadratic in ``len(u)``: for randperm under a tracer."""
+    """``np.argsort(u, kind="stable")`` of a 1-d tensor without NaNs, from elementwise ops,
+    sums and a scatter (no sorting primitive): element i's rank counts the j with
+    (u[j], j) < (u[i], i); the permutation puts i at its rank. Quadratic in ``len(u)``: a
+    reference for the ``argsort`` primitive, for backends without it."""
     n = u.shape[0]
     with no_grad():  # (counts up to n are exact in float64)
         f = arange(n, dtype=_dt.float64)
