@@ -666,3 +666,27 @@ def test_random_draws_are_traced_fresh_per_call_and_equal_eager(backend):
     assert not np.array_equal(compiled[0][0].numpy(), compiled[1][0].numpy())
     assert not np.array_equal(compiled[0][1].numpy(), compiled[2][1].numpy())
     assert not f.fallbacks and sum(v.calls for v in f.variants) >= 2
+
+
+@needs_torch
+@pytest.mark.parametrize("case", [
+    lambda m, x: m.tril(x, 1),
+    lambda m, x: m.einsum("bij,bkj->bik", x, x),
+    lambda m, x: m.einsum("bii->b", x),
+    lambda m, x: m.sort(x, 1).values,
+    lambda m, x: m.topk(x, 2, 2).values,
+    lambda m, x: m.cumsum(x, 2),
+    lambda m, x: m.cumprod(x, 0),
+    lambda m, x: m.repeat_interleave(x, 2, dim=2),
+    lambda m, x: m.meshgrid(x[0, 0], x[1, 1], indexing="xy")[1],
+])
+def test_float32_results_and_gradients_equal_torch(case):
+    x = arr(2, 3, 3).astype(np.float32)
+    a, s = dg.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    u, v = case(dg, a), case(torch, s)
+    assert u.dtype is dg.float32 and v.dtype == torch.float32
+    np.testing.assert_allclose(u.detach().numpy(), v.detach().numpy(), rtol=1e-5, atol=1e-6)
+    w = np.random.default_rng(5).standard_normal(u.shape).astype(np.float32)
+    (u * dg.tensor(w)).sum().backward()
+    (v * torch.tensor(w)).sum().backward()
+    np.testing.assert_allclose(a.grad.numpy(), s.grad.numpy(), rtol=1e-5, atol=1e-6)

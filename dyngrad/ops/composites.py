@@ -16,15 +16,14 @@ from ..tensor import Tensor, _norm_dim
 from . import creation as _c
 from . import elementwise as _e
 from . import movement as _m
-from .creation import iota_like
 from .indexing import index_select
 
 
 def _triangle(x: Tensor, diagonal: int, op: str, lower: bool) -> Tensor:
     if x.ndim < 2:
         raise RuntimeError(f"{op}: input tensor must have at least 2 dimensions")
-    i, j = iota_like(x, x.ndim - 2), iota_like(x, x.ndim - 1)
-    off = j - i
+    n, m = x.shape[-2:]
+    off = _m.reshape(_c.arange(m), (1, m)) - _m.reshape(_c.arange(n), (n, 1))  # j - i
     keep = _e.le(off, int(diagonal)) if lower else _e.ge(off, int(diagonal))
     return _e.where(keep, x, _c.zeros((), dtype=x.dtype))
 
