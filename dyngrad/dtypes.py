@@ -104,8 +104,6 @@ def promote(a: DType, b: DType) -> DType:
         return a if a.category > b.category else b
     if a.itemsize == b.itemsize and (a is uint8 or b is uint8):
         return int16  # uint8 with int8: the smallest type holding both (PyTorch)
-    if a is uint8 or b is uint8:  # with a wider signed type: the signed one
-        return b if a is uint8 else a
     return a if a.itemsize >= b.itemsize else b
 
 

@@ -73,7 +73,10 @@ SIZE_OF = Primitive("size_of", "reduce", _size_impl, _size_rule,
 
 def keepdims_alias(fn):
     """``fn`` also taking numpy's spelling ``keepdims=`` for ``keepdim=`` (PyTorch accepts
-    both)."""
+    both).
+
+    >>> dg.sum(dg.ones(2, 3), 1, keepdims=True).shape   # (2, 1)
+    """
     @functools.wraps(fn)
     def reduction(*args, keepdims=None, **kwargs):
         if keepdims is not None:
