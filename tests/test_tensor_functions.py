@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import dyngrad as dg
-from dyngrad.testing import gradcheck
+from dyngrad.testing import gradcheck, gradgradcheck
 
 try:
     import torch
@@ -690,3 +690,14 @@ def test_float32_results_and_gradients_equal_torch(case):
     (u * dg.tensor(w)).sum().backward()
     (v * torch.tensor(w)).sum().backward()
     np.testing.assert_allclose(a.grad.numpy(), s.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x: dg.cumsum(x, 1) ** 2,
+    lambda x: dg.cumprod(x, 1),
+    lambda x: dg.sort(x, 1).values ** 2,
+    lambda x: dg.einsum("ij,kj->ik", x, x),
+    lambda x: dg.sinh(x) * dg.cosh(x),
+])
+def test_second_derivatives(fn):
+    assert gradgradcheck(fn, (leaf(3, 4),))
