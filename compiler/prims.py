@@ -58,14 +58,16 @@ from dyngrad.ops.pool import ADAPTIVE_MAX_INDICES, MAX_POOL_INDICES
 from dyngrad.ops.primitive import Primitive
 from dyngrad.ops.random import RANDOM
 from dyngrad.ops.reduce import MAX, SIZE_OF, SUM
+from dyngrad.ops.scan import ARGSORT, CUMPROD, CUMSUM
 
 __all__ = [
     "Traits", "TRAITS", "traits", "Primitive", "Lowerings", "ABS", "ADD", "ADAPTIVE_MAX_INDICES",
-    "BROADCAST", "CAST", "CEIL", "CONCAT", "CONV", "CONV_TRANSPOSE", "CONV_WEIGHT_GRAD", "COS",
-    "DIV", "EQ", "ERF", "EXP", "FLOOR", "FULL", "GATHER", "GE", "GT", "INDEX_CHECK", "IOTA", "LE",
-    "LOG", "LOG1P", "LT", "MATMUL", "MAX", "MAX_POOL_INDICES", "MAXIMUM", "MINIMUM", "MUL", "NE",
-    "NEG", "PAD", "PERMUTE", "POW", "RANDOM", "RESHAPE", "ROUND", "SCATTER_ADD", "SIGMOID", "SIGN",
-    "SIN", "SIZE_OF", "SLICE", "SQRT", "SUB", "SUM", "TANH", "WHERE",
+    "ARGSORT", "BROADCAST", "CAST", "CEIL", "CONCAT", "CONV", "CONV_TRANSPOSE",
+    "CONV_WEIGHT_GRAD", "COS", "CUMPROD", "CUMSUM", "DIV", "EQ", "ERF", "EXP", "FLOOR", "FULL",
+    "GATHER", "GE", "GT", "INDEX_CHECK", "IOTA", "LE", "LOG", "LOG1P", "LT", "MATMUL", "MAX",
+    "MAX_POOL_INDICES", "MAXIMUM", "MINIMUM", "MUL", "NE", "NEG", "PAD", "PERMUTE", "POW",
+    "RANDOM", "RESHAPE", "ROUND", "SCATTER_ADD", "SIGMOID", "SIGN", "SIN", "SIZE_OF", "SLICE",
+    "SQRT", "SUB", "SUM", "TANH", "WHERE",
 ]
 
 # Fusion roles (compiler/passes/fusion.py): what a node is to a loop over its shape.
@@ -128,6 +130,11 @@ _OWN_TRAITS: dict[Primitive, Traits] = {
     LE: Traits(ELEMENTWISE, python=operator.le),
     GT: Traits(ELEMENTWISE, python=operator.gt),
     GE: Traits(ELEMENTWISE, python=operator.ge),
+    # scans and sorting: kernels of their own (kind 'index'); no LLVM lowering yet, so a
+    # compiled plan runs them as numpy steps
+    CUMSUM: Traits(OWN),
+    CUMPROD: Traits(OWN),
+    ARGSORT: Traits(OWN),
 }
 
 

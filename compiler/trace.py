@@ -623,12 +623,6 @@ class Tracer(DispatchMode):
         elif kind == "format":
             self.unsupported = (f"a tensor is printed or formatted at {self.where()}; use "
                                 f"dg.debug_print inside compiled functions")
-        elif kind == "randperm":  # (dyngrad/ops/random.py: the traced sort is quadratic)
-            from dyngrad.ops.random import TRACED_RANDPERM_MAX
-            self.unsupported = (f"randperm({tensor.shape[0]}) at {self.where()} sorts its "
-                                f"random numbers in numpy (traced up to "
-                                f"{TRACED_RANDPERM_MAX} elements); draw the permutation "
-                                f"outside the compiled function and pass it in")
         elif kind == "item" and tensor.dtype.is_floating_point:
             # a number that may be logged or returned: an output, guarded only if it decides
             # control flow (TracedScalar's comparisons and truth test)

@@ -39,7 +39,30 @@ from . import methods as _methods
 from . import ops as _ops
 from .amp import autocast, is_autocast_enabled
 from .autograd.grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
-from .dtypes import bool_, float32, float64, get_default_dtype, int64
+from .dtypes import (
+    bool_,
+    float32,
+    float64,
+    get_default_dtype,
+    int8,
+    int16,
+    int32,
+    int64,
+    uint8,
+)
+from .ops.composites import (
+    cosh,
+    fix,
+    meshgrid,
+    repeat_interleave,
+    sinh,
+    swapaxes,
+    swapdims,
+    t,
+    tril,
+    triu,
+    trunc,
+)
 from .ops.creation import (
     arange,
     as_tensor,
@@ -56,6 +79,7 @@ from .ops.creation import (
     zeros,
     zeros_like,
 )
+from .ops.einsum import einsum
 from .ops.elementwise import (
     abs,
     add,
@@ -121,9 +145,12 @@ from .ops.movement import (
 )
 from .ops.random import (
     Generator,
+    bernoulli,
     get_rng_state,
     initial_seed,
     manual_seed,
+    multinomial,
+    normal,
     rand,
     rand_like,
     randint,
@@ -152,6 +179,7 @@ from .ops.reduce import (
     sum,
     var,
 )
+from .ops.scan import argsort, cumprod, cumsum, msort, sort, topk
 from .printing import debug_print
 from .serialization import load, save
 from .tensor import Tensor, device, get_default_device, set_default_device
@@ -162,6 +190,8 @@ bool = bool_
 float = float32
 double = float64
 long = int64
+int = int32
+short = int16
 
 def compile(fn=None, **options):
     """``compiler.compile`` (imported lazily: dyngrad itself never imports the compiler)."""
@@ -178,6 +208,11 @@ def gather(input, dim, index):
 
 
 fix_seed = manual_seed
+
+
+def numel(input) -> int:
+    """The number of elements of ``input`` (``Tensor.numel``)."""
+    return input.numel()
 
 __version__ = "0.1.0"
 
@@ -203,4 +238,7 @@ __all__ = [
     "flatten", "narrow", "cat", "concat", "stack", "split", "chunk", "unbind",
     "matmul", "mm", "bmm", "dot", "outer", "gather", "take_along_dim", "index_select",
     "one_hot",
+    "tril", "triu", "t", "swapaxes", "swapdims", "meshgrid", "sinh", "cosh", "trunc", "fix",
+    "repeat_interleave", "einsum", "cumsum", "cumprod", "sort", "argsort", "topk", "msort",
+    "numel", "normal", "bernoulli", "multinomial", "int32", "int16", "int8", "uint8",
 ]

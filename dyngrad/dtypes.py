@@ -1,17 +1,20 @@
 """dtypes and PyTorch's type-promotion rules.
 
-dyngrad has four dtypes: ``float32`` (the default for Python floats), ``float64``, ``int64``
+dyngrad's dtypes: ``float32`` (the default for Python floats), ``float64``, ``int64`` (the
+default for Python ints), the narrower integers ``int32``, ``int16``, ``int8`` and ``uint8``,
 and ``bool``. Promotion follows PyTorch, not numpy: Python scalars and 0-d tensors are
 *weak* — they only raise the result's category (bool < integer < floating), never its width
 inside a category. So ``int64_tensor + 1.5`` is float32 and ``float32_tensor + float64_0d``
-stays float32.
+stays float32. Within the integers the wider type wins, and ``uint8`` with ``int8`` is
+``int16`` (the smallest type holding both ranges), as in PyTorch's table.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["DType", "float32", "float64", "int64", "bool_", "get_default_dtype", "as_dtype"]
+__all__ = ["DType", "float32", "float64", "int64", "int32", "int16", "int8", "uint8", "bool_",
+           "get_default_dtype", "as_dtype"]
 
 
 class DType:
@@ -37,10 +40,16 @@ bool_ = DType("bool", np.bool_, 0)
 int64 = DType("int64", np.int64, 1)
 float32 = DType("float32", np.float32, 2)
 float64 = DType("float64", np.float64, 2)
+int32 = DType("int32", np.int32, 1)
+int16 = DType("int16", np.int16, 1)
+int8 = DType("int8", np.int8, 1)
+uint8 = DType("uint8", np.uint8, 1)
 
-_BY_NP = {d.np: d for d in (bool_, int64, float32, float64)}
+_BY_NP = {d.np: d for d in (bool_, int64, float32, float64, int32, int16, int8, uint8)}
 _BY_NAME = {"bool": bool_, "int64": int64, "long": int64, "float32": float32, "float": float32,
-            "float64": float64, "double": float64}
+            "float64": float64, "double": float64, "int32": int32, "int": int32,
+            "int16": int16, "short": int16, "int8": int8, "uint8": uint8}
+_SUPPORTED = "float32, float64, int64, int32, int16, int8, uint8 and bool"
 _default_float = float32
 
 
@@ -67,12 +76,13 @@ def as_dtype(d) -> DType:
         npd = None
     if npd is not None and npd in _BY_NP:
         return _BY_NP[npd]
-    raise TypeError(f"unsupported dtype {d!r}: dyngrad supports float32, float64, int64 and bool")
+    raise TypeError(f"unsupported dtype {d!r}: dyngrad supports {_SUPPORTED}")
 
 
 def from_numpy_dtype(npd: np.dtype, *, copy: bool) -> DType:
     """The dyngrad dtype for an array's dtype. Without ``copy`` only exact matches are allowed
-    (the memory is shared); with it, other ints become int64 and other floats float32."""
+    (the memory is shared); with it, other ints (uint16 and wider unsigned) become int64 and
+    other floats float32."""
     d = _BY_NP.get(npd)
     if d is not None:
         return d
@@ -82,7 +92,7 @@ def from_numpy_dtype(npd: np.dtype, *, copy: bool) -> DType:
         if npd.kind == "f":
             return float32
     raise TypeError(
-        f"numpy dtype {npd} is not supported: dyngrad supports float32, float64, int64 and bool; "
+        f"numpy dtype {npd} is not supported: dyngrad supports {_SUPPORTED}; "
         f"convert with arr.astype(...) first")
 
 
@@ -92,6 +102,8 @@ def promote(a: DType, b: DType) -> DType:
         return a
     if a.category != b.category:
         return a if a.category > b.category else b
+    if a.itemsize == b.itemsize and (a is uint8 or b is uint8):
+        return int16  # uint8 with int8: the smallest type holding both (PyTorch)
     return a if a.itemsize >= b.itemsize else b
 
 

@@ -7,10 +7,11 @@ The layers of dyngrad, each importing only those below it:
 
 1. the tensor core: ``dtypes``, ``dispatch``, ``autograd.graph``/``grad_mode``, ``tensor``;
 2. primitives: ``ops.primitive`` and the records of ``ops.creation``, ``ops.movement``,
-   ``ops.elementwise``, ``ops.indexing``, ``ops.reduce``, ``ops.linalg``, ``ops.random``
-   (in that order, each with the front-end functions and composites built on it);
-3. composites: ``ops.losses``, ``autograd`` (backward, grad, Function), ``printing``,
-   ``forward_ad``, ``vmap``, ``func``, ``nn``, ``optim``;
+   ``ops.elementwise``, ``ops.indexing``, ``ops.reduce``, ``ops.linalg``, ``ops.scan``,
+   ``ops.random`` (in that order, each with the front-end functions and composites built
+   on it);
+3. composites: ``ops.composites``, ``ops.einsum``, ``ops.losses``, ``autograd`` (backward,
+   grad, Function), ``printing``, ``forward_ad``, ``vmap``, ``func``, ``nn``, ``optim``;
 4. this module, which ``dyngrad/__init__`` imports last and runs once (:func:`install`).
 """
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from . import autograd, printing
 from .dispatch import STATE
+from .ops import composites as _cf
 from .ops import creation as _c
 from .ops import elementwise as _e
 from .ops import indexing as _i
@@ -31,6 +33,7 @@ from .ops import linalg as _l
 from .ops import movement as _m
 from .ops import random as _rnd
 from .ops import reduce as _r
+from .ops import scan as _s
 from .ops.primitive import quiet
 from .tensor import UPWARD, Tensor, to_arguments
 
@@ -128,6 +131,14 @@ def _uniform(self, a=0.0, b=1.0):
     return _rnd.rand(self.shape, dtype=self.dtype) * (b - a) + a
 
 
+def _bernoulli_fill(self, p=0.5, *, generator=None):
+    return _rnd.bernoulli(self, p, generator=generator)
+
+
+def _bernoulli_method(self, p=None, *, generator=None):
+    return _rnd.bernoulli(self, p, generator=generator)
+
+
 def _normal(self, mean=0.0, std=1.0):
     return _rnd.randn(self.shape, dtype=self.dtype) * std + mean
 
@@ -141,12 +152,7 @@ def _to(self, *args, **kwargs):
     return _e.cast(self, dtype)
 
 
-def _type(self, dtype=None):
-    if dtype is None:
-        return f"dyngrad.{self.dtype.name}"
-    return _to(self, dtype)
-
-
+@_r.keepdims_alias
 def _sum_method(self, dim=None, keepdim=False, dtype=None):
     return _r.sum(self, dim, keepdim, dtype=dtype)
 
@@ -246,10 +252,21 @@ METHODS: tuple[Method, ...] = (
         take_along_dim=lambda self, indices, dim: _i.take_along_dim(self, indices, dim),
         index_select=_i.index_select,
         matmul=_l.matmul, mm=_l.mm, bmm=_l.bmm, dot=_l.dot, outer=_l.outer,
+        # tensor functions (dyngrad/ops/composites.py, scan.py)
+        tril=_cf.tril, triu=_cf.triu, t=_cf.t, swapaxes=_cf.swapaxes, swapdims=_cf.swapdims,
+        sinh=_cf.sinh, cosh=_cf.cosh, trunc=_cf.trunc, fix=_cf.trunc,
+        repeat_interleave=_cf.repeat_interleave,
+        new_zeros=_cf.new_zeros, new_ones=_cf.new_ones, new_full=_cf.new_full,
+        new_empty=_cf.new_empty, new_tensor=_cf.new_tensor,
+        cumsum=_s.cumsum, cumprod=_s.cumprod, sort=_s.sort, argsort=_s.argsort,
+        topk=_s.topk, msort=_s.msort,
+        bernoulli=_bernoulli_method, multinomial=_rnd.multinomial,
         # conversion
-        clone=_clone, to=_to, type=_type,
+        clone=_clone, to=_to, type=_cf.type_,
         float=lambda self: _to(self, "float32"), double=lambda self: _to(self, "float64"),
         long=lambda self: _to(self, "int64"), bool=lambda self: _to(self, "bool"),
+        int=lambda self: _to(self, "int32"), short=lambda self: _to(self, "int16"),
+        char=lambda self: _to(self, "int8"), byte=lambda self: _to(self, "uint8"),
         __setitem__=_setitem, __getitem__=_i.getitem,
         masked_fill_=_masked_fill_,
         # unary operators
@@ -283,10 +300,13 @@ METHODS: tuple[Method, ...] = (
         clamp_=_e.clamp, clip_=_e.clamp, neg_=_e.neg, abs_=_e.abs, exp_=_e.exp,
         log_=_e.log, sqrt_=_e.sqrt, tanh_=_e.tanh, sigmoid_=_e.sigmoid,
         relu_=_e.relu, lerp_=_e.lerp, addcmul_=_e.addcmul, addcdiv_=_e.addcdiv,
+        tril_=_cf.tril, triu_=_cf.triu, trunc_=_cf.trunc, fix_=_cf.trunc,
+        cumsum_=_s.cumsum,
     ),
     *_rows(
         Kind.OVERWRITE,
         zero_=_zero, fill_=_fill, copy_=_copy, uniform_=_uniform, normal_=_normal,
+        bernoulli_=_bernoulli_fill,
     ),
     Method("T", _m.T, Kind.PROPERTY, doc="All dims reversed (matrix transpose for 2-d)."),
     Method("mT", _m.mT, Kind.PROPERTY, doc="The last two dims swapped."),

@@ -67,7 +67,7 @@ def prim(name):
 # index_check and the max-pool argmaxes integer indices, and creation/random ops have no
 # differentiable inputs.
 NON_DIFFERENTIABLE = {"eq", "ne", "lt", "le", "gt", "ge", "size_of", "full", "iota", "random",
-                      "index_check", "max_pool_indices", "adaptive_max_indices"}
+                      "index_check", "max_pool_indices", "adaptive_max_indices", "argsort"}
 
 
 def test_every_primitive_has_vjp_and_jvp_rules_or_is_listed_as_non_differentiable():
@@ -143,6 +143,9 @@ PRIMITIVE_CASES = {
     "conv_weight_grad": (lambda x, g: dispatch(prim("conv_weight_grad"), x, g, kernel=(2, 3),
                                                **_CONV), lambda: (leaf(1, 4, 5, 6),
                                                                   leaf(1, 2, 3, 5))),
+    "cumsum": (lambda x: dispatch(prim("cumsum"), x, axis=1, reverse=False),
+               lambda: (leaf(2, 3, 4),)),
+    "cumprod": (lambda x: dispatch(prim("cumprod"), x, axis=2), lambda: (leaf(2, 3, 4),)),
 }
 
 

@@ -245,6 +245,17 @@ def scatter_case(draw):
 
 
 @st.composite
+def scan_case(draw, prim):
+    shape = draw(shapes)
+    n = max(len(shape), 1)
+    dtype = draw(st.sampled_from(["float32", "float64", "int64", "bool"]))
+    p = {"axis": draw(st.integers(-n, n - 1))}
+    if prim != "cumprod":
+        p["reverse" if prim == "cumsum" else "descending"] = draw(st.booleans())
+    return (tensor(values(shape, draw(seeds), dtype)),), p
+
+
+@st.composite
 def matmul_case(draw):
     (ba, bb), _ = draw(hnp.mutually_broadcastable_shapes(num_shapes=2, max_dims=2,
                                                           max_side=3))
@@ -315,6 +326,7 @@ VALID_INPUTS = {
     "full": full_case(),
     "iota": iota_case(),
     "random": random_case(),
+    **{name: scan_case(name) for name in ("cumsum", "cumprod", "argsort")},
 }
 
 

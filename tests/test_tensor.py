@@ -34,7 +34,8 @@ def test_tensor_from_numpy_keeps_supported_dtypes_and_copies():
     assert t.dtype is dg.float64
     a[0] = 9.0
     assert t.tolist() == [1.0, 2.0]
-    assert dg.tensor(np.array([1, 2], dtype=np.int32)).dtype is dg.int64
+    assert dg.tensor(np.array([1, 2], dtype=np.int32)).dtype is dg.int32  # as torch.tensor
+    assert dg.tensor(np.array([1, 2], dtype=np.uint16)).dtype is dg.int64
     assert dg.tensor(np.array([1, 2], dtype=np.float16)).dtype is dg.float32
 
 

@@ -2,8 +2,10 @@
 ``REGISTRY``; the modules here define them and the composites built from them."""
 
 from . import (  # noqa: F401
+    composites,
     conv,
     creation,
+    einsum,
     elementwise,
     indexing,
     linalg,
@@ -12,6 +14,7 @@ from . import (  # noqa: F401
     pool,
     random,
     reduce,
+    scan,
 )
 from .primitive import REGISTRY, AbstractValue, Primitive
 

@@ -147,10 +147,18 @@ def scatter_add(base: Tensor, idx: Tensor, src: Tensor, axis: int = 0) -> Tensor
     return dispatch(SCATTER_ADD, base, _as_index(idx), src, axis=axis)
 
 
+def _narrow_int(t: Tensor) -> bool:
+    """An int32 index tensor (PyTorch indexes with long and int tensors; it becomes int64
+    here, the one dtype of indices in the primitives)."""
+    return t.dtype is _dt.int32
+
+
 def _as_index(idx) -> Tensor:
     if isinstance(idx, Tensor):
         if idx.dtype is _dt.int64:
             return idx
+        if _narrow_int(idx):
+            return _e.cast(idx, _dt.int64)
         if idx.dtype is _dt.bool_ or idx.dtype.is_floating_point:
             raise IndexError(f"tensors used as indices must be long, int or bool tensors, got "
                              f"{idx.dtype.name}")
@@ -245,6 +253,8 @@ def _parse_key(key, ndim: int):
         elif isinstance(k, (int, np.integer)):
             entries.append(("int", int(k)))
         elif isinstance(k, Tensor):
+            if _narrow_int(k):
+                k = _e.cast(k, _dt.int64)
             if k.dtype is _dt.bool_:
                 entries.append(("bool", k))
             elif k.dtype is _dt.int64:  # a 0-d one selects like an int (PyTorch)
@@ -501,7 +511,7 @@ def _numpy_agrees(key) -> bool:
     for k in ks:
         if isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)):
             n_int += 1
-        elif isinstance(k, Tensor) and k.ndim == 0 and k.dtype is _dt.int64:
+        elif isinstance(k, Tensor) and k.ndim == 0 and (k.dtype is _dt.int64 or _narrow_int(k)):
             n_int += 1
         elif isinstance(k, (Tensor, list, np.ndarray)):
             n_adv += 1

@@ -136,11 +136,11 @@ def check_axes(x, axes, op):
 def _sum_rule(x, axes, keepdims):
     check_axes(x, axes, "sum")
     d = x.dtype
-    return reduced_shape(x.shape, axes, keepdims), (_dt.int64 if d is _dt.bool_ else d)
+    return reduced_shape(x.shape, axes, keepdims), (_dt.int64 if d.category < 2 else d)
 
 
 def _sum_impl(x, axes, keepdims):
-    if x.dtype == np.bool_:
+    if x.dtype.kind in "biu" and x.dtype != np.int64:  # bools and narrower ints: int64
         x = x.astype(np.int64)
     return np.sum(x, axis=axes, keepdims=keepdims)
 

@@ -16,14 +16,15 @@ import numpy as np
 
 from .. import dtypes as _dt
 from ..autograd.grad_mode import no_grad
-from ..dispatch import STATE, dispatch, report_read
+from ..dispatch import STATE, dispatch
 from ..tensor import Tensor, check_device
 from .creation import arange, full, maybe_requires_grad, shape_arg, zeros
-from .elementwise import cast, eq, floor, lt, where
+from .elementwise import cast, eq, floor, le, log1p, lt, minimum, where
 from .indexing import scatter_add
 from .movement import reshape
 from .primitive import Primitive
 from .reduce import sum as _sum
+from .scan import argsort, cumsum, topk
 
 _M0, _M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
 _W0, _W1 = np.uint64(0x9E3779B9), np.uint64(0xBB67AE85)
@@ -214,19 +215,13 @@ def randint_like(x: Tensor, low, high=None, *, dtype=None, device=None) -> Tenso
     return randint(low, high, x.shape, dtype=dtype or x.dtype, device=device)
 
 
-TRACED_RANDPERM_MAX = 512  # n up to which randperm under a dispatch mode is a composition
-#                            (n² comparisons: ~1 ms at 512, ~3 ms at 1024, a compiled call)
-
-
-def randperm(n: int, *, generator=None, dtype=None, device=None) -> Tensor:
+def randperm(n: int, *, generator=None, dtype=None, device=None,
+             requires_grad: bool = False) -> Tensor:
     """A random permutation of 0..n-1: the stable argsort of n float64 uniforms.
 
-    Note (the same permutation eager or compiled): with no dispatch mode active the argsort
-    is numpy's. Under a mode (a tracer) it is built from ops — each element's rank is how
-    many elements sort before it, an n×n comparison, and the permutation is scattered from
-    the ranks — so a compiled call draws new uniforms and sorts them as eager does. The
-    comparison is quadratic: beyond ``TRACED_RANDPERM_MAX`` elements the uniforms are read
-    in numpy, and the read is reported (a tracer falls back to eager naming randperm).
+    Note (the same permutation eager or compiled): the sort is the ``argsort`` primitive
+    (dyngrad/ops/scan.py), numpy's stable argsort, so a tracer records it like any op — a
+    compiled call draws new uniforms and sorts them as eager does, at any ``n``.
 
     >>> dg.manual_seed(0); p = dg.randperm(5)   # a permutation of 0..4, int64
     """
@@ -237,18 +232,17 @@ def randperm(n: int, *, generator=None, dtype=None, device=None) -> Tensor:
     if n < 0:
         raise RuntimeError(f"randperm: n must be non-negative, got {n}")
     u = _gen(generator).sample((n,), "uniform", _dt.float64)
-    if STATE.modes:
-        if n <= TRACED_RANDPERM_MAX:
-            return stable_argsort(u)
-        report_read(u, "randperm")
-        return Tensor._constant(np.argsort(u._data, kind="stable").astype(np.int64))
-    return Tensor._fresh(np.argsort(u._data, kind="stable").astype(np.int64))
+    perm = argsort(u)
+    if dtype is not None and _dt.as_dtype(dtype) is not _dt.int64:
+        perm = cast(perm, dtype)
+    return maybe_requires_grad(perm, requires_grad)
 
 
 def stable_argsort(u: Tensor) -> Tensor:
-    """``np.argsort(u, kind="stable")`` of a 1-d tensor without NaNs, from ops (no data read
-    into Python): element i's rank counts the j with (u[j], j) < (u[i], i); the permutation
-    puts i at its rank. Quadratic in ``len(u)``: for randperm under a tracer."""
+    """``np.argsort(u, kind="stable")`` of a 1-d tensor without NaNs, from elementwise ops,
+    sums and a scatter (no sorting primitive): element i's rank counts the j with
+    (u[j], j) < (u[i], i); the permutation puts i at its rank. Quadratic in ``len(u)``: a
+    reference for the ``argsort`` primitive, for backends without it."""
     n = u.shape[0]
     with no_grad():  # (counts up to n are exact in float64)
         f = arange(n, dtype=_dt.float64)
@@ -256,3 +250,157 @@ def stable_argsort(u: Tensor) -> Tensor:
         before = where(eq(uj, ui), lt(reshape(f, (1, n)), reshape(f, (n, 1))), lt(uj, ui))
         rank = cast(_sum(cast(before, _dt.float64), 1), _dt.int64)
         return scatter_add(zeros(n, dtype=_dt.int64), rank, arange(n))
+
+
+# ------------------------------------------------------------------ distributions
+#
+# Note (drawn, then composed): each distribution below draws uniforms or normals through
+# `Generator.sample` (the `random` primitive, traced with the generator's state as an input)
+# and shapes them with ordinary ops, so a compiled function draws fresh numbers on every call,
+# the same numbers eager draws from the same seed. Argument checks that read values (a
+# negative std, a probability outside [0, 1]) run eagerly only: under a dispatch mode (a
+# tracer) reading them would bake one call's data into the compiled code.
+
+
+def _checks_values() -> bool:
+    return not STATE.modes
+
+
+def _zero_grad_link(out: Tensor, *inputs) -> Tensor:
+    """``out`` in the graph of ``inputs`` with a zero gradient (PyTorch's normal and
+    bernoulli: the result requires grad, the gradient is zero). ``where`` of an all-false
+    mask adds exactly 0 whatever the input holds (inf, nan)."""
+    if not STATE.grad_enabled:
+        return out
+    for x in inputs:
+        if isinstance(x, Tensor) and x.requires_grad:
+            never = lt(full(out.shape, 1.0, dtype=out.dtype), 0.0)
+            out = out + where(never, x, 0.0)
+    return out
+
+
+def normal(mean=0.0, std=1.0, size=None, *, generator=None, dtype=None,
+           requires_grad: bool = False) -> Tensor:
+    """Normal numbers with the given ``mean`` and ``std`` (numbers or tensors, broadcast
+    together; ``size`` when both are numbers). As in PyTorch the result requires grad when
+    ``mean`` or ``std`` does, with a zero gradient.
+
+    >>> dg.normal(dg.zeros(3), 2.0)          # three draws of N(0, 4)
+    >>> dg.normal(0.0, 1.0, size=(2, 2))
+    """
+    tensors = [x for x in (mean, std) if isinstance(x, Tensor)]
+    if not tensors:
+        if size is None:
+            raise TypeError("normal() missing the required argument 'size' when mean and std "
+                            "are numbers")
+        if std < 0:
+            raise RuntimeError(f"normal expects std >= 0.0, but found std {std}")
+        d = _float_dtype(dtype)
+        shape = shape_arg((tuple(size),) if not isinstance(size, int) else (size,), "normal")
+        out = _gen(generator).sample(shape, "normal", d) * float(std) + float(mean)
+        return maybe_requires_grad(out, requires_grad)
+    if size is not None and tuple(size) != _broadcast_shape(mean, std):
+        raise RuntimeError(f"normal: size {list(size)} given with tensor mean/std of shape "
+                           f"{list(_broadcast_shape(mean, std))}; leave size out")
+    d = _float_dtype(dtype if dtype is not None else tensors[0].dtype
+                     if tensors[0].dtype.is_floating_point else None)
+    if isinstance(std, Tensor) and _checks_values() and std.numel() and \
+            bool((std._data < 0).any()):
+        raise RuntimeError("normal expects all elements of std >= 0.0")
+    if not isinstance(std, Tensor) and std < 0:
+        raise RuntimeError(f"normal expects std >= 0.0, but found std {std}")
+    shape = _broadcast_shape(mean, std)
+    m = mean.detach() if isinstance(mean, Tensor) else mean
+    s = std.detach() if isinstance(std, Tensor) else std
+    out = _gen(generator).sample(shape, "normal", d) * s + m
+    if out.dtype is not d:
+        out = cast(out, d)
+    return _zero_grad_link(out, mean, std)
+
+
+def _broadcast_shape(*xs) -> tuple:
+    return tuple(np.broadcast_shapes(*(tuple(x.shape) for x in xs if isinstance(x, Tensor))))
+
+
+def _check_probabilities(p: Tensor) -> None:
+    if _checks_values() and p.numel():
+        data = p._data
+        if not bool(((data >= 0) & (data <= 1)).all()):
+            raise RuntimeError("bernoulli: expected every probability p to satisfy "
+                               "0 <= p <= 1 (PyTorch: Expected p_in >= 0 && p_in <= 1 to be "
+                               "true, but got false.)")
+
+
+def bernoulli(input: Tensor, p=None, *, generator=None) -> Tensor:
+    """1 with probability ``input`` (or the number ``p``), else 0, in input's dtype.
+
+    >>> dg.bernoulli(dg.full((4,), 0.5))      # e.g. tensor([1., 0., 0., 1.])
+    """
+    dtype = input.dtype if input.dtype.is_floating_point else _dt.get_default_dtype()
+    if p is None:
+        if not input.dtype.is_floating_point:
+            raise RuntimeError(f"bernoulli: expected a floating-point tensor of "
+                               f"probabilities, got {input.dtype.name}")
+        prob = input.detach()
+        _check_probabilities(prob)
+    else:
+        if isinstance(p, Tensor):
+            _check_probabilities(p)
+            prob = p.detach()
+        elif not 0 <= p <= 1:
+            raise RuntimeError(f"bernoulli_ expects p to be in [0, 1], but got p={p}")
+        else:
+            prob = float(p)
+    shape = input.shape if p is None or not isinstance(p, Tensor) else \
+        _broadcast_shape(input, p)
+    u = _gen(generator).sample(shape, "uniform", _dt.float64)
+    out = cast(lt(u, prob), input.dtype if p is not None else dtype)
+    return _zero_grad_link(out, input) if p is None and out.dtype.is_floating_point else out
+
+
+def multinomial(input: Tensor, num_samples: int, replacement: bool = False, *,
+                generator=None) -> Tensor:
+    """Category indices drawn with probabilities proportional to the rows of ``input`` (1-d
+    or 2-d, non-negative weights), int64.
+
+    With replacement each draw inverts the cumulative weights at a uniform number; without,
+    the ``num_samples`` categories with the smallest exponential keys E/w are taken (the
+    exponential-race view of sampling without replacement), in that order.
+
+    >>> dg.multinomial(dg.tensor([0.1, 0.0, 0.9]), 4, replacement=True)  # e.g. [2, 2, 0, 2]
+    """
+    if input.ndim not in (1, 2):
+        raise RuntimeError(f"prob_dist must be 1 or 2 dim, got a tensor of shape "
+                           f"{list(input.shape)}")
+    if not input.dtype.is_floating_point:
+        raise RuntimeError(f"multinomial only supports floating-point dtypes for input, got: "
+                           f"{input.dtype.name}")
+    k = int(num_samples)
+    if k <= 0:
+        raise RuntimeError("cannot sample n_sample <= 0 samples")
+    n = input.shape[-1]
+    if not replacement and k > n:
+        raise RuntimeError("cannot sample n_sample > prob_dist.size(-1) samples without "
+                           "replacement")
+    w = input.detach()
+    if _checks_values() and w.numel():
+        data = w._data
+        if not bool(np.isfinite(data).all()) or bool((data < 0).any()):
+            raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
+        if bool((data.sum(-1) <= 0).any()):
+            raise RuntimeError("invalid multinomial distribution (sum of probabilities <= 0)")
+    rows = w if w.ndim == 2 else reshape(w, (1, n))
+    r = rows.shape[0]
+    w64 = cast(rows, _dt.float64)
+    if replacement:
+        cdf = cumsum(w64, 1)                                           # (r, n)
+        u = _gen(generator).sample((r, k), "uniform", _dt.float64)
+        target = u * reshape(_sum(w64, 1), (r, 1))                     # (r, k)
+        below = le(reshape(cdf, (r, 1, n)), reshape(target, (r, k, 1)))
+        idx = _sum(cast(below, _dt.int64), 2)
+        idx = minimum(idx, n - 1)
+    else:
+        u = _gen(generator).sample((r, n), "uniform", _dt.float64)
+        keys = -log1p(-u) / w64       # exponential / weight; zero weight: inf (drawn last)
+        idx = topk(keys, k, 1, largest=False).indices
+    return idx if input.ndim == 2 else reshape(idx, (k,))

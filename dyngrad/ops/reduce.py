@@ -4,6 +4,7 @@ some axes) and the reductions composed from them."""
 from __future__ import annotations
 
 import builtins as _py
+import functools
 from collections import namedtuple
 
 import numpy as np
@@ -70,6 +71,23 @@ SIZE_OF = Primitive("size_of", "reduce", _size_impl, _size_rule,
 # ------------------------------------------------------------------ front end
 
 
+def keepdims_alias(fn):
+    """``fn`` also taking numpy's spelling ``keepdims=`` for ``keepdim=`` (PyTorch accepts
+    both).
+
+    >>> dg.sum(dg.ones(2, 3), 1, keepdims=True).shape   # (2, 1)
+    """
+    @functools.wraps(fn)
+    def reduction(*args, keepdims=None, **kwargs):
+        if keepdims is not None:
+            if "keepdim" in kwargs:
+                raise TypeError(f"{fn.__name__}() got both keepdim= and its alias keepdims=")
+            kwargs["keepdim"] = keepdims
+        return fn(*args, **kwargs)
+    return reduction
+
+
+@keepdims_alias
 def sum(x, dim=None, keepdim: bool = False, *, dtype=None):
     """Sum over ``dim`` (all dims by default); bool and int sum to int64."""
     axes = norm_axes(dim, x.ndim, "sum")
@@ -85,6 +103,7 @@ def size_of(x, dim=None, dtype=None) -> Tensor:
     return dispatch(SIZE_OF, x, axes=norm_axes(dim, x.ndim, "size_of"), dtype=d)
 
 
+@keepdims_alias
 def mean(x, dim=None, keepdim: bool = False, *, dtype=None):
     """Arithmetic mean over ``dim``."""
     if dtype is not None:
@@ -96,6 +115,7 @@ def mean(x, dim=None, keepdim: bool = False, *, dtype=None):
     return sum(x, dim, keepdim) / size_of(x, dim)
 
 
+@keepdims_alias
 def var(x, dim=None, *, correction=None, unbiased=None, keepdim: bool = False):
     """Variance with Bessel's correction by default (``correction=1``), two-pass."""
     if correction is None:
@@ -105,15 +125,18 @@ def var(x, dim=None, *, correction=None, unbiased=None, keepdim: bool = False):
     return sum(d * d, dim, keepdim) / _e.maximum(size_of(x, dim) - correction, 0.0)
 
 
+@keepdims_alias
 def std(x, dim=None, *, correction=None, unbiased=None, keepdim: bool = False):
     return _e.sqrt(var(x, dim, correction=correction, unbiased=unbiased, keepdim=keepdim))
 
 
+@keepdims_alias
 def amax(x, dim=None, keepdim: bool = False):
     """Maximum over ``dim``; the gradient is split evenly among tied maxima."""
     return dispatch(MAX, x, axes=norm_axes(dim, x.ndim, "amax"), keepdims=bool(keepdim))
 
 
+@keepdims_alias
 def amin(x, dim=None, keepdim: bool = False):
     if x.dtype is _dt.bool_:
         return _e.logical_not(amax(_e.logical_not(x), dim, keepdim))
@@ -142,11 +165,13 @@ def _arg_extreme(x, dim, keepdim, largest: bool, op: str):
     return -amax(-cand, axis, keepdim)
 
 
+@keepdims_alias
 def argmax(x, dim=None, keepdim: bool = False):
     """Index of the first maximum over ``dim`` (over the flattened tensor by default)."""
     return _arg_extreme(x, dim, keepdim, True, "argmax")
 
 
+@keepdims_alias
 def argmin(x, dim=None, keepdim: bool = False):
     return _arg_extreme(x, dim, keepdim, False, "argmin")
 
@@ -166,12 +191,14 @@ def _max_min(x, dim, keepdim, other, largest):
     return MaxResult(values, idx)
 
 
+@keepdims_alias
 def max(x, dim=None, keepdim: bool = False, *, other=None):
     """``max(x)``: the maximum; ``max(x, dim)``: (values, indices), the gradient going to the
     returned index; ``max(x, y)``: elementwise maximum."""
     return _max_min(x, dim, keepdim, other, True)
 
 
+@keepdims_alias
 def min(x, dim=None, keepdim: bool = False, *, other=None):
     return _max_min(x, dim, keepdim, other, False)
 
@@ -184,6 +211,7 @@ def _shift(x, dim):
     return amax(x, dim, keepdim=True).detach()
 
 
+@keepdims_alias
 def logsumexp(x, dim=None, keepdim: bool = False):
     """log(Σ exp(x)) computed stably (the maximum is subtracted first)."""
     x = _e._float_operand(x)
@@ -205,6 +233,7 @@ def log_softmax(x, dim: int):
     return shifted - _e.log(sum(_e.exp(shifted), dim, keepdim=True))
 
 
+@keepdims_alias
 def norm(x, p=2, dim=None, keepdim: bool = False):
     """Vector p-norm over ``dim`` (p = 1, 2, inf, or any positive number); the gradient of
     the 2-norm at zero is zero, as in PyTorch."""
@@ -224,10 +253,11 @@ def norm(x, p=2, dim=None, keepdim: bool = False):
     raise ValueError(f"norm: unsupported p={p!r}; use 1, 2, inf, -inf or a positive number")
 
 
+@keepdims_alias
 def prod(x, dim=None, keepdim: bool = False):
     """Product over ``dim`` by pairwise multiplication (exact gradients through zeros)."""
-    if x.dtype is _dt.bool_:  # like sum: the product of bools is int64 (PyTorch)
-        x = _e.cast(x, _dt.int64)
+    if x.dtype.category < 2 and x.dtype is not _dt.int64:  # like sum: the product of
+        x = _e.cast(x, _dt.int64)                           # bools and ints is int64
     if dim is None:
         out = prod(_m.reshape(x, (-1,)), 0)
         return _m.reshape(out, (1,) * x.ndim) if keepdim else out
@@ -255,10 +285,12 @@ def prod(x, dim=None, keepdim: bool = False):
     return x if keepdim else _m.squeeze(x, axis)
 
 
+@keepdims_alias
 def all(x, dim=None, keepdim: bool = False):
     """True where every element over ``dim`` is non-zero."""
     return _e.eq(sum(_e.logical_not(x), dim, keepdim), 0)
 
 
+@keepdims_alias
 def any(x, dim=None, keepdim: bool = False):
     return _e.gt(sum(_e.cast(x, _dt.bool_), dim, keepdim), 0)
