@@ -266,6 +266,62 @@ def matmul_case(draw):
 
 
 @st.composite
+def _geometry(draw, nd: int):
+    """stride, (lo, hi) padding, dilation per spatial dim and a kernel, drawn small."""
+    stride = tuple(draw(st.integers(1, 2)) for _ in range(nd))
+    padding = tuple((draw(st.integers(0, 1)), draw(st.integers(0, 1))) for _ in range(nd))
+    dilation = tuple(draw(st.integers(1, 2)) for _ in range(nd))
+    kernel = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    spatial = tuple(d * (k - 1) + 1 + draw(st.integers(0, 3)) for k, d in zip(kernel, dilation))
+    return stride, padding, dilation, kernel, spatial
+
+
+def _conv_out(spatial, kernel, stride, padding, dilation) -> tuple:
+    return tuple((s + lo + hi - d * (k - 1) - 1) // st_ + 1 for s, k, st_, (lo, hi), d
+                 in zip(spatial, kernel, stride, padding, dilation))
+
+
+@st.composite
+def conv_case(draw, name: str):
+    """conv, conv_transpose or conv_weight_grad on a small 1-d or 2-d geometry."""
+    nd = draw(st.integers(1, 2))
+    stride, padding, dilation, kernel, spatial = draw(_geometry(nd))
+    groups = draw(st.sampled_from([1, 2]))
+    n, cin, cout = draw(st.integers(1, 2)), groups * draw(st.integers(1, 2)), \
+        groups * draw(st.integers(1, 2))
+    dtype, seed = draw(st.sampled_from(["float32", "float64"])), draw(seeds)
+    geometry = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
+    out = _conv_out(spatial, kernel, stride, padding, dilation)
+    w = tensor(values((cout, cin // groups) + kernel, seed + 1, dtype))
+    if name == "conv":
+        return (tensor(values((n, cin) + spatial, seed, dtype)), w), geometry
+    if name == "conv_transpose":
+        return (tensor(values((n, cout) + out, seed, dtype)), w), {**geometry, "size": spatial}
+    return (tensor(values((n, cin) + spatial, seed, dtype)),
+            tensor(values((n, cout) + out, seed + 2, dtype))), {**geometry, "kernel": kernel}
+
+
+@st.composite
+def max_pool_case(draw):
+    nd = draw(st.integers(1, 2))
+    stride, padding, dilation, kernel, spatial = draw(_geometry(nd))
+    padding = tuple((min(lo, k // 2), min(hi, k // 2)) for (lo, hi), k in zip(padding, kernel))
+    lead = tuple(draw(st.integers(1, 2)) for _ in range(draw(st.integers(1, 2))))
+    dtype, seed = draw(st.sampled_from(["float32", "float64", "int64"])), draw(seeds)
+    return (tensor(values(lead + spatial, seed, dtype)),), {
+        "kernel": kernel, "stride": stride, "padding": padding, "dilation": dilation}
+
+
+@st.composite
+def adaptive_max_case(draw):
+    nd = draw(st.integers(1, 2))
+    spatial = tuple(draw(st.integers(1, 6)) for _ in range(nd))
+    out = tuple(draw(st.integers(1, 4)) for _ in range(nd))
+    dtype, seed = draw(st.sampled_from(["float32", "float64"])), draw(seeds)
+    return (tensor(values((2, 3) + spatial, seed, dtype)),), {"output_size": out}
+
+
+@st.composite
 def full_case(draw):
     return (), {"shape": draw(shapes), "value": draw(st.integers(-3, 3)),
                 "dtype": draw(st.sampled_from(list(DTYPES.values())))}
@@ -327,6 +383,9 @@ VALID_INPUTS = {
     "iota": iota_case(),
     "random": random_case(),
     **{name: scan_case(name) for name in ("cumsum", "cumprod", "argsort")},
+    **{name: conv_case(name) for name in ("conv", "conv_transpose", "conv_weight_grad")},
+    "max_pool_indices": max_pool_case(),
+    "adaptive_max_indices": adaptive_max_case(),
 }
 
 
