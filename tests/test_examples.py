@@ -55,6 +55,17 @@ def test_digits_compiled_step_reaches_accuracy_and_matches_eager(tmp_path):
     assert (tmp_path / "d.png").stat().st_size > 0
 
 
+def test_cnn_digits_lenet_and_resnet_train_compiled_beside_eager(tmp_path):
+    pytest.importorskip("sklearn")
+    out = run([str(ROOT / "examples/cnn_digits.py"), "--quick", "--plot",
+               str(tmp_path / "c.png")], tmp_path)  # (the script asserts its claims)
+    for name in ("LeNet", "ResNet"):
+        acc = float(re.search(rf"^{name}: \d+ steps; test accuracy ([\d.]+)% compiled", out,
+                              re.M).group(1))
+        assert acc > 80.0, out
+    assert (tmp_path / "c.png").stat().st_size > 0
+
+
 def test_control_flow_variants_agree_with_eager_and_explain_shows_value_guards(tmp_path):
     out = run([str(ROOT / "examples/control_flow.py"), "--quick", "--plot",
                str(tmp_path / "c.png")], tmp_path)
