@@ -32,7 +32,10 @@ RUNNABLE = [
 
 # form -> the start of the error its quick form stops at under dyngrad today
 NOT_YET = {
-    "examples_mnist": "AttributeError: module 'dyngrad' has no attribute 'device'",
+    "examples_mnist": "AttributeError: module 'dyngrad.nn' has no attribute 'Conv2d'",
+    "examples_mnist_rnn": "AttributeError: module 'dyngrad.optim' has no attribute 'Adadelta'",
+    "examples_gcn": "TypeError: unsupported dtype 8",
+    "examples_gat": "TypeError: empty() got an unexpected keyword argument 'size'",
     "examples_regression":
         "AttributeError: module 'dyngrad.nn.functional' has no attribute 'smooth_l1_loss'",
     "examples_time_sequence_prediction:lbfgs":
@@ -61,7 +64,7 @@ def test_program_names_its_source_and_licence_and_changes_only_import_lines(prog
     assert ports, "a corpus program lists the import lines it changed"
     body = [line for line in text.splitlines() if not line.startswith("# port: ")]
     for original, ported in ports:
-        assert ported.startswith(("import ", "from ", "# from ")), ported
+        assert ported.startswith(("import ", "from ", "# import ", "# from ")), ported
         assert original.startswith(("import ", "from ")), original
         assert ported in body, f"declared port not in the program: {ported}"
     changed = {ported for _, ported in ports}

@@ -145,20 +145,33 @@ def compile_if(lib: str, compiled: bool, fn: Callable) -> Callable:
     return library(lib).compile(fn) if compiled else fn
 
 
+def third_call(fn: Callable, *args):
+    """``fn(*args)`` three times, the last result: a compiled function runs its first call
+    eagerly and traces and compiles the second, so the third replays compiled code."""
+    for _ in range(3):
+        out = fn(*args)
+    return out
+
+
 # ---------------------------------------------------------------- the quick forms
 # Each takes the library's name and whether to compile, and returns named arrays to compare.
 
 def quick_mnist(lib, compiled):
     """pytorch/examples mnist: its ``Net`` and ``train``/``test`` for one short epoch on 16
     random 28×28 images (batches of 8), with ``Adadelta(lr=1.0)`` and ``StepLR`` as ``main``
-    builds them. Dropout is switched off from the test side (p = 0) so that PyTorch and dyngrad
-    see the same network; the compiled run compiles the model's forward."""
+    builds them, on ``device="cpu"`` (a string, which PyTorch accepts; ``main`` makes a
+    ``torch.device``). Dropout is switched off from the test side (p = 0) so that PyTorch and
+    dyngrad see the same network; the compiled run compiles the model's forward."""
+    return mnist_like(lib, compiled, "examples_mnist", seed=1)
+
+
+def mnist_like(lib, compiled, program, seed):
     t = library(lib)
-    with shared_random(lib, 1) as rng:
-        m = load("examples_mnist", lib)
+    with shared_random(lib, seed) as rng:
+        m = load(program, lib)
         x = rng.standard_normal((16, 1, 28, 28)).astype(np.float32)
         y = rng.integers(0, 10, 16)
-        device = t.device("cpu")
+        device = "cpu"
         model = m.Net().to(device)
         model.dropout1.p = model.dropout2.p = 0.0
         forward = compile_if(lib, compiled, model)
@@ -168,10 +181,13 @@ def quick_mnist(lib, compiled):
         scheduler = m.StepLR(optimizer, step_size=1, gamma=0.7)
         args = SimpleNamespace(log_interval=1, dry_run=False)
         m.train(args, model, device, loader, optimizer, 1)
-        m.test(model, device, loader)
+        if program == "examples_mnist":
+            m.test(model, device, loader)
+        else:
+            m.test(args, model, device, loader)
         scheduler.step()
         model.eval()
-        return {"output": numpy(forward(t.tensor(x))), **parameters(model)}
+        return {"output": numpy(third_call(forward, t.tensor(x))), **parameters(model)}
 
 
 def quick_regression(lib, compiled):
@@ -183,7 +199,68 @@ def quick_regression(lib, compiled):
         batch_x, _ = m.get_batch()
         fc = compile_if(lib, compiled, m.fc)
         return {"batches": np.asarray(m.batch_idx), "loss": np.asarray(m.loss),
-                "output": numpy(fc(batch_x)), **parameters(m.fc)}
+                "output": numpy(third_call(fc, batch_x)), **parameters(m.fc)}
+
+
+def quick_mnist_rnn(lib, compiled):
+    """pytorch/examples mnist_rnn: as mnist (its ``Net`` is an LSTM over the image's rows,
+    BatchNorm1d, Dropout2d, two linear layers; its ``test`` takes ``args`` too)."""
+    return mnist_like(lib, compiled, "examples_mnist_rnn", seed=7)
+
+
+def small_graph(lib, rng, nodes=12, features=6, classes=3):
+    """A random undirected graph with self-loops in the shape load_cora returns: features
+    (rows scaled to sum 1), labels, a dense adjacency with ones, and D^-1/2 A D^-1/2 as the GCN
+    uses it; index tensors for the training and validation nodes."""
+    t = library(lib)
+    x = rng.random((nodes, features)).astype(np.float32)
+    x /= x.sum(1, keepdims=True)
+    a = (rng.random((nodes, nodes)) < 0.3).astype(np.float32)
+    a = np.maximum(np.maximum(a, a.T), np.eye(nodes, dtype=np.float32))
+    d = 1 / np.sqrt(a.sum(1))
+    return SimpleNamespace(
+        features=t.tensor(x), labels=t.tensor(rng.integers(0, classes, nodes)),
+        adj=t.tensor(a), adj_normalized=t.tensor((d[:, None] * a * d[None, :]).astype(np.float32)),
+        idx_train=t.tensor(np.arange(0, 8)), idx_val=t.tensor(np.arange(8, 12)),
+        features_dim=features, classes=classes)
+
+
+def graph_network(lib, compiled, program, seed, make_model, adjacency):
+    """Three epochs of the program's own ``train_iter`` (Adam with weight decay, NLLLoss, as
+    its main) on :func:`small_graph`; then its ``test``, and the forward compiled or not."""
+    t = library(lib)
+    with shared_random(lib, seed) as rng:
+        m = load(program, lib)
+        g = small_graph(lib, rng)
+        model = make_model(m, g)
+        optimizer = m.Adam(model.parameters(), lr=0.01, weight_decay=5e-4)
+        criterion = m.nn.NLLLoss()
+        inputs = (g.features, getattr(g, adjacency))
+        for epoch in range(3):
+            m.train_iter(epoch + 1, model, optimizer, criterion, inputs, g.labels,
+                         g.idx_train, g.idx_val, 1)
+        loss, accuracy = m.test(model, criterion, inputs, g.labels, g.idx_val)
+        forward = compile_if(lib, compiled, model)
+        with t.no_grad():
+            output = third_call(forward, *inputs)
+        return {"test_loss": np.asarray(loss), "test_accuracy": np.asarray(accuracy),
+                "output": numpy(output), **parameters(model)}
+
+
+def quick_gcn(lib, compiled):
+    """pytorch/examples gcn: ``GCN(6, 8, 3)`` without dropout on a 12-node graph (a dense
+    normalised adjacency: its ``load_cora`` makes a sparse one)."""
+    return graph_network(lib, compiled, "examples_gcn", 8,
+                         lambda m, g: m.GCN(g.features_dim, 8, g.classes, True, 0.0),
+                         "adj_normalized")
+
+
+def quick_gat(lib, compiled):
+    """pytorch/examples gat: ``GAT`` with 2 heads of 8, no dropout, on a 12-node graph."""
+    return graph_network(lib, compiled, "examples_gat", 9,
+                         lambda m, g: m.GAT(in_features=g.features_dim, n_hidden=8, n_heads=2,
+                                            num_classes=g.classes, concat=False, dropout=0.0),
+                         "adj")
 
 
 def sine_waves(n=4, length=16, period=20, seed=2):
@@ -316,7 +393,7 @@ def quick_polynomial_optim(lib, compiled):
         m = load("tutorials_polynomial_optim", lib)
         model = compile_if(lib, compiled, m.model)
         layer = m.model[0]
-        return {"loss": numpy(m.loss), "output": numpy(model(m.xx)),
+        return {"loss": numpy(m.loss), "output": numpy(third_call(model, m.xx)),
                 "weight": numpy(layer.weight), "bias": numpy(layer.bias)}
 
 
@@ -330,7 +407,7 @@ def quick_polynomial_autograd(lib, compiled):
             return m.a + m.b * x + m.c * x ** 2 + m.d * x ** 3
 
         poly = compile_if(lib, compiled, poly)
-        return {"loss": numpy(m.loss), "output": numpy(poly(m.x)),
+        return {"loss": numpy(m.loss), "output": numpy(third_call(poly, m.x)),
                 **{k: numpy(getattr(m, k)) for k in "abcd"}}
 
 
@@ -348,6 +425,9 @@ class QuickForm:
 
 FORMS = {f.name: f for f in [
     QuickForm("examples_mnist", "examples_mnist", quick_mnist),
+    QuickForm("examples_mnist_rnn", "examples_mnist_rnn", quick_mnist_rnn),
+    QuickForm("examples_gcn", "examples_gcn", quick_gcn),
+    QuickForm("examples_gat", "examples_gat", quick_gat),
     QuickForm("examples_regression", "examples_regression", quick_regression),
     QuickForm("examples_time_sequence_prediction", "examples_time_sequence_prediction",
               quick_time_sequence, rtol=1e-9, atol=1e-11),
