@@ -28,6 +28,8 @@ RUNNABLE = [
     "examples_time_sequence_prediction",
     "micrograd_test_engine",
     "tutorials_polynomial_optim",
+    "tutorials_polynomial_nn",
+    "tutorials_polynomial_module",
 ]
 
 # form -> the start of the error its quick form stops at under dyngrad today
@@ -44,6 +46,8 @@ NOT_YET = {
         "AttributeError: module 'dyngrad.nn' has no attribute 'Transformer'",
     "nanogpt_model": "AttributeError: module 'dyngrad' has no attribute 'tril'",
     "tutorials_polynomial_autograd": "AttributeError: module 'dyngrad' has no attribute 'cuda'",
+    "tutorials_polynomial_custom_function":
+        "AttributeError: module 'dyngrad' has no attribute 'device'",
 }
 
 PROGRAM_FILES = sorted(p.stem for p in CORPUS.glob("*.py")
@@ -87,7 +91,10 @@ def test_program_runs_under_dyngrad_and_matches_pytorch(name):
 def test_program_compiled_matches_eager(name):
     form = harness.FORMS[name]
     eager = harness.run_quick(name, "dyngrad")
+    harness.COMPILED.clear()
     compiled = harness.run_quick(name, "dyngrad", compiled=True)
+    assert harness.COMPILED and all(f.variants for f in harness.COMPILED), \
+        "the compiled run never compiled (it stayed eager)"
     assert harness.mismatches(form, compiled, eager) == []
 
 

@@ -140,9 +140,15 @@ def parameters(model) -> dict[str, np.ndarray]:
     return {k: numpy(v) for k, v in model.state_dict().items()}
 
 
+COMPILED: list = []  # the compiled functions the quick forms made (the tests check each compiled)
+
+
 def compile_if(lib: str, compiled: bool, fn: Callable) -> Callable:
     """``dg.compile(fn)`` for a compiled run, else ``fn``."""
-    return library(lib).compile(fn) if compiled else fn
+    if not compiled:
+        return fn
+    COMPILED.append(library(lib).compile(fn))
+    return COMPILED[-1]
 
 
 def third_call(fn: Callable, *args):
@@ -411,6 +417,41 @@ def quick_polynomial_autograd(lib, compiled):
                 **{k: numpy(getattr(m, k)) for k in "abcd"}}
 
 
+def quick_polynomial_nn(lib, compiled):
+    """pytorch/tutorials polynomial_nn: the script (2000 manual updates of a Sequential's
+    parameters, at module level); then its model on its inputs, compiled or not."""
+    with shared_random(lib, 10):
+        m = load("tutorials_polynomial_nn", lib)
+        model = compile_if(lib, compiled, m.model)
+        return {"loss": numpy(m.loss), "output": numpy(third_call(model, m.xx)),
+                **parameters(m.model)}
+
+
+def quick_polynomial_module(lib, compiled):
+    """pytorch/tutorials polynomial_module: the script (its ``Polynomial3`` module, 2000 SGD
+    steps at module level); then the model on its inputs, compiled or not."""
+    with shared_random(lib, 11):
+        m = load("tutorials_polynomial_module", lib)
+        model = compile_if(lib, compiled, m.model)
+        return {"loss": numpy(m.loss), "output": numpy(third_call(model, m.x)),
+                **parameters(m.model)}
+
+
+def quick_polynomial_custom_function(lib, compiled):
+    """pytorch/tutorials polynomial_custom_function: the script (a custom
+    ``autograd.Function``, 2000 manual steps at module level); then its polynomial on its
+    inputs through the Function, compiled or not."""
+    with shared_random(lib, 12):
+        m = load("tutorials_polynomial_custom_function", lib)
+
+        def poly(x):
+            return m.a + m.b * m.LegendrePolynomial3.apply(m.c + m.d * x)
+
+        poly = compile_if(lib, compiled, poly)
+        return {"loss": numpy(m.loss), "output": numpy(third_call(poly, m.x)),
+                **{k: numpy(getattr(m, k)) for k in "abcd"}}
+
+
 @dataclass(frozen=True)
 class QuickForm:
     """One way of running one corpus program: its file, the quick form, the float32 (or
@@ -440,6 +481,11 @@ FORMS = {f.name: f for f in [
               compiles=False),
     QuickForm("tutorials_polynomial_optim", "tutorials_polynomial_optim",
               quick_polynomial_optim),
+    QuickForm("tutorials_polynomial_nn", "tutorials_polynomial_nn", quick_polynomial_nn),
+    QuickForm("tutorials_polynomial_module", "tutorials_polynomial_module",
+              quick_polynomial_module),
+    QuickForm("tutorials_polynomial_custom_function", "tutorials_polynomial_custom_function",
+              quick_polynomial_custom_function),
     QuickForm("tutorials_polynomial_autograd", "tutorials_polynomial_autograd",
               quick_polynomial_autograd),
 ]}
