@@ -452,6 +452,44 @@ def quick_polynomial_custom_function(lib, compiled):
                 **{k: numpy(getattr(m, k)) for k in "abcd"}}
 
 
+NAMES = ["emma", "olivia", "ava", "isabella", "sophia", "charlotte", "mia", "amelia"]
+
+
+def makemore(model_type: str):
+    """karpathy/makemore: the ``--type`` model (``ModelConfig`` with 2 layers, 2 heads, 16
+    channels) on eight names through its own ``CharDataset``, three steps of its training loop
+    (``model(X, Y)``, ``zero_grad(set_to_none=True)``, backward, AdamW as its main builds it);
+    the compiled run compiles that step."""
+    def quick(lib, compiled):
+        t = library(lib)
+        with shared_random(lib, 13):
+            m = load("makemore", lib)
+            chars = sorted(set("".join(NAMES)))
+            dataset = m.CharDataset(NAMES, chars, max(map(len, NAMES)))
+            config = m.ModelConfig(vocab_size=dataset.get_vocab_size(),
+                                   block_size=dataset.get_output_length(),
+                                   n_layer=2, n_head=2, n_embd=16, n_embd2=16)
+            model = {"transformer": m.Transformer, "bow": m.BoW, "mlp": m.MLP,
+                     "bigram": m.Bigram, "rnn": lambda c: m.RNN(c, cell_type="rnn"),
+                     "gru": lambda c: m.RNN(c, cell_type="gru")}[model_type](config)
+            optimizer = t.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01,
+                                      betas=(0.9, 0.99), eps=1e-8)
+            X, Y = (t.stack(column) for column in zip(*(dataset[i] for i in range(len(NAMES)))))
+
+            def step(X, Y):
+                logits, loss = model(X, Y)
+                model.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                return loss
+
+            step = compile_if(lib, compiled, step)
+            losses = [numpy(step(X, Y)) for _ in range(3)]
+            return {"losses": np.array(losses), **parameters(model)}
+    quick.__doc__ = makemore.__doc__.replace("the ``--type`` model", f"``--type {model_type}``")
+    return quick
+
+
 @dataclass(frozen=True)
 class QuickForm:
     """One way of running one corpus program: its file, the quick form, the float32 (or
@@ -479,6 +517,8 @@ FORMS = {f.name: f for f in [
     QuickForm("nanogpt_model", "nanogpt_model", quick_nanogpt),
     QuickForm("micrograd_test_engine", "micrograd_test_engine", quick_micrograd,
               compiles=False),
+    *(QuickForm(f"makemore:{kind}", "makemore", makemore(kind))
+      for kind in ["bigram", "mlp", "rnn", "gru", "bow", "transformer"]),
     QuickForm("tutorials_polynomial_optim", "tutorials_polynomial_optim",
               quick_polynomial_optim),
     QuickForm("tutorials_polynomial_nn", "tutorials_polynomial_nn", quick_polynomial_nn),
