@@ -41,6 +41,10 @@ NOT_YET = {
     "examples_mnist_rnn": "AttributeError: module 'dyngrad.optim' has no attribute 'Adadelta'",
     "examples_gcn": "TypeError: unsupported dtype 8",
     "examples_gat": "TypeError: empty() got an unexpected keyword argument 'size'",
+    "examples_super_resolution_model":
+        "AttributeError: module 'dyngrad.nn' has no attribute 'Conv2d'",
+    "examples_fast_neural_style_transformer_net":
+        "AttributeError: module 'dyngrad.nn' has no attribute 'ReflectionPad2d'",
     "examples_regression":
         "AttributeError: module 'dyngrad.nn.functional' has no attribute 'smooth_l1_loss'",
     "examples_time_sequence_prediction:lbfgs":

@@ -269,6 +269,46 @@ def quick_gat(lib, compiled):
                          "adj")
 
 
+def image_to_image(lib, compiled, program, seed, make_model, in_shape, out_shape):
+    """Three Adam steps of an image-to-image network on one random image towards a random
+    target with ``nn.MSELoss`` (the loss super_resolution's main uses); the compiled run
+    compiles the step."""
+    t = library(lib)
+    with shared_random(lib, seed) as rng:
+        m = load(program, lib)
+        model = make_model(m)
+        x = t.tensor(rng.standard_normal(in_shape).astype(np.float32))
+        y = t.tensor(rng.standard_normal(out_shape).astype(np.float32))
+        optimizer = t.optim.Adam(model.parameters(), lr=1e-3)
+        criterion = t.nn.MSELoss()
+
+        def step(x, y):
+            optimizer.zero_grad()
+            loss = criterion(model(x), y)
+            loss.backward()
+            optimizer.step()
+            return loss
+
+        step = compile_if(lib, compiled, step)
+        losses = [numpy(step(x, y)) for _ in range(3)]
+        return {"losses": np.array(losses), **parameters(model)}
+
+
+def quick_super_resolution(lib, compiled):
+    """pytorch/examples super_resolution/model.py: ``Net(upscale_factor=2)`` (four
+    convolutions, orthogonal initialisation, PixelShuffle), 8×8 to 16×16, three Adam steps."""
+    return image_to_image(lib, compiled, "examples_super_resolution_model", 14,
+                          lambda m: m.Net(upscale_factor=2), (1, 1, 8, 8), (1, 1, 16, 16))
+
+
+def quick_fast_neural_style(lib, compiled):
+    """pytorch/examples fast_neural_style's ``TransformerNet`` (reflection-padded
+    convolutions, InstanceNorm2d, residual blocks, nearest upsampling) on a 16×16 image,
+    three Adam steps towards a random image (its main's loss needs VGG from torchvision)."""
+    return image_to_image(lib, compiled, "examples_fast_neural_style_transformer_net", 15,
+                          lambda m: m.TransformerNet(), (1, 3, 16, 16), (1, 3, 16, 16))
+
+
 def sine_waves(n=4, length=16, period=20, seed=2):
     """The data of time_sequence_prediction/generate_sine_wave.py, smaller (it saves N=100
     waves of L=1000 to a file the script loads)."""
@@ -507,6 +547,10 @@ FORMS = {f.name: f for f in [
     QuickForm("examples_mnist_rnn", "examples_mnist_rnn", quick_mnist_rnn),
     QuickForm("examples_gcn", "examples_gcn", quick_gcn),
     QuickForm("examples_gat", "examples_gat", quick_gat),
+    QuickForm("examples_super_resolution_model", "examples_super_resolution_model",
+              quick_super_resolution),
+    QuickForm("examples_fast_neural_style_transformer_net",
+              "examples_fast_neural_style_transformer_net", quick_fast_neural_style),
     QuickForm("examples_regression", "examples_regression", quick_regression),
     QuickForm("examples_time_sequence_prediction", "examples_time_sequence_prediction",
               quick_time_sequence, rtol=1e-9, atol=1e-11),
