@@ -40,7 +40,7 @@ def status_row(name: str, has_torch: bool) -> list[str]:
     if has_torch:
         theirs, terr = attempt(lambda: harness.run_quick(name, "torch"))
         versus = f"torch fails: {terr}" if terr else (
-            "; ".join(harness.mismatches(form, ours, theirs)) or "equal")
+            "; ".join(harness.mismatches(form, ours, theirs, against_torch=True)) or "equal")
     compiled = "not applicable"
     if form.compiles:
         got, cerr = attempt(lambda: harness.run_quick(name, "dyngrad", compiled=True))
