@@ -13,6 +13,8 @@ RUNNABLE and update tests/corpus/STATUS.md (``python tests/corpus/run.py`` print
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -126,3 +128,13 @@ def test_status_table_lists_every_form_and_every_reason():
         assert f"`{name}`" in status, name
     for reason in NOT_YET.values():
         assert reason.split(": ", 1)[1] in status, reason
+
+
+def test_run_script_prints_a_status_row_per_form(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(CORPUS.parents[1]))
+    proc = subprocess.run([sys.executable, str(CORPUS / "run.py"), "micrograd", "regression"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| `")]
+    assert [row.split("`")[1] for row in rows] == ["examples_regression", "micrograd_test_engine"]
+    assert "| yes |" in rows[1] and "smooth_l1_loss" in rows[0]
