@@ -38,7 +38,14 @@ from . import (
 from . import methods as _methods
 from . import ops as _ops
 from .amp import autocast, is_autocast_enabled
-from .autograd.grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from .autograd.grad_mode import (
+    enable_grad,
+    inference_mode,
+    is_grad_enabled,
+    is_inference_mode_enabled,
+    no_grad,
+    set_grad_enabled,
+)
 from .dtypes import (
     bool_,
     float32,
@@ -55,6 +62,7 @@ from .ops.composites import (
     fix,
     meshgrid,
     repeat_interleave,
+    roll,
     sinh,
     swapaxes,
     swapdims,
@@ -222,7 +230,8 @@ __all__ = [
     "rand", "randn", "randint", "rand_like", "randn_like", "randint_like", "randperm",
     "manual_seed", "initial_seed", "get_rng_state", "set_rng_state", "Generator",
     "float32", "float64", "int64", "bool_", "get_default_dtype",
-    "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "save", "load",
+    "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "inference_mode",
+    "is_inference_mode_enabled", "save", "load",
     "autograd", "testing", "special", "dtypes", "dispatch", "nn", "optim", "utils", "func",
     "forward_ad", "debug_print", "compile",
     "device", "get_default_device", "set_default_device", "cuda", "accelerator", "backends",

@@ -244,6 +244,7 @@ METHODS: tuple[Method, ...] = (
         # movement
         reshape=_reshape_method, view=_view_method, expand=_m.expand,
         expand_as=_m.expand_as, broadcast_to=_m.expand, permute=_m.permute,
+        view_as=lambda self, other: self.view(other.shape),
         transpose=_m.transpose, squeeze=_m.squeeze, unsqueeze=_m.unsqueeze,
         flatten=_m.flatten, narrow=_m.narrow, split=_m.split, chunk=_m.chunk,
         unbind=_m.unbind, repeat=_m.repeat, contiguous=_m.contiguous,
@@ -255,7 +256,7 @@ METHODS: tuple[Method, ...] = (
         # tensor functions (dyngrad/ops/composites.py, scan.py)
         tril=_cf.tril, triu=_cf.triu, t=_cf.t, swapaxes=_cf.swapaxes, swapdims=_cf.swapdims,
         sinh=_cf.sinh, cosh=_cf.cosh, trunc=_cf.trunc, fix=_cf.trunc,
-        repeat_interleave=_cf.repeat_interleave,
+        repeat_interleave=_cf.repeat_interleave, roll=_cf.roll,
         new_zeros=_cf.new_zeros, new_ones=_cf.new_ones, new_full=_cf.new_full,
         new_empty=_cf.new_empty, new_tensor=_cf.new_tensor,
         cumsum=_s.cumsum, cumprod=_s.cumprod, sort=_s.sort, argsort=_s.argsort,

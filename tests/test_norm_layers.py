@@ -137,7 +137,13 @@ def test_channel_dropout_zeroes_whole_channels_and_scales_the_rest():
     assert np.all((y1 == 0).all(-1) | (y1 == 2.0).all(-1))
     assert np.array_equal(arr(nn.Dropout2d(0.5).eval()(x)), arr(x))
     with pytest.raises(RuntimeError, match="dropout2d: Expected 3D or 4D input"):
-        F.dropout2d(dg.ones(2, 3), 0.5)
+        F.dropout2d(dg.ones(2, 3, 4, 5, 6), 0.5)
+    with pytest.warns(UserWarning, match="Received a 3D input to dropout2d"):  # (N, C, L)
+        y3 = arr(F.dropout2d(dg.ones(16, 8, 5), 0.5))
+    assert np.all((y3 == 0).all(-1) | (y3 == 2.0).all(-1))
+    with pytest.warns(UserWarning, match="Received a 2-D input to dropout2d"):  # elementwise
+        y2 = arr(F.dropout2d(dg.ones(64, 32), 0.5))
+    assert not np.all((y2 == 0).all(-1) | (y2 == 2.0).all(-1)) and set(np.unique(y2)) == {0, 2}
 
 
 def test_lazy_linear_materialises_its_parameters_in_place_on_the_first_call():

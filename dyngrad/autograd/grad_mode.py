@@ -9,7 +9,7 @@ import warnings
 from ..dispatch import STATE
 
 __all__ = ["no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "detect_anomaly",
-           "is_anomaly_enabled"]
+           "is_anomaly_enabled", "inference_mode", "is_inference_mode_enabled"]
 
 
 def is_grad_enabled() -> bool:
@@ -71,6 +71,30 @@ class set_grad_enabled(_GradModeContext):
 
     def __enter__(self):
         STATE.grad_enabled = self._enabled
+
+
+class inference_mode(_GradModeContext):
+    """PyTorch's ``inference_mode(mode=True)``: here the same as ``no_grad`` (with
+    ``mode=False``, as ``enable_grad``) — dyngrad has no separate inference tensors, so the
+    tensors made inside can be used in autograd later, where PyTorch's cannot. A context
+    manager and a decorator, with or without the call: ``@inference_mode`` and
+    ``@inference_mode()``."""
+
+    def __new__(cls, mode=True):
+        if callable(mode):  # @inference_mode, without the call
+            return cls()(mode)
+        return super().__new__(cls)
+
+    def __init__(self, mode: bool = True) -> None:
+        self._enabled = not mode
+
+    def _clone(self):
+        return type(self)(not self._enabled)
+
+
+def is_inference_mode_enabled() -> bool:
+    """Whether an ``inference_mode`` block is active (here: whether grad mode is off)."""
+    return not STATE.grad_enabled
 
 
 class detect_anomaly:

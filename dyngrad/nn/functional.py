@@ -49,8 +49,8 @@ from .functional_norm import (
 __all__ = ["relu", "gelu", "sigmoid", "tanh", "softmax", "log_softmax", "linear", "dropout",
            "embedding", "layer_norm", "mse_loss", "l1_loss", "cross_entropy", "nll_loss",
            "binary_cross_entropy", "binary_cross_entropy_with_logits", "softplus", "one_hot",
-           "silu", "leaky_relu", "logsigmoid", "normalize", "pad", "batch_norm", "group_norm",
-           "rms_norm", "dropout1d", "dropout2d", "interpolate", "conv1d", "conv2d",
+           "silu", "leaky_relu", "elu", "logsigmoid", "normalize", "pad", "batch_norm",
+           "group_norm", "rms_norm", "dropout1d", "dropout2d", "interpolate", "conv1d", "conv2d",
            "conv_transpose2d", "max_pool1d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
            "adaptive_max_pool2d", "smooth_l1_loss", "huber_loss", "kl_div", "cosine_similarity",
            "margin_ranking_loss"]
@@ -139,6 +139,14 @@ def silu(input: Tensor) -> Tensor:
 
 def leaky_relu(input: Tensor, negative_slope: float = 0.01) -> Tensor:
     return _e.where(_e.gt(input, 0.0), input, input * negative_slope)
+
+
+def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
+    """x for x > 0, alpha·(eᕽ − 1) otherwise — eᕽ − 1 as 2t/(1 − t) with t = tanh(x/2),
+    which keeps its precision near 0 (PyTorch's expm1)."""
+    t = _e.tanh(_e.minimum(input, 0.0) * 0.5)
+    out = _e.where(_e.gt(input, 0.0), input, (t * (2.0 * alpha)) / (1.0 - t))
+    return input.copy_(out) if inplace else out
 
 
 def logsigmoid(input: Tensor) -> Tensor:

@@ -15,6 +15,7 @@ statistics.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -141,7 +142,28 @@ def dropout1d(input: Tensor, p: float = 0.5, training: bool = True,
 
 def dropout2d(input: Tensor, p: float = 0.5, training: bool = True,
               inplace: bool = False) -> Tensor:
-    """Channel dropout of (N, C, H, W) or (C, H, W) inputs."""
+    """Channel dropout of (N, C, H, W) inputs; as PyTorch 2.x, a 3-D input is taken as
+    (N, C, L) and a 2-D one gets elementwise dropout, each with PyTorch's warning."""
+    if input.ndim == 3:
+        warnings.warn("dropout2d: Received a 3D input to dropout2d and assuming that "
+                      "channel-wise 1D dropout behavior is desired - input is interpreted as "
+                      "shape (N, C, L), where C is the channel dim. This behavior will change "
+                      "in a future release to interpret the input as one without a batch "
+                      "dimension, i.e. shape (C, H, W). To maintain the 1D channel-wise "
+                      "dropout behavior, please switch to using dropout1d instead.",
+                      stacklevel=2)
+        return _channel_dropout(input, p, training, inplace, 3, "dropout2d")
+    if input.ndim == 2:
+        warnings.warn("dropout2d: Received a 2-D input to dropout2d, which is deprecated and "
+                      "will result in an error in a future release. To retain the behavior "
+                      "and silence this warning, please use dropout instead. Note that "
+                      "dropout2d exists to provide channel-wise dropout on inputs with 2 "
+                      "spatial dimensions, a channel dimension, and an optional batch "
+                      "dimension (i.e. 3D or 4D inputs).", stacklevel=2)
+        return _channel_dropout(input.unsqueeze(-1), p, training, False, 3,
+                                "dropout2d").squeeze(-1) if not inplace else \
+            input.copy_(_channel_dropout(input.unsqueeze(-1), p, training, False, 3,
+                                         "dropout2d").squeeze(-1))  # (one draw per element)
     return _channel_dropout(input, p, training, inplace, 4, "dropout2d")
 
 

@@ -233,6 +233,28 @@ def type_(self, dtype=None, non_blocking: bool = False, **kwargs):
     return self if d is self.dtype else _e.cast(self, d)
 
 
-__all__ = ["tril", "triu", "t", "swapaxes", "swapdims", "meshgrid", "sinh", "cosh", "trunc",
+def roll(input: Tensor, shifts, dims=None) -> Tensor:
+    """Elements shifted along ``dims`` (cyclically) by ``shifts``; with no ``dims``, the
+    flattened tensor is rolled and reshaped back, as PyTorch's ``roll``."""
+    if dims is None:
+        return roll(input.reshape(-1), shifts, 0).reshape(input.shape)
+    shifts = (shifts,) if isinstance(shifts, int) else tuple(shifts)
+    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    if len(shifts) != len(dims):
+        raise RuntimeError(f"roll: shifts and dimensions must align. shifts: {len(shifts)}, "
+                           f"dims:{len(dims)}")
+    out = input
+    for shift, dim in zip(shifts, dims):
+        d = _norm_dim(dim, input.ndim, "roll")
+        n = input.shape[d]
+        if n == 0 or shift % n == 0:
+            continue
+        k = shift % n
+        out = _m.cat([_m.narrow(out, d, n - k, k), _m.narrow(out, d, 0, n - k)], d)
+    return out
+
+
+__all__ = ["roll", "tril", "triu", "t", "swapaxes", "swapdims", "meshgrid", "sinh", "cosh",
+           "trunc",
            "fix", "repeat_interleave", "new_zeros", "new_ones", "new_empty", "new_full",
            "new_tensor", "type_", "TYPE_NAMES"]

@@ -79,23 +79,35 @@ def full(size, fill_value, *, dtype=None, requires_grad: bool = False,
 
 
 def zeros(*size, dtype=None, requires_grad: bool = False,
-          device=None) -> Tensor:
-    shape = shape_arg(size, "zeros")
+          device=None, **kw) -> Tensor:
+    shape = shape_arg(_size_keyword(size, kw, "zeros"), "zeros")
     t = dispatch(FULL, shape=shape, value=0, dtype=dtype_or_default(dtype))
     return maybe_requires_grad(t, requires_grad, device)
 
 
 def ones(*size, dtype=None, requires_grad: bool = False,
-         device=None) -> Tensor:
-    shape = shape_arg(size, "ones")
+         device=None, **kw) -> Tensor:
+    shape = shape_arg(_size_keyword(size, kw, "ones"), "ones")
     t = dispatch(FULL, shape=shape, value=1, dtype=dtype_or_default(dtype))
     return maybe_requires_grad(t, requires_grad, device)
 
 
 def empty(*size, dtype=None, requires_grad: bool = False,
-          device=None) -> Tensor:
+          device=None, **kw) -> Tensor:
     """Like ``zeros`` (dyngrad never hands out uninitialised memory)."""
-    return zeros(*size, dtype=dtype, requires_grad=requires_grad, device=device)
+    return zeros(*_size_keyword(size, kw, "empty"), dtype=dtype, requires_grad=requires_grad,
+                 device=device)
+
+
+def _size_keyword(size: tuple, kw: dict, op: str) -> tuple:
+    """The sizes given positionally, or as PyTorch's ``size=`` keyword (the only keyword
+    accepted beyond the named ones)."""
+    if kw:
+        if set(kw) != {"size"} or size:
+            bad = ", ".join(sorted(set(kw) - {"size"})) or "size (with positional sizes)"
+            raise TypeError(f"{op}() got an unexpected keyword argument: {bad}")
+        size = (kw["size"],)
+    return size
 
 
 def zeros_like(x: Tensor, *, dtype=None, requires_grad: bool = False,

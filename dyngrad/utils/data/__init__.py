@@ -12,10 +12,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ..ops import creation as _c
-from ..ops import movement as _m
-from ..ops.random import manual_seed
-from ..tensor import Tensor
+from ...ops import creation as _c
+from ...ops import movement as _m
+from ...ops.random import manual_seed
+from ...tensor import Tensor
 
 
 class Dataset:
