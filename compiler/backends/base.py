@@ -6,6 +6,7 @@ interpreter's whole plan, and the numpy steps of the LLVM backend's hybrid plans
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,7 +33,7 @@ class Backend:
     #   order, bit for bit: the interpreter), so the pipeline may recompute them
 
 
-class Executable:
+class Executable(abc.ABC):
     """What a backend's ``compile`` returns: a graph made ready to run.
 
     ``run(inputs, scalars) -> outputs`` executes it (the graph's input arrays and runtime
@@ -47,11 +48,13 @@ class Executable:
     groups: list | None = None
     memory = None  # passes.memory.MemoryPlan | None
 
+    @abc.abstractmethod
     def run(self, inputs: list, scalars: list) -> list:
-        raise NotImplementedError
+        """The outputs of one call (raises GuardFailed before any write)."""
 
+    @abc.abstractmethod
     def describe(self) -> str:
-        raise NotImplementedError
+        """How it runs, for ``explain``."""
 
     def native_kernels(self) -> tuple[int, int]:
         return 0, 0
