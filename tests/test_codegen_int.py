@@ -65,3 +65,35 @@ def test_float_to_int64_truncates_and_gives_numpys_value_out_of_range(dtype):
         want = values.astype(np.int64)
     np.testing.assert_array_equal(got, want)
     assert isinstance(f.variants[0].plan, driver.DriverPlan)
+
+
+@pytest.mark.parametrize("shape", [(300000,), (2, 200000)])
+def test_reductions_above_the_thread_threshold_with_scalars_before_the_loop(shape):
+    """A whole-tensor reduction large enough for the threaded (blocked) form, whose loop
+    reads a scalar computed before it (argmax: the maximum; x - 2·max(x)): one thread, right
+    (the blocks function would not see the scalar)."""
+    x = dg.tensor(np.random.default_rng(2).standard_normal(shape).astype(np.float32))
+    for fn, exact in ((lambda x: x.argmax(), True), (lambda x: x.argmin(), True),
+                      (lambda x: (x - x.amax() * 2).sum(), False)):
+        f = compiler.compile(fn, backend="llvm")
+        for _ in range(2):
+            got = f(x).numpy()
+        want = fn(x).numpy()
+        if exact:
+            np.testing.assert_array_equal(got, want)
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-5)
+        assert isinstance(f.variants[0].plan, driver.DriverPlan), f.variants[0].plan.describe()
+
+
+def test_min_and_argmin_of_integers_at_their_extremes():
+    """amin/argmin flip the order without overflow (c - x): uint8 zeros, int8/int64 minima."""
+    cases = [([0, 1, 2], dg.uint8, 0, 0), ([7, 255, 0, 3], dg.uint8, 0, 2),
+             ([-128, 5, 127], dg.int8, -128, 0), ([-2**63, 0, 2**63 - 1], dg.int64, -2**63, 0),
+             ([2**63 - 1, 5], dg.int64, 5, 1), ([5, -3, -3], dg.int32, -3, 1)]
+    for values, dtype, low, at in cases:
+        t = dg.tensor(values, dtype=dtype)
+        assert int(t.amin()) == low and int(t.min()) == low and int(t.argmin()) == at, values
+    p = dg.randperm(5, dtype=dg.float32, requires_grad=True)
+    assert p.dtype == dg.float32 and p.requires_grad
+    np.testing.assert_array_equal(np.sort(p.detach().numpy()), np.arange(5.0))

@@ -226,8 +226,6 @@ def randperm(n: int, *, generator=None, dtype=None, device=None,
     >>> dg.manual_seed(0); p = dg.randperm(5)   # a permutation of 0..4, int64
     """
     check_device(device)
-    if dtype is not None and _dt.as_dtype(dtype) is not _dt.int64:
-        return cast(randperm(n, generator=generator), dtype)
     n = int(n)
     if n < 0:
         raise RuntimeError(f"randperm: n must be non-negative, got {n}")

@@ -12,6 +12,7 @@ import numpy as np
 from .. import dtypes as _dt
 from ..dispatch import dispatch
 from ..tensor import Tensor
+from . import creation as _c
 from . import elementwise as _e
 from . import indexing
 from . import movement as _m
@@ -136,11 +137,21 @@ def amax(x, dim=None, keepdim: bool = False):
     return dispatch(MAX, x, axes=norm_axes(dim, x.ndim, "amax"), keepdims=bool(keepdim))
 
 
+def _flip(x):
+    """An order-reversing map of ``x`` that cannot overflow: ¬x for bools, −x for floats, and
+    for integers c − x with c = −1 (signed: −1 − x never wraps, even at the minimum) or the
+    dtype's maximum (unsigned). Its own inverse."""
+    if x.dtype is _dt.bool_:
+        return _e.logical_not(x)
+    if x.dtype.is_floating_point:
+        return -x
+    c = -1 if np.iinfo(x.dtype.np).min < 0 else int(np.iinfo(x.dtype.np).max)
+    return _e.sub(_e.cast(_c.full((), c, dtype=x.dtype), x.dtype), x)
+
+
 @keepdims_alias
 def amin(x, dim=None, keepdim: bool = False):
-    if x.dtype is _dt.bool_:
-        return _e.logical_not(amax(_e.logical_not(x), dim, keepdim))
-    return -amax(-x, dim, keepdim)
+    return _flip(amax(_flip(x), dim, keepdim))
 
 
 MaxResult = namedtuple("MaxResult", ["values", "indices"])
@@ -154,7 +165,7 @@ def _arg_extreme(x, dim, keepdim, largest: bool, op: str):
     if x.ndim == 0:
         return _e.cast(_e.mul(x, 0), _dt.int64)
     axis = axis[0]
-    xx = x if largest else (-x if x.dtype is not _dt.bool_ else _e.logical_not(x))
+    xx = x if largest else _flip(x)
     m = amax(xx, axis, keepdim=True)
     hit = _e.eq(xx, m)
     if xx.dtype.is_floating_point:  # NaN counts as the maximum, as in PyTorch

@@ -229,7 +229,9 @@ class ReduceBuilder(LoopBuilder):
         self.label("entry")
         for m, t in enumerate(tys):
             self.line(f"%tmp{m} = alloca [{B} x {t}], align 64")
-        blocked = not self.reduced and not post_s and self.R >= threads.PAR_MIN
+        blocked = not self.reduced and not post_s and not pre_k and self.R >= threads.PAR_MIN
+        #  (the blocks function is one of its own: scalars computed before the loop, pre_k,
+        #   are not in it — such groups take the one-thread form)
         CB = _BLOCK_CHUNKS
         NB = -(-chunks // CB)
         if blocked:  # one o: the chunks in fixed blocks, whose partial lanes add in order
