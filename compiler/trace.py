@@ -264,7 +264,8 @@ class Tracer(DispatchMode):
     def __init__(self, flat_args: list) -> None:
         self.graph = Graph()
         self.grad_enabled = STATE.grad_enabled  # (at the call's entry: a guard)
-        self.saved_bases: dict[int, set] = {}  # id(base) -> ids of the saved views of it
+        self.saved_refs: dict[int, int] = {}  # id(tensor) -> references from saved tuples of
+        #                                       the returned result's graph
         self.slots: dict[tuple, Value] = {}
         self.slot_tensor: dict[tuple, Tensor] = {}
         self.by_storage: dict[int, list] = {}
@@ -760,8 +761,7 @@ class Tracer(DispatchMode):
         out_spec = self._result_spec(result, flat_args, out_index, grad_outputs, returned)
         backward = None
         if grad_outputs:
-            backward, saved_ids = self._trace_backward(grad_outputs)
-            returned |= saved_ids
+            backward = self._trace_backward(grad_outputs)
         g.outputs = outputs
         # (a module or optimizer made inside the call and gone now — `nn.MSELoss()(out, y)`
         # — is made again by the next call: its version needs no guard)
@@ -988,11 +988,11 @@ class Tracer(DispatchMode):
                               "backward() inside the compiled function, or avoid data-dependent "
                               "Python control flow in its gradient (hooks, custom functions)")
         used = [(b, self.value_of(g)) for (b, _), g in zip(leaves, grads) if g is not None]
-        saved_ids = set()
-        for o in outs:  # tensors the retained eager graph keeps are not escapes, nor the
-            saved_ids |= _graph_tensor_ids(o._node, self.saved_bases)  # bases of its views
+        seen: set = set()
+        for o in outs:  # what the retained eager graph keeps is not an escape (see
+            _count_saved(o._node, self.saved_refs, seen)  # _check_escapes)
         return BackwardOutside(tuple(b for b, _ in used), tuple(v for _, v in used),
-                               tuple(cot_values)), saved_ids
+                               tuple(cot_values))
 
     def _print_specs(self, out_index) -> list:
         """debug_print effects with their tensors replaced by output indices (a method, so
@@ -1010,13 +1010,26 @@ class Tracer(DispatchMode):
             prints.append((spec, sep, end))
         return prints
 
-    def _held_by_saved_views(self, ref) -> bool:
-        """Whether the tensor is the base of views the returned result's graph saved, and
-        nothing else refers to it: each such view holds its base once (``_base``); the
-        count's other two are this frame's local and getrefcount's argument."""
-        t = ref()
-        views = self.saved_bases.get(id(t))
-        return views is not None and sys.getrefcount(t) - 2 == len(views)
+    def _unexplained(self, alive: list) -> list:
+        """The tensors of ``alive`` referred to by more than the returned result's graph
+        (the saved tuples of its nodes) and the ``_base`` of live tensors made here — the
+        references counted exactly (``sys.getrefcount``), so a tensor also stored anywhere
+        else, by any code, is one too many and stays an escape."""
+        tensors = [r() for r in self.created]
+        base_refs: dict[int, int] = {}
+        for t in tensors:
+            if t is not None and t._base is not None:
+                base_refs[id(t._base)] = base_refs.get(id(t._base), 0) + 1
+        out = []
+        for r in alive:
+            t = r()
+            if t is None:
+                continue
+            known = self.saved_refs.get(id(t), 0) + base_refs.get(id(t), 0)
+            # (getrefcount's argument, this local and the list of live tensors above)
+            if sys.getrefcount(t) - 3 > known:
+                out.append(r)
+        return out
 
     def _check_escapes(self, allowed: set) -> None:
         """A tensor made by a traced op that is still alive once the tracer lets go of it
@@ -1039,8 +1052,8 @@ class Tracer(DispatchMode):
             if alive:
                 gc.collect()
                 alive = [r for r in alive if r() is not None]
-        if alive:  # the base of views the retained graph saved is held by them alone
-            alive = [r for r in alive if not self._held_by_saved_views(r)]
+        if alive:  # held only by the returned result's graph (saved by its nodes, or the
+            alive = self._unexplained(alive)  # base of such tensors or of returned views)
         if alive:
             t = alive[0]()
             if os.environ.get("DYNGRAD_DEBUG_ESCAPES"):
@@ -1102,10 +1115,11 @@ def _is_created(t: Tensor, created: list) -> bool:
     return any(r() is t for r in created)
 
 
-def _graph_tensor_ids(root, bases: dict) -> set:
-    """ids of the tensors saved by the backward nodes reachable from ``root``; ``bases``
-    gets, per base of a saved view, the set of ids of those views."""
-    ids, stack, seen = set(), [root], set()
+def _count_saved(root, counts: dict, seen: set) -> None:
+    """Add to ``counts`` (id -> references) each tensor saved by the backward nodes reachable
+    from ``root`` (every occurrence in a node's saved tuple is one reference); ``seen``: the
+    nodes counted already."""
+    stack = [root]
     while stack:
         n = stack.pop()
         if n is None or id(n) in seen:
@@ -1116,8 +1130,5 @@ def _graph_tensor_ids(root, bases: dict) -> set:
             if isinstance(held, (tuple, list)):
                 for t in held:
                     if isinstance(t, Tensor):
-                        ids.add(id(t))
-                        if t._base is not None:
-                            bases.setdefault(id(t._base), set()).add(id(t))
+                        counts[id(t)] = counts.get(id(t), 0) + 1
         stack.extend(e[0] for e in n.next if e is not None)
-    return ids

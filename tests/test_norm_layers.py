@@ -287,3 +287,26 @@ def test_a_view_saved_for_a_backward_outside_keeps_its_base_without_an_escape():
         cg(x).backward()
         np.testing.assert_array_equal(arr(store["h"]), arr(x * 2.0 + 1.0))
     assert cg.fallbacks and "kept in Python state" in cg.fallbacks[0]
+
+
+@pytest.mark.parametrize("backend", ["interp", "llvm"])
+def test_a_saved_tensor_also_stored_by_native_code_is_an_escape(backend):
+    """The returned loss's graph saves ``b`` (for b*b's gradient); native code (the setattr
+    builtin, list.append through map) also stores it: that store is Python state a compiled
+    call would not update, so the function runs eagerly and the state follows every call."""
+    class Holder:
+        pass
+    obj, log = Holder(), []
+
+    def f(x):
+        b = x * 2.0
+        obj.last = b
+        list(map(log.append, [b]))
+        return (b * b).sum()
+    cf = compiler.compile(f, backend=backend)
+    for k in range(3):
+        x = dg.full((2,), float(k + 1), requires_grad=True)
+        cf(x).backward()
+        np.testing.assert_array_equal(arr(obj.last), [2.0 * (k + 1)] * 2)
+        assert len(log) == k + 1
+    assert not cf.variants or sum(v.calls for v in cf.variants) == 0
