@@ -85,7 +85,7 @@ class GroupKind(enum.StrEnum):
     MOVEMENT = "movement"
     CREATION = "creation"
     RANDOM = "random"
-    WINDOW = "window"  # convolution and pooling: numpy steps until they have lowerings
+    WINDOW = "window"  # convolution and pooling windows
     SCALAR = "scalar"
 
     @property
@@ -93,6 +93,12 @@ class GroupKind(enum.StrEnum):
         """Python-number arithmetic, constants and views: nothing worth a kernel of its own
         when it is all a graph has."""
         return self in (GroupKind.SCALAR, GroupKind.CREATION, GroupKind.MOVEMENT)
+
+    @property
+    def may_fail(self) -> bool:
+        """A kernel that returns a status, nonzero when it cannot finish (an index out of
+        range, a work buffer it could not allocate): the call then runs eagerly."""
+        return self in (GroupKind.INDEX, GroupKind.WINDOW)
 
     @property
     def stands_alone(self) -> bool:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ...dims import concrete
 from ...prims import traits
-from . import datamove, jit, loops, matmul, randomgen, reduce, target, threads  # noqa: F401
+from . import datamove, jit, loops, matmul, randomgen, reduce, target, threads, window  # noqa: F401
 
 #            (importing the builder modules registers their builders)
 from .emit import FN_NAME, builder, constant_outputs, kernel_outputs  # noqa: F401
@@ -61,9 +61,7 @@ def module_ir(g, groups, prefix: str = "dg_k", inline: bool = True) -> tuple:
         first = by_code.setdefault(code, len(built))
         built.append((text if first == len(built) else None, name, layout, first))
         math_functions += [f for f in b.vecmath if f not in math_functions]
-        d = b.declarations()
-        if d and d not in decls:
-            decls.append(d)
+        decls += [d for d in b.declarations().splitlines(keepends=True) if d not in decls]
     uses = [0] * len(built)
     for *_, first in built:
         uses[first] += 1

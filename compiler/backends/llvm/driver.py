@@ -55,7 +55,7 @@ from ...passes.fusion import fuse
 from ...passes.memory import plan_memory, verify_plan
 from ...prims import traits
 from .. import base
-from . import cache, codegen, emit
+from . import cache, codegen, emit, window
 
 ALIGN = 64
 BLOCKS = 2  # output arrays kept per output (see the module docstring)
@@ -302,6 +302,7 @@ class DriverPlan(base.Executable):
                     check(gi)
 
         checks_up_to(-1)
+        kernel_fails: list[str] = []
         for t, (grp, (name, layout)) in enumerate(zip(groups, fns, strict=True)):
             # guards on values of groups that make no kernel (aliases, constants): before
             # the next kernel, which may write a bound input in place (_direct_writes)
@@ -311,11 +312,15 @@ class DriverPlan(base.Executable):
                 args.append(f"i64 {math.prod(grp.shape)}")
             if ticks:
                 body += ticks.read(t, 0)
-            if grp.kind == "index":  # an index out of range: stop, the call runs eagerly
+            if grp.kind.may_fail:  # an index out of range, or a work buffer malloc did
+                #                      not give: stop, the call runs eagerly
                 body.append(f"  %st{t} = call i32 @{name}_body({', '.join(args)})")
                 body += ticks.read(t, 1) if ticks else []
                 body.append(f"  %st{t}.ok = icmp eq i32 %st{t}, 0")
-                body.append(f"  br i1 %st{t}.ok, label %k{t}.ok, label %index.fail\nk{t}.ok:")
+                fail = "index.fail" if grp.kind == "index" else f"k{t}.fail"
+                body.append(f"  br i1 %st{t}.ok, label %k{t}.ok, label %{fail}\nk{t}.ok:")
+                if grp.kind != "index":  # (its own status: window.ALLOC_FAILED)
+                    kernel_fails.append(f"k{t}.fail:\n  ret i32 %st{t}")
             else:
                 body.append(f"  call void @{name}_body({', '.join(args)})")
                 body += ticks.read(t, 1) if ticks else []
@@ -332,6 +337,7 @@ class DriverPlan(base.Executable):
             body += ticks.read(len(groups), 1)
         body.append("  ret i32 0")
         body.append("index.fail:\n  ret i32 -1")
+        body += kernel_fails
         for gi in fails:
             body.append(f"fail{gi}:\n  ret i32 {gi + 1}")
         body.append("}")
@@ -513,6 +519,9 @@ class DriverPlan(base.Executable):
                 for i, k in enumerate(self.out_keys)}
 
     def failed(self, status: int):
+        if status == window.ALLOC_FAILED:
+            raise MemoryError("a compiled kernel could not allocate its work buffer (the "
+                              "call runs eagerly)")
         if status < 0:
             raise IndexError("an index is out of range in a compiled call (running eagerly "
                              "gives the error with its details)")
@@ -597,7 +606,7 @@ def _direct_writes(g, groups, steps, position, producer, inplace, aliases) -> se
     load of element ``i`` feeds the store of element ``i``). W2's Adam step saved a 3 MB
     copy (~190 µs) this way."""
     fails = [steps[producer[id(gd.value)]] for gd in g.guards if id(gd.value) in producer]
-    fails += [position[id(grp)] for grp in groups if grp.kind == "index"]
+    fails += [position[id(grp)] for grp in groups if grp.kind.may_fail]
     if any(id(gd.value) not in producer for gd in g.guards):
         fails.append(-1)  # (a guard on an input: checked first)
     last_fail = max(fails, default=-1)

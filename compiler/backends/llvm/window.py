@@ -1,0 +1,586 @@
+"""LLVM IR for 'window' groups: the three convolution primitives and the two pooling-index
+primitives (``dyngrad/ops/conv.py``, ``dyngrad/ops/pool.py``), one kernel per node.
+
+**Convolution** is a GEMM per sample and group whose ``k`` runs over the window
+(``c, ki, kj``). Per sample, the window gather writes that sample's column block — ``C/groups
+· K`` rows of ``P`` output positions, in a buffer of the kernel's own, never the batch's
+im2col — and the generated register-blocked kernel (``gemm.py``) multiplies it:
+
+- ``conv``: ``out[n, g] (O/G x P) = W[g] (O/G x C/G·K) @ cols(x[n, g])``;
+- ``conv_transpose`` (the input gradient): ``cols = W[g]^T @ y[n, g]``, then the columns are
+  added back to their window positions (col2im) in the zeroed ``dx[n, g]``;
+- ``conv_weight_grad``: ``dW[g] += g[n, g] @ cols(x[n, g])^T``, summed over the samples.
+
+A 1x1 kernel at stride 1 without padding needs no gather: the sample's planes are the
+columns. Samples run in parallel (a part per thread, ``threads.py``), each part with its own
+column buffer; with one sample the GEMM splits its rows across the threads instead. The
+weight gradient sums its samples in ``WG_PARTS`` fixed blocks — each block's sum in sample
+order, then the blocks in order — so its bits depend on the batch size only, never on the
+thread count.
+
+Note (why per sample and not implicit GEMM): the gather is ``1/(O/G)`` of the GEMM's memory
+traffic and a sample's columns stay in the outer caches; folding the gather into the GEMM's
+B packing would save that pass but needs a second packing routine in ``gemm.py``. The
+column buffer is ``malloc``'d per call and part (one sample's columns: conv2 of the mnist
+model is 663 KB); a failed allocation makes the kernel return status -2 and the call runs
+eagerly.
+
+**Pooling indices** (``max_pool_indices``, ``adaptive_max_indices``) scan each window in
+order with PyTorch's rule: a value replaces the maximum when it is greater or NaN, from
+``-inf`` (an integer dtype's least value) at the window's first position inside the input —
+so ties keep the first maximum, a NaN the last NaN, and a window of ``-inf`` or of padding
+only its clipped start. Planes run in parallel.
+
+Supported: float32 and float64 convolutions (integer ones run in numpy: no integer GEMM),
+1-d and 2-d (a 1-d one is a 2-d one of height 1); pooling of float32, float64 and int64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ... import prims as P
+from ...prims import Lowerings
+from . import gemm, threads
+from .emit import FN_NAME, LLTYPE, Emitter, KernelBuilder, builds, entry_ir, literal
+from .vecmath import prelude_ir
+
+WG_PARTS = 8  # the weight gradient's fixed sample blocks (its partial sums: WG_PARTS·|W|)
+PAR_POOL = 1 << 16  # window reads from which a pooling kernel splits its planes
+ALLOC_FAILED = -2  # the kernel's status when malloc returns null (driver.DriverPlan.failed)
+
+_WINDOWS = Lowerings("LLVM window codegen")
+
+DECLARATIONS = ("declare noalias ptr @malloc(i64)\ndeclare void @free(ptr)\n"
+                "declare void @llvm.memset.p0.i64(ptr, i8, i64, i1)\n")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """A 2-d convolution's sizes (a 1-d one has ``H = KH = OH = 1``): ``N`` samples,
+    ``C`` input and ``Co`` output channels in ``G`` groups, input planes ``H x W`` (the
+    transposed convolution's output), kernel ``KH x KW``, output planes ``OH x OW``, and
+    per spatial dim the stride, the low padding and the dilation. ``N`` may be a size of a
+    symbolic variant (``compiler.dims.Dim``); the others are numbers."""
+
+    N: object
+    C: int
+    Co: int
+    G: int
+    H: int
+    W: int
+    KH: int
+    KW: int
+    OH: int
+    OW: int
+    sh: int
+    sw: int
+    ph: int
+    pw: int
+    dh: int
+    dw: int
+
+    @property
+    def cg(self) -> int:  # input channels per group
+        return self.C // self.G
+
+    @property
+    def og(self) -> int:  # output channels per group
+        return self.Co // self.G
+
+    @property
+    def rows(self) -> int:  # the GEMM's k: a group's window elements
+        return self.cg * self.KH * self.KW
+
+    @property
+    def positions(self) -> int:  # output positions per plane
+        return self.OH * self.OW
+
+    @property
+    def direct(self) -> bool:
+        """A 1x1 window at stride 1 without padding: the input planes are the columns."""
+        return (self.KH == self.KW == 1 and self.sh == self.sw == 1 and self.ph == self.pw == 0
+                and (self.H, self.W) == (self.OH, self.OW))
+
+
+def _geometry(n, x_shape, w_shape, planes: tuple, out_planes: tuple) -> Geometry:
+    p = n.params
+    nd = len(p["stride"])
+    if nd not in (1, 2):
+        raise NotImplementedError(f"LLVM window codegen: a {nd}-d convolution (1-d and 2-d "
+                                  f"are lowered)")
+
+    def two(t, fill: int = 1) -> tuple:
+        return (fill,) * (2 - nd) + tuple(int(v) for v in t)
+
+    (H, W), (KH, KW) = two(planes), two(w_shape[2:])
+    (OH, OW), (sh, sw), (dh, dw) = two(out_planes), two(p["stride"]), two(p["dilation"])
+    ph, pw = two((lo for lo, _ in p["padding"]), 0)
+    geo = Geometry(x_shape[0], int(x_shape[1]), int(w_shape[0]), int(p["groups"]), H, W, KH,
+                   KW, OH, OW, sh, sw, ph, pw, dh, dw)
+    if geo.N == 0 or 0 in (geo.C, geo.Co, H, W, KH, KW, OH, OW):
+        raise NotImplementedError("LLVM window codegen: an empty dimension")
+    return geo
+
+
+@builds("window")
+class WindowBuilder(KernelBuilder):
+    """A 'window' group: one convolution or pooling-index node, by its primitive's rule in
+    ``_WINDOWS``. The kernel's body returns an i32 status (0, or :data:`ALLOC_FAILED`), as
+    an index kernel's does: the driver stops at a nonzero one."""
+
+    def __init__(self, g, group) -> None:
+        super().__init__(g, group, "window")
+        if len(group.nodes) != 1:
+            raise NotImplementedError("LLVM window codegen: a group of more than one node")
+        self.n = g.nodes[group.nodes[0]]
+        self.rule = _WINDOWS.of(self.n.prim)
+        self.helpers: list[str] = []  # functions of the kernel's own (parts, samples)
+        self.ty = ""  # the GEMM's element type, when the kernel calls it
+
+    def build(self, name: str = FN_NAME, prelude: bool = True) -> tuple:
+        grp, n = self.group, self.n
+        layout = list(grp.inputs) + list(grp.outputs)
+        if len(grp.outputs) != 1 or grp.outputs[0] is not n.out:
+            raise NotImplementedError("LLVM window codegen: one output")
+        self.helpers = []
+        ptr = {id(v): f"%a{k}" for k, v in enumerate(layout)}
+        self.label("entry")
+        self.rule(self, name, [ptr[id(v)] for v in n.inputs], ptr[id(n.out)])
+        params = ", ".join(f"ptr noalias %a{k}" for k in range(len(layout)))
+        text = ((prelude_ir([]) if prelude else "") + (self.declarations() if prelude else "")
+                + "".join(self.helpers)
+                + self.function(f"define internal i32 @{name}_body({params}) alwaysinline")
+                + entry_ir(name, len(layout), status=True))
+        return text, name, layout
+
+    def declarations(self) -> str:
+        decl = DECLARATIONS + (threads.DECLARATIONS if threads.find() else "")
+        return decl + (gemm.declaration(self.ty) if self.ty else "")
+
+    # ------------------------------------------------------------------ shared pieces
+    def _float_type(self) -> str:
+        dt = self.n.out.dtype.name
+        if dt not in ("float32", "float64"):
+            raise NotImplementedError(f"LLVM window codegen: a {dt} convolution (float32 and "
+                                      f"float64 are lowered)")
+        self.ty = LLTYPE[dt]
+        gemm.library(self.ty)  # (compiled or loaded now: the graph's module links to it)
+        return self.ty
+
+    def _split(self, name: str, args: list, parts) -> None:
+        """Run ``@<name>_blocks(ctx, i, n)`` on the pool over ``parts`` (0: a part per
+        thread) with ``args`` ((type, value) pairs) in ``ctx`` and a status slot after them,
+        a part's nonzero status stored there (:meth:`_blocks`); returns that status."""
+        slots = len(args) + 1
+        self.line(f"%ctx = alloca [{slots} x i64], align 8")
+        for k, (ty, v) in enumerate(args):
+            self.line(f"store {ty} {v}, ptr {self.gep('i64', '%ctx', k)}")
+        self.line(f"store i32 0, ptr {self.gep('i64', '%ctx', slots - 1)}")
+        self.lines += threads.split_call(name, parts).split("\n")
+        self.block = "par.joined"
+        slot = self.gep("i64", "%ctx", slots - 1)
+        self.line(f"ret i32 {self.emit(f'load i32, ptr {slot}')}")
+
+    def _blocks(self, name: str, args: list, body) -> None:
+        """The function ``@<name>_blocks(ctx, tid, nt)`` loading ``args`` ((type, register)
+        pairs, in :meth:`_split`'s order) from ``ctx`` and running ``body(e)`` (IR returning
+        an i32 status: stored into the status slot when not 0)."""
+        e = Emitter()
+        e.label("entry")
+        for k, (ty, reg) in enumerate(args):
+            e.line(f"{reg} = load {ty}, ptr {e.gep('i64', '%ctx', k)}")
+        st = body(e)
+        with e.when(e.emit(f"icmp ne i32 {st}, 0")):
+            e.line(f"store i32 {st}, ptr {e.gep('i64', '%ctx', len(args))}")
+        e.line("ret void")
+        self.helpers.append(e.function(f"define internal void @{name}_blocks(ptr %ctx, i64 "
+                                       f"%tid, i64 %nt)"))
+
+    def _samples_fn(self, name: str, geo: Geometry, columns: bool, per_sample) -> None:
+        """``i32 @<name>_samples(ptr %x, ptr %w, ptr %y, i64 %n0, i64 %step)``: samples
+        ``n0, n0 + step, ...`` below N, each by ``per_sample(e, n, cols)`` with a column
+        buffer of the function's own (``columns``); status 0, or ALLOC_FAILED."""
+        e = Emitter()
+        e.label("entry")
+        cols = "null"
+        if columns:
+            cols = e.emit(f"call ptr @malloc(i64 {geo.rows * geo.positions * _size(self.ty)})")
+            with e.when(e.emit(f"icmp eq ptr {cols}, null")):
+                e.line(f"ret i32 {ALLOC_FAILED}")
+        with e.rolled_loop("%n0", literal(geo.N, "i64"), "%step", scalar=True) as n:
+            per_sample(e, n, cols)
+        if columns:
+            e.line(f"call void @free(ptr {cols})")
+        e.line("ret i32 0")
+        self.helpers.append(e.function(
+            f"define internal i32 @{name}_samples(ptr noalias %x, ptr noalias %w, "
+            f"ptr noalias %y, i64 %n0, i64 %step)"))
+
+    def _by_samples(self, name: str, geo: Geometry, x: str, w: str, y: str) -> None:
+        """The kernel's body: the samples in parallel (a part per thread, each every
+        ``nt``-th sample), or all on this thread when there is one sample or no pool (the
+        GEMMs then split their rows across the threads themselves); returns the status."""
+        def call(e, a, n0, step) -> str:
+            return e.emit(f"call i32 @{name}_samples(ptr {a[0]}, ptr {a[1]}, ptr {a[2]}, "
+                          f"i64 {n0}, i64 {step})")
+
+        if threads.find() is not None:
+            self.branch(self.emit(f"icmp slt i64 {literal(geo.N, 'i64')}, 2"), "alone", "many")
+            self.label("many")
+            self._split(name, [("ptr", x), ("ptr", w), ("ptr", y)], 0)
+            self._blocks(name, [("ptr", "%x"), ("ptr", "%w"), ("ptr", "%y")],
+                         lambda e: call(e, ("%x", "%w", "%y"), "%tid", "%nt"))
+            self.label("alone")
+        self.line(f"ret i32 {call(self, (x, w, y), 0, 1)}")
+
+    # ------------------------------------------------------------------ the column loops
+    def _columns(self, e: Emitter, geo: Geometry, x: str, cols: str, add: bool) -> None:
+        """Between a group's input planes ``x`` (``C/G`` planes of ``H x W``) and its columns
+        ``cols`` (row ``(c·KH + ki)·KW + kj``, column ``oh·OW + ow``): gather the windows
+        into the columns (zero where a window reads padding), or with ``add`` add the
+        columns back into the planes (col2im; the planes zeroed by the caller). Per row and
+        output row, the positions inside the input form one range ``[lo, hi)`` of ``ow``,
+        found by arithmetic: the loop over it has no test (at stride 1 a contiguous copy)."""
+        ty = self.ty
+        P, HW = geo.positions, geo.H * geo.W
+        with e.rolled_loop(0, geo.cg, scalar=True) as c:
+            xc = e.gep(ty, x, e.emit(f"mul i64 {c}, {HW}"))
+            with e.rolled_loop(0, geo.KH, scalar=True) as ki:
+                with e.rolled_loop(0, geo.KW, scalar=True) as kj:
+                    r = _i(e, "add", _i(e, "mul", c, geo.KH * geo.KW),
+                           _i(e, "add", _i(e, "mul", ki, geo.KW), kj))
+                    row = e.gep(ty, cols, e.emit(f"mul i64 {r}, {P}"))
+                    off = _i(e, "sub", _i(e, "mul", kj, geo.dw), geo.pw)
+                    # lo: the first ow with ow·sw + off >= 0; hi: past the last with < W
+                    neg = e.emit(f"sub i64 0, {off}")
+                    lo = _i(e, "udiv", _i(e, "add", neg, geo.sw - 1), geo.sw)
+                    lo = e.emit(f"select i1 {e.emit(f'icmp sgt i64 {off}, 0')}, i64 0, "
+                                f"i64 {lo}")
+                    room = e.emit(f"sub i64 {geo.W - 1}, {off}")
+                    hi = _i(e, "add", _i(e, "udiv", room, geo.sw), 1)
+                    hi = e.min(hi, geo.OW)
+                    hi = e.emit(f"select i1 {e.emit(f'icmp slt i64 {room}, 0')}, i64 0, "
+                                f"i64 {hi}")
+                    lo = e.min(lo, hi)
+                    with e.rolled_loop(0, geo.OH, scalar=True) as oh:
+                        ih = _i(e, "add", _i(e, "mul", oh, geo.sh),
+                                _i(e, "sub", _i(e, "mul", ki, geo.dh), geo.ph))
+                        inside = e.emit(f"icmp ult i64 {ih}, {geo.H}")  # (0 <= ih < H)
+                        a = e.emit(f"select i1 {inside}, i64 {lo}, i64 0")
+                        b = e.emit(f"select i1 {inside}, i64 {hi}, i64 0")
+                        seg = e.gep(ty, row, e.emit(f"mul i64 {oh}, {geo.OW}"))
+                        src = e.gep(ty, xc, _i(e, "add", _i(e, "mul", ih, geo.W), off))
+                        if not add:
+                            with e.rolled_loop(0, a) as j:
+                                e.line(f"store {ty} {literal(0.0, ty)}, ptr {e.gep(ty, seg, j)}")
+                        with e.rolled_loop(a, b) as j:
+                            at = e.gep(ty, src, e.emit(f"mul i64 {j}, {geo.sw}"))
+                            c_at = e.gep(ty, seg, j)
+                            if add:
+                                s = e.emit(f"fadd {ty} {e.emit(f'load {ty}, ptr {at}')}, "
+                                           f"{e.emit(f'load {ty}, ptr {c_at}')}")
+                                e.line(f"store {ty} {s}, ptr {at}")
+                            else:
+                                e.line(f"store {ty} {e.emit(f'load {ty}, ptr {at}')}, ptr {c_at}")
+                        if not add:
+                            with e.rolled_loop(b, geo.OW) as j:
+                                e.line(f"store {ty} {literal(0.0, ty)}, ptr {e.gep(ty, seg, j)}")
+
+
+def _i(e: Emitter, op: str, a, b) -> str:
+    """``a op b`` on i64 (``op``: add, sub, mul, udiv)."""
+    return e.emit(f"{op} i64 {a}, {b}")
+
+
+def _size(ty: str) -> int:
+    return 4 if ty == "float" else 8
+
+
+# ------------------------------------------------------------------ convolution
+
+
+@_WINDOWS(P.CONV)
+def _conv(b: WindowBuilder, name: str, ins: list, out: str) -> None:
+    """``y[n, g] = W[g] @ cols(x[n, g])`` per sample and group."""
+    ty = b._float_type()
+    x, w = b.n.inputs
+    geo = _geometry(b.n, x.shape, w.shape, x.shape[2:], b.n.out.shape[2:])
+    HW, P_ = geo.H * geo.W, geo.positions
+
+    def per_sample(e: Emitter, s: str, cols: str) -> None:
+        with e.rolled_loop(0, geo.G, scalar=True) as grp:
+            sg = _i(e, "add", _i(e, "mul", s, geo.G), grp)  # (sample, group)
+            xg = e.gep(ty, "%x", _i(e, "mul", sg, geo.cg * HW))
+            if not geo.direct:
+                b._columns(e, geo, xg, cols, add=False)
+            wg = e.gep(ty, "%w", e.emit(f"mul i64 {grp}, {geo.og * geo.rows}"))
+            yg = e.gep(ty, "%y", _i(e, "mul", sg, geo.og * P_))
+            e.lines.append(gemm.call(ty, wg, geo.rows, 1, xg if geo.direct else cols, P_, 1,
+                                     yg, geo.og, P_, geo.rows))
+
+    b._samples_fn(name, geo, not geo.direct, per_sample)
+    b._by_samples(name, geo, ins[0], ins[1], out)
+
+
+@_WINDOWS(P.CONV_TRANSPOSE)
+def _conv_transpose(b: WindowBuilder, name: str, ins: list, out: str) -> None:
+    """``cols = W[g]^T @ y[n, g]`` per sample and group, added back to the window positions
+    of the zeroed ``dx[n, g]`` (a 1x1 window: the product is ``dx[n, g]``)."""
+    ty = b._float_type()
+    y, w = b.n.inputs
+    geo = _geometry(b.n, b.n.out.shape, w.shape, b.n.out.shape[2:], y.shape[2:])
+    geo = Geometry(y.shape[0], *[getattr(geo, f) for f in (
+        "C", "Co", "G", "H", "W", "KH", "KW", "OH", "OW", "sh", "sw", "ph", "pw", "dh", "dw")])
+    HW, P_ = geo.H * geo.W, geo.positions
+
+    def per_sample(e: Emitter, s: str, cols: str) -> None:
+        xs = e.gep(ty, "%y", e.emit(f"mul i64 {s}, {geo.C * HW}"))
+        if not geo.direct:
+            e.line(f"call void @llvm.memset.p0.i64(ptr {xs}, i8 0, i64 "
+                   f"{geo.C * HW * _size(ty)}, i1 false)")
+        with e.rolled_loop(0, geo.G, scalar=True) as grp:
+            wg = e.gep(ty, "%w", e.emit(f"mul i64 {grp}, {geo.og * geo.rows}"))
+            sg = _i(e, "add", _i(e, "mul", s, geo.G), grp)  # (sample, group)
+            yg = e.gep(ty, "%x", _i(e, "mul", sg, geo.og * P_))
+            xg = e.gep(ty, xs, e.emit(f"mul i64 {grp}, {geo.cg * HW}"))
+            e.lines.append(gemm.call(ty, wg, 1, geo.rows, yg, P_, 1,
+                                     xg if geo.direct else cols, geo.rows, P_, geo.og))
+            if not geo.direct:
+                b._columns(e, geo, xg, cols, add=True)
+
+    b._samples_fn(name, geo, not geo.direct, per_sample)
+    b._by_samples(name, geo, ins[0], ins[1], out)
+
+
+@_WINDOWS(P.CONV_WEIGHT_GRAD)
+def _conv_weight_grad(b: WindowBuilder, name: str, ins: list, out: str) -> None:
+    """``dW[g] = sum over n of g[n, g] @ cols(x[n, g])^T``: ``WG_PARTS`` fixed blocks of
+    samples (fewer with fewer samples), each summed in order into a partial sum of its own
+    (in parallel), then the partial sums added in order."""
+    ty = b._float_type()
+    x, gout = b.n.inputs
+    geo = _geometry(b.n, x.shape, b.n.out.shape, x.shape[2:], gout.shape[2:])
+    HW, P_, size = geo.H * geo.W, geo.positions, _size(ty)
+    whole = geo.Co * geo.rows  # dW's elements
+    parts = WG_PARTS if geo.N >= WG_PARTS else int(geo.N)
+    N = literal(geo.N, "i64")
+
+    e = Emitter()  # i32 @<name>_part(x, g, acc, n0, n1): samples [n0, n1) into acc
+    e.label("entry")
+    cols = "null" if geo.direct else e.emit(f"call ptr @malloc(i64 {geo.rows * P_ * size})")
+    prod = e.emit(f"call ptr @malloc(i64 {geo.og * geo.rows * size})")
+    bad = e.emit(f"icmp eq ptr {prod}, null")
+    if not geo.direct:
+        bad = e.emit(f"or i1 {bad}, {e.emit(f'icmp eq ptr {cols}, null')}")
+    with e.when(bad):
+        e.line(f"call void @free(ptr {prod})")
+        e.line(f"call void @free(ptr {cols})")
+        e.line(f"ret i32 {ALLOC_FAILED}")
+    e.line(f"call void @llvm.memset.p0.i64(ptr %acc, i8 0, i64 {whole * size}, i1 false)")
+    with e.rolled_loop("%n0", "%n1", scalar=True) as s:
+        with e.rolled_loop(0, geo.G, scalar=True) as grp:
+            sg = _i(e, "add", _i(e, "mul", s, geo.G), grp)
+            xg = e.gep(ty, "%x", e.emit(f"mul i64 {sg}, {geo.cg * HW}"))
+            if not geo.direct:
+                b._columns(e, geo, xg, cols, add=False)
+            gg = e.gep(ty, "%g", e.emit(f"mul i64 {sg}, {geo.og * P_}"))
+            e.lines.append(gemm.call(ty, gg, P_, 1, xg if geo.direct else cols, 1, P_, prod,
+                                     geo.og, geo.rows, P_))
+            acc = e.gep(ty, "%acc", e.emit(f"mul i64 {grp}, {geo.og * geo.rows}"))
+            with e.rolled_loop(0, geo.og * geo.rows) as i:
+                pa = e.gep(ty, acc, i)
+                v = e.emit(f"fadd {ty} {e.emit(f'load {ty}, ptr {pa}')}, "
+                           f"{e.emit(f'load {ty}, ptr {e.gep(ty, prod, i)}')}")
+                e.line(f"store {ty} {v}, ptr {pa}")
+    e.line(f"call void @free(ptr {prod})")
+    e.line(f"call void @free(ptr {cols})")
+    e.line("ret i32 0")
+    b.helpers.append(e.function(f"define internal i32 @{name}_part(ptr noalias %x, ptr "
+                                f"noalias %g, ptr noalias %acc, i64 %n0, i64 %n1)"))
+
+    def part(f: Emitter, q, acc: str) -> str:
+        n0 = _i(f, "udiv", _i(f, "mul", q, N), parts)
+        n1 = _i(f, "udiv", _i(f, "mul", _i(f, "add", q, 1), N), parts)
+        at = f.gep(ty, acc, f.emit(f"mul i64 {q}, {whole}"))
+        return f.emit(f"call i32 @{name}_part(ptr %x, ptr %g, ptr {at}, i64 {n0}, i64 {n1})")
+
+    xin, gin = ins
+    if parts == 1:
+        st = b.emit(f"call i32 @{name}_part(ptr {xin}, ptr {gin}, ptr {out}, i64 0, i64 {N})")
+        b.line(f"ret i32 {st}")
+        return
+    acc = b.emit(f"call ptr @malloc(i64 {parts * whole * size})")
+    with b.when(b.emit(f"icmp eq ptr {acc}, null")):
+        b.line(f"ret i32 {ALLOC_FAILED}")
+    b.line(f"%x = getelementptr i8, ptr {xin}, i64 0")
+    b.line(f"%g = getelementptr i8, ptr {gin}, i64 0")
+    if threads.find() is not None:
+        args = [("ptr", "%x"), ("ptr", "%g"), ("ptr", acc)]
+        slots = len(args) + 1
+        b.line(f"%ctx = alloca [{slots} x i64], align 8")
+        for k, (t, v) in enumerate(args):
+            b.line(f"store {t} {v}, ptr {b.gep('i64', '%ctx', k)}")
+        b.line(f"store i32 0, ptr {b.gep('i64', '%ctx', slots - 1)}")
+        b.lines += threads.split_call(name, parts).split("\n")
+        b.block = "par.joined"
+        status = b.emit(f"load i32, ptr {b.gep('i64', '%ctx', slots - 1)}")
+        b._blocks(name, [("ptr", "%x"), ("ptr", "%g"), ("ptr", "%acc")],
+                  lambda f: part(f, "%tid", "%acc"))
+    else:
+        status = "%status"
+        with b.loop("%q", parts, block="parts", exit="parts.done",
+                    carry=[("%status", "i32", "0")]) as lp:
+            st = part(b, "%q", acc)
+            lp.next = [b.emit(f"or i32 %status, {st}")]
+        status = b.emit(f"or i32 {status}, 0")
+    failed = b.emit(f"icmp ne i32 {status}, 0")
+    with b.when(failed):
+        b.line(f"call void @free(ptr {acc})")
+        b.line(f"ret i32 {ALLOC_FAILED}")
+    with b.rolled_loop(0, whole) as i:  # the partial sums, in order
+        v = b.emit(f"load {ty}, ptr {b.gep(ty, acc, i)}")
+        for q in range(1, parts):
+            at = b.gep(ty, acc, _i(b, "add", i, q * whole))
+            v = b.emit(f"fadd {ty} {v}, {b.emit(f'load {ty}, ptr {at}')}")
+        b.line(f"store {ty} {v}, ptr {b.gep(ty, out, i)}")
+    b.line(f"call void @free(ptr {acc})")
+    b.line("ret i32 0")
+
+
+# ------------------------------------------------------------------ pooling indices
+
+
+@dataclass(frozen=True)
+class _Windows:
+    """Where a pooling kernel's windows lie in planes of ``H x W`` with ``OH x OW`` outputs:
+    fixed windows (``kernel``, ``stride``, low ``padding``, ``dilation``) or adaptive ones
+    (``kernel`` None: output i covers [floor(i·S/O), ceil((i+1)·S/O)))."""
+
+    H: int
+    W: int
+    OH: int
+    OW: int
+    kernel: tuple | None = None
+    stride: tuple = (1, 1)
+    padding: tuple = (0, 0)
+    dilation: tuple = (1, 1)
+
+    def reads(self) -> int:
+        """Window reads per output position (an adaptive window's largest)."""
+        if self.kernel is not None:
+            return self.kernel[0] * self.kernel[1]
+        return -(-self.H // self.OH + 1) * -(-self.W // self.OW + 1)
+
+    def axis(self, e: Emitter, o: str, d: int) -> tuple:
+        """Along dim ``d`` (0: rows) for output ``o``: the window's first index (may be
+        negative), its step, its length, and its first index inside the input."""
+        size, outs = (self.H, self.OH) if d == 0 else (self.W, self.OW)
+        if self.kernel is None:
+            start = _i(e, "udiv", _i(e, "mul", o, size), outs)
+            end = _i(e, "udiv", _i(e, "add", _i(e, "mul", _i(e, "add", o, 1), size), outs - 1),
+                     outs)
+            return start, 1, _i(e, "sub", end, start), start
+        k, st, pad, dil = self.kernel[d], self.stride[d], self.padding[d], self.dilation[d]
+        start = _i(e, "sub", _i(e, "mul", o, st), pad)
+        # PyTorch's clipped start: while start < 0, start += dilation
+        skip = _i(e, "udiv", _i(e, "add", _i(e, "sub", 0, start), dil - 1), dil)
+        clipped = _i(e, "add", start, _i(e, "mul", skip, dil))
+        first = e.emit(f"select i1 {e.emit(f'icmp slt i64 {start}, 0')}, i64 {clipped}, "
+                       f"i64 {start}")
+        return start, dil, k, first
+
+
+def _pool(b: WindowBuilder, name: str, ins: list, out: str, win: _Windows) -> None:
+    """A pooling-index kernel: for each plane and output position, the window scanned in
+    order (positions outside the input skipped) with PyTorch's rule (module docstring)."""
+    x = b.n.inputs[0]
+    dt = x.dtype.name
+    if dt not in ("float32", "float64", "int64"):
+        raise NotImplementedError(f"LLVM window codegen: pooling of {dt}")
+    ty = LLTYPE[dt]
+    H, W, OH, OW = win.H, win.W, win.OH, win.OW
+    planes = 1
+    for s in b.n.out.shape[:-2 if win.kernel is None or len(b.n.params["kernel"]) == 2
+                           else -1]:
+        planes = planes * s
+    low = str(-(1 << 63)) if ty == "i64" else "0xFFF0000000000000"  # (-inf)
+    e = Emitter()
+    e.label("entry")
+    e.line(f"%best = alloca {ty}")
+    e.line("%at = alloca i64")
+    with e.rolled_loop("%q0", "%q1", scalar=True) as q:
+        xq = e.gep(ty, "%x", e.emit(f"mul i64 {q}, {H * W}"))
+        yq = e.gep("i64", "%y", e.emit(f"mul i64 {q}, {OH * OW}"))
+        with e.rolled_loop(0, OH, scalar=True) as oh:
+            hs, dh, kh, h0 = win.axis(e, oh, 0)
+            with e.rolled_loop(0, OW, scalar=True) as ow:
+                ws, dw, kw, w0 = win.axis(e, ow, 1)
+                e.line(f"store {ty} {low}, ptr %best")
+                e.line(f"store i64 {_i(e, 'add', _i(e, 'mul', h0, W), w0)}, ptr %at")
+                with e.rolled_loop(0, kh, scalar=True) as ki:
+                    ih = _i(e, "add", hs, _i(e, "mul", ki, dh))
+                    with e.when(e.emit(f"icmp ult i64 {ih}, {H}")):  # (0 <= ih < H)
+                        with e.rolled_loop(0, kw, scalar=True) as kj:
+                            iw = _i(e, "add", ws, _i(e, "mul", kj, dw))
+                            with e.when(e.emit(f"icmp ult i64 {iw}, {W}")):
+                                pos = _i(e, "add", _i(e, "mul", ih, W), iw)
+                                v = e.emit(f"load {ty}, ptr {e.gep(ty, xq, pos)}")
+                                best = e.emit(f"load {ty}, ptr %best")
+                                if ty == "i64":
+                                    up = e.emit(f"icmp sgt i64 {v}, {best}")
+                                else:  # greater, or NaN
+                                    up = e.emit(f"or i1 {e.emit(f'fcmp ogt {ty} {v}, {best}')}"
+                                                f", {e.emit(f'fcmp uno {ty} {v}, 0.0')}")
+                                with e.when(up):
+                                    e.line(f"store {ty} {v}, ptr %best")
+                                    e.line(f"store i64 {pos}, ptr %at")
+                dst = e.gep("i64", yq, _i(e, "add", _i(e, "mul", oh, OW), ow))
+                e.line(f"store i64 {e.emit('load i64, ptr %at')}, ptr {dst}")
+    e.line("ret i32 0")
+    b.helpers.append(e.function(f"define internal i32 @{name}_planes(ptr noalias %x, ptr "
+                                f"noalias %y, i64 %q0, i64 %q1)"))
+    count = literal(planes, "i64")
+    if threads.find() is not None and planes * OH * OW * win.reads() >= PAR_POOL:
+        def blocks(f: Emitter) -> str:  # (planes [tid·L/nt, (tid+1)·L/nt))
+            q0 = _i(f, "udiv", _i(f, "mul", "%tid", count), "%nt")
+            q1 = _i(f, "udiv", _i(f, "mul", _i(f, "add", "%tid", 1), count), "%nt")
+            return f.emit(f"call i32 @{name}_planes(ptr %x, ptr %y, i64 {q0}, i64 {q1})")
+
+        b._split(name, [("ptr", ins[0]), ("ptr", out)], 0)
+        b._blocks(name, [("ptr", "%x"), ("ptr", "%y")], blocks)
+    else:
+        st = b.emit(f"call i32 @{name}_planes(ptr {ins[0]}, ptr {out}, i64 0, i64 {count})")
+        b.line(f"ret i32 {st}")
+
+
+def _planes2(shape, nd: int) -> tuple:
+    """A plane's (rows, columns): a 1-d one is a row."""
+    return (1, int(shape[-1])) if nd == 1 else (int(shape[-2]), int(shape[-1]))
+
+
+@_WINDOWS(P.MAX_POOL_INDICES)
+def _max_pool_indices(b: WindowBuilder, name: str, ins: list, out: str) -> None:
+    p = b.n.params
+    nd = len(p["kernel"])
+    if nd not in (1, 2):
+        raise NotImplementedError(f"LLVM window codegen: {nd}-d pooling")
+
+    def two(t, fill) -> tuple:
+        return (fill,) * (2 - nd) + tuple(int(v) for v in t)
+
+    H, W = _planes2(b.n.inputs[0].shape, nd)
+    OH, OW = _planes2(b.n.out.shape, nd)
+    _pool(b, name, ins, out, _Windows(H, W, OH, OW, two(p["kernel"], 1), two(p["stride"], 1),
+                                      two([lo for lo, _ in p["padding"]], 0),
+                                      two(p["dilation"], 1)))
+
+
+@_WINDOWS(P.ADAPTIVE_MAX_INDICES)
+def _adaptive_max_indices(b: WindowBuilder, name: str, ins: list, out: str) -> None:
+    nd = len(b.n.params["output_size"])
+    if nd not in (1, 2):
+        raise NotImplementedError(f"LLVM window codegen: {nd}-d pooling")
+    H, W = _planes2(b.n.inputs[0].shape, nd)
+    OH, OW = _planes2(b.n.out.shape, nd)
+    _pool(b, name, ins, out, _Windows(H, W, OH, OW))

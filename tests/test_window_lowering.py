@@ -1,0 +1,192 @@
+"""The LLVM backend's window kernels (``compiler/backends/llvm/window.py``): convolution in
+its three directions and the pooling indices, compiled against eager over geometries
+(stride, padding, dilation, groups, 1x1 windows, 1-d), batch sizes (one sample runs on the
+caller's thread; more run in parallel; the weight gradient's fixed sample blocks), dtypes,
+NaN and -inf windows, and thread counts (the same bits on one thread as on two). Every plan
+here must be one native driver call."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import compiler
+import dyngrad as dg
+import dyngrad.nn.functional as F
+from compiler.backends.llvm import driver, threads
+
+SOME = settings(max_examples=25, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow])
+
+
+def _native(f) -> None:
+    for v in f.variants:
+        assert isinstance(v.plan, driver.DriverPlan), v.plan.describe()
+
+
+def _grads_of(fn):
+    """``fn``'s output and the gradients of a weighted sum of it for every input."""
+    def run(*xs):
+        y = fn(*xs)
+        wts = dg.cos(dg.arange(y.numel(), dtype=y.dtype).reshape(y.shape))
+        return (y, *dg.autograd.grad((y * wts).sum(), xs))
+    return run
+
+
+def _compare(fn, *arrays, rtol=1e-10, calls=2):
+    """Compiled (LLVM) against eager for ``fn`` on float64 ``arrays``, value and gradients."""
+    xs = [dg.tensor(a, requires_grad=True) for a in arrays]
+    want = fn(*xs)
+    f = compiler.compile(fn, backend="llvm")
+    for _ in range(calls):
+        got = f(*xs)
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_allclose(g.detach().numpy(), w.detach().numpy(), rtol=rtol,
+                                   atol=rtol)
+    _native(f)
+    return got
+
+
+_small = st.integers(1, 3)
+
+
+@SOME
+@given(n=st.sampled_from([1, 2, 9]), groups=_small, cin=_small, cout=_small,
+       h=st.integers(1, 8), w=st.integers(1, 8), kh=_small, kw=_small,
+       stride=st.tuples(_small, _small), dilation=st.tuples(_small, _small),
+       padding=st.tuples(st.integers(0, 2), st.integers(0, 2)))
+def test_conv2d_and_its_gradients_compile_to_eager(n, groups, cin, cout, h, w, kh, kw, stride,
+                                                   dilation, padding):
+    assume(all(s + 2 * p >= d * (k - 1) + 1 for s, p, d, k in
+               zip((h, w), padding, dilation, (kh, kw))))
+    r = np.random.default_rng(0)
+    x = r.standard_normal((n, cin * groups, h, w))
+    wt = r.standard_normal((cout * groups, cin, kh, kw))
+    _compare(_grads_of(lambda x, wt: F.conv2d(x, wt, stride=stride, padding=padding,
+                                              dilation=dilation, groups=groups)), x, wt)
+
+
+@SOME
+@given(n=st.sampled_from([1, 3, 8, 17]), groups=_small, cin=_small, cout=_small,
+       h=st.integers(1, 5), w=st.integers(1, 5), kh=_small, kw=_small,
+       stride=st.tuples(_small, _small), dilation=st.tuples(_small, _small),
+       padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+       extra=st.tuples(st.integers(0, 2), st.integers(0, 2)))
+def test_conv_transpose2d_and_its_gradients_compile_to_eager(n, groups, cin, cout, h, w, kh, kw,
+                                                             stride, dilation, padding, extra):
+    output_padding = tuple(min(e, max(s, d) - 1) for e, s, d in zip(extra, stride, dilation))
+    assume(all((i - 1) * s - 2 * p + d * (k - 1) + 1 + o >= 1 for i, s, p, d, k, o in
+               zip((h, w), stride, padding, dilation, (kh, kw), output_padding)))
+    r = np.random.default_rng(1)
+    x = r.standard_normal((n, cin * groups, h, w))
+    wt = r.standard_normal((cin * groups, cout, kh, kw))
+    _compare(_grads_of(lambda x, wt: F.conv_transpose2d(
+        x, wt, stride=stride, padding=padding, output_padding=output_padding, groups=groups,
+        dilation=dilation)), x, wt)
+
+
+@pytest.mark.parametrize("n", [1, 2, 8, 9, 33])
+@pytest.mark.parametrize("kernel, padding", [(1, 0), (3, 1), ((1, 3), (0, 1))])
+def test_batch_sizes_split_samples_and_weight_gradient_blocks(n, kernel, padding):
+    r = np.random.default_rng(n)
+    x, wt = r.standard_normal((n, 4, 6, 5)), r.standard_normal((6, 2, *np.broadcast_to(
+        kernel, 2)))
+    _compare(_grads_of(lambda x, wt: F.conv2d(x, wt, padding=padding, groups=2)), x, wt)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(stride=2, padding=1), dict(dilation=2, groups=3),
+                                dict(padding="same")])
+def test_conv1d_compiles_to_eager(kw):
+    r = np.random.default_rng(2)
+    x, wt = r.standard_normal((5, 6, 11)), r.standard_normal((3, 6 // kw.get("groups", 1), 3))
+    _compare(_grads_of(lambda x, wt: F.conv1d(x, wt, **kw)), x, wt)
+
+
+def test_float32_depthwise_and_pointwise_layers_compile_to_eager():
+    r = np.random.default_rng(3)
+    x = r.standard_normal((4, 8, 10, 10)).astype(np.float32)
+    dw = r.standard_normal((8, 1, 3, 3)).astype(np.float32)
+    pw = r.standard_normal((16, 8, 1, 1)).astype(np.float32)
+    _compare(_grads_of(lambda x, dw, pw: F.conv2d(F.conv2d(x, dw, padding=1, groups=8), pw)),
+             x, dw, pw, rtol=2e-5)
+
+
+def _pool_program(kw, adaptive=None):
+    if adaptive is not None:
+        return lambda x: F.adaptive_max_pool2d(x, adaptive, return_indices=True)
+    return lambda x: F.max_pool2d(x, return_indices=True, **kw)
+
+
+@SOME
+@given(h=st.integers(1, 9), w=st.integers(1, 9), kh=st.integers(1, 4), kw=st.integers(1, 4),
+       stride=st.tuples(_small, _small), pad=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+       dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)), ceil_mode=st.booleans(),
+       dtype=st.sampled_from(["float32", "float64", "int64"]))
+def test_max_pool_indices_compile_to_eager(h, w, kh, kw, stride, pad, dilation, ceil_mode,
+                                           dtype):
+    assume(2 * pad[0] <= kh and 2 * pad[1] <= kw)
+    r = np.random.default_rng(4)
+    x = np.round(r.standard_normal((2, 3, h, w)) * 2)  # ties
+    if dtype != "int64":
+        x[0, 0].flat[::3] = -np.inf
+        x[1, 1].flat[::4] = np.nan
+    x = dg.tensor(x.astype(dtype))
+    fn = _pool_program(dict(kernel_size=(kh, kw), stride=stride, padding=pad,
+                            dilation=dilation, ceil_mode=ceil_mode))
+    try:
+        want = fn(x)
+    except RuntimeError:
+        return  # (a geometry eager rejects, as PyTorch)
+    f = compiler.compile(fn, backend="llvm")
+    got = f(x)
+    np.testing.assert_array_equal(got[1].numpy(), want[1].numpy())
+    np.testing.assert_array_equal(got[0].numpy(), want[0].numpy())
+    _native(f)
+
+
+@pytest.mark.parametrize("size", [1, (2, 3), (5, 4), (7, 7)])
+@pytest.mark.parametrize("dtype", ["float32", "int64"])
+def test_adaptive_max_pool_indices_compile_to_eager(size, dtype):
+    x = np.round(np.random.default_rng(5).standard_normal((2, 3, 7, 6)) * 2)
+    if dtype == "float32":
+        x[1, 2, 3, 3] = np.nan
+    x = dg.tensor(x.astype(dtype))
+    f = compiler.compile(_pool_program(None, size), backend="llvm")
+    want, got = _pool_program(None, size)(x), f(x)
+    np.testing.assert_array_equal(got[1].numpy(), want[1].numpy())
+    np.testing.assert_array_equal(got[0].numpy(), want[0].numpy())
+    _native(f)
+
+
+def test_max_pool1d_and_its_gradient_compile_to_eager():
+    x = np.random.default_rng(6).standard_normal((3, 4, 17))
+    _compare(_grads_of(lambda x: F.max_pool1d(x, 3, 2, padding=1, ceil_mode=True)), x)
+
+
+def test_avg_pool_compiles_to_eager():
+    x = np.random.default_rng(7).standard_normal((3, 4, 9, 8))
+    _compare(_grads_of(lambda x: F.avg_pool2d(x, 3, 2, 1, ceil_mode=True,
+                                              count_include_pad=False)), x)
+
+
+def test_the_bits_do_not_depend_on_the_thread_count():
+    if threads.find() is None:
+        pytest.skip("no thread pool here (DYNGRAD_THREADS=1 or not Linux x86-64)")
+    r = np.random.default_rng(8)
+    x = dg.tensor(r.standard_normal((19, 8, 12, 12)).astype(np.float32), requires_grad=True)
+    wt = dg.tensor(r.standard_normal((16, 8, 3, 3)).astype(np.float32), requires_grad=True)
+    fn = _grads_of(lambda x, wt: F.max_pool2d(F.conv2d(x, wt, padding=1), 2))
+    before = threads.team()
+    results = []
+    try:
+        for team in (1, 2, 3):
+            threads.set_team(team)
+            f = compiler.compile(fn, backend="llvm")
+            results.append([t.detach().numpy() for t in f(x, wt)])
+    finally:
+        threads.set_team(max(before, 1))
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert np.array_equal(a, b)
