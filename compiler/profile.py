@@ -319,7 +319,7 @@ def _label(g, grp) -> str:
 
 def _work(g, grp) -> tuple[float, float]:
     """(FLOPs, compulsory bytes) of one call of a group (see the module docstring)."""
-    from .backends.llvm import vecmath
+    from .backends.llvm import vecmath, window
     from .ir import Value
 
     def nbytes(v) -> float:
@@ -342,4 +342,6 @@ def _work(g, grp) -> tuple[float, float]:
             vector_math = fn is not None and n.out.dtype is not None \
                 and n.out.dtype.np == np.float32  # (float32 only: vecmath's functions)
             flops += out * (vecmath.flops(fn) if vector_math else 1)
+        elif n.prim.kind == "window":
+            flops += window.flops(n)
     return flops, traffic

@@ -125,11 +125,15 @@ ADAPTIVE_MAX_INDICES = Primitive(
 
 
 def _gather_planes(x: Tensor, idx: Tensor, nd: int) -> Tensor:
-    """``x``'s values at plane indices ``idx`` (PyTorch's gather over the flattened planes)."""
-    lead = tuple(x.shape[:-nd])
-    xf = _m.reshape(x, lead + (math.prod(x.shape[-nd:]),))
-    flat = _i.take_along_dim(xf, _m.reshape(idx, lead + (math.prod(idx.shape[-nd:]),)), -1)
-    return _m.reshape(flat, tuple(idx.shape))
+    """``x``'s values at plane indices ``idx`` (PyTorch's gather over the flattened planes),
+    as one ``gather`` from the flat input at ``idx + plane · plane size``: the indices come
+    from a pooling-index primitive, so they need neither ``take_along_dim``'s bounds check
+    nor its wrap of negative ones (a compiled step saved those two passes)."""
+    lead = tuple(idx.shape[:-nd])
+    plane = math.prod(x.shape[-nd:])
+    rows = _m.reshape(idx, (math.prod(lead), math.prod(idx.shape[-nd:])))
+    flat = rows + _c.iota_like(rows, 0) * plane
+    return _m.reshape(_i.gather(_m.reshape(x, (-1,)), flat, 0), tuple(idx.shape))
 
 
 def _pool_input(op: str, input: Tensor, nd: int) -> None:
