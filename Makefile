@@ -42,7 +42,7 @@ lint: $(STAMP)
 COMPILED_TESTS := tests/test_compiler.py tests/test_footguns.py tests/test_soundness.py \
 	tests/test_random_programs.py tests/test_footguns_sources.py tests/test_footguns_history.py \
 	tests/test_random_sources.py tests/test_footguns_replay.py
-LLVM_TESTS := tests/test_llvm_*.py tests/test_vecmath.py tests/test_codegen*.py \
+LLVM_TESTS := tests/test_llvm_*.py tests/test_vecmath.py tests/test_codegen*.py tests/test_window_lowering.py \
 	tests/test_target.py tests/test_profile.py tests/test_compiler.py tests/test_footguns.py \
 	tests/test_soundness.py tests/test_random_programs.py
 

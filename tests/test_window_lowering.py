@@ -190,3 +190,50 @@ def test_the_bits_do_not_depend_on_the_thread_count():
     for other in results[1:]:
         for a, b in zip(results[0], other, strict=True):
             assert np.array_equal(a, b)
+
+
+# ------------------------------------------------------------------ soundness
+
+
+def test_a_conv_module_s_geometry_changed_between_calls_is_followed():
+    """The window kernel bakes stride and padding in: a change of the module's attributes
+    must reach a new variant (the guard), never the old kernel."""
+    dg.manual_seed(0)
+    conv = dg.nn.Conv2d(3, 4, 3)
+    x = dg.randn(2, 3, 9, 9)
+    f = compiler.compile(lambda x: conv(x).sum((2, 3)), backend="llvm")
+    for stride, padding in [(1, 0), (1, 0), (2, 0), (2, 1), (1, 1), (2, 1)]:
+        conv.stride, conv.padding = (stride, stride), (padding, padding)
+        np.testing.assert_allclose(f(x).detach().numpy(), conv(x).sum((2, 3)).detach().numpy(),
+                                   rtol=1e-5, atol=1e-5)
+    _native(f)
+
+
+def test_aliased_input_and_weight_and_in_place_weight_updates():
+    """The weight a view of the input's memory, and the weight changed in place between
+    calls: the kernel reads both where they are now."""
+    base = dg.randn(4 * 3 * 6 * 6 + 2 * 3 * 3 * 3, dtype=dg.float64)
+    x = base[:4 * 3 * 6 * 6].reshape(4, 3, 6, 6)
+    w = base[4 * 3 * 6 * 6:].reshape(2, 3, 3, 3)
+    fn = lambda x, w: F.conv2d(x, w, padding=1)  # noqa: E731
+    f = compiler.compile(fn, backend="llvm")
+    for k in range(3):
+        np.testing.assert_allclose(f(x, w).numpy(), fn(x, w).numpy(), rtol=1e-12)
+        with dg.no_grad():
+            base.mul_(1.5).add_(-0.25 * k)
+    _native(f)
+
+
+def test_compiled_conv_inside_a_compiled_function_and_under_func_grad():
+    r = np.random.default_rng(9)
+    x = dg.tensor(r.standard_normal((3, 2, 7, 7)))
+    w = dg.tensor(r.standard_normal((4, 2, 3, 3)))
+    inner = compiler.compile(lambda x, w: F.max_pool2d(F.conv2d(x, w), 2), backend="llvm")
+    outer = compiler.compile(lambda x, w: inner(x, w).square().sum(), backend="llvm")
+    loss = lambda x, w: F.max_pool2d(F.conv2d(x, w), 2).square().sum()  # noqa: E731
+    for _ in range(2):
+        np.testing.assert_allclose(outer(x, w).numpy(), loss(x, w).numpy(), rtol=1e-12)
+    g = compiler.compile(dg.func.grad(loss, argnums=1), backend="llvm")
+    for _ in range(2):
+        np.testing.assert_allclose(g(x, w).numpy(), dg.func.grad(loss, argnums=1)(x, w).numpy(),
+                                   rtol=1e-11, atol=1e-11)
