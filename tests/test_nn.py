@@ -1395,3 +1395,26 @@ def test_parameters_to_vector_and_back():
     np.testing.assert_array_equal(m[1].bias.detach().numpy(), [24.0, 25.0])
     assert m[1].bias.requires_grad and m[1].bias.is_leaf
 
+
+
+def test_orthogonal_trunc_normal_eye_and_dirac_inits():
+    from dyngrad.nn import init
+    dg.manual_seed(0)
+    for shape in [(3, 5), (5, 3), (4, 2, 3, 3)]:
+        w = init.orthogonal_(dg.empty(*shape), gain=2.0).numpy().reshape(shape[0], -1)
+        small = w @ w.T if shape[0] <= w.shape[1] else w.T @ w
+        np.testing.assert_allclose(small, 4 * np.eye(len(small)), atol=1e-5)
+    g1, g2 = dg.Generator().manual_seed(3), dg.Generator().manual_seed(3)
+    assert np.array_equal(init.orthogonal_(dg.empty(4, 4), generator=g1).numpy(),
+                          init.orthogonal_(dg.empty(4, 4), generator=g2).numpy())
+    t = init.trunc_normal_(dg.empty(20000), mean=1.0, std=2.0, a=0.0, b=1.5).numpy()
+    assert t.min() >= 0.0 and t.max() <= 1.5 and 0.7 < t.mean() < 0.8  # (E = 0.7537...)
+    with pytest.raises(ValueError, match="exceeds"):
+        init.trunc_normal_(dg.empty(3), a=1.0, b=0.0)
+    assert np.array_equal(init.eye_(dg.empty(2, 3)).numpy(), np.eye(2, 3))
+    w = init.dirac_(dg.empty(4, 2, 3, 3), groups=2)
+    x = dg.randn(1, 4, 5, 5)
+    y = dg.nn.functional.conv2d(x, w, padding=1, groups=2).numpy()
+    np.testing.assert_array_equal(y[:, [0, 2]], x.numpy()[:, [0, 2]])
+    with pytest.raises(ValueError, match="2 or more"):
+        init.orthogonal_(dg.empty(3))

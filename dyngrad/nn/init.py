@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..autograd.grad_mode import no_grad
+from ..ops import random as _random
 from ..tensor import Tensor
 
 
@@ -87,3 +90,83 @@ def kaiming_uniform_(t: Tensor, a: float = 0, mode: str = "fan_in",
 def kaiming_normal_(t: Tensor, a: float = 0, mode: str = "fan_in",
                     nonlinearity: str = "leaky_relu") -> Tensor:
     return normal_(t, 0.0, calculate_gain(nonlinearity, a) / math.sqrt(_fan(t, mode)))
+
+
+def _draws(t: Tensor, shape: tuple, generator) -> np.ndarray:
+    """Standard normal numbers of ``shape`` from ``generator`` (None: dyngrad's default
+    one), in t's dtype."""
+    return _random.randn(*shape, dtype=t.dtype, generator=generator).numpy()
+
+
+def orthogonal_(t: Tensor, gain: float = 1.0, generator=None) -> Tensor:
+    """Fill ``t`` (at least 2-d; trailing dims flattened) with a (semi-)orthogonal matrix
+    times ``gain``, as PyTorch does: the Q of a Gaussian matrix's QR decomposition with
+    signs making R's diagonal positive (so Q is uniform over the orthogonal group).
+
+    >>> w = orthogonal_(dg.empty(3, 5)).numpy()
+    >>> bool(np.allclose(w @ w.T, np.eye(3), atol=1e-5))
+    True
+    """
+    if t.ndim < 2:
+        raise ValueError("Only tensors with 2 or more dimensions are supported")
+    if t.numel() == 0:
+        return t
+    rows = t.shape[0]
+    cols = t.numel() // rows
+    a = _draws(t, (rows, cols), generator).astype(np.float64)
+    if rows < cols:
+        a = a.T
+    q, r = np.linalg.qr(a)
+    q = q * np.sign(np.diag(r))
+    if rows < cols:
+        q = q.T
+    with no_grad():
+        return t.copy_(Tensor._constant((q * gain).reshape(t.shape).astype(t.dtype.np)))
+
+
+def trunc_normal_(t: Tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.0,
+                  b: float = 2.0, generator=None) -> Tensor:
+    """Fill ``t`` with N(mean, std²) conditioned on [a, b] (PyTorch's ``trunc_normal_``; the
+    bounds are absolute, not in units of std), by redrawing the numbers outside the bounds
+    (PyTorch inverts the CDF instead: the same distribution, other numbers)."""
+    if not a <= b:
+        raise ValueError(f"trunc_normal_: the lower bound a={a} exceeds b={b}")
+    out = np.empty(t.shape, dtype=np.float64).reshape(-1)
+    todo = np.arange(out.size)
+    for _ in range(1000):
+        if not todo.size:
+            break
+        x = mean + std * _draws(t, (todo.size,), generator).astype(np.float64)
+        ok = (x >= a) & (x <= b)
+        out[todo[ok]] = x[ok]
+        todo = todo[~ok]
+    if todo.size:
+        raise ValueError(f"trunc_normal_: [{a}, {b}] is too far in the tails of "
+                         f"N({mean}, {std}²) to draw from")
+    with no_grad():
+        return t.copy_(Tensor._constant(out.reshape(t.shape).astype(t.dtype.np)))
+
+
+def eye_(t: Tensor) -> Tensor:
+    """Fill a 2-d ``t`` with the identity (ones on the diagonal of a rectangle too)."""
+    if t.ndim != 2:
+        raise ValueError("Only tensors with 2 dimensions are supported")
+    with no_grad():
+        return t.copy_(Tensor._constant(np.eye(*t.shape, dtype=t.dtype.np)))
+
+
+def dirac_(t: Tensor, groups: int = 1) -> Tensor:
+    """Fill a 3-, 4- or 5-d convolution weight with the Dirac delta (the convolution keeps
+    as many input channels as it can, per group), as PyTorch does."""
+    if t.ndim not in (3, 4, 5):
+        raise ValueError("Only tensors with 3, 4, or 5 dimensions are supported")
+    if t.shape[0] % groups:
+        raise ValueError("dim 0 must be divisible by groups")
+    per = t.shape[0] // groups
+    w = np.zeros(t.shape, dtype=t.dtype.np)
+    centre = tuple(k // 2 for k in t.shape[2:])
+    for g in range(groups):
+        for d in range(min(per, t.shape[1])):
+            w[(g * per + d, d) + centre] = 1
+    with no_grad():
+        return t.copy_(Tensor._constant(w))
