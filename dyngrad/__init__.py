@@ -132,7 +132,7 @@ from .ops.elementwise import (
     tanh,
     where,
 )
-from .ops.indexing import eye, index_select, one_hot, take_along_dim
+from .ops.indexing import eye, index_add, index_select, one_hot, take_along_dim
 from .ops.linalg import bmm, dot, matmul, mm, outer
 from .ops.movement import (
     broadcast_to,
@@ -215,6 +215,20 @@ def gather(input, dim, index):
     return take_along_dim(input, index, dim)
 
 
+def scatter_add(input, dim, index, src):
+    """``torch.scatter_add`` (see Tensor.scatter_add)."""
+    return input.scatter_add(dim, index, src)
+
+
+def spmm(input, mat2):
+    """``torch.spmm``: a matrix product whose first operand PyTorch allows sparse; dyngrad
+    has dense tensors only, so it is ``mm`` (a sparse operand raises there)."""
+    if getattr(input, "is_sparse", False) or not isinstance(input, Tensor):
+        raise NotImplementedError("spmm: dyngrad has no sparse tensors (pass a dense matrix; "
+                                  "to_dense() in PyTorch)")
+    return mm(input, mat2)
+
+
 fix_seed = manual_seed
 
 
@@ -246,6 +260,7 @@ __all__ = [
     "reshape", "expand", "broadcast_to", "permute", "transpose", "squeeze", "unsqueeze",
     "flatten", "narrow", "cat", "concat", "stack", "split", "chunk", "unbind",
     "matmul", "mm", "bmm", "dot", "outer", "gather", "take_along_dim", "index_select",
+    "scatter_add", "index_add", "spmm",
     "one_hot",
     "tril", "triu", "t", "swapaxes", "swapdims", "meshgrid", "sinh", "cosh", "trunc", "fix",
     "repeat_interleave", "einsum", "cumsum", "cumprod", "sort", "argsort", "topk", "msort",

@@ -701,3 +701,58 @@ def test_float32_results_and_gradients_equal_torch(case):
 ])
 def test_second_derivatives(fn):
     assert gradgradcheck(fn, (leaf(3, 4),))
+
+
+# ------------------------------------------------------------------ scatter_add, index_add
+
+_SCATTER_INDEX = np.array([[0, 1, 2, 0], [2, 2, 1, 0], [1, 1, 1, 1]])
+
+
+def test_scatter_add_and_index_add_gradcheck():
+    idx = dg.tensor(_SCATTER_INDEX)
+    assert gradcheck(lambda x, s: x.scatter_add(0, idx, s), [leaf(3, 4), leaf(3, 5)])
+    assert gradcheck(lambda x, s: dg.scatter_add(x, 1, idx[:, :3], s), [leaf(3, 4), leaf(3, 4)])
+    assert gradcheck(lambda x, s: x.index_add(1, dg.tensor([3, 0, 3]), s, alpha=-2.0),
+                     [leaf(2, 4), leaf(2, 3)])
+
+
+@needs_torch
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_scatter_add_and_index_add_match_torch(dim):
+    r = np.random.default_rng(dim + 5)
+    x, s = r.standard_normal((3, 4)), r.standard_normal((4, 5))
+    idx = r.integers(0, 3 if dim == 0 else 4, (3, 4))
+    got = dg.tensor(x).scatter_add(dim, dg.tensor(idx), dg.tensor(s))
+    want = torch.tensor(x).scatter_add(dim, torch.tensor(idx), torch.tensor(s))
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12)
+    j = r.integers(0, x.shape[dim], 6)
+    src = r.standard_normal((6, 4) if dim == 0 else (3, 6))
+    got = dg.tensor(x).index_add(dim, dg.tensor(j), dg.tensor(src), alpha=0.5)
+    want = torch.tensor(x).index_add(dim, torch.tensor(j), torch.tensor(src), alpha=0.5)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12)
+    y, yt = dg.tensor(x), torch.tensor(x)
+    y.scatter_add_(dim, dg.tensor(idx), dg.tensor(s))
+    yt.scatter_add_(dim, torch.tensor(idx), torch.tensor(s))
+    np.testing.assert_allclose(y.numpy(), yt.numpy(), rtol=1e-12)
+
+
+def test_scatter_add_errors_name_the_shapes():
+    with pytest.raises(RuntimeError, match=r"index \[3, 5\] to be smaller than self \[3, 4\]"):
+        dg.zeros(3, 4).scatter_add(0, dg.zeros(3, 5, dtype=dg.int64), dg.ones(3, 5))
+    with pytest.raises(RuntimeError, match="same number of dimensions"):
+        dg.zeros(3, 4).scatter_add(0, dg.zeros(3, dtype=dg.int64), dg.ones(3))
+    with pytest.raises(IndexError, match="index 7 is out of bounds for dimension 0 with size 3"):
+        dg.zeros(3, 4).scatter_add(0, dg.full((1, 4), 7, dtype=dg.int64), dg.ones(1, 4))
+    with pytest.raises(RuntimeError, match="index_add_"):
+        dg.zeros(3, 4).index_add(0, dg.tensor([0, 1]), dg.ones(3, 4))
+
+
+@pytest.mark.parametrize("backend", ["interp", "llvm"])
+def test_scatter_add_and_index_add_compile_to_eager(backend):
+    import compiler
+    idx = dg.tensor(_SCATTER_INDEX)
+    fn = lambda x, s: x.scatter_add(0, idx, s).index_add(1, dg.tensor([3, 0, 3]), s[:, :3])  # noqa: E731
+    f = compiler.compile(fn, backend=backend)
+    x, s = dg.randn(3, 4), dg.randn(3, 5)
+    for _ in range(2):
+        np.testing.assert_allclose(f(x, s).numpy(), fn(x, s).numpy(), rtol=1e-6, atol=1e-6)

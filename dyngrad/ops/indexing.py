@@ -188,13 +188,81 @@ def take_along_dim(x: Tensor, idx: Tensor, dim: int) -> Tensor:
     n = x.shape[d]
     idx = check_index(idx, n, d, "gather")
     idx = _e.where(_e.lt(idx, 0), idx + n, idx)
+    return gather(_m.reshape(_m.contiguous(x), (-1,)), _flat_positions(idx, tuple(x.shape), d),
+                  0)
+
+
+def _flat_positions(idx: Tensor, shape: tuple, d: int) -> Tensor:
+    """Flat positions in a C-ordered array of ``shape`` of the elements ``idx`` (checked,
+    wrapped) picks along ``d``, the other coordinates those of ``idx``'s own elements."""
     flat, stride = None, 1
-    for i in range(x.ndim - 1, -1, -1):
+    for i in range(len(shape) - 1, -1, -1):
         part = idx if i == d else iota_like(idx, i)
         term = part * stride if stride != 1 else part
         flat = term if flat is None else flat + term
-        stride *= x.shape[i]
-    return gather(_m.reshape(_m.contiguous(x), (-1,)), flat, 0)
+        stride *= shape[i]
+    return flat
+
+
+def scatter_add_dim(x: Tensor, dim: int, index: Tensor, src: Tensor) -> Tensor:
+    """PyTorch's ``scatter_add(input, dim, index, src)``: ``x`` with, for dim=0,
+    ``out[index[i][j]][j] += src[i][j]`` for every element of ``index`` (src may be larger:
+    only its index-shaped corner is read); repeated indices accumulate.
+
+    >>> dg.zeros(3).scatter_add(0, dg.tensor([0, 2, 0]), dg.tensor([1., 2., 3.]))
+    tensor([4., 0., 2.])
+    """
+    index = _as_index(index)
+    if not isinstance(src, Tensor):
+        raise TypeError(f"scatter_add(): src must be a Tensor, not {type(src).__name__}")
+    if index.ndim != x.ndim or src.ndim != x.ndim:
+        raise RuntimeError(f"scatter_add(): Index tensor must have the same number of "
+                           f"dimensions as self tensor (index {list(index.shape)}, self "
+                           f"{list(x.shape)}, src {list(src.shape)})")
+    if src.dtype is not x.dtype:
+        raise RuntimeError(f"scatter_add(): Expected self.dtype to be equal to src.dtype "
+                           f"({x.dtype.name} and {src.dtype.name})")
+    d = dim % max(x.ndim, 1)
+    if x.ndim == 0:
+        return scatter_add_dim(x.reshape(1), 0, index.reshape(1), src.reshape(1)).reshape(())
+    if any(index.shape[i] > src.shape[i] or (i != d and index.shape[i] > x.shape[i])
+           for i in range(x.ndim)):
+        raise RuntimeError(f"scatter_add(): Expected index {list(index.shape)} to be smaller "
+                           f"than self {list(x.shape)} apart from dimension {d} and to be "
+                           f"smaller size than src {list(src.shape)}")
+    if tuple(src.shape) != tuple(index.shape):
+        src = src[tuple(slice(0, k) for k in index.shape)]
+    n = x.shape[d]
+    idx = check_index(index, n, d, "scatter_add")
+    idx = _e.where(_e.lt(idx, 0), idx + n, idx)
+    flat = _m.reshape(_flat_positions(idx, tuple(x.shape), d), (-1,))
+    out = scatter_add(_m.reshape(x, (-1,)), flat, _m.reshape(src, (-1,)), 0)
+    return _m.reshape(out, tuple(x.shape))
+
+
+def index_add(x: Tensor, dim: int, index: Tensor, source: Tensor, *, alpha=1) -> Tensor:
+    """PyTorch's ``index_add``: ``x`` with ``alpha · source``'s slices along ``dim`` added to
+    the slices of ``x`` that the 1-d ``index`` names (repeated ones accumulate).
+
+    >>> dg.zeros(3, 2).index_add(0, dg.tensor([2, 0, 2]), dg.ones(3, 2))
+    tensor([[1., 1.],
+            [0., 0.],
+            [2., 2.]])
+    """
+    index = _as_index(index)
+    d = dim % max(x.ndim, 1)
+    if index.ndim > 1:
+        raise IndexError("index_add_(): Index is supposed to be a vector")
+    if source.ndim != x.ndim or source.shape[d] != index.numel() or any(
+            source.shape[i] != x.shape[i] for i in range(x.ndim) if i != d):
+        raise RuntimeError(f"index_add_(): source {list(source.shape)} does not fit self "
+                           f"{list(x.shape)} with an index of {index.numel()} along dim {d}")
+    if alpha != 1:
+        source = source * alpha
+    shape = [1] * x.ndim
+    shape[d] = index.numel()
+    idx = _m.expand(_m.reshape(index, tuple(shape)), tuple(source.shape))
+    return scatter_add_dim(x, d, idx, source)
 
 
 def index_select(x: Tensor, dim: int, index: Tensor) -> Tensor:

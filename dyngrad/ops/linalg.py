@@ -79,9 +79,12 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
     """Matrix product with PyTorch's rules for 1-d operands (a vector is promoted to a
     matrix and the added dim removed afterwards)."""
     if isinstance(a, Tensor) and isinstance(b, Tensor) and a._data.dtype is b._data.dtype \
-            and a._data.ndim >= 2 and b._data.ndim >= 2:
+            and a._data.ndim >= 2 and b._data.ndim >= 2 and a._data.dtype != np.bool_:
         return dispatch(MATMUL, a, b)
     (a, b), _ = _e.promote_args("matmul", a, b)
+    if a.dtype is _dt.bool_:  # (eager does not run the shape rule: numpy would multiply)
+        raise RuntimeError("matmul: \"addmm_impl_cpu_\" not implemented for 'Bool' (as in "
+                           "PyTorch: cast the operands to an integer or float dtype first)")
     if not isinstance(a, Tensor) or not isinstance(b, Tensor) or a.ndim == 0 or b.ndim == 0:
         raise RuntimeError("matmul: both arguments to matmul need to be at least 1D, but they "
                            f"are {getattr(a, 'ndim', 0)}D and {getattr(b, 'ndim', 0)}D")

@@ -145,8 +145,15 @@ class ReduceBuilder(LoopBuilder):
         for arg, v in s_outputs:
             self._store(v, arg, c_strides(self.full))
         nodes = self.g.nodes
-        return [self.operand(nodes[i].inputs[0], nodes[i].inputs[0].shape,
-                             LLTYPE[nodes[i].out.dtype.name])[0] for i in reductions]
+        vals = []
+        for i in reductions:
+            val, ty = self.operand(nodes[i].inputs[0], nodes[i].inputs[0].shape,
+                                   LLTYPE[nodes[i].out.dtype.name])
+            if ty in ("i1", "i8") or ty.endswith((" x i1>", " x i8>")):  # a bool sum: as ints
+                wide = ty.replace("i1", "i64").replace("i8", "i64")
+                val = self.emit(f"zext {ty} {val} to {wide}")
+            vals.append(val)
+        return vals
 
     def _blocks_function(self, name, layout, tys, vec, init, NB, CB, B, chunks,
                          chunk_loop) -> str:
@@ -196,7 +203,9 @@ class ReduceBuilder(LoopBuilder):
         for i in reductions:
             n = nodes[i]
             dt = n.out.dtype.name
-            if dt not in ("float32", "float64", "int64") or n.inputs[0].dtype is not n.out.dtype:
+            bool_sum = n.prim is prims.SUM and n.inputs[0].dtype.name == "bool"  # (-> int64)
+            if dt not in ("float32", "float64", "int64") or (
+                    n.inputs[0].dtype is not n.out.dtype and not bool_sum):
                 raise NotImplementedError(f"LLVM reduce codegen: {n.prim.name} of dtype "
                                           f"{dtname(n.inputs[0])} -> {dt}")
             tys.append(LLTYPE[dt])
