@@ -130,8 +130,8 @@ _OWN_TRAITS: dict[Primitive, Traits] = {
     LE: Traits(ELEMENTWISE, python=operator.le),
     GT: Traits(ELEMENTWISE, python=operator.gt),
     GE: Traits(ELEMENTWISE, python=operator.ge),
-    # scans and sorting: kernels of their own (kind 'index'); no LLVM lowering yet, so a
-    # compiled plan runs them as numpy steps
+    # scans and sorting: kernels of their own (kind 'index'; the LLVM backend's are in
+    # backends/llvm/scan.py)
     CUMSUM: Traits(OWN),
     CUMPROD: Traits(OWN),
     ARGSORT: Traits(OWN),

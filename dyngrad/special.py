@@ -43,10 +43,11 @@ and bool input gives float64. NaN → NaN; erf(±inf) = ±1, erfc(+inf) = 0, erf
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["erf", "erfc"]
+__all__ = ["erf", "erfc", "ErfTables", "ERF_TABLES"]
 
 # ----------------------------------------------------------------------------- tables
 # Coefficients run from the highest degree down to the constant term. ``python -m
@@ -170,6 +171,38 @@ _EXP_SHIFT = 64 * _LN2_HI
 _EXP_SHIFT_LO = -2.688585646515894e-09  # 64·(ln 2 − _LN2_HI)
 _UNSHIFT = 2.0**-64
 _SPLITTER = 134217729.0  # 2**27 + 1, Veltkamp's split
+
+
+@dataclass(frozen=True)
+class ErfTables:
+    """The constants of :func:`erf`'s algorithm (the tables above), for another
+    implementation of the same algorithm to read — the LLVM backend's float64 erf
+    (``compiler/backends/llvm/vecmath64.py``) — so both compute with one set of numbers.
+    Polynomials run from the highest degree down, as above.
+
+    >>> ERF_TABLES.small_end   # erf(a) = a + a·P(a²) below this
+    0.7
+    """
+
+    small_end: float
+    mid_end: float
+    small: tuple
+    small_lo: float
+    mid_centre: float
+    mid: tuple
+    erfcx_centres: tuple  # erfcx(c + t) on [1, 2) and [2, 4)
+    erfcx: tuple
+    erfcx_bounds: tuple  # (2, 4): where the first and the second polynomial end
+    tail_centre: float  # x·erfcx(x) on [4, 28] as g(1/x² − c)
+    tail: tuple
+    exp_shift: float  # exp(−a²) = 2⁻⁶⁴·exp(exp_shift − h²)·(1 + expm1(exp_shift_lo − …))
+    exp_shift_lo: float
+    unshift: float
+    big_clamp: float  # erf(a) for a beyond this is erf(this): 1.0
+
+
+ERF_TABLES = ErfTables(_A_END, _D_END, _P, _P_LO, _D_C, _D, (_B1_C, _B2_C), (_B1, _B2),
+                       (2.0, 4.0), _T_C, _T, _EXP_SHIFT, _EXP_SHIFT_LO, _UNSHIFT, 6.0)
 
 
 # ----------------------------------------------------------------------------- pieces

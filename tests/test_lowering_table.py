@@ -74,7 +74,8 @@ PROGRAMS = {
 
 # (primitive, dtype) -> why it runs in numpy inside a compiled step
 NOT_NATIVE = {
-    **{(p, dt): _NARROW_WHY for p in PROGRAMS for dt in NARROW},
+    **{(p, dt): _NARROW_WHY for p in PROGRAMS for dt in NARROW
+       if p not in ("cumsum", "cumprod")},  # (scans of every dtype: scan.py)
     ("conv", "int64"): "no integer GEMM: integer convolutions run in numpy",
     ("conv_transpose", "int64"): "no integer GEMM: integer convolutions run in numpy",
     ("matmul", "int64"): "no integer GEMM (integer matmul runs in numpy)",
@@ -84,18 +85,6 @@ NOT_NATIVE = {
     ("index_check", "bool"): "no bool gather yet (the index check is in its group)",
     ("max_pool_indices", "bool"): "PyTorch rejects bool pooling; dyngrad's eager accepts it",
     ("adaptive_max_indices", "bool"): "PyTorch rejects bool pooling; dyngrad's eager accepts it",
-    ("argsort", "float32"): "no LLVM sort yet",
-    ("argsort", "float64"): "no LLVM sort yet",
-    ("argsort", "int64"): "no LLVM sort yet",
-    ("argsort", "bool"): "no LLVM sort yet",
-    ("cumsum", "float32"): "no LLVM scan yet",
-    ("cumsum", "float64"): "no LLVM scan yet",
-    ("cumsum", "int64"): "no LLVM scan yet",
-    ("cumsum", "bool"): "no LLVM scan yet",
-    ("cumprod", "float32"): "no LLVM scan yet",
-    ("cumprod", "float64"): "no LLVM scan yet",
-    ("cumprod", "int64"): "no LLVM scan yet",
-    ("cumprod", "bool"): "no LLVM scan yet",
 }
 
 CASES = [(p.name, dt) for p in sorted(REGISTRY.values(), key=lambda p: p.name)

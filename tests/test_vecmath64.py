@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import math
 
 import numpy as np
 import pytest
@@ -68,6 +69,11 @@ CASES = {
     "sin": (np.sin, np.concatenate([np.linspace(-10, 10, 100001), _R.uniform(-1e6, 1e6, 50000),
                                     _R.uniform(-1e-9, 1e-9, 1000)])),
     "cos": (np.cos, np.concatenate([np.linspace(-10, 10, 100001), _R.uniform(-1e6, 1e6, 50000)])),
+    "erf": (np.vectorize(math.erf, otypes=[np.float64]),
+            np.concatenate([np.linspace(-7, 7, 100001), _R.uniform(-6, 6, 50000),
+                            np.exp(np.linspace(-700, 3, 5001)), -np.exp(np.linspace(-700, 3, 501)),
+                            np.nextafter([0.7, 1.25, 2.0, 4.0, 6.0], 0.0), [0.7, 1.25, 2.0, 4.0],
+                            [5e-324, 1e-310, 27.0]])),
 }
 
 
@@ -102,9 +108,83 @@ def test_float64_special_values(name):
     np.testing.assert_allclose(got, want, rtol=1e-15, atol=2e-16)  # (NaN equals NaN here)
 
 
+def _pow_kernel():
+    text = vecmath.module_ir(["pow64"]) + """
+define void @apply(ptr noalias %x, ptr noalias %y, ptr noalias %z, i64 %n) {
+entry:
+  br label %loop
+loop:
+  %i = phi i64 [0, %entry], [%i1, %loop]
+  %px = getelementptr inbounds double, ptr %x, i64 %i
+  %v = load double, ptr %px
+  %py = getelementptr inbounds double, ptr %y, i64 %i
+  %w = load double, ptr %py
+  %r = call double @dg_pow64(double %v, double %w)
+  %pz = getelementptr inbounds double, ptr %z, i64 %i
+  store double %r, ptr %pz
+  %i1 = add nuw nsw i64 %i, 1
+  %more = icmp slt i64 %i1, %n
+  br i1 %more, label %loop, label %exit
+exit:
+  ret void
+}
+"""
+    module = jit.compile_ir(text)
+    fn = module.cfunc("apply", None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                      ctypes.c_int64)
+
+    def run(x, y):
+        x, y = (np.ascontiguousarray(v, np.float64) for v in (x, y))
+        z = np.empty_like(x)
+        fn(x.ctypes.data, y.ctypes.data, z.ctypes.data, x.size)
+        return z
+    run.module = module
+    return run
+
+
+def test_float64_pow_within_its_documented_ulps():
+    """Bases near 1 with large exponents and results near the overflow and underflow
+    thresholds need y·log x to better than a double: the double-double path."""
+    r = np.random.default_rng(3)
+    n = 100000
+    x = np.concatenate([r.uniform(0, 10, n), np.exp(r.uniform(-700, 700, n)),
+                        1 + r.uniform(-1e-6, 1e-6, n), r.uniform(0.5, 2, n),
+                        -r.integers(1, 50, n).astype(float)])
+    y = np.concatenate([r.uniform(-50, 50, n), r.uniform(-1, 1, n), r.uniform(-1e8, 1e8, n),
+                        r.uniform(-1000, 1000, n), r.integers(-150, 150, n).astype(float)])
+    with np.errstate(all="ignore"):
+        want = np.power(x, y)
+    got = _pow_kernel()(x, y)
+    normal = np.isfinite(want) & (np.abs(want) >= 2.2250738585072014e-308)
+    err = np.abs(got[normal] - want[normal]) / np.spacing(np.abs(want[normal]))
+    assert err.max() <= vecmath64.MAX_ULPS["pow"], (err.max(), x[normal][err.argmax()],
+                                                    y[normal][err.argmax()])
+    sub = ~normal & np.isfinite(want)  # (subnormal results: within an ulp of their grid)
+    assert np.all(np.abs(got[sub] - want[sub]) <= 5e-324 * 1.0)
+    np.testing.assert_array_equal(got[~np.isfinite(want)], want[~np.isfinite(want)])
+
+
+def test_float64_pow_special_values_as_c99():
+    """x**±0 = 1 and 1**y = 1 (NaN included), (−1)**±inf = 1, a negative base to a
+    non-integer power NaN, zeros and infinities by the limit with an odd power's sign."""
+    sv = np.array([0.0, -0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5, np.inf, -np.inf, np.nan, 3.0,
+                   -3.0, 2.5, -2.5, 1e300, -1e300, 5e-324, -5e-324, 2.0 ** 53, -(2.0 ** 53)])
+    xs, ys = (v.ravel() for v in np.meshgrid(sv, sv))
+    with np.errstate(all="ignore"):
+        want = np.power(xs, ys)
+    got = _pow_kernel()(xs, ys)
+    exact = ~np.isfinite(want) | (want == 0) | (np.abs(want) == 1)
+    np.testing.assert_array_equal(got[exact], want[exact])
+    num = ~np.isnan(want)
+    np.testing.assert_array_equal(np.signbit(got[num]), np.signbit(want[num]))
+    np.testing.assert_allclose(got[~exact], want[~exact], rtol=3e-16)
+    cubes = _pow_kernel()(np.arange(-20.0, 21.0), np.full(41, 3.0))
+    np.testing.assert_array_equal(cubes, np.arange(-20.0, 21.0) ** 3)  # exact results exact
+
+
 def test_float64_transcendentals_compile_into_one_driver_call():
     fn = lambda x: (x.tanh() + x.sigmoid() * (x * 0.1).exp() - (x.abs() + 1.0).log()  # noqa: E731
-                    + x.sin() * x.cos()).sum(1)
+                    + x.sin() * x.cos() + x.erf() + x.abs() ** x).sum(1)
     f = compiler.compile(fn, backend="llvm")
     x = dg.tensor(np.random.default_rng(1).standard_normal((33, 257)))
     for _ in range(2):

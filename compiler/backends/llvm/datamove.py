@@ -1,5 +1,6 @@
-"""LLVM IR for groups that move data: indexing (gather, scatter_add, index_check) and movement
-(pad, slice, permute, broadcast, concat, reshape chains)."""
+"""LLVM IR for groups that move data: indexing (gather, scatter_add, index_check; the scans
+and argsort, whose kernels are ``scan.py``'s) and movement (pad, slice, permute, broadcast,
+concat, reshape chains)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 
 from ... import prims as P
 from ...prims import Lowerings
+from . import scan
 from .emit import (
     FN_NAME,
     LLTYPE,
@@ -22,54 +24,30 @@ from .vecmath import prelude_ir
 
 @builds("index")
 class IndexBuilder(KernelBuilder):
-    """An 'index' group: ``gather`` (np.take along an axis) or ``scatter_add`` (np.add.at
-    along an axis, repeated indices accumulating in index order, as numpy's). Negative
-    indices wrap; an index out of range makes the kernel return 1 before writing anything
-    the caller can see (its body returns i32: 0 or 1), so the driver stops and the call runs
-    eagerly, raising eager's IndexError."""
+    """An 'index' group: one node, whose rule in :data:`_KERNELS` writes the kernel's body —
+    ``gather`` (np.take along an axis), ``scatter_add`` (np.add.at along an axis, repeated
+    indices accumulating in index order, as numpy's) and ``index_check`` here, the scans
+    and ``argsort`` in ``scan.py``. The body returns an i32 status: an index out of range
+    makes it return 1 before writing anything the caller can see, so the driver stops and
+    the call runs eagerly, raising eager's IndexError; otherwise 0."""
 
     def __init__(self, g, group) -> None:
         super().__init__(g, group, "index")
         if len(group.nodes) != 1:
             raise NotImplementedError("LLVM index codegen: a group of more than one node")
         self.n = g.nodes[group.nodes[0]]
-        if self.n.prim not in (P.GATHER, P.SCATTER_ADD, P.INDEX_CHECK):
-            raise NotImplementedError(f"LLVM index codegen: {self.n.prim.name}")
-        dt = self.n.out.dtype.name
-        if dt not in LLTYPE or dt == "bool":
-            raise NotImplementedError(f"LLVM index codegen: dtype {dt}")
-
-    def _check(self, name: str, prelude: bool, layout: list, ptr: dict) -> tuple:
-        """``index_check``: status 1 if an index is outside [-size, size) (one_hot:
-        [0, size)), else the indices copied to the output and 0."""
-        n = self.n
-        size, m = n.params["size"], math.prod(n.out.shape)
-        low = 0 if n.params["op"] == "one_hot" else -size
-        pi, po = ptr[id(n.inputs[0])], ptr[id(n.out)]
-        self.label("entry")
-        if m == 0:
-            self.line("ret i32 0")
-        else:
-            with self._loop("%q", m, block="chk", exit="done"):
-                a = self.emit(f"getelementptr inbounds i64, ptr {pi}, i64 %q")
-                k = self.emit(f"load i64, ptr {a}")
-                lo = self.emit(f"icmp slt i64 {k}, {low}")
-                hi = self.emit(f"icmp sge i64 {k}, {size}")
-                bad = self.emit(f"or i1 {lo}, {hi}")
-                b = self.emit(f"getelementptr inbounds i64, ptr {po}, i64 %q")
-                self.line(f"store i64 {k}, ptr {b}")
-                self.branch(bad, "bad", "ok")
-                self.label("ok")
-            self.line("ret i32 0")
-            self.label("bad")
-            self.line("ret i32 1")
-        return self._finish(name, prelude, layout)
+        self.rule = _KERNELS.of(self.n.prim)
 
     def _loop(self, i: str, stop, **kw):
         """:meth:`Emitter.loop`, the increment and test named ``i.n`` and ``i.m``."""
         return self.loop(i, stop, next=f"{i}.n", more=f"{i}.m", **kw)
 
-    def _finish(self, name: str, prelude: bool, layout: list) -> tuple:
+    def build(self, name: str = FN_NAME, prelude: bool = True) -> tuple:
+        n, grp = self.n, self.group
+        layout = list(grp.inputs) + list(grp.outputs)
+        if len(grp.outputs) != 1 or grp.outputs[0] is not n.out:
+            raise NotImplementedError("LLVM index codegen: one output")
+        self.rule(self, n, {id(v): f"%a{k}" for k, v in enumerate(layout)})
         params = ", ".join(f"ptr noalias %a{q}" for q in range(len(layout)))
         text = (
             (prelude_ir([]) if prelude else "")
@@ -77,84 +55,120 @@ class IndexBuilder(KernelBuilder):
             + entry_ir(name, len(layout), status=True))
         return text, name, layout
 
-    def build(self, name: str = FN_NAME, prelude: bool = True) -> tuple:
-        n, grp = self.n, self.group
-        layout = list(grp.inputs) + list(grp.outputs)
-        if len(grp.outputs) != 1 or grp.outputs[0] is not n.out:
-            raise NotImplementedError("LLVM index codegen: one output")
-        ptr = {id(v): f"%a{k}" for k, v in enumerate(layout)}
-        ty = MEMTYPE[LLTYPE[n.out.dtype.name]]
-        if n.prim is P.INDEX_CHECK:
-            return self._check(name, prelude, layout, ptr)
-        axis = n.params["axis"]
-        gather = n.prim is P.GATHER  # (else scatter_add)
-        if gather:
-            x, idx = n.inputs
-            xs = x.shape
-            if not xs:
-                raise NotImplementedError("LLVM index codegen: gather from a 0-d value")
-        else:
-            base, idx, src = n.inputs
-            xs = base.shape
-        pre = math.prod(xs[:axis])
-        size = xs[axis] if xs else 1
-        post = math.prod(xs[axis + 1:])
-        m = math.prod(idx.shape)
-        px, pi, po = (ptr[id(n.inputs[0])], ptr[id(idx)], ptr[id(n.out)])
-        self.label("entry")
-        if not gather:  # scatter_add: out = base, then validate, then add in order
-            with self._loop("%c", math.prod(xs), block="cp", exit="chk.pre"):
-                a = self.emit(f"getelementptr inbounds {ty}, ptr {px}, i64 %c")
-                v = self.emit(f"load {ty}, ptr {a}")
-                b = self.emit(f"getelementptr inbounds {ty}, ptr {po}, i64 %c")
-                self.line(f"store {ty} {v}, ptr {b}")
-        # every index checked first: nothing is written past a bad one... (for gather the
-        # output is fresh memory the caller discards on failure)
-        with self._loop("%q", m, block="chk", exit="go"):
-            a = self.emit(f"getelementptr inbounds i64, ptr {pi}, i64 %q")
-            k = self.emit(f"load i64, ptr {a}")
-            lo = self.emit(f"icmp slt i64 {k}, {-size}")
-            hi = self.emit(f"icmp sge i64 {k}, {size}")
-            bad = self.emit(f"or i1 {lo}, {hi}")
-            self.branch(bad, "bad", "chk.ok")
-            self.label("chk.ok")
-        with self._loop("%p", pre, block="p.loop", exit="done", latch="p.end"):
-            with self._loop("%j", m, block="j.loop", exit="p.end", latch="j.end"):
-                a = self.emit(f"getelementptr inbounds i64, ptr {pi}, i64 %j")
-                k = self.emit(f"load i64, ptr {a}")
-                neg = self.emit(f"icmp slt i64 {k}, 0")
-                kw = self.emit(f"add i64 {k}, {size}")
-                k = self.emit(f"select i1 {neg}, i64 {kw}, i64 {k}")
-                # source row (p, k) of x / destination row (p, k) of out; (p, j) of out / src
-                rowk = self.emit(f"mul i64 %p, {size}")
-                rowk = self.emit(f"add i64 {rowk}, {k}")
-                rowk = self.emit(f"mul i64 {rowk}, {post}")
-                rowj = self.emit(f"mul i64 %p, {m}")
-                rowj = self.emit(f"add i64 {rowj}, %j")
-                rowj = self.emit(f"mul i64 {rowj}, {post}")
-                with self._loop("%r", post, block="r.loop", exit="j.end"):
-                    ik = self.emit(f"add i64 {rowk}, %r")
-                    ij = self.emit(f"add i64 {rowj}, %r")
-                    if gather:
-                        a = self.emit(f"getelementptr inbounds {ty}, ptr {px}, i64 {ik}")
-                        v = self.emit(f"load {ty}, ptr {a}")
-                        b = self.emit(f"getelementptr inbounds {ty}, ptr {po}, i64 {ij}")
-                        self.line(f"store {ty} {v}, ptr {b}")
-                    else:
-                        psrc = ptr[id(src)]
-                        a = self.emit(f"getelementptr inbounds {ty}, ptr {psrc}, i64 {ij}")
-                        v = self.emit(f"load {ty}, ptr {a}")
-                        b = self.emit(f"getelementptr inbounds {ty}, ptr {po}, i64 {ik}")
-                        old = self.emit(f"load {ty}, ptr {b}")
-                        op = "add" if ty == "i64" else "fadd"
-                        new = self.emit(f"{op} {ty} {old}, {v}")
-                        self.line(f"store {ty} {new}, ptr {b}")
-        self.line("ret i32 0")
-        self.label("bad")
-        self.line("ret i32 1")
-        if m == 0 or pre == 0 or post == 0:
-            raise NotImplementedError("LLVM index codegen: an empty dimension")
-        return self._finish(name, prelude, layout)
+
+# Each 'index' primitive's kernel body: rule(builder, node, {id(value): pointer}).
+_KERNELS = Lowerings("LLVM index codegen")
+_KERNELS(P.CUMSUM)(scan.running_sum)
+_KERNELS(P.CUMPROD)(scan.running_product)
+_KERNELS(P.ARGSORT)(scan.stable_argsort)
+
+
+def _memtype(n) -> str:
+    """The buffer type of the node's output (gather, scatter_add, index_check: numbers)."""
+    dt = n.out.dtype.name
+    if dt not in LLTYPE or dt == "bool":
+        raise NotImplementedError(f"LLVM index codegen: {n.prim.name} of dtype {dt}")
+    return MEMTYPE[LLTYPE[dt]]
+
+
+@_KERNELS(P.INDEX_CHECK)
+def _check(b: IndexBuilder, n, ptr: dict) -> None:
+    """``index_check``: status 1 if an index is outside [-size, size) (one_hot:
+    [0, size)), else the indices copied to the output and 0."""
+    _memtype(n)
+    size, m = n.params["size"], math.prod(n.out.shape)
+    low = 0 if n.params["op"] == "one_hot" else -size
+    pi, po = ptr[id(n.inputs[0])], ptr[id(n.out)]
+    b.label("entry")
+    if m == 0:
+        b.line("ret i32 0")
+        return
+    with b._loop("%q", m, block="chk", exit="done"):
+        a = b.emit(f"getelementptr inbounds i64, ptr {pi}, i64 %q")
+        k = b.emit(f"load i64, ptr {a}")
+        lo = b.emit(f"icmp slt i64 {k}, {low}")
+        hi = b.emit(f"icmp sge i64 {k}, {size}")
+        bad = b.emit(f"or i1 {lo}, {hi}")
+        c = b.emit(f"getelementptr inbounds i64, ptr {po}, i64 %q")
+        b.line(f"store i64 {k}, ptr {c}")
+        b.branch(bad, "bad", "ok")
+        b.label("ok")
+    b.line("ret i32 0")
+    b.label("bad")
+    b.line("ret i32 1")
+
+
+@_KERNELS(P.GATHER, P.SCATTER_ADD)
+def _gather_or_scatter(b: IndexBuilder, n, ptr: dict) -> None:
+    ty = _memtype(n)
+    axis = n.params["axis"]
+    gather = n.prim is P.GATHER  # (else scatter_add)
+    if gather:
+        x, idx = n.inputs
+        xs = x.shape
+        if not xs:
+            raise NotImplementedError("LLVM index codegen: gather from a 0-d value")
+    else:
+        base, idx, src = n.inputs
+        xs = base.shape
+    pre = math.prod(xs[:axis])
+    size = xs[axis] if xs else 1
+    post = math.prod(xs[axis + 1:])
+    m = math.prod(idx.shape)
+    if m == 0 or pre == 0 or post == 0:
+        raise NotImplementedError("LLVM index codegen: an empty dimension")
+    px, pi, po = (ptr[id(n.inputs[0])], ptr[id(idx)], ptr[id(n.out)])
+    b.label("entry")
+    if not gather:  # scatter_add: out = base, then validate, then add in order
+        with b._loop("%c", math.prod(xs), block="cp", exit="chk.pre"):
+            a = b.emit(f"getelementptr inbounds {ty}, ptr {px}, i64 %c")
+            v = b.emit(f"load {ty}, ptr {a}")
+            c = b.emit(f"getelementptr inbounds {ty}, ptr {po}, i64 %c")
+            b.line(f"store {ty} {v}, ptr {c}")
+    # every index checked first: nothing is written past a bad one... (for gather the
+    # output is fresh memory the caller discards on failure)
+    with b._loop("%q", m, block="chk", exit="go"):
+        a = b.emit(f"getelementptr inbounds i64, ptr {pi}, i64 %q")
+        k = b.emit(f"load i64, ptr {a}")
+        lo = b.emit(f"icmp slt i64 {k}, {-size}")
+        hi = b.emit(f"icmp sge i64 {k}, {size}")
+        bad = b.emit(f"or i1 {lo}, {hi}")
+        b.branch(bad, "bad", "chk.ok")
+        b.label("chk.ok")
+    with b._loop("%p", pre, block="p.loop", exit="done", latch="p.end"):
+        with b._loop("%j", m, block="j.loop", exit="p.end", latch="j.end"):
+            a = b.emit(f"getelementptr inbounds i64, ptr {pi}, i64 %j")
+            k = b.emit(f"load i64, ptr {a}")
+            neg = b.emit(f"icmp slt i64 {k}, 0")
+            kw = b.emit(f"add i64 {k}, {size}")
+            k = b.emit(f"select i1 {neg}, i64 {kw}, i64 {k}")
+            # source row (p, k) of x / destination row (p, k) of out; (p, j) of out / src
+            rowk = b.emit(f"mul i64 %p, {size}")
+            rowk = b.emit(f"add i64 {rowk}, {k}")
+            rowk = b.emit(f"mul i64 {rowk}, {post}")
+            rowj = b.emit(f"mul i64 %p, {m}")
+            rowj = b.emit(f"add i64 {rowj}, %j")
+            rowj = b.emit(f"mul i64 {rowj}, {post}")
+            with b._loop("%r", post, block="r.loop", exit="j.end"):
+                ik = b.emit(f"add i64 {rowk}, %r")
+                ij = b.emit(f"add i64 {rowj}, %r")
+                if gather:
+                    a = b.emit(f"getelementptr inbounds {ty}, ptr {px}, i64 {ik}")
+                    v = b.emit(f"load {ty}, ptr {a}")
+                    c = b.emit(f"getelementptr inbounds {ty}, ptr {po}, i64 {ij}")
+                    b.line(f"store {ty} {v}, ptr {c}")
+                else:
+                    psrc = ptr[id(src)]
+                    a = b.emit(f"getelementptr inbounds {ty}, ptr {psrc}, i64 {ij}")
+                    v = b.emit(f"load {ty}, ptr {a}")
+                    c = b.emit(f"getelementptr inbounds {ty}, ptr {po}, i64 {ik}")
+                    old = b.emit(f"load {ty}, ptr {c}")
+                    op = "add" if ty == "i64" else "fadd"
+                    new = b.emit(f"{op} {ty} {old}, {v}")
+                    b.line(f"store {ty} {new}, ptr {c}")
+    b.line("ret i32 0")
+    b.label("bad")
+    b.line("ret i32 1")
 
 
 @builds("movement")

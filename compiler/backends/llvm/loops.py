@@ -17,10 +17,10 @@ flat index is ``sum_k ((i / inner_k) % size_k) * stride_k`` over coalesced dims 
 for an input of the full shape, ``0`` for a scalar / 0-d / all-broadcast one.
 
 Supported (values float32 or float64, bool stored as one byte 0/1): ``add sub mul div neg
-abs sqrt maximum minimum sign floor`` (NaN-propagating like numpy), ``pow`` by a literal 2,
-0.5, -1, 1 or 0 (numpy computes these exactly as x·x, √x, 1/x, x, 1), in float32 also ``exp
-log tanh sigmoid erf sin cos`` and in float64 ``exp log tanh sigmoid`` (the vecmath and
-vecmath64 functions, documented ulp bounds; float64 erf, sin and cos are not lowered), ``eq
+abs sqrt maximum minimum sign floor`` (NaN-propagating like numpy), ``pow`` (by a literal 2,
+0.5, -1, 1 or 0 as numpy computes them exactly: x·x, √x, 1/x, x, 1; by any other exponent,
+a tensor's included, vecmath64's ``pow64``), ``exp log tanh sigmoid erf sin cos`` (the
+vecmath and vecmath64 functions, documented ulp bounds), ``eq
 ne lt le gt ge`` (float or bool operands; ``ne`` is true for NaN as in numpy), ``where``,
 ``cast`` between float32 and float64 (rounded to nearest, as numpy's ``astype``), bool ->
 number, int64 <-> float (float -> int64 toward zero, NaN and out of range INT64_MIN as numpy
@@ -69,8 +69,7 @@ def _unsupported(prim: str, what) -> NotImplementedError:
     return NotImplementedError(
         f"LLVM elementwise codegen: primitive {prim!r} on dtype {what} is not supported "
         f"(supported: float32/float64 add sub mul div neg abs sqrt maximum minimum sign floor, "
-        f"pow by 2, 0.5, -1, 1 or 0, float32 exp log tanh sigmoid erf sin cos, float64 exp log "
-        f"tanh sigmoid, comparisons, where, "
+        f"pow, exp log tanh sigmoid erf sin cos, comparisons, where, "
         f"casts between floats, bool and int64, bool and/or as mul/add/maximum/minimum)")
 
 
@@ -661,21 +660,26 @@ def _sign(b: LoopBuilder, n, ty: str) -> str:  # numpy: NaN stays NaN, ±0 gives
 
 @_ARITH(P.POW)
 def _pow(b: LoopBuilder, n, ty: str) -> str:
-    """Literal exponents numpy computes exactly: x², √x, 1/x, x, 1; otherwise libm's pow,
-    only on a few elements or a value the loop does not change (Adam's bias correction,
-    hoisted by LLVM), never in a hot loop."""
+    """Literal exponents numpy computes exactly: x², √x, 1/x, x, 1; on a few elements or a
+    value the loop does not change (Adam's bias correction, hoisted by LLVM) libm's pow;
+    otherwise vecmath64's ``pow64`` (C's pow within an ulp; float32 through it in float64,
+    rounded once more, as libm's powf computes)."""
     _float_only(n, ty)
     x, e = n.inputs
     e = b.consts[id(e)][0] if isinstance(e, Value) and id(e) in b.consts else e
     sfx = SUFFIX[ty]
     if isinstance(e, Value) or float(e) not in _EXACT_POW:
         invariant = all(math.prod(v.shape) <= 1 for v in n.inputs if isinstance(v, Value))
-        if math.prod(b.group.shape) > _LIBM_MAX and not invariant:
-            raise _unsupported(n.prim.name, f"{dtname(n.out)} with exponent "
-                                            f"{dtname(n.inputs[1])} other than a literal "
-                                            f"{sorted(_EXACT_POW)}")
         a, p = b.args(n, ty)
-        return b.emit(f"call {ty} @llvm.pow.{sfx}({ty} {a}, {ty} {p})")
+        if math.prod(b.group.shape) <= _LIBM_MAX or invariant:
+            return b.emit(f"call {ty} @llvm.pow.{sfx}({ty} {a}, {ty} {p})")
+        if "pow64" not in b.vecmath:
+            b.vecmath.append("pow64")
+        if ty == "double":
+            return b.emit(f"call double @dg_pow64(double {a}, double {p})")
+        a, p = (b.emit(f"fpext float {v} to double") for v in (a, p))
+        return b.emit(f"fptrunc double {b.emit(f'call double @dg_pow64(double {a}, double {p})')}"
+                      " to float")
     a, _ = b.operand(x, n.out.shape, ty)
     e = float(e)
     return (b.emit(f"fmul {ty} {a}, {a}") if e == 2.0 else

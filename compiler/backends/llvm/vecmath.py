@@ -499,7 +499,7 @@ FUNCTIONS = {
     "sin": sinf_ir,
     "cos": cosf_ir,
 }
-# (and vecmath64.FUNCTIONS: exp64, log64, tanh64, sigmoid64, as @dg_<name> on doubles)
+# (and vecmath64.FUNCTIONS: exp64 ... erf64, pow64, as @dg_<name> on doubles)
 
 # the primitive each function computes (codegen's lowering rule calls @dg_<name>f)
 PRIMITIVES = {P.EXP: "exp", P.LOG: "log", P.TANH: "tanh", P.SIGMOID: "sigmoid", P.ERF: "erf",
