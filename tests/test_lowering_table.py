@@ -75,14 +75,11 @@ PROGRAMS = {
 # (primitive, dtype) -> why it runs in numpy inside a compiled step
 NOT_NATIVE = {
     **{(p, dt): _NARROW_WHY for p in PROGRAMS for dt in NARROW
-       if p not in ("cumsum", "cumprod")},  # (scans of every dtype: scan.py)
+       if p not in ("cumsum", "cumprod", "argsort")},  # (scans and sorts: scan.py)
     ("conv", "int64"): "no integer GEMM: integer convolutions run in numpy",
     ("conv_transpose", "int64"): "no integer GEMM: integer convolutions run in numpy",
     ("matmul", "int64"): "no integer GEMM (integer matmul runs in numpy)",
     ("max", "bool"): "a max over bool runs in numpy (any() and all() are sums: native)",
-    ("gather", "bool"): "no bool gather yet",
-    ("scatter_add", "bool"): "no bool gather yet (a bool scatter_add is an or)",
-    ("index_check", "bool"): "no bool gather yet (the index check is in its group)",
     ("max_pool_indices", "bool"): "PyTorch rejects bool pooling; dyngrad's eager accepts it",
     ("adaptive_max_indices", "bool"): "PyTorch rejects bool pooling; dyngrad's eager accepts it",
 }

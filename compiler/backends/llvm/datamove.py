@@ -64,9 +64,10 @@ _KERNELS(P.ARGSORT)(scan.stable_argsort)
 
 
 def _memtype(n) -> str:
-    """The buffer type of the node's output (gather, scatter_add, index_check: numbers)."""
+    """The buffer type of the node's output (a bool is a byte: gathered as one, and a
+    scatter_add of bools is their or, as numpy's ``add.at``)."""
     dt = n.out.dtype.name
-    if dt not in LLTYPE or dt == "bool":
+    if dt not in LLTYPE:
         raise NotImplementedError(f"LLVM index codegen: {n.prim.name} of dtype {dt}")
     return MEMTYPE[LLTYPE[dt]]
 
@@ -163,7 +164,7 @@ def _gather_or_scatter(b: IndexBuilder, n, ptr: dict) -> None:
                     v = b.emit(f"load {ty}, ptr {a}")
                     c = b.emit(f"getelementptr inbounds {ty}, ptr {po}, i64 {ik}")
                     old = b.emit(f"load {ty}, ptr {c}")
-                    op = "add" if ty == "i64" else "fadd"
+                    op = {"i64": "add", "i8": "or"}.get(ty, "fadd")
                     new = b.emit(f"{op} {ty} {old}, {v}")
                     b.line(f"store {ty} {new}, ptr {c}")
     b.line("ret i32 0")
