@@ -191,6 +191,16 @@ from .ops.scan import argsort, cumprod, cumsum, msort, sort, topk
 from .printing import debug_print
 from .serialization import load, save
 from .tensor import Tensor, device, get_default_device, set_default_device
+from .tensor_types import (
+    BoolTensor,
+    ByteTensor,
+    CharTensor,
+    DoubleTensor,
+    FloatTensor,
+    IntTensor,
+    LongTensor,
+    ShortTensor,
+)
 
 _methods.install()
 
@@ -239,7 +249,9 @@ def numel(input) -> int:
 __version__ = "0.1.0"
 
 __all__ = [
-    "Tensor", "tensor", "as_tensor", "from_numpy", "from_dlpack", "zeros", "ones", "full",
+    "Tensor", "FloatTensor", "DoubleTensor", "LongTensor", "IntTensor", "ShortTensor",
+    "CharTensor", "ByteTensor", "BoolTensor", "tensor", "as_tensor", "from_numpy", "from_dlpack",
+    "zeros", "ones", "full",
     "empty", "arange", "linspace", "eye", "zeros_like", "ones_like", "full_like", "empty_like",
     "rand", "randn", "randint", "rand_like", "randn_like", "randint_like", "randperm",
     "manual_seed", "initial_seed", "get_rng_state", "set_rng_state", "Generator",

@@ -305,11 +305,11 @@ class Tensor:
     __array_priority__ = 1000  # numpy defers binary operators to us
 
     # ----------------------------------------------------------------- construction
-    def __init__(self, data: Any = None, dtype=None, requires_grad: bool = False) -> None:
-        arr = to_array(data if data is not None else [], dtype)
-        self._init(arr, Storage())
-        if requires_grad:
-            self.requires_grad = True
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """PyTorch's legacy constructor: ``Tensor(2, 3)``, ``Tensor([1., 2.])``,
+        ``Tensor(other)``, ``Tensor()`` (see :func:`legacy_init`). New code uses
+        :func:`dyngrad.tensor`, :func:`dyngrad.zeros` and friends."""
+        legacy_init(self, args, kwargs, None, "Tensor")
 
     def _init(self, arr: np.ndarray, storage: Storage) -> None:
         self._data = arr
@@ -796,6 +796,62 @@ class Tensor:
             self._node, self._out_nr, self._requires_grad = v._node, 0, v._requires_grad
         elif base._requires_grad:
             self._requires_grad = True
+_LEGACY_FORMS = ("(*, device), (Tensor other), (tuple of ints size, *, device) or (object "
+                 "data, *, device)")
+
+
+def _is_size(v) -> bool:
+    return not isinstance(v, (bool, np.bool_)) and isinstance(v, (int, np.integer))
+
+
+def legacy_init(t: Tensor, args: tuple, kwargs: dict, dtype: DType | None, name: str) -> None:
+    """Fill the new tensor ``t`` as PyTorch's legacy constructors (``torch.Tensor(...)``,
+    ``torch.FloatTensor(...)``) do, in ``dtype`` (None: the default dtype):
+
+    - no arguments: an empty 1-d tensor;
+    - ints: zeros of that size (PyTorch leaves them uninitialised; zeros repeat);
+    - one sequence or array: its data, converted (``Tensor([1, 2])`` is float);
+    - one tensor: shares its storage, as PyTorch's alias (of ``dtype`` when one is given).
+
+    >>> dg.Tensor(2, 3).shape, dg.Tensor([1, 2]).dtype
+    ((2, 3), dyngrad.float32)
+    """
+    if set(kwargs) - {"device"}:
+        got = ", ".join([type(a).__name__ for a in args] + [f"{k}=..." for k in kwargs])
+        raise TypeError(f"{name}(): new() received an invalid combination of arguments - got "
+                        f"({got}), but expected one of: {_LEGACY_FORMS}; the legacy "
+                        f"constructor takes no dtype= or requires_grad= (use dyngrad.tensor("
+                        f"data, dtype=..., requires_grad=...) or dyngrad.zeros(...))")
+    check_device(kwargs.get("device"))
+    want = dtype or _dt.get_default_dtype()
+    if len(args) == 1 and isinstance(args[0], Tensor):
+        other = args[0]
+        if dtype is not None and other.dtype is not dtype:
+            raise TypeError(f"{name}(): expected a tensor of dtype {dtype.name}, got "
+                            f"{other.dtype.name} (convert it with .to(dyngrad.{dtype.name}))")
+        t._init(other._data, other._storage)
+        if STATE.modes:
+            report_attr(other, "detach", t)
+        return
+    if all(_is_size(a) for a in args):
+        sizes = [int(a) for a in args]
+        if any(n < 0 for n in sizes):
+            raise RuntimeError(f"Trying to create tensor with negative dimension "
+                               f"{min(sizes)}: {sizes}")
+        t._init(np.zeros(sizes if args else (0,), dtype=want.np), Storage())
+    elif len(args) == 1 and isinstance(args[0], (list, tuple, np.ndarray)):
+        t._init(to_array(args[0], want), Storage())
+    elif len(args) == 1:
+        raise TypeError(f"{name}(): new(): data must be a sequence (got "
+                        f"{type(args[0]).__name__})")
+    else:
+        got = ", ".join(type(a).__name__ for a in args)
+        raise TypeError(f"{name}(): new() received an invalid combination of arguments - got "
+                        f"({got}), but expected one of: {_LEGACY_FORMS}")
+    if STATE.modes:
+        report_new(t)
+
+
 def to_array(data, dtype=None) -> np.ndarray:
     """Copy Python or numpy data into a new array with dyngrad's dtype rules.
 

@@ -11,7 +11,7 @@ from ..ops import movement as _m
 from ..ops import random as _rnd
 from ..ops import reduce as _r
 from ..ops.conv import conv1d, conv2d, conv_transpose2d
-from ..ops.elementwise import gelu, relu, sigmoid, tanh
+from ..ops.elementwise import gelu, sigmoid, tanh
 from ..ops.indexing import one_hot
 from ..ops.linalg import MATMUL
 from ..ops.losses import (
@@ -26,9 +26,7 @@ from ..ops.losses import (
     mse_loss,
     nll_loss,
     smooth_l1_loss,
-    softplus,
 )
-from ..ops.movement import pad as _pad
 from ..ops.pool import (
     adaptive_avg_pool2d,
     adaptive_max_pool2d,
@@ -37,12 +35,30 @@ from ..ops.pool import (
     max_pool2d,
 )
 from ..tensor import Tensor
+from .functional_activation import (
+    elu,
+    hardsigmoid,
+    hardswish,
+    hardtanh,
+    leaky_relu,
+    logsigmoid,
+    mish,
+    prelu,
+    relu,
+    relu6,
+    silu,
+    softmin,
+    softplus,
+)
+from .functional_layout import pad, pixel_shuffle, pixel_unshuffle
 from .functional_norm import (
     batch_norm,
     dropout1d,
     dropout2d,
     group_norm,
+    instance_norm,
     interpolate,
+    local_response_norm,
     rms_norm,
 )
 
@@ -53,7 +69,9 @@ __all__ = ["relu", "gelu", "sigmoid", "tanh", "softmax", "log_softmax", "linear"
            "group_norm", "rms_norm", "dropout1d", "dropout2d", "interpolate", "conv1d", "conv2d",
            "conv_transpose2d", "max_pool1d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
            "adaptive_max_pool2d", "smooth_l1_loss", "huber_loss", "kl_div", "cosine_similarity",
-           "margin_ranking_loss"]
+           "margin_ranking_loss", "hardtanh", "relu6", "hardswish", "hardsigmoid", "mish",
+           "prelu", "softmin", "pixel_shuffle", "pixel_unshuffle", "instance_norm",
+           "local_response_norm"]
 
 
 def softmax(input: Tensor, dim: int, dtype=None) -> Tensor:
@@ -133,39 +151,5 @@ def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
     return out
 
 
-def silu(input: Tensor) -> Tensor:
-    return input * sigmoid(input)
-
-
-def leaky_relu(input: Tensor, negative_slope: float = 0.01) -> Tensor:
-    return _e.where(_e.gt(input, 0.0), input, input * negative_slope)
-
-
-def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
-    """x for x > 0, alpha·(eᕽ − 1) otherwise — eᕽ − 1 as 2t/(1 − t) with t = tanh(x/2),
-    which keeps its precision near 0 (PyTorch's expm1)."""
-    t = _e.tanh(_e.minimum(input, 0.0) * 0.5)
-    out = _e.where(_e.gt(input, 0.0), input, (t * (2.0 * alpha)) / (1.0 - t))
-    return input.copy_(out) if inplace else out
-
-
-def logsigmoid(input: Tensor) -> Tensor:
-    return -softplus(-input)
-
-
 def normalize(input: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -> Tensor:
     return input / _e.maximum(_r.norm(input, p, dim, keepdim=True), eps)
-
-
-def pad(input: Tensor, pad: tuple, mode: str = "constant", value: float = 0.0) -> Tensor:
-    """PyTorch's F.pad: ``pad`` lists (left, right) pairs starting from the LAST dim."""
-    if mode != "constant":
-        raise NotImplementedError(f"pad: only mode='constant' is supported, got {mode!r}")
-    if len(pad) % 2 or len(pad) // 2 > input.ndim:
-        raise ValueError(f"pad: padding length {len(pad)} must be even and at most "
-                         f"2·ndim ({2 * input.ndim})")
-    pairs = [(0, 0)] * input.ndim
-    for k in range(len(pad) // 2):
-        pairs[input.ndim - 1 - k] = (pad[2 * k], pad[2 * k + 1])
-    return _pad(input, pairs, value=value)
-

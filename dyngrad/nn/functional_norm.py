@@ -1,7 +1,8 @@
 """Functional forms of normalisation, channel dropout and resizing, with PyTorch's
-semantics (re-exported by ``dyngrad.nn.functional``): ``batch_norm``, ``group_norm``,
-``rms_norm``, ``dropout1d``, ``dropout2d`` and ``interpolate`` (nearest, bilinear). All are
-compositions of the op table, so they differentiate, trace and compile as their parts do.
+semantics (re-exported by ``dyngrad.nn.functional``): ``batch_norm``, ``instance_norm``,
+``group_norm``, ``rms_norm``, ``local_response_norm``, ``dropout1d``, ``dropout2d`` and
+``interpolate`` (nearest, bilinear). All are compositions of the op table, so they
+differentiate, trace and compile as their parts do.
 
 Note [batch norm's running statistics]: in training mode the batch is normalised with its
 own mean and *biased* variance, and the running statistics move by ``momentum`` towards the
@@ -9,7 +10,10 @@ batch mean and the *unbiased* variance (n/(n-1)), as PyTorch does (the module's
 ``momentum=None`` makes the factor 1/num_batches_tracked: a cumulative average). The update
 is an in-place write under no_grad into the buffers, so a compiled training step writes them
 back like any other bound tensor it changes. Eval mode normalises with the running
-statistics.
+statistics. ``instance_norm`` normalises each (sample, channel) over its spatial dims and
+moves the running statistics towards the batch average of the per-instance mean and unbiased
+variance (what PyTorch's batch norm over an (1, N·C, ...) view followed by a mean over N
+gives).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from ..autograd.grad_mode import no_grad
 from ..ops import creation as _c
 from ..ops import elementwise as _e
 from ..ops import indexing as _i
+from ..ops import movement as _m
 from ..ops import random as _rnd
 from ..ops import reduce as _r
 from ..tensor import Tensor
@@ -72,6 +77,55 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
     return out
 
 
+def instance_norm(input: Tensor, running_mean: Tensor | None = None,
+                  running_var: Tensor | None = None, weight: Tensor | None = None,
+                  bias: Tensor | None = None, use_input_stats: bool = True,
+                  momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """Normalise each channel of each sample of (N, C, ...) ``input`` over its spatial dims
+    (biased variance), then scale and shift per channel; ``use_input_stats=False``
+    normalises with the running statistics instead (see Note [batch norm's running
+    statistics] for the update).
+
+    >>> F.instance_norm(dg.randn(2, 3, 8)).shape
+    (2, 3, 8)
+    """
+    if use_input_stats and math.prod(input.shape[2:]) == 1:
+        raise ValueError(f"Expected more than 1 spatial element when training, got input size "
+                         f"{list(input.shape)}")
+    if input.ndim < 2:
+        raise ValueError(f"instance_norm: expected an input of at least 2 dims (N, C, ...), "
+                         f"got shape {list(input.shape)}")
+    if not use_input_stats and (running_mean is None or running_var is None):
+        raise RuntimeError("Expected running_mean and running_var to be defined when "
+                           "use_input_stats is false")
+    c = input.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+        if t is not None and t.numel() != c:
+            raise RuntimeError(f"instance_norm: {name} should contain {c} elements (the "
+                               f"channels, dim 1 of input {list(input.shape)}) not {t.numel()}")
+    if use_input_stats:
+        dims = tuple(range(2, input.ndim))
+        mean = _r.mean(input, dims, keepdim=True)
+        d = input - mean
+        var = _r.mean(d * d, dims, keepdim=True)
+        if running_mean is not None and running_var is not None:
+            n = math.prod(input.shape[2:])
+            with no_grad():
+                batch_mean = _r.mean(mean.reshape(input.shape[0], c), 0)
+                unbiased = _r.mean(var.reshape(input.shape[0], c), 0) * (n / (n - 1))
+                running_mean.mul_(1.0 - momentum).add_(batch_mean * momentum)
+                running_var.mul_(1.0 - momentum).add_(unbiased * momentum)
+        out = d * _e.rsqrt(var + eps)
+    else:
+        out = (input - _per_channel(running_mean, input.ndim)) * \
+            _e.rsqrt(_per_channel(running_var, input.ndim) + eps)
+    if weight is not None:
+        out = out * _per_channel(weight, input.ndim)
+    if bias is not None:
+        out = out + _per_channel(bias, input.ndim)
+    return out
+
+
 def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
                bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     """Normalise each of ``num_groups`` groups of channels over its channels and spatial
@@ -110,6 +164,29 @@ def rms_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
     dims = tuple(range(input.ndim - len(shape), input.ndim))
     out = input * _e.rsqrt(_r.mean(input * input, dims, keepdim=True) + eps)
     return out if weight is None else out * weight
+
+
+def local_response_norm(input: Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75,
+                        k: float = 1.0) -> Tensor:
+    """x / (k + alpha·mean(x² over ``size`` neighbouring channels))^beta, the window centred
+    on each channel and zero-padded at the ends, as PyTorch (AlexNet's LRN).
+
+    >>> F.local_response_norm(dg.randn(1, 6, 4, 4), 3).shape
+    (1, 6, 4, 4)
+    """
+    if input.ndim < 3:
+        raise ValueError(f"local_response_norm: Expected 3D or higher dimensionality input "
+                         f"(got {input.ndim} dimensions)")
+    if input.numel() == 0:
+        return input
+    c = input.shape[1]
+    pads = [(0, 0)] * input.ndim
+    pads[1] = (size // 2, (size - 1) // 2)
+    sq = _m.pad(input * input, pads)
+    window = _m.narrow(sq, 1, 0, c)
+    for j in range(1, size):
+        window = window + _m.narrow(sq, 1, j, c)
+    return input / ((window / size * alpha + k) ** beta)
 
 
 def _channel_dropout(input: Tensor, p: float, training: bool, inplace: bool, batched: int,

@@ -1,16 +1,28 @@
 """Normalisation, channel dropout, resizing and shape layers, with PyTorch's semantics:
-``BatchNorm1d``/``BatchNorm2d``, ``GroupNorm``, ``RMSNorm``, ``Dropout1d``/``Dropout2d``,
+``BatchNorm1d``/``BatchNorm2d``, ``InstanceNorm1d``/``2d``/``3d``, ``GroupNorm``,
+``RMSNorm``, ``LocalResponseNorm``, ``Dropout1d``/``Dropout2d``,
 ``Upsample``, ``Unflatten`` and ``LazyLinear``. The computations are the functional forms
 of ``functional_norm.py`` (see Note [batch norm's running statistics] there)."""
 
 from __future__ import annotations
+
+import warnings
 
 from .. import dtypes as _dt
 from ..autograd.grad_mode import no_grad
 from ..ops import creation as _c
 from ..tensor import Tensor
 from . import init
-from .functional_norm import batch_norm, dropout1d, dropout2d, group_norm, interpolate, rms_norm
+from .functional_norm import (
+    batch_norm,
+    dropout1d,
+    dropout2d,
+    group_norm,
+    instance_norm,
+    interpolate,
+    local_response_norm,
+    rms_norm,
+)
 from .layers import Linear
 from .module import Module
 from .parameter import Parameter
@@ -97,6 +109,78 @@ class BatchNorm2d(_BatchNorm):
     def _check_input_dim(self, input: Tensor) -> None:
         if input.ndim != 4:
             raise ValueError(f"expected 4D input (got {input.ndim}D input)")
+
+
+class _InstanceNorm(_BatchNorm):
+    """Instance norm over dim 1 of a batched input, or dim 0 of an unbatched one; PyTorch's
+    defaults: no affine parameters, no running statistics (see ``F.instance_norm``)."""
+
+    _spatial = 1
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = False, track_running_stats: bool = False, device=None,
+                 dtype=None, *, bias: bool = True) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
+                         dtype, bias=bias)
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        ranks = (self._spatial + 1, self._spatial + 2)
+        if input.ndim not in ranks:
+            raise ValueError(f"expected {ranks[0]}D or {ranks[1]}D input (got {input.ndim}D "
+                             f"input)")
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        unbatched = input.ndim == self._spatial + 1
+        feature_dim = 0 if unbatched else 1
+        if input.shape[feature_dim] != self.num_features:
+            if self.affine:
+                raise ValueError(f"expected input's size at dim={feature_dim} to match "
+                                 f"num_features ({self.num_features}), but got: "
+                                 f"{input.shape[feature_dim]}.")
+            warnings.warn(f"input's size at dim={feature_dim} does not match num_features. You "
+                          f"can silence this warning by not passing in num_features, which is "
+                          f"not used because affine=False", stacklevel=2)
+        x = input.unsqueeze(0) if unbatched else input
+        out = instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            self.training or not self.track_running_stats,
+                            self.momentum if self.momentum is not None else 0.0, self.eps)
+        return out.squeeze(0) if unbatched else out
+
+
+class InstanceNorm1d(_InstanceNorm):
+    """Instance norm of (N, C, L) or (C, L) inputs."""
+
+
+class InstanceNorm2d(_InstanceNorm):
+    """Instance norm of (N, C, H, W) or (C, H, W) inputs.
+
+    >>> nn.InstanceNorm2d(3)(dg.randn(2, 3, 4, 4)).shape
+    (2, 3, 4, 4)
+    """
+
+    _spatial = 2
+
+
+class InstanceNorm3d(_InstanceNorm):
+    """Instance norm of (N, C, D, H, W) or (C, D, H, W) inputs."""
+
+    _spatial = 3
+
+
+class LocalResponseNorm(Module):
+    """``F.local_response_norm`` over ``size`` neighbouring channels."""
+
+    def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75,
+                 k: float = 1.0) -> None:
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    def forward(self, input: Tensor) -> Tensor:
+        return local_response_norm(input, self.size, self.alpha, self.beta, self.k)
+
+    def extra_repr(self) -> str:
+        return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
 
 
 class GroupNorm(Module):
