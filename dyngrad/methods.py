@@ -127,8 +127,8 @@ def _copy(self, src):
     return _m.expand(src, self.shape) if src.shape != self.shape else src
 
 
-def _uniform(self, a=0.0, b=1.0):
-    return _rnd.rand(self.shape, dtype=self.dtype) * (b - a) + a
+def _uniform(self, a=0.0, b=1.0, *, generator=None):
+    return _rnd.rand(self.shape, dtype=self.dtype, generator=generator) * (b - a) + a
 
 
 def _bernoulli_fill(self, p=0.5, *, generator=None):
@@ -139,8 +139,8 @@ def _bernoulli_method(self, p=None, *, generator=None):
     return _rnd.bernoulli(self, p, generator=generator)
 
 
-def _normal(self, mean=0.0, std=1.0):
-    return _rnd.randn(self.shape, dtype=self.dtype) * std + mean
+def _normal(self, mean=0.0, std=1.0, *, generator=None):
+    return _rnd.randn(self.shape, dtype=self.dtype, generator=generator) * std + mean
 
 
 def _to(self, *args, **kwargs):

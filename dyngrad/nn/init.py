@@ -7,7 +7,6 @@ import math
 import numpy as np
 
 from ..autograd.grad_mode import no_grad
-from ..ops import random as _random
 from ..tensor import Tensor
 
 
@@ -93,9 +92,10 @@ def kaiming_normal_(t: Tensor, a: float = 0, mode: str = "fan_in",
 
 
 def _draws(t: Tensor, shape: tuple, generator) -> np.ndarray:
-    """Standard normal numbers of ``shape`` from ``generator`` (None: dyngrad's default
-    one), in t's dtype."""
-    return _random.randn(*shape, dtype=t.dtype, generator=generator).numpy()
+    """Standard normal numbers of ``shape`` in t's dtype, drawn as PyTorch's ``orthogonal_``
+    draws them (``new_empty(...).normal_(0, 1)``) from ``generator`` (None: the default)."""
+    with no_grad():
+        return t.new_empty(shape).normal_(0.0, 1.0, generator=generator).numpy()
 
 
 def orthogonal_(t: Tensor, gain: float = 1.0, generator=None) -> Tensor:
