@@ -509,8 +509,9 @@ def test_argument_errors():
                            output_padding=2)
     with pytest.raises(ValueError, match="in_channels must be divisible by groups"):
         nn.Conv2d(3, 4, 3, groups=2)
-    with pytest.raises(NotImplementedError, match="padding_mode='reflect'"):
-        nn.Conv2d(3, 4, 3, padding_mode="reflect")
+    with pytest.raises(ValueError, match='Only "zeros" padding mode is supported for '
+                                         'ConvTranspose2d'):
+        nn.ConvTranspose2d(3, 4, 3, padding_mode="reflect")
     with pytest.raises(RuntimeError, match="Input type \\(float32\\) and weight type "
                                            "\\(float64\\) should be the same"):
         F.conv2d(dg.randn(1, 1, 3, 3), dg.randn(1, 1, 3, 3, dtype=dg.float64))
@@ -646,3 +647,29 @@ def test_every_conv_and_pool_function_compiles_and_equals_eager(backend):
     for e, c in zip(sum(eager, []), sum(compiled, []), strict=True):
         np.testing.assert_allclose(c, e, rtol=0 if backend == "interp" else 1e-5,
                                    atol=0 if backend == "interp" else 1e-6)
+
+
+@needs_torch
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+@pytest.mark.parametrize("make", [
+    lambda lib, mode: lib.nn.Conv2d(2, 3, 3, padding=1, padding_mode=mode),
+    lambda lib, mode: lib.nn.Conv2d(2, 3, (3, 2), padding="same", dilation=(1, 2),
+                                    padding_mode=mode),
+    lambda lib, mode: lib.nn.Conv1d(2, 3, 3, stride=2, padding=2, padding_mode=mode),
+])
+def test_padding_modes_match_torch(make, mode):
+    ours, theirs = make(dg, mode), make(torch, mode)
+    with torch.no_grad():
+        for name, p in theirs.named_parameters():
+            getattr(ours, name).data.copy_(dg.tensor(p.numpy()))
+    assert repr(ours) == repr(theirs)
+    shape = (2, 2, 6, 7) if isinstance(theirs, torch.nn.Conv2d) else (2, 2, 9)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    xd, xt = dg.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    yd, yt = ours(xd), theirs(xt)
+    np.testing.assert_allclose(yd.detach().numpy(), yt.detach().numpy(), rtol=1e-5, atol=1e-5)
+    yd.square().sum().backward()
+    yt.square().sum().backward()
+    np.testing.assert_allclose(xd.grad.numpy(), xt.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ours.weight.grad.numpy(), theirs.weight.grad.numpy(), rtol=1e-4,
+                               atol=1e-4)

@@ -48,10 +48,8 @@ class _ConvNd(Module):
         if padding_mode not in _PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {list(_PADDING_MODES)}, but got "
                              f"padding_mode='{padding_mode}'")
-        if padding_mode != "zeros":
-            raise NotImplementedError(f"{name}: padding_mode={padding_mode!r} is not supported "
-                                      f"yet; only 'zeros' (pad the input yourself with F.pad "
-                                      f"and use padding=0 meanwhile)")
+        if padding_mode != "zeros" and self._transposed:
+            raise ValueError(f'Only "zeros" padding mode is supported for {name}')
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = _tuple(kernel_size, nd)
         self.stride = _tuple(stride, nd)
@@ -59,6 +57,14 @@ class _ConvNd(Module):
         self.dilation = _tuple(dilation, nd)
         self.output_padding = _tuple(output_padding, nd)
         self.groups, self.padding_mode, self.transposed = groups, padding_mode, self._transposed
+        if self.padding == "same":  # (F.pad's order: the last dim first, (left, right) each)
+            total = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+            pads = [(t // 2, t - t // 2) for t in total]
+        else:
+            pads = [(0, 0) if self.padding == "valid" else (p, p) for p in
+                    (self.padding if self.padding != "valid" else (0,) * nd)]
+        self._reversed_padding_repeated_twice = tuple(v for pair in reversed(pads)
+                                                      for v in pair)
         shape = (in_channels, out_channels // groups) if self._transposed else \
             (out_channels, in_channels // groups)
         dtype = dtype or _dt.get_default_dtype()
@@ -78,6 +84,15 @@ class _ConvNd(Module):
                 bound = 1 / math.sqrt(fan_in)
                 init.uniform_(self.bias, -bound, bound)
 
+    def _padded(self, input: Tensor) -> tuple:
+        """The input and the padding the convolution adds: ``padding_mode`` other than
+        'zeros' pads the input with ``F.pad`` first (its mode) and convolves without padding,
+        as PyTorch does."""
+        if self.padding_mode == "zeros":
+            return input, self.padding
+        return (F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode),
+                (0,) * self._nd)
+
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
              f"stride={self.stride}")
@@ -91,6 +106,8 @@ class _ConvNd(Module):
             s += f", groups={self.groups}"
         if self.bias is None:
             s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode}"
         return s
 
 
@@ -110,8 +127,9 @@ class Conv1d(_ConvNd):
                          groups, bias, padding_mode, dtype=dtype)
 
     def forward(self, input: Tensor) -> Tensor:
-        return F.conv1d(input, self.weight, self.bias, self.stride, self.padding,
-                        self.dilation, self.groups)
+        input, padding = self._padded(input)
+        return F.conv1d(input, self.weight, self.bias, self.stride, padding, self.dilation,
+                        self.groups)
 
 
 class Conv2d(_ConvNd):
@@ -128,8 +146,9 @@ class Conv2d(_ConvNd):
                          groups, bias, padding_mode, dtype=dtype)
 
     def forward(self, input: Tensor) -> Tensor:
-        return F.conv2d(input, self.weight, self.bias, self.stride, self.padding,
-                        self.dilation, self.groups)
+        input, padding = self._padded(input)
+        return F.conv2d(input, self.weight, self.bias, self.stride, padding, self.dilation,
+                        self.groups)
 
 
 class ConvTranspose2d(_ConvNd):
