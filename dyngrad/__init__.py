@@ -132,7 +132,7 @@ from .ops.elementwise import (
     tanh,
     where,
 )
-from .ops.indexing import eye, index_add, index_select, one_hot, take_along_dim
+from .ops.indexing import eye, index_add, index_select, nonzero, one_hot, take_along_dim
 from .ops.linalg import bmm, dot, matmul, mm, outer
 from .ops.movement import (
     broadcast_to,
@@ -225,6 +225,9 @@ def gather(input, dim, index):
     return take_along_dim(input, index, dim)
 
 
+argwhere = nonzero
+
+
 def scatter_add(input, dim, index, src):
     """``torch.scatter_add`` (see Tensor.scatter_add)."""
     return input.scatter_add(dim, index, src)
@@ -272,7 +275,7 @@ __all__ = [
     "reshape", "expand", "broadcast_to", "permute", "transpose", "squeeze", "unsqueeze",
     "flatten", "narrow", "cat", "concat", "stack", "split", "chunk", "unbind",
     "matmul", "mm", "bmm", "dot", "outer", "gather", "take_along_dim", "index_select",
-    "scatter_add", "index_add", "spmm",
+    "scatter_add", "index_add", "spmm", "nonzero", "argwhere",
     "one_hot",
     "tril", "triu", "t", "swapaxes", "swapdims", "meshgrid", "sinh", "cosh", "trunc", "fix",
     "repeat_interleave", "einsum", "cumsum", "cumprod", "sort", "argsort", "topk", "msort",

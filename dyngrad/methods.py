@@ -262,6 +262,7 @@ METHODS: tuple[Method, ...] = (
         gather=lambda self, dim, index: _i.take_along_dim(self, index, dim),
         take_along_dim=lambda self, indices, dim: _i.take_along_dim(self, indices, dim),
         index_select=_i.index_select, scatter_add=_i.scatter_add_dim, index_add=_i.index_add,
+        nonzero=_i.nonzero, argwhere=_i.nonzero,
         matmul=_l.matmul, mm=_l.mm, bmm=_l.bmm, dot=_l.dot, outer=_l.outer,
         # tensor functions (dyngrad/ops/composites.py, scan.py)
         tril=_cf.tril, triu=_cf.triu, t=_cf.t, swapaxes=_cf.swapaxes, swapdims=_cf.swapdims,

@@ -1,7 +1,7 @@
 """``dyngrad.nn``: modules, layers, losses, initialisation and utilities with PyTorch's names
 and semantics, all composed from the op table."""
 
-from . import functional, init, utils
+from . import functional, init, parallel, utils
 from .activation import (
     ELU,
     GELU,
@@ -62,6 +62,7 @@ from .layout import (
     ZeroPad2d,
     ZeroPad3d,
 )
+from .lazy import LazyBatchNorm1d, LazyBatchNorm2d, LazyConv1d, LazyConv2d
 from .module import Module
 from .normalization import (
     BatchNorm1d,
@@ -78,6 +79,7 @@ from .normalization import (
     Unflatten,
     Upsample,
 )
+from .parallel import DataParallel
 from .parameter import Parameter
 from .pooling import (
     AdaptiveAvgPool2d,
@@ -93,7 +95,9 @@ __all__ = ["Module", "Parameter", "Linear", "Sequential", "ModuleList", "ModuleD
            "LogSoftmax", "Flatten", "Dropout", "LayerNorm", "Embedding", "RNNCell", "GRUCell",
            "LSTMCell", "RNN", "GRU", "LSTM", "MSELoss", "L1Loss", "CrossEntropyLoss", "NLLLoss",
            "BCELoss", "BCEWithLogitsLoss", "BatchNorm1d", "BatchNorm2d", "GroupNorm", "RMSNorm",
-           "Dropout1d", "Dropout2d", "Upsample", "Unflatten", "LazyLinear", "Conv1d", "Conv2d",
+           "Dropout1d", "Dropout2d", "Upsample", "Unflatten", "LazyLinear", "LazyConv1d",
+           "LazyConv2d", "LazyBatchNorm1d", "LazyBatchNorm2d", "DataParallel", "parallel",
+           "Conv1d", "Conv2d",
            "ConvTranspose2d", "MaxPool1d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
            "AdaptiveMaxPool2d", "SmoothL1Loss", "HuberLoss", "KLDivLoss", "MarginRankingLoss",
            "CosineSimilarity", "Hardtanh", "ReLU6", "Hardswish", "Hardsigmoid", "Mish",

@@ -608,3 +608,23 @@ def view_scatter(base: Tensor, chain: tuple, new_view: Tensor) -> Tensor:
     with no_grad():
         pos = replay_view(positions(base.shape), chain)
     return index_put(base, pos, new_view)
+
+
+def nonzero(x: Tensor, *, as_tuple: bool = False):
+    """PyTorch's ``nonzero``: the (n, ndim) int64 indices of the non-zero elements in C
+    order, or with ``as_tuple`` one 1-d index tensor per dim (a 0-d input counts as 1-d
+    there). Its shape depends on the data: a compiled call reading it is guarded on it (the
+    tracer is told of the read), as boolean-mask indexing is.
+
+    >>> dg.nonzero(dg.tensor([[0, 3], [4, 0]]))
+    tensor([[0, 1],
+            [1, 0]])
+    """
+    if STATE.modes:
+        report_read(x, "nonzero")
+    a = x._data
+    if as_tuple:
+        return tuple(Tensor._constant(i.astype(np.int64)) for i in np.nonzero(np.atleast_1d(a)))
+    if a.ndim == 0:
+        return Tensor._constant(np.zeros((int(a != 0), 0), dtype=np.int64))
+    return Tensor._constant(np.stack(np.nonzero(a), axis=1).astype(np.int64).reshape(-1, a.ndim))

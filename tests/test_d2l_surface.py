@@ -1,0 +1,164 @@
+"""What d2l.ai's own library (``d2l/torch.py``) takes from PyTorch (issue 15): every name
+it binds at import, and the layers its chapters build networks from — the lazy layers
+(``LazyConv2d``, ``LazyBatchNorm2d``, ``LazyLinear``), ``nn.DataParallel`` (with no
+accelerator its forward is its module's) and ``nonzero``. The name lists were read from
+d2l-ai/d2l-en at 23d7a5ae (``d2l/torch.py``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import compiler
+import dyngrad as dg
+from dyngrad import nn
+
+try:
+    import torch
+except ImportError:  # pragma: no cover - torch is an optional oracle
+    torch = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is the oracle here")
+
+# the aliases d2l/torch.py binds at import (its last lines), and the torch.* / nn.* / F.*
+# names its functions use
+D2L_ALIASES = ["ones_like", "ones", "zeros_like", "zeros", "tensor", "arange", "meshgrid",
+               "sin", "sinh", "cos", "cosh", "tanh", "linspace", "exp", "log", "normal",
+               "rand", "randn", "matmul", "int32", "int64", "float32", "cat", "stack", "abs",
+               "eye", "sigmoid", "bmm"]
+D2L_TORCH = ["argmax", "bmm", "cat", "device", "float32", "int64", "long", "manual_seed",
+             "no_grad", "nonzero", "ones", "rand", "randn", "repeat_interleave", "save",
+             "load", "stack", "sum", "tensor", "zeros", "arange", "cuda.device_count",
+             "cuda.is_available", "utils.data.DataLoader", "utils.data.TensorDataset",
+             "optim.SGD", "optim.Adam", "exp", "log", "softmax", "matmul", "randint",
+             "normal", "meshgrid", "linspace", "abs", "sigmoid", "eye", "ones_like",
+             "zeros_like", "tanh", "sin", "cos", "sinh", "cosh", "int32"]
+D2L_NN = ["Module", "Sequential", "Linear", "LazyLinear", "LazyConv2d", "LazyBatchNorm2d",
+          "Conv2d", "BatchNorm2d", "ReLU", "Flatten", "MaxPool2d", "AvgPool2d",
+          "AdaptiveAvgPool2d", "Dropout", "CrossEntropyLoss", "MSELoss", "Embedding", "GRU",
+          "LSTM", "RNN", "LayerNorm", "Parameter", "DataParallel", "parallel", "init",
+          "functional", "Softmax", "Tanh", "Sigmoid"]
+
+
+def _get(root, dotted: str):
+    for part in dotted.split("."):
+        root = getattr(root, part)
+    return root
+
+
+@pytest.mark.parametrize("name", sorted(set(D2L_ALIASES + D2L_TORCH)))
+def test_d2l_torch_names_exist(name):
+    assert _get(dg, name) is not None
+
+
+@pytest.mark.parametrize("name", D2L_NN)
+def test_d2l_nn_names_exist(name):
+    assert _get(nn, name) is not None
+
+
+def _d2l_lenet():
+    """d2l's LeNet (chapter 7.6): lazy layers, sigmoid, average pooling."""
+    return nn.Sequential(
+        nn.LazyConv2d(6, kernel_size=5, padding=2), nn.Sigmoid(),
+        nn.AvgPool2d(kernel_size=2, stride=2),
+        nn.LazyConv2d(16, kernel_size=5), nn.Sigmoid(),
+        nn.AvgPool2d(kernel_size=2, stride=2),
+        nn.Flatten(), nn.LazyLinear(120), nn.Sigmoid(), nn.LazyLinear(84), nn.Sigmoid(),
+        nn.LazyLinear(10))
+
+
+def test_lazy_layers_become_their_classes_and_keep_their_parameter_objects():
+    dg.manual_seed(0)
+    net = nn.Sequential(nn.LazyConv2d(4, 3, padding=1), nn.LazyBatchNorm2d(), nn.ReLU(),
+                        nn.Identity(), nn.Flatten(),
+                        nn.LazyLinear(5))
+    params = list(net.parameters())
+    opt = dg.optim.SGD(net.parameters(), lr=0.1)
+    y = net(dg.randn(3, 2, 6, 6))
+    assert y.shape == (3, 5)
+    assert [type(m).__name__ for m in net] == ["Conv2d", "BatchNorm2d", "ReLU", "Identity",
+                                               "Flatten", "Linear"]
+    assert all(a is b for a, b in zip(params, net.parameters(), strict=True))
+    assert net[0].weight.shape == (4, 2, 3, 3) and net[1].running_var.shape == (4,)
+    y.sum().backward()
+    opt.step()
+    assert net[0].weight.grad is not None and net[1].num_batches_tracked.item() == 1
+    c1 = nn.LazyConv1d(4, 3, groups=2)
+    assert c1(dg.randn(2, 6, 9)).shape == (2, 4, 7) and c1.weight.shape == (4, 3, 3)
+    with pytest.raises(ValueError, match="divisible by groups"):
+        nn.LazyConv1d(4, 3, groups=2)(dg.randn(2, 5, 9))
+    bn = nn.LazyBatchNorm1d(affine=False)
+    assert bn(dg.randn(4, 3)).shape == (4, 3) and bn.weight is None
+
+
+@needs_torch
+def test_d2l_lenet_with_lazy_layers_matches_torch():
+    ours = _d2l_lenet()
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    ours(dg.tensor(x))  # (materialises the lazy layers)
+    theirs = torch.nn.Sequential(
+        torch.nn.LazyConv2d(6, kernel_size=5, padding=2), torch.nn.Sigmoid(),
+        torch.nn.AvgPool2d(kernel_size=2, stride=2),
+        torch.nn.LazyConv2d(16, kernel_size=5), torch.nn.Sigmoid(),
+        torch.nn.AvgPool2d(kernel_size=2, stride=2), torch.nn.Flatten(),
+        torch.nn.LazyLinear(120), torch.nn.Sigmoid(), torch.nn.LazyLinear(84),
+        torch.nn.Sigmoid(), torch.nn.LazyLinear(10))
+    theirs(torch.tensor(x))
+    assert repr(ours) == repr(theirs)
+    theirs.load_state_dict({k: torch.tensor(v.numpy()) for k, v in ours.state_dict().items()})
+    np.testing.assert_allclose(ours(dg.tensor(x)).detach().numpy(),
+                               theirs(torch.tensor(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_compiled_step_of_a_lazy_network_equals_eager():
+    def train(compiled: bool):
+        dg.manual_seed(0)
+        net = nn.Sequential(nn.LazyConv2d(4, 3), nn.LazyBatchNorm2d(), nn.ReLU(),
+                            nn.Flatten(), nn.LazyLinear(3))
+        opt = dg.optim.SGD(net.parameters(), lr=0.1)
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(net(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+
+        fn = compiler.compile(step, backend="llvm") if compiled else step
+        dg.manual_seed(1)
+        out = [fn(dg.randn(4, 2, 6, 6), dg.randint(0, 3, (4,))).item() for _ in range(4)]
+        return out, [p.detach().numpy().copy() for p in net.parameters()], fn
+
+    (le, pe, _), (lc, pc, fn) = train(False), train(True)
+    np.testing.assert_allclose(lc, le, rtol=1e-5)
+    for a, b in zip(pc, pe, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert sum(v.calls for v in fn.variants) >= 2, fn.fallbacks
+
+
+@needs_torch
+def test_nonzero_and_argwhere_match_torch():
+    for a in [np.array([[0, 3], [4, 0]]), np.array(5), np.array(0.0), np.zeros((2, 0, 3)),
+              np.array([True, False, True])]:
+        d, t = dg.tensor(a), torch.tensor(a)
+        assert np.array_equal(dg.nonzero(d).numpy(), torch.nonzero(t).numpy())
+        assert dg.nonzero(d).shape == tuple(torch.nonzero(t).shape)
+        assert np.array_equal(d.argwhere().numpy(), t.argwhere().numpy())
+        for x, y in zip(d.nonzero(as_tuple=True), t.nonzero(as_tuple=True), strict=True):
+            assert np.array_equal(x.numpy(), y.numpy())
+
+
+def test_nonzero_in_a_compiled_function_is_guarded_on_the_data():
+    fn = lambda x: (x * 2)[x.nonzero(as_tuple=True)].sum()  # noqa: E731
+    f = compiler.compile(fn)
+    for a in ([0.0, 1, 2], [3.0, 0, 0], [0.0, 1, 2], [5.0, 5, 5]):
+        x = dg.tensor(a)
+        assert f(x).item() == fn(x).item()
+
+
+def test_data_parallel_on_a_machine_without_an_accelerator_is_its_module():
+    m = nn.DataParallel(nn.Linear(3, 2), device_ids=None)
+    assert m.device_ids == [] and list(m.state_dict()) == ["module.weight", "module.bias"]
+    x = dg.ones(4, 3)
+    assert np.array_equal(m(x).detach().numpy(), m.module(x).detach().numpy())
+    assert nn.parallel.DataParallel is nn.DataParallel
