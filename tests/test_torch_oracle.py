@@ -1656,3 +1656,13 @@ def test_promotion_function_forms():
             with ErrorBound() as eb:
                 d.add_(PROMO_OPERANDS[src](dg))
             assert_same(d, t, f"{dst}.add_({src})", eb)
+
+
+def test_relu_gradient_at_zero_and_nan_is_torch_s():
+    """relu's gradient is 0 at exactly 0 (not maximum's halves) and passes at NaN."""
+    vals = [-0.0, 0.0, float("nan"), -1.0, 2.0]
+    x = dg.tensor(vals, requires_grad=True)
+    xt = torch.tensor(vals, requires_grad=True)
+    dg.relu(dg.relu(x)).sum().backward()
+    torch.relu(torch.relu(xt)).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), xt.grad.numpy())

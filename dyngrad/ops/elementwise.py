@@ -711,9 +711,12 @@ def sigmoid(x):
 
 
 def relu(x):
+    """max(x, 0) with PyTorch's gradient: 0 at x = 0 (``maximum``'s tie would split it in
+    halves) and passed through at NaN, which stays NaN. (relu(-0.0) is +0.0 here, -0.0 in
+    PyTorch.)"""
     if isinstance(x, Tensor) and not x.dtype.is_floating_point:
         return x if x.dtype is _dt.bool_ else maximum(x, 0)  # int64 stays int64 (PyTorch)
-    return maximum(x, 0.0)
+    return where(le(x, 0.0), 0.0, x)
 
 
 def gelu(x, approximate: str = "none"):
