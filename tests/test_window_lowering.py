@@ -237,3 +237,48 @@ def test_compiled_conv_inside_a_compiled_function_and_under_func_grad():
     for _ in range(2):
         np.testing.assert_allclose(g(x, w).numpy(), dg.func.grad(loss, argnums=1)(x, w).numpy(),
                                    rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("team", [None, 1, "no pool"])
+def test_a_work_buffer_that_cannot_be_allocated_runs_the_call_another_way(monkeypatch, team):
+    """Every malloc of the window kernels refused (``MAX_WORK_BYTES`` 0): compiled steps —
+    the backward inside the call, or outside it — still equal eager, with the parameters
+    updated once per call, on the pool and on one thread (the weight gradient's last
+    sample block's status is read too)."""
+    from compiler.backends.llvm import window
+    monkeypatch.setattr(window, "MAX_WORK_BYTES", 0)
+    before = threads.team()
+    if team == "no pool":  # (kernels compiled without splits: the sample blocks in a loop)
+        monkeypatch.setattr(threads, "find", lambda: None)
+    elif team is not None:
+        threads.set_team(team)
+    try:
+        r = np.random.default_rng(10)
+        x = dg.tensor(r.standard_normal((9, 3, 7, 7)))
+        for inside in (True, False):
+            w0 = r.standard_normal((4, 3, 3, 3))
+            ws = [dg.tensor(w0, requires_grad=True) for _ in range(2)]
+
+            def step(w, x):
+                w.grad = None
+                y = F.conv2d(x, w, padding=1).square().sum()
+                if not inside:
+                    return y
+                y.backward()
+                with dg.no_grad():
+                    w -= 0.01 * w.grad
+                return y
+
+            f = compiler.compile(step, backend="llvm")
+            for _ in range(3):
+                a, b = step(ws[0], x), f(ws[1], x)
+                if not inside:
+                    a.backward()
+                    b.backward()
+                np.testing.assert_allclose(b.detach().numpy(), a.detach().numpy(), rtol=1e-12)
+                np.testing.assert_allclose(ws[1].grad.numpy(), ws[0].grad.numpy(), rtol=1e-10)
+                np.testing.assert_allclose(ws[1].detach().numpy(), ws[0].detach().numpy(),
+                                           rtol=1e-12)
+            assert f.variants and not f.fallbacks, f.fallbacks
+    finally:
+        threads.set_team(max(before, 1))

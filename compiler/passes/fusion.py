@@ -97,7 +97,8 @@ class GroupKind(enum.StrEnum):
     @property
     def may_fail(self) -> bool:
         """A kernel that returns a status, nonzero when it cannot finish (an index out of
-        range, a work buffer it could not allocate): the call then runs eagerly."""
+        range: the call runs eagerly; a work buffer it could not allocate: the runner's plan
+        runs the call)."""
         return self in (GroupKind.INDEX, GroupKind.WINDOW)
 
     @property

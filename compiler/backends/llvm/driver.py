@@ -439,7 +439,7 @@ class DriverPlan(base.Executable):
         else:  # the family's module, with this size's numbers
             ns["SIZES"] = self.sizes.ctypes.data
             body.append("status = FN(TABLE, SIZES)")
-        body.append("if status: SELF.failed(status)")
+        body.append("if status: return SELF.failed(status, inputs, scalars)")
         if self.writebacks:  # a strided target was given a contiguous copy: the driver
             ns["COPIED"] = self.copied  # wrote into the copy, copy it over the target
             body.append("if COPIED: SELF._copy_back(inputs)")
@@ -518,10 +518,13 @@ class DriverPlan(base.Executable):
         return {k: [(blk[i], blk[i].ctypes.data) for blk in self.blocks if blk[i] is not None]
                 for i, k in enumerate(self.out_keys)}
 
-    def failed(self, status: int):
+    def failed(self, status: int, inputs, scalars):
+        """The driver stopped before writing anything the caller sees: a window kernel's
+        work buffer could not be allocated — the call runs the runner's plan instead (its
+        window nodes numpy steps), so this works for a backward outside the call too — or
+        an index was out of range, or a guard failed (raised: the call runs eagerly)."""
         if status == window.ALLOC_FAILED:
-            raise MemoryError("a compiled kernel could not allocate its work buffer (the "
-                              "call runs eagerly)")
+            return self.contended(inputs, scalars)
         if status < 0:
             raise IndexError("an index is out of range in a compiled call (running eagerly "
                              "gives the error with its details)")

@@ -22,8 +22,8 @@ Note (why per sample and not implicit GEMM): the gather is ``1/(O/G)`` of the GE
 traffic and a sample's columns stay in the outer caches; folding the gather into the GEMM's
 B packing would save that pass but needs a second packing routine in ``gemm.py``. The
 column buffer is ``malloc``'d per call and part (one sample's columns: conv2 of the mnist
-model is 663 KB); a failed allocation makes the kernel return status -2 and the call runs
-eagerly.
+model is 663 KB); a failed allocation makes the kernel return status -2, and the driver runs
+the runner's plan instead (its window nodes numpy steps).
 
 **Pooling indices** (``max_pool_indices``, ``adaptive_max_indices``) scan each window in
 order with PyTorch's rule: a value replaces the maximum when it is greater or NaN, from
@@ -50,6 +50,7 @@ WG_PARTS = 8  # the weight gradient's fixed sample blocks (its partial sums: WG_
 UNROLL_WINDOW = 16  # positions up to which a pooling window inside the input is written out
 PAR_POOL = 1 << 16  # window reads from which a pooling kernel splits its planes
 ALLOC_FAILED = -2  # the kernel's status when malloc returns null (driver.DriverPlan.failed)
+MAX_WORK_BYTES = 1 << 40  # a work buffer above this is refused as if malloc had failed
 
 _WINDOWS = Lowerings("LLVM window codegen")
 
@@ -207,7 +208,7 @@ class WindowBuilder(KernelBuilder):
         e.label("entry")
         cols = "null"
         if columns:
-            cols = e.emit(f"call ptr @malloc(i64 {geo.rows * geo.positions * _size(self.ty)})")
+            cols = _malloc(e, geo.rows * geo.positions * _size(self.ty))
             with e.when(e.emit(f"icmp eq ptr {cols}, null")):
                 e.line(f"ret i32 {ALLOC_FAILED}")
         with e.rolled_loop("%n0", literal(geo.N, "i64"), "%step", scalar=True) as n:
@@ -288,6 +289,15 @@ class WindowBuilder(KernelBuilder):
                         if not add:
                             with e.rolled_loop(b, geo.OW) as j:
                                 e.line(f"store {ty} {literal(0.0, ty)}, ptr {e.gep(ty, seg, j)}")
+
+
+def _malloc(e: Emitter, nbytes) -> str:
+    """A work buffer of ``nbytes`` from malloc, or null: also when it exceeds
+    ``MAX_WORK_BYTES`` (asked as the largest size, which malloc refuses) — the limit the
+    tests lower to take the failure path."""
+    n = e.emit(f"select i1 {e.emit(f'icmp ule i64 {nbytes}, {MAX_WORK_BYTES}')}, i64 {nbytes}, "
+               f"i64 -1")
+    return e.emit(f"call ptr @malloc(i64 {n})")
 
 
 def _i(e: Emitter, op: str, a, b) -> str:
@@ -403,8 +413,8 @@ def _conv_weight_grad(b: WindowBuilder, name: str, ins: list, out: str) -> None:
 
     e = Emitter()  # i32 @<name>_part(x, g, acc, n0, n1): samples [n0, n1) into acc
     e.label("entry")
-    cols = "null" if geo.direct else e.emit(f"call ptr @malloc(i64 {geo.rows * P_ * size})")
-    prod = e.emit(f"call ptr @malloc(i64 {geo.og * geo.rows * size})")
+    cols = "null" if geo.direct else _malloc(e, geo.rows * P_ * size)
+    prod = _malloc(e, geo.og * geo.rows * size)
     bad = e.emit(f"icmp eq ptr {prod}, null")
     if not geo.direct:
         bad = e.emit(f"or i1 {bad}, {e.emit(f'icmp eq ptr {cols}, null')}")
@@ -445,7 +455,7 @@ def _conv_weight_grad(b: WindowBuilder, name: str, ins: list, out: str) -> None:
         st = b.emit(f"call i32 @{name}_part(ptr {xin}, ptr {gin}, ptr {out}, i64 0, i64 {N})")
         b.line(f"ret i32 {st}")
         return
-    acc = b.emit(f"call ptr @malloc(i64 {parts * whole * size})")
+    acc = _malloc(b, parts * whole * size)
     with b.when(b.emit(f"icmp eq ptr {acc}, null")):
         b.line(f"ret i32 {ALLOC_FAILED}")
     b.line(f"%x = getelementptr i8, ptr {xin}, i64 0")
@@ -462,13 +472,12 @@ def _conv_weight_grad(b: WindowBuilder, name: str, ins: list, out: str) -> None:
         status = b.emit(f"load i32, ptr {b.gep('i64', '%ctx', slots - 1)}")
         b._blocks(name, [("ptr", "%x"), ("ptr", "%g"), ("ptr", "%acc")],
                   lambda f: part(f, "%tid", "%acc"))
-    else:
-        status = "%status"
+    else:  # (the status after the loop: the last block's or, which the exit follows)
         with b.loop("%q", parts, block="parts", exit="parts.done",
                     carry=[("%status", "i32", "0")]) as lp:
             st = part(b, "%q", acc)
             lp.next = [b.emit(f"or i32 %status, {st}")]
-        status = b.emit(f"or i32 {status}, 0")
+        status = lp.next[0]
     failed = b.emit(f"icmp ne i32 {status}, 0")
     with b.when(failed):
         b.line(f"call void @free(ptr {acc})")
@@ -505,7 +514,7 @@ class _Windows:
         """Window reads per output position (an adaptive window's largest)."""
         if self.kernel is not None:
             return self.kernel[0] * self.kernel[1]
-        return -(-self.H // self.OH + 1) * -(-self.W // self.OW + 1)
+        return (-(-self.H // self.OH) + 1) * (-(-self.W // self.OW) + 1)
 
     def inside(self) -> bool:
         """Whether every fixed window lies inside the input (no padding read)."""
