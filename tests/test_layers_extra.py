@@ -456,3 +456,33 @@ def test_a_compiled_function_building_legacy_tensors_equals_eager():
         x = dg.full((2, 3), float(k))
         assert close_to_eager(arr(cf(x)), arr(f(x)))
     assert cf.variants and not cf.fallbacks
+
+
+@pytest.mark.parametrize("name", ["hardtanh", "relu6", "hardsigmoid", "hardswish"])
+def test_hard_activations_at_nan_infinities_and_kinks_as_torch(name):
+    torch = pytest.importorskip("torch")
+    vals = [float("nan"), float("-inf"), float("inf"), -3.0, 3.0, -1.0, 1.0, 0.0, 6.0]
+    x, xt = dg.tensor(vals, requires_grad=True), torch.tensor(vals, requires_grad=True)
+    y, yt = getattr(F, name)(x), getattr(torch.nn.functional, name)(xt)
+    y.backward(dg.ones(len(vals)))
+    yt.backward(torch.ones(len(vals)))
+    want = yt.detach().numpy()
+    if name == "hardswish":  # (−inf: 0 here, PyTorch's −inf·0 = NaN)
+        want = np.where(np.isneginf(vals), 0.0, want)
+    np.testing.assert_allclose(y.detach().numpy(), want, rtol=1e-6)
+    np.testing.assert_allclose(x.grad.numpy(), xt.grad.numpy(), rtol=1e-6)
+
+
+def test_pad_crops_and_wraps_as_torch():
+    torch = pytest.importorskip("torch")
+    x = np.arange(10.0, 14.0).reshape(1, 1, 4)
+    for pads in [(-1, 1), (1, -1), (2, -1), (3, 0), (-1, -1)]:
+        np.testing.assert_array_equal(
+            F.pad(dg.tensor(x), pads, mode="circular").numpy(),
+            torch.nn.functional.pad(torch.tensor(x), pads, mode="circular").numpy())
+    for mode in ("reflect", "replicate"):
+        with pytest.raises(RuntimeError, match=r"input \(W: 4\) is too small. Calculated "
+                                               r"output W: 0"):
+            F.pad(dg.tensor(x), (-2, -2), mode=mode)
+    with pytest.raises(RuntimeError, match="narrow"):
+        F.pad(dg.ones(1, 1), (3, -2))

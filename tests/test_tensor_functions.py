@@ -745,6 +745,12 @@ def test_scatter_add_errors_name_the_shapes():
         dg.zeros(3, 4).scatter_add(0, dg.full((1, 4), 7, dtype=dg.int64), dg.ones(1, 4))
     with pytest.raises(RuntimeError, match="index_add_"):
         dg.zeros(3, 4).index_add(0, dg.tensor([0, 1]), dg.ones(3, 4))
+    with pytest.raises(IndexError, match="index -1 is out of bounds for dimension 0 with size 3"):
+        dg.zeros(3, 4).scatter_add(0, dg.full((1, 4), -1, dtype=dg.int64), dg.ones(1, 4))
+    with pytest.raises(IndexError, match="index_add_: index -1 is out of bounds"):
+        dg.zeros(3, 4).index_add(0, dg.tensor([-1]), dg.ones(1, 4))
+    with pytest.raises(RuntimeError, match=r"self \(float32\) and source \(float64\)"):
+        dg.zeros(3, 4).index_add(0, dg.tensor([1]), dg.ones(1, 4, dtype=dg.float64))
 
 
 @pytest.mark.parametrize("backend", ["interp", "llvm"])

@@ -45,10 +45,10 @@ def hardtanh(input: Tensor, min_val: float = -1.0, max_val: float = 1.0,
     if min_val > max_val:
         raise ValueError("min_val cannot be greater than max_val")
 
-    def fn(x):
-        inside = _e.logical_and(_e.gt(x, min_val), _e.lt(x, max_val))
-        return _e.cast(_e.where(inside, x, _e.where(_e.le(x, min_val), min_val, max_val)),
-                       x.dtype)
+    def fn(x):  # (the bounds tested first: a NaN falls through to x, its gradient 1 — as
+        #           PyTorch's; the gradient is 0 on the bounds)
+        return _e.cast(_e.where(_e.le(x, min_val), min_val,
+                                _e.where(_e.ge(x, max_val), max_val, x)), x.dtype)
     return _apply(fn, input, inplace)
 
 
@@ -59,18 +59,22 @@ def relu6(input: Tensor, inplace: bool = False) -> Tensor:
 
 def hardsigmoid(input: Tensor, inplace: bool = False) -> Tensor:
     """0 below −3, 1 above 3, x/6 + 1/2 between."""
-    def fn(x):
+    def fn(x):  # (a NaN stays NaN with gradient 0, as PyTorch's: the detached x)
         inside = _e.logical_and(_e.gt(x, -3.0), _e.lt(x, 3.0))
-        return _e.cast(_e.where(inside, (x + 3.0) / 6.0, _e.where(_e.le(x, -3.0), 0.0, 1.0)),
-                       x.dtype)
+        outside = _e.where(_e.le(x, -3.0), 0.0, _e.where(_e.ge(x, 3.0), 1.0, x.detach()))
+        return _e.cast(_e.where(inside, (x + 3.0) / 6.0, outside), x.dtype)
     return _apply(fn, input, inplace)
 
 
 def hardswish(input: Tensor, inplace: bool = False) -> Tensor:
-    """x·hardsigmoid(x): 0 below −3, x above 3, x(x + 3)/6 between."""
-    def fn(x):
-        quad = (x * (x + 3.0)) / 6.0
-        return _e.cast(_e.where(_e.le(x, -3.0), 0.0, _e.where(_e.lt(x, 3.0), quad, x)), x.dtype)
+    """x·hardsigmoid(x): 0 below −3, x above 3, x(x + 3)/6 between. (At −inf: 0, where
+    PyTorch's x·0 gives NaN.)"""
+    def fn(x):  # (the quadratic of x inside (−3, 3) only: an infinite x elsewhere would
+        #           give its unselected branch a NaN gradient)
+        inside = _e.logical_and(_e.gt(x, -3.0), _e.lt(x, 3.0))
+        xs = _e.where(inside, x, 0.0)
+        quad = (xs * (xs + 3.0)) / 6.0
+        return _e.cast(_e.where(_e.le(x, -3.0), 0.0, _e.where(inside, quad, x)), x.dtype)
     return _apply(fn, input, inplace)
 
 

@@ -23,8 +23,18 @@ from ..tensor import Tensor
 _SOURCE = {
     "reflect": lambda p, n: -p if p < 0 else (2 * (n - 1) - p if p >= n else p),
     "replicate": lambda p, n: min(max(p, 0), n - 1),
-    "circular": lambda p, n: p % n,
 }
+
+
+def _source(mode: str, lo: int, hi: int, n: int) -> list:
+    """The input position each output position reads along one dim (see the Note); circular
+    padding wraps within the part a negative pad leaves, as PyTorch's."""
+    if mode == "circular":
+        a, b = max(-lo, 0), n - max(-hi, 0)
+        if b <= a:
+            raise RuntimeError("Padding value causes wrapping around more than once.")
+        return [a + (p - a) % (b - a) for p in range(-lo, n + hi)]
+    return [_SOURCE[mode](p, n) for p in range(-lo, n + hi)]
 _SUPPORTED = ("Supported combinations for non-constant padding:\n"
               "  - 2D or 3D input: padding size = 2 (pads last dimension)\n"
               "  - 3D or 4D input: padding size = 4 (pads last 2 dimensions)\n"
@@ -38,7 +48,7 @@ def _check_pad_arguments(input: Tensor, pad, mode: str, value) -> tuple:
         if isinstance(p, bool) or not isinstance(p, int) and not hasattr(p, "__index__"):
             raise TypeError(f"pad(): argument 'pad' (position 2) must be tuple of ints, but "
                             f"found element of type {type(p).__name__} at pos {k}")
-    if mode not in ("constant", *_SOURCE):
+    if mode not in ("constant", "circular", *_SOURCE):
         raise NotImplementedError(f"Unrecognised padding mode {mode}")
     if len(pad) % 2:
         raise RuntimeError("Padding length must be divisible by 2")
@@ -69,8 +79,10 @@ def pad(input: Tensor, pad, mode: str = "constant", value: float | None = None) 
     pairs = [(pad[2 * k], pad[2 * k + 1]) for k in range(len(pad) // 2)]  # last dim first
     if mode == "constant":
         full = [(0, 0)] * input.ndim
-        for k, pair in enumerate(pairs):
-            full[input.ndim - 1 - k] = pair
+        for k, (lo, hi) in enumerate(pairs):
+            if input.shape[input.ndim - 1 - k] + min(lo, 0) + min(hi, 0) < 0:
+                raise RuntimeError("narrow(): length must be non-negative.")  # (PyTorch's)
+            full[input.ndim - 1 - k] = (lo, hi)
         return _m.pad(input, full, value=0.0 if value is None else value)
     if mode != "circular" and 0 in input.shape[1:]:
         raise RuntimeError(f"Expected {len(pairs) + 1}D or {len(pairs) + 2}D (batch mode) "
@@ -86,12 +98,13 @@ def pad(input: Tensor, pad, mode: str = "constant", value: float | None = None) 
                                f"at dimension {d} of input {list(input.shape)}")
         if mode == "circular" and (lo > n or hi > n):
             raise RuntimeError("Padding value causes wrapping around more than once.")
-        if n + lo + hi < 0:
-            raise RuntimeError(f"pad: input (dim {d}: {n}) is too small for padding "
-                               f"({lo}, {hi}): the output size would be {n + lo + hi}")
+        if n + lo + hi <= 0 and (mode != "circular" or n + lo + hi < 0):
+            dim = "DHW"[d - input.ndim + 3] if d >= input.ndim - 3 else str(d)
+            raise RuntimeError(f"input ({dim}: {n}) is too small. Calculated output {dim}: "
+                               f"{n + lo + hi}")
         if lo == hi == 0:
             continue
-        source = [_SOURCE[mode](p, n) for p in range(-lo, n + hi)]
+        source = _source(mode, lo, hi, n)
         out = _i.index_select(out, d, _c.tensor(source, dtype=_dt.int64))
     return out
 

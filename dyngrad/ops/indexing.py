@@ -105,19 +105,18 @@ SCATTER_ADD = Primitive("scatter_add", "index", _scatter_impl, _scatter_rule,
                             "accumulate); the transpose of gather")
 
 
-def _check_rule(idx, size, dim, op):
+def _check_rule(idx, size, dim, op, wrap=True):
     if idx.dtype is not _dt.int64:
         raise IndexError(f"{op}: indices must be int64, got {idx.dtype.name}")
     return tuple(idx.shape), idx.dtype
 
 
-def _check_impl(idx, size, dim, op):
-    if op == "one_hot":  # class values: no wrapping
-        if idx.size and (idx.min() < 0 or idx.max() >= size):
+def _check_impl(idx, size, dim, op, wrap=True):
+    low = -size if wrap else 0
+    if idx.size and (idx.max() >= size or idx.min() < low):
+        if op == "one_hot":  # class values
             raise RuntimeError(f"one_hot: class values must be in [0, {size})")
-        return idx
-    if idx.size and (idx.max() >= size or idx.min() < -size):
-        bad = idx[(idx >= size) | (idx < -size)].ravel()[0]
+        bad = idx[(idx >= size) | (idx < low)].ravel()[0]
         where = "" if op == "index" else f"{op}: "  # (x[i, j] reads as numpy's message)
         raise IndexError(f"{where}index {bad} is out of bounds for dimension {dim} with size "
                          f"{size}")
@@ -126,16 +125,18 @@ def _check_impl(idx, size, dim, op):
 
 INDEX_CHECK = Primitive("index_check", "index", _check_impl, _check_rule,
                         doc="the indices unchanged, after checking each is in [-size, size) "
-                            "(IndexError naming ``op`` and ``dim`` otherwise): a bounds "
-                            "check the tracer records, so compiled code checks it too")
+                            "(``wrap``; else [0, size)) — an IndexError naming ``op`` and "
+                            "``dim`` otherwise: a bounds check the tracer records, so "
+                            "compiled code checks it too")
 
 
-def check_index(idx: Tensor, size: int, dim: int, op: str) -> Tensor:
-    """``idx`` once every entry is known to index a dimension of ``size`` (negative
-    entries wrap; for ``op="one_hot"`` they must lie in [0, size) and a RuntimeError says
-    so): composites check bounds through this primitive, never by reading the data in
-    Python (which a compiled call would not repeat)."""
-    return dispatch(INDEX_CHECK, idx, size=int(size), dim=int(dim), op=op)
+def check_index(idx: Tensor, size: int, dim: int, op: str, wrap: bool = True) -> Tensor:
+    """``idx`` once every entry is known to index a dimension of ``size``: in [-size, size)
+    (negative entries wrap, as numpy's and PyTorch's indexing), or in [0, size) without
+    ``wrap`` (one_hot's class values, scatter_add's and index_add's indices: PyTorch
+    rejects negative ones there). Composites check bounds through this primitive, never by
+    reading the data in Python (which a compiled call would not repeat)."""
+    return dispatch(INDEX_CHECK, idx, size=int(size), dim=int(dim), op=op, wrap=bool(wrap))
 
 
 def gather(x: Tensor, idx: Tensor, axis: int = 0) -> Tensor:
@@ -204,7 +205,8 @@ def _flat_positions(idx: Tensor, shape: tuple, d: int) -> Tensor:
     return flat
 
 
-def scatter_add_dim(x: Tensor, dim: int, index: Tensor, src: Tensor) -> Tensor:
+def scatter_add_dim(x: Tensor, dim: int, index: Tensor, src: Tensor,
+                    op: str = "scatter_add") -> Tensor:
     """PyTorch's ``scatter_add(input, dim, index, src)``: ``x`` with, for dim=0,
     ``out[index[i][j]][j] += src[i][j]`` for every element of ``index`` (src may be larger:
     only its index-shaped corner is read); repeated indices accumulate.
@@ -232,9 +234,7 @@ def scatter_add_dim(x: Tensor, dim: int, index: Tensor, src: Tensor) -> Tensor:
                            f"smaller size than src {list(src.shape)}")
     if tuple(src.shape) != tuple(index.shape):
         src = src[tuple(slice(0, k) for k in index.shape)]
-    n = x.shape[d]
-    idx = check_index(index, n, d, "scatter_add")
-    idx = _e.where(_e.lt(idx, 0), idx + n, idx)
+    idx = check_index(index, x.shape[d], d, op, wrap=False)
     flat = _m.reshape(_flat_positions(idx, tuple(x.shape), d), (-1,))
     out = scatter_add(_m.reshape(x, (-1,)), flat, _m.reshape(src, (-1,)), 0)
     return _m.reshape(out, tuple(x.shape))
@@ -257,12 +257,15 @@ def index_add(x: Tensor, dim: int, index: Tensor, source: Tensor, *, alpha=1) ->
             source.shape[i] != x.shape[i] for i in range(x.ndim) if i != d):
         raise RuntimeError(f"index_add_(): source {list(source.shape)} does not fit self "
                            f"{list(x.shape)} with an index of {index.numel()} along dim {d}")
+    if source.dtype is not x.dtype:
+        raise RuntimeError(f"index_add_(): self ({x.dtype.name}) and source "
+                           f"({source.dtype.name}) must have the same scalar type")
     if alpha != 1:
         source = source * alpha
     shape = [1] * x.ndim
     shape[d] = index.numel()
     idx = _m.expand(_m.reshape(index, tuple(shape)), tuple(source.shape))
-    return scatter_add_dim(x, d, idx, source)
+    return scatter_add_dim(x, d, idx, source, "index_add_")
 
 
 def index_select(x: Tensor, dim: int, index: Tensor) -> Tensor:
@@ -280,7 +283,7 @@ def one_hot(idx: Tensor, num_classes: int = -1) -> Tensor:
         if STATE.modes:
             report_read(idx, "size")
         num_classes = int(idx._data.max()) + 1 if idx.numel() else 0
-    idx = check_index(idx, num_classes, -1, "one_hot")
+    idx = check_index(idx, num_classes, -1, "one_hot", wrap=False)
     return _e.cast(_e.eq(_m.unsqueeze(idx, -1), arange(num_classes)), _dt.int64)
 
 

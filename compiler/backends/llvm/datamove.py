@@ -74,11 +74,11 @@ def _memtype(n) -> str:
 
 @_KERNELS(P.INDEX_CHECK)
 def _check(b: IndexBuilder, n, ptr: dict) -> None:
-    """``index_check``: status 1 if an index is outside [-size, size) (one_hot:
-    [0, size)), else the indices copied to the output and 0."""
+    """``index_check``: status 1 if an index is outside [-size, size) ([0, size) without
+    ``wrap``), else the indices copied to the output and 0."""
     _memtype(n)
     size, m = n.params["size"], math.prod(n.out.shape)
-    low = 0 if n.params["op"] == "one_hot" else -size
+    low = -size if n.params.get("wrap", True) else 0
     pi, po = ptr[id(n.inputs[0])], ptr[id(n.out)]
     b.label("entry")
     if m == 0:
