@@ -17,7 +17,9 @@ LEGEND = ("µs/step: median over samples (IQR); × eager: speed-up over dyngrad 
 
 
 def _num(x, fmt: str, width: int) -> str:
-    return f"{x:{width}{fmt}}" if x is not None else f"{'—':>{width}}"
+    """``x`` right-aligned in ``width`` characters, at least one of them a space (a step of
+    seconds, with its IQR, once ran its two columns together)."""
+    return f" {x:{width - 1}{fmt}}" if x is not None else f"{'—':>{width}}"
 
 
 def header(results: dict) -> list[str]:
