@@ -10,7 +10,7 @@ dyngrad eager, ``backend="interp"``, ``backend="llvm"``, a numpy step where one 
 PyTorch eager and ``torch.compile`` when torch is installed, ``jax.jit`` when jax is.
 Prints a table (progress on stderr while it runs), writes the figures as JSON and a PNG
 chart.
-``--quick`` (under a minute; no torch.compile) is the CI smoke test. Exits with status 1
+``--quick`` (about a minute; no torch.compile) is the CI smoke test. Exits with status 1
 when a mode did not run, disagreed with eager or never ran compiled — never for a timing.
 """
 
