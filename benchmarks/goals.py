@@ -67,8 +67,9 @@ def entry(mode: str, key: str, missing: str) -> Figure:
 # sums in another order differs from eager by an ulp or two (~1e-7) at first, and training
 # amplifies that (a ReLU or a max-pool tie going the other way, Adadelta's ratio of two
 # small accumulators) — W7a's compiled losses stay within 2e-7 for 13 steps and reach
-# ~2e-4 by step 20, as far as PyTorch's own (W7b: 1.2e-4). The limit is the suite's
-# tolerance for the LLVM backend; the JSON keeps every call's difference.
+# ~2e-4 by step 20, about as far as PyTorch's drift from eager (W7b: 1.2e-4 by step 20).
+# The limit is the suite's tolerance for the LLVM backend; the JSON keeps every call's
+# difference.
 F32_ROUNDING = 1e-4
 
 
