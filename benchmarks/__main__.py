@@ -4,12 +4,13 @@
                          [--no-torch] [--no-torch-compile] [--no-jax] [--samples N]
                          [--threads N] [--modes llvm,jax]
 
-Workloads W1–W5 (training steps and control flow), W6 (jacfwd vs jacrev) and the size sweep
-of the MLP step; modes dyngrad eager, ``backend="interp"``, ``backend="llvm"``, a numpy step
-where one exists, PyTorch eager and ``torch.compile`` when torch is installed, ``jax.jit``
-when jax is. Prints a
-table (progress on stderr while it runs), writes the figures as JSON and a PNG chart.
-``--quick`` (under a minute; no torch.compile) is the CI smoke test. Exits with status 1
+Workloads W1–W5 (training steps and control flow), W6 (jacfwd vs jacrev), W7a and W7b
+(convolutional networks, with their goals judged) and the size sweep of the MLP step; modes
+dyngrad eager, ``backend="interp"``, ``backend="llvm"``, a numpy step where one exists,
+PyTorch eager and ``torch.compile`` when torch is installed, ``jax.jit`` when jax is.
+Prints a table (progress on stderr while it runs), writes the figures as JSON and a PNG
+chart.
+``--quick`` (about a minute; no torch.compile) is the CI smoke test. Exits with status 1
 when a mode did not run, disagreed with eager or never ran compiled — never for a timing.
 """
 

@@ -54,13 +54,33 @@ def _params(model) -> dict:
 
 
 def _optimizer(opt):
-    """(init, update) of the dyngrad optimizer's kind (SGD or Adam, PyTorch's defaults)."""
+    """(init, update) of the dyngrad optimizer's kind: SGD (with its momentum), Adam
+    (PyTorch's defaults) or Adadelta (its rho and eps), as PyTorch writes them."""
     j = jax()
     jnp = j.numpy
-    lr = opt.param_groups[0]["lr"]
+    group = opt.param_groups[0]
+    lr = group["lr"]
     kind = type(opt).__name__
-    if kind == "SGD":
+    if kind == "SGD" and group["momentum"] == 0:
         return (lambda p: ()), (lambda p, g, s: (j.tree.map(lambda w, d: w - lr * d, p, g), s))
+    if kind == "SGD":  # (PyTorch's first buffer is g itself: μ·0 + g)
+        mu = group["momentum"]
+
+        def sgd(p, g, buf):
+            buf = j.tree.map(lambda b, d: mu * b + d, buf, g)
+            return j.tree.map(lambda w, b: w - lr * b, p, buf), buf
+        return (lambda p: j.tree.map(jnp.zeros_like, p)), sgd
+    if kind == "Adadelta":
+        rho, eps = group["rho"], group["eps"]
+
+        def adadelta(p, g, s):
+            v, u = s
+            v = j.tree.map(lambda v, g: rho * v + (1 - rho) * g * g, v, g)
+            delta = j.tree.map(lambda v, u, g: jnp.sqrt(u + eps) / jnp.sqrt(v + eps) * g,
+                               v, u, g)
+            u = j.tree.map(lambda u, d: rho * u + (1 - rho) * d * d, u, delta)
+            return j.tree.map(lambda w, d: w - lr * d, p, delta), (v, u)
+        return (lambda p: (j.tree.map(jnp.zeros_like, p),) * 2), adadelta
     if kind != "Adam":
         raise NotImplementedError(f"no JAX mirror for optimizer {kind}")
     b1, b2, eps = 0.9, 0.999, 1e-8
@@ -81,20 +101,25 @@ def _optimizer(opt):
     return init, update
 
 
-def _train(loss_fn, params: dict, opt, calls: list) -> tuple:
-    """A stateful step around one jitted (loss, grad, update)."""
+def _train(loss_fn, params: dict, opt, calls: list, carried=None) -> tuple:
+    """A stateful step around one jitted (loss, grad, update). With ``carried`` — what the
+    step carries besides the parameters and the optimizer's state (dropout's key,
+    BatchNorm's running statistics) — ``loss_fn(p, carried, *args)`` returns ``(loss,
+    carried)``; without, ``loss_fn(p, *args)`` the loss."""
     j = jax()
     init, update = _optimizer(opt)
+    f = loss_fn if carried is not None else (lambda p, c, *args: (loss_fn(p, *args), c))
 
     @j.jit
-    def jitted(p, s, *args):
-        loss, g = j.value_and_grad(loss_fn)(p, *args)
+    def jitted(p, s, c, *args):
+        (loss, c), g = j.value_and_grad(f, has_aux=True)(p, c, *args)
         p, s = update(p, g, s)
-        return p, s, loss
-    state = {"p": params, "s": init(params)}
+        return p, s, c, loss
+    state = {"p": params, "s": init(params), "c": () if carried is None else carried}
 
     def step(*args):
-        state["p"], state["s"], loss = jitted(state["p"], state["s"], *args)
+        state["p"], state["s"], state["c"], loss = jitted(state["p"], state["s"], state["c"],
+                                                          *args)
         return loss.block_until_ready()
     step.jitted = jitted
     return step, calls
@@ -186,8 +211,85 @@ def language_model(inst: Instance) -> tuple:
     return _train(loss, _params(inst.model), inst.opt, calls)
 
 
+def _conv(x, w, b=None, stride: int = 1, pad: int = 0):
+    """PyTorch's conv2d: NCHW input, OIHW weight."""
+    lax = jax().lax
+    y = lax.conv_general_dilated(x, w, (stride, stride), [(pad, pad)] * 2,
+                                 dimension_numbers=("NCHW", "OIHW", "NCHW"))
+    return y if b is None else y + b[None, :, None, None]
+
+
+def _nll(logits, y):
+    """Cross-entropy of logits against class indices (log_softmax + nll_loss)."""
+    j = jax()
+    logp = j.nn.log_softmax(logits)
+    return -j.numpy.mean(j.numpy.take_along_axis(logp, y[:, None], 1))
+
+
+def mnist(inst: Instance) -> tuple:
+    """W7a: pytorch/examples' mnist Net; dropout's masks from a key the step carries (no
+    dropout when the dyngrad model is in eval mode)."""
+    j = jax()
+    jnp, lax = j.numpy, j.lax
+    training = inst.model.training
+
+    def dropout(key, h, rate):
+        if not training:
+            return h
+        return jnp.where(j.random.bernoulli(key, 1 - rate, h.shape), h / (1 - rate), 0)
+
+    def loss(p, key, x, y):
+        key, k1, k2 = j.random.split(key, 3)
+        h = j.nn.relu(_conv(x, p["conv1.weight"], p["conv1.bias"]))
+        h = j.nn.relu(_conv(h, p["conv2.weight"], p["conv2.bias"]))
+        h = lax.reduce_window(h, -jnp.inf, lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+        h = dropout(k1, h, 0.25).reshape(h.shape[0], -1)
+        h = dropout(k2, j.nn.relu(h @ p["fc1.weight"].T + p["fc1.bias"]), 0.5)
+        return _nll(h @ p["fc2.weight"].T + p["fc2.bias"], y), key
+    calls = [tuple(_array(a) for a in c) for c in inst.calls]
+    return _train(loss, _params(inst.model), inst.opt, calls, j.random.key(0))
+
+
+def resnet(inst: Instance) -> tuple:
+    """W7b: the small ResNet; BatchNorm as PyTorch trains it (batch statistics, running ones
+    updated with momentum 0.1 and the unbiased variance), the running ones carried."""
+    j = jax()
+    jnp = j.numpy
+
+    def bn(p, stats, name, x):
+        mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3))
+        n = x.size // x.shape[1]
+        stats[f"{name}.running_mean"] = 0.9 * stats[f"{name}.running_mean"] + 0.1 * mean
+        stats[f"{name}.running_var"] = (0.9 * stats[f"{name}.running_var"]
+                                        + 0.1 * var * n / (n - 1))
+        scale = p[f"{name}.weight"] / jnp.sqrt(var + 1e-5)
+        return ((x - mean[None, :, None, None]) * scale[None, :, None, None]
+                + p[f"{name}.bias"][None, :, None, None])
+
+    def block(p, stats, name, x, stride):
+        out = j.nn.relu(bn(p, stats, f"{name}.bn1",
+                           _conv(x, p[f"{name}.conv1.weight"], stride=stride, pad=1)))
+        out = bn(p, stats, f"{name}.bn2", _conv(out, p[f"{name}.conv2.weight"], pad=1))
+        if f"{name}.shortcut.0.weight" in p:
+            x = bn(p, stats, f"{name}.shortcut.1",
+                   _conv(x, p[f"{name}.shortcut.0.weight"], stride=stride))
+        return j.nn.relu(out + x)
+
+    def loss(p, stats, x, y):
+        stats = dict(stats)
+        h = j.nn.relu(bn(p, stats, "stem.1", _conv(x, p["stem.0.weight"], pad=1)))
+        h = block(p, stats, "layers.1", block(p, stats, "layers.0", h, 1), 2)
+        logits = h.mean((2, 3)) @ p["fc.weight"].T + p["fc.bias"]
+        return _nll(logits, y), j.lax.stop_gradient(stats)
+    stats = {name: _array(b) for name, b in inst.model.named_buffers()
+             if not name.endswith("num_batches_tracked")}
+    calls = [tuple(_array(a) for a in c) for c in inst.calls]
+    return _train(loss, _params(inst.model), inst.opt, calls, stats)
+
+
 MIRRORS = {"mlp": mlp, "elementwise": elementwise, "control_flow": control_flow,
-           "language_model": language_model}  # by Workload.kind
+           "language_model": language_model, "mnist": mnist,
+           "resnet": resnet}  # by Workload.kind
 
 
 def variants(step) -> int | None:

@@ -17,7 +17,9 @@ LEGEND = ("µs/step: median over samples (IQR); × eager: speed-up over dyngrad 
 
 
 def _num(x, fmt: str, width: int) -> str:
-    return f"{x:{width}{fmt}}" if x is not None else f"{'—':>{width}}"
+    """``x`` right-aligned in ``width`` characters, at least one of them a space (a step of
+    seconds, with its IQR, once ran its two columns together)."""
+    return f" {x:{width - 1}{fmt}}" if x is not None else f"{'—':>{width}}"
 
 
 def header(results: dict) -> list[str]:
@@ -63,7 +65,10 @@ def workload_lines(name: str, w: dict) -> list[str]:
             continue
         agree = ""
         if "max_rel_diff" in e:
-            agree = f"{e['max_rel_diff']:.1e} " + ("ok" if e["agreed"] else "DISAGREES")
+            agree = f"{e['max_rel_diff']:.1e} " + {True: "ok", False: "DISAGREES",
+                                                   None: "not judged"}[e["agreed"]]
+            if e["agreed"] is None:
+                notes.setdefault(w.get("tolerance_why", "not judged"), []).append(mode)
         lines.append(
             f"  {mode:<14}{_num(e.get('us'), '.1f', 10)}{_num(e.get('iqr'), '.1f', 9)}"
             f"{_num(e.get('speedup'), '.2f', 9)}{_num(e.get('x_bound'), '.2f', 9)}"
@@ -78,7 +83,22 @@ def workload_lines(name: str, w: dict) -> list[str]:
     if "first_calls_error" in w:
         notes.setdefault(w["first_calls_error"], [])
     return lines + [f"  {', '.join(modes)}{' ' if modes else ''}{note}"
-                    for note, modes in notes.items()]
+                    for note, modes in notes.items()] + goal_lines(w.get("goals", []))
+
+
+def goal_lines(goals: list) -> list[str]:
+    """One line per goal: its figure against the limit, and the verdict."""
+    lines = []
+    for g in goals:
+        if g["met"] is None:
+            lines.append(f"  goal: {g['goal']} — not measured: {g['why']}")
+            continue
+        v, lim = g["value"], g["limit"]
+        fig = f"{v:.0f}{g['unit']}" if abs(v) >= 100 else \
+            f"{v:.2g}{g['unit']}" if abs(v) < 0.01 else f"{v:.2f}{g['unit']}"
+        lines.append(f"  goal: {g['goal']} — {fig} (limit {lim:g}{g['unit']}): "
+                     + ("met" if g["met"] else "not met"))
+    return lines
 
 
 def jacobian_lines(r: dict) -> list[str]:

@@ -2,11 +2,13 @@
 
 For a workload, in order: its first calls in fresh processes (cold, then from the disk
 cache: :mod:`benchmarks.firstcall`); every mode built from the same seed and checked
-against eager over its warm-up and two more passes over the inputs (with ``tracemalloc``
-on, for its memory); the modes timed together, alternating sample by sample
-(:mod:`benchmarks.measure`); the compiled modes' variants and fallbacks; and the
-workload's bound on this machine. A mode that raises is recorded (``ran: False`` and the
-error) and the suite goes on.
+against eager over its warm-up and two more passes over the inputs (compared over more
+calls when the workload asks, for a goal; with ``tracemalloc`` on, for its memory); the
+modes timed together, alternating sample by sample (:mod:`benchmarks.measure`); the
+compiled modes' variants, fallbacks and arenas; the workload's bound on this machine; and
+its goals (:mod:`benchmarks.goals`), judged from those figures and reported, never failing
+the run. A mode that raises is recorded (``ran: False`` and the error) and the suite goes
+on.
 """
 
 from __future__ import annotations
@@ -173,7 +175,9 @@ def run_workload(wl: Workload, opts: Options, progress: Progress,
     os.environ["DYNGRAD_CACHE_DIR"] = str(cache_dir)  # this process loads what they made
 
     warm = warm_calls(n_inputs)
-    n_check = warm + 2 * n_inputs  # the warm-up and two passes of steady state
+    n_check = warm + 2 * n_inputs  # the warm-up and two passes of steady state (judged)
+    n_run = max(n_check, wl.compared_calls)  # (the rest compared for a goal, not judged)
+    res["compared_calls"] = n_run
     runners, ref = {}, None
     for mode in modes:
         progress.phase(f"{wl.name}: {mode}: first calls and agreement with eager")
@@ -190,7 +194,7 @@ def run_workload(wl: Workload, opts: Options, progress: Progress,
                 outs = [r.run(1) for _ in range(warm)]
                 warm_ms = (time.perf_counter() - t) * 1e3
                 mem.steady()
-                outs += [r.run(1) for _ in range(n_check - warm)]
+                outs += [r.run(1) for _ in range(n_run - warm)]
             outs = [measure.as_array(o) for o in outs]
         except Exception as exc:
             entry["error"] = f"{type(exc).__name__}: {exc}"
@@ -200,9 +204,13 @@ def run_workload(wl: Workload, opts: Options, progress: Progress,
         if mode == "eager":
             ref = outs
         elif ref is not None:
-            d = measure.max_rel_diff(ref, outs)
-            entry.update(max_rel_diff=d, tolerance=TOLERANCE[mode],
-                         agreed=bool(d <= TOLERANCE[mode]))
+            d = measure.max_rel_diff(ref[:n_check], outs[:n_check])
+            tol = wl.tolerance.get(mode, TOLERANCE[mode])  # (None: not judged; why in
+            entry.update(max_rel_diff=d, tolerance=tol,    #  wl.tolerance_why)
+                         agreed=None if tol is None else bool(d <= tol))
+            if n_run > n_check:
+                per_call = [measure.max_rel_diff([a], [b]) for a, b in zip(ref, outs)]
+                entry.update(rel_diff_per_call=per_call, max_rel_diff_all=max(per_call))
         if mode == "torch.compile":
             entry.update(torch_mirror.compile_counts())
         if mode in fresh:
@@ -231,7 +239,7 @@ def run_workload(wl: Workload, opts: Options, progress: Progress,
                          fallback_reasons=list(dict.fromkeys(cf.fallbacks)),
                          recompiles=len(cf.recompiles),
                          compiled_calls=sum(v.calls for v in cf.variants),
-                         eager_reason=cf.eager_reason)
+                         eager_reason=cf.eager_reason, **arena(cf))
         elif mode == "jax":
             entry["variants"] = jax_mirror.variants(runners[mode].fn)
     runners.clear()
@@ -250,7 +258,24 @@ def run_workload(wl: Workload, opts: Options, progress: Progress,
         for entry in res["modes"].values():
             if "us" in entry:
                 entry["x_bound"] = entry["us"] / res["bound_us"]
+    if wl.tolerance_why:
+        res["tolerance_why"] = wl.tolerance_why
+    if wl.goals:
+        res["goals"] = [g.judge(res["modes"]) for g in wl.goals]
     return res
+
+
+def arena(cf) -> dict:
+    """``cf``'s variants' arenas: the largest (MB), and the largest ratio of a variant's
+    arena to eager's peak of the same graph's intermediates (the memory plan's own figures);
+    nothing when no variant runs from an arena (the interpreter, and hybrid plans, whose
+    numpy kernels allocate)."""
+    plans = [v.memory for v in cf.variants if v.memory is not None
+             and isinstance(v.memory.arena_bytes, int) and v.memory.eager_peak_bytes]
+    if not plans:
+        return {}
+    return {"arena_mb": max(m.arena_bytes for m in plans) / 2**20,
+            "arena_vs_eager": max(m.arena_bytes / m.eager_peak_bytes for m in plans)}
 
 
 # ------------------------------------------------------------------ W6

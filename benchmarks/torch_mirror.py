@@ -45,7 +45,8 @@ def tensor(x):
 
 
 def _copy_model(model, tmodel):
-    """Copy the dyngrad model's parameters into ``tmodel``, matched by name."""
+    """Copy the dyngrad model's parameters into ``tmodel``, matched by name, and its mode
+    (training or eval)."""
     t = torch()
     ours = dict(model.named_parameters())
     theirs = dict(tmodel.named_parameters())
@@ -54,16 +55,22 @@ def _copy_model(model, tmodel):
     with t.no_grad():
         for name, p in theirs.items():
             p.copy_(t.from_numpy(ours[name].detach().numpy().copy()))
-    return tmodel
+    return tmodel.train(model.training)
+
+
+HYPERPARAMETERS = {"SGD": ("lr", "momentum"), "Adam": ("lr", "betas", "eps"),
+                   "Adadelta": ("lr", "rho", "eps")}  # what the mirrors copy, per optimizer
 
 
 def _optimizer(opt, params):
-    """The dyngrad optimizer's kind (SGD or Adam, default settings) and learning rate."""
+    """The dyngrad optimizer's kind and hyperparameters (:data:`HYPERPARAMETERS`; the rest
+    at their defaults, which dyngrad shares)."""
     t = torch()
     kind = type(opt).__name__
-    if kind not in ("SGD", "Adam"):
+    if kind not in HYPERPARAMETERS:
         raise NotImplementedError(f"no PyTorch mirror for optimizer {kind}")
-    return getattr(t.optim, kind)(params, lr=opt.param_groups[0]["lr"])
+    group = opt.param_groups[0]
+    return getattr(t.optim, kind)(params, **{h: group[h] for h in HYPERPARAMETERS[kind]})
 
 
 def _train_step(model, opt, loss_fn):
@@ -143,8 +150,77 @@ def language_model(inst: Instance) -> tuple:
     return _train_step(tm, _optimizer(inst.opt, tm.parameters()), loss), calls
 
 
+def _image_step(inst: Instance, tmodel, loss_name: str) -> tuple:
+    """A convnet step on ``inst``'s images and labels, ``tmodel`` given the dyngrad
+    model's weights."""
+    t = torch()
+    loss = getattr(t.nn.functional, loss_name)
+    tm = _copy_model(inst.model, tmodel)
+    calls = [tuple(tensor(a) for a in c) for c in inst.calls]
+    return _train_step(tm, _optimizer(inst.opt, tm.parameters()),
+                       lambda model, x, y: loss(model(x), y)), calls
+
+
+def mnist(inst: Instance) -> tuple:
+    """W7a: pytorch/examples' mnist ``Net``, as written there; nll_loss, Adadelta."""
+    t = torch()
+    nn, F = t.nn, t.nn.functional
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 32, 3, 1)
+            self.conv2 = nn.Conv2d(32, 64, 3, 1)
+            self.dropout1 = nn.Dropout(0.25)
+            self.dropout2 = nn.Dropout(0.5)
+            self.fc1 = nn.Linear(9216, 128)
+            self.fc2 = nn.Linear(128, 10)
+
+        def forward(self, x):
+            x = F.relu(self.conv2(F.relu(self.conv1(x))))
+            x = t.flatten(self.dropout1(F.max_pool2d(x, 2)), 1)
+            x = self.dropout2(F.relu(self.fc1(x)))
+            return F.log_softmax(self.fc2(x), dim=1)
+    return _image_step(inst, Net(), "nll_loss")
+
+
+def resnet(inst: Instance) -> tuple:
+    """W7b: the small ResNet (benchmarks/convnets.py), module for module; cross-entropy,
+    SGD with momentum."""
+    t = torch()
+    nn, F = t.nn, t.nn.functional
+
+    class BasicBlock(nn.Module):
+        def __init__(self, cin, cout, stride=1):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.shortcut = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            out = F.relu(self.bn1(self.conv1(x)))
+            return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+    class SmallResNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False),
+                                      nn.BatchNorm2d(16), nn.ReLU())
+            self.layers = nn.Sequential(BasicBlock(16, 16), BasicBlock(16, 32, stride=2))
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(32, 10)
+
+        def forward(self, x):
+            return self.fc(self.pool(self.layers(self.stem(x))).flatten(1))
+    return _image_step(inst, SmallResNet(), "cross_entropy")
+
+
 MIRRORS = {"mlp": mlp, "elementwise": elementwise, "control_flow": control_flow,
-           "language_model": language_model}  # by Workload.kind
+           "language_model": language_model, "mnist": mnist,
+           "resnet": resnet}  # by Workload.kind
 
 
 def compiled(step):
