@@ -873,3 +873,26 @@ def test_reproducible_bit_for_bit():
     fresh(ptrs, x.size)
     for u, w, z in zip(first, second, outs):
         assert u.tobytes() == w.tobytes() == z.tobytes()
+
+
+@pytest.mark.parametrize("dt,lanes", [(F32, 16), (F64, 8)], ids=["f32", "f64"])
+@pytest.mark.parametrize("n, run", [(3, 16), (2, 32), (5, 48)])
+def test_batchnorm_statistics_read_runs_in_the_documented_order(dt, lanes, n, run):
+    """A reduction over (N, ·, H·W) keeping the channels (BatchNorm's statistics), H·W a
+    multiple of the chunk: each chunk lies in one run of H·W and is read contiguously
+    (the run form) — and the sum is still bit for bit the documented order over the flat
+    reduced index (n-major), as is the second pass (x − mean) over the runs."""
+    from compiler.backends.llvm.reduce import ReduceBuilder
+    hw = 16 * lanes * run // 16
+    x = (rand((n, 3, hw), dt) * np.exp(rand((n, 3, hw), dt) * 3)).astype(dt.np)
+    g = Graph()
+    a = g.add_input((n, 3, hw), dt)
+    s = op(g, "sum", a, axes=(0, 2), keepdims=True)
+    d = op(g, "sub", a, op(g, "broadcast", s, shape=(n, 3, hw)))
+    grp = only_reduce_group(g, [s, d])
+    assert ReduceBuilder(g, grp)._run(16 * lanes) == (hw % (16 * lanes) == 0)
+    got_s, got_d = run_group(g, grp, [x])
+    want = np.array([_lane_order_sum(x[:, c, :].reshape(-1), lanes) for c in range(3)],
+                    dtype=dt.np)
+    np.testing.assert_array_equal(got_s.reshape(-1), want)
+    np.testing.assert_array_equal(got_d, x - want.reshape(1, 3, 1))

@@ -68,6 +68,12 @@ class ReduceBuilder(LoopBuilder):
             raise NotImplementedError("LLVM reduce codegen: empty reduction or output")
         self.space, self.loops = self.reduced, [("%o", tuple(range(len(self.reduced))))]
         self.extra = ""  # functions of a reduction split across threads (see build)
+        # the reduced dims after the last kept one (a contiguous run in every C-ordered
+        # buffer of the full shape) and those before it: see _run
+        last = max(self.kept, default=len(dims))
+        self.inner = tuple(k for k in self.red if k > last)
+        self.outer = tuple(k for k in self.red if k < last)
+        self.IR = math.prod(self.full[k] for k in self.inner)
 
     def node(self, n) -> None:
         src = n.inputs[0] if n.inputs else None
@@ -119,6 +125,21 @@ class ReduceBuilder(LoopBuilder):
         self.space = self.full
         self.loops = [("%o", self.kept), (var, self.red)]
 
+    def _in_space_run(self, j: str, i: str) -> None:
+        """The full space with the reduced index split: ``j`` over the reduced dims before
+        the last kept one, ``i`` over the run of those after it (see :meth:`_run`)."""
+        self.space = self.full
+        self.loops = [("%o", self.kept), (j, self.outer), (i, self.inner)]
+
+    def _run(self, B: int) -> bool:
+        """Whether the reduced elements are runs of ``IR`` along the trailing dims (BatchNorm's
+        statistics: N runs of H·W per channel) with ``IR`` a multiple of the chunk ``B``:
+        then each chunk lies in one run, and its elements are read at a run index
+        ``i0 + k`` — contiguous, vector loads — instead of addresses divided out of the
+        flat reduced index element by element (gathers). The chunks and their order are the
+        same: so are the bits."""
+        return bool(self.inner) and bool(self.outer) and self.IR % B == 0
+
     def _in_space_k(self) -> None:
         self.space = self.reduced
         self.loops = [("%o", tuple(range(len(self.reduced))))]
@@ -139,7 +160,10 @@ class ReduceBuilder(LoopBuilder):
     def _lane(self, var: str, reductions, pre_s, s_outputs, base) -> list:
         """Evaluate the prologue at reduced index ``var``; returns each reduction's value."""
         self.at_i = dict(base)
-        self._in_space_s(var)
+        if isinstance(var, tuple):  # (run index: see _run)
+            self._in_space_run(*var)
+        else:
+            self._in_space_s(var)
         for i in pre_s:
             self.node(self.g.nodes[i])
         for arg, v in s_outputs:
@@ -239,6 +263,7 @@ class ReduceBuilder(LoopBuilder):
         for m, t in enumerate(tys):
             self.line(f"%tmp{m} = alloca [{B} x {t}], align 64")
         blocked = not self.reduced and not post_s and not pre_k and self.R >= threads.PAR_MIN
+        run = not blocked and self._run(B)
         #  (the blocks function is one of its own: scalars computed before the loop, pre_k,
         #   are not in it — such groups take the one-thread form)
         CB = _BLOCK_CHUNKS
@@ -281,9 +306,16 @@ class ReduceBuilder(LoopBuilder):
             with self.loop("%c", c1, start=c0, block="chunk", exit="chunk.end", entered=guard,
                            carry=[(f"%acc{m}", vec[m], first[m]) for m in range(len(tys))]
                            ) as chunk:
-                cb = self.emit(f"mul nuw nsw i64 %c, {B}")
+                if run:  # chunk c: run j = c / (IR/B), from i0 = (c mod IR/B)·B
+                    per = self.IR // B
+                    j = self.emit(f"udiv i64 %c, {per}")
+                    i0 = self.emit(f"mul nuw nsw i64 {self.emit(f'urem i64 %c, {per}')}, {B}")
+                else:
+                    cb = self.emit(f"mul nuw nsw i64 %c, {B}")
                 with self.loop("%k", B, block="inner", exit="chunk.acc") as inner:
-                    values_into_tmp(self.emit(f"add nuw nsw i64 {cb}, %k"), "%k")
+                    r = (j, self.emit(f"add nuw nsw i64 {i0}, %k")) if run else \
+                        self.emit(f"add nuw nsw i64 {cb}, %k")
+                    values_into_tmp(r, "%k")
                     inner.hint = interleaved(self.vecmath, B)
                 chunk.next = accumulate(chunk.carried, B // L)
             if guard:  # the lanes from the loop, or as they came when it was skipped
@@ -336,14 +368,26 @@ class ReduceBuilder(LoopBuilder):
                 self._store(v, arg, c_strides(self.reduced))
             if post_s:
                 kbase = dict(self.at_i)
-                with self.loop("%p", self.R, block="post", exit="post.end"):
-                    self.at_i = kbase
-                    self._in_space_s("%p")
+
+                def second_pass() -> None:
                     for i in pre_s + post_s:
                         if id(nodes[i].out) not in kbase:
                             self.node(nodes[i])
                     for arg, v in s_post_out:
                         self._store(v, arg, c_strides(self.full))
+
+                if self._run(1):  # (runs: contiguous, as the chunks above)
+                    with self.loop("%pj", math.prod(self.full[k] for k in self.outer),
+                                   block="post", exit="post.end", latch="post.jend"):
+                        with self.loop("%pi", self.IR, block="post.i", exit="post.jend"):
+                            self.at_i = dict(kbase)
+                            self._in_space_run("%pj", "%pi")
+                            second_pass()
+                else:
+                    with self.loop("%p", self.R, block="post", exit="post.end"):
+                        self.at_i = kbase
+                        self._in_space_s("%p")
+                        second_pass()
         self.line("ret void")
         text = (
             (prelude_ir(self.vecmath) + self.declarations() if prelude else "")
