@@ -270,3 +270,27 @@ def test_a_sum_over_size_one_axes_of_an_input_is_a_relabelled_read(shape, axes):
     y = randf(*s.shape) if s.shape else np.array(randf(1)[0])
     env = evaluate(g, {id(a): x, id(b): y})
     assert check_groups(g, [whole_group(g)], env) == 1
+
+
+@pytest.mark.parametrize("shape", [(64, 64, 24, 24), (3, 5, 7, 9), (2, 40, 16, 16), (70, 33)])
+def test_broadcast_rows_run_over_the_longest_trailing_run_and_split_across_threads(shape):
+    """A bias broadcast over a conv's output, + relu, and its mask: the kernel loops rows x
+    the run of trailing dims the bias is constant over (no division of the inner index),
+    big ones split by whole rows across the pool — the same bits as eager."""
+    import compiler
+    import dyngrad as dg
+    from compiler.backends.llvm import loops
+    r = np.random.default_rng(0)
+    x = dg.tensor(r.standard_normal(shape).astype(np.float32))
+    b = dg.tensor(r.standard_normal((1, shape[1]) + (1,) * (len(shape) - 2)).astype(np.float32))
+    fn = lambda x, b: ((x + b).relu(), (x + b) > 0)  # noqa: E731
+    f = compiler.compile(fn, backend="llvm")
+    for _ in range(2):
+        got = f(x, b)
+    for g, w in zip(got, fn(x, b), strict=True):
+        assert np.array_equal(g.numpy(), w.numpy())
+    from compiler.passes.fusion import fuse
+    graph = f.variants[0].trace.graph
+    groups = [grp for grp in fuse(graph) if grp.kind == "elementwise"]
+    text = loops.LoopBuilder(graph, groups[0]).build()[0]
+    assert "udiv i64 %i," not in text and "urem i64 %i," not in text

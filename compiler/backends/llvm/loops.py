@@ -84,7 +84,8 @@ class LoopBuilder(KernelBuilder):
         # (row-major each): one flat %i here; (%o kept, %r reduced) in a reduction kernel
         self.space = self.full
         self.loops = [("%i", tuple(range(len(self.full))))]
-        self.nested = False  # one flat loop; build() retries as rows x last dim if it pays
+        self.nested = 0  # trailing dims of an inner loop (0: one flat loop); build() retries
+        #                  as rows x a run of the trailing dims if it pays
         self.ptr: dict[int, str] = {}  # id(buffer value) -> pointer param
         self.at_i: dict[int, tuple] = {}  # id(value) -> (ssa, lltype) at iteration point i
         self.reads: dict[tuple, str] = {}
@@ -248,8 +249,9 @@ class LoopBuilder(KernelBuilder):
         for k, v in enumerate(grp.inputs):
             self.ptr[id(v)] = f"%a{k}"
         nested = self.nested
-        if nested:  # rows x a long last dim: a broadcast read is affine in the inner index
-            self.loops = [("%o", tuple(range(len(self.full) - 1))), ("%i", (len(self.full) - 1,))]
+        if nested:  # rows x a run of trailing dims: a broadcast read is affine in the run
+            d = len(self.full) - nested
+            self.loops = [("%o", tuple(range(d))), ("%i", tuple(range(d, len(self.full))))]
         for i in grp.nodes:
             self.node(self.g.nodes[i])
         params = []
@@ -277,7 +279,10 @@ class LoopBuilder(KernelBuilder):
         loop = Emitter()
         loop.label("entry")
         if nested:
-            rows, inner = math.prod(self.full[:-1]), self.full[-1]
+            rows, inner = math.prod(self.full[:-nested]), math.prod(self.full[-nested:])
+        else:
+            rows, inner = math.prod(self.full), 1
+        if nested:
             with loop.loop("%o", rows, block="outer", exit="exit"):
                 with loop.loop("%i", inner, block="loop", exit="loop.end", more="%more",
                                hint=interleaved(self.vecmath, inner)):
@@ -290,33 +295,56 @@ class LoopBuilder(KernelBuilder):
                 loop.lines.append(body)
         loop.line("ret void")
         if not nested and len(self.full) >= 2 and self.full[-1] >= _NEST_MIN and (
-                "udiv" in body or "urem" in body):  # broadcast reads: rows x last dim
-            b = type(self)(self.g, self.group)
-            b.nested = True
-            built = b.build(name, prelude)
-            self.vecmath = b.vecmath
-            return built
+                "udiv" in body or "urem" in body):  # broadcast reads: rows x a run
+            return self._nest(name, prelude)
         n_static = math.prod(self.full)
-        if not nested and n_static >= 2 * _PAR_BLOCK and threads.find():
-            return self._parallel(name, prelude, params, body, entry, n_static), name, layout
+        if n_static >= 2 * _PAR_BLOCK and threads.find():
+            return self._parallel(name, prelude, params, body, entry, rows,
+                                  inner), name, layout
         text = (
             (prelude_ir(self.vecmath) if prelude else "")
             + loop.function(f"define internal void @{name}_body({', '.join(params + ['i64 %n'])}) "
                             "alwaysinline") + entry)
         return text, name, layout
 
-    def _parallel(self, name, prelude, params, body, entry, n) -> str:
-        """A big flat kernel on the thread pool (``threads.py``): blocks of ``_PAR_BLOCK``
-        elements, each a part of its own (each element is computed alone, so the result
-        does not depend on the split)."""
+    def _nest(self, name: str, prelude: bool) -> tuple:
+        """The kernel as rows x a run of trailing dims: the longest run (of at least
+        ``_NEST_MIN`` elements) over which no read divides the inner index — a bias
+        broadcast over a conv's (N, C, H, W) output reads one element per row, so the run
+        is H·W — else the last dim."""
+        built = None
+        for k in range(len(self.full) - 1, 0, -1):
+            if math.prod(self.full[-k:]) < _NEST_MIN:
+                continue
+            b = type(self)(self.g, self.group)
+            b.nested = k
+            built = b.build(name, prelude)
+            if "udiv i64 %i," not in built[0] and "urem i64 %i," not in built[0]:
+                break
+        self.vecmath, self.par = b.vecmath, getattr(b, "par", False)
+        return built
+
+    def _parallel(self, name, prelude, params, body, entry, rows, inner) -> str:
+        """A big kernel on the thread pool (``threads.py``): blocks of about ``_PAR_BLOCK``
+        elements — whole rows of a nested kernel (``inner`` elements each; 1: flat) — each
+        a part of its own (each element is computed alone, so the result does not depend on
+        the split)."""
         k_args = len(params)
-        nb = -(-n // _PAR_BLOCK)
+        per = max(1, _PAR_BLOCK // inner)  # rows per block
+        nb = -(-rows // per)
+        n, blk = rows, per
         ptrs = ", ".join(f"ptr %a{k}" for k in range(k_args))
         rng = Emitter()
         rng.label("entry")
-        with rng.loop("%i", "%hi", start="%lo", block="loop", exit="exit", more="%more",
-                      hint=interleaved(self.vecmath, n)):
-            rng.lines.append(body)
+        if inner == 1:
+            with rng.loop("%i", "%hi", start="%lo", block="loop", exit="exit", more="%more",
+                          hint=interleaved(self.vecmath, n)):
+                rng.lines.append(body)
+        else:
+            with rng.loop("%o", "%hi", start="%lo", block="outer", exit="exit"):
+                with rng.loop("%i", inner, block="loop", exit="loop.end", more="%more",
+                              hint=interleaved(self.vecmath, inner)):
+                    rng.lines.append(body)
         rng.line("ret void")
         blocks = Emitter()
         blocks.label("entry")
@@ -324,8 +352,8 @@ class LoopBuilder(KernelBuilder):
             blocks.line(f"%x{k} = getelementptr inbounds ptr, ptr %ctx, i64 {k}")
             blocks.line(f"%a{k} = load ptr, ptr %x{k}")
         with blocks.parallel_for(nb):
-            blocks.line(f"%lo = mul nuw nsw i64 %b, {_PAR_BLOCK}")
-            blocks.line(f"%hi0 = add nuw nsw i64 %lo, {_PAR_BLOCK}")
+            blocks.line(f"%lo = mul nuw nsw i64 %b, {blk}")
+            blocks.line(f"%hi0 = add nuw nsw i64 %lo, {blk}")
             blocks.line(f"%lt = icmp slt i64 %hi0, {n}")
             blocks.line(f"%hi = select i1 %lt, i64 %hi0, i64 {n}")
             blocks.line(f"call void @{name}_range({ptrs}, i64 %lo, i64 %hi)")
