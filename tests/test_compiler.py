@@ -1278,8 +1278,9 @@ def test_verify_raises_when_a_node_literal_of_the_step_is_corrupted():
     x, y = batch(0)
     cf(x, y)
     cf(x, y)  # the first call made the momentum buffers: this one traces the variant
-    relu = next(n for n in _serving(cf).trace.graph.nodes if n.prim.name == "maximum")
-    relu.inputs = [relu.inputs[0], -1.0]  # relu becomes max(x, -1): deliberately wrong
+    # relu is where(x <= 0, 0, x): its mask becomes x <= -1, deliberately wrong
+    mask = next(n for n in _serving(cf).trace.graph.nodes if n.prim.name == "le")
+    mask.inputs = [mask.inputs[0], -1.0]
     _rebuild_plan(cf)
     with pytest.raises(compiler.CompileVerifyError, match="differs"):
         cf(x, y)
@@ -1332,7 +1333,7 @@ def test_explain_shows_guards_scalars_baked_numbers_writes_and_the_ir(capsys):
     assert "guards:" in text and "shape of argument 0 == (8, 16)" in text
     assert "grad mode == True" in text and "._version == " in text  # (the model, by its source)
     assert "runtime scalar inputs: lr" in text and "momentum" in text
-    assert "numbers in the graph" in text and "maximum literal = 0.0" in text
+    assert "numbers in the graph" in text and "le literal = 0.0" in text
     assert "writes: parameter" in text
     assert "IR before passes:" in text and "IR after passes:" in text
     before = text.split("IR before passes:")[1].split("IR after passes:")[0]

@@ -23,10 +23,15 @@ def _split_of(cf):
     return cf.variants[0].backward.parts
 
 
+class _Square(nn.Module):
+    def forward(self, x):
+        return x * x
+
+
 def test_cheap_elementwise_values_are_recomputed_and_transcendentals_saved():
     dg.manual_seed(0)
-    m = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.Tanh(),
-                      nn.Linear(32, 1))
+    m = nn.Sequential(nn.Linear(16, 32), _Square(), nn.Linear(32, 32), nn.Tanh(),
+                      nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1))
     m2 = copy.deepcopy(m)
     cf = _compiled_loss(m2)
     x, y = dg.randn(8, 16), dg.randn(8, 1)
@@ -37,13 +42,17 @@ def test_cheap_elementwise_values_are_recomputed_and_transcendentals_saved():
     for p, q in zip(m.parameters(), m2.parameters()):  # bit for bit on the interpreter
         assert np.array_equal(p.grad.numpy(), q.grad.numpy())
     parts = _split_of(cf)
-    producer = {id(n.out): n for n in cf.variants[0].trace.graph.nodes}
-    saved_ops = {producer[id(v)].prim.name for v in parts.backward.inputs if id(v) in producer}
+    graph = cf.variants[0].trace.graph
+    producer = {id(n.out): n for n in graph.nodes}
+    saved_ops = [producer[id(v)].prim.name for v in parts.backward.inputs if id(v) in producer]
     assert "tanh" in saved_ops  # compute-bound: saved, not recomputed
-    assert "maximum" not in saved_ops  # relu: recomputed from its saved input
-    recomputed = [n.prim.name for n in parts.backward.nodes if id(n.out) in producer and
-                  n in cf.variants[0].trace.graph.nodes]
-    assert "maximum" in recomputed
+    square = next(n for n in graph.nodes if n.prim.name == "mul" and
+                  n.inputs[0] is n.inputs[1])
+    assert all(v is not square.out for v in parts.backward.inputs)  # x * x: not saved ...
+    assert square in parts.backward.nodes  # ... but recomputed from x, which is saved anyway
+    # relu, where(x <= 0, 0, x): its output (the next weight's gradient reads it) and its
+    # one-byte mask are saved; nothing recomputes them (the pre-activation is not saved)
+    assert saved_ops.count("where") == 1 and saved_ops.count("le") == 1
 
 
 def test_the_cost_model_weighs_bytes_against_arithmetic():
