@@ -896,3 +896,24 @@ def test_batchnorm_statistics_read_runs_in_the_documented_order(dt, lanes, n, ru
                     dtype=dt.np)
     np.testing.assert_array_equal(got_s.reshape(-1), want)
     np.testing.assert_array_equal(got_d, x - want.reshape(1, 3, 1))
+
+
+@pytest.mark.parametrize("dt,lanes", [(F32, 16), (F64, 8)], ids=["f32", "f64"])
+def test_runs_that_are_not_a_multiple_of_the_chunk_read_in_chunks_dividing_them(dt, lanes):
+    """A conv's bias gradient over 24×24 maps: runs of 576, not a multiple of 16 vectors.
+    The chunk becomes the largest multiple of the vector dividing the run (192 floats, 96
+    doubles), so the run form still applies — with the same bits as the documented lane
+    order, which does not depend on the chunk."""
+    from compiler.backends.llvm.reduce import ReduceBuilder
+    n, hw = 3, 576
+    x = (rand((n, 4, hw), dt) * np.exp(rand((n, 4, hw), dt) * 3)).astype(dt.np)
+    g = Graph()
+    a = g.add_input((n, 4, hw), dt)
+    s = op(g, "sum", a, axes=(0, 2), keepdims=True)
+    grp = only_reduce_group(g, [s])
+    b = ReduceBuilder(g, grp)
+    assert b._chunk(lanes) == 12 * lanes and b._run(b._chunk(lanes))
+    (got,) = run_group(g, grp, [x])
+    want = np.array([_lane_order_sum(x[:, c, :].reshape(-1), lanes) for c in range(4)],
+                    dtype=dt.np)
+    np.testing.assert_array_equal(got.reshape(-1), want)
