@@ -917,3 +917,30 @@ def test_runs_that_are_not_a_multiple_of_the_chunk_read_in_chunks_dividing_them(
     want = np.array([_lane_order_sum(x[:, c, :].reshape(-1), lanes) for c in range(4)],
                     dtype=dt.np)
     np.testing.assert_array_equal(got.reshape(-1), want)
+
+
+@pytest.mark.parametrize("dt,lanes", [(F32, 16), (F64, 8)], ids=["f32", "f64"])
+@pytest.mark.parametrize("hw", [676, 300, 1004])
+def test_runs_longer_than_a_chunk_read_each_chunk_as_its_two_pieces(dt, lanes, hw):
+    """Runs of 676 (a 26×26 map; 300, 1004 too): no multiple of whole vectors divides them
+    into chunks, so a chunk may span the end of one run and the start of the next — it is
+    read as those two contiguous pieces, into the lanes of the documented flat order: the
+    same bits. And the second pass (x − sum) over the runs."""
+    from compiler.backends.llvm.reduce import ReduceBuilder
+    n = 3
+    x = (rand((n, 4, hw), dt) * np.exp(rand((n, 4, hw), dt) * 3)).astype(dt.np)
+    g = Graph()
+    a = g.add_input((n, 4, hw), dt)
+    s = op(g, "sum", a, axes=(0, 2), keepdims=True)
+    d = op(g, "sub", a, op(g, "broadcast", s, shape=(n, 4, hw)))
+    grp = only_reduce_group(g, [s, d])
+    b = ReduceBuilder(g, grp)
+    B = b._chunk(lanes)
+    assert hw % B and not b._run(B) and b._split_runs(B)
+    text = b.build()[0]
+    assert "inner2:" in text  # (the form under test)
+    got_s, got_d = run_group(g, grp, [x])
+    want = np.array([_lane_order_sum(x[:, c, :].reshape(-1), lanes) for c in range(4)],
+                    dtype=dt.np)
+    np.testing.assert_array_equal(got_s.reshape(-1), want)
+    np.testing.assert_array_equal(got_d, x - want.reshape(1, 4, 1))

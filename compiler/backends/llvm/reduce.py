@@ -140,6 +140,14 @@ class ReduceBuilder(LoopBuilder):
         same: so are the bits."""
         return bool(self.inner) and bool(self.outer) and self.IR % B == 0
 
+    def _split_runs(self, B: int) -> bool:
+        """Whether the reduced elements are runs of ``IR`` (see :meth:`_run`) at least a chunk
+        long but not a multiple of it (a conv's bias gradient over 26×26 maps: 676): then a
+        chunk lies in one run or spans the end of one and the start of the next, and is
+        read as those two contiguous pieces — the same elements into the same lanes as the
+        flat order, so the same bits."""
+        return bool(self.inner) and bool(self.outer) and self.IR >= B and self.IR % B != 0
+
     def _chunk(self, L: int) -> int:
         """Elements per chunk: ``_CHUNK`` vectors of ``L`` — or, when the reduced elements
         are runs (see :meth:`_run`) of a length ``IR`` that is a multiple of ``L`` but not of
@@ -278,6 +286,7 @@ class ReduceBuilder(LoopBuilder):
             self.line(f"%tmp{m} = alloca [{B} x {t}], align 64")
         blocked = not self.reduced and not post_s and not pre_k and self.R >= threads.PAR_MIN
         run = not blocked and self._run(B)
+        split = not blocked and not run and self._split_runs(B)
         #  (the blocks function is one of its own: scalars computed before the loop, pre_k,
         #   are not in it — such groups take the one-thread form)
         CB = _BLOCK_CHUNKS
@@ -324,13 +333,31 @@ class ReduceBuilder(LoopBuilder):
                     per = self.IR // B
                     j = self.emit(f"udiv i64 %c, {per}")
                     i0 = self.emit(f"mul nuw nsw i64 {self.emit(f'urem i64 %c, {per}')}, {B}")
+                elif split:  # chunk c: the rest of run j from i0, then the next run's start
+                    cb = self.emit(f"mul nuw nsw i64 %c, {B}")
+                    j = self.emit(f"udiv i64 {cb}, {self.IR}")
+                    i0 = self.emit(f"urem i64 {cb}, {self.IR}")
+                    n1 = self.min(self.emit(f"sub nuw nsw i64 {self.IR}, {i0}"), B)
+                    with self.loop("%k", n1, block="inner", exit="inner.end") as inner:
+                        values_into_tmp((j, self.emit(f"add nuw nsw i64 {i0}, %k")), "%k")
+                        inner.hint = interleaved(self.vecmath, B)
+                    j1 = self.emit(f"add nuw nsw i64 {j}, 1")
+                    with self.when(self.emit(f"icmp slt i64 {n1}, {B}")):
+                        with self.loop("%k2", B, start=n1, block="inner2",
+                                       exit="inner2.end") as inner2:
+                            values_into_tmp((j1, self.emit(f"sub nuw nsw i64 %k2, {n1}")),
+                                            "%k2")
+                            inner2.hint = interleaved(self.vecmath, B)
+                    self.jump("chunk.acc")
+                    self.label("chunk.acc")
                 else:
                     cb = self.emit(f"mul nuw nsw i64 %c, {B}")
-                with self.loop("%k", B, block="inner", exit="chunk.acc") as inner:
-                    r = (j, self.emit(f"add nuw nsw i64 {i0}, %k")) if run else \
-                        self.emit(f"add nuw nsw i64 {cb}, %k")
-                    values_into_tmp(r, "%k")
-                    inner.hint = interleaved(self.vecmath, B)
+                if not split:
+                    with self.loop("%k", B, block="inner", exit="chunk.acc") as inner:
+                        r = (j, self.emit(f"add nuw nsw i64 {i0}, %k")) if run else \
+                            self.emit(f"add nuw nsw i64 {cb}, %k")
+                        values_into_tmp(r, "%k")
+                        inner.hint = interleaved(self.vecmath, B)
                 chunk.next = accumulate(chunk.carried, B // L)
             if guard:  # the lanes from the loop, or as they came when it was skipped
                 return [self.emit(f"phi {vec[m]} [{first[m]}, %{pred}], "
