@@ -913,6 +913,11 @@ def test_runs_that_are_not_a_multiple_of_the_chunk_read_in_chunks_dividing_them(
     grp = only_reduce_group(g, [s])
     b = ReduceBuilder(g, grp)
     assert b._chunk(lanes) == 12 * lanes and b._run(b._chunk(lanes))
+    g2 = Graph()  # runs of 544 floats (34 vectors: divisors 2 and 17): the split form's chunk
+    a2 = g2.add_input((n, 4, 544), dt)
+    b2 = ReduceBuilder(g2, only_reduce_group(g2, [op(g2, "sum", a2, axes=(0, 2),
+                                                      keepdims=True)]))
+    assert b2._chunk(16) == 256 and b2._split_runs(256)
     (got,) = run_group(g, grp, [x])
     want = np.array([_lane_order_sum(x[:, c, :].reshape(-1), lanes) for c in range(4)],
                     dtype=dt.np)

@@ -151,15 +151,17 @@ class ReduceBuilder(LoopBuilder):
     def _chunk(self, L: int) -> int:
         """Elements per chunk: ``_CHUNK`` vectors of ``L`` — or, when the reduced elements
         are runs (see :meth:`_run`) of a length ``IR`` that is a multiple of ``L`` but not of
-        that, the largest multiple of ``L`` up to it dividing ``IR`` (at least two vectors:
-        a conv's bias gradient over 24×24 maps reads runs of 576 in chunks of 192). Lane j
-        takes elements j, j + L, ... in order whatever the chunk (the remainder's lanes too),
-        so the sum's bits do not depend on it."""
+        that, the largest multiple of ``L`` up to it dividing ``IR``: a conv's bias gradient
+        over 24×24 maps reads runs of 576 in chunks of 192. Not under 4 vectors for a run
+        longer than ``_CHUNK`` vectors (544 floats, 34 vectors, would take chunks of 2):
+        that takes the split form (:meth:`_split_runs`) instead. Lane j takes elements j,
+        j + L, ... in order whatever the chunk (the remainder's lanes too), so the sum's
+        bits do not depend on it."""
         B = _CHUNK * L
         if self.inner and self.outer and self.IR % B and self.IR % L == 0:
             c = next(c for c in range(_CHUNK, 0, -1) if (self.IR // L) % c == 0)
-            if c >= 2:
-                return c * L
+            if c >= 4 or (c >= 2 and self.IR < B):  # (a longer run with only small
+                return c * L  # divisors, 544 = 34 vectors: the split form's whole chunks)
         return B
 
     def _in_space_k(self) -> None:
