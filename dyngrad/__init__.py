@@ -233,6 +233,11 @@ def scatter_add(input, dim, index, src):
     return input.scatter_add(dim, index, src)
 
 
+def scatter(input, dim, index, src=None, *, value=None, reduce=None):
+    """``torch.scatter`` (see Tensor.scatter)."""
+    return input.scatter(dim, index, src, value=value, reduce=reduce)
+
+
 def spmm(input, mat2):
     """``torch.spmm``: a matrix product whose first operand PyTorch allows sparse; dyngrad
     has dense tensors only, so it is ``mm`` (a sparse operand raises there)."""
@@ -275,7 +280,7 @@ __all__ = [
     "reshape", "expand", "broadcast_to", "permute", "transpose", "squeeze", "unsqueeze",
     "flatten", "narrow", "cat", "concat", "stack", "split", "chunk", "unbind",
     "matmul", "mm", "bmm", "dot", "outer", "gather", "take_along_dim", "index_select",
-    "scatter_add", "index_add", "spmm", "nonzero", "argwhere",
+    "scatter_add", "scatter", "index_add", "spmm", "nonzero", "argwhere",
     "one_hot",
     "tril", "triu", "t", "swapaxes", "swapdims", "meshgrid", "sinh", "cosh", "trunc", "fix",
     "repeat_interleave", "einsum", "cumsum", "cumprod", "sort", "argsort", "topk", "msort",

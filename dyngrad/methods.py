@@ -185,6 +185,12 @@ def _scatter_add_(self, dim, index, src):
     return self._commit(_i.scatter_add_dim(self, dim, index, src), "scatter_add_")
 
 
+def _scatter_(self, dim, index, src=None, *, value=None, reduce=None):
+    self._check_inplace("scatter_")
+    return self._commit(_i.scatter_dim(self, dim, index, src, value=value, reduce=reduce),
+                        "scatter_")
+
+
 def _index_add_(self, dim, index, source, *, alpha=1):
     self._check_inplace("index_add_")
     return self._commit(_i.index_add(self, dim, index, source, alpha=alpha), "index_add_")
@@ -262,6 +268,7 @@ METHODS: tuple[Method, ...] = (
         gather=lambda self, dim, index: _i.take_along_dim(self, index, dim),
         take_along_dim=lambda self, indices, dim: _i.take_along_dim(self, indices, dim),
         index_select=_i.index_select, scatter_add=_i.scatter_add_dim, index_add=_i.index_add,
+        scatter=_i.scatter_dim,
         nonzero=_i.nonzero, argwhere=_i.nonzero,
         matmul=_l.matmul, mm=_l.mm, bmm=_l.bmm, dot=_l.dot, outer=_l.outer,
         # tensor functions (dyngrad/ops/composites.py, scan.py)
@@ -281,7 +288,7 @@ METHODS: tuple[Method, ...] = (
         char=lambda self: _to(self, "int8"), byte=lambda self: _to(self, "uint8"),
         __setitem__=_setitem, __getitem__=_i.getitem,
         masked_fill_=_masked_fill_,
-        scatter_add_=_scatter_add_, index_add_=_index_add_,
+        scatter_add_=_scatter_add_, index_add_=_index_add_, scatter_=_scatter_,
         # unary operators
         __neg__=_e.neg, __abs__=_e.abs, __pos__=lambda self: self,
         __invert__=_e.logical_not,
