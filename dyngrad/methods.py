@@ -34,6 +34,7 @@ from .ops import movement as _m
 from .ops import random as _rnd
 from .ops import reduce as _r
 from .ops import scan as _s
+from .ops import scatter as _sc
 from .ops.primitive import quiet
 from .tensor import UPWARD, Tensor, to_arguments
 
@@ -187,7 +188,7 @@ def _scatter_add_(self, dim, index, src):
 
 def _scatter_(self, dim, index, src=None, *, value=None, reduce=None):
     self._check_inplace("scatter_")
-    return self._commit(_i.scatter_dim(self, dim, index, src, value=value, reduce=reduce),
+    return self._commit(_sc.scatter_dim(self, dim, index, src, value=value, reduce=reduce),
                         "scatter_")
 
 
@@ -268,7 +269,7 @@ METHODS: tuple[Method, ...] = (
         gather=lambda self, dim, index: _i.take_along_dim(self, index, dim),
         take_along_dim=lambda self, indices, dim: _i.take_along_dim(self, indices, dim),
         index_select=_i.index_select, scatter_add=_i.scatter_add_dim, index_add=_i.index_add,
-        scatter=_i.scatter_dim,
+        scatter=_sc.scatter_dim,
         nonzero=_i.nonzero, argwhere=_i.nonzero,
         matmul=_l.matmul, mm=_l.mm, bmm=_l.bmm, dot=_l.dot, outer=_l.outer,
         # tensor functions (dyngrad/ops/composites.py, scan.py)

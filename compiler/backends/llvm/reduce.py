@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from dyngrad import dtypes as _dt
+
 from ... import prims
 from ...ir import Value
 from ...prims import CONSTANT, MAP, REDUCTION, Lowerings, traits
@@ -251,7 +253,7 @@ class ReduceBuilder(LoopBuilder):
         for i in reductions:
             n = nodes[i]
             dt = n.out.dtype.name
-            bool_sum = n.prim is prims.SUM and n.inputs[0].dtype.name == "bool"  # (-> int64)
+            bool_sum = n.prim is prims.SUM and n.inputs[0].dtype is _dt.bool_  # (-> int64)
             if dt not in ("float32", "float64", "int64") or (
                     n.inputs[0].dtype is not n.out.dtype and not bool_sum):
                 raise NotImplementedError(f"LLVM reduce codegen: {n.prim.name} of dtype "
