@@ -43,12 +43,13 @@ COMPILED_TESTS := tests/test_compiler.py tests/test_footguns.py tests/test_sound
 	tests/test_random_programs.py tests/test_footguns_sources.py tests/test_footguns_history.py \
 	tests/test_random_sources.py tests/test_footguns_replay.py
 # (the AVX2 pass runs 4 of the 16 chunks of random programs, without the coverage check
-# that would run the rest: they add time, not code paths)
+# that would run the rest, and not test_compiler.py, whose kernels the codegen tests
+# cover: they add time, not code paths)
 AVX2_SHORT := (not random_programs_compiled_equal_eager_bit_for_bit and not \
 	really_ran_compiled_and_covered) or seeds_0_ or seeds_100_ or seeds_200_ or seeds_300_
 LLVM_TESTS := tests/test_llvm_*.py tests/test_vecmath.py tests/test_codegen*.py tests/test_window_lowering.py \
-	tests/test_target.py tests/test_profile.py tests/test_compiler.py tests/test_footguns.py \
-	tests/test_soundness.py tests/test_random_programs.py
+	tests/test_target.py tests/test_profile.py tests/test_footguns.py tests/test_soundness.py \
+	tests/test_random_programs.py
 
 # The capture (compiler/capture/) interprets CPython bytecode: its tests run again on every
 # other CPython it understands that pyenv has on the machine (3.12, 3.13), each in a venv of
