@@ -925,12 +925,13 @@ def test_runs_that_are_not_a_multiple_of_the_chunk_read_in_chunks_dividing_them(
 
 
 @pytest.mark.parametrize("dt,lanes", [(F32, 16), (F64, 8)], ids=["f32", "f64"])
-@pytest.mark.parametrize("hw", [676, 300, 1004])
-def test_runs_longer_than_a_chunk_read_each_chunk_as_its_two_pieces(dt, lanes, hw):
-    """Runs of 676 (a 26×26 map; 300, 1004 too): no multiple of whole vectors divides them
-    into chunks, so a chunk may span the end of one run and the start of the next — it is
-    read as those two contiguous pieces, into the lanes of the documented flat order: the
-    same bits. And the second pass (x − sum) over the runs."""
+@pytest.mark.parametrize("hw", [676, 300, 1004, 196, 169, 49, 36])
+def test_runs_chunks_do_not_tile_read_each_chunk_as_its_pieces(dt, lanes, hw):
+    """Runs of 676 (a 26×26 map; 300, 1004 too) or of 196, 169, 49 (14×14, 13×13, 7×7
+    maps; 36): no multiple of whole vectors divides them into chunks, so a chunk may span
+    the end of one run, whole runs and the start of another — it is read as those
+    contiguous pieces, into the lanes of the documented flat order: the same bits. And the
+    second pass (x − sum) over the runs."""
     from compiler.backends.llvm.reduce import ReduceBuilder
     n = 3
     x = (rand((n, 4, hw), dt) * np.exp(rand((n, 4, hw), dt) * 3)).astype(dt.np)
@@ -943,9 +944,26 @@ def test_runs_longer_than_a_chunk_read_each_chunk_as_its_two_pieces(dt, lanes, h
     B = b._chunk(lanes)
     assert hw % B and not b._run(B) and b._split_runs(B)
     text = b.build()[0]
-    assert "inner2:" in text  # (the form under test)
+    assert "piece:" in text  # (the form under test)
     got_s, got_d = run_group(g, grp, [x])
     want = np.array([_lane_order_sum(x[:, c, :].reshape(-1), lanes) for c in range(4)],
                     dtype=dt.np)
     np.testing.assert_array_equal(got_s.reshape(-1), want)
     np.testing.assert_array_equal(got_d, x - want.reshape(1, 4, 1))
+
+
+def test_runs_shorter_than_two_vectors_stay_on_the_flat_form():
+    """Runs of 9 (3×3 maps): pieces under a vector each would gain nothing over the flat
+    form's divided-out addresses, which still give the documented bits."""
+    from compiler.backends.llvm.reduce import ReduceBuilder
+    x = rand((5, 4, 9), F32)
+    g = Graph()
+    a = g.add_input((5, 4, 9), F32)
+    s = op(g, "sum", a, axes=(0, 2), keepdims=True)
+    grp = only_reduce_group(g, [s])
+    b = ReduceBuilder(g, grp)
+    assert not b._run(b._chunk(16)) and not b._split_runs(b._chunk(16))
+    (got,) = run_group(g, grp, [x])
+    want = np.array([_lane_order_sum(x[:, c, :].reshape(-1), 16) for c in range(4)],
+                    dtype=np.float32)
+    np.testing.assert_array_equal(got.reshape(-1), want)

@@ -143,12 +143,15 @@ class ReduceBuilder(LoopBuilder):
         return bool(self.inner) and bool(self.outer) and self.IR % B == 0
 
     def _split_runs(self, B: int) -> bool:
-        """Whether the reduced elements are runs of ``IR`` (see :meth:`_run`) at least a chunk
-        long but not a multiple of it (a conv's bias gradient over 26×26 maps: 676): then a
-        chunk lies in one run or spans the end of one and the start of the next, and is
-        read as those two contiguous pieces — the same elements into the same lanes as the
-        flat order, so the same bits."""
-        return bool(self.inner) and bool(self.outer) and self.IR >= B and self.IR % B != 0
+        """Whether the reduced elements are runs of ``IR`` (see :meth:`_run`) that chunks of
+        ``B`` do not tile (a conv's bias gradient over 26×26 maps: 676; BatchNorm over 14×14
+        ones: 196), at least two vectors long: then a chunk is read as the contiguous pieces
+        of the runs it spans — the rest of one run, whole runs, the start of the next — into
+        the same lanes as the flat order, so the same bits. (Shorter runs would be pieces of
+        less than a vector each: they stay on the flat form.)"""
+        L = B // _CHUNK
+        return bool(self.inner) and bool(self.outer) and self.IR % B != 0 and \
+            self.IR >= 2 * L
 
     def _chunk(self, L: int) -> int:
         """Elements per chunk: ``_CHUNK`` vectors of ``L`` — or, when the reduced elements
@@ -337,21 +340,24 @@ class ReduceBuilder(LoopBuilder):
                     per = self.IR // B
                     j = self.emit(f"udiv i64 %c, {per}")
                     i0 = self.emit(f"mul nuw nsw i64 {self.emit(f'urem i64 %c, {per}')}, {B}")
-                elif split:  # chunk c: the rest of run j from i0, then the next run's start
+                elif split:  # chunk c: the rest of run j from i0, then the runs after it
                     cb = self.emit(f"mul nuw nsw i64 %c, {B}")
-                    j = self.emit(f"udiv i64 {cb}, {self.IR}")
+                    j0 = self.emit(f"udiv i64 {cb}, {self.IR}")
                     i0 = self.emit(f"urem i64 {cb}, {self.IR}")
-                    n1 = self.min(self.emit(f"sub nuw nsw i64 {self.IR}, {i0}"), B)
-                    with self.loop("%k", n1, block="inner", exit="inner.end") as inner:
-                        values_into_tmp((j, self.emit(f"add nuw nsw i64 {i0}, %k")), "%k")
-                        inner.hint = interleaved(self.vecmath, B)
-                    j1 = self.emit(f"add nuw nsw i64 {j}, 1")
-                    with self.when(self.emit(f"icmp slt i64 {n1}, {B}")):
-                        with self.loop("%k2", B, start=n1, block="inner2",
-                                       exit="inner2.end") as inner2:
-                            values_into_tmp((j1, self.emit(f"sub nuw nsw i64 %k2, {n1}")),
-                                            "%k2")
-                            inner2.hint = interleaved(self.vecmath, B)
+                    pieces = -(-B // self.IR) + 1  # (at most: a chunk starts inside a run)
+                    with self.loop("%sq", pieces, block="piece", exit="piece.end",
+                                   carry=[("%sk", "i64", "0"), ("%sj", "i64", j0),
+                                          ("%si", "i64", i0)]) as piece:
+                        n = self.min(self.emit(f"sub i64 {B}, %sk"),
+                                     self.emit(f"sub i64 {self.IR}, %si"))
+                        with self.when(self.emit(f"icmp sgt i64 {n}, 0")):
+                            with self.loop("%st", n, block="inner", exit="inner.end") as inner:
+                                values_into_tmp((self.emit("add nuw nsw i64 %sj, 0"),
+                                                 self.emit("add nuw nsw i64 %si, %st")),
+                                                self.emit("add nuw nsw i64 %sk, %st"))
+                                inner.hint = interleaved(self.vecmath, B)
+                        piece.next = [self.emit(f"add i64 %sk, {n}"),
+                                      self.emit("add i64 %sj, 1"), "0"]
                     self.jump("chunk.acc")
                     self.label("chunk.acc")
                 else:
