@@ -272,7 +272,8 @@ def test_a_sum_over_size_one_axes_of_an_input_is_a_relabelled_read(shape, axes):
     assert check_groups(g, [whole_group(g)], env) == 1
 
 
-@pytest.mark.parametrize("shape", [(64, 64, 24, 24), (3, 5, 7, 9), (2, 40, 16, 16), (70, 33)])
+@pytest.mark.parametrize("shape", [(64, 64, 24, 24), (3, 5, 7, 9), (2, 40, 16, 16), (70, 33),
+                                   (8, 16, 5, 7), (4, 3, 3, 3), (6, 32, 3, 3)])
 def test_broadcast_rows_run_over_the_longest_trailing_run_and_split_across_threads(shape):
     """A bias broadcast over a conv's output, + relu, and its mask: the kernel loops rows x
     the run of trailing dims the bias is constant over (no division of the inner index),

@@ -60,7 +60,7 @@ from .emit import (
 from .vecmath import prelude_ir
 
 _EXACT_POW = (2.0, 0.5, -1.0, 1.0, 0.0)  # np.power computes these as x*x, sqrt, 1/x, x, 1
-_NEST_MIN = 8  # an elementwise kernel loops rows x last dim when that dim is at least this
+_NEST_MIN = 8  # an elementwise kernel loops rows x a trailing run at least this long
 _LIBM_MAX = 16  # pow may call libm in groups of at most this many elements, or on scalar
 #                operands (loop-invariant): never in a hot loop
 
@@ -294,9 +294,11 @@ class LoopBuilder(KernelBuilder):
                            hint=interleaved(self.vecmath, math.prod(self.full))):
                 loop.lines.append(body)
         loop.line("ret void")
-        if not nested and len(self.full) >= 2 and self.full[-1] >= _NEST_MIN and (
-                "udiv" in body or "urem" in body):  # broadcast reads: rows x a run
-            return self._nest(name, prelude)
+        if not nested and len(self.full) >= 2 and math.prod(self.full[1:]) >= _NEST_MIN \
+                and ("udiv" in body or "urem" in body):  # broadcast reads: rows x a run
+            built = self._nest(name, prelude)
+            if built is not None:
+                return built
         n_static = math.prod(self.full)
         if n_static >= 2 * _PAR_BLOCK and threads.find():
             return self._parallel(name, prelude, params, body, entry, rows,
@@ -311,8 +313,9 @@ class LoopBuilder(KernelBuilder):
         """The kernel as rows x a run of trailing dims: the longest run (of at least
         ``_NEST_MIN`` elements) over which no read divides the inner index — a bias
         broadcast over a conv's (N, C, H, W) output reads one element per row, so the run
-        is H·W — else the last dim."""
-        built = None
+        is H·W — else the last dim when it is that long; None when neither is (the flat
+        loop stays)."""
+        last = None
         for k in range(len(self.full) - 1, 0, -1):
             if math.prod(self.full[-k:]) < _NEST_MIN:
                 continue
@@ -321,6 +324,13 @@ class LoopBuilder(KernelBuilder):
             built = b.build(name, prelude)
             if "udiv i64 %i," not in built[0] and "urem i64 %i," not in built[0]:
                 break
+            if k > 1:
+                continue
+            last = (b, built)  # (the last dim: the form the kernel took before runs)
+        else:
+            if last is None:
+                return None
+            b, built = last
         self.vecmath, self.par = b.vecmath, getattr(b, "par", False)
         return built
 
