@@ -9,6 +9,8 @@ tensor([2., 4., 6.])
 
 from __future__ import annotations
 
+import math
+
 # Note [the layers]: each module imports only the layers below it (tests/test_layers.py):
 # the tensor core (dtypes, dispatch, autograd.graph and autograd.grad_mode, tensor), the op
 # table (primitives and the composites on them), autograd's backward and printing, and last
@@ -60,6 +62,11 @@ from .dtypes import (
 from .ops.composites import (
     cosh,
     fix,
+    isfinite,
+    isinf,
+    isnan,
+    log2,
+    log10,
     meshgrid,
     repeat_interleave,
     roll,
@@ -133,7 +140,7 @@ from .ops.elementwise import (
     where,
 )
 from .ops.indexing import eye, index_add, index_select, nonzero, one_hot, take_along_dim
-from .ops.linalg import bmm, dot, matmul, mm, outer
+from .ops.linalg import bmm, dot, matmul, mm, mv, outer
 from .ops.movement import (
     broadcast_to,
     cat,
@@ -228,6 +235,12 @@ def gather(input, dim, index):
 argwhere = nonzero
 
 
+pi = math.pi  # torch.pi, torch.e, torch.inf, torch.nan
+e = math.e
+inf = math.inf
+nan = math.nan
+
+
 def scatter_add(input, dim, index, src):
     """``torch.scatter_add`` (see Tensor.scatter_add)."""
     return input.scatter_add(dim, index, src)
@@ -283,6 +296,7 @@ __all__ = [
     "scatter_add", "scatter", "index_add", "spmm", "nonzero", "argwhere",
     "one_hot",
     "tril", "triu", "t", "swapaxes", "swapdims", "meshgrid", "sinh", "cosh", "trunc", "fix",
+    "isnan", "isinf", "isfinite", "log2", "log10", "mv", "pi", "e", "inf", "nan",
     "repeat_interleave", "einsum", "cumsum", "cumprod", "sort", "argsort", "topk", "msort",
     "numel", "normal", "bernoulli", "multinomial", "int32", "int16", "int8", "uint8",
 ]

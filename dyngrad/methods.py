@@ -275,6 +275,8 @@ METHODS: tuple[Method, ...] = (
         # tensor functions (dyngrad/ops/composites.py, scan.py)
         tril=_cf.tril, triu=_cf.triu, t=_cf.t, swapaxes=_cf.swapaxes, swapdims=_cf.swapdims,
         sinh=_cf.sinh, cosh=_cf.cosh, trunc=_cf.trunc, fix=_cf.trunc,
+        isnan=_cf.isnan, isinf=_cf.isinf, isfinite=_cf.isfinite, log2=_cf.log2,
+        log10=_cf.log10, mv=_l.mv,
         repeat_interleave=_cf.repeat_interleave, roll=_cf.roll,
         new_zeros=_cf.new_zeros, new_ones=_cf.new_ones, new_full=_cf.new_full,
         new_empty=_cf.new_empty, new_tensor=_cf.new_tensor,

@@ -118,8 +118,11 @@ def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None) -> 
     """Rows of ``weight`` picked by integer ``input``; the row at ``padding_idx`` gets no
     gradient."""
     idx = input if isinstance(input, Tensor) else _i._as_index(input)
+    if idx.dtype is _dt.int32:  # (PyTorch takes Long or Int indices)
+        idx = _i._as_index(idx)
     if idx.dtype is not _dt.int64:
-        raise RuntimeError(f"embedding: expected an int64 index tensor, got {idx.dtype.name}")
+        raise RuntimeError(f"embedding: expected an int64 or int32 index tensor, got "
+                           f"{idx.dtype.name}")
     out = _i.gather(weight, idx, 0)
     if padding_idx is not None:
         if padding_idx < 0:

@@ -116,6 +116,35 @@ def cosh(input: Tensor) -> Tensor:
     return _e.exp(x) * 0.5 + _e.exp(-x) * 0.5
 
 
+def isnan(input: Tensor) -> Tensor:
+    """Where ``input`` is NaN (a bool tensor; integer and bool inputs have none)."""
+    return _e.ne(input, input)  # (NaN is the only value unequal to itself)
+
+
+def isinf(input: Tensor) -> Tensor:
+    """Where ``input`` is +inf or -inf (a bool tensor)."""
+    if not input.dtype.is_floating_point:
+        return _e.ne(input, input)
+    return _e.eq(_e.abs(input), math.inf)
+
+
+def isfinite(input: Tensor) -> Tensor:
+    """Where ``input`` is neither NaN nor infinite (a bool tensor)."""
+    if not input.dtype.is_floating_point:
+        return _e.eq(input, input)
+    return _e.lt(_e.abs(input), math.inf)
+
+
+def log2(input: Tensor) -> Tensor:
+    """Base-2 logarithm, ``log(x) / log(2)`` (within an ulp or two of PyTorch's)."""
+    return _e.div(_e.log(_e._float_operand(input)), math.log(2.0))
+
+
+def log10(input: Tensor) -> Tensor:
+    """Base-10 logarithm, ``log(x) / log(10)`` (within an ulp or two of PyTorch's)."""
+    return _e.div(_e.log(_e._float_operand(input)), math.log(10.0))
+
+
 def trunc(input: Tensor) -> Tensor:
     """Rounds toward zero (``fix``); integer tensors are copied. The gradient is zero."""
     if not input.dtype.is_floating_point:

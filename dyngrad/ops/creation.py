@@ -80,14 +80,14 @@ def full(size, fill_value, *, dtype=None, requires_grad: bool = False,
 
 def zeros(*size, dtype=None, requires_grad: bool = False,
           device=None, **kw) -> Tensor:
-    shape = shape_arg(_size_keyword(size, kw, "zeros"), "zeros")
+    shape = shape_arg(size_keyword(size, kw, "zeros"), "zeros")
     t = dispatch(FULL, shape=shape, value=0, dtype=dtype_or_default(dtype))
     return maybe_requires_grad(t, requires_grad, device)
 
 
 def ones(*size, dtype=None, requires_grad: bool = False,
          device=None, **kw) -> Tensor:
-    shape = shape_arg(_size_keyword(size, kw, "ones"), "ones")
+    shape = shape_arg(size_keyword(size, kw, "ones"), "ones")
     t = dispatch(FULL, shape=shape, value=1, dtype=dtype_or_default(dtype))
     return maybe_requires_grad(t, requires_grad, device)
 
@@ -95,11 +95,11 @@ def ones(*size, dtype=None, requires_grad: bool = False,
 def empty(*size, dtype=None, requires_grad: bool = False,
           device=None, **kw) -> Tensor:
     """Like ``zeros`` (dyngrad never hands out uninitialised memory)."""
-    return zeros(*_size_keyword(size, kw, "empty"), dtype=dtype, requires_grad=requires_grad,
+    return zeros(*size_keyword(size, kw, "empty"), dtype=dtype, requires_grad=requires_grad,
                  device=device)
 
 
-def _size_keyword(size: tuple, kw: dict, op: str) -> tuple:
+def size_keyword(size: tuple, kw: dict, op: str) -> tuple:
     """The sizes given positionally, or as PyTorch's ``size=`` keyword (the only keyword
     accepted beyond the named ones)."""
     if kw:

@@ -106,6 +106,14 @@ def mm(a: Tensor, b: Tensor) -> Tensor:
     return matmul(a, b)
 
 
+def mv(input: Tensor, vec: Tensor) -> Tensor:
+    """A matrix times a vector."""
+    if input.ndim != 2 or vec.ndim != 1:
+        raise RuntimeError(f"mv: expected a 2-d matrix and a 1-d vector, got shapes "
+                           f"{list(input.shape)} and {list(vec.shape)}")
+    return matmul(input, vec)
+
+
 def bmm(a: Tensor, b: Tensor) -> Tensor:
     if a.ndim != 3 or b.ndim != 3 or a.shape[0] != b.shape[0]:
         raise RuntimeError(f"bmm: expected 3-d tensors with one batch size, got "

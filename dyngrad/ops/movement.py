@@ -5,6 +5,7 @@ transpose of broadcasting (see Note [SUM lives with the movement ops])."""
 from __future__ import annotations
 
 import abc
+import functools
 import math
 
 import numpy as np
@@ -470,6 +471,28 @@ def pad(x: Tensor, pads, value=0) -> Tensor:
     return dispatch(PAD, x, pads=tuple(pads), value=value)
 
 
+def axis_to_dim(op: str, kwargs: dict) -> None:
+    """Rename numpy's ``axis=`` keyword in ``kwargs`` to PyTorch's ``dim=`` (PyTorch's
+    argument parser takes either: ``x.sum(axis=1)``, ``torch.cat(xs, axis=0)``)."""
+    if "dim" in kwargs:
+        raise TypeError(f"{op}() got both dim= and its alias axis=")
+    kwargs["dim"] = kwargs.pop("axis")
+
+
+def axis_alias(fn):
+    """``fn`` also taking ``axis=`` for ``dim=``.
+
+    >>> dg.cat([dg.ones(1), dg.zeros(1)], axis=0)   # tensor([1., 0.])
+    """
+    @functools.wraps(fn)
+    def with_axis(*args, **kwargs):
+        if "axis" in kwargs:
+            axis_to_dim(fn.__name__, kwargs)
+        return fn(*args, **kwargs)
+    return with_axis
+
+
+@axis_alias
 def cat(tensors, dim: int = 0) -> Tensor:
     """Concatenate along ``dim`` (dtypes promote as in PyTorch)."""
     tensors = list(tensors)
@@ -490,6 +513,7 @@ def cat(tensors, dim: int = 0) -> Tensor:
 concat = cat
 
 
+@axis_alias
 def stack(tensors, dim: int = 0) -> Tensor:
     """Join tensors of one shape along a new dim."""
     tensors = list(tensors)

@@ -18,7 +18,7 @@ from .. import dtypes as _dt
 from ..autograd.grad_mode import no_grad
 from ..dispatch import STATE, dispatch
 from ..tensor import Tensor, check_device
-from .creation import arange, full, maybe_requires_grad, shape_arg, zeros
+from .creation import arange, full, maybe_requires_grad, shape_arg, size_keyword, zeros
 from .elementwise import cast, eq, floor, le, log1p, lt, minimum, where
 from .indexing import scatter_add
 from .movement import reshape
@@ -178,15 +178,17 @@ def _float_dtype(dtype):
 
 
 def rand(*size, dtype=None, generator=None, requires_grad: bool = False,
-         device=None) -> Tensor:
-    """Uniform numbers in [0, 1)."""
+         device=None, **kw) -> Tensor:
+    """Uniform numbers in [0, 1) (sizes positional or as ``size=``)."""
+    size = size_keyword(size, kw, "rand")
     t = _gen(generator).sample(shape_arg(size, "rand"), "uniform", _float_dtype(dtype))
     return maybe_requires_grad(t, requires_grad, device)
 
 
 def randn(*size, dtype=None, generator=None, requires_grad: bool = False,
-          device=None) -> Tensor:
-    """Standard normal numbers."""
+          device=None, **kw) -> Tensor:
+    """Standard normal numbers (sizes positional or as ``size=``)."""
+    size = size_keyword(size, kw, "randn")
     t = _gen(generator).sample(shape_arg(size, "randn"), "normal", _float_dtype(dtype))
     return maybe_requires_grad(t, requires_grad, device)
 

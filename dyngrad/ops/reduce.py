@@ -73,10 +73,10 @@ SIZE_OF = Primitive("size_of", "reduce", _size_impl, _size_rule,
 
 
 def keepdims_alias(fn):
-    """``fn`` also taking numpy's spelling ``keepdims=`` for ``keepdim=`` (PyTorch accepts
-    both).
+    """``fn`` also taking numpy's spellings ``keepdims=`` for ``keepdim=`` and ``axis=`` for
+    ``dim=`` (PyTorch accepts both; see :func:`~dyngrad.ops.movement.axis_alias`).
 
-    >>> dg.sum(dg.ones(2, 3), 1, keepdims=True).shape   # (2, 1)
+    >>> dg.sum(dg.ones(2, 3), axis=1, keepdims=True).shape   # (2, 1)
     """
     @functools.wraps(fn)
     def reduction(*args, keepdims=None, **kwargs):
@@ -84,6 +84,8 @@ def keepdims_alias(fn):
             if "keepdim" in kwargs:
                 raise TypeError(f"{fn.__name__}() got both keepdim= and its alias keepdims=")
             kwargs["keepdim"] = keepdims
+        if "axis" in kwargs:
+            _m.axis_to_dim(fn.__name__, kwargs)
         return fn(*args, **kwargs)
     return reduction
 

@@ -19,7 +19,7 @@ from . import elementwise as _e
 from . import movement as _m
 from .creation import arange
 from .indexing import take_along_dim
-from .movement import SUM
+from .movement import SUM, axis_alias
 from .primitive import Primitive
 
 
@@ -142,6 +142,7 @@ def _scan_input(x: Tensor, dtype):
     return _e.cast(x, dtype) if dtype is not None else x
 
 
+@axis_alias
 def cumsum(input: Tensor, dim: int, *, dtype=None) -> Tensor:
     """Running sums along ``dim``; bool and integer inputs give int64 (PyTorch).
 
@@ -151,6 +152,7 @@ def cumsum(input: Tensor, dim: int, *, dtype=None) -> Tensor:
     return dispatch(CUMSUM, x, axis=_norm_dim(dim, x.ndim, "cumsum"), reverse=False)
 
 
+@axis_alias
 def cumprod(input: Tensor, dim: int, *, dtype=None) -> Tensor:
     """Running products along ``dim``; bool and integer inputs give int64 (PyTorch).
 
