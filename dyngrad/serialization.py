@@ -1,5 +1,5 @@
-"""``save``/``load`` of tensors and (nested) dicts of tensors as ``.npz`` — data only, never
-pickled code."""
+"""``save``/``load`` of tensors and (nested) dicts, lists and tuples of tensors as ``.npz`` —
+data only, never pickled code."""
 
 from __future__ import annotations
 
@@ -23,15 +23,33 @@ def _flatten(obj, prefix: str, out: dict) -> None:
                 raise TypeError(f"save: dict keys must be strings without '{_SEP}' and not "
                                 f"starting with '__' (got {k!r})")
             _flatten(v, f"{prefix}{_SEP}{k}" if prefix else k, out)
+    elif isinstance(obj, (list, tuple)):  # (d2l's read-write chapter: save([x, y], f))
+        head = prefix + _SEP if prefix else ""
+        out[head + ("__list__" if isinstance(obj, list) else "__tuple__")] = np.array(len(obj))
+        for i, v in enumerate(obj):
+            _flatten(v, f"{head}__item{i}", out)
     elif isinstance(obj, (int, float, bool)) and prefix:
         out[prefix + _SEP + "__scalar__"] = np.array(obj)
     else:
-        raise TypeError(f"save: can only save tensors and dicts of tensors, got "
-                        f"{type(obj).__name__} at {prefix or 'the top level'!r}")
+        raise TypeError(f"save: can only save tensors and (nested) dicts, lists and tuples "
+                        f"of tensors, got {type(obj).__name__} at "
+                        f"{prefix or 'the top level'!r}")
+
+
+def _sequences(d):
+    """The loaded nested dicts with each saved list or tuple made one again."""
+    if not isinstance(d, dict):
+        return d
+    d = {k: _sequences(v) for k, v in d.items()}
+    for kind, make in (("__list__", list), ("__tuple__", tuple)):
+        if kind in d:
+            return make(d[f"__item{i}"] for i in range(int(d[kind])))
+    return d
 
 
 def save(obj, f) -> None:
-    """Write a tensor or a (nested) dict of tensors to ``f`` (a path or a binary file).
+    """Write a tensor or a (nested) dict, list or tuple of tensors to ``f`` (a path or a
+    binary file).
 
     >>> dg.save({"w": w, "b": b}, "params.npz")
     """
@@ -70,6 +88,9 @@ def load(f, map_location=None, *, weights_only: bool | None = None, mmap=None,
             leaf = parts[-1]
             if leaf == "__empty_dict__":
                 continue
+            if leaf in ("__list__", "__tuple__"):
+                d[leaf] = int(data[key])
+                continue
             if leaf == "__scalar__":
                 *path, = parts[:-1]
                 d_parent = out
@@ -78,4 +99,4 @@ def load(f, map_location=None, *, weights_only: bool | None = None, mmap=None,
                 d_parent[path[-1]] = data[key].item()
                 continue
             d[leaf] = Tensor._fresh(data[key].copy())
-        return out
+        return _sequences(out)

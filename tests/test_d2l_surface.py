@@ -162,3 +162,83 @@ def test_data_parallel_on_a_machine_without_an_accelerator_is_its_module():
     x = dg.ones(4, 3)
     assert np.array_equal(m(x).detach().numpy(), m.module(x).detach().numpy())
     assert nn.parallel.DataParallel is nn.DataParallel
+
+
+# ------------------------------------------------------------------ what its chapters call
+
+
+def test_rnn_flat_weights_names_are_pytorch_s_and_d2l_s_init_walks_them():
+    """d2l's ``init_seq2seq`` initialises a GRU through ``_flat_weights_names``."""
+    for cls, kw in ((nn.GRU, {}), (nn.LSTM, {"bias": False}), (nn.RNN, {})):
+        ours = cls(3, 4, num_layers=2, **kw)
+        assert ours._flat_weights_names == [n for n, _ in ours.named_parameters()]
+        assert all(w is ours._parameters[n]
+                   for w, n in zip(ours._flat_weights, ours._flat_weights_names))
+        if torch is not None:
+            assert ours._flat_weights_names == \
+                getattr(torch.nn, cls.__name__)(3, 4, num_layers=2, **kw)._flat_weights_names
+    g = nn.GRU(3, 4)
+    for name in g._flat_weights_names:  # d2l's loop, verbatim but for the import
+        if "weight" in name:
+            nn.init.xavier_uniform_(g._parameters[name])
+    assert abs(float(g.weight_ih_l0.std())) > 0
+
+
+def test_save_and_load_lists_and_tuples_of_tensors(tmp_path):
+    x, y = dg.arange(4), dg.zeros(4)
+    dg.save([x, y], tmp_path / "x-files")  # d2l's read-write chapter
+    x2, y2 = dg.load(tmp_path / "x-files")
+    assert np.array_equal(x2.numpy(), x.numpy()) and np.array_equal(y2.numpy(), y.numpy())
+    nested = {"a": (x, [y, 3]), "b": [], "c": ()}
+    got = dg.load(_saved(nested, tmp_path / "nested"))
+    assert isinstance(got["a"], tuple) and isinstance(got["a"][1], list)
+    assert got["a"][1][1] == 3 and got["b"] == [] and got["c"] == ()
+    assert np.array_equal(got["a"][0].numpy(), x.numpy())
+    with pytest.raises(TypeError, match="dicts, lists and tuples of tensors, got set"):
+        dg.save({x}, tmp_path / "bad")
+
+
+def _saved(obj, path):
+    dg.save(obj, path)
+    return path
+
+
+def test_lazy_layers_take_their_sizes_from_a_checkpoint_before_their_first_call(tmp_path):
+    """d2l's read-write chapter: ``clone = MLP(); clone.load_state_dict(torch.load(f))``
+    with lazy layers never called — as PyTorch, the checkpoint's shapes make them."""
+    def make():
+        return nn.Sequential(nn.LazyConv2d(4, 3), nn.LazyBatchNorm2d(), nn.ReLU(),
+                             nn.Flatten(), nn.LazyLinear(2))
+    dg.manual_seed(0)
+    net = make()
+    x = dg.randn(2, 3, 6, 6)
+    net(x)
+    dg.save(net.state_dict(), tmp_path / "mlp.params")
+    clone = make()
+    params_before = list(clone.parameters())
+    clone.load_state_dict(dg.load(tmp_path / "mlp.params"))
+    assert [type(m).__name__ for m in clone] == ["Conv2d", "BatchNorm2d", "ReLU", "Flatten",
+                                                 "Linear"]
+    assert all(p is q for p, q in zip(params_before, clone.parameters()))  # (kept objects)
+    net.eval()
+    clone.eval()
+    assert np.array_equal(clone(x).detach().numpy(), net(x).detach().numpy())
+
+
+def test_a_value_s_leading_size_one_dims_are_dropped_on_assignment():
+    """d2l's sequence chapter: ``preds[i] = model(x)`` with a (1, 1) result."""
+    cases = [((5,), 2, (1, 1)), ((2, 3), 0, (1, 3)), ((2, 3), (slice(0, 1),), (1, 1, 3)),
+             ((4,), slice(0, 2), (1, 2))]
+    for shape, key, vshape in cases:
+        ours = dg.zeros(*shape)
+        ours[key] = dg.ones(*vshape)
+        want = np.zeros(shape, np.float32)
+        want[key] = 1.0
+        assert np.array_equal(ours.numpy(), want), (shape, key, vshape)
+    w = dg.ones(1, 1, requires_grad=True)
+    x = dg.zeros(3)
+    x[1] = w * 2
+    x.sum().backward()
+    assert w.grad.tolist() == [[2.0]]
+    with pytest.raises(RuntimeError, match="cannot be broadcast|cannot be assigned"):
+        dg.zeros(3)[0] = dg.ones(2, 1)

@@ -722,7 +722,7 @@ def test_load_refuses_pickled_objects(tmp_path):
 
 def test_save_refuses_non_tensor_objects(tmp_path):
     with pytest.raises(TypeError, match="can only save tensors"):
-        dg.save([dg.zeros(1)], tmp_path / "l.npz")
+        dg.save([dg.zeros(1), "text"], tmp_path / "l.npz")
     with pytest.raises(TypeError, match="can only save tensors"):
         dg.save({"f": object()}, tmp_path / "o.npz")
 

@@ -34,16 +34,24 @@ class _LazyConv:
         becomes = self._becomes
         if self.in_channels == 0:
             batched = input.ndim == self._nd + 2
-            c = input.shape[1 if batched else 0]
-            if c % self.groups:
-                raise ValueError("in_channels must be divisible by groups")
-            self.in_channels = c
-            with no_grad():
-                self.weight.data = _c.zeros((self.out_channels, c // self.groups)
-                                            + self.kernel_size, dtype=self.weight.dtype)
-            becomes.reset_parameters(self)
-            object.__setattr__(self, "__class__", becomes)
+            self._materialize(input.shape[1 if batched else 0])
         return becomes.forward(self, input)
+
+    def _materialize(self, c: int) -> None:
+        if c % self.groups:
+            raise ValueError("in_channels must be divisible by groups")
+        self.in_channels = c
+        with no_grad():
+            self.weight.data = _c.zeros((self.out_channels, c // self.groups)
+                                        + self.kernel_size, dtype=self.weight.dtype)
+        becomes = self._becomes
+        becomes.reset_parameters(self)
+        object.__setattr__(self, "__class__", becomes)
+
+    def _lazy_size_from(self, state_dict, prefix: str):
+        """``in_channels`` as a checkpoint's weight has it (None: not in it)."""
+        w = state_dict.get(prefix + "weight")
+        return w.shape[1] * self.groups if w is not None and len(w.shape) >= 3 else None
 
 
 class LazyConv1d(_LazyConv, Conv1d):
@@ -86,20 +94,30 @@ class _LazyBatchNorm:
     def forward(self, input: Tensor) -> Tensor:
         becomes = self._becomes
         if self.num_features == 0:
-            n = input.shape[1] if input.ndim > 1 else input.shape[0]
-            self.num_features = n
-            dtype = self._lazy_dtype
-            with no_grad():
-                if self.weight is not None:
-                    self.weight.data = _c.ones(n, dtype=dtype)
-                if self.bias is not None:
-                    self.bias.data = _c.zeros(n, dtype=dtype)
-            if self.track_running_stats:
-                self.running_mean = _c.zeros(n, dtype=dtype)
-                self.running_var = _c.ones(n, dtype=dtype)
-            del self._lazy_dtype
-            object.__setattr__(self, "__class__", becomes)
+            self._materialize(input.shape[1] if input.ndim > 1 else input.shape[0])
         return becomes.forward(self, input)
+
+    def _materialize(self, n: int) -> None:
+        self.num_features = n
+        dtype = self._lazy_dtype
+        with no_grad():
+            if self.weight is not None:
+                self.weight.data = _c.ones(n, dtype=dtype)
+            if self.bias is not None:
+                self.bias.data = _c.zeros(n, dtype=dtype)
+        if self.track_running_stats:
+            self.running_mean = _c.zeros(n, dtype=dtype)
+            self.running_var = _c.ones(n, dtype=dtype)
+        del self._lazy_dtype
+        object.__setattr__(self, "__class__", self._becomes)
+
+    def _lazy_size_from(self, state_dict, prefix: str):
+        """``num_features`` as a checkpoint's weight or running mean has it."""
+        for name in ("weight", "running_mean", "bias", "running_var"):
+            t = state_dict.get(prefix + name)
+            if t is not None and len(t.shape) == 1:
+                return t.shape[0]
+        return None
 
 
 class LazyBatchNorm1d(_LazyBatchNorm, BatchNorm1d):

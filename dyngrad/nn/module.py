@@ -288,7 +288,15 @@ class Module:
 
     def load_state_dict(self, state_dict, strict: bool = True):
         """Copy tensors into this module's parameters and buffers (in place, under
-        no_grad). Returns (missing_keys, unexpected_keys); with ``strict`` either raises."""
+        no_grad). Returns (missing_keys, unexpected_keys); with ``strict`` either raises.
+        A lazy layer not yet called takes its inferred size from the checkpoint (PyTorch's
+        ``LazyModuleMixin``): its parameters are made at the checkpoint's shapes first."""
+        for name, m in list(self.named_modules()):
+            size_from = getattr(m, "_lazy_size_from", None)
+            if size_from is not None and getattr(m, "_materialize", None) is not None:
+                size = size_from(state_dict, f"{name}." if name else "")
+                if size:
+                    m._materialize(size)
         own = self.state_dict(keep_vars=True)
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]

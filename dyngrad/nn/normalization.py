@@ -310,13 +310,21 @@ class LazyLinear(Linear):
 
     def forward(self, input: Tensor) -> Tensor:
         if self.in_features == 0:
-            self.in_features = input.shape[-1]
-            with no_grad():
-                self.weight.data = _c.zeros((self.out_features, self.in_features),
-                                            dtype=self._dtype)
-                if self.bias is not None:
-                    self.bias.data = _c.zeros((self.out_features,), dtype=self._dtype)
-            super().reset_parameters()
-            object.__setattr__(self, "__class__", Linear)  # (Module.__setattr__ would keep it)
-            del self._dtype
+            self._materialize(input.shape[-1])
         return Linear.forward(self, input)
+
+    def _materialize(self, in_features: int) -> None:
+        self.in_features = in_features
+        with no_grad():
+            self.weight.data = _c.zeros((self.out_features, self.in_features),
+                                        dtype=self._dtype)
+            if self.bias is not None:
+                self.bias.data = _c.zeros((self.out_features,), dtype=self._dtype)
+        super().reset_parameters()
+        object.__setattr__(self, "__class__", Linear)  # (Module.__setattr__ would keep it)
+        del self._dtype
+
+    def _lazy_size_from(self, state_dict, prefix: str):
+        """``in_features`` as a checkpoint's weight has it (None: not in it)."""
+        w = state_dict.get(prefix + "weight")
+        return w.shape[1] if w is not None and len(w.shape) == 2 else None

@@ -158,6 +158,18 @@ class _RNNBase(Module):
         for p in self.parameters():
             init.uniform_(p, -stdv, stdv)
 
+    @property
+    def _flat_weights_names(self) -> list:
+        """PyTorch's names of the parameters, layer by layer (d2l's ``init_seq2seq`` walks
+        them): ``weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, weight_ih_l1, ...``."""
+        kinds = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if self.bias else ())
+        return [f"{k}_l{layer}" for layer in range(self.num_layers) for k in kinds]
+
+    @property
+    def _flat_weights(self) -> list:
+        """The parameters in :attr:`_flat_weights_names`' order."""
+        return [self._parameters[name] for name in self._flat_weights_names]
+
     def _layer_params(self, layer: int) -> tuple:
         g = self.__dict__
         return (g[f"weight_ih_l{layer}"], g[f"weight_hh_l{layer}"],

@@ -538,6 +538,11 @@ def setitem(x: Tensor, key, value) -> None:
         vt = value
     else:
         vt = tensor(value, dtype=x.dtype)
+    lead = 0
+    while lead < vt.ndim and vt.shape[lead] == 1:
+        lead += 1
+    if lead:  # PyTorch drops a value's leading size-1 dims (x[i] = y of shape (1, 1))
+        vt = _m.reshape(vt, tuple(vt.shape[lead:]))
     graph = STATE.grad_enabled and (x._requires_grad or vt._requires_grad
                                     or (x._base is not None and x._base._requires_grad))
     x._check_inplace("__setitem__")
