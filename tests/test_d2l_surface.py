@@ -242,3 +242,23 @@ def test_a_value_s_leading_size_one_dims_are_dropped_on_assignment():
     assert w.grad.tolist() == [[2.0]]
     with pytest.raises(RuntimeError, match="cannot be broadcast|cannot be assigned"):
         dg.zeros(3)[0] = dg.ones(2, 1)
+
+
+@needs_torch
+@pytest.mark.parametrize("shape, out", [((2, 3, 7), 1), ((2, 3, 7), 3), ((3, 10), (4,)),
+                                        ((1, 2, 5), 5)])
+def test_adaptive_avg_pool1d_matches_pytorch_with_gradients(shape, out):
+    """d2l's sentiment CNN: ``nn.AdaptiveAvgPool1d(1)`` over each channel."""
+    from dyngrad.testing import gradcheck
+    x = np.random.default_rng(0).standard_normal(shape)
+    ours = dg.tensor(x, requires_grad=True)
+    theirs = torch.tensor(x, requires_grad=True)
+    y, ty = nn.AdaptiveAvgPool1d(out)(ours), torch.nn.AdaptiveAvgPool1d(out)(theirs)
+    np.testing.assert_allclose(y.detach().numpy(), ty.detach().numpy(), rtol=1e-12)
+    (y * y).sum().backward()
+    (ty * ty).sum().backward()
+    np.testing.assert_allclose(ours.grad.numpy(), theirs.grad.numpy(), rtol=1e-12)
+    assert gradcheck(lambda t: dg.nn.functional.adaptive_avg_pool1d(t, out),
+                     (dg.tensor(x, requires_grad=True),))
+    with pytest.raises(ValueError, match="adaptive_avg_pool1d: expected a 2-d"):
+        dg.nn.functional.adaptive_avg_pool1d(dg.ones(2, 2, 2, 2), 1)

@@ -82,6 +82,7 @@ from .normalization import (
 from .parallel import DataParallel
 from .parameter import Parameter
 from .pooling import (
+    AdaptiveAvgPool1d,
     AdaptiveAvgPool2d,
     AdaptiveMaxPool2d,
     AvgPool2d,
@@ -98,7 +99,8 @@ __all__ = ["Module", "Parameter", "Linear", "Sequential", "ModuleList", "ModuleD
            "Dropout1d", "Dropout2d", "Upsample", "Unflatten", "LazyLinear", "LazyConv1d",
            "LazyConv2d", "LazyBatchNorm1d", "LazyBatchNorm2d", "DataParallel", "parallel",
            "Conv1d", "Conv2d",
-           "ConvTranspose2d", "MaxPool1d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
+           "ConvTranspose2d", "MaxPool1d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool1d",
+           "AdaptiveAvgPool2d",
            "AdaptiveMaxPool2d", "SmoothL1Loss", "HuberLoss", "KLDivLoss", "MarginRankingLoss",
            "CosineSimilarity", "Hardtanh", "ReLU6", "Hardswish", "Hardsigmoid", "Mish",
            "Softplus", "PReLU", "Softmin", "LogSigmoid", "PixelShuffle", "PixelUnshuffle",

@@ -28,6 +28,7 @@ from ..ops.losses import (
     smooth_l1_loss,
 )
 from ..ops.pool import (
+    adaptive_avg_pool1d,
     adaptive_avg_pool2d,
     adaptive_max_pool2d,
     avg_pool2d,
@@ -67,7 +68,8 @@ __all__ = ["relu", "gelu", "sigmoid", "tanh", "softmax", "log_softmax", "linear"
            "binary_cross_entropy", "binary_cross_entropy_with_logits", "softplus", "one_hot",
            "silu", "leaky_relu", "elu", "logsigmoid", "normalize", "pad", "batch_norm",
            "group_norm", "rms_norm", "dropout1d", "dropout2d", "interpolate", "conv1d", "conv2d",
-           "conv_transpose2d", "max_pool1d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
+           "conv_transpose2d", "max_pool1d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool1d",
+           "adaptive_avg_pool2d",
            "adaptive_max_pool2d", "smooth_l1_loss", "huber_loss", "kl_div", "cosine_similarity",
            "margin_ranking_loss", "hardtanh", "relu6", "hardswish", "hardsigmoid", "mish",
            "prelu", "softmin", "pixel_shuffle", "pixel_unshuffle", "instance_norm",

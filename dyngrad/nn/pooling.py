@@ -60,6 +60,21 @@ class AvgPool2d(Module):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
+class AdaptiveAvgPool1d(Module):
+    """Mean over windows of the last dim chosen to give ``output_size`` (d2l's sentiment
+    CNN pools each channel to 1)."""
+
+    def __init__(self, output_size) -> None:
+        super().__init__()
+        self.output_size = output_size
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.adaptive_avg_pool1d(input, self.output_size)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+
 class AdaptiveAvgPool2d(Module):
     """Mean over windows chosen to give ``output_size`` (an int, or a pair whose None
     entries keep the input's size)."""

@@ -292,6 +292,25 @@ def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
     return rows @ _m.T(mats[1])
 
 
+def adaptive_avg_pool1d(input: Tensor, output_size) -> Tensor:
+    """PyTorch's ``F.adaptive_avg_pool1d`` over the last dim of a (N, C, L) or (C, L) input:
+    the 2-d one over planes of height 1.
+
+    >>> adaptive_avg_pool1d(dg.randn(2, 3, 7), 1).shape
+    (2, 3, 1)
+    """
+    if input.ndim not in (2, 3):
+        raise ValueError(f"adaptive_avg_pool1d: expected a 2-d (C, L) or 3-d (N, C, L) input, "
+                         f"got shape {list(input.shape)}")
+    if isinstance(output_size, (tuple, list)):
+        if len(output_size) != 1:
+            raise ValueError(f"adaptive_avg_pool1d: output_size must be an int or a tuple of "
+                             f"1, got {output_size!r}")
+        output_size = output_size[0]
+    out = adaptive_avg_pool2d(_m.unsqueeze(input, -2), (1, output_size))
+    return _m.squeeze(out, -2)
+
+
 def adaptive_max_pool2d(input: Tensor, output_size, return_indices: bool = False):
     """PyTorch's ``F.adaptive_max_pool2d`` (windows as in adaptive_avg_pool2d; ties: the
     first maximum).
