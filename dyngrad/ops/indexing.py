@@ -205,6 +205,36 @@ def _flat_positions(idx: Tensor, shape: tuple, d: int) -> Tensor:
     return flat
 
 
+def scatter_operands(x: Tensor, dim: int, index: Tensor, src: Tensor, what: str,
+                     op: str) -> tuple:
+    """PyTorch's ``scatter``-family arguments checked (``what()`` names the function in the
+    errors, ``op`` in the bounds check): the flat positions in ``x`` the elements of
+    ``index`` target and the source values they take, both 1-d in ``index``'s row-major
+    order (``src`` may be larger: only its index-shaped corner is read)."""
+    index = _as_index(index)
+    if index.ndim != x.ndim or src.ndim != x.ndim:
+        raise RuntimeError(f"{what}(): Index tensor must have the same number of "
+                           f"dimensions as self tensor (index {list(index.shape)}, self "
+                           f"{list(x.shape)}, src {list(src.shape)})")
+    if src.dtype is not x.dtype:
+        raise RuntimeError(f"{what}(): Expected self.dtype to be equal to src.dtype "
+                           f"({x.dtype.name} and {src.dtype.name})")
+    shape = tuple(x.shape)
+    if not shape:  # (a 0-d x: one element, as a 1-d one)
+        shape, index, src, d = (1,), _m.reshape(index, (1,)), _m.reshape(src, (1,)), 0
+    else:
+        d = dim % x.ndim
+    if any(index.shape[i] > src.shape[i] or (i != d and index.shape[i] > shape[i])
+           for i in range(len(shape))):
+        raise RuntimeError(f"{what}(): Expected index {list(index.shape)} to be smaller "
+                           f"than self {list(x.shape)} apart from dimension {d} and to be "
+                           f"smaller size than src {list(src.shape)}")
+    if tuple(src.shape) != tuple(index.shape):
+        src = src[tuple(slice(0, k) for k in index.shape)]
+    idx = check_index(index, shape[d], d, op, wrap=False)
+    return (_m.reshape(_flat_positions(idx, shape, d), (-1,)), _m.reshape(src, (-1,)))
+
+
 def scatter_add_dim(x: Tensor, dim: int, index: Tensor, src: Tensor,
                     op: str = "scatter_add") -> Tensor:
     """PyTorch's ``scatter_add(input, dim, index, src)``: ``x`` with, for dim=0,
@@ -214,29 +244,10 @@ def scatter_add_dim(x: Tensor, dim: int, index: Tensor, src: Tensor,
     >>> dg.zeros(3).scatter_add(0, dg.tensor([0, 2, 0]), dg.tensor([1., 2., 3.]))
     tensor([4., 0., 2.])
     """
-    index = _as_index(index)
     if not isinstance(src, Tensor):
         raise TypeError(f"scatter_add(): src must be a Tensor, not {type(src).__name__}")
-    if index.ndim != x.ndim or src.ndim != x.ndim:
-        raise RuntimeError(f"scatter_add(): Index tensor must have the same number of "
-                           f"dimensions as self tensor (index {list(index.shape)}, self "
-                           f"{list(x.shape)}, src {list(src.shape)})")
-    if src.dtype is not x.dtype:
-        raise RuntimeError(f"scatter_add(): Expected self.dtype to be equal to src.dtype "
-                           f"({x.dtype.name} and {src.dtype.name})")
-    d = dim % max(x.ndim, 1)
-    if x.ndim == 0:
-        return scatter_add_dim(x.reshape(1), 0, index.reshape(1), src.reshape(1)).reshape(())
-    if any(index.shape[i] > src.shape[i] or (i != d and index.shape[i] > x.shape[i])
-           for i in range(x.ndim)):
-        raise RuntimeError(f"scatter_add(): Expected index {list(index.shape)} to be smaller "
-                           f"than self {list(x.shape)} apart from dimension {d} and to be "
-                           f"smaller size than src {list(src.shape)}")
-    if tuple(src.shape) != tuple(index.shape):
-        src = src[tuple(slice(0, k) for k in index.shape)]
-    idx = check_index(index, x.shape[d], d, op, wrap=False)
-    flat = _m.reshape(_flat_positions(idx, tuple(x.shape), d), (-1,))
-    out = scatter_add(_m.reshape(x, (-1,)), flat, _m.reshape(src, (-1,)), 0)
+    flat, vals = scatter_operands(x, dim, index, src, "scatter_add", op)
+    out = scatter_add(_m.reshape(x, (-1,)), flat, vals, 0)
     return _m.reshape(out, tuple(x.shape))
 
 

@@ -11,14 +11,7 @@ from ..tensor import Tensor
 from . import elementwise as _e
 from . import movement as _m
 from .creation import full, full_like, tensor, zeros
-from .indexing import (
-    _as_index,
-    _flat_positions,
-    check_index,
-    gather,
-    scatter_add,
-    scatter_add_dim,
-)
+from .indexing import _as_index, gather, scatter_add, scatter_add_dim, scatter_operands
 from .scan import argsort
 
 
@@ -60,31 +53,13 @@ def scatter_dim(x: Tensor, dim: int, index: Tensor, src=None, *, value=None,
                                                                   np.number)):
             raise TypeError(f"scatter(): value must be a number, not {type(number).__name__}")
         src = full_like(index, number, dtype=x.dtype)
-    if index.ndim != x.ndim or src.ndim != x.ndim:
-        raise RuntimeError(f"scatter(): Index tensor must have the same number of dimensions "
-                           f"as self tensor (index {list(index.shape)}, self "
-                           f"{list(x.shape)}, src {list(src.shape)})")
-    if src.dtype is not x.dtype:
-        raise RuntimeError(f"scatter(): Expected self.dtype to be equal to src.dtype "
-                           f"({x.dtype.name} and {src.dtype.name})")
-    d = dim % max(x.ndim, 1)
-    if x.ndim == 0:
-        return scatter_dim(x.reshape(1), 0, index.reshape(1), src.reshape(1)).reshape(())
-    if any(index.shape[i] > src.shape[i] or (i != d and index.shape[i] > x.shape[i])
-           for i in range(x.ndim)):
-        raise RuntimeError(f"scatter(): Expected index {list(index.shape)} to be smaller "
-                           f"than self {list(x.shape)} apart from dimension {d} and to be "
-                           f"smaller size than src {list(src.shape)}")
-    if tuple(src.shape) != tuple(index.shape):
-        src = src[tuple(slice(0, k) for k in index.shape)]
-    idx = check_index(index, x.shape[d], d, "scatter", wrap=False)
-    flat = _m.reshape(_flat_positions(idx, tuple(x.shape), d), (-1,))
+    flat, src = scatter_operands(x, dim, index, src, "scatter", "scatter")
     m, n = flat.shape[0], x.numel()
     if m == 0:
         return _e.cast(x, x.dtype)  # (a copy, as PyTorch's out-of-place scatter)
     order = argsort(flat, 0)  # stable: equal positions keep index's order
     pos = gather(flat, order, 0)
-    vals = gather(_m.reshape(src, (-1,)), order, 0)
+    vals = gather(src, order, 0)
     after = _m.cat([pos[1:], tensor([-1])], 0)  # (no position is -1)
     last = _e.ne(pos, after)
     nothing = False if x.dtype is _dt.bool_ else -0.0

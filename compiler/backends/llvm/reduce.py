@@ -352,8 +352,7 @@ class ReduceBuilder(LoopBuilder):
                                      self.emit(f"sub i64 {self.IR}, %si"))
                         with self.when(self.emit(f"icmp sgt i64 {n}, 0")):
                             with self.loop("%st", n, block="inner", exit="inner.end") as inner:
-                                values_into_tmp((self.emit("add nuw nsw i64 %sj, 0"),
-                                                 self.emit("add nuw nsw i64 %si, %st")),
+                                values_into_tmp(("%sj", self.emit("add nuw nsw i64 %si, %st")),
                                                 self.emit("add nuw nsw i64 %sk, %st"))
                                 inner.hint = interleaved(self.vecmath, B)
                         piece.next = [self.emit(f"add i64 %sk, {n}"),
