@@ -373,6 +373,58 @@ def test_in_one_kernel_only_one_node_overwrites_a_dying_buffer():
         verify_plan(g, broken)
 
 
+def test_in_place_through_a_relabelling_reshape_and_a_fused_value():
+    """A kernel reading a dying buffer through a reshape that only relabels it and through a
+    fused elementwise value of its shape still reads element j at index j: its output may
+    take the buffer (relu after a conv: ``where(conv + bias <= 0, 0, conv + bias)``), and a
+    reader of another element size (the bool mask) does not stop it."""
+    g = ir.Graph()
+    x = g.add_input((2, 6), F32)
+    bias = g.add_input((6,), F32)
+    a = _node(g, "exp", [x])  # step 0: the buffer
+    r = _node(g, "reshape", [a], shape=(12,))  # step 1, one kernel from here on
+    r2 = _node(g, "reshape", [r], shape=(2, 6))
+    f = _node(g, "add", [r2, _node(g, "broadcast", [bias], shape=(2, 6))])  # fused
+    m = _node(g, "le", [f, 0.0])  # a bool output: read at its index, cannot overwrite
+    y = _node(g, "where", [m, 0.0, f])
+    g.outputs = [_node(g, "sum", [_node(g, "where", [m, 1.0, y])], axes=(0, 1), keepdims=False)]
+    steps = [0, 1, 1, 1, 1, 1, 1, 2, 2]
+    plan = check_plan(g, materialised=[a, m, y], steps=steps)
+    assert plan.inplace == [(a.id, y.id)] and plan.offsets[a.id] == plan.offsets[y.id]
+    assert check_plan(g, materialised=[a, m, y], steps=steps, inplace=False).inplace == []
+    only = [k for k, n in enumerate(g.nodes) if n.out is m]  # a backend's own rule: allowed
+    assert check_plan(g, materialised=[a, m, y], steps=steps,  # for m alone, none fits
+                      inplace=lambda k: k in only).inplace == []
+
+
+@pytest.mark.parametrize("spoiler", ["none", "permute", "broadcast", "reduce"])
+def test_in_place_needs_every_read_of_the_buffer_at_its_index(spoiler):
+    """One read of the dying buffer at another index in the same kernel — through a
+    permute, a broadcast of a slice of it, or a reduction — and no output may take it
+    (without one, the output does)."""
+    g = ir.Graph()
+    x = g.add_input((4, 4), F32)
+    a = _node(g, "exp", [x])
+    f = _node(g, "mul", [a, 2.0])  # fused, aligned with a
+    if spoiler == "none":
+        other = _node(g, "tanh", [f])
+    elif spoiler == "permute":
+        other = _node(g, "permute", [f], perm=(1, 0))
+    elif spoiler == "broadcast":
+        other = _node(g, "broadcast", [_node(g, "sum", [f], axes=(0,), keepdims=True)],
+                      shape=(4, 4))
+    else:
+        other = _node(g, "sum", [f], axes=(1,), keepdims=True)
+    y = _node(g, "add", [f, other])
+    g.outputs = [_node(g, "sum", [y], axes=(0, 1), keepdims=False)]
+    steps = [0] + [1] * (len(g.nodes) - 2) + [2]
+    plan = check_plan(g, materialised=[a, y], steps=steps)
+    if spoiler == "none":
+        assert plan.inplace == [(a.id, y.id)]
+    else:
+        assert plan.inplace == [] and plan.offsets[a.id] != plan.offsets[y.id]
+
+
 def test_steps_must_respect_data_dependences():
     g = ir.Graph()
     x = g.add_input((8,), F32)

@@ -16,9 +16,11 @@ and nothing else.
    value is recomputed from its buffers wherever it is read). A value guard reads once every
    node before it has run.
 2. **In place.** An elementwise node may write its output over an input buffer that dies at
-   that node, when both have the same shape and element size and the node reads that buffer
-   only directly (not through a view, a broadcast or a fused value): each output element
-   then depends only on the input element it overwrites. The two values then share one
+   that node, when both have the same shape and element size and every read of that buffer
+   at that step is element for element at the reader's own index: by an elementwise node of
+   the buffer's shape, directly or through reshapes that only relabel it (not through a
+   broadcast, another view or a fused value). Each output element then depends only on the
+   input element it overwrites. The two values then share one
    buffer; the pairs are ``MemoryPlan.inplace``. When the node's output is a graph output,
    the whole in-place chain ending in it lives in that output's memory, which the call
    allocates anyway (``MemoryPlan.in_outputs``): an optimizer's update chain then needs no
@@ -44,8 +46,9 @@ size's graph built with a ``compiler.dims.Dim``: the byte counts and offsets are
 functions of the size — written into the driver's IR as run-time numbers
 (``compiler/dims.py``). Which node outputs need memory does not depend on the size, only
 where they go. :meth:`MemoryPlan.table` gives the offsets (their numbers at the size) as
-one int64 per node, in node order. A kernel that may run in place (any pair in ``inplace``
-at any size) must not declare its operands ``noalias``.
+one int64 per node, in node order. A kernel that runs in place (any pair in ``inplace`` at
+any size) must load every element it overwrites before storing it; see
+``compiler/backends/llvm/driver.py`` for why its ``noalias`` pointers stay sound.
 
 >>> plan = plan_memory(graph)
 >>> verify_plan(graph, plan)  # raises PlanError if two live buffers share a byte
@@ -56,6 +59,7 @@ at any size) must not declare its operands ``noalias``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -135,10 +139,48 @@ def _shape(v: Value) -> tuple:
     return v.shape
 
 
-def _direct(n: Node, x: Value) -> bool:
-    """Whether node ``n`` reads buffer ``x`` element for element at its output's index."""
+def _at_index(n: Node, x: Value) -> bool:
+    """Whether node ``n`` reads ``x`` element for element at its output's index (an
+    elementwise node of ``x``'s shape, whatever its output's dtype)."""
     return n.prim.kind == "elementwise" and not n.out.weak and not x.weak \
-        and _shape(x) == _shape(n.out) and x.dtype.itemsize == n.out.dtype.itemsize
+        and _shape(x) == _shape(n.out)
+
+
+def _fits(x: Value, v: Value) -> bool:
+    """Whether ``v`` may take over ``x``'s buffer element for element: the same number of
+    elements of the same size."""
+    return x.dtype.itemsize == v.dtype.itemsize and math.prod(_shape(x)) == math.prod(_shape(v))
+
+
+def _aligned(g: Graph, owns: set) -> dict:
+    """value id -> the owned buffers reading that value reads element for element, element
+    ``j`` of the value from element ``j`` of the buffer (in C order). A buffer is aligned with
+    itself; a reshape that only relabels (the same elements in the same order: a buffer is
+    C-contiguous) is aligned with what its input is; an elementwise node's output is aligned
+    with what its inputs of its own shape are, less anything it reads another way (through a
+    broadcast, another view, a reduction). A fused value is computed where it is read, so
+    reading it reads these buffers at the reader's index."""
+    aligned: dict[int, frozenset] = {}
+    touched: dict[int, frozenset] = {}  # value id -> every owned buffer reading it touches
+    none = frozenset()
+    for n in g.nodes:
+        v = n.out
+        if v.id in owns:
+            aligned[v.id] = touched[v.id] = frozenset((v.id,))
+            continue
+        xs = [x for x in n.inputs if isinstance(x, Value)]
+        touched[v.id] = frozenset().union(*(touched.get(x.id, none) for x in xs))
+        if traits(n.prim).relabels and xs and not xs[0].weak:
+            aligned[v.id] = aligned.get(xs[0].id, none)
+        elif n.prim.kind == "elementwise" and not v.weak:
+            same = [x for x in xs if _at_index(n, x)]
+            other = frozenset().union(*(touched.get(x.id, none) for x in xs if x not in same),
+                                      *(touched.get(x.id, none) - aligned.get(x.id, none)
+                                        for x in same))
+            aligned[v.id] = frozenset().union(*(aligned.get(x.id, none) for x in same)) - other
+        else:
+            aligned[v.id] = none
+    return aligned
 
 
 def _times(g: Graph, steps) -> list:
@@ -182,7 +224,8 @@ def _owners(g: Graph, materialised) -> tuple[set, set]:
 
 def _liveness(g: Graph, owns: set, times: list) -> tuple:
     """Per owned value id: (defining step, last reading step), and whether every read at that
-    last step is direct (see :func:`_direct`)."""
+    last step is element for element at the reader's index (see :func:`_at_index`; through
+    relabelling reshapes too)."""
     deps: dict[int, frozenset] = {}  # value id -> owned buffers that reading it touches
     start, last, clean = {}, {}, {}
 
@@ -195,10 +238,12 @@ def _liveness(g: Graph, owns: set, times: list) -> tuple:
         elif t == last[r]:
             clean[r] = clean[r] and direct
 
+    aligned = _aligned(g, owns)
     for n, t in zip(g.nodes, times):
-        for x in n.inputs:
+        relabel = traits(n.prim).relabels and n.out.id not in owns  # (reads nothing itself:
+        for x in n.inputs:  #                                   its readers read through it)
             for r in reads(x):
-                note(r, t, x.id == r and _direct(n, x))
+                note(r, t, relabel or r in aligned.get(x.id, ()) and _at_index(n, x))
         v = n.out
         if v.id in owns:
             deps[v.id] = frozenset((v.id,))
@@ -266,7 +311,7 @@ def _place(buffers: list, key) -> tuple[int, list]:
 
 
 def plan_memory(g: Graph, materialised=None, align: int = ALIGN, *, steps=None,
-                inplace: bool = True,
+                inplace: bool | Callable[[int], bool] = True,
                 into_outputs: bool = True) -> MemoryPlan:
     """Plan every intermediate buffer of ``g`` into one arena (see the module docstring).
 
@@ -275,7 +320,9 @@ def plan_memory(g: Graph, materialised=None, align: int = ALIGN, *, steps=None,
     that must copy it, such as a reshape of a permuted value, lists it). ``steps``: for each
     node, the step it runs at — kernels in execution order, the nodes of one fused kernel
     sharing a step; None means node k runs at step k. ``inplace=False`` turns off in-place
-    reuse; ``into_outputs=False`` keeps in-place chains out of the outputs' memory. Shapes
+    reuse; a callable ``inplace(k)`` allows it only for the outputs of the nodes ``k`` it
+    answers True for (a backend whose kernels of some kinds cannot promise the order below);
+    ``into_outputs=False`` keeps in-place chains out of the outputs' memory. Shapes
     may hold ``compiler.dims.Dim`` sizes (a symbolic variant's): byte counts and offsets
     are then Dims too.
 
@@ -306,15 +353,18 @@ def plan_memory(g: Graph, materialised=None, align: int = ALIGN, *, steps=None,
     members: list[list[int]] = []
     output_of: dict[int, int] = {}  # buffer index -> the output whose memory it is
     pairs, overwritten = [], set()
-    for n, t in zip(g.nodes, times):
+    aligned = _aligned(g, owns)
+    for k, (n, t) in enumerate(zip(g.nodes, times)):
         v = n.out
         if v.id not in owns:
             continue
         into = None
-        if inplace and n.prim.kind == "elementwise" and (into_outputs or v.id not in escaping):
-            into = next((x for x in n.inputs if isinstance(x, Value) and x.id in buffer_of
-                         and x.id not in overwritten and last[x.id] == t and clean[x.id]
-                         and _direct(n, x)), None)
+        if inplace and n.prim.kind == "elementwise" and (into_outputs or v.id not in escaping) \
+                and (inplace is True or inplace(k)):
+            into = next((by_id[r] for x in n.inputs if isinstance(x, Value)
+                         and _at_index(n, x) for r in sorted(aligned.get(x.id, ()))
+                         if r in buffer_of and r not in overwritten and last[r] == t
+                         and clean[r] and _fits(by_id[r], v)), None)
         if into is not None:
             b = buffer_of[into.id]
             overwritten.add(into.id)
@@ -442,10 +492,16 @@ def verify_plan(g: Graph, plan: MemoryPlan) -> None:
         if not direct:
             indirect.add((i, k))
 
+    aligned = _aligned(g, located | escaping)
+
+    def reads_as(x, i: int) -> bool:  # reading x reads buffer i at x's own index
+        return isinstance(x, Value) and i in aligned.get(x.id, ())
+
     for n, t in zip(g.nodes, times):
+        relabel = traits(n.prim).relabels and n.out.id not in located
         for x in n.inputs:
             for i in touched(x):
-                read(i, t, x.id == i and _direct(n, x))
+                read(i, t, relabel or reads_as(x, i) and _at_index(n, x))
     for value, t in _guard_times(g, times):
         for i in touched(value):
             read(i, t, False)
@@ -459,8 +515,9 @@ def verify_plan(g: Graph, plan: MemoryPlan) -> None:
         if a not in located or location(b) is None:
             raise PlanError(f"plan: in-place pair (%{a}, %{b}) names a value with no buffer")
         n = node_of[b]
-        if not any(isinstance(x, Value) and x.id == a for x in n.inputs) or \
-                not _direct(n, by_id[a]) or life[a][1] != when[b] or \
+        if not any(reads_as(x, a) and _at_index(n, x) for x in n.inputs) or \
+                not _fits(by_id[a], by_id[b]) or \
+                life[a][1] != when[b] or \
                 (a, when[b]) in indirect or location(a) != location(b):
             raise PlanError(f"plan: {name(b)} ({n.prim.name}) may not overwrite {name(a)} "
                             f"in place: that needs an elementwise node reading it element for "

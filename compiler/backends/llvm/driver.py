@@ -10,8 +10,10 @@ failed, or -1 when an index was out of range. A compiled call is then one
 ctypes call (which releases the GIL) plus the input guards.
 
 Memory: intermediates live in one arena allocated once per plan (offsets from
-``compiler.passes.memory.plan_memory`` over the groups' outputs, no in-place reuse since the
-kernels declare their pointers ``noalias``). Graph outputs alternate between two *blocks*:
+``compiler.passes.memory.plan_memory`` over the groups' outputs). An elementwise kernel may
+write an output over an input buffer that dies in it (the planner's in-place pairs), and only
+an elementwise kernel: see the note on in-place kernels below. Graph outputs alternate
+between two *blocks*:
 each block is a pointer table with an array per output, and calls take the blocks in turn —
 a step's ``.grad`` arrays are still held while the next step runs, and free again by the one
 after. An output array is reused only when nothing else references it (its reference count
@@ -28,6 +30,19 @@ the runner's plan instead.
 
 Calls of one plan from two threads at once: the second takes the runner's plan of the graph
 (made on first need), never the shared arena.
+
+Note (in-place kernels under ``noalias``): the kernels keep their pointers ``noalias`` even
+when the plan gives an output the buffer of an input it overwrites. What makes that sound is
+the shape of an elementwise kernel's body: at iteration ``i`` it loads every operand element
+it needs, computes, and only then stores each output at ``i``; and the planner pairs an
+output with an input only when every read of that input in the kernel is of element ``i``
+at iteration ``i`` (no broadcast, no other view, no second pass). So the only memory the
+load and the store share is element ``i``, the store depends on the load, and no reordering
+``noalias`` allows can put one before the other — the argument the direct write-backs into
+bound inputs below already rest on. A reduction kernel visits each element of its input
+shape once in its first pass: its outputs there may run in place when it has no second pass
+(``reduce.in_place_nodes``). Matmul, window and index kernels read elements other than the
+one they write: they get no in-place outputs.
 
 Note (what still falls back to the runner): graphs with normal random numbers, float64
 erf/sin/cos, pow by other exponents on many elements, guards on non-scalar values, and
@@ -55,7 +70,7 @@ from ...passes.fusion import fuse
 from ...passes.memory import plan_memory, verify_plan
 from ...prims import traits
 from .. import base
-from . import cache, codegen, emit, window
+from . import cache, codegen, emit, reduce, window
 
 ALIGN = 64
 BLOCKS = 2  # output arrays kept per output (see the module docstring)
@@ -139,7 +154,10 @@ class DriverPlan(base.Executable):
             if id(v) in producer and id(v) not in {id(x) for x in materialised} and \
                     id(v) not in made:
                 materialised.append(v)
-        memory = plan_memory(g, materialised, ALIGN, steps=steps, inplace=False,
+        one_pass = {i for grp in groups if grp.kind == "elementwise" for i in grp.nodes}
+        one_pass.update(i for grp in groups if grp.kind == "reduce"
+                        for i in reduce.in_place_nodes(g, grp))
+        memory = plan_memory(g, materialised, ALIGN, steps=steps, inplace=one_pass.__contains__,
                              into_outputs=False)
         verify_plan(g, memory)  # (independent liveness: no two live buffers share a byte)
         self.memory = memory

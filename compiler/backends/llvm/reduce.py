@@ -561,6 +561,20 @@ class ReduceBuilder(LoopBuilder):
 _COMBINE = Lowerings("LLVM reduce codegen")
 
 
+def in_place_nodes(g, grp) -> frozenset:
+    """The nodes of reduce group ``grp`` whose outputs may take over the buffer of an input
+    they read (the memory planner's in-place pairs): its prologue over ``S`` when the group
+    has no second pass over ``S``. Each element of ``S`` is then visited once, in whichever
+    form the kernel takes (chunks, runs, pieces, columns, blocks across threads): its inputs
+    loaded, then its prologue outputs stored. A second pass recomputes prologue values from
+    the inputs after the first pass stored over them, so such a group gets none."""
+    try:
+        _, _, pre_s, post_s, _, _ = ReduceBuilder(g, grp)._classify()
+    except NotImplementedError:  # (a group this backend does not lower: no kernel at all)
+        return frozenset()
+    return frozenset() if post_s else frozenset(pre_s)
+
+
 def _identity(e: float, t: str) -> str:
     """A reduction's identity as a literal of type ``t`` (int64: the extreme ints for ±inf)."""
     if t == "i64":
