@@ -39,6 +39,17 @@ def _per_channel(t: Tensor | None, ndim: int) -> Tensor | None:
     return None if t is None else t.reshape((1, -1) + (1,) * (ndim - 2))
 
 
+def _normalised(d: Tensor, invstd: Tensor, weight: Tensor | None,
+                bias: Tensor | None) -> Tensor:
+    """``d · invstd · weight + bias`` with the per-channel factors multiplied first, as
+    PyTorch's kernels do (one scale per channel). Autograd then saves ``d`` and the small
+    scale, and never the normalised ``d · invstd``: one full-size tensor kept for backward
+    per normalisation, not two (the weight's gradient is ``sum(g · d) · invstd``)."""
+    scale = invstd if weight is None else invstd * _per_channel(weight, d.ndim)
+    out = d * scale
+    return out if bias is None else out + _per_channel(bias, d.ndim)
+
+
 def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
                weight: Tensor | None = None, bias: Tensor | None = None,
                training: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
@@ -62,19 +73,13 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
                 unbiased = var.reshape(-1) * (n / (n - 1))
                 running_mean.mul_(1.0 - momentum).add_(flat_mean * momentum)
                 running_var.mul_(1.0 - momentum).add_(unbiased * momentum)
-        out = d * _e.rsqrt(var + eps)
-    else:
-        if running_mean is None or running_var is None:
-            raise ValueError("batch_norm: running_mean and running_var are needed in eval "
-                             "mode (training=False)")
-        mean = _per_channel(running_mean, input.ndim)
-        var = _per_channel(running_var, input.ndim)
-        out = (input - mean) * _e.rsqrt(var + eps)
-    if weight is not None:
-        out = out * _per_channel(weight, input.ndim)
-    if bias is not None:
-        out = out + _per_channel(bias, input.ndim)
-    return out
+        return _normalised(d, _e.rsqrt(var + eps), weight, bias)
+    if running_mean is None or running_var is None:
+        raise ValueError("batch_norm: running_mean and running_var are needed in eval "
+                         "mode (training=False)")
+    mean = _per_channel(running_mean, input.ndim)
+    var = _per_channel(running_var, input.ndim)
+    return _normalised(input - mean, _e.rsqrt(var + eps), weight, bias)
 
 
 def instance_norm(input: Tensor, running_mean: Tensor | None = None,
@@ -115,15 +120,9 @@ def instance_norm(input: Tensor, running_mean: Tensor | None = None,
                 unbiased = _r.mean(var.reshape(input.shape[0], c), 0) * (n / (n - 1))
                 running_mean.mul_(1.0 - momentum).add_(batch_mean * momentum)
                 running_var.mul_(1.0 - momentum).add_(unbiased * momentum)
-        out = d * _e.rsqrt(var + eps)
-    else:
-        out = (input - _per_channel(running_mean, input.ndim)) * \
-            _e.rsqrt(_per_channel(running_var, input.ndim) + eps)
-    if weight is not None:
-        out = out * _per_channel(weight, input.ndim)
-    if bias is not None:
-        out = out + _per_channel(bias, input.ndim)
-    return out
+        return _normalised(d, _e.rsqrt(var + eps), weight, bias)
+    return _normalised(input - _per_channel(running_mean, input.ndim),
+                       _e.rsqrt(_per_channel(running_var, input.ndim) + eps), weight, bias)
 
 
 def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
