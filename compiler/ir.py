@@ -82,6 +82,9 @@ class Graph:
     outputs: list = field(default_factory=list)
     guards: list = field(default_factory=list)
     _next: int = 0
+    # id of a value computed again for late readers -> id of the value it copies (see
+    # compiler/passes/remat.py; fusion keeps such copies from running early)
+    recomputed: dict = field(default_factory=dict)
 
     def new_value(self, shape, dtype, name: str = "", const=None, weak: bool = False) -> Value:
         v = Value(self._next, shape, dtype, name, const, weak)

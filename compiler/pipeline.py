@@ -30,6 +30,7 @@ from .backends.base import Backend, Executable
 from .guards import GuardSet, build_guards
 from .partition import Split, precompute, split
 from .passes import run_passes
+from .passes.remat import rematerialise
 from .trace import Trace
 
 
@@ -66,6 +67,9 @@ def lower(trace: Trace, vector_math: bool) -> Lowered:
     before = str(g)
     ir.verify(g)
     g = run_passes(g)
+    if vector_math and trace.backward is None:  # (a backend that plans memory; a backward
+        g = rematerialise(g)  #                      outside is split.rematerialise's work)
+        ir.verify(g)
     after = str(g)
     parts = None
     if trace.backward is not None:

@@ -51,7 +51,9 @@ Note (what one loop group is — the rules the code generator may rely on):
   when their inputs come from outside it; otherwise they form a 'scalar' group.
 
 How groups form: greedily along graph edges; a merge is kept only if the union is a legal
-group (above), lies within one segment and leaves the groups acyclic. In order: (1) each
+group (above), lies within one segment, leaves the groups acyclic and puts no value computed
+again for late readers (``Graph.recomputed``, compiler/passes/remat.py) with a node before
+it. In order: (1) each
 reduction takes the producers that only it uses; (2) sibling reductions (same shape and
 axes, a shared input) merge; (3) elementwise nodes merge with their elementwise
 producers; (4) each reduction merges with the group computing its input; (5) any edge
@@ -212,6 +214,14 @@ class _Partition:
         self.parent = list(range(n))
         self.members = {i: {i} for i in range(n)}
         self.first = list(range(n))  # per root: its smallest node index
+        # per root: no node of its group may come before this index — a value computed
+        # again for late readers (Graph.recomputed) starts the run of copies it is in
+        self.floor = [0] * n
+        copies = {v for v in g.recomputed}
+        for i, node in enumerate(g.nodes):
+            if node.out.id in copies:
+                self.floor[i] = self.floor[i - 1] if i and g.nodes[i - 1].out.id in copies \
+                    else i
         self.refused: set = set()  # unions found illegal
         # per root: the groups reachable from it, as a bitset of root indices (bits of
         # merged-away roots may stay set: no one asks about them again)
@@ -327,7 +337,8 @@ class _Partition:
         if ra == rb:
             return True
         key = (min(ra, rb), max(ra, rb), len(self.members[ra]) + len(self.members[rb]))
-        if self.segment[ra] != self.segment[rb] or key in self.refused:
+        if self.segment[ra] != self.segment[rb] or key in self.refused or \
+                min(self.first[ra], self.first[rb]) < max(self.floor[ra], self.floor[rb]):
             return False
         union = self.members[ra] | self.members[rb]
         if check and self.loop_nest(union) is None:
@@ -344,6 +355,7 @@ class _Partition:
         self.members[keep] = union
         del self.members[gone]
         self.first[keep] = min(self.first[ra], self.first[rb])
+        self.floor[keep] = max(self.floor[ra], self.floor[rb])
         if general:  # whoever reached either part now reaches all that the union reaches
             both = (1 << ra) | (1 << rb)
             merged = self.reach[keep] = (self.reach[ra] | self.reach[rb]) & ~both

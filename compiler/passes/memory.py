@@ -272,12 +272,28 @@ def _peak(intervals: list) -> int:
 def eager_peak_bytes(g: Graph) -> int:
     """Most bytes of intermediates alive at once when every non-view node output is its own
     allocation, freed after its last use — what eager numpy does (outputs and inputs are not
-    intermediates; exact bytes, no rounding)."""
+    intermediates; exact bytes, no rounding). Values computed again for late readers
+    (``Graph.recomputed``) are not eager's: its readers read the original."""
+    g = _as_eager(g)
     owns, escaping = _owners(g, None)
     start, last, _ = _liveness(g, owns, _times(g, None))
     by_id = {n.out.id: n.out for n in g.nodes}
     return _peak([(_nbytes(by_id[i]), start[i], last[i]) for i in start
                   if i not in escaping])
+
+
+def _as_eager(g: Graph) -> Graph:
+    """``g`` without the copies ``compiler/passes/remat.py`` made (their readers read the
+    originals), as eager runs it: a new graph of new nodes over the same values."""
+    if not g.recomputed:
+        return g
+    by_id = {n.out.id: n.out for n in g.nodes}
+    original = {i: by_id[j] for i, j in g.recomputed.items()}
+    nodes = [Node(n.prim, [original.get(x.id, x) if isinstance(x, Value) else x
+                           for x in n.inputs], n.params, n.out)
+             for n in g.nodes if n.out.id not in original]
+    return Graph(inputs=g.inputs, scalars=g.scalars, nodes=nodes, outputs=g.outputs,
+                 guards=[])
 
 
 _ORDERS = {  # (size, first, last) -> sort key; each a greedy order worth trying
