@@ -322,3 +322,88 @@ def test_a_compiled_training_step_of_d2l_s_bidirectional_lstm_equals_eager():
     assert sum(v.calls for v in fn.variants) >= 2, fn.fallbacks
     plan = fn.variants[-1].plan
     assert isinstance(plan, driver.DriverPlan), plan.describe()
+
+
+# ------------------------------------------------------------------ unique
+
+
+UNIQUE_INPUTS = [np.array([2, 1, 3, 1, 2, 5]), np.array([[1, 2], [0, 5], [1, 2]]),
+                 np.array(3), np.array([True, False, True]), np.zeros((0, 3)),
+                 np.array([-0.0, 0.0, 0.0]), np.array([0.0, -0.0]),
+                 np.array([np.nan, 1.0, np.nan, 1.0]),
+                 np.random.default_rng(0).integers(0, 2, (4, 3, 5)),
+                 np.array([1, 1, 2, 2, 3, 1, 1, 2])]
+UNIQUE_OPTIONS = [{}, {"return_inverse": True}, {"return_counts": True},
+                  {"return_inverse": True, "return_counts": True}]
+
+
+def _same_as_torch(ours, theirs):
+    ours = ours if isinstance(ours, tuple) else (ours,)
+    theirs = theirs if isinstance(theirs, tuple) else (theirs,)
+    assert len(ours) == len(theirs)
+    for d, t in zip(ours, theirs, strict=True):
+        assert d.shape == tuple(t.shape) and d.dtype.name == str(t.dtype).split(".")[-1]
+        assert not d.requires_grad
+        a, b = d.numpy(), t.numpy()
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), (a, b)
+        if a.dtype.kind == "f":
+            assert np.array_equal(np.signbit(a), np.signbit(b))      # -0.0 kept as PyTorch
+
+
+@needs_torch
+@pytest.mark.parametrize("a", UNIQUE_INPUTS, ids=range(len(UNIQUE_INPUTS)))
+@pytest.mark.parametrize("dim", [None, 0, 1, -1])
+@pytest.mark.parametrize("fn", ["unique", "unique_consecutive"])
+def test_unique_and_unique_consecutive_match_torch(a, dim, fn):
+    if fn == "unique" and dim is not None and a.dtype.kind == "f" and np.isnan(a).any():
+        return  # PyTorch's order of slices holding NaN is an artefact (the module says)
+    t = torch.tensor(a)
+    d = dg.tensor(a)
+    for kw in UNIQUE_OPTIONS:
+        try:
+            theirs = getattr(torch, fn)(t, dim=dim, **kw)
+        except (IndexError, RuntimeError) as e:
+            with pytest.raises(type(e)):
+                getattr(dg, fn)(d, dim=dim, **kw)
+            continue
+        _same_as_torch(getattr(dg, fn)(d, dim=dim, **kw), theirs)
+        _same_as_torch(getattr(d, fn)(dim=dim, **kw), theirs)              # the method
+
+
+def test_unique_sorts_and_counts_as_pytorch_documents():
+    out, inverse, counts = dg.unique(dg.tensor([2, 1, 3, 1]), sorted=False,
+                                     return_inverse=True, return_counts=True)
+    assert out.tolist() == [1, 2, 3] and inverse.tolist() == [1, 0, 2, 0]
+    assert counts.tolist() == [2, 1, 1]
+    rows, inv = dg.unique(dg.tensor([[1, 2], [0, 5], [1, 2]]), dim=0, return_inverse=True)
+    assert rows.tolist() == [[0, 5], [1, 2]] and inv.tolist() == [1, 0, 1]
+    assert dg.unique(dg.tensor([[1, 2], [2, 1]])).tolist() == [1, 2]       # flattened
+    nan = dg.unique(dg.tensor([float("nan"), 1.0, float("nan")]), return_counts=True)
+    assert nan[1].tolist() == [1, 1, 1]                    # NaN is never equal to NaN
+    assert dg.unique_consecutive(dg.tensor([1, 1, 2, 1])).tolist() == [1, 2, 1]
+
+
+def test_unique_of_a_tensor_requiring_grad_is_a_constant():
+    x = dg.tensor([1.0, 2.0, 1.0], requires_grad=True)
+    u = dg.unique(x)
+    assert not u.requires_grad and u.grad_fn is None
+
+
+def test_unique_errors_name_the_op_and_the_shape():
+    with pytest.raises(IndexError, match=r"unique: Dimension out of range \(expected to be in "
+                                         r"range of \[-2, 1\], but got 2\)"):
+        dg.unique(dg.zeros(2, 3), dim=2)
+    with pytest.raises(IndexError, match="Dimension specified as 0 but tensor has no dim"):
+        dg.unique(dg.tensor(3.0), dim=0)
+    with pytest.raises(RuntimeError, match=r"0 sized dimensions.*\[2, 0\]"):
+        dg.unique_consecutive(dg.zeros(2, 0), dim=0)
+
+
+def test_unique_in_a_compiled_function_is_guarded_on_the_data():
+    def fn(x):
+        values, counts = x.unique(return_counts=True)
+        return (values * counts).sum()
+    f = compiler.compile(fn)
+    for a in ([1.0, 1, 2], [3.0, 0, 0], [1.0, 1, 2], [5.0, 5, 5]):
+        x = dg.tensor(a)
+        assert f(x).item() == fn(x).item()
