@@ -240,6 +240,8 @@ def test_recurrent_layer_arguments_are_checked_as_pytorch_does():
         nn.LSTM(3, 4, num_layers=0)
     with pytest.raises(ValueError, match="hidden_size must be greater than zero"):
         nn.RNN(3, 0)
+    with pytest.raises(TypeError, match="hidden_size should be of type int, got: float"):
+        nn.LSTM(3, 4.0)
     with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
         nn.GRU(3, 4, dropout=0.5)
 
