@@ -195,8 +195,10 @@ from .ops.reduce import (
     var,
 )
 from .ops.scan import argsort, cumprod, cumsum, msort, sort, topk
+from .ops.unique import unique, unique_consecutive
 from .printing import debug_print
 from .serialization import load, save
+from .size import Size
 from .tensor import Tensor, device, get_default_device, set_default_device
 from .tensor_types import (
     BoolTensor,
@@ -293,7 +295,8 @@ __all__ = [
     "reshape", "expand", "broadcast_to", "permute", "transpose", "squeeze", "unsqueeze",
     "flatten", "narrow", "cat", "concat", "stack", "split", "chunk", "unbind",
     "matmul", "mm", "bmm", "dot", "outer", "gather", "take_along_dim", "index_select",
-    "scatter_add", "scatter", "index_add", "spmm", "nonzero", "argwhere",
+    "scatter_add", "scatter", "index_add", "spmm", "nonzero", "argwhere", "unique",
+    "unique_consecutive", "Size",
     "one_hot",
     "tril", "triu", "t", "swapaxes", "swapdims", "meshgrid", "sinh", "cosh", "trunc", "fix",
     "isnan", "isinf", "isfinite", "log2", "log10", "mv", "pi", "e", "inf", "nan",

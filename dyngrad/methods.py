@@ -35,6 +35,7 @@ from .ops import random as _rnd
 from .ops import reduce as _r
 from .ops import scan as _s
 from .ops import scatter as _sc
+from .ops import unique as _u
 from .ops.primitive import quiet
 from .tensor import UPWARD, Tensor, to_arguments
 
@@ -270,7 +271,8 @@ METHODS: tuple[Method, ...] = (
         take_along_dim=lambda self, indices, dim: _i.take_along_dim(self, indices, dim),
         index_select=_i.index_select, scatter_add=_i.scatter_add_dim, index_add=_i.index_add,
         scatter=_sc.scatter_dim,
-        nonzero=_i.nonzero, argwhere=_i.nonzero,
+        nonzero=_i.nonzero, argwhere=_i.nonzero, unique=_u.unique,
+        unique_consecutive=_u.unique_consecutive,
         matmul=_l.matmul, mm=_l.mm, bmm=_l.bmm, dot=_l.dot, outer=_l.outer,
         # tensor functions (dyngrad/ops/composites.py, scan.py)
         tril=_cf.tril, triu=_cf.triu, t=_cf.t, swapaxes=_cf.swapaxes, swapdims=_cf.swapdims,

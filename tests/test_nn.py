@@ -205,12 +205,45 @@ def test_recurrent_layer_accepts_unbatched_input(cls):
 
 
 def test_recurrent_layer_rejects_wrong_feature_size_and_hidden_shape():
-    with pytest.raises(ValueError, match="GRU: expected input of shape"):
+    with pytest.raises(RuntimeError, match=re.escape(
+            "GRU: input.size(-1) must be equal to input_size. Expected 3, got 6")):
         nn.GRU(3, 4)(dg.randn(5, 2, 6))
-    with pytest.raises(RuntimeError, match="Expected hidden size"):
+    with pytest.raises(ValueError, match="LSTM: Expected input to be 2D or 3D, got 4D"):
+        nn.LSTM(3, 4)(dg.randn(5, 2, 1, 3))
+    with pytest.raises(RuntimeError, match=re.escape(
+            "Expected hidden size (2, 2, 4), got [1, 2, 4]")):
         nn.GRU(3, 4, num_layers=2)(dg.randn(5, 2, 3), dg.zeros(1, 2, 4))
+    with pytest.raises(RuntimeError, match=re.escape(
+            "Expected hidden size (2, 2, 4), got [1, 2, 4]")):       # 2 = 1 layer * 2 dirs
+        nn.GRU(3, 4, bidirectional=True)(dg.randn(5, 2, 3), dg.zeros(1, 2, 4))
+    with pytest.raises(RuntimeError, match=re.escape(
+            "Expected hidden[1] size (2, 2, 4), got [1, 2, 4]")):
+        nn.LSTM(3, 4, bidirectional=True)(dg.randn(5, 2, 3), (dg.zeros(2, 2, 4),
+                                                               dg.zeros(1, 2, 4)))
     with pytest.raises(ValueError, match="GRUCell: expected input"):
         nn.GRUCell(3, 4)(dg.randn(2, 5))
+
+
+def test_recurrent_state_must_match_the_input_s_batchedness():
+    with pytest.raises(RuntimeError, match="For unbatched 2-D input, hx should also be 2-D "
+                                           "but got 3-D tensor"):
+        nn.GRU(3, 4)(dg.randn(5, 3), dg.zeros(1, 1, 4))
+    with pytest.raises(RuntimeError, match=re.escape(
+            "For batched 3-D input, hx and cx should also be 3-D but got (3-D, 2-D) tensors")):
+        nn.LSTM(3, 4)(dg.randn(5, 2, 3), (dg.zeros(1, 2, 4), dg.zeros(1, 4)))
+
+
+def test_recurrent_layer_arguments_are_checked_as_pytorch_does():
+    with pytest.raises(ValueError, match="dropout should be a number in range"):
+        nn.GRU(3, 4, dropout=1.5)
+    with pytest.raises(ValueError, match="num_layers must be greater than zero"):
+        nn.LSTM(3, 4, num_layers=0)
+    with pytest.raises(ValueError, match="hidden_size must be greater than zero"):
+        nn.RNN(3, 0)
+    with pytest.raises(TypeError, match="hidden_size should be of type int, got: float"):
+        nn.LSTM(3, 4.0)
+    with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
+        nn.GRU(3, 4, dropout=0.5)
 
 
 def test_rnn_nonlinearity_is_validated():
@@ -219,9 +252,41 @@ def test_rnn_nonlinearity_is_validated():
         nn.RNN(3, 4, nonlinearity="gelu")
 
 
-def test_bidirectional_is_refused_with_a_workaround():
-    with pytest.raises(NotImplementedError, match="bidirectional"):
-        nn.LSTM(3, 4, bidirectional=True)
+@pytest.mark.parametrize("cls", ["RNN", "GRU", "LSTM"])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_bidirectional_output_has_both_directions_and_states_are_layer_major(cls,
+                                                                             batch_first):
+    m = getattr(nn, cls)(3, 5, num_layers=2, batch_first=batch_first, bidirectional=True)
+    x = dg.randn(2, 7, 3) if batch_first else dg.randn(7, 2, 3)   # batch 2, seq 7
+    out, state = m(x)
+    assert out.shape == ((2, 7, 10) if batch_first else (7, 2, 10))
+    for s in (state if cls == "LSTM" else (state,)):
+        assert s.shape == (4, 2, 5)                    # (layers * directions, batch, hidden)
+    h_n = (state[0] if cls == "LSTM" else state).detach().numpy()
+    o = out.detach().numpy()
+    o = o.transpose(1, 0, 2) if batch_first else o                # (seq, batch, 2 * hidden)
+    np.testing.assert_array_equal(h_n[2], o[-1, :, :5])      # last layer forward: at the end
+    np.testing.assert_array_equal(h_n[3], o[0, :, 5:])       # last layer reverse: at t = 0
+
+
+def test_bidirectional_layers_after_the_first_read_both_directions():
+    m = nn.LSTM(3, 4, num_layers=3, bidirectional=True)
+    assert m.weight_ih_l0.shape == m.weight_ih_l0_reverse.shape == (16, 3)
+    assert m.weight_ih_l1.shape == m.weight_ih_l2_reverse.shape == (16, 8)
+    assert m.weight_hh_l1_reverse.shape == (16, 4)
+    assert m._flat_weights_names == [n for n, _ in m.named_parameters()]
+    assert list(m.state_dict()) == m._flat_weights_names
+    assert len(m._flat_weights) == 24
+
+
+def test_bidirectional_unbatched_input_and_given_state():
+    m = nn.GRU(3, 4, num_layers=2, bidirectional=True)
+    x, h0 = dg.randn(6, 3), dg.randn(4, 4)
+    out, h_n = m(x, h0)
+    assert out.shape == (6, 8) and h_n.shape == (4, 4)
+    out_b, h_b = m(x.unsqueeze(1), h0.unsqueeze(1))               # the same with a batch of 1
+    np.testing.assert_allclose(out.detach().numpy(), out_b.detach().numpy()[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(h_n.detach().numpy(), h_b.detach().numpy()[:, 0], rtol=1e-6)
 
 
 def test_linear_rejects_mismatched_input_features():
@@ -257,6 +322,9 @@ REPRS = {
     "nn.LSTM(3, 4, num_layers=2, bias=False, batch_first=True, dropout=0.5)":
         "LSTM(3, 4, num_layers=2, bias=False, batch_first=True, dropout=0.5)",
     "nn.RNN(3, 4, num_layers=3)": "RNN(3, 4, num_layers=3)",
+    "nn.GRU(3, 4, bidirectional=True)": "GRU(3, 4, bidirectional=True)",
+    "nn.LSTM(3, 4, 2, batch_first=True, dropout=0.1, bidirectional=True)":
+        "LSTM(3, 4, num_layers=2, batch_first=True, dropout=0.1, bidirectional=True)",
     "nn.MSELoss()": "MSELoss()",
     "nn.CrossEntropyLoss(label_smoothing=0.1)": "CrossEntropyLoss()",
     "nn.Sequential(nn.Linear(2, 3), nn.Sequential(nn.Tanh(), nn.Dropout()))":
@@ -301,6 +369,9 @@ PARAM_EXPRS = [
     "nn.RNN(3, 4, num_layers=2)",
     "nn.GRU(3, 4, num_layers=2, bias=False)",
     "nn.LSTM(3, 4, num_layers=3)",
+    "nn.RNN(3, 4, bidirectional=True)",
+    "nn.GRU(3, 4, num_layers=2, bidirectional=True, bias=False)",
+    "nn.LSTM(3, 4, num_layers=3, bidirectional=True)",
     "nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3)))",
     "nn.ModuleDict({'a': nn.Linear(1, 2), 'b': nn.ModuleList([nn.GRUCell(2, 2)])})",
 ]
@@ -716,7 +787,8 @@ def test_recurrent_dropout_only_between_layers_and_only_in_training():
     dg.manual_seed(1)
     np.testing.assert_array_equal(m(x)[0].detach().numpy(), a)
     assert not np.allclose(a, ref)
-    one = nn.GRU(3, 4, num_layers=1, dropout=0.9)       # nothing between layers: no dropout
+    with pytest.warns(UserWarning, match="dropout"):
+        one = nn.GRU(3, 4, num_layers=1, dropout=0.9)   # nothing between layers: no dropout
     np.testing.assert_array_equal(one(x)[0].detach().numpy(),
                                   one.eval()(x)[0].detach().numpy())
 
@@ -997,6 +1069,32 @@ def test_gradcheck_two_layer_recurrent(cls, batch_first, with_state):
         _gradcheck_module(m, x, leaf(2, batch, 2, seed=1), forward_ad=forward_ad)
 
 
+BIDIRECTIONAL_CHECKS = [("RNN", False, False), ("GRU", True, True), ("LSTM", False, True),
+                        ("LSTM", True, False)]
+
+
+@pytest.mark.parametrize("cls,batch_first,with_state", BIDIRECTIONAL_CHECKS)
+def test_gradcheck_two_layer_bidirectional_recurrent(cls, batch_first, with_state):
+    dg.manual_seed(0)
+    m = getattr(nn, cls)(2, 2, num_layers=2, batch_first=batch_first,
+                         bidirectional=True).double()
+    x = leaf(2, 3, 2)                          # (seq 2, batch 3) or (batch 2, seq 3)
+    batch = 2 if batch_first else 3
+    if not with_state:
+        _gradcheck_module(m, x, forward_ad=False)
+    elif cls == "LSTM":
+        _gradcheck_module(m, x, leaf(4, batch, 2, seed=1), leaf(4, batch, 2, seed=2),
+                          forward_ad=False)
+    else:
+        _gradcheck_module(m, x, leaf(4, batch, 2, seed=1), forward_ad=False)
+
+
+def test_gradcheck_unbatched_bidirectional_lstm():
+    dg.manual_seed(0)
+    m = nn.LSTM(2, 2, bidirectional=True).double()
+    _gradcheck_module(m, leaf(3, 2), leaf(2, 2, seed=1), leaf(2, 2, seed=2), forward_ad=True)
+
+
 def test_gradcheck_relu_rnn():
     dg.manual_seed(0)
     m = nn.RNN(2, 2, 2, "relu").double()
@@ -1093,6 +1191,15 @@ ORACLE_MODULES = [
     ("nn.LSTM(3, 4, num_layers=2, batch_first=True)", [(2, 5, 3)]),
     ("nn.LSTM(3, 4, num_layers=3, batch_first=True)", [(2, 5, 3), ((3, 2, 4), (3, 2, 4))]),
     ("nn.LSTM(3, 4)", [(5, 3)]),
+    ("nn.RNN(3, 4, bidirectional=True)", [(5, 2, 3)]),
+    ("nn.RNN(3, 4, 2, 'relu', batch_first=True, bidirectional=True)", [(2, 5, 3), (4, 2, 4)]),
+    ("nn.GRU(3, 4, num_layers=2, bidirectional=True)", [(5, 2, 3), (4, 2, 4)]),
+    ("nn.GRU(3, 4, bidirectional=True, bias=False)", [(5, 3)]),
+    ("nn.GRU(3, 4, num_layers=2, bidirectional=True)", [(5, 3), (4, 4)]),
+    ("nn.LSTM(3, 4, bidirectional=True)", [(5, 2, 3)]),
+    ("nn.LSTM(3, 4, num_layers=2, bidirectional=True)", [(5, 2, 3), ((4, 2, 4), (4, 2, 4))]),
+    ("nn.LSTM(3, 4, num_layers=2, batch_first=True, bidirectional=True)", [(2, 5, 3)]),
+    ("nn.LSTM(3, 4, num_layers=3, bidirectional=True)", [(5, 3), ((6, 4), (6, 4))]),
     ("nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.LayerNorm(4), nn.Linear(4, 2))",
      [(5, 3)]),
 ]
@@ -1133,6 +1240,20 @@ def test_embedding_output_and_grad_equal_torch(padding_idx):
     (y * dg.tensor(v)).sum().backward()
     (ty * torch.from_numpy(v)).sum().backward()
     close(m.weight.grad, tm.weight.grad)
+
+
+def test_bidirectional_lstm_dropout_is_between_layers_and_matches_torch_in_eval():
+    torch = pytest.importorskip("torch")
+    expr = "nn.LSTM(3, 4, num_layers=2, dropout=0.5, bidirectional=True)"
+    m = build(expr, dg).double()
+    tm = torch_twin(m, build(expr, torch)).eval()
+    x = dg.tensor(arr(5, 2, 3))
+    dg.manual_seed(3)
+    a = m(x)[0].detach().numpy()
+    dg.manual_seed(3)
+    np.testing.assert_array_equal(m(x)[0].detach().numpy(), a)
+    assert not np.allclose(a, m.eval()(x)[0].detach().numpy())   # training: dropout applied
+    assert_module_matches_torch(m, tm, [leaf(5, 2, 3)])
 
 
 def test_gru_eval_with_dropout_equals_torch_eval():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import io
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -627,7 +628,7 @@ def test_repr_of_plain_tensors():
     assert repr(dg.tensor([1.0, 2.0])) == "tensor([1., 2.])"
     assert repr(dg.tensor([1.5, 2.25])) == "tensor([1.5000, 2.2500])"
     assert repr(dg.tensor([1, 2])) == "tensor([1, 2])"
-    assert repr(dg.tensor([True, False])) == "tensor([True, False])"
+    assert repr(dg.tensor([True, False])) == "tensor([ True, False])"
     assert repr(dg.tensor(2.5)) == "tensor(2.5000)"
     assert str(dg.tensor(3)) == "tensor(3)"
 
@@ -660,6 +661,63 @@ def test_repr_of_empty_and_large_tensors():
 
 def test_repr_of_matrix_aligns_rows():
     assert repr(dg.tensor([[1, 2], [3, 4]])) == "tensor([[1, 2],\n        [3, 4]])"
+
+
+def test_repr_of_bools_pads_to_the_widest_as_pytorch_does():
+    assert repr(dg.tensor([True, False])) == "tensor([ True, False])"
+    assert repr(dg.tensor([True, True])) == "tensor([True, True])"        # no False: width 4
+    assert repr(dg.tensor(True)) == "tensor(True)"
+    assert repr(dg.tensor(False)) == "tensor(False)"
+    assert repr(dg.tensor([[True, False], [False, True]])) == \
+        "tensor([[ True, False],\n        [False,  True]])"
+    assert repr(dg.zeros(3) > -1) == "tensor([True, True, True])"
+
+
+R = np.random.default_rng(0)
+NAN, INF = float("nan"), float("inf")
+PRINTED = [  # what PyTorch's printing decides: widths, wrapping, modes, summaries, suffixes
+    np.array([True, False]), np.array(True), np.array(False), np.array([[True] * 30] * 2),
+    np.arange(60).reshape(3, 4, 5) % 2 == 0, R.random(2000) > 0.5,
+    np.array([True] * 1500 + [False]),                       # the False is not shown
+    np.arange(40.0).reshape(2, 20) / 3, np.arange(30).reshape(2, 15), np.arange(2000),
+    np.arange(2000.0) / 7, R.standard_normal((40, 40)),
+    R.standard_normal((3, 4, 5, 6)).astype(np.float32), R.integers(-1000, 1000, (50, 30)),
+    np.zeros((2, 0)), np.zeros(0), np.array(3.5), np.array(-7), R.standard_normal((2, 3, 2, 2)),
+    np.array([NAN, 1.0]), np.array([NAN, 1.5]), np.array([INF, -INF, 1.0]),
+    np.array([-INF, 1.5, 100.0]), np.array([NAN, 1e-5]), np.array([NAN, 12345.0]),
+    np.array([1.0, 1000.0]), np.array([1.0, 1001.0]), np.array([0.5, 600.0]),
+    np.array([1e8, 1.0]), np.array([-1e-5, 0.0]), np.array([-0.0, 1.0]), np.array(NAN),
+    np.array([0.0, 0.0]), np.array(123456789.0), R.standard_normal(200) * 100,
+    np.arange(3000.0).reshape(30, 100),
+]
+
+
+def _suffixes_on_one_line(text: str) -> str:
+    """(``dyngrad.float64`` is two characters longer than ``torch.float64``, so a suffix that
+    fits in PyTorch's line may wrap in ours: compare with the suffixes joined.)"""
+    return re.sub(r",\n {7}(?=dtype=|requires_grad=|grad_fn=|size=)", ", ", text)
+
+
+@pytest.mark.parametrize("a", PRINTED, ids=range(len(PRINTED)))
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_repr_equals_pytorch_s(a, requires_grad):
+    torch = pytest.importorskip("torch")
+    if requires_grad and a.dtype.kind != "f":
+        return
+    t = torch.tensor(a, requires_grad=requires_grad)
+    d = dg.tensor(a, requires_grad=requires_grad)
+    pairs = [(d, t), (d * 2, t * 2)] if requires_grad else [(d, t)]
+    for x, y in pairs:
+        assert _suffixes_on_one_line(repr(x)) == \
+            _suffixes_on_one_line(repr(y).replace("torch.", "dyngrad."))
+
+
+def test_repr_wraps_suffixes_past_the_line_width_as_pytorch_does():
+    x = dg.tensor(np.arange(16.0).reshape(2, 8) / 3, dtype=dg.float64, requires_grad=True)
+    assert repr(x) == (
+        "tensor([[0.0000, 0.3333, 0.6667, 1.0000, 1.3333, 1.6667, 2.0000, 2.3333],\n"
+        "        [2.6667, 3.0000, 3.3333, 3.6667, 4.0000, 4.3333, 4.6667, 5.0000]],\n"
+        "       dtype=dyngrad.float64, requires_grad=True)")
 
 
 # --------------------------------------------------------------------------- save / load

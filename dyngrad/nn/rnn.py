@@ -1,10 +1,11 @@
-"""Recurrent layers: RNNCell, GRUCell, LSTMCell and multi-layer GRU / LSTM with PyTorch's
-equations, weight layout (gates stacked in ``weight_ih``/``weight_hh``), parameter names and
-initialisation U(−1/√hidden, 1/√hidden)."""
+"""Recurrent layers: RNNCell, GRUCell, LSTMCell and multi-layer, optionally bidirectional
+RNN / GRU / LSTM with PyTorch's equations, weight layout (gates stacked in
+``weight_ih``/``weight_hh``), parameter names and initialisation U(−1/√hidden, 1/√hidden)."""
 
 from __future__ import annotations
 
 import math
+import warnings
 
 from .. import dtypes as _dt
 from ..ops import creation as _c
@@ -130,84 +131,143 @@ class LSTMCell(_CellBase):
 
 
 class _RNNBase(Module):
+    """The multi-layer, optionally bidirectional recurrence shared by RNN, GRU and LSTM.
+
+    Note: parameters are made in PyTorch's order — layer by layer, and within a layer the
+    forward direction's ``weight_ih, weight_hh, bias_ih, bias_hh`` then the reverse
+    direction's (suffix ``_reverse``) — and initialised in that order, so that under the same
+    seed the names, the state dict's keys and the draws line up with PyTorch's. A layer after
+    the first reads the previous layer's output: ``num_directions * hidden_size`` features.
+    """
+
     cell_class: type = GRUCell
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, dtype=None) -> None:
         super().__init__()
-        if bidirectional:
-            raise NotImplementedError(f"{type(self).__name__}: bidirectional=True is not "
-                                      f"supported yet; run two layers over x and x reversed")
-        if num_layers < 1:
-            raise ValueError("num_layers must be at least 1")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
+                or not 0 <= dropout <= 1:
+            raise ValueError("dropout should be a number in range [0, 1] representing the "
+                             "probability of an element being zeroed")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
+                          "non-zero dropout expects num_layers greater than 1, but got "
+                          f"dropout={dropout} and num_layers={num_layers}", stacklevel=2)
+        if not isinstance(hidden_size, int):
+            raise TypeError(f"hidden_size should be of type int, got: "
+                            f"{type(hidden_size).__name__}")
+        if hidden_size <= 0:
+            raise ValueError("hidden_size must be greater than zero")
+        if num_layers <= 0:
+            raise ValueError("num_layers must be greater than zero")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, \
             num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
-        gates = self.cell_class.gates
+        self.bidirectional = bool(bidirectional)
+        gates = self.cell_class.gates * hidden_size
         for layer in range(num_layers):
-            in_size = input_size if layer == 0 else hidden_size
-            setattr(self, f"weight_ih_l{layer}", _param(gates * hidden_size, in_size,
-                                                        dtype=dtype))
-            setattr(self, f"weight_hh_l{layer}", _param(gates * hidden_size, hidden_size,
-                                                        dtype=dtype))
-            if bias:
-                setattr(self, f"bias_ih_l{layer}", _param(gates * hidden_size, dtype=dtype))
-                setattr(self, f"bias_hh_l{layer}", _param(gates * hidden_size, dtype=dtype))
-        stdv = 1.0 / math.sqrt(hidden_size) if hidden_size > 0 else 0
+            in_size = input_size if layer == 0 else hidden_size * self.num_directions
+            for sfx in self._suffixes(layer):
+                setattr(self, f"weight_ih{sfx}", _param(gates, in_size, dtype=dtype))
+                setattr(self, f"weight_hh{sfx}", _param(gates, hidden_size, dtype=dtype))
+                if bias:
+                    setattr(self, f"bias_ih{sfx}", _param(gates, dtype=dtype))
+                    setattr(self, f"bias_hh{sfx}", _param(gates, dtype=dtype))
+        stdv = 1.0 / math.sqrt(hidden_size)
         for p in self.parameters():
             init.uniform_(p, -stdv, stdv)
 
     @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def _suffixes(self, layer: int) -> tuple:
+        """``("_l0",)``, or ``("_l0", "_l0_reverse")`` when bidirectional."""
+        return (f"_l{layer}", f"_l{layer}_reverse")[:self.num_directions]
+
+    @property
     def _flat_weights_names(self) -> list:
-        """PyTorch's names of the parameters, layer by layer (d2l's ``init_seq2seq`` walks
-        them): ``weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, weight_ih_l1, ...``."""
+        """PyTorch's names of the parameters, layer by layer and direction by direction
+        (d2l's ``init_seq2seq`` walks them): ``weight_ih_l0, weight_hh_l0, bias_ih_l0,
+        bias_hh_l0, [weight_ih_l0_reverse, ...,] weight_ih_l1, ...``."""
         kinds = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if self.bias else ())
-        return [f"{k}_l{layer}" for layer in range(self.num_layers) for k in kinds]
+        return [k + sfx for layer in range(self.num_layers) for sfx in self._suffixes(layer)
+                for k in kinds]
 
     @property
     def _flat_weights(self) -> list:
         """The parameters in :attr:`_flat_weights_names`' order."""
         return [self._parameters[name] for name in self._flat_weights_names]
 
-    def _layer_params(self, layer: int) -> tuple:
+    def flatten_parameters(self) -> None:
+        """Nothing to do: PyTorch packs the weights into one buffer for cuDNN here (a no-op
+        on the CPU too); d2l's sentiment model calls it before every forward."""
+
+    def _direction_params(self, sfx: str) -> tuple:
         g = self.__dict__
-        return (g[f"weight_ih_l{layer}"], g[f"weight_hh_l{layer}"],
-                g.get(f"bias_ih_l{layer}"), g.get(f"bias_hh_l{layer}"))
+        return (g[f"weight_ih{sfx}"], g[f"weight_hh{sfx}"], g.get(f"bias_ih{sfx}"),
+                g.get(f"bias_hh{sfx}"))
 
     def _step(self, x, state, params):
         raise NotImplementedError(f"{type(self).__name__} must implement _step()")
 
     def _run(self, input: Tensor, states: list) -> tuple:
-        """input (seq, batch, features) → output (seq, batch, hidden), final states."""
+        """input (seq, batch, features) → output (seq, batch, directions * hidden) and the
+        final states, in ``h_n``'s order: layer 0 forward, layer 0 reverse, layer 1, ...
+
+        The reverse direction reads the sequence from its last step to its first; its output
+        at step t is the state after reading x[t], so output[t] holds both directions'
+        states at t (forward first)."""
         seq = input.shape[0]
         layer_in = input
         finals = []
         for layer in range(self.num_layers):
-            params = self._layer_params(layer)
-            state = states[layer]
             outs = []
-            for t in range(seq):
-                state = self._step(layer_in[t], state, params)
-                outs.append(state[0] if isinstance(state, tuple) else state)
-            layer_in = _m.stack(outs, 0)
+            for d, sfx in enumerate(self._suffixes(layer)):
+                params = self._direction_params(sfx)
+                state = states[layer * self.num_directions + d]
+                out_t = [None] * seq
+                for t in (range(seq - 1, -1, -1) if d else range(seq)):
+                    state = self._step(layer_in[t], state, params)
+                    out_t[t] = state[0] if isinstance(state, tuple) else state
+                outs.append(out_t)
+                finals.append(state)
+            layer_in = _m.stack(outs[0], 0) if len(outs) == 1 else _join_directions(*outs)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_in = F.dropout(layer_in, self.dropout, True)
-            finals.append(state)
         return layer_in, finals
 
     def _prepare(self, input: Tensor):
-        if input.ndim not in (2, 3) or input.shape[-1] != self.input_size:
-            raise ValueError(f"{type(self).__name__}: expected input of shape (seq, batch, "
-                             f"{self.input_size}) (batch first: (batch, seq, "
-                             f"{self.input_size})) or unbatched (seq, {self.input_size}), "
-                             f"got {list(input.shape)}")
+        name = type(self).__name__
+        if input.ndim not in (2, 3):
+            raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.ndim}D "
+                             f"instead (input of shape {list(input.shape)})")
+        if input.shape[-1] != self.input_size:
+            raise RuntimeError(f"{name}: input.size(-1) must be equal to input_size. Expected "
+                               f"{self.input_size}, got {input.shape[-1]} (input of shape "
+                               f"{list(input.shape)})")
         unbatched = input.ndim == 2
         if unbatched:
             input = _m.unsqueeze(input, 1)
         elif self.batch_first:
             input = _m.transpose(input, 0, 1)
         return input, unbatched
+
+    def _initial_states(self, hx: Tensor | None, batch: int, dtype, unbatched: bool,
+                        which: str = "hidden") -> list:
+        """``hx`` of shape (num_layers * num_directions, batch, hidden) (unbatched: without
+        the batch dim) split into one state per layer and direction; zeros when omitted."""
+        n = self.num_layers * self.num_directions
+        if hx is None:
+            return [_c.zeros((batch, self.hidden_size), dtype=dtype) for _ in range(n)]
+        if unbatched:
+            hx = _m.unsqueeze(hx, 1)
+        expected = (n, batch, self.hidden_size)
+        if tuple(hx.shape) != expected:  # PyTorch's words (unbatched: with the batch dim 1)
+            raise RuntimeError(f"{type(self).__name__}: Expected {which} size {expected}, got "
+                               f"{list(hx.shape)}")
+        return list(_m.unbind(hx, 0))
 
     def _finish(self, out: Tensor, unbatched: bool) -> Tensor:
         if unbatched:
@@ -224,23 +284,52 @@ class _RNNBase(Module):
             s += ", batch_first=True"
         if self.dropout:
             s += f", dropout={self.dropout}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
         return s
 
 
-def _split_layers(h: Tensor | None, num_layers: int, batch: int, hidden: int, dtype,
-                  unbatched: bool) -> list:
-    if h is None:
-        return [_c.zeros((batch, hidden), dtype=dtype) for _ in range(num_layers)]
-    if unbatched:
-        h = _m.unsqueeze(h, 1)
-    if h.shape != (num_layers, batch, hidden):
-        raise RuntimeError(f"Expected hidden size {(num_layers, batch, hidden)}, got "
-                           f"{tuple(h.shape)}")
-    return list(_m.unbind(h, 0))
+def _join_directions(fwd: list, rev: list) -> Tensor:
+    """The steps' states of both directions, (batch, hidden) each, as one contiguous
+    (seq, batch, 2 * hidden) output: output[t] = [fwd[t], rev[t]].
+
+    Note: written as one ``cat`` of the 2 * seq states in output order, then a reshape and a
+    transpose, rather than ``cat((stack(fwd), stack(rev)), -1)``: the gradient of that form
+    is a slice of a slice per step, a chain of index maps read by many kernels, which the
+    compiler's fuser makes one movement group with many outputs — one the LLVM backend does
+    not lower, so a compiled training step ran as a hybrid plan. This form's gradient is one
+    transpose and then a slice per step, and the whole step is native. Eager costs the
+    same."""
+    seq, (batch, hidden) = len(fwd), fwd[0].shape
+    flat = _m.cat([h for pair in zip(fwd, rev) for h in pair], -1)  # (batch, seq * 2H)
+    return _m.contiguous(_m.transpose(_m.reshape(flat, (batch, seq, 2 * hidden)), 0, 1))
+
+
+def _check_state_dims(name: str, unbatched: bool, *states) -> None:
+    """PyTorch's check that the states have the input's batchedness (2-D with unbatched
+    input, 3-D with batched)."""
+    want = 2 if unbatched else 3
+    given = [s for s in states if s is not None]
+    if all(s.ndim == want for s in given):
+        return
+    kind = "unbatched 2-D" if unbatched else "batched 3-D"
+    if len(states) == 1:
+        raise RuntimeError(f"{name}: For {kind} input, hx should also be {want}-D but got "
+                           f"{given[0].ndim}-D tensor")
+    dims = ", ".join(f"{s.ndim}-D" for s in given)
+    raise RuntimeError(f"{name}: For {kind} input, hx and cx should also be {want}-D but got "
+                       f"({dims}) tensors")
 
 
 class GRU(_RNNBase):
-    """Multi-layer GRU: ``output, h_n = gru(x, h0)``."""
+    """Multi-layer GRU: ``output, h_n = gru(x, h0)``; with ``bidirectional=True`` the output's
+    last dim is ``2 * hidden_size`` (forward then reverse) and ``h_n`` holds
+    ``num_layers * 2`` states (layer 0 forward, layer 0 reverse, layer 1 forward, ...).
+
+    >>> out, h_n = nn.GRU(8, 16, num_layers=2, bidirectional=True)(dg.randn(5, 3, 8))
+    >>> out.shape, h_n.shape
+    ((5, 3, 32), (4, 3, 16))
+    """
 
     cell_class = GRUCell
 
@@ -249,8 +338,8 @@ class GRU(_RNNBase):
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> tuple:
         x, unbatched = self._prepare(input)
-        states = _split_layers(hx, self.num_layers, x.shape[1], self.hidden_size, x.dtype,
-                               unbatched)
+        _check_state_dims(type(self).__name__, unbatched, hx)
+        states = self._initial_states(hx, x.shape[1], x.dtype, unbatched)
         out, finals = self._run(x, states)
         h_n = _m.stack(finals, 0)
         return self._finish(out, unbatched), (_m.squeeze_dims(h_n, (1,)) if unbatched
@@ -258,7 +347,14 @@ class GRU(_RNNBase):
 
 
 class LSTM(_RNNBase):
-    """Multi-layer LSTM: ``output, (h_n, c_n) = lstm(x, (h0, c0))``."""
+    """Multi-layer LSTM: ``output, (h_n, c_n) = lstm(x, (h0, c0))``; bidirectional as
+    :class:`GRU` (d2l's sentiment model: ``nn.LSTM(100, 100, num_layers=2,
+    bidirectional=True)``). ``proj_size`` is not supported.
+
+    >>> out, (h_n, c_n) = nn.LSTM(8, 16, bidirectional=True)(dg.randn(5, 3, 8))
+    >>> out.shape, h_n.shape, c_n.shape
+    ((5, 3, 32), (2, 3, 16), (2, 3, 16))
+    """
 
     cell_class = LSTMCell
 
@@ -268,10 +364,10 @@ class LSTM(_RNNBase):
     def forward(self, input: Tensor, hx: tuple | None = None) -> tuple:
         x, unbatched = self._prepare(input)
         h0, c0 = (None, None) if hx is None else hx
-        hs = _split_layers(h0, self.num_layers, x.shape[1], self.hidden_size, x.dtype,
-                           unbatched)
-        cs = _split_layers(c0, self.num_layers, x.shape[1], self.hidden_size, x.dtype,
-                           unbatched)
+        _check_state_dims(type(self).__name__, unbatched, h0, c0)
+        batch = x.shape[1]
+        hs = self._initial_states(h0, batch, x.dtype, unbatched)
+        cs = self._initial_states(c0, batch, x.dtype, unbatched, "hidden[1]")
         out, finals = self._run(x, list(zip(hs, cs)))
         h_n = _m.stack([s[0] for s in finals], 0)
         c_n = _m.stack([s[1] for s in finals], 0)
@@ -281,7 +377,8 @@ class LSTM(_RNNBase):
 
 
 class RNN(_RNNBase):
-    """Multi-layer Elman RNN with tanh (or relu): ``output, h_n = rnn(x, h0)``."""
+    """Multi-layer Elman RNN with tanh (or relu): ``output, h_n = rnn(x, h0)``; bidirectional
+    as :class:`GRU`."""
 
     cell_class = RNNCell
 
