@@ -97,7 +97,15 @@ from .ops.creation import (
 from .ops.einsum import einsum
 from .ops.elementwise import (
     abs,
+    acos,
     add,
+    arccos,
+    arcsin,
+    arctan,
+    arctan2,
+    asin,
+    atan,
+    atan2,
     ceil,
     clamp,
     cos,
