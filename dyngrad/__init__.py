@@ -27,6 +27,7 @@ from . import (
     backends,
     cuda,
     dispatch,
+    distributions,
     dtypes,
     forward_ad,
     func,
