@@ -31,6 +31,7 @@ from . import (
     dtypes,
     forward_ad,
     func,
+    linalg,
     nn,
     optim,
     printing,
