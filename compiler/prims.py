@@ -21,7 +21,11 @@ from dyngrad.ops.conv import CONV, CONV_TRANSPOSE, CONV_WEIGHT_GRAD
 from dyngrad.ops.creation import FULL, IOTA
 from dyngrad.ops.elementwise import (
     ABS,
+    ACOS,
     ADD,
+    ASIN,
+    ATAN,
+    ATAN2,
     CAST,
     CEIL,
     COS,
@@ -61,8 +65,9 @@ from dyngrad.ops.reduce import MAX, SIZE_OF, SUM
 from dyngrad.ops.scan import ARGSORT, CUMPROD, CUMSUM
 
 __all__ = [
-    "Traits", "TRAITS", "traits", "Primitive", "Lowerings", "ABS", "ADD", "ADAPTIVE_MAX_INDICES",
-    "ARGSORT", "BROADCAST", "CAST", "CEIL", "CONCAT", "CONV", "CONV_TRANSPOSE",
+    "Traits", "TRAITS", "traits", "Primitive", "Lowerings", "ABS", "ACOS", "ADD",
+    "ADAPTIVE_MAX_INDICES", "ARGSORT", "ASIN", "ATAN", "ATAN2", "BROADCAST", "CAST", "CEIL",
+    "CONCAT", "CONV", "CONV_TRANSPOSE",
     "CONV_WEIGHT_GRAD", "COS", "CUMPROD", "CUMSUM", "DIV", "EQ", "ERF", "EXP", "FLOOR", "FULL",
     "GATHER", "GE", "GT", "INDEX_CHECK", "IOTA", "LE", "LOG", "LOG1P", "LT", "MATMUL", "MAX",
     "MAX_POOL_INDICES", "MAXIMUM", "MINIMUM", "MUL", "NE", "NEG", "PAD", "PERMUTE", "POW",
@@ -116,6 +121,10 @@ _OWN_TRAITS: dict[Primitive, Traits] = {
     ERF: Traits(ELEMENTWISE, transcendental=True),
     SIN: Traits(ELEMENTWISE, transcendental=True),
     COS: Traits(ELEMENTWISE, transcendental=True),
+    ASIN: Traits(ELEMENTWISE, transcendental=True),
+    ACOS: Traits(ELEMENTWISE, transcendental=True),
+    ATAN: Traits(ELEMENTWISE, transcendental=True),
+    ATAN2: Traits(ELEMENTWISE, transcendental=True),
     POW: Traits(ELEMENTWISE, transcendental=True, python=operator.pow),
     ADD: Traits(ELEMENTWISE, python=operator.add),
     SUB: Traits(ELEMENTWISE, python=operator.sub),

@@ -39,6 +39,11 @@ def positive(*shape):
     return (dg.rand(*shape, dtype=dg.float64) * 2.0 + 0.5).requires_grad_()
 
 
+def inside_unit(*shape):
+    """Uniform in [-0.9, 0.9): inside the domain of asin and acos, away from its edges."""
+    return (dg.rand(*shape, dtype=dg.float64) * 1.8 - 0.9).requires_grad_()
+
+
 def away_from_zero(*shape):
     """Normal values pushed at least 0.3 away from 0 (abs, sign, relu, a divisor)."""
     x = dg.randn(*shape, dtype=dg.float64)
@@ -100,6 +105,10 @@ PRIMITIVE_CASES = {
     "sin": (lambda x: dispatch(prim("sin"), x), lambda: (leaf(2, 3),)),
     "cos": (lambda x: dispatch(prim("cos"), x), lambda: (leaf(2, 3),)),
     "tanh": (lambda x: dispatch(prim("tanh"), x), lambda: (leaf(2, 3),)),
+    "asin": (lambda x: dispatch(prim("asin"), x), lambda: (inside_unit(2, 3),)),
+    "acos": (lambda x: dispatch(prim("acos"), x), lambda: (inside_unit(2, 3),)),
+    "atan": (lambda x: dispatch(prim("atan"), x), lambda: (leaf(2, 3) * 3.0,)),
+    "atan2": (lambda a, b: dispatch(prim("atan2"), a, b), lambda: (leaf(2, 3), leaf(3))),
     "erf": (lambda x: dispatch(prim("erf"), x), lambda: (leaf(2, 3),)),
     "sigmoid": (lambda x: dispatch(prim("sigmoid"), x), lambda: (leaf(2, 3) * 4.0,)),
     "cast": (lambda x: dispatch(prim("cast"), x, dtype=dg.float64), lambda: (leaf(2, 3),)),
@@ -624,7 +633,9 @@ SECOND_ORDER = {
         ("neg", leaf), ("abs", away_from_zero), ("sign", away_from_zero), ("floor", distinct),
         ("round", distinct), ("ceil", distinct),
         ("exp", leaf), ("log", positive), ("log1p", positive), ("sqrt", positive),
-        ("sin", leaf), ("cos", leaf), ("tanh", leaf), ("erf", leaf), ("sigmoid", leaf)]},
+        ("sin", leaf), ("cos", leaf), ("tanh", leaf), ("erf", leaf), ("sigmoid", leaf),
+        ("asin", inside_unit), ("acos", inside_unit), ("atan", leaf)]},
+    "atan2": (lambda x: dg.atan2(x, x * x - 0.5), away_from_zero),
     "mul": (lambda x: x * x.cos(), leaf),
     "div": (lambda x: x.sin() / x, away_from_zero),
     "pow tensor base": (lambda x: x ** 3.0, leaf),

@@ -23,7 +23,7 @@ NOT_NATIVE = {
     ("pow", "int64"): "int64 pow (repeated squaring with a data-dependent trip count)",
 }
 BINARY = ("add", "sub", "mul", "div", "maximum", "minimum", "pow", "eq", "ne", "lt", "le",
-          "gt", "ge")
+          "gt", "ge", "atan2")
 
 
 def _input(dt: str):

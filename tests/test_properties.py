@@ -357,13 +357,15 @@ def index_check_case(draw):
 
 VALID_INPUTS = {
     **{name: unary_float() for name in ("floor", "ceil", "round", "exp", "log", "log1p",
-                                        "sqrt", "sin", "cos", "tanh", "sigmoid", "erf")},
+                                        "sqrt", "sin", "cos", "tanh", "sigmoid", "erf",
+                                        "asin", "acos", "atan")},
     **{name: unary_signed() for name in ("neg", "abs", "sign")},
     "cast": cast_case(),
     **{name: binary_case(("float32", "float64", "int64"))
        for name in ("add", "sub", "mul", "maximum", "minimum")},
     "pow": binary_case(("float32", "float64", "int64"), non_negative_b=True),  # ints: no x**-1
     "div": binary_case(("float32", "float64")),
+    "atan2": binary_case(("float32", "float64")),
     **{name: binary_case() for name in ("eq", "ne", "lt", "le", "gt", "ge")},
     "where": where_case(),
     "sum": reduce_case(),

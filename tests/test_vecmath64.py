@@ -74,6 +74,17 @@ CASES = {
                             np.exp(np.linspace(-700, 3, 5001)), -np.exp(np.linspace(-700, 3, 501)),
                             np.nextafter([0.7, 1.25, 2.0, 4.0, 6.0], 0.0), [0.7, 1.25, 2.0, 4.0],
                             [5e-324, 1e-310, 27.0]])),
+    "atan": (np.arctan, np.concatenate([np.linspace(-5, 5, 100001), _R.uniform(-1e3, 1e3, 50000),
+                                        np.exp(np.linspace(-700, 700, 20001)),
+                                        -np.exp(np.linspace(-700, 700, 2001)),
+                                        np.nextafter([7 / 16, 11 / 16, 19 / 16, 39 / 16], 0.0),
+                                        [7 / 16, 11 / 16, 19 / 16, 39 / 16]])),
+    "asin": (np.arcsin, np.concatenate([np.linspace(-1, 1, 100001), _R.uniform(-1, 1, 50000),
+                                        1 - np.exp(np.linspace(-36, 0, 20001)),
+                                        np.exp(np.linspace(-700, 0, 2001))])),
+    "acos": (np.arccos, np.concatenate([np.linspace(-1, 1, 100001), _R.uniform(-1, 1, 50000),
+                                        1 - np.exp(np.linspace(-36, 0, 20001)),
+                                        -1 + np.exp(np.linspace(-36, 0, 20001))])),
 }
 
 
@@ -108,9 +119,9 @@ def test_float64_special_values(name):
     np.testing.assert_allclose(got, want, rtol=1e-15, atol=2e-16)  # (NaN equals NaN here)
 
 
-def _pow_kernel():
-    text = vecmath.module_ir(["pow64"]) + """
-define void @apply(ptr noalias %x, ptr noalias %y, ptr noalias %z, i64 %n) {
+def _pow_kernel(name: str = "pow64"):
+    text = vecmath.module_ir([name]) + f"""
+define void @apply(ptr noalias %x, ptr noalias %y, ptr noalias %z, i64 %n) {{
 entry:
   br label %loop
 loop:
@@ -119,7 +130,7 @@ loop:
   %v = load double, ptr %px
   %py = getelementptr inbounds double, ptr %y, i64 %i
   %w = load double, ptr %py
-  %r = call double @dg_pow64(double %v, double %w)
+  %r = call double @dg_{name}(double %v, double %w)
   %pz = getelementptr inbounds double, ptr %z, i64 %i
   store double %r, ptr %pz
   %i1 = add nuw nsw i64 %i, 1
@@ -127,7 +138,7 @@ loop:
   br i1 %more, label %loop, label %exit
 exit:
   ret void
-}
+}}
 """
     module = jit.compile_ir(text)
     fn = module.cfunc("apply", None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
@@ -182,9 +193,34 @@ def test_float64_pow_special_values_as_c99():
     np.testing.assert_array_equal(cubes, np.arange(-20.0, 21.0) ** 3)  # exact results exact
 
 
+def test_float64_atan2_within_its_documented_ulps():
+    r = np.random.default_rng(4)
+    n = 200000
+    y = r.standard_normal(n) * np.exp(r.uniform(-30, 30, n))
+    x = r.standard_normal(n) * np.exp(r.uniform(-30, 30, n))
+    want = np.arctan2(y, x)
+    got = _pow_kernel("atan2_64")(y, x)
+    err = np.abs(got - want) / np.spacing(np.abs(want))
+    assert err.max() <= vecmath64.MAX_ULPS["atan2"], (err.max(), y[err.argmax()],
+                                                      x[err.argmax()])
+
+
+def test_float64_atan2_special_values_as_c99():
+    """Signed zeros pick 0 or π with y's sign; two infinities ±π/4 or ±3π/4; NaN wins."""
+    sv = np.array([0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, np.nan, 5e-324, -5e-324, 1e300])
+    ys, xs = (v.ravel() for v in np.meshgrid(sv, sv))
+    want = np.arctan2(ys, xs)
+    got = _pow_kernel("atan2_64")(ys, xs)
+    np.testing.assert_allclose(got, want, rtol=3e-16, atol=0)  # (NaN equals NaN here)
+    num = ~np.isnan(want)
+    np.testing.assert_array_equal(np.signbit(got[num]), np.signbit(want[num]))
+
+
 def test_float64_transcendentals_compile_into_one_driver_call():
     fn = lambda x: (x.tanh() + x.sigmoid() * (x * 0.1).exp() - (x.abs() + 1.0).log()  # noqa: E731
-                    + x.sin() * x.cos() + x.erf() + x.abs() ** x).sum(1)
+                    + x.sin() * x.cos() + x.erf() + x.abs() ** x + x.atan()
+                    + dg.atan2(x, x + 1.0) + (x * 0.3).tanh().asin()
+                    + (x * 0.3).tanh().acos()).sum(1)
     f = compiler.compile(fn, backend="llvm")
     x = dg.tensor(np.random.default_rng(1).standard_normal((33, 257)))
     for _ in range(2):

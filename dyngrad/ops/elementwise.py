@@ -124,6 +124,27 @@ TANH = _unary("tanh", np.tanh, lambda n, g, xs, y: (g * (1.0 - y * y),),
               lambda ts, xs, y, p: ts[0] * (1.0 - y * y), save_out=True)
 
 
+# Note: the inverse trigonometric functions are primitives, not composites: their
+# derivatives are infinite at the domain's edge (asin'(±1) = inf) where any composition of
+# sqrt, log or atan2 would give inf·0 = NaN; the rules below are PyTorch's derivatives.yaml
+# formulas, which give inf at ±1 and NaN outside [-1, 1].
+
+
+def _rsqrt_one_minus_sq(x):
+    return 1.0 / sqrt(1.0 - x * x)
+
+
+ASIN = _unary("asin", _q(np.arcsin), lambda n, g, xs, y: (g * _rsqrt_one_minus_sq(xs[0]),),
+              lambda ts, xs, y, p: ts[0] * _rsqrt_one_minus_sq(xs[0]), save=(0,),
+              doc="inverse sine on [-1, 1] (NaN outside); derivative 1/√(1−x²), inf at ±1")
+ACOS = _unary("acos", _q(np.arccos), lambda n, g, xs, y: (-g * _rsqrt_one_minus_sq(xs[0]),),
+              lambda ts, xs, y, p: -ts[0] * _rsqrt_one_minus_sq(xs[0]), save=(0,),
+              doc="inverse cosine on [-1, 1] (NaN outside); derivative −1/√(1−x²)")
+ATAN = _unary("atan", _q(np.arctan), lambda n, g, xs, y: (g / (xs[0] * xs[0] + 1.0),),
+              lambda ts, xs, y, p: ts[0] / (xs[0] * xs[0] + 1.0), save=(0,),
+              doc="inverse tangent, in (−π/2, π/2); derivative 1/(1+x²)")
+
+
 def _np_sigmoid(x):
     """1/(1+exp(-x)) without overflow: exp(-|x|) is never large."""
     with np.errstate(all="ignore"):
@@ -187,6 +208,33 @@ def _vjp_div(n, g, xs, y):
     s = n.in_shapes
     return (sum_to(g / b, s[0]) if n.needs[0] else None,
             sum_to(-g * a / (b * b), s[1]) if n.needs[1] else None)
+
+
+def _atan2_scale(a, b):
+    """1/(a² + b²), with 0 where that is inf (the origin, or a² + b² underflowing): PyTorch's
+    atan2 gradient there is (0, −0), not NaN."""
+    r = 1.0 / (a * a + b * b)
+    return where(eq(r, math.inf), 0.0, r)
+
+
+def _vjp_atan2(n, g, xs, y):
+    a, b = xs  # atan2(a, b): d/da = b/(a²+b²), d/db = −a/(a²+b²)
+    s = n.in_shapes
+    r = _atan2_scale(a, b)
+    return (sum_to(g * (b * r), s[0]) if n.needs[0] else None,
+            sum_to(g * (-a * r), s[1]) if n.needs[1] else None)
+
+
+def _jvp_atan2(ts, xs, y, p):
+    a, b = xs
+    r = _atan2_scale(a, b)
+    out = None
+    if ts[0] is not None:
+        out = ts[0] * (b * r)
+    if _t(ts, 1) is not None:
+        tb = ts[1] * (-a * r)
+        out = tb if out is None else out + tb
+    return _bcast_like(out, y)
 
 
 def _log_base(a):
@@ -316,6 +364,7 @@ def _pow_impl(a, b):
 
 
 POW = _binary_prim("pow", _pow_impl, _vjp_pow, _jvp_pow, save_out=True)
+ATAN2 = _binary_prim("atan2", _q(np.arctan2), _vjp_atan2, _jvp_atan2, float_only=True)
 _maxv, _maxj = _vjp_minmax(True)
 _minv, _minj = _vjp_minmax(False)
 MAXIMUM = _binary_prim("maximum", np.maximum, _maxv, _maxj)
@@ -601,6 +650,50 @@ def tanh(x):
 
 def erf(x):
     return _float_unary(ERF, x)
+
+
+def asin(x):
+    """Inverse sine, elementwise: NaN outside [-1, 1]; integer tensors give the default
+    float dtype. The gradient 1/√(1−x²) is inf at ±1 and NaN outside (as PyTorch's).
+
+    >>> dg.asin(dg.tensor([-1.0, 0.0, 0.5, 2.0]))
+    tensor([-1.5708,  0.0000,  0.5236,     nan])
+    """
+    return _float_unary(ASIN, x)
+
+
+def acos(x):
+    """Inverse cosine, elementwise, in [0, π]: NaN outside [-1, 1]. The gradient
+    −1/√(1−x²) is −inf at ±1.
+
+    >>> dg.acos(dg.tensor([1.0, 0.0, -1.0]))
+    tensor([0.0000, 1.5708, 3.1416])
+    """
+    return _float_unary(ACOS, x)
+
+
+def atan(x):
+    """Inverse tangent, elementwise, in (−π/2, π/2); ±inf give ±π/2.
+
+    >>> dg.atan(dg.tensor([0.0, 1.0, float("inf")]))
+    tensor([0.0000, 0.7854, 1.5708])
+    """
+    return _float_unary(ATAN, x)
+
+
+def atan2(input, other):
+    """The angle of the point (other, input) — ``atan(input / other)`` in the right
+    quadrant, in [−π, π] — with numpy's (C99's) signed zeros and infinities; both operands
+    broadcast and promote, integers to the default float dtype. The gradient is
+    (other, −input)/(input² + other²), and (0, −0) at the origin (as PyTorch's).
+
+    >>> dg.atan2(dg.tensor([1.0, 1.0, -1.0]), dg.tensor([1.0, -1.0, -1.0]))
+    tensor([ 0.7854,  2.3562, -2.3562])
+    """
+    return _binary(ATAN2, input, other, floating=True)
+
+
+arcsin, arccos, arctan, arctan2 = asin, acos, atan, atan2
 
 
 def cast(x, dtype) -> Tensor:

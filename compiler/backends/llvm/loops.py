@@ -730,16 +730,24 @@ def _pow(b: LoopBuilder, n, ty: str) -> str:
 @_ARITH(*vecmath.PRIMITIVES)
 def _vecmath(b: LoopBuilder, n, ty: str) -> str:
     """A transcendental: the vecmath polynomial (vecmath.py, vecmath64.py for float64: their
-    ulp bounds)."""
+    ulp bounds). A function with a float64 form only (atan, asin, acos, atan2) computes
+    float32 in float64, rounded once more (within an ulp of float32)."""
     fn = vecmath.PRIMITIVES[n.prim]
-    name = fn if ty == "float" else f"{fn}64"
-    if ty not in ("float", "double") or (name not in vecmath.FUNCTIONS
-                                          and name not in vecmath64.FUNCTIONS):
+    if ty == "float" and fn in vecmath.FUNCTIONS:
+        name, symbol, via = fn, f"dg_{fn}f", None
+    elif ty in ("float", "double") and vecmath64.name64(fn) in vecmath64.FUNCTIONS:
+        name = vecmath64.name64(fn)
+        symbol, via = f"dg_{name}", "double" if ty == "float" else None
+    else:
         raise _unsupported(n.prim.name, dtname(n.out))
-    a, = b.args(n, ty)
+    args = b.args(n, ty)
     if name not in b.vecmath:
         b.vecmath.append(name)
-    return b.emit(f"call {ty} @dg_{fn}{'f' if ty == 'float' else '64'}({ty} {a})")
+    if via is None:
+        return b.emit(f"call {ty} @{symbol}({', '.join(f'{ty} {a}' for a in args)})")
+    wide = [b.emit(f"fpext {ty} {a} to {via}") for a in args]
+    r = b.emit(f"call {via} @{symbol}({', '.join(f'{via} {a}' for a in wide)})")
+    return b.emit(f"fptrunc {via} {r} to {ty}")
 
 
 _PAR_BLOCK = 1 << 14  # elements per block (a part for the pool) of an elementwise kernel of

@@ -502,8 +502,11 @@ FUNCTIONS = {
 # (and vecmath64.FUNCTIONS: exp64 ... erf64, pow64, as @dg_<name> on doubles)
 
 # the primitive each function computes (codegen's lowering rule calls @dg_<name>f)
+# (the inverse trigonometric functions have float64 forms only, vecmath64's: float32 goes
+# through them in float64, rounded once more)
 PRIMITIVES = {P.EXP: "exp", P.LOG: "log", P.TANH: "tanh", P.SIGMOID: "sigmoid", P.ERF: "erf",
-              P.SIN: "sin", P.COS: "cos"}
+              P.SIN: "sin", P.COS: "cos", P.ASIN: "asin", P.ACOS: "acos", P.ATAN: "atan",
+              P.ATAN2: "atan2"}
 
 # documented maximum errors in float32 ulps and the domain they hold on (tested)
 MAX_ULPS: dict[str, tuple[float, str]] = {
@@ -528,8 +531,10 @@ def flops(name: str) -> int:
 
 def ir_of(name: str) -> str:
     """The IR of math function ``name``: a float32 one of :data:`FUNCTIONS`, or a float64 one
-    of ``vecmath64.FUNCTIONS``."""
-    return (FUNCTIONS.get(name) or vecmath64.FUNCTIONS[name])()
+    of ``vecmath64.FUNCTIONS`` (by either name: ``atan`` has a float64 form only, which its
+    float32 lowering calls)."""
+    fn = FUNCTIONS.get(name) or vecmath64.FUNCTIONS.get(name)
+    return (fn or vecmath64.FUNCTIONS[vecmath64.name64(name)])()
 
 
 def module_ir(names=None) -> str:

@@ -1,7 +1,8 @@
 """Vector-friendly float64 math functions written in LLVM IR: ``exp``, ``log``, ``tanh``,
 ``sigmoid``, ``sin``, ``cos`` and ``erf`` — the float64 counterparts of ``vecmath.py``'s
 float32 ones, so that float64 models (an LSTM on float64 data) run natively instead of in a
-hybrid plan — and ``pow`` (both dtypes' pow by a tensor exponent: float32 goes through it).
+hybrid plan — and ``pow``, ``atan``, ``asin``, ``acos`` and ``atan2`` (both dtypes': float32
+goes through them).
 
 As in ``vecmath.py``: straight-line scalar IR (``select``, no branches; only intrinsics that
 lower to single vector instructions: fma, rint, fabs, copysign), ``alwaysinline``, no
@@ -30,11 +31,17 @@ infinities propagate as IEEE says. The coefficients are exact series, not fitted
 - pow(x, y): e**(y·log|x|) in double-double (:func:`pow64_ir`): log|x| to about 2**-64,
   y·log|x| as hi + lo by fma, e**(hi + lo) with the reduced argument carried in two parts;
   C99's special cases by select.
+- atan: |x| reduced to |t| <= 7/16 around c = 0, 1/2, 1, 3/2 or ∞ (exact numerators),
+  atan c in two doubles plus t + t·z·P(z), P the Taylor series to z²¹ (:func:`_atan_body`);
+  asin x = atan(x/√(1 − x²)) (1 − x² by fma), acos x = 2·atan(√((1 − x)/(1 + x))),
+  atan2 by quadrant from atan(|y|/|x|) with C99's zeros and infinities. These four have no
+  float32 forms: float32 computes in float64 and rounds once more.
 
 Errors against numpy's float64 results, in ulps of the result, measured on dense grids and
 random inputs (tests/test_vecmath64.py checks the documented bounds, ``MAX_ULPS``): exp 1.0
 (bound 1.5), log 2.0 (2.5), tanh 3.0 (3.5), sigmoid 2.0 (3.0), sin and cos 1.0 (1.5, on |x|
-<= 1e6), erf 1.0 (1.5; against math.erf), pow 1.0 (1.5; 94% of results numpy's bits) —
+<= 1e6), erf 1.0 (1.5; against math.erf), pow 1.0 (1.5; 94% of results numpy's bits),
+atan 1.0 (1.5), asin and acos 2.0 (2.5), atan2 1.0 (1.5) —
 numpy's own results being within about half an ulp. Special values exactly:
 exp(−inf) = 0, exp(inf) = inf; log(±0) = −inf, log(x < 0) = NaN, log(inf) = inf; tanh(±inf)
 = ±1, tanh(±0) = ±0; sigmoid(inf) = 1, sigmoid(−inf) = 0; NaN → NaN. sin(±inf) = cos(±inf) = NaN.
@@ -71,7 +78,7 @@ ATANH_R = [float(Fraction(1, 2 * k + 1)) for k in range(1, 12)]       # 1/3 .. 1
 SQRT_HALF = 0.7071067811865476
 
 MAX_ULPS = {"exp": 1.5, "log": 2.5, "tanh": 3.5, "sigmoid": 3.0, "sin": 1.5, "cos": 1.5,
-            "erf": 1.5, "pow": 1.5}
+            "erf": 1.5, "pow": 1.5, "atan": 1.5, "asin": 2.5, "acos": 2.5, "atan2": 1.5}
 
 class Math64(Emitter):
     """An Emitter writing one straight-line ``double -> double`` function."""
@@ -404,6 +411,111 @@ def pow64_ir() -> str:
             f"{{\nentry:\n{body}\n  ret double {res}\n}}\n")
 
 
+def _atan_decimal(v: Decimal) -> Decimal:
+    """atan(v) to the context's precision: halve the angle until the argument is below
+    2**-20 (atan v = 2·atan(v / (1 + √(1 + v²)))), then the Taylor series."""
+    doublings = 0
+    while abs(v) > Decimal(2) ** -20:
+        v = v / (1 + (1 + v * v).sqrt())
+        doublings += 1
+    term, total, k, v2 = v, Decimal(0), 0, v * v
+    while term != 0 and abs(term) > Decimal(10) ** -70:
+        total += term / (2 * k + 1) * (-1) ** k
+        term *= v2
+        k += 1
+    return total * 2 ** doublings
+
+
+def _hi_lo(v: Decimal) -> tuple[float, float]:
+    hi = float(v)
+    return hi, float(v - Decimal(hi))
+
+
+# atan's reduction points c (chosen so that (x − c)/(1 + c·x) is formed with an exact
+# numerator) and atan(c) as a head and a tail double; beyond 39/16, atan x = π/2 − atan(1/x)
+ATAN_POINTS = [(7 / 16, None), (11 / 16, _hi_lo(_atan_decimal(Decimal("0.5")))),
+               (19 / 16, _hi_lo(_atan_decimal(Decimal(1)))),
+               (39 / 16, _hi_lo(_atan_decimal(Decimal("1.5")))), (math.inf, _hi_lo(_PI_2))]
+ATAN_P = [float(Fraction((-1) ** k, 2 * k + 1)) for k in range(1, 23)]  # −1/3 .. 1/45
+PI = _hi_lo(2 * _PI_2)
+
+
+def _atan_body(b: Math64, x: str, nonnegative: bool = False) -> str:
+    """atan x: |x| reduced to |t| <= 7/16 by the nearest of c = 0, 1/2, 1, 3/2, ∞ (t =
+    (|x| − c)/(1 + c·|x|), or −1/|x|), atan c (head + tail) + t + t·z·P(z) with z = t² and P
+    the Taylor series of (atan t − t)/t³ to z²¹ (the first omitted term below 2**-57 of t);
+    the sign by copysign (atan(−0) = −0). ±inf give ±π/2; NaN propagates (every compare
+    false: the last range, t = NaN). ``nonnegative``: x >= 0 or NaN is known."""
+    ax = x if nonnegative else b.call("fabs", x)
+    two_ax = b.op("fadd", ax, ax)
+    nums = [ax, b.op("fsub", two_ax, b.c(1.0)), b.op("fsub", ax, b.c(1.0)),  # (exact:
+            b.op("fsub", two_ax, b.c(3.0)), b.c(-1.0)]                        # Sterbenz)
+    dens = [b.c(1.0), b.op("fadd", b.c(2.0), ax), b.op("fadd", ax, b.c(1.0)),
+            b.fma(b.c(3.0), ax, b.c(2.0)), ax]
+    num, den, hi, lo = nums[-1], dens[-1], *(b.c(v) for v in ATAN_POINTS[-1][1])
+    for k in range(len(ATAN_POINTS) - 2, -1, -1):
+        below = b.fcmp("olt", ax, b.c(ATAN_POINTS[k][0]))
+        head, tail = ATAN_POINTS[k][1] or (0.0, 0.0)
+        num, den = b.select(below, nums[k], num), b.select(below, dens[k], den)
+        hi, lo = b.select(below, b.c(head), hi), b.select(below, b.c(tail), lo)
+    t = b.op("fdiv", num, den)
+    z = b.op("fmul", t, t)
+    poly = b.fma(b.op("fmul", t, z), b.horner(z, ATAN_P), t)
+    res = b.op("fadd", hi, b.op("fadd", poly, lo))
+    return res if nonnegative else b.call("copysign", res, x)
+
+
+def atan64_ir() -> str:
+    b = Math64()
+    return b.define("dg_atan64", _atan_body(b, "%x"))
+
+
+def asin64_ir() -> str:
+    """asin x = atan(x / √(1 − x²)), 1 − x² rounded once (fma): ±1 give ±π/2 (x/0 = ±inf),
+    |x| > 1 and ±inf NaN (the root of a negative number), −0 stays −0."""
+    b = Math64()
+    x = "%x"
+    root = b.call("sqrt", b.fma(b.op("fsub", b.c(-0.0), x), x, b.c(1.0)))
+    return b.define("dg_asin64", _atan_body(b, b.op("fdiv", x, root)))
+
+
+def acos64_ir() -> str:
+    """acos x = 2·atan(√((1 − x)/(1 + x))): 1 gives +0, −1 gives π (√inf), |x| > 1 and ±inf
+    NaN; near ±1 the small side of 1 ∓ x is exact (Sterbenz), so no cancellation."""
+    b = Math64()
+    x = "%x"
+    q = b.op("fdiv", b.op("fsub", b.c(1.0), x), b.op("fadd", b.c(1.0), x))
+    half = _atan_body(b, b.call("sqrt", q), nonnegative=True)
+    return b.define("dg_acos64", b.op("fadd", half, half))
+
+
+def atan2_64_ir() -> str:
+    """atan2(y, x) as C99's (numpy's): a = atan(|y|/|x|) in [0, π/2] (0 for two zeros, π/4
+    for two infinities, where the quotient is NaN), π − a when x's sign bit is set (−0
+    included), then y's sign; NaN in either operand propagates."""
+    b = Math64()
+    y, x = "%x", "%y"
+    ay, ax = b.call("fabs", y), b.call("fabs", x)
+    a = _atan_body(b, b.op("fdiv", ay, ax), nonnegative=True)
+    zeros = b.emit(f"and i1 {b.fcmp('oeq', ay, b.c(0.0))}, {b.fcmp('oeq', ax, b.c(0.0))}")
+    infs = b.emit(f"and i1 {b.fcmp('oeq', ay, b.c(math.inf))}, "
+                  f"{b.fcmp('oeq', ax, b.c(math.inf))}")
+    a = b.select(zeros, b.c(0.0), b.select(infs, b.c(float(_PI_2 / 2)), a))
+    back = b.op("fadd", b.op("fsub", b.c(PI[0]), a), b.c(PI[1]))
+    neg = b.emit(f"icmp slt i64 {b.emit(f'bitcast double {x} to i64')}, 0")
+    res = b.call("copysign", b.select(neg, back, a), y)
+    body = "\n".join(b.lines)
+    return (f"define internal double @dg_atan2_64(double %x, double %y) alwaysinline "
+            f"nounwind {{\nentry:\n{body}\n  ret double {res}\n}}\n")
+
+
+def name64(fn: str) -> str:
+    """The float64 function of vecmath name ``fn`` (``exp`` -> ``exp64``, ``atan2`` ->
+    ``atan2_64``)."""
+    return f"{fn}_64" if fn[-1].isdigit() else f"{fn}64"
+
+
 FUNCTIONS = {"exp64": exp64_ir, "log64": log64_ir, "tanh64": tanh64_ir,
              "sigmoid64": sigmoid64_ir, "sin64": sin64_ir, "cos64": cos64_ir,
-             "erf64": erf64_ir, "pow64": pow64_ir}
+             "erf64": erf64_ir, "pow64": pow64_ir, "atan64": atan64_ir,
+             "asin64": asin64_ir, "acos64": acos64_ir, "atan2_64": atan2_64_ir}
