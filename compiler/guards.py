@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dyngrad.dispatch import STATE
+from dyngrad.size import Size
 from dyngrad.tensor import HookEpoch, Tensor, guard_hooks
 
 from .capture.checks import is_plain
@@ -43,7 +44,7 @@ def flatten(args: tuple, kwargs: dict) -> tuple[list, Any]:
     if not kwargs:  # the common case: no containers, no keywords
         for a in args:
             t = type(a)
-            if t is tuple or t is list or t is dict:
+            if t is tuple or t is list or t is dict or t is Size:
                 break
         else:
             n = len(args)
@@ -55,7 +56,7 @@ def flatten(args: tuple, kwargs: dict) -> tuple[list, Any]:
 
     def go(x):
         t = type(x)
-        if t is tuple or t is list:
+        if t is tuple or t is list or t is Size:  # (a Size: a tuple of ints, as a shape)
             return (t, tuple(go(e) for e in x))
         if t is dict:
             return (dict, tuple((k, go(v)) for k, v in x.items()))

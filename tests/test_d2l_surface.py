@@ -449,11 +449,14 @@ def test_shape_stays_a_plain_tuple():
     assert type(x.shape) is tuple and type(x.size()) is tuple
 
 
-@pytest.mark.xfail(strict=True, reason="the compiler flattens and guards only plain tuples: "
-                                       "a Size argument is guarded by identity")
 def test_a_size_argument_to_a_compiled_function_is_one_variant():
-    f = compiler.compile(lambda x, s: (x.reshape(s) * 2).sum())
-    x = dg.zeros(2, 3)
+    """A Size argument is flattened as the tuple of ints it is (each int guarded by value):
+    a new Size of the same ints is the same variant, other ints trace another, and a tuple
+    of the same ints is not a Size (its structure differs: the function may ask)."""
+    f = compiler.compile(lambda x, s: (x.reshape(s) * 2).sum() + float(type(s) is tuple))
+    x = dg.arange(6.0).reshape(2, 3)
     for _ in range(4):
-        f(x, dg.Size([3, 2]))
-    assert len(f.variants) == 1
+        assert f(x, dg.Size([3, 2])).item() == 30.0
+    assert len(f.variants) == 1 and f.variants[0].calls >= 2
+    assert f(x, dg.Size([6])).item() == 30.0 and len(f.variants) == 2
+    assert f(x, (3, 2)).item() == 31.0 and len(f.variants) == 3

@@ -17,6 +17,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from dyngrad.size import Size
+
 from ..generated import eval_generated
 from .checks import Check
 from .escape import Watchdog
@@ -45,7 +47,7 @@ def _arg_sources(cap: Capture, fn, args: tuple, kwargs: dict):
 
     def go(x, path: tuple, name: str):
         t = type(x)
-        if t is tuple or t is list:
+        if t is tuple or t is list or t is Size:  # (as compiler.guards.flatten numbers them)
             s = ArgTree(path, name)
             cap.arg_paths[path] = s
             for i, e in enumerate(x):

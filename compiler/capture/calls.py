@@ -21,6 +21,7 @@ import operator as _op
 import types
 
 from dyngrad.nn.module import Module
+from dyngrad.size import Size
 from dyngrad.tensor import Tensor
 
 from .. import prims as P
@@ -1014,7 +1015,7 @@ def get_iter(cap, f, v, s):
     if s is not None and not isinstance(s, ArgTree) and _plain_iteration(t):
         cap.structure_used(v, s)
         return SourcedIter(v, s, "keys" if issubclass(t, dict) else "seq"), None
-    if isinstance(s, ArgTree) and t in (list, tuple):
+    if isinstance(s, ArgTree) and t in (list, tuple, Size):
         it = ArgIter(cap, v, s)
         return it, None
     if isinstance(v, (set, frozenset)) and s is not None:
@@ -1071,7 +1072,7 @@ def unpack(cap, f, v, s, n):
         return list(zip(v, built[1]))
     if type(v) is tuple and s is None:
         return [(x, None) for x in v]
-    if isinstance(s, ArgTree) and type(v) in (list, tuple):
+    if isinstance(s, ArgTree) and type(v) in (list, tuple, Size):
         return [(x, cap.arg_paths.get(s.path + (i,))) for i, x in enumerate(v)]
     it, its = get_iter(cap, f, v, s)
     out = []

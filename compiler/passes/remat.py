@@ -8,11 +8,12 @@ norm's centred input ``d``, kept for its own backward; the per-channel scale; a 
 the backward can compute it again just before it needs it: the forward's copy then dies at
 its last forward reader, and the recomputed one lives only from just before its backward
 readers on. This is activation checkpointing at its cheapest, chosen by structure alone
-(so every batch size of a symbolic variant makes the same choice):
+(so the sizes of a symbolic variant make the same choice, but for a dimension of 1):
 
 - the value is the output of an elementwise node, of at least two dims larger than one (not
-  a per-channel statistic), not a graph output and not read by a value guard; its readers, in node order, have a gap of at least ``GAP`` nodes — the
-  readers after the widest gap are *late*;
+  a per-channel statistic), not a graph output and not read by a value guard; its readers,
+  in node order, have a gap of at least ``GAP`` nodes — the readers after the widest gap
+  are *late*;
 - the nodes computed again (its *cone*: the producer and, back from it, the elementwise
   nodes and the views it needs; at most ``CONE_MAX``) are exact operations — IEEE
   arithmetic, comparisons, selection, casts, square roots; no vector-math polynomial and
