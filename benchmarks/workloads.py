@@ -170,10 +170,15 @@ def w2_bound(quick: bool = False) -> float:
 W3_SIZE = 4 * 1024 * 1024
 
 
+def w3_size(quick: bool) -> int:
+    """W3's elements: 4M (quick: 512K, still above the thread pool's split threshold)."""
+    return W3_SIZE // 8 if quick else W3_SIZE
+
+
 def w3(quick: bool = False, seed: int = 0) -> Instance:
     """W3: the elementwise sum on 4M float32 with ``backward()`` inside."""
     r = np.random.default_rng(seed)
-    x = dg.tensor(_f32(r, W3_SIZE), requires_grad=True)
+    x = dg.tensor(_f32(r, w3_size(quick)), requires_grad=True)
 
     def step(x):
         x.grad = None
@@ -187,7 +192,7 @@ def w3_outside(quick: bool = False, seed: int = 0) -> Instance:
     """W3 with the forward compiled and ``backward()`` called outside it (the compiled
     forward saves what the compiled backward needs, or the backward recomputes it)."""
     r = np.random.default_rng(seed)
-    x = dg.tensor(_f32(r, W3_SIZE), requires_grad=True)
+    x = dg.tensor(_f32(r, w3_size(quick)), requires_grad=True)
 
     def forward(x):
         return ((x * 1.5 + 0.5).tanh() * x.sigmoid() - (-x * x).exp()).sum()
@@ -205,7 +210,7 @@ def w3_outside(quick: bool = False, seed: int = 0) -> Instance:
 def w3_bound(quick: bool = False) -> float:
     """µs: numpy writing a fresh 4M float32 array from the input (one read, one write —
     the least a fused forward + backward must move)."""
-    a = np.ones(W3_SIZE, np.float32)
+    a = np.ones(w3_size(quick), np.float32)
     return measure.median_us(lambda: np.multiply(a, 1.0), 10)
 
 
@@ -393,7 +398,8 @@ WORKLOADS = {
     "W2": Workload("W2", "784→256→256→10 ReLU MLP, batch 128, cross-entropy + Adam",
                    w2, w2_bound, MATMUL_BOUND, kind="mlp",
                    flops=lambda quick: measure.step_flops(W2_MATMULS)),
-    "W3": Workload("W3", "sum(tanh(1.5x+0.5)·sigmoid(x) − exp(−x²)), 4M float32, fwd + bwd",
+    "W3": Workload("W3", "sum(tanh(1.5x+0.5)·sigmoid(x) − exp(−x²)), 4M float32 (quick: "
+                   "512K), fwd + bwd",
                    w3, w3_bound, "numpy writing a fresh 4M array from the input",
                    kind="elementwise"),
     "W3o": Workload("W3o", "W3 with backward() outside the compiled forward",
