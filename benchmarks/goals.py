@@ -73,9 +73,27 @@ def entry(mode: str, key: str, missing: str) -> Figure:
 F32_ROUNDING = 1e-4
 
 
-def compiled_step_goals(steps: int) -> tuple:
+F64_FACTOR = 2.0  # with a float64 reference: compiled at most this many times farther from
+#                  it than eager in float32 is
+
+
+def compiled_step_goals(steps: int, reference64: bool = False) -> tuple:
     """The goals of the convolutional workloads (W7): the LLVM step against PyTorch, its
-    first calls, its agreement with eager over ``steps`` steps, its arena."""
+    first calls, its agreement with eager over ``steps`` steps, its arena.
+
+    With ``reference64`` (the workload also runs eager in float64, see
+    ``suite.float64_reference``), agreement is judged against float64 instead: a step whose
+    losses amplify rounding (BatchNorm with momentum) drifts from its own float64 run by
+    more than ``F32_ROUNDING`` in 20 steps, so compiled must be no farther from that run than
+    ``F64_FACTOR`` times eager's own distance; the difference from eager is reported too."""
+    agreement = Goal(f"llvm equals eager to float32 rounding over {steps} steps",
+                     entry("llvm", "max_rel_diff_all", "not compared"), F32_ROUNDING,
+                     at_most=True)
+    if reference64:
+        agreement = Goal(f"llvm as close to float64 as eager over {steps} steps (its "
+                         f"distance ÷ eager float32's)",
+                         entry("llvm", "vs_float64", "no float64 reference"), F64_FACTOR,
+                         "×", at_most=True)
     return (
         Goal("llvm ≥ 1.5× faster than torch.compile", faster("llvm", "torch.compile"), 1.5,
              "×"),
@@ -84,8 +102,7 @@ def compiled_step_goals(steps: int) -> tuple:
              2000, " ms", at_most=True),
         Goal("llvm first calls ≤ 100 ms from the disk cache",
              entry("llvm", "first_disk_ms", "not measured"), 100, " ms", at_most=True),
-        Goal(f"llvm equals eager to float32 rounding over {steps} steps",
-             entry("llvm", "max_rel_diff_all", "not compared"), F32_ROUNDING, at_most=True),
+        agreement,
         Goal("llvm arena ≤ 0.5 of eager's peak (the plan's intermediates)",
              entry("llvm", "arena_vs_eager",
                    "no arena: a hybrid plan (some kernels in numpy, which allocates)"),

@@ -82,6 +82,12 @@ def workload_lines(name: str, w: dict) -> list[str]:
             notes.setdefault(f"fallback: {why}", []).append(mode)
     if "first_calls_error" in w:
         notes.setdefault(w["first_calls_error"], [])
+    if "float32_drift" in w:  # (the float64 reference: what rounding alone does)
+        far = ", ".join(f"{m} {e['max_rel_diff_f64']:.1e} from float64 and "
+                        f"{e['max_rel_diff_all']:.1e} from eager"
+                        for m, e in w["modes"].items() if "max_rel_diff_f64" in e)
+        notes.setdefault(f"over {len(w['float32_drift_per_call'])} calls, eager in float32 is "
+                         f"{w['float32_drift']:.1e} from eager in float64; {far}", [])
     return lines + [f"  {', '.join(modes)}{' ' if modes else ''}{note}"
                     for note, modes in notes.items()] + goal_lines(w.get("goals", []))
 

@@ -25,6 +25,7 @@ import warnings
 from pathlib import Path
 
 import compiler
+import dyngrad as dg
 from dyngrad import func
 
 from . import jax_mirror, measure, torch_mirror
@@ -118,6 +119,17 @@ def build(wl: Workload, mode: str, quick: bool) -> Runner:
     return Runner(step, calls)
 
 
+def float64_reference(wl: Workload, quick: bool, n: int) -> list:
+    """The eager step's first ``n`` outputs with the model, the inputs and so the whole step
+    in float64 (the same seed: the same weights and data, rounded to float32 once)."""
+    inst = wl.build(quick)
+    inst.model.double()
+    calls = [tuple(a.double() if isinstance(a, dg.Tensor) and a.dtype == dg.float32 else a
+                   for a in c) for c in inst.calls]
+    run = inst.runnable()
+    return [measure.as_array(run(*calls[k % len(calls)])) for k in range(n)]
+
+
 def first_calls_fresh(name: str, modes: list, cache_dir: Path, quick: bool,
                       repeats: int) -> dict:
     """Per compiled mode: warm-up ms in a fresh process with an empty cache ('cold') and in
@@ -178,7 +190,7 @@ def run_workload(wl: Workload, opts: Options, progress: Progress,
     n_check = warm + 2 * n_inputs  # the warm-up and two passes of steady state (judged)
     n_run = max(n_check, wl.compared_calls)  # (the rest compared for a goal, not judged)
     res["compared_calls"] = n_run
-    runners, ref = {}, None
+    runners, ref, ref64 = {}, None, None
     for mode in modes:
         progress.phase(f"{wl.name}: {mode}: first calls and agreement with eager")
         entry = res["modes"][mode] = {"ran": False}
@@ -203,6 +215,12 @@ def run_workload(wl: Workload, opts: Options, progress: Progress,
         entry.update(mem.result)
         if mode == "eager":
             ref = outs
+            if wl.reference64 and n_run > n_check:  # (how far float32 alone moves eager)
+                progress.phase(f"{wl.name}: eager in float64 (the rounding reference)")
+                ref64 = float64_reference(wl, opts.quick, n_run)
+                res["float32_drift_per_call"] = [measure.max_rel_diff([a], [b])
+                                                 for a, b in zip(ref64, ref)]
+                res["float32_drift"] = max(res["float32_drift_per_call"])
         elif ref is not None:
             d = measure.max_rel_diff(ref[:n_check], outs[:n_check])
             tol = wl.tolerance.get(mode, TOLERANCE[mode])  # (None: not judged; why in
@@ -211,6 +229,10 @@ def run_workload(wl: Workload, opts: Options, progress: Progress,
             if n_run > n_check:
                 per_call = [measure.max_rel_diff([a], [b]) for a, b in zip(ref, outs)]
                 entry.update(rel_diff_per_call=per_call, max_rel_diff_all=max(per_call))
+                if "float32_drift" in res:  # as far from float64 as eager is, or farther?
+                    d64 = max(measure.max_rel_diff([a], [b]) for a, b in zip(ref64, outs))
+                    entry.update(max_rel_diff_f64=d64,
+                                 vs_float64=d64 / max(res["float32_drift"], 1e-30))
         if mode == "torch.compile":
             entry.update(torch_mirror.compile_counts())
         if mode in fresh:

@@ -86,6 +86,8 @@ class Workload:
     #                                  from eager it may have, replacing the suite's (None:
     #                                  reported, not judged)
     tolerance_why: str = ""  # why, printed under the workload's table
+    reference64: bool = False  # also run eager in float64 for the compared calls: how far
+    #                            float32 rounding alone moves eager (the goals' yardstick)
     goals: tuple[Goal, ...] = ()  # judged from its figures, reported, never failing the run
 
 
@@ -420,7 +422,8 @@ WORKLOADS = {
                     w7_resnet, w7_resnet_bound, CONV_BOUND, kind="resnet",
                     flops=lambda quick: measure.step_flops(resnet_matmuls(
                         *w7_resnet_shape(quick))),
-                    compared_calls=W7_STEPS, goals=compiled_step_goals(W7_STEPS)),
+                    compared_calls=W7_STEPS, reference64=True,
+                    goals=compiled_step_goals(W7_STEPS, reference64=True)),
 }
 
 

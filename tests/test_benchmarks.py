@@ -98,6 +98,9 @@ def test_w7_compares_twenty_steps_with_eager_and_reports_every_goal(quick, name)
         assert (g["value"] is None) == (g["met"] is None) and (g["met"] is not None
                                                                or g["why"]), g
     assert any(g["value"] is not None for g in w["goals"])  # (first calls, agreement)
+    if name == "W7b":  # agreement judged against the float64 run: both distances kept
+        assert len(w["float32_drift_per_call"]) == 20
+        assert llvm["vs_float64"] == llvm["max_rel_diff_f64"] / w["float32_drift"]
 
 
 @pytest.mark.parametrize("framework", ["torch", "jax"])
