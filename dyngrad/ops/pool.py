@@ -21,6 +21,7 @@ from . import creation as _c
 from . import elementwise as _e
 from . import indexing as _i
 from . import movement as _m
+from . import reduce as _r
 from .conv import CONV, ntuple, out_size, padded, windows
 from .primitive import Primitive
 
@@ -273,8 +274,9 @@ def _output_size(op: str, output_size, input: Tensor, nd: int) -> tuple:
 
 def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
     """PyTorch's ``F.adaptive_avg_pool2d``: window i along a dim covers
-    [floor(i·S/O), ceil((i+1)·S/O)); the mean over a box is separable, so it is two matmuls
-    with averaging matrices.
+    [floor(i·S/O), ceil((i+1)·S/O)). When the windows tile the plane (O divides S: global
+    average pooling included) it is a mean over each box; otherwise the mean over a box is
+    separable, so it is two matmuls with averaging matrices.
 
     >>> adaptive_avg_pool2d(dg.randn(1, 3, 7, 5), (2, None)).shape
     (1, 3, 2, 5)
@@ -282,6 +284,10 @@ def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
     op = "adaptive_avg_pool2d"
     _pool_input(op, input, 2)
     out = _output_size(op, output_size, input, 2)
+    (sh, sw), (oh, ow) = input.shape[-2:], out
+    if sh % oh == 0 and sw % ow == 0:  # windows that tile the plane (an output of 1 too):
+        boxes = _m.reshape(input, input.shape[:-2] + (oh, sh // oh, ow, sw // ow))  # a mean
+        return _r.mean(boxes, (-3, -1))  # over each box: summed, then divided (as PyTorch)
     mats = []
     for s, o in zip(input.shape[-2:], out):
         m = np.zeros((o, s), dtype=input.dtype.np)
