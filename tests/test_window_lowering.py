@@ -192,6 +192,39 @@ def test_the_bits_do_not_depend_on_the_thread_count():
             assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, cin, cout, h, w, k, padding, groups", [
+    (4, 16, 16, 32, 32, 3, 1, 1),    # W7b's block: one full tile per output row
+    (3, 32, 32, 16, 16, 3, 1, 1),    # rows of one vector
+    (3, 4, 10, 5, 40, 5, 2, 1),      # a full tile and a masked tail; 10 = 8 + 2 channels
+    (2, 1, 6, 28, 28, 3, 0, 1),      # one input channel (mnist's conv1), a tail only
+    (3, 6, 9, 7, 9, 2, "same", 3),   # an even window: padding (0, 1); groups; 3 + ... rows
+    (2, 3, 5, 1, 37, 3, 4, 1),       # one input row
+])
+def test_stride_one_convolution_straight_from_the_planes_has_the_column_path_bits(
+        n, cin, cout, h, w, k, padding, groups, dtype):
+    """At stride 1 on several samples the forward convolution reads its padded planes
+    directly (window.py, ``_conv_direct``); a lone sample takes the column buffer and the
+    GEMM. Each output is the same chain of multiply-adds either way: the same bits."""
+    r = np.random.default_rng(cin * 7 + cout)
+    x = dg.tensor(r.standard_normal((n, cin, h, w)).astype(dtype))
+    wt = dg.tensor(r.standard_normal((cout, cin // groups, k, k)).astype(dtype))
+
+    def conv(x, wt):
+        return F.conv2d(x, wt, padding=padding, groups=groups)
+
+    many, lone = compiler.compile(conv, backend="llvm"), compiler.compile(conv, backend="llvm")
+    for _ in range(2):
+        got = many(x, wt).numpy()
+        one = np.concatenate([lone(x[i:i + 1].contiguous(), wt).numpy() for i in range(n)])
+    _native(many)
+    _native(lone)
+    assert sum(v.calls for v in many.variants) >= 1 and sum(v.calls for v in lone.variants)
+    assert np.array_equal(got, one)
+    np.testing.assert_allclose(got, conv(x, wt).numpy(), rtol=1e-4 if dtype == np.float32
+                               else 1e-12, atol=1e-4 if dtype == np.float32 else 1e-12)
+
+
 # ------------------------------------------------------------------ soundness
 
 
