@@ -225,6 +225,40 @@ def test_stride_one_convolution_straight_from_the_planes_has_the_column_path_bit
                                else 1e-12, atol=1e-4 if dtype == np.float32 else 1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, cin, cout, h, w, k, padding, groups", [
+    (4, 16, 16, 32, 32, 3, 1, 1), (3, 4, 10, 5, 40, 5, 2, 1), (2, 1, 6, 28, 28, 3, 0, 1),
+    (3, 6, 9, 7, 9, 2, "same", 3),
+    (2, 3, 4, 5, 5, 3, 3, 1),  # padding wider than the window: the column path
+])
+def test_stride_one_input_gradient_is_the_flipped_window_s_correlation(
+        n, cin, cout, h, w, k, padding, groups, dtype):
+    """The input gradient at stride 1 correlates the bordered output gradient with the
+    flipped window (``_transpose_direct``) at every batch size: equal to eager within
+    rounding, and a sample's gradient has the same bits alone as in a batch."""
+    r = np.random.default_rng(cin + 3 * cout)
+    g = dg.tensor(r.standard_normal((n, cout, h, w)).astype(dtype))
+    wt = dg.tensor(r.standard_normal((cout, cin // groups, k, k)).astype(dtype))
+    x = dg.zeros(n, cin, h, w, dtype=g.dtype, requires_grad=True)
+    if padding == "same" or F.conv2d(x, wt, padding=padding, groups=groups).shape != g.shape:
+        g = dg.tensor(r.standard_normal(F.conv2d(x, wt, padding=padding, groups=groups)
+                                        .shape).astype(dtype))
+
+    def dx(x, g):
+        y = F.conv2d(x, wt, padding=padding, groups=groups)
+        return dg.autograd.grad((y * g).sum(), x)[0]
+
+    batch, lone = compiler.compile(dx, backend="llvm"), compiler.compile(dx, backend="llvm")
+    for _ in range(2):
+        got = batch(x, g).numpy()
+        one = np.concatenate([lone(x[i:i + 1].detach().requires_grad_(), g[i:i + 1]
+                                   .contiguous()).numpy() for i in range(n)])
+    _native(batch)
+    assert np.array_equal(got, one)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got, dx(x, g).numpy(), rtol=tol, atol=tol)
+
+
 # ------------------------------------------------------------------ soundness
 
 

@@ -365,12 +365,46 @@ def _stride_one(geo: Geometry) -> bool:
     return geo.sh == geo.sw == geo.dh == geo.dw == 1 and not geo.direct
 
 
-def _tile(ty: str, geo: Geometry) -> tuple:
+@dataclass(frozen=True)
+class Direct:
+    """A correlation at stride 1 computed straight from zero-bordered planes: per sample and
+    group, ``out[o, y, x] = sum over k of w(o, k) · xp[off(k) + y·Wp + x]`` with ``k`` over
+    (input channel, window row, window column) in that order, ``xp`` the sample's ``C``
+    planes of ``H x W`` placed at (``top``, ``left``) in planes of ``Hp x Wp`` (zero
+    around), and the weight of (output channel ``o``, ``k``) at ``o·wrow + woff[k]`` from
+    the group's weights (``woff`` None: ``k``). The forward convolution is one (``w`` as
+    stored); the input gradient another (the window flipped, channels swapped)."""
+
+    N: object
+    C: int  # input channels (all groups)
+    H: int
+    W: int
+    top: int
+    left: int
+    Hp: int
+    Wp: int
+    G: int
+    cin: int  # input channels per group
+    cout: int  # output channels per group
+    OH: int
+    OW: int
+    KH: int
+    KW: int
+    wrow: int  # weights between one output channel's and the next's
+    wgroup: int  # weights per group
+    woff: tuple | None = None
+
+    @property
+    def rows(self) -> int:  # k's range
+        return self.cin * self.KH * self.KW
+
+
+def _tile(ty: str, d: Direct) -> tuple:
     """A direct convolution's register tile: (lanes, vectors per output row segment, output
     channels) — one vector when the output rows fit in it, else two; as many channels as
     keep the accumulators in half the vector registers (32 with AVX-512, 16 with AVX2)."""
     vl = gemm.lanes(ty)
-    nv = 1 if geo.OW <= vl else 2
+    nv = 1 if d.OW <= vl else 2
     return vl, nv, (16 if gemm.vector_bits() >= 512 else 8) // nv
 
 
@@ -386,48 +420,49 @@ def _chunks(total: int, most: int) -> list:
     return out
 
 
-def _conv_direct(b: WindowBuilder, name: str, geo: Geometry, ins: list, out: str) -> None:
-    """Stride 1 (see :func:`_stride_one`) on more than one sample: per sample, its planes are
-    copied once into a zero-bordered buffer (``Hp x Wp`` each, the padding written out),
-    and the output is computed straight from it — no column buffer, no packing. A tile of
-    ``MR`` output channels x ``NV`` vectors of one output row lives in registers; for each
-    ``k = (c·KH + ki)·KW + kj`` in order it loads the ``NV`` vectors at the row's window
-    offset for ``k`` (a table of the module's) and multiply-adds them with ``MR`` weights.
-    Each output is thus the chain ``fma(w[o, k], x[k], ·)`` for ``k = 0, 1, ...`` from +0.0 —
-    the GEMM's order (``gemm.py``): the same bits as the column path, which still runs a
-    lone sample (its GEMM splits rows across the threads)."""
+def _conv_direct(b: WindowBuilder, name: str, d: Direct) -> None:
+    """``i32 @<name>d_samples(x, w, y, n0, step)`` (as ``_samples_fn``'s) computing
+    :class:`Direct` ``d``: per sample, its planes are copied once into a zero-bordered
+    buffer, and the output is computed straight from it — no column buffer, no packing. A
+    tile of ``MR`` output channels x ``NV`` vectors of one output row lives in registers;
+    for each ``k`` in order it loads the ``NV`` vectors at the row's offset for ``k`` (a
+    table of the module's) and multiply-adds them with ``MR`` weights. Each output is thus
+    the chain ``fma(w(o, k), x(k), ·)`` for ``k = 0, 1, ...`` from +0.0 — for the forward
+    convolution the GEMM's order (``gemm.py``), so the column path's bits."""
     ty, size = b.ty, _size(b.ty)
-    vl, nv, mr = _tile(ty, geo)
+    vl, nv, mr = _tile(ty, d)
     nr = nv * vl
-    Hp, Wp = geo.OH + geo.KH - 1, geo.OW + geo.KW - 1
-    Hp, Wp = max(Hp, geo.ph + geo.H), max(Wp, geo.pw + geo.W)  # (hi padding: 'same')
-    plane, P_, HW = Hp * Wp, geo.positions, geo.H * geo.W
+    plane, P_ = d.Hp * d.Wp, d.OH * d.OW
     vt = f"<{vl} x {ty}>"
     sfx = "f32" if ty == "float" else "f64"
     b.direct_decls = (f"declare {vt} @llvm.fma.v{vl}{sfx}({vt}, {vt}, {vt})\n"
                       f"declare void @llvm.masked.store.v{vl}{sfx}.p0({vt}, ptr, i32 immarg, "
                       f"<{vl} x i1>)\n")
-    offs = [c * plane + ki * Wp + kj for c in range(geo.cg) for ki in range(geo.KH)
-            for kj in range(geo.KW)]
-    b.helpers.append(f"@{name}_off = internal unnamed_addr constant [{len(offs)} x i64] ["
-                     + ", ".join(f"i64 {o}" for o in offs) + "], align 8\n\n")
+    offs = [c * plane + ki * d.Wp + kj for c in range(d.cin) for ki in range(d.KH)
+            for kj in range(d.KW)]
+    for tab, vals in (("off", offs), ("woff", d.woff)):
+        if vals is not None:
+            b.helpers.append(f"@{name}_{tab} = internal unnamed_addr constant [{len(vals)} x "
+                             f"i64] [" + ", ".join(f"i64 {o}" for o in vals) + "], align 8\n\n")
 
     def tile(e: Emitter, xb: str, yb: str, rows: int, vecs: int, tail: int | None) -> None:
         """``rows`` channels x ``vecs`` vectors at ``xb`` (the padded row) into ``yb``;
         ``tail``: the valid columns of a last, partial tile (masked stores)."""
         blk = e.fresh("K")
         accs = [(r, v) for r in range(rows) for v in range(vecs)]
-        with e.loop(f"%{blk}.k", geo.rows, block=blk, exit=f"{blk}.done",
+        with e.loop(f"%{blk}.k", d.rows, block=blk, exit=f"{blk}.done",
                     carry=[(f"%{blk}.a{r}.{v}", vt, "zeroinitializer") for r, v in accs],
                     hint=f", !llvm.loop {jit.ROLLED_LOOP}") as lp:
             k = f"%{blk}.k"
             off = e.emit(f"load i64, ptr {e.gep('i64', f'@{name}_off', k)}")
+            wk = k if d.woff is None else \
+                e.emit(f"load i64, ptr {e.gep('i64', f'@{name}_woff', k)}")
             base = e.gep(ty, xb, off)
             bs = [e.emit(f"load {vt}, ptr {e.gep(ty, base, v * vl)}, align {size}")
                   for v in range(vecs)]
             nxt = []
             for r in range(rows):
-                a = e.emit(f"load {ty}, ptr {e.gep(ty, '%w', _i(e, 'add', k, r * geo.rows))}")
+                a = e.emit(f"load {ty}, ptr {e.gep(ty, '%w', _i(e, 'add', wk, r * d.wrow))}")
                 a = e.emit(f"insertelement {vt} poison, {ty} {a}, i64 0")
                 a = e.emit(f"shufflevector {vt} {a}, {vt} poison, <{vl} x i32> zeroinitializer")
                 for v in range(vecs):
@@ -448,55 +483,80 @@ def _conv_direct(b: WindowBuilder, name: str, geo: Geometry, ins: list, out: str
                 e.line(f"call void @llvm.masked.store.v{vl}{sfx}.p0({vt} {nxt[i]}, ptr {at}, "
                        f"i32 {size}, <{vl} x i1> <{mask}>)")
 
-    full, tail = divmod(geo.OW, nr)
-    for rows in sorted({r for _, r in _chunks(geo.og, mr)}):
-        e = Emitter()  # void @<name>_rt<rows>(xp, w, y): channels [0, rows) of a group
+    full, tail = divmod(d.OW, nr)
+    for rows in sorted({r for _, r in _chunks(d.cout, mr)}):
+        e = Emitter()  # void @<name>_rt<rows>(xp, w, y): output channels [0, rows) of a group
         e.label("entry")
-        with e.rolled_loop(0, geo.OH, scalar=True) as oh:
-            xrow = e.gep(ty, "%xp", _i(e, "mul", oh, Wp))
-            yrow = e.gep(ty, "%y", _i(e, "mul", oh, geo.OW))
+        with e.rolled_loop(0, d.OH, scalar=True) as oh:
+            xrow = e.gep(ty, "%xp", _i(e, "mul", oh, d.Wp))
+            yrow = e.gep(ty, "%y", _i(e, "mul", oh, d.OW))
             if full:
                 with e.rolled_loop(0, full, scalar=True) as t:
                     at = _i(e, "mul", t, nr)
                     tile(e, e.gep(ty, xrow, at), e.gep(ty, yrow, at), rows, nv, None)
             if tail:
-                tvecs = -(-tail // vl)
-                tile(e, e.gep(ty, xrow, full * nr), e.gep(ty, yrow, full * nr), rows, tvecs,
-                     tail)
+                tile(e, e.gep(ty, xrow, full * nr), e.gep(ty, yrow, full * nr), rows,
+                     -(-tail // vl), tail)
         e.line("ret void")
         b.helpers.append(e.function(f"define internal void @{name}_rt{rows}(ptr noalias %xp, "
                                     f"ptr noalias %w, ptr noalias %y)"))
 
-    e = Emitter()  # i32 @<name>d_samples(x, w, y, n0, step), as _samples_fn's
+    e = Emitter()
     e.label("entry")
-    xp = _malloc(e, (geo.C * plane + nr) * size)  # (+ a tile: a last tile's loads overhang)
+    nbytes = (d.C * plane + nr) * size  # (+ a tile: a last tile's loads overhang)
+    xp = _malloc(e, nbytes)
     with e.when(e.emit(f"icmp eq ptr {xp}, null")):
         e.line(f"ret i32 {ALLOC_FAILED}")
-    e.line(f"call void @llvm.memset.p0.i64(ptr {xp}, i8 0, i64 {(geo.C * plane + nr) * size}, "
-           f"i1 false)")
-    with e.rolled_loop("%n0", literal(geo.N, "i64"), "%step", scalar=True) as s:
-        xs = e.gep(ty, "%x", _i(e, "mul", s, geo.C * HW))
-        with e.rolled_loop(0, geo.C, scalar=True) as c:  # the planes into the bordered buffer
-            with e.rolled_loop(0, geo.H, scalar=True) as h:
-                src = e.gep(ty, xs, _i(e, "add", _i(e, "mul", c, HW), _i(e, "mul", h, geo.W)))
+    e.line(f"call void @llvm.memset.p0.i64(ptr {xp}, i8 0, i64 {nbytes}, i1 false)")
+    HW = d.H * d.W
+    with e.rolled_loop("%n0", literal(d.N, "i64"), "%step", scalar=True) as s:
+        xs = e.gep(ty, "%x", _i(e, "mul", s, d.C * HW))
+        with e.rolled_loop(0, d.C, scalar=True) as c:  # the planes into the bordered buffer
+            with e.rolled_loop(0, d.H, scalar=True) as h:
+                src = e.gep(ty, xs, _i(e, "add", _i(e, "mul", c, HW), _i(e, "mul", h, d.W)))
                 dst = e.gep(ty, xp, _i(e, "add", _i(e, "mul", c, plane),
-                                       _i(e, "add", _i(e, "mul", _i(e, "add", h, geo.ph), Wp),
-                                          geo.pw)))
-                with e.rolled_loop(0, geo.W) as j:
+                                       _i(e, "add", _i(e, "mul", _i(e, "add", h, d.top), d.Wp),
+                                          d.left)))
+                with e.rolled_loop(0, d.W) as j:
                     e.line(f"store {ty} {e.emit(f'load {ty}, ptr {e.gep(ty, src, j)}')}, "
                            f"ptr {e.gep(ty, dst, j)}")
-        with e.rolled_loop(0, geo.G, scalar=True) as grp:
-            xg = e.gep(ty, xp, _i(e, "mul", grp, geo.cg * plane))
-            wg = e.gep(ty, "%w", _i(e, "mul", grp, geo.og * geo.rows))
-            yg = e.gep(ty, "%y", _i(e, "mul", _i(e, "add", _i(e, "mul", s, geo.G), grp),
-                                    geo.og * P_))
-            for first, rows in _chunks(geo.og, mr):
+        with e.rolled_loop(0, d.G, scalar=True) as grp:
+            xg = e.gep(ty, xp, _i(e, "mul", grp, d.cin * plane))
+            wg = e.gep(ty, "%w", _i(e, "mul", grp, d.wgroup))
+            yg = e.gep(ty, "%y", _i(e, "mul", _i(e, "add", _i(e, "mul", s, d.G), grp),
+                                    d.cout * P_))
+            for first, rows in _chunks(d.cout, mr):
                 e.line(f"call void @{name}_rt{rows}(ptr {xg}, ptr "
-                       f"{e.gep(ty, wg, first * geo.rows)}, ptr {e.gep(ty, yg, first * P_)})")
+                       f"{e.gep(ty, wg, first * d.wrow)}, ptr {e.gep(ty, yg, first * P_)})")
     e.line(f"call void @free(ptr {xp})")
     e.line("ret i32 0")
     b.helpers.append(e.function(f"define internal i32 @{name}d_samples(ptr noalias %x, "
                                 f"ptr noalias %w, ptr noalias %y, i64 %n0, i64 %step)"))
+
+
+def _forward_direct(geo: Geometry) -> Direct:
+    """The forward convolution of ``geo`` (stride 1) as a :class:`Direct`."""
+    Hp = max(geo.OH + geo.KH - 1, geo.ph + geo.H)  # (high padding: 'same' with an even
+    Wp = max(geo.OW + geo.KW - 1, geo.pw + geo.W)  #  window pads one more at the end)
+    return Direct(geo.N, geo.C, geo.H, geo.W, geo.ph, geo.pw, Hp, Wp, geo.G, geo.cg, geo.og,
+                  geo.OH, geo.OW, geo.KH, geo.KW, geo.rows, geo.og * geo.rows)
+
+
+def _transpose_direct(geo: Geometry) -> Direct | None:
+    """The input gradient of ``geo``'s convolution (stride 1), ``dx[c] = sum over o, ki, kj of
+    W[o, c, ki, kj] · dy[o, y + p - ki, x + p - kj]``, as a :class:`Direct` over ``dy``
+    bordered by ``KH - 1 - p`` (the window flipped: ``woff``); None when the padding is
+    wider than the window (the border would be negative)."""
+    top, left = geo.KH - 1 - geo.ph, geo.KW - 1 - geo.pw
+    if top < 0 or left < 0 or top + geo.OH > geo.H + geo.KH - 1 \
+            or left + geo.OW > geo.W + geo.KW - 1:
+        return None
+    kk = geo.KH * geo.KW
+    woff = tuple(o * geo.cg * kk + (geo.KH - 1 - ki) * geo.KW + (geo.KW - 1 - kj)
+                 for o in range(geo.og) for ki in range(geo.KH) for kj in range(geo.KW))
+    return Direct(geo.N, geo.Co, geo.OH, geo.OW, top, left, geo.H + geo.KH - 1,
+                  geo.W + geo.KW - 1, geo.G, geo.og, geo.cg, geo.H, geo.W, geo.KH, geo.KW,
+                  kk, geo.og * geo.cg * kk, woff)
 
 
 @_WINDOWS(P.CONV)
@@ -521,7 +581,7 @@ def _conv(b: WindowBuilder, name: str, ins: list, out: str) -> None:
 
     b._samples_fn(name, geo, not geo.direct, per_sample)
     if _stride_one(geo):
-        _conv_direct(b, name, geo, ins, out)
+        _conv_direct(b, name, _forward_direct(geo))
         b._by_samples(name, geo, ins[0], ins[1], out, many=f"{name}d")
     else:
         b._by_samples(name, geo, ins[0], ins[1], out)
@@ -530,13 +590,21 @@ def _conv(b: WindowBuilder, name: str, ins: list, out: str) -> None:
 @_WINDOWS(P.CONV_TRANSPOSE)
 def _conv_transpose(b: WindowBuilder, name: str, ins: list, out: str) -> None:
     """``cols = W[g]^T @ y[n, g]`` per sample and group, added back to the window positions
-    of the zeroed ``dx[n, g]`` (a 1x1 window: the product is ``dx[n, g]``)."""
+    of the zeroed ``dx[n, g]`` (a 1x1 window: the product is ``dx[n, g]``). At stride 1, a
+    correlation of the bordered ``y`` with the flipped window instead (:func:`_conv_direct`,
+    every batch size: each ``dx`` element one chain of multiply-adds over (output channel,
+    window row, window column))."""
     ty = b._float_type()
     y, w = b.n.inputs
     geo = _geometry(b.n, b.n.out.shape, w.shape, b.n.out.shape[2:], y.shape[2:])
     geo = Geometry(y.shape[0], *[getattr(geo, f) for f in (
         "C", "Co", "G", "H", "W", "KH", "KW", "OH", "OW", "sh", "sw", "ph", "pw", "dh", "dw")])
     HW, P_ = geo.H * geo.W, geo.positions
+    d = _transpose_direct(geo) if _stride_one(geo) else None
+    if d is not None:
+        _conv_direct(b, name, d)
+        b._by_samples(f"{name}d", geo, ins[0], ins[1], out)
+        return
 
     def per_sample(e: Emitter, s: str, cols: str) -> None:
         xs = e.gep(ty, "%y", e.emit(f"mul i64 {s}, {geo.C * HW}"))
