@@ -625,14 +625,195 @@ def _conv_transpose(b: WindowBuilder, name: str, ins: list, out: str) -> None:
     b._by_samples(name, geo, ins[0], ins[1], out)
 
 
+def _weight_grad_direct(b: WindowBuilder, name: str, geo: Geometry, ins: list,
+                        out: str) -> None:
+    """The weight gradient at stride 1 with nothing packed: ``dW[o, k] = sum over (n, y, x)
+    of g[n, o, y, x] · xp[n, c, y + ki, x + kj]`` for ``k = (c, ki, kj)``: per sample a chain
+    of multiply-adds in (y, x) order from +0.0, the samples' sums added in order (so the
+    rounding grows with a sample's positions plus the samples, not with their product).
+
+    Two passes over the data first, each sample a part: the input into zero-bordered planes
+    (as the forward's), and the output gradient transposed to position-major rows of the
+    output channels (``gt[n, g, p, o]``, padded to whole vectors with zeros). Then tasks of
+    ``MR`` window elements x ``NV`` vectors of output channels (a function per block of window
+    elements, its offsets into the planes written into its loads) run in parallel, one task
+    per part — every dW element computed whole by one task, so the bits depend on the shapes
+    only. Per position a task loads ``NV`` vectors of ``gt`` and broadcasts ``MR`` input
+    values."""
+    ty, size = b.ty, _size(b.ty)
+    vl = gemm.lanes(ty)
+    budget = 16 if gemm.vector_bits() >= 512 else 8
+    d = _forward_direct(geo)  # (the bordered planes: the forward's)
+    plane, P_, HW, K = d.Hp * d.Wp, geo.positions, geo.H * geo.W, geo.rows
+    vto = -(-geo.og // vl)  # vectors of output channels
+    ogp = vto * vl
+    nvo = min(vto, 4)
+    mr = max(1, budget // nvo)
+    vt = f"<{vl} x {ty}>"
+    sfx = "f32" if ty == "float" else "f64"
+    b.direct_decls = f"declare {vt} @llvm.fma.v{vl}{sfx}({vt}, {vt}, {vt})\n"
+    offs = [c * plane + ki * d.Wp + kj for c in range(geo.cg) for ki in range(geo.KH)
+            for kj in range(geo.KW)]
+    kchunks = _chunks(K, mr)
+    ochunks = [(v0, min(nvo, vto - v0)) for v0 in range(0, vto, nvo)]
+    xstride, gstride = geo.C * plane, geo.G * P_ * ogp
+    N = literal(geo.N, "i64")
+
+    for ci, (k0, rows) in enumerate(kchunks):
+        for v0, nv in ochunks:
+            e = Emitter()  # void @<name>_w<ci>_<v0>(xb, gt, dw): rows k0.. x vectors v0..
+            e.label("entry")
+            regs = [(r, v) for r in range(rows) for v in range(nv)]
+            e.line(f"%tot = alloca [{len(regs)} x {vt}], align 64")  # the sum over samples
+            for i in range(len(regs)):
+                e.line(f"store {vt} zeroinitializer, ptr {e.gep(vt, '%tot', i)}, align 64")
+            carried = [[(f"{var}.a{r}.{v}", vt, "zeroinitializer" if level == 0 else
+                         f"%y.a{r}.{v}") for r, v in regs] for level, var in enumerate(("%y", "%x"))]
+            hint = f", !llvm.loop {jit.ROLLED_LOOP}"
+            with e.loop("%n", N, block="bn", exit="bn.done", hint=hint) as ln:
+                xn = e.gep(ty, "%xb", _i(e, "mul", "%n", xstride))
+                gn = e.gep(ty, "%gt", _i(e, "mul", "%n", gstride))
+                with e.loop("%y", geo.OH, block="by", exit="by.done", carry=carried[0],
+                            hint=hint) as ly:
+                    xr = e.gep(ty, xn, _i(e, "mul", "%y", d.Wp))
+                    gr = e.gep(ty, gn, _i(e, "mul", "%y", geo.OW * ogp))
+                    with e.loop("%x", geo.OW, block="bx", exit="bx.done", carry=carried[1],
+                                hint=hint) as lx:
+                        gp = e.gep(ty, gr, _i(e, "mul", "%x", ogp))
+                        gs = [e.emit(f"load {vt}, ptr {e.gep(ty, gp, (v0 + v) * vl)}, "
+                                     f"align {size}") for v in range(nv)]
+                        xp = e.gep(ty, xr, "%x")
+                        nxt = []
+                        for r in range(rows):
+                            a = e.emit(f"load {ty}, ptr {e.gep(ty, xp, offs[k0 + r])}")
+                            a = e.emit(f"insertelement {vt} poison, {ty} {a}, i64 0")
+                            a = e.emit(f"shufflevector {vt} {a}, {vt} poison, <{vl} x i32> "
+                                       f"zeroinitializer")
+                            for v in range(nv):
+                                acc = f"%x.a{r}.{v}"
+                                if gemm.has_fma():
+                                    nxt.append(e.emit(f"call {vt} @llvm.fma.v{vl}{sfx}({vt} "
+                                                      f"{a}, {vt} {gs[v]}, {vt} {acc})"))
+                                else:
+                                    m = e.emit(f"fmul {vt} {a}, {gs[v]}")
+                                    nxt.append(e.emit(f"fadd {vt} {acc}, {m}"))
+                        lx.next = nxt
+                    ly.next = nxt
+                for i in range(len(regs)):  # the sample's sums onto the running ones
+                    at = e.gep(vt, "%tot", i)
+                    t = e.emit(f"fadd {vt} {e.emit(f'load {vt}, ptr {at}, align 64')}, {nxt[i]}")
+                    e.line(f"store {vt} {t}, ptr {at}, align 64")
+                ln.next = []
+            for i, (r, v) in enumerate(regs):  # dW[o, k0 + r] for the real channels o
+                tot = e.emit(f"load {vt}, ptr {e.gep(vt, '%tot', i)}, align 64")
+                for lane in range(vl):
+                    o = (v0 + v) * vl + lane
+                    if o < geo.og:
+                        val = e.emit(f"extractelement {vt} {tot}, i64 {lane}")
+                        e.line(f"store {ty} {val}, ptr {e.gep(ty, '%dw', o * K + k0 + r)}")
+            e.line("ret void")
+            b.helpers.append(e.function(f"define internal void @{name}_w{ci}_{v0}(ptr noalias "
+                                        f"%xb, ptr noalias %gt, ptr noalias %dw)"))
+
+    tasks = [(grp, ci, v0) for grp in range(geo.G) for ci in range(len(kchunks))
+             for v0, _ in ochunks]
+    e = Emitter()  # void @<name>_task(xb, gt, dw, t): task t
+    e.label("entry")
+    cases = " ".join(f"i64 {t}, label %case{t}" for t in range(len(tasks)))
+    e.line(f"switch i64 %t, label %done [ {cases} ]")
+    for t, (grp, ci, v0) in enumerate(tasks):
+        e.label(f"case{t}")
+        xg = e.gep(ty, "%xb", grp * geo.cg * plane)
+        gg = e.gep(ty, "%gt", grp * P_ * ogp)
+        dwg = e.gep(ty, "%dw", grp * geo.og * K)
+        e.line(f"call void @{name}_w{ci}_{v0}(ptr {xg}, ptr {gg}, ptr {dwg})")
+        e.jump("done")
+    e.label("done")
+    e.line("ret void")
+    b.helpers.append(e.function(f"define internal void @{name}_task(ptr noalias %xb, "
+                                f"ptr noalias %gt, ptr noalias %dw, i64 %t)"))
+
+    e = Emitter()  # void @<name>_stage(x, g, xb, gt, s): sample s into the two buffers
+    e.label("entry")
+    xs = e.gep(ty, "%x", _i(e, "mul", "%s", geo.C * HW))
+    xd = e.gep(ty, "%xb", _i(e, "mul", "%s", xstride))
+    with e.rolled_loop(0, geo.C, scalar=True) as c:
+        with e.rolled_loop(0, geo.H, scalar=True) as h:
+            src = e.gep(ty, xs, _i(e, "add", _i(e, "mul", c, HW), _i(e, "mul", h, geo.W)))
+            dst = e.gep(ty, xd, _i(e, "add", _i(e, "mul", c, plane),
+                                   _i(e, "add", _i(e, "mul", _i(e, "add", h, d.top), d.Wp),
+                                      d.left)))
+            with e.rolled_loop(0, geo.W) as j:
+                e.line(f"store {ty} {e.emit(f'load {ty}, ptr {e.gep(ty, src, j)}')}, "
+                       f"ptr {e.gep(ty, dst, j)}")
+    gs_ = e.gep(ty, "%g", _i(e, "mul", "%s", geo.Co * P_))
+    gd = e.gep(ty, "%gt", _i(e, "mul", "%s", gstride))
+    with e.rolled_loop(0, geo.G, scalar=True) as grp:
+        gsg = e.gep(ty, gs_, _i(e, "mul", grp, geo.og * P_))
+        gdg = e.gep(ty, gd, _i(e, "mul", grp, P_ * ogp))
+        with e.rolled_loop(0, P_, scalar=True) as p:
+            row = e.gep(ty, gdg, _i(e, "mul", p, ogp))
+            with e.rolled_loop(0, geo.og) as o:
+                v = e.emit(f"load {ty}, ptr {e.gep(ty, gsg, _i(e, 'add', _i(e, 'mul', o, P_), p))}")
+                e.line(f"store {ty} {v}, ptr {e.gep(ty, row, o)}")
+    e.line("ret void")
+    b.helpers.append(e.function(f"define internal void @{name}_stage(ptr noalias %x, "
+                                f"ptr noalias %g, ptr noalias %xb, ptr noalias %gt, i64 %s)"))
+
+    xin, gin = ins
+    xbytes = b.emit(f"mul i64 {N}, {xstride * size}")
+    xbytes = b.emit(f"add i64 {xbytes}, {vl * size}")
+    gbytes = b.emit(f"mul i64 {N}, {gstride * size}")
+    xb, gt = _malloc(b, xbytes), _malloc(b, gbytes)
+    bad = b.emit(f"or i1 {b.emit(f'icmp eq ptr {xb}, null')}, {b.emit(f'icmp eq ptr {gt}, null')}")
+    with b.when(bad):
+        b.line(f"call void @free(ptr {xb})")
+        b.line(f"call void @free(ptr {gt})")
+        b.line(f"ret i32 {ALLOC_FAILED}")
+    b.line(f"call void @llvm.memset.p0.i64(ptr {xb}, i8 0, i64 {xbytes}, i1 false)")
+    if ogp != geo.og:  # (the channels' padding lanes: zeros, never stored)
+        b.line(f"call void @llvm.memset.p0.i64(ptr {gt}, i8 0, i64 {gbytes}, i1 false)")
+    if threads.find() is not None:
+        b.line("%wctx = alloca [5 x i64], align 8")
+        for k, v in enumerate([xin, gin, xb, gt, out]):
+            b.line(f"store ptr {v}, ptr {b.gep('i64', '%wctx', k)}")
+        b.line(f"call void @dg_parallel(ptr @{name}_stage_blocks, ptr %wctx, i64 0)")
+        b.line(f"call void @dg_parallel(ptr @{name}_task_blocks, ptr %wctx, i64 {len(tasks)})")
+        for fn in ("stage", "task"):
+            f = Emitter()
+            f.label("entry")
+            for k, reg in enumerate(["%x", "%g", "%xb", "%gt", "%dw"]):
+                f.line(f"{reg} = load ptr, ptr {f.gep('i64', '%ctx', k)}")
+            if fn == "stage":  # samples tid, tid + nt, ...
+                with f.rolled_loop("%tid", N, "%nt", scalar=True) as s:
+                    f.line(f"call void @{name}_stage(ptr %x, ptr %g, ptr %xb, ptr %gt, i64 {s})")
+            else:
+                f.line(f"call void @{name}_task(ptr %xb, ptr %gt, ptr %dw, i64 %tid)")
+            f.line("ret void")
+            b.helpers.append(f.function(f"define internal void @{name}_{fn}_blocks(ptr %ctx, "
+                                        f"i64 %tid, i64 %nt)"))
+    else:
+        with b.rolled_loop(0, N, scalar=True) as s:
+            b.line(f"call void @{name}_stage(ptr {xin}, ptr {gin}, ptr {xb}, ptr {gt}, i64 {s})")
+        with b.rolled_loop(0, len(tasks), scalar=True) as t:
+            b.line(f"call void @{name}_task(ptr {xb}, ptr {gt}, ptr {out}, i64 {t})")
+    b.line(f"call void @free(ptr {xb})")
+    b.line(f"call void @free(ptr {gt})")
+    b.line("ret i32 0")
+
+
 @_WINDOWS(P.CONV_WEIGHT_GRAD)
 def _conv_weight_grad(b: WindowBuilder, name: str, ins: list, out: str) -> None:
     """``dW[g] = sum over n of g[n, g] @ cols(x[n, g])^T``: ``WG_PARTS`` fixed blocks of
     samples (fewer with fewer samples), each summed in order into a partial sum of its own
-    (in parallel), then the partial sums added in order."""
+    (in parallel), then the partial sums added in order. At stride 1:
+    :func:`_weight_grad_direct`."""
     ty = b._float_type()
     x, gout = b.n.inputs
     geo = _geometry(b.n, x.shape, b.n.out.shape, x.shape[2:], gout.shape[2:])
+    if _stride_one(geo):
+        _weight_grad_direct(b, name, geo, ins, out)
+        return
     HW, P_, size = geo.H * geo.W, geo.positions, _size(ty)
     whole = geo.Co * geo.rows  # dW's elements
     parts = WG_PARTS if geo.N >= WG_PARTS else int(geo.N)
