@@ -7,9 +7,10 @@ those lines to get the original program back for PyTorch, so both libraries run 
 Note: the two libraries draw different random numbers from the same seed, so a program's
 initial weights and data would differ between them. :func:`shared_random` makes both draw
 from one numpy generator instead: while a program is loaded and its quick form runs,
-``randn``, ``rand`` and ``Tensor.uniform_``/``normal_`` (which every ``nn.init`` function
-and every layer's ``reset_parameters`` reach) are replaced, from the test side, by functions
-filling from ``numpy.random.default_rng(seed)``. The programs are not edited for this.
+``randn``, ``rand``, ``multinomial`` and ``Tensor.uniform_``/``normal_`` (which every
+``nn.init`` function and every layer's ``reset_parameters`` reach) are replaced, from the test
+side, by functions drawing from ``numpy.random.default_rng(seed)``. The programs are not edited
+for this.
 
 A quick form is a function ``quick(lib, compiled) -> {name: array}``: a few training steps or
 a forward/backward through the program's own classes and functions, with small synthetic data.
@@ -68,17 +69,26 @@ def source(name: str, lib: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def load(name: str, lib: str) -> types.ModuleType:
+def load(name: str, lib: str, until: str | None = None) -> types.ModuleType:
     """Execute the program as a module (not as ``__main__``: its command-line entry point does
-    not run; a script whose work is at module level runs it). Its prints are swallowed."""
+    not run; a script whose work is at module level runs it). Its prints are swallowed.
+
+    ``until``: execute only the lines before the first one that starts with this text (a
+    tutorial whose module-level training takes too long for a test: its definitions and data
+    run, and the quick form runs a few of its steps itself)."""
     module = types.ModuleType(f"corpus_{name}_{lib}")
     module.__file__ = str(CORPUS / f"{name}.py")
     if str(CORPUS) not in sys.path:  # (micrograd's tests import its engine, vendored here)
         sys.path.insert(0, str(CORPUS))
+    text = source(name, lib)
+    if until is not None:
+        lines = text.splitlines(keepends=True)
+        stop = next(i for i, line in enumerate(lines) if line.startswith(until))
+        text = "".join(lines[:stop])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SyntaxWarning)  # (upstream docstrings' "\s":
         warnings.simplefilter("ignore", DeprecationWarning)  # the warning before 3.12)
-        code = compile(source(name, lib), module.__file__, "exec")
+        code = compile(text, module.__file__, "exec")
     sys.modules[module.__name__] = module  # (dataclasses look their module up there)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
@@ -114,10 +124,20 @@ def shared_random(lib: str, seed: int = 0):
             return self
         return fill_
 
-    saved = {"randn": t.randn, "rand": t.rand}
+    def multinomial(probs, num_samples, replacement=False, *, generator=None, out=None):
+        # one draw per row by inverting the cumulative distribution at a uniform number
+        if num_samples != 1:
+            raise NotImplementedError("shared_random's multinomial draws one sample a row")
+        p = np.asarray(numpy(probs), np.float64)
+        cdf = np.cumsum(p, axis=-1)
+        u = rng.random(p.shape[:-1] + (1,)) * cdf[..., -1:]
+        return t.tensor(np.minimum((cdf <= u).sum(-1, keepdims=True), p.shape[-1] - 1))
+
+    saved = {"randn": t.randn, "rand": t.rand, "multinomial": t.multinomial}
     saved_methods = {"uniform_": t.Tensor.uniform_, "normal_": t.Tensor.normal_}
     t.randn = factory(rng.standard_normal)
     t.rand = factory(rng.random)
+    t.multinomial = multinomial
     t.Tensor.uniform_ = fill(lambda a, b, shape: rng.uniform(a, b, shape))
     t.Tensor.normal_ = fill(lambda mean, std, shape: rng.normal(mean, std, shape))
     try:
@@ -507,6 +527,139 @@ def quick_polynomial_custom_function(lib, compiled):
                 **{k: numpy(getattr(m, k)) for k in "abcd"}}
 
 
+def quick_bilstm_crf(lib, compiled):
+    """pytorch/tutorials nlp/advanced_tutorial (Bi-LSTM CRF): its definitions and toy data
+    (the script up to its model; its 300 epochs at module level take 26 s under dyngrad), then
+    three epochs of its training loop body on both sentences (``zero_grad``,
+    ``neg_log_likelihood`` — a bidirectional LSTM and the CRF's forward algorithm, Python loops
+    over the words and tags with ``max`` and ``log_sum_exp`` — ``backward``, SGD with weight
+    decay), then its Viterbi decode (``model(sentence)`` under ``no_grad``, as the script
+    checks its predictions). Each step draws the LSTM's initial state with ``torch.randn``
+    (``init_hidden``). The compiled run compiles the training step. (Not the decode: its
+    ``init_hidden`` draws come from :func:`shared_random`, numpy numbers that a trace bakes in
+    as constants, so a compiled decode would replay the traced call's draws; dyngrad's own
+    ``randn`` stays a random draw in compiled code.)"""
+    t = library(lib)
+    with shared_random(lib, 16):
+        m = load("tutorials_nlp_advanced", lib, until="model = BiLSTM_CRF(")
+        model = m.BiLSTM_CRF(len(m.word_to_ix), m.tag_to_ix, m.EMBEDDING_DIM, m.HIDDEN_DIM)
+        optimizer = m.optim.SGD(model.parameters(), lr=0.01, weight_decay=1e-4)
+
+        def step(sentence_in, targets):
+            model.zero_grad()
+            loss = model.neg_log_likelihood(sentence_in, targets)
+            loss.backward()
+            optimizer.step()
+            return loss
+
+        step = compile_if(lib, compiled, step)
+        losses = []
+        for _ in range(3):
+            for sentence, tags in m.training_data:
+                sentence_in = m.prepare_sequence(sentence, m.word_to_ix)
+                targets = t.tensor([m.tag_to_ix[tag] for tag in tags], dtype=t.long)
+                losses.append(numpy(step(sentence_in, targets)))
+        with t.no_grad():
+            score, path = model(m.prepare_sequence(m.training_data[0][0], m.word_to_ix))
+        return {"losses": np.array(losses), "path_score": numpy(score),
+                "path": np.array(path), **parameters(model)}
+
+
+def quick_lstm_tagger(lib, compiled):
+    """pytorch/tutorials nlp/sequence_models_tutorial: the script (an LSTM stepped word by
+    word, then its ``LSTMTagger`` trained 300 epochs with SGD on two sentences, at module
+    level); then the tagger on its first sentence under ``no_grad``, compiled or not, three
+    times from a fresh ``init_hidden`` (its forward stores the LSTM's state in
+    ``self.hidden``, and the next call starts from it)."""
+    t = library(lib)
+    with shared_random(lib, 17):
+        m = load("tutorials_nlp_sequence_models", lib)
+        forward = compile_if(lib, compiled, m.model)
+        m.model.hidden = m.model.init_hidden()
+        with t.no_grad():
+            scores = third_call(forward, m.inputs)
+        return {"out": numpy(m.out), "h": numpy(m.hidden[0]), "c": numpy(m.hidden[1]),
+                "loss": numpy(m.loss), "tag_scores": numpy(m.tag_scores),
+                "scores": numpy(scores), "state": numpy(m.model.hidden[0]),
+                **parameters(m.model)}
+
+
+def quick_ngram(lib, compiled):
+    """pytorch/tutorials nlp/word_embeddings_tutorial: the script (its
+    ``NGramLanguageModeler`` trained 10 epochs with SGD on the trigrams of a sonnet, one
+    trigram a step, at module level); then the model on a context, compiled or not."""
+    t = library(lib)
+    with shared_random(lib, 18):
+        m = load("tutorials_nlp_word_embeddings", lib)
+        forward = compile_if(lib, compiled, m.model)
+        context = t.tensor([3, 5], dtype=t.long)
+        return {"losses": np.array([numpy(x) for x in m.losses]),
+                "hello_embed": numpy(m.hello_embed),
+                "log_probs": numpy(third_call(forward, context)), **parameters(m.model)}
+
+
+def quick_bow_classifier(lib, compiled):
+    """pytorch/tutorials nlp/deep_learning_tutorial: the script (affine maps, nonlinearities,
+    softmax, then its ``BoWClassifier`` trained 100 epochs with SGD and ``NLLLoss``, at module
+    level); then the classifier on its last bag-of-words vector, compiled or not."""
+    with shared_random(lib, 19):
+        m = load("tutorials_nlp_deep_learning", lib)
+        forward = compile_if(lib, compiled, m.model)
+        return {"test_log_probs": numpy(m.log_probs), "loss": numpy(m.loss),
+                "log_probs": numpy(third_call(forward, m.bow_vec)), **parameters(m.model)}
+
+
+def quick_lenet(lib, compiled):
+    """pytorch/tutorials blitz/neural_networks_tutorial: the script (LeNet on a random 32×32
+    image: ``backward`` with random gradients, ``MSELoss`` against ``arange(1, 11)``, one SGD
+    step, at module level); then the network on the image, compiled or not."""
+    with shared_random(lib, 20):
+        m = load("tutorials_blitz_neural_networks", lib)
+        forward = compile_if(lib, compiled, m.net)
+        grads = {f"{k}.grad": numpy(p.grad) for k, p in m.net.named_parameters()}
+        return {"out": numpy(m.out), "loss": numpy(m.loss),
+                "output": numpy(third_call(forward, m.input)), **grads,
+                **parameters(m.net)}
+
+
+def quick_mingpt(lib, compiled):
+    """karpathy/minGPT mingpt/model.py: ``GPT`` with 2 layers, 2 heads, 32 channels,
+    vocabulary 16, block 8, no dropout; its ``configure_optimizers`` (AdamW, weight decay 0.1
+    on the Linear weights only, the defaults of its trainer), three steps of its trainer's loop
+    body (``model(x, y)``, ``zero_grad(set_to_none=True)``, backward, ``clip_grad_norm_(1.0)``,
+    step) on random tokens; then ``generate`` 5 tokens greedily and 5 sampled
+    (``multinomial`` draws from :func:`shared_random`). The compiled run compiles the step."""
+    t = library(lib)
+    with shared_random(lib, 21) as rng:
+        m = load("mingpt_model", lib)
+        config = m.GPT.get_default_config()
+        config.model_type = None
+        config.n_layer, config.n_head, config.n_embd = 2, 2, 32
+        config.vocab_size, config.block_size = 16, 8
+        config.embd_pdrop = config.resid_pdrop = config.attn_pdrop = 0.0
+        model = m.GPT(config)
+        train_config = m.CN(learning_rate=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
+        optimizer = model.configure_optimizers(train_config)
+        tokens = rng.integers(0, 16, (2, 9))
+        x, y = t.tensor(tokens[:, :-1].copy()), t.tensor(tokens[:, 1:].copy())
+
+        def step(x, y):
+            logits, loss = model(x, y)
+            model.zero_grad(set_to_none=True)
+            loss.backward()
+            t.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            return loss
+
+        step = compile_if(lib, compiled, step)
+        losses = [numpy(step(x, y)) for _ in range(3)]
+        model.eval()
+        greedy = model.generate(x[:, :3], 5, do_sample=False)
+        sampled = model.generate(x[:, :3], 5, do_sample=True, top_k=4)
+        return {"losses": np.array(losses), "greedy": numpy(greedy), "sampled": numpy(sampled),
+                **{k: numpy(v) for k, v in model.named_parameters()}}
+
+
 NAMES = ["emma", "olivia", "ava", "isabella", "sophia", "charlotte", "mia", "amelia"]
 
 
@@ -603,6 +756,15 @@ FORMS = {f.name: f for f in [
               quick_polynomial_custom_function),
     QuickForm("tutorials_polynomial_autograd", "tutorials_polynomial_autograd",
               quick_polynomial_autograd),
+    QuickForm("tutorials_nlp_advanced", "tutorials_nlp_advanced", quick_bilstm_crf),
+    QuickForm("tutorials_nlp_sequence_models", "tutorials_nlp_sequence_models",
+              quick_lstm_tagger),
+    QuickForm("tutorials_nlp_word_embeddings", "tutorials_nlp_word_embeddings", quick_ngram),
+    QuickForm("tutorials_nlp_deep_learning", "tutorials_nlp_deep_learning",
+              quick_bow_classifier),
+    QuickForm("tutorials_blitz_neural_networks", "tutorials_blitz_neural_networks",
+              quick_lenet),
+    QuickForm("mingpt_model", "mingpt_model", quick_mingpt, atol=adam_noise_atol(1e-3)),
 ]}
 
 
