@@ -14,7 +14,11 @@ import copy
 import dataclasses
 import functools
 import math
+import os
+import subprocess
+import sys
 from collections import namedtuple
+from pathlib import Path
 
 import pytest
 
@@ -1531,3 +1535,22 @@ def test_exception_type_and_message_escape():
     with pytest.raises(ValueError, match="^v$") as info:
         capture.run(None, _raises_from, [], {})
     assert type(info.value) is ValueError
+
+
+def test_the_first_trace_in_a_fresh_process_records_no_escape():
+    """An assignment through an index (``index_put``) used ``np.unique``, whose first call
+    imports numpy.ma: in a fresh process that import's own code ran inside the first trace
+    and was flagged as code outside the capture (a fallback, and one more trace)."""
+    code = ("import sys, dyngrad as dg\n"
+            "assert 'numpy.ma' not in sys.modules\n"
+            "def f(x):\n"
+            "    a = dg.full((1, 5), -1e4); a[0][3] = 0.0; a[0][[1, 1]] = 2.0\n"
+            "    return x + a\n"
+            "cf = dg.compile(f)\n"
+            "for _ in range(3): cf(dg.ones(1, 5))\n"
+            "assert cf.fallbacks == [] and [v.calls for v in cf.variants] == [2], "
+            "(cf.fallbacks, [v.calls for v in cf.variants])\n")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 0, proc.stderr[-2000:]

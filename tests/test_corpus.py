@@ -61,8 +61,8 @@ NOT_YET = {
         "AttributeError: module 'dyngrad.nn' has no attribute 'Transformer'",
 }
 
-PROGRAM_FILES = sorted(p.stem for p in CORPUS.glob("*.py")
-                       if p.stem not in ("corpus_harness", "run", "micrograd_engine", "mingpt_utils"))
+PROGRAM_FILES = sorted(p.stem for p in CORPUS.glob("*.py") if p.stem not in (
+    "corpus_harness", "run", "micrograd_engine", "mingpt_utils"))
 
 
 def test_every_quick_form_is_either_runnable_or_not_yet():

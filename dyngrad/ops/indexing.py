@@ -530,9 +530,11 @@ def index_put(x: Tensor, pos: Tensor, value: Tensor) -> Tensor:
     if STATE.modes:  # which writes are kept depends on the positions' values
         report_read(flat_pos, "index")
     p = flat_pos._data
-    if p.size and len(np.unique(p)) != p.size:  # keep the last occurrence of each position
-        _, first_rev = np.unique(p[::-1], return_index=True)
-        keep = np.sort(p.size - 1 - first_rev)
+    order = np.argsort(p[::-1], kind="stable")  # (not np.unique: its first call imports
+    rev = p[::-1][order]  #                         numpy.ma, code a trace would flag)
+    if p.size > 1 and (rev[1:] == rev[:-1]).any():  # keep the last occurrence of each
+        first = np.concatenate(([True], rev[1:] != rev[:-1]))  # position
+        keep = np.sort(p.size - 1 - order[first])
         flat_pos = gather(flat_pos, Tensor._constant(keep), 0)
         vals = gather(vals, Tensor._constant(keep), 0)
     n = x.numel()

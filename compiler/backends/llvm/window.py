@@ -668,7 +668,8 @@ def _weight_grad_direct(b: WindowBuilder, name: str, geo: Geometry, ins: list,
             for i in range(len(regs)):
                 e.line(f"store {vt} zeroinitializer, ptr {e.gep(vt, '%tot', i)}, align 64")
             carried = [[(f"{var}.a{r}.{v}", vt, "zeroinitializer" if level == 0 else
-                         f"%y.a{r}.{v}") for r, v in regs] for level, var in enumerate(("%y", "%x"))]
+                         f"%y.a{r}.{v}") for r, v in regs]
+                       for level, var in enumerate(("%y", "%x"))]
             hint = f", !llvm.loop {jit.ROLLED_LOOP}"
             with e.loop("%n", N, block="bn", exit="bn.done", hint=hint) as ln:
                 xn = e.gep(ty, "%xb", _i(e, "mul", "%n", xstride))
