@@ -6,8 +6,9 @@ the values stored; those values leave the graph beside the result (the out_spec 
 ``(result, [payloads])``), and after each compiled call the changes are made again, in
 order, with this call's values. A location the call writes that it also read at entry is
 not covered by its owner's version: a tensor there is re-read each call (a 'source'
-binding: ``self.hidden = h.detach()``), a number is guarded by value (or is a runtime
-input once it changed), anything else by identity. A module the call stores attributes
+binding: ``self.hidden = h.detach()``), a tuple of tensors and numbers (an LSTM's ``(h,
+c)``) has its length guarded and each item treated so, a number is guarded by value (or is
+a runtime input once it changed), anything else by identity. A module the call stores attributes
 on has its version bumped as in eager; its guards expect the version after the call's own
 stores (the delta is checked at trace time to be exactly those stores).
 """
@@ -31,7 +32,8 @@ def plan_effects(trace: Trace, cap, tracer: Tracer, dynamic: set) -> Trace:
     move on (a new Trace: the finished one is not changed); the bindings of re-read
     locations and the guards on the locations' entry values are set up on the way. Counters
     found are added to ``dynamic`` (runtime inputs from the next trace)."""
-    from .capture.checks import Equals, Identity, is_plain
+    from .capture.checks import Equals, Identity, TupleOf, is_plain
+    from .capture.sources import Item
     from .trace import Via, slot_key
     entries = []
     stores: dict = {}
@@ -48,13 +50,29 @@ def plan_effects(trace: Trace, cap, tracer: Tracer, dynamic: set) -> Trace:
             continue
         value, src = e.entry
         if isinstance(value, Tensor):
-            b = tracer.input_binding.get(slot_key(value))
-            if b is not None and b.kind is Via.REF and b.target() is value and \
-                    not value._requires_grad:  # (one with autograd history stays bound by
-                #                                 identity: a new one traces again)
+            b = _rebindable(tracer, value, slot_key, Via)
+            if b is not None:  # (one with autograd history stays bound by identity: a new
+                #                 one traces again)
                 b.now_at(_source_reader(src), str(src), value._requires_grad)
                 cap.checks.pop(("id", src), None)
                 continue
+        if type(value) is tuple and value and all(
+                is_plain(x) or isinstance(x, Tensor) and (
+                    tracer.input_binding.get(slot_key(x)) is None
+                    or _rebindable(tracer, x, slot_key, Via) is not None) for x in value):
+            # a tuple of tensors and numbers (an LSTM's (h, c)): its length guarded, each
+            # tensor the trace read re-read from its place, each number guarded by value
+            cap.checks.pop(("id", src), None)
+            cap.guard(TupleOf(src, len(value)))
+            for i, x in enumerate(value):
+                item = Item(src, i)
+                if isinstance(x, Tensor):
+                    b = _rebindable(tracer, x, slot_key, Via)
+                    if b is not None:
+                        b.now_at(_source_reader(item), str(item), x._requires_grad)
+                else:
+                    cap.guard(Equals(item, x))
+            continue
         if e.runtime:
             continue  # a runtime input: read each call
         key = ("eq", src) if is_plain(value) else ("id", src)
@@ -78,6 +96,15 @@ def plan_effects(trace: Trace, cap, tracer: Tracer, dynamic: set) -> Trace:
             objects[k] = (ref, box)
             updates.append((box, ref))
     return replace(trace, effects=entries, version_updates=updates, objects=objects)
+
+
+def _rebindable(tracer, value, slot_key, Via):
+    """The binding of a tensor the trace read and a replayed store replaces, when it can
+    be re-read from its place each call (bound by reference, no autograd history)."""
+    b = tracer.input_binding.get(slot_key(value))
+    if b is not None and b.kind is Via.REF and b.target() is value and not value._requires_grad:
+        return b
+    return None
 
 
 def _source_reader(src):

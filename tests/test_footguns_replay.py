@@ -697,6 +697,86 @@ def test_hidden_state_not_detached_without_retain_raises_like_eager():
     run(src, lambda m, fns, i: fns["f"](*_batch(i)), _rnn_observe, n=5, compiled=0)
 
 
+LSTM_SRC = """
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(3, 4)
+        self.out = nn.Linear(4, 1)
+        self.hidden = (dg.zeros(1, 2, 4), dg.zeros(1, 2, 4))
+
+    def forward(self, x):
+        y, (h, c) = self.lstm(x, self.hidden)
+        self.hidden = {store}
+        return self.out(y)
+
+model = Net()
+opt = optim.SGD(model.parameters(), lr=0.1)
+
+def f(x, y):
+    opt.zero_grad()
+    loss = F.mse_loss(model(x), y)
+    loss.backward()
+    opt.step()
+    return loss
+"""
+
+
+def _lstm_batch(i):
+    rng = np.random.default_rng(i)
+    return (dg.tensor(rng.standard_normal((5, 2, 3)).astype(np.float32)),
+            dg.tensor(rng.standard_normal((5, 2, 1)).astype(np.float32)))
+
+
+@pytest.mark.parametrize("store", ["(h.detach(), c.detach())",
+                                   "tuple(t.detach() for t in (h, c))"])
+def test_an_lstm_state_tuple_stored_each_call_is_re_read_not_retraced(store):
+    """``self.hidden = (h.detach(), c.detach())`` (pytorch/examples' word language model's
+    ``repackage_hidden``): a new tuple each call. Its length is guarded and its tensors are
+    re-read from their places, so one variant serves every call."""
+    def drive(m, fns, i):
+        return fns["f"](*_lstm_batch(i))
+    cfns = run(LSTM_SRC.format(store=store), drive,
+               lambda m: (list(m.model.hidden), params(m.model)), n=6, compiled=4)
+    assert len(cfns["f"].variants) == 2  # (the first call makes the optimizer's state)
+
+
+@pytest.mark.parametrize("change", ["longer", "list", "other shape", "a number",
+                                    "an autograd history", "the same tuple object"])
+def test_a_state_tuple_changed_between_calls_by_the_user(change):
+    """The user puts something else where the call keeps its state tuple: compiled follows
+    eager (a new variant where needed, never the old one's assumption)."""
+    src = """
+    class S:
+        state = (dg.zeros(4), dg.ones(4), 1.0)
+    s = S()
+    w = dg.ones(4, requires_grad=True)
+    def f(x):
+        h, c, k = s.state[0], s.state[1], s.state[2]
+        h2 = (h * 0.5 + x * c * k).tanh()
+        s.state = (h2.detach(), c + 1.0, k)
+        return (h2 * w).sum()
+    """
+
+    def drive(m, fns, i):
+        if i == 3:
+            h, c, k = m.s.state
+            if change == "longer":
+                m.s.state = (h, c, k, 2.0)
+            elif change == "list":
+                m.s.state = [h, c, k]
+            elif change == "other shape":
+                m.s.state = (dg.zeros(2, 4), c, k)
+            elif change == "a number":
+                m.s.state = (h, c, 3.0)
+            elif change == "an autograd history":
+                m.s.state = (h * m.w, c, k)
+            else:
+                m.s.state = m.s.state
+        return fns["f"](X * (i + 1))
+    run(textwrap.dedent(src), drive, lambda m: list(m.s.state), n=6, compiled=2)
+
+
 def test_hidden_state_forward_only_then_backward_outside_through_all_calls():
     src = """
     model = nn.Linear(4, 4)

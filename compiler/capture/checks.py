@@ -139,6 +139,31 @@ class Identity(Check):
 
 
 @dataclass(frozen=True, eq=False)
+class TupleOf(Check):
+    """The source holds a tuple of ``length`` items (a location the call stores a new tuple
+    in each time — ``self.hidden = (h, c)`` — whose items are guarded or re-read one by
+    one: ``compiler.effects``)."""
+
+    source: Source
+    length: int
+
+    def condition(self, e: str, namer: Namer) -> str:
+        return f"type({e}) is not tuple or len({e}) != {self.length}"
+
+    def describe(self) -> str:
+        return f"{self.source} is a tuple of {self.length}"
+
+    def key(self) -> tuple:
+        return ("id", self.source)  # (it replaces the identity check on the tuple)
+
+    def expected(self) -> Any:
+        return f"a tuple of {self.length}"
+
+    def now(self, value: Any) -> Any:
+        return f"a tuple of {len(value)}" if type(value) is tuple else _what(value)
+
+
+@dataclass(frozen=True, eq=False)
 class Version(Check):
     """The source's ``_version`` counter (a module's: every attribute assignment bumps it).
 
