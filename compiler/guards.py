@@ -75,6 +75,8 @@ def unflatten(spec, leaves: list):
         t, items = s
         if t is dict:
             return {k: go(v) for k, v in items}
+        if t is Size:  # (as it was passed; Size() would pin traced ints as indices)
+            return tuple.__new__(Size, [go(e) for e in items])
         return t(go(e) for e in items)
     args_spec, kw_spec = spec
     return go(args_spec), (go(kw_spec) if kw_spec is not None else {})

@@ -6,8 +6,9 @@ equals the tuple of the same ints (``dg.Size([2, 3]) == x.shape``), so compariso
 indexing and passing a shape on to ``reshape``/``zeros``/``view`` behave the same; what differs
 is ``repr(x.shape)`` (``(2, 3)``) and ``isinstance(x.shape, dg.Size)`` (False). Plain tuples
 are kept because the compiler's argument flattening, guards and capture recognise
-containers and constants by ``type(x) is tuple`` (a ``Size`` argument would be an opaque
-object guarded by identity), and because the shape is read on every op's eager path, where
+containers and constants by ``type(x) is tuple`` (a ``Size`` argument is flattened as the
+tuple of ints it is, but a ``Size`` held elsewhere — a global, an attribute — is an object
+guarded by identity), and because the shape is read on every op's eager path, where
 building a subclass instance per read would cost time for no behaviour.
 """
 

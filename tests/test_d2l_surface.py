@@ -460,3 +460,27 @@ def test_a_size_argument_to_a_compiled_function_is_one_variant():
     assert len(f.variants) == 1 and f.variants[0].calls >= 2
     assert f(x, dg.Size([6])).item() == 30.0 and len(f.variants) == 2
     assert f(x, (3, 2)).item() == 31.0 and len(f.variants) == 3
+
+
+def test_a_method_of_a_size_argument_reads_its_ints_as_the_argument_leaves_they_are():
+    """``s.numel()`` binds the argument container itself: its ints are read as the leaves
+    the argument spec numbers (guarded there), never through ``s.numel.__self__[i]`` — an
+    argument container has no expression of its own, and the guard builder raised TypeError
+    out of the compiled call."""
+    f = compiler.compile(lambda x, s: x * s.numel(), backend="interp")
+    for v in [(2, 3), (2, 3), (3, 4), (2, 3)]:
+        assert f(dg.ones(2), dg.Size(v)).tolist() == [float(v[0] * v[1])] * 2
+    assert len(f.variants) == 2
+
+
+def test_the_ints_of_a_size_argument_become_runtime_numbers_as_a_tuples_do():
+    """An int seen to change becomes a runtime input; rebuilding the Size for the trace must
+    not pin those traced ints as indices (``Size()`` calls ``operator.index`` on each), or
+    every new value traces a variant of its own, up to the cache limit."""
+    def fn(x, s):
+        return x * s[0] + s[1]
+    for make in (tuple, dg.Size):
+        f = compiler.compile(fn, backend="interp")
+        for k in range(2, 8):
+            assert f(dg.ones(2), make([k, 5])).tolist() == [k + 5.0] * 2
+        assert len(f.variants) == 2, (make, f.misses)

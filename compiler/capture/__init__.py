@@ -50,12 +50,14 @@ def _arg_sources(cap: Capture, fn, args: tuple, kwargs: dict):
         if t is tuple or t is list or t is Size:  # (as compiler.guards.flatten numbers them)
             s = ArgTree(path, name)
             cap.arg_paths[path] = s
+            cap.objects[s] = x  # (a method read from it binds it: x.numel() reads x's leaves)
             for i, e in enumerate(x):
                 cap.arg_paths[path + (i,)] = go(e, path + (i,), f"{name}[{i}]")
             return s
         if t is dict:
             s = ArgTree(path, name)
             cap.arg_paths[path] = s
+            cap.objects[s] = x
             for k, e in x.items():
                 cap.arg_paths[path + (k,)] = go(e, path + (k,), f"{name}[{k!r}]")
             return s
