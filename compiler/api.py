@@ -692,7 +692,7 @@ class CompiledFunction:
                 trace = plan_effects(trace, cap, tracer, self.dynamic_sources)
             else:
                 trace = tracer.finish(result, flat)
-            lowered = lower(trace, backend.vector_math)
+            lowered = lower(trace, backend.vector_math, backend.plans_memory)
             if self._verify_size is not None and \
                     self._size_verified(self._verify_size, lowered.graph, lowered.parts, flat):
                 return _plain_numbers(result)  # (this call was the trace: its result stands)

@@ -57,18 +57,21 @@ class Compiled:
     copy_outputs: set  # outputs that may alias an input: copied before write-backs
 
 
-def lower(trace: Trace, vector_math: bool) -> Lowered:
+def lower(trace: Trace, vector_math: bool, plans_memory: bool = False) -> Lowered:
     """Passes over the joint graph, then (a backward outside) its split into forward and
     backward parts. ``vector_math``: the backend computes transcendentals in vector code,
     not with numpy's functions — the split may then recompute them and may precompute the
-    gradients of a scalar loss in the forward; the interpreter keeps eager's order."""
+    gradients of a scalar loss in the forward; the interpreter keeps eager's order.
+    ``plans_memory``: the backend runs from a planned arena — with the backward inside the
+    call, cheap activations are then computed again for their late readers
+    (``passes/remat.py``)."""
     n_fwd = len(trace.graph.outputs)
     g = trace.joint
     before = str(g)
     ir.verify(g)
     g = run_passes(g)
-    if vector_math and trace.backward is None:  # (a backend that plans memory; a backward
-        g = rematerialise(g)  #                      outside is split.rematerialise's work)
+    if plans_memory and trace.backward is None:  # (a backward outside: the split's own
+        g = rematerialise(g)  #                       rematerialisation, partition.py)
         ir.verify(g)
     after = str(g)
     parts = None

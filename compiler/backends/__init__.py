@@ -20,7 +20,8 @@ def get(backend: str) -> Backend:
     if backend == "interp":
         from . import interp
         made = Backend("interp", lambda g, inplace=None: interp.compile_graph(
-            g, inplace=inplace), compile_at_size=interp.compile_graph, vector_math=False)
+            g, inplace=inplace), compile_at_size=interp.compile_graph, vector_math=False,
+            plans_memory=False)
     elif backend == "llvm":
         from .llvm import forms, runner
         made = Backend("llvm", runner.compile_graph, family=forms.Forms)

@@ -31,6 +31,8 @@ class Backend:
     #   ``dims.recording()``): the LLVM backend serves a form's sizes from one module
     vector_math: bool = True  # transcendentals in vector code (else numpy's, in eager's
     #   order, bit for bit: the interpreter), so the pipeline may recompute them
+    plans_memory: bool = True  # runs from a planned arena, where activations computed again
+    #   for their late readers (``passes/remat.py``) save memory (not the interpreter)
 
 
 class Executable(abc.ABC):

@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..ir import Graph, Node, Value, VerifyError
+from ..ir import Graph, Node, Value, ValueGuard, VerifyError
 from ..prims import traits
 
 ALIGN = 64  # a cache line, and a full AVX-512 vector
@@ -289,11 +289,17 @@ def _as_eager(g: Graph) -> Graph:
         return g
     by_id = {n.out.id: n.out for n in g.nodes}
     original = {i: by_id[j] for i, j in g.recomputed.items()}
-    nodes = [Node(n.prim, [original.get(x.id, x) if isinstance(x, Value) else x
-                           for x in n.inputs], n.params, n.out)
-             for n in g.nodes if n.out.id not in original]
+    nodes, kept_before = [], []  # kept_before[k]: nodes kept among the first k
+    for n in g.nodes:
+        kept_before.append(len(nodes))
+        if n.out.id not in original:
+            nodes.append(Node(n.prim, [original.get(x.id, x) if isinstance(x, Value) else x
+                                       for x in n.inputs], n.params, n.out))
+    kept_before.append(len(nodes))
+    guards = [ValueGuard(original.get(gd.value.id, gd.value), gd.expected, gd.kind, gd.where,
+                         kept_before[min(gd.after, len(g.nodes))]) for gd in g.guards]
     return Graph(inputs=g.inputs, scalars=g.scalars, nodes=nodes, outputs=g.outputs,
-                 guards=[])
+                 guards=guards)
 
 
 _ORDERS = {  # (size, first, last) -> sort key; each a greedy order worth trying
