@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import compiler
 import dyngrad as dg
 import dyngrad.nn.functional as F
-from compiler.backends.llvm import driver, threads
+from compiler.backends.llvm import driver, threads, window
 
 SOME = settings(max_examples=25, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -202,10 +202,10 @@ def test_the_bits_do_not_depend_on_the_thread_count():
     (2, 3, 5, 1, 37, 3, 4, 1),       # one input row
 ])
 def test_stride_one_convolution_straight_from_the_planes_has_the_column_path_bits(
-        n, cin, cout, h, w, k, padding, groups, dtype):
-    """At stride 1 on several samples the forward convolution reads its padded planes
-    directly (window.py, ``_conv_direct``); a lone sample takes the column buffer and the
-    GEMM. Each output is the same chain of multiply-adds either way: the same bits."""
+        n, cin, cout, h, w, k, padding, groups, dtype, monkeypatch):
+    """At stride 1 the forward convolution reads its padded planes directly (window.py,
+    ``_conv_direct``), every sample alone or in a batch; elsewhere the column buffer and the
+    GEMM run. Each output is the same chain of multiply-adds either way: the same bits."""
     r = np.random.default_rng(cin * 7 + cout)
     x = dg.tensor(r.standard_normal((n, cin, h, w)).astype(dtype))
     wt = dg.tensor(r.standard_normal((cout, cin // groups, k, k)).astype(dtype))
@@ -217,10 +217,15 @@ def test_stride_one_convolution_straight_from_the_planes_has_the_column_path_bit
     for _ in range(2):
         got = many(x, wt).numpy()
         one = np.concatenate([lone(x[i:i + 1].contiguous(), wt).numpy() for i in range(n)])
-    _native(many)
-    _native(lone)
-    assert sum(v.calls for v in many.variants) >= 1 and sum(v.calls for v in lone.variants)
-    assert np.array_equal(got, one)
+    with monkeypatch.context() as m:
+        m.setattr(window, "_stride_one", lambda geo: False)  # the column path
+        columns = compiler.compile(conv, backend="llvm")
+        for _ in range(2):
+            ref = columns(x, wt).numpy()
+    for f in (many, lone, columns):
+        _native(f)
+        assert sum(v.calls for v in f.variants) >= 1
+    assert np.array_equal(got, one) and np.array_equal(got, ref)
     np.testing.assert_allclose(got, conv(x, wt).numpy(), rtol=1e-4 if dtype == np.float32
                                else 1e-12, atol=1e-4 if dtype == np.float32 else 1e-12)
 

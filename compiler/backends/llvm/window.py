@@ -579,12 +579,12 @@ def _conv(b: WindowBuilder, name: str, ins: list, out: str) -> None:
             e.lines.append(gemm.call(ty, wg, geo.rows, 1, xg if geo.direct else cols, P_, 1,
                                      yg, geo.og, P_, geo.rows))
 
-    b._samples_fn(name, geo, not geo.direct, per_sample)
     if _stride_one(geo):
         _conv_direct(b, name, _forward_direct(geo))
-        b._by_samples(name, geo, ins[0], ins[1], out, many=f"{name}d")
-    else:
-        b._by_samples(name, geo, ins[0], ins[1], out)
+        b._by_samples(f"{name}d", geo, ins[0], ins[1], out)
+        return
+    b._samples_fn(name, geo, not geo.direct, per_sample)
+    b._by_samples(name, geo, ins[0], ins[1], out)
 
 
 @_WINDOWS(P.CONV_TRANSPOSE)
@@ -652,16 +652,34 @@ def _weight_grad_direct(b: WindowBuilder, name: str, geo: Geometry, ins: list,
     vt = f"<{vl} x {ty}>"
     sfx = "f32" if ty == "float" else "f64"
     b.direct_decls = f"declare {vt} @llvm.fma.v{vl}{sfx}({vt}, {vt}, {vt})\n"
-    offs = [c * plane + ki * d.Wp + kj for c in range(geo.cg) for ki in range(geo.KH)
-            for kj in range(geo.KW)]
-    kchunks = _chunks(K, mr)
+    kk = geo.KH * geo.KW
+    if kk <= mr:  # chunks of whole channels (their window elements in order) ...
+        unit, per, units = kk, mr // kk, geo.cg
+
+        def rel(j: int) -> int:
+            return j // kk * plane + j % kk // geo.KW * d.Wp + j % geo.KW
+
+        def base(e: Emitter, t0: str) -> str:
+            return _i(e, "mul", t0, plane)
+    else:  # ... or of one window row of one channel
+        unit, per, units = geo.KW, 1, geo.cg * geo.KH
+
+        def rel(j: int) -> int:
+            return j
+
+        def base(e: Emitter, t0: str) -> str:
+            return _i(e, "add", _i(e, "mul", _i(e, "udiv", t0, geo.KH), plane),
+                      _i(e, "mul", _i(e, "urem", t0, geo.KH), d.Wp))
+    n_chunks, tail_units = -(-units // per), units % per
     ochunks = [(v0, min(nvo, vto - v0)) for v0 in range(0, vto, nvo)]
     xstride, gstride = geo.C * plane, geo.G * P_ * ogp
     N = literal(geo.N, "i64")
 
-    for ci, (k0, rows) in enumerate(kchunks):
+    # one function per chunk size and block of channel vectors (every chunk reads its planes
+    # at the same offsets from its own start, so they share the code)
+    for rows in sorted({per * unit} | ({tail_units * unit} if tail_units else set())):
         for v0, nv in ochunks:
-            e = Emitter()  # void @<name>_w<ci>_<v0>(xb, gt, dw): rows k0.. x vectors v0..
+            e = Emitter()  # void @<name>_w<rows>_<v0>(xb, gt, dw): from the chunk's start
             e.label("entry")
             regs = [(r, v) for r in range(rows) for v in range(nv)]
             e.line(f"%tot = alloca [{len(regs)} x {vt}], align 64")  # the sum over samples
@@ -686,7 +704,7 @@ def _weight_grad_direct(b: WindowBuilder, name: str, geo: Geometry, ins: list,
                         xp = e.gep(ty, xr, "%x")
                         nxt = []
                         for r in range(rows):
-                            a = e.emit(f"load {ty}, ptr {e.gep(ty, xp, offs[k0 + r])}")
+                            a = e.emit(f"load {ty}, ptr {e.gep(ty, xp, rel(r))}")
                             a = e.emit(f"insertelement {vt} poison, {ty} {a}, i64 0")
                             a = e.emit(f"shufflevector {vt} {a}, {vt} poison, <{vl} x i32> "
                                        f"zeroinitializer")
@@ -705,31 +723,36 @@ def _weight_grad_direct(b: WindowBuilder, name: str, geo: Geometry, ins: list,
                     t = e.emit(f"fadd {vt} {e.emit(f'load {vt}, ptr {at}, align 64')}, {nxt[i]}")
                     e.line(f"store {vt} {t}, ptr {at}, align 64")
                 ln.next = []
-            for i, (r, v) in enumerate(regs):  # dW[o, k0 + r] for the real channels o
-                tot = e.emit(f"load {vt}, ptr {e.gep(vt, '%tot', i)}, align 64")
-                for lane in range(vl):
-                    o = (v0 + v) * vl + lane
-                    if o < geo.og:
-                        val = e.emit(f"extractelement {vt} {tot}, i64 {lane}")
-                        e.line(f"store {ty} {val}, ptr {e.gep(ty, '%dw', o * K + k0 + r)}")
+            real = min(nv * vl, geo.og - v0 * vl)  # dW[o, r] (from the chunk's k), real o
+            with e.rolled_loop(0, rows, scalar=True) as r:
+                src = e.gep(ty, "%tot", _i(e, "mul", r, nv * vl))
+                dst = e.gep(ty, "%dw", _i(e, "add", r, v0 * vl * K))
+                with e.rolled_loop(0, real, scalar=True) as o:
+                    val = e.emit(f"load {ty}, ptr {e.gep(ty, src, o)}")
+                    e.line(f"store {ty} {val}, ptr {e.gep(ty, dst, _i(e, 'mul', o, K))}")
             e.line("ret void")
-            b.helpers.append(e.function(f"define internal void @{name}_w{ci}_{v0}(ptr noalias "
+            b.helpers.append(e.function(f"define internal void @{name}_w{rows}_{v0}(ptr noalias "
                                         f"%xb, ptr noalias %gt, ptr noalias %dw)"))
 
-    tasks = [(grp, ci, v0) for grp in range(geo.G) for ci in range(len(kchunks))
-             for v0, _ in ochunks]
-    e = Emitter()  # void @<name>_task(xb, gt, dw, t): task t
+    tasks = geo.G * n_chunks * len(ochunks)
+    e = Emitter()  # void @<name>_task(xb, gt, dw, t): task t = (group, chunk, vectors)
     e.label("entry")
-    cases = " ".join(f"i64 {t}, label %case{t}" for t in range(len(tasks)))
-    e.line(f"switch i64 %t, label %done [ {cases} ]")
-    for t, (grp, ci, v0) in enumerate(tasks):
-        e.label(f"case{t}")
-        xg = e.gep(ty, "%xb", grp * geo.cg * plane)
-        gg = e.gep(ty, "%gt", grp * P_ * ogp)
-        dwg = e.gep(ty, "%dw", grp * geo.og * K)
-        e.line(f"call void @{name}_w{ci}_{v0}(ptr {xg}, ptr {gg}, ptr {dwg})")
-        e.jump("done")
-    e.label("done")
+    oc = _i(e, "urem", "%t", len(ochunks))
+    gc = _i(e, "udiv", "%t", len(ochunks))
+    ci, grp = _i(e, "urem", gc, n_chunks), _i(e, "udiv", gc, n_chunks)
+    t0 = _i(e, "mul", ci, per)  # the chunk's first unit
+    xg = e.gep(ty, "%xb", _i(e, "add", _i(e, "mul", grp, geo.cg * plane), base(e, t0)))
+    gg = e.gep(ty, "%gt", _i(e, "mul", grp, P_ * ogp))
+    dwg = e.gep(ty, "%dw", _i(e, "add", _i(e, "mul", grp, geo.og * K), _i(e, "mul", t0, unit)))
+    last = e.emit(f"icmp eq i64 {ci}, {n_chunks - 1}")
+    for v_i, (v0, _) in enumerate(ochunks):
+        with e.when(e.emit(f"icmp eq i64 {oc}, {v_i}")):
+            if tail_units:
+                with e.when(last):
+                    e.line(f"call void @{name}_w{tail_units * unit}_{v0}(ptr {xg}, ptr {gg}, "
+                           f"ptr {dwg})")
+                    e.line("ret void")
+            e.line(f"call void @{name}_w{per * unit}_{v0}(ptr {xg}, ptr {gg}, ptr {dwg})")
     e.line("ret void")
     b.helpers.append(e.function(f"define internal void @{name}_task(ptr noalias %xb, "
                                 f"ptr noalias %gt, ptr noalias %dw, i64 %t)"))
@@ -779,7 +802,7 @@ def _weight_grad_direct(b: WindowBuilder, name: str, geo: Geometry, ins: list,
         for k, v in enumerate([xin, gin, xb, gt, out]):
             b.line(f"store ptr {v}, ptr {b.gep('i64', '%wctx', k)}")
         b.line(f"call void @dg_parallel(ptr @{name}_stage_blocks, ptr %wctx, i64 0)")
-        b.line(f"call void @dg_parallel(ptr @{name}_task_blocks, ptr %wctx, i64 {len(tasks)})")
+        b.line(f"call void @dg_parallel(ptr @{name}_task_blocks, ptr %wctx, i64 {tasks})")
         for fn in ("stage", "task"):
             f = Emitter()
             f.label("entry")
@@ -796,7 +819,7 @@ def _weight_grad_direct(b: WindowBuilder, name: str, geo: Geometry, ins: list,
     else:
         with b.rolled_loop(0, N, scalar=True) as s:
             b.line(f"call void @{name}_stage(ptr {xin}, ptr {gin}, ptr {xb}, ptr {gt}, i64 {s})")
-        with b.rolled_loop(0, len(tasks), scalar=True) as t:
+        with b.rolled_loop(0, tasks, scalar=True) as t:
             b.line(f"call void @{name}_task(ptr {xb}, ptr {gt}, ptr {out}, i64 {t})")
     b.line(f"call void @free(ptr {xb})")
     b.line(f"call void @free(ptr {gt})")
