@@ -13,10 +13,12 @@ import contextlib
 import gc
 import mmap
 import os
+import subprocess
 import sys
 import tempfile
 import warnings
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +26,6 @@ from conftest import close_to_eager
 
 import compiler
 import dyngrad as dg
-from dyngrad import nn, optim
 
 
 @pytest.fixture(autouse=True)
@@ -153,24 +154,37 @@ def test_compiled_calls_leave_tensor_instance_dicts_unmaterialised():
     """Reading ``obj.__dict__`` makes CPython 3.11/3.12 materialise the instance dict, after
     which every attribute load on the object takes a slower path. The capture and the guards
     must not do that to argument tensors or parameters: the guard check and the call path
-    read their ``_data`` on every call (``gc.get_referents`` shows a materialised dict)."""
-    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
-    opt = optim.SGD(model.parameters(), lr=0.1)
+    read their ``_data`` on every call (``gc.get_referents`` shows a materialised dict).
 
-    def step(x, y):
-        opt.zero_grad()
-        loss = ((model(x) - y) ** 2).mean()
-        loss.backward()
-        opt.step()
-        return loss
-    cf = compiler.compile(step)
-    x, y = dg.randn(5, 4), dg.randn(5, 1)
-    for _ in range(4):
-        cf(x, y)
-    assert sum(v.calls for v in cf.variants) >= 2
-    for t in [x, y, *model.parameters()]:
-        assert not any(type(r) is dict for r in gc.get_referents(t)), \
-            f"a {type(t).__name__}'s instance dict was materialised"
+    Run in a fresh process: whether a new instance starts with its values inline depends on
+    the attributes every earlier instance of its class was given, so another test in the same
+    process (one setting attributes on tensors in another order) can make them start
+    materialised, and the check would see the history instead of the compiled calls."""
+    code = """
+import gc, sys
+import compiler, dyngrad as dg
+from dyngrad import nn, optim
+model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+opt = optim.SGD(model.parameters(), lr=0.1)
+def step(x, y):
+    opt.zero_grad()
+    loss = ((model(x) - y) ** 2).mean()
+    loss.backward()
+    opt.step()
+    return loss
+cf = compiler.compile(step)
+x, y = dg.randn(5, 4), dg.randn(5, 1)
+for _ in range(4):
+    cf(x, y)
+assert sum(v.calls for v in cf.variants) >= 2
+for t in [x, y, *model.parameters()]:
+    assert not any(type(r) is dict for r in gc.get_referents(t)), \\
+        f"a {type(t).__name__}'s instance dict was materialised"
+"""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 # ------------------------------------------------------------------ output aliasing
