@@ -510,16 +510,7 @@ def _conv_direct(b: WindowBuilder, name: str, d: Direct) -> None:
     e.line(f"call void @llvm.memset.p0.i64(ptr {xp}, i8 0, i64 {nbytes}, i1 false)")
     HW = d.H * d.W
     with e.rolled_loop("%n0", literal(d.N, "i64"), "%step", scalar=True) as s:
-        xs = e.gep(ty, "%x", _i(e, "mul", s, d.C * HW))
-        with e.rolled_loop(0, d.C, scalar=True) as c:  # the planes into the bordered buffer
-            with e.rolled_loop(0, d.H, scalar=True) as h:
-                src = e.gep(ty, xs, _i(e, "add", _i(e, "mul", c, HW), _i(e, "mul", h, d.W)))
-                dst = e.gep(ty, xp, _i(e, "add", _i(e, "mul", c, plane),
-                                       _i(e, "add", _i(e, "mul", _i(e, "add", h, d.top), d.Wp),
-                                          d.left)))
-                with e.rolled_loop(0, d.W) as j:
-                    e.line(f"store {ty} {e.emit(f'load {ty}, ptr {e.gep(ty, src, j)}')}, "
-                           f"ptr {e.gep(ty, dst, j)}")
+        _border(e, ty, d, e.gep(ty, "%x", _i(e, "mul", s, d.C * HW)), xp)
         with e.rolled_loop(0, d.G, scalar=True) as grp:
             xg = e.gep(ty, xp, _i(e, "mul", grp, d.cin * plane))
             wg = e.gep(ty, "%w", _i(e, "mul", grp, d.wgroup))
@@ -532,6 +523,21 @@ def _conv_direct(b: WindowBuilder, name: str, d: Direct) -> None:
     e.line("ret i32 0")
     b.helpers.append(e.function(f"define internal i32 @{name}d_samples(ptr noalias %x, "
                                 f"ptr noalias %w, ptr noalias %y, i64 %n0, i64 %step)"))
+
+
+def _border(e: Emitter, ty: str, d: Direct, src: str, dst: str) -> None:
+    """One sample's ``C`` planes of ``H x W`` at ``src`` into the zero-bordered planes of
+    ``Hp x Wp`` at ``dst`` (at row ``top``, column ``left``; the border written before)."""
+    HW, plane = d.H * d.W, d.Hp * d.Wp
+    with e.rolled_loop(0, d.C, scalar=True) as c:
+        with e.rolled_loop(0, d.H, scalar=True) as h:
+            at = e.gep(ty, src, _i(e, "add", _i(e, "mul", c, HW), _i(e, "mul", h, d.W)))
+            to = e.gep(ty, dst, _i(e, "add", _i(e, "mul", c, plane),
+                                   _i(e, "add", _i(e, "mul", _i(e, "add", h, d.top), d.Wp),
+                                      d.left)))
+            with e.rolled_loop(0, d.W) as j:
+                e.line(f"store {ty} {e.emit(f'load {ty}, ptr {e.gep(ty, at, j)}')}, "
+                       f"ptr {e.gep(ty, to, j)}")
 
 
 def _forward_direct(geo: Geometry) -> Direct:
@@ -759,17 +765,8 @@ def _weight_grad_direct(b: WindowBuilder, name: str, geo: Geometry, ins: list,
 
     e = Emitter()  # void @<name>_stage(x, g, xb, gt, s): sample s into the two buffers
     e.label("entry")
-    xs = e.gep(ty, "%x", _i(e, "mul", "%s", geo.C * HW))
-    xd = e.gep(ty, "%xb", _i(e, "mul", "%s", xstride))
-    with e.rolled_loop(0, geo.C, scalar=True) as c:
-        with e.rolled_loop(0, geo.H, scalar=True) as h:
-            src = e.gep(ty, xs, _i(e, "add", _i(e, "mul", c, HW), _i(e, "mul", h, geo.W)))
-            dst = e.gep(ty, xd, _i(e, "add", _i(e, "mul", c, plane),
-                                   _i(e, "add", _i(e, "mul", _i(e, "add", h, d.top), d.Wp),
-                                      d.left)))
-            with e.rolled_loop(0, geo.W) as j:
-                e.line(f"store {ty} {e.emit(f'load {ty}, ptr {e.gep(ty, src, j)}')}, "
-                       f"ptr {e.gep(ty, dst, j)}")
+    _border(e, ty, d, e.gep(ty, "%x", _i(e, "mul", "%s", geo.C * HW)),
+            e.gep(ty, "%xb", _i(e, "mul", "%s", xstride)))
     gs_ = e.gep(ty, "%g", _i(e, "mul", "%s", geo.Co * P_))
     gd = e.gep(ty, "%gt", _i(e, "mul", "%s", gstride))
     with e.rolled_loop(0, geo.G, scalar=True) as grp:
