@@ -420,6 +420,36 @@ def _chunks(total: int, most: int) -> list:
     return out
 
 
+def _vector_ir(ty: str) -> tuple:
+    """(lanes, vector type, the intrinsics' type suffix, their declarations: fma and a
+    masked store) of the direct kernels' vectors of ``ty``."""
+    vl = gemm.lanes(ty)
+    vt, sfx = f"<{vl} x {ty}>", "f32" if ty == "float" else "f64"
+    return vl, vt, sfx, (f"declare {vt} @llvm.fma.v{vl}{sfx}({vt}, {vt}, {vt})\n"
+                         f"declare void @llvm.masked.store.v{vl}{sfx}.p0({vt}, ptr, "
+                         f"i32 immarg, <{vl} x i1>)\n")
+
+
+def _rank_one(e: Emitter, ty: str, scalars: list, vectors: list, acc) -> list:
+    """One step of a register tile: each of ``scalars`` (pointers) loaded and broadcast,
+    times each of ``vectors``, added to ``acc(r, v)`` — a fused multiply-add where the CPU
+    has one (``gemm.has_fma``, as the GEMM's micro-kernel); returns the new accumulators in
+    (r, v) order."""
+    vl, vt, sfx, _ = _vector_ir(ty)
+    out = []
+    for r, p in enumerate(scalars):
+        a = e.emit(f"load {ty}, ptr {p}")
+        a = e.emit(f"insertelement {vt} poison, {ty} {a}, i64 0")
+        a = e.emit(f"shufflevector {vt} {a}, {vt} poison, <{vl} x i32> zeroinitializer")
+        for v, bv in enumerate(vectors):
+            if gemm.has_fma():
+                out.append(e.emit(f"call {vt} @llvm.fma.v{vl}{sfx}({vt} {a}, {vt} {bv}, "
+                                  f"{vt} {acc(r, v)})"))
+            else:
+                out.append(e.emit(f"fadd {vt} {acc(r, v)}, {e.emit(f'fmul {vt} {a}, {bv}')}"))
+    return out
+
+
 def _conv_direct(b: WindowBuilder, name: str, d: Direct) -> None:
     """``i32 @<name>d_samples(x, w, y, n0, step)`` (as ``_samples_fn``'s) computing
     :class:`Direct` ``d``: per sample, its planes are copied once into a zero-bordered
@@ -433,11 +463,7 @@ def _conv_direct(b: WindowBuilder, name: str, d: Direct) -> None:
     vl, nv, mr = _tile(ty, d)
     nr = nv * vl
     plane, P_ = d.Hp * d.Wp, d.OH * d.OW
-    vt = f"<{vl} x {ty}>"
-    sfx = "f32" if ty == "float" else "f64"
-    b.direct_decls = (f"declare {vt} @llvm.fma.v{vl}{sfx}({vt}, {vt}, {vt})\n"
-                      f"declare void @llvm.masked.store.v{vl}{sfx}.p0({vt}, ptr, i32 immarg, "
-                      f"<{vl} x i1>)\n")
+    _, vt, sfx, b.direct_decls = _vector_ir(ty)
     offs = [c * plane + ki * d.Wp + kj for c in range(d.cin) for ki in range(d.KH)
             for kj in range(d.KW)]
     for tab, vals in (("off", offs), ("woff", d.woff)):
@@ -460,18 +486,9 @@ def _conv_direct(b: WindowBuilder, name: str, d: Direct) -> None:
             base = e.gep(ty, xb, off)
             bs = [e.emit(f"load {vt}, ptr {e.gep(ty, base, v * vl)}, align {size}")
                   for v in range(vecs)]
-            nxt = []
-            for r in range(rows):
-                a = e.emit(f"load {ty}, ptr {e.gep(ty, '%w', _i(e, 'add', wk, r * d.wrow))}")
-                a = e.emit(f"insertelement {vt} poison, {ty} {a}, i64 0")
-                a = e.emit(f"shufflevector {vt} {a}, {vt} poison, <{vl} x i32> zeroinitializer")
-                for v in range(vecs):
-                    acc = f"%{blk}.a{r}.{v}"
-                    if gemm.has_fma():
-                        nxt.append(e.emit(f"call {vt} @llvm.fma.v{vl}{sfx}({vt} {a}, {vt} "
-                                          f"{bs[v]}, {vt} {acc})"))
-                    else:
-                        nxt.append(e.emit(f"fadd {vt} {acc}, {e.emit(f'fmul {vt} {a}, {bs[v]}')}"))
+            nxt = _rank_one(e, ty, [e.gep(ty, "%w", _i(e, "add", wk, r * d.wrow))
+                                    for r in range(rows)], bs,
+                            lambda r, v: f"%{blk}.a{r}.{v}")
             lp.next = nxt
         for i, (r, v) in enumerate(accs):
             at = e.gep(ty, yb, r * P_ + v * vl)
@@ -655,9 +672,7 @@ def _weight_grad_direct(b: WindowBuilder, name: str, geo: Geometry, ins: list,
     ogp = vto * vl
     nvo = min(vto, 4)
     mr = max(1, budget // nvo)
-    vt = f"<{vl} x {ty}>"
-    sfx = "f32" if ty == "float" else "f64"
-    b.direct_decls = f"declare {vt} @llvm.fma.v{vl}{sfx}({vt}, {vt}, {vt})\n"
+    _, vt, _, b.direct_decls = _vector_ir(ty)
     kk = geo.KH * geo.KW
     if kk <= mr:  # chunks of whole channels (their window elements in order) ...
         unit, per, units = kk, mr // kk, geo.cg
@@ -708,20 +723,8 @@ def _weight_grad_direct(b: WindowBuilder, name: str, geo: Geometry, ins: list,
                         gs = [e.emit(f"load {vt}, ptr {e.gep(ty, gp, (v0 + v) * vl)}, "
                                      f"align {size}") for v in range(nv)]
                         xp = e.gep(ty, xr, "%x")
-                        nxt = []
-                        for r in range(rows):
-                            a = e.emit(f"load {ty}, ptr {e.gep(ty, xp, rel(r))}")
-                            a = e.emit(f"insertelement {vt} poison, {ty} {a}, i64 0")
-                            a = e.emit(f"shufflevector {vt} {a}, {vt} poison, <{vl} x i32> "
-                                       f"zeroinitializer")
-                            for v in range(nv):
-                                acc = f"%x.a{r}.{v}"
-                                if gemm.has_fma():
-                                    nxt.append(e.emit(f"call {vt} @llvm.fma.v{vl}{sfx}({vt} "
-                                                      f"{a}, {vt} {gs[v]}, {vt} {acc})"))
-                                else:
-                                    m = e.emit(f"fmul {vt} {a}, {gs[v]}")
-                                    nxt.append(e.emit(f"fadd {vt} {acc}, {m}"))
+                        nxt = _rank_one(e, ty, [e.gep(ty, xp, rel(r)) for r in range(rows)],
+                                        gs, lambda r, v: f"%x.a{r}.{v}")
                         lx.next = nxt
                     ly.next = nxt
                 for i in range(len(regs)):  # the sample's sums onto the running ones
