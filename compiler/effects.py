@@ -56,21 +56,17 @@ def plan_effects(trace: Trace, cap, tracer: Tracer, dynamic: set) -> Trace:
                 b.now_at(_source_reader(src), str(src), value._requires_grad)
                 cap.checks.pop(("id", src), None)
                 continue
-        if type(value) is tuple and value and all(
-                is_plain(x) or isinstance(x, Tensor) and (
-                    tracer.input_binding.get(slot_key(x)) is None
-                    or _rebindable(tracer, x, slot_key, Via) is not None) for x in value):
+        items = _tuple_items(tracer, value, slot_key, Via, is_plain)
+        if items is not None:
             # a tuple of tensors and numbers (an LSTM's (h, c)): its length guarded, each
             # tensor the trace read re-read from its place, each number guarded by value
             cap.checks.pop(("id", src), None)
             cap.guard(TupleOf(src, len(value)))
-            for i, x in enumerate(value):
+            for i, (x, b) in enumerate(items):
                 item = Item(src, i)
-                if isinstance(x, Tensor):
-                    b = _rebindable(tracer, x, slot_key, Via)
-                    if b is not None:
-                        b.now_at(_source_reader(item), str(item), x._requires_grad)
-                else:
+                if b is not None:
+                    b.now_at(_source_reader(item), str(item), x._requires_grad)
+                elif not isinstance(x, Tensor):
                     cap.guard(Equals(item, x))
             continue
         if e.runtime:
@@ -105,6 +101,26 @@ def _rebindable(tracer, value, slot_key, Via):
     if b is not None and b.kind is Via.REF and b.target() is value and not value._requires_grad:
         return b
     return None
+
+
+def _tuple_items(tracer, value, slot_key, Via, is_plain) -> list | None:
+    """For a non-empty tuple of numbers and tensors whose tensors the trace either did not
+    read or can re-read (:func:`_rebindable`): ``[(item, its binding or None)]``; else
+    None (the tuple stays guarded by identity)."""
+    if type(value) is not tuple or not value:
+        return None
+    items = []
+    for x in value:
+        if isinstance(x, Tensor):
+            b = _rebindable(tracer, x, slot_key, Via)
+            if b is None and tracer.input_binding.get(slot_key(x)) is not None:
+                return None  # (read, but with autograd history or not by reference)
+            items.append((x, b))
+        elif is_plain(x):
+            items.append((x, None))
+        else:
+            return None
+    return items
 
 
 def _source_reader(src):

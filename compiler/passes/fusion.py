@@ -217,7 +217,7 @@ class _Partition:
         # per root: no node of its group may come before this index — a value computed
         # again for late readers (Graph.recomputed) starts the run of copies it is in
         self.floor = [0] * n
-        copies = {v for v in g.recomputed}
+        copies = g.recomputed
         for i, node in enumerate(g.nodes):
             if node.out.id in copies:
                 self.floor[i] = self.floor[i - 1] if i and g.nodes[i - 1].out.id in copies \

@@ -225,7 +225,7 @@ def _owners(g: Graph, materialised) -> tuple[set, set]:
 def _liveness(g: Graph, owns: set, times: list) -> tuple:
     """Per owned value id: (defining step, last reading step), and whether every read at that
     last step is element for element at the reader's index (see :func:`_at_index`; through
-    relabelling reshapes too)."""
+    relabelling reshapes too); and :func:`_aligned`'s map, which decides it."""
     deps: dict[int, frozenset] = {}  # value id -> owned buffers that reading it touches
     start, last, clean = {}, {}, {}
 
@@ -253,7 +253,7 @@ def _liveness(g: Graph, owns: set, times: list) -> tuple:
     for value, t in _guard_times(g, times):
         for r in reads(value):
             note(r, t, False)
-    return start, last, clean
+    return start, last, clean, aligned
 
 
 def _peak(intervals: list) -> int:
@@ -276,7 +276,7 @@ def eager_peak_bytes(g: Graph) -> int:
     (``Graph.recomputed``) are not eager's: its readers read the original."""
     g = _as_eager(g)
     owns, escaping = _owners(g, None)
-    start, last, _ = _liveness(g, owns, _times(g, None))
+    start, last, _, _ = _liveness(g, owns, _times(g, None))
     by_id = {n.out.id: n.out for n in g.nodes}
     return _peak([(_nbytes(by_id[i]), start[i], last[i]) for i in start
                   if i not in escaping])
@@ -369,13 +369,12 @@ def plan_memory(g: Graph, materialised=None, align: int = ALIGN, *, steps=None,
         raise ValueError(f"plan_memory: align must be a power of two, got {align}")
     owns, escaping = _owners(g, materialised)
     times = _times(g, steps)
-    start, last, clean = _liveness(g, owns, times)
+    start, last, clean, aligned = _liveness(g, owns, times)
     by_id = {n.out.id: n.out for n in g.nodes}
     buffer_of: dict[int, int] = {}  # value id -> index into `members` (arena candidates)
     members: list[list[int]] = []
     output_of: dict[int, int] = {}  # buffer index -> the output whose memory it is
     pairs, overwritten = [], set()
-    aligned = _aligned(g, owns)
     for k, (n, t) in enumerate(zip(g.nodes, times)):
         v = n.out
         if v.id not in owns:
