@@ -1537,6 +1537,27 @@ def test_exception_type_and_message_escape():
     assert type(info.value) is ValueError
 
 
+def test_code_the_library_inherits_from_an_inline_namedtuple_is_the_library_s():
+    """numpy.ma's first import (``np.unique`` makes it) runs ``inspect.signature``, which
+    builds tokenize's ``TokenInfo`` — a class deriving from a namedtuple made inline, whose
+    ``__new__`` exec made: library code, not an escape (capture/library.py scans the bases
+    of the library's classes too)."""
+    code = ("import sys, numpy as np, dyngrad as dg\n"
+            "assert 'numpy.ma' not in sys.modules\n"
+            "def f(x):\n"
+            "    np.unique(np.array([2, 1, 2]))\n"
+            "    return x + 1\n"
+            "cf = dg.compile(f)\n"
+            "for _ in range(3): cf(dg.ones(2))\n"
+            "assert 'numpy.ma' in sys.modules\n"
+            "assert cf.fallbacks == [] and [v.calls for v in cf.variants] == [2], "
+            "(cf.fallbacks, [v.calls for v in cf.variants])\n")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_the_first_trace_in_a_fresh_process_records_no_escape():
     """An assignment through an index (``index_put``) used ``np.unique``, whose first call
     imports numpy.ma: in a fresh process that import's own code ran inside the first trace

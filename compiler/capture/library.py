@@ -76,7 +76,10 @@ _SCANNED: set = set()
 def _generated_library_code() -> set:
     """Code objects the library made with exec: the ``__new__`` of its namedtuples and the
     methods ``dataclasses`` wrote for its dataclasses (found by scanning its modules once
-    each)."""
+    each) — also those its classes inherit from a namedtuple made inline, as the standard
+    library's ``class TokenInfo(collections.namedtuple(...))`` (tokenize, which
+    ``inspect.signature`` runs: numpy.ma's import does, so a first ``np.unique`` inside a
+    trace did)."""
     for name, mod in list(sys.modules.items()):
         if name in _SCANNED or mod is None:
             continue
@@ -86,11 +89,12 @@ def _generated_library_code() -> set:
         for cls in list(vars(mod).values()):
             if not isinstance(cls, type) or getattr(cls, "__module__", None) != name:
                 continue
-            for attr in vars(cls).values():
-                fn = getattr(attr, "__func__", attr)
-                code = getattr(fn, "__code__", None)
-                if code is not None and code.co_filename == "<string>":
-                    _GENERATED.add(code)
+            for klass in cls.__mro__[:-1]:  # (not object)
+                for attr in vars(klass).values():
+                    fn = getattr(attr, "__func__", attr)
+                    code = getattr(fn, "__code__", None)
+                    if code is not None and code.co_filename == "<string>":
+                        _GENERATED.add(code)
     return _GENERATED
 
 
