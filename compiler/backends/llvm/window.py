@@ -361,19 +361,36 @@ def flops(n) -> float:
 
 def _stride_one(geo: Geometry) -> bool:
     """A window read without gaps (stride and dilation 1) that is not already a plain GEMM
-    (1x1, no padding): what :func:`_conv_direct` computes."""
+    (1x1, no padding): the input gradient :func:`_transpose_direct` computes."""
     return geo.sh == geo.sw == geo.dh == geo.dw == 1 and not geo.direct
+
+
+MAX_STAGED_STRIDE = 4  # strides up to which a convolution reads staged phase planes
+
+
+def _staged(geo: Geometry) -> bool:
+    """A convolution whose forward and weight gradient read each sample's staged planes
+    (:class:`Direct`): every one but a plain GEMM (1x1 at stride 1 without padding), up to
+    ``MAX_STAGED_STRIDE`` (a phase plane per used (row, column) remainder of the stride)."""
+    return max(geo.sh, geo.sw) <= MAX_STAGED_STRIDE and not geo.direct
 
 
 @dataclass(frozen=True)
 class Direct:
-    """A correlation at stride 1 computed straight from zero-bordered planes: per sample and
-    group, ``out[o, y, x] = sum over k of w(o, k) · xp[off(k) + y·Wp + x]`` with ``k`` over
-    (input channel, window row, window column) in that order, ``xp`` the sample's ``C``
-    planes of ``H x W`` placed at (``top``, ``left``) in planes of ``Hp x Wp`` (zero
-    around), and the weight of (output channel ``o``, ``k``) at ``o·wrow + woff[k]`` from
-    the group's weights (``woff`` None: ``k``). The forward convolution is one (``w`` as
-    stored); the input gradient another (the window flipped, channels swapped)."""
+    """A correlation computed straight from staged planes: per sample and group, ``out[o, y,
+    x] = sum over k of w(o, k) · xs[off(k) + y·Wp + x]`` with ``k`` over (input channel,
+    window row, window column) in that order, and the weight of (output channel ``o``,
+    ``k``) at ``o·wrow + woff[k]`` from the group's weights (``woff`` None: ``k``).
+
+    ``xs`` holds the sample's ``C`` planes of ``H x W`` as if placed at (``top``, ``left``)
+    in zero-bordered planes, and read at stride (``sh``, ``sw``) and dilation (``dh``,
+    ``dw``): per channel, one ``Hp x Wp`` plane per *phase* — a (row, column) remainder
+    modulo the stride that some window element reads — holding the bordered plane's rows
+    ``a, a + sh, ...`` and columns ``b, b + sw, ...``. So window element (ki, kj) of output
+    (y, x) lies at row ``y + ki·dh // sh`` and column ``x + kj·dw // sw`` of phase
+    ``(ki·dh % sh, kj·dw % sw)``: every read along an output row is contiguous. At stride 1
+    the one phase is the bordered plane itself. The forward convolution is one (``w`` as
+    stored); the input gradient another (stride 1, the window flipped, channels swapped)."""
 
     N: object
     C: int  # input channels (all groups)
@@ -393,10 +410,31 @@ class Direct:
     wrow: int  # weights between one output channel's and the next's
     wgroup: int  # weights per group
     woff: tuple | None = None
+    sh: int = 1
+    sw: int = 1
+    dh: int = 1
+    dw: int = 1
 
     @property
     def rows(self) -> int:  # k's range
         return self.cin * self.KH * self.KW
+
+    @property
+    def phases(self) -> list:
+        """The (row, column) remainders some window element reads, in order."""
+        return sorted({(ki * self.dh % self.sh, kj * self.dw % self.sw)
+                       for ki in range(self.KH) for kj in range(self.KW)})
+
+    @property
+    def plane(self) -> int:  # one input channel's staged planes
+        return len(self.phases) * self.Hp * self.Wp
+
+    def offsets(self) -> list:
+        """``off(k)`` for each ``k`` of a group, in order."""
+        at = {ph: i for i, ph in enumerate(self.phases)}
+        return [c * self.plane + (at[ki * self.dh % self.sh, kj * self.dw % self.sw] * self.Hp
+                                  + ki * self.dh // self.sh) * self.Wp + kj * self.dw // self.sw
+                for c in range(self.cin) for ki in range(self.KH) for kj in range(self.KW)]
 
 
 def _tile(ty: str, d: Direct) -> tuple:
@@ -462,10 +500,9 @@ def _conv_direct(b: WindowBuilder, name: str, d: Direct) -> None:
     ty, size = b.ty, _size(b.ty)
     vl, nv, mr = _tile(ty, d)
     nr = nv * vl
-    plane, P_ = d.Hp * d.Wp, d.OH * d.OW
+    plane, P_ = d.plane, d.OH * d.OW
     _, vt, sfx, b.direct_decls = _vector_ir(ty)
-    offs = [c * plane + ki * d.Wp + kj for c in range(d.cin) for ki in range(d.KH)
-            for kj in range(d.KW)]
+    offs = d.offsets()
     for tab, vals in (("off", offs), ("woff", d.woff)):
         if vals is not None:
             b.helpers.append(f"@{name}_{tab} = internal unnamed_addr constant [{len(vals)} x "
@@ -527,7 +564,7 @@ def _conv_direct(b: WindowBuilder, name: str, d: Direct) -> None:
     e.line(f"call void @llvm.memset.p0.i64(ptr {xp}, i8 0, i64 {nbytes}, i1 false)")
     HW = d.H * d.W
     with e.rolled_loop("%n0", literal(d.N, "i64"), "%step", scalar=True) as s:
-        _border(e, ty, d, e.gep(ty, "%x", _i(e, "mul", s, d.C * HW)), xp)
+        _stage(e, ty, d, e.gep(ty, "%x", _i(e, "mul", s, d.C * HW)), xp)
         with e.rolled_loop(0, d.G, scalar=True) as grp:
             xg = e.gep(ty, xp, _i(e, "mul", grp, d.cin * plane))
             wg = e.gep(ty, "%w", _i(e, "mul", grp, d.wgroup))
@@ -542,27 +579,36 @@ def _conv_direct(b: WindowBuilder, name: str, d: Direct) -> None:
                                 f"ptr noalias %w, ptr noalias %y, i64 %n0, i64 %step)"))
 
 
-def _border(e: Emitter, ty: str, d: Direct, src: str, dst: str) -> None:
-    """One sample's ``C`` planes of ``H x W`` at ``src`` into the zero-bordered planes of
-    ``Hp x Wp`` at ``dst`` (at row ``top``, column ``left``; the border written before)."""
-    HW, plane = d.H * d.W, d.Hp * d.Wp
-    with e.rolled_loop(0, d.C, scalar=True) as c:
-        with e.rolled_loop(0, d.H, scalar=True) as h:
-            at = e.gep(ty, src, _i(e, "add", _i(e, "mul", c, HW), _i(e, "mul", h, d.W)))
-            to = e.gep(ty, dst, _i(e, "add", _i(e, "mul", c, plane),
-                                   _i(e, "add", _i(e, "mul", _i(e, "add", h, d.top), d.Wp),
-                                      d.left)))
-            with e.rolled_loop(0, d.W) as j:
-                e.line(f"store {ty} {e.emit(f'load {ty}, ptr {e.gep(ty, at, j)}')}, "
-                       f"ptr {e.gep(ty, to, j)}")
+def _stage(e: Emitter, ty: str, d: Direct, src: str, dst: str) -> None:
+    """One sample's ``C`` planes of ``H x W`` at ``src`` into its staged planes at ``dst``
+    (:class:`Direct`; the zeros around written before, once): per phase, the rows and
+    columns of the input that it holds, each range found by arithmetic."""
+    HW = d.H * d.W
+    for i, (a, b) in enumerate(d.phases):
+        y0, y1 = max(0, -(-(d.top - a) // d.sh)), min(d.Hp, (d.H - 1 + d.top - a) // d.sh + 1)
+        x0, x1 = max(0, -(-(d.left - b) // d.sw)), min(d.Wp, (d.W - 1 + d.left - b) // d.sw + 1)
+        if y1 <= y0 or x1 <= x0:
+            continue
+        with e.rolled_loop(0, d.C, scalar=True) as c:
+            with e.rolled_loop(y0, y1, scalar=True) as y:
+                row = _i(e, "sub", _i(e, "add", _i(e, "mul", y, d.sh), a), d.top)
+                at = e.gep(ty, src, _i(e, "add", _i(e, "mul", c, HW), _i(e, "mul", row, d.W)))
+                to = e.gep(ty, dst, _i(e, "add", _i(e, "mul", c, d.plane),
+                                       _i(e, "mul", _i(e, "add", y, i * d.Hp), d.Wp)))
+                with e.rolled_loop(x0, x1) as x:
+                    q = _i(e, "sub", _i(e, "add", _i(e, "mul", x, d.sw), b), d.left)
+                    e.line(f"store {ty} {e.emit(f'load {ty}, ptr {e.gep(ty, at, q)}')}, "
+                           f"ptr {e.gep(ty, to, x)}")
 
 
 def _forward_direct(geo: Geometry) -> Direct:
-    """The forward convolution of ``geo`` (stride 1) as a :class:`Direct`."""
-    Hp = max(geo.OH + geo.KH - 1, geo.ph + geo.H)  # (high padding: 'same' with an even
-    Wp = max(geo.OW + geo.KW - 1, geo.pw + geo.W)  #  window pads one more at the end)
+    """The forward convolution of ``geo`` (:func:`_staged`) as a :class:`Direct`: its phase
+    planes as tall and wide as the output plus the window's reach in them."""
+    Hp = geo.OH + (geo.KH - 1) * geo.dh // geo.sh
+    Wp = geo.OW + (geo.KW - 1) * geo.dw // geo.sw
     return Direct(geo.N, geo.C, geo.H, geo.W, geo.ph, geo.pw, Hp, Wp, geo.G, geo.cg, geo.og,
-                  geo.OH, geo.OW, geo.KH, geo.KW, geo.rows, geo.og * geo.rows)
+                  geo.OH, geo.OW, geo.KH, geo.KW, geo.rows, geo.og * geo.rows, None,
+                  geo.sh, geo.sw, geo.dh, geo.dw)
 
 
 def _transpose_direct(geo: Geometry) -> Direct | None:
@@ -602,7 +648,7 @@ def _conv(b: WindowBuilder, name: str, ins: list, out: str) -> None:
             e.lines.append(gemm.call(ty, wg, geo.rows, 1, xg if geo.direct else cols, P_, 1,
                                      yg, geo.og, P_, geo.rows))
 
-    if _stride_one(geo):
+    if _staged(geo):
         _conv_direct(b, name, _forward_direct(geo))
         b._by_samples(f"{name}d", geo, ins[0], ins[1], out)
         return
@@ -648,181 +694,222 @@ def _conv_transpose(b: WindowBuilder, name: str, ins: list, out: str) -> None:
     b._by_samples(name, geo, ins[0], ins[1], out)
 
 
-def _weight_grad_direct(b: WindowBuilder, name: str, geo: Geometry, ins: list,
+def _wg_tile(vector_bits: int) -> tuple:
+    """The weight gradient's register tile: (output channels, window elements) — with
+    their vectors of positions loaded, 4 x 6 accumulators fill 29 of AVX-512's 32 vector
+    registers, 2 x 6 15 of AVX2's 16."""
+    return (4, 6) if vector_bits >= 512 else (2, 6)
+
+
+WG_TOTALS = 16 << 10  # bytes of one weight-gradient task's running sums (on its stack)
+WG_TASKS = 16  # tasks a weight gradient is split into at least, where it has the tiles
+UNROLL_ROW = 2  # vectors of an output row up to which the weight gradient writes them out
+
+
+def _weight_grad_staged(b: WindowBuilder, name: str, geo: Geometry, ins: list,
                         out: str) -> None:
-    """The weight gradient at stride 1 with nothing packed: ``dW[o, k] = sum over (n, y, x)
-    of g[n, o, y, x] · xp[n, c, y + ki, x + kj]`` for ``k = (c, ki, kj)``: per sample a chain
-    of multiply-adds in (y, x) order from +0.0, the samples' sums added in order (so the
-    rounding grows with a sample's positions plus the samples, not with their product).
+    """The weight gradient from staged planes (:class:`Direct`, the forward's), nothing
+    packed: ``dW[o, k] = sum over (n, y, x) of g[n, o, y, x] · xs[n, off(k) + y·Wp + x]``.
 
-    Two passes over the data first, each sample a part: the input into zero-bordered planes
-    (as the forward's), and the output gradient transposed to position-major rows of the
-    output channels (``gt[n, g, p, o]``, padded to whole vectors with zeros). Then tasks of
-    ``MR`` window elements x ``NV`` vectors of output channels (a function per block of window
-    elements, its offsets into the planes written into its loads) run in parallel, one task
-    per part — every dW element computed whole by one task, so the bits depend on the shapes
-    only. Per position a task loads ``NV`` vectors of ``gt`` and broadcasts ``MR`` input
-    values."""
+    Vectorised along the output rows: a register tile of ``MO`` output channels x ``MK``
+    window elements holds a vector of partial sums each; per vector of positions it loads
+    ``MO`` vectors of ``g`` (as it lies) and ``MK`` of the staged input, and multiply-adds
+    every pair (a row's last, partial vector loaded masked: zeros beyond). Per sample the
+    tile starts from zeros and is then added to the running sums (in sample order); at the
+    end each sum's lanes are added in order. So each dW element's rounding depends on the
+    shapes only — not on the threads, nor on how the work is split.
+
+    The input is staged first (a part per thread, samples in turn). Then tasks of (group,
+    ``MO`` output channels, a run of ``MK``-element blocks) run in parallel, each over all
+    samples, sample by sample (its ``g`` rows stay in cache across its blocks)."""
     ty, size = b.ty, _size(b.ty)
-    vl = gemm.lanes(ty)
-    budget = 16 if gemm.vector_bits() >= 512 else 8
-    d = _forward_direct(geo)  # (the bordered planes: the forward's)
-    plane, P_, HW, K = d.Hp * d.Wp, geo.positions, geo.H * geo.W, geo.rows
-    vto = -(-geo.og // vl)  # vectors of output channels
-    ogp = vto * vl
-    nvo = min(vto, 4)
-    mr = max(1, budget // nvo)
-    _, vt, _, b.direct_decls = _vector_ir(ty)
-    kk = geo.KH * geo.KW
-    if kk <= mr:  # chunks of whole channels (their window elements in order) ...
-        unit, per, units = kk, mr // kk, geo.cg
+    vl, vt, sfx, decls = _vector_ir(ty)
+    mask_ty = f"<{vl} x i1>"
+    b.direct_decls = decls + (f"declare {vt} @llvm.masked.load.v{vl}{sfx}.p0(ptr, i32 immarg, "
+                              f"{mask_ty}, {vt})\n")
+    d = _forward_direct(geo)
+    K, P_, HW = geo.rows, geo.positions, geo.H * geo.W
+    MO, MK = _wg_tile(gemm.vector_bits())
+    offs = d.offsets()
+    b.helpers.append(f"@{name}_off = internal unnamed_addr constant [{K} x i64] ["
+                     + ", ".join(f"i64 {o}" for o in offs) + "], align 8\n\n")
+    full, tail = divmod(geo.OW, vl)
+    tail_mask = mask_ty + " <" + ", ".join(f"i1 {'true' if j < tail else 'false'}"
+                                           for j in range(vl)) + ">"
+    hint = f", !llvm.loop {jit.ROLLED_LOOP}"
+    o_tail, k_tail = geo.og % MO, K % MK
+    n_ob, n_kb = -(-geo.og // MO), -(-K // MK)
+    most = max(1, WG_TOTALS // (MO * MK * vl * size))  # blocks per task (its sums' room)
+    runs = max(-(-n_kb // most), min(n_kb, -(-WG_TASKS // (geo.G * n_ob))))
+    per_run = -(-n_kb // runs)
+    runs = -(-n_kb // per_run)
 
-        def rel(j: int) -> int:
-            return j // kk * plane + j % kk // geo.KW * d.Wp + j % geo.KW
+    def load(e: Emitter, p: str, masked: bool) -> str:
+        if masked:
+            return e.emit(f"call {vt} @llvm.masked.load.v{vl}{sfx}.p0(ptr {p}, i32 {size}, "
+                          f"{tail_mask}, {vt} zeroinitializer)")
+        return e.emit(f"load {vt}, ptr {p}, align {size}")
 
-        def base(e: Emitter, t0: str) -> str:
-            return _i(e, "mul", t0, plane)
-    else:  # ... or of one window row of one channel
-        unit, per, units = geo.KW, 1, geo.cg * geo.KH
+    def step(e: Emitter, mo: int, xr: str, gr: str, at, offs_r: list, acc,
+             masked: bool) -> list:
+        """One vector of positions at ``at`` (along the rows ``xr``, ``gr``) of an ``mo`` x
+        ``len(offs_r)`` tile: the new partial sums, in (channel, element) order."""
+        gs = [load(e, e.gep(ty, gr, _i(e, "add", at, o * P_)), masked) for o in range(mo)]
+        out = {}
+        for r, off in enumerate(offs_r):
+            xv = load(e, e.gep(ty, xr, _i(e, "add", at, off)), masked)
+            for o in range(mo):
+                if gemm.has_fma():
+                    out[o, r] = e.emit(f"call {vt} @llvm.fma.v{vl}{sfx}({vt} {gs[o]}, "
+                                       f"{vt} {xv}, {vt} {acc(o, r)})")
+                else:
+                    out[o, r] = e.emit(f"fadd {vt} {acc(o, r)}, "
+                                       f"{e.emit(f'fmul {vt} {gs[o]}, {xv}')}")
+        return [out[o, r] for o in range(mo) for r in range(len(offs_r))]
 
-        def rel(j: int) -> int:
-            return j
-
-        def base(e: Emitter, t0: str) -> str:
-            return _i(e, "add", _i(e, "mul", _i(e, "udiv", t0, geo.KH), plane),
-                      _i(e, "mul", _i(e, "urem", t0, geo.KH), d.Wp))
-    n_chunks, tail_units = -(-units // per), units % per
-    ochunks = [(v0, min(nvo, vto - v0)) for v0 in range(0, vto, nvo)]
-    xstride, gstride = geo.C * plane, geo.G * P_ * ogp
-    N = literal(geo.N, "i64")
-
-    # one function per chunk size and block of channel vectors (every chunk reads its planes
-    # at the same offsets from its own start, so they share the code)
-    for rows in sorted({per * unit} | ({tail_units * unit} if tail_units else set())):
-        for v0, nv in ochunks:
-            e = Emitter()  # void @<name>_w<rows>_<v0>(xb, gt, dw): from the chunk's start
+    # @<name>_kb<mo>_<mk>(xn, gn, tot, k): one sample's tile of channels [0, mo) of gn's and
+    # window elements [k, k + mk) onto the sums at tot
+    for mo in sorted({MO} | ({o_tail} if o_tail else set())):
+        for mk in sorted({MK} | ({k_tail} if k_tail else set())):
+            e = Emitter()
             e.label("entry")
-            regs = [(r, v) for r in range(rows) for v in range(nv)]
-            e.line(f"%tot = alloca [{len(regs)} x {vt}], align 64")  # the sum over samples
-            for i in range(len(regs)):
-                e.line(f"store {vt} zeroinitializer, ptr {e.gep(vt, '%tot', i)}, align 64")
-            carried = [[(f"{var}.a{r}.{v}", vt, "zeroinitializer" if level == 0 else
-                         f"%y.a{r}.{v}") for r, v in regs]
-                       for level, var in enumerate(("%y", "%x"))]
-            hint = f", !llvm.loop {jit.ROLLED_LOOP}"
-            with e.loop("%n", N, block="bn", exit="bn.done", hint=hint) as ln:
-                xn = e.gep(ty, "%xb", _i(e, "mul", "%n", xstride))
-                gn = e.gep(ty, "%gt", _i(e, "mul", "%n", gstride))
-                with e.loop("%y", geo.OH, block="by", exit="by.done", carry=carried[0],
-                            hint=hint) as ly:
-                    xr = e.gep(ty, xn, _i(e, "mul", "%y", d.Wp))
-                    gr = e.gep(ty, gn, _i(e, "mul", "%y", geo.OW * ogp))
-                    with e.loop("%x", geo.OW, block="bx", exit="bx.done", carry=carried[1],
-                                hint=hint) as lx:
-                        gp = e.gep(ty, gr, _i(e, "mul", "%x", ogp))
-                        gs = [e.emit(f"load {vt}, ptr {e.gep(ty, gp, (v0 + v) * vl)}, "
-                                     f"align {size}") for v in range(nv)]
-                        xp = e.gep(ty, xr, "%x")
-                        nxt = _rank_one(e, ty, [e.gep(ty, xp, rel(r)) for r in range(rows)],
-                                        gs, lambda r, v: f"%x.a{r}.{v}")
-                        lx.next = nxt
-                    ly.next = nxt
-                for i in range(len(regs)):  # the sample's sums onto the running ones
-                    at = e.gep(vt, "%tot", i)
-                    t = e.emit(f"fadd {vt} {e.emit(f'load {vt}, ptr {at}, align 64')}, {nxt[i]}")
-                    e.line(f"store {vt} {t}, ptr {at}, align 64")
-                ln.next = []
-            real = min(nv * vl, geo.og - v0 * vl)  # dW[o, r] (from the chunk's k), real o
-            with e.rolled_loop(0, rows, scalar=True) as r:
-                src = e.gep(ty, "%tot", _i(e, "mul", r, nv * vl))
-                dst = e.gep(ty, "%dw", _i(e, "add", r, v0 * vl * K))
-                with e.rolled_loop(0, real, scalar=True) as o:
-                    val = e.emit(f"load {ty}, ptr {e.gep(ty, src, o)}")
-                    e.line(f"store {ty} {val}, ptr {e.gep(ty, dst, _i(e, 'mul', o, K))}")
+            offs_r = [e.emit(f"load i64, ptr {e.gep('i64', f'@{name}_off', _i(e, 'add', '%k', r))}")
+                      for r in range(mk)]
+            regs = [(o, r) for o in range(mo) for r in range(mk)]
+            with e.loop("%y", geo.OH, block="by", exit="by.done", hint=hint,
+                        carry=[(f"%y.a{o}.{r}", vt, "zeroinitializer") for o, r in regs]) as ly:
+                xr = e.gep(ty, "%xn", _i(e, "mul", "%y", d.Wp))
+                gr = e.gep(ty, "%gn", _i(e, "mul", "%y", geo.OW))
+                acc = [f"%y.a{o}.{r}" for o, r in regs]
+                for v in range(full if full <= UNROLL_ROW else 0):  # (short rows written out)
+                    acc = step(e, mo, xr, gr, v * vl, offs_r,
+                               lambda o, r, acc=acc: acc[o * mk + r], False)
+                if full > UNROLL_ROW:
+                    with e.loop("%v", full, block="bv", exit="bv.done", hint=hint,
+                                carry=[(f"%v.a{o}.{r}", vt, a) for (o, r), a in zip(regs, acc)]
+                                ) as lv:
+                        lv.next = step(e, mo, xr, gr, _i(e, "mul", "%v", vl), offs_r,
+                                       lambda o, r: f"%v.a{o}.{r}", False)
+                    acc = lv.next
+                if tail:
+                    acc = step(e, mo, xr, gr, full * vl, offs_r,
+                               lambda o, r, acc=acc: acc[o * mk + r], True)
+                ly.next = acc
+            for i, (o, r) in enumerate(regs):
+                at = e.gep(vt, "%tot", o * MK + r)
+                t = e.emit(f"fadd {vt} {e.emit(f'load {vt}, ptr {at}, align {vl * size}')}, "
+                           f"{acc[i]}")
+                e.line(f"store {vt} {t}, ptr {at}, align {vl * size}")
             e.line("ret void")
-            b.helpers.append(e.function(f"define internal void @{name}_w{rows}_{v0}(ptr noalias "
-                                        f"%xb, ptr noalias %gt, ptr noalias %dw)"))
+            b.helpers.append(e.function(f"define internal void @{name}_kb{mo}_{mk}(ptr noalias "
+                                        f"%xn, ptr noalias %gn, ptr noalias %tot, i64 %k)"))
 
-    tasks = geo.G * n_chunks * len(ochunks)
-    e = Emitter()  # void @<name>_task(xb, gt, dw, t): task t = (group, chunk, vectors)
+    # @<name>_run<mo>(xs, g, dw, grp, o0, j0, j1): blocks [j0, j1) of output channels
+    # [o0, o0 + mo) of group grp, over every sample; then each sum's lanes into dW
+    N = literal(geo.N, "i64")
+    tile_bytes = MO * MK * vl * size
+    for mo in sorted({MO} | ({o_tail} if o_tail else set())):
+        e = Emitter()
+        e.label("entry")
+        e.line(f"%tot = alloca [{per_run * MO * MK} x {vt}], align 64")
+        e.line(f"call void @llvm.memset.p0.i64(ptr %tot, i8 0, i64 {per_run * tile_bytes}, "
+               f"i1 false)")
+        jn = _i(e, "sub", "%j1", "%j0")
+        last_k = e.emit(f"icmp eq i64 %j1, {n_kb}") if k_tail else None
+        whole = e.emit(f"select i1 {last_k}, i64 {_i(e, 'sub', jn, 1)}, i64 {jn}") \
+            if k_tail else jn
+        with e.rolled_loop(0, N, scalar=True) as n:
+            xn = e.gep(ty, "%xs", _i(e, "add", _i(e, "mul", n, geo.C * d.plane),
+                                     _i(e, "mul", "%grp", geo.cg * d.plane)))
+            gn = e.gep(ty, "%g", _i(e, "mul", _i(e, "add", _i(e, "mul", n, geo.Co),
+                                                  _i(e, "add", _i(e, "mul", "%grp", geo.og),
+                                                     "%o0")), P_))
+            with e.rolled_loop(0, whole, scalar=True) as j:
+                tot = e.gep(vt, "%tot", _i(e, "mul", j, MO * MK))
+                k = _i(e, "mul", _i(e, "add", j, "%j0"), MK)
+                e.line(f"call void @{name}_kb{mo}_{MK}(ptr {xn}, ptr {gn}, ptr {tot}, i64 {k})")
+            if k_tail:
+                with e.when(last_k):
+                    tot = e.gep(vt, "%tot", _i(e, "mul", whole, MO * MK))
+                    e.line(f"call void @{name}_kb{mo}_{k_tail}(ptr {xn}, ptr {gn}, ptr {tot}, "
+                           f"i64 {(n_kb - 1) * MK})")
+        with e.rolled_loop(0, jn, scalar=True) as j:
+            k0 = _i(e, "mul", _i(e, "add", j, "%j0"), MK)
+            mk = e.min(MK, e.emit(f"sub i64 {K}, {k0}"))
+            for o in range(mo):
+                row = e.gep(ty, "%dw", _i(e, "add", _i(e, "mul", _i(e, "add", _i(
+                    e, "add", _i(e, "mul", "%grp", geo.og), "%o0"), o), K), k0))
+                with e.rolled_loop(0, mk, scalar=True) as r:
+                    lanes = e.gep(ty, "%tot", _i(e, "mul", _i(e, "add", _i(
+                        e, "mul", j, MO * MK), _i(e, "add", r, o * MK)), vl))
+                    v = e.emit(f"load {ty}, ptr {lanes}")
+                    for lane in range(1, vl):
+                        v = e.emit(f"fadd {ty} {v}, "
+                                   f"{e.emit(f'load {ty}, ptr {e.gep(ty, lanes, lane)}')}")
+                    e.line(f"store {ty} {v}, ptr {e.gep(ty, row, r)}")
+        e.line("ret void")
+        b.helpers.append(e.function(
+            f"define internal void @{name}_run{mo}(ptr noalias %xs, ptr noalias %g, "
+            f"ptr noalias %dw, i64 %grp, i64 %o0, i64 %j0, i64 %j1)"))
+
+    tasks = geo.G * n_ob * runs
+    e = Emitter()  # void @<name>_task(xs, g, dw, t): task t = (group, channel block, run)
     e.label("entry")
-    oc = _i(e, "urem", "%t", len(ochunks))
-    gc = _i(e, "udiv", "%t", len(ochunks))
-    ci, grp = _i(e, "urem", gc, n_chunks), _i(e, "udiv", gc, n_chunks)
-    t0 = _i(e, "mul", ci, per)  # the chunk's first unit
-    xg = e.gep(ty, "%xb", _i(e, "add", _i(e, "mul", grp, geo.cg * plane), base(e, t0)))
-    gg = e.gep(ty, "%gt", _i(e, "mul", grp, P_ * ogp))
-    dwg = e.gep(ty, "%dw", _i(e, "add", _i(e, "mul", grp, geo.og * K), _i(e, "mul", t0, unit)))
-    last = e.emit(f"icmp eq i64 {ci}, {n_chunks - 1}")
-    for v_i, (v0, _) in enumerate(ochunks):
-        with e.when(e.emit(f"icmp eq i64 {oc}, {v_i}")):
-            if tail_units:
-                with e.when(last):
-                    e.line(f"call void @{name}_w{tail_units * unit}_{v0}(ptr {xg}, ptr {gg}, "
-                           f"ptr {dwg})")
-                    e.line("ret void")
-            e.line(f"call void @{name}_w{per * unit}_{v0}(ptr {xg}, ptr {gg}, ptr {dwg})")
+    run = _i(e, "urem", "%t", runs)
+    gb = _i(e, "udiv", "%t", runs)
+    ob, grp = _i(e, "urem", gb, n_ob), _i(e, "udiv", gb, n_ob)
+    j0 = _i(e, "mul", run, per_run)
+    j1 = e.min(_i(e, "add", j0, per_run), n_kb)
+    args = f"ptr %xs, ptr %g, ptr %dw, i64 {grp}, i64 {_i(e, 'mul', ob, MO)}, i64 {j0}, i64 {j1}"
+    if o_tail:
+        with e.when(e.emit(f"icmp eq i64 {ob}, {n_ob - 1}")):
+            e.line(f"call void @{name}_run{o_tail}({args})")
+            e.line("ret void")
+    e.line(f"call void @{name}_run{MO}({args})")
     e.line("ret void")
-    b.helpers.append(e.function(f"define internal void @{name}_task(ptr noalias %xb, "
-                                f"ptr noalias %gt, ptr noalias %dw, i64 %t)"))
+    b.helpers.append(e.function(f"define internal void @{name}_task(ptr noalias %xs, "
+                                f"ptr noalias %g, ptr noalias %dw, i64 %t)"))
 
-    e = Emitter()  # void @<name>_stage(x, g, xb, gt, s): sample s into the two buffers
+    e = Emitter()  # void @<name>_stage(x, xs, s): sample s staged (zeros first)
     e.label("entry")
-    _border(e, ty, d, e.gep(ty, "%x", _i(e, "mul", "%s", geo.C * HW)),
-            e.gep(ty, "%xb", _i(e, "mul", "%s", xstride)))
-    gs_ = e.gep(ty, "%g", _i(e, "mul", "%s", geo.Co * P_))
-    gd = e.gep(ty, "%gt", _i(e, "mul", "%s", gstride))
-    with e.rolled_loop(0, geo.G, scalar=True) as grp:
-        gsg = e.gep(ty, gs_, _i(e, "mul", grp, geo.og * P_))
-        gdg = e.gep(ty, gd, _i(e, "mul", grp, P_ * ogp))
-        with e.rolled_loop(0, P_, scalar=True) as p:
-            row = e.gep(ty, gdg, _i(e, "mul", p, ogp))
-            with e.rolled_loop(0, geo.og) as o:
-                v = e.emit(f"load {ty}, ptr {e.gep(ty, gsg, _i(e, 'add', _i(e, 'mul', o, P_), p))}")
-                e.line(f"store {ty} {v}, ptr {e.gep(ty, row, o)}")
+    xs_s = e.gep(ty, "%xs", _i(e, "mul", "%s", geo.C * d.plane))
+    e.line(f"call void @llvm.memset.p0.i64(ptr {xs_s}, i8 0, i64 {geo.C * d.plane * size}, "
+           f"i1 false)")
+    _stage(e, ty, d, e.gep(ty, "%x", _i(e, "mul", "%s", geo.C * HW)), xs_s)
     e.line("ret void")
     b.helpers.append(e.function(f"define internal void @{name}_stage(ptr noalias %x, "
-                                f"ptr noalias %g, ptr noalias %xb, ptr noalias %gt, i64 %s)"))
+                                f"ptr noalias %xs, i64 %s)"))
 
     xin, gin = ins
-    xbytes = b.emit(f"mul i64 {N}, {xstride * size}")
-    xbytes = b.emit(f"add i64 {xbytes}, {vl * size}")
-    gbytes = b.emit(f"mul i64 {N}, {gstride * size}")
-    xb, gt = _malloc(b, xbytes), _malloc(b, gbytes)
-    bad = b.emit(f"or i1 {b.emit(f'icmp eq ptr {xb}, null')}, {b.emit(f'icmp eq ptr {gt}, null')}")
-    with b.when(bad):
-        b.line(f"call void @free(ptr {xb})")
-        b.line(f"call void @free(ptr {gt})")
+    xbytes = b.emit(f"mul i64 {N}, {geo.C * d.plane * size}")
+    xs = _malloc(b, xbytes)
+    with b.when(b.emit(f"icmp eq ptr {xs}, null")):
         b.line(f"ret i32 {ALLOC_FAILED}")
-    b.line(f"call void @llvm.memset.p0.i64(ptr {xb}, i8 0, i64 {xbytes}, i1 false)")
-    if ogp != geo.og:  # (the channels' padding lanes: zeros, never stored)
-        b.line(f"call void @llvm.memset.p0.i64(ptr {gt}, i8 0, i64 {gbytes}, i1 false)")
     if threads.find() is not None:
-        b.line("%wctx = alloca [5 x i64], align 8")
-        for k, v in enumerate([xin, gin, xb, gt, out]):
+        b.line("%wctx = alloca [4 x i64], align 8")
+        for k, v in enumerate([xin, gin, xs, out]):
             b.line(f"store ptr {v}, ptr {b.gep('i64', '%wctx', k)}")
         b.line(f"call void @dg_parallel(ptr @{name}_stage_blocks, ptr %wctx, i64 0)")
         b.line(f"call void @dg_parallel(ptr @{name}_task_blocks, ptr %wctx, i64 {tasks})")
         for fn in ("stage", "task"):
             f = Emitter()
             f.label("entry")
-            for k, reg in enumerate(["%x", "%g", "%xb", "%gt", "%dw"]):
+            for k, reg in enumerate(["%x", "%g", "%xs", "%dw"]):
                 f.line(f"{reg} = load ptr, ptr {f.gep('i64', '%ctx', k)}")
             if fn == "stage":  # samples tid, tid + nt, ...
                 with f.rolled_loop("%tid", N, "%nt", scalar=True) as s:
-                    f.line(f"call void @{name}_stage(ptr %x, ptr %g, ptr %xb, ptr %gt, i64 {s})")
+                    f.line(f"call void @{name}_stage(ptr %x, ptr %xs, i64 {s})")
             else:
-                f.line(f"call void @{name}_task(ptr %xb, ptr %gt, ptr %dw, i64 %tid)")
+                f.line(f"call void @{name}_task(ptr %xs, ptr %g, ptr %dw, i64 %tid)")
             f.line("ret void")
             b.helpers.append(f.function(f"define internal void @{name}_{fn}_blocks(ptr %ctx, "
                                         f"i64 %tid, i64 %nt)"))
     else:
         with b.rolled_loop(0, N, scalar=True) as s:
-            b.line(f"call void @{name}_stage(ptr {xin}, ptr {gin}, ptr {xb}, ptr {gt}, i64 {s})")
+            b.line(f"call void @{name}_stage(ptr {xin}, ptr {xs}, i64 {s})")
         with b.rolled_loop(0, tasks, scalar=True) as t:
-            b.line(f"call void @{name}_task(ptr {xb}, ptr {gt}, ptr {out}, i64 {t})")
-    b.line(f"call void @free(ptr {xb})")
-    b.line(f"call void @free(ptr {gt})")
+            b.line(f"call void @{name}_task(ptr {xs}, ptr {gin}, ptr {out}, i64 {t})")
+    b.line(f"call void @free(ptr {xs})")
     b.line("ret i32 0")
 
 
@@ -835,8 +922,8 @@ def _conv_weight_grad(b: WindowBuilder, name: str, ins: list, out: str) -> None:
     ty = b._float_type()
     x, gout = b.n.inputs
     geo = _geometry(b.n, x.shape, b.n.out.shape, x.shape[2:], gout.shape[2:])
-    if _stride_one(geo):
-        _weight_grad_direct(b, name, geo, ins, out)
+    if _staged(geo):
+        _weight_grad_staged(b, name, geo, ins, out)
         return
     HW, P_, size = geo.H * geo.W, geo.positions, _size(ty)
     whole = geo.Co * geo.rows  # dW's elements
