@@ -967,3 +967,34 @@ def test_runs_shorter_than_two_vectors_stay_on_the_flat_form():
     want = np.array([_lane_order_sum(x[:, c, :].reshape(-1), 16) for c in range(4)],
                     dtype=np.float32)
     np.testing.assert_array_equal(got.reshape(-1), want)
+
+
+@pytest.mark.parametrize("dt,lanes", [(F32, 16), (F64, 8)], ids=["f32", "f64"])
+@pytest.mark.parametrize("channels", [2, 5])
+def test_kept_elements_split_across_threads_keep_the_documented_bits(dt, lanes, channels):
+    """A reduction keeping a few elements over a large reduced space (BatchNorm's statistics
+    and its second pass) splits its kept elements across the threads, each element's
+    reduction whole on one thread: on teams of 1, 2 and 3 threads (3 > 2 channels: a part
+    with none) the bits are the documented order's."""
+    from compiler.backends.llvm import threads
+    if threads.find() is None:
+        pytest.skip("no thread pool here (DYNGRAD_THREADS=1 or not Linux x86-64)")
+    n, hw = 8, 1 << 15
+    x = (rand((n, channels, hw), dt) * np.exp(rand((n, channels, hw), dt) * 3)).astype(dt.np)
+    g = Graph()
+    a = g.add_input((n, channels, hw), dt)
+    s = op(g, "sum", a, axes=(0, 2), keepdims=True)
+    d = op(g, "sub", a, op(g, "broadcast", s, shape=(n, channels, hw)))
+    grp = only_reduce_group(g, [s, d])
+    assert "_o_blocks" in reduce_kernel(g, grp)[0]  # (the split form taken)
+    want = np.array([_lane_order_sum(x[:, c, :].reshape(-1), lanes) for c in range(channels)],
+                    dtype=dt.np)
+    before = threads.team()
+    try:
+        for team in (1, 2, 3):
+            threads.set_team(team)
+            got_s, got_d = run_group(g, grp, [x])
+            np.testing.assert_array_equal(got_s.reshape(-1), want)
+            np.testing.assert_array_equal(got_d, x - want.reshape(1, channels, 1))
+    finally:
+        threads.set_team(max(before, 1))

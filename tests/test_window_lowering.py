@@ -171,13 +171,14 @@ def test_avg_pool_compiles_to_eager():
                                               count_include_pad=False)), x)
 
 
-def test_the_bits_do_not_depend_on_the_thread_count():
+@pytest.mark.parametrize("cout, stride", [(16, 1), (10, 2)])
+def test_the_bits_do_not_depend_on_the_thread_count(cout, stride):
     if threads.find() is None:
         pytest.skip("no thread pool here (DYNGRAD_THREADS=1 or not Linux x86-64)")
     r = np.random.default_rng(8)
     x = dg.tensor(r.standard_normal((19, 8, 12, 12)).astype(np.float32), requires_grad=True)
-    wt = dg.tensor(r.standard_normal((16, 8, 3, 3)).astype(np.float32), requires_grad=True)
-    fn = _grads_of(lambda x, wt: F.max_pool2d(F.conv2d(x, wt, padding=1), 2))
+    wt = dg.tensor(r.standard_normal((cout, 8, 3, 3)).astype(np.float32), requires_grad=True)
+    fn = _grads_of(lambda x, wt: F.max_pool2d(F.conv2d(x, wt, padding=1, stride=stride), 2))
     before = threads.team()
     results = []
     try:
@@ -193,32 +194,40 @@ def test_the_bits_do_not_depend_on_the_thread_count():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n, cin, cout, h, w, k, padding, groups", [
-    (4, 16, 16, 32, 32, 3, 1, 1),    # W7b's block: one full tile per output row
-    (3, 32, 32, 16, 16, 3, 1, 1),    # rows of one vector
-    (3, 4, 10, 5, 40, 5, 2, 1),      # a full tile and a masked tail; 10 = 8 + 2 channels
-    (2, 1, 6, 28, 28, 3, 0, 1),      # one input channel (mnist's conv1), a tail only
-    (3, 6, 9, 7, 9, 2, "same", 3),   # an even window: padding (0, 1); groups; 3 + ... rows
-    (2, 3, 5, 1, 37, 3, 4, 1),       # one input row
+@pytest.mark.parametrize("n, cin, cout, h, w, k, padding, groups, stride, dilation", [
+    (4, 16, 16, 32, 32, 3, 1, 1, 1, 1),    # W7b's block: one full tile per output row
+    (3, 32, 32, 16, 16, 3, 1, 1, 1, 1),    # rows of one vector
+    (3, 4, 10, 5, 40, 5, 2, 1, 1, 1),      # a full tile and a masked tail; 10 = 8 + 2
+    (2, 1, 6, 28, 28, 3, 0, 1, 1, 1),      # one input channel (mnist's conv1), a tail only
+    (3, 6, 9, 7, 9, 2, "same", 3, 1, 1),   # an even window: padding (0, 1); groups
+    (2, 3, 5, 1, 37, 3, 4, 1, 1, 1),       # one input row
+    (3, 16, 32, 32, 32, 3, 1, 1, 2, 1),    # W7b's downsampling: four phase planes
+    (3, 16, 32, 32, 32, 1, 0, 1, 2, 1),    # its 1x1 shortcut: one phase read
+    (2, 5, 7, 13, 12, 4, 2, 1, (2, 3), 1),  # strides differing per dim, odd planes
+    (2, 4, 6, 11, 11, 3, 2, 2, 1, 2),      # dilation: the window's reach, one phase
+    (2, 3, 4, 12, 12, 3, 1, 1, 2, 3),      # stride and dilation: two phases of four
 ])
-def test_stride_one_convolution_straight_from_the_planes_has_the_column_path_bits(
-        n, cin, cout, h, w, k, padding, groups, dtype, monkeypatch):
-    """At stride 1 the forward convolution reads its padded planes directly (window.py,
-    ``_conv_direct``), every sample alone or in a batch; elsewhere the column buffer and the
-    GEMM run. Each output is the same chain of multiply-adds either way: the same bits."""
+def test_staged_convolution_straight_from_the_planes_has_the_column_path_bits(
+        n, cin, cout, h, w, k, padding, groups, stride, dilation, dtype, monkeypatch):
+    """The forward convolution reads each sample's staged planes directly (window.py,
+    ``_conv_direct``; at a stride, one plane per phase), every sample alone or in a batch;
+    the column buffer and the GEMM run only for 1x1 windows at stride 1 (or strides above
+    ``MAX_STAGED_STRIDE``). Each output is the same chain of multiply-adds either way: the
+    same bits."""
     r = np.random.default_rng(cin * 7 + cout)
     x = dg.tensor(r.standard_normal((n, cin, h, w)).astype(dtype))
     wt = dg.tensor(r.standard_normal((cout, cin // groups, k, k)).astype(dtype))
 
     def conv(x, wt):
-        return F.conv2d(x, wt, padding=padding, groups=groups)
+        return F.conv2d(x, wt, padding=padding, groups=groups, stride=stride,
+                        dilation=dilation)
 
     many, lone = compiler.compile(conv, backend="llvm"), compiler.compile(conv, backend="llvm")
     for _ in range(2):
         got = many(x, wt).numpy()
         one = np.concatenate([lone(x[i:i + 1].contiguous(), wt).numpy() for i in range(n)])
     with monkeypatch.context() as m:
-        m.setattr(window, "_stride_one", lambda geo: False)  # the column path
+        m.setattr(window, "_staged", lambda geo: False)  # the column path
         columns = compiler.compile(conv, backend="llvm")
         for _ in range(2):
             ref = columns(x, wt).numpy()
@@ -262,6 +271,77 @@ def test_stride_one_input_gradient_is_the_flipped_window_s_correlation(
     assert np.array_equal(got, one)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(got, dx(x, g).numpy(), rtol=tol, atol=tol)
+
+
+def _weight_grad(stride=1, padding=1, groups=1):
+    def dw(x, g, wt):
+        y = F.conv2d(x, wt, stride=stride, padding=padding, groups=groups)
+        return dg.autograd.grad((y * g).sum(), wt)[0]
+    return dw
+
+
+@pytest.mark.parametrize("n, cin, cout, h, w, k, stride, padding, groups", [
+    (5, 16, 16, 32, 32, 3, 1, 1, 1),   # W7b's block: whole tiles, two vectors a row
+    (3, 6, 10, 9, 21, 3, 2, 1, 1),     # channel and window-element tails, masked rows
+    (4, 4, 6, 8, 8, 1, 2, 0, 2),       # a 1x1 window at stride 2, groups
+])
+def test_weight_gradient_bits_do_not_depend_on_how_its_work_is_split(
+        n, cin, cout, h, w, k, stride, padding, groups, monkeypatch):
+    """The weight gradient (``_weight_grad_staged``) is split into tasks of (group, output
+    channels, a run of window-element blocks); every element is summed whole by one task in
+    one order, so any split gives the same bits — and the values of the column path's (its
+    GEMMs per sample, ``_staged`` off) within rounding."""
+    r = np.random.default_rng(cin + cout)
+    x = dg.tensor(r.standard_normal((n, cin, h, w)))
+    wt = dg.zeros(cout, cin // groups, k, k, dtype=dg.float64, requires_grad=True)
+    fn = _weight_grad(stride, padding, groups)
+    g = dg.tensor(r.standard_normal(F.conv2d(x, wt, stride=stride, padding=padding,
+                                             groups=groups).shape))
+    results = []
+    for tasks, totals in [(16, 16 << 10), (1, 1 << 20), (1000, 1)]:
+        with monkeypatch.context() as m:
+            m.setattr(window, "WG_TASKS", tasks)
+            m.setattr(window, "WG_TOTALS", totals)
+            f = compiler.compile(fn, backend="llvm")
+            results.append([f(x, g, wt).numpy() for _ in range(2)][-1])  # (2nd: compiled)
+            _native(f)
+    with monkeypatch.context() as m:
+        m.setattr(window, "_staged", lambda geo: False)
+        columns = compiler.compile(fn, backend="llvm")
+        ref = [columns(x, g, wt).numpy() for _ in range(2)][-1]
+    for other in results[1:]:
+        assert np.array_equal(results[0], other)
+    np.testing.assert_allclose(results[0], ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(results[0], fn(x, g, wt).numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_non_finite_values_reach_the_weight_gradient_elements_they_reach_in_eager(dtype):
+    """The weight gradient's rows end in a masked vector (lanes past the row load zeros,
+    never the next row's values): an infinity in the input's last column, which window
+    column 0 never reads, must not turn that column's gradient into NaN; a NaN in the
+    output gradient reaches every element it reaches in eager."""
+    r = np.random.default_rng(4)
+    x = r.standard_normal((2, 3, 9, 21)).astype(dtype)
+    x[1, 2, 4, -1] = np.inf
+    x[0, 1, 0, 0] = -np.inf
+    x = dg.tensor(x)
+    wt = dg.zeros(5, 3, 3, 3, dtype=x.dtype, requires_grad=True)
+    for stride in (1, 2):
+        fn = _weight_grad(stride, padding=0)
+        g = r.standard_normal(F.conv2d(x, wt, stride=stride).shape).astype(dtype)
+        g[0, 3, 1, 2] = np.nan
+        g = dg.tensor(g)
+        f = compiler.compile(fn, backend="llvm")
+        with np.errstate(invalid="ignore"):
+            want = fn(x, g, wt).numpy()
+            got = [f(x, g, wt).numpy() for _ in range(2)][-1]
+        _native(f)
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+        assert np.array_equal(np.isinf(got), np.isinf(want))
+        assert np.isfinite(want).any() and not np.isfinite(want).all()
+        ok = np.isfinite(want)
+        np.testing.assert_allclose(got[ok], want[ok], rtol=1e-4, atol=1e-4)
 
 
 # ------------------------------------------------------------------ soundness

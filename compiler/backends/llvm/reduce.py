@@ -12,6 +12,7 @@ from ...prims import CONSTANT, MAP, REDUCTION, Lowerings, traits
 from . import threads
 from .emit import (
     FN_NAME,
+    Emitter,
     LLTYPE,
     MEMTYPE,
     builds,
@@ -52,6 +53,13 @@ class ReduceBuilder(LoopBuilder):
     over ``r`` for the epilogue over ``S`` (prologue values it reads are recomputed). Sums
     start from +0.0, as numpy's do; ``max`` starts from -inf and propagates NaN as numpy's
     does.
+
+    Threads: a full reduction of ``R >= threads.PAR_MIN`` elements splits its chunks into
+    fixed blocks whose partial lanes add in order (:meth:`_blocks_function`); one keeping
+    several elements over as much work (BatchNorm's statistics and its passes over the
+    activations) splits the kept elements instead, a contiguous range per thread, each
+    element's reduction whole on one thread (:meth:`_kept_parts`). Either way the bits are
+    the one-thread bits.
 
     A reduction over leading dims that keeps contiguous trailing ones (a bias gradient)
     takes the *column form* instead (:meth:`_build_columns`): walking each column down
@@ -373,8 +381,13 @@ class ReduceBuilder(LoopBuilder):
                                   f"[{chunk.next[m]}, %chunk.acc]") for m in range(len(tys))]
             return chunk.next
 
-        with self.loop("%o", math.prod(self.reduced), block="outer", exit="exit",
-                       latch="outer.tail"):
+        K = math.prod(self.reduced)
+        kept_split = threads.find() is not None and not blocked and isinstance(K, int) \
+            and K >= 2 and K * self.R >= threads.PAR_MIN
+        if kept_split:  # (a part of the kept elements: possibly none, with more threads)
+            self.branch(self.emit("icmp slt i64 %o0, %o1"), "outer", "exit")
+        with self.loop("%o", "%o1" if kept_split else K, start="%o0" if kept_split else 0,
+                       block="outer", exit="exit", latch="outer.tail", entered=kept_split):
             self._in_space_k()
             for i in pre_k:
                 self.node(nodes[i])
@@ -439,6 +452,10 @@ class ReduceBuilder(LoopBuilder):
                         self._in_space_s("%p")
                         second_pass()
         self.line("ret void")
+        if kept_split:
+            self.extra += self.function(f"define internal void @{name}_range("
+                                        f"{', '.join(params)}, i64 %o0, i64 %o1)")
+            self._kept_parts(name, len(layout), K)
         text = (
             (prelude_ir(self.vecmath) + self.declarations() if prelude else "")
             + self.extra
@@ -446,6 +463,32 @@ class ReduceBuilder(LoopBuilder):
                             "alwaysinline")
             + entry_ir(name, len(layout)))
         return text, name, layout
+
+    def _kept_parts(self, name: str, n_args: int, K: int) -> None:
+        """The kernel's body when its kept elements split across the threads (each element's
+        reduction whole on one thread, in the order it has on one: the same bits): a part
+        per thread, each a contiguous range of ``@<name>_range``; this emitter's lines become
+        that body (and ``@<name>_o_blocks`` joins :attr:`extra`)."""
+        args = ", ".join(f"ptr %a{k}" for k in range(n_args))
+        e = Emitter()
+        e.label("entry")
+        for k in range(n_args):
+            e.line(f"%a{k} = load ptr, ptr {e.gep('ptr', '%ctx', k)}")
+        o0 = e.emit(f"udiv i64 {e.emit(f'mul i64 %tid, {K}')}, %nt")
+        nxt = e.emit("add i64 %tid, 1")
+        o1 = e.emit(f"udiv i64 {e.emit(f'mul i64 {nxt}, {K}')}, %nt")
+        e.line(f"call void @{name}_range({args}, i64 {o0}, i64 {o1})")
+        e.line("ret void")
+        self.extra += e.function(f"define internal void @{name}_o_blocks(ptr %ctx, i64 %tid, "
+                                 f"i64 %nt)")
+        self.lines, self.block = [], "entry"
+        self.label("entry")
+        self.line(f"%ctx = alloca [{n_args} x ptr], align 8")
+        for k in range(n_args):
+            self.line(f"store ptr %a{k}, ptr {self.gep('ptr', '%ctx', k)}")
+        self.lines += threads.split_call(f"{name}_o", 0).split("\n")
+        self.block = "par.joined"
+        self.line("ret void")
 
     # ------------------------------------------------------------ the column form
     def _columns(self, post_s, tys) -> bool:

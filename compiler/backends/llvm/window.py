@@ -18,12 +18,18 @@ weight gradient sums its samples in ``WG_PARTS`` fixed blocks — each block's s
 order, then the blocks in order — so its bits depend on the batch size only, never on the
 thread count.
 
-At stride 1 (dilation 1) on several samples the forward convolution skips the columns:
-each sample's planes are copied once into a zero-bordered buffer and a register tile of
-output channels x one output row segment is computed straight from it, loading each window
-offset's vectors where they lie (:func:`_conv_direct`; in the GEMM's order, so the same bits).
-With few channels (W7b's 16→16 convolutions) the column path spent as long writing and
-packing columns as multiplying: the direct one took 0.35–0.6 of its time there.
+Except for a 1x1 window at stride 1 (a GEMM as it is) and strides above
+``MAX_STAGED_STRIDE``, the forward convolution and the weight gradient skip the columns:
+each sample's planes are *staged* once — zero-bordered and, at a stride, split into one
+plane per phase (a row and column remainder modulo the stride), so that every window
+element's reads along an output row are contiguous (:class:`Direct`). The forward
+convolution computes a register tile of output channels x one output row segment straight
+from them (:func:`_conv_direct`, in the GEMM's order: the same bits). The weight gradient
+vectorises along the output rows instead (:func:`_weight_grad_staged`): a tile of output
+channels x window elements, each a vector of partial sums. The input gradient reads its
+bordered output gradient the same way at stride 1 (the window flipped); at other strides
+it takes the columns and col2im. With few channels (W7b's 16→16 convolutions) the column
+path spent as long writing and packing columns as multiplying.
 
 Note (column buffers): the column buffer is ``malloc``'d per call and part (one sample's
 columns: conv2 of the mnist model is 663 KB; the direct path's bordered planes are smaller);
@@ -917,8 +923,8 @@ def _weight_grad_staged(b: WindowBuilder, name: str, geo: Geometry, ins: list,
 def _conv_weight_grad(b: WindowBuilder, name: str, ins: list, out: str) -> None:
     """``dW[g] = sum over n of g[n, g] @ cols(x[n, g])^T``: ``WG_PARTS`` fixed blocks of
     samples (fewer with fewer samples), each summed in order into a partial sum of its own
-    (in parallel), then the partial sums added in order. At stride 1:
-    :func:`_weight_grad_direct`."""
+    (in parallel), then the partial sums added in order — where the planes are not staged
+    (:func:`_staged`; else :func:`_weight_grad_staged`)."""
     ty = b._float_type()
     x, gout = b.n.inputs
     geo = _geometry(b.n, x.shape, b.n.out.shape, x.shape[2:], gout.shape[2:])
