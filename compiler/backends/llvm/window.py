@@ -737,14 +737,15 @@ def _weight_grad_staged(b: WindowBuilder, name: str, geo: Geometry, ins: list,
     K, P_, HW = geo.rows, geo.positions, geo.H * geo.W
     MO, MK = _wg_tile(gemm.vector_bits())
     offs = d.offsets()
-    b.helpers.append(f"@{name}_off = internal unnamed_addr constant [{K} x i64] ["
+    n_ob, n_kb = -(-geo.og // MO), -(-K // MK)
+    # (the last block's elements past K read the last one's offset: computed, never stored)
+    offs += [offs[-1]] * (n_kb * MK - K)
+    b.helpers.append(f"@{name}_off = internal unnamed_addr constant [{len(offs)} x i64] ["
                      + ", ".join(f"i64 {o}" for o in offs) + "], align 8\n\n")
     full, tail = divmod(geo.OW, vl)
     tail_mask = mask_ty + " <" + ", ".join(f"i1 {'true' if j < tail else 'false'}"
                                            for j in range(vl)) + ">"
     hint = f", !llvm.loop {jit.ROLLED_LOOP}"
-    o_tail, k_tail = geo.og % MO, K % MK
-    n_ob, n_kb = -(-geo.og // MO), -(-K // MK)
     most = max(1, WG_TOTALS // (MO * MK * vl * size))  # blocks per task (its sums' room)
     runs = max(-(-n_kb // most), min(n_kb, -(-WG_TASKS // (geo.G * n_ob))))
     per_run = -(-n_kb // runs)
@@ -756,107 +757,99 @@ def _weight_grad_staged(b: WindowBuilder, name: str, geo: Geometry, ins: list,
                           f"{tail_mask}, {vt} zeroinitializer)")
         return e.emit(f"load {vt}, ptr {p}, align {size}")
 
-    def step(e: Emitter, mo: int, xr: str, gr: str, at, offs_r: list, acc,
-             masked: bool) -> list:
-        """One vector of positions at ``at`` (along the rows ``xr``, ``gr``) of an ``mo`` x
-        ``len(offs_r)`` tile: the new partial sums, in (channel, element) order."""
-        gs = [load(e, e.gep(ty, gr, _i(e, "add", at, o * P_)), masked) for o in range(mo)]
+    def step(e: Emitter, xr: str, grows: list, at, offs_r: list, acc, masked: bool) -> list:
+        """One vector of positions at ``at`` along an output row (``xr``: the staged row;
+        ``grows``: each channel's ``g`` row): the tile's new partial sums, in (channel,
+        element) order."""
+        gs = [load(e, e.gep(ty, gr, at), masked) for gr in grows]
         out = {}
         for r, off in enumerate(offs_r):
             xv = load(e, e.gep(ty, xr, _i(e, "add", at, off)), masked)
-            for o in range(mo):
+            for o in range(MO):
                 if gemm.has_fma():
                     out[o, r] = e.emit(f"call {vt} @llvm.fma.v{vl}{sfx}({vt} {gs[o]}, "
                                        f"{vt} {xv}, {vt} {acc(o, r)})")
                 else:
                     out[o, r] = e.emit(f"fadd {vt} {acc(o, r)}, "
                                        f"{e.emit(f'fmul {vt} {gs[o]}, {xv}')}")
-        return [out[o, r] for o in range(mo) for r in range(len(offs_r))]
+        return [out[o, r] for o in range(MO) for r in range(MK)]
 
-    # @<name>_kb<mo>_<mk>(xn, gn, tot, k): one sample's tile of channels [0, mo) of gn's and
-    # window elements [k, k + mk) onto the sums at tot
-    for mo in sorted({MO} | ({o_tail} if o_tail else set())):
-        for mk in sorted({MK} | ({k_tail} if k_tail else set())):
-            e = Emitter()
-            e.label("entry")
-            offs_r = [e.emit(f"load i64, ptr {e.gep('i64', f'@{name}_off', _i(e, 'add', '%k', r))}")
-                      for r in range(mk)]
-            regs = [(o, r) for o in range(mo) for r in range(mk)]
-            with e.loop("%y", geo.OH, block="by", exit="by.done", hint=hint,
-                        carry=[(f"%y.a{o}.{r}", vt, "zeroinitializer") for o, r in regs]) as ly:
-                xr = e.gep(ty, "%xn", _i(e, "mul", "%y", d.Wp))
-                gr = e.gep(ty, "%gn", _i(e, "mul", "%y", geo.OW))
-                acc = [f"%y.a{o}.{r}" for o, r in regs]
-                for v in range(full if full <= UNROLL_ROW else 0):  # (short rows written out)
-                    acc = step(e, mo, xr, gr, v * vl, offs_r,
-                               lambda o, r, acc=acc: acc[o * mk + r], False)
-                if full > UNROLL_ROW:
-                    with e.loop("%v", full, block="bv", exit="bv.done", hint=hint,
-                                carry=[(f"%v.a{o}.{r}", vt, a) for (o, r), a in zip(regs, acc)]
-                                ) as lv:
-                        lv.next = step(e, mo, xr, gr, _i(e, "mul", "%v", vl), offs_r,
-                                       lambda o, r: f"%v.a{o}.{r}", False)
-                    acc = lv.next
-                if tail:
-                    acc = step(e, mo, xr, gr, full * vl, offs_r,
-                               lambda o, r, acc=acc: acc[o * mk + r], True)
-                ly.next = acc
-            for i, (o, r) in enumerate(regs):
-                at = e.gep(vt, "%tot", o * MK + r)
-                t = e.emit(f"fadd {vt} {e.emit(f'load {vt}, ptr {at}, align {vl * size}')}, "
-                           f"{acc[i]}")
-                e.line(f"store {vt} {t}, ptr {at}, align {vl * size}")
-            e.line("ret void")
-            b.helpers.append(e.function(f"define internal void @{name}_kb{mo}_{mk}(ptr noalias "
-                                        f"%xn, ptr noalias %gn, ptr noalias %tot, i64 %k)"))
+    # @<name>_kb(xn, gn, tot, k, omax): one sample's tile of channels [0, MO) from gn's and
+    # window elements [k, k + MK) onto the sums at tot. A last block's channels past omax
+    # read channel omax's row, and its elements past K the last one's (computed, never
+    # stored): one function for every block, whatever the tails.
+    e = Emitter()
+    e.label("entry")
+    offs_r = [e.emit(f"load i64, ptr {e.gep('i64', f'@{name}_off', _i(e, 'add', '%k', r))}")
+              for r in range(MK)]
+    g_rows = [e.gep(ty, "%gn", _i(e, "mul", e.min(o, "%omax"), P_)) for o in range(MO)]
+    regs = [(o, r) for o in range(MO) for r in range(MK)]
+    with e.loop("%y", geo.OH, block="by", exit="by.done", hint=hint,
+                carry=[(f"%y.a{o}.{r}", vt, "zeroinitializer") for o, r in regs]) as ly:
+        xr = e.gep(ty, "%xn", _i(e, "mul", "%y", d.Wp))
+        grows = [e.gep(ty, gr, _i(e, "mul", "%y", geo.OW)) for gr in g_rows]
+        acc = [f"%y.a{o}.{r}" for o, r in regs]
+        for v in range(full if full <= UNROLL_ROW else 0):  # (short rows written out)
+            acc = step(e, xr, grows, v * vl, offs_r, lambda o, r, acc=acc: acc[o * MK + r],
+                       False)
+        if full > UNROLL_ROW:
+            with e.loop("%v", full, block="bv", exit="bv.done", hint=hint,
+                        carry=[(f"%v.a{o}.{r}", vt, a) for (o, r), a in zip(regs, acc)]) as lv:
+                lv.next = step(e, xr, grows, _i(e, "mul", "%v", vl), offs_r,
+                               lambda o, r: f"%v.a{o}.{r}", False)
+            acc = lv.next
+        if tail:
+            acc = step(e, xr, grows, full * vl, offs_r, lambda o, r, acc=acc: acc[o * MK + r],
+                       True)
+        ly.next = acc
+    for i in range(len(regs)):
+        at = e.gep(vt, "%tot", i)
+        t = e.emit(f"fadd {vt} {e.emit(f'load {vt}, ptr {at}, align {vl * size}')}, {acc[i]}")
+        e.line(f"store {vt} {t}, ptr {at}, align {vl * size}")
+    e.line("ret void")
+    b.helpers.append(e.function(f"define internal void @{name}_kb(ptr noalias %xn, ptr noalias "
+                                f"%gn, ptr noalias %tot, i64 %k, i64 %omax)"))
 
-    # @<name>_run<mo>(xs, g, dw, grp, o0, j0, j1): blocks [j0, j1) of output channels
-    # [o0, o0 + mo) of group grp, over every sample; then each sum's lanes into dW
+    # @<name>_run(xs, g, dw, grp, o0, j0, j1): blocks [j0, j1) of output channels [o0, o0 +
+    # MO) of group grp, over every sample; then each sum's lanes, in order, into dW
     N = literal(geo.N, "i64")
     tile_bytes = MO * MK * vl * size
-    for mo in sorted({MO} | ({o_tail} if o_tail else set())):
-        e = Emitter()
-        e.label("entry")
-        e.line(f"%tot = alloca [{per_run * MO * MK} x {vt}], align 64")
-        e.line(f"call void @llvm.memset.p0.i64(ptr %tot, i8 0, i64 {per_run * tile_bytes}, "
-               f"i1 false)")
-        jn = _i(e, "sub", "%j1", "%j0")
-        last_k = e.emit(f"icmp eq i64 %j1, {n_kb}") if k_tail else None
-        whole = e.emit(f"select i1 {last_k}, i64 {_i(e, 'sub', jn, 1)}, i64 {jn}") \
-            if k_tail else jn
-        with e.rolled_loop(0, N, scalar=True) as n:
-            xn = e.gep(ty, "%xs", _i(e, "add", _i(e, "mul", n, geo.C * d.plane),
-                                     _i(e, "mul", "%grp", geo.cg * d.plane)))
-            gn = e.gep(ty, "%g", _i(e, "mul", _i(e, "add", _i(e, "mul", n, geo.Co),
-                                                  _i(e, "add", _i(e, "mul", "%grp", geo.og),
-                                                     "%o0")), P_))
-            with e.rolled_loop(0, whole, scalar=True) as j:
-                tot = e.gep(vt, "%tot", _i(e, "mul", j, MO * MK))
-                k = _i(e, "mul", _i(e, "add", j, "%j0"), MK)
-                e.line(f"call void @{name}_kb{mo}_{MK}(ptr {xn}, ptr {gn}, ptr {tot}, i64 {k})")
-            if k_tail:
-                with e.when(last_k):
-                    tot = e.gep(vt, "%tot", _i(e, "mul", whole, MO * MK))
-                    e.line(f"call void @{name}_kb{mo}_{k_tail}(ptr {xn}, ptr {gn}, ptr {tot}, "
-                           f"i64 {(n_kb - 1) * MK})")
-        with e.rolled_loop(0, jn, scalar=True) as j:
-            k0 = _i(e, "mul", _i(e, "add", j, "%j0"), MK)
-            mk = e.min(MK, e.emit(f"sub i64 {K}, {k0}"))
-            for o in range(mo):
-                row = e.gep(ty, "%dw", _i(e, "add", _i(e, "mul", _i(e, "add", _i(
-                    e, "add", _i(e, "mul", "%grp", geo.og), "%o0"), o), K), k0))
-                with e.rolled_loop(0, mk, scalar=True) as r:
-                    lanes = e.gep(ty, "%tot", _i(e, "mul", _i(e, "add", _i(
-                        e, "mul", j, MO * MK), _i(e, "add", r, o * MK)), vl))
-                    v = e.emit(f"load {ty}, ptr {lanes}")
-                    for lane in range(1, vl):
-                        v = e.emit(f"fadd {ty} {v}, "
-                                   f"{e.emit(f'load {ty}, ptr {e.gep(ty, lanes, lane)}')}")
-                    e.line(f"store {ty} {v}, ptr {e.gep(ty, row, r)}")
-        e.line("ret void")
-        b.helpers.append(e.function(
-            f"define internal void @{name}_run{mo}(ptr noalias %xs, ptr noalias %g, "
-            f"ptr noalias %dw, i64 %grp, i64 %o0, i64 %j0, i64 %j1)"))
+    e = Emitter()
+    e.label("entry")
+    e.line(f"%tot = alloca [{per_run * MO * MK} x {vt}], align 64")
+    e.line(f"call void @llvm.memset.p0.i64(ptr %tot, i8 0, i64 {per_run * tile_bytes}, "
+           f"i1 false)")
+    mo = e.min(MO, e.emit(f"sub i64 {geo.og}, %o0"))
+    omax = _i(e, "sub", mo, 1)
+    with e.rolled_loop(0, N, scalar=True) as n:
+        xn = e.gep(ty, "%xs", _i(e, "add", _i(e, "mul", n, geo.C * d.plane),
+                                 _i(e, "mul", "%grp", geo.cg * d.plane)))
+        gn = e.gep(ty, "%g", _i(e, "mul", _i(e, "add", _i(e, "mul", n, geo.Co),
+                                              _i(e, "add", _i(e, "mul", "%grp", geo.og),
+                                                 "%o0")), P_))
+        with e.rolled_loop("%j0", "%j1", scalar=True) as j:
+            tot = e.gep(vt, "%tot", _i(e, "mul", _i(e, "sub", j, "%j0"), MO * MK))
+            e.line(f"call void @{name}_kb(ptr {xn}, ptr {gn}, ptr {tot}, "
+                   f"i64 {_i(e, 'mul', j, MK)}, i64 {omax})")
+    with e.rolled_loop("%j0", "%j1", scalar=True) as j:
+        k0 = _i(e, "mul", j, MK)
+        mk = e.min(MK, e.emit(f"sub i64 {K}, {k0}"))
+        with e.rolled_loop(0, mo, scalar=True) as o:
+            row = e.gep(ty, "%dw", _i(e, "add", _i(e, "mul", _i(e, "add", _i(
+                e, "add", _i(e, "mul", "%grp", geo.og), "%o0"), o), K), k0))
+            with e.rolled_loop(0, mk, scalar=True) as r:
+                lanes = e.gep(ty, "%tot", _i(e, "mul", _i(e, "add", _i(e, "mul", _i(
+                    e, "sub", j, "%j0"), MO * MK), _i(e, "add", r, _i(e, "mul", o, MK))), vl))
+                blk = e.fresh("H")
+                with e.loop(f"%{blk}.l", vl, start=1, block=blk, exit=f"{blk}.done", hint=hint,
+                            carry=[(f"%{blk}.s", ty, e.emit(f"load {ty}, ptr {lanes}"))]) as lh:
+                    lv_ = e.emit(f"load {ty}, ptr {e.gep(ty, lanes, f'%{blk}.l')}")
+                    lh.next = [e.emit(f"fadd {ty} %{blk}.s, {lv_}")]
+                e.line(f"store {ty} {lh.next[0]}, ptr {e.gep(ty, row, r)}")
+    e.line("ret void")
+    b.helpers.append(e.function(
+        f"define internal void @{name}_run(ptr noalias %xs, ptr noalias %g, "
+        f"ptr noalias %dw, i64 %grp, i64 %o0, i64 %j0, i64 %j1)"))
 
     tasks = geo.G * n_ob * runs
     e = Emitter()  # void @<name>_task(xs, g, dw, t): task t = (group, channel block, run)
@@ -866,12 +859,8 @@ def _weight_grad_staged(b: WindowBuilder, name: str, geo: Geometry, ins: list,
     ob, grp = _i(e, "urem", gb, n_ob), _i(e, "udiv", gb, n_ob)
     j0 = _i(e, "mul", run, per_run)
     j1 = e.min(_i(e, "add", j0, per_run), n_kb)
-    args = f"ptr %xs, ptr %g, ptr %dw, i64 {grp}, i64 {_i(e, 'mul', ob, MO)}, i64 {j0}, i64 {j1}"
-    if o_tail:
-        with e.when(e.emit(f"icmp eq i64 {ob}, {n_ob - 1}")):
-            e.line(f"call void @{name}_run{o_tail}({args})")
-            e.line("ret void")
-    e.line(f"call void @{name}_run{MO}({args})")
+    e.line(f"call void @{name}_run(ptr %xs, ptr %g, ptr %dw, i64 {grp}, "
+           f"i64 {_i(e, 'mul', ob, MO)}, i64 {j0}, i64 {j1})")
     e.line("ret void")
     b.helpers.append(e.function(f"define internal void @{name}_task(ptr noalias %xs, "
                                 f"ptr noalias %g, ptr noalias %dw, i64 %t)"))
