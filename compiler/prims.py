@@ -95,6 +95,10 @@ class Traits:
     map_if: Callable | None = None  # role MAP only for nodes passing this test
     python: Callable | None = None  # the operation on Python floats (the tracer's numbers)
     identity: float | None = None  # a reduction's identity element
+    recompute_work: Callable | None = None  # node -> multiply-adds per output element, for
+    #   a kernel of its own whose every element is computed the same way wherever it runs
+    #   (its bits depend only on its inputs, shapes and parameters): passes/remat.py may
+    #   compute it again when that is cheap
 
     def maps(self, node) -> bool:
         """Whether ``node`` is an index map of its input (fusion reads it through one)."""
@@ -105,6 +109,12 @@ def _unit_steps(node) -> bool:
     return all(s == 1 for s in node.params["steps"])
 
 
+def _conv_work(node) -> int:
+    """A convolution's multiply-adds per output element: its weight's (in channels per
+    group) x window."""
+    return math.prod(node.inputs[1].shape[1:])
+
+
 _OWN_TRAITS: dict[Primitive, Traits] = {
     FULL: Traits(CONSTANT),
     SIZE_OF: Traits(CONSTANT, reads_data=False),
@@ -113,6 +123,7 @@ _OWN_TRAITS: dict[Primitive, Traits] = {
     RESHAPE: Traits(MAP, relabels=True),
     BROADCAST: Traits(MAP),
     SLICE: Traits(MAP, window=True, map_if=_unit_steps),
+    CONV: Traits(OWN, recompute_work=_conv_work),
     EXP: Traits(ELEMENTWISE, transcendental=True),
     LOG: Traits(ELEMENTWISE, transcendental=True),
     LOG1P: Traits(ELEMENTWISE, transcendental=True),

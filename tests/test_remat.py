@@ -15,7 +15,8 @@ from compiler import ir, pipeline
 from compiler.backends.llvm import driver
 from compiler.passes.fusion import fuse
 from compiler.passes.memory import eager_peak_bytes
-from compiler.passes.remat import GAP, rematerialise
+from compiler.passes.remat import GAP, WORK_MAX, rematerialise
+from compiler.prims import traits
 from dyngrad import nn, optim
 from dyngrad.ops import REGISTRY as P
 
@@ -80,6 +81,37 @@ def test_a_relu_read_across_a_gap_is_computed_again_before_its_late_reader():
     # eager's peak is measured without the copies: the same as before the pass
     g0, _ = _relu_graph(GAP + 4)
     assert eager_peak_bytes(g) == eager_peak_bytes(g0)
+
+
+def _centred_relu_graph(gap: int, per_channel: bool):
+    """``r = relu(x - s)`` read early and after ``gap`` nodes, where ``s`` is a sum of ``x``
+    (no exact cone computes it again) that nothing after the gap reads: per channel, or
+    of ``x``'s own shape."""
+    g = ir.Graph()
+    x = g.add_input((4, 8), F32)
+    s = _node(g, "sum", [x], axes=(0,), keepdims=True) if per_channel else \
+        _node(g, "exp", [x])
+    y = _node(g, "sub", [x, s])
+    m = _node(g, "le", [y, 0.0])
+    r = _node(g, "where", [m, 0.0, y])
+    t = _filler(g, _node(g, "mul", [r, 3.0]), gap)
+    late = _node(g, "add", [t, r])
+    g.outputs = [_node(g, "sum", [late], axes=(0, 1), keepdims=False)]
+    ir.verify(g)
+    return g, dict(s=s, r=r, late=late)
+
+
+def test_a_small_value_the_cone_cannot_compute_is_kept_for_the_copy():
+    g, v = _centred_relu_graph(GAP + 4, per_channel=True)
+    g = rematerialise(g)
+    ir.verify(g)
+    r_copy = v["late"].producer.inputs[1]
+    assert g.recomputed.get(r_copy.id) == v["r"].id
+    at = {id(n.out): k for k, n in enumerate(g.nodes)}
+    readers_of_s = [k for k, n in enumerate(g.nodes) if any(x is v["s"] for x in n.inputs)]
+    assert max(readers_of_s) > at[id(v["r"])] + GAP  # the per-channel sum, read late
+    g, v = _centred_relu_graph(GAP + 4, per_channel=False)  # as large as r: not kept
+    assert not rematerialise(g).recomputed
 
 
 @pytest.mark.parametrize("case", ["short gap", "transcendental", "output", "guard"])
@@ -199,3 +231,87 @@ def test_the_copies_follow_a_symbolic_batch_size_and_equal_eager():
     served = [v for v in f.variants if v.calls]
     assert served and all(v.sym is not None for v in served), [v.sym for v in f.variants]
     assert all(v.trace.graph.recomputed for v in served)
+
+
+class _Mnist(nn.Module):  # pytorch/examples' mnist layers, smaller
+    def __init__(self, c1: int = 1) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(c1, 4, 3), nn.Conv2d(4, 8, 3)
+        self.fc = nn.Linear(8 * 4 * 4, 3)
+
+    def forward(self, x):
+        h = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
+        return F.log_softmax(self.fc(h.flatten(1)), dim=1)
+
+
+def _train_mnist(c1: int, remat: bool, monkeypatch):
+    if not remat:
+        monkeypatch.setattr(pipeline, "rematerialise", lambda g: g)
+    dg.manual_seed(0)
+    model = _Mnist(c1)
+    opt = optim.Adadelta(model.parameters(), lr=1.0)
+    r = np.random.default_rng(2)
+    x = dg.tensor(r.standard_normal((5, c1, 12, 12)).astype(np.float32))
+    y = dg.tensor(r.integers(0, 3, 5))
+
+    @compiler.compile(backend="llvm")
+    def step(x, y):
+        opt.zero_grad()
+        loss = F.nll_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    losses = [step(x, y).item() for _ in range(4)]
+    (v,) = [v for v in step.variants if v.calls]
+    assert isinstance(v.plan, driver.DriverPlan)
+    return losses, [p.detach().numpy().copy() for p in model.parameters()], v
+
+
+def _recomputed_convs(g) -> list:
+    return [n for n in g.nodes if n.out.id in g.recomputed and n.prim is P["conv"]]
+
+
+def test_a_first_layer_convolution_is_computed_again_with_the_same_bits(monkeypatch):
+    """conv1 (one input channel: 9 multiply-adds per element) is computed again for
+    conv2's weight gradient and for its ReLU's mask, so neither its output nor the mask is
+    kept across the step; the step's bits are those without the copies."""
+    losses, state, v = _train_mnist(1, True, monkeypatch)
+    g = v.trace.graph
+    convs = _recomputed_convs(g)
+    assert convs and all(traits(n.prim).recompute_work(n) <= WORK_MAX for n in convs)
+    assert all(n.inputs[0] in g.inputs for n in convs)  # from the images, read again
+    with monkeypatch.context() as m:
+        losses0, state0, v0 = _train_mnist(1, False, m)
+    assert not v0.trace.graph.recomputed
+    assert losses == losses0
+    for a, b in zip(state, state0, strict=True):
+        assert np.array_equal(a, b)
+    assert v.plan.memory.arena_bytes < v0.plan.memory.arena_bytes
+    assert v.plan.memory.eager_peak_bytes == v0.plan.memory.eager_peak_bytes
+
+
+def test_a_costly_convolution_is_not_computed_again(monkeypatch):
+    """conv1 over four input channels (36 multiply-adds per element) stays as it is."""
+    _, _, v = _train_mnist(4, True, monkeypatch)
+    assert traits(P["conv"]).recompute_work is not None
+    assert not _recomputed_convs(v.trace.graph)
+
+
+def test_a_convolutions_weight_gradient_comes_before_its_input_gradient():
+    """The weight gradient is the saved input's last reader: made first, that input dies
+    before the input gradient is allocated (dyngrad/ops/conv.py's note)."""
+    dg.manual_seed(0)
+    model = _Mnist()
+    x = dg.tensor(np.ones((2, 1, 12, 12), np.float32))
+
+    @compiler.compile(backend="interp")
+    def step(x):
+        model.zero_grad()
+        model(x).sum().backward()
+        return model.conv2.weight.grad
+
+    step(x)
+    order = [n.prim.name for n in step.variants[0].trace.graph.nodes
+             if n.prim.name in ("conv_weight_grad", "conv_transpose")]
+    assert order[:2] == ["conv_weight_grad", "conv_transpose"], order

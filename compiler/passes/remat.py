@@ -18,11 +18,17 @@ readers on. This is activation checkpointing at its cheapest, chosen by structur
   nodes and the views it needs; at most ``CONE_MAX``) are exact operations — IEEE
   arithmetic, comparisons, selection, casts, square roots; no vector-math polynomial and
   no random numbers — so the copy has the original's bits wherever and however it is
-  vectorised;
+  vectorised; or a kernel of its own whose bits depend only on its inputs
+  (``Traits.recompute_work``: a convolution) costing at most ``WORK_MAX`` multiply-adds
+  per element — a first layer's convolution over a few input channels, whose output and
+  ReLU mask then need not be kept from the forward to the backward;
 - every value the cone reads is a graph input, a constant, a Python number, or has a reader
   at or after the first late reader anyway (it stays alive across the gap regardless) —
   not counting readers moved to a copy of it: values are taken in node order, so a ReLU's
   mask recomputed for its backward is computed again, not kept, for the ReLU's own copy.
+  A value the cone cannot compute again is kept alive until the copy when it is small: of
+  at most one dim larger than one, broadcast into the recomputed value (a batch norm's
+  per-channel mean) — a choice by structure, as above.
 
 The copies are placed just before the first late reader, which then reads them (as do the
 later ones), and listed in ``Graph.recomputed``: fusion never puts one in a kernel with a node
@@ -41,13 +47,24 @@ from ..prims import ELEMENTWISE, MAP, traits
 
 GAP = 16  # nodes between a value's readers for the later ones to read a recomputed copy
 CONE_MAX = 16  # nodes computed again per value at most
+WORK_MAX = 32  # multiply-adds per element a recomputed kernel of its own may cost
 
 
 def _exact(n: Node) -> bool:
     t = traits(n.prim)
     if t.role == ELEMENTWISE:
         return not t.transcendental and not n.out.weak
+    if t.recompute_work is not None:
+        return t.recompute_work(n) <= WORK_MAX
     return t.role == MAP and not t.window  # a reshape or a broadcast (a view: no work)
+
+
+def _small(x: Value, v: Value) -> bool:
+    """Whether ``x`` is a per-channel value of ``v``'s: at most one dim larger than one,
+    and that dim one of ``v``'s at the same place from the right (``v`` has two or more)."""
+    big = [k for k, d in enumerate(reversed(x.shape)) if d != 1]
+    return len(x.shape) <= len(v.shape) and len(big) <= 1 and all(
+        x.shape[-1 - k] == v.shape[-1 - k] for k in big)
 
 
 def rematerialise(g: Graph) -> Graph:
@@ -73,9 +90,12 @@ def rematerialise(g: Graph) -> Graph:
         if gap < GAP:
             continue
         late = ks[at:]
-        cone = _cone(n, late[0], readers, position)
-        if cone is None:
+        found = _cone(n, late[0], readers, position)
+        if found is None:
             continue
+        cone, kept = found
+        for x in kept:  # (read by the copy: alive until it, for later cones too)
+            readers[id(x)] = sorted({*readers.get(id(x), ()), late[0]})
         inserts.setdefault(late[0], []).append((cone, v))
         for r in late:
             rewired.setdefault(r, {})[id(v)] = None  # (the copy, filled in below)
@@ -108,10 +128,12 @@ def rematerialise(g: Graph) -> Graph:
     return g
 
 
-def _cone(n: Node, first_late: int, readers: dict, position: dict) -> list | None:
-    """The nodes to compute ``n``'s output again before node ``first_late``, in order, or
-    None when that would need a value that does not stay alive until then."""
+def _cone(n: Node, first_late: int, readers: dict, position: dict) -> tuple | None:
+    """The nodes to compute ``n``'s output again before node ``first_late``, in order, and
+    the small values kept alive for them; or None when that would need a value that does
+    not stay alive until then."""
     cone: dict[int, Node] = {}
+    kept: dict[int, Value] = {}
 
     def add(m: Node) -> bool:
         if id(m.out) in cone:
@@ -121,13 +143,21 @@ def _cone(n: Node, first_late: int, readers: dict, position: dict) -> list | Non
         for x in m.value_inputs():
             if id(x) in cone or x.producer is None or x.weak or x.const is not None:
                 continue  # computed again already; a graph input, a Python number, a constant
-            if any(r >= first_late for r in readers.get(id(x), ())):
+            if any(r >= first_late for r in readers.get(id(x), ())) or id(x) in kept:
                 continue  # alive across the gap anyway: read as it is
-            if not add(x.producer):
+            trial, trial_kept = dict(cone), dict(kept)  # (a failed try adds nothing)
+            if add(x.producer):
+                continue
+            cone.clear()
+            cone.update(trial)
+            kept.clear()
+            kept.update(trial_kept)
+            if not _small(x, n.out):
                 return False
+            kept[id(x)] = x  # (small: kept alive until the copy)
         cone[id(m.out)] = m
         return True
 
     if not add(n):
         return None
-    return sorted(cone.values(), key=lambda m: position[id(m.out)])
+    return sorted(cone.values(), key=lambda m: position[id(m.out)]), list(kept.values())

@@ -174,11 +174,15 @@ def _geometry(p: dict) -> dict:
 
 
 def _conv_vjp(n, g, xs, y):
+    # Note: the weight gradient first. It is the last reader of the saved input, which then
+    # dies before the input gradient (as large) is made: a compiled step's arena holds two
+    # activations there, not three (the input may be recomputed just for it,
+    # compiler/passes/remat.py).
     x, w = xs
     p = _geometry(n.params)
-    gx = dispatch(CONV_TRANSPOSE, g, w, size=n.in_shapes[0][2:], **p) if n.needs[0] else None
     gw = dispatch(CONV_WEIGHT_GRAD, x, g, kernel=n.in_shapes[1][2:], **p) \
         if n.needs[1] else None
+    gx = dispatch(CONV_TRANSPOSE, g, w, size=n.in_shapes[0][2:], **p) if n.needs[0] else None
     return gx, gw
 
 
