@@ -20,7 +20,7 @@ readers on. This is activation checkpointing at its cheapest, chosen by structur
   no random numbers — so the copy has the original's bits wherever and however it is
   vectorised; or a kernel of its own whose bits depend only on its inputs
   (``Traits.recompute_work``: a convolution) costing at most ``WORK_MAX`` multiply-adds
-  per element — a first layer's convolution over a few input channels, whose output and
+  per element — a first layer's 3x3 convolution over one input channel, whose output and
   ReLU mask then need not be kept from the forward to the backward;
 - every value the cone reads is a graph input, a constant, a Python number, or has a reader
   at or after the first late reader anyway (it stays alive across the gap regardless) —
@@ -47,7 +47,9 @@ from ..prims import ELEMENTWISE, MAP, traits
 
 GAP = 16  # nodes between a value's readers for the later ones to read a recomputed copy
 CONE_MAX = 16  # nodes computed again per value at most
-WORK_MAX = 32  # multiply-adds per element a recomputed kernel of its own may cost
+WORK_MAX = 9  # multiply-adds per element a recomputed kernel of its own may cost (W7b
+#              recomputing its 3-channel stem, 27, and its 1x1 shortcuts, 16, in 9 places ran
+#              9–26% slower for 0.04 of eager's peak; W7a's 1-channel conv1, 9, pays)
 
 
 def _exact(n: Node) -> bool:
