@@ -240,26 +240,31 @@ def test_staged_convolution_straight_from_the_planes_has_the_column_path_bits(
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n, cin, cout, h, w, k, padding, groups", [
-    (4, 16, 16, 32, 32, 3, 1, 1), (3, 4, 10, 5, 40, 5, 2, 1), (2, 1, 6, 28, 28, 3, 0, 1),
-    (3, 6, 9, 7, 9, 2, "same", 3),
-    (2, 3, 4, 5, 5, 3, 3, 1),  # padding wider than the window: the column path
+@pytest.mark.parametrize("n, cin, cout, h, w, k, padding, groups, stride", [
+    (4, 16, 16, 32, 32, 3, 1, 1, 1), (3, 4, 10, 5, 40, 5, 2, 1, 1), (2, 1, 6, 28, 28, 3, 0, 1, 1),
+    (3, 6, 9, 7, 9, 2, "same", 3, 1),
+    (2, 3, 4, 5, 5, 3, 3, 1, 1),  # padding wider than the window: the column path
+    (3, 16, 32, 32, 32, 3, 1, 1, 2),  # W7b's downsampling: four phases
+    (3, 16, 32, 32, 32, 1, 0, 1, 2),  # its 1x1 shortcut: three phases of zeros
+    (2, 5, 7, 13, 12, 4, 2, 1, (2, 3)),  # strides differing per dim, odd planes
+    (2, 4, 6, 11, 11, 3, 0, 2, 3),  # groups; a stride as wide as the window
+    (2, 3, 4, 9, 9, 5, 3, 1, 2),  # padding wider than the phase's window
 ])
-def test_stride_one_input_gradient_is_the_flipped_window_s_correlation(
-        n, cin, cout, h, w, k, padding, groups, dtype):
-    """The input gradient at stride 1 correlates the bordered output gradient with the
-    flipped window (``_transpose_direct``) at every batch size: equal to eager within
-    rounding, and a sample's gradient has the same bits alone as in a batch."""
+def test_input_gradient_is_the_flipped_window_s_correlation_per_phase(
+        n, cin, cout, h, w, k, padding, groups, stride, dtype):
+    """The input gradient correlates the bordered output gradient with the flipped window
+    (``_transpose_direct``) — at a stride, one correlation per phase of the input with the
+    window's rows and columns of that phase (``_transpose_phases``) — at every batch size:
+    equal to eager within rounding, and a sample's gradient has the same bits alone as in a
+    batch."""
     r = np.random.default_rng(cin + 3 * cout)
-    g = dg.tensor(r.standard_normal((n, cout, h, w)).astype(dtype))
     wt = dg.tensor(r.standard_normal((cout, cin // groups, k, k)).astype(dtype))
-    x = dg.zeros(n, cin, h, w, dtype=g.dtype, requires_grad=True)
-    if padding == "same" or F.conv2d(x, wt, padding=padding, groups=groups).shape != g.shape:
-        g = dg.tensor(r.standard_normal(F.conv2d(x, wt, padding=padding, groups=groups)
-                                        .shape).astype(dtype))
+    x = dg.zeros(n, cin, h, w, dtype=wt.dtype, requires_grad=True)
+    g = dg.tensor(r.standard_normal(F.conv2d(x, wt, padding=padding, groups=groups,
+                                             stride=stride).shape).astype(dtype))
 
     def dx(x, g):
-        y = F.conv2d(x, wt, padding=padding, groups=groups)
+        y = F.conv2d(x, wt, padding=padding, groups=groups, stride=stride)
         return dg.autograd.grad((y * g).sum(), x)[0]
 
     batch, lone = compiler.compile(dx, backend="llvm"), compiler.compile(dx, backend="llvm")
@@ -391,8 +396,10 @@ def test_compiled_conv_inside_a_compiled_function_and_under_func_grad():
                                    rtol=1e-11, atol=1e-11)
 
 
-@pytest.mark.parametrize("team", [None, 1, "no pool"])
-def test_a_work_buffer_that_cannot_be_allocated_runs_the_call_another_way(monkeypatch, team):
+@pytest.mark.parametrize("team, stride", [(None, 1), (1, 1), ("no pool", 1), (None, 2),
+                                          ("no pool", 2)])
+def test_a_work_buffer_that_cannot_be_allocated_runs_the_call_another_way(monkeypatch, team,
+                                                                           stride):
     """Every malloc of the window kernels refused (``MAX_WORK_BYTES`` 0): compiled steps —
     the backward inside the call, or outside it — still equal eager, with the parameters
     updated once per call, on the pool and on one thread (the weight gradient's last
@@ -406,14 +413,16 @@ def test_a_work_buffer_that_cannot_be_allocated_runs_the_call_another_way(monkey
         threads.set_team(team)
     try:
         r = np.random.default_rng(10)
-        x = dg.tensor(r.standard_normal((9, 3, 7, 7)))
+        x0 = r.standard_normal((9, 3, 7, 7))
         for inside in (True, False):
             w0 = r.standard_normal((4, 3, 3, 3))
             ws = [dg.tensor(w0, requires_grad=True) for _ in range(2)]
+            xs = [dg.tensor(x0, requires_grad=True) for _ in range(2)]  # (its gradient: the
+            #                                                      input gradient's kernel)
 
             def step(w, x):
-                w.grad = None
-                y = F.conv2d(x, w, padding=1).square().sum()
+                w.grad = x.grad = None
+                y = F.conv2d(x, w, padding=1, stride=stride).square().sum()
                 if not inside:
                     return y
                 y.backward()
@@ -423,12 +432,14 @@ def test_a_work_buffer_that_cannot_be_allocated_runs_the_call_another_way(monkey
 
             f = compiler.compile(step, backend="llvm")
             for _ in range(3):
-                a, b = step(ws[0], x), f(ws[1], x)
+                a, b = step(ws[0], xs[0]), f(ws[1], xs[1])
                 if not inside:
                     a.backward()
                     b.backward()
                 np.testing.assert_allclose(b.detach().numpy(), a.detach().numpy(), rtol=1e-12)
                 np.testing.assert_allclose(ws[1].grad.numpy(), ws[0].grad.numpy(), rtol=1e-10)
+                np.testing.assert_allclose(xs[1].grad.numpy(), xs[0].grad.numpy(), rtol=1e-10,
+                                           atol=1e-12)
                 np.testing.assert_allclose(ws[1].detach().numpy(), ws[0].detach().numpy(),
                                            rtol=1e-12)
             assert f.variants and not f.fallbacks, f.fallbacks

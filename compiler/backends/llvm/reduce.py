@@ -12,9 +12,9 @@ from ...prims import CONSTANT, MAP, REDUCTION, Lowerings, traits
 from . import threads
 from .emit import (
     FN_NAME,
-    Emitter,
     LLTYPE,
     MEMTYPE,
+    Emitter,
     builds,
     c_strides,
     dtname,
@@ -454,7 +454,7 @@ class ReduceBuilder(LoopBuilder):
         self.line("ret void")
         if kept_split:
             self.extra += self.function(f"define internal void @{name}_range("
-                                        f"{', '.join(params)}, i64 %o0, i64 %o1)")
+                                        f"{', '.join(params)}, i64 %o0, i64 %o1) noinline")
             self._kept_parts(name, len(layout), K)
         text = (
             (prelude_ir(self.vecmath) + self.declarations() if prelude else "")

@@ -27,9 +27,12 @@ convolution computes a register tile of output channels x one output row segment
 from them (:func:`_conv_direct`, in the GEMM's order: the same bits). The weight gradient
 vectorises along the output rows instead (:func:`_weight_grad_staged`): a tile of output
 channels x window elements, each a vector of partial sums. The input gradient reads its
-bordered output gradient the same way at stride 1 (the window flipped); at other strides
-it takes the columns and col2im. With few channels (W7b's 16→16 convolutions) the column
-path spent as long writing and packing columns as multiplying.
+bordered output gradient the same way at stride 1 (the window flipped); at a stride, as
+one such correlation per phase of the input — the window's rows and columns of that
+phase — whose results are then interleaved into place (:func:`_transpose_phases`); with
+dilation at a stride, or padding wider than the window at stride 1, it takes the columns
+and col2im. With few channels (W7b's 16→16 convolutions) the column path spent as long
+writing and packing columns as multiplying.
 
 Note (column buffers): the column buffer is ``malloc``'d per call and part (one sample's
 columns: conv2 of the mnist model is 663 KB; the direct path's bordered planes are smaller);
@@ -494,7 +497,7 @@ def _rank_one(e: Emitter, ty: str, scalars: list, vectors: list, acc) -> list:
     return out
 
 
-def _conv_direct(b: WindowBuilder, name: str, d: Direct) -> None:
+def _conv_direct(b: WindowBuilder, name: str, d: Direct, samples: bool = True) -> None:
     """``i32 @<name>d_samples(x, w, y, n0, step)`` (as ``_samples_fn``'s) computing
     :class:`Direct` ``d``: per sample, its planes are copied once into a zero-bordered
     buffer, and the output is computed straight from it — no column buffer, no packing. A
@@ -559,8 +562,10 @@ def _conv_direct(b: WindowBuilder, name: str, d: Direct) -> None:
                      -(-tail // vl), tail)
         e.line("ret void")
         b.helpers.append(e.function(f"define internal void @{name}_rt{rows}(ptr noalias %xp, "
-                                    f"ptr noalias %w, ptr noalias %y)"))
+                                    f"ptr noalias %w, ptr noalias %y) noinline"))
 
+    if not samples:  # (the caller runs the tiles: _conv_transpose_phased)
+        return
     e = Emitter()
     e.label("entry")
     nbytes = (d.C * plane + nr) * size  # (+ a tile: a last tile's loads overhang)
@@ -571,18 +576,26 @@ def _conv_direct(b: WindowBuilder, name: str, d: Direct) -> None:
     HW = d.H * d.W
     with e.rolled_loop("%n0", literal(d.N, "i64"), "%step", scalar=True) as s:
         _stage(e, ty, d, e.gep(ty, "%x", _i(e, "mul", s, d.C * HW)), xp)
-        with e.rolled_loop(0, d.G, scalar=True) as grp:
-            xg = e.gep(ty, xp, _i(e, "mul", grp, d.cin * plane))
-            wg = e.gep(ty, "%w", _i(e, "mul", grp, d.wgroup))
-            yg = e.gep(ty, "%y", _i(e, "mul", _i(e, "add", _i(e, "mul", s, d.G), grp),
-                                    d.cout * P_))
-            for first, rows in _chunks(d.cout, mr):
-                e.line(f"call void @{name}_rt{rows}(ptr {xg}, ptr "
-                       f"{e.gep(ty, wg, first * d.wrow)}, ptr {e.gep(ty, yg, first * P_)})")
+        _direct_groups(e, ty, name, d, xp, e.gep(ty, "%y", _i(e, "mul", s, d.G * d.cout * P_)))
     e.line(f"call void @free(ptr {xp})")
     e.line("ret i32 0")
     b.helpers.append(e.function(f"define internal i32 @{name}d_samples(ptr noalias %x, "
                                 f"ptr noalias %w, ptr noalias %y, i64 %n0, i64 %step)"))
+
+
+def _direct_groups(e: Emitter, ty: str, name: str, d: Direct, xp: str, y: str) -> None:
+    """One sample of :class:`Direct` ``d`` from its staged planes at ``xp`` into its output
+    at ``y`` (``G·cout`` planes of ``OH x OW``): per group, the tile functions
+    :func:`_conv_direct` wrote (``@<name>_rt<rows>``) over its chunks of output channels."""
+    plane, P_ = d.plane, d.OH * d.OW
+    mr = _tile(ty, d)[2]
+    with e.rolled_loop(0, d.G, scalar=True) as grp:
+        xg = e.gep(ty, xp, _i(e, "mul", grp, d.cin * plane))
+        wg = e.gep(ty, "%w", _i(e, "mul", grp, d.wgroup))
+        yg = e.gep(ty, y, _i(e, "mul", grp, d.cout * P_))
+        for first, rows in _chunks(d.cout, mr):
+            e.line(f"call void @{name}_rt{rows}(ptr {xg}, ptr "
+                   f"{e.gep(ty, wg, first * d.wrow)}, ptr {e.gep(ty, yg, first * P_)})")
 
 
 def _stage(e: Emitter, ty: str, d: Direct, src: str, dst: str) -> None:
@@ -634,6 +647,118 @@ def _transpose_direct(geo: Geometry) -> Direct | None:
                   kk, geo.og * geo.cg * kk, woff)
 
 
+@dataclass(frozen=True)
+class _Phase:
+    """The input gradient's positions of one (row, column) remainder: rows ``Y = sh·(y0 + y)
+    + a - ph`` for ``y < rows``, columns likewise; ``d`` the correlation computing them
+    (None: no window element lands there — zeros)."""
+
+    a: int
+    b: int
+    y0: int
+    x0: int
+    rows: int
+    cols: int
+    d: Direct | None
+
+
+def _transpose_phases(geo: Geometry) -> list | None:
+    """The input gradient of ``geo``'s strided convolution (dilation 1) as one stride-1
+    correlation per phase: with ``a = (Y + ph) mod sh``, ``dx[c, Y] = sum over o, m of
+    W[o, c, a + sh·m] · dy[o, (Y + ph - a)/sh - m]`` (columns likewise) — the window's rows
+    ``a, a + sh, ...`` flipped, over ``dy`` bordered; None where that does not apply."""
+    if geo.dh != 1 or geo.dw != 1 or max(geo.sh, geo.sw) > MAX_STAGED_STRIDE or \
+            max(geo.sh, geo.sw) == 1:
+        return None
+    kk = geo.KH * geo.KW
+    out = []
+    for a in range(geo.sh):
+        y0, y1 = max(0, -(-(geo.ph - a) // geo.sh)), (geo.H - 1 + geo.ph - a) // geo.sh + 1
+        for b_ in range(geo.sw):
+            x0, x1 = max(0, -(-(geo.pw - b_) // geo.sw)), (geo.W - 1 + geo.pw - b_) // geo.sw + 1
+            if y1 <= y0 or x1 <= x0:
+                continue
+            kh, kw = len(range(a, geo.KH, geo.sh)), len(range(b_, geo.KW, geo.sw))
+            d = None
+            if kh and kw:
+                woff = tuple(o * geo.cg * kk + (a + geo.sh * (kh - 1 - m)) * geo.KW
+                             + b_ + geo.sw * (kw - 1 - n)
+                             for o in range(geo.og) for m in range(kh) for n in range(kw))
+                d = Direct(geo.N, geo.Co, geo.OH, geo.OW, kh - 1 - y0, kw - 1 - x0,
+                           y1 - y0 + kh - 1, x1 - x0 + kw - 1, geo.G, geo.og, geo.cg,
+                           y1 - y0, x1 - x0, kh, kw, kk, geo.og * geo.cg * kk, woff)
+            out.append(_Phase(a, b_, y0, x0, y1 - y0, x1 - x0, d))
+    return out
+
+
+def _conv_transpose_phased(b: WindowBuilder, name: str, geo: Geometry, phases: list) -> None:
+    """``i32 @<name>q_samples(dy, w, dx, n0, step)`` (as ``_samples_fn``'s): per sample and
+    phase (:func:`_transpose_phases`), ``dy`` staged for the phase's correlation, which the
+    tile functions of :func:`_conv_direct` compute into a buffer of the phase's positions;
+    then those are written to their places in ``dx`` (zeros for a phase no window element
+    reaches). Each ``dx`` element is one chain of multiply-adds over (output channel, window
+    row, window column): the same bits alone as in a batch."""
+    ty, size = b.ty, _size(b.ty)
+    for i, ph in enumerate(phases):
+        if ph.d is not None:
+            _conv_direct(b, f"{name}p{i}", ph.d, samples=False)
+    nr = gemm.lanes(ty) * 2
+    xbytes = max([(p.d.C * p.d.plane + nr) * size for p in phases if p.d] or [size])
+    offsets, at = [], 0  # each phase's positions in the buffer, all channels
+    for p in phases:
+        offsets.append(at)
+        at += geo.C * p.rows * p.cols
+    tbytes = at * size
+    e = Emitter()
+    e.label("entry")
+    xp, tmp = _malloc(e, xbytes), _malloc(e, tbytes)
+    bad = e.emit(f"or i1 {e.emit(f'icmp eq ptr {xp}, null')}, {e.emit(f'icmp eq ptr {tmp}, null')}")
+    with e.when(bad):
+        e.line(f"call void @free(ptr {xp})")
+        e.line(f"call void @free(ptr {tmp})")
+        e.line(f"ret i32 {ALLOC_FAILED}")
+    HW, OHW = geo.H * geo.W, geo.OH * geo.OW
+    with e.rolled_loop("%n0", literal(geo.N, "i64"), "%step", scalar=True) as s:
+        dx = e.gep(ty, "%y", _i(e, "mul", s, geo.C * HW))
+        for i, ph in enumerate(phases):
+            if ph.d is not None:
+                e.line(f"call void @llvm.memset.p0.i64(ptr {xp}, i8 0, i64 "
+                       f"{(ph.d.C * ph.d.plane + nr) * size}, i1 false)")
+                _stage(e, ty, ph.d, e.gep(ty, "%x", _i(e, "mul", s, geo.Co * OHW)), xp)
+                _direct_groups(e, ty, f"{name}p{i}", ph.d, xp, e.gep(ty, tmp, offsets[i]))
+        # the phases' positions to their places, a row of dx at a time: phase (a, b)'s
+        # columns are sw·x + (b - pw) mod sw, so a row's phases interleave (one loop
+        # storing all of them, which LLVM vectorises as an interleaved group)
+        for a in sorted({ph.a for ph in phases}):
+            row_phases = [(i, ph) for i, ph in enumerate(phases) if ph.a == a]
+            rows = row_phases[0][1].rows
+            first = (a - geo.ph) % geo.sh
+            common = min(ph.cols for _, ph in row_phases)
+            with e.rolled_loop(0, geo.C, scalar=True) as c:
+                with e.rolled_loop(0, rows, scalar=True) as y:
+                    row = _i(e, "add", _i(e, "mul", y, geo.sh), first)
+                    to = e.gep(ty, dx, _i(e, "add", _i(e, "mul", c, HW), _i(e, "mul", row, geo.W)))
+                    srcs = {i: e.gep(ty, tmp, _i(e, "add", offsets[i], _i(e, "mul", _i(
+                        e, "add", _i(e, "mul", c, rows), y), ph.cols))) for i, ph in row_phases}
+
+                    def put(x, i, ph) -> None:
+                        v = literal(0.0, ty) if ph.d is None else \
+                            e.emit(f"load {ty}, ptr {e.gep(ty, srcs[i], x)}")
+                        col = _i(e, "add", _i(e, "mul", x, geo.sw), (ph.b - geo.pw) % geo.sw)
+                        e.line(f"store {ty} {v}, ptr {e.gep(ty, to, col)}")
+                    with e.rolled_loop(0, common) as x:
+                        for i, ph in row_phases:
+                            put(x, i, ph)
+                    for i, ph in row_phases:
+                        for x in range(common, ph.cols):
+                            put(x, i, ph)
+    e.line(f"call void @free(ptr {xp})")
+    e.line(f"call void @free(ptr {tmp})")
+    e.line("ret i32 0")
+    b.helpers.append(e.function(f"define internal i32 @{name}q_samples(ptr noalias %x, "
+                                f"ptr noalias %w, ptr noalias %y, i64 %n0, i64 %step)"))
+
+
 @_WINDOWS(P.CONV)
 def _conv(b: WindowBuilder, name: str, ins: list, out: str) -> None:
     """``y[n, g] = W[g] @ cols(x[n, g])`` per sample and group (at stride 1 on several
@@ -679,6 +804,11 @@ def _conv_transpose(b: WindowBuilder, name: str, ins: list, out: str) -> None:
     if d is not None:
         _conv_direct(b, name, d)
         b._by_samples(f"{name}d", geo, ins[0], ins[1], out)
+        return
+    phases = None if geo.direct else _transpose_phases(geo)
+    if phases is not None:
+        _conv_transpose_phased(b, name, geo, phases)
+        b._by_samples(f"{name}q", geo, ins[0], ins[1], out)
         return
 
     def per_sample(e: Emitter, s: str, cols: str) -> None:
@@ -807,8 +937,10 @@ def _weight_grad_staged(b: WindowBuilder, name: str, geo: Geometry, ins: list,
         t = e.emit(f"fadd {vt} {e.emit(f'load {vt}, ptr {at}, align {vl * size}')}, {acc[i]}")
         e.line(f"store {vt} {t}, ptr {at}, align {vl * size}")
     e.line("ret void")
+    # (noinline: inlined into its one caller, the optimiser's passes over the two took
+    #  twice as long, ~30 ms a kernel)
     b.helpers.append(e.function(f"define internal void @{name}_kb(ptr noalias %xn, ptr noalias "
-                                f"%gn, ptr noalias %tot, i64 %k, i64 %omax)"))
+                                f"%gn, ptr noalias %tot, i64 %k, i64 %omax) noinline"))
 
     # @<name>_run(xs, g, dw, grp, o0, j0, j1): blocks [j0, j1) of output channels [o0, o0 +
     # MO) of group grp, over every sample; then each sum's lanes, in order, into dW
