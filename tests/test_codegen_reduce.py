@@ -819,17 +819,18 @@ def test_weak_python_number_input(monkeypatch):
     assert check_groups(g, [grp], env, rtol=1e-5, atol=1e-6) == 1  # (a sum that cancels)
 
 
-def test_int64_pow_falls_back_to_numpy_and_float64_erf_and_exp_lower():
-    """int64 pow by a tensor is not lowered: a clear NotImplementedError, and the backend
-    still gives eager's results through the interpreter's steps; float64 erf and exp
-    (vecmath64) lower, and a float64 softmax is within a few ulps of eager's."""
+def test_int64_pow_in_a_prologue_and_float64_erf_and_exp_lower():
+    """int64 pow by a tensor (square-and-multiply over the exponent's bits, wrapping) lowers
+    in a reduction's prologue and sums to numpy's bits; float64 erf and exp (vecmath64)
+    lower, and a float64 softmax is within a few ulps of eager's."""
     g = Graph()
     a = g.add_input((4, 10), dg.int64)
     s = op(g, "sum", op(g, "pow", a, a), axes=(1,), keepdims=False)
     grp = only_reduce_group(g, [s])
-    with pytest.raises(NotImplementedError, match="pow"):
-        reduce_kernel(g, grp)
-    assert not codegen.lowerable(g, grp)
+    assert codegen.lowerable(g, grp)
+    x = np.random.default_rng(3).integers(0, 40, (4, 10))
+    (got,) = run_group(g, grp, [x])
+    np.testing.assert_array_equal(got, evaluate(g, {id(a): x})[id(s)])
     for name in ("erf", "exp"):
         g = Graph()
         a = g.add_input((4, 10), F64)

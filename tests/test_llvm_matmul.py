@@ -205,10 +205,14 @@ def test_empty_output_writes_nothing(use_blas):
     assert got.shape == (0, 4)
 
 
-def test_unsupported_dtypes_are_refused():
+def test_integer_products_take_the_loops_and_bool_is_refused():
     g, grp = matmul_graph((3, 4), (4, 5), np.int64)
+    assert matmul.MatmulBuilder(g, grp, use_blas=True).small  # (no BLAS for integers)
+    g = Graph()  # (eager refuses a bool product, as PyTorch: built past the shape rule)
+    x = g.add_input((3, 4), dg.bool, "a")
+    g.outputs = [g.add_node(P["matmul"], [x, x], {"ta": False, "tb": True}, (3, 3), dg.bool)]
     with pytest.raises(NotImplementedError, match="dtype"):
-        matmul.MatmulBuilder(g, grp)
+        matmul.MatmulBuilder(g, fuse(g)[0])
 
 
 # ------------------------------------------------------------------ many shapes, both kernels

@@ -3,9 +3,9 @@ listed in ``NOT_NATIVE`` with its reason (issue 15). One small program per primi
 (``PROGRAMS``: a primitive without one fails the test, so the table cannot fall behind the
 registry) runs per dtype: when eager accepts it, the program compiled for the LLVM backend
 must equal eager and run as one native driver call, unless listed — and a listed pair must
-still fall back (a hybrid plan), so the table stays true in both directions. Elementwise
-primitives have their own table (``test_lowerings.py``); the narrow integer dtypes are
-checked here for all."""
+still fall back (a hybrid plan), so the table stays true in both directions, and a listed
+pair eager refuses is a stale entry. Integer results must equal eager's bit for bit.
+Elementwise primitives have their own table (``test_lowerings.py``), over the same dtypes."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ from compiler.backends.llvm import driver
 from dyngrad.ops import REGISTRY
 
 DTYPES = ["float32", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"]
-NARROW = ("int32", "int16", "int8", "uint8")
-_NARROW_WHY = "narrow integer dtypes have no LLVM types in the backend yet (numpy runs them)"
+INTEGERS = ("int64", "int32", "int16", "int8", "uint8")
+_CONV_WHY = ("no integer convolution kernel: PyTorch has none on the CPU (its conv2d refuses "
+             "integer tensors) while dyngrad's eager computes one with numpy, which runs it")
 
 
 def _x(dt: str, shape=(4, 5)):
@@ -73,16 +74,7 @@ PROGRAMS = {
 }
 
 # (primitive, dtype) -> why it runs in numpy inside a compiled step
-NOT_NATIVE = {
-    **{(p, dt): _NARROW_WHY for p in PROGRAMS for dt in NARROW
-       if p not in ("cumsum", "cumprod", "argsort")},  # (scans and sorts: scan.py)
-    ("conv", "int64"): "no integer GEMM: integer convolutions run in numpy",
-    ("conv_transpose", "int64"): "no integer GEMM: integer convolutions run in numpy",
-    ("matmul", "int64"): "no integer GEMM (integer matmul runs in numpy)",
-    ("max", "bool"): "a max over bool runs in numpy (any() and all() are sums: native)",
-    ("max_pool_indices", "bool"): "PyTorch rejects bool pooling; dyngrad's eager accepts it",
-    ("adaptive_max_indices", "bool"): "PyTorch rejects bool pooling; dyngrad's eager accepts it",
-}
+NOT_NATIVE = {(p, dt): _CONV_WHY for p in ("conv", "conv_transpose") for dt in INTEGERS}
 
 CASES = [(p.name, dt) for p in sorted(REGISTRY.values(), key=lambda p: p.name)
          if p.kind != "elementwise" for dt in DTYPES]
@@ -103,6 +95,7 @@ def test_each_primitive_and_dtype_lowers_or_is_listed(name, dt):
         dg.manual_seed(0)
         want = fn(*xs)
     except (RuntimeError, TypeError, ValueError, NotImplementedError):
+        assert (name, dt) not in NOT_NATIVE, f"stale entry: eager rejects {name} on {dt}"
         pytest.skip(f"eager {name} rejects {dt}")
     f = compiler.compile(fn, backend="llvm")
     with warnings.catch_warnings():
@@ -110,8 +103,12 @@ def test_each_primitive_and_dtype_lowers_or_is_listed(name, dt):
         for _ in range(2):
             dg.manual_seed(0)
             got = f(*xs)
-    np.testing.assert_allclose(got.detach().numpy().astype(np.float64),
-                               want.detach().numpy().astype(np.float64), rtol=1e-5, atol=1e-6)
+    g, w = got.detach().numpy(), want.detach().numpy()
+    assert g.dtype == w.dtype, (g.dtype, w.dtype)
+    if g.dtype.kind == "f":
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    else:
+        np.testing.assert_array_equal(g, w)
     assert f.variants, f.fallbacks
     native = all(isinstance(v.plan, driver.DriverPlan) for v in f.variants)
     assert native == ((name, dt) not in NOT_NATIVE), (name, dt, [v.plan.describe()

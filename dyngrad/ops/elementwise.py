@@ -354,11 +354,12 @@ def _pow_impl(a, b):
     (1/aⁿ truncated: 1 for a = 1, ±1 for a = -1, else 0) where numpy raises."""
     if isinstance(b, np.ndarray) and b.dtype.kind == "i" and np.asarray(a).dtype.kind in "ib":
         neg = b < 0
-        if neg.any():
-            a = np.asarray(a, dtype=np.int64)
-            out = np.power(a, np.where(neg, 0, b))
+        if neg.any():  # (in the operands' type: numpy's power wraps as it does)
+            dt = np.result_type(a, b)
+            with np.errstate(all="ignore"):
+                out = np.power(np.asarray(a, dtype=dt), np.where(neg, 0, b).astype(dt))
             inv = np.where(a == 1, 1, np.where(a == -1, np.where(b % 2 == 0, 1, -1), 0))
-            return np.where(neg, inv, out).astype(np.int64)
+            return np.where(neg, inv, out).astype(dt)
     with np.errstate(all="ignore"):
         return np.power(a, b)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+from dyngrad import dtypes as _dt
+
 from ... import prims as P
 from ...prims import Lowerings
 from . import scan
@@ -164,7 +166,8 @@ def _gather_or_scatter(b: IndexBuilder, n, ptr: dict) -> None:
                     v = b.emit(f"load {ty}, ptr {a}")
                     c = b.emit(f"getelementptr inbounds {ty}, ptr {po}, i64 {ik}")
                     old = b.emit(f"load {ty}, ptr {c}")
-                    op = {"i64": "add", "i8": "or"}.get(ty, "fadd")
+                    op = "or" if n.out.dtype is _dt.bool_ else \
+                        "fadd" if ty in ("float", "double") else "add"  # (ints: wrapping)
                     new = b.emit(f"{op} {ty} {old}, {v}")
                     b.line(f"store {ty} {new}, ptr {c}")
     b.line("ret i32 0")

@@ -22,9 +22,21 @@ from . import jit
 
 FN_NAME = "dg_ew"
 
-LLTYPE = {"float32": "float", "float64": "double", "bool": "i1", "int64": "i64"}
-MEMTYPE = {"float": "float", "double": "double", "i1": "i8", "i64": "i64"}  # in a buffer
+LLTYPE = {"float32": "float", "float64": "double", "bool": "i1", "int64": "i64",
+          "int32": "i32", "int16": "i16", "int8": "i8", "uint8": "i8"}
+MEMTYPE = {"float": "float", "double": "double", "i1": "i8", "i64": "i64", "i32": "i32",
+           "i16": "i16", "i8": "i8"}  # in a buffer
 SUFFIX = {"float": "f32", "double": "f64"}
+INTEGER = frozenset({"i64", "i32", "i16", "i8"})  # the integer dtypes' LLVM types
+UNSIGNED = frozenset({"uint8"})  # Note: int8 and uint8 are both i8; the rules that care
+#                                  (compare, extremum, abs, sign, cast, pow, widening) ask
+#                                  the dtype whether it is unsigned; add, sub, mul and neg
+#                                  wrap the same way in both.
+
+
+def bits(ty: str) -> int:
+    """The width of integer type ``ty`` (``i16`` -> 16)."""
+    return int(ty[1:])
 
 
 def fconst(v: float) -> str:
@@ -45,10 +57,12 @@ def literal(x, ty: str) -> str:
         x = x.value  # (no recording: the number, written as any number of its type)
     if ty == "i1":
         return "true" if x else "false"
-    if ty == "i64":
+    if ty in INTEGER:
         if isinstance(x, float) and not x.is_integer():
-            raise NotImplementedError(f"LLVM codegen: the number {x!r} in an int64 operation")
-        return str(int(x))
+            raise NotImplementedError(f"LLVM codegen: the number {x!r} in an integer operation")
+        w = bits(ty)  # (wrapped to the type's width, written signed: int8 and uint8 alike)
+        v = int(x) & ((1 << w) - 1)
+        return str(v - (1 << w) if v >> (w - 1) else v)
     if ty == "float":
         return fconst(float(np.float32(x)))
     return f"0x{struct.unpack('<Q', struct.pack('<d', float(x)))[0]:016X}"

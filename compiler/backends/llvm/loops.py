@@ -16,15 +16,17 @@ with numpy broadcasting gets, per (squeezed) iteration dim, a stride (0 when bro
 flat index is ``sum_k ((i / inner_k) % size_k) * stride_k`` over coalesced dims — just ``i``
 for an input of the full shape, ``0`` for a scalar / 0-d / all-broadcast one.
 
-Supported (values float32 or float64, bool stored as one byte 0/1): ``add sub mul div neg
+Supported (values float32 or float64, the integers as their own LLVM types — int8 and
+uint8 both i8, the rules that care asking the dtype's signedness — bool stored as one byte
+0/1): ``add sub mul div neg
 abs sqrt maximum minimum sign floor`` (NaN-propagating like numpy), ``pow`` (by a literal 2,
 0.5, -1, 1 or 0 as numpy computes them exactly: x·x, √x, 1/x, x, 1; by any other exponent,
 a tensor's included, vecmath64's ``pow64``), ``exp log tanh sigmoid erf sin cos`` (the
 vecmath and vecmath64 functions, documented ulp bounds), ``eq
-ne lt le gt ge`` (float or bool operands; ``ne`` is true for NaN as in numpy), ``where``,
-``cast`` between float32 and float64 (rounded to nearest, as numpy's ``astype``), bool ->
-number, int64 <-> float (float -> int64 toward zero, NaN and out of range INT64_MIN as numpy
-on x86-64) and to the same dtype; bool ``mul add maximum minimum`` as and/or; and as copies
+ne lt le gt ge`` (``ne`` is true for NaN as in numpy), ``where``, ``cast`` between any two
+dtypes as numpy's ``astype`` on x86-64 (see :func:`_cast`); integer ``add sub mul neg abs
+sign maximum minimum pow`` wrapping at the type's width; bool ``mul add maximum minimum`` as
+and/or; and as copies
 ``reshape``/``broadcast`` of computed values and ``sum``/``max`` over size-1 axes; ``full``
 and ``size_of`` become constants; literal numbers become constants of the operation's dtype.
 A runtime Python number (a weak scalar input, e.g. an optimizer's learning rate) is passed
@@ -38,17 +40,22 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ... import prims as P
 from ...ir import Value
 from ...prims import Lowerings
 from . import threads, vecmath, vecmath64
 from .emit import (
     FN_NAME,
+    INTEGER,
     LLTYPE,
     MEMTYPE,
     SUFFIX,
+    UNSIGNED,
     Emitter,
     KernelBuilder,
+    bits,
     builds,
     c_strides,
     dtname,
@@ -69,8 +76,9 @@ def _unsupported(prim: str, what) -> NotImplementedError:
     return NotImplementedError(
         f"LLVM elementwise codegen: primitive {prim!r} on dtype {what} is not supported "
         f"(supported: float32/float64 add sub mul div neg abs sqrt maximum minimum sign floor, "
-        f"pow, exp log tanh sigmoid erf sin cos, comparisons, where, "
-        f"casts between floats, bool and int64, bool and/or as mul/add/maximum/minimum)")
+        f"pow, exp log tanh sigmoid erf sin cos, comparisons, where, casts between any "
+        f"dtypes, integer add sub mul neg abs sign maximum minimum pow, bool and/or as "
+        f"mul/add/maximum/minimum)")
 
 
 @builds("elementwise")
@@ -191,8 +199,10 @@ class LoopBuilder(KernelBuilder):
                 r = self.emit(f"load double, ptr {self.ptr[id(x)]}")
                 if want == "float":  # numpy's weak scalar: rounded to float32 first
                     r = self.emit(f"fptrunc double {r} to float")
-                elif want == "i64":  # (only where the result's dtype proves it an int)
+                elif want in INTEGER:  # (only where the result's dtype proves it an int)
                     r = self.emit(f"fptosi double {r} to i64")
+                    if want != "i64":
+                        r = self.emit(f"trunc i64 {r} to {want}")
                 self.reads[key] = r
             return self.reads[key], want
         return self.read(x, out_shape)
@@ -261,7 +271,7 @@ class LoopBuilder(KernelBuilder):
                 continue
             if v.dtype is None or v.dtype.name not in LLTYPE:
                 raise NotImplementedError(f"LLVM elementwise codegen: buffer {v!r} of dtype "
-                                          f"{dtname(v)} is not supported (float32, float64, bool)")
+                                          f"{dtname(v)} is not supported")
             params.append(f"ptr noalias %a{k}")
         for k, v in enumerate(outputs):
             if math.prod(v.shape) != math.prod(grp.shape):
@@ -506,20 +516,36 @@ def _map(b: LoopBuilder, n) -> None:
 @_NODES(P.SUM, P.MAX)
 def _relabelled_reduction(b: LoopBuilder, n) -> None:
     """A reduction over size-1 axes (fusion's rule): the same elements in the same order,
-    read as a reshape. numpy's sum starts at +0.0 (so -0.0 becomes +0.0); max is a copy."""
+    read as a reshape. numpy's sum starts at +0.0 (so -0.0 becomes +0.0); max is a copy; a
+    sum of bools or narrow integers is their int64 value."""
     plus_zero = n.prim is P.SUM
-    if _copy(b, n, plus_zero):
-        return
     src, out, odt = n.inputs[0], n.out, n.out.dtype.name
-    if not (_outside(b, src) and src.dtype is out.dtype and odt in ("float32", "float64")
+    if src.dtype is out.dtype and _copy(b, n, plus_zero):
+        return
+    if isinstance(src, Value) and id(src) in b.consts and plus_zero and odt == "int64" \
+            and not src.dtype.is_floating_point:  # (bool or a narrower integer)
+        b.consts[id(out)] = (int(b.consts[id(src)][0]), odt)  # (a widened constant)
+        return
+    if not (isinstance(src, Value) and odt in LLTYPE and src.dtype.name in LLTYPE
             and math.prod(src.shape) == math.prod(out.shape)):
         raise _unsupported(n.prim.name, odt)
-    buf, shape, st, base = b.view(src)
-    it = iter([t for d, t in zip(shape, st) if d != 1])
-    b.views[id(out)] = (buf, tuple(out.shape),
-                        tuple(next(it) if d != 1 else 0 for d in out.shape), base)
-    val, ty = b.read(out, out.shape)
-    if plus_zero:
+    if id(src) in b.at_i:  # (computed at the same point, of another dtype)
+        val, ty = b.at_i[id(src)]
+    elif _outside(b, src):
+        buf, shape, st, base = b.view(src)
+        it = iter([t for d, t in zip(shape, st) if d != 1])
+        b.views[id(out)] = (buf, tuple(out.shape),
+                            tuple(next(it) if d != 1 else 0 for d in out.shape), base)
+        val, ty = b.read(out, out.shape)
+    else:
+        raise _unsupported(n.prim.name, odt)
+    if src.dtype is not out.dtype:  # a widened sum (bool, narrow integers -> int64)
+        oty = LLTYPE[odt]
+        if not (plus_zero and ty in INTEGER | {"i1"} and oty == "i64"):
+            raise _unsupported(n.prim.name, f"{src.dtype.name}->{odt}")
+        ext = "zext" if ty == "i1" or src.dtype.name in UNSIGNED else "sext"
+        val, ty = b.emit(f"{ext} {ty} {val} to i64"), oty
+    elif plus_zero and ty in ("float", "double"):
         val = b.emit(f"fadd {ty} {val}, {literal(0.0, ty)}")
     b.at_i[id(out)] = (val, ty)
 
@@ -548,13 +574,22 @@ def _compare(b: LoopBuilder, n) -> None:
     in_dts = {x.dtype.name for x in vals if x.dtype is not None}
     if not vals or len(in_dts) != 1 or next(iter(in_dts)) not in LLTYPE:
         raise _unsupported(n.prim.name, "/".join(sorted(in_dts)) or "literals")
-    ty = LLTYPE[next(iter(in_dts))]
-    if ty == "i64" and any(isinstance(x, float) or (isinstance(x, Value) and x.weak)
-                           for x in ins):  # numpy would compare as float64
-        raise _unsupported(n.prim.name, "int64 with a float or Python-number operand")
+    dt = next(iter(in_dts))
+    ty = LLTYPE[dt]
+    if ty in INTEGER and any(isinstance(x, float) or (isinstance(x, Value) and x.weak)
+                             for x in ins):  # numpy would compare as float64
+        raise _unsupported(n.prim.name, f"{dt} with a float or Python-number operand")
     a, c = b.args(n, ty)
-    if ty == "i64":
-        r = b.emit(f"icmp {_SCMP[n.prim]} i64 {a}, {c}")
+    if ty in INTEGER:
+        info = np.iinfo(dt)
+        if ty != "i64" and any(not isinstance(x, Value) and not info.min <= x <= info.max
+                               for x in ins):  # a number out of the type's range (u8 > 300):
+            ext = "zext" if dt in UNSIGNED else "sext"  # compared in int64, as numpy does
+            a, c = (str(int(x)) if not isinstance(x, Value) else
+                    b.emit(f"{ext} {ty} {v} to i64") for x, v in zip(ins, (a, c)))
+            ty = "i64"
+        cmp = (_ICMP if dt in UNSIGNED and ty != "i64" else _SCMP)[n.prim]
+        r = b.emit(f"icmp {cmp} {ty} {a}, {c}")
     elif ty != "i1":
         r = b.emit(f"fcmp {_FCMP[n.prim]} {ty} {a}, {c}")
     elif n.prim in _ICMP:
@@ -566,25 +601,40 @@ def _compare(b: LoopBuilder, n) -> None:
 
 @_NODES(P.CAST)
 def _cast(b: LoopBuilder, n) -> None:
+    """numpy's ``astype`` on x86-64 (the platform eager runs on): integers wrap to a
+    narrower type and widen by their sign (uint8: by zeros); int -> float rounds to nearest;
+    float -> int goes toward zero — to int64 directly, to the narrower ints through int32
+    (numpy converts with the CPU's 32-bit instruction, then drops the high bits), NaN and
+    numbers out of range giving the instruction's "indefinite" INT64_MIN or INT32_MIN; any
+    number -> bool is ``!= 0`` (NaN is true)."""
     src, odt = n.inputs[0], n.out.dtype.name
     sdt = dtname(src)
-    if sdt not in LLTYPE or odt not in LLTYPE or (sdt != odt and "bool" == odt
-                                                    and sdt != "int64"):
+    if sdt not in LLTYPE or odt not in LLTYPE:
         raise _unsupported(n.prim.name, f"{sdt}->{odt}")
     sty, oty = LLTYPE[sdt], LLTYPE[odt]
     a, _ = b.operand(src, n.out.shape, sty)
-    if sty == oty:
+    if sty == oty:  # (int8 <-> uint8 too: the same bits)
         r = a
+    elif oty == "i1":  # -> bool: nonzero (NaN too)
+        r = b.emit(f"icmp ne {sty} {a}, 0") if sty in INTEGER else \
+            b.emit(f"fcmp une {sty} {a}, {literal(0.0, sty)}")
     elif sty == "i1":  # bool -> number: 0 or 1
-        r = b.emit(f"{'zext' if oty == 'i64' else 'uitofp'} i1 {a} to {oty}")
-    elif sty == "i64":  # int64 -> float (rounded to nearest) or -> bool
-        r = b.emit(f"icmp ne i64 {a}, 0") if oty == "i1" else b.emit(f"sitofp i64 {a} to {oty}")
-    elif oty == "i64":  # float -> int64 toward zero, as numpy's astype on x86-64: NaN and
-        sat = b.emit(f"call i64 @llvm.fptosi.sat.i64.{SUFFIX[sty]}({sty} {a})")  # numbers out
-        lo = b.emit(f"fcmp oge {sty} {a}, {literal(-2.0 ** 63, sty)}")  # of range give
-        hi = b.emit(f"fcmp olt {sty} {a}, {literal(2.0 ** 63, sty)}")   # INT64_MIN (its
-        ok = b.emit(f"and i1 {lo}, {hi}")                                  # "indefinite")
-        r = b.emit(f"select i1 {ok}, i64 {sat}, i64 {-(1 << 63)}")
+        r = b.emit(f"{'zext' if oty in INTEGER else 'uitofp'} i1 {a} to {oty}")
+    elif sty in INTEGER and oty in INTEGER:  # wrap, or widen by the source's sign
+        ext = "zext" if sdt in UNSIGNED else "sext"
+        r = b.emit(f"trunc {sty} {a} to {oty}" if bits(oty) < bits(sty)
+                   else f"{ext} {sty} {a} to {oty}")
+    elif sty in INTEGER:  # int -> float, rounded to nearest
+        r = b.emit(f"{'uitofp' if sdt in UNSIGNED else 'sitofp'} {sty} {a} to {oty}")
+    elif oty in INTEGER:  # float -> int toward zero (see above)
+        w = 64 if oty == "i64" else 32
+        sat = b.emit(f"call i{w} @llvm.fptosi.sat.i{w}.{SUFFIX[sty]}({sty} {a})")
+        lo = b.emit(f"fcmp oge {sty} {a}, {literal(-2.0 ** (w - 1), sty)}")
+        hi = b.emit(f"fcmp olt {sty} {a}, {literal(2.0 ** (w - 1), sty)}")
+        ok = b.emit(f"and i1 {lo}, {hi}")
+        r = b.emit(f"select i1 {ok}, i{w} {sat}, i{w} {-(1 << (w - 1))}")
+        if w != bits(oty):
+            r = b.emit(f"trunc i{w} {r} to {oty}")
     else:  # float32 <-> float64, rounded to nearest as numpy's astype
         r = b.emit(f"{'fpext' if oty == 'double' else 'fptrunc'} {sty} {a} to {oty}")
     b.at_i[id(n.out)] = (r, oty)
@@ -602,8 +652,8 @@ def _where(b: LoopBuilder, n) -> None:
 
 
 def _float_only(n, ty: str) -> None:
-    if ty == "i64":
-        raise _unsupported(n.prim.name, "int64")
+    if ty in INTEGER:
+        raise _unsupported(n.prim.name, dtname(n.out))
 
 
 @_ARITH(*_FBIN)
@@ -611,28 +661,28 @@ def _binary(b: LoopBuilder, n, ty: str) -> str:
     a, c = b.args(n, ty)
     if ty == "i1":  # (only _BBIN's primitives reach here with bools)
         return b.emit(f"{_BBIN[n.prim]} i1 {a}, {c}")
-    if ty == "i64":
+    if ty in INTEGER:
         if n.prim not in _IBIN:
-            raise _unsupported(n.prim.name, "int64")
-        return b.emit(f"{_IBIN[n.prim]} i64 {a}, {c}")
+            raise _unsupported(n.prim.name, dtname(n.out))
+        return b.emit(f"{_IBIN[n.prim]} {ty} {a}, {c}")
     return b.emit(f"{_FBIN[n.prim]} {ty} {a}, {c}")
 
 
 @_ARITH(P.NEG)
 def _neg(b: LoopBuilder, n, ty: str) -> str:
     a, = b.args(n, ty)
-    return b.emit(f"sub i64 0, {a}") if ty == "i64" else b.emit(f"fneg {ty} {a}")
+    return b.emit(f"sub {ty} 0, {a}") if ty in INTEGER else b.emit(f"fneg {ty} {a}")
 
 
 @_ARITH(P.ABS)
 def _abs(b: LoopBuilder, n, ty: str) -> str:
     a, = b.args(n, ty)
-    if ty == "i1":
+    if ty == "i1" or n.out.dtype.name in UNSIGNED:
         return a
-    if ty == "i64":
-        c = b.emit(f"icmp slt i64 {a}, 0")
-        m = b.emit(f"sub i64 0, {a}")
-        return b.emit(f"select i1 {c}, i64 {m}, i64 {a}")
+    if ty in INTEGER:  # (the most negative number stays itself, as numpy's)
+        c = b.emit(f"icmp slt {ty} {a}, 0")
+        m = b.emit(f"sub {ty} 0, {a}")
+        return b.emit(f"select i1 {c}, {ty} {m}, {ty} {a}")
     return b.emit(f"call {ty} @llvm.fabs.{SUFFIX[ty]}({ty} {a})")
 
 
@@ -642,9 +692,10 @@ def _extremum(b: LoopBuilder, n, ty: str) -> str:
     bigger = n.prim is P.MAXIMUM
     if ty == "i1":
         return b.emit(f"{_BBIN[n.prim]} i1 {a}, {c}")
-    if ty == "i64":
-        gt = b.emit(f"icmp {'sgt' if bigger else 'slt'} i64 {a}, {c}")
-        return b.emit(f"select i1 {gt}, i64 {a}, i64 {c}")
+    if ty in INTEGER:
+        cmp = ("u" if n.out.dtype.name in UNSIGNED else "s") + ("gt" if bigger else "lt")
+        gt = b.emit(f"icmp {cmp} {ty} {a}, {c}")
+        return b.emit(f"select i1 {gt}, {ty} {a}, {ty} {c}")
     gt = b.emit(f"fcmp {'ogt' if bigger else 'olt'} {ty} {a}, {c}")  # numpy: NaN if either
     m = b.emit(f"select i1 {gt}, {ty} {a}, {ty} {c}")                # is NaN
     nan = b.emit(f"fcmp uno {ty} {a}, {a}")
@@ -684,10 +735,12 @@ def _log1p(b: LoopBuilder, n, ty: str) -> str:
 @_ARITH(P.SIGN)
 def _sign(b: LoopBuilder, n, ty: str) -> str:  # numpy: NaN stays NaN, ±0 gives +0
     a, = b.args(n, ty)
-    if ty == "i64":  # -1, 0 or 1
-        pos = b.emit(f"zext i1 {b.emit(f'icmp sgt i64 {a}, 0')} to i64")
-        neg = b.emit(f"zext i1 {b.emit(f'icmp slt i64 {a}, 0')} to i64")
-        return b.emit(f"sub i64 {pos}, {neg}")
+    if ty in INTEGER:  # -1, 0 or 1 (uint8: 0 or 1)
+        if n.out.dtype.name in UNSIGNED:
+            return b.emit(f"zext i1 {b.emit(f'icmp ne {ty} {a}, 0')} to {ty}")
+        pos = b.emit(f"zext i1 {b.emit(f'icmp sgt {ty} {a}, 0')} to {ty}")
+        neg = b.emit(f"zext i1 {b.emit(f'icmp slt {ty} {a}, 0')} to {ty}")
+        return b.emit(f"sub {ty} {pos}, {neg}")
     pos = b.emit(f"fcmp ogt {ty} {a}, {literal(0.0, ty)}")
     neg = b.emit(f"fcmp olt {ty} {a}, {literal(0.0, ty)}")
     nan = b.emit(f"fcmp uno {ty} {a}, {a}")
@@ -701,8 +754,9 @@ def _pow(b: LoopBuilder, n, ty: str) -> str:
     """Literal exponents numpy computes exactly: x², √x, 1/x, x, 1; on a few elements or a
     value the loop does not change (Adam's bias correction, hoisted by LLVM) libm's pow;
     otherwise vecmath64's ``pow64`` (C's pow within an ulp; float32 through it in float64,
-    rounded once more, as libm's powf computes)."""
-    _float_only(n, ty)
+    rounded once more, as libm's powf computes). Integers: :func:`_int_pow`."""
+    if ty in INTEGER:
+        return _int_pow(b, n, ty)
     x, e = n.inputs
     e = b.consts[id(e)][0] if isinstance(e, Value) and id(e) in b.consts else e
     sfx = SUFFIX[ty]
@@ -725,6 +779,49 @@ def _pow(b: LoopBuilder, n, ty: str) -> str:
             b.emit(f"fdiv {ty} {literal(1.0, ty)}, {a}") if e == -1.0 else
             b.emit(f"fadd {ty} {a}, {literal(-0.0, ty)}") if e == 1.0 else
             literal(1.0, ty))
+
+
+def _int_pow(b: LoopBuilder, n, ty: str) -> str:
+    """An integer power as numpy's (wrapping in the type: its product mod 2**bits does not
+    depend on the order of the multiplications): by a literal exponent, its square-and-
+    multiply chain; by a tensor, square-and-multiply over every bit of the exponent,
+    unrolled and branch-free (selects: the loop stays vectorisable). A negative exponent
+    gives eager's (PyTorch's) truncated 1/xⁿ: 1 for x = 1, ±1 for x = -1, else 0."""
+    x, e = n.inputs
+    e = b.consts[id(e)][0] if isinstance(e, Value) and id(e) in b.consts else e
+    a, _ = b.operand(x, n.out.shape, ty)
+    one = "1"
+    if not isinstance(e, Value):
+        k = int(e)
+        if k != e or k < 0:
+            raise _unsupported(n.prim.name, f"{dtname(n.out)} by the literal {e!r}")
+        r, p = one, a
+        while k:
+            if k & 1:
+                r = p if r == one else b.emit(f"mul {ty} {r}, {p}")
+            k >>= 1
+            if k:
+                p = b.emit(f"mul {ty} {p}, {p}")
+        return r
+    _, c = b.args(n, ty)
+    signed = n.out.dtype.name not in UNSIGNED
+    r, p = one, a
+    top = bits(ty) - 1 if signed else bits(ty)
+    for k in range(top):
+        hit = b.emit(f"icmp ne {ty} {b.emit(f'and {ty} {c}, {literal(1 << k, ty)}')}, 0")
+        r = b.emit(f"select i1 {hit}, {ty} {b.emit(f'mul {ty} {r}, {p}')}, {ty} {r}")
+        if k + 1 < top:
+            p = b.emit(f"mul {ty} {p}, {p}")
+    if not signed:
+        return r
+    odd = b.emit(f"trunc {ty} {c} to i1")
+    is_one = b.emit(f"icmp eq {ty} {a}, 1")
+    minus = b.emit(f"icmp eq {ty} {a}, -1")
+    inv = b.emit(f"select i1 {odd}, {ty} -1, {ty} 1")
+    inv = b.emit(f"select i1 {minus}, {ty} {inv}, {ty} 0")
+    inv = b.emit(f"select i1 {is_one}, {ty} 1, {ty} {inv}")
+    neg = b.emit(f"icmp slt {ty} {c}, 0")
+    return b.emit(f"select i1 {neg}, {ty} {inv}, {ty} {r}")
 
 
 @_ARITH(*vecmath.PRIMITIVES)

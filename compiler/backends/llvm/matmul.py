@@ -9,6 +9,7 @@ from ...dims import Dim
 from . import blas, gemm, tune
 from .emit import (
     FN_NAME,
+    INTEGER,
     LLTYPE,
     MEMTYPE,
     KernelBuilder,
@@ -24,7 +25,8 @@ SMALL_WORK = 32 * 32 * 32  # m·n·k up to which a product is loops of its own s
 
 @builds("matmul")
 class MatmulBuilder(KernelBuilder):
-    """A 'matmul' group: ``C = op(A) @ op(B)`` over broadcast batch dims, float32/float64.
+    """A 'matmul' group: ``C = op(A) @ op(B)`` over broadcast batch dims, float32/float64
+    (integers: the small loops below at every size, wrapping as numpy).
 
     Per batch entry, one call: either numpy's BLAS gemm (``blas.find``) or the generated
     register-blocked kernel ``@dg_gemm_<f32|f64>`` (``gemm.py``: every C element the chain of
@@ -49,14 +51,16 @@ class MatmulBuilder(KernelBuilder):
         self.n = n = g.nodes[group.nodes[0]]
         a, b = n.inputs
         dt = n.out.dtype.name if n.out.dtype is not None else "?"
-        if dt not in ("float32", "float64") or a.dtype is not b.dtype:
+        if dt not in LLTYPE or dt == "bool" or a.dtype is not b.dtype:
             raise NotImplementedError(f"LLVM matmul codegen: dtype {dt} is not supported "
-                                      f"(float32, float64)")
+                                      f"(float32, float64 and the integers)")
         self.ty = LLTYPE[dt]
         self.ta, self.tb = n.params.get("ta", False), n.params.get("tb", False)
         self.M, self.N = n.out.shape[-2], n.out.shape[-1]
         self.K = a.shape[-2] if self.ta else a.shape[-1]
-        if use_blas is None:
+        if self.ty in INTEGER:  # (no BLAS or generated kernel: the loops, at any size;
+            path = "small"  #        sums of wrapping products, exact in any order)
+        elif use_blas is None:
             small = self.M * self.N * self.K <= SMALL_WORK and tune.mode() == "measure"
             path = "small" if small else tune.choose(dt, self.M, self.N, self.K, self.ta,
                                                      self.tb)
@@ -145,6 +149,7 @@ class MatmulBuilder(KernelBuilder):
         M, N, K, ta, tb, ty = self.M, self.N, self.K, self.ta, self.tb, self.ty
         st = MEMTYPE[ty]
         sfx = "f32" if ty == "float" else "f64"
+        zero = literal(0, ty) if ty in INTEGER else literal(0.0, ty)
         if tb and K:  # (%bt.tmp: allocated in the entry block by build)
             with self.loop("%tk", K, block="tr", exit="tr.done"):
                 with self.loop("%tj", N, block="tr.j", exit="tr.end"):
@@ -160,7 +165,7 @@ class MatmulBuilder(KernelBuilder):
             with self.loop("%z", N, block="zero", exit="kloop.pre"):
                 pz = self.emit(f"getelementptr inbounds {st}, ptr {C}, i64 "
                                f"{self.emit(f'add i64 {crow}, %z')}")
-                self.line(f"store {ty} {literal(0.0, ty)}, ptr {pz}")
+                self.line(f"store {ty} {zero}, ptr {pz}")
             if K:
                 with self.loop("%k", K, block="kloop", exit="row.end"):
                     ia = self.emit(f"mul i64 %k, {M}") if ta else self.emit(f"mul i64 %i, {K}")
@@ -176,7 +181,9 @@ class MatmulBuilder(KernelBuilder):
                         pc = self.emit(f"getelementptr inbounds {st}, ptr {C}, i64 "
                                        f"{self.emit(f'add i64 {crow}, %j')}")
                         c0 = self.emit(f"load {ty}, ptr {pc}")
-                        c1 = (self.emit(f"call {ty} @llvm.fma.{sfx}({ty} {aik}, {ty} {bkj}, "
+                        c1 = (self.emit(f"add {ty} {c0}, {self.emit(f'mul {ty} {aik}, {bkj}')}")
+                              if ty in INTEGER else
+                              self.emit(f"call {ty} @llvm.fma.{sfx}({ty} {aik}, {ty} {bkj}, "
                                         f"{ty} {c0})") if gemm.has_fma() else
                               self.emit(f"fadd {ty} {c0}, {self.emit(f'fmul {ty} {aik}, {bkj}')}"))
                         self.line(f"store {ty} {c1}, ptr {pc}")

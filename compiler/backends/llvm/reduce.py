@@ -14,6 +14,7 @@ from .emit import (
     FN_NAME,
     LLTYPE,
     MEMTYPE,
+    UNSIGNED,
     Emitter,
     builds,
     c_strides,
@@ -208,13 +209,25 @@ class ReduceBuilder(LoopBuilder):
         nodes = self.g.nodes
         vals = []
         for i in reductions:
-            val, ty = self.operand(nodes[i].inputs[0], nodes[i].inputs[0].shape,
-                                   LLTYPE[nodes[i].out.dtype.name])
-            if ty in ("i1", "i8") or ty.endswith((" x i1>", " x i8>")):  # a bool sum: as ints
-                wide = ty.replace("i1", "i64").replace("i8", "i64")
-                val = self.emit(f"zext {ty} {val} to {wide}")
+            src = nodes[i].inputs[0]
+            val, ty = self.operand(src, src.shape, LLTYPE[src.dtype.name])
+            if src.dtype.name in _WIDENED:  # a bool sum, a narrow max: in int64
+                ext = "zext" if src.dtype.name in _ZEXT else "sext"
+                elem = ty.rsplit(" ", 1)[-1].rstrip(">")
+                val = self.emit(f"{ext} {ty} {val} to {ty[:-len(elem) - 1] + 'i64>'}"
+                                if ty.startswith("<") else f"{ext} {ty} {val} to i64")
             vals.append(val)
         return vals
+
+    def _total(self, n, total: str, ty: str) -> tuple:
+        """A reduction's result as its output's type: a max of a narrow type or bool,
+        reduced in int64, narrowed back."""
+        dt = n.out.dtype.name
+        if dt not in _WIDENED:
+            return total, ty
+        if dt == "bool":
+            return self.emit(f"icmp ne i64 {total}, 0"), "i1"
+        return self.emit(f"trunc i64 {total} to {LLTYPE[dt]}"), LLTYPE[dt]
 
     def _blocks_function(self, name, layout, tys, vec, init, NB, CB, B, chunks,
                          chunk_loop) -> str:
@@ -264,12 +277,14 @@ class ReduceBuilder(LoopBuilder):
         for i in reductions:
             n = nodes[i]
             dt = n.out.dtype.name
-            bool_sum = n.prim is prims.SUM and n.inputs[0].dtype is _dt.bool_  # (-> int64)
-            if dt not in ("float32", "float64", "int64") or (
-                    n.inputs[0].dtype is not n.out.dtype and not bool_sum):
+            widened_sum = n.prim is prims.SUM and n.inputs[0].dtype.name in _WIDENED \
+                and n.out.dtype is _dt.int64  # (a bool or narrow integer sum: in int64)
+            narrow_max = n.prim is prims.MAX and dt in _WIDENED  # (in int64, see _lane)
+            if (dt not in ("float32", "float64", "int64") and not narrow_max) or (
+                    n.inputs[0].dtype is not n.out.dtype and not widened_sum):
                 raise NotImplementedError(f"LLVM reduce codegen: {n.prim.name} of dtype "
                                           f"{dtname(n.inputs[0])} -> {dt}")
-            tys.append(LLTYPE[dt])
+            tys.append("i64" if narrow_max else LLTYPE[dt])
         for i in setup:
             self.node(nodes[i])
         n_in = len(grp.inputs)
@@ -424,7 +439,7 @@ class ReduceBuilder(LoopBuilder):
                 if ops[m] is prims.SUM and tys[m] != "i64":  # +0.0 start, as numpy:
                     total = self.emit(f"fadd {tys[m]} {total}, {literal(0.0, tys[m])}")  # (-0.0)
                 #                                                           + (+0.0) is +0.0
-                self.at_i[id(nodes[i].out)] = (total, tys[m])
+                self.at_i[id(nodes[i].out)] = self._total(nodes[i], total, tys[m])
             for i in post_k:
                 self.node(nodes[i])
             for arg, v in k_out:
@@ -554,7 +569,7 @@ class ReduceBuilder(LoopBuilder):
                 total = parts[0]
                 if ops[m] is prims.SUM and t != "i64":  # +0.0 start, as numpy: (-0.0) +
                     total = self.emit(f"fadd {t} {total}, {literal(0.0, t)}")  # (+0.0) is +0.0
-                self.at_i[id(nodes[i].out)] = (total, t)
+                self.at_i[id(nodes[i].out)] = self._total(nodes[i], total, t)
             for i in post_k:
                 self.node(nodes[i])
             for arg, v in k_out:
@@ -599,6 +614,11 @@ class ReduceBuilder(LoopBuilder):
     def declarations(self) -> str:
         return threads.DECLARATIONS if self.extra and threads.find() else ""
 
+
+# The dtypes a reduction widens to int64 (a bool sum counts; a max of a narrow integer or
+# bool is the same in int64, whose combine rule serves it) and how each widens.
+_WIDENED = frozenset({"bool", "int32", "int16", "int8", "uint8"})
+_ZEXT = frozenset({"bool"}) | UNSIGNED
 
 # How partial results of each reduction combine (scalars or vectors of lanes).
 _COMBINE = Lowerings("LLVM reduce codegen")

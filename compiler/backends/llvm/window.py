@@ -57,7 +57,19 @@ from dataclasses import dataclass
 from ... import prims as P
 from ...prims import Lowerings
 from . import gemm, jit, threads
-from .emit import FN_NAME, LLTYPE, Emitter, KernelBuilder, builds, entry_ir, literal
+from .emit import (
+    FN_NAME,
+    INTEGER,
+    LLTYPE,
+    MEMTYPE,
+    UNSIGNED,
+    Emitter,
+    KernelBuilder,
+    bits,
+    builds,
+    entry_ir,
+    literal,
+)
 from .vecmath import prelude_ir
 
 WG_PARTS = 8  # the weight gradient's fixed sample blocks (its partial sums: WG_PARTS·|W|)
@@ -1188,15 +1200,17 @@ class _Windows:
         return start, dil, k, first
 
 
-def _greater(e: Emitter, ty: str, v: str, best: str) -> str:
-    """PyTorch's test for a new maximum: greater, or NaN (integers: greater)."""
-    if ty == "i64":
-        return e.emit(f"icmp sgt i64 {v}, {best}")
+def _greater(e: Emitter, ty: str, v: str, best: str, unsigned: bool = False) -> str:
+    """PyTorch's test for a new maximum: greater, or NaN (integers: greater; a bool, a
+    byte 0 or 1, and uint8 compared unsigned)."""
+    if ty in INTEGER:
+        return e.emit(f"icmp {'ugt' if unsigned else 'sgt'} {ty} {v}, {best}")
     return e.emit(f"or i1 {e.emit(f'fcmp ogt {ty} {v}, {best}')}, "
                   f"{e.emit(f'fcmp uno {ty} {v}, 0.0')}")
 
 
-def _scan_unrolled(e: Emitter, ty: str, xq: str, win: _Windows, hs: str, ws: str) -> str:
+def _scan_unrolled(e: Emitter, ty: str, xq: str, win: _Windows, hs: str, ws: str,
+                   unsigned: bool) -> str:
     """A fixed window inside the input, its positions written out (no tests, no loops):
     the first one is the maximum so far — as it is after PyTorch's first step from
     ``-inf`` — and each next one replaces it by :func:`_greater`. Returns the position."""
@@ -1209,19 +1223,21 @@ def _scan_unrolled(e: Emitter, ty: str, xq: str, win: _Windows, hs: str, ws: str
             if not best:
                 best, at = v, pos
                 continue
-            up = _greater(e, ty, v, best)
+            up = _greater(e, ty, v, best, unsigned)
             best = e.emit(f"select i1 {up}, {ty} {v}, {ty} {best}")
             at = e.emit(f"select i1 {up}, i64 {pos}, i64 {at}")
     return at
 
 
-def _scan(e: Emitter, ty: str, xq: str, win: _Windows, rows: tuple, cols: tuple) -> str:
+def _scan(e: Emitter, ty: str, xq: str, win: _Windows, rows: tuple, cols: tuple,
+          unsigned: bool) -> str:
     """Any window: from ``-inf`` (an integer dtype's least value) at the clipped first
     position, every position inside the input in order. ``rows``/``cols``: the window's
     first index, step, length and clipped first index along each dim (``_Windows.axis``).
     Returns the position."""
     (hs, dh, kh, h0), (ws, dw, kw, w0) = rows, cols
-    low = str(-(1 << 63)) if ty == "i64" else "0xFFF0000000000000"  # (-inf)
+    low = ("0" if unsigned else str(-(1 << (bits(ty) - 1)))) if ty in INTEGER \
+        else "0xFFF0000000000000"  # (-inf)
     e.line(f"store {ty} {low}, ptr %best")
     e.line(f"store i64 {_i(e, 'add', _i(e, 'mul', h0, win.W), w0)}, ptr %at")
     with e.rolled_loop(0, kh, scalar=True) as ki:
@@ -1232,7 +1248,8 @@ def _scan(e: Emitter, ty: str, xq: str, win: _Windows, rows: tuple, cols: tuple)
                 with e.when(e.emit(f"icmp ult i64 {iw}, {win.W}")):
                     pos = _i(e, "add", _i(e, "mul", ih, win.W), iw)
                     v = e.emit(f"load {ty}, ptr {e.gep(ty, xq, pos)}")
-                    with e.when(_greater(e, ty, v, e.emit(f"load {ty}, ptr %best"))):
+                    with e.when(_greater(e, ty, v, e.emit(f"load {ty}, ptr %best"),
+                                         unsigned)):
                         e.line(f"store {ty} {v}, ptr %best")
                         e.line(f"store i64 {pos}, ptr %at")
     return e.emit("load i64, ptr %at")
@@ -1246,9 +1263,10 @@ def _pool(b: WindowBuilder, name: str, ins: list, out: str, win: _Windows, nd: i
     faster so than by :func:`_scan`)."""
     x = b.n.inputs[0]
     dt = x.dtype.name
-    if dt not in ("float32", "float64", "int64"):
+    if dt not in LLTYPE:
         raise NotImplementedError(f"LLVM window codegen: pooling of {dt}")
-    ty = LLTYPE[dt]
+    ty = MEMTYPE[LLTYPE[dt]]  # (a bool: its byte)
+    unsigned = dt in UNSIGNED or dt == "bool"
     H, W, OH, OW = win.H, win.W, win.OH, win.OW
     planes = 1
     for s in b.n.out.shape[:-nd]:
@@ -1266,8 +1284,8 @@ def _pool(b: WindowBuilder, name: str, ins: list, out: str, win: _Windows, nd: i
             rows = win.axis(e, oh, 0)
             with e.rolled_loop(0, OW) as ow:
                 cols = win.axis(e, ow, 1)
-                at = (_scan_unrolled(e, ty, xq, win, rows[0], cols[0]) if unrolled
-                      else _scan(e, ty, xq, win, rows, cols))
+                at = (_scan_unrolled(e, ty, xq, win, rows[0], cols[0], unsigned) if unrolled
+                      else _scan(e, ty, xq, win, rows, cols, unsigned))
                 dst = e.gep("i64", yq, _i(e, "add", _i(e, "mul", oh, OW), ow))
                 e.line(f"store i64 {at}, ptr {dst}")
     e.line("ret i32 0")
