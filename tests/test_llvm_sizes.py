@@ -375,6 +375,8 @@ def _programs():
     r = np.random.default_rng(3)
     w = dg.tensor(r.standard_normal((6, 5)).astype(np.float32))
     g = dg.tensor(r.standard_normal(6).astype(np.float32))
+    wc = dg.tensor(r.standard_normal((4, 2, 3, 3)).astype(np.float32), requires_grad=True)
+    sc = dg.tensor(r.standard_normal((1, 2, 1, 1)).astype(np.float32), requires_grad=True)
     return {
         "layer_norm": lambda x, i: F.layer_norm(x, (6,), weight=g) * 2.0,
         "cross_entropy": lambda x, i: F.cross_entropy(x @ w, i),
@@ -384,7 +386,16 @@ def _programs():
         "gather_rows": lambda x, i: (x.gather(1, i.reshape(-1, 1)) - x.mean()).sigmoid(),
         "where_and_clip": lambda x, i: dg.where(x > 0.1, x.sqrt().abs(), x * x).sum(),
         "dropout": lambda x, i: F.dropout(x.relu(), p=0.3, training=True).sum(dim=1),
+        "conv_and_its_gradients": lambda x, i: _conv_grads(x, wc, sc),
     }
+
+
+def _conv_grads(x, wc, sc):
+    """A strided convolution over a symbolic batch and its input and weight gradients (the
+    window kernels' sample loops and staging take the size at run time)."""
+    y = F.conv2d(x.reshape(-1, 2, 1, 3) * sc, wc, padding=1, stride=(1, 2))
+    gw, gs = dg.autograd.grad((y * y).sum(), (wc, sc))
+    return (y.sum(dim=(1, 2, 3)) + gw.sum() + gs.sum()).detach()
 
 
 @pytest.mark.parametrize("name", sorted(_programs()))
