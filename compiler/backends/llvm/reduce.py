@@ -32,6 +32,9 @@ _LANES = {"float": 16, "double": 8, "i64": 8}  # accumulators per reduction: one
 _CHUNK = 16  # vectors per chunk of the reduction loop
 _BLOCK_CHUNKS = 64  # chunks per block of a reduction split across threads (see threads.py)
 _PARTIALS = 4  # running partials per kept element in the column form (a power of two)
+KEPT_SPLIT_MIN = 1 << 16  # elements (kept x reduced) from which a reduction keeping several
+#                           elements splits them across the threads (each pass over 64K
+#                           elements takes some 10–20 µs; a split costs about one)
 COLUMNS_MAX_BYTES = 1 << 16  # the column form's stack buffers at most (all its reductions'):
 #                              a worker thread's stack holds them, beside gemm's panels
 
@@ -57,8 +60,8 @@ class ReduceBuilder(LoopBuilder):
 
     Threads: a full reduction of ``R >= threads.PAR_MIN`` elements splits its chunks into
     fixed blocks whose partial lanes add in order (:meth:`_blocks_function`); one keeping
-    several elements over as much work (BatchNorm's statistics and its passes over the
-    activations) splits the kept elements instead, a contiguous range per thread, each
+    several elements over ``KEPT_SPLIT_MIN`` elements in all (BatchNorm's statistics and its
+    passes over the activations) splits the kept elements instead, a contiguous range per thread, each
     element's reduction whole on one thread (:meth:`_kept_parts`). Either way the bits are
     the one-thread bits.
 
@@ -398,7 +401,7 @@ class ReduceBuilder(LoopBuilder):
 
         K = math.prod(self.reduced)
         kept_split = threads.find() is not None and not blocked and isinstance(K, int) \
-            and K >= 2 and K * self.R >= threads.PAR_MIN
+            and K >= 2 and K * self.R >= KEPT_SPLIT_MIN
         if kept_split:  # (a part of the kept elements: possibly none, with more threads)
             self.branch(self.emit("icmp slt i64 %o0, %o1"), "outer", "exit")
         with self.loop("%o", "%o1" if kept_split else K, start="%o0" if kept_split else 0,
