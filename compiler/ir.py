@@ -85,6 +85,9 @@ class Graph:
     # id of a value computed again for late readers -> id of the value it copies (see
     # compiler/passes/remat.py; fusion keeps such copies from running early)
     recomputed: dict = field(default_factory=dict)
+    # id of an index value narrowed to int32 -> its dtype as eager computes it (see
+    # compiler/passes/narrow.py; memory.eager_peak_bytes counts it at that width)
+    narrowed: dict = field(default_factory=dict)
 
     def new_value(self, shape, dtype, name: str = "", const=None, weak: bool = False) -> Value:
         v = Value(self._next, shape, dtype, name, const, weak)

@@ -30,6 +30,7 @@ from .backends.base import Backend, Executable
 from .guards import GuardSet, build_guards
 from .partition import Split, precompute, split
 from .passes import run_passes
+from .passes.narrow import narrow_indices
 from .passes.remat import rematerialise
 from .trace import Trace
 
@@ -63,15 +64,17 @@ def lower(trace: Trace, vector_math: bool, plans_memory: bool = False) -> Lowere
     not with numpy's functions — the split may then recompute them and may precompute the
     gradients of a scalar loss in the forward; the interpreter keeps eager's order.
     ``plans_memory``: the backend runs from a planned arena — with the backward inside the
-    call, cheap activations are then computed again for their late readers
-    (``passes/remat.py``)."""
+    call, index values it keeps to itself are narrowed to int32 (``passes/narrow.py``) and
+    cheap activations are computed again for their late readers (``passes/remat.py``)."""
     n_fwd = len(trace.graph.outputs)
     g = trace.joint
     before = str(g)
     ir.verify(g)
     g = run_passes(g)
     if plans_memory and trace.backward is None:  # (a backward outside: the split's own
-        g = rematerialise(g)  #                       rematerialisation, partition.py)
+        g = narrow_indices(g)  #                      rematerialisation, partition.py)
+        ir.verify(g)
+        g = rematerialise(g)
         ir.verify(g)
     after = str(g)
     parts = None

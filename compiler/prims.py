@@ -99,6 +99,13 @@ class Traits:
     #   a kernel of its own whose every element is computed the same way wherever it runs
     #   (its bits depend only on its inputs, shapes and parameters): passes/remat.py may
     #   compute it again when that is cheap
+    value_range: Callable | None = None  # (node, its inputs' ranges) -> (lo, hi), bounds of
+    #   an integer output's values (an input's range: (lo, hi) or None when unknown; a
+    #   Python int n's is (n, n)), or None: passes/narrow.py narrows int64 values it bounds
+    dtype_param: str | None = None  # the parameter naming the output's dtype, when one does
+    #   (else the output's dtype follows the inputs' by the shape rule)
+    index_inputs: tuple = ()  # inputs read only as indices, which may be int32 (the kernels
+    #   widen each as they read it)
 
     def maps(self, node) -> bool:
         """Whether ``node`` is an index map of its input (fusion reads it through one)."""
@@ -109,6 +116,56 @@ def _unit_steps(node) -> bool:
     return all(s == 1 for s in node.params["steps"])
 
 
+def _same_range(node, ranges) -> tuple | None:
+    """A view's, or a bounds check's (it raises on anything outside): its input's."""
+    return ranges[0]
+
+
+def _corners(op: Callable) -> Callable:
+    """The range of ``op`` (+, -, x: extreme at a corner of its operands' box)."""
+    def rule(node, ranges) -> tuple | None:
+        if len(ranges) != 2 or None in ranges:
+            return None
+        ends = [op(a, b) for a in ranges[0] for b in ranges[1]]
+        return min(ends), max(ends)
+    return rule
+
+
+def _either_range(node, ranges) -> tuple | None:
+    """``where``'s: the union of its two choices'."""
+    a, b = ranges[1:]
+    return None if a is None or b is None else (min(a[0], b[0]), max(a[1], b[1]))
+
+
+def _iota_range(node, ranges) -> tuple | None:
+    p = node.params
+    if not all(isinstance(v, int) for v in (p["start"], p["step"])):
+        return None
+    ends = (p["start"], p["start"] + p["step"] * max(node.out.shape[p["axis"]] - 1, 0))
+    return min(ends), max(ends)
+
+
+def _full_range(node, ranges) -> tuple | None:
+    v = node.params["value"]
+    return (v, v) if isinstance(v, int) else None
+
+
+def _pool_range(node, ranges) -> tuple:
+    """``max_pool_indices``': a flat position within its input's plane — or, for a window
+    of padding only, its clipped start, which may lie in the padding below or right
+    (bounded by each dim grown by its padding and a dilated window)."""
+    p = node.params
+    spatial = node.inputs[0].shape[-len(p["kernel"]):]
+    grown = [s + lo + hi + d * k for s, (lo, hi), d, k
+             in zip(spatial, p["padding"], p["dilation"], p["kernel"])]
+    return 0, math.prod(grown) - 1
+
+
+def _adaptive_range(node, ranges) -> tuple:
+    """``adaptive_max_indices``': a flat position within its input's plane."""
+    return 0, math.prod(node.inputs[0].shape[-len(node.params["output_size"]):]) - 1
+
+
 def _conv_work(node) -> int:
     """A convolution's multiply-adds per output element: its weight's (in channels per
     group) x window."""
@@ -116,13 +173,20 @@ def _conv_work(node) -> int:
 
 
 _OWN_TRAITS: dict[Primitive, Traits] = {
-    FULL: Traits(CONSTANT),
     SIZE_OF: Traits(CONSTANT, reads_data=False),
     SUM: Traits(REDUCTION, identity=0.0),
     MAX: Traits(REDUCTION, identity=-math.inf),
-    RESHAPE: Traits(MAP, relabels=True),
-    BROADCAST: Traits(MAP),
-    SLICE: Traits(MAP, window=True, map_if=_unit_steps),
+    FULL: Traits(CONSTANT, value_range=_full_range, dtype_param="dtype"),
+    IOTA: Traits(OWN, value_range=_iota_range, dtype_param="dtype"),
+    RESHAPE: Traits(MAP, relabels=True, value_range=_same_range),
+    BROADCAST: Traits(MAP, value_range=_same_range),
+    SLICE: Traits(MAP, window=True, map_if=_unit_steps, value_range=_same_range),
+    PERMUTE: Traits(OWN, value_range=_same_range),
+    MAX_POOL_INDICES: Traits(OWN, value_range=_pool_range, dtype_param="dtype"),
+    ADAPTIVE_MAX_INDICES: Traits(OWN, value_range=_adaptive_range, dtype_param="dtype"),
+    INDEX_CHECK: Traits(OWN, value_range=_same_range),
+    GATHER: Traits(OWN, index_inputs=(1,)),
+    SCATTER_ADD: Traits(OWN, index_inputs=(1,)),
     CONV: Traits(OWN, recompute_work=_conv_work),
     EXP: Traits(ELEMENTWISE, transcendental=True),
     LOG: Traits(ELEMENTWISE, transcendental=True),
@@ -137,9 +201,10 @@ _OWN_TRAITS: dict[Primitive, Traits] = {
     ATAN: Traits(ELEMENTWISE, transcendental=True),
     ATAN2: Traits(ELEMENTWISE, transcendental=True),
     POW: Traits(ELEMENTWISE, transcendental=True, python=operator.pow),
-    ADD: Traits(ELEMENTWISE, python=operator.add),
-    SUB: Traits(ELEMENTWISE, python=operator.sub),
-    MUL: Traits(ELEMENTWISE, python=operator.mul),
+    ADD: Traits(ELEMENTWISE, python=operator.add, value_range=_corners(operator.add)),
+    SUB: Traits(ELEMENTWISE, python=operator.sub, value_range=_corners(operator.sub)),
+    MUL: Traits(ELEMENTWISE, python=operator.mul, value_range=_corners(operator.mul)),
+    WHERE: Traits(ELEMENTWISE, value_range=_either_range),
     DIV: Traits(ELEMENTWISE, python=operator.truediv),
     NEG: Traits(ELEMENTWISE, python=operator.neg),
     ABS: Traits(ELEMENTWISE, python=operator.abs),

@@ -130,9 +130,9 @@ def _round_up(n: int, align: int) -> int:
     return -(-n // align) * align
 
 
-def _nbytes(v: Value) -> int:
+def _nbytes(v: Value, dtype=None) -> int:
     shape = v.shape
-    return math.prod(shape) * v.dtype.itemsize  # (a symbolic variant's sizes: Dims)
+    return math.prod(shape) * (dtype or v.dtype).itemsize  # (a symbolic variant's sizes: Dims)
 
 
 def _shape(v: Value) -> tuple:
@@ -273,12 +273,14 @@ def eager_peak_bytes(g: Graph) -> int:
     """Most bytes of intermediates alive at once when every non-view node output is its own
     allocation, freed after its last use — what eager numpy does (outputs and inputs are not
     intermediates; exact bytes, no rounding). Values computed again for late readers
-    (``Graph.recomputed``) are not eager's: its readers read the original."""
+    (``Graph.recomputed``) are not eager's: its readers read the original; and index values
+    narrowed to int32 (``Graph.narrowed``) are eager's int64."""
+    wide = g.narrowed
     g = _as_eager(g)
     owns, escaping = _owners(g, None)
     start, last, _, _ = _liveness(g, owns, _times(g, None))
     by_id = {n.out.id: n.out for n in g.nodes}
-    return _peak([(_nbytes(by_id[i]), start[i], last[i]) for i in start
+    return _peak([(_nbytes(by_id[i], wide.get(i)), start[i], last[i]) for i in start
                   if i not in escaping])
 
 
@@ -301,6 +303,8 @@ def _as_eager(g: Graph) -> Graph:
     return Graph(inputs=g.inputs, scalars=g.scalars, nodes=nodes, outputs=g.outputs,
                  guards=guards)
 
+
+REFUSE_TRIES = 8  # in-place pairs (the largest) tried apart when the arena exceeds the peak
 
 _ORDERS = {  # (size, first, last) -> sort key; each a greedy order worth trying
     "largest first": lambda b: (-b[0], b[1], b[2]),
@@ -371,42 +375,71 @@ def plan_memory(g: Graph, materialised=None, align: int = ALIGN, *, steps=None,
     times = _times(g, steps)
     start, last, clean, aligned = _liveness(g, owns, times)
     by_id = {n.out.id: n.out for n in g.nodes}
-    buffer_of: dict[int, int] = {}  # value id -> index into `members` (arena candidates)
-    members: list[list[int]] = []
-    output_of: dict[int, int] = {}  # buffer index -> the output whose memory it is
-    pairs, overwritten = [], set()
-    for k, (n, t) in enumerate(zip(g.nodes, times)):
-        v = n.out
-        if v.id not in owns:
-            continue
-        into = None
-        if inplace and n.prim.kind == "elementwise" and (into_outputs or v.id not in escaping) \
-                and (inplace is True or inplace(k)):
-            into = next((by_id[r] for x in n.inputs if isinstance(x, Value)
-                         and _at_index(n, x) for r in sorted(aligned.get(x.id, ()))
-                         if r in buffer_of and r not in overwritten and last[r] == t
-                         and clean[r] and _fits(by_id[r], v)), None)
-        if into is not None:
-            b = buffer_of[into.id]
-            overwritten.add(into.id)
-            pairs.append((into.id, v.id))
-            if v.id in escaping:  # the chain lives in the output's memory from its start
-                output_of[b] = v.id
+
+    def chains(refused: frozenset) -> tuple:
+        """The buffers, in-place pairs made but for the outputs in ``refused``."""
+        buffer_of: dict[int, int] = {}  # value id -> index into `members` (arena candidates)
+        members: list[list[int]] = []
+        output_of: dict[int, int] = {}  # buffer index -> the output whose memory it is
+        pairs, overwritten = [], set()
+        for k, (n, t) in enumerate(zip(g.nodes, times)):
+            v = n.out
+            if v.id not in owns:
                 continue
-            buffer_of[v.id] = b
-            members[b].append(v.id)
-        elif v.id not in escaping:
-            buffer_of[v.id] = len(members)
-            members.append([v.id])
-    sizes = {i: _round_up(_nbytes(by_id[i]), align) for i in buffer_of}
-    spans = [(sizes[m[0]], start[m[0]], max(last[i] for i in m)) for m in members]
-    arena_spans = [s for b, s in enumerate(spans) if b not in output_of]
-    best = None
-    for name, key in _ORDERS.items():
-        arena, offs = _place(arena_spans, key)
-        if best is None or arena < best[0]:
-            best = (arena, offs, name)
-    arena, offs, order = best
+            into = None
+            if inplace and n.prim.kind == "elementwise" and v.id not in refused \
+                    and (into_outputs or v.id not in escaping) \
+                    and (inplace is True or inplace(k)):
+                into = next((by_id[r] for x in n.inputs if isinstance(x, Value)
+                             and _at_index(n, x) for r in sorted(aligned.get(x.id, ()))
+                             if r in buffer_of and r not in overwritten and last[r] == t
+                             and clean[r] and _fits(by_id[r], v)), None)
+            if into is not None:
+                b = buffer_of[into.id]
+                overwritten.add(into.id)
+                pairs.append((into.id, v.id))
+                if v.id in escaping:  # the chain lives in the output's memory from its start
+                    output_of[b] = v.id
+                    continue
+                buffer_of[v.id] = b
+                members[b].append(v.id)
+            elif v.id not in escaping:
+                buffer_of[v.id] = len(members)
+                members.append([v.id])
+        return buffer_of, members, output_of, pairs
+
+    sizes = {i: _round_up(_nbytes(by_id[i]), align) for i in owns if i not in escaping}
+
+    def placement(refused: frozenset) -> tuple:
+        """The best greedy order's arena for the buffers :func:`chains` gives."""
+        buffer_of, members, output_of, pairs = found = chains(refused)
+        spans = [(sizes[m[0]], start[m[0]], max(last[i] for i in m)) for m in members]
+        arena_spans = [s for b, s in enumerate(spans) if b not in output_of]
+        best = None
+        for name, key in _ORDERS.items():
+            arena, offs = _place(arena_spans, key)
+            if best is None or arena < best[0]:
+                best = (arena, offs, name)
+        return best + (arena_spans, found)
+
+    # Note (in-place pairs refused): a pair joins two buffers into one of the two
+    # lifetimes together — no more bytes alive at once, but a longer block to place: the
+    # mnist step's dropout gradient (a matmul's output, then its mask and scale in place)
+    # then overlaps both the pooled values it follows and the 9 MiB scatter-add it
+    # precedes, and the arena exceeded the bytes ever alive at once by 2.25 MiB. When it
+    # does, the largest pairs are refused one at a time, each kept when the arena shrinks.
+    refused: frozenset = frozenset()
+    best = placement(refused)
+    live = _peak(best[3])
+    joined = sorted((v for _, v in best[4][3] if v in best[4][0]), key=lambda v: -sizes[v])
+    for v in joined[:REFUSE_TRIES]:
+        if best[0] <= live:
+            break
+        trial = placement(refused | {v})
+        if trial[0] < best[0]:
+            refused, best = refused | {v}, trial
+    arena, offs, order, arena_spans, (buffer_of, members, output_of, pairs) = best
+    sizes = {i: sizes[i] for i in buffer_of}
     placed = iter(offs)
     offset_of = {b: next(placed) for b in range(len(members)) if b not in output_of}
     return MemoryPlan(

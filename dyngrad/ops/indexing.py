@@ -23,13 +23,17 @@ from .creation import (
 )
 from .primitive import Primitive
 
+INDEX_DTYPES = (_dt.int64, _dt.int32)  # the index primitives' index dtypes: int64, as
+#   PyTorch's (the composites cast to it); int32 only where a compiled step narrows
+#   indices it keeps to itself (compiler/passes/narrow.py)
+
 
 def _gather_shape(xshape, ishape, axis):
     return tuple(xshape[:axis]) + tuple(ishape) + tuple(xshape[axis + 1:])
 
 
 def _gather_rule(x, idx, axis):
-    if idx.dtype is not _dt.int64:
+    if idx.dtype not in INDEX_DTYPES:
         raise IndexError(f"gather: indices must be int64, got {idx.dtype.name}")
     if not 0 <= axis < max(len(x.shape), 1):
         raise IndexError(f"gather: axis {axis} out of range for shape {list(x.shape)}")
@@ -62,7 +66,7 @@ GATHER = Primitive("gather", "index", _gather_impl, _gather_rule, vjp=_gather_vj
 
 
 def _scatter_rule(base, idx, src, axis):
-    if idx.dtype is not _dt.int64:
+    if idx.dtype not in INDEX_DTYPES:
         raise IndexError(f"scatter_add: indices must be int64, got {idx.dtype.name}")
     want = _gather_shape(base.shape, idx.shape, axis)
     if tuple(src.shape) != want:
@@ -106,7 +110,7 @@ SCATTER_ADD = Primitive("scatter_add", "index", _scatter_impl, _scatter_rule,
 
 
 def _check_rule(idx, size, dim, op, wrap=True):
-    if idx.dtype is not _dt.int64:
+    if idx.dtype not in INDEX_DTYPES:
         raise IndexError(f"{op}: indices must be int64, got {idx.dtype.name}")
     return tuple(idx.shape), idx.dtype
 

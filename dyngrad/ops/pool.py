@@ -44,7 +44,7 @@ def _plane_index(spatial: tuple, padding: tuple) -> np.ndarray:
     return padded(flat, padding, -1)
 
 
-def _max_pool_indices_impl(x, kernel, stride, padding, dilation):
+def _max_pool_indices_impl(x, kernel, stride, padding, dilation, dtype=_dt.int64):
     nd = len(kernel)
     spatial = x.shape[-nd:]
     out = tuple(out_size(s, lo, hi, k, st, d) for s, (lo, hi), k, st, d
@@ -66,7 +66,7 @@ def _max_pool_indices_impl(x, kernel, stride, padding, dilation):
         for i, (s0, size) in enumerate(zip(starts, spatial)):
             flat = flat * size + s0.reshape((-1,) + (1,) * (nd - 1 - i))
         first = np.where(empty, flat, first)
-    return np.where(idx < 0, first, idx).reshape(at.shape)
+    return np.where(idx < 0, first, idx).reshape(at.shape).astype(dtype.np, copy=False)
 
 
 def empty_windows(spatial: tuple, kernel: tuple, stride: tuple, padding: tuple,
@@ -80,13 +80,21 @@ def empty_windows(spatial: tuple, kernel: tuple, stride: tuple, padding: tuple,
     return empty if empty.any() else None
 
 
-def _max_pool_indices_rule(x, kernel, stride, padding, dilation):
+def _index_dtype(op: str, dtype) -> _dt.DType:
+    """A pooling-index primitive's output dtype: int64 (eager's, PyTorch's), or int32 when
+    a compiled step keeps the indices inside it (compiler/passes/narrow.py)."""
+    if dtype not in (_dt.int64, _dt.int32):
+        raise TypeError(f"{op}: indices are int64 or int32, not {dtype.name}")
+    return dtype
+
+
+def _max_pool_indices_rule(x, kernel, stride, padding, dilation, dtype=_dt.int64):
     nd = len(kernel)
     out = tuple(out_size(s, lo, hi, k, st, d) for s, (lo, hi), k, st, d
                 in zip(x.shape[-nd:], padding, kernel, stride, dilation))
     if x.ndim < nd + 1 or min(out) < 1:
         raise RuntimeError(f"max_pool: input {list(x.shape)} gives output size {list(out)}")
-    return tuple(x.shape[:-nd]) + out, _dt.int64
+    return tuple(x.shape[:-nd]) + out, _index_dtype("max_pool_indices", dtype)
 
 
 def _adaptive_bounds(size: int, out: int) -> list:
@@ -94,7 +102,7 @@ def _adaptive_bounds(size: int, out: int) -> list:
     return [(i * size // out, -(-(i + 1) * size // out)) for i in range(out)]
 
 
-def _adaptive_max_indices_impl(x, output_size):
+def _adaptive_max_indices_impl(x, output_size, dtype=_dt.int64):
     nd = len(output_size)
     spatial = x.shape[-nd:]
     plane = np.arange(math.prod(spatial), dtype=np.int64).reshape(spatial)
@@ -106,17 +114,19 @@ def _adaptive_max_indices_impl(x, output_size):
         part = x[(Ellipsis,) + box]
         at = window_argmax(part.reshape(lead + (math.prod(part.shape[-nd:]),)))
         res[(Ellipsis,) + pos] = plane[box].reshape(-1)[at]
-    return res
+    return res.astype(dtype.np, copy=False)
 
 
-def _adaptive_max_indices_rule(x, output_size):
-    return tuple(x.shape[:-len(output_size)]) + tuple(output_size), _dt.int64
+def _adaptive_max_indices_rule(x, output_size, dtype=_dt.int64):
+    return (tuple(x.shape[:-len(output_size)]) + tuple(output_size),
+            _index_dtype("adaptive_max_indices", dtype))
 
 
 MAX_POOL_INDICES = Primitive(
     "max_pool_indices", "window", _max_pool_indices_impl, _max_pool_indices_rule,
-    doc="each window's first maximum as a flat index within its input plane (int64); "
-        "``padding`` is (lo, hi) per spatial dim, hi including ceil_mode's extra")
+    doc="each window's first maximum as a flat index within its input plane (``dtype``: "
+        "int64, or int32 inside a compiled step); ``padding`` is (lo, hi) per spatial dim, "
+        "hi including ceil_mode's extra")
 ADAPTIVE_MAX_INDICES = Primitive(
     "adaptive_max_indices", "window", _adaptive_max_indices_impl, _adaptive_max_indices_rule,
     doc="adaptive max pooling's first maximum per window as a flat index within its plane")

@@ -74,11 +74,25 @@ def _memtype(n) -> str:
     return MEMTYPE[LLTYPE[dt]]
 
 
+def _index_type(v) -> str:
+    """The LLVM type of an index value's elements: i64, or i32 for indices a compiled step
+    narrowed (compiler/passes/narrow.py)."""
+    if v.dtype not in (_dt.int64, _dt.int32):
+        raise NotImplementedError(f"LLVM index codegen: indices of dtype {v.dtype.name}")
+    return LLTYPE[v.dtype.name]
+
+
+def _load_index(b: IndexBuilder, ty: str, p: str, at: str) -> str:
+    """Index ``at`` of the indices at ``p`` (of type ``ty``), as an i64."""
+    k = b.emit(f"load {ty}, ptr {b.emit(f'getelementptr inbounds {ty}, ptr {p}, i64 {at}')}")
+    return k if ty == "i64" else b.emit(f"sext {ty} {k} to i64")
+
+
 @_KERNELS(P.INDEX_CHECK)
 def _check(b: IndexBuilder, n, ptr: dict) -> None:
     """``index_check``: status 1 if an index is outside [-size, size) ([0, size) without
     ``wrap``), else the indices copied to the output and 0."""
-    _memtype(n)
+    ty = _index_type(n.out)
     size, m = n.params["size"], math.prod(n.out.shape)
     low = -size if n.params.get("wrap", True) else 0
     pi, po = ptr[id(n.inputs[0])], ptr[id(n.out)]
@@ -87,13 +101,14 @@ def _check(b: IndexBuilder, n, ptr: dict) -> None:
         b.line("ret i32 0")
         return
     with b._loop("%q", m, block="chk", exit="done"):
-        a = b.emit(f"getelementptr inbounds i64, ptr {pi}, i64 %q")
-        k = b.emit(f"load i64, ptr {a}")
+        a = b.emit(f"getelementptr inbounds {ty}, ptr {pi}, i64 %q")
+        v = b.emit(f"load {ty}, ptr {a}")
+        k = v if ty == "i64" else b.emit(f"sext {ty} {v} to i64")
         lo = b.emit(f"icmp slt i64 {k}, {low}")
         hi = b.emit(f"icmp sge i64 {k}, {size}")
         bad = b.emit(f"or i1 {lo}, {hi}")
-        c = b.emit(f"getelementptr inbounds i64, ptr {po}, i64 %q")
-        b.line(f"store i64 {k}, ptr {c}")
+        c = b.emit(f"getelementptr inbounds {ty}, ptr {po}, i64 %q")
+        b.line(f"store {ty} {v}, ptr {c}")
         b.branch(bad, "bad", "ok")
         b.label("ok")
     b.line("ret i32 0")
@@ -121,6 +136,7 @@ def _gather_or_scatter(b: IndexBuilder, n, ptr: dict) -> None:
     if m == 0 or pre == 0 or post == 0:
         raise NotImplementedError("LLVM index codegen: an empty dimension")
     px, pi, po = (ptr[id(n.inputs[0])], ptr[id(idx)], ptr[id(n.out)])
+    ity = _index_type(idx)
     b.label("entry")
     if not gather:  # scatter_add: out = base, then validate, then add in order
         with b._loop("%c", math.prod(xs), block="cp", exit="chk.pre"):
@@ -131,8 +147,7 @@ def _gather_or_scatter(b: IndexBuilder, n, ptr: dict) -> None:
     # every index checked first: nothing is written past a bad one... (for gather the
     # output is fresh memory the caller discards on failure)
     with b._loop("%q", m, block="chk", exit="go"):
-        a = b.emit(f"getelementptr inbounds i64, ptr {pi}, i64 %q")
-        k = b.emit(f"load i64, ptr {a}")
+        k = _load_index(b, ity, pi, "%q")
         lo = b.emit(f"icmp slt i64 {k}, {-size}")
         hi = b.emit(f"icmp sge i64 {k}, {size}")
         bad = b.emit(f"or i1 {lo}, {hi}")
@@ -140,8 +155,7 @@ def _gather_or_scatter(b: IndexBuilder, n, ptr: dict) -> None:
         b.label("chk.ok")
     with b._loop("%p", pre, block="p.loop", exit="done", latch="p.end"):
         with b._loop("%j", m, block="j.loop", exit="p.end", latch="j.end"):
-            a = b.emit(f"getelementptr inbounds i64, ptr {pi}, i64 %j")
-            k = b.emit(f"load i64, ptr {a}")
+            k = _load_index(b, ity, pi, "%j")
             neg = b.emit(f"icmp slt i64 {k}, 0")
             kw = b.emit(f"add i64 {k}, {size}")
             k = b.emit(f"select i1 {neg}, i64 {kw}, i64 {k}")

@@ -46,7 +46,8 @@ so ties keep the first maximum, a NaN the last NaN, and a window of ``-inf`` or 
 only its clipped start. Planes run in parallel.
 
 Supported: float32 and float64 convolutions (integer ones run in numpy: no integer GEMM),
-1-d and 2-d (a 1-d one is a 2-d one of height 1); pooling of float32, float64 and int64.
+1-d and 2-d (a 1-d one is a 2-d one of height 1); pooling of float32, float64 and int64,
+its indices int64 or int32 (positions computed in i64, stored narrowed: passes/narrow.py).
 """
 
 from __future__ import annotations
@@ -1267,6 +1268,7 @@ def _pool(b: WindowBuilder, name: str, ins: list, out: str, win: _Windows, nd: i
         raise NotImplementedError(f"LLVM window codegen: pooling of {dt}")
     ty = MEMTYPE[LLTYPE[dt]]  # (a bool: its byte)
     unsigned = dt in UNSIGNED or dt == "bool"
+    ity = LLTYPE[b.n.out.dtype.name]  # the indices' type: i64, or i32 (narrowed)
     H, W, OH, OW = win.H, win.W, win.OH, win.OW
     planes = 1
     for s in b.n.out.shape[:-nd]:
@@ -1279,15 +1281,17 @@ def _pool(b: WindowBuilder, name: str, ins: list, out: str, win: _Windows, nd: i
         e.line("%at = alloca i64")
     with e.rolled_loop("%q0", "%q1", scalar=True) as q:
         xq = e.gep(ty, "%x", e.emit(f"mul i64 {q}, {H * W}"))
-        yq = e.gep("i64", "%y", e.emit(f"mul i64 {q}, {OH * OW}"))
+        yq = e.gep(ity, "%y", e.emit(f"mul i64 {q}, {OH * OW}"))
         with e.rolled_loop(0, OH, scalar=True) as oh:
             rows = win.axis(e, oh, 0)
             with e.rolled_loop(0, OW) as ow:
                 cols = win.axis(e, ow, 1)
                 at = (_scan_unrolled(e, ty, xq, win, rows[0], cols[0], unsigned) if unrolled
                       else _scan(e, ty, xq, win, rows, cols, unsigned))
-                dst = e.gep("i64", yq, _i(e, "add", _i(e, "mul", oh, OW), ow))
-                e.line(f"store i64 {at}, ptr {dst}")
+                dst = e.gep(ity, yq, _i(e, "add", _i(e, "mul", oh, OW), ow))
+                if ity != "i64":
+                    at = e.emit(f"trunc i64 {at} to {ity}")
+                e.line(f"store {ity} {at}, ptr {dst}")
     e.line("ret i32 0")
     b.helpers.append(e.function(f"define internal i32 @{name}_planes(ptr noalias %x, ptr "
                                 f"noalias %y, i64 %q0, i64 %q1)"))
