@@ -717,3 +717,28 @@ def test_the_plan_at_a_new_batch_size_is_a_function_of_the_size():
     assert plan.arena_bytes == expected.arena_bytes
     assert np.array_equal(plan.table(g_sym), expected.table(g7))
     assert plan.eager_peak_bytes == expected.eager_peak_bytes
+
+
+def test_in_place_pairs_that_lengthen_a_block_past_the_peak_are_refused(monkeypatch):
+    """An in-place pair makes one block of two lifetimes: W7a's dropout gradient (a
+    matmul's output, its mask and scale written in place) then overlaps both the pooled
+    values before it and the scatter-add after it, and no placement reaches the bytes alive
+    at once. The planner refuses its largest pairs one at a time while the arena exceeds
+    that peak (``REFUSE_TRIES``): the arena is then the peak itself, smaller than with every
+    pair kept — and the plan still verifies and simulates."""
+    from benchmarks.workloads import WORKLOADS
+    from compiler.passes import memory
+
+    def plan_of(tries):
+        monkeypatch.setattr(memory, "REFUSE_TRIES", tries)
+        inst = WORKLOADS["W7a"].build(True)
+        cf = compiler.compile(inst.step, backend="llvm")
+        run = inst.runnable(cf)
+        for i in range(3):
+            run(*inst.calls[i % len(inst.calls)])
+        (v,) = cf.variants
+        return v
+    kept, refused = plan_of(0).memory, plan_of(memory.REFUSE_TRIES).memory
+    assert kept.arena_bytes > kept.peak_live_bytes
+    assert refused.arena_bytes == refused.peak_live_bytes < kept.arena_bytes
+    assert len(refused.inplace) < len(kept.inplace)

@@ -61,9 +61,9 @@ class ReduceBuilder(LoopBuilder):
     Threads: a full reduction of ``R >= threads.PAR_MIN`` elements splits its chunks into
     fixed blocks whose partial lanes add in order (:meth:`_blocks_function`); one keeping
     several elements over ``KEPT_SPLIT_MIN`` elements in all (BatchNorm's statistics and its
-    passes over the activations) splits the kept elements instead, a contiguous range per thread, each
-    element's reduction whole on one thread (:meth:`_kept_parts`). Either way the bits are
-    the one-thread bits.
+    passes over the activations) splits the kept elements instead, a contiguous range per
+    thread, each element's reduction whole on one thread (:meth:`_kept_parts`). Either way
+    the bits are the one-thread bits.
 
     A reduction over leading dims that keeps contiguous trailing ones (a bias gradient)
     takes the *column form* instead (:meth:`_build_columns`): walking each column down
