@@ -738,7 +738,8 @@ def test_in_place_pairs_that_lengthen_a_block_past_the_peak_are_refused(monkeypa
             run(*inst.calls[i % len(inst.calls)])
         (v,) = cf.variants
         return v
-    kept, refused = plan_of(0).memory, plan_of(memory.REFUSE_TRIES).memory
+    tries = memory.REFUSE_TRIES
+    kept, refused = plan_of(0).memory, plan_of(tries).memory
     assert kept.arena_bytes > kept.peak_live_bytes
     assert refused.arena_bytes == refused.peak_live_bytes < kept.arena_bytes
     assert len(refused.inplace) < len(kept.inplace)
