@@ -17,6 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dyngrad.ops import REGISTRY
+from dyngrad.ops.bitwise import (
+    BITWISE_AND,
+    BITWISE_LEFT_SHIFT,
+    BITWISE_NOT,
+    BITWISE_OR,
+    BITWISE_RIGHT_SHIFT,
+    BITWISE_XOR,
+)
 from dyngrad.ops.conv import CONV, CONV_TRANSPOSE, CONV_WEIGHT_GRAD
 from dyngrad.ops.creation import FULL, IOTA
 from dyngrad.ops.elementwise import (
@@ -66,7 +74,9 @@ from dyngrad.ops.scan import ARGSORT, CUMPROD, CUMSUM
 
 __all__ = [
     "Traits", "TRAITS", "traits", "Primitive", "Lowerings", "ABS", "ACOS", "ADD",
-    "ADAPTIVE_MAX_INDICES", "ARGSORT", "ASIN", "ATAN", "ATAN2", "BROADCAST", "CAST", "CEIL",
+    "ADAPTIVE_MAX_INDICES", "ARGSORT", "ASIN", "ATAN", "ATAN2", "BITWISE_AND",
+    "BITWISE_LEFT_SHIFT", "BITWISE_NOT", "BITWISE_OR", "BITWISE_RIGHT_SHIFT", "BITWISE_XOR",
+    "BROADCAST", "CAST", "CEIL",
     "CONCAT", "CONV", "CONV_TRANSPOSE",
     "CONV_WEIGHT_GRAD", "COS", "CUMPROD", "CUMSUM", "DIV", "EQ", "ERF", "EXP", "FLOOR", "FULL",
     "GATHER", "GE", "GT", "INDEX_CHECK", "IOTA", "LE", "LOG", "LOG1P", "LT", "MATMUL", "MAX",

@@ -61,6 +61,14 @@ from .dtypes import (
     int64,
     uint8,
 )
+from .ops.bitwise import (
+    bitwise_and,
+    bitwise_left_shift,
+    bitwise_not,
+    bitwise_or,
+    bitwise_right_shift,
+    bitwise_xor,
+)
 from .ops.composites import (
     cosh,
     fix,
@@ -299,7 +307,8 @@ __all__ = [
     "log", "log1p", "sqrt", "rsqrt", "sin", "cos", "tanh", "erf", "sigmoid", "relu", "gelu",
     "reciprocal", "square", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge", "where",
     "clamp", "clip", "masked_fill", "floor_divide", "remainder", "logical_and", "logical_or",
-    "logical_not", "logical_xor",
+    "logical_not", "logical_xor", "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not",
+    "bitwise_left_shift", "bitwise_right_shift",
     "sum", "mean", "var", "std", "amax", "amin", "max", "min", "argmax", "argmin", "logsumexp",
     "norm", "prod", "softmax", "log_softmax", "all", "any",
     "reshape", "expand", "broadcast_to", "permute", "transpose", "squeeze", "unsqueeze",

@@ -7,9 +7,9 @@ The layers of dyngrad, each importing only those below it:
 
 1. the tensor core: ``dtypes``, ``dispatch``, ``autograd.graph``/``grad_mode``, ``tensor``;
 2. primitives: ``ops.primitive`` and the records of ``ops.creation``, ``ops.movement``,
-   ``ops.elementwise``, ``ops.indexing``, ``ops.reduce``, ``ops.linalg``, ``ops.scan``,
-   ``ops.random`` (in that order, each with the front-end functions and composites built
-   on it);
+   ``ops.elementwise``, ``ops.bitwise``, ``ops.indexing``, ``ops.reduce``, ``ops.linalg``,
+   ``ops.scan``, ``ops.random`` (in that order, each with the front-end functions and
+   composites built on it);
 3. composites: ``ops.composites``, ``ops.einsum``, ``ops.losses``, ``autograd`` (backward,
    grad, Function), ``printing``, ``forward_ad``, ``vmap``, ``func``, ``nn``, ``optim``;
 4. this module, which ``dyngrad/__init__`` imports last and runs once (:func:`install`).
@@ -25,6 +25,7 @@ import numpy as np
 
 from . import autograd, printing
 from .dispatch import STATE
+from .ops import bitwise as _b
 from .ops import composites as _cf
 from .ops import creation as _c
 from .ops import elementwise as _e
@@ -256,6 +257,9 @@ METHODS: tuple[Method, ...] = (
         clamp=_e.clamp, clip=_e.clamp, masked_fill=_e.masked_fill,
         logical_and=_e.logical_and, logical_or=_e.logical_or, logical_not=_e.logical_not,
         logical_xor=_e.logical_xor, lerp=_e.lerp, addcmul=_e.addcmul, addcdiv=_e.addcdiv,
+        bitwise_and=_b.bitwise_and, bitwise_or=_b.bitwise_or, bitwise_xor=_b.bitwise_xor,
+        bitwise_not=_b.bitwise_not, bitwise_left_shift=_b.bitwise_left_shift,
+        bitwise_right_shift=_b.bitwise_right_shift,
         # reductions
         sum=_sum_method, mean=_r.mean, var=_r.var, std=_r.std, amax=_r.amax,
         amin=_r.amin, max=_r.max, min=_r.min, argmax=_r.argmax, argmin=_r.argmin,
@@ -298,7 +302,7 @@ METHODS: tuple[Method, ...] = (
         scatter_add_=_scatter_add_, index_add_=_index_add_, scatter_=_scatter_,
         # unary operators
         __neg__=_e.neg, __abs__=_e.abs, __pos__=lambda self: self,
-        __invert__=_e.logical_not,
+        __invert__=_b.invert,
     ),
     *_rows(
         Kind.OPERATOR,
@@ -306,14 +310,16 @@ METHODS: tuple[Method, ...] = (
         __floordiv__=_e.floor_divide, __mod__=_e.remainder, __pow__=_e.pow,
         __matmul__=_l.matmul,
         __eq__=_e.eq, __ne__=_e.ne, __lt__=_e.lt, __le__=_e.le, __gt__=_e.gt, __ge__=_e.ge,
-        __and__=_e.logical_and, __or__=_e.logical_or, __xor__=_e.logical_xor,
+        __and__=_b.bitwise_and, __or__=_b.bitwise_or, __xor__=_b.bitwise_xor,
+        __lshift__=_b.bitwise_left_shift, __rshift__=_b.bitwise_right_shift,
     ),
     *_rows(
         Kind.REFLECTED,
         __radd__=_e.add, __rsub__=_e.sub, __rmul__=_e.mul, __rtruediv__=_e.div,
         __rfloordiv__=_e.floor_divide, __rmod__=_e.remainder, __rpow__=_e.pow,
         __rmatmul__=_l.matmul,
-        __rand__=_e.logical_and, __ror__=_e.logical_or, __rxor__=_e.logical_xor,
+        __rand__=_b.bitwise_and, __ror__=_b.bitwise_or, __rxor__=_b.bitwise_xor,
+        __rlshift__=_b.bitwise_left_shift, __rrshift__=_b.bitwise_right_shift,
     ),
     Method("add_", _e.add, Kind.INPLACE, fast=np.add),
     Method("sub_", _e.sub, Kind.INPLACE, fast=np.subtract),
@@ -331,6 +337,13 @@ METHODS: tuple[Method, ...] = (
         relu_=_e.relu, lerp_=_e.lerp, addcmul_=_e.addcmul, addcdiv_=_e.addcdiv,
         tril_=_cf.tril, triu_=_cf.triu, trunc_=_cf.trunc, fix_=_cf.trunc,
         cumsum_=_s.cumsum,
+        logical_and_=_e.logical_and, logical_or_=_e.logical_or, logical_xor_=_e.logical_xor,
+        logical_not_=_e.logical_not,
+        bitwise_and_=_b.bitwise_and, bitwise_or_=_b.bitwise_or, bitwise_xor_=_b.bitwise_xor,
+        bitwise_not_=_b.bitwise_not, bitwise_left_shift_=_b.bitwise_left_shift,
+        bitwise_right_shift_=_b.bitwise_right_shift,
+        __iand__=_b.bitwise_and, __ior__=_b.bitwise_or, __ixor__=_b.bitwise_xor,
+        __ilshift__=_b.bitwise_left_shift, __irshift__=_b.bitwise_right_shift,
     ),
     *_rows(
         Kind.OVERWRITE,

@@ -68,11 +68,13 @@ def prim(name):
 
 # ------------------------------------------------------------------ the op table
 
-# Primitives whose result carries no derivative: comparisons give bools, size_of a count,
-# index_check and the max-pool argmaxes integer indices, and creation/random ops have no
-# differentiable inputs.
+# Primitives whose result carries no derivative: comparisons give bools, bitwise ops integers
+# or bools, size_of a count, index_check and the max-pool argmaxes integer indices, and
+# creation/random ops have no differentiable inputs.
 NON_DIFFERENTIABLE = {"eq", "ne", "lt", "le", "gt", "ge", "size_of", "full", "iota", "random",
-                      "index_check", "max_pool_indices", "adaptive_max_indices", "argsort"}
+                      "index_check", "max_pool_indices", "adaptive_max_indices", "argsort",
+                      "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not",
+                      "bitwise_left_shift", "bitwise_right_shift"}
 
 
 def test_every_primitive_has_vjp_and_jvp_rules_or_is_listed_as_non_differentiable():

@@ -23,7 +23,8 @@ DTYPES = ("float32", "float64", "int64", "int32", "int16", "int8", "uint8", "boo
 
 NOT_NATIVE: dict = {}  # (name, dtype) -> why it runs in numpy: none today
 BINARY = ("add", "sub", "mul", "div", "maximum", "minimum", "pow", "eq", "ne", "lt", "le",
-          "gt", "ge", "atan2")
+          "gt", "ge", "atan2", "bitwise_and", "bitwise_or", "bitwise_xor",
+          "bitwise_left_shift", "bitwise_right_shift")
 
 
 def _input(dt: str):

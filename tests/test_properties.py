@@ -124,6 +124,12 @@ def unary_signed(draw):
 
 
 @st.composite
+def unary_integer(draw):
+    return (tensor(values(draw(shapes), draw(seeds), draw(st.sampled_from(["int64", "bool"])))),
+            ), {}
+
+
+@st.composite
 def cast_case(draw):
     x = values(draw(shapes), draw(seeds), draw(st.sampled_from(sorted(DTYPES))))
     return (tensor(x),), {"dtype": DTYPES[draw(st.sampled_from(sorted(DTYPES)))]}
@@ -367,6 +373,10 @@ VALID_INPUTS = {
     "div": binary_case(("float32", "float64")),
     "atan2": binary_case(("float32", "float64")),
     **{name: binary_case() for name in ("eq", "ne", "lt", "le", "gt", "ge")},
+    **{name: binary_case(("int64", "bool"))
+       for name in ("bitwise_and", "bitwise_or", "bitwise_xor")},
+    **{name: binary_case(("int64",)) for name in ("bitwise_left_shift", "bitwise_right_shift")},
+    "bitwise_not": unary_integer(),
     "where": where_case(),
     "sum": reduce_case(),
     "max": reduce_case(nonempty=True, dtypes=("float32", "float64", "int64")),

@@ -518,8 +518,8 @@ LOGICAL = {
     "op_ror_scalar": lambda m, a, b: True | (b > 0),
     "op_rxor_scalar": lambda m, a, b: True ^ (a > 0),
     "op_rand_scalar": lambda m, a, b: True & (a > 0),
-    # Note: only bool operands are compared. torch's & | ^ are bitwise on integers;
-    # dyngrad's are logical (it has no bitwise ops), so int & int differs.
+    # (& | ^ ~ on integer tensors are bitwise, as torch's: tests/test_bitwise.py)
+    "int_and": lambda m, a, b: (a.long() & b), "int_invert": lambda m, a, b: ~b,
 }
 
 

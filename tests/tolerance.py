@@ -360,6 +360,13 @@ def _compare(eb, y, v, e, p):
     return _flip(v[0], e[0], v[1], e[1])
 
 
+def _bitwise(eb, y, v, e, p):
+    """Exact on exact operands; a bool result may flip where an operand may; an integer one
+    with an uncertain operand is unbounded (any bit may differ)."""
+    err = np.maximum(e[0], e[1]) if len(e) == 2 else e[0]
+    return err if y.dtype == bool else np.where(err > 0, np.inf, 0.0)
+
+
 def _where(eb, y, v, e, p):
     c, a, b = v
     ec, ea, eb_ = e
@@ -445,6 +452,8 @@ RULES = {
     "eq": _compare, "ne": _compare, "lt": _compare, "le": _compare, "gt": _compare,
     "ge": _compare,
     "where": _where,
+    "bitwise_and": _bitwise, "bitwise_or": _bitwise, "bitwise_xor": _bitwise,
+    "bitwise_not": _bitwise, "bitwise_left_shift": _bitwise, "bitwise_right_shift": _bitwise,
     "sum": _sum, "max": _max, "size_of": _zero,
     "full": _full, "iota": _zero, "random": _zero,
     "gather": _gather, "scatter_add": _scatter_add, "index_check": _zero,

@@ -25,8 +25,9 @@ a tensor's included, vecmath64's ``pow64``), ``exp log tanh sigmoid erf sin cos`
 vecmath and vecmath64 functions, documented ulp bounds), ``eq
 ne lt le gt ge`` (``ne`` is true for NaN as in numpy), ``where``, ``cast`` between any two
 dtypes as numpy's ``astype`` on x86-64 (see :func:`_cast`); integer ``add sub mul neg abs
-sign maximum minimum pow`` wrapping at the type's width; bool ``mul add maximum minimum`` as
-and/or; and as copies
+sign maximum minimum pow`` wrapping at the type's width; ``bitwise_and or xor not`` on
+integers and bools, the shifts on integers (PyTorch's rule for amounts outside the width:
+see :func:`_shift`); bool ``mul add maximum minimum`` as and/or; and as copies
 ``reshape``/``broadcast`` of computed values and ``sum``/``max`` over size-1 axes; ``full``
 and ``size_of`` become constants; literal numbers become constants of the operation's dtype.
 A runtime Python number (a weak scalar input, e.g. an optimizer's learning rate) is passed
@@ -77,8 +78,8 @@ def _unsupported(prim: str, what) -> NotImplementedError:
         f"LLVM elementwise codegen: primitive {prim!r} on dtype {what} is not supported "
         f"(supported: float32/float64 add sub mul div neg abs sqrt maximum minimum sign floor, "
         f"pow, exp log tanh sigmoid erf sin cos, comparisons, where, casts between any "
-        f"dtypes, integer add sub mul neg abs sign maximum minimum pow, bool and/or as "
-        f"mul/add/maximum/minimum)")
+        f"dtypes, integer add sub mul neg abs sign maximum minimum pow, integer and bool "
+        f"bitwise and/or/xor/not, integer shifts, bool and/or as mul/add/maximum/minimum)")
 
 
 @builds("elementwise")
@@ -412,7 +413,9 @@ _ICMP = {P.EQ: "eq", P.NE: "ne", P.LT: "ult", P.LE: "ule", P.GT: "ugt", P.GE: "u
 _FBIN = {P.ADD: "fadd", P.SUB: "fsub", P.MUL: "fmul", P.DIV: "fdiv"}
 _IBIN = {P.ADD: "add", P.SUB: "sub", P.MUL: "mul"}  # int64: wrapping, as numpy's
 _BBIN = {P.ADD: "or", P.MUL: "and", P.MAXIMUM: "or", P.MINIMUM: "and"}  # bool, as numpy's
-_BOOL_RULES = frozenset({*_BBIN, P.ABS})  # the arithmetic rules that take bools
+_BITS = {P.BITWISE_AND: "and", P.BITWISE_OR: "or", P.BITWISE_XOR: "xor"}  # integers and bools
+_BOOL_RULES = frozenset({*_BBIN, P.ABS, *_BITS, P.BITWISE_NOT})  # the arithmetic rules that
+#                                                                  take bools
 
 
 @_VIEWS(P.SLICE)
@@ -700,6 +703,40 @@ def _extremum(b: LoopBuilder, n, ty: str) -> str:
     m = b.emit(f"select i1 {gt}, {ty} {a}, {ty} {c}")                # is NaN
     nan = b.emit(f"fcmp uno {ty} {a}, {a}")
     return b.emit(f"select i1 {nan}, {ty} {a}, {ty} {m}")
+
+
+@_ARITH(*_BITS)
+def _bitwise(b: LoopBuilder, n, ty: str) -> str:  # (i1 too: logical, as on bool tensors)
+    if ty not in INTEGER and ty != "i1":
+        raise _unsupported(n.prim.name, dtname(n.out))
+    a, c = b.args(n, ty)
+    return b.emit(f"{_BITS[n.prim]} {ty} {a}, {c}")
+
+
+@_ARITH(P.BITWISE_NOT)
+def _bitwise_not(b: LoopBuilder, n, ty: str) -> str:
+    if ty not in INTEGER and ty != "i1":
+        raise _unsupported(n.prim.name, dtname(n.out))
+    a, = b.args(n, ty)
+    return b.emit(f"xor {ty} {a}, {'true' if ty == 'i1' else -1}")
+
+
+@_ARITH(P.BITWISE_LEFT_SHIFT, P.BITWISE_RIGHT_SHIFT)
+def _shift(b: LoopBuilder, n, ty: str) -> str:
+    """PyTorch's shifts (numpy's too): an amount outside [0, width) — LLVM's ``shl`` and
+    ``ashr`` give poison there — shifts everything out: 0 to the left, the sign fill to the
+    right (arithmetic for signed types: an ``ashr`` by width − 1). One unsigned comparison
+    finds those amounts, negative ones included; the select never picks a poison value."""
+    if ty not in INTEGER:
+        raise _unsupported(n.prim.name, dtname(n.out))
+    a, c = b.args(n, ty)
+    w = bits(ty)
+    inside = b.emit(f"icmp ult {ty} {c}, {w}")
+    if n.prim is P.BITWISE_RIGHT_SHIFT and n.out.dtype.name not in UNSIGNED:
+        amount = b.emit(f"select i1 {inside}, {ty} {c}, {ty} {w - 1}")
+        return b.emit(f"ashr {ty} {a}, {amount}")
+    op = "shl" if n.prim is P.BITWISE_LEFT_SHIFT else "lshr"
+    return b.emit(f"select i1 {inside}, {ty} {b.emit(f'{op} {ty} {a}, {c}')}, {ty} 0")
 
 
 _INTRINSICS = {P.SQRT: "sqrt", P.FLOOR: "floor", P.CEIL: "ceil",  # LLVM intrinsics numpy
