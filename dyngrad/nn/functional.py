@@ -4,16 +4,13 @@ composition of the op table."""
 from __future__ import annotations
 
 from .. import dtypes as _dt
-from ..dispatch import dispatch
 from ..ops import elementwise as _e
 from ..ops import indexing as _i
 from ..ops import movement as _m
-from ..ops import random as _rnd
 from ..ops import reduce as _r
 from ..ops.conv import conv1d, conv2d, conv_transpose2d
 from ..ops.elementwise import gelu, sigmoid, tanh
 from ..ops.indexing import one_hot
-from ..ops.linalg import MATMUL
 from ..ops.losses import (
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
@@ -51,6 +48,8 @@ from .functional_activation import (
     softmin,
     softplus,
 )
+from .functional_attention import multi_head_attention_forward, scaled_dot_product_attention
+from .functional_dense import dropout, linear
 from .functional_layout import pad, pixel_shuffle, pixel_unshuffle
 from .functional_norm import (
     batch_norm,
@@ -73,7 +72,8 @@ __all__ = ["relu", "gelu", "sigmoid", "tanh", "softmax", "log_softmax", "linear"
            "adaptive_max_pool2d", "smooth_l1_loss", "huber_loss", "kl_div", "cosine_similarity",
            "margin_ranking_loss", "hardtanh", "relu6", "hardswish", "hardsigmoid", "mish",
            "prelu", "softmin", "pixel_shuffle", "pixel_unshuffle", "instance_norm",
-           "local_response_norm"]
+           "local_response_norm", "scaled_dot_product_attention",
+           "multi_head_attention_forward"]
 
 
 def softmax(input: Tensor, dim: int, dtype=None) -> Tensor:
@@ -82,38 +82,6 @@ def softmax(input: Tensor, dim: int, dtype=None) -> Tensor:
 
 def log_softmax(input: Tensor, dim: int, dtype=None) -> Tensor:
     return _r.log_softmax(input if dtype is None else input.to(dtype), dim)
-
-
-def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """x·Wᵀ + b with W of shape (out_features, in_features)."""
-    if input.shape[-1:] != weight.shape[-1:]:
-        raise RuntimeError(f"linear: mat1 and mat2 shapes cannot be multiplied: the input's "
-                           f"last dimension must equal in_features ({weight.shape[-1]}); "
-                           f"input {list(input.shape)}, weight {list(weight.shape)}")
-    if weight.ndim == 2 and input.ndim >= 2 and input.dtype is weight.dtype:
-        # one matmul with a transposed operand: no transposed copy in forward or backward
-        out = dispatch(MATMUL, input, weight, ta=False, tb=True)
-    else:
-        out = input @ (_m.T(weight) if weight.ndim == 2 else weight)
-    return out if bias is None else out + bias
-
-
-def dropout(input: Tensor, p: float = 0.5, training: bool = True,
-            inplace: bool = False) -> Tensor:
-    """Zero each element with probability ``p`` and scale the rest by 1/(1-p) (training
-    only). The mask comes from the counter-based generator, so compiled code can reproduce
-    it."""
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
-    if not training or p == 0.0:
-        return input
-    if p == 1.0:
-        return input * 0.0
-    keep = _e.ge(_rnd.rand(input.shape, dtype=input.dtype), p)
-    out = _e.where(keep, input * (1.0 / (1.0 - p)), 0.0)
-    if inplace:
-        return input.copy_(out)
-    return out
 
 
 def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None) -> Tensor:

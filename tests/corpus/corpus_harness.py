@@ -429,6 +429,38 @@ def quick_word_language_model(lib, compiled):
         return {"losses": np.array(losses), **parameters(model)}
 
 
+def quick_word_language_model_transformer(lib, compiled):
+    """pytorch/examples word_language_model's ``TransformerModel(ntoken=20, ninp=8, nhead=2,
+    nhid=16, nlayers=2, dropout=0)`` (an ``nn.Transformer`` subclass with its own causal
+    mask, ``log(tril(ones))``) and three steps of main.py's ``train`` loop body for it. The
+    model runs in eval mode: ``nn.Transformer``'s own layers keep their default dropout 0.1,
+    which the example does not pass on. Its parameters are set from one draw each, in
+    state-dict order, since the libraries' initialisers draw differently."""
+    t = library(lib)
+    with shared_random(lib, 4) as rng:
+        m = load("examples_word_language_model", lib)
+        model = m.TransformerModel(20, 8, 2, 16, 2, dropout=0.0).eval()
+        with t.no_grad():
+            for p in model.parameters():
+                p.copy_(t.tensor(rng.uniform(-0.3, 0.3, tuple(p.shape)).astype(np.float32)))
+        tokens = rng.integers(0, 20, (6, 3))
+        data, targets = t.tensor(tokens[:-1].copy()), t.tensor(tokens[1:].reshape(-1).copy())
+        criterion = m.nn.NLLLoss()
+
+        def step(data, targets):
+            model.zero_grad()
+            loss = criterion(model(data).view(-1, 20), targets)
+            loss.backward()
+            t.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+            for p in model.parameters():
+                p.data.add_(p.grad, alpha=-20)
+            return loss
+
+        step = compile_if(lib, compiled, step)
+        losses = [numpy(step(data, targets)) for _ in range(3)]
+        return {"losses": np.array(losses), **parameters(model)}
+
+
 def quick_nanogpt(lib, compiled):
     """nanoGPT model.py: a 2-layer, 2-head, 32-wide GPT (block 16, vocabulary 32, no dropout),
     its ``configure_optimizers`` (AdamW with and without weight decay), three training steps
@@ -741,6 +773,8 @@ FORMS = {f.name: f for f in [
               quick_time_sequence_lbfgs, rtol=1e-9, atol=1e-11, compiles=False),
     QuickForm("examples_word_language_model", "examples_word_language_model",
               quick_word_language_model),
+    QuickForm("examples_word_language_model:transformer", "examples_word_language_model",
+              quick_word_language_model_transformer),
     QuickForm("nanogpt_model", "nanogpt_model", quick_nanogpt, atol=adam_noise_atol(1e-3)),
     QuickForm("micrograd_test_engine", "micrograd_test_engine", quick_micrograd,
               compiles=False),
