@@ -53,6 +53,10 @@ RUNNABLE = [
     "tutorials_nlp_deep_learning",
     "tutorials_blitz_neural_networks",
     "mingpt_model",
+    "pytorch_cifar_resnet",
+    "examples_dcgan",
+    "examples_vae",
+    "examples_vae:seeded",
 ]
 
 # form -> the start of the error its quick form stops at under dyngrad today

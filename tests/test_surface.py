@@ -203,6 +203,7 @@ def test_backends_flags_read_as_torchs_and_can_be_set():
 def test_backends_import_as_modules_as_scripts_write_them():
     # (pytorch/examples dcgan: ``import torch.backends.cudnn as cudnn``)
     import dyngrad.backends.cudnn as cudnn
+
     from dyngrad.backends import mps
     assert cudnn is dg.backends.cudnn and mps is dg.backends.mps
     assert cudnn.__name__ == "dyngrad.backends.cudnn" and cudnn.is_available() is False
