@@ -6,17 +6,26 @@ deterministic and never use TF32 or cuDNN.
 >>> dg.backends.cudnn.benchmark = True
 >>> dg.backends.mps.is_available()
 False
+
+Note: scripts also import them as modules (``import torch.backends.cudnn as cudnn``, as
+pytorch/examples' dcgan does), so each flag holder is a module object registered in
+``sys.modules`` under its dotted name; the import system finds it there without
+``dyngrad.backends`` being a package.
 """
 
 from __future__ import annotations
 
+import sys
+import types
+
 __all__ = ["cudnn", "cuda", "mps", "mkldnn", "openmp"]
 
 
-class _Cudnn:
+class _Cudnn(types.ModuleType):
     """``torch.backends.cudnn`` without cuDNN."""
 
     def __init__(self) -> None:
+        super().__init__(f"{__name__}.cudnn", self.__doc__)
         self.enabled = True
         self.benchmark = False
         self.deterministic = False
@@ -37,20 +46,22 @@ class _Matmul:
         self.allow_bf16_reduced_precision_reduction = True
 
 
-class _Cuda:
+class _Cuda(types.ModuleType):
     """``torch.backends.cuda`` without CUDA."""
 
     def __init__(self) -> None:
+        super().__init__(f"{__name__}.cuda", self.__doc__)
         self.matmul = _Matmul()
 
     def is_built(self) -> bool:
         return False
 
 
-class _Available:
+class _Available(types.ModuleType):
     """A backend that answers ``is_available()`` and ``is_built()`` with fixed values."""
 
-    def __init__(self, available: bool, built: bool) -> None:
+    def __init__(self, name: str, available: bool, built: bool) -> None:
+        super().__init__(f"{__name__}.{name}", self.__doc__)
         self._answer = (available, built)
 
     def is_available(self) -> bool:
@@ -62,6 +73,7 @@ class _Available:
 
 cudnn = _Cudnn()
 cuda = _Cuda()
-mps = _Available(False, False)
-mkldnn = _Available(False, False)
-openmp = _Available(False, False)
+mps = _Available("mps", False, False)
+mkldnn = _Available("mkldnn", False, False)
+openmp = _Available("openmp", False, False)
+sys.modules.update({m.__name__: m for m in (cudnn, cuda, mps, mkldnn, openmp)})

@@ -371,6 +371,10 @@ class Tensor:
         return False
 
     @property
+    def is_xpu(self) -> bool:
+        return False  # (scripts test ``x.is_cuda or x.is_xpu`` before data_parallel)
+
+    @property
     def is_cpu(self) -> bool:
         return True
 

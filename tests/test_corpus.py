@@ -55,6 +55,10 @@ RUNNABLE = [
     "mingpt_model",
     "examples_word_language_model",
     "examples_word_language_model:transformer",
+    "pytorch_cifar_resnet",
+    "examples_dcgan",
+    "examples_vae",
+    "examples_vae:seeded",
 ]
 
 # form -> the start of the error its quick form stops at under dyngrad today

@@ -76,7 +76,7 @@ def test_device_errors_are_torchs():
 def test_a_tensor_is_on_the_cpu():
     x = dg.ones(2)
     assert x.device == dg.device("cpu") and x.device.type == "cpu"
-    assert x.is_cuda is False and x.is_cpu is True
+    assert x.is_cuda is False and x.is_xpu is False and x.is_cpu is True
     assert x.cpu() is x and x.to("cpu") is x and x.to(dg.device("cpu")) is x and x.to(x) is x
 
 
@@ -198,6 +198,15 @@ def test_backends_flags_read_as_torchs_and_can_be_set():
         assert dg.backends.cudnn.benchmark and dg.backends.cudnn.deterministic
     finally:
         dg.backends.cudnn.benchmark, dg.backends.cudnn.deterministic = old
+
+
+def test_backends_import_as_modules_as_scripts_write_them():
+    # (pytorch/examples dcgan: ``import torch.backends.cudnn as cudnn``)
+    import dyngrad.backends.cudnn as cudnn
+
+    from dyngrad.backends import mps
+    assert cudnn is dg.backends.cudnn and mps is dg.backends.mps
+    assert cudnn.__name__ == "dyngrad.backends.cudnn" and cudnn.is_available() is False
 
 
 # ------------------------------------------------------------------ amp

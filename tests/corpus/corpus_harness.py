@@ -7,10 +7,10 @@ those lines to get the original program back for PyTorch, so both libraries run 
 Note: the two libraries draw different random numbers from the same seed, so a program's
 initial weights and data would differ between them. :func:`shared_random` makes both draw
 from one numpy generator instead: while a program is loaded and its quick form runs,
-``randn``, ``rand``, ``multinomial`` and ``Tensor.uniform_``/``normal_`` (which every
-``nn.init`` function and every layer's ``reset_parameters`` reach) are replaced, from the test
-side, by functions drawing from ``numpy.random.default_rng(seed)``. The programs are not edited
-for this.
+``randn``, ``randn_like``, ``rand``, ``multinomial`` and ``Tensor.uniform_``/``normal_``
+(which every ``nn.init`` function and every layer's ``reset_parameters`` reach) are replaced,
+from the test side, by functions drawing from ``numpy.random.default_rng(seed)``. The programs
+are not edited for this.
 
 A quick form is a function ``quick(lib, compiled) -> {name: array}``: a few training steps or
 a forward/backward through the program's own classes and functions, with small synthetic data.
@@ -69,22 +69,34 @@ def source(name: str, lib: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def load(name: str, lib: str, until: str | None = None) -> types.ModuleType:
+def load(name: str, lib: str, until: str | None = None, skip: tuple[str, str] | None = None,
+         namespace: dict | None = None) -> types.ModuleType:
     """Execute the program as a module (not as ``__main__``: its command-line entry point does
     not run; a script whose work is at module level runs it). Its prints are swallowed.
 
     ``until``: execute only the lines before the first one that starts with this text (a
     tutorial whose module-level training takes too long for a test: its definitions and data
-    run, and the quick form runs a few of its steps itself)."""
+    run, and the quick form runs a few of its steps itself).
+
+    ``skip=(first, next)``: leave out the lines from the first one starting with ``first`` up
+    to the next one starting with ``next`` (a script that parses ``sys.argv`` and builds a
+    torchvision dataset at module level), with ``namespace`` supplying the globals they would
+    have made (``opt``, ``device``, the loaders); the line count stays, so tracebacks point at
+    the program's own lines."""
     module = types.ModuleType(f"corpus_{name}_{lib}")
     module.__file__ = str(CORPUS / f"{name}.py")
+    module.__dict__.update(namespace or {})
     if str(CORPUS) not in sys.path:  # (micrograd's tests import its engine, vendored here)
         sys.path.insert(0, str(CORPUS))
     text = source(name, lib)
+    lines = text.splitlines(keepends=True)
+    if skip is not None:
+        first = next(i for i, line in enumerate(lines) if line.startswith(skip[0]))
+        stop = next(i for i in range(first, len(lines)) if lines[i].startswith(skip[1]))
+        lines[first:stop] = ["\n"] * (stop - first)
     if until is not None:
-        lines = text.splitlines(keepends=True)
-        stop = next(i for i, line in enumerate(lines) if line.startswith(until))
-        text = "".join(lines[:stop])
+        lines = lines[:next(i for i, line in enumerate(lines) if line.startswith(until))]
+    text = "".join(lines)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SyntaxWarning)  # (upstream docstrings' "\s":
         warnings.simplefilter("ignore", DeprecationWarning)  # the warning before 3.12)
@@ -99,9 +111,11 @@ def load(name: str, lib: str, until: str | None = None) -> types.ModuleType:
 
 
 @contextlib.contextmanager
-def shared_random(lib: str, seed: int = 0):
+def shared_random(lib: str, seed: int = 0, own_randn_like: bool = False):
     """Within the block, ``lib``'s random tensors come from ``numpy.random.default_rng(seed)``
-    (see the module's note): the same numbers under dyngrad and under PyTorch."""
+    (see the module's note): the same numbers under dyngrad and under PyTorch.
+    ``own_randn_like``: leave ``randn_like`` drawing from the library's own generator (a
+    compiled step that calls it: a shared draw would be baked into the trace as a constant)."""
     t = library(lib)
     rng = np.random.default_rng(seed)
     dtypes = {t.float32: np.float32, t.float64: np.float64}
@@ -133,9 +147,12 @@ def shared_random(lib: str, seed: int = 0):
         u = rng.random(p.shape[:-1] + (1,)) * cdf[..., -1:]
         return t.tensor(np.minimum((cdf <= u).sum(-1, keepdims=True), p.shape[-1] - 1))
 
-    saved = {"randn": t.randn, "rand": t.rand, "multinomial": t.multinomial}
+    saved = {"randn": t.randn, "rand": t.rand, "multinomial": t.multinomial,
+             "randn_like": t.randn_like}
     saved_methods = {"uniform_": t.Tensor.uniform_, "normal_": t.Tensor.normal_}
     t.randn = factory(rng.standard_normal)
+    if not own_randn_like:
+        t.randn_like = lambda x, *, dtype=None, **_: t.randn(*x.shape, dtype=dtype or x.dtype)
     t.rand = factory(rng.random)
     t.multinomial = multinomial
     t.Tensor.uniform_ = fill(lambda a, b, shape: rng.uniform(a, b, shape))
@@ -692,6 +709,182 @@ def quick_mingpt(lib, compiled):
                 **{k: numpy(v) for k, v in model.named_parameters()}}
 
 
+def quick_cifar_resnet(lib, compiled):
+    """kuangliu/pytorch-cifar models/resnet.py: ``ResNet18()`` (BasicBlocks, stride-2
+    convolutions, BatchNorm, 1×1 shortcut convolutions) on two random 32×32 images: three
+    steps of its main.py's training loop body (SGD with momentum 0.9 and weight decay 5e-4,
+    ``nn.CrossEntropyLoss``), then the network in eval mode (running statistics). The
+    compiled run compiles the step. The learning rate is 0.01, not main.py's 0.1: at 0.1 the
+    second step turns float32 rounding (5e-6 in the first step's gradients) into 1% in some
+    weights, in PyTorch against itself as much as against dyngrad (in float64 the two agree
+    to 1e-14 at lr 0.1)."""
+    t = library(lib)
+    with shared_random(lib, 22) as rng:
+        m = load("pytorch_cifar_resnet", lib)
+        net = m.ResNet18()
+        x = t.tensor(rng.standard_normal((2, 3, 32, 32)).astype(np.float32))
+        y = t.tensor(rng.integers(0, 10, 2))
+        criterion = t.nn.CrossEntropyLoss()
+        optimizer = t.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+        def step(inputs, targets):
+            optimizer.zero_grad()
+            outputs = net(inputs)
+            loss = criterion(outputs, targets)
+            loss.backward()
+            optimizer.step()
+            return loss, outputs.max(1)[1]
+
+        step = compile_if(lib, compiled, step)
+        net.train()
+        results = [step(x, y) for _ in range(3)]
+        net.eval()
+        with t.no_grad():
+            output = net(x)
+        return {"losses": np.array([numpy(loss) for loss, _ in results]),
+                "predicted": np.array([numpy(p) for _, p in results]),
+                "eval_output": numpy(output), **parameters(net)}
+
+
+def quick_dcgan(lib, compiled):
+    """pytorch/examples dcgan: the script with its argument parsing and dataset lines left out
+    (the harness supplies ``opt`` with ``--nz 8 --ngf 4 --ndf 4 --batchSize 2``, ``nc = 3``
+    and the CPU device) and stopped before its training loop: its ``weights_init``,
+    ``Generator`` (ConvTranspose2d with stride 2, BatchNorm2d, ReLU, Tanh), ``Discriminator``
+    (strided Conv2d, LeakyReLU in place, Sigmoid), ``BCELoss``, ``fixed_noise`` and its two
+    Adam optimizers run as written. Then the generator on ``fixed_noise`` and three
+    iterations of its loop body (a discriminator update on a random 64×64 batch and on a fake
+    one, a generator update; ``errD``, ``errG`` and the ``.item()`` means it prints); the
+    compiled run compiles the loop body. (The body returns ``errD`` and ``errG`` detached: a
+    compiled function that returns a tensor whose graph it ran backward through falls back to
+    eager, see STATUS.md.)"""
+    t = library(lib)
+    opt = SimpleNamespace(netG="", netD="", batchSize=2, lr=0.0002, beta1=0.5)
+    namespace = {"opt": opt, "device": t.device("cpu"), "ngpu": 1, "nz": 8, "ngf": 4, "ndf": 4,
+                 "nc": 3}
+    with shared_random(lib, 23) as rng:
+        m = load("examples_dcgan", lib, skip=("parser = argparse", "# custom weights init"),
+                 namespace=namespace, until="if opt.dry_run:")
+        netD, netG, criterion, device = m.netD, m.netG, m.criterion, m.device
+        real_label, fake_label, nz = m.real_label, m.fake_label, m.nz
+
+        def iteration(real_cpu, noise):
+            # (the body of its ``for i, data in enumerate(dataloader, 0)``, without the prints
+            # and image files)
+            netD.zero_grad()
+            batch_size = real_cpu.size(0)
+            label = t.full((batch_size,), real_label, dtype=real_cpu.dtype, device=device)
+            output = netD(real_cpu)
+            errD_real = criterion(output, label)
+            errD_real.backward()
+            D_x = output.mean().item()
+            fake = netG(noise)
+            label.fill_(fake_label)
+            output = netD(fake.detach())
+            errD_fake = criterion(output, label)
+            errD_fake.backward()
+            D_G_z1 = output.mean().item()
+            errD = errD_real + errD_fake
+            m.optimizerD.step()
+            netG.zero_grad()
+            label.fill_(real_label)
+            output = netD(fake)
+            errG = criterion(output, label)
+            errG.backward()
+            D_G_z2 = output.mean().item()
+            m.optimizerG.step()
+            return errD.detach(), errG.detach(), D_x, D_G_z1, D_G_z2
+
+        with t.no_grad():
+            fake = netG(m.fixed_noise)  # (as initialised by weights_init)
+        iteration = compile_if(lib, compiled, iteration)
+        stats = []
+        for _ in range(3):
+            real = t.tensor(rng.uniform(-1, 1, (2, 3, 64, 64)).astype(np.float32))
+            noise = t.randn(2, nz, 1, 1, device=device)
+            stats.append([float(numpy(v)) for v in iteration(real, noise)])
+        return {"stats": np.array(stats), "fake": numpy(fake),
+                **{f"G.{k}": v for k, v in parameters(netG).items()},
+                **{f"D.{k}": v for k, v in parameters(netD).items()}}
+
+
+def mnist_like_images(lib, rng, batches, batch_size):
+    """A DataLoader over random 28×28 images in [0, 1] (what ``transforms.ToTensor`` makes of
+    MNIST) with random labels."""
+    t = library(lib)
+    x = rng.random((batches * batch_size, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, batches * batch_size)
+    data = t.utils.data.TensorDataset(t.tensor(x), t.tensor(y))
+    return t.utils.data.DataLoader(data, batch_size=batch_size)
+
+
+VAE_LAYERS = [f"{layer}.{p}" for layer in ["fc1", "fc21", "fc22", "fc3", "fc4"]
+              for p in ["weight", "bias"]]
+
+
+def vae_namespace(lib, rng, saved):
+    """What vae/main.py's argument parsing and MNIST loaders would have made, smaller; its
+    ``save_image`` records the images instead of writing files."""
+    t = library(lib)
+    args = SimpleNamespace(batch_size=4, epochs=1, no_accel=True, seed=1, log_interval=1)
+    return {"args": args, "device": t.device("cpu"),
+            "train_loader": mnist_like_images(lib, rng, 2, 4),
+            "test_loader": mnist_like_images(lib, rng, 1, 4),
+            "save_image": lambda tensor, filename, **_: saved.append(numpy(tensor))}
+
+
+def quick_vae(lib, compiled):
+    """pytorch/examples vae: the script with its argument parsing and MNIST loaders left out
+    (the harness supplies ``args``, two training batches and one test batch of four random
+    images, and a ``save_image`` that records its image); its ``VAE``, Adam optimizer and
+    ``loss_function`` (binary cross-entropy plus the KL divergence) as written. Then its own
+    ``train(1)`` and ``test(1)``, and ``decode`` of a sample as its main does. The
+    reparameterisation's ``torch.randn_like`` draws from :func:`shared_random`, so PyTorch sees
+    the same noise; not compiled (a shared draw would be baked into the trace as a constant:
+    ``examples_vae:seeded`` compiles the step with the library's own generator)."""
+    t = library(lib)
+    saved = []
+    with shared_random(lib, 24) as rng:
+        m = load("examples_vae", lib, skip=("parser = argparse", "class VAE"),
+                 namespace=vae_namespace(lib, rng, saved))
+        m.train(1)
+        m.test(1)
+        with t.no_grad():
+            sample = m.model.decode(t.randn(64, 20).to(m.device)).cpu()
+        return {"comparison": saved[0], "sample": numpy(sample), **parameters(m.model)}
+
+
+def quick_vae_seeded(lib, compiled):
+    """pytorch/examples vae with the library's own generator (``torch.manual_seed(1)``, the
+    script's ``--seed``) behind ``randn_like``: three steps of its ``train`` loop body
+    (``zero_grad``, ``model(data)``, ``loss_function``, backward, Adam) on one batch of four
+    random images; the compiled run compiles that step (a compiled call draws the same numbers
+    as an eager one). PyTorch draws other numbers from its seed, so against PyTorch only the
+    encoder's first ``mu`` and ``logvar`` (before any noise) are compared; the losses and the
+    trained weights are compared compiled against eager only."""
+    t = library(lib)
+    with shared_random(lib, 25, own_randn_like=True) as rng:
+        m = load("examples_vae", lib, skip=("parser = argparse", "class VAE"),
+                 namespace=vae_namespace(lib, rng, []))
+        data, _ = next(iter(m.train_loader))
+        with t.no_grad():
+            mu, logvar = m.model.encode(data.view(-1, 784))
+        t.manual_seed(1)
+
+        def step(data):
+            m.optimizer.zero_grad()
+            recon_batch, mu, logvar = m.model(data)
+            loss = m.loss_function(recon_batch, data, mu, logvar)
+            loss.backward()
+            m.optimizer.step()
+            return loss
+
+        step = compile_if(lib, compiled, step)
+        losses = [numpy(step(data)) for _ in range(3)]
+        return {"mu": numpy(mu), "logvar": numpy(logvar), "losses": np.array(losses),
+                **parameters(m.model)}
+
+
 NAMES = ["emma", "olivia", "ava", "isabella", "sophia", "charlotte", "mia", "amelia"]
 
 
@@ -799,6 +992,14 @@ FORMS = {f.name: f for f in [
     QuickForm("tutorials_blitz_neural_networks", "tutorials_blitz_neural_networks",
               quick_lenet),
     QuickForm("mingpt_model", "mingpt_model", quick_mingpt, atol=adam_noise_atol(1e-3)),
+    QuickForm("pytorch_cifar_resnet", "pytorch_cifar_resnet", quick_cifar_resnet),
+    # (Adam moves a weight by about lr whatever its gradient's size, so the float32 noise in
+    # the generator's smallest gradients, 1e-5 with 1e-6 of noise, becomes up to 2·lr a step;
+    # in float64 the gradients agree with PyTorch's to 3e-15)
+    QuickForm("examples_dcgan", "examples_dcgan", quick_dcgan, atol=adam_noise_atol(2e-4)),
+    QuickForm("examples_vae", "examples_vae", quick_vae, compiles=False),
+    QuickForm("examples_vae:seeded", "examples_vae", quick_vae_seeded,
+              not_against_torch=("losses", *VAE_LAYERS)),
 ]}
 
 
