@@ -823,6 +823,7 @@ class Tracer(DispatchMode):
         shared = sorted((t for t in tensors if count[id(t)] > 1 or id(t) in viewed),
                         key=lambda t: order[id(t)])
         slot: dict[int, int] = {}
+        spent_seen: set = set()
 
         def tensor_spec(x: Tensor):
             if x._base is not None:  # a returned view keeps its base alive, as in eager
@@ -839,6 +840,9 @@ class Tracer(DispatchMode):
                 if self.backward_roots.get(id(x._node)) is False or \
                         self._reaches_spent(x._node):
                     role = ("spent", x._node.name())  # backward already ran through it
+                    # (what its graph still saves — `out.mean()`'s divisor after a backward
+                    # through `out` — is held by the result only, as in eager: no escape)
+                    _count_saved(x._node, self.saved_refs, spent_seen)
                 else:  # backward outside: a compiled backward graph will serve it
                     grad_outputs.append(x)
                     role = ("grad", len(grad_outputs) - 1)

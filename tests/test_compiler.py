@@ -1150,6 +1150,31 @@ def test_backward_outside_twice_needs_retain_graph_like_eager():
     assert compiled_calls(compiled) == 2
 
 
+def test_a_result_returned_after_a_backward_through_its_graph_compiles():
+    """``out.sum().backward(); return out.mean()``: the result's graph runs through the spent
+    backward of ``out`` and saves the mean's divisor, a tensor made inside the call and held
+    by the result only — no escape (it compiled only from pytorch/examples' dcgan with the
+    results detached). Its backward raises as eager's, and .grad and values match."""
+    w1, w2 = nn.Parameter(dg.tensor([0.5, -1.0, 2.0])), nn.Parameter(dg.tensor([0.5, -1.0, 2.0]))
+
+    def step(x, w):
+        out = (x * w).sigmoid()
+        out.sum().backward()
+        return out.mean()
+    compiled = compiler.compile(lambda x: step(x, w2))
+    x = dg.tensor([[1.0, 2.0, -3.0], [0.25, 0.5, 4.0]])
+    for _ in range(3):
+        w1.grad = w2.grad = None
+        r1, r2 = step(x, w1), compiled(x)
+        np.testing.assert_allclose(r2.detach().numpy(), r1.detach().numpy(), rtol=1e-6)
+        np.testing.assert_allclose(w2.grad.numpy(), w1.grad.numpy(), rtol=1e-6)
+        assert r2.requires_grad == r1.requires_grad
+        for r in (r1, r2):
+            with pytest.raises(RuntimeError, match="second time"):
+                r.backward()
+    assert compiled_calls(compiled) == 2 and not compiled.fallbacks
+
+
 def test_create_graph_through_a_compiled_backward_is_an_error_or_eagers_answer():
     w1, w2 = nn.Parameter(dg.tensor([1.0, 2.0])), nn.Parameter(dg.tensor([1.0, 2.0]))
     compiled = compiler.compile(lambda x: (x * w2 ** 3).sum())
