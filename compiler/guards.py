@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from dyngrad import dtypes as _dtypes
 from dyngrad.dispatch import STATE
 from dyngrad.size import Size
 from dyngrad.tensor import HookEpoch, Tensor, guard_hooks
@@ -370,6 +371,11 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None,
                 lambda f: "gone")
     add(f"STATE.grad_enabled is not {trace.grad_enabled}", "grad mode", trace.grad_enabled,
         lambda f: STATE.grad_enabled)
+    # (the default float dtype Python floats and dtype-less factories took in the trace;
+    #  set_default_dtype itself never runs inside one, so it is today's)
+    ns["DTYPES"], ns["DEFAULT_FLOAT"] = _dtypes, _dtypes.get_default_dtype()
+    add("DTYPES._default_float is not DEFAULT_FLOAT", "default dtype (set_default_dtype)",
+        ns["DEFAULT_FLOAT"].name, lambda f: _dtypes.get_default_dtype().name)
     add(f"STATE.anomaly is not {trace.anomaly}", "anomaly mode (detect_anomaly)",
         trace.anomaly, lambda f: STATE.anomaly)
     _source_guards(trace.checks, ns, lines, add)

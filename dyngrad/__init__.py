@@ -59,6 +59,7 @@ from .dtypes import (
     int16,
     int32,
     int64,
+    set_default_dtype,
     uint8,
 )
 from .ops.bitwise import (
@@ -296,7 +297,7 @@ __all__ = [
     "empty", "arange", "linspace", "eye", "zeros_like", "ones_like", "full_like", "empty_like",
     "rand", "randn", "randint", "rand_like", "randn_like", "randint_like", "randperm",
     "manual_seed", "initial_seed", "get_rng_state", "set_rng_state", "Generator",
-    "float32", "float64", "int64", "bool_", "get_default_dtype",
+    "float32", "float64", "int64", "bool_", "get_default_dtype", "set_default_dtype",
     "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "inference_mode",
     "is_inference_mode_enabled", "save", "load",
     "autograd", "testing", "special", "dtypes", "dispatch", "nn", "optim", "utils", "func",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["DType", "float32", "float64", "int64", "int32", "int16", "int8", "uint8", "bool_",
-           "get_default_dtype", "as_dtype"]
+           "get_default_dtype", "set_default_dtype", "as_dtype"]
 
 
 class DType:
@@ -54,8 +54,23 @@ _default_float = float32
 
 
 def get_default_dtype() -> DType:
-    """The dtype Python floats become (float32, as in PyTorch)."""
+    """The dtype Python floats become (float32, as in PyTorch, unless
+    :func:`set_default_dtype` changed it)."""
     return _default_float
+
+
+def set_default_dtype(d) -> None:
+    """``torch.set_default_dtype``: the dtype Python floats and factory functions without a
+    ``dtype`` make from now on — float32 or float64 (PyTorch's error for any other). Not
+    inside a compiled function (the call runs eagerly: a compiled call could not replay
+    it); compiled functions guard the default their trace saw."""
+    global _default_float
+    from .dispatch import report_python_call
+    t = as_dtype(d)
+    if not t.is_floating_point:
+        raise TypeError("only floating-point types are supported as the default type")
+    report_python_call("torch.set_default_dtype")
+    _default_float = t
 
 
 def as_dtype(d) -> DType:

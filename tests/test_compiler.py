@@ -1678,3 +1678,36 @@ def test_an_unknown_python_version_warns_once_and_runs_eagerly(monkeypatch):
     monkeypatch.setattr(compiler.api.config, "raise_internal_errors", True)
     with pytest.raises(RuntimeError, match="DYNGRAD_COMPILE_STRICT"):
         compiler.compile(lambda x: x * 3)
+
+
+def test_the_default_dtype_is_guarded_and_set_default_dtype_runs_eagerly():
+    """``set_default_dtype`` changes what Python floats and dtype-less factories make; a
+    compiled function guards the default its trace saw (a change between calls is a new
+    variant, never the old dtype), and a call that sets it runs eagerly (a compiled call
+    could not replay the setting). PyTorch's error for a non-float default."""
+    f = lambda x: x * 1.5 + dg.ones(3)  # noqa: E731
+    cf = compiler.compile(f)
+    x = dg.tensor([1, 2, 3])
+    try:
+        for d in (dg.float32, dg.float32, dg.float64, dg.float64, dg.float32, dg.float32):
+            dg.set_default_dtype(d)
+            got, want = cf(x), f(x)
+            assert got.dtype is want.dtype is d
+            np.testing.assert_array_equal(got.numpy(), want.numpy())
+            assert dg.tensor([1.0]).dtype is d and dg.zeros(2).dtype is d
+        assert compiled_calls(cf) >= 2 and len(cf.variants) == 2
+
+        def sets(x):
+            dg.set_default_dtype(dg.float64)
+            return x * 2.0
+        cs = compiler.compile(sets)
+        for _ in range(3):
+            dg.set_default_dtype(dg.float32)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                assert cs(x).dtype is dg.float64 and dg.get_default_dtype() is dg.float64
+        assert compiled_calls(cs) == 0
+        with pytest.raises(TypeError, match="only floating-point types"):
+            dg.set_default_dtype(dg.int64)
+    finally:
+        dg.set_default_dtype(dg.float32)
