@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .dispatch import report_python_call
+
 __all__ = ["DType", "float32", "float64", "int64", "int32", "int16", "int8", "uint8", "bool_",
            "get_default_dtype", "set_default_dtype", "as_dtype"]
 
@@ -65,7 +67,6 @@ def set_default_dtype(d) -> None:
     inside a compiled function (the call runs eagerly: a compiled call could not replay
     it); compiled functions guard the default their trace saw."""
     global _default_float
-    from .dispatch import report_python_call
     t = as_dtype(d)
     if not t.is_floating_point:
         raise TypeError("only floating-point types are supported as the default type")
