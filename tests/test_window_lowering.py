@@ -349,6 +349,45 @@ def test_non_finite_values_reach_the_weight_gradient_elements_they_reach_in_eage
         np.testing.assert_allclose(got[ok], want[ok], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("stride, padding", [(1, 1), (1, "same"), (2, 0), ((1, 2), 2),
+                                             (3, 0)])
+def test_a_non_finite_weight_reaches_the_input_gradient_elements_it_reaches_in_eager(
+        dtype, stride, padding):
+    """The input gradient correlates the zero-bordered output gradient with the flipped
+    window (at a stride, per phase): an inf or NaN weight times a border zero is NaN, a term
+    eager's col2im never forms — the positions next to the border must keep eager's (and
+    PyTorch's) finite values. Such a call runs another way (window.NON_FINITE_WEIGHT); a
+    finite weight the next call runs natively again."""
+    r = np.random.default_rng(5)
+    x = dg.zeros(2, 2, 7, 8, dtype=dg.float32 if dtype == np.float32 else dg.float64,
+                 requires_grad=True)
+    wa = r.standard_normal((3, 2, 3, 3)).astype(dtype)
+    g = dg.tensor(r.standard_normal(F.conv2d(x, dg.tensor(wa), stride=stride,
+                                             padding=padding).shape).astype(dtype))
+
+    def dx(x, g, wt):
+        y = F.conv2d(x, wt, stride=stride, padding=padding)
+        return dg.autograd.grad((y * g).sum(), x)[0]
+
+    f = compiler.compile(dx, backend="llvm")
+    for bad in (np.inf, np.nan, None):
+        w = wa.copy()
+        if bad is not None:
+            w[1, 0, 0, 0] = bad
+        wt = dg.tensor(w)
+        with np.errstate(invalid="ignore"):
+            want = dx(x, g, wt).numpy()
+            got = [f(x, g, wt).numpy() for _ in range(2)][-1]
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+        assert np.array_equal(np.isinf(got), np.isinf(want))
+        ok = np.isfinite(want)
+        assert ok.any()
+        np.testing.assert_allclose(got[ok], want[ok], rtol=1e-4, atol=1e-4)
+    _native(f)
+    assert sum(v.calls for v in f.variants) >= 5
+
+
 # ------------------------------------------------------------------ soundness
 
 

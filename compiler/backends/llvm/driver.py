@@ -538,10 +538,11 @@ class DriverPlan(base.Executable):
 
     def failed(self, status: int, inputs, scalars):
         """The driver stopped before writing anything the caller sees: a window kernel's
-        work buffer could not be allocated — the call runs the runner's plan instead (its
+        work buffer could not be allocated, or an input gradient's weight is not finite
+        (window.NON_FINITE_WEIGHT) — the call runs the runner's plan instead (its
         window nodes numpy steps), so this works for a backward outside the call too — or
         an index was out of range, or a guard failed (raised: the call runs eagerly)."""
-        if status == window.ALLOC_FAILED:
+        if status in (window.ALLOC_FAILED, window.NON_FINITE_WEIGHT):
             return self.contended(inputs, scalars)
         if status < 0:
             raise IndexError("an index is out of range in a compiled call (running eagerly "

@@ -77,6 +77,8 @@ WG_PARTS = 8  # the weight gradient's fixed sample blocks (its partial sums: WG_
 UNROLL_WINDOW = 16  # positions up to which a pooling window inside the input is written out
 PAR_POOL = 1 << 16  # window reads from which a pooling kernel splits its planes
 ALLOC_FAILED = -2  # the kernel's status when malloc returns null (driver.DriverPlan.failed)
+NON_FINITE_WEIGHT = -3  # an input gradient's status when its weight holds an inf or a NaN
+#                         (as ALLOC_FAILED, the call runs another way: _refuse_non_finite)
 MAX_WORK_BYTES = 1 << 40  # a work buffer above this is refused as if malloc had failed
 
 _WINDOWS = Lowerings("LLVM window codegen")
@@ -816,11 +818,13 @@ def _conv_transpose(b: WindowBuilder, name: str, ins: list, out: str) -> None:
     d = _transpose_direct(geo) if _stride_one(geo) else None
     if d is not None:
         _conv_direct(b, name, d)
+        _refuse_non_finite(b, ty, ins[1], geo.Co * geo.rows)
         b._by_samples(f"{name}d", geo, ins[0], ins[1], out)
         return
     phases = None if geo.direct else _transpose_phases(geo)
     if phases is not None:
         _conv_transpose_phased(b, name, geo, phases)
+        _refuse_non_finite(b, ty, ins[1], geo.Co * geo.rows)
         b._by_samples(f"{name}q", geo, ins[0], ins[1], out)
         return
 
@@ -841,6 +845,27 @@ def _conv_transpose(b: WindowBuilder, name: str, ins: list, out: str) -> None:
 
     b._samples_fn(name, geo, not geo.direct, per_sample)
     b._by_samples(name, geo, ins[0], ins[1], out)
+
+
+def _refuse_non_finite(b: WindowBuilder, ty: str, w: str, count: int) -> None:
+    """Return :data:`NON_FINITE_WEIGHT` from the kernel when any of the ``count`` weights at
+    ``w`` is an inf or a NaN.
+
+    Note (the correlation's border): the input gradient read as a correlation of the
+    zero-bordered output gradient (:func:`_transpose_direct`, :func:`_transpose_phases`)
+    multiplies weights by border zeros for window positions outside the output — terms
+    eager's col2im never forms. With finite weights they add +0.0 (or -0.0 to a sum that is
+    then not -0.0 alone: the chain starts from +0.0) and change nothing; an inf or a NaN
+    weight makes them NaN where eager (and PyTorch) give a number. Such a call runs the
+    runner's plan instead (numpy's steps, as eager), as when a work buffer is refused."""
+    blk = b.fresh("F")
+    with b.loop(f"%{blk}.i", count, block=blk, exit=f"{blk}.done",
+                carry=[(f"%{blk}.any", "i1", "false")]) as lp:
+        v = b.emit(f"load {ty}, ptr {b.gep(ty, w, f'%{blk}.i')}")
+        z = b.emit(f"fmul {ty} {v}, {literal(0.0, ty)}")  # (NaN exactly for an inf or a NaN)
+        lp.next = [b.emit(f"or i1 %{blk}.any, {b.emit(f'fcmp uno {ty} {z}, {z}')}")]
+    with b.when(lp.next[0]):
+        b.line(f"ret i32 {NON_FINITE_WEIGHT}")
 
 
 def _wg_tile(vector_bits: int) -> tuple:
