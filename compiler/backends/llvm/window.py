@@ -168,7 +168,8 @@ class WindowBuilder(KernelBuilder):
         self.n = g.nodes[group.nodes[0]]
         self.rule = _WINDOWS.of(self.n.prim)
         self.helpers: list[str] = []  # functions of the kernel's own (parts, samples)
-        self.ty = ""  # the GEMM's element type, when the kernel calls it
+        self.ty = ""  # the convolution's element type
+        self.gemm = False  # whether the kernel calls the GEMM library (a column path)
         self.direct_decls = ""  # the intrinsics a direct convolution calls
 
     def build(self, name: str = FN_NAME, prelude: bool = True) -> tuple:
@@ -189,7 +190,7 @@ class WindowBuilder(KernelBuilder):
 
     def declarations(self) -> str:
         decl = DECLARATIONS + (threads.DECLARATIONS if threads.find() else "")
-        return decl + (gemm.declaration(self.ty) if self.ty else "") + self.direct_decls
+        return decl + (gemm.declaration(self.ty) if self.gemm else "") + self.direct_decls
 
     # ------------------------------------------------------------------ shared pieces
     def _float_type(self) -> str:
@@ -198,8 +199,15 @@ class WindowBuilder(KernelBuilder):
             raise NotImplementedError(f"LLVM window codegen: a {dt} convolution (float32 and "
                                       f"float64 are lowered)")
         self.ty = LLTYPE[dt]
-        gemm.library(self.ty)  # (compiled or loaded now: the graph's module links to it)
         return self.ty
+
+    def _gemm(self, *args) -> str:
+        """``gemm.call(self.ty, *args)``, the library compiled or loaded now (the graph's
+        module links to it) — only for a kernel that calls it: staged convolutions do not,
+        and a graph without one does not pay the library's compile (~0.25 s cold)."""
+        gemm.library(self.ty)
+        self.gemm = True
+        return gemm.call(self.ty, *args)
 
     def _split(self, name: str, args: list, parts) -> None:
         """Run ``@<name>_blocks(ctx, i, n)`` on the pool over ``parts`` (0: a part per
@@ -629,7 +637,7 @@ def _stage(e: Emitter, ty: str, d: Direct, src: str, dst: str) -> None:
                 at = e.gep(ty, src, _i(e, "add", _i(e, "mul", c, HW), _i(e, "mul", row, d.W)))
                 to = e.gep(ty, dst, _i(e, "add", _i(e, "mul", c, d.plane),
                                        _i(e, "mul", _i(e, "add", y, i * d.Hp), d.Wp)))
-                with e.rolled_loop(x0, x1) as x:
+                with e.rolled_loop(x0, x1, scalar=d.sw > 1) as x:  # (strided: no vectors)
                     q = _i(e, "sub", _i(e, "add", _i(e, "mul", x, d.sw), b), d.left)
                     e.line(f"store {ty} {e.emit(f'load {ty}, ptr {e.gep(ty, at, q)}')}, "
                            f"ptr {e.gep(ty, to, x)}")
@@ -791,7 +799,7 @@ def _conv(b: WindowBuilder, name: str, ins: list, out: str) -> None:
                 b._columns(e, geo, xg, cols, add=False)
             wg = e.gep(ty, "%w", e.emit(f"mul i64 {grp}, {geo.og * geo.rows}"))
             yg = e.gep(ty, "%y", _i(e, "mul", sg, geo.og * P_))
-            e.lines.append(gemm.call(ty, wg, geo.rows, 1, xg if geo.direct else cols, P_, 1,
+            e.lines.append(b._gemm(wg, geo.rows, 1, xg if geo.direct else cols, P_, 1,
                                      yg, geo.og, P_, geo.rows))
 
     if _staged(geo):
@@ -838,7 +846,7 @@ def _conv_transpose(b: WindowBuilder, name: str, ins: list, out: str) -> None:
             sg = _i(e, "add", _i(e, "mul", s, geo.G), grp)  # (sample, group)
             yg = e.gep(ty, "%x", _i(e, "mul", sg, geo.og * P_))
             xg = e.gep(ty, xs, e.emit(f"mul i64 {grp}, {geo.cg * HW}"))
-            e.lines.append(gemm.call(ty, wg, 1, geo.rows, yg, P_, 1,
+            e.lines.append(b._gemm(wg, 1, geo.rows, yg, P_, 1,
                                      xg if geo.direct else cols, geo.rows, P_, geo.og))
             if not geo.direct:
                 b._columns(e, geo, xg, cols, add=True)
@@ -1114,7 +1122,7 @@ def _conv_weight_grad(b: WindowBuilder, name: str, ins: list, out: str) -> None:
             if not geo.direct:
                 b._columns(e, geo, xg, cols, add=False)
             gg = e.gep(ty, "%g", e.emit(f"mul i64 {sg}, {geo.og * P_}"))
-            e.lines.append(gemm.call(ty, gg, P_, 1, xg if geo.direct else cols, 1, P_, prod,
+            e.lines.append(b._gemm(gg, P_, 1, xg if geo.direct else cols, 1, P_, prod,
                                      geo.og, geo.rows, P_))
             acc = e.gep(ty, "%acc", e.emit(f"mul i64 {grp}, {geo.og * geo.rows}"))
             with e.rolled_loop(0, geo.og * geo.rows) as i:
