@@ -886,6 +886,7 @@ def _wg_tile(vector_bits: int) -> tuple:
 WG_TOTALS = 16 << 10  # bytes of one weight-gradient task's running sums (on its stack)
 WG_TASKS = 16  # tasks a weight gradient is split into at least, where it has the tiles
 UNROLL_ROW = 2  # vectors of an output row up to which the weight gradient writes them out
+WG_SAMPLES = 8  # samples a weight-gradient tile sums in its registers before its running sums
 
 
 def _weight_grad_staged(b: WindowBuilder, name: str, geo: Geometry, ins: list,
@@ -896,14 +897,16 @@ def _weight_grad_staged(b: WindowBuilder, name: str, geo: Geometry, ins: list,
     Vectorised along the output rows: a register tile of ``MO`` output channels x ``MK``
     window elements holds a vector of partial sums each; per vector of positions it loads
     ``MO`` vectors of ``g`` (as it lies) and ``MK`` of the staged input, and multiply-adds
-    every pair (a row's last, partial vector loaded masked: zeros beyond). Per sample the
-    tile starts from zeros and is then added to the running sums (in sample order); at the
-    end each sum's lanes are added in order. So each dW element's rounding depends on the
-    shapes only — not on the threads, nor on how the work is split.
+    every pair (a row's last, partial vector loaded masked: zeros beyond). Per block of
+    ``WG_SAMPLES`` samples the tile starts from zeros and is then added to the running sums
+    (in sample order: on small planes a sample's rows are too few to pay for the running
+    sums' loads and stores); at the end each sum's lanes are added in order. So each dW
+    element's rounding depends on the shapes only — not on the threads, nor on how the work
+    is split.
 
     The input is staged first (a part per thread, samples in turn). Then tasks of (group,
     ``MO`` output channels, a run of ``MK``-element blocks) run in parallel, each over all
-    samples, sample by sample (its ``g`` rows stay in cache across its blocks)."""
+    samples, a block of samples at a time (its ``g`` rows stay in cache across its blocks)."""
     ty, size = b.ty, _size(b.ty)
     vl, vt, sfx, decls = _vector_ir(ty)
     mask_ty = f"<{vl} x i1>"
@@ -950,19 +953,9 @@ def _weight_grad_staged(b: WindowBuilder, name: str, geo: Geometry, ins: list,
                                        f"{e.emit(f'fmul {vt} {gs[o]}, {xv}')}")
         return [out[o, r] for o in range(MO) for r in range(MK)]
 
-    # @<name>_kb(xn, gn, tot, k, omax): one sample's tile of channels [0, MO) from gn's and
-    # window elements [k, k + MK) onto the sums at tot. A last block's channels past omax
-    # read channel omax's row, and its elements past K the last one's (computed, never
-    # stored): one function for every block, whatever the tails.
-    e = Emitter()
-    e.label("entry")
-    offs_r = [e.emit(f"load i64, ptr {e.gep('i64', f'@{name}_off', _i(e, 'add', '%k', r))}")
-              for r in range(MK)]
-    g_rows = [e.gep(ty, "%gn", _i(e, "mul", e.min(o, "%omax"), P_)) for o in range(MO)]
-    regs = [(o, r) for o in range(MO) for r in range(MK)]
-    with e.loop("%y", geo.OH, block="by", exit="by.done", hint=hint,
-                carry=[(f"%y.a{o}.{r}", vt, "zeroinitializer") for o, r in regs]) as ly:
-        xr = e.gep(ty, "%xn", _i(e, "mul", "%y", d.Wp))
+    def ly_body(e: Emitter, ly, xsn: str, g_rows: list, offs_r: list, regs: list) -> None:
+        """One output row ``%y`` of a sample: its vectors of positions onto the tile."""
+        xr = e.gep(ty, xsn, _i(e, "mul", "%y", d.Wp))
         grows = [e.gep(ty, gr, _i(e, "mul", "%y", geo.OW)) for gr in g_rows]
         acc = [f"%y.a{o}.{r}" for o, r in regs]
         for v in range(full if full <= UNROLL_ROW else 0):  # (short rows written out)
@@ -978,6 +971,27 @@ def _weight_grad_staged(b: WindowBuilder, name: str, geo: Geometry, ins: list,
             acc = step(e, xr, grows, full * vl, offs_r, lambda o, r, acc=acc: acc[o * MK + r],
                        True)
         ly.next = acc
+
+    # @<name>_kb(xn, gn, tot, k, omax, ns): the tile of channels [0, MO) from gn's and window
+    # elements [k, k + MK) over ns samples (from xn, gn on), onto the sums at tot. A last
+    # block's channels past omax read channel omax's row, and its elements past K the last
+    # one's (computed, never stored): one function for every block, whatever the tails.
+    e = Emitter()
+    e.label("entry")
+    offs_r = [e.emit(f"load i64, ptr {e.gep('i64', f'@{name}_off', _i(e, 'add', '%k', r))}")
+              for r in range(MK)]
+    g_base = [_i(e, "mul", e.min(o, "%omax"), P_) for o in range(MO)]
+    regs = [(o, r) for o in range(MO) for r in range(MK)]
+    with e.loop("%s", "%ns", block="bs", exit="bs.done", hint=hint,
+                carry=[(f"%s.a{o}.{r}", vt, "zeroinitializer") for o, r in regs]) as ls:
+        xsn = e.gep(ty, "%xn", _i(e, "mul", "%s", geo.C * d.plane))
+        gsn = e.gep(ty, "%gn", _i(e, "mul", "%s", geo.Co * P_))
+        g_rows = [e.gep(ty, gsn, gb) for gb in g_base]
+        with e.loop("%y", geo.OH, block="by", exit="by.done", hint=hint,
+                    carry=[(f"%y.a{o}.{r}", vt, f"%s.a{o}.{r}") for o, r in regs]) as ly:
+            ly_body(e, ly, xsn, g_rows, offs_r, regs)
+        ls.next = ly.next
+    acc = ls.next
     for i in range(len(regs)):
         at = e.gep(vt, "%tot", i)
         t = e.emit(f"fadd {vt} {e.emit(f'load {vt}, ptr {at}, align {vl * size}')}, {acc[i]}")
@@ -986,7 +1000,7 @@ def _weight_grad_staged(b: WindowBuilder, name: str, geo: Geometry, ins: list,
     # (noinline: inlined into its one caller, the optimiser's passes over the two took
     #  twice as long, ~30 ms a kernel)
     b.helpers.append(e.function(f"define internal void @{name}_kb(ptr noalias %xn, ptr noalias "
-                                f"%gn, ptr noalias %tot, i64 %k, i64 %omax) noinline"))
+                                f"%gn, ptr noalias %tot, i64 %k, i64 %omax, i64 %ns) noinline"))
 
     # @<name>_run(xs, g, dw, grp, o0, j0, j1): blocks [j0, j1) of output channels [o0, o0 +
     # MO) of group grp, over every sample; then each sum's lanes, in order, into dW
@@ -999,7 +1013,8 @@ def _weight_grad_staged(b: WindowBuilder, name: str, geo: Geometry, ins: list,
            f"i1 false)")
     mo = e.min(MO, e.emit(f"sub i64 {geo.og}, %o0"))
     omax = _i(e, "sub", mo, 1)
-    with e.rolled_loop(0, N, scalar=True) as n:
+    with e.rolled_loop(0, N, WG_SAMPLES, scalar=True) as n:
+        ns = e.min(WG_SAMPLES, e.emit(f"sub i64 {N}, {n}"))
         xn = e.gep(ty, "%xs", _i(e, "add", _i(e, "mul", n, geo.C * d.plane),
                                  _i(e, "mul", "%grp", geo.cg * d.plane)))
         gn = e.gep(ty, "%g", _i(e, "mul", _i(e, "add", _i(e, "mul", n, geo.Co),
@@ -1008,7 +1023,7 @@ def _weight_grad_staged(b: WindowBuilder, name: str, geo: Geometry, ins: list,
         with e.rolled_loop("%j0", "%j1", scalar=True) as j:
             tot = e.gep(vt, "%tot", _i(e, "mul", _i(e, "sub", j, "%j0"), MO * MK))
             e.line(f"call void @{name}_kb(ptr {xn}, ptr {gn}, ptr {tot}, "
-                   f"i64 {_i(e, 'mul', j, MK)}, i64 {omax})")
+                   f"i64 {_i(e, 'mul', j, MK)}, i64 {omax}, i64 {ns})")
     with e.rolled_loop("%j0", "%j1", scalar=True) as j:
         k0 = _i(e, "mul", j, MK)
         mk = e.min(MK, e.emit(f"sub i64 {K}, {k0}"))
