@@ -206,6 +206,7 @@ def test_the_bits_do_not_depend_on_the_thread_count(cout, stride):
     (2, 5, 7, 13, 12, 4, 2, 1, (2, 3), 1),  # strides differing per dim, odd planes
     (2, 4, 6, 11, 11, 3, 2, 2, 1, 2),      # dilation: the window's reach, one phase
     (2, 3, 4, 12, 12, 3, 1, 1, 2, 3),      # stride and dilation: two phases of four
+    (2, 3, 4, 5, 75, 3, 2, 1, 2, 1),       # wide odd rows: staged two vectors at a time
 ])
 def test_staged_convolution_straight_from_the_planes_has_the_column_path_bits(
         n, cin, cout, h, w, k, padding, groups, stride, dilation, dtype, monkeypatch):

@@ -637,10 +637,35 @@ def _stage(e: Emitter, ty: str, d: Direct, src: str, dst: str) -> None:
                 at = e.gep(ty, src, _i(e, "add", _i(e, "mul", c, HW), _i(e, "mul", row, d.W)))
                 to = e.gep(ty, dst, _i(e, "add", _i(e, "mul", c, d.plane),
                                        _i(e, "mul", _i(e, "add", y, i * d.Hp), d.Wp)))
-                with e.rolled_loop(x0, x1, scalar=d.sw > 1) as x:  # (strided: no vectors)
+                xs = x0
+                if d.sw == 2:  # every other column: whole vectors by a shuffle of two
+                    xs = _stage_pairs(e, ty, at, to, x0, x1, b - d.left, d.W)
+                with e.rolled_loop(xs, x1, scalar=d.sw > 1) as x:  # (strided: no vectors,
+                    #                                  LLVM's gathers cost ~40 ms of compile)
                     q = _i(e, "sub", _i(e, "add", _i(e, "mul", x, d.sw), b), d.left)
                     e.line(f"store {ty} {e.emit(f'load {ty}, ptr {e.gep(ty, at, q)}')}, "
                            f"ptr {e.gep(ty, to, x)}")
+
+
+def _stage_pairs(e: Emitter, ty: str, at: str, to: str, x0: int, x1: int, c: int,
+                 width: int) -> int:
+    """``to[x] = at[2·x + c]`` for the ``x`` from ``x0`` on, a vector at a time: two
+    vectors' worth of the row loaded and its even lanes kept — as long as those loads stay
+    inside the row's ``width`` elements. Returns the first ``x`` left to the caller."""
+    vl = gemm.lanes(ty)
+    last = min(x1 - vl, (width - 2 - c) // 2 - vl + 1)  # the last vector's first x
+    if last < x0:
+        return x0
+    n = (last - x0) // vl + 1
+    wide, vt = f"<{2 * vl} x {ty}>", f"<{vl} x {ty}>"
+    even = ", ".join(f"i32 {2 * j}" for j in range(vl))
+    with e.rolled_loop(0, n, scalar=True) as k:
+        x = _i(e, "add", x0, _i(e, "mul", k, vl))
+        v = e.emit(f"load {wide}, ptr {e.gep(ty, at, _i(e, 'add', _i(e, 'mul', x, 2), c))}, "
+                   f"align {_size(ty)}")
+        v = e.emit(f"shufflevector {wide} {v}, {wide} poison, <{vl} x i32> <{even}>")
+        e.line(f"store {vt} {v}, ptr {e.gep(ty, to, x)}, align {_size(ty)}")
+    return x0 + n * vl
 
 
 def _forward_direct(geo: Geometry) -> Direct:
