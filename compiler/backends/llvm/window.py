@@ -491,13 +491,17 @@ def _chunks(total: int, most: int) -> list:
 
 
 def _vector_ir(ty: str) -> tuple:
-    """(lanes, vector type, the intrinsics' type suffix, their declarations: fma and a
-    masked store) of the direct kernels' vectors of ``ty``."""
+    """(lanes, vector type, the intrinsics' type suffix, their declarations: fma, a masked
+    store, and a masked load of two vectors — :func:`_stage_pairs`') of the direct kernels'
+    vectors of ``ty``."""
     vl = gemm.lanes(ty)
     vt, sfx = f"<{vl} x {ty}>", "f32" if ty == "float" else "f64"
+    wide = f"<{2 * vl} x {ty}>"
     return vl, vt, sfx, (f"declare {vt} @llvm.fma.v{vl}{sfx}({vt}, {vt}, {vt})\n"
                          f"declare void @llvm.masked.store.v{vl}{sfx}.p0({vt}, ptr, "
-                         f"i32 immarg, <{vl} x i1>)\n")
+                         f"i32 immarg, <{vl} x i1>)\n"
+                         f"declare {wide} @llvm.masked.load.v{2 * vl}{sfx}.p0(ptr, i32 immarg, "
+                         f"<{2 * vl} x i1>, {wide})\n")
 
 
 def _rank_one(e: Emitter, ty: str, scalars: list, vectors: list, acc) -> list:
@@ -650,19 +654,23 @@ def _stage(e: Emitter, ty: str, d: Direct, src: str, dst: str) -> None:
 def _stage_pairs(e: Emitter, ty: str, at: str, to: str, x0: int, x1: int, c: int,
                  width: int) -> int:
     """``to[x] = at[2·x + c]`` for the ``x`` from ``x0`` on, a vector at a time: two
-    vectors' worth of the row loaded and its even lanes kept — as long as those loads stay
-    inside the row's ``width`` elements. Returns the first ``x`` left to the caller."""
+    vectors' worth of the row loaded (the last, odd lane masked off: it may lie past the
+    row) and its even lanes kept — while those stay inside the row's ``width`` elements.
+    Returns the first ``x`` left to the caller."""
     vl = gemm.lanes(ty)
-    last = min(x1 - vl, (width - 2 - c) // 2 - vl + 1)  # the last vector's first x
+    last = min(x1 - vl, (width - 1 - c) // 2 - vl + 1)  # the last vector's first x
     if last < x0:
         return x0
     n = (last - x0) // vl + 1
     wide, vt = f"<{2 * vl} x {ty}>", f"<{vl} x {ty}>"
+    sfx = "f32" if ty == "float" else "f64"
+    mask = "<" + ", ".join("i1 true" for _ in range(2 * vl - 1)) + ", i1 false>"
     even = ", ".join(f"i32 {2 * j}" for j in range(vl))
     with e.rolled_loop(0, n, scalar=True) as k:
         x = _i(e, "add", x0, _i(e, "mul", k, vl))
-        v = e.emit(f"load {wide}, ptr {e.gep(ty, at, _i(e, 'add', _i(e, 'mul', x, 2), c))}, "
-                   f"align {_size(ty)}")
+        p = e.gep(ty, at, _i(e, "add", _i(e, "mul", x, 2), c))
+        v = e.emit(f"call {wide} @llvm.masked.load.v{2 * vl}{sfx}.p0(ptr {p}, i32 {_size(ty)}, "
+                   f"<{2 * vl} x i1> {mask}, {wide} poison)")
         v = e.emit(f"shufflevector {wide} {v}, {wide} poison, <{vl} x i32> <{even}>")
         e.line(f"store {vt} {v}, ptr {e.gep(ty, to, x)}, align {_size(ty)}")
     return x0 + n * vl
