@@ -71,6 +71,12 @@ from .ops.bitwise import (
     bitwise_xor,
 )
 from .ops.composites import (
+    acosh,
+    arccosh,
+    arcsinh,
+    arctanh,
+    asinh,
+    atanh,
     cosh,
     fix,
     isfinite,
@@ -319,6 +325,7 @@ __all__ = [
     "unique_consecutive", "Size",
     "one_hot",
     "tril", "triu", "t", "swapaxes", "swapdims", "meshgrid", "sinh", "cosh", "trunc", "fix",
+    "asinh", "acosh", "atanh", "arcsinh", "arccosh", "arctanh",
     "isnan", "isinf", "isfinite", "log2", "log10", "mv", "pi", "e", "inf", "nan",
     "repeat_interleave", "einsum", "cumsum", "cumprod", "sort", "argsort", "topk", "msort",
     "numel", "normal", "bernoulli", "multinomial", "int32", "int16", "int8", "uint8",

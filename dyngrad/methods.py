@@ -283,6 +283,8 @@ METHODS: tuple[Method, ...] = (
         # tensor functions (dyngrad/ops/composites.py, scan.py)
         tril=_cf.tril, triu=_cf.triu, t=_cf.t, swapaxes=_cf.swapaxes, swapdims=_cf.swapdims,
         sinh=_cf.sinh, cosh=_cf.cosh, trunc=_cf.trunc, fix=_cf.trunc,
+        asinh=_cf.asinh, acosh=_cf.acosh, atanh=_cf.atanh, arcsinh=_cf.asinh,
+        arccosh=_cf.acosh, arctanh=_cf.atanh,
         isnan=_cf.isnan, isinf=_cf.isinf, isfinite=_cf.isfinite, log2=_cf.log2,
         log10=_cf.log10, mv=_l.mv,
         repeat_interleave=_cf.repeat_interleave, roll=_cf.roll,

@@ -762,3 +762,70 @@ def test_scatter_add_and_index_add_compile_to_eager(backend):
     x, s = dg.randn(3, 4), dg.randn(3, 5)
     for _ in range(2):
         np.testing.assert_allclose(f(x, s).numpy(), fn(x, s).numpy(), rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------ inverse hyperbolic functions
+
+
+def _inverse_hyperbolic_inputs(name: str, dt) -> np.ndarray:
+    big = 1e200 if dt == np.float64 else 1e30
+    if name == "acosh":
+        x = [*np.linspace(1.0, 3.0, 41), 1 + 1e-9, 30.0, 2.0**28, 1e10, big, np.inf, 0.5,
+             np.nan]
+    elif name == "atanh":
+        x = [*np.linspace(-0.999, 0.999, 41), 1e-12, -1e-30, 0.0, -0.0, 1.0, -1.0, 1.5,
+             np.nan]
+    else:
+        x = [*np.linspace(-5.0, 5.0, 41), 1e-12, -1e-30, 0.0, -0.0, 2.0**28, 1e10, -big,
+             np.inf, -np.inf, np.nan]
+    return np.array(x, dtype=dt)
+
+
+@needs_torch
+@pytest.mark.parametrize("dt", [np.float64, np.float32])
+@pytest.mark.parametrize("name", ["asinh", "acosh", "atanh"])
+def test_inverse_hyperbolic_functions_equal_torch(name, dt):
+    """asinh, acosh and atanh (compositions: dyngrad/ops/composites.py) against PyTorch over
+    their domains — tiny arguments, the neighbourhood of 1, huge ones where x² overflows,
+    infinities, NaN, signed zeros, and outside the domain (NaN); the arc- aliases and the
+    methods."""
+    x = _inverse_hyperbolic_inputs(name, dt)
+    with np.errstate(all="ignore"):
+        got = getattr(dg, name)(dg.tensor(x)).numpy()
+        want = getattr(torch, name)(torch.tensor(x)).numpy()
+    assert got.dtype == want.dtype
+    np.testing.assert_allclose(got, want, rtol=1e-15 * 100 if dt == np.float64 else 4e-7,
+                               atol=0)
+    assert np.array_equal(np.signbit(got[x == 0]), np.signbit(want[x == 0]))
+    np.testing.assert_array_equal(getattr(dg, "arc" + name[1:])(dg.tensor(x)).numpy(), got)
+    np.testing.assert_array_equal(getattr(dg.tensor(x), name)().numpy(), got)
+    assert getattr(dg, name)(dg.tensor([1, 2])).dtype is dg.float32
+
+
+@needs_torch
+@pytest.mark.parametrize("name, lo, hi", [("asinh", -4.0, 4.0), ("acosh", 1.05, 5.0),
+                                          ("atanh", -0.95, 0.95)])
+def test_inverse_hyperbolic_gradients_equal_torch(name, lo, hi):
+    x = np.linspace(lo, hi, 37)
+    both(lambda m, x: getattr(m, name)(x), x, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name, lo, hi", [("asinh", -4.0, 4.0), ("acosh", 1.05, 5.0),
+                                          ("atanh", -0.95, 0.95)])
+def test_inverse_hyperbolic_gradchecks(name, lo, hi):
+    """float64 gradchecks of the compositions, vjp and jvp (dyngrad.testing), and second
+    order."""
+    x = dg.tensor(np.linspace(lo, hi, 7), requires_grad=True)
+    fn = getattr(dg, name)
+    assert gradcheck(fn, [x])
+    assert gradgradcheck(fn, [x])
+
+
+def test_inverse_hyperbolic_functions_compile_to_eager():
+    import compiler
+    f = lambda x: dg.asinh(x) + dg.acosh(x.abs() + 1.0) + dg.atanh(x.tanh() * 0.5)  # noqa: E731
+    cf = compiler.compile(f, backend="llvm")
+    x = dg.tensor(np.linspace(-3.0, 3.0, 50).astype(np.float32))
+    for _ in range(2):
+        np.testing.assert_allclose(cf(x).numpy(), f(x).numpy(), rtol=2e-6, atol=2e-6)
+    assert cf.variants and cf.variants[0].calls >= 1

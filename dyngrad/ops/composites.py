@@ -116,6 +116,51 @@ def cosh(input: Tensor) -> Tensor:
     return _e.exp(x) * 0.5 + _e.exp(-x) * 0.5
 
 
+_BIG = 2.0 ** 28  # |x| from which asinh and acosh are log(2|x|) to float64 rounding
+_TINY = 2.0 ** -28  # |x| below which asinh(x) and atanh(x) are x to float64 rounding
+
+
+def asinh(input: Tensor) -> Tensor:
+    """Inverse hyperbolic sine: sign(x)·log1p(|x| + x²/(1 + √(1 + x²))) — the log1p form
+    keeps small |x| exact — and log(|x|) + log 2 from 2^28, where x² would overflow. Each
+    branch reads an input clamped to its own range, so the unused one stays finite (no
+    inf·0 in the backward)."""
+    x = _e._float_operand(input)
+    a = _e.abs(x)
+    big = _e.ge(a, _BIG)
+    s = _e.minimum(a, _BIG)
+    s2 = s * s
+    small = _e.log1p(s + s2 / (_e.sqrt(s2 + 1.0) + 1.0))
+    large = _e.log(_e.maximum(a, _BIG)) + math.log(2.0)
+    r = _e.where(big, large, small)
+    # (below 2^-28, asinh(x) is x to float64 rounding: x itself, with -0.0's sign)
+    return _e.where(_e.lt(a, _TINY), x, _e.where(_e.lt(x, 0.0), -r, r))
+
+
+def acosh(input: Tensor) -> Tensor:
+    """Inverse hyperbolic cosine: log1p((x - 1) + √((x - 1)(x + 1))) — exact near 1 — and
+    log(x) + log 2 from 2^28; NaN below 1 (as PyTorch), each branch on a clamped input."""
+    x = _e._float_operand(input)
+    big = _e.ge(x, _BIG)
+    s = _e.minimum(x, _BIG)
+    t = s - 1.0
+    small = _e.log1p(t + _e.sqrt(t * (s + 1.0)))
+    large = _e.log(_e.maximum(x, _BIG)) + math.log(2.0)
+    return _e.where(big, large, small)
+
+
+def atanh(input: Tensor) -> Tensor:
+    """Inverse hyperbolic tangent, odd: sign(x)·log1p(2|x|/(1 - |x|))/2 (exact for small x;
+    on |x|, so log1p's argument never nears -1); ±inf at ±1, NaN beyond (as PyTorch)."""
+    x = _e._float_operand(input)
+    a = _e.abs(x)
+    r = _e.log1p(2.0 * a / (1.0 - a)) * 0.5
+    return _e.where(_e.lt(a, _TINY), x, _e.where(_e.lt(x, 0.0), -r, r))
+
+
+arcsinh, arccosh, arctanh = asinh, acosh, atanh  # (numpy's names, as PyTorch has them)
+
+
 def isnan(input: Tensor) -> Tensor:
     """Where ``input`` is NaN (a bool tensor; integer and bool inputs have none)."""
     return _e.ne(input, input)  # (NaN is the only value unequal to itself)
@@ -284,6 +329,7 @@ def roll(input: Tensor, shifts, dims=None) -> Tensor:
 
 
 __all__ = ["roll", "tril", "triu", "t", "swapaxes", "swapdims", "meshgrid", "sinh", "cosh",
+           "asinh", "acosh", "atanh", "arcsinh", "arccosh", "arctanh",
            "trunc",
            "fix", "repeat_interleave", "new_zeros", "new_ones", "new_empty", "new_full",
            "new_tensor", "type_", "TYPE_NAMES"]
