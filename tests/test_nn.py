@@ -54,10 +54,9 @@ def torch_twin(m: nn.Module, tm):
     """Copy ``m``'s parameters into torch module ``tm`` by name (and match its dtype)."""
     torch = pytest.importorskip("torch")
     sd = {k: torch.from_numpy(v.numpy().copy()) for k, v in m.state_dict().items()}
+    if {p.dtype for p in m.parameters()} == {dg.float64}:
+        tm.double()  # (first: loading float64 values into float32 parameters rounds them)
     tm.load_state_dict(sd)
-    dtypes = {p.dtype for p in m.parameters()}
-    if dtypes == {dg.float64}:
-        tm.double()
     return tm
 
 
@@ -287,6 +286,42 @@ def test_bidirectional_unbatched_input_and_given_state():
     out_b, h_b = m(x.unsqueeze(1), h0.unsqueeze(1))               # the same with a batch of 1
     np.testing.assert_allclose(out.detach().numpy(), out_b.detach().numpy()[:, 0], rtol=1e-6)
     np.testing.assert_allclose(h_n.detach().numpy(), h_b.detach().numpy()[:, 0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("layers, bidirectional, batch_first", [(1, False, False),
+                                                                (2, True, True),
+                                                                (2, False, False)])
+def test_lstm_with_projections_equals_torch(layers, bidirectional, batch_first):
+    """``proj_size``: h = (o ∘ tanh(c)) W_hrᵀ with ``proj_size`` features per direction, c
+    with ``hidden_size``; parameter names and order (``weight_hr`` after the biases), state
+    shapes, outputs, given states and every gradient as PyTorch's (float64)."""
+    torch = pytest.importorskip("torch")
+    m = nn.LSTM(5, 7, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first,
+                proj_size=3, dtype=dg.float64)
+    tm = torch_twin(m, torch.nn.LSTM(5, 7, num_layers=layers, bidirectional=bidirectional,
+                                     batch_first=batch_first, proj_size=3).double())
+    assert [n for n, _ in m.named_parameters()] == [n for n, _ in tm.named_parameters()]
+    assert m._flat_weights_names == [n for n, _ in m.named_parameters()]
+    d = 2 if bidirectional else 1
+    x = leaf(2, 4, 5) if batch_first else leaf(4, 2, 5)
+    h0, c0 = leaf(layers * d, 2, 3, seed=1), leaf(layers * d, 2, 7, seed=2)
+    out, (h, c) = m(x, (h0, c0))
+    tout, (th, tc) = tm(to_torch(x), (to_torch(h0), to_torch(c0)))
+    assert out.shape[-1] == 3 * d and h.shape == (layers * d, 2, 3) and c.shape[-1] == 7
+    for a, b in ((out, tout), (h, th), (c, tc)):
+        close(a, b)
+    w = arr(*out.shape, seed=3)
+    (out * dg.tensor(w)).sum().backward()
+    (tout * torch.from_numpy(w)).sum().backward()
+    for (n, p), (_, tp) in zip(m.named_parameters(), tm.named_parameters()):
+        close(p.grad, tp.grad, n)
+    out2, _ = m(x)  # zero states: h0 of proj_size, c0 of hidden_size
+    assert out2.shape == out.shape
+    with pytest.raises(ValueError, match="smaller than hidden_size"):
+        nn.LSTM(5, 4, proj_size=4)
+    with pytest.raises(ValueError, match="only supported for LSTM"):
+        nn.GRU(5, 4, proj_size=2)
+    assert "proj_size=3" in repr(m)
 
 
 def test_linear_rejects_mismatched_input_features():

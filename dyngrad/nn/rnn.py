@@ -144,7 +144,7 @@ class _RNNBase(Module):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
-                 bidirectional: bool = False, dtype=None) -> None:
+                 bidirectional: bool = False, dtype=None, proj_size: int = 0) -> None:
         super().__init__()
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
                 or not 0 <= dropout <= 1:
@@ -161,19 +161,31 @@ class _RNNBase(Module):
             raise ValueError("hidden_size must be greater than zero")
         if num_layers <= 0:
             raise ValueError("num_layers must be greater than zero")
+        if proj_size and self.cell_class is not LSTMCell:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if proj_size < 0:
+            raise ValueError("proj_size should be a positive integer or zero to disable "
+                             "projections")
+        if proj_size >= hidden_size:
+            raise ValueError("proj_size has to be smaller than hidden_size")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, \
             num_layers
+        self.proj_size = proj_size
+        real = proj_size or hidden_size  # (the size of h: the projection's, if any)
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional = bool(bidirectional)
         gates = self.cell_class.gates * hidden_size
         for layer in range(num_layers):
-            in_size = input_size if layer == 0 else hidden_size * self.num_directions
+            in_size = input_size if layer == 0 else real * self.num_directions
             for sfx in self._suffixes(layer):
                 setattr(self, f"weight_ih{sfx}", _param(gates, in_size, dtype=dtype))
-                setattr(self, f"weight_hh{sfx}", _param(gates, hidden_size, dtype=dtype))
+                setattr(self, f"weight_hh{sfx}", _param(gates, real, dtype=dtype))
                 if bias:
                     setattr(self, f"bias_ih{sfx}", _param(gates, dtype=dtype))
                     setattr(self, f"bias_hh{sfx}", _param(gates, dtype=dtype))
+                if proj_size:
+                    setattr(self, f"weight_hr{sfx}", _param(proj_size, hidden_size,
+                                                            dtype=dtype))
         stdv = 1.0 / math.sqrt(hidden_size)
         for p in self.parameters():
             init.uniform_(p, -stdv, stdv)
@@ -191,7 +203,8 @@ class _RNNBase(Module):
         """PyTorch's names of the parameters, layer by layer and direction by direction
         (d2l's ``init_seq2seq`` walks them): ``weight_ih_l0, weight_hh_l0, bias_ih_l0,
         bias_hh_l0, [weight_ih_l0_reverse, ...,] weight_ih_l1, ...``."""
-        kinds = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if self.bias else ())
+        kinds = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if self.bias else ()) \
+            + (("weight_hr",) if self.proj_size else ())
         return [k + sfx for layer in range(self.num_layers) for sfx in self._suffixes(layer)
                 for k in kinds]
 
@@ -207,7 +220,7 @@ class _RNNBase(Module):
     def _direction_params(self, sfx: str) -> tuple:
         g = self.__dict__
         return (g[f"weight_ih{sfx}"], g[f"weight_hh{sfx}"], g.get(f"bias_ih{sfx}"),
-                g.get(f"bias_hh{sfx}"))
+                g.get(f"bias_hh{sfx}")) + ((g[f"weight_hr{sfx}"],) if self.proj_size else ())
 
     def _step(self, x, state, params):
         raise NotImplementedError(f"{type(self).__name__} must implement _step()")
@@ -255,15 +268,17 @@ class _RNNBase(Module):
         return input, unbatched
 
     def _initial_states(self, hx: Tensor | None, batch: int, dtype, unbatched: bool,
-                        which: str = "hidden") -> list:
-        """``hx`` of shape (num_layers * num_directions, batch, hidden) (unbatched: without
-        the batch dim) split into one state per layer and direction; zeros when omitted."""
+                        which: str = "hidden", size: int | None = None) -> list:
+        """``hx`` of shape (num_layers * num_directions, batch, size) (unbatched: without
+        the batch dim; ``size`` the hidden size unless given) split into one state per layer
+        and direction; zeros when omitted."""
         n = self.num_layers * self.num_directions
+        size = size or self.hidden_size
         if hx is None:
-            return [_c.zeros((batch, self.hidden_size), dtype=dtype) for _ in range(n)]
+            return [_c.zeros((batch, size), dtype=dtype) for _ in range(n)]
         if unbatched:
             hx = _m.unsqueeze(hx, 1)
-        expected = (n, batch, self.hidden_size)
+        expected = (n, batch, size)
         if tuple(hx.shape) != expected:  # PyTorch's words (unbatched: with the batch dim 1)
             raise RuntimeError(f"{type(self).__name__}: Expected {which} size {expected}, got "
                                f"{list(hx.shape)}")
@@ -286,6 +301,8 @@ class _RNNBase(Module):
             s += f", dropout={self.dropout}"
         if self.bidirectional:
             s += ", bidirectional=True"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
         return s
 
 
@@ -349,7 +366,10 @@ class GRU(_RNNBase):
 class LSTM(_RNNBase):
     """Multi-layer LSTM: ``output, (h_n, c_n) = lstm(x, (h0, c0))``; bidirectional as
     :class:`GRU` (d2l's sentiment model: ``nn.LSTM(100, 100, num_layers=2,
-    bidirectional=True)``). ``proj_size`` is not supported.
+    bidirectional=True)``). With ``proj_size`` > 0, PyTorch's projections: each step's
+    ``h = (o ∘ tanh(c)) W_hrᵀ`` has ``proj_size`` features (``weight_hr_l{k}``, after the
+    biases in the parameters' order), ``c`` keeps ``hidden_size``, and ``h0``, ``h_n``,
+    the output and the next layer's input have ``proj_size`` (per direction).
 
     >>> out, (h_n, c_n) = nn.LSTM(8, 16, bidirectional=True)(dg.randn(5, 3, 8))
     >>> out.shape, h_n.shape, c_n.shape
@@ -358,15 +378,22 @@ class LSTM(_RNNBase):
 
     cell_class = LSTMCell
 
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, proj_size: int = 0, dtype=None) -> None:
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, dtype, proj_size)
+
     def _step(self, x, state, params):
-        return lstm_step(x, state[0], state[1], *params)
+        h, c = lstm_step(x, state[0], state[1], *params[:4])
+        return (F.linear(h, params[4]) if self.proj_size else h), c
 
     def forward(self, input: Tensor, hx: tuple | None = None) -> tuple:
         x, unbatched = self._prepare(input)
         h0, c0 = (None, None) if hx is None else hx
         _check_state_dims(type(self).__name__, unbatched, h0, c0)
         batch = x.shape[1]
-        hs = self._initial_states(h0, batch, x.dtype, unbatched)
+        hs = self._initial_states(h0, batch, x.dtype, unbatched, size=self.proj_size or None)
         cs = self._initial_states(c0, batch, x.dtype, unbatched, "hidden[1]")
         out, finals = self._run(x, list(zip(hs, cs)))
         h_n = _m.stack([s[0] for s in finals], 0)
