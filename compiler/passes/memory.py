@@ -61,6 +61,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -306,6 +307,20 @@ def _as_eager(g: Graph) -> Graph:
 
 REFUSE_TRIES = 8  # in-place pairs (the largest) tried apart when the arena exceeds the peak
 
+
+class _Layout(NamedTuple):
+    """One placement of :func:`plan_memory`'s buffers: the arena and offsets of the best
+    greedy order, the spans placed, and the buffers (with their in-place pairs) placed."""
+
+    arena: int
+    offsets: list
+    order: str
+    spans: list
+    buffer_of: dict
+    members: list
+    output_of: dict
+    pairs: list
+
 _ORDERS = {  # (size, first, last) -> sort key; each a greedy order worth trying
     "largest first": lambda b: (-b[0], b[1], b[2]),
     "largest size x lifetime first": lambda b: (-b[0] * (b[2] - b[1] + 1), b[1]),
@@ -410,9 +425,9 @@ def plan_memory(g: Graph, materialised=None, align: int = ALIGN, *, steps=None,
 
     sizes = {i: _round_up(_nbytes(by_id[i]), align) for i in owns if i not in escaping}
 
-    def placement(refused: frozenset) -> tuple:
+    def placement(refused: frozenset) -> _Layout:
         """The best greedy order's arena for the buffers :func:`chains` gives."""
-        buffer_of, members, output_of, pairs = found = chains(refused)
+        buffer_of, members, output_of, pairs = chains(refused)
         spans = [(sizes[m[0]], start[m[0]], max(last[i] for i in m)) for m in members]
         arena_spans = [s for b, s in enumerate(spans) if b not in output_of]
         best = None
@@ -420,7 +435,7 @@ def plan_memory(g: Graph, materialised=None, align: int = ALIGN, *, steps=None,
             arena, offs = _place(arena_spans, key)
             if best is None or arena < best[0]:
                 best = (arena, offs, name)
-        return best + (arena_spans, found)
+        return _Layout(*best, arena_spans, buffer_of, members, output_of, pairs)
 
     # Note (in-place pairs refused): a pair joins two buffers into one of the two
     # lifetimes together — no more bytes alive at once, but a longer block to place: the
@@ -430,15 +445,15 @@ def plan_memory(g: Graph, materialised=None, align: int = ALIGN, *, steps=None,
     # does, the largest pairs are refused one at a time, each kept when the arena shrinks.
     refused: frozenset = frozenset()
     best = placement(refused)
-    live = _peak(best[3])
-    joined = sorted((v for _, v in best[4][3] if v in best[4][0]), key=lambda v: -sizes[v])
+    live = _peak(best.spans)
+    joined = sorted((v for _, v in best.pairs if v in best.buffer_of), key=lambda v: -sizes[v])
     for v in joined[:REFUSE_TRIES]:
-        if best[0] <= live:
+        if best.arena <= live:
             break
         trial = placement(refused | {v})
-        if trial[0] < best[0]:
+        if trial.arena < best.arena:
             refused, best = refused | {v}, trial
-    arena, offs, order, arena_spans, (buffer_of, members, output_of, pairs) = best
+    arena, offs, order, arena_spans, buffer_of, members, output_of, pairs = best
     sizes = {i: sizes[i] for i in buffer_of}
     placed = iter(offs)
     offset_of = {b: next(placed) for b in range(len(members)) if b not in output_of}

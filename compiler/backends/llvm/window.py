@@ -478,6 +478,13 @@ def _tile(ty: str, d: Direct) -> tuple:
     return vl, nv, (16 if gemm.vector_bits() >= 512 else 8) // nv
 
 
+def _staged_bytes(ty: str, d: Direct) -> int:
+    """Bytes of one sample's staged planes for :func:`_conv_direct`'s tiles: the planes
+    and a tile's width more (a row's last tile loads whole vectors past its end)."""
+    vl, nv, _ = _tile(ty, d)
+    return (d.C * d.plane + nv * vl) * _size(ty)
+
+
 def _chunks(total: int, most: int) -> list:
     """``[(first, rows)]`` covering ``range(total)``: blocks of ``most``, then of the powers
     of two below it (so only a few tile functions are written)."""
@@ -492,14 +499,16 @@ def _chunks(total: int, most: int) -> list:
 
 def _vector_ir(ty: str) -> tuple:
     """(lanes, vector type, the intrinsics' type suffix, their declarations: fma, a masked
-    store, and a masked load of two vectors — :func:`_stage_pairs`') of the direct kernels'
-    vectors of ``ty``."""
+    store and load, and a masked load of two vectors — :func:`_stage_pairs`') of the direct
+    kernels' vectors of ``ty``."""
     vl = gemm.lanes(ty)
     vt, sfx = f"<{vl} x {ty}>", "f32" if ty == "float" else "f64"
     wide = f"<{2 * vl} x {ty}>"
     return vl, vt, sfx, (f"declare {vt} @llvm.fma.v{vl}{sfx}({vt}, {vt}, {vt})\n"
                          f"declare void @llvm.masked.store.v{vl}{sfx}.p0({vt}, ptr, "
                          f"i32 immarg, <{vl} x i1>)\n"
+                         f"declare {vt} @llvm.masked.load.v{vl}{sfx}.p0(ptr, i32 immarg, "
+                         f"<{vl} x i1>, {vt})\n"
                          f"declare {wide} @llvm.masked.load.v{2 * vl}{sfx}.p0(ptr, i32 immarg, "
                          f"<{2 * vl} x i1>, {wide})\n")
 
@@ -536,7 +545,7 @@ def _conv_direct(b: WindowBuilder, name: str, d: Direct, samples: bool = True) -
     ty, size = b.ty, _size(b.ty)
     vl, nv, mr = _tile(ty, d)
     nr = nv * vl
-    plane, P_ = d.plane, d.OH * d.OW
+    P_ = d.OH * d.OW
     _, vt, sfx, b.direct_decls = _vector_ir(ty)
     offs = d.offsets()
     for tab, vals in (("off", offs), ("woff", d.woff)):
@@ -595,7 +604,7 @@ def _conv_direct(b: WindowBuilder, name: str, d: Direct, samples: bool = True) -
         return
     e = Emitter()
     e.label("entry")
-    nbytes = (d.C * plane + nr) * size  # (+ a tile: a last tile's loads overhang)
+    nbytes = _staged_bytes(ty, d)
     xp = _malloc(e, nbytes)
     with e.when(e.emit(f"icmp eq ptr {xp}, null")):
         e.line(f"ret i32 {ALLOC_FAILED}")
@@ -758,8 +767,7 @@ def _conv_transpose_phased(b: WindowBuilder, name: str, geo: Geometry, phases: l
     for i, ph in enumerate(phases):
         if ph.d is not None:
             _conv_direct(b, f"{name}p{i}", ph.d, samples=False)
-    nr = gemm.lanes(ty) * 2
-    xbytes = max([(p.d.C * p.d.plane + nr) * size for p in phases if p.d] or [size])
+    xbytes = max([_staged_bytes(ty, p.d) for p in phases if p.d] or [size])
     offsets, at = [], 0  # each phase's positions in the buffer, all channels
     for p in phases:
         offsets.append(at)
@@ -779,7 +787,7 @@ def _conv_transpose_phased(b: WindowBuilder, name: str, geo: Geometry, phases: l
         for i, ph in enumerate(phases):
             if ph.d is not None:
                 e.line(f"call void @llvm.memset.p0.i64(ptr {xp}, i8 0, i64 "
-                       f"{(ph.d.C * ph.d.plane + nr) * size}, i1 false)")
+                       f"{_staged_bytes(ty, ph.d)}, i1 false)")
                 _stage(e, ty, ph.d, e.gep(ty, "%x", _i(e, "mul", s, geo.Co * OHW)), xp)
                 _direct_groups(e, ty, f"{name}p{i}", ph.d, xp, e.gep(ty, tmp, offsets[i]))
         # the phases' positions to their places, a row of dx at a time: phase (a, b)'s
@@ -941,10 +949,7 @@ def _weight_grad_staged(b: WindowBuilder, name: str, geo: Geometry, ins: list,
     ``MO`` output channels, a run of ``MK``-element blocks) run in parallel, each over all
     samples, a block of samples at a time (its ``g`` rows stay in cache across its blocks)."""
     ty, size = b.ty, _size(b.ty)
-    vl, vt, sfx, decls = _vector_ir(ty)
-    mask_ty = f"<{vl} x i1>"
-    b.direct_decls = decls + (f"declare {vt} @llvm.masked.load.v{vl}{sfx}.p0(ptr, i32 immarg, "
-                              f"{mask_ty}, {vt})\n")
+    vl, vt, sfx, b.direct_decls = _vector_ir(ty)
     d = _forward_direct(geo)
     K, P_, HW = geo.rows, geo.positions, geo.H * geo.W
     MO, MK = _wg_tile(gemm.vector_bits())
@@ -955,7 +960,7 @@ def _weight_grad_staged(b: WindowBuilder, name: str, geo: Geometry, ins: list,
     b.helpers.append(f"@{name}_off = internal unnamed_addr constant [{len(offs)} x i64] ["
                      + ", ".join(f"i64 {o}" for o in offs) + "], align 8\n\n")
     full, tail = divmod(geo.OW, vl)
-    tail_mask = mask_ty + " <" + ", ".join(f"i1 {'true' if j < tail else 'false'}"
+    tail_mask = f"<{vl} x i1> <" + ", ".join(f"i1 {'true' if j < tail else 'false'}"
                                            for j in range(vl)) + ">"
     hint = f", !llvm.loop {jit.ROLLED_LOOP}"
     most = max(1, WG_TOTALS // (MO * MK * vl * size))  # blocks per task (its sums' room)
