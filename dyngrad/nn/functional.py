@@ -53,6 +53,7 @@ from .functional_dense import dropout, linear
 from .functional_layout import pad, pixel_shuffle, pixel_unshuffle
 from .functional_norm import (
     batch_norm,
+    centred_moments,
     dropout1d,
     dropout2d,
     group_norm,
@@ -113,9 +114,7 @@ def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
                            f"{', '.join(map(str, shape))}], but got input of size "
                            f"{list(input.shape)}")
     dims = tuple(range(input.ndim - len(shape), input.ndim))
-    mean = _r.mean(input, dims, keepdim=True)
-    d = input - mean
-    var = _r.mean(d * d, dims, keepdim=True)
+    _, d, var = centred_moments(input, dims)
     out = d * _e.rsqrt(var + eps)
     if weight is not None:
         out = out * weight

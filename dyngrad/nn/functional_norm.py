@@ -24,7 +24,7 @@ import warnings
 import numpy as np
 
 from .. import dtypes as _dt
-from ..autograd.grad_mode import no_grad
+from ..autograd.grad_mode import is_grad_enabled, no_grad
 from ..ops import creation as _c
 from ..ops import elementwise as _e
 from ..ops import indexing as _i
@@ -37,6 +37,39 @@ from ..tensor import Tensor
 def _per_channel(t: Tensor | None, ndim: int) -> Tensor | None:
     """A (C,) tensor shaped to broadcast along dim 1 of an ``ndim``-d input."""
     return None if t is None else t.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+def centred_moments(x: Tensor, dims) -> tuple[Tensor, Tensor, Tensor]:
+    """``(mean, x - mean, biased variance)`` over ``dims`` (kept), with the variance written so
+    that its backward needs no second pass (see Note [a variance whose gradient is one
+    pass]).
+
+    Note [a variance whose gradient is one pass]: with ``d = x - mean(x)``, the textbook
+    ``var = mean(d·d)`` makes autograd send the variance's gradient through ``d`` into
+    ``mean`` as well: ``x``'s gradient becomes ``g - mean(g)`` where ``g`` already holds a
+    per-channel sum, a reduction that waits for another (two dependent passes over the
+    activations in the backward, where PyTorch's kernels make one). The variance is
+    computed instead as ``mean(e·e) - mean(e)²`` with ``e = x - c`` and ``c`` the mean
+    *detached*: that expression equals Var(x) for every shift ``c`` (expand it), so as a
+    function of ``x`` it is the variance exactly and every derivative of every order —
+    double backward, forward mode — is the variance's, while autograd sends nothing from
+    it to ``mean``. The backward's two sums (of the gradient and of the gradient times
+    ``d``) then read the same inputs, and fuse into one pass; the input gradient is the
+    textbook ``scale·(g - mean(g) - x̂·mean(g·x̂))``. Numerically it is the corrected
+    two-pass formula (Chan, Golub and LeVeque): ``mean(e)`` is the rounding error of the
+    mean, and its square corrects ``mean(e·e)`` for it. Compiled, ``e`` and ``d`` are one
+    value (a detached alias is its owner)."""
+    mean = _r.mean(x, dims, keepdim=True)
+    if not (x.requires_grad and is_grad_enabled()):
+        d = x - mean
+        return mean, d, _r.mean(d * d, dims, keepdim=True)
+    e = x - mean.detach()
+    drift = _r.mean(e, dims, keepdim=True)
+    var = _r.mean(e * e, dims, keepdim=True) - drift * drift
+    # ``d`` made last: the backward engine takes the ready node made last first, so the
+    # sum of ``d``'s gradient (for ``mean``) runs right after the product that made that
+    # gradient — beside it in the schedule, where the two sums fuse into one pass
+    return mean, x - mean, var
 
 
 def _normalised(d: Tensor, invstd: Tensor, weight: Tensor | None,
@@ -64,9 +97,7 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
         if n <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got "
                              f"input size {list(input.shape)}")
-        mean = _r.mean(input, dims, keepdim=True)
-        d = input - mean
-        var = _r.mean(d * d, dims, keepdim=True)
+        mean, d, var = centred_moments(input, dims)
         if running_mean is not None and running_var is not None:
             with no_grad():
                 flat_mean = mean.reshape(-1)
@@ -110,9 +141,7 @@ def instance_norm(input: Tensor, running_mean: Tensor | None = None,
                                f"channels, dim 1 of input {list(input.shape)}) not {t.numel()}")
     if use_input_stats:
         dims = tuple(range(2, input.ndim))
-        mean = _r.mean(input, dims, keepdim=True)
-        d = input - mean
-        var = _r.mean(d * d, dims, keepdim=True)
+        mean, d, var = centred_moments(input, dims)
         if running_mean is not None and running_var is not None:
             n = math.prod(input.shape[2:])
             with no_grad():
@@ -137,9 +166,7 @@ def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
         raise RuntimeError(f"group_norm: expected the number of channels ({c}) to be "
                            f"divisible by num_groups ({num_groups})")
     g = input.reshape(n, num_groups, -1)
-    mean = _r.mean(g, 2, keepdim=True)
-    d = g - mean
-    var = _r.mean(d * d, 2, keepdim=True)
+    _, d, var = centred_moments(g, 2)
     out = (d * _e.rsqrt(var + eps)).reshape(input.shape)
     if weight is not None:
         out = out * _per_channel(weight, input.ndim)
