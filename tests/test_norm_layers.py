@@ -15,7 +15,7 @@ import compiler
 import dyngrad as dg
 import dyngrad.nn.functional as F
 from dyngrad import nn, optim
-from dyngrad.testing import gradcheck
+from dyngrad.testing import gradcheck, gradgradcheck
 
 
 @pytest.fixture(autouse=True)
@@ -49,6 +49,33 @@ def test_group_rms_norm_and_bilinear_interpolation_gradcheck():
     assert gradcheck(lambda x: F.interpolate(x, size=(5, 3), mode="bilinear"), (x,))
     assert gradcheck(lambda x: F.interpolate(x, scale_factor=2, mode="nearest"), (x,))
 
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer", "group", "instance"])
+def test_second_derivatives_of_the_normalisations_are_the_variances(norm):
+    """The variance is written as mean(e²) − mean(e)² with the shift in e detached (Note [a
+    variance whose gradient is one pass]): the same function of x at every order, so double
+    backward through each normalisation matches finite differences of its gradient."""
+    x, w = leaf(3, 4, 2, 2), leaf(4)
+    fn = {"batch": lambda x, w: F.batch_norm(x, None, None, w, None, training=True),
+          "layer": lambda x, w: F.layer_norm(x, (2, 2), None, None) * w.sum(),
+          "group": lambda x, w: F.group_norm(x, 2, w, None),
+          "instance": lambda x, w: F.instance_norm(x, weight=w)}[norm]
+    assert gradgradcheck(fn, (x, w))
+    assert gradcheck(fn, (x, w))  # vjp and jvp
+
+
+def test_the_centred_variance_is_the_two_pass_variance_and_keeps_a_large_mean():
+    """Far from zero (a mean of 1e4, spread 1) the corrected two-pass form keeps float32's
+    precision, where E[x²] − E[x]² would lose every digit."""
+    r = np.random.default_rng(3)
+    a = (1e4 + r.standard_normal((64, 3, 5, 5))).astype(np.float32)
+    x = dg.tensor(a, requires_grad=True)
+    _, d, var = F.centred_moments(x, (0, 2, 3))
+    ref = a.astype(np.float64).var(axis=(0, 2, 3), keepdims=True)
+    assert np.allclose(arr(var), ref, rtol=1e-4)
+    assert np.allclose(arr(d), a - a.astype(np.float64).mean(axis=(0, 2, 3), keepdims=True),
+                       atol=2e-3)
 
 # ------------------------------------------------------------------ the PyTorch oracle
 
@@ -307,3 +334,24 @@ def test_a_saved_tensor_also_stored_by_native_code_is_an_escape(backend):
         assert len(log) == k + 1
         np.testing.assert_array_equal(arr(log[-1]), [2.0 * (k + 1)] * 2)
     assert not cf.variants or sum(v.calls for v in cf.variants) == 0
+
+
+def test_a_compiled_batch_norm_backward_reads_the_activations_in_one_reduction():
+    """Forward: the mean's pass, then the variance's with the normalisation as its epilogue;
+    backward: one reduction (the gradient's sum and its sum against x − mean, siblings) with
+    the input gradient as its epilogue — no reduction waits for another in the backward."""
+    bn = nn.BatchNorm2d(4)
+    x = dg.randn(8, 4, 6, 6, requires_grad=True)
+    g = dg.randn(8, 4, 6, 6)
+
+    def step(x, g):
+        y = F.relu(bn(x))
+        return dg.autograd.grad((y * g).sum(), x)[0]
+
+    cf = compiler.compile(step, backend="llvm")
+    ref = step(x, g)
+    out = cf(x, g)
+    assert np.allclose(arr(out), arr(ref), rtol=1e-4, atol=1e-5)
+    groups = cf.variants[0].groups
+    full = [grp for grp in groups if grp.kind == "reduce" and grp.shape == (8, 4, 6, 6)]
+    assert len(full) == 3, [grp.describe() for grp in groups]
