@@ -19,7 +19,10 @@ from dataclasses import dataclass, field
 
 import llvmlite.binding as llvm
 
-from . import target
+from . import farm, target, worker
+from .worker import machine, optimize  # (the pipeline's one definition: workers run it too)
+
+_target = target  # (the module, where a parameter is named target)
 
 _names = itertools.count()
 
@@ -34,21 +37,7 @@ def target_machine(t=None):
     the host CPU with its features, or what ``DYNGRAD_TARGET`` names), optimising at O3.
     Fresh each time: an execution engine takes ownership of it."""
     t = target.current() if t is None else t
-    return llvm.Target.from_default_triple().create_target_machine(
-        cpu=t.cpu, features=t.features, opt=3, jit=True)
-
-
-def optimize(module, tm) -> None:
-    """Run LLVM's default O3 pipeline with loop and SLP vectorisation, unrolling and
-    interleaving on."""
-    pto = llvm.create_pipeline_tuning_options(speed_level=3)
-    pto.loop_vectorization = True
-    pto.slp_vectorization = True
-    pto.loop_unrolling = True
-    pto.loop_interleaving = True
-    pb = llvm.create_pass_builder(tm, pto)
-    pm = pb.getModulePassManager()
-    pm.run(module, pb)
+    return machine(t.cpu, t.features)
 
 
 def unique_name(prefix: str = "dg") -> str:
@@ -97,7 +86,10 @@ def pipeline() -> str:
     if not _pipeline:
         import hashlib
         from pathlib import Path
-        _pipeline.append(hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16])
+        h = hashlib.sha256()
+        for f in (__file__, worker.__file__):  # (the pass pipeline is worker.py's)
+            h.update(Path(f).read_bytes())
+        _pipeline.append(h.hexdigest()[:16])
     return _pipeline[0]
 
 
@@ -135,6 +127,13 @@ def compile_ir(ir_text: str, *, name: str | None = None, keep_object: bool = Fal
     """Parse, verify, optimise and JIT-compile LLVM IR text (for ``target``, default
     ``target.current()``)."""
     init()
+    t = _target.current() if target is None else target
+    objects = farm.compile_parts(ir_text, t.cpu, t.features, number_loop_metadata)
+    if objects is not None:  # a large module compiled in parts at once (farm.py)
+        compiled = load_object(farm.pack(objects), t)
+        if not keep_object:
+            compiled.object_code = None
+        return compiled
     mod = llvm.parse_assembly(number_loop_metadata(ir_text))
     mod.name = name or unique_name()
     mod.verify()
@@ -154,7 +153,8 @@ def load_object(object_code: bytes, target=None) -> Compiled:
     empty = llvm.parse_assembly("")
     empty.name = unique_name("obj")
     engine = llvm.create_mcjit_compiler(empty, target_machine(target))
-    engine.add_object_file(llvm.ObjectFileRef.from_data(object_code))
+    for obj in farm.unpack(object_code):  # (a module compiled in parts: one engine links
+        engine.add_object_file(llvm.ObjectFileRef.from_data(obj))  # their objects)
     engine.finalize_object()
     return Compiled(engine, empty, object_code)
 

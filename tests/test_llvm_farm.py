@@ -1,0 +1,198 @@
+"""A large module compiled in parts at once (compiler/backends/llvm/split.py, farm.py,
+worker.py): the parts are complete modules that together define every function once; the
+code computes the bits the whole module's would; a worker that fails, or a module that
+cannot be cut, leaves the module compiled whole; the disk cache stores and loads the
+parts' objects."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import llvmlite.binding as llvm
+import numpy as np
+import pytest
+
+import compiler
+import dyngrad as dg
+import dyngrad.nn.functional as F
+from compiler.backends.llvm import cache, codegen, farm, jit, split
+from dyngrad import nn, optim
+
+
+@pytest.fixture
+def no_disk(monkeypatch):
+    monkeypatch.setenv("DYNGRAD_CACHE", "0")
+    monkeypatch.setattr(cache, "_memory", {})
+    monkeypatch.setattr(cache, "_recent", type(cache._recent)())
+
+
+def _model_step(seed: int = 0):
+    dg.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, stride=2, padding=1),
+                          nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(32, 5))
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return model, step
+
+
+def _train(workers: int, monkeypatch) -> tuple:
+    monkeypatch.setenv("DYNGRAD_COMPILE_WORKERS", str(workers))
+    monkeypatch.setattr(farm, "MIN_LINES", 0)
+    model, step = _model_step()
+    cf = compiler.compile(step, backend="llvm")
+    r = np.random.default_rng(1)
+    losses = []
+    for _ in range(4):
+        x = dg.tensor(r.standard_normal((4, 3, 8, 8)).astype(np.float32))
+        y = dg.tensor(r.integers(0, 5, 4))
+        losses.append(cf(x, y).item())
+    assert sum(v.calls for v in cf.variants) >= 2  # (the first call makes the momentum)
+    return losses, [p.detach().numpy().copy() for p in model.parameters()], \
+        [b.numpy().copy() for b in model.buffers()]
+
+
+def test_a_step_compiled_in_parts_computes_the_bits_of_the_whole_module(no_disk,
+                                                                         monkeypatch):
+    before = dict(farm.stats)
+    parted = _train(1, monkeypatch)
+    assert farm.stats["split"] > before["split"]  # (it was cut, and not by falling back)
+    assert farm.stats["fallbacks"] == before["fallbacks"]
+    cache._memory.clear()
+    cache._recent.clear()
+    cut = farm.stats["split"]
+    whole = _train(0, monkeypatch)
+    assert farm.stats["split"] == cut  # (compiled whole)
+    for a, b in zip(parted, whole):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+
+
+def _module_text(monkeypatch) -> str:
+    """The LLVM IR of a compiled training step's module."""
+    texts = []
+    real = jit.compile_ir
+
+    def keep(text, **kw):
+        texts.append(text)
+        return real(text, **kw)
+    monkeypatch.setattr(jit, "compile_ir", keep)
+    monkeypatch.setenv("DYNGRAD_COMPILE_WORKERS", "0")
+    _, step = _model_step()
+    cf = compiler.compile(step, backend="llvm")
+    cf(dg.randn(4, 3, 8, 8), dg.tensor(np.arange(4)))
+    cf(dg.randn(4, 3, 8, 8), dg.tensor(np.arange(4)))
+    return max(texts, key=len)
+
+
+def _defined(text: str) -> dict:
+    return {m.group(2): m.group(1) for m in
+            re.finditer(r"^define\s+([^@]*)@([\w.$]+)\(", text, re.MULTILINE)}
+
+
+def test_the_parts_are_modules_that_define_every_root_once(no_disk, monkeypatch):
+    text = _module_text(monkeypatch)
+    whole = _defined(text)
+    roots = {n for n, head in whole.items() if "internal" not in head.split()}
+    parts = split.split(text, 3)
+    assert parts is not None and len(parts) == 3
+    jit.init()
+    defined_roots: list = []
+    for p in parts:
+        mod = llvm.parse_assembly(jit.number_loop_metadata(p))
+        mod.verify()  # (every symbol a part uses is defined or declared in it)
+        here = _defined(p)
+        defined_roots += [n for n, head in here.items() if "internal" not in head.split()]
+    # each root once; functions called across parts are made visible in their one part
+    assert sorted(set(defined_roots)) == sorted(defined_roots)
+    assert roots <= set(defined_roots)
+    sizes = [p.count("\n") for p in parts]
+    assert max(sizes) < 0.8 * text.count("\n")  # (the driver's callees stay with their
+    #                                               kernels: no part holds nearly everything)
+
+
+def test_a_module_with_mutable_state_or_one_root_is_not_cut():
+    state = ("@dg_sizes = internal global [2 x i64] zeroinitializer, align 8\n"
+             "define void @a() {\nentry:\n  ret void\n}\n"
+             "define void @b() {\nentry:\n  ret void\n}\n")
+    assert split.split(state, 2) is None
+    one = "define void @a() {\nentry:\n  ret void\n}\n"
+    assert split.split(one, 2) is None
+    two = one + "define void @b() {\nentry:\n  call void @a()\n  ret void\n}\n"
+    parts = split.split(two, 2)
+    assert parts is not None and sum("declare void @a()" in p for p in parts) == 1
+    assert split.split(two, 1) is None
+
+
+def test_a_failing_worker_leaves_the_module_compiled_whole(no_disk, monkeypatch, tmp_path):
+    broken = tmp_path / "broken.py"
+    broken.write_text("import sys\nsys.stdin.buffer.read(10)\nsys.exit(3)\n")
+    real = farm.worker.__file__
+    farm.shutdown()  # (workers already running would be used otherwise)
+    before = dict(farm.stats)
+    try:
+        farm.worker.__file__ = str(broken)
+        losses, params, _ = _train(1, monkeypatch)
+    finally:
+        farm.worker.__file__ = real
+        farm.shutdown()
+    assert farm.stats["fallbacks"] > before["fallbacks"]
+    assert all(np.isfinite(losses))
+    cache._memory.clear()
+    cache._recent.clear()
+    ref_losses, ref_params, _ = _train(0, monkeypatch)
+    assert losses == ref_losses
+    for a, b in zip(params, ref_params):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_objects_of_parts_are_stored_and_loaded_back_from_disk(tmp_path, monkeypatch):
+    monkeypatch.setenv("DYNGRAD_CACHE_DIR", str(tmp_path / "c"))
+    monkeypatch.setattr(cache, "_memory", {})
+    monkeypatch.setattr(cache, "_recent", type(cache._recent)())
+    monkeypatch.setattr(cache, "_disabled", [])
+    monkeypatch.setattr(farm, "MIN_LINES", 0)
+    monkeypatch.setenv("DYNGRAD_COMPILE_WORKERS", "1")
+    text = ("define i32 @f(i32 %x) noinline {\nentry:\n  %y = add i32 %x, 1\n  ret i32 %y\n}\n"
+            "define i32 @g(i32 %x) {\nentry:\n  %y = call i32 @f(i32 %x)\n"
+            "  %z = mul i32 %y, 3\n  ret i32 %z\n}\n")
+    import ctypes
+    c1 = cache.load_or_compile(text)
+    assert c1.object_code.startswith(b"DGPARTS1")
+    cache._memory.clear()
+    cache._recent.clear()
+    hits = cache.stats["disk_hits"]
+    c2 = cache.load_or_compile(text)
+    assert cache.stats["disk_hits"] == hits + 1
+    assert c2.cfunc("g", ctypes.c_int32, ctypes.c_int32)(4) == 15
+
+
+def test_the_number_of_workers_is_checked(monkeypatch):
+    monkeypatch.setenv("DYNGRAD_COMPILE_WORKERS", "two")
+    with pytest.raises(ValueError, match="DYNGRAD_COMPILE_WORKERS"):
+        farm.workers_wanted()
+    monkeypatch.setenv("DYNGRAD_COMPILE_WORKERS", "0")
+    assert farm.workers_wanted() == 0
+    monkeypatch.delenv("DYNGRAD_COMPILE_WORKERS")
+    assert 0 <= farm.workers_wanted() <= farm.MAX_WORKERS
+
+
+def test_a_worker_runs_the_pipeline_of_this_process():
+    """The worker script imports nothing of the compiler (it starts in milliseconds)."""
+    import subprocess
+    code = ("import runpy, sys; sys.argv=['w']; m = runpy.run_path(" +
+            repr(farm.worker.__file__) + ", run_name='not_main'); "
+            "print(sorted(k for k in sys.modules if k.startswith(('compiler', 'dyngrad', "
+            "'numpy'))))")
+    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.strip()
+    assert out == "[]"
+    assert codegen is not None  # (codegen builds the modules the farm cuts)
