@@ -196,3 +196,29 @@ def test_a_worker_runs_the_pipeline_of_this_process():
                          timeout=60, check=True).stdout.strip()
     assert out == "[]"
     assert codegen is not None  # (codegen builds the modules the farm cuts)
+
+
+def test_a_forked_child_starts_its_own_workers_and_leaves_its_parents(no_disk, monkeypatch):
+    import os
+    monkeypatch.setenv("DYNGRAD_COMPILE_WORKERS", "1")
+    monkeypatch.setattr(farm, "MIN_LINES", 0)
+    two = ("define i32 @f2(i32 %x) noinline {\nentry:\n  %y = add i32 %x, 2\n  ret i32 %y\n}\n"
+           "define i32 @g2(i32 %x) {\nentry:\n  %y = call i32 @f2(i32 %x)\n  ret i32 %y\n}\n")
+    jit.compile_ir(two)  # the parent's worker, started
+    parent = list(farm._pool)
+    assert parent
+    pid = os.fork()
+    if pid == 0:  # the child: compile (its own worker), then leave without atexit
+        code = 1
+        try:
+            jit.compile_ir(two.replace("@f2", "@f3").replace("@g2", "@g3"))
+            code = 0 if farm._pool and farm._pool[0] not in parent else 2
+        finally:
+            farm.shutdown()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert all(w.proc.poll() is None for w in parent)  # (the parent's still serve it)
+    before = farm.stats["split"]
+    jit.compile_ir(two.replace("@f2", "@f4").replace("@g2", "@g4"))
+    assert farm.stats["split"] == before + 1 and farm.stats["fallbacks"] >= 0

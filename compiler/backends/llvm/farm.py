@@ -105,10 +105,15 @@ class _Worker:
 
 _pool: list[_Worker] = []
 _pool_lock = threading.Lock()
+_owner: list = [os.getpid()]  # the process the pool's workers answer
 
 
 def _workers(n: int) -> list[_Worker]:
-    """``n`` live workers (started as needed)."""
+    """``n`` live workers (started as needed). A forked child (a DataLoader's worker) never
+    writes to its parent's workers: their pipes are the parent's, so it starts its own."""
+    if _owner[0] != os.getpid():
+        _pool.clear()
+        _owner[0] = os.getpid()
     alive = [w for w in _pool if w.proc.poll() is None]
     _pool[:] = alive
     while len(_pool) < n:
@@ -129,8 +134,9 @@ def _drop(w: _Worker) -> None:
 def shutdown() -> None:
     """End every worker (their input closes; they exit)."""
     with _pool_lock:
-        for w in _pool:
-            w.close()
+        if _owner[0] == os.getpid():  # (a forked child leaves its parent's workers be)
+            for w in _pool:
+                w.close()
         _pool.clear()
 
 
