@@ -134,3 +134,47 @@ def test_compiled_scatter_follows_indices_that_change_between_calls(backend):
     assert len(cf.variants) == 1 and cf.variants[0].calls >= 3
     if backend == "llvm":
         assert "all" in cf.variants[0].plan.describe()  # one native driver call
+
+
+@pytest.mark.parametrize("backend", ["llvm", "interp"])
+@pytest.mark.parametrize("form", ["d2l", "rows", "row_value"])
+def test_a_boolean_mask_assignment_compiles_once_its_mask_is_data(backend, form):
+    """``X[~mask] = v`` (d2l's sequence_mask), a mask over leading dims (``X[rows] = v``)
+    and one value per selected row: a select, so the mask's contents are data — one
+    variant over masks of every count, each call equal to eager (and to PyTorch)."""
+    w = dg.tensor(np.linspace(-1, 1, 24).reshape(4, 6).astype(np.float32), requires_grad=True)
+    value = dg.tensor(np.arange(6, dtype=np.float32)) if form == "row_value" else -1e6
+
+    def f(lens):
+        X = w * 3
+        if form == "d2l":
+            mask = dg.arange(6, dtype=dg.float32)[None, :] < lens[:, None]
+            X[~mask] = value
+        else:
+            X[lens > 2] = value
+        X.sum().backward()
+        return X
+
+    cf = compiler.compile(f, backend=backend)
+    rng = np.random.default_rng(4)
+    for call in range(5):
+        lens = dg.tensor(rng.integers(0, 7, 4).astype(np.float32))
+        w.grad = None
+        want = f(lens)
+        g_want = w.grad.numpy().copy()
+        w.grad = None
+        got = cf(lens)
+        np.testing.assert_array_equal(got.detach().numpy(), want.detach().numpy())
+        np.testing.assert_array_equal(w.grad.numpy(), g_want)
+    assert len(cf.variants) == 1 and cf.variants[0].calls >= 3
+    torch = pytest.importorskip("torch")
+    tw = torch.tensor(w.detach().numpy(), requires_grad=True)
+    X = tw * 3
+    tl = torch.tensor(lens.numpy())
+    if form == "d2l":
+        X[~(torch.arange(6, dtype=torch.float32)[None, :] < tl[:, None])] = -1e6
+    else:
+        X[tl > 2] = torch.arange(6, dtype=torch.float32) if form == "row_value" else -1e6
+    X.sum().backward()
+    np.testing.assert_array_equal(got.detach().numpy(), X.detach().numpy())
+    np.testing.assert_array_equal(w.grad.numpy(), tw.grad.numpy())

@@ -574,13 +574,15 @@ def setitem(x: Tensor, key, value) -> None:
         pos = getitem(positions(x.shape), key)
         raise RuntimeError(f"__setitem__: value of shape {list(vt.shape)} cannot be assigned "
                            f"to the indexed shape {list(pos.shape)}")
-    if isinstance(key, Tensor) and key.dtype is _dt.bool_ and key.shape == x.shape and \
-            vt.numel() == 1 and vt.ndim <= x.ndim:
-        # x[mask] = v with one value: a select, whose result never depends on how many
-        # elements the mask holds (so a tracer need not read the mask)
+    if isinstance(key, Tensor) and key.dtype is _dt.bool_ and 0 < key.ndim <= x.ndim and \
+            key.shape == x.shape[:key.ndim] and _fills(vt.shape, x.shape[key.ndim:]):
+        # x[mask] = v with v one value, or one value per element of the dims the mask does
+        # not index (a row for each selected row): a select, whose result never depends on
+        # how many elements the mask holds (so a tracer need not read the mask: it is data)
         if vt.dtype is not x.dtype:
             vt = _e.cast(vt, x.dtype)
-        x._commit(_e.where(key, _m.reshape(vt, ()), x), "__setitem__")
+        keep = _m.reshape(key, key.shape + (1,) * (x.ndim - key.ndim))
+        x._commit(_e.where(keep, vt, x), "__setitem__")
         return
     with no_grad():
         pos = getitem(positions(x.shape), key)
@@ -593,6 +595,18 @@ def setitem(x: Tensor, key, value) -> None:
     if vt.dtype is not x.dtype:
         vt = _e.cast(vt, x.dtype)
     x._commit(index_put(x, pos, vt), "__setitem__")
+
+
+def _fills(value_shape: tuple, rest: tuple) -> bool:
+    """Whether a value of ``value_shape`` broadcasts to ``rest`` (the dims a boolean mask
+    leaves), so ``x[mask] = value`` puts the same ``rest``-shaped block at every selected
+    position."""
+    if len(value_shape) > len(rest):
+        return False
+    try:
+        return np.broadcast_shapes(value_shape, rest) == tuple(rest)
+    except ValueError:
+        return False
 
 
 def _numpy_agrees(key) -> bool:
