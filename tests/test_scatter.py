@@ -157,7 +157,7 @@ def test_a_boolean_mask_assignment_compiles_once_its_mask_is_data(backend, form)
 
     cf = compiler.compile(f, backend=backend)
     rng = np.random.default_rng(4)
-    for call in range(5):
+    for _ in range(5):
         lens = dg.tensor(rng.integers(0, 7, 4).astype(np.float32))
         w.grad = None
         want = f(lens)

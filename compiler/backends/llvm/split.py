@@ -3,19 +3,24 @@ them at once, one per core).
 
 A part is a module of its own. The module's *roots* — its functions with external linkage:
 the kernels' entry points and the driver — are dealt out to the parts, heaviest first, each
-to the lightest part so far (by lines of IR, its internal helpers included). Each part then
-holds:
+to the lightest part so far (by lines of IR). An internal function lives in the part of its
+*home*: of the roots that reach it, the one reaching the least code (a kernel's body is
+reached by its kernel's entry and by the driver, which calls every body: its home is the
+kernel). Each part then holds:
 
 - every top-level line that defines nothing (declarations of intrinsics and runtime
   functions, attributes, type definitions);
-- its roots, and a copy of every internal function and internal constant they reach (a
-  helper two parts call is compiled twice: internal symbols never clash between objects);
-- a declaration of every root of another part it calls (the driver calling a kernel): the
-  objects are loaded into one engine, which links them.
+- its roots and the internal functions homed with them;
+- a copy of every internal constant, always-inlined function and short function
+  (``COPY_LINES``) it uses (internal symbols never clash between objects);
+- a declaration of every function of another part it calls; such a function, if internal,
+  loses its internal linkage in its own part. The objects are loaded into one engine, which
+  links them.
 
-Internal functions are optimised as in the whole module: inlining and interprocedural
-passes see every caller a helper has in its part, and floating-point code is never
-reassociated, so the code computes the same bits (a test compares them). A module with
+The code of every function is what the whole module's compile makes of it — the same IR
+through the same pipeline; the cut changes only which calls cross an object boundary (calls
+to ``noinline`` bodies, never inlined anyway), and floating-point code is never
+reassociated, so the results are the same bits (a test compares them). A module with
 mutable internal state (``@x = internal global``: a template's ``@dg_sizes``, forms.py) is
 not cut — a copy per part would split its state — and neither is one whose text this module
 does not recognise: :func:`split` returns None and the module is compiled whole.
@@ -162,7 +167,7 @@ def split(text: str, parts: int) -> list[str] | None:
                     outside.add(x)
         exported |= {x for x in outside if by_name[x].internal}
         declared.append((mine, outside))
-    for mine, outside in declared:
+    for k, (mine, outside) in enumerate(declared):
         decls = []
         for x in sorted(outside):
             d = _declaration(_exported(by_name[x].lines[0]))
@@ -171,12 +176,13 @@ def split(text: str, parts: int) -> list[str] | None:
             decls.append(d)
         body = []
         for it in items:
-            if it.name in mine:
-                if it.name in exported and part_of[it.name] == declared.index((mine, outside)):
-                    body.append(_exported(it.lines[0]))
-                    body.extend(it.lines[1:])
-                else:
-                    body.extend(it.lines)
+            if it.name not in mine:
+                continue
+            if it.name in exported and part_of[it.name] == k:  # defined here, called there
+                body.append(_exported(it.lines[0]))
+                body.extend(it.lines[1:])
+            else:
+                body.extend(it.lines)
         texts.append("\n".join(header + decls + body) + "\n")
     return texts
 
