@@ -315,3 +315,33 @@ def test_a_convolutions_weight_gradient_comes_before_its_input_gradient():
     order = [n.prim.name for n in step.variants[0].trace.graph.nodes
              if n.prim.name in ("conv_weight_grad", "conv_transpose")]
     assert order[:2] == ["conv_weight_grad", "conv_transpose"], order
+
+
+def test_views_made_before_the_copies_are_read_through_by_the_copies_kernel():
+    """A broadcast of a per-row value made early in the schedule (an average pool's
+    gradient spread over its window) and read by the kernel of the recomputed values: the
+    views join that kernel (they compute nothing, so they move no copy earlier) instead of
+    being materialised as a tensor of their own."""
+    g = ir.Graph()
+    x = g.add_input((4, 8), F32)
+    s = g.add_input((1, 8), F32)
+    p = g.add_input((4,), F32)
+    d = _node(g, "exp", [x])
+    y = _node(g, "mul", [d, s])
+    m = _node(g, "le", [y, 0.0])
+    r = _node(g, "where", [m, 0.0, y])
+    q = _node(g, "mul", [p, 0.5])  # computed early, per row
+    spread = _node(g, "broadcast", [_node(g, "reshape", [q], shape=(4, 1))], shape=(4, 8))
+    t = _filler(g, _node(g, "mul", [r, 3.0]), GAP + 4)
+    late = _node(g, "add", [_node(g, "add", [t, r]), spread])
+    grad = _node(g, "where", [m, 0.0, late])
+    g.outputs = [_node(g, "sum", [_node(g, "mul", [grad, d])], axes=(0, 1), keepdims=False)]
+    ir.verify(g)
+    g = rematerialise(g)
+    assert g.recomputed
+    groups = fuse(g)
+    assert not [grp for grp in groups if grp.kind == "movement"], \
+        [grp.describe() for grp in groups]
+    at = {id(n.out): k for k, n in enumerate(g.nodes)}
+    home = {i: k for k, grp in enumerate(groups) for i in grp.nodes}
+    assert home[at[id(spread)]] == home[at[id(late)]]

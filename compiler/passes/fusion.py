@@ -337,8 +337,10 @@ class _Partition:
         if ra == rb:
             return True
         key = (min(ra, rb), max(ra, rb), len(self.members[ra]) + len(self.members[rb]))
-        if self.segment[ra] != self.segment[rb] or key in self.refused or \
-                min(self.first[ra], self.first[rb]) < max(self.floor[ra], self.floor[rb]):
+        va, vb = self._views(ra), self._views(rb)  # (index maps only: nothing computed)
+        if self.segment[ra] != self.segment[rb] or key in self.refused or (
+                not (va or vb) and
+                min(self.first[ra], self.first[rb]) < max(self.floor[ra], self.floor[rb])):
             return False
         union = self.members[ra] | self.members[rb]
         if check and self.loop_nest(union) is None:
@@ -354,7 +356,10 @@ class _Partition:
         self.parent[gone] = keep
         self.members[keep] = union
         del self.members[gone]
-        self.first[keep] = min(self.first[ra], self.first[rb])
+        # a group of views joins where its reader is: it computes nothing, so it never
+        # moves a recomputed value's kernel earlier (Graph.recomputed)
+        self.first[keep] = self.first[rb] if va and not vb else \
+            self.first[ra] if vb and not va else min(self.first[ra], self.first[rb])
         self.floor[keep] = max(self.floor[ra], self.floor[rb])
         if general:  # whoever reached either part now reaches all that the union reaches
             both = (1 << ra) | (1 << rb)
@@ -363,6 +368,11 @@ class _Partition:
                 if self.reach[z] & both and z != keep:
                     self.reach[z] |= merged | (1 << keep)
         return True
+
+    def _views(self, r: int) -> bool:
+        """Whether group ``r`` holds only index maps (broadcast, reshape, slice) of data
+        computed elsewhere: when merged, they are read through, not computed."""
+        return all(self.roles[m] == "map" for m in self.members[r])
 
     def merge_loops(self) -> None:
         roles, preds, succs = self.roles, self.preds, self.succs
