@@ -355,3 +355,22 @@ def test_a_compiled_batch_norm_backward_reads_the_activations_in_one_reduction()
     groups = cf.variants[0].groups
     full = [grp for grp in groups if grp.kind == "reduce" and grp.shape == (8, 4, 6, 6)]
     assert len(full) == 3, [grp.describe() for grp in groups]
+
+
+def test_a_normalisation_gives_the_same_bits_with_and_without_autograd():
+    """One formula either way (the variance's mean(e)² term included without autograd too):
+    rows of v and nextafter(v) with eps=0 — where the term is all of the variance — agree."""
+    v = np.float32(1.5)
+    row = np.array([v, np.nextafter(v, np.float32(2))] * 4, np.float32)
+    a = np.stack([row, row[::-1]])
+    with_grad = F.layer_norm(dg.tensor(a, requires_grad=True), (8,), eps=0.0)
+    with dg.no_grad():
+        without = F.layer_norm(dg.tensor(a), (8,), eps=0.0)
+    np.testing.assert_array_equal(arr(with_grad), arr(without))
+    x = dg.randn(4, 3, 5, 5)
+    bn = nn.BatchNorm2d(3)
+    y1 = bn(x.requires_grad_(True)).detach()
+    bn.running_mean.zero_(), bn.running_var.fill_(1.0)
+    with dg.no_grad():
+        y2 = bn(x)
+    np.testing.assert_array_equal(arr(y1), arr(y2))

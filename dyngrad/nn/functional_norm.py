@@ -60,16 +60,15 @@ def centred_moments(x: Tensor, dims) -> tuple[Tensor, Tensor, Tensor]:
     mean, and its square corrects ``mean(e·e)`` for it. Compiled, ``e`` and ``d`` are one
     value (a detached alias is its owner)."""
     mean = _r.mean(x, dims, keepdim=True)
-    if not (x.requires_grad and is_grad_enabled()):
-        d = x - mean
-        return mean, d, _r.mean(d * d, dims, keepdim=True)
-    e = x - mean.detach()
+    tracked = x.requires_grad and is_grad_enabled()
+    e = x - (mean.detach() if tracked else mean)
     drift = _r.mean(e, dims, keepdim=True)
-    var = _r.mean(e * e, dims, keepdim=True) - drift * drift
+    var = _r.mean(e * e, dims, keepdim=True) - drift * drift  # (the same numbers with or
+    #                                                            without autograd)
     # ``d`` made last: the backward engine takes the ready node made last first, so the
     # sum of ``d``'s gradient (for ``mean``) runs right after the product that made that
     # gradient — beside it in the schedule, where the two sums fuse into one pass
-    return mean, x - mean, var
+    return mean, (x - mean) if tracked else e, var
 
 
 def _normalised(d: Tensor, invstd: Tensor, weight: Tensor | None,

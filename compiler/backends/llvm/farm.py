@@ -21,6 +21,7 @@ longer than ``TIMEOUT_S`` is dropped, and the module is compiled whole in this p
 from __future__ import annotations
 
 import atexit
+import itertools
 import os
 import select
 import struct
@@ -56,87 +57,130 @@ def workers_wanted() -> int:
 
 
 class _Worker:
-    """One worker process and its pipes (a job at a time)."""
+    """One worker process and its pipes (a job at a time; each answer names its job)."""
 
     def __init__(self) -> None:
         # -P: the script's directory (this package's) is not put first on sys.path
         self.proc = subprocess.Popen([sys.executable, "-P", str(Path(worker.__file__))],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, close_fds=True)
+        self.inbox = b""  # bytes read but not yet parsed
 
-    def send(self, cpu: str, features: str, text: str) -> threading.Thread:
-        """Write the job from a thread (a pipe holds 64 KiB; the part is larger), returned
-        so the caller can join it."""
+    def send(self, job: int, cpu: str, features: str, text: str) -> threading.Thread:
+        """Write job number ``job`` from a thread (a pipe holds 64 KiB; a part is larger),
+        returned so the caller can join it."""
         def write():
             try:
-                for part in (cpu.encode(), features.encode(), text.encode()):
+                for part in (str(job).encode(), cpu.encode(), features.encode(),
+                             text.encode()):
                     worker.write_string(self.proc.stdin, part)
                 self.proc.stdin.flush()
-            except OSError:
+            except (OSError, ValueError):
                 pass  # (the read below finds the worker gone)
         th = threading.Thread(target=write, daemon=True)
         th.start()
         return th
 
-    def receive(self, deadline: float) -> bytes:
-        """The object code answered, or RuntimeError (an error, an exit, the deadline)."""
-        out = self.proc.stdout
-        left = deadline - time.monotonic()
-        ready, _, _ = select.select([out], [], [], max(left, 0.0))
-        if not ready:
-            raise RuntimeError(f"a compile worker took over {TIMEOUT_S:.0f} s")
-        status = out.read(1)
-        payload = worker.read_string(out)
-        if status == b"o" and payload is not None:
-            return payload
-        raise RuntimeError("a compile worker failed: " +
-                           (payload.decode(errors="replace") if payload else "it exited"))
+    def _take(self, n: int, deadline: float) -> bytes:
+        """``n`` bytes of the answer, read as they come until ``deadline`` (RuntimeError
+        past it, or when the worker's output ends)."""
+        fd = self.proc.stdout.fileno()
+        while len(self.inbox) < n:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([fd], [], [], max(left, 0.0))
+            if not ready:
+                raise RuntimeError(f"a compile worker took over {TIMEOUT_S:.0f} s")
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                raise RuntimeError("a compile worker exited")
+            self.inbox += chunk
+        out, self.inbox = self.inbox[:n], self.inbox[n:]
+        return out
+
+    def receive(self, job: int, deadline: float) -> bytes:
+        """The object code of job ``job``, or RuntimeError (an error answered, an answer to
+        another job, an exit, the deadline)."""
+        status = self._take(1, deadline)
+        (size,) = worker.LENGTH.unpack(self._take(worker.LENGTH.size, deadline))
+        answered = int(self._take(size, deadline))
+        (size,) = worker.LENGTH.unpack(self._take(worker.LENGTH.size, deadline))
+        payload = self._take(size, deadline)
+        if answered != job:
+            raise RuntimeError(f"a compile worker answered job {answered}, not {job}")
+        if status != b"o":
+            raise RuntimeError("a compile worker failed: " + payload.decode(errors="replace"))
+        return payload
 
     def close(self) -> None:
-        try:
-            self.proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        """Close its input (it exits at the end of its input)."""
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except (OSError, ValueError):
+                pass
 
 
 _pool: list[_Worker] = []
 _pool_lock = threading.Lock()
-_owner: list = [os.getpid()]  # the process the pool's workers answer
+_jobs = itertools.count(1)
+_unavailable: list = []  # why workers cannot start in this process (then none are tried)
 
 
 def _workers(n: int) -> list[_Worker]:
-    """``n`` live workers (started as needed). A forked child (a DataLoader's worker) never
-    writes to its parent's workers: their pipes are the parent's, so it starts its own."""
-    if _owner[0] != os.getpid():
-        _pool.clear()
-        _owner[0] = os.getpid()
-    alive = [w for w in _pool if w.proc.poll() is None]
-    _pool[:] = alive
+    """``n`` live workers (started as needed); OSError if one cannot start."""
+    _pool[:] = [w for w in _pool if w.proc.poll() is None]
     while len(_pool) < n:
-        _pool.append(_Worker())
+        try:
+            _pool.append(_Worker())
+        except (OSError, TypeError, ValueError) as exc:  # (no usable sys.executable)
+            _unavailable.append(f"{type(exc).__name__}: {exc}")
+            raise OSError(_unavailable[-1]) from None
     return _pool[:n]
 
 
-def _drop(w: _Worker) -> None:
-    try:
-        w.proc.kill()
-    except OSError:
-        pass
-    if w in _pool:
-        _pool.remove(w)
+def _drop(ws: list) -> None:
+    """End workers whose answers can no longer be trusted to match their jobs."""
+    for w in ws:
+        w.close()
+        try:
+            w.proc.kill()
+            w.proc.wait(timeout=1)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        if w in _pool:
+            _pool.remove(w)
+
+
+def _forget_in_child() -> None:
+    """In a forked child: the parent's workers are the parent's. Close the child's copies
+    of their pipes (so the parent's workers see their input end when the parent closes it,
+    not when the child exits too) and start afresh, with a lock no parent thread holds."""
+    global _pool_lock
+    for w in _pool:
+        for f in (w.proc.stdin, w.proc.stdout):
+            try:
+                os.close(f.fileno())
+            except (OSError, ValueError):
+                pass
+    _pool.clear()
+    _pool_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 
 @atexit.register
 def shutdown() -> None:
-    """End every worker (their input closes; they exit)."""
+    """End every worker: their input closes and they exit (killed after a second)."""
     with _pool_lock:
-        if _owner[0] == os.getpid():  # (a forked child leaves its parent's workers be)
-            for w in _pool:
-                w.close()
+        for w in _pool:
+            w.close()
+        for w in _pool:
+            try:
+                w.proc.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
         _pool.clear()
 
 
@@ -169,8 +213,8 @@ def compile_parts(ir_text: str, cpu: str, features: str, number) -> list | None:
     if ir_text.count("\n") < MIN_LINES:
         return None
     n = workers_wanted()
-    if n == 0:
-        return None
+    if n == 0 or _unavailable or getattr(sys, "frozen", False):  # (a frozen app's
+        return None  # executable is the app itself, not Python)
     texts = split.split(ir_text, n + 1)
     if texts is None:
         return None
@@ -181,19 +225,23 @@ def compile_parts(ir_text: str, cpu: str, features: str, number) -> list | None:
         except OSError:
             stats["fallbacks"] += 1
             return None
-        writers = [w.send(cpu, features, t) for w, t in zip(ws, texts[1:])]
-        mine = worker.object_code(texts[0], cpu, features)
-        deadline = time.monotonic() + TIMEOUT_S
-        objects = [mine]
-        for w, th in zip(ws, writers):
-            try:
-                objects.append(w.receive(deadline))
-            except (RuntimeError, OSError, ValueError):
-                _drop(w)
-                stats["fallbacks"] += 1
-                return None
-            finally:
+        jobs = [next(_jobs) for _ in ws]
+        writers = [w.send(j, cpu, features, t) for w, j, t in zip(ws, jobs, texts[1:])]
+        done = False
+        try:
+            objects = [worker.object_code(texts[0], cpu, features)]
+            deadline = time.monotonic() + TIMEOUT_S
+            for w, j in zip(ws, jobs):
+                objects.append(w.receive(j, deadline))
+            done = True
+        except RuntimeError:
+            stats["fallbacks"] += 1
+            return None
+        finally:
+            for th in writers:
                 th.join(timeout=1)
+            if not done:  # (an error, an exception in this part, an interrupt: jobs may
+                _drop(ws)  # be left unanswered in the workers — never read them later)
     stats["split"] += 1
     stats["parts"] += len(objects)
     return objects

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import llvmlite.binding as llvm
 
-from . import farm, target, worker
+from . import farm, split, target, worker
 from .worker import machine, optimize  # (the pipeline's one definition: workers run it too)
 
 _target = target  # (the module, where a parameter is named target)
@@ -87,7 +87,8 @@ def pipeline() -> str:
         import hashlib
         from pathlib import Path
         h = hashlib.sha256()
-        for f in (__file__, worker.__file__):  # (the pass pipeline is worker.py's)
+        for f in (__file__, worker.__file__, split.__file__, farm.__file__):  # (the pass
+            #                        pipeline is worker.py's; the parts, split and farm's)
             h.update(Path(f).read_bytes())
         _pipeline.append(h.hexdigest()[:16])
     return _pipeline[0]

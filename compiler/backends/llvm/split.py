@@ -189,9 +189,12 @@ def split(text: str, parts: int) -> list[str] | None:
 
 def _copied(it: _Item) -> bool:
     """Whether a definition is copied into every part that uses it rather than called
-    across parts: constants, functions meant to be inlined, and small functions."""
+    across parts: constants, functions meant to be inlined, and small functions — never a
+    ``noinline`` one (a kernel's body: copied with it, its own callees would be called
+    across parts where the whole module inlines them)."""
+    head = it.lines[0]
     return not it.function or (it.internal and (
-        "alwaysinline" in it.lines[0] or len(it.lines) <= COPY_LINES))
+        "alwaysinline" in head or (len(it.lines) <= COPY_LINES and "noinline" not in head)))
 
 
 COPY_LINES = 40  # an internal function this short is compiled again where used

@@ -7,11 +7,13 @@ pipeline: ``jit.py`` uses it for the modules it compiles itself, the workers for
 a module's part compiled in a worker is the code the whole module compiled in one process
 would hold.
 
-The protocol (stdin to stdout, one job at a time): a job is three length-prefixed byte
-strings — the target CPU's name, its feature string, the module's IR text (its loop
-metadata already numbered) — and the answer is a status byte (``b"o"``: object code follows;
-``b"e"``: an error message follows) and a length-prefixed payload. End of input ends the
-worker, so a worker never outlives the process that started it for long.
+The protocol (stdin to stdout, one job at a time): a job is four length-prefixed byte
+strings — its number, the target CPU's name, its feature string, the module's IR text (its
+loop metadata already numbered) — and the answer is a status byte (``b"o"``: object code
+follows; ``b"e"``: an error message follows), the job's number and the payload, both
+length-prefixed (the parent checks the number: an answer can never be taken for another
+job's). End of input ends the worker, so a worker never outlives the process that started
+it for long.
 """
 
 from __future__ import annotations
@@ -83,15 +85,16 @@ def serve(inp, out) -> None:
     llvm.initialize_native_asmprinter()
     llvm.initialize_native_asmparser()
     while True:
-        job = [read_string(inp) for _ in range(3)]
+        job = [read_string(inp) for _ in range(4)]
         if any(part is None for part in job):
             return
-        cpu, features, text = (part.decode() for part in job)
+        number, cpu, features, text = (part.decode() for part in job)
         try:
             status, payload = b"o", object_code(text, cpu, features)
         except Exception as exc:  # (reported to the parent, which compiles it itself)
             status, payload = b"e", f"{type(exc).__name__}: {exc}".encode()
         out.write(status)
+        write_string(out, number.encode())
         write_string(out, payload)
         out.flush()
 
