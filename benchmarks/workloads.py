@@ -51,9 +51,8 @@ import dyngrad as dg  # noqa: E402
 import dyngrad.nn.functional as F  # noqa: E402
 from dyngrad import nn, optim  # noqa: E402
 
-from . import measure  # noqa: E402
+from . import measure, nanogpt  # noqa: E402
 from .compile_overhead import w1 as w1_step  # noqa: E402
-from . import nanogpt  # noqa: E402
 from .convnets import MnistNet, SmallResNet, mnist_matmuls, resnet_matmuls  # noqa: E402
 from .goals import Goal, compiled_step_goals, transformer_goals  # noqa: E402
 

@@ -24,8 +24,9 @@ class Module:
     Note: every attribute assignment bumps ``_version`` (parameters, submodules and plain
     attributes alike), so a compiled function can check one integer per module instead of
     re-reading every attribute it used — and the ``training`` flag, which ``train()`` and
-    ``eval()`` set without a bump (Note [training is not counted by _version]). Registered parameters, buffers and submodules also
-    live in the instance ``__dict__`` so reading them is an ordinary attribute lookup.
+    ``eval()`` set without a bump (Note [training is not counted by _version]).
+    Registered parameters, buffers and submodules also live in the instance ``__dict__``
+    so reading them is an ordinary attribute lookup.
     """
 
     training: bool
