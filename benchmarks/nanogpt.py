@@ -28,7 +28,7 @@ newline.
 
 >>> cfg = GPTConfig(block_size=8, vocab_size=11, n_layer=1, n_head=2, n_embd=8)
 >>> GPT(cfg).get_num_params()
-970
+880
 """
 
 from __future__ import annotations
