@@ -5,7 +5,8 @@
                          [--threads N] [--modes llvm,jax]
 
 Workloads W1–W5 (training steps and control flow), W6 (jacfwd vs jacrev), W7a and W7b
-(convolutional networks, with their goals judged) and the size sweep of the MLP step; modes
+(convolutional networks), W8 (nanoGPT) — W7 and W8 with their goals judged — and the size
+sweep of the MLP step; modes
 dyngrad eager, ``backend="interp"``, ``backend="llvm"``, a numpy step where one exists,
 PyTorch eager and ``torch.compile`` when torch is installed, ``jax.jit`` when jax is.
 Prints a table (progress on stderr while it runs), writes the figures as JSON and a PNG

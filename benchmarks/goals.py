@@ -108,3 +108,15 @@ def compiled_step_goals(steps: int, reference64: bool = False) -> tuple:
                    "no arena: a hybrid plan (some kernels in numpy, which allocates)"),
              0.5, "×", at_most=True),
     )
+
+
+def transformer_goals() -> tuple:
+    """W8's goals beyond :func:`compiled_step_goals`: the LLVM step not slower than
+    ``jax.jit``, and one variant for the whole run — the learning rate set before every
+    step and the gradient clipping read as run-time numbers, never recompiling (the
+    variants counted after the timed runs, hundreds of steps each with its own rate)."""
+    return (
+        Goal("llvm not slower than jax.jit", faster("llvm", "jax"), 1.0, "×"),
+        Goal("llvm one variant: the lr schedule and clipping do not recompile",
+             entry("llvm", "variants", "not counted"), 1, " variant(s)", at_most=True),
+    )

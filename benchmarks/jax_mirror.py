@@ -13,8 +13,10 @@ go through ``while_loop``); the step returns the function's value, like the othe
 
 from __future__ import annotations
 
+import itertools
 import os
 
+from . import nanogpt
 from .workloads import VOCAB, Instance
 
 _jax: list = []
@@ -287,9 +289,79 @@ def resnet(inst: Instance) -> tuple:
     return _train(loss, _params(inst.model), inst.opt, calls, stats)
 
 
+def gpt(inst: Instance) -> tuple:
+    """W8: nanoGPT written out — LayerNorm, causal softmax attention per head, exact (erf)
+    GELU, the head tied to the token embedding (one parameter, as named by the dyngrad
+    model, so its two gradients add) — with ``clip_grad_norm_`` and AdamW over nanoGPT's
+    groups written as PyTorch computes them; the learning rate of ``train.py``'s schedule
+    is an argument of the jitted step (a traced number: one compilation)."""
+    j = jax()
+    jnp = j.numpy
+    cfg, train = inst.model.config, inst.train
+    n_head, hs = cfg.n_head, cfg.n_embd // cfg.n_head
+
+    def linear(p, name, x):
+        y = x @ p[f"{name}.weight"].T
+        return y + p[f"{name}.bias"] if cfg.bias else y
+
+    def layer_norm(p, name, x):
+        mean = x.mean(-1, keepdims=True)
+        y = (x - mean) / jnp.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + 1e-5)
+        y = y * p[f"{name}.weight"]
+        return y + p[f"{name}.bias"] if cfg.bias else y
+
+    def attention(p, name, x):
+        B, T, C = x.shape
+        q, k, v = (a.reshape(B, T, n_head, hs).transpose(0, 2, 1, 3)
+                   for a in jnp.split(linear(p, f"{name}.c_attn", x), 3, -1))
+        scores = q @ k.transpose(0, 1, 3, 2) / jnp.sqrt(jnp.float32(hs))
+        scores = jnp.where(jnp.tril(jnp.ones((T, T), bool)), scores, -jnp.inf)
+        y = j.nn.softmax(scores, -1) @ v
+        return linear(p, f"{name}.c_proj", y.transpose(0, 2, 1, 3).reshape(B, T, C))
+
+    def loss(p, idx, targets):
+        x = p["transformer.wte.weight"][idx] + p["transformer.wpe.weight"][:idx.shape[1]]
+        for i in range(cfg.n_layer):
+            h = f"transformer.h.{i}"
+            x = x + attention(p, f"{h}.attn", layer_norm(p, f"{h}.ln_1", x))
+            m = j.nn.gelu(linear(p, f"{h}.mlp.c_fc", layer_norm(p, f"{h}.ln_2", x)),
+                          approximate=False)
+            x = x + linear(p, f"{h}.mlp.c_proj", m)
+        logits = layer_norm(p, "transformer.ln_f", x) @ p["transformer.wte.weight"].T
+        return _nll(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+    params = _params(inst.model)
+    decay = {name: train.weight_decay if w.ndim >= 2 else 0.0 for name, w in params.items()}
+    (b1, b2), eps = train.betas, 1e-8
+
+    @j.jit
+    def jitted(p, s, lr, x, y):
+        value, g = j.value_and_grad(loss)(p, x, y)
+        norm = jnp.sqrt(sum(jnp.sum(d * d) for d in j.tree.leaves(g)))
+        g = j.tree.map(lambda d: d * jnp.minimum(train.grad_clip / (norm + 1e-6), 1.0), g)
+        t, m, v = s
+        t = t + 1
+        m = j.tree.map(lambda m, d: m + (d - m) * (1 - b1), m, g)
+        v = j.tree.map(lambda v, d: b2 * v + (1 - b2) * d * d, v, g)
+        step, root = lr / (1 - b1 ** t), jnp.sqrt(1 - b2 ** t)
+        p = {n: w * (1 - lr * decay[n]) - step * m[n] / (jnp.sqrt(v[n]) / root + eps)
+             for n, w in p.items()}
+        return p, (t, m, v), value
+    zeros = j.tree.map(jnp.zeros_like, params)
+    state = {"p": params, "s": (jnp.zeros((), jnp.float32), zeros, zeros)}
+    it = itertools.count()
+
+    def run(x, y):
+        lr = nanogpt.get_lr(next(it), train)
+        state["p"], state["s"], value = jitted(state["p"], state["s"], lr, x, y)
+        return value.block_until_ready()
+    run.jitted = jitted
+    return run, [tuple(_array(a) for a in c) for c in inst.calls]
+
+
 MIRRORS = {"mlp": mlp, "elementwise": elementwise, "control_flow": control_flow,
            "language_model": language_model, "mnist": mnist,
-           "resnet": resnet}  # by Workload.kind
+           "resnet": resnet, "gpt": gpt}  # by Workload.kind
 
 
 def variants(step) -> int | None:

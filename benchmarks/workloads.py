@@ -13,6 +13,11 @@
   a small ResNet (BatchNorm, a strided block), batch 32 on 32×32×3, cross-entropy + SGD
   with momentum (:mod:`benchmarks.convnets`). Each is also compared with eager over 20
   steps and carries the goals of :func:`benchmarks.goals.compiled_step_goals`.
+- **W8** nanoGPT's CPU configuration (4 layers, 4 heads, 128 wide, block 64, batch 12) on
+  standard-library source by character: AdamW with weight-decay groups, gradient clipping
+  at 1.0, the cosine learning rate with warm-up set before every step
+  (:mod:`benchmarks.nanogpt`); compared with eager over 20 steps, with W7's goals and
+  :func:`benchmarks.goals.transformer_goals`.
 - **sweep** (:func:`sweep_workload`) W1's step with the hidden width varied.
 
 Each builder returns an :class:`Instance` made from a fixed seed, so every call builds the
@@ -26,6 +31,9 @@ benchmarks --only W1,W2,W3,W4``).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import itertools
 import sys
 from pathlib import Path
 
@@ -43,10 +51,10 @@ import dyngrad as dg  # noqa: E402
 import dyngrad.nn.functional as F  # noqa: E402
 from dyngrad import nn, optim  # noqa: E402
 
-from . import measure  # noqa: E402
+from . import measure, nanogpt  # noqa: E402
 from .compile_overhead import w1 as w1_step  # noqa: E402
 from .convnets import MnistNet, SmallResNet, mnist_matmuls, resnet_matmuls  # noqa: E402
-from .goals import Goal, compiled_step_goals  # noqa: E402
+from .goals import Goal, compiled_step_goals, transformer_goals  # noqa: E402
 
 
 @dataclass
@@ -58,7 +66,10 @@ class Instance:
     model: nn.Module | None = None  # the mirrors copy its parameters (PyTorch's names)
     opt: optim.Optimizer | None = None  # the mirrors copy its kind and learning rate
     around: Callable | None = None  # around(f) -> the step calling f: what is compiled is
-    #                                 ``step`` alone, the rest (a backward()) stays outside
+    #                                 ``step`` alone, the rest (a backward(), W8's learning
+    #                                 rate set into the optimizer) stays outside
+    train: nanogpt.TrainConfig | None = None  # W8: the schedule and clipping the mirrors
+    #                                           follow
 
     def runnable(self, f: Callable | None = None) -> Callable:
         """The step as a mode runs it, with ``f`` (e.g. the compiled ``step``) inside."""
@@ -388,6 +399,61 @@ def w7_resnet_bound(quick: bool = False) -> float:
                                  n_params=_n_params(SmallResNet()), passes=5)
 
 
+# ------------------------------------------------------------------ W8
+W8_STEPS = 20  # steps compared with eager, as W7's
+
+
+@functools.cache
+def w8_text() -> nanogpt.CharText:
+    """W8's text: the standard-library source, char-level (read once per process)."""
+    return nanogpt.CharText(nanogpt.stdlib_text())
+
+
+def w8_config(quick: bool) -> tuple:
+    """W8's (GPTConfig, TrainConfig): nanoGPT's CPU configuration (quick: the same model
+    cut to 2 layers of 2 heads, 32 wide, 16 tokens, batch 4), the vocabulary the text's."""
+    model, train = nanogpt.QUICK if quick else nanogpt.CPU
+    return dataclasses.replace(model, vocab_size=w8_text().vocab_size), train
+
+
+def w8(quick: bool = False, seed: int = 0) -> Instance:
+    """W8: nanoGPT's training iteration — :class:`~benchmarks.nanogpt.GPT` forward with
+    targets, ``backward()``, ``clip_grad_norm_(1.0)``, AdamW over nanoGPT's weight-decay
+    groups, ``zero_grad`` — on one batch of standard-library text (``train.py``'s
+    ``get_batch`` at a fixed seed). Before each step ``around`` sets ``train.py``'s cosine
+    learning rate (with warm-up) into the groups, outside the compiled step, so every
+    step runs with another learning rate: a run-time number, not a recompile."""
+    cfg, train = w8_config(quick)
+    dg.manual_seed(seed)
+    model = nanogpt.GPT(cfg)
+    opt = model.configure_optimizers(train.weight_decay, train.learning_rate, train.betas)
+    x, y = w8_text().batch(np.random.default_rng(seed), train.batch_size, cfg.block_size)
+
+    def around(f):
+        it = itertools.count()
+
+        def step(x, y):
+            nanogpt.set_lr(opt, nanogpt.get_lr(next(it), train))
+            return f(x, y)
+        return step
+    return Instance(nanogpt.make_step(model, opt, train.grad_clip), [(x, y)], model, opt,
+                    around=around, train=train)
+
+
+def w8_matmuls(quick: bool) -> list:
+    cfg, train = w8_config(quick)
+    return nanogpt.matmuls(cfg, train.batch_size)
+
+
+def w8_bound(quick: bool = False) -> float:
+    """µs: the step's products in numpy, forward and backward (the attention's per-head
+    products as one product of the same FLOPs), plus AdamW's bytes (reading parameters,
+    gradients and two moments, writing three)."""
+    cfg, _ = w8_config(quick)
+    return measure.step_bound_us(w8_matmuls(quick), n_params=_n_params(nanogpt.GPT(cfg)),
+                                 passes=7)
+
+
 MATMUL_BOUND = "numpy matmuls of the step's shapes + optimizer bytes / copy bandwidth"
 CONV_BOUND = "numpy matmuls of the step's shapes (convolutions as im2col products) + " \
     "optimizer bytes / copy bandwidth"
@@ -424,6 +490,13 @@ WORKLOADS = {
                         *w7_resnet_shape(quick))),
                     compared_calls=W7_STEPS, reference64=True,
                     goals=compiled_step_goals(W7_STEPS, reference64=True)),
+    "W8": Workload("W8", "nanoGPT, CPU configuration: 4 layers, 4 heads, 128 wide, 64 "
+                   "tokens, batch 12 (quick: 2, 2, 32, 16, 4), standard-library text by "
+                   "character; AdamW with decay groups, clipping, cosine lr with warm-up",
+                   w8, w8_bound, MATMUL_BOUND, kind="gpt",
+                   flops=lambda quick: measure.step_flops(w8_matmuls(quick)),
+                   compared_calls=W8_STEPS,
+                   goals=compiled_step_goals(W8_STEPS) + transformer_goals()),
 }
 
 

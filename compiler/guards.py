@@ -364,6 +364,13 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None,
         else:
             add(f"o is None or o._version != {version}", what, version,
                 lambda f, ref=ref: None if ref() is None else ref()._version)
+    for k, (ref, flag) in enumerate(trace.training):  # (not counted by the versions)
+        ns[f"TR{k}"] = ref
+        obj = ref()
+        lines.append(f"    o = TR{k}()")
+        add(f"o is None or o.training is not {flag}",
+            f"{type(obj).__name__ if obj is not None else 'module'}.training", flag,
+            lambda f, ref=ref: None if ref() is None else ref().training)
     for k, src in enumerate(trace.scalar_sources):
         if isinstance(src.owner, weakref.ref):
             ns[f"SC{k}"] = src.owner

@@ -97,8 +97,9 @@ def compile_trace(trace: Trace, lowered: Lowered, backend: Backend, flat: list, 
     backward = backend.compile(lowered.parts.backward) if lowered.parts is not None else None
     versioned = {c.obj_id for c in checks if hasattr(c, "box")}
     trace = replace(trace, graph=lowered.graph, checks=list(checks),
-                    objects=[(r, v) for r, v in trace.objects if id(r()) not in versioned])
-    #  (the capture guards those objects' versions by source already)
+                    objects=[(r, v) for r, v in trace.objects if id(r()) not in versioned],
+                    training=[(r, t) for r, t in trace.training if id(r()) not in versioned])
+    #  (the capture guards those objects' versions and flags by source already)
     guards = build_guards(trace, flat, spec, dynamic_numbers)
     inplace, writebacks = inplace_writes(trace, lowered.graph, lowered.n_fwd)
     trace = replace(trace, writebacks=writebacks)

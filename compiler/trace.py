@@ -230,6 +230,8 @@ class Trace:
     backward_inside: bool = False  # the call runs backward() itself
     version_updates: list = field(default_factory=list)  # (box, weak ref): expected
     #   versions moved on after each replay
+    training: list = field(default_factory=list)  # (weakref, flag): the training flag of
+    #   each module in ``objects`` when first used (train()/eval() leave versions alone)
     backward: BackwardOutside | None = None  # for outputs differentiated after the call
 
     @property
@@ -278,6 +280,7 @@ class Tracer(DispatchMode):
         self.keep: list = []  # keeps every tensor seen alive, so ids stay unique
         self.grad_effects: list = []
         self.objects: dict[int, tuple] = {}
+        self.training: dict[int, tuple] = {}  # id -> (weakref, training flag at first use)
         self.scalar_sources: dict[tuple, ScalarSource] = {}
         self.baked: list = []
         self.created: list = []  # weak references to tensors made by traced ops
@@ -526,6 +529,9 @@ class Tracer(DispatchMode):
     def on_object(self, obj) -> None:
         if id(obj) not in self.objects:
             self.objects[id(obj)] = (weakref.ref(obj), obj._version)
+            if isinstance(getattr(obj, "training", None), bool):  # (a module: the flag
+                #   its version does not count, Note [training is not counted by _version])
+                self.training[id(obj)] = (self.objects[id(obj)][0], obj.training)
 
     def on_scalar(self, owner, key, value):
         opt = getattr(owner, "_owner", None)
@@ -766,6 +772,7 @@ class Tracer(DispatchMode):
         # (a module or optimizer made inside the call and gone now — `nn.MSELoss()(out, y)`
         # — is made again by the next call: its version needs no guard)
         objects = [(r, v) for r, v in self.objects.values() if r() is not None]
+        training = [(r, t) for r, t in self.training.values() if r() is not None]
         by_value = {id(self.input_value[k]): b for k, b in self.input_binding.items()}
         bindings = [by_value[id(v)] for v in g.inputs]
         scalars = sorted(self.scalar_sources.values(), key=lambda s: s.value.id)
@@ -775,7 +782,7 @@ class Tracer(DispatchMode):
         trace = Trace(g, bindings, scalars, writebacks, effects, out_spec,
                       objects, self.baked, grad_guards, grad_enabled=self.grad_enabled,
                       prints=prints, backward=backward, continuation=continuation,
-                      backward_inside=bool(self.backward_roots))
+                      backward_inside=bool(self.backward_roots), training=training)
         self._check_escapes(returned)
         return trace
 

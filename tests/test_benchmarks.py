@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 HAS_JAX = importlib.util.find_spec("jax") is not None
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W7a", "W7b")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W7a", "W7b", "W8")
 
 
 @pytest.fixture(scope="module")
@@ -83,16 +83,17 @@ def test_w5_makes_one_variant_per_sequence_length(quick):
     assert w5["modes"]["llvm"]["variants"] >= len(lengths)
 
 
-@pytest.mark.parametrize("name", ["W7a", "W7b"])
-def test_w7_compares_twenty_steps_with_eager_and_reports_every_goal(quick, name):
-    """The convnets' goals are judged from the run's figures — each met, missed, or not
-    measured with a reason — and never fail it (no verdict asserted here)."""
+@pytest.mark.parametrize("name, n_goals", [("W7a", 6), ("W7b", 6), ("W8", 8)])
+def test_w7_and_w8_compare_twenty_steps_with_eager_and_report_every_goal(quick, name,
+                                                                         n_goals):
+    """The convnets' and nanoGPT's goals are judged from the run's figures — each met,
+    missed, or not measured with a reason — and never fail it (no verdict asserted here)."""
     w = quick[0]["workloads"][name]
     assert w["compared_calls"] == 20
     llvm = w["modes"]["llvm"]
     assert len(llvm["rel_diff_per_call"]) == 20
     assert llvm["max_rel_diff_all"] == max(llvm["rel_diff_per_call"])
-    assert len(w["goals"]) == 6
+    assert len(w["goals"]) == n_goals
     for g in w["goals"]:
         assert g["met"] in (True, False, None), g
         assert (g["value"] is None) == (g["met"] is None) and (g["met"] is not None
@@ -101,6 +102,47 @@ def test_w7_compares_twenty_steps_with_eager_and_reports_every_goal(quick, name)
     if name == "W7b":  # agreement judged against the float64 run: both distances kept
         assert len(w["float32_drift_per_call"]) == 20
         assert llvm["vs_float64"] == llvm["max_rel_diff_f64"] / w["float32_drift"]
+
+
+def test_w8_one_variant_over_the_run_and_every_step_compiled_after_the_first(quick):
+    """The suite counts W8's variants after hundreds of steps, each with its own learning
+    rate: still one, never recompiled; the goal saying so is met."""
+    llvm = quick[0]["workloads"]["W8"]["modes"]["llvm"]
+    assert llvm["variants"] == 1 and llvm["recompiles"] == 0
+    assert llvm["fallbacks"] <= 1  # (the first call, which creates AdamW's state)
+    goal = next(g for g in quick[0]["workloads"]["W8"]["goals"] if "one variant" in g["goal"])
+    assert goal["value"] == 1 and goal["met"] is True
+
+
+def test_w8_lr_schedule_and_clipping_do_not_recompile_and_equal_eager():
+    """W8 sets train.py's learning rate into AdamW's groups before every step, outside the
+    compiled step: the optimizer reads it as a run-time number, so after the warm-up (one
+    call that creates AdamW's state, one traced call) the step keeps one variant and
+    every later call runs compiled with that step's rate — equal to eager, which a rate
+    baked in at the trace would not be."""
+    import compiler
+    from benchmarks import measure, nanogpt, workloads
+    w8 = workloads.WORKLOADS["W8"]
+    ours, theirs = w8.build(True), w8.build(True)
+    cf = compiler.compile(ours.step, backend="llvm")
+    run, eager = ours.runnable(cf), theirs.runnable()
+    n = 12
+    lrs, variants, losses, eager_losses = [], [], [], []
+    for _ in range(n):
+        losses.append(run(*ours.calls[0]))
+        eager_losses.append(eager(*theirs.calls[0]))
+        lrs.append([g["lr"] for g in ours.opt.param_groups])
+        variants.append(len(cf.variants))
+    train = ours.train
+    assert lrs == [[nanogpt.get_lr(k, train)] * 2 for k in range(n)]  # a new rate each step
+    assert len(set(lr for lr, _ in lrs)) == n
+    assert variants[1:] == [1] * (n - 1) and not cf.recompiles and cf.eager_reason is None
+    assert sum(v.calls for v in cf.variants) == n - 2
+    assert measure.max_rel_diff(eager_losses, losses) <= 1e-4
+    decayed, plain = ours.opt.param_groups  # nanoGPT's groups: 2-D parameters decayed
+    assert decayed["weight_decay"] == train.weight_decay and plain["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decayed["params"])
+    assert all(p.dim() < 2 for p in plain["params"]) and plain["params"]
 
 
 @pytest.mark.parametrize("framework", ["torch", "jax"])

@@ -15,7 +15,9 @@ Not-yet-built features are ``xfail(strict=True)``: they flip to failures when do
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import os
 import subprocess
 import sys
@@ -362,6 +364,53 @@ def test_train_and_eval_mode_switch_retraces_and_matches_eager():
         assert_same(l1, compiled(x, y), f"loss {i} ({mode})")
         assert_same_state(m1, m2, o1, o2)
     assert compiled_calls(compiled) >= 3
+
+
+def test_evaluating_between_compiled_steps_keeps_one_variant_and_matches_eager():
+    """nanoGPT's loop: every few steps ``model.eval()``, an evaluation, ``model.train()``.
+    The training step's variant serves every later step (the flags are back to what it
+    was traced with, and ``train()``/``eval()`` leave versions alone) instead of tracing
+    again after each evaluation until ``cache_limit`` leaves it eager."""
+    eager, compiled, (m1, o1), (m2, o2) = twins(lambda ps: optim.SGD(ps, lr=0.1),
+                                                dropout=0.5)
+    variants = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (a cache_limit warning fails the test)
+        for i in range(12):
+            x, y = batch(i)
+            dg.manual_seed(i)
+            l1 = eager(x, y)
+            dg.manual_seed(i)
+            assert_same(l1, compiled(x, y), f"loss {i}")
+            assert_same_state(m1, m2, o1, o2)
+            variants.append(len(compiled.variants))
+            for m in (m1, m2):
+                m.eval()
+                with dg.no_grad():
+                    m(x)
+                m.train()
+    # (two traces: every .grad None at the first call, present from the second on)
+    assert variants[1:] == [2] * 11
+    assert [r for r in compiled.recompiles if ".grad is None" not in r] == []
+    assert compiled_calls(compiled) == 12 - 2
+
+
+def test_a_variant_traced_in_training_mode_does_not_serve_an_eval_call():
+    """``eval()`` moves no version, so the training flag is guarded itself: an eval-mode
+    call of a function traced in training mode traces again (Dropout off), and explain()
+    lists the flags guarded."""
+    m = mlp(dropout=0.5)
+    x, _ = batch(0)
+    cf = compiler.compile(lambda x: m(x))
+    for _ in range(3):
+        cf(x)
+    m.eval()
+    assert_same(m(x), cf(x))
+    assert_same(m(x), cf(x))
+    assert sorted(v.calls for v in cf.variants) == [1, 2]  # (train: 2, eval: 1)
+    with contextlib.redirect_stdout(io.StringIO()):
+        ex = compiler.explain(cf)
+    assert any(".training == True" in g for g in ex.variants[0]["guards"])
 
 
 def test_no_grad_inference_function_compiles_once_and_matches_eager():

@@ -87,6 +87,20 @@ def test_char_rnn_one_variant_per_bucket(tmp_path):
     assert (tmp_path / "r.png").stat().st_size > 0
 
 
+def test_nanogpt_char_trains_compiled_in_one_variant_equal_to_eager_and_samples(tmp_path):
+    out = run([str(ROOT / "examples/nanogpt_char.py"), "--quick", "--plot",
+               str(tmp_path / "g.png")], tmp_path)  # (the script asserts its claims)
+    assert "=== train_step: 1 variant(s)" in out  # (the lr set before every step)
+    assert "backend: all " in out and "kernels native, run by one driver call" in out
+    assert float(re.search(r"largest relative difference (\S+)", out).group(1)) < 1e-4
+    first, last = map(float, re.search(r"training loss ([\d.]+) \(first 10 steps\) → "
+                                       r"([\d.]+) \(last 20\)", out).groups())
+    assert last < first - 0.3, out
+    sample = out.split("sampled (temperature 0.8, top_k 20):\n", 1)[1]
+    assert sample.startswith("def ") and len(sample.split("\nplot written")[0]) >= 84
+    assert (tmp_path / "g.png").stat().st_size > 0
+
+
 @pytest.mark.slow
 def test_eager_overhead_benchmark_quick(tmp_path):
     out = run([str(ROOT / "benchmarks/eager_overhead.py"), "--quick", "--json",

@@ -770,11 +770,32 @@ def test_reading_and_calling_do_not_bump_version():
     assert (m._version, m[0]._version) == v
 
 
-def test_train_and_eval_bump_every_submodule_version():
+def test_train_and_eval_set_the_flags_without_bumping_versions_outside_a_trace():
+    """Compiled functions guard ``training`` beside ``_version`` (Note [training is not
+    counted by _version]), so an evaluation between compiled training steps leaves their
+    variant valid; a direct assignment still bumps, as any attribute's."""
     m = nn.Sequential(nn.Linear(2, 2), nn.Dropout())
     before = [mod._version for mod in m.modules()]
     m.eval()
-    assert all(mod._version > b for mod, b in zip(m.modules(), before))
+    assert not any(mod.training for mod in m.modules())
+    m.train()
+    assert all(mod.training for mod in m.modules())
+    assert [mod._version for mod in m.modules()] == before
+    m[1].training = False
+    assert m[1]._version == before[2] + 1
+
+
+def test_train_and_eval_inside_a_trace_bump_the_versions_they_change():
+    """Inside a trace (a dispatch mode active) a change of the flag bumps the version: the
+    library method runs natively there and a compiled call would not repeat it."""
+    from dyngrad.dispatch import DispatchMode, push_mode
+    m = nn.Sequential(nn.Linear(2, 2), nn.Dropout())
+    before = [mod._version for mod in m.modules()]
+    with push_mode(DispatchMode()):
+        m.train()  # (no change: no bump)
+        assert [mod._version for mod in m.modules()] == before
+        m.eval()
+    assert all(mod._version == b + 1 for mod, b in zip(m.modules(), before))
 
 
 # ------------------------------------------------------------------ train / eval, dropout

@@ -260,13 +260,20 @@ class Capture:
             return
         self.objects[src] = value
         if isinstance(value, Module):
-            self.guard(Version(src, value._version, id(value)))
+            self._guard_module(value, src)
             self.known[src] = CONTENTS
         elif is_plain(value):
             self.known[src] = VALUE
         else:
             self.known[src] = self._state_of(value)
         self._register(value, src)
+
+    def _guard_module(self, module: Module, src: Source) -> None:
+        """A module's version, which counts its attribute assignments, and its ``training``
+        flag, which ``train()``/``eval()`` set without counting (Note [training is not
+        counted by _version] in dyngrad/nn/module.py)."""
+        self.guard(Version(src, module._version, id(module)))
+        self.guard(Equals(Attr(src, "training"), module.training))
 
     def _state_of(self, value) -> str:
         if isinstance(value, types.ModuleType):
@@ -351,7 +358,7 @@ class Capture:
         if not covered:
             self.guard(Identity(src, value))
         if isinstance(value, Module):
-            self.guard(Version(src, value._version, id(value)))
+            self._guard_module(value, src)
             self.known[src] = CONTENTS
         elif isinstance(value, Tensor):
             self.known[src] = IDENTITY

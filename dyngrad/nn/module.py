@@ -23,8 +23,10 @@ class Module:
 
     Note: every attribute assignment bumps ``_version`` (parameters, submodules and plain
     attributes alike), so a compiled function can check one integer per module instead of
-    re-reading every attribute it used. Registered parameters, buffers and submodules also
-    live in the instance ``__dict__`` so reading them is an ordinary attribute lookup.
+    re-reading every attribute it used — and the ``training`` flag, which ``train()`` and
+    ``eval()`` set without a bump (Note [training is not counted by _version]).
+    Registered parameters, buffers and submodules also live in the instance ``__dict__``
+    so reading them is an ordinary attribute lookup.
     """
 
     training: bool
@@ -208,12 +210,28 @@ class Module:
 
     # ----------------------------------------------------------------- modes
     def train(self, mode: bool = True) -> Module:
-        """Set training mode (affects Dropout) on this module and its children."""
+        """Set training mode (affects Dropout) on this module and its children.
+
+        Note [training is not counted by _version]: outside a trace this sets the flag
+        without bumping ``_version``, and a compiled function guards every module's
+        ``training`` beside its version. A training loop that evaluates now and then
+        (``model.eval()`` … ``model.train()``, as nanoGPT's ``estimate_loss``) comes back
+        to the very state its compiled step was traced in, and the step's variant still
+        serves it; were the flag counted, every evaluation would move the versions and
+        the step would trace again after each, until ``cache_limit`` left it eager. Inside
+        a trace (a dispatch mode is active) a change still bumps the version: a library
+        method runs natively there, so a compiled call would not repeat the change, and
+        the moved version makes the next call trace again rather than skip it.
+        """
         if not isinstance(mode, bool):
             raise ValueError("training mode is expected to be boolean")
+        tracing = bool(STATE.modes)
         for m in self.modules():
-            if m.training is not mode:  # model.train() every epoch must not bump versions
-                m.training = mode
+            if m.training is not mode:  # (model.train() every epoch: no change, no bump)
+                d = m.__dict__
+                d["training"] = mode
+                if tracing:
+                    d["_version"] += 1
         return self
 
     def eval(self) -> Module:
