@@ -52,9 +52,19 @@ def _matmul_vjp(n, g, xs, y):
             dispatch(MATMUL, g, b, ta=False, tb=not tb)
         ga = _e.sum_to(ga, n.in_shapes[0])
     if n.needs[1]:
-        gb = dispatch(MATMUL, g, a, ta=True, tb=ta) if tb else \
-            dispatch(MATMUL, a, g, ta=not ta, tb=False)
-        gb = _e.sum_to(gb, n.in_shapes[1])
+        sa, sb = n.in_shapes
+        if len(sb) == 2 and len(sa) > 2 and not ta:
+            # a batch of rows against one matrix (a linear layer over (batch, time, in)):
+            # the batch folds into the rows — one product over all of them, as PyTorch's
+            # linear backward, not a product per batch entry and then their sum
+            a2 = _m.reshape(a, (-1, sa[-1]))
+            g2 = _m.reshape(g, (-1, g.shape[-1]))
+            gb = dispatch(MATMUL, g2, a2, ta=True, tb=False) if tb else \
+                dispatch(MATMUL, a2, g2, ta=True, tb=False)
+        else:
+            gb = dispatch(MATMUL, g, a, ta=True, tb=ta) if tb else \
+                dispatch(MATMUL, a, g, ta=not ta, tb=False)
+            gb = _e.sum_to(gb, n.in_shapes[1])
     return ga, gb
 
 
