@@ -9,6 +9,7 @@ lowering is log(u)·x/(u − 1) on the vecmath logs), bool comparisons and int64
 
 from __future__ import annotations
 
+import ctypes
 import warnings
 
 import numpy as np
@@ -16,7 +17,8 @@ import pytest
 
 import compiler
 import dyngrad as dg
-from compiler.backends.llvm import driver
+import dyngrad.nn.functional as F
+from compiler.backends.llvm import codegen, driver, jit
 from dyngrad.ops import REGISTRY
 
 DTYPES = ("float32", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
@@ -160,6 +162,45 @@ def test_reshapes_of_strided_views_lower(name):
     for _ in range(2):
         np.testing.assert_allclose(f(x).numpy(), fn(x).numpy(), rtol=1e-6, atol=1e-6)
     assert isinstance(f.variants[0].plan, driver.DriverPlan), f.variants[0].plan.describe()
+
+
+@pytest.mark.parametrize("dt", ["float32", "float64", "int32", "int64", "bool"])
+@pytest.mark.parametrize("shape,pads", [((5,), (2, 3)), ((3, 4), (1, 0, 2, 1)),
+                                        ((2, 3, 4), (0, 0, 1, 1, 2, 0)),
+                                        ((2, 3, 4), (3, 1)), ((2, 1, 3), (0, 2, 1, 0))])
+def test_a_pad_of_a_computed_value_lowers_row_by_row_and_equals_eager(dt, shape, pads):
+    """A constant pad by non-negative widths (a slice's gradient) runs as runs of the value
+    and of the input's rows (datamove.MoveBuilder._pad_rows), pads in outer dims included."""
+    r = np.random.default_rng(6)
+    x = dg.tensor(r.random(shape) > 0.5 if dt == "bool" else
+                  (r.standard_normal(shape) * 5).astype(dt))
+    for value in (0, 1):
+        def fn(x):
+            y = ~x if dt == "bool" else x * 2
+            return F.pad(y, pads, value=value)
+        f = compiler.compile(fn, backend="llvm")
+        for _ in range(2):
+            np.testing.assert_array_equal(f(x).numpy(), fn(x).numpy())
+        plan = f.variants[0].plan
+        assert isinstance(plan, driver.DriverPlan), plan.describe()
+        (grp,) = [grp for grp in plan.groups if grp.kind == "movement"]
+        # the kernel alone, into a buffer of poison: it writes every element
+        text, ((name, _),) = codegen.module_ir(f.variants[0].trace.graph, [grp])
+        src = np.ascontiguousarray((~x if dt == "bool" else x * 2).numpy())
+        out = np.full(grp.outputs[0].shape, 7 if dt != "bool" else True, dtype=src.dtype)
+        args = (ctypes.c_void_p * 2)(src.ctypes.data, out.ctypes.data)
+        jit.compile_ir(text).cfunc(name, None, ctypes.c_void_p, ctypes.c_int64)(
+            ctypes.addressof(args), 0)
+        np.testing.assert_array_equal(out, np.pad(src, _np_widths(shape, pads),
+                                                  constant_values=value))
+
+
+def _np_widths(shape, pads) -> list:
+    """F.pad's (last dim first) widths as numpy's per-dim pairs."""
+    w = [(0, 0)] * len(shape)
+    for k in range(len(pads) // 2):
+        w[len(shape) - 1 - k] = (pads[2 * k], pads[2 * k + 1])
+    return w
 
 
 # ------------------------------------------------------------------ scans and argsort

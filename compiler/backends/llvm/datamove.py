@@ -4,6 +4,7 @@ concat, reshape chains)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 from dyngrad import dtypes as _dt
@@ -247,16 +248,85 @@ class MoveBuilder(KernelBuilder):
                 raise NotImplementedError("LLVM movement codegen: an input's dtype")
         self.ptr = {id(v): f"%a{k}" for k, v in enumerate(layout)}
         self.label("entry")
-        with self.loop("%i", math.prod(out.shape), block="loop", exit="exit", more="%more"):
-            val = self.value_at(out, self._split("%i", out.shape))
-            p = self.emit(f"getelementptr inbounds {self.ty}, ptr %a{len(grp.inputs)}, i64 %i")
-            self.line(f"store {self.ty} {val}, ptr {p}")
+        pad = self._plain_pad()
+        if pad is not None:
+            self._pad_rows(pad, f"%a{len(grp.inputs)}")
+        else:
+            with self.loop("%i", math.prod(out.shape), block="loop", exit="exit",
+                           more="%more"):
+                val = self.value_at(out, self._split("%i", out.shape))
+                p = self.emit(f"getelementptr inbounds {self.ty}, ptr %a{len(grp.inputs)}, "
+                              f"i64 %i")
+                self.line(f"store {self.ty} {val}, ptr {p}")
         self.line("ret void")
         params = ", ".join(f"ptr noalias %a{k}" for k in range(len(layout)))
         text = ((prelude_ir([]) if prelude else "")
                 + self.function(f"define internal void @{name}_body({params}) alwaysinline")
                 + entry_ir(name, len(layout)))
         return text, name, layout
+
+
+    def _plain_pad(self):
+        """The group's node when it is one ``pad`` of an input by non-negative widths with
+        no interior padding (a slice's gradient: the slice put back in place among
+        zeros), else None."""
+        grp = self.group
+        if len(grp.nodes) != 1:
+            return None
+        n = self.g.nodes[grp.nodes[0]]
+        if n.prim is not P.PAD or id(n.inputs[0]) in self.producer or \
+                not n.inputs[0].shape or \
+                any(lo < 0 or hi < 0 or it for lo, hi, it in n.params["pads"]):
+            return None
+        return n
+
+    def _pad_rows(self, n, out_ptr: str) -> None:
+        """``n`` (:meth:`_plain_pad`) row by row along its last dim: a row of the output
+        outside the input is the pad value throughout; one inside is the value, the input's
+        row, the value — contiguous runs, which LLVM vectorises (no per-element index
+        arithmetic and selects, as the general copy loop has)."""
+        src, prm = n.inputs[0], n.params
+        shape, W = n.out.shape[:-1], n.out.shape[-1]
+        (left, _, _), width = prm["pads"][-1], src.shape[-1]
+        value = self.element(prm["value"])
+        ty = self.ty
+
+        def fill(row: str, lo: int, hi: int) -> None:
+            if hi > lo:
+                with self.rolled_loop(lo, hi) as j:
+                    at = self.emit(f"add i64 {row}, {j}")
+                    p = self.emit(f"getelementptr inbounds {ty}, ptr {out_ptr}, i64 {at}")
+                    self.line(f"store {ty} {value}, ptr {p}")
+
+        with self.rolled_loop(0, max(math.prod(shape), 1), scalar=True) as r:
+            row = self.emit(f"mul i64 {r}, {W}")
+            idx = self._split(r, shape) if shape else []
+            inside, inner = "true", []
+            for i, n_d, (lo, _, _) in zip(idx, src.shape[:-1], prm["pads"][:-1]):
+                t = self.emit(f"sub i64 {i}, {lo}")
+                ok = self.emit(f"icmp ult i64 {t}, {n_d}")
+                inside = ok if inside == "true" else self.emit(f"and i1 {inside}, {ok}")
+                inner.append(t)
+            if inside != "true":
+                with self.when(self.emit(f"xor i1 {inside}, true")):
+                    fill(row, 0, W)
+            with self.when(inside) if inside != "true" else _nothing():
+                fill(row, 0, left)
+                base = self.emit(f"mul i64 {self._flat(inner, src.shape[:-1]) if inner else 0}"
+                                 f", {width}")
+                with self.rolled_loop(0, width) as j:
+                    q = self.emit(f"getelementptr inbounds {ty}, ptr {self.ptr[id(src)]}, "
+                                  f"i64 {self.emit(f'add i64 {base}, {j}')}")
+                    v = self.emit(f"load {ty}, ptr {q}")
+                    at = self.emit(f"add i64 {row}, {self.emit(f'add i64 {j}, {left}')}")
+                    p = self.emit(f"getelementptr inbounds {ty}, ptr {out_ptr}, i64 {at}")
+                    self.line(f"store {ty} {v}, ptr {p}")
+                fill(row, left + width, W)
+
+
+@contextlib.contextmanager
+def _nothing():
+    yield
 
 
 # Each movement primitive maps an output multi-index back to its input's (see MoveBuilder).
