@@ -252,12 +252,7 @@ class MoveBuilder(KernelBuilder):
         if pad is not None:
             self._pad_rows(pad, f"%a{len(grp.inputs)}")
         else:
-            with self.loop("%i", math.prod(out.shape), block="loop", exit="exit",
-                           more="%more"):
-                val = self.value_at(out, self._split("%i", out.shape))
-                p = self.emit(f"getelementptr inbounds {self.ty}, ptr %a{len(grp.inputs)}, "
-                              f"i64 %i")
-                self.line(f"store {self.ty} {val}, ptr {p}")
+            self._copy_nested(out, f"%a{len(grp.inputs)}")
         self.line("ret void")
         params = ", ".join(f"ptr noalias %a{k}" for k in range(len(layout)))
         text = ((prelude_ir([]) if prelude else "")
@@ -265,6 +260,23 @@ class MoveBuilder(KernelBuilder):
                 + entry_ir(name, len(layout)))
         return text, name, layout
 
+
+    def _copy_nested(self, out, out_ptr: str) -> None:
+        """Every element of ``out`` from the chain, in a loop per dim of the output (size-1
+        dims are index 0): each source index is then a sum of loop counters times
+        constants, and the innermost loop — a row of the output — vectorises when its
+        source is contiguous too (a permute keeping the last dim, a broadcast)."""
+        dims = [d for d, n in enumerate(out.shape) if n != 1]
+        idx = ["0"] * len(out.shape)
+        stack = contextlib.ExitStack()
+        with stack:
+            for k, d in enumerate(dims):
+                idx[d] = stack.enter_context(
+                    self.rolled_loop(0, out.shape[d], scalar=k < len(dims) - 1))
+            val = self.value_at(out, idx)
+            p = self.emit(f"getelementptr inbounds {self.ty}, ptr {out_ptr}, "
+                          f"i64 {self._flat(idx, out.shape)}")
+            self.line(f"store {self.ty} {val}, ptr {p}")
 
     def _plain_pad(self):
         """The group's node when it is one ``pad`` of an input by non-negative widths with
