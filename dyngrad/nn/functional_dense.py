@@ -19,8 +19,15 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
                            f"last dimension must equal in_features ({weight.shape[-1]}); "
                            f"input {list(input.shape)}, weight {list(weight.shape)}")
     if weight.ndim == 2 and input.ndim >= 2 and input.dtype is weight.dtype:
-        # one matmul with a transposed operand: no transposed copy in forward or backward
-        out = dispatch(MATMUL, input, weight, ta=False, tb=True)
+        # one matmul with a transposed operand: no transposed copy in forward or backward;
+        # leading dims fold into the rows (as PyTorch's linear): one product of
+        # (batch·time) rows, not a product per batch entry
+        if input.ndim > 2:
+            rows = _m.reshape(input, (-1, input.shape[-1]))
+            out = dispatch(MATMUL, rows, weight, ta=False, tb=True)
+            out = _m.reshape(out, tuple(input.shape[:-1]) + (weight.shape[0],))
+        else:
+            out = dispatch(MATMUL, input, weight, ta=False, tb=True)
     else:
         out = input @ (_m.T(weight) if weight.ndim == 2 else weight)
     return out if bias is None else out + bias
