@@ -281,3 +281,39 @@ def test_a_python_that_cannot_start_workers_compiles_in_the_process(monkeypatch)
     monkeypatch.setattr(sys, "executable", None)
     assert _g(jit.compile_ir(_TWO.format(k=7) + _TWO.format(k=70)), 7) == 7
     assert farm._unavailable  # remembered: not tried again in this process
+
+
+def test_the_products_kernel_is_prepared_on_another_thread(monkeypatch):
+    """gemm.prepare starts the kernel's compile on a thread (a graph with products calls it
+    before its passes); library() then returns that kernel, and a failure in the thread is
+    raised by library()'s own call, not lost."""
+    import threading
+
+    from compiler.backends.llvm import gemm
+    monkeypatch.setattr(gemm, "_libraries", {})
+    started = []
+    real_thread = threading.Thread
+
+    def spy(*a, **kw):
+        t = real_thread(*a, **kw)
+        if t.name.startswith("dyngrad-gemm"):
+            started.append(t)
+        return t
+    monkeypatch.setattr(threading, "Thread", spy)
+    gemm.prepare("float")
+    gemm.prepare("float")  # (under way: no second thread)
+    assert len(started) == 1
+    started[0].join(timeout=120)
+    lib = gemm.library("float")
+    assert gemm.library("float") is lib
+    gemm.prepare("float")  # (made: no thread)
+    assert len(started) == 1
+
+    def broken(*a, **kw):
+        raise RuntimeError("no kernel today")
+    monkeypatch.setattr(gemm, "_libraries", {})
+    monkeypatch.setattr(gemm.cache, "load_or_compile", broken)
+    gemm.prepare("double")
+    started[-1].join(timeout=60)
+    with pytest.raises(RuntimeError, match="no kernel today"):
+        gemm.library("double")

@@ -472,6 +472,31 @@ def library(ty: str) -> jit.Compiled:
         return _libraries[key]
 
 
+def prepare(ty: str) -> None:
+    """Start making the kernel of ``ty`` (:func:`library`) on a thread of its own unless it
+    exists or is under way: a graph with products calls this before its passes, so LLVM
+    compiles the kernel (~150 ms, in LLVM's code, which releases the GIL) on another core
+    while the fusion and the module's IR are worked out in Python. A failure there is
+    left for :func:`library`'s own call to raise."""
+    key = (ty, uses_threads(), target.current())
+    with _lock:
+        if key in _libraries or key in _preparing:
+            return
+        _preparing.add(key)
+
+    def make():
+        try:
+            library(ty)
+        except Exception:  # (raised again, with its context, where the kernel is needed)
+            pass
+        finally:
+            _preparing.discard(key)
+    threading.Thread(target=make, name=f"dyngrad-gemm-{ty}", daemon=True).start()
+
+
+_preparing: set = set()  # keys of kernels a prepare() thread is making
+
+
 def declaration(ty: str) -> str:
     """The declaration of ``@<name(ty)>`` for a module calling it (see :func:`library`)."""
     return f"declare void @{name(ty)}(ptr, i64, i64, ptr, i64, i64, ptr, i64, i64, i64)\n"

@@ -36,7 +36,8 @@ from ...dims import concrete
 from ...passes.fusion import fuse
 from ...prims import traits
 from ..base import Executable, GuardFailed, result, same_value, step_plan
-from . import cache, codegen, driver, machine
+from . import cache, codegen, driver, gemm, machine
+from .emit import LLTYPE
 
 _KERNEL = object()  # tags a native step in the plan's step list
 _CHECKS = object()  # tags a step that only checks value guards
@@ -54,6 +55,9 @@ def compile_graph(g, inplace: dict | None = None, family=None, groups: list | No
     (``driver.DriverPlan``), else :func:`compile_hybrid`'s kernels-and-numpy
     :class:`HybridPlan`. ``family``: a symbolic variant's ``forms.Forms``;
     ``groups``: ``g``'s fusion groups when the caller has them (made here otherwise)."""
+    for dt in {n.out.dtype.name for n in g.nodes if n.prim.kind == "matmul"} & \
+            {"float32", "float64"}:  # (the products' kernel compiles on another core
+        gemm.prepare(LLTYPE[dt])  #     meanwhile: gemm.prepare)
     groups = fuse(g) if groups is None else groups
     if any(not grp.kind.trivial for grp in groups):
         try:  # (a group that does not lower raises while the driver builds its module)
