@@ -1641,6 +1641,48 @@ def test_the_pass_pipeline_keeps_results_bit_identical_on_a_hand_built_graph():
     assert np.array_equal(before, run_graph(after_g, xv)[0])
 
 
+@pytest.mark.parametrize("backend", ["interp", "llvm"])
+def test_a_product_reads_a_transposed_operand_as_it_is(backend):
+    """``q @ k.transpose(-2, -1)`` and ``a.mT @ b``: the matmul flips its flag and reads
+    the operand itself, not the permute (a copy in compiled code), with eager's results
+    (the interpreter's bit for bit: the same product of the same view)."""
+    r = np.random.default_rng(2)
+    q = dg.tensor(r.standard_normal((2, 3, 5, 4)).astype(np.float32), requires_grad=True)
+    k = dg.tensor(r.standard_normal((2, 3, 6, 4)).astype(np.float32), requires_grad=True)
+    a = dg.tensor(r.standard_normal((2, 3, 5, 7)).astype(np.float32), requires_grad=True)
+
+    def f(q, k, a):
+        s = q @ k.transpose(-2, -1)  # (2, 3, 5, 6)
+        t = a.mT @ s  # (2, 3, 7, 6)
+        return t.tanh().sum()
+
+    cf = compiler.compile(f, backend=backend)
+    for _ in range(2):
+        for x in (q, k, a):
+            x.grad = None
+        want = f(q, k, a)
+        want.backward()
+        grads = [x.grad.numpy().copy() for x in (q, k, a)]
+        for x in (q, k, a):
+            x.grad = None
+        got = cf(q, k, a)
+        got.backward()
+        exact = backend == "interp"
+        for w, x in zip(grads, (q, k, a)):
+            if exact:
+                np.testing.assert_array_equal(x.grad.numpy(), w)
+            else:
+                np.testing.assert_allclose(x.grad.numpy(), w, rtol=2e-3, atol=1e-5)  # (tanh)
+    g = cf.variants[0].trace.graph
+    made = {id(n.out): n for n in g.nodes}
+    assert not [n for n in g.nodes if n.prim.name == "matmul" and any(
+        made.get(id(x)) is not None and made[id(x)].prim.name == "permute"
+        for x in n.inputs)], str(g)  # (a gradient's transpose back stays: its own copy)
+    flags = [(n.params.get("ta", False), n.params.get("tb", False)) for n in g.nodes
+             if n.prim.name == "matmul"]
+    assert (False, True) in flags and (True, False) in flags
+
+
 def test_graph_exports_to_networkx_with_an_edge_per_use():
     G = ir.to_networkx(small_graph())
     assert G.number_of_nodes() >= 8
