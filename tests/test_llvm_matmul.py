@@ -549,3 +549,39 @@ def test_small_products_are_loops_of_their_shape_with_the_generated_kernels_bits
     np.testing.assert_array_equal(small, general)
     want = np.matmul(np.swapaxes(a, -1, -2) if ta else a, np.swapaxes(b, -1, -2) if tb else b)
     assert_close(small, want, dtype)
+
+
+@pytest.mark.parametrize("shapes", [((12, 4, 64, 32), (12, 4, 32, 64)),
+                                    ((3, 20, 32, 16), (20, 16, 64)),  # broadcast batch, small
+                                    ((5, 7, 60, 30), (5, 7, 60, 40))])
+def test_a_batch_of_small_products_splits_across_threads_with_the_same_bits(shapes):
+    """Entries too small to split their own rows (attention's per-head products) run as
+    ranges of entries on the pool's threads: every entry whole on one thread, so the bits
+    are the same on 1, 2 and 3 threads, and equal the generated kernel's one at a time."""
+    from compiler.backends.llvm import codegen
+    sa, sb = shapes
+    r = np.random.default_rng(5)
+    a = dg.tensor(r.standard_normal(sa).astype(np.float32))
+    b = dg.tensor(r.standard_normal(sb).astype(np.float32))
+    if sa == (5, 7, 60, 30):
+        fn = (lambda a, b: a.mT @ b)  # (a transposed operand)
+    else:
+        fn = (lambda a, b: a @ b)
+    before = threads.team()
+    outs = []
+    try:
+        for team in (1, 2, 3):
+            threads.set_team(team)
+            f = compiler.compile(lambda a, b: fn(a, b) * 1.0, backend="llvm")
+            outs.append(f(a, b).numpy())
+            outs.append(f(a, b).numpy())
+            if team == 2 and threads.find() is not None:
+                v = f.variants[0]
+                (mm,) = [grp for grp in v.plan.groups if grp.kind == "matmul"]
+                text, _ = codegen.module_ir(v.trace.graph, [mm])
+                assert "_range(" in text and "@dg_parallel" in text
+    finally:
+        threads.set_team(max(before, 1))
+    for o in outs[1:]:
+        np.testing.assert_array_equal(o, outs[0])
+    np.testing.assert_allclose(outs[0], fn(a, b).numpy(), rtol=1e-5, atol=1e-5)

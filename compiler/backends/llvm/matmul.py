@@ -6,12 +6,13 @@ from __future__ import annotations
 import math
 
 from ...dims import Dim
-from . import blas, gemm, tune
+from . import blas, gemm, threads, tune
 from .emit import (
     FN_NAME,
     INTEGER,
     LLTYPE,
     MEMTYPE,
+    Emitter,
     KernelBuilder,
     builds,
     c_strides,
@@ -95,21 +96,81 @@ class MatmulBuilder(KernelBuilder):
         return tuple(offs)
 
     def build(self, name: str = FN_NAME, prelude: bool = True) -> tuple:
-        grp, n, ty = self.group, self.n, self.ty
-        M, N, K, ta, tb = self.M, self.N, self.K, self.ta, self.tb
+        grp, n = self.group, self.n
         layout = list(grp.inputs) + list(grp.outputs)
         if len(grp.outputs) != 1 or grp.outputs[0] is not n.out:
             raise NotImplementedError("LLVM matmul codegen: one output, the product")
         ptr = {id(v): f"%a{k}" for k, v in enumerate(layout)}
         pa, pb, pc = ptr[id(n.inputs[0])], ptr[id(n.inputs[1])], ptr[id(n.out)]
         n_batch = math.prod(n.out.shape[:-2])
+        params = ", ".join(f"ptr noalias %a{k}" for k in range(len(layout)))  # (A may be B:
+        #                                             both only read, which noalias allows)
+        per = self._batch_split(n_batch)
+        if per is None:
+            self.label("entry")
+            self._entries(pa, pb, pc, 0, n_batch)
+            self.line("ret void")
+            body = self.function(f"define internal void @{name}_body({params}) alwaysinline")
+        else:  # entries too small to split themselves: ranges of them, one per part
+            self.label("entry")
+            self._entries(pa, pb, pc, "%lo", "%hi")
+            self.line("ret void")
+            ranges = self.function(f"define internal void @{name}_range({params}, i64 %lo, "
+                                   f"i64 %hi) noinline")
+            k_args, nb = len(layout), -(-n_batch // per)
+            blocks = Emitter()
+            blocks.label("entry")
+            for k in range(k_args):
+                blocks.line(f"%x{k} = getelementptr inbounds ptr, ptr %ctx, i64 {k}")
+                blocks.line(f"%a{k} = load ptr, ptr %x{k}")
+            with blocks.parallel_for(nb):
+                blocks.line(f"%lo = mul nuw nsw i64 %b, {per}")
+                blocks.line(f"%hi0 = add nuw nsw i64 %lo, {per}")
+                blocks.line(f"%lt = icmp slt i64 %hi0, {n_batch}")
+                blocks.line(f"%hi = select i1 %lt, i64 %hi0, i64 {n_batch}")
+                ptrs = ", ".join(f"ptr %a{k}" for k in range(k_args))
+                blocks.line(f"call void @{name}_range({ptrs}, i64 %lo, i64 %hi)")
+            pack = "".join(f"  %c{k} = getelementptr inbounds ptr, ptr %ctx, i64 {k}\n"
+                           f"  store ptr %a{k}, ptr %c{k}\n" for k in range(k_args))
+            body = (ranges + blocks.function(f"define internal void @{name}_blocks(ptr %ctx, "
+                                             f"i64 %tid, i64 %nt)")
+                    + f"define internal void @{name}_body({params}) alwaysinline {{\n"
+                    f"entry:\n  %ctx = alloca [{k_args} x ptr], align 8\n" + pack
+                    + threads.split_call(name, nb) + "\n  ret void\n}\n\n")
+        text = (
+            (prelude_ir([]) if prelude else "")
+            + (self.declarations() if prelude else "")
+            + body + entry_ir(name, len(layout)))
+        return text, name, layout
+
+    def _batch_split(self, n_batch) -> int | None:
+        """Batch entries per part when the batch loop runs on the thread pool: each entry
+        below ``gemm.PAR_WORK`` multiply-adds (bigger ones split their rows themselves), the
+        whole above it, and the pool there (None: one loop on the calling thread). Every
+        entry is computed whole by one thread, so the bits do not depend on the split
+        (attention's per-head products: 48 entries of 64x64x32 ran on one core)."""
+        if isinstance(n_batch, Dim) or n_batch < 2 or self.blas is not None or \
+                threads.find() is None:
+            return None
+        work = self.M * self.N * max(self.K, 1)
+        if isinstance(work, Dim) or work >= gemm.PAR_WORK or work * n_batch < gemm.PAR_WORK:
+            return None
+        return max(1, (gemm.PAR_WORK // 8) // work)  # (parts of ~128K multiply-adds)
+
+    def _entries(self, pa: str, pb: str, pc: str, lo, hi) -> None:
+        """The products of batch entries ``lo`` to ``hi`` (the caller opened block entry)."""
+        n = self.n
+        ty, M, N, K, ta, tb = self.ty, self.M, self.N, self.K, self.ta, self.tb
         st = MEMTYPE[ty]
-        self.label("entry")
         if self.small and tb and K:  # (see _small_loops; a symbolic variant's size: an
             count = K * N  #                      alloca of a run-time count)
             self.line(f"%bt.tmp = alloca {ty}, i64 {count}, align 64" if isinstance(count, Dim)
                       else f"%bt.tmp = alloca [{count} x {ty}], align 64")
-        with self.loop("%bt", n_batch, block="batch", exit="exit", latch="batch.end"):
+        if lo != 0:  # (a range may be empty: the batch loop runs at least once)
+            self.line(f"%none = icmp sge i64 {lo}, {hi}")
+            self.branch("%none", "exit", "batch")
+        with self.loop("%bt", hi, start=lo, block="batch", exit="exit", latch="batch.end",
+                       entered=lo != 0):
             oa, ob, oc = self._batch_offsets("%bt")
             A = self.emit(f"getelementptr inbounds {st}, ptr {pa}, i64 {oa}")
             B = self.emit(f"getelementptr inbounds {st}, ptr {pb}, i64 {ob}")
@@ -131,15 +192,6 @@ class MatmulBuilder(KernelBuilder):
                 rs_a, cs_a = (1, M) if ta else (K, 1)  # A[i, k] at i·rs_a + k·cs_a
                 rs_b, cs_b = (1, K) if tb else (N, 1)
                 self.lines.append(gemm.call(ty, A, rs_a, cs_a, B, rs_b, cs_b, C, M, N, K))
-        self.line("ret void")
-        params = ", ".join(f"ptr noalias %a{k}" for k in range(len(layout)))  # (A may be B:
-        #                                             both only read, which noalias allows)
-        text = (
-            (prelude_ir([]) if prelude else "")
-            + (self.declarations() if prelude else "")
-            + self.function(f"define internal void @{name}_body({params}) alwaysinline")
-            + entry_ir(name, len(layout)))
-        return text, name, layout
 
     def _small_loops(self, A: str, B: str, C: str) -> None:
         """``small``: for each row i of C, C[i, :] = 0, then for k in order
@@ -192,6 +244,8 @@ class MatmulBuilder(KernelBuilder):
         """The declaration of the BLAS routine or of the generated kernel it calls."""
         if self.blas is not None:
             return blas.declaration(self.blas, self.n.out.dtype.name)
+        par = threads.DECLARATIONS if self._batch_split(
+            math.prod(self.n.out.shape[:-2])) is not None else ""
         if self.small:
-            return ""  # (llvm.fma.f32/f64: declared by every module's prelude)
-        return gemm.declaration(self.ty) if self.M * self.N else ""
+            return par  # (llvm.fma.f32/f64: declared by every module's prelude)
+        return par + (gemm.declaration(self.ty) if self.M * self.N else "")
