@@ -78,3 +78,41 @@ def test_a_unit_step_slice_of_an_input_is_read_in_place_by_a_loop_kernel():
     env = evaluate(g, {id(a): data((6, 8), dg.float32)})
     got = run_group(g, groups[0], [env[id(a)]])[0]
     np.testing.assert_allclose(got, env[id(out)], rtol=3e-7)
+
+
+@pytest.mark.parametrize("dtype", [dg.float32, dg.int64, dg.bool_])
+@pytest.mark.parametrize("case", ["pad_rows", "head_split", "swap_last_two", "broadcast"])
+def test_a_big_copy_splits_across_threads_and_writes_every_element(case, dtype):
+    """Copies from ``datamove.PAR_ELEMENTS`` elements run their outer loop in ranges on the
+    pool: into a poisoned buffer, every element is the reference's, on 1, 2 and 3 threads."""
+    from compiler.backends.llvm import datamove, threads
+    g = Graph()
+    if case == "pad_rows":
+        a = g.add_input((12, 64, 128), dtype)
+        out = op(g, "pad", a, pads=((0, 0, 0), (0, 0, 0), (128, 128, 0)), value=0)
+    elif case == "head_split":
+        a = g.add_input((12, 64, 4, 32), dtype)
+        out = op(g, "permute", a, perm=(0, 2, 1, 3))
+    elif case == "swap_last_two":
+        a = g.add_input((12, 4, 64, 32), dtype)
+        out = op(g, "permute", a, perm=(0, 1, 3, 2))
+    else:
+        a = g.add_input((1, 64, 1, 32), dtype)
+        out = op(g, "broadcast", a, shape=(40, 64, 3, 32))
+    g.outputs = [out]
+    assert np.prod(out.shape) >= datamove.PAR_ELEMENTS
+    feeds = {id(v): data(v.shape, dtype) for v in g.inputs}
+    env = evaluate(g, feeds)
+    (grp,) = [grp for grp in fuse(g) if grp.kind == "movement"]
+    before = threads.team()
+    try:
+        for team in (1, 2, 3):
+            threads.set_team(team)
+            (got,) = run_group(g, grp, [feeds[id(a)]], poison=7 if dtype is not dg.bool_
+                               else True)
+            np.testing.assert_array_equal(got, env[id(out)])
+            if dtype is dg.bool_:  # (True is the poison: check the False ones were written)
+                (got,) = run_group(g, grp, [feeds[id(a)]], poison=False)
+                np.testing.assert_array_equal(got, env[id(out)])
+    finally:
+        threads.set_team(max(before, 1))

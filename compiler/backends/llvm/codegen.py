@@ -88,9 +88,11 @@ def elementwise_kernel(g, group) -> tuple:
 _COMPILED: dict[tuple, tuple] = {}  # (ir_text, target) -> (Compiled, ctypes function)
 
 
-def run_group(g, group, arrays) -> list:
+def run_group(g, group, arrays, poison=None) -> list:
     """Run an elementwise or reduce group natively: ``arrays`` are the values of
-    ``group.inputs``; returns freshly allocated (C-contiguous) arrays for ``group.outputs``."""
+    ``group.inputs``; returns freshly allocated (C-contiguous) arrays for ``group.outputs``
+    (filled with ``poison`` before the kernel runs, when given: tests see an element the
+    kernel did not write)."""
     text, name, layout = builder(g, group).build()
     key = (text, target.current())
     entry = _COMPILED.get(key)
@@ -106,7 +108,8 @@ def run_group(g, group, arrays) -> list:
         if a.shape != v.shape:
             raise ValueError(f"run_group: input {v!r} has shape {a.shape}, expected {v.shape}")
         ins.append(a)
-    outs = [np.empty(v.shape, dtype=v.dtype.np) for v in layout[n_in:]]
+    outs = [np.empty(v.shape, dtype=v.dtype.np) if poison is None else
+            np.full(v.shape, poison, dtype=v.dtype.np) for v in layout[n_in:]]
     ptrs = (ctypes.c_void_p * max(len(layout), 1))(*[a.ctypes.data for a in ins + outs])
     fn(ptrs, math.prod(group.shape))
     result = {id(v): a for v, a in zip(layout[n_in:], outs)}

@@ -10,8 +10,9 @@ import math
 from dyngrad import dtypes as _dt
 
 from ... import prims as P
+from ...dims import Dim
 from ...prims import Lowerings
-from . import scan
+from . import scan, threads
 from .emit import (
     FN_NAME,
     LLTYPE,
@@ -249,19 +250,35 @@ class MoveBuilder(KernelBuilder):
         self.ptr = {id(v): f"%a{k}" for k, v in enumerate(layout)}
         self.label("entry")
         pad = self._plain_pad()
+        # the outermost loop: rows of the pad, else the output's first dim above 1
+        dims = [d for d, n in enumerate(out.shape) if n != 1]
+        outer = math.prod(out.shape[:-1]) if pad is not None else \
+            (out.shape[dims[0]] if dims else 1)
+        per = _parts(math.prod(out.shape), outer)
+        lo, hi = ("%lo", "%hi") if per else (0, outer)
         if pad is not None:
-            self._pad_rows(pad, f"%a{len(grp.inputs)}")
+            self._pad_rows(pad, f"%a{len(grp.inputs)}", lo, hi)
         else:
-            self._copy_nested(out, f"%a{len(grp.inputs)}")
+            self._copy_nested(out, f"%a{len(grp.inputs)}", lo, hi)
         self.line("ret void")
         params = ", ".join(f"ptr noalias %a{k}" for k in range(len(layout)))
+        if per:  # (big: ranges of the outer loop on the thread pool, each written whole)
+            body = (self.function(f"define internal void @{name}_range({params}, i64 %lo, "
+                                  f"i64 %hi) noinline")
+                    + threads.ranges_ir(name, len(layout), outer, per))
+        else:
+            body = self.function(f"define internal void @{name}_body({params}) alwaysinline")
         text = ((prelude_ir([]) if prelude else "")
-                + self.function(f"define internal void @{name}_body({params}) alwaysinline")
-                + entry_ir(name, len(layout)))
+                + (threads.DECLARATIONS if per and prelude else "")
+                + body + entry_ir(name, len(layout)))
+        self.par = bool(per)
         return text, name, layout
 
+    def declarations(self) -> str:
+        return threads.DECLARATIONS if getattr(self, "par", False) else ""
 
-    def _copy_nested(self, out, out_ptr: str) -> None:
+
+    def _copy_nested(self, out, out_ptr: str, lo=0, hi=None) -> None:
         """Every element of ``out`` from the chain, in a loop per dim of the output (size-1
         dims are index 0): each source index is then a sum of loop counters times
         constants, and the innermost loop — a row of the output — vectorises when its
@@ -272,7 +289,8 @@ class MoveBuilder(KernelBuilder):
         with stack:
             for k, d in enumerate(dims):
                 idx[d] = stack.enter_context(
-                    self.rolled_loop(0, out.shape[d], scalar=k < len(dims) - 1))
+                    self.rolled_loop(lo if k == 0 else 0, hi if k == 0 else out.shape[d],
+                                     scalar=k < len(dims) - 1))
             val = self.value_at(out, idx)
             p = self.emit(f"getelementptr inbounds {self.ty}, ptr {out_ptr}, "
                           f"i64 {self._flat(idx, out.shape)}")
@@ -292,7 +310,7 @@ class MoveBuilder(KernelBuilder):
             return None
         return n
 
-    def _pad_rows(self, n, out_ptr: str) -> None:
+    def _pad_rows(self, n, out_ptr: str, lo=0, hi=None) -> None:
         """``n`` (:meth:`_plain_pad`) row by row along its last dim: a row of the output
         outside the input is the pad value throughout; one inside is the value, the input's
         row, the value — contiguous runs, which LLVM vectorises (no per-element index
@@ -310,7 +328,7 @@ class MoveBuilder(KernelBuilder):
                     p = self.emit(f"getelementptr inbounds {ty}, ptr {out_ptr}, i64 {at}")
                     self.line(f"store {ty} {value}, ptr {p}")
 
-        with self.rolled_loop(0, max(math.prod(shape), 1), scalar=True) as r:
+        with self.rolled_loop(lo, hi, scalar=True) as r:
             row = self.emit(f"mul i64 {r}, {W}")
             idx = self._split(r, shape) if shape else []
             inside, inner = "true", []
@@ -339,6 +357,21 @@ class MoveBuilder(KernelBuilder):
 @contextlib.contextmanager
 def _nothing():
     yield
+
+
+PAR_ELEMENTS = 1 << 16  # elements from which a copy is split across threads (a 64K copy
+#                         takes ~10 µs on one core, a part of the pool ~1)
+
+
+def _parts(elements: int, outer: int) -> int | None:
+    """Outer iterations per part when a copy of ``elements`` runs on the thread pool (its
+    outer loop of ``outer`` iterations in ranges; each element is written by one part, so
+    the result does not depend on the split), or None (one loop on the calling thread)."""
+    if isinstance(elements, Dim) or isinstance(outer, Dim) or elements < PAR_ELEMENTS or \
+            outer < 2 or threads.find() is None:
+        return None
+    per = max(1, outer * PAR_ELEMENTS // (2 * elements))  # (parts of ~32K elements)
+    return per if per < outer else None
 
 
 # Each movement primitive maps an output multi-index back to its input's (see MoveBuilder).

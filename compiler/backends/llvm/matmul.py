@@ -12,7 +12,6 @@ from .emit import (
     INTEGER,
     LLTYPE,
     MEMTYPE,
-    Emitter,
     KernelBuilder,
     builds,
     c_strides,
@@ -117,26 +116,7 @@ class MatmulBuilder(KernelBuilder):
             self.line("ret void")
             ranges = self.function(f"define internal void @{name}_range({params}, i64 %lo, "
                                    f"i64 %hi) noinline")
-            k_args, nb = len(layout), -(-n_batch // per)
-            blocks = Emitter()
-            blocks.label("entry")
-            for k in range(k_args):
-                blocks.line(f"%x{k} = getelementptr inbounds ptr, ptr %ctx, i64 {k}")
-                blocks.line(f"%a{k} = load ptr, ptr %x{k}")
-            with blocks.parallel_for(nb):
-                blocks.line(f"%lo = mul nuw nsw i64 %b, {per}")
-                blocks.line(f"%hi0 = add nuw nsw i64 %lo, {per}")
-                blocks.line(f"%lt = icmp slt i64 %hi0, {n_batch}")
-                blocks.line(f"%hi = select i1 %lt, i64 %hi0, i64 {n_batch}")
-                ptrs = ", ".join(f"ptr %a{k}" for k in range(k_args))
-                blocks.line(f"call void @{name}_range({ptrs}, i64 %lo, i64 %hi)")
-            pack = "".join(f"  %c{k} = getelementptr inbounds ptr, ptr %ctx, i64 {k}\n"
-                           f"  store ptr %a{k}, ptr %c{k}\n" for k in range(k_args))
-            body = (ranges + blocks.function(f"define internal void @{name}_blocks(ptr %ctx, "
-                                             f"i64 %tid, i64 %nt)")
-                    + f"define internal void @{name}_body({params}) alwaysinline {{\n"
-                    f"entry:\n  %ctx = alloca [{k_args} x ptr], align 8\n" + pack
-                    + threads.split_call(name, nb) + "\n  ret void\n}\n\n")
+            body = ranges + threads.ranges_ir(name, len(layout), n_batch, per)
         text = (
             (prelude_ir([]) if prelude else "")
             + (self.declarations() if prelude else "")

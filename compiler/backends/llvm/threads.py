@@ -93,6 +93,34 @@ def split_call(name: str, parts: int | str = 0) -> str:
             "  br label %par.joined\npar.joined:")
 
 
+def ranges_ir(name: str, k_args: int, n, per: int) -> str:
+    """``@<name>_blocks`` and ``@<name>_body(ptr %a0, ...)`` running ``@<name>_range(ptr
+    %a0, ..., i64 lo, i64 hi)`` (the caller's) over ``0..n`` in ranges of ``per``, one part
+    per range, on the pool (the body's ``k_args`` pointers passed through a context)."""
+    from .emit import Emitter
+    nb = -(-n // per)
+    ptrs = ", ".join(f"ptr %a{k}" for k in range(k_args))
+    blocks = Emitter()
+    blocks.label("entry")
+    for k in range(k_args):
+        blocks.line(f"%x{k} = getelementptr inbounds ptr, ptr %ctx, i64 {k}")
+        blocks.line(f"%a{k} = load ptr, ptr %x{k}")
+    with blocks.parallel_for(nb):
+        blocks.line(f"%lo = mul nuw nsw i64 %b, {per}")
+        blocks.line(f"%hi0 = add nuw nsw i64 %lo, {per}")
+        blocks.line(f"%lt = icmp slt i64 %hi0, {n}")
+        blocks.line(f"%hi = select i1 %lt, i64 %hi0, i64 {n}")
+        blocks.line(f"call void @{name}_range({ptrs}, i64 %lo, i64 %hi)")
+    pack = "".join(f"  %c{k} = getelementptr inbounds ptr, ptr %ctx, i64 {k}\n"
+                   f"  store ptr %a{k}, ptr %c{k}\n" for k in range(k_args))
+    params = ", ".join(f"ptr noalias %a{k}" for k in range(k_args))
+    return (blocks.function(f"define internal void @{name}_blocks(ptr %ctx, i64 %tid, "
+                            f"i64 %nt)")
+            + f"define internal void @{name}_body({params}) alwaysinline {{\n"
+            f"entry:\n  %ctx = alloca [{k_args} x ptr], align 8\n" + pack
+            + split_call(name, nb) + "\n  ret void\n}\n\n")
+
+
 def find() -> str | None:
     """The pool's name when kernels may split across threads (its module compiled and its
     workers started on first use), or None: ``DYNGRAD_THREADS=1``, or no Linux futex."""
