@@ -345,3 +345,30 @@ def test_views_made_before_the_copies_are_read_through_by_the_copies_kernel():
     at = {id(n.out): k for k, n in enumerate(g.nodes)}
     home = {i: k for k, grp in enumerate(groups) for i in grp.nodes}
     assert home[at[id(spread)]] == home[at[id(late)]]
+
+
+def test_a_view_read_late_is_computed_again_with_the_value_under_it():
+    """A linear layer's input folded to rows (``reshape``) is what its weight gradient reads
+    in the backward: the view and the elementwise value under it are computed again there
+    from values alive anyway, and the original dies at its forward reader."""
+    g = ir.Graph()
+    x = g.add_input((4, 6, 8), F32)
+    s = g.add_input((4, 6, 8), F32)
+    w = g.add_input((5, 8), F32)
+    d = _node(g, "exp", [x])  # (alive until the end: the last product reads it)
+    y = _node(g, "mul", [d, s])  # the value under the view
+    rows = _node(g, "reshape", [y], shape=(24, 8))
+    early = _node(g, "matmul", [rows, w], ta=False, tb=True)
+    t = _filler(g, _node(g, "sum", [early], axes=(0, 1), keepdims=False), GAP + 4)
+    late = _node(g, "matmul", [rows, rows], ta=True, tb=False)  # the late reader
+    last = _node(g, "mul", [_node(g, "sum", [late], axes=(0, 1), keepdims=False), t])
+    g.outputs = [last, _node(g, "sum", [d], axes=(0, 1, 2), keepdims=False)]
+    ir.verify(g)
+    g = rematerialise(g)
+    ir.verify(g)
+    copy = late.producer.inputs[0]
+    assert copy is not rows and g.recomputed.get(copy.id) == rows.id
+    assert g.recomputed.get(copy.producer.inputs[0].id) == y.id  # (the mul again)
+    at = {id(n.out): k for k, n in enumerate(g.nodes)}
+    assert all(at[id(x)] <= at[id(early)] for n in g.nodes for x in n.inputs
+               if x is y or x is rows)  # (the originals: read only early)

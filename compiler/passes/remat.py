@@ -10,8 +10,9 @@ its last forward reader, and the recomputed one lives only from just before its 
 readers on. This is activation checkpointing at its cheapest, chosen by structure alone
 (so the sizes of a symbolic variant make the same choice, but for a dimension of 1):
 
-- the value is the output of an elementwise node, of at least two dims larger than one (not
-  a per-channel statistic), not a graph output and not read by a value guard; its readers,
+- the value is the output of an elementwise node or a reshape of one (a linear layer's
+  input folded to rows: the reshape is what its late reader reads), of at least two dims larger than
+  one (not a per-channel statistic), not a graph output and not read by a value guard; its readers,
   in node order, have a gap of at least ``GAP`` nodes — the readers after the widest gap
   are *late*;
 - the nodes computed again (its *cone*: the producer and, back from it, the elementwise
@@ -83,8 +84,11 @@ def rematerialise(g: Graph) -> Graph:
     rewired: dict[int, dict] = {}  # reader index -> {id(value): copy}
     for k, n in enumerate(g.nodes):  # (in order: a value's readers that read a copy of
         v = n.out  #                       it no longer keep it alive for later cones)
-        if id(v) in pinned or v.weak or traits(n.prim).role != ELEMENTWISE or not _exact(n) \
-                or sum(1 for d in v.shape if d != 1) < 2:  # (not a per-channel statistic)
+        t = traits(n.prim)
+        if id(v) in pinned or v.weak or not (t.role == ELEMENTWISE or t.relabels) \
+                or not _exact(n) or sum(1 for d in v.shape if d != 1) < 2:  # (not a
+            #  per-channel statistic; a view — a linear layer's input folded to rows — counts
+            #  with the elementwise value under it, which its copy computes again)
             continue
         ks = [k] + readers.get(id(v), [])
         gap, at = max(((ks[j + 1] - ks[j], j + 1) for j in range(len(ks) - 1)),
