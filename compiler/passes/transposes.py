@@ -8,6 +8,7 @@ same sums in the same order: eager multiplies the transposed view, the interpret
 
 from __future__ import annotations
 
+from .. import prims as P
 from ..ir import Graph, Value
 
 
@@ -20,12 +21,12 @@ def _swaps_last_two(n) -> bool:
 def fold_transposes(g: Graph) -> Graph:
     made = {id(n.out): n for n in g.nodes}
     for n in g.nodes:
-        if n.prim.kind != "matmul" or n.prim.name != "matmul":
+        if n.prim is not P.MATMUL:
             continue
         for i, flag in ((0, "ta"), (1, "tb")):
             x = n.inputs[i]
             p = made.get(id(x)) if isinstance(x, Value) else None
-            if p is not None and p.prim.name == "permute" and _swaps_last_two(p):
+            if p is not None and p.prim is P.PERMUTE and _swaps_last_two(p):
                 n.inputs[i] = p.inputs[0]
                 n.params = {**n.params, flag: not n.params.get(flag, False)}
     return g

@@ -350,16 +350,12 @@ class LoopBuilder(KernelBuilder):
         elements — whole rows of a nested kernel (``inner`` elements each; 1: flat) — each
         a part of its own (each element is computed alone, so the result does not depend on
         the split)."""
-        k_args = len(params)
         per = max(1, _PAR_BLOCK // inner)  # rows per block
-        nb = -(-rows // per)
-        n, blk = rows, per
-        ptrs = ", ".join(f"ptr %a{k}" for k in range(k_args))
         rng = Emitter()
         rng.label("entry")
         if inner == 1:
             with rng.loop("%i", "%hi", start="%lo", block="loop", exit="exit", more="%more",
-                          hint=interleaved(self.vecmath, n)):
+                          hint=interleaved(self.vecmath, rows)):
                 rng.lines.append(body)
         else:
             with rng.loop("%o", "%hi", start="%lo", block="outer", exit="exit"):
@@ -367,29 +363,12 @@ class LoopBuilder(KernelBuilder):
                               hint=interleaved(self.vecmath, inner)):
                     rng.lines.append(body)
         rng.line("ret void")
-        blocks = Emitter()
-        blocks.label("entry")
-        for k in range(k_args):
-            blocks.line(f"%x{k} = getelementptr inbounds ptr, ptr %ctx, i64 {k}")
-            blocks.line(f"%a{k} = load ptr, ptr %x{k}")
-        with blocks.parallel_for(nb):
-            blocks.line(f"%lo = mul nuw nsw i64 %b, {blk}")
-            blocks.line(f"%hi0 = add nuw nsw i64 %lo, {blk}")
-            blocks.line(f"%lt = icmp slt i64 %hi0, {n}")
-            blocks.line(f"%hi = select i1 %lt, i64 %hi0, i64 {n}")
-            blocks.line(f"call void @{name}_range({ptrs}, i64 %lo, i64 %hi)")
-        pack = "".join(f"  %c{k} = getelementptr inbounds ptr, ptr %ctx, i64 {k}\n"
-                       f"  store ptr %a{k}, ptr %c{k}\n" for k in range(k_args))
-        main = (f"define internal void @{name}_body({', '.join(params + ['i64 %n'])}) "
-                f"alwaysinline {{\nentry:\n  %ctx = alloca [{k_args} x ptr], align 8\n" + pack
-                + threads.split_call(name, nb) + "\n  ret void\n}\n\n")
         self.par = True
         return ((prelude_ir(self.vecmath) + threads.DECLARATIONS if prelude else "")
                 + rng.function(f"define internal void @{name}_range({', '.join(params)}, "
                                "i64 %lo, i64 %hi)")
-                + blocks.function(f"define internal void @{name}_blocks(ptr %ctx, i64 %tid, "
-                                  "i64 %nt)")
-                + main + entry)
+                + threads.ranges_ir(name, len(params), rows, per, params + ["i64 %n"])
+                + entry)
 
     def declarations(self) -> str:
         return threads.DECLARATIONS if getattr(self, "par", False) else ""

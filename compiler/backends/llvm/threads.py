@@ -93,10 +93,12 @@ def split_call(name: str, parts: int | str = 0) -> str:
             "  br label %par.joined\npar.joined:")
 
 
-def ranges_ir(name: str, k_args: int, n, per: int) -> str:
+def ranges_ir(name: str, k_args: int, n, per: int, params: list | None = None) -> str:
     """``@<name>_blocks`` and ``@<name>_body(ptr %a0, ...)`` running ``@<name>_range(ptr
     %a0, ..., i64 lo, i64 hi)`` (the caller's) over ``0..n`` in ranges of ``per``, one part
-    per range, on the pool (the body's ``k_args`` pointers passed through a context)."""
+    per range, on the pool (the body's ``k_args`` pointers passed through a context).
+    ``params``: the body's parameter list when it is not just the pointers (an unused
+    ``i64 %n`` after them)."""
     from .emit import Emitter
     nb = -(-n // per)
     ptrs = ", ".join(f"ptr %a{k}" for k in range(k_args))
@@ -113,7 +115,7 @@ def ranges_ir(name: str, k_args: int, n, per: int) -> str:
         blocks.line(f"call void @{name}_range({ptrs}, i64 %lo, i64 %hi)")
     pack = "".join(f"  %c{k} = getelementptr inbounds ptr, ptr %ctx, i64 {k}\n"
                    f"  store ptr %a{k}, ptr %c{k}\n" for k in range(k_args))
-    params = ", ".join(f"ptr noalias %a{k}" for k in range(k_args))
+    params = ", ".join(params or [f"ptr noalias %a{k}" for k in range(k_args)])
     return (blocks.function(f"define internal void @{name}_blocks(ptr %ctx, i64 %tid, "
                             f"i64 %nt)")
             + f"define internal void @{name}_body({params}) alwaysinline {{\n"
