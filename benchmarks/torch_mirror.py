@@ -222,90 +222,15 @@ def resnet(inst: Instance) -> tuple:
 
 
 def gpt(inst: Instance) -> tuple:
-    """W8: nanoGPT's model.py (its flash path, as benchmarks/nanogpt.py has it) module for
-    module; AdamW over nanoGPT's decayed and undecayed groups, ``clip_grad_norm_``, and the
-    learning rate of ``train.py``'s schedule set into the groups before each step, outside
-    what ``torch.compile`` compiles (:func:`compiled`), as the dyngrad modes do."""
+    """W8: nanoGPT's own model.py on PyTorch (benchmarks/nanogpt.py: the corpus's port with
+    its import lines turned back), the weights copied by name; nanoGPT's
+    ``configure_optimizers`` (AdamW over its decayed and undecayed groups), ``clip_grad_norm_``,
+    and the learning rate of ``train.py``'s schedule set into the groups before each step,
+    outside what ``torch.compile`` compiles (:func:`compiled`), as the dyngrad modes do."""
     t = torch()
-    nn, F = t.nn, t.nn.functional
-    cfg, train = inst.model.config, inst.train
-
-    class LayerNorm(nn.Module):
-        def __init__(self, ndim, bias):
-            super().__init__()
-            self.weight = nn.Parameter(t.ones(ndim))
-            self.bias = nn.Parameter(t.zeros(ndim)) if bias else None
-
-        def forward(self, input):
-            return F.layer_norm(input, self.weight.shape, self.weight, self.bias, 1e-5)
-
-    class CausalSelfAttention(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
-            self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-            self.resid_dropout = nn.Dropout(cfg.dropout)
-
-        def forward(self, x):
-            B, T, C = x.size()
-            q, k, v = self.c_attn(x).split(cfg.n_embd, dim=2)
-            k, q, v = (a.view(B, T, cfg.n_head, C // cfg.n_head).transpose(1, 2)
-                       for a in (k, q, v))
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=None, dropout_p=cfg.dropout if self.training else 0,
-                is_causal=True)
-            return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous()
-                                                  .view(B, T, C)))
-
-    class MLP(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-            self.gelu = nn.GELU()
-            self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-            self.dropout = nn.Dropout(cfg.dropout)
-
-        def forward(self, x):
-            return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
-
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.ln_1 = LayerNorm(cfg.n_embd, bias=cfg.bias)
-            self.attn = CausalSelfAttention()
-            self.ln_2 = LayerNorm(cfg.n_embd, bias=cfg.bias)
-            self.mlp = MLP()
-
-        def forward(self, x):
-            x = x + self.attn(self.ln_1(x))
-            return x + self.mlp(self.ln_2(x))
-
-    class GPT(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.transformer = nn.ModuleDict(dict(
-                wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
-                wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
-                drop=nn.Dropout(cfg.dropout),
-                h=nn.ModuleList([Block() for _ in range(cfg.n_layer)]),
-                ln_f=LayerNorm(cfg.n_embd, bias=cfg.bias)))
-            self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-            self.transformer.wte.weight = self.lm_head.weight
-
-        def forward(self, idx, targets):
-            pos = t.arange(0, idx.size(1), dtype=t.long, device=idx.device)
-            x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-            for block in self.transformer.h:
-                x = block(x)
-            logits = self.lm_head(self.transformer.ln_f(x))
-            return logits, F.cross_entropy(logits.view(-1, logits.size(-1)),
-                                           targets.view(-1), ignore_index=-1)
-    tm = _copy_model(inst.model, GPT())
-    params = list(tm.parameters())
-    opt = t.optim.AdamW([{"params": [p for p in params if p.dim() >= 2],
-                          "weight_decay": train.weight_decay},
-                         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-                        lr=train.learning_rate, betas=train.betas)
+    train = inst.train
+    tm = _copy_model(inst.model, nanogpt.GPT(inst.model.config, framework="torch"))
+    opt = nanogpt.configure_optimizers(tm, train)
 
     def inner(x, y):
         _, loss = tm(x, y)

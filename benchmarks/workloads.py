@@ -426,7 +426,7 @@ def w8(quick: bool = False, seed: int = 0) -> Instance:
     cfg, train = w8_config(quick)
     dg.manual_seed(seed)
     model = nanogpt.GPT(cfg)
-    opt = model.configure_optimizers(train.weight_decay, train.learning_rate, train.betas)
+    opt = nanogpt.configure_optimizers(model, train)
     x, y = w8_text().batch(np.random.default_rng(seed), train.batch_size, cfg.block_size)
 
     def around(f):

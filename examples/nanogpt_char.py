@@ -3,15 +3,16 @@ character, then sampled.
 
     python examples/nanogpt_char.py [--steps N] [--quick] [--plot PATH] [--explain-full]
 
-The model, its optimizer and its schedule are nanoGPT's (benchmarks/nanogpt.py, shared with
-the benchmark suite's workload W8), in nanoGPT's CPU configuration: 4 layers of causal
-self-attention (``F.scaled_dot_product_attention(..., is_causal=True)``) with 4 heads, 128
-wide, a context of 64 characters, batches of 12, no dropout, no biases; AdamW with every
-2-D parameter decayed (0.1) and the rest not, gradients clipped at norm 1.0, the learning
-rate warmed up over 100 steps to 1e-3 and decayed along a cosine to 1e-4 at the last step.
-The text is the source of a dozen standard-library modules (argparse, inspect, typing, …,
-read from this interpreter's library: no download), about 820K characters of 96 distinct
-ones, split 90/10 into training and validation text as nanoGPT's ``prepare.py`` does.
+The model (nanoGPT's own model.py, the corpus's port), its optimizer and its schedule are
+nanoGPT's (benchmarks/nanogpt.py, shared with the benchmark suite's workload W8), in
+nanoGPT's CPU configuration: 4 layers of causal self-attention
+(``F.scaled_dot_product_attention(..., is_causal=True)``) with 4 heads, 128 wide, a context
+of 64 characters, batches of 12, no dropout, no biases; AdamW with every 2-D parameter
+decayed (0.1) and the rest not, gradients clipped at norm 1.0, the learning rate warmed up
+over 100 steps to 1e-3 and decayed along a cosine to 1e-4 at the last step. The text is the
+source of a dozen standard-library modules (argparse, inspect, typing, …, read from this
+interpreter's library: no download), about 820K characters of 96 distinct ones, split 90/10
+into training and validation text as nanoGPT's ``prepare.py`` does.
 
 The training iteration of nanoGPT's ``train.py`` — forward with targets, ``backward()``,
 ``clip_grad_norm_``, ``optimizer.step()``, ``zero_grad(set_to_none=True)`` — is one function
@@ -109,8 +110,8 @@ def main(argv=None) -> dict:
     dg.manual_seed(args.seed)
     model = nanogpt.GPT(config)
     twin = copy.deepcopy(model)
-    opt = model.configure_optimizers(train.weight_decay, train.learning_rate, train.betas)
-    twin_opt = twin.configure_optimizers(train.weight_decay, train.learning_rate, train.betas)
+    opt = nanogpt.configure_optimizers(model, train)
+    twin_opt = nanogpt.configure_optimizers(twin, train)
     print(f"model: {config.n_layer} layers, {config.n_head} heads, {config.n_embd} wide, "
           f"context {config.block_size}; {model.get_num_params():,} parameters; batch "
           f"{train.batch_size}, AdamW groups of {len(opt.param_groups[0]['params'])} decayed "
