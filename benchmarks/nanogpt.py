@@ -59,8 +59,14 @@ def model_source(framework: str = "dyngrad") -> str:
     back (``"torch"``): the original file."""
     text = CORPUS_MODEL.read_text(encoding="utf-8")
     if framework == "torch":
-        for original, ported in re.findall(r"^# port: (.+?)  ->  (.+)$", text, re.M):
+        lines = re.findall(r"^# port: (.+?)  ->  (.+)$", text, re.M)
+        for original, ported in lines:
+            if f"\n{ported}\n" not in text:
+                raise ValueError(f"{CORPUS_MODEL}: its port line {ported!r} is not in the file: "
+                                 f"the PyTorch mirror would not run PyTorch")
             text = text.replace(f"\n{ported}\n", f"\n{original}\n")
+        if not lines:
+            raise ValueError(f"{CORPUS_MODEL}: no port lines to turn back")
     elif framework != "dyngrad":
         raise ValueError(f"nanoGPT's model runs on 'dyngrad' or 'torch', not {framework!r}")
     return text
@@ -74,7 +80,11 @@ def model_module(framework: str = "dyngrad") -> types.ModuleType:
         mod = types.ModuleType(name)
         mod.__file__ = str(CORPUS_MODEL)
         sys.modules[name] = mod  # (its dataclass looks itself up there)
-        exec(compile(model_source(framework), str(CORPUS_MODEL), "exec"), mod.__dict__)
+        try:
+            exec(compile(model_source(framework), str(CORPUS_MODEL), "exec"), mod.__dict__)
+        except BaseException:
+            del sys.modules[name]
+            raise
         _MODULES[framework] = mod
     return mod
 

@@ -1624,3 +1624,27 @@ def test_orthogonal_trunc_normal_eye_and_dirac_inits():
     np.testing.assert_array_equal(y[:, [0, 2]], x.numpy()[:, [0, 2]])
     with pytest.raises(ValueError, match="2 or more"):
         init.orthogonal_(dg.empty(3))
+
+
+@pytest.mark.parametrize("shapes", [((2, 4, 0), (3, 0)), ((2, 4, 5), (0, 5)),
+                                    ((0, 4, 5), (3, 5)), ((2, 3, 4, 5), (6, 5))])
+def test_linear_folds_leading_dims_and_keeps_empty_dims_working(shapes):
+    """F.linear over (..., in) folds the leading dims into rows (and its weight gradient is
+    one product over them); inputs or weights with a zero-size dim still work, as in
+    PyTorch (a reshape to (-1, 0) would not)."""
+    torch = pytest.importorskip("torch")
+    xs, ws = shapes
+    r = np.random.default_rng(0)
+    x = dg.tensor(r.standard_normal(xs), requires_grad=True)
+    w = dg.tensor(r.standard_normal(ws), requires_grad=True)
+    y = F.linear(x, w)
+    g = r.standard_normal(y.shape)
+    y.backward(dg.tensor(g))
+    tx = torch.tensor(x.detach().numpy(), requires_grad=True)
+    tw = torch.tensor(w.detach().numpy(), requires_grad=True)
+    ty = torch.nn.functional.linear(tx, tw)
+    ty.backward(torch.tensor(g))
+    assert y.shape == tuple(ty.shape)
+    np.testing.assert_allclose(y.detach().numpy(), ty.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(w.grad.numpy(), tw.grad.numpy(), rtol=1e-12, atol=1e-12)

@@ -4,6 +4,8 @@ on them (attention, in ``functional_attention.py``) import them without a cycle.
 
 from __future__ import annotations
 
+import math
+
 from ..dispatch import dispatch
 from ..ops import elementwise as _e
 from ..ops import movement as _m
@@ -23,7 +25,7 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         # leading dims fold into the rows (as PyTorch's linear): one product of
         # (batch·time) rows, not a product per batch entry
         if input.ndim > 2:
-            rows = _m.reshape(input, (-1, input.shape[-1]))
+            rows = _m.reshape(input, (math.prod(input.shape[:-1]), input.shape[-1]))
             out = dispatch(MATMUL, rows, weight, ta=False, tb=True)
             out = _m.reshape(out, tuple(input.shape[:-1]) + (weight.shape[0],))
         else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import dtypes as _dt
@@ -57,8 +59,9 @@ def _matmul_vjp(n, g, xs, y):
             # a batch of rows against one matrix (a linear layer over (batch, time, in)):
             # the batch folds into the rows — one product over all of them, as PyTorch's
             # linear backward, not a product per batch entry and then their sum
-            a2 = _m.reshape(a, (-1, sa[-1]))
-            g2 = _m.reshape(g, (-1, g.shape[-1]))
+            rows = math.prod(sa[:-1])  # (not -1: K or N may be 0)
+            a2 = _m.reshape(a, (rows, sa[-1]))
+            g2 = _m.reshape(g, (rows, g.shape[-1]))
             gb = dispatch(MATMUL, g2, a2, ta=True, tb=False) if tb else \
                 dispatch(MATMUL, a2, g2, ta=True, tb=False)
         else:
