@@ -277,8 +277,7 @@ class MoveBuilder(KernelBuilder):
     def declarations(self) -> str:
         return threads.DECLARATIONS if getattr(self, "par", False) else ""
 
-
-    def _copy_nested(self, out, out_ptr: str, lo=0, hi=None) -> None:
+    def _copy_nested(self, out, out_ptr: str, lo, hi) -> None:
         """Every element of ``out`` from the chain, in a loop per dim of the output (size-1
         dims are index 0): each source index is then a sum of loop counters times
         constants, and the innermost loop — a row of the output — vectorises when its
@@ -310,7 +309,7 @@ class MoveBuilder(KernelBuilder):
             return None
         return n
 
-    def _pad_rows(self, n, out_ptr: str, lo=0, hi=None) -> None:
+    def _pad_rows(self, n, out_ptr: str, lo, hi) -> None:
         """``n`` (:meth:`_plain_pad`) row by row along its last dim: a row of the output
         outside the input is the pad value throughout; one inside is the value, the input's
         row, the value — contiguous runs, which LLVM vectorises (no per-element index
@@ -332,15 +331,15 @@ class MoveBuilder(KernelBuilder):
             row = self.emit(f"mul i64 {r}, {W}")
             idx = self._split(r, shape) if shape else []
             inside, inner = "true", []
-            for i, n_d, (lo, _, _) in zip(idx, src.shape[:-1], prm["pads"][:-1]):
-                t = self.emit(f"sub i64 {i}, {lo}")
+            for i, n_d, (before, _, _) in zip(idx, src.shape[:-1], prm["pads"][:-1]):
+                t = self.emit(f"sub i64 {i}, {before}")
                 ok = self.emit(f"icmp ult i64 {t}, {n_d}")
                 inside = ok if inside == "true" else self.emit(f"and i1 {inside}, {ok}")
                 inner.append(t)
             if inside != "true":
                 with self.when(self.emit(f"xor i1 {inside}, true")):
                     fill(row, 0, W)
-            with self.when(inside) if inside != "true" else _nothing():
+            with self.when(inside) if inside != "true" else contextlib.nullcontext():
                 fill(row, 0, left)
                 base = self.emit(f"mul i64 {self._flat(inner, src.shape[:-1]) if inner else 0}"
                                  f", {width}")
@@ -352,11 +351,6 @@ class MoveBuilder(KernelBuilder):
                     p = self.emit(f"getelementptr inbounds {ty}, ptr {out_ptr}, i64 {at}")
                     self.line(f"store {ty} {v}, ptr {p}")
                 fill(row, left + width, W)
-
-
-@contextlib.contextmanager
-def _nothing():
-    yield
 
 
 PAR_ELEMENTS = 1 << 16  # elements from which a copy is split across threads (a 64K copy

@@ -196,8 +196,8 @@ def unpack(payload: bytes) -> list:
     """The object files of a payload made by :func:`pack`."""
     if not payload.startswith(_PACKED):
         return [payload]
-    (n,), pos, out = _COUNT.unpack_from(payload, len(_PACKED)), \
-        len(_PACKED) + _COUNT.size, []
+    (n,) = _COUNT.unpack_from(payload, len(_PACKED))
+    pos, out = len(_PACKED) + _COUNT.size, []
     for _ in range(n):
         (size,) = worker.LENGTH.unpack_from(payload, pos)
         pos += worker.LENGTH.size

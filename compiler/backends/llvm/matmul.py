@@ -104,19 +104,16 @@ class MatmulBuilder(KernelBuilder):
         n_batch = math.prod(n.out.shape[:-2])
         params = ", ".join(f"ptr noalias %a{k}" for k in range(len(layout)))  # (A may be B:
         #                                             both only read, which noalias allows)
-        per = self._batch_split(n_batch)
+        per = self.par = self._batch_split(n_batch)
+        self.label("entry")
+        self._entries(pa, pb, pc, *(("%lo", "%hi") if per else (0, n_batch)))
+        self.line("ret void")
         if per is None:
-            self.label("entry")
-            self._entries(pa, pb, pc, 0, n_batch)
-            self.line("ret void")
             body = self.function(f"define internal void @{name}_body({params}) alwaysinline")
         else:  # entries too small to split themselves: ranges of them, one per part
-            self.label("entry")
-            self._entries(pa, pb, pc, "%lo", "%hi")
-            self.line("ret void")
-            ranges = self.function(f"define internal void @{name}_range({params}, i64 %lo, "
-                                   f"i64 %hi) noinline")
-            body = ranges + threads.ranges_ir(name, len(layout), n_batch, per)
+            body = (self.function(f"define internal void @{name}_range({params}, i64 %lo, "
+                                  f"i64 %hi) noinline")
+                    + threads.ranges_ir(name, len(layout), n_batch, per))
         text = (
             (prelude_ir([]) if prelude else "")
             + (self.declarations() if prelude else "")
@@ -224,8 +221,7 @@ class MatmulBuilder(KernelBuilder):
         """The declaration of the BLAS routine or of the generated kernel it calls."""
         if self.blas is not None:
             return blas.declaration(self.blas, self.n.out.dtype.name)
-        par = threads.DECLARATIONS if self._batch_split(
-            math.prod(self.n.out.shape[:-2])) is not None else ""
+        par = threads.DECLARATIONS if getattr(self, "par", None) else ""  # (set by build)
         if self.small:
             return par  # (llvm.fma.f32/f64: declared by every module's prelude)
         return par + (gemm.declaration(self.ty) if self.M * self.N else "")

@@ -44,6 +44,8 @@ import threading
 
 import llvmlite.binding as llvm
 
+from .emit import Emitter
+
 PAR_MIN = 1 << 18  # elements from which a reduction is split across threads
 _lock = threading.Lock()
 _found: list = []
@@ -99,7 +101,6 @@ def ranges_ir(name: str, k_args: int, n, per: int, params: list | None = None) -
     per range, on the pool (the body's ``k_args`` pointers passed through a context).
     ``params``: the body's parameter list when it is not just the pointers (an unused
     ``i64 %n`` after them)."""
-    from .emit import Emitter
     nb = -(-n // per)
     ptrs = ", ".join(f"ptr %a{k}" for k in range(k_args))
     blocks = Emitter()
