@@ -3,11 +3,12 @@ character-level text from Python's standard library — shared by workload W8
 (benchmarks/workloads.py) and examples/nanogpt_char.py.
 
 The model is nanoGPT's own ``model.py`` (karpathy/nanoGPT, MIT): the corpus's port,
-tests/corpus/nanogpt_model.py — verbatim but for its three import lines — loaded as a module
-(:func:`model_module`); for PyTorch the port's recorded import lines are turned back, so the
-mirror runs the very same source on PyTorch. Its modules carry PyTorch's parameter names, so
-the mirrors copy the weights by name. Attention takes nanoGPT's "flash" path,
-``F.scaled_dot_product_attention(q, k, v, is_causal=True)`` (the framework has SDPA).
+tests/corpus/nanogpt_model.py — verbatim but for its three import lines — loaded as a
+module by the corpus's own loader (:func:`model_module`); for PyTorch the loader turns the
+port's recorded import lines back, so the mirror runs the very same source on PyTorch. Its
+modules carry PyTorch's parameter names, so the mirrors copy the weights by name. Attention
+takes nanoGPT's "flash" path, ``F.scaled_dot_product_attention(q, k, v, is_causal=True)``
+(the framework has SDPA).
 :func:`GPT` and :func:`configure_optimizers` build the model and nanoGPT's AdamW groups
 (every 2-D parameter decayed, the rest not) with nanoGPT's progress prints silenced;
 :func:`get_lr` is ``train.py``'s cosine schedule with linear warm-up.
@@ -35,10 +36,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import io
 import math
 import os
-import re
 import sys
 import types
 from dataclasses import dataclass
@@ -49,42 +50,35 @@ import numpy as np
 import dyngrad as dg
 from dyngrad import nn, optim
 
-CORPUS_MODEL = Path(__file__).resolve().parents[1] / "tests" / "corpus" / "nanogpt_model.py"
+CORPUS = Path(__file__).resolve().parents[1] / "tests" / "corpus"
 _MODULES: dict = {}
 
 
-def model_source(framework: str = "dyngrad") -> str:
-    """nanoGPT's ``model.py`` for ``framework``: the corpus's port as it is (``"dyngrad"``),
-    or with the import lines its header records (``# port: original  ->  ported``) turned
-    back (``"torch"``): the original file."""
-    text = CORPUS_MODEL.read_text(encoding="utf-8")
-    if framework == "torch":
-        lines = re.findall(r"^# port: (.+?)  ->  (.+)$", text, re.M)
-        for original, ported in lines:
-            if f"\n{ported}\n" not in text:
-                raise ValueError(f"{CORPUS_MODEL}: its port line {ported!r} is not in the file: "
-                                 f"the PyTorch mirror would not run PyTorch")
-            text = text.replace(f"\n{ported}\n", f"\n{original}\n")
-        if not lines:
-            raise ValueError(f"{CORPUS_MODEL}: no port lines to turn back")
-    elif framework != "dyngrad":
-        raise ValueError(f"nanoGPT's model runs on 'dyngrad' or 'torch', not {framework!r}")
-    return text
+def _harness() -> types.ModuleType:
+    """The corpus's loader (tests/corpus/corpus_harness.py: a ported program under dyngrad,
+    or with its recorded import lines turned back under PyTorch)."""
+    mod = sys.modules.get("corpus_harness")
+    if mod is None:
+        spec = importlib.util.spec_from_file_location("corpus_harness",
+                                                      CORPUS / "corpus_harness.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["corpus_harness"] = mod
+        spec.loader.exec_module(mod)
+    return mod
 
 
 def model_module(framework: str = "dyngrad") -> types.ModuleType:
-    """nanoGPT's ``model.py`` as a module for ``framework`` (made once per process)."""
+    """nanoGPT's ``model.py`` as a module on ``framework`` (``"dyngrad"`` or ``"torch"``),
+    loaded once per process by the corpus's own loader."""
     mod = _MODULES.get(framework)
     if mod is None:
-        name = f"benchmarks._nanogpt_model_{framework}"
-        mod = types.ModuleType(name)
-        mod.__file__ = str(CORPUS_MODEL)
-        sys.modules[name] = mod  # (its dataclass looks itself up there)
-        try:
-            exec(compile(model_source(framework), str(CORPUS_MODEL), "exec"), mod.__dict__)
-        except BaseException:
-            del sys.modules[name]
-            raise
+        if framework not in ("dyngrad", "torch"):
+            raise ValueError(f"nanoGPT's model runs on 'dyngrad' or 'torch', not "
+                             f"{framework!r}")
+        mod = _harness().load("nanogpt_model", framework)
+        if mod.torch.__name__ != framework:  # (the port's import lines not turned back)
+            raise RuntimeError(f"nanoGPT's model.py loaded for {framework} runs on "
+                               f"{mod.torch.__name__}")
         _MODULES[framework] = mod
     return mod
 

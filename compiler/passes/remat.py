@@ -11,10 +11,10 @@ readers on. This is activation checkpointing at its cheapest, chosen by structur
 (so the sizes of a symbolic variant make the same choice, but for a dimension of 1):
 
 - the value is the output of an elementwise node or a reshape of one (a linear layer's
-  input folded to rows: the reshape is what its late reader reads), of at least two dims larger than
-  one (not a per-channel statistic), not a graph output and not read by a value guard; its readers,
-  in node order, have a gap of at least ``GAP`` nodes — the readers after the widest gap
-  are *late*;
+  input folded to rows: the reshape is what its late reader reads), of at least two dims
+  larger than one (not a per-channel statistic), not a graph output and not read by a
+  value guard; its readers, in node order, have a gap of at least ``GAP`` nodes — the
+  readers after the widest gap are *late*;
 - the nodes computed again (its *cone*: the producer and, back from it, the elementwise
   nodes and the views it needs; at most ``CONE_MAX``) are exact operations — IEEE
   arithmetic, comparisons, selection, casts, square roots; no vector-math polynomial and
@@ -87,8 +87,8 @@ def rematerialise(g: Graph) -> Graph:
         t = traits(n.prim)
         if id(v) in pinned or v.weak or not (t.role == ELEMENTWISE or t.relabels) \
                 or not _exact(n) or sum(1 for d in v.shape if d != 1) < 2:  # (not a
-            #  per-channel statistic; a view — a linear layer's input folded to rows — counts
-            #  with the elementwise value under it, which its copy computes again)
+            #  per-channel statistic; a reshape — a linear layer's input folded to rows —
+            #  counts with the elementwise value under it, which its copy computes again)
             continue
         ks = [k] + readers.get(id(v), [])
         gap, at = max(((ks[j + 1] - ks[j], j + 1) for j in range(len(ks) - 1)),
