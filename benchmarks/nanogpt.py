@@ -38,6 +38,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import io
+import itertools
 import math
 import os
 import sys
@@ -146,6 +147,20 @@ def set_lr(opt: optim.Optimizer, lr: float) -> None:
     """``train.py``'s ``param_group['lr'] = lr`` for every group."""
     for group in opt.param_groups:
         group["lr"] = lr
+
+
+def scheduled(opt, train: TrainConfig):
+    """``around(step)``: the step with ``train.py``'s learning rate for the next iteration
+    set into ``opt``'s groups before each call (outside what is compiled) — for the
+    benchmark's modes and mirrors alike (any optimizer with ``param_groups``)."""
+    def around(f):
+        it = itertools.count()
+
+        def step(*args):
+            set_lr(opt, get_lr(next(it), train))
+            return f(*args)
+        return step
+    return around
 
 
 def make_step(model, opt: optim.Optimizer, grad_clip: float):

@@ -9,8 +9,6 @@ each workload is cold (but later workloads find inductor's modules already impor
 
 from __future__ import annotations
 
-import itertools
-
 from . import nanogpt
 from .workloads import VOCAB, W4_INPUTS, Instance
 
@@ -240,13 +238,7 @@ def gpt(inst: Instance) -> tuple:
         opt.zero_grad(set_to_none=True)
         return loss
 
-    def around(f):
-        it = itertools.count()
-
-        def step(x, y):
-            nanogpt.set_lr(opt, nanogpt.get_lr(next(it), train))
-            return f(x, y)
-        return step
+    around = nanogpt.scheduled(opt, train)
     step = around(inner)
     step.inner, step.around = inner, around
     return step, [tuple(tensor(a) for a in c) for c in inst.calls]

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import sys
 from pathlib import Path
 
@@ -429,15 +428,8 @@ def w8(quick: bool = False, seed: int = 0) -> Instance:
     opt = nanogpt.configure_optimizers(model, train)
     x, y = w8_text().batch(np.random.default_rng(seed), train.batch_size, cfg.block_size)
 
-    def around(f):
-        it = itertools.count()
-
-        def step(x, y):
-            nanogpt.set_lr(opt, nanogpt.get_lr(next(it), train))
-            return f(x, y)
-        return step
     return Instance(nanogpt.make_step(model, opt, train.grad_clip), [(x, y)], model, opt,
-                    around=around, train=train)
+                    around=nanogpt.scheduled(opt, train), train=train)
 
 
 def w8_matmuls(quick: bool) -> list:
