@@ -184,6 +184,11 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None,
         if isinstance(x, Tensor):
             a = x._data
             ns[f"S{i}"], ns[f"D{i}"], ns[f"T{i}"] = a.shape, a.dtype, a.strides
+            ns["TENSOR"] = Tensor
+            # (a tensor traced where a later call passes None or a number: a miss, not an
+            # AttributeError from the lines below)
+            add(f"not isinstance(flat[{i}], TENSOR)", f"argument {i} is a tensor", "Tensor",
+                lambda f, i=i: type(f[i]).__name__)
             lines.append(f"    a = flat[{i}]._data")
             if i in sym_dims:
                 shape = [sym_dims[i].get(k, n) for k, n in enumerate(a.shape)]

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dyngrad.ops import REGISTRY
+from dyngrad.ops.attention import FLASH_ATTENTION, FLASH_ATTENTION_BACKWARD
 from dyngrad.ops.bitwise import (
     BITWISE_AND,
     BITWISE_LEFT_SHIFT,
@@ -78,7 +79,8 @@ __all__ = [
     "BITWISE_LEFT_SHIFT", "BITWISE_NOT", "BITWISE_OR", "BITWISE_RIGHT_SHIFT", "BITWISE_XOR",
     "BROADCAST", "CAST", "CEIL",
     "CONCAT", "CONV", "CONV_TRANSPOSE",
-    "CONV_WEIGHT_GRAD", "COS", "CUMPROD", "CUMSUM", "DIV", "EQ", "ERF", "EXP", "FLOOR", "FULL",
+    "CONV_WEIGHT_GRAD", "COS", "CUMPROD", "CUMSUM", "DIV", "EQ", "ERF", "EXP",
+    "FLASH_ATTENTION", "FLASH_ATTENTION_BACKWARD", "FLOOR", "FULL",
     "GATHER", "GE", "GT", "INDEX_CHECK", "IOTA", "LE", "LOG", "LOG1P", "LT", "MATMUL", "MAX",
     "MAX_POOL_INDICES", "MAXIMUM", "MINIMUM", "MUL", "NE", "NEG", "PAD", "PERMUTE", "POW",
     "RANDOM", "RESHAPE", "ROUND", "SCATTER_ADD", "SIGMOID", "SIGN", "SIN", "SIZE_OF", "SLICE",
@@ -198,6 +200,10 @@ _OWN_TRAITS: dict[Primitive, Traits] = {
     GATHER: Traits(OWN, index_inputs=(1,)),
     SCATTER_ADD: Traits(OWN, index_inputs=(1,)),
     CONV: Traits(OWN, recompute_work=_conv_work),
+    # the fused attention pair: kernels of their own (backends/llvm/attention.py); the
+    # forward is not recomputed (its output carries the logsumexp the backward reads)
+    FLASH_ATTENTION: Traits(OWN),
+    FLASH_ATTENTION_BACKWARD: Traits(OWN),
     EXP: Traits(ELEMENTWISE, transcendental=True),
     LOG: Traits(ELEMENTWISE, transcendental=True),
     LOG1P: Traits(ELEMENTWISE, transcendental=True),

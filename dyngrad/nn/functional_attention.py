@@ -1,8 +1,11 @@
 """Attention with PyTorch's semantics (re-exported by ``dyngrad.nn.functional``):
 ``scaled_dot_product_attention`` and ``multi_head_attention_forward``, the functional core of
-``nn.MultiheadAttention``. Both are the plain formulation composed from the op table
-(matmul, where, softmax, matmul), so they differentiate, trace and compile as their parts
-do; the L×S score matrix is materialised in eager mode.
+``nn.MultiheadAttention``. Without dropout, SDPA runs as the fused primitive pair of
+``dyngrad/ops/attention.py`` (eager computes the L×S scores inside its numpy impl but saves
+only the output and a logsumexp per row; compiled steps get one flash-style kernel per
+direction); with dropout, with a float mask that requires grad, and in MultiheadAttention's
+weights path it is the plain formulation composed from the op table (matmul, where,
+softmax, matmul), which materialises the L×S score matrix.
 
 Note [two mask conventions]: SDPA's boolean ``attn_mask`` says where to *attend* (True keeps
 a score); MultiheadAttention's boolean ``attn_mask`` and ``key_padding_mask`` say what is
@@ -27,6 +30,7 @@ import numpy as np
 
 from .. import dtypes as _dt
 from ..ops import composites as _cm
+from ..ops.attention import flash_attention
 from ..ops import creation as _c
 from ..ops import elementwise as _e
 from ..ops import movement as _m
@@ -107,6 +111,15 @@ def _softmax_rows_may_be_masked(scores: Tensor) -> Tensor:
     return _e.where(dead, 0.0, probs)
 
 
+def _fused(query: Tensor, key: Tensor, attn_mask: Tensor | None, dropout_p: float) -> bool:
+    """Whether SDPA runs as the fused primitive pair (``dyngrad/ops/attention.py``): not with
+    dropout (the probabilities must exist to be dropped), nor for a float mask that requires
+    grad (its gradient is the L×S score gradient), nor for empty sequences."""
+    if dropout_p > 0.0 or query.shape[-2] == 0 or key.shape[-2] == 0:
+        return False
+    return attn_mask is None or attn_mask.dtype is _dt.bool_ or not attn_mask.requires_grad
+
+
 def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
                                  attn_mask: Tensor | None = None, dropout_p: float = 0.0,
                                  is_causal: bool = False, *, scale: float | None = None,
@@ -130,11 +143,6 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
         key = _cm.repeat_interleave(key, query.shape[-3] // key.shape[-3], -3)
         value = _cm.repeat_interleave(value, query.shape[-3] // value.shape[-3], -3)
     factor = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-    scores = (query @ _m.transpose(key, -2, -1)) * factor
-    if is_causal:
-        L, S = query.shape[-2], key.shape[-2]
-        keep = _cm.tril(_c.ones((L, S), dtype=_dt.bool_))
-        scores = _e.where(keep, scores, NEG_INF)
     if attn_mask is not None:
         expected = _scores_shape(query, key)
         try:
@@ -145,6 +153,14 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
             raise RuntimeError(f"scaled_dot_product_attention: attn_mask of shape "
                                f"{list(attn_mask.shape)} does not broadcast to the attention "
                                f"weights' shape {list(expected)} (..., L, S)")
+    if _fused(query, key, attn_mask, dropout_p):
+        return flash_attention(query, key, value, attn_mask, factor, is_causal)
+    scores = (query @ _m.transpose(key, -2, -1)) * factor
+    if is_causal:
+        L, S = query.shape[-2], key.shape[-2]
+        keep = _cm.tril(_c.ones((L, S), dtype=_dt.bool_))
+        scores = _e.where(keep, scores, NEG_INF)
+    if attn_mask is not None:
         if attn_mask.dtype is _dt.bool_:
             scores = _e.where(attn_mask, scores, NEG_INF)
         else:

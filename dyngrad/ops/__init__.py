@@ -2,6 +2,7 @@
 ``REGISTRY``; the modules here define them and the composites built from them."""
 
 from . import (  # noqa: F401
+    attention,
     bitwise,
     composites,
     conv,

