@@ -18,7 +18,7 @@ import numpy as np
 
 from ...dims import concrete
 from ...prims import traits
-from . import datamove, jit, loops, matmul, randomgen, reduce, target, threads, window  # noqa: F401
+from . import attention, datamove, jit, loops, matmul, randomgen, reduce, target, threads, window  # noqa: F401
 
 #            (importing the builder modules registers their builders)
 from .emit import FN_NAME, builder, constant_outputs, kernel_outputs  # noqa: F401

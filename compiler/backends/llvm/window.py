@@ -81,7 +81,7 @@ NON_FINITE_WEIGHT = -3  # an input gradient's status when its weight holds an in
 #                         (as ALLOC_FAILED, the call runs another way: _refuse_non_finite)
 MAX_WORK_BYTES = 1 << 40  # a work buffer above this is refused as if malloc had failed
 
-_WINDOWS = Lowerings("LLVM window codegen")
+WINDOWS = Lowerings("LLVM window codegen")
 
 DECLARATIONS = ("declare noalias ptr @malloc(i64)\ndeclare void @free(ptr)\n"
                 "declare void @llvm.memset.p0.i64(ptr, i8, i64, i1)\n")
@@ -158,7 +158,7 @@ def _geometry(n, x_shape, w_shape, planes: tuple, out_planes: tuple) -> Geometry
 @builds("window")
 class WindowBuilder(KernelBuilder):
     """A 'window' group: one convolution or pooling-index node, by its primitive's rule in
-    ``_WINDOWS``. The kernel's body returns an i32 status (0, or :data:`ALLOC_FAILED`), as
+    ``WINDOWS``. The kernel's body returns an i32 status (0, or :data:`ALLOC_FAILED`), as
     an index kernel's does: the driver stops at a nonzero one."""
 
     def __init__(self, g, group) -> None:
@@ -166,7 +166,7 @@ class WindowBuilder(KernelBuilder):
         if len(group.nodes) != 1:
             raise NotImplementedError("LLVM window codegen: a group of more than one node")
         self.n = g.nodes[group.nodes[0]]
-        self.rule = _WINDOWS.of(self.n.prim)
+        self.rule = WINDOWS.of(self.n.prim)
         self.helpers: list[str] = []  # functions of the kernel's own (parts, samples)
         self.ty = ""  # the convolution's element type
         self.gemm = False  # whether the kernel calls the GEMM library (a column path)
@@ -182,7 +182,7 @@ class WindowBuilder(KernelBuilder):
         self.label("entry")
         self.rule(self, name, [ptr[id(v)] for v in n.inputs], ptr[id(n.out)])
         params = ", ".join(f"ptr noalias %a{k}" for k in range(len(layout)))
-        text = ((prelude_ir([]) if prelude else "") + (self.declarations() if prelude else "")
+        text = ((prelude_ir(self.vecmath) if prelude else "") + (self.declarations() if prelude else "")
                 + "".join(self.helpers)
                 + self.function(f"define internal i32 @{name}_body({params}) alwaysinline")
                 + entry_ir(name, len(layout), status=True))
@@ -823,7 +823,7 @@ def _conv_transpose_phased(b: WindowBuilder, name: str, geo: Geometry, phases: l
                                 f"ptr noalias %w, ptr noalias %y, i64 %n0, i64 %step)"))
 
 
-@_WINDOWS(P.CONV)
+@WINDOWS(P.CONV)
 def _conv(b: WindowBuilder, name: str, ins: list, out: str) -> None:
     """``y[n, g] = W[g] @ cols(x[n, g])`` per sample and group (at stride 1 on several
     samples, straight from the padded planes: :func:`_conv_direct`)."""
@@ -851,7 +851,7 @@ def _conv(b: WindowBuilder, name: str, ins: list, out: str) -> None:
     b._by_samples(name, geo, ins[0], ins[1], out)
 
 
-@_WINDOWS(P.CONV_TRANSPOSE)
+@WINDOWS(P.CONV_TRANSPOSE)
 def _conv_transpose(b: WindowBuilder, name: str, ins: list, out: str) -> None:
     """``cols = W[g]^T @ y[n, g]`` per sample and group, added back to the window positions
     of the zeroed ``dx[n, g]`` (a 1x1 window: the product is ``dx[n, g]``). At stride 1, a
@@ -1139,7 +1139,7 @@ def _weight_grad_staged(b: WindowBuilder, name: str, geo: Geometry, ins: list,
     b.line("ret i32 0")
 
 
-@_WINDOWS(P.CONV_WEIGHT_GRAD)
+@WINDOWS(P.CONV_WEIGHT_GRAD)
 def _conv_weight_grad(b: WindowBuilder, name: str, ins: list, out: str) -> None:
     """``dW[g] = sum over n of g[n, g] @ cols(x[n, g])^T``: ``WG_PARTS`` fixed blocks of
     samples (fewer with fewer samples), each summed in order into a partial sum of its own
@@ -1400,7 +1400,7 @@ def _planes2(shape, nd: int) -> tuple:
     return (1, int(shape[-1])) if nd == 1 else (int(shape[-2]), int(shape[-1]))
 
 
-@_WINDOWS(P.MAX_POOL_INDICES)
+@WINDOWS(P.MAX_POOL_INDICES)
 def _max_pool_indices(b: WindowBuilder, name: str, ins: list, out: str) -> None:
     p = b.n.params
     nd = len(p["kernel"])
@@ -1417,7 +1417,7 @@ def _max_pool_indices(b: WindowBuilder, name: str, ins: list, out: str) -> None:
                                       two(p["dilation"], 1)), nd)
 
 
-@_WINDOWS(P.ADAPTIVE_MAX_INDICES)
+@WINDOWS(P.ADAPTIVE_MAX_INDICES)
 def _adaptive_max_indices(b: WindowBuilder, name: str, ins: list, out: str) -> None:
     nd = len(b.n.params["output_size"])
     if nd not in (1, 2):
