@@ -31,13 +31,15 @@ import math
 from dyngrad import dtypes as _dt
 
 from ... import prims as P
-from . import threads
-from .emit import LLTYPE, MEMTYPE, Emitter, literal
-from .window import WINDOWS, WindowBuilder
+from . import gemm, threads
+from .emit import LLTYPE, Emitter, literal
+from .window import FLOPS, WINDOWS, WindowBuilder, vector_ir
 
 BR = 32  # query rows per tile
 BC = 64  # keys per tile
 MAX_HEAD = 256  # E and Ev up to this (the packed Kᵀ/Vᵀ tiles live on the stack)
+ROW_GROUP = 4  # query rows whose tiles are computed together (independent FMA chains)
+KEY_GROUP = 2  # keys whose dK and dV rows the backward accumulates together
 
 
 class _Shape:
@@ -85,11 +87,13 @@ def _math(b: WindowBuilder, ty: str) -> tuple:
 
 
 class _Item(Emitter):
-    """One work item's function: loads, stores and loops over flat buffers."""
+    """One work item's function: scalar and vector loads and stores over flat buffers, and
+    register tiles (vectors of ``gemm.lanes`` elements, a tail chunk masked)."""
 
     def __init__(self, ty: str) -> None:
         super().__init__()
         self.ty = ty
+        self.vl, self.vt, self.sfx, _ = vector_ir(ty)
         self.label("entry")
 
     def at(self, p: str, i) -> str:
@@ -110,21 +114,89 @@ class _Item(Emitter):
     def lit(self, x: float) -> str:
         return literal(x, self.ty)
 
-    def slot(self, init: str) -> str:
-        """A stack scalar (promoted to a register by LLVM), set to ``init``."""
-        p = self.emit(f"alloca {self.ty}")
-        self.line(f"store {self.ty} {init}, ptr {p}")
-        return p
+    def pick(self, cond: str, a: str, b: str) -> str:
+        return self.emit(f"select i1 {cond}, {self.ty} {a}, {self.ty} {b}")
 
-    def get(self, p: str) -> str:
-        return self.emit(f"load {self.ty}, ptr {p}")
+    # ------------------------------------------------------------------ vectors
+    def chunks(self, width: int) -> list:
+        """(offset, lane mask or None) of the vectors covering a row of ``width``."""
+        out = []
+        for at in range(0, width, self.vl):
+            n = min(self.vl, width - at)
+            out.append((at, None if n == self.vl else
+                        "<" + ", ".join(f"i1 {'true' if k < n else 'false'}"
+                                        for k in range(self.vl)) + ">"))
+        return out
 
-    def put(self, v: str, p: str) -> None:
-        self.line(f"store {self.ty} {v}, ptr {p}")
+    def vld(self, p: str, i, lanes: str | None = None) -> str:
+        at, vt = self.at(p, i), self.vt
+        if lanes is None:
+            return self.emit(f"load {vt}, ptr {at}, align 4")
+        return self.emit(f"call {vt} @llvm.masked.load.v{self.vl}{self.sfx}.p0(ptr {at}, "
+                         f"i32 4, <{self.vl} x i1> {lanes}, {vt} zeroinitializer)")
 
-    def fmax(self, a: str, b: str) -> str:
-        return self.emit(f"select i1 {self.emit(f'fcmp ogt {self.ty} {b}, {a}')}, "
-                         f"{self.ty} {b}, {self.ty} {a}")
+    def vst(self, v: str, p: str, i, lanes: str | None = None) -> None:
+        at, vt = self.at(p, i), self.vt
+        if lanes is None:
+            self.line(f"store {vt} {v}, ptr {at}, align 4")
+        else:
+            self.line(f"call void @llvm.masked.store.v{self.vl}{self.sfx}.p0({vt} {v}, "
+                      f"ptr {at}, i32 4, <{self.vl} x i1> {lanes})")
+
+    def splat(self, x: str) -> str:
+        vt = self.vt
+        a = self.emit(f"insertelement {vt} poison, {self.ty} {x}, i64 0")
+        return self.emit(f"shufflevector {vt} {a}, {vt} poison, <{self.vl} x i32> "
+                         f"zeroinitializer")
+
+    def vfma(self, a: str, b: str, c: str) -> str:
+        vt = self.vt
+        if gemm.has_fma():
+            return self.emit(f"call {vt} @llvm.fma.v{self.vl}{self.sfx}({vt} {a}, {vt} {b}, "
+                             f"{vt} {c})")
+        return self.emit(f"fadd {vt} {c}, {self.emit(f'fmul {vt} {a}, {b}')}")
+
+    def fma(self, a: str, b: str, c: str) -> str:
+        ty = self.ty
+        return self.emit(f"call {ty} @llvm.fma.{self.sfx}({ty} {a}, {ty} {b}, {ty} {c})")
+
+    def lanes_of(self, v: str) -> list:
+        return [self.emit(f"extractelement {self.vt} {v}, i64 {k}") for k in range(self.vl)]
+
+    def row_max(self, vs: list) -> str:
+        """The largest element of vectors ``vs`` (NaN ignored, as -inf is)."""
+        vt = self.vt
+        m = vs[0]
+        for v in vs[1:]:
+            m = self.emit(f"select <{self.vl} x i1> {self.emit(f'fcmp ogt {vt} {v}, {m}')}, "
+                          f"{vt} {v}, {vt} {m}")
+        best = None
+        for x in self.lanes_of(m):
+            best = x if best is None else self.pick(self.emit(f"fcmp ogt {self.ty} {x}, "
+                                                              f"{best}"), x, best)
+        return best
+
+    def row_sum(self, vs: list) -> str:
+        """The sum of vectors ``vs``: lane-wise in order, then the lanes in order."""
+        total = vs[0]
+        for v in vs[1:]:
+            total = self.emit(f"fadd {self.vt} {total}, {v}")
+        out = None
+        for x in self.lanes_of(total):
+            out = x if out is None else self.f("fadd", out, x)
+        return out
+
+    def carried(self, stop, regs: list, body, start=0) -> list:
+        """``for i in range(start, stop)`` (run at least once) carrying vectors ``regs``
+        (their values before the loop); ``body(i, current)`` returns their next values.
+        Returns the values after the loop."""
+        blk = self.fresh("C")
+        names = [f"%{blk}.v{k}" for k in range(len(regs))]
+        with self.loop(f"%{blk}.i", stop, start=start, block=f"{blk}.body",
+                       exit=f"{blk}.done", carry=[(n, self.vt, r) for n, r in
+                                                  zip(names, regs)]) as lp:
+            lp.next = body(f"%{blk}.i", names)
+        return lp.next
 
 
 def _lead_offset(e: _Item, sh: _Shape, bh: str, strides: tuple) -> str:
@@ -139,44 +211,137 @@ def _lead_offset(e: _Item, sh: _Shape, bh: str, strides: tuple) -> str:
     return off
 
 
+def _transpose(e: _Item, vs: list) -> list:
+    """The ``vl`` vectors of ``vs`` (a vl x vl block, one row each) transposed in registers:
+    a butterfly of ``shufflevector`` s, one stage per bit of the lane index."""
+    vl, vt = e.vl, e.vt
+    h = vl // 2
+    while h:
+        out = list(vs)
+        for a in range(vl):
+            if a & h:
+                continue
+            b = a + h
+            lo = [vl + (p ^ h) if p & h else p for p in range(vl)]
+            hi = [vl + p if p & h else p ^ h for p in range(vl)]
+            for k, idx in ((a, lo), (b, hi)):
+                mask = ", ".join(f"i32 {x}" for x in idx)
+                out[k] = e.emit(f"shufflevector {vt} {vs[a]}, {vt} {vs[b]}, <{vl} x i32> "
+                                f"<{mask}>")
+        vs, h = out, h // 2
+    return vs
+
+
 def _pack_t(e: _Item, src: str, width: int, j0: str, cols: str, dst: str) -> None:
-    """``dst[x·BC + c] = src[(j0 + c)·width + x]`` for x < width, c < cols: a key block of
-    K (or V) transposed."""
-    with e.rolled_loop(0, cols, scalar=True) as c:
-        row = e.at(src, e.i("mul", e.i("add", j0, c), width))
-        with e.rolled_loop(0, width) as x:
-            e.st(e.ld(row, x), dst, e.i("add", e.i("mul", x, BC), c))
+    """``dst[x·BC + c] = src[(j0 + c)·width + x]`` for x < width, c < BC — a key block of K
+    (or V) transposed, ``vl`` x ``vl`` blocks at a time in registers. Keys past ``cols``
+    repeat the block's last key (finite data whose scores the callers mask)."""
+    last = e.i("sub", cols, 1)
+    for c0 in range(0, BC, e.vl):
+        rows = [e.at(src, e.i("mul", e.i("add", j0, e.min(c0 + t, last)), width))
+                for t in range(e.vl)]
+        for x0, lanes in e.chunks(width):
+            block = _transpose(e, [e.vld(r, x0, lanes) for r in rows])
+            for t in range(min(e.vl, width - x0)):
+                e.vst(block[t], dst, (x0 + t) * BC + c0)
 
 
-def _scores(e: _Item, sh: _Shape, qrow: str, kt: str, cols: str, srow: str, scale: float,
-            causal: bool, mask: str | None, i: str, j0: str) -> None:
-    """``srow[c]`` = scale·q_i·k_(j0+c), masked (-inf where a key is not attended, a float
-    mask added), for c < cols."""
-    ty = e.ty
-    with e.rolled_loop(0, cols) as c:
-        e.st(e.lit(0.0), srow, c)
-    with e.rolled_loop(0, sh.E, scalar=True) as x:
-        qx = e.ld(qrow, x)
-        kx = e.at(kt, e.i("mul", x, BC))
-        with e.rolled_loop(0, cols) as c:
-            e.st(e.emit(f"call {ty} @llvm.fma.{'f32' if ty == 'float' else 'f64'}({ty} {qx}, "
-                        f"{ty} {e.ld(kx, c)}, {ty} {e.ld(srow, c)})"), srow, c)
+def _tile_rows(e: _Item, rows_t: str, width: int, xs: list) -> list:
+    """Per row pointer of ``xs`` (query or output-gradient rows), the vectors of ``sum_x
+    xs[x] · rows_t[x·BC + c]`` over c < BC: a register tile of ``len(xs)`` rows (``rows_t``
+    a packed Kᵀ or Vᵀ), each row's sums in x order."""
+    n = BC // e.vl
+
+    def step(x, acc):
+        col = e.at(rows_t, e.i("mul", x, BC))
+        cv = [e.vld(col, v * e.vl) for v in range(n)]
+        out = []
+        for t, row in enumerate(xs):
+            a = e.splat(e.ld(row, x))
+            out += [e.vfma(a, cv[v], acc[t * n + v]) for v in range(n)]
+        return out
+
+    flat = e.carried(width, ["zeroinitializer"] * (n * len(xs)), step)
+    return [flat[t * n:(t + 1) * n] for t in range(len(xs))]
+
+
+def _scores(e: _Item, sh: _Shape, kt: str, cols: str, p: dict, mask: str | None, j0: str,
+            rows: list) -> None:
+    """For each (query index i, query row pointer, score row pointer) of ``rows``:
+    ``srow[c]`` = scale·q_i·k_(j0+c), masked (-inf where a key is not attended or past
+    ``cols``, a float mask added), for c < BC."""
+    tiles = _tile_rows(e, kt, sh.E, [qrow for _, qrow, _ in rows])
     ninf = e.lit(float("-inf"))
-    with e.rolled_loop(0, cols) as c:
-        s = e.f("fmul", e.ld(srow, c), e.lit(scale))
-        j = e.i("add", j0, c)
-        if causal:
-            s = e.emit(f"select i1 {e.i('icmp sgt', j, i)}, {ty} {ninf}, {ty} {s}")
-        if mask is not None:
-            ms = sh.mask_strides
-            at = e.i("add", e.i("mul", i, ms[-2]), e.i("mul", j, ms[-1]))
-            if sh.mask_ty == "bool":
-                mv = e.emit(f"load i8, ptr {e.gep('i8', mask, at)}")
-                s = e.emit(f"select i1 {e.emit(f'icmp eq i8 {mv}, 0')}, {ty} {ninf}, "
-                           f"{ty} {s}")
-            else:
-                s = e.f("fadd", s, e.ld(mask, at))
-        e.st(s, srow, c)
+    last = sh.S - 1
+    for (i, _, srow), tile in zip(rows, tiles):
+        for v, acc in enumerate(tile):
+            e.vst(acc, srow, v * e.vl)
+        with e.rolled_loop(0, BC) as c:
+            s = e.f("fmul", e.ld(srow, c), e.lit(p["scale"]))
+            j = e.i("add", j0, c)
+            out = e.i("icmp sge", c, cols)
+            if p["causal"]:
+                out = e.emit(f"or i1 {out}, {e.i('icmp sgt', j, i)}")
+            if mask is not None:
+                ms = sh.mask_strides
+                at = e.i("add", e.i("mul", i, ms[-2]), e.i("mul", e.min(j, last), ms[-1]))
+                if sh.mask_ty == "bool":
+                    mv = e.emit(f"load i8, ptr {e.gep('i8', mask, at)}")
+                    out = e.emit(f"or i1 {out}, {e.emit(f'icmp eq i8 {mv}, 0')}")
+                else:
+                    s = e.f("fadd", s, e.ld(mask, at))
+            e.st(e.pick(out, ninf, s), srow, c)
+
+
+def _exp_row(e: _Item, exp: str, srow: str, shift: str, dead: str | None = None) -> None:
+    """``srow[c] = exp(srow[c] - shift)`` for c < BC (0 everywhere on a ``dead`` row)."""
+    with e.rolled_loop(0, BC) as c:
+        p = e.emit(f"call {e.ty} {exp}({e.ty} {e.f('fsub', e.ld(srow, c), shift)})")
+        e.st(p if dead is None else e.pick(dead, e.lit(0.0), p), srow, c)
+
+
+def _row_vectors(e: _Item, row: str) -> list:
+    return [e.vld(row, v * e.vl) for v in range(BC // e.vl)]
+
+
+class _Term:
+    """``dst[x] (· scale) += sum_n coef(n) · src(n)[x]`` for x < ``width`` — one row of
+    :func:`_accumulate`."""
+
+    def __init__(self, dst: str, width: int, coef, src, scale: str | None = None) -> None:
+        self.dst, self.width, self.coef, self.src, self.scale = dst, width, coef, src, scale
+
+
+def _accumulate(e: _Item, count, terms: list) -> None:
+    """Every term of ``terms`` over n < ``count`` (at least one) in one loop, their rows in
+    registers: each ``dst`` loaded once (times its ``scale``) and stored once; the terms'
+    independent sums keep the FMA units busy."""
+    parts = [e.chunks(t.width) for t in terms]
+    regs = []
+    for t, ps in zip(terms, parts):
+        rs = [e.vld(t.dst, at, lanes) for at, lanes in ps]
+        if t.scale is not None:
+            a = e.splat(t.scale)
+            rs = [e.emit(f"fmul {e.vt} {r}, {a}") for r in rs]
+        regs += rs
+
+    def step(n, acc):
+        out, k, srcs = [], 0, {}
+        for t, ps in zip(terms, parts):
+            a, src = e.splat(t.coef(n)), t.src(n)
+            for at, lanes in ps:
+                key = (src, at)
+                if key not in srcs:
+                    srcs[key] = e.vld(src, at, lanes)
+                out.append(e.vfma(a, srcs[key], acc[k]))
+                k += 1
+        return out
+
+    done, k = e.carried(count, regs, step), 0
+    for t, ps in zip(terms, parts):
+        for at, lanes in ps:
+            e.vst(done[k], t.dst, at, lanes)
+            k += 1
 
 
 def _key_end(e: _Item, sh: _Shape, causal: bool, i0: str, rows: str) -> str:
@@ -184,78 +349,77 @@ def _key_end(e: _Item, sh: _Shape, causal: bool, i0: str, rows: str) -> str:
     return e.min(e.i("add", i0, rows), sh.S) if causal else str(sh.S)
 
 
+def _group(n: int, most: int) -> int:
+    """Rows (or keys) handled together: the largest of ``most``, 2, 1 dividing ``n`` (row
+    blocks then hold whole groups: :data:`BR` and :data:`BC` are multiples of it)."""
+    return next(g for g in (most, 2, 1) if n % g == 0)
+
+
 def _forward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) -> str:
     """``void @<name>_item(q, k, v, mask, out, i64 w)``: rows ``BR·(w mod blocks)`` on of
-    leading index ``w div blocks``."""
+    leading index ``w div blocks``, in groups of ``RB`` rows."""
     exp, log = _math(b, ty)
     e = _Item(ty)
     mask = "%mask" if sh.mask_ty else None
     blocks = -(-sh.L // BR)
+    E, Ev = sh.E, sh.Ev
+    rb = _group(sh.L, ROW_GROUP)
     tile = e.emit(f"alloca [{BR * BC} x {ty}], align 64")
-    kt = e.emit(f"alloca [{sh.E * BC} x {ty}], align 64")
-    acc = e.emit(f"alloca [{BR * sh.Ev} x {ty}], align 64")
+    kt = e.emit(f"alloca [{E * BC} x {ty}], align 64")
+    acc = e.emit(f"alloca [{BR * Ev} x {ty}], align 64")
     mrow = e.emit(f"alloca [{BR} x {ty}], align 64")
     lrow = e.emit(f"alloca [{BR} x {ty}], align 64")
-    rmax, psum = e.slot(e.lit(0.0)), e.slot(e.lit(0.0))  # (in the entry block: registers)
     bh = e.i("udiv", "%w", blocks)
     i0 = e.i("mul", e.i("urem", "%w", blocks), BR)
     rows = e.min(BR, e.i("sub", sh.L, i0))
-    q = e.at("%q", e.i("mul", bh, sh.L * sh.E))
-    k = e.at("%k", e.i("mul", bh, sh.S * sh.E))
-    v = e.at("%v", e.i("mul", bh, sh.S * sh.Ev))
-    out = e.at("%out", e.i("mul", bh, sh.L * (sh.Ev + 1)))
+    q = e.at("%q", e.i("mul", bh, sh.L * E))
+    k = e.at("%k", e.i("mul", bh, sh.S * E))
+    v = e.at("%v", e.i("mul", bh, sh.S * Ev))
+    out = e.at("%out", e.i("mul", bh, sh.L * (Ev + 1)))
     if mask is not None:
-        mask = e.gep(MEMTYPE[LLTYPE["bool"]] if sh.mask_ty == "bool" else ty, "%mask",
+        mask = e.gep("i8" if sh.mask_ty == "bool" else ty, "%mask",
                      _lead_offset(e, sh, bh, sh.mask_strides[:-2]))
+    ninf, zero = e.lit(float("-inf")), e.lit(0.0)
     with e.rolled_loop(0, rows) as r:
-        e.st(e.lit(float("-inf")), mrow, r)
-        e.st(e.lit(0.0), lrow, r)
-    with e.rolled_loop(0, e.i("mul", rows, sh.Ev)) as x:
-        e.st(e.lit(0.0), acc, x)
+        e.st(ninf, mrow, r)
+        e.st(zero, lrow, r)
+    with e.rolled_loop(0, e.i("mul", rows, Ev)) as x:
+        e.st(zero, acc, x)
     jend = _key_end(e, sh, p["causal"], i0, rows)
     with e.rolled_loop(0, jend, BC, scalar=True) as j0:
         cols = e.min(BC, e.i("sub", jend, j0))
-        _pack_t(e, k, sh.E, j0, cols, kt)
-        with e.rolled_loop(0, rows, scalar=True) as r:
-            i = e.i("add", i0, r)
-            srow = e.at(tile, e.i("mul", r, BC))
-            _scores(e, sh, e.at(q, e.i("mul", i, sh.E)), kt, cols, srow, p["scale"],
-                    p["causal"], mask, i, j0)
-            mold = e.ld(mrow, r)
-            e.put(mold, rmax)
-            with e.rolled_loop(0, cols, scalar=True) as c:
-                e.put(e.fmax(e.get(rmax), e.ld(srow, c)), rmax)
-            mnew = e.get(rmax)
-            ninf = e.lit(float("-inf"))
-            shift = e.emit(f"select i1 {e.emit(f'fcmp oeq {ty} {mnew}, {ninf}')}, "
-                           f"{ty} {e.lit(0.0)}, {ty} {mnew}")
-            alpha = e.emit(f"call {ty} {exp}({ty} {e.f('fsub', mold, shift)})")
-            e.put(e.lit(0.0), psum)
-            with e.rolled_loop(0, cols, scalar=True) as c:
-                pc = e.emit(f"call {ty} {exp}({ty} {e.f('fsub', e.ld(srow, c), shift)})")
-                e.st(pc, srow, c)
-                e.put(e.f("fadd", e.get(psum), pc), psum)
-            e.st(e.f("fadd", e.f("fmul", e.ld(lrow, r), alpha), e.get(psum)), lrow, r)
-            e.st(mnew, mrow, r)
-            arow = e.at(acc, e.i("mul", r, sh.Ev))
-            with e.rolled_loop(0, sh.Ev) as x:
-                e.st(e.f("fmul", e.ld(arow, x), alpha), arow, x)
-            with e.rolled_loop(0, cols, scalar=True) as c:
-                pc = e.ld(srow, c)
-                vrow = e.at(v, e.i("mul", e.i("add", j0, c), sh.Ev))
-                with e.rolled_loop(0, sh.Ev) as x:
-                    e.st(_fma(e, pc, e.ld(vrow, x), e.ld(arow, x)), arow, x)
+        _pack_t(e, k, E, j0, cols, kt)
+        with e.rolled_loop(0, rows, rb, scalar=True) as r0:
+            group = [e.i("add", r0, t) for t in range(rb)]
+            srows = [e.at(tile, e.i("mul", r, BC)) for r in group]
+            idx = [e.i("add", i0, r) for r in group]
+            _scores(e, sh, kt, cols, p, mask, j0,
+                    [(i, e.at(q, e.i("mul", i, E)), sr) for i, sr in zip(idx, srows)])
+            terms = []
+            for r, srow in zip(group, srows):
+                mold = e.ld(mrow, r)
+                top = e.row_max(_row_vectors(e, srow))
+                mnew = e.pick(e.emit(f"fcmp ogt {ty} {top}, {mold}"), top, mold)
+                shift = e.pick(e.emit(f"fcmp oeq {ty} {mnew}, {ninf}"), zero, mnew)
+                alpha = e.emit(f"call {ty} {exp}({ty} {e.f('fsub', mold, shift)})")
+                _exp_row(e, exp, srow, shift)
+                psum = e.row_sum(_row_vectors(e, srow))
+                e.st(e.f("fadd", e.f("fmul", e.ld(lrow, r), alpha), psum), lrow, r)
+                e.st(mnew, mrow, r)
+                terms.append(_Term(e.at(acc, e.i("mul", r, Ev)), Ev,
+                                   lambda c, srow=srow: e.ld(srow, c),
+                                   lambda c: e.at(v, e.i("mul", e.i("add", j0, c), Ev)),
+                                   scale=alpha))
+            _accumulate(e, cols, terms)
     with e.rolled_loop(0, rows, scalar=True) as r:
-        orow = e.at(out, e.i("mul", e.i("add", i0, r), sh.Ev + 1))
-        arow = e.at(acc, e.i("mul", r, sh.Ev))
+        orow = e.at(out, e.i("mul", e.i("add", i0, r), Ev + 1))
+        arow = e.at(acc, e.i("mul", r, Ev))
         m, total = e.ld(mrow, r), e.ld(lrow, r)
-        dead = e.emit(f"fcmp oeq {ty} {m}, {e.lit(float('-inf'))}")
-        with e.rolled_loop(0, sh.Ev) as x:
-            o = e.f("fdiv", e.ld(arow, x), total)
-            e.st(e.emit(f"select i1 {dead}, {ty} {e.lit(0.0)}, {ty} {o}"), orow, x)
+        dead = e.emit(f"fcmp oeq {ty} {m}, {ninf}")
+        with e.rolled_loop(0, Ev) as x:
+            e.st(e.pick(dead, zero, e.f("fdiv", e.ld(arow, x), total)), orow, x)
         lse = e.f("fadd", m, e.emit(f"call {ty} {log}({ty} {total})"))
-        e.st(e.emit(f"select i1 {dead}, {ty} {e.lit(float('-inf'))}, {ty} {lse}"), orow,
-             sh.Ev)
+        e.st(e.pick(dead, ninf, lse), orow, Ev)
     e.line("ret void")
     b.helpers.append(e.function(f"define internal void @{name}_item(ptr noalias %q, ptr "
                                 f"noalias %k, ptr noalias %v, ptr noalias %mask, ptr noalias "
@@ -263,19 +427,15 @@ def _forward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) -> 
     return f"@{name}_item"
 
 
-def _fma(e: _Item, a: str, b: str, c: str) -> str:
-    ty = e.ty
-    return e.emit(f"call {ty} @llvm.fma.{'f32' if ty == 'float' else 'f64'}({ty} {a}, {ty} "
-                  f"{b}, {ty} {c})")
-
-
 def _backward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) -> str:
     """``void @<name>_item(q, k, v, o, do, mask, out, i64 w)``: every gradient of leading
-    index ``w``."""
+    index ``w``; query rows in groups of ``RB``, keys in pairs where the sizes allow."""
     exp, _ = _math(b, ty)
     e = _Item(ty)
     mask = "%mask" if sh.mask_ty else None
     E, Ev, L, S = sh.E, sh.Ev, sh.L, sh.S
+    rb = _group(L, ROW_GROUP)
+    kb = _group(math.gcd(L, S), KEY_GROUP)  # (a causal block's keys end at a row block's end)
     ptile = e.emit(f"alloca [{BR * BC} x {ty}], align 64")
     dtile = e.emit(f"alloca [{BR * BC} x {ty}], align 64")
     kt = e.emit(f"alloca [{E * BC} x {ty}], align 64")
@@ -283,7 +443,7 @@ def _backward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) ->
     rowd = e.emit(f"alloca [{BR} x {ty}], align 64")  # dlse - D per row
     rowl = e.emit(f"alloca [{BR} x {ty}], align 64")  # the logsumexp used (0 if dead)
     rowdead = e.emit(f"alloca [{BR} x i8], align 64")
-    dot = e.slot(e.lit(0.0))
+    dot = e.emit(f"alloca {ty}")
     bh = "%w"
     q = e.at("%q", e.i("mul", bh, L * E))
     k = e.at("%k", e.i("mul", bh, S * E))
@@ -294,24 +454,25 @@ def _backward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) ->
     dk = e.at(dq, L * E)
     dv = e.at(dk, S * E)
     if mask is not None:
-        mask = e.gep(MEMTYPE[LLTYPE["bool"]] if sh.mask_ty == "bool" else ty, "%mask",
+        mask = e.gep("i8" if sh.mask_ty == "bool" else ty, "%mask",
                      _lead_offset(e, sh, bh, sh.mask_strides[:-2]))
+    ninf, zero = e.lit(float("-inf")), e.lit(0.0)
     with e.rolled_loop(0, L * E + S * E + S * Ev) as x:
-        e.st(e.lit(0.0), dq, x)
-    ninf = e.lit(float("-inf"))
+        e.st(zero, dq, x)
     scale = e.lit(p["scale"])
     with e.rolled_loop(0, L, BR, scalar=True) as i0:
         rows = e.min(BR, e.i("sub", L, i0))
         with e.rolled_loop(0, rows, scalar=True) as r:
             i = e.i("add", i0, r)
             orow, drow = e.at(o, e.i("mul", i, Ev + 1)), e.at(do, e.i("mul", i, Ev + 1))
-            e.put(e.lit(0.0), dot)
+            e.line(f"store {ty} {zero}, ptr {dot}")
             with e.rolled_loop(0, Ev, scalar=True) as x:
-                e.put(_fma(e, e.ld(drow, x), e.ld(orow, x), e.get(dot)), dot)
-            e.st(e.f("fsub", e.ld(drow, Ev), e.get(dot)), rowd, r)
+                e.line(f"store {ty} {e.fma(e.ld(drow, x), e.ld(orow, x), e.emit(f'load {ty}, ptr {dot}'))}, "
+                       f"ptr {dot}")
+            e.st(e.f("fsub", e.ld(drow, Ev), e.emit(f'load {ty}, ptr {dot}')), rowd, r)
             lse = e.ld(orow, Ev)
             dead = e.emit(f"fcmp oeq {ty} {lse}, {ninf}")
-            e.st(e.emit(f"select i1 {dead}, {ty} {e.lit(0.0)}, {ty} {lse}"), rowl, r)
+            e.st(e.pick(dead, zero, lse), rowl, r)
             e.line(f"store i8 {e.emit(f'zext i1 {dead} to i8')}, ptr "
                    f"{e.gep('i8', rowdead, r)}")
         jend = _key_end(e, sh, p["causal"], i0, rows)
@@ -319,45 +480,41 @@ def _backward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) ->
             cols = e.min(BC, e.i("sub", jend, j0))
             _pack_t(e, k, E, j0, cols, kt)
             _pack_t(e, v, Ev, j0, cols, vt)
-            with e.rolled_loop(0, rows, scalar=True) as r:
-                i = e.i("add", i0, r)
-                prow, drow_t = e.at(ptile, e.i("mul", r, BC)), e.at(dtile, e.i("mul", r, BC))
-                _scores(e, sh, e.at(q, e.i("mul", i, E)), kt, cols, prow, p["scale"],
-                        p["causal"], mask, i, j0)
-                lse = e.ld(rowl, r)
-                dead = e.emit(f"load i8, ptr {e.gep('i8', rowdead, r)}")
-                dead = e.emit(f"icmp ne i8 {dead}, 0")
-                with e.rolled_loop(0, cols) as c:
-                    pc = e.emit(f"call {ty} {exp}({ty} {e.f('fsub', e.ld(prow, c), lse)})")
-                    e.st(e.emit(f"select i1 {dead}, {ty} {e.lit(0.0)}, {ty} {pc}"), prow, c)
-                with e.rolled_loop(0, cols) as c:
-                    e.st(e.lit(0.0), drow_t, c)
-                dorow = e.at(do, e.i("mul", i, Ev + 1))
-                with e.rolled_loop(0, Ev, scalar=True) as x:
-                    gx = e.ld(dorow, x)
-                    vx = e.at(vt, e.i("mul", x, BC))
-                    with e.rolled_loop(0, cols) as c:
-                        e.st(_fma(e, gx, e.ld(vx, c), e.ld(drow_t, c)), drow_t, c)
-                shift = e.ld(rowd, r)
-                with e.rolled_loop(0, cols) as c:
-                    ds = e.f("fmul", e.ld(prow, c), e.f("fadd", e.ld(drow_t, c), shift))
-                    e.st(e.f("fmul", ds, scale), drow_t, c)
-            with e.rolled_loop(0, rows, scalar=True) as r:
-                i = e.i("add", i0, r)
-                dorow = e.at(do, e.i("mul", i, Ev + 1))
-                qrow, dqrow = e.at(q, e.i("mul", i, E)), e.at(dq, e.i("mul", i, E))
-                prow, drow_t = e.at(ptile, e.i("mul", r, BC)), e.at(dtile, e.i("mul", r, BC))
-                with e.rolled_loop(0, cols, scalar=True) as c:
+            with e.rolled_loop(0, rows, rb, scalar=True) as r0:
+                group = [e.i("add", r0, t) for t in range(rb)]
+                idx = [e.i("add", i0, r) for r in group]
+                prows = [e.at(ptile, e.i("mul", r, BC)) for r in group]
+                srows = [e.at(dtile, e.i("mul", r, BC)) for r in group]
+                _scores(e, sh, kt, cols, p, mask, j0,
+                        [(i, e.at(q, e.i("mul", i, E)), pr) for i, pr in zip(idx, prows)])
+                for r, prow in zip(group, prows):
+                    flag = e.emit(f"load i8, ptr {e.gep('i8', rowdead, r)}")
+                    _exp_row(e, exp, prow, e.ld(rowl, r), e.emit(f"icmp ne i8 {flag}, 0"))
+                # dS = P∘(dO·Vᵀ - D + dlse)·scale, tile rows in registers
+                dps = _tile_rows(e, vt, Ev, [e.at(do, e.i("mul", i, Ev + 1)) for i in idx])
+                sc = e.splat(scale)
+                for r, prow, srow, dp in zip(group, prows, srows, dps):
+                    shift = e.splat(e.ld(rowd, r))
+                    for n, (pv, dv_) in enumerate(zip(_row_vectors(e, prow), dp)):
+                        ds = e.emit(f"fmul {e.vt} {pv}, {e.emit(f'fadd {e.vt} {dv_}, {shift}')}")
+                        e.vst(e.emit(f"fmul {e.vt} {ds}, {sc}"), srow, n * e.vl)
+                # dQ_i += sum_c dS[i, c] · K_c
+                _accumulate(e, cols, [
+                    _Term(e.at(dq, e.i("mul", i, E)), E, lambda c, srow=srow: e.ld(srow, c),
+                          lambda c: e.at(k, e.i("mul", e.i("add", j0, c), E)))
+                    for i, srow in zip(idx, srows)])
+            # per key: dV_c += sum_i P[i, c] · dO_i and dK_c += sum_i dS[i, c] · Q_i
+            with e.rolled_loop(0, cols, kb, scalar=True) as c0:
+                terms = []
+                for c in [e.i("add", c0, t) for t in range(kb)]:
                     j = e.i("add", j0, c)
-                    pc, dsc = e.ld(prow, c), e.ld(drow_t, c)
-                    dvrow, dkrow = e.at(dv, e.i("mul", j, Ev)), e.at(dk, e.i("mul", j, E))
-                    krow = e.at(k, e.i("mul", j, E))
-                    with e.rolled_loop(0, Ev) as x:
-                        e.st(_fma(e, pc, e.ld(dorow, x), e.ld(dvrow, x)), dvrow, x)
-                    with e.rolled_loop(0, E) as x:
-                        e.st(_fma(e, dsc, e.ld(qrow, x), e.ld(dkrow, x)), dkrow, x)
-                    with e.rolled_loop(0, E) as x:
-                        e.st(_fma(e, dsc, e.ld(krow, x), e.ld(dqrow, x)), dqrow, x)
+                    terms.append(_Term(e.at(dv, e.i("mul", j, Ev)), Ev,
+                                       lambda r, c=c: e.ld(ptile, e.i("add", e.i("mul", r, BC), c)),
+                                       lambda r: e.at(do, e.i("mul", e.i("add", i0, r), Ev + 1))))
+                    terms.append(_Term(e.at(dk, e.i("mul", j, E)), E,
+                                       lambda r, c=c: e.ld(dtile, e.i("add", e.i("mul", r, BC), c)),
+                                       lambda r: e.at(q, e.i("mul", e.i("add", i0, r), E))))
+                _accumulate(e, rows, terms)
     e.line("ret void")
     b.helpers.append(e.function(
         f"define internal void @{name}_item(ptr noalias %q, ptr noalias %k, ptr noalias %v, "
@@ -395,6 +552,7 @@ def _run_items(b: WindowBuilder, name: str, item: str, args: list, items: int) -
 def _flash_attention(b: WindowBuilder, name: str, ins: list, out: str) -> None:
     n = b.n
     ty = b.ty = _float_type(n)
+    b.direct_decls = vector_ir(ty)[3]
     mask = n.inputs[3] if len(n.inputs) > 3 else None
     sh = _Shape(n.inputs[0], n.inputs[1], n.inputs[2], mask)
     item = _forward_item(b, name, sh, ty, n.params)
@@ -406,8 +564,21 @@ def _flash_attention(b: WindowBuilder, name: str, ins: list, out: str) -> None:
 def _flash_attention_backward(b: WindowBuilder, name: str, ins: list, out: str) -> None:
     n = b.n
     ty = b.ty = _float_type(n)
+    b.direct_decls = vector_ir(ty)[3]
     mask = n.inputs[5] if len(n.inputs) > 5 else None
     sh = _Shape(n.inputs[0], n.inputs[1], n.inputs[2], mask)
     item = _backward_item(b, name, sh, ty, n.params)
     args = ins[:5] + [ins[5] if mask is not None else "null", out]
     _run_items(b, name, item, args, sh.B)
+
+
+def _flops(n, products: int) -> float:
+    """Multiply-adds twice: ``products`` L×S products of head-sized rows (E or Ev), every
+    key counted (a causal node does about half)."""
+    q, v = n.inputs[0].shape, n.inputs[2].shape
+    return 2.0 * math.prod(int(d) for d in q[:-1]) * int(v[-2]) * products
+
+
+FLOPS[P.FLASH_ATTENTION] = lambda n: _flops(n, n.inputs[0].shape[-1] + n.inputs[2].shape[-1])
+FLOPS[P.FLASH_ATTENTION_BACKWARD] = lambda n: _flops(
+    n, 3 * n.inputs[0].shape[-1] + 2 * n.inputs[2].shape[-1])  # S, dQ, dK; dP, dV

@@ -376,7 +376,7 @@ def _conv_flops(n) -> float:
         int(v) for v in w[1:])
 
 
-_FLOPS = {  # a window node's floating-point operations, per primitive
+FLOPS = {  # a window node's floating-point operations, per primitive
     **dict.fromkeys(_CONV_SHAPES, _conv_flops),
     P.MAX_POOL_INDICES: lambda n: float(math.prod(int(v) for v in n.out.shape)
                                         * math.prod(n.params["kernel"])),
@@ -388,7 +388,7 @@ def flops(n) -> float:
     """A window node's floating-point operations (``compiler.profile``): a convolution
     direction's multiply-adds twice (for the transposed one, those of the convolution it is
     the adjoint of), a pooling node's comparisons, one per window read."""
-    return _FLOPS[n.prim](n)
+    return FLOPS[n.prim](n)
 
 
 def _stride_one(geo: Geometry) -> bool:
@@ -497,7 +497,7 @@ def _chunks(total: int, most: int) -> list:
     return out
 
 
-def _vector_ir(ty: str) -> tuple:
+def vector_ir(ty: str) -> tuple:
     """(lanes, vector type, the intrinsics' type suffix, their declarations: fma, a masked
     store and load, and a masked load of two vectors — :func:`_stage_pairs`') of the direct
     kernels' vectors of ``ty``."""
@@ -518,7 +518,7 @@ def _rank_one(e: Emitter, ty: str, scalars: list, vectors: list, acc) -> list:
     times each of ``vectors``, added to ``acc(r, v)`` — a fused multiply-add where the CPU
     has one (``gemm.has_fma``, as the GEMM's micro-kernel); returns the new accumulators in
     (r, v) order."""
-    vl, vt, sfx, _ = _vector_ir(ty)
+    vl, vt, sfx, _ = vector_ir(ty)
     out = []
     for r, p in enumerate(scalars):
         a = e.emit(f"load {ty}, ptr {p}")
@@ -546,7 +546,7 @@ def _conv_direct(b: WindowBuilder, name: str, d: Direct, samples: bool = True) -
     vl, nv, mr = _tile(ty, d)
     nr = nv * vl
     P_ = d.OH * d.OW
-    _, vt, sfx, b.direct_decls = _vector_ir(ty)
+    _, vt, sfx, b.direct_decls = vector_ir(ty)
     offs = d.offsets()
     for tab, vals in (("off", offs), ("woff", d.woff)):
         if vals is not None:
@@ -949,7 +949,7 @@ def _weight_grad_staged(b: WindowBuilder, name: str, geo: Geometry, ins: list,
     ``MO`` output channels, a run of ``MK``-element blocks) run in parallel, each over all
     samples, a block of samples at a time (its ``g`` rows stay in cache across its blocks)."""
     ty, size = b.ty, _size(b.ty)
-    vl, vt, sfx, b.direct_decls = _vector_ir(ty)
+    vl, vt, sfx, b.direct_decls = vector_ir(ty)
     d = _forward_direct(geo)
     K, P_, HW = geo.rows, geo.positions, geo.H * geo.W
     MO, MK = _wg_tile(gemm.vector_bits())
