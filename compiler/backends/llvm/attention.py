@@ -38,6 +38,7 @@ from .window import FLOPS, WINDOWS, WindowBuilder, vector_ir
 BR = 32  # query rows per tile
 BC = 64  # keys per tile
 MAX_HEAD = 256  # E and Ev up to this (the packed Kᵀ/Vᵀ tiles live on the stack)
+MAX_ROWS = 1 << 16  # queries up to this (the backward keeps three numbers per row on the stack)
 ROW_GROUP = 4  # query rows whose tiles are computed together (independent FMA chains)
 KEY_GROUP = 2  # keys whose dK and dV rows the backward accumulates together
 
@@ -54,9 +55,11 @@ class _Shape:
         self.B = math.prod(self.lead)
         self.L, self.E = q.shape[-2:]
         self.S, self.Ev = v.shape[-2:]
-        if max(self.E, self.Ev) > MAX_HEAD or 0 in (self.B, self.L, self.S, self.E, self.Ev):
+        if max(self.E, self.Ev) > MAX_HEAD or self.L > MAX_ROWS \
+                or 0 in (self.B, self.L, self.S, self.E, self.Ev):
             raise NotImplementedError(f"LLVM attention codegen: head sizes {self.E}, "
-                                      f"{self.Ev} (up to {MAX_HEAD}) or an empty dim")
+                                      f"{self.Ev} (up to {MAX_HEAD}), {self.L} queries (up "
+                                      f"to {MAX_ROWS}) or an empty dim")
         self.mask_ty = None
         if mask is not None:
             self.mask_ty = "bool" if mask.dtype is _dt.bool_ else "float"
@@ -233,17 +236,20 @@ def _transpose(e: _Item, vs: list) -> list:
 
 
 def _pack_t(e: _Item, src: str, width: int, j0: str, cols: str, dst: str) -> None:
-    """``dst[x·BC + c] = src[(j0 + c)·width + x]`` for x < width, c < BC — a key block of K
-    (or V) transposed, ``vl`` x ``vl`` blocks at a time in registers. Keys past ``cols``
-    repeat the block's last key (finite data whose scores the callers mask)."""
+    """``dst[x·BC + c] = src[(j0 + c)·width + x]`` for x < width and c < ``cols`` rounded
+    up to whole vectors — a key block of K (or V) transposed, ``vl`` x ``vl`` blocks at a
+    time in registers. Keys past ``cols`` in the last vector repeat the block's last key;
+    the columns past that are left as they are (the callers mask those scores by select and
+    never read those columns' results)."""
     last = e.i("sub", cols, 1)
     for c0 in range(0, BC, e.vl):
-        rows = [e.at(src, e.i("mul", e.i("add", j0, e.min(c0 + t, last)), width))
-                for t in range(e.vl)]
-        for x0, lanes in e.chunks(width):
-            block = _transpose(e, [e.vld(r, x0, lanes) for r in rows])
-            for t in range(min(e.vl, width - x0)):
-                e.vst(block[t], dst, (x0 + t) * BC + c0)
+        with e.when(e.i("icmp slt", c0, cols)):
+            rows = [e.at(src, e.i("mul", e.i("add", j0, e.min(c0 + t, last)), width))
+                    for t in range(e.vl)]
+            for x0, lanes in e.chunks(width):
+                block = _transpose(e, [e.vld(r, x0, lanes) for r in rows])
+                for t in range(min(e.vl, width - x0)):
+                    e.vst(block[t], dst, (x0 + t) * BC + c0)
 
 
 def _tile_rows(e: _Item, rows_t: str, width: int, xs: list) -> list:
@@ -429,21 +435,23 @@ def _forward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) -> 
 
 def _backward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) -> str:
     """``void @<name>_item(q, k, v, o, do, mask, out, i64 w)``: every gradient of leading
-    index ``w``; query rows in groups of ``RB``, keys in pairs where the sizes allow."""
+    index ``w``. Per key block (Kᵀ and Vᵀ packed once) the row blocks that can see it (with
+    ``causal``, from the block holding the key block's first key on); query rows in groups
+    of ``RB``, keys in pairs where the sizes allow."""
     exp, _ = _math(b, ty)
     e = _Item(ty)
     mask = "%mask" if sh.mask_ty else None
     E, Ev, L, S = sh.E, sh.Ev, sh.L, sh.S
+    causal = p["causal"]
     rb = _group(L, ROW_GROUP)
-    kb = _group(math.gcd(L, S), KEY_GROUP)  # (a causal block's keys end at a row block's end)
+    kb = _group(math.gcd(L, S), KEY_GROUP)  # (a causal block's keys end at a row's index)
     ptile = e.emit(f"alloca [{BR * BC} x {ty}], align 64")
     dtile = e.emit(f"alloca [{BR * BC} x {ty}], align 64")
     kt = e.emit(f"alloca [{E * BC} x {ty}], align 64")
     vt = e.emit(f"alloca [{Ev * BC} x {ty}], align 64")
-    rowd = e.emit(f"alloca [{BR} x {ty}], align 64")  # dlse - D per row
-    rowl = e.emit(f"alloca [{BR} x {ty}], align 64")  # the logsumexp used (0 if dead)
-    rowdead = e.emit(f"alloca [{BR} x i8], align 64")
-    dot = e.emit(f"alloca {ty}")
+    rowd = e.emit(f"alloca [{L} x {ty}], align 64")  # dlse - D per row
+    rowl = e.emit(f"alloca [{L} x {ty}], align 64")  # the logsumexp used (0 if dead)
+    rowdead = e.emit(f"alloca [{L} x i8], align 64")
     bh = "%w"
     q = e.at("%q", e.i("mul", bh, L * E))
     k = e.at("%k", e.i("mul", bh, S * E))
@@ -460,26 +468,24 @@ def _backward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) ->
     with e.rolled_loop(0, L * E + S * E + S * Ev) as x:
         e.st(zero, dq, x)
     scale = e.lit(p["scale"])
-    with e.rolled_loop(0, L, BR, scalar=True) as i0:
-        rows = e.min(BR, e.i("sub", L, i0))
-        with e.rolled_loop(0, rows, scalar=True) as r:
-            i = e.i("add", i0, r)
-            orow, drow = e.at(o, e.i("mul", i, Ev + 1)), e.at(do, e.i("mul", i, Ev + 1))
-            e.line(f"store {ty} {zero}, ptr {dot}")
-            with e.rolled_loop(0, Ev, scalar=True) as x:
-                e.line(f"store {ty} {e.fma(e.ld(drow, x), e.ld(orow, x), e.emit(f'load {ty}, ptr {dot}'))}, "
-                       f"ptr {dot}")
-            e.st(e.f("fsub", e.ld(drow, Ev), e.emit(f'load {ty}, ptr {dot}')), rowd, r)
-            lse = e.ld(orow, Ev)
-            dead = e.emit(f"fcmp oeq {ty} {lse}, {ninf}")
-            e.st(e.pick(dead, zero, lse), rowl, r)
-            e.line(f"store i8 {e.emit(f'zext i1 {dead} to i8')}, ptr "
-                   f"{e.gep('i8', rowdead, r)}")
-        jend = _key_end(e, sh, p["causal"], i0, rows)
-        with e.rolled_loop(0, jend, BC, scalar=True) as j0:
-            cols = e.min(BC, e.i("sub", jend, j0))
-            _pack_t(e, k, E, j0, cols, kt)
-            _pack_t(e, v, Ev, j0, cols, vt)
+    with e.rolled_loop(0, L, scalar=True) as i:
+        orow, drow = e.at(o, e.i("mul", i, Ev + 1)), e.at(do, e.i("mul", i, Ev + 1))
+        delta = e.row_sum([e.emit(f"fmul {e.vt} {e.vld(drow, at, lanes)}, "
+                                  f"{e.vld(orow, at, lanes)}")
+                           for at, lanes in e.chunks(Ev)])  # D = rowsum(dO∘O)
+        e.st(e.f("fsub", e.ld(drow, Ev), delta), rowd, i)
+        lse = e.ld(orow, Ev)
+        dead = e.emit(f"fcmp oeq {ty} {lse}, {ninf}")
+        e.st(e.pick(dead, zero, lse), rowl, i)
+        e.line(f"store i8 {e.emit(f'zext i1 {dead} to i8')}, ptr {e.gep('i8', rowdead, i)}")
+    with e.rolled_loop(0, min(S, L) if causal else S, BC, scalar=True) as j0:
+        keys = e.min(BC, e.i("sub", S, j0))
+        _pack_t(e, k, E, j0, keys, kt)
+        _pack_t(e, v, Ev, j0, keys, vt)
+        first = e.i("mul", e.i("udiv", j0, BR), BR) if causal else "0"
+        with e.rolled_loop(first, L, BR, scalar=True) as i0:
+            rows = e.min(BR, e.i("sub", L, i0))
+            cols = e.min(keys, e.i("sub", e.i("add", i0, rows), j0)) if causal else keys
             with e.rolled_loop(0, rows, rb, scalar=True) as r0:
                 group = [e.i("add", r0, t) for t in range(rb)]
                 idx = [e.i("add", i0, r) for r in group]
@@ -487,14 +493,14 @@ def _backward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) ->
                 srows = [e.at(dtile, e.i("mul", r, BC)) for r in group]
                 _scores(e, sh, kt, cols, p, mask, j0,
                         [(i, e.at(q, e.i("mul", i, E)), pr) for i, pr in zip(idx, prows)])
-                for r, prow in zip(group, prows):
-                    flag = e.emit(f"load i8, ptr {e.gep('i8', rowdead, r)}")
-                    _exp_row(e, exp, prow, e.ld(rowl, r), e.emit(f"icmp ne i8 {flag}, 0"))
+                for i, prow in zip(idx, prows):
+                    flag = e.emit(f"load i8, ptr {e.gep('i8', rowdead, i)}")
+                    _exp_row(e, exp, prow, e.ld(rowl, i), e.emit(f"icmp ne i8 {flag}, 0"))
                 # dS = P∘(dO·Vᵀ - D + dlse)·scale, tile rows in registers
                 dps = _tile_rows(e, vt, Ev, [e.at(do, e.i("mul", i, Ev + 1)) for i in idx])
                 sc = e.splat(scale)
-                for r, prow, srow, dp in zip(group, prows, srows, dps):
-                    shift = e.splat(e.ld(rowd, r))
+                for i, prow, srow, dp in zip(idx, prows, srows, dps):
+                    shift = e.splat(e.ld(rowd, i))
                     for n, (pv, dv_) in enumerate(zip(_row_vectors(e, prow), dp)):
                         ds = e.emit(f"fmul {e.vt} {pv}, {e.emit(f'fadd {e.vt} {dv_}, {shift}')}")
                         e.vst(e.emit(f"fmul {e.vt} {ds}, {sc}"), srow, n * e.vl)
