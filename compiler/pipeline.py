@@ -30,6 +30,7 @@ from .backends.base import Backend, Executable
 from .guards import GuardSet, build_guards
 from .partition import Split, precompute, split
 from .passes import run_passes
+from .passes.attention import fuse_attention
 from .passes.narrow import narrow_indices
 from .passes.remat import rematerialise
 from .trace import Trace
@@ -62,7 +63,8 @@ def lower(trace: Trace, vector_math: bool, plans_memory: bool = False) -> Lowere
     """Passes over the joint graph, then (a backward outside) its split into forward and
     backward parts. ``vector_math``: the backend computes transcendentals in vector code,
     not with numpy's functions — the split may then recompute them and may precompute the
-    gradients of a scalar loss in the forward; the interpreter keeps eager's order.
+    gradients of a scalar loss in the forward, and hand-written softmax attention becomes the
+    fused pair (``passes/attention.py``); the interpreter keeps eager's order.
     ``plans_memory``: the backend runs from a planned arena — with the backward inside the
     call, index values it keeps to itself are narrowed to int32 (``passes/narrow.py``) and
     cheap activations are computed again for their late readers (``passes/remat.py``)."""
@@ -71,6 +73,9 @@ def lower(trace: Trace, vector_math: bool, plans_memory: bool = False) -> Lowere
     before = str(g)
     ir.verify(g)
     g = run_passes(g)
+    if vector_math:  # (changes the arithmetic: passes/attention.py's note)
+        g = fuse_attention(g)
+        ir.verify(g)
     if plans_memory and trace.backward is None:  # (a backward outside: the split's own
         g = narrow_indices(g)  #                      rematerialisation, partition.py)
         ir.verify(g)

@@ -9,6 +9,7 @@ optimizer steps, and the same bits on one thread and two."""
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -330,3 +331,113 @@ def test_llvm_flash_kernels_give_the_same_bits_on_one_thread_and_two():
     for other in results[1:]:
         for a, b in zip(results[0], other, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------------------ hand-written attention
+
+
+class SlowAttention(nn.Module):
+    """nanoGPT's CausalSelfAttention with ``flash = False``: the composite the compiler
+    recognises (``compiler/passes/attention.py``)."""
+
+    def __init__(self, C=16, H=2, T=8, keep_probs=False):
+        super().__init__()
+        self.c_attn, self.n_head, self.keep_probs = nn.Linear(C, 3 * C), H, keep_probs
+        self.register_buffer("bias", dg.tril(dg.ones(T, T)).view(1, 1, T, T))
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+        att = att.masked_fill(self.bias[:, :, :T, :T] == 0, float("-inf"))
+        att = F.softmax(att, dim=-1)
+        y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)
+        return (y, att) if self.keep_probs else y
+
+
+def _slow_steps(keep_probs=False):
+    dg.manual_seed(0)
+    m1 = SlowAttention(keep_probs=keep_probs)
+    m2 = copy.deepcopy(m1)
+    o1, o2 = (optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for m in (m1, m2))
+
+    def step_of(m, o):
+        def step(x):
+            o.zero_grad()
+            out = m(x)
+            y = out[0] if keep_probs else out
+            loss = (y ** 2).mean() + (out[1].sum() * 0.0 if keep_probs else 0.0)
+            loss.backward()
+            o.step()
+            return loss
+        return step
+
+    return m1, m2, step_of(m1, o1), compiler.compile(step_of(m2, o2), backend="llvm")
+
+
+def _graph_prims(compiled) -> str:
+    return "\n".join(str(v.trace.graph) for v in compiled.variants)
+
+
+def test_nanogpt_slow_path_compiles_to_the_fused_pair_and_equals_eager():
+    m1, m2, eager, compiled = _slow_steps()
+    r = np.random.default_rng(4)
+    for i in range(6):
+        x = dg.tensor(r.standard_normal((3, 8, 16)).astype(np.float32))
+        np.testing.assert_allclose(compiled(x).item(), eager(x).item(), rtol=2e-5)
+        for p, q in zip(m1.parameters(), m2.parameters()):
+            np.testing.assert_allclose(q.detach().numpy(), p.detach().numpy(), rtol=2e-5,
+                                       atol=2e-6, err_msg=f"step {i}")
+    text = _graph_prims(compiled)
+    assert "= flash_attention " in text and "= flash_attention_backward " in text
+    assert "= exp " not in text and "= max " not in text
+
+
+def test_slow_path_whose_probabilities_are_used_elsewhere_is_left_alone():
+    m1, m2, eager, compiled = _slow_steps(keep_probs=True)
+    r = np.random.default_rng(5)
+    for _ in range(4):
+        x = dg.tensor(r.standard_normal((3, 8, 16)).astype(np.float32))
+        np.testing.assert_allclose(compiled(x).item(), eager(x).item(), rtol=2e-5)
+    assert "= flash_attention" not in _graph_prims(compiled)
+
+
+def test_slow_path_mask_is_data_fully_masked_rows_give_nan_as_eager():
+    """The causal buffer changed in place between calls (a row masked entirely: the plain
+    softmax's NaN, in the output and in the gradients), with one compiled variant."""
+    dg.manual_seed(0)
+    m = SlowAttention()
+
+    def outputs(x):
+        y = m(x)
+        (y * y).sum().backward()
+        return y, x.grad
+
+    compiled = compiler.compile(outputs, backend="llvm")
+    r = np.random.default_rng(6)
+    for i, dead in enumerate([None, None, 3, None, 5, 0]):
+        with dg.no_grad():
+            m.bias.copy_(dg.tril(dg.ones(8, 8)).view(1, 1, 8, 8))
+            if dead is not None:
+                m.bias[0, 0, dead] = 0.0
+        xs = r.standard_normal((2, 8, 16)).astype(np.float32)
+        want = outputs(dg.tensor(xs, requires_grad=True))
+        got = compiled(dg.tensor(xs, requires_grad=True))
+        for a, b, what in zip(want, got, ("y", "x.grad")):
+            a, b = a.detach().numpy(), b.detach().numpy()
+            np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=f"{what} {i}")
+            np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-6, err_msg=f"{what} {i}")
+    assert len(compiled.variants) == 1 and "= flash_attention " in _graph_prims(compiled)
+
+
+def test_interpreter_keeps_the_slow_path_as_written():
+    dg.manual_seed(0)
+    m = SlowAttention()
+    compiled = compiler.compile(lambda x: m(x).sum(), backend="interp")
+    x = dg.randn(2, 8, 16)
+    compiled(x)
+    compiled(x)
+    assert "= flash_attention" not in _graph_prims(compiled)

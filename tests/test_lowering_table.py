@@ -71,6 +71,12 @@ PROGRAMS = {
                                     [_x(dt, (2, 3, 6, 6))]),
     "adaptive_max_indices": lambda dt: (
         lambda x: F.adaptive_max_pool2d(x, 2, return_indices=True)[1], [_x(dt, (2, 3, 5, 5))]),
+    "flash_attention": lambda dt: (
+        lambda x: F.scaled_dot_product_attention(x, x, x * x, is_causal=True),
+        [_x(dt, (2, 5, 4))]),
+    "flash_attention_backward": lambda dt: (
+        lambda x: dg.autograd.grad(F.scaled_dot_product_attention(x, x * x, x).sum(), x)[0],
+        [_x(dt, (2, 5, 4)).requires_grad_(dt.startswith("f"))]),
 }
 
 # (primitive, dtype) -> why it runs in numpy inside a compiled step

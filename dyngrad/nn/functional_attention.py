@@ -30,11 +30,11 @@ import numpy as np
 
 from .. import dtypes as _dt
 from ..ops import composites as _cm
-from ..ops.attention import flash_attention
 from ..ops import creation as _c
 from ..ops import elementwise as _e
 from ..ops import movement as _m
 from ..ops import reduce as _r
+from ..ops.attention import flash_attention
 from ..tensor import Tensor
 from .functional_dense import dropout, linear
 from .functional_layout import pad

@@ -68,22 +68,24 @@ def _np_scores(q, k, mask, scale, causal):
     return s
 
 
-def _flash_impl(q, k, v, mask=None, *, scale, causal):
+def _flash_impl(q, k, v, mask=None, *, scale, causal, plain=False):
     s = _np_scores(q, k, mask, scale, causal)
     m = s.max(-1, keepdims=True)
     dead = m == NEG_INF
     m = np.where(dead, s.dtype.type(0), m)
     p = np.exp(s - m)
     total = p.sum(-1, keepdims=True)
-    out = np.where(dead, s.dtype.type(0), np.matmul(p, v) / total)
+    out = np.where(dead, s.dtype.type(np.nan if plain else 0), np.matmul(p, v) / total)
     lse = m + np.log(total)  # (-inf for a dead row: log 0)
     return np.concatenate([out, lse.astype(out.dtype)], -1)
 
 
-def _flash_backward_impl(q, k, v, o, do, mask=None, *, scale, causal):
+def _flash_backward_impl(q, k, v, o, do, mask=None, *, scale, causal, plain=False):
     s = _np_scores(q, k, mask, scale, causal)
     lse = o[..., -1:]
-    p = np.exp(s - np.where(lse == NEG_INF, lse.dtype.type(0), lse))  # dead rows: exp(-inf)
+    if not plain:  # dead rows: exp(-inf) (plain: exp(-inf + inf), NaN)
+        lse = np.where(lse == NEG_INF, lse.dtype.type(0), lse)
+    p = np.exp(s - lse)
     g, dlse = do[..., :-1], do[..., -1:]
     delta = (g * o[..., :-1]).sum(-1, keepdims=True)
     ds = p * (np.matmul(g, np.swapaxes(v, -1, -2)) - delta + dlse)
@@ -123,12 +125,12 @@ def _check(op: str, q, k, v, mask) -> None:
                                f"scores' shape {list(scores)}")
 
 
-def _flash_rule(q, k, v, mask=None, *, scale, causal):
+def _flash_rule(q, k, v, mask=None, *, scale, causal, plain=False):
     _check("flash_attention", q, k, v, mask)
     return tuple(q.shape[:-1]) + (v.shape[-1] + 1,), q.dtype
 
 
-def _flash_backward_rule(q, k, v, o, do, mask=None, *, scale, causal):
+def _flash_backward_rule(q, k, v, o, do, mask=None, *, scale, causal, plain=False):
     _check("flash_attention_backward", q, k, v, mask)
     packed = tuple(q.shape[:-1]) + (v.shape[-1] + 1,)
     if tuple(o.shape) != packed or tuple(do.shape) != packed or o.dtype is not q.dtype \
@@ -154,36 +156,38 @@ def _scores_ops(q, k, mask, scale, causal):
     return s
 
 
-def _forward_ops(q, k, v, mask, scale, causal):
+def _forward_ops(q, k, v, mask, scale, causal, plain):
     """The forward as a composite (differentiable to any order)."""
     s = _scores_ops(q, k, mask, scale, causal)
     dead = _r.all(_e.eq(s, NEG_INF), -1, keepdim=True)
     s = _e.where(dead, 0.0, s)
     lse = _r.logsumexp(s, -1, keepdim=True)
-    out = _e.where(dead, 0.0, _la.matmul(_e.exp(s - lse), v))
+    out = _e.where(dead, float("nan") if plain else 0.0, _la.matmul(_e.exp(s - lse), v))
     return _m.cat([out, _e.where(dead, NEG_INF, lse)], -1)
 
 
-def _probs_ops(q, k, o, mask, scale, causal):
+def _probs_ops(q, k, o, mask, scale, causal, plain):
     lse = _m.narrow(o, -1, o.shape[-1] - 1, 1)
-    dead = _e.eq(lse, NEG_INF)
     s = _scores_ops(q, k, mask, scale, causal)
+    if plain:
+        return _e.exp(s - lse)
+    dead = _e.eq(lse, NEG_INF)
     return _e.where(dead, 0.0, _e.exp(s - _e.where(dead, 0.0, lse)))
 
 
-def _score_grad_ops(q, k, v, o, do, mask, scale, causal):
+def _score_grad_ops(q, k, v, o, do, mask, scale, causal, plain):
     """(P, dS): the probabilities and the gradient of the masked scores."""
     ev = v.shape[-1]
-    p = _probs_ops(q, k, o, mask, scale, causal)
+    p = _probs_ops(q, k, o, mask, scale, causal, plain)
     g, dlse = _m.narrow(do, -1, 0, ev), _m.narrow(do, -1, ev, 1)
     delta = _r.sum(g * _m.narrow(o, -1, 0, ev), -1, keepdim=True)
     return p, p * (_la.matmul(g, _m.transpose(v, -2, -1)) - delta + dlse)
 
 
-def _backward_ops(q, k, v, o, do, mask, scale, causal):
+def _backward_ops(q, k, v, o, do, mask, scale, causal, plain):
     """The backward primitive as a composite (differentiable to any order)."""
     ev = v.shape[-1]
-    p, ds = _score_grad_ops(q, k, v, o, do, mask, scale, causal)
+    p, ds = _score_grad_ops(q, k, v, o, do, mask, scale, causal, plain)
     g = _m.narrow(do, -1, 0, ev)
     dq = _la.matmul(ds, k) * scale
     dk = _la.matmul(_m.transpose(ds, -2, -1), q) * scale
@@ -204,7 +208,8 @@ def _composed_jvp(ops, arity: int, ts, xs, p):
     tangents = tuple(t if t is not None else _c.zeros_like(x) for t, x in zip(ts, primals))
 
     def f(*args):
-        return ops(*args[:arity], args[arity] if moving else mask, p["scale"], p["causal"])
+        return ops(*args[:arity], args[arity] if moving else mask, p["scale"], p["causal"],
+                   p.get("plain", False))
 
     return jvp(f, primals, tangents)[1]
 
@@ -233,7 +238,8 @@ def _flash_vjp(n, g, xs, out):
         grads[:3] = [d if need else None for d, need in
                      zip(_split_grads(flat, *n.in_shapes[:3]), n.needs)]
     if mask is not None and n.needs[3]:  # a float mask's gradient: dS summed to its shape
-        _, ds = _score_grad_ops(q, k, v, out, g, mask, p["scale"], p["causal"])
+        _, ds = _score_grad_ops(q, k, v, out, g, mask, p["scale"], p["causal"],
+                                p.get("plain", False))
         grads[3] = _m.sum_to(ds, n.in_shapes[3])
     return tuple(grads)
 
@@ -257,7 +263,7 @@ def _flash_backward_vjp(n, g, xs, out):
         for i in wanted:
             args[i] = args[i] + 0.0
         flat = _backward_ops(*args[:5], args[5] if mask is not None else None,
-                             n.params["scale"], n.params["causal"])
+                             n.params["scale"], n.params["causal"], n.params.get("plain", False))
         gs = grad(flat, [args[i] for i in wanted], g, retain_graph=True, create_graph=keep,
                   allow_unused=True)  # (retain: the walk must not free the outer graph)
     grads = [None] * len(xs)

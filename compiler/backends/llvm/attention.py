@@ -7,7 +7,8 @@ rank-one updates, vectorised along the keys), the tile scaled and masked, then t
 softmax — the running row maximum m, the sum l of exp(s - m) and the output accumulator,
 rescaled by exp(m_old - m_new) whenever the maximum grows. At the end out = acc / l and the
 logsumexp m + log l (a row that saw no finite score: zeros and -inf, Note [fully masked
-rows]). With ``causal`` a row block reads no key block after its last row.
+rows]; with ``plain``, NaN and -inf, and the backward's P of that row exp(-inf + inf),
+NaN, as the plain softmax's). With ``causal`` a row block reads no key block after its last row.
 
 **Backward** (``flash_attention_backward``): one work item per leading index (dK and dV
 sum over every query row, so one thread owns them). Per row block and key block the tile
@@ -422,8 +423,9 @@ def _forward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) -> 
         arow = e.at(acc, e.i("mul", r, Ev))
         m, total = e.ld(mrow, r), e.ld(lrow, r)
         dead = e.emit(f"fcmp oeq {ty} {m}, {ninf}")
+        gone = e.lit(float("nan")) if p.get("plain") else zero  # (Note on plain rows)
         with e.rolled_loop(0, Ev) as x:
-            e.st(e.pick(dead, zero, e.f("fdiv", e.ld(arow, x), total)), orow, x)
+            e.st(e.pick(dead, gone, e.f("fdiv", e.ld(arow, x), total)), orow, x)
         lse = e.f("fadd", m, e.emit(f"call {ty} {log}({ty} {total})"))
         e.st(e.pick(dead, ninf, lse), orow, Ev)
     e.line("ret void")
@@ -476,7 +478,7 @@ def _backward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) ->
         e.st(e.f("fsub", e.ld(drow, Ev), delta), rowd, i)
         lse = e.ld(orow, Ev)
         dead = e.emit(f"fcmp oeq {ty} {lse}, {ninf}")
-        e.st(e.pick(dead, zero, lse), rowl, i)
+        e.st(lse if p.get("plain") else e.pick(dead, zero, lse), rowl, i)
         e.line(f"store i8 {e.emit(f'zext i1 {dead} to i8')}, ptr {e.gep('i8', rowdead, i)}")
     with e.rolled_loop(0, min(S, L) if causal else S, BC, scalar=True) as j0:
         keys = e.min(BC, e.i("sub", S, j0))
@@ -495,7 +497,8 @@ def _backward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) ->
                         [(i, e.at(q, e.i("mul", i, E)), pr) for i, pr in zip(idx, prows)])
                 for i, prow in zip(idx, prows):
                     flag = e.emit(f"load i8, ptr {e.gep('i8', rowdead, i)}")
-                    _exp_row(e, exp, prow, e.ld(rowl, i), e.emit(f"icmp ne i8 {flag}, 0"))
+                    _exp_row(e, exp, prow, e.ld(rowl, i), None if p.get("plain") else
+                             e.emit(f"icmp ne i8 {flag}, 0"))
                 # dS = P∘(dO·Vᵀ - D + dlse)·scale, tile rows in registers
                 dps = _tile_rows(e, vt, Ev, [e.at(do, e.i("mul", i, Ev + 1)) for i in idx])
                 sc = e.splat(scale)
@@ -554,28 +557,29 @@ def _run_items(b: WindowBuilder, name: str, item: str, args: list, items: int) -
                                 f"i64 %nt)"))
 
 
-@WINDOWS(P.FLASH_ATTENTION)
-def _flash_attention(b: WindowBuilder, name: str, ins: list, out: str) -> None:
+def _lower(b: WindowBuilder, name: str, ins: list, out: str, tensors: int, item_of,
+           items) -> None:
+    """A node of the pair: its ``tensors`` tensor inputs, then the optional mask (a null
+    pointer when absent); ``item_of`` writes the work item's function, ``items(shape)``
+    counts the items."""
     n = b.n
     ty = b.ty = _float_type(n)
     b.direct_decls = vector_ir(ty)[3]
-    mask = n.inputs[3] if len(n.inputs) > 3 else None
+    mask = n.inputs[tensors] if len(n.inputs) > tensors else None
     sh = _Shape(n.inputs[0], n.inputs[1], n.inputs[2], mask)
-    item = _forward_item(b, name, sh, ty, n.params)
-    args = ins[:3] + [ins[3] if mask is not None else "null", out]
-    _run_items(b, name, item, args, sh.B * -(-sh.L // BR))
+    item = item_of(b, name, sh, ty, n.params)
+    args = ins[:tensors] + [ins[tensors] if mask is not None else "null", out]
+    _run_items(b, name, item, args, items(sh))
+
+
+@WINDOWS(P.FLASH_ATTENTION)
+def _flash_attention(b: WindowBuilder, name: str, ins: list, out: str) -> None:
+    _lower(b, name, ins, out, 3, _forward_item, lambda sh: sh.B * -(-sh.L // BR))
 
 
 @WINDOWS(P.FLASH_ATTENTION_BACKWARD)
 def _flash_attention_backward(b: WindowBuilder, name: str, ins: list, out: str) -> None:
-    n = b.n
-    ty = b.ty = _float_type(n)
-    b.direct_decls = vector_ir(ty)[3]
-    mask = n.inputs[5] if len(n.inputs) > 5 else None
-    sh = _Shape(n.inputs[0], n.inputs[1], n.inputs[2], mask)
-    item = _backward_item(b, name, sh, ty, n.params)
-    args = ins[:5] + [ins[5] if mask is not None else "null", out]
-    _run_items(b, name, item, args, sh.B)
+    _lower(b, name, ins, out, 5, _backward_item, lambda sh: sh.B)
 
 
 def _flops(n, products: int) -> float:

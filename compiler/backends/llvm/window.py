@@ -182,8 +182,8 @@ class WindowBuilder(KernelBuilder):
         self.label("entry")
         self.rule(self, name, [ptr[id(v)] for v in n.inputs], ptr[id(n.out)])
         params = ", ".join(f"ptr noalias %a{k}" for k in range(len(layout)))
-        text = ((prelude_ir(self.vecmath) if prelude else "") + (self.declarations() if prelude else "")
-                + "".join(self.helpers)
+        head = prelude_ir(self.vecmath) + self.declarations() if prelude else ""
+        text = (head + "".join(self.helpers)
                 + self.function(f"define internal i32 @{name}_body({params}) alwaysinline")
                 + entry_ir(name, len(layout), status=True))
         return text, name, layout

@@ -1,0 +1,269 @@
+"""Attention written out by hand becomes the fused pair: nanoGPT's slow path
+
+    att = (q @ k.transpose(-2, -1)) * scale
+    att = att.masked_fill(mask, float('-inf'))      # optional
+    att = F.softmax(att, dim=-1)
+    y = att @ v
+
+and its backward, as traced, become ``flash_attention`` (``plain=True``: a fully masked row
+gives NaN, as the plain softmax does) and ``flash_attention_backward``, when the
+probabilities are read by nothing else.
+
+What is matched, exactly (anything else leaves the graph as it is): the scores
+``s = matmul(q, k, tb)`` with q (*b, L, E), k (*b, S, E) of the same leading dims;
+``mul(s, c)`` by a number; ``where(m, -inf, ·)`` with a bool m (its negation is the fused
+primitive's mask: True attends); softmax as ``dyngrad.ops.reduce.softmax`` traces
+(``x - max(x)`` with the maximum not differentiated, ``exp``, ``sum``, ``div``); ``y =
+matmul(p, v)``. In the backward: ``dv = matmul(p, dy, ta)``, ``dp = matmul(dy, v, tb)``,
+the softmax's vjp chain (``div``, ``neg``, ``mul``, ``mul``, ``div``, ``sum``, ``broadcast``,
+``add``, ``mul`` — the rules of those primitives), the mask's ``where(m, 0, ·)``, the scale's
+``mul``, ``dq = matmul(ds, k)`` and ``dkᵀ = matmul(q, ds, ta)``. Every intermediate must be
+read only by these nodes.
+
+Note (not in PIPELINE): the rewrite changes the arithmetic (another summation order, the
+kernel's exp), so it runs only for backends that compute in vector code
+(``compiler.pipeline.lower``'s ``vector_math``); the interpreter keeps eager's bits.
+"""
+
+from __future__ import annotations
+
+import math
+
+from dyngrad.dtypes import bool_
+
+from .. import prims as P
+from ..ir import Graph, Node, Value
+from .dce import dce
+
+
+class _Uses:
+    """Who reads each value: nodes, the graph's outputs and its guards."""
+
+    def __init__(self, g: Graph) -> None:
+        self.by: dict[int, list] = {}
+        for n in g.nodes:
+            for x in {id(x): x for x in n.inputs if isinstance(x, Value)}.values():
+                self.by.setdefault(id(x), []).append(n)  # (once per reading node)
+        self.pinned = {id(v) for v in g.outputs} | {id(gd.value) for gd in g.guards}
+
+    def of(self, v) -> list:
+        return self.by.get(id(v), [])
+
+    def only(self, v, nodes: list) -> bool:
+        """Whether ``v`` is read by ``nodes`` alone (and is no output nor guarded)."""
+        readers = self.of(v)
+        return id(v) not in self.pinned and all(any(r is n for n in nodes) for r in readers)
+
+
+def _made(v, prim) -> Node | None:
+    n = v.producer if isinstance(v, Value) else None
+    return n if n is not None and n.prim is prim else None
+
+
+def _flags(n: Node, ta: bool, tb: bool) -> bool:
+    return bool(n.params.get("ta", False)) == ta and bool(n.params.get("tb", False)) == tb
+
+
+def _last_axis(n: Node, ndim: int) -> bool:
+    return tuple(n.params["axes"]) == (ndim - 1,) and n.params["keepdims"]
+
+
+def _reader(uses: _Uses, v, prim, test) -> Node | None:
+    """The one node of ``prim`` reading ``v`` that passes ``test``."""
+    found = [n for n in uses.of(v) if n.prim is prim and test(n)]
+    return found[0] if len(found) == 1 else None
+
+
+class _Match:
+    """One hand-written attention and its backward, found in the graph."""
+
+    def __init__(self) -> None:
+        self.forward: list = []  # nodes the fused forward replaces
+        self.backward: list = []  # nodes the fused backward replaces
+
+
+def _match(g: Graph, uses: _Uses, y_node: Node):
+    """The pieces of the attention computing ``y_node`` (q, k, v, mask, scale, dy and the
+    nodes whose results are replaced), or None."""
+    if not _flags(y_node, False, False):
+        return None
+    p, v = y_node.inputs
+    div = _made(p, P.DIV)
+    if div is None:
+        return None
+    e, total = div.inputs
+    exp, sm = _made(e, P.EXP), _made(total, P.SUM)
+    if exp is None or sm is None or sm.inputs[0] is not e:
+        return None
+    sub = _made(exp.inputs[0], P.SUB)
+    if sub is None:
+        return None
+    x, top = sub.inputs
+    mx = _made(top, P.MAX)
+    if mx is None or mx.inputs[0] is not x or not isinstance(x, Value):
+        return None
+    nd = len(x.shape)
+    if not (_last_axis(mx, nd) and _last_axis(sm, nd)):
+        return None
+    mask, scaled = None, x
+    where = _made(x, P.WHERE)
+    if where is not None:
+        m, fill, scaled = where.inputs
+        if not (isinstance(m, Value) and m.dtype is bool_
+                and isinstance(fill, float) and fill == -math.inf):
+            return None
+        mask = m
+    mul = _made(scaled, P.MUL)
+    if mul is None:
+        return None
+    a, b = mul.inputs
+    s, scale = (a, b) if isinstance(a, Value) else (b, a)
+    if type(scale) is not float or not isinstance(s, Value):
+        return None
+    qk = _made(s, P.MATMUL)
+    if qk is None or not _flags(qk, False, True):
+        return None
+    q, k = qk.inputs
+    if not (len(q.shape) == len(k.shape) == len(v.shape) >= 2
+            and q.shape[:-2] == k.shape[:-2] == v.shape[:-2] == tuple(x.shape[:-2])
+            and q.dtype is k.dtype is v.dtype and q.dtype.is_floating_point):
+        return None
+    forward = [qk, mul] + ([where] if where is not None else []) + [mx, sub, exp, sm, div, y_node]
+    back = _match_backward(uses, q, k, v, p, e, total, mask, scale, forward)
+    if back is None:
+        return None
+    dy, dq, dkt, dv, backward = back
+    inner = [n.out for n in forward[:-1]]  # every intermediate: read by these nodes only
+    if not all(uses.only(val, forward + backward) for val in inner):
+        return None
+    return q, k, v, mask, scale, dy, y_node, dq, dkt, dv, forward, backward
+
+
+def _match_backward(uses: _Uses, q, k, v, p, e, total, mask, scale, forward):
+    """(dy, dq node, dkᵀ node, dv node, the backward's nodes) of the softmax attention whose
+    probabilities are ``p``, or None."""
+    dvn = _reader(uses, p, P.MATMUL, lambda n: n.inputs[0] is p and _flags(n, True, False))
+    if dvn is None:
+        return None
+    dy = dvn.inputs[1]
+    dp = _reader(uses, dy, P.MATMUL, lambda n: n.inputs[1] is v and _flags(n, False, True))
+    if dp is None or not isinstance(dy, Value):
+        return None
+    d1 = _reader(uses, dp.out, P.DIV, lambda n: n.inputs == [dp.out, total])
+    neg = _reader(uses, dp.out, P.NEG, lambda n: True)
+    if d1 is None or neg is None:
+        return None
+    m1 = _reader(uses, neg.out, P.MUL, lambda n: n.inputs == [neg.out, e])
+    sq = _reader(uses, total, P.MUL, lambda n: n.inputs == [total, total])
+    if m1 is None or sq is None:
+        return None
+    d2 = _reader(uses, m1.out, P.DIV, lambda n: n.inputs == [m1.out, sq.out])
+    s2 = d2 and _reader(uses, d2.out, P.SUM, lambda n: _last_axis(n, len(e.shape)))
+    bc = s2 and _reader(uses, s2.out, P.BROADCAST, lambda n: True)
+    add = bc and _reader(uses, d1.out, P.ADD, lambda n: n.inputs == [d1.out, bc.out])
+    m2 = add and _reader(uses, add.out, P.MUL, lambda n: n.inputs == [add.out, e])
+    if not m2:
+        return None
+    chain = [dp, d1, neg, m1, sq, d2, s2, bc, add, m2]
+    g = m2.out
+    if mask is not None:
+        w = _reader(uses, g, P.WHERE, lambda n: n.inputs[0] is mask and n.inputs[2] is g
+                    and isinstance(n.inputs[1], float) and n.inputs[1] == 0.0)
+        if w is None:
+            return None
+        chain.append(w)
+        g = w.out
+    sc = _reader(uses, g, P.MUL, lambda n: g in n.inputs and scale in n.inputs)
+    if sc is None:
+        return None
+    chain.append(sc)
+    ds = sc.out
+    dq = _reader(uses, ds, P.MATMUL, lambda n: n.inputs == [ds, k] and _flags(n, False, False))
+    dkt = _reader(uses, ds, P.MATMUL, lambda n: n.inputs == [q, ds] and _flags(n, True, False))
+    if dq is None or dkt is None:
+        return None
+    inner = [n.out for n in chain]
+    if not all(uses.only(val, chain + [dq, dkt]) for val in inner):
+        return None
+    return dy, dq, dkt, dvn, chain + [dq, dkt, dvn]
+
+
+def _rewrite(g: Graph, found) -> None:
+    """The fused pair in place of the matched nodes: the forward where ``y`` was computed,
+    the backward where the first of dq, dkᵀ, dv was; their results through views."""
+    q, k, v, mask, scale, dy, y_node, dq, dkt, dv, forward, backward = found
+    nodes, fresh = g.nodes, []
+    L, E = q.shape[-2:]
+    S, Ev = v.shape[-2:]
+    lead = tuple(q.shape[:-2])
+    params = {"scale": scale, "causal": False, "plain": True}
+
+    def node(prim, inputs, prm, shape, dtype) -> Value:
+        out = g.new_value(shape, dtype)
+        n = Node(prim, list(inputs), dict(prm), out)
+        out.producer = n
+        fresh.append(n)
+        return out
+
+    def cut(x: Value, start: int, size: int, shape: tuple) -> Value:
+        nd = len(x.shape)
+        sl = node(P.SLICE, [x], {"starts": (0,) * (nd - 1) + (start,),
+                                 "stops": tuple(x.shape[:-1]) + (start + size,),
+                                 "steps": (1,) * nd}, tuple(x.shape[:-1]) + (size,), x.dtype)
+        return sl if tuple(sl.shape) == shape else node(P.RESHAPE, [sl], {"shape": shape},
+                                                       shape, x.dtype)
+
+    ty = q.dtype
+    attend = []
+    if mask is not None:
+        attend = [node(P.BITWISE_NOT, [mask], {}, mask.shape, mask.dtype)]
+    packed = node(P.FLASH_ATTENTION, [q, k, v] + attend, params, lead + (L, Ev + 1), ty)
+    y = cut(packed, 0, Ev, lead + (L, Ev))
+    at = nodes.index(y_node)
+    nodes[at:at + 1] = fresh
+    _shift_guards(g, at + 1, len(fresh) - 1)
+    replace = {id(y_node.out): y}
+
+    fresh = []
+    nd = len(lead) + 2
+    grad = node(P.PAD, [dy], {"pads": ((0, 0, 0),) * (nd - 1) + ((0, 1, 0),), "value": 0},
+                lead + (L, Ev + 1), ty)
+    flat = node(P.FLASH_ATTENTION_BACKWARD, [q, k, v, packed, grad] + attend, params,
+                lead + (L * E + S * E + S * Ev,), ty)
+    gq = cut(flat, 0, L * E, lead + (L, E))
+    gk = cut(flat, L * E, S * E, lead + (S, E))
+    gv = cut(flat, L * E + S * E, S * Ev, lead + (S, Ev))
+    perm = tuple(range(nd - 2)) + (nd - 1, nd - 2)
+    gkt = node(P.PERMUTE, [gk], {"perm": perm}, lead + (E, S), ty)
+    first = min(nodes.index(n) for n in (dq, dkt, dv))
+    nodes[first:first] = fresh
+    _shift_guards(g, first + 1, len(fresh))
+    replace.update({id(dq.out): gq, id(dkt.out): gkt, id(dv.out): gv})
+    for n in nodes:
+        n.inputs = [replace.get(id(x), x) if isinstance(x, Value) else x for x in n.inputs]
+    g.outputs = [replace.get(id(x), x) for x in g.outputs]
+    for gd in g.guards:
+        gd.value = replace.get(id(gd.value), gd.value)
+
+
+def _shift_guards(g: Graph, at: int, by: int) -> None:
+    """Guards checked after the first ``at`` nodes stay after the same nodes once ``by``
+    nodes are added at ``at``."""
+    for gd in g.guards:
+        if gd.after >= at:
+            gd.after += by
+
+
+def fuse_attention(g: Graph) -> Graph:
+    """Hand-written softmax attention and its backward as the fused pair (see the module's
+    docstring); the replaced nodes are left for ``dce``. Example: nanoGPT's
+    ``CausalSelfAttention`` with ``flash = False`` compiles to one ``flash_attention`` and
+    one ``flash_attention_backward`` per layer."""
+    while True:
+        uses = _Uses(g)
+        found = next((m for n in g.nodes if n.prim is P.MATMUL
+                      for m in [_match(g, uses, n)] if m is not None), None)
+        if found is None:
+            return g
+        _rewrite(g, found)
+        g = dce(g)
