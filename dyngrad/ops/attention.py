@@ -200,7 +200,7 @@ def _composed_jvp(ops, arity: int, ts, xs, p):
     """The jvp of ``ops`` (one of the composites above, whose first ``arity`` inputs are
     tensors and the next the optional mask) by forward mode through it. A mask without a
     tangent (a bool one never has one) rides along as a constant."""
-    from ..forward_ad import jvp
+    from ..forward_ad import jvp  # (here: forward_ad imports the op table)
 
     mask = xs[arity] if len(xs) > arity else None
     moving = mask is not None and ts[arity] is not None
@@ -249,7 +249,7 @@ def _flash_jvp(ts, xs, out, p):
 
 
 def _flash_backward_vjp(n, g, xs, out):
-    from ..autograd import grad
+    from ..autograd import grad  # (here: autograd's package imports the op table)
     from ..autograd.grad_mode import enable_grad, is_grad_enabled
 
     keep = is_grad_enabled()  # (the engine's create_graph)
