@@ -147,6 +147,11 @@ class _Item(Emitter):
             self.line(f"call void @llvm.masked.store.v{self.vl}{self.sfx}.p0({vt} {v}, "
                       f"ptr {at}, i32 4, <{self.vl} x i1> {lanes})")
 
+    def zero(self, p: str, count: int) -> None:
+        """``count`` elements from ``p`` set to 0."""
+        size = count * (4 if self.ty == "float" else 8)
+        self.line(f"call void @llvm.memset.p0.i64(ptr {p}, i8 0, i64 {size}, i1 false)")
+
     def splat(self, x: str) -> str:
         vt = self.vt
         a = self.emit(f"insertelement {vt} poison, {self.ty} {x}, i64 0")
@@ -241,7 +246,12 @@ def _pack_t(e: _Item, src: str, width: int, j0: str, cols: str, dst: str) -> Non
     up to whole vectors — a key block of K (or V) transposed, ``vl`` x ``vl`` blocks at a
     time in registers. Keys past ``cols`` in the last vector repeat the block's last key;
     the columns past that are left as they are (the callers mask those scores by select and
-    never read those columns' results)."""
+    never read those columns' results).
+
+    Note (columns no key fills): the items zero their packed tiles once, so those columns
+    hold zeros or an earlier block's keys, never stack garbage — garbage read as floats is
+    often denormal or NaN, and a multiply-add on a denormal takes a microcode assist (the
+    results never depend on those columns either way)."""
     last = e.i("sub", cols, 1)
     for c0 in range(0, BC, e.vl):
         with e.when(e.i("icmp slt", c0, cols)):
@@ -373,6 +383,7 @@ def _forward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) -> 
     rb = _group(sh.L, ROW_GROUP)
     tile = e.emit(f"alloca [{BR * BC} x {ty}], align 64")
     kt = e.emit(f"alloca [{E * BC} x {ty}], align 64")
+    e.zero(kt, E * BC)  # (Note: columns no key fills)
     acc = e.emit(f"alloca [{BR * Ev} x {ty}], align 64")
     mrow = e.emit(f"alloca [{BR} x {ty}], align 64")
     lrow = e.emit(f"alloca [{BR} x {ty}], align 64")
@@ -451,6 +462,8 @@ def _backward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) ->
     dtile = e.emit(f"alloca [{BR * BC} x {ty}], align 64")
     kt = e.emit(f"alloca [{E * BC} x {ty}], align 64")
     vt = e.emit(f"alloca [{Ev * BC} x {ty}], align 64")
+    e.zero(kt, E * BC)  # (Note: columns no key fills)
+    e.zero(vt, Ev * BC)
     rowd = e.emit(f"alloca [{L} x {ty}], align 64")  # dlse - D per row
     rowl = e.emit(f"alloca [{L} x {ty}], align 64")  # the logsumexp used (0 if dead)
     rowdead = e.emit(f"alloca [{L} x i8], align 64")
