@@ -147,11 +147,6 @@ class _Item(Emitter):
             self.line(f"call void @llvm.masked.store.v{self.vl}{self.sfx}.p0({vt} {v}, "
                       f"ptr {at}, i32 4, <{self.vl} x i1> {lanes})")
 
-    def zero(self, p: str, count: int) -> None:
-        """``count`` elements from ``p`` set to 0."""
-        size = count * (4 if self.ty == "float" else 8)
-        self.line(f"call void @llvm.memset.p0.i64(ptr {p}, i8 0, i64 {size}, i1 false)")
-
     def splat(self, x: str) -> str:
         vt = self.vt
         a = self.emit(f"insertelement {vt} poison, {self.ty} {x}, i64 0")
@@ -245,22 +240,25 @@ def _pack_t(e: _Item, src: str, width: int, j0: str, cols: str, dst: str) -> Non
     """``dst[x·BC + c] = src[(j0 + c)·width + x]`` for x < width and c < ``cols`` rounded
     up to whole vectors — a key block of K (or V) transposed, ``vl`` x ``vl`` blocks at a
     time in registers. Keys past ``cols`` in the last vector repeat the block's last key;
-    the columns past that are left as they are (the callers mask those scores by select and
-    never read those columns' results).
+    the vectors past that are zeros.
 
-    Note (columns no key fills): the items zero their packed tiles once, so those columns
-    hold zeros or an earlier block's keys, never stack garbage — garbage read as floats is
-    often denormal or NaN, and a multiply-add on a denormal takes a microcode assist (the
-    results never depend on those columns either way)."""
+    Note (columns no key fills): the callers mask those scores by select and never read
+    those columns' results, but the columns are still multiplied: zeros, not stack garbage,
+    which read as floats is often denormal (a multiply-add on a denormal takes a microcode
+    assist) or NaN."""
     last = e.i("sub", cols, 1)
     for c0 in range(0, BC, e.vl):
-        with e.when(e.i("icmp slt", c0, cols)):
+        inside = e.i("icmp slt", c0, cols)
+        with e.when(inside):
             rows = [e.at(src, e.i("mul", e.i("add", j0, e.min(c0 + t, last)), width))
                     for t in range(e.vl)]
             for x0, lanes in e.chunks(width):
                 block = _transpose(e, [e.vld(r, x0, lanes) for r in rows])
                 for t in range(min(e.vl, width - x0)):
                     e.vst(block[t], dst, (x0 + t) * BC + c0)
+        with e.when(e.emit(f"xor i1 {inside}, true")):  # (Note: columns no key fills)
+            for x in range(width):
+                e.vst("zeroinitializer", dst, x * BC + c0)
 
 
 def _tile_rows(e: _Item, rows_t: str, width: int, xs: list) -> list:
@@ -373,22 +371,20 @@ def _group(n: int, most: int) -> int:
 
 
 def _forward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) -> str:
-    """``void @<name>_item(q, k, v, mask, out, i64 w)``: rows ``BR·(w mod blocks)`` on of
-    leading index ``w div blocks``, in groups of ``RB`` rows."""
+    """``void @<name>_item(q, k, v, mask, out, i64 w)``: rows ``BR·(w div B)`` on of
+    leading index ``w mod B``, in groups of ``RB`` rows."""
     exp, log = _math(b, ty)
     e = _Item(ty)
     mask = "%mask" if sh.mask_ty else None
-    blocks = -(-sh.L // BR)
     E, Ev = sh.E, sh.Ev
     rb = _group(sh.L, ROW_GROUP)
     tile = e.emit(f"alloca [{BR * BC} x {ty}], align 64")
     kt = e.emit(f"alloca [{E * BC} x {ty}], align 64")
-    e.zero(kt, E * BC)  # (Note: columns no key fills)
     acc = e.emit(f"alloca [{BR * Ev} x {ty}], align 64")
     mrow = e.emit(f"alloca [{BR} x {ty}], align 64")
     lrow = e.emit(f"alloca [{BR} x {ty}], align 64")
-    bh = e.i("udiv", "%w", blocks)
-    i0 = e.i("mul", e.i("urem", "%w", blocks), BR)
+    bh = e.i("urem", "%w", sh.B)  # (leading index fastest: a thread's items mix early
+    i0 = e.i("mul", e.i("udiv", "%w", sh.B), BR)  # and late row blocks, causal or not)
     rows = e.min(BR, e.i("sub", sh.L, i0))
     q = e.at("%q", e.i("mul", bh, sh.L * E))
     k = e.at("%k", e.i("mul", bh, sh.S * E))
@@ -462,8 +458,6 @@ def _backward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) ->
     dtile = e.emit(f"alloca [{BR * BC} x {ty}], align 64")
     kt = e.emit(f"alloca [{E * BC} x {ty}], align 64")
     vt = e.emit(f"alloca [{Ev * BC} x {ty}], align 64")
-    e.zero(kt, E * BC)  # (Note: columns no key fills)
-    e.zero(vt, Ev * BC)
     rowd = e.emit(f"alloca [{L} x {ty}], align 64")  # dlse - D per row
     rowl = e.emit(f"alloca [{L} x {ty}], align 64")  # the logsumexp used (0 if dead)
     rowdead = e.emit(f"alloca [{L} x i8], align 64")
