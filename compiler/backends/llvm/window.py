@@ -52,12 +52,17 @@ its indices int64 or int32 (positions computed in i64, stored narrowed: passes/n
 
 from __future__ import annotations
 
+import ctypes
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from ... import prims as P
+from ...ir import Node, Value
+from ...passes.fusion import FusionGroup, GroupKind
 from ...prims import Lowerings
-from . import gemm, jit, threads
+from . import convtune, gemm, jit, threads
 from .emit import (
     FN_NAME,
     INTEGER,
@@ -171,6 +176,7 @@ class WindowBuilder(KernelBuilder):
         self.ty = ""  # the convolution's element type
         self.gemm = False  # whether the kernel calls the GEMM library (a column path)
         self.direct_decls = ""  # the intrinsics a direct convolution calls
+        self.path: str | None = None  # a convolution's forced path (a timing module's)
 
     def build(self, name: str = FN_NAME, prelude: bool = True) -> tuple:
         grp, n = self.group, self.n
@@ -193,6 +199,16 @@ class WindowBuilder(KernelBuilder):
         return decl + (gemm.declaration(self.ty) if self.gemm else "") + self.direct_decls
 
     # ------------------------------------------------------------------ shared pieces
+    def _path(self, geo: Geometry) -> str:
+        """``"columns"`` or ``"direct"`` for a convolution both kernels compute: the path
+        this builder was given (a timing module's), else ``convtune.choose``'s."""
+        if self.path is not None:
+            return self.path
+        direction = self.n.prim.name
+        plain = convtune.rule(direction, geo)
+        return convtune.choose(direction, _shape_key(self.ty, geo), plain,
+                               lambda: race(self.n, geo))
+
     def _float_type(self) -> str:
         dt = self.n.out.dtype.name
         if dt not in ("float32", "float64"):
@@ -843,7 +859,7 @@ def _conv(b: WindowBuilder, name: str, ins: list, out: str) -> None:
             e.lines.append(b._gemm(wg, geo.rows, 1, xg if geo.direct else cols, P_, 1,
                                      yg, geo.og, P_, geo.rows))
 
-    if _staged(geo):
+    if _staged(geo) and b._path(geo) == "direct":
         _conv_direct(b, name, _forward_direct(geo))
         b._by_samples(f"{name}d", geo, ins[0], ins[1], out)
         return
@@ -865,13 +881,14 @@ def _conv_transpose(b: WindowBuilder, name: str, ins: list, out: str) -> None:
         "C", "Co", "G", "H", "W", "KH", "KW", "OH", "OW", "sh", "sw", "ph", "pw", "dh", "dw")])
     HW, P_ = geo.H * geo.W, geo.positions
     d = _transpose_direct(geo) if _stride_one(geo) else None
-    if d is not None:
+    phases = None if geo.direct or d is not None else _transpose_phases(geo)
+    direct = (d is not None or phases is not None) and b._path(geo) == "direct"
+    if direct and d is not None:
         _conv_direct(b, name, d)
         _refuse_non_finite(b, ty, ins[1], geo.Co * geo.rows)
         b._by_samples(f"{name}d", geo, ins[0], ins[1], out)
         return
-    phases = None if geo.direct else _transpose_phases(geo)
-    if phases is not None:
+    if direct:
         _conv_transpose_phased(b, name, geo, phases)
         _refuse_non_finite(b, ty, ins[1], geo.Co * geo.rows)
         b._by_samples(f"{name}q", geo, ins[0], ins[1], out)
@@ -1148,7 +1165,7 @@ def _conv_weight_grad(b: WindowBuilder, name: str, ins: list, out: str) -> None:
     ty = b._float_type()
     x, gout = b.n.inputs
     geo = _geometry(b.n, x.shape, b.n.out.shape, x.shape[2:], gout.shape[2:])
-    if _staged(geo):
+    if _staged(geo) and b._path(geo) == "direct":
         _weight_grad_staged(b, name, geo, ins, out)
         return
     HW, P_, size = geo.H * geo.W, geo.positions, _size(ty)
@@ -1235,6 +1252,82 @@ def _conv_weight_grad(b: WindowBuilder, name: str, ins: list, out: str) -> None:
         b.line(f"store {ty} {v}, ptr {b.gep(ty, out, i)}")
     b.line(f"call void @free(ptr {acc})")
     b.line("ret i32 0")
+
+
+# ------------------------------------------------------------------ the choice of path
+
+
+_BATCHED = {  # per convolution primitive: which of (inputs..., output) have the batch first
+    P.CONV: (True, False, True),
+    P.CONV_TRANSPOSE: (True, False, True),
+    P.CONV_WEIGHT_GRAD: (True, True, False),
+}
+
+
+def _shape_key(ty: str, geo: Geometry) -> str:
+    """A convolution direction's shape as ``convtune`` keeps its decision: the dtype, one
+    sample's geometry and whether the batch is one sample (its GEMMs then split across the
+    threads) or more (a part per thread) — not the batch size, which changes the time of
+    both paths alike."""
+    one = "1" if int(geo.N) == 1 else "many"
+    return (f"{'f32' if ty == 'float' else 'f64'} n={one} c={geo.C} o={geo.Co} g={geo.G} "
+            f"in={geo.H}x{geo.W} k={geo.KH}x{geo.KW} out={geo.OH}x{geo.OW} "
+            f"s={geo.sh},{geo.sw} p={geo.ph},{geo.pw} d={geo.dh},{geo.dw}")
+
+
+def race(n, geo: Geometry | None = None) -> dict:
+    """Seconds per call of each path's kernel for convolution node ``n`` (its ``geo``) on a
+    slice of its batch (``convtune.SAMPLES`` samples, or one for a lone sample): both
+    kernels built as the graph's would be, with the path forced, in one module, run on
+    random operands (``convtune.race``)."""
+    geo = geometry(n) if geo is None else geo
+    samples = 1 if int(geo.N) == 1 else min(int(geo.N), convtune.SAMPLES)
+    values = [_with_batch(v, samples) if batched else v
+              for v, batched in zip([*n.inputs, n.out], _BATCHED[n.prim], strict=True)]
+    node = Node(n.prim, values[:-1], n.params, values[-1])
+    texts, decls, layout = [], [], None
+    for path in convtune.PATHS:
+        b = node_builder(node, path)
+        text, _, layout = b.build(f"dg_race_{path}", prelude=False)
+        texts.append(text)
+        decls += [d for d in b.declarations().splitlines(keepends=True) if d not in decls]
+    compiled = jit.compile_ir(prelude_ir([]) + "".join(decls) + "".join(texts))
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(tuple(int(s) for s in v.shape)).astype(v.dtype.np)
+              for v in layout]
+    args = (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays])
+    calls = {}
+    for path in convtune.PATHS:
+        fn = compiled.cfunc(f"dg_race_{path}", ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64)
+        calls[path] = lambda fn=fn: fn(args, 0)
+    return convtune.race(calls)
+
+
+def geometry(n) -> Geometry:
+    """The geometry of convolution node ``n``'s convolution (of any direction)."""
+    return _geometry(n, *_CONV_SHAPES[n.prim](n))
+
+
+def node_builder(n: Node, path: str | None = None) -> WindowBuilder:
+    """The kernel builder of window node ``n`` alone (a graph of that one node), its
+    convolution's path forced to ``path`` where given — a timing module's kernel, or a
+    test's. Example: ``node_builder(n, "columns").build()[0]`` is the column path's IR."""
+    grp = FusionGroup(GroupKind.WINDOW, [0], n.value_inputs(), [n.out], ())
+    b = WindowBuilder(_OneNode([n]), grp)
+    b.path = path
+    return b
+
+
+def _with_batch(v: Value, samples: int) -> Value:
+    """A value like ``v`` with ``samples`` in its first dimension."""
+    return Value(v.id, (samples, *v.shape[1:]), v.dtype, v.name)
+
+
+@dataclass
+class _OneNode:
+    """A graph of one node, as a kernel builder reads it."""
+
+    nodes: list
 
 
 # ------------------------------------------------------------------ pooling indices
