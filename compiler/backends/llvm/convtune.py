@@ -92,6 +92,17 @@ def choose(direction: str, shape: str, plain: str | None, race) -> str:
     return choice
 
 
+def wanted(direction: str, shape: str, plain: str | None) -> bool:
+    """Whether :func:`choose` would measure this shape now (for ``window.prepare``)."""
+    if plain is not None or mode() != "measure":
+        return False
+    key = (machine_key(), f"{direction} {shape}")
+    if key in _decided:
+        return False
+    entry = choices.lookup(FILE, *key)
+    return not entry or entry.get("choice") not in PATHS
+
+
 def pick(seconds: dict, default: str = "direct") -> str:
     """The faster path of ``seconds`` (``{path: seconds}``); within ``TIE_MARGIN``,
     ``default``."""

@@ -18,21 +18,33 @@ weight gradient sums its samples in ``WG_PARTS`` fixed blocks — each block's s
 order, then the blocks in order — so its bits depend on the batch size only, never on the
 thread count.
 
-Except for a 1x1 window at stride 1 (a GEMM as it is) and strides above
-``MAX_STAGED_STRIDE``, the forward convolution and the weight gradient skip the columns:
-each sample's planes are *staged* once — zero-bordered and, at a stride, split into one
-plane per phase (a row and column remainder modulo the stride), so that every window
-element's reads along an output row are contiguous (:class:`Direct`). The forward
+The direct path: except for a 1x1 window at stride 1 (a GEMM as it is) and strides above
+``MAX_STAGED_STRIDE``, the forward convolution and the weight gradient can skip the
+columns: each sample's planes are *staged* once — zero-bordered and, at a stride, split
+into one plane per phase (a row and column remainder modulo the stride), so that every
+window element's reads along an output row are contiguous (:class:`Direct`). The forward
 convolution computes a register tile of output channels x one output row segment straight
-from them (:func:`_conv_direct`, in the GEMM's order: the same bits). The weight gradient
-vectorises along the output rows instead (:func:`_weight_grad_staged`): a tile of output
-channels x window elements, each a vector of partial sums. The input gradient reads its
-bordered output gradient the same way at stride 1 (the window flipped); at a stride, as
-one such correlation per phase of the input — the window's rows and columns of that
-phase — whose results are then interleaved into place (:func:`_transpose_phases`); with
-dilation at a stride, or padding wider than the window at stride 1, it takes the columns
-and col2im. With few channels (W7b's 16→16 convolutions) the column path spent as long
-writing and packing columns as multiplying.
+from them (:func:`_conv_direct`, in the GEMM's order: the same bits as the column path —
+``tests/test_conv_paths.py`` checks it). The weight gradient vectorises along the output
+rows instead (:func:`_weight_grad_staged`): a tile of output channels x window elements,
+each a vector of partial sums. The input gradient reads its bordered output gradient the
+same way at stride 1 (the window flipped); at a stride, as one such correlation per phase
+of the input — the window's rows and columns of that phase — whose results are then
+interleaved into place (:func:`_transpose_phases`); with dilation at a stride, or padding
+wider than the window at stride 1, it has the columns and col2im only. The two gradients'
+direct kernels add in other orders than their column paths (the input gradient one chain
+over (output channel, window row, window column) where col2im adds each window element's
+GEMM sum in turn; the weight gradient vector lanes and blocks of ``WG_SAMPLES`` samples
+where the column path has ``WG_PARTS`` blocks): the results agree within rounding, not bit
+for bit.
+
+Which path a direction takes, where both apply, is decided per shape and machine
+(``convtune.py``, asked by :meth:`WindowBuilder._path`): the direct path without measuring
+when the column path's GEMM has a side under ``convtune.DIRECT_BELOW`` (with few channels —
+W7b's 16→16 convolutions — the column path spent as long writing and packing columns as
+multiplying); otherwise both kernels are timed on a slice of the batch (:func:`race`) and
+the decision is kept on disk, so that a machine's later processes take the same kernels —
+and, for the gradients, the same bits. ``DYNGRAD_CONV`` forces a path.
 
 Note (column buffers): the column buffer is ``malloc``'d per call and part (one sample's
 columns: conv2 of the mnist model is 663 KB; the direct path's bordered planes are smaller);
@@ -54,6 +66,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -1278,9 +1291,77 @@ def _shape_key(ty: str, geo: Geometry) -> str:
 def race(n, geo: Geometry | None = None) -> dict:
     """Seconds per call of each path's kernel for convolution node ``n`` (its ``geo``) on a
     slice of its batch (``convtune.SAMPLES`` samples, or one for a lone sample): both
-    kernels built as the graph's would be, with the path forced, in one module, run on
-    random operands (``convtune.race``)."""
+    kernels built as the graph's would be, with the path forced, in one module (compiled
+    here, or by :func:`prepare`'s thread), run on random operands (``convtune.race``)."""
     geo = geometry(n) if geo is None else geo
+    key = _shape_key(LLTYPE[n.out.dtype.name], geo)
+    with _lock:
+        job = _timing_jobs.pop(key, None)
+    if job is not None:
+        job[0].join()
+    compiled, layout = job[1][0] if job is not None and job[1] else _timing_module(n, geo)
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(tuple(int(s) for s in v.shape)).astype(v.dtype.np)
+              for v in layout]
+    args = (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays])
+    calls = {}
+    for path in convtune.PATHS:
+        fn = compiled.cfunc(f"dg_race_{path}", ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64)
+        calls[path] = lambda fn=fn: fn(args, 0)
+    return convtune.race(calls)
+
+
+def prepare(g) -> None:
+    """Start compiling, on a thread of its own, the timing module (:func:`race`) of each
+    convolution of graph ``g`` whose path will be measured — as ``gemm.prepare`` starts the
+    GEMM's compile: LLVM (which releases the GIL) works on another core while the graph's
+    passes and IR are worked out in Python; the timing itself runs where the decision is
+    asked, on a quiet process. A failure there is left for :func:`race` to meet again."""
+    todo = []
+    for n in g.nodes:
+        ty = LLTYPE.get(n.out.dtype.name)
+        if n.prim not in _BATCHED or ty not in ("float", "double"):
+            continue
+        try:
+            geo = geometry(n)
+        except NotImplementedError:
+            continue
+        key = _shape_key(ty, geo)
+        if _has_direct(n.prim, geo) and key not in _timing_jobs and not any(
+                k == key for k, _, _ in todo) and convtune.wanted(
+                    n.prim.name, key, convtune.rule(n.prim.name, geo)):
+            todo.append((key, n, geo))
+    for key, n, geo in todo:
+        box: list = []
+        text, layout = _timing_ir(n, geo)
+        th = threading.Thread(target=lambda box=box, text=text, layout=layout: box.append(
+            (jit.compile_ir(text), layout)), name="dyngrad-conv-race", daemon=True)
+        with _lock:
+            _timing_jobs[key] = (th, box)
+        th.start()
+
+
+_timing_jobs: dict = {}  # shape key -> (thread, [(compiled, layout)] once done): prepare's
+_lock = threading.Lock()
+
+
+def _has_direct(prim, geo: Geometry) -> bool:
+    """Whether direction ``prim`` of ``geo``'s convolution has a direct kernel (else it has
+    the column path only)."""
+    if prim is P.CONV_TRANSPOSE:
+        return (_stride_one(geo) and _transpose_direct(geo) is not None) or (
+            not geo.direct and _transpose_phases(geo) is not None)
+    return _staged(geo)
+
+
+def _timing_module(n, geo: Geometry) -> tuple:
+    text, layout = _timing_ir(n, geo)
+    return jit.compile_ir(text), layout
+
+
+def _timing_ir(n, geo: Geometry) -> tuple:
+    """(IR of both paths' kernels ``@dg_race_<path>`` for ``n`` on a slice of its batch,
+    their argument layout)."""
     samples = 1 if int(geo.N) == 1 else min(int(geo.N), convtune.SAMPLES)
     values = [_with_batch(v, samples) if batched else v
               for v, batched in zip([*n.inputs, n.out], _BATCHED[n.prim], strict=True)]
@@ -1291,16 +1372,7 @@ def race(n, geo: Geometry | None = None) -> dict:
         text, _, layout = b.build(f"dg_race_{path}", prelude=False)
         texts.append(text)
         decls += [d for d in b.declarations().splitlines(keepends=True) if d not in decls]
-    compiled = jit.compile_ir(prelude_ir([]) + "".join(decls) + "".join(texts))
-    rng = np.random.default_rng(0)
-    arrays = [rng.standard_normal(tuple(int(s) for s in v.shape)).astype(v.dtype.np)
-              for v in layout]
-    args = (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays])
-    calls = {}
-    for path in convtune.PATHS:
-        fn = compiled.cfunc(f"dg_race_{path}", ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64)
-        calls[path] = lambda fn=fn: fn(args, 0)
-    return convtune.race(calls)
+    return prelude_ir([]) + "".join(decls) + "".join(texts), layout
 
 
 def geometry(n) -> Geometry:
