@@ -271,3 +271,18 @@ def test_a_second_process_takes_the_stored_decisions_without_measuring(tmp_path)
     stored = json.loads((tmp_path / "cache" / convtune.FILE).read_text())
     assert len(next(iter(stored.values()))) == 3
     np.testing.assert_array_equal(np.load(tmp_path / "r0.npy"), np.load(tmp_path / "r1.npy"))
+
+
+def test_the_timing_modules_are_compiled_ahead_by_prepare(decisions, monkeypatch):
+    made, raced = [], []
+    monkeypatch.setattr(window, "_timing_module", lambda n, geo: made.append(n) or 1 / 0)
+    real = window.race
+    monkeypatch.setattr(window, "race", lambda n, geo: raced.append(n.prim) or real(n, geo))
+    case = (3, 8, 64, (6, 6), (3, 3), (1, 1), (1, 1), (1, 1), 1)  # (measured: 64 channels)
+    arrays = _arrays(case, np.float32)
+    monkeypatch.setattr(convtune, "forget", lambda disk=False: None)
+    got = _compiled(case, arrays, "measure", monkeypatch)
+    assert sorted(p.name for p in raced) == ["conv", "conv_transpose", "conv_weight_grad"]
+    assert made == [] and window._timing_jobs == {}  # (each race took its prepared module)
+    for g, w in zip(got, _eager(case, arrays), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * np.abs(w).max())

@@ -1294,7 +1294,7 @@ def race(n, geo: Geometry | None = None) -> dict:
     kernels built as the graph's would be, with the path forced, in one module (compiled
     here, or by :func:`prepare`'s thread), run on random operands (``convtune.race``)."""
     geo = geometry(n) if geo is None else geo
-    key = _shape_key(LLTYPE[n.out.dtype.name], geo)
+    key = (n.prim.name, _shape_key(LLTYPE[n.out.dtype.name], geo))
     with _lock:
         job = _timing_jobs.pop(key, None)
     if job is not None:
@@ -1326,10 +1326,10 @@ def prepare(g) -> None:
             geo = geometry(n)
         except NotImplementedError:
             continue
-        key = _shape_key(ty, geo)
+        key = (n.prim.name, _shape_key(ty, geo))
         if _has_direct(n.prim, geo) and key not in _timing_jobs and not any(
                 k == key for k, _, _ in todo) and convtune.wanted(
-                    n.prim.name, key, convtune.rule(n.prim.name, geo)):
+                    *key, convtune.rule(n.prim.name, geo)):
             todo.append((key, n, geo))
     for key, n, geo in todo:
         box: list = []
@@ -1341,7 +1341,7 @@ def prepare(g) -> None:
         th.start()
 
 
-_timing_jobs: dict = {}  # shape key -> (thread, [(compiled, layout)] once done): prepare's
+_timing_jobs: dict = {}  # (direction, shape key) -> (thread, [(compiled, layout)] once done): prepare's
 _lock = threading.Lock()
 
 
