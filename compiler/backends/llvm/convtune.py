@@ -41,6 +41,8 @@ PATHS = ("columns", "direct")
 FILE = "conv-choices.json"
 SAMPLES = 2  # samples a measurement times (a batch's slice; one part per thread of two)
 BUDGET_S = 0.004  # seconds of timing per shape, after one warm-up run of each kernel
+ROUNDS = 5  # timed runs of each kernel at least (a slow shape: more than the budget; a
+#            shared machine's pauses fall on some runs, rarely on the best of five)
 TIE_MARGIN = 0.05  # the other path must be this much faster to beat the rule's answer
 DIRECT_BELOW = 64  # a GEMM side (channels per group, window elements) under which the
 #                   direct path is taken unmeasured (see the Note)
@@ -112,18 +114,19 @@ def pick(seconds: dict, default: str = "direct") -> str:
 
 def race(calls: dict) -> dict:
     """The best seconds per call of each of ``calls`` (``{path: zero-argument function}``),
-    run alternately for about ``BUDGET_S`` after one warm-up call each."""
+    run alternately for about ``BUDGET_S`` and at least ``ROUNDS`` times each, after one
+    warm-up call each."""
     for f in calls.values():  # warm-up: first touches, the pool's threads waking
         f()
     best = dict.fromkeys(calls, float("inf"))
-    start = time.perf_counter()
-    while True:
+    start, rounds = time.perf_counter(), 0
+    while rounds < ROUNDS or time.perf_counter() - start <= BUDGET_S:
+        rounds += 1
         for p, f in calls.items():
             t = time.perf_counter()
             f()
             best[p] = min(best[p], time.perf_counter() - t)
-        if time.perf_counter() - start > BUDGET_S:
-            return best
+    return best
 
 
 def machine_key() -> str:
