@@ -1341,7 +1341,8 @@ def prepare(g) -> None:
         th.start()
 
 
-_timing_jobs: dict = {}  # (direction, shape key) -> (thread, [(compiled, layout)] once done): prepare's
+_timing_jobs: dict = {}  # (direction, shape key) -> (thread, [(compiled, layout)] once
+#                          compiled): prepare's
 _lock = threading.Lock()
 
 
