@@ -8,8 +8,10 @@ thread with its GEMMs split across the pool, a batch a part per thread). ``windo
 asks only where both kernels apply. The rule answers without measuring where it is
 plainly right (:func:`rule`); elsewhere :func:`race` times the two kernels ``window.py``
 compiled for a slice of the batch (``SAMPLES`` samples, both in one small module),
-alternately for about ``BUDGET_S`` seconds; the faster minimum wins, and a tie within
-``TIE_MARGIN`` goes to the rule's answer.
+alternately for about ``BUDGET_S`` seconds and ``ROUNDS`` runs at least; the faster
+minimum wins, and a tie within ``TIE_MARGIN`` goes to the direct path (no column buffer).
+The timing modules are compiled ahead, on a thread, from the start of the graph's compile
+(``window.prepare``).
 
 Decisions are kept for the process and in ``conv-choices.json`` in the compiled-code
 cache's directory (``choices.py``; not with ``DYNGRAD_CACHE=0``), under a key naming the
@@ -23,7 +25,19 @@ next decision). A forked child whose threads are off (``threads.py``) decides fo
 does not write its decisions: its timings are of one thread.
 
 ``DYNGRAD_CONV=columns|direct|measure`` (default ``measure``) forces a path where both
-apply, for tests and debugging; ``rule`` takes the rule's answer everywhere, unmeasured.
+apply, for tests and debugging; ``rule`` takes the direct path wherever it applies,
+unmeasured (what ``window.py`` did before this choice).
+
+Note (what is measured, and what it costs): a decision costs the compile of both kernels
+(~0.1 s a direction on the 2-core Zen 4 machine, LLVM's time; hidden in part by
+``window.prepare``) and a few milliseconds of timing — so only shapes where the answer is
+not plain are measured. Timed per sample on that machine (best of runs, W7's shapes): with
+16 output channels the direct path took 0.23–0.68 of the column path's time in every
+direction (W7b's 16→16 convolutions), with 32 channels 0.55–0.85 (W7b's later block: not
+measured either, ``DIRECT_BELOW``); with 64 (W7a's conv2, 32→64 at 26x26) the column path
+was faster — its input gradient and weight gradient by 15–30%, the forward by ~5% (a tie).
+The decision holds for every batch size of the shape: a slice of two samples ranked the
+paths as the whole batch of 32 or 64 did.
 """
 
 from __future__ import annotations
