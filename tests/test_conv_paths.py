@@ -233,6 +233,9 @@ def test_a_race_times_both_kernels_of_a_slice_of_the_batch_quickly():
     seconds = window.race(n)
     assert time.perf_counter() - start < 2.0  # (its compile: ~0.1 s on an idle machine)
     assert set(seconds) == {"columns", "direct"} and min(seconds.values()) > 0
+    lone = _node(P.CONV_WEIGHT_GRAD, (1, 64, 64, (12, 12), (3, 3), (2, 2), (1, 1), (1, 1), 1))
+    assert min(window.race(lone).values()) > 0  # (one sample: its GEMMs split instead)
+    assert "n=1 " in window._shape_key("float", window.geometry(lone))
 
 
 SCRIPT = textwrap.dedent("""
