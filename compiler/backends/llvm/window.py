@@ -1295,7 +1295,9 @@ def race(n, geo: Geometry | None = None) -> dict:
     """Seconds per call of each path's kernel for convolution node ``n`` (its ``geo``) on a
     slice of its batch (``convtune.SAMPLES`` samples, or one for a lone sample): both
     kernels built as the graph's would be, with the path forced, in one module (compiled
-    here, or by :func:`prepare`'s thread), run on random operands (``convtune.race``)."""
+    here, or by :func:`prepare`'s thread), run on random operands (``convtune.race``).
+    Example: ``race(n)`` is ``{"columns": 2.1e-4, "direct": 2.7e-4}`` for W7a's conv2 input
+    gradient on the 2-core Zen 4 machine."""
     geo = geometry(n) if geo is None else geo
     key = (n.prim.name, _shape_key(LLTYPE[n.out.dtype.name], geo))
     with _lock:
@@ -1315,11 +1317,13 @@ def race(n, geo: Geometry | None = None) -> dict:
 
 
 def prepare(g) -> None:
-    """Start compiling, on a thread of its own, the timing module (:func:`race`) of each
-    convolution of graph ``g`` whose path will be measured — as ``gemm.prepare`` starts the
-    GEMM's compile: LLVM (which releases the GIL) works on another core while the graph's
-    passes and IR are worked out in Python; the timing itself runs where the decision is
-    asked, on a quiet process. A failure there is left for :func:`race` to meet again."""
+    """Start building and compiling, on a thread each, the timing modules (:func:`race`) of
+    the convolutions of graph ``g`` whose path will be measured — as ``gemm.prepare`` starts
+    the GEMM's compile: LLVM (which releases the GIL) works on another core while the
+    graph's fusion and its other kernels' IR are worked out in Python (a module builds its
+    window kernels last: ``late``); the timing itself runs where the decision is asked. A
+    failure there is left for :func:`race` to meet again. Example: ``runner.compile_graph``
+    calls ``prepare(g)`` before fusing ``g``."""
     todo = []
     for n in g.nodes:
         ty = LLTYPE.get(n.out.dtype.name)
@@ -1343,8 +1347,8 @@ def prepare(g) -> None:
         th.start()
 
 
-_timing_jobs: dict = {}  # (direction, shape key) -> (thread, [(compiled, layout)] once
-#                          compiled): prepare's
+_timing_jobs: dict = {}  # prepare's: (direction, shape key) -> (its thread, a list that
+#                          receives (compiled module, argument layout))
 _lock = threading.Lock()
 
 
@@ -1380,7 +1384,8 @@ def _timing_ir(n, geo: Geometry) -> tuple:
 
 
 def geometry(n) -> Geometry:
-    """The geometry of convolution node ``n``'s convolution (of any direction)."""
+    """The geometry of convolution node ``n``'s convolution (of any direction). Example:
+    for W7a's conv2 weight gradient, ``Geometry(N=64, C=32, Co=64, ..., OH=24, OW=24, ...)``."""
     return _geometry(n, *_CONV_SHAPES[n.prim](n))
 
 
