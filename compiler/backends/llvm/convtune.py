@@ -31,13 +31,17 @@ unmeasured (what ``window.py`` did before this choice).
 Note (what is measured, and what it costs): a decision costs the compile of both kernels
 (~0.1 s a direction on the 2-core Zen 4 machine, LLVM's time; hidden in part by
 ``window.prepare``) and a few milliseconds of timing — so only shapes where the answer is
-not plain are measured. Timed per sample on that machine (best of runs, W7's shapes): with
-16 output channels the direct path took 0.23–0.68 of the column path's time in every
-direction (W7b's 16→16 convolutions), with 32 channels 0.55–0.85 (W7b's later block: not
-measured either, ``DIRECT_BELOW``); with 64 (W7a's conv2, 32→64 at 26x26) the column path
-was faster — its input gradient and weight gradient by 15–30%, the forward by ~5% (a tie).
-The decision holds for every batch size of the shape: a slice of two samples ranked the
-paths as the whole batch of 32 or 64 did.
+not plain are measured. Timed per sample on that machine (the best of 0.1 s of runs, on
+two samples and on the whole batch), the direct path took 0.29–0.68 of the column path's
+time in every direction with 16 output channels (W7b's stem and first block), 0.37–0.93
+with 32 (W7b's strided block, its 1x1 shortcut included: not measured either,
+``DIRECT_BELOW``), and 0.28–1.0 for W7a's conv1 (one input channel: 9 window elements);
+with 64 channels and 288 window elements (W7a's conv2, 32→64 at 26x26) the column path
+was faster — its input gradient and weight gradient by 1.23–1.31x, the forward by
+1.04–1.08x (a tie). A slice of two samples ranked every shape's paths as the whole batch
+of 32 or 64 did, so the decision holds for every batch size of a shape. W7b's first
+compile thus measures nothing; W7a's waits ~0.2 s for its conv2's three timing modules
+(on a loaded machine), once per machine and cache directory.
 """
 
 from __future__ import annotations
