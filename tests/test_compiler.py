@@ -180,8 +180,51 @@ def test_optimizer_state_created_on_the_first_step_makes_the_next_call_trace_aga
     eager, compiled, (m1, o1), (m2, o2) = twins(lambda ps: optim.Adam(ps, lr=1e-2))
     run_twins(eager, compiled, m1, o1, m2, o2, steps=1)
     assert compiled.variants == [] and "optimizer state" in compiled.fallbacks[0]
+    assert compiled.fallbacks[0].startswith("untraced")  # (predicted: no capture ran)
     run_twins(eager, compiled, m1, o1, m2, o2, steps=3)
     assert len(compiled.variants) == 1 and compiled.variants[0].calls == 2
+
+
+def test_a_first_call_predicted_to_create_optimizer_state_runs_eagerly_once():
+    """The prediction (an optimizer the function reaches has parameters without state) only
+    skips the first trace: SGD without momentum makes no state, so its first call traces;
+    an optimizer the function does not step still compiles from the second call on; and
+    the refusal of a trace that does create state still stands when the prediction cannot
+    see the optimizer (reached only through a container)."""
+    eager, compiled, (m1, o1), (m2, o2) = twins(lambda ps: optim.SGD(ps, lr=0.1))
+    run_twins(eager, compiled, m1, o1, m2, o2, steps=1)
+    assert compiled.fallbacks == [] and len(compiled.variants) == 1
+    eager, compiled, (m1, o1), (m2, o2) = twins(lambda ps: optim.SGD(ps, lr=0.1,
+                                                                     momentum=0.9))
+    run_twins(eager, compiled, m1, o1, m2, o2, steps=1)
+    assert compiled.fallbacks[0].startswith("untraced") and compiled.variants == []
+
+    dg.manual_seed(0)
+    unused = optim.Adam(nn.Linear(3, 1).parameters())
+    model = nn.Linear(3, 1)
+    cf = compiler.compile(lambda x: model(x).sum() if unused else None)
+    x = dg.randn(4, 3)
+    for _ in range(3):
+        assert_same(model(x).sum(), cf(x))
+    assert cf.fallbacks[0].startswith("untraced") and len(cf.fallbacks) == 1
+    assert len(cf.variants) == 1 and cf.variants[0].calls == 1
+
+    dg.manual_seed(0)
+    model = nn.Linear(3, 1)
+    holder = [optim.Adam(model.parameters(), lr=1e-2)]  # (one container deep: not seen)
+
+    def step(x):
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        holder[0].step()
+        holder[0].zero_grad()
+        return loss
+    cf = compiler.compile(step)
+    x = dg.randn(4, 3)
+    for _ in range(3):
+        cf(x)
+    assert "kept in Python state" in cf.fallbacks[0]  # the trace ran, and was refused
+    assert len(cf.variants) == 1 and cf.variants[0].calls == 1
 
 
 def test_classifier_step_with_cross_entropy_and_integer_targets_matches_eager():
