@@ -885,10 +885,12 @@ def _optimizer_without_state(fn: Callable, flat: list):
 
 def _filled(cell) -> bool:
     try:
-        cell.cell_contents
+        return cell.cell_contents is not _EMPTY
     except ValueError:  # (an empty cell)
         return False
-    return True
+
+
+_EMPTY = object()
 
 
 def _plain_numbers(x):

@@ -43,9 +43,10 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import pyplot, save  # noqa: E402
+
 import dyngrad as dg  # noqa: E402
 from dyngrad import forward_ad  # noqa: E402
-from _common import pyplot, save  # noqa: E402
 from dyngrad.dispatch import DispatchMode, dispatch, push_mode, suspend  # noqa: E402
 
 

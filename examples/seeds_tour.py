@@ -43,8 +43,9 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import dyngrad as dg  # noqa: E402
 from _common import pyplot, save  # noqa: E402
+
+import dyngrad as dg  # noqa: E402
 from dyngrad.forward_ad import jvp  # noqa: E402
 
 say = print
