@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import time
+import types
 import warnings
 import weakref
 from collections.abc import Callable
@@ -873,14 +874,26 @@ def _optimizer_without_state(fn: Callable, flat: list):
         glb = getattr(fn, "__globals__", {})
         roots += [glb[n] for n in code.co_names if n in glb]
     seen: set = set()
-    inner = [v for r in roots if not isinstance(r, (Tensor, type))  # (a tensor's instance
-             for v in getattr(r, "__dict__", {}).values()]  # dict stays unmaterialised)
+    inner = [v for r in roots for v in _instance_dict(r).values()]
     for obj in roots + inner:
         if isinstance(obj, Optimizer) and id(obj) not in seen:
             seen.add(id(obj))
             if obj.first_step_creates_state():
                 return obj
     return None
+
+
+def _instance_dict(obj) -> dict:
+    """``obj.__dict__`` for a plain instance; {} for a tensor (reading its dict would
+    materialise it, and slow every attribute load after), a class, a module, or an object
+    whose attribute lookup raises (a proxy's ``__getattr__``)."""
+    if isinstance(obj, (Tensor, type, types.ModuleType)):
+        return {}
+    try:
+        d = object.__getattribute__(obj, "__dict__")
+    except Exception:  # (no instance dict, or a lookup that fails)
+        return {}
+    return d if type(d) is dict else {}
 
 
 def _filled(cell) -> bool:

@@ -227,6 +227,27 @@ def test_a_first_call_predicted_to_create_optimizer_state_runs_eagerly_once():
     assert len(cf.variants) == 1 and cf.variants[0].calls == 1
 
 
+def test_the_optimizer_prediction_reads_no_attribute_of_odd_arguments():
+    """The prediction looks one attribute into the function's arguments: an object whose
+    attribute lookup raises, or whose ``__dict__`` is a property that raises, is passed
+    over (the call is traced as usual), never an error of the user's call."""
+    class Proxy:
+        def __getattr__(self, name):
+            raise RuntimeError(f"no {name} here")
+
+    class Odd:
+        @property
+        def __dict__(self):
+            raise RuntimeError("no dict")
+
+    w = dg.ones(3, requires_grad=True)
+    cf = compiler.compile(lambda x, a, b: (x * w).sum())
+    a, b = Proxy(), Odd()
+    for _ in range(3):
+        assert_same((dg.ones(3) * w).sum(), cf(dg.ones(3), a, b))
+    assert cf.fallbacks == [] and cf.variants[0].calls == 2
+
+
 def test_classifier_step_with_cross_entropy_and_integer_targets_matches_eager():
     def make():
         dg.manual_seed(3)
