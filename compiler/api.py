@@ -713,6 +713,11 @@ class CompiledFunction:
         except Unsupported as exc:
             self._unsupported(str(exc))
             return _plain_numbers(result)
+        except Exception as exc:  # a compiler bug after the traced call ran the function
+            if config.raise_internal_errors:  # (its effects are done: its result stands)
+                raise
+            self._compile_error(exc)
+            return _plain_numbers(result)
         t2 = time.perf_counter()
         self._unsupported_streak = 0
         trace, bw = made.trace, trace.backward
@@ -815,6 +820,19 @@ class CompiledFunction:
                           stacklevel=3)  # the user's call (via __call__)
         if config.raise_internal_errors:
             raise exc
+
+    def _compile_error(self, exc: Exception) -> None:
+        """Lowering or compiling a trace raised: the traced call has run the function (its
+        result and effects are eager's), so that call returns its result; the error is
+        recorded as the call's fallback and warned about once, and later calls try again —
+        after ``MAX_UNSUPPORTED`` in a row the function stays eager."""
+        import traceback
+        where = traceback.format_exception(type(exc), exc, exc.__traceback__)[-2].strip()
+        reason = f"compiling the trace raised {type(exc).__name__}: {exc} ({where})"
+        if reason not in self.fallbacks:
+            warnings.warn(f"dyngrad.compile: {self.__name__}: {reason}; ran eagerly",
+                          stacklevel=5)  # user → __call__ → _miss → _trace → here
+        self._unsupported(reason)
 
     def _unsupported(self, reason: str) -> None:
         self.fallbacks.append(reason)

@@ -1866,3 +1866,27 @@ def test_the_default_dtype_is_guarded_and_set_default_dtype_runs_eagerly():
             dg.set_default_dtype(dg.int64)
     finally:
         dg.set_default_dtype(dg.float32)
+
+
+def test_a_compiler_error_after_the_trace_returns_the_traced_calls_result(monkeypatch):
+    """The traced call runs the function (its optimizer step included) before the passes:
+    when lowering or compiling then raises, that call returns its result instead of raising
+    after its effects, with one warning; the next calls trace again and, after three in a
+    row, the function stays eager — every call equal to an eager twin. Strict mode
+    (``DYNGRAD_COMPILE_STRICT``) raises."""
+    import compiler.api as api
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a compiler bug")
+    monkeypatch.setattr(api, "compile_trace", broken)
+    eager, compiled, (m1, o1), (m2, o2) = twins(lambda ps: optim.SGD(ps, lr=0.1))
+    with pytest.warns(UserWarning, match="compiling the trace raised RuntimeError: a "
+                                         "compiler bug"):
+        run_twins(eager, compiled, m1, o1, m2, o2, steps=5)
+    assert compiled.variants == [] and compiled.eager_reason is not None
+    assert sum("a compiler bug" in r for r in compiled.fallbacks) == 3  # (then eager)
+
+    monkeypatch.setattr(api.config, "raise_internal_errors", True)
+    eager, compiled, (m1, o1), (m2, o2) = twins(lambda ps: optim.SGD(ps, lr=0.1))
+    with pytest.raises(RuntimeError, match="a compiler bug"):
+        run_twins(eager, compiled, m1, o1, m2, o2, steps=1)
