@@ -69,6 +69,9 @@ class _Config:
                                                                             "off", "no")
     # a compiled call that raises reruns eagerly; tests set this to see compiler bugs
     raise_internal_errors = os.environ.get("DYNGRAD_COMPILE_STRICT", "") not in ("", "0")
+    # compiling a trace that raises (a compiler bug) falls back to the traced call's result;
+    # strict mode and the test suite (tests/conftest.py) raise instead
+    raise_compile_errors = raise_internal_errors
     # the backend of compile() calls that name none: the LLVM backend, unless
     # DYNGRAD_BACKEND=interp (how the test suite also runs everything on the numpy oracle)
     backend = os.environ.get("DYNGRAD_BACKEND", "llvm").strip() or "llvm"
@@ -714,7 +717,7 @@ class CompiledFunction:
             self._unsupported(str(exc))
             return _plain_numbers(result)
         except Exception as exc:  # a compiler bug after the traced call ran the function
-            if config.raise_internal_errors:  # (its effects are done: its result stands)
+            if config.raise_compile_errors:  # (its effects are done: its result stands)
                 raise
             self._compile_error(exc)
             return _plain_numbers(result)
@@ -825,7 +828,8 @@ class CompiledFunction:
         """Lowering or compiling a trace raised: the traced call has run the function (its
         result and effects are eager's), so that call returns its result; the error is
         recorded as the call's fallback and warned about once, and later calls try again —
-        after ``MAX_UNSUPPORTED`` in a row the function stays eager."""
+        after ``MAX_UNSUPPORTED`` in a row the function stays eager. (With
+        ``config.raise_compile_errors``, as in strict mode and the test suite, it raises.)"""
         import traceback
         where = traceback.format_exception(type(exc), exc, exc.__traceback__)[-2].strip()
         reason = f"compiling the trace raised {type(exc).__name__}: {exc} ({where})"

@@ -1873,12 +1873,13 @@ def test_a_compiler_error_after_the_trace_returns_the_traced_calls_result(monkey
     when lowering or compiling then raises, that call returns its result instead of raising
     after its effects, with one warning; the next calls trace again and, after three in a
     row, the function stays eager — every call equal to an eager twin. Strict mode
-    (``DYNGRAD_COMPILE_STRICT``) raises."""
+    (``DYNGRAD_COMPILE_STRICT``) and the test suite raise."""
     import compiler.api as api
 
     def broken(*args, **kwargs):
         raise RuntimeError("a compiler bug")
     monkeypatch.setattr(api, "compile_trace", broken)
+    monkeypatch.setattr(api.config, "raise_compile_errors", False)  # (as users get it)
     eager, compiled, (m1, o1), (m2, o2) = twins(lambda ps: optim.SGD(ps, lr=0.1))
     with pytest.warns(UserWarning, match="compiling the trace raised RuntimeError: a "
                                          "compiler bug"):
@@ -1886,7 +1887,7 @@ def test_a_compiler_error_after_the_trace_returns_the_traced_calls_result(monkey
     assert compiled.variants == [] and compiled.eager_reason is not None
     assert sum("a compiler bug" in r for r in compiled.fallbacks) == 3  # (then eager)
 
-    monkeypatch.setattr(api.config, "raise_internal_errors", True)
+    monkeypatch.setattr(api.config, "raise_compile_errors", True)
     eager, compiled, (m1, o1), (m2, o2) = twins(lambda ps: optim.SGD(ps, lr=0.1))
     with pytest.raises(RuntimeError, match="a compiler bug"):
         run_twins(eager, compiled, m1, o1, m2, o2, steps=1)
