@@ -99,10 +99,12 @@ def disable():
 def clear_cache() -> int:
     """Remove the LLVM backend's compiled modules from the disk cache (see
     compiler/backends/llvm/cache.py) and its measured choices (``tune.py``'s matmul kernels,
-    ``widths.py``'s loop vector width: measured again when next needed, in a new process for
-    the width); returns how many modules were removed."""
-    from .backends.llvm import cache, tune, widths
+    ``convtune.py``'s convolution paths, ``widths.py``'s loop vector width: measured again
+    when next needed, in a new process for the width); returns how many modules were
+    removed."""
+    from .backends.llvm import cache, convtune, tune, widths
     tune.forget(disk=True)
+    convtune.forget(disk=True)
     widths.forget(disk=True)
     return cache.clear()
 
