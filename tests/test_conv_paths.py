@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -275,7 +276,9 @@ def test_a_second_process_takes_the_stored_decisions_without_measuring(tmp_path)
 
 def test_the_timing_modules_are_compiled_ahead_by_prepare(decisions, monkeypatch):
     made, raced = [], []
-    monkeypatch.setattr(window, "_timing_module", lambda n, geo: made.append(n) or 1 / 0)
+    module = window._timing_module
+    monkeypatch.setattr(window, "_timing_module", lambda n, geo: made.append(
+        threading.current_thread().name) or module(n, geo))
     real = window.race
     monkeypatch.setattr(window, "race", lambda n, geo: raced.append(n.prim) or real(n, geo))
     case = (3, 8, 64, (6, 6), (3, 3), (1, 1), (1, 1), (1, 1), 1)  # (measured: 64 channels)
@@ -283,6 +286,7 @@ def test_the_timing_modules_are_compiled_ahead_by_prepare(decisions, monkeypatch
     monkeypatch.setattr(convtune, "forget", lambda disk=False: None)
     got = _compiled(case, arrays, "measure", monkeypatch)
     assert sorted(p.name for p in raced) == ["conv", "conv_transpose", "conv_weight_grad"]
-    assert made == [] and window._timing_jobs == {}  # (each race took its prepared module)
+    assert made == ["dyngrad-conv-race"] * 3  # (each race took the module prepared for it)
+    assert window._timing_jobs == {}
     for g, w in zip(got, _eager(case, arrays), strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * np.abs(w).max())

@@ -177,7 +177,10 @@ def _geometry(n, x_shape, w_shape, planes: tuple, out_planes: tuple) -> Geometry
 class WindowBuilder(KernelBuilder):
     """A 'window' group: one convolution or pooling-index node, by its primitive's rule in
     ``_WINDOWS``. The kernel's body returns an i32 status (0, or :data:`ALLOC_FAILED`), as
-    an index kernel's does: the driver stops at a nonzero one."""
+    an index kernel's does: the driver stops at a nonzero one. Built ``late`` in a module:
+    a convolution's path may wait for its timing module, compiled meanwhile (:func:`prepare`)."""
+
+    late = True
 
     def __init__(self, g, group) -> None:
         super().__init__(g, group, "window")
@@ -1331,11 +1334,10 @@ def prepare(g) -> None:
                 k == key for k, _, _ in todo) and convtune.wanted(
                     *key, convtune.rule(n.prim.name, geo)):
             todo.append((key, n, geo))
-    for key, n, geo in todo:
+    for key, n, geo in todo:  # (IR too: a column path waits for the GEMM's library)
         box: list = []
-        text, layout = _timing_ir(n, geo)
-        th = threading.Thread(target=lambda box=box, text=text, layout=layout: box.append(
-            (jit.compile_ir(text), layout)), name="dyngrad-conv-race", daemon=True)
+        th = threading.Thread(target=lambda box=box, n=n, geo=geo: box.append(
+            _timing_module(n, geo)), name="dyngrad-conv-race", daemon=True)
         with _lock:
             _timing_jobs[key] = (th, box)
         th.start()
@@ -1356,6 +1358,7 @@ def _has_direct(prim, geo: Geometry) -> bool:
 
 
 def _timing_module(n, geo: Geometry) -> tuple:
+    """(the compiled :func:`_timing_ir` of ``n``, its argument layout)."""
     text, layout = _timing_ir(n, geo)
     return jit.compile_ir(text), layout
 
