@@ -868,8 +868,8 @@ def _optimizer_without_state(fn: Callable, flat: list):
     would have traced fine (an optimizer the function does not step) merely runs eagerly
     once, and one whose optimizer is not found is traced and refused as before."""
     from dyngrad.optim.optimizer import Optimizer
-    fn = getattr(fn, "__func__", fn)
-    roots = list(flat) + [getattr(fn, "__self__", None)]
+    roots = list(flat) + [getattr(fn, "__self__", None)]  # (before a bound method's
+    fn = getattr(fn, "__func__", fn)  # function replaces it: the instance holds self.opt)
     code = getattr(fn, "__code__", None)
     if code is not None:
         roots += [c.cell_contents for c in (fn.__closure__ or ()) if _filled(c)]
@@ -880,9 +880,19 @@ def _optimizer_without_state(fn: Callable, flat: list):
     for obj in roots + inner:
         if isinstance(obj, Optimizer) and id(obj) not in seen:
             seen.add(id(obj))
-            if obj.first_step_creates_state():
+            if _predicts_state(obj):
                 return obj
     return None
+
+
+def _predicts_state(opt) -> bool:
+    """``opt.first_step_creates_state()``, False when it cannot say: an object that passes
+    ``isinstance`` without an optimizer's attributes (``Mock(spec=Adam)``, a subclass that
+    skips ``Optimizer.__init__``) is no error of the user's call."""
+    try:
+        return opt.first_step_creates_state() is True
+    except Exception:
+        return False
 
 
 def _instance_dict(obj) -> dict:
