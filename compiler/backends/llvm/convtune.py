@@ -38,6 +38,13 @@ measured either, ``DIRECT_BELOW``); with 64 (W7a's conv2, 32→64 at 26x26) the 
 was faster — its input gradient and weight gradient by 15–30%, the forward by ~5% (a tie).
 The decision holds for every batch size of the shape: a slice of two samples ranked the
 paths as the whole batch of 32 or 64 did.
+
+Note (a timing that fails): measuring is an optimisation, and both paths are right, so a
+race that raises (its module failing to compile, say) does not fail the compile it serves:
+by then the traced call has run the function's effects (an optimizer's step), and raising
+would leave them done with the user's call failed. The shape takes the direct path — the
+answer before this choice existed — for the process, with a warning; nothing is stored, so
+a later process measures again.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ import hashlib
 import os
 import threading
 import time
+import warnings
 from pathlib import Path
 
 from . import choices, gemm, target, threads
@@ -99,11 +107,18 @@ def choose(direction: str, shape: str, plain: str | None, race) -> str:
             entry = choices.lookup(FILE, *key)
             choice = entry.get("choice") if entry else None
             if choice not in PATHS:
-                seconds = race()
-                choice = pick(seconds)
-                if threads.team():  # (a forked child's timings are of one thread)
-                    choices.store(FILE, *key, {"choice": choice, **{
-                        f"{p}_us": round(seconds[p] * 1e6, 2) for p in PATHS}})
+                try:
+                    seconds = race()
+                except Exception as exc:  # Note (a timing that fails)
+                    choice = "direct"
+                    warnings.warn(f"dyngrad: timing the convolution paths of {direction} "
+                                  f"{shape} raised {type(exc).__name__}: {exc}; it takes the "
+                                  f"direct path (not stored)", RuntimeWarning, stacklevel=2)
+                else:
+                    choice = pick(seconds)
+                    if threads.team():  # (a forked child's timings are of one thread)
+                        choices.store(FILE, *key, {"choice": choice, **{
+                            f"{p}_us": round(seconds[p] * 1e6, 2) for p in PATHS}})
             _decided[key] = choice
     return choice
 
