@@ -313,3 +313,18 @@ def test_a_timing_that_fails_takes_the_direct_path_and_the_call_runs(decisions, 
     assert set(convtune._decided.values()) == {"direct"} and len(convtune._decided) == 3
     assert uncaught == [] and not (tmp_path / convtune.FILE).exists()
     assert window._timing_jobs == {}
+
+
+def test_a_decision_another_process_stored_during_the_race_stands(decisions, tmp_path):
+    """Two processes that measure one shape at once (two runs started together on a fresh
+    cache) must not take different kernels — the gradients' bits differ between them — nor
+    leave the file with the last one's: the first decision stored stands for both."""
+    from compiler.backends.llvm import choices
+
+    def race():  # (meanwhile, another process stores its decision)
+        choices.store(convtune.FILE, convtune.machine_key(), "conv shape G",
+                      {"choice": "direct"})
+        return {"columns": 1e-4, "direct": 2e-4}
+    assert convtune.choose("conv", "shape G", None, race) == "direct"
+    data = json.loads((tmp_path / convtune.FILE).read_text())
+    assert data[convtune.machine_key()]["conv shape G"]["choice"] == "direct"

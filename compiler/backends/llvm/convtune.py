@@ -16,7 +16,8 @@ The timing modules are compiled ahead, on a thread, from the start of the graph'
 Decisions are kept for the process and in ``conv-choices.json`` in the compiled-code
 cache's directory (``choices.py``; not with ``DYNGRAD_CACHE=0``), under a key naming the
 CPU, the kernels' code (digests of ``window.py`` and ``gemm.py``) and the thread settings,
-so a later process takes the same kernels without measuring. That matters for results,
+so a later process takes the same kernels without measuring (and one that measured
+while another stored its decision takes that decision). That matters for results,
 not only for speed: the two paths of the forward convolution give the same bits, but those
 of the input gradient and the weight gradient add in different orders (see ``window.py``),
 so where a measurement could pick either, the stored decision is what keeps a machine's
@@ -115,10 +116,15 @@ def choose(direction: str, shape: str, plain: str | None, race) -> str:
                                   f"{shape} raised {type(exc).__name__}: {exc}; it takes the "
                                   f"direct path (not stored)", RuntimeWarning, stacklevel=2)
                 else:
-                    choice = pick(seconds)
-                    if threads.team():  # (a forked child's timings are of one thread)
-                        choices.store(FILE, *key, {"choice": choice, **{
-                            f"{p}_us": round(seconds[p] * 1e6, 2) for p in PATHS}})
+                    entry = choices.lookup(FILE, *key)  # (another process may have stored
+                    stored = entry.get("choice") if entry else None  # one meanwhile: the
+                    if stored in PATHS:  # first stands, so both take the same kernels)
+                        choice = stored
+                    else:
+                        choice = pick(seconds)
+                        if threads.team():  # (a forked child's timings are of one thread)
+                            choices.store(FILE, *key, {"choice": choice, **{
+                                f"{p}_us": round(seconds[p] * 1e6, 2) for p in PATHS}})
             _decided[key] = choice
     return choice
 
