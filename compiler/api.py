@@ -102,10 +102,12 @@ def disable():
 def clear_cache() -> int:
     """Remove the LLVM backend's compiled modules from the disk cache (see
     compiler/backends/llvm/cache.py) and its measured choices (``tune.py``'s matmul kernels,
-    ``widths.py``'s loop vector width: measured again when next needed, in a new process for
-    the width); returns how many modules were removed."""
-    from .backends.llvm import cache, tune, widths
+    ``convtune.py``'s convolution paths, ``widths.py``'s loop vector width: measured again
+    when next needed, in a new process for the width); returns how many modules were
+    removed."""
+    from .backends.llvm import cache, convtune, tune, widths
     tune.forget(disk=True)
+    convtune.forget(disk=True)
     widths.forget(disk=True)
     return cache.clear()
 
@@ -888,8 +890,8 @@ def _optimizer_without_state(fn: Callable, flat: list):
     would have traced fine (an optimizer the function does not step) merely runs eagerly
     once, and one whose optimizer is not found is traced and refused as before."""
     from dyngrad.optim.optimizer import Optimizer
-    fn = getattr(fn, "__func__", fn)
-    roots = list(flat) + [getattr(fn, "__self__", None)]
+    roots = list(flat) + [getattr(fn, "__self__", None)]  # (before a bound method's
+    fn = getattr(fn, "__func__", fn)  # function replaces it: the instance holds self.opt)
     code = getattr(fn, "__code__", None)
     if code is not None:
         roots += [c.cell_contents for c in (fn.__closure__ or ()) if _filled(c)]
@@ -900,9 +902,19 @@ def _optimizer_without_state(fn: Callable, flat: list):
     for obj in roots + inner:
         if isinstance(obj, Optimizer) and id(obj) not in seen:
             seen.add(id(obj))
-            if obj.first_step_creates_state():
+            if _predicts_state(obj):
                 return obj
     return None
+
+
+def _predicts_state(opt) -> bool:
+    """``opt.first_step_creates_state()``, False when it cannot say: an object that passes
+    ``isinstance`` without an optimizer's attributes (``Mock(spec=Adam)``, a subclass that
+    skips ``Optimizer.__init__``) is no error of the user's call."""
+    try:
+        return opt.first_step_creates_state() is True
+    except Exception:
+        return False
 
 
 def _instance_dict(obj) -> dict:

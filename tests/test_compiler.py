@@ -248,6 +248,52 @@ def test_the_optimizer_prediction_reads_no_attribute_of_odd_arguments():
     assert cf.fallbacks == [] and cf.variants[0].calls == 2
 
 
+def test_an_argument_that_claims_to_be_an_optimizer_is_no_error_of_the_compiled_call():
+    """``Mock(spec=optim.Adam)`` passes ``isinstance(m, Optimizer)`` without an optimizer's
+    attributes (its ``_hyper_version``), as does a subclass that skips
+    ``Optimizer.__init__``: neither the prediction nor the capture may raise where eager
+    runs."""
+    from unittest import mock
+
+    class OwnStep(optim.Optimizer):  # (keeps its own parameter list: no param_groups)
+        def __init__(self, params):
+            self.params = list(params)
+
+        @dg.no_grad()
+        def step(self):
+            for p in self.params:
+                p.sub_(p.grad * 0.1)
+
+    w = dg.ones(3, requires_grad=True)
+    for odd in (mock.Mock(spec=optim.Adam), OwnStep([dg.ones(2, requires_grad=True)])):
+        cf = compiler.compile(lambda x, a: (x * w).sum())
+        for _ in range(3):
+            assert_same((dg.ones(3) * w).sum(), cf(dg.ones(3), odd))
+        assert len(cf.variants) == 1 and cf.variants[0].calls >= 1, cf.fallbacks
+
+
+def test_a_compiled_bound_method_predicts_the_state_of_its_instances_optimizer():
+    """``compile(trainer.step)``: the optimizer at ``self.opt`` is seen by the prediction, as
+    it is for ``compile`` used as a method decorator — the first call runs untraced rather
+    than being traced and refused."""
+    class Trainer:
+        def __init__(self):
+            self.model = mlp(0)
+            self.opt = optim.Adam(self.model.parameters(), lr=1e-2)
+
+        def step(self, x, y):
+            return train_step(self.model, self.opt)(x, y)
+
+    t1, t2 = Trainer(), Trainer()
+    cf = compiler.compile(t2.step)
+    for i in range(3):
+        x, y = batch(i)
+        assert_same(t1.step(x, y), cf(x, y), f"loss at step {i}")
+        assert_same_state(t1.model, t2.model, t1.opt, t2.opt)
+    assert cf.fallbacks[0].startswith("untraced") and len(cf.fallbacks) == 1, cf.fallbacks
+    assert len(cf.variants) == 1 and cf.variants[0].calls == 1
+
+
 def test_classifier_step_with_cross_entropy_and_integer_targets_matches_eager():
     def make():
         dg.manual_seed(3)
