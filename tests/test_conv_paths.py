@@ -293,3 +293,41 @@ def test_the_timing_modules_are_compiled_ahead_by_prepare(decisions, monkeypatch
     assert window._timing_jobs == {}
     for g, w in zip(got, _eager(case, arrays), strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * np.abs(w).max())
+
+
+def test_a_timing_that_fails_takes_the_direct_path_and_the_call_runs(decisions, tmp_path,
+                                                                     monkeypatch):
+    """Timing is an optimisation: a timing module that fails to compile (on ``prepare``'s
+    thread, then again where the decision is asked) must not fail the user's call — which
+    has run the traced function's effects by then — nor print a thread's traceback. The
+    shape takes the direct path (the rule's default), with a warning, and nothing is
+    stored."""
+    def broken(n, geo):
+        raise RuntimeError("the timing module did not compile")
+    monkeypatch.setattr(window, "_timing_module", broken)
+    uncaught = []
+    monkeypatch.setattr(threading, "excepthook", uncaught.append)
+    case = (3, 8, 64, (6, 6), (3, 3), (1, 1), (1, 1), (1, 1), 1)  # (measured: 64 channels)
+    arrays = _arrays(case, np.float32)
+    with pytest.warns(RuntimeWarning, match="timing.*did not compile.*direct path"):
+        got = _compiled(case, arrays, "measure", monkeypatch)
+    for g, w in zip(got, _eager(case, arrays), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * np.abs(w).max())
+    assert set(convtune._decided.values()) == {"direct"} and len(convtune._decided) == 3
+    assert uncaught == [] and not (tmp_path / convtune.FILE).exists()
+    assert window._timing_jobs == {}
+
+
+def test_a_decision_another_process_stored_during_the_race_stands(decisions, tmp_path):
+    """Two processes that measure one shape at once (two runs started together on a fresh
+    cache) must not take different kernels — the gradients' bits differ between them — nor
+    leave the file with the last one's: the first decision stored stands for both."""
+    from compiler.backends.llvm import choices
+
+    def race():  # (meanwhile, another process stores its decision)
+        choices.store(convtune.FILE, convtune.machine_key(), "conv shape G",
+                      {"choice": "direct"})
+        return {"columns": 1e-4, "direct": 2e-4}
+    assert convtune.choose("conv", "shape G", None, race) == "direct"
+    data = json.loads((tmp_path / convtune.FILE).read_text())
+    assert data[convtune.machine_key()]["conv shape G"]["choice"] == "direct"

@@ -16,7 +16,8 @@ The timing modules are compiled ahead, on a thread, from the start of the graph'
 Decisions are kept for the process and in ``conv-choices.json`` in the compiled-code
 cache's directory (``choices.py``; not with ``DYNGRAD_CACHE=0``), under a key naming the
 CPU, the kernels' code (digests of ``window.py`` and ``gemm.py``) and the thread settings,
-so a later process takes the same kernels without measuring. That matters for results,
+so a later process takes the same kernels without measuring (and one that measured
+while another stored its decision takes that decision). That matters for results,
 not only for speed: the two paths of the forward convolution give the same bits, but those
 of the input gradient and the weight gradient add in different orders (see ``window.py``),
 so where a measurement could pick either, the stored decision is what keeps a machine's
@@ -42,6 +43,13 @@ was faster — its input gradient and weight gradient by 1.23–1.31x, the forwa
 of 32 or 64 did, so the decision holds for every batch size of a shape. W7b's first
 compile thus measures nothing; W7a's waits ~0.2 s for its conv2's three timing modules
 (on a loaded machine), once per machine and cache directory.
+
+Note (a timing that fails): measuring is an optimisation, and both paths are right, so a
+race that raises (its module failing to compile, say) does not fail the compile it serves:
+by then the traced call has run the function's effects (an optimizer's step), and raising
+would leave them done with the user's call failed. The shape takes the direct path — the
+answer before this choice existed — for the process, with a warning; nothing is stored, so
+a later process measures again.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ import hashlib
 import os
 import threading
 import time
+import warnings
 from pathlib import Path
 
 from . import choices, gemm, target, threads
@@ -104,11 +113,23 @@ def choose(direction: str, shape: str, plain: str | None, race) -> str:
             entry = choices.lookup(FILE, *key)
             choice = entry.get("choice") if entry else None
             if choice not in PATHS:
-                seconds = race()
-                choice = pick(seconds)
-                if threads.team():  # (a forked child's timings are of one thread)
-                    choices.store(FILE, *key, {"choice": choice, **{
-                        f"{p}_us": round(seconds[p] * 1e6, 2) for p in PATHS}})
+                try:
+                    seconds = race()
+                except Exception as exc:  # Note (a timing that fails)
+                    choice = "direct"
+                    warnings.warn(f"dyngrad: timing the convolution paths of {direction} "
+                                  f"{shape} raised {type(exc).__name__}: {exc}; it takes the "
+                                  f"direct path (not stored)", RuntimeWarning, stacklevel=2)
+                else:
+                    entry = choices.lookup(FILE, *key)  # (another process may have stored
+                    stored = entry.get("choice") if entry else None  # one meanwhile: the
+                    if stored in PATHS:  # first stands, so both take the same kernels)
+                        choice = stored
+                    else:
+                        choice = pick(seconds)
+                        if threads.team():  # (a forked child's timings are of one thread)
+                            choices.store(FILE, *key, {"choice": choice, **{
+                                f"{p}_us": round(seconds[p] * 1e6, 2) for p in PATHS}})
             _decided[key] = choice
     return choice
 

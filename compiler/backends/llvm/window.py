@@ -1304,7 +1304,10 @@ def race(n, geo: Geometry | None = None) -> dict:
         job = _timing_jobs.pop(key, None)
     if job is not None:
         job[0].join()
-    compiled, layout = job[1][0] if job is not None and job[1] else _timing_module(n, geo)
+    made = job[1][0] if job is not None and job[1] else _timing_module(n, geo)
+    if isinstance(made, Exception):  # (prepare's thread failed: raised here, once)
+        raise made
+    compiled, layout = made
     rng = np.random.default_rng(0)
     arrays = [rng.standard_normal(tuple(int(s) for s in v.shape)).astype(v.dtype.np)
               for v in layout]
@@ -1322,7 +1325,7 @@ def prepare(g) -> None:
     the GEMM's compile: LLVM (which releases the GIL) works on another core while the
     graph's fusion and its other kernels' IR are worked out in Python (a module builds its
     window kernels last: ``late``); the timing itself runs where the decision is asked. A
-    failure there is left for :func:`race` to meet again. Example: ``runner.compile_graph``
+    failure there is kept for :func:`race` to raise. Example: ``runner.compile_graph``
     calls ``prepare(g)`` before fusing ``g``."""
     todo = []
     for n in g.nodes:
@@ -1340,15 +1343,24 @@ def prepare(g) -> None:
             todo.append((key, n, geo))
     for key, n, geo in todo:  # (IR too: a column path waits for the GEMM's library)
         box: list = []
-        th = threading.Thread(target=lambda box=box, n=n, geo=geo: box.append(
-            _timing_module(n, geo)), name="dyngrad-conv-race", daemon=True)
+        th = threading.Thread(target=_make_timing_module, args=(box, n, geo),
+                              name="dyngrad-conv-race", daemon=True)
         with _lock:
             _timing_jobs[key] = (th, box)
         th.start()
 
 
+def _make_timing_module(box: list, n, geo: Geometry) -> None:
+    """:func:`prepare`'s thread: ``box`` gets the timing module, or the exception that
+    stopped it (for :func:`race` to raise, not a thread's traceback on stderr)."""
+    try:
+        box.append(_timing_module(n, geo))
+    except Exception as exc:
+        box.append(exc)
+
+
 _timing_jobs: dict = {}  # prepare's: (direction, shape key) -> (its thread, a list that
-#                          receives (compiled module, argument layout))
+#                          receives (compiled module, argument layout) or the exception)
 _lock = threading.Lock()
 
 
