@@ -331,3 +331,21 @@ def test_a_decision_another_process_stored_during_the_race_stands(decisions, tmp
     assert convtune.choose("conv", "shape G", None, race) == "direct"
     data = json.loads((tmp_path / convtune.FILE).read_text())
     assert data[convtune.machine_key()]["conv shape G"]["choice"] == "direct"
+
+
+def test_a_decision_holds_for_every_thread_setting(monkeypatch):
+    """The two paths' gradients differ in their bits, so the decision key leaves the thread
+    settings out: a machine's stored decision is taken whatever ``DYNGRAD_THREADS`` or
+    ``OMP_NUM_THREADS`` say, and the thread count never changes results."""
+    before = convtune.machine_key()
+    monkeypatch.setenv("DYNGRAD_THREADS", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert convtune.machine_key() == before
+
+
+def test_a_timing_kernel_that_fails_is_a_failed_race_not_a_fast_one():
+    """A timing kernel's nonzero status (a column buffer not allocated) raises, which the
+    choice turns into the direct path with a warning (as any failed race)."""
+    window._ran(0, "columns")
+    with pytest.raises(RuntimeError, match="columns kernel returned status -2"):
+        window._ran(-2, "columns")

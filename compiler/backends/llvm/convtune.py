@@ -15,13 +15,17 @@ The timing modules are compiled ahead, on a thread, from the start of the graph'
 
 Decisions are kept for the process and in ``conv-choices.json`` in the compiled-code
 cache's directory (``choices.py``; not with ``DYNGRAD_CACHE=0``), under a key naming the
-CPU, the kernels' code (digests of ``window.py`` and ``gemm.py``) and the thread settings,
-so a later process takes the same kernels without measuring (and one that measured
-while another stored its decision takes that decision). That matters for results,
-not only for speed: the two paths of the forward convolution give the same bits, but those
-of the input gradient and the weight gradient add in different orders (see ``window.py``),
-so where a measurement could pick either, the stored decision is what keeps a machine's
-results reproducible. A file that cannot be read or parsed is ignored (and rewritten at the
+CPU and the kernels' code (digests of ``window.py`` and ``gemm.py``), so a later process
+takes the same kernels without measuring (and one that measured while another stored its
+decision takes that decision). That matters for results, not only for speed: the two paths
+of the forward convolution give the same bits, but those of the input gradient and the
+weight gradient add in different orders (see ``window.py``), so where a measurement could
+pick either, the stored decision is what keeps a machine's results reproducible. The key
+leaves the thread settings out for that reason: a decision measured with two threads
+holds for one (the paths' own bits do not depend on the thread count, so neither do the
+results), at the price of a path timed for another thread count. A fresh cache directory,
+or ``DYNGRAD_CACHE=0``, measures again and may take the other path of a near tie: results
+then agree to rounding only. A file that cannot be read or parsed is ignored (and rewritten at the
 next decision). A forked child whose threads are off (``threads.py``) decides for itself but
 does not write its decisions: its timings are of one thread.
 
@@ -170,11 +174,10 @@ def race(calls: dict) -> dict:
 
 
 def machine_key() -> str:
-    """The CPU, the kernels' code and the thread settings the timings hold for."""
-    env = ",".join(f"{v}={os.environ.get(v, '')}" for v in ("OMP_NUM_THREADS",
-                                                           "DYNGRAD_THREADS"))
+    """The CPU and the kernels' code the timings hold for (not the thread settings: see
+    the module docstring)."""
     return (f"{target.current().machine_key()} window {_version()} gemm {gemm.version()} "
-            f"cpus={os.cpu_count()} {env}")
+            f"cpus={os.cpu_count()}")
 
 
 def _version() -> str:

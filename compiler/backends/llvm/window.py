@@ -1315,8 +1315,15 @@ def race(n, geo: Geometry | None = None) -> dict:
     calls = {}
     for path in convtune.PATHS:
         fn = compiled.cfunc(f"dg_race_{path}", ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64)
-        calls[path] = lambda fn=fn: fn(args, 0)
+        calls[path] = lambda fn=fn, path=path: _ran(fn(args, 0), path)
     return convtune.race(calls)
+
+
+def _ran(status: int, path: str) -> None:
+    """A timing kernel's status: nonzero (a column buffer it could not allocate) is a
+    failed race — not a fast kernel."""
+    if status != 0:
+        raise RuntimeError(f"convolution timing: the {path} kernel returned status {status}")
 
 
 def prepare(g) -> None:
