@@ -19,7 +19,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -226,12 +225,11 @@ def test_shapes_the_rule_answers_are_not_measured_and_forcing_wins(decisions, mo
     assert convtune.rule("conv", few) == "direct" and convtune.rule("conv", many) is None
 
 
-def test_a_race_times_both_kernels_of_a_slice_of_the_batch_quickly():
+def test_a_race_times_both_kernels_of_a_slice_of_the_batch():
+    """(Its cost — a compile of ~0.1 s and milliseconds of timing on an idle machine — is
+    measured by benchmarks/firstcall, not asserted here.)"""
     n = _node(P.CONV, (32, 64, 64, (12, 12), (3, 3), (1, 1), (1, 1), (1, 1), 1))
-    window.race(n)  # (warm: the GEMM library, the pool)
-    start = time.perf_counter()
     seconds = window.race(n)
-    assert time.perf_counter() - start < 2.0  # (its compile: ~0.1 s on an idle machine)
     assert set(seconds) == {"columns", "direct"} and min(seconds.values()) > 0
     lone = _node(P.CONV_WEIGHT_GRAD, (1, 64, 64, (12, 12), (3, 3), (2, 2), (1, 1), (1, 1), 1))
     assert min(window.race(lone).values()) > 0  # (one sample: its GEMMs split instead)
