@@ -1,4 +1,5 @@
-"""What the examples share: a progress bar and a short form of ``compiler.explain``.
+"""What the examples share: a progress bar, a short form of ``compiler.explain``, and
+matplotlib (the ``examples`` extra) opened and figures saved.
 
 The scripts run as ``python examples/<name>.py``, so this directory is on ``sys.path``.
 """
@@ -14,6 +15,27 @@ LONG = ("baked in", "fusion groups", "IR before passes", "IR after passes")
 HEADERS = LONG + ("===", "---", "lookup order", "guards:", "value guards", "runtime scalar",
                   "writes:", "backward outside", "memory", "backend", "recompiles:",
                   "eager fallbacks:", "note:")
+
+
+def pyplot(say=print):
+    """``matplotlib.pyplot`` on the Agg backend, or None (said) when matplotlib is absent."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        say("(matplotlib not installed: no figure; `pip install matplotlib`)")
+        return None
+    return plt
+
+
+def save(fig, path, what: str = "plot", dpi: int = 110, say=print) -> None:
+    """Write ``fig`` to ``path`` (its directory made), close it, say where."""
+    import matplotlib.pyplot as plt
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    say(f"{what} written to {path}")
 
 
 def progress(iterable, total: int, unit: str):

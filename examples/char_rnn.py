@@ -49,7 +49,7 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from _common import explain_text, progress  # noqa: E402
+from _common import explain_text, progress, pyplot, save  # noqa: E402
 
 import compiler  # noqa: E402
 import dyngrad as dg  # noqa: E402
@@ -240,12 +240,8 @@ def main(argv=None) -> dict:
 
 
 def plot(path: Path, losses, lengths, buckets, t_eager, t_comp, t_first) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("(matplotlib not installed: no plot; `pip install matplotlib`)")
+    plt = pyplot()
+    if plt is None:
         return
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.4),
                                  gridspec_kw={"width_ratios": [1.6, 1]})
@@ -272,10 +268,7 @@ def plot(path: Path, losses, lengths, buckets, t_eager, t_comp, t_first) -> None
            ylabel="median ms per step", title="one compiled variant per bucket")
     a2.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"plot written to {path}")
+    save(fig, path)
 
 
 if __name__ == "__main__":

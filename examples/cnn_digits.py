@@ -41,7 +41,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import progress  # noqa: E402
+from _common import progress, pyplot, save  # noqa: E402
 
 import compiler  # noqa: E402
 import dyngrad as dg  # noqa: E402
@@ -200,12 +200,8 @@ def main(argv=None) -> dict:
 
 
 def plot(path: Path, results: dict, per_epoch: int) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("(matplotlib not installed: no plot; `pip install matplotlib`)")
+    plt = pyplot()
+    if plt is None:
         return
     fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4))
     for ax, (name, r) in zip(np.atleast_1d(axes), results.items()):
@@ -219,10 +215,7 @@ def plot(path: Path, results: dict, per_epoch: int) -> None:
                      f"eager")
         ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"plot written to {path}")
+    save(fig, path)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import explain_text, progress  # noqa: E402
+from _common import explain_text, progress, pyplot, save  # noqa: E402
 
 import compiler  # noqa: E402
 import dyngrad as dg  # noqa: E402
@@ -170,12 +170,8 @@ def main(argv=None) -> dict:
 
 
 def plot(path: Path, rows: list, cache_limit: int) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("(matplotlib not installed: no plot; `pip install matplotlib`)")
+    plt = pyplot()
+    if plt is None:
         return
     i = np.arange(len(rows))
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(10, 6.4), sharex=True,
@@ -207,10 +203,7 @@ def plot(path: Path, rows: list, cache_limit: int) -> None:
            title="f(a) and its gradient: one wall-clock sample per call")
     a2.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"plot written to {path}")
+    save(fig, path)
 
 
 if __name__ == "__main__":

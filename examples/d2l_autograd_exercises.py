@@ -43,6 +43,8 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import pyplot, save  # noqa: E402
+
 import dyngrad as dg  # noqa: E402
 from dyngrad import forward_ad  # noqa: E402
 from dyngrad.dispatch import DispatchMode, dispatch, push_mode, suspend  # noqa: E402
@@ -68,17 +70,6 @@ def progress(iterable, desc: str, total: int | None = None):
     except ImportError:
         return iterable
     return tqdm(iterable, desc=desc, total=total, ncols=80)
-
-
-def pyplot():
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        return plt
-    except ImportError:
-        print("(matplotlib not installed: no figure; `pip install matplotlib`)")
-        return None
 
 
 def heading(title: str) -> None:
@@ -271,10 +262,7 @@ def draw_graph(g, path: Path) -> None:
         ax.margins(x=0.06, y=0.12)
         ax.axis("off")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    print(f"graph drawing written to {path}")
+    save(fig, path, "graph drawing", dpi=100)
 
 
 def exercise_graph(out_dir: Path, dot_path: Path) -> None:
@@ -401,9 +389,7 @@ def exercise_sin(out_dir: Path, first: dict, second: dict) -> None:
     a2.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3)
     fig.tight_layout()
     path = out_dir / "d2l_derivatives.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"  figure written to {path}")
+    save(fig, path, "  figure")
 
 
 # ------------------------------------------------------------------------------ (e)
@@ -482,9 +468,7 @@ def exercise_modes(out_dir: Path, quick: bool) -> None:
                  "(orange, dashed)", fontsize=11)
     fig.tight_layout()
     path = out_dir / "d2l_modes.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"  figure written to {path}")
+    save(fig, path, "  figure")
 
 
 def main(argv=None) -> None:

@@ -37,7 +37,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import progress  # noqa: E402
+from _common import progress, pyplot, save  # noqa: E402
 
 import compiler  # noqa: E402
 import dyngrad as dg  # noqa: E402
@@ -148,12 +148,8 @@ def main(argv=None) -> dict:
 
 
 def plot(path: Path, losses, eager_losses, y_true, y_pred, acc: float, per_epoch: int):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("(matplotlib not installed: no plot; `pip install matplotlib`)")
+    plt = pyplot()
+    if plt is None:
         return
     cm = np.zeros((10, 10), np.int64)
     np.add.at(cm, (y_true, y_pred), 1)
@@ -177,10 +173,7 @@ def plot(path: Path, losses, eager_losses, y_true, y_pred, acc: float, per_epoch
            title="training loss: compiled and eager")
     a2.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"plot written to {path}")
+    save(fig, path)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from _common import explain_text, progress  # noqa: E402
+from _common import explain_text, progress, pyplot, save  # noqa: E402
 
 import compiler  # noqa: E402
 import dyngrad as dg  # noqa: E402
@@ -194,12 +194,8 @@ def main(argv=None) -> dict:
 
 
 def plot(path: Path, losses, lrs, evals, config) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("(matplotlib not installed: no plot; `pip install matplotlib`)")
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(8.5, 4.6))
     steps = np.arange(len(losses))
@@ -221,10 +217,7 @@ def plot(path: Path, losses, lrs, evals, config) -> None:
     lr_ax.set_ylabel("learning rate", color="tab:green")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"plot written to {path}")
+    save(fig, path)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import pyplot, save  # noqa: E402
+
 import dyngrad as dg  # noqa: E402
 from dyngrad.forward_ad import jvp  # noqa: E402
 
@@ -467,12 +469,8 @@ def staircase():
 
 
 def plot(path: Path, times: dict) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        say("(matplotlib not installed: no figure; `pip install matplotlib`)")
+    plt = pyplot(say)
+    if plt is None:
         return
     mags, rows = staircase()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -499,10 +497,8 @@ def plot(path: Path, times: dict) -> None:
     a2.legend(fontsize=8, loc="upper center")
     a2.margins(y=0.25)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    say(f"\nfigure written to {path}")
+    say("")
+    save(fig, path, "figure", say=say)
 
 
 def main(argv=None) -> None:

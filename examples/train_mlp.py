@@ -43,7 +43,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import progress  # noqa: E402
+from _common import progress, pyplot, save  # noqa: E402
 
 import dyngrad as dg  # noqa: E402
 import dyngrad.nn.functional as F  # noqa: E402
@@ -164,12 +164,8 @@ def report(times: dict, compiled, batch: int) -> None:
 
 
 def plot(path: Path, losses, twin_losses, accs, model, x, y) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("(matplotlib not installed: no plot; `pip install matplotlib`)")
+    plt = pyplot()
+    if plt is None:
         return
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.4))
     k = 16
@@ -197,10 +193,7 @@ def plot(path: Path, losses, twin_losses, accs, model, x, y) -> None:
     a2.scatter(x[:, 0], x[:, 1], c=y, s=4, cmap="RdBu", edgecolors="none")
     a2.set(title="compiled model's decision regions (black: p = 0.5)", aspect="equal")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"plot written to {path}")
+    save(fig, path)
 
 
 if __name__ == "__main__":

@@ -180,8 +180,118 @@ def test_optimizer_state_created_on_the_first_step_makes_the_next_call_trace_aga
     eager, compiled, (m1, o1), (m2, o2) = twins(lambda ps: optim.Adam(ps, lr=1e-2))
     run_twins(eager, compiled, m1, o1, m2, o2, steps=1)
     assert compiled.variants == [] and "optimizer state" in compiled.fallbacks[0]
+    assert compiled.fallbacks[0].startswith("untraced")  # (predicted: no capture ran)
     run_twins(eager, compiled, m1, o1, m2, o2, steps=3)
     assert len(compiled.variants) == 1 and compiled.variants[0].calls == 2
+
+
+def test_a_first_call_predicted_to_create_optimizer_state_runs_eagerly_once():
+    """The prediction (an optimizer the function reaches has parameters without state) only
+    skips the first trace: SGD without momentum makes no state, so its first call traces;
+    an optimizer the function does not step still compiles from the second call on; and
+    the refusal of a trace that does create state still stands when the prediction cannot
+    see the optimizer (reached only through a container)."""
+    eager, compiled, (m1, o1), (m2, o2) = twins(lambda ps: optim.SGD(ps, lr=0.1))
+    run_twins(eager, compiled, m1, o1, m2, o2, steps=1)
+    assert compiled.fallbacks == [] and len(compiled.variants) == 1
+    eager, compiled, (m1, o1), (m2, o2) = twins(lambda ps: optim.SGD(ps, lr=0.1,
+                                                                     momentum=0.9))
+    run_twins(eager, compiled, m1, o1, m2, o2, steps=1)
+    assert compiled.fallbacks[0].startswith("untraced") and compiled.variants == []
+
+    dg.manual_seed(0)
+    unused = optim.Adam(nn.Linear(3, 1).parameters())
+    model = nn.Linear(3, 1)
+    cf = compiler.compile(lambda x: model(x).sum() if unused else None)
+    x = dg.randn(4, 3)
+    for _ in range(3):
+        assert_same(model(x).sum(), cf(x))
+    assert cf.fallbacks[0].startswith("untraced") and len(cf.fallbacks) == 1
+    assert len(cf.variants) == 1 and cf.variants[0].calls == 1
+
+    dg.manual_seed(0)
+    model = nn.Linear(3, 1)
+    holder = [optim.Adam(model.parameters(), lr=1e-2)]  # (one container deep: not seen)
+
+    def step(x):
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        holder[0].step()
+        holder[0].zero_grad()
+        return loss
+    cf = compiler.compile(step)
+    x = dg.randn(4, 3)
+    for _ in range(3):
+        cf(x)
+    assert "kept in Python state" in cf.fallbacks[0]  # the trace ran, and was refused
+    assert len(cf.variants) == 1 and cf.variants[0].calls == 1
+
+
+def test_the_optimizer_prediction_reads_no_attribute_of_odd_arguments():
+    """The prediction looks one attribute into the function's arguments: an object whose
+    attribute lookup raises, or whose ``__dict__`` is a property that raises, is passed
+    over (the call is traced as usual), never an error of the user's call."""
+    class Proxy:
+        def __getattr__(self, name):
+            raise RuntimeError(f"no {name} here")
+
+    class Odd:
+        @property
+        def __dict__(self):
+            raise RuntimeError("no dict")
+
+    w = dg.ones(3, requires_grad=True)
+    cf = compiler.compile(lambda x, a, b: (x * w).sum())
+    a, b = Proxy(), Odd()
+    for _ in range(3):
+        assert_same((dg.ones(3) * w).sum(), cf(dg.ones(3), a, b))
+    assert cf.fallbacks == [] and cf.variants[0].calls == 2
+
+
+def test_an_argument_that_claims_to_be_an_optimizer_is_no_error_of_the_compiled_call():
+    """``Mock(spec=optim.Adam)`` passes ``isinstance(m, Optimizer)`` without an optimizer's
+    attributes (its ``_hyper_version``), as does a subclass that skips
+    ``Optimizer.__init__``: neither the prediction nor the capture may raise where eager
+    runs."""
+    from unittest import mock
+
+    class OwnStep(optim.Optimizer):  # (keeps its own parameter list: no param_groups)
+        def __init__(self, params):
+            self.params = list(params)
+
+        @dg.no_grad()
+        def step(self):
+            for p in self.params:
+                p.sub_(p.grad * 0.1)
+
+    w = dg.ones(3, requires_grad=True)
+    for odd in (mock.Mock(spec=optim.Adam), OwnStep([dg.ones(2, requires_grad=True)])):
+        cf = compiler.compile(lambda x, a: (x * w).sum())
+        for _ in range(3):
+            assert_same((dg.ones(3) * w).sum(), cf(dg.ones(3), odd))
+        assert len(cf.variants) == 1 and cf.variants[0].calls >= 1, cf.fallbacks
+
+
+def test_a_compiled_bound_method_predicts_the_state_of_its_instances_optimizer():
+    """``compile(trainer.step)``: the optimizer at ``self.opt`` is seen by the prediction, as
+    it is for ``compile`` used as a method decorator — the first call runs untraced rather
+    than being traced and refused."""
+    class Trainer:
+        def __init__(self):
+            self.model = mlp(0)
+            self.opt = optim.Adam(self.model.parameters(), lr=1e-2)
+
+        def step(self, x, y):
+            return train_step(self.model, self.opt)(x, y)
+
+    t1, t2 = Trainer(), Trainer()
+    cf = compiler.compile(t2.step)
+    for i in range(3):
+        x, y = batch(i)
+        assert_same(t1.step(x, y), cf(x, y), f"loss at step {i}")
+        assert_same_state(t1.model, t2.model, t1.opt, t2.opt)
+    assert cf.fallbacks[0].startswith("untraced") and len(cf.fallbacks) == 1, cf.fallbacks
+    assert len(cf.variants) == 1 and cf.variants[0].calls == 1
 
 
 def test_classifier_step_with_cross_entropy_and_integer_targets_matches_eager():
@@ -1803,3 +1913,28 @@ def test_the_default_dtype_is_guarded_and_set_default_dtype_runs_eagerly():
             dg.set_default_dtype(dg.int64)
     finally:
         dg.set_default_dtype(dg.float32)
+
+
+def test_a_compiler_error_after_the_trace_returns_the_traced_calls_result(monkeypatch):
+    """The traced call runs the function (its optimizer step included) before the passes:
+    when lowering or compiling then raises, that call returns its result instead of raising
+    after its effects, with one warning; the next calls trace again and, after three in a
+    row, the function stays eager — every call equal to an eager twin. Strict mode
+    (``DYNGRAD_COMPILE_STRICT``) and the test suite raise."""
+    import compiler.api as api
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a compiler bug")
+    monkeypatch.setattr(api, "compile_trace", broken)
+    monkeypatch.setattr(api.config, "raise_compile_errors", False)  # (as users get it)
+    eager, compiled, (m1, o1), (m2, o2) = twins(lambda ps: optim.SGD(ps, lr=0.1))
+    with pytest.warns(UserWarning, match="compiling the trace raised RuntimeError: a "
+                                         "compiler bug"):
+        run_twins(eager, compiled, m1, o1, m2, o2, steps=5)
+    assert compiled.variants == [] and compiled.eager_reason is not None
+    assert sum("a compiler bug" in r for r in compiled.fallbacks) == 3  # (then eager)
+
+    monkeypatch.setattr(api.config, "raise_compile_errors", True)
+    eager, compiled, (m1, o1), (m2, o2) = twins(lambda ps: optim.SGD(ps, lr=0.1))
+    with pytest.raises(RuntimeError, match="a compiler bug"):
+        run_twins(eager, compiled, m1, o1, m2, o2, steps=1)

@@ -116,10 +116,11 @@ def test_the_key_changes_with_the_cpu_and_the_ir(fresh_cache, monkeypatch):
 def test_clear_cache_removes_every_entry(fresh_cache):
     cache.load_or_compile(_ir("d"))
     cache.load_or_compile(_ir("e"))
-    choices = fresh_cache / "matmul-choices.json"  # the measured matmul kernels go too
-    choices.write_text("{}")
+    choices = [fresh_cache / f for f in ("matmul-choices.json", "conv-choices.json")]
+    for f in choices:  # the measured matmul kernels and convolution paths go too
+        f.write_text("{}")
     assert compiler.clear_cache() == 2
-    assert list(fresh_cache.glob("*.o")) == [] and not choices.exists()
+    assert list(fresh_cache.glob("*.o")) == [] and not any(f.exists() for f in choices)
 
 
 def test_an_unwritable_directory_turns_the_disk_cache_off_not_the_compiler(tmp_path,

@@ -21,6 +21,7 @@ import operator as _op
 import types
 
 from dyngrad.nn.module import Module
+from dyngrad.optim.optimizer import Optimizer
 from dyngrad.size import Size
 from dyngrad.tensor import Tensor
 
@@ -292,7 +293,7 @@ def _watched_state(obj):
     whose state the tracer and the version counters follow) a native method may change:
     compared after the call (an lr scheduler's ``step()`` advances ``last_epoch``)."""
     if obj is None or isinstance(obj, (Tensor, Module, types.ModuleType, type)) or \
-            hasattr(obj, "_hyper_version"):
+            isinstance(obj, Optimizer):
         return None
     d = getattr(obj, "__dict__", None)
     if not d or type(obj).__module__.split(".")[0] != "dyngrad":

@@ -33,6 +33,7 @@ import weakref
 import numpy as np
 
 from dyngrad.nn.module import Module
+from dyngrad.optim.optimizer import Optimizer
 from dyngrad.tensor import Tensor
 
 from ..generated import eval_generated
@@ -288,8 +289,11 @@ class Capture:
         return IDENTITY
 
     def _register(self, value, src) -> None:
-        if hasattr(value, "_hyper_version") and id(value) not in self.hyper_seen:
-            self.hyper_seen[id(value)] = (value, value._hyper_version)
+        if isinstance(value, Optimizer) and id(value) not in self.hyper_seen:  # (not
+            # hasattr: an argument's own __getattr__ may raise anything, as a proxy's does)
+            version = getattr(value, "_hyper_version", None)  # (None: a Mock(spec=Adam),
+            if type(version) is int:  # or a subclass that skips Optimizer.__init__)
+                self.hyper_seen[id(value)] = (value, version)
         # (an instance dict is asked of the type: reading ``value.__dict__`` would make
         # CPython 3.11/3.12 materialise it, after which every attribute load on the object
         # — a tensor argument's ``_data`` in each compiled call — takes a slower path)

@@ -164,6 +164,11 @@ class LBFGS(Optimizer):
         self._set_param(x)
         return loss, flat_grad
 
+    def first_step_creates_state(self) -> bool:
+        """No prediction: LBFGS's step re-evaluates its closure and is never traced (the
+        capture refuses it and names it, whatever its state)."""
+        return False
+
     @no_grad()
     def step(self, closure):
         """Up to ``max_iter`` L-BFGS iterations; returns the closure's first loss."""

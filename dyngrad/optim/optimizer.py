@@ -162,6 +162,14 @@ class Optimizer:
             if g is not None:
                 yield p, (-g if maximize else g)
 
+    def first_step_creates_state(self) -> bool:
+        """Whether ``step()`` now would create per-parameter state: some parameter that
+        requires grad has none yet. (The compiler's prediction that a call stepping this
+        optimizer cannot be traced: the state made is kept in Python state. Optimizers whose
+        step never makes state say so.)"""
+        return any(p.requires_grad and not self.state.get(p)
+                   for group in self.param_groups for p in group["params"])
+
     def _state_for(self, p: Tensor) -> dict:
         st = self.state.get(p)
         if st is None:

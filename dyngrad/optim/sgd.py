@@ -25,6 +25,12 @@ class SGD(Optimizer):
                                       weight_decay=weight_decay, nesterov=nesterov,
                                       maximize=maximize))
 
+    def first_step_creates_state(self) -> bool:
+        """Only a momentum buffer is state; without momentum a step makes none."""
+        return any(p.requires_grad and not self.state.get(p)
+                   for group in self.param_groups if group["momentum"] != 0
+                   for p in group["params"])
+
     @no_grad()
     def step(self, closure=None):
         loss = self._closure(closure)

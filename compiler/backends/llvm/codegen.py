@@ -21,7 +21,7 @@ from ...prims import traits
 from . import attention, datamove, jit, loops, matmul, randomgen, reduce, target, threads, window  # noqa: F401
 
 #            (importing the builder modules registers their builders)
-from .emit import FN_NAME, builder, constant_outputs, kernel_outputs  # noqa: F401
+from .emit import BUILDERS, FN_NAME, builder, constant_outputs, kernel_outputs  # noqa: F401
 from .vecmath import prelude_ir
 
 INLINE_LINES = 120  # kernels of more IR lines stay functions of their own (module_ir): a
@@ -53,10 +53,13 @@ def module_ir(g, groups, prefix: str = "dg_k", inline: bool = True) -> tuple:
     ms so)."""
     built, math_functions, decls = [], [], []
     by_code: dict[str, int] = {}  # kernel text without its name -> index of the first
-    for k, group in enumerate(groups):
-        b = builder(g, group)
-        name = f"{prefix}{k}"
-        text, name, layout = b.build(name, prelude=False)
+    made = {}  # (kernels of a ``late`` builder made last, the module in the groups' order)
+    for k in sorted(range(len(groups)), key=lambda k: getattr(BUILDERS.get(groups[k].kind),
+                                                               "late", False)):
+        b = builder(g, groups[k])
+        made[k] = (b, *b.build(f"{prefix}{k}", prelude=False))
+    for k in range(len(groups)):
+        b, text, name, layout = made[k]
         code = re.sub(rf"@{name}(?=[_(\s])", "@KERNEL", text)
         first = by_code.setdefault(code, len(built))
         built.append((text if first == len(built) else None, name, layout, first))

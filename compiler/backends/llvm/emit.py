@@ -261,7 +261,10 @@ class Emitter:
 
 class KernelBuilder(Emitter):
     """What every kernel builder has: an :class:`Emitter`, its group, the vecmath functions
-    its code calls, and no declarations unless it says so."""
+    its code calls, and no declarations unless it says so. ``late``: a module builds the
+    kernel after the others (its build may wait for a measurement under way meanwhile)."""
+
+    late = False
 
     def __init__(self, g, group, kind: str) -> None:
         if group.kind != kind:

@@ -36,7 +36,7 @@ from ...dims import concrete
 from ...passes.fusion import fuse
 from ...prims import traits
 from ..base import Executable, GuardFailed, result, same_value, step_plan
-from . import cache, codegen, driver, gemm, machine
+from . import cache, codegen, driver, gemm, machine, window
 from .emit import LLTYPE
 
 _KERNEL = object()  # tags a native step in the plan's step list
@@ -58,6 +58,7 @@ def compile_graph(g, inplace: dict | None = None, family=None, groups: list | No
     for dt in {n.out.dtype.name for n in g.nodes if n.prim.kind == "matmul"} & \
             {"float32", "float64"}:  # (the products' kernel compiles on another core
         gemm.prepare(LLTYPE[dt])  #     meanwhile: gemm.prepare)
+    window.prepare(g)  # (and the timing modules of convolution paths to be measured)
     groups = fuse(g) if groups is None else groups
     if any(not grp.kind.trivial for grp in groups):
         try:  # (a group that does not lower raises while the driver builds its module)

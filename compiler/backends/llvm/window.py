@@ -18,21 +18,33 @@ weight gradient sums its samples in ``WG_PARTS`` fixed blocks — each block's s
 order, then the blocks in order — so its bits depend on the batch size only, never on the
 thread count.
 
-Except for a 1x1 window at stride 1 (a GEMM as it is) and strides above
-``MAX_STAGED_STRIDE``, the forward convolution and the weight gradient skip the columns:
-each sample's planes are *staged* once — zero-bordered and, at a stride, split into one
-plane per phase (a row and column remainder modulo the stride), so that every window
-element's reads along an output row are contiguous (:class:`Direct`). The forward
+The direct path: except for a 1x1 window at stride 1 (a GEMM as it is) and strides above
+``MAX_STAGED_STRIDE``, the forward convolution and the weight gradient can skip the
+columns: each sample's planes are *staged* once — zero-bordered and, at a stride, split
+into one plane per phase (a row and column remainder modulo the stride), so that every
+window element's reads along an output row are contiguous (:class:`Direct`). The forward
 convolution computes a register tile of output channels x one output row segment straight
-from them (:func:`_conv_direct`, in the GEMM's order: the same bits). The weight gradient
-vectorises along the output rows instead (:func:`_weight_grad_staged`): a tile of output
-channels x window elements, each a vector of partial sums. The input gradient reads its
-bordered output gradient the same way at stride 1 (the window flipped); at a stride, as
-one such correlation per phase of the input — the window's rows and columns of that
-phase — whose results are then interleaved into place (:func:`_transpose_phases`); with
-dilation at a stride, or padding wider than the window at stride 1, it takes the columns
-and col2im. With few channels (W7b's 16→16 convolutions) the column path spent as long
-writing and packing columns as multiplying.
+from them (:func:`_conv_direct`, in the GEMM's order: the same bits as the column path —
+``tests/test_conv_paths.py`` checks it). The weight gradient vectorises along the output
+rows instead (:func:`_weight_grad_staged`): a tile of output channels x window elements,
+each a vector of partial sums. The input gradient reads its bordered output gradient the
+same way at stride 1 (the window flipped); at a stride, as one such correlation per phase
+of the input — the window's rows and columns of that phase — whose results are then
+interleaved into place (:func:`_transpose_phases`); with dilation at a stride, or padding
+wider than the window at stride 1, it has the columns and col2im only. The two gradients'
+direct kernels add in other orders than their column paths (the input gradient one chain
+over (output channel, window row, window column) where col2im adds each window element's
+GEMM sum in turn; the weight gradient vector lanes and blocks of ``WG_SAMPLES`` samples
+where the column path has ``WG_PARTS`` blocks): the results agree within rounding, not bit
+for bit.
+
+Which path a direction takes, where both apply, is decided per shape and machine
+(``convtune.py``, asked by :meth:`WindowBuilder._path`): the direct path without measuring
+when the column path's GEMM has a side under ``convtune.DIRECT_BELOW`` (with few channels —
+W7b's 16→16 convolutions — the column path spent as long writing and packing columns as
+multiplying); otherwise both kernels are timed on a slice of the batch (:func:`race`) and
+the decision is kept on disk, so that a machine's later processes take the same kernels —
+and, for the gradients, the same bits. ``DYNGRAD_CONV`` forces a path.
 
 Note (column buffers): the column buffer is ``malloc``'d per call and part (one sample's
 columns: conv2 of the mnist model is 663 KB; the direct path's bordered planes are smaller);
@@ -52,12 +64,18 @@ its indices int64 or int32 (positions computed in i64, stored narrowed: passes/n
 
 from __future__ import annotations
 
+import ctypes
 import math
+import threading
 from dataclasses import dataclass
 
+import numpy as np
+
 from ... import prims as P
+from ...ir import Node, Value
+from ...passes.fusion import FusionGroup, GroupKind
 from ...prims import Lowerings
-from . import gemm, jit, threads
+from . import convtune, gemm, jit, threads
 from .emit import (
     FN_NAME,
     INTEGER,
@@ -159,7 +177,10 @@ def _geometry(n, x_shape, w_shape, planes: tuple, out_planes: tuple) -> Geometry
 class WindowBuilder(KernelBuilder):
     """A 'window' group: one convolution or pooling-index node, by its primitive's rule in
     ``WINDOWS``. The kernel's body returns an i32 status (0, or :data:`ALLOC_FAILED`), as
-    an index kernel's does: the driver stops at a nonzero one."""
+    an index kernel's does: the driver stops at a nonzero one. Built ``late`` in a module:
+    a convolution's path may wait for its timing module, compiled meanwhile (:func:`prepare`)."""
+
+    late = True
 
     def __init__(self, g, group) -> None:
         super().__init__(g, group, "window")
@@ -171,6 +192,7 @@ class WindowBuilder(KernelBuilder):
         self.ty = ""  # the convolution's element type
         self.gemm = False  # whether the kernel calls the GEMM library (a column path)
         self.direct_decls = ""  # the intrinsics a direct convolution calls
+        self.path: str | None = None  # a convolution's forced path (a timing module's)
 
     def build(self, name: str = FN_NAME, prelude: bool = True) -> tuple:
         grp, n = self.group, self.n
@@ -193,6 +215,16 @@ class WindowBuilder(KernelBuilder):
         return decl + (gemm.declaration(self.ty) if self.gemm else "") + self.direct_decls
 
     # ------------------------------------------------------------------ shared pieces
+    def _path(self, geo: Geometry) -> str:
+        """``"columns"`` or ``"direct"`` for a convolution both kernels compute: the path
+        this builder was given (a timing module's), else ``convtune.choose``'s."""
+        if self.path is not None:
+            return self.path
+        direction = self.n.prim.name
+        plain = convtune.rule(direction, geo)
+        return convtune.choose(direction, _shape_key(self.ty, geo), plain,
+                               lambda: race(self.n, geo))
+
     def _float_type(self) -> str:
         dt = self.n.out.dtype.name
         if dt not in ("float32", "float64"):
@@ -843,7 +875,7 @@ def _conv(b: WindowBuilder, name: str, ins: list, out: str) -> None:
             e.lines.append(b._gemm(wg, geo.rows, 1, xg if geo.direct else cols, P_, 1,
                                      yg, geo.og, P_, geo.rows))
 
-    if _staged(geo):
+    if _staged(geo) and b._path(geo) == "direct":
         _conv_direct(b, name, _forward_direct(geo))
         b._by_samples(f"{name}d", geo, ins[0], ins[1], out)
         return
@@ -865,13 +897,14 @@ def _conv_transpose(b: WindowBuilder, name: str, ins: list, out: str) -> None:
         "C", "Co", "G", "H", "W", "KH", "KW", "OH", "OW", "sh", "sw", "ph", "pw", "dh", "dw")])
     HW, P_ = geo.H * geo.W, geo.positions
     d = _transpose_direct(geo) if _stride_one(geo) else None
-    if d is not None:
+    phases = None if geo.direct or d is not None else _transpose_phases(geo)
+    direct = (d is not None or phases is not None) and b._path(geo) == "direct"
+    if direct and d is not None:
         _conv_direct(b, name, d)
         _refuse_non_finite(b, ty, ins[1], geo.Co * geo.rows)
         b._by_samples(f"{name}d", geo, ins[0], ins[1], out)
         return
-    phases = None if geo.direct else _transpose_phases(geo)
-    if phases is not None:
+    if direct:
         _conv_transpose_phased(b, name, geo, phases)
         _refuse_non_finite(b, ty, ins[1], geo.Co * geo.rows)
         b._by_samples(f"{name}q", geo, ins[0], ins[1], out)
@@ -1148,7 +1181,7 @@ def _conv_weight_grad(b: WindowBuilder, name: str, ins: list, out: str) -> None:
     ty = b._float_type()
     x, gout = b.n.inputs
     geo = _geometry(b.n, x.shape, b.n.out.shape, x.shape[2:], gout.shape[2:])
-    if _staged(geo):
+    if _staged(geo) and b._path(geo) == "direct":
         _weight_grad_staged(b, name, geo, ins, out)
         return
     HW, P_, size = geo.H * geo.W, geo.positions, _size(ty)
@@ -1235,6 +1268,166 @@ def _conv_weight_grad(b: WindowBuilder, name: str, ins: list, out: str) -> None:
         b.line(f"store {ty} {v}, ptr {b.gep(ty, out, i)}")
     b.line(f"call void @free(ptr {acc})")
     b.line("ret i32 0")
+
+
+# ------------------------------------------------------------------ the choice of path
+
+
+_BATCHED = {  # per convolution primitive: which of (inputs..., output) have the batch first
+    P.CONV: (True, False, True),
+    P.CONV_TRANSPOSE: (True, False, True),
+    P.CONV_WEIGHT_GRAD: (True, True, False),
+}
+
+
+def _shape_key(ty: str, geo: Geometry) -> str:
+    """A convolution direction's shape as ``convtune`` keeps its decision: the dtype, one
+    sample's geometry and whether the batch is one sample (its GEMMs then split across the
+    threads) or more (a part per thread) — not the batch size, which changes the time of
+    both paths alike."""
+    one = "1" if int(geo.N) == 1 else "many"
+    return (f"{'f32' if ty == 'float' else 'f64'} n={one} c={geo.C} o={geo.Co} g={geo.G} "
+            f"in={geo.H}x{geo.W} k={geo.KH}x{geo.KW} out={geo.OH}x{geo.OW} "
+            f"s={geo.sh},{geo.sw} p={geo.ph},{geo.pw} d={geo.dh},{geo.dw}")
+
+
+def race(n, geo: Geometry | None = None) -> dict:
+    """Seconds per call of each path's kernel for convolution node ``n`` (its ``geo``) on a
+    slice of its batch (``convtune.SAMPLES`` samples, or one for a lone sample): both
+    kernels built as the graph's would be, with the path forced, in one module (compiled
+    here, or by :func:`prepare`'s thread), run on random operands (``convtune.race``).
+    Example: ``race(n)`` is ``{"columns": 2.1e-4, "direct": 2.7e-4}`` for W7a's conv2 input
+    gradient on the 2-core Zen 4 machine."""
+    geo = geometry(n) if geo is None else geo
+    key = (n.prim.name, _shape_key(LLTYPE[n.out.dtype.name], geo))
+    with _lock:
+        job = _timing_jobs.pop(key, None)
+    if job is not None:
+        job[0].join()
+    made = job[1][0] if job is not None and job[1] else _timing_module(n, geo)
+    if isinstance(made, Exception):  # (prepare's thread failed: raised here, once)
+        raise made
+    compiled, layout = made
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(tuple(int(s) for s in v.shape)).astype(v.dtype.np)
+              for v in layout]
+    args = (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays])
+    calls = {}
+    for path in convtune.PATHS:
+        fn = compiled.cfunc(f"dg_race_{path}", ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64)
+        calls[path] = lambda fn=fn, path=path: _ran(fn(args, 0), path)
+    return convtune.race(calls)
+
+
+def _ran(status: int, path: str) -> None:
+    """A timing kernel's status: nonzero (a column buffer it could not allocate) is a
+    failed race — not a fast kernel."""
+    if status != 0:
+        raise RuntimeError(f"convolution timing: the {path} kernel returned status {status}")
+
+
+def prepare(g) -> None:
+    """Start building and compiling, on a thread each, the timing modules (:func:`race`) of
+    the convolutions of graph ``g`` whose path will be measured — as ``gemm.prepare`` starts
+    the GEMM's compile: LLVM (which releases the GIL) works on another core while the
+    graph's fusion and its other kernels' IR are worked out in Python (a module builds its
+    window kernels last: ``late``); the timing itself runs where the decision is asked. A
+    failure there is kept for :func:`race` to raise. Example: ``runner.compile_graph``
+    calls ``prepare(g)`` before fusing ``g``."""
+    todo = []
+    for n in g.nodes:
+        ty = LLTYPE.get(n.out.dtype.name)
+        if n.prim not in _BATCHED or ty not in ("float", "double"):
+            continue
+        try:
+            geo = geometry(n)
+        except NotImplementedError:
+            continue
+        key = (n.prim.name, _shape_key(ty, geo))
+        if _has_direct(n.prim, geo) and key not in _timing_jobs and not any(
+                k == key for k, _, _ in todo) and convtune.wanted(
+                    *key, convtune.rule(n.prim.name, geo)):
+            todo.append((key, n, geo))
+    for key, n, geo in todo:  # (IR too: a column path waits for the GEMM's library)
+        box: list = []
+        th = threading.Thread(target=_make_timing_module, args=(box, n, geo),
+                              name="dyngrad-conv-race", daemon=True)
+        with _lock:
+            _timing_jobs[key] = (th, box)
+        th.start()
+
+
+def _make_timing_module(box: list, n, geo: Geometry) -> None:
+    """:func:`prepare`'s thread: ``box`` gets the timing module, or the exception that
+    stopped it (for :func:`race` to raise, not a thread's traceback on stderr)."""
+    try:
+        box.append(_timing_module(n, geo))
+    except Exception as exc:
+        box.append(exc)
+
+
+_timing_jobs: dict = {}  # prepare's: (direction, shape key) -> (its thread, a list that
+#                          receives (compiled module, argument layout) or the exception)
+_lock = threading.Lock()
+
+
+def _has_direct(prim, geo: Geometry) -> bool:
+    """Whether direction ``prim`` of ``geo``'s convolution has a direct kernel (else it has
+    the column path only)."""
+    if prim is P.CONV_TRANSPOSE:
+        return (_stride_one(geo) and _transpose_direct(geo) is not None) or (
+            not geo.direct and _transpose_phases(geo) is not None)
+    return _staged(geo)
+
+
+def _timing_module(n, geo: Geometry) -> tuple:
+    """(the compiled :func:`_timing_ir` of ``n``, its argument layout)."""
+    text, layout = _timing_ir(n, geo)
+    return jit.compile_ir(text), layout
+
+
+def _timing_ir(n, geo: Geometry) -> tuple:
+    """(IR of both paths' kernels ``@dg_race_<path>`` for ``n`` on a slice of its batch,
+    their argument layout)."""
+    samples = 1 if int(geo.N) == 1 else min(int(geo.N), convtune.SAMPLES)
+    values = [_with_batch(v, samples) if batched else v
+              for v, batched in zip([*n.inputs, n.out], _BATCHED[n.prim], strict=True)]
+    node = Node(n.prim, values[:-1], n.params, values[-1])
+    texts, decls, layout = [], [], None
+    for path in convtune.PATHS:
+        b = node_builder(node, path)
+        text, _, layout = b.build(f"dg_race_{path}", prelude=False)
+        texts.append(text)
+        decls += [d for d in b.declarations().splitlines(keepends=True) if d not in decls]
+    return prelude_ir([]) + "".join(decls) + "".join(texts), layout
+
+
+def geometry(n) -> Geometry:
+    """The geometry of convolution node ``n``'s convolution (of any direction). Example:
+    for W7a's conv2 weight gradient, ``Geometry(N=64, C=32, Co=64, ..., OH=24, OW=24, ...)``."""
+    return _geometry(n, *_CONV_SHAPES[n.prim](n))
+
+
+def node_builder(n: Node, path: str | None = None) -> WindowBuilder:
+    """The kernel builder of window node ``n`` alone (a graph of that one node), its
+    convolution's path forced to ``path`` where given — a timing module's kernel, or a
+    test's. Example: ``node_builder(n, "columns").build()[0]`` is the column path's IR."""
+    grp = FusionGroup(GroupKind.WINDOW, [0], n.value_inputs(), [n.out], ())
+    b = WindowBuilder(_OneNode([n]), grp)
+    b.path = path
+    return b
+
+
+def _with_batch(v: Value, samples: int) -> Value:
+    """A value like ``v`` with ``samples`` in its first dimension."""
+    return Value(v.id, (samples, *v.shape[1:]), v.dtype, v.name)
+
+
+@dataclass
+class _OneNode:
+    """A graph of one node, as a kernel builder reads it."""
+
+    nodes: list
 
 
 # ------------------------------------------------------------------ pooling indices
