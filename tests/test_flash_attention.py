@@ -441,3 +441,26 @@ def test_interpreter_keeps_the_slow_path_as_written():
     compiled(x)
     compiled(x)
     assert "= flash_attention" not in _graph_prims(compiled)
+
+
+def test_slow_path_without_a_backward_is_fused_too():
+    """Inference (no_grad): the forward alone becomes flash_attention; a fully masked row
+    is NaN as eager's."""
+    dg.manual_seed(0)
+    m = SlowAttention()
+    with dg.no_grad():
+        m.bias[0, 0, 2] = 0.0
+
+    def infer(x):
+        with dg.no_grad():
+            return m(x)
+
+    compiled = compiler.compile(infer, backend="llvm")
+    r = np.random.default_rng(7)
+    for _ in range(3):
+        x = dg.tensor(r.standard_normal((2, 8, 16)).astype(np.float32))
+        want, got = infer(x).numpy(), compiled(x).numpy()
+        np.testing.assert_array_equal(np.isnan(want), np.isnan(got))
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+    text = _graph_prims(compiled)
+    assert "= flash_attention " in text and "= flash_attention_backward" not in text

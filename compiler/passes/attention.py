@@ -7,7 +7,7 @@
 
 and its backward, as traced, become ``flash_attention`` (``plain=True``: a fully masked row
 gives NaN, as the plain softmax does) and ``flash_attention_backward``, when the
-probabilities are read by nothing else.
+probabilities are read by nothing else; without a backward (inference), the forward alone.
 
 What is matched, exactly (anything else leaves the graph as it is): the scores
 ``s = matmul(q, k, tb)`` with q (*b, L, E), k (*b, S, E) of the same leading dims;
@@ -129,11 +129,13 @@ def _match(g: Graph, uses: _Uses, y_node: Node):
             and q.dtype is k.dtype is v.dtype and q.dtype.is_floating_point):
         return None
     forward = [qk, mul] + ([where] if where is not None else []) + [mx, sub, exp, sm, div, y_node]
-    back = _match_backward(uses, q, k, v, p, e, total, mask, scale, forward)
-    if back is None:
-        return None
-    dy, dq, dkt, dv, backward = back
     inner = [n.out for n in forward[:-1]]  # every intermediate: read by these nodes only
+    back = _match_backward(uses, q, k, v, p, e, total, mask, scale, forward)
+    if back is None:  # no backward (inference): the forward alone, if nothing else reads
+        if not all(uses.only(val, forward) for val in inner):
+            return None
+        back = (None, None, None, None, [])
+    dy, dq, dkt, dv, backward = back
     if not all(uses.only(val, forward + backward) for val in inner):
         return None
     return q, k, v, mask, scale, dy, y_node, dq, dkt, dv, forward, backward
@@ -188,70 +190,72 @@ def _match_backward(uses: _Uses, q, k, v, p, e, total, mask, scale, forward):
     return dy, dq, dkt, dvn, chain + [dq, dkt, dvn]
 
 
-def _rewrite(g: Graph, found) -> None:
-    """The fused pair in place of the matched nodes: the forward where ``y`` was computed,
-    the backward where the first of dq, dkᵀ, dv was; their results through views."""
-    q, k, v, mask, scale, dy, y_node, dq, dkt, dv, forward, backward = found
-    nodes, fresh = g.nodes, []
-    L, E = q.shape[-2:]
-    S, Ev = v.shape[-2:]
-    lead = tuple(q.shape[:-2])
-    params = {"scale": scale, "causal": False, "plain": True}
+class _Fresh:
+    """New nodes for one place of the schedule: ``node`` makes one, ``cut`` a view of a
+    packed result; ``nodes`` lists them in order."""
 
-    def node(prim, inputs, prm, shape, dtype) -> Value:
-        out = g.new_value(shape, dtype)
-        n = Node(prim, list(inputs), dict(prm), out)
+    def __init__(self, g: Graph) -> None:
+        self.g, self.nodes = g, []
+
+    def node(self, prim, inputs: list, params: dict, shape: tuple, dtype) -> Value:
+        out = self.g.new_value(shape, dtype)
+        n = Node(prim, list(inputs), dict(params), out)
         out.producer = n
-        fresh.append(n)
+        self.nodes.append(n)
         return out
 
-    def cut(x: Value, start: int, size: int, shape: tuple) -> Value:
+    def cut(self, x: Value, start: int, size: int, shape: tuple) -> Value:
+        """``x[..., start:start + size]`` reshaped to ``shape``."""
         nd = len(x.shape)
-        sl = node(P.SLICE, [x], {"starts": (0,) * (nd - 1) + (start,),
-                                 "stops": tuple(x.shape[:-1]) + (start + size,),
-                                 "steps": (1,) * nd}, tuple(x.shape[:-1]) + (size,), x.dtype)
-        return sl if tuple(sl.shape) == shape else node(P.RESHAPE, [sl], {"shape": shape},
-                                                       shape, x.dtype)
+        part = tuple(x.shape[:-1]) + (size,)
+        sl = self.node(P.SLICE, [x], {"starts": (0,) * (nd - 1) + (start,),
+                                      "stops": tuple(x.shape[:-1]) + (start + size,),
+                                      "steps": (1,) * nd}, part, x.dtype)
+        return sl if part == shape else self.node(P.RESHAPE, [sl], {"shape": shape}, shape,
+                                                  x.dtype)
 
-    ty = q.dtype
-    attend = []
-    if mask is not None:
-        attend = [node(P.BITWISE_NOT, [mask], {}, mask.shape, mask.dtype)]
-    packed = node(P.FLASH_ATTENTION, [q, k, v] + attend, params, lead + (L, Ev + 1), ty)
-    y = cut(packed, 0, Ev, lead + (L, Ev))
-    at = nodes.index(y_node)
-    nodes[at:at + 1] = fresh
-    _shift_guards(g, at + 1, len(fresh) - 1)
-    replace = {id(y_node.out): y}
+    def place(self, at: int, replacing: int = 0) -> None:
+        """The new nodes at position ``at`` of the schedule, instead of the ``replacing``
+        nodes there; guards stay after the same nodes."""
+        self.g.nodes[at:at + replacing] = self.nodes
+        for gd in self.g.guards:
+            if gd.after >= at + replacing:
+                gd.after += len(self.nodes) - replacing
 
-    fresh = []
-    nd = len(lead) + 2
-    grad = node(P.PAD, [dy], {"pads": ((0, 0, 0),) * (nd - 1) + ((0, 1, 0),), "value": 0},
-                lead + (L, Ev + 1), ty)
-    flat = node(P.FLASH_ATTENTION_BACKWARD, [q, k, v, packed, grad] + attend, params,
-                lead + (L * E + S * E + S * Ev,), ty)
-    gq = cut(flat, 0, L * E, lead + (L, E))
-    gk = cut(flat, L * E, S * E, lead + (S, E))
-    gv = cut(flat, L * E + S * E, S * Ev, lead + (S, Ev))
-    perm = tuple(range(nd - 2)) + (nd - 1, nd - 2)
-    gkt = node(P.PERMUTE, [gk], {"perm": perm}, lead + (E, S), ty)
-    first = min(nodes.index(n) for n in (dq, dkt, dv))
-    nodes[first:first] = fresh
-    _shift_guards(g, first + 1, len(fresh))
-    replace.update({id(dq.out): gq, id(dkt.out): gkt, id(dv.out): gv})
-    for n in nodes:
+
+def _rewrite(g: Graph, found) -> None:
+    """The fused pair in place of the matched nodes: the forward where ``y`` was computed,
+    the backward (when there is one) where the first of dq, dkᵀ, dv was; their results
+    through views."""
+    q, k, v, mask, scale, dy, y_node, dq, dkt, dv, _, _ = found
+    L, E = q.shape[-2:]
+    S, Ev = v.shape[-2:]
+    lead, nd, ty = tuple(q.shape[:-2]), len(q.shape), q.dtype
+    params = {"scale": scale, "causal": False, "plain": True}
+    fwd = _Fresh(g)
+    attend = [] if mask is None else [fwd.node(P.BITWISE_NOT, [mask], {}, mask.shape,
+                                               mask.dtype)]
+    packed = fwd.node(P.FLASH_ATTENTION, [q, k, v] + attend, params, lead + (L, Ev + 1), ty)
+    replace = {id(y_node.out): fwd.cut(packed, 0, Ev, lead + (L, Ev))}
+    fwd.place(g.nodes.index(y_node), replacing=1)
+    if dy is not None:
+        bwd = _Fresh(g)
+        grad = bwd.node(P.PAD, [dy], {"pads": ((0, 0, 0),) * (nd - 1) + ((0, 1, 0),),
+                                      "value": 0}, lead + (L, Ev + 1), ty)
+        flat = bwd.node(P.FLASH_ATTENTION_BACKWARD, [q, k, v, packed, grad] + attend, params,
+                        lead + (L * E + S * E + S * Ev,), ty)
+        gk = bwd.cut(flat, L * E, S * E, lead + (S, E))
+        replace.update({
+            id(dq.out): bwd.cut(flat, 0, L * E, lead + (L, E)),
+            id(dkt.out): bwd.node(P.PERMUTE, [gk], {"perm": tuple(range(nd - 2)) +
+                                                    (nd - 1, nd - 2)}, lead + (E, S), ty),
+            id(dv.out): bwd.cut(flat, L * E + S * E, S * Ev, lead + (S, Ev))})
+        bwd.place(min(g.nodes.index(n) for n in (dq, dkt, dv)))
+    for n in g.nodes:
         n.inputs = [replace.get(id(x), x) if isinstance(x, Value) else x for x in n.inputs]
     g.outputs = [replace.get(id(x), x) for x in g.outputs]
     for gd in g.guards:
         gd.value = replace.get(id(gd.value), gd.value)
-
-
-def _shift_guards(g: Graph, at: int, by: int) -> None:
-    """Guards checked after the first ``at`` nodes stay after the same nodes once ``by``
-    nodes are added at ``at``."""
-    for gd in g.guards:
-        if gd.after >= at:
-            gd.after += by
 
 
 def fuse_attention(g: Graph) -> Graph:
