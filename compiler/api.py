@@ -33,7 +33,7 @@ from dyngrad.dispatch import STATE, push_mode
 from dyngrad.tensor import Storage, Tensor
 
 from . import backends, capture, dims, ir
-from .backends.base import Executable, GuardFailed, Untemplatable
+from .backends.base import Executable, GuardFailed, SettingError, Untemplatable
 from .capture.calls import trace_through
 from .effects import continue_backward, plan_effects, replay
 from .generated import exec_generated
@@ -719,8 +719,8 @@ class CompiledFunction:
             self._unsupported(str(exc))
             return _plain_numbers(result)
         except Exception as exc:  # a compiler bug after the traced call ran the function
-            if config.raise_compile_errors:  # (its effects are done: its result stands)
-                raise
+            if config.raise_compile_errors or isinstance(exc, SettingError):  # (its effects
+                raise  #                         are done: its result stands, unless raised)
             self._compile_error(exc)
             return _plain_numbers(result)
         t2 = time.perf_counter()

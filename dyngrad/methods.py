@@ -23,7 +23,7 @@ from enum import Enum
 
 import numpy as np
 
-from . import autograd, printing
+from . import autograd, forward_ad, printing
 from .dispatch import STATE
 from .ops import bitwise as _b
 from .ops import composites as _cf
@@ -370,6 +370,8 @@ def install() -> None:
     UPWARD.cast = _e.cast
     UPWARD.view_scatter = _i.view_scatter
     UPWARD.replay_view = _i.replay_view
+    UPWARD.grad = autograd.grad
+    UPWARD.jvp = forward_ad.jvp
 
 
 __all__ = ["METHODS", "Method", "Kind", "install"]

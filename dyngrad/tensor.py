@@ -171,12 +171,16 @@ class Upward:
     - ``cast``, ``view_scatter``, ``replay_view``: an in-place change is expressed functionally
       (a dtype cast, a scatter into a view's base, a view's history replayed on its base),
       which are ops. ``dyngrad.ops.movement.cat`` uses ``cast`` too (movement sits below
-      elementwise, whose rules sum broadcast gradients with movement's ``SUM``).
+      elementwise, whose rules sum broadcast gradients with movement's ``SUM``);
+    - ``grad``, ``jvp``: a primitive whose higher-order rules are autograd or forward mode
+      through a composite of ops (``dyngrad.ops.attention``) calls them from the op table,
+      which autograd and forward mode are built on.
 
     None of them is on the eager arithmetic path.
     """
 
-    __slots__ = ("backward", "tensor_repr", "cast", "view_scatter", "replay_view")
+    __slots__ = ("backward", "tensor_repr", "cast", "view_scatter", "replay_view", "grad",
+                 "jvp")
 
 
 UPWARD = Upward()

@@ -154,6 +154,14 @@ PRIMITIVE_CASES = {
     "conv_weight_grad": (lambda x, g: dispatch(prim("conv_weight_grad"), x, g, kernel=(2, 3),
                                                **_CONV), lambda: (leaf(1, 4, 5, 6),
                                                                   leaf(1, 2, 3, 5))),
+    # (masks, dead rows, both directions' higher orders: tests/test_flash_attention.py)
+    "flash_attention": (lambda q, k, v: dispatch(prim("flash_attention"), q, k, v, scale=0.7,
+                                                 causal=True),
+                        lambda: (leaf(2, 3, 4), leaf(2, 5, 4), leaf(2, 5, 3))),
+    "flash_attention_backward": (
+        lambda q, k, v, o, do: dispatch(prim("flash_attention_backward"), q, k, v, o, do,
+                                        scale=0.7, causal=False),
+        lambda: (leaf(2, 3, 4), leaf(2, 5, 4), leaf(2, 5, 3), leaf(2, 3, 4) * 0.5, leaf(2, 3, 4))),
     "cumsum": (lambda x: dispatch(prim("cumsum"), x, axis=1, reverse=False),
                lambda: (leaf(2, 3, 4),)),
     "cumprod": (lambda x: dispatch(prim("cumprod"), x, axis=2), lambda: (leaf(2, 3, 4),)),

@@ -308,6 +308,27 @@ def conv_case(draw, name: str):
 
 
 @st.composite
+def attention_case(draw, name: str):
+    """flash_attention (q, k, v[, mask]) or its backward (q, k, v, o, do[, mask]): leading
+    dims, L, S, E, Ev of a few each; no mask, a bool one or a float one broadcast to the
+    scores; causal or not."""
+    lead = tuple(draw(st.integers(1, 2)) for _ in range(draw(st.integers(0, 2))))
+    L, S, E, Ev = (draw(st.integers(1, 4)) for _ in range(4))
+    dtype, seed = draw(st.sampled_from(["float32", "float64"])), draw(seeds)
+    q, k, v = (tensor(values(lead + shape, seed + i, dtype))
+               for i, shape in enumerate(((L, E), (S, E), (S, Ev))))
+    kind = draw(st.sampled_from([None, "bool", "float"]))
+    mask = [] if kind is None else [tensor(values((L, S), seed + 3, dtype) > 0)
+                                    if kind == "bool" else
+                                    tensor(values((1,) * len(lead) + (L, S), seed + 3, dtype))]
+    params = {"scale": draw(st.sampled_from([0.5, 1.0])), "causal": draw(st.booleans())}
+    if name == "flash_attention":
+        return (q, k, v, *mask), params
+    o, do = (tensor(values(lead + (L, Ev + 1), seed + i, dtype)) for i in (4, 5))
+    return (q, k, v, o, do, *mask), params
+
+
+@st.composite
 def max_pool_case(draw):
     nd = draw(st.integers(1, 2))
     stride, padding, dilation, kernel, spatial = draw(_geometry(nd))
@@ -396,6 +417,8 @@ VALID_INPUTS = {
     "random": random_case(),
     **{name: scan_case(name) for name in ("cumsum", "cumprod", "argsort")},
     **{name: conv_case(name) for name in ("conv", "conv_transpose", "conv_weight_grad")},
+    **{name: attention_case(name) for name in ("flash_attention",
+                                                "flash_attention_backward")},
     "max_pool_indices": max_pool_case(),
     "adaptive_max_indices": adaptive_max_case(),
 }

@@ -16,6 +16,13 @@ from ..ir import Graph, Value
 from ..symbolic import instantiate
 
 
+class SettingError(ValueError):
+    """An environment setting a backend cannot honour (``DYNGRAD_TARGET=not-a-cpu``,
+    ``DYNGRAD_CONV=fastest``): the user's to fix, so raised from the call even when the
+    compile of a trace fails on it (other compile errors fall back to the traced call's
+    result: ``compiler.api``)."""
+
+
 @dataclass(frozen=True)
 class Backend:
     """A backend as the pipeline sees it (``compiler.backends.get(name)``)."""

@@ -40,8 +40,9 @@ import math
 import numpy as np
 
 from .. import dtypes as _dt
+from ..autograd.grad_mode import enable_grad, is_grad_enabled
 from ..dispatch import dispatch
-from ..tensor import Tensor
+from ..tensor import UPWARD, Tensor
 from . import composites as _cm
 from . import creation as _c
 from . import elementwise as _e
@@ -200,8 +201,6 @@ def _composed_jvp(ops, arity: int, ts, xs, p):
     """The jvp of ``ops`` (one of the composites above, whose first ``arity`` inputs are
     tensors and the next the optional mask) by forward mode through it. A mask without a
     tangent (a bool one never has one) rides along as a constant."""
-    from ..forward_ad import jvp  # (here: forward_ad imports the op table)
-
     mask = xs[arity] if len(xs) > arity else None
     moving = mask is not None and ts[arity] is not None
     primals = tuple(xs[:arity]) + ((mask,) if moving else ())
@@ -211,7 +210,7 @@ def _composed_jvp(ops, arity: int, ts, xs, p):
         return ops(*args[:arity], args[arity] if moving else mask, p["scale"], p["causal"],
                    p.get("plain", False))
 
-    return jvp(f, primals, tangents)[1]
+    return UPWARD.jvp(f, primals, tangents)[1]  # (forward_ad: built on the op table)
 
 
 # ------------------------------------------------------------------ derivatives
@@ -249,9 +248,6 @@ def _flash_jvp(ts, xs, out, p):
 
 
 def _flash_backward_vjp(n, g, xs, out):
-    from ..autograd import grad  # (here: autograd's package imports the op table)
-    from ..autograd.grad_mode import enable_grad, is_grad_enabled
-
     keep = is_grad_enabled()  # (the engine's create_graph)
     wanted = [i for i, need in enumerate(n.needs) if need]
     mask = xs[5] if len(xs) > 5 else None
@@ -264,7 +260,7 @@ def _flash_backward_vjp(n, g, xs, out):
             args[i] = args[i] + 0.0
         flat = _backward_ops(*args[:5], args[5] if mask is not None else None,
                              n.params["scale"], n.params["causal"], n.params.get("plain", False))
-        gs = grad(flat, [args[i] for i in wanted], g, retain_graph=True, create_graph=keep,
+        gs = UPWARD.grad(flat, [args[i] for i in wanted], g, retain_graph=True, create_graph=keep,
                   allow_unused=True)  # (retain: the walk must not free the outer graph)
     grads = [None] * len(xs)
     for i, d in zip(wanted, gs):

@@ -65,6 +65,7 @@ import time
 import warnings
 from pathlib import Path
 
+from ..base import SettingError
 from . import choices, gemm, target, threads
 
 MODES = ("measure", "columns", "direct", "rule")
@@ -86,7 +87,7 @@ def mode() -> str:
     """``DYNGRAD_CONV``, checked."""
     m = os.environ.get("DYNGRAD_CONV", "measure").strip().lower() or "measure"
     if m not in MODES:
-        raise ValueError(f"DYNGRAD_CONV={m!r}: expected one of {', '.join(MODES)}")
+        raise SettingError(f"DYNGRAD_CONV={m!r}: expected one of {', '.join(MODES)}")
     return m
 
 

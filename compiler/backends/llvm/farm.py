@@ -31,6 +31,7 @@ import threading
 import time
 from pathlib import Path
 
+from ..base import SettingError
 from . import split, worker
 
 MIN_LINES = 2500  # a module shorter than this compiles in well under 0.3 s: not cut
@@ -47,7 +48,7 @@ def workers_wanted() -> int:
         try:
             return max(0, min(int(env), 64))
         except ValueError:
-            raise ValueError(f"DYNGRAD_COMPILE_WORKERS must be a whole number of worker "
+            raise SettingError(f"DYNGRAD_COMPILE_WORKERS must be a whole number of worker "
                              f"processes (0 turns them off), got {env!r}") from None
     try:
         cpus = len(os.sched_getaffinity(0))

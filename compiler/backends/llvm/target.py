@@ -47,13 +47,15 @@ from dataclasses import dataclass, replace
 
 import llvmlite.binding as llvm
 
+from ..base import SettingError
+
 ENV = "DYNGRAD_TARGET"
 WIDTH_ENV = "DYNGRAD_VECTOR_WIDTH"
 _lock = threading.RLock()
 _resolved: dict[str, Target] = {}  # "base" / "current" -> the Target (this process)
 
 
-class TargetError(ValueError):
+class TargetError(SettingError):
     """``DYNGRAD_TARGET`` or ``DYNGRAD_VECTOR_WIDTH`` cannot be honoured here."""
 
 

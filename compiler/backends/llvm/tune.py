@@ -44,6 +44,7 @@ import time
 
 import numpy as np
 
+from ..base import SettingError
 from . import blas, choices, gemm, jit, target, threads
 from .emit import Emitter
 
@@ -67,7 +68,7 @@ def mode() -> str:
     """``DYNGRAD_MATMUL``, checked."""
     m = os.environ.get("DYNGRAD_MATMUL", "measure").strip().lower() or "measure"
     if m not in MODES:
-        raise ValueError(f"DYNGRAD_MATMUL={m!r}: expected one of {', '.join(MODES)}")
+        raise SettingError(f"DYNGRAD_MATMUL={m!r}: expected one of {', '.join(MODES)}")
     return m
 
 
