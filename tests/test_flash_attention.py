@@ -174,6 +174,17 @@ def test_sdpa_keeps_the_composite_for_a_float_mask_that_requires_grad():
         lambda: F.scaled_dot_product_attention(q, q, q, attn_mask=fm.detach()))
 
 
+
+def test_sdpa_with_an_empty_batch_has_empty_gradients():
+    q, k, v = leaf(0, 2, 5, 4), leaf(0, 2, 7, 4), leaf(0, 2, 7, 6)
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    out.sum().backward()
+    assert out.shape == (0, 2, 5, 6)
+    assert (q.grad.shape, k.grad.shape, v.grad.shape) == (q.shape, k.shape, v.shape)
+    dq, = dg.autograd.grad(F.scaled_dot_product_attention(q, k, v).sum(), [q],
+                           create_graph=True)
+    assert dq.shape == q.shape
+
 def test_flash_attention_rejects_mismatched_shapes_naming_them():
     with pytest.raises(RuntimeError, match=r"flash_attention.*\[2, 3, 4\]"):
         dispatch(FLASH_ATTENTION, dg.randn(2, 3, 4), dg.randn(2, 5, 3), dg.randn(2, 5, 3),

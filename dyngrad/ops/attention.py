@@ -102,9 +102,10 @@ def _flash_backward_impl(q, k, v, o, do, mask=None, *, scale, causal, plain=Fals
     dq = np.matmul(ds, k)
     dk = np.matmul(np.swapaxes(ds, -1, -2), q)
     c = q.dtype.type(float(scale))
-    lead = q.shape[:-2]
-    return np.concatenate([(dq * c).reshape(lead + (-1,)), (dk * c).reshape(lead + (-1,)),
-                           dv.reshape(lead + (-1,))], -1)
+    lead = q.shape[:-2]  # (sizes spelled out: -1 is ambiguous for an empty batch)
+    return np.concatenate([(dq * c).reshape(lead + (math.prod(dq.shape[-2:]),)),
+                           (dk * c).reshape(lead + (math.prod(dk.shape[-2:]),)),
+                           dv.reshape(lead + (math.prod(dv.shape[-2:]),))], -1)
 
 
 # ------------------------------------------------------------------ shape rules
@@ -205,7 +206,7 @@ def _backward_ops(q, k, v, o, do, mask, scale, causal, plain):
     dk = _la.matmul(_m.transpose(ds, -2, -1), q) * scale
     dv = _la.matmul(_m.transpose(p, -2, -1), g)
     lead = tuple(q.shape[:-2])
-    return _m.cat([_m.reshape(t, lead + (-1,)) for t in (dq, dk, dv)], -1)
+    return _m.cat([_m.reshape(t, lead + (math.prod(t.shape[-2:]),)) for t in (dq, dk, dv)], -1)
 
 
 def _composed_jvp(ops, arity: int, ts, xs, p):
