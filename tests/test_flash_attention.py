@@ -185,6 +185,21 @@ def test_sdpa_with_an_empty_batch_has_empty_gradients():
                            create_graph=True)
     assert dq.shape == q.shape
 
+
+@needs_torch
+def test_sdpa_with_an_empty_head_dim_attends_uniformly_as_torch():
+    r = np.random.default_rng(2)
+    q, k, v = np.zeros((2, 5, 0)), np.zeros((2, 7, 0)), r.standard_normal((2, 7, 3))
+    for causal in (False, True):
+        dv, tv = dg.tensor(v, requires_grad=True), torch.tensor(v, requires_grad=True)
+        out = F.scaled_dot_product_attention(dg.tensor(q), dg.tensor(k), dv, is_causal=causal)
+        tout = torch.nn.functional.scaled_dot_product_attention(
+            torch.tensor(q), torch.tensor(k), tv, is_causal=causal)
+        out.sum().backward()
+        tout.sum().backward()
+        np.testing.assert_allclose(out.detach().numpy(), tout.detach().numpy(), rtol=1e-12)
+        np.testing.assert_allclose(dv.grad.numpy(), tv.grad.numpy(), rtol=1e-12)
+
 def test_flash_attention_rejects_mismatched_shapes_naming_them():
     with pytest.raises(RuntimeError, match=r"flash_attention.*\[2, 3, 4\]"):
         dispatch(FLASH_ATTENTION, dg.randn(2, 3, 4), dg.randn(2, 5, 3), dg.randn(2, 5, 3),
