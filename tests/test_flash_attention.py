@@ -174,6 +174,32 @@ def test_sdpa_keeps_the_composite_for_a_float_mask_that_requires_grad():
         lambda: F.scaled_dot_product_attention(q, q, q, attn_mask=fm.detach()))
 
 
+
+def test_sdpa_with_an_empty_batch_has_empty_gradients():
+    q, k, v = leaf(0, 2, 5, 4), leaf(0, 2, 7, 4), leaf(0, 2, 7, 6)
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    out.sum().backward()
+    assert out.shape == (0, 2, 5, 6)
+    assert (q.grad.shape, k.grad.shape, v.grad.shape) == (q.shape, k.shape, v.shape)
+    dq, = dg.autograd.grad(F.scaled_dot_product_attention(q, k, v).sum(), [q],
+                           create_graph=True)
+    assert dq.shape == q.shape
+
+
+@needs_torch
+def test_sdpa_with_an_empty_head_dim_attends_uniformly_as_torch():
+    r = np.random.default_rng(2)
+    q, k, v = np.zeros((2, 5, 0)), np.zeros((2, 7, 0)), r.standard_normal((2, 7, 3))
+    for causal in (False, True):
+        dv, tv = dg.tensor(v, requires_grad=True), torch.tensor(v, requires_grad=True)
+        out = F.scaled_dot_product_attention(dg.tensor(q), dg.tensor(k), dv, is_causal=causal)
+        tout = torch.nn.functional.scaled_dot_product_attention(
+            torch.tensor(q), torch.tensor(k), tv, is_causal=causal)
+        out.sum().backward()
+        tout.sum().backward()
+        np.testing.assert_allclose(out.detach().numpy(), tout.detach().numpy(), rtol=1e-12)
+        np.testing.assert_allclose(dv.grad.numpy(), tv.grad.numpy(), rtol=1e-12)
+
 def test_flash_attention_rejects_mismatched_shapes_naming_them():
     with pytest.raises(RuntimeError, match=r"flash_attention.*\[2, 3, 4\]"):
         dispatch(FLASH_ATTENTION, dg.randn(2, 3, 4), dg.randn(2, 5, 3), dg.randn(2, 5, 3),
@@ -464,3 +490,47 @@ def test_slow_path_without_a_backward_is_fused_too():
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
     text = _graph_prims(compiled)
     assert "= flash_attention " in text and "= flash_attention_backward" not in text
+
+
+
+class MaskedAttention(SlowAttention):
+    """The slow path with the mask a data input (True: masked), as a padding mask is."""
+
+    def forward(self, x, masked):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+                   for t in (q, k, v))
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+        att = F.softmax(att.masked_fill(masked, float("-inf")), dim=-1)
+        return (att @ v).transpose(1, 2).contiguous().view(B, T, C)
+
+
+def test_slow_path_fully_masked_row_gives_nan_only_where_eager_does_in_the_gradients():
+    """A row masked entirely: the plain softmax's probabilities are NaN (so the gradient of
+    v is NaN), but the hand-written backward's ``where(mask, 0, ·)`` zeroes that row's score
+    gradient, so the gradients reaching q and k stay finite in eager — and must when the
+    pair is fused too (the projection's q and k rows of its weight gradient)."""
+    dg.manual_seed(0)
+    m = MaskedAttention()
+
+    def grads(x, masked):
+        for p in m.parameters():
+            p.grad = None
+        (m(x, masked) ** 2).mean().backward()
+        return [p.grad for p in m.parameters()]
+
+    compiled = compiler.compile(grads, backend="llvm")
+    r = np.random.default_rng(1)
+    masked = r.random((3, 2, 8, 8)) > 0.6
+    masked[..., 0, :] = True  # query 0 sees no key
+    masked = dg.tensor(masked)
+    x = dg.tensor(r.standard_normal((3, 8, 16)).astype(np.float32))
+    want = grads(x, masked)
+    for call in range(2):
+        got = compiled(x, masked)
+    assert "= flash_attention_backward " in _graph_prims(compiled)
+    for a, b, what in zip(want, got, ("weight", "bias")):
+        a, b = a.numpy(), b.numpy()
+        np.testing.assert_array_equal(np.isnan(b), np.isnan(a), err_msg=what)
+        np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-6, err_msg=what)

@@ -142,7 +142,9 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
     if enable_gqa:
         key = _cm.repeat_interleave(key, query.shape[-3] // key.shape[-3], -3)
         value = _cm.repeat_interleave(value, query.shape[-3] // value.shape[-3], -3)
-    factor = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    # (E = 0: the scores are empty sums, zeros, whatever the factor; PyTorch's 1/√0 = inf
+    # only ever multiplies the empty q and k, so its attention is uniform)
+    factor = 1.0 / math.sqrt(query.shape[-1] or 1) if scale is None else scale
     if attn_mask is not None:
         expected = _scores_shape(query, key)
         try:

@@ -24,6 +24,12 @@ D = rowsum(dO∘O), dS = P∘(dO·Vᵀ - D + dlse), dV = Pᵀ·dO, dQ = scale·d
 The blockwise online-softmax algorithm is the compiled kernel's
 (``compiler/backends/llvm/attention.py``).
 
+Note (plain): ``plain=True`` (the compiler's rewrite of hand-written attention,
+``compiler/passes/attention.py``) keeps the plain softmax's answers on a fully masked row:
+the output is NaN and so is that row's P (exp(-inf + inf)), which reaches dV through Pᵀ·dO;
+but dS of that row is zero, as the hand-written backward's ``where(mask, 0, ·)`` makes it
+(every score of the row is masked), so dQ and dK stay finite as in eager.
+
 Note (derivatives of higher order): the forward's vjp is the backward primitive. The
 forward's jvp and both rules of the backward primitive are composed from the same formulas
 written with dyngrad's ops (:func:`_forward_ops`, :func:`_backward_ops`) — forward-mode AD
@@ -84,19 +90,23 @@ def _flash_impl(q, k, v, mask=None, *, scale, causal, plain=False):
 def _flash_backward_impl(q, k, v, o, do, mask=None, *, scale, causal, plain=False):
     s = _np_scores(q, k, mask, scale, causal)
     lse = o[..., -1:]
+    dead = lse == NEG_INF
     if not plain:  # dead rows: exp(-inf) (plain: exp(-inf + inf), NaN)
-        lse = np.where(lse == NEG_INF, lse.dtype.type(0), lse)
+        lse = np.where(dead, lse.dtype.type(0), lse)
     p = np.exp(s - lse)
     g, dlse = do[..., :-1], do[..., -1:]
     delta = (g * o[..., :-1]).sum(-1, keepdims=True)
     ds = p * (np.matmul(g, np.swapaxes(v, -1, -2)) - delta + dlse)
+    if plain:  # a dead row's dS is zero (Note (plain))
+        ds = np.where(dead, ds.dtype.type(0), ds)
     dv = np.matmul(np.swapaxes(p, -1, -2), g)
     dq = np.matmul(ds, k)
     dk = np.matmul(np.swapaxes(ds, -1, -2), q)
     c = q.dtype.type(float(scale))
-    lead = q.shape[:-2]
-    return np.concatenate([(dq * c).reshape(lead + (-1,)), (dk * c).reshape(lead + (-1,)),
-                           dv.reshape(lead + (-1,))], -1)
+    lead = q.shape[:-2]  # (sizes spelled out: -1 is ambiguous for an empty batch)
+    return np.concatenate([(dq * c).reshape(lead + (math.prod(dq.shape[-2:]),)),
+                           (dk * c).reshape(lead + (math.prod(dk.shape[-2:]),)),
+                           dv.reshape(lead + (math.prod(dv.shape[-2:]),))], -1)
 
 
 # ------------------------------------------------------------------ shape rules
@@ -182,7 +192,10 @@ def _score_grad_ops(q, k, v, o, do, mask, scale, causal, plain):
     p = _probs_ops(q, k, o, mask, scale, causal, plain)
     g, dlse = _m.narrow(do, -1, 0, ev), _m.narrow(do, -1, ev, 1)
     delta = _r.sum(g * _m.narrow(o, -1, 0, ev), -1, keepdim=True)
-    return p, p * (_la.matmul(g, _m.transpose(v, -2, -1)) - delta + dlse)
+    ds = p * (_la.matmul(g, _m.transpose(v, -2, -1)) - delta + dlse)
+    if plain:  # a dead row's dS is zero (Note (plain))
+        ds = _e.where(_e.eq(_m.narrow(o, -1, o.shape[-1] - 1, 1), NEG_INF), 0.0, ds)
+    return p, ds
 
 
 def _backward_ops(q, k, v, o, do, mask, scale, causal, plain):
@@ -194,7 +207,7 @@ def _backward_ops(q, k, v, o, do, mask, scale, causal, plain):
     dk = _la.matmul(_m.transpose(ds, -2, -1), q) * scale
     dv = _la.matmul(_m.transpose(p, -2, -1), g)
     lead = tuple(q.shape[:-2])
-    return _m.cat([_m.reshape(t, lead + (-1,)) for t in (dq, dk, dv)], -1)
+    return _m.cat([_m.reshape(t, lead + (math.prod(t.shape[-2:]),)) for t in (dq, dk, dv)], -1)
 
 
 def _composed_jvp(ops, arity: int, ts, xs, p):

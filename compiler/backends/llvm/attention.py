@@ -8,7 +8,8 @@ softmax — the running row maximum m, the sum l of exp(s - m) and the output ac
 rescaled by exp(m_old - m_new) whenever the maximum grows. At the end out = acc / l and the
 logsumexp m + log l (a row that saw no finite score: zeros and -inf, Note [fully masked
 rows]; with ``plain``, NaN and -inf, and the backward's P of that row exp(-inf + inf),
-NaN, as the plain softmax's). With ``causal`` a row block reads no key block after its last row.
+NaN, as the plain softmax's, while its dS is zero: the hand-written backward's
+``where(mask, 0, ·)`` zeroes every masked score's gradient, so dQ and dK stay finite). With ``causal`` a row block reads no key block after its last row.
 
 **Backward** (``flash_attention_backward``): one work item per leading index (dK and dV
 sum over every query row, so one thread owns them). Per row block and key block the tile
@@ -511,9 +512,16 @@ def _backward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) ->
                 sc = e.splat(scale)
                 for i, prow, srow, dp in zip(idx, prows, srows, dps):
                     shift = e.splat(e.ld(rowd, i))
+                    gone = None  # plain: a dead row's dS is zero (Note on plain rows)
+                    if p.get("plain"):
+                        flag = e.emit(f"load i8, ptr {e.gep('i8', rowdead, i)}")
+                        gone = e.emit(f"icmp ne i8 {flag}, 0")
                     for n, (pv, dv_) in enumerate(zip(_row_vectors(e, prow), dp)):
                         ds = e.emit(f"fmul {e.vt} {pv}, {e.emit(f'fadd {e.vt} {dv_}, {shift}')}")
-                        e.vst(e.emit(f"fmul {e.vt} {ds}, {sc}"), srow, n * e.vl)
+                        ds = e.emit(f"fmul {e.vt} {ds}, {sc}")
+                        if gone is not None:
+                            ds = e.emit(f"select i1 {gone}, {e.vt} zeroinitializer, {e.vt} {ds}")
+                        e.vst(ds, srow, n * e.vl)
                 # dQ_i += sum_c dS[i, c] · K_c
                 _accumulate(e, cols, [
                     _Term(e.at(dq, e.i("mul", i, E)), E, lambda c, srow=srow: e.ld(srow, c),
