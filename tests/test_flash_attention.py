@@ -527,7 +527,7 @@ def test_slow_path_fully_masked_row_gives_nan_only_where_eager_does_in_the_gradi
     masked = dg.tensor(masked)
     x = dg.tensor(r.standard_normal((3, 8, 16)).astype(np.float32))
     want = grads(x, masked)
-    for call in range(2):
+    for _ in range(2):  # (the first call runs eagerly while it is traced)
         got = compiled(x, masked)
     assert "= flash_attention_backward " in _graph_prims(compiled)
     for a, b, what in zip(want, got, ("weight", "bias")):

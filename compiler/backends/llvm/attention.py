@@ -9,7 +9,8 @@ rescaled by exp(m_old - m_new) whenever the maximum grows. At the end out = acc 
 logsumexp m + log l (a row that saw no finite score: zeros and -inf, Note [fully masked
 rows]; with ``plain``, NaN and -inf, and the backward's P of that row exp(-inf + inf),
 NaN, as the plain softmax's, while its dS is zero: the hand-written backward's
-``where(mask, 0, ·)`` zeroes every masked score's gradient, so dQ and dK stay finite). With ``causal`` a row block reads no key block after its last row.
+``where(mask, 0, ·)`` zeroes every masked score's gradient, so dQ and dK stay finite).
+With ``causal`` a row block reads no key block after its last row.
 
 **Backward** (``flash_attention_backward``): one work item per leading index (dK and dV
 sum over every query row, so one thread owns them). Per row block and key block the tile
