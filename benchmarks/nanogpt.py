@@ -80,6 +80,9 @@ def model_module(framework: str = "dyngrad") -> types.ModuleType:
         if mod.torch.__name__ != framework:  # (the port's import lines not turned back)
             raise RuntimeError(f"nanoGPT's model.py loaded for {framework} runs on "
                                f"{mod.torch.__name__}")
+        # registered as an imported module is: torch.compile looks the model's functions'
+        # module up by name (the corpus loader unregisters it after running it)
+        sys.modules[mod.__name__] = mod
         _MODULES[framework] = mod
     return mod
 

@@ -218,3 +218,15 @@ def test_profiles_quick_run_prints_a_table_and_writes_a_trace_per_workload(tmp_p
     for name in ("W1", "W2"):
         trace = json.loads((tmp_path / f"{name}.json").read_text())
         assert any(e["cat"] == "matmul" for e in trace["traceEvents"])
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="the PyTorch mirror needs torch")
+def test_the_nanogpt_model_modules_stay_importable_by_name():
+    """torch.compile resolves the model's functions' module by name (``sys.modules``); the
+    corpus loader unregisters what it ran, so W8's loader registers the modules it keeps
+    (W8's torch.compile mirror failed with ModuleNotFoundError without it)."""
+    from benchmarks import nanogpt
+    for framework in ("dyngrad", "torch"):
+        mod = nanogpt.model_module(framework)
+        assert sys.modules[mod.__name__] is mod
+        assert sys.modules[mod.GPT.forward.__module__] is mod
