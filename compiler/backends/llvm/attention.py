@@ -249,18 +249,18 @@ def _pack_t(e: _Item, src: str, width: int, j0: str, cols: str, dst: str) -> Non
     which read as floats is often denormal (a multiply-add on a denormal takes a microcode
     assist) or NaN."""
     last = e.i("sub", cols, 1)
-    for c0 in range(0, BC, e.vl):
-        inside = e.i("icmp slt", c0, cols)
-        with e.when(inside):
-            rows = [e.at(src, e.i("mul", e.i("add", j0, e.min(c0 + t, last)), width))
-                    for t in range(e.vl)]
+    with e.rolled_loop(0, BC, e.vl, scalar=True) as c0:  # (rolled: the transposes are most
+        inside = e.i("icmp slt", c0, cols)  #             of the kernel's code, and its
+        with e.when(inside):  #                           compile time)
+            rows = [e.at(src, e.i("mul", e.i("add", j0, e.min(e.i("add", c0, t), last)),
+                                  width)) for t in range(e.vl)]
             for x0, lanes in e.chunks(width):
                 block = _transpose(e, [e.vld(r, x0, lanes) for r in rows])
                 for t in range(min(e.vl, width - x0)):
-                    e.vst(block[t], dst, (x0 + t) * BC + c0)
+                    e.vst(block[t], dst, e.i("add", c0, (x0 + t) * BC))
         with e.when(e.emit(f"xor i1 {inside}, true")):  # (Note: columns no key fills)
             for x in range(width):
-                e.vst("zeroinitializer", dst, x * BC + c0)
+                e.vst("zeroinitializer", dst, e.i("add", c0, x * BC))
 
 
 def _tile_rows(e: _Item, rows_t: str, width: int, xs: list) -> list:
