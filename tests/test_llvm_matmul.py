@@ -375,6 +375,26 @@ def test_the_measured_choice_is_kept_in_the_process_and_on_disk(choices, tmp_pat
 
 
 @needs_blas
+def test_a_decision_another_process_stored_during_the_measurement_stands(choices, tmp_path,
+                                                                          monkeypatch):
+    """Two processes that measure one shape at once (two runs started together on a fresh
+    cache) take the first decision stored, not each its own (BLAS and the generated kernel
+    add in other orders), and the file keeps that one."""
+    from compiler.backends.llvm import choices as stored
+    args = ("float32", 128, 256, 100, False, True)  # (measured here: BLAS)
+    real = tune.measure
+
+    def measure(*a):  # (meanwhile, another process stores its decision)
+        stored.store(tune.FILE, tune.machine_key(), tune.shape_key(*args),
+                     {"choice": "generated"})
+        return real(*a)
+    monkeypatch.setattr(tune, "measure", measure)
+    assert tune.choose(*args) == "generated"
+    data = json.loads((tmp_path / tune.FILE).read_text())
+    assert data[tune.machine_key()][tune.shape_key(*args)]["choice"] == "generated"
+
+
+@needs_blas
 @pytest.mark.parametrize("junk", [b"{not json", b"[1, 2]", b'{"x": 3}', b"\xff\xfe", b""])
 def test_a_corrupt_decision_file_is_ignored_and_rewritten(choices, tmp_path, junk):
     (tmp_path / tune.FILE).write_bytes(junk)

@@ -42,13 +42,19 @@ def lookup(file: str, machine: str, key: str) -> dict | None:
     return entry if isinstance(entry, dict) else None
 
 
-def store(file: str, machine: str, key: str, entry: dict) -> None:
-    """Add one decision to ``file`` (merged with what is there; atomic)."""
+def store(file: str, machine: str, key: str, entry: dict, keep: tuple = ()) -> dict:
+    """Add one decision to ``file`` (merged with what is there; atomic) and return the entry
+    that stands: with ``keep`` (the valid choices), one another process stored meanwhile
+    whose ``"choice"`` is among them stays, and is returned — two processes measuring one
+    shape at once then both take the first one's answer."""
     if not cache._enabled():
-        return
+        return entry
     data = load(file)
     if not isinstance(data.get(machine), dict):
         data[machine] = {}
+    there = data[machine].get(key)
+    if keep and isinstance(there, dict) and there.get("choice") in keep:
+        return there
     data[machine][key] = entry
     d = path(file).parent
     try:
@@ -64,6 +70,7 @@ def store(file: str, machine: str, key: str, entry: dict) -> None:
             raise
     except OSError:
         pass  # (a read-only directory: the decision holds for this process)
+    return entry
 
 
 def remove(file: str) -> None:

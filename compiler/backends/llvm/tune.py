@@ -96,7 +96,7 @@ def choose(dtype_name: str, m: int, n: int, k: int, ta: bool, tb: bool) -> str:
                 t = measure(dtype_name, m, n, k, ta, tb)
                 choice = t["choice"]
                 if threads.team():  # (a forked child's timings are of one thread)
-                    _store(key, t)
+                    choice = _store(key, t)["choice"]  # (one stored meanwhile stands)
             _decided[key] = choice
     return choice
 
@@ -234,11 +234,12 @@ def _load() -> dict:
     return choices.load(FILE)
 
 
-def _store(key: tuple, timing: dict) -> None:
-    """Add one decision to the file (``choices.store``: merged, atomic)."""
-    choices.store(FILE, key[0], key[1], {"choice": timing["choice"],
-                                          "blas_us": round(timing["blas"] * 1e6, 2),
-                                          "generated_us": round(timing["generated"] * 1e6, 2)})
+def _store(key: tuple, timing: dict) -> dict:
+    """Add one decision to the file (``choices.store``: merged, atomic) unless another
+    process stored one for the shape while this one measured; the entry that stands."""
+    return choices.store(FILE, key[0], key[1], {
+        "choice": timing["choice"], "blas_us": round(timing["blas"] * 1e6, 2),
+        "generated_us": round(timing["generated"] * 1e6, 2)}, keep=("blas", "generated"))
 
 
 def forget(disk: bool = False) -> None:
