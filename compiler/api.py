@@ -815,9 +815,7 @@ class CompiledFunction:
     def _internal_error(self, exc: Exception) -> None:
         """A compiled call raised (a shape the guards did not foresee, or a compiler bug):
         recorded, warned about once, and the call runs eagerly."""
-        import traceback
-        where = traceback.format_exception(type(exc), exc, exc.__traceback__)[-2].strip()
-        reason = f"compiled call raised {type(exc).__name__}: {exc} ({where})"
+        reason = _raised("compiled call", exc)
         self._note(reason + "; running eagerly", "guards")
         if reason not in self.fallbacks:
             self.fallbacks.append(reason)
@@ -832,9 +830,7 @@ class CompiledFunction:
         recorded as the call's fallback and warned about once, and later calls try again —
         after ``MAX_UNSUPPORTED`` in a row the function stays eager. (With
         ``config.raise_compile_errors``, as in strict mode and the test suite, it raises.)"""
-        import traceback
-        where = traceback.format_exception(type(exc), exc, exc.__traceback__)[-2].strip()
-        reason = f"compiling the trace raised {type(exc).__name__}: {exc} ({where})"
+        reason = _raised("compiling the trace", exc)
         if reason not in self.fallbacks:
             warnings.warn(f"dyngrad.compile: {self.__name__}: {reason}; ran eagerly",
                           stacklevel=5)  # user → __call__ → _miss → _trace → here
@@ -880,6 +876,13 @@ class CompiledFunction:
                f"{self.backend}>"
 
 
+def _raised(what: str, exc: Exception) -> str:
+    """``"<what> raised <type>: <message> (<the innermost line it came from>)"``."""
+    import traceback
+    where = traceback.format_exception(type(exc), exc, exc.__traceback__)[-2].strip()
+    return f"{what} raised {type(exc).__name__}: {exc} ({where})"
+
+
 def _optimizer_without_state(fn: Callable, flat: list):
     """An optimizer the function can reach — among its arguments, its closure cells, the
     globals its code names, or one attribute into any of those — with a parameter that
@@ -894,7 +897,11 @@ def _optimizer_without_state(fn: Callable, flat: list):
     fn = getattr(fn, "__func__", fn)  # function replaces it: the instance holds self.opt)
     code = getattr(fn, "__code__", None)
     if code is not None:
-        roots += [c.cell_contents for c in (fn.__closure__ or ()) if _filled(c)]
+        for cell in fn.__closure__ or ():
+            try:
+                roots.append(cell.cell_contents)
+            except ValueError:  # (an empty cell)
+                pass
         glb = getattr(fn, "__globals__", {})
         roots += [glb[n] for n in code.co_names if n in glb]
     seen: set = set()
@@ -928,16 +935,6 @@ def _instance_dict(obj) -> dict:
     except Exception:  # (no instance dict, or a lookup that fails)
         return {}
     return d if type(d) is dict else {}
-
-
-def _filled(cell) -> bool:
-    try:
-        return cell.cell_contents is not _EMPTY
-    except ValueError:  # (an empty cell)
-        return False
-
-
-_EMPTY = object()
 
 
 def _plain_numbers(x):

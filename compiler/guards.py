@@ -165,7 +165,7 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None,
         tags.append(tag)
 
     namer = Namer(ns, "P")
-    ns["SPEC"] = spec
+    ns["SPEC"], ns["TENSOR"] = spec, Tensor
     add("spec != SPEC", "structure of the arguments", _spec_str(spec), lambda f: "changed")
     storages: dict[int, list] = {}
     sym_dims = symbolic.dims if symbolic is not None else {}
@@ -184,7 +184,6 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None,
         if isinstance(x, Tensor):
             a = x._data
             ns[f"S{i}"], ns[f"D{i}"], ns[f"T{i}"] = a.shape, a.dtype, a.strides
-            ns["TENSOR"] = Tensor
             # (a tensor traced where a later call passes None or a number: a miss, not an
             # AttributeError from the lines below)
             add(f"not isinstance(flat[{i}], TENSOR)", f"argument {i} is a tensor", "Tensor",

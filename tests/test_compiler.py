@@ -125,17 +125,23 @@ def compiled_calls(cf) -> int:
     return sum(v.calls for v in cf.variants)
 
 
+def step_twins(eager, compiled, m1, o1, m2, o2, x, y, what: str, seed=None):
+    """One step of each twin (each after ``manual_seed(seed)``, when given): the same loss,
+    then the same models and optimizers."""
+    if seed is not None:
+        dg.manual_seed(seed)
+    l1 = eager(x, y)
+    if seed is not None:
+        dg.manual_seed(seed)
+    assert_same(l1, compiled(x, y), what)
+    assert_same_state(m1, m2, o1, o2)
+
+
 def run_twins(eager, compiled, m1, o1, m2, o2, steps=6, sizes=None, seed_each=None):
     for i in range(steps):
         x, y = batch(i, n=sizes[i] if sizes else 8)
-        if seed_each is not None:
-            dg.manual_seed(seed_each + i)
-        l1 = eager(x, y)
-        if seed_each is not None:
-            dg.manual_seed(seed_each + i)
-        l2 = compiled(x, y)
-        assert_same(l1, l2, f"loss at step {i}")
-        assert_same_state(m1, m2, o1, o2)
+        step_twins(eager, compiled, m1, o1, m2, o2, x, y, f"loss at step {i}",
+                   None if seed_each is None else seed_each + i)
 
 
 # ------------------------------------------------------------------ training steps
@@ -468,11 +474,7 @@ def test_train_and_eval_mode_switch_retraces_and_matches_eager():
         for m in (m1, m2):
             m.train(mode == "train")
         x, y = batch(i)
-        dg.manual_seed(i)
-        l1 = eager(x, y)
-        dg.manual_seed(i)
-        assert_same(l1, compiled(x, y), f"loss {i} ({mode})")
-        assert_same_state(m1, m2, o1, o2)
+        step_twins(eager, compiled, m1, o1, m2, o2, x, y, f"loss {i} ({mode})", seed=i)
     assert compiled_calls(compiled) >= 3
 
 
@@ -488,11 +490,7 @@ def test_evaluating_between_compiled_steps_keeps_one_variant_and_matches_eager()
         warnings.simplefilter("error")  # (a cache_limit warning fails the test)
         for i in range(12):
             x, y = batch(i)
-            dg.manual_seed(i)
-            l1 = eager(x, y)
-            dg.manual_seed(i)
-            assert_same(l1, compiled(x, y), f"loss {i}")
-            assert_same_state(m1, m2, o1, o2)
+            step_twins(eager, compiled, m1, o1, m2, o2, x, y, f"loss {i}", seed=i)
             variants.append(len(compiled.variants))
             for m in (m1, m2):
                 m.eval()
