@@ -12,12 +12,31 @@ process only.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 
+from ..base import SettingError
 from . import cache
+
+
+def setting(name: str, modes: tuple, default: str = "measure") -> str:
+    """The environment variable ``name`` that forces a decision (``DYNGRAD_MATMUL``,
+    ``DYNGRAD_CONV``), lower-cased and checked against ``modes``."""
+    m = os.environ.get(name, default).strip().lower() or default
+    if m not in modes:
+        raise SettingError(f"{name}={m!r}: expected one of {', '.join(modes)}")
+    return m
+
+
+@functools.cache
+def digest(source: Path) -> str:
+    """A digest of a kernel generator's source, for the keys of decisions measured against
+    its kernels: they are taken again when its code changes."""
+    return hashlib.sha256(source.read_bytes()).hexdigest()[:12]
 
 
 def path(file: str) -> Path:

@@ -58,14 +58,12 @@ a later process measures again.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
 import warnings
 from pathlib import Path
 
-from ..base import SettingError
 from . import choices, gemm, target, threads
 
 MODES = ("measure", "columns", "direct", "rule")
@@ -85,10 +83,7 @@ _lock = threading.Lock()
 
 def mode() -> str:
     """``DYNGRAD_CONV``, checked."""
-    m = os.environ.get("DYNGRAD_CONV", "measure").strip().lower() or "measure"
-    if m not in MODES:
-        raise SettingError(f"DYNGRAD_CONV={m!r}: expected one of {', '.join(MODES)}")
-    return m
+    return choices.setting("DYNGRAD_CONV", MODES)
 
 
 def rule(direction: str, geo) -> str | None:
@@ -177,18 +172,9 @@ def race(calls: dict) -> dict:
 def machine_key() -> str:
     """The CPU and the kernels' code the timings hold for (not the thread settings: see
     the module docstring)."""
-    return (f"{target.current().machine_key()} window {_version()} gemm {gemm.version()} "
+    return (f"{target.current().machine_key()} window "
+            f"{choices.digest(Path(__file__).parent / 'window.py')} gemm {gemm.version()} "
             f"cpus={os.cpu_count()}")
-
-
-def _version() -> str:
-    if not _digest:
-        _digest.append(hashlib.sha256((Path(__file__).parent / "window.py").read_bytes())
-                       .hexdigest()[:12])
-    return _digest[0]
-
-
-_digest: list = []
 
 
 def forget(disk: bool = False) -> None:

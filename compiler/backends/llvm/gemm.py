@@ -32,13 +32,12 @@ its own panels. Since the sum order does not depend on the split, the bits do no
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from pathlib import Path
 
 import llvmlite.binding as llvm
 
-from . import cache, jit, target, threads
+from . import cache, choices, jit, target, threads
 from .emit import Emitter
 
 MR = 8  # rows of the register tile
@@ -60,12 +59,7 @@ _libraries: dict[tuple, jit.Compiled] = {}  # (type, uses threads, target) -> th
 def version() -> str:
     """A digest of this module's source: decisions measured against the kernel
     (``tune.py``'s matmul choices) are taken again when its code changes."""
-    if not _version:
-        _version.append(hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12])
-    return _version[0]
-
-
-_version: list = []
+    return choices.digest(Path(__file__))
 
 
 def vector_bits() -> int:

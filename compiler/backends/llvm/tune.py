@@ -44,7 +44,6 @@ import time
 
 import numpy as np
 
-from ..base import SettingError
 from . import blas, choices, gemm, jit, target, threads
 from .emit import Emitter
 
@@ -66,10 +65,7 @@ _LL = {"float32": "float", "float64": "double"}
 
 def mode() -> str:
     """``DYNGRAD_MATMUL``, checked."""
-    m = os.environ.get("DYNGRAD_MATMUL", "measure").strip().lower() or "measure"
-    if m not in MODES:
-        raise SettingError(f"DYNGRAD_MATMUL={m!r}: expected one of {', '.join(MODES)}")
-    return m
+    return choices.setting("DYNGRAD_MATMUL", MODES)
 
 
 def choose(dtype_name: str, m: int, n: int, k: int, ta: bool, tb: bool) -> str:
