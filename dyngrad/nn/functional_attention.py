@@ -34,7 +34,7 @@ from ..ops import creation as _c
 from ..ops import elementwise as _e
 from ..ops import movement as _m
 from ..ops import reduce as _r
-from ..ops.attention import flash_attention
+from ..ops.attention import attention_scores, flash_attention
 from ..tensor import Tensor
 from .functional_dense import dropout, linear
 from .functional_layout import pad
@@ -157,16 +157,8 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
                                f"weights' shape {list(expected)} (..., L, S)")
     if _fused(query, key, attn_mask, dropout_p):
         return flash_attention(query, key, value, attn_mask, factor, is_causal)
-    scores = (query @ _m.transpose(key, -2, -1)) * factor
-    if is_causal:
-        L, S = query.shape[-2], key.shape[-2]
-        keep = _cm.tril(_c.ones((L, S), dtype=_dt.bool_))
-        scores = _e.where(keep, scores, NEG_INF)
+    scores = attention_scores(query, key, attn_mask, factor, is_causal)
     if attn_mask is not None:
-        if attn_mask.dtype is _dt.bool_:
-            scores = _e.where(attn_mask, scores, NEG_INF)
-        else:
-            scores = scores + attn_mask
         probs = _softmax_rows_may_be_masked(scores)
     else:
         # without a mask no row is all -inf (causal rows always keep key 0)

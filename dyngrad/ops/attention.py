@@ -157,7 +157,10 @@ def _flash_backward_rule(q, k, v, o, do, mask=None, *, scale, causal, plain=Fals
 # ------------------------------------------------------------------ the same, with ops
 
 
-def _scores_ops(q, k, mask, scale, causal):
+def attention_scores(q, k, mask, scale, causal):
+    """scale·q·kᵀ (*b, L, S) with the causal rule (key j for query i when j <= i) and the
+    mask applied (a bool one keeps where True, a float one is added): the composite of the
+    pair's rules and of SDPA's unfused path."""
     s = _la.matmul(q, _m.transpose(k, -2, -1)) * scale
     if causal:
         keep = _cm.tril(_c.ones((q.shape[-2], k.shape[-2]), dtype=_dt.bool_))
@@ -169,7 +172,7 @@ def _scores_ops(q, k, mask, scale, causal):
 
 def _forward_ops(q, k, v, mask, scale, causal, plain):
     """The forward as a composite (differentiable to any order)."""
-    s = _scores_ops(q, k, mask, scale, causal)
+    s = attention_scores(q, k, mask, scale, causal)
     dead = _r.all(_e.eq(s, NEG_INF), -1, keepdim=True)
     s = _e.where(dead, 0.0, s)
     lse = _r.logsumexp(s, -1, keepdim=True)
@@ -179,7 +182,7 @@ def _forward_ops(q, k, v, mask, scale, causal, plain):
 
 def _probs_ops(q, k, o, mask, scale, causal, plain):
     lse = _m.narrow(o, -1, o.shape[-1] - 1, 1)
-    s = _scores_ops(q, k, mask, scale, causal)
+    s = attention_scores(q, k, mask, scale, causal)
     if plain:
         return _e.exp(s - lse)
     dead = _e.eq(lse, NEG_INF)
@@ -325,4 +328,4 @@ def flash_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | No
     return _m.narrow(packed, -1, 0, value.shape[-1])
 
 
-__all__ = ["FLASH_ATTENTION", "FLASH_ATTENTION_BACKWARD", "flash_attention"]
+__all__ = ["FLASH_ATTENTION", "FLASH_ATTENTION_BACKWARD", "attention_scores", "flash_attention"]
