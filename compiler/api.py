@@ -72,6 +72,9 @@ class _Config:
     # compiling a trace that raises (a compiler bug) falls back to the traced call's result;
     # strict mode and the test suite (tests/conftest.py) raise instead
     raise_compile_errors = raise_internal_errors
+    # the IR is verified after every pass (a pass's bug named where it happens) in strict
+    # mode and the test suite; otherwise once, as the backend gets it
+    verify_each_pass = raise_internal_errors
     # the backend of compile() calls that name none: the LLVM backend, unless
     # DYNGRAD_BACKEND=interp (how the test suite also runs everything on the numpy oracle)
     backend = os.environ.get("DYNGRAD_BACKEND", "llvm").strip() or "llvm"
@@ -709,7 +712,8 @@ class CompiledFunction:
                 trace = plan_effects(trace, cap, tracer, self.dynamic_sources)
             else:
                 trace = tracer.finish(result, flat)
-            lowered = lower(trace, backend.vector_math, backend.plans_memory)
+            lowered = lower(trace, backend.vector_math, backend.plans_memory,
+                            config.verify_each_pass)
             if self._verify_size is not None and \
                     self._size_verified(self._verify_size, lowered.graph, lowered.parts, flat):
                 return _plain_numbers(result)  # (this call was the trace: its result stands)

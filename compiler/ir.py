@@ -12,6 +12,7 @@ on computed values that must hold for the trace to be valid.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +123,15 @@ class Graph:
 
     def __str__(self) -> str:
         return format_graph(self)
+
+
+def renumber_guards(guards: list, old_nodes: list, kept: list) -> None:
+    """A pass kept ``kept`` of ``old_nodes``: each value guard of ``guards`` now runs after
+    as many nodes as the kept ones that preceded it (its ``after``)."""
+    old_index = {id(n): i for i, n in enumerate(old_nodes)}
+    positions = sorted(old_index[id(n)] for n in kept)
+    for gd in guards:
+        gd.after = bisect.bisect_left(positions, gd.after)
 
 
 def _fmt_input(v) -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ir import Graph, Value
+from .ir import Graph, Value, renumber_guards
 from .prims import MUL, traits
 
 
@@ -141,9 +141,7 @@ def split(g: Graph, n_forward_outputs: int, cotangents: list,
     producer = {id(n.out): n for n in g.nodes}
     saved, again = rematerialise(saved, producer, set(), vector_math)
     B = again + B
-    old_index = {id(n): i for i, n in enumerate(g.nodes)}
-    for gd in g.guards:
-        gd.after = sum(1 for n in F if old_index[id(n)] < gd.after)
+    renumber_guards(g.guards, g.nodes, F)
     inputs = [v for v in g.inputs if id(v) not in cot_ids]
     forward = Graph(inputs=inputs, scalars=list(g.scalars), nodes=F,
                     outputs=list(fwd_out) + saved, guards=list(g.guards), _next=g._next)

@@ -59,7 +59,8 @@ class Compiled:
     copy_outputs: set  # outputs that may alias an input: copied before write-backs
 
 
-def lower(trace: Trace, vector_math: bool, plans_memory: bool = False) -> Lowered:
+def lower(trace: Trace, vector_math: bool, plans_memory: bool = False,
+          check_each: bool = False) -> Lowered:
     """Passes over the joint graph, then (a backward outside) its split into forward and
     backward parts. ``vector_math``: the backend computes transcendentals in vector code,
     not with numpy's functions — the split may then recompute them and may precompute the
@@ -67,20 +68,23 @@ def lower(trace: Trace, vector_math: bool, plans_memory: bool = False) -> Lowere
     fused pair (``passes/attention.py``); the interpreter keeps eager's order.
     ``plans_memory``: the backend runs from a planned arena — with the backward inside the
     call, index values it keeps to itself are narrowed to int32 (``passes/narrow.py``) and
-    cheap activations are computed again for their late readers (``passes/remat.py``)."""
+    cheap activations are computed again for their late readers (``passes/remat.py``).
+    ``check_each``: verify the graph after every pass (``config.verify_each_pass``: the test
+    suite, strict mode), not only the graphs the backend gets."""
     n_fwd = len(trace.graph.outputs)
     g = trace.joint
-    before = str(g)
-    ir.verify(g)
-    g = run_passes(g)
+
+    def checked(g):
+        if check_each:
+            ir.verify(g)
+        return g
+    before = str(checked(g))
+    g = run_passes(g, check=check_each)
     if vector_math:  # (changes the arithmetic: passes/attention.py's note)
-        g = fuse_attention(g)
-        ir.verify(g)
+        g = checked(fuse_attention(g))
     if plans_memory and trace.backward is None:  # (a backward outside: the split's own
-        g = narrow_indices(g)  #                      rematerialisation, partition.py)
-        ir.verify(g)
-        g = rematerialise(g)
-        ir.verify(g)
+        g = checked(narrow_indices(g))  #             rematerialisation, partition.py)
+        g = checked(rematerialise(g))
     after = str(g)
     parts = None
     if trace.backward is not None:
@@ -92,6 +96,8 @@ def lower(trace: Trace, vector_math: bool, plans_memory: bool = False) -> Lowere
         ir.verify(parts.backward)
         g = parts.forward
         after += "\nbackward:\n" + str(parts.backward)
+    else:
+        ir.verify(g)
     return Lowered(g, parts, n_fwd, before, after)
 
 

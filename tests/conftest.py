@@ -17,6 +17,7 @@ from compiler.verify import TOLERANCES
 # a compiler error while compiling a trace is a bug: raised, not a warning and an eager
 # fallback as users get it (tests that check that fallback turn this off)
 compiler.api.config.raise_compile_errors = True
+compiler.api.config.verify_each_pass = True
 
 # the LLVM backend's disk cache: one fresh directory per test session (not ~/.cache)
 os.environ.setdefault("DYNGRAD_CACHE_DIR", tempfile.mkdtemp(prefix="dyngrad-test-cache-"))

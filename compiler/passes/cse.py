@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Graph, Value
+from ..ir import Graph, Value, renumber_guards
 
 
 def _key(x):
@@ -30,7 +30,6 @@ def cse(g: Graph) -> Graph:
     seen: dict = {}
     replace: dict[int, Value] = {}
     kept = []
-    old_index = {id(n): i for i, n in enumerate(g.nodes)}
     for n in g.nodes:
         n.inputs = [replace.get(id(x), x) if isinstance(x, Value) else x for x in n.inputs]
         key = (n.prim.name, tuple(_key(x) for x in n.inputs),
@@ -43,10 +42,10 @@ def cse(g: Graph) -> Graph:
         seen[key] = n.out
         kept.append(n)
     g.outputs = [replace.get(id(v), v) for v in g.outputs]
+    renumber_guards(g.guards, g.nodes, kept)
     guards, seen_guards = [], set()
     for gd in g.guards:
         gd.value = replace.get(id(gd.value), gd.value)
-        gd.after = sum(1 for n in kept if old_index[id(n)] < gd.after)
         key = (id(gd.value), _param_key(gd.expected))
         if key not in seen_guards:  # the same check on the same value once is enough
             seen_guards.add(key)

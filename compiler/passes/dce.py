@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..ir import Graph, Value
+from ..ir import Graph, Value, renumber_guards
 
 
 def dce(g: Graph) -> Graph:
@@ -15,10 +15,6 @@ def dce(g: Graph) -> Graph:
                 if isinstance(x, Value):
                     live.add(id(x))
     kept.reverse()
-    position = {id(n): i for i, n in enumerate(kept)}
-    old_index = {id(n): i for i, n in enumerate(g.nodes)}
-    for gd in g.guards:  # a guard runs before the first kept node it preceded
-        gd.after = sum(1 for n in kept if old_index[id(n)] < gd.after)
+    renumber_guards(g.guards, g.nodes, kept)  # (before the first kept node it preceded)
     g.nodes = kept
-    del position
     return g

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Graph, Value
+from ..ir import Graph, Value, renumber_guards
 
 MAX_FOLD_ELEMENTS = 1 << 16
 
@@ -15,7 +15,6 @@ MAX_FOLD_ELEMENTS = 1 << 16
 def fold(g: Graph) -> Graph:
     replace: dict[int, Value] = {}
     kept = []
-    old_index = {id(n): i for i, n in enumerate(g.nodes)}
     for n in g.nodes:
         n.inputs = [replace.get(id(x), x) if isinstance(x, Value) else x for x in n.inputs]
         known = all(not isinstance(x, Value) or x.const is not None for x in n.inputs)
@@ -32,6 +31,6 @@ def fold(g: Graph) -> Graph:
     g.outputs = [replace.get(id(v), v) for v in g.outputs]
     for gd in g.guards:
         gd.value = replace.get(id(gd.value), gd.value)
-        gd.after = sum(1 for n in kept if old_index[id(n)] < gd.after)
+    renumber_guards(g.guards, g.nodes, kept)
     g.nodes = kept
     return g

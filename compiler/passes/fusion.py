@@ -187,6 +187,10 @@ def _cuts(g: Graph) -> list:
     return sorted({gd.after for gd in g.guards if 0 < gd.after < len(g.nodes)})
 
 
+# how a node of a loop group reads its inputs' axes (_Partition.reading)
+_REDUCES, _RELABELS, _SHIFTS, _BROADCASTS = "reduces", "relabels", "shifts", "broadcasts"
+
+
 def _squeeze(shape) -> tuple:
     return tuple(s for s in shape if s != 1)
 
@@ -229,6 +233,15 @@ class _Partition:
         for i in range(n - 1, -1, -1):
             for s in self.succs[i]:
                 self.reach[i] |= (1 << s) | self.reach[s]
+        # per node, what loop_nest asks of it again and again as groups grow: its output
+        # shape without size-1 dims, how it relates its inputs' axes to its own, and its
+        # data inputs as (producer or None, shape)
+        self.squeezed = [_squeeze(node.out.shape) for node in g.nodes]
+        self.reading = [_REDUCES if role == "reduce" else _RELABELS if _relabels(node)
+                        else _SHIFTS if traits(node.prim).window else _BROADCASTS
+                        for node, role in zip(g.nodes, self.roles)]
+        self.reads = [[(self.producer.get(id(v)), v.shape) for v in data_inputs(node)]
+                      for node in g.nodes]
 
     def find(self, i: int) -> int:
         while self.parent[i] != i:
@@ -293,10 +306,10 @@ class _Partition:
             full, reduced, kept = _squeeze(nodes[compute[0]].out.shape), None, []
             shape = max((nodes[i].out.shape for i in compute), key=len)
         axmap, post = {}, set()
+        squeezed, reading, reads = self.squeezed, self.reading, self.reads
         for i in compute:
-            n = nodes[i]
-            out_shape = n.out.shape
-            sq = _squeeze(out_shape)
+            out_shape = nodes[i].out.shape
+            sq = squeezed[i]
             if sq == full:
                 its = iter(range(len(full)))
             elif sq == reduced:
@@ -305,24 +318,24 @@ class _Partition:
                 return None
             ax = [next(its) if s != 1 else None for s in out_shape]
             axmap[i] = ax
-            if roles[i] == "reduce" or any(p in post for p in preds[i]):
+            how = reading[i]
+            if how is _REDUCES or any(p in post for p in preds[i]):
                 post.add(i)
-            for v in data_inputs(n):
-                p = self.producer.get(id(v))
+            for p, in_shape in reads[i]:
                 if p is None or p not in axmap:  # outside, or read through an index map
                     continue
-                if roles[i] == "reduce":
+                if how is _REDUCES:
                     if p in post:  # a chained reduction: needs the first one finished
                         return None
-                elif _relabels(n):
+                elif how is _RELABELS:
                     if [a for a in axmap[p] if a is not None] != \
                             [a for a in ax if a is not None]:
                         return None
-                elif traits(n.prim).window:  # (a slice: its positions shift)
+                elif how is _SHIFTS:  # (a slice: its positions shift)
                     return None
                 else:  # numpy broadcasting (elementwise, broadcast): right-aligned dims
-                    lead = len(out_shape) - len(v.shape)
-                    for d, s in enumerate(v.shape):
+                    lead = len(out_shape) - len(in_shape)
+                    for d, s in enumerate(in_shape):
                         if s != 1 and axmap[p][d] != ax[d + lead]:
                             return None
         if reds:
