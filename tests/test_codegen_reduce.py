@@ -223,7 +223,8 @@ def test_column_form_sums_rows_in_order_into_four_partials(dt):
     ((128, 8), (0,), False),   # fewer kept elements than a vector's lanes
     ((256, 128), (1,), False),  # the last axis: contiguous rows already
     ((4, 40, 6), (0, 2), False),  # a kept axis between reduced ones
-    ((2, 70000), (0,), False),  # a column buffer over COLUMNS_MAX_BYTES
+    ((2, 70000), (0,), True),  # partials over COLUMNS_MAX_BYTES: tiles of kept elements
+    ((16, 70000), (0,), False),  # over COLUMNS_MAX_ELEMENTS: the kept elements split
 ])
 def test_the_column_form_is_taken_only_for_leading_reduced_axes(shape, axes, column):
     g = Graph()
@@ -234,7 +235,8 @@ def test_the_column_form_is_taken_only_for_leading_reduced_axes(shape, axes, col
 
 def test_many_sibling_column_reductions_stay_within_the_stack_budget():
     """Every reduction of a group has its own column buffers: their sum is what counts
-    against COLUMNS_MAX_BYTES (40 sums over (8, 16384) used to overflow the stack)."""
+    against COLUMNS_MAX_BYTES (40 sums over (8, 16384) used to overflow the stack) — the
+    kept elements then run in tiles small enough for all of them."""
     from compiler.backends.llvm.reduce import COLUMNS_MAX_BYTES
     g = Graph()
     a = g.add_input((8, 4096), F32)
@@ -242,11 +244,38 @@ def test_many_sibling_column_reductions_stay_within_the_stack_budget():
             for k in range(8)]
     grp = only_reduce_group(g, outs)
     text = reduce_kernel(g, grp)[0]
-    assert "%cols0" not in text and 8 * 4 * 4096 * 4 > COLUMNS_MAX_BYTES
+    buffers = [int(n) for n in re.findall(r"%cols\d+ = alloca float, i64 (\d+)", text)]
+    assert len(buffers) == 8 and "%tiles" in text
+    assert sum(buffers) * 4 <= COLUMNS_MAX_BYTES < 8 * 4 * 4096 * 4
     x = rand((8, 4096), F32)
     got = run_group(g, grp, [x])
     for k, o in enumerate(got):
         assert_sum_close(o, (x * np.float32(k)).sum(0), x * np.float32(k), (0,), False)
+
+
+@pytest.mark.parametrize("dt", [F32, F64], ids=["f32", "f64"])
+def test_tiled_column_form_keeps_each_columns_order(dt):
+    """More kept elements than one tile's partials hold (a position embedding's gradient:
+    the batch summed out of (batch, time, features)): tiles of kept elements, the last
+    one partial, each column still bit for bit the four-partial order of the untiled form,
+    with a prologue and an epilogue over the kept elements."""
+    from compiler.backends.llvm.reduce import COLUMNS_MAX_BYTES
+    tile = COLUMNS_MAX_BYTES // (4 * dt.np.itemsize)
+    for R, shape in ((3, (tile + 37,)), (5, (2, tile // 2 + 8)), (17, (64, 130))):
+        x = (rand((R, *shape), dt) * np.exp(rand((R, *shape), dt) * 4)).astype(dt.np)
+        y = rand((1, *shape), dt)
+        g = Graph()
+        a, b = g.add_input((R, *shape), dt), g.add_input((1, *shape), dt)
+        s = op(g, "sum", op(g, "add", a, b), axes=(0,), keepdims=False)
+        e = op(g, "mul", s, 2.0)
+        grp = only_reduce_group(g, [s, e])
+        text = reduce_kernel(g, grp)[0]
+        assert "%cols0" in text and ("%tiles" in text) == (math.prod(shape) > tile)
+        got = run_group(g, grp, [x, y])
+        cols = (x + y).reshape(R, -1).T
+        want = np.array([_lane_order_sum(c, 4) for c in cols], dtype=dt.np).reshape(shape)
+        np.testing.assert_array_equal(got[0], want, err_msg=f"R={R} shape={shape}")
+        np.testing.assert_array_equal(got[-1], want * dt.np.type(2.0))
 
 
 @pytest.mark.parametrize("dt", [F32, F64], ids=["f32", "f64"])

@@ -37,6 +37,8 @@ KEPT_SPLIT_MIN = 1 << 16  # elements (kept x reduced) from which a reduction kee
 #                           elements takes some 10–20 µs; a split costs about one)
 COLUMNS_MAX_BYTES = 1 << 16  # the column form's stack buffers at most (all its reductions'):
 #                              a worker thread's stack holds them, beside gemm's panels
+COLUMNS_MAX_ELEMENTS = 1 << 20  # the column form reduces at most this many (on one thread:
+#                                 ~0.1 ms; larger ones split the kept elements across threads)
 
 
 @builds("reduce")
@@ -511,15 +513,24 @@ class ReduceBuilder(LoopBuilder):
     # ------------------------------------------------------------ the column form
     def _columns(self, post_s, tys) -> bool:
         """Whether the group reduces over leading dims only, keeping trailing ones that are
-        contiguous (a bias gradient: ``sum`` over the batch of a (batch, features) array),
-        with no second pass over ``S`` and column buffers of at most ``COLUMNS_MAX_BYTES``:
-        then :meth:`_build_columns` runs the rows in order, each a vectorised loop over the
-        kept elements, instead of a strided walk down every column."""
+        contiguous (a bias gradient: ``sum`` over the batch of a (batch, features) array;
+        a position embedding's gradient: over the batch of (batch, time, features)), with
+        no second pass over ``S`` and at most ``COLUMNS_MAX_ELEMENTS`` elements (one thread
+        runs the form): then :meth:`_build_columns` runs the rows in order, each a
+        vectorised loop over the kept elements, instead of a strided walk down every
+        column."""
         if post_s or not self.red or not self.kept or max(self.red) > min(self.kept):
             return False
         n_cols = math.prod(self.reduced)
-        stack = sum(_PARTIALS * n_cols * (4 if t == "float" else 8) for t in tys)
-        return n_cols >= _LANES["float"] and stack <= COLUMNS_MAX_BYTES
+        return isinstance(n_cols, int) and isinstance(self.R, int) and \
+            n_cols >= _LANES["float"] and n_cols * self.R <= COLUMNS_MAX_ELEMENTS
+
+    def _tile(self, tys) -> int:
+        """Kept elements per tile of the column form: its partials of every reduction fill
+        at most ``COLUMNS_MAX_BYTES`` of stack (a worker thread's stack holds them, beside
+        gemm's panels), in whole vectors."""
+        per_col = sum(_PARTIALS * (4 if t == "float" else 8) for t in tys)
+        return max(COLUMNS_MAX_BYTES // per_col // _LANES["float"], 1) * _LANES["float"]
 
     def _build_columns(self, name, prelude, params, layout, reductions, pre_s, pre_k,
                        post_k, s_pre_out, k_out, tys, ops, ident) -> tuple:
@@ -531,39 +542,57 @@ class ReduceBuilder(LoopBuilder):
         partial, the partials in a fixed tree — never on a thread count or the machine."""
         nodes = self.g.nodes
         n_cols, P = math.prod(self.reduced), _PARTIALS
+        T = min(n_cols, self._tile(tys))  # kept elements per tile
+        tiles = -(-n_cols // T)
         setup_at = dict(self.at_i)
         self.label("entry")
         for m, t in enumerate(tys):  # (a count, not an array type: see forms.py)
-            self.line(f"%cols{m} = alloca {t}, i64 {P * n_cols}, align 64")
-        with self.loop("%j", P * n_cols, block="init", exit="rows", exit_is_loop=True):
+            self.line(f"%cols{m} = alloca {t}, i64 {P * T}, align 64")
+        if tiles > 1:  # tile %t: kept elements %o0 <= o < %o1
+            self.jump("tiles")
+            self.label("tiles")
+            self.lines.append("")  # (the phi of %t, written once the latch is known)
+            tile_at = len(self.lines) - 1
+            self.line(f"%o0 = mul nuw nsw i64 %t, {T}")
+            end = self.emit(f"add nuw nsw i64 %o0, {T}")
+            self.line(f"%o1 = select i1 {self.emit(f'icmp slt i64 {end}, {n_cols}')}, "
+                      f"i64 {end}, i64 {n_cols}")
+            lo, hi = "%o0", "%o1"
+        else:
+            lo, hi = 0, n_cols
+        with self.loop("%j", P * T, block="init", exit="rows", exit_is_loop=True):
             for m, t in enumerate(tys):
                 p = self.emit(f"getelementptr inbounds {t}, ptr %cols{m}, i64 %j")
                 self.line(f"store {t} {_identity(ident[m], t)}, ptr {p}")
         with self.loop("%r", self.R, block="rows", exit="fin", entered=True, exit_is_loop=True):
             part = self.emit(f"and i64 %r, {P - 1}")
-            pbase = self.emit(f"mul nuw nsw i64 {part}, {n_cols}")
-            with self.loop("%o", n_cols, block="cols", exit="rows.tail") as cols:
+            pbase = self.emit(f"mul nuw nsw i64 {part}, {T}")
+            with self.loop("%o", hi, start=lo, block="cols", exit="rows.tail") as cols:
                 self.reads, self.idx, self.at_i = {}, {}, dict(setup_at)
                 self._in_space_k()
                 for i in pre_k:
                     self.node(nodes[i])
                 vals = self._lane("%r", reductions, pre_s, s_pre_out, dict(self.at_i))
                 at = self.emit(f"add nuw nsw i64 {pbase}, %o")
+                if tiles > 1:
+                    at = self.emit(f"sub nuw nsw i64 {at}, %o0")
                 for m, t in enumerate(tys):
                     p = self.emit(f"getelementptr inbounds {t}, ptr %cols{m}, i64 {at}")
                     old = self.emit(f"load {t}, ptr {p}")
                     self.line(f"store {t} {self._combine(ops[m], t, old, vals[m])}, ptr {p}")
-                cols.hint = interleaved(self.vecmath, n_cols)
-        with self.loop("%q", n_cols, block="fin", exit="exit", entered=True):
+                cols.hint = interleaved(self.vecmath, min(T, n_cols))
+        with self.loop("%q", hi, start=lo, block="fin", entered=True,
+                       exit="tiles.tail" if tiles > 1 else "exit"):
             self.reads, self.idx, self.at_i = {}, {}, dict(setup_at)
             self.space, self.loops = self.reduced, [("%q", tuple(range(len(self.reduced))))]
             for i in pre_k:
                 self.node(nodes[i])
+            local = self.emit("sub nuw nsw i64 %q, %o0") if tiles > 1 else "%q"
             for m, i in enumerate(reductions):
                 t = tys[m]
                 parts = []
                 for k in range(P):
-                    at = self.emit(f"add nuw nsw i64 %q, {k * n_cols}")
+                    at = self.emit(f"add nuw nsw i64 {local}, {k * T}")
                     p = self.emit(f"getelementptr inbounds {t}, ptr %cols{m}, i64 {at}")
                     parts.append(self.emit(f"load {t}, ptr {p}"))
                 while len(parts) > 1:  # a fixed tree: pairs, then pairs of pairs
@@ -577,6 +606,12 @@ class ReduceBuilder(LoopBuilder):
                 self.node(nodes[i])
             for arg, v in k_out:
                 self._store(v, arg, c_strides(self.reduced))
+        if tiles > 1:
+            self.lines[tile_at] = f"  %t = phi i64 [0, %entry], [%t.next, %{self.block}]"
+            self.line("%t.next = add nuw nsw i64 %t, 1")
+            self.line(f"br i1 {self.emit(f'icmp slt i64 %t.next, {tiles}')}, label %tiles, "
+                      "label %exit")
+            self.label("exit")
         self.line("ret void")
         text = ((prelude_ir(self.vecmath) + self.declarations() if prelude else "")
                 + self.function(f"define internal void @{name}_body({', '.join(params)}) "
