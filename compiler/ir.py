@@ -89,6 +89,10 @@ class Graph:
     # id of an index value narrowed to int32 -> its dtype as eager computes it (see
     # compiler/passes/narrow.py; memory.eager_peak_bytes counts it at that width)
     narrowed: dict = field(default_factory=dict)
+    # ids of values computed once the call's own backward() began (the backward, what
+    # follows it: clipping, the update): fusion keeps them out of the forward's kernels,
+    # where they would be computed early and held until the backward reads them
+    late: set = field(default_factory=set)
 
     def new_value(self, shape, dtype, name: str = "", const=None, weak: bool = False) -> Value:
         v = Value(self._next, shape, dtype, name, const, weak)

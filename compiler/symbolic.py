@@ -233,7 +233,8 @@ def concrete_graph(g: Graph, templates: list, size: int, input_shapes: list) -> 
                                weak=v.weak)
         return new[id(v)]
 
-    out = Graph(inputs=[value(v) for v in g.inputs], scalars=list(g.scalars), _next=g._next)
+    out = Graph(inputs=[value(v) for v in g.inputs], scalars=list(g.scalars), _next=g._next,
+                late=set(g.late))  # (the same value ids)
     for n, t in zip(g.nodes, templates):
         node = Node(n.prim, [value(x) for x in n.inputs], dict(instantiate(t, size)),
                     value(n.out))

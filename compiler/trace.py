@@ -288,6 +288,7 @@ class Tracer(DispatchMode):
         self.names: dict[int, str] = {}
         self.grad_state: dict[int, tuple] = {}  # id(owner) -> (owner, grad was None at entry)
         self.backward_roots: dict[int, bool] = {}  # id(node) -> retain_graph
+        self.backward_began: int | None = None  # nodes recorded when backward() first ran
         self.prints: list = []  # dg.debug_print calls: (items, sep, end)
         self.finished = False  # traced scalars outliving the trace act as plain floats
         self.alias_of: dict[int, Tensor] = {}  # id(alias from .data/detach()) -> its owner
@@ -459,6 +460,8 @@ class Tracer(DispatchMode):
         return TracedScalar(float(value), self, src.value)
 
     def on_backward(self, roots, retain_graph) -> None:
+        if self.backward_began is None:
+            self.backward_began = len(self.graph.nodes)
         for t in roots:
             if t._node is not None:
                 self.backward_roots[id(t._node)] = retain_graph
@@ -769,6 +772,8 @@ class Tracer(DispatchMode):
         if grad_outputs:
             backward = self._trace_backward(grad_outputs)
         g.outputs = outputs
+        if self.backward_began is not None:
+            g.late = {n.out.id for n in g.nodes[self.backward_began:]}
         # (a module or optimizer made inside the call and gone now — `nn.MSELoss()(out, y)`
         # — is made again by the next call: its version needs no guard)
         objects = [(r, v) for r, v in self.objects.values() if r() is not None]

@@ -72,6 +72,36 @@ def prims(g: Graph, grp: FusionGroup) -> list:
     return [g.nodes[i].prim.name for i in grp.nodes]
 
 
+def test_backward_values_are_not_computed_early_and_held():
+    """A step with its backward inside: the backward's elementwise nodes may share a loop
+    with the forward's (a loss and its gradient in one kernel) but a value computed there
+    is never kept for a kernel far later — nanoGPT's GELU derivative, ``exp(-x²/2)``, used
+    to be computed with the forward's ``erf`` and held until the backward (6 MB)."""
+    from compiler.passes.fusion import HOLD_MAX
+    x, w1, w2 = randn(64, 32), randn(32, 48, grad=True), randn(48, 48, grad=True)
+
+    def step(x):
+        h = F.gelu(F.gelu(x @ w1) @ w2)
+        loss = (h * h).mean()
+        loss.backward()
+        return loss
+
+    g, groups = traced(step, x)
+    assert g.late and len(g.late) < len(g.nodes)
+    users: dict = {}
+    for k, n in enumerate(g.nodes):
+        for v in n.value_inputs():
+            users.setdefault(id(v), []).append(k)
+    for grp in groups:
+        early = [i for i in grp.nodes if g.nodes[i].out.id not in g.late]
+        late = [i for i in grp.nodes if g.nodes[i].out.id in g.late]
+        if not early or not late or grp.kind not in ("elementwise", "reduce"):
+            continue
+        for i in late:
+            outside = [u for u in users.get(id(g.nodes[i].out), []) if u not in grp.nodes]
+            assert all(u <= max(early) + HOLD_MAX for u in outside), format_groups([grp])
+
+
 # ------------------------------------------------------------------ elementwise chains
 
 

@@ -83,6 +83,34 @@ def test_a_relu_read_across_a_gap_is_computed_again_before_its_late_reader():
     assert eager_peak_bytes(g) == eager_peak_bytes(g0)
 
 
+def test_a_copy_may_go_just_before_its_inputs_last_reader():
+    """A GELU's ``u = x / sqrt(2)``, kept for the derivative's ``exp(-u²)``, read late two
+    nodes after the backward's last read of ``x``: ``x`` is not alive at ``u``'s late
+    reader, but ``u`` is computed again before ``x``'s last reader (at most ``SLACK``
+    nodes earlier) instead of being kept across the whole gap."""
+    from compiler.passes.remat import SLACK
+    g = ir.Graph()
+    h = g.add_input((4, 8), F32)
+    x = _node(g, "exp", [h])  # (not an input: kept from the forward, like a matmul's output)
+    u = _node(g, "mul", [x, 0.7071067811865476])
+    early = _node(g, "erf", [u])
+    t = _filler(g, early, GAP + 4)
+    x_last = _node(g, "mul", [t, x])  # the backward's last read of x
+    t = _filler(g, x_last, min(2, SLACK))
+    late = _node(g, "mul", [t, u])  # u's late reader, after x's last reader
+    g.outputs = [_node(g, "sum", [late], axes=(0, 1), keepdims=False)]
+    ir.verify(g)
+    g = rematerialise(g)
+    ir.verify(g)
+    index = {id(n.out): k for k, n in enumerate(g.nodes)}
+    u_copy = late.producer.inputs[1]
+    assert u_copy is not u and g.recomputed[u_copy.id] == u.id
+    assert index[id(u_copy)] < index[id(x_last)]  # computed while x is still alive
+    assert index[id(u_copy)] > index[id(early)] + GAP  # and late, not beside the original
+    assert all(n.inputs[k] is not u for n in g.nodes[index[id(x_last)]:]
+               for k in range(len(n.inputs)))
+
+
 def _centred_relu_graph(gap: int, per_channel: bool):
     """``r = relu(x - s)`` read early and after ``gap`` nodes, where ``s`` is a sum of ``x``
     (no exact cone computes it again) that nothing after the gap reads: per channel, or

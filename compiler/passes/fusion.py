@@ -187,6 +187,9 @@ def _cuts(g: Graph) -> list:
     return sorted({gd.after for gd in g.guards if 0 < gd.after < len(g.nodes)})
 
 
+HOLD_MAX = 16  # nodes after a group's last forward node a late value it computes may be read
+#               from another kernel (_Partition._hands_on_late)
+
 # how a node of a loop group reads its inputs' axes (_Partition.reading)
 _REDUCES, _RELABELS, _SHIFTS, _BROADCASTS = "reduces", "relabels", "shifts", "broadcasts"
 
@@ -227,6 +230,19 @@ class _Partition:
                 self.floor[i] = self.floor[i - 1] if i and g.nodes[i - 1].out.id in copies \
                     else i
         self.refused: set = set()  # unions found illegal
+        # values of the call's own backward (and what follows it, and values recomputed for
+        # late readers: Graph.late, Graph.recomputed) — per root, whether its group computes
+        # ("ew", "reduce" nodes) late values, early ones. A merged group runs where its
+        # earliest node would: a late value it computes with the forward's kernel is held in
+        # memory until a later kernel reads it (nanoGPT's GELU derivative, 6 MB). So a group
+        # computing both may hand a late value on only to itself, to the graph's outputs or
+        # to nodes at most HOLD_MAX after its last early node (a loss and its gradient in
+        # one loop, or two: nothing is held for long)
+        late = g.late | set(copies)
+        self.is_late = [node.out.id in late for node in g.nodes]
+        computes = [role in ("ew", "reduce") for role in self.roles]
+        self.computes_late = [c and t for c, t in zip(computes, self.is_late)]
+        self.computes_early = [c and not t for c, t in zip(computes, self.is_late)]
         # per root: the groups reachable from it, as a bitset of root indices (bits of
         # merged-away roots may stay set: no one asks about them again)
         self.reach = [0] * n
@@ -355,6 +371,10 @@ class _Partition:
                 not (va or vb) and
                 min(self.first[ra], self.first[rb]) < max(self.floor[ra], self.floor[rb])):
             return False
+        late = self.computes_late[ra] or self.computes_late[rb]
+        if late and (self.computes_early[ra] or self.computes_early[rb]) and \
+                self._hands_on_late(self.members[ra] | self.members[rb]):
+            return False  # (the backward's line: see __init__)
         union = self.members[ra] | self.members[rb]
         if check and self.loop_nest(union) is None:
             self.refused.add(key)  # (a group only grows: the same union fails again)
@@ -374,6 +394,8 @@ class _Partition:
         self.first[keep] = self.first[rb] if va and not vb else \
             self.first[ra] if vb and not va else min(self.first[ra], self.first[rb])
         self.floor[keep] = max(self.floor[ra], self.floor[rb])
+        self.computes_late[keep] = self.computes_late[ra] or self.computes_late[rb]
+        self.computes_early[keep] = self.computes_early[ra] or self.computes_early[rb]
         if general:  # whoever reached either part now reaches all that the union reaches
             both = (1 << ra) | (1 << rb)
             merged = self.reach[keep] = (self.reach[ra] | self.reach[rb]) & ~both
@@ -381,6 +403,14 @@ class _Partition:
                 if self.reach[z] & both and z != keep:
                     self.reach[z] |= merged | (1 << keep)
         return True
+
+    def _hands_on_late(self, union: set) -> bool:
+        """Whether a late value computed in ``union`` is read by a node outside it more than
+        ``HOLD_MAX`` nodes after the union's last early node (see ``__init__``)."""
+        succs, is_late = self.succs, self.is_late
+        until = max(m for m in union if not is_late[m]) + HOLD_MAX
+        return any(is_late[m] and any(u > until and u not in union for u in succs[m])
+                   for m in union)
 
     def _views(self, r: int) -> bool:
         """Whether group ``r`` holds only index maps (broadcast, reshape, slice) of data

@@ -24,7 +24,8 @@ readers on. This is activation checkpointing at its cheapest, chosen by structur
   per element — a first layer's 3x3 convolution over one input channel, whose output and
   ReLU mask then need not be kept from the forward to the backward;
 - every value the cone reads is a graph input, a constant, a Python number, or has a reader
-  at or after the first late reader anyway (it stays alive across the gap regardless) —
+  at or after the first late reader anyway (it stays alive across the gap regardless; or
+  at most ``SLACK`` nodes before it: the copies then go before that reader) —
   not counting readers moved to a copy of it: values are taken in node order, so a ReLU's
   mask recomputed for its backward is computed again, not kept, for the ReLU's own copy.
   A value the cone cannot compute again is kept alive until the copy when it is small: of
@@ -48,6 +49,7 @@ from ..prims import ELEMENTWISE, MAP, traits
 
 GAP = 16  # nodes between a value's readers for the later ones to read a recomputed copy
 CONE_MAX = 16  # nodes computed again per value at most
+SLACK = GAP // 2  # nodes before its first late reader a copy may be computed (_places)
 WORK_MAX = 9  # multiply-adds per element a recomputed kernel of its own may cost (W7b
 #              recomputing its 3-channel stem, 27, and its 1x1 shortcuts, 16, in 9 places ran
 #              9–26% slower for 0.04 of eager's peak; W7a's 1-channel conv1, 9, pays)
@@ -96,13 +98,16 @@ def rematerialise(g: Graph) -> Graph:
         if gap < GAP:
             continue
         late = ks[at:]
-        found = _cone(n, late[0], readers, position)
-        if found is None:
+        for before in _places(n, late[0], readers):
+            found = _cone(n, before, readers, position)
+            if found is not None:
+                break
+        else:
             continue
         cone, kept = found
         for x in kept:  # (read by the copy: alive until it, for later cones too)
-            readers[id(x)] = sorted({*readers.get(id(x), ()), late[0]})
-        inserts.setdefault(late[0], []).append((cone, v))
+            readers[id(x)] = sorted({*readers.get(id(x), ()), before})
+        inserts.setdefault(before, []).append((cone, v))
         for r in late:
             rewired.setdefault(r, {})[id(v)] = None  # (the copy, filled in below)
         readers[id(v)] = ks[1:at]
@@ -132,6 +137,16 @@ def rematerialise(g: Graph) -> Graph:
         gd.after = old_to_new[gd.after - 1] + 1 if gd.after > 0 else 0
     g.nodes = nodes
     return g
+
+
+def _places(n: Node, first_late: int, readers: dict) -> list:
+    """Where the copy of ``n``'s output may go, best first: before its first late reader,
+    else before the last reader of one of ``n``'s inputs at most ``SLACK`` nodes earlier —
+    a GELU's ``x / sqrt(2)`` is read late two nodes after the backward's last read of
+    ``x``: computed again there, it costs two nodes of lifetime instead of the whole gap."""
+    near = {r for x in n.value_inputs() for r in readers.get(id(x), ())
+            if first_late - SLACK <= r < first_late}
+    return [first_late, *sorted(near, reverse=True)]
 
 
 def _cone(n: Node, first_late: int, readers: dict, position: dict) -> tuple | None:
