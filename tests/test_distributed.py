@@ -314,3 +314,30 @@ def test_a_timeout_must_be_a_timedelta():
     with pytest.raises(TypeError, match="Expected timeout argument to be of type "
                                         "datetime.timedelta"):
         dist.init_process_group("mpi", timeout=30)
+
+
+# ------------------------------------------------------------------ SyncBatchNorm
+
+
+def test_sync_batchnorm_without_a_process_group_is_batchnorm():
+    dg.manual_seed(0)
+    x = dg.randn(6, 4, 5)
+    sync, plain = nn.SyncBatchNorm(4), nn.BatchNorm1d(4)
+    assert np.array_equal(sync(x).detach().numpy(), plain(x).detach().numpy())
+    assert np.array_equal(sync.running_var.numpy(), plain.running_var.numpy())
+
+
+def test_convert_sync_batchnorm_replaces_batchnorm_keeping_its_tensors():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4),
+                          nn.Sequential(nn.Flatten(), nn.BatchNorm1d(4 * 9 * 9)),
+                          nn.InstanceNorm2d(4))
+    model.eval()
+    bn = model[1]
+    out = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert out is model
+    assert type(model[1]) is nn.SyncBatchNorm and type(model[2][1]) is nn.SyncBatchNorm
+    assert type(model[3]) is nn.InstanceNorm2d
+    assert model[1].weight is bn.weight and model[1].running_mean is bn.running_mean
+    assert not model[1].training
+    with pytest.raises(ValueError, match="expected at least 2D input"):
+        nn.SyncBatchNorm(3)(dg.ones(3))

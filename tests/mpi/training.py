@@ -168,6 +168,47 @@ def batchnorm_trains_as_two_ghost_batches_with_rank_0s_running_statistics():
     assert largest_difference(ddp.module, whole) > 1e-3  # (not the whole batch's)
 
 
+@check
+def sync_batchnorm_trains_as_one_process_with_the_whole_batch():
+    """With SyncBatchNorm the statistics are the global batch's: parameters and running
+    statistics equal one process's with BatchNorm on the whole batch, on every rank."""
+    ddp = train(DDP(nn.SyncBatchNorm.convert_sync_batchnorm(bn_net(seed=R))), sgd, part=R)
+    ref = train(bn_net(seed=0), sgd)
+    assert isinstance(ddp.module[1], nn.SyncBatchNorm)
+    diff = largest_difference(ddp.module, ref)
+    report("sync_batchnorm_largest_difference", diff)
+    assert diff <= 1e-12, diff
+
+
+@check
+def sync_batchnorm_gradient_includes_the_other_ranks_normalisation():
+    """A gradcheck of the whole job: d(Σ_r loss_r)/dx on this rank, against finite
+    differences that every rank evaluates together."""
+    dg.manual_seed(3)
+    bn = nn.SyncBatchNorm(3).double()
+    rng = np.random.default_rng(7 + R)
+    x0 = rng.standard_normal((4, 3))
+    c = dg.tensor(rng.standard_normal((4, 3)))
+    x = dg.tensor(x0, requires_grad=True)
+    (bn(x) * c).sum().backward()
+    eps, worst = 1e-6, 0.0
+    for i in range(4):
+        for j in range(3):
+            total = []
+            for sign in (1, -1):
+                for who in range(W):
+                    shifted = x0.copy()
+                    if who == R:
+                        shifted[i, j] += sign * eps
+                    out = (bn(dg.tensor(shifted)) * c).sum().detach().reshape(1)
+                    dist.all_reduce(out)
+                    if who == R:
+                        total.append(out.item())
+            numeric = (total[0] - total[1]) / (2 * eps)
+            worst = max(worst, abs(numeric - x.grad[i, j].item()))
+    assert worst < 1e-6, worst
+
+
 class TwoHeads(nn.Module):
     """``a`` always used; ``b`` used on rank 1 only; ``c`` never."""
 

@@ -42,8 +42,9 @@ class DistributedDataParallel(Module):
     - ``broadcast_buffers=True``: rank 0's buffers (BatchNorm's running statistics) are
       broadcast at the start of each forward, as PyTorch does — so in training each rank
       normalises with its own batch's statistics, and the running statistics are rank 0's,
-      not those of the whole batch. A ``SyncBatchNorm`` (statistics over all ranks' samples)
-      is not provided.
+      not those of the whole batch. ``nn.SyncBatchNorm.convert_sync_batchnorm(model)``
+      normalises with the whole global batch's statistics instead (the single-process
+      result; two small all-reduces per layer each way).
     - A parameter that gets no gradient in a backward pass is an error at the end of that
       pass, naming it (PyTorch raises at the next forward), unless
       ``find_unused_parameters=True``: then parameters the forward's output does not reach
