@@ -185,3 +185,23 @@ def test_registering_a_post_accumulate_hook_after_compiling_is_not_skipped():
     for _ in range(2):
         cf(dg.ones(2))
     assert calls == [1, 1]
+
+
+def test_a_post_accumulate_hook_on_an_argument_registered_after_compiling_runs():
+    calls = []
+
+    def step(w, x):
+        (w * x).sum().backward()
+
+    cf = compiler.compile(step)
+    w = dg.ones(2, requires_grad=True)
+    for _ in range(3):
+        w.grad = None
+        cf(w, dg.ones(2))
+    w.register_post_accumulate_grad_hook(lambda p: calls.append(p.grad.tolist()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the hooked calls run eagerly)
+        for _ in range(2):
+            w.grad = None
+            cf(w, dg.ones(2))
+    assert calls == [[1.0, 1.0]] * 2
