@@ -66,10 +66,11 @@ OTHER_PYTHONS := $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3 \
 
 # Test processes at once (pytest-xdist): CI's machine has two cores. Results never depend
 # on it; a test that measures threads asks the backend's own pool, not the core count.
+# (--dist loadgroup: the tests of one xdist_group, the MPI programs', share one worker.)
 JOBS ?= 2
 
 test: lint $(ORACLE)
-	$(PY) -m pytest -n $(JOBS)
+	$(PY) -m pytest -n $(JOBS) --dist loadgroup
 	DYNGRAD_BACKEND=interp $(PY) -m pytest -n $(JOBS) $(COMPILED_TESTS)
 	DYNGRAD_TARGET=x86-64-v3 $(PY) -m pytest -n $(JOBS) $(LLVM_TESTS) -k "$(AVX2_SHORT)"
 	$(MAKE) --no-print-directory test-pythons

@@ -37,7 +37,9 @@ def _mpi_missing() -> str | None:
     return None
 
 
-pytestmark = [pytest.mark.mpi,
+# (one xdist worker runs them all, so each program runs once: `make test` passes
+# --dist loadgroup)
+pytestmark = [pytest.mark.mpi, pytest.mark.xdist_group("mpi"),
               pytest.mark.skipif(_mpi_missing() is not None, reason=str(_mpi_missing()))]
 
 
