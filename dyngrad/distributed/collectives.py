@@ -313,7 +313,7 @@ def launch(group: ProcessGroup, coll: Collective, send: np.ndarray | None,
     seq = group.seq
 
     def agreed():
-        if not np.array_equal(both[:_KEY], -both[_KEY:]):
+        if (both[:_KEY] + both[_KEY:]).any():  # (max + -min: zero where every rank agrees)
             raise _disagreement(group, coll, _describe(seq, coll, op, dtype, shape, root))
         return coll.start(group, send, recv, params)
 

@@ -123,13 +123,11 @@ class Reducer:
         self.unused: list[int] = []  # (find_unused) parameters the forward did not reach
         self.marked_unused = False
         self.used = np.zeros(len(params), dtype=np.int32)  # (find_unused) got a gradient
-        me = weakref.ref(self)  # (the parameters' hooks must not keep the reducer alive)
-        self.handles = [p.register_post_accumulate_grad_hook(
+        me = weakref.ref(self)  # (the parameters' hooks must not keep the reducer alive;
+        #                          they go with it)
+        handles = [p.register_post_accumulate_grad_hook(
             lambda p, i=i: _call(me, "on_gradient", i)) for i, p in enumerate(params)]
-
-    def remove_hooks(self) -> None:
-        for h in self.handles:
-            h.remove()
+        weakref.finalize(self, _remove_all, handles)
 
     # ----------------------------------------------------------------- per iteration
     def prepare_for_backward(self, outputs: list) -> None:
@@ -229,6 +227,11 @@ class Reducer:
                 f"error indicates that your module has parameters that were not used in "
                 f"producing loss. {advice}\nParameters which did not receive grad for rank "
                 f"{self.group.rank()}: {named}")
+
+
+def _remove_all(handles: list) -> None:
+    for h in handles:
+        h.remove()
 
 
 def _call(ref, method: str, *args) -> None:
