@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+from ...distributed.process_group import get_rank, get_world_size, is_available
 from ...ops.random import Generator, randperm
 from .sampler import Sampler
 
@@ -34,14 +35,12 @@ class DistributedSampler(Sampler):
     def __init__(self, dataset, num_replicas: int | None = None, rank: int | None = None,
                  shuffle: bool = True, seed: int = 0, drop_last: bool = False) -> None:
         if num_replicas is None or rank is None:
-            from ... import distributed
-            if not distributed.is_available():
+            if not is_available():
                 raise RuntimeError("Requires distributed package to be available (the "
                                    "'dist' extra: pip install -e '.[dist]'), or pass "
                                    "num_replicas and rank")
-            num_replicas = distributed.get_world_size() if num_replicas is None \
-                else num_replicas
-            rank = distributed.get_rank() if rank is None else rank
+            num_replicas = get_world_size() if num_replicas is None else num_replicas
+            rank = get_rank() if rank is None else rank
         if rank >= num_replicas or rank < 0:
             raise ValueError(f"Invalid rank {rank}, rank should be in the interval "
                              f"[0, {num_replicas - 1}]")
