@@ -148,6 +148,13 @@ def test_a_collective_that_one_rank_never_reaches_times_out_naming_it():
     assert job.seconds < 8
 
 
+def test_a_rank_that_never_joins_the_group_times_out_init_process_group():
+    job = _failed("init-timeout")
+    assert "[rank 0] DistBackendError: init_process_group on rank 0 of 2: not every rank " \
+           "joined within 1.0 s" in job.err
+    assert job.seconds < 8
+
+
 def test_a_caught_timeout_still_ends_the_job_at_exit():
     job = _failed("caught-timeout")
     assert "caught: all_reduce SUM of float32 [3]" in job.out

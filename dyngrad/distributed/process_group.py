@@ -25,7 +25,7 @@ import traceback
 import warnings
 from datetime import timedelta
 
-from .work import wait_all
+from .work import DistBackendError, wait_all
 
 __all__ = ["ProcessGroup", "DEFAULT_TIMEOUT", "is_available", "load_mpi", "init_process_group",
            "destroy_process_group", "is_initialized", "get_rank", "get_world_size",
@@ -123,6 +123,8 @@ def init_process_group(backend: str | None = None, init_method: str | None = Non
     script started without it is rank 0 of 1. ``timeout`` (a ``datetime.timedelta``, 30
     minutes by default) bounds every collective's wait. Installs the ``excepthook`` that
     ends the job when one rank raises (Note [one failing rank ends the job]).
+    ``init_method``, ``store``, ``group_name``, ``pg_options`` and ``device_id`` are
+    accepted, for PyTorch scripts, and unused: ``mpiexec`` tells every rank what they would.
 
     >>> import dyngrad.distributed as dist
     >>> dist.init_process_group("mpi", timeout=datetime.timedelta(minutes=5))  # doctest: +SKIP
@@ -148,10 +150,17 @@ def init_process_group(backend: str | None = None, init_method: str | None = Non
     mpi = load_mpi()
     comm, request = mpi.COMM_WORLD.Idup()
     world = mpi.COMM_WORLD
-    wait_all([request], timeout.total_seconds(),
-             lambda waited: f"init_process_group on rank {world.Get_rank()} of "
-                            f"{world.Get_size()}: not every rank joined within {waited:.1f} s "
-                            f"(timeout {timeout}): did every rank call init_process_group?")
+    try:
+        wait_all([request], timeout.total_seconds(),
+                 lambda waited: f"init_process_group on rank {world.Get_rank()} of "
+                                f"{world.Get_size()}: not every rank joined within "
+                                f"{waited:.1f} s (timeout {timeout}): did every rank call "
+                                f"init_process_group?")
+    except DistBackendError as exc:  # (no group yet to be broken: end the job now)
+        sys.stderr.write(f"[rank {world.Get_rank()}] {type(exc).__name__}: {exc}\n")
+        sys.stderr.flush()
+        world.Abort(1)
+        raise
     _WORLD = ProcessGroup(mpi, comm, timeout)
     _previous_hook = sys.excepthook
     sys.excepthook = _abort_on_uncaught

@@ -14,6 +14,10 @@ from dyngrad import nn
 
 case = sys.argv[1]
 timeout = datetime.timedelta(seconds=1 if "timeout" in case else 30)
+if case == "init-timeout":  # rank 1 is late to join
+    from mpi4py import MPI
+    if MPI.COMM_WORLD.Get_rank() == 1:
+        time.sleep(60)
 dist.init_process_group("mpi", timeout=timeout)
 rank = dist.get_rank()
 
