@@ -217,9 +217,13 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None,
                 add(f"flat[{i}]._node is not None", f"argument {i} is a leaf (no grad_fn)",
                     "a leaf", lambda f, i=i: "has a grad_fn" if f[i]._node is not None
                     else "a leaf")
-            if x._requires_grad and not x._hooks:  # (a hook registered later: runs eagerly)
-                add(f"flat[{i}]._hooks", f"argument {i} has no gradient hooks", "none",
-                    lambda f, i=i: f"{len(f[i]._hooks or ())} hook(s)")
+            if x._requires_grad and not x._hooks and not x._post_accumulate_hooks:
+                # (a hook registered later, before or after accumulation: runs eagerly)
+                add(f"flat[{i}]._hooks or flat[{i}]._post_accumulate_hooks",
+                    f"argument {i} has no gradient hooks", "none",
+                    lambda f, i=i: f"{len(f[i]._hooks or ())} hook(s), "
+                                   f"{len(f[i]._post_accumulate_hooks or ())} after "
+                                   f"accumulation")
             storages.setdefault(id(x._storage), []).append(i)
         elif type(x) in (int, float) and i in dynamic_numbers:  # a runtime input
             add(f"type(flat[{i}]) is not {type(x).__name__}", f"type of argument {i}",
@@ -307,7 +311,8 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None,
             # (the same array object: its writability cannot have changed since the trace
             # wrote it, see Note [the tensor's array] in dyngrad/tensor.py; and no gradient
             # hook registered since: the variant's HookEpoch, below, counts those)
-            if rg and t is not None and t._node is None and not t._hooks:
+            if rg and t is not None and t._node is None and not t._hooks and \
+                    not t._post_accumulate_hooks:
                 guard_hooks(t, epoch)
                 hook_guarded.append((weakref.ref(t), b.name))
             add(f"o is None or o._data is not A{k}() or o._requires_grad is not {rg}",
@@ -468,8 +473,9 @@ def _writable_at(b, flat):
 
 def _hooked(leaves: list) -> str:
     """Which of a variant's hook-guarded leaves have gradient hooks now."""
-    named = [f"{name} ({len(t._hooks)} hook(s))" for ref, name in leaves
-             for t in [ref()] if t is not None and t._hooks]
+    named = [f"{name} ({len(t._hooks or ()) + len(t._post_accumulate_hooks or ())} hook(s))"
+             for ref, name in leaves
+             for t in [ref()] if t is not None and (t._hooks or t._post_accumulate_hooks)]
     return ", ".join(named) or "a hook registered and removed since"
 
 

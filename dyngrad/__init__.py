@@ -27,6 +27,7 @@ from . import (
     backends,
     cuda,
     dispatch,
+    distributed,
     distributions,
     dtypes,
     forward_ad,

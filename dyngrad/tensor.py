@@ -304,6 +304,7 @@ class Tensor:
     _view_chain = ()
     _hist = 0
     _hooks = None
+    _post_accumulate_hooks = None
     _accum = None
     _retains = False
     __array_priority__ = 1000  # numpy defers binary operators to us
@@ -560,6 +561,29 @@ class Tensor:
         for epoch in list(_HOOK_GUARDED.get(self) or ()):  # (compiled variants assumed none)
             epoch.n += 1
         return RemovableHandle(self._hooks, hook)
+
+    def register_post_accumulate_grad_hook(self, hook):
+        """Call ``hook(tensor)`` after backward has accumulated a gradient into this leaf's
+        ``.grad`` (PyTorch's post-accumulate-grad hook: it sees the accumulated ``.grad`` and
+        returns None). Data-parallel training starts a bucket's all-reduce from such hooks.
+        Returns a handle with ``remove()``.
+
+        >>> w = dg.ones(2, requires_grad=True)
+        >>> h = w.register_post_accumulate_grad_hook(lambda p: print(p.grad))
+        >>> (3 * w).sum().backward()
+        tensor([3., 3.])
+        """
+        if not self._requires_grad:
+            raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
+        if self._node is not None:
+            raise RuntimeError("post accumulate grad hooks cannot be registered on non-leaf "
+                               "tensors")
+        if self._post_accumulate_hooks is None:
+            self._post_accumulate_hooks = []
+        self._post_accumulate_hooks.append(hook)
+        for epoch in list(_HOOK_GUARDED.get(self) or ()):  # (compiled variants assumed none)
+            epoch.n += 1
+        return RemovableHandle(self._post_accumulate_hooks, hook)
 
     def _accumulator(self):
         if self._accum is None:

@@ -3,7 +3,10 @@ every command, path, link and op name they mention exists.
 
 - Each ```python block of README.md and docs/*.md runs as written, one by one, each in a
   fresh namespace, in a temporary working directory (a block that writes files writes them
-  there, or in a temporary directory of its own). Tracebacks point at the page's line.
+  there, or in a temporary directory of its own). Tracebacks point at the page's line. A
+  block that starts ``# run with: python -m dyngrad.distributed.run -n N script.py`` is a
+  data-parallel script: it runs as that command says, on N ranks (skipped without the
+  ``dist`` extra).
 - ```sh and ```text blocks are not executed: they are shell commands (which install, train
   for seconds to minutes, or depend on your own script) and sample output. Instead each
   command they show — and each command quoted inline (`make …`, `python …`, `bash …`) — is
@@ -68,7 +71,25 @@ def test_pages_have_python_examples():
 def test_python_block_runs(page, line, code, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     source = "\n" * (line - 1) + code  # (so a traceback names the page's own line)
+    launched = LAUNCHED.match(code)
+    if launched:
+        run_on_ranks(int(launched.group(1)), launched.group(2), source, tmp_path)
+        return
     exec(compile(source, str(page), "exec"), {"__name__": "readme"})
+
+
+LAUNCHED = re.compile(r"# run with: python -m dyngrad\.distributed\.run -n (\d+) (\S+\.py)\n")
+
+
+def run_on_ranks(n: int, name: str, source: str, where: Path) -> None:
+    """A data-parallel block, saved as ``name`` and run on ``n`` ranks by the launcher."""
+    if importlib.util.find_spec("mpi4py") is None:
+        pytest.skip("the dist extra (mpi4py, mpich) is not installed: pip install -e '.[dist]'")
+    (where / name).write_text(source)
+    proc = subprocess.run([sys.executable, "-m", "dyngrad.distributed.run", "-n", str(n), name],
+                          cwd=where, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
 
 # ---------------------------------------------------------------------- commands

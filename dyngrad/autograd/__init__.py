@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..ops.creation import ones_like, tensor
 from ..ops.elementwise import cast
 from ..tensor import Tensor
-from .engine import run_backward
+from .engine import queue_callback, run_backward
 from .function import Function, FunctionCtx
 from .grad_mode import (
     detect_anomaly,
@@ -21,7 +21,7 @@ from .graph import AccumulateGrad, Node
 
 __all__ = ["backward", "grad", "Function", "FunctionCtx", "Node", "AccumulateGrad",
            "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "detect_anomaly",
-           "set_detect_anomaly", "is_anomaly_enabled"]
+           "set_detect_anomaly", "is_anomaly_enabled", "queue_callback"]
 
 
 def _as_list(x) -> list:
@@ -75,12 +75,8 @@ def backward(tensors, grad_tensors=None, retain_graph: bool | None = None,
     if retain_graph is None:
         retain_graph = create_graph
     if inputs is not None:
-        inputs = _as_list(inputs)
-        got = run_backward(outputs, grads, retain_graph=retain_graph,
-                           create_graph=create_graph, inputs=tuple(inputs), allow_unused=True)
-        for t, g in zip(inputs, got):
-            if g is not None:
-                t._accumulate_grad(g, create_graph, True)
+        run_backward(outputs, grads, retain_graph=retain_graph, create_graph=create_graph,
+                     inputs=tuple(_as_list(inputs)), allow_unused=True, accumulate=True)
         return
     run_backward(outputs, grads, retain_graph=retain_graph, create_graph=create_graph)
 

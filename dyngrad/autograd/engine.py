@@ -3,11 +3,16 @@
 Dependencies are counted by an explicit-stack traversal from the roots, then nodes run when
 every gradient they will receive has arrived (Kahn's algorithm), newest node first among the
 ready ones — PyTorch's order. Nothing recurses, so a chain of 100,000 operations works.
+
+A leaf's gradient is accumulated into ``.grad``, then the leaf's post-accumulate-grad hooks
+run; callbacks queued during the walk (:func:`queue_callback`) run once it is over, before
+``backward()`` returns — where data-parallel training waits for its all-reduces.
 """
 
 from __future__ import annotations
 
 import heapq
+import threading
 
 import numpy as np
 
@@ -75,14 +80,77 @@ def _check_nan(node: Node, grads) -> None:
                 f"The forward operation was created at:\n{where}")
 
 
+class _Running(threading.local):
+    """The callback lists of the backward passes running on this thread, innermost last (a
+    hook may run a backward pass of its own)."""
+
+    def __init__(self) -> None:
+        self.callbacks: list[list] = []
+
+
+_RUNNING = _Running()
+
+
+def queue_callback(callback) -> None:
+    """Run ``callback()`` when the backward pass running now has finished its walk, before
+    ``backward()`` returns (PyTorch's ``Variable._execution_engine.queue_callback``).
+    Callbacks run in the order queued, after every gradient has been accumulated into
+    ``.grad``; one may queue another. Only a hook (or a ``Function.backward``) can call it.
+
+    >>> def hook(grad):
+    ...     dg.autograd.queue_callback(lambda: print("backward done"))
+    >>> y = 2 * dg.ones(2, requires_grad=True); h = y.register_hook(hook)
+    >>> y.sum().backward()
+    backward done
+    """
+    if not _RUNNING.callbacks:
+        raise RuntimeError("Final callbacks can only be installed during backward pass.")
+    _RUNNING.callbacks[-1].append(callback)
+
+
 def run_backward(roots: list, grads: list, *, retain_graph: bool, create_graph: bool,
-                 inputs: tuple | None = None, allow_unused: bool = False):
-    """Propagate ``grads`` from the ``roots`` tensors.
+                 inputs: tuple | None = None, allow_unused: bool = False,
+                 accumulate: bool = False):
+    """Propagate ``grads`` from the ``roots`` tensors, then run the queued callbacks.
 
     Without ``inputs``, gradients accumulate into leaves' ``.grad`` (``Tensor.backward``).
     With ``inputs``, the gradient reaching each input is returned instead and no ``.grad`` is
-    touched (``autograd.grad``).
+    touched (``autograd.grad``) — unless ``accumulate``, when it is accumulated into each
+    input's ``.grad`` (``backward(inputs=...)``) and nothing is returned.
     """
+    callbacks: list = []
+    _RUNNING.callbacks.append(callbacks)
+    try:
+        out = _walk(roots, grads, retain_graph, create_graph, inputs, allow_unused)
+        if accumulate:
+            for t, g in zip(inputs, out):
+                if g is not None:
+                    accumulate_into(t, g, create_graph, True)
+            out = None
+        k = 0
+        while k < len(callbacks):  # (a callback may queue another)
+            if STATE.modes:
+                report_python_call("a callback queued for the end of backward")
+            callbacks[k]()
+            k += 1
+    finally:
+        _RUNNING.callbacks.pop()
+    return out
+
+
+def accumulate_into(leaf: Tensor, g: Tensor, create_graph: bool, shared: bool) -> None:
+    """Add ``g`` to ``leaf.grad``, then run the leaf's post-accumulate-grad hooks."""
+    leaf._accumulate_grad(g, create_graph, shared)
+    if leaf._post_accumulate_hooks:
+        if STATE.modes:
+            report_python_call("a post-accumulate-grad hook on a leaf")
+        for hook in list(leaf._post_accumulate_hooks):
+            hook(leaf)
+
+
+def _walk(roots: list, grads: list, retain_graph: bool, create_graph: bool,
+          inputs: tuple | None, allow_unused: bool):
+    """The walk itself (see :func:`run_backward`)."""
     for m in STATE.modes:
         m.on_backward(roots, retain_graph)
     start: dict[Node, list] = {}
@@ -170,7 +238,7 @@ def run_backward(roots: list, grads: list, *, retain_graph: bool, create_graph: 
                         if new is not None:
                             g = new
                             shared.add(id(g))
-                    leaf._accumulate_grad(g, create_graph, id(g) in shared)
+                    accumulate_into(leaf, g, create_graph, id(g) in shared)
                 continue
             if len(buf) > 1 and None in buf:
                 buf = [b if b is not None else _zeros_for(node, i) for i, b in enumerate(buf)]

@@ -77,6 +77,7 @@ from .normalization import (
     LazyLinear,
     LocalResponseNorm,
     RMSNorm,
+    SyncBatchNorm,
     Unflatten,
     Upsample,
 )
@@ -106,6 +107,7 @@ __all__ = ["Module", "Parameter", "Linear", "Sequential", "ModuleList", "ModuleD
            "BCELoss", "BCEWithLogitsLoss", "BatchNorm1d", "BatchNorm2d", "GroupNorm", "RMSNorm",
            "Dropout1d", "Dropout2d", "Upsample", "Unflatten", "LazyLinear", "LazyConv1d",
            "LazyConv2d", "LazyBatchNorm1d", "LazyBatchNorm2d", "DataParallel", "parallel",
+           "SyncBatchNorm",
            "Conv1d", "Conv2d",
            "ConvTranspose2d", "MaxPool1d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool1d",
            "AdaptiveAvgPool2d",

@@ -1,16 +1,21 @@
 """Normalisation, channel dropout, resizing and shape layers, with PyTorch's semantics:
-``BatchNorm1d``/``BatchNorm2d``, ``InstanceNorm1d``/``2d``/``3d``, ``GroupNorm``,
+``BatchNorm1d``/``BatchNorm2d``, ``SyncBatchNorm``, ``InstanceNorm1d``/``2d``/``3d``, ``GroupNorm``,
 ``RMSNorm``, ``LocalResponseNorm``, ``Dropout1d``/``Dropout2d``,
 ``Upsample``, ``Unflatten`` and ``LazyLinear``. The computations are the functional forms
 of ``functional_norm.py`` (see Note [batch norm's running statistics] there)."""
 
 from __future__ import annotations
 
+import math
 import warnings
 
+from .. import distributed as dist
 from .. import dtypes as _dt
 from ..autograd.grad_mode import no_grad
+from ..distributed.nn import functional as dF
 from ..ops import creation as _c
+from ..ops import elementwise as _e
+from ..ops.movement import cat
 from ..tensor import Tensor
 from . import init
 from .functional_norm import (
@@ -109,6 +114,97 @@ class BatchNorm2d(_BatchNorm):
     def _check_input_dim(self, input: Tensor) -> None:
         if input.ndim != 4:
             raise ValueError(f"expected 4D input (got {input.ndim}D input)")
+
+
+# Note [SyncBatchNorm]:
+# ``SyncBatchNorm``: batch norm whose training statistics are those of the whole global batch,
+# every rank's samples, as PyTorch's ``nn.SyncBatchNorm``.
+#
+# Each rank reduces its per-channel sums with a differentiable all-reduce
+# (``dyngrad.distributed.nn.functional.all_reduce``): first the sum and the count, for the
+# mean, then the sum of squared deviations from that mean, for the variance (two passes, as
+# ``BatchNorm`` computes it, rather than a sum of squares). Autograd differentiates through
+# both all-reduces, so the input gradient on each rank includes what its samples did to the
+# other ranks' normalisation, and the running statistics — the global batch's — are the
+# same on every rank. A data-parallel model with SyncBatchNorm therefore trains as one
+# process with the whole batch. Outside training, or without a process group of more than
+# one rank, it is ``BatchNorm``.
+
+
+class SyncBatchNorm(_BatchNorm):
+    """Batch norm over dim 1 of inputs of any rank ≥ 2, with statistics over every rank's
+    batch while training (see Note [SyncBatchNorm]).
+
+    >>> model = nn.SyncBatchNorm.convert_sync_batchnorm(model)   # doctest: +SKIP
+    >>> ddp = nn.parallel.DistributedDataParallel(model)
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, process_group=None,
+                 device=None, dtype=None) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
+                         dtype)
+        self.process_group = process_group
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.ndim < 2:
+            raise ValueError(f"expected at least 2D input (got {input.ndim}D input)")
+
+    def forward(self, input: Tensor) -> Tensor:
+        if not (self.training and dist.is_initialized()
+                and dist.get_world_size(self.process_group) > 1):
+            return super().forward(input)
+        self._check_input_dim(input)
+        if input.shape[1] != self.num_features:
+            raise RuntimeError(f"running_mean should contain {input.shape[1]} elements not "
+                               f"{self.num_features}")
+        dims = (0,) + tuple(range(2, input.ndim))
+        shape = (1, -1) + (1,) * (input.ndim - 2)
+        local = math.prod(input.shape[d] for d in dims)
+        sums = dF.all_reduce(cat([input.sum(dims), _c.tensor([local], dtype=input.dtype)]),
+                             group=self.process_group)
+        count = int(sums[-1].item())
+        if count <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got "
+                             f"{count} over all ranks (input size {list(input.shape)} here)")
+        mean = sums[:-1] / count
+        d = input - mean.reshape(shape)
+        var = dF.all_reduce((d * d).sum(dims), group=self.process_group) / count
+        if self.track_running_stats:
+            factor = self.momentum
+            with no_grad():
+                self.num_batches_tracked.add_(1)
+                if factor is None:  # a cumulative moving average
+                    factor = 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1.0 - factor).add_(mean * factor)
+                self.running_var.mul_(1.0 - factor).add_(var * (count / (count - 1) * factor))
+        scale = _e.rsqrt(var + self.eps)
+        if self.weight is not None:
+            scale = scale * self.weight
+        out = d * scale.reshape(shape)
+        return out if self.bias is None else out + self.bias.reshape(shape)
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module: Module, process_group=None) -> Module:
+        """``module`` with every ``BatchNorm1d``/``BatchNorm2d`` in it replaced by a
+        ``SyncBatchNorm`` holding the same parameters and buffers (the module itself when
+        it is one), as PyTorch's."""
+        out = module
+        if isinstance(module, (BatchNorm1d, BatchNorm2d)):
+            out = cls(module.num_features, module.eps, module.momentum, module.affine,
+                      module.track_running_stats, process_group)
+            for name in ("weight", "bias"):
+                p = getattr(module, name)
+                if p is not None:
+                    setattr(out, name, p)
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                out.register_buffer(name, getattr(module, name))
+            out.train(module.training)
+        for name, child in list(module.named_children()):
+            new = cls.convert_sync_batchnorm(child, process_group)
+            if new is not child:
+                setattr(out, name, new)
+        return out
 
 
 class _InstanceNorm(_BatchNorm):

@@ -1,5 +1,5 @@
-"""``Dataset``, ``TensorDataset`` and ``DataLoader`` (batching, seeded shuffling, drop_last,
-worker processes)."""
+"""``Dataset``, ``TensorDataset`` and ``DataLoader`` (batching, seeded shuffling, samplers,
+drop_last, worker processes); ``DistributedSampler`` for data-parallel jobs."""
 
 from __future__ import annotations
 
@@ -16,6 +16,11 @@ from ...ops import creation as _c
 from ...ops import movement as _m
 from ...ops.random import manual_seed
 from ...tensor import Tensor
+from .distributed import DistributedSampler
+from .sampler import Sampler
+
+__all__ = ["Dataset", "TensorDataset", "DataLoader", "Sampler", "DistributedSampler",
+           "default_collate", "get_worker_info", "WorkerInfo"]
 
 
 class Dataset:
@@ -123,7 +128,9 @@ class DataLoader:
     """Iterate over ``dataset`` in batches.
 
     ``shuffle=True`` draws a new permutation every epoch from a numpy generator seeded with
-    ``seed`` (so runs repeat exactly); the last partial batch is kept unless ``drop_last``.
+    ``seed`` (so runs repeat exactly); a ``sampler`` (an iterable of indices with a length,
+    e.g. a :class:`DistributedSampler`) gives the indices instead, in its order. The last
+    partial batch is kept unless ``drop_last``.
     A :class:`TensorDataset` is batched by indexing each tensor once per batch.
 
     ``num_workers > 0`` fetches and collates batches in that many worker processes (fork
@@ -141,7 +148,10 @@ class DataLoader:
                  drop_last: bool = False, seed: int | None = 0, collate_fn=None, *,
                  num_workers: int = 0, pin_memory: bool = False, timeout: float = 0,
                  worker_init_fn=None, multiprocessing_context=None,
-                 prefetch_factor: int | None = None, persistent_workers: bool = False) -> None:
+                 prefetch_factor: int | None = None, persistent_workers: bool = False,
+                 sampler=None) -> None:
+        if sampler is not None and shuffle:
+            raise ValueError("sampler option is mutually exclusive with shuffle")
         if batch_size is not None and batch_size <= 0:
             raise ValueError(f"batch_size should be a positive integer, got {batch_size}")
         if num_workers < 0:
@@ -155,7 +165,7 @@ class DataLoader:
                              "otherwise set prefetch_factor to None.")
         if persistent_workers and num_workers == 0:
             raise ValueError("persistent_workers option needs num_workers > 0")
-        self.dataset, self.batch_size = dataset, batch_size
+        self.dataset, self.batch_size, self.sampler = dataset, batch_size, sampler
         self.shuffle, self.drop_last = shuffle, drop_last
         self.collate_fn = collate_fn or default_collate
         self._rng = np.random.default_rng(seed)
@@ -170,14 +180,18 @@ class DataLoader:
         self._pool = None  # (persistent workers: processes, task queues, result queue)
 
     def __len__(self) -> int:
-        n = len(self.dataset)
+        n = len(self.dataset) if self.sampler is None else len(self.sampler)
         if self.batch_size is None:
             return n
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def _batches(self) -> Iterator[np.ndarray]:
-        n = len(self.dataset)
-        order = self._rng.permutation(n) if self.shuffle else np.arange(n)
+        if self.sampler is not None:
+            order = np.fromiter(iter(self.sampler), dtype=np.int64)
+        else:
+            n = len(self.dataset)
+            order = self._rng.permutation(n) if self.shuffle else np.arange(n)
+        n = len(order)
         bs = self.batch_size or 1
         for start in range(0, n, bs):
             idx = order[start:start + bs]

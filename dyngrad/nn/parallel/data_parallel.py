@@ -1,11 +1,11 @@
 """``nn.DataParallel`` (and ``nn.parallel.DataParallel``) as a CPU-only PyTorch build has it:
 with no accelerator it keeps no device ids and its forward is its module's (scripts such as
 d2l's wrap every model in it). Data-parallel training across processes is
-``DistributedDataParallel`` (issue 17), not this."""
+:class:`~dyngrad.nn.parallel.DistributedDataParallel`, not this."""
 
 from __future__ import annotations
 
-from .module import Module
+from ..module import Module
 
 
 class DataParallel(Module):

@@ -1,0 +1,356 @@
+"""The collectives, each defined once as a :class:`Collective` record, and the one routine
+that runs them eagerly (:func:`launch`).
+
+Note [collectives are records, like primitives]: four collectives move tensors —
+``all_reduce``, ``broadcast``, ``all_gather`` (into one tensor, concatenated along dim 0)
+and ``reduce_scatter`` (from one such tensor) — plus ``barrier``. A record holds what every
+interpreter needs, with the field names of :class:`~dyngrad.ops.primitive.Primitive`: its
+shape rule, its numpy-level implementation (``start``: the non-blocking MPI call on
+contiguous arrays; the result is in place once the request completes) and its vjp, written
+with the differentiable collectives themselves (the gradient of an all-reduce SUM is an
+all-reduce SUM of the gradient; of an all-gather, a reduce-scatter; of a broadcast, a sum
+at the source). Eager autograd records a collective as a ``PrimNode`` of its record, as it
+does a primitive. Everything else — the list forms of PyTorch's API, the in-place
+``dist.all_reduce(t)``, DDP's buckets — is built on these records, so a compiler that
+makes them IR operations (a start node issuing the request as soon as its input exists and
+a wait node where the result is first read) has four entries to add and no other code to
+learn. They are not in the op table (``dyngrad.ops.REGISTRY``) yet: until the compiler
+lowers them, a trace that meets a collective falls back to eager (:func:`check_modes`).
+
+Each run is preceded by the ranks' agreement check (Note [agree, then send] in work.py).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..dispatch import STATE, report_python_call
+from ..ops.creation import zeros_like
+from ..ops.primitive import PrimNode
+from ..tensor import Tensor
+from .process_group import ProcessGroup, resolve_group
+from .work import DistBackendError, Work, wait_all
+
+__all__ = ["ReduceOp", "Collective", "COLLECTIVES", "ALL_REDUCE", "BROADCAST", "ALL_GATHER",
+           "REDUCE_SCATTER", "BARRIER", "launch", "run_differentiable", "check_modes",
+           "mpi_reduction", "contiguous", "label", "DTYPES"]
+
+
+class ReduceOp(enum.Enum):
+    """How ``all_reduce`` and ``reduce_scatter`` combine the ranks' values (PyTorch's
+    names). ``AVG`` is the sum divided by the number of ranks (floating dtypes only); the
+    bitwise ones take integer or bool tensors; on bool tensors ``SUM`` is a logical or and
+    ``PRODUCT`` a logical and, as in PyTorch."""
+
+    SUM = "sum"
+    AVG = "avg"
+    PRODUCT = "product"
+    MIN = "min"
+    MAX = "max"
+    BAND = "band"
+    BOR = "bor"
+    BXOR = "bxor"
+
+
+_OP_CODES = {op: i for i, op in enumerate(ReduceOp)}
+DTYPES = (np.dtype(np.bool_), np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.int16),
+          np.dtype(np.int32), np.dtype(np.int64), np.dtype(np.float32), np.dtype(np.float64))
+_DTYPE_CODES = {d: i for i, d in enumerate(DTYPES)}
+_BITWISE = (ReduceOp.BAND, ReduceOp.BOR, ReduceOp.BXOR)
+_BOOL_AS_BYTES = {ReduceOp.SUM: "MAX", ReduceOp.MAX: "MAX", ReduceOp.BOR: "MAX",
+                  ReduceOp.PRODUCT: "MIN", ReduceOp.MIN: "MIN", ReduceOp.BAND: "MIN",
+                  ReduceOp.BXOR: "BXOR"}
+_MPI_OPS = {ReduceOp.SUM: "SUM", ReduceOp.AVG: "SUM", ReduceOp.PRODUCT: "PROD",
+            ReduceOp.MIN: "MIN", ReduceOp.MAX: "MAX", ReduceOp.BAND: "BAND",
+            ReduceOp.BOR: "BOR", ReduceOp.BXOR: "BXOR"}
+
+
+def mpi_reduction(name: str, op, dtype: np.dtype, mpi):
+    """(how to view the buffer for MPI, the MPI op) for ``op`` on ``dtype``, or an error
+    naming the collective: bool tensors travel as bytes (MPI has no sum of bools)."""
+    if not isinstance(op, ReduceOp):
+        raise TypeError(f"{name}: op must be a dist.ReduceOp (e.g. ReduceOp.SUM), got {op!r}")
+    if dtype not in _DTYPE_CODES:
+        raise TypeError(f"{name}: tensors of dtype {dtype} cannot be communicated")
+    if dtype == np.bool_:
+        if op is ReduceOp.AVG:
+            raise TypeError(f"{name}: ReduceOp.AVG of a bool tensor is not defined: use SUM "
+                            f"(a logical or) or convert to float first")
+        return np.uint8, getattr(mpi, _BOOL_AS_BYTES[op])
+    if op is ReduceOp.AVG and dtype.kind != "f":
+        raise TypeError(f"{name}: ReduceOp.AVG of a {dtype} tensor would not be an integer: "
+                        f"use SUM and divide, or convert to float first")
+    if op in _BITWISE and dtype.kind == "f":
+        raise TypeError(f"{name}: ReduceOp.{op.name} needs an integer or bool tensor, got "
+                        f"{dtype}")
+    return dtype, getattr(mpi, _MPI_OPS[op])
+
+
+def contiguous(a: np.ndarray) -> np.ndarray:
+    """``a`` itself when MPI can use its memory, else a C-contiguous copy."""
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+# ------------------------------------------------------------------ the records
+
+
+@dataclass(frozen=True, eq=False)
+class Collective:
+    """One collective (Note [collectives are records, like primitives]).
+
+    - ``shape(shape, world, params) -> shape``: the output's shape from the input's;
+    - ``start(group, send, recv, params) -> MPI request``: the non-blocking MPI call, on
+      C-contiguous arrays (``send`` may be ``recv`` for an in-place run);
+    - ``vjp(node, g, xs, out) -> (gradient,)``: the backward rule, with differentiable
+      collectives (``PrimNode`` calls it as it calls a primitive's);
+    - ``code``: its number in the ranks' agreement check.
+    """
+
+    name: str
+    code: int
+    shape: Callable
+    start: Callable
+    vjp: Callable | None
+    doc: str = ""
+    save: tuple = ()  # (the PrimNode interface: a vjp needs no saved input or output)
+    save_out: bool = False
+
+    @property
+    def backward_name(self) -> str:
+        return "".join(p.capitalize() for p in self.name.split("_")) + "Backward"
+
+    def __repr__(self) -> str:
+        return f"<collective {self.name}>"
+
+
+def _same_shape(shape, world, params):
+    return tuple(shape)
+
+
+def _gathered_shape(shape, world, params):
+    return (world * shape[0], *shape[1:]) if shape else (world,)
+
+
+def _scattered_shape(shape, world, params):
+    if not shape or shape[0] % world:
+        raise ValueError(f"reduce_scatter: the input's first dimension must be a multiple of "
+                         f"the world size {world}, got shape {list(shape)}")
+    return (shape[0] // world, *shape[1:])
+
+
+def _as_mpi(a: np.ndarray, view=None) -> np.ndarray:
+    """``a`` as MPI is given it: viewed as ``view``, or bools as bytes (mpi4py would map
+    them to C's bool, which MPI's reductions do not take)."""
+    if view is None:
+        view = np.uint8 if a.dtype == np.bool_ else a.dtype
+    return a if view == a.dtype else a.view(view)
+
+
+def _start_all_reduce(group, send, recv, params):
+    view, op = mpi_reduction("all_reduce", params["op"], recv.dtype, group.mpi)
+    src = group.mpi.IN_PLACE if send is recv else _as_mpi(send, view)
+    return group.comm.Iallreduce(src, _as_mpi(recv, view), op=op)
+
+
+def _start_broadcast(group, send, recv, params):
+    if group.rank() == params["src"] and send is not recv:
+        np.copyto(recv, send)
+    return group.comm.Ibcast(_as_mpi(recv), root=params["src"])
+
+
+def _start_all_gather(group, send, recv, params):
+    return group.comm.Iallgather(_as_mpi(send), _as_mpi(recv))
+
+
+def _start_reduce_scatter(group, send, recv, params):
+    view, op = mpi_reduction("reduce_scatter", params["op"], recv.dtype, group.mpi)
+    return group.comm.Ireduce_scatter_block(_as_mpi(send, view), _as_mpi(recv, view), op=op)
+
+
+def _start_barrier(group, send, recv, params):
+    return group.comm.Ibarrier()
+
+
+def _vjp_all_reduce(node, g, xs, out):
+    op = node.params["op"]
+    if op not in (ReduceOp.SUM, ReduceOp.AVG):
+        raise RuntimeError(f"all_reduce: ReduceOp.{op.name} has no gradient here; only SUM "
+                           f"and AVG are differentiable (their gradient is an all_reduce of "
+                           f"the gradient with the same op)")
+    return (run_differentiable(ALL_REDUCE, g, {"op": op}, None),)
+
+
+def _vjp_broadcast(node, g, xs, out):
+    # the source's input reaches every rank: its gradient is the sum of theirs; the other
+    # ranks' inputs are overwritten, so theirs is zero (every rank joins the all-reduce)
+    total = run_differentiable(ALL_REDUCE, g, {"op": ReduceOp.SUM}, None)
+    if resolve_group(None).rank() == node.params["src"]:
+        return (total,)
+    return (zeros_like(total),)
+
+
+def _vjp_all_gather(node, g, xs, out):
+    return (run_differentiable(REDUCE_SCATTER, g, {"op": ReduceOp.SUM}, None),)
+
+
+def _vjp_reduce_scatter(node, g, xs, out):
+    op = node.params["op"]
+    if op not in (ReduceOp.SUM, ReduceOp.AVG):
+        raise RuntimeError(f"reduce_scatter: ReduceOp.{op.name} has no gradient here; only "
+                           f"SUM and AVG are differentiable")
+    gathered = run_differentiable(ALL_GATHER, g, {}, None)
+    return (gathered if op is ReduceOp.SUM else gathered * (1.0 / resolve_group(None).size()),)
+
+
+ALL_REDUCE = Collective("all_reduce", 1, _same_shape, _start_all_reduce, _vjp_all_reduce,
+                        "every rank gets the reduction (op) of all ranks' tensors")
+BROADCAST = Collective("broadcast", 2, _same_shape, _start_broadcast, _vjp_broadcast,
+                       "every rank gets rank src's tensor")
+ALL_GATHER = Collective("all_gather", 3, _gathered_shape, _start_all_gather, _vjp_all_gather,
+                        "every rank gets all ranks' tensors, concatenated along dim 0 in rank "
+                        "order")
+REDUCE_SCATTER = Collective("reduce_scatter", 4, _scattered_shape, _start_reduce_scatter,
+                            _vjp_reduce_scatter, "rank r gets block r (along dim 0) of the "
+                            "reduction of all ranks' tensors")
+BARRIER = Collective("barrier", 5, _same_shape, _start_barrier, None,
+                     "returns on every rank once all ranks have reached it")
+COLLECTIVES = {c.name: c for c in (ALL_REDUCE, BROADCAST, ALL_GATHER, REDUCE_SCATTER, BARRIER)}
+_BY_CODE = {c.code: c for c in COLLECTIVES.values()}
+
+
+# ------------------------------------------------------------------ running one
+
+
+def check_modes(name: str) -> None:
+    """Refuse a collective under a function transform (vmap, forward-mode AD: they would
+    not see it), and tell a tracer the call cannot be compiled: it falls back to eager
+    rather than record a step that skips the communication."""
+    for m in STATE.modes:
+        if not m.transparent:
+            raise RuntimeError(f"dist.{name} cannot run under {type(m).__name__} (a function "
+                               f"transform would not see the communication): call it "
+                               f"outside the transform")
+    report_python_call(f"dist.{name}, an MPI collective (not an operation of the compiler's "
+                       f"IR yet, so a compiled call would skip the communication),")
+
+
+_SHAPE_DIMS = 16  # dimensions a disagreement report shows
+
+
+def _describe(seq: int, coll: Collective, op, dtype, shape, root: int) -> np.ndarray:
+    """One rank's description of a collective, exchanged when the ranks disagree."""
+    dims = list(shape)[:_SHAPE_DIMS]
+    return np.array([seq, coll.code, _OP_CODES[op] if op is not None else -1,
+                     _DTYPE_CODES.get(dtype, -1) if dtype is not None else -1,
+                     root, len(shape), *dims, *[0] * (_SHAPE_DIMS - len(dims))],
+                    dtype=np.int64)
+
+
+def label(coll: Collective, op, dtype, shape, root: int = -1) -> str:
+    """How errors name a collective: ``all_reduce SUM of float32 [4, 3]``."""
+    text = coll.name
+    if op is not None:
+        text += f" {op.name}"
+    if root >= 0:
+        text += f" from rank {root}"
+    if coll is not BARRIER:
+        text += f" of {dtype} {list(shape)}"
+    return text
+
+
+def _read_description(d: np.ndarray) -> str:
+    seq, code, op, dtype, root, ndim = (int(v) for v in d[:6])
+    coll = _BY_CODE.get(code)
+    if coll is None:
+        return f"an unknown collective (code {code}, collective #{seq})"
+    dims = [int(v) for v in d[6:6 + min(ndim, _SHAPE_DIMS)]]
+    shape = dims if ndim <= _SHAPE_DIMS else dims[:-1] + ["..."]
+    text = label(coll, list(ReduceOp)[op] if op >= 0 else None,
+                 DTYPES[dtype] if dtype >= 0 else "?", shape, root)
+    return f"{text} (collective #{seq})"
+
+
+def _disagreement(group: ProcessGroup, coll: Collective, mine: np.ndarray) -> DistBackendError:
+    """Every rank gathers every rank's description and raises the same error."""
+    table = np.empty((group.size(), mine.size), dtype=np.int64)
+    request = group.comm.Iallgather(mine, table)
+    wait_all([request], group.timeout,
+             lambda waited: f"{coll.name}: the ranks disagree about collective #{group.seq} "
+                            f"and did not exchange their descriptions within {waited:.1f} s")
+    lines = "\n".join(f"  rank {r}: {_read_description(d)}" for r, d in enumerate(table))
+    return DistBackendError(
+        f"{coll.name}: Detected mismatch between collectives on ranks (seen on rank "
+        f"{group.rank()}):\n{lines}\nEvery rank must call the same collectives in the same "
+        f"order, on tensors of the same shape and dtype.")
+
+
+def launch(group: ProcessGroup, coll: Collective, send: np.ndarray | None,
+           recv: np.ndarray | None, params: dict, finish: Callable) -> Work:
+    """Run ``coll`` from ``send`` into ``recv`` (contiguous arrays; None for a barrier):
+    start the ranks' agreement check now, the payload once every rank agrees (Note [agree,
+    then send] in work.py). ``finish()`` runs when the data is in place and gives
+    ``Work.result``. The caller waits, or returns the work (``async_op=True``)."""
+    op = params.get("op")
+    array = send if send is not None else recv
+    shape = array.shape if array is not None else ()
+    dtype = array.dtype if array is not None else None
+    root = params.get("src", -1)
+    if group.broken is not None:
+        raise DistBackendError(f"{label(coll, op, dtype, shape, root)}: the process group is "
+                               f"broken ({group.broken}); no collective can run any more")
+    if group.checking is not None:
+        group.checking.settle()  # its payload starts before this check (MPI's order rule)
+    group.seq += 1
+    key = (group.seq, coll.code, _OP_CODES[op] if op is not None else -1,
+           _DTYPE_CODES.get(dtype, -1) if dtype is not None else -1, root,
+           array.size if array is not None else 0, hash(shape) & _HASH_BITS)
+    both = np.array(key + tuple(-k for k in key), dtype=np.int64)  # MAX of both halves:
+    check = group.comm.Iallreduce(group.mpi.IN_PLACE, both, op=group.mpi.MAX)  # max, -min
+    seq = group.seq
+
+    def agreed():
+        if (both[:_KEY] + both[_KEY:]).any():  # (max + -min: zero where every rank agrees)
+            raise _disagreement(group, coll, _describe(seq, coll, op, dtype, shape, root))
+        return coll.start(group, send, recv, params)
+
+    work = Work(group, lambda: label(coll, op, dtype, shape, root), check, agreed, finish)
+    group.checking = work
+    work.is_completed()  # (a peer already there: the payload starts now)
+    return work
+
+
+_KEY = 7
+_HASH_BITS = (1 << 62) - 1  # (so that the negated key cannot overflow int64)
+
+
+def run_differentiable(coll: Collective, x: Tensor, params: dict, group) -> Tensor:
+    """``coll`` applied out of place to ``x``, recorded for autograd as a ``PrimNode`` of
+    its record (what ``dist.nn.functional`` is made of)."""
+    check_modes(coll.name)
+    g = resolve_group(group)
+    src = contiguous(x._data)
+    recv = np.empty(coll.shape(src.shape, g.size(), params), dtype=src.dtype)
+    send = src
+    if coll is ALL_REDUCE:  # (reduced in place in a copy: MPI reads and writes one buffer)
+        np.copyto(recv, src)
+        send = recv
+    op = params.get("op")
+    if op is not None:
+        mpi_reduction(coll.name, op, src.dtype, g.mpi)  # (a bad op fails before the check)
+
+    def finish():
+        if op is ReduceOp.AVG:
+            np.divide(recv, g.size(), out=recv)
+        return recv
+
+    launch(g, coll, send, recv, params, finish).wait()
+    out = Tensor._fresh(recv)
+    edge = x._edge() if STATE.grad_enabled else None
+    if edge is not None and recv.dtype.kind == "f":
+        out._node = PrimNode(coll, params, (x,), out, [edge])
+        out._requires_grad = True
+    return out

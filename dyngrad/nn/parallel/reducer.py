@@ -1,0 +1,262 @@
+"""The gradient reducer of :class:`~dyngrad.nn.parallel.DistributedDataParallel`: parameters
+grouped into buckets, each bucket's gradients averaged over the ranks by one non-blocking
+all-reduce started as soon as the bucket's last gradient is accumulated, and every
+all-reduce waited for (and copied back into ``.grad``) before ``backward()`` returns.
+
+Note [buckets]: gradients arrive roughly in reverse order of the parameters (the last layer's
+first), so parameters are bucketed in reverse order: a bucket fills, and its all-reduce
+starts, while backward is still computing the layers before it. The first bucket is capped
+at 1 MiB so that communication starts early, the others at ``bucket_cap_mb`` (25 MiB);
+one bucket holds one dtype. PyTorch's reducer starts with one bucket and, after the first
+iteration, rebuilds its buckets in the order gradients were observed to arrive, with the
+same caps; for a model whose parameters are used in the order they are defined (the usual
+case) that order is the reverse parameter order this reducer uses from the start. The
+assignment itself is PyTorch's ``compute_bucket_assignment_by_size`` (a bucket closes once
+it reaches its cap, so it may exceed it by its last tensor).
+
+Note [the average]: each gradient is multiplied by 1/world while it is copied into its
+bucket, and the buckets are summed — PyTorch's order of operations (for a power-of-two
+world the scaling is exact, so this equals summing then dividing).
+
+Note [overlap and progress]: MPICH moves data only inside MPI calls (it runs no progress
+thread), so every gradient hook also tests the all-reduces in flight; the rest of each
+transfer happens while the end-of-backward callback waits.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+
+import numpy as np
+
+from ...autograd import queue_callback
+from ...autograd.graph import AccumulateGrad
+from ...distributed import ReduceOp, all_reduce
+from ...tensor import Tensor
+
+__all__ = ["FIRST_BUCKET_BYTES", "DEFAULT_BUCKET_CAP_MB", "assign_buckets", "Reducer",
+           "find_output_tensors"]
+
+FIRST_BUCKET_BYTES = 1024 * 1024  # PyTorch's dist._DEFAULT_FIRST_BUCKET_BYTES
+DEFAULT_BUCKET_CAP_MB = 25
+MB = 1024 * 1024
+
+
+def assign_buckets(nbytes: Sequence[int], dtypes: Sequence, limits: Sequence[int],
+                   order: Sequence[int]) -> list[list[int]]:
+    """Tensor indices grouped into buckets (Note [buckets]): tensors are taken in ``order``;
+    each dtype fills its own bucket, which closes once its bytes reach the current limit
+    (``limits[0]`` for a dtype's first bucket, then ``limits[1]``, …, the last one
+    repeating); the buckets left open follow, in the order their dtypes first appeared.
+
+    >>> assign_buckets([400, 400, 400], ["f4"] * 3, [500, 1000], order=[2, 1, 0])
+    [[2, 1], [0]]
+    """
+    if len(nbytes) != len(dtypes):
+        raise ValueError(f"assign_buckets: {len(nbytes)} sizes but {len(dtypes)} dtypes")
+    if not limits:
+        raise ValueError("assign_buckets: give at least one size limit")
+    result: list[list[int]] = []
+    open_: dict = {}  # dtype -> (indices, bytes, which limit)
+    for i in order:
+        indices, size, k = open_.get(dtypes[i], ([], 0, 0))
+        indices.append(i)
+        size += nbytes[i]
+        if size >= limits[k]:
+            result.append(indices)
+            open_[dtypes[i]] = ([], 0, min(k + 1, len(limits) - 1))
+        else:
+            open_[dtypes[i]] = (indices, size, k)
+    result.extend(indices for indices, _, _ in open_.values() if indices)
+    return result
+
+
+def find_output_tensors(obj) -> list:
+    """The tensors in a forward's output: a tensor, or lists, tuples and dicts of them."""
+    if isinstance(obj, Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for x in obj for t in find_output_tensors(x)]
+    if isinstance(obj, dict):
+        return [t for x in obj.values() for t in find_output_tensors(x)]
+    return []
+
+
+class _Bucket:
+    """One flat buffer holding the scaled gradients of some parameters of one dtype."""
+
+    __slots__ = ("indices", "offsets", "buffer", "tensor", "pending", "work")
+
+    def __init__(self, indices: list[int], params: list) -> None:
+        self.indices = indices
+        sizes = [params[i]._data.size for i in indices]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int).tolist()
+        self.buffer = np.zeros(self.offsets[-1], dtype=params[indices[0]]._data.dtype)
+        self.tensor = Tensor._fresh(self.buffer)
+        self.pending = len(indices)
+        self.work = None
+
+    def slot(self, k: int, shape: tuple) -> np.ndarray:
+        return self.buffer[self.offsets[k]:self.offsets[k + 1]].reshape(shape)
+
+
+class Reducer:
+    """Averages the gradients of ``params`` over the ranks of ``group`` in ``buckets``
+    (lists of parameter indices, in the order they are reduced), from post-accumulate-grad
+    hooks on the parameters. ``prepare_for_backward`` arms it for one backward pass; hooks
+    outside an armed pass (``no_sync``, a backward without a DDP forward) do nothing, so
+    gradients accumulate locally as usual."""
+
+    def __init__(self, group, params: list, names: list[str], buckets: list[list[int]],
+                 find_unused: bool) -> None:
+        self.group = group
+        self.params = params
+        self.names = names
+        self.find_unused = find_unused
+        self.buckets = [_Bucket(indices, params) for indices in buckets]
+        self.locate = {i: (b, k) for b, bucket in enumerate(self.buckets)
+                       for k, i in enumerate(bucket.indices)}
+        self.expect_hooks = False
+        self.ready: set[int] = set()
+        self.next_bucket = 0
+        self.unused: list[int] = []  # (find_unused) parameters the forward did not reach
+        self.marked_unused = False
+        self.used = np.zeros(len(params), dtype=np.int32)  # (find_unused) got a gradient
+        me = weakref.ref(self)  # (the parameters' hooks must not keep the reducer alive;
+        #                          they go with it)
+        handles = [p.register_post_accumulate_grad_hook(
+            lambda p, i=i: _call(me, "on_gradient", i)) for i, p in enumerate(params)]
+        weakref.finalize(self, _remove_all, handles)
+
+    # ----------------------------------------------------------------- per iteration
+    def prepare_for_backward(self, outputs: list) -> None:
+        """Arm for the next backward pass; with ``find_unused``, find the parameters that
+        ``outputs``' graph does not reach (their gradients will not come)."""
+        self.expect_hooks = True
+        self.ready.clear()
+        self.next_bucket = 0
+        for bucket in self.buckets:
+            bucket.pending = len(bucket.indices)
+            bucket.work = None
+        self.marked_unused = False
+        if self.find_unused:
+            reached = _reached_leaves(outputs)
+            self.unused = [i for i, p in enumerate(self.params) if id(p) not in reached]
+
+    def on_gradient(self, i: int) -> None:
+        """Parameter ``i``'s gradient has been accumulated into its ``.grad``."""
+        if self.find_unused and self.params[i].grad is not None:
+            self.used[i] = 1  # (also under no_sync: used once in the accumulation counts)
+        if not self.expect_hooks:
+            return
+        if not self.ready:
+            queue_callback(self.finalize)
+        if not self.marked_unused:
+            self.marked_unused = True
+            for j in self.unused:
+                self.mark_ready(j)
+        self.mark_ready(i)
+        for bucket in self.buckets[:self.next_bucket]:  # (Note [overlap and progress])
+            bucket.work.is_completed()
+
+    def mark_ready(self, i: int) -> None:
+        if i in self.ready:
+            raise RuntimeError(
+                f"DistributedDataParallel: Expected to mark a variable ready only once. "
+                f"Parameter at index {i} with name {self.names[i]} has been marked as ready "
+                f"twice: it received gradients from two backward passes of one forward (a "
+                f"parameter used outside forward, or a second backward through the same "
+                f"graph); run one backward per forward of the DDP module")
+        self.ready.add(i)
+        b, k = self.locate[i]
+        bucket = self.buckets[b]
+        p = self.params[i]
+        slot = bucket.slot(k, p._data.shape)
+        if p._grad is None:
+            slot.fill(0)
+        else:  # (Note [the average])
+            np.multiply(p._grad._data, 1.0 / self.group.size(), out=slot)
+        bucket.pending -= 1
+        while self.next_bucket < len(self.buckets) and \
+                self.buckets[self.next_bucket].pending == 0:
+            launched = self.buckets[self.next_bucket]
+            launched.work = all_reduce(launched.tensor, async_op=True)
+            self.next_bucket += 1
+
+    def finalize(self) -> None:
+        """End of backward: wait for every bucket and write the averages into ``.grad``."""
+        self.expect_hooks = False
+        launched = self.buckets[:self.next_bucket]
+        for bucket in launched:
+            bucket.work.wait()
+        if self.next_bucket < len(self.buckets):
+            raise RuntimeError(self._unfinished())
+        unused_everywhere = set()
+        if self.find_unused:
+            all_reduce(Tensor._fresh(self.used), op=ReduceOp.MAX)
+            unused_everywhere = {i for i in range(len(self.params)) if not self.used[i]}
+            self.used[:] = 0
+        for bucket in self.buckets:
+            for k, i in enumerate(bucket.indices):
+                if i in unused_everywhere:
+                    continue  # (PyTorch leaves the .grad of a parameter no rank used as is)
+                p = self.params[i]
+                avg = bucket.slot(k, p._data.shape)
+                g = p._grad
+                if g is None or g._requires_grad or not g._data.flags.writeable:
+                    p.grad = Tensor._fresh(avg.copy())
+                else:
+                    np.copyto(g._data, avg)
+                    g._storage.version += 1
+
+    def _unfinished(self) -> str:
+        missing = [i for i in range(len(self.params)) if i not in self.ready]
+        named = ", ".join(f"{i} ({self.names[i]})" for i in missing)
+        if self.find_unused:
+            advice = ("Since `find_unused_parameters=True` is enabled, this likely means that "
+                      "not all `forward` function outputs participate in computing loss: "
+                      "make them all part of it.")
+        else:
+            advice = ("You can enable unused parameter detection by passing the keyword "
+                      "argument `find_unused_parameters=True` to "
+                      "`dyngrad.nn.parallel.DistributedDataParallel`, and by making sure all "
+                      "`forward` function outputs participate in calculating loss.")
+        return (f"DistributedDataParallel: backward finished on rank {self.group.rank()} "
+                f"before every gradient was ready, so the gradients were not averaged. This "
+                f"error indicates that your module has parameters that were not used in "
+                f"producing loss. {advice}\nParameters which did not receive grad for rank "
+                f"{self.group.rank()}: {named}")
+
+
+def _remove_all(handles: list) -> None:
+    for h in handles:
+        h.remove()
+
+
+def _call(ref, method: str, *args) -> None:
+    obj = ref()
+    if obj is not None:
+        getattr(obj, method)(*args)
+
+
+def _reached_leaves(outputs: list) -> set:
+    """ids of the leaves whose gradient accumulators ``outputs``' backward graph reaches."""
+    seen, stack, leaves = set(), [], set()
+    for t in outputs:
+        edge = t._edge()
+        if edge is not None and id(edge[0]) not in seen:
+            seen.add(id(edge[0]))
+            stack.append(edge[0])
+    while stack:
+        node = stack.pop()
+        if isinstance(node, AccumulateGrad):
+            leaf = node.leaf()
+            if leaf is not None:
+                leaves.add(id(leaf))
+        for e in node.next:
+            if e is not None and id(e[0]) not in seen:
+                seen.add(id(e[0]))
+                stack.append(e[0])
+    return leaves
+

@@ -1,0 +1,65 @@
+"""Jobs that must fail, on 2 ranks (tests/test_distributed_mpi.py checks that each ends within
+seconds, nonzero, with the message): ``python failures.py CASE``."""
+
+from __future__ import annotations
+
+import datetime
+import sys
+import time
+
+import dyngrad as dg
+import dyngrad.distributed as dist
+import dyngrad.nn.functional as F
+from dyngrad import nn
+
+case = sys.argv[1]
+timeout = datetime.timedelta(seconds=1 if "timeout" in case else 30)
+if case == "init-timeout":  # rank 1 is late to join
+    from mpi4py import MPI
+    if MPI.COMM_WORLD.Get_rank() == 1:
+        time.sleep(60)
+dist.init_process_group("mpi", timeout=timeout)
+rank = dist.get_rank()
+
+if case == "raise":  # rank 0 waits in the all-reduce that rank 1 never reaches
+    if rank == 1:
+        raise ValueError("rank 1 cannot go on")
+    dist.all_reduce(dg.ones(3))
+elif case == "shapes":
+    dist.all_reduce(dg.ones(4, 3 if rank == 0 else 2))
+elif case == "order":
+    dist.barrier()
+    if rank == 0:
+        dist.all_reduce(dg.ones(3))
+    else:
+        dist.broadcast(dg.ones(3), src=0)
+elif case == "timeout":
+    if rank == 1:
+        time.sleep(60)
+    dist.all_reduce(dg.ones(3))
+elif case == "caught-timeout":  # the program catches the error and exits normally
+    if rank == 1:
+        time.sleep(60)
+    try:
+        dist.all_reduce(dg.ones(3))
+    except dist.DistBackendError as exc:
+        print(f"caught: {exc}")
+        sys.exit(0)  # (a normal exit: the job must still end, not leave rank 1 waiting)
+elif case == "ddp-shapes":
+    width = 8 if rank == 0 else 6  # (the second layer's input differs)
+    nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(4, 8), nn.Linear(width, 3)))
+elif case == "ddp-unused":  # a parameter no loss uses, without find_unused_parameters
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used = nn.Linear(4, 2)
+            self.unused = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.used(x)
+
+    ddp = nn.parallel.DistributedDataParallel(Net())
+    F.mse_loss(ddp(dg.ones(3, 4)), dg.zeros(3, 2)).backward()
+else:
+    raise SystemExit(f"unknown case {case}")
+print("never printed: the job went on")
