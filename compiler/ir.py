@@ -89,9 +89,8 @@ class Graph:
     # id of an index value narrowed to int32 -> its dtype as eager computes it (see
     # compiler/passes/narrow.py; memory.eager_peak_bytes counts it at that width)
     narrowed: dict = field(default_factory=dict)
-    # ids of values computed once the call's own backward() began (the backward, what
-    # follows it: clipping, the update): fusion keeps them out of the forward's kernels,
-    # where they would be computed early and held until the backward reads them
+    # ids of the values the tracer recorded once the call's own backward() began (the
+    # backward, what follows it: clipping, the update); see late_from
     late: set = field(default_factory=set)
 
     def new_value(self, shape, dtype, name: str = "", const=None, weak: bool = False) -> Value:
@@ -124,6 +123,18 @@ class Graph:
         g = ValueGuard(value, expected, kind, where, after=len(self.nodes))
         self.guards.append(g)
         return g
+
+    def late_from(self) -> int:
+        """The position of the first node computed once the call's own backward() began
+        (``len(nodes)`` when none was), Python-number arithmetic aside (scalar nodes the
+        passes may move to the front): passes keep the trace's order of tensor nodes and put
+        a node they make where the one it replaces was, so every tensor node from there on
+        is the backward's or after it — also the ones a pass made (a product reading a
+        transposed operand, a copy recomputed for late readers). Fusion keeps such nodes out
+        of the forward's kernels, where they would be computed early and held until the
+        backward reads them."""
+        return next((k for k, n in enumerate(self.nodes)
+                     if n.out.id in self.late and not n.out.weak), len(self.nodes))
 
     def __str__(self) -> str:
         return format_graph(self)

@@ -56,6 +56,7 @@ class KernelStats:
     flops: float  # per call
     bytes: float  # per call (compulsory traffic)
     seconds: list = field(default_factory=list)  # per profiled call
+    late: bool = False  # computes what the call's own backward() (or what follows it) does
 
     @property
     def calls(self) -> int:
@@ -297,7 +298,8 @@ def _stats(k: int, g, grp, native: bool, prof) -> KernelStats:
     if not prof.native:
         from .backends.llvm import codegen
         native = codegen.lowerable(g, grp)
-    return KernelStats(k, grp.kind, _label(g, grp), native, flops, nbytes)
+    return KernelStats(k, grp.kind, _label(g, grp), native, flops, nbytes,
+                       late=max(grp.nodes, default=-1) >= g.late_from())
 
 
 def _label(g, grp) -> str:

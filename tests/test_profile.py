@@ -59,6 +59,20 @@ def test_profile_reports_every_kernel_of_the_driver_with_its_work(capsys):
     assert str(prof) == prof.table()
 
 
+def test_kernels_say_whether_they_run_the_backward(capsys):
+    """``KernelStats.late``: the forward's two products are before the step's backward()
+    began; the three gradient products (two weight gradients, the second layer's input
+    gradient: the first's is not needed) and Adam's updates after it (what
+    benchmarks/scaling.py splits a step by)."""
+    _, _, step, args = mlp_step()
+    cf = compiler.compile(step, backend="llvm")
+    prof = compiler.profile(cf, *args, steps=2)
+    products = [k for k in prof.kernels if k.kind == "matmul"]
+    assert sum(not k.late for k in products) == 2 and sum(k.late for k in products) == 3
+    first = min(k.index for k in prof.kernels if k.late)
+    assert all(k.late for k in prof.kernels if k.index > first and k.kind == "matmul")
+
+
 def test_profiled_calls_train_exactly_as_compiled_calls_do():
     """The profiled plan is the same kernels: after profiling, parameters, Adam's state and
     the loss equal those of a twin trained the same number of steps with the normal plan."""

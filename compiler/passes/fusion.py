@@ -231,15 +231,16 @@ class _Partition:
                     else i
         self.refused: set = set()  # unions found illegal
         # values of the call's own backward (and what follows it, and values recomputed for
-        # late readers: Graph.late, Graph.recomputed) — per root, whether its group computes
+        # late readers: Graph.late_from, Graph.recomputed) — per root, whether its group computes
         # ("ew", "reduce" nodes) late values, early ones. A merged group runs where its
         # earliest node would: a late value it computes with the forward's kernel is held in
         # memory until a later kernel reads it (nanoGPT's GELU derivative, 6 MB). So a group
         # computing both may hand a late value on only to itself, to the graph's outputs or
         # to nodes at most HOLD_MAX after its last early node (a loss and its gradient in
         # one loop, or two: nothing is held for long)
-        late = g.late | set(copies)
-        self.is_late = [node.out.id in late for node in g.nodes]
+        late_from = g.late_from()
+        self.is_late = [k >= late_from or node.out.id in copies
+                        for k, node in enumerate(g.nodes)]
         computes = [role in ("ew", "reduce") for role in self.roles]
         self.computes_late = [c and t for c, t in zip(computes, self.is_late)]
         self.computes_early = [c and not t for c, t in zip(computes, self.is_late)]
