@@ -102,6 +102,27 @@ def test_backward_values_are_not_computed_early_and_held():
             assert all(u <= max(early) + HOLD_MAX for u in outside), format_groups([grp])
 
 
+def test_a_copy_feeding_only_a_permute_joins_it():
+    """Heads split from a fused qkv product (``slice → reshape → permute``, as nanoGPT
+    writes them) are one movement kernel each, reading the product's output where it is;
+    a chain whose values are read elsewhere too stays apart. Compiled equals eager."""
+    x, w = randn(2, 5, 8), randn(8, 24)
+
+    def heads(x):
+        q, k, v = (x @ w).split(8, dim=2)
+        q, k = (t.reshape(2, 5, 2, 4).transpose(1, 2) for t in (q, k))
+        return q * 2.0, k * 3.0, v.reshape(2, 5, 2, 4).transpose(1, 2), v + 1.0
+
+    g, groups = traced(heads, x)
+    chains = [prims(g, grp) for grp in groups if grp.kind == "movement"]
+    assert chains.count(["slice", "reshape", "permute"]) == 2, chains
+    assert ["permute"] in chains  # v's slice is read by the add too: its own copy
+    cf = compiler.compile(heads, backend="llvm")
+    for _ in range(2):
+        for got, want in zip(cf(x), heads(x)):
+            np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
 # ------------------------------------------------------------------ elementwise chains
 
 

@@ -73,7 +73,7 @@ import heapq
 from dataclasses import dataclass
 
 from ..ir import Graph, VerifyError
-from ..prims import CONSTANT, ELEMENTWISE, REDUCTION, traits
+from ..prims import CONSTANT, ELEMENTWISE, PERMUTE, REDUCTION, traits
 
 
 class GroupKind(enum.StrEnum):
@@ -490,6 +490,36 @@ class _Partition:
             elif not any(p in self.members[loops[0]] for p in self.preds[i]):
                 self.try_merge(i, loops[0], check=False)  # hoisted to the kernel's entry
 
+    def chain_movements(self) -> None:
+        """(7) a copy that only feeds a permute joins it: a permute takes the movement group
+        before it (a slice and a reshape, say) when that group copies (it is not reshapes
+        alone, which alias their source for free) and its one output is read by the
+        permute alone — one kernel maps each output element back through the whole chain
+        (``MoveBuilder``). nanoGPT's heads, split from the fused qkv product as ``slice →
+        reshape → permute``, are then one copy reading the product's output where it is,
+        not two. (Not into a pad or a concat: a plain pad's kernel copies whole rows, which
+        a chain's element-by-element mapping would lose.)"""
+        nodes, roles, succs = self.nodes, self.roles, self.succs
+        for i, n in enumerate(nodes):
+            if roles[i] != "own" or n.prim is not PERMUTE:
+                continue
+            for p in sorted(set(self.preds[i])):
+                rp = self.find(p)
+                if rp == self.find(i) or self.external[p] or any(u != i for u in succs[p]) \
+                        or not self._moves_only(rp) or \
+                        all(traits(nodes[m].prim).relabels for m in self.members[rp]):
+                    continue
+                if any(self.external[m] or any(self.find(u) != rp for u in succs[m])
+                       for m in self.members[rp] if m != p):
+                    continue  # (another of its values is read elsewhere)
+                self.try_merge(p, i, check=False)
+
+    def _moves_only(self, r: int) -> bool:
+        """Whether group ``r`` only moves data (index maps and movement nodes; no constant
+        it makes, nothing computed)."""
+        return all(self.nodes[m].prim.kind == "movement" and not _constant(self.nodes[m])
+                   for m in self.members[r])
+
     # ------------------------------------------------------------ result
     def groups(self) -> list:
         g, nodes, roles = self.g, self.nodes, self.roles
@@ -532,7 +562,9 @@ class _Partition:
                        if id(nodes[i].out) in out_ids
                        or any(self.find(u) != r for u in self.succs[i])]
             present = {roles[i] for i in idx}
-            if present & {"ew", "reduce", "map", "leaf"}:
+            if "own" in present and len(idx) > 1:  # a chain of movements (7)
+                kind, shape, axes = GroupKind.MOVEMENT, nodes[idx[-1]].out.shape, ()
+            elif present & {"ew", "reduce", "map", "leaf"}:
                 kind, shape, axes = self.loop_nest(set(idx))
             elif present == {"weak"}:
                 kind, shape, axes = GroupKind.SCALAR, (), ()
@@ -555,6 +587,7 @@ def fuse(g: Graph) -> list[FusionGroup]:
     p = _Partition(g)
     p.merge_loops()
     p.place_leaves_and_weak()
+    p.chain_movements()
     return p.groups()
 
 
@@ -617,10 +650,13 @@ def verify_groups(g: Graph, groups: list) -> None:
     part = _Partition(g)
     for k, grp in enumerate(groups):
         roles = {part.roles[i] for i in grp.nodes}
-        if "own" in roles and len(grp.nodes) > 1:
+        if "own" in roles and len(grp.nodes) > 1 and not (
+                grp.kind == "movement" and len(grp.outputs) == 1 and
+                all(g.nodes[i].prim.kind == "movement" for i in grp.nodes)):
             raise VerifyError(f"group {k}: a {g.nodes[grp.nodes[0]].prim.name} node shares "
-                              f"a group (matmul, index ops, permute, pad, concat, stepped "
-                              f"slices, iota and random are groups of their own)")
+                              f"a group (matmul, index ops, iota and random are groups of "
+                              f"their own; permute, pad, concat and stepped slices only "
+                              f"with the movements that feed them alone)")
         if roles != {"weak"} and any(part.roles[i] == "weak" and p in grp.nodes
                                      for i in grp.nodes for p in part.preds[i]):
             raise VerifyError(f"group {k}: a scalar node reads a value computed inside the "
