@@ -230,3 +230,43 @@ def test_the_nanogpt_model_modules_stay_importable_by_name():
         mod = nanogpt.model_module(framework)
         assert sys.modules[mod.__name__] is mod
         assert sys.modules[mod.GPT.forward.__module__] is mod
+
+
+def test_the_data_parallel_model_hides_buckets_behind_the_backward_only_when_it_can():
+    """benchmarks/scaling.py's model: one machine pays nothing; a single bucket is ready
+    only at the backward's end (all exposed); an early bucket hides behind the rest of the
+    backward; a ring's latency grows with the machines, recursive halving's with their
+    logarithm; and a quick run measures both workloads and writes its rows."""
+    from benchmarks import scaling
+    mib = scaling.MB
+    one = scaling.Step("one", 10e-3, 3e-3, 7e-3, 1e-3, 0.0, 1, [4 * mib])
+    r = scaling.data_parallel(one, 1, 1e9, 1e-5)
+    assert r["efficiency"] == 1.0 and r["allreduce_ms"] == 0.0
+    r = scaling.data_parallel(one, 8, 1e9, 1e-5)
+    assert r["exposed_ms"] == pytest.approx(r["allreduce_ms"])  # nothing to hide behind
+    two = scaling.Step("two", 10e-3, 3e-3, 7e-3, 1e-3, 0.0, 1, [1 * mib, 1 * mib])
+    r = scaling.data_parallel(two, 8, 1e9, 1e-5)
+    first = scaling.allreduce_seconds(mib, 8, 1e9, 1e-5) * 1e3
+    assert r["exposed_ms"] == pytest.approx(r["allreduce_ms"] - first)  # the first hides
+    ring = [scaling.data_parallel(two, p, 1e9, 1e-5)["allreduce_ms"] for p in (8, 512)]
+    halving = [scaling.data_parallel(two, p, 1e9, 1e-5, "halving")["allreduce_ms"]
+               for p in (8, 512)]
+    assert ring[1] > 5 * ring[0] and halving[1] < 1.5 * halving[0]
+    assert scaling.messages(512, "ring") == 1022 and scaling.messages(512, "halving") == 18
+
+
+def test_scaling_quick_run(tmp_path):
+    out = tmp_path / "scaling.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scaling.py"), "--quick",
+                          "--steps", "2", "--json", str(out)], capture_output=True,
+                         text=True, timeout=600, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert [s["name"] for s in data["steps"]] == ["W2", "W8"]
+    assert all(s["forward_s"] > 0 and s["after_s"] > 0 and s["buckets"] for s in data["steps"])
+    assert len(data["rows"]) == 2 * len(scaling_networks()) * 3
+
+
+def scaling_networks():
+    from benchmarks import scaling
+    return scaling.NETWORKS
