@@ -194,6 +194,16 @@ HOLD_MAX = 16  # nodes after a group's last forward node a late value it compute
 _REDUCES, _RELABELS, _SHIFTS, _BROADCASTS = "reduces", "relabels", "shifts", "broadcasts"
 
 
+def _bytes(v) -> int:
+    """A value's bytes when its size is a number (a symbolic one counts as 0)."""
+    n = 1
+    for d in v.shape:
+        if not isinstance(d, int):
+            return 0
+        n *= d
+    return n * (v.dtype.np.itemsize if v.dtype is not None and not v.weak else 8)
+
+
 def _squeeze(shape) -> tuple:
     return tuple(s for s in shape if s != 1)
 
@@ -521,6 +531,53 @@ class _Partition:
                    for m in self.members[r])
 
     # ------------------------------------------------------------ result
+    def _schedule(self, roots, deps, users, waiting) -> list:
+        """The groups in an order that runs them correctly — topological, value-guard
+        segments in order, then schedule order (each group where its earliest node was) —
+        with a group moved later, to just before its first reader, when that keeps fewer
+        bytes alive: the outputs it writes then live less long than the inputs it reads
+        last live longer (a residual block's shortcut gradient, needed only where the two
+        branches' gradients add, made there)."""
+        ready = [(self.segment[r], self.first[r], r) for r in roots if not waiting[r]]
+        heapq.heapify(ready)
+        order = []
+        while ready:
+            _, _, r = heapq.heappop(ready)
+            order.append(r)
+            for u in users[r]:
+                waiting[u] -= 1
+                if not waiting[u]:
+                    heapq.heappush(ready, (self.segment[u], self.first[u], u))
+        return self._sink(order, deps, users)
+
+    def _sink(self, order: list, deps: dict, users: dict) -> list:
+        nodes, find = self.nodes, self.find
+        readers: dict = {}  # value's producing node -> the groups reading it
+        for r in order:
+            for m in self.members[r]:
+                for p in self.preds[m]:
+                    if find(p) != r:
+                        readers.setdefault(p, set()).add(r)
+        pos = {r: k for k, r in enumerate(order)}
+        for r in list(reversed(order)):
+            if not users[r]:
+                continue
+            k, c = pos[r], min(pos[u] for u in users[r])
+            if c - 1 <= k or any(self.segment[order[j]] != self.segment[r]
+                                 for j in range(k + 1, c)):
+                continue
+            made = sum(_bytes(nodes[m].out) for m in self.members[r]
+                       if not self.external[m] and any(find(u) != r for u in self.succs[m]))
+            held = sum(_bytes(nodes[p].out) for p in {p for m in self.members[r]
+                                                      for p in self.preds[m] if find(p) != r}
+                       if not self.external[p] and max(pos[q] for q in readers[p]) == k)
+            if made <= held:
+                continue
+            order[k:c] = order[k + 1:c] + [r]
+            for j in range(k, c):
+                pos[order[j]] = j
+        return order
+
     def groups(self) -> list:
         g, nodes, roles = self.g, self.nodes, self.roles
         roots = list(self.members)
@@ -536,16 +593,7 @@ class _Partition:
             for d in ds:
                 users[d].append(r)
         waiting = {r: len(ds) for r, ds in deps.items()}
-        ready = [(self.segment[r], self.first[r], r) for r in roots if not waiting[r]]
-        heapq.heapify(ready)
-        order = []  # topological; segments in order, then schedule order
-        while ready:
-            _, _, r = heapq.heappop(ready)
-            order.append(r)
-            for u in users[r]:
-                waiting[u] -= 1
-                if not waiting[u]:
-                    heapq.heappush(ready, (self.segment[u], self.first[u], u))
+        order = self._schedule(roots, deps, users, waiting)
         assert len(order) == len(roots), "fusion: the groups form a cycle"
         out_ids = {id(v) for v in g.outputs} | {id(gd.value) for gd in g.guards}
         result = []

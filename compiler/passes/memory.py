@@ -326,6 +326,7 @@ _ORDERS = {  # (size, first, last) -> sort key; each a greedy order worth trying
     "largest size x lifetime first": lambda b: (-b[0] * (b[2] - b[1] + 1), b[1]),
     "earliest first": lambda b: (b[1], -b[0]),
     "longest-lived first": lambda b: (b[1] - b[2], -b[0], b[1]),
+    "last dying first": lambda b: (-b[2], -b[0]),  # (W7b's arena at its live peak)
 }
 
 
