@@ -407,6 +407,41 @@ def test_a_branch_needed_only_at_a_join_runs_just_before_it(monkeypatch):
     assert order_before[0] == ["matmul"] and peak < peak_before
 
 
+def test_a_kernel_moved_after_an_in_place_update_still_reads_the_old_value():
+    """A value of a parameter made before ``opt.step()`` and read only after it: its kernel
+    moves to just before its reader, after the update that overwrites the parameter — the
+    driver then stages that write (``driver._direct_writes`` reads the kernels' order), so
+    the moved kernel reads the old weights as eager does, call after call."""
+    from dyngrad import nn, optim
+
+    def build():
+        dg.manual_seed(0)
+        lin = nn.Linear(8, 8)
+        opt = optim.SGD(lin.parameters(), lr=0.5)
+        v = dg.tensor(np.eye(8, dtype=np.float32))
+
+        def step(x):
+            opt.zero_grad()
+            loss = lin(x).sum()
+            loss.backward()
+            s = lin.weight * 2.0  # the old weights
+            opt.step()
+            return loss, s @ v  # read after the update
+        return lin, step
+    x = randn(4, 8)
+    (lin_e, eager), (lin_c, step) = build(), build()
+    cf = compiler.compile(step, backend="llvm")
+    for _ in range(4):
+        (le, se), (lc, sc) = eager(x), cf(x)
+        np.testing.assert_allclose(sc.detach().numpy(), se.detach().numpy(), rtol=1e-6)
+        np.testing.assert_allclose(lin_c.weight.detach().numpy(), lin_e.weight.detach().numpy(),
+                                   rtol=1e-6)
+    v = cf.variants[0]
+    kernels = [prims(v.plan.g, grp) for grp in v.plan.groups]
+    # the weight's update (w + (-lr)·g) before the product's operand (w·2), which moved
+    assert kernels.index(["mul"]) > kernels.index(["mul", "add"]), kernels
+
+
 def test_a_map_of_an_input_read_by_two_groups_is_a_view_group():
     g = Graph()
     x, w = g.add_input((8, 4), F32), g.add_input((4,), F32)

@@ -537,7 +537,12 @@ class _Partition:
         with a group moved later, to just before its first reader, when that keeps fewer
         bytes alive: the outputs it writes then live less long than the inputs it reads
         last live longer (a residual block's shortcut gradient, needed only where the two
-        branches' gradients add, made there)."""
+        branches' gradients add, made there) — never across a value guard.
+
+        Note: the order of kernels is also the order of a call's writes: the LLVM driver
+        writes a bound input in place only where this order allows it
+        (``driver._direct_writes``: after every kernel that may fail and every reader of
+        the old value), and otherwise stages the new value and copies it at the end."""
         ready = [(self.segment[r], self.first[r], r) for r in roots if not waiting[r]]
         heapq.heapify(ready)
         order = []
