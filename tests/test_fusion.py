@@ -433,6 +433,7 @@ def test_a_kernel_moved_after_an_in_place_update_still_reads_the_old_value():
     cf = compiler.compile(step, backend="llvm")
     for _ in range(4):
         (le, se), (lc, sc) = eager(x), cf(x)
+        np.testing.assert_allclose(lc.detach().numpy(), le.detach().numpy(), rtol=1e-6)
         np.testing.assert_allclose(sc.detach().numpy(), se.detach().numpy(), rtol=1e-6)
         np.testing.assert_allclose(lin_c.weight.detach().numpy(), lin_e.weight.detach().numpy(),
                                    rtol=1e-6)
