@@ -174,6 +174,17 @@ def test_ddp_names_the_parameters_that_got_no_gradient():
     assert "find_unused_parameters=True" in job.err
 
 
+def test_ddp_refuses_to_go_on_after_a_backward_that_stopped_midway():
+    """Rank 0 caught an exception raised after its first bucket's all-reduce had started:
+    its next all-reduces would be summed with rank 1's later buckets. The next forward
+    raises PyTorch's error, the group is broken, and the job ends at exit."""
+    job = _failed("ddp-interrupted")
+    assert "caught on rank 0: ValueError: rank 0's hook failed" in job.out
+    assert "caught on rank 0: RuntimeError: DistributedDataParallel: Expected to have " \
+           "finished reduction in the prior iteration before starting a new one" in job.out
+    assert "exiting with a broken process group" in job.err
+
+
 # ------------------------------------------------------------------ the example
 
 

@@ -60,6 +60,24 @@ elif case == "ddp-unused":  # a parameter no loss uses, without find_unused_para
 
     ddp = nn.parallel.DistributedDataParallel(Net())
     F.mse_loss(ddp(dg.ones(3, 4)), dg.zeros(3, 2)).backward()
+elif case == "ddp-interrupted":  # a backward stopped midway on rank 0, caught; it goes on
+    model = nn.Sequential(*[nn.Linear(4, 4, bias=False) for _ in range(3)])
+    ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=64 / 2**20)  # (a bucket each)
+    failed = []
+
+    def fail_once(p):  # (runs after DDP's hook has started the first bucket's all-reduce)
+        if not failed:
+            failed.append(1)
+            raise ValueError("rank 0's hook failed")
+
+    if rank == 0:
+        model[2].weight.register_post_accumulate_grad_hook(fail_once)
+    for _ in range(3):
+        try:  # (skipping a failed step: rank 1 is still waiting for the other buckets)
+            ddp(dg.ones(2, 4)).sum().backward()
+        except Exception as exc:  # noqa: BLE001 - what the program under test does
+            print(f"caught on rank {rank}: {type(exc).__name__}: {exc}")
+    sys.exit(0)  # (a normal exit: the job must still end, not leave rank 1 waiting)
 else:
     raise SystemExit(f"unknown case {case}")
 print("never printed: the job went on")

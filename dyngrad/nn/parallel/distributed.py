@@ -122,6 +122,7 @@ class DistributedDataParallel(Module):
             report_python_call("DistributedDataParallel.forward (it arms the gradient "
                                "all-reduce of the next backward pass, which a compiled call "
                                "would not repeat)")
+        self.reducer.check_prior_reduction()  # (before this forward's own collectives)
         if self.require_forward_param_sync and self.broadcast_buffers and self.modules_buffers:
             broadcast_coalesced(self.modules_buffers, 0, self.process_group)
         output = self.module(*inputs, **kwargs)

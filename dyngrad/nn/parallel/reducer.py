@@ -21,6 +21,15 @@ world the scaling is exact, so this equals summing then dividing).
 Note [overlap and progress]: MPICH moves data only inside MPI calls (it runs no progress
 thread), so every gradient hook also tests the all-reduces in flight; the rest of each
 transfer happens while the end-of-backward callback waits.
+
+Note [a backward that stops midway]: an exception raised during backward (in a hook, say)
+skips the end-of-backward callback. If the program catches it and goes on, this rank has
+started only some of its buckets' all-reduces while the others may have started them all:
+its next all-reduces would be matched with their later buckets — summed with them whenever
+the sizes agree, silently — and the ranks would wait for each other at the end. So, as
+PyTorch's reducer does, the next forward raises instead; and since no later collective of
+this rank can be matched correctly, the process group is marked broken (every collective
+raises at once, and the job is aborted at exit rather than leaving the others waiting).
 """
 
 from __future__ import annotations
@@ -130,6 +139,27 @@ class Reducer:
         weakref.finalize(self, _remove_all, handles)
 
     # ----------------------------------------------------------------- per iteration
+    def check_prior_reduction(self) -> None:
+        """Raise if the last armed backward pass started reducing and never finished (Note
+        [a backward that stops midway]); the group is broken from then on."""
+        if not (self.expect_hooks and self.ready):
+            return
+        r = self.group.rank()
+        started = self.next_bucket
+        self.group.broken = (f"a backward pass of DistributedDataParallel stopped on rank {r} "
+                             f"after {started} of its {len(self.buckets)} gradient "
+                             f"all-reduces had started")
+        raise RuntimeError(
+            f"DistributedDataParallel: Expected to have finished reduction in the prior "
+            f"iteration before starting a new one. On rank {r}, the previous backward pass "
+            f"through this module's output stopped before its end (an exception raised "
+            f"during it was caught), after {len(self.ready)} of {len(self.params)} gradients "
+            f"were ready and {started} of {len(self.buckets)} buckets' all-reduces had "
+            f"started; the other ranks may have started more, so this rank's collectives no "
+            f"longer match theirs. The process group is broken (every collective raises) and "
+            f"the job is aborted at exit: let such an exception end the job instead of "
+            f"catching it.")
+
     def prepare_for_backward(self, outputs: list) -> None:
         """Arm for the next backward pass; with ``find_unused``, find the parameters that
         ``outputs``' graph does not reach (their gradients will not come)."""
