@@ -126,6 +126,12 @@ def test_an_exception_on_one_rank_ends_the_job_on_every_rank():
     assert "ValueError on rank 1 ends the job: aborting all 2 ranks" in job.err
 
 
+def test_an_exception_that_passes_a_finally_destroying_the_group_still_ends_the_job():
+    job = _failed("raise-through-destroy")  # (PyTorch scripts clean up so)
+    assert "[rank 1] ValueError: rank 1 cannot go on" in job.err
+    assert "ValueError on rank 1 ends the job: aborting all 2 ranks" in job.err
+
+
 def test_tensors_of_different_shapes_are_named_on_every_rank_never_summed():
     job = _failed("shapes")  # (every rank raises; the first to abort may cut the other short)
     assert re.search(r"\[rank \d\] dyngrad.distributed.work.DistBackendError: all_reduce: "

@@ -12,7 +12,10 @@ installs an ``excepthook`` that prints the traceback, each line prefixed with th
 calls ``MPI_Abort``: ``mpiexec`` then ends every rank and exits with a nonzero status. A
 collective that times out raises, and is then such an uncaught exception; one caught by
 the program leaves the group broken (every later collective raises at once) and the job
-is aborted at exit, so no rank waits for it.
+is aborted at exit, so no rank waits for it. A ``destroy_process_group()`` that runs while
+the exception passes (``try: train() finally: dist.destroy_process_group()``, as PyTorch
+scripts clean up) keeps the hook: the other ranks may still be waiting in a collective of
+the group, so the exception, uncaught, must still end the job.
 """
 
 from __future__ import annotations
@@ -94,6 +97,7 @@ class ProcessGroup:
 
 
 _WORLD: ProcessGroup | None = None
+_ENDING: ProcessGroup | None = None  # destroyed while an exception passed (see the Note)
 _previous_hook = None
 
 
@@ -129,7 +133,7 @@ def init_process_group(backend: str | None = None, init_method: str | None = Non
     >>> import dyngrad.distributed as dist
     >>> dist.init_process_group("mpi", timeout=datetime.timedelta(minutes=5))  # doctest: +SKIP
     """
-    global _WORLD, _previous_hook
+    global _WORLD, _ENDING, _previous_hook
     if _WORLD is not None:
         raise ValueError("trying to initialize the default process group twice!")
     if backend is not None and str(backend).lower() != "mpi":
@@ -162,7 +166,9 @@ def init_process_group(backend: str | None = None, init_method: str | None = Non
         world.Abort(1)
         raise
     _WORLD = ProcessGroup(mpi, comm, timeout)
-    _previous_hook = sys.excepthook
+    _ENDING = None
+    if sys.excepthook is not _abort_on_uncaught:  # (still there after destroy_process_group)
+        _previous_hook = sys.excepthook
     sys.excepthook = _abort_on_uncaught
     atexit.unregister(_abort_if_broken)
     atexit.register(_abort_if_broken)  # (after mpi4py's own: so it runs before MPI_Finalize)
@@ -171,17 +177,21 @@ def init_process_group(backend: str | None = None, init_method: str | None = Non
 def destroy_process_group(group=None) -> None:
     """Leave the group: later collectives raise until :func:`init_process_group` is called
     again. MPI itself stays initialised (mpi4py finalises it at exit). Restores the
-    ``excepthook``.
+    ``excepthook`` — unless an exception is passing (called from a ``finally`` or ``except``
+    block): if it ends this rank, the job is still aborted (Note [one failing rank ends the
+    job]).
 
     >>> dist.destroy_process_group()  # doctest: +SKIP
     """
-    global _WORLD
+    global _WORLD, _ENDING
     world = resolve_group(group)
     if world.checking is not None:  # (an agreement check in flight: let it finish)
         world.checking.wait()
     world.comm.Free()
     _WORLD = None
-    if sys.excepthook is _abort_on_uncaught:
+    if sys.exc_info()[1] is not None:  # (the other ranks may wait for this one)
+        _ENDING = world
+    elif sys.excepthook is _abort_on_uncaught:
         sys.excepthook = _previous_hook
 
 
@@ -208,7 +218,7 @@ def get_backend(group=None) -> str:
 
 def _abort_on_uncaught(kind, value, tb) -> None:
     """The excepthook of Note [one failing rank ends the job]."""
-    world = _WORLD
+    world = _WORLD if _WORLD is not None else _ENDING
     if world is None:  # (destroyed since: an ordinary exit)
         (_previous_hook or sys.__excepthook__)(kind, value, tb)
         return

@@ -25,6 +25,13 @@ if case == "raise":  # rank 0 waits in the all-reduce that rank 1 never reaches
     if rank == 1:
         raise ValueError("rank 1 cannot go on")
     dist.all_reduce(dg.ones(3))
+elif case == "raise-through-destroy":  # the exception passes `finally: destroy_process_group()`
+    try:
+        if rank == 1:
+            raise ValueError("rank 1 cannot go on")
+        dist.all_reduce(dg.ones(3))
+    finally:
+        dist.destroy_process_group()
 elif case == "shapes":
     dist.all_reduce(dg.ones(4, 3 if rank == 0 else 2))
 elif case == "order":
