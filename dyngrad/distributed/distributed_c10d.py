@@ -151,6 +151,8 @@ def all_gather_into_tensor(output_tensor: Tensor, input_tensor: Tensor, group=No
                          f"{list(concatenated)} (concatenated) or {[w, *s]} (stacked)")
     send = contiguous(input_tensor._data)
     recv = contiguous(output_tensor._data).reshape(concatenated)
+    if np.may_share_memory(send, recv):  # (the input a block of the output, PyTorch's in-place
+        send = send.copy()               # form: MPI refuses aliased buffers)
     return _done(launch(g, ALL_GATHER, send, recv, {},
                         lambda: _written(output_tensor, recv)), async_op)
 

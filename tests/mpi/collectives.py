@@ -131,6 +131,18 @@ def all_gather_into_a_list_and_into_one_tensor_concatenated_or_stacked():
 
 
 @check
+def all_gather_into_tensor_in_place_from_this_ranks_block_of_the_output():
+    out = dg.zeros(2, 3)  # (PyTorch's in-place form: the input is this rank's row of it)
+    out[R] = dg.tensor(mine("float32"))
+    dist.all_gather_into_tensor(out, out[R])
+    assert out.tolist() == BOTH.tolist()
+    flat = dg.zeros(6, dtype=dg.int64)
+    flat[3 * R:3 * R + 3] = dg.tensor(mine("int64"))
+    dist.all_gather_into_tensor(flat, flat[3 * R:3 * R + 3])
+    assert flat.tolist() == BOTH.reshape(-1).tolist()
+
+
+@check
 def reduce_scatter_from_a_list_and_from_one_tensor():
     out = dg.zeros(3)
     inputs = [dg.tensor(mine("float32")) * (k + 1) for k in range(W)]
