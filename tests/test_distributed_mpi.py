@@ -173,6 +173,13 @@ def test_ddp_names_a_parameter_whose_shape_differs_between_ranks():
            "float32 [3, 6] on rank 1" in job.err
 
 
+def test_ddp_names_a_parameter_trained_on_one_rank_and_frozen_on_another():
+    job = _failed("ddp-frozen")  # (else one rank's gradient of 0.weight is averaged with
+    #                               the other's of 1.weight: the buckets have the same size)
+    assert "DistributedDataParallel: parameter 0 (0.weight) is float32 [4, 4] (frozen) on " \
+           "rank 0 but float32 [4, 4] on rank 1" in job.err
+
+
 def test_ddp_names_the_parameters_that_got_no_gradient():
     job = _failed("ddp-unused")
     assert re.search(r"Parameters which did not receive grad for rank \d: 2 \(unused.weight\), "

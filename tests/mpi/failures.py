@@ -55,6 +55,11 @@ elif case == "caught-timeout":  # the program catches the error and exits normal
 elif case == "ddp-shapes":
     width = 8 if rank == 0 else 6  # (the second layer's input differs)
     nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(4, 8), nn.Linear(width, 3)))
+elif case == "ddp-frozen":  # each rank trains another of two layers of the same shape
+    model = nn.Sequential(nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False))
+    model[rank].weight.requires_grad_(False)
+    ddp = nn.parallel.DistributedDataParallel(model)  # (one bucket, the same size on both)
+    ddp(dg.ones(2, 4)).sum().backward()
 elif case == "ddp-unused":  # a parameter no loss uses, without find_unused_parameters
     class Net(nn.Module):
         def __init__(self):
