@@ -5,6 +5,7 @@ not initialised. (Programs on 2 ranks: tests/test_distributed_mpi.py.)"""
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import os
 import stat
 import subprocess
@@ -20,7 +21,7 @@ import dyngrad as dg
 import dyngrad.distributed as dist
 from dyngrad import nn
 from dyngrad.distributed import collectives, process_group, run
-from dyngrad.nn.parallel.reducer import FIRST_BUCKET_BYTES, assign_buckets
+from dyngrad.nn.parallel.reducer import FIRST_BUCKET_BYTES, assign_buckets, find_output_tensors
 from dyngrad.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 try:
@@ -169,6 +170,32 @@ def test_bucket_assignment_equals_torchs(sizes, caps):
         tensors, caps, [False] * len(sizes), order)
     ours = assign_buckets([4 * s for s in sizes], ["f4"] * len(sizes), caps, order)
     assert ours == theirs
+
+
+@dataclasses.dataclass
+class _Output:  # (a model's output, as many return one: HuggingFace's are dataclasses)
+    logits: object
+    aux: object
+    steps: int = 0
+
+
+def test_forward_outputs_searched_for_unused_parameters_include_dataclass_fields():
+    """find_unused_parameters walks the graph from these: a tensor missed leaves every
+    parameter behind it 'unused', and its own gradient then marks it ready twice."""
+    found = find_output_tensors({"out": _Output(dg.ones(1), [dg.ones(2), (dg.ones(3),)]),
+                                 "n": 3})
+    assert [t.shape for t in found] == [(1,), (2,), (3,)]
+
+
+@needs_torch
+def test_forward_outputs_searched_for_unused_parameters_are_torchs():
+    from torch.nn.parallel.distributed import _find_tensors
+
+    def output(lib):
+        return [_Output(lib.ones(1), {"a": lib.ones(2)}), (lib.ones(3), "text")]
+
+    assert [tuple(t.shape) for t in find_output_tensors(output(dg))] == \
+        [tuple(t.shape) for t in _find_tensors(output(torch))]
 
 
 # ------------------------------------------------------------------ records

@@ -34,6 +34,7 @@ raises at once, and the job is aborted at exit rather than leaving the others wa
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from collections.abc import Sequence
 
@@ -82,13 +83,21 @@ def assign_buckets(nbytes: Sequence[int], dtypes: Sequence, limits: Sequence[int
 
 
 def find_output_tensors(obj) -> list:
-    """The tensors in a forward's output: a tensor, or lists, tuples and dicts of them."""
+    """The tensors in a forward's output: a tensor, or lists, tuples, dicts and dataclass
+    instances of them (PyTorch's ``_find_tensors``).
+
+    >>> [t.shape for t in find_output_tensors({"logits": dg.ones(2), "n": 3})]
+    [(2,)]
+    """
     if isinstance(obj, Tensor):
         return [obj]
     if isinstance(obj, (list, tuple)):
         return [t for x in obj for t in find_output_tensors(x)]
     if isinstance(obj, dict):
         return [t for x in obj.values() for t in find_output_tensors(x)]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return [t for f in dataclasses.fields(obj)
+                for t in find_output_tensors(getattr(obj, f.name))]
     return []
 
 
