@@ -4,13 +4,18 @@ not initialised. (Programs on 2 ranks: tests/test_distributed_mpi.py.)"""
 
 from __future__ import annotations
 
+import array
 import builtins
 import dataclasses
+import fcntl
 import os
 import stat
 import subprocess
 import sys
+import termios
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -341,6 +346,35 @@ def test_a_timeout_must_be_a_timedelta():
     with pytest.raises(TypeError, match="Expected timeout argument to be of type "
                                         "datetime.timedelta"):
         dist.init_process_group("mpi", timeout=30)
+
+
+def test_abort_waits_until_mpiexec_has_read_what_the_rank_wrote(monkeypatch):
+    """MPICH's mpiexec drops what a rank wrote and it had not read yet when the rank aborts
+    the job: the traceback naming the error (and the program's last lines) went missing
+    from time to time. A fake MPI records how much was unread when Abort came."""
+    r, w = os.pipe()
+    os.write(w, b"the traceback\n" * 100)
+    unread_at_abort = []
+
+    class World:
+        def Abort(self, code):
+            unread = array.array("i", [0])
+            fcntl.ioctl(w, termios.FIONREAD, unread)
+            unread_at_abort.append(unread[0])
+
+    group = process_group.ProcessGroup.__new__(process_group.ProcessGroup)
+    group.mpi = SimpleNamespace(COMM_WORLD=World())
+    monkeypatch.setattr(process_group, "OUTPUT_FDS", (w,), raising=False)
+    monkeypatch.setattr(os, "_exit", lambda code: None)
+    reader = threading.Timer(0.3, lambda: os.read(r, 1 << 16))  # (mpiexec, a little late)
+    reader.start()
+    try:
+        group.abort()
+    finally:
+        reader.join()
+        os.close(r)
+        os.close(w)
+    assert unread_at_abort == [0]
 
 
 # ------------------------------------------------------------------ SyncBatchNorm

@@ -20,10 +20,15 @@ the group, so the exception, uncaught, must still end the job.
 
 from __future__ import annotations
 
+import array
 import atexit
+import fcntl
 import importlib.util
 import os
+import stat
 import sys
+import termios
+import time
 import traceback
 import warnings
 from datetime import timedelta
@@ -32,12 +37,14 @@ from .work import DistBackendError, wait_all
 
 __all__ = ["ProcessGroup", "DEFAULT_TIMEOUT", "is_available", "load_mpi", "init_process_group",
            "destroy_process_group", "is_initialized", "get_rank", "get_world_size",
-           "get_backend", "default_group", "resolve_group"]
+           "get_backend", "default_group", "resolve_group", "wait_until_read"]
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)  # (PyTorch's default for its CPU backends)
 INSTALL_HINT = "pip install -e '.[dist]'"
 NOT_INITIALIZED = ("Default process group has not been initialized, please make sure to call "
                    "init_process_group.")
+OUTPUT_FDS = (1, 2)  # this rank's stdout and stderr: pipes that mpiexec reads
+OUTPUT_WAIT = 2.0  # at most this long, before aborting, for mpiexec to read them
 
 
 def is_available() -> bool:
@@ -89,11 +96,32 @@ class ProcessGroup:
         return f"ProcessGroup(backend='mpi', rank={self._rank}, size={self._size})"
 
     def abort(self) -> None:
-        """End every rank of the job now (``MPI_Abort``; ``mpiexec`` kills the others)."""
+        """End every rank of the job now (``MPI_Abort``; ``mpiexec`` kills the others), once
+        ``mpiexec`` has read what this rank wrote (see :func:`wait_until_read`)."""
         sys.stdout.flush()
         sys.stderr.flush()
+        wait_until_read(OUTPUT_FDS, OUTPUT_WAIT)
         self.mpi.COMM_WORLD.Abort(1)
         os._exit(1)  # (MPICH's Abort may return to the caller while the job is torn down)
+
+
+def wait_until_read(fds, limit: float) -> None:
+    """Wait, at most ``limit`` seconds, until the pipes ``fds`` hold nothing unread: MPICH's
+    ``mpiexec`` drops what a rank wrote and it had not read yet when that rank aborts the
+    job, and that is the traceback naming the error (a file or a terminal is not waited
+    for)."""
+    deadline = time.monotonic() + limit
+    unread = array.array("i", [0])
+    for fd in fds:
+        try:
+            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                continue
+            fcntl.ioctl(fd, termios.FIONREAD, unread)
+            while unread[0] and time.monotonic() < deadline:
+                time.sleep(0.002)
+                fcntl.ioctl(fd, termios.FIONREAD, unread)
+        except OSError:  # (closed, or no such query here: nothing to wait for)
+            continue
 
 
 _WORLD: ProcessGroup | None = None
@@ -163,6 +191,7 @@ def init_process_group(backend: str | None = None, init_method: str | None = Non
     except DistBackendError as exc:  # (no group yet to be broken: end the job now)
         sys.stderr.write(f"[rank {world.Get_rank()}] {type(exc).__name__}: {exc}\n")
         sys.stderr.flush()
+        wait_until_read(OUTPUT_FDS, OUTPUT_WAIT)
         world.Abort(1)
         raise
     _WORLD = ProcessGroup(mpi, comm, timeout)
