@@ -77,13 +77,13 @@ elif case == "ddp-interrupted":  # a backward stopped midway on rank 0, caught; 
     ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=64 / 2**20)  # (a bucket each)
     failed = []
 
-    def fail_once(p):  # (runs after DDP's hook has started the first bucket's all-reduce)
+    def fail_once(p):  # (the last gradient: the first two buckets' all-reduces have started)
         if not failed:
             failed.append(1)
             raise ValueError("rank 0's hook failed")
 
     if rank == 0:
-        model[2].weight.register_post_accumulate_grad_hook(fail_once)
+        model[0].weight.register_post_accumulate_grad_hook(fail_once)
     for _ in range(3):
         try:  # (skipping a failed step: rank 1 is still waiting for the other buckets)
             ddp(dg.ones(2, 4)).sum().backward()

@@ -35,8 +35,9 @@ class DistributedDataParallel(Module):
       requires_grad, order).
     - Every ``backward()`` through its forward's output averages the gradients over the
       ranks: parameters are bucketed in reverse order (a 1 MiB first bucket, then
-      ``bucket_cap_mb`` MiB each, 25 by default), each bucket's all-reduce starts from the
-      parameters' post-accumulate-grad hooks as soon as its gradients are all there, and all
+      ``bucket_cap_mb`` MiB each, 25 by default), each bucket's all-reduce starts from
+      hooks on the parameters' gradient accumulators (after their own post-accumulate-grad
+      hooks, as PyTorch's) as soon as its gradients are all there, and all
       are waited for, and written into ``.grad``, before ``backward()`` returns.
     - ``no_sync()``: gradients accumulate locally; the first synchronised backward after it
       averages the accumulated sums.

@@ -121,8 +121,9 @@ class _Bucket:
 
 class Reducer:
     """Averages the gradients of ``params`` over the ranks of ``group`` in ``buckets``
-    (lists of parameter indices, in the order they are reduced), from post-accumulate-grad
-    hooks on the parameters. ``prepare_for_backward`` arms it for one backward pass; hooks
+    (lists of parameter indices, in the order they are reduced), from hooks on the
+    parameters' gradient accumulators, which run after the parameters' own post-accumulate-grad
+    hooks (``AccumulatorHook``). ``prepare_for_backward`` arms it for one backward pass; hooks
     outside an armed pass (``no_sync``, a backward without a DDP forward) do nothing, so
     gradients accumulate locally as usual."""
 
@@ -143,8 +144,9 @@ class Reducer:
         self.used = np.zeros(len(params), dtype=np.int32)  # (find_unused) got a gradient
         me = weakref.ref(self)  # (the parameters' hooks must not keep the reducer alive;
         #                          they go with it)
-        handles = [p.register_post_accumulate_grad_hook(
-            lambda p, i=i: _call(me, "on_gradient", i)) for i, p in enumerate(params)]
+        handles = [p._register_accumulator_hook(  # (after the parameter's own post-
+            lambda p, i=i: _call(me, "on_gradient", i))  # accumulate hooks, as PyTorch's)
+            for i, p in enumerate(params)]
         weakref.finalize(self, _remove_all, handles)
 
     # ----------------------------------------------------------------- per iteration
