@@ -21,7 +21,7 @@ import numpy as np
 
 from . import dtypes as _dt
 from .autograd.grad_mode import no_grad
-from .autograd.graph import AccumulateGrad, RemovableHandle
+from .autograd.graph import AccumulateGrad, AccumulatorHook, RemovableHandle
 from .dispatch import STATE, report_attr, report_new, report_read, report_write
 from .dtypes import DType
 
@@ -565,14 +565,33 @@ class Tensor:
     def register_post_accumulate_grad_hook(self, hook):
         """Call ``hook(tensor)`` after backward has accumulated a gradient into this leaf's
         ``.grad`` (PyTorch's post-accumulate-grad hook: it sees the accumulated ``.grad`` and
-        returns None). Data-parallel training starts a bucket's all-reduce from such hooks.
-        Returns a handle with ``remove()``.
+        returns None); it runs before DDP's reducer takes the gradient, whenever it was
+        registered, as in PyTorch. Returns a handle with ``remove()``.
 
         >>> w = dg.ones(2, requires_grad=True)
         >>> h = w.register_post_accumulate_grad_hook(lambda p: print(p.grad))
         >>> (3 * w).sum().backward()
         tensor([3., 3.])
         """
+        hooks = self._post_accumulate_hook_list()
+        k = len(hooks)
+        while k and isinstance(hooks[k - 1], AccumulatorHook):  # (they run after this one)
+            k -= 1
+        hooks.insert(k, hook)
+        return RemovableHandle(hooks, hook)
+
+    def _register_accumulator_hook(self, fn):
+        """Call ``fn(tensor)`` after this leaf's post-accumulate-grad hooks, including those
+        registered later (an :class:`~dyngrad.autograd.graph.AccumulatorHook`: where DDP's
+        reducer takes the gradient, as PyTorch's does). Returns a handle with ``remove()``."""
+        hooks = self._post_accumulate_hook_list()
+        hook = AccumulatorHook(fn)
+        hooks.append(hook)
+        return RemovableHandle(hooks, hook)
+
+    def _post_accumulate_hook_list(self) -> list:
+        """This leaf's post-accumulate hooks, about to get one more: refused on a tensor that
+        cannot have them; the compiled variants that assumed none are told."""
         if not self._requires_grad:
             raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
         if self._node is not None:
@@ -580,10 +599,9 @@ class Tensor:
                                "tensors")
         if self._post_accumulate_hooks is None:
             self._post_accumulate_hooks = []
-        self._post_accumulate_hooks.append(hook)
         for epoch in list(_HOOK_GUARDED.get(self) or ()):  # (compiled variants assumed none)
             epoch.n += 1
-        return RemovableHandle(self._post_accumulate_hooks, hook)
+        return self._post_accumulate_hooks
 
     def _accumulator(self):
         if self._accum is None:

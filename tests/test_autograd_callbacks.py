@@ -72,6 +72,22 @@ def test_post_accumulate_grad_hook_errors_are_torchs():
         assert str(ours.value) == str(theirs.value)
 
 
+def test_post_accumulate_grad_hook_that_returns_a_tensor_raises_as_torch():
+    """It cannot replace the gradient (a pre-hook can): PyTorch refuses the return value
+    rather than ignore it."""
+    w = dg.ones(2, requires_grad=True)
+    w.register_post_accumulate_grad_hook(lambda p: p.grad * 0)
+    with pytest.raises(RuntimeError, match="^Tensor post accumulate grad hooks should return "
+                                           "None"):
+        (3 * w).sum().backward()
+    if torch is not None:
+        t = torch.ones(2, requires_grad=True)
+        t.register_post_accumulate_grad_hook(lambda p: p.grad * 0)
+        with pytest.raises(RuntimeError, match="^Tensor post accumulate grad hooks should "
+                                               "return None"):
+            (3 * t).sum().backward()
+
+
 def test_queue_callback_outside_backward_raises_as_torch():
     with pytest.raises(RuntimeError, match="Final callbacks can only be installed during "
                                            "backward pass"):

@@ -4,12 +4,18 @@ not initialised. (Programs on 2 ranks: tests/test_distributed_mpi.py.)"""
 
 from __future__ import annotations
 
+import array
 import builtins
+import dataclasses
+import fcntl
 import os
 import stat
 import subprocess
 import sys
+import termios
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,7 +26,7 @@ import dyngrad as dg
 import dyngrad.distributed as dist
 from dyngrad import nn
 from dyngrad.distributed import collectives, process_group, run
-from dyngrad.nn.parallel.reducer import FIRST_BUCKET_BYTES, assign_buckets
+from dyngrad.nn.parallel.reducer import FIRST_BUCKET_BYTES, assign_buckets, find_output_tensors
 from dyngrad.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 try:
@@ -171,6 +177,32 @@ def test_bucket_assignment_equals_torchs(sizes, caps):
     assert ours == theirs
 
 
+@dataclasses.dataclass
+class _Output:  # (a model's output, as many return one: HuggingFace's are dataclasses)
+    logits: object
+    aux: object
+    steps: int = 0
+
+
+def test_forward_outputs_searched_for_unused_parameters_include_dataclass_fields():
+    """find_unused_parameters walks the graph from these: a tensor missed leaves every
+    parameter behind it 'unused', and its own gradient then marks it ready twice."""
+    found = find_output_tensors({"out": _Output(dg.ones(1), [dg.ones(2), (dg.ones(3),)]),
+                                 "n": 3})
+    assert [t.shape for t in found] == [(1,), (2,), (3,)]
+
+
+@needs_torch
+def test_forward_outputs_searched_for_unused_parameters_are_torchs():
+    from torch.nn.parallel.distributed import _find_tensors
+
+    def output(lib):
+        return [_Output(lib.ones(1), {"a": lib.ones(2)}), (lib.ones(3), "text")]
+
+    assert [tuple(t.shape) for t in find_output_tensors(output(dg))] == \
+        [tuple(t.shape) for t in _find_tensors(output(torch))]
+
+
 # ------------------------------------------------------------------ records
 
 
@@ -314,6 +346,35 @@ def test_a_timeout_must_be_a_timedelta():
     with pytest.raises(TypeError, match="Expected timeout argument to be of type "
                                         "datetime.timedelta"):
         dist.init_process_group("mpi", timeout=30)
+
+
+def test_abort_waits_until_mpiexec_has_read_what_the_rank_wrote(monkeypatch):
+    """MPICH's mpiexec drops what a rank wrote and it had not read yet when the rank aborts
+    the job: the traceback naming the error (and the program's last lines) went missing
+    from time to time. A fake MPI records how much was unread when Abort came."""
+    r, w = os.pipe()
+    os.write(w, b"the traceback\n" * 100)
+    unread_at_abort = []
+
+    class World:
+        def Abort(self, code):
+            unread = array.array("i", [0])
+            fcntl.ioctl(w, termios.FIONREAD, unread)
+            unread_at_abort.append(unread[0])
+
+    group = process_group.ProcessGroup.__new__(process_group.ProcessGroup)
+    group.mpi = SimpleNamespace(COMM_WORLD=World())
+    monkeypatch.setattr(process_group, "OUTPUT_FDS", (w,), raising=False)
+    monkeypatch.setattr(os, "_exit", lambda code: None)
+    reader = threading.Timer(0.3, lambda: os.read(r, 1 << 16))  # (mpiexec, a little late)
+    reader.start()
+    try:
+        group.abort()
+    finally:
+        reader.join()
+        os.close(r)
+        os.close(w)
+    assert unread_at_abort == [0]
 
 
 # ------------------------------------------------------------------ SyncBatchNorm

@@ -126,6 +126,12 @@ def test_an_exception_on_one_rank_ends_the_job_on_every_rank():
     assert "ValueError on rank 1 ends the job: aborting all 2 ranks" in job.err
 
 
+def test_an_exception_that_passes_a_finally_destroying_the_group_still_ends_the_job():
+    job = _failed("raise-through-destroy")  # (PyTorch scripts clean up so)
+    assert "[rank 1] ValueError: rank 1 cannot go on" in job.err
+    assert "ValueError on rank 1 ends the job: aborting all 2 ranks" in job.err
+
+
 def test_tensors_of_different_shapes_are_named_on_every_rank_never_summed():
     job = _failed("shapes")  # (every rank raises; the first to abort may cut the other short)
     assert re.search(r"\[rank \d\] dyngrad.distributed.work.DistBackendError: all_reduce: "
@@ -167,11 +173,29 @@ def test_ddp_names_a_parameter_whose_shape_differs_between_ranks():
            "float32 [3, 6] on rank 1" in job.err
 
 
+def test_ddp_names_a_parameter_trained_on_one_rank_and_frozen_on_another():
+    job = _failed("ddp-frozen")  # (else one rank's gradient of 0.weight is averaged with
+    #                               the other's of 1.weight: the buckets have the same size)
+    assert "DistributedDataParallel: parameter 0 (0.weight) is float32 [4, 4] (frozen) on " \
+           "rank 0 but float32 [4, 4] on rank 1" in job.err
+
+
 def test_ddp_names_the_parameters_that_got_no_gradient():
     job = _failed("ddp-unused")
     assert re.search(r"Parameters which did not receive grad for rank \d: 2 \(unused.weight\), "
                      r"3 \(unused.bias\)", job.err), job.err
     assert "find_unused_parameters=True" in job.err
+
+
+def test_ddp_refuses_to_go_on_after_a_backward_that_stopped_midway():
+    """Rank 0 caught an exception raised after its first bucket's all-reduce had started:
+    its next all-reduces would be summed with rank 1's later buckets. The next forward
+    raises PyTorch's error, the group is broken, and the job ends at exit."""
+    job = _failed("ddp-interrupted")
+    assert "caught on rank 0: ValueError: rank 0's hook failed" in job.out
+    assert "caught on rank 0: RuntimeError: DistributedDataParallel: Expected to have " \
+           "finished reduction in the prior iteration before starting a new one" in job.out
+    assert "exiting with a broken process group" in job.err
 
 
 # ------------------------------------------------------------------ the example

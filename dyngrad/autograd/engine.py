@@ -145,7 +145,12 @@ def accumulate_into(leaf: Tensor, g: Tensor, create_graph: bool, shared: bool) -
         if STATE.modes:
             report_python_call("a post-accumulate-grad hook on a leaf")
         for hook in list(leaf._post_accumulate_hooks):
-            hook(leaf)
+            if hook(leaf) is not None:
+                raise RuntimeError(
+                    f"Tensor post accumulate grad hooks should return None. (The hook "
+                    f"{getattr(hook, '__qualname__', hook)!s} returned a value: it may change "
+                    f"the tensor's .grad in place; a hook that replaces the gradient is "
+                    f"registered with register_hook.)")
 
 
 def _walk(roots: list, grads: list, retain_graph: bool, create_graph: bool,

@@ -87,6 +87,23 @@ class RemovableHandle:
 
 
 
+class AccumulatorHook:
+    """A hook on a leaf's gradient accumulator: ``fn(leaf)`` after the leaf's own
+    post-accumulate-grad hooks, whenever those were registered — PyTorch's post hook on the
+    ``AccumulateGrad`` node, where its DDP reducer copies the gradient into a bucket (so it
+    sees what the tensor's hooks left in ``.grad``). Registered with
+    ``Tensor._register_accumulator_hook``; kept at the end of the leaf's post-accumulate hook
+    list, so the engine and the compiler's hook guards treat it as one of them."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def __call__(self, leaf) -> None:
+        return self.fn(leaf)
+
+
 class AccumulateGrad(Node):
     """Adds the incoming gradient to a leaf's ``.grad`` (running the leaf's hooks first)."""
 

@@ -23,6 +23,7 @@ Each run is preceded by the ranks' agreement check (Note [agree, then send] in w
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,7 +38,7 @@ from .work import DistBackendError, Work, wait_all
 
 __all__ = ["ReduceOp", "Collective", "COLLECTIVES", "ALL_REDUCE", "BROADCAST", "ALL_GATHER",
            "REDUCE_SCATTER", "BARRIER", "launch", "run_differentiable", "check_modes",
-           "mpi_reduction", "contiguous", "label", "DTYPES"]
+           "mpi_reduction", "contiguous", "source_rank", "label", "DTYPES"]
 
 
 class ReduceOp(enum.Enum):
@@ -88,6 +89,18 @@ def mpi_reduction(name: str, op, dtype: np.dtype, mpi):
         raise TypeError(f"{name}: ReduceOp.{op.name} needs an integer or bool tensor, got "
                         f"{dtype}")
     return dtype, getattr(mpi, _MPI_OPS[op])
+
+
+def source_rank(name: str, src, world: int) -> int:
+    """``src`` as a rank of a ``world``-rank job (any integer: a numpy one too, as PyTorch
+    takes it), or an error naming the collective."""
+    try:
+        rank = operator.index(src) if not isinstance(src, bool) else None
+    except TypeError:
+        rank = None
+    if rank is None or not 0 <= rank < world:
+        raise ValueError(f"{name}: src must be a rank in 0..{world - 1}, got {src!r}")
+    return rank
 
 
 def contiguous(a: np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ from .collectives import (
     contiguous,
     launch,
     mpi_reduction,
+    source_rank,
 )
 from .process_group import resolve_group
 from .work import Work
@@ -89,9 +90,7 @@ def broadcast(tensor: Tensor, src: int | None = None, group=None, async_op: bool
     """
     check_modes("broadcast")
     g = resolve_group(group)
-    src = group_src if src is None else src
-    if not isinstance(src, int) or not 0 <= src < g.size():
-        raise ValueError(f"broadcast: src must be a rank in 0..{g.size() - 1}, got {src!r}")
+    src = source_rank("broadcast", group_src if src is None else src, g.size())
     _check("broadcast", tensor, "tensor", writes=True)
     buf = contiguous(tensor._data)
     return _done(launch(g, BROADCAST, buf, buf, {"src": src},
@@ -151,6 +150,8 @@ def all_gather_into_tensor(output_tensor: Tensor, input_tensor: Tensor, group=No
                          f"{list(concatenated)} (concatenated) or {[w, *s]} (stacked)")
     send = contiguous(input_tensor._data)
     recv = contiguous(output_tensor._data).reshape(concatenated)
+    if np.may_share_memory(send, recv):  # (the input a block of the output, PyTorch's in-place
+        send = send.copy()               # form: MPI refuses aliased buffers)
     return _done(launch(g, ALL_GATHER, send, recv, {},
                         lambda: _written(output_tensor, recv)), async_op)
 

@@ -12,15 +12,23 @@ installs an ``excepthook`` that prints the traceback, each line prefixed with th
 calls ``MPI_Abort``: ``mpiexec`` then ends every rank and exits with a nonzero status. A
 collective that times out raises, and is then such an uncaught exception; one caught by
 the program leaves the group broken (every later collective raises at once) and the job
-is aborted at exit, so no rank waits for it.
+is aborted at exit, so no rank waits for it. A ``destroy_process_group()`` that runs while
+the exception passes (``try: train() finally: dist.destroy_process_group()``, as PyTorch
+scripts clean up) keeps the hook: the other ranks may still be waiting in a collective of
+the group, so the exception, uncaught, must still end the job.
 """
 
 from __future__ import annotations
 
+import array
 import atexit
+import fcntl
 import importlib.util
 import os
+import stat
 import sys
+import termios
+import time
 import traceback
 import warnings
 from datetime import timedelta
@@ -29,12 +37,14 @@ from .work import DistBackendError, wait_all
 
 __all__ = ["ProcessGroup", "DEFAULT_TIMEOUT", "is_available", "load_mpi", "init_process_group",
            "destroy_process_group", "is_initialized", "get_rank", "get_world_size",
-           "get_backend", "default_group", "resolve_group"]
+           "get_backend", "default_group", "resolve_group", "wait_until_read"]
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)  # (PyTorch's default for its CPU backends)
 INSTALL_HINT = "pip install -e '.[dist]'"
 NOT_INITIALIZED = ("Default process group has not been initialized, please make sure to call "
                    "init_process_group.")
+OUTPUT_FDS = (1, 2)  # this rank's stdout and stderr: pipes that mpiexec reads
+OUTPUT_WAIT = 2.0  # at most this long, before aborting, for mpiexec to read them
 
 
 def is_available() -> bool:
@@ -86,14 +96,36 @@ class ProcessGroup:
         return f"ProcessGroup(backend='mpi', rank={self._rank}, size={self._size})"
 
     def abort(self) -> None:
-        """End every rank of the job now (``MPI_Abort``; ``mpiexec`` kills the others)."""
+        """End every rank of the job now (``MPI_Abort``; ``mpiexec`` kills the others), once
+        ``mpiexec`` has read what this rank wrote (see :func:`wait_until_read`)."""
         sys.stdout.flush()
         sys.stderr.flush()
+        wait_until_read(OUTPUT_FDS, OUTPUT_WAIT)
         self.mpi.COMM_WORLD.Abort(1)
         os._exit(1)  # (MPICH's Abort may return to the caller while the job is torn down)
 
 
+def wait_until_read(fds, limit: float) -> None:
+    """Wait, at most ``limit`` seconds, until the pipes ``fds`` hold nothing unread: MPICH's
+    ``mpiexec`` drops what a rank wrote and it had not read yet when that rank aborts the
+    job, and that is the traceback naming the error (a file or a terminal is not waited
+    for)."""
+    deadline = time.monotonic() + limit
+    unread = array.array("i", [0])
+    for fd in fds:
+        try:
+            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                continue
+            fcntl.ioctl(fd, termios.FIONREAD, unread)
+            while unread[0] and time.monotonic() < deadline:
+                time.sleep(0.002)
+                fcntl.ioctl(fd, termios.FIONREAD, unread)
+        except OSError:  # (closed, or no such query here: nothing to wait for)
+            continue
+
+
 _WORLD: ProcessGroup | None = None
+_ENDING: ProcessGroup | None = None  # destroyed while an exception passed (see the Note)
 _previous_hook = None
 
 
@@ -129,7 +161,7 @@ def init_process_group(backend: str | None = None, init_method: str | None = Non
     >>> import dyngrad.distributed as dist
     >>> dist.init_process_group("mpi", timeout=datetime.timedelta(minutes=5))  # doctest: +SKIP
     """
-    global _WORLD, _previous_hook
+    global _WORLD, _ENDING, _previous_hook
     if _WORLD is not None:
         raise ValueError("trying to initialize the default process group twice!")
     if backend is not None and str(backend).lower() != "mpi":
@@ -159,10 +191,13 @@ def init_process_group(backend: str | None = None, init_method: str | None = Non
     except DistBackendError as exc:  # (no group yet to be broken: end the job now)
         sys.stderr.write(f"[rank {world.Get_rank()}] {type(exc).__name__}: {exc}\n")
         sys.stderr.flush()
+        wait_until_read(OUTPUT_FDS, OUTPUT_WAIT)
         world.Abort(1)
         raise
     _WORLD = ProcessGroup(mpi, comm, timeout)
-    _previous_hook = sys.excepthook
+    _ENDING = None
+    if sys.excepthook is not _abort_on_uncaught:  # (still there after destroy_process_group)
+        _previous_hook = sys.excepthook
     sys.excepthook = _abort_on_uncaught
     atexit.unregister(_abort_if_broken)
     atexit.register(_abort_if_broken)  # (after mpi4py's own: so it runs before MPI_Finalize)
@@ -171,17 +206,21 @@ def init_process_group(backend: str | None = None, init_method: str | None = Non
 def destroy_process_group(group=None) -> None:
     """Leave the group: later collectives raise until :func:`init_process_group` is called
     again. MPI itself stays initialised (mpi4py finalises it at exit). Restores the
-    ``excepthook``.
+    ``excepthook`` — unless an exception is passing (called from a ``finally`` or ``except``
+    block): if it ends this rank, the job is still aborted (Note [one failing rank ends the
+    job]).
 
     >>> dist.destroy_process_group()  # doctest: +SKIP
     """
-    global _WORLD
+    global _WORLD, _ENDING
     world = resolve_group(group)
     if world.checking is not None:  # (an agreement check in flight: let it finish)
         world.checking.wait()
     world.comm.Free()
     _WORLD = None
-    if sys.excepthook is _abort_on_uncaught:
+    if sys.exc_info()[1] is not None:  # (the other ranks may wait for this one)
+        _ENDING = world
+    elif sys.excepthook is _abort_on_uncaught:
         sys.excepthook = _previous_hook
 
 
@@ -208,7 +247,7 @@ def get_backend(group=None) -> str:
 
 def _abort_on_uncaught(kind, value, tb) -> None:
     """The excepthook of Note [one failing rank ends the job]."""
-    world = _WORLD
+    world = _WORLD if _WORLD is not None else _ENDING
     if world is None:  # (destroyed since: an ordinary exit)
         (_previous_hook or sys.__excepthook__)(kind, value, tb)
         return

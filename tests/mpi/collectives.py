@@ -118,6 +118,16 @@ def broadcast_from_either_rank():
 
 
 @check
+def broadcast_from_a_rank_given_as_a_numpy_integer():
+    best = np.argmax([1.0, 5.0])  # (np.int64(1): PyTorch takes it as a rank)
+    t = dg.tensor(mine("float32"))
+    dist.broadcast(t, src=best)
+    assert t.tolist() == BOTH[1].tolist()
+    x = dg.tensor(mine("float64"), requires_grad=True)
+    assert dF.broadcast(x, src=best).tolist() == BOTH[1].tolist()
+
+
+@check
 def all_gather_into_a_list_and_into_one_tensor_concatenated_or_stacked():
     out = [dg.zeros(3, dtype=dg.int64) for _ in range(W)]
     dist.all_gather(out, dg.tensor(mine("int64")))
@@ -128,6 +138,18 @@ def all_gather_into_a_list_and_into_one_tensor_concatenated_or_stacked():
     stacked = dg.zeros(2, 3)
     dist.all_gather_into_tensor(stacked, dg.tensor(mine("float32")))
     assert stacked.tolist() == BOTH.tolist()
+
+
+@check
+def all_gather_into_tensor_in_place_from_this_ranks_block_of_the_output():
+    out = dg.zeros(2, 3)  # (PyTorch's in-place form: the input is this rank's row of it)
+    out[R] = dg.tensor(mine("float32"))
+    dist.all_gather_into_tensor(out, out[R])
+    assert out.tolist() == BOTH.tolist()
+    flat = dg.zeros(6, dtype=dg.int64)
+    flat[3 * R:3 * R + 3] = dg.tensor(mine("int64"))
+    dist.all_gather_into_tensor(flat, flat[3 * R:3 * R + 3])
+    assert flat.tolist() == BOTH.reshape(-1).tolist()
 
 
 @check

@@ -237,6 +237,27 @@ def find_unused_parameters_averages_what_some_rank_used_and_leaves_the_rest():
 
 
 @check
+def a_post_accumulate_hook_registered_after_ddp_changes_the_gradient_that_is_averaged():
+    """PyTorch runs a tensor's post-accumulate-grad hooks before its DDP reducer's hook (on
+    the gradient accumulator), whenever they were registered: a hook that scales .grad in
+    place scales the average."""
+    def times_ten(p):
+        p.grad.mul_(10)
+
+    model = mlp(seed=R)
+    ddp = DDP(model)
+    for p in model.parameters():
+        p.register_post_accumulate_grad_hook(times_ten)
+    x, y = batch(0, part=R)
+    F.mse_loss(ddp(x), y).backward()
+    ref = mlp(seed=0)
+    (x0, y0), (x1, y1) = batch(0, part=0), batch(0, part=1)
+    ((F.mse_loss(ref(x0), y0) + F.mse_loss(ref(x1), y1)) / 2).backward()
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert np.abs(p.grad.numpy() - 10 * q.grad.numpy()).max() <= 1e-13
+
+
+@check
 def frozen_parameters_are_not_reduced_and_grads_set_to_none_are_set():
     model = mlp(seed=R)
     for p in model[0].parameters():

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from ...ops.movement import stack
 from ...tensor import Tensor
-from ..collectives import ALL_GATHER, ALL_REDUCE, BROADCAST, REDUCE_SCATTER, ReduceOp
+from ..collectives import ALL_GATHER, ALL_REDUCE, BROADCAST, REDUCE_SCATTER, ReduceOp, source_rank
 from ..collectives import run_differentiable as _run
 from ..process_group import resolve_group
 
@@ -45,9 +45,7 @@ def broadcast(tensor: Tensor, src: int, group=None) -> Tensor:
 
     >>> dF.broadcast(w, src=0)   # doctest: +SKIP
     """
-    world = resolve_group(group).size()
-    if not isinstance(src, int) or not 0 <= src < world:
-        raise ValueError(f"broadcast: src must be a rank in 0..{world - 1}, got {src!r}")
+    src = source_rank("broadcast", src, resolve_group(group).size())
     return _run(BROADCAST, _tensor("broadcast", tensor), {"src": src}, group)
 
 

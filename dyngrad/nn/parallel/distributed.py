@@ -31,11 +31,13 @@ class DistributedDataParallel(Module):
     """Data-parallel training across the ranks of ``dyngrad.distributed``, as PyTorch's DDP.
 
     - At construction, rank 0's parameters and buffers are broadcast to every rank, after
-      checking that every rank has the same parameters (count, shapes, dtypes, order).
+      checking that every rank has the same parameters (count, shapes, dtypes,
+      requires_grad, order).
     - Every ``backward()`` through its forward's output averages the gradients over the
       ranks: parameters are bucketed in reverse order (a 1 MiB first bucket, then
-      ``bucket_cap_mb`` MiB each, 25 by default), each bucket's all-reduce starts from the
-      parameters' post-accumulate-grad hooks as soon as its gradients are all there, and all
+      ``bucket_cap_mb`` MiB each, 25 by default), each bucket's all-reduce starts from
+      hooks on the parameters' gradient accumulators (after their own post-accumulate-grad
+      hooks, as PyTorch's) as soon as its gradients are all there, and all
       are waited for, and written into ``.grad``, before ``backward()`` returns.
     - ``no_sync()``: gradients accumulate locally; the first synchronised backward after it
       averages the accumulated sums.
@@ -122,6 +124,7 @@ class DistributedDataParallel(Module):
             report_python_call("DistributedDataParallel.forward (it arms the gradient "
                                "all-reduce of the next backward pass, which a compiled call "
                                "would not repeat)")
+        self.reducer.check_prior_reduction()  # (before this forward's own collectives)
         if self.require_forward_param_sync and self.broadcast_buffers and self.modules_buffers:
             broadcast_coalesced(self.modules_buffers, 0, self.process_group)
         output = self.module(*inputs, **kwargs)
@@ -171,8 +174,8 @@ def broadcast_coalesced(tensors: list, src: int, group) -> None:
 
 
 def _verify_same_parameters(group, named: list) -> None:
-    """Every rank has the same parameters (count, then dtype and shape of each, in order),
-    or every rank raises the same error naming the first difference."""
+    """Every rank has the same parameters (count, then dtype, shape and requires_grad of
+    each, in order), or every rank raises the same error naming the first difference."""
     world, me = group.size(), group.rank()
     counts = Tensor._fresh(np.zeros(world, dtype=np.int64))
     all_gather_into_tensor(counts, Tensor._fresh(np.array([len(named)], dtype=np.int64)),
@@ -192,7 +195,8 @@ def _verify_same_parameters(group, named: list) -> None:
                     f"DistributedDataParallel: parameter {j} ({name}) is "
                     f"{_shown(table._data[0, j])} on rank 0 but {_shown(table._data[r, j])} "
                     f"on rank {r}: every rank must build the same model (the same "
-                    f"parameters, with the same shapes and dtypes, in the same order)")
+                    f"parameters, with the same shapes and dtypes, frozen or trained alike "
+                    f"(requires_grad), in the same order)")
 
 
 _DIMS = 8
@@ -201,10 +205,11 @@ _DIMS = 8
 def _describe(p) -> list:
     shape = p._data.shape
     dims = list(shape[:_DIMS]) + [-1] * (_DIMS - min(len(shape), _DIMS))
-    return [DTYPES.index(p._data.dtype), len(shape), hash(shape) & (1 << 62) - 1, *dims]
+    return [DTYPES.index(p._data.dtype), len(shape), hash(shape) & (1 << 62) - 1, *dims,
+            int(p._requires_grad)]  # (which are reduced: the buckets are built from these)
 
 
 def _shown(row: np.ndarray) -> str:
     dtype, ndim = DTYPES[int(row[0])], int(row[1])
     dims = [int(d) for d in row[3:3 + min(ndim, _DIMS)]] + (["..."] if ndim > _DIMS else [])
-    return f"{dtype} {dims}"
+    return f"{dtype} {dims}" + ("" if row[-1] else " (frozen)")

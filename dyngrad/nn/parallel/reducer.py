@@ -21,10 +21,20 @@ world the scaling is exact, so this equals summing then dividing).
 Note [overlap and progress]: MPICH moves data only inside MPI calls (it runs no progress
 thread), so every gradient hook also tests the all-reduces in flight; the rest of each
 transfer happens while the end-of-backward callback waits.
+
+Note [a backward that stops midway]: an exception raised during backward (in a hook, say)
+skips the end-of-backward callback. If the program catches it and goes on, this rank has
+started only some of its buckets' all-reduces while the others may have started them all:
+its next all-reduces would be matched with their later buckets — summed with them whenever
+the sizes agree, silently — and the ranks would wait for each other at the end. So, as
+PyTorch's reducer does, the next forward raises instead; and since no later collective of
+this rank can be matched correctly, the process group is marked broken (every collective
+raises at once, and the job is aborted at exit rather than leaving the others waiting).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from collections.abc import Sequence
 
@@ -73,13 +83,21 @@ def assign_buckets(nbytes: Sequence[int], dtypes: Sequence, limits: Sequence[int
 
 
 def find_output_tensors(obj) -> list:
-    """The tensors in a forward's output: a tensor, or lists, tuples and dicts of them."""
+    """The tensors in a forward's output: a tensor, or lists, tuples, dicts and dataclass
+    instances of them (PyTorch's ``_find_tensors``).
+
+    >>> [t.shape for t in find_output_tensors({"logits": dg.ones(2), "n": 3})]
+    [(2,)]
+    """
     if isinstance(obj, Tensor):
         return [obj]
     if isinstance(obj, (list, tuple)):
         return [t for x in obj for t in find_output_tensors(x)]
     if isinstance(obj, dict):
         return [t for x in obj.values() for t in find_output_tensors(x)]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return [t for f in dataclasses.fields(obj)
+                for t in find_output_tensors(getattr(obj, f.name))]
     return []
 
 
@@ -103,8 +121,9 @@ class _Bucket:
 
 class Reducer:
     """Averages the gradients of ``params`` over the ranks of ``group`` in ``buckets``
-    (lists of parameter indices, in the order they are reduced), from post-accumulate-grad
-    hooks on the parameters. ``prepare_for_backward`` arms it for one backward pass; hooks
+    (lists of parameter indices, in the order they are reduced), from hooks on the
+    parameters' gradient accumulators, which run after the parameters' own post-accumulate-grad
+    hooks (``AccumulatorHook``). ``prepare_for_backward`` arms it for one backward pass; hooks
     outside an armed pass (``no_sync``, a backward without a DDP forward) do nothing, so
     gradients accumulate locally as usual."""
 
@@ -125,11 +144,33 @@ class Reducer:
         self.used = np.zeros(len(params), dtype=np.int32)  # (find_unused) got a gradient
         me = weakref.ref(self)  # (the parameters' hooks must not keep the reducer alive;
         #                          they go with it)
-        handles = [p.register_post_accumulate_grad_hook(
-            lambda p, i=i: _call(me, "on_gradient", i)) for i, p in enumerate(params)]
+        handles = [p._register_accumulator_hook(  # (after the parameter's own post-
+            lambda p, i=i: _call(me, "on_gradient", i))  # accumulate hooks, as PyTorch's)
+            for i, p in enumerate(params)]
         weakref.finalize(self, _remove_all, handles)
 
     # ----------------------------------------------------------------- per iteration
+    def check_prior_reduction(self) -> None:
+        """Raise if the last armed backward pass started reducing and never finished (Note
+        [a backward that stops midway]); the group is broken from then on."""
+        if not (self.expect_hooks and self.ready):
+            return
+        r = self.group.rank()
+        started = self.next_bucket
+        self.group.broken = (f"a backward pass of DistributedDataParallel stopped on rank {r} "
+                             f"after {started} of its {len(self.buckets)} gradient "
+                             f"all-reduces had started")
+        raise RuntimeError(
+            f"DistributedDataParallel: Expected to have finished reduction in the prior "
+            f"iteration before starting a new one. On rank {r}, the previous backward pass "
+            f"through this module's output stopped before its end (an exception raised "
+            f"during it was caught), after {len(self.ready)} of {len(self.params)} gradients "
+            f"were ready and {started} of {len(self.buckets)} buckets' all-reduces had "
+            f"started; the other ranks may have started more, so this rank's collectives no "
+            f"longer match theirs. The process group is broken (every collective raises) and "
+            f"the job is aborted at exit: let such an exception end the job instead of "
+            f"catching it.")
+
     def prepare_for_backward(self, outputs: list) -> None:
         """Arm for the next backward pass; with ``find_unused``, find the parameters that
         ``outputs``' graph does not reach (their gradients will not come)."""
