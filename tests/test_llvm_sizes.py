@@ -413,6 +413,23 @@ def test_programs_over_many_batch_sizes_give_their_own_modules_bits(name):
     assert v.family.shared >= 4, (v.family.shared, v.family.own, v.family.templates)
 
 
+@pytest.mark.parametrize("symbolic", ["kept", "reduced"])
+def test_column_reductions_over_a_symbolic_size_sum_as_the_sizes_own_module(symbolic):
+    """A reduction over leading dims keeping trailing ones (the column form, in tiles when
+    its partials outgrow the stack) decides its form at the size's number, symbolic or not:
+    the batch kept (``x.T`` summed over its rows, more kept elements than a tile at the
+    largest size) or summed out (a bias gradient of 4200 features) — each size sums in its
+    own module's order, the same bits (a symbolic size used to take the strided walk)."""
+    r = np.random.default_rng(5)
+    if symbolic == "kept":
+        fn, sizes, width = (lambda x: (x.T * 1.5).sum(dim=0)), (3, 4, 5, 300, 17, 4500), 6
+    else:
+        fn, sizes, width = (lambda x: (x * 1.5).sum(dim=0)), (3, 4, 5, 9, 33, 2), 4200
+    against_modules_per_size(
+        fn, lambda b: (dg.tensor((r.standard_normal((b, width)) * 1e3).astype(np.float32)),),
+        sizes, rtol=1e-4, atol=1e-2)
+
+
 def test_two_functions_of_the_same_code_share_the_template_and_its_lock():
     """Two closures of one function over their own weights make the same template text:
     the memory cache gives both one module — one global of numbers — so their plans share

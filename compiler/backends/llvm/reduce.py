@@ -518,12 +518,12 @@ class ReduceBuilder(LoopBuilder):
         no second pass over ``S`` and at most ``COLUMNS_MAX_ELEMENTS`` elements (one thread
         runs the form): then :meth:`_build_columns` runs the rows in order, each a
         vectorised loop over the kept elements, instead of a strided walk down every
-        column."""
+        column. (A symbolic variant's sizes decide at their numbers, as every decision on a
+        ``Dim`` does: a size sums in the order its own module would — the same bits.)"""
         if post_s or not self.red or not self.kept or max(self.red) > min(self.kept):
             return False
         n_cols = math.prod(self.reduced)
-        return isinstance(n_cols, int) and isinstance(self.R, int) and \
-            n_cols >= _LANES["float"] and n_cols * self.R <= COLUMNS_MAX_ELEMENTS
+        return n_cols >= _LANES["float"] and n_cols * self.R <= COLUMNS_MAX_ELEMENTS
 
     def _tile(self, tys) -> int:
         """Kept elements per tile of the column form: its partials of every reduction fill
