@@ -234,6 +234,7 @@ def concrete_graph(g: Graph, templates: list, size: int, input_shapes: list) -> 
         return new[id(v)]
 
     out = Graph(inputs=[value(v) for v in g.inputs], scalars=list(g.scalars), _next=g._next,
+                recomputed=dict(g.recomputed), narrowed=dict(g.narrowed),
                 late=set(g.late))  # (the same value ids)
     for n, t in zip(g.nodes, templates):
         node = Node(n.prim, [value(x) for x in n.inputs], dict(instantiate(t, size)),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -483,6 +484,43 @@ def test_write_backs_go_straight_into_the_parameters_when_nothing_can_fail_after
     assert isinstance(plan, driver.DriverPlan)
     direct, staged = direct_and_staged(plan)
     assert direct >= 3 * 6 and staged == 0  # parameters and both moments of six tensors
+
+
+def test_an_index_kernel_read_after_the_update_stays_before_it():
+    """Rows picked from the activations (an index kernel, which may fail on data) but read
+    only after ``opt.step()``: fusion's schedule does not move that kernel down to its
+    reader, past the updates — they are still written in place (not staged and copied at
+    the end of every call) — and a call whose index is out of range changes nothing."""
+    def make(lin, opt):
+        def step(x, idx):
+            opt.zero_grad()
+            h = lin(x)
+            picked = dg.index_select(h.detach(), 0, idx)  # (larger than what it reads last)
+            (h * h).mean().backward()
+            opt.step()
+            return picked * 2.0
+        return step
+    dg.manual_seed(0)
+    l1 = nn.Linear(32, 32, bias=False)
+    l2 = copy.deepcopy(l1)
+    o1, o2 = optim.SGD(l1.parameters(), lr=0.1), optim.SGD(l2.parameters(), lr=0.1)
+    eager, comp = make(l1, o1), compiler.compile(make(l2, o2), backend="llvm")
+    rng = np.random.default_rng(4)
+    x = dg.tensor(rng.standard_normal((64, 32)).astype(np.float32))
+    for i in range(4):
+        idx = dg.tensor(rng.integers(0, 64, 100))
+        assert_rel(comp(x, idx), eager(x, idx), RTOL32, f"rows at step {i}")
+        assert_state(l1, l2, RTOL32, o1, o2)
+    plan = serving_plan(comp)
+    assert isinstance(plan, driver.DriverPlan)
+    assert direct_and_staged(plan) == (1, 0)
+    before = arr(l2.weight).copy()
+    for f in (eager, comp):
+        with pytest.raises(IndexError), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (the compiled call's note: it ran eagerly)
+            f(x, dg.tensor(np.full(100, 64)))
+    np.testing.assert_array_equal(arr(l2.weight), before)
+    assert_state(l1, l2, RTOL32, o1, o2)  # (.grad: None in both, zero_grad() ran first)
 
 
 def test_a_guard_after_the_update_stages_the_write_backs_and_a_failure_leaves_them():

@@ -430,6 +430,45 @@ def test_column_reductions_over_a_symbolic_size_sum_as_the_sizes_own_module(symb
         sizes, rtol=1e-4, atol=1e-2)
 
 
+def test_a_symbolic_variant_fuses_a_size_into_the_kernels_of_its_own_module():
+    """A symbolic variant's graph at a size (``symbolic.concrete_graph``) keeps what the
+    passes marked — the values computed again for their late readers (``Graph.recomputed``,
+    remat's copies), and the index values narrowed to int32 — so fusion keeps
+    those copies out of earlier kernels there too: the size runs the kernels its own module
+    has (they used to join the bias gradient's reduction in the symbolic variant only)."""
+    def make():
+        dg.manual_seed(0)
+        m = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.GELU(),
+                          nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.Tanh(),
+                          nn.Linear(64, 10))
+        opt = optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = F.cross_entropy(m(x), y)
+            loss.backward()
+            opt.step()
+            return loss.detach()
+        return step
+    r = np.random.default_rng(0)
+    sym = compiler.compile(make(), backend="llvm")
+    alone = compiler.compile(make(), backend="llvm", dynamic=False, cache_limit=16)
+    for b in (64, 96, 128, 160, 128):
+        x = dg.tensor(r.standard_normal((b, 32)).astype(np.float32))
+        y = dg.tensor(r.integers(0, 10, b))
+        sym(x, y), alone(x, y)
+    (v,) = sym.variants
+    own = next(w for w in alone.variants
+               if any(i.shape == (128, 32) for i in w.trace.graph.inputs))
+    assert v.sym is not None and own.trace.graph.recomputed
+    sized = v.plans[128][0]
+    assert sized.g.recomputed == own.trace.graph.recomputed
+    assert sized.g.narrowed == own.trace.graph.narrowed
+    assert sorted(tuple(grp.nodes) for grp in sized.groups) == \
+        sorted(tuple(grp.nodes) for grp in own.groups)  # (in an order of their own: the
+    #                                                      schedule counts no symbolic bytes)
+
+
 def test_two_functions_of_the_same_code_share_the_template_and_its_lock():
     """Two closures of one function over their own weights make the same template text:
     the memory cache gives both one module — one global of numbers — so their plans share

@@ -114,6 +114,12 @@ _OWN_KIND = {k: GroupKind(k) for k in ("matmul", "index", "movement", "creation"
 _LOOP = ("ew", "reduce", "map")
 
 
+def _may_fail(n) -> bool:
+    """A node whose kernel returns a status (``GroupKind.may_fail``: index, window)."""
+    kind = _OWN_KIND.get(n.prim.kind)
+    return kind is not None and kind.may_fail
+
+
 def _constant(n) -> bool:
     """A value known from its parameters and shapes alone (full, size_of)."""
     return traits(n.prim).role == CONSTANT
@@ -211,8 +217,9 @@ def _squeeze(shape) -> tuple:
 class _Partition:
     """Union-find over node indices with the legality checks (internal to one fuse call)."""
 
-    def __init__(self, g: Graph) -> None:
+    def __init__(self, g: Graph, writes=()) -> None:
         self.g, self.nodes = g, g.nodes
+        self.writes = frozenset(writes)  # nodes writing a bound input in place (_sink)
         n = len(g.nodes)
         self.producer = {id(node.out): i for i, node in enumerate(g.nodes)}
         self.roles = _roles(g, self.producer)
@@ -537,7 +544,11 @@ class _Partition:
         with a group moved later, to just before its first reader, when that keeps fewer
         bytes alive: the outputs it writes then live less long than the inputs it reads
         last live longer (a residual block's shortcut gradient, needed only where the two
-        branches' gradients add, made there) — never across a value guard.
+        branches' gradients add, made there) — never across a value guard. A kernel that
+        may fail (an index kernel on its data, a window kernel on its work buffer) is not
+        moved past one computing a write-back (``writes``: an optimizer's update) that no
+        other such kernel follows: the driver would then have to stage that write and copy
+        it at the end of every call, as the transaction rule requires.
 
         Note: the order of kernels is also the order of a call's writes: the LLVM driver
         writes a bound input in place only where this order allows it
@@ -564,6 +575,8 @@ class _Partition:
                     if find(p) != r:
                         readers.setdefault(p, set()).add(r)
         pos = {r: k for k, r in enumerate(order)}
+        writing = {find(j) for j in self.writes}
+        failing = {r for r in order if any(_may_fail(nodes[m]) for m in self.members[r])}
         for r in list(reversed(order)):
             if not users[r]:
                 continue
@@ -571,6 +584,10 @@ class _Partition:
             if c - 1 <= k or any(self.segment[order[j]] != self.segment[r]
                                  for j in range(k + 1, c)):
                 continue
+            if r in failing:  # (past a write-back no other such kernel follows anyway)
+                last = max((pos[q] for q in failing if q != r), default=-1)
+                if any(order[j] in writing for j in range(max(k, last) + 1, c)):
+                    continue
             made = sum(_bytes(nodes[m].out) for m in self.members[r]
                        if not self.external[m] and any(find(u) != r for u in self.succs[m]))
             held = sum(_bytes(nodes[p].out) for p in {p for m in self.members[r]
@@ -629,15 +646,17 @@ class _Partition:
         return result
 
 
-def fuse(g: Graph) -> list[FusionGroup]:
+def fuse(g: Graph, writes=()) -> list[FusionGroup]:
     """Partition ``g``'s nodes into fusion groups (kernels), in an order that runs them
     correctly (topological, value-guard segments in order). The graph is not modified.
+    ``writes``: the nodes whose values are written into bound inputs in place
+    (``pipeline.inplace_writes``), which no kernel that may fail is moved past.
 
     >>> cf = compiler.compile(lambda x: F.softmax(x, -1)); cf(x)
     >>> [grp.kind for grp in fuse(cf.variants[0].trace.graph)]
     ['reduce', 'reduce']
     """
-    p = _Partition(g)
+    p = _Partition(g, writes)
     p.merge_loops()
     p.place_leaves_and_weak()
     p.chain_movements()

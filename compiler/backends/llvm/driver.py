@@ -120,7 +120,7 @@ class DriverPlan(base.Executable):
         """Where everything lives: the groups that run code, the constants, the memory plan
         (offsets in one arena), the pointer table's slots, each value's place (``where``)
         and the write-backs."""
-        groups = fuse(g) if groups is None else list(groups)
+        groups = fuse(g, inplace) if groups is None else list(groups)
         self.groups = groups  # every fusion group of g, in order (Executable.groups)
         producer = {id(n.out): k for k, n in enumerate(g.nodes)}
         out_ids = {id(v) for v in g.outputs}

@@ -59,7 +59,7 @@ def compile_graph(g, inplace: dict | None = None, family=None, groups: list | No
             {"float32", "float64"}:  # (the products' kernel compiles on another core
         gemm.prepare(LLTYPE[dt])  #     meanwhile: gemm.prepare)
     window.prepare(g)  # (and the timing modules of convolution paths to be measured)
-    groups = fuse(g) if groups is None else groups
+    groups = fuse(g, inplace or ()) if groups is None else groups
     if any(not grp.kind.trivial for grp in groups):
         try:  # (a group that does not lower raises while the driver builds its module)
             return driver.build(g, inplace, lambda: _hybrid_runner(g, inplace, groups),
@@ -93,7 +93,7 @@ def profiled(g, inplace: dict | None = None, groups: list | None = None) -> Prof
     """``g``'s plan as :func:`compile_graph` makes it, with a clock around every kernel: the
     driver's module built again with the time-stamp counter read in it (``driver._Ticks``),
     or the hybrid plan with clock readings between its groups."""
-    groups = fuse(g) if groups is None else groups
+    groups = fuse(g, inplace or ()) if groups is None else groups
     try:
         plan = driver.build(g, inplace, lambda: _hybrid_runner(g, inplace, groups), groups,
                             profile=True)
@@ -142,7 +142,7 @@ def compile_hybrid(g, inplace: dict | None = None, groups: list | None = None,
                                len(base) - 1, True)
     deferred = [(slot[id(g.nodes[k].out)], t) for k, t in inplace.items()]
     producer = {id(n.out): k for k, n in enumerate(g.nodes)}
-    groups = fuse(g) if groups is None else groups
+    groups = fuse(g, inplace) if groups is None else groups
     native = [grp for grp in groups if codegen.lowerable(g, grp)]
     kernels, sized = {}, None
     if native:
