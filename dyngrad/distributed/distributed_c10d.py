@@ -97,6 +97,22 @@ def broadcast(tensor: Tensor, src: int | None = None, group=None, async_op: bool
                         lambda: _written(tensor, buf)), async_op)
 
 
+def _one_per_rank(name: str, tensors: list, what: str, like: Tensor, g,
+                  outputs: bool) -> None:
+    """The list form's check: one tensor per rank, each of ``like``'s shape and dtype (the
+    outputs of an all-gather, the inputs of a reduce-scatter)."""
+    role, other = ("output", "input") if outputs else ("input", "output")
+    if len(tensors) != g.size():
+        raise ValueError(f"{name}: {what} has {len(tensors)} tensors but the world has "
+                         f"{g.size()} ranks: pass one {role} per rank")
+    for i, t in enumerate(tensors):
+        _check(name, t, f"{what}[{i}]", writes=outputs)
+        if t.shape != like.shape or t.dtype is not like.dtype:
+            raise ValueError(f"{name}: {what}[{i}] is {t.dtype.name} {list(t.shape)} but "
+                             f"the {other} is {like.dtype.name} {list(like.shape)}: each "
+                             f"{role} must have the {other}'s shape and dtype")
+
+
 def all_gather(tensor_list: list, tensor: Tensor, group=None,
                async_op: bool = False) -> Work | None:
     """Rank r's ``tensor`` into ``tensor_list[r]``, on every rank; each output has the
@@ -108,16 +124,7 @@ def all_gather(tensor_list: list, tensor: Tensor, group=None,
     check_modes("all_gather")
     g = resolve_group(group)
     _check("all_gather", tensor, "tensor", writes=False)
-    if len(tensor_list) != g.size():
-        raise ValueError(f"all_gather: tensor_list has {len(tensor_list)} tensors but the "
-                         f"world has {g.size()} ranks: pass one output per rank")
-    for i, t in enumerate(tensor_list):
-        _check("all_gather", t, f"tensor_list[{i}]", writes=True)
-        if t.shape != tensor.shape or t.dtype is not tensor.dtype:
-            raise ValueError(f"all_gather: tensor_list[{i}] is {t.dtype.name} "
-                             f"{list(t.shape)} but the input is {tensor.dtype.name} "
-                             f"{list(tensor.shape)}: each output must have the input's "
-                             f"shape and dtype")
+    _one_per_rank("all_gather", tensor_list, "tensor_list", tensor, g, outputs=True)
     send = contiguous(tensor._data)
     recv = np.empty(ALL_GATHER.shape(send.shape, g.size(), {}), dtype=send.dtype)
 
@@ -166,16 +173,7 @@ def reduce_scatter(output: Tensor, input_list: list, op: ReduceOp = ReduceOp.SUM
     check_modes("reduce_scatter")
     g = resolve_group(group)
     _check("reduce_scatter", output, "output", writes=True)
-    if len(input_list) != g.size():
-        raise ValueError(f"reduce_scatter: input_list has {len(input_list)} tensors but the "
-                         f"world has {g.size()} ranks: pass one input per rank")
-    for i, t in enumerate(input_list):
-        _check("reduce_scatter", t, f"input_list[{i}]", writes=False)
-        if t.shape != output.shape or t.dtype is not output.dtype:
-            raise ValueError(f"reduce_scatter: input_list[{i}] is {t.dtype.name} "
-                             f"{list(t.shape)} but the output is {output.dtype.name} "
-                             f"{list(output.shape)}: each input must have the output's "
-                             f"shape and dtype")
+    _one_per_rank("reduce_scatter", input_list, "input_list", output, g, outputs=False)
     mpi_reduction("reduce_scatter", op, output._data.dtype, g.mpi)
     send = np.stack([t._data for t in input_list])
     recv = np.empty(REDUCE_SCATTER.shape(send.shape, g.size(), {}), dtype=send.dtype)
