@@ -732,7 +732,7 @@ def test_in_place_pairs_that_lengthen_a_block_past_the_peak_are_refused(monkeypa
     from compiler.passes import fusion, memory
     monkeypatch.setattr(memory, "_ORDERS", {k: f for k, f in memory._ORDERS.items()
                                             if k != "last dying first"})
-    monkeypatch.setattr(fusion._Partition, "_sink", lambda self, order, deps, users: order)
+    monkeypatch.setattr(fusion._Partition, "_sink", lambda self, order, users: order)
 
     def plan_of(tries):
         monkeypatch.setattr(memory, "REFUSE_TRIES", tries)

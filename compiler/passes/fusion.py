@@ -538,7 +538,7 @@ class _Partition:
                    for m in self.members[r])
 
     # ------------------------------------------------------------ result
-    def _schedule(self, roots, deps, users, waiting) -> list:
+    def _schedule(self, roots, users, waiting) -> list:
         """The groups in an order that runs them correctly — topological, value-guard
         segments in order, then schedule order (each group where its earliest node was) —
         with a group moved later, to just before its first reader, when that keeps fewer
@@ -564,9 +564,9 @@ class _Partition:
                 waiting[u] -= 1
                 if not waiting[u]:
                     heapq.heappush(ready, (self.segment[u], self.first[u], u))
-        return self._sink(order, deps, users)
+        return self._sink(order, users)
 
-    def _sink(self, order: list, deps: dict, users: dict) -> list:
+    def _sink(self, order: list, users: dict) -> list:
         nodes, find = self.nodes, self.find
         readers: dict = {}  # value's producing node -> the groups reading it
         for r in order:
@@ -615,7 +615,7 @@ class _Partition:
             for d in ds:
                 users[d].append(r)
         waiting = {r: len(ds) for r, ds in deps.items()}
-        order = self._schedule(roots, deps, users, waiting)
+        order = self._schedule(roots, users, waiting)
         assert len(order) == len(roots), "fusion: the groups form a cycle"
         out_ids = {id(v) for v in g.outputs} | {id(gd.value) for gd in g.guards}
         result = []
