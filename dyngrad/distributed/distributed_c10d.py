@@ -113,6 +113,19 @@ def _one_per_rank(name: str, tensors: list, what: str, like: Tensor, g,
                              f"{role} must have the {other}'s shape and dtype")
 
 
+def _all_blocks(name: str, whole: Tensor, what: str, block: Tensor, role: str,
+                w: int) -> tuple:
+    """The tensor form's check: ``whole`` holds one ``block`` per rank, concatenated along
+    dim 0 or stacked, of ``block``'s dtype; returns the concatenated shape."""
+    s = tuple(block.shape)
+    concatenated = ALL_GATHER.shape(s, w, {})
+    if whole.shape not in (concatenated, (w, *s)) or whole.dtype is not block.dtype:
+        raise ValueError(f"{name}: {what} is {whole.dtype.name} {list(whole.shape)} but "
+                         f"{w} ranks' {block.dtype.name} {list(s)} {role}s need "
+                         f"{list(concatenated)} (concatenated) or {[w, *s]} (stacked)")
+    return concatenated
+
+
 def all_gather(tensor_list: list, tensor: Tensor, group=None,
                async_op: bool = False) -> Work | None:
     """Rank r's ``tensor`` into ``tensor_list[r]``, on every rank; each output has the
@@ -147,14 +160,8 @@ def all_gather_into_tensor(output_tensor: Tensor, input_tensor: Tensor, group=No
     g = resolve_group(group)
     _check("all_gather_into_tensor", input_tensor, "input_tensor", writes=False)
     _check("all_gather_into_tensor", output_tensor, "output_tensor", writes=True)
-    s, w = tuple(input_tensor.shape), g.size()
-    concatenated = ALL_GATHER.shape(s, w, {})
-    if output_tensor.shape not in (concatenated, (w, *s)) or \
-            output_tensor.dtype is not input_tensor.dtype:
-        raise ValueError(f"all_gather_into_tensor: output_tensor is {output_tensor.dtype.name} "
-                         f"{list(output_tensor.shape)} but {w} ranks' "
-                         f"{input_tensor.dtype.name} {list(s)} inputs need "
-                         f"{list(concatenated)} (concatenated) or {[w, *s]} (stacked)")
+    concatenated = _all_blocks("all_gather_into_tensor", output_tensor, "output_tensor",
+                               input_tensor, "input", g.size())
     send = contiguous(input_tensor._data)
     recv = contiguous(output_tensor._data).reshape(concatenated)
     if np.may_share_memory(send, recv):  # (the input a block of the output, PyTorch's in-place
@@ -194,13 +201,8 @@ def reduce_scatter_tensor(output: Tensor, input: Tensor, op: ReduceOp = ReduceOp
     g = resolve_group(group)
     _check("reduce_scatter_tensor", input, "input", writes=False)
     _check("reduce_scatter_tensor", output, "output", writes=True)
-    s, w = tuple(output.shape), g.size()
-    concatenated = ALL_GATHER.shape(s, w, {})
-    if input.shape not in (concatenated, (w, *s)) or output.dtype is not input.dtype:
-        raise ValueError(f"reduce_scatter_tensor: input is {input.dtype.name} "
-                         f"{list(input.shape)} but an {output.dtype.name} {list(s)} output "
-                         f"on {w} ranks needs {list(concatenated)} (concatenated) or "
-                         f"{[w, *s]} (stacked)")
+    w = g.size()
+    concatenated = _all_blocks("reduce_scatter_tensor", input, "input", output, "output", w)
     mpi_reduction("reduce_scatter_tensor", op, output._data.dtype, g.mpi)
     send = contiguous(input._data).reshape(concatenated)
     recv = np.empty(REDUCE_SCATTER.shape(send.shape, w, {}), dtype=send.dtype)
