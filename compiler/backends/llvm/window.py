@@ -478,6 +478,8 @@ class Direct:
     sw: int = 1
     dh: int = 1
     dw: int = 1
+    shift: tuple = (0, 0)  # (rows, columns) every read is moved by: a correlation reading
+    #                        planes staged for a larger window (_transpose_phases' shared ones)
 
     @property
     def rows(self) -> int:  # k's range
@@ -496,8 +498,10 @@ class Direct:
     def offsets(self) -> list:
         """``off(k)`` for each ``k`` of a group, in order."""
         at = {ph: i for i, ph in enumerate(self.phases)}
+        dy, dx = self.shift
         return [c * self.plane + (at[ki * self.dh % self.sh, kj * self.dw % self.sw] * self.Hp
-                                  + ki * self.dh // self.sh) * self.Wp + kj * self.dw // self.sw
+                                  + ki * self.dh // self.sh + dy) * self.Wp
+                + kj * self.dw // self.sw + dx
                 for c in range(self.cin) for ki in range(self.KH) for kj in range(self.KW)]
 
 
@@ -763,36 +767,54 @@ def _transpose_phases(geo: Geometry) -> list | None:
     """The input gradient of ``geo``'s strided convolution (dilation 1) as one stride-1
     correlation per phase: with ``a = (Y + ph) mod sh``, ``dx[c, Y] = sum over o, m of
     W[o, c, a + sh·m] · dy[o, (Y + ph - a)/sh - m]`` (columns likewise) — the window's rows
-    ``a, a + sh, ...`` flipped, over ``dy`` bordered; None where that does not apply."""
+    ``a, a + sh, ...`` flipped, over ``dy`` bordered; None where that does not apply.
+
+    Every phase reads the same ``dy``: their correlations share one staging of it, bordered
+    for the widest of them (each phase's reads moved by its border's difference: ``shift``),
+    so a sample's ``dy`` is staged once, not once per phase."""
     if geo.dh != 1 or geo.dw != 1 or max(geo.sh, geo.sw) > MAX_STAGED_STRIDE or \
             max(geo.sh, geo.sw) == 1:
         return None
     kk = geo.KH * geo.KW
-    out = []
+    spans = []  # (a, b, y0, x0, rows, cols, kh, kw)
     for a in range(geo.sh):
         y0, y1 = max(0, -(-(geo.ph - a) // geo.sh)), (geo.H - 1 + geo.ph - a) // geo.sh + 1
         for b_ in range(geo.sw):
             x0, x1 = max(0, -(-(geo.pw - b_) // geo.sw)), (geo.W - 1 + geo.pw - b_) // geo.sw + 1
             if y1 <= y0 or x1 <= x0:
                 continue
-            kh, kw = len(range(a, geo.KH, geo.sh)), len(range(b_, geo.KW, geo.sw))
-            d = None
-            if kh and kw:
-                woff = tuple(o * geo.cg * kk + (a + geo.sh * (kh - 1 - m)) * geo.KW
-                             + b_ + geo.sw * (kw - 1 - n)
-                             for o in range(geo.og) for m in range(kh) for n in range(kw))
-                d = Direct(geo.N, geo.Co, geo.OH, geo.OW, kh - 1 - y0, kw - 1 - x0,
-                           y1 - y0 + kh - 1, x1 - x0 + kw - 1, geo.G, geo.og, geo.cg,
-                           y1 - y0, x1 - x0, kh, kw, kk, geo.og * geo.cg * kk, woff)
-            out.append(_Phase(a, b_, y0, x0, y1 - y0, x1 - x0, d))
+            spans.append((a, b_, y0, x0, y1 - y0, x1 - x0, len(range(a, geo.KH, geo.sh)),
+                          len(range(b_, geo.KW, geo.sw))))
+    reads = [s for s in spans if s[6] and s[7]]
+    if not reads:
+        return [_Phase(a, b_, y0, x0, rows, cols, None)
+                for a, b_, y0, x0, rows, cols, _, _ in spans]
+    # the shared staging: dy placed at (top, left) in planes of Hp x Wp, as deep into its
+    # border as the phase reaching furthest before it needs, as wide as the furthest after
+    top = max(kh - 1 - y0 for _, _, y0, _, _, _, kh, _ in reads)
+    left = max(kw - 1 - x0 for _, _, _, x0, _, _, _, kw in reads)
+    Hp = max(top - (kh - 1 - y0) + rows + kh - 1 for _, _, y0, _, rows, _, kh, _ in reads)
+    Wp = max(left - (kw - 1 - x0) + cols + kw - 1 for _, _, _, x0, _, cols, _, kw in reads)
+    Hp, Wp = max(Hp, top + geo.OH), max(Wp, left + geo.OW)
+    out = []
+    for a, b_, y0, x0, rows, cols, kh, kw in spans:
+        d = None
+        if kh and kw:
+            woff = tuple(o * geo.cg * kk + (a + geo.sh * (kh - 1 - m)) * geo.KW
+                         + b_ + geo.sw * (kw - 1 - n)
+                         for o in range(geo.og) for m in range(kh) for n in range(kw))
+            d = Direct(geo.N, geo.Co, geo.OH, geo.OW, top, left, Hp, Wp, geo.G, geo.og,
+                       geo.cg, rows, cols, kh, kw, kk, geo.og * geo.cg * kk, woff,
+                       shift=(top - (kh - 1 - y0), left - (kw - 1 - x0)))
+        out.append(_Phase(a, b_, y0, x0, rows, cols, d))
     return out
 
 
 def _conv_transpose_phased(b: WindowBuilder, name: str, geo: Geometry, phases: list) -> None:
-    """``i32 @<name>q_samples(dy, w, dx, n0, step)`` (as ``_samples_fn``'s): per sample and
-    phase (:func:`_transpose_phases`), ``dy`` staged for the phase's correlation, which the
-    tile functions of :func:`_conv_direct` compute into a buffer of the phase's positions;
-    then those are written to their places in ``dx`` (zeros for a phase no window element
+    """``i32 @<name>q_samples(dy, w, dx, n0, step)`` (as ``_samples_fn``'s): per sample, ``dy``
+    staged once for all the phases' correlations (:func:`_transpose_phases`); per phase, the
+    tile functions of :func:`_conv_direct` compute its positions into a buffer; then those
+    are written to their places in ``dx`` (zeros for a phase no window element
     reaches). Each ``dx`` element is one chain of multiply-adds over (output channel, window
     row, window column): the same bits alone as in a batch."""
     ty, size = b.ty, _size(b.ty)
@@ -814,13 +836,15 @@ def _conv_transpose_phased(b: WindowBuilder, name: str, geo: Geometry, phases: l
         e.line(f"call void @free(ptr {tmp})")
         e.line(f"ret i32 {ALLOC_FAILED}")
     HW, OHW = geo.H * geo.W, geo.OH * geo.OW
+    staged = next((p.d for p in phases if p.d), None)  # (the phases' shared staging)
+    if staged is not None:  # (its border: zeros, written once; each sample its inside)
+        e.line(f"call void @llvm.memset.p0.i64(ptr {xp}, i8 0, i64 {xbytes}, i1 false)")
     with e.rolled_loop("%n0", literal(geo.N, "i64"), "%step", scalar=True) as s:
         dx = e.gep(ty, "%y", _i(e, "mul", s, geo.C * HW))
+        if staged is not None:
+            _stage(e, ty, staged, e.gep(ty, "%x", _i(e, "mul", s, geo.Co * OHW)), xp)
         for i, ph in enumerate(phases):
             if ph.d is not None:
-                e.line(f"call void @llvm.memset.p0.i64(ptr {xp}, i8 0, i64 "
-                       f"{_staged_bytes(ty, ph.d)}, i1 false)")
-                _stage(e, ty, ph.d, e.gep(ty, "%x", _i(e, "mul", s, geo.Co * OHW)), xp)
                 _direct_groups(e, ty, f"{name}p{i}", ph.d, xp, e.gep(ty, tmp, offsets[i]))
         # the phases' positions to their places, a row of dx at a time: phase (a, b)'s
         # columns are sw·x + (b - pw) mod sw, so a row's phases interleave (one loop
