@@ -670,14 +670,24 @@ def _direct_groups(e: Emitter, ty: str, name: str, d: Direct, xp: str, y: str) -
                    f"{e.gep(ty, wg, first * d.wrow)}, ptr {e.gep(ty, yg, first * P_)})")
 
 
-def _stage(e: Emitter, ty: str, d: Direct, src: str, dst: str) -> None:
-    """One sample's ``C`` planes of ``H x W`` at ``src`` into its staged planes at ``dst``
-    (:class:`Direct`; the zeros around written before, once): per phase, the rows and
-    columns of the input that it holds, each range found by arithmetic."""
-    HW = d.H * d.W
+def _spans(d: Direct) -> list:
+    """Per phase of ``d``'s staged planes: ``(i, a, b, y0, y1, x0, x1)`` — the rows
+    ``[y0, y1)`` and columns ``[x0, x1)`` of its plane that hold input (the rest: zeros)."""
+    out = []
     for i, (a, b) in enumerate(d.phases):
         y0, y1 = max(0, -(-(d.top - a) // d.sh)), min(d.Hp, (d.H - 1 + d.top - a) // d.sh + 1)
         x0, x1 = max(0, -(-(d.left - b) // d.sw)), min(d.Wp, (d.W - 1 + d.left - b) // d.sw + 1)
+        out.append((i, a, b, y0, y1, x0, x1))
+    return out
+
+
+def _stage(e: Emitter, ty: str, d: Direct, src: str, dst: str) -> None:
+    """One sample's ``C`` planes of ``H x W`` at ``src`` into its staged planes at ``dst``
+    (:class:`Direct`; the zeros around written before, once, or by :func:`_zero_border`):
+    per phase, the rows and columns of the input that it holds, each range found by
+    arithmetic."""
+    HW = d.H * d.W
+    for i, a, b, y0, y1, x0, x1 in _spans(d):
         if y1 <= y0 or x1 <= x0:
             continue
         with e.rolled_loop(0, d.C, scalar=True) as c:
@@ -694,6 +704,33 @@ def _stage(e: Emitter, ty: str, d: Direct, src: str, dst: str) -> None:
                     q = _i(e, "sub", _i(e, "add", _i(e, "mul", x, d.sw), b), d.left)
                     e.line(f"store {ty} {e.emit(f'load {ty}, ptr {e.gep(ty, at, q)}')}, "
                            f"ptr {e.gep(ty, to, x)}")
+
+
+def _zero_border(e: Emitter, ty: str, d: Direct, dst: str) -> None:
+    """The zeros of one sample's staged planes at ``dst`` — every element :func:`_stage`
+    does not write — and nothing else (a whole plane's memset wrote most of it twice)."""
+    size = _size(ty)
+
+    def zero(at: str, count) -> None:
+        e.line(f"call void @llvm.memset.p0.i64(ptr {at}, i8 0, i64 {count * size}, i1 false)")
+    with e.rolled_loop(0, d.C, scalar=True) as c:
+        base = e.gep(ty, dst, _i(e, "mul", c, d.plane))
+        for i, _, _, y0, y1, x0, x1 in _spans(d):
+            plane = e.gep(ty, base, i * d.Hp * d.Wp)
+            if y1 <= y0 or x1 <= x0:
+                zero(plane, d.Hp * d.Wp)
+                continue
+            if y0:
+                zero(plane, y0 * d.Wp)
+            if y1 < d.Hp:
+                zero(e.gep(ty, plane, y1 * d.Wp), (d.Hp - y1) * d.Wp)
+            if x0 or x1 < d.Wp:
+                with e.rolled_loop(y0, y1, scalar=True) as y:
+                    row = e.gep(ty, plane, _i(e, "mul", y, d.Wp))
+                    if x0:
+                        zero(row, x0)
+                    if x1 < d.Wp:
+                        zero(e.gep(ty, row, x1), d.Wp - x1)
 
 
 def _stage_pairs(e: Emitter, ty: str, at: str, to: str, x0: int, x1: int, c: int,
@@ -1153,11 +1190,10 @@ def _weight_grad_staged(b: WindowBuilder, name: str, geo: Geometry, ins: list,
     b.helpers.append(e.function(f"define internal void @{name}_task(ptr noalias %xs, "
                                 f"ptr noalias %g, ptr noalias %dw, i64 %t)"))
 
-    e = Emitter()  # void @<name>_stage(x, xs, s): sample s staged (zeros first)
+    e = Emitter()  # void @<name>_stage(x, xs, s): sample s staged (its zeros, its input)
     e.label("entry")
     xs_s = e.gep(ty, "%xs", _i(e, "mul", "%s", geo.C * d.plane))
-    e.line(f"call void @llvm.memset.p0.i64(ptr {xs_s}, i8 0, i64 {geo.C * d.plane * size}, "
-           f"i1 false)")
+    _zero_border(e, ty, d, xs_s)
     _stage(e, ty, d, e.gep(ty, "%x", _i(e, "mul", "%s", geo.C * HW)), xs_s)
     e.line("ret void")
     b.helpers.append(e.function(f"define internal void @{name}_stage(ptr noalias %x, "
