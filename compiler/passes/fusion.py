@@ -73,7 +73,7 @@ import heapq
 from dataclasses import dataclass
 
 from ..ir import Graph, VerifyError
-from ..prims import CONSTANT, ELEMENTWISE, PERMUTE, REDUCTION, traits
+from ..prims import CONCAT, CONSTANT, ELEMENTWISE, PERMUTE, REDUCTION, traits
 
 
 class GroupKind(enum.StrEnum):
@@ -514,22 +514,38 @@ class _Partition:
         permute alone — one kernel maps each output element back through the whole chain
         (``MoveBuilder``). nanoGPT's heads, split from the fused qkv product as ``slice →
         reshape → permute``, are then one copy reading the product's output where it is,
-        not two. (Not into a pad or a concat: a plain pad's kernel copies whole rows, which
-        a chain's element-by-element mapping would lose.)"""
-        nodes, roles, succs = self.nodes, self.roles, self.succs
+        not two. A concat takes its pieces' copies the same way (the heads' gradients, put
+        back together by ``passes/pads.py``: one kernel writes the qkv gradient from the
+        attention backward's output). (Not into a pad: a plain pad's kernel copies whole
+        rows, which a chain's element-by-element mapping would lose.)"""
+        nodes, roles = self.nodes, self.roles
         for i, n in enumerate(nodes):
-            if roles[i] != "own" or n.prim is not PERMUTE:
+            if roles[i] != "own" or n.prim not in (PERMUTE, CONCAT):
                 continue
             for p in sorted(set(self.preds[i])):
-                rp = self.find(p)
-                if rp == self.find(i) or self.external[p] or any(u != i for u in succs[p]) \
-                        or not self._moves_only(rp) or \
-                        all(traits(nodes[m].prim).relabels for m in self.members[rp]):
-                    continue
-                if any(self.external[m] or any(self.find(u) != rp for u in succs[m])
-                       for m in self.members[rp] if m != p):
-                    continue  # (another of its values is read elsewhere)
-                self.try_merge(p, i, check=False)
+                if self._feeds_only(p, i) and self._relabels(p):
+                    # reshapes alone (aliases, free): taken only with the copy before them
+                    q = sorted(set(self.preds[p]))
+                    if len(self.members[self.find(p)]) == 1 and len(q) == 1 and \
+                            self._feeds_only(q[0], p) and not self._relabels(q[0]):
+                        self.try_merge(p, i, check=False)
+                        self.try_merge(q[0], i, check=False)
+                elif self._feeds_only(p, i):
+                    self.try_merge(p, i, check=False)
+
+    def _feeds_only(self, p: int, i: int) -> bool:
+        """Whether node ``p``'s group only moves data and is read by node ``i`` alone,
+        through ``p`` (every other value of it read inside it)."""
+        rp = self.find(p)
+        if rp == self.find(i) or self.external[p] or any(u != i for u in self.succs[p]) \
+                or not self._moves_only(rp):
+            return False
+        return not any(self.external[m] or any(self.find(u) != rp for u in self.succs[m])
+                       for m in self.members[rp] if m != p)
+
+    def _relabels(self, p: int) -> bool:
+        """Whether node ``p``'s group only relabels (reshapes: an alias, no copy)."""
+        return all(traits(self.nodes[m].prim).relabels for m in self.members[self.find(p)])
 
     def _moves_only(self, r: int) -> bool:
         """Whether group ``r`` only moves data (index maps and movement nodes; no constant

@@ -292,7 +292,7 @@ PAD = Primitive("pad", "movement", _pad_impl, _pad_rule, vjp=_pad_vjp,
 # ------------------------------------------------------------------ concat
 
 
-def _concat_rule(*xs, axis):
+def _concat_rule(*xs, axis, plus_zero=False):
     first = xs[0]
     nd = len(first.shape)
     for x in xs:
@@ -328,9 +328,18 @@ def _concat_jvp(ts, xs, y, p):
     return dispatch(CONCAT, *parts, axis=p["axis"])
 
 
-CONCAT = Primitive("concat", "movement",
-                   lambda *xs, axis: np.concatenate(xs, axis=axis), _concat_rule,
-                   vjp=_concat_vjp, jvp=_concat_jvp)
+def _concat_impl(*xs, axis, plus_zero=False):
+    out = np.concatenate(xs, axis=axis)
+    if plus_zero:  # (x + 0.0: -0.0 becomes +0.0, all else stays)
+        np.add(out, out.dtype.type(0), out=out)
+    return out
+
+
+CONCAT = Primitive("concat", "movement", _concat_impl, _concat_rule,
+                   vjp=_concat_vjp, jvp=_concat_jvp,
+                   doc="join along ``axis``; ``plus_zero`` (the compiler's, never eager's: "
+                       "compiler/passes/pads.py) adds +0.0 to every element, as the sum of "
+                       "the slices' gradients it stands for does")
 
 # ------------------------------------------------------------------ front end
 

@@ -249,7 +249,7 @@ class MoveBuilder(KernelBuilder):
                 raise NotImplementedError("LLVM movement codegen: an input's dtype")
         self.ptr = {id(v): f"%a{k}" for k, v in enumerate(layout)}
         self.label("entry")
-        pad = self._plain_pad()
+        pad, joined = self._plain_pad(), self._pieces()
         # the outermost loop: rows of the pad, else the output's first dim above 1
         dims = [d for d, n in enumerate(out.shape) if n != 1]
         outer = math.prod(out.shape[:-1]) if pad is not None else \
@@ -258,6 +258,8 @@ class MoveBuilder(KernelBuilder):
         lo, hi = ("%lo", "%hi") if per else (0, outer)
         if pad is not None:
             self._pad_rows(pad, f"%a{len(grp.inputs)}", lo, hi)
+        elif joined is not None:
+            self._copy_pieces(joined, f"%a{len(grp.inputs)}", lo, hi)
         else:
             self._copy_nested(out, f"%a{len(grp.inputs)}", lo, hi)
         self.line("ret void")
@@ -294,6 +296,41 @@ class MoveBuilder(KernelBuilder):
             p = self.emit(f"getelementptr inbounds {self.ty}, ptr {out_ptr}, "
                           f"i64 {self._flat(idx, out.shape)}")
             self.line(f"store {self.ty} {val}, ptr {p}")
+
+    def _pieces(self):
+        """The group's output node when it is a ``concat`` along a dim after the output's
+        first one above 1 (the copy's outer loop), else None."""
+        out = self.group.outputs[0]
+        n = self.producer.get(id(out))
+        if n is None or n.prim is not P.CONCAT:
+            return None
+        dims = [d for d, m in enumerate(out.shape) if m != 1]
+        return n if dims and n.params["axis"] > dims[0] else None
+
+    def _copy_pieces(self, n, out_ptr: str, lo, hi) -> None:
+        """A concat (:meth:`_pieces`) a piece at a time: each input's elements copied (through
+        the chain that makes it) into its range of the output — no select among every
+        input's element at each position, and contiguous runs where a piece has them."""
+        out, axis, start = n.out, n.params["axis"], 0
+        dims = [d for d, m in enumerate(out.shape) if m != 1]
+        for x in n.inputs:
+            size = x.shape[axis]
+            if size:
+                idx = ["0"] * len(out.shape)
+                with contextlib.ExitStack() as stack:
+                    inner = [d for d in dims if d != axis or size != 1]
+                    for k, d in enumerate(inner):
+                        first, stop = (lo, hi) if k == 0 else (0, x.shape[d])
+                        idx[d] = stack.enter_context(
+                            self.rolled_loop(first, stop, scalar=k < len(inner) - 1))
+                    val = _plus_zero(self, n, self.value_at(x, idx))
+                    at = list(idx)
+                    at[axis] = idx[axis] if not start else \
+                        self.emit(f"add i64 {idx[axis]}, {start}")
+                    p = self.emit(f"getelementptr inbounds {self.ty}, ptr {out_ptr}, "
+                                  f"i64 {self._flat(at, out.shape)}")
+                    self.line(f"store {self.ty} {val}, ptr {p}")
+            start += size
 
     def _plain_pad(self):
         """The group's node when it is one ``pad`` of an input by non-negative widths with
@@ -433,4 +470,11 @@ def _concat(b: MoveBuilder, n, v, idx: list) -> str:
         result = val if result is None else b.emit(
             f"select i1 {inside}, {b.ty} {val}, {b.ty} {result}")
         start += size
-    return result
+    return _plus_zero(b, n, result)
+
+
+def _plus_zero(b: MoveBuilder, n, val: str) -> str:
+    """``val + 0.0`` for a concat with ``plus_zero`` (compiler/passes/pads.py), else ``val``."""
+    if n.params.get("plus_zero") and b.ty in ("float", "double"):
+        return b.emit(f"fadd {b.ty} {val}, {literal(0.0, b.ty)}")
+    return val

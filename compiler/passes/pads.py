@@ -1,0 +1,106 @@
+"""Slices' gradients put back together: a sum of zero pads with disjoint supports becomes
+one concat.
+
+A tensor split into slices (``qkv.split(n_embd, dim=2)``: three ``slice`` nodes) gets its
+gradient as the sum of each slice's gradient padded back to the whole with zeros — the vjp
+of ``slice`` is ``pad`` — so the backward writes three tensors of the whole's size, mostly
+zeros, and adds them (nanoGPT's attention: per layer, three pads of 12x64x384 and an add,
+~0.25 ms of W8's step). Where the pads all widen one axis and their pieces tile a run of it,
+the sum is that run's concat of the pieces, padded to the whole if the run is shorter.
+
+Exact, bit for bit: each element of the sum is one piece's element plus zeros, ``x + 0.0``
+in whatever order — ``x`` itself, except that ``-0.0`` becomes ``+0.0`` (and NaN stays a
+NaN) — which the concat's ``plus_zero`` computes for floating dtypes (integers add exactly
+and have no signed zero). So the interpreter runs it too.
+"""
+
+from __future__ import annotations
+
+from .. import prims as P
+from ..ir import Graph, Node, Value
+
+
+def _axis(pad: Node, shape: tuple) -> int | None:
+    """The one axis a plain zero ``pad`` (no interior padding) widens, else None."""
+    if pad.params.get("value") != 0 or type(pad.params.get("value")) is bool:
+        return None
+    axes = [d for d, (lo, hi, it) in enumerate(pad.params["pads"]) if lo or hi or it]
+    if len(axes) != 1 or any(it for _, _, it in pad.params["pads"]) or \
+            any(lo < 0 or hi < 0 for lo, hi, _ in pad.params["pads"]) or \
+            tuple(pad.out.shape) != tuple(shape):
+        return None
+    return axes[0]
+
+
+def pads_to_concat(g: Graph) -> Graph:
+    made = {id(n.out): n for n in g.nodes}
+    uses: dict[int, int] = {}
+    for n in g.nodes:
+        for x in n.inputs:
+            if isinstance(x, Value):
+                uses[id(x)] = uses.get(id(x), 0) + 1
+    for v in g.outputs + [gd.value for gd in g.guards]:
+        uses[id(v)] = uses.get(id(v), 0) + 2  # (kept as it is: never folded into a sum)
+
+    def plain_add(n: Node) -> bool:
+        return n.prim is P.ADD and len(n.inputs) == 2 and all(
+            isinstance(x, Value) and tuple(x.shape) == tuple(n.out.shape)
+            and x.dtype is n.out.dtype for x in n.inputs)
+
+    def leaves(v: Value, out: list) -> bool:
+        n = made.get(id(v))
+        if n is None:
+            return False
+        if n.prim is P.PAD:
+            out.append(n)
+            return True
+        return plain_add(n) and uses.get(id(v)) == 1 and \
+            all(leaves(x, out) for x in n.inputs)
+
+    absorbed: set = set()
+    rewritten: list = []
+    for n in reversed(g.nodes):
+        if id(n) in absorbed or not plain_add(n) or n.out.weak or n.out.dtype is None or \
+                n.out.dtype.name == "bool":
+            continue
+        pads: list = []
+        if not all(leaves(x, pads) for x in n.inputs):
+            continue
+        axes = {_axis(p, n.out.shape) for p in pads}
+        if len(axes) != 1 or None in axes:
+            continue
+        axis = axes.pop()
+        size = n.out.shape[axis]
+        spans = sorted((p.params["pads"][axis][0], size - p.params["pads"][axis][1], p)
+                       for p in pads)
+        if any(a[1] != b[0] for a, b in zip(spans, spans[1:])):
+            continue  # (overlapping or with a gap between: not one concat)
+        first, last = spans[0][0], spans[-1][1]
+        stack = list(n.inputs)
+        while stack:  # (the adds inside the tree: dead once the root is rewritten)
+            m = made[id(stack.pop())]
+            if m.prim is P.ADD:
+                absorbed.add(id(m))
+                stack.extend(m.inputs)
+        rewritten.append((n, [p.inputs[0] for _, _, p in spans], axis, first, last))
+    for n, pieces, axis, first, last in rewritten:
+        params = {"axis": axis, "plus_zero": n.out.dtype.name.startswith(("float", "complex"))}
+        if first == 0 and last == n.out.shape[axis]:
+            n.prim, n.inputs, n.params = P.CONCAT, pieces, params
+            continue
+        shape = list(n.out.shape)
+        shape[axis] = last - first
+        joined = g.new_value(tuple(shape), n.out.dtype)
+        node = Node(P.CONCAT, pieces, params, joined)
+        joined.producer = node
+        at = g.nodes.index(n)
+        g.nodes.insert(at, node)
+        for gd in g.guards:  # (a value guard after the sum runs after one node more)
+            if gd.after > at:
+                gd.after += 1
+        if n.out.id in g.late:
+            g.late.add(joined.id)
+        pads = [(0, 0, 0)] * len(shape)
+        pads[axis] = (first, n.out.shape[axis] - last, 0)
+        n.prim, n.inputs, n.params = P.PAD, [joined], {"pads": tuple(pads), "value": 0}
+    return g
