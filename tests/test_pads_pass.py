@@ -180,3 +180,42 @@ def test_a_compiled_split_equals_eager_bit_for_bit(backend):
     graph = cf.variants[0].trace.graph
     names = [n.prim.name for n in graph.nodes]
     assert "concat" in names and "pad" not in names
+
+
+def attention_backward_graph(causal: bool):
+    """``flash_attention_backward`` given its output gradient padded with a zero logsumexp
+    column, as the vjp of the output's slice makes it; the arrays to run it on."""
+    rng = np.random.default_rng(5)
+    B, L, S, E = 3, 7, 9 if not causal else 7, 5
+    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in
+               ((B, L, E), (B, S, E), (B, S, E)))
+    params = {"scale": 0.4, "causal": causal}
+    o = P["flash_attention"].impl(q, k, v, **params)
+    dy = rng.standard_normal((B, L, E)).astype(np.float32)
+    dy.flat[0] = -0.0
+    g = Graph()
+    xs = [g.add_input(a.shape, F32) for a in (q, k, v, o, dy)]
+    do = pad_axis(g, xs[4], 2, 0, 1)
+    g.outputs = [op(g, "flash_attention_backward", *xs[:4], do, **params)]
+    verify(g)
+    return g, [q, k, v, o, dy]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_the_attention_backward_reads_its_output_gradient_unpadded(causal):
+    g, arrays_ = attention_backward_graph(causal)
+    h = rewritten(attention_backward_graph(causal)[0])
+    assert [n.prim.name for n in h.nodes] == ["flash_attention_backward"]
+    assert h.nodes[0].inputs[4] is h.inputs[4]
+    for build in (interp.compile_graph, runner.compile_graph):
+        assert same_bits(build(h).run(arrays_, [])[0], build(g).run(arrays_, [])[0])
+
+
+def test_the_attention_backward_names_a_wrong_output_gradient():
+    g, _ = attention_backward_graph(False)
+    q, k, v, o, dy = (x.aval() for x in g.inputs)
+    bad = dg.ops.primitive.AbstractValue((3, 7, 4), F32)
+    with pytest.raises(RuntimeError, match=r"flash_attention_backward: expected the output "
+                       r"of shape \[3, 7, 6\] and its gradient .* got \[3, 7, 6\] and "
+                       r"\[3, 7, 4\]"):
+        P["flash_attention_backward"].shape(q, k, v, o, bad, scale=1.0, causal=False)

@@ -8,6 +8,12 @@ zeros, and adds them (nanoGPT's attention: per layer, three pads of 12x64x384 an
 ~0.25 ms of W8's step). Where the pads all widen one axis and their pieces tile a run of it,
 the sum is that run's concat of the pieces, padded to the whole if the run is shorter.
 
+The attention backward's zero-padded output gradient is read unpadded the same way: the
+fused forward's output carries the row's logsumexp as an extra column, which a user's
+output does not include (a slice), so the gradient the backward is given is the output's
+padded with a zero column; ``flash_attention_backward`` takes the output's gradient alone
+as meaning that zero (:func:`unpadded_attention_gradients`).
+
 Exact, bit for bit: each element of the sum is one piece's element plus zeros, ``x + 0.0``
 in whatever order — ``x`` itself, except that ``-0.0`` becomes ``+0.0`` (and NaN stays a
 NaN) — which the concat's ``plus_zero`` computes for floating dtypes (integers add exactly
@@ -33,6 +39,7 @@ def _axis(pad: Node, shape: tuple) -> int | None:
 
 
 def pads_to_concat(g: Graph) -> Graph:
+    g = unpadded_attention_gradients(g)
     made = {id(n.out): n for n in g.nodes}
     uses: dict[int, int] = {}
     for n in g.nodes:
@@ -103,4 +110,21 @@ def pads_to_concat(g: Graph) -> Graph:
         pads = [(0, 0, 0)] * len(shape)
         pads[axis] = (first, n.out.shape[axis] - last, 0)
         n.prim, n.inputs, n.params = P.PAD, [joined], {"pads": tuple(pads), "value": 0}
+    return g
+
+
+def unpadded_attention_gradients(g: Graph) -> Graph:
+    """A ``flash_attention_backward`` reading its output gradient padded with a zero
+    logsumexp column reads it unpadded (the primitive's rule: that column's gradient is
+    then zero, as the pad made it)."""
+    for n in g.nodes:
+        if n.prim is not P.FLASH_ATTENTION_BACKWARD:
+            continue
+        do = n.inputs[4]
+        pad = do.producer if isinstance(do, Value) else None
+        if pad is None or pad.prim is not P.PAD or pad.params.get("value") != 0:
+            continue
+        pads = tuple(tuple(p) for p in pad.params["pads"])
+        if pads == ((0, 0, 0),) * (len(pads) - 1) + ((0, 1, 0),):
+            n.inputs[4] = pad.inputs[0]
     return g

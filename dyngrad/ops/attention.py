@@ -94,7 +94,10 @@ def _flash_backward_impl(q, k, v, o, do, mask=None, *, scale, causal, plain=Fals
     if not plain:  # dead rows: exp(-inf) (plain: exp(-inf + inf), NaN)
         lse = np.where(dead, lse.dtype.type(0), lse)
     p = np.exp(s - lse)
-    g, dlse = do[..., :-1], do[..., -1:]
+    if do.shape[-1] == v.shape[-1]:  # (the output's gradient alone: the logsumexp's is zero)
+        g, dlse = do, np.zeros(do.shape[:-1] + (1,), do.dtype)
+    else:
+        g, dlse = do[..., :-1], do[..., -1:]
     delta = (g * o[..., :-1]).sum(-1, keepdims=True)
     ds = p * (np.matmul(g, np.swapaxes(v, -1, -2)) - delta + dlse)
     if plain:  # a dead row's dS is zero (Note (plain))
@@ -144,10 +147,11 @@ def _flash_rule(q, k, v, mask=None, *, scale, causal, plain=False):
 def _flash_backward_rule(q, k, v, o, do, mask=None, *, scale, causal, plain=False):
     _check("flash_attention_backward", q, k, v, mask)
     packed = tuple(q.shape[:-1]) + (v.shape[-1] + 1,)
-    if tuple(o.shape) != packed or tuple(do.shape) != packed or o.dtype is not q.dtype \
-            or do.dtype is not q.dtype:
-        raise RuntimeError(f"flash_attention_backward: expected the output and its gradient "
-                           f"of shape {list(packed)}, got {list(o.shape)} and "
+    if tuple(o.shape) != packed or tuple(do.shape) not in (packed, packed[:-1] + (
+            v.shape[-1],)) or o.dtype is not q.dtype or do.dtype is not q.dtype:
+        raise RuntimeError(f"flash_attention_backward: expected the output of shape "
+                           f"{list(packed)} and its gradient of that shape (or without the "
+                           f"logsumexp's column: its gradient zero), got {list(o.shape)} and "
                            f"{list(do.shape)}")
     L, E = q.shape[-2:]
     S, Ev = v.shape[-2:]
@@ -301,7 +305,8 @@ FLASH_ATTENTION_BACKWARD = Primitive(
     "flash_attention_backward", "window", quiet(_flash_backward_impl), _flash_backward_rule,
     vjp=_flash_backward_vjp, jvp=_flash_backward_jvp, save=_save_all,
     doc="flash_attention's vjp in q, k and v from its packed output and that output's "
-        "gradient: (*b, L·E + S·E + S·Ev), dq, dk and dv flattened in turn")
+        "gradient (or the gradient of the output alone, (*b, L, Ev): the logsumexp's zero): "
+        "(*b, L·E + S·E + S·Ev), dq, dk and dv flattened in turn")
 
 
 # ------------------------------------------------------------------ the function

@@ -58,6 +58,7 @@ class _Shape:
         self.B = math.prod(self.lead)
         self.L, self.E = q.shape[-2:]
         self.S, self.Ev = v.shape[-2:]
+        self.dw = self.Ev + 1  # (the backward's output gradient's row: see _backward_item)
         if max(self.E, self.Ev) > MAX_HEAD or self.L > MAX_ROWS \
                 or 0 in (self.B, self.L, self.S, self.E, self.Ev):
             raise NotImplementedError(f"LLVM attention codegen: head sizes {self.E}, "
@@ -467,8 +468,9 @@ def _backward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) ->
     q = e.at("%q", e.i("mul", bh, L * E))
     k = e.at("%k", e.i("mul", bh, S * E))
     v = e.at("%v", e.i("mul", bh, S * Ev))
+    dw = sh.dw  # the output gradient's row: Ev + 1, or Ev (the logsumexp's gradient zero)
     o = e.at("%o", e.i("mul", bh, L * (Ev + 1)))
-    do = e.at("%do", e.i("mul", bh, L * (Ev + 1)))
+    do = e.at("%do", e.i("mul", bh, L * dw))
     dq = e.at("%out", e.i("mul", bh, L * E + S * E + S * Ev))
     dk = e.at(dq, L * E)
     dv = e.at(dk, S * E)
@@ -480,11 +482,12 @@ def _backward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) ->
         e.st(zero, dq, x)
     scale = e.lit(p["scale"])
     with e.rolled_loop(0, L, scalar=True) as i:
-        orow, drow = e.at(o, e.i("mul", i, Ev + 1)), e.at(do, e.i("mul", i, Ev + 1))
+        orow, drow = e.at(o, e.i("mul", i, Ev + 1)), e.at(do, e.i("mul", i, dw))
         delta = e.row_sum([e.emit(f"fmul {e.vt} {e.vld(drow, at, lanes)}, "
                                   f"{e.vld(orow, at, lanes)}")
                            for at, lanes in e.chunks(Ev)])  # D = rowsum(dO∘O)
-        e.st(e.f("fsub", e.ld(drow, Ev), delta), rowd, i)
+        dlse = e.ld(drow, Ev) if dw > Ev else zero
+        e.st(e.f("fsub", dlse, delta), rowd, i)
         lse = e.ld(orow, Ev)
         dead = e.emit(f"fcmp oeq {ty} {lse}, {ninf}")
         e.st(lse if p.get("plain") else e.pick(dead, zero, lse), rowl, i)
@@ -509,7 +512,7 @@ def _backward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) ->
                     _exp_row(e, exp, prow, e.ld(rowl, i), None if p.get("plain") else
                              e.emit(f"icmp ne i8 {flag}, 0"))
                 # dS = P∘(dO·Vᵀ - D + dlse)·scale, tile rows in registers
-                dps = _tile_rows(e, vt, Ev, [e.at(do, e.i("mul", i, Ev + 1)) for i in idx])
+                dps = _tile_rows(e, vt, Ev, [e.at(do, e.i("mul", i, dw)) for i in idx])
                 sc = e.splat(scale)
                 for i, prow, srow, dp in zip(idx, prows, srows, dps):
                     shift = e.splat(e.ld(rowd, i))
@@ -535,7 +538,7 @@ def _backward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) ->
                     j = e.i("add", j0, c)
                     terms.append(_Term(e.at(dv, e.i("mul", j, Ev)), Ev,
                                        lambda r, c=c: e.ld(ptile, e.i("add", e.i("mul", r, BC), c)),
-                                       lambda r: e.at(do, e.i("mul", e.i("add", i0, r), Ev + 1))))
+                                       lambda r: e.at(do, e.i("mul", e.i("add", i0, r), dw))))
                     terms.append(_Term(e.at(dk, e.i("mul", j, E)), E,
                                        lambda r, c=c: e.ld(dtile, e.i("add", e.i("mul", r, BC), c)),
                                        lambda r: e.at(q, e.i("mul", e.i("add", i0, r), E))))
@@ -583,6 +586,8 @@ def _lower(b: WindowBuilder, name: str, ins: list, out: str, tensors: int, item_
     b.direct_decls = vector_ir(ty)[3]
     mask = n.inputs[tensors] if len(n.inputs) > tensors else None
     sh = _Shape(n.inputs[0], n.inputs[1], n.inputs[2], mask)
+    if tensors == 5:
+        sh.dw = n.inputs[4].shape[-1]
     item = item_of(b, name, sh, ty, n.params)
     args = ins[:tensors] + [ins[tensors] if mask is not None else "null", out]
     _run_items(b, name, item, args, items(sh))
