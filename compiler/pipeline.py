@@ -33,6 +33,7 @@ from .passes import run_passes
 from .passes.attention import fuse_attention
 from .passes.narrow import narrow_indices
 from .passes.remat import rematerialise
+from .passes.views import attention_views
 from .trace import Trace
 
 
@@ -85,6 +86,8 @@ def lower(trace: Trace, vector_math: bool, plans_memory: bool = False,
     if plans_memory and trace.backward is None:  # (a backward outside: the split's own
         g = checked(narrow_indices(g))  #             rematerialisation, partition.py)
         g = checked(rematerialise(g))
+    if vector_math:  # (attention kernels reading their operands as strided views)
+        g = checked(attention_views(g))
     after = str(g)
     parts = None
     if trace.backward is not None:

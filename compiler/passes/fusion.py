@@ -72,8 +72,9 @@ import enum
 import heapq
 from dataclasses import dataclass
 
-from ..ir import Graph, VerifyError
+from ..ir import Graph, Value, VerifyError
 from ..prims import CONCAT, CONSTANT, ELEMENTWISE, PERMUTE, REDUCTION, traits
+from .views import ATTENTION_OPERANDS, VIEWS, row_view
 
 
 class GroupKind(enum.StrEnum):
@@ -520,6 +521,9 @@ class _Partition:
         rows, which a chain's element-by-element mapping would lose.)"""
         nodes, roles = self.nodes, self.roles
         for i, n in enumerate(nodes):
+            if n.prim in ATTENTION_OPERANDS:
+                self._attention_views(i)
+                continue
             if roles[i] != "own" or n.prim not in (PERMUTE, CONCAT):
                 continue
             for p in sorted(set(self.preds[i])):
@@ -532,6 +536,23 @@ class _Partition:
                         self.try_merge(q[0], i, check=False)
                 elif self._feeds_only(p, i):
                     self.try_merge(p, i, check=False)
+
+    def _attention_views(self, i: int) -> None:
+        """An attention node takes the copies making its operands when each is a strided
+        view with contiguous rows of what it reads (``passes/views.py``: its kernel reads
+        the view as it lies) — nanoGPT's heads, the output gradient's permute."""
+        n = self.nodes[i]
+        for k in ATTENTION_OPERANDS[n.prim]:
+            x = n.inputs[k] if k < len(n.inputs) else None
+            p = self.producer.get(id(x)) if isinstance(x, Value) else None
+            if p is None or not self._feeds_only(p, i) or self._relabels(p):
+                continue
+            rp = self.find(p)
+            if any(self.nodes[m].prim not in VIEWS for m in self.members[rp]):
+                continue
+            if row_view(x, lambda m, rp=rp: self.find(self.producer[id(m.out)]) == rp) \
+                    is not None:
+                self.try_merge(p, i, check=False)
 
     def _feeds_only(self, p: int, i: int) -> bool:
         """Whether node ``p``'s group only moves data and is read by node ``i`` alone,
@@ -648,8 +669,11 @@ class _Partition:
                        if id(nodes[i].out) in out_ids
                        or any(self.find(u) != r for u in self.succs[i])]
             present = {roles[i] for i in idx}
-            if "own" in present and len(idx) > 1:  # a chain of movements (7)
-                kind, shape, axes = GroupKind.MOVEMENT, nodes[idx[-1]].out.shape, ()
+            if "own" in present and len(idx) > 1:  # a chain of movements (7), or an
+                last = nodes[idx[-1]]  #                 attention node with its views
+                kind = GroupKind.WINDOW if last.prim in ATTENTION_OPERANDS else \
+                    GroupKind.MOVEMENT
+                shape, axes = last.out.shape, ()
             elif present & {"ew", "reduce", "map", "leaf"}:
                 kind, shape, axes = self.loop_nest(set(idx))
             elif present == {"weak"}:
@@ -740,11 +764,15 @@ def verify_groups(g: Graph, groups: list) -> None:
         roles = {part.roles[i] for i in grp.nodes}
         if "own" in roles and len(grp.nodes) > 1 and not (
                 grp.kind == "movement" and len(grp.outputs) == 1 and
-                all(g.nodes[i].prim.kind == "movement" for i in grp.nodes)):
+                all(g.nodes[i].prim.kind == "movement" for i in grp.nodes)) and not (
+                grp.kind == "window" and len(grp.outputs) == 1 and
+                g.nodes[grp.nodes[-1]].prim in ATTENTION_OPERANDS and
+                all(g.nodes[i].prim in VIEWS for i in grp.nodes[:-1])):
             raise VerifyError(f"group {k}: a {g.nodes[grp.nodes[0]].prim.name} node shares "
                               f"a group (matmul, index ops, iota and random are groups of "
                               f"their own; permute, pad, concat and stepped slices only "
-                              f"with the movements that feed them alone)")
+                              f"with the movements that feed them alone, attention with "
+                              f"the views of its operands)")
         if roles != {"weak"} and any(part.roles[i] == "weak" and p in grp.nodes
                                      for i in grp.nodes for p in part.preds[i]):
             raise VerifyError(f"group {k}: a scalar node reads a value computed inside the "

@@ -19,6 +19,11 @@ Kᵀ is, dS = P∘(dP - D + dlse) with D = rowsum(dO∘O), then dV += Pᵀ·dO, 
 and dQ += scale·dS·K, row by row. Causal key blocks after a row block's last row are
 skipped as in the forward.
 
+Operands are read by rows: q, k, v (and the backward's output gradient) at a row stride
+under leading strides — as stored, or a strided view of what their group reads
+(``passes/views.py``: nanoGPT's heads straight from the qkv product's output;
+``_Shape.lay``); the packed output and the gradients are written contiguous.
+
 Work items are handed to the pool's threads by index (``tid, tid + nt, ...``) and each
 item's sums run in one fixed order, so the bits do not depend on the thread count. The
 results differ from eager's numpy impls by rounding only (another summation order; exp and
@@ -59,6 +64,10 @@ class _Shape:
         self.L, self.E = q.shape[-2:]
         self.S, self.Ev = v.shape[-2:]
         self.dw = self.Ev + 1  # (the backward's output gradient's row: see _backward_item)
+        # per operand read by rows: (leading strides, row stride), in elements — as stored,
+        # or a strided view's (WindowBuilder.views)
+        self.lay = {name: (_contiguous(t.shape)[:-2], t.shape[-1])
+                    for name, t in (("q", q), ("k", k), ("v", v))}
         if max(self.E, self.Ev) > MAX_HEAD or self.L > MAX_ROWS \
                 or 0 in (self.B, self.L, self.S, self.E, self.Ev):
             raise NotImplementedError(f"LLVM attention codegen: head sizes {self.E}, "
@@ -74,6 +83,14 @@ class _Shape:
                 strides.append(0 if n == 1 else at)
                 at *= n
             self.mask_strides = tuple(reversed(strides))  # over (*lead, L, S)
+
+
+def _contiguous(shape) -> tuple:
+    out, at = [], 1
+    for n in reversed(shape):
+        out.append(at)
+        at *= n
+    return tuple(reversed(out))
 
 
 def _float_type(n) -> str:
@@ -239,8 +256,9 @@ def _transpose(e: _Item, vs: list) -> list:
     return vs
 
 
-def _pack_t(e: _Item, src: str, width: int, j0: str, cols: str, dst: str) -> None:
-    """``dst[x·BC + c] = src[(j0 + c)·width + x]`` for x < width and c < ``cols`` rounded
+def _pack_t(e: _Item, src: str, width: int, j0: str, cols: str, dst: str,
+            stride: int) -> None:
+    """``dst[x·BC + c] = src[(j0 + c)·stride + x]`` for x < width and c < ``cols`` rounded
     up to whole vectors — a key block of K (or V) transposed, ``vl`` x ``vl`` blocks at a
     time in registers. Keys past ``cols`` in the last vector repeat the block's last key;
     the vectors past that are zeros.
@@ -254,7 +272,7 @@ def _pack_t(e: _Item, src: str, width: int, j0: str, cols: str, dst: str) -> Non
         inside = e.i("icmp slt", c0, cols)  #             of the kernel's code, and its
         with e.when(inside):  #                           compile time)
             rows = [e.at(src, e.i("mul", e.i("add", j0, e.min(e.i("add", c0, t), last)),
-                                  width)) for t in range(e.vl)]
+                                  stride)) for t in range(e.vl)]
             for x0, lanes in e.chunks(width):
                 block = _transpose(e, [e.vld(r, x0, lanes) for r in rows])
                 for t in range(min(e.vl, width - x0)):
@@ -389,9 +407,8 @@ def _forward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) -> 
     bh = e.i("urem", "%w", sh.B)  # (leading index fastest: a thread's items mix early
     i0 = e.i("mul", e.i("udiv", "%w", sh.B), BR)  # and late row blocks, causal or not)
     rows = e.min(BR, e.i("sub", sh.L, i0))
-    q = e.at("%q", e.i("mul", bh, sh.L * E))
-    k = e.at("%k", e.i("mul", bh, sh.S * E))
-    v = e.at("%v", e.i("mul", bh, sh.S * Ev))
+    q, k, v = (e.at(f"%{t}", _lead_offset(e, sh, bh, sh.lay[t][0])) for t in "qkv")
+    rq, rk, rv = (sh.lay[t][1] for t in "qkv")  # (row strides)
     out = e.at("%out", e.i("mul", bh, sh.L * (Ev + 1)))
     if mask is not None:
         mask = e.gep("i8" if sh.mask_ty == "bool" else ty, "%mask",
@@ -405,13 +422,13 @@ def _forward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) -> 
     jend = _key_end(e, sh, p["causal"], i0, rows)
     with e.rolled_loop(0, jend, BC, scalar=True) as j0:
         cols = e.min(BC, e.i("sub", jend, j0))
-        _pack_t(e, k, E, j0, cols, kt)
+        _pack_t(e, k, E, j0, cols, kt, rk)
         with e.rolled_loop(0, rows, rb, scalar=True) as r0:
             group = [e.i("add", r0, t) for t in range(rb)]
             srows = [e.at(tile, e.i("mul", r, BC)) for r in group]
             idx = [e.i("add", i0, r) for r in group]
             _scores(e, sh, kt, cols, p, mask, j0,
-                    [(i, e.at(q, e.i("mul", i, E)), sr) for i, sr in zip(idx, srows)])
+                    [(i, e.at(q, e.i("mul", i, rq)), sr) for i, sr in zip(idx, srows)])
             terms = []
             for r, srow in zip(group, srows):
                 mold = e.ld(mrow, r)
@@ -425,7 +442,7 @@ def _forward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) -> 
                 e.st(mnew, mrow, r)
                 terms.append(_Term(e.at(acc, e.i("mul", r, Ev)), Ev,
                                    lambda c, srow=srow: e.ld(srow, c),
-                                   lambda c: e.at(v, e.i("mul", e.i("add", j0, c), Ev)),
+                                   lambda c: e.at(v, e.i("mul", e.i("add", j0, c), rv)),
                                    scale=alpha))
             _accumulate(e, cols, terms)
     with e.rolled_loop(0, rows, scalar=True) as r:
@@ -465,12 +482,11 @@ def _backward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) ->
     rowl = e.emit(f"alloca [{L} x {ty}], align 64")  # the logsumexp used (0 if dead)
     rowdead = e.emit(f"alloca [{L} x i8], align 64")
     bh = "%w"
-    q = e.at("%q", e.i("mul", bh, L * E))
-    k = e.at("%k", e.i("mul", bh, S * E))
-    v = e.at("%v", e.i("mul", bh, S * Ev))
-    dw = sh.dw  # the output gradient's row: Ev + 1, or Ev (the logsumexp's gradient zero)
+    q, k, v, do = (e.at(f"%{t}", _lead_offset(e, sh, bh, sh.lay[t][0]))
+                   for t in ("q", "k", "v", "do"))
+    rq, rk, rv, rd = (sh.lay[t][1] for t in ("q", "k", "v", "do"))  # (row strides; the
+    #   output gradient's row is Ev + 1 wide, or Ev: the logsumexp's gradient zero, sh.dw)
     o = e.at("%o", e.i("mul", bh, L * (Ev + 1)))
-    do = e.at("%do", e.i("mul", bh, L * dw))
     dq = e.at("%out", e.i("mul", bh, L * E + S * E + S * Ev))
     dk = e.at(dq, L * E)
     dv = e.at(dk, S * E)
@@ -482,11 +498,11 @@ def _backward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) ->
         e.st(zero, dq, x)
     scale = e.lit(p["scale"])
     with e.rolled_loop(0, L, scalar=True) as i:
-        orow, drow = e.at(o, e.i("mul", i, Ev + 1)), e.at(do, e.i("mul", i, dw))
+        orow, drow = e.at(o, e.i("mul", i, Ev + 1)), e.at(do, e.i("mul", i, rd))
         delta = e.row_sum([e.emit(f"fmul {e.vt} {e.vld(drow, at, lanes)}, "
                                   f"{e.vld(orow, at, lanes)}")
                            for at, lanes in e.chunks(Ev)])  # D = rowsum(dO∘O)
-        dlse = e.ld(drow, Ev) if dw > Ev else zero
+        dlse = e.ld(drow, Ev) if sh.dw > Ev else zero
         e.st(e.f("fsub", dlse, delta), rowd, i)
         lse = e.ld(orow, Ev)
         dead = e.emit(f"fcmp oeq {ty} {lse}, {ninf}")
@@ -494,8 +510,8 @@ def _backward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) ->
         e.line(f"store i8 {e.emit(f'zext i1 {dead} to i8')}, ptr {e.gep('i8', rowdead, i)}")
     with e.rolled_loop(0, min(S, L) if causal else S, BC, scalar=True) as j0:
         keys = e.min(BC, e.i("sub", S, j0))
-        _pack_t(e, k, E, j0, keys, kt)
-        _pack_t(e, v, Ev, j0, keys, vt)
+        _pack_t(e, k, E, j0, keys, kt, rk)
+        _pack_t(e, v, Ev, j0, keys, vt, rv)
         first = e.i("mul", e.i("udiv", j0, BR), BR) if causal else "0"
         with e.rolled_loop(first, L, BR, scalar=True) as i0:
             rows = e.min(BR, e.i("sub", L, i0))
@@ -506,13 +522,13 @@ def _backward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) ->
                 prows = [e.at(ptile, e.i("mul", r, BC)) for r in group]
                 srows = [e.at(dtile, e.i("mul", r, BC)) for r in group]
                 _scores(e, sh, kt, cols, p, mask, j0,
-                        [(i, e.at(q, e.i("mul", i, E)), pr) for i, pr in zip(idx, prows)])
+                        [(i, e.at(q, e.i("mul", i, rq)), pr) for i, pr in zip(idx, prows)])
                 for i, prow in zip(idx, prows):
                     flag = e.emit(f"load i8, ptr {e.gep('i8', rowdead, i)}")
                     _exp_row(e, exp, prow, e.ld(rowl, i), None if p.get("plain") else
                              e.emit(f"icmp ne i8 {flag}, 0"))
                 # dS = P∘(dO·Vᵀ - D + dlse)·scale, tile rows in registers
-                dps = _tile_rows(e, vt, Ev, [e.at(do, e.i("mul", i, dw)) for i in idx])
+                dps = _tile_rows(e, vt, Ev, [e.at(do, e.i("mul", i, rd)) for i in idx])
                 sc = e.splat(scale)
                 for i, prow, srow, dp in zip(idx, prows, srows, dps):
                     shift = e.splat(e.ld(rowd, i))
@@ -529,7 +545,7 @@ def _backward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) ->
                 # dQ_i += sum_c dS[i, c] · K_c
                 _accumulate(e, cols, [
                     _Term(e.at(dq, e.i("mul", i, E)), E, lambda c, srow=srow: e.ld(srow, c),
-                          lambda c: e.at(k, e.i("mul", e.i("add", j0, c), E)))
+                          lambda c: e.at(k, e.i("mul", e.i("add", j0, c), rk)))
                     for i, srow in zip(idx, srows)])
             # per key: dV_c += sum_i P[i, c] · dO_i and dK_c += sum_i dS[i, c] · Q_i
             with e.rolled_loop(0, cols, kb, scalar=True) as c0:
@@ -538,10 +554,10 @@ def _backward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) ->
                     j = e.i("add", j0, c)
                     terms.append(_Term(e.at(dv, e.i("mul", j, Ev)), Ev,
                                        lambda r, c=c: e.ld(ptile, e.i("add", e.i("mul", r, BC), c)),
-                                       lambda r: e.at(do, e.i("mul", e.i("add", i0, r), dw))))
+                                       lambda r: e.at(do, e.i("mul", e.i("add", i0, r), rd))))
                     terms.append(_Term(e.at(dk, e.i("mul", j, E)), E,
                                        lambda r, c=c: e.ld(dtile, e.i("add", e.i("mul", r, BC), c)),
-                                       lambda r: e.at(q, e.i("mul", e.i("add", i0, r), E))))
+                                       lambda r: e.at(q, e.i("mul", e.i("add", i0, r), rq))))
                 _accumulate(e, rows, terms)
     e.line("ret void")
     b.helpers.append(e.function(
@@ -588,6 +604,11 @@ def _lower(b: WindowBuilder, name: str, ins: list, out: str, tensors: int, item_
     sh = _Shape(n.inputs[0], n.inputs[1], n.inputs[2], mask)
     if tensors == 5:
         sh.dw = n.inputs[4].shape[-1]
+        sh.lay["do"] = (_contiguous(n.inputs[4].shape)[:-2], sh.dw)
+    for k, name_ in enumerate(("q", "k", "v", None, "do")[:tensors]):
+        strides = b.views.get(k)
+        if strides is not None and name_ is not None:
+            sh.lay[name_] = (strides[:-2], strides[-2])
     item = item_of(b, name, sh, ty, n.params)
     args = ins[:tensors] + [ins[tensors] if mask is not None else "null", out]
     _run_items(b, name, item, args, items(sh))

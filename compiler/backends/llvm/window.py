@@ -1,5 +1,6 @@
 """LLVM IR for 'window' groups: the three convolution primitives and the two pooling-index
-primitives (``dyngrad/ops/conv.py``, ``dyngrad/ops/pool.py``), one kernel per node.
+primitives (``dyngrad/ops/conv.py``, ``dyngrad/ops/pool.py``), one kernel per node (the
+attention pair's are ``attention.py``'s, a group that may hold the views of its operands).
 
 **Convolution** is a GEMM per sample and group whose ``k`` runs over the window
 (``c, ki, kj``). Per sample, the window gather writes that sample's column block — ``C/groups
@@ -74,6 +75,7 @@ import numpy as np
 from ... import prims as P
 from ...ir import Node, Value
 from ...passes.fusion import FusionGroup, GroupKind
+from ...passes.views import ATTENTION_OPERANDS, VIEWS, row_view
 from ...prims import Lowerings
 from . import convtune, gemm, jit, threads
 from .emit import (
@@ -184,10 +186,14 @@ class WindowBuilder(KernelBuilder):
 
     def __init__(self, g, group) -> None:
         super().__init__(g, group, "window")
-        if len(group.nodes) != 1:
-            raise NotImplementedError("LLVM window codegen: a group of more than one node")
-        self.n = g.nodes[group.nodes[0]]
+        self.n = g.nodes[group.nodes[-1]]
+        if len(group.nodes) != 1 and (
+                self.n.prim not in ATTENTION_OPERANDS or
+                any(g.nodes[i].prim not in VIEWS for i in group.nodes[:-1])):
+            raise NotImplementedError("LLVM window codegen: a group of more than one node "
+                                      "(other than attention and views of its operands)")
         self.rule = WINDOWS.of(self.n.prim)
+        self.views: dict = {}  # input position -> strides of an operand read as a view
         self.helpers: list[str] = []  # functions of the kernel's own (parts, samples)
         self.ty = ""  # the convolution's element type
         self.gemm = False  # whether the kernel calls the GEMM library (a column path)
@@ -202,7 +208,22 @@ class WindowBuilder(KernelBuilder):
         self.helpers = []
         ptr = {id(v): f"%a{k}" for k, v in enumerate(layout)}
         self.label("entry")
-        self.rule(self, name, [ptr[id(v)] for v in n.inputs], ptr[id(n.out)])
+        self.views = {}
+        ins = []
+        inside = {id(self.g.nodes[i]) for i in grp.nodes[:-1]}
+        for k, v in enumerate(n.inputs):
+            if id(v) in ptr:
+                ins.append(ptr[id(v)])
+                continue
+            # an operand made inside the group: a strided view of a group input
+            view = row_view(v, lambda m: id(m) in inside)
+            if view is None or id(view[0]) not in ptr:
+                raise NotImplementedError("LLVM window codegen: an operand made in the "
+                                          "group that is not a strided view of an input")
+            base, offset, strides = view
+            ins.append(self.gep(MEMTYPE[LLTYPE[v.dtype.name]], ptr[id(base)], offset))
+            self.views[k] = strides
+        self.rule(self, name, ins, ptr[id(n.out)])
         params = ", ".join(f"ptr noalias %a{k}" for k in range(len(layout)))
         head = prelude_ir(self.vecmath) + self.declarations() if prelude else ""
         text = (head + "".join(self.helpers)
