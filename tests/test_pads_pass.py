@@ -124,6 +124,10 @@ def test_sums_that_are_not_one_concat_stay_as_they_are():
     a, b = g.add_input((3, 4), F32), g.add_input((3, 4), F32)
     g.outputs = [op(g, "add", pad_axis(g, a, 1, 0, 2), pad_axis(g, b, 1, 1, 1))]
     unchanged(g)
+    g = Graph()  # the same support twice (a sum of two gradients of one slice)
+    a, b = g.add_input((3, 4), F32), g.add_input((3, 4), F32)
+    g.outputs = [op(g, "add", pad_axis(g, a, 1, 1, 1), pad_axis(g, b, 1, 1, 1))]
+    unchanged(g)
     g = Graph()  # a gap between the pieces
     a, b = g.add_input((3, 2), F32), g.add_input((3, 2), F32)
     g.outputs = [op(g, "add", pad_axis(g, a, 1, 0, 3), pad_axis(g, b, 1, 3, 0))]

@@ -194,6 +194,7 @@ def _cuts(g: Graph) -> list:
     return sorted({gd.after for gd in g.guards if 0 < gd.after < len(g.nodes)})
 
 
+SIBLING_SPAN = 16  # nodes between the starts of elementwise siblings merged (_merge_siblings)
 HOLD_MAX = 16  # nodes after a group's last forward node a late value it computes may be read
 #               from another kernel (_Partition._hands_on_late)
 
@@ -478,6 +479,35 @@ class _Partition:
                     if roles[p] in _LOOP and self.find(p) != self.find(i) \
                             and self.try_merge(p, i):
                         changed = True
+        self._merge_siblings()
+
+    def _merge_siblings(self) -> None:
+        """(5b) elementwise siblings: two elementwise groups over the same loops that read
+        one value from outside, and start within ``SIBLING_SPAN`` nodes of each other, are
+        one kernel when legal (the value read once: nanoGPT's GELU recomputed for a weight
+        gradient beside its derivative, both from the same pre-activation) — unless one of
+        them writes a bound input in place (an optimizer's update)."""
+        roles = self.roles
+        by_shape: dict = {}
+        for r in list(self.members):
+            kinds = {roles[m] for m in self.members[r]}
+            if "ew" not in kinds or not kinds <= {"ew", "map", "leaf", "weak"} or \
+                    self.members[r] & self.writes:
+                continue  # (not a kernel writing a bound input in place: its place is the
+                #           driver's write rules')
+            shape = next(self.nodes[m].out.shape for m in sorted(self.members[r])
+                         if roles[m] == "ew")
+            by_shape.setdefault(tuple(shape), []).append(r)
+        for same in by_shape.values():
+            same.sort(key=lambda r: self.first[r])
+            for k, a in enumerate(same):
+                for b in same[k + 1:]:
+                    if self.first[b] - self.first[a] > SIBLING_SPAN:
+                        break
+                    if a in self.members and b in self.members and \
+                            self.find(a) != self.find(b) and \
+                            self._outside_reads(a) & self._outside_reads(b):
+                        self.try_merge(a, b)
 
     def _outside_reads(self, i: int) -> set:
         group = self.members[self.find(i)]

@@ -78,8 +78,8 @@ def pads_to_concat(g: Graph) -> Graph:
             continue
         axis = axes.pop()
         size = n.out.shape[axis]
-        spans = sorted((p.params["pads"][axis][0], size - p.params["pads"][axis][1], p)
-                       for p in pads)
+        spans = sorted(((p.params["pads"][axis][0], size - p.params["pads"][axis][1], p)
+                        for p in pads), key=lambda span: span[:2])
         if any(a[1] != b[0] for a, b in zip(spans, spans[1:])):
             continue  # (overlapping or with a gap between: not one concat)
         first, last = spans[0][0], spans[-1][1]
