@@ -57,8 +57,10 @@ it. In order: (1) each
 reduction takes the producers that only it uses; (2) sibling reductions (same shape and
 axes, a shared input) merge; (3) elementwise nodes merge with their elementwise
 producers; (4) each reduction merges with the group computing its input; (5) any edge
-between loop groups, repeated to a fixpoint (epilogues); (6) leaves and weak nodes join
-their consumers.
+between loop groups, repeated to a fixpoint (epilogues); (5b) elementwise siblings (the
+same loops, a value both read, starting at most ``SIBLING_SPAN`` nodes apart, neither
+writing a bound input in place); (6) leaves and weak nodes join their consumers; (7) copies
+join the permute, concat or attention node that alone reads them.
 
     >>> print(format_groups(fuse(graph_of_softmax)))
     group 0 [reduce 64x32 axes (1,)] nodes 0 in %0 out %1
