@@ -53,7 +53,8 @@ AVX2_SHORT := (not random_programs_compiled_equal_eager_bit_for_bit and not \
 	really_ran_compiled_and_covered) or seeds_0_ or seeds_100_ or seeds_200_ or seeds_300_
 LLVM_TESTS := tests/test_llvm_*.py tests/test_vecmath.py tests/test_codegen*.py tests/test_window_lowering.py \
 	tests/test_target.py tests/test_profile.py tests/test_footguns.py tests/test_soundness.py \
-	tests/test_random_programs.py tests/test_flash_attention.py tests/test_conv_paths.py
+	tests/test_random_programs.py tests/test_flash_attention.py tests/test_conv_paths.py \
+	tests/test_attention_views.py tests/test_pads_pass.py
 
 # The capture (compiler/capture/) interprets CPython bytecode: its tests run again on every
 # other CPython it understands that pyenv has on the machine (3.12, 3.13), each in a venv of
