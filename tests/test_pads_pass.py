@@ -223,3 +223,21 @@ def test_the_attention_backward_names_a_wrong_output_gradient():
                        r"of shape \[3, 7, 6\] and its gradient .* got \[3, 7, 6\] and "
                        r"\[3, 7, 4\]"):
         P["flash_attention_backward"].shape(q, k, v, o, bad, scale=1.0, causal=False)
+
+
+@pytest.mark.parametrize("backend", ["interp", "llvm"])
+def test_a_sum_of_pads_by_negative_zero_keeps_its_signed_zeros(backend):
+    """Pads by -0.0 sum to the pieces as they are (-0.0 + -0.0 is -0.0) and to -0.0 around
+    them: not the concat with ``plus_zero``, which gives +0.0 there."""
+    import dyngrad.nn.functional as F
+
+    def f(a, b):
+        return F.pad(a, (0, 2), value=-0.0) + F.pad(b, (2, 0), value=-0.0)
+
+    a = dg.tensor(np.array([[-0.0, 1.0]], np.float32))
+    b = dg.tensor(np.array([[2.0, -0.0]], np.float32))
+    want = f(a, b).numpy()
+    assert np.signbit(want).tolist() == [[True, False, False, True]]
+    cf = compiler.compile(f, backend=backend)
+    for _ in range(3):
+        assert same_bits(cf(a, b).numpy(), want)
