@@ -151,3 +151,34 @@ def test_views_change_no_bit(monkeypatch):
     assert fewer < more
     for a, b in zip(with_views, copies):
         assert a.tobytes() == b.tobytes()
+
+
+def test_grouped_query_attention_with_copied_heads_stays_one_native_call():
+    """Key and value heads repeated for the query heads (``enable_gqa``: a broadcast, then a
+    reshape to the query's heads) reach attention through reshapes alone — an alias of the
+    broadcast, nothing for the kernel to read as strides. Giving the forward and the
+    backward a reshape each would put both in the broadcast's copy (a movement kernel of two
+    outputs, which does not lower: the whole step in numpy)."""
+    rng = np.random.default_rng(10)
+    B, T, H, E = 2, 5, 2, 3
+    w_q = dg.tensor(rng.standard_normal((H * E, H * E)).astype(np.float32), requires_grad=True)
+    w_kv = dg.tensor(rng.standard_normal((H * E, 2 * E)).astype(np.float32), requires_grad=True)
+
+    def step(x):
+        w_q.grad = w_kv.grad = None
+        q = (x @ w_q).reshape(B, T, H, E).transpose(1, 2)
+        k, v = ((x @ w_kv).split(E, dim=-1))
+        k, v = (t.reshape(B, T, 1, E).transpose(1, 2).contiguous() for t in (k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        (y * y).sum().backward()
+        return y.detach(), w_q.grad, w_kv.grad
+
+    x = dg.tensor(rng.standard_normal((B, T, H * E)).astype(np.float32))
+    cf = compiler.compile(step, backend="llvm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(3):
+            got, want = cf(x), step(x)
+            for a, b in zip(got, want):
+                np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-5, atol=2e-5)
+    assert cf.variants[0].plan.describe().startswith("all ")

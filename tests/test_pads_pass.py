@@ -223,3 +223,49 @@ def test_the_attention_backward_names_a_wrong_output_gradient():
                        r"of shape \[3, 7, 6\] and its gradient .* got \[3, 7, 6\] and "
                        r"\[3, 7, 4\]"):
         P["flash_attention_backward"].shape(q, k, v, o, bad, scale=1.0, causal=False)
+
+
+@pytest.mark.parametrize("backend", ["interp", "llvm"])
+def test_a_sum_of_pads_by_negative_zero_keeps_its_signed_zeros(backend):
+    """Pads by -0.0 sum to the pieces as they are (-0.0 + -0.0 is -0.0) and to -0.0 around
+    them: not the concat with ``plus_zero``, which gives +0.0 there."""
+    import dyngrad.nn.functional as F
+
+    def f(a, b):
+        return F.pad(a, (0, 2), value=-0.0) + F.pad(b, (2, 0), value=-0.0)
+
+    a = dg.tensor(np.array([[-0.0, 1.0]], np.float32))
+    b = dg.tensor(np.array([[2.0, -0.0]], np.float32))
+    want = f(a, b).numpy()
+    assert np.signbit(want).tolist() == [[True, False, False, True]]
+    cf = compiler.compile(f, backend=backend)
+    for _ in range(3):
+        assert same_bits(cf(a, b).numpy(), want)
+
+
+@pytest.mark.parametrize("dtype,lead,L,S,E,Ev", [(np.float32, (2, 3), 5, 1, 4, 4),
+                                                (np.float64, (3, 2), 7, 3, 6, 1)])
+def test_attention_with_one_key_or_one_value_column_compiles_to_eager_bits(dtype, lead, L, S,
+                                                                           E, Ev):
+    """The interpreter's backward reading the output's gradient unpadded computes what eager's
+    reads padded, bit for bit — also where numpy's products take another path for one key
+    or one value column (a matrix-vector product), which depends on the operand's layout."""
+    import dyngrad.nn.functional as F
+
+    rng = np.random.default_rng(6)
+    q, k, v = (dg.tensor(rng.standard_normal(lead + s).astype(dtype), requires_grad=True)
+               for s in ((L, E), (S, E), (S, Ev)))
+    w = dg.tensor(rng.standard_normal(lead + (L, Ev)).astype(dtype))
+
+    def step(q, k, v):
+        q.grad = k.grad = v.grad = None
+        (F.scaled_dot_product_attention(q, k, v) * w).sum().backward()
+        return q.grad, k.grad, v.grad
+
+    want = [t.numpy().copy() for t in step(q, k, v)]
+    cf = compiler.compile(step, backend="interp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(3):
+            for got, exp in zip(cf(q, k, v), want, strict=True):
+                assert same_bits(got.numpy(), exp)

@@ -22,13 +22,21 @@ and have no signed zero). So the interpreter runs it too.
 
 from __future__ import annotations
 
+import math
+
 from .. import prims as P
 from ..ir import Graph, Node, Value
 
 
+def _zero(value) -> bool:
+    """Whether a pad's ``value`` is +0 (-0.0 is not: a sum keeps it, -0.0 + -0.0 is -0.0,
+    where ``plus_zero`` and the pad around the concat would give +0.0)."""
+    return type(value) is not bool and value == 0 and math.copysign(1.0, value) > 0
+
+
 def _axis(pad: Node, shape: tuple) -> int | None:
     """The one axis a plain zero ``pad`` (no interior padding) widens, else None."""
-    if pad.params.get("value") != 0 or type(pad.params.get("value")) is bool:
+    if not _zero(pad.params.get("value")):
         return None
     axes = [d for d, (lo, hi, it) in enumerate(pad.params["pads"]) if lo or hi or it]
     if len(axes) != 1 or any(it for _, _, it in pad.params["pads"]) or \
@@ -122,7 +130,7 @@ def unpadded_attention_gradients(g: Graph) -> Graph:
             continue
         do = n.inputs[4]
         pad = do.producer if isinstance(do, Value) else None
-        if pad is None or pad.prim is not P.PAD or pad.params.get("value") != 0:
+        if pad is None or pad.prim is not P.PAD or not _zero(pad.params.get("value")):
             continue
         pads = tuple(tuple(p) for p in pad.params["pads"])
         if pads == ((0, 0, 0),) * (len(pads) - 1) + ((0, 1, 0),):

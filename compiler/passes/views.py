@@ -130,8 +130,9 @@ def attention_views(g: Graph) -> Graph:
         for k in ATTENTION_OPERANDS.get(n.prim, ()):
             x = n.inputs[k] if k < len(n.inputs) else None
             chain = _chain(x) if isinstance(x, Value) else []
-            if not chain or row_view(x, lambda m: True) is None:
-                continue
+            if all(m.prim is P.RESHAPE for m in chain) or row_view(x, lambda m: True) is None:
+                continue  # (reshapes alone alias their source: nothing to read as strides,
+                #           and copies of them would join the producer's kernel as outputs)
             if all(readers.get(id(m.out), 0) == 1 and id(m.out) not in pinned
                    for m in chain) and n.inputs.count(x) == 1:
                 continue  # (already its own)

@@ -94,10 +94,11 @@ def _flash_backward_impl(q, k, v, o, do, mask=None, *, scale, causal, plain=Fals
     if not plain:  # dead rows: exp(-inf) (plain: exp(-inf + inf), NaN)
         lse = np.where(dead, lse.dtype.type(0), lse)
     p = np.exp(s - lse)
-    if do.shape[-1] == v.shape[-1]:  # (the output's gradient alone: the logsumexp's is zero)
-        g, dlse = do, np.zeros(do.shape[:-1] + (1,), do.dtype)
-    else:
-        g, dlse = do[..., :-1], do[..., -1:]
+    if do.shape[-1] == v.shape[-1]:  # (the output's gradient alone: the logsumexp's is zero,
+        #   its column put back so that numpy's products read g laid out as the padded one's,
+        #   bit for bit — a matrix-vector product's path depends on the layout)
+        do = np.concatenate([do, np.zeros(do.shape[:-1] + (1,), do.dtype)], -1)
+    g, dlse = do[..., :-1], do[..., -1:]
     delta = (g * o[..., :-1]).sum(-1, keepdims=True)
     ds = p * (np.matmul(g, np.swapaxes(v, -1, -2)) - delta + dlse)
     if plain:  # a dead row's dS is zero (Note (plain))
