@@ -16,7 +16,7 @@ import dyngrad as dg
 import dyngrad.nn.functional as F
 from compiler.ir import Graph
 from compiler.passes.fusion import fuse, verify_groups
-from compiler.passes.views import _reshaped, row_view, strided
+from compiler.passes.views import reshape_strides, row_view, strided
 from dyngrad.ops import REGISTRY as P
 
 
@@ -51,7 +51,7 @@ def test_reshape_strides_agree_with_numpy(shape, strides):
          if n % (a * b) == 0}
     for new in sorted(shapes):
         want = numpy_view_strides(shape, strides, new)
-        got = _reshaped(shape, strides, new)
+        got = reshape_strides(shape, strides, new)
         if want is None:
             assert got is None, (shape, strides, new)
         else:  # (a dim of one may have any stride)

@@ -39,7 +39,7 @@ def _c_strides(shape) -> tuple:
     return tuple(reversed(out))
 
 
-def _reshaped(shape: tuple, strides: tuple, new: tuple) -> tuple | None:
+def reshape_strides(shape: tuple, strides: tuple, new: tuple) -> tuple | None:
     """The strides of a view of ``shape``/``strides`` reshaped to ``new`` without a copy
     (None when the elements are not evenly spaced within a group of merged dims)."""
     old = [(n, s) for n, s in zip(shape, strides) if n != 1]
@@ -90,7 +90,7 @@ def strided(v: Value, inside) -> tuple | None:
     if n.prim is P.SLICE:
         offset += sum(a * s for a, s in zip(n.params["starts"], st))
         return base, offset, tuple(s * c for s, c in zip(st, n.params["steps"]))
-    new = _reshaped(tuple(n.inputs[0].shape), st, tuple(v.shape))
+    new = reshape_strides(tuple(n.inputs[0].shape), st, tuple(v.shape))
     return None if new is None else (base, offset, new)
 
 

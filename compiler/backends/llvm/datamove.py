@@ -11,6 +11,7 @@ from dyngrad import dtypes as _dt
 
 from ... import prims as P
 from ...dims import Dim
+from ...passes.views import VIEWS, reshape_strides, strided
 from ...prims import Lowerings
 from . import scan, threads
 from .emit import (
@@ -315,7 +316,9 @@ class MoveBuilder(KernelBuilder):
         dims = [d for d, m in enumerate(out.shape) if m != 1]
         for x in n.inputs:
             size = x.shape[axis]
-            if size:
+            if size and self._copy_strided(n, x, start, out_ptr, lo, hi):
+                pass
+            elif size:
                 idx = ["0"] * len(out.shape)
                 with contextlib.ExitStack() as stack:
                     inner = [d for d in dims if d != axis or size != 1]
@@ -331,6 +334,52 @@ class MoveBuilder(KernelBuilder):
                                   f"i64 {self._flat(at, out.shape)}")
                     self.line(f"store {self.ty} {val}, ptr {p}")
             start += size
+
+    def _copy_strided(self, n, x, start: int, out_ptr: str, lo, hi) -> bool:
+        """Piece ``x`` of concat ``n`` copied by strides, when it is (a reshape of) a
+        strided view of a group input (``passes/views.strided``: the heads' gradients
+        sliced from the attention backward's output, permuted, merged): a loop per dim of
+        the view, the source and the destination each a sum of counters times strides — no
+        index split per element, and the innermost loop contiguous on both sides, which
+        LLVM vectorises. False (nothing written) where that does not apply."""
+        out = n.out
+        made = self.producer.get(id(x))
+        u = made.inputs[0] if made is not None and made.prim is P.RESHAPE else x
+        if not all(isinstance(d, int) for d in tuple(u.shape) + tuple(out.shape)):
+            return False
+        got = strided(u, lambda m: id(m.out) in self.producer and m.prim in VIEWS)
+        if got is None or id(got[0]) not in self.ptr:
+            return False
+        base, src_off, src = got
+        ost = c_strides(out.shape)
+        dst = tuple(ost) if u is x else reshape_strides(tuple(x.shape), tuple(ost), tuple(u.shape))
+        udims = [d for d, m in enumerate(u.shape) if m != 1]
+        first = [d for d, m in enumerate(out.shape) if m != 1][0]
+        if dst is None or not udims or u.shape[udims[0]] != out.shape[first] or \
+                dst[udims[0]] != ost[first]:
+            return False  # (the outer loop must be the output's, split across threads)
+        dst_off = start * ost[n.params["axis"]]
+        with contextlib.ExitStack() as stack:
+            idx = {}
+            for k, d in enumerate(udims):
+                idx[d] = stack.enter_context(self.rolled_loop(
+                    lo if k == 0 else 0, hi if k == 0 else u.shape[d],
+                    scalar=k < len(udims) - 1))
+
+            def flat(offset: int, strides) -> str:
+                acc = str(offset)
+                for d in udims:
+                    t = idx[d] if strides[d] == 1 else self.emit(f"mul i64 {idx[d]}, "
+                                                                 f"{strides[d]}")
+                    acc = t if acc == "0" else self.emit(f"add i64 {acc}, {t}")
+                return acc
+            p = self.emit(f"getelementptr inbounds {self.ty}, ptr {self.ptr[id(base)]}, "
+                          f"i64 {flat(src_off, src)}")
+            val = _plus_zero(self, n, self.emit(f"load {self.ty}, ptr {p}"))
+            q = self.emit(f"getelementptr inbounds {self.ty}, ptr {out_ptr}, "
+                          f"i64 {flat(dst_off, dst)}")
+            self.line(f"store {self.ty} {val}, ptr {q}")
+        return True
 
     def _plain_pad(self):
         """The group's node when it is one ``pad`` of an input by non-negative widths with
