@@ -158,6 +158,8 @@ class Variant:
     inplace: dict = field(default_factory=dict)  # node -> input written in place
     backend_name: str = "interp"
     collectives: Any = None  # collectives.Collectives: those the graph runs (or None)
+    scalar_guards: Any = None  # its value guards (on Python numbers), checked in Python
+    #                            before the ranks agree (collectives.scalar_guards)
     number: int = 0  # 1, 2, ... in trace order: explain's "variant N", stable while the
     #                  lookup order (CompiledFunction.variants) changes
 
@@ -656,6 +658,11 @@ class CompiledFunction:
         chosen, failed = None, []
         for v in self.variants:
             k = v.guards.check(flat, spec)
+            if k < 0 and v.scalar_guards is not None:
+                gi = v.scalar_guards(v._gather(flat)[1])
+                if gi >= 0:  # (a value guard: would fail inside the native code)
+                    failed.append((v, (gi, None)))
+                    continue
             if k < 0:
                 chosen = v
                 break
@@ -674,10 +681,17 @@ class CompiledFunction:
             with collectives.agreed_call(group):
                 return chosen.call(flat)
         except GuardFailed as miss:
-            # (only a variant without collectives has value guards: collectives.check)
-            self._note(f"{self.__name__}: {_value_miss(chosen, miss.index, miss.got)}; "
-                       f"running eagerly on this rank", "guards")
-            return self.fn(*args, **kwargs)
+            if chosen.collectives is None:  # (this rank runs eagerly, the others a variant
+                #  without collectives too: eager's own collectives, if any, are checked)
+                self._note(f"{self.__name__}: {_value_miss(chosen, miss.index, miss.got)}; "
+                           f"running eagerly on this rank", "guards")
+                return self.fn(*args, **kwargs)
+            group.broken = "a compiled step's guard failed on one rank after the agreement"
+            raise DistBackendError(
+                f"{self.__name__}: {_value_miss(chosen, miss.index, miss.got)} in its native "
+                f"code on rank {group.rank()}, after the ranks agreed to run it (its Python "
+                f"check of the guard passed): this rank cannot join the others' collectives; "
+                f"the job ends") from None
 
     def _tried_first(self, v: Variant) -> None:
         """Move ``v`` to the front of the lookup order (``variants``: the most recently used
@@ -781,6 +795,8 @@ class CompiledFunction:
                     t2 - t1, made.copy_outputs, backward=backward, arg_meta=arg_shapes(flat),
                     inplace=made.inplace, backend_name=self.backend,
                     collectives=collectives.Collectives.of(trace.graph))
+        if v.collectives is not None:
+            v.scalar_guards = collectives.scalar_guards(trace.graph)
         self._traced += 1
         v.number = self._traced
         if v.collectives is not None:

@@ -23,6 +23,8 @@ import hashlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
+
 from dyngrad.distributed.collectives import (
     MISSED,
     STARTED,
@@ -34,7 +36,8 @@ from .dims import concrete
 from .prims import traits
 from .trace import Unsupported
 
-__all__ = ["Collectives", "starts_of", "fingerprint", "check", "agreed", "agreed_call", "NONE"]
+__all__ = ["Collectives", "starts_of", "fingerprint", "check", "agreed", "agreed_call", "NONE",
+           "scalar_guards"]
 
 
 def starts_of(g) -> list:
@@ -91,12 +94,14 @@ def check(g, backward_outside: bool) -> None:
                           f"differentiated after the call: the backward's collectives would "
                           f"run outside it; compile the whole step (forward, backward() and "
                           f"the optimizer)")
-    if g.guards:
-        gd = g.guards[0]
-        raise Unsupported(f"a value guard ({gd.kind} at {gd.where}) in a compiled step with "
-                          f"collectives (dist.{what}): it could fail on one rank only, "
-                          f"inside the native code, after collectives started; keep "
-                          f"data-dependent Python decisions out of the step")
+    computed = _scalar_only(g)
+    for gd in g.guards:
+        if id(gd.value) not in computed:
+            raise Unsupported(f"a value guard ({gd.kind} at {gd.where}) on tensor data in a "
+                              f"compiled step with collectives (dist.{what}): it could fail "
+                              f"on one rank only, inside the native code, out of step with "
+                              f"the others; keep data-dependent Python decisions out of the "
+                              f"step")
     waits: dict = {}
     for n in communicating:
         if n.prim not in STARTED:
@@ -106,6 +111,42 @@ def check(g, backward_outside: bool) -> None:
         if waits.get(id(n), 0) != 1:
             raise Unsupported(f"dist.{STARTED[n.prim].name} is started but not waited for "
                               f"exactly once in the compiled function")
+
+
+def _scalar_only(g) -> dict:
+    """id(value) -> its node, for the values computed from the graph's Python-number inputs
+    and constants alone (an optimizer's ``weight_decay != 0``), and those inputs (None)."""
+    known: dict = {id(v): None for v in g.scalars}
+    for n in g.nodes:
+        if n.out.weak and all(not hasattr(x, "shape") or x.const is not None or id(x) in known
+                              for x in n.inputs):
+            known[id(n.out)] = n
+    return known
+
+
+def scalar_guards(g):
+    """The value guards of a communicating graph, as a Python function of its scalar inputs
+    (``-1`` when all hold, else the first failing one's index), or None without guards:
+    checked before the ranks agree on a call, so that no guard fails inside the native
+    code (they are all on Python numbers: :func:`check`). The scalar nodes run their
+    primitives' impls on float64 numbers, as the interpreter and the driver compute them."""
+    if not g.guards:
+        return None
+    known = _scalar_only(g)
+    nodes = [n for n in g.nodes if known.get(id(n.out)) is n]
+    index = {id(v): k for k, v in enumerate(g.scalars)}
+
+    def failing(scalars: list) -> int:
+        env = {id(v): np.float64(scalars[index[id(v)]]) for v in g.scalars}
+        for n in nodes:
+            args = [x if not hasattr(x, "shape") else x.const if x.const is not None
+                    else env[id(x)] for x in n.inputs]
+            env[id(n.out)] = n.prim.impl(*args, **n.params)
+        for k, gd in enumerate(g.guards):
+            if not bool(np.all(env[id(gd.value)] == gd.expected)):
+                return k
+        return -1
+    return failing
 
 
 def agreed(group, variant_collectives, hit: bool) -> bool:

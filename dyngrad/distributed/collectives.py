@@ -519,6 +519,7 @@ class RecordedWork:
         if not self.done:
             self.done = True
             self._finish()
+            self._finish = None  # (its tensors are the trace's: nothing keeps them)
             for m in STATE.modes:
                 m.on_collective(self, False)
         return True

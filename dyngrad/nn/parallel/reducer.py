@@ -52,7 +52,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ...autograd import no_grad, queue_callback
-from ...autograd.graph import AccumulateGrad
+from ...autograd.graph import AccumulateGrad, RecordedCallback
 from ...dispatch import STATE
 from ...distributed import ReduceOp, all_reduce
 from ...distributed.collectives import records_collectives
@@ -163,8 +163,9 @@ class Reducer:
         me = weakref.ref(self)  # (the parameters' hooks must not keep the reducer alive;
         #                          they go with it)
         handles = [p._register_accumulator_hook(  # (after the parameter's own post-
-            lambda p, i=i: _call(me, "on_gradient", i))  # accumulate hooks, as PyTorch's)
-            for i, p in enumerate(params)]
+            lambda p, i=i: _call(me, "on_gradient", i),  # accumulate hooks, as PyTorch's)
+            recorded=True) for i, p in enumerate(params)]  # (Note [DDP under a compiler
+        #                                                       tracer])
         weakref.finalize(self, _remove_all, handles)
 
     # ----------------------------------------------------------------- per iteration
@@ -214,7 +215,7 @@ class Reducer:
         if not self.expect_hooks:
             return
         if not self.ready:
-            queue_callback(self.finalize)
+            queue_callback(RecordedCallback(self.finalize))
         if not self.marked_unused:
             self.marked_unused = True
             for j in self.unused:
@@ -304,7 +305,8 @@ class Reducer:
                         p.grad = avg.clone()
                     else:
                         g.copy_(avg)
-            bucket.tensor = Tensor._fresh(bucket.buffer)
+            bucket.tensor = Tensor._fresh(bucket.buffer)  # (no tensor of the trace is kept)
+            bucket.work = None
         self.recorded = False
         for m in STATE.modes:
             m.on_collective(self, False)
