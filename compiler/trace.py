@@ -445,7 +445,8 @@ class Tracer(DispatchMode):
 
     def on_flag(self, owner, name: str, value) -> None:
         key = (id(owner), name)
-        if key not in self.flags:  # (the value at its first read decided what ran)
+        if key not in self.flags:  # (its value at the call's entry: library code reports
+            #                           a flag before it changes it)
             self.keep.append(owner)
             self.flags[key] = (weakref.ref(owner), name, value)
 
@@ -757,6 +758,12 @@ class Tracer(DispatchMode):
     def _finish(self, result, flat_args) -> Trace:
         if self.unsupported is not None:
             raise Unsupported(self.unsupported)
+        for ref, name, value in self.flags.values():
+            owner = ref()
+            if owner is not None and getattr(owner, name) is not value:
+                raise Unsupported(f"{type(owner).__name__}.{name} was {value} when the call "
+                                  f"began and is {getattr(owner, name)} at its end: a compiled "
+                                  f"call would not change it; change it outside the function")
         for work, where in self.open_collectives.values():
             raise Unsupported(f"{work.what}, started at {where}, is not waited for inside "
                               f"the call (its communication would be skipped by a compiled "

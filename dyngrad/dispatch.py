@@ -74,7 +74,8 @@ class DispatchMode:
 
     def on_flag(self, owner: Any, name: str, value: Any) -> None:
         """Library code decided what to run from the flag ``owner.name`` (``value``), which
-        no version counter covers (DDP's ``require_backward_grad_sync``): a trace guards it."""
+        no version counter covers (DDP's ``require_backward_grad_sync``): a trace guards it.
+        Library code reports a flag before it changes it, too (``no_sync()``)."""
 
     def on_backward(self, roots: list, retain_graph: bool) -> None:
         """The backward engine starts from ``roots``."""

@@ -168,8 +168,8 @@ class DistributedDataParallel(Module):
         ...     loss_fn(ddp(x1), y1).backward()   # local only
         >>> loss_fn(ddp(x2), y2).backward()       # averages the sum of both
         """
-        old = self.require_backward_grad_sync
-        self.__dict__["require_backward_grad_sync"] = False
+        old = read_flag(self, "require_backward_grad_sync")  # (a trace guards its value
+        self.__dict__["require_backward_grad_sync"] = False  # at the call's entry)
         try:
             yield
         finally:
