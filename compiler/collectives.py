@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dyngrad.distributed.collectives import (
+    IN_PLACE_STARTS,
     MISSED,
     STARTED,
     agree_on_step,
@@ -74,8 +75,9 @@ class Collectives:
         if not starts:
             return None
         labels = tuple(label(STARTED[n.prim], n.params.get("op"), n.inputs[0].dtype.np,
-                             concrete(n.inputs[0].shape), n.params.get("src", -1))
-                       for n in starts)
+                             concrete((n.out if n.prim in IN_PLACE_STARTS else
+                                       n.inputs[0]).shape), n.params.get("src", -1))
+                       for n in starts)  # (an in-place start's buffer: its inputs, in order)
         return Collectives(labels, fingerprint(list(labels)))
 
 

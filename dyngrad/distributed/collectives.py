@@ -22,6 +22,7 @@ Each run is preceded by the ranks' agreement check (Note [agree, then send] in w
 from __future__ import annotations
 
 import enum
+import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -436,8 +437,15 @@ def run_differentiable(coll: Collective, x: Tensor, params: dict, group) -> Tens
 # collectives (:func:`agree_on_step`).
 
 
-def _start_shape(coll: Collective):
-    def shape(x, world, **params):
+def _start_shape(coll: Collective, in_place: bool):
+    def shape(x, *more, world, **params):
+        if more:  # (several inputs: one flat buffer of them all, in order)
+            if not in_place:
+                raise ValueError(f"{coll.name}_start: one input, got {1 + len(more)}")
+            if any(m.dtype is not x.dtype for m in more):
+                raise ValueError(f"{coll.name}_start: inputs of one dtype, got "
+                                 f"{[m.dtype.name for m in (x, *more)]}")
+            return (sum(math.prod(m.shape) for m in (x, *more)),), x.dtype
         return coll.shape(tuple(x.shape), world, params), x.dtype
     return shape
 
@@ -447,13 +455,15 @@ def _wait_shape(buffer, *kept):
 
 
 def _start_impl(coll: Collective, in_place: bool):
-    def impl(x, world, **params):
+    def impl(x, *more, world, **params):
         g = resolve_group(None)
         if g.size() != world:
             raise DistBackendError(f"{coll.name}: recorded for {world} ranks, but the job "
                                    f"has {g.size()}")
         send = contiguous(np.asarray(x))
-        if in_place:  # (reduced in place in a copy: MPI reads and writes one buffer)
+        if more:  # (a bucket: its tensors copied into one flat buffer)
+            recv = send = np.concatenate([np.asarray(a).ravel() for a in (x, *more)])
+        elif in_place:  # (reduced in place in a copy: MPI reads and writes one buffer)
             recv = send = send.copy()
         else:
             recv = np.empty(coll.shape(send.shape, world, params), dtype=send.dtype)
@@ -492,7 +502,7 @@ _STARTS = {}
 for _coll, _in_place in ((ALL_REDUCE, True), (BROADCAST, True), (ALL_GATHER, False),
                          (REDUCE_SCATTER, False)):
     _STARTS[_coll] = Primitive(f"{_coll.name}_start", "collective",
-                               _start_impl(_coll, _in_place), _start_shape(_coll),
+                               _start_impl(_coll, _in_place), _start_shape(_coll, _in_place),
                                doc=f"start of {_coll.name}: {_coll.doc}")
 ALL_REDUCE_START, BROADCAST_START = _STARTS[ALL_REDUCE], _STARTS[BROADCAST]
 ALL_GATHER_START, REDUCE_SCATTER_START = _STARTS[ALL_GATHER], _STARTS[REDUCE_SCATTER]
@@ -532,12 +542,14 @@ class RecordedWork:
         return f"<RecordedWork {self.what}: {'waited' if self.done else 'started'}>"
 
 
-def record(coll: Collective, x: Tensor, params: dict, group: ProcessGroup,
+def record(coll: Collective, x, params: dict, group: ProcessGroup,
            write: Callable, async_op: bool):
     """The recorded form of an in-place collective (Note [collectives in the IR]): the start
     of ``coll`` on ``x`` now; at the wait, its result (divided by the world size for AVG)
     handed to ``write(result)``, which writes it where the eager form would. Returns None,
-    or a :class:`RecordedWork` with ``async_op``."""
+    or a :class:`RecordedWork` with ``async_op``. ``x`` may be a list of tensors of one
+    dtype (all-reduce, broadcast): they travel as one flat buffer, in order (DDP's
+    bucket, without a concatenation of its own: the start copies them in)."""
     from ..autograd import no_grad
     from ..dispatch import dispatch
     if group.broken is not None:
@@ -545,8 +557,10 @@ def record(coll: Collective, x: Tensor, params: dict, group: ProcessGroup,
                                f"no collective can run any more")
     w = group.size()
     start = _STARTS[coll]
+    xs = list(x) if isinstance(x, (list, tuple)) else [x]
+    x = xs[0]
     with no_grad():
-        started = dispatch(start, x, world=w, **params)
+        started = dispatch(start, *xs, world=w, **params)
     op = params.get("op")
 
     def finish():
@@ -558,7 +572,8 @@ def record(coll: Collective, x: Tensor, params: dict, group: ProcessGroup,
             write(result)
 
     if async_op:
-        return RecordedWork(finish, label(coll, op, x.dtype.np, x.shape, params.get("src", -1)))
+        return RecordedWork(finish, label(coll, op, x.dtype.np, started.shape,
+                                          params.get("src", -1)))
     finish()
     return None
 

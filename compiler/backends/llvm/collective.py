@@ -261,24 +261,38 @@ def lower(em: Emitter, node) -> None:
     RULES.of(node.prim)(em, node)
 
 
+def _fill(em: Emitter, n) -> None:
+    """An in-place start's buffer: its inputs copied in, one after another."""
+    out, at = n.out, 0
+    for x in n.inputs:
+        nbytes = _count(x) * x.dtype.itemsize
+        dst = em.pointer(out)
+        if at:
+            dst = em.fresh("dst")
+            em.body.append(f"  {dst} = getelementptr inbounds i8, ptr {em.pointer(out)}, "
+                           f"i64 {at}")
+        em.copy(dst, em.pointer(x), nbytes)
+        at += nbytes
+
+
 @RULES(ALL_REDUCE_START)
 def _all_reduce(em: Emitter, n) -> None:
     k = em.index[id(n)]
-    x, out = n.inputs[0], n.out
-    em.copy(em.pointer(out), em.pointer(x), _count(x) * x.dtype.itemsize)
-    view, op = mpi_op_name("all_reduce", n.params["op"], x.dtype.np)
+    out = n.out
+    _fill(em, n)
+    view, op = mpi_op_name("all_reduce", n.params["op"], out.dtype.np)
     comm, dt, o = em.handles(view, op)
     em.issue(k, F_IALLREDUCE, [f"ptr {em.word(W_IN_PLACE, 'ptr')}", f"ptr {em.pointer(out)}",
-                               f"i32 {_count(x)}", dt, o, comm])
+                               f"i32 {_count(out)}", dt, o, comm])
 
 
 @RULES(BROADCAST_START)
 def _broadcast(em: Emitter, n) -> None:
     k = em.index[id(n)]
-    x, out = n.inputs[0], n.out
-    em.copy(em.pointer(out), em.pointer(x), _count(x) * x.dtype.itemsize)
-    comm, dt, _ = em.handles(_view(x), None)
-    em.issue(k, F_IBCAST, [f"ptr {em.pointer(out)}", f"i32 {_count(x)}", dt,
+    out = n.out
+    _fill(em, n)
+    comm, dt, _ = em.handles(_view(out), None)
+    em.issue(k, F_IBCAST, [f"ptr {em.pointer(out)}", f"i32 {_count(out)}", dt,
                            f"i32 {int(n.params['src'])}", comm])
 
 

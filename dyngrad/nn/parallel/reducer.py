@@ -24,9 +24,9 @@ transfer happens while the end-of-backward callback waits.
 
 Note [DDP under a compiler tracer]: while a compiled step is traced, the same hooks run,
 but what they do is recorded (Note [collectives in the IR] in dyngrad/distributed/
-collectives.py): each gradient, times 1/world, is a tensor op; a bucket is the ``cat`` of
-its gradients, flattened; its all-reduce starts (an IR start node) when its last gradient is
-in, and the end-of-backward callback records the waits and the copies back into ``.grad``
+collectives.py): each gradient, times 1/world, is a tensor op; when a bucket's last gradient
+is in, its all-reduce starts (an IR start node taking the bucket's gradients, which it copies
+into its flat buffer), and the end-of-backward callback records the waits and the copies back into ``.grad``
 (the compiled step waits there: after the rest of the backward, before the optimizer reads
 the gradients). The reducer's own Python bookkeeping (which gradients are ready, which
 bucket is next) runs as in eager while tracing and ends each step in the state it started
@@ -55,9 +55,8 @@ from ...autograd import no_grad, queue_callback
 from ...autograd.graph import AccumulateGrad, RecordedCallback
 from ...dispatch import STATE
 from ...distributed import ReduceOp, all_reduce
-from ...distributed.collectives import records_collectives
+from ...distributed.collectives import ALL_REDUCE, record, records_collectives
 from ...ops.creation import zeros_like
-from ...ops.movement import cat
 from ...tensor import Tensor
 
 __all__ = ["FIRST_BUCKET_BYTES", "DEFAULT_BUCKET_CAP_MB", "assign_buckets", "Reducer",
@@ -253,11 +252,12 @@ class Reducer:
         while self.next_bucket < len(self.buckets) and \
                 self.buckets[self.next_bucket].pending == 0:
             launched = self.buckets[self.next_bucket]
-            if self.recorded:
-                with no_grad():
-                    launched.tensor = cat(launched.parts)
+            if self.recorded:  # (the start copies the parts into its buffer: no cat)
+                launched.work = record(ALL_REDUCE, launched.parts, {"op": ReduceOp.SUM},
+                                       self.group, _Result(launched), async_op=True)
                 launched.parts = [None] * len(launched.indices)
-            launched.work = all_reduce(launched.tensor, async_op=True)
+            else:
+                launched.work = all_reduce(launched.tensor, async_op=True)
             self.next_bucket += 1
 
     def finalize(self) -> None:
@@ -328,6 +328,19 @@ class Reducer:
                 f"error indicates that your module has parameters that were not used in "
                 f"producing loss. {advice}\nParameters which did not receive grad for rank "
                 f"{self.group.rank()}: {named}")
+
+
+class _Result:
+    """Where a recorded bucket's all-reduce puts its result: the bucket's tensor (the
+    recorded end of backward reads the averages from it)."""
+
+    __slots__ = ("bucket",)
+
+    def __init__(self, bucket) -> None:
+        self.bucket = bucket
+
+    def __call__(self, result) -> None:
+        self.bucket.tensor = result
 
 
 def _remove_all(handles: list) -> None:
