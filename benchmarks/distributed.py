@@ -43,7 +43,7 @@ WORKLOADS_RUN = ("W2", "W8")
 
 def _split(args: tuple, rank: int, world: int) -> tuple:
     """This rank's share of a call's batch (every world-th sample from ``rank``)."""
-    return tuple(a[rank::world] for a in args)
+    return tuple(a[rank::world].contiguous() for a in args)
 
 
 def _ddp_step(name: str, inst, ddp):
