@@ -13,9 +13,9 @@ Each configuration is a job of its own (``python -m dyngrad.distributed.run -n R
   one native call per rank.
 
 Per workload it reports each step time (the median of the timed calls, every rank starting
-each call after a barrier), the scaling efficiency — the 1-rank step over the 2-rank step:
-above 1, two processes beat two threads on the same batch — and how much of the all-reduce
-the backward hid: the all-reduces alone (the same buckets, started together and waited for,
+each call after a barrier, each call's time the slowest rank's), the scaling efficiency —
+the 1-rank step over the 2-rank step: above 1, two processes beat two threads on the same
+batch — and how much of the all-reduce the backward hid: the all-reduces alone (the same buckets, started together and waited for,
 compiled) cost ``comm``; the DDP step costs ``exposed`` more than the same step under
 ``no_sync()`` (its variant without communication); hidden = 1 - exposed / comm (0 when
 nothing was hidden, clamped to [0, 1]). The ranks share this machine's cores, so the
@@ -63,13 +63,20 @@ def _ddp_step(name: str, inst, ddp):
 
 
 def _median(fn, calls: int, barrier) -> float:
+    """The median over ``calls`` of a call's time on the slowest rank (every rank starts
+    each call together, after ``barrier``): a data-parallel step takes what its slowest
+    rank takes."""
+    import dyngrad as dg
+    import dyngrad.distributed as dist
     times = []
     for _ in range(calls):
         barrier()
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return float(sorted(times)[len(times) // 2])
+    slowest = dg.tensor(times, dtype=dg.float64)
+    dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+    return float(sorted(slowest.tolist())[len(times) // 2])
 
 
 def child(name: str, quick: bool, threads: int, out: Path) -> None:
@@ -88,13 +95,14 @@ def child(name: str, quick: bool, threads: int, out: Path) -> None:
     inst = WORKLOADS[name].build(quick)
     calls = 5 if quick else 21
     args = inst.calls[0]
-    fig = {"workload": name, "ranks": world, "threads": threads}
+    fig = {"workload": name, "ranks": world, "threads": threads,
+           "load_average_start": os.getloadavg()[0]}
     warnings.simplefilter("ignore")  # (the first call's fallback: optimizer state)
     if world == 1:
         step = inst.runnable(compiler.compile(inst.step, backend="llvm"))
         for _ in range(3):
             step(*args)
-        fig["step_s"] = _median(lambda: step(*args), calls, lambda: None)
+        fig["step_s"] = _median(lambda: step(*args), calls, dist.barrier)
     else:
         ddp = DDP(inst.model)
         cf = compiler.compile(_ddp_step(name, inst, ddp), backend="llvm")
@@ -133,7 +141,10 @@ def launch(name: str, ranks: int, threads: int, quick: bool) -> dict:
     """Run one configuration as a job; its figures."""
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "figures.json"
-        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(threads))
+        env = dict(os.environ, PYTHONPATH=str(ROOT))  # (threads: set by the child, as
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_THREAD_TIMEOUT"):  # python -m benchmarks
+            env.pop(var, None)  # sets them; either set when OpenBLAS starts (2 threads,
+        #  or benchmarks/__init__'s 1 ms spin) made W8's 2-thread step ~3x slower here)
         cmd = [sys.executable, "-m", "dyngrad.distributed.run", "-n", str(ranks),
                str(Path(__file__).resolve()), "--child", name, "--threads", str(threads),
                "--out", str(out)] + (["--quick"] if quick else [])
@@ -153,7 +164,8 @@ def summarise(one: dict, two: dict) -> dict:
             "two_ranks_one_thread_s": two["step_s"], "local_s": two["local_s"],
             "efficiency": one["step_s"] / two["step_s"], "allreduce_s": two["comm_s"],
             "exposed_s": exposed, "hidden": hidden, "buckets_bytes": two["buckets_bytes"],
-            "one_native_call": two["one_native_call"]}
+            "one_native_call": two["one_native_call"],
+            "load_average": [one["load_average_start"], two["load_average_start"]]}
 
 
 def table(rows: list) -> str:
@@ -189,6 +201,9 @@ def main(argv=None) -> int:
         print(f"{name}: 1 rank × 2 threads, then 2 ranks × 1 thread ...", file=sys.stderr)
         rows.append(summarise(launch(name, 1, 2, args.quick), launch(name, 2, 1, args.quick)))
     print(table(rows))
+    print(f"(load average when the jobs started: "
+          f"{', '.join(f'{a:.1f}/{b:.1f}' for a, b in (r['load_average'] for r in rows))} on "
+          f"{os.cpu_count()} CPUs: other work slows a 2-thread step most)")
     if args.json:
         args.json.write_text(json.dumps({"run": "quick" if args.quick else "full",
                                          "workloads": rows}, indent=2))

@@ -30,9 +30,8 @@ import numpy as np
 
 from dyngrad.autograd.graph import _FREED_MSG, FREED, Node
 from dyngrad.dispatch import STATE, push_mode
-from dyngrad.tensor import Storage, Tensor
-
 from dyngrad.distributed.work import DistBackendError
+from dyngrad.tensor import Storage, Tensor
 
 from . import backends, capture, collectives, dims, ir
 from .backends.base import Executable, GuardFailed, SettingError, Untemplatable

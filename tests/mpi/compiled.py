@@ -11,7 +11,6 @@ equal eager exactly, and a rank's compiled parameters equal the other rank's exa
 
 from __future__ import annotations
 
-import copy
 import datetime
 import warnings
 
@@ -329,7 +328,7 @@ def the_sequence_of_collectives_stays_in_step_after_compiled_calls():
         return u
 
     cf = compiler.compile(f, backend="llvm")
-    for k in range(3):
+    for _ in range(3):
         cf(dg.ones(3))
     seq = default_group().seq
     both = dg.tensor([seq, -seq])

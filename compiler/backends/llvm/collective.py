@@ -110,7 +110,7 @@ def mpi_table(group) -> np.ndarray:
 
 def describe_failure(status: int, cols: Collectives, group) -> str | None:
     """The message for a driver status that names a collective, or None."""
-    for base, what in ((TIMED_OUT, "timed out"), (MPI_FAILED, "failed in MPI")):
+    for base in (TIMED_OUT, MPI_FAILED):
         k = base - status
         if 0 <= k < cols.count:
             if base == TIMED_OUT:

@@ -26,7 +26,8 @@ Note [DDP under a compiler tracer]: while a compiled step is traced, the same ho
 but what they do is recorded (Note [collectives in the IR] in dyngrad/distributed/
 collectives.py): each gradient, times 1/world, is a tensor op; when a bucket's last gradient
 is in, its all-reduce starts (an IR start node taking the bucket's gradients, which it copies
-into its flat buffer), and the end-of-backward callback records the waits and the copies back into ``.grad``
+into its flat buffer), and the end-of-backward callback records the waits and the copies
+back into ``.grad``
 (the compiled step waits there: after the rest of the backward, before the optimizer reads
 the gradients). The reducer's own Python bookkeeping (which gradients are ready, which
 bucket is next) runs as in eager while tracing and ends each step in the state it started
@@ -199,8 +200,9 @@ class Reducer:
             bucket.pending = len(bucket.indices)
             bucket.work = None
         self.marked_unused = False
-        self.recorded = records_collectives() and not self.find_unused  # (find_unused: the
-        if self.recorded:  #                        forward made the trace fall back already)  # (a trace whose backward is not inside the call must fall back)
+        # (find_unused: the forward made the trace fall back already)
+        self.recorded = records_collectives() and not self.find_unused
+        if self.recorded:  # (a trace whose backward is not inside the call must fall back)
             for m in STATE.modes:
                 m.on_collective(self, True)
         if self.find_unused:
