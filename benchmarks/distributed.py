@@ -16,10 +16,10 @@ Per workload it reports each step time (the median of the timed calls, every ran
 each call after a barrier, each call's time the slowest rank's), the scaling efficiency —
 the 1-rank step over the 2-rank step: above 1, two processes beat two threads on the same
 batch — and how much of the all-reduce the backward hid: the all-reduces alone (the same
-buckets, started together and waited for, compiled) cost ``comm``; the DDP step costs ``exposed`` more than the same step under
-``no_sync()`` (its variant without communication); hidden = 1 - exposed / comm (0 when
-nothing was hidden, clamped to [0, 1]). The ranks share this machine's cores, so the
-"network" is MPICH's shared memory.
+buckets, started together and waited for, compiled) cost ``comm``; the DDP step costs
+``exposed`` more than the same step under ``no_sync()`` (its variant without
+communication); hidden = 1 - exposed / comm, clamped to [0, 1]. The ranks share this
+machine's cores, so the "network" is MPICH's shared memory.
 """
 
 from __future__ import annotations
