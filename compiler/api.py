@@ -657,6 +657,8 @@ class CompiledFunction:
         chosen, failed = None, []
         for v in self.variants:
             k = v.guards.check(flat, spec)
+            if k < 0 and getattr(v.plan, "group", group) is not group:
+                k = 0  # (made for a process group since destroyed: a miss, traced again)
             if k < 0 and v.scalar_guards is not None:
                 gi = v.scalar_guards(v._gather(flat)[1])
                 if gi >= 0:  # (a value guard: would fail inside the native code)

@@ -336,5 +336,61 @@ def the_sequence_of_collectives_stays_in_step_after_compiled_calls():
     assert both.tolist() == [seq, -seq], (seq, both)
 
 
+@check
+def an_all_reduce_through_an_alias_is_seen_by_the_other_view_as_in_eager():
+    def f(a, b):
+        dist.all_reduce(a)  # (b views a's memory: it sees the sum too)
+        return b * 1.0, a.sum()
+
+    cf = compiler.compile(f, backend="llvm")
+    for k in range(3):
+        outs = []
+        for fn in (f, cf):
+            base = dg.tensor(np.arange(6, dtype=np.float32) + 10 * R + k)
+            got = fn(base, base[2:])
+            outs.append([t.numpy().copy() for t in got] + [base.numpy().copy()])
+        for x, y in zip(*outs):
+            assert np.array_equal(x, y), (x, y)
+    assert not cf.fallbacks, cf.fallbacks
+
+
+@check
+def a_non_contiguous_tensor_and_an_async_wait_after_more_work_equal_eager():
+    def f(t, w):
+        u = (t * 2.0).t()  # (a transposed view: eager communicates a contiguous copy)
+        work = dist.all_reduce(u, op=dist.ReduceOp.AVG, async_op=True)
+        v = t @ w  # (work while the all-reduce is in flight)
+        work.wait()
+        return u + 1.0, v
+
+    cf = compiler.compile(f, backend="llvm")
+    for k in range(3):
+        t = dg.tensor(np.arange(12, dtype=np.float32).reshape(3, 4) * (R + 1) + k)
+        w = dg.ones(4, 2)
+        for got, want in zip(cf(t, w), f(t, w)):
+            assert np.array_equal(got.numpy(), want.numpy()), (got, want)
+    assert not cf.fallbacks and len(cf.variants) == 1, cf.fallbacks
+
+
+@check
+def python_state_read_by_a_step_with_collectives_is_guarded_on_every_rank():
+    """A Python number the step reads changes on both ranks between calls: each rank's
+    guard misses together, they agree to run eagerly, and both trace again."""
+    global SCALE
+
+    def f(t):
+        u = t * SCALE
+        dist.all_reduce(u)
+        return u
+
+    cf = compiler.compile(f, backend="llvm")
+    for k in range(6):
+        SCALE = 1.0 if k < 3 else 3.0
+        x = dg.full((4,), float(R + 1))
+        assert cf(x).tolist() == f(x).tolist() == [3.0 * SCALE] * 4
+    SCALE = 1.0
+    assert len(cf.variants) == 2, cf.recompiles
+
+
 run_checks(R)
 dist.destroy_process_group()
