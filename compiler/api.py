@@ -657,8 +657,6 @@ class CompiledFunction:
         chosen, failed = None, []
         for v in self.variants:
             k = v.guards.check(flat, spec)
-            if k < 0 and getattr(v.plan, "group", group) is not group:
-                k = 0  # (made for a process group since destroyed: a miss, traced again)
             if k < 0 and v.scalar_guards is not None:
                 gi = v.scalar_guards(v._gather(flat)[1])
                 if gi >= 0:  # (a value guard: would fail inside the native code)
@@ -668,6 +666,9 @@ class CompiledFunction:
                 chosen = v
                 break
             failed.append((v, k))
+        if chosen is not None and getattr(chosen.plan, "group", group) is not group:
+            self.variants.remove(chosen)  # (made for a process group since destroyed:
+            chosen = None  #                 traced again, for this one)
         if not collectives.agreed(group, chosen.collectives if chosen else None,
                                   chosen is not None):
             if chosen is None:
