@@ -70,6 +70,7 @@ W_DTYPE = 10
 W_OP = W_DTYPE + len(_VIEWS)
 WORDS = W_OP + len(MPI_OPS)
 CLOCK_MONOTONIC = 1  # (Linux)
+SPIN_NS = 2_000_000  # a wait spins this long before it yields the core between tests
 
 TIMED_OUT = -1_000_000  # the driver returns TIMED_OUT - k: collective k's wait timed out
 MPI_FAILED = -2_000_000  # MPI_FAILED - k: an MPI call of collective k returned an error
@@ -211,11 +212,18 @@ class Emitter:
             self.test(k)
 
     def wait(self, k: int) -> None:
-        """Test request k until done; past the timeout, return TIMED_OUT - k."""
+        """Test request k until done; past the timeout, return TIMED_OUT - k. Note: the
+        loop spins (MPI_Test is where the transfer moves) and yields the core only after
+        SPIN_NS of waiting: a rank that yields at once, on a machine where another process
+        is runnable, gives that process its core for a time slice — milliseconds during
+        which this rank's side of the transfer stands still (measured: an all-reduce that
+        waited after some compute took twice its time)."""
+        entered = self.now()
         loop = self.fresh("wait")
         self.body += [f"  br label {loop}", f"{loop[1:]}:"]
         flag = self.test(k)
         done, late, t0p, t0, el = (self.fresh(s) for s in ("done", "late", "t0p", "t0", "el"))
+        spun, long_ = self.fresh("spun"), self.fresh("long")
         self.body += [f"  {done} = icmp ne i32 {flag}, 0",
                       f"  br i1 {done}, label {loop}.end, label {loop}.more", f"{loop[1:]}.more:"]
         now = self.now()
@@ -225,8 +233,12 @@ class Emitter:
                       f"  {t0} = load i64, ptr {t0p}",
                       f"  {el} = sub i64 {now}, {t0}",
                       f"  {late} = icmp sgt i64 {el}, {limit}",
-                      f"  br i1 {late}, label {loop}.late, label {loop}.yield",
+                      f"  br i1 {late}, label {loop}.late, label {loop}.spin",
                       f"{loop[1:]}.late:", f"  ret i32 {TIMED_OUT - k}",
+                      f"{loop[1:]}.spin:",
+                      f"  {spun} = sub i64 {now}, {entered}",
+                      f"  {long_} = icmp sgt i64 {spun}, {SPIN_NS}",
+                      f"  br i1 {long_}, label {loop}.yield, label {loop}",
                       f"{loop[1:]}.yield:", f"  call i32 {y}()", f"  br label {loop}",
                       f"{loop[1:]}.end:"]
         self.pending.remove(k)
