@@ -392,5 +392,46 @@ def python_state_read_by_a_step_with_collectives_is_guarded_on_every_rank():
     assert len(cf.variants) == 2, cf.recompiles
 
 
+@check
+def compiled_ddp_on_the_interpreter_equals_eager_bit_for_bit():
+    """The interpreter runs eager's impls in eager's order: with collectives inside, its
+    compiled DDP steps must equal eager DDP's exactly."""
+    eager, compiled = DDP(mlp(seed=R)), DDP(mlp(seed=R))
+    o1, o2 = sgd(eager.parameters()), sgd(compiled.parameters())
+    cstep = compiler.compile(step, backend="interp")
+    l1 = train(eager, o1, step, part=R, steps=8)
+    l2 = train(compiled, o2, cstep, part=R, steps=8)
+    assert l1 == l2, (l1, l2)
+    assert relative_difference(compiled.module, eager.module) == 0.0
+    assert len(cstep.variants) == 1 and not refused(cstep), cstep.fallbacks
+
+
+@check
+def a_step_whose_other_groups_run_in_numpy_keeps_its_collectives_in_step():
+    """Normal random numbers have no native kernel: the hybrid plan runs them in numpy,
+    and the collectives as numpy steps too (inside an agreed call, without their own
+    check)."""
+    def f(t):
+        u = (t.double() + dg.randn(6, dtype=dg.float64)) * 2.0
+        dist.all_reduce(u)
+        v = u.float() + 1.0
+        dist.all_reduce(v, op=dist.ReduceOp.MAX)
+        return v
+
+    cf = compiler.compile(f, backend="llvm")
+    for k in range(4):
+        x = dg.tensor(np.linspace(-1, 1, 6, dtype=np.float32) * (R + 1) + 0.1 * k)
+        dg.manual_seed(k)
+        got = cf(x)
+        dg.manual_seed(k)
+        assert np.array_equal(got.numpy(), f(x).numpy())
+    plan = cf.variants[0].plan.describe()
+    assert len(cf.variants) == 1 and not cf.fallbacks and "driver" not in plan, plan
+    seq = default_group().seq
+    both = dg.tensor([seq, -seq])
+    dist.all_reduce(both, op=dist.ReduceOp.MAX)
+    assert both.tolist() == [seq, -seq], (seq, both)
+
+
 run_checks(R)
 dist.destroy_process_group()

@@ -44,6 +44,12 @@ shape once in its first pass: its outputs there may run in place when it has no 
 (``reduce.in_place_nodes``). Matmul, window and index kernels read elements other than the
 one they write: they get no in-place outputs.
 
+Collectives (``GroupKind.COLLECTIVE``: an MPI collective's start or wait) make no kernel:
+their rules (``collective.py``) write the MPI calls into the driver itself, with the MPI
+functions and handles read from one more table entry at run time; the driver tests the
+requests in flight after every kernel, and a failure with collectives inside is final
+(``failed``: never rerun, its collectives may have started).
+
 Note (what still falls back to the runner): graphs with normal random numbers, float64
 erf/sin/cos, pow by other exponents on many elements, guards on non-scalar values, and
 graph outputs that are computed Python numbers. Uniform random numbers are drawn natively
