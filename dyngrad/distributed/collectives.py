@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..dispatch import STATE, report_python_call
+from ..autograd import no_grad
+from ..dispatch import STATE, dispatch, report_python_call
 from ..ops.creation import zeros_like
 from ..ops.primitive import Primitive, PrimNode
 from ..tensor import Tensor
@@ -550,8 +551,6 @@ def record(coll: Collective, x, params: dict, group: ProcessGroup,
     or a :class:`RecordedWork` with ``async_op``. ``x`` may be a list of tensors of one
     dtype (all-reduce, broadcast): they travel as one flat buffer, in order (DDP's
     bucket, without a concatenation of its own: the start copies them in)."""
-    from ..autograd import no_grad
-    from ..dispatch import dispatch
     if group.broken is not None:
         raise DistBackendError(f"{coll.name}: the process group is broken ({group.broken}); "
                                f"no collective can run any more")

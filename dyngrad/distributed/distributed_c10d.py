@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ops.movement import stack
 from ..tensor import Tensor
 from .collectives import (
     ALL_GATHER,
@@ -203,7 +204,6 @@ def reduce_scatter(output: Tensor, input_list: list, op: ReduceOp = ReduceOp.SUM
     _one_per_rank("reduce_scatter", input_list, "input_list", output, g, outputs=False)
     mpi_reduction("reduce_scatter", op, output._data.dtype, g.mpi)
     if recorded:
-        from ..ops.movement import stack
         return record(REDUCE_SCATTER, stack(list(input_list)), {"op": op}, g,
                       lambda r: output.copy_(r.reshape(output.shape)), async_op)
     send = np.stack([t._data for t in input_list])
