@@ -444,6 +444,10 @@ class Tracer(DispatchMode):
             self.open_collectives.pop(id(work), None)
 
     def on_flag(self, owner, name: str, value) -> None:
+        if value is not None and type(value) is not bool:  # (its guard compares by identity)
+            self.on_python_call(f"{type(owner).__name__}.{name} (a flag of {value!r}, not a "
+                                f"bool)")
+            return
         key = (id(owner), name)
         if key not in self.flags:  # (its value at the call's entry: library code reports
             #                           a flag before it changes it)

@@ -145,7 +145,8 @@ def read_scalar(owner: Any, key: Any) -> Any:
 
 
 def read_flag(owner: Any, name: str) -> Any:
-    """``getattr(owner, name)``, told to the active modes (see ``DispatchMode.on_flag``)."""
+    """``getattr(owner, name)``, told to the active modes (see ``DispatchMode.on_flag``): a
+    bool or None (a tracer guards it by identity)."""
     value = getattr(owner, name)
     for m in STATE.modes:
         m.on_flag(owner, name, value)
