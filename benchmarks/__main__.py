@@ -3,6 +3,7 @@
     python -m benchmarks [--quick] [--json PATH] [--plot PATH] [--only W1,W5,W6,sweep]
                          [--no-torch] [--no-torch-compile] [--no-jax] [--samples N]
                          [--threads N] [--modes llvm,jax]
+    python -m benchmarks --distributed [--quick] [--json PATH] [--only W2,W8]
 
 Workloads W1–W5 (training steps and control flow), W6 (jacfwd vs jacrev), W7a and W7b
 (convolutional networks), W8 (nanoGPT) — W7 and W8 with their goals judged — and the size
@@ -13,6 +14,10 @@ Prints a table (progress on stderr while it runs), writes the figures as JSON an
 chart.
 ``--quick`` (about a minute; no torch.compile) is the CI smoke test. Exits with status 1
 when a mode did not run, disagreed with eager or never ran compiled — never for a timing.
+
+``--distributed`` runs W2 and W8 data-parallel instead — 2 ranks × 1 thread against 1 rank
+× 2 threads, the step times, the scaling efficiency and how much of the all-reduce the
+backward hid (``benchmarks/distributed.py``; needs the ``dist`` extra).
 """
 
 from __future__ import annotations
@@ -64,6 +69,10 @@ def parse(argv) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--distributed" in argv:
+        from . import distributed
+        return distributed.main([a for a in argv if a != "--distributed"])
     args = parse(argv)
     t0 = time.perf_counter()
     opts = suite.Options(args.quick, torch=not args.no_torch,

@@ -30,9 +30,10 @@ import numpy as np
 
 from dyngrad.autograd.graph import _FREED_MSG, FREED, Node
 from dyngrad.dispatch import STATE, push_mode
+from dyngrad.distributed.work import DistBackendError
 from dyngrad.tensor import Storage, Tensor
 
-from . import backends, capture, dims, ir
+from . import backends, capture, collectives, dims, ir
 from .backends.base import Executable, GuardFailed, SettingError, Untemplatable
 from .capture.calls import trace_through
 from .effects import continue_backward, plan_effects, replay
@@ -155,6 +156,9 @@ class Variant:
     bw_family: Any = None  # and of the backward part's sizes (backward outside)
     inplace: dict = field(default_factory=dict)  # node -> input written in place
     backend_name: str = "interp"
+    collectives: Any = None  # collectives.Collectives: those the graph runs (or None)
+    scalar_guards: Any = None  # its value guards (on Python numbers), checked in Python
+    #                            before the ranks agree (collectives.scalar_guards)
     number: int = 0  # 1, 2, ... in trace order: explain's "variant N", stable while the
     #                  lookup order (CompiledFunction.variants) changes
 
@@ -547,6 +551,8 @@ class CompiledFunction:
         self._unsupported_streak = 0
         self._verified = 0
         self._state_pending_ran = False  # (a first call creating optimizer state ran eagerly)
+        self.communicates = False  # a variant runs collectives: every call is agreed on
+        #                            by the ranks first (compiler/collectives.py)
         self.dynamic_numbers: set[int] = set()
         self.dynamic_sources: set = set()
         self.__wrapped__ = fn
@@ -574,6 +580,7 @@ class CompiledFunction:
 
     def reset(self) -> None:
         self.variants.clear()
+        self.communicates = False
         self._traced = 0
         self.eager_reason = None
         self._unsupported_streak = 0
@@ -610,6 +617,8 @@ class CompiledFunction:
                 or STATE.modes:
             return self.fn(*args, **kwargs)
         flat, spec = flatten(args, kwargs)
+        if self.communicates:
+            return self._agreed_call(args, kwargs, flat, spec)
         failed = []
         for v in self.variants:
             k = v.guards.check(flat, spec)
@@ -627,6 +636,8 @@ class CompiledFunction:
                 if _LOG_TOPICS and _topic("guards"):
                     log.info("%s", _value_miss(v, miss.index, miss.got))
                 continue  # nothing was written: another variant may hold (another trip count)
+            except DistBackendError:
+                raise  # (a collective failed: the job ends, never a rerun)
             except Exception as exc:  # nothing was written: let eager raise or succeed
                 self._internal_error(exc)
                 return self.fn(*args, **kwargs)
@@ -634,6 +645,55 @@ class CompiledFunction:
                 self._tried_first(v)
             return out
         return self._miss(args, kwargs, flat, spec, failed)
+
+    def _agreed_call(self, args, kwargs, flat, spec):
+        """A call of a function that communicates (Note [the ranks agree before a compiled
+        call] in compiler/collectives.py): find the variant whose guards hold, agree with
+        the other ranks, then run it — or, when any rank differs, run eagerly (trace) with
+        them all. A failure after the agreement is not rerun eagerly: this rank's
+        collectives may have started (the error is raised)."""
+        from dyngrad.distributed.process_group import default_group
+        group = default_group()
+        chosen, failed = None, []
+        for v in self.variants:
+            k = v.guards.check(flat, spec)
+            if k < 0 and v.scalar_guards is not None:
+                gi = v.scalar_guards(v._gather(flat)[1])
+                if gi >= 0:  # (a value guard: would fail inside the native code)
+                    failed.append((v, (gi, None)))
+                    continue
+            if k < 0:
+                chosen = v
+                break
+            failed.append((v, k))
+        if chosen is not None and getattr(chosen.plan, "group", group) is not group:
+            self.variants.remove(chosen)  # (made for a process group since destroyed:
+            chosen = None  #                 traced again, for this one)
+        if not collectives.agreed(group, chosen.collectives if chosen else None,
+                                  chosen is not None):
+            if chosen is None:
+                return self._miss(args, kwargs, flat, spec, failed)
+            reason = "another rank's guards chose another variant or none"
+            self.fallbacks.append(f"ran eagerly with every rank: {reason}")
+            self._note(f"{self.__name__} ran eagerly: {reason}", "guards")
+            return self.fn(*args, **kwargs)
+        if failed:
+            self._tried_first(chosen)
+        try:
+            with collectives.agreed_call(group):
+                return chosen.call(flat)
+        except GuardFailed as miss:
+            if chosen.collectives is None:  # (this rank runs eagerly, the others a variant
+                #  without collectives too: eager's own collectives, if any, are checked)
+                self._note(f"{self.__name__}: {_value_miss(chosen, miss.index, miss.got)}; "
+                           f"running eagerly on this rank", "guards")
+                return self.fn(*args, **kwargs)
+            group.broken = "a compiled step's guard failed on one rank after the agreement"
+            raise DistBackendError(
+                f"{self.__name__}: {_value_miss(chosen, miss.index, miss.got)} in its native "
+                f"code on rank {group.rank()}, after the ranks agreed to run it (its Python "
+                f"check of the guard passed): this rank cannot join the others' collectives; "
+                f"the job ends") from None
 
     def _tried_first(self, v: Variant) -> None:
         """Move ``v`` to the front of the lookup order (``variants``: the most recently used
@@ -735,11 +795,16 @@ class CompiledFunction:
             trace.bindings)
         v = Variant(trace, made.guards, lowered.before, lowered.after, made.plan, t1 - t0,
                     t2 - t1, made.copy_outputs, backward=backward, arg_meta=arg_shapes(flat),
-                    inplace=made.inplace, backend_name=self.backend)
+                    inplace=made.inplace, backend_name=self.backend,
+                    collectives=collectives.Collectives.of(trace.graph))
+        if v.collectives is not None:
+            v.scalar_guards = collectives.scalar_guards(trace.graph)
         self._traced += 1
         v.number = self._traced
-        if self.dynamic is not False:
-            self._generalize(v, flat, spec)
+        if v.collectives is not None:
+            self.communicates = True  # (from now on every call is agreed on first)
+        elif self.dynamic is not False:  # (a variant with collectives keeps its sizes: its
+            self._generalize(v, flat, spec)  # MPI counts are numbers of its code)
         self.variants.insert(0, v)  # the next call on this path finds it first
         self._note(f"traced variant {v.number} of {self.__name__}: "
                    f"{len(trace.graph.nodes)} nodes, {len(v.guards.describe)} guards, "

@@ -380,6 +380,13 @@ def build_guards(trace, flat: list, spec, dynamic_numbers: set, symbolic=None,
         add(f"o is None or o.training is not {flag}",
             f"{type(obj).__name__ if obj is not None else 'module'}.training", flag,
             lambda f, ref=ref: None if ref() is None else ref().training)
+    for k, (ref, name, flag) in enumerate(trace.flags):  # (library flags: read_flag)
+        ns[f"FL{k}"], ns[f"FV{k}"] = ref, flag
+        obj = ref()
+        lines.append(f"    o = FL{k}()")
+        add(f"o is None or o.{name} is not FV{k}",
+            f"{type(obj).__name__ if obj is not None else 'object'}.{name}", flag,
+            lambda f, ref=ref, name=name: None if ref() is None else getattr(ref(), name))
     for k, src in enumerate(trace.scalar_sources):
         if isinstance(src.owner, weakref.ref):
             ns[f"SC{k}"] = src.owner

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from . import ir
+from . import collectives, ir
 from .backends.base import Backend, Executable
 from .guards import GuardSet, build_guards
 from .partition import Split, precompute, split
@@ -81,6 +81,7 @@ def lower(trace: Trace, vector_math: bool, plans_memory: bool = False,
         return g
     before = str(checked(g))
     g = run_passes(g, check=check_each)
+    collectives.check(g, trace.backward is not None)  # (Unsupported: the call runs eagerly)
     if vector_math:  # (changes the arithmetic: passes/attention.py's note)
         g = checked(fuse_attention(g))
     if plans_memory and trace.backward is None:  # (a backward outside: the split's own
@@ -133,7 +134,8 @@ def inplace_writes(trace: Trace, g: ir.Graph, n_fwd: int) -> tuple[dict, list]:
     aliasing its operands); and when no other input shares the memory. A write-back marked
     done is not copied at commit."""
     last_guard = max((gd.after for gd in g.guards), default=0)
-    last_index = max((j for j, n in enumerate(g.nodes) if n.prim.kind == "index"), default=-1)
+    last_index = max((j for j, n in enumerate(g.nodes) if n.prim.kind in ("index", "collective")),
+                     default=-1)  # (a collective's wait may time out: nothing is written before)
     position = {id(n.out): j for j, n in enumerate(g.nodes)}
     input_index = {id(v): i for i, v in enumerate(g.inputs)}
     last_use: dict[int, int] = {}

@@ -16,6 +16,13 @@ import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from dyngrad.distributed.collectives import (
+    ALL_GATHER_START,
+    ALL_REDUCE_START,
+    BROADCAST_START,
+    COLLECTIVE_WAIT,
+    REDUCE_SCATTER_START,
+)
 from dyngrad.ops import REGISTRY
 from dyngrad.ops.attention import FLASH_ATTENTION, FLASH_ATTENTION_BACKWARD
 from dyngrad.ops.bitwise import (
@@ -75,7 +82,9 @@ from dyngrad.ops.scan import ARGSORT, CUMPROD, CUMSUM
 
 __all__ = [
     "Traits", "TRAITS", "traits", "Primitive", "Lowerings", "ABS", "ACOS", "ADD",
-    "ADAPTIVE_MAX_INDICES", "ARGSORT", "ASIN", "ATAN", "ATAN2", "BITWISE_AND",
+    "ADAPTIVE_MAX_INDICES", "ALL_GATHER_START", "ALL_REDUCE_START", "ARGSORT",
+    "BROADCAST_START", "COLLECTIVE_WAIT", "REDUCE_SCATTER_START", "ASIN", "ATAN", "ATAN2",
+    "BITWISE_AND",
     "BITWISE_LEFT_SHIFT", "BITWISE_NOT", "BITWISE_OR", "BITWISE_RIGHT_SHIFT", "BITWISE_XOR",
     "BROADCAST", "CAST", "CEIL",
     "CONCAT", "CONV", "CONV_TRANSPOSE",
@@ -118,6 +127,10 @@ class Traits:
     #   (else the output's dtype follows the inputs' by the shape rule)
     index_inputs: tuple = ()  # inputs read only as indices, which may be int32 (the kernels
     #   widen each as they read it)
+    communicates: bool = False  # an MPI collective's start or wait (Note [collectives in
+    #   the IR] in dyngrad/distributed/collectives.py): every rank must run it, in program
+    #   order — never folded, merged, dropped or recomputed, and no collective is moved
+    #   ahead of another (passes/fold.py, cse.py, dce.py, fusion.py)
 
     def maps(self, node) -> bool:
         """Whether ``node`` is an index map of its input (fusion reads it through one)."""
@@ -231,6 +244,12 @@ _OWN_TRAITS: dict[Primitive, Traits] = {
     LE: Traits(ELEMENTWISE, python=operator.le),
     GT: Traits(ELEMENTWISE, python=operator.gt),
     GE: Traits(ELEMENTWISE, python=operator.ge),
+    # an MPI collective, a start and a wait (backends/llvm/collective.py)
+    ALL_REDUCE_START: Traits(OWN, communicates=True),
+    BROADCAST_START: Traits(OWN, communicates=True),
+    ALL_GATHER_START: Traits(OWN, communicates=True),
+    REDUCE_SCATTER_START: Traits(OWN, communicates=True),
+    COLLECTIVE_WAIT: Traits(OWN, communicates=True),
     # scans and sorting: kernels of their own (kind 'index'; the LLVM backend's are in
     # backends/llvm/scan.py)
     CUMSUM: Traits(OWN),

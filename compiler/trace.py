@@ -232,6 +232,8 @@ class Trace:
     #   versions moved on after each replay
     training: list = field(default_factory=list)  # (weakref, flag): the training flag of
     #   each module in ``objects`` when first used (train()/eval() leave versions alone)
+    flags: list = field(default_factory=list)  # (weakref, name, value): flags library code
+    #   decided by (dispatch.read_flag: DDP's no_sync), guarded by value
     backward: BackwardOutside | None = None  # for outputs differentiated after the call
 
     @property
@@ -262,6 +264,8 @@ class Tracer(DispatchMode):
     """Records one call. Use :func:`trace_call`."""
 
     transparent = True  # (it records eager's operations: func transforms run as in eager)
+    records_collectives = True  # (dist.all_reduce & co. are recorded as IR start/wait
+    #                              nodes: Note [collectives in the IR] in dyngrad)
 
     def __init__(self, flat_args: list) -> None:
         self.graph = Graph()
@@ -305,6 +309,9 @@ class Tracer(DispatchMode):
         self.boundary_hits: list = []  # (node, gradient buffer, retain_graph)
         self.boundary_pending: list = []  # this backward's, until boundary_done
         self.capture = None  # the capture running the call (compiler/capture)
+        self.open_collectives: dict[int, tuple] = {}  # id -> (work, where): started with
+        #                            async_op (or DDP's armed reducer), not yet waited for
+        self.flags: dict[tuple, tuple] = {}  # (id(owner), name) -> (weakref, name, value)
 
     # ----------------------------------------------------------------- values and slots
     def _register(self, key: tuple, t: Tensor, v: Value) -> None:
@@ -429,6 +436,23 @@ class Tracer(DispatchMode):
             self.unsupported = (f"{what} runs at {self.where()} (Python side effects cannot be "
                                 f"replayed by a compiled call): remove it while the function "
                                 f"is compiled, or call the function eagerly when it must run")
+
+    def on_collective(self, work, started: bool) -> None:
+        if started:
+            self.open_collectives[id(work)] = (work, self.where())
+        else:
+            self.open_collectives.pop(id(work), None)
+
+    def on_flag(self, owner, name: str, value) -> None:
+        if value is not None and type(value) is not bool:  # (its guard compares by identity)
+            self.on_python_call(f"{type(owner).__name__}.{name} (a flag of {value!r}, not a "
+                                f"bool)")
+            return
+        key = (id(owner), name)
+        if key not in self.flags:  # (its value at the call's entry: library code reports
+            #                           a flag before it changes it)
+            self.keep.append(owner)
+            self.flags[key] = (weakref.ref(owner), name, value)
 
     def on_debug_print(self, args, sep, end) -> None:
         items = []
@@ -738,6 +762,18 @@ class Tracer(DispatchMode):
     def _finish(self, result, flat_args) -> Trace:
         if self.unsupported is not None:
             raise Unsupported(self.unsupported)
+        for ref, name, value in self.flags.values():
+            owner = ref()
+            if owner is not None and getattr(owner, name) is not value:
+                raise Unsupported(f"{type(owner).__name__}.{name} was {value} when the call "
+                                  f"began and is {getattr(owner, name)} at its end: a compiled "
+                                  f"call would not change it; change it outside the function")
+        for work, where in self.open_collectives.values():
+            raise Unsupported(f"{work.what}, started at {where}, is not waited for inside "
+                              f"the call (its communication would be skipped by a compiled "
+                              f"call): wait for it inside the function — for "
+                              f"DistributedDataParallel, compile the whole step: forward, "
+                              f"backward() and the optimizer")
         g = self.graph
         outputs: list[Value] = []
 
@@ -787,7 +823,8 @@ class Tracer(DispatchMode):
         trace = Trace(g, bindings, scalars, writebacks, effects, out_spec,
                       objects, self.baked, grad_guards, grad_enabled=self.grad_enabled,
                       prints=prints, backward=backward, continuation=continuation,
-                      backward_inside=bool(self.backward_roots), training=training)
+                      backward_inside=bool(self.backward_roots), training=training,
+                      flags=[f for f in self.flags.values() if f[0]() is not None])
         self._check_escapes(returned)
         return trace
 

@@ -20,7 +20,8 @@ from contextlib import contextmanager
 from typing import Any
 
 __all__ = ["DispatchMode", "dispatch", "push_mode", "suspend", "active_modes", "read_scalar",
-           "report_read", "report_write", "report_new", "report_attr", "report_object"]
+           "report_read", "report_write", "report_new", "report_attr", "report_object",
+           "read_flag"]
 
 
 class _State(threading.local):
@@ -66,6 +67,15 @@ class DispatchMode:
 
     def on_debug_print(self, args: tuple, sep: str, end: str) -> None:
         """``dg.debug_print(*args)`` is printing."""
+
+    def on_collective(self, work: Any, started: bool) -> None:
+        """A recorded collective with ``async_op=True`` was started (``started``), or
+        waited for (a mode with ``records_collectives``; see dyngrad/distributed)."""
+
+    def on_flag(self, owner: Any, name: str, value: Any) -> None:
+        """Library code decided what to run from the flag ``owner.name`` (``value``), which
+        no version counter covers (DDP's ``require_backward_grad_sync``): a trace guards it.
+        Library code reports a flag before it changes it, too (``no_sync()``)."""
 
     def on_backward(self, roots: list, retain_graph: bool) -> None:
         """The backward engine starts from ``roots``."""
@@ -131,6 +141,15 @@ def read_scalar(owner: Any, key: Any) -> Any:
     value = owner[key]
     for m in STATE.modes:
         value = m.on_scalar(owner, key, value)
+    return value
+
+
+def read_flag(owner: Any, name: str) -> Any:
+    """``getattr(owner, name)``, told to the active modes (see ``DispatchMode.on_flag``): a
+    bool or None (a tracer guards it by identity)."""
+    value = getattr(owner, name)
+    for m in STATE.modes:
+        m.on_flag(owner, name, value)
     return value
 
 

@@ -580,12 +580,13 @@ class Tensor:
         hooks.insert(k, hook)
         return RemovableHandle(hooks, hook)
 
-    def _register_accumulator_hook(self, fn):
+    def _register_accumulator_hook(self, fn, recorded: bool = False):
         """Call ``fn(tensor)`` after this leaf's post-accumulate-grad hooks, including those
         registered later (an :class:`~dyngrad.autograd.graph.AccumulatorHook`: where DDP's
-        reducer takes the gradient, as PyTorch's does). Returns a handle with ``remove()``."""
+        reducer takes the gradient, as PyTorch's does). Returns a handle with ``remove()``.
+        ``recorded``: a tracer sees all ``fn`` does (``autograd.graph.RecordedCallback``)."""
         hooks = self._post_accumulate_hook_list()
-        hook = AccumulatorHook(fn)
+        hook = AccumulatorHook(fn, recorded)
         hooks.append(hook)
         return RemovableHandle(hooks, hook)
 

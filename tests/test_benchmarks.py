@@ -270,3 +270,19 @@ def test_scaling_quick_run(tmp_path):
 def scaling_networks():
     from benchmarks import scaling
     return scaling.NETWORKS
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(importlib.util.find_spec("mpi4py") is None,
+                    reason="the dist extra (mpi4py, mpich) is not installed")
+def test_distributed_quick_run_compares_two_ranks_with_two_threads(tmp_path):
+    out = tmp_path / "distributed.json"
+    run = subprocess.run([sys.executable, "-m", "benchmarks", "--distributed", "--quick",
+                          "--only", "W2", "--json", str(out)], capture_output=True, text=True,
+                         timeout=600, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "| W2 |" in run.stdout
+    (w2,) = json.loads(out.read_text())["workloads"]
+    assert w2["one_native_call"] and w2["buckets_bytes"]
+    assert w2["one_rank_two_threads_s"] > 0 and w2["two_ranks_one_thread_s"] > 0
+    assert 0.0 <= w2["hidden"] <= 1.0 and w2["allreduce_s"] > 0

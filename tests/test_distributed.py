@@ -216,6 +216,77 @@ def test_collective_shape_rules():
         c.REDUCE_SCATTER.shape((6, 4), 4, {})
 
 
+class _PeerComm:
+    """A communicator whose one other rank sends ``theirs`` (a compiled call's agreement
+    key, or a collective's: 7 numbers) — the protocol's arithmetic without MPI."""
+
+    def __init__(self, theirs: list, their_description=None) -> None:
+        self.theirs, self.their_description = theirs, their_description
+
+    def Get_rank(self) -> int:
+        return 0
+
+    def Get_size(self) -> int:
+        return 2
+
+    def Iallreduce(self, inplace, both, op):
+        other = np.array(self.theirs + [-k for k in self.theirs], dtype=np.int64)
+        np.maximum(both, other, out=both)
+        return SimpleNamespace(Test=lambda: True)
+
+    def Iallgather(self, mine, table):
+        table[0], table[1] = mine, self.their_description
+        return SimpleNamespace(Test=lambda: True)
+
+
+def _group(comm) -> process_group.ProcessGroup:
+    from datetime import timedelta
+    return process_group.ProcessGroup(SimpleNamespace(IN_PLACE=None, MAX=None), comm,
+                                      timedelta(seconds=5))
+
+
+def _key(seq, fingerprint, count, code=None):
+    code = collectives.COMPILED_STEP.code if code is None else code
+    return [seq, code, -1, -1, -1, count, fingerprint]
+
+
+def test_ranks_with_the_same_compiled_collectives_agree_to_run_them():
+    g = _group(_PeerComm(_key(1, 77, 2)))
+    assert collectives.agree_on_step(g, 77, 2) is True
+    assert g.seq == 1  # (the agreement is one collective; the call then advances by 2)
+    collectives.advance(g, 2)
+    assert g.seq == 3
+
+
+@pytest.mark.parametrize("mine, theirs", [((77, 2), (78, 2)),  # another variant
+                                          ((77, 2), (collectives.MISSED, 0)),  # it missed
+                                          ((collectives.MISSED, 0), (77, 2)),  # this one did
+                                          ((collectives.MISSED, 0), (collectives.MISSED, 0))])
+def test_ranks_at_one_compiled_call_that_differ_or_miss_run_it_eagerly_together(mine, theirs):
+    g = _group(_PeerComm(_key(1, *theirs)))
+    assert collectives.agree_on_step(g, *mine) is False
+    assert g.broken is None and g.seq == 1
+
+
+def test_a_compiled_call_meeting_an_eager_collective_is_named_on_every_rank():
+    eager = [1, collectives.ALL_REDUCE.code, 0, 6, -1, 12, hash((4, 3)) & ((1 << 62) - 1)]
+    described = collectives._describe(1, collectives.ALL_REDUCE, collectives.ReduceOp.SUM,
+                                      np.dtype(np.float32), (4, 3), -1)
+    g = _group(_PeerComm(eager, described))
+    with pytest.raises(dist.DistBackendError) as err:
+        collectives.agree_on_step(g, 77, 2)
+    text = str(err.value)
+    assert "rank 0: a compiled step with 2 collective(s) inside (collective #1)" in text
+    assert "rank 1: all_reduce SUM of float32 [4, 3] (collective #1)" in text
+
+
+def test_a_compiled_call_refuses_a_broken_group():
+    g = _group(_PeerComm(_key(1, 77, 2)))
+    g.broken = "a collective timed out"
+    with pytest.raises(dist.DistBackendError, match="the process group is broken"):
+        collectives.agree_on_step(g, 77, 2)
+
+
 def test_reductions_refuse_what_has_no_meaning_naming_the_collective():
     mpi = type("MPI", (), {k: k for k in ("SUM", "MAX", "MIN", "PROD", "BAND", "BOR",
                                            "BXOR")})

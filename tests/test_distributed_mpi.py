@@ -93,6 +93,20 @@ def test_collectives(collectives, name):
     _passed(collectives, name)
 
 
+@pytest.fixture(scope="module")
+def compiled() -> dict:
+    return Job([str(PROGRAMS / "compiled.py")]).results()
+
+
+@pytest.mark.parametrize("name", _checks("compiled.py"))
+def test_compiled_steps_with_collectives(compiled, name):
+    _passed(compiled, name)
+
+
+def test_one_rank_compiles_collectives_into_the_driver_with_handles_read_at_run_time():
+    _passed_on(Job([str(PROGRAMS / "single.py")], n=1).results(), [0])
+
+
 @pytest.mark.parametrize("name", _checks("training.py"))
 def test_data_parallel_training(training, name):
     _passed(training["results"], name)
@@ -152,6 +166,14 @@ def test_a_collective_that_one_rank_never_reaches_times_out_naming_it():
                      r"of 2 after 1\.\d\d s \(timeout 1 s\), waiting for every rank to reach "
                      r"it", job.err), job.err
     assert job.seconds < 8
+
+
+def test_a_timeout_inside_a_compiled_step_ends_the_job_naming_the_collective():
+    job = _failed("compiled-timeout")
+    assert re.search(r"\[rank 0\] dyngrad.distributed.work.DistBackendError: all_reduce SUM "
+                     r"of float32 \[3\] \(collective 1 of 1 in a compiled step\) timed out on "
+                     r"rank 0 of 2 \(timeout 1 s\), waiting for its data", job.err), job.err
+    assert job.seconds < 10
 
 
 def test_a_rank_that_never_joins_the_group_times_out_init_process_group():

@@ -70,11 +70,16 @@ def prim(name):
 
 # Primitives whose result carries no derivative: comparisons give bools, bitwise ops integers
 # or bools, size_of a count, index_check and the max-pool argmaxes integer indices, and
-# creation/random ops have no differentiable inputs.
+# creation/random ops have no differentiable inputs. The collectives' IR records are recorded
+# under no_grad, as in-place collectives record nothing for autograd (the differentiable
+# collectives, dist.nn.functional, are records of dyngrad/distributed/collectives.py with
+# their own vjps, tested on 2 ranks: tests/mpi/collectives.py).
 NON_DIFFERENTIABLE = {"eq", "ne", "lt", "le", "gt", "ge", "size_of", "full", "iota", "random",
                       "index_check", "max_pool_indices", "adaptive_max_indices", "argsort",
                       "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not",
-                      "bitwise_left_shift", "bitwise_right_shift"}
+                      "bitwise_left_shift", "bitwise_right_shift", "all_reduce_start",
+                      "broadcast_start", "all_gather_start", "reduce_scatter_start",
+                      "collective_wait"}
 
 
 def test_every_primitive_has_vjp_and_jvp_rules_or_is_listed_as_non_differentiable():

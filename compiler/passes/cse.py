@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Graph, Value, renumber_guards
+from ..prims import traits
 
 
 def _key(x):
@@ -34,7 +35,8 @@ def cse(g: Graph) -> Graph:
         n.inputs = [replace.get(id(x), x) if isinstance(x, Value) else x for x in n.inputs]
         key = (n.prim.name, tuple(_key(x) for x in n.inputs),
                tuple(sorted((k, _param_key(v)) for k, v in n.params.items())))
-        prev = seen.get(key)
+        prev = seen.get(key) if not traits(n.prim).communicates else None  # (two
+        #   all-reduces of one value are two collectives every rank runs)
         if prev is not None and prev.shape == n.out.shape and prev.dtype is n.out.dtype \
                 and prev.weak == n.out.weak:
             replace[id(n.out)] = prev

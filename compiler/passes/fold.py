@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Graph, Value, renumber_guards
+from ..prims import traits
 
 MAX_FOLD_ELEMENTS = 1 << 16
 
@@ -21,6 +22,7 @@ def fold(g: Graph) -> Graph:
         # creation ops (zeros, arange, ...) stay nodes: their shapes may follow a symbolic
         # dimension, which a baked constant could not
         if known and not n.out.weak and n.prim.kind not in ("random", "creation") \
+                and not traits(n.prim).communicates \
                 and int(np.prod(n.out.shape)) <= MAX_FOLD_ELEMENTS:
             args = [x.const if isinstance(x, Value) else x for x in n.inputs]
             arr = np.asarray(n.prim.impl(*args, **n.params))

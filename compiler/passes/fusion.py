@@ -92,6 +92,7 @@ class GroupKind(enum.StrEnum):
     RANDOM = "random"
     WINDOW = "window"  # convolution and pooling windows
     SCALAR = "scalar"
+    COLLECTIVE = "collective"  # an MPI collective's start or wait: no loop, MPI calls
 
     @property
     def trivial(self) -> bool:
@@ -104,7 +105,7 @@ class GroupKind(enum.StrEnum):
         """A kernel that returns a status, nonzero when it cannot finish (an index out of
         range: the call runs eagerly; a work buffer it could not allocate: the runner's plan
         runs the call)."""
-        return self in (GroupKind.INDEX, GroupKind.WINDOW)
+        return self in (GroupKind.INDEX, GroupKind.WINDOW, GroupKind.COLLECTIVE)
 
     @property
     def stands_alone(self) -> bool:
@@ -113,7 +114,7 @@ class GroupKind(enum.StrEnum):
 
 
 _OWN_KIND = {k: GroupKind(k) for k in ("matmul", "index", "movement", "creation", "random",
-                                        "window")}
+                                        "window", "collective")}
 _LOOP = ("ew", "reduce", "map")
 
 
@@ -635,6 +636,20 @@ class _Partition:
                     heapq.heappush(ready, (self.segment[u], self.first[u], u))
         return self._sink(order, users)
 
+    def _chain_collectives(self, roots, deps: dict) -> None:
+        """Note [collectives keep their order]: every rank must start its collectives in
+        one order (MPI matches them by it), so each collective's group depends on the
+        previous collective's: no schedule puts a later start before an earlier one, or a
+        wait before its start's predecessors. They are never sunk either (``_sink``): a
+        start runs as soon as its input exists (its transfer overlaps what follows), and a
+        wait where the trace waited (DDP: after the rest of the backward, before the
+        optimizer reads the gradients)."""
+        chain = sorted((self.first[r], r) for r in roots
+                       if any(traits(self.nodes[m].prim).communicates
+                              for m in self.members[r]))
+        for (_, a), (_, b) in zip(chain, chain[1:]):
+            deps[b].add(a)
+
     def _sink(self, order: list, users: dict) -> list:
         nodes, find = self.nodes, self.find
         readers: dict = {}  # value's producing node -> the groups reading it
@@ -647,8 +662,9 @@ class _Partition:
         writing = {find(j) for j in self.writes}
         failing = {r for r in order if any(_may_fail(nodes[m]) for m in self.members[r])}
         for r in list(reversed(order)):
-            if not users[r]:
-                continue
+            if not users[r] or any(traits(nodes[m].prim).communicates
+                                   for m in self.members[r]):
+                continue  # (Note [collectives keep their order])
             k, c = pos[r], min(pos[u] for u in users[r])
             if c - 1 <= k or any(self.segment[order[j]] != self.segment[r]
                                  for j in range(k + 1, c)):
@@ -679,6 +695,7 @@ class _Partition:
                     rp = self.find(p)
                     if rp != r:
                         deps[r].add(rp)
+        self._chain_collectives(roots, deps)
         users = {r: [] for r in roots}
         for r, ds in deps.items():
             for d in ds:

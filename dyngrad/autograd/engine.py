@@ -129,7 +129,7 @@ def run_backward(roots: list, grads: list, *, retain_graph: bool, create_graph: 
             out = None
         k = 0
         while k < len(callbacks):  # (a callback may queue another)
-            if STATE.modes:
+            if STATE.modes and not getattr(callbacks[k], "recorded", False):
                 report_python_call("a callback queued for the end of backward")
             callbacks[k]()
             k += 1
@@ -142,7 +142,8 @@ def accumulate_into(leaf: Tensor, g: Tensor, create_graph: bool, shared: bool) -
     """Add ``g`` to ``leaf.grad``, then run the leaf's post-accumulate-grad hooks."""
     leaf._accumulate_grad(g, create_graph, shared)
     if leaf._post_accumulate_hooks:
-        if STATE.modes:
+        if STATE.modes and not all(getattr(h, "recorded", False)
+                                   for h in leaf._post_accumulate_hooks):
             report_python_call("a post-accumulate-grad hook on a leaf")
         for hook in list(leaf._post_accumulate_hooks):
             if hook(leaf) is not None:

@@ -95,13 +95,31 @@ class AccumulatorHook:
     ``Tensor._register_accumulator_hook``; kept at the end of the leaf's post-accumulate hook
     list, so the engine and the compiler's hook guards treat it as one of them."""
 
+    __slots__ = ("fn", "recorded")
+
+    def __init__(self, fn, recorded: bool = False) -> None:
+        self.fn = fn
+        self.recorded = recorded  # see RecordedCallback
+
+    def __call__(self, leaf) -> None:
+        return self.fn(leaf)
+
+
+class RecordedCallback:
+    """A library callable run by the backward engine (a hook, an end-of-backward callback)
+    whose every effect a tracer sees: tensor operations and collectives it records, and
+    Python state of its own that ends each step as it began (DDP's reducer: Note [DDP under
+    a compiler tracer]). The engine does not make a trace fall back for it, as it does for
+    a user's hook."""
+
     __slots__ = ("fn",)
+    recorded = True
 
     def __init__(self, fn) -> None:
         self.fn = fn
 
-    def __call__(self, leaf) -> None:
-        return self.fn(leaf)
+    def __call__(self, *args) -> None:
+        return self.fn(*args)
 
 
 class AccumulateGrad(Node):

@@ -14,8 +14,7 @@ does a primitive. Everything else — the list forms of PyTorch's API, the in-pl
 ``dist.all_reduce(t)``, DDP's buckets — is built on these records, so a compiler that
 makes them IR operations (a start node issuing the request as soon as its input exists and
 a wait node where the result is first read) has four entries to add and no other code to
-learn. They are not in the op table (``dyngrad.ops.REGISTRY``) yet: until the compiler
-lowers them, a trace that meets a collective falls back to eager (:func:`check_modes`).
+learn. Those entries are at the end of this module (Note [collectives in the IR]).
 
 Each run is preceded by the ranks' agreement check (Note [agree, then send] in work.py).
 """
@@ -23,22 +22,28 @@ Each run is preceded by the ranks' agreement check (Note [agree, then send] in w
 from __future__ import annotations
 
 import enum
+import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..dispatch import STATE, report_python_call
+from ..autograd import no_grad
+from ..dispatch import STATE, dispatch, report_python_call
 from ..ops.creation import zeros_like
-from ..ops.primitive import PrimNode
+from ..ops.primitive import Primitive, PrimNode
 from ..tensor import Tensor
 from .process_group import ProcessGroup, resolve_group
 from .work import DistBackendError, Work, wait_all
 
 __all__ = ["ReduceOp", "Collective", "COLLECTIVES", "ALL_REDUCE", "BROADCAST", "ALL_GATHER",
-           "REDUCE_SCATTER", "BARRIER", "launch", "run_differentiable", "check_modes",
-           "mpi_reduction", "contiguous", "source_rank", "label", "DTYPES"]
+           "REDUCE_SCATTER", "BARRIER", "COMPILED_STEP", "launch", "run_differentiable",
+           "check_modes", "recording", "mpi_reduction", "mpi_op_name", "MPI_OPS",
+           "contiguous", "source_rank", "label", "DTYPES", "ALL_REDUCE_START",
+           "BROADCAST_START", "ALL_GATHER_START", "REDUCE_SCATTER_START", "COLLECTIVE_WAIT",
+           "STARTED", "IN_PLACE_STARTS", "RecordedWork", "record", "MISSED", "agree_on_step",
+           "advance", "records_collectives"]
 
 
 class ReduceOp(enum.Enum):
@@ -73,6 +78,17 @@ _MPI_OPS = {ReduceOp.SUM: "SUM", ReduceOp.AVG: "SUM", ReduceOp.PRODUCT: "PROD",
 def mpi_reduction(name: str, op, dtype: np.dtype, mpi):
     """(how to view the buffer for MPI, the MPI op) for ``op`` on ``dtype``, or an error
     naming the collective: bool tensors travel as bytes (MPI has no sum of bools)."""
+    view, op_name = mpi_op_name(name, op, dtype)
+    return view, getattr(mpi, op_name)
+
+
+MPI_OPS = ("SUM", "PROD", "MIN", "MAX", "BAND", "BOR", "BXOR")  # (the names MPI gives them)
+
+
+def mpi_op_name(name: str, op, dtype: np.dtype) -> tuple:
+    """(how to view the buffer for MPI, the name of MPI's op: one of :data:`MPI_OPS`) for
+    ``op`` on ``dtype``, or an error naming the collective (see :func:`mpi_reduction`)."""
+    dtype = np.dtype(dtype)
     if not isinstance(op, ReduceOp):
         raise TypeError(f"{name}: op must be a dist.ReduceOp (e.g. ReduceOp.SUM), got {op!r}")
     if dtype not in _DTYPE_CODES:
@@ -81,14 +97,14 @@ def mpi_reduction(name: str, op, dtype: np.dtype, mpi):
         if op is ReduceOp.AVG:
             raise TypeError(f"{name}: ReduceOp.AVG of a bool tensor is not defined: use SUM "
                             f"(a logical or) or convert to float first")
-        return np.uint8, getattr(mpi, _BOOL_AS_BYTES[op])
+        return np.dtype(np.uint8), _BOOL_AS_BYTES[op]
     if op is ReduceOp.AVG and dtype.kind != "f":
         raise TypeError(f"{name}: ReduceOp.AVG of a {dtype} tensor would not be an integer: "
                         f"use SUM and divide, or convert to float first")
     if op in _BITWISE and dtype.kind == "f":
         raise TypeError(f"{name}: ReduceOp.{op.name} needs an integer or bool tensor, got "
                         f"{dtype}")
-    return dtype, getattr(mpi, _MPI_OPS[op])
+    return dtype, _MPI_OPS[op]
 
 
 def source_rank(name: str, src, world: int) -> int:
@@ -232,7 +248,11 @@ REDUCE_SCATTER = Collective("reduce_scatter", 4, _scattered_shape, _start_reduce
 BARRIER = Collective("barrier", 5, _same_shape, _start_barrier, None,
                      "returns on every rank once all ranks have reached it")
 COLLECTIVES = {c.name: c for c in (ALL_REDUCE, BROADCAST, ALL_GATHER, REDUCE_SCATTER, BARRIER)}
-_BY_CODE = {c.code: c for c in COLLECTIVES.values()}
+# a compiled step with collectives inside: the ranks agree on it as on one collective
+# (:func:`agree_on_step`); its "shape" is the number of collectives it runs
+COMPILED_STEP = Collective("compiled step", 6, _same_shape, None, None,
+                           "a compiled call whose native code runs collectives")
+_BY_CODE = {c.code: c for c in (*COLLECTIVES.values(), COMPILED_STEP)}
 
 
 # ------------------------------------------------------------------ running one
@@ -247,8 +267,29 @@ def check_modes(name: str) -> None:
             raise RuntimeError(f"dist.{name} cannot run under {type(m).__name__} (a function "
                                f"transform would not see the communication): call it "
                                f"outside the transform")
-    report_python_call(f"dist.{name}, an MPI collective (not an operation of the compiler's "
-                       f"IR yet, so a compiled call would skip the communication),")
+    report_python_call(f"dist.{name}, an MPI collective the compiler does not record (a "
+                       f"compiled call would skip the communication),")
+
+
+def records_collectives() -> bool:
+    """Whether dispatch modes are active and every one records collectives (a compiler
+    tracer), asking nothing else of them."""
+    modes = STATE.modes
+    return bool(modes) and all(getattr(m, "records_collectives", False) for m in modes)
+
+
+def recording(name: str) -> bool:
+    """Whether the active dispatch modes record ``dist.<name>`` as IR operations (a compiler
+    tracer: Note [collectives in the IR]) — then the caller takes the recorded path. Refuses
+    function transforms as :func:`check_modes`; any other observing mode makes the call
+    fall back to eager (reported), and False is returned."""
+    modes = STATE.modes
+    if not modes:
+        return False
+    if all(getattr(m, "records_collectives", False) for m in modes):
+        return True
+    check_modes(name)
+    return False
 
 
 _SHAPE_DIMS = 16  # dimensions a disagreement report shows
@@ -265,6 +306,8 @@ def _describe(seq: int, coll: Collective, op, dtype, shape, root: int) -> np.nda
 
 def label(coll: Collective, op, dtype, shape, root: int = -1) -> str:
     """How errors name a collective: ``all_reduce SUM of float32 [4, 3]``."""
+    if coll is COMPILED_STEP:
+        return f"a compiled step with {shape[0]} collective(s) inside"
     text = coll.name
     if op is not None:
         text += f" {op.name}"
@@ -367,3 +410,220 @@ def run_differentiable(coll: Collective, x: Tensor, params: dict, group) -> Tens
         out._node = PrimNode(coll, params, (x,), out, [edge])
         out._requires_grad = True
     return out
+
+
+# ------------------------------------------------------------------ in the compiler's IR
+
+# Note [collectives in the IR]: under a compiler tracer (a dispatch mode with
+# ``records_collectives``), the in-place collectives and DDP's buckets are recorded as
+# primitives of the op table, each collective two of them, so a compiled step communicates
+# without leaving native code:
+#
+# - ``<name>_start(x, world=W, ...)`` issues the non-blocking MPI call on a buffer of its
+#   own (its output), as soon as ``x`` exists: the reduction of every rank's ``x`` lands
+#   there (``all_reduce`` and ``broadcast`` work in place on a copy of ``x``; ``all_gather``
+#   and ``reduce_scatter`` read ``x`` while they run);
+# - ``collective_wait(buffer, *kept)`` completes it and copies the result out; ``kept`` are
+#   the values MPI reads until then (``x`` of an all-gather), so that a memory plan keeps
+#   them, and the buffer, alive and untouched from the start to the wait.
+#
+# ``AVG`` is a ``SUM`` start followed by a division by the world size, recorded as eager
+# divides (``x / W``: the same float operation as ``np.divide(buf, W)``). Each record's
+# ``impl`` runs the collective eagerly, with the ranks' agreement check — that is what the
+# tracing call and the numpy interpreter do — and returns the result at once (the wait's
+# impl copies it); the LLVM backend lowers the pair to MPI calls made by the native code
+# (compiler/backends/llvm/collective.py). The compiler's traits of these records
+# (``compiler/prims.py``: ``communicates``) keep every pass from folding, merging, dropping
+# or reordering them; the ranks agree before each compiled call that they run the same
+# collectives (:func:`agree_on_step`).
+
+
+def _start_shape(coll: Collective, in_place: bool):
+    def shape(x, *more, world, **params):
+        if more:  # (several inputs: one flat buffer of them all, in order)
+            if not in_place:
+                raise ValueError(f"{coll.name}_start: one input, got {1 + len(more)}")
+            if any(m.dtype is not x.dtype for m in more):
+                raise ValueError(f"{coll.name}_start: inputs of one dtype, got "
+                                 f"{[m.dtype.name for m in (x, *more)]}")
+            return (sum(math.prod(m.shape) for m in (x, *more)),), x.dtype
+        return coll.shape(tuple(x.shape), world, params), x.dtype
+    return shape
+
+
+def _wait_shape(buffer, *kept):
+    return tuple(buffer.shape), buffer.dtype
+
+
+def _start_impl(coll: Collective, in_place: bool):
+    def impl(x, *more, world, **params):
+        g = resolve_group(None)
+        if g.size() != world:
+            raise DistBackendError(f"{coll.name}: recorded for {world} ranks, but the job "
+                                   f"has {g.size()}")
+        send = contiguous(np.asarray(x))
+        if more:  # (a bucket: its tensors copied into one flat buffer)
+            recv = send = np.concatenate([np.asarray(a).ravel() for a in (x, *more)])
+        elif in_place:  # (reduced in place in a copy: MPI reads and writes one buffer)
+            recv = send = send.copy()
+        else:
+            recv = np.empty(coll.shape(send.shape, world, params), dtype=send.dtype)
+        if params.get("op") is not None:
+            mpi_reduction(coll.name, params["op"], send.dtype, g.mpi)
+        if g.agreed:  # (a compiled call the ranks agreed on: no check, as native code)
+            _run_agreed(g, coll, send, recv, params)
+        else:
+            launch(g, coll, send, recv, params, lambda: None).wait()
+        return recv  # (an AVG's sum: the division is a node of its own)
+    impl.__name__ = f"{coll.name}_start"
+    return impl
+
+
+def _run_agreed(g: ProcessGroup, coll: Collective, send, recv, params: dict) -> None:
+    """One collective of an agreed compiled call, run by a numpy executor: the payload
+    alone, with the group's timeout (see :func:`agree_on_step`)."""
+    g.seq += 1
+    seq = g.seq
+    what = label(coll, params.get("op"), send.dtype, send.shape, params.get("src", -1))
+
+    def timed_out(waited: float) -> str:
+        g.broken = f"{what} (collective #{seq}) timed out"
+        return (f"{what} (collective #{seq}) timed out on rank {g.rank()} of {g.size()} after "
+                f"{waited:.2f} s (timeout {g.timeout:g} s), waiting for its data from the "
+                f"other ranks")
+
+    wait_all([coll.start(g, send, recv, params)], g.timeout, timed_out)
+
+
+def _wait_impl(buffer, *kept):
+    return np.array(buffer, copy=True)
+
+
+_STARTS = {}
+for _coll, _in_place in ((ALL_REDUCE, True), (BROADCAST, True), (ALL_GATHER, False),
+                         (REDUCE_SCATTER, False)):
+    _STARTS[_coll] = Primitive(f"{_coll.name}_start", "collective",
+                               _start_impl(_coll, _in_place), _start_shape(_coll, _in_place),
+                               doc=f"start of {_coll.name}: {_coll.doc}")
+ALL_REDUCE_START, BROADCAST_START = _STARTS[ALL_REDUCE], _STARTS[BROADCAST]
+ALL_GATHER_START, REDUCE_SCATTER_START = _STARTS[ALL_GATHER], _STARTS[REDUCE_SCATTER]
+COLLECTIVE_WAIT = Primitive("collective_wait", "collective", _wait_impl, _wait_shape,
+                            doc="completes a collective's start; a copy of its result")
+STARTED = {p: c for c, p in _STARTS.items()}  # start primitive -> its collective
+IN_PLACE_STARTS = (ALL_REDUCE_START, BROADCAST_START)  # (MPI works on the start's buffer)
+
+
+class RecordedWork:
+    """What ``async_op=True`` returns under a compiler tracer: the collective's start is
+    recorded; ``wait()`` records its wait and the write into the result tensor where the
+    program waits (so the compiled step waits there too). A recorded work never waited for
+    makes the trace fall back (the tracer is told: ``on_collective``)."""
+
+    __slots__ = ("_finish", "what", "done", "__weakref__")
+
+    def __init__(self, finish: Callable, what: str) -> None:
+        self._finish, self.what, self.done = finish, what, False
+        for m in STATE.modes:
+            m.on_collective(self, True)
+
+    def wait(self, timeout=None) -> bool:
+        if not self.done:
+            self.done = True
+            self._finish()
+            self._finish = None  # (its tensors are the trace's: nothing keeps them)
+            for m in STATE.modes:
+                m.on_collective(self, False)
+        return True
+
+    def is_completed(self) -> bool:
+        """Records the wait (a compiled step cannot ask MPI mid-way whether it is done)."""
+        return self.wait()
+
+    def __repr__(self) -> str:
+        return f"<RecordedWork {self.what}: {'waited' if self.done else 'started'}>"
+
+
+def record(coll: Collective, x, params: dict, group: ProcessGroup,
+           write: Callable, async_op: bool):
+    """The recorded form of an in-place collective (Note [collectives in the IR]): the start
+    of ``coll`` on ``x`` now; at the wait, its result (divided by the world size for AVG)
+    handed to ``write(result)``, which writes it where the eager form would. Returns None,
+    or a :class:`RecordedWork` with ``async_op``. ``x`` may be a list of tensors of one
+    dtype (all-reduce, broadcast): they travel as one flat buffer, in order (DDP's
+    bucket, without a concatenation of its own: the start copies them in)."""
+    if group.broken is not None:
+        raise DistBackendError(f"{coll.name}: the process group is broken ({group.broken}); "
+                               f"no collective can run any more")
+    w = group.size()
+    start = _STARTS[coll]
+    xs = list(x) if isinstance(x, (list, tuple)) else [x]
+    x = xs[0]
+    with no_grad():
+        started = dispatch(start, *xs, world=w, **params)
+    op = params.get("op")
+
+    def finish():
+        with no_grad():
+            kept = () if start in IN_PLACE_STARTS else (x,)
+            result = dispatch(COLLECTIVE_WAIT, started, *kept)
+            if op is ReduceOp.AVG:
+                result = result / w
+            write(result)
+
+    if async_op:
+        return RecordedWork(finish, label(coll, op, x.dtype.np, started.shape,
+                                          params.get("src", -1)))
+    finish()
+    return None
+
+
+MISSED = 0  # the fingerprint of a rank that has no compiled variant for this call
+
+
+def agree_on_step(group: ProcessGroup, fingerprint: int, count: int) -> bool:
+    """Before a compiled call whose function communicates: do all ranks run compiled code
+    with the same collectives? One small all-reduce, in the format of a collective's
+    agreement check (Note [agree, then send] in work.py), of this call's signature — a
+    compiled step, its place in the sequence, ``count`` collectives, and ``fingerprint``
+    (of their kinds, ops, dtypes and sizes, in order; :data:`MISSED` when no variant's
+    guards held here).
+
+    True: every rank has the same nonzero fingerprint — run the compiled code, then
+    :func:`advance` the sequence by ``count``. False: every rank is at a compiled call
+    but they differ (a guard missed on some rank) — every rank runs the call eagerly, whose
+    own collectives are checked one by one. A rank that is elsewhere (an eager collective,
+    another point of the program) makes every rank raise the mismatch, named, as eager does.
+    """
+    if group.broken is not None:
+        raise DistBackendError(f"a compiled step with collectives: the process group is "
+                               f"broken ({group.broken}); no collective can run any more")
+    if group.checking is not None:
+        group.checking.settle()  # (an eager payload starts before this check: MPI's order)
+    group.seq += 1
+    seq = group.seq
+    key = (seq, COMPILED_STEP.code, -1, -1, -1, count, fingerprint & _HASH_BITS)
+    both = np.array(key + tuple(-k for k in key), dtype=np.int64)
+    request = group.comm.Iallreduce(group.mpi.IN_PLACE, both, op=group.mpi.MAX)
+
+    def timed_out(waited: float) -> str:
+        group.broken = f"a compiled step (collective #{seq}) timed out"
+        return (f"a compiled step with {count} collective(s) inside (collective #{seq}) timed "
+                f"out on rank {group.rank()} of {group.size()} after {waited:.2f} s (timeout "
+                f"{group.timeout:g} s), waiting for every rank to reach it (the ranks' "
+                f"agreement check). Another rank has not reached this call: it is still "
+                f"computing, it stopped, or it calls collectives in another order.")
+
+    wait_all([request], group.timeout, timed_out)
+    high, low = both[:_KEY], -both[_KEY:]
+    if (high == low).all():
+        return fingerprint != MISSED
+    if high[0] == low[0] and high[1] == low[1] == COMPILED_STEP.code:
+        return False  # (all at this compiled call: they fall back together)
+    raise _disagreement(group, COMPILED_STEP,
+                        _describe(seq, COMPILED_STEP, None, None, (count,), -1))
+
+
+def advance(group: ProcessGroup, count: int) -> None:
+    """A compiled step ran ``count`` collectives without the per-collective check (its
+    ranks agreed on all of them at once): the sequence moves on as eager's would."""
+    group.seq += count

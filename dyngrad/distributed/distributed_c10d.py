@@ -11,12 +11,18 @@ parameters so). Unlike PyTorch's they bump the tensor's version counter, as ever
 change does in dyngrad: a tensor saved for backward and then overwritten by a collective
 is an error at backward time, not a silently wrong gradient. A tensor that is not
 C-contiguous is communicated through a contiguous copy and written back.
+
+Under a compiler tracer each is recorded instead (``collectives.record``; Note [collectives
+in the IR]): its start and wait become IR nodes, and the write into the result tensor an
+in-place ``copy_`` (the same bump of the version counter). ``barrier`` is not recorded: a
+compiled function calling it runs eagerly (the reason is recorded).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..ops.movement import stack
 from ..tensor import Tensor
 from .collectives import (
     ALL_GATHER,
@@ -29,6 +35,8 @@ from .collectives import (
     contiguous,
     launch,
     mpi_reduction,
+    record,
+    recording,
     source_rank,
 )
 from .process_group import resolve_group
@@ -68,10 +76,12 @@ def all_reduce(tensor: Tensor, op: ReduceOp = ReduceOp.SUM, group=None,
     >>> t = dg.tensor([float(dist.get_rank())])   # doctest: +SKIP
     >>> dist.all_reduce(t); t                     # on 2 ranks: tensor([1.])
     """
-    check_modes("all_reduce")
+    recorded = recording("all_reduce")
     g = resolve_group(group)
     _check("all_reduce", tensor, "tensor", writes=True)
     mpi_reduction("all_reduce", op, tensor._data.dtype, g.mpi)
+    if recorded:
+        return record(ALL_REDUCE, tensor, {"op": op}, g, tensor.copy_, async_op)
     buf = contiguous(tensor._data)
 
     def finish():
@@ -88,10 +98,12 @@ def broadcast(tensor: Tensor, src: int | None = None, group=None, async_op: bool
 
     >>> dist.broadcast(weights, src=0)   # doctest: +SKIP
     """
-    check_modes("broadcast")
+    recorded = recording("broadcast")
     g = resolve_group(group)
     src = source_rank("broadcast", group_src if src is None else src, g.size())
     _check("broadcast", tensor, "tensor", writes=True)
+    if recorded:
+        return record(BROADCAST, tensor, {"src": src}, g, tensor.copy_, async_op)
     buf = contiguous(tensor._data)
     return _done(launch(g, BROADCAST, buf, buf, {"src": src},
                         lambda: _written(tensor, buf)), async_op)
@@ -134,10 +146,16 @@ def all_gather(tensor_list: list, tensor: Tensor, group=None,
     >>> out = [dg.zeros(3) for _ in range(dist.get_world_size())]   # doctest: +SKIP
     >>> dist.all_gather(out, dg.ones(3))
     """
-    check_modes("all_gather")
+    recorded = recording("all_gather")
     g = resolve_group(group)
     _check("all_gather", tensor, "tensor", writes=False)
     _one_per_rank("all_gather", tensor_list, "tensor_list", tensor, g, outputs=True)
+    if recorded:
+        def write(result):
+            parts = result.reshape((g.size(), *tensor.shape))
+            for i, t in enumerate(tensor_list):
+                t.copy_(parts[i])
+        return record(ALL_GATHER, tensor, {}, g, write, async_op)
     send = contiguous(tensor._data)
     recv = np.empty(ALL_GATHER.shape(send.shape, g.size(), {}), dtype=send.dtype)
 
@@ -156,12 +174,15 @@ def all_gather_into_tensor(output_tensor: Tensor, input_tensor: Tensor, group=No
     >>> out = dg.zeros(2 * dist.get_world_size())   # doctest: +SKIP
     >>> dist.all_gather_into_tensor(out, dg.ones(2))
     """
-    check_modes("all_gather_into_tensor")
+    recorded = recording("all_gather_into_tensor")
     g = resolve_group(group)
     _check("all_gather_into_tensor", input_tensor, "input_tensor", writes=False)
     _check("all_gather_into_tensor", output_tensor, "output_tensor", writes=True)
     concatenated = _all_blocks("all_gather_into_tensor", output_tensor, "output_tensor",
                                input_tensor, "input", g.size())
+    if recorded:
+        return record(ALL_GATHER, input_tensor, {}, g,
+                      lambda r: output_tensor.copy_(r.reshape(output_tensor.shape)), async_op)
     send = contiguous(input_tensor._data)
     recv = contiguous(output_tensor._data).reshape(concatenated)
     if np.may_share_memory(send, recv):  # (the input a block of the output, PyTorch's in-place
@@ -177,11 +198,14 @@ def reduce_scatter(output: Tensor, input_list: list, op: ReduceOp = ReduceOp.SUM
     >>> out = dg.zeros(3)                                              # doctest: +SKIP
     >>> dist.reduce_scatter(out, [dg.ones(3)] * dist.get_world_size())  # out: the world size
     """
-    check_modes("reduce_scatter")
+    recorded = recording("reduce_scatter")
     g = resolve_group(group)
     _check("reduce_scatter", output, "output", writes=True)
     _one_per_rank("reduce_scatter", input_list, "input_list", output, g, outputs=False)
     mpi_reduction("reduce_scatter", op, output._data.dtype, g.mpi)
+    if recorded:
+        return record(REDUCE_SCATTER, stack(list(input_list)), {"op": op}, g,
+                      lambda r: output.copy_(r.reshape(output.shape)), async_op)
     send = np.stack([t._data for t in input_list])
     recv = np.empty(REDUCE_SCATTER.shape(send.shape, g.size(), {}), dtype=send.dtype)
     return _done(launch(g, REDUCE_SCATTER, send, recv, {"op": op},
@@ -197,13 +221,16 @@ def reduce_scatter_tensor(output: Tensor, input: Tensor, op: ReduceOp = ReduceOp
     >>> out = dg.zeros(2)                                                      # doctest: +SKIP
     >>> dist.reduce_scatter_tensor(out, dg.ones(2 * dist.get_world_size()))   # out: [2., 2.]
     """
-    check_modes("reduce_scatter_tensor")
+    recorded = recording("reduce_scatter_tensor")
     g = resolve_group(group)
     _check("reduce_scatter_tensor", input, "input", writes=False)
     _check("reduce_scatter_tensor", output, "output", writes=True)
     w = g.size()
     concatenated = _all_blocks("reduce_scatter_tensor", input, "input", output, "output", w)
     mpi_reduction("reduce_scatter_tensor", op, output._data.dtype, g.mpi)
+    if recorded:
+        return record(REDUCE_SCATTER, input.reshape(concatenated), {"op": op}, g,
+                      lambda r: output.copy_(r.reshape(output.shape)), async_op)
     send = contiguous(input._data).reshape(concatenated)
     recv = np.empty(REDUCE_SCATTER.shape(send.shape, w, {}), dtype=send.dtype)
     return _done(launch(g, REDUCE_SCATTER, send, recv, {"op": op},

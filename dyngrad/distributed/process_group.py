@@ -84,6 +84,8 @@ class ProcessGroup:
         self.seq = 0
         self.checking = None  # the Work whose agreement check is in flight, if any
         self.broken: str | None = None  # why no collective can run any more
+        self.agreed = False  # inside a compiled call the ranks agreed on: its collectives
+        #                      run without their own check (collectives.agree_on_step)
         self._rank, self._size = comm.Get_rank(), comm.Get_size()
 
     def rank(self) -> int:

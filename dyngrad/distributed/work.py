@@ -34,6 +34,8 @@ class DistBackendError(RuntimeError):
     """A collective failed on this rank: its peers disagreed about it or did not reach it in
     time (PyTorch's ``torch.distributed.DistBackendError``)."""
 
+    keep_as_is = True  # (raised inside a primitive's impl under a tracer: not rewrapped)
+
 
 def pause(waited: float) -> None:
     """Idle briefly while an MPI request is pending, ``waited`` seconds so far."""

@@ -59,7 +59,9 @@ except ImportError:  # pragma: no cover - older numpy
 
 
 KINDS = ("elementwise", "reduce", "movement", "index", "matmul", "creation", "random",
-         "window")  # window: reads windows of its input (convolution, pooling)
+         "window", "collective")  # window: reads windows of its input (convolution,
+#                                   pooling); collective: an MPI collective's start or wait
+#                                   (dyngrad/distributed/collectives.py)
 
 REGISTRY: dict[str, Primitive] = {}
 
@@ -158,6 +160,8 @@ def _plain(x):
 def op_error(prim: Primitive, args: tuple, params: dict, exc: Exception) -> Exception:
     """A clear error for a failed op: the shape rule's own message when it rejects the
     inputs, else numpy's message prefixed with the op, the input shapes and dtypes."""
+    if getattr(exc, "keep_as_is", False):  # (an error that names its op itself, and whose
+        return exc  #                              type callers catch: DistBackendError)
     avals = [AbstractValue(a.shape, a.dtype) if isinstance(a, Tensor) else a for a in args]
     try:
         prim.shape(*avals, **params)

@@ -90,6 +90,27 @@ elif case == "ddp-interrupted":  # a backward stopped midway on rank 0, caught; 
         except Exception as exc:  # noqa: BLE001 - what the program under test does
             print(f"caught on rank {rank}: {type(exc).__name__}: {exc}")
     sys.exit(0)  # (a normal exit: the job must still end, not leave rank 1 waiting)
+elif case == "compiled-timeout":  # inside the native code: rank 1 agrees, then never sends
+    import compiler
+    from dyngrad.distributed.collectives import agree_on_step
+    from dyngrad.distributed.process_group import default_group
+
+    def f(t):
+        u = t * 2.0
+        dist.all_reduce(u)
+        return u
+
+    cf = compiler.compile(f, backend="llvm")
+    for _ in range(3):  # (traced, then compiled: both ranks have the variant)
+        cf(dg.ones(3))
+    params = [p.detach().clone() for p in [dg.ones(3)]]
+    if rank == 1:  # (what a rank that agreed and then stopped looks like to rank 0)
+        cols = cf.variants[0].collectives
+        agree_on_step(default_group(), cols.fingerprint, cols.count)
+        time.sleep(30)
+    x = dg.ones(3)
+    cf(x)
+    assert x.tolist() == params[0].tolist()
 else:
     raise SystemExit(f"unknown case {case}")
 print("never printed: the job went on")

@@ -44,6 +44,12 @@ shape once in its first pass: its outputs there may run in place when it has no 
 (``reduce.in_place_nodes``). Matmul, window and index kernels read elements other than the
 one they write: they get no in-place outputs.
 
+Collectives (``GroupKind.COLLECTIVE``: an MPI collective's start or wait) make no kernel:
+their rules (``collective.py``) write the MPI calls into the driver itself, with the MPI
+functions and handles read from one more table entry at run time; the driver tests the
+requests in flight after every kernel, and a failure with collectives inside is final
+(``failed``: never rerun, its collectives may have started).
+
 Note (what still falls back to the runner): graphs with normal random numbers, float64
 erf/sin/cos, pow by other exponents on many elements, guards on non-scalar values, and
 graph outputs that are computed Python numbers. Uniform random numbers are drawn natively
@@ -61,6 +67,10 @@ import threading
 import numpy as np
 
 from dyngrad import dtypes as _dt
+from dyngrad.distributed import process_group as _groups
+from dyngrad.distributed.collectives import advance
+from dyngrad.distributed.process_group import resolve_group
+from dyngrad.distributed.work import DistBackendError
 
 from ...dims import Dim, concrete
 from ...dims import describe as describe_dim
@@ -70,7 +80,7 @@ from ...passes.fusion import fuse
 from ...passes.memory import plan_memory, verify_plan
 from ...prims import traits
 from .. import base
-from . import cache, codegen, emit, reduce, window
+from . import cache, codegen, collective, emit, reduce, window
 
 ALIGN = 64
 BLOCKS = 2  # output arrays kept per output (see the module docstring)
@@ -246,6 +256,8 @@ class DriverPlan(base.Executable):
                 raise NotDrivable(f"the source of a reshape, {src!r}, has no buffer")
             where[vid] = where[id(src)]
         self.where = where
+        self.collectives = collective.Collectives.of(g)  # (None: the graph communicates not)
+        self.mpi_slot = slot("mpi", None) if self.collectives is not None else None
         self.slots, self.kernels = slots, groups  # (the groups that run code, in order)
         self.steps, self.producer, self.position = steps, producer, position
 
@@ -256,12 +268,20 @@ class DriverPlan(base.Executable):
         groups, slots, where = self.kernels, self.slots, self.where
         steps, producer, position = self.steps, self.producer, self.position
         arena_slot, scalars_slot = self.arena_slot, self.scalars_slot
-        text, fns = codegen.module_ir(g, groups, prefix="dg_d",
-                                      inline=len(groups) <= INLINE_MAX)
+        kernel_groups = [grp for grp in groups if grp.kind != "collective"]
+        text, fns = codegen.module_ir(g, kernel_groups, prefix="dg_d",
+                                      inline=len(kernel_groups) <= INLINE_MAX)
+        fn_of = {id(grp): f for grp, f in zip(kernel_groups, fns, strict=True)}
         body = ["define i32 @drv(ptr %tab) {", "entry:"]
         for k in range(len(slots)):
             body.append(f"  %s{k}.p = getelementptr inbounds ptr, ptr %tab, i64 {k}")
             body.append(f"  %s{k} = load ptr, ptr %s{k}.p")
+        mpi = None  # (the collectives' emitter: backends/llvm/collective.py)
+        if self.collectives is not None:
+            starts = collective.starts_of(g)
+            mpi = collective.Emitter(body, lambda v: pointer(v), f"%s{self.mpi_slot}",
+                                     {id(n): k for k, n in enumerate(starts)})
+            body += mpi.entry(len(starts))
         arena = f"%s{arena_slot}"
         body.append(f"  %arena = getelementptr inbounds i8, ptr {arena}, i64 0")
         self.ticks = ticks = _Ticks(len(groups)) if profile else None
@@ -321,10 +341,18 @@ class DriverPlan(base.Executable):
 
         checks_up_to(-1)
         kernel_fails: list[str] = []
-        for t, (grp, (name, layout)) in enumerate(zip(groups, fns, strict=True)):
+        for t, grp in enumerate(groups):
             # guards on values of groups that make no kernel (aliases, constants): before
             # the next kernel, which may write a bound input in place (_direct_writes)
             checks_up_to(position[id(grp)] - 1)
+            if grp.kind == "collective":  # MPI calls in the driver itself
+                body += ticks.read(t, 0) if ticks else []
+                for i in grp.nodes:
+                    collective.lower(mpi, g.nodes[i])
+                body += ticks.read(t, 1) if ticks else []
+                checks_up_to(position[id(grp)])
+                continue
+            name, layout = fn_of[id(grp)]
             args = [f"ptr {pointer(v)}" for v in layout]
             if grp.kind == "elementwise":
                 args.append(f"i64 {math.prod(grp.shape)}")
@@ -342,6 +370,8 @@ class DriverPlan(base.Executable):
             else:
                 body.append(f"  call void @{name}_body({', '.join(args)})")
                 body += ticks.read(t, 1) if ticks else []
+            if mpi is not None:
+                mpi.progress()  # (the transfers in flight move on: collective.py)
             checks_up_to(position[id(grp)])
         checks_up_to(len(position))
         for k, input_index, buf in self.writebacks:  # every guard passed: write back
@@ -388,6 +418,10 @@ class DriverPlan(base.Executable):
         self.table[arena_slot] = (self.arena.ctypes.data + ALIGN - 1) // ALIGN * ALIGN
         self.arena_base = self.table[arena_slot] - self.arena.ctypes.data
         self.table[self.scalars_slot] = self.scalar_buf.ctypes.data
+        if self.collectives is not None:  # (Note [MPI handles at run time] in collective.py)
+            self.group = resolve_group(None)
+            self.mpi = collective.mpi_table(self.group)
+            self.table[self.mpi_slot] = self.mpi.ctypes.data
         for k, (kind, key) in enumerate(slots):
             if kind == "const":
                 self.table[k] = self.consts[key].ctypes.data
@@ -419,7 +453,11 @@ class DriverPlan(base.Executable):
     def describe(self) -> str:
         arena = self.memory.arena_bytes  # (a symbolic variant's: a function of the size)
         arena = describe_dim(arena.key) if isinstance(arena, Dim) else arena
-        return f"all {self.n_groups} kernels native, run by one driver call; arena {arena} bytes"
+        text = f"all {self.n_groups} kernels native, run by one driver call; arena {arena} bytes"
+        if self.collectives is not None:
+            text += (f"; {self.collectives.count} collective(s) inside, MPI calls of the "
+                     f"driver: " + ", ".join(self.collectives.labels))
+        return text
 
     def native_kernels(self) -> tuple[int, int]:
         return self.n_groups, self.n_groups
@@ -433,11 +471,16 @@ class DriverPlan(base.Executable):
         ns = {"LAST": self.last_inputs, "SB": self.scalar_buf, "PAR": self.parity,
               "FN": self.fn, "LOCK": self.lock, "REFS": sys.getrefcount, "SELF": self,
               "FRESH": self._fresh_output, "SLOW": self._slow_input}
+        if self.collectives is not None:  # (the group it was made for, still the one)
+            ns["GROUP"], ns["GROUPS"] = self.group, _groups
+            body_head = ["if GROUPS._WORLD is not GROUP: SELF.group_gone()"]
+        else:
+            body_head = []
         lines = ["def call(inputs, scalars):",
                  "    if not LOCK.acquire(False):  # another thread runs this plan now",
                  "        return SELF.contended(inputs, scalars)",
                  "    try:"]
-        body = []
+        body = list(body_head)
         for i in range(len(self.input_slots)):
             body += [f"a = inputs[{i}]",
                      f"if a is not LAST[{i}]: SLOW({i}, a)"]
@@ -458,6 +501,9 @@ class DriverPlan(base.Executable):
             ns["SIZES"] = self.sizes.ctypes.data
             body.append("status = FN(TABLE, SIZES)")
         body.append("if status: return SELF.failed(status, inputs, scalars)")
+        if self.collectives is not None:  # (ran without the per-collective check)
+            ns["ADVANCE"], ns["COUNT"] = advance, self.collectives.count
+            body.append("ADVANCE(GROUP, COUNT)")
         if self.writebacks:  # a strided target was given a contiguous copy: the driver
             ns["COPIED"] = self.copied  # wrote into the copy, copy it over the target
             body.append("if COPIED: SELF._copy_back(inputs)")
@@ -536,12 +582,35 @@ class DriverPlan(base.Executable):
         return {k: [(blk[i], blk[i].ctypes.data) for blk in self.blocks if blk[i] is not None]
                 for i, k in enumerate(self.out_keys)}
 
+    def group_gone(self) -> None:
+        raise DistBackendError(
+            "a compiled step with collectives: the process group it was compiled for is "
+            "gone (destroy_process_group); call init_process_group before running it, or "
+            "compile the function again")
+
     def failed(self, status: int, inputs, scalars):
         """The driver stopped before writing anything the caller sees: a window kernel's
         work buffer could not be allocated, or an input gradient's weight is not finite
         (window.NON_FINITE_WEIGHT) — the call runs the runner's plan instead (its
         window nodes numpy steps), so this works for a backward outside the call too — or
-        an index was out of range, or a guard failed (raised: the call runs eagerly)."""
+        an index was out of range, or a guard failed (raised: the call runs eagerly).
+
+        With collectives inside, every failure is final: the driver may have started some
+        of them, which a rerun (eager, or the runner's plan) would start again, out of step
+        with the other ranks. It raises ``DistBackendError`` naming the collective (a
+        timeout, an MPI error) or the failure, and the process group is broken (the job is
+        aborted, as after an eager collective's timeout); the user's tensors are as they
+        were (write-backs into them follow every wait, or are staged to the end)."""
+        if self.collectives is not None:
+            g = self.group
+            msg = collective.describe_failure(status, self.collectives, g) or (
+                f"a compiled step with {self.collectives.count} collective(s) inside stopped "
+                f"on rank {g.rank()} of {g.size()} (status {status}: "
+                f"{'an index out of range' if status == -1 else 'a kernel failed'}); its "
+                f"collectives may have started, so it cannot run again eagerly: the job "
+                f"ends. Run the step eagerly (compiler.disable()) to see the error's details")
+            g.broken = f"a compiled step failed (status {status})"
+            raise DistBackendError(msg)
         if status in (window.ALLOC_FAILED, window.NON_FINITE_WEIGHT):
             return self.contended(inputs, scalars)
         if status < 0:

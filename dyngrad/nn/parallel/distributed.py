@@ -9,9 +9,9 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ...dispatch import STATE, report_python_call
+from ...dispatch import STATE, read_flag, report_python_call
 from ...distributed import all_gather_into_tensor, broadcast
-from ...distributed.collectives import DTYPES
+from ...distributed.collectives import DTYPES, records_collectives
 from ...distributed.process_group import resolve_group
 from ...tensor import Tensor
 from ..module import Module
@@ -58,9 +58,14 @@ class DistributedDataParallel(Module):
     Differences from PyTorch: the buckets are in reverse parameter order from the start
     (PyTorch begins with one bucket and rebuilds them after the first iteration, in the
     order it saw gradients arrive: the same order for the usual model); no
-    ``gradient_as_bucket_view``, ``static_graph``, communication hooks or ``join``. Under
-    ``dg.compile`` a step with a DDP module runs eagerly (the reason is recorded), until
-    collectives are operations of the compiler's IR.
+    ``gradient_as_bucket_view``, ``static_graph``, communication hooks or ``join``.
+
+    Under ``dg.compile``, a whole step (forward, ``backward()``, optimizer) compiles, its
+    bucket all-reduces inside the native code (Note [DDP under a compiler tracer] in
+    reducer.py); ``no_sync()`` is guarded (each setting has its variant). A step runs
+    eagerly, with the reason recorded, when ``find_unused_parameters=True``, or when buffers
+    are broadcast at each forward (``broadcast_buffers=True`` on a module with buffers):
+    what those do depends on Python state a compiled call would not update.
 
     >>> dist.init_process_group("mpi")                        # doctest: +SKIP
     >>> ddp = nn.parallel.DistributedDataParallel(model)
@@ -103,8 +108,11 @@ class DistributedDataParallel(Module):
         self.find_unused_parameters = find_unused_parameters
         cap = DEFAULT_BUCKET_CAP_MB if bucket_cap_mb is None else bucket_cap_mb
         self.bucket_bytes_cap = int(cap * MB)
-        self.require_backward_grad_sync = True
-        self.require_forward_param_sync = True
+        # (flags written without a bump of the module's version, as `training`: a compiled
+        # step guards their values instead, so no_sync() toggling does not trace again each
+        # time: Note [training is not counted by _version] in nn/module.py)
+        self.__dict__["require_backward_grad_sync"] = True
+        self.__dict__["require_forward_param_sync"] = True
 
         _verify_same_parameters(group, named)
         self.modules_buffers = [b for _, b in module.named_buffers()]
@@ -121,20 +129,35 @@ class DistributedDataParallel(Module):
 
     def forward(self, *inputs, **kwargs):
         if STATE.modes:
-            report_python_call("DistributedDataParallel.forward (it arms the gradient "
-                               "all-reduce of the next backward pass, which a compiled call "
-                               "would not repeat)")
+            self._check_compilable()
         self.reducer.check_prior_reduction()  # (before this forward's own collectives)
         if self.require_forward_param_sync and self.broadcast_buffers and self.modules_buffers:
             broadcast_coalesced(self.modules_buffers, 0, self.process_group)
         output = self.module(*inputs, **kwargs)
-        if STATE.grad_enabled and self.require_backward_grad_sync:
-            self.require_forward_param_sync = True
+        if STATE.grad_enabled and read_flag(self, "require_backward_grad_sync"):
+            self.__dict__["require_forward_param_sync"] = True
             self.reducer.prepare_for_backward(
                 find_output_tensors(output) if self.find_unused_parameters else [])
         else:
-            self.require_forward_param_sync = False
+            self.__dict__["require_forward_param_sync"] = False
         return output
+
+    def _check_compilable(self) -> None:
+        """Under a dispatch mode (a compiler tracer): tell it when this forward cannot be
+        recorded, so the call runs eagerly with that reason (see the class docstring)."""
+        if not records_collectives():
+            report_python_call("DistributedDataParallel.forward (it arms the gradient "
+                               "all-reduce of the next backward pass, which this mode does "
+                               "not record)")
+        elif self.find_unused_parameters:
+            report_python_call("DistributedDataParallel(find_unused_parameters=True).forward "
+                               "(which gradients it reduces is decided in Python from each "
+                               "backward's graph, which a compiled call would not repeat)")
+        elif self.broadcast_buffers and self.modules_buffers:
+            report_python_call("DistributedDataParallel.forward broadcasting buffers (whether "
+                               "it broadcasts depends on the previous forward, Python state a "
+                               "compiled call would not update): pass broadcast_buffers=False, "
+                               "or use nn.SyncBatchNorm")
 
     @contextmanager
     def no_sync(self) -> Iterator[None]:
@@ -145,12 +168,12 @@ class DistributedDataParallel(Module):
         ...     loss_fn(ddp(x1), y1).backward()   # local only
         >>> loss_fn(ddp(x2), y2).backward()       # averages the sum of both
         """
-        old = self.require_backward_grad_sync
-        self.require_backward_grad_sync = False
+        old = read_flag(self, "require_backward_grad_sync")  # (a trace guards its value
+        self.__dict__["require_backward_grad_sync"] = False  # at the call's entry)
         try:
             yield
         finally:
-            self.require_backward_grad_sync = old
+            self.__dict__["require_backward_grad_sync"] = old
 
     def extra_repr(self) -> str:
         return f"world_size={self.process_group.size()}"

@@ -22,6 +22,18 @@ Note [overlap and progress]: MPICH moves data only inside MPI calls (it runs no 
 thread), so every gradient hook also tests the all-reduces in flight; the rest of each
 transfer happens while the end-of-backward callback waits.
 
+Note [DDP under a compiler tracer]: while a compiled step is traced, the same hooks run,
+but what they do is recorded (Note [collectives in the IR] in dyngrad/distributed/
+collectives.py): each gradient, times 1/world, is a tensor op; when a bucket's last gradient
+is in, its all-reduce starts (an IR start node taking the bucket's gradients, which it copies
+into its flat buffer), and the end-of-backward callback records the waits and the copies
+back into ``.grad``
+(the compiled step waits there: after the rest of the backward, before the optimizer reads
+the gradients). The reducer's own Python bookkeeping (which gradients are ready, which
+bucket is next) runs as in eager while tracing and ends each step in the state it started
+from, so a compiled call, which does not run it, leaves it right. The progress polls of Note
+[overlap and progress] are left out (the native code polls between its kernels instead).
+
 Note [a backward that stops midway]: an exception raised during backward (in a hook, say)
 skips the end-of-backward callback. If the program catches it and goes on, this rank has
 started only some of its buckets' all-reduces while the others may have started them all:
@@ -40,9 +52,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ...autograd import queue_callback
-from ...autograd.graph import AccumulateGrad
+from ...autograd import no_grad, queue_callback
+from ...autograd.graph import AccumulateGrad, RecordedCallback
+from ...dispatch import STATE
 from ...distributed import ReduceOp, all_reduce
+from ...distributed.collectives import ALL_REDUCE, record, records_collectives
+from ...ops.creation import zeros_like
 from ...tensor import Tensor
 
 __all__ = ["FIRST_BUCKET_BYTES", "DEFAULT_BUCKET_CAP_MB", "assign_buckets", "Reducer",
@@ -104,7 +119,7 @@ def find_output_tensors(obj) -> list:
 class _Bucket:
     """One flat buffer holding the scaled gradients of some parameters of one dtype."""
 
-    __slots__ = ("indices", "offsets", "buffer", "tensor", "pending", "work")
+    __slots__ = ("indices", "offsets", "buffer", "tensor", "pending", "work", "parts")
 
     def __init__(self, indices: list[int], params: list) -> None:
         self.indices = indices
@@ -114,6 +129,7 @@ class _Bucket:
         self.tensor = Tensor._fresh(self.buffer)
         self.pending = len(indices)
         self.work = None
+        self.parts: list = [None] * len(indices)  # (recorded: the scaled gradients)
 
     def slot(self, k: int, shape: tuple) -> np.ndarray:
         return self.buffer[self.offsets[k]:self.offsets[k + 1]].reshape(shape)
@@ -142,11 +158,14 @@ class Reducer:
         self.unused: list[int] = []  # (find_unused) parameters the forward did not reach
         self.marked_unused = False
         self.used = np.zeros(len(params), dtype=np.int32)  # (find_unused) got a gradient
+        self.recorded = False  # this backward pass is traced (Note [DDP under a compiler
+        #                        tracer])
         me = weakref.ref(self)  # (the parameters' hooks must not keep the reducer alive;
         #                          they go with it)
         handles = [p._register_accumulator_hook(  # (after the parameter's own post-
-            lambda p, i=i: _call(me, "on_gradient", i))  # accumulate hooks, as PyTorch's)
-            for i, p in enumerate(params)]
+            lambda p, i=i: _call(me, "on_gradient", i),  # accumulate hooks, as PyTorch's)
+            recorded=True) for i, p in enumerate(params)]  # (Note [DDP under a compiler
+        #                                                       tracer])
         weakref.finalize(self, _remove_all, handles)
 
     # ----------------------------------------------------------------- per iteration
@@ -181,6 +200,11 @@ class Reducer:
             bucket.pending = len(bucket.indices)
             bucket.work = None
         self.marked_unused = False
+        # (find_unused: the forward made the trace fall back already)
+        self.recorded = records_collectives() and not self.find_unused
+        if self.recorded:  # (a trace whose backward is not inside the call must fall back)
+            for m in STATE.modes:
+                m.on_collective(self, True)
         if self.find_unused:
             reached = _reached_leaves(outputs)
             self.unused = [i for i, p in enumerate(self.params) if id(p) not in reached]
@@ -192,12 +216,14 @@ class Reducer:
         if not self.expect_hooks:
             return
         if not self.ready:
-            queue_callback(self.finalize)
+            queue_callback(RecordedCallback(self.finalize))
         if not self.marked_unused:
             self.marked_unused = True
             for j in self.unused:
                 self.mark_ready(j)
         self.mark_ready(i)
+        if self.recorded:
+            return
         for bucket in self.buckets[:self.next_bucket]:  # (Note [overlap and progress])
             bucket.work.is_completed()
 
@@ -213,16 +239,27 @@ class Reducer:
         b, k = self.locate[i]
         bucket = self.buckets[b]
         p = self.params[i]
-        slot = bucket.slot(k, p._data.shape)
-        if p._grad is None:
-            slot.fill(0)
-        else:  # (Note [the average])
-            np.multiply(p._grad._data, 1.0 / self.group.size(), out=slot)
+        if self.recorded:  # (Note [DDP under a compiler tracer])
+            g = p.grad
+            with no_grad():
+                part = zeros_like(p) if g is None else g * (1.0 / self.group.size())
+                bucket.parts[k] = part.reshape(-1)
+        else:
+            slot = bucket.slot(k, p._data.shape)
+            if p._grad is None:
+                slot.fill(0)
+            else:  # (Note [the average])
+                np.multiply(p._grad._data, 1.0 / self.group.size(), out=slot)
         bucket.pending -= 1
         while self.next_bucket < len(self.buckets) and \
                 self.buckets[self.next_bucket].pending == 0:
             launched = self.buckets[self.next_bucket]
-            launched.work = all_reduce(launched.tensor, async_op=True)
+            if self.recorded:  # (the start copies the parts into its buffer: no cat)
+                launched.work = record(ALL_REDUCE, launched.parts, {"op": ReduceOp.SUM},
+                                       self.group, _Result(launched), async_op=True)
+                launched.parts = [None] * len(launched.indices)
+            else:
+                launched.work = all_reduce(launched.tensor, async_op=True)
             self.next_bucket += 1
 
     def finalize(self) -> None:
@@ -238,6 +275,9 @@ class Reducer:
             all_reduce(Tensor._fresh(self.used), op=ReduceOp.MAX)
             unused_everywhere = {i for i in range(len(self.params)) if not self.used[i]}
             self.used[:] = 0
+        if self.recorded:
+            self._write_recorded()
+            return
         for bucket in self.buckets:
             for k, i in enumerate(bucket.indices):
                 if i in unused_everywhere:
@@ -250,6 +290,28 @@ class Reducer:
                 else:
                     np.copyto(g._data, avg)
                     g._storage.version += 1
+
+    what = "DistributedDataParallel's gradient all-reduce (armed by its forward)"
+
+    def _write_recorded(self) -> None:
+        """The recorded end of backward: each bucket's averages into ``.grad`` (as tensor
+        ops a trace sees), then the bucket buffers back to their own arrays."""
+        for bucket in self.buckets:
+            flat = bucket.tensor
+            with no_grad():
+                for k, i in enumerate(bucket.indices):
+                    p = self.params[i]
+                    avg = flat[bucket.offsets[k]:bucket.offsets[k + 1]].reshape(p.shape)
+                    g = p.grad
+                    if g is None or g._requires_grad or not g._data.flags.writeable:
+                        p.grad = avg.clone()
+                    else:
+                        g.copy_(avg)
+            bucket.tensor = Tensor._fresh(bucket.buffer)  # (no tensor of the trace is kept)
+            bucket.work = None
+        self.recorded = False
+        for m in STATE.modes:
+            m.on_collective(self, False)
 
     def _unfinished(self) -> str:
         missing = [i for i in range(len(self.params)) if i not in self.ready]
@@ -268,6 +330,19 @@ class Reducer:
                 f"error indicates that your module has parameters that were not used in "
                 f"producing loss. {advice}\nParameters which did not receive grad for rank "
                 f"{self.group.rank()}: {named}")
+
+
+class _Result:
+    """Where a recorded bucket's all-reduce puts its result: the bucket's tensor (the
+    recorded end of backward reads the averages from it)."""
+
+    __slots__ = ("bucket",)
+
+    def __init__(self, bucket) -> None:
+        self.bucket = bucket
+
+    def __call__(self, result) -> None:
+        self.bucket.tensor = result
 
 
 def _remove_all(handles: list) -> None:
