@@ -22,6 +22,15 @@ from dyngrad.dtypes import DType
 from dyngrad.ops.primitive import REGISTRY, AbstractValue, Primitive
 
 
+def c_strides(shape) -> tuple:
+    """Row-major (C) strides of ``shape``, in elements."""
+    st, acc = [], 1
+    for s in reversed(shape):
+        st.append(acc)
+        acc *= s
+    return tuple(reversed(st))
+
+
 class Value:
     """An SSA value: shape and dtype, produced by at most one node."""
 

@@ -24,19 +24,11 @@ from __future__ import annotations
 import math
 
 from .. import prims as P
-from ..ir import Graph, Node, Value
+from ..ir import Graph, Node, Value, c_strides
 from .dce import dce
 
 VIEWS = (P.PERMUTE, P.RESHAPE, P.SLICE)
 ATTENTION_OPERANDS = {P.FLASH_ATTENTION: (0, 1, 2), P.FLASH_ATTENTION_BACKWARD: (0, 1, 2, 4)}
-
-
-def _c_strides(shape) -> tuple:
-    out, at = [], 1
-    for n in reversed(shape):
-        out.append(at)
-        at *= n
-    return tuple(reversed(out))
 
 
 def reshape_strides(shape: tuple, strides: tuple, new: tuple) -> tuple | None:
@@ -80,7 +72,7 @@ def strided(v: Value, inside) -> tuple | None:
     ``inside(node)`` is false or that no node makes; None where the chain is not a view."""
     n = v.producer
     if n is None or n.prim not in VIEWS or not inside(n) or not isinstance(n.inputs[0], Value):
-        return v, 0, _c_strides(v.shape)
+        return v, 0, c_strides(v.shape)
     below = strided(n.inputs[0], inside)
     if below is None:
         return None

@@ -40,7 +40,7 @@ from dyngrad import dtypes as _dt
 
 from ... import prims as P
 from . import gemm, threads
-from .emit import LLTYPE, Emitter, literal
+from .emit import LLTYPE, Emitter, c_strides, literal
 from .window import FLOPS, WINDOWS, WindowBuilder, vector_ir
 
 BR = 32  # query rows per tile
@@ -66,7 +66,7 @@ class _Shape:
         self.dw = self.Ev + 1  # (the backward's output gradient's row: see _backward_item)
         # per operand read by rows: (leading strides, row stride), in elements — as stored,
         # or a strided view's (WindowBuilder.views)
-        self.lay = {name: (_contiguous(t.shape)[:-2], t.shape[-1])
+        self.lay = {name: (c_strides(t.shape)[:-2], t.shape[-1])
                     for name, t in (("q", q), ("k", k), ("v", v))}
         if max(self.E, self.Ev) > MAX_HEAD or self.L > MAX_ROWS \
                 or 0 in (self.B, self.L, self.S, self.E, self.Ev):
@@ -83,14 +83,6 @@ class _Shape:
                 strides.append(0 if n == 1 else at)
                 at *= n
             self.mask_strides = tuple(reversed(strides))  # over (*lead, L, S)
-
-
-def _contiguous(shape) -> tuple:
-    out, at = [], 1
-    for n in reversed(shape):
-        out.append(at)
-        at *= n
-    return tuple(reversed(out))
 
 
 def _float_type(n) -> str:
@@ -628,7 +620,7 @@ def _lower(b: WindowBuilder, name: str, ins: list, out: str, tensors: int, item_
     sh = _Shape(n.inputs[0], n.inputs[1], n.inputs[2], mask)
     if tensors == 5:
         sh.dw = n.inputs[4].shape[-1]
-        sh.lay["do"] = (_contiguous(n.inputs[4].shape)[:-2], sh.dw)
+        sh.lay["do"] = (c_strides(n.inputs[4].shape)[:-2], sh.dw)
     for k, name_ in enumerate(("q", "k", "v", None, "do")[:tensors]):
         strides = b.views.get(k)
         if strides is not None and name_ is not None:

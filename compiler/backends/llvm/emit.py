@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...dims import Dim, current
-from ...ir import Value
+from ...ir import Value, c_strides  # noqa: F401 - (c_strides: the backends import it from here)
 from ...prims import CONSTANT, traits
 from . import jit
 
@@ -83,14 +83,6 @@ def interleaved(vecmath_used, trip: int) -> str:
     independent iterations side by side hide that latency (W3's kernel: 1.5 → 1.2 ms);
     other loops keep LLVM's own choice."""
     return f", !llvm.loop {jit.LOOP_TOKEN}" if vecmath_used and trip >= INTERLEAVE_MIN else ""
-
-
-def c_strides(shape) -> tuple:
-    st, acc = [], 1
-    for s in reversed(shape):
-        st.append(acc)
-        acc *= s
-    return tuple(reversed(st))
 
 
 @dataclass
