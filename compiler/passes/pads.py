@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import math
 
+from dyngrad.dtypes import bool_
+
 from .. import prims as P
 from ..ir import Graph, Node, Value
 
@@ -76,7 +78,7 @@ def pads_to_concat(g: Graph) -> Graph:
     rewritten: list = []
     for n in reversed(g.nodes):
         if id(n) in absorbed or not plain_add(n) or n.out.weak or n.out.dtype is None or \
-                n.out.dtype.name == "bool":
+                n.out.dtype is bool_:
             continue
         pads: list = []
         if not all(leaves(x, pads) for x in n.inputs):
@@ -99,7 +101,7 @@ def pads_to_concat(g: Graph) -> Graph:
                 stack.extend(m.inputs)
         rewritten.append((n, [p.inputs[0] for _, _, p in spans], axis, first, last))
     for n, pieces, axis, first, last in rewritten:
-        params = {"axis": axis, "plus_zero": n.out.dtype.name.startswith(("float", "complex"))}
+        params = {"axis": axis, "plus_zero": n.out.dtype.is_floating_point}
         if first == 0 and last == n.out.shape[axis]:
             n.prim, n.inputs, n.params = P.CONCAT, pieces, params
             continue
