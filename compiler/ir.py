@@ -149,6 +149,27 @@ class Graph:
         return format_graph(self)
 
 
+class Uses:
+    """Who reads each value of ``g``: nodes (each once, however many of its inputs the value
+    is), the graph's outputs and its value guards (``pinned``) — for passes that rewrite a
+    value only its own readers see."""
+
+    def __init__(self, g: Graph) -> None:
+        self.by: dict[int, list] = {}
+        for n in g.nodes:
+            for x in {id(x): x for x in n.inputs if isinstance(x, Value)}.values():
+                self.by.setdefault(id(x), []).append(n)
+        self.pinned = {id(v) for v in g.outputs} | {id(gd.value) for gd in g.guards}
+
+    def of(self, v) -> list:
+        return self.by.get(id(v), [])
+
+    def only(self, v, nodes: list) -> bool:
+        """Whether ``v`` is read by ``nodes`` alone (and is no output nor guarded)."""
+        readers = self.of(v)
+        return id(v) not in self.pinned and all(any(r is n for n in nodes) for r in readers)
+
+
 def renumber_guards(guards: list, old_nodes: list, kept: list) -> None:
     """A pass kept ``kept`` of ``old_nodes``: each value guard of ``guards`` now runs after
     as many nodes as the kept ones that preceded it (its ``after``)."""

@@ -32,27 +32,8 @@ import math
 from dyngrad.dtypes import bool_
 
 from .. import prims as P
-from ..ir import Graph, Node, Value
+from ..ir import Graph, Node, Uses, Value
 from .dce import dce
-
-
-class _Uses:
-    """Who reads each value: nodes, the graph's outputs and its guards."""
-
-    def __init__(self, g: Graph) -> None:
-        self.by: dict[int, list] = {}
-        for n in g.nodes:
-            for x in {id(x): x for x in n.inputs if isinstance(x, Value)}.values():
-                self.by.setdefault(id(x), []).append(n)  # (once per reading node)
-        self.pinned = {id(v) for v in g.outputs} | {id(gd.value) for gd in g.guards}
-
-    def of(self, v) -> list:
-        return self.by.get(id(v), [])
-
-    def only(self, v, nodes: list) -> bool:
-        """Whether ``v`` is read by ``nodes`` alone (and is no output nor guarded)."""
-        readers = self.of(v)
-        return id(v) not in self.pinned and all(any(r is n for n in nodes) for r in readers)
 
 
 def _made(v, prim) -> Node | None:
@@ -68,7 +49,7 @@ def _last_axis(n: Node, ndim: int) -> bool:
     return tuple(n.params["axes"]) == (ndim - 1,) and n.params["keepdims"]
 
 
-def _reader(uses: _Uses, v, prim, test) -> Node | None:
+def _reader(uses: Uses, v, prim, test) -> Node | None:
     """The one node of ``prim`` reading ``v`` that passes ``test``."""
     found = [n for n in uses.of(v) if n.prim is prim and test(n)]
     return found[0] if len(found) == 1 else None
@@ -82,7 +63,7 @@ class _Match:
         self.backward: list = []  # nodes the fused backward replaces
 
 
-def _match(g: Graph, uses: _Uses, y_node: Node):
+def _match(g: Graph, uses: Uses, y_node: Node):
     """The pieces of the attention computing ``y_node`` (q, k, v, mask, scale, dy and the
     nodes whose results are replaced), or None."""
     if not _flags(y_node, False, False):
@@ -141,7 +122,7 @@ def _match(g: Graph, uses: _Uses, y_node: Node):
     return q, k, v, mask, scale, dy, y_node, dq, dkt, dv, forward, backward
 
 
-def _match_backward(uses: _Uses, q, k, v, p, e, total, mask, scale, forward):
+def _match_backward(uses: Uses, q, k, v, p, e, total, mask, scale, forward):
     """(dy, dq node, dkᵀ node, dv node, the backward's nodes) of the softmax attention whose
     probabilities are ``p``, or None."""
     dvn = _reader(uses, p, P.MATMUL, lambda n: n.inputs[0] is p and _flags(n, True, False))
@@ -264,7 +245,7 @@ def fuse_attention(g: Graph) -> Graph:
     ``CausalSelfAttention`` with ``flash = False`` compiles to one ``flash_attention`` and
     one ``flash_attention_backward`` per layer."""
     while True:
-        uses = _Uses(g)
+        uses = Uses(g)
         found = next((m for n in g.nodes if n.prim is P.MATMUL
                       for m in [_match(g, uses, n)] if m is not None), None)
         if found is None:

@@ -560,15 +560,17 @@ class _Partition:
             if roles[i] != "own" or n.prim not in (PERMUTE, CONCAT):
                 continue
             for p in sorted(set(self.preds[i])):
-                if self._feeds_only(p, i) and self._relabels(p):
-                    # reshapes alone (aliases, free): taken only with the copy before them
-                    q = sorted(set(self.preds[p]))
-                    if len(self.members[self.find(p)]) == 1 and len(q) == 1 and \
-                            self._feeds_only(q[0], p) and not self._relabels(q[0]):
-                        self.try_merge(p, i, check=False)
-                        self.try_merge(q[0], i, check=False)
-                elif self._feeds_only(p, i):
+                if not self._feeds_only(p, i):
+                    continue
+                if not self._relabels(p):
                     self.try_merge(p, i, check=False)
+                    continue
+                # reshapes alone (aliases, free): taken only with the copy before them
+                q = sorted(set(self.preds[p]))
+                if len(self.members[self.find(p)]) == 1 and len(q) == 1 and \
+                        self._feeds_only(q[0], p) and not self._relabels(q[0]):
+                    self.try_merge(p, i, check=False)
+                    self.try_merge(q[0], i, check=False)
 
     def _attention_views(self, i: int) -> None:
         """An attention node takes the copies making its operands when each is a strided

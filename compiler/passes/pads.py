@@ -27,7 +27,7 @@ import math
 from dyngrad.dtypes import bool_
 
 from .. import prims as P
-from ..ir import Graph, Node, Value
+from ..ir import Graph, Node, Uses, Value
 
 
 def _zero(value) -> bool:
@@ -50,29 +50,22 @@ def _axis(pad: Node, shape: tuple) -> int | None:
 
 def pads_to_concat(g: Graph) -> Graph:
     g = unpadded_attention_gradients(g)
-    made = {id(n.out): n for n in g.nodes}
-    uses: dict[int, int] = {}
-    for n in g.nodes:
-        for x in n.inputs:
-            if isinstance(x, Value):
-                uses[id(x)] = uses.get(id(x), 0) + 1
-    for v in g.outputs + [gd.value for gd in g.guards]:
-        uses[id(v)] = uses.get(id(v), 0) + 2  # (kept as it is: never folded into a sum)
+    uses = Uses(g)
 
     def plain_add(n: Node) -> bool:
         return n.prim is P.ADD and len(n.inputs) == 2 and all(
             isinstance(x, Value) and tuple(x.shape) == tuple(n.out.shape)
             and x.dtype is n.out.dtype for x in n.inputs)
 
-    def leaves(v: Value, out: list) -> bool:
-        n = made.get(id(v))
+    def leaves(v: Value, parent: Node, out: list) -> bool:
+        n = v.producer
         if n is None:
             return False
         if n.prim is P.PAD:
             out.append(n)
             return True
-        return plain_add(n) and uses.get(id(v)) == 1 and \
-            all(leaves(x, out) for x in n.inputs)
+        return plain_add(n) and uses.only(v, [parent]) and \
+            all(leaves(x, n, out) for x in n.inputs)
 
     absorbed: set = set()
     rewritten: list = []
@@ -81,7 +74,7 @@ def pads_to_concat(g: Graph) -> Graph:
                 n.out.dtype is bool_:
             continue
         pads: list = []
-        if not all(leaves(x, pads) for x in n.inputs):
+        if not all(leaves(x, n, pads) for x in n.inputs):
             continue
         axes = {_axis(p, n.out.shape) for p in pads}
         if len(axes) != 1 or None in axes:
@@ -95,7 +88,7 @@ def pads_to_concat(g: Graph) -> Graph:
         first, last = spans[0][0], spans[-1][1]
         stack = list(n.inputs)
         while stack:  # (the adds inside the tree: dead once the root is rewritten)
-            m = made[id(stack.pop())]
+            m = stack.pop().producer
             if m.prim is P.ADD:
                 absorbed.add(id(m))
                 stack.extend(m.inputs)

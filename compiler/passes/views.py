@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 
 from .. import prims as P
-from ..ir import Graph, Node, Value, c_strides
+from ..ir import Graph, Node, Uses, Value, c_strides
 from .dce import dce
 
 VIEWS = (P.PERMUTE, P.RESHAPE, P.SLICE)
@@ -112,11 +112,7 @@ def _chain(v: Value) -> list:
 def attention_views(g: Graph) -> Graph:
     """Give each attention operand that is a strided view with contiguous rows a chain of
     view nodes read by that attention node alone (see the module docstring)."""
-    readers: dict[int, int] = {}
-    for n in g.nodes:
-        for x in {id(x): x for x in n.inputs if isinstance(x, Value)}.values():
-            readers[id(x)] = readers.get(id(x), 0) + 1
-    pinned = {id(v) for v in g.outputs} | {id(gd.value) for gd in g.guards}
+    uses = Uses(g)
     out = []
     for n in g.nodes:
         for k in ATTENTION_OPERANDS.get(n.prim, ()):
@@ -125,8 +121,8 @@ def attention_views(g: Graph) -> Graph:
             if all(m.prim is P.RESHAPE for m in chain) or row_view(x, lambda m: True) is None:
                 continue  # (reshapes alone alias their source: nothing to read as strides,
                 #           and copies of them would join the producer's kernel as outputs)
-            if all(readers.get(id(m.out), 0) == 1 and id(m.out) not in pinned
-                   for m in chain) and n.inputs.count(x) == 1:
+            if all(uses.only(m.out, [r]) for m, r in zip(chain, chain[1:] + [n])) and \
+                    n.inputs.count(x) == 1:
                 continue  # (already its own)
             v = chain[0].inputs[0]
             for m in chain:  # a copy of the chain, just before the node

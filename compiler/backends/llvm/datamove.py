@@ -213,8 +213,12 @@ class MoveBuilder(KernelBuilder):
         self.ty = MEMTYPE[LLTYPE[out.dtype.name]]
 
     def _flat(self, idx: list, shape: tuple) -> str:
-        acc = "0"
-        for i, st in zip(idx, c_strides(shape)):
+        return self._dot(idx, c_strides(shape))
+
+    def _dot(self, idx: list, strides, offset: int = 0) -> str:
+        """``offset + sum(idx[k] · strides[k])`` as i64 IR (an element's position)."""
+        acc = str(offset)
+        for i, st in zip(idx, strides):
             t = i if st == 1 else self.emit(f"mul i64 {i}, {st}")
             acc = t if acc == "0" else self.emit(f"add i64 {acc}, {t}")
         return acc
@@ -316,9 +320,7 @@ class MoveBuilder(KernelBuilder):
         dims = [d for d, m in enumerate(out.shape) if m != 1]
         for x in n.inputs:
             size = x.shape[axis]
-            if size and self._copy_strided(n, x, start, out_ptr, lo, hi):
-                pass
-            elif size:
+            if size and not self._copy_strided(n, x, start, out_ptr, lo, hi):
                 idx = ["0"] * len(out.shape)
                 with contextlib.ExitStack() as stack:
                     inner = [d for d in dims if d != axis or size != 1]
@@ -352,7 +354,7 @@ class MoveBuilder(KernelBuilder):
             return False
         base, src_off, src = got
         ost = c_strides(out.shape)
-        dst = tuple(ost) if u is x else reshape_strides(tuple(x.shape), tuple(ost), tuple(u.shape))
+        dst = ost if u is x else reshape_strides(tuple(x.shape), ost, tuple(u.shape))
         udims = [d for d, m in enumerate(u.shape) if m != 1]
         first = [d for d, m in enumerate(out.shape) if m != 1][0]
         if dst is None or not udims or u.shape[udims[0]] != out.shape[first] or \
@@ -360,24 +362,14 @@ class MoveBuilder(KernelBuilder):
             return False  # (the outer loop must be the output's, split across threads)
         dst_off = start * ost[n.params["axis"]]
         with contextlib.ExitStack() as stack:
-            idx = {}
-            for k, d in enumerate(udims):
-                idx[d] = stack.enter_context(self.rolled_loop(
-                    lo if k == 0 else 0, hi if k == 0 else u.shape[d],
-                    scalar=k < len(udims) - 1))
-
-            def flat(offset: int, strides) -> str:
-                acc = str(offset)
-                for d in udims:
-                    t = idx[d] if strides[d] == 1 else self.emit(f"mul i64 {idx[d]}, "
-                                                                 f"{strides[d]}")
-                    acc = t if acc == "0" else self.emit(f"add i64 {acc}, {t}")
-                return acc
+            idx = [stack.enter_context(self.rolled_loop(
+                lo if k == 0 else 0, hi if k == 0 else u.shape[d], scalar=k < len(udims) - 1))
+                for k, d in enumerate(udims)]
             p = self.emit(f"getelementptr inbounds {self.ty}, ptr {self.ptr[id(base)]}, "
-                          f"i64 {flat(src_off, src)}")
+                          f"i64 {self._dot(idx, [src[d] for d in udims], src_off)}")
             val = _plus_zero(self, n, self.emit(f"load {self.ty}, ptr {p}"))
             q = self.emit(f"getelementptr inbounds {self.ty}, ptr {out_ptr}, "
-                          f"i64 {flat(dst_off, dst)}")
+                          f"i64 {self._dot(idx, [dst[d] for d in udims], dst_off)}")
             self.line(f"store {self.ty} {val}, ptr {q}")
         return True
 
