@@ -592,3 +592,27 @@ def test_explain_lists_the_groups():
     text = out.getvalue()
     assert "fusion groups (" in text  # (the LLVM executable's: the interpreter fuses none)
     assert "group 0 [reduce 16x8 axes (1,)] nodes 0 in %0 out %1" in text
+
+
+def test_elementwise_siblings_reading_one_value_share_a_kernel():
+    """(5b) two elementwise groups over the same loops that read one value (each feeding a
+    product of its own) are one kernel reading it once; compiled equals eager over calls."""
+    g = Graph()
+    x, w = g.add_input((8, 4), F32), g.add_input((4, 4), F32)
+    a, b = op(g, "tanh", x), op(g, "exp", x)
+    g.outputs = [op(g, "matmul", a, w, ta=False, tb=False),
+                 op(g, "matmul", b, w, ta=False, tb=False)]
+    verify(g)
+    groups = fuse(g)
+    verify_groups(g, groups)
+    shared = group_of(groups, g, a)
+    assert shared is group_of(groups, g, b) and sorted(prims(g, shared)) == ["exp", "tanh"]
+    assert [id(v) for v in shared.inputs] == [id(x)]
+
+    def step(x, w):
+        return x.tanh() @ w, x.exp() @ w
+    cf = compiler.compile(step, backend="llvm")
+    for k in range(3):
+        xs, ws = randn(8, 4), randn(4, 4)
+        for got, want in zip(cf(xs, ws), step(xs, ws)):
+            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
