@@ -612,7 +612,7 @@ def test_elementwise_siblings_reading_one_value_share_a_kernel():
     def step(x, w):
         return x.tanh() @ w, x.exp() @ w
     cf = compiler.compile(step, backend="llvm")
-    for k in range(3):
+    for _ in range(3):
         xs, ws = randn(8, 4), randn(4, 4)
         for got, want in zip(cf(xs, ws), step(xs, ws)):
             np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
