@@ -616,3 +616,39 @@ def test_elementwise_siblings_reading_one_value_share_a_kernel():
         xs, ws = randn(8, 4), randn(4, 4)
         for got, want in zip(cf(xs, ws), step(xs, ws)):
             np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_kernel_reading_a_value_last_runs_beside_its_other_reader(monkeypatch):
+    """``h.sum()`` reads the product ``h`` last and writes one number: it runs right after
+    the ReLU that also reads ``h`` (``_hoist``), not after an unrelated product, so ``h``
+    dies before that product's output is born — fewer bytes alive at once, the same
+    results."""
+    rng = np.random.default_rng(0)
+    w1, w2, w3 = (dg.tensor(rng.standard_normal(s).astype(np.float32))
+                  for s in ((64, 256), (256, 64), (64, 512)))
+    x = dg.tensor(rng.standard_normal((128, 64)).astype(np.float32))
+
+    def f(x):
+        h = x @ w1
+        u = h.relu() @ w2
+        v = (x @ w3).exp()
+        return u.sum() + v.sum() + h.sum()
+
+    def planned():
+        cf = compiler.compile(f, backend="llvm")
+        for _ in range(2):
+            got = cf(x)
+        np.testing.assert_allclose(got.item(), f(x).item(), rtol=1e-5)
+        v = cf.variants[0]
+        verify_groups(v.trace.graph, v.plan.groups)
+        return v.plan.groups, v.plan.memory
+
+    groups, memory = planned()
+    kinds = [(grp.kind, grp.shape) for grp in groups]
+    assert kinds.index(("reduce", (128, 256))) < kinds.index(("matmul", (128, 512))), kinds
+    from compiler.passes import fusion
+    monkeypatch.setattr(fusion._Partition, "_hoist", lambda self, order, *rest: order)
+    groups0, memory0 = planned()
+    kinds0 = [(grp.kind, grp.shape) for grp in groups0]
+    assert kinds0.index(("reduce", (128, 256))) > kinds0.index(("matmul", (128, 512)))
+    assert memory.peak_live_bytes < memory0.peak_live_bytes

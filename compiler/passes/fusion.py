@@ -60,7 +60,8 @@ producers; (4) each reduction merges with the group computing its input; (5) any
 between loop groups, repeated to a fixpoint (epilogues); (5b) elementwise siblings (the
 same loops, a value both read, starting at most ``SIBLING_SPAN`` nodes apart, neither
 writing a bound input in place); (6) leaves and weak nodes join their consumers; (7) copies
-join the permute, concat or attention node that alone reads them.
+join the permute, concat or attention node that alone reads them; (8) an input gradient of a
+convolution takes the add that alone reads it (a residual block's two gradients summed).
 
     >>> print(format_groups(fuse(graph_of_softmax)))
     group 0 [reduce 64x32 axes (1,)] nodes 0 in %0 out %1
@@ -75,7 +76,7 @@ import heapq
 from dataclasses import dataclass
 
 from ..ir import Graph, Value, VerifyError
-from ..prims import CONCAT, CONSTANT, ELEMENTWISE, PERMUTE, REDUCTION, traits
+from ..prims import ADD, CONCAT, CONSTANT, CONV_TRANSPOSE, ELEMENTWISE, PERMUTE, REDUCTION, traits
 from .views import ATTENTION_OPERANDS, VIEWS, row_view
 
 
@@ -572,6 +573,35 @@ class _Partition:
                     self.try_merge(p, i, check=False)
                     self.try_merge(q[0], i, check=False)
 
+    def absorb_sums(self) -> None:
+        """(8) an input gradient of a convolution (``conv_transpose``) whose one reader is an
+        add of another value of its shape and dtype, a group of its own, takes that add: its
+        kernel writes ``conv_transpose(...) + other`` (``window.py``: each element the
+        transposed convolution's sum, then the add, as eager rounds it). Where the branches
+        of a residual block meet in the backward, the sum is then one kernel, not two, and
+        the block input's gradient needs one buffer, not two — ``other``'s, written in place
+        when it dies there (the memory plan's pairs). A batch of one sample stays apart (its
+        kernel splits each product across the threads instead)."""
+        nodes, roles = self.nodes, self.roles
+        for i, n in enumerate(nodes):
+            if n.prim is not CONV_TRANSPOSE or roles[i] != "own" or self.external[i] or \
+                    len(self.succs[i]) != 1 or len(self.members[self.find(i)]) != 1:
+                continue
+            a = self.succs[i][0]
+            add = nodes[a]
+            if add.prim is not ADD or roles[a] != "ew" or len(self.members[self.find(a)]) != 1:
+                continue
+            xs = [x for x in add.inputs if isinstance(x, Value)]
+            other = [x for x in xs if x is not n.out]
+            shape = tuple(n.out.shape)
+            if len(xs) != 2 or len(other) != 1 or other[0].weak or \
+                    tuple(other[0].shape) != shape or tuple(add.out.shape) != shape or \
+                    other[0].dtype is not n.out.dtype or add.out.dtype is not n.out.dtype or \
+                    n.out.dtype.name not in ("float32", "float64") or \
+                    not all(isinstance(d, int) for d in shape) or shape[0] < 2:
+                continue
+            self.try_merge(i, a, check=False)
+
     def _attention_views(self, i: int) -> None:
         """An attention node takes the copies making its operands when each is a strided
         view with contiguous rows of what it reads (``passes/views.py``: its kernel reads
@@ -668,6 +698,18 @@ class _Partition:
                                    for m in self.members[r]):
                 continue  # (Note [collectives keep their order])
             k, c = pos[r], min(pos[u] for u in users[r])
+            if c - 1 <= k:
+                continue
+            made, held = self._made(r), self._held(r, readers, pos)
+            if made <= held:
+                if held:
+                    continue
+                # no input read here last: later, up to where one would be (none outlives
+                # its other readers; what it makes lives less long, or is an output) — W7b's
+                # 1x1 shortcut weight gradient then runs beside the other reader of the
+                # activation it reads, and the kernel recomputing that activation with it
+                c = min([c] + [max((pos[q] for q in readers[p] if q != r), default=k)
+                               for p in self._inputs(r) if not self.external[p]])
             if c - 1 <= k or any(self.segment[order[j]] != self.segment[r]
                                  for j in range(k + 1, c)):
                 continue
@@ -675,15 +717,52 @@ class _Partition:
                 last = max((pos[q] for q in failing if q != r), default=-1)
                 if any(order[j] in writing for j in range(max(k, last) + 1, c)):
                     continue
-            made = sum(_bytes(nodes[m].out) for m in self.members[r]
-                       if not self.external[m] and any(find(u) != r for u in self.succs[m]))
-            held = sum(_bytes(nodes[p].out) for p in {p for m in self.members[r]
-                                                      for p in self.preds[m] if find(p) != r}
-                       if not self.external[p] and max(pos[q] for q in readers[p]) == k)
-            if made <= held:
-                continue
             order[k:c] = order[k + 1:c] + [r]
             for j in range(k, c):
+                pos[order[j]] = j
+        return self._hoist(order, readers, writing, failing)
+
+    def _inputs(self, r: int) -> set:
+        """The nodes outside group ``r`` whose values it reads."""
+        return {p for m in self.members[r] for p in self.preds[m] if self.find(p) != r}
+
+    def _made(self, r: int) -> int:
+        """The bytes group ``r`` writes for other groups (not the graph's outputs)."""
+        return sum(_bytes(self.nodes[m].out) for m in self.members[r] if not self.external[m]
+                   and any(self.find(u) != r for u in self.succs[m]))
+
+    def _held(self, r: int, readers: dict, pos: dict) -> int:
+        """The bytes of the values group ``r`` reads last, at its place in the order."""
+        k = pos[r]
+        return sum(_bytes(self.nodes[p].out) for p in self._inputs(r)
+                   if not self.external[p] and max(pos[q] for q in readers[p]) == k)
+
+    def _hoist(self, order: list, readers: dict, writing: set, failing: set) -> list:
+        """A group moved earlier, to just after the last of what it reads and of the other
+        readers of the values it reads last, when those values hold more bytes than it
+        writes: they die sooner than its outputs are born (W7b's 1x1 shortcut convolution,
+        the block input's last reader, run beside the block's first convolution, not after
+        its batch norm) — never across a value guard, and never a write-back moved before
+        a kernel that may fail (``_schedule``'s rule)."""
+        nodes, find = self.nodes, self.find
+        pos = {r: k for k, r in enumerate(order)}
+        for r in list(order):
+            if any(traits(nodes[m].prim).communicates for m in self.members[r]):
+                continue  # (Note [collectives keep their order])
+            k = pos[r]
+            ins = self._inputs(r)
+            last = [p for p in ins if not self.external[p]
+                    and max(pos[q] for q in readers[p]) == k]
+            if sum(_bytes(nodes[p].out) for p in last) <= self._made(r):
+                continue
+            t = 1 + max([pos[find(p)] for p in ins] +
+                        [pos[q] for p in last for q in readers[p] if q != r], default=-1)
+            if t >= k or any(self.segment[order[j]] != self.segment[r] for j in range(t, k)):
+                continue
+            if r in writing and any(order[j] in failing for j in range(t, k)):
+                continue
+            order[t:k + 1] = [r] + order[t:k]
+            for j in range(t, k + 1):
                 pos[order[j]] = j
         return order
 
@@ -722,8 +801,8 @@ class _Partition:
             present = {roles[i] for i in idx}
             if "own" in present and len(idx) > 1:  # a chain of movements (7), or an
                 last = nodes[idx[-1]]  #                 attention node with its views
-                kind = GroupKind.WINDOW if last.prim in ATTENTION_OPERANDS else \
-                    GroupKind.MOVEMENT
+                kind = GroupKind.WINDOW if last.prim in ATTENTION_OPERANDS or \
+                    nodes[idx[0]].prim is CONV_TRANSPOSE else GroupKind.MOVEMENT
                 shape, axes = last.out.shape, ()
             elif present & {"ew", "reduce", "map", "leaf"}:
                 kind, shape, axes = self.loop_nest(set(idx))
@@ -735,6 +814,19 @@ class _Partition:
             result.append(FusionGroup(kind, idx, inputs, outputs, tuple(shape), axes,
                                       self.segment[idx[0]]))
         return result
+
+
+def summed_gradient(g: Graph, grp) -> tuple | None:
+    """For a window group of rule (8) — a ``conv_transpose`` node and the add reading it —
+    ``(conv_transpose node, add node, the add's other operand)``; else None."""
+    if len(grp.nodes) != 2:
+        return None
+    n, add = g.nodes[grp.nodes[0]], g.nodes[grp.nodes[1]]
+    if n.prim is not CONV_TRANSPOSE or add.prim is not ADD or \
+            [x for x in add.inputs if x is n.out] != [n.out] or len(add.inputs) != 2:
+        return None
+    other = next(x for x in add.inputs if x is not n.out)
+    return n, add, other
 
 
 def fuse(g: Graph, writes=()) -> list[FusionGroup]:
@@ -751,6 +843,7 @@ def fuse(g: Graph, writes=()) -> list[FusionGroup]:
     p.merge_loops()
     p.place_leaves_and_weak()
     p.chain_movements()
+    p.absorb_sums()
     return p.groups()
 
 
@@ -818,12 +911,14 @@ def verify_groups(g: Graph, groups: list) -> None:
                 all(g.nodes[i].prim.kind == "movement" for i in grp.nodes)) and not (
                 grp.kind == "window" and len(grp.outputs) == 1 and
                 g.nodes[grp.nodes[-1]].prim in ATTENTION_OPERANDS and
-                all(g.nodes[i].prim in VIEWS for i in grp.nodes[:-1])):
+                all(g.nodes[i].prim in VIEWS for i in grp.nodes[:-1])) and not (
+                grp.kind == "window" and summed_gradient(g, grp) is not None):
             raise VerifyError(f"group {k}: a {g.nodes[grp.nodes[0]].prim.name} node shares "
                               f"a group (matmul, index ops, iota and random are groups of "
                               f"their own; permute, pad, concat and stepped slices only "
                               f"with the movements that feed them alone, attention with "
-                              f"the views of its operands)")
+                              f"the views of its operands, a convolution's input gradient "
+                              f"with the add that alone reads it)")
         if roles != {"weak"} and any(part.roles[i] == "weak" and p in grp.nodes
                                      for i in grp.nodes for p in part.preds[i]):
             raise VerifyError(f"group {k}: a scalar node reads a value computed inside the "
@@ -835,4 +930,5 @@ def verify_groups(g: Graph, groups: list) -> None:
                                   f"loop nest: {nest or 'its nodes cannot share one'}")
 
 
-__all__ = ["FusionGroup", "fuse", "format_groups", "verify_groups", "data_inputs"]
+__all__ = ["FusionGroup", "fuse", "format_groups", "verify_groups", "data_inputs",
+           "summed_gradient"]

@@ -97,6 +97,7 @@ class MemoryPlan:
     steps: list | None = None  # the step of each node, when not node k at step k
     order: str = ""  # which greedy order gave the smallest arena
     buffers: list = field(default_factory=list)  # value ids sharing each arena buffer
+    early: frozenset = frozenset()  # the nodes plan_memory's ``early`` answered True for
 
     def table(self, g: Graph) -> np.ndarray:
         """The offsets as one table, one int64 per node in node order: an offset
@@ -153,21 +154,26 @@ def _fits(x: Value, v: Value) -> bool:
     return x.dtype.itemsize == v.dtype.itemsize and math.prod(_shape(x)) == math.prod(_shape(v))
 
 
-def _aligned(g: Graph, owns: set) -> dict:
+def _aligned(g: Graph, owns: set, early=None) -> dict:
     """value id -> the owned buffers reading that value reads element for element, element
     ``j`` of the value from element ``j`` of the buffer (in C order). A buffer is aligned with
     itself; a reshape that only relabels (the same elements in the same order: a buffer is
     C-contiguous) is aligned with what its input is; an elementwise node's output is aligned
     with what its inputs of its own shape are, less anything it reads another way (through a
     broadcast, another view, a reduction). A fused value is computed where it is read, so
-    reading it reads these buffers at the reader's index."""
+    reading it reads these buffers at the reader's index — but for the fused value of a node
+    ``early(k)`` answers True for: it is computed before its step writes anything in place,
+    and reading it then reads no buffer."""
     aligned: dict[int, frozenset] = {}
     touched: dict[int, frozenset] = {}  # value id -> every owned buffer reading it touches
     none = frozenset()
-    for n in g.nodes:
+    for k, n in enumerate(g.nodes):
         v = n.out
         if v.id in owns:
             aligned[v.id] = touched[v.id] = frozenset((v.id,))
+            continue
+        if early is not None and early(k):
+            aligned[v.id] = touched[v.id] = none
             continue
         xs = [x for x in n.inputs if isinstance(x, Value)]
         touched[v.id] = frozenset().union(*(touched.get(x.id, none) for x in xs))
@@ -223,10 +229,12 @@ def _owners(g: Graph, materialised) -> tuple[set, set]:
     return owns, escaping
 
 
-def _liveness(g: Graph, owns: set, times: list) -> tuple:
+def _liveness(g: Graph, owns: set, times: list, early=None) -> tuple:
     """Per owned value id: (defining step, last reading step), and whether every read at that
     last step is element for element at the reader's index (see :func:`_at_index`; through
-    relabelling reshapes too); and :func:`_aligned`'s map, which decides it."""
+    relabelling reshapes too) — or, by a node ``early(k)`` answers True for, of a value of
+    its own input's shape aligned with the buffer (see :func:`plan_memory`); and
+    :func:`_aligned`'s map, which decides it."""
     deps: dict[int, frozenset] = {}  # value id -> owned buffers that reading it touches
     start, last, clean = {}, {}, {}
 
@@ -239,16 +247,20 @@ def _liveness(g: Graph, owns: set, times: list) -> tuple:
         elif t == last[r]:
             clean[r] = clean[r] and direct
 
-    aligned = _aligned(g, owns)
-    for n, t in zip(g.nodes, times):
+    aligned = _aligned(g, owns, early)
+    for k, (n, t) in enumerate(zip(g.nodes, times)):
         relabel = traits(n.prim).relabels and n.out.id not in owns  # (reads nothing itself:
-        for x in n.inputs:  #                                   its readers read through it)
+        first = early is not None and early(k)  #                its readers read through it)
+        for x in n.inputs:
             for r in reads(x):
-                note(r, t, relabel or r in aligned.get(x.id, ()) and _at_index(n, x))
+                note(r, t, relabel or r in aligned.get(x.id, ()) and (
+                    _at_index(n, x) or first and x is n.inputs[0]))
         v = n.out
         if v.id in owns:
             deps[v.id] = frozenset((v.id,))
             start[v.id], last[v.id], clean[v.id] = t, t, False
+        elif first:  # (read at its own step only, after it read its sources: see above)
+            deps[v.id] = frozenset()
         else:  # a view, a weak scalar or a fused value: reading it reads its sources
             deps[v.id] = frozenset().union(*(reads(x) for x in n.inputs))
     for value, t in _guard_times(g, times):
@@ -356,7 +368,8 @@ def _place(buffers: list, key) -> tuple[int, list]:
 
 def plan_memory(g: Graph, materialised=None, align: int = ALIGN, *, steps=None,
                 inplace: bool | Callable[[int], bool] = True,
-                into_outputs: bool = True) -> MemoryPlan:
+                into_outputs: bool = True,
+                early: Callable[[int], bool] | None = None) -> MemoryPlan:
     """Plan every intermediate buffer of ``g`` into one arena (see the module docstring).
 
     ``materialised``: the values that need memory of their own (a fuser's group outputs);
@@ -366,7 +379,12 @@ def plan_memory(g: Graph, materialised=None, align: int = ALIGN, *, steps=None,
     sharing a step; None means node k runs at step k. ``inplace=False`` turns off in-place
     reuse; a callable ``inplace(k)`` allows it only for the outputs of the nodes ``k`` it
     answers True for (a backend whose kernels of some kinds cannot promise the order below);
-    ``into_outputs=False`` keeps in-place chains out of the outputs' memory. Shapes
+    ``into_outputs=False`` keeps in-place chains out of the outputs' memory. ``early(k)``
+    True says that node ``k`` reads each element of its (first) input, when that value is
+    aligned with a buffer, before its step writes that element in place — a reduction whose
+    kernel finishes its sums over a part of the elements before its second pass writes any
+    of them (``compiler/backends/llvm/reduce.py``'s ``early_readers``): such a read then
+    does not keep the buffer from being overwritten at that step. Shapes
     may hold ``compiler.dims.Dim`` sizes (a symbolic variant's): byte counts and offsets
     are then Dims too.
 
@@ -391,7 +409,7 @@ def plan_memory(g: Graph, materialised=None, align: int = ALIGN, *, steps=None,
         raise ValueError(f"plan_memory: align must be a power of two, got {align}")
     owns, escaping = _owners(g, materialised)
     times = _times(g, steps)
-    start, last, clean, aligned = _liveness(g, owns, times)
+    start, last, clean, aligned = _liveness(g, owns, times, early)
     by_id = {n.out.id: n.out for n in g.nodes}
 
     def chains(refused: frozenset) -> tuple:
@@ -469,7 +487,8 @@ def plan_memory(g: Graph, materialised=None, align: int = ALIGN, *, steps=None,
         output_bytes=sum(_nbytes(by_id[i]) for i in escaping), align=align,
         materialised=None if materialised is None else frozenset(v.id for v in materialised),
         steps=None if steps is None else times, order=order,
-        buffers=[m for b, m in enumerate(members) if b not in output_of])
+        buffers=[m for b, m in enumerate(members) if b not in output_of],
+        early=frozenset(k for k in range(len(g.nodes)) if early is not None and early(k)))
 
 
 def verify_plan(g: Graph, plan: MemoryPlan) -> None:
@@ -477,7 +496,8 @@ def verify_plan(g: Graph, plan: MemoryPlan) -> None:
     and every buffer inside the arena and big enough; no output (or what it is a view of) in
     the arena; every value that needs memory has it; every in-place pair legal; and no two
     buffers whose lifetimes overlap share a byte — in the arena or in an output's memory.
-    Lifetimes are recomputed here from the graph, independently of the planner.
+    Lifetimes are recomputed here from the graph, independently of the planner; what it
+    takes from the plan is the backend's promise ``plan.early`` (see :func:`plan_memory`).
 
     >>> verify_plan(g, plan_memory(g))  # silent when the plan is safe
     """
@@ -540,8 +560,12 @@ def verify_plan(g: Graph, plan: MemoryPlan) -> None:
         if wanted and v.id not in located and v.id not in escaping:
             raise PlanError(f"plan: {v!r} ({n.prim.name}) needs a buffer and has none")
 
+    index = {n.out.id: k for k, n in enumerate(g.nodes)}
+    early = plan.early
+
     def touched(x) -> set:
-        """Buffers read when ``x`` is read: itself, or through views, weak and fused values."""
+        """Buffers read when ``x`` is read: itself, or through views, weak and fused values
+        (not an early node's: it was computed before its step wrote anything)."""
         found, stack = set(), [x]
         while stack:
             y = stack.pop()
@@ -549,7 +573,7 @@ def verify_plan(g: Graph, plan: MemoryPlan) -> None:
                 continue  # a literal, an input, a constant, or an output's own memory
             if y.id in located:
                 found.add(y.id)
-            else:
+            elif index.get(y.id) not in early:
                 stack.extend(y.producer.inputs)
         return found
 
@@ -564,16 +588,17 @@ def verify_plan(g: Graph, plan: MemoryPlan) -> None:
         if not direct:
             indirect.add((i, k))
 
-    aligned = _aligned(g, located | escaping)
+    aligned = _aligned(g, located | escaping, early.__contains__)
 
     def reads_as(x, i: int) -> bool:  # reading x reads buffer i at x's own index
         return isinstance(x, Value) and i in aligned.get(x.id, ())
 
-    for n, t in zip(g.nodes, times):
+    for k, (n, t) in enumerate(zip(g.nodes, times)):
         relabel = traits(n.prim).relabels and n.out.id not in located
         for x in n.inputs:
             for i in touched(x):
-                read(i, t, relabel or reads_as(x, i) and _at_index(n, x))
+                read(i, t, relabel or reads_as(x, i) and (
+                    _at_index(n, x) or k in early and x is n.inputs[0]))
     for value, t in _guard_times(g, times):
         for i in touched(value):
             read(i, t, False)

@@ -40,9 +40,13 @@ at iteration ``i`` (no broadcast, no other view, no second pass). So the only me
 load and the store share is element ``i``, the store depends on the load, and no reordering
 ``noalias`` allows can put one before the other — the argument the direct write-backs into
 bound inputs below already rest on. A reduction kernel visits each element of its input
-shape once in its first pass: its outputs there may run in place when it has no second pass
-(``reduce.in_place_nodes``). Matmul, window and index kernels read elements other than the
-one they write: they get no in-place outputs.
+shape once in its first pass: its outputs there may run in place when it has no second pass;
+when it has one, its second pass's outputs may, since per kept index the sums have read
+every element before that pass loads and then stores each one (``reduce.in_place_nodes``,
+``early_readers``). A convolution's input gradient with the add it took (fusion's rule 8)
+stores each element of the sum right after loading the addend's, from a sum already
+complete (``window.WindowBuilder._sample_params``). Matmul, index and other window kernels
+read elements other than the one they write: they get no in-place outputs.
 
 Collectives (``GroupKind.COLLECTIVE``: an MPI collective's start or wait) make no kernel:
 their rules (``collective.py``) write the MPI calls into the driver itself, with the MPI
@@ -77,7 +81,7 @@ from ...dims import Dim, concrete
 from ...dims import describe as describe_dim
 from ...generated import exec_generated
 from ...ir import Value
-from ...passes.fusion import fuse
+from ...passes.fusion import fuse, summed_gradient
 from ...passes.memory import plan_memory, verify_plan
 from ...prims import traits
 from .. import base
@@ -168,8 +172,13 @@ class DriverPlan(base.Executable):
         one_pass = {i for grp in groups if grp.kind == "elementwise" for i in grp.nodes}
         one_pass.update(i for grp in groups if grp.kind == "reduce"
                         for i in reduce.in_place_nodes(g, grp))
+        one_pass.update(grp.nodes[1] for grp in groups  # (a convolution's input gradient
+                        if grp.kind == "window" and summed_gradient(g, grp))  # and its sum:
+        #                                                 window.WindowBuilder._sample_params)
+        early = {i for grp in groups if grp.kind == "reduce"
+                 for i in reduce.early_readers(g, grp)}
         memory = plan_memory(g, materialised, ALIGN, steps=steps, inplace=one_pass.__contains__,
-                             into_outputs=False)
+                             into_outputs=False, early=early.__contains__)
         verify_plan(g, memory)  # (independent liveness: no two live buffers share a byte)
         self.memory = memory
         # ------------------------------------------------------------ the pointer table

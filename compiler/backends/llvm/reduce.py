@@ -664,16 +664,35 @@ _COMBINE = Lowerings("LLVM reduce codegen")
 
 def in_place_nodes(g, grp) -> frozenset:
     """The nodes of reduce group ``grp`` whose outputs may take over the buffer of an input
-    they read (the memory planner's in-place pairs): its prologue over ``S`` when the group
-    has no second pass over ``S``. Each element of ``S`` is then visited once, in whichever
-    form the kernel takes (chunks, runs, pieces, columns, blocks across threads): its inputs
-    loaded, then its prologue outputs stored. A second pass recomputes prologue values from
-    the inputs after the first pass stored over them, so such a group gets none."""
+    they read (the memory planner's in-place pairs).
+
+    - With no second pass over ``S``: its prologue over ``S``. Each element of ``S`` is then
+      visited once, in whichever form the kernel takes (chunks, runs, pieces, columns,
+      blocks across threads): its inputs loaded, then its prologue outputs stored.
+    - With one: its epilogue over ``S``, not its prologue — the second pass recomputes
+      prologue values from the inputs, which a prologue stored in place would have
+      overwritten. Such a group takes the form that loops over the kept elements ``o``
+      outermost (never columns or blocks: see ``build``), and per ``o`` finishes its sums
+      before the second pass over ``o``'s elements loads each element's inputs and then
+      stores its outputs. What the sums read of a buffer aligned with ``S`` is ``o``'s
+      elements alone, read before they are overwritten: :func:`early_readers` tells the
+      planner so."""
     try:
         _, _, pre_s, post_s, _, _ = ReduceBuilder(g, grp)._classify()
     except NotImplementedError:  # (a group this backend does not lower: no kernel at all)
         return frozenset()
-    return frozenset() if post_s else frozenset(pre_s)
+    return frozenset(post_s) if post_s else frozenset(pre_s)
+
+
+def early_readers(g, grp) -> frozenset:
+    """The reductions of reduce group ``grp`` when it has a second pass over ``S``: they read
+    the elements of each kept index before its second pass overwrites any (see
+    :func:`in_place_nodes`; ``plan_memory``'s ``early``)."""
+    try:
+        _, reductions, _, post_s, _, _ = ReduceBuilder(g, grp)._classify()
+    except NotImplementedError:
+        return frozenset()
+    return frozenset(reductions) if post_s else frozenset()
 
 
 def _identity(e: float, t: str) -> str:

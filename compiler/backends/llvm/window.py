@@ -74,7 +74,7 @@ import numpy as np
 
 from ... import prims as P
 from ...ir import Node, Value
-from ...passes.fusion import FusionGroup, GroupKind
+from ...passes.fusion import FusionGroup, GroupKind, summed_gradient
 from ...passes.views import ATTENTION_OPERANDS, VIEWS, row_view
 from ...prims import Lowerings
 from . import convtune, gemm, jit, threads
@@ -187,12 +187,17 @@ class WindowBuilder(KernelBuilder):
     def __init__(self, g, group) -> None:
         super().__init__(g, group, "window")
         self.n = g.nodes[group.nodes[-1]]
-        if len(group.nodes) != 1 and (
+        self.summed = summed_gradient(g, group)  # (conv_transpose, add, the add's other
+        if self.summed is not None:  #              operand): fusion's rule (8)
+            self.n = self.summed[0]
+        elif len(group.nodes) != 1 and (
                 self.n.prim not in ATTENTION_OPERANDS or
                 any(g.nodes[i].prim not in VIEWS for i in group.nodes[:-1])):
             raise NotImplementedError("LLVM window codegen: a group of more than one node "
-                                      "(other than attention and views of its operands)")
+                                      "(other than attention and views of its operands, or "
+                                      "a convolution's input gradient and its add)")
         self.rule = WINDOWS.of(self.n.prim)
+        self.addend: str | None = None  # (rule 8) the add's other operand: out = rule + it
         self.views: dict = {}  # input position -> strides of an operand read as a view
         self.helpers: list[str] = []  # functions of the kernel's own (parts, samples)
         self.ty = ""  # the convolution's element type
@@ -203,10 +208,12 @@ class WindowBuilder(KernelBuilder):
     def build(self, name: str = FN_NAME, prelude: bool = True) -> tuple:
         grp, n = self.group, self.n
         layout = list(grp.inputs) + list(grp.outputs)
-        if len(grp.outputs) != 1 or grp.outputs[0] is not n.out:
+        out = n.out if self.summed is None else self.summed[1].out
+        if len(grp.outputs) != 1 or grp.outputs[0] is not out:
             raise NotImplementedError("LLVM window codegen: one output")
         self.helpers = []
         ptr = {id(v): f"%a{k}" for k, v in enumerate(layout)}
+        self.addend = None if self.summed is None else ptr[id(self.summed[2])]
         self.label("entry")
         self.views = {}
         ins = []
@@ -223,7 +230,7 @@ class WindowBuilder(KernelBuilder):
             base, offset, strides = view
             ins.append(self.gep(MEMTYPE[LLTYPE[v.dtype.name]], ptr[id(base)], offset))
             self.views[k] = strides
-        self.rule(self, name, ins, ptr[id(n.out)])
+        self.rule(self, name, ins, ptr[id(out)])
         params = ", ".join(f"ptr noalias %a{k}" for k in range(len(layout)))
         head = prelude_ir(self.vecmath) + self.declarations() if prelude else ""
         text = (head + "".join(self.helpers)
@@ -291,25 +298,55 @@ class WindowBuilder(KernelBuilder):
         self.helpers.append(e.function(f"define internal void @{name}_blocks(ptr %ctx, i64 "
                                        f"%tid, i64 %nt)"))
 
-    def _samples_fn(self, name: str, geo: Geometry, columns: bool, per_sample) -> None:
-        """``i32 @<name>_samples(ptr %x, ptr %w, ptr %y, i64 %n0, i64 %step)``: samples
-        ``n0, n0 + step, ...`` below N, each by ``per_sample(e, n, cols)`` with a column
-        buffer of the function's own (``columns``); status 0, or ALLOC_FAILED."""
+    def _samples_fn(self, name: str, geo: Geometry, columns: bool, per_sample,
+                    scratch: int = 0) -> None:
+        """``i32 @<name>_samples(ptr %x, ptr %w, ptr %y, i64 %n0, i64 %step)`` (and ``ptr
+        %a`` before ``%n0``: :meth:`_sample_args`): samples ``n0, n0 + step, ...`` below N,
+        each by ``per_sample(e, n, cols)`` with a column buffer of the function's own
+        (``columns``) — and ``per_sample(e, n, cols, buf)`` with a buffer of ``scratch``
+        elements too, when asked; status 0, or ALLOC_FAILED."""
         e = Emitter()
         e.label("entry")
-        cols = "null"
+        cols = buf = "null"
         if columns:
             cols = _malloc(e, geo.rows * geo.positions * _size(self.ty))
-            with e.when(e.emit(f"icmp eq ptr {cols}, null")):
+        if scratch:
+            buf = _malloc(e, scratch * _size(self.ty))
+        if columns or scratch:
+            bad = e.emit(f"or i1 {e.emit(f'icmp eq ptr {cols}, null')}, "
+                         f"{e.emit(f'icmp eq ptr {buf}, null')}") if columns and scratch \
+                else e.emit(f"icmp eq ptr {cols if columns else buf}, null")
+            with e.when(bad):
+                for p in (cols, buf):
+                    if p != "null":
+                        e.line(f"call void @free(ptr {p})")
                 e.line(f"ret i32 {ALLOC_FAILED}")
         with e.rolled_loop("%n0", literal(geo.N, "i64"), "%step", scalar=True) as n:
-            per_sample(e, n, cols)
-        if columns:
-            e.line(f"call void @free(ptr {cols})")
+            if scratch:
+                per_sample(e, n, cols, buf)
+            else:
+                per_sample(e, n, cols)
+        for p in (cols, buf):
+            if p != "null":
+                e.line(f"call void @free(ptr {p})")
         e.line("ret i32 0")
-        self.helpers.append(e.function(
-            f"define internal i32 @{name}_samples(ptr noalias %x, ptr noalias %w, "
-            f"ptr noalias %y, i64 %n0, i64 %step)"))
+        self.helpers.append(e.function(f"define internal i32 @{name}_samples("
+                                       f"{self._sample_params()})"))
+
+    def _sample_params(self) -> str:
+        """A samples function's parameters: ``%x``, ``%w``, ``%y``, then (rule 8's sum) the
+        add's other operand ``%a``, laid out as ``%y``, then ``%n0`` and ``%step``.
+
+        Note (in place): ``%a`` and ``%y`` may be one buffer (the memory plan's pair: the
+        sum overwrites the operand it adds). Every path reads each element of ``%a`` once,
+        in the loop that then stores that element of ``%y``, after the sum it adds to is
+        complete — the transposed convolution's own stores go to ``%y`` only where it is not
+        ``%a`` (the direct tiles add ``%a`` as they store; the phased path stores its
+        phases' sums from its own buffer; the column path builds each sample in a buffer of
+        its own) — so each element is read before it is written, as an in-place
+        elementwise kernel's (``driver.py``: why ``noalias`` stays sound)."""
+        a = ", ptr noalias %a" if self.addend else ""
+        return f"ptr noalias %x, ptr noalias %w, ptr noalias %y{a}, i64 %n0, i64 %step"
 
     def _by_samples(self, name: str, geo: Geometry, x: str, w: str, y: str,
                     many: str | None = None) -> None:
@@ -319,22 +356,24 @@ class WindowBuilder(KernelBuilder):
         ``many``: the samples function (``@<many>_samples``) the parallel parts call, when
         not the lone sample's."""
         def call(e, a, n0, step, fn=name) -> str:
-            return e.emit(f"call i32 @{fn}_samples(ptr {a[0]}, ptr {a[1]}, ptr {a[2]}, "
-                          f"i64 {n0}, i64 {step})")
+            ptrs = "".join(f"ptr {p}, " for p in a)
+            return e.emit(f"call i32 @{fn}_samples({ptrs}i64 {n0}, i64 {step})")
 
+        mine = (x, w, y) + ((self.addend,) if self.addend else ())
+        regs = ("%x", "%w", "%y") + (("%a",) if self.addend else ())
         if threads.find() is not None:
             self.branch(self.emit(f"icmp slt i64 {literal(geo.N, 'i64')}, 2"), "alone", "many")
             self.label("many")
-            self._split(name, [("ptr", x), ("ptr", w), ("ptr", y)], 0)
-            self._blocks(name, [("ptr", "%x"), ("ptr", "%w"), ("ptr", "%y")],
-                         lambda e: call(e, ("%x", "%w", "%y"), "%tid", "%nt", many or name))
+            self._split(name, [("ptr", p) for p in mine], 0)
+            self._blocks(name, [("ptr", r) for r in regs],
+                         lambda e: call(e, regs, "%tid", "%nt", many or name))
             self.label("alone")
         elif many is not None:  # (no pool: the samples in order on this thread)
             self.branch(self.emit(f"icmp slt i64 {literal(geo.N, 'i64')}, 2"), "alone", "many")
             self.label("many")
-            self.line(f"ret i32 {call(self, (x, w, y), 0, 1, many)}")
+            self.line(f"ret i32 {call(self, mine, 0, 1, many)}")
             self.label("alone")
-        self.line(f"ret i32 {call(self, (x, w, y), 0, 1)}")
+        self.line(f"ret i32 {call(self, mine, 0, 1)}")
 
     # ------------------------------------------------------------------ the column loops
     def _columns(self, e: Emitter, geo: Geometry, x: str, cols: str, add: bool) -> None:
@@ -590,7 +629,8 @@ def _rank_one(e: Emitter, ty: str, scalars: list, vectors: list, acc) -> list:
     return out
 
 
-def _conv_direct(b: WindowBuilder, name: str, d: Direct, samples: bool = True) -> None:
+def _conv_direct(b: WindowBuilder, name: str, d: Direct, samples: bool = True,
+                 addend: bool = False) -> None:
     """``i32 @<name>d_samples(x, w, y, n0, step)`` (as ``_samples_fn``'s) computing
     :class:`Direct` ``d``: per sample, its planes are copied once into a zero-bordered
     buffer, and the output is computed straight from it — no column buffer, no packing. A
@@ -598,7 +638,9 @@ def _conv_direct(b: WindowBuilder, name: str, d: Direct, samples: bool = True) -
     for each ``k`` in order it loads the ``NV`` vectors at the row's offset for ``k`` (a
     table of the module's) and multiply-adds them with ``MR`` weights. Each output is thus
     the chain ``fma(w(o, k), x(k), ·)`` for ``k = 0, 1, ...`` from +0.0 — for the forward
-    convolution the GEMM's order (``gemm.py``), so the column path's bits."""
+    convolution the GEMM's order (``gemm.py``), so the column path's bits. With ``addend``
+    (rule 8's sum, a samples function taking ``%a``), each stored vector is the chain plus
+    the vector of ``%a`` at its place, loaded just before the store."""
     ty, size = b.ty, _size(b.ty)
     vl, nv, mr = _tile(ty, d)
     nr = nv * vl
@@ -610,9 +652,11 @@ def _conv_direct(b: WindowBuilder, name: str, d: Direct, samples: bool = True) -
             b.helpers.append(f"@{name}_{tab} = internal unnamed_addr constant [{len(vals)} x "
                              f"i64] [" + ", ".join(f"i64 {o}" for o in vals) + "], align 8\n\n")
 
-    def tile(e: Emitter, xb: str, yb: str, rows: int, vecs: int, tail: int | None) -> None:
-        """``rows`` channels x ``vecs`` vectors at ``xb`` (the padded row) into ``yb``;
-        ``tail``: the valid columns of a last, partial tile (masked stores)."""
+    def tile(e: Emitter, xb: str, yb: str, ab: str | None, rows: int, vecs: int,
+             tail: int | None) -> None:
+        """``rows`` channels x ``vecs`` vectors at ``xb`` (the padded row) into ``yb`` (plus
+        ``ab``'s, when given); ``tail``: the valid columns of a last, partial tile (masked
+        loads and stores)."""
         blk = e.fresh("K")
         accs = [(r, v) for r in range(rows) for v in range(vecs)]
         with e.loop(f"%{blk}.k", d.rows, block=blk, exit=f"{blk}.done",
@@ -632,11 +676,20 @@ def _conv_direct(b: WindowBuilder, name: str, d: Direct, samples: bool = True) -
         for i, (r, v) in enumerate(accs):
             at = e.gep(ty, yb, r * P_ + v * vl)
             valid = vl if tail is None else min(vl, tail - v * vl)
+            if valid <= 0:
+                continue
+            mask = ", ".join("i1 true" if j < valid else "i1 false" for j in range(vl))
+            val = nxt[i]
+            if ab is not None:
+                src = e.gep(ty, ab, r * P_ + v * vl)
+                more = e.emit(f"load {vt}, ptr {src}, align {size}") if valid == vl else \
+                    e.emit(f"call {vt} @llvm.masked.load.v{vl}{sfx}.p0(ptr {src}, i32 {size}, "
+                           f"<{vl} x i1> <{mask}>, {vt} zeroinitializer)")
+                val = e.emit(f"fadd {vt} {val}, {more}")
             if valid == vl:
-                e.line(f"store {vt} {nxt[i]}, ptr {at}, align {size}")
-            elif valid > 0:
-                mask = ", ".join("i1 true" if j < valid else "i1 false" for j in range(vl))
-                e.line(f"call void @llvm.masked.store.v{vl}{sfx}.p0({vt} {nxt[i]}, ptr {at}, "
+                e.line(f"store {vt} {val}, ptr {at}, align {size}")
+            else:
+                e.line(f"call void @llvm.masked.store.v{vl}{sfx}.p0({vt} {val}, ptr {at}, "
                        f"i32 {size}, <{vl} x i1> <{mask}>)")
 
     full, tail = divmod(d.OW, nr)
@@ -646,16 +699,19 @@ def _conv_direct(b: WindowBuilder, name: str, d: Direct, samples: bool = True) -
         with e.rolled_loop(0, d.OH, scalar=True) as oh:
             xrow = e.gep(ty, "%xp", _i(e, "mul", oh, d.Wp))
             yrow = e.gep(ty, "%y", _i(e, "mul", oh, d.OW))
+            arow = e.gep(ty, "%a", _i(e, "mul", oh, d.OW)) if addend else None
             if full:
                 with e.rolled_loop(0, full, scalar=True) as t:
                     at = _i(e, "mul", t, nr)
-                    tile(e, e.gep(ty, xrow, at), e.gep(ty, yrow, at), rows, nv, None)
+                    tile(e, e.gep(ty, xrow, at), e.gep(ty, yrow, at),
+                         arow and e.gep(ty, arow, at), rows, nv, None)
             if tail:
-                tile(e, e.gep(ty, xrow, full * nr), e.gep(ty, yrow, full * nr), rows,
-                     -(-tail // vl), tail)
+                tile(e, e.gep(ty, xrow, full * nr), e.gep(ty, yrow, full * nr),
+                     arow and e.gep(ty, arow, full * nr), rows, -(-tail // vl), tail)
         e.line("ret void")
+        a = ", ptr noalias %a" if addend else ""
         b.helpers.append(e.function(f"define internal void @{name}_rt{rows}(ptr noalias %xp, "
-                                    f"ptr noalias %w, ptr noalias %y) noinline"))
+                                    f"ptr noalias %w, ptr noalias %y{a}) noinline"))
 
     if not samples:  # (the caller runs the tiles: _conv_transpose_phased)
         return
@@ -669,26 +725,33 @@ def _conv_direct(b: WindowBuilder, name: str, d: Direct, samples: bool = True) -
     HW = d.H * d.W
     with e.rolled_loop("%n0", literal(d.N, "i64"), "%step", scalar=True) as s:
         _stage(e, ty, d, e.gep(ty, "%x", _i(e, "mul", s, d.C * HW)), xp)
-        _direct_groups(e, ty, name, d, xp, e.gep(ty, "%y", _i(e, "mul", s, d.G * d.cout * P_)))
+        at = _i(e, "mul", s, d.G * d.cout * P_)
+        _direct_groups(e, ty, name, d, xp, e.gep(ty, "%y", at),
+                       e.gep(ty, "%a", at) if addend else None)
     e.line(f"call void @free(ptr {xp})")
     e.line("ret i32 0")
-    b.helpers.append(e.function(f"define internal i32 @{name}d_samples(ptr noalias %x, "
-                                f"ptr noalias %w, ptr noalias %y, i64 %n0, i64 %step)"))
+    b.helpers.append(e.function(f"define internal i32 @{name}d_samples("
+                                f"{b._sample_params()})"))
 
 
-def _direct_groups(e: Emitter, ty: str, name: str, d: Direct, xp: str, y: str) -> None:
+def _direct_groups(e: Emitter, ty: str, name: str, d: Direct, xp: str, y: str,
+                   a: str | None = None) -> None:
     """One sample of :class:`Direct` ``d`` from its staged planes at ``xp`` into its output
-    at ``y`` (``G·cout`` planes of ``OH x OW``): per group, the tile functions
-    :func:`_conv_direct` wrote (``@<name>_rt<rows>``) over its chunks of output channels."""
+    at ``y`` (``G·cout`` planes of ``OH x OW``; plus ``a``'s, laid out as ``y``, when
+    given): per group, the tile functions :func:`_conv_direct` wrote (``@<name>_rt<rows>``)
+    over its chunks of output channels."""
     plane, P_ = d.plane, d.OH * d.OW
     mr = _tile(ty, d)[2]
     with e.rolled_loop(0, d.G, scalar=True) as grp:
         xg = e.gep(ty, xp, _i(e, "mul", grp, d.cin * plane))
         wg = e.gep(ty, "%w", _i(e, "mul", grp, d.wgroup))
-        yg = e.gep(ty, y, _i(e, "mul", grp, d.cout * P_))
+        at = _i(e, "mul", grp, d.cout * P_)
+        yg = e.gep(ty, y, at)
+        ag = e.gep(ty, a, at) if a is not None else None
         for first, rows in _chunks(d.cout, mr):
+            more = f", ptr {e.gep(ty, ag, first * P_)}" if ag is not None else ""
             e.line(f"call void @{name}_rt{rows}(ptr {xg}, ptr "
-                   f"{e.gep(ty, wg, first * d.wrow)}, ptr {e.gep(ty, yg, first * P_)})")
+                   f"{e.gep(ty, wg, first * d.wrow)}, ptr {e.gep(ty, yg, first * P_)}{more})")
 
 
 def _spans(d: Direct) -> list:
@@ -873,8 +936,9 @@ def _conv_transpose_phased(b: WindowBuilder, name: str, geo: Geometry, phases: l
     staged once for all the phases' correlations (:func:`_transpose_phases`); per phase, the
     tile functions of :func:`_conv_direct` compute its positions into a buffer; then those
     are written to their places in ``dx`` (zeros for a phase no window element
-    reaches). Each ``dx`` element is one chain of multiply-adds over (output channel, window
-    row, window column): the same bits alone as in a batch."""
+    reaches; with rule 8's ``%a``, each plus ``%a``'s element there). Each ``dx`` element is
+    one chain of multiply-adds over (output channel, window row, window column): the same
+    bits alone as in a batch."""
     ty, size = b.ty, _size(b.ty)
     for i, ph in enumerate(phases):
         if ph.d is not None:
@@ -899,6 +963,7 @@ def _conv_transpose_phased(b: WindowBuilder, name: str, geo: Geometry, phases: l
         e.line(f"call void @llvm.memset.p0.i64(ptr {xp}, i8 0, i64 {xbytes}, i1 false)")
     with e.rolled_loop("%n0", literal(geo.N, "i64"), "%step", scalar=True) as s:
         dx = e.gep(ty, "%y", _i(e, "mul", s, geo.C * HW))
+        ax = e.gep(ty, "%a", _i(e, "mul", s, geo.C * HW)) if b.addend else None
         if staged is not None:
             _stage(e, ty, staged, e.gep(ty, "%x", _i(e, "mul", s, geo.Co * OHW)), xp)
         for i, ph in enumerate(phases):
@@ -915,7 +980,9 @@ def _conv_transpose_phased(b: WindowBuilder, name: str, geo: Geometry, phases: l
             with e.rolled_loop(0, geo.C, scalar=True) as c:
                 with e.rolled_loop(0, rows, scalar=True) as y:
                     row = _i(e, "add", _i(e, "mul", y, geo.sh), first)
-                    to = e.gep(ty, dx, _i(e, "add", _i(e, "mul", c, HW), _i(e, "mul", row, geo.W)))
+                    place = _i(e, "add", _i(e, "mul", c, HW), _i(e, "mul", row, geo.W))
+                    to = e.gep(ty, dx, place)
+                    more = e.gep(ty, ax, place) if ax is not None else None
                     srcs = {i: e.gep(ty, tmp, _i(e, "add", offsets[i], _i(e, "mul", _i(
                         e, "add", _i(e, "mul", c, rows), y), ph.cols))) for i, ph in row_phases}
 
@@ -923,6 +990,9 @@ def _conv_transpose_phased(b: WindowBuilder, name: str, geo: Geometry, phases: l
                         v = literal(0.0, ty) if ph.d is None else \
                             e.emit(f"load {ty}, ptr {e.gep(ty, srcs[i], x)}")
                         col = _i(e, "add", _i(e, "mul", x, geo.sw), (ph.b - geo.pw) % geo.sw)
+                        if more is not None:  # (+0.0 + a: a -0.0 becomes +0.0, as eager's)
+                            a = e.emit(f"load {ty}, ptr {e.gep(ty, more, col)}")
+                            v = e.emit(f"fadd {ty} {v}, {a}")
                         e.line(f"store {ty} {v}, ptr {e.gep(ty, to, col)}")
                     with e.rolled_loop(0, common) as x:
                         for i, ph in row_phases:
@@ -933,8 +1003,8 @@ def _conv_transpose_phased(b: WindowBuilder, name: str, geo: Geometry, phases: l
     e.line(f"call void @free(ptr {xp})")
     e.line(f"call void @free(ptr {tmp})")
     e.line("ret i32 0")
-    b.helpers.append(e.function(f"define internal i32 @{name}q_samples(ptr noalias %x, "
-                                f"ptr noalias %w, ptr noalias %y, i64 %n0, i64 %step)"))
+    b.helpers.append(e.function(f"define internal i32 @{name}q_samples("
+                                f"{b._sample_params()})"))
 
 
 @WINDOWS(P.CONV)
@@ -971,7 +1041,9 @@ def _conv_transpose(b: WindowBuilder, name: str, ins: list, out: str) -> None:
     of the zeroed ``dx[n, g]`` (a 1x1 window: the product is ``dx[n, g]``). At stride 1, a
     correlation of the bordered ``y`` with the flipped window instead (:func:`_conv_direct`,
     every batch size: each ``dx`` element one chain of multiply-adds over (output channel,
-    window row, window column))."""
+    window row, window column)). With rule 8's addend (``b.addend``) the kernel writes that
+    sum plus the addend, each element's sum complete before the add (see
+    ``WindowBuilder._sample_params``)."""
     ty = b._float_type()
     y, w = b.n.inputs
     geo = _geometry(b.n, b.n.out.shape, w.shape, b.n.out.shape[2:], y.shape[2:])
@@ -982,7 +1054,7 @@ def _conv_transpose(b: WindowBuilder, name: str, ins: list, out: str) -> None:
     phases = None if geo.direct or d is not None else _transpose_phases(geo)
     direct = (d is not None or phases is not None) and b._path(geo) == "direct"
     if direct and d is not None:
-        _conv_direct(b, name, d)
+        _conv_direct(b, name, d, addend=b.addend is not None)
         _refuse_non_finite(b, ty, ins[1], geo.Co * geo.rows)
         b._by_samples(f"{name}d", geo, ins[0], ins[1], out)
         return
@@ -992,8 +1064,9 @@ def _conv_transpose(b: WindowBuilder, name: str, ins: list, out: str) -> None:
         b._by_samples(f"{name}q", geo, ins[0], ins[1], out)
         return
 
-    def per_sample(e: Emitter, s: str, cols: str) -> None:
-        xs = e.gep(ty, "%y", e.emit(f"mul i64 {s}, {geo.C * HW}"))
+    def per_sample(e: Emitter, s: str, cols: str, buf: str | None = None) -> None:
+        at = e.emit(f"mul i64 {s}, {geo.C * HW}")
+        xs = buf if buf is not None else e.gep(ty, "%y", at)  # (rule 8: the sum in buf)
         if not geo.direct:
             e.line(f"call void @llvm.memset.p0.i64(ptr {xs}, i8 0, i64 "
                    f"{geo.C * HW * _size(ty)}, i1 false)")
@@ -1006,8 +1079,15 @@ def _conv_transpose(b: WindowBuilder, name: str, ins: list, out: str) -> None:
                                      xg if geo.direct else cols, geo.rows, P_, geo.og))
             if not geo.direct:
                 b._columns(e, geo, xg, cols, add=True)
+        if buf is not None:  # dx = the sample's sum + a, element by element
+            dst, src = e.gep(ty, "%y", at), e.gep(ty, "%a", at)
+            with e.rolled_loop(0, geo.C * HW) as i:
+                v = e.emit(f"fadd {ty} {e.emit(f'load {ty}, ptr {e.gep(ty, buf, i)}')}, "
+                           f"{e.emit(f'load {ty}, ptr {e.gep(ty, src, i)}')}")
+                e.line(f"store {ty} {v}, ptr {e.gep(ty, dst, i)}")
 
-    b._samples_fn(name, geo, not geo.direct, per_sample)
+    b._samples_fn(name, geo, not geo.direct, per_sample,
+                  scratch=geo.C * HW if b.addend is not None else 0)
     b._by_samples(name, geo, ins[0], ins[1], out)
 
 
