@@ -60,7 +60,8 @@ PROGRAMS = {
     "scatter_add": lambda dt: (lambda x, i: dg.zeros(5, 5, dtype=x.dtype).scatter_add(
         0, i[:4, None].expand(4, 5), x), [_x(dt), _idx()]),
     "matmul": lambda dt: (lambda x: x @ x.t(), [_x(dt)]),
-    "random": lambda dt: (lambda x: x * dg.rand(4, 5, dtype=x.dtype), [_x(dt)]),
+    "random": lambda dt: (lambda x: x * dg.rand(4, 5, dtype=x.dtype)  # (both distributions)
+                          + dg.randn(4, 5, dtype=x.dtype), [_x(dt)]),
     "conv": lambda dt: (lambda x: F.conv2d(x, x[:2, :1, :3, :3]), [_x(dt, (2, 1, 6, 6))]),
     "conv_transpose": lambda dt: (lambda x: F.conv_transpose2d(x, x[:1, :2, :3, :3]),
                                   [_x(dt, (2, 1, 6, 6))]),

@@ -7,7 +7,9 @@ ordinary in-place op afterwards (by one counter value per 32-bit word drawn: see
 update as a write, and compiled code can reproduce eager's numbers exactly.
 
 Each counter value yields four 32-bit words. float32 uniforms use 24 bits of one word,
-float64 uniforms 53 bits of two; normals use Box–Muller on two float64 uniforms.
+float64 uniforms 53 bits of two; normals use Box–Muller on two float64 uniforms, with log and
+cos of our own (``boxmuller.py``) rather than numpy's CPU-specific ones, so that compiled
+code draws eager's normals bit for bit too.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from .. import dtypes as _dt
 from ..autograd.grad_mode import no_grad
 from ..dispatch import STATE, dispatch
 from ..tensor import Tensor, check_device
+from .boxmuller import box_muller
 from .creation import arange, full, maybe_requires_grad, shape_arg, size_keyword, zeros
 from .elementwise import cast, eq, floor, le, log1p, lt, minimum, where
 from .indexing import scatter_add
@@ -93,8 +96,7 @@ def _random_impl(state, shape, dist, dtype):
             out = _u53(w)
     else:
         u = _u53(w)
-        u1, u2 = 1.0 - u[0::2], u[1::2]  # u1 in (0, 1]
-        out = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+        out = box_muller(1.0 - u[0::2], u[1::2])  # (1 − u: exact, in (0, 1])
     return out.astype(dtype.np, copy=False).reshape(shape)
 
 

@@ -408,11 +408,14 @@ def compiled_ddp_on_the_interpreter_equals_eager_bit_for_bit():
 
 @check
 def a_step_whose_other_groups_run_in_numpy_keeps_its_collectives_in_step():
-    """Normal random numbers have no native kernel: the hybrid plan runs them in numpy,
-    and the collectives as numpy steps too (inside an agreed call, without their own
-    check)."""
+    """An integer convolution has no native kernel: the hybrid plan runs it in numpy, and
+    the collectives as numpy steps too (inside an agreed call, without their own check) —
+    and the random numbers, eager's bits either way."""
+    w = dg.tensor(np.array([[[1, -2, 1]]]))
+
     def f(t):
-        u = (t.double() + dg.randn(6, dtype=dg.float64)) * 2.0
+        c = F.conv1d((t * 8.0).to(dg.int64)[None, None], w, padding=1)[0, 0]
+        u = (t.double() + c.double() + dg.randn(6, dtype=dg.float64)) * 2.0
         dist.all_reduce(u)
         v = u.float() + 1.0
         dist.all_reduce(v, op=dist.ReduceOp.MAX)

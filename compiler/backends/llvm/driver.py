@@ -54,10 +54,9 @@ functions and handles read from one more table entry at run time; the driver tes
 requests in flight after every kernel, and a failure with collectives inside is final
 (``failed``: never rerun, its collectives may have started).
 
-Note (what still falls back to the runner): graphs with normal random numbers (their log
-and cos are numpy's: ``randomgen.py``), integer convolutions (no integer GEMM:
+Note (what still falls back to the runner): integer convolutions (no integer GEMM:
 ``tests/test_lowering_table.py``), guards on non-scalar values, and graph outputs that are
-computed Python numbers. Uniform random numbers are drawn natively
+computed Python numbers. Random numbers, uniform and normal, are drawn natively
 (``randomgen.py``, eager's bits). Creation groups become constants made once,
 and movement groups that only reshape become aliases of their source.
 """

@@ -10,15 +10,15 @@ it returns a ``base.Executable`` (``run(inputs, scalars) -> outputs``, raising
 ``GuardFailed``), as the interpreter does, so a variant runs either.
 
 Note (what the hybrid plan runs in numpy, and why results can differ from eager): the groups
-that do not lower (normal random numbers, float64 erf, sin and cos, pow by a runtime
-exponent; see ``driver.py``) and the index, movement, random and scalar groups, one Python
-step each; every call allocates its kernels' outputs. A graph whose groups all lower runs
-as one native driver call instead. Within a native kernel, ``+ - * /``, ``sqrt``,
-comparisons, ``where``, ``maximum``/``minimum`` are IEEE operations in numpy's order and give
-eager's bits; ``exp log tanh sigmoid erf sin cos`` are the vecmath polynomials, within the ulp
-bounds documented in ``vecmath`` of the correctly rounded result — not bit-identical to
-numpy's; sums add in the kernel's fixed lane order (see ``codegen.ReduceBuilder``), not
-numpy's pairwise order, so they differ from eager's by rounding.
+that do not lower (those ``driver.py`` lists) and the index, movement, random and scalar
+groups, one Python step each; every call allocates its kernels' outputs. A graph whose groups
+all lower runs as one native driver call instead. Within a native kernel, ``+ - * /``,
+``sqrt``, comparisons, ``where``, ``maximum``/``minimum`` are IEEE operations in numpy's order
+and give eager's bits; ``exp log tanh sigmoid erf sin cos`` are the vecmath polynomials,
+within the ulp bounds documented in ``vecmath`` of the correctly rounded result — not
+bit-identical to numpy's; sums add in the kernel's fixed lane order (see
+``codegen.ReduceBuilder``), not numpy's pairwise order, so they differ from eager's by
+rounding.
 """
 
 from __future__ import annotations

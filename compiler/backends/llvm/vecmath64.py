@@ -109,6 +109,14 @@ class Math64(Emitter):
             acc = self.fma(acc, x, self.c(cf))
         return acc
 
+    def horner_rounded(self, x: str, coeffs) -> str:
+        """A polynomial (highest degree first) by Horner's rule with every product and sum
+        rounded on its own (no fma): numpy's arithmetic, so eager's bits."""
+        acc = self.c(coeffs[0])
+        for cf in coeffs[1:]:
+            acc = self.op("fadd", self.op("fmul", acc, x), self.c(cf))
+        return acc
+
     def pow2(self, ni: str) -> str:
         """2**n for an i64 n giving a normal double."""
         biased = self.op("add", ni, "1023", "i64")
@@ -236,15 +244,6 @@ def cos64_ir() -> str:
     return b.define("dg_cos64", _sincos_body(b, "%x", 1))
 
 
-def _horner_rounded(b: Math64, x: str, coeffs) -> str:
-    """A polynomial (highest degree first) by Horner's rule with every product and sum
-    rounded on its own (no fma): numpy's arithmetic, so eager's bits."""
-    acc = b.c(coeffs[0])
-    for cf in coeffs[1:]:
-        acc = b.op("fadd", b.op("fmul", acc, x), b.c(cf))
-    return acc
-
-
 def erf64_ir() -> str:
     """erf by eager's algorithm (``dyngrad.special.erf``, its tables ``ERF_TABLES``), every
     range computed and the one holding |x| selected. Below 1.25 the same operations in the
@@ -255,10 +254,10 @@ def erf64_ir() -> str:
     b = Math64()
     x = "%x"
     a = b.call("fabs", x)
-    small = b.op("fadd", a, b.op("fadd", b.op("fmul", a, _horner_rounded(
-        b, b.op("fmul", a, a), t.small)), b.op("fmul", a, b.c(t.small_lo))))
+    small = b.op("fadd", a, b.op("fadd", b.op("fmul", a, b.horner_rounded(
+        b.op("fmul", a, a), t.small)), b.op("fmul", a, b.c(t.small_lo))))
     u = b.op("fsub", a, b.c(t.mid_centre))
-    mid = b.op("fadd", b.c(t.mid[-1]), b.op("fmul", _horner_rounded(b, u, t.mid[:-1]), u))
+    mid = b.op("fadd", b.c(t.mid[-1]), b.op("fmul", b.horner_rounded(u, t.mid[:-1]), u))
     # beyond: erfcx(a) from one of three polynomials, chosen coefficient by coefficient
     # (the shorter ones led by zeros: 0·v + c is c exactly)
     ab = b.select(b.fcmp("olt", a, b.c(t.big_clamp)), a, b.c(t.big_clamp))
