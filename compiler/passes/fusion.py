@@ -75,6 +75,8 @@ import enum
 import heapq
 from dataclasses import dataclass
 
+from dyngrad.dtypes import float32, float64
+
 from ..ir import Graph, Value, VerifyError
 from ..prims import ADD, CONCAT, CONSTANT, CONV_TRANSPOSE, ELEMENTWISE, PERMUTE, REDUCTION, traits
 from .views import ATTENTION_OPERANDS, VIEWS, row_view
@@ -597,7 +599,7 @@ class _Partition:
             if len(xs) != 2 or len(other) != 1 or other[0].weak or \
                     tuple(other[0].shape) != shape or tuple(add.out.shape) != shape or \
                     other[0].dtype is not n.out.dtype or add.out.dtype is not n.out.dtype or \
-                    n.out.dtype.name not in ("float32", "float64") or \
+                    n.out.dtype not in (float32, float64) or \
                     not all(isinstance(d, int) for d in shape) or shape[0] < 2:
                 continue
             self.try_merge(i, a, check=False)
