@@ -80,10 +80,11 @@ def model_module(framework: str = "dyngrad") -> types.ModuleType:
         if mod.torch.__name__ != framework:  # (the port's import lines not turned back)
             raise RuntimeError(f"nanoGPT's model.py loaded for {framework} runs on "
                                f"{mod.torch.__name__}")
-        # registered as an imported module is: torch.compile looks the model's functions'
-        # module up by name (the corpus loader unregisters it after running it)
-        sys.modules[mod.__name__] = mod
         _MODULES[framework] = mod
+    # registered as an imported module is: torch.compile looks the model's functions' module
+    # up by name — on every call, since the corpus loader unregisters that name after
+    # running its own copy (the corpus tests, run before, left it unregistered)
+    sys.modules[mod.__name__] = mod
     return mod
 
 

@@ -185,3 +185,38 @@ def test_a_reduction_writes_its_second_pass_over_an_input_dying_there():
         _without_in_place(m)
         got0, pairs0 = run()
     assert not pairs0 and got == got0
+
+
+@pytest.mark.parametrize("rows,width", [(10, 24), (300, 40)])
+def test_a_stored_prologue_value_is_read_back_and_written_over_its_input(rows, width):
+    """A batch norm's shape in one reduction kernel: ``c = y - mean`` is stored (read later),
+    ``var = mean(c²)`` reduced, ``z = c / sqrt(var)`` the second pass. That pass reads
+    ``c`` back instead of computing it from ``y`` again, so ``c`` may take ``y``'s buffer —
+    with the bits of separate buffers."""
+    rng = np.random.default_rng(7)
+    w = dg.tensor(rng.standard_normal((width, width)))
+    mean = dg.tensor(rng.standard_normal((1, width)))
+
+    def fn(x):
+        y = x @ w  # a buffer, dying in the reduction kernel below
+        c = y - mean
+        z = c / (c * c).mean(0, keepdim=True).sqrt()
+        return (z @ w).sum() + (c @ w).sum()
+
+    x = dg.tensor(rng.standard_normal((rows, width)))
+
+    def run():
+        f = compiler.compile(fn, backend="llvm")
+        for _ in range(2):
+            got = f(x).item()
+        (v,) = f.variants
+        by_id = {n.out.id: n for n in v.trace.graph.nodes}
+        return got, [(by_id[a].prim.name, by_id[b].prim.name) for a, b in v.plan.memory.inplace]
+
+    got, pairs = run()
+    assert ("matmul", "sub") in pairs, pairs
+    np.testing.assert_allclose(got, fn(x).item(), rtol=1e-12)
+    with pytest.MonkeyPatch.context() as m:
+        _without_in_place(m)
+        got0, pairs0 = run()
+    assert not pairs0 and got == got0

@@ -42,11 +42,13 @@ load and the store share is element ``i``, the store depends on the load, and no
 bound inputs below already rest on. A reduction kernel visits each element of its input
 shape once in its first pass: its outputs there may run in place when it has no second pass;
 when it has one, its second pass's outputs may, since per kept index the sums have read
-every element before that pass loads and then stores each one (``reduce.in_place_nodes``,
-``early_readers``). A convolution's input gradient with the add it took (fusion's rule 8)
-stores each element of the sum right after loading the addend's, from a sum already
-complete (``window.WindowBuilder._sample_params``). Matmul, index and other window kernels
-read elements other than the one they write: they get no in-place outputs.
+every element before that pass loads and then stores each one, and so may the first pass's
+stored values that the second pass reads back instead of computing them from those inputs
+(``reduce.in_place_nodes``, ``read_back``, ``early_readers``). A convolution's input
+gradient with the add it took (fusion's rule 8) stores each element of the sum right after
+loading the addend's, from a sum already complete (``window.WindowBuilder._sample_params``).
+Matmul, index and other window kernels read elements other than the one they write: they
+get no in-place outputs.
 
 Collectives (``GroupKind.COLLECTIVE``: an MPI collective's start or wait) make no kernel:
 their rules (``collective.py``) write the MPI calls into the driver itself, with the MPI

@@ -196,6 +196,14 @@ class ReduceBuilder(LoopBuilder):
         p = self.emit(f"getelementptr inbounds {st}, ptr %a{arg}, i64 {off}")
         self.lines.append(f"  store {st} {val}, ptr {p}")
 
+    def _load_back(self, v, arg: int, strides: tuple) -> tuple:
+        """What :meth:`_store` stored of ``v`` at this point, read back."""
+        ty = LLTYPE[v.dtype.name]
+        st = MEMTYPE[ty]
+        p = self.emit(f"getelementptr inbounds {st}, ptr %a{arg}, i64 {self.index(strides)}")
+        x = self.emit(f"load {st}, ptr {p}")
+        return (self.emit(f"icmp ne i8 {x}, 0") if ty == "i1" else x), ty
+
     def _combine(self, op, ty: str, a: str, b: str) -> str:
         """Combine two partial results of reduction ``op`` (a primitive: :data:`_COMBINE`)."""
         return _COMBINE.of(op)(self, ty, a, b)
@@ -452,9 +460,19 @@ class ReduceBuilder(LoopBuilder):
             if post_s:
                 kbase = dict(self.at_i)
 
+                back = read_back(self.g, grp, setup, pre_s, post_s)
+                stored = {i: arg for i in back for arg, v in s_pre_out
+                          if v is nodes[i].out}
+
                 def second_pass() -> None:
                     for i in pre_s + post_s:
-                        if id(nodes[i].out) not in kbase:
+                        out = nodes[i].out
+                        if id(out) in kbase:
+                            continue
+                        if i in stored:  # (the first pass stored it: read back, not
+                            self.at_i[id(out)] = self._load_back(  #       computed again)
+                                out, stored[i], c_strides(self.full))
+                        else:
                             self.node(nodes[i])
                     for arg, v in s_post_out:
                         self._store(v, arg, c_strides(self.full))
@@ -669,19 +687,72 @@ def in_place_nodes(g, grp) -> frozenset:
     - With no second pass over ``S``: its prologue over ``S``. Each element of ``S`` is then
       visited once, in whichever form the kernel takes (chunks, runs, pieces, columns,
       blocks across threads): its inputs loaded, then its prologue outputs stored.
-    - With one: its epilogue over ``S``, not its prologue — the second pass recomputes
-      prologue values from the inputs, which a prologue stored in place would have
-      overwritten. Such a group takes the form that loops over the kept elements ``o``
-      outermost (never columns or blocks: see ``build``), and per ``o`` finishes its sums
-      before the second pass over ``o``'s elements loads each element's inputs and then
-      stores its outputs. What the sums read of a buffer aligned with ``S`` is ``o``'s
+    - With one: its epilogue over ``S``; and those prologue nodes whose outputs the first
+      pass stores (the group's outputs: the second pass reads them back rather than
+      computing them again) and which read no input the second pass reads — it computes
+      the other prologue values again from the inputs, which a prologue stored in place
+      would have overwritten. Such a group takes the form that loops over the kept elements
+      ``o`` outermost (never columns or blocks: see ``build``), and per ``o`` finishes its
+      sums before the second pass over ``o``'s elements loads each element's inputs and
+      then stores its outputs. What the sums read of a buffer aligned with ``S`` is ``o``'s
       elements alone, read before they are overwritten: :func:`early_readers` tells the
-      planner so."""
+      planner so. (A batch norm's centred input, stored over the convolution output it
+      came from; its normalised output over the centred one when that dies there.)"""
     try:
-        _, _, pre_s, post_s, _, _ = ReduceBuilder(g, grp)._classify()
+        setup, _, pre_s, post_s, _, _ = ReduceBuilder(g, grp)._classify()
     except NotImplementedError:  # (a group this backend does not lower: no kernel at all)
         return frozenset()
-    return frozenset(post_s) if post_s else frozenset(pre_s)
+    if not post_s:
+        return frozenset(pre_s)
+    return frozenset(post_s) | read_back(g, grp, setup, pre_s, post_s)
+
+
+def read_back(g, grp, setup, pre_s, post_s) -> frozenset:
+    """The prologue nodes of a reduce group with a second pass whose values that pass reads
+    back from the group's outputs, where the first pass stored them, instead of computing
+    them again: those stored and computed from inputs the second pass reads nothing of
+    (it then reads one stream either way; and they may take over such an input's buffer,
+    :func:`in_place_nodes`)."""
+    nodes, outputs = g.nodes, {id(v) for v in grp.outputs}
+    inside = {id(nodes[i].out): i for i in grp.nodes}
+    maps = set(setup)
+
+    def sources(i: int) -> set:
+        """The group inputs node ``i`` reads, directly or through index maps (not through
+        values computed in the group)."""
+        found, stack = set(), list(nodes[i].inputs)
+        while stack:
+            x = stack.pop()
+            if not isinstance(x, Value):
+                continue
+            j = inside.get(id(x))
+            if j is None:
+                found.add(id(x))
+            elif j in maps:
+                stack.extend(nodes[j].inputs)
+        return found
+
+    def reaches(i: int) -> set:
+        """The group inputs node ``i``'s value is computed from (through the group)."""
+        found, stack, seen = set(), [i], set()
+        while stack:
+            j = stack.pop()
+            if j in seen:
+                continue
+            seen.add(j)
+            found |= sources(j)
+            stack.extend(inside[id(x)] for x in nodes[j].inputs
+                         if isinstance(x, Value) and id(x) in inside)
+        return found
+
+    back = {i for i in pre_s if id(nodes[i].out) in outputs}
+    while True:  # (a stored value not read back is computed again: its reads count too)
+        second = set().union(*(sources(i) for i in pre_s if i not in back),
+                             *(sources(i) for i in post_s))
+        kept = {i for i in back if not reaches(i) & second}
+        if kept == back:
+            return frozenset(back)
+        back = kept
 
 
 def early_readers(g, grp) -> frozenset:
