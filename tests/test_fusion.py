@@ -652,3 +652,27 @@ def test_a_kernel_reading_a_value_last_runs_beside_its_other_reader(monkeypatch)
     kinds0 = [(grp.kind, grp.shape) for grp in groups0]
     assert kinds0.index(("reduce", (128, 256))) > kinds0.index(("matmul", (128, 512)))
     assert memory.peak_live_bytes < memory0.peak_live_bytes
+
+
+def test_gelus_backward_is_one_kernel_with_what_it_computes_again():
+    """nanoGPT's MLP (W8's quick form): each layer's GELU backward — the derivative from its
+    pre-activation, the gradient's product and sum, and the GELU computed again for the
+    projection's weight gradient — is one kernel beside the forward's one: the derivative,
+    a value computed again for the backward (``Graph.recomputed``), joins the kernel of the
+    product before it (``_below_floor``: nothing else runs between)."""
+    from benchmarks.measure import Runner
+    from benchmarks.workloads import WORKLOADS
+    inst = WORKLOADS["W8"].build(True)
+    cf = compiler.compile(inst.step, backend="llvm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Runner(inst.runnable(cf), inst.calls).run(3)
+    (v,) = cf.variants
+    g = v.trace.graph
+    shape = next(tuple(grp.shape) for grp in v.plan.groups if any(
+        g.nodes[k].prim.name == "erf" for k in grp.nodes))
+    hidden = [grp for grp in v.plan.groups
+              if grp.kind == "elementwise" and tuple(grp.shape) == shape]
+    layers = inst.model.config.n_layer
+    assert len(hidden) == 2 * layers, [[g.nodes[k].prim.name for k in grp.nodes]
+                                       for grp in hidden]

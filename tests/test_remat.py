@@ -159,12 +159,35 @@ def test_what_is_not_computed_again(case):
 
 
 def test_fusion_never_runs_a_copy_before_its_place():
+    """A kernel computing a copy starts at the first copy's place — or earlier only where
+    every node between is its own, or one it reads or that reads it: then no other kernel
+    can run between, and nothing is computed sooner (fusion's ``_below_floor``)."""
     g, _ = _relu_graph(GAP + 4)
     g = rematerialise(g)
     first_copy = min(k for k, n in enumerate(g.nodes) if n.out.id in g.recomputed)
+    at = {n.out.id: k for k, n in enumerate(g.nodes)}
+    preds = [{at[x.id] for x in n.inputs if isinstance(x, ir.Value) and x.id in at}
+             for n in g.nodes]
+
+    def closure(start: set, edges) -> set:
+        seen, stack = set(start), list(start)
+        while stack:
+            for j in edges(stack.pop()):
+                if j not in seen:
+                    seen.add(j)
+                    stack.append(j)
+        return seen
+
+    succs = [{j for j, p in enumerate(preds) if k in p} for k in range(len(g.nodes))]
+    checked = 0
     for grp in fuse(g):
         if any(g.nodes[k].out.id in g.recomputed for k in grp.nodes):
-            assert min(grp.nodes) >= first_copy, grp
+            checked += 1
+            mine = set(grp.nodes)
+            related = closure(mine, lambda k: preds[k]) | closure(mine, lambda k: succs[k])
+            between = set(range(min(grp.nodes), first_copy))
+            assert between <= related, (grp, between - related)
+    assert checked
 
 
 class _Net(nn.Module):  # conv -> batch norm -> relu, with a residual block
@@ -400,3 +423,51 @@ def test_a_view_read_late_is_computed_again_with_the_value_under_it():
     at = {id(n.out): k for k, n in enumerate(g.nodes)}
     assert all(at[id(x)] <= at[id(early)] for n in g.nodes for x in n.inputs
                if x is y or x is rows)  # (the originals: read only early)
+
+
+def test_fusion_runs_no_copy_before_an_unrelated_kernel():
+    """As above, with an unrelated stretch of work between the early reader and the copy's
+    place: the kernel computing the copy may not start before it (it would compute the copy
+    that much sooner, and hold what it makes across that work)."""
+    g = ir.Graph()
+    x = g.add_input((4, 8), F32)
+    s = g.add_input((1, 8), F32)
+    w = g.add_input((4, 8), F32)
+    d = _node(g, "exp", [x])
+    m = _node(g, "le", [_node(g, "mul", [d, s]), 0.0])
+    r = _node(g, "where", [m, 0.0, _node(g, "mul", [d, s])])
+    t = _filler(g, _node(g, "mul", [r, 3.0]), 4)
+    z = _filler(g, w, GAP)  # unrelated to r, its copy and what reads them
+    t = _filler(g, t, 4)
+    late = _node(g, "add", [t, r])
+    grad = _node(g, "where", [m, 0.0, late])
+    total = _node(g, "add", [_node(g, "sum", [_node(g, "mul", [grad, d])], axes=(0, 1),
+                                    keepdims=False),
+                             _node(g, "sum", [z], axes=(0, 1), keepdims=False)])
+    g.outputs = [total]
+    ir.verify(g)
+    g = rematerialise(g)
+    assert g.recomputed, "nothing was computed again: the test tests nothing"
+    first_copy = min(k for k, n in enumerate(g.nodes) if n.out.id in g.recomputed)
+    unrelated = {k for k, n in enumerate(g.nodes) if n.prim.name == "tanh"
+                 and k < first_copy and _reads_only_w(g, k, w)}
+    assert unrelated
+    for grp in fuse(g):
+        if any(g.nodes[k].out.id in g.recomputed for k in grp.nodes):
+            assert not set(range(min(grp.nodes), first_copy)) & unrelated, grp
+
+
+def _reads_only_w(g, k, w) -> bool:
+    """Whether node ``k`` is computed from input ``w`` alone."""
+    stack, seen = [g.nodes[k].out], set()
+    while stack:
+        v = stack.pop()
+        if v is w:
+            continue
+        if v.producer is None or id(v) in seen:
+            if v.producer is None:
+                return False
+            continue
+        seen.add(id(v))
+        stack.extend(x for x in v.producer.inputs if isinstance(x, ir.Value))
+    return True

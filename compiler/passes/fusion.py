@@ -81,6 +81,8 @@ from ..ir import Graph, Value, VerifyError
 from ..prims import ADD, CONCAT, CONSTANT, CONV_TRANSPOSE, ELEMENTWISE, PERMUTE, REDUCTION, traits
 from .views import ATTENTION_OPERANDS, VIEWS, row_view
 
+FLOOR_SLACK = 16  # nodes before a recomputed value's floor a merge may reach (_below_floor)
+
 
 class GroupKind(enum.StrEnum):
     """What a fusion group is, each kind named once here (a str: ``grp.kind == "reduce"``
@@ -255,6 +257,7 @@ class _Partition:
                 self.floor[i] = self.floor[i - 1] if i and g.nodes[i - 1].out.id in copies \
                     else i
         self.refused: set = set()  # unions found illegal
+        self.sealed: set = set()  # groups that take no more nodes (absorb_sums)
         # values of the call's own backward (and what follows it, and values recomputed for
         # late readers: Graph.late_from, Graph.recomputed) — per root, whether its group computes
         # ("ew", "reduce" nodes) late values, early ones. A merged group runs where its
@@ -391,11 +394,12 @@ class _Partition:
         ra, rb = self.find(a), self.find(b)
         if ra == rb:
             return True
+        if ra in self.sealed or rb in self.sealed:
+            return False  # (rule 8's kernels: a transposed convolution and its add, no more)
         key = (min(ra, rb), max(ra, rb), len(self.members[ra]) + len(self.members[rb]))
         va, vb = self._views(ra), self._views(rb)  # (index maps only: nothing computed)
         if self.segment[ra] != self.segment[rb] or key in self.refused or (
-                not (va or vb) and
-                min(self.first[ra], self.first[rb]) < max(self.floor[ra], self.floor[rb])):
+                not (va or vb) and self._below_floor(ra, rb)):
             return False
         late = self.computes_late[ra] or self.computes_late[rb]
         if late and (self.computes_early[ra] or self.computes_early[rb]) and \
@@ -429,6 +433,27 @@ class _Partition:
                 if self.reach[z] & both and z != keep:
                     self.reach[z] |= merged | (1 << keep)
         return True
+
+    def _below_floor(self, ra: int, rb: int) -> bool:
+        """Whether the union of groups ``ra`` and ``rb`` would run before one of them may (a
+        value computed again for late readers, ``floor``): it runs where its earliest node
+        is, and that is before the floor — unless every node between is the union's own, or
+        one it reads or that reads it (within ``FLOOR_SLACK`` nodes): no other kernel can
+        then run between, and no value is computed sooner than it would be. nanoGPT's GELU
+        derivative, computed again in the backward, then joins the kernel adding it to the
+        product before it, and the GELU recomputed there for the projection's weight
+        gradient: one kernel, not three."""
+        lo = min(self.first[ra], self.first[rb])
+        hi = max(self.floor[ra], self.floor[rb])
+        if lo >= hi:
+            return False
+        after = self.reach[ra] | self.reach[rb]
+        both = (1 << ra) | (1 << rb)
+
+        def unrelated(j: int) -> bool:  # neither before the union nor after it, by its edges
+            rj = self.find(j)
+            return rj not in (ra, rb) and not after >> rj & 1 and not self.reach[rj] & both
+        return hi - lo > FLOOR_SLACK or any(unrelated(j) for j in range(lo, hi))
 
     def _hands_on_late(self, union: set) -> bool:
         """Whether a late value computed in ``union`` is read by a node outside it more than
@@ -596,13 +621,17 @@ class _Partition:
             xs = [x for x in add.inputs if isinstance(x, Value)]
             other = [x for x in xs if x is not n.out]
             shape = tuple(n.out.shape)
+            made = self.producer.get(id(other[0])) if len(other) == 1 else None
+            if made is not None and roles[made] in ("map", "leaf", "weak"):
+                continue  # (a view or a constant: it would join the kernel; a buffer only)
             if len(xs) != 2 or len(other) != 1 or other[0].weak or \
                     tuple(other[0].shape) != shape or tuple(add.out.shape) != shape or \
                     other[0].dtype is not n.out.dtype or add.out.dtype is not n.out.dtype or \
                     n.out.dtype not in (float32, float64) or \
                     not all(isinstance(d, int) for d in shape) or shape[0] < 2:
                 continue
-            self.try_merge(i, a, check=False)
+            if self.try_merge(i, a, check=False):
+                self.sealed.add(self.find(i))
 
     def _attention_views(self, i: int) -> None:
         """An attention node takes the copies making its operands when each is a strided
@@ -842,10 +871,10 @@ def fuse(g: Graph, writes=()) -> list[FusionGroup]:
     ['reduce', 'reduce']
     """
     p = _Partition(g, writes)
+    p.absorb_sums()  # (first: the add would otherwise join a loop kernel reading it)
     p.merge_loops()
     p.place_leaves_and_weak()
     p.chain_movements()
-    p.absorb_sums()
     return p.groups()
 
 
