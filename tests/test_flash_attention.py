@@ -534,3 +534,42 @@ def test_slow_path_fully_masked_row_gives_nan_only_where_eager_does_in_the_gradi
         a, b = a.numpy(), b.numpy()
         np.testing.assert_array_equal(np.isnan(b), np.isnan(a), err_msg=what)
         np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-6, err_msg=what)
+
+
+@pytest.mark.parametrize("dtype", [dg.float32, dg.float64])
+@pytest.mark.parametrize("L,S,causal,masked", [(64, 64, True, False), (40, 80, False, False),
+                                               (96, 96, True, False), (48, 90, False, True)])
+def test_half_width_tiles_give_the_full_tiles_bits(L, S, causal, masked, dtype, monkeypatch):
+    """A key block of at most ``HALF`` visible keys (a causal row block's last, a ragged
+    end) computes tiles half as wide (``attention._halves``): each kept column's sums are
+    the same chains, so the output and the gradients are the full tiles' bits."""
+    from compiler.backends.llvm import attention as A
+    rng = np.random.default_rng(11)
+    q, k, v = (dg.tensor(rng.standard_normal(s), dtype=dtype, requires_grad=True)
+               for s in ((2, 3, L, 16), (2, 3, S, 16), (2, 3, S, 16)))
+    do = dg.tensor(rng.standard_normal((2, 3, L, 16)), dtype=dtype)
+    mask = dg.tensor(rng.random((L, S)) > 0.3) if masked else None
+
+    def step(q, k, v, do):
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        return (y,) + dg.autograd.grad((y * do).sum(), (q, k, v))
+
+    def run():
+        cf = compiler.compile(step, backend="llvm")
+        for _ in range(2):
+            out = [t.detach().numpy().copy() for t in cf(q, k, v, do)]
+        (var,) = cf.variants
+        g = var.trace.graph
+        assert any(g.nodes[i].prim is FLASH_ATTENTION_BACKWARD
+                   for grp in var.plan.groups if grp.kind == "window" for i in grp.nodes)
+        return out
+
+    got = run()
+    monkeypatch.setattr(A, "HALF", 0)
+    full = run()
+    for a, b in zip(got, full, strict=True):
+        assert np.array_equal(a, b)
+    want = [t.detach().numpy() for t in step(q, k, v, do)]
+    tol = 2e-5 if dtype is dg.float32 else 1e-12
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)

@@ -45,6 +45,7 @@ from .window import FLOPS, WINDOWS, WindowBuilder, vector_ir
 
 BR = 32  # query rows per tile
 BC = 64  # keys per tile
+HALF = BC // 2  # the tiles' width for a key block of at most this many keys (_halves)
 MAX_HEAD = 256  # E and Ev up to this (the packed Kᵀ/Vᵀ tiles live on the stack)
 MAX_ROWS = 1 << 16  # queries up to this (the backward keeps three numbers per row on the stack)
 ROW_GROUP = 4  # query rows whose tiles are computed together (independent FMA chains)
@@ -274,11 +275,11 @@ def _pack_t(e: _Item, src: str, width: int, j0: str, cols: str, dst: str,
                 e.vst("zeroinitializer", dst, e.i("add", c0, x * BC))
 
 
-def _tile_rows(e: _Item, rows_t: str, width: int, xs: list) -> list:
+def _tile_rows(e: _Item, rows_t: str, width: int, xs: list, cw: int = BC) -> list:
     """Per row pointer of ``xs`` (query or output-gradient rows), the vectors of ``sum_x
-    xs[x] · rows_t[x·BC + c]`` over c < BC: a register tile of ``len(xs)`` rows (``rows_t``
-    a packed Kᵀ or Vᵀ), each row's sums in x order."""
-    n = BC // e.vl
+    xs[x] · rows_t[x·BC + c]`` over c < ``cw``: a register tile of ``len(xs)`` rows
+    (``rows_t`` a packed Kᵀ or Vᵀ), each row's sums in x order."""
+    n = cw // e.vl
 
     def step(x, acc):
         col = e.at(rows_t, e.i("mul", x, BC))
@@ -294,17 +295,17 @@ def _tile_rows(e: _Item, rows_t: str, width: int, xs: list) -> list:
 
 
 def _scores(e: _Item, sh: _Shape, kt: str, cols: str, p: dict, mask: str | None, j0: str,
-            rows: list) -> None:
+            rows: list, cw: int = BC) -> None:
     """For each (query index i, query row pointer, score row pointer) of ``rows``:
     ``srow[c]`` = scale·q_i·k_(j0+c), masked (-inf where a key is not attended or past
-    ``cols``, a float mask added), for c < BC."""
-    tiles = _tile_rows(e, kt, sh.E, [qrow for _, qrow, _ in rows])
+    ``cols``, a float mask added), for c < ``cw`` (``cols`` at most)."""
+    tiles = _tile_rows(e, kt, sh.E, [qrow for _, qrow, _ in rows], cw)
     ninf = e.lit(float("-inf"))
     last = sh.S - 1
     for (i, _, srow), tile in zip(rows, tiles):
         for v, acc in enumerate(tile):
             e.vst(acc, srow, v * e.vl)
-        with e.rolled_loop(0, BC) as c:
+        with e.rolled_loop(0, cw) as c:
             s = e.f("fmul", e.ld(srow, c), e.lit(p["scale"]))
             j = e.i("add", j0, c)
             out = e.i("icmp sge", c, cols)
@@ -321,15 +322,16 @@ def _scores(e: _Item, sh: _Shape, kt: str, cols: str, p: dict, mask: str | None,
             e.st(e.pick(out, ninf, s), srow, c)
 
 
-def _exp_row(e: _Item, exp: str, srow: str, shift: str, dead: str | None = None) -> None:
-    """``srow[c] = exp(srow[c] - shift)`` for c < BC (0 everywhere on a ``dead`` row)."""
-    with e.rolled_loop(0, BC) as c:
+def _exp_row(e: _Item, exp: str, srow: str, shift: str, dead: str | None = None,
+             cw: int = BC) -> None:
+    """``srow[c] = exp(srow[c] - shift)`` for c < ``cw`` (0 everywhere on a ``dead`` row)."""
+    with e.rolled_loop(0, cw) as c:
         p = e.emit(f"call {e.ty} {exp}({e.ty} {e.f('fsub', e.ld(srow, c), shift)})")
         e.st(p if dead is None else e.pick(dead, e.lit(0.0), p), srow, c)
 
 
-def _row_vectors(e: _Item, row: str) -> list:
-    return [e.vld(row, v * e.vl) for v in range(BC // e.vl)]
+def _row_vectors(e: _Item, row: str, cw: int = BC) -> list:
+    return [e.vld(row, v * e.vl) for v in range(cw // e.vl)]
 
 
 class _Term:
@@ -372,6 +374,21 @@ def _accumulate(e: _Item, count, terms: list) -> None:
             k += 1
 
 
+def _halves(e: _Item, cols: str, body) -> None:
+    """``body(cw)`` for a block of ``cols`` keys: with ``cw = HALF`` when they are at most
+    that many (a causal row block's last key block, a ragged end: the other columns would
+    only be masked), else ``BC``. A column's sums are the same chains either way: the same
+    bits. (``HALF = 0``: full tiles only.)"""
+    if not HALF:
+        body(BC)
+        return
+    half = e.i("icmp sle", cols, HALF)
+    with e.when(half):
+        body(HALF)
+    with e.when(e.emit(f"xor i1 {half}, true")):
+        body(BC)
+
+
 def _key_end(e: _Item, sh: _Shape, causal: bool, i0: str, rows: str) -> str:
     """The keys a row block reads: all, or with ``causal`` those up to its last row."""
     return e.min(e.i("add", i0, rows), sh.S) if causal else str(sh.S)
@@ -412,24 +429,24 @@ def _forward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) -> 
     with e.rolled_loop(0, e.i("mul", rows, Ev)) as x:
         e.st(zero, acc, x)
     jend = _key_end(e, sh, p["causal"], i0, rows)
-    with e.rolled_loop(0, jend, BC, scalar=True) as j0:
-        cols = e.min(BC, e.i("sub", jend, j0))
-        _pack_t(e, k, E, j0, cols, kt, rk)
+
+    def block(j0: str, cols: str, cw: int) -> None:
+        """The row groups against key block ``j0``: its ``cols`` keys, tiles ``cw`` wide."""
         with e.rolled_loop(0, rows, rb, scalar=True) as r0:
             group = [e.i("add", r0, t) for t in range(rb)]
             srows = [e.at(tile, e.i("mul", r, BC)) for r in group]
             idx = [e.i("add", i0, r) for r in group]
             _scores(e, sh, kt, cols, p, mask, j0,
-                    [(i, e.at(q, e.i("mul", i, rq)), sr) for i, sr in zip(idx, srows)])
+                    [(i, e.at(q, e.i("mul", i, rq)), sr) for i, sr in zip(idx, srows)], cw)
             terms = []
             for r, srow in zip(group, srows):
                 mold = e.ld(mrow, r)
-                top = e.row_max(_row_vectors(e, srow))
+                top = e.row_max(_row_vectors(e, srow, cw))
                 mnew = e.pick(e.emit(f"fcmp ogt {ty} {top}, {mold}"), top, mold)
                 shift = e.pick(e.emit(f"fcmp oeq {ty} {mnew}, {ninf}"), zero, mnew)
                 alpha = e.emit(f"call {ty} {exp}({ty} {e.f('fsub', mold, shift)})")
-                _exp_row(e, exp, srow, shift)
-                psum = e.row_sum(_row_vectors(e, srow))
+                _exp_row(e, exp, srow, shift, cw=cw)
+                psum = e.row_sum(_row_vectors(e, srow, cw))
                 e.st(e.f("fadd", e.f("fmul", e.ld(lrow, r), alpha), psum), lrow, r)
                 e.st(mnew, mrow, r)
                 terms.append(_Term(e.at(acc, e.i("mul", r, Ev)), Ev,
@@ -437,6 +454,11 @@ def _forward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) -> 
                                    lambda c: e.at(v, e.i("mul", e.i("add", j0, c), rv)),
                                    scale=alpha))
             _accumulate(e, cols, terms)
+
+    with e.rolled_loop(0, jend, BC, scalar=True) as j0:
+        cols = e.min(BC, e.i("sub", jend, j0))
+        _pack_t(e, k, E, j0, cols, kt, rk)
+        _halves(e, cols, lambda cw: block(j0, cols, cw))
     with e.rolled_loop(0, rows, scalar=True) as r:
         orow = e.at(out, e.i("mul", e.i("add", i0, r), Ev + 1))
         arow = e.at(acc, e.i("mul", r, Ev))
@@ -514,37 +536,45 @@ def _backward_item(b: WindowBuilder, name: str, sh: _Shape, ty: str, p: dict) ->
         with e.rolled_loop(first, L, BR, scalar=True) as i0:
             rows = e.min(BR, e.i("sub", L, i0))
             cols = e.min(keys, e.i("sub", e.i("add", i0, rows), j0)) if causal else keys
-            with e.rolled_loop(0, rows, rb, scalar=True) as r0:
-                group = [e.i("add", r0, t) for t in range(rb)]
-                idx = [e.i("add", i0, r) for r in group]
-                prows = [e.at(ptile, e.i("mul", r, BC)) for r in group]
-                srows = [e.at(dtile, e.i("mul", r, BC)) for r in group]
-                _scores(e, sh, kt, cols, p, mask, j0,
-                        [(i, e.at(q, e.i("mul", i, rq)), pr) for i, pr in zip(idx, prows)])
-                for i, prow in zip(idx, prows):
-                    flag = e.emit(f"load i8, ptr {e.gep('i8', rowdead, i)}")
-                    _exp_row(e, exp, prow, e.ld(rowl, i), None if p.get("plain") else
-                             e.emit(f"icmp ne i8 {flag}, 0"))
-                # dS = P∘(dO·Vᵀ - D + dlse)·scale, tile rows in registers
-                dps = _tile_rows(e, vt, Ev, [e.at(do, e.i("mul", i, rd)) for i in idx])
-                sc = e.splat(scale)
-                for i, prow, srow, dp in zip(idx, prows, srows, dps):
-                    shift = e.splat(e.ld(rowd, i))
-                    gone = None  # plain: a dead row's dS is zero (Note on plain rows)
-                    if p.get("plain"):
+
+            def rows_against(cw: int) -> None:
+                """The row groups against the key block, tiles ``cw`` wide (as the
+                forward's ``block``: a block of at most ``HALF`` visible keys, half)."""
+                with e.rolled_loop(0, rows, rb, scalar=True) as r0:
+                    group = [e.i("add", r0, t) for t in range(rb)]
+                    idx = [e.i("add", i0, r) for r in group]
+                    prows = [e.at(ptile, e.i("mul", r, BC)) for r in group]
+                    srows = [e.at(dtile, e.i("mul", r, BC)) for r in group]
+                    _scores(e, sh, kt, cols, p, mask, j0,
+                            [(i, e.at(q, e.i("mul", i, rq)), pr) for i, pr in zip(idx, prows)],
+                            cw)
+                    for i, prow in zip(idx, prows):
                         flag = e.emit(f"load i8, ptr {e.gep('i8', rowdead, i)}")
-                        gone = e.emit(f"icmp ne i8 {flag}, 0")
-                    for n, (pv, dv_) in enumerate(zip(_row_vectors(e, prow), dp)):
-                        ds = e.emit(f"fmul {e.vt} {pv}, {e.emit(f'fadd {e.vt} {dv_}, {shift}')}")
-                        ds = e.emit(f"fmul {e.vt} {ds}, {sc}")
-                        if gone is not None:
-                            ds = e.emit(f"select i1 {gone}, {e.vt} zeroinitializer, {e.vt} {ds}")
-                        e.vst(ds, srow, n * e.vl)
-                # dQ_i += sum_c dS[i, c] · K_c
-                _accumulate(e, cols, [
-                    _Term(e.at(dq, e.i("mul", i, E)), E, lambda c, srow=srow: e.ld(srow, c),
-                          lambda c: e.at(k, e.i("mul", e.i("add", j0, c), rk)))
-                    for i, srow in zip(idx, srows)])
+                        _exp_row(e, exp, prow, e.ld(rowl, i), None if p.get("plain") else
+                                 e.emit(f"icmp ne i8 {flag}, 0"), cw)
+                    # dS = P∘(dO·Vᵀ - D + dlse)·scale, tile rows in registers
+                    dps = _tile_rows(e, vt, Ev, [e.at(do, e.i("mul", i, rd)) for i in idx], cw)
+                    sc = e.splat(scale)
+                    for i, prow, srow, dp in zip(idx, prows, srows, dps):
+                        shift = e.splat(e.ld(rowd, i))
+                        gone = None  # plain: a dead row's dS is zero (Note on plain rows)
+                        if p.get("plain"):
+                            flag = e.emit(f"load i8, ptr {e.gep('i8', rowdead, i)}")
+                            gone = e.emit(f"icmp ne i8 {flag}, 0")
+                        vt_ = e.vt
+                        for n, (pv, dv_) in enumerate(zip(_row_vectors(e, prow, cw), dp)):
+                            ds = e.emit(f"fmul {vt_} {pv}, {e.emit(f'fadd {vt_} {dv_}, {shift}')}")
+                            ds = e.emit(f"fmul {vt_} {ds}, {sc}")
+                            if gone is not None:
+                                ds = e.emit(f"select i1 {gone}, {vt_} zeroinitializer, {vt_} {ds}")
+                            e.vst(ds, srow, n * e.vl)
+                    # dQ_i += sum_c dS[i, c] · K_c
+                    _accumulate(e, cols, [
+                        _Term(e.at(dq, e.i("mul", i, E)), E, lambda c, srow=srow: e.ld(srow, c),
+                              lambda c: e.at(k, e.i("mul", e.i("add", j0, c), rk)))
+                        for i, srow in zip(idx, srows)])
+
+            _halves(e, cols, rows_against)
             # per key: dV_c += sum_i P[i, c] · dO_i and dK_c += sum_i dS[i, c] · Q_i
             with e.rolled_loop(0, cols, kb, scalar=True) as c0:
                 terms = []
