@@ -106,9 +106,13 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
     if target.dtype is not _dt.int64:
         raise RuntimeError(f"nll_loss: expected target of dtype int64 (class indices), got "
                            f"{target.dtype.name}")
+    shape = tuple(target.shape)  # (reduction="none" gives a loss of the target's shape)
     if input.ndim == 1:
         input, target = _m.unsqueeze(input, 0), _m.unsqueeze(target, 0)
     if input.ndim > 2:  # (N, C, d...) -> (N·d..., C)
+        if shape != (input.shape[0],) + tuple(input.shape[2:]):
+            raise RuntimeError(f"nll_loss: Expected target size "
+                               f"{[input.shape[0], *input.shape[2:]]}, got {list(shape)}")
         c = input.shape[1]
         perm = (0,) + tuple(range(2, input.ndim)) + (1,)
         input = _m.reshape(_m.permute(input, perm), (-1, c))
@@ -125,6 +129,8 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
     loss = -picked * w
     if reduction == "mean":
         return _r.sum(loss) / _r.sum(w)
+    if reduction == "none":
+        return _m.reshape(loss, shape)
     return _reduce(loss, reduction, "nll_loss")
 
 
