@@ -231,3 +231,72 @@ def test_a_compiled_step_through_a_checkpoint_equals_eager(input_requires_grad):
 def model_weight_at_start():
     dg.manual_seed(0)
     return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))[0].weight.detach().numpy()
+
+
+# ---------------------------------------------------------------- _load_from_state_dict
+
+def versioned_block(lib):
+    """A layer whose format version 2 renamed ``w`` to ``weight``: its override converts a
+    version-1 state dict, as torchvision's MNASNet patches its version-1 stem."""
+    class Block(lib.nn.Module):
+        _version = 2
+
+        def __init__(self):
+            super().__init__()
+            self.weight = lib.nn.Parameter(lib.zeros(2))
+            self.seen = []
+
+        def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                                  missing_keys, unexpected_keys, error_msgs):
+            self.seen.append((prefix, local_metadata.get("version")))
+            if local_metadata.get("version") == 1 and prefix + "w" in state_dict:
+                state_dict[prefix + "weight"] = state_dict.pop(prefix + "w")
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                          missing_keys, unexpected_keys, error_msgs)
+
+    return Block
+
+
+@needs_torch
+def test_load_state_dict_calls_each_module_s_load_from_state_dict_as_torch():
+    results = []
+    for lib in (dg, torch):
+        Block = versioned_block(lib)
+        model = lib.nn.Sequential(lib.nn.Linear(2, 2), Block())
+        saved = model.state_dict()
+        assert dict(saved._metadata) == {"": {"version": 1}, "0": {"version": 1},
+                                         "1": {"version": 2}}
+        # a version-1 checkpoint: the old name, converted by the override
+        old = type(saved)((k.replace("1.weight", "1.w"), v + 1) for k, v in saved.items())
+        old._metadata = type(saved._metadata)(saved._metadata)
+        old._metadata["1"] = {"version": 1}
+        keys = model.load_state_dict(old)
+        results.append((list(model[1].seen), list(keys.missing_keys), list(keys.unexpected_keys),
+                        model[1].weight.detach().numpy().copy()))
+        # without metadata (a plain dict) the override sees no version
+        model.load_state_dict(dict(model.state_dict()))
+        results.append(model[1].seen[-1])
+    assert results[0][0] == results[2][0] == [("1.", 1)]
+    assert results[0][1:3] == results[2][1:3] == ([], [])
+    np.testing.assert_array_equal(results[0][3], results[2][3])
+    assert results[1] == results[3] == ("1.", None)
+
+
+def test_a_key_under_a_child_that_names_nothing_is_unexpected_there():
+    model = nn.Sequential(nn.Linear(2, 2))
+    keys = model.load_state_dict({**model.state_dict(), "0.junk": dg.zeros(1)}, strict=False)
+    assert keys.unexpected_keys == ["0.junk"] and keys.missing_keys == []
+
+
+def test_save_and_load_keep_a_state_dict_s_format_versions(tmp_path):
+    # (torch.save keeps _metadata; without it a model like MNASNet, whose override asserts
+    # the version, could not load its own checkpoint)
+    Block = versioned_block(dg)
+    model = nn.Sequential(nn.Linear(2, 2), Block())
+    dg.save({"model": model.state_dict(), "epoch": 3}, tmp_path / "ckpt.npz")
+    loaded = dg.load(tmp_path / "ckpt.npz")
+    assert loaded["epoch"] == 3 and list(loaded["model"]) == list(model.state_dict())
+    assert dict(loaded["model"]._metadata) == {"": {"version": 1}, "0": {"version": 1},
+                                               "1": {"version": 2}}
+    model.load_state_dict(loaded["model"])
+    assert model[1].seen == [("1.", 2)]
