@@ -112,20 +112,26 @@ class CheckpointFunction(Function):
                                     for a in detached)
 
 
-def _under_a_mode(function, args):
+def _under_a_mode(function, args, preserve_rng_state: bool):
     """Note: under a dispatch mode — a ``dg.compile`` trace, ``vmap``, forward AD — the
-    function runs once, its graph recorded, instead of again in backward: the mode must see
-    every operation as it happens (a recomputation inside backward would run the user's
-    function where the compiler's capture does not follow it), and a compiled step's memory
-    plan decides for itself what it keeps for backward. What reaches the caller is as
-    :class:`CheckpointFunction`'s: no gradient flows through unless an argument requires
-    it, and the values and gradients are the function's."""
+    function is not run again inside backward, where the compiler's capture would not
+    follow the user's code; it runs twice at once instead: without a graph, as the forward
+    does, then again from the same RNG state with its graph recorded. Its effects are
+    eager's — a BatchNorm inside updates its running statistics twice, once in the forward
+    and once in the recomputation, in PyTorch too — and so are its values and gradients;
+    a compiled step's memory plan decides for itself what it keeps for backward. No
+    gradient flows through unless an argument requires it (:class:`CheckpointFunction`)."""
     tensors = [a for a in args if isinstance(a, Tensor)]
     if not any(t.requires_grad for t in tensors):
         warnings.warn("None of the inputs have requires_grad=True. Gradients will be None",
                       stacklevel=4)
         with no_grad():
             return function(*args)
+    state = get_rng_state() if preserve_rng_state else None
+    with no_grad():
+        function(*args)
+    if state is not None:
+        set_rng_state(state)
     return function(*args)
 
 
@@ -164,7 +170,7 @@ def checkpoint(function, *args, use_reentrant: bool | None = None,
             raise ValueError("Passing `context_fn` or `debug` is only supported when "
                              "use_reentrant=False.")
         if STATE.modes:
-            return _under_a_mode(function, args)
+            return _under_a_mode(function, args, preserve)
         return CheckpointFunction.apply(function, preserve, *args)
     forward_context, _ = context_fn()
     with forward_context:
