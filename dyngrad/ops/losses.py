@@ -40,7 +40,7 @@ def _warn_broadcast(input: Tensor, target: Tensor) -> None:
                       UserWarning, stacklevel=3)
 
 
-def _legacy_reduction(size_average, reduce, reduction: str) -> str:
+def legacy_reduction(size_average, reduce, reduction: str) -> str:
     """The reduction named by PyTorch's deprecated ``size_average``/``reduce`` pair, if
     either is given."""
     if size_average is None and reduce is None:
@@ -182,7 +182,7 @@ def smooth_l1_loss(input: Tensor, target: Tensor, size_average=None, reduce=None
     >>> F.smooth_l1_loss(dg.tensor([0.5, 3.0]), dg.zeros(2))   # (0.125 + 2.5) / 2
     tensor(1.3125)
     """
-    reduction = _legacy_reduction(size_average, reduce, reduction)
+    reduction = legacy_reduction(size_average, reduce, reduction)
     if beta < 0:
         raise RuntimeError("smooth_l1_loss does not support negative values for beta.")
     _warn_broadcast(input, target)
@@ -221,7 +221,7 @@ def kl_div(input: Tensor, target: Tensor, size_average=None, reduce=None,
 
     >>> F.kl_div(F.log_softmax(logits, 1), probs, reduction="batchmean")
     """
-    reduction = _legacy_reduction(size_average, reduce, reduction)
+    reduction = legacy_reduction(size_average, reduce, reduction)
     if log_target:
         loss = _e.exp(target) * (target - input)
     else:
@@ -265,7 +265,7 @@ def margin_ranking_loss(input1: Tensor, input2: Tensor, target: Tensor, margin: 
     >>> F.margin_ranking_loss(dg.tensor([1.0]), dg.tensor([2.0]), dg.tensor([1.0]))
     tensor(1.)
     """
-    reduction = _legacy_reduction(size_average, reduce, reduction)
+    reduction = legacy_reduction(size_average, reduce, reduction)
     if not (input1.ndim == input2.ndim == target.ndim):
         raise RuntimeError(f"margin_ranking_loss : All input tensors should have same "
                            f"dimension but got sizes: input1: {list(input1.shape)}, input2: "
