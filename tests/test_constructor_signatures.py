@@ -157,3 +157,38 @@ def test_xpu_answers_as_a_torch_built_without_it():
     dg.xpu.manual_seed(0)
     with pytest.raises(AssertionError, match="not compiled with XPU enabled"):
         dg.xpu.synchronize()
+
+
+@needs_torch
+def test_init_functions_take_torch_s_arguments_and_keep_its_deprecated_names():
+    # (pytorch/examples' siamese_network calls torch.nn.init.xavier_uniform(m.weight))
+    for name in [n for n in dir(torch.nn.init) if not n.startswith("_")]:
+        theirs = getattr(torch.nn.init, name)
+        if not inspect.isfunction(theirs):
+            continue
+        ours = getattr(dg.nn.init, name)
+        if name.endswith("_"):
+            assert list(inspect.signature(ours).parameters) == \
+                list(inspect.signature(theirs).parameters), name
+    for old in ["uniform", "normal", "constant", "eye", "dirac", "xavier_uniform",
+                "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal", "sparse"]:
+        w = dg.empty(4, 3, 3) if old == "dirac" else dg.empty(4, 3)
+        args = (0.5,) if old in ("constant", "sparse") else ()
+        with pytest.warns(FutureWarning, match=f"`nn.init.{old}` is now deprecated in favor "
+                                               f"of `nn.init.{old}_`"):
+            assert getattr(dg.nn.init, old)(w, *args) is w
+
+
+def test_init_draws_from_the_generator_it_is_given():
+    draws = [dg.nn.init.kaiming_uniform_(dg.empty(3, 4), generator=dg.Generator().manual_seed(5))
+             for _ in range(2)]
+    np.testing.assert_array_equal(draws[0].numpy(), draws[1].numpy())
+    dg.nn.init.xavier_normal_(tensor=dg.empty(2, 2), gain=2.0)  # (the name torch gives it)
+
+
+def test_sparse_init_zeros_the_same_number_of_entries_per_column_as_torch():
+    dg.manual_seed(0)
+    w = dg.nn.init.sparse_(dg.empty(10, 4), sparsity=0.25, std=0.5)
+    assert (w == 0).sum(0).tolist() == [3, 3, 3, 3]   # ceil(0.25 · 10)
+    with pytest.raises(ValueError, match="Only tensors with 2 dimensions"):
+        dg.nn.init.sparse_(dg.empty(2, 2, 2), 0.5)
