@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
+
 from .. import dtypes as _dt
 from ..tensor import Tensor
 from . import elementwise as _e
@@ -12,6 +14,7 @@ from . import movement as _m
 from . import reduce as _r
 
 _REDUCTIONS = ("mean", "sum", "none")
+_BCE_EPSILON = float(np.float32(1e-12))  # (PyTorch's, a C float, in float64 too)
 
 
 def _reduce(loss: Tensor, reduction: str, op: str) -> Tensor:
@@ -87,11 +90,24 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
 
 def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
                          reduction: str = "mean") -> Tensor:
-    """BCE on probabilities; logs are clamped at −100 as in PyTorch."""
+    """BCE on probabilities; logs are clamped at −100 as in PyTorch.
+
+    Note: the gradient with respect to ``input`` is PyTorch's, (p − y) / max(p·(1 − p),
+    1e-12), which stays finite where the logs' does not (at p = 0 or 1 it is ±1e12 there,
+    where differentiating the clamped logs gives nan). The loss is its value at the detached
+    input plus ``d · h(p₀ + d/2)``, where ``d = input − input.detach()`` is zero but carries
+    the gradient and ``h`` is that formula: its first derivative is h(p), its second h′(p)
+    (the midpoint makes the product rule count h′ once). The target's gradient comes from
+    the clamped logs: PyTorch's, except at p = 0 or 1, where PyTorch's is ±inf and this one
+    ±100."""
     _same_shape(input, target, "binary_cross_entropy")
-    logp = _e.maximum(_e.log(input), -100.0)
-    log1mp = _e.maximum(_e.log(1.0 - input), -100.0)
-    loss = -(target * logp + (1.0 - target) * log1mp)
+    p0 = input.detach()
+    logp = _e.maximum(_e.log(p0), -100.0)
+    log1mp = _e.maximum(_e.log(1.0 - p0), -100.0)
+    d = input - p0
+    mid = p0 + d * 0.5
+    h = (mid - target) / _e.maximum(mid * (1.0 - mid), _BCE_EPSILON)
+    loss = -(target * logp + (1.0 - target) * log1mp) + d * h
     if weight is not None:
         loss = loss * weight
     return _reduce(loss, reduction, "binary_cross_entropy")
