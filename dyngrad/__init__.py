@@ -32,6 +32,7 @@ from . import (
     dtypes,
     forward_ad,
     func,
+    jit,
     linalg,
     nn,
     optim,
@@ -39,6 +40,7 @@ from . import (
     special,
     testing,
     utils,
+    xpu,
 )
 from . import methods as _methods
 from . import ops as _ops
@@ -308,9 +310,9 @@ __all__ = [
     "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "inference_mode",
     "is_inference_mode_enabled", "save", "load",
     "autograd", "testing", "special", "dtypes", "dispatch", "nn", "optim", "utils", "func",
-    "forward_ad", "debug_print", "compile",
+    "forward_ad", "debug_print", "compile", "jit",
     "device", "get_default_device", "set_default_device", "cuda", "accelerator", "backends",
-    "amp", "autocast", "is_autocast_enabled",
+    "amp", "autocast", "is_autocast_enabled", "xpu",
     "add", "sub", "mul", "div", "pow", "neg", "abs", "sign", "floor", "ceil", "round", "exp",
     "log", "log1p", "sqrt", "rsqrt", "sin", "cos", "tanh", "erf", "sigmoid", "relu", "gelu",
     "reciprocal", "square", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge", "where",

@@ -4,12 +4,14 @@ data only, never pickled code."""
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 
 import numpy as np
 
 from .tensor import Tensor, check_device, device
 
 _SEP = "/"
+_META_PREFIXES, _META_VERSIONS = "__metadata_prefixes__", "__metadata_versions__"
 
 
 def _flatten(obj, prefix: str, out: dict) -> None:
@@ -18,6 +20,13 @@ def _flatten(obj, prefix: str, out: dict) -> None:
     elif isinstance(obj, dict):
         if not obj:
             out[prefix + _SEP + "__empty_dict__"] = np.zeros(0)
+        metadata = getattr(obj, "_metadata", None)
+        if metadata is not None:  # (a state dict's format versions, as torch.save keeps them)
+            head = prefix + _SEP if prefix else ""
+            out[head + _META_PREFIXES] = np.array(list(metadata), dtype=np.str_)
+            out[head + _META_VERSIONS] = np.array(
+                [m.get("version", -1) if isinstance(m, dict) and m.get("version") is not None
+                 else -1 for m in metadata.values()], dtype=np.int64)
         for k, v in obj.items():
             if not isinstance(k, str) or _SEP in k or k.startswith("__"):
                 raise TypeError(f"save: dict keys must be strings without '{_SEP}' and not "
@@ -37,9 +46,16 @@ def _flatten(obj, prefix: str, out: dict) -> None:
 
 
 def _sequences(d):
-    """The loaded nested dicts with each saved list or tuple made one again."""
+    """The loaded nested dicts with each saved list or tuple made one again, and each saved
+    state dict an OrderedDict with its ``_metadata`` again."""
     if not isinstance(d, dict):
         return d
+    if _META_PREFIXES in d:
+        prefixes, versions = d.pop(_META_PREFIXES), d.pop(_META_VERSIONS)
+        out = OrderedDict((k, _sequences(v)) for k, v in d.items())
+        out._metadata = OrderedDict(
+            (str(p), {"version": int(v)} if v >= 0 else {}) for p, v in zip(prefixes, versions))
+        return out
     d = {k: _sequences(v) for k, v in d.items()}
     for kind, make in (("__list__", list), ("__tuple__", tuple)):
         if kind in d:
@@ -90,6 +106,9 @@ def load(f, map_location=None, *, weights_only: bool | None = None, mmap=None,
                 continue
             if leaf in ("__list__", "__tuple__"):
                 d[leaf] = int(data[key])
+                continue
+            if leaf in (_META_PREFIXES, _META_VERSIONS):
+                d[leaf] = data[key]
                 continue
             if leaf == "__scalar__":
                 *path, = parts[:-1]

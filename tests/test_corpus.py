@@ -59,6 +59,16 @@ RUNNABLE = [
     "examples_dcgan",
     "examples_vae",
     "examples_vae:seeded",
+    "torchvision_mobilenetv2",
+    "torchvision_mnasnet",
+    "torchvision_shufflenetv2",
+    "torchvision_squeezenet",
+    "torchvision_densenet",
+    "torchvision_googlenet",
+    "torchvision_resnet",
+    "d2l_torch:train_ch6",
+    "d2l_torch:bert",
+    "d2l_torch:transformer_encoder",
 ]
 
 # form -> the start of the error its quick form stops at under dyngrad today

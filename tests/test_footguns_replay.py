@@ -1431,3 +1431,53 @@ def test_a_list_extended_by_itself_inside():
             m.L[:] = [1, 2, 3]
         return fns["f"](X)
     run(src, drive, lambda m: list(m.L), n=5, compiled=0)
+
+
+# ------------------------------------------------------------------ a loop over a Sequential
+
+ATTENTION_BLOCKS = """
+class Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+    def forward(self, x):
+        self.attention_weights = self.lin(x).softmax(-1)   # (d2l's DotProductAttention)
+        return self.attention_weights * x
+class Encoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blks = nn.Sequential(Attention(), Attention())
+        self.layers = nn.ModuleList([Attention()])
+    def forward(self, x):
+        self.attention_weights = [None] * len(self.blks)
+        for i, blk in LOOP:
+            x = blk(x)
+            self.attention_weights[i] = blk.attention_weights
+        for layer in self.layers:
+            x = layer(x)
+        return x
+model = Encoder()
+opt = optim.SGD(model.parameters(), lr=0.1)
+def f(x):
+    opt.zero_grad()
+    loss = model(x).sum()
+    loss.backward()
+    opt.step()
+    return loss
+"""
+
+
+@pytest.mark.parametrize("loop", [
+    "enumerate(self.blks)", "enumerate(self.blks, 1 - 1)",
+    pytest.param("zip(range(2), self.blks)", marks=pytest.mark.xfail(
+        strict=True, reason="BUG: zip runs natively, so the blocks it pairs lose their "
+                            "sources and the stores on them are not replayed"))])
+def test_attributes_stored_on_the_modules_a_loop_over_a_sequential_reaches(loop):
+    # each block stores its attention weights (d2l's TransformerEncoder and BERTEncoder):
+    # the blocks keep their sources through the loop, so the stores are replayed effects and
+    # the blocks' versions move as in eager (it fell back, or traced every call)
+    src = ATTENTION_BLOCKS.replace("LOOP", loop)
+    observe = lambda m: ([b.attention_weights for b in m.model.blks],  # noqa: E731
+                         m.model.attention_weights, m.model.layers[0].attention_weights,
+                         params(m.model))
+    run(src, lambda m, fns, i: fns["f"](dg.ones(2, 4) * (i + 1)), observe, n=5, compiled=2)

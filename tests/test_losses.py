@@ -5,7 +5,7 @@ import pytest
 
 import dyngrad as dg
 from dyngrad.ops import losses as L
-from dyngrad.testing import gradcheck
+from dyngrad.testing import gradcheck, gradgradcheck
 
 
 def r(*shape, seed=0):
@@ -93,3 +93,61 @@ def test_losses_match_torch():
         lb.backward()
         np.testing.assert_allclose(la.item(), lb.item(), rtol=1e-10)
         np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("kw", [{}, {"label_smoothing": 0.1}, {"ignore_index": 2},
+                                {"weight": np.array([0.5, 1.0, 2.0])}])
+def test_unreduced_loss_over_spatial_dims_has_the_target_s_shape_as_in_torch(kw):
+    # d2l's MaskedSoftmaxCELoss multiplies the (N, T) loss by an (N, T) mask; a flat loss of
+    # N·T elements cannot be multiplied by it (found by the corpus's d2l_torch)
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(2).standard_normal((2, 3, 4, 5))
+    y = np.random.default_rng(3).integers(0, 3, (2, 4, 5))
+    kd = {k: dg.tensor(v) if k == "weight" else v for k, v in kw.items()}
+    kt = {k: torch.tensor(v) if k == "weight" else v for k, v in kw.items()}
+    a, b = dg.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    la = L.cross_entropy(a, dg.tensor(y), reduction="none", **kd)
+    lb = torch.nn.functional.cross_entropy(b, torch.tensor(y), reduction="none", **kt)
+    assert la.shape == tuple(lb.shape) == (2, 4, 5)
+    np.testing.assert_allclose(la.detach().numpy(), lb.detach().numpy(), rtol=1e-12)
+    (la * dg.tensor(y.astype(np.float64))).sum().backward()
+    (lb * torch.tensor(y.astype(np.float64))).sum().backward()
+    np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=1e-10, atol=1e-13)
+    assert gradcheck(lambda x: L.cross_entropy(x, dg.tensor(y), reduction="none", **kd),
+                     (r(2, 3, 4, 5),))
+
+
+def test_unreduced_nll_loss_of_one_sample_is_a_scalar_as_in_torch():
+    logp = dg.tensor([-1.0, -2.0, -0.5])
+    assert L.nll_loss(logp, dg.tensor(1), reduction="none").shape == ()
+    assert L.cross_entropy(logp, dg.tensor(1), reduction="none").shape == ()
+
+
+def test_nll_loss_rejects_a_target_of_the_wrong_spatial_size():
+    with pytest.raises(RuntimeError, match=r"Expected target size \[2, 4\], got \[2, 3\]"):
+        L.nll_loss(r(2, 3, 4), dg.tensor(np.zeros((2, 3), np.int64)))
+
+
+def test_binary_cross_entropy_gradient_is_torch_s_at_probabilities_of_0_and_1():
+    # d/dp = (p − y) / max(p(1 − p), 1e-12): ±1e12 where the clamped logs' gradient is nan
+    # (pytorch/examples' siamese_network: a sigmoid saturated to 1.0 in float32 made every
+    # weight nan after one step)
+    torch = pytest.importorskip("torch")
+    p = np.array([1.0, 0.0, 0.5, 1.0, 0.0, 1e-30, 0.3, 0.999])
+    y = np.array([1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.2, 0.5])
+    grads = []
+    for lib, F in ((dg, L), (torch, torch.nn.functional)):
+        x = lib.tensor(p, requires_grad=True)
+        loss = F.binary_cross_entropy(x, lib.tensor(y), reduction="none")
+        (loss * lib.tensor(np.arange(1.0, 9.0))).sum().backward()
+        grads.append((loss.detach().numpy(), x.grad.numpy()))
+    np.testing.assert_allclose(grads[0][0], grads[1][0], rtol=1e-12)
+    np.testing.assert_allclose(grads[0][1], grads[1][1], rtol=1e-12)
+
+
+def test_binary_cross_entropy_gradcheck_and_gradgradcheck():
+    rng = np.random.default_rng(4)
+    p = dg.tensor(rng.uniform(0.1, 0.9, (3, 4)), requires_grad=True)
+    y = dg.tensor(rng.uniform(0.0, 1.0, (3, 4)), requires_grad=True)
+    assert gradcheck(lambda p, y: L.binary_cross_entropy(p, y, reduction="sum"), (p, y))
+    assert gradgradcheck(lambda p, y: L.binary_cross_entropy(p, y), (p, y))

@@ -894,7 +894,7 @@ def test_embedding_padding_row_is_zero_and_gets_zero_grad():
 def test_embedding_negative_padding_idx_counts_from_the_end():
     e = nn.Embedding(5, 3, padding_idx=-1)
     assert e.padding_idx == 4
-    with pytest.raises(ValueError, match="padding_idx"):
+    with pytest.raises(AssertionError, match="Padding_idx must be within"):
         nn.Embedding(5, 3, padding_idx=5)
 
 

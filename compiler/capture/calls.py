@@ -20,6 +20,7 @@ import math
 import operator as _op
 import types
 
+from dyngrad.nn.containers import ModuleList, Sequential
 from dyngrad.nn.module import Module
 from dyngrad.optim.optimizer import Optimizer
 from dyngrad.size import Size
@@ -200,6 +201,8 @@ def call(cap, f: Frame | None, fn, fs, args: list, asrc: list, kwargs: dict, ksr
         return native(cap, f, fn, args, asrc, kwargs, ksrc)
     if fn is builtins.super and not args and f is not None:
         return _zero_arg_super(f), None
+    if fn is enumerate:  # (a type: before instantiate)
+        return _b_enumerate(cap, f, args, asrc, kwargs, ksrc)
     if isinstance(fn, type):
         return instantiate(cap, f, fn, args, asrc, kwargs, ksrc)
     special = _BUILTINS.get(id(fn))
@@ -352,8 +355,8 @@ def _interpreted(cap, f, x, s, iterated: bool):
     """``x`` as native code may use it: a user callable becomes a shim that interprets it,
     an object with a user ``__iter__`` that the builtin iterates the iterator the
     interpreter drives (not a mapping: ``dict()`` and ``update`` read its keys)."""
-    if isinstance(x, (InterpGenerator, SourcedIter, ArgIter, Tensor)) or type(x) in \
-            (list, tuple, dict, set, str, range):
+    if isinstance(x, (InterpGenerator, SourcedIter, ArgIter, Enumerated, Tensor)) or \
+            type(x) in (list, tuple, dict, set, str, range):
         return x
     if isinstance(x, (types.FunctionType, types.MethodType, functools.partial)) and \
             is_user_callable(x):
@@ -695,6 +698,19 @@ def _b_iter(cap, f, args, asrc, kwargs, ksrc):
     return native(cap, f, iter, args, asrc, kwargs, ksrc)
 
 
+def _b_enumerate(cap, f, args, asrc, kwargs, ksrc):
+    """``enumerate(x)``: over an iteration whose items keep their sources (a container or
+    a Sequential from before the call), the pairs keep them too (``for i, block in
+    enumerate(self.blocks)``); anything else enumerates natively."""
+    start = args[1] if len(args) == 2 else kwargs.get("start", 0)
+    if len(args) in (1, 2) and set(kwargs) <= {"start"} and type(start) is int:
+        it, its = get_iter(cap, f, args[0], asrc[0])
+        if isinstance(it, (SourcedIter, ArgIter)):
+            return Enumerated(it, start), None
+        return native(cap, f, enumerate, [it, *args[1:]], [its, *asrc[1:]], kwargs, ksrc)
+    return native(cap, f, enumerate, args, asrc, kwargs, ksrc)
+
+
 def _b_next(cap, f, args, asrc, kwargs, ksrc):
     if len(args) in (1, 2) and not kwargs:
         ok, v, s = next_item(cap, f, args[0], asrc[0])
@@ -997,12 +1013,15 @@ def _plain_iteration(t: type) -> bool:
         for b in (list, tuple, dict))
 
 
+_MODULE_SEQUENCE_ITERS = (Sequential.__iter__, ModuleList.__iter__)
+
+
 def get_iter(cap, f, v, s):
     t = type(v)
     d = _user_dunder(t, "__iter__")
     if d is not None:
         return call(cap, f, d, None, [v], [s], {}, {})
-    if isinstance(v, (InterpGenerator, SourcedIter)):
+    if isinstance(v, (InterpGenerator, SourcedIter, Enumerated)):
         return v, s
     view = cap.views.get(id(v))
     if view is not None and view[0] is v:
@@ -1013,6 +1032,13 @@ def get_iter(cap, f, v, s):
         return SourcedIter(c, cs, kind), None
     if s is None and not isinstance(v, Tensor):
         s = cap.source_of(v)
+    if s is not None and not isinstance(s, ArgTree) and \
+            getattr(t, "__iter__", None) in _MODULE_SEQUENCE_ITERS:
+        # ``for block in self.blocks`` (a Sequential, a ModuleList): each module keeps its
+        # source, so an attribute the loop stores on it (d2l's attention weights) is an
+        # effect a compiled call replays; the registry's changes move the version guarded
+        cap.structure_used(v, s)
+        return SourcedIter(v._modules, Attr(s, "_modules"), "values"), None
     if s is not None and not isinstance(s, ArgTree) and _plain_iteration(t):
         cap.structure_used(v, s)
         return SourcedIter(v, s, "keys" if issubclass(t, dict) else "seq"), None
@@ -1022,6 +1048,24 @@ def get_iter(cap, f, v, s):
     if isinstance(v, (set, frozenset)) and s is not None:
         cap.contents_used(v, s)
     return user(iter, v), None
+
+
+class Enumerated(_Stepped):
+    """``enumerate`` over an iteration the interpreter steps: (count, item) pairs whose
+    items keep their sources."""
+
+    def __init__(self, it: _Stepped, start: int) -> None:
+        self.it, self.n = it, start
+
+    def step(self, cap):
+        ok, v, vs = self.it.step(cap)
+        if not ok:
+            return False, None, None
+        pair = (self.n, v)
+        self.n += 1
+        if cap is not None:
+            cap.built(pair, [None, vs])
+        return True, pair, None
 
 
 class ArgIter(_Stepped):
@@ -1043,7 +1087,7 @@ def next_item(cap, f, it, s):
     """(has a value, value, source); at the end, (False, the StopIteration if there was one,
     None): ``next()`` raises it again, with the generator's return value. (Without its
     traceback: that would keep the frames it went through, and their objects, alive.)"""
-    if isinstance(it, (SourcedIter, ArgIter)):
+    if isinstance(it, (SourcedIter, ArgIter, Enumerated)):
         return it.step(cap)
     if isinstance(it, InterpGenerator):
         done, v, vs = it.resume()

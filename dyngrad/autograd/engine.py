@@ -86,6 +86,7 @@ class _Running(threading.local):
 
     def __init__(self) -> None:
         self.callbacks: list[list] = []
+        self.accumulates: list[bool] = []  # (per pass: into every leaf's .grad, no inputs=)
 
 
 _RUNNING = _Running()
@@ -108,6 +109,14 @@ def queue_callback(callback) -> None:
     _RUNNING.callbacks[-1].append(callback)
 
 
+def running_backward_accumulates() -> bool:
+    """Whether the innermost backward pass running now accumulates into every leaf's
+    ``.grad`` (``backward()`` without ``inputs=``), rather than being ``autograd.grad`` or a
+    ``backward(inputs=...)`` — reentrant checkpointing needs the former (PyTorch's
+    ``_is_checkpoint_valid``)."""
+    return bool(_RUNNING.accumulates) and _RUNNING.accumulates[-1]
+
+
 def run_backward(roots: list, grads: list, *, retain_graph: bool, create_graph: bool,
                  inputs: tuple | None = None, allow_unused: bool = False,
                  accumulate: bool = False):
@@ -120,6 +129,7 @@ def run_backward(roots: list, grads: list, *, retain_graph: bool, create_graph: 
     """
     callbacks: list = []
     _RUNNING.callbacks.append(callbacks)
+    _RUNNING.accumulates.append(inputs is None)
     try:
         out = _walk(roots, grads, retain_graph, create_graph, inputs, allow_unused)
         if accumulate:
@@ -135,6 +145,7 @@ def run_backward(roots: list, grads: list, *, retain_graph: bool, create_graph: 
             k += 1
     finally:
         _RUNNING.callbacks.pop()
+        _RUNNING.accumulates.pop()
     return out
 
 

@@ -7,7 +7,7 @@ import warnings
 
 from .. import dtypes as _dt
 from ..ops import creation as _c
-from ..tensor import Tensor
+from ..tensor import Tensor, check_device
 from . import functional as F
 from . import init as _init
 from .module import Module
@@ -156,6 +156,7 @@ class PReLU(Module):
     def __init__(self, num_parameters: int = 1, init: float = 0.25, device=None,
                  dtype=None) -> None:
         super().__init__()
+        check_device(device)
         self.num_parameters, self.init = num_parameters, init
         self.weight = Parameter(_c.full((num_parameters,), init,
                                         dtype=dtype or _dt.get_default_dtype()))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from .. import dtypes as _dt
 from ..ops import creation as _c
 from ..ops import movement as _m
-from ..tensor import Tensor
+from ..tensor import Tensor, check_device
 from . import init
 from .functional_attention import canonical_mask, multi_head_attention_forward
 from .layers import Linear
@@ -51,6 +51,7 @@ class MultiheadAttention(Module):
             raise ValueError(f"embed_dim and num_heads must be greater than 0, got "
                              f"embed_dim={embed_dim} and num_heads={num_heads} instead")
         super().__init__()
+        check_device(device)
         self.embed_dim = embed_dim
         self.kdim = kdim if kdim is not None else embed_dim
         self.vdim = vdim if vdim is not None else embed_dim

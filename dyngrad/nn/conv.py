@@ -7,7 +7,7 @@ import math
 
 from .. import dtypes as _dt
 from ..ops import creation as _c
-from ..tensor import Tensor
+from ..tensor import Tensor, check_device
 from . import functional as F
 from . import init
 from .module import Module
@@ -30,8 +30,9 @@ class _ConvNd(Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride, padding,
                  dilation, groups: int, bias: bool, padding_mode: str, output_padding=0,
-                 dtype=None) -> None:
+                 device=None, dtype=None) -> None:
         super().__init__()
+        check_device(device)
         nd, name = self._nd, type(self).__name__
         if groups <= 0:
             raise ValueError("groups must be a positive integer")
@@ -122,9 +123,9 @@ class Conv1d(_ConvNd):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
-                 dtype=None) -> None:
+                 device=None, dtype=None) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         groups, bias, padding_mode, dtype=dtype)
+                         groups, bias, padding_mode, device=device, dtype=dtype)
 
     def forward(self, input: Tensor) -> Tensor:
         input, padding = self._padded(input)
@@ -141,9 +142,9 @@ class Conv2d(_ConvNd):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
-                 dtype=None) -> None:
+                 device=None, dtype=None) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         groups, bias, padding_mode, dtype=dtype)
+                         groups, bias, padding_mode, device=device, dtype=dtype)
 
     def forward(self, input: Tensor) -> Tensor:
         input, padding = self._padded(input)
@@ -162,11 +163,12 @@ class ConvTranspose2d(_ConvNd):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  output_padding=0, groups: int = 1, bias: bool = True, dilation=1,
-                 padding_mode: str = "zeros", dtype=None) -> None:
+                 padding_mode: str = "zeros", device=None, dtype=None) -> None:
         if isinstance(padding, str):
             raise ValueError("ConvTranspose2d: padding must be an int or a tuple of ints")
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         groups, bias, padding_mode, output_padding, dtype=dtype)
+                         groups, bias, padding_mode, output_padding, device=device,
+                         dtype=dtype)
 
     def _output_padding(self, input: Tensor, output_size) -> tuple:
         """The output_padding that gives ``output_size`` (PyTorch's forward argument)."""

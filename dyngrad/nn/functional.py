@@ -4,6 +4,7 @@ composition of the op table."""
 from __future__ import annotations
 
 from .. import dtypes as _dt
+from ..autograd.grad_mode import no_grad
 from ..ops import elementwise as _e
 from ..ops import indexing as _i
 from ..ops import movement as _m
@@ -64,7 +65,8 @@ from .functional_norm import (
 )
 
 __all__ = ["relu", "gelu", "sigmoid", "tanh", "softmax", "log_softmax", "linear", "dropout",
-           "embedding", "layer_norm", "mse_loss", "l1_loss", "cross_entropy", "nll_loss",
+           "embedding", "embedding_renorm_", "layer_norm", "mse_loss", "l1_loss",
+           "cross_entropy", "nll_loss",
            "binary_cross_entropy", "binary_cross_entropy_with_logits", "softplus", "one_hot",
            "silu", "leaky_relu", "elu", "logsigmoid", "normalize", "pad", "batch_norm",
            "group_norm", "rms_norm", "dropout1d", "dropout2d", "interpolate", "conv1d", "conv2d",
@@ -85,15 +87,28 @@ def log_softmax(input: Tensor, dim: int, dtype=None) -> Tensor:
     return _r.log_softmax(input if dtype is None else input.to(dtype), dim)
 
 
-def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None) -> Tensor:
+def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None,
+              max_norm: float | None = None, norm_type: float = 2.0,
+              scale_grad_by_freq: bool = False, sparse: bool = False) -> Tensor:
     """Rows of ``weight`` picked by integer ``input``; the row at ``padding_idx`` gets no
-    gradient."""
+    gradient. With ``max_norm``, each row ``input`` picks whose ``norm_type``-norm exceeds
+    it is first scaled in place to that norm (PyTorch's ``embedding_renorm_``: it changes
+    ``weight`` outside autograd)."""
     idx = input if isinstance(input, Tensor) else _i._as_index(input)
     if idx.dtype is _dt.int32:  # (PyTorch takes Long or Int indices)
         idx = _i._as_index(idx)
     if idx.dtype is not _dt.int64:
         raise RuntimeError(f"embedding: expected an int64 or int32 index tensor, got "
                            f"{idx.dtype.name}")
+    if sparse:
+        raise NotImplementedError("embedding: sparse=True makes a sparse gradient, and "
+                                  "dyngrad has no sparse tensors; use sparse=False (a dense "
+                                  "gradient of the same values)")
+    if scale_grad_by_freq:
+        raise NotImplementedError("embedding: scale_grad_by_freq=True is not supported; "
+                                  "use scale_grad_by_freq=False")
+    if max_norm is not None:
+        embedding_renorm_(weight, idx, max_norm, norm_type)
     out = _i.gather(weight, idx, 0)
     if padding_idx is not None:
         if padding_idx < 0:
@@ -101,6 +116,19 @@ def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None) -> 
         pad_rows = _m.unsqueeze(_e.eq(idx, padding_idx), -1)
         out = _e.where(pad_rows, out.detach(), out)
     return out
+
+
+def embedding_renorm_(weight: Tensor, input: Tensor, max_norm: float,
+                      norm_type: float = 2.0) -> Tensor:
+    """Scale, in place and outside autograd, each row of ``weight`` that ``input`` picks and
+    whose ``norm_type``-norm exceeds ``max_norm`` by ``max_norm / (norm + 1e-7)``."""
+    with no_grad():
+        rows = _m.reshape(input, (-1,))  # (a row picked twice is written twice, the same)
+        picked = _i.index_select(weight, 0, rows)
+        norms = _r.norm(picked, norm_type, 1, keepdim=True)
+        scale = _e.where(_e.gt(norms, max_norm), max_norm / (norms + 1e-7), 1.0)
+        weight[rows] = picked * scale
+    return weight
 
 
 def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,

@@ -67,7 +67,7 @@ class LazyConv1d(_LazyConv, Conv1d):
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
                  device=None, dtype=None) -> None:
         Conv1d.__init__(self, 0, out_channels, kernel_size, stride, padding, dilation, groups,
-                        bias, padding_mode, dtype=dtype)
+                        bias, padding_mode, device=device, dtype=dtype)
 
 
 class LazyConv2d(_LazyConv, Conv2d):
@@ -83,7 +83,7 @@ class LazyConv2d(_LazyConv, Conv2d):
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
                  device=None, dtype=None) -> None:
         Conv2d.__init__(self, 0, out_channels, kernel_size, stride, padding, dilation, groups,
-                        bias, padding_mode, dtype=dtype)
+                        bias, padding_mode, device=device, dtype=dtype)
 
 
 class _LazyBatchNorm:
@@ -127,7 +127,8 @@ class LazyBatchNorm1d(_LazyBatchNorm, BatchNorm1d):
 
     def __init__(self, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, device=None, dtype=None) -> None:
-        BatchNorm1d.__init__(self, 0, eps, momentum, affine, track_running_stats, dtype=dtype)
+        BatchNorm1d.__init__(self, 0, eps, momentum, affine, track_running_stats, device,
+                             dtype)
         self._lazy_dtype = dtype or _dt.get_default_dtype()
 
 
@@ -142,7 +143,8 @@ class LazyBatchNorm2d(_LazyBatchNorm, BatchNorm2d):
 
     def __init__(self, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, device=None, dtype=None) -> None:
-        BatchNorm2d.__init__(self, 0, eps, momentum, affine, track_running_stats, dtype=dtype)
+        BatchNorm2d.__init__(self, 0, eps, momentum, affine, track_running_stats, device,
+                             dtype)
         self._lazy_dtype = dtype or _dt.get_default_dtype()
 
 

@@ -15,6 +15,18 @@ from ..tensor import NO_CUDA, Tensor, to_arguments, zero_grads
 from .parameter import Parameter
 
 _IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+_PENDING_COPIES: list = []  # (per load_state_dict running: the copies its checks allowed)
+
+
+def _format_version(module) -> int:
+    """The state-dict format version a module's class declares as ``_version`` (PyTorch's
+    class attribute, 1 unless a class says otherwise). dyngrad's instances keep their own
+    ``_version``, the count of changes a compiled call guards: the class's is read here."""
+    for k in type(module).__mro__:
+        v = k.__dict__.get("_version")
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+    return 1
 
 
 class Module:
@@ -291,9 +303,16 @@ class Module:
     # ----------------------------------------------------------------- state
     def state_dict(self, destination=None, prefix: str = "", keep_vars: bool = False):
         """An ordered dict name → tensor of parameters and persistent buffers (detached
-        tensors sharing storage, unless ``keep_vars``)."""
+        tensors sharing storage, unless ``keep_vars``). As PyTorch's, it carries
+        ``_metadata``: each module's prefix → ``{"version": ...}``, the format version its
+        class declares (``_version``), which ``_load_from_state_dict`` overrides read."""
         out = OrderedDict() if destination is None else destination
+        if destination is None:
+            out._metadata = OrderedDict()
+        metadata = getattr(out, "_metadata", None)
         for mprefix, m in self.named_modules(prefix=prefix.rstrip("."), remove_duplicate=False):
+            if metadata is not None:
+                metadata[mprefix] = {"version": _format_version(m)}
             for name, p in m._parameters.items():
                 if p is not None:
                     out[f"{mprefix}.{name}" if mprefix else name] = p if keep_vars \
@@ -307,6 +326,13 @@ class Module:
     def load_state_dict(self, state_dict, strict: bool = True):
         """Copy tensors into this module's parameters and buffers (in place, under
         no_grad). Returns (missing_keys, unexpected_keys); with ``strict`` either raises.
+        Each module loads its part through ``_load_from_state_dict`` (PyTorch's protocol, which
+        models override: torchvision's MNASNet reads the saved format version there), with
+        its prefix and its ``_metadata`` entry.
+
+        Note: nothing is copied until every module has checked its part: a load that raises
+        leaves the model as it was (PyTorch's may have copied some tensors by then).
+
         A lazy layer not yet called takes its inferred size from the checkpoint (PyTorch's
         ``LazyModuleMixin``): its parameters are made at the checkpoint's shapes first."""
         for name, m in list(self.named_modules()):
@@ -315,33 +341,74 @@ class Module:
                 size = size_from(state_dict, f"{name}." if name else "")
                 if size:
                     m._materialize(size)
-        own = self.state_dict(keep_vars=True)
-        missing = [k for k in own if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in own]
-        errors = []
-        for k, t in own.items():
-            if k in state_dict:
-                src = state_dict[k]
-                if not isinstance(src, Tensor):
-                    src = _c.tensor(src)
-                if src.shape != t.shape:
-                    errors.append(f"size mismatch for {k}: copying a param with shape "
-                                  f"{list(src.shape)} from checkpoint, the shape in current "
-                                  f"model is {list(t.shape)}.")
+        metadata = getattr(state_dict, "_metadata", None)
+        missing, unexpected, errors = [], [], []
+        copies: list = []
+        _PENDING_COPIES.append(copies)
+        try:
+            def load(module, local_state_dict, prefix=""):
+                local_metadata = {} if metadata is None else metadata.get(prefix[:-1], {})
+                module._load_from_state_dict(local_state_dict, prefix, local_metadata, True,
+                                             missing, unexpected, errors)
+                for name, child in module._modules.items():
+                    if child is not None:
+                        child_prefix = f"{prefix}{name}."
+                        load(child, {k: v for k, v in local_state_dict.items()
+                                     if k.startswith(child_prefix)}, child_prefix)
+            load(self, state_dict)
+        finally:
+            _PENDING_COPIES.pop()
         if strict and (missing or unexpected):
-            if missing:
-                errors.append("Missing key(s) in state_dict: " + ", ".join(map(repr, missing)))
             if unexpected:
-                errors.append("Unexpected key(s) in state_dict: " +
+                errors.insert(0, "Unexpected key(s) in state_dict: " +
                               ", ".join(map(repr, unexpected)))
+            if missing:
+                errors.insert(0, "Missing key(s) in state_dict: " +
+                              ", ".join(map(repr, missing)))
         if errors:
             raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}:\n\t"
                                + "\n\t".join(errors))
         with no_grad():
-            for k, t in own.items():
-                if k in state_dict:
-                    t.copy_(state_dict[k])
+            for t, value in copies:
+                t.copy_(value)
         return _IncompatibleKeys(missing, unexpected)
+
+    def _load_from_state_dict(self, state_dict, prefix: str, local_metadata: dict,
+                              strict: bool, missing_keys: list, unexpected_keys: list,
+                              error_msgs: list) -> None:
+        """Load this module's own parameters and persistent buffers (not its children's)
+        from ``state_dict`` under ``prefix``, as PyTorch's: a missing key goes to
+        ``missing_keys``, a key of this module naming nothing to ``unexpected_keys`` (when
+        ``strict``), a shape mismatch to ``error_msgs``. Override it to convert an older
+        format (``local_metadata["version"]``); call ``super()`` for the rest. Within
+        ``load_state_dict`` the copies wait until every module has checked its part."""
+        local = {**{k: p for k, p in self._parameters.items() if p is not None},
+                 **{k: b for k, b in self._buffers.items()
+                    if b is not None and k not in self._non_persistent}}
+        for name, t in local.items():
+            key = prefix + name
+            if key not in state_dict:
+                missing_keys.append(key)
+                continue
+            value = state_dict[key]
+            if not isinstance(value, Tensor):
+                value = _c.tensor(value)
+            if value.shape != t.shape:
+                error_msgs.append(f"size mismatch for {key}: copying a param with shape "
+                                  f"{list(value.shape)} from checkpoint, the shape in current "
+                                  f"model is {list(t.shape)}.")
+                continue
+            if _PENDING_COPIES:
+                _PENDING_COPIES[-1].append((t, value))
+            else:
+                with no_grad():
+                    t.copy_(value)
+        if strict:
+            for key in state_dict:
+                if key.startswith(prefix):
+                    head = key[len(prefix):].split(".", 1)[0]
+                    if head not in self._modules and head not in local:
+                        unexpected_keys.append(key)
 
     # ----------------------------------------------------------------- repr
     def extra_repr(self) -> str:

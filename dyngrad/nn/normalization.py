@@ -16,7 +16,7 @@ from ..distributed.nn import functional as dF
 from ..ops import creation as _c
 from ..ops import elementwise as _e
 from ..ops.movement import cat
-from ..tensor import Tensor
+from ..tensor import Tensor, check_device
 from . import init
 from .functional_norm import (
     batch_norm,
@@ -40,6 +40,7 @@ class _BatchNorm(Module):
                  affine: bool = True, track_running_stats: bool = True, device=None,
                  dtype=None, *, bias: bool = True) -> None:
         super().__init__()
+        check_device(device)
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
         dtype = dtype or _dt.get_default_dtype()
@@ -391,8 +392,10 @@ class LazyLinear(Linear):
     call — the same Parameter objects, so an optimizer made before keeps them — after
     which the module is a :class:`Linear`."""
 
-    def __init__(self, out_features: int, bias: bool = True, dtype=None) -> None:
+    def __init__(self, out_features: int, bias: bool = True, device=None,
+                 dtype=None) -> None:
         Module.__init__(self)
+        check_device(device)
         self.in_features, self.out_features = 0, out_features
         self._dtype = dtype or _dt.get_default_dtype()
         self.weight = Parameter(_c.zeros((0,), dtype=self._dtype))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
+
 from .. import dtypes as _dt
 from ..tensor import Tensor
 from . import elementwise as _e
@@ -12,6 +14,7 @@ from . import movement as _m
 from . import reduce as _r
 
 _REDUCTIONS = ("mean", "sum", "none")
+_BCE_EPSILON = float(np.float32(1e-12))  # (PyTorch's, a C float, in float64 too)
 
 
 def _reduce(loss: Tensor, reduction: str, op: str) -> Tensor:
@@ -40,7 +43,7 @@ def _warn_broadcast(input: Tensor, target: Tensor) -> None:
                       UserWarning, stacklevel=3)
 
 
-def _legacy_reduction(size_average, reduce, reduction: str) -> str:
+def legacy_reduction(size_average, reduce, reduction: str) -> str:
     """The reduction named by PyTorch's deprecated ``size_average``/``reduce`` pair, if
     either is given."""
     if size_average is None and reduce is None:
@@ -87,11 +90,24 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
 
 def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
                          reduction: str = "mean") -> Tensor:
-    """BCE on probabilities; logs are clamped at −100 as in PyTorch."""
+    """BCE on probabilities; logs are clamped at −100 as in PyTorch.
+
+    Note: the gradient with respect to ``input`` is PyTorch's, (p − y) / max(p·(1 − p),
+    1e-12), which stays finite where the logs' does not (at p = 0 or 1 it is ±1e12 there,
+    where differentiating the clamped logs gives nan). The loss is its value at the detached
+    input plus ``d · h(p₀ + d/2)``, where ``d = input − input.detach()`` is zero but carries
+    the gradient and ``h`` is that formula: its first derivative is h(p), its second h′(p)
+    (the midpoint makes the product rule count h′ once). The target's gradient comes from
+    the clamped logs: PyTorch's, except at p = 0 or 1, where PyTorch's is ±inf and this one
+    ±100."""
     _same_shape(input, target, "binary_cross_entropy")
-    logp = _e.maximum(_e.log(input), -100.0)
-    log1mp = _e.maximum(_e.log(1.0 - input), -100.0)
-    loss = -(target * logp + (1.0 - target) * log1mp)
+    p0 = input.detach()
+    logp = _e.maximum(_e.log(p0), -100.0)
+    log1mp = _e.maximum(_e.log(1.0 - p0), -100.0)
+    d = input - p0
+    mid = p0 + d * 0.5
+    h = (mid - target) / _e.maximum(mid * (1.0 - mid), _BCE_EPSILON)
+    loss = -(target * logp + (1.0 - target) * log1mp) + d * h
     if weight is not None:
         loss = loss * weight
     return _reduce(loss, reduction, "binary_cross_entropy")
@@ -106,9 +122,13 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
     if target.dtype is not _dt.int64:
         raise RuntimeError(f"nll_loss: expected target of dtype int64 (class indices), got "
                            f"{target.dtype.name}")
+    shape = tuple(target.shape)  # (reduction="none" gives a loss of the target's shape)
     if input.ndim == 1:
         input, target = _m.unsqueeze(input, 0), _m.unsqueeze(target, 0)
     if input.ndim > 2:  # (N, C, d...) -> (N·d..., C)
+        if shape != (input.shape[0],) + tuple(input.shape[2:]):
+            raise RuntimeError(f"nll_loss: Expected target size "
+                               f"{[input.shape[0], *input.shape[2:]]}, got {list(shape)}")
         c = input.shape[1]
         perm = (0,) + tuple(range(2, input.ndim)) + (1,)
         input = _m.reshape(_m.permute(input, perm), (-1, c))
@@ -125,6 +145,8 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
     loss = -picked * w
     if reduction == "mean":
         return _r.sum(loss) / _r.sum(w)
+    if reduction == "none":
+        return _m.reshape(loss, shape)
     return _reduce(loss, reduction, "nll_loss")
 
 
@@ -176,7 +198,7 @@ def smooth_l1_loss(input: Tensor, target: Tensor, size_average=None, reduce=None
     >>> F.smooth_l1_loss(dg.tensor([0.5, 3.0]), dg.zeros(2))   # (0.125 + 2.5) / 2
     tensor(1.3125)
     """
-    reduction = _legacy_reduction(size_average, reduce, reduction)
+    reduction = legacy_reduction(size_average, reduce, reduction)
     if beta < 0:
         raise RuntimeError("smooth_l1_loss does not support negative values for beta.")
     _warn_broadcast(input, target)
@@ -215,7 +237,7 @@ def kl_div(input: Tensor, target: Tensor, size_average=None, reduce=None,
 
     >>> F.kl_div(F.log_softmax(logits, 1), probs, reduction="batchmean")
     """
-    reduction = _legacy_reduction(size_average, reduce, reduction)
+    reduction = legacy_reduction(size_average, reduce, reduction)
     if log_target:
         loss = _e.exp(target) * (target - input)
     else:
@@ -259,7 +281,7 @@ def margin_ranking_loss(input1: Tensor, input2: Tensor, target: Tensor, margin: 
     >>> F.margin_ranking_loss(dg.tensor([1.0]), dg.tensor([2.0]), dg.tensor([1.0]))
     tensor(1.)
     """
-    reduction = _legacy_reduction(size_average, reduce, reduction)
+    reduction = legacy_reduction(size_average, reduce, reduction)
     if not (input1.ndim == input2.ndim == target.ndim):
         raise RuntimeError(f"margin_ranking_loss : All input tensors should have same "
                            f"dimension but got sizes: input1: {list(input1.shape)}, input2: "

@@ -885,6 +885,313 @@ def quick_vae_seeded(lib, compiled):
                 **parameters(m.model)}
 
 
+# torchvision 0.10.0's model files, each ported on its own (their one relative import, of
+# load_state_dict_from_url, serves only pretrained=True and is left out).
+
+def image_classifier(lib, compiled, program, seed, make_model, shape, float64=False,
+                     loss_of=None, lr=0.01, train=None):
+    """Three steps of the training loop body of torchvision's references/classification
+    (``zero_grad``, forward, ``nn.CrossEntropyLoss``, backward, SGD with momentum 0.9 and
+    weight decay 1e-4, at ``lr`` 0.01) on a batch of random images, then the network in eval mode
+    (running statistics). Dropout is switched off from the test side (p = 0), as for mnist.
+    ``float64``: the model and data in float64 (``model.double()``), for networks where
+    BatchNorm over a batch of two turns float32 rounding into differences beyond the
+    tolerance in PyTorch against itself (see STATUS.md). ``loss_of(criterion, output, y)``:
+    the loss of a model whose training output is not a tensor; ``train(model)``: puts it in
+    training mode (``model.train()`` by default). The compiled run compiles the step."""
+    t = library(lib)
+    with shared_random(lib, seed) as rng:
+        m = load(program, lib)
+        model = make_model(m)
+        for module in model.modules():
+            if isinstance(module, t.nn.Dropout):
+                module.p = 0.0
+        dtype = np.float64 if float64 else np.float32
+        if float64:
+            model.double()
+        x = t.tensor(rng.standard_normal(shape).astype(dtype))
+        y = t.tensor(rng.integers(0, 10, shape[0]))
+        criterion = t.nn.CrossEntropyLoss()
+        optimizer = t.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+        loss_of = loss_of or (lambda criterion, output, target: criterion(output, target))
+
+        def step(image, target):
+            optimizer.zero_grad()
+            output = model(image)
+            loss = loss_of(criterion, output, target)
+            loss.backward()
+            optimizer.step()
+            return loss
+
+        step = compile_if(lib, compiled, step)
+        (train or (lambda model: model.train()))(model)
+        losses = [numpy(step(x, y)) for _ in range(3)]
+        model.eval()
+        with t.no_grad():
+            output = model(x)
+        return {"losses": np.array(losses), "eval_output": numpy(output), **parameters(model)}
+
+
+def quick_mobilenetv2(lib, compiled):
+    """torchvision's ``MobileNetV2(num_classes=10, width_mult=0.25)`` (``_make_divisible``
+    channel counts, depthwise 3×3 convolutions with ``groups``, ReLU6, inverted residuals)
+    on four 48×48 images, in float64: BatchNorm over the few values of its last blocks
+    amplifies rounding, so that in float32 PyTorch differs from its own float64 result by
+    1e2 times the float32 tolerance after three steps (dyngrad as much); in float64 the two
+    libraries agree to 1e-11."""
+    return image_classifier(lib, compiled, "torchvision_mobilenetv2", 30,
+                            lambda m: m.MobileNetV2(num_classes=10, width_mult=0.25),
+                            (4, 3, 48, 48), float64=True)
+
+
+def quick_mnasnet(lib, compiled):
+    """torchvision's ``MNASNet(0.5, num_classes=10)`` (its ``_stack`` of inverted residuals,
+    BatchNorm with momentum 3e-4, kaiming_uniform_ with ``nonlinearity="sigmoid"``) on four
+    48×48 images at lr 0.001, in float64 for the reason given for MobileNetV2 (and compared
+    at rtol 1e-7: its 17 BatchNorms still carry the rounding to 1e-10); then a round trip of its
+    ``state_dict`` through ``load_state_dict``, which calls its own
+    ``_load_from_state_dict`` (checking the saved ``version`` metadata)."""
+    t = library(lib)
+    out = image_classifier(lib, compiled, "torchvision_mnasnet", 31,
+                           lambda m: m.MNASNet(0.5, num_classes=10), (4, 3, 48, 48),
+                           float64=True, lr=0.001)
+    with shared_random(lib, 32):
+        m = load("torchvision_mnasnet", lib)
+        a, b = m.MNASNet(0.5, num_classes=10), m.MNASNet(0.5, num_classes=10)
+        b.load_state_dict(a.state_dict())
+        with t.no_grad():
+            x = t.ones(1, 3, 32, 32)
+            out["reloaded"] = numpy(a.eval()(x) - b.eval()(x))
+    return out
+
+
+def quick_shufflenetv2(lib, compiled):
+    """torchvision's ``ShuffleNetV2([2, 2, 2], [8, 16, 32, 64, 128], num_classes=10)``
+    (``channel_shuffle``: ``view``, ``torch.transpose``, ``contiguous``; ``chunk``; the
+    global pool as ``x.mean([2, 3])``) on four 64×64 images (at two 32×32 ones, its last
+    BatchNorms see two values each and amplify float32 rounding beyond the tolerance)."""
+    return image_classifier(lib, compiled, "torchvision_shufflenetv2", 33,
+                            lambda m: m.ShuffleNetV2([2, 2, 2], [8, 16, 32, 64, 128],
+                                                     num_classes=10), (4, 3, 64, 64))
+
+
+def quick_squeezenet(lib, compiled):
+    """torchvision's ``SqueezeNet("1_1", num_classes=10)`` (Fire modules concatenating 1×1
+    and 3×3 expansions, max pooling with ``ceil_mode=True``, ``init.kaiming_uniform_`` and a
+    final convolution initialised with ``init.normal_``) on two 32×32 images."""
+    return image_classifier(lib, compiled, "torchvision_squeezenet", 34,
+                            lambda m: m.SqueezeNet("1_1", num_classes=10), (2, 3, 32, 32))
+
+
+def quick_densenet(lib, compiled):
+    """torchvision's ``DenseNet(growth_rate=4, block_config=(2, 2), num_init_features=8,
+    bn_size=2, num_classes=10, memory_efficient=True)``: each dense layer's bottleneck runs
+    through ``torch.utils.checkpoint.checkpoint`` (reentrant, with PyTorch's warning that
+    ``use_reentrant`` was not passed), guarded by ``torch.jit.is_scripting()``; its layers
+    are ``torch.jit.unused`` and ``torch.jit._overload_method``-decorated. Two 32×32
+    images."""
+    return image_classifier(
+        lib, compiled, "torchvision_densenet", 35,
+        lambda m: m.DenseNet(growth_rate=4, block_config=(2, 2), num_init_features=8,
+                             bn_size=2, num_classes=10, memory_efficient=True),
+        (2, 3, 32, 32))
+
+
+def googlenet_loss(criterion, outputs, target):
+    """GoogLeNet's training loss with its two auxiliary classifiers weighted 0.3 (the
+    paper's), read from the ``GoogLeNetOutputs`` namedtuple its training forward returns."""
+    return criterion(outputs.logits, target) + 0.3 * (
+        criterion(outputs.aux_logits1, target) + criterion(outputs.aux_logits2, target))
+
+
+def quick_googlenet(lib, compiled):
+    """torchvision's ``GoogLeNet(num_classes=10, aux_logits=True, transform_input=True,
+    init_weights=False)`` (Inception blocks, max pooling with ``ceil_mode=True``, the two
+    auxiliary classifiers with ``adaptive_avg_pool2d``, a ``namedtuple`` output in training
+    and plain logits in eval) on four 32×32 images, in float64 (its last Inception blocks
+    normalise 1×1 maps over the batch, which turns float32 rounding into 1e-4 in PyTorch
+    against itself; in float64 the libraries agree to 1e-10). ``init_weights=False``: its own
+    initialisation draws 10 million numbers from ``scipy.stats.truncnorm`` (3 s, in PyTorch
+    too; the FutureWarning it gives says as much), so the layers keep their defaults. The
+    auxiliary classifiers run in eval mode: each applies ``F.dropout(x, 0.7,
+    training=self.training)``, whose draws differ between the libraries (a module's ``p``
+    cannot be set to 0 from outside)."""
+    def train(model):
+        model.train()
+        model.aux1.eval()
+        model.aux2.eval()
+
+    return image_classifier(
+        lib, compiled, "torchvision_googlenet", 36,
+        lambda m: m.GoogLeNet(num_classes=10, aux_logits=True, transform_input=True,
+                              init_weights=False), (4, 3, 32, 32), float64=True,
+        loss_of=googlenet_loss, train=train)
+
+
+def quick_resnext(lib, compiled):
+    """torchvision's ``ResNet(Bottleneck, [1, 1, 1, 1], groups=4, width_per_group=8,
+    zero_init_residual=True, replace_stride_with_dilation=[False, True, True])``: a ResNeXt
+    of grouped 3×3 convolutions whose last two stages dilate instead of striding, its last
+    BatchNorm in each block initialised to zero; two 16×16 images."""
+    return image_classifier(
+        lib, compiled, "torchvision_resnet", 37,
+        lambda m: m.ResNet(m.Bottleneck, [1, 1, 1, 1], num_classes=10, groups=4,
+                           width_per_group=8, zero_init_residual=True,
+                           replace_stride_with_dilation=[False, True, True]), (2, 3, 16, 16))
+
+
+# d2l-ai/d2l-en's library d2l/torch.py (Dive into Deep Learning 0.17.6): the functions and
+# classes its chapters save with #@save, run by the quick forms as the chapters run them.
+
+class AnimatorRecord:
+    """Stands in for d2l's ``Animator`` (which draws with IPython's display, not installed):
+    records the points the training functions plot."""
+
+    def __init__(self, **kwargs):
+        self.points = []
+
+    def add(self, x, y):
+        self.points.extend([x, *(float(v) for v in y if v is not None)])
+
+
+def quick_d2l_train_ch6(lib, compiled):
+    """d2l's ``train_ch6`` (the LeNet chapter's training function: ``net.apply`` with
+    ``xavier_uniform_``, ``try_gpu``, SGD, ``nn.CrossEntropyLoss``, its ``Accumulator``,
+    ``accuracy`` — ``argmax``, ``astype`` as ``Tensor.type`` — and ``evaluate_accuracy_gpu``)
+    for one epoch on a small ResNet of its ``Residual`` blocks (as the ResNet chapter stacks
+    them, narrower: 1→8 channels with a 1×1 shortcut at stride 2, then 8→8), with ten random
+    16×16 images in batches of two (``train_ch6`` plots every fifth of an epoch, so it needs
+    five) from its own ``load_array`` (``is_train=False``: in order, since a shuffle draws
+    from each library's own generator). Its ``Animator`` is replaced by
+    :class:`AnimatorRecord` from the test side; the recorded losses and accuracies are
+    compared. The compiled run compiles the trained network's forward (``train_ch6`` is one
+    loop with its prints and timer)."""
+    t = library(lib)
+    with shared_random(lib, 40) as rng:
+        m = load("d2l_torch", lib)
+        animators = []
+        m.Animator = lambda **kwargs: animators.append(AnimatorRecord(**kwargs)) or animators[-1]
+        x = t.tensor(rng.standard_normal((10, 1, 16, 16)).astype(np.float32))
+        y = t.tensor(rng.integers(0, 10, 10))
+        train_iter = m.load_array((x, y), 2, is_train=False)
+        test_iter = m.load_array((x[:4], y[:4]), 2, is_train=False)
+        nn = m.nn
+        net = nn.Sequential(m.Residual(1, 8, use_1x1conv=True, strides=2), m.Residual(8, 8),
+                            nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(8, 10))
+        m.train_ch6(net, train_iter, test_iter, 1, 0.1, m.try_gpu())
+        net.eval()
+        forward = compile_if(lib, compiled, net)
+        with t.no_grad():
+            output = third_call(forward, x[:2])
+        return {"animator": np.array(animators[0].points), "output": numpy(output),
+                **parameters(net)}
+
+
+def d2l_bert_batch(lib, rng, batch=4, length=10, vocab=20, predictions=3):
+    """A batch as d2l's ``_WikiTextDataset`` pads them: token and segment ids, float32 valid
+    lengths, the positions to predict with their weights (0 for padding) and labels, and the
+    next-sentence labels."""
+    t = library(lib)
+    valid = rng.integers(6, length + 1, batch)
+    tokens = rng.integers(0, vocab, (batch, length))
+    segments = (np.arange(length)[None, :] >= valid[:, None] // 2).astype(np.int64)
+    positions = np.stack([rng.choice(np.arange(1, v), predictions, replace=False)
+                          for v in valid])
+    weights = np.ones((batch, predictions), np.float32)
+    weights[:, -1] = rng.integers(0, 2, batch)
+    return (t.tensor(tokens), t.tensor(segments), t.tensor(valid.astype(np.float32)),
+            t.tensor(positions), t.tensor(weights),
+            t.tensor(rng.integers(0, vocab, (batch, predictions))),
+            t.tensor(rng.integers(0, 2, batch)))
+
+
+def quick_d2l_bert(lib, compiled):
+    """d2l's ``BERTModel`` (``BERTEncoder`` of ``EncoderBlock``s: ``MultiHeadAttention`` with
+    ``transpose_qkv``, ``DotProductAttention`` and ``masked_softmax`` over float valid
+    lengths — ``repeat_interleave`` and ``sequence_mask``'s ``X[~mask] = value`` —,
+    ``AddNorm``, ``PositionWiseFFN``; a learnable position embedding read through ``.data``;
+    ``MaskLM`` gathering ``X[batch_idx, pred_positions]``; ``NextSentencePred``), 16 wide with
+    2 heads and 2 layers on a vocabulary of 20, and three steps of the BERT chapter's
+    ``train_bert`` loop body (Adam, ``nn.CrossEntropyLoss``, its ``_get_batch_loss_bert``)
+    on one batch of four sequences of ten tokens, then the encoding of the batch. The
+    compiled run compiles the step."""
+    t = library(lib)
+    with shared_random(lib, 41) as rng:
+        m = load("d2l_torch", lib)
+        vocab_size = 20
+        net = m.BERTModel(vocab_size, num_hiddens=16, norm_shape=[16], ffn_num_input=16,
+                          ffn_num_hiddens=32, num_heads=2, num_layers=2, dropout=0.0,
+                          max_len=16, key_size=16, query_size=16, value_size=16,
+                          hid_in_features=16, mlm_in_features=16, nsp_in_features=16)
+        loss = t.nn.CrossEntropyLoss()
+        trainer = t.optim.Adam(net.parameters(), lr=1e-3)
+        batch = d2l_bert_batch(lib, rng)
+
+        def step(*batch):
+            trainer.zero_grad()
+            mlm_l, nsp_l, total = m._get_batch_loss_bert(net, loss, vocab_size, *batch)
+            total.backward()
+            trainer.step()
+            return mlm_l, nsp_l
+
+        step = compile_if(lib, compiled, step)
+        losses = [[numpy(v) for v in step(*batch)] for _ in range(3)]
+        with t.no_grad():
+            encoded, _, nsp = net(batch[0], batch[1], batch[2])
+        return {"losses": np.array(losses), "encoded": numpy(encoded), "nsp": numpy(nsp),
+                **parameters(net)}
+
+
+def quick_d2l_transformer_encoder(lib, compiled):
+    """d2l's ``TransformerEncoder`` (``Embedding`` scaled by ``math.sqrt``, the sinusoidal
+    ``PositionalEncoding`` built with ``torch.pow(10000, ...)`` and strided assignments, and
+    its ``EncoderBlock``s with valid lengths) under a linear layer, trained as the seq2seq
+    chapter's ``train_seq2seq`` trains: its ``xavier_init_weights`` through ``net.apply``,
+    Adam, ``MaskedSoftmaxCELoss`` (a ``CrossEntropyLoss`` subclass that sets
+    ``reduction='none'`` and masks with ``sequence_mask``), ``l.sum().backward()`` and its
+    ``grad_clipping(net, 1)``; three steps on four sequences of eight tokens, labelling each
+    token. The compiled run compiles the step."""
+    t = library(lib)
+    with shared_random(lib, 42) as rng:
+        m = load("d2l_torch", lib)
+
+        class Tagger(t.nn.Module):  # (the harness's: an encoder and a dense layer)
+            def __init__(self):
+                super().__init__()
+                self.encoder = m.TransformerEncoder(
+                    vocab_size=12, key_size=16, query_size=16, value_size=16,
+                    num_hiddens=16, norm_shape=[16], ffn_num_input=16, ffn_num_hiddens=32,
+                    num_heads=4, num_layers=2, dropout=0.0)
+                self.dense = t.nn.Linear(16, 12)
+
+            def forward(self, X, valid_lens):
+                return self.dense(self.encoder(X, valid_lens))
+
+        net = Tagger()
+        net.apply(lambda module: t.nn.init.xavier_uniform_(module.weight)
+                  if type(module) is t.nn.Linear else None)
+        optimizer = t.optim.Adam(net.parameters(), lr=0.005)
+        loss = m.MaskedSoftmaxCELoss()
+        X = t.tensor(rng.integers(0, 12, (4, 8)))
+        Y = t.tensor(rng.integers(0, 12, (4, 8)))
+        valid_lens = t.tensor(rng.integers(3, 9, 4))
+
+        def step(X, Y, valid_lens):
+            optimizer.zero_grad()
+            Y_hat = net(X, valid_lens)
+            per_sequence = loss(Y_hat, Y, valid_lens)
+            per_sequence.sum().backward()
+            m.grad_clipping(net, 1)
+            optimizer.step()
+            return per_sequence
+
+        step = compile_if(lib, compiled, step)
+        losses = [numpy(step(X, Y, valid_lens)) for _ in range(3)]
+        weights = [numpy(w) for w in net.encoder.attention_weights]
+        return {"losses": np.array(losses), "attention_weights": np.array(weights),
+                **parameters(net)}
+
+
 NAMES = ["emma", "olivia", "ava", "isabella", "sophia", "charlotte", "mia", "amelia"]
 
 
@@ -1000,6 +1307,22 @@ FORMS = {f.name: f for f in [
     QuickForm("examples_vae", "examples_vae", quick_vae, compiles=False),
     QuickForm("examples_vae:seeded", "examples_vae", quick_vae_seeded,
               not_against_torch=("losses", *VAE_LAYERS)),
+    QuickForm("torchvision_mobilenetv2", "torchvision_mobilenetv2", quick_mobilenetv2,
+              rtol=1e-9, atol=1e-11),
+    # (float64, and still 1e-10 apart after three steps: see quick_mnasnet; not compiled:
+    # its inverted residuals compile as MobileNetV2's do, and the compile costs 13 s of CI)
+    QuickForm("torchvision_mnasnet", "torchvision_mnasnet", quick_mnasnet, rtol=1e-7,
+              atol=1e-9, compiles=False),
+    QuickForm("torchvision_shufflenetv2", "torchvision_shufflenetv2", quick_shufflenetv2),
+    QuickForm("torchvision_squeezenet", "torchvision_squeezenet", quick_squeezenet),
+    QuickForm("torchvision_densenet", "torchvision_densenet", quick_densenet),
+    QuickForm("torchvision_googlenet", "torchvision_googlenet", quick_googlenet, rtol=1e-7,
+              atol=1e-9),
+    QuickForm("torchvision_resnet", "torchvision_resnet", quick_resnext),
+    QuickForm("d2l_torch:train_ch6", "d2l_torch", quick_d2l_train_ch6),
+    QuickForm("d2l_torch:bert", "d2l_torch", quick_d2l_bert, atol=adam_noise_atol(1e-3)),
+    QuickForm("d2l_torch:transformer_encoder", "d2l_torch", quick_d2l_transformer_encoder,
+              atol=adam_noise_atol(5e-3)),
 ]}
 
 
