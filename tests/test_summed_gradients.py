@@ -56,10 +56,13 @@ def _weights(dtype, c: int, groups: int, kernel: int, seed: int = 0):
     return x, ws
 
 
+GEOMETRIES = [(1, 1, 3), (2, 1, 3), (1, 2, 3), (2, 1, 1), (1, 1, 1)]  # stride, groups, kernel
+
+
 @pytest.mark.parametrize("path", ["direct", "columns"])
-@pytest.mark.parametrize("stride,groups,kernel", [(1, 1, 3), (2, 1, 3), (1, 2, 3),
-                                                  (2, 1, 1), (1, 1, 1)])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("stride,groups,kernel,dtype",
+                         [(*geo, np.float32) for geo in GEOMETRIES] +
+                         [(*geo, np.float64) for geo in GEOMETRIES[:2]])
 def test_the_summed_input_gradient_equals_eager(path, stride, groups, kernel, dtype,
                                                 monkeypatch):
     monkeypatch.setenv("DYNGRAD_CONV", path)
