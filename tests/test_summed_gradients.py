@@ -190,3 +190,92 @@ def test_a_negative_zero_sum_is_eagers():
     assert np.array_equal(np.signbit(got), np.signbit(want)) and np.array_equal(got, want)
     (v,) = cf.variants
     assert _summed(v)
+
+
+@pytest.mark.parametrize("refuse", [False, True])
+@pytest.mark.parametrize("path", ["direct", "columns"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_summed_kernel_that_fails_leaves_the_call_to_the_runner(path, stride, refuse,
+                                                                  monkeypatch):
+    """The window kernel of rule (8) returns a status — a non-finite weight (the direct
+    paths), every work buffer refused (``refuse``) — after other kernels ran, with the
+    addend's buffer to be written over: the call runs the runner's plan instead, and equals
+    eager; a finite weight the next call runs natively again."""
+    from compiler.backends.llvm import window
+    monkeypatch.setenv("DYNGRAD_CONV", path)
+    if refuse:
+        monkeypatch.setattr(window, "MAX_WORK_BYTES", 0)
+    rng = np.random.default_rng(8)
+    y = dg.tensor(rng.standard_normal((4, 3, 5, 6)))
+    u = dg.tensor(rng.standard_normal((4, 2, (5 - 1) * stride + 3, (6 - 1) * stride + 3)))
+    w0 = rng.standard_normal((3, 2, 3, 3))
+
+    def fn(y, u, w):
+        s = F.conv_transpose2d(y, w, stride=stride) + (u * u).tanh()
+        return (s * 2).sum((2, 3)), (s.relu() * u).sum(0)
+
+    cf = compiler.compile(fn, backend="llvm")
+    for bad in (None, np.inf, None, np.nan, None):
+        w = w0.copy()
+        if bad is not None:
+            w[1, 0, 1, 2] = bad
+        wt = dg.tensor(w)
+        with np.errstate(invalid="ignore"):
+            want = [t.numpy() for t in fn(y, u, wt)]
+        got = [t.numpy() for t in cf(y, u, wt)]
+        for a, b in zip(got, want, strict=True):
+            assert np.array_equal(np.isnan(a), np.isnan(b))
+            ok = np.isfinite(b)
+            np.testing.assert_allclose(a[ok], b[ok], rtol=1e-12, atol=1e-12)
+    (v,) = cf.variants
+    assert _summed(v) and not cf.fallbacks
+    assert any((o.id, add.out.id) in v.plan.memory.inplace for _, add, o in _summed(v))
+    assert (v.plan.fallback is not None) == (refuse or path == "direct")  # (the runner ran)
+
+
+@pytest.mark.parametrize("path", ["direct", "columns"])
+@pytest.mark.parametrize("nd,stride,dilation,groups,n", [
+    (1, 1, 1, 1, 2), (1, 2, 1, 2, 3), (1, 1, 2, 1, 5), (2, 1, 2, 1, 3), (2, 3, 1, 3, 7),
+    (2, (2, 1), 1, 1, 9)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_summed_kernel_gives_the_bits_of_two_kernels(path, nd, stride, dilation, groups,
+                                                         n, dtype, monkeypatch):
+    """1-d and 2-d convolutions, dilated, grouped, strided unevenly, batches the threads
+    split unevenly: the sum of rule (8) — in place over the other gradient — has the bits
+    of the transposed convolution's kernel followed by the add's."""
+    from compiler.passes import fusion
+    monkeypatch.setenv("DYNGRAD_CONV", path)
+    rng = np.random.default_rng(9)
+    conv = F.conv1d if nd == 1 else F.conv2d
+    x = dg.tensor(rng.standard_normal((n, 6) + (11, 9)[:nd]).astype(dtype), requires_grad=True)
+    w = dg.tensor(0.5 * rng.standard_normal((6, 6 // groups) + (3, 2)[:nd]).astype(dtype))
+    u = dg.tensor(rng.standard_normal(tuple(x.shape)).astype(dtype))
+    with dg.no_grad():
+        g = dg.tensor(rng.standard_normal(tuple(conv(x, w, stride=stride, padding=1,
+                                                     dilation=dilation, groups=groups).shape)
+                                          ).astype(dtype))
+
+    def fn(x, g, u):
+        y = conv(x, w, stride=stride, padding=1, dilation=dilation, groups=groups)
+        loss = (y * g).sum() + ((x * u) ** 2).sum()
+        (dx,) = dg.autograd.grad(loss, (x,))
+        return (dx * 2).sum(0), (dx.relu() * u).sum((0, 1))
+
+    def run():
+        cf = compiler.compile(fn, backend="llvm")
+        got = [[t.numpy().copy() for t in cf(x, g, u)] for _ in range(2)]
+        return got, cf.variants[0]
+
+    got, v = run()
+    assert any((o.id, add.out.id) in v.plan.memory.inplace for _, add, o in _summed(v))
+    with monkeypatch.context() as m:
+        m.setattr(fusion._Partition, "absorb_sums", lambda self: None)
+        apart, v0 = run()
+    assert not _summed(v0)
+    for a, b in zip(got, apart, strict=True):
+        for p, q in zip(a, b, strict=True):
+            assert np.array_equal(p, q)
+    want = [t.detach().numpy() for t in fn(x, g, u)]
+    rel = 3e-5 if dtype == np.float32 else 1e-12
+    for p, q in zip(got[-1], want, strict=True):
+        np.testing.assert_allclose(p, q, rtol=rel, atol=rel * np.abs(q).max())
