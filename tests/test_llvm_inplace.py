@@ -222,7 +222,7 @@ def _matmul_written_over_by_sub(fn, x) -> None:
     ((40, 3, 70), (2,)),           # a layer norm's shape
 ])
 @pytest.mark.parametrize("dtype", [dg.float32, dg.float64])
-def test_second_passes_over_buffers_dying_there_in_every_form(shape, axes, dtype, monkeypatch):
+def test_second_passes_over_buffers_dying_there_in_every_form(shape, axes, dtype):
     """A batch norm's second kernel, ``c = y - mean`` stored and read later, ``var`` its sum
     of squares, ``z = c / sqrt(var)`` its second pass, over the kernel's forms (runs, split
     runs, kept elements split across the threads, reductions over leading or trailing axes):
