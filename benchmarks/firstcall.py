@@ -8,7 +8,8 @@ on, in each mode. Prints one JSON line: per mode the milliseconds (and how much 
 kept variants' tracing and passes took), the variants made and the LLVM disk cache's
 counters. The suite runs it twice with one empty ``DYNGRAD_CACHE_DIR``:
 the first process is cold (trace, passes and LLVM compile), the second loads the compiled
-modules from the disk cache (trace and passes still run: variants are not cached on disk).
+modules and the plans from the disk cache (the trace still runs: variants are not cached on
+disk; ``compiler/plancache.py``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def warm_calls(n_inputs: int) -> int:
 def first_calls(name: str, mode: str, quick: bool) -> dict:
     """The warm-up of workload ``name`` in ``mode``: ms, variants, cache counters."""
     import compiler
-    from compiler import backends
+    from compiler import backends, plancache
     from compiler.backends.llvm import cache
 
     from .measure import Runner
@@ -39,6 +40,7 @@ def first_calls(name: str, mode: str, quick: bool) -> dict:
     backends.get(mode)  # (the backend's modules imported before the clock starts, as
     #                     ``import jax`` and ``import torch`` import theirs)
     before = dict(cache.stats)
+    plans_before = plancache.stats["plans"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # (fallbacks are counted by the suite)
         t = time.perf_counter()
@@ -50,7 +52,8 @@ def first_calls(name: str, mode: str, quick: bool) -> dict:
             # or the disk cache); the rest is the steps run and the traces that fell back
             "trace_ms": sum(v.trace_seconds for v in cf.variants) * 1e3,
             "passes_ms": sum(v.compile_seconds for v in cf.variants) * 1e3,
-            **{f"cache_{k}": cache.stats[k] - before[k] for k in ("compiled", "disk_hits")}}
+            **{f"cache_{k}": cache.stats[k] - before[k] for k in ("compiled", "disk_hits")},
+            "plans_restored": plancache.stats["plans"] - plans_before}
 
 
 def main(argv=None) -> None:

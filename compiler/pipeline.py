@@ -106,10 +106,21 @@ def lower(trace: Trace, vector_math: bool, plans_memory: bool = False,
 
 
 def compile_trace(trace: Trace, lowered: Lowered, backend: Backend, flat: list, spec,
-                  dynamic_numbers: set, checks: list) -> Compiled:
+                  dynamic_numbers: set, checks: list, plans: dict | None = None) -> Compiled:
     """Guards for ``trace`` (called with ``flat``/``spec``; ``checks``: the capture's
-    checks on the Python sources it read) and the backend's executables of ``lowered``."""
-    backward = backend.compile(lowered.parts.backward) if lowered.parts is not None else None
+    checks on the Python sources it read) and the backend's executables of ``lowered``.
+    ``plans``: executables already made of ``lowered`` (the plan cache's), per part and
+    in-place writes; those made here are added to it."""
+    plans = {} if plans is None else plans
+
+    def executable(part: str, g, inplace=None) -> Executable:
+        k = (part, None if inplace is None else tuple(sorted(inplace.items())))
+        if k not in plans:
+            plans[k] = backend.compile(g) if inplace is None else \
+                backend.compile(g, inplace=inplace)
+        return plans[k]
+    backward = executable("backward", lowered.parts.backward) if lowered.parts is not None \
+        else None
     versioned = {c.obj_id for c in checks if hasattr(c, "box")}
     trace = replace(trace, graph=lowered.graph, checks=list(checks),
                     objects=[(r, v) for r, v in trace.objects if id(r()) not in versioned],
@@ -118,7 +129,7 @@ def compile_trace(trace: Trace, lowered: Lowered, backend: Backend, flat: list, 
     guards = build_guards(trace, flat, spec, dynamic_numbers)
     inplace, writebacks = inplace_writes(trace, lowered.graph, lowered.n_fwd)
     trace = replace(trace, writebacks=writebacks)
-    plan = backend.compile(lowered.graph, inplace=inplace)
+    plan = executable("forward", lowered.graph, inplace)
     return Compiled(trace, guards, plan, backward, inplace,
                     aliasing_outputs(lowered.graph, lowered.n_fwd))
 

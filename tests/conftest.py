@@ -21,6 +21,11 @@ compiler.api.config.verify_each_pass = True
 
 # the LLVM backend's disk cache: one fresh directory per test session (not ~/.cache)
 os.environ.setdefault("DYNGRAD_CACHE_DIR", tempfile.mkdtemp(prefix="dyngrad-test-cache-"))
+# the plan cache (compiler/plancache.py): every plan of the suite is pickled and restored,
+# and the variant runs the restored copy — never another test's plan (tests change the
+# compiler's settings in ways its keys do not see); tests/test_plan_cache.py tests the cache
+# across processes
+os.environ.setdefault("DYNGRAD_PLAN_CACHE", "roundtrip")
 
 # tolerances on the LLVM backend: verify= checks one call from identical state within
 # compiler.verify.TOLERANCES (float32 vecmath is within 2.4 ulp of the correctly rounded

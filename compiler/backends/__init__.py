@@ -24,7 +24,7 @@ def get(backend: str) -> Backend:
             plans_memory=False)
     elif backend == "llvm":
         from .llvm import forms, runner
-        made = Backend("llvm", runner.compile_graph, family=forms.Forms)
+        made = Backend("llvm", runner.compile_graph, family=forms.Forms, keeps_plans=True)
     else:
         raise ValueError(f"unknown backend {backend!r}; choose 'interp' or 'llvm'")
     _MADE[backend] = made

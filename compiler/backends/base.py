@@ -40,6 +40,8 @@ class Backend:
     #   order, bit for bit: the interpreter), so the pipeline may recompute them
     plans_memory: bool = True  # runs from a planned arena, where activations computed again
     #   for their late readers (``passes/remat.py``) save memory (not the interpreter)
+    keeps_plans: bool = False  # its executables pickle, to be restored in another process
+    #   (``compiler/plancache.py``: the LLVM backend's driver plans)
 
 
 class Executable(abc.ABC):

@@ -66,6 +66,11 @@ KINDS = ("elementwise", "reduce", "movement", "index", "matmul", "creation", "ra
 REGISTRY: dict[str, Primitive] = {}
 
 
+def registered(name: str) -> Primitive:
+    """The op table's primitive called ``name`` (how a pickled primitive comes back)."""
+    return REGISTRY[name]
+
+
 class AbstractValue:
     """Shape and dtype without data (what the shape rules and a tracer work with)."""
 
@@ -107,6 +112,13 @@ class Primitive:
 
     def __repr__(self) -> str:
         return f"<primitive {self.name}>"
+
+    def __reduce__(self):
+        # (by name: a graph unpickled from the compiler's plan cache must hold the very
+        # primitive objects of this process's op table, which the passes compare by identity)
+        if REGISTRY.get(self.name) is not self:
+            raise TypeError(f"primitive {self.name!r} is not the op table's: not picklable")
+        return (registered, (self.name,))
 
     def abstract_eval(self, *avals, **params) -> AbstractValue:
         shape, dtype = self.shape(*avals, **params)

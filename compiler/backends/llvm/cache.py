@@ -78,7 +78,7 @@ def _path(k: str) -> Path:
     return directory() / f"{k}.o"
 
 
-def _read(path: Path) -> bytes | None:
+def _read(path: Path, magic_want: bytes = MAGIC) -> bytes | None:
     """The payload of a valid entry, or None (missing or invalid: an invalid one is
     removed)."""
     try:
@@ -89,7 +89,7 @@ def _read(path: Path) -> bytes | None:
     if ok:
         magic, digest, length = _HEADER.unpack_from(data)
         payload = data[_HEADER.size:]
-        ok = magic == MAGIC and length == len(payload) and \
+        ok = magic == magic_want and length == len(payload) and \
             hashlib.sha256(payload).digest() == digest
     if not ok:
         stats["rejected"] += 1
@@ -101,14 +101,14 @@ def _read(path: Path) -> bytes | None:
     return payload
 
 
-def _write(path: Path, payload: bytes) -> None:
+def _write(path: Path, payload: bytes, magic: bytes = MAGIC) -> None:
     d = path.parent
     try:
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".o")
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(_HEADER.pack(MAGIC, hashlib.sha256(payload).digest(), len(payload)))
+                f.write(_HEADER.pack(magic, hashlib.sha256(payload).digest(), len(payload)))
                 f.write(payload)
             os.chmod(tmp, 0o600)
             os.replace(tmp, path)
@@ -126,26 +126,45 @@ def load_or_compile(ir_text, name: str | None = None, t=None) -> jit.Compiled:
     depends on besides the target): then the text is made only when the module is compiled
     — ``gemm.library``'s ~20 ms of building its text are saved on a disk hit. ``t``: the
     target (default ``target.current()``)."""
-    k = key(name if callable(ir_text) else ir_text, t)
+    return keyed(key(name if callable(ir_text) else ir_text, t), ir_text, t)
+
+
+def keyed(k: str, ir_text, t=None) -> jit.Compiled:
+    """:func:`load_or_compile` of a text whose key is ``k`` already."""
     with _lock:
-        compiled = _memory.get(k)
-        if compiled is not None:
-            stats["memory_hits"] += 1
-            _used(k, compiled)
-            return compiled
-        payload = _read(_path(k)) if _enabled() else None
-        if payload is not None:
-            compiled = jit.load_object(payload, target=t)
-            stats["disk_hits"] += 1
-        else:
+        compiled = _known(k, t)
+        if compiled is None:
             compiled = jit.compile_ir(ir_text() if callable(ir_text) else ir_text,
                                       keep_object=_enabled(), target=t)
             stats["compiled"] += 1
             if compiled.object_code is not None:
                 _write(_path(k), compiled.object_code)
-        _memory[k] = compiled
-        _used(k, compiled)
+            _memory[k] = compiled
+            _used(k, compiled)
         return compiled
+
+
+def loaded(k: str, t=None) -> jit.Compiled | None:
+    """The module of key ``k`` from memory or from disk, or None: never compiled here (a
+    plan restored from the plan cache, ``compiler/plancache.py``, names its module by key)."""
+    with _lock:
+        return _known(k, t)
+
+
+def _known(k: str, t) -> jit.Compiled | None:
+    """(with ``_lock`` held) The module of key ``k`` from memory or disk, or None."""
+    compiled = _memory.get(k)
+    if compiled is not None:
+        stats["memory_hits"] += 1
+    else:
+        payload = _read(_path(k)) if _enabled() else None
+        if payload is None:
+            return None
+        compiled = jit.load_object(payload, target=t)
+        stats["disk_hits"] += 1
+        _memory[k] = compiled
+    _used(k, compiled)
+    return compiled
 
 
 def _used(k: str, compiled: jit.Compiled) -> None:
@@ -167,7 +186,8 @@ def clear(memory: bool = False) -> int:
     d = directory()
     if d.is_dir():
         for p in d.iterdir():
-            if p.suffix == ".o" and (p.name.startswith(".tmp-") or len(p.stem) == 64):
+            if p.suffix in (".o", ".plan") and (p.name.startswith(".tmp-") or
+                                                len(p.stem) == 64):
                 try:
                     p.unlink()
                     n += 1

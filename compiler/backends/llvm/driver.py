@@ -67,9 +67,11 @@ from __future__ import annotations
 
 import ctypes
 import math
+import re
 import sys
 import threading
 
+import llvmlite.binding as llvm
 import numpy as np
 
 from dyngrad import dtypes as _dt
@@ -124,12 +126,60 @@ class DriverPlan(base.Executable):
     def __init__(self, g, inplace: dict, make_fallback, groups: list | None = None,
                  family=None, profile: bool = False) -> None:
         self.g = g
+        self.inplace = inplace
         self.make_fallback = make_fallback  # the runner's plan as a callable, made when first
         self.fallback = None  # call while another thread holds this plan
         self.lock, self.lock_fallback = threading.Lock(), threading.Lock()
+        self.persistable = family is None and not profile  # (compiler/plancache.py)
         self._layout(g, inplace, groups)
-        self._load(self._ir(g, profile), family)
+        text = self._ir(g, profile)
+        self.symbols = external_symbols(text) if self.persistable else ()
+        self._load(text, family)
         self.n_groups = len(self.kernels)
+        self._runtime()
+
+    # Note (a plan in the plan cache): ``compiler/plancache.py`` pickles a plan with the
+    # graph it runs, so a new process that traces the same graph skips the passes and the
+    # IR. What is kept is the layout — the graph, the groups, the memory plan, the pointer
+    # table's slots, each value's place — and the key of the compiled module in the object
+    # cache; restoring loads that module (never compiles it: a module gone from the disk
+    # cache makes the restore fail, and the pipeline compiles as if the entry were not
+    # there), links the libraries it calls first, and makes the run-time buffers, tables and
+    # the generated call again, as __init__ does. Maps keyed by ``id()`` are kept as pairs.
+    _KEPT = ("g", "inplace", "make_fallback", "groups", "kernels", "memory", "arena_bytes",
+             "arena_slot", "scalars_slot", "input_slots", "consts", "out_slot", "out_meta",
+             "same_output", "collectives", "mpi_slot", "slots", "steps", "guard_values",
+             "n_functions", "n_groups", "module_key", "symbols", "persistable")
+    _BY_ID = ("where", "producer", "position", "const_outputs")
+
+    def __getstate__(self) -> dict:
+        if not self.persistable or self.collectives is not None:
+            raise TypeError("a driver plan of a symbolic variant's form, a profiled one or "
+                            "one with collectives is not kept in the plan cache")
+        state = {k: self.__dict__[k] for k in self._KEPT}
+        g = self.g
+        objects = {id(v): v for n in g.nodes for v in (n.out, *n.inputs) if isinstance(v, Value)}
+        objects.update((id(v), v) for v in (*g.inputs, *g.scalars, *g.outputs))
+        objects.update((id(grp), grp) for grp in self.groups)
+        for name in self._BY_ID:  # (every key is the id of a value or a group of this plan)
+            state[name] = [(objects[k], x) for k, x in self.__dict__[name].items()]
+        state["writebacks"] = [(k, i, None if buf is None else (buf.shape, buf.dtype))
+                               for k, i, buf in self.writebacks]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        for name in self._BY_ID:
+            state[name] = {id(obj): x for obj, x in state[name]}
+        self.__dict__.update(state)
+        self.fallback = None
+        self.lock, self.lock_fallback = threading.Lock(), threading.Lock()
+        self.ticks = None
+        link(self.symbols)
+        compiled = cache.loaded(self.module_key)
+        if compiled is None:
+            raise LookupError("the plan's compiled module is not in the object cache")
+        self.compiled, self.sizes = compiled, None
+        self.fn = compiled.cfunc("drv", ctypes.c_int32, ctypes.c_void_p)
         self._runtime()
 
     def _layout(self, g, inplace: dict, groups) -> None:
@@ -408,7 +458,8 @@ class DriverPlan(base.Executable):
     def _load(self, text: str, family) -> None:
         """Compile the module (or take its form's template: ``family``), and its driver."""
         if family is None:
-            self.compiled, self.sizes = cache.load_or_compile(text), None
+            self.module_key = cache.key(text)
+            self.compiled, self.sizes = cache.keyed(self.module_key, text), None
         else:  # one symbolic variant's sizes: one module for all of a form (forms.py)
             self.compiled, self.sizes = family.module(text)
             if self.sizes is not None:  # the module's global of numbers: one call of it at
@@ -783,6 +834,36 @@ def _constants(g, grp) -> dict:
                 raise NotDrivable(f"a creation group reads {x!r}")
         env[id(n.out)] = np.array(n.prim.impl(*args, **concrete(n.params)), order="C")
     return {id(v): env[id(v)] for v in grp.outputs}
+
+
+_DECLARED = re.compile(r"^declare [^@\n]*@([\w.$]+)\(", re.M)
+
+
+def external_symbols(text: str) -> tuple:
+    """The functions a module's code calls outside itself and LLVM's intrinsics: what
+    :func:`link` provides before a restored plan's module loads."""
+    return tuple(sorted({m for m in _DECLARED.findall(text) if not m.startswith("llvm.")}))
+
+
+def link(symbols) -> None:
+    """Make every one of ``symbols`` resolvable before a module calling them loads (a module
+    with an unresolved symbol would not load): the GEMM library of its type, the thread
+    pool, numpy's BLAS — each made or loaded as the code generator does when it writes a
+    call to it — or, for anything else, already in the process (libc's ``malloc``).
+    Raises LookupError naming the first that is not."""
+    from . import blas, gemm, threads
+    gemms = {gemm.name(ty): ty for ty in ("float", "double")}
+    for symbol in symbols:
+        if llvm.address_of_symbol(symbol):
+            continue
+        if symbol in gemms:
+            gemm.library(gemms[symbol])
+        elif symbol in threads.SYMBOLS:
+            threads.find()
+        else:
+            blas.find()
+        if not llvm.address_of_symbol(symbol):
+            raise LookupError(f"the symbol {symbol} a cached plan's module calls is not here")
 
 
 def build(g, inplace: dict | None, make_fallback, groups: list | None = None,

@@ -46,7 +46,8 @@ _CHECKS = object()  # tags a step that only checks value guards
 
 def _hybrid_runner(g, inplace, groups):
     """The hybrid plan of ``g`` as a callable ``(inputs, scalars) -> outputs``: what a
-    driver plan runs when another thread holds its arena."""
+    driver plan runs when another thread holds its arena (given as a ``functools.partial``
+    of this function, which pickles with the plan: Note [a plan in the plan cache])."""
     return compile_hybrid(g, inplace, groups).run
 
 
@@ -62,7 +63,7 @@ def compile_graph(g, inplace: dict | None = None, family=None, groups: list | No
     groups = fuse(g, inplace or ()) if groups is None else groups
     if any(not grp.kind.trivial for grp in groups):
         try:  # (a group that does not lower raises while the driver builds its module)
-            return driver.build(g, inplace, lambda: _hybrid_runner(g, inplace, groups),
+            return driver.build(g, inplace, functools.partial(_hybrid_runner, g, inplace, groups),
                                 groups, family)
         except NotImplementedError:  # (NotDrivable included): the hybrid plan runs it
             pass
@@ -95,7 +96,8 @@ def profiled(g, inplace: dict | None = None, groups: list | None = None) -> Prof
     or the hybrid plan with clock readings between its groups."""
     groups = fuse(g, inplace or ()) if groups is None else groups
     try:
-        plan = driver.build(g, inplace, lambda: _hybrid_runner(g, inplace, groups), groups,
+        plan = driver.build(g, inplace, functools.partial(_hybrid_runner, g, inplace, groups),
+                            groups,
                             profile=True)
         return Profiled(plan, plan.kernels, True, plan.ticks)
     except NotImplementedError:
@@ -226,6 +228,10 @@ class HybridPlan(Executable):
         self.order, self.outs, self.tail, self.base = order, outs, tail, base
         self.n_in, self.n_sc, self.deferred, self.sized = n_in, n_sc, deferred, sized
         self.memory = None  # (numpy allocates every value, kernel outputs included)
+
+    def __reduce__(self):
+        raise TypeError("a hybrid plan (native kernels and numpy steps) is not kept in the "
+                        "plan cache")
 
     def run(self, inputs: list, scalars: list) -> list:
         """Execute: returns the output arrays (raises GuardFailed)."""

@@ -52,6 +52,7 @@ _found: list = []
 _workers: list = []  # the pool's threads (daemons)
 
 DECLARATIONS = "declare void @dg_parallel(ptr, ptr, i64)\n"
+SYMBOLS = ("dg_parallel",)  # what a module declaring those calls (driver.link)
 SPIN_TICKS = 1 << 22  # time-stamp counter ticks (1-4 ms) a worker spins on the futex word
 #                       before it sleeps: a step's kernels follow each other closer than
 #                       that, and waking a sleeping thread took ~200 µs in a VM (measured)

@@ -1,0 +1,222 @@
+"""The plan cache: what the passes and the backend made of a traced graph, kept on disk so that
+a new process that traces the same graph skips them.
+
+A compiled call's first trace in a process pays the trace (the step run once through the
+capture and the tracer), the passes (``pipeline.lower``) and the backend's work: fusion, the
+memory plan, the module's IR and its compile. The LLVM object cache (``backends/llvm/
+cache.py``) saves the compile; this cache saves the rest but the trace — for W8 (nanoGPT)
+about 0.8 s of a process's first calls.
+
+Key: the SHA-256 of the trace's joint graph as pickled (every node's primitive, by name, its
+parameters and literals, every value's shape and dtype, constants' bytes, value guards,
+inputs, scalars and outputs, and which inputs are the backward's cotangents), of the pass
+options, and of everything else the result depends on: the source of ``dyngrad`` and
+``compiler`` (a changed file changes every key), the versions of Python, numpy and llvmlite,
+the target machine, the ``DYNGRAD_*`` settings and whether the GEMM splits across threads.
+Equal keys mean equal graphs under equal code — the passes are functions of those — so an
+entry is what this process would make of its trace, up to choices either way is right
+(a measured kernel path). Those choices are kept beside the compiled code
+(``choices.py``): an entry records a digest of the decision files as they were after it was
+made, and is taken only while they are the same, so a process takes the decisions the plan
+was made with, as one that compiled would.
+
+Value: the :class:`~compiler.pipeline.Lowered` graph and the backend's executables of it,
+pickled together (shared objects stay shared). The guards and the in-place write-backs
+are never cached: they are made from this call's objects (``pipeline.compile_trace``), and
+each executable is kept per in-place choice. A driver plan keeps its layout and the key of
+its module in the object cache (Note [a plan in the plan cache] in ``driver.py``); restoring
+it loads that module and makes the run-time state again. Hybrid plans, symbolic variants'
+forms and plans with collectives are not kept.
+
+Anything that fails — a graph that does not pickle (a parameter that is a function defined
+in a function), an unreadable or corrupt entry (its hash is checked), a module gone from the
+object cache — counts as no entry: the pipeline runs as without the cache, which is also what
+``DYNGRAD_PLAN_CACHE=0`` or ``DYNGRAD_CACHE=0`` selects.
+
+``DYNGRAD_PLAN_CACHE=roundtrip`` (the test suite's stress mode) makes every plan go through
+pickling and back in this process, the stored copy run instead of the one made: a plan that
+depends on anything pickling loses fails the tests that use it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import os
+import pickle
+import platform
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy
+
+MAGIC = b"DGPLAN01"
+stats = {"hits": 0, "plans": 0, "misses": 0, "stored": 0, "unkeyed": 0, "refused": 0,
+         "round_trips": 0}  # (plans: executables restored with the entries hit)
+_IGNORED_SETTINGS = ("DYNGRAD_LOG", "DYNGRAD_CACHE_DIR", "DYNGRAD_PLAN_CACHE")
+
+
+def mode() -> str:
+    """'on', 'off' or 'roundtrip' (``DYNGRAD_PLAN_CACHE``; off with the disk cache off)."""
+    from .backends.llvm import cache
+    m = os.environ.get("DYNGRAD_PLAN_CACHE", "1").strip().lower()
+    if m in ("0", "off", "false", "no"):
+        return "off"
+    if m == "roundtrip":
+        return m
+    return "on" if cache._enabled() else "off"
+
+
+@dataclass
+class Entry:
+    """What one key holds: the lowered trace and the backend's executables of its parts,
+    per ``(part, in-place writes)``; ``decisions``: the digest of the decision files the
+    executables were made under; ``changed``: executables were added since it was read."""
+
+    lowered: object
+    plans: dict = field(default_factory=dict)
+    decisions: str = ""
+    changed: bool = False
+
+
+@functools.cache
+def _sources() -> str:
+    """A digest of every Python file of ``dyngrad`` and ``compiler`` — its path, size and
+    modification time, as Python's own bytecode cache tells a changed source — with the
+    versions the code generator and the passes depend on."""
+    import llvmlite
+    import numpy
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent.parent
+    for package in ("dyngrad", "compiler"):
+        for f in sorted((root / package).rglob("*.py")):
+            st = f.stat()
+            h.update(f"{f.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    for part in (sys.version, numpy.__version__, llvmlite.__version__, platform.machine()):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()
+
+
+def _setting() -> bytes:
+    """What the backend's code depends on besides the graph and the sources, now."""
+    from .backends.llvm import gemm, target, threads
+    t = target.current()
+    env = sorted((k, v) for k, v in os.environ.items()
+                 if k.startswith(("DYNGRAD_", "OMP_", "OPENBLAS_")) and k not in _IGNORED_SETTINGS)
+    return repr((t.cpu, t.host, t.features, env, gemm.uses_threads(), threads.team())).encode()
+
+
+def _decisions() -> str:
+    """A digest of the decision files (matmul, convolution, vector width) as they are now."""
+    from .backends.llvm import choices, convtune, tune, widths
+    h = hashlib.sha256()
+    for name in (tune.FILE, convtune.FILE, widths.FILE):
+        try:
+            h.update(choices.path(name).read_bytes())
+        except OSError:
+            h.update(b"-")
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def key(trace, options: tuple) -> str | None:
+    """The key of ``trace``'s lowering and compile with ``options`` (see the module
+    docstring), or None when its graph does not pickle."""
+    bw = trace.backward
+    try:
+        graph = pickle.dumps((trace.joint, len(trace.graph.outputs),
+                              None if bw is None else list(bw.cotangents), options),
+                             protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # noqa: BLE001 - (a parameter pickle refuses: no key, no entry)
+        stats["unkeyed"] += 1
+        return None
+    h = hashlib.sha256(graph)
+    h.update(_sources().encode())
+    h.update(_setting())
+    return h.hexdigest()
+
+
+def _path(k: str) -> Path:
+    from .backends.llvm import cache
+    return cache.directory() / f"{k}.plan"
+
+
+def load(k: str) -> Entry | None:
+    """The entry of key ``k`` whose decisions are today's, restored, or None."""
+    from .backends.llvm import cache
+    payload = cache._read(_path(k), MAGIC)
+    if payload is None:
+        stats["misses"] += 1
+        return None
+    try:
+        entry = _Unpickler(io.BytesIO(payload)).load()
+    except Exception:  # noqa: BLE001 - (a module gone from the object cache, a symbol not
+        stats["refused"] += 1  #        here, an entry of other code: as if none)
+        return None
+    if not isinstance(entry, Entry) or entry.decisions != _decisions():
+        stats["refused"] += 1
+        return None
+    stats["hits"] += 1
+    stats["plans"] += len(entry.plans)
+    return entry
+
+
+def store(k: str, entry: Entry) -> None:
+    """Write ``entry`` under ``k`` (atomically; what does not pickle is left out — an entry
+    without its executables still saves the passes)."""
+    from .backends.llvm import cache
+    entry.decisions = _decisions()
+    try:
+        payload = _dumps(entry)
+    except Exception:  # noqa: BLE001 - (a hybrid plan, a form's plan: kept without plans)
+        kept = Entry(entry.lowered, {}, entry.decisions)
+        try:
+            payload = _dumps(kept)
+        except Exception:  # noqa: BLE001
+            return
+    cache._write(_path(k), payload, MAGIC)
+    stats["stored"] += 1
+
+
+def roundtrip(obj):
+    """``obj`` pickled and restored in this process (``DYNGRAD_PLAN_CACHE=roundtrip``), or
+    ``obj`` itself when it does not pickle."""
+    try:
+        payload = _dumps(obj)
+    except Exception:  # noqa: BLE001
+        return obj
+    stats["round_trips"] += 1
+    return _Unpickler(io.BytesIO(payload)).load()
+
+
+class _Pickler(pickle.Pickler):
+    """Pickles numpy's built-in dtypes by name: numpy's own pickle of a dtype comes back as
+    a new dtype object, and arrays made with it (a plan's outputs) would fail the guards that
+    compare dtypes by identity (``a.dtype is float32``)."""
+
+    def reducer_override(self, obj):
+        if type(obj).__module__ == "numpy.dtypes" and obj.isbuiltin == 1:
+            return numpy.dtype, (obj.str,)
+        return NotImplemented
+
+
+def _dumps(obj) -> bytes:
+    f = io.BytesIO()
+    _Pickler(f, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return f.getvalue()
+
+
+class _Unpickler(pickle.Unpickler):
+    """Restores only the compiler's, dyngrad's, numpy's and the standard library's classes
+    (an entry is the compiler's own file, in a directory only the user can write; this keeps
+    a file of something else from running its code)."""
+
+    ALLOWED = ("compiler.", "dyngrad.", "numpy", "builtins", "collections", "copyreg",
+               "functools", "_codecs")
+
+    def find_class(self, module: str, name: str):
+        if module.startswith(self.ALLOWED) or module in ("numpy", "builtins"):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"plan cache: {module}.{name} is not the compiler's")

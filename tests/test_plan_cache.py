@@ -1,0 +1,202 @@
+"""The plan cache (compiler/plancache.py): a new process that traces a graph an earlier one
+compiled takes the passes' and the backend's work from disk — with the bits of a process that
+did it all itself; an entry that is corrupt, made under other decisions, whose compiled module
+is gone, or that holds anything but the compiler's own classes is never used; a driver plan
+restored has everything a plan made here has.
+
+(The rest of the suite runs with ``DYNGRAD_PLAN_CACHE=roundtrip``: every plan it compiles is
+pickled and restored, and the restored copy runs — see tests/conftest.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import compiler
+import dyngrad as dg
+from compiler import plancache
+from compiler.backends.llvm import cache
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A training step with convolutions, BatchNorm (buffers written back), pooling, a linear
+# layer, Adam: every kind of kernel the driver runs, optimizer state and write-backs.
+STEP = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import dyngrad as dg, dyngrad.nn as nn, compiler
+    from compiler import plancache
+    width = int(sys.argv[1])
+    dg.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(width * 16, 10))
+    opt = dg.optim.Adam(model.parameters(), lr=1e-2)
+    x = dg.randn(4, 3, 8, 8)
+    y = dg.tensor(np.arange(4) % 10)
+
+    @compiler.compile
+    def step(x, y):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    losses = [step(x, y).item() for _ in range(5)]
+    state = [p.detach().numpy().tobytes().hex() for p in model.state_dict().values()]
+    print(json.dumps({"losses": [float(v).hex() for v in losses], "state": state,
+                      "stats": plancache.stats, "variants": len(step.variants),
+                      "passes_s": [v.compile_seconds for v in step.variants]}))
+""")
+
+
+def _process(cache_dir: Path, width: int = 4, mode: str = "1") -> dict:
+    env = dict(os.environ, DYNGRAD_CACHE_DIR=str(cache_dir), DYNGRAD_PLAN_CACHE=mode,
+               PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", STEP, str(width)], capture_output=True,
+                         text=True, env=env, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _same_run(a: dict, b: dict) -> None:
+    assert a["losses"] == b["losses"]
+    assert a["state"] == b["state"]
+    assert a["variants"] == b["variants"]
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory):
+    """A cache directory a first process filled, with that process's results."""
+    d = tmp_path_factory.mktemp("plans")
+    return d, _process(d)
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def test_a_new_process_takes_the_plan_with_the_bits_of_one_that_compiled(first, tmp_path):
+    d, one = first
+    assert one["stats"]["stored"] >= 1 and one["stats"]["hits"] == 0
+    two = _process(_copy(d, tmp_path / "c"))
+    assert two["stats"]["hits"] == one["stats"]["stored"] and two["stats"]["stored"] == 0
+    assert two["stats"]["plans"] == two["variants"]  # (each variant's driver plan restored)
+    _same_run(one, two)
+    # and a process without the cache computes the same
+    _same_run(one, _process(tmp_path / "none", mode="0"))
+    assert not list((tmp_path / "none").glob("*.plan"))
+
+
+def test_another_graph_is_another_key(first, tmp_path):
+    d, one = first
+    other = _process(_copy(d, tmp_path / "c"), width=5)
+    assert other["stats"]["hits"] == 0 and other["stats"]["stored"] >= 1
+
+
+def test_an_entry_made_under_other_decisions_is_not_taken(first, tmp_path):
+    d, one = first
+    c = _copy(d, tmp_path / "c")
+    (c / "vector-width.json").write_text(json.dumps({"another machine": {}}))
+    two = _process(c)
+    assert two["stats"]["hits"] == 0 and two["stats"]["refused"] >= 1
+    _same_run(one, two)
+
+
+def test_a_corrupt_entry_is_removed_and_made_again(first, tmp_path):
+    d, one = first
+    c = _copy(d, tmp_path / "c")
+    for p in c.glob("*.plan"):
+        data = bytearray(p.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        p.write_bytes(bytes(data))
+    two = _process(c)
+    assert two["stats"]["hits"] == 0 and two["stats"]["stored"] >= 1
+    _same_run(one, two)
+
+
+def test_an_entry_whose_module_is_gone_is_not_taken(first, tmp_path):
+    d, one = first
+    c = _copy(d, tmp_path / "c")
+    for p in c.glob("*.o"):
+        p.unlink()
+    two = _process(c)
+    assert two["stats"]["hits"] == 0 and two["stats"]["refused"] >= 1
+    _same_run(one, two)
+
+
+def test_an_entry_of_foreign_classes_runs_no_code(tmp_path, monkeypatch):
+    """A file under an entry's name that unpickles anything but the compiler's, dyngrad's or
+    numpy's classes is refused before it is built."""
+    monkeypatch.setenv("DYNGRAD_CACHE_DIR", str(tmp_path))
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+    cache._write(plancache._path("k" * 64), pickle.dumps(Evil()), plancache.MAGIC)
+    assert plancache.load("k" * 64) is None
+    assert not marker.exists()
+
+
+def _mlp_step():
+    dg.manual_seed(1)
+    lin = dg.nn.Linear(6, 3)
+    opt = dg.optim.SGD(lin.parameters(), lr=0.1, momentum=0.9)
+
+    def step(x):
+        opt.zero_grad()
+        loss = dg.tanh(lin(x)).square().mean()
+        loss.backward()
+        opt.step()
+        return loss
+    return step, lin
+
+
+def test_in_one_process_a_second_compile_restores_the_plan(tmp_path, monkeypatch):
+    """The same step compiled twice in one process with the cache on: the second compile
+    restores the first's plan from disk — a plan with every attribute of one made here, and
+    the same results call after call."""
+    monkeypatch.setenv("DYNGRAD_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("DYNGRAD_PLAN_CACHE", "1")
+    x = dg.randn(5, 6)
+    results, plans = [], []
+    for _ in range(2):
+        step, lin = _mlp_step()
+        before = dict(plancache.stats)
+        cf = compiler.compile(step, backend="llvm")
+        outs = [cf(x) for _ in range(4)]
+        # (numpy's dtypes come back as numpy's own objects: guards compare them by identity)
+        assert all(o._data.dtype is np.dtype(np.float32) for o in outs)
+        results.append([o.item() for o in outs] + [lin.weight.detach().numpy().copy()])
+        plans.append(cf.variants[0].plan)
+        after = {k: plancache.stats[k] - before[k] for k in before}
+    assert after["hits"] == 1, after
+    made, restored = plans
+    assert type(made).__name__ == "DriverPlan" and type(restored) is type(made)
+    assert set(vars(restored)) == set(vars(made))
+    assert restored.module_key == made.module_key
+    assert callable(restored.make_fallback())  # (the runner's plan, for a busy arena)
+    assert all(meta[1] is np.dtype(np.float32) for meta in restored.out_meta.values())
+    assert results[0][:4] == results[1][:4]
+    np.testing.assert_array_equal(results[0][4], results[1][4])
+
+
+def test_the_cache_off_reads_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("DYNGRAD_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("DYNGRAD_PLAN_CACHE", "0")
+    step, _ = _mlp_step()
+    compiler.compile(step, backend="llvm")(dg.randn(5, 6))
+    assert not list(tmp_path.glob("*.plan"))
+    assert plancache.mode() == "off"
