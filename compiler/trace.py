@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
+import operator
 import os
 import sys
 import weakref
@@ -173,9 +175,16 @@ def user_frame(capture=None) -> str:
     return "?"
 
 
+# ``type(x) is TracedInt`` as a C function, for map(): the tracer asks it of every operand of
+# every op, and a generator expression is a Python frame each time
+_is_traced_int = functools.partial(operator.is_, TracedInt)
+
+
 def slot_key(t: Tensor) -> tuple:
     a = t._data
-    return (id(t._storage), a.ctypes.data, a.shape, a.strides, a.dtype.str)
+    # (the data pointer through __array_interface__, which is all C: ``a.ctypes`` builds a
+    # Python helper object per call, twice the cost under the capture's watchdog)
+    return (id(t._storage), a.__array_interface__["data"][0], a.shape, a.strides, a.dtype.str)
 
 
 def _offsets(key: tuple) -> np.ndarray:
@@ -386,8 +395,8 @@ class Tracer(DispatchMode):
         if self.unsupported is not None:
             with suspend(self):
                 return dispatch(prim, *args, **params)
-        if any(type(a) is TracedInt for a in args) or \
-                any(type(p) is TracedInt for p in params.values()):
+        if any(map(_is_traced_int, map(type, args))) or \
+                any(map(_is_traced_int, map(type, params.values()))):
             args = [a._pin(prim.name) if type(a) is TracedInt else a for a in args]
             params = {k: p._pin(f"{prim.name}.{k}") if type(p) is TracedInt else p
                       for k, p in params.items()}

@@ -169,14 +169,25 @@ def push_mode(mode: DispatchMode) -> Iterator[DispatchMode]:
         STATE.modes.pop()
 
 
-@contextmanager
-def suspend(mode: DispatchMode) -> Iterator[None]:
-    """Temporarily take ``mode`` (and anything above it) off the stack."""
-    modes = STATE.modes
-    i = len(modes) - 1 - modes[::-1].index(mode)
-    saved = modes[i:]
-    del modes[i:]
-    try:
-        yield
-    finally:
-        modes.extend(saved)
+class suspend:  # (lower case: a context manager, named as contextlib.suppress is)
+    """Temporarily take ``mode`` (and anything above it) off the stack::
+
+        with suspend(self):  # inside a mode: run the operation below it
+            out = dispatch(prim, *args, **params)
+
+    (A class rather than a ``@contextmanager`` generator: a tracer enters it around every
+    operation it records, and the generator's machinery is four more Python calls each.)"""
+
+    __slots__ = ("mode", "modes", "saved")
+
+    def __init__(self, mode: DispatchMode) -> None:
+        self.mode = mode
+
+    def __enter__(self) -> None:
+        modes = self.modes = STATE.modes
+        i = len(modes) - 1 - modes[::-1].index(self.mode)
+        self.saved = modes[i:]
+        del modes[i:]
+
+    def __exit__(self, *exc) -> None:
+        self.modes.extend(self.saved)

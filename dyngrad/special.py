@@ -2,7 +2,8 @@
 
 Both are vectorised: the elements are split by range with index arrays, and each range gets
 a fixed sequence of whole-array numpy operations (Horner steps; one ``exp`` and one ``expm1``
-beyond |x| = 1); nothing runs per element in Python. Everything is computed in float64 on
+beyond |x| = 1); nothing runs per element in Python (a large array goes through in blocks
+of 64K elements: see the Note (blocks)). Everything is computed in float64 on
 ``a = |x|``; ``erf`` puts the sign back with ``copysign``, so ``erf(-x) == -erf(x)`` exactly
 and ``erf(-0.0) == -0.0``.
 
@@ -328,10 +329,31 @@ def _erfc_big(a: np.ndarray, precise: bool) -> np.ndarray:
     return r
 
 
-def _as_float64(x) -> tuple:
+# Note (blocks): a large array is evaluated in blocks of _BLOCK elements. Each element's
+# result is the same fixed sequence of float64 operations whatever block it falls in, so
+# blocking changes no bits; it changes the memory traffic: erf makes a few dozen float64
+# temporaries, and on a whole 400K-element array each is a fresh 3 MB allocation that
+# glibc's malloc maps from the kernel page by page and gives back when it is freed (half
+# of erf's time went to page faults). A block's temporaries (512 KB) stay in malloc's heap
+# and mostly in cache; smaller blocks would pay more per-call overhead (about 150 numpy
+# calls per block) than they save. Measured on a 400K-element GELU input: 16 ms → 5 ms.
+_BLOCK = 65536
+
+
+def _blockwise(kernel, x) -> np.ndarray:
+    """``kernel`` (a flat float64 array → its float64 results) over ``x``, block by block,
+    as ``x``'s floating dtype (float64 for integer or bool ``x``)."""
     x = np.asarray(x)
     dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
-    return x.shape, dtype, x.astype(np.float64, copy=False).reshape(-1)
+    flat = x.reshape(-1)
+    with np.errstate(all="ignore"):
+        if flat.size <= _BLOCK:
+            out = kernel(flat.astype(np.float64, copy=False))
+            return out.reshape(x.shape).astype(dtype, copy=False)
+        out = np.empty(flat.size, dtype)
+        for i in range(0, flat.size, _BLOCK):  # (the store rounds as astype(dtype) does)
+            out[i:i + _BLOCK] = kernel(flat[i:i + _BLOCK].astype(np.float64, copy=False))
+    return out.reshape(x.shape)
 
 
 # ----------------------------------------------------------------------------- public
@@ -342,62 +364,66 @@ def _as_float64(x) -> tuple:
 def erf(x: np.ndarray) -> np.ndarray:
     """Elementwise error function, within 1 ulp (float32 in → float32 out, computed in
     float64; integer or bool in → float64)."""
-    shape, dtype, xd = _as_float64(x)
-    with np.errstate(all="ignore"):
-        a = np.abs(xd)
-        small = a < _A_END
-        if small.all():
-            out = _erf_small(a)
-        else:
-            out = np.empty_like(a)
-            big = a >= _D_END
-            idx = np.flatnonzero(small)
-            if idx.size:
-                out[idx] = _erf_small(a[idx])
-            idx = np.flatnonzero(big)
-            if idx.size:
-                out[idx] = 1.0 - _erfc_big(np.minimum(a[idx], 6.0), False)
-            idx = np.flatnonzero(~(small | big))  # NaN lands here and stays NaN
-            if idx.size:
-                out[idx] = _D[-1] + _erf_mid(a[idx])
-        np.copysign(out, xd, out=out)
-    return out.reshape(shape).astype(dtype, copy=False)
+    return _blockwise(_erf_flat, x)
+
+
+def _erf_flat(xd: np.ndarray) -> np.ndarray:
+    a = np.abs(xd)
+    small = a < _A_END
+    if small.all():
+        out = _erf_small(a)
+    else:
+        out = np.empty_like(a)
+        big = a >= _D_END
+        idx = np.flatnonzero(small)
+        if idx.size:
+            out[idx] = _erf_small(a[idx])
+        idx = np.flatnonzero(big)
+        if idx.size:
+            out[idx] = 1.0 - _erfc_big(np.minimum(a[idx], 6.0), False)
+        idx = np.flatnonzero(~(small | big))  # NaN lands here and stays NaN
+        if idx.size:
+            out[idx] = _D[-1] + _erf_mid(a[idx])
+    np.copysign(out, xd, out=out)
+    return out
 
 
 def erfc(x: np.ndarray) -> np.ndarray:
     """Elementwise complementary error function 1 − erf(x), accurate relative to its own
     value (within 1.7 ulp) in the tail too, down to the subnormal range (float32 in →
     float32 out, computed in float64; integer or bool in → float64)."""
-    shape, dtype, xd = _as_float64(x)
-    with np.errstate(all="ignore"):
-        a = np.abs(xd)
-        small = a < _A_END
-        if small.all():
-            out = _erfc_small(xd)
-        else:
-            out = np.empty_like(a)
-            idx = np.flatnonzero(small)
-            if idx.size:
-                out[idx] = _erfc_small(xd[idx])
-            # x < 0: erfc(x) = 1 + erf(a) up to _D_END, 2 − erfc(a) beyond
-            big = (xd >= _B_START) | (xd <= -_D_END)
-            idx = np.flatnonzero(~(small | big))  # NaN lands here and stays NaN
-            if idx.size:
-                xs = xd[idx]
-                sgn = np.copysign(1.0, xs)
-                hi, lo = _poly_dd2(np.abs(xs) - _D_C, _D, _D_LO)  # erf(|x|) = hi + lo
-                hi *= sgn
-                u = 1.0 - hi  # exact for x > 0
-                out[idx] = u + (((1.0 - u) - hi) - sgn * lo)
-            idx = np.flatnonzero(big)
-            if idx.size:
-                xs = xd[idx]
-                sgn = np.copysign(1.0, xs)
-                e = _erfc_big(np.minimum(np.abs(xs), 27.5), True)  # 0.0 from 27.23
-                e *= sgn
-                e += 1.0 - sgn  # e or 2 − e, rounded once
-                out[idx] = e
-    return out.reshape(shape).astype(dtype, copy=False)
+    return _blockwise(_erfc_flat, x)
+
+
+def _erfc_flat(xd: np.ndarray) -> np.ndarray:
+    a = np.abs(xd)
+    small = a < _A_END
+    if small.all():
+        out = _erfc_small(xd)
+    else:
+        out = np.empty_like(a)
+        idx = np.flatnonzero(small)
+        if idx.size:
+            out[idx] = _erfc_small(xd[idx])
+        # x < 0: erfc(x) = 1 + erf(a) up to _D_END, 2 − erfc(a) beyond
+        big = (xd >= _B_START) | (xd <= -_D_END)
+        idx = np.flatnonzero(~(small | big))  # NaN lands here and stays NaN
+        if idx.size:
+            xs = xd[idx]
+            sgn = np.copysign(1.0, xs)
+            hi, lo = _poly_dd2(np.abs(xs) - _D_C, _D, _D_LO)  # erf(|x|) = hi + lo
+            hi *= sgn
+            u = 1.0 - hi  # exact for x > 0
+            out[idx] = u + (((1.0 - u) - hi) - sgn * lo)
+        idx = np.flatnonzero(big)
+        if idx.size:
+            xs = xd[idx]
+            sgn = np.copysign(1.0, xs)
+            e = _erfc_big(np.minimum(np.abs(xs), 27.5), True)  # 0.0 from 27.23
+            e *= sgn
+            e += 1.0 - sgn  # e or 2 − e, rounded once
+            out[idx] = e
+    return out
 
 
 # ----------------------------------------------------------------------------- derivation

@@ -19,6 +19,7 @@ import functools
 import math
 import operator as _op
 import types
+from itertools import repeat
 
 from dyngrad.nn.containers import ModuleList, Sequential
 from dyngrad.nn.module import Module
@@ -27,6 +28,7 @@ from dyngrad.size import Size
 from dyngrad.tensor import Tensor
 
 from .. import prims as P
+from ..scalars import TracedInt, TracedScalar
 from .effect import BLIND_MUTATORS, Effect
 from .frame import (
     CO_VARARGS,
@@ -266,9 +268,9 @@ def native(cap, f, fn, args, asrc, kwargs, ksrc, refused: bool = False):
         what = getattr(fn, "__name__", "a function")
         args = [_plain_ints(a, what) for a in args]
         kwargs = {k: _plain_ints(v, what) for k, v in kwargs.items()}
-    ts = _TracedScalar()
-    if (any(isinstance(a, ts) for a in args) or any(isinstance(v, ts) for v in
-                                                     kwargs.values())) and not _traces(fn) \
+    ts = repeat(TracedScalar)  # (map, not a generator expression: no Python frame per call)
+    if (any(map(isinstance, args, ts)) or any(map(isinstance, kwargs.values(), ts))) \
+            and not _traces(fn) \
             and not (isinstance(getattr(fn, "__self__", None), (list, dict)) and
                      getattr(fn, "__name__", "") in _STORES):
         # (a container method stores the traced number as it is: effect replay makes the
@@ -417,15 +419,10 @@ def _native_arg(cap, v, s, library: bool) -> None:
         cap.contents_used(v, s)
 
 
-def _TracedInt():
-    from ..trace import TracedInt
-    return TracedInt
-
-
 def _plain_ints(x, what: str):
     """``x`` with its traced ints (deep in tuples, lists, dicts and slices) as plain ints,
     their values guarded: what code outside the interpreter gets."""
-    ti = _TracedInt()
+    ti = TracedInt
     t = type(x)
     if t is ti:
         return x._pin(what)
@@ -441,14 +438,9 @@ def _plain_ints(x, what: str):
     return x
 
 
-def _TracedScalar():
-    from ..trace import TracedScalar
-    return TracedScalar
-
-
 def _plain_scalar(cap, x, what: str):
     """A traced number passed to code that reads it as a plain float: guarded."""
-    if isinstance(x, _TracedScalar()):
+    if isinstance(x, TracedScalar):
         x._tracer.guard_scalar(x, what)
         return float(x)
     return x
@@ -724,38 +716,38 @@ def _b_next(cap, f, args, asrc, kwargs, ksrc):
 
 def _b_print(cap, f, args, asrc, kwargs, ksrc):
     for a in args:
-        if isinstance(a, (Tensor, _TracedScalar())):
+        if isinstance(a, (Tensor, TracedScalar)):
             str(a)  # (the tracer refuses printed tensor data: use dg.debug_print)
     cap._effect(Effect("print", None, "print", (tuple(args), dict(kwargs)),
                        f.where() if f else "?", "print(...)"))
-    ti = _TracedInt()
+    ti = TracedInt
     return user(print, *(a._v if type(a) is ti else a for a in args), **kwargs), None
 
 
 def _b_isinstance(cap, f, args, asrc, kwargs, ksrc):
-    if len(args) == 2 and not kwargs and type(args[0]) is _TracedInt():
+    if len(args) == 2 and not kwargs and type(args[0]) is TracedInt:
         return isinstance(args[0]._v, args[1]), None  # (an int, to the program)
     return native(cap, f, isinstance, args, asrc, kwargs, ksrc)
 
 
 def _b_type(cap, f, args, asrc, kwargs, ksrc):
-    if len(args) == 1 and not kwargs and type(args[0]) is _TracedInt():
+    if len(args) == 1 and not kwargs and type(args[0]) is TracedInt:
         return int, None
     return native(cap, f, type, args, asrc, kwargs, ksrc)
 
 
 def _b_int(cap, f, args, asrc, kwargs, ksrc):
-    if len(args) == 1 and not kwargs and type(args[0]) is _TracedInt():
+    if len(args) == 1 and not kwargs and type(args[0]) is TracedInt:
         return args[0], None  # int() of a traced int: itself
     return native(cap, f, int, args, asrc, kwargs, ksrc)
 
 
 def _b_float(cap, f, args, asrc, kwargs, ksrc):
-    if len(args) == 1 and not kwargs and isinstance(args[0], _TracedScalar()):
+    if len(args) == 1 and not kwargs and isinstance(args[0], TracedScalar):
         return args[0], None  # float() of a traced number: the same traced number
-    if len(args) == 1 and not kwargs and type(args[0]) is _TracedInt():
+    if len(args) == 1 and not kwargs and type(args[0]) is TracedInt:
         x = args[0]  # float() of a traced int: its float twin (the same graph value)
-        return _TracedScalar()(float(x._v), x._tracer, x._value), None
+        return TracedScalar(float(x._v), x._tracer, x._value), None
     return native(cap, f, float, args, asrc, kwargs, ksrc)
 
 
@@ -765,7 +757,7 @@ def _scalar_fn(pyfn, prim=None):
     a guarded value."""
 
     def run(cap, f, args, asrc, kwargs, ksrc):
-        ts = _TracedScalar()
+        ts = TracedScalar
         if len(args) == 1 and not kwargs and isinstance(args[0], ts):
             x = args[0]
             if prim is not None:
@@ -842,10 +834,10 @@ def operator(cap, f, fn, args, srcs, sym: str):
     for v, s in ((a, sa), (b, sb)):
         if isinstance(v, (list, tuple, dict, set)):
             _native_arg(cap, v, s, False)
-    ts = _TracedScalar()
+    ts = TracedScalar
     if base in ("//", "%") and (isinstance(a, ts) or isinstance(b, ts)):
         a, b = _plain_scalar(cap, a, sym), _plain_scalar(cap, b, sym)
-    ti = _TracedInt()
+    ti = TracedInt
     if ti in (ta, tb):
         a, b = _int_operand(a, b, sym), _int_operand(b, a, sym)
     return user(fn, a, b), None
@@ -855,14 +847,14 @@ def _int_operand(x, other, sym: str):
     """A traced int meeting ``other`` in an operator: kept with numbers; with a floating
     tensor, its float twin (the same graph value: a float32 tensor times 3 or 3.0 is the
     same); with anything else, its guarded value."""
-    ti = _TracedInt()
+    ti = TracedInt
     if type(x) is not ti:
         return x
-    if type(other) in (int, float, ti) or isinstance(other, _TracedScalar()):
+    if type(other) in (int, float, ti) or isinstance(other, TracedScalar):
         return x
     if isinstance(other, Tensor) and other.dtype.is_floating_point and \
             sym not in ("//", "%", "//=", "%="):
-        return _TracedScalar()(float(x._v), x._tracer, x._value)
+        return TracedScalar(float(x._v), x._tracer, x._value)
     return x._pin(sym)
 
 

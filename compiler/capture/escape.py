@@ -119,7 +119,11 @@ else:
     # collector closing one a test framework left behind, say: only a start counts (the
     # frame at a RESUME with oparg 0), as on 3.12+.
     _previous: list = []
-    _library: dict = {}  # code -> whether it is the library's (a start to ignore)
+    # id(code) -> (code, whether it is the library's: a start to ignore). Keyed by id, not
+    # by the code: a code object's hash hashes its bytecode, names and constants (0.1-0.4 µs
+    # on every Python call the capture makes), and two equal code objects from different
+    # files are not the same code. The entry holds the code, so its id is not reused.
+    _library: dict = {}
     _GENERATORS = 0x20 | 0x80 | 0x200  # CO_GENERATOR, CO_COROUTINE, CO_ASYNC_GENERATOR
     _RESUME = dis.opmap["RESUME"]
 
@@ -131,12 +135,13 @@ else:
 
     def _trace(frame, event, arg):
         code = frame.f_code
-        lib = _library.get(code)
-        if lib is None:
+        known = _library.get(id(code))
+        if known is None:
             if len(_library) > 1 << 16:  # (bounded: programs that exec new code)
                 _library.clear()
-            lib = _library[code] = is_library_code(code) or code.co_name in _IMPORT_PROTOCOL
-        if not lib and not _resumed(frame):
+            known = _library[id(code)] = (
+                code, is_library_code(code) or code.co_name in _IMPORT_PROTOCOL)
+        if not known[1] and not _resumed(frame):
             _seen(code)
         prev = _previous[-1] if _previous else None
         return prev(frame, event, arg) if prev is not None else None

@@ -45,7 +45,13 @@ def _literal(key: Any) -> bool:
 
 
 class Source:
-    """Where a value came from. Subclasses are frozen dataclasses (hashable, comparable)."""
+    """Where a value came from. Subclasses are frozen dataclasses (hashable, comparable).
+
+    Note (hashes): a source is a chain (``L['self'].blocks[0].attn.weight``) and the capture
+    looks sources up in dicts all the time, so a step's hash is computed once and kept in
+    the instance (``_hash``, not a field: equality and ``repr`` ignore it); it is never
+    stale, since a source is immutable and its held objects are keyed by identity.
+    """
 
     __slots__ = ()
 
@@ -115,7 +121,11 @@ class _ByIdentity(Source):
         return type(other) is type(self) and other._key() == self._key()
 
     def __hash__(self) -> int:
-        return hash((type(self).__name__, self._key()))
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((type(self).__name__, self._key()))
+            object.__setattr__(self, "_hash", h)
+        return h
 
 
 @dataclass(frozen=True, eq=False)
@@ -214,6 +224,13 @@ class Attr(Source):
     def root(self) -> Source:
         return self.base.root()
 
+    def __hash__(self) -> int:
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((self.base, self.name))
+            object.__setattr__(self, "_hash", h)
+        return h
+
 
 @dataclass(frozen=True, eq=False)
 class Item(Source):
@@ -242,7 +259,11 @@ class Item(Source):
         return type(other) is Item and other._key() == self._key()
 
     def __hash__(self) -> int:
-        return hash(("item", self._key()))
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash(("item", self._key()))
+            object.__setattr__(self, "_hash", h)
+        return h
 
 
 @dataclass(frozen=True, eq=False)
@@ -277,7 +298,11 @@ class Call(Source):
         return type(other) is Call and other._key() == self._key()
 
     def __hash__(self) -> int:
-        return hash(("call", self._key()))
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash(("call", self._key()))
+            object.__setattr__(self, "_hash", h)
+        return h
 
 
 def literal_key(key: Any) -> bool:
