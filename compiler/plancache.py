@@ -187,8 +187,13 @@ def roundtrip(obj):
         payload = _dumps(obj)
     except Exception:  # noqa: BLE001
         return obj
+    try:
+        copy = _Unpickler(io.BytesIO(payload)).load()
+    except pickle.UnpicklingError:  # (a class an entry may not hold: never a hit either)
+        stats["refused"] += 1
+        return obj
     stats["round_trips"] += 1
-    return _Unpickler(io.BytesIO(payload)).load()
+    return copy
 
 
 class _Pickler(pickle.Pickler):
@@ -209,14 +214,40 @@ def _dumps(obj) -> bytes:
 
 
 class _Unpickler(pickle.Unpickler):
-    """Restores only the compiler's, dyngrad's, numpy's and the standard library's classes
-    (an entry is the compiler's own file, in a directory only the user can write; this keeps
-    a file of something else from running its code)."""
+    """Builds only what an entry is made of: classes of the compiler, dyngrad and numpy, the
+    standard library's container types, and the few functions their pickles call (a
+    primitive or a dtype by name, numpy's array and scalar rebuilders, ``functools.partial``
+    and the runner's fallback maker). Anything else — a file of other code, stale or foreign
+    — fails to load and counts as no entry.
 
-    ALLOWED = ("compiler.", "dyngrad.", "numpy", "builtins", "collections", "copyreg",
-               "functools", "_codecs")
+    Note: this is not a sandbox. The cache directory is private to the user (0o700) and holds
+    native code the process runs: whoever can write there can run code as the user, with or
+    without pickle. The restriction keeps a file that is not an entry of this code from doing
+    anything when read."""
+
+    PACKAGES = ("compiler.", "dyngrad.", "numpy.", "numpy")
+    BUILTIN_TYPES = frozenset({"set", "frozenset", "slice", "complex", "bytearray", "range",
+                               "list", "dict", "tuple", "int", "float", "bool", "str",
+                               "bytes", "object"})
+    FUNCTIONS = frozenset({("dyngrad.ops.primitive", "registered"),
+                           ("dyngrad.dtypes", "as_dtype"),
+                           ("compiler.backends.llvm.runner", "_hybrid_runner"),
+                           ("functools", "partial"), ("copyreg", "_reconstructor"),
+                           ("numpy._core.multiarray", "_reconstruct"),
+                           ("numpy._core.multiarray", "scalar"),
+                           ("numpy._core.numeric", "_frombuffer"),
+                           ("numpy.core.multiarray", "_reconstruct"),
+                           ("numpy.core.multiarray", "scalar"),
+                           ("numpy.core.numeric", "_frombuffer")})
 
     def find_class(self, module: str, name: str):
-        if module.startswith(self.ALLOWED) or module in ("numpy", "builtins"):
+        if (module, name) in self.FUNCTIONS or \
+                module == "builtins" and name in self.BUILTIN_TYPES:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"plan cache: {module}.{name} is not the compiler's")
+        if module.startswith(self.PACKAGES) and "." not in name:
+            obj = super().find_class(module, name)
+            if isinstance(obj, type) and (obj.__module__.startswith(("compiler.", "dyngrad."))
+                                          or issubclass(obj, (numpy.ndarray, numpy.dtype,
+                                                              numpy.generic))):
+                return obj
+        raise pickle.UnpicklingError(f"plan cache: {module}.{name} is not part of an entry")

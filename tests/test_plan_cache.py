@@ -9,6 +9,7 @@ pickled and restored, and the restored copy runs — see tests/conftest.py.)"""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -148,6 +149,28 @@ def test_an_entry_of_foreign_classes_runs_no_code(tmp_path, monkeypatch):
     cache._write(plancache._path("k" * 64), pickle.dumps(Evil()), plancache.MAGIC)
     assert plancache.load("k" * 64) is None
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("call", ["eval", "exec_generated", "npz"])
+def test_the_unpickler_builds_only_what_an_entry_is_made_of(call):
+    from numpy.lib import npyio
+
+    from compiler.generated import exec_generated
+    fn, args = {"eval": (eval, ("1",)), "exec_generated": (exec_generated, ("x = 1", {})),
+                "npz": (npyio.NpzFile, ("nothing",))}[call]
+
+    class Call:
+        def __reduce__(self):
+            return fn, args
+    with pytest.raises(pickle.UnpicklingError, match="not part of an entry"):
+        plancache._Unpickler(io.BytesIO(pickle.dumps(Call()))).load()
+    # while an entry's own pieces come back, numpy's dtypes as numpy's own objects
+    parts = [np.arange(3, dtype=np.float32)[::2], np.float64(2.5), slice(1, None), {1, 2},
+             1j, dg.float32, np.dtype(np.int64)]
+    back = plancache._Unpickler(io.BytesIO(plancache._dumps(parts))).load()
+    assert back[0].dtype is np.dtype(np.float32) and back[6] is np.dtype(np.int64)
+    assert back[5] is dg.float32 and back[2:5] == parts[2:5]
+    np.testing.assert_array_equal(back[0], parts[0])
 
 
 def _mlp_step():
