@@ -150,6 +150,33 @@ def test_an_entry_of_foreign_classes_runs_no_code(tmp_path, monkeypatch):
     assert not marker.exists()
 
 
+def _payload_calling(module: str, name: str, argument: str) -> bytes:
+    """A pickle (protocol 4) that calls ``module.name(argument)`` while it loads."""
+    def text(s: str) -> bytes:
+        b = s.encode()
+        return pickle.SHORT_BINUNICODE + bytes([len(b)]) + b
+    return (pickle.PROTO + b"\x04" + text(module) + text(name) + pickle.STACK_GLOBAL
+            + text(argument) + pickle.TUPLE1 + pickle.REDUCE + pickle.STOP)
+
+
+@pytest.mark.parametrize("module, name", [
+    ("builtins", "exec"),  # (builtins is allowed, for slice and Ellipsis)
+    ("compiler.plancache", "os.system"),  # (a dotted name: an allowed module's import)
+    ("numpy", "testing._private.utils.os.system"),
+])
+def test_an_entry_calling_a_builtin_or_an_allowed_modules_import_runs_no_code(
+        module, name, tmp_path, monkeypatch):
+    """Only the compiler's own classes and the few functions an entry is made of are
+    restored: not ``exec``, not ``os.system`` reached through a module the cache allows."""
+    monkeypatch.setenv("DYNGRAD_CACHE_DIR", str(tmp_path))
+    marker = tmp_path / "ran"
+    code = f"open({str(marker)!r}, 'w').close()" if name == "exec" else f"touch {marker}"
+    cache._write(plancache._path("e" * 64), _payload_calling(module, name, code),
+                 plancache.MAGIC)
+    assert plancache.load("e" * 64) is None
+    assert not marker.exists()
+
+
 def _mlp_step():
     dg.manual_seed(1)
     lin = dg.nn.Linear(6, 3)
