@@ -209,14 +209,37 @@ def _dumps(obj) -> bytes:
 
 
 class _Unpickler(pickle.Unpickler):
-    """Restores only the compiler's, dyngrad's, numpy's and the standard library's classes
-    (an entry is the compiler's own file, in a directory only the user can write; this keeps
-    a file of something else from running its code)."""
+    """Restores only the compiler's and dyngrad's own classes and the few functions and
+    classes of numpy and the standard library an entry is made of (an entry is the
+    compiler's own file, in a directory only the user can write; this keeps a file of
+    something else from running its code).
 
-    ALLOWED = ("compiler.", "dyngrad.", "numpy", "builtins", "collections", "copyreg",
-               "functools", "_codecs")
+    Note (no callable but these): an unpickler calls what ``find_class`` gives it with
+    arguments of the file's choosing, so a module prefix is not a limit — ``builtins`` has
+    ``exec``, and with protocol 4 a dotted name reaches any module an allowed one imported
+    (``compiler.plancache`` + ``os.system``). So a name is taken only when it is plain, and
+    it is one of ``FUNCTIONS`` or a class its compiler or dyngrad module defines itself."""
+
+    PACKAGES = ("compiler.", "dyngrad.")
+    FUNCTIONS = frozenset({
+        ("compiler.backends.llvm.runner", "_hybrid_runner"),  # (a driver plan's fallback)
+        ("dyngrad.dtypes", "as_dtype"), ("dyngrad.ops.primitive", "registered"),
+        ("functools", "partial"), ("collections", "OrderedDict"),
+        ("collections", "defaultdict"), ("numpy", "dtype"), ("numpy", "ndarray"),
+        ("numpy._core.numeric", "_frombuffer"), ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+        *(("builtins", n) for n in ("slice", "range", "complex", "set", "frozenset",
+                                    "bytearray", "Ellipsis", "NotImplemented")),
+    })
 
     def find_class(self, module: str, name: str):
-        if module.startswith(self.ALLOWED) or module in ("numpy", "builtins"):
-            return super().find_class(module, name)
+        if "." not in name:
+            if (module, name) in self.FUNCTIONS:
+                return super().find_class(module, name)
+            if module.startswith(self.PACKAGES):
+                obj = super().find_class(module, name)
+                if isinstance(obj, type) and obj.__module__ == module:
+                    return obj
         raise pickle.UnpicklingError(f"plan cache: {module}.{name} is not the compiler's")
