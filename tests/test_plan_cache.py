@@ -177,6 +177,58 @@ def test_an_entry_calling_a_builtin_or_an_allowed_modules_import_runs_no_code(
     assert not marker.exists()
 
 
+# A function whose constants the passes fold with numpy's own exp and tanh: their bits are
+# numpy's, which depend on the SIMD kernels numpy dispatches to on this machine.
+FOLDED = textwrap.dedent("""
+    import json
+    import numpy as np
+    import dyngrad as dg, compiler
+    from compiler import plancache
+    C = np.linspace(-3, 3, 4096)
+
+    @compiler.compile
+    def f(x):
+        return x + dg.tensor(C).exp() + dg.tensor(C.astype(np.float32)).tanh().double()
+
+    x = dg.zeros(4096, dtype=dg.float64)
+    out = [f(x) for _ in range(2)][-1]
+    print(json.dumps({"bits": out.numpy().tobytes().hex(), "hits": plancache.stats["hits"]}))
+""")
+
+
+def _numpy_without_its_simd_kernels() -> dict:
+    """The environment that makes numpy run its baseline kernels instead of the ones it
+    dispatches to on this CPU (``NPY_DISABLE_CPU_FEATURES``)."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_dispatch__
+    except ImportError:  # (numpy 1.x)
+        from numpy.core._multiarray_umath import __cpu_dispatch__
+    return {"NPY_DISABLE_CPU_FEATURES": " ".join(__cpu_dispatch__)}
+
+
+def _folded(cache_dir: Path, **env) -> dict:
+    env = dict(os.environ, DYNGRAD_CACHE_DIR=str(cache_dir), DYNGRAD_PLAN_CACHE="1",
+               PYTHONPATH=str(ROOT), **env)
+    out = subprocess.run([sys.executable, "-c", FOLDED], capture_output=True, text=True,
+                         env=env, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_process_whose_numpy_runs_other_kernels_folds_its_own_constants(tmp_path):
+    """The passes fold constants with numpy (``passes/fold.py``), so a lowered graph holds
+    numpy's bits of this process; a process whose numpy dispatches to other SIMD kernels
+    (``NPY_DISABLE_CPU_FEATURES``: other bits of exp and tanh) must not take the plan of
+    one that did not — it gets the bits of a process that compiled everything itself."""
+    plain = _numpy_without_its_simd_kernels()
+    first = _folded(tmp_path / "shared")
+    fresh = _folded(tmp_path / "fresh", **plain)
+    if fresh["bits"] == first["bits"]:
+        pytest.skip("numpy's kernels give the same bits either way on this machine")
+    after = _folded(tmp_path / "shared", **plain)
+    assert after["bits"] == fresh["bits"]
+
+
 def _mlp_step():
     dg.manual_seed(1)
     lin = dg.nn.Linear(6, 3)
