@@ -12,7 +12,9 @@ parameters and literals, every value's shape and dtype, constants' bytes, value 
 inputs, scalars and outputs, and which inputs are the backward's cotangents), of the pass
 options, and of everything else the result depends on: the source of ``dyngrad`` and
 ``compiler`` (a changed file changes every key), the versions of Python, numpy and llvmlite,
-the target machine, the ``DYNGRAD_*`` settings and whether the GEMM splits across threads.
+the target machine, the ``DYNGRAD_*`` (and ``NPY_*``, ``OMP_*``, ``OPENBLAS_*``) settings,
+the CPU features numpy's kernels use (the passes fold constants with numpy) and whether the
+GEMM splits across threads.
 Equal keys mean equal graphs under equal code — the passes are functions of those — so an
 entry is what this process would make of its trace, up to choices either way is right
 (a measured kernel path). Those choices are kept beside the compiled code
@@ -99,13 +101,27 @@ def _sources() -> str:
     return h.hexdigest()
 
 
+@functools.cache
+def _numpy_kernels() -> tuple:
+    """The CPU features numpy's own kernels run with in this process (``NPY_DISABLE_CPU_
+    FEATURES`` and the like turn some off): the passes fold constants with numpy
+    (``passes/fold.py``), whose exp or tanh give other bits on other kernels."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:  # (numpy 1.x)
+        from numpy.core._multiarray_umath import __cpu_features__
+    return tuple(sorted(k for k, on in __cpu_features__.items() if on))
+
+
 def _setting() -> bytes:
     """What the backend's code depends on besides the graph and the sources, now."""
     from .backends.llvm import gemm, target, threads
     t = target.current()
     env = sorted((k, v) for k, v in os.environ.items()
-                 if k.startswith(("DYNGRAD_", "OMP_", "OPENBLAS_")) and k not in _IGNORED_SETTINGS)
-    return repr((t.cpu, t.host, t.features, env, gemm.uses_threads(), threads.team())).encode()
+                 if k.startswith(("DYNGRAD_", "OMP_", "OPENBLAS_", "NPY_"))
+                 and k not in _IGNORED_SETTINGS)
+    return repr((t.cpu, t.host, t.features, env, gemm.uses_threads(), threads.team(),
+                 _numpy_kernels())).encode()
 
 
 def _decisions() -> str:
