@@ -229,6 +229,42 @@ def test_a_process_whose_numpy_runs_other_kernels_folds_its_own_constants(tmp_pa
     assert after["bits"] == fresh["bits"]
 
 
+FOLD_LIMIT = "MAX_FOLD_ELEMENTS = 1 << 16"
+
+
+def _nodes_after_passes(root: Path, cache_dir: Path) -> list:
+    """The nodes of ``FOLDED``'s variant, run from the sources under ``root``."""
+    script = FOLDED.replace("print(json.dumps({", "print(json.dumps({'nodes': [n.prim.name "
+                            "for n in f.variants[0].trace.graph.nodes], ")
+    env = dict(os.environ, DYNGRAD_CACHE_DIR=str(cache_dir), DYNGRAD_PLAN_CACHE="1",
+               PYTHONPATH=str(root))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, timeout=600, cwd=root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])["nodes"]
+
+
+def test_changed_sources_of_the_same_size_and_time_are_other_code(tmp_path):
+    """Installed sources often carry one fixed modification time (Nix's store, wheels and
+    images built with ``SOURCE_DATE_EPOCH``): a changed pass whose file keeps its size is
+    other code all the same, and its process makes its own plan."""
+    import shutil
+    root = tmp_path / "src"
+    for package in ("dyngrad", "compiler"):
+        shutil.copytree(ROOT / package, root / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    for f in root.rglob("*"):
+        os.utime(f, (315532800, 315532800))  # (1980-01-01, as in a reproducible wheel)
+    assert "exp" not in _nodes_after_passes(root, tmp_path / "cache")  # (folded)
+    fold = root / "compiler" / "passes" / "fold.py"
+    text = fold.read_text()
+    assert FOLD_LIMIT in text
+    fold.write_text(text.replace(FOLD_LIMIT, FOLD_LIMIT.replace("16", "10")))
+    os.utime(fold, (315532800, 315532800))
+    assert "exp" in _nodes_after_passes(root, tmp_path / "fresh")  # (now too large to fold)
+    assert "exp" in _nodes_after_passes(root, tmp_path / "cache")
+
+
 def _mlp_step():
     dg.manual_seed(1)
     lin = dg.nn.Linear(6, 3)
