@@ -85,17 +85,20 @@ class Entry:
 
 @functools.cache
 def _sources() -> str:
-    """A digest of every Python file of ``dyngrad`` and ``compiler`` — its path, size and
-    modification time, as Python's own bytecode cache tells a changed source — with the
-    versions the code generator and the passes depend on."""
+    """A digest of every Python file of ``dyngrad`` and ``compiler`` — its path and its
+    bytes (~10 ms once per process; not its size and modification time: installed sources
+    often carry one fixed time, as in Nix's store or a wheel built with
+    ``SOURCE_DATE_EPOCH``, and a change may keep a file's size) — with the versions the
+    code generator and the passes depend on."""
     import llvmlite
     import numpy
     h = hashlib.sha256()
     root = Path(__file__).resolve().parent.parent
     for package in ("dyngrad", "compiler"):
         for f in sorted((root / package).rglob("*.py")):
-            st = f.stat()
-            h.update(f"{f.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+            data = f.read_bytes()
+            h.update(f"{f.relative_to(root)}\0{len(data)}\0".encode())
+            h.update(data)
     for part in (sys.version, numpy.__version__, llvmlite.__version__, platform.machine()):
         h.update(part.encode() + b"\0")
     return h.hexdigest()
