@@ -12,7 +12,9 @@ parameters and literals, every value's shape and dtype, constants' bytes, value 
 inputs, scalars and outputs, and which inputs are the backward's cotangents), of the pass
 options, and of everything else the result depends on: the source of ``dyngrad`` and
 ``compiler`` (a changed file changes every key), the versions of Python, numpy and llvmlite,
-the target machine, the ``DYNGRAD_*`` settings and whether the GEMM splits across threads.
+the target machine, the ``DYNGRAD_*`` (and ``NPY_*``, ``OMP_*``, ``OPENBLAS_*``) settings,
+the CPU features numpy's kernels use (the passes fold constants with numpy) and whether the
+GEMM splits across threads.
 Equal keys mean equal graphs under equal code — the passes are functions of those — so an
 entry is what this process would make of its trace, up to choices either way is right
 (a measured kernel path). Those choices are kept beside the compiled code
@@ -83,20 +85,35 @@ class Entry:
 
 @functools.cache
 def _sources() -> str:
-    """A digest of every Python file of ``dyngrad`` and ``compiler`` — its path, size and
-    modification time, as Python's own bytecode cache tells a changed source — with the
-    versions the code generator and the passes depend on."""
+    """A digest of every Python file of ``dyngrad`` and ``compiler`` — its path and its
+    bytes (~10 ms once per process; not its size and modification time: installed sources
+    often carry one fixed time, as in Nix's store or a wheel built with
+    ``SOURCE_DATE_EPOCH``, and a change may keep a file's size) — with the versions the
+    code generator and the passes depend on."""
     import llvmlite
     import numpy
     h = hashlib.sha256()
     root = Path(__file__).resolve().parent.parent
     for package in ("dyngrad", "compiler"):
         for f in sorted((root / package).rglob("*.py")):
-            st = f.stat()
-            h.update(f"{f.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+            data = f.read_bytes()
+            h.update(f"{f.relative_to(root)}\0{len(data)}\0".encode())
+            h.update(data)
     for part in (sys.version, numpy.__version__, llvmlite.__version__, platform.machine()):
         h.update(part.encode() + b"\0")
     return h.hexdigest()
+
+
+@functools.cache
+def _numpy_kernels() -> tuple:
+    """The CPU features numpy's own kernels run with in this process (``NPY_DISABLE_CPU_
+    FEATURES`` and the like turn some off): the passes fold constants with numpy
+    (``passes/fold.py``), whose exp or tanh give other bits on other kernels."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:  # (numpy 1.x)
+        from numpy.core._multiarray_umath import __cpu_features__
+    return tuple(sorted(k for k, on in __cpu_features__.items() if on))
 
 
 def _setting() -> bytes:
@@ -104,8 +121,10 @@ def _setting() -> bytes:
     from .backends.llvm import gemm, target, threads
     t = target.current()
     env = sorted((k, v) for k, v in os.environ.items()
-                 if k.startswith(("DYNGRAD_", "OMP_", "OPENBLAS_")) and k not in _IGNORED_SETTINGS)
-    return repr((t.cpu, t.host, t.features, env, gemm.uses_threads(), threads.team())).encode()
+                 if k.startswith(("DYNGRAD_", "OMP_", "OPENBLAS_", "NPY_"))
+                 and k not in _IGNORED_SETTINGS)
+    return repr((t.cpu, t.host, t.features, env, gemm.uses_threads(), threads.team(),
+                 _numpy_kernels())).encode()
 
 
 def _decisions() -> str:
@@ -150,6 +169,9 @@ def load(k: str) -> Entry | None:
     if payload is None:
         stats["misses"] += 1
         return None
+    if not _private(cache.directory()):  # (see _Unpickler's note)
+        stats["refused"] += 1
+        return None
     try:
         entry = _Unpickler(io.BytesIO(payload)).load()
     except Exception:  # noqa: BLE001 - (a module gone from the object cache, a symbol not
@@ -161,6 +183,16 @@ def load(k: str) -> Entry | None:
     stats["hits"] += 1
     stats["plans"] += len(entry.plans)
     return entry
+
+
+def _private(directory: Path) -> bool:
+    """Whether ``directory`` is this user's and nobody else may write to it (as the cache
+    makes it: 0o700). A shared or group-writable one is read for no entry."""
+    try:
+        st = directory.stat()
+    except OSError:
+        return False
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022
 
 
 def store(k: str, entry: Entry) -> None:
@@ -214,40 +246,42 @@ def _dumps(obj) -> bytes:
 
 
 class _Unpickler(pickle.Unpickler):
-    """Builds only what an entry is made of: classes of the compiler, dyngrad and numpy, the
-    standard library's container types, and the few functions their pickles call (a
-    primitive or a dtype by name, numpy's array and scalar rebuilders, ``functools.partial``
-    and the runner's fallback maker). Anything else — a file of other code, stale or foreign
-    — fails to load and counts as no entry.
+    """Restores only the compiler's and dyngrad's own classes and the few functions and
+    classes of numpy and the standard library an entry is made of (an entry is the
+    compiler's own file, in a directory only the user can write; this keeps a file of
+    something else from running its code).
 
-    Note: this is not a sandbox. The cache directory is private to the user (0o700) and holds
-    native code the process runs: whoever can write there can run code as the user, with or
-    without pickle. The restriction keeps a file that is not an entry of this code from doing
-    anything when read."""
+    Note (no callable but these): an unpickler calls what ``find_class`` gives it with
+    arguments of the file's choosing, so a module prefix is not a limit — ``builtins`` has
+    ``exec``, and with protocol 4 a dotted name reaches any module an allowed one imported
+    (``compiler.plancache`` + ``os.system``). So a name is taken only when it is plain, and
+    it is one of ``FUNCTIONS`` or a class its compiler or dyngrad module defines itself.
 
-    PACKAGES = ("compiler.", "dyngrad.", "numpy.", "numpy")
-    BUILTIN_TYPES = frozenset({"set", "frozenset", "slice", "complex", "bytearray", "range",
-                               "list", "dict", "tuple", "int", "float", "bool", "str",
-                               "bytes", "object"})
-    FUNCTIONS = frozenset({("dyngrad.ops.primitive", "registered"),
-                           ("dyngrad.dtypes", "as_dtype"),
-                           ("compiler.backends.llvm.runner", "_hybrid_runner"),
-                           ("functools", "partial"), ("copyreg", "_reconstructor"),
-                           ("numpy._core.multiarray", "_reconstruct"),
-                           ("numpy._core.multiarray", "scalar"),
-                           ("numpy._core.numeric", "_frombuffer"),
-                           ("numpy.core.multiarray", "_reconstruct"),
-                           ("numpy.core.multiarray", "scalar"),
-                           ("numpy.core.numeric", "_frombuffer")})
+    Note: this is not a sandbox. The cache directory holds native code the process runs:
+    whoever can write there can run code as the user, with or without pickle (a driver
+    plan's state alone writes the source of its generated call). So ``load`` also refuses a
+    directory another user owns or others may write to."""
+
+    PACKAGES = ("compiler.", "dyngrad.")
+    FUNCTIONS = frozenset({
+        ("compiler.backends.llvm.runner", "_hybrid_runner"),  # (a driver plan's fallback)
+        ("dyngrad.dtypes", "as_dtype"), ("dyngrad.ops.primitive", "registered"),
+        ("functools", "partial"), ("collections", "OrderedDict"),
+        ("collections", "defaultdict"), ("numpy", "dtype"), ("numpy", "ndarray"),
+        ("numpy._core.numeric", "_frombuffer"), ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+        *(("builtins", n) for n in ("slice", "range", "complex", "set", "frozenset",
+                                    "bytearray", "Ellipsis", "NotImplemented")),
+    })
 
     def find_class(self, module: str, name: str):
-        if (module, name) in self.FUNCTIONS or \
-                module == "builtins" and name in self.BUILTIN_TYPES:
-            return super().find_class(module, name)
-        if module.startswith(self.PACKAGES) and "." not in name:
-            obj = super().find_class(module, name)
-            if isinstance(obj, type) and (obj.__module__.startswith(("compiler.", "dyngrad."))
-                                          or issubclass(obj, (numpy.ndarray, numpy.dtype,
-                                                              numpy.generic))):
-                return obj
+        if "." not in name:
+            if (module, name) in self.FUNCTIONS:
+                return super().find_class(module, name)
+            if module.startswith(self.PACKAGES):
+                obj = super().find_class(module, name)
+                if isinstance(obj, type) and obj.__module__ == module:
+                    return obj
         raise pickle.UnpicklingError(f"plan cache: {module}.{name} is not part of an entry")

@@ -127,6 +127,15 @@ def test_a_corrupt_entry_is_removed_and_made_again(first, tmp_path):
     _same_run(one, two)
 
 
+def test_a_directory_others_may_write_is_read_for_no_entry(first, tmp_path):
+    d, one = first
+    c = _copy(d, tmp_path / "c")
+    c.chmod(0o777)
+    two = _process(c)
+    assert two["stats"]["hits"] == 0 and two["stats"]["refused"] >= 1
+    _same_run(one, two)
+
+
 def test_an_entry_whose_module_is_gone_is_not_taken(first, tmp_path):
     d, one = first
     c = _copy(d, tmp_path / "c")
@@ -171,6 +180,121 @@ def test_the_unpickler_builds_only_what_an_entry_is_made_of(call):
     assert back[0].dtype is np.dtype(np.float32) and back[6] is np.dtype(np.int64)
     assert back[5] is dg.float32 and back[2:5] == parts[2:5]
     np.testing.assert_array_equal(back[0], parts[0])
+
+
+def _payload_calling(module: str, name: str, argument: str) -> bytes:
+    """A pickle (protocol 4) that calls ``module.name(argument)`` while it loads."""
+    def text(s: str) -> bytes:
+        b = s.encode()
+        return pickle.SHORT_BINUNICODE + bytes([len(b)]) + b
+    return (pickle.PROTO + b"\x04" + text(module) + text(name) + pickle.STACK_GLOBAL
+            + text(argument) + pickle.TUPLE1 + pickle.REDUCE + pickle.STOP)
+
+
+@pytest.mark.parametrize("module, name", [
+    ("builtins", "exec"),  # (builtins is allowed, for slice and Ellipsis)
+    ("compiler.plancache", "os.system"),  # (a dotted name: an allowed module's import)
+    ("numpy", "testing._private.utils.os.system"),
+])
+def test_an_entry_calling_a_builtin_or_an_allowed_modules_import_runs_no_code(
+        module, name, tmp_path, monkeypatch):
+    """Only the compiler's own classes and the few functions an entry is made of are
+    restored: not ``exec``, not ``os.system`` reached through a module the cache allows."""
+    monkeypatch.setenv("DYNGRAD_CACHE_DIR", str(tmp_path))
+    marker = tmp_path / "ran"
+    code = f"open({str(marker)!r}, 'w').close()" if name == "exec" else f"touch {marker}"
+    cache._write(plancache._path("e" * 64), _payload_calling(module, name, code),
+                 plancache.MAGIC)
+    assert plancache.load("e" * 64) is None
+    assert not marker.exists()
+
+
+# A function whose constants the passes fold with numpy's own exp and tanh: their bits are
+# numpy's, which depend on the SIMD kernels numpy dispatches to on this machine.
+FOLDED = textwrap.dedent("""
+    import json
+    import numpy as np
+    import dyngrad as dg, compiler
+    from compiler import plancache
+    C = np.linspace(-3, 3, 4096)
+
+    @compiler.compile
+    def f(x):
+        return x + dg.tensor(C).exp() + dg.tensor(C.astype(np.float32)).tanh().double()
+
+    x = dg.zeros(4096, dtype=dg.float64)
+    out = [f(x) for _ in range(2)][-1]
+    print(json.dumps({"bits": out.numpy().tobytes().hex(), "hits": plancache.stats["hits"]}))
+""")
+
+
+def _numpy_without_its_simd_kernels() -> dict:
+    """The environment that makes numpy run its baseline kernels instead of the ones it
+    dispatches to on this CPU (``NPY_DISABLE_CPU_FEATURES``)."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_dispatch__
+    except ImportError:  # (numpy 1.x)
+        from numpy.core._multiarray_umath import __cpu_dispatch__
+    return {"NPY_DISABLE_CPU_FEATURES": " ".join(__cpu_dispatch__)}
+
+
+def _folded(cache_dir: Path, **env) -> dict:
+    env = dict(os.environ, DYNGRAD_CACHE_DIR=str(cache_dir), DYNGRAD_PLAN_CACHE="1",
+               PYTHONPATH=str(ROOT), **env)
+    out = subprocess.run([sys.executable, "-c", FOLDED], capture_output=True, text=True,
+                         env=env, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_process_whose_numpy_runs_other_kernels_folds_its_own_constants(tmp_path):
+    """The passes fold constants with numpy (``passes/fold.py``), so a lowered graph holds
+    numpy's bits of this process; a process whose numpy dispatches to other SIMD kernels
+    (``NPY_DISABLE_CPU_FEATURES``: other bits of exp and tanh) must not take the plan of
+    one that did not — it gets the bits of a process that compiled everything itself."""
+    plain = _numpy_without_its_simd_kernels()
+    first = _folded(tmp_path / "shared")
+    fresh = _folded(tmp_path / "fresh", **plain)
+    if fresh["bits"] == first["bits"]:
+        pytest.skip("numpy's kernels give the same bits either way on this machine")
+    after = _folded(tmp_path / "shared", **plain)
+    assert after["bits"] == fresh["bits"]
+
+
+FOLD_LIMIT = "MAX_FOLD_ELEMENTS = 1 << 16"
+
+
+def _nodes_after_passes(root: Path, cache_dir: Path) -> list:
+    """The nodes of ``FOLDED``'s variant, run from the sources under ``root``."""
+    script = FOLDED.replace("print(json.dumps({", "print(json.dumps({'nodes': [n.prim.name "
+                            "for n in f.variants[0].trace.graph.nodes], ")
+    env = dict(os.environ, DYNGRAD_CACHE_DIR=str(cache_dir), DYNGRAD_PLAN_CACHE="1",
+               PYTHONPATH=str(root))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, timeout=600, cwd=root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])["nodes"]
+
+
+def test_changed_sources_of_the_same_size_and_time_are_other_code(tmp_path):
+    """Installed sources often carry one fixed modification time (Nix's store, wheels and
+    images built with ``SOURCE_DATE_EPOCH``): a changed pass whose file keeps its size is
+    other code all the same, and its process makes its own plan."""
+    import shutil
+    root = tmp_path / "src"
+    for package in ("dyngrad", "compiler"):
+        shutil.copytree(ROOT / package, root / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    for f in root.rglob("*"):
+        os.utime(f, (315532800, 315532800))  # (1980-01-01, as in a reproducible wheel)
+    assert "exp" not in _nodes_after_passes(root, tmp_path / "cache")  # (folded)
+    fold = root / "compiler" / "passes" / "fold.py"
+    text = fold.read_text()
+    assert FOLD_LIMIT in text
+    fold.write_text(text.replace(FOLD_LIMIT, FOLD_LIMIT.replace("16", "10")))
+    os.utime(fold, (315532800, 315532800))
+    assert "exp" in _nodes_after_passes(root, tmp_path / "fresh")  # (now too large to fold)
+    assert "exp" in _nodes_after_passes(root, tmp_path / "cache")
 
 
 def _mlp_step():
