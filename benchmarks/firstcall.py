@@ -107,7 +107,7 @@ def plot(results: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     names = list(results)
-    fig, ax = plt.subplots(figsize=(2.2 + 2.4 * len(names), 4.2))
+    fig, ax = plt.subplots(figsize=(3.6 + 2.4 * len(names), 4.2))
     width = 0.26
     colors = {"trace": "#4c72b0", "passes": "#dd8452", "steps": "#a0a0a0"}
     for k, (start, _) in enumerate(STARTS):
@@ -127,8 +127,8 @@ def plot(results: dict, path: str) -> None:
     ax.set_title("Warm-up of a compiled step in a new process: cold, with compiled code on "
                  "disk,\nwith code and plans on disk (the trace and the first eager step "
                  "remain)", fontsize=9)
-    ax.legend(fontsize=8, title="passes: passes + code generation (or loading)",
-              title_fontsize=7)
+    ax.legend(fontsize=8, title="passes: passes + code\ngeneration (or loading)",
+              title_fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_ylim(0, max(results[n][s]["ms"] for n in names for s, _ in STARTS) * 1.2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

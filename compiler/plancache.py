@@ -75,12 +75,11 @@ def mode() -> str:
 class Entry:
     """What one key holds: the lowered trace and the backend's executables of its parts,
     per ``(part, in-place writes)``; ``decisions``: the digest of the decision files the
-    executables were made under; ``changed``: executables were added since it was read."""
+    executables were made under."""
 
     lowered: object
     plans: dict = field(default_factory=dict)
     decisions: str = ""
-    changed: bool = False
 
 
 @functools.cache
