@@ -783,7 +783,8 @@ class CompiledFunction:
             checks = list(cap.checks.values())
             made = compile_trace(trace, lowered, backend, flat, spec, self.dynamic_numbers,
                                  checks, plans)
-            if pkey is not None and (entry is None or len(plans) > known):
+            if pkey is not None and (entry is None or len(plans) > known and
+                                     not entry.unkept):
                 if pmode == "on":
                     plancache.store(pkey, plancache.Entry(lowered, plans))
                 else:  # (round trip: the variant runs its plans' pickled and restored copy)

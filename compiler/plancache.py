@@ -75,11 +75,13 @@ def mode() -> str:
 class Entry:
     """What one key holds: the lowered trace and the backend's executables of its parts,
     per ``(part, in-place writes)``; ``decisions``: the digest of the decision files the
-    executables were made under."""
+    executables were made under; ``unkept``: executables were made that do not pickle (a
+    hybrid plan), so a process that makes them again need not write the entry again."""
 
     lowered: object
     plans: dict = field(default_factory=dict)
     decisions: str = ""
+    unkept: bool = False
 
 
 @functools.cache
@@ -202,7 +204,7 @@ def store(k: str, entry: Entry) -> None:
     try:
         payload = _dumps(entry)
     except Exception:  # noqa: BLE001 - (a hybrid plan, a form's plan: kept without plans)
-        kept = Entry(entry.lowered, {}, entry.decisions)
+        kept = Entry(entry.lowered, {}, entry.decisions, unkept=True)
         try:
             payload = _dumps(kept)
         except Exception:  # noqa: BLE001

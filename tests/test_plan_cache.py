@@ -347,3 +347,13 @@ def test_the_cache_off_reads_and_writes_nothing(tmp_path, monkeypatch):
     compiler.compile(step, backend="llvm")(dg.randn(5, 6))
     assert not list(tmp_path.glob("*.plan"))
     assert plancache.mode() == "off"
+
+
+def test_an_entry_whose_plans_do_not_pickle_keeps_the_lowering_once(tmp_path, monkeypatch):
+    """A plan that does not pickle (a hybrid plan's numpy steps) is left out: the entry keeps
+    the lowering, marked, so the processes that compile the plan again do not rewrite it."""
+    monkeypatch.setenv("DYNGRAD_CACHE_DIR", str(tmp_path))
+    tmp_path.chmod(0o700)
+    plancache.store("e" * 64, plancache.Entry(["the lowering"], {("forward", None): lambda: 0}))
+    entry = plancache.load("e" * 64)
+    assert entry.lowered == ["the lowering"] and entry.plans == {} and entry.unkept
