@@ -193,7 +193,10 @@ def _private(directory: Path) -> bool:
         st = directory.stat()
     except OSError:
         return False
-    return st.st_uid == os.getuid() and not st.st_mode & 0o022
+    getuid = getattr(os, "getuid", None)  # (none on Windows: no owners or modes to check,
+    if getuid is None:  #                    as for the object code beside it)
+        return True
+    return st.st_uid == getuid() and not st.st_mode & 0o022
 
 
 def store(k: str, entry: Entry) -> None:
