@@ -106,43 +106,38 @@ def test_another_graph_is_another_key(first, tmp_path):
     assert other["stats"]["hits"] == 0 and other["stats"]["stored"] >= 1
 
 
-def test_an_entry_made_under_other_decisions_is_not_taken(first, tmp_path):
-    d, one = first
-    c = _copy(d, tmp_path / "c")
+def _other_decisions(c: Path) -> None:
     (c / "vector-width.json").write_text(json.dumps({"another machine": {}}))
-    two = _process(c)
-    assert two["stats"]["hits"] == 0 and two["stats"]["refused"] >= 1
-    _same_run(one, two)
 
 
-def test_a_corrupt_entry_is_removed_and_made_again(first, tmp_path):
-    d, one = first
-    c = _copy(d, tmp_path / "c")
+def _corrupt(c: Path) -> None:
     for p in c.glob("*.plan"):
         data = bytearray(p.read_bytes())
         data[len(data) // 2] ^= 0xFF
         p.write_bytes(bytes(data))
-    two = _process(c)
-    assert two["stats"]["hits"] == 0 and two["stats"]["stored"] >= 1
-    _same_run(one, two)
 
 
-def test_a_directory_others_may_write_is_read_for_no_entry(first, tmp_path):
-    d, one = first
-    c = _copy(d, tmp_path / "c")
+def _open_to_others(c: Path) -> None:
     c.chmod(0o777)
-    two = _process(c)
-    assert two["stats"]["hits"] == 0 and two["stats"]["refused"] >= 1
-    _same_run(one, two)
 
 
-def test_an_entry_whose_module_is_gone_is_not_taken(first, tmp_path):
-    d, one = first
-    c = _copy(d, tmp_path / "c")
+def _modules_gone(c: Path) -> None:
     for p in c.glob("*.o"):
         p.unlink()
+
+
+@pytest.mark.parametrize("tamper, counted", [
+    (_other_decisions, "refused"),  # made under other decisions: not taken
+    (_corrupt, "stored"),  # removed by its hash check, and made again
+    (_open_to_others, "refused"),  # a directory others may write: read for no entry
+    (_modules_gone, "refused"),  # its compiled module gone from the object cache
+], ids=["other decisions", "corrupt", "open to others", "module gone"])
+def test_an_entry_that_cannot_be_trusted_is_not_taken(first, tmp_path, tamper, counted):
+    d, one = first
+    c = _copy(d, tmp_path / "c")
+    tamper(c)
     two = _process(c)
-    assert two["stats"]["hits"] == 0 and two["stats"]["refused"] >= 1
+    assert two["stats"]["hits"] == 0 and two["stats"][counted] >= 1
     _same_run(one, two)
 
 
