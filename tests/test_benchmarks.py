@@ -17,6 +17,11 @@ HAS_JAX = importlib.util.find_spec("jax") is not None
 WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W7a", "W7b", "W8")
 
 
+# the tests that read the quick run share one worker (``make test``'s ``--dist loadgroup``):
+# a module fixture is made once per worker, and the run takes ~100 s
+ONE_QUICK_RUN = pytest.mark.xdist_group("benchmarks_quick_run")
+
+
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     """The quick run's JSON (one run for every test here), in a fresh cache directory."""
@@ -30,6 +35,7 @@ def quick(tmp_path_factory):
     return json.loads((tmp / "quick.json").read_text()), proc.stdout, tmp
 
 
+@ONE_QUICK_RUN
 def test_quick_run_reports_no_problems_and_prints_the_table(quick):
     results, out, tmp = quick
     assert results["problems"] == []
@@ -51,6 +57,7 @@ def expected_modes(name: str) -> set:
 
 
 @pytest.mark.parametrize("name", list(WORKLOADS))
+@ONE_QUICK_RUN
 def test_every_mode_of_every_workload_ran_and_agreed_with_eager(quick, name):
     w = quick[0]["workloads"][name]
     modes = w["modes"]
@@ -68,6 +75,7 @@ def test_every_mode_of_every_workload_ran_and_agreed_with_eager(quick, name):
 
 
 @pytest.mark.parametrize("name", list(WORKLOADS))
+@ONE_QUICK_RUN
 def test_compiled_modes_ran_compiled_with_variants_and_first_call_figures(quick, name):
     modes = quick[0]["workloads"][name]["modes"]
     for mode in ("interp", "llvm"):
@@ -76,9 +84,12 @@ def test_compiled_modes_ran_compiled_with_variants_and_first_call_figures(quick,
         assert e["fallbacks"] >= 0 and e["recompiles"] >= 0
         assert "first_cold_ms" in e
     assert "first_disk_ms" in modes["llvm"]
+    for when in ("cold", "disk"):  # (the first compile: the warm-up less its steps)
+        assert modes["llvm"][f"compile_{when}_ms"] < modes["llvm"][f"first_{when}_ms"]
     assert "peak_mb" in modes["eager"] and "peak_mb" in modes["llvm"]
 
 
+@ONE_QUICK_RUN
 def test_w5_makes_one_variant_per_sequence_length(quick):
     w5 = quick[0]["workloads"]["W5"]
     lengths = {shapes[0][0] for shapes in w5["inputs"]}
@@ -87,6 +98,7 @@ def test_w5_makes_one_variant_per_sequence_length(quick):
 
 
 @pytest.mark.parametrize("name, n_goals", [("W7a", 6), ("W7b", 6), ("W8", 8)])
+@ONE_QUICK_RUN
 def test_w7_and_w8_compare_twenty_steps_with_eager_and_report_every_goal(quick, name,
                                                                          n_goals):
     """The convnets' and nanoGPT's goals are judged from the run's figures — each met,
@@ -107,6 +119,7 @@ def test_w7_and_w8_compare_twenty_steps_with_eager_and_report_every_goal(quick, 
         assert llvm["vs_float64"] == llvm["max_rel_diff_f64"] / w["float32_drift"]
 
 
+@ONE_QUICK_RUN
 def test_w8_one_variant_over_the_run_and_every_step_compiled_after_the_first(quick):
     """The suite counts W8's variants after hundreds of steps, each with its own learning
     rate: still one, never recompiled; the goal saying so is met."""
@@ -164,6 +177,7 @@ def test_w7a_mirror_equals_eager_with_dropout_off(framework):
     assert measure.max_rel_diff(ours, theirs) <= 1e-4
 
 
+@ONE_QUICK_RUN
 def test_w6_measures_both_modes_eager_and_compiled_at_every_size(quick):
     w6 = quick[0]["W6"]
     sizes = w6["sizes"]
@@ -176,6 +190,7 @@ def test_w6_measures_both_modes_eager_and_compiled_at_every_size(quick):
             assert p["modes"][kind]["agreed"] and p["modes"][kind]["us"] > 0, (p, kind)
 
 
+@ONE_QUICK_RUN
 def test_the_size_sweep_covers_its_widths_in_eager_and_compiled(quick):
     sweep = quick[0]["sweep"]
     assert [p["width"] for p in sweep["points"]] == sweep["widths"]
@@ -187,6 +202,7 @@ def test_the_size_sweep_covers_its_widths_in_eager_and_compiled(quick):
         assert isinstance(p["compiled_slower"], bool)  # flagged, never asserted
 
 
+@ONE_QUICK_RUN
 def test_the_machine_limits_are_measured_in_the_same_run(quick):
     m = quick[0]["machine"]
     assert m["copy_gbps"] > 0 and m["matmul_gflops"] > 0
