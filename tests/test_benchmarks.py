@@ -225,6 +225,25 @@ def test_symbolic_sizes_quick_run_shares_modules_and_agrees_with_eager(tmp_path)
     assert "first, second ms" in proc.stdout
 
 
+def test_first_calls_compare_cold_code_on_disk_and_plans_on_disk(tmp_path):
+    """``benchmarks.firstcall --compare``: new processes started cold, with the compiled
+    code on disk and with code and plans on disk — the last restores its plan (never a
+    timing asserted)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
+    env.pop("DYNGRAD_PLAN_CACHE", None)  # (each process is given its own setting)
+    png = tmp_path / "first.png"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.firstcall", "W2", "--compare",
+                           "--quick", "--repeats", "1", "--plot", str(png)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads(proc.stdout.strip().splitlines()[-1])["W2"]
+    assert runs["cold"]["cache_compiled"] >= 1 and runs["cold"]["plans_restored"] == 0
+    assert runs["disk, objects only"]["cache_compiled"] == 0
+    assert runs["disk, objects only"]["plans_restored"] == 0
+    assert runs["disk, objects and plans"]["plans_restored"] == runs["cold"]["variants"]
+    assert png.exists()
+
+
 def test_profiles_quick_run_prints_a_table_and_writes_a_trace_per_workload(tmp_path):
     """``benchmarks/profiles.py --quick``: compiler.profile of each workload's compiled
     step, its table printed, its Chrome trace written (never a timing asserted)."""
