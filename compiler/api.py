@@ -772,7 +772,7 @@ class CompiledFunction:
                 trace = plan_effects(trace, cap, tracer, self.dynamic_sources)
             else:
                 trace = tracer.finish(result, flat)
-            pkey, pmode, entry = _plan_entry(trace, backend)
+            pkey, entry = plancache.lookup(trace, backend, config.verify_each_pass)
             lowered = entry.lowered if entry is not None else lower(
                 trace, backend.vector_math, backend.plans_memory, config.verify_each_pass)
             if self._verify_size is not None and \
@@ -785,14 +785,11 @@ class CompiledFunction:
                                  checks, plans)
             if pkey is not None and (entry is None or len(plans) > known and
                                      not entry.unkept):
-                if pmode == "on":
-                    plancache.store(pkey, plancache.Entry(lowered, plans))
-                else:  # (round trip: the variant runs its plans' pickled and restored copy)
-                    copy = plancache.roundtrip(plancache.Entry(lowered, plans))
-                    if copy.lowered is not lowered:
-                        lowered = copy.lowered
-                        made = compile_trace(trace, lowered, backend, flat, spec,
-                                             self.dynamic_numbers, checks, copy.plans)
+                copy = plancache.keep(pkey, lowered, plans)
+                if copy is not None:  # (round trip: the variant runs the restored copy)
+                    lowered = copy.lowered
+                    made = compile_trace(trace, lowered, backend, flat, spec,
+                                         self.dynamic_numbers, checks, copy.plans)
         except Unsupported as exc:
             self._unsupported(str(exc))
             return _plain_numbers(result)
@@ -964,17 +961,6 @@ def _raised(what: str, exc: Exception) -> str:
     import traceback
     where = traceback.format_exception(type(exc), exc, exc.__traceback__)[-2].strip()
     return f"{what} raised {type(exc).__name__}: {exc} ({where})"
-
-
-def _plan_entry(trace, backend) -> tuple:
-    """(key, mode, entry) of the plan cache for ``trace`` (``compiler/plancache.py``): the
-    key of its graph (None: the cache is off, or the graph does not pickle), the cache's
-    mode, and the entry stored under the key (None: none, or round-trip mode)."""
-    pmode = plancache.mode() if backend.keeps_plans else "off"
-    k = None if pmode == "off" else plancache.key(
-        trace, (backend.vector_math, backend.plans_memory, config.verify_each_pass))
-    entry = plancache.load(k) if k is not None and pmode == "on" else None
-    return k, pmode, entry
 
 
 def _optimizer_without_state(fn: Callable, flat: list):

@@ -141,6 +141,29 @@ def _decisions() -> str:
     return h.hexdigest()
 
 
+def lookup(trace, backend, check_each: bool) -> tuple:
+    """(key, entry) for ``trace`` compiled by ``backend`` with the pipeline's options: the key
+    (None: the cache is off, the backend keeps no plans, or the graph does not pickle) and
+    the entry stored under it (None: none; always None in round-trip mode)."""
+    m = mode() if backend.keeps_plans else "off"
+    if m == "off":
+        return None, None
+    k = key(trace, (backend.vector_math, backend.plans_memory, check_each))
+    return k, (load(k) if k is not None and m == "on" else None)
+
+
+def keep(k: str, lowered, plans: dict) -> Entry | None:
+    """What the pipeline made of key ``k``'s trace — written to disk, or in round-trip mode
+    pickled and restored here: then the restored copy, which the caller runs instead (None
+    when it did not pickle)."""
+    entry = Entry(lowered, plans)
+    if mode() != "roundtrip":
+        store(k, entry)
+        return None
+    copy = roundtrip(entry)
+    return None if copy is entry else copy
+
+
 def key(trace, options: tuple) -> str | None:
     """The key of ``trace``'s lowering and compile with ``options`` (see the module
     docstring), or None when its graph does not pickle."""
@@ -174,7 +197,7 @@ def load(k: str) -> Entry | None:
         stats["refused"] += 1
         return None
     try:
-        entry = _Unpickler(io.BytesIO(payload)).load()
+        entry = _loads(payload)
     except Exception:  # noqa: BLE001 - (a module gone from the object cache, a symbol not
         stats["refused"] += 1  #        here, an entry of other code: as if none)
         return None
@@ -224,7 +247,7 @@ def roundtrip(obj):
     except Exception:  # noqa: BLE001
         return obj
     try:
-        copy = _Unpickler(io.BytesIO(payload)).load()
+        copy = _loads(payload)
     except pickle.UnpicklingError:  # (a class an entry may not hold: never a hit either)
         stats["refused"] += 1
         return obj
@@ -247,6 +270,10 @@ def _dumps(obj) -> bytes:
     f = io.BytesIO()
     _Pickler(f, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
     return f.getvalue()
+
+
+def _loads(payload: bytes):
+    return _Unpickler(io.BytesIO(payload)).load()
 
 
 class _Unpickler(pickle.Unpickler):

@@ -126,7 +126,6 @@ class DriverPlan(base.Executable):
     def __init__(self, g, inplace: dict, make_fallback, groups: list | None = None,
                  family=None, profile: bool = False) -> None:
         self.g = g
-        self.inplace = inplace
         self.make_fallback = make_fallback  # the runner's plan as a callable, made when first
         self.fallback = None  # call while another thread holds this plan
         self.lock, self.lock_fallback = threading.Lock(), threading.Lock()
@@ -146,7 +145,7 @@ class DriverPlan(base.Executable):
     # cache makes the restore fail, and the pipeline compiles as if the entry were not
     # there), links the libraries it calls first, and makes the run-time buffers, tables and
     # the generated call again, as __init__ does. Maps keyed by ``id()`` are kept as pairs.
-    _KEPT = ("g", "inplace", "make_fallback", "groups", "kernels", "memory", "arena_bytes",
+    _KEPT = ("g", "make_fallback", "groups", "kernels", "memory", "arena_bytes",
              "arena_slot", "scalars_slot", "input_slots", "consts", "out_slot", "out_meta",
              "same_output", "collectives", "mpi_slot", "slots", "steps", "guard_values",
              "n_functions", "n_groups", "module_key", "symbols", "persistable")

@@ -97,8 +97,7 @@ def profiled(g, inplace: dict | None = None, groups: list | None = None) -> Prof
     groups = fuse(g, inplace or ()) if groups is None else groups
     try:
         plan = driver.build(g, inplace, functools.partial(_hybrid_runner, g, inplace, groups),
-                            groups,
-                            profile=True)
+                            groups, profile=True)
         return Profiled(plan, plan.kernels, True, plan.ticks)
     except NotImplementedError:
         pass
