@@ -207,7 +207,9 @@ ERF_TABLES = ErfTables(_A_END, _D_END, _P, _P_LO, _D_C, _D, (_B1_C, _B2_C), (_B1
 
 
 # ----------------------------------------------------------------------------- pieces
-def _horner(v: np.ndarray, coef: tuple) -> np.ndarray:
+def horner(v: np.ndarray, coef: tuple) -> np.ndarray:
+    """The polynomial (highest degree first) at ``v`` by Horner's rule, each product and sum
+    rounded on its own — the order the LLVM kernels repeat (``vecmath64``, ``randomgen``)."""
     p = v * coef[0]
     p += coef[1]
     for c in coef[2:]:
@@ -229,7 +231,7 @@ def _two_prod_err(a: np.ndarray, b, p: np.ndarray) -> np.ndarray:
 
 def _poly_dd(t: np.ndarray, coef: tuple) -> tuple:
     """c₀ + t·Q(t) as an unevaluated sum (hi, lo): the last addition is a Fast2Sum."""
-    tq = _horner(t, coef[:-1])
+    tq = horner(t, coef[:-1])
     tq *= t
     hi = coef[-1] + tq
     return hi, (coef[-1] - hi) + tq
@@ -239,7 +241,7 @@ def _poly_dd2(t: np.ndarray, coef: tuple, c1_lo: float) -> tuple:
     """c₀ + (c₁ + c1_lo)·t + t²·S(t) as (hi, lo) with |lo| ≤ ulp(hi)/2; c₁·t and the sum
     c₀ + c₁·t are exact, which leaves only the smaller rest rounded."""
     c0, c1 = coef[-1], coef[-2]
-    r = _horner(t, coef[:-2])
+    r = horner(t, coef[:-2])
     r *= t
     r += c1_lo
     r *= t
@@ -252,20 +254,20 @@ def _poly_dd2(t: np.ndarray, coef: tuple, c1_lo: float) -> tuple:
 
 def _erf_small(a: np.ndarray) -> np.ndarray:
     """erf(a) for 0 ≤ a < _A_END."""
-    return a + (a * _horner(a * a, _P) + a * _P_LO)
+    return a + (a * horner(a * a, _P) + a * _P_LO)
 
 
 def _erfc_small(x: np.ndarray) -> np.ndarray:
     """erfc(x) for |x| < _A_END, either sign."""
     s = 1.0 - x
     e = (1.0 - s) - x  # 1 − x = s + e exactly
-    return s + (e - x * _horner(x * x, _P))
+    return s + (e - x * horner(x * x, _P))
 
 
 def _erf_mid(a: np.ndarray) -> np.ndarray:
     """t·Q(t) for _A_END ≤ a < _D_END; erf(a) = _D[-1] + t·Q(t)."""
     t = a - _D_C
-    tq = _horner(t, _D[:-1])
+    tq = horner(t, _D[:-1])
     tq *= t
     return tq
 
@@ -274,7 +276,7 @@ def _erfcx_tail(a: np.ndarray, precise: bool) -> tuple:
     """erfcx(a) for 4 ≤ a ≤ 28 as (hi, lo); lo is None unless ``precise``."""
     v = 1.0 / (a * a) - _T_C
     if not precise:
-        g = _horner(v, _T)
+        g = horner(v, _T)
         g /= a
         return g, None
     num, num_lo = _poly_dd(v, _T)
@@ -290,7 +292,7 @@ def _erfcx(a: np.ndarray, region: int, precise: bool) -> tuple:
     c, coef, c1_lo = (_B1_C, _B1, _B1_LO) if region == 0 else (_B2_C, _B2, _B2_LO)
     if precise:
         return _poly_dd2(a - c, coef, c1_lo)
-    return _horner(a - c, coef), None
+    return horner(a - c, coef), None
 
 
 def _erfc_big(a: np.ndarray, precise: bool) -> np.ndarray:

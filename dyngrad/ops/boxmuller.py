@@ -42,6 +42,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from ..special import horner
+
 __all__ = ["BoxMullerTables", "BOX_MULLER", "MAX_ULPS", "log_unit", "cos_2pi", "box_muller"]
 
 MAX_ULPS = {"log_unit": 1.0, "cos_2pi": 1.0, "box_muller": 2.5}
@@ -108,17 +110,6 @@ _ONE = np.int64(1023 << 52)  # the bits of 1.0
 _SLICE = 1 << 15
 
 
-def _horner(z: np.ndarray, coeffs: tuple) -> np.ndarray:
-    """The polynomial (highest degree first) at ``z`` by Horner's rule, each product and sum
-    rounded on its own."""
-    acc = z * coeffs[0]
-    acc += coeffs[1]
-    for c in coeffs[2:]:
-        acc *= z
-        acc += c
-    return acc
-
-
 def log_unit(u: np.ndarray) -> np.ndarray:
     """log u of a float64 array, u in [2⁻⁵³, 1] (any normal positive double, in fact).
 
@@ -137,7 +128,7 @@ def log_unit(u: np.ndarray) -> np.ndarray:
     s = 2.0 + f
     np.divide(f, s, out=s)
     z = s * s
-    corr = _horner(z, t.log_p)
+    corr = horner(z, t.log_p)
     corr *= z  # R
     hfsq = f * 0.5
     hfsq *= f
@@ -163,7 +154,7 @@ def cos_2pi(v: np.ndarray) -> np.ndarray:
     q = np.rint(r)
     r -= q  # in [−½, ½], exact
     z = r * r
-    sin = _horner(z, t.sin_s)
+    sin = horner(z, t.sin_s)
     sin *= r * z
     sin += r * t.sin_lo
     c = r * t.splitter
@@ -175,7 +166,7 @@ def cos_2pi(v: np.ndarray) -> np.ndarray:
     np.rint(h, out=h)
     h *= 2.0 ** -t.split
     tail = r - h  # (exact)
-    cos = _horner(z, t.cos_c)
+    cos = horner(z, t.cos_c)
     cos *= z
     cos *= z
     cos += z * t.cos_lo
