@@ -197,21 +197,24 @@ def test_a_stored_prologue_value_is_read_back_and_written_over_its_input(rows, w
 def _matmul_written_over_by_sub(fn, x) -> None:
     """Compiled ``fn(x)``: a product's buffer is taken over by a ``sub`` (the plan's pair),
     the result is eager's to rounding, and the bits of a plan without in-place pairs."""
-    def run():
-        f = compiler.compile(fn, backend="llvm")
-        for _ in range(2):
-            got = f(x).item()
-        (v,) = f.variants
-        by_id = {n.out.id: n for n in v.trace.graph.nodes}
-        return got, [(by_id[a].prim.name, by_id[b].prim.name) for a, b in v.plan.memory.inplace]
-
-    got, pairs = run()
+    got, pairs = _compiled_with_pairs(fn, x)
     assert ("matmul", "sub") in pairs, pairs
     np.testing.assert_allclose(got, fn(x).item(), rtol=1e-12)
     with pytest.MonkeyPatch.context() as m:
         _without_in_place(m)
-        got0, pairs0 = run()
+        got0, pairs0 = _compiled_with_pairs(fn, x)
     assert not pairs0 and got == got0
+
+
+def _compiled_with_pairs(fn, x) -> tuple:
+    """``fn(x)`` compiled, its second call's result, and the plan's in-place pairs as
+    (primitive of the input's producer, primitive of the node writing over it)."""
+    f = compiler.compile(fn, backend="llvm")
+    for _ in range(2):
+        got = f(x).item()
+    (v,) = f.variants
+    by_id = {n.out.id: n for n in v.trace.graph.nodes}
+    return got, [(by_id[a].prim.name, by_id[b].prim.name) for a, b in v.plan.memory.inplace]
 
 
 @pytest.mark.parametrize("shape,axes", [
@@ -245,23 +248,15 @@ def test_second_passes_over_buffers_dying_there_in_every_form(shape, axes, dtype
 
     x = dg.tensor(rng.standard_normal((n, 5)), dtype=dtype)
 
-    def run():
-        f = compiler.compile(fn, backend="llvm")
-        for _ in range(2):
-            got = f(x).item()
-        (v,) = f.variants
-        by_id = {k.out.id: k for k in v.trace.graph.nodes}
-        return got, [(by_id[a].prim.name, by_id[b].prim.name) for a, b in v.plan.memory.inplace]
-
-    got, pairs = run()
+    got, pairs = _compiled_with_pairs(fn, x)
     assert ("matmul", "sub") in pairs or ("reshape", "sub") in pairs, pairs
     rel = 1e-5 if dtype is dg.float32 else 1e-12
     np.testing.assert_allclose(got, fn(x).item(), rtol=rel)
     with pytest.MonkeyPatch.context() as mp:
         _without_in_place(mp)
-        got0, pairs0 = run()
+        got0, pairs0 = _compiled_with_pairs(fn, x)
     assert not pairs0 and got == got0
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(R, "read_back", lambda *a: frozenset())
-        got1, pairs1 = run()
+        got1, pairs1 = _compiled_with_pairs(fn, x)
     assert ("matmul", "sub") not in pairs1 and got == got1

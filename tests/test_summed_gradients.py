@@ -132,44 +132,40 @@ def test_an_addend_the_convolution_reads_keeps_its_own_buffer(path, monkeypatch)
         assert (other.id, add.out.id) not in mem.inplace
 
 
-def test_a_gradient_the_caller_passes_is_read_not_written():
-    """``x.grad``'s sum with a gradient that is an argument of the call: the argument is the
-    caller's, never an arena buffer, so the sum goes to memory of its own and the argument
-    keeps its values."""
-    rng = np.random.default_rng(5)
-    y = dg.tensor(rng.standard_normal((3, 4, 6, 6)).astype(np.float32))
+def _conv_transpose_plus_argument(batch: int, seed: int, calls: int) -> tuple:
+    """``conv_transpose2d(y, w) + extra`` with ``extra`` an argument, compiled and called
+    ``calls`` times (checked against eager): (its variant, ``extra``, ``extra``'s values
+    before the calls)."""
+    rng = np.random.default_rng(seed)
+    y = dg.tensor(rng.standard_normal((batch, 4, 6, 6)).astype(np.float32))
     w = dg.tensor(rng.standard_normal((4, 4, 3, 3)).astype(np.float32))
-    extra = dg.tensor(rng.standard_normal((3, 4, 6, 6)).astype(np.float32))
+    extra = dg.tensor(rng.standard_normal((batch, 4, 6, 6)).astype(np.float32))
     before = extra.numpy().copy()
 
     def fn(y, extra):
         return F.conv_transpose2d(y, w, padding=1) + extra
 
     cf = compiler.compile(fn, backend="llvm")
-    for _ in range(3):
+    for _ in range(calls):
         got = cf(y, extra).numpy()
     np.testing.assert_allclose(got, fn(y, extra).numpy(), rtol=2e-5, atol=1e-5)
-    assert np.array_equal(extra.numpy(), before)
     (v,) = cf.variants
+    return v, extra, before
+
+
+def test_a_gradient_the_caller_passes_is_read_not_written():
+    """``x.grad``'s sum with a gradient that is an argument of the call: the argument is the
+    caller's, never an arena buffer, so the sum goes to memory of its own and the argument
+    keeps its values."""
+    v, extra, before = _conv_transpose_plus_argument(3, 5, calls=3)
+    assert np.array_equal(extra.numpy(), before)
     assert _summed(v)
 
 
 def test_one_sample_keeps_its_add_apart():
     """A batch of one splits each product across the threads instead of the samples: the
     add stays a kernel of its own."""
-    rng = np.random.default_rng(6)
-    y = dg.tensor(rng.standard_normal((1, 4, 6, 6)).astype(np.float32))
-    w = dg.tensor(rng.standard_normal((4, 4, 3, 3)).astype(np.float32))
-    extra = dg.tensor(rng.standard_normal((1, 4, 6, 6)).astype(np.float32))
-
-    def fn(y, extra):
-        return F.conv_transpose2d(y, w, padding=1) + extra
-
-    cf = compiler.compile(fn, backend="llvm")
-    for _ in range(2):
-        got = cf(y, extra).numpy()
-    np.testing.assert_allclose(got, fn(y, extra).numpy(), rtol=2e-5, atol=1e-5)
-    (v,) = cf.variants
+    v, _, _ = _conv_transpose_plus_argument(1, 6, calls=2)
     assert not _summed(v)
 
 
