@@ -33,7 +33,7 @@ from dyngrad.dispatch import STATE, push_mode
 from dyngrad.distributed.work import DistBackendError
 from dyngrad.tensor import Storage, Tensor
 
-from . import backends, capture, collectives, dims, ir, plancache
+from . import backends, capture, collectives, dims, ir, plancache, variantcache
 from .backends.base import Executable, GuardFailed, SettingError, Untemplatable
 from .capture.calls import trace_through
 from .effects import continue_backward, plan_effects, replay
@@ -551,6 +551,8 @@ class CompiledFunction:
         self._unsupported_streak = 0
         self._verified = 0
         self._state_pending_ran = False  # (a first call creating optimizer state ran eagerly)
+        self._kept: list | None = None  # manifests on disk not yet restored (variantcache):
+        #                                 read at the first miss, tried at each miss
         self.communicates = False  # a variant runs collectives: every call is agreed on
         #                            by the ranks first (compiler/collectives.py)
         self.dynamic_numbers: set[int] = set()
@@ -751,7 +753,66 @@ class CompiledFunction:
                 self.fallbacks.append(reason)
                 self._note(f"{self.__name__} ran eagerly, {reason}", "recompiles")
                 return self.fn(*args, **kwargs)
+        if self._kept is None:
+            self._kept = [[m, 0] for m in variantcache.read(self)] \
+                if self.backend == "llvm" else []
+        if self._kept:
+            v = self._restore(flat, spec)
+            if v is not None:
+                try:
+                    return v.call(flat)
+                except GuardFailed:  # (a value guard: nothing was written)
+                    pass
+                except DistBackendError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - nothing was written
+                    self._internal_error(exc)
+                    return self.fn(*args, **kwargs)
         return self._trace(args, kwargs, flat, spec)
+
+    def _restore(self, flat: list, spec) -> Variant | None:
+        """A variant kept on disk by an earlier process whose assumptions hold for this call
+        (``compiler/variantcache.py``), made ready to run and put first; None when none
+        does. Each manifest is tried at a few misses at most (a later call may be the one
+        it was traced for: the second step, with gradients present)."""
+        backend = backends.get(self.backend)
+        for entry in list(self._kept):
+            payload, tries = entry
+            entry[1] += 1
+            if entry[1] >= 4:
+                self._kept.remove(entry)
+            t0 = time.perf_counter()
+            try:
+                m = variantcache.load(self, payload, flat, spec)
+                pe = plancache.load(m["pkey"])
+                if pe is None:
+                    raise variantcache.Refused("its plans are not in the plan cache")
+                made = compile_trace(m["trace"], pe.lowered, backend, flat, spec,
+                                     set(m["numbers"]), m["checks"], pe.plans)
+                if made.guards.check(flat, spec) >= 0:
+                    raise variantcache.Refused("its guards do not hold for this call")
+            except variantcache.Refused as exc:
+                variantcache.stats["refused"] += 1
+                if _LOG_TOPICS and _topic("recompiles"):
+                    log.info("%s: a kept variant does not serve this call: %s",
+                             self.__name__, exc)
+                continue
+            except Exception as exc:  # noqa: BLE001 - (a manifest of other code, corrupt)
+                variantcache.stats["refused"] += 1
+                self._kept.remove(entry) if entry in self._kept else None
+                if config.raise_compile_errors:
+                    raise
+                log.debug("kept variant refused: %r", exc)
+                continue
+            if entry in self._kept:
+                self._kept.remove(entry)
+            self.dynamic_numbers |= set(m["numbers"])
+            self.dynamic_sources |= set(m["sources"])
+            variantcache.stats["restored"] += 1
+            v = self._add_variant(m["trace"], made, pe.lowered, flat, spec, 0.0,
+                                  time.perf_counter() - t0, "restored")
+            return v
+        return None
 
     def _trace(self, args, kwargs, flat, spec):
         t0 = time.perf_counter()
@@ -790,6 +851,8 @@ class CompiledFunction:
                     lowered = copy.lowered
                     made = compile_trace(trace, lowered, backend, flat, spec,
                                          self.dynamic_numbers, checks, copy.plans)
+            if pkey is not None:
+                trace, made = self._keep(trace, made, checks, pkey, lowered, flat, spec)
         except Unsupported as exc:
             self._unsupported(str(exc))
             return _plain_numbers(result)
@@ -800,12 +863,42 @@ class CompiledFunction:
             return _plain_numbers(result)
         t2 = time.perf_counter()
         self._unsupported_streak = 0
-        trace, bw = made.trace, trace.backward
+        self._add_variant(trace, made, lowered, flat, spec, t1 - t0, t2 - t1, "traced")
+        return _plain_numbers(result)
+
+    def _keep(self, trace: Trace, made, checks: list, pkey: str, lowered, flat: list,
+              spec) -> tuple:
+        """Keep the variant just made on disk for later processes (variantcache). In
+        round-trip mode it is restored here instead, and (trace, made) of the restored
+        manifest returned, which the call runs from now on."""
+        m = plancache.mode()
+        try:
+            manifest = variantcache.dump(self, trace, checks, pkey, flat, spec)
+        except variantcache.Refused as exc:
+            variantcache.stats["unkept"] += 1
+            variantcache.unkept[str(exc)[:70]] += 1
+            if _LOG_TOPICS and _topic("recompiles"):
+                log.info("%s: variant not kept on disk: %s", self.__name__, exc)
+            return trace, made
+        if m == "on":
+            variantcache.write(self, manifest)
+            return trace, made
+        r = variantcache.load(self, manifest, flat, spec)  # (round trip: a failure is a
+        restored = compile_trace(r["trace"], lowered, backends.get(self.backend), flat,  # bug)
+                                 spec, set(r["numbers"]), r["checks"])
+        variantcache.stats["restored"] += 1
+        return r["trace"], restored
+
+    def _add_variant(self, trace: Trace, made, lowered, flat: list, spec, trace_s: float,
+                     compile_s: float, how: str) -> Variant:
+        """Put the variant ``compile_trace`` made of ``trace`` first in the lookup order."""
+        bw = trace.backward
+        trace = made.trace
         backward = None if bw is None else BackwardPlan(
             made.backward, lowered.parts, list(bw.leaves), [v.shape for v in bw.grads],
             trace.bindings)
-        v = Variant(trace, made.guards, lowered.before, lowered.after, made.plan, t1 - t0,
-                    t2 - t1, made.copy_outputs, backward=backward, arg_meta=arg_shapes(flat),
+        v = Variant(trace, made.guards, lowered.before, lowered.after, made.plan, trace_s,
+                    compile_s, made.copy_outputs, backward=backward, arg_meta=arg_shapes(flat),
                     inplace=made.inplace, backend_name=self.backend,
                     collectives=collectives.Collectives.of(trace.graph))
         if v.collectives is not None:
@@ -817,12 +910,12 @@ class CompiledFunction:
         elif self.dynamic is not False:  # (a variant with collectives keeps its sizes: its
             self._generalize(v, flat, spec)  # MPI counts are numbers of its code)
         self.variants.insert(0, v)  # the next call on this path finds it first
-        self._note(f"traced variant {v.number} of {self.__name__}: "
+        self._note(f"{how} variant {v.number} of {self.__name__}: "
                    f"{len(trace.graph.nodes)} nodes, {len(v.guards.describe)} guards, "
-                   f"trace {1e3 * (t1 - t0):.1f} ms + passes {1e3 * (t2 - t1):.1f} ms", "graph")
+                   f"trace {1e3 * trace_s:.1f} ms + passes {1e3 * compile_s:.1f} ms", "graph")
         if _topic("graph"):
             log.info("%s", lowered.after)
-        return _plain_numbers(result)
+        return v
 
     def _size_verified(self, pending, g, parts, flat) -> bool:
         """A symbolic variant missed only because the size was new: this call's trace at
