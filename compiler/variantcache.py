@@ -235,7 +235,7 @@ class _Fingerprint:
         first, base = self.storages.setdefault(id(t._storage), (len(self.storages),
                                                                  a.ctypes.data))
         return ("tensor", qual(type(t)), a.shape, a.strides, a.dtype.str, t._requires_grad,
-                t._node is None, self.same(t), first, a.ctypes.data - base)
+                t._node is None, _hooked(t), self.same(t), first, a.ctypes.data - base)
 
     def signature(self, obj) -> tuple:
         """What the object a path leads to must be."""
@@ -297,6 +297,19 @@ class _Fingerprint:
         raise Refused(f"a {type(v).__name__} in a module's state has no fingerprint")
 
 
+def _hooked(t: Tensor) -> bool:
+    """Whether the tensor has gradient hooks (``build_guards`` guards their absence only
+    where there are none when it runs: a variant traced without them must not meet them)."""
+    return bool(t._hooks or t._post_accumulate_hooks or t._node is not None and
+                t._node.pre_hooks)
+
+
+def _argument_facts(flat: list) -> list:
+    """What ``build_guards`` reads of the tensor arguments without guarding all of it."""
+    return [(i, x._requires_grad, x._node is None, _hooked(x)) for i, x in enumerate(flat)
+            if isinstance(x, Tensor)]
+
+
 def _type_name(obj) -> tuple:
     q = qual(type(obj))
     if q is None:
@@ -334,6 +347,8 @@ def _roots(fn, flat: list, sources: list) -> list:
             for n in _names(code):
                 if n in glb:
                     roots.append(((("global", mod, n),), glb[n]))
+    roots.append(((("global", "dyngrad.ops.random", "default_generator"),),  # (its state
+                  sys.modules["dyngrad.ops.random"].default_generator))  # tensor: dropout)
     for src in sources:  # (globals of other modules the capture read)
         g = getattr(src, "globals", None)
         mod = getattr(src, "module", None)
@@ -638,6 +653,7 @@ def dump(cf, trace: Trace, checks: list, pkey: str, flat: list, spec) -> bytes:
     p = _Pickler(f, fn, flat, cf, locator)
     try:
         p.dump({"spec": spec, "trace": trace, "checks": checks, "pkey": pkey,
+                "arguments": _argument_facts(flat),
                 "numbers": sorted(cf.dynamic_numbers), "sources": list(cf.dynamic_sources)})
     except Refused:
         raise
@@ -667,6 +683,8 @@ def load(cf, payload: bytes, flat: list, spec) -> dict:
         raise Refused(f"{type(exc).__name__}: {exc}") from None
     if m["spec"] != spec:
         raise Refused("the arguments have another structure")
+    if m["arguments"] != _argument_facts(flat):
+        raise Refused("a tensor argument differs in requires_grad, history or hooks")
     fresh_versions = iter(versions)
     checks = []
     for c in m["checks"]:
