@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 import time
-import types
 import warnings
 import weakref
 from collections.abc import Callable
@@ -1078,7 +1077,7 @@ def _optimizer_without_state(fn: Callable, flat: list):
         glb = getattr(fn, "__globals__", {})
         roots += [glb[n] for n in code.co_names if n in glb]
     seen: set = set()
-    inner = [v for r in roots for v in _instance_dict(r).values()]
+    inner = [v for r in roots for v in variantcache.instance_dict(r).values()]
     for obj in roots + inner:
         if isinstance(obj, Optimizer) and id(obj) not in seen:
             seen.add(id(obj))
@@ -1095,19 +1094,6 @@ def _predicts_state(opt) -> bool:
         return opt.first_step_creates_state() is True
     except Exception:
         return False
-
-
-def _instance_dict(obj) -> dict:
-    """``obj.__dict__`` for a plain instance; {} for a tensor (reading its dict would
-    materialise it, and slow every attribute load after), a class, a module, or an object
-    whose attribute lookup raises (a proxy's ``__getattr__``)."""
-    if isinstance(obj, (Tensor, type, types.ModuleType)):
-        return {}
-    try:
-        d = object.__getattribute__(obj, "__dict__")
-    except Exception:  # (no instance dict, or a lookup that fails)
-        return {}
-    return d if type(d) is dict else {}
 
 
 def _plain_numbers(x):

@@ -54,15 +54,14 @@ import sys
 import types
 import weakref
 from collections import Counter, deque
-from dataclasses import fields, is_dataclass
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from dyngrad.autograd.graph import Node
 from dyngrad.nn.module import Module
 from dyngrad.optim.optimizer import Optimizer
-from dyngrad.autograd.graph import Node
 from dyngrad.tensor import Storage, Tensor
 
 from . import plancache
@@ -211,6 +210,7 @@ def _plain_repr(x):
 
 
 # ----------------------------------------------------------------------------- fingerprints
+_NONE = object()
 _PLAIN_TYPES = (int, float, bool, str, bytes, complex, type(None), type(Ellipsis))
 
 
@@ -288,8 +288,7 @@ class _Fingerprint:
             return ("dtype", v.str)
         if isinstance(v, np.ndarray):
             return ("ndarray", v.shape, v.dtype.str, hashlib.sha256(v.tobytes()).hexdigest())
-        from .api import _instance_dict
-        d = _instance_dict(v)
+        d = instance_dict(v)
         if d or type(v).__dictoffset__ and not hasattr(type(v), "__slots__"):
             # (a plain object: a configuration dataclass — by class and contents)
             return ("instance", _type_name(v), self.same(v),
@@ -319,11 +318,24 @@ def _type_name(obj) -> tuple:
 
 # ----------------------------------------------------------------------------- paths
 def _function(fn):
-    """The Python function a compiled callable runs (a method's or a compiled method's)."""
-    from .api import BoundMethod
-    if isinstance(fn, BoundMethod):
+    """The Python function a compiled callable runs (a method's or a compiled method's:
+    ``api.BoundMethod``, which holds it as ``func``)."""
+    if type(fn).__name__ == "BoundMethod" and type(fn).__module__ == "compiler.api":
         return fn.func
     return getattr(fn, "__func__", fn)
+
+
+def instance_dict(obj) -> dict:
+    """``obj.__dict__`` for a plain instance; {} for a tensor (reading its dict would
+    materialise it, and slow every attribute load after), a class, a module, or an object
+    whose attribute lookup raises (a proxy's ``__getattr__``)."""
+    if isinstance(obj, (Tensor, type, types.ModuleType)):
+        return {}
+    try:
+        d = object.__getattribute__(obj, "__dict__")
+    except Exception:  # noqa: BLE001 - (no instance dict, or a lookup that fails)
+        return {}
+    return d if type(d) is dict else {}
 
 
 def _roots(fn, flat: list, sources: list) -> list:
@@ -388,11 +400,11 @@ class _Locator:
 
         for path, obj in roots:
             visit(obj, path)
-        from .api import CompiledFunction, _instance_dict
         while queue:
             while queue and len(self.path) < WALK:
                 obj, path = queue.popleft()
-                if len(path) > 12 or isinstance(obj, (_LEAVES, CompiledFunction)):
+                if len(path) > 12 or isinstance(obj, _LEAVES) or \
+                        type(obj).__module__.startswith("compiler."):
                     continue
                 if isinstance(obj, Tensor):
                     self.path.setdefault(id(obj._data), path + (("data",),))
@@ -410,7 +422,7 @@ class _Locator:
                         visit(v, path + (("item", i),))
                 elif not type(obj).__module__.startswith("compiler.") and \
                         type(obj).__dictoffset__:
-                    d = _instance_dict(obj)
+                    d = instance_dict(obj)
                     if d:
                         visit(d, path + (("vars",),))
             if len(self.path) >= WALK:
@@ -428,7 +440,6 @@ def _literal(k) -> bool:
 
 def _resolve(path: tuple, fn, flat: list):
     """The object at ``path`` now (raises Refused when there is none)."""
-    from .api import _instance_dict
     try:
         head = path[0]
         if head[0] == "flat":
@@ -444,7 +455,7 @@ def _resolve(path: tuple, fn, flat: list):
         for step in path[1:]:
             kind = step[0]
             if kind == "vars":
-                obj = _instance_dict(obj)
+                obj = instance_dict(obj)
                 if not obj:
                     raise Refused(f"{_describe(path)} has no instance dict")
             elif kind == "item":
@@ -577,12 +588,19 @@ class _Unpickler(plancache._Unpickler):
         super().__init__(f)
         self.fn, self.flat, self.cf = fn, flat, cf
         self.fp = _Fingerprint()
+        self.named: dict = {}  # pid -> object, for names met again (the same answer: a
+        #                        signature repeats itself for an object already signed)
 
     def persistent_load(self, pid):
+        obj = self.named.get(pid, _NONE)
+        if obj is _NONE:
+            obj = self.named[pid] = self._load(pid)
+        return obj
+
+    def _load(self, pid):
         kind = pid[0]
         if kind == "ref":
-            obj = self.persistent_load(pid[1])
-            return weakref.ref(obj)
+            return weakref.ref(self.persistent_load(pid[1]))
         if kind == "cf":
             return self.cf
         if kind == "fn":
@@ -619,9 +637,14 @@ class _Unpickler(plancache._Unpickler):
         raise pickle.UnpicklingError(f"variant cache: unknown name {kind!r}")
 
 
-def _evaluate(src: Source, flat: list):
+def _evaluate(sources: list, flat: list) -> list:
+    """The objects ``sources`` hold now (one generated function reads them all)."""
+    if not sources:
+        return []
     ns: dict = {}
-    return eval_generated(f"lambda flat: {src.expr(Namer(ns))}", ns)(flat)
+    namer = Namer(ns)
+    return list(eval_generated(f"lambda flat: ({', '.join(s.expr(namer) for s in sources)},)",
+                               ns)(flat))
 
 
 # ----------------------------------------------------------------------------- manifests
@@ -652,7 +675,9 @@ def dump(cf, trace: Trace, checks: list, pkey: str, flat: list, spec) -> bytes:
     f = io.BytesIO()
     p = _Pickler(f, fn, flat, cf, locator)
     try:
-        p.dump({"spec": spec, "trace": trace, "checks": checks, "pkey": pkey,
+        # (the graph is the plan cache's: compile_trace puts the lowered one in its place)
+        p.dump({"spec": spec, "trace": replace(trace, graph=None), "checks": checks,
+                "pkey": pkey,
                 "arguments": _argument_facts(flat),
                 "numbers": sorted(cf.dynamic_numbers), "sources": list(cf.dynamic_sources)})
     except Refused:
@@ -660,12 +685,11 @@ def dump(cf, trace: Trace, checks: list, pkey: str, flat: list, spec) -> bytes:
     except Exception as exc:  # noqa: BLE001 - (something does not pickle)
         raise Refused(f"{type(exc).__name__}: {exc}") from None
     versions = []  # (what each version check stands for: the object's state now; after
-    for c in checks:  # the signatures, as load() computes them)
-        if isinstance(c, Version):
-            obj = _evaluate(c.source, flat)
-            if obj._version != c.box[0]:
-                raise Refused("a version moved during the call")
-            versions.append(p.fp.state(obj))
+    vc = [c for c in checks if isinstance(c, Version)]  # the signatures, as load() does)
+    for c, obj in zip(vc, _evaluate([c.source for c in vc], flat), strict=True):
+        if obj._version != c.box[0]:
+            raise Refused("a version moved during the call")
+        versions.append(p.fp.state(obj))
     return plancache._dumps((f.getvalue(), versions))
 
 
@@ -687,9 +711,13 @@ def load(cf, payload: bytes, flat: list, spec) -> dict:
         raise Refused("a tensor argument differs in requires_grad, history or hooks")
     fresh_versions = iter(versions)
     checks = []
+    try:
+        live = iter(_evaluate([c.source for c in m["checks"] if isinstance(c, Version)], flat))
+    except Exception as exc:  # noqa: BLE001 - (a source that no longer reads)
+        raise Refused(f"a versioned object is not there ({type(exc).__name__})") from None
     for c in m["checks"]:
         if isinstance(c, Version):
-            obj = _evaluate(c.source, flat)
+            obj = next(live)
             if u.fp.state(obj) != next(fresh_versions):
                 raise Refused(f"{c.source} has other state than the one the trace saw")
             seen = c.seen
@@ -701,7 +729,6 @@ def load(cf, payload: bytes, flat: list, spec) -> dict:
     for ref, _ in trace.objects:  # (their state checked with their signature)
         obj = ref()
         objects.append((ref, obj._version))
-    from dataclasses import replace
     m["trace"] = replace(trace, objects=objects)
     m["checks"] = checks
     return m

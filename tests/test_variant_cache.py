@@ -42,7 +42,8 @@ NETDEF = textwrap.dedent("""
             self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 6)
             if tied:
                 self.b.weight = self.a.weight
-            self.c, self.bn, self.d = nn.Linear(6, width), nn.BatchNorm1d(width), nn.Linear(width, 3)
+            self.c, self.bn = nn.Linear(6, width), nn.BatchNorm1d(width)
+            self.d = nn.Linear(width, 3)
             self.drop = nn.Dropout(0.25)
             self.scale, self.act = scale, act
 

@@ -136,9 +136,22 @@ def guard_lines(checks: list[Check], ns: dict) -> list[tuple[str, list[str], Che
 
         e = render(c.source)
         full = c.source.expr(namer)
-        reader = eval_generated(f"lambda flat: {full}", ns)
-        out.append((c.condition(e, namer), pre, c, reader))
+        out.append((c.condition(e, namer), pre, c, _Reader(f"lambda flat: {full}", ns)))
     return out
+
+
+class _Reader:
+    """A source's reader, compiled when first called: only a miss's message reads it."""
+
+    __slots__ = ("text", "ns", "fn")
+
+    def __init__(self, text: str, ns: dict) -> None:
+        self.text, self.ns, self.fn = text, ns, None
+
+    def __call__(self, flat):
+        if self.fn is None:
+            self.fn = eval_generated(self.text, self.ns)
+        return self.fn(flat)
 
 
 def _with_base(src, base_expr: str, namer: Namer) -> str:
