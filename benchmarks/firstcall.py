@@ -9,8 +9,9 @@ on, in each mode. Prints one JSON line: per mode the milliseconds (and how much 
 kept variants' tracing and passes took), the variants made and the LLVM disk cache's
 counters. The suite runs it twice with one empty ``DYNGRAD_CACHE_DIR``:
 the first process is cold (trace, passes and LLVM compile), the second loads the compiled
-modules and the plans from the disk cache (the trace still runs: variants are not cached on
-disk; ``compiler/plancache.py``).
+modules, the plans and the variants from the disk cache (``compiler/plancache.py``,
+``compiler/variantcache.py``: no trace when a kept variant holds; the first step still runs
+eagerly, creating the optimizer's state).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def warm_calls(n_inputs: int) -> int:
 def first_calls(name: str, mode: str, quick: bool) -> dict:
     """The warm-up of workload ``name`` in ``mode``: ms, variants, cache counters."""
     import compiler
-    from compiler import backends, plancache
+    from compiler import backends, plancache, variantcache
     from compiler.backends.llvm import cache
 
     from .measure import Runner
@@ -47,6 +48,7 @@ def first_calls(name: str, mode: str, quick: bool) -> dict:
     #                     ``import jax`` and ``import torch`` import theirs)
     before = dict(cache.stats)
     plans_before = plancache.stats["plans"]
+    restored_before = variantcache.stats["restored"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # (fallbacks are counted by the suite)
         t = time.perf_counter()
@@ -59,12 +61,13 @@ def first_calls(name: str, mode: str, quick: bool) -> dict:
             "trace_ms": sum(v.trace_seconds for v in cf.variants) * 1e3,
             "passes_ms": sum(v.compile_seconds for v in cf.variants) * 1e3,
             **{f"cache_{k}": cache.stats[k] - before[k] for k in ("compiled", "disk_hits")},
-            "plans_restored": plancache.stats["plans"] - plans_before}
+            "plans_restored": plancache.stats["plans"] - plans_before,
+            "variants_restored": variantcache.stats["restored"] - restored_before}
 
 
 # the three ways a process can start (--compare): an empty cache; the object cache of a
-# process before it with the plan cache off; both caches
-STARTS = (("cold", "1"), ("disk, objects only", "0"), ("disk, objects and plans", "1"))
+# process before it with the plan (and variant) cache off; all of them
+STARTS = (("cold", "1"), ("disk, objects only", "0"), ("disk, objects, plans, variants", "1"))
 
 
 def compare(names: list, repeats: int, quick: bool) -> dict:

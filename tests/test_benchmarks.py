@@ -227,8 +227,8 @@ def test_symbolic_sizes_quick_run_shares_modules_and_agrees_with_eager(tmp_path)
 
 def test_first_calls_compare_cold_code_on_disk_and_plans_on_disk(tmp_path):
     """``benchmarks.firstcall --compare``: new processes started cold, with the compiled
-    code on disk and with code and plans on disk — the last restores its plan (never a
-    timing asserted)."""
+    code on disk and with code, plans and variants on disk — the last restores its plans
+    and variants and traces nothing (never a timing asserted)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
     env.pop("DYNGRAD_PLAN_CACHE", None)  # (each process is given its own setting)
     png = tmp_path / "first.png"
@@ -240,7 +240,9 @@ def test_first_calls_compare_cold_code_on_disk_and_plans_on_disk(tmp_path):
     assert runs["cold"]["cache_compiled"] >= 1 and runs["cold"]["plans_restored"] == 0
     assert runs["disk, objects only"]["cache_compiled"] == 0
     assert runs["disk, objects only"]["plans_restored"] == 0
-    assert runs["disk, objects and plans"]["plans_restored"] == runs["cold"]["variants"]
+    last = runs["disk, objects, plans, variants"]
+    assert last["plans_restored"] == runs["cold"]["variants"]
+    assert last["variants_restored"] == runs["cold"]["variants"] and last["trace_ms"] == 0
     assert png.exists()
 
 
