@@ -158,6 +158,7 @@ def inplace_writes(trace: Trace, g: ir.Graph, n_fwd: int) -> tuple[dict, list]:
     for v in g.outputs:
         out_count[id(v)] = out_count.get(id(v), 0) + 1
     arrays = [b.array() for b in trace.bindings]
+    shared = _overlapping(arrays)
     inplace: dict[int, int] = {}
     marked: list[Any] = []
     for b, k in trace.writebacks:
@@ -174,12 +175,31 @@ def inplace_writes(trace: Trace, g: ir.Graph, n_fwd: int) -> tuple[dict, list]:
                     and v.dtype is inv.dtype:
                 i = input_index[id(inv)]
                 a = arrays[i]
-                if a is not None and not any(o is not None and o is not a and
-                                             np.may_share_memory(a, o) for o in arrays):
+                if a is not None and id(a) not in shared:
                     inplace[j] = i
                     done = True
         marked.append((b, k, done))
     return inplace, marked
+
+
+try:  # (numpy 2 moved it)
+    from numpy.lib.array_utils import byte_bounds as _byte_bounds
+except ImportError:  # numpy 1.x
+    _byte_bounds = np.byte_bounds
+
+
+def _overlapping(arrays: list) -> set:
+    """ids of the arrays whose memory bounds overlap another array's (``np.may_share_memory``
+    of each pair, by sorting the bounds: a step binds hundreds of arrays)."""
+    bounds = sorted((lo, hi, id(a)) for a in {id(a): a for a in arrays if a is not None}.values()
+                    for lo, hi in [_byte_bounds(a)] if hi > lo)
+    out: set = set()
+    for k, (_, hi, i) in enumerate(bounds):
+        for lo2, _, j in bounds[k + 1:]:
+            if lo2 >= hi:
+                break
+            out.update((i, j))
+    return out
 
 
 def aliasing_outputs(g: ir.Graph, limit: int) -> set:

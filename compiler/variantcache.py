@@ -249,12 +249,12 @@ class _Fingerprint:
 
     def state(self, obj) -> tuple:
         """What ``obj._version`` stands for within a process (see the module docstring)."""
-        if isinstance(obj, Optimizer):
-            d = vars(obj)
+        if isinstance(obj, Optimizer):  # (its numbers are hyperparameters and step
+            d = vars(obj)  #                 counts, read at each step: see the docstring)
             return ("optimizer", _type_name(obj), self.same(obj),
-                    self.value(d.get("defaults"), 0, numbers=False),
-                    self.value(list(d.get("param_groups", ())), 0, numbers=False),
-                    self.value(d.get("state"), 0, numbers=False))
+                    tuple((k, self.value(list(v) if k == "param_groups" else v, 0,
+                                         numbers=False))
+                          for k, v in d.items() if k not in ("_version", "_hyper_version")))
         d = vars(obj)
         return ("module", _type_name(obj), self.same(obj),
                 tuple((k, self.value(v, 0)) for k, v in d.items() if k != "_version"))
