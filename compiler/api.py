@@ -847,11 +847,12 @@ class CompiledFunction:
                                      not entry.unkept):
                 copy = plancache.keep(pkey, lowered, plans)
                 if copy is not None:  # (round trip: the variant runs the restored copy)
-                    lowered = copy.lowered
+                    lowered, plans = copy.lowered, copy.plans
                     made = compile_trace(trace, lowered, backend, flat, spec,
-                                         self.dynamic_numbers, checks, copy.plans)
+                                         self.dynamic_numbers, checks, plans)
             if pkey is not None:
-                trace, made = self._keep(trace, made, checks, pkey, lowered, flat, spec)
+                trace, made = self._keep(trace, made, checks, pkey, lowered, plans, flat,
+                                         spec)
         except Unsupported as exc:
             self._unsupported(str(exc))
             return _plain_numbers(result)
@@ -865,8 +866,8 @@ class CompiledFunction:
         self._add_variant(trace, made, lowered, flat, spec, t1 - t0, t2 - t1, "traced")
         return _plain_numbers(result)
 
-    def _keep(self, trace: Trace, made, checks: list, pkey: str, lowered, flat: list,
-              spec) -> tuple:
+    def _keep(self, trace: Trace, made, checks: list, pkey: str, lowered, plans: dict,
+              flat: list, spec) -> tuple:
         """Keep the variant just made on disk for later processes (variantcache). In
         round-trip mode it is restored here instead, and (trace, made) of the restored
         manifest returned, which the call runs from now on."""
@@ -884,7 +885,7 @@ class CompiledFunction:
             return trace, made
         r = variantcache.load(self, manifest, flat, spec)  # (round trip: a failure is a
         restored = compile_trace(r["trace"], lowered, backends.get(self.backend), flat,  # bug)
-                                 spec, set(r["numbers"]), r["checks"])
+                                 spec, set(r["numbers"]), r["checks"], plans)
         variantcache.stats["restored"] += 1
         return r["trace"], restored
 

@@ -75,13 +75,16 @@ from .ops.bitwise import (
 )
 from .ops.composites import (
     acosh,
+    allclose,
     arccosh,
     arcsinh,
     arctanh,
     asinh,
     atanh,
     cosh,
+    equal,
     fix,
+    isclose,
     isfinite,
     isinf,
     isnan,
@@ -329,7 +332,8 @@ __all__ = [
     "one_hot",
     "tril", "triu", "t", "swapaxes", "swapdims", "meshgrid", "sinh", "cosh", "trunc", "fix",
     "asinh", "acosh", "atanh", "arcsinh", "arccosh", "arctanh",
-    "isnan", "isinf", "isfinite", "log2", "log10", "mv", "pi", "e", "inf", "nan",
+    "isnan", "isinf", "isfinite", "isclose", "allclose", "equal", "log2", "log10", "mv", "pi",
+    "e", "inf", "nan",
     "repeat_interleave", "einsum", "cumsum", "cumprod", "sort", "argsort", "topk", "msort",
     "numel", "normal", "bernoulli", "multinomial", "int32", "int16", "int8", "uint8",
 ]

@@ -286,6 +286,7 @@ METHODS: tuple[Method, ...] = (
         asinh=_cf.asinh, acosh=_cf.acosh, atanh=_cf.atanh, arcsinh=_cf.asinh,
         arccosh=_cf.acosh, arctanh=_cf.atanh,
         isnan=_cf.isnan, isinf=_cf.isinf, isfinite=_cf.isfinite, log2=_cf.log2,
+        isclose=_cf.isclose, allclose=_cf.allclose, equal=_cf.equal,
         log10=_cf.log10, mv=_l.mv,
         repeat_interleave=_cf.repeat_interleave, roll=_cf.roll,
         new_zeros=_cf.new_zeros, new_ones=_cf.new_ones, new_full=_cf.new_full,

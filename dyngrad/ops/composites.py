@@ -180,6 +180,39 @@ def isfinite(input: Tensor) -> Tensor:
     return _e.lt(_e.abs(input), math.inf)
 
 
+def isclose(input: Tensor, other, rtol: float = 1e-05, atol: float = 1e-08,
+            equal_nan: bool = False) -> Tensor:
+    """Where ``|input - other| <= atol + rtol·|other|`` (a bool tensor, broadcast): infinities
+    are close only to themselves, NaN only to NaN with ``equal_nan``; as PyTorch's."""
+    if not isinstance(other, Tensor):
+        other = _c.as_tensor(other)
+    if rtol < 0 or atol < 0:
+        raise ValueError(f"isclose: rtol and atol must be non-negative, got rtol={rtol}, "
+                         f"atol={atol}")
+    same = _e.eq(input, other)  # (exact: equal infinities included)
+    a, b = input, other
+    if not a.dtype.is_floating_point and not b.dtype.is_floating_point:
+        a, b = _e.cast(a, _dt.float64), _e.cast(b, _dt.float64)
+    near = _e.le(_e.abs(_e.sub(a, b)), atol + rtol * _e.abs(b))
+    out = _e.logical_or(same, _e.logical_and(_e.logical_and(isfinite(a), isfinite(b)), near))
+    if equal_nan:
+        out = _e.logical_or(out, _e.logical_and(isnan(input), isnan(other)))
+    return out
+
+
+def allclose(input: Tensor, other, rtol: float = 1e-05, atol: float = 1e-08,
+             equal_nan: bool = False) -> bool:
+    """Whether every element is close (:func:`isclose`), as a Python bool."""
+    return bool(isclose(input, other, rtol, atol, equal_nan).all())
+
+
+def equal(input: Tensor, other: Tensor) -> bool:
+    """Whether the two tensors have the same shape and the same elements (a Python bool)."""
+    if not isinstance(other, Tensor):
+        raise TypeError(f"equal: other must be a Tensor, got {type(other).__name__}")
+    return tuple(input.shape) == tuple(other.shape) and bool(_e.eq(input, other).all())
+
+
 def log2(input: Tensor) -> Tensor:
     """Base-2 logarithm, ``log(x) / log(2)`` (within an ulp or two of PyTorch's)."""
     return _e.div(_e.log(_e._float_operand(input)), math.log(2.0))
