@@ -65,9 +65,12 @@ def first_calls(name: str, mode: str, quick: bool) -> dict:
             "variants_restored": variantcache.stats["restored"] - restored_before}
 
 
-# the three ways a process can start (--compare): an empty cache; the object cache of a
-# process before it with the plan (and variant) cache off; all of them
-STARTS = (("cold", "1"), ("disk, objects only", "0"), ("disk, objects, plans, variants", "1"))
+# the ways a process can start (--compare), each with its settings: an empty cache; the
+# object cache of a process before it, with the plan and variant caches off; with plans
+# but no variants (the trace runs); with everything
+STARTS = (("cold", {}), ("disk, objects only", {"DYNGRAD_PLAN_CACHE": "0"}),
+          ("disk, objects and plans", {"DYNGRAD_VARIANT_CACHE": "0"}),
+          ("disk, objects, plans, variants", {}))
 
 
 def compare(names: list, repeats: int, quick: bool) -> dict:
@@ -79,22 +82,23 @@ def compare(names: list, repeats: int, quick: bool) -> dict:
     for name in names:
         out[name] = {}
         with tempfile.TemporaryDirectory(prefix="dyngrad-firstcall-") as tmp:
-            for start, plans in STARTS:
+            for start, settings in STARTS:
                 runs = []
                 for i in range(repeats):
                     d = Path(tmp) / (f"cold{i}" if start == "cold" else "shared")
                     if start != "cold" and not d.exists():  # (filled by a cold process)
-                        _process(root, name, d, "1", quick)
-                    runs.append(_process(root, name, d, plans, quick))
+                        _process(root, name, d, {}, quick)
+                    runs.append(_process(root, name, d, settings, quick))
                 runs.sort(key=lambda r: r["ms"])
                 out[name][start] = {**runs[len(runs) // 2], "all_ms": [r["ms"] for r in runs]}
                 print(f"{name} {start}: {out[name][start]['ms']:.0f} ms", file=sys.stderr)
     return out
 
 
-def _process(root: Path, name: str, cache_dir: Path, plans: str, quick: bool) -> dict:
-    env = dict(os.environ, DYNGRAD_CACHE_DIR=str(cache_dir), DYNGRAD_PLAN_CACHE=plans,
-               PYTHONPATH=str(root))
+def _process(root: Path, name: str, cache_dir: Path, settings: dict, quick: bool) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DYNGRAD_PLAN_CACHE", "DYNGRAD_VARIANT_CACHE")}
+    env.update(settings, DYNGRAD_CACHE_DIR=str(cache_dir), PYTHONPATH=str(root))
     args = [sys.executable, "-m", "benchmarks.firstcall", name] + (["--quick"] * quick)
     proc = subprocess.run(args, env=env, cwd=root, capture_output=True, text=True,
                           timeout=900)

@@ -871,7 +871,9 @@ class CompiledFunction:
         """Keep the variant just made on disk for later processes (variantcache). In
         round-trip mode it is restored here instead, and (trace, made) of the restored
         manifest returned, which the call runs from now on."""
-        m = plancache.mode()
+        m = variantcache.mode()
+        if m == "off":
+            return trace, made
         try:
             manifest = variantcache.dump(self, trace, checks, pkey, flat, spec)
         except variantcache.Refused as exc:

@@ -57,7 +57,8 @@ import numpy
 MAGIC = b"DGPLAN01"
 stats = {"hits": 0, "plans": 0, "misses": 0, "stored": 0, "unkeyed": 0, "refused": 0,
          "round_trips": 0}  # (plans: executables restored with the entries hit)
-_IGNORED_SETTINGS = ("DYNGRAD_LOG", "DYNGRAD_CACHE_DIR", "DYNGRAD_PLAN_CACHE")
+_IGNORED_SETTINGS = ("DYNGRAD_LOG", "DYNGRAD_CACHE_DIR", "DYNGRAD_PLAN_CACHE",
+                     "DYNGRAD_VARIANT_CACHE")
 
 
 def mode() -> str:

@@ -49,6 +49,7 @@ from __future__ import annotations
 import builtins
 import hashlib
 import io
+import os
 import pickle
 import sys
 import types
@@ -76,6 +77,16 @@ KEPT = 8  # manifests kept per function
 WALK = 200_000  # objects the locator visits at most
 stats = {"stored": 0, "restored": 0, "refused": 0, "unkept": 0}
 unkept: Counter = Counter()  # why variants were not kept (the first words), for debugging
+
+
+def mode() -> str:
+    """'on', 'off' or 'roundtrip': the plan cache's mode (``DYNGRAD_PLAN_CACHE``), unless
+    ``DYNGRAD_VARIANT_CACHE=0`` turns variants off alone (then a new process traces, and
+    takes only the plans)."""
+    if os.environ.get("DYNGRAD_VARIANT_CACHE", "1").strip().lower() in ("0", "off", "false",
+                                                                         "no"):
+        return "off"
+    return plancache.mode()
 
 
 class Refused(Exception):
@@ -759,7 +770,7 @@ def _path(k: str) -> Path:
 def read(cf) -> list:
     """The manifests kept for ``cf`` (newest first), or []."""
     from .backends.llvm import cache
-    if plancache.mode() != "on":
+    if mode() != "on":
         return []
     k = function_key(cf)
     if k is None:
