@@ -47,6 +47,7 @@ traced is kept and restored in the same process, and the restored one is run.
 from __future__ import annotations
 
 import builtins
+import functools
 import hashlib
 import io
 import pickle
@@ -212,6 +213,8 @@ def _plain_repr(x):
 # ----------------------------------------------------------------------------- fingerprints
 _NONE = object()
 _PLAIN_TYPES = (int, float, bool, str, bytes, complex, type(None), type(Ellipsis))
+_PLAIN_SIZE = type("_Plain", (), {}).__basicsize__  # (an instance of a class statement's
+#                                                   class: no state but its __dict__)
 
 
 class _Fingerprint:
@@ -245,6 +248,9 @@ class _Fingerprint:
             return ("array", obj.shape, obj.strides, obj.dtype.str)
         if isinstance(obj, (Module, Optimizer)):
             return ("versioned", self.state(obj))
+        if type(obj) is functools.partial:  # (the capture takes its func as known with it:
+            #                                  within a process a partial's func is fixed)
+            return ("partial", self.same(obj), self.value(obj.func, 0))
         return ("object", _type_name(obj), self.same(obj))
 
     def state(self, obj) -> tuple:
@@ -288,9 +294,17 @@ class _Fingerprint:
             return ("dtype", v.str)
         if isinstance(v, np.ndarray):
             return ("ndarray", v.shape, v.dtype.str, hashlib.sha256(v.tobytes()).hexdigest())
-        d = instance_dict(v)
-        if d or type(v).__dictoffset__ and not hasattr(type(v), "__slots__"):
-            # (a plain object: a configuration dataclass — by class and contents)
+        if type(v) is functools.partial:
+            return ("partial", self.value(v.func, depth + 1, numbers),
+                    self.value(v.args, depth + 1, numbers),
+                    self.value(v.keywords, depth + 1, numbers),
+                    self.value(instance_dict(v), depth + 1, numbers))
+        if type(v).__basicsize__ == _PLAIN_SIZE and type(v).__dictoffset__ and \
+                not hasattr(type(v), "__slots__"):
+            # (a plain object, all of whose state is its __dict__: a configuration
+            # dataclass — by class and contents; not a function with no name, whose code
+            # and closure are no part of its __dict__, nor anything else with state of C)
+            d = instance_dict(v)
             return ("instance", _type_name(v), self.same(v),
                     tuple((k, self.value(x, depth + 1, numbers)) for k, x in d.items()))
         raise Refused(f"a {type(v).__name__} in a module's state has no fingerprint")
