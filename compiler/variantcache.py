@@ -240,12 +240,13 @@ class _Fingerprint:
         return ("tensor", qual(type(t)), a.shape, a.strides, a.dtype.str, t._requires_grad,
                 t._node is None, _hooked(t), self.same(t), first, a.ctypes.data - base)
 
-    def signature(self, obj) -> tuple:
-        """What the object a path leads to must be."""
+    def signature(self, obj, contents: bool = False) -> tuple:
+        """What the object a path leads to must be (``contents``: an array's values too)."""
         if isinstance(obj, Tensor):
             return self.tensor(obj)
         if isinstance(obj, np.ndarray):
-            return ("array", obj.shape, obj.strides, obj.dtype.str)
+            return ("array", obj.shape, obj.strides, obj.dtype.str,
+                    _array_digest(obj) if contents else None)
         if isinstance(obj, (Module, Optimizer)):
             return ("versioned", self.state(obj))
         if type(obj) is functools.partial:  # (the capture takes its func as known with it:
@@ -308,6 +309,15 @@ class _Fingerprint:
             return ("instance", _type_name(v), self.same(v),
                     tuple((k, self.value(x, depth + 1, numbers)) for k, x in d.items()))
         raise Refused(f"a {type(v).__name__} in a module's state has no fingerprint")
+
+
+def _array_digest(a: np.ndarray) -> str:
+    """The values of an array the trace holds by identity: within a process the same array
+    object, across processes the same values (``dg.tensor(ARR)`` bakes them into the
+    graph)."""
+    if a.dtype.hasobject:
+        raise Refused("an array of objects")
+    return hashlib.sha256(np.ascontiguousarray(a).view(np.uint8).reshape(-1)).hexdigest()
 
 
 def _hooked(t: Tensor) -> bool:
@@ -512,6 +522,7 @@ class _Pickler(plancache._Pickler):
         self.fn, self.cf, self.locator = fn, cf, locator
         self.fp = _Fingerprint()
         self.must_name: set = set()  # ids of objects to be named even if a dict or list
+        self.by_value: set = set()  # ids of arrays held by identity: named with their values
         self.cells = {id(c): i for i, c in enumerate(
             getattr(_function(fn), "__closure__", None) or ())}
         self.module_dicts = {id(vars(m)): name for name, m in list(sys.modules.items())
@@ -528,6 +539,8 @@ class _Pickler(plancache._Pickler):
                 if f in obj.__dataclass_fields__ and x is not None and type(x) not in \
                         _PLAIN_TYPES:
                     self.must_name.add(id(x))
+                    if isinstance(x, np.ndarray):
+                        self.by_value.add(id(x))
             if isinstance(obj, Version):  # (the plain values the trace read, for messages)
                 return type(obj), args, {"seen": {k: v for k, v in obj.seen.items()
                                                   if is_plain(v)}}
@@ -589,7 +602,7 @@ class _Pickler(plancache._Pickler):
             return ("method", self._named(obj.__func__), self._named(obj.__self__))
         path = self.locator.path.get(id(obj))
         if path is not None and not isinstance(obj, (types.FunctionType, type)):
-            return ("path", path, self.fp.signature(obj))
+            return ("path", path, self.fp.signature(obj, id(obj) in self.by_value))
         q = qual(obj)
         if q is not None:
             return q
@@ -645,7 +658,10 @@ class _Unpickler(plancache._Unpickler):
             return obj
         if kind == "path":
             obj = _resolve(pid[1], self.fn, self.flat)
-            if self.fp.signature(obj) != pid[2]:
+            sig = pid[2]
+            contents = type(sig) is tuple and len(sig) == 5 and sig[0] == "array" and \
+                sig[4] is not None
+            if self.fp.signature(obj, contents) != sig:
                 raise Refused(f"{_describe(pid[1])} differs from the one the trace saw")
             return obj
         raise pickle.UnpicklingError(f"variant cache: unknown name {kind!r}")

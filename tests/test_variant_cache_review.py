@@ -114,3 +114,18 @@ def test_a_lambda_in_a_module_with_other_code(tmp_path):
             return m(x).sum()
     """)
     assert got["stats"]["restored"] == 0, got["stats"]
+
+
+def test_a_numpy_global_with_other_values(tmp_path):
+    """``dg.tensor(ARR)`` bakes the array's values into the graph; the capture guards the
+    array's identity, which across processes is a path and a signature."""
+    base, got = _check(tmp_path, """
+        import numpy as np
+        ARR = np.arange(1.0, 5.0, dtype=np.float32) * (3.0 if B else 1.0)
+        lin = nn.Linear(4, 4)
+
+        @compiler.compile
+        def step(x):
+            return (lin(x) * dg.tensor(ARR)).sum()
+    """)
+    assert base["stats"]["stored"] >= 1 and got["stats"]["restored"] == 0, got["stats"]
