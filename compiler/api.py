@@ -851,7 +851,8 @@ class CompiledFunction:
                     made = compile_trace(trace, lowered, backend, flat, spec,
                                          self.dynamic_numbers, checks, copy.plans)
             if pkey is not None:
-                trace, made = self._keep(trace, made, checks, pkey, lowered, flat, spec)
+                trace, made = self._keep(trace, made, checks, pkey, lowered, flat, spec,
+                                         variantcache.library_reads(cap))
         except Unsupported as exc:
             self._unsupported(str(exc))
             return _plain_numbers(result)
@@ -866,13 +867,13 @@ class CompiledFunction:
         return _plain_numbers(result)
 
     def _keep(self, trace: Trace, made, checks: list, pkey: str, lowered, flat: list,
-              spec) -> tuple:
+              spec, library: list) -> tuple:
         """Keep the variant just made on disk for later processes (variantcache). In
         round-trip mode it is restored here instead, and (trace, made) of the restored
         manifest returned, which the call runs from now on."""
         m = plancache.mode()
         try:
-            manifest = variantcache.dump(self, trace, checks, pkey, flat, spec)
+            manifest = variantcache.dump(self, trace, checks, pkey, flat, spec, library)
         except variantcache.Refused as exc:
             variantcache.stats["unkept"] += 1
             variantcache.unkept[str(exc)[:70]] += 1

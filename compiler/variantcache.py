@@ -694,12 +694,44 @@ def keepable(trace: Trace) -> str | None:
     return None
 
 
-def dump(cf, trace: Trace, checks: list, pkey: str, flat: list, spec) -> bytes:
+def library_reads(cap) -> list:
+    """The sources of what the capture read of the library's modules and classes without a
+    guard (``FROZEN``: their code is the plan cache's key) — ``F.relu``, ``dg.float32``."""
+    from .capture.session import FROZEN
+    return [s for s, state in cap.known.items() if state == FROZEN and
+            getattr(s, "base", None) is not None]
+
+
+def _library_names(sources: list, flat: list) -> list:
+    """What each of ``sources`` holds now, by name or value: within a process the library's
+    attributes are taken as fixed, but a program may replace one (``F.relu = my_relu``)
+    before its first call."""
+    try:
+        values = _evaluate(sources, flat)
+    except Exception as exc:  # noqa: BLE001 - (an attribute gone)
+        raise Refused(f"a library attribute is not there ({type(exc).__name__})") from None
+    fp = _Fingerprint()
+    out = []
+    for v in values:
+        if isinstance(v, types.ModuleType):
+            out.append(("module", v.__name__))
+            continue
+        try:
+            out.append(fp.value(v, 0))
+        except Refused:  # (a library object with no fingerprint: dg.float32, by its repr)
+            out.append(("repr", _type_name(v), repr(v)))
+    return out
+
+
+def dump(cf, trace: Trace, checks: list, pkey: str, flat: list, spec,
+         library: list = ()) -> bytes:
     """The manifest of a variant just traced (raises Refused when it cannot be kept)."""
     why = keepable(trace)
     if why is not None:
         raise Refused(why)
     _DIGESTS.clear()
+    library = list(library)
+    names = _library_names(library, flat)
     fn = cf.fn
     locator = _Locator(_roots(fn, flat, [c.source.root() for c in checks]))
     f = io.BytesIO()
@@ -709,7 +741,8 @@ def dump(cf, trace: Trace, checks: list, pkey: str, flat: list, spec) -> bytes:
         p.dump({"spec": spec, "trace": replace(trace, graph=None), "checks": checks,
                 "pkey": pkey,
                 "arguments": _argument_facts(flat),
-                "numbers": sorted(cf.dynamic_numbers), "sources": list(cf.dynamic_sources)})
+                "numbers": sorted(cf.dynamic_numbers), "sources": list(cf.dynamic_sources),
+                "library": library, "names": names})
     except Refused:
         raise
     except Exception as exc:  # noqa: BLE001 - (something does not pickle)
@@ -739,6 +772,8 @@ def load(cf, payload: bytes, flat: list, spec) -> dict:
         raise Refused("the arguments have another structure")
     if m["arguments"] != _argument_facts(flat):
         raise Refused("a tensor argument differs in requires_grad, history or hooks")
+    if _library_names(m["library"], flat) != m["names"]:
+        raise Refused("a library attribute the trace read holds something else")
     fresh_versions = iter(versions)
     checks = []
     try:

@@ -129,3 +129,18 @@ def test_a_numpy_global_with_other_values(tmp_path):
             return (lin(x) * dg.tensor(ARR)).sum()
     """)
     assert base["stats"]["stored"] >= 1 and got["stats"]["restored"] == 0, got["stats"]
+
+
+def test_a_library_function_patched_at_startup(tmp_path):
+    """The capture takes the library's modules as frozen (their code is the plan cache's
+    key), but a program may replace one of their functions before anything is compiled."""
+    base, got = _check(tmp_path, """
+        if B:
+            F.relu = F.gelu
+        lin = nn.Linear(4, 4)
+
+        @compiler.compile
+        def step(x):
+            return F.relu(lin(x)).sum()
+    """)
+    assert base["stats"]["stored"] >= 1 and got["stats"]["restored"] == 0, got["stats"]
