@@ -852,7 +852,7 @@ class CompiledFunction:
                                          self.dynamic_numbers, checks, plans)
             if pkey is not None:
                 trace, made = self._keep(trace, made, checks, pkey, lowered, plans, flat,
-                                         spec)
+                                         spec, variantcache.library_reads(cap))
         except Unsupported as exc:
             self._unsupported(str(exc))
             return _plain_numbers(result)
@@ -867,7 +867,7 @@ class CompiledFunction:
         return _plain_numbers(result)
 
     def _keep(self, trace: Trace, made, checks: list, pkey: str, lowered, plans: dict,
-              flat: list, spec) -> tuple:
+              flat: list, spec, library: list) -> tuple:
         """Keep the variant just made on disk for later processes (variantcache). In
         round-trip mode it is restored here instead, and (trace, made) of the restored
         manifest returned, which the call runs from now on."""
@@ -875,7 +875,7 @@ class CompiledFunction:
         if m == "off":
             return trace, made
         try:
-            manifest = variantcache.dump(self, trace, checks, pkey, flat, spec)
+            manifest = variantcache.dump(self, trace, checks, pkey, flat, spec, library)
         except variantcache.Refused as exc:
             variantcache.stats["unkept"] += 1
             variantcache.unkept[str(exc)[:70]] += 1

@@ -47,6 +47,7 @@ traced is kept and restored in the same process, and the restored one is run.
 from __future__ import annotations
 
 import builtins
+import functools
 import hashlib
 import io
 import os
@@ -223,6 +224,8 @@ def _plain_repr(x):
 # ----------------------------------------------------------------------------- fingerprints
 _NONE = object()
 _PLAIN_TYPES = (int, float, bool, str, bytes, complex, type(None), type(Ellipsis))
+_PLAIN_SIZE = type("_Plain", (), {}).__basicsize__  # (an instance of a class statement's
+#                                                   class: no state but its __dict__)
 
 
 class _Fingerprint:
@@ -248,14 +251,18 @@ class _Fingerprint:
         return ("tensor", qual(type(t)), a.shape, a.strides, a.dtype.str, t._requires_grad,
                 t._node is None, _hooked(t), self.same(t), first, a.ctypes.data - base)
 
-    def signature(self, obj) -> tuple:
-        """What the object a path leads to must be."""
+    def signature(self, obj, contents: bool = False) -> tuple:
+        """What the object a path leads to must be (``contents``: an array's values too)."""
         if isinstance(obj, Tensor):
             return self.tensor(obj)
         if isinstance(obj, np.ndarray):
-            return ("array", obj.shape, obj.strides, obj.dtype.str)
+            return ("array", obj.shape, obj.strides, obj.dtype.str,
+                    _array_digest(obj) if contents else None)
         if isinstance(obj, (Module, Optimizer)):
             return ("versioned", self.state(obj))
+        if type(obj) is functools.partial:  # (the capture takes its func as known with it:
+            #                                  within a process a partial's func is fixed)
+            return ("partial", self.same(obj), self.value(obj.func, 0))
         return ("object", _type_name(obj), self.same(obj))
 
     def state(self, obj) -> tuple:
@@ -299,12 +306,29 @@ class _Fingerprint:
             return ("dtype", v.str)
         if isinstance(v, np.ndarray):
             return ("ndarray", v.shape, v.dtype.str, hashlib.sha256(v.tobytes()).hexdigest())
-        d = instance_dict(v)
-        if d or type(v).__dictoffset__ and not hasattr(type(v), "__slots__"):
-            # (a plain object: a configuration dataclass — by class and contents)
+        if type(v) is functools.partial:
+            return ("partial", self.value(v.func, depth + 1, numbers),
+                    self.value(v.args, depth + 1, numbers),
+                    self.value(v.keywords, depth + 1, numbers),
+                    self.value(instance_dict(v), depth + 1, numbers))
+        if type(v).__basicsize__ == _PLAIN_SIZE and type(v).__dictoffset__ and \
+                not hasattr(type(v), "__slots__"):
+            # (a plain object, all of whose state is its __dict__: a configuration
+            # dataclass — by class and contents; not a function with no name, whose code
+            # and closure are no part of its __dict__, nor anything else with state of C)
+            d = instance_dict(v)
             return ("instance", _type_name(v), self.same(v),
                     tuple((k, self.value(x, depth + 1, numbers)) for k, x in d.items()))
         raise Refused(f"a {type(v).__name__} in a module's state has no fingerprint")
+
+
+def _array_digest(a: np.ndarray) -> str:
+    """The values of an array the trace holds by identity: within a process the same array
+    object, across processes the same values (``dg.tensor(ARR)`` bakes them into the
+    graph)."""
+    if a.dtype.hasobject:
+        raise Refused("an array of objects")
+    return hashlib.sha256(np.ascontiguousarray(a).view(np.uint8).reshape(-1)).hexdigest()
 
 
 def _hooked(t: Tensor) -> bool:
@@ -509,6 +533,7 @@ class _Pickler(plancache._Pickler):
         self.fn, self.cf, self.locator = fn, cf, locator
         self.fp = _Fingerprint()
         self.must_name: set = set()  # ids of objects to be named even if a dict or list
+        self.by_value: set = set()  # ids of arrays held by identity: named with their values
         self.cells = {id(c): i for i, c in enumerate(
             getattr(_function(fn), "__closure__", None) or ())}
         self.module_dicts = {id(vars(m)): name for name, m in list(sys.modules.items())
@@ -525,6 +550,8 @@ class _Pickler(plancache._Pickler):
                 if f in obj.__dataclass_fields__ and x is not None and type(x) not in \
                         _PLAIN_TYPES:
                     self.must_name.add(id(x))
+                    if isinstance(x, np.ndarray):
+                        self.by_value.add(id(x))
             if isinstance(obj, Version):  # (the plain values the trace read, for messages)
                 return type(obj), args, {"seen": {k: v for k, v in obj.seen.items()
                                                   if is_plain(v)}}
@@ -586,7 +613,7 @@ class _Pickler(plancache._Pickler):
             return ("method", self._named(obj.__func__), self._named(obj.__self__))
         path = self.locator.path.get(id(obj))
         if path is not None and not isinstance(obj, (types.FunctionType, type)):
-            return ("path", path, self.fp.signature(obj))
+            return ("path", path, self.fp.signature(obj, id(obj) in self.by_value))
         q = qual(obj)
         if q is not None:
             return q
@@ -642,7 +669,10 @@ class _Unpickler(plancache._Unpickler):
             return obj
         if kind == "path":
             obj = _resolve(pid[1], self.fn, self.flat)
-            if self.fp.signature(obj) != pid[2]:
+            sig = pid[2]
+            contents = type(sig) is tuple and len(sig) == 5 and sig[0] == "array" and \
+                sig[4] is not None
+            if self.fp.signature(obj, contents) != sig:
                 raise Refused(f"{_describe(pid[1])} differs from the one the trace saw")
             return obj
         raise pickle.UnpicklingError(f"variant cache: unknown name {kind!r}")
@@ -675,12 +705,44 @@ def keepable(trace: Trace) -> str | None:
     return None
 
 
-def dump(cf, trace: Trace, checks: list, pkey: str, flat: list, spec) -> bytes:
+def library_reads(cap) -> list:
+    """The sources of what the capture read of the library's modules and classes without a
+    guard (``FROZEN``: their code is the plan cache's key) — ``F.relu``, ``dg.float32``."""
+    from .capture.session import FROZEN
+    return [s for s, state in cap.known.items() if state == FROZEN and
+            getattr(s, "base", None) is not None]
+
+
+def _library_names(sources: list, flat: list) -> list:
+    """What each of ``sources`` holds now, by name or value: within a process the library's
+    attributes are taken as fixed, but a program may replace one (``F.relu = my_relu``)
+    before its first call."""
+    try:
+        values = _evaluate(sources, flat)
+    except Exception as exc:  # noqa: BLE001 - (an attribute gone)
+        raise Refused(f"a library attribute is not there ({type(exc).__name__})") from None
+    fp = _Fingerprint()
+    out = []
+    for v in values:
+        if isinstance(v, types.ModuleType):
+            out.append(("module", v.__name__))
+            continue
+        try:
+            out.append(fp.value(v, 0))
+        except Refused:  # (a library object with no fingerprint: dg.float32, by its repr)
+            out.append(("repr", _type_name(v), repr(v)))
+    return out
+
+
+def dump(cf, trace: Trace, checks: list, pkey: str, flat: list, spec,
+         library: list = ()) -> bytes:
     """The manifest of a variant just traced (raises Refused when it cannot be kept)."""
     why = keepable(trace)
     if why is not None:
         raise Refused(why)
     _DIGESTS.clear()
+    library = list(library)
+    names = _library_names(library, flat)
     fn = cf.fn
     locator = _Locator(_roots(fn, flat, [c.source.root() for c in checks]))
     f = io.BytesIO()
@@ -690,7 +752,8 @@ def dump(cf, trace: Trace, checks: list, pkey: str, flat: list, spec) -> bytes:
         p.dump({"spec": spec, "trace": replace(trace, graph=None), "checks": checks,
                 "pkey": pkey,
                 "arguments": _argument_facts(flat),
-                "numbers": sorted(cf.dynamic_numbers), "sources": list(cf.dynamic_sources)})
+                "numbers": sorted(cf.dynamic_numbers), "sources": list(cf.dynamic_sources),
+                "library": library, "names": names})
     except Refused:
         raise
     except Exception as exc:  # noqa: BLE001 - (something does not pickle)
@@ -720,6 +783,8 @@ def load(cf, payload: bytes, flat: list, spec) -> dict:
         raise Refused("the arguments have another structure")
     if m["arguments"] != _argument_facts(flat):
         raise Refused("a tensor argument differs in requires_grad, history or hooks")
+    if _library_names(m["library"], flat) != m["names"]:
+        raise Refused("a library attribute the trace read holds something else")
     fresh_versions = iter(versions)
     checks = []
     try:
