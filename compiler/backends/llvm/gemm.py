@@ -35,8 +35,6 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import llvmlite.binding as llvm
-
 from . import cache, choices, jit, target, threads
 from .emit import Emitter
 
@@ -461,7 +459,7 @@ def library(ty: str) -> jit.Compiled:
             compiled = cache.load_or_compile(
                 lambda: (threads.DECLARATIONS if par else "") + functions(ty),
                 f"{name(ty)} {version()} {vector_bits()} {has_fma()} {threads.split_call('')}")
-            llvm.add_symbol(name(ty), compiled.address(name(ty)))
+            jit.add_symbol(name(ty), compiled.address(name(ty)))
             _libraries[key] = compiled
         return _libraries[key]
 
@@ -485,7 +483,9 @@ def prepare(ty: str) -> None:
             pass
         finally:
             _preparing.discard(key)
-    threading.Thread(target=make, name=f"dyngrad-gemm-{ty}", daemon=True).start()
+    # (not a daemon: a process that ends while the kernel compiles waits for it, rather
+    # than finalise LLVM under it)
+    threading.Thread(target=make, name=f"dyngrad-gemm-{ty}", daemon=False).start()
 
 
 _preparing: set = set()  # keys of kernels a prepare() thread is making

@@ -26,6 +26,15 @@ _target = target  # (the module, where a parameter is named target)
 
 _names = itertools.count()
 
+# Note [one thread in LLVM at a time]: llvmlite parses, optimises and links in LLVM's global
+# context, which is not thread-safe, and a thread does use it while another does: the GEMM
+# kernel compiles on a thread of its own (gemm.prepare) while the main thread loads a module
+# from the disk cache, or drops a plan — and an engine's disposal deletes its modules from
+# that context. Every use goes through this lock: compiling, loading, symbols, addresses,
+# and disposal (Compiled.__del__). It is the innermost lock: nothing taken under it waits
+# for another of the compiler's locks.
+LLVM = threading.RLock()
+
 
 def init() -> None:
     """Initialise LLVM's native target once per process."""
@@ -55,8 +64,18 @@ class Compiled:
     #   with module state (a template's @dg_sizes, see forms.py): one module, one lock,
     #   whoever shares it (the memory cache hands one module to every equal text)
 
+    def __del__(self) -> None:  # (the engine disposed under the lock: see the Note)
+        engine, lock = self.engine, LLVM
+        if engine is not None and lock is not None:
+            try:
+                with lock:
+                    engine.close()
+            except Exception:  # noqa: BLE001 - (interpreter shutdown: nothing to race)
+                pass
+
     def address(self, name: str) -> int:
-        addr = self.engine.get_function_address(name)
+        with LLVM:
+            addr = self.engine.get_function_address(name)
         if not addr:
             raise KeyError(f"no function {name!r} in the compiled module")
         return addr
@@ -127,6 +146,17 @@ def compile_ir(ir_text: str, *, name: str | None = None, keep_object: bool = Fal
                target=None) -> Compiled:
     """Parse, verify, optimise and JIT-compile LLVM IR text (for ``target``, default
     ``target.current()``)."""
+    with LLVM:
+        return _compile_ir(ir_text, name, keep_object, target)
+
+
+def add_symbol(name: str, address: int) -> None:
+    """Make ``address`` the symbol ``name`` for modules compiled from now on."""
+    with LLVM:
+        llvm.add_symbol(name, address)
+
+
+def _compile_ir(ir_text: str, name, keep_object: bool, target) -> Compiled:
     init()
     t = _target.current() if target is None else target
     objects = farm.compile_parts(ir_text, t.cpu, t.features, number_loop_metadata)
@@ -150,6 +180,11 @@ def compile_ir(ir_text: str, *, name: str | None = None, keep_object: bool = Fal
 def load_object(object_code: bytes, target=None) -> Compiled:
     """A fresh engine running previously emitted object code (no LLVM optimisation or code
     generation: the disk cache's fast path)."""
+    with LLVM:
+        return _load_object(object_code, target)
+
+
+def _load_object(object_code: bytes, target) -> Compiled:
     init()
     empty = llvm.parse_assembly("")
     empty.name = unique_name("obj")
@@ -163,10 +198,11 @@ def load_object(object_code: bytes, target=None) -> Compiled:
 def assembly(ir_text: str, target=None) -> str:
     """The assembly of optimised IR for ``target`` (default ``target.current()``; tests
     check that kernels vectorise, ``target._probe`` what a named CPU has)."""
-    init()
-    mod = llvm.parse_assembly(number_loop_metadata(ir_text))
-    mod.name = unique_name("asm")
-    mod.verify()
-    tm = target_machine(target)
-    optimize(mod, tm)
-    return tm.emit_assembly(mod)
+    with LLVM:
+        init()
+        mod = llvm.parse_assembly(number_loop_metadata(ir_text))
+        mod.name = unique_name("asm")
+        mod.verify()
+        tm = target_machine(target)
+        optimize(mod, tm)
+        return tm.emit_assembly(mod)

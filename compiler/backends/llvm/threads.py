@@ -42,8 +42,6 @@ import os
 import sys
 import threading
 
-import llvmlite.binding as llvm
-
 from .emit import Emitter
 
 PAR_MIN = 1 << 18  # elements from which a reduction is split across threads
@@ -150,10 +148,10 @@ def set_team(n: int) -> None:
 def _start() -> str | None:
     if not sys.platform.startswith("linux") or os.uname().machine not in ("x86_64", "AMD64"):
         return None  # (the pool sleeps on a Linux futex and spins with x86's pause)
-    from . import cache
-    llvm.add_symbol("dg_threads_on", ctypes.addressof(_on))
+    from . import cache, jit
+    jit.add_symbol("dg_threads_on", ctypes.addressof(_on))
     compiled = cache.load_or_compile(POOL_IR, t=_generic_target())
-    llvm.add_symbol("dg_parallel", compiled.address("dg_parallel"))
+    jit.add_symbol("dg_parallel", compiled.address("dg_parallel"))
     _workers.append(compiled)  # (kept alive with its threads)
     _spawn(max(_on.value - 1, 0))
     return "dg_pool"
