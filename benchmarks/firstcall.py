@@ -114,11 +114,11 @@ def plot(results: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     names = list(results)
-    fig, ax = plt.subplots(figsize=(3.6 + 2.4 * len(names), 4.2))
-    width = 0.26
+    fig, ax = plt.subplots(figsize=(3.6 + 3.0 * len(names), 4.4))
+    width = 0.84 / len(STARTS)
     colors = {"trace": "#4c72b0", "passes": "#dd8452", "steps": "#a0a0a0"}
     for k, (start, _) in enumerate(STARTS):
-        xs = [i + (k - 1) * width for i in range(len(names))]
+        xs = [i + (k - (len(STARTS) - 1) / 2) * width for i in range(len(names))]
         parts = [[results[n][start][f"{p}_ms"] for n in names] for p in ("trace", "passes")]
         rest = [results[n][start]["ms"] - parts[0][i] - parts[1][i] for i, n in enumerate(names)]
         bottom = [0.0] * len(names)
@@ -128,12 +128,12 @@ def plot(results: dict, path: str) -> None:
             bottom = [b + v for b, v in zip(bottom, vals)]
         for x, total in zip(xs, bottom):
             ax.text(x, total + 20, f"{start.split(',')[-1].strip()}\n{total:.0f}", ha="center",
-                    va="bottom", fontsize=7)
+                    va="bottom", fontsize=6.5)
     ax.set_xticks(range(len(names)), names)
     ax.set_ylabel("first calls of a new process (ms)")
-    ax.set_title("Warm-up of a compiled step in a new process: cold, with compiled code on "
-                 "disk,\nwith code and plans on disk (the trace and the first eager step "
-                 "remain)", fontsize=9)
+    ax.set_title("Warm-up of a compiled step in a new process: cold; with compiled code on "
+                 "disk;\nwith code and plans (the trace remains); with code, plans and "
+                 "variants (the first, eager step remains)", fontsize=9)
     ax.legend(fontsize=8, title="passes: passes + code\ngeneration (or loading)",
               title_fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_ylim(0, max(results[n][s]["ms"] for n in names for s, _ in STARTS) * 1.2)
