@@ -88,6 +88,12 @@ def workload_lines(name: str, w: dict) -> list[str]:
                         for m, e in w["modes"].items() if "max_rel_diff_f64" in e)
         notes.setdefault(f"over {len(w['float32_drift_per_call'])} calls, eager in float32 is "
                          f"{w['float32_drift']:.1e} from eager in float64; {far}", [])
+    if "ulp_drift" in w:  # (the one-ulp reference: what one rounding does)
+        far = ", ".join(f"{m} {e['max_rel_diff_all']:.1e}" for m, e in w["modes"].items()
+                        if "vs_ulp" in e)
+        notes.setdefault(f"over {len(w['ulp_drift_per_call'])} calls, eager with its "
+                         f"parameters moved by one ulp after the second step is "
+                         f"{w['ulp_drift']:.1e} from eager; from eager: {far}", [])
     return lines + [f"  {', '.join(modes)}{' ' if modes else ''}{note}"
                     for note, modes in notes.items()] + goal_lines(w.get("goals", []))
 

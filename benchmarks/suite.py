@@ -24,11 +24,13 @@ import traceback
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 import compiler
 import dyngrad as dg
 from dyngrad import func
 
-from . import jax_mirror, measure, torch_mirror
+from . import goals, jax_mirror, measure, torch_mirror
 from .firstcall import warm_calls
 from .measure import Runner
 from .progress import Progress
@@ -130,6 +132,20 @@ def float64_reference(wl: Workload, quick: bool, n: int) -> list:
     return [measure.as_array(run(*calls[k % len(calls)])) for k in range(n)]
 
 
+def ulp_reference(wl: Workload, quick: bool, n: int) -> list:
+    """The eager step's first ``n`` outputs with every parameter moved by one ulp (toward
+    +inf) after the second step: what one rounding does to the steps that follow."""
+    inst = wl.build(quick)
+    run = inst.runnable()
+    out = []
+    for k in range(n):
+        out.append(measure.as_array(run(*inst.calls[k % len(inst.calls)])))
+        if k == 1:
+            for p in inst.model.parameters():
+                p._data[...] = np.nextafter(p._data, np.inf)
+    return out
+
+
 def first_calls_fresh(name: str, modes: list, cache_dir: Path, quick: bool,
                       repeats: int) -> dict:
     """Per compiled mode: warm-up ms in a fresh process with an empty cache ('cold') and in
@@ -221,6 +237,11 @@ def run_workload(wl: Workload, opts: Options, progress: Progress,
                 res["float32_drift_per_call"] = [measure.max_rel_diff([a], [b])
                                                  for a, b in zip(ref64, ref)]
                 res["float32_drift"] = max(res["float32_drift_per_call"])
+            if wl.reference_ulp and n_run > n_check:  # (how far one rounding moves eager)
+                progress.phase(f"{wl.name}: eager moved by one ulp (the rounding reference)")
+                res["ulp_drift_per_call"] = [measure.max_rel_diff([a], [b]) for a, b in
+                                             zip(ulp_reference(wl, opts.quick, n_run), ref)]
+                res["ulp_drift"] = max(res["ulp_drift_per_call"])
         elif ref is not None:
             d = measure.max_rel_diff(ref[:n_check], outs[:n_check])
             tol = wl.tolerance.get(mode, TOLERANCE[mode])  # (None: not judged; why in
@@ -229,6 +250,9 @@ def run_workload(wl: Workload, opts: Options, progress: Progress,
             if n_run > n_check:
                 per_call = [measure.max_rel_diff([a], [b]) for a, b in zip(ref, outs)]
                 entry.update(rel_diff_per_call=per_call, max_rel_diff_all=max(per_call))
+                if "ulp_drift" in res:
+                    entry.update(vs_ulp=max(per_call) / max(res["ulp_drift"],
+                                                            goals.F32_ROUNDING))
                 if "float32_drift" in res:  # as far from float64 as eager is, or farther?
                     d64 = max(measure.max_rel_diff([a], [b]) for a, b in zip(ref64, outs))
                     entry.update(max_rel_diff_f64=d64,
