@@ -237,6 +237,8 @@ class _Fingerprint:
         self.objects: dict[int, int] = {}  # id -> first position
         self.storages: dict[int, tuple] = {}  # id(storage) -> (first position, address)
         self.keep: list = []  # (alive while ids mean them)
+        self.states: dict[int, tuple] = {}  # id -> state(): an object's state is taken once
+        #   per manifest (then the same: the positions it gives are assigned already)
 
     def same(self, obj) -> int:
         n = self.objects.setdefault(id(obj), len(self.objects))
@@ -267,6 +269,13 @@ class _Fingerprint:
 
     def state(self, obj) -> tuple:
         """What ``obj._version`` stands for within a process (see the module docstring)."""
+        st = self.states.get(id(obj))
+        if st is None:
+            st = self.states[id(obj)] = self._state(obj)
+            self.keep.append(obj)
+        return st
+
+    def _state(self, obj) -> tuple:
         if isinstance(obj, Optimizer):  # (its numbers are hyperparameters and step
             d = vars(obj)  #                 counts, read at each step: see the docstring)
             return ("optimizer", _type_name(obj), self.same(obj),
