@@ -359,6 +359,13 @@ def _argument_facts(flat: list, numbers) -> list:
     return out
 
 
+def _default_float() -> str:
+    """The default float dtype the trace's Python floats and factories took (``build_guards``
+    guards today's: the manifest must say the trace's)."""
+    from dyngrad import dtypes
+    return dtypes.get_default_dtype().name
+
+
 def _plain_fact(x) -> tuple:
     """A plain value by type and value (``2`` is not ``2.0``, ``-0.0`` is not ``0.0``)."""
     if type(x) is tuple:
@@ -777,6 +784,7 @@ def dump(cf, trace: Trace, checks: list, pkey: str, flat: list, spec,
                 "pkey": pkey,
                 "arguments": _argument_facts(flat, cf.dynamic_numbers),
                 "numbers": sorted(cf.dynamic_numbers), "sources": list(cf.dynamic_sources),
+                "default_float": _default_float(),
                 "library": library, "names": names})
     except Refused:
         raise
@@ -805,6 +813,8 @@ def load(cf, payload: bytes, flat: list, spec) -> dict:
         raise Refused(f"{type(exc).__name__}: {exc}") from None
     if m["spec"] != spec:
         raise Refused("the arguments have another structure")
+    if m.get("default_float") != _default_float():
+        raise Refused("the default dtype (set_default_dtype) is another")
     if m["arguments"] != _argument_facts(flat, set(m["numbers"])):
         raise Refused("an argument differs from the traced call's (a tensor's shape, "
                       "strides, dtype, flags or aliasing, a value, or an object)")

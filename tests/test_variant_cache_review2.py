@@ -99,3 +99,19 @@ ARGUMENTS = {
 @pytest.mark.parametrize("case", list(ARGUMENTS))
 def test_an_argument_other_than_the_traced_calls(tmp_path, case):
     _check(tmp_path, ARGUMENTS[case])
+
+
+def test_another_default_dtype(tmp_path):
+    """``build_guards`` guards the default dtype it finds when it runs (within a process,
+    the trace's): a restored variant's would be the new process's."""
+    _check(tmp_path, """
+        if B:
+            dg.set_default_dtype(dg.float64)
+
+        @compiler.compile
+        def f(a):
+            return m(a).sum() * 0 + dg.ones(2) / 3
+
+        out = [float(f(x).detach().numpy()[0].astype("float64") * 3 - 1) * 1e8
+               for _ in range(2)]
+    """)
