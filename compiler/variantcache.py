@@ -347,10 +347,41 @@ def _hooked(t: Tensor) -> bool:
                 t._node.pre_hooks)
 
 
-def _argument_facts(flat: list) -> list:
-    """What ``build_guards`` reads of the tensor arguments without guarding all of it."""
-    return [(i, x._requires_grad, x._node is None, _hooked(x)) for i, x in enumerate(flat)
-            if isinstance(x, Tensor)]
+def _argument_facts(flat: list, numbers) -> list:
+    """What ``build_guards`` takes from the call's arguments as what they must be: a
+    restored variant's guards are built from *this* call's, so every fact of the traced
+    call they would compare with — a tensor's shape, strides, dtype, flags and aliasing,
+    a plain argument's type and value (only its type for a runtime number: ``numbers``),
+    another object's identity (across processes: its fingerprint) — is kept and compared.
+    """
+    fp = _Fingerprint()
+    out = []
+    for i, x in enumerate(flat):
+        if isinstance(x, Tensor):
+            out.append((i, fp.tensor(x)))
+        elif type(x) in (int, float) and i in numbers:
+            out.append((i, "number", type(x).__name__))
+        elif is_plain(x):
+            out.append((i, "plain", _plain_fact(x)))
+        else:
+            out.append((i, "object", fp.value(x, 0)))  # (raises Refused: no fingerprint)
+    return out
+
+
+def _default_float() -> str:
+    """The default float dtype the trace's Python floats and factories took (``build_guards``
+    guards today's: the manifest must say the trace's)."""
+    from dyngrad import dtypes
+    return dtypes.get_default_dtype().name
+
+
+def _plain_fact(x) -> tuple:
+    """A plain value by type and value (``2`` is not ``2.0``, ``-0.0`` is not ``0.0``)."""
+    if type(x) is tuple:
+        return ("tuple",) + tuple(map(_plain_fact, x))
+    if type(x) is slice:
+        return ("slice", _plain_fact(x.start), _plain_fact(x.stop), _plain_fact(x.step))
+    return (type(x).__module__, type(x).__qualname__, repr(x))
 
 
 def _type_name(obj) -> tuple:
@@ -760,8 +791,9 @@ def dump(cf, trace: Trace, checks: list, pkey: str, flat: list, spec,
         # (the graph is the plan cache's: compile_trace puts the lowered one in its place)
         p.dump({"spec": spec, "trace": replace(trace, graph=None), "checks": checks,
                 "pkey": pkey,
-                "arguments": _argument_facts(flat),
+                "arguments": _argument_facts(flat, cf.dynamic_numbers),
                 "numbers": sorted(cf.dynamic_numbers), "sources": list(cf.dynamic_sources),
+                "default_float": _default_float(),
                 "library": library, "names": names})
     except Refused:
         raise
@@ -790,8 +822,11 @@ def load(cf, payload: bytes, flat: list, spec) -> dict:
         raise Refused(f"{type(exc).__name__}: {exc}") from None
     if m["spec"] != spec:
         raise Refused("the arguments have another structure")
-    if m["arguments"] != _argument_facts(flat):
-        raise Refused("a tensor argument differs in requires_grad, history or hooks")
+    if m.get("default_float") != _default_float():
+        raise Refused("the default dtype (set_default_dtype) is another")
+    if m["arguments"] != _argument_facts(flat, set(m["numbers"])):
+        raise Refused("an argument differs from the traced call's (a tensor's shape, "
+                      "strides, dtype, flags or aliasing, a value, or an object)")
     if _library_names(m["library"], flat) != m["names"]:
         raise Refused("a library attribute the trace read holds something else")
     fresh_versions = iter(versions)
