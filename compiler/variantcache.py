@@ -368,6 +368,16 @@ def _argument_facts(flat: list, numbers) -> list:
     return out
 
 
+def _aliasing(trace: Trace, flat: list) -> list:
+    """Which tensor arguments share memory with a tensor the trace captured, and where:
+    (argument, binding, byte offset) — ``build_guards`` guards the aliasing it sees in the
+    call it is given, so a restored variant must be given the traced call's."""
+    bound = [(k, b.resolve(flat)) for k, b in enumerate(trace.bindings) if b.kind is Via.REF]
+    return [(i, k, x._data.ctypes.data - t._data.ctypes.data)
+            for i, x in enumerate(flat) if isinstance(x, Tensor)
+            for k, t in bound if isinstance(t, Tensor) and t._storage is x._storage]
+
+
 def _default_float() -> str:
     """The default float dtype the trace's Python floats and factories took (``build_guards``
     guards today's: the manifest must say the trace's)."""
@@ -793,7 +803,7 @@ def dump(cf, trace: Trace, checks: list, pkey: str, flat: list, spec,
                 "pkey": pkey,
                 "arguments": _argument_facts(flat, cf.dynamic_numbers),
                 "numbers": sorted(cf.dynamic_numbers), "sources": list(cf.dynamic_sources),
-                "default_float": _default_float(),
+                "default_float": _default_float(), "aliasing": _aliasing(trace, flat),
                 "library": library, "names": names})
     except Refused:
         raise
@@ -829,6 +839,9 @@ def load(cf, payload: bytes, flat: list, spec) -> dict:
                       "strides, dtype, flags or aliasing, a value, or an object)")
     if _library_names(m["library"], flat) != m["names"]:
         raise Refused("a library attribute the trace read holds something else")
+    if m["aliasing"] != _aliasing(m["trace"], flat):
+        raise Refused("an argument shares memory with a captured tensor otherwise than in "
+                      "the traced call")
     fresh_versions = iter(versions)
     checks = []
     try:

@@ -6,18 +6,11 @@ and differ from ``a`` (or the test could not fail)."""
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from _variant_programs import check
 
 pytestmark = pytest.mark.xdist_group("variant_cache")
 
@@ -33,31 +26,11 @@ HEAD = textwrap.dedent("""
 TAIL = textwrap.dedent("""
     x = dg.randn(3, 4)
     out = [step(x).item() for _ in range(3)]
-    print(json.dumps({"out": out, "stats": variantcache.stats}))
 """)
 
 
-def _run(tmp: Path, body: str, which: str, cache_dir: Path, keep: bool) -> dict:
-    prog = tmp / "program.py"
-    prog.write_text(HEAD + textwrap.dedent(body) + TAIL)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1",
-           "DYNGRAD_PLAN_CACHE": "1" if keep else "0", "DYNGRAD_CACHE_DIR": str(cache_dir)}
-    p = subprocess.run([sys.executable, str(prog), which], capture_output=True, text=True,
-                       env=env, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return json.loads(p.stdout.strip().splitlines()[-1])
-
-
 def _check(tmp: Path, body: str) -> tuple[dict, dict]:
-    """The ``b`` program over a cache ``a`` filled agrees with ``b`` without the cache:
-    (``a``'s result, ``b``'s over the cache)."""
-    base = _run(tmp, body, "a", tmp / "cache", True)
-    shutil.copytree(tmp / "cache", tmp / "plain")
-    got = _run(tmp, body, "b", tmp / "cache", True)
-    want = _run(tmp, body, "b", tmp / "plain", False)
-    assert not np.allclose(want["out"], base["out"])  # (the change shows)
-    np.testing.assert_allclose(got["out"], want["out"], rtol=2e-6)
-    return base, got
+    return check(tmp, HEAD + textwrap.dedent(body) + TAIL)
 
 
 def test_a_partial_global_calling_another_function(tmp_path):
