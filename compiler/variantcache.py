@@ -28,6 +28,13 @@ objects before anything of it is used:
   same object, functions by name and digest. An optimizer's hyperparameters and step counts
   are left out: they are read at each step through ``Optimizer.hyper`` and guarded (or fed
   to the graph) by value, never through the version.
+- **The call itself.** ``build_guards`` takes what a guard expects from the call it is
+  given — on restore the new call, whose guards would then pass whatever it is. So the
+  manifest keeps the traced call's arguments (:func:`_argument_facts`), which of them alias
+  captured tensors (:func:`_aliasing`), the default dtype, and what the capture read of the
+  library unguarded (:func:`library_reads`, fixed within a process, not across); each must
+  be equal on load. Values a trace baked from an array it held by identity are compared by
+  digest (``dg.tensor(ARR)``).
 
 On load the manifest is unpickled with every name resolved against the live objects, each
 signature checked, the version checks given today's counters, and the guards built from it
@@ -40,8 +47,9 @@ collectives, reads a number through a generated reader, or holds anything withou
 A manifest sits in the plan cache's directory under a key of the function's module,
 qualified name and code, and the plan cache's environment (sources, versions, target,
 settings); at most :data:`KEPT` per function, the newest first. ``DYNGRAD_PLAN_CACHE=0``
-turns it off with the plan cache; in ``roundtrip`` mode (the test suite's) every variant
-traced is kept and restored in the same process, and the restored one is run.
+turns it off with the plan cache, ``DYNGRAD_VARIANT_CACHE=0`` alone; in ``roundtrip`` mode
+(the test suite's) every variant traced is kept and restored in the same process, and the
+restored one is run.
 """
 
 from __future__ import annotations
