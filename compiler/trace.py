@@ -321,6 +321,8 @@ class Tracer(DispatchMode):
         self.open_collectives: dict[int, tuple] = {}  # id -> (work, where): started with
         #                            async_op (or DDP's armed reducer), not yet waited for
         self.flags: dict[tuple, tuple] = {}  # (id(owner), name) -> (weakref, name, value)
+        self.copied: dict[int, tuple] = {}  # id(base array) -> (it, [(array copied into a
+        #   tensor, its values then)]): baked into the graph (see capture.guard_copies)
 
     # ----------------------------------------------------------------- values and slots
     def _register(self, key: tuple, t: Tensor, v: Value) -> None:
@@ -427,6 +429,12 @@ class Tracer(DispatchMode):
             self.shared_arrays[id(tensor)] = shared_array
         else:
             self.const_ids.add(id(tensor))
+
+    def on_copied(self, array) -> None:
+        root = array
+        while isinstance(root.base, np.ndarray):
+            root = root.base
+        self.copied.setdefault(id(root), (root, []))[1].append((array, array.copy()))
 
     def on_attr(self, owner, attr, value) -> None:
         if attr in ("data", "detach"):  # an alias: bind it through its owner

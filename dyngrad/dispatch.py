@@ -58,6 +58,10 @@ class DispatchMode:
         """A tensor was made from data (``dg.tensor``, a constant inside an op), not by an op;
         ``shared_array`` is the numpy array it shares memory with (``from_numpy``), if any."""
 
+    def on_copied(self, array) -> None:
+        """A numpy array's values were copied into a new tensor (``dg.tensor(arr)``): a
+        tracer bakes them in, so it must notice when they change."""
+
     def on_attr(self, owner: Any, name: str, value: Any) -> None:
         """Tensor-valued attribute ``owner.name`` was read (``p.grad``), giving ``value``."""
 
@@ -122,6 +126,11 @@ def report_python_call(what: str) -> None:
 def report_new(tensor, shared_array=None) -> None:
     for m in STATE.modes:
         m.on_new(tensor, shared_array)
+
+
+def report_copied(array) -> None:
+    for m in STATE.modes:
+        m.on_copied(array)
 
 
 def report_attr(owner: Any, name: str, value: Any) -> None:

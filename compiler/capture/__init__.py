@@ -83,6 +83,8 @@ def run(tracer, fn: Callable, args: tuple, kwargs: dict, dynamic=frozenset()):
     try:
         with Watchdog(cap.escaped):
             result, _ = cap.call(None, fn, top, list(args), asrc, dict(kwargs), ksrc)
+        from ..guards import flatten
+        cap.guard_copies(flatten(args, kwargs)[0])
         cap.summarize()
     except Raised as r:
         exc = r.exc  # (raised below, outside the handler: its cause and context stay the

@@ -215,6 +215,38 @@ def _same_value(a, b) -> bool:
         return False
 
 
+@dataclass(frozen=True, eq=False)
+class Contents(Check):
+    """The source holds a numpy array with the values it had when the trace copied it into a
+    tensor (``dg.tensor(ARR)``: the values are baked into the graph, and ``ARR[...] = v``
+    keeps the array's identity)."""
+
+    source: Source
+    values: np.ndarray
+
+    def condition(self, e: str, namer: Namer) -> str:
+        return f"not {namer.name(same_array, 'SAME_ARRAY')}({e}, {namer.name(self.values, 'AV')})"
+
+    def describe(self) -> str:
+        return f"{self.source} holds the values the trace copied ({self.values.dtype}" \
+               f"{list(self.values.shape)})"
+
+    def key(self) -> tuple:
+        return ("contents", self.source)
+
+    def expected(self) -> Any:
+        return "the traced values"
+
+    def now(self, value: Any) -> Any:
+        return "the traced values" if same_array(value, self.values) else "other values"
+
+
+def same_array(a, b: np.ndarray) -> bool:
+    """Whether ``a`` is an array of ``b``'s shape, dtype and values (NaN equal to NaN)."""
+    return type(a) is np.ndarray and a.shape == b.shape and a.dtype == b.dtype and \
+        bool(np.array_equal(a, b, equal_nan=b.dtype.kind in "fc"))
+
+
 EXACT = 1 << 52  # an int runtime input must stay below this: exact in the graph's float64
 
 

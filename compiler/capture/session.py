@@ -38,7 +38,7 @@ from dyngrad.tensor import Tensor
 
 from ..generated import eval_generated
 from . import calls, escape
-from .checks import EXACT, Equals, Identity, SmallInt, Version, is_plain
+from .checks import EXACT, Contents, Equals, Identity, SmallInt, Version, is_plain, same_array
 from .effect import BLIND_MUTATORS, Effect  # noqa: F401 - (Effect: the package's)
 from .frame import NULL, Frame, Raised, user, where
 from .library import is_library_module, is_library_type
@@ -108,6 +108,32 @@ class Capture:
         self.keep.clear()
         self.frames.clear()
         self.fresh_ids.clear()
+
+    def guard_copies(self, flat: list) -> None:
+        """Before :meth:`release`: each array the call copied into a tensor (the tracer's
+        ``copied``: its values are in the graph) gets its values guarded wherever the call
+        read it — an argument, a global, a module's attribute — and the call is refused if
+        it changed such an array after copying it (the next call would copy other values)."""
+        copied = getattr(self.tracer, "copied", None)
+        if not copied:
+            return
+        for _, copies in copied.values():
+            for arr, values in copies:
+                if not same_array(arr, values):
+                    self.refuse("the function changes a numpy array after copying it into a "
+                                "tensor: copy it after the change, or make the tensor with "
+                                "dg.from_numpy (which shares the array's memory)")
+                    return
+
+        def root(a):
+            while isinstance(a.base, np.ndarray):
+                a = a.base
+            return a
+        seen = [(src, v) for src, v in self.objects.items()] + \
+            [(Flat(i, f"arg{i}"), x) for i, x in enumerate(flat)]
+        for src, v in seen:
+            if isinstance(v, np.ndarray) and id(root(v)) in copied:
+                self.guard(Contents(src, v.copy()))
 
     def summarize(self) -> None:
         """Before :meth:`release`: what effect replay needs once the objects are let go —

@@ -9,7 +9,7 @@ import numbers
 import numpy as np
 
 from .. import dtypes as _dt
-from ..dispatch import STATE, dispatch, report_new
+from ..dispatch import STATE, dispatch, report_copied, report_new
 from ..tensor import Tensor, check_device, storage_over, to_array
 from .primitive import Primitive
 
@@ -182,6 +182,8 @@ def tensor(data, dtype=None, requires_grad: bool = False, *, device=None,
 
     >>> x = dg.tensor([1.0, 2.0], requires_grad=True)
     """
+    if STATE.modes and isinstance(data, np.ndarray):
+        report_copied(data)
     t = Tensor._constant(to_array(data, dtype))
     return maybe_requires_grad(t, requires_grad, device)
 
