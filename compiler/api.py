@@ -822,7 +822,8 @@ class CompiledFunction:
                 traced = [tracer.arg_scalar(i, x) if i in self.dynamic_numbers else x
                           for i, x in enumerate(flat)]
                 args, kwargs = unflatten(spec, traced)
-            result, cap = capture.run(tracer, self.fn, args, kwargs, self.dynamic_sources)
+            result, cap = capture.run(tracer, self.fn, args, kwargs, self.dynamic_sources,
+                                      flat)
         t1 = time.perf_counter()
         try:
             if cap.refused is not None:

@@ -72,9 +72,11 @@ def _arg_sources(cap: Capture, fn, args: tuple, kwargs: dict):
     return asrc, ksrc
 
 
-def run(tracer, fn: Callable, args: tuple, kwargs: dict, dynamic=frozenset()):
+def run(tracer, fn: Callable, args: tuple, kwargs: dict, dynamic=frozenset(), flat=()):
     """Call ``fn(*args, **kwargs)`` under the capture: (result, :class:`Capture`). The
-    program's exceptions propagate as they would natively."""
+    program's exceptions propagate as they would natively. ``flat``: the flattened
+    arguments, as the guards index them (numpy arrays among them copied into tensors get
+    their values guarded: ``Capture.guard_copies``)."""
     cap = Capture(tracer, frozenset(dynamic))
     asrc, ksrc = _arg_sources(cap, fn, args, kwargs)
     top = Held(fn, getattr(fn, "__qualname__", "the compiled function"))
@@ -83,8 +85,7 @@ def run(tracer, fn: Callable, args: tuple, kwargs: dict, dynamic=frozenset()):
     try:
         with Watchdog(cap.escaped):
             result, _ = cap.call(None, fn, top, list(args), asrc, dict(kwargs), ksrc)
-        from ..guards import flatten
-        cap.guard_copies(flatten(args, kwargs)[0])
+        cap.guard_copies(list(flat))
         cap.summarize()
     except Raised as r:
         exc = r.exc  # (raised below, outside the handler: its cause and context stay the
