@@ -774,20 +774,12 @@ class CompiledFunction:
         (``compiler/variantcache.py``), made ready to run and put first; None when none
         does. Each manifest is tried at a few misses at most (a later call may be the one
         it was traced for: the second step, with gradients present)."""
-        backend = backends.get(self.backend)
         for entry in list(self._kept):
-            payload, tries = entry
             entry[1] += 1
-            if entry[1] >= 4:
-                self._kept.remove(entry)
+            done = entry[1] >= 4  # (tried enough: dropped whatever happens now)
             t0 = time.perf_counter()
             try:
-                m = variantcache.load(self, payload, flat, spec)
-                pe = plancache.load(m["pkey"])
-                if pe is None:
-                    raise variantcache.Refused("its plans are not in the plan cache")
-                made = compile_trace(m["trace"], pe.lowered, backend, flat, spec,
-                                     set(m["numbers"]), m["checks"], pe.plans)
+                m, lowered, made = self._from_manifest(entry[0], flat, spec)
                 if made.guards.check(flat, spec) >= 0:
                     raise variantcache.Refused("its guards do not hold for this call")
             except variantcache.Refused as exc:
@@ -795,23 +787,37 @@ class CompiledFunction:
                 if _LOG_TOPICS and _topic("recompiles"):
                     log.info("%s: a kept variant does not serve this call: %s",
                              self.__name__, exc)
-                continue
+                m = None
             except Exception as exc:  # noqa: BLE001 - (a manifest of other code, corrupt)
                 variantcache.stats["refused"] += 1
-                self._kept.remove(entry) if entry in self._kept else None
                 if config.raise_compile_errors:
                     raise
                 log.debug("kept variant refused: %r", exc)
-                continue
-            if entry in self._kept:
+                m, done = None, True
+            if done or m is not None:
                 self._kept.remove(entry)
+            if m is None:
+                continue
             self.dynamic_numbers |= set(m["numbers"])
             self.dynamic_sources |= set(m["sources"])
             variantcache.stats["restored"] += 1
-            v = self._add_variant(m["trace"], made, pe.lowered, flat, spec, 0.0,
-                                  time.perf_counter() - t0, "restored")
-            return v
+            return self._add_variant(m["trace"], made, lowered, flat, spec, 0.0,
+                                     time.perf_counter() - t0, "restored")
         return None
+
+    def _from_manifest(self, payload: bytes, flat: list, spec, lowered=None,
+                       plans: dict | None = None) -> tuple:
+        """(manifest, lowered graph, ``compile_trace``'s result) of a kept variant restored
+        against this call's objects; its plans from the plan cache unless given (raises
+        ``variantcache.Refused``)."""
+        m = variantcache.load(self, payload, flat, spec)
+        if lowered is None:
+            pe = plancache.load(m["pkey"])
+            if pe is None:
+                raise variantcache.Refused("its plans are not in the plan cache")
+            lowered, plans = pe.lowered, pe.plans
+        return m, lowered, compile_trace(m["trace"], lowered, backends.get(self.backend), flat,
+                                         spec, set(m["numbers"]), m["checks"], plans)
 
     def _trace(self, args, kwargs, flat, spec):
         t0 = time.perf_counter()
@@ -886,10 +892,8 @@ class CompiledFunction:
         if m == "on":
             variantcache.write(self, manifest)
             return trace, made
-        r = variantcache.load(self, manifest, flat, spec)  # (round trip: a failure is a
-        restored = compile_trace(r["trace"], lowered, backends.get(self.backend), flat,  # bug)
-                                 spec, set(r["numbers"]), r["checks"], plans)
-        variantcache.stats["restored"] += 1
+        r, _, restored = self._from_manifest(manifest, flat, spec, lowered, plans)  # (round
+        variantcache.stats["restored"] += 1  #                          trip: a failure is a bug)
         return r["trace"], restored
 
     def _add_variant(self, trace: Trace, made, lowered, flat: list, spec, trace_s: float,
