@@ -10,8 +10,9 @@ kept variants' tracing and passes took), the variants made and the LLVM disk cac
 counters. The suite runs it twice with one empty ``DYNGRAD_CACHE_DIR``:
 the first process is cold (trace, passes and LLVM compile), the second loads the compiled
 modules, the plans and the variants from the disk cache (``compiler/plancache.py``,
-``compiler/variantcache.py``: no trace when a kept variant holds; the first step still runs
-eagerly, creating the optimizer's state).
+``compiler/variantcache.py``: no trace when a kept variant holds; with an optimizer whose
+first step is a fill of its state — Adam, Adadelta, not SGD's momentum — even the first
+step runs the kept variant).
 """
 
 from __future__ import annotations

@@ -745,6 +745,9 @@ class CompiledFunction:
         elif not self._state_pending_ran and self._traced == 0:
             opt = _optimizer_without_state(self.fn, flat)
             if opt is not None:
+                out = self._run_kept(args, kwargs, flat, spec, first=True)
+                if out is not _MISSED:  # (Note [a first step from a filled state])
+                    return out
                 self._state_pending_ran = True
                 reason = (f"untraced: {type(opt).__name__} has parameters without optimizer "
                           f"state, which a first step creates and keeps in Python state (a "
@@ -752,36 +755,49 @@ class CompiledFunction:
                 self.fallbacks.append(reason)
                 self._note(f"{self.__name__} ran eagerly, {reason}", "recompiles")
                 return self.fn(*args, **kwargs)
+        out = self._run_kept(args, kwargs, flat, spec)
+        if out is not _MISSED:
+            return out
+        return self._trace(args, kwargs, flat, spec)
+
+    def _run_kept(self, args, kwargs, flat, spec, first: bool = False):
+        """This call run by a variant kept on disk (``first``: only by one that may fill
+        optimizer state, at a first call), or ``_MISSED``."""
         if self._kept is None:
             self._kept = [[m, 0] for m in variantcache.read(self)] \
                 if self.backend == "llvm" else []
-        if self._kept:
-            v = self._restore(flat, spec)
-            if v is not None:
-                try:
-                    return v.call(flat)
-                except GuardFailed:  # (a value guard: nothing was written)
-                    pass
-                except DistBackendError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - nothing was written
-                    self._internal_error(exc)
-                    return self.fn(*args, **kwargs)
-        return self._trace(args, kwargs, flat, spec)
+        if not self._kept or first and not any(variantcache.fills(m) for m, _ in self._kept):
+            return _MISSED
+        restored = self._restore(flat, spec, first)
+        if restored is None:
+            return _MISSED
+        v, filled = restored
+        try:
+            return v.call(flat)
+        except GuardFailed:  # (a value guard: nothing was written)
+            variantcache.unfill(filled)
+        except DistBackendError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - nothing was written
+            variantcache.unfill(filled)
+            self._internal_error(exc)
+            return self.fn(*args, **kwargs)
+        return _MISSED
 
-    def _restore(self, flat: list, spec) -> Variant | None:
-        """A variant kept on disk by an earlier process whose assumptions hold for this call
-        (``compiler/variantcache.py``), made ready to run and put first; None when none
-        does. Each manifest is tried at a few misses at most (a later call may be the one
-        it was traced for: the second step, with gradients present)."""
+    def _restore(self, flat: list, spec, first: bool = False) -> tuple | None:
+        """(variant, the optimizers whose state it filled) of a variant kept on disk by an
+        earlier process whose assumptions hold for this call (``compiler/variantcache.py``),
+        made ready to run and put first; None when none does. Each manifest is tried at a
+        few misses at most (a later call may be the one it was traced for: the second step,
+        with gradients present; at a ``first`` call only those that fill optimizer state)."""
         for entry in list(self._kept):
+            if first and not variantcache.fills(entry[0]):
+                continue
             entry[1] += 1
             done = entry[1] >= 4  # (tried enough: dropped whatever happens now)
             t0 = time.perf_counter()
             try:
                 m, lowered, made = self._from_manifest(entry[0], flat, spec)
-                if made.guards.check(flat, spec) >= 0:
-                    raise variantcache.Refused("its guards do not hold for this call")
             except variantcache.Refused as exc:
                 variantcache.stats["refused"] += 1
                 if _LOG_TOPICS and _topic("recompiles"):
@@ -802,22 +818,31 @@ class CompiledFunction:
             self.dynamic_sources |= set(m["sources"])
             variantcache.stats["restored"] += 1
             return self._add_variant(m["trace"], made, lowered, flat, spec, 0.0,
-                                     time.perf_counter() - t0, "restored")
+                                     time.perf_counter() - t0, "restored"), m["filled"]
         return None
 
     def _from_manifest(self, payload: bytes, flat: list, spec, lowered=None,
                        plans: dict | None = None) -> tuple:
         """(manifest, lowered graph, ``compile_trace``'s result) of a kept variant restored
-        against this call's objects; its plans from the plan cache unless given (raises
-        ``variantcache.Refused``)."""
+        against this call's objects, whose guards hold for it unless ``lowered`` is given
+        (the round trip, after the call); its plans from the plan cache unless given (raises
+        ``variantcache.Refused``, with no optimizer state left filled)."""
+        check = lowered is None
         m = variantcache.load(self, payload, flat, spec)
-        if lowered is None:
-            pe = plancache.load(m["pkey"])
-            if pe is None:
-                raise variantcache.Refused("its plans are not in the plan cache")
-            lowered, plans = pe.lowered, pe.plans
-        return m, lowered, compile_trace(m["trace"], lowered, backends.get(self.backend), flat,
-                                         spec, set(m["numbers"]), m["checks"], plans)
+        try:
+            if lowered is None:
+                pe = plancache.load(m["pkey"])
+                if pe is None:
+                    raise variantcache.Refused("its plans are not in the plan cache")
+                lowered, plans = pe.lowered, pe.plans
+            made = compile_trace(m["trace"], lowered, backends.get(self.backend), flat, spec,
+                                 set(m["numbers"]), m["checks"], plans)
+            if check and made.guards.check(flat, spec) >= 0:
+                raise variantcache.Refused("its guards do not hold for this call")
+        except BaseException:
+            variantcache.unfill(m["filled"])  # (Note [a first step from a filled state])
+            raise
+        return m, lowered, made
 
     def _trace(self, args, kwargs, flat, spec):
         t0 = time.perf_counter()
@@ -859,7 +884,8 @@ class CompiledFunction:
                                          self.dynamic_numbers, checks, plans)
             if pkey is not None:
                 trace, made = self._keep(trace, made, checks, pkey, lowered, plans, flat,
-                                         spec, variantcache.library_reads(cap))
+                                         spec, variantcache.library_reads(cap),
+                                         (cap.read_ids, cap.optimizers_given))
         except Unsupported as exc:
             self._unsupported(str(exc))
             return _plain_numbers(result)
@@ -874,7 +900,7 @@ class CompiledFunction:
         return _plain_numbers(result)
 
     def _keep(self, trace: Trace, made, checks: list, pkey: str, lowered, plans: dict,
-              flat: list, spec, library: list) -> tuple:
+              flat: list, spec, library: list, seen: tuple) -> tuple:
         """Keep the variant just made on disk for later processes (variantcache). In
         round-trip mode it is restored here instead, and (trace, made) of the restored
         manifest returned, which the call runs from now on."""
@@ -882,7 +908,8 @@ class CompiledFunction:
         if m == "off":
             return trace, made
         try:
-            manifest = variantcache.dump(self, trace, checks, pkey, flat, spec, library)
+            manifest = variantcache.dump(self, trace, checks, pkey, flat, spec, library,
+                                         seen)
         except variantcache.Refused as exc:
             variantcache.stats["unkept"] += 1
             variantcache.unkept[str(exc)[:70]] += 1
@@ -1054,6 +1081,9 @@ class CompiledFunction:
     def __repr__(self) -> str:
         return f"<compiled {self.__name__}: {len(self.variants)} variant(s), backend=" \
                f"{self.backend}>"
+
+
+_MISSED = object()  # (_run_kept: no kept variant served the call)
 
 
 def _raised(what: str, exc: Exception) -> str:

@@ -81,7 +81,7 @@ from .capture.sources import Namer, Source
 from .generated import eval_generated
 from .trace import ScalarSource, Trace, Via
 
-MAGIC = b"DGVARS01"
+MAGIC = b"DGVARS02"
 KEPT = 8  # manifests kept per function
 WALK = 200_000  # objects the locator visits at most
 stats = {"stored": 0, "restored": 0, "refused": 0, "unkept": 0}
@@ -592,6 +592,7 @@ class _Pickler(plancache._Pickler):
         self.fp = _Fingerprint()
         self.must_name: set = set()  # ids of objects to be named even if a dict or list
         self.by_value: set = set()  # ids of arrays held by identity: named with their values
+        self.by_path: set = set()  # ids of the objects named by a path
         self.cells = {id(c): i for i, c in enumerate(
             getattr(_function(fn), "__closure__", None) or ())}
         self.module_dicts = {id(vars(m)): name for name, m in list(sys.modules.items())
@@ -671,6 +672,7 @@ class _Pickler(plancache._Pickler):
             return ("method", self._named(obj.__func__), self._named(obj.__self__))
         path = self.locator.path.get(id(obj))
         if path is not None and not isinstance(obj, (types.FunctionType, type)):
+            self.by_path.add(id(obj))
             return ("path", path, self.fp.signature(obj, id(obj) in self.by_value))
         q = qual(obj)
         if q is not None:
@@ -792,9 +794,108 @@ def _library_names(sources: list, flat: list) -> list:
     return out
 
 
+# Note [a first step from a filled state]
+# A training step's variant is traced at its second call: the first creates the optimizer's
+# state (Adam's moments), tensors kept in Python state, which no trace replays. A new
+# process restoring that variant would still run its first step eagerly — on W8 ~110 ms of
+# the ~200 ms it takes to get going. But for an optimizer whose step makes a parameter's
+# state by ``_fill_state`` alone (zeros from the parameter's shape and dtype; never from the
+# gradient) and then updates it as any later step does, a first step *is* "fill the state,
+# then step". So the manifest lists, per such optimizer, the parameters that had state and
+# their state's keys (``_fill_plan``); a new process whose optimizer has no state yet fills
+# it (``Optimizer.prefill``) before resolving the rest of the manifest, whose paths then
+# lead to the filled tensors and whose signatures and fingerprints check them; and it runs
+# the restored variant from its first call. Filling before the call instead of inside
+# step() is the same only if nothing else in the call sees the state, so the plan is made
+# only when
+#   - the interpreted code read nothing of the state (the dict, an entry, a tensor of it:
+#     ``Capture.read_ids``), and no native call other than step() or zero_grad() was given
+#     the optimizer (``Capture.optimizers_given``: ``state_dict()``, ``vars(opt)``);
+#   - every parameter with state was stepped by the trace (all its state tensors are named
+#     by the manifest): a new first step then fills exactly those;
+#   - the state's order is its groups' order, as prefill() makes it;
+#   - the optimizer is the library's own (a user's class may fill otherwise).
+# Any refusal after filling (a signature, a guard, a value guard inside the native code)
+# empties the state again (``unfill``) before the call runs eagerly. SGD's momentum buffer
+# starts as the gradient, so SGD has no ``_fill_state`` and its first step stays eager.
+def _fill_plan(locator: _Locator, named: set, read_ids=frozenset(),
+               given=frozenset()) -> list:
+    """(optimizer path, its class's name, [(parameter path, state keys)]) per optimizer
+    whose state a new process may fill before the first call (Note [a first step from a
+    filled state])."""
+    out = []
+    for obj in locator.keep:
+        if not isinstance(obj, Optimizer) or id(obj) in given or \
+                getattr(type(obj), "_fill_state", None) is None or \
+                not type(obj).__module__.startswith("dyngrad.optim."):
+            continue
+        state = instance_dict(obj).get("state")
+        if type(state) is not dict or not state or id(state) in read_ids:
+            continue
+        entries = list(state.items())
+        if any(type(st) is not dict or not st or id(st) in read_ids or
+               not all(isinstance(t, Tensor) and id(t) in named and id(t) not in read_ids
+                       for t in st.values()) for _, st in entries):
+            continue
+        stepped = {id(p) for p, _ in entries}
+        order = [id(p) for g in obj.param_groups for p in g["params"] if id(p) in stepped]
+        paths = [locator.path.get(id(p)) for p, _ in entries]
+        if order != [id(p) for p, _ in entries] or None in paths or \
+                locator.path.get(id(obj)) is None:
+            continue
+        out.append((locator.path[id(obj)], _type_name(obj),
+                    [(path, tuple(st)) for path, (_, st) in zip(paths, entries)]))
+    return out
+
+
+def _fill(fn, flat: list, plan: list) -> list:
+    """Fill the state of each optimizer of ``plan`` that has none (raises Refused, with
+    nothing filled, when the state made is not the one planned): the optimizers filled."""
+    filled: list = []
+    try:
+        for opt_path, name, params in plan:
+            opt = _resolve(opt_path, fn, flat)
+            if not isinstance(opt, Optimizer) or _type_name(opt) != name:
+                raise Refused(f"{_describe(opt_path)} is not the optimizer the trace stepped")
+            state = instance_dict(opt).get("state")
+            if type(state) is not dict:
+                raise Refused(f"{_describe(opt_path)} has no state dict")
+            if state:
+                continue  # (a later call: its state is the manifest's to check)
+            ps = [_resolve(path, fn, flat) for path, _ in params]
+            ours = {id(p) for g in opt.param_groups for p in g["params"]}
+            if not all(isinstance(p, Tensor) and id(p) in ours for p in ps):
+                raise Refused(f"a parameter {_describe(opt_path)} stepped is not one of its "
+                              f"groups'")
+            filled.append(opt)
+            opt.prefill(ps)
+            if [(id(p), tuple(st)) for p, st in state.items()] != \
+                    [(id(p), keys) for p, (_, keys) in zip(ps, params)]:
+                raise Refused(f"{_describe(opt_path)} fills other state than the trace's")
+    except BaseException:
+        unfill(filled)
+        raise
+    return filled
+
+
+def unfill(filled: list) -> None:
+    """Empty again the state :func:`_fill` made (it was empty before)."""
+    for opt in filled:
+        opt.state.clear()
+
+
+def fills(payload: bytes) -> bool:
+    """Whether the manifest ``payload`` may run a first step (fills optimizer state)."""
+    try:
+        return bool(plancache._loads(payload)[2])
+    except Exception:  # noqa: BLE001 - (corrupt: load() refuses it)
+        return False
+
+
 def dump(cf, trace: Trace, checks: list, pkey: str, flat: list, spec,
-         library: list = ()) -> bytes:
-    """The manifest of a variant just traced (raises Refused when it cannot be kept)."""
+         library: list = (), seen=(frozenset(), frozenset())) -> bytes:
+    """The manifest of a variant just traced (raises Refused when it cannot be kept).
+    ``seen``: the capture's ``read_ids`` and ``optimizers_given`` (see :func:`_fill_plan`)."""
     why = keepable(trace)
     if why is not None:
         raise Refused(why)
@@ -823,7 +924,7 @@ def dump(cf, trace: Trace, checks: list, pkey: str, flat: list, spec,
         if obj._version != c.box[0]:
             raise Refused("a version moved during the call")
         versions.append(p.fp.state(obj))
-    return plancache._dumps((f.getvalue(), versions))
+    return plancache._dumps((f.getvalue(), versions, _fill_plan(locator, p.by_path, *seen)))
 
 
 def load(cf, payload: bytes, flat: list, spec) -> dict:
@@ -831,7 +932,21 @@ def load(cf, payload: bytes, flat: list, spec) -> dict:
     fn = cf.fn
     _DIGESTS.clear()
     try:
-        main, versions = plancache._loads(payload)
+        main, versions, plan = plancache._loads(payload)
+    except Exception as exc:  # noqa: BLE001 - (a corrupt or foreign manifest)
+        raise Refused(f"{type(exc).__name__}: {exc}") from None
+    filled = _fill(fn, flat, plan)
+    try:
+        m = _load(cf, fn, main, versions, flat, spec)
+    except BaseException:
+        unfill(filled)
+        raise
+    m["filled"] = filled
+    return m
+
+
+def _load(cf, fn, main: bytes, versions: list, flat: list, spec) -> dict:
+    try:
         u = _Unpickler(io.BytesIO(main), fn, flat, cf)
         m = u.load()
     except (Refused, pickle.UnpicklingError):

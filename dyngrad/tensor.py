@@ -939,10 +939,11 @@ def zero_grads(tensors, set_to_none: bool = True) -> None:
     """Reset the ``.grad`` of each tensor: to None, or to zeros in place (what optimizers'
     and modules' ``zero_grad`` do)."""
     for t in tensors:
-        if t.grad is None:
+        if set_to_none:  # (under a tracer set and never read: a trace of the call then
+            if t._grad is not None or STATE.modes:  # holds whether or not it had one —
+                t.grad = None  # a new process's first training step has none yet)
+        elif t.grad is None:
             continue
-        if set_to_none:
-            t.grad = None
         else:
             with no_grad():
                 t.grad.zero_()

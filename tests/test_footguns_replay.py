@@ -738,7 +738,10 @@ def test_an_lstm_state_tuple_stored_each_call_is_re_read_not_retraced(store):
         return fns["f"](*_lstm_batch(i))
     cfns = run(LSTM_SRC.format(store=store), drive,
                lambda m: (list(m.model.hidden), params(m.model)), n=6, compiled=4)
-    assert len(cfns["f"].variants) == 2  # (the first call makes the optimizer's state)
+    # (the first call makes the optimizer's state and runs eagerly; every later one is
+    #  served by one variant: zero_grad() at its start sets .grad to None without reading
+    #  it, so no guard tells a call with gradients from one without)
+    assert len(cfns["f"].variants) == 1
 
 
 @pytest.mark.parametrize("change", ["longer", "list", "other shape", "a number",

@@ -86,6 +86,7 @@ def run(tracer, fn: Callable, args: tuple, kwargs: dict, dynamic=frozenset(), fl
         with Watchdog(cap.escaped):
             result, _ = cap.call(None, fn, top, list(args), asrc, dict(kwargs), ksrc)
         cap.guard_copies(list(flat))
+        cap.note_reads()
         cap.summarize()
     except Raised as r:
         exc = r.exc  # (raised below, outside the handler: its cause and context stay the

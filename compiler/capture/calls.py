@@ -284,6 +284,11 @@ def native(cap, f, fn, args, asrc, kwargs, ksrc, refused: bool = False):
                              i in iterated) for i, a in enumerate(args)]
         kwargs = {k: _interpreted(cap, f, v, ksrc.get(k), False) for k, v in kwargs.items()}
     owner = getattr(fn, "__self__", None)
+    if isinstance(owner, Optimizer) and getattr(fn, "__name__", "") not in _STATELESS:
+        cap.optimizers_given.add(id(owner))  # (state_dict(): it may read the state)
+    for i, v in enumerate((*args, *kwargs.values())):
+        if isinstance(v, Optimizer) and not (i == 0 and _stateless_method(v, fn)):
+            cap.optimizers_given.add(id(v))
     watched = _watched_state(owner)
     value = user(fn, *args, **kwargs)
     if watched is not None and _state_of(owner) != watched:
@@ -309,6 +314,17 @@ def _watched_state(obj):
 def _state_of(obj) -> dict:
     return {k: (id(v), v if type(v) in (int, float, bool, str) else None)
             for k, v in vars(obj).items()}
+
+
+# an optimizer's methods that read its state only as a first step() would (Note [a first
+# step from a filled state] in compiler/variantcache.py)
+_STATELESS = frozenset({"step", "zero_grad", "hyper"})
+
+
+def _stateless_method(opt, fn) -> bool:
+    """Whether ``fn`` is ``opt``'s own step() or zero_grad() (called as a function on it)."""
+    name = getattr(fn, "__name__", "")
+    return name in _STATELESS and getattr(type(opt), name, None) is fn
 
 
 _STORES = frozenset({"append", "insert", "__setitem__"})  # (store a value, never read it)

@@ -95,6 +95,11 @@ class Capture:
         # id -> [container, source, entry length, entry items, pinned]; see `changed_read`
         self.mutated: dict = {}
         self.hyper_seen: dict = {}  # id(optimizer) -> (optimizer, _hyper_version at first sight)
+        # what the call saw of optimizers' state other than through their step() (Note [a
+        # first step from a filled state] in compiler/variantcache.py): ids of the objects
+        # it read (set by `note_reads`), and of optimizers native code was given otherwise
+        self.read_ids: frozenset = frozenset()
+        self.optimizers_given: set = set()
         if tracer is not None:
             tracer.capture = self
 
@@ -134,6 +139,13 @@ class Capture:
         for src, v in seen:
             if isinstance(v, np.ndarray) and id(root(v)) in copied:
                 self.guard(Contents(src, v.copy()))
+
+    def note_reads(self) -> None:
+        """Before :meth:`release`: the ids of every object from before the call that the
+        interpreted code read (kept after it, for the variant cache)."""
+        self.read_ids = frozenset(map(id, self.objects.values())) | \
+            frozenset(id(v) for v, _ in self.registry.values()) | \
+            frozenset(id(e[1]) for e in self.entry.values())
 
     def summarize(self) -> None:
         """Before :meth:`release`: what effect replay needs once the objects are let go —

@@ -31,6 +31,11 @@ class Adadelta(Optimizer):
                                       foreach=foreach, capturable=capturable,
                                       maximize=maximize, differentiable=differentiable))
 
+    def _fill_state(self, st: dict, p, group: dict) -> None:
+        st["step"] = _c.zeros((), dtype=_dt.float32)
+        st["square_avg"] = _c.zeros_like(p)
+        st["acc_delta"] = _c.zeros_like(p)
+
     @no_grad()
     def step(self, closure=None):
         loss = self._closure(closure)
@@ -42,9 +47,7 @@ class Adadelta(Optimizer):
             for p, g in self._grads(group):
                 st = self._state_for(p)
                 if not st:
-                    st["step"] = _c.zeros((), dtype=_dt.float32)
-                    st["square_avg"] = _c.zeros_like(p)
-                    st["acc_delta"] = _c.zeros_like(p)
+                    self._fill_state(st, p, group)
                 st["step"].add_(1)
                 if weight_decay != 0:
                     g = g.add(p, alpha=weight_decay)

@@ -32,6 +32,13 @@ class Adam(Optimizer):
                                       weight_decay=weight_decay, amsgrad=amsgrad,
                                       maximize=maximize))
 
+    def _fill_state(self, st: dict, p, group: dict) -> None:
+        st["step"] = _c.zeros((), dtype=_dt.float32)
+        st["exp_avg"] = _c.zeros_like(p)
+        st["exp_avg_sq"] = _c.zeros_like(p)
+        if group["amsgrad"]:
+            st["max_exp_avg_sq"] = _c.zeros_like(p)
+
     @no_grad()
     def step(self, closure=None):
         loss = self._closure(closure)
@@ -44,11 +51,7 @@ class Adam(Optimizer):
             for p, g in self._grads(group):
                 st = self._state_for(p)
                 if not st:
-                    st["step"] = _c.zeros((), dtype=_dt.float32)
-                    st["exp_avg"] = _c.zeros_like(p)
-                    st["exp_avg_sq"] = _c.zeros_like(p)
-                    if amsgrad:
-                        st["max_exp_avg_sq"] = _c.zeros_like(p)
+                    self._fill_state(st, p, group)
                 if weight_decay != 0:
                     if self.decoupled:
                         p.mul_(1 - lr * weight_decay)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ..autograd.grad_mode import enable_grad
+from ..autograd.grad_mode import enable_grad, no_grad
 from ..dispatch import read_scalar
 from ..tensor import Tensor, zero_grads
 
@@ -169,6 +169,30 @@ class Optimizer:
         step never makes state say so.)"""
         return any(p.requires_grad and not self.state.get(p)
                    for group in self.param_groups for p in group["params"])
+
+    #: ``_fill_state(st, p, group)``, for an optimizer whose ``step()`` makes a parameter's
+    #: state with it alone — ``if not st: self._fill_state(st, p, group)`` — from the
+    #: parameter's shape and dtype and the group's flags, never from the gradient, and then
+    #: updates it as on any later step. For such an optimizer a first step equals
+    #: :meth:`prefill` followed by a step, which lets a compiled training step kept on disk
+    #: run from a new process's first call (Note [a first step from a filled state] in
+    #: compiler/variantcache.py). None where the first step differs (SGD's momentum buffer
+    #: starts as the gradient).
+    _fill_state = None
+
+    def prefill(self, params) -> list:
+        """Make, for each parameter among ``params`` without state, the state a first
+        ``step()`` would make before updating it, in the order ``step()`` would (its groups'
+        order): the parameters filled."""
+        wanted = {id(p) for p in params}
+        filled = []
+        with no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if id(p) in wanted and not self.state.get(p):
+                        self._fill_state(self._state_for(p), p, group)
+                        filled.append(p)
+        return filled
 
     def _state_for(self, p: Tensor) -> dict:
         st = self.state.get(p)

@@ -25,6 +25,14 @@ class RMSprop(Optimizer):
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered, maximize=maximize))
 
+    def _fill_state(self, st: dict, p, group: dict) -> None:
+        st["step"] = _c.zeros(())
+        st["square_avg"] = _c.zeros_like(p)
+        if group["momentum"] > 0:
+            st["momentum_buffer"] = _c.zeros_like(p)
+        if group["centered"]:
+            st["grad_avg"] = _c.zeros_like(p)
+
     @no_grad()
     def step(self, closure=None):
         loss = self._closure(closure)
@@ -38,12 +46,7 @@ class RMSprop(Optimizer):
             for p, g in self._grads(group):
                 st = self._state_for(p)
                 if not st:
-                    st["step"] = _c.zeros(())
-                    st["square_avg"] = _c.zeros_like(p)
-                    if momentum > 0:
-                        st["momentum_buffer"] = _c.zeros_like(p)
-                    if centered:
-                        st["grad_avg"] = _c.zeros_like(p)
+                    self._fill_state(st, p, group)
                 st["step"].add_(1)
                 if weight_decay != 0:
                     g = g.add(p, alpha=weight_decay)
