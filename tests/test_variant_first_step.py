@@ -13,7 +13,6 @@ import textwrap
 
 import numpy as np
 import pytest
-
 from _variant_programs import run
 
 PROGRAM = textwrap.dedent("""
