@@ -11,7 +11,7 @@ counters. The suite runs it twice with one empty ``DYNGRAD_CACHE_DIR``:
 the first process is cold (trace, passes and LLVM compile), the second loads the compiled
 modules, the plans and the variants from the disk cache (``compiler/plancache.py``,
 ``compiler/variantcache.py``: no trace when a kept variant holds; with an optimizer whose
-first step is a fill of its state — Adam, Adadelta, not SGD's momentum — even the first
+first step is a fill of its state — Adam, Adadelta, SGD without dampening — even the first
 step runs the kept variant).
 """
 

@@ -798,16 +798,17 @@ def _library_names(sources: list, flat: list) -> list:
 # A training step's variant is traced at its second call: the first creates the optimizer's
 # state (Adam's moments), tensors kept in Python state, which no trace replays. A new
 # process restoring that variant would still run its first step eagerly — on W8 ~110 ms of
-# the ~200 ms it takes to get going. But for an optimizer whose step makes a parameter's
-# state by ``_fill_state`` alone (zeros from the parameter's shape and dtype; never from the
-# gradient) and then updates it as any later step does, a first step *is* "fill the state,
-# then step". So the manifest lists, per such optimizer, the parameters that had state and
-# their state's keys (``_fill_plan``); a new process whose optimizer has no state yet fills
-# it (``Optimizer.prefill``) before resolving the rest of the manifest, whose paths then
-# lead to the filled tensors and whose signatures and fingerprints check them; and it runs
-# the restored variant from its first call. Filling before the call instead of inside
-# step() is the same only if nothing else in the call sees the state, so the plan is made
-# only when
+# the ~200 ms it took to get going. But most optimizers have a state from which a step makes
+# exactly what a first step makes (``Optimizer._fill_state``): Adam's, Adadelta's and
+# RMSprop's first steps fill zeros and then update as any later step; SGD's momentum buffer
+# starts as the gradient, which a buffer of −0 gives bit for bit (without dampening). So a
+# first step *is* "fill the state, then step". The manifest lists, per such optimizer, the
+# parameters that had state and their state's keys (``_fill_plan``); a new process whose
+# optimizer has no state yet fills it (``Optimizer.prefill``) before resolving the rest of
+# the manifest, whose paths then lead to the filled tensors and whose signatures and
+# fingerprints check them; and it runs the restored variant from its first call. Filling
+# before the call instead of inside step() is the same only if nothing else in the call
+# sees the state, so the plan is made only when
 #   - the interpreted code read nothing of the state (the dict, an entry, a tensor of it:
 #     ``Capture.read_ids``), and no native call other than step() or zero_grad() was given
 #     the optimizer (``Capture.optimizers_given``: ``state_dict()``, ``vars(opt)``);
@@ -815,9 +816,10 @@ def _library_names(sources: list, flat: list) -> list:
 #     by the manifest): a new first step then fills exactly those;
 #   - the state's order is its groups' order, as prefill() makes it;
 #   - the optimizer is the library's own (a user's class may fill otherwise).
-# Any refusal after filling (a signature, a guard, a value guard inside the native code)
-# empties the state again (``unfill``) before the call runs eagerly. SGD's momentum buffer
-# starts as the gradient, so SGD has no ``_fill_state`` and its first step stays eager.
+# The trace itself is of a later step, made from the state that step found; what it assumed
+# of the state (its keys, shapes, dtypes) is checked on the filled one. Any refusal after
+# filling (a signature, a guard, a value guard inside the native code) empties the state
+# again (``unfill``) before the call runs eagerly.
 def _fill_plan(locator: _Locator, named: set, read_ids=frozenset(),
                given=frozenset()) -> list:
     """(optimizer path, its class's name, [(parameter path, state keys)]) per optimizer
@@ -868,7 +870,8 @@ def _fill(fn, flat: list, plan: list) -> list:
                 raise Refused(f"a parameter {_describe(opt_path)} stepped is not one of its "
                               f"groups'")
             filled.append(opt)
-            opt.prefill(ps)
+            if not opt.prefill(ps):
+                raise Refused(f"{_describe(opt_path)} has no state to fill (SGD's dampening)")
             if [(id(p), tuple(st)) for p, st in state.items()] != \
                     [(id(p), keys) for p, (_, keys) in zip(ps, params)]:
                 raise Refused(f"{_describe(opt_path)} fills other state than the trace's")

@@ -812,3 +812,64 @@ def test_scheduler_errors():
         sched.LambdaLR(opt, [lambda e: 1.0, lambda e: 1.0])
     with pytest.raises(TypeError, match="is not an Optimizer"):
         sched.StepLR(object(), step_size=1)
+
+
+# ------------------------------------------------------------------ prefill (a first step as a fill)
+
+FILLED = {
+    "adam": lambda ps: optim.Adam(ps, lr=1e-2, weight_decay=0.1),
+    "adamw-amsgrad": lambda ps: optim.AdamW(ps, lr=1e-2, amsgrad=True, maximize=True),
+    "adadelta": lambda ps: optim.Adadelta(ps, lr=1.0, weight_decay=0.01),
+    "rmsprop": lambda ps: optim.RMSprop(ps, lr=1e-2, momentum=0.9, centered=True),
+    "sgd": lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9),
+    "sgd-nesterov": lambda ps: optim.SGD(ps, lr=0.1, momentum=0.5, nesterov=True,
+                                         weight_decay=1e-3),
+    "sgd-maximize": lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, maximize=True),
+}
+# gradients with the values a fill could get wrong: signed zeros, a NaN, infinities, tiny
+SPECIAL = np.array([-0.0, 0.0, np.nan, np.inf, -np.inf, 1e-45, -1e-45, 3.0, -2.5, 1e30],
+                   dtype=np.float32)
+
+
+def _states(opt):
+    return [(k, v.numpy().copy()) for st in opt.state.values() for k, v in st.items()]
+
+
+@pytest.mark.parametrize("name", FILLED)
+def test_prefill_then_step_is_the_first_step_bit_for_bit(name):
+    """``Optimizer.prefill`` (the compiler fills state before a first compiled step, Note [a
+    first step from a filled state] in compiler/variantcache.py) followed by ``step()``
+    makes what a first ``step()`` makes, to the bit: parameters, state keys, values (signs
+    of zero and NaNs included) and order — for two steps, so a wrong fill shows later too."""
+    runs = []
+    for fill in (False, True):
+        ps = [nn.Parameter(dg.tensor(np.linspace(-1, 1, 10).astype(np.float32))),
+              nn.Parameter(dg.tensor([[0.5, -0.0], [2.0, -3.0]], dtype=dg.float32))]
+        opt = FILLED[name](ps)
+        if fill:
+            assert opt.prefill(ps[::-1]) is True
+            assert list(opt.state) == ps  # (the groups' order, as step() makes it)
+        seen = []
+        for s in range(2):
+            ps[0].grad = dg.tensor(np.roll(SPECIAL, s))
+            ps[1].grad = dg.tensor(SPECIAL[s:s + 4].reshape(2, 2))
+            opt.step()
+            seen.append(([p.detach().numpy().copy() for p in ps], _states(opt)))
+        runs.append(seen)
+    for (p0, s0), (p1, s1) in zip(*runs):
+        for a, b in zip(p0, p1):
+            assert a.tobytes() == b.tobytes()
+        assert [k for k, _ in s0] == [k for k, _ in s1]
+        for (k, a), (_, b) in zip(s0, s1):
+            assert a.tobytes() == b.tobytes(), (k, a, b)
+
+
+def test_prefill_where_no_fill_exists_leaves_the_state_as_it_was():
+    ps = [nn.Parameter(dg.ones(3)), nn.Parameter(dg.ones(2))]
+    opt = optim.SGD(ps, lr=0.1, momentum=0.9, dampening=0.1)  # (a first step skips dampening)
+    opt.state[ps[1]] = {}
+    assert opt.prefill(ps) is False
+    assert list(opt.state) == [ps[1]] and opt.state[ps[1]] == {}
+    assert optim.SGD(ps, lr=0.1)._fill_state({}, ps[0], {"momentum": 0, "dampening": 0}) \
+        is False  # (no momentum: no state at all)
+    assert optim.LBFGS(ps)._fill_state is None

@@ -3,8 +3,8 @@ from a filled state] in compiler/variantcache.py): the optimizer's state is fill
 first ``step()`` would fill it, then the steady variant runs — with the bits of a process
 that ran that first step eagerly, in outputs, parameters and optimizer state (values, keys
 and order). Where filling early could be seen — the function reads the state, hands the
-optimizer to other code, or its optimizer's first step is no fill (SGD's momentum) — the
-first step stays eager; where the filled variant is refused, the state is emptied first."""
+optimizer to other code, or its optimizer's first step is no fill (SGD with dampening) —
+the first step stays eager; where the filled variant is refused, the state is emptied first."""
 
 from __future__ import annotations
 
@@ -84,6 +84,9 @@ FILLING = {
     "adam-amsgrad": "optim.Adam(model.parameters(), lr=1e-2, amsgrad=True, weight_decay=0.1)",
     "adadelta": "optim.Adadelta(model.parameters(), lr=1.0)",
     "rmsprop": "optim.RMSprop(model.parameters(), lr=1e-2, momentum=0.9, centered=True)",
+    "sgd-momentum": "optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)",
+    "sgd-nesterov": "optim.SGD(model.parameters(), lr=1e-2, momentum=0.9, nesterov=True, "
+                    "weight_decay=1e-3)",
     "two-groups": "optim.Adam([{'params': model[0].parameters()}, "
                   "{'params': model[2].parameters(), 'lr': 1e-3}], lr=1e-2)",
 }
@@ -114,9 +117,10 @@ def test_a_step_that_sees_the_state_keeps_its_first_call_eager(tmp_path, before,
     assert want["out"]["calls"][0][1] == 0 and want["out"]["calls"][1][1] != 0
 
 
-def test_sgds_momentum_is_no_fill_and_its_first_step_stays_eager(tmp_path):
+def test_sgd_with_dampening_has_no_fill_and_its_first_step_stays_eager(tmp_path):
+    # (a first step's buffer is the gradient, undamped; a later one damps it)
     fill, got, want = _runs(tmp_path, _program(
-        "optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)"))
+        "optim.SGD(model.parameters(), lr=1e-2, momentum=0.9, dampening=0.5)"))
     assert got["out"]["first_eager"] and got["stats"]["restored"] == 1
     _agree(got["out"], want["out"])
 

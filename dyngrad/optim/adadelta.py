@@ -31,10 +31,11 @@ class Adadelta(Optimizer):
                                       foreach=foreach, capturable=capturable,
                                       maximize=maximize, differentiable=differentiable))
 
-    def _fill_state(self, st: dict, p, group: dict) -> None:
+    def _fill_state(self, st: dict, p, group: dict) -> bool:
         st["step"] = _c.zeros((), dtype=_dt.float32)
         st["square_avg"] = _c.zeros_like(p)
         st["acc_delta"] = _c.zeros_like(p)
+        return True
 
     @no_grad()
     def step(self, closure=None):

@@ -32,12 +32,13 @@ class Adam(Optimizer):
                                       weight_decay=weight_decay, amsgrad=amsgrad,
                                       maximize=maximize))
 
-    def _fill_state(self, st: dict, p, group: dict) -> None:
+    def _fill_state(self, st: dict, p, group: dict) -> bool:
         st["step"] = _c.zeros((), dtype=_dt.float32)
         st["exp_avg"] = _c.zeros_like(p)
         st["exp_avg_sq"] = _c.zeros_like(p)
         if group["amsgrad"]:
             st["max_exp_avg_sq"] = _c.zeros_like(p)
+        return True
 
     @no_grad()
     def step(self, closure=None):

@@ -170,29 +170,37 @@ class Optimizer:
         return any(p.requires_grad and not self.state.get(p)
                    for group in self.param_groups for p in group["params"])
 
-    #: ``_fill_state(st, p, group)``, for an optimizer whose ``step()`` makes a parameter's
-    #: state with it alone — ``if not st: self._fill_state(st, p, group)`` — from the
-    #: parameter's shape and dtype and the group's flags, never from the gradient, and then
-    #: updates it as on any later step. For such an optimizer a first step equals
-    #: :meth:`prefill` followed by a step, which lets a compiled training step kept on disk
-    #: run from a new process's first call (Note [a first step from a filled state] in
-    #: compiler/variantcache.py). None where the first step differs (SGD's momentum buffer
-    #: starts as the gradient).
+    #: ``_fill_state(st, p, group) -> bool``: fill ``st`` with the state from which a
+    #: ``step()`` makes exactly what a first step makes, from the parameter's shape and dtype
+    #: and the group's settings, never the gradient — False (and ``st`` left empty) when
+    #: there is none. Adam's, Adadelta's and RMSprop's own first steps fill this way and
+    #: then update as any later step. SGD's momentum buffer starts as the gradient; a buffer
+    #: of negative zeros gives that (−0·m + g is g, bit for bit, −0 and NaN included)
+    #: without dampening. With it, a first step equals :meth:`prefill` followed by a step,
+    #: which lets a compiled training step kept on disk run from a new process's first call
+    #: (Note [a first step from a filled state] in compiler/variantcache.py). None: no fill.
     _fill_state = None
 
-    def prefill(self, params) -> list:
-        """Make, for each parameter among ``params`` without state, the state a first
-        ``step()`` would make before updating it, in the order ``step()`` would (its groups'
-        order): the parameters filled."""
+    def prefill(self, params) -> bool:
+        """Fill, for each parameter among ``params`` without state, the state from which a
+        ``step()`` makes what a first step makes (see ``_fill_state``), in the order
+        ``step()`` would (its groups' order). False, with the state as it was, where a
+        parameter's group has no such state."""
         wanted = {id(p) for p in params}
-        filled = []
+        made = []
         with no_grad():
             for group in self.param_groups:
                 for p in group["params"]:
                     if id(p) in wanted and not self.state.get(p):
-                        self._fill_state(self._state_for(p), p, group)
-                        filled.append(p)
-        return filled
+                        made.append((p, p in self.state))
+                        if not self._fill_state(self._state_for(p), p, group):
+                            for q, had in made:
+                                if had:
+                                    self.state[q].clear()
+                                else:
+                                    del self.state[q]
+                            return False
+        return True
 
     def _state_for(self, p: Tensor) -> dict:
         st = self.state.get(p)

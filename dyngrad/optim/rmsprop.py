@@ -25,13 +25,14 @@ class RMSprop(Optimizer):
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered, maximize=maximize))
 
-    def _fill_state(self, st: dict, p, group: dict) -> None:
+    def _fill_state(self, st: dict, p, group: dict) -> bool:
         st["step"] = _c.zeros(())
         st["square_avg"] = _c.zeros_like(p)
         if group["momentum"] > 0:
             st["momentum_buffer"] = _c.zeros_like(p)
         if group["centered"]:
             st["grad_avg"] = _c.zeros_like(p)
+        return True
 
     @no_grad()
     def step(self, closure=None):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 from ..autograd.grad_mode import no_grad
+from ..ops import creation as _c
 from .optimizer import Optimizer
 
 
@@ -30,6 +33,16 @@ class SGD(Optimizer):
         return any(p.requires_grad and not self.state.get(p)
                    for group in self.param_groups if group["momentum"] != 0
                    for p in group["params"])
+
+    def _fill_state(self, st: dict, p, group: dict) -> bool:
+        # (a first step's buffer is the gradient g; a later step's is m·buf + (1 − d)·g,
+        # which for buf = −0 is g bit for bit when d = 0: −0·m is −0 for a finite m, and
+        # −0 + g is g for every g, ±0 and NaN included — in any order, fused or not)
+        m = group["momentum"]
+        if group["dampening"] != 0 or not 0 < m < math.inf:
+            return False
+        st["momentum_buffer"] = _c.full_like(p, -0.0)
+        return True
 
     @no_grad()
     def step(self, closure=None):
