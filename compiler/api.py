@@ -764,7 +764,7 @@ class CompiledFunction:
         """This call run by a variant kept on disk (``first``: only by one that may fill
         optimizer state, at a first call), or ``_MISSED``."""
         if self._kept is None:
-            self._kept = [[m, 0] for m in variantcache.read(self)] \
+            self._kept = [[variantcache.parse(m), 0] for m in variantcache.read(self)] \
                 if self.backend == "llvm" else []
         if not self._kept or first and not any(variantcache.fills(m) for m, _ in self._kept):
             return _MISSED
@@ -821,7 +821,7 @@ class CompiledFunction:
                                      time.perf_counter() - t0, "restored"), m["filled"]
         return None
 
-    def _from_manifest(self, payload: bytes, flat: list, spec, lowered=None,
+    def _from_manifest(self, payload, flat: list, spec, lowered=None,
                        plans: dict | None = None) -> tuple:
         """(manifest, lowered graph, ``compile_trace``'s result) of a kept variant restored
         against this call's objects, whose guards hold for it unless ``lowered`` is given

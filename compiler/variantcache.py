@@ -887,12 +887,20 @@ def unfill(filled: list) -> None:
         opt.state.clear()
 
 
-def fills(payload: bytes) -> bool:
-    """Whether the manifest ``payload`` may run a first step (fills optimizer state)."""
+def parse(payload: bytes):
+    """A manifest's parts, (pickled trace and checks, fingerprints, fill plan); None when it
+    does not unpickle (corrupt: ``load`` refuses it)."""
     try:
-        return bool(plancache._loads(payload)[2])
-    except Exception:  # noqa: BLE001 - (corrupt: load() refuses it)
-        return False
+        parts = plancache._loads(payload)
+    except Exception:  # noqa: BLE001
+        return None
+    return parts if type(parts) is tuple and len(parts) == 3 else None
+
+
+def fills(parts) -> bool:
+    """Whether the manifest whose ``parse`` is ``parts`` may run a first step (fills
+    optimizer state: Note [a first step from a filled state])."""
+    return parts is not None and bool(parts[2])
 
 
 def dump(cf, trace: Trace, checks: list, pkey: str, flat: list, spec,
@@ -930,14 +938,15 @@ def dump(cf, trace: Trace, checks: list, pkey: str, flat: list, spec,
     return plancache._dumps((f.getvalue(), versions, _fill_plan(locator, p.by_path, *seen)))
 
 
-def load(cf, payload: bytes, flat: list, spec) -> dict:
-    """The manifest's trace and checks with today's objects (raises Refused)."""
+def load(cf, payload, flat: list, spec) -> dict:
+    """The manifest's trace and checks with today's objects (raises Refused); ``payload``:
+    the manifest, or its :func:`parse`."""
     fn = cf.fn
     _DIGESTS.clear()
-    try:
-        main, versions, plan = plancache._loads(payload)
-    except Exception as exc:  # noqa: BLE001 - (a corrupt or foreign manifest)
-        raise Refused(f"{type(exc).__name__}: {exc}") from None
+    parts = parse(payload) if type(payload) is bytes else payload
+    if parts is None:
+        raise Refused("a corrupt or foreign manifest")
+    main, versions, plan = parts
     filled = _fill(fn, flat, plan)
     try:
         m = _load(cf, fn, main, versions, flat, spec)
