@@ -134,13 +134,14 @@ def float64_reference(wl: Workload, quick: bool, n: int) -> list:
 
 def ulp_reference(wl: Workload, quick: bool, n: int) -> list:
     """The eager step's first ``n`` outputs with every parameter moved by one ulp (toward
-    +inf) after the second step: what one rounding does to the steps that follow."""
+    +inf) after the first step: what one rounding does to the steps that follow (a step
+    restored from disk runs compiled from its first call)."""
     inst = wl.build(quick)
     run = inst.runnable()
     out = []
     for k in range(n):
         out.append(measure.as_array(run(*inst.calls[k % len(inst.calls)])))
-        if k == 1:
+        if k == 0:
             for p in inst.model.parameters():
                 p._data[...] = np.nextafter(p._data, np.inf)
     return out
