@@ -17,12 +17,13 @@ HAS_JAX = importlib.util.find_spec("jax") is not None
 WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W7a", "W7b", "W8")
 
 
-# the tests that read the quick run share one worker (``make test``'s ``--dist loadgroup``):
-# a module fixture is made once per worker, and the run takes ~100 s
+# the tests that read the quick run share one worker (``make test``'s ``--dist loadgroup``),
+# and the run (~100 s) is made once per session: a module fixture is made again whenever
+# the worker ran another module's tests in between, which xdist's order allows
 ONE_QUICK_RUN = pytest.mark.xdist_group("benchmarks_quick_run")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def quick(tmp_path_factory):
     """The quick run's JSON (one run for every test here), in a fresh cache directory."""
     tmp = tmp_path_factory.mktemp("bench")

@@ -70,12 +70,12 @@ def _checks(program: str) -> list[str]:
     return re.findall(r"^@check\ndef (\w+)", (PROGRAMS / program).read_text(), re.M)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def collectives() -> dict:
     return Job([str(PROGRAMS / "collectives.py")]).results()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def training(tmp_path_factory) -> dict:
     path = tmp_path_factory.mktemp("ddp") / "checkpoint.npz"
     results = Job([str(PROGRAMS / "training.py"), str(path)]).results()
@@ -93,7 +93,7 @@ def test_collectives(collectives, name):
     _passed(collectives, name)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def compiled() -> dict:
     return Job([str(PROGRAMS / "compiled.py")]).results()
 

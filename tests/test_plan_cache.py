@@ -27,6 +27,7 @@ from compiler import plancache
 from compiler.backends.llvm import cache
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.xdist_group("plan_cache")  # (one worker makes `first`, once)
 
 # A training step with convolutions, BatchNorm (buffers written back), pooling, a linear
 # layer, Adam: every kind of kernel the driver runs, optimizer state and write-backs.
@@ -82,7 +83,7 @@ def _same_run(a: dict, b: dict) -> None:
     assert a["variants"] == b["variants"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def first(tmp_path_factory):
     """A cache directory a first process filled, with that process's results."""
     d = tmp_path_factory.mktemp("plans")

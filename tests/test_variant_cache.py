@@ -109,7 +109,7 @@ def _run(tmp: Path, change: str, cache_dir: Path, netdef: str = NETDEF,
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def filled(tmp_path_factory):
     """A cache filled by the unchanged program, and that program's result."""
     tmp = tmp_path_factory.mktemp("variants")
