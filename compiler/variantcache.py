@@ -810,8 +810,10 @@ def _library_names(sources: list, flat: list) -> list:
 # before the call instead of inside step() is the same only if nothing else in the call
 # sees the state, so the plan is made only when
 #   - the interpreted code read nothing of the state (the dict, an entry, a tensor of it:
-#     ``Capture.read_ids``), and no native call other than step() or zero_grad() was given
-#     the optimizer (``Capture.optimizers_given``: ``state_dict()``, ``vars(opt)``);
+#     ``Capture.read_ids``), nor could native code reach it from what it was given, other
+#     than the optimizer's own step() or zero_grad() (``Capture.optimizers_given``,
+#     ``Capture.native_seen``: ``state_dict()``, ``vars(opt)``, ``copy.deepcopy([opt])``,
+#     ``operator.attrgetter("optimizer.state")(scheduler)``);
 #   - every parameter with state was stepped by the trace (all its state tensors are named
 #     by the manifest): a new first step then fills exactly those;
 #   - the state's order is its groups' order, as prefill() makes it;
@@ -826,6 +828,8 @@ def _fill_plan(locator: _Locator, named: set, read_ids=frozenset(),
     whose state a new process may fill before the first call (Note [a first step from a
     filled state])."""
     out = []
+    if None in given:  # (native code may have reached any of them)
+        return out
     for obj in locator.keep:
         if not isinstance(obj, Optimizer) or id(obj) in given or \
                 getattr(type(obj), "_fill_state", None) is None or \

@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import builtins
 import functools
+import gc
 import math
 import operator as _op
 import types
+import weakref
 from itertools import repeat
+
+import numpy as np
 
 from dyngrad.nn.containers import ModuleList, Sequential
 from dyngrad.nn.module import Module
@@ -42,7 +46,13 @@ from .frame import (
     program,
     user,
 )
-from .library import calls_user_code, is_library_code, is_library_type, is_user_callable
+from .library import (
+    calls_user_code,
+    is_library_code,
+    is_library_module,
+    is_library_type,
+    is_user_callable,
+)
 from .sources import ArgTree, Attr, Call, Held, Item, literal_key
 
 _MAX_DEPTH = 200  # interpreted frames (deeper recursion runs natively and is refused)
@@ -284,11 +294,13 @@ def native(cap, f, fn, args, asrc, kwargs, ksrc, refused: bool = False):
                              i in iterated) for i, a in enumerate(args)]
         kwargs = {k: _interpreted(cap, f, v, ksrc.get(k), False) for k, v in kwargs.items()}
     owner = getattr(fn, "__self__", None)
-    if isinstance(owner, Optimizer) and getattr(fn, "__name__", "") not in _STATELESS:
-        cap.optimizers_given.add(id(owner))  # (state_dict(): it may read the state)
-    for i, v in enumerate((*args, *kwargs.values())):
-        if isinstance(v, Optimizer) and not (i == 0 and _stateless_method(v, fn)):
-            cap.optimizers_given.add(id(v))
+    roots = [*args, *kwargs.values()]
+    if roots and isinstance(roots[0], Optimizer) and _stateless_method(roots[0], fn):
+        roots = roots[1:]  # (its own step(): it reads the state as a first step would)
+    if owner is not None and not (isinstance(owner, Optimizer) and
+                                  getattr(fn, "__name__", "") in _STATELESS):
+        roots.append(owner)
+    _note_reached(cap, roots)
     watched = _watched_state(owner)
     value = user(fn, *args, **kwargs)
     if watched is not None and _state_of(owner) != watched:
@@ -325,6 +337,71 @@ def _stateless_method(opt, fn) -> bool:
     """Whether ``fn`` is ``opt``'s own step() or zero_grad() (called as a function on it)."""
     name = getattr(fn, "__name__", "")
     return name in _STATELESS and getattr(type(opt), name, None) is fn
+
+
+_REACH = 20_000  # objects `_note_reached` visits per native call at most
+_ATOMS = frozenset({int, float, complex, bool, str, bytes, type(None), slice, range,
+                    TracedScalar, TracedInt, types.BuiltinFunctionType, types.CodeType})
+
+
+def _note_reached(cap, roots: list) -> None:
+    """What native code given ``roots`` (its arguments and owner) may read of optimizers'
+    state (Note [a first step from a filled state] in compiler/variantcache.py): the ids of
+    the objects reachable from them (``Capture.native_seen``: a state dict held in a
+    namespace), and of the optimizers among them, not walked into
+    (``Capture.optimizers_given``: ``copy.deepcopy([opt])``, a scheduler's ``optimizer``).
+    Functions are followed into their closures and defaults, classes and modules only where
+    they are the user's; a walk longer than ``_REACH`` notes every optimizer (None)."""
+    stack, seen = list(roots), set()
+    given = cap.optimizers_given
+    while stack:
+        x = stack.pop()
+        t = type(x)
+        if t in _ATOMS or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if len(seen) > _REACH:
+            given.add(None)
+            break
+        if isinstance(x, Optimizer):
+            given.add(id(x))
+        elif isinstance(x, (Tensor, InterpGenerator, _Shim, _Driven, _Stepped)):
+            continue  # (a tensor's hooks run outside the capture and are refused there;
+            #            the capture's own iterators and shims are interpreted)
+        elif isinstance(x, type):
+            if not is_library_type(x):
+                stack.extend(vars(x).values())
+        elif isinstance(x, types.ModuleType):
+            if not is_library_module(x):
+                stack.extend(vars(x).values())
+        elif isinstance(x, types.FunctionType):
+            stack.extend(c.cell_contents for c in x.__closure__ or () if _filled_cell(c))
+            stack.extend(x.__defaults__ or ())
+            stack.extend((x.__kwdefaults__ or {}).values())
+        elif isinstance(x, (types.GeneratorType, types.CoroutineType,
+                            types.AsyncGeneratorType, types.FrameType)):
+            frame = x if t is types.FrameType else \
+                getattr(x, "gi_frame", None) or getattr(x, "cr_frame", None) or \
+                getattr(x, "ag_frame", None)
+            if frame is not None:
+                stack.extend(frame.f_locals.values())
+            stack.append(getattr(x, "gi_yieldfrom", None))
+        elif isinstance(x, weakref.ref):
+            stack.append(x())
+        elif isinstance(x, np.ndarray):
+            if x.dtype.hasobject:
+                stack.extend(x.ravel().tolist())
+        else:
+            stack.extend(gc.get_referents(x))
+    cap.native_seen |= seen
+
+
+def _filled_cell(c) -> bool:
+    try:
+        c.cell_contents  # noqa: B018
+    except ValueError:
+        return False
+    return True
 
 
 _STORES = frozenset({"append", "insert", "__setitem__"})  # (store a value, never read it)
