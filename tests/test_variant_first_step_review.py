@@ -18,6 +18,13 @@ from test_variant_first_step import FILLING, _agree, _program, _runs
      "n = len(operator.attrgetter('optimizer.state')(S))"),
     # (a namespace holding the state dict itself, read natively)
     ("NS = types.SimpleNamespace(s=opt.state)", "n = len(operator.attrgetter('s')(NS))"),
+    # (an operator: SimpleNamespace's __eq__ compares the state dict it holds)
+    ("NS = types.SimpleNamespace(s=opt.state)",
+     "n = 4 * (NS != types.SimpleNamespace(s={}))"),
+    # (len, truth and iteration of a library mapping over the state dict)
+    ("import collections\nCM = collections.ChainMap(opt.state)", "n = len(CM)"),
+    ("import collections\nCM = collections.ChainMap(opt.state)", "n = 4 if CM else 0"),
+    ("import collections\nCM = collections.ChainMap(opt.state)", "n = sum(1 for _ in CM)"),
 ])
 def test_native_code_that_reaches_the_state_keeps_the_first_call_eager(tmp_path, setup,
                                                                        before):

@@ -396,6 +396,15 @@ def _note_reached(cap, roots: list) -> None:
     cap.native_seen |= seen
 
 
+def _note_used(cap, v) -> None:
+    """``len``, ``bool`` or ``iter`` of ``v`` run natively: a builtin container's reads only
+    itself; another object (a ``ChainMap`` over the state) what it holds (`_note_reached`)."""
+    if type(v) in (list, tuple, dict, set, frozenset):
+        cap.native_seen.add(id(v))
+    else:
+        _note_reached(cap, [v])
+
+
 def _filled_cell(c) -> bool:
     try:
         c.cell_contents  # noqa: B018
@@ -737,6 +746,7 @@ def _b_len(cap, f, args, asrc, kwargs, ksrc):
         if n is not None:
             return n, None
         if s is not None and not isinstance(v, Tensor):
+            _note_used(cap, v)
             if isinstance(s, ArgTree):
                 return user(len, v), None
             cap.structure_used(v, s)
@@ -907,6 +917,7 @@ def _user_dunder(t: type, name: str):
 def operator(cap, f, fn, args, srcs, sym: str):
     """An operator on values: dunders of the user's are interpreted (Python's protocol for
     reflected operands), containers from before the call are guarded by what it reads."""
+    _note_reached(cap, list(args))  # (a library ``__eq__`` compares what its operands hold)
     if sym == "in":  # args = [container, item]
         return _contains(cap, f, args, srcs)
     if len(args) == 1:
@@ -1031,6 +1042,7 @@ def truth(cap, f, v, s) -> bool:
         r = user(bool, v)
         cap.read(r, Call("bool", s), v)
         return r
+    _note_used(cap, v)
     return user(bool, v)
 
 
@@ -1132,6 +1144,7 @@ def get_iter(cap, f, v, s):
         return it, None
     if isinstance(v, (set, frozenset)) and s is not None:
         cap.contents_used(v, s)
+    _note_used(cap, v)
     return user(iter, v), None
 
 
