@@ -819,9 +819,11 @@ def _library_names(sources: list, flat: list) -> list:
 #   - the state's order is its groups' order, as prefill() makes it;
 #   - the optimizer is the library's own (a user's class may fill otherwise).
 # The trace itself is of a later step, made from the state that step found; what it assumed
-# of the state (its keys, shapes, dtypes) is checked on the filled one. Any refusal after
-# filling (a signature, a guard, a value guard inside the native code) empties the state
-# again (``unfill``) before the call runs eagerly.
+# of the state (its keys, shapes, dtypes) is checked on the filled one. And the variant's
+# guards must hold with the state filled and with it empty (``without_state``): a read of
+# the state that some guard pins down, through a path those records miss, refuses the fill
+# too. Any refusal after filling (a signature, a guard, a value guard inside the native
+# code) empties the state again (``unfill``) before the call runs eagerly.
 def _fill_plan(locator: _Locator, named: set, read_ids=frozenset(),
                given=frozenset()) -> list:
     """(optimizer path, its class's name, [(parameter path, state keys)]) per optimizer
@@ -883,6 +885,20 @@ def _fill(fn, flat: list, plan: list) -> list:
         unfill(filled)
         raise
     return filled
+
+
+def without_state(filled: list, fn):
+    """``fn()`` with the state of the optimizers ``filled`` emptied, as the call's eager
+    run sees it until its step() fills it (then put back, in its order)."""
+    kept = [(opt.state, list(opt.state.items())) for opt in filled]
+    try:
+        for state, _ in kept:
+            state.clear()
+        return fn()
+    finally:
+        for state, items in kept:
+            state.clear()
+            state.update(items)
 
 
 def unfill(filled: list) -> None:
