@@ -39,6 +39,7 @@ from .frame import (
     CO_VARKEYWORDS,
     NULL,
     PY,
+    UNBOUND,
     Code,
     Frame,
     NotInterpretable,
@@ -871,6 +872,42 @@ def _scalar_fn(pyfn, prim=None):
     return pyfn, run
 
 
+def _namespace(f) -> dict:
+    """The frame's locals as ``locals()`` gives them (a cell's variable by its contents)."""
+    ns = {k: v for k, v in f.locals.items() if v is not UNBOUND}
+    for name, cell in f.cells.items():
+        try:
+            ns[name] = cell.cell_contents
+        except ValueError:
+            ns.pop(name, None)
+    return ns
+
+
+def _frame_builtin(fn):
+    """``eval``, ``exec``, ``globals``, ``locals``, ``vars`` and ``dir`` with no namespace
+    given read the calling frame's — run natively, the capture's own. They get the
+    program's frame: ``locals()`` a snapshot of its locals (values the capture already
+    follows); ``globals()`` its module's dict, and ``eval``/``exec`` code the capture cannot
+    see run in it, so their trace is refused (this call's values stand: eager's)."""
+    name = fn.__name__
+
+    def run(cap, f, args, asrc, kwargs, ksrc):
+        frameless = (name in ("eval", "exec") and len(args) == 1 or
+                     name in ("globals", "locals", "vars", "dir") and not args) and not kwargs
+        if f is None or not frameless:
+            return native(cap, f, fn, args, asrc, kwargs, ksrc)
+        if name in ("locals", "vars"):
+            return _namespace(f), None
+        if name == "dir":
+            return sorted(_namespace(f)), None
+        cap.refuse(f"{name}() at {cap.where()} uses the function's namespace, which a trace "
+                   f"cannot follow: pass the values as arguments, or run it eagerly")
+        if name == "globals":
+            return f.globals, None
+        return user(fn, args[0], f.globals, _namespace(f)), None
+    return fn, run
+
+
 _BUILTINS: dict = {}
 
 
@@ -878,6 +915,8 @@ def _register_builtins() -> None:
     table = [(len, _b_len), (getattr, _b_getattr), (hasattr, _b_hasattr), (iter, _b_iter),
              (next, _b_next), (print, _b_print), (float, _b_float),
              (isinstance, _b_isinstance), (type, _b_type), (int, _b_int)]
+    table += [_frame_builtin(fn) for fn in (builtins.eval, builtins.exec, builtins.globals,
+                                            builtins.locals, builtins.vars, builtins.dir)]
     for fn, prim in ((math.sqrt, P.SQRT), (math.fabs, P.ABS), (builtins.abs, P.ABS)):
         table.append(_scalar_fn(fn, prim))
     m = math
