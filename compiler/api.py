@@ -839,6 +839,10 @@ class CompiledFunction:
                                  set(m["numbers"]), m["checks"], plans)
             if check and made.guards.check(flat, spec) >= 0:
                 raise variantcache.Refused("its guards do not hold for this call")
+            if m["filled"] and variantcache.without_state(
+                    m["filled"], lambda: made.guards.check(flat, spec)) >= 0:
+                raise variantcache.Refused("its guards read the optimizer's state, which a "
+                                           "first step sees empty")
         except BaseException:
             variantcache.unfill(m["filled"])  # (Note [a first step from a filled state])
             raise

@@ -810,22 +810,28 @@ def _library_names(sources: list, flat: list) -> list:
 # before the call instead of inside step() is the same only if nothing else in the call
 # sees the state, so the plan is made only when
 #   - the interpreted code read nothing of the state (the dict, an entry, a tensor of it:
-#     ``Capture.read_ids``), and no native call other than step() or zero_grad() was given
-#     the optimizer (``Capture.optimizers_given``: ``state_dict()``, ``vars(opt)``);
+#     ``Capture.read_ids``), nor could native code reach it from what it was given, other
+#     than the optimizer's own step() or zero_grad() (``Capture.optimizers_given``,
+#     ``Capture.native_seen``: ``state_dict()``, ``vars(opt)``, ``copy.deepcopy([opt])``,
+#     ``operator.attrgetter("optimizer.state")(scheduler)``);
 #   - every parameter with state was stepped by the trace (all its state tensors are named
 #     by the manifest): a new first step then fills exactly those;
 #   - the state's order is its groups' order, as prefill() makes it;
 #   - the optimizer is the library's own (a user's class may fill otherwise).
 # The trace itself is of a later step, made from the state that step found; what it assumed
-# of the state (its keys, shapes, dtypes) is checked on the filled one. Any refusal after
-# filling (a signature, a guard, a value guard inside the native code) empties the state
-# again (``unfill``) before the call runs eagerly.
+# of the state (its keys, shapes, dtypes) is checked on the filled one. And the variant's
+# guards must hold with the state filled and with it empty (``without_state``): a read of
+# the state that some guard pins down, through a path those records miss, refuses the fill
+# too. Any refusal after filling (a signature, a guard, a value guard inside the native
+# code) empties the state again (``unfill``) before the call runs eagerly.
 def _fill_plan(locator: _Locator, named: set, read_ids=frozenset(),
                given=frozenset()) -> list:
     """(optimizer path, its class's name, [(parameter path, state keys)]) per optimizer
     whose state a new process may fill before the first call (Note [a first step from a
     filled state])."""
     out = []
+    if None in given:  # (native code may have reached any of them)
+        return out
     for obj in locator.keep:
         if not isinstance(obj, Optimizer) or id(obj) in given or \
                 getattr(type(obj), "_fill_state", None) is None or \
@@ -879,6 +885,20 @@ def _fill(fn, flat: list, plan: list) -> list:
         unfill(filled)
         raise
     return filled
+
+
+def without_state(filled: list, fn):
+    """``fn()`` with the state of the optimizers ``filled`` emptied, as the call's eager
+    run sees it until its step() fills it (then put back, in its order)."""
+    kept = [(opt.state, list(opt.state.items())) for opt in filled]
+    try:
+        for state, _ in kept:
+            state.clear()
+        return fn()
+    finally:
+        for state, items in kept:
+            state.clear()
+            state.update(items)
 
 
 def unfill(filled: list) -> None:

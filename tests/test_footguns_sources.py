@@ -1143,3 +1143,32 @@ def test_a_recompile_message_names_the_attribute_and_both_values():
     assert cf.recompiles, "changing self.temperature must trace again (or say why not)"
     msg = cf.recompiles[-1]
     assert "temperature" in msg and "2.0" in msg and "5.0" in msg
+
+
+EVAL_K = 3.0
+
+
+@pytest.mark.parametrize("expr", [
+    "x * eval('EVAL_K * j')",  # (eval and exec run code the capture cannot see: refused)
+    "x * globals()['EVAL_K']",  # (the module's dict, read by item: refused)
+    "x * len(locals()) + len(dir()) + vars()['j']",  # (a snapshot of the frame's locals)
+    "x * (exec('z = EVAL_K * j') is None) * EVAL_K",
+])
+def test_the_frame_builtins_read_the_programs_frame(expr):
+    """``eval``, ``exec``, ``globals()``, ``locals()``, ``vars()``, ``dir()`` with no
+    namespace read the calling frame's; run natively by the capture they read its own (a
+    NameError where eager runs). They get the program's frame, and what runs code or hands
+    out the module's dict refuses the trace: a global changed between calls is seen."""
+    global EVAL_K
+    ns: dict = {}
+    exec(f"def f(x):\n    j = 2.0\n    return {expr}\n", globals(), ns)
+    f = ns["f"]
+    cf = compiler.compile(f)
+    x = t([1.0, 2.0])
+    try:
+        for step in range(4):
+            if step == 2:
+                EVAL_K = 5.0
+            assert_same(f(x), cf(x), f"call {step}")
+    finally:
+        EVAL_K = 3.0

@@ -814,7 +814,7 @@ def test_scheduler_errors():
         sched.StepLR(object(), step_size=1)
 
 
-# ------------------------------------------------------------------ prefill
+# ---------------------------------------------------------------- prefill (a first step as a fill)
 
 FILLED = {
     "adam": lambda ps: optim.Adam(ps, lr=1e-2, weight_decay=0.1),

@@ -150,3 +150,17 @@ def test_a_refused_fill_is_undone_before_eager_looks_at_the_state(tmp_path):
     assert got["out"]["first_eager"] and got["stats"]["refused"] >= 1
     assert [c[1] for c in got["out"]["calls"]] == [0, 4, 4, 4]
     _agree(got["out"], want["out"])
+
+
+def test_a_guarded_read_of_the_state_refuses_the_fill_even_if_unrecorded(tmp_path):
+    # (the second layer: the filling process's records of what the call read are wiped, as
+    #  if it read the state through a path they miss; the guard on len(opt.state) is still
+    #  in the manifest, and it fails on the empty state the first call's eager run sees)
+    program = _program(FILLING["adamw"], "n = len(opt.state)", ", n").replace(
+        "\nwhich = sys.argv[1]\n", "\nwhich = sys.argv[1]\nif which == 'a':\n"
+        "    from compiler.capture.session import Capture\n"
+        "    Capture.note_reads = lambda self: None\n", 1)
+    fill, got, want = _runs(tmp_path, program)
+    assert got["out"]["first_eager"] and got["stats"]["refused"] >= 1
+    assert [c[1] for c in got["out"]["calls"]] == [0, 4, 4, 4]
+    _agree(got["out"], want["out"])

@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import builtins
 import functools
+import gc
 import math
 import operator as _op
 import types
+import weakref
 from itertools import repeat
+
+import numpy as np
 
 from dyngrad.nn.containers import ModuleList, Sequential
 from dyngrad.nn.module import Module
@@ -35,6 +39,7 @@ from .frame import (
     CO_VARKEYWORDS,
     NULL,
     PY,
+    UNBOUND,
     Code,
     Frame,
     NotInterpretable,
@@ -42,7 +47,13 @@ from .frame import (
     program,
     user,
 )
-from .library import calls_user_code, is_library_code, is_library_type, is_user_callable
+from .library import (
+    calls_user_code,
+    is_library_code,
+    is_library_module,
+    is_library_type,
+    is_user_callable,
+)
 from .sources import ArgTree, Attr, Call, Held, Item, literal_key
 
 _MAX_DEPTH = 200  # interpreted frames (deeper recursion runs natively and is refused)
@@ -284,11 +295,13 @@ def native(cap, f, fn, args, asrc, kwargs, ksrc, refused: bool = False):
                              i in iterated) for i, a in enumerate(args)]
         kwargs = {k: _interpreted(cap, f, v, ksrc.get(k), False) for k, v in kwargs.items()}
     owner = getattr(fn, "__self__", None)
-    if isinstance(owner, Optimizer) and getattr(fn, "__name__", "") not in _STATELESS:
-        cap.optimizers_given.add(id(owner))  # (state_dict(): it may read the state)
-    for i, v in enumerate((*args, *kwargs.values())):
-        if isinstance(v, Optimizer) and not (i == 0 and _stateless_method(v, fn)):
-            cap.optimizers_given.add(id(v))
+    roots = [*args, *kwargs.values()]
+    if roots and isinstance(roots[0], Optimizer) and _stateless_method(roots[0], fn):
+        roots = roots[1:]  # (its own step(): it reads the state as a first step would)
+    if owner is not None and not (isinstance(owner, Optimizer) and
+                                  getattr(fn, "__name__", "") in _STATELESS):
+        roots.append(owner)
+    _note_reached(cap, roots)
     watched = _watched_state(owner)
     value = user(fn, *args, **kwargs)
     if watched is not None and _state_of(owner) != watched:
@@ -325,6 +338,80 @@ def _stateless_method(opt, fn) -> bool:
     """Whether ``fn`` is ``opt``'s own step() or zero_grad() (called as a function on it)."""
     name = getattr(fn, "__name__", "")
     return name in _STATELESS and getattr(type(opt), name, None) is fn
+
+
+_REACH = 20_000  # objects `_note_reached` visits per native call at most
+_ATOMS = frozenset({int, float, complex, bool, str, bytes, type(None), slice, range,
+                    TracedScalar, TracedInt, types.BuiltinFunctionType, types.CodeType})
+
+
+def _note_reached(cap, roots: list) -> None:
+    """What native code given ``roots`` (its arguments and owner) may read of optimizers'
+    state (Note [a first step from a filled state] in compiler/variantcache.py): the ids of
+    the objects reachable from them (``Capture.native_seen``: a state dict held in a
+    namespace), and of the optimizers among them, not walked into
+    (``Capture.optimizers_given``: ``copy.deepcopy([opt])``, a scheduler's ``optimizer``).
+    Functions are followed into their closures and defaults, classes and modules only where
+    they are the user's; a walk longer than ``_REACH`` notes every optimizer (None)."""
+    stack, seen = list(roots), set()
+    given = cap.optimizers_given
+    while stack:
+        x = stack.pop()
+        t = type(x)
+        if t in _ATOMS or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if len(seen) > _REACH:
+            given.add(None)
+            break
+        if isinstance(x, Optimizer):
+            given.add(id(x))
+        elif isinstance(x, (Tensor, InterpGenerator, _Shim, _Driven, _Stepped)):
+            continue  # (a tensor's hooks run outside the capture and are refused there;
+            #            the capture's own iterators and shims are interpreted)
+        elif isinstance(x, type):
+            if not is_library_type(x):
+                stack.extend(vars(x).values())
+        elif isinstance(x, types.ModuleType):
+            if not is_library_module(x):
+                stack.extend(vars(x).values())
+        elif isinstance(x, types.FunctionType):
+            stack.extend(c.cell_contents for c in x.__closure__ or () if _filled_cell(c))
+            stack.extend(x.__defaults__ or ())
+            stack.extend((x.__kwdefaults__ or {}).values())
+        elif isinstance(x, (types.GeneratorType, types.CoroutineType,
+                            types.AsyncGeneratorType, types.FrameType)):
+            frame = x if t is types.FrameType else \
+                getattr(x, "gi_frame", None) or getattr(x, "cr_frame", None) or \
+                getattr(x, "ag_frame", None)
+            if frame is not None:
+                stack.extend(frame.f_locals.values())
+            stack.append(getattr(x, "gi_yieldfrom", None))
+        elif isinstance(x, weakref.ref):
+            stack.append(x())
+        elif isinstance(x, np.ndarray):
+            if x.dtype.hasobject:
+                stack.extend(x.ravel().tolist())
+        else:
+            stack.extend(gc.get_referents(x))
+    cap.native_seen |= seen
+
+
+def _note_used(cap, v) -> None:
+    """``len``, ``bool`` or ``iter`` of ``v`` run natively: a builtin container's reads only
+    itself; another object (a ``ChainMap`` over the state) what it holds (`_note_reached`)."""
+    if type(v) in (list, tuple, dict, set, frozenset):
+        cap.native_seen.add(id(v))
+    else:
+        _note_reached(cap, [v])
+
+
+def _filled_cell(c) -> bool:
+    try:
+        c.cell_contents  # noqa: B018
+    except ValueError:
+        return False
+    return True
 
 
 _STORES = frozenset({"append", "insert", "__setitem__"})  # (store a value, never read it)
@@ -660,6 +747,7 @@ def _b_len(cap, f, args, asrc, kwargs, ksrc):
         if n is not None:
             return n, None
         if s is not None and not isinstance(v, Tensor):
+            _note_used(cap, v)
             if isinstance(s, ArgTree):
                 return user(len, v), None
             cap.structure_used(v, s)
@@ -784,6 +872,42 @@ def _scalar_fn(pyfn, prim=None):
     return pyfn, run
 
 
+def _namespace(f) -> dict:
+    """The frame's locals as ``locals()`` gives them (a cell's variable by its contents)."""
+    ns = {k: v for k, v in f.locals.items() if v is not UNBOUND}
+    for name, cell in f.cells.items():
+        try:
+            ns[name] = cell.cell_contents
+        except ValueError:
+            ns.pop(name, None)
+    return ns
+
+
+def _frame_builtin(fn):
+    """``eval``, ``exec``, ``globals``, ``locals``, ``vars`` and ``dir`` with no namespace
+    given read the calling frame's — run natively, the capture's own. They get the
+    program's frame: ``locals()`` a snapshot of its locals (values the capture already
+    follows); ``globals()`` its module's dict, and ``eval``/``exec`` code the capture cannot
+    see run in it, so their trace is refused (this call's values stand: eager's)."""
+    name = fn.__name__
+
+    def run(cap, f, args, asrc, kwargs, ksrc):
+        frameless = (name in ("eval", "exec") and len(args) == 1 or
+                     name in ("globals", "locals", "vars", "dir") and not args) and not kwargs
+        if f is None or not frameless:
+            return native(cap, f, fn, args, asrc, kwargs, ksrc)
+        if name in ("locals", "vars"):
+            return _namespace(f), None
+        if name == "dir":
+            return sorted(_namespace(f)), None
+        cap.refuse(f"{name}() at {cap.where()} uses the function's namespace, which a trace "
+                   f"cannot follow: pass the values as arguments, or run it eagerly")
+        if name == "globals":
+            return f.globals, None
+        return user(fn, args[0], f.globals, _namespace(f)), None
+    return fn, run
+
+
 _BUILTINS: dict = {}
 
 
@@ -791,6 +915,8 @@ def _register_builtins() -> None:
     table = [(len, _b_len), (getattr, _b_getattr), (hasattr, _b_hasattr), (iter, _b_iter),
              (next, _b_next), (print, _b_print), (float, _b_float),
              (isinstance, _b_isinstance), (type, _b_type), (int, _b_int)]
+    table += [_frame_builtin(fn) for fn in (builtins.eval, builtins.exec, builtins.globals,
+                                            builtins.locals, builtins.vars, builtins.dir)]
     for fn, prim in ((math.sqrt, P.SQRT), (math.fabs, P.ABS), (builtins.abs, P.ABS)):
         table.append(_scalar_fn(fn, prim))
     m = math
@@ -830,6 +956,7 @@ def _user_dunder(t: type, name: str):
 def operator(cap, f, fn, args, srcs, sym: str):
     """An operator on values: dunders of the user's are interpreted (Python's protocol for
     reflected operands), containers from before the call are guarded by what it reads."""
+    _note_reached(cap, list(args))  # (a library ``__eq__`` compares what its operands hold)
     if sym == "in":  # args = [container, item]
         return _contains(cap, f, args, srcs)
     if len(args) == 1:
@@ -954,6 +1081,7 @@ def truth(cap, f, v, s) -> bool:
         r = user(bool, v)
         cap.read(r, Call("bool", s), v)
         return r
+    _note_used(cap, v)
     return user(bool, v)
 
 
@@ -1055,6 +1183,7 @@ def get_iter(cap, f, v, s):
         return it, None
     if isinstance(v, (set, frozenset)) and s is not None:
         cap.contents_used(v, s)
+    _note_used(cap, v)
     return user(iter, v), None
 
 

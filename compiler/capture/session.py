@@ -99,7 +99,8 @@ class Capture:
         # first step from a filled state] in compiler/variantcache.py): ids of the objects
         # it read (set by `note_reads`), and of optimizers native code was given otherwise
         self.read_ids: frozenset = frozenset()
-        self.optimizers_given: set = set()
+        self.optimizers_given: set = set()  # (None: every optimizer)
+        self.native_seen: set = set()  # ids of the objects native code could reach
         if tracer is not None:
             tracer.capture = self
 
@@ -142,10 +143,11 @@ class Capture:
 
     def note_reads(self) -> None:
         """Before :meth:`release`: the ids of every object from before the call that the
-        interpreted code read (kept after it, for the variant cache)."""
+        interpreted code read, or native code could reach (kept after it, for the variant
+        cache)."""
         self.read_ids = frozenset(map(id, self.objects.values())) | \
             frozenset(id(v) for v, _ in self.registry.values()) | \
-            frozenset(id(e[1]) for e in self.entry.values())
+            frozenset(id(e[1]) for e in self.entry.values()) | frozenset(self.native_seen)
 
     def summarize(self) -> None:
         """Before :meth:`release`: what effect replay needs once the objects are let go —
