@@ -301,7 +301,7 @@ def native(cap, f, fn, args, asrc, kwargs, ksrc, refused: bool = False):
     if owner is not None and not (isinstance(owner, Optimizer) and
                                   getattr(fn, "__name__", "") in _STATELESS):
         roots.append(owner)
-    _note_reached(cap, roots)
+    _note_reached(cap, f, roots)
     watched = _watched_state(owner)
     value = user(fn, *args, **kwargs)
     if watched is not None and _state_of(owner) != watched:
@@ -345,16 +345,23 @@ _ATOMS = frozenset({int, float, complex, bool, str, bytes, type(None), slice, ra
                     TracedScalar, TracedInt, types.BuiltinFunctionType, types.CodeType})
 
 
-def _note_reached(cap, roots: list) -> None:
-    """What native code given ``roots`` (its arguments and owner) may read of optimizers'
-    state (Note [a first step from a filled state] in compiler/variantcache.py): the ids of
-    the objects reachable from them (``Capture.native_seen``: a state dict held in a
-    namespace), and of the optimizers among them, not walked into
-    (``Capture.optimizers_given``: ``copy.deepcopy([opt])``, a scheduler's ``optimizer``).
-    Functions are followed into their closures and defaults, classes and modules only where
-    they are the user's; a walk longer than ``_REACH`` notes every optimizer (None)."""
+def _note_reached(cap, f, roots: list) -> None:
+    """What native code given ``roots`` (its arguments and owner) by the program's frame
+    ``f`` may read of optimizers' state (Note [a first step from a filled state] in
+    compiler/variantcache.py): the ids of the objects reachable from them
+    (``Capture.native_seen``: a state dict held in a namespace), and of the optimizers among
+    them, not walked into (``Capture.optimizers_given``: ``copy.deepcopy([opt])``, a
+    scheduler's ``optimizer``). Functions are followed into their closures and defaults,
+    classes and modules only where they are the user's; a walk longer than ``_REACH`` notes
+    every optimizer (None). The library's own frames, interpreted because they call back
+    into the program (``Module.__call__``), are not walked from: the library reads an
+    optimizer's state only in the optimizer's methods. A module (``nn.Module``) walked once
+    in the call is not walked again while its version stands (a GPT's blocks at each
+    iteration: without it, a third of W8's trace)."""
+    if f is not None and f.library:
+        return
     stack, seen = list(roots), set()
-    given = cap.optimizers_given
+    given, walked = cap.optimizers_given, cap.modules_walked
     while stack:
         x = stack.pop()
         t = type(x)
@@ -364,7 +371,12 @@ def _note_reached(cap, roots: list) -> None:
         if len(seen) > _REACH:
             given.add(None)
             break
-        if isinstance(x, Optimizer):
+        if isinstance(x, Module):
+            if walked.get(id(x)) == x._version:
+                continue
+            walked[id(x)] = x._version
+            stack.extend(gc.get_referents(x))
+        elif isinstance(x, Optimizer):
             given.add(id(x))
         elif isinstance(x, (Tensor, InterpGenerator, _Shim, _Driven, _Stepped)):
             continue  # (a tensor's hooks run outside the capture and are refused there;
@@ -397,13 +409,13 @@ def _note_reached(cap, roots: list) -> None:
     cap.native_seen |= seen
 
 
-def _note_used(cap, v) -> None:
+def _note_used(cap, f, v) -> None:
     """``len``, ``bool`` or ``iter`` of ``v`` run natively: a builtin container's reads only
     itself; another object (a ``ChainMap`` over the state) what it holds (`_note_reached`)."""
     if type(v) in (list, tuple, dict, set, frozenset):
         cap.native_seen.add(id(v))
     else:
-        _note_reached(cap, [v])
+        _note_reached(cap, f, [v])
 
 
 def _filled_cell(c) -> bool:
@@ -747,7 +759,7 @@ def _b_len(cap, f, args, asrc, kwargs, ksrc):
         if n is not None:
             return n, None
         if s is not None and not isinstance(v, Tensor):
-            _note_used(cap, v)
+            _note_used(cap, f, v)
             if isinstance(s, ArgTree):
                 return user(len, v), None
             cap.structure_used(v, s)
@@ -956,7 +968,7 @@ def _user_dunder(t: type, name: str):
 def operator(cap, f, fn, args, srcs, sym: str):
     """An operator on values: dunders of the user's are interpreted (Python's protocol for
     reflected operands), containers from before the call are guarded by what it reads."""
-    _note_reached(cap, list(args))  # (a library ``__eq__`` compares what its operands hold)
+    _note_reached(cap, f, list(args))  # (a library ``__eq__`` compares what its operands hold)
     if sym == "in":  # args = [container, item]
         return _contains(cap, f, args, srcs)
     if len(args) == 1:
@@ -1081,7 +1093,7 @@ def truth(cap, f, v, s) -> bool:
         r = user(bool, v)
         cap.read(r, Call("bool", s), v)
         return r
-    _note_used(cap, v)
+    _note_used(cap, f, v)
     return user(bool, v)
 
 
@@ -1183,7 +1195,7 @@ def get_iter(cap, f, v, s):
         return it, None
     if isinstance(v, (set, frozenset)) and s is not None:
         cap.contents_used(v, s)
-    _note_used(cap, v)
+    _note_used(cap, f, v)
     return user(iter, v), None
 
 

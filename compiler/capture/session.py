@@ -101,6 +101,7 @@ class Capture:
         self.read_ids: frozenset = frozenset()
         self.optimizers_given: set = set()  # (None: every optimizer)
         self.native_seen: set = set()  # ids of the objects native code could reach
+        self.modules_walked: dict = {}  # id(module) -> its _version when walked
         if tracer is not None:
             tracer.capture = self
 
