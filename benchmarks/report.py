@@ -92,7 +92,7 @@ def workload_lines(name: str, w: dict) -> list[str]:
         far = ", ".join(f"{m} {e['max_rel_diff_all']:.1e}" for m, e in w["modes"].items()
                         if "vs_ulp" in e)
         notes.setdefault(f"over {len(w['ulp_drift_per_call'])} calls, eager with its "
-                         f"parameters moved by one ulp after the second step is "
+                         f"parameters moved by one ulp after the first step is "
                          f"{w['ulp_drift']:.1e} from eager; from eager: {far}", [])
     return lines + [f"  {', '.join(modes)}{' ' if modes else ''}{note}"
                     for note, modes in notes.items()] + goal_lines(w.get("goals", []))

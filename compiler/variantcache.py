@@ -105,11 +105,22 @@ class Refused(Exception):
 # ----------------------------------------------------------------------------- names
 _HEAPTYPE = 1 << 9  # (Py_TPFLAGS_HEAPTYPE: a class made by a class statement)
 _DIGESTS: dict = {}  # id -> (object, digest), for one dump or load (cleared by each)
+_QUALS: dict = {}  # id -> (object, qual(object)), likewise
 
 
 def qual(obj) -> tuple | None:
     """``("qual", module, qualname, digest)`` for a module-level function, class or builtin
-    found again by its module and qualified name, or None."""
+    found again by its module and qualified name, or None (once per object in a dump or a
+    load: a manifest names the same classes hundreds of times)."""
+    q = _QUALS.get(id(obj))
+    if q is not None and q[0] is obj:
+        return q[1]
+    r = _qual(obj)
+    _QUALS[id(obj)] = (obj, r)
+    return r
+
+
+def _qual(obj) -> tuple | None:
     mod, qn = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
     if not isinstance(mod, str) or not isinstance(qn, str) or "<" in qn:
         return None
@@ -931,6 +942,7 @@ def dump(cf, trace: Trace, checks: list, pkey: str, flat: list, spec,
     if why is not None:
         raise Refused(why)
     _DIGESTS.clear()
+    _QUALS.clear()
     library = list(library)
     names = _library_names(library, flat)
     fn = cf.fn
@@ -963,6 +975,7 @@ def load(cf, payload, flat: list, spec) -> dict:
     the manifest, or its :func:`parse`."""
     fn = cf.fn
     _DIGESTS.clear()
+    _QUALS.clear()
     parts = parse(payload) if type(payload) is bytes else payload
     if parts is None:
         raise Refused("a corrupt or foreign manifest")
