@@ -75,3 +75,23 @@ def packed_bits(asm: str, mnemonic: str) -> set[int]:
         if m:
             bits |= {_REGISTER_BITS[r] for r in re.findall(r"%([xyz])mm\d+", m.group(1))}
     return bits
+
+
+def pytest_collection_modifyitems(config, items):
+    """``--dist loadgroup`` (``make test``): the tests of one ``xdist_group`` go to one
+    worker, so a session fixture they share (the quick benchmark run, ~130 s) is made once.
+    pytest-xdist 3.8 marks them by suffixing ``item._nodeid``, which pytest 9.2 no longer
+    reads (a node's id is ``item._id``): the groups were silently ignored, every worker made
+    the fixture. The suffix is set here where pytest reads it (a no-op where xdist's own
+    took, and without loadgroup)."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    try:
+        from _pytest.nodeid import coerce_node_id
+    except ImportError:  # (a pytest before 9.2: xdist's own suffix works)
+        return
+    for item in items:
+        names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                        for m in item.iter_markers("xdist_group")})
+        if names and "@" not in item.nodeid and hasattr(item, "_id"):
+            item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(names)}")

@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 from _variant_programs import check
 
-pytestmark = pytest.mark.xdist_group("variant_cache")
-
 HEAD = textwrap.dedent("""
     import json, sys
     import dyngrad as dg, dyngrad.nn as nn, compiler
