@@ -895,29 +895,36 @@ def _namespace(f) -> dict:
     return ns
 
 
-def _frame_builtin(fn):
-    """``eval``, ``exec``, ``globals``, ``locals``, ``vars`` and ``dir`` with no namespace
-    given read the calling frame's — run natively, the capture's own. They get the
-    program's frame: ``locals()`` a snapshot of its locals (values the capture already
-    follows); ``globals()`` its module's dict, and ``eval``/``exec`` code the capture cannot
-    see run in it, so their trace is refused (this call's values stand: eager's)."""
-    name = fn.__name__
+# ``eval``, ``exec``, ``globals``, ``locals``, ``vars`` and ``dir`` with no namespace given
+# read the calling frame's — run natively, the capture's own. They get the program's frame:
+# ``locals()`` a snapshot of its locals (values the capture already follows); ``globals()``
+# its module's dict, and ``eval``/``exec`` code the capture cannot see run in it, so their
+# trace is refused (this call's values stand: eager's).
+def _refuse_namespace(cap, fn) -> None:
+    cap.refuse(f"{fn.__name__}() at {cap.where()} uses the function's namespace, which a "
+               f"trace cannot follow: pass the values as arguments, or run it eagerly")
 
+
+def _code_in_frame(fn):
     def run(cap, f, args, asrc, kwargs, ksrc):
-        frameless = (name in ("eval", "exec") and len(args) == 1 or
-                     name in ("globals", "locals", "vars", "dir") and not args) and not kwargs
-        if f is None or not frameless:
+        if f is None or len(args) != 1 or kwargs:
             return native(cap, f, fn, args, asrc, kwargs, ksrc)
-        if name in ("locals", "vars"):
-            return _namespace(f), None
-        if name == "dir":
-            return sorted(_namespace(f)), None
-        cap.refuse(f"{name}() at {cap.where()} uses the function's namespace, which a trace "
-                   f"cannot follow: pass the values as arguments, or run it eagerly")
-        if name == "globals":
-            return f.globals, None
+        _refuse_namespace(cap, fn)
         return user(fn, args[0], f.globals, _namespace(f)), None
     return fn, run
+
+
+def _frame_dict(fn, make):
+    def run(cap, f, args, asrc, kwargs, ksrc):
+        if f is None or args or kwargs:
+            return native(cap, f, fn, args, asrc, kwargs, ksrc)
+        return make(cap, f), None
+    return fn, run
+
+
+def _module_dict(cap, f) -> dict:
+    _refuse_namespace(cap, builtins.globals)
+    return f.globals
 
 
 _BUILTINS: dict = {}
@@ -927,8 +934,11 @@ def _register_builtins() -> None:
     table = [(len, _b_len), (getattr, _b_getattr), (hasattr, _b_hasattr), (iter, _b_iter),
              (next, _b_next), (print, _b_print), (float, _b_float),
              (isinstance, _b_isinstance), (type, _b_type), (int, _b_int)]
-    table += [_frame_builtin(fn) for fn in (builtins.eval, builtins.exec, builtins.globals,
-                                            builtins.locals, builtins.vars, builtins.dir)]
+    table += [_code_in_frame(builtins.eval), _code_in_frame(builtins.exec),
+              _frame_dict(builtins.globals, _module_dict),
+              _frame_dict(builtins.locals, lambda cap, f: _namespace(f)),
+              _frame_dict(builtins.vars, lambda cap, f: _namespace(f)),
+              _frame_dict(builtins.dir, lambda cap, f: sorted(_namespace(f)))]
     for fn, prim in ((math.sqrt, P.SQRT), (math.fabs, P.ABS), (builtins.abs, P.ABS)):
         table.append(_scalar_fn(fn, prim))
     m = math
