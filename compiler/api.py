@@ -775,14 +775,21 @@ class CompiledFunction:
         try:
             return v.call(flat)
         except GuardFailed:  # (a value guard: nothing was written)
-            variantcache.unfill(filled)
+            self._unfill(v, filled)
         except DistBackendError:
             raise
         except Exception as exc:  # noqa: BLE001 - nothing was written
-            variantcache.unfill(filled)
+            self._unfill(v, filled)
             self._internal_error(exc)
             return self.fn(*args, **kwargs)
         return _MISSED
+
+    def _unfill(self, v: Variant, filled: list) -> None:
+        """Empty the optimizer state ``v``'s restore filled (the call runs eagerly, as a first
+        step); ``v`` goes with it: it is bound to the tensors of that state."""
+        if filled:
+            variantcache.unfill(filled)
+            self.variants.remove(v)
 
     def _restore(self, flat: list, spec, first: bool = False) -> tuple | None:
         """(variant, the optimizers whose state it filled) of a variant kept on disk by an

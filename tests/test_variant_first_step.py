@@ -164,3 +164,22 @@ def test_a_guarded_read_of_the_state_refuses_the_fill_even_if_unrecorded(tmp_pat
     assert got["out"]["first_eager"] and got["stats"]["refused"] >= 1
     assert [c[1] for c in got["out"]["calls"]] == [0, 4, 4, 4]
     _agree(got["out"], want["out"])
+
+
+def test_a_value_guard_failing_after_the_fill_empties_the_state_for_eager(tmp_path):
+    # (the kept variant took the branch where the loss is large, reading no state; this
+    #  process's first loss is small: the value guard fails inside the native code after
+    #  the fill, and eager's branch reads the state, which must be empty again)
+    program = _program(
+        FILLING["adamw"],
+        "n = -1.0 if bool(loss.detach() > 0.5) else float(len(opt.state))", ", n").replace(
+        "\ncalls = ", "\nif which == 'b':\n    xs = [x * 0.0 for x in xs]\n"
+        "    ys = [y * 0.0 for y in ys]\ncalls = ", 1)
+    program = program.replace('"first_eager":', '"variants": len(step.variants),\n'
+                              '    "first_eager":', 1)
+    fill, got, want = _runs(tmp_path, program)
+    assert [c[1] for c in fill["out"]["calls"]] == [-1.0] * 4  # (the traced branch)
+    assert got["out"]["first_eager"] and got["stats"]["restored"] == 1
+    assert got["out"]["calls"][0][1] == 0.0  # (eager saw no state)
+    assert got["out"]["variants"] == want["out"]["variants"]  # (the filled one is gone)
+    _agree(got["out"], want["out"])
