@@ -64,7 +64,7 @@ def _disk_path(key: str):
     d = cache.directory()
     if not plancache._private(d):
         return None
-    return d / "code" / f"{key}.code"
+    return d / f"{key}.code"
 
 
 def exec_generated(source: str, ns: dict) -> None:

@@ -32,7 +32,7 @@ def _run(source: str) -> int:
 def test_the_code_is_kept_on_disk_and_read_back(cache_on, monkeypatch):
     src = "def f():\n    return 41 + 1\n"
     assert _run(src) == 42
-    (entry,) = (cache_on / "code").iterdir()
+    (entry,) = cache_on.glob("*.code")
     monkeypatch.setattr(generated, "_codes", {})  # (a new process)
     compiled = []
     real = compile
@@ -46,7 +46,7 @@ def test_the_code_is_kept_on_disk_and_read_back(cache_on, monkeypatch):
 def test_an_entry_that_does_not_read_back_is_compiled_again(cache_on, monkeypatch):
     src = "def f():\n    return 7\n"
     assert _run(src) == 7
-    (entry,) = (cache_on / "code").iterdir()
+    (entry,) = cache_on.glob("*.code")
     data = bytearray(entry.read_bytes())
     data[-3] ^= 0xFF  # (the checksum no longer holds)
     entry.write_bytes(bytes(data))
@@ -59,8 +59,16 @@ def test_an_entry_that_does_not_read_back_is_compiled_again(cache_on, monkeypatc
 def test_no_disk_entry_in_roundtrip_mode_or_a_shared_directory(cache_on, monkeypatch):
     monkeypatch.setenv("DYNGRAD_PLAN_CACHE", "roundtrip")
     assert _run("def f():\n    return 1\n") == 1
-    assert not (cache_on / "code").exists()
+    assert list(cache_on.glob("*.code")) == []
     monkeypatch.setenv("DYNGRAD_PLAN_CACHE", "1")
     os.chmod(cache_on, 0o777)
     assert _run("def f():\n    return 2\n") == 2
-    assert not (cache_on / "code").exists()
+    assert list(cache_on.glob("*.code")) == []
+
+
+def test_clear_cache_removes_the_kept_code(cache_on):
+    import compiler
+    assert _run("def f():\n    return 3\n") == 3
+    assert len(list(cache_on.glob("*.code"))) == 1
+    assert compiler.clear_cache() == 1
+    assert list(cache_on.glob("*.code")) == []

@@ -186,7 +186,7 @@ def clear(memory: bool = False) -> int:
     d = directory()
     if d.is_dir():
         for p in d.iterdir():
-            if p.suffix in (".o", ".plan") and (p.name.startswith(".tmp-") or
+            if p.suffix in (".o", ".plan", ".vars", ".code") and (p.name.startswith(".tmp-") or
                                                 len(p.stem) == 64):
                 try:
                     p.unlink()
