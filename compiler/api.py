@@ -766,9 +766,7 @@ class CompiledFunction:
         if self._kept is None:
             self._kept = [[variantcache.parse(m), 0] for m in variantcache.read(self)] \
                 if self.backend == "llvm" else []
-        if not self._kept or first and not any(variantcache.fills(m) for m, _ in self._kept):
-            return _MISSED
-        restored = self._restore(flat, spec, first)
+        restored = self._restore(flat, spec, first) if self._kept else None
         if restored is None:
             return _MISSED
         v, filled = restored

@@ -922,6 +922,10 @@ def _frame_dict(fn, make):
     return fn, run
 
 
+def _locals(cap, f) -> dict:
+    return _namespace(f)
+
+
 def _module_dict(cap, f) -> dict:
     _refuse_namespace(cap, builtins.globals)
     return f.globals
@@ -936,8 +940,7 @@ def _register_builtins() -> None:
              (isinstance, _b_isinstance), (type, _b_type), (int, _b_int)]
     table += [_code_in_frame(builtins.eval), _code_in_frame(builtins.exec),
               _frame_dict(builtins.globals, _module_dict),
-              _frame_dict(builtins.locals, lambda cap, f: _namespace(f)),
-              _frame_dict(builtins.vars, lambda cap, f: _namespace(f)),
+              _frame_dict(builtins.locals, _locals), _frame_dict(builtins.vars, _locals),
               _frame_dict(builtins.dir, lambda cap, f: sorted(_namespace(f)))]
     for fn, prim in ((math.sqrt, P.SQRT), (math.fabs, P.ABS), (builtins.abs, P.ABS)):
         table.append(_scalar_fn(fn, prim))
