@@ -12,7 +12,8 @@ the first process is cold (trace, passes and LLVM compile), the second loads the
 modules, the plans and the variants from the disk cache (``compiler/plancache.py``,
 ``compiler/variantcache.py``: no trace when a kept variant holds; with an optimizer whose
 first step is a fill of its state — Adam, Adadelta, SGD without dampening — even the first
-step runs the kept variant).
+step runs the kept variant; in a cold process that first step is the trace, made from the
+filled state).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from pathlib import Path
 
 def warm_calls(n_inputs: int) -> int:
     """Calls until every variant of a step has been traced and run once: three passes over
-    its inputs (the first call traces with every ``.grad`` None, the second traces again
-    with them present, the third runs compiled)."""
+    its inputs (a step whose gradients are zeroed to tensors, not None, traces its first
+    call without them and its second with them; the third runs compiled)."""
     return 3 * n_inputs
 
 

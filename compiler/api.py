@@ -32,7 +32,7 @@ from dyngrad.dispatch import STATE, push_mode
 from dyngrad.distributed.work import DistBackendError
 from dyngrad.tensor import Storage, Tensor
 
-from . import backends, capture, collectives, dims, ir, plancache, variantcache
+from . import backends, capture, collectives, dims, firstfill, ir, plancache, variantcache
 from .backends.base import Executable, GuardFailed, SettingError, Untemplatable
 from .capture.calls import trace_through
 from .effects import continue_backward, plan_effects, replay
@@ -743,12 +743,16 @@ class CompiledFunction:
             if _LOG_TOPICS and _topic("recompiles"):
                 log.info("recompiling %s: %s", self.__name__, miss)
         elif not self._state_pending_ran and self._traced == 0:
-            opt = _optimizer_without_state(self.fn, flat)
-            if opt is not None:
+            opts = _optimizers_without_state(self.fn, flat)
+            if opts:
                 out = self._run_kept(args, kwargs, flat, spec, first=True)
                 if out is not _MISSED:  # (Note [a first step from a filled state])
                     return out
                 self._state_pending_ran = True
+                fill = firstfill.arm(opts)
+                if fill is not None:  # (Note [a first call from a filled state])
+                    return self._trace(args, kwargs, flat, spec, fill)
+                opt = opts[0]
                 reason = (f"untraced: {type(opt).__name__} has parameters without optimizer "
                           f"state, which a first step creates and keeps in Python state (a "
                           f"trace would be refused); the next call traces")
@@ -853,17 +857,23 @@ class CompiledFunction:
             raise
         return m, lowered, made
 
-    def _trace(self, args, kwargs, flat, spec):
+    def _trace(self, args, kwargs, flat, spec, fill=None):
+        """Trace this call (``fill``: the optimizer state its first step was filled with,
+        settled after it: compiler/firstfill.py) and compile the variant."""
         t0 = time.perf_counter()
         backend = backends.get(self.backend)
         tracer = Tracer(flat)
-        with push_mode(tracer):
-            if self.dynamic_numbers:
-                traced = [tracer.arg_scalar(i, x) if i in self.dynamic_numbers else x
-                          for i, x in enumerate(flat)]
-                args, kwargs = unflatten(spec, traced)
-            result, cap = capture.run(tracer, self.fn, args, kwargs, self.dynamic_sources,
-                                      flat)
+        try:
+            with push_mode(tracer):
+                if self.dynamic_numbers:
+                    traced = [tracer.arg_scalar(i, x) if i in self.dynamic_numbers else x
+                              for i, x in enumerate(flat)]
+                    args, kwargs = unflatten(spec, traced)
+                result, cap = capture.run(tracer, self.fn, args, kwargs,
+                                          self.dynamic_sources, flat, fill)
+        finally:
+            if fill is not None:
+                fill.settle()
         t1 = time.perf_counter()
         try:
             if cap.refused is not None:
@@ -1102,15 +1112,17 @@ def _raised(what: str, exc: Exception) -> str:
     return f"{what} raised {type(exc).__name__}: {exc} ({where})"
 
 
-def _optimizer_without_state(fn: Callable, flat: list):
-    """An optimizer the function can reach — among its arguments, its closure cells, the
+def _optimizers_without_state(fn: Callable, flat: list) -> list:
+    """The optimizers the function can reach — among its arguments, its closure cells, the
     globals its code names, or one attribute into any of those — with a parameter that
     requires grad and has no state yet (``Optimizer.first_step_creates_state``): a first
     training step creates that state, tensors the function keeps in Python state, which
-    makes its trace refused. Such a first call runs eagerly without the capture (on W8 the
-    refused capture cost 0.45 s of a 1.9 s cold start). Only ever a prediction: a call that
-    would have traced fine (an optimizer the function does not step) merely runs eagerly
-    once, and one whose optimizer is not found is traced and refused as before."""
+    makes its trace refused. Such a first call is traced from a filled state (Note [a first
+    call from a filled state] in compiler/firstfill.py) or, when one cannot be filled, runs
+    eagerly without the capture (on W8 the refused capture cost 0.45 s of a 1.9 s cold
+    start). Only ever a prediction: a call that would have traced fine (an optimizer the
+    function does not step) merely runs eagerly once, or has its fill removed, and one whose
+    optimizer is not found is traced and refused as before."""
     from dyngrad.optim.optimizer import Optimizer
     roots = list(flat) + [getattr(fn, "__self__", None)]  # (before a bound method's
     fn = getattr(fn, "__func__", fn)  # function replaces it: the instance holds self.opt)
@@ -1125,12 +1137,13 @@ def _optimizer_without_state(fn: Callable, flat: list):
         roots += [glb[n] for n in code.co_names if n in glb]
     seen: set = set()
     inner = [v for r in roots for v in variantcache.instance_dict(r).values()]
+    out = []
     for obj in roots + inner:
         if isinstance(obj, Optimizer) and id(obj) not in seen:
             seen.add(id(obj))
             if _predicts_state(obj):
-                return obj
-    return None
+                out.append(obj)
+    return out
 
 
 def _predicts_state(opt) -> bool:

@@ -806,14 +806,14 @@ def _library_names(sources: list, flat: list) -> list:
 
 
 # Note [a first step from a filled state]
-# A training step's variant is traced at its second call: the first creates the optimizer's
-# state (Adam's moments), tensors kept in Python state, which no trace replays. A new
-# process restoring that variant would still run its first step eagerly — on W8 ~110 ms of
-# the ~200 ms it took to get going. But most optimizers have a state from which a step makes
-# exactly what a first step makes (``Optimizer._fill_state``): Adam's, Adadelta's and
-# RMSprop's first steps fill zeros and then update as any later step; SGD's momentum buffer
-# starts as the gradient, which a buffer of −0 gives bit for bit (without dampening). So a
-# first step *is* "fill the state, then step". The manifest lists, per such optimizer, the
+# A training step's first call creates the optimizer's state (Adam's moments), tensors kept
+# in Python state, which no trace replays. A new process restoring the step's variant would
+# run that first step eagerly — on W8 ~110 ms of the ~200 ms it took to get going. But
+# most optimizers have a state from which a step makes exactly what a first step makes
+# (``Optimizer._fill_state``): Adam's, Adadelta's and RMSprop's first steps fill zeros and
+# then update as any later step; SGD's momentum buffer starts as the gradient, which a
+# buffer of −0 gives bit for bit (without dampening). So a first step *is* "fill the
+# state, then step". The manifest lists, per such optimizer, the
 # parameters that had state and their state's keys (``_fill_plan``); a new process whose
 # optimizer has no state yet fills it (``Optimizer.prefill``) before resolving the rest of
 # the manifest, whose paths then lead to the filled tensors and whose signatures and
@@ -829,12 +829,14 @@ def _library_names(sources: list, flat: list) -> list:
 #     by the manifest): a new first step then fills exactly those;
 #   - the state's order is its groups' order, as prefill() makes it;
 #   - the optimizer is the library's own (a user's class may fill otherwise).
-# The trace itself is of a later step, made from the state that step found; what it assumed
-# of the state (its keys, shapes, dtypes) is checked on the filled one. And the variant's
-# guards must hold with the state filled and with it empty (``without_state``): a read of
-# the state that some guard pins down, through a path those records miss, refuses the fill
-# too. Any refusal after filling (a signature, a guard, a value guard inside the native
-# code) empties the state again (``unfill``) before the call runs eagerly.
+# The trace itself is of a step made from a state already there (a later step's, or a cold
+# first call's filled one: Note [a first call from a filled state] in compiler/firstfill.py);
+# what it assumed of the state (its keys, shapes, dtypes) is checked on the filled one. And
+# the variant's guards must hold with the state filled and with it empty
+# (``without_state``): a read of the state that some guard pins down, through a path those
+# records miss, refuses the fill too. Any refusal after filling (a signature, a guard, a
+# value guard inside the native code) empties the state again (``unfill``) before the call
+# runs eagerly.
 def _fill_plan(locator: _Locator, named: set, read_ids=frozenset(),
                given=frozenset()) -> list:
     """(optimizer path, its class's name, [(parameter path, state keys)]) per optimizer

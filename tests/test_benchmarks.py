@@ -153,8 +153,8 @@ def test_w8_lr_schedule_and_clipping_do_not_recompile_and_equal_eager():
     train = ours.train
     assert lrs == [[nanogpt.get_lr(k, train)] * 2 for k in range(n)]  # a new rate each step
     assert len(set(lr for lr, _ in lrs)) == n
-    assert variants[1:] == [1] * (n - 1) and not cf.recompiles and cf.eager_reason is None
-    assert sum(v.calls for v in cf.variants) == n - 2
+    assert variants == [1] * n and not cf.recompiles and cf.eager_reason is None
+    assert sum(v.calls for v in cf.variants) == n - 1  # (the first call traced it)
     assert measure.max_rel_diff(eager_losses, losses) <= 1e-4
     decayed, plain = ours.opt.param_groups  # nanoGPT's groups: 2-D parameters decayed
     assert decayed["weight_decay"] == train.weight_decay and plain["weight_decay"] == 0.0

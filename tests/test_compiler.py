@@ -182,8 +182,16 @@ def test_adaptive_optimizer_train_step_matches_eager_bit_for_bit(name):
     assert compiled_calls(compiled) >= 3, (compiled.fallbacks, compiled.recompiles)
 
 
-def test_optimizer_state_created_on_the_first_step_makes_the_next_call_trace_again():
+def test_a_first_step_creating_optimizer_state_is_traced_from_the_filled_state():
+    """(Note [a first call from a filled state] in compiler/firstfill.py) SGD with dampening
+    has no fill: its first call runs eagerly, untraced, and the next call traces."""
     eager, compiled, (m1, o1), (m2, o2) = twins(lambda ps: optim.Adam(ps, lr=1e-2))
+    run_twins(eager, compiled, m1, o1, m2, o2, steps=1)
+    assert compiled.fallbacks == [] and len(compiled.variants) == 1
+    run_twins(eager, compiled, m1, o1, m2, o2, steps=3)
+    assert len(compiled.variants) == 1 and compiled.variants[0].calls == 3
+    eager, compiled, (m1, o1), (m2, o2) = twins(
+        lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, dampening=0.5))
     run_twins(eager, compiled, m1, o1, m2, o2, steps=1)
     assert compiled.variants == [] and "optimizer state" in compiled.fallbacks[0]
     assert compiled.fallbacks[0].startswith("untraced")  # (predicted: no capture ran)
@@ -191,17 +199,23 @@ def test_optimizer_state_created_on_the_first_step_makes_the_next_call_trace_aga
     assert len(compiled.variants) == 1 and compiled.variants[0].calls == 2
 
 
-def test_a_first_call_predicted_to_create_optimizer_state_runs_eagerly_once():
-    """The prediction (an optimizer the function reaches has parameters without state) only
-    skips the first trace: SGD without momentum makes no state, so its first call traces;
-    an optimizer the function does not step still compiles from the second call on; and
-    the refusal of a trace that does create state still stands when the prediction cannot
-    see the optimizer (reached only through a container)."""
+def test_a_first_call_predicted_to_create_optimizer_state_fills_it_or_runs_eagerly():
+    """The prediction (an optimizer the function reaches has parameters without state)
+    only decides how the first call runs: SGD without momentum makes no state, so its first
+    call traces; SGD with momentum is filled and traced; with dampening it runs eagerly
+    once; an optimizer the function does not step is filled, and emptied again after the
+    call, as eager leaves it; and the refusal of a trace that does create state still
+    stands when the prediction cannot see the optimizer (reached only through a
+    container)."""
     eager, compiled, (m1, o1), (m2, o2) = twins(lambda ps: optim.SGD(ps, lr=0.1))
     run_twins(eager, compiled, m1, o1, m2, o2, steps=1)
     assert compiled.fallbacks == [] and len(compiled.variants) == 1
     eager, compiled, (m1, o1), (m2, o2) = twins(lambda ps: optim.SGD(ps, lr=0.1,
                                                                      momentum=0.9))
+    run_twins(eager, compiled, m1, o1, m2, o2, steps=1)
+    assert compiled.fallbacks == [] and len(compiled.variants) == 1
+    eager, compiled, (m1, o1), (m2, o2) = twins(lambda ps: optim.SGD(
+        ps, lr=0.1, momentum=0.9, dampening=0.1))
     run_twins(eager, compiled, m1, o1, m2, o2, steps=1)
     assert compiled.fallbacks[0].startswith("untraced") and compiled.variants == []
 
@@ -212,8 +226,9 @@ def test_a_first_call_predicted_to_create_optimizer_state_runs_eagerly_once():
     x = dg.randn(4, 3)
     for _ in range(3):
         assert_same(model(x).sum(), cf(x))
-    assert cf.fallbacks[0].startswith("untraced") and len(cf.fallbacks) == 1
-    assert len(cf.variants) == 1 and cf.variants[0].calls == 1
+        assert unused.state == {}
+    assert cf.fallbacks == []
+    assert len(cf.variants) == 1 and cf.variants[0].calls == 2
 
     dg.manual_seed(0)
     model = nn.Linear(3, 1)
@@ -280,8 +295,8 @@ def test_an_argument_that_claims_to_be_an_optimizer_is_no_error_of_the_compiled_
 
 def test_a_compiled_bound_method_predicts_the_state_of_its_instances_optimizer():
     """``compile(trainer.step)``: the optimizer at ``self.opt`` is seen by the prediction, as
-    it is for ``compile`` used as a method decorator — the first call runs untraced rather
-    than being traced and refused."""
+    it is for ``compile`` used as a method decorator — the first call is traced from its
+    filled state rather than traced and refused."""
     class Trainer:
         def __init__(self):
             self.model = mlp(0)
@@ -296,8 +311,8 @@ def test_a_compiled_bound_method_predicts_the_state_of_its_instances_optimizer()
         x, y = batch(i)
         assert_same(t1.step(x, y), cf(x, y), f"loss at step {i}")
         assert_same_state(t1.model, t2.model, t1.opt, t2.opt)
-    assert cf.fallbacks[0].startswith("untraced") and len(cf.fallbacks) == 1, cf.fallbacks
-    assert len(cf.variants) == 1 and cf.variants[0].calls == 1
+    assert cf.fallbacks == []
+    assert len(cf.variants) == 1 and cf.variants[0].calls == 2
 
 
 def test_classifier_step_with_cross_entropy_and_integer_targets_matches_eager():
@@ -932,7 +947,7 @@ def test_lr_schedule_does_not_recompile_and_matches_eager(schedule, opt):
         s2.step()
         assert_same_state(m1, m2, o1, o2)
     assert len(compiled.variants) == 1, compiled.recompiles
-    assert compiled.variants[0].calls == 6
+    assert compiled.variants[0].calls == 7  # (the first call traced it)
 
 
 def test_lr_and_momentum_changed_by_hand_do_not_recompile():
@@ -1450,8 +1465,7 @@ def _rebuild_plan(cf):
 def test_verify_passes_after_rebuilding_an_untouched_plan():
     cf, m = _sgd_step_compiled(verify=10)
     x, y = batch(0)
-    cf(x, y)
-    cf(x, y)  # the first call made the momentum buffers: this one traces the variant
+    cf(x, y)  # the first call traces the variant, from filled momentum buffers
     _rebuild_plan(cf)
     cf(x, y)
     assert cf._verified == 1
@@ -1524,7 +1538,7 @@ def test_explain_shows_guards_scalars_baked_numbers_writes_and_the_ir(capsys):
     after = text.split("IR after passes:")[1]
     assert " = matmul " in before and " = matmul " in after
     assert before.count(" = ") > after.count(" = ")  # the passes removed something
-    assert "eager fallbacks" in text  # the first call made optimizer state
+    assert "eager fallbacks" not in text  # (the first call traced from filled state)
 
 
 def test_explain_of_a_plain_function_compiles_and_calls_it(capsys):

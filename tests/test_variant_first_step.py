@@ -39,7 +39,9 @@ PROGRAM = textwrap.dedent("""
         opt.step()
         return loss{RETURN}
 
-    calls = [step(x, y) for x, y in zip(xs, ys)]
+    calls = [step(xs[0], ys[0])]
+    first_eager = sum(v.calls for v in step.variants) == 0  # (no variant served it: a
+    calls += [step(x, y) for x, y in zip(xs[1:], ys[1:])]  # trace or eager, not compiled)
     out = {{
         "calls": [float(c) if not isinstance(c, tuple) else [float(e) for e in c]
                   for c in calls],
@@ -47,7 +49,7 @@ PROGRAM = textwrap.dedent("""
         "state": [[k, v.numpy().ravel().tolist()] for st in opt.state.values()
                   for k, v in st.items()],
         "order": [i for p in opt.state for i, q in enumerate(model.parameters()) if q is p],
-        "first_eager": any("untraced" in f for f in step.fallbacks),
+        "first_eager": first_eager,
     }}
 """)
 

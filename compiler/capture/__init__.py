@@ -72,12 +72,16 @@ def _arg_sources(cap: Capture, fn, args: tuple, kwargs: dict):
     return asrc, ksrc
 
 
-def run(tracer, fn: Callable, args: tuple, kwargs: dict, dynamic=frozenset(), flat=()):
+def run(tracer, fn: Callable, args: tuple, kwargs: dict, dynamic=frozenset(), flat=(),
+        fill=None):
     """Call ``fn(*args, **kwargs)`` under the capture: (result, :class:`Capture`). The
     program's exceptions propagate as they would natively. ``flat``: the flattened
     arguments, as the guards index them (numpy arrays among them copied into tensors get
-    their values guarded: ``Capture.guard_copies``)."""
+    their values guarded: ``Capture.guard_copies``). ``fill``: optimizer state filled for
+    a first step, which the capture guards (Note [a first call from a filled state] in
+    compiler/firstfill.py)."""
     cap = Capture(tracer, frozenset(dynamic))
+    cap.fill = fill
     asrc, ksrc = _arg_sources(cap, fn, args, kwargs)
     top = Held(fn, getattr(fn, "__qualname__", "the compiled function"))
     cap.note_root(fn, top)

@@ -407,13 +407,30 @@ def _note_reached(cap, f, roots: list) -> None:
         else:
             stack.extend(gc.get_referents(x))
     cap.native_seen |= seen
+    if cap.fill is not None:  # (before the native code runs)
+        cap.fill.sees(seen, given)
+
+
+def _plain_container(v) -> bool:
+    """A subclass of a builtin container whose ``len``, ``bool`` and ``iter`` are the
+    builtin's."""
+    for base in (list, tuple, dict, set, frozenset):
+        if isinstance(v, base):
+            t = type(v)
+            return all(getattr(t, m, None) is getattr(base, m, None)
+                       for m in ("__len__", "__bool__", "__iter__"))
+    return False
 
 
 def _note_used(cap, f, v) -> None:
     """``len``, ``bool`` or ``iter`` of ``v`` run natively: a builtin container's reads only
-    itself; another object (a ``ChainMap`` over the state) what it holds (`_note_reached`)."""
-    if type(v) in (list, tuple, dict, set, frozenset):
+    itself, as does a subclass's that keeps those methods (an optimizer's ``param_groups``,
+    which holds its optimizer); another object (a ``ChainMap`` over the state) what it holds
+    (`_note_reached`)."""
+    if type(v) in (list, tuple, dict, set, frozenset) or _plain_container(v):
         cap.native_seen.add(id(v))
+        if cap.fill is not None:
+            cap.fill.sees((id(v),))
     else:
         _note_reached(cap, f, [v])
 

@@ -102,6 +102,8 @@ class Capture:
         self.optimizers_given: set = set()  # (None: every optimizer)
         self.native_seen: set = set()  # ids of the objects native code could reach
         self.modules_walked: dict = {}  # id(module) -> its _version when walked
+        self.fill = None  # a first call's filled optimizer state: its tripwire (Note [a
+        #                   first call from a filled state] in compiler/firstfill.py)
         if tracer is not None:
             tracer.capture = self
 
@@ -284,6 +286,8 @@ class Capture:
             self.refused = reason
 
     def escaped(self, code) -> None:
+        if self.fill is not None:  # (before the code runs: it may read anything)
+            self.fill.trip()
         self.refuse(f"{code.co_qualname} ({code.co_filename}:{code.co_firstlineno}) ran "
                     f"outside the capture, called by native code at {self.where()}, so what "
                     f"it reads cannot be guarded: call it from Python code directly, or "
@@ -298,6 +302,8 @@ class Capture:
     def note_root(self, value, src: Source) -> None:
         """An argument leaf or an object the capture holds: guarded already (identity or
         value); a module among them gets its version guarded."""
+        if self.fill is not None:
+            self.fill.sees((id(value),))
         if src in self.known:
             return
         self.objects[src] = value
@@ -369,6 +375,8 @@ class Capture:
     def read(self, value, src: Source | None, owner=None):
         """Guard what the trace uses of ``value`` read from ``src``; the value the program
         sees (a runtime input stands for a float seen to change)."""
+        if self.fill is not None:
+            self.fill.sees((id(value),))
         if src is None:
             return value
         if src in self.known:

@@ -185,6 +185,25 @@ def shutdown() -> None:
         _pool.clear()
 
 
+def prestart() -> None:
+    """Start the workers a module worth cutting will use, ahead of it: a graph this large
+    (``runner.compile_graph``) spends a few hundred milliseconds in fusion, layout and IR
+    before its module reaches LLVM, time in which a worker starts (~80 ms: Python and
+    llvmlite) off the compile's critical path. Nothing is started when none would be used."""
+    if workers_wanted() == 0 or _unavailable or getattr(sys, "frozen", False):
+        return
+    with _pool_lock:
+        try:
+            _workers(workers_wanted())
+        except OSError:
+            pass  # (compile_parts finds ``_unavailable`` and compiles whole)
+
+
+PRESTART_NODES = 200  # a graph this large makes a module of MIN_LINES or more, unless its
+#                      nodes are all elementwise (W8: 1,798 nodes, 13,490 lines; W7a's
+#                      convolutions: 259 nodes, 6,771 lines; W1's MLP: 49 nodes, 1,394)
+
+
 def pack(objects: list) -> bytes:
     """Several object files as one payload (one object stays as it is)."""
     if len(objects) == 1:

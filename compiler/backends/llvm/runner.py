@@ -36,7 +36,7 @@ from ...dims import concrete
 from ...passes.fusion import fuse
 from ...prims import traits
 from ..base import Executable, GuardFailed, result, same_value, step_plan
-from . import cache, codegen, driver, gemm, machine, window
+from . import cache, codegen, driver, farm, gemm, machine, window
 from .emit import LLTYPE
 
 _KERNEL = object()  # tags a native step in the plan's step list
@@ -60,6 +60,8 @@ def compile_graph(g, inplace: dict | None = None, family=None, groups: list | No
             {"float32", "float64"}:  # (the products' kernel compiles on another core
         gemm.prepare(LLTYPE[dt])  #     meanwhile: gemm.prepare)
     window.prepare(g)  # (and the timing modules of convolution paths to be measured)
+    if len(g.nodes) >= farm.PRESTART_NODES:  # (and the compile workers of its large module)
+        farm.prestart()
     groups = fuse(g, inplace or ()) if groups is None else groups
     if any(not grp.kind.trivial for grp in groups):
         try:  # (a group that does not lower raises while the driver builds its module)
