@@ -317,3 +317,27 @@ def test_the_products_kernel_is_prepared_on_another_thread(monkeypatch):
     started[-1].join(timeout=60)
     with pytest.raises(RuntimeError, match="no kernel today"):
         gemm.library("double")
+
+
+def test_a_large_graph_starts_the_workers_before_its_module_reaches_llvm(monkeypatch):
+    """``runner.compile_graph`` of a graph of ``PRESTART_NODES`` nodes or more starts the
+    workers (``farm.prestart``) before the fusion, layout and IR that come before LLVM;
+    none when workers are off; a smaller graph starts none."""
+    from compiler.backends.llvm import runner
+    started = []
+    monkeypatch.setattr(farm, "_workers", lambda n: started.append(n) or [])
+    from compiler import ir
+    from dyngrad.ops import REGISTRY
+    g = ir.Graph()
+    x = g.add_input((3,), dg.float32, "x")
+    g.outputs = [g.add_node(REGISTRY["exp"], [x], {}, (3,), dg.float32)]
+    monkeypatch.setenv("DYNGRAD_COMPILE_WORKERS", "1")
+    runner.compile_graph(g)
+    assert started == []  # (a small graph)
+    monkeypatch.setattr(farm, "PRESTART_NODES", 1)
+    monkeypatch.setattr(farm, "_unavailable", [])
+    runner.compile_graph(g)
+    assert started == [1]
+    monkeypatch.setenv("DYNGRAD_COMPILE_WORKERS", "0")
+    runner.compile_graph(g)
+    assert started == [1]
