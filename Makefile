@@ -45,7 +45,8 @@ lint: $(STAMP)
 # machines without AVX-512 stay tested whatever CPU runs the suite.
 COMPILED_TESTS := tests/test_compiler.py tests/test_footguns.py tests/test_soundness.py \
 	tests/test_random_programs.py tests/test_footguns_sources.py tests/test_footguns_history.py \
-	tests/test_random_sources.py tests/test_footguns_replay.py tests/test_first_call_fill.py
+	tests/test_random_sources.py tests/test_footguns_replay.py tests/test_first_call_fill.py \
+	tests/test_first_call_fill_review.py
 # (the AVX2 pass runs 4 of the 16 chunks of random programs, without the coverage check
 # that would run the rest, and not test_compiler.py, whose kernels the codegen tests
 # cover: they add time, not code paths)
@@ -61,7 +62,8 @@ LLVM_TESTS := tests/test_llvm_*.py tests/test_vecmath.py tests/test_codegen*.py 
 # its own (.venv-3.12, .venv-3.13), made on first use.
 CAPTURE_TESTS := tests/test_capture.py tests/test_soundness.py tests/test_footguns.py \
 	tests/test_footguns_sources.py tests/test_footguns_history.py tests/test_footguns_replay.py \
-	tests/test_random_sources.py tests/test_footguns_replay.py tests/test_first_call_fill.py
+	tests/test_random_sources.py tests/test_footguns_replay.py tests/test_first_call_fill.py \
+	tests/test_first_call_fill_review.py
 OTHER_PYTHONS := $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3 \
 	$(HOME)/.pyenv/versions/3.13*/bin/python3)
 

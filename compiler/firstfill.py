@@ -16,11 +16,23 @@ tripwire (:meth:`Fill.trip`), sprung *before* anything other than the optimizer'
 ``step()``, ``zero_grad()`` or ``hyper()`` could see the state:
 
 - the interpreted code reads one of the state's objects — the state dict, a parameter's
-  entry, a state tensor — from anywhere (``Capture.read``, ``Capture.note_root``);
+  entry, a state tensor — from anywhere, or looks a key up in one (``Capture.read``,
+  ``Capture.note_root``, ``Capture.get_item``, ``**`` unpacking);
 - native code is given, or can reach, the optimizer or one of those objects
-  (``calls._note_reached``, ``calls._note_used``; a walk too long to finish counts);
+  (``calls._note_reached``, ``calls._note_used``; a walk too long to finish counts), an
+  f-string or ``print`` formats what reaches them, or ``gc.get_referrers`` /
+  ``gc.get_objects`` run (they find anything);
 - user code starts running natively, out of the capture's sight (the watchdog's
-  ``Capture.escaped``: a tensor hook in backward).
+  ``Capture.escaped``: a tensor hook in backward, a generator of the user's made before the
+  call and resumed in it);
+- an optimizer's method is interpreted because it was given user code (``step(closure)``):
+  it would hold a filled entry while a read inside sprang the tripwire;
+- a filled optimizer's ``step()`` is about to run on what the fill was not made for
+  (:meth:`Fill.stepping`): its groups' settings or parameters changed since (``amsgrad``,
+  ``dampening`` or ``centered`` switched, parameters reordered), a parameter with a
+  gradient has no state (made trainable in the call: eager would make its state among the
+  filled ones), or it already stepped in this call (a second step makes what the first left
+  untouched after what it touched: eager's dict order).
 
 Sprung, it removes the fill of every parameter whose state is still untouched — what the
 eager call would see there is no state. A parameter already stepped keeps its state, which
@@ -47,6 +59,19 @@ def _fingerprint(v):
     return id(v), (v._version if isinstance(v, Tensor) else None)
 
 
+def _plain(v) -> bool:
+    return type(v) in (int, float, bool, str, type(None)) or \
+        type(v) is tuple and all(_plain(x) for x in v)
+
+
+def _settings(opt) -> list:
+    """What a fill was made from besides each parameter's shape and dtype: each group's
+    settings but its learning rate (which a fill never depends on), compared by value where
+    plain, else by identity."""
+    return [(id(g), {k: (v if _plain(v) else id(v)) for k, v in g.items()
+                     if k not in ("params", "lr")}) for g in opt.param_groups]
+
+
 class Fill:
     """The state this call's first step was filled with, and the tripwire on it."""
 
@@ -56,6 +81,9 @@ class Fill:
         self.entries = entries
         self.ids = self._ids()
         self.tripped = False
+        opts = {id(e[0]): e[0] for e in entries}
+        self.made_from = {k: (o._version, _settings(o)) for k, o in opts.items()}
+        self.stepped: set = set()  # ids of the optimizers whose step() has run
 
     def _ids(self) -> set:
         """Ids of the state's objects, whose sight springs the tripwire (the optimizer's
@@ -77,6 +105,23 @@ class Fill:
         state's, or ``given`` (optimizers native code was given; None: any) one of ours."""
         if self.entries and (not self.ids.isdisjoint(ids) or None in given or
                              not self.optimizers.isdisjoint(given)):
+            self.trip()
+
+    def stepping(self, opt) -> None:
+        """Before ``opt.step()`` runs (natively): spring the tripwire where the fill and a
+        step would not make what this step makes of an empty state, in eager's order —
+        the groups' settings or structure changed since the fill (``amsgrad``, ``dampening``
+        or ``centered`` switched, parameters reordered, a group added), a parameter with a
+        gradient has no state (made trainable in the call: eager makes its state among the
+        filled ones), or a step of ``opt`` already ran in this call (what it left untouched
+        a later step makes after what it touched)."""
+        if not self.entries or id(opt) not in self.made_from:
+            return
+        again = id(opt) in self.stepped
+        self.stepped.add(id(opt))
+        if again or (opt._version, _settings(opt)) != self.made_from[id(opt)] or any(
+                p._grad is not None and not opt.state.get(p)
+                for g in opt.param_groups for p in g["params"]):
             self.trip()
 
     def trip(self) -> None:

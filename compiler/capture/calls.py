@@ -210,6 +210,10 @@ def call(cap, f: Frame | None, fn, fs, args: list, asrc: list, kwargs: dict, ksr
     if isinstance(fn, types.FunctionType):
         library = is_library_code(fn.__code__)
         if not library or calls_user_code(fn, args, kwargs):
+            if library and cap.fill is not None and args and isinstance(args[0], Optimizer):
+                # (an optimizer's method interpreted, given user code — step(closure): it
+                # would hold a filled state's objects while the tripwire springs midway)
+                cap.fill.trip()
             return run_function(cap, fn, fs, args, asrc, kwargs, ksrc, library)
         return native(cap, f, fn, args, asrc, kwargs, ksrc)
     if fn is builtins.super and not args and f is not None:
@@ -297,12 +301,18 @@ def native(cap, f, fn, args, asrc, kwargs, ksrc, refused: bool = False):
     owner = getattr(fn, "__self__", None)
     roots = [*args, *kwargs.values()]
     if roots and isinstance(roots[0], Optimizer) and _stateless_method(roots[0], fn):
+        if cap.fill is not None and fn.__name__ == "step":
+            cap.fill.stepping(roots[0])  # (a fill that this step would not take as eager)
         roots = roots[1:]  # (its own step(): it reads the state as a first step would)
     if owner is not None and not (isinstance(owner, Optimizer) and
                                   getattr(fn, "__name__", "") in _STATELESS):
         roots.append(owner)
+    if cap.fill is not None and fn in (gc.get_referrers, gc.get_objects):
+        cap.fill.trip()  # (they find every object: the state's too)
     _note_reached(cap, f, roots)
     watched = _watched_state(owner)
+    if not all(type(k) is str for k in kwargs):  # (``f(**{1: 2})``: the call itself
+        user(lambda: dict(**kwargs))  #           raises the program's TypeError)
     value = user(fn, *args, **kwargs)
     if watched is not None and _state_of(owner) != watched:
         cap.refuse(f"{type(owner).__name__}.{getattr(fn, '__name__', '?')}() at {cap.where()} "
@@ -404,6 +414,9 @@ def _note_reached(cap, f, roots: list) -> None:
         elif isinstance(x, np.ndarray):
             if x.dtype.hasobject:
                 stack.extend(x.ravel().tolist())
+        elif t is dict:  # (its keys and values read: on 3.13 an instance's __dict__ whose
+            stack.extend(x.keys())  # values live in the instance has no referents)
+            stack.extend(x.values())
         else:
             stack.extend(gc.get_referents(x))
     cap.native_seen |= seen
@@ -495,6 +508,9 @@ def _interpreted(cap, f, x, s, iterated: bool):
     if isinstance(x, (types.FunctionType, types.MethodType, functools.partial)) and \
             is_user_callable(x):
         return _Shim(cap, f, x)
+    if iterated and isinstance(x, types.GeneratorType) and \
+            not is_library_code(x.gi_code):  # (resumed natively: its code runs unseen)
+        cap.escaped(x.gi_code)
     if iterated and _user_dunder(type(x), "__iter__") is not None and \
             not hasattr(type(x), "keys"):
         it, its = get_iter(cap, f, x, s)
@@ -851,6 +867,8 @@ def _b_print(cap, f, args, asrc, kwargs, ksrc):
     for a in args:
         if isinstance(a, (Tensor, TracedScalar)):
             str(a)  # (the tracer refuses printed tensor data: use dg.debug_print)
+    if cap.fill is not None:
+        _note_reached(cap, f, [*args, *kwargs.values()])  # (print reads what they hold)
     cap._effect(Effect("print", None, "print", (tuple(args), dict(kwargs)),
                        f.where() if f else "?", "print(...)"))
     ti = TracedInt
@@ -1280,6 +1298,9 @@ def next_item(cap, f, it, s):
                 return False, r.exc.with_traceback(None), None
             raise
         return True, v, vs
+    if isinstance(it, types.GeneratorType) and not is_library_code(it.gi_code):
+        cap.escaped(it.gi_code)  # (a suspended generator of the user's, resumed natively:
+        #                           the watchdog sees only starts)
     try:
         v = next(it)
     except StopIteration as stop:
@@ -1311,6 +1332,8 @@ def unpack(cap, f, v, s, n):
 
 
 def format_value(cap, f, v, s, conv: int, spec):
+    if cap.fill is not None and type(v) not in _ATOMS:
+        _note_reached(cap, f, [v])  # (str, repr and format read what ``v`` holds, natively)
     if conv:
         name = {1: "__str__", 2: "__repr__", 3: "__repr__"}[conv]
         d = _user_dunder(type(v), name)

@@ -717,6 +717,8 @@ class Capture:
 
     # ----------------------------------------------------------------- items
     def get_item(self, f: Frame, c, cs, k, ks):
+        if self.fill is not None:  # (a lookup in the state, read or not: before it runs)
+            self.fill.sees((id(c),))
         if literal_key(k):
             w = self.written.get((id(c), k))
             if w is not None:
@@ -808,6 +810,8 @@ class Capture:
         if not hasattr(v, "keys"):
             raise Raised(TypeError(f"argument after ** must be a mapping, not "
                                    f"{type(v).__name__}"))
+        if self.fill is not None:  # (its keys and items, read or not)
+            self.fill.sees((id(v),))
         if s is None:
             s = self.source_of(v)
         if s is not None:
