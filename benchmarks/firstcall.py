@@ -111,7 +111,7 @@ def _process(root: Path, name: str, cache_dir: Path, settings: dict, quick: bool
 
 def plot(results: dict, path: str) -> None:
     """Stacked bars per workload and start: the trace, the passes (with code generation or
-    its loading) and the rest (the steps themselves, the first one eager)."""
+    its loading) and the rest (the steps themselves)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -135,7 +135,7 @@ def plot(results: dict, path: str) -> None:
     ax.set_ylabel("first calls of a new process (ms)")
     ax.set_title("Warm-up of a compiled step in a new process: cold; with compiled code on "
                  "disk;\nwith code and plans (the trace remains); with code, plans and "
-                 "variants (the first, eager step remains)", fontsize=9)
+                 "variants (no trace)", fontsize=9)
     ax.legend(fontsize=8, title="passes: passes + code\ngeneration (or loading)",
               title_fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_ylim(0, max(results[n][s]["ms"] for n in names for s, _ in STARTS) * 1.2)

@@ -80,7 +80,6 @@ class Fill:
         # before, {key: fingerprint at the fill})
         self.entries = entries
         self.ids = self._ids()
-        self.tripped = False
         opts = {id(e[0]): e[0] for e in entries}
         self.made_from = {k: (o._version, _settings(o)) for k, o in opts.items()}
         self.stepped: set = set()  # ids of the optimizers whose step() has run
@@ -124,14 +123,10 @@ class Fill:
                 for g in opt.param_groups for p in g["params"]):
             self.trip()
 
-    def trip(self) -> None:
-        """Something other than step() may see the state: remove what it has not touched."""
-        if self.entries:
-            self.tripped = True
-            self.settle()
-
     def settle(self) -> None:
-        """Remove the fill of each parameter whose state is untouched (eager has none)."""
+        """Remove the fill of each parameter whose state is untouched (eager has none):
+        after the call, and as the tripwire springs (``trip``: something other than step()
+        may see the state), after which nothing is filled."""
         for opt, p, st, had, made in self.entries:
             if opt.state.get(p) is not st or set(st) != set(made) or \
                     any(_fingerprint(st[k]) != f for k, f in made.items()):
@@ -142,6 +137,8 @@ class Fill:
                 del opt.state[p]
         self.entries = []
         self.ids = set()
+
+    trip = settle
 
 
 def arm(optimizers) -> Fill | None:
