@@ -16,12 +16,12 @@ tripwire (:meth:`Fill.trip`), sprung *before* anything other than the optimizer'
 ``step()``, ``zero_grad()`` or ``hyper()`` could see the state:
 
 - the interpreted code reads one of the state's objects — the state dict, a parameter's
-  entry, a state tensor — from anywhere, or looks a key up in one (``Capture.read``,
-  ``Capture.note_root``, ``Capture.get_item``, ``**`` unpacking);
-- native code is given, or can reach, the optimizer or one of those objects
-  (``calls._note_reached``, ``calls._note_used``; a walk too long to finish counts), an
-  f-string or ``print`` formats what reaches them, or ``gc.get_referrers`` /
-  ``gc.get_objects`` run (they find anything);
+  entry, a state tensor — from anywhere (``Capture.read``, ``Capture.note_root``);
+- the program or native code is about to see one of them otherwise, or native code is given
+  the optimizer (``Capture.saw``, the records the disk cache's fill plan is made from too:
+  a key looked up in one, ``**`` unpacking, what native code can reach from its arguments —
+  a walk too long to finish counts — what an f-string or ``print`` formats,
+  ``gc.get_referrers`` / ``gc.get_objects``, which find anything);
 - user code starts running natively, out of the capture's sight (the watchdog's
   ``Capture.escaped``: a tensor hook in backward, a generator of the user's made before the
   call and resumed in it);

@@ -32,21 +32,19 @@ def _compiled(source: str, mode: str) -> types.CodeType:
     code = _codes.get(key)
     if code is not None:
         return code
-    path = _disk_path(key)
-    if path is not None:
-        from .backends.llvm import cache
-        payload = cache._read(path, _MAGIC)
-        if payload is not None:
-            try:
-                code = marshal.loads(payload)
-            except (ValueError, EOFError, TypeError):
-                code = None
-            if not isinstance(code, types.CodeType) or code.co_filename != FILENAME:
-                code = None
+    from .backends.llvm import cache
+    path = _disk_path(key, cache)
+    payload = None if path is None else cache._read(path, _MAGIC)
+    if payload is not None:
+        try:
+            code = marshal.loads(payload)
+        except (ValueError, EOFError, TypeError):
+            code = None
+        if not isinstance(code, types.CodeType) or code.co_filename != FILENAME:
+            code = None
     if code is None:
         code = compile(source, FILENAME, mode)
         if path is not None:
-            from .backends.llvm import cache
             cache._write(path, marshal.dumps(code), _MAGIC)
     if len(_codes) > 4096:  # (a long-lived process tracing without end: bounded)
         _codes.clear()
@@ -54,13 +52,12 @@ def _compiled(source: str, mode: str) -> types.CodeType:
     return code
 
 
-def _disk_path(key: str):
-    """Where the code of ``key`` is kept, or None (the plan cache not on, or a directory
-    others can write to)."""
+def _disk_path(key: str, cache):
+    """Where the code of ``key`` is kept in ``cache``'s directory, or None (the plan cache
+    not on, or a directory others can write to)."""
     from . import plancache
     if plancache.mode() != "on":
         return None
-    from .backends.llvm import cache
     d = cache.directory()
     if not plancache._private(d):
         return None

@@ -822,9 +822,10 @@ def _library_names(sources: list, flat: list) -> list:
 # sees the state, so the plan is made only when
 #   - the interpreted code read nothing of the state (the dict, an entry, a tensor of it:
 #     ``Capture.read_ids``), nor could native code reach it from what it was given, other
-#     than the optimizer's own step() or zero_grad() (``Capture.optimizers_given``,
-#     ``Capture.native_seen``: ``state_dict()``, ``vars(opt)``, ``copy.deepcopy([opt])``,
-#     ``operator.attrgetter("optimizer.state")(scheduler)``);
+#     than the optimizer's own step() or zero_grad(), nor saw it otherwise (``Capture.saw``:
+#     ``optimizers_given``, ``native_seen`` — ``state_dict()``, ``vars(opt)``,
+#     ``copy.deepcopy([opt])``, ``operator.attrgetter("optimizer.state")(scheduler)``, an
+#     f-string, ``{**state}``);
 #   - every parameter with state was stepped by the trace (all its state tensors are named
 #     by the manifest): a new first step then fills exactly those;
 #   - the state's order is its groups' order, as prefill() makes it;

@@ -25,6 +25,9 @@ from test_variant_first_step import FILLING, _agree, _program, _runs
     ("import collections\nCM = collections.ChainMap(opt.state)", "n = len(CM)"),
     ("import collections\nCM = collections.ChainMap(opt.state)", "n = 4 if CM else 0"),
     ("import collections\nCM = collections.ChainMap(opt.state)", "n = sum(1 for _ in CM)"),
+    # (a mapping found through a tensor's attribute, which the capture reads without a
+    # source, unpacked: Capture.saw)
+    ("model[0].weight.opt_state = opt.state", "n = len({**model[0].weight.opt_state})"),
 ])
 def test_native_code_that_reaches_the_state_keeps_the_first_call_eager(tmp_path, setup,
                                                                        before):

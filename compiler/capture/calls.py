@@ -307,8 +307,8 @@ def native(cap, f, fn, args, asrc, kwargs, ksrc, refused: bool = False):
     if owner is not None and not (isinstance(owner, Optimizer) and
                                   getattr(fn, "__name__", "") in _STATELESS):
         roots.append(owner)
-    if cap.fill is not None and fn in (gc.get_referrers, gc.get_objects):
-        cap.fill.trip()  # (they find every object: the state's too)
+    if fn in (gc.get_referrers, gc.get_objects):
+        cap.optimizers_given.add(None)  # (they find every object: any optimizer's state)
     _note_reached(cap, f, roots)
     watched = _watched_state(owner)
     if not all(type(k) is str for k in kwargs):  # (``f(**{1: 2})``: the call itself
@@ -361,9 +361,10 @@ def _note_reached(cap, f, roots: list) -> None:
     compiler/variantcache.py): the ids of the objects reachable from them
     (``Capture.native_seen``: a state dict held in a namespace), and of the optimizers among
     them, not walked into (``Capture.optimizers_given``: ``copy.deepcopy([opt])``, a
-    scheduler's ``optimizer``). Functions are followed into their closures and defaults,
-    classes and modules only where they are the user's; a walk longer than ``_REACH`` notes
-    every optimizer (None). The library's own frames, interpreted because they call back
+    scheduler's ``optimizer``) — ``Capture.saw``, which also shows them to a first call's
+    filled state. Functions are followed into their closures and defaults, classes and
+    modules only where they are the user's; a walk longer than ``_REACH`` notes every
+    optimizer (None). The library's own frames, interpreted because they call back
     into the program (``Module.__call__``), are not walked from: the library reads an
     optimizer's state only in the optimizer's methods. A module (``nn.Module``) walked once
     in the call is not walked again while its version stands (a GPT's blocks at each
@@ -419,9 +420,7 @@ def _note_reached(cap, f, roots: list) -> None:
             stack.extend(x.values())
         else:
             stack.extend(gc.get_referents(x))
-    cap.native_seen |= seen
-    if cap.fill is not None:  # (before the native code runs)
-        cap.fill.sees(seen, given)
+    cap.saw(seen, given)  # (before the native code runs)
 
 
 def _plain_container(v) -> bool:
@@ -441,9 +440,7 @@ def _note_used(cap, f, v) -> None:
     which holds its optimizer); another object (a ``ChainMap`` over the state) what it holds
     (`_note_reached`)."""
     if type(v) in (list, tuple, dict, set, frozenset) or _plain_container(v):
-        cap.native_seen.add(id(v))
-        if cap.fill is not None:
-            cap.fill.sees((id(v),))
+        cap.saw((id(v),))
     else:
         _note_reached(cap, f, [v])
 
@@ -867,8 +864,7 @@ def _b_print(cap, f, args, asrc, kwargs, ksrc):
     for a in args:
         if isinstance(a, (Tensor, TracedScalar)):
             str(a)  # (the tracer refuses printed tensor data: use dg.debug_print)
-    if cap.fill is not None:
-        _note_reached(cap, f, [*args, *kwargs.values()])  # (print reads what they hold)
+    _note_reached(cap, f, [*args, *kwargs.values()])  # (print reads what they hold)
     cap._effect(Effect("print", None, "print", (tuple(args), dict(kwargs)),
                        f.where() if f else "?", "print(...)"))
     ti = TracedInt
@@ -1332,7 +1328,7 @@ def unpack(cap, f, v, s, n):
 
 
 def format_value(cap, f, v, s, conv: int, spec):
-    if cap.fill is not None and type(v) not in _ATOMS:
+    if type(v) not in _ATOMS:
         _note_reached(cap, f, [v])  # (str, repr and format read what ``v`` holds, natively)
     if conv:
         name = {1: "__str__", 2: "__repr__", 3: "__repr__"}[conv]

@@ -100,7 +100,7 @@ class Capture:
         # it read (set by `note_reads`), and of optimizers native code was given otherwise
         self.read_ids: frozenset = frozenset()
         self.optimizers_given: set = set()  # (None: every optimizer)
-        self.native_seen: set = set()  # ids of the objects native code could reach
+        self.native_seen: set = set()  # ids of objects seen other than by a source (`saw`)
         self.modules_walked: dict = {}  # id(module) -> its _version when walked
         self.fill = None  # a first call's filled optimizer state: its tripwire (Note [a
         #                   first call from a filled state] in compiler/firstfill.py)
@@ -143,6 +143,18 @@ class Capture:
         for src, v in seen:
             if isinstance(v, np.ndarray) and id(root(v)) in copied:
                 self.guard(Contents(src, v.copy()))
+
+    def saw(self, ids, given=()) -> None:
+        """The program, or native code it runs, is about to see the objects of ``ids``
+        other than by reading them from a source (a lookup in a container found through a
+        tensor's attribute, what native code can reach, what an f-string formats): they
+        count as read for the variant cache's fill plan (``read_ids``), and a first call's
+        filled optimizer state is shown them — and ``given``, the optimizers native code was
+        handed (None: any) — before anything happens (its tripwire: Note [a first call from
+        a filled state] in compiler/firstfill.py)."""
+        self.native_seen.update(ids)
+        if self.fill is not None:
+            self.fill.sees(ids, given)
 
     def note_reads(self) -> None:
         """Before :meth:`release`: the ids of every object from before the call that the
@@ -717,8 +729,7 @@ class Capture:
 
     # ----------------------------------------------------------------- items
     def get_item(self, f: Frame, c, cs, k, ks):
-        if self.fill is not None:  # (a lookup in the state, read or not: before it runs)
-            self.fill.sees((id(c),))
+        self.saw((id(c),))  # (a lookup in it, however the container was found)
         if literal_key(k):
             w = self.written.get((id(c), k))
             if w is not None:
@@ -810,8 +821,7 @@ class Capture:
         if not hasattr(v, "keys"):
             raise Raised(TypeError(f"argument after ** must be a mapping, not "
                                    f"{type(v).__name__}"))
-        if self.fill is not None:  # (its keys and items, read or not)
-            self.fill.sees((id(v),))
+        self.saw((id(v),))  # (its keys and items, however the mapping was found)
         if s is None:
             s = self.source_of(v)
         if s is not None:
